@@ -1,0 +1,54 @@
+//! Command-line interface (clap derive). `main` maps the parsed command to library calls.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// segd: origin server for HLS and DASH audio segments from local disks.
+///
+/// Serves playlists and segments with exact HTTP semantics (Range, ETag/304, Cache-Control per
+/// object class, CORS) to CDNs and players. See README.md and config/segd.production.toml.
+#[derive(Debug, Parser)]
+#[command(name = "segd", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    ///
+    /// Binds every listener in [server] and [admin], opens the volumes, prints the bound
+    /// addresses, then serves until SIGTERM or SIGINT, when it stops accepting and lets in-flight
+    /// responses finish (up to server.drain_timeout). Exit status: 0 after a clean stop, 64 when
+    /// the config is invalid, 1 on a start-up failure (e.g. an address already in use).
+    Serve {
+        /// Config file (TOML). Relative paths inside it resolve against its directory.
+        #[arg(long, short, default_value = "config/segd.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and exit.
+    ///
+    /// Prints every problem as `FILE: KEY: PROBLEM (allowed: ...)`, one per line, and exits 64;
+    /// prints `FILE: ok` and exits 0 when the file is valid. Also checks that volume directories
+    /// exist and that marker files are present.
+    CheckConfig {
+        /// Config file (TOML).
+        #[arg(long, short, default_value = "config/segd.toml")]
+        config: PathBuf,
+    },
+    /// Print the volume each URL path is placed on by the placement rule.
+    ///
+    /// The placement rule hashes the first two path segments (the asset directory, e.g.
+    /// /vod/t1) with FNV-1a 64 and takes it modulo the number of volumes, in config order. Lay out
+    /// files this way and each request costs one open on the right disk.
+    Place {
+        /// Config file (TOML).
+        #[arg(long, short, default_value = "config/segd.toml")]
+        config: PathBuf,
+        /// URL paths such as /vod/t1/128k/seg_00001.ts.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}

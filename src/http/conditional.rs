@@ -1,0 +1,180 @@
+//! Conditional requests (RFC 9110 §13): `If-Match`, `If-Unmodified-Since`, `If-None-Match`,
+//! `If-Modified-Since` and `If-Range`, evaluated in the order §13.2.2 prescribes.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE};
+use http::HeaderMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Serve normally (200/206).
+    Proceed,
+    /// 304 Not Modified.
+    NotModified,
+    /// 412 Precondition Failed.
+    PreconditionFailed,
+}
+
+/// Whole seconds since the epoch: HTTP dates have one-second resolution.
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+fn http_date(h: &HeaderMap, name: http::HeaderName) -> Option<u64> {
+    let v = h.get(name)?.to_str().ok()?;
+    httpdate::parse_http_date(v.trim()).ok().map(secs)
+}
+
+/// Does an `If-Match`/`If-None-Match` list match `etag`? `weak` selects weak comparison
+/// (ignore `W/`), as If-None-Match requires; If-Match uses strong comparison.
+fn list_matches(h: &HeaderMap, name: http::HeaderName, etag: &str, weak: bool) -> Option<bool> {
+    let mut present = false;
+    for v in h.get_all(name) {
+        present = true;
+        let Ok(v) = v.to_str() else { continue };
+        for tag in v.split(',') {
+            let tag = tag.trim();
+            if tag == "*" {
+                return Some(true);
+            }
+            let (is_weak, opaque) = match tag.strip_prefix("W/") {
+                Some(rest) => (true, rest),
+                None => (false, tag),
+            };
+            if opaque == etag && (weak || !is_weak) {
+                return Some(true);
+            }
+        }
+    }
+    present.then_some(false)
+}
+
+/// Evaluates the preconditions of a GET/HEAD for an object with `etag` and `modified`.
+pub fn evaluate(h: &HeaderMap, etag: &str, modified: SystemTime) -> Outcome {
+    let mtime = secs(modified);
+    // Step 1/2: If-Match, else If-Unmodified-Since.
+    match list_matches(h, IF_MATCH, etag, false) {
+        Some(false) => return Outcome::PreconditionFailed,
+        Some(true) => {}
+        None => {
+            if let Some(since) = http_date(h, IF_UNMODIFIED_SINCE) {
+                if mtime > since {
+                    return Outcome::PreconditionFailed;
+                }
+            }
+        }
+    }
+    // Step 3/4: If-None-Match, else If-Modified-Since.
+    match list_matches(h, IF_NONE_MATCH, etag, true) {
+        Some(true) => Outcome::NotModified,
+        Some(false) => Outcome::Proceed,
+        None => match http_date(h, IF_MODIFIED_SINCE) {
+            Some(since) if mtime <= since => Outcome::NotModified,
+            _ => Outcome::Proceed,
+        },
+    }
+}
+
+/// Whether a `Range` should be honoured given `If-Range` (absent → yes). An entity-tag must
+/// match strongly; a date must equal `Last-Modified` exactly.
+pub fn if_range_allows(h: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    let Some(v) = h.get(IF_RANGE) else {
+        return true;
+    };
+    let Ok(v) = v.to_str() else {
+        return false;
+    };
+    let v = v.trim();
+    if v.starts_with('"') {
+        return v == etag;
+    }
+    if v.starts_with("W/") {
+        return false;
+    }
+    httpdate::parse_http_date(v).is_ok_and(|d| secs(d) == secs(modified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn hm(pairs: &[(http::HeaderName, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(k.clone(), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    const TAG: &str = "\"abc\"";
+
+    #[test]
+    fn order_and_comparisons() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = httpdate::fmt_http_date(t);
+        let later = httpdate::fmt_http_date(t + Duration::from_secs(5));
+        let earlier = httpdate::fmt_http_date(t - Duration::from_secs(5));
+        use Outcome::*;
+        assert_eq!(evaluate(&hm(&[]), TAG, t), Proceed);
+        assert_eq!(evaluate(&hm(&[(IF_NONE_MATCH, TAG)]), TAG, t), NotModified);
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "W/\"abc\"")]), TAG, t),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "\"x\", \"abc\"")]), TAG, t),
+            NotModified
+        );
+        assert_eq!(evaluate(&hm(&[(IF_NONE_MATCH, "*")]), TAG, t), NotModified);
+        assert_eq!(evaluate(&hm(&[(IF_NONE_MATCH, "\"x\"")]), TAG, t), Proceed);
+        // If-None-Match present: If-Modified-Since is ignored.
+        assert_eq!(
+            evaluate(
+                &hm(&[(IF_NONE_MATCH, "\"x\""), (IF_MODIFIED_SINCE, &later)]),
+                TAG,
+                t
+            ),
+            Proceed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MODIFIED_SINCE, &date)]), TAG, t),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MODIFIED_SINCE, &earlier)]), TAG, t),
+            Proceed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MODIFIED_SINCE, "garbage")]), TAG, t),
+            Proceed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MATCH, "\"x\"")]), TAG, t),
+            PreconditionFailed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MATCH, "W/\"abc\"")]), TAG, t),
+            PreconditionFailed
+        );
+        assert_eq!(evaluate(&hm(&[(IF_MATCH, TAG)]), TAG, t), Proceed);
+        assert_eq!(
+            evaluate(&hm(&[(IF_UNMODIFIED_SINCE, &earlier)]), TAG, t),
+            PreconditionFailed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_UNMODIFIED_SINCE, &date)]), TAG, t),
+            Proceed
+        );
+
+        assert!(if_range_allows(&hm(&[]), TAG, t));
+        assert!(if_range_allows(&hm(&[(IF_RANGE, TAG)]), TAG, t));
+        assert!(!if_range_allows(&hm(&[(IF_RANGE, "\"x\"")]), TAG, t));
+        assert!(!if_range_allows(&hm(&[(IF_RANGE, "W/\"abc\"")]), TAG, t));
+        assert!(if_range_allows(&hm(&[(IF_RANGE, &date)]), TAG, t));
+        assert!(!if_range_allows(&hm(&[(IF_RANGE, &earlier)]), TAG, t));
+    }
+}

@@ -1,0 +1,396 @@
+//! THE request path. Every protocol (hyper's HTTP/1.1 and HTTP/2, later the sendfile fast path
+//! and HTTP/3) calls [`handle`]; it decides status, headers, token and range, and names the body.
+//! Only the body writers differ per protocol.
+//!
+//! Steps, in order (each may end the request):
+//! 1. target length → 414
+//! 2. method: GET/HEAD proceed, OPTIONS answers CORS preflight / `Allow`, others 405
+//! 3. path sanitising (`volumes::path`) → 400 malformed, 404 directories and dot-files
+//! 4. extension → content type and object class; unknown → 404
+//! 5. token check for protected prefixes (`auth`) → 403
+//! 6. lookup across volumes → 404, or 503 when a volume that may hold it is down
+//! 7. preconditions (`conditional`) → 412 / 304
+//! 8. range (`range`, honouring `If-Range`; GET only) → 206 / 416 / 200
+//! 9. headers: validators, Cache-Control by class, CORS, Accept-Ranges, Content-Length/-Range
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, ORIGIN, RANGE, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::conditional::{self, Outcome};
+use super::range::{self, RangeDecision};
+use crate::config::Config;
+use crate::state::State;
+use crate::volumes::{self, LookupError, PathError};
+
+/// The protocol a request arrived on (a metric and log label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+    H3,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::H1 => "h1",
+            Proto::H2 => "h2",
+            Proto::H3 => "h3",
+        }
+    }
+}
+
+/// What the handler needs from a request, whatever the protocol.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    /// Raw (still percent-encoded) path.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub peer: SocketAddr,
+    pub proto: Proto,
+}
+
+/// The decided response.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: ReplyBody,
+}
+
+/// What to send as the body; the protocol's writer turns it into bytes on the wire.
+pub enum ReplyBody {
+    /// No body (HEAD, 304, 204). `Content-Length` in the headers says what a GET would send.
+    Empty,
+    /// A small in-memory body (errors, rewritten playlists).
+    Static(Bytes),
+    /// `len` bytes of `file` from `offset`. `volume` is where a read fault must be reported.
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+        volume: usize,
+    },
+}
+
+impl ReplyBody {
+    /// Bytes this body will put on the wire.
+    pub fn len(&self) -> u64 {
+        match self {
+            ReplyBody::Empty => 0,
+            ReplyBody::Static(b) => b.len() as u64,
+            ReplyBody::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Object classes for Cache-Control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectClass {
+    Playlist,
+    Segment,
+    Key,
+}
+
+impl ObjectClass {
+    pub fn of(ext: &str) -> ObjectClass {
+        match ext {
+            "m3u8" | "mpd" => ObjectClass::Playlist,
+            "key" => ObjectClass::Key,
+            _ => ObjectClass::Segment,
+        }
+    }
+}
+
+/// Header values computed once per config, not per request.
+pub struct Prepared {
+    pub segments: HeaderValue,
+    pub playlists: HeaderValue,
+    pub keys: HeaderValue,
+    pub live: HeaderValue,
+    pub live_segments: HeaderValue,
+    pub allow_any_origin: bool,
+    pub cors_max_age: HeaderValue,
+}
+
+const EXPOSE: HeaderValue = HeaderValue::from_static("Content-Length, Content-Range, ETag");
+const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+const ALLOWED_HEADERS: HeaderValue =
+    HeaderValue::from_static("Range, If-None-Match, If-Modified-Since, If-Range, If-Match");
+const BYTES: HeaderValue = HeaderValue::from_static("bytes");
+const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+impl Prepared {
+    pub fn new(cfg: &Config) -> Prepared {
+        let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(NO_STORE);
+        let cc = &cfg.cache_control;
+        Prepared {
+            segments: hv(&cc.segments),
+            playlists: hv(&cc.playlists),
+            keys: hv(&cc.keys),
+            live: hv(&cc.live),
+            live_segments: hv(&cc.live_segments),
+            allow_any_origin: cfg.cors.any_origin(),
+            cors_max_age: HeaderValue::from(cfg.cors.max_age.as_secs()),
+        }
+    }
+}
+
+/// Handles one request. See the module doc for the steps.
+pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
+    let cfg = &state.config;
+
+    // 1. Target length.
+    let target_len = req.path.len() + req.query.map_or(0, |q| q.len() + 1);
+    if target_len > cfg.server.max_uri_bytes {
+        return error(state, req, StatusCode::URI_TOO_LONG, "uri too long\n");
+    }
+
+    // 2. Method.
+    let is_head = match *req.method {
+        Method::GET => false,
+        Method::HEAD => true,
+        Method::OPTIONS => return options(state, req),
+        _ => {
+            let mut r = error(
+                state,
+                req,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+            );
+            r.headers.insert(ALLOW, ALLOWED_METHODS);
+            return r;
+        }
+    };
+
+    // 3. Path.
+    let rel = match volumes::sanitize(req.path) {
+        Ok(p) => p,
+        Err(PathError::Malformed(_)) => {
+            return error(state, req, StatusCode::BAD_REQUEST, "bad request\n")
+        }
+        Err(PathError::NotServed(_)) => {
+            return error(state, req, StatusCode::NOT_FOUND, "not found\n")
+        }
+    };
+
+    // 4. Type and class.
+    let ext = rel.extension().map(str::to_ascii_lowercase);
+    let Some(content_type) = ext.as_deref().and_then(|e| cfg.content_type(e)) else {
+        return error(state, req, StatusCode::NOT_FOUND, "not found\n");
+    };
+    let class = ObjectClass::of(ext.as_deref().unwrap_or_default());
+    let live = cfg
+        .cache_control
+        .live_prefixes
+        .iter()
+        .any(|p| req.path.starts_with(p.as_str()));
+
+    // 5. Token: added by the token issue (auth module); public paths pass.
+
+    // 6. Lookup.
+    let opened = match state.volumes.open(&rel) {
+        Ok(o) => o,
+        Err(LookupError::NotFound) => {
+            return error(state, req, StatusCode::NOT_FOUND, "not found\n")
+        }
+        Err(LookupError::VolumeUnavailable { .. }) => {
+            return error(
+                state,
+                req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "volume unavailable\n",
+            )
+        }
+        Err(LookupError::Overloaded) => {
+            return error(state, req, StatusCode::SERVICE_UNAVAILABLE, "overloaded\n")
+        }
+    };
+    let meta = opened.meta;
+    let etag = meta.etag();
+    let modified = meta.modified();
+
+    let mut headers = HeaderMap::with_capacity(12);
+    cors_headers(state, req, &mut headers);
+    let cache_control = match (class, live) {
+        (ObjectClass::Playlist, false) => &state.prepared.playlists,
+        (ObjectClass::Segment, false) => &state.prepared.segments,
+        (ObjectClass::Key, _) => &state.prepared.keys,
+        (ObjectClass::Playlist, true) => &state.prepared.live,
+        (ObjectClass::Segment, true) => &state.prepared.live_segments,
+    };
+    headers.insert(CACHE_CONTROL, cache_control.clone());
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        headers.insert(LAST_MODIFIED, v);
+    }
+    headers.insert(ACCEPT_RANGES, BYTES);
+
+    // 7. Preconditions.
+    match conditional::evaluate(req.headers, &etag, modified) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            return Reply {
+                status: StatusCode::NOT_MODIFIED,
+                headers,
+                body: ReplyBody::Empty,
+            }
+        }
+        Outcome::PreconditionFailed => {
+            headers.insert(CONTENT_TYPE, TEXT);
+            return with_body(
+                StatusCode::PRECONDITION_FAILED,
+                headers,
+                is_head,
+                "precondition failed\n",
+            );
+        }
+    }
+
+    // 8. Range (defined for GET only, RFC 9110 §14.2).
+    let len = meta.len;
+    let decision = if is_head || !conditional::if_range_allows(req.headers, &etag, modified) {
+        RangeDecision::Full
+    } else {
+        range::resolve(req.headers.get(RANGE).map(HeaderValue::as_bytes), len)
+    };
+
+    // 9. Headers and body.
+    let (status, offset, count) = match decision {
+        RangeDecision::Full => (StatusCode::OK, 0, len),
+        RangeDecision::Partial { start, end } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                headers.insert(CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeDecision::Unsatisfiable => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                headers.insert(CONTENT_RANGE, v);
+            }
+            headers.insert(CONTENT_TYPE, TEXT);
+            return with_body(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                headers,
+                is_head,
+                "range not satisfiable\n",
+            );
+        }
+    };
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static_or(content_type));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(count));
+    let body = if is_head || count == 0 {
+        ReplyBody::Empty
+    } else {
+        ReplyBody::File {
+            file: Arc::new(opened.file),
+            offset,
+            len: count,
+            volume: opened.volume,
+        }
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+trait FromStaticOr {
+    fn from_static_or(s: &str) -> HeaderValue;
+}
+
+impl FromStaticOr for HeaderValue {
+    /// Content types were validated as header values when the config was loaded.
+    fn from_static_or(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+    }
+}
+
+fn with_body(
+    status: StatusCode,
+    mut headers: HeaderMap,
+    is_head: bool,
+    msg: &'static str,
+) -> Reply {
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(msg.len()));
+    headers.insert(CACHE_CONTROL, NO_STORE);
+    Reply {
+        status,
+        headers,
+        body: if is_head {
+            ReplyBody::Empty
+        } else {
+            ReplyBody::Static(Bytes::from_static(msg.as_bytes()))
+        },
+    }
+}
+
+/// A small plain-text error. Bodies are fixed strings: they never echo the path or a file name.
+pub fn error(state: &State, req: &Request<'_>, status: StatusCode, msg: &'static str) -> Reply {
+    let mut headers = HeaderMap::with_capacity(6);
+    cors_headers(state, req, &mut headers);
+    headers.insert(CONTENT_TYPE, TEXT);
+    with_body(status, headers, *req.method == Method::HEAD, msg)
+}
+
+/// `Access-Control-Allow-Origin` (+ `Vary: Origin` when it depends on the request) and
+/// `Access-Control-Expose-Headers`, on every response so players can read errors too.
+fn cors_headers(state: &State, req: &Request<'_>, headers: &mut HeaderMap) {
+    if state.prepared.allow_any_origin {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    } else {
+        headers.insert(VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = req.headers.get(ORIGIN) else {
+            return;
+        };
+        let allowed = state
+            .config
+            .cors
+            .allow_origins
+            .iter()
+            .any(|o| o.as_bytes() == origin.as_bytes());
+        if !allowed {
+            return;
+        }
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    }
+    headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE);
+}
+
+/// OPTIONS: a CORS preflight gets the allowed methods and headers; any other OPTIONS (including
+/// `OPTIONS *`) gets `Allow`. No token is required: browsers never send credentials on preflight.
+fn options(state: &State, req: &Request<'_>) -> Reply {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(ALLOW, ALLOWED_METHODS);
+    if req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
+        cors_headers(state, req, &mut headers);
+        if headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+            headers.insert(ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+            headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS);
+            headers.insert(ACCESS_CONTROL_MAX_AGE, state.prepared.cors_max_age.clone());
+        }
+    }
+    Reply {
+        status: StatusCode::NO_CONTENT,
+        headers,
+        body: ReplyBody::Empty,
+    }
+}

@@ -1,0 +1,160 @@
+//! `Range` header → which bytes to send (RFC 9110 §14).
+//!
+//! Policy, chosen for an origin behind CDNs:
+//! - One range (`a-b`, `a-`, `-n`) → 206 with that range, the end clamped to the object.
+//! - An unsatisfiable single range (start at or past the end, `-0`, any range of an empty
+//!   object) → 416 with `Content-Range: bytes */LEN`.
+//! - Several ranges → the whole object with 200. RFC 9110 lets a server ignore `Range`; CDNs and
+//!   players only send single ranges, and answering thousands of tiny ranges is an amplification
+//!   vector. segd never produces `multipart/byteranges`.
+//! - A header that is not a valid `bytes=` range set (unknown unit, `5-3`, garbage) is ignored
+//!   (200), as RFC 9110 §14.2 requires.
+//! - Numbers too large for u64 saturate: a start that large is unsatisfiable, a suffix that
+//!   large means the whole object.
+
+/// What to send for a GET of an object of a given length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeDecision {
+    /// 200 with the whole object.
+    Full,
+    /// 206 with bytes `start..=end` (inclusive, `end < len`).
+    Partial { start: u64, end: u64 },
+    /// 416.
+    Unsatisfiable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spec {
+    /// `a-` or `a-b`
+    From(u64, Option<u64>),
+    /// `-n`
+    Suffix(u64),
+}
+
+fn number(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Saturate instead of failing: `bytes=99999999999999999999999-` is a valid, unsatisfiable range.
+    Some(s.parse::<u64>().unwrap_or(u64::MAX))
+}
+
+fn parse_spec(s: &str) -> Option<Spec> {
+    let s = s.trim_matches(|c| c == ' ' || c == '\t');
+    let (a, b) = s.split_once('-')?;
+    if a.is_empty() {
+        return number(b).map(Spec::Suffix);
+    }
+    let start = number(a)?;
+    if b.is_empty() {
+        return Some(Spec::From(start, None));
+    }
+    let end = number(b)?;
+    (end >= start).then_some(Spec::From(start, Some(end)))
+}
+
+/// Decides the response range for `header` (the raw `Range` value, if any) and `len`.
+pub fn resolve(header: Option<&[u8]>, len: u64) -> RangeDecision {
+    let Some(raw) = header else {
+        return RangeDecision::Full;
+    };
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return RangeDecision::Full;
+    };
+    let Some(set) = text
+        .trim()
+        .strip_prefix("bytes=")
+        .or_else(|| text.trim().strip_prefix("BYTES="))
+    else {
+        return RangeDecision::Full;
+    };
+    if set.contains(',') {
+        // Multi-range (or a list with empty elements): whole object, see the module doc.
+        return RangeDecision::Full;
+    }
+    match parse_spec(set) {
+        None => RangeDecision::Full,
+        Some(Spec::From(start, end)) => {
+            if start >= len {
+                RangeDecision::Unsatisfiable
+            } else {
+                let end = end.map_or(len - 1, |e| e.min(len - 1));
+                RangeDecision::Partial { start, end }
+            }
+        }
+        Some(Spec::Suffix(n)) => {
+            if n == 0 || len == 0 {
+                RangeDecision::Unsatisfiable
+            } else {
+                RangeDecision::Partial {
+                    start: len - n.min(len),
+                    end: len - 1,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use RangeDecision::*;
+
+    fn r(h: &str, len: u64) -> RangeDecision {
+        resolve(Some(h.as_bytes()), len)
+    }
+
+    #[test]
+    fn single_ranges() {
+        assert_eq!(r("bytes=0-9", 100), Partial { start: 0, end: 9 });
+        assert_eq!(r("bytes=90-200", 100), Partial { start: 90, end: 99 });
+        assert_eq!(r("bytes=10-", 100), Partial { start: 10, end: 99 });
+        assert_eq!(r("bytes=-10", 100), Partial { start: 90, end: 99 });
+        assert_eq!(r("bytes=-1000", 100), Partial { start: 0, end: 99 });
+        assert_eq!(r("bytes=99-99", 100), Partial { start: 99, end: 99 });
+    }
+
+    #[test]
+    fn unsatisfiable() {
+        assert_eq!(r("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(r("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(r("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(r("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(r("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(r("bytes=99999999999999999999999-", 100), Unsatisfiable);
+    }
+
+    #[test]
+    fn ignored() {
+        assert_eq!(resolve(None, 100), Full);
+        assert_eq!(r("bytes=5-3", 100), Full);
+        assert_eq!(r("items=0-5", 100), Full);
+        assert_eq!(r("bytes=abc", 100), Full);
+        assert_eq!(r("bytes=-", 100), Full);
+        assert_eq!(r("bytes=--5", 100), Full);
+        assert_eq!(r("bytes=+5-6", 100), Full);
+        assert_eq!(r("bytes=0-1,5-6", 100), Full);
+        assert_eq!(r("bytes=0-", 100), Partial { start: 0, end: 99 });
+        assert_eq!(
+            r("bytes=-99999999999999999999999", 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(resolve(Some(b"bytes=\xff-1"), 100), Full);
+    }
+
+    proptest! {
+        /// A partial answer always lies within the object and is non-empty.
+        #[test]
+        fn partial_is_within_object(h in "(bytes=)?[-0-9, ]{0,30}", len in 0u64..10_000) {
+            if let Partial { start, end } = r(&h, len) {
+                prop_assert!(start <= end && end < len);
+            }
+        }
+
+        #[test]
+        fn never_panics(h in proptest::collection::vec(any::<u8>(), 0..64), len in any::<u64>()) {
+            let _ = resolve(Some(&h), len);
+        }
+    }
+}

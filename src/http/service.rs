@@ -1,0 +1,124 @@
+//! hyper glue for the plaintext listeners: HTTP/1.1 (keep-alive, pipelining) and HTTP/2 with
+//! prior knowledge (h2c) on the same socket, detected from the connection preface.
+//!
+//! Per request: convert to [`handler::Request`], call [`handler::handle`], convert the [`Reply`]
+//! to a hyper response, and record metrics once.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use super::body::Body;
+use super::handler::{self, Proto, Reply};
+use crate::metrics::status_class;
+use crate::server::shutdown::Drain;
+use crate::state::State;
+
+/// The hyper connection builder configured from `[server]`.
+pub fn builder(state: &State) -> auto::Builder<TokioExecutor> {
+    let s = &state.config.server;
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(s.header_read_timeout)
+        // hyper refuses a buffer below 8 KiB; heads over the limit get 431.
+        .max_buf_size(s.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(s.keepalive_timeout / 2))
+        .keep_alive_timeout(s.keepalive_timeout);
+    b
+}
+
+/// Serves one accepted plaintext connection until it closes or the drain asks it to finish.
+pub async fn serve_plain(
+    stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    drain: Drain,
+) {
+    let _ = stream.set_nodelay(true);
+    let gauge = state.metrics.connections_open.with_label_values(&["plain"]);
+    gauge.inc();
+    let svc_state = Arc::clone(&state);
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let state = Arc::clone(&svc_state);
+        async move { Ok::<_, Infallible>(respond(&state, peer, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut stop = drain.signal();
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = stop.wait() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error during drain");
+            }
+        }
+    }
+    gauge.dec();
+}
+
+/// One request through the handler, with metrics recorded at the single exit.
+async fn respond(
+    state: &State,
+    peer: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> hyper::Response<Body> {
+    let start = Instant::now();
+    let proto = if req.version() == http::Version::HTTP_2 {
+        Proto::H2
+    } else {
+        Proto::H1
+    };
+    let (parts, _body) = req.into_parts();
+    let hreq = handler::Request {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        peer,
+        proto,
+    };
+    let Reply {
+        status,
+        headers,
+        body,
+    } = handler::handle(state, &hreq).await;
+    let m = &state.metrics;
+    let method = match parts.method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    m.requests
+        .with_label_values(&[method, status_class(status.as_u16()), proto.as_str()])
+        .inc();
+    m.response_bytes
+        .with_label_values(&[proto.as_str()])
+        .inc_by(body.len());
+    m.duration
+        .with_label_values(&["ttfb"])
+        .observe(start.elapsed().as_secs_f64());
+    let mut resp = hyper::Response::new(Body::new(body, &state.volumes));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}

@@ -1,0 +1,74 @@
+//! The `segd` binary: parse the command line, load the config, run. Exit codes live here only:
+//! 0 success, 64 (EX_USAGE) invalid config, 1 runtime failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use segd::cli::{Cli, Command};
+use segd::config::Config;
+
+const EX_CONFIG: u8 = 64;
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errs| {
+        eprintln!("{errs}");
+        eprintln!("segd: {} problem(s) in {}", errs.len(), path.display());
+        ExitCode::from(EX_CONFIG)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let errs = cfg.check_paths();
+            if !errs.is_empty() {
+                eprintln!("{errs}");
+                eprintln!("segd: {} problem(s) in {}", errs.len(), config.display());
+                return ExitCode::from(EX_CONFIG);
+            }
+            println!("{}: ok", config.display());
+            ExitCode::SUCCESS
+        }
+        Command::Place { config, paths } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut status = ExitCode::SUCCESS;
+            for p in paths {
+                match segd::volumes::sanitize(&p) {
+                    Ok(rel) => {
+                        let n = cfg.volumes.len() as u64;
+                        let i = (segd::volumes::fnv1a64(rel.asset_key().as_bytes()) % n) as usize;
+                        let v = &cfg.volumes[i];
+                        println!("{p}\t{}\t{}", v.name, v.path.join(rel.as_str()).display());
+                    }
+                    Err(e) => {
+                        eprintln!("{p}: not a servable path: {e}");
+                        status = ExitCode::from(EX_CONFIG);
+                    }
+                }
+            }
+            status
+        }
+        Command::Serve { config } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            segd::log::init(&cfg.log);
+            match segd::server::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("segd: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

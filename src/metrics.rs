@@ -1,0 +1,120 @@
+//! Prometheus metrics: one [`Metrics`] struct registered into a registry made at start (never the
+//! global default). Labels stay low-cardinality: never a path, token or client address.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::volumes::Volumes;
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub response_bytes: IntCounterVec,
+    pub duration: HistogramVec,
+    pub connections_open: IntGaugeVec,
+    pub volume_healthy: IntGaugeVec,
+    pub volume_io_errors: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+/// 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("segd_http_requests_total", "HTTP requests answered"),
+            &["method", "status_class", "proto"],
+        )?;
+        let response_bytes = IntCounterVec::new(
+            Opts::new("segd_http_response_bytes_total", "Response body bytes sent"),
+            &["proto"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "segd_http_request_duration_seconds",
+                "Time from request head to response head (phase=ttfb) and to the last body byte (phase=total)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["phase"],
+        )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("segd_connections_open", "Open client connections"),
+            &["proto"],
+        )?;
+        let volume_healthy = IntGaugeVec::new(
+            Opts::new(
+                "segd_volume_healthy",
+                "1 if the volume serves, 0 if it is marked unhealthy",
+            ),
+            &["volume"],
+        )?;
+        let volume_io_errors = IntCounterVec::new(
+            Opts::new(
+                "segd_volume_io_errors_total",
+                "Device errors seen on the volume",
+            ),
+            &["volume"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("segd_build_info", "Build information (always 1)"),
+            &["version"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(response_bytes.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(volume_healthy.clone()))?;
+        registry.register(Box::new(volume_io_errors.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Metrics {
+            registry,
+            requests,
+            response_bytes,
+            duration,
+            connections_open,
+            volume_healthy,
+            volume_io_errors,
+            build_info,
+        })
+    }
+
+    /// Copies volume state into the gauges/counters, then renders the text exposition format.
+    pub fn render(&self, volumes: &Volumes) -> Vec<u8> {
+        for v in volumes.iter() {
+            self.volume_healthy
+                .with_label_values(&[&v.name])
+                .set(i64::from(v.is_healthy()));
+            let c = self.volume_io_errors.with_label_values(&[&v.name]);
+            let seen = v.io_errors();
+            if seen > c.get() {
+                c.inc_by(seen - c.get());
+            }
+        }
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for well-formed families.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        out
+    }
+}
+
+/// `2xx`, `3xx`, ... as a static label.
+pub fn status_class(code: u16) -> &'static str {
+    match code {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

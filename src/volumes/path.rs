@@ -1,0 +1,241 @@
+//! Pure URL-path sanitising: raw request path → a relative path that cannot leave a volume root.
+//!
+//! No I/O here. The rules, in the order they are applied to the *raw* (still percent-encoded)
+//! path, and why:
+//! 1. It must start with `/` (origin-form). Anything else is malformed → 400.
+//! 2. It is split on `/` *before* decoding, so an encoded `%2F` can never create a separator.
+//!    An empty segment in the middle (`//`) is rejected → 400: merging slashes would give one file
+//!    several URLs and several CDN cache keys. A trailing `/` names a directory → 404 (no listings).
+//! 3. Each segment is percent-decoded exactly once (`%252e` stays the literal `%2e`, never `.`).
+//!    Invalid escapes, invalid UTF-8 (overlong forms included), NUL and other control bytes,
+//!    `/` or `\` produced by decoding, and the segments `.` and `..` → 400.
+//! 4. A segment starting with `.` (dot-files: `.git`, `.htpasswd`, volume markers) → 404.
+//!
+//! The result joined under a root therefore only ever names a descendant of that root; the
+//! volume layer adds the filesystem half (symlinks) with `openat2(RESOLVE_BENEATH)`.
+
+use std::fmt;
+
+/// Why a request path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// Not a well-formed path for segd (→ 400).
+    Malformed(&'static str),
+    /// Well-formed but never served: directories, dot-files (→ 404).
+    NotServed(&'static str),
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathError::Malformed(why) | PathError::NotServed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A sanitised path relative to a volume root: `/`-separated, no empty, `.` or `..` segments,
+/// no leading `/`, no dot-files, valid UTF-8 without control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelPath(String);
+
+impl RelPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The lower-case file extension, if the last segment has one.
+    pub fn extension(&self) -> Option<&str> {
+        let name = self.0.rsplit('/').next()?;
+        let dot = name.rfind('.')?;
+        if dot == 0 {
+            return None;
+        }
+        Some(&name[dot + 1..])
+    }
+
+    /// The "asset directory" used for volume placement: the first two segments
+    /// (`vod/t1/128k/seg.ts` → `vod/t1`), or the parent directory if the path is shallower.
+    pub fn asset_key(&self) -> &str {
+        let mut idx = 0;
+        for (n, (i, _)) in self.0.match_indices('/').enumerate() {
+            idx = i;
+            if n == 1 {
+                break;
+            }
+        }
+        &self.0[..idx]
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes once. `None` on a malformed escape (`%`, `%4`, `%zz`).
+pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            let hi = hex(*raw.get(i + 1)?)?;
+            let lo = hex(*raw.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(raw[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Sanitises the raw path of a request (the part before `?`, not yet decoded).
+pub fn sanitize(raw: &str) -> Result<RelPath, PathError> {
+    let rest = raw
+        .strip_prefix('/')
+        .ok_or(PathError::Malformed("path must start with /"))?;
+    if rest.is_empty() {
+        return Err(PathError::NotServed("directory"));
+    }
+    let mut out = String::with_capacity(rest.len());
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        if seg.is_empty() {
+            return Err(if last {
+                PathError::NotServed("directory")
+            } else {
+                PathError::Malformed("empty path segment")
+            });
+        }
+        let bytes =
+            percent_decode(seg.as_bytes()).ok_or(PathError::Malformed("invalid percent-escape"))?;
+        let text =
+            std::str::from_utf8(&bytes).map_err(|_| PathError::Malformed("path is not UTF-8"))?;
+        if text.chars().any(|c| c.is_control()) {
+            return Err(PathError::Malformed("control character in path"));
+        }
+        if text.contains('/') || text.contains('\\') {
+            return Err(PathError::Malformed("encoded separator in path"));
+        }
+        if text == "." || text == ".." {
+            return Err(PathError::Malformed("dot segment in path"));
+        }
+        if text.starts_with('.') {
+            return Err(PathError::NotServed("dot-file"));
+        }
+        if !out.is_empty() {
+            out.push('/');
+        }
+        out.push_str(text);
+    }
+    Ok(RelPath(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_media_paths() {
+        let p = sanitize("/vod/t1/128k/seg_00001.ts").expect("valid");
+        assert_eq!(p.as_str(), "vod/t1/128k/seg_00001.ts");
+        assert_eq!(p.extension(), Some("ts"));
+        assert_eq!(p.asset_key(), "vod/t1");
+        assert_eq!(sanitize("/a%20b/c.ts").expect("valid").as_str(), "a b/c.ts");
+        assert_eq!(sanitize("/x/y.m3u8").expect("valid").asset_key(), "x");
+        assert_eq!(sanitize("/y.m3u8").expect("valid").asset_key(), "");
+    }
+
+    #[test]
+    fn rejects_traversal_and_oddities() {
+        use PathError::*;
+        for (raw, malformed) in [
+            ("/../etc/passwd", true),
+            ("/vod/../../etc/passwd", true),
+            ("/vod/%2e%2e/x.ts", true),
+            ("/vod/%2E%2E/x.ts", true),
+            ("/vod/.%2e/x.ts", true),
+            ("/vod/%2f/x.ts", true),
+            ("/vod%2Fx.ts", true),
+            ("/vod/%5cx.ts", true),
+            ("/vod/a\\b.ts", true),
+            ("/vod/%00.ts", true),
+            ("/vod/%0a.ts", true),
+            ("/vod/%c0%ae%c0%ae/x.ts", true),
+            ("/vod/%zz.ts", true),
+            ("/vod/%4", true),
+            ("//etc/passwd", true),
+            ("/vod//x.ts", true),
+            ("vod/x.ts", true),
+            ("/./x.ts", true),
+            ("/vod/.git/config", false),
+            ("/.segd-volume", false),
+            ("/vod/", false),
+            ("/", false),
+        ] {
+            let got = sanitize(raw);
+            match got {
+                Err(Malformed(_)) if malformed => {}
+                Err(NotServed(_)) if !malformed => {}
+                other => panic!("{raw}: unexpected {other:?}"),
+            }
+        }
+        // Double-encoding decodes once: `%252e%252e` is the literal name `%2e%2e`, a harmless file name.
+        assert_eq!(
+            sanitize("/vod/%252e%252e/x.ts").expect("ok").as_str(),
+            "vod/%2e%2e/x.ts"
+        );
+    }
+
+    #[test]
+    fn extension_rules() {
+        assert_eq!(sanitize("/a/b").expect("ok").extension(), None);
+        assert_eq!(sanitize("/a.d/b").expect("ok").extension(), None);
+        assert_eq!(sanitize("/a/b.tar.ts").expect("ok").extension(), Some("ts"));
+    }
+
+    proptest! {
+        /// Whatever the input, an accepted path joined under a root stays under that root:
+        /// no absolute part, no `.`/`..`/empty segment, no backslash, no NUL.
+        #[test]
+        fn sanitized_never_escapes(raw in "(/|%2[eEfF]|%5[cC]|%00|%25|\\.|\\.\\.|[a-z0-9_]|\\\\|%c0%ae){0,24}") {
+            if let Ok(p) = sanitize(&raw) {
+                let s = p.as_str();
+                prop_assert!(!s.starts_with('/'));
+                prop_assert!(!s.contains('\\') && !s.contains('\0'));
+                for seg in s.split('/') {
+                    prop_assert!(!seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with('.'));
+                }
+                let root = std::path::Path::new("/srv/vol");
+                let joined = root.join(s);
+                prop_assert!(joined.starts_with(root));
+                let mut depth: i64 = 0;
+                for c in std::path::Path::new(s).components() {
+                    match c {
+                        std::path::Component::Normal(_) => depth += 1,
+                        _ => prop_assert!(false, "non-normal component in {s}"),
+                    }
+                }
+                prop_assert!(depth >= 1);
+            }
+        }
+
+        #[test]
+        fn arbitrary_strings_never_panic(raw in "\\PC{0,64}") {
+            let _ = sanitize(&raw);
+        }
+    }
+}
