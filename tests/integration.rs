@@ -1,1 +1,9 @@
+//! segd's integration tests: one binary (ripgrep style). Every test starts the real `segd` on an
+//! ephemeral loopback port with temp volumes and talks to it over TCP.
 
+mod util;
+
+mod config;
+mod demo;
+mod http_semantics;
+mod volumes;

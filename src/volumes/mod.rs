@@ -277,7 +277,7 @@ impl Volume {
     /// Containment without openat2: resolve symlinks, then require the result under the root.
     /// (There is a window between the check and the open that openat2 does not have.)
     fn open_fallback(&self, rel: &RelPath, flags: OFlags) -> Result<OwnedFd, OpenError> {
-        let root = std::fs::canonicalize(&self.path).map_err(|e| OpenError::Fault(e))?;
+        let root = std::fs::canonicalize(&self.path).map_err(OpenError::Fault)?;
         let full = std::fs::canonicalize(root.join(rel.as_str())).map_err(|e| classify(&e))?;
         if !full.starts_with(&root) {
             return Err(OpenError::NotFound);

@@ -1,0 +1,189 @@
+//! Config and CLI contract:
+//! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
+//! - a missing config file names the path (check-config and serve)
+//! - unknown keys are errors listing the allowed keys
+//! - `--help` of every command describes it
+//! - a listen address already in use fails start-up with exit 1 and the key
+
+use std::process::Command;
+
+use crate::util::*;
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("vol")).expect("mkdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let (code, err, path) = check(
+        r#"
+[server]
+listen = ["127.0.0.1:8080", "not-an-address"]
+workers = -3
+drain_timeout = "forever"
+lisen = ["typo"]
+
+[admin]
+listen = "127.0.0.1:8080"
+
+[[volumes]]
+path = "vol"
+[[volumes]]
+name = "x"
+
+[cache]
+max_bytes = "1GB"
+max_item_bytes = "8MiB"
+
+[token]
+algorithm = "sha512"
+protect = ["vod/"]
+leeway = "10s"
+[[token.keys]]
+id = "k1"
+secret = "not-hex"
+
+[cors]
+allow_origins = ["example.com"]
+
+[log]
+access = "stdout"
+format = "xml"
+
+[bogus]
+"#,
+    );
+    assert_eq!(code, 64, "{err}");
+    let expect = [
+        ("server.listen[1]", "IP:PORT"),
+        ("server.workers", "0 (one per CPU core)"),
+        ("server.drain_timeout", "duration"),
+        ("server.lisen", "unknown key"),
+        ("admin.listen", "used twice"),
+        ("volumes[1].path", "missing"),
+        ("cache.max_bytes", "KiB, MiB, GiB"),
+        ("token.algorithm", "sha256, sha1, md5"),
+        ("token.protect[0]", "start with"),
+        ("token.keys[0].secret", "hex"),
+        ("cors.allow_origins[0]", "not an origin"),
+        ("log.format", "json, combined"),
+        ("bogus", "unknown key"),
+    ];
+    for (key, needle) in expect {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .unwrap_or_else(|| panic!("no error for {key} in:\n{err}"));
+        assert!(line.starts_with(&path), "names the file: {line}");
+        assert!(line.contains(needle), "{key}: {line}");
+    }
+    // Unknown keys list what is allowed.
+    let typo = err
+        .lines()
+        .find(|l| l.contains("server.lisen"))
+        .expect("typo line");
+    assert!(typo.contains("allowed: listen, workers"), "{typo}");
+    assert!(err.contains("problem(s)"));
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    for cmd in ["check-config", "serve"] {
+        let out = Command::new(BIN)
+            .args([cmd, "--config", "/nonexistent/segd.toml"])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(64), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("/nonexistent/segd.toml") && err.contains("cannot read config file"),
+            "{cmd}: {err}"
+        );
+    }
+    // serve without --config looks for config/segd.toml relative to the working directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config/segd.toml"));
+}
+
+#[test]
+fn invalid_toml_and_missing_volume_dir() {
+    let (code, err, _) = check("[server\nlisten = 1");
+    assert_eq!(code, 64);
+    assert!(err.contains("invalid TOML"), "{err}");
+    let (code, err, _) = check("[[volumes]]\npath = \"does-not-exist\"\n");
+    assert_eq!(code, 64);
+    assert!(
+        err.contains("volumes[0].path") && err.contains("existing, readable directory"),
+        "{err}"
+    );
+    let (code, err, _) = check("[server]\nlisten = [\"127.0.0.1:0\"]\n");
+    assert_eq!(code, 64);
+    assert!(err.contains("volumes: no volume configured"), "{err}");
+    let (code, err, _) = check("[[volumes]]\npath = \"vol\"\n");
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn help_is_complete() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "check-config", "place"] {
+        assert!(text.contains(cmd), "--help lists {cmd}:\n{text}");
+        let out = Command::new(BIN)
+            .args([cmd, "--help"])
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+        let sub = String::from_utf8_lossy(&out.stdout);
+        assert!(sub.contains("--config"), "{cmd} --help:\n{sub}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SIGTERM") && text.contains("64"), "{text}");
+}
+
+#[test]
+fn bind_conflict_fails_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = format!(
+        "[server]\nlisten = [\"{addr}\"]\n[admin]\nlisten = \"off\"\n[[volumes]]\npath = \"{}\"\n",
+        dir.path().display()
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, cfg).expect("write");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot bind server.listen[0] = {addr}")),
+        "{err}"
+    );
+}

@@ -1,0 +1,412 @@
+//! HTTP semantics against the running server:
+//! - content types per extension, unknown extensions 404, `[types]` additions
+//! - Cache-Control per class: segments, VOD playlists, live prefix, keys
+//! - Range: `a-b`, `a-`, `-n`, 416 with `bytes */LEN`, multi-range → 200, invalid → 200, HEAD
+//! - ETag / Last-Modified, If-None-Match / If-Modified-Since → 304, If-Match → 412, If-Range
+//! - methods: 405 with Allow; OPTIONS preflight; CORS with `*` and with an origin list
+//! - keep-alive and pipelining over raw HTTP/1.1; h2c prior knowledge
+//! - error bodies never contain filesystem paths
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::util::*;
+
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+
+fn demo_file(rel: &str) -> Vec<u8> {
+    std::fs::read(demo_dir().join("disk1").join(rel.trim_start_matches('/'))).expect("demo file")
+}
+
+fn one_volume(extra: &str) -> (tempfile::TempDir, Server) {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], extra));
+    (dir, srv)
+}
+
+#[tokio::test]
+async fn content_types_by_extension() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/a")).expect("mkdir");
+    let cases = [
+        ("p.m3u8", "application/vnd.apple.mpegurl"),
+        ("m.mpd", "application/dash+xml"),
+        ("s.ts", "video/mp2t"),
+        ("s.m4s", "video/iso.segment"),
+        ("i.mp4", "video/mp4"),
+        ("a.m4a", "audio/mp4"),
+        ("a.aac", "audio/aac"),
+        ("a.mp3", "audio/mpeg"),
+        ("c.vtt", "text/vtt"),
+        ("k.key", "application/octet-stream"),
+        ("x.flac", "audio/flac"),
+        ("UPPER.TS", "video/mp2t"),
+    ];
+    for (name, _) in cases {
+        std::fs::write(vol.join("vod/a").join(name), b"data").expect("write");
+    }
+    for name in ["x.html", "x.txt", "x.php", "noext"] {
+        std::fs::write(vol.join("vod/a").join(name), b"data").expect("write");
+    }
+    let srv = Server::start(&config_for(&[&vol], "[types]\nflac = \"audio/flac\"\n"));
+    for (name, ctype) in cases {
+        let r = get(&srv.url(&format!("/vod/a/{name}")), &[]).await;
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.header("content-type"), Some(ctype), "{name}");
+        assert_eq!(r.body.as_ref(), b"data");
+    }
+    for name in ["x.html", "x.txt", "x.php", "noext"] {
+        let r = get(&srv.url(&format!("/vod/a/{name}")), &[]).await;
+        assert_eq!(r.status, 404, "{name} is not media and must not be served");
+    }
+}
+
+#[tokio::test]
+async fn cache_control_per_class() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    for d in ["vod/t", "live/r", "radio/r"] {
+        std::fs::create_dir_all(vol.join(d)).expect("mkdir");
+    }
+    for f in [
+        "vod/t/index.m3u8",
+        "vod/t/m.mpd",
+        "vod/t/s.ts",
+        "vod/t/k.key",
+        "live/r/index.m3u8",
+        "live/r/s.ts",
+        "radio/r/index.m3u8",
+    ] {
+        std::fs::write(vol.join(f), b"x").expect("write");
+    }
+    let srv = Server::start(&config_for(
+        &[&vol],
+        "[cache_control]\nplaylists = \"public, max-age=30\"\nlive_prefixes = [\"/live/\", \"/radio/\"]\n",
+    ));
+    for (path, cc) in [
+        ("/vod/t/index.m3u8", "public, max-age=30"),
+        ("/vod/t/m.mpd", "public, max-age=30"),
+        ("/vod/t/s.ts", "public, max-age=31536000, immutable"),
+        ("/vod/t/k.key", "private, no-store"),
+        ("/live/r/index.m3u8", "public, max-age=1"),
+        ("/live/r/s.ts", "public, max-age=1"),
+        ("/radio/r/index.m3u8", "public, max-age=1"),
+    ] {
+        let r = get(&srv.url(path), &[]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("cache-control"), Some(cc), "{path}");
+    }
+    // Defaults without a [cache_control] section.
+    let (_d, srv) = one_volume("");
+    let r = get(&srv.url("/vod/t1/hls/master.m3u8"), &[]).await;
+    assert_eq!(r.header("cache-control"), Some("public, max-age=10"));
+    // Errors are never cached by default.
+    let r = get(&srv.url("/vod/t1/nope.ts"), &[]).await;
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn ranges() {
+    let (_d, srv) = one_volume("");
+    let full = demo_file(SEG);
+    let len = full.len();
+    let url = srv.url(SEG);
+
+    let r = get(&url, &[("range", "bytes=0-99")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 0-99/{len}").as_str())
+    );
+    assert_eq!(r.header("content-length"), Some("100"));
+    assert_eq!(r.body.as_ref(), &full[..100]);
+
+    let r = get(&url, &[("range", "bytes=1000-")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 1000-{}/{len}", len - 1).as_str())
+    );
+    assert_eq!(r.body.as_ref(), &full[1000..]);
+
+    let r = get(&url, &[("range", "bytes=-500")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.as_ref(), &full[len - 500..]);
+
+    let r = get(&url, &[("range", &format!("bytes=10-{}", len * 2))]).await;
+    assert_eq!(r.status, 206, "end past the object is clamped");
+    assert_eq!(r.body.as_ref(), &full[10..]);
+
+    for unsat in [
+        format!("bytes={len}-"),
+        format!("bytes={}-{}", len + 5, len + 10),
+        "bytes=-0".into(),
+    ] {
+        let r = get(&url, &[("range", &unsat)]).await;
+        assert_eq!(r.status, 416, "{unsat}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes */{len}").as_str())
+        );
+    }
+
+    // Multi-range: documented policy is the whole object with 200.
+    let r = get(&url, &[("range", "bytes=0-9,20-29")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), len);
+    // Invalid or foreign-unit ranges are ignored.
+    for bad in [
+        "bytes=9-3",
+        "items=0-9",
+        "bytes=abc",
+        "bytes=-",
+        "bytes=1-2-3",
+    ] {
+        let r = get(&url, &[("range", bad)]).await;
+        assert_eq!(r.status, 200, "{bad}");
+        assert_eq!(r.body.len(), len);
+    }
+    // Range is defined for GET only: HEAD answers 200 with the full length.
+    let r = request("HEAD", &url, &[("range", "bytes=0-9")], false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(len.to_string().as_str()));
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+}
+
+#[tokio::test]
+async fn validators_and_conditionals() {
+    let (dir, srv) = one_volume("");
+    let url = srv.url(SEG);
+    let r = get(&url, &[]).await;
+    assert_eq!(r.status, 200);
+    let etag = r.header("etag").expect("etag").to_string();
+    let lm = r
+        .header("last-modified")
+        .expect("last-modified")
+        .to_string();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "strong etag: {etag}"
+    );
+
+    let r = get(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!(r.status, 304);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    assert!(
+        r.header("cache-control").is_some(),
+        "304 carries Cache-Control"
+    );
+    let r = get(&url, &[("if-none-match", &format!("\"other\", W/{etag}"))]).await;
+    assert_eq!(r.status, 304, "weak comparison for If-None-Match");
+    let r = get(&url, &[("if-none-match", "\"other\"")]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&url, &[("if-modified-since", &lm)]).await;
+    assert_eq!(r.status, 304);
+    let r = get(
+        &url,
+        &[("if-modified-since", "Thu, 01 Jan 1970 00:00:01 GMT")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = request("HEAD", &url, &[("if-none-match", &etag)], false).await;
+    assert_eq!(r.status, 304);
+    let r = get(&url, &[("if-match", "\"nope\"")]).await;
+    assert_eq!(r.status, 412);
+    let r = get(&url, &[("if-match", &etag), ("range", "bytes=0-0")]).await;
+    assert_eq!(r.status, 206);
+
+    // If-Range: honoured only when the validator still matches.
+    let r = get(&url, &[("if-range", &etag), ("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 206);
+    let r = get(&url, &[("if-range", "\"stale\""), ("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 200);
+    let r = get(&url, &[("if-range", &lm), ("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 206);
+    let r = get(
+        &url,
+        &[
+            ("if-range", "Thu, 01 Jan 1970 00:00:01 GMT"),
+            ("range", "bytes=0-9"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // Rewriting the file changes the validator: the old ETag no longer gives 304.
+    let path = dir.path().join("disk1").join(SEG.trim_start_matches('/'));
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, b"new content").expect("rewrite");
+    let r = get(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), b"new content");
+    assert_ne!(r.header("etag"), Some(etag.as_str()));
+}
+
+#[tokio::test]
+async fn methods_and_preflight() {
+    let (_d, srv) = one_volume("");
+    for m in ["POST", "PUT", "DELETE", "PATCH", "TRACE", "CONNECT", "FOO"] {
+        let req = format!(
+            "{m} {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let resp = raw(srv.addr, req.as_bytes(), Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        assert_eq!(raw_status(&resp), 405, "{m}: {text}");
+        assert!(text.contains("allow: get, head, options"), "{m}: {text}");
+    }
+    let r = request("HEAD", &srv.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(demo_file(SEG).len().to_string().as_str())
+    );
+    assert!(r.body.is_empty());
+
+    let r = request(
+        "OPTIONS",
+        &srv.url(SEG),
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "range"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert!(r
+        .header("access-control-allow-methods")
+        .is_some_and(|v| v.contains("GET")));
+    assert!(r
+        .header("access-control-allow-headers")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("range")));
+    assert!(r.header("access-control-max-age").is_some());
+    let r = request("OPTIONS", &srv.url(SEG), &[], false).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"));
+
+    let r = get(&srv.url(SEG), &[("origin", "https://player.example")]).await;
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    let exposed = r
+        .header("access-control-expose-headers")
+        .expect("expose")
+        .to_ascii_lowercase();
+    for h in ["content-length", "content-range", "etag"] {
+        assert!(exposed.contains(h), "{h} exposed");
+    }
+}
+
+#[tokio::test]
+async fn cors_origin_list() {
+    let (_d, srv) =
+        one_volume("[cors]\nallow_origins = [\"https://a.example\", \"https://b.example\"]\n");
+    let r = get(&srv.url(SEG), &[("origin", "https://b.example")]).await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://b.example")
+    );
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = get(&srv.url(SEG), &[("origin", "https://evil.example")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("vary"), Some("Origin"));
+    let r = request(
+        "OPTIONS",
+        &srv.url(SEG),
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(r.header("access-control-allow-methods"), None);
+}
+
+#[tokio::test]
+async fn keepalive_and_pipelining() {
+    let (_d, srv) = one_volume("");
+    let a = "/vod/t1/hls/64k/index.m3u8";
+    let b = "/vod/t1/hls/master.m3u8";
+    let req = format!(
+        "GET {a} HTTP/1.1\r\nHost: t\r\n\r\nHEAD {b} HTTP/1.1\r\nHost: t\r\n\r\nGET {b} HTTP/1.1\r\nHost: t\r\nRange: bytes=0-6\r\nConnection: close\r\n\r\n"
+    );
+    let resp = raw(srv.addr, req.as_bytes(), Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let ia = demo_file(a);
+    let first = text.find("HTTP/1.1 200").expect("first response");
+    let second = text[first + 1..]
+        .find("HTTP/1.1 200")
+        .map(|i| i + first + 1)
+        .expect("second");
+    let third = text.find("HTTP/1.1 206").expect("third");
+    assert!(
+        first < second && second < third,
+        "answered in order:\n{text}"
+    );
+    assert!(text[first..second].contains(std::str::from_utf8(&ia).expect("utf8")));
+    assert!(
+        text[third..].ends_with("#EXTM3U"),
+        "range body last:\n{}",
+        &text[third..]
+    );
+    // The HEAD answer carries the GET's length and no body.
+    let head = &text[second..third];
+    let master_len = demo_file(b).len();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {master_len}")),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "no body after HEAD: {head:?}");
+}
+
+#[tokio::test]
+async fn h2c_prior_knowledge() {
+    let (_d, srv) = one_volume("");
+    let full = demo_file(SEG);
+    let r = request("GET", &srv.url(SEG), &[], true).await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), &full[..]);
+    let r = request("GET", &srv.url(SEG), &[("range", "bytes=5-14")], true).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.as_ref(), &full[5..15]);
+    let r = request("GET", &srv.url("/vod/../x.ts"), &[], true).await;
+    assert_eq!(r.status, 400);
+    let r = request("DELETE", &srv.url(SEG), &[], true).await;
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn errors_do_not_leak_paths() {
+    let (dir, srv) = one_volume("");
+    let root = dir.path().to_string_lossy().to_string();
+    for target in [
+        "/vod/t1/missing.ts",
+        "/vod/../../etc/passwd",
+        "/vod/t1/hls/",
+        "/vod/%00.ts",
+        "/vod/t1/x.exe",
+    ] {
+        let resp = raw_get(srv.addr, target);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(
+            !text.contains(&root),
+            "{target} leaked the volume path: {text}"
+        );
+        assert!(!text.contains("/tmp"), "{target}: {text}");
+        let status = raw_status(&resp);
+        assert!(status == 400 || status == 404, "{target}: {status}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("content-type: text/plain"),
+            "{text}"
+        );
+    }
+    let _ = Path::new("/");
+}

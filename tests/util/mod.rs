@@ -1,0 +1,288 @@
+//! Test harness: start the real `segd` binary on ephemeral loopback ports with temp volumes, and
+//! talk to it over TCP with hyper's client (HTTP/1.1 and h2c) or raw bytes.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_segd");
+
+/// The repository's demo corpus.
+pub fn demo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo")
+}
+
+/// Copies a directory tree (files and directories only).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// A temp dir with two volumes holding a copy of the demo corpus (t1 on disk1, t2 on disk2).
+pub fn demo_volumes() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_tree(&demo_dir().join("disk1"), &dir.path().join("disk1"));
+    copy_tree(&demo_dir().join("disk2"), &dir.path().join("disk2"));
+    dir
+}
+
+/// A config with ephemeral ports, fast health checks, and `volumes` (name = dir name).
+pub fn config_for(volumes: &[&Path], extra: &str) -> String {
+    let mut s = String::from(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nvolume_check_interval = \"200ms\"\ndrain_timeout = \"10s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+    );
+    for v in volumes {
+        let name = v.file_name().and_then(|n| n.to_str()).unwrap_or("vol");
+        s.push_str(&format!(
+            "[[volumes]]\nname = \"{name}\"\npath = \"{}\"\n\n",
+            v.display()
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    pub stderr: Arc<Mutex<String>>,
+    pub stdout: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Writes `config` to a temp file and runs `segd serve` on it; waits for the banner.
+    pub fn start(config: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("segd.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn segd");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().expect("stderr");
+        let err_buf = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                if let Ok(mut b) = err_buf.lock() {
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            }
+        });
+        let out_pipe = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let out_buf = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines().map_while(Result::ok) {
+                if let Ok(mut b) = out_buf.lock() {
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut addr, mut admin) = (None, None);
+        while admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                    panic!("segd did not print its banner; stderr:\n{err}");
+                }
+            };
+            if let Some(rest) = line.split("listening http://").nth(1) {
+                addr.get_or_insert(
+                    rest.split_whitespace()
+                        .next()
+                        .expect("addr")
+                        .parse()
+                        .expect("addr"),
+                );
+            }
+            if let Some(rest) = line.split("admin http://").nth(1) {
+                admin = Some(
+                    rest.split_whitespace()
+                        .next()
+                        .expect("addr")
+                        .parse()
+                        .expect("addr"),
+                );
+            }
+        }
+        Server {
+            child,
+            addr: addr.expect("listening line"),
+            admin: admin.expect("admin line"),
+            config: path,
+            stderr,
+            stdout,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A received response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One request with hyper's client; `h2` selects HTTP/2 with prior knowledge (h2c).
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)], h2: bool) -> Resp {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<Empty<Bytes>>();
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client
+        .request(b.body(Empty::new()).expect("request"))
+        .await
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
+    request("GET", url, headers, false).await
+}
+
+/// Sends raw bytes and reads until the server closes or `timeout` passes.
+pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(timeout)).expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// The status code of the first response in raw bytes.
+pub fn raw_status(resp: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// One `GET path` with `Connection: close` over raw TCP (for targets a URI type would reject).
+pub fn raw_get(addr: SocketAddr, target: &str) -> Vec<u8> {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    raw(addr, req.as_bytes(), Duration::from_secs(5))
+}
+
+/// Value of a sample in Prometheus text, e.g. `segd_volume_healthy{volume="disk2"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}

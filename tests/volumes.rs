@@ -1,0 +1,256 @@
+//! Volumes against the running server:
+//! - traversal variants (raw request targets) never return bytes from outside a volume
+//! - symlinks out of a volume are 404; symlinks inside are served; dot-files and directories 404
+//! - overlong targets 414, malformed request lines 400
+//! - several volumes: objects found on each; `segd place` agrees with the placement rule
+//! - a volume removed while running: 503 for its objects, others 200, /readyz and metrics show it,
+//!   and it serves again when it comes back
+
+use std::time::Duration;
+
+use crate::util::*;
+
+const SECRET: &str = "TOP-SECRET-OUTSIDE-THE-VOLUME";
+
+#[tokio::test]
+async fn traversal_never_escapes() {
+    let dir = demo_volumes();
+    // A file next to the volumes, reachable only by escaping.
+    std::fs::write(dir.path().join("secret.ts"), SECRET).expect("write");
+    std::fs::write(dir.path().join("disk1/.hidden.ts"), SECRET).expect("write");
+    std::os::unix::fs::symlink(
+        dir.path().join("secret.ts"),
+        dir.path().join("disk1/vod/t1/link.ts"),
+    )
+    .expect("symlink");
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("disk1/vod/up")).expect("symlink");
+    std::os::unix::fs::symlink(
+        "hls/64k/seg_00001.ts",
+        dir.path().join("disk1/vod/t1/inside.ts"),
+    )
+    .expect("symlink");
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let targets = [
+        "/../secret.ts",
+        "/vod/../../secret.ts",
+        "/vod/t1/../../../secret.ts",
+        "/%2e%2e/secret.ts",
+        "/%2E%2E/secret.ts",
+        "/vod/%2e%2e/%2e%2e/secret.ts",
+        "/.%2e/secret.ts",
+        "/%2e./secret.ts",
+        "/%252e%252e/secret.ts",
+        "/vod%2f..%2f..%2fsecret.ts",
+        "/vod/..%2fsecret.ts",
+        "/..%5csecret.ts",
+        "/vod\\..\\..\\secret.ts",
+        "/%c0%ae%c0%ae/secret.ts",
+        "/%e0%80%ae%e0%80%ae/secret.ts",
+        "/vod/t1/link.ts",
+        "/vod/up/secret.ts",
+        "/.hidden.ts",
+        "/vod/%00/../secret.ts",
+        "//secret.ts",
+        "/vod//../secret.ts",
+        "http://evil/../secret.ts",
+        "/vod/t1/hls/64k/seg_00001.ts/../../../../../secret.ts",
+    ];
+    for t in targets {
+        let resp = raw_get(srv.addr, t);
+        let text = String::from_utf8_lossy(&resp);
+        assert!(!text.contains(SECRET), "{t} escaped the volume:\n{text}");
+        let st = raw_status(&resp);
+        assert!((400..500).contains(&st), "{t}: status {st}");
+    }
+    let r = get(&srv.url("/vod/t1/inside.ts"), &[]).await;
+    assert_eq!(r.status, 200, "a symlink within the volume is served");
+    assert_eq!(
+        get(&srv.url("/vod/t1"), &[]).await.status,
+        404,
+        "directories are not listed"
+    );
+    assert_eq!(get(&srv.url("/vod/t1/"), &[]).await.status, 404);
+    assert_eq!(get(&srv.url("/"), &[]).await.status, 404);
+}
+
+#[tokio::test]
+async fn overlong_and_malformed_requests() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let long = format!("/vod/{}.ts", "a".repeat(5000));
+    assert_eq!(raw_status(&raw_get(srv.addr, &long)), 414);
+    let long_q = format!("/vod/t1/hls/master.m3u8?{}", "q".repeat(5000));
+    assert_eq!(raw_status(&raw_get(srv.addr, &long_q)), 414);
+    for bad in [
+        "GARBAGE\r\n\r\n",
+        "GET\r\n\r\n",
+        "GET /x.ts HTTP/9.9\r\n\r\n",
+        "GET /x.ts HTTP/1.1\r\nHost t\r\n\r\n",
+        "GET /a b.ts HTTP/1.1\r\nHost: t\r\n\r\n",
+    ] {
+        let resp = raw(srv.addr, bad.as_bytes(), Duration::from_secs(5));
+        let st = raw_status(&resp);
+        assert!(
+            st == 400 || st == 505 || resp.is_empty(),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&resp)
+        );
+        assert!(st < 500 || st == 505, "{bad:?} must not be a server error");
+    }
+    let huge = format!(
+        "GET /x.ts HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(40_000)
+    );
+    assert_eq!(
+        raw_status(&raw(srv.addr, huge.as_bytes(), Duration::from_secs(5))),
+        431
+    );
+    // The server still answers after all that.
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/master.m3u8"), &[]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn several_volumes_and_placement() {
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    let config = config_for(&[&d1, &d2], "");
+    let srv = Server::start(&config);
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/master.m3u8"), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&srv.url("/vod/t2/hls/master.m3u8"), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&srv.url("/vod/t2/dash/init-0.m4s"), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&srv.url("/vod/t3/hls/master.m3u8"), &[]).await.status,
+        404
+    );
+
+    // `segd place` prints the preferred volume; put a new asset there and on the other disk.
+    let out = std::process::Command::new(BIN)
+        .args(["place", "--config"])
+        .arg(&srv.config)
+        .args(["/vod/t1/a.ts", "/vod/t2/b.ts", "/vod/zz/c.ts"])
+        .output()
+        .expect("place");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for l in &lines {
+        let cols: Vec<&str> = l.split('\t').collect();
+        assert_eq!(cols.len(), 3, "{l}");
+        assert!(cols[1] == "disk1" || cols[1] == "disk2");
+        assert!(cols[2].ends_with(cols[0].trim_start_matches('/')));
+    }
+}
+
+#[tokio::test]
+async fn volume_removed_while_running() {
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    let srv = Server::start(&config_for(&[&d1, &d2], ""));
+    let t1 = srv.url("/vod/t1/hls/64k/seg_00000.ts");
+    let t2 = srv.url("/vod/t2/hls/64k/seg_00000.ts");
+    assert_eq!(get(&t2, &[]).await.status, 200);
+
+    let gone = dir.path().join("disk2.gone");
+    std::fs::rename(&d2, &gone).expect("remove volume");
+    // Immediately: no cacheable 404 for an object of the missing disk.
+    let r = get(&t2, &[]).await;
+    assert_eq!(r.status, 503, "object of a vanished volume: {}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        get(&t1, &[]).await.status,
+        200,
+        "the other volume keeps serving"
+    );
+    let r = get(&srv.admin_url("/readyz"), &[]).await;
+    assert_eq!(r.status, 200, "still ready with one healthy volume");
+    assert!(r.text().contains("volume disk2 unhealthy"), "{}", r.text());
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"disk2\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"disk1\"}"),
+        Some(1.0)
+    );
+    assert!(srv.stderr().contains("volume marked unhealthy"));
+
+    // Both gone: not ready.
+    let gone1 = dir.path().join("disk1.gone");
+    std::fs::rename(&d1, &gone1).expect("remove volume");
+    let admin = srv.admin_url("/readyz");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&admin, &[])
+            .await
+            .status
+            == 503)
+        .await
+    );
+    assert_eq!(get(&t1, &[]).await.status, 503);
+
+    // Back again: healthy and serving.
+    std::fs::rename(&gone, &d2).expect("restore");
+    std::fs::rename(&gone1, &d1).expect("restore");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&t2, &[]).await.status
+            == 200)
+        .await
+    );
+    assert_eq!(get(&t1, &[]).await.status, 200);
+    let r = get(&admin, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ready\n");
+    // The process never exited over it.
+    assert!(get(&srv.admin_url("/healthz"), &[]).await.status == 200);
+}
+
+#[tokio::test]
+async fn marker_file_detects_an_unmounted_disk() {
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    std::fs::write(d1.join(".segd-volume"), b"").expect("marker");
+    let cfg = config_for(
+        &[],
+        &format!(
+            "[[volumes]]\nname = \"disk1\"\npath = \"{}\"\nmarker = \".segd-volume\"\n",
+            d1.display()
+        ),
+    );
+    let srv = Server::start(&cfg);
+    let url = srv.url("/vod/t1/hls/master.m3u8");
+    assert_eq!(get(&url, &[]).await.status, 200);
+    assert_eq!(
+        get(&srv.url("/.segd-volume"), &[]).await.status,
+        404,
+        "the marker is never served"
+    );
+    // An "unmounted" disk: the mount point is there, the marker is not.
+    std::fs::remove_file(d1.join(".segd-volume")).expect("rm marker");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 503)
+        .await
+    );
+    std::fs::write(d1.join(".segd-volume"), b"").expect("marker");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 200)
+        .await
+    );
+}
