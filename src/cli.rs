@@ -38,6 +38,43 @@ pub enum Command {
         #[arg(long, short, default_value = "config/segd.toml")]
         config: PathBuf,
     },
+    /// Mint an EdgeAuth v2 token with a configured key and print it with ready URLs.
+    ///
+    /// Uses [token] algorithm, salt and keys from the config. Prints the token, then the same
+    /// request in each location segd accepts: query parameter, cookie, and path-embedded
+    /// (`/__token__=<token>/path`, which survives relative-URL resolution in players).
+    Sign {
+        /// Config file (TOML).
+        #[arg(long, short, default_value = "config/segd.toml")]
+        config: PathBuf,
+        /// ACL pattern (`*` any run, `?` one character); repeat for several (joined with `!`).
+        #[arg(long, required_unless_present = "url", conflicts_with = "url")]
+        acl: Vec<String>,
+        /// Make a URL token bound to this exact path instead of an ACL token.
+        #[arg(long)]
+        url: Option<String>,
+        /// Lifetime, e.g. 30s, 10m, 1h, 1d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Start time: `now` or Unix seconds; omitted means no `st=` field.
+        #[arg(long)]
+        start: Option<String>,
+        /// Key id to sign with (default: the first key active now).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Bind the token to a client IP (`ip=`).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Session id (`id=`).
+        #[arg(long)]
+        id: Option<String>,
+        /// Opaque payload (`data=`).
+        #[arg(long)]
+        data: Option<String>,
+        /// Path used in the printed URLs (default: the URL token's path, or the ACL's fixed prefix).
+        #[arg(long)]
+        path: Option<String>,
+    },
     /// Print the volume each URL path is placed on by the placement rule.
     ///
     /// The placement rule hashes the first two path segments (the asset directory, e.g.

@@ -12,11 +12,14 @@
 //! other or of hyper; only the handler composes them.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
 pub mod log;
 pub mod metrics;
+pub mod playlist;
 pub mod server;
+pub mod sign;
 pub mod state;
 pub mod volumes;

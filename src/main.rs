@@ -34,6 +34,44 @@ fn main() -> ExitCode {
             println!("{}: ok", config.display());
             ExitCode::SUCCESS
         }
+        Command::Sign {
+            config,
+            acl,
+            url,
+            ttl,
+            start,
+            key_id,
+            ip,
+            id,
+            data,
+            path,
+        } => {
+            let cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let args = segd::sign::Args {
+                acl,
+                url,
+                ttl,
+                start,
+                key_id,
+                ip,
+                id,
+                data,
+                path,
+            };
+            match segd::sign::run(&cfg, &args) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("segd sign: {e}");
+                    ExitCode::from(EX_CONFIG)
+                }
+            }
+        }
         Command::Place { config, paths } => {
             let cfg = match load(&config) {
                 Ok(c) => c,

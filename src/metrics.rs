@@ -16,6 +16,7 @@ pub struct Metrics {
     pub volume_healthy: IntGaugeVec,
     pub volume_io_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub token_rejections: IntCounterVec,
 }
 
 /// 50 µs to 10 s.
@@ -65,6 +66,17 @@ impl Metrics {
             Opts::new("segd_build_info", "Build information (always 1)"),
             &["version"],
         )?;
+        let token_rejections = IntCounterVec::new(
+            Opts::new(
+                "segd_token_rejections_total",
+                "Requests refused for their token, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(token_rejections.clone()))?;
+        for r in crate::auth::edgeauth::Reason::ALL {
+            token_rejections.with_label_values(&[r.as_str()]);
+        }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -84,6 +96,7 @@ impl Metrics {
             volume_healthy,
             volume_io_errors,
             build_info,
+            token_rejections,
         })
     }
 

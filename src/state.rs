@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::http::handler::Prepared;
 use crate::metrics::Metrics;
@@ -12,12 +13,14 @@ pub struct State {
     pub volumes: Arc<Volumes>,
     pub metrics: Arc<Metrics>,
     pub prepared: Prepared,
+    pub auth: Auth,
 }
 
 impl State {
     pub fn new(config: Arc<Config>, volumes: Arc<Volumes>, metrics: Arc<Metrics>) -> State {
         State {
             prepared: Prepared::new(&config),
+            auth: Auth::new(&config.token),
             config,
             volumes,
             metrics,

@@ -113,6 +113,21 @@ impl<'a> Section<'a> {
         }
     }
 
+    pub fn bool(&self, key: &str, default: bool) -> bool {
+        match self.raw(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(other) => {
+                self.error(
+                    key,
+                    format!("expected a boolean, got {}", describe(other)),
+                    "true, false",
+                );
+                default
+            }
+        }
+    }
+
     /// An integer within `min..=max`.
     pub fn int(&self, key: &str, default: i64, min: i64, max: i64, allowed: &str) -> i64 {
         match self.raw(key) {

@@ -125,6 +125,9 @@ pub struct TokenConfig {
     pub salt: Option<String>,
     /// Header name (lower-case) and secret that let a CDN skip token checks.
     pub origin_auth: Option<(String, String)>,
+    /// Whether an origin-authenticated request skips token checks (default true). When false,
+    /// origin auth only makes `client_ip_header` trusted, and tokens are still verified.
+    pub origin_auth_skips_tokens: bool,
     /// Header (lower-case) carrying the real client address, trusted only with origin auth.
     pub client_ip_header: Option<String>,
     pub playlist_tokens: PlaylistTokens,
@@ -211,6 +214,7 @@ const TOKEN_KEYS: &[&str] = &[
     "salt",
     "origin_auth_header",
     "origin_auth_secret",
+    "origin_auth_skips_tokens",
     "client_ip_header",
     "playlist_tokens",
     "mint_ttl",
@@ -719,6 +723,7 @@ fn parse_token(s: &Section) -> TokenConfig {
         }
         _ => None,
     };
+    let origin_auth_skips_tokens = s.bool("origin_auth_skips_tokens", true);
     let client_ip_header = header_name(s, "client_ip_header");
     let pt_allowed = "forward, mint, off";
     let playlist_tokens = match s.string("playlist_tokens", pt_allowed).as_deref() {
@@ -749,6 +754,7 @@ fn parse_token(s: &Section) -> TokenConfig {
         keys,
         salt,
         origin_auth,
+        origin_auth_skips_tokens,
         client_ip_header,
         playlist_tokens,
         mint_ttl,

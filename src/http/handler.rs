@@ -28,7 +28,10 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::conditional::{self, Outcome};
 use super::range::{self, RangeDecision};
+use crate::auth::{self, Decision};
 use crate::config::Config;
+use crate::config::PlaylistTokens;
+use crate::playlist;
 use crate::state::State;
 use crate::volumes::{self, LookupError, PathError};
 
@@ -178,8 +181,9 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         }
     };
 
-    // 3. Path.
-    let rel = match volumes::sanitize(req.path) {
+    // 3. Path (a path-embedded token segment is split off first, on the raw path).
+    let split = auth::split_path_token(state.auth.name(), req.path);
+    let rel = match volumes::sanitize(split.path) {
         Ok(p) => p,
         Err(PathError::Malformed(_)) => {
             return error(state, req, StatusCode::BAD_REQUEST, "bad request\n")
@@ -195,13 +199,49 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         return error(state, req, StatusCode::NOT_FOUND, "not found\n");
     };
     let class = ObjectClass::of(ext.as_deref().unwrap_or_default());
+    let canonical = format!("/{rel}");
     let live = cfg
         .cache_control
         .live_prefixes
         .iter()
-        .any(|p| req.path.starts_with(p.as_str()));
+        .any(|p| canonical.starts_with(p.as_str()));
 
-    // 5. Token: added by the token issue (auth module); public paths pass.
+    // 5. Token, for protected prefixes.
+    let now = unix_now();
+    let decision = state.auth.decide(&auth::Facts {
+        raw_path: split.path,
+        canonical_path: &canonical,
+        query: req.query,
+        headers: req.headers,
+        path_token: split.token.as_deref(),
+        peer_ip: req.peer.ip(),
+        now,
+    });
+    match &decision {
+        Decision::Denied(reason) => {
+            state
+                .metrics
+                .token_rejections
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            tracing::info!(reason = reason.as_str(), path = %canonical, peer = %req.peer.ip(), "token rejected");
+            return error(state, req, StatusCode::FORBIDDEN, "forbidden\n");
+        }
+        Decision::Granted { grant, .. } => {
+            tracing::debug!(key_id = %grant.key_id, "token accepted");
+        }
+        Decision::Public | Decision::OriginAuth => {}
+    }
+    let rewrite_param = match (class, &decision) {
+        (
+            ObjectClass::Playlist,
+            Decision::Granted {
+                grant,
+                source: auth::Source::Query,
+            },
+        ) => playlist_param(state, req, &canonical, grant, now),
+        _ => None,
+    };
 
     // 6. Lookup.
     let opened = match state.volumes.open(&rel) {
@@ -222,8 +262,11 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         }
     };
     let meta = opened.meta;
-    let etag = meta.etag();
     let modified = meta.modified();
+    if let Some(param) = rewrite_param {
+        return rewritten_playlist(state, req, opened, &ext, &param, live, is_head).await;
+    }
+    let etag = meta.etag();
 
     let mut headers = HeaderMap::with_capacity(12);
     cors_headers(state, req, &mut headers);
@@ -392,5 +435,183 @@ fn options(state: &State, req: &Request<'_>) -> Reply {
         status: StatusCode::NO_CONTENT,
         headers,
         body: ReplyBody::Empty,
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Largest playlist segd rewrites (bigger ones are served as they are, with a warning).
+const MAX_REWRITE_BYTES: u64 = 4 << 20;
+
+/// The query parameter to append to a playlist's URIs, per `[token] playlist_tokens`:
+/// `forward` repeats the request's token (URL-bound tokens cannot be forwarded, so they are
+/// minted instead); `mint` signs a fresh ACL token for the playlist's directory.
+fn playlist_param(
+    state: &State,
+    req: &Request<'_>,
+    canonical: &str,
+    grant: &auth::Grant,
+    now: u64,
+) -> Option<String> {
+    let cfg = &state.config.token;
+    let name = state.auth.name();
+    match cfg.playlist_tokens {
+        PlaylistTokens::Off => None,
+        PlaylistTokens::Forward if !grant.is_url_token => {
+            let raw = req.query.and_then(|q| auth::query_param(q, name))?;
+            let safe = raw
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"'<>&#\\".contains(&b));
+            if safe {
+                Some(format!("{name}={raw}"))
+            } else {
+                let decoded = volumes::path::percent_decode(raw.as_bytes())?;
+                Some(format!(
+                    "{name}={}",
+                    auth::encode_token(&String::from_utf8_lossy(&decoded))
+                ))
+            }
+        }
+        PlaylistTokens::Forward | PlaylistTokens::Mint => {
+            let dir = &canonical[..canonical.rfind('/').unwrap_or(0)];
+            let acl = format!("{dir}/*");
+            // Whole minutes, so consecutive requests get the same playlist (and ETag).
+            let start = now - now % 60;
+            let spec = auth::edgeauth::SignSpec {
+                acl: Some(&acl),
+                start: Some(start),
+                exp: start + cfg.mint_ttl.as_secs(),
+                ..Default::default()
+            };
+            let (_, token) = state.auth.sign(&spec, Some(&grant.key_id), now)?;
+            Some(format!("{name}={}", auth::encode_token(&token)))
+        }
+    }
+}
+
+/// A playlist with the token appended to every relative URI. Private (never shared by a CDN),
+/// a weak ETag that depends on the token, no ranges.
+async fn rewritten_playlist(
+    state: &State,
+    req: &Request<'_>,
+    opened: volumes::Opened,
+    ext: &Option<String>,
+    param: &str,
+    live: bool,
+    is_head: bool,
+) -> Reply {
+    let meta = opened.meta;
+    let Some(kind) = ext.as_deref().and_then(playlist::Kind::of) else {
+        return error(
+            state,
+            req,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error\n",
+        );
+    };
+    if meta.len > MAX_REWRITE_BYTES {
+        tracing::warn!(
+            bytes = meta.len,
+            "playlist too large to rewrite; served without tokens"
+        );
+    }
+    let file = opened.file;
+    let volume = opened.volume;
+    let limit = meta.len.min(MAX_REWRITE_BYTES);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::with_capacity(limit as usize);
+        std::io::Read::read_to_end(&mut std::io::Read::take(&file, limit), &mut buf).map(|_| buf)
+    })
+    .await;
+    let original = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            if volumes::is_device_fault(&e) {
+                if let Some(v) = state.volumes.get(volume) {
+                    v.record_fault(&e);
+                }
+            }
+            return error(
+                state,
+                req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "volume unavailable\n",
+            );
+        }
+        Err(_) => {
+            return error(
+                state,
+                req,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+            )
+        }
+    };
+    let body = if meta.len > MAX_REWRITE_BYTES {
+        original
+    } else {
+        playlist::rewrite(kind, &original, param)
+    };
+    let strong = meta.etag();
+    let etag = format!(
+        "W/\"{}-{:08x}\"",
+        strong.trim_matches('"'),
+        crate::volumes::fnv1a64(param.as_bytes()) as u32
+    );
+    let mut headers = HeaderMap::with_capacity(12);
+    cors_headers(state, req, &mut headers);
+    headers.insert(
+        CACHE_CONTROL,
+        HeaderValue::from_static(if live {
+            "private, max-age=1"
+        } else {
+            "private, max-age=10"
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(ETAG, v);
+    }
+    let modified = meta.modified();
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
+        headers.insert(LAST_MODIFIED, v);
+    }
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
+    match conditional::evaluate(req.headers, &etag, modified) {
+        Outcome::Proceed => {}
+        Outcome::NotModified => {
+            return Reply {
+                status: StatusCode::NOT_MODIFIED,
+                headers,
+                body: ReplyBody::Empty,
+            }
+        }
+        Outcome::PreconditionFailed => {
+            headers.insert(CONTENT_TYPE, TEXT);
+            return with_body(
+                StatusCode::PRECONDITION_FAILED,
+                headers,
+                is_head,
+                "precondition failed\n",
+            );
+        }
+    }
+    let ctype = ext
+        .as_deref()
+        .and_then(|e| state.config.content_type(e))
+        .unwrap_or("application/octet-stream");
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static_or(ctype));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Reply {
+        status: StatusCode::OK,
+        headers,
+        body: if is_head {
+            ReplyBody::Empty
+        } else {
+            ReplyBody::Static(Bytes::from(body))
+        },
     }
 }

@@ -197,16 +197,39 @@ fn banner(state: &State, addrs: &[SocketAddr], admin: Option<SocketAddr>) {
                 SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
             }
         };
+        let base = format!("http://{host}:{}", a.port());
         for p in &state.config.server.print_urls {
             out.push_str(&format!(
-                "segd {version}: open http://{host}:{}{p}\n",
-                a.port()
+                "segd {version}: open {}\n",
+                signed_url(state, &base, p)
             ));
         }
     }
     print!("{out}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+}
+
+/// `base + path`, or for a protected path the path-embedded form with a token for the path's
+/// directory (valid for `token.mint_ttl`), which players carry to every relative URI.
+fn signed_url(state: &State, base: &str, path: &str) -> String {
+    if !state.auth.is_protected(path) {
+        return format!("{base}{path}");
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dir = &path[..path.rfind('/').unwrap_or(0)];
+    let acl = format!("{dir}/*");
+    let spec = crate::auth::edgeauth::SignSpec {
+        acl: Some(&acl),
+        exp: now + state.config.token.mint_ttl.as_secs(),
+        ..Default::default()
+    };
+    match state.auth.sign(&spec, None, now) {
+        Some((_, token)) => crate::auth::ready_urls(base, state.auth.name(), &token, path).2,
+        None => format!("{base}{path} (protected, but no signing key is active)"),
+    }
 }
 
 async fn wait_for_stop() {

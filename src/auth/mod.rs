@@ -1,0 +1,348 @@
+//! Token policy: where a token is found, which paths need one, origin auth, and the decision.
+//!
+//! Locations, in the order they are tried (name from `[token] name`, default `__token__`):
+//! 1. path-embedded: the first raw path segment is `__token__=<percent-encoded token>`; it is
+//!    isolated on the *undecoded* path, decoded once, and stripped before the ACL check and the
+//!    file lookup (always, so public paths work under a tokenised prefix too);
+//! 2. query parameter `__token__` (decoded once; if that fails, the raw value is tried, because
+//!    early-escaped fields such as `data=a%3db` are signed in their escaped form);
+//! 3. cookie `__token__`;
+//! 4. request header named like the token (`__token__: …`).
+//!
+//! A CDN that validated the token at the edge proves itself with `origin_auth_header` /
+//! `origin_auth_secret` (constant-time compare) and skips token checks.
+
+pub mod edgeauth;
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use subtle::ConstantTimeEq;
+
+use crate::config::TokenConfig;
+use crate::volumes::path::percent_decode;
+use edgeauth::{Claim, Key, Verifier};
+pub use edgeauth::{Grant, Reason};
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Path,
+    Query,
+    Cookie,
+    Header,
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Not under a protected prefix.
+    Public,
+    /// A CDN proved itself with the origin-auth secret.
+    OriginAuth,
+    /// A valid token.
+    Granted { grant: Grant, source: Source },
+    /// Refused (403); the reason is for logs and metrics only.
+    Denied(Reason),
+}
+
+/// A path with any embedded token segment split off.
+pub struct SplitPath<'a> {
+    /// The path without the token segment (still raw / percent-encoded).
+    pub path: &'a str,
+    /// The decoded token from the first segment, if there was one.
+    pub token: Option<String>,
+}
+
+/// Isolates a leading `/<name>=<token>` segment on the raw path.
+pub fn split_path_token<'a>(name: &str, raw: &'a str) -> SplitPath<'a> {
+    let none = SplitPath {
+        path: raw,
+        token: None,
+    };
+    let Some(rest) = raw.strip_prefix('/') else {
+        return none;
+    };
+    let (seg, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let Some(decoded) = percent_decode(seg.as_bytes()).and_then(|d| String::from_utf8(d).ok())
+    else {
+        return none;
+    };
+    match decoded.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+        Some(tok) => SplitPath {
+            path: if tail.is_empty() { "/" } else { tail },
+            token: Some(tok.to_string()),
+        },
+        None => none,
+    }
+}
+
+/// The raw value of query parameter `name` (first occurrence).
+pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+}
+
+fn decode_once(raw: &str) -> Option<String> {
+    percent_decode(raw.as_bytes()).and_then(|d| String::from_utf8(d).ok())
+}
+
+/// The request facts the policy needs.
+pub struct Facts<'a> {
+    /// The path as received minus any token segment (raw).
+    pub raw_path: &'a str,
+    /// The decoded, sanitised path with a leading `/`.
+    pub canonical_path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub path_token: Option<&'a str>,
+    pub peer_ip: IpAddr,
+    pub now: u64,
+}
+
+/// Token policy for one config.
+pub struct Auth {
+    name: String,
+    protect: Vec<String>,
+    verifier: Verifier,
+    origin_auth: Option<(http::HeaderName, Vec<u8>)>,
+    origin_auth_skips_tokens: bool,
+    client_ip_header: Option<http::HeaderName>,
+}
+
+impl Auth {
+    pub fn new(cfg: &TokenConfig) -> Auth {
+        Auth {
+            name: cfg.name.clone(),
+            protect: cfg.protect.clone(),
+            verifier: Verifier {
+                algorithm: cfg.algorithm,
+                keys: cfg
+                    .keys
+                    .iter()
+                    .map(|k| Key {
+                        id: k.id.clone(),
+                        secret: k.secret.clone(),
+                        not_before: k.not_before,
+                        not_after: k.not_after,
+                    })
+                    .collect(),
+                salt: cfg.salt.clone(),
+                leeway: cfg.leeway.as_secs(),
+            },
+            origin_auth: cfg.origin_auth.as_ref().and_then(|(h, s)| {
+                http::HeaderName::from_bytes(h.as_bytes())
+                    .ok()
+                    .map(|h| (h, s.as_bytes().to_vec()))
+            }),
+            origin_auth_skips_tokens: cfg.origin_auth_skips_tokens,
+            client_ip_header: cfg
+                .client_ip_header
+                .as_ref()
+                .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_protected(&self, canonical_path: &str) -> bool {
+        self.protect
+            .iter()
+            .any(|p| canonical_path.starts_with(p.as_str()))
+    }
+
+    /// Whether the request proves it comes from the CDN (constant-time compare).
+    pub fn origin_authenticated(&self, headers: &HeaderMap) -> bool {
+        let Some((name, secret)) = &self.origin_auth else {
+            return false;
+        };
+        headers
+            .get(name)
+            .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret)))
+    }
+
+    /// The client address for logs: the trusted header on origin-authenticated requests.
+    pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        if let Some(h) = &self.client_ip_header {
+            if self.origin_authenticated(headers) {
+                if let Some(ip) = headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|v| v.trim().parse().ok())
+                {
+                    return ip;
+                }
+            }
+        }
+        peer
+    }
+
+    /// Decides access for a request. Pure apart from reading the facts.
+    pub fn decide(&self, f: &Facts<'_>) -> Decision {
+        if !self.is_protected(f.canonical_path) {
+            return Decision::Public;
+        }
+        if self.origin_auth_skips_tokens && self.origin_authenticated(f.headers) {
+            return Decision::OriginAuth;
+        }
+        let paths = [f.raw_path, f.canonical_path];
+        let claim = Claim {
+            paths: if f.raw_path == f.canonical_path {
+                &paths[..1]
+            } else {
+                &paths[..]
+            },
+            client_ip: self.client_ip(f.headers, f.peer_ip),
+            now: f.now,
+        };
+        let verify = |t: &str| self.verifier.verify(t, &claim);
+        if let Some(t) = f.path_token {
+            return to_decision(verify(t), Source::Path);
+        }
+        if let Some(raw) = f.query.and_then(|q| query_param(q, &self.name)) {
+            let first = decode_once(raw)
+                .map(|d| verify(&d))
+                .unwrap_or(Err(Reason::Malformed));
+            let r = match first {
+                Err(Reason::BadHmac | Reason::Malformed)
+                    if decode_once(raw).as_deref() != Some(raw) =>
+                {
+                    verify(raw).or(first)
+                }
+                other => other,
+            };
+            return to_decision(r, Source::Query);
+        }
+        if let Some(raw) = cookie(f.headers, &self.name) {
+            let first = verify(raw);
+            let r = match first {
+                Err(Reason::BadHmac | Reason::Malformed) if raw.contains('%') => decode_once(raw)
+                    .map(|d| verify(&d))
+                    .unwrap_or(first.clone())
+                    .or(first),
+                other => other,
+            };
+            return to_decision(r, Source::Cookie);
+        }
+        if let Some(v) = f
+            .headers
+            .get(self.name.as_str())
+            .and_then(|v| v.to_str().ok())
+        {
+            return to_decision(verify(v), Source::Header);
+        }
+        Decision::Denied(Reason::Missing)
+    }
+
+    /// Signs a token with the first key active at `now` (for `segd sign`, print_urls, minting).
+    pub fn sign(
+        &self,
+        spec: &edgeauth::SignSpec<'_>,
+        key_id: Option<&str>,
+        now: u64,
+    ) -> Option<(String, String)> {
+        let key = self
+            .verifier
+            .keys
+            .iter()
+            .filter(|k| key_id.is_none_or(|id| k.id == id))
+            .find(|k| k.active(now))?;
+        let mut spec = spec.clone();
+        let salt = self.verifier.salt.clone();
+        spec.salt = salt.as_deref();
+        Some((
+            key.id.clone(),
+            edgeauth::sign(self.verifier.algorithm, &key.secret, &spec),
+        ))
+    }
+}
+
+/// The request for `path` with `token` in each location segd accepts:
+/// (query URL, cookie header value, path-embedded URL). `base` is `http://host:port`.
+pub fn ready_urls(base: &str, name: &str, token: &str, path: &str) -> (String, String, String) {
+    let enc = encode_token(token);
+    let sep = if path.contains('?') { '&' } else { '?' };
+    (
+        format!("{base}{path}{sep}{name}={enc}"),
+        format!("{name}={token}"),
+        format!("{base}/{name}={enc}{path}"),
+    )
+}
+
+fn to_decision(r: Result<Grant, Reason>, source: Source) -> Decision {
+    match r {
+        Ok(grant) => Decision::Granted { grant, source },
+        Err(reason) => Decision::Denied(reason),
+    }
+}
+
+/// Percent-encodes a token for a query value or a path segment: everything but unreserved
+/// characters and `~ * ! ( ) ,` is escaped (`=`, `/`, `%`, `&` included).
+pub fn encode_token(token: &str) -> String {
+    let mut out = String::with_capacity(token.len() + 16);
+    for &b in token.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'*' | b'!' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_token_split() {
+        let s = split_path_token(
+            "__token__",
+            "/__token__=exp%3D1~acl%3D%2Fvod%2F*~hmac%3Dab/vod/t1/a.ts",
+        );
+        assert_eq!(s.path, "/vod/t1/a.ts");
+        assert_eq!(s.token.as_deref(), Some("exp=1~acl=/vod/*~hmac=ab"));
+        // '=' after the name may be encoded too.
+        let s = split_path_token("__token__", "/__token__%3Dexp=1~hmac=ab/x.ts");
+        assert_eq!(s.token.as_deref(), Some("exp=1~hmac=ab"));
+        let s = split_path_token("__token__", "/vod/__token__=x/a.ts");
+        assert!(s.token.is_none(), "only the first segment");
+        assert_eq!(s.path, "/vod/__token__=x/a.ts");
+        let s = split_path_token("__token__", "/__token__x=1/a.ts");
+        assert!(s.token.is_none());
+    }
+
+    #[test]
+    fn query_and_encoding() {
+        assert_eq!(
+            query_param("a=1&__token__=x%3Dy&b", "__token__"),
+            Some("x%3Dy")
+        );
+        assert_eq!(query_param("b", "__token__"), None);
+        assert_eq!(
+            encode_token("exp=1~acl=/a/*!/b/*~hmac=ff"),
+            "exp%3D1~acl%3D%2Fa%2F*!%2Fb%2F*~hmac%3Dff"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! `segd sign`: mint a token with a configured key and print ready URLs in each location form.
+
+use crate::auth::{edgeauth::SignSpec, ready_urls, Auth};
+use crate::config::{parse_duration, Config};
+
+pub struct Args {
+    pub acl: Vec<String>,
+    pub url: Option<String>,
+    pub ttl: String,
+    pub start: Option<String>,
+    pub key_id: Option<String>,
+    pub ip: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+    pub path: Option<String>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `http://host:port` of the first plaintext listener (loopback when it binds every address).
+pub fn base_url(cfg: &Config) -> String {
+    match cfg.server.listen.first() {
+        Some(a) if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        Some(a) => format!("http://{a}"),
+        None => "http://127.0.0.1".to_string(),
+    }
+}
+
+/// Builds the printed text, or says what is wrong with the arguments.
+pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
+    let ttl = parse_duration(&a.ttl)
+        .filter(|d| d.as_secs() > 0)
+        .ok_or_else(|| {
+            format!(
+                "--ttl {:?} is not a duration (allowed: e.g. 30s, 10m, 1h, 1d)",
+                a.ttl
+            )
+        })?;
+    let now = now();
+    let start = match a.start.as_deref() {
+        None => None,
+        Some("now") => Some(now),
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| format!("--start {s:?} is not `now` or Unix seconds"))?,
+        ),
+    };
+    let exp = start.unwrap_or(now) + ttl.as_secs();
+    if cfg.token.keys.is_empty() {
+        return Err(format!(
+            "{}: token.keys: no key configured (allowed: at least one [[token.keys]] with id and secret)",
+            cfg.file.display()
+        ));
+    }
+    let acl = (!a.acl.is_empty()).then(|| a.acl.join("!"));
+    if let Some(u) = &a.url {
+        if !u.starts_with('/') {
+            return Err(format!("--url {u:?} must be a path starting with /"));
+        }
+    }
+    let spec = SignSpec {
+        acl: acl.as_deref(),
+        url: a.url.as_deref(),
+        start,
+        exp,
+        ip: a.ip.as_deref(),
+        id: a.id.as_deref(),
+        data: a.data.as_deref(),
+        salt: None,
+    };
+    let auth = Auth::new(&cfg.token);
+    let (key_id, token) =
+        auth.sign(&spec, a.key_id.as_deref(), now)
+            .ok_or_else(|| match &a.key_id {
+                Some(k) => format!("no active key with id {k:?} in {}", cfg.file.display()),
+                None => format!("no key in {} is active now", cfg.file.display()),
+            })?;
+    let path = a.path.clone().or_else(|| a.url.clone()).unwrap_or_else(|| {
+        let first = a.acl.first().map(String::as_str).unwrap_or("/");
+        let fixed = first.find(['*', '?']).map_or(first, |i| &first[..i]);
+        fixed.to_string()
+    });
+    let (query, cookie, embedded) = ready_urls(&base_url(cfg), auth.name(), &token, &path);
+    Ok(format!(
+        "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{path}'\npath:   {embedded}\n",
+        cfg.token.algorithm.as_str(),
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
+        base_url(cfg),
+    ))
+}
