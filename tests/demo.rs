@@ -106,3 +106,39 @@ fn shipped_configs_are_valid() {
         }
     }
 }
+
+/// `segd serve` on the shipped demo config protects /vod/ and prints signed URLs that play.
+#[tokio::test]
+async fn demo_prints_signed_urls_that_play() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/segd.toml")).expect("demo config");
+    assert!(text.contains("protect = [\"/vod/\"]"));
+    let text = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+        .replace(
+            "\"demo/",
+            &format!("\"{}/", root.join("config/demo").display()),
+        );
+    let srv = Server::start(&text);
+    let banner = srv.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+    let urls: Vec<String> = banner
+        .lines()
+        .filter_map(|l| l.split(": open ").nth(1))
+        .map(|u| u.replace("127.0.0.1:0", &srv.addr.to_string()))
+        .collect();
+    assert_eq!(urls.len(), 3, "{banner}");
+    for u in &urls {
+        assert!(
+            u.contains("/__token__="),
+            "protected paths are printed signed: {u}"
+        );
+        let r = get(u, &[]).await;
+        assert_eq!(r.status, 200, "{u}");
+    }
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/master.m3u8"), &[]).await.status,
+        403,
+        "unsigned is refused"
+    );
+}

@@ -6,4 +6,5 @@ mod util;
 mod config;
 mod demo;
 mod http_semantics;
+mod token;
 mod volumes;

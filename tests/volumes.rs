@@ -165,9 +165,15 @@ async fn volume_removed_while_running() {
     let t2 = srv.url("/vod/t2/hls/64k/seg_00000.ts");
     assert_eq!(get(&t2, &[]).await.status, 200);
 
+    // A renamed (or lazily unmounted) root is still reachable through the open directory handle,
+    // so it is detected by the next health check (volume_check_interval = 200ms here).
     let gone = dir.path().join("disk2.gone");
     std::fs::rename(&d2, &gone).expect("remove volume");
-    // Immediately: no cacheable 404 for an object of the missing disk.
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&t2, &[]).await.status
+            == 503)
+        .await
+    );
     let r = get(&t2, &[]).await;
     assert_eq!(r.status, 503, "object of a vanished volume: {}", r.text());
     assert_eq!(r.header("cache-control"), Some("no-store"));
@@ -218,6 +224,30 @@ async fn volume_removed_while_running() {
     assert_eq!(r.text(), "ready\n");
     // The process never exited over it.
     assert!(get(&srv.admin_url("/healthz"), &[]).await.status == 200);
+}
+
+#[tokio::test]
+async fn deleted_volume_is_503_at_once() {
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    // A slow health check, so only the lookup path can notice.
+    let cfg = config_for(&[&d1, &d2], "").replace(
+        "volume_check_interval = \"200ms\"",
+        "volume_check_interval = \"1h\"",
+    );
+    let srv = Server::start(&cfg);
+    let t2 = srv.url("/vod/t2/hls/64k/seg_00000.ts");
+    assert_eq!(get(&t2, &[]).await.status, 200);
+    std::fs::remove_dir_all(&d2).expect("delete volume");
+    // The very first miss re-probes the roots: 503, never a 404 a CDN would cache.
+    assert_eq!(get(&t2, &[]).await.status, 503);
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/64k/seg_00000.ts"), &[])
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]

@@ -31,6 +31,10 @@ fn http_date(h: &HeaderMap, name: http::HeaderName) -> Option<u64> {
 /// Does an `If-Match`/`If-None-Match` list match `etag`? `weak` selects weak comparison
 /// (ignore `W/`), as If-None-Match requires; If-Match uses strong comparison.
 fn list_matches(h: &HeaderMap, name: http::HeaderName, etag: &str, weak: bool) -> Option<bool> {
+    let (ours_weak, ours) = match etag.strip_prefix("W/") {
+        Some(rest) => (true, rest),
+        None => (false, etag),
+    };
     let mut present = false;
     for v in h.get_all(name) {
         present = true;
@@ -44,7 +48,7 @@ fn list_matches(h: &HeaderMap, name: http::HeaderName, etag: &str, weak: bool) -
                 Some(rest) => (true, rest),
                 None => (false, tag),
             };
-            if opaque == etag && (weak || !is_weak) {
+            if opaque == ours && (weak || (!is_weak && !ours_weak)) {
                 return Some(true);
             }
         }
@@ -170,6 +174,24 @@ mod tests {
             Proceed
         );
 
+        // Our own weak validator: weak comparison matches, strong never does.
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "W/\"abc\"")]), "W/\"abc\"", t),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, TAG)]), "W/\"abc\"", t),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MATCH, "W/\"abc\"")]), "W/\"abc\"", t),
+            PreconditionFailed
+        );
+        assert!(!if_range_allows(
+            &hm(&[(IF_RANGE, "W/\"abc\"")]),
+            "W/\"abc\"",
+            t
+        ));
         assert!(if_range_allows(&hm(&[]), TAG, t));
         assert!(if_range_allows(&hm(&[(IF_RANGE, TAG)]), TAG, t));
         assert!(!if_range_allows(&hm(&[(IF_RANGE, "\"x\"")]), TAG, t));

@@ -224,7 +224,7 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
                 .token_rejections
                 .with_label_values(&[reason.as_str()])
                 .inc();
-            tracing::info!(reason = reason.as_str(), path = %canonical, peer = %req.peer.ip(), "token rejected");
+            tracing::info!(reason = %reason.as_str(), path = %canonical, peer = %req.peer.ip(), "token rejected");
             return error(state, req, StatusCode::FORBIDDEN, "forbidden\n");
         }
         Decision::Granted { grant, .. } => {

@@ -1,0 +1,557 @@
+//! Tokens against the running server:
+//! - accepted in each location: query, cookie, path-embedded (any character encoded), header
+//! - every rejection reason answers a generic 403 and is counted under its metric label
+//! - key rotation (not_before / not_after), origin auth (right and wrong secret), public paths
+//! - a player loading a path-form playlist URL resolves relative URIs that carry the token
+//! - forward and mint rewriting of the demo HLS-TS, HLS-fMP4 and DASH manifests: every URI in
+//!   the rewritten playlists is served 200 with no further token in hand
+
+use segd::auth::edgeauth::{sign, SignSpec};
+use segd::auth::encode_token;
+use segd::config::TokenAlgorithm;
+
+use crate::util::*;
+
+const K1: &str = "52a152a152a152a152a152a152a1";
+const K2: &str = "00112233445566778899aabbccddeeff";
+const K_OLD: &str = "ffeeddccbbaa99887766554433221100";
+const ORIGIN_SECRET: &str = "cdn-shared-secret-0123456789";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn tok(key: &str, spec: SignSpec<'_>) -> String {
+    sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(key).expect("hex"),
+        &spec,
+    )
+}
+
+fn acl(pattern: &str) -> String {
+    tok(
+        K1,
+        SignSpec {
+            acl: Some(pattern),
+            start: Some(now() - 5),
+            exp: now() + 300,
+            ..Default::default()
+        },
+    )
+}
+
+fn token_config(mode: &str) -> String {
+    let n = now();
+    format!(
+        r#"[token]
+protect = ["/vod/"]
+playlist_tokens = "{mode}"
+origin_auth_header = "X-Origin-Auth"
+origin_auth_secret = "{ORIGIN_SECRET}"
+[[token.keys]]
+id = "k1"
+secret = "{K1}"
+[[token.keys]]
+id = "k2"
+secret = "{K2}"
+not_before = {nb}
+[[token.keys]]
+id = "old"
+secret = "{K_OLD}"
+not_after = {na}
+"#,
+        nb = n - 60,
+        na = n - 60,
+    )
+}
+
+fn start(mode: &str) -> (tempfile::TempDir, Server) {
+    let dir = demo_volumes();
+    std::fs::create_dir_all(dir.path().join("disk1/pub")).expect("mkdir");
+    std::fs::write(dir.path().join("disk1/pub/free.ts"), b"free").expect("write");
+    let srv = Server::start(&config_for(
+        &[&dir.path().join("disk1"), &dir.path().join("disk2")],
+        &token_config(mode),
+    ));
+    (dir, srv)
+}
+
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+
+#[tokio::test]
+async fn accepted_in_every_location() {
+    let (_d, srv) = start("forward");
+    let t = acl("/vod/t1/*");
+    let enc = encode_token(&t);
+    let r = get(&srv.url(&format!("{SEG}?__token__={enc}")), &[]).await;
+    assert_eq!(r.status, 200, "query");
+    let r = get(&srv.url(&format!("{SEG}?a=1&__token__={enc}&b=2")), &[]).await;
+    assert_eq!(r.status, 200, "query among others");
+    let r = get(
+        &srv.url(SEG),
+        &[("cookie", &format!("other=1; __token__={t}"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "cookie");
+    let r = get(&srv.url(&format!("/__token__={enc}{SEG}")), &[]).await;
+    assert_eq!(r.status, 200, "path-embedded");
+    // Every character of the token percent-encoded, '=' '~' '*' '!' included.
+    let all: String = format!("__token__={t}")
+        .bytes()
+        .enumerate()
+        .map(|(i, b)| {
+            if i < 10 {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let r = get(&srv.url(&format!("/{all}{SEG}")), &[]).await;
+    assert_eq!(r.status, 200, "fully encoded path-embedded");
+    let r = get(&srv.url(SEG), &[("__token__", &t)]).await;
+    assert_eq!(r.status, 200, "header");
+    // Multi-ACL and the path-embedded token over h2c.
+    let multi = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/t9/*!/vod/t1/hls/*"),
+            exp: now() + 60,
+            ..Default::default()
+        },
+    );
+    let r = request(
+        "GET",
+        &srv.url(&format!("/__token__={}{SEG}", encode_token(&multi))),
+        &[],
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 200, "h2 + multi-acl");
+    // URL token bound to the exact path.
+    let u = tok(
+        K1,
+        SignSpec {
+            url: Some(SEG),
+            exp: now() + 60,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        get(
+            &srv.url(&format!("{SEG}?__token__={}", encode_token(&u))),
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+    // Public paths need nothing; a token segment on a public path is stripped too.
+    assert_eq!(get(&srv.url("/pub/free.ts"), &[]).await.status, 200);
+    assert_eq!(
+        get(&srv.url(&format!("/__token__={enc}/pub/free.ts")), &[])
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn every_reason_is_counted() {
+    let (_d, srv) = start("forward");
+    let n = now();
+    let good = acl("/vod/t1/*");
+    let cases: Vec<(&str, String)> = vec![
+        ("missing", String::new()),
+        ("malformed", "exp=notanumber~acl=/vod/*~hmac=00".into()),
+        ("malformed", "complete garbage".into()),
+        (
+            "expired",
+            tok(
+                K1,
+                SignSpec {
+                    acl: Some("/vod/*"),
+                    exp: n - 100,
+                    ..Default::default()
+                },
+            ),
+        ),
+        (
+            "not_yet_valid",
+            tok(
+                K1,
+                SignSpec {
+                    acl: Some("/vod/*"),
+                    start: Some(n + 100),
+                    exp: n + 200,
+                    ..Default::default()
+                },
+            ),
+        ),
+        ("acl_mismatch", acl("/vod/t2/*")),
+        ("bad_hmac", good.replace("exp=", "exp=1")),
+        (
+            "bad_hmac",
+            tok(
+                K_OLD,
+                SignSpec {
+                    acl: Some("/vod/*"),
+                    exp: n + 100,
+                    ..Default::default()
+                },
+            ),
+        ),
+        (
+            "bad_hmac",
+            tok(
+                "0badc0de0badc0de0badc0de0badc0de",
+                SignSpec {
+                    acl: Some("/vod/*"),
+                    exp: n + 100,
+                    ..Default::default()
+                },
+            ),
+        ),
+        (
+            "ip_mismatch",
+            tok(
+                K1,
+                SignSpec {
+                    acl: Some("/vod/*"),
+                    ip: Some("10.9.9.9"),
+                    exp: n + 100,
+                    ..Default::default()
+                },
+            ),
+        ),
+    ];
+    for (reason, t) in &cases {
+        let url = if t.is_empty() {
+            srv.url(SEG)
+        } else {
+            srv.url(&format!("{SEG}?__token__={}", encode_token(t)))
+        };
+        let r = get(&url, &[]).await;
+        assert_eq!(r.status, 403, "{reason}: {t}");
+        assert_eq!(r.text(), "forbidden\n", "generic body for {reason}");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    for (reason, want) in [
+        ("missing", 1.0),
+        ("malformed", 2.0),
+        ("expired", 1.0),
+        ("not_yet_valid", 1.0),
+        ("acl_mismatch", 1.0),
+        ("bad_hmac", 3.0),
+        ("ip_mismatch", 1.0),
+    ] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!("segd_token_rejections_total{{reason=\"{reason}\"}}")
+            ),
+            Some(want),
+            "{reason}\n{m}"
+        );
+    }
+    // ip= matching the client passes; the token never appears in the log.
+    let t = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/*"),
+            ip: Some("127.0.0.1"),
+            exp: n + 100,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        get(
+            &srv.url(&format!("{SEG}?__token__={}", encode_token(&t))),
+            &[]
+        )
+        .await
+        .status,
+        200
+    );
+    let log = srv.stderr();
+    assert!(
+        log.contains("reason=bad_hmac") && log.contains("reason=acl_mismatch"),
+        "{log}"
+    );
+    let mac = good.rsplit("hmac=").next().expect("mac");
+    assert!(!log.contains(mac), "the log must not contain a token");
+}
+
+#[tokio::test]
+async fn rotation_and_origin_auth() {
+    let (_d, srv) = start("forward");
+    let t2 = tok(
+        K2,
+        SignSpec {
+            acl: Some("/vod/*"),
+            exp: now() + 100,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        get(
+            &srv.url(&format!("{SEG}?__token__={}", encode_token(&t2))),
+            &[]
+        )
+        .await
+        .status,
+        200,
+        "second active key"
+    );
+    let r = get(&srv.url(SEG), &[("x-origin-auth", ORIGIN_SECRET)]).await;
+    assert_eq!(r.status, 200, "origin auth skips the token");
+    let r = get(
+        &srv.url(SEG),
+        &[("x-origin-auth", "cdn-shared-secret-0123456780")],
+    )
+    .await;
+    assert_eq!(r.status, 403, "wrong origin secret");
+}
+
+/// The URI lines and URI="…" attributes of an HLS playlist.
+fn hls_uris(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !line.starts_with('#') {
+            out.push(line.to_string());
+        } else if let Some(i) = line.find("URI=\"") {
+            let rest = &line[i + 5..];
+            out.push(rest[..rest.find('"').expect("quote")].to_string());
+        }
+    }
+    out
+}
+
+/// Resolves `rel` (which may carry its own query) against `base` like a player does.
+fn resolve(base: &str, rel: &str) -> String {
+    let base = base.split('?').next().expect("base");
+    format!("{}{rel}", &base[..base.rfind('/').expect("slash") + 1])
+}
+
+/// Walks master → media playlists → segments using only the URIs the server wrote.
+async fn walk_hls(master_url: &str) -> usize {
+    let m = get(master_url, &[]).await;
+    assert_eq!(m.status, 200, "{master_url}");
+    let mut n = 0;
+    for v in hls_uris(&m.text()) {
+        let vurl = resolve(master_url, &v);
+        let media = get(&vurl, &[]).await;
+        assert_eq!(media.status, 200, "{vurl}");
+        for s in hls_uris(&media.text()) {
+            let surl = resolve(&vurl, &s);
+            let seg = get(&surl, &[]).await;
+            assert_eq!(seg.status, 200, "{surl}");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Expands the DASH SegmentTemplate the server wrote (with its token query) and fetches it all.
+async fn walk_dash(mpd_url: &str) -> usize {
+    let r = get(mpd_url, &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("cache-control")
+        .is_some_and(|c| c.starts_with("private")));
+    let text = r.text();
+    let attr = |name: &str| {
+        let i = text.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+        text[i..i + text[i..].find('"').expect("quote")].replace("&amp;", "&")
+    };
+    let (init, media) = (attr("initialization"), attr("media"));
+    assert!(
+        init.contains("__token__=") && media.contains("__token__="),
+        "{text}"
+    );
+    let mut n = 0;
+    for rep in ["0", "1"] {
+        let i = init.replace("$RepresentationID$", rep);
+        assert_eq!(get(&resolve(mpd_url, &i), &[]).await.status, 200, "{i}");
+        for num in 1..=5 {
+            let m = media
+                .replace("$RepresentationID$", rep)
+                .replace("$Number%05d$", &format!("{num:05}"));
+            let u = resolve(mpd_url, &m);
+            assert_eq!(get(&u, &[]).await.status, 200, "{u}");
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn path_form_playlist_resolution() {
+    let (_d, srv) = start("off");
+    let t = acl("/vod/t1/*");
+    // No rewriting at all (mode off): the path-embedded token survives relative resolution.
+    let n = walk_hls(&srv.url(&format!(
+        "/__token__={}/vod/t1/hls/master.m3u8",
+        encode_token(&t)
+    )))
+    .await;
+    assert!(n >= 12, "{n}");
+    let n = walk_hls(&srv.url(&format!(
+        "/__token__={}/vod/t1/fmp4/master.m3u8",
+        encode_token(&t)
+    )))
+    .await;
+    assert!(n >= 12, "{n}");
+    // Without any token the same segments are refused.
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/64k/index.m3u8"), &[])
+            .await
+            .status,
+        403
+    );
+}
+
+#[tokio::test]
+async fn forward_rewriting() {
+    let (_d, srv) = start("forward");
+    let t = acl("/vod/*");
+    let q = format!("?__token__={}", encode_token(&t));
+    for master in ["/vod/t1/hls/master.m3u8", "/vod/t2/fmp4/master.m3u8"] {
+        let url = srv.url(&format!("{master}{q}"));
+        let r = get(&url, &[]).await;
+        assert!(
+            r.text().contains(&q[1..]),
+            "forward appends the same token:\n{}",
+            r.text()
+        );
+        assert_eq!(r.header("cache-control"), Some("private, max-age=10"));
+        let etag = r.header("etag").expect("etag").to_string();
+        assert!(etag.starts_with("W/"), "{etag}");
+        assert!(!etag.contains(&t), "token not in the ETag");
+        assert_eq!(get(&url, &[("if-none-match", &etag)]).await.status, 304);
+        assert!(walk_hls(&url).await >= 12);
+    }
+    assert_eq!(
+        walk_dash(&srv.url(&format!("/vod/t2/dash/manifest.mpd{q}"))).await,
+        10
+    );
+}
+
+#[tokio::test]
+async fn mint_rewriting() {
+    let (_d, srv) = start("mint");
+    for (master, dash) in [
+        ("/vod/t1/hls/master.m3u8", false),
+        ("/vod/t2/fmp4/master.m3u8", false),
+        ("/vod/t1/dash/manifest.mpd", true),
+    ] {
+        // A URL-bound token for the playlist alone: only minting can carry access further.
+        let u = tok(
+            K1,
+            SignSpec {
+                url: Some(master),
+                exp: now() + 60,
+                ..Default::default()
+            },
+        );
+        let url = srv.url(&format!("{master}?__token__={}", encode_token(&u)));
+        let r = get(&url, &[]).await;
+        assert_eq!(r.status, 200);
+        let text = r.text();
+        assert!(
+            !text.contains(&encode_token(&u)),
+            "mint does not forward the URL token"
+        );
+        let dir = &master[..master.rfind('/').expect("slash")];
+        assert!(
+            text.contains(&encode_token(&format!("acl={dir}/*"))),
+            "minted ACL is the playlist's directory:\n{text}"
+        );
+        if dash {
+            assert_eq!(walk_dash(&url).await, 10);
+        } else {
+            assert!(walk_hls(&url).await >= 12);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sign_command_prints_working_urls() {
+    let (_d, srv) = start("forward");
+    let out = std::process::Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&srv.config)
+        .args([
+            "--acl",
+            "/vod/t1/*",
+            "--acl",
+            "/vod/t2/*",
+            "--ttl",
+            "10m",
+            "--start",
+            "now",
+            "--path",
+            "/vod/t2/hls/master.m3u8",
+        ])
+        .output()
+        .expect("sign");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    let token = field("token:");
+    assert!(
+        token.starts_with("st=") && token.contains("~acl=/vod/t1/*!/vod/t2/*~hmac="),
+        "{token}"
+    );
+    // The printed URLs use the config's listen address (port 0 here): point them at the server.
+    let fix = |u: String| u.replace("http://127.0.0.1:0", &format!("http://{}", srv.addr));
+    assert_eq!(get(&fix(field("query:")), &[]).await.status, 200);
+    assert_eq!(get(&fix(field("path:")), &[]).await.status, 200);
+    assert_eq!(
+        get(
+            &srv.url("/vod/t2/hls/master.m3u8"),
+            &[("cookie", &format!("__token__={token}"))]
+        )
+        .await
+        .status,
+        200
+    );
+    // URL token form, and a bad key id is a clear error.
+    let out = std::process::Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&srv.config)
+        .args(["--url", "/vod/t1/dash/manifest.mpd", "--key-id", "k2"])
+        .output()
+        .expect("sign");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let q = text
+        .lines()
+        .find_map(|l| l.strip_prefix("query:"))
+        .expect("query")
+        .trim()
+        .to_string();
+    assert!(!text.contains("acl="));
+    assert_eq!(get(&fix(q), &[]).await.status, 200);
+    let out = std::process::Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&srv.config)
+        .args(["--acl", "/x/*", "--key-id", "nope"])
+        .output()
+        .expect("sign");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
+}
