@@ -17,6 +17,7 @@ pub struct Metrics {
     pub volume_io_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub token_rejections: IntCounterVec,
+    pub zero_copy_bytes: prometheus::IntCounter,
 }
 
 /// 50 µs to 10 s.
@@ -74,6 +75,11 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(token_rejections.clone()))?;
+        let zero_copy_bytes = prometheus::IntCounter::new(
+            "segd_zero_copy_bytes_total",
+            "Body bytes sent with sendfile(2), never copied through user space",
+        )?;
+        registry.register(Box::new(zero_copy_bytes.clone()))?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -97,6 +103,7 @@ impl Metrics {
             volume_io_errors,
             build_info,
             token_rejections,
+            zero_copy_bytes,
         })
     }
 

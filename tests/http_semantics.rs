@@ -369,6 +369,20 @@ async fn keepalive_and_pipelining() {
 async fn h2c_prior_knowledge() {
     let (_d, srv) = one_volume("");
     let full = demo_file(SEG);
+    // HTTP/1.1 bodies go out with sendfile; HTTP/2 bodies (handed to hyper) cannot.
+    let zc = async || {
+        metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            "segd_zero_copy_bytes_total",
+        )
+    };
+    assert_eq!(zc().await, Some(0.0));
+    assert_eq!(get(&srv.url(SEG), &[]).await.status, 200);
+    assert_eq!(
+        zc().await,
+        Some(full.len() as f64),
+        "HTTP/1.1 GET used sendfile"
+    );
     let r = request("GET", &srv.url(SEG), &[], true).await;
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(r.status, 200);
@@ -380,6 +394,11 @@ async fn h2c_prior_knowledge() {
     assert_eq!(r.status, 400);
     let r = request("DELETE", &srv.url(SEG), &[], true).await;
     assert_eq!(r.status, 405);
+    assert_eq!(
+        zc().await,
+        Some(full.len() as f64),
+        "h2 bodies are not counted as zero-copy"
+    );
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod util;
 
 mod config;
 mod demo;
+mod h1;
 mod http_semantics;
 mod token;
 mod volumes;

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this time.
     pub keepalive_timeout: Duration,
+    /// A client that accepts no response bytes for this long is disconnected.
+    pub send_timeout: Duration,
     /// Request heads larger than this get 431.
     pub max_header_bytes: usize,
     /// Request targets longer than this get 414.
@@ -199,6 +201,7 @@ const SERVER_KEYS: &[&str] = &[
     "keepalive_timeout",
     "max_header_bytes",
     "max_uri_bytes",
+    "send_timeout",
     "volume_check_interval",
     "print_urls",
 ];
@@ -415,6 +418,7 @@ fn parse_server(s: &Section) -> ServerConfig {
         drain_timeout: s.duration("drain_timeout", secs(30), secs(0), secs(3600)),
         header_read_timeout: s.duration("header_read_timeout", secs(10), ms(100), secs(600)),
         keepalive_timeout: s.duration("keepalive_timeout", secs(60), ms(100), secs(3600)),
+        send_timeout: s.duration("send_timeout", secs(30), secs(1), secs(3600)),
         max_header_bytes: s.size("max_header_bytes", 16 << 10, 1 << 10, 1 << 20) as usize,
         max_uri_bytes: s.size("max_uri_bytes", 4096, 256, 64 << 10) as usize,
         volume_check_interval: s.duration("volume_check_interval", secs(2), ms(100), secs(3600)),

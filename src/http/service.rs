@@ -13,11 +13,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use super::body::Body;
 use super::handler::{self, Proto, Reply};
-use crate::metrics::status_class;
+use super::record;
 use crate::server::shutdown::Drain;
 use crate::state::State;
 
@@ -40,23 +39,25 @@ pub fn builder(state: &State) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serves one accepted plaintext connection until it closes or the drain asks it to finish.
-pub async fn serve_plain(
-    stream: TcpStream,
+/// Serves one connection with hyper (HTTP/1.1 or HTTP/2, detected from the preface) until it
+/// closes or the drain asks it to finish.
+pub async fn serve_io<I>(
+    io: I,
     peer: SocketAddr,
     state: Arc<State>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
-) {
-    let _ = stream.set_nodelay(true);
-    let gauge = state.metrics.connections_open.with_label_values(&["plain"]);
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let gauge = state.metrics.connections_open.with_label_values(&["h2"]);
     gauge.inc();
     let svc_state = Arc::clone(&state);
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let state = Arc::clone(&svc_state);
         async move { Ok::<_, Infallible>(respond(&state, peer, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stop = drain.signal();
     tokio::select! {
@@ -101,22 +102,7 @@ async fn respond(
         headers,
         body,
     } = handler::handle(state, &hreq).await;
-    let m = &state.metrics;
-    let method = match parts.method.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
-    };
-    m.requests
-        .with_label_values(&[method, status_class(status.as_u16()), proto.as_str()])
-        .inc();
-    m.response_bytes
-        .with_label_values(&[proto.as_str()])
-        .inc_by(body.len());
-    m.duration
-        .with_label_values(&["ttfb"])
-        .observe(start.elapsed().as_secs_f64());
+    record(state, &parts.method, status, proto, body.len(), start);
     let mut resp = hyper::Response::new(Body::new(body, &state.volumes));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;

@@ -104,7 +104,7 @@ async fn accept_plain(
             },
             _ = stop.wait() => break,
         };
-        tokio::spawn(crate::http::service::serve_plain(
+        tokio::spawn(crate::http::h1::serve(
             stream,
             peer,
             Arc::clone(&state),

@@ -1,0 +1,667 @@
+//! The plaintext HTTP/1.1 fast path: a small strict parser (`httparse`) and a body writer that
+//! sends files with `sendfile(2)`, so body bytes never pass through user space. This is what a
+//! CDN pull is; hyper cannot hand a body to sendfile, so this path owns the socket.
+//!
+//! Per connection: wait for a request (idle: `keepalive_timeout`), read its head (at most
+//! `max_header_bytes`, within `header_read_timeout`, else 431 / 408), answer with
+//! [`handler::handle`] exactly like every other protocol, write the head, send the body, and
+//! loop; pipelined requests are answered in order from the same buffer.
+//!
+//! Handed elsewhere or refused, precisely:
+//! - an HTTP/2 connection preface (h2c prior knowledge) → the whole connection goes to hyper;
+//! - a request body (`Content-Length` > 0 or `Transfer-Encoding`) → answered (405 for POST and
+//!   friends), then the connection is closed instead of reading the body;
+//! - duplicate or conflicting `Content-Length`/`Transfer-Encoding`, a missing or repeated
+//!   `Host` on HTTP/1.1, invalid header bytes → 400 and close (no request smuggling);
+//! - a stalled reader: no send progress within `send_timeout` → close.
+//!
+//! A file that shrinks while being sent ends the connection: the client sees a short body
+//! against its `Content-Length`, never padding or bytes from another version.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::handler::{self, Proto, Reply, ReplyBody};
+use super::record;
+use crate::server::shutdown::Drain;
+use crate::state::State;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const MAX_HEADERS: usize = 100;
+/// Largest single sendfile call; bounds how long one connection holds a worker.
+const SENDFILE_CHUNK: usize = 1 << 20;
+
+/// Why a connection ends early; decides the final answer, if any.
+enum HeadError {
+    Closed,
+    TimedOut,
+    TooLarge,
+    Bad,
+}
+
+/// One parsed request head, owned.
+struct Head {
+    method: Method,
+    target: String,
+    headers: HeaderMap,
+    http10: bool,
+}
+
+/// Serves one accepted plaintext connection.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    state: Arc<State>,
+    hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    drain: Drain,
+) {
+    let _ = stream.set_nodelay(true);
+    let cfg = state.config.server.clone();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut stop = drain.signal();
+    let mut first = true;
+    let gauge = state.metrics.connections_open.with_label_values(&["plain"]);
+    gauge.inc();
+    loop {
+        // Idle: wait for the first byte of the next request, or the drain.
+        if buf.is_empty() {
+            if drain.is_stopping() {
+                break;
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout(cfg.keepalive_timeout, stream.read_buf(&mut buf)) => r,
+                _ = stop.wait() => break,
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        // HTTP/2 with prior knowledge: hand the connection, bytes read so far included, to hyper.
+        if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+            while buf.len() < H2_PREFACE.len() {
+                match tokio::time::timeout(cfg.header_read_timeout, stream.read_buf(&mut buf)).await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        gauge.dec();
+                        return;
+                    }
+                }
+            }
+            if buf.starts_with(H2_PREFACE) {
+                gauge.dec();
+                let io = Prefixed {
+                    prefix: buf.freeze(),
+                    inner: stream,
+                };
+                super::service::serve_io(io, peer, state, hyper, drain).await;
+                return;
+            }
+        }
+        first = false;
+
+        let (head, consumed) = match read_head(&mut stream, &mut buf, &cfg).await {
+            Ok(h) => h,
+            Err(HeadError::Closed) => break,
+            Err(HeadError::TimedOut) => {
+                let _ = write_simple(
+                    &mut stream,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request timeout\n",
+                )
+                .await;
+                break;
+            }
+            Err(HeadError::TooLarge) => {
+                let _ = write_simple(
+                    &mut stream,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request header too large\n",
+                )
+                .await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+            Err(HeadError::Bad) => {
+                let _ = write_simple(&mut stream, StatusCode::BAD_REQUEST, "bad request\n").await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+        };
+        buf.advance(consumed);
+
+        let framing = match body_framing(&head) {
+            Ok(f) => f,
+            Err(()) => {
+                let _ = write_simple(&mut stream, StatusCode::BAD_REQUEST, "bad request\n").await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+        };
+        let wants_close = connection_close(&head);
+        let close = wants_close || framing == Framing::HasBody || drain.is_stopping();
+
+        let start = Instant::now();
+        let (path, query) = match split_target(&head) {
+            Some(pq) => pq,
+            None => {
+                let _ = write_simple(&mut stream, StatusCode::BAD_REQUEST, "bad request\n").await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+        };
+        let req = handler::Request {
+            method: &head.method,
+            path,
+            query,
+            headers: &head.headers,
+            peer,
+            proto: Proto::H1,
+        };
+        let reply = handler::handle(&state, &req).await;
+        let status = reply.status;
+        let sent = write_reply(&mut stream, reply, close, head.http10, &cfg, &state).await;
+        record(
+            &state,
+            &head.method,
+            status,
+            Proto::H1,
+            sent.as_ref().copied().unwrap_or(0),
+            start,
+        );
+        if sent.is_err() {
+            // Truncated file, stalled or vanished client: the connection cannot be reused.
+            break;
+        }
+        if close {
+            if framing == Framing::HasBody {
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+            break;
+        }
+    }
+    gauge.dec();
+    let _ = stream.shutdown().await;
+}
+
+/// Reads until a complete head is in `buf`; returns it and its length.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cfg: &crate::config::ServerConfig,
+) -> Result<(Head, usize), HeadError> {
+    let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                if n > cfg.max_header_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+                return own_head(&req).map(|h| (h, n));
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= cfg.max_header_bytes {
+                    return Err(HeadError::TooLarge);
+                }
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(_) => return Err(HeadError::Bad),
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(HeadError::Closed),
+            Err(_) => return Err(HeadError::TimedOut),
+        }
+    }
+}
+
+fn own_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
+    let method =
+        Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Bad)?;
+    let target = req.path.ok_or(HeadError::Bad)?.to_string();
+    let http10 = req.version == Some(0);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Bad)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Bad)?;
+        headers.append(name, value);
+    }
+    if !http10 {
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1.
+        let hosts = headers.get_all(http::header::HOST).iter().count();
+        if hosts != 1 {
+            return Err(HeadError::Bad);
+        }
+    }
+    Ok(Head {
+        method,
+        target,
+        headers,
+        http10,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    NoBody,
+    HasBody,
+}
+
+/// Validates message framing (RFC 9112 §6.3): one valid Content-Length at most, never both
+/// Content-Length and Transfer-Encoding. Anything ambiguous is refused outright.
+fn body_framing(head: &Head) -> Result<Framing, ()> {
+    let te = head
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .count();
+    let cls: Vec<&HeaderValue> = head
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    if te > 0 && !cls.is_empty() {
+        return Err(());
+    }
+    if te > 0 {
+        return Ok(Framing::HasBody);
+    }
+    match cls.as_slice() {
+        [] => Ok(Framing::NoBody),
+        [one] => {
+            let s = one.to_str().map_err(|_| ())?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 19 {
+                return Err(());
+            }
+            let n: u64 = s.parse().map_err(|_| ())?;
+            Ok(if n == 0 {
+                Framing::NoBody
+            } else {
+                Framing::HasBody
+            })
+        }
+        _ => Err(()),
+    }
+}
+
+fn connection_close(head: &Head) -> bool {
+    let mut close = head.http10;
+    for v in head.headers.get_all(http::header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for tok in s.split(',') {
+                let tok = tok.trim();
+                if tok.eq_ignore_ascii_case("close") {
+                    return true;
+                }
+                if tok.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+    }
+    close
+}
+
+/// Origin-form `/path?query`, absolute-form `http://host/path?query`, or `*` (OPTIONS).
+fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
+    let t = head.target.as_str();
+    let path_query = if t.starts_with('/') {
+        t
+    } else if t == "*" {
+        return (head.method == Method::OPTIONS).then_some(("*", None));
+    } else {
+        let rest = t
+            .strip_prefix("http://")
+            .or_else(|| t.strip_prefix("https://"))?;
+        &rest[rest.find('/')?..]
+    };
+    let path_query = path_query.split('#').next().unwrap_or("");
+    Some(match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    })
+}
+
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// `Date` value, formatted once per second per thread.
+fn http_date() -> String {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        d.1.clone()
+    })
+}
+
+fn head_bytes(status: StatusCode, headers: &HeaderMap, close: bool, http10: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\ndate: ");
+    out.extend_from_slice(http_date().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A minimal error answer for requests that never reached the handler.
+async fn write_simple(stream: &mut TcpStream, status: StatusCode, msg: &str) -> io::Result<()> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(msg.len()));
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    let mut out = head_bytes(status, &h, true, false);
+    out.extend_from_slice(msg.as_bytes());
+    tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Writes head and body; returns the body bytes sent.
+async fn write_reply(
+    stream: &mut TcpStream,
+    reply: Reply,
+    close: bool,
+    http10: bool,
+    cfg: &crate::config::ServerConfig,
+    state: &State,
+) -> io::Result<u64> {
+    let Reply {
+        status,
+        headers,
+        body,
+    } = reply;
+    let mut head = head_bytes(status, &headers, close, http10);
+    let stall = cfg.send_timeout;
+    match body {
+        ReplyBody::Empty => {
+            write_all_timeout(stream, &head, stall).await?;
+            Ok(0)
+        }
+        ReplyBody::Static(b) => {
+            head.extend_from_slice(&b);
+            write_all_timeout(stream, &head, stall).await?;
+            Ok(b.len() as u64)
+        }
+        ReplyBody::File {
+            file,
+            offset,
+            len,
+            volume,
+        } => {
+            send_more(stream, &head, stall).await?;
+            let res = sendfile_all(stream, &file, offset, len, stall).await;
+            if let Err(e) = &res {
+                if crate::volumes::is_device_fault(e) {
+                    if let Some(v) = state.volumes.get(volume) {
+                        v.record_fault(e);
+                    }
+                }
+            }
+            if res.is_ok() {
+                state.metrics.zero_copy_bytes.inc_by(len);
+            }
+            res.map(|()| len)
+        }
+    }
+}
+
+async fn write_all_timeout(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    stall: Duration,
+) -> io::Result<()> {
+    tokio::time::timeout(stall, stream.write_all(bytes))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Sends the head with `MSG_MORE`, so the kernel coalesces it with the first body bytes.
+async fn send_more(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let mut done = 0;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        let fut = stream.async_io(Interest::WRITABLE, || {
+            // SAFETY: `rest` is a valid, initialised slice for the duration of the call, and `fd`
+            // is the open socket owned by `stream`.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    rest.as_ptr().cast(),
+                    rest.len(),
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        let n = tokio::time::timeout(stall, fut)
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// `len` bytes of `file` from `offset` to the socket with sendfile(2), in the kernel.
+async fn sendfile_all(
+    stream: &mut TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    stall: Duration,
+) -> io::Result<()> {
+    let sock = stream.as_raw_fd();
+    let ffd = file.as_raw_fd();
+    let end = offset + len;
+    let mut off = offset as libc::off_t;
+    while (off as u64) < end {
+        let want = ((end - off as u64) as usize).min(SENDFILE_CHUNK);
+        let fut = stream.async_io(Interest::WRITABLE, || {
+            // SAFETY: both descriptors are open for the duration of the call (the socket is owned
+            // by `stream`, the file by the caller's Arc); `off` is a valid pointer the kernel
+            // updates with the new offset.
+            let n = unsafe { libc::sendfile(sock, ffd, &mut off, want) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        let n = tokio::time::timeout(stall, fut)
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Closes a connection that may still carry unread request bytes: stop writing, then drain
+/// briefly so the kernel does not answer our last response with a reset.
+async fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut total = 0usize;
+    while total < 1 << 20 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+/// A stream that first yields bytes already read (the h2 preface) and then the socket.
+pub struct Prefixed {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(method: &str, target: &str, hs: &[(&str, &str)]) -> Head {
+        let mut headers = HeaderMap::new();
+        for (k, v) in hs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        Head {
+            method: Method::from_bytes(method.as_bytes()).expect("method"),
+            target: target.into(),
+            headers,
+            http10: false,
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(body_framing(&head("GET", "/", &[])), Ok(Framing::NoBody));
+        assert_eq!(
+            body_framing(&head("GET", "/", &[("content-length", "0")])),
+            Ok(Framing::NoBody)
+        );
+        assert_eq!(
+            body_framing(&head("POST", "/", &[("content-length", "5")])),
+            Ok(Framing::HasBody)
+        );
+        assert_eq!(
+            body_framing(&head("POST", "/", &[("transfer-encoding", "chunked")])),
+            Ok(Framing::HasBody)
+        );
+        assert!(body_framing(&head(
+            "GET",
+            "/",
+            &[("content-length", "1"), ("content-length", "1")]
+        ))
+        .is_err());
+        assert!(body_framing(&head(
+            "GET",
+            "/",
+            &[("content-length", "1"), ("transfer-encoding", "chunked")]
+        ))
+        .is_err());
+        assert!(body_framing(&head("GET", "/", &[("content-length", "-1")])).is_err());
+        assert!(body_framing(&head("GET", "/", &[("content-length", "1, 1")])).is_err());
+        assert!(body_framing(&head(
+            "GET",
+            "/",
+            &[("content-length", "99999999999999999999")]
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn targets() {
+        let h = head("GET", "/a/b.ts?x=1", &[]);
+        assert_eq!(split_target(&h), Some(("/a/b.ts", Some("x=1"))));
+        let h = head("GET", "http://host/a.ts", &[]);
+        assert_eq!(split_target(&h), Some(("/a.ts", None)));
+        assert_eq!(split_target(&head("OPTIONS", "*", &[])), Some(("*", None)));
+        assert_eq!(split_target(&head("GET", "*", &[])), None);
+        assert_eq!(split_target(&head("GET", "host/a.ts", &[])), None);
+    }
+}

@@ -1,0 +1,176 @@
+//! The plaintext HTTP/1.1 fast path (httparse + sendfile), strictly:
+//! - ambiguous framing (duplicate or conflicting Content-Length / Transfer-Encoding), a missing
+//!   or repeated Host → 400 and close
+//! - a request with a body → answered (405), then the connection is closed
+//! - HTTP/1.0 closes unless keep-alive is asked for; `Connection: close` is honoured
+//! - a client trickling its head (slowloris) gets 408 within header_read_timeout
+//! - a client that stops reading is disconnected after send_timeout
+//! - a file truncated while being sent ends the connection with a short body, never padding
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn start(extra: &str) -> (tempfile::TempDir, Server) {
+    let dir = demo_volumes();
+    let cfg = config_for(&[&dir.path().join("disk1")], "")
+        .replace("[admin]", &format!("{extra}\n[admin]"));
+    let srv = Server::start(&cfg);
+    (dir, srv)
+}
+
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+
+#[test]
+fn framing_and_host_rules() {
+    let (_d, srv) = start("");
+    for req in [
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 1,1\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Bad: a\rb\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"),
+    ] {
+        let resp = raw(srv.addr, req.as_bytes(), Duration::from_secs(5));
+        assert_eq!(raw_status(&resp), 400, "{req:?}: {}", String::from_utf8_lossy(&resp));
+        assert!(String::from_utf8_lossy(&resp).contains("connection: close"));
+    }
+    // A request with a body is answered, and nothing after it is read as a request.
+    let req = format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\nGET /smuggled.ts HTTP/1.1\r\n\r\n");
+    let resp =
+        String::from_utf8_lossy(&raw(srv.addr, req.as_bytes(), Duration::from_secs(5))).to_string();
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert_eq!(
+        resp.matches("HTTP/1.1").count(),
+        1,
+        "the body was not parsed as a request: {resp}"
+    );
+    // HTTP/1.0: one response, then close; with keep-alive: stays open.
+    let resp = raw(
+        srv.addr,
+        format!("GET {SEG} HTTP/1.0\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    );
+    assert_eq!(raw_status(&resp), 200);
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(format!("HEAD {SEG} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).expect("read");
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.contains("connection: keep-alive"), "{text}");
+    s.write_all(format!("HEAD {SEG} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+        .expect("second request on the same connection");
+    let n = s.read(&mut buf).expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn slowloris_gets_408() {
+    let (_d, srv) = start("header_read_timeout = \"500ms\"");
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let t0 = Instant::now();
+    s.write_all(b"GET /vod/t1/hls/master.m3u8 HTTP/1.1\r\nHo")
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let took = t0.elapsed();
+    assert_eq!(raw_status(&out), 408, "{}", String::from_utf8_lossy(&out));
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+}
+
+#[test]
+fn stalled_reader_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/big")).expect("mkdir");
+    std::fs::write(vol.join("vod/big/huge.mp4"), vec![7u8; 64 << 20]).expect("write");
+    let cfg = config_for(&[&vol], "").replace("[admin]", "send_timeout = \"1s\"\n[admin]");
+    let srv = Server::start(&cfg);
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    // A tiny receive window and no reading: the server must give up on its own.
+    s.write_all(b"GET /vod/big/huge.mp4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_secs(3));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        total < 64 << 20,
+        "the server stopped sending to a stalled reader ({total} bytes)"
+    );
+}
+
+#[test]
+fn truncated_file_ends_the_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/big")).expect("mkdir");
+    let path = vol.join("vod/big/shrinks.mp4");
+    let len = 32 << 20;
+    std::fs::write(&path, vec![b'A'; len]).expect("write");
+    let srv = Server::start(&config_for(&[&vol], ""));
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /vod/big/shrinks.mp4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    let mut buf = vec![0u8; 64 << 10];
+    let n = s.read(&mut buf).expect("first bytes");
+    let mut got = n;
+    // Truncate while the body is in flight.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(1 << 20)
+        .expect("truncate");
+    let mut body_bytes: Vec<u8> = buf[..n].to_vec();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                got += n;
+                body_bytes.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    assert!(got < len, "short body, connection closed ({got} of {len})");
+    let head_end = body_bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head")
+        + 4;
+    assert!(
+        body_bytes[head_end..].iter().all(|&b| b == b'A'),
+        "no wrong bytes were sent"
+    );
+    // The next request sees the new state.
+    let resp = raw_get(srv.addr, "/vod/big/shrinks.mp4");
+    let head_end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head");
+    let text = String::from_utf8_lossy(&resp[..head_end]).to_ascii_lowercase();
+    assert!(
+        text.contains(&format!("content-length: {}", 1 << 20)),
+        "{text}"
+    );
+}
