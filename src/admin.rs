@@ -36,7 +36,7 @@ pub fn route(state: &State, drain: &Stop, path: &str) -> hyper::Response<Full<By
         "/metrics" => text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(&state.volumes),
+            state.metrics.render(state),
         ),
         "/healthz" => text(200, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {

@@ -13,9 +13,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod io;
 pub mod log;
 pub mod metrics;
 pub mod playlist;

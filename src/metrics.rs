@@ -18,6 +18,13 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub token_rejections: IntCounterVec,
     pub zero_copy_bytes: prometheus::IntCounter,
+    pub io_backend: IntGaugeVec,
+    cache_hits: prometheus::IntCounter,
+    cache_misses: prometheus::IntCounter,
+    cache_evictions: prometheus::IntCounter,
+    cache_fills: prometheus::IntCounter,
+    cache_bytes: prometheus::IntGauge,
+    open_files: prometheus::IntGauge,
 }
 
 /// 50 µs to 10 s.
@@ -80,6 +87,40 @@ impl Metrics {
             "Body bytes sent with sendfile(2), never copied through user space",
         )?;
         registry.register(Box::new(zero_copy_bytes.clone()))?;
+        let io_backend = IntGaugeVec::new(
+            Opts::new(
+                "segd_io_backend",
+                "1 for the disk I/O backend in use (io_uring or threads)",
+            ),
+            &["backend"],
+        )?;
+        registry.register(Box::new(io_backend.clone()))?;
+        let counter =
+            |name: &str, help: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
+                let c = prometheus::IntCounter::new(name, help)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let cache_hits = counter("segd_cache_hits_total", "Hot-body cache hits")?;
+        let cache_misses = counter("segd_cache_misses_total", "Hot-body cache misses")?;
+        let cache_evictions = counter(
+            "segd_cache_evictions_total",
+            "Hot-body cache entries evicted for space",
+        )?;
+        let cache_fills = counter(
+            "segd_cache_fills_total",
+            "Disk reads that filled the hot-body cache (coalesced misses count once)",
+        )?;
+        let gauge = |name: &str, help: &str| -> Result<prometheus::IntGauge, prometheus::Error> {
+            let g = prometheus::IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let cache_bytes = gauge("segd_cache_bytes", "Bytes held by the hot-body cache")?;
+        let open_files = gauge(
+            "segd_open_files_cached",
+            "Descriptors held by the open-file cache",
+        )?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -104,11 +145,27 @@ impl Metrics {
             build_info,
             token_rejections,
             zero_copy_bytes,
+            io_backend,
+            cache_hits,
+            cache_misses,
+            cache_evictions,
+            cache_fills,
+            cache_bytes,
+            open_files,
         })
     }
 
-    /// Copies volume state into the gauges/counters, then renders the text exposition format.
-    pub fn render(&self, volumes: &Volumes) -> Vec<u8> {
+    /// Copies volume and cache state into the gauges/counters, then renders the text format.
+    pub fn render(&self, state: &crate::state::State) -> Vec<u8> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &state.bodies.stats;
+        catch_up(&self.cache_hits, st.hits.load(Relaxed));
+        catch_up(&self.cache_misses, st.misses.load(Relaxed));
+        catch_up(&self.cache_evictions, st.evictions.load(Relaxed));
+        catch_up(&self.cache_fills, st.fills.load(Relaxed));
+        self.cache_bytes.set(state.bodies.weighted_size() as i64);
+        self.open_files.set(state.files.len() as i64);
+        let volumes: &Volumes = &state.volumes;
         for v in volumes.iter() {
             self.volume_healthy
                 .with_label_values(&[&v.name])
@@ -125,6 +182,13 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+/// Advances a counter to a value kept elsewhere (counters only go up).
+fn catch_up(c: &prometheus::IntCounter, seen: u64) {
+    if seen > c.get() {
+        c.inc_by(seen - c.get());
     }
 }
 

@@ -3,8 +3,11 @@
 use std::sync::Arc;
 
 use crate::auth::Auth;
+use crate::cache::bodies::BodyCache;
+use crate::cache::files::FileCache;
 use crate::config::Config;
 use crate::http::handler::Prepared;
+use crate::io::Io;
 use crate::metrics::Metrics;
 use crate::volumes::Volumes;
 
@@ -14,6 +17,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub prepared: Prepared,
     pub auth: Auth,
+    pub files: FileCache,
+    pub bodies: BodyCache,
+    pub io: Io,
 }
 
 impl State {
@@ -21,6 +27,13 @@ impl State {
         State {
             prepared: Prepared::new(&config),
             auth: Auth::new(&config.token),
+            files: FileCache::new(config.cache.open_files),
+            bodies: BodyCache::new(config.cache.max_bytes, config.cache.max_item_bytes),
+            io: Io::new(
+                config.volumes.len(),
+                config.server.io_queue_depth,
+                &config.server.io_backend,
+            ),
             config,
             volumes,
             metrics,

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this time.
     pub keepalive_timeout: Duration,
+    /// `auto` (io_uring, falling back to threads), `uring`, or `threads`.
+    pub io_backend: String,
+    /// Disk jobs in flight per volume.
+    pub io_queue_depth: usize,
     /// A client that accepts no response bytes for this long is disconnected.
     pub send_timeout: Duration,
     /// Request heads larger than this get 431.
@@ -80,6 +84,10 @@ pub struct VolumeConfig {
 pub struct CacheConfig {
     pub max_bytes: u64,
     pub max_item_bytes: u64,
+    /// Open descriptors kept in the open-file cache (bounded by the fd limit at start).
+    pub open_files: u64,
+    /// How long a cached segment descriptor is trusted before its path is re-checked.
+    pub open_file_valid: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,12 +210,19 @@ const SERVER_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_uri_bytes",
     "send_timeout",
+    "io_backend",
+    "io_queue_depth",
     "volume_check_interval",
     "print_urls",
 ];
 const ADMIN_KEYS: &[&str] = &["listen"];
 const VOLUME_KEYS: &[&str] = &["path", "name", "marker"];
-const CACHE_KEYS: &[&str] = &["max_bytes", "max_item_bytes"];
+const CACHE_KEYS: &[&str] = &[
+    "max_bytes",
+    "max_item_bytes",
+    "open_files",
+    "open_file_valid",
+];
 const TOKEN_KEYS: &[&str] = &[
     "name",
     "algorithm",
@@ -419,6 +434,18 @@ fn parse_server(s: &Section) -> ServerConfig {
         header_read_timeout: s.duration("header_read_timeout", secs(10), ms(100), secs(600)),
         keepalive_timeout: s.duration("keepalive_timeout", secs(60), ms(100), secs(3600)),
         send_timeout: s.duration("send_timeout", secs(30), secs(1), secs(3600)),
+        io_backend: {
+            let allowed = "auto, uring, threads";
+            match s.string("io_backend", allowed).as_deref() {
+                None | Some("auto") => "auto".to_string(),
+                Some(v @ ("uring" | "threads")) => v.to_string(),
+                Some(other) => {
+                    s.error("io_backend", format!("unknown backend {other:?}"), allowed);
+                    "auto".to_string()
+                }
+            }
+        },
+        io_queue_depth: s.int("io_queue_depth", 64, 1, 4096, "1..=4096 jobs per volume") as usize,
         max_header_bytes: s.size("max_header_bytes", 16 << 10, 1 << 10, 1 << 20) as usize,
         max_uri_bytes: s.size("max_uri_bytes", 4096, 256, 64 << 10) as usize,
         volume_check_interval: s.duration("volume_check_interval", secs(2), ms(100), secs(3600)),
@@ -530,10 +557,25 @@ fn parse_cache(s: &Section) -> CacheConfig {
             "a size no larger than cache.max_bytes",
         );
     }
+    let open_files = s.int(
+        "open_files",
+        10_000,
+        0,
+        1_000_000,
+        "0 (off) to 1000000 descriptors",
+    ) as u64;
+    let open_file_valid = s.duration(
+        "open_file_valid",
+        Duration::from_secs(10),
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
     s.finish();
     CacheConfig {
         max_bytes,
         max_item_bytes,
+        open_files,
+        open_file_valid,
     }
 }
 

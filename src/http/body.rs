@@ -1,26 +1,26 @@
-//! The body writer for hyper (HTTP/1.1 and HTTP/2): turns a [`ReplyBody`] into `Bytes` frames.
+//! The body writer for hyper (HTTP/2 here; later TLS and HTTP/3): these paths must copy body bytes
+//! into the connection, so they take them from the hot-body cache when the whole object fits
+//! (`[cache] max_item_bytes`), filling it once per object however many requests miss together,
+//! and otherwise stream the range in chunks read through the volume's I/O backend.
 //!
-//! File bodies are read in chunks with `pread` on tokio's blocking pool, so a slow disk blocks a
-//! pool thread, never an event-loop thread. If the file shrinks while it is being sent, the body
-//! fails instead of padding or repeating bytes: hyper then aborts the connection, so a client never
-//! receives a short or wrong 200/206 that looks complete. A device error marks the volume unhealthy.
+//! If the file shrinks while it is being read, the body fails instead of padding or repeating
+//! bytes: hyper then resets the stream, so a client never receives a short or wrong 200/206 that
+//! looks complete. A device error marks the volume unhealthy.
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use http_body::{Frame, SizeHint};
-use tokio::task::JoinHandle;
 
 use super::handler::ReplyBody;
-use crate::volumes::{self, Volumes};
-
-/// Largest read per frame.
-const CHUNK: u64 = 256 * 1024;
+use crate::state::State;
+use crate::volumes::{self, ObjectMeta};
 
 pub enum Body {
     Empty,
@@ -29,16 +29,18 @@ pub enum Body {
 }
 
 pub struct FileStream {
+    state: Arc<State>,
     file: Arc<File>,
+    meta: ObjectMeta,
+    volume: usize,
     pos: u64,
     remaining: u64,
-    pending: Option<JoinHandle<io::Result<Bytes>>>,
-    volumes: Arc<Volumes>,
-    volume: usize,
+    pending: Option<BoxFuture<'static, io::Result<Bytes>>>,
+    first: bool,
 }
 
 impl Body {
-    pub fn new(body: ReplyBody, volumes: &Arc<Volumes>) -> Body {
+    pub fn new(body: ReplyBody, state: &Arc<State>) -> Body {
         match body {
             ReplyBody::Empty => Body::Empty,
             ReplyBody::Static(b) => Body::Static(Some(b)),
@@ -47,36 +49,58 @@ impl Body {
                 offset,
                 len,
                 volume,
+                meta,
             } => Body::File(FileStream {
+                state: Arc::clone(state),
                 file,
+                meta,
+                volume,
                 pos: offset,
                 remaining: len,
                 pending: None,
-                volumes: Arc::clone(volumes),
-                volume,
+                first: true,
             }),
         }
     }
 }
 
-/// Reads exactly `len` bytes at `pos`, or fails (a short file is an error, never padding).
-fn read_exact_at(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..], pos + done as u64) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shrank while being sent",
-                ))
+impl FileStream {
+    /// The next chunk: the whole range from the cache on the first poll when the object is
+    /// cacheable, else up to `io::CHUNK` bytes read through the backend.
+    fn next_read(&mut self) -> BoxFuture<'static, io::Result<Bytes>> {
+        let state = Arc::clone(&self.state);
+        let file = Arc::clone(&self.file);
+        let (meta, volume, pos, remaining) = (self.meta, self.volume, self.pos, self.remaining);
+        let whole = self.first && state.bodies.admits(meta.len);
+        self.first = false;
+        async move {
+            if whole {
+                let fill_state = Arc::clone(&state);
+                let fill_file = Arc::clone(&file);
+                let all = state
+                    .bodies
+                    .get_or_fill(&meta, async move {
+                        fill_state
+                            .io
+                            .read(volume, fill_file, 0, meta.len as usize)
+                            .await
+                    })
+                    .await
+                    .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+                let end = (pos + remaining) as usize;
+                if end > all.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "cached body shorter than the range",
+                    ));
+                }
+                return Ok(all.slice(pos as usize..end));
             }
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            let want = remaining.min(crate::io::CHUNK as u64) as usize;
+            state.io.read(volume, file, pos, want).await
         }
+        .boxed()
     }
-    Ok(buf.freeze())
 }
 
 impl http_body::Body for Body {
@@ -94,34 +118,35 @@ impl http_body::Body for Body {
                 if fs.remaining == 0 {
                     return Poll::Ready(None);
                 }
-                let handle = fs.pending.get_or_insert_with(|| {
-                    let file = Arc::clone(&fs.file);
-                    let (pos, len) = (fs.pos, fs.remaining.min(CHUNK) as usize);
-                    tokio::task::spawn_blocking(move || read_exact_at(&file, pos, len))
-                });
-                let res = match Pin::new(handle).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => r,
+                if fs.pending.is_none() {
+                    fs.pending = Some(fs.next_read());
+                }
+                let res = match fs.pending.as_mut().map(|f| f.as_mut().poll(cx)) {
+                    Some(Poll::Ready(r)) => r,
+                    _ => return Poll::Pending,
                 };
                 fs.pending = None;
                 match res {
-                    Ok(Ok(bytes)) => {
+                    Ok(bytes) if !bytes.is_empty() => {
                         fs.pos += bytes.len() as u64;
-                        fs.remaining -= bytes.len() as u64;
+                        fs.remaining = fs.remaining.saturating_sub(bytes.len() as u64);
                         Poll::Ready(Some(Ok(Frame::data(bytes))))
                     }
-                    Ok(Err(e)) => {
+                    Ok(_) => {
+                        fs.remaining = 0;
+                        Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "empty read",
+                        ))))
+                    }
+                    Err(e) => {
                         if volumes::is_device_fault(&e) {
-                            if let Some(v) = fs.volumes.get(fs.volume) {
+                            if let Some(v) = fs.state.volumes.get(fs.volume) {
                                 v.record_fault(&e);
                             }
                         }
                         fs.remaining = 0;
                         Poll::Ready(Some(Err(e)))
-                    }
-                    Err(join) => {
-                        fs.remaining = 0;
-                        Poll::Ready(Some(Err(io::Error::other(join.to_string()))))
                     }
                 }
             }
@@ -144,5 +169,3 @@ impl http_body::Body for Body {
         }
     }
 }
-
-use std::future::Future;

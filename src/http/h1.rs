@@ -434,9 +434,30 @@ async fn write_reply(
             offset,
             len,
             volume,
+            meta,
         } => {
-            send_more(stream, &head, stall).await?;
-            let res = sendfile_all(stream, &file, offset, len, stall).await;
+            // Never let sendfile wait for the disk on this thread: pull cold pages in through
+            // the volume's I/O backend first (a no-op when both ends are resident).
+            let res = match state
+                .io
+                .ensure_resident(volume, &file, &meta, offset, len)
+                .await
+            {
+                Ok(()) => {
+                    send_more(stream, &head, stall).await?;
+                    sendfile_all(stream, &file, offset, len, stall).await
+                }
+                Err(e) => {
+                    // Nothing is on the wire yet: the client gets a precise answer, not a reset.
+                    let _ = write_simple(
+                        stream,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "volume unavailable\n",
+                    )
+                    .await;
+                    Err(e)
+                }
+            };
             if let Err(e) = &res {
                 if crate::volumes::is_device_fault(e) {
                     if let Some(v) = state.volumes.get(volume) {

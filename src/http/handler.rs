@@ -16,6 +16,7 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
@@ -29,11 +30,12 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use super::conditional::{self, Outcome};
 use super::range::{self, RangeDecision};
 use crate::auth::{self, Decision};
+use crate::cache::files::{Lookup, OpenFile};
 use crate::config::Config;
 use crate::config::PlaylistTokens;
 use crate::playlist;
 use crate::state::State;
-use crate::volumes::{self, LookupError, PathError};
+use crate::volumes::{self, LookupError, PathError, RelPath};
 
 /// The protocol a request arrived on (a metric and log label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +79,14 @@ pub enum ReplyBody {
     Empty,
     /// A small in-memory body (errors, rewritten playlists).
     Static(Bytes),
-    /// `len` bytes of `file` from `offset`. `volume` is where a read fault must be reported.
+    /// `len` bytes of `file` from `offset`. `volume` is where a read fault must be reported;
+    /// `meta` identifies the whole object (cache key).
     File {
         file: Arc<File>,
         offset: u64,
         len: u64,
         volume: usize,
+        meta: volumes::ObjectMeta,
     },
 }
 
@@ -243,8 +247,12 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         _ => None,
     };
 
-    // 6. Lookup.
-    let opened = match state.volumes.open(&rel) {
+    // 6. Lookup: the open-file cache, else an open on the blocking pool.
+    let valid = match (class, live) {
+        (ObjectClass::Segment | ObjectClass::Key, false) => cfg.cache.open_file_valid,
+        _ => Duration::ZERO,
+    };
+    let opened = match lookup(state, &rel, valid).await {
         Ok(o) => o,
         Err(LookupError::NotFound) => {
             return error(state, req, StatusCode::NOT_FOUND, "not found\n")
@@ -264,7 +272,7 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
     let meta = opened.meta;
     let modified = meta.modified();
     if let Some(param) = rewrite_param {
-        return rewritten_playlist(state, req, opened, &ext, &param, live, is_head).await;
+        return rewritten_playlist(state, req, &rel, opened, &param, live, is_head).await;
     }
     let etag = meta.etag();
 
@@ -343,10 +351,11 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         ReplyBody::Empty
     } else {
         ReplyBody::File {
-            file: Arc::new(opened.file),
+            file: Arc::clone(&opened.file),
             offset,
             len: count,
             volume: opened.volume,
+            meta,
         }
     };
     Reply {
@@ -438,6 +447,34 @@ fn options(state: &State, req: &Request<'_>) -> Reply {
     }
 }
 
+/// Finds `rel` in the open-file cache, or opens it. Every hit is checked against its descriptor
+/// (`still_current`); past `valid`, the path is re-checked too, which catches a file replaced
+/// by rename.
+async fn lookup(
+    state: &State,
+    rel: &RelPath,
+    valid: Duration,
+) -> Result<Arc<OpenFile>, LookupError> {
+    let healthy = |v: usize| state.volumes.get(v).is_some_and(|v| v.is_healthy());
+    match state.files.get(rel.as_str(), valid) {
+        // Rewritten, truncated or unlinked in place: the held descriptor tells (one fstat).
+        Lookup::Fresh(e) if healthy(e.volume) && volumes::still_current(&e.file, &e.meta) => {
+            return Ok(e)
+        }
+        Lookup::Stale(e) if healthy(e.volume) => {
+            if state.volumes.stat(e.volume, rel) == Some(e.meta) {
+                state.files.confirm(&e);
+                return Ok(e);
+            }
+            state.files.remove(rel.as_str());
+        }
+        Lookup::Fresh(_) | Lookup::Stale(_) => state.files.remove(rel.as_str()),
+        Lookup::Miss => {}
+    }
+    let o = state.io.open(&state.volumes, rel).await?;
+    Ok(state.files.insert(rel.as_str(), o.file, o.meta, o.volume))
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
@@ -498,13 +535,14 @@ fn playlist_param(
 async fn rewritten_playlist(
     state: &State,
     req: &Request<'_>,
-    opened: volumes::Opened,
-    ext: &Option<String>,
+    rel: &RelPath,
+    opened: Arc<OpenFile>,
     param: &str,
     live: bool,
     is_head: bool,
 ) -> Reply {
     let meta = opened.meta;
+    let ext = rel.extension().map(str::to_ascii_lowercase);
     let Some(kind) = ext.as_deref().and_then(playlist::Kind::of) else {
         return error(
             state,
@@ -519,40 +557,38 @@ async fn rewritten_playlist(
             "playlist too large to rewrite; served without tokens"
         );
     }
-    let file = opened.file;
     let volume = opened.volume;
-    let limit = meta.len.min(MAX_REWRITE_BYTES);
-    let read = tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::with_capacity(limit as usize);
-        std::io::Read::read_to_end(&mut std::io::Read::take(&file, limit), &mut buf).map(|_| buf)
-    })
-    .await;
-    let original = match read {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
+    let limit = meta.len.min(MAX_REWRITE_BYTES) as usize;
+    let original = match state
+        .io
+        .read(volume, Arc::clone(&opened.file), 0, limit)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
             if volumes::is_device_fault(&e) {
                 if let Some(v) = state.volumes.get(volume) {
                     v.record_fault(&e);
                 }
+                return error(
+                    state,
+                    req,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "volume unavailable\n",
+                );
             }
+            // Changed under us (shrank): drop the cached descriptor; the client may retry.
+            state.files.remove(rel.as_str());
             return error(
                 state,
                 req,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "volume unavailable\n",
+                "object changed while read\n",
             );
-        }
-        Err(_) => {
-            return error(
-                state,
-                req,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal error\n",
-            )
         }
     };
     let body = if meta.len > MAX_REWRITE_BYTES {
-        original
+        original.to_vec()
     } else {
         playlist::rewrite(kind, &original, param)
     };

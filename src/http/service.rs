@@ -78,7 +78,7 @@ pub async fn serve_io<I>(
 
 /// One request through the handler, with metrics recorded at the single exit.
 async fn respond(
-    state: &State,
+    state: &Arc<State>,
     peer: SocketAddr,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<Body> {
@@ -103,7 +103,7 @@ async fn respond(
         body,
     } = handler::handle(state, &hreq).await;
     record(state, &parts.method, status, proto, body.len(), start);
-    let mut resp = hyper::Response::new(Body::new(body, &state.volumes));
+    let mut resp = hyper::Response::new(Body::new(body, state));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp

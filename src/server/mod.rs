@@ -19,8 +19,39 @@ use crate::state::State;
 use crate::volumes::{self, Volumes};
 use shutdown::{Controller, Drain};
 
+/// Raises the soft descriptor limit to the hard one and keeps the open-file cache under half of
+/// it, so cached descriptors can never starve new connections.
+fn fit_fd_limit(config: &mut Config) {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    if soft < hard {
+        let new = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: lim.maximum,
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, new) {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the descriptor limit");
+        }
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let cap = limit / 2;
+    if config.cache.open_files > cap {
+        tracing::warn!(
+            configured = config.cache.open_files,
+            limit,
+            used = cap,
+            "cache.open_files exceeds half the descriptor limit; using half"
+        );
+        config.cache.open_files = cap;
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT and the drain finish.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(mut config: Config) -> anyhow::Result<()> {
+    fit_fd_limit(&mut config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers)
         .thread_name("segd-worker")
@@ -35,6 +66,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     let volumes = Arc::new(Volumes::new(&config.volumes));
     let state = Arc::new(State::new(Arc::clone(&config), volumes, metrics));
+    state
+        .metrics
+        .io_backend
+        .with_label_values(&[state.io.kind().as_str()])
+        .set(1);
 
     let mut plain: Vec<(SocketAddr, TcpListener)> = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {

@@ -292,9 +292,35 @@ impl Volume {
     }
 }
 
-/// Whether an error from reading a file is a device fault (as opposed to e.g. truncation).
+/// Whether an open descriptor still shows the object described by `meta`: same size and mtime,
+/// and not unlinked. One `fstat` on a held descriptor: no path walk, no disk I/O.
+pub fn still_current(file: &File, meta: &ObjectMeta) -> bool {
+    match rustix::fs::fstat(file) {
+        Ok(st) => {
+            st.st_nlink > 0
+                && st.st_size as u64 == meta.len
+                && i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
+                    == meta.mtime_ns
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether an error from reading or sending a file is a device fault of its disk. Only these
+/// errno values count: a peer reset, a shrunk file or a timeout must never mark a volume down.
 pub fn is_device_fault(e: &io::Error) -> bool {
-    matches!(classify(e), OpenError::Fault(_))
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EIO
+                | libc::ENXIO
+                | libc::ENODEV
+                | libc::ESTALE
+                | libc::ENOMEDIUM
+                | libc::EREMOTEIO
+                | libc::EUCLEAN
+        )
+    )
 }
 
 /// FNV-1a, 64-bit: stable across versions and platforms, so the placement rule never moves.
@@ -407,6 +433,19 @@ impl Volumes {
         }
     }
 
+    /// Current metadata of `rel` on volume `i` (following symlinks: only compared, never served).
+    pub fn stat(&self, i: usize, rel: &RelPath) -> Option<ObjectMeta> {
+        let vol = self.vols.get(i)?;
+        let root = vol.root.load_full()?;
+        let st = rustix::fs::statat(&root.fd, rel.as_str(), rustix::fs::AtFlags::empty()).ok()?;
+        Some(ObjectMeta {
+            len: st.st_size as u64,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+        })
+    }
+
     /// Re-probes every volume (called periodically, off the request path).
     pub fn check_health(&self) {
         for v in &self.vols {
@@ -478,6 +517,27 @@ mod tests {
             Some(LookupError::NotFound),
             "directories are not objects"
         );
+    }
+
+    #[test]
+    fn only_device_errors_are_faults() {
+        for errno in [libc::EIO, libc::ENXIO, libc::ENODEV, libc::ESTALE] {
+            assert!(is_device_fault(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [
+            libc::EPIPE,
+            libc::ECONNRESET,
+            libc::ENOTCONN,
+            libc::EAGAIN,
+            libc::ENOENT,
+        ] {
+            assert!(!is_device_fault(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_device_fault(&io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "shrank"
+        )));
+        assert!(!is_device_fault(&io::Error::from(io::ErrorKind::TimedOut)));
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! Hot-body cache: file identity → whole-object `Bytes`, weighted by size.
+//!
+//! Keys are the file's identity (device, inode, size, mtime), not its path, so a changed file can
+//! never be served from an old entry: it simply has a new key, and the old entry ages out.
+//! Fills are single-flight (`try_get_with`): N concurrent misses for one object cause one read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Future;
+
+use crate::volumes::ObjectMeta;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BodyKey {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl From<&ObjectMeta> for BodyKey {
+    fn from(m: &ObjectMeta) -> Self {
+        BodyKey {
+            dev: m.dev,
+            ino: m.ino,
+            len: m.len,
+            mtime_ns: m.mtime_ns,
+        }
+    }
+}
+
+/// Counters the metrics layer reads.
+#[derive(Default)]
+pub struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub evictions: AtomicU64,
+    /// Fills actually performed (one per coalesced group of misses).
+    pub fills: AtomicU64,
+}
+
+pub struct BodyCache {
+    cache: moka::future::Cache<BodyKey, Bytes>,
+    max_item: u64,
+    pub stats: Arc<Stats>,
+}
+
+impl BodyCache {
+    pub fn new(max_bytes: u64, max_item: u64) -> BodyCache {
+        let stats = Arc::new(Stats::default());
+        let ev = Arc::clone(&stats);
+        BodyCache {
+            cache: moka::future::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|_k: &BodyKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
+                .eviction_listener(move |_k, _v, cause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        ev.evictions.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+                .build(),
+            max_item: max_item.min(max_bytes),
+            stats,
+        }
+    }
+
+    /// Whether an object of `len` bytes may be cached at all.
+    pub fn admits(&self, len: u64) -> bool {
+        len > 0 && len <= self.max_item
+    }
+
+    /// The cached body for `meta`, or `fill()`'s result, shared by every concurrent caller.
+    pub async fn get_or_fill<F>(
+        &self,
+        meta: &ObjectMeta,
+        fill: F,
+    ) -> Result<Bytes, Arc<std::io::Error>>
+    where
+        F: Future<Output = std::io::Result<Bytes>>,
+    {
+        let key = BodyKey::from(meta);
+        if let Some(b) = self.cache.get(&key).await {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let stats = Arc::clone(&self.stats);
+        self.cache
+            .try_get_with(key, async move {
+                stats.fills.fetch_add(1, Ordering::Relaxed);
+                fill.await
+            })
+            .await
+    }
+
+    /// Bytes currently held.
+    pub fn weighted_size(&self) -> u64 {
+        self.cache.weighted_size()
+    }
+
+    pub async fn contains(&self, meta: &ObjectMeta) -> bool {
+        self.cache.get(&BodyKey::from(meta)).await.is_some()
+    }
+
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(ino: u64, len: u64) -> ObjectMeta {
+        ObjectMeta {
+            len,
+            dev: 1,
+            ino,
+            mtime_ns: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn cold_sweep_does_not_flush_the_hot_set() {
+        // Room for ~10 objects of 100 KiB.
+        let cache = BodyCache::new(1_000 * 1024, 200 * 1024);
+        let body = Bytes::from(vec![0u8; 100 * 1024]);
+        // A hot set of 8 objects, each read many times.
+        for _ in 0..30 {
+            for ino in 0..8 {
+                let b = body.clone();
+                cache
+                    .get_or_fill(&meta(ino, 102_400), async move { Ok(b) })
+                    .await
+                    .expect("fill");
+            }
+            cache.run_pending_tasks().await;
+        }
+        // One pass over a cold catalogue of 500 objects, each read once.
+        for ino in 1_000..1_500 {
+            let b = body.clone();
+            cache
+                .get_or_fill(&meta(ino, 102_400), async move { Ok(b) })
+                .await
+                .expect("fill");
+            cache.run_pending_tasks().await;
+        }
+        let mut kept = 0;
+        for ino in 0..8 {
+            if cache.contains(&meta(ino, 102_400)).await {
+                kept += 1;
+            }
+        }
+        assert!(
+            kept >= 7,
+            "TinyLFU admission keeps the hot set: {kept}/8 survived the sweep"
+        );
+        assert!(cache.weighted_size() <= 1_000 * 1024);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_fill_once() {
+        let cache = Arc::new(BodyCache::new(10 << 20, 1 << 20));
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let c = Arc::clone(&cache);
+            tasks.push(tokio::spawn(async move {
+                c.get_or_fill(&meta(7, 5), async {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    Ok(Bytes::from_static(b"hello"))
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(
+                t.await.expect("join").expect("fill"),
+                Bytes::from_static(b"hello")
+            );
+        }
+        assert_eq!(cache.stats.fills.load(Ordering::Relaxed), 1);
+    }
+}
