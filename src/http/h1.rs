@@ -185,8 +185,11 @@ pub async fn serve(
             start,
         );
         if sent.is_err() {
-            // Truncated file, stalled or vanished client: the connection cannot be reused.
-            break;
+            // A body that could not be sent whole (file changed, client stalled or gone): reset
+            // the connection, so queued bytes are dropped and no client mistakes it for complete.
+            reset(&stream);
+            gauge.dec();
+            return;
         }
         if close {
             if framing == Framing::HasBody {
@@ -517,7 +520,28 @@ async fn send_more(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io:
     Ok(())
 }
 
+/// Size, mtime and ctime of an open file: any write or truncation changes it.
+fn fingerprint(file: &std::fs::File) -> Option<(i64, i64, i64, i64, i64)> {
+    let st = rustix::fs::fstat(file).ok()?;
+    Some((
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec as i64,
+        st.st_ctime,
+        st.st_ctime_nsec as i64,
+    ))
+}
+
+/// Held back and sent last, after a final check that the file did not change.
+const TAIL: u64 = 64 * 1024;
+
 /// `len` bytes of `file` from `offset` to the socket with sendfile(2), in the kernel.
+///
+/// Zero-copy queues references to page-cache pages, so bytes of a file modified or truncated
+/// during the send can reach the wire changed (or as zeros past a new end of file). segd cannot
+/// recall them, so it guarantees the next best thing: such a response never completes. The file
+/// is fingerprinted before the first chunk and after every chunk, the last `TAIL` bytes are sent
+/// only after a check, and a change fails the send, which the caller turns into a TCP reset.
 async fn sendfile_all(
     stream: &mut TcpStream,
     file: &std::fs::File,
@@ -528,9 +552,15 @@ async fn sendfile_all(
     let sock = stream.as_raw_fd();
     let ffd = file.as_raw_fd();
     let end = offset + len;
+    let before = fingerprint(file);
     let mut off = offset as libc::off_t;
     while (off as u64) < end {
-        let want = ((end - off as u64) as usize).min(SENDFILE_CHUNK);
+        let remaining = end - off as u64;
+        let want = if remaining > TAIL {
+            (remaining - TAIL).min(SENDFILE_CHUNK as u64)
+        } else {
+            remaining
+        } as usize;
         let fut = stream.async_io(Interest::WRITABLE, || {
             // SAFETY: both descriptors are open for the duration of the call (the socket is owned
             // by `stream`, the file by the caller's Arc); `off` is a valid pointer the kernel
@@ -551,8 +581,33 @@ async fn sendfile_all(
                 "file shrank while being sent",
             ));
         }
+        if fingerprint(file) != before {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "file changed while being sent",
+            ));
+        }
     }
     Ok(())
+}
+
+/// Makes the coming close an abortive one (RST): SO_LINGER with a zero timeout. Unlike a
+/// non-zero linger this never blocks; unsent bytes are dropped.
+fn reset(stream: &TcpStream) {
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket descriptor and a correctly sized, initialised linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Closes a connection that may still carry unread request bytes: stop writing, then drain
