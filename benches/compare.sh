@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# segd vs a tuned nginx on the same corpus, with the same load generators, in one run.
+#   benches/compare.sh [--preset small|full] [--rounds N] [--duration S] [--scenarios a,b,...]
+# Installs what it needs (nginx, wrk, nghttp2-client, ffmpeg), builds segd in release, generates
+# the corpus (benches/corpus.sh), and writes raw.csv + summary.md under benches/results/<date>-<commit>/.
+# Scenarios: hot, large, c2000, h2c, playlists, cold, idle10k, hot-unpinned. Ports 18080-18090.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset=small; pass=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --preset) preset=$2; shift 2 ;;
+    *) pass+=("$1"); shift ;;
+  esac
+done
+need=()
+for t in nginx:nginx-light wrk:wrk h2load:nghttp2-client ffmpeg:ffmpeg taskset:util-linux; do
+  command -v "${t%%:*}" >/dev/null || need+=("${t#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release -q
+corpus=${SEGD_BENCH_DIR:-/var/tmp/segd-bench}
+benches/corpus.sh "$corpus" "$preset"
+out="benches/results/$(date -u +%Y-%m-%d-%H%M)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
+python3 benches/vs_nginx/run.py --corpus "$corpus/root" --segd target/release/segd --out "$out" "${pass[@]}"
+echo "compare: results in $out"

@@ -1,0 +1,385 @@
+#!/usr/bin/env python3
+"""segd vs nginx on the same corpus, same load generator, same connection counts, in one run.
+
+Called by benches/compare.sh. For every scenario and round, each server is started fresh (A/B order
+alternating by round), warmed up (except the cold scenario), loaded, and measured:
+req/s, MB/s, p50/p99 latency, server CPU seconds per request (utime+stime of every server
+process from /proc, the stable figure on shared machines), RSS, and errors. Any non-2xx
+response or failed bind stops the run loudly. Writes raw.csv and summary.md.
+"""
+import argparse
+import csv
+import datetime
+import os
+import re
+import resource
+import selectors
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CLK = os.sysconf("SC_CLK_TCK")
+SEGD_PORT, SEGD_ADMIN, NGINX_PORT, NGINX_H2 = 18080, 18090, 18081, 18082
+
+
+def die(msg):
+    print(f"compare: FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def proc_cpu(pids):
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK
+        except OSError:
+            pass
+    return total
+
+
+def proc_rss_mb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def wait_port(port, proc, log):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            die(f"server exited at start (bind error?): {open(log).read()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    die(f"nothing listening on {port}: {open(log).read()[-2000:]}")
+
+
+class Segd:
+    name = "segd"
+
+    def __init__(self, binary, root, run, pinned):
+        self.binary, self.root, self.run, self.pinned = binary, root, run, pinned
+        self.port, self.h2port = SEGD_PORT, SEGD_PORT
+
+    def start(self):
+        cfg = os.path.join(self.run, "segd.toml")
+        with open(cfg, "w") as f:
+            f.write(f"""[server]
+listen = ["127.0.0.1:{SEGD_PORT}"]
+workers = {1 if self.pinned else 2}
+[admin]
+listen = "127.0.0.1:{SEGD_ADMIN}"
+[[volumes]]
+path = "{self.root}"
+[cache]
+max_bytes = "1GiB"
+open_files = 10000
+[log]
+access = "off"
+level = "warn"
+""")
+        self.log = os.path.join(self.run, "segd.log")
+        cmd = ([ "taskset", "-c", "0"] if self.pinned else []) + [self.binary, "serve", "--config", cfg]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), preexec_fn=raise_nofile)
+        wait_port(SEGD_PORT, self.proc, self.log)
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Nginx:
+    name = "nginx"
+
+    def __init__(self, root, run, pinned):
+        self.root, self.run, self.pinned = root, run, pinned
+        self.port, self.h2port = NGINX_PORT, NGINX_H2
+
+    def start(self):
+        with open(os.path.join(HERE, "nginx.conf.in")) as f:
+            conf = f.read()
+        conf = (conf.replace("@WORKERS@", "1" if self.pinned else "2")
+                .replace("@AFFINITY@", "worker_cpu_affinity 01;" if self.pinned else "")
+                .replace("@RUN@", self.run).replace("@ROOT@", self.root)
+                .replace("@PORT@", str(NGINX_PORT)).replace("@H2PORT@", str(NGINX_H2)))
+        path = os.path.join(self.run, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        self.log = os.path.join(self.run, "nginx-error.log")
+        open(self.log, "a").close()
+        cmd = ([ "taskset", "-c", "0"] if self.pinned else []) + ["nginx", "-c", path, "-p", self.run, "-g", "daemon off;"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.run, "nginx.stderr"), "w"), preexec_fn=raise_nofile)
+        wait_port(NGINX_PORT, self.proc, os.path.join(self.run, "nginx.stderr"))
+        wait_port(NGINX_H2, self.proc, os.path.join(self.run, "nginx.stderr"))
+
+    def pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return [self.proc.pid] + [int(p) for p in out]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+WRK_LUA = """
+local paths = {}
+for line in io.lines(os.getenv("SEGD_BENCH_PATHS")) do paths[#paths + 1] = line end
+math.randomseed(tonumber(os.getenv("SEGD_BENCH_SEED") or "1"))
+request = function() return wrk.format("GET", paths[math.random(#paths)]) end
+"""
+
+
+def unit_ms(v, u):
+    return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[u]
+
+
+def run_wrk(port, paths_file, conns, duration, pinned, lua):
+    cmd = (["taskset", "-c", "1"] if pinned else []) + [
+        "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", lua, f"http://127.0.0.1:{port}"]
+    env = dict(os.environ, SEGD_BENCH_PATHS=paths_file)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=raise_nofile).stdout
+    if "Non-2xx or 3xx responses" in out:
+        die(f"non-2xx responses from port {port}:\n{out}")
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+), ([\d.]+)(\w+) read", out)
+    if not m:
+        die(f"cannot parse wrk output:\n{out}")
+    reqs = int(m.group(1))
+    secs = float(m.group(2)) * {"s": 1, "m": 60, "ms": 0.001}[m.group(3)]
+    mb = float(m.group(4)) * {"B": 1e-6, "KB": 1e-3, "MB": 1, "GB": 1e3}[m.group(5)] * (1.048576 if m.group(5) != "B" else 1)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+
+    def ms(s):
+        mm = re.match(r"([\d.]+)(\w+)", s)
+        return unit_ms(mm.group(1), mm.group(2)) if mm else float("nan")
+
+    err = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = sum(int(x) for x in err.groups()) if err else 0
+    return dict(requests=reqs, rps=reqs / secs, mbps=mb / secs, p50_ms=ms(lat.get("50", "")), p99_ms=ms(lat.get("99", "")), errors=errors, raw=out)
+
+
+def run_h2load(port, uris_file, conns, streams, duration, pinned):
+    cmd = (["taskset", "-c", "1"] if pinned else []) + [
+        "h2load", "-c", str(conns), "-m", str(streams), "-D", str(duration), "-i", uris_file]
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=raise_nofile).stdout
+    st = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    rq = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    fin = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s, ([\d.]+)([KMG]?B)/s", out)
+    if not (st and rq and fin):
+        die(f"cannot parse h2load output:\n{out}")
+    if int(st.group(3)) + int(st.group(4)) > 0 or int(rq.group(5)) > 0:
+        die(f"h2load saw errors on port {port}:\n{out}")
+    tr = re.search(r"time for request:\s+([\d.]+\w+)\s+([\d.]+\w+)\s+([\d.]+\w+)", out)
+
+    def ms(s):
+        mm = re.match(r"([\d.]+)(\w+)", s)
+        return unit_ms(mm.group(1), mm.group(2)) if mm else float("nan")
+
+    mb = float(fin.group(3)) * {"B": 1e-6, "KB": 1e-3, "MB": 1, "GB": 1e3}[fin.group(4)]
+    return dict(requests=int(rq.group(4)), rps=float(fin.group(2)), mbps=mb, p50_ms=ms(tr.group(3)) if tr else float("nan"),
+                p99_ms=ms(tr.group(2)) if tr else float("nan"), errors=int(rq.group(6)), raw=out)
+
+
+def idle_connections(port, path, n):
+    """Opens n keep-alive connections, makes one request on each, and leaves them idle."""
+    raise_nofile()
+    socks = []
+    req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        socks.append(s)
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        sel.register(s, selectors.EVENT_WRITE)
+    pending = {s: b"" for s in socks}
+    deadline = time.time() + 60
+    while pending and time.time() < deadline:
+        for key, ev in sel.select(timeout=1):
+            s = key.fileobj
+            if ev & selectors.EVENT_WRITE:
+                try:
+                    s.send(req)
+                except OSError:
+                    continue
+                sel.modify(s, selectors.EVENT_READ)
+            elif ev & selectors.EVENT_READ:
+                try:
+                    data = s.recv(65536)
+                except OSError:
+                    data = b""
+                pending[s] += data
+                if b"\r\n\r\n" in pending[s] or not data:
+                    if not pending[s].startswith(b"HTTP/1.1 200"):
+                        die(f"idle scenario: bad response {pending[s][:100]!r}")
+                    sel.unregister(s)
+                    del pending[s]
+    if pending:
+        die(f"idle scenario: {len(pending)} connections got no answer")
+    return socks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--segd", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned")
+    args = ap.parse_args()
+    raise_nofile()
+    root = os.path.abspath(args.corpus)
+    os.makedirs(args.out, exist_ok=True)
+    run = tempfile.mkdtemp(prefix="segd-bench-")
+    lua = os.path.join(run, "random.lua")
+    with open(lua, "w") as f:
+        f.write(WRK_LUA)
+
+    files = []
+    for d, _, fs in os.walk(root):
+        for fn in fs:
+            files.append("/" + os.path.relpath(os.path.join(d, fn), root))
+    files.sort()
+    rnd = __import__("random").Random(42)
+    small = [p for p in files if "/hls/320k/" in p and p.endswith(".ts")]
+    hot = rnd.sample(small, min(500, len(small)))
+    large = [p for p in files if "/hls-long/" in p and p.endswith(".ts")]
+    playlists = [p for p in files if p.endswith((".m3u8", ".mpd"))]
+    segments = [p for p in files if not p.endswith((".m3u8", ".mpd"))]
+    lists = {}
+    for name, paths in dict(hot=hot, large=large, playlists=playlists, all=segments).items():
+        lists[name] = os.path.join(run, f"{name}.txt")
+        with open(lists[name], "w") as f:
+            f.write("\n".join(paths) + "\n")
+    sizes = {n: statistics.mean(os.path.getsize(root + p) for p in ps) for n, ps in dict(hot=hot, large=large, playlists=playlists).items()}
+    print(f"compare: corpus {len(files)} files; hot set {len(hot)} x {sizes['hot']/1024:.0f} KiB, large {len(large)} x {sizes['large']/1024/1024:.2f} MiB, {len(playlists)} playlists")
+
+    scenarios = {
+        "hot": dict(kind="wrk", paths="hot", conns=128, desc=f"hot small segments (~{sizes['hot']/1024:.0f} KiB, random over {len(hot)}), 128 conns"),
+        "large": dict(kind="wrk", paths="large", conns=32, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
+        "c2000": dict(kind="wrk", paths="hot", conns=2000, desc="hot small segments, 2,000 concurrent connections"),
+        "h2c": dict(kind="h2load", paths="hot", conns=32, streams=10, desc="HTTP/2 prior knowledge (h2load), 32 conns x 10 streams"),
+        "playlists": dict(kind="wrk", paths="playlists", conns=128, desc="playlists only, 128 conns"),
+        "cold": dict(kind="wrk", paths="all", conns=128, cold=True, desc="cold: page cache dropped, random over the whole corpus, 128 conns"),
+        "idle10k": dict(kind="idle", desc="10,000 idle keep-alive connections: server RSS"),
+        "hot-unpinned": dict(kind="wrk", paths="hot", conns=128, pinned=False, desc="hot small segments, unpinned, 2 workers each"),
+    }
+    rows = []
+    for sname in args.scenarios.split(","):
+        sc = scenarios.get(sname)
+        if sc is None:
+            die(f"unknown scenario {sname}")
+        pinned = sc.get("pinned", True)
+        if sc.get("cold"):
+            try:
+                subprocess.run(["sync"], check=True)
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+            except OSError as e:
+                print(f"compare: skipping cold scenario: cannot drop caches ({e})")
+                continue
+        print(f"compare: == {sname}: {sc['desc']}")
+        for rnd_i in range(args.rounds):
+            servers = [Segd(args.segd, root, run, pinned), Nginx(root, run, pinned)]
+            if rnd_i % 2:
+                servers.reverse()
+            for srv in servers:
+                if sc.get("cold"):
+                    subprocess.run(["sync"])
+                    with open("/proc/sys/vm/drop_caches", "w") as f:
+                        f.write("3\n")
+                srv.start()
+                try:
+                    if sc["kind"] == "idle":
+                        base_rss = proc_rss_mb(srv.pids())
+                        socks = idle_connections(srv.port, playlists[0], 10000)
+                        time.sleep(1)
+                        rss = proc_rss_mb(srv.pids())
+                        for s in socks:
+                            s.close()
+                        res = dict(requests=10000, rps=float("nan"), mbps=float("nan"), p50_ms=float("nan"), p99_ms=float("nan"), errors=0, cpu_us_per_req=float("nan"), rss_mb=rss, rss_base_mb=base_rss)
+                    else:
+                        if not sc.get("cold"):
+                            warm = run_wrk(srv.port, lists[sc["paths"]], min(sc["conns"], 64), 2, pinned, lua) if sc["kind"] == "wrk" else None
+                        c0 = proc_cpu(srv.pids())
+                        if sc["kind"] == "wrk":
+                            res = run_wrk(srv.port, lists[sc["paths"]], sc["conns"], args.duration, pinned, lua)
+                        else:
+                            uris = os.path.join(run, f"uris-{srv.name}.txt")
+                            with open(uris, "w") as f:
+                                f.write("\n".join(f"http://127.0.0.1:{srv.h2port}{p}" for p in hot) + "\n")
+                            res = run_h2load(srv.h2port, uris, sc["conns"], sc["streams"], args.duration, pinned)
+                        c1 = proc_cpu(srv.pids())
+                        res["cpu_us_per_req"] = (c1 - c0) / max(res["requests"], 1) * 1e6
+                        res["rss_mb"] = proc_rss_mb(srv.pids())
+                finally:
+                    srv.stop()
+                res.pop("raw", None)
+                row = dict(scenario=sname, round=rnd_i + 1, server=srv.name, **res)
+                rows.append(row)
+                print(f"compare:   round {rnd_i + 1} {srv.name:5}: {res['rps']:10.0f} req/s {res['mbps']:9.1f} MB/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  cpu {res['cpu_us_per_req']:7.2f} us/req  rss {res['rss_mb']:7.1f} MB  errors {res['errors']}")
+
+    keys = ["scenario", "round", "server", "requests", "rps", "mbps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb", "errors"]
+    with open(os.path.join(args.out, "raw.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+    def med(sname, server, key):
+        vals = [r[key] for r in rows if r["scenario"] == sname and r["server"] == server and r[key] == r[key]]
+        return statistics.median(vals) if vals else float("nan")
+
+    lines = ["| scenario | segd req/s | nginx req/s | req/s ratio | segd CPU µs/req | nginx CPU µs/req | **CPU/req ratio** | segd p99 ms | nginx p99 ms | p99 ratio | segd RSS MB | nginx RSS MB | errors segd/nginx |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for sname in dict.fromkeys(r["scenario"] for r in rows):
+        g = lambda s, k: med(sname, s, k)
+        ratio = lambda k: g("segd", k) / g("nginx", k) if g("nginx", k) else float("nan")
+        errs = f"{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='segd')}/{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='nginx')}"
+        lines.append(f"| {sname} | {g('segd','rps'):.0f} | {g('nginx','rps'):.0f} | {ratio('rps'):.2f} | {g('segd','cpu_us_per_req'):.1f} | {g('nginx','cpu_us_per_req'):.1f} | **{ratio('cpu_us_per_req'):.2f}** | {g('segd','p99_ms'):.2f} | {g('nginx','p99_ms'):.2f} | {ratio('p99_ms'):.2f} | {g('segd','rss_mb'):.1f} | {g('nginx','rss_mb'):.1f} | {errs} |")
+    head = [f"# segd vs nginx — {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
+            f"Medians of {args.rounds} A/B-alternating rounds, {args.duration} s each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
+            "CPU/req = server utime+stime per request (lower is better; ratio < 1 means segd is cheaper). nginx: " +
+            subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() + ".", "",
+            "Scenarios: " + "; ".join(f"**{k}**: {v['desc']}" for k, v in scenarios.items() if k in args.scenarios.split(",")), ""]
+    summary = "\n".join(head + lines) + "\n"
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(summary)
+    print(summary)
+    shutil.rmtree(run, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
