@@ -7,8 +7,17 @@ use prometheus::{
 
 use crate::volumes::Volumes;
 
+/// Label values of `segd_http_requests_total`, in the order of the pre-resolved handles.
+pub const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "other"];
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub const PROTOS: [&str; 3] = ["h1", "h2", "h3"];
+
 pub struct Metrics {
     registry: Registry,
+    /// Every (method, status class, proto) counter, resolved once: no label hashing per request.
+    pub request_handles: Vec<prometheus::IntCounter>,
+    pub byte_handles: Vec<prometheus::IntCounter>,
+    pub total_time: prometheus::Histogram,
     pub requests: IntCounterVec,
     pub response_bytes: IntCounterVec,
     pub duration: HistogramVec,
@@ -134,8 +143,24 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let mut request_handles = Vec::with_capacity(60);
+        for m in METHODS {
+            for c in CLASSES {
+                for p in PROTOS {
+                    request_handles.push(requests.with_label_values(&[m, c, p]));
+                }
+            }
+        }
+        let byte_handles = PROTOS
+            .iter()
+            .map(|p| response_bytes.with_label_values(&[p]))
+            .collect();
+        let total_time = duration.with_label_values(&["total"]);
         Ok(Metrics {
             registry,
+            request_handles,
+            byte_handles,
+            total_time,
             requests,
             response_bytes,
             duration,

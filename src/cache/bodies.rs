@@ -119,6 +119,7 @@ mod tests {
             dev: 1,
             ino,
             mtime_ns: 0,
+            ctime_ns: 0,
         }
     }
 

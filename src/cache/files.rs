@@ -17,6 +17,9 @@ pub struct OpenFile {
     pub file: Arc<File>,
     pub meta: ObjectMeta,
     pub volume: usize,
+    /// Validators formatted once per entry, not per request.
+    pub etag: http::HeaderValue,
+    pub last_modified: http::HeaderValue,
     /// Milliseconds since the cache's epoch when the entry was last known to be current.
     checked_ms: AtomicU64,
 }
@@ -74,10 +77,18 @@ impl FileCache {
     }
 
     pub fn insert(&self, key: &str, file: File, meta: ObjectMeta, volume: usize) -> Arc<OpenFile> {
+        let etag = http::HeaderValue::from_str(&meta.etag())
+            .unwrap_or(http::HeaderValue::from_static("\"0\""));
+        let last_modified = http::HeaderValue::from_str(&httpdate::fmt_http_date(meta.modified()))
+            .unwrap_or(http::HeaderValue::from_static(
+                "Thu, 01 Jan 1970 00:00:00 GMT",
+            ));
         let e = Arc::new(OpenFile {
             file: Arc::new(file),
             meta,
             volume,
+            etag,
+            last_modified,
             checked_ms: AtomicU64::new(self.now_ms()),
         });
         self.cache.insert(key.into(), Arc::clone(&e));

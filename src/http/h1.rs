@@ -69,6 +69,9 @@ pub async fn serve(
     let cfg = state.config.server.clone();
     let mut buf = BytesMut::with_capacity(4096);
     let mut stop = drain.signal();
+    // Registered once for the connection's life, not re-armed per request.
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
     let mut first = true;
     let gauge = state.metrics.connections_open.with_label_values(&["plain"]);
     gauge.inc();
@@ -80,7 +83,7 @@ pub async fn serve(
             }
             let read = tokio::select! {
                 r = tokio::time::timeout(cfg.keepalive_timeout, stream.read_buf(&mut buf)) => r,
-                _ = stop.wait() => break,
+                _ = &mut stopped => break,
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
@@ -448,7 +451,7 @@ async fn write_reply(
             {
                 Ok(()) => {
                     send_more(stream, &head, stall).await?;
-                    sendfile_all(stream, &file, offset, len, stall).await
+                    sendfile_all(stream, &file, &meta, offset, len, stall).await
                 }
                 Err(e) => {
                     // Nothing is on the wire yet: the client gets a precise answer, not a reset.
@@ -520,18 +523,6 @@ async fn send_more(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io:
     Ok(())
 }
 
-/// Size, mtime and ctime of an open file: any write or truncation changes it.
-fn fingerprint(file: &std::fs::File) -> Option<(i64, i64, i64, i64, i64)> {
-    let st = rustix::fs::fstat(file).ok()?;
-    Some((
-        st.st_size,
-        st.st_mtime,
-        st.st_mtime_nsec as i64,
-        st.st_ctime,
-        st.st_ctime_nsec as i64,
-    ))
-}
-
 /// Held back and sent last, after a final check that the file did not change.
 const TAIL: u64 = 64 * 1024;
 
@@ -540,11 +531,13 @@ const TAIL: u64 = 64 * 1024;
 /// Zero-copy queues references to page-cache pages, so bytes of a file modified or truncated
 /// during the send can reach the wire changed (or as zeros past a new end of file). segd cannot
 /// recall them, so it guarantees the next best thing: such a response never completes. The file
-/// is fingerprinted before the first chunk and after every chunk, the last `TAIL` bytes are sent
-/// only after a check, and a change fails the send, which the caller turns into a TCP reset.
+/// is checked against `meta` (size, mtime, ctime, link count; the handler checked it just before)
+/// after every chunk, the last `TAIL` bytes are sent only after a check, and a change fails the
+/// send, which the caller turns into a TCP reset.
 async fn sendfile_all(
     stream: &mut TcpStream,
     file: &std::fs::File,
+    meta: &crate::volumes::ObjectMeta,
     offset: u64,
     len: u64,
     stall: Duration,
@@ -552,7 +545,6 @@ async fn sendfile_all(
     let sock = stream.as_raw_fd();
     let ffd = file.as_raw_fd();
     let end = offset + len;
-    let before = fingerprint(file);
     let mut off = offset as libc::off_t;
     while (off as u64) < end {
         let remaining = end - off as u64;
@@ -581,7 +573,7 @@ async fn sendfile_all(
                 "file shrank while being sent",
             ));
         }
-        if fingerprint(file) != before {
+        if !crate::volumes::still_current(file, meta) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "file changed while being sent",

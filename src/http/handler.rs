@@ -274,7 +274,7 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
     if let Some(param) = rewrite_param {
         return rewritten_playlist(state, req, &rel, opened, &param, live, is_head).await;
     }
-    let etag = meta.etag();
+    let etag = opened.etag.to_str().unwrap_or_default();
 
     let mut headers = HeaderMap::with_capacity(12);
     cors_headers(state, req, &mut headers);
@@ -286,16 +286,12 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         (ObjectClass::Segment, true) => &state.prepared.live_segments,
     };
     headers.insert(CACHE_CONTROL, cache_control.clone());
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        headers.insert(ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(modified)) {
-        headers.insert(LAST_MODIFIED, v);
-    }
+    headers.insert(ETAG, opened.etag.clone());
+    headers.insert(LAST_MODIFIED, opened.last_modified.clone());
     headers.insert(ACCEPT_RANGES, BYTES);
 
     // 7. Preconditions.
-    match conditional::evaluate(req.headers, &etag, modified) {
+    match conditional::evaluate(req.headers, etag, modified) {
         Outcome::Proceed => {}
         Outcome::NotModified => {
             return Reply {
@@ -317,7 +313,7 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
 
     // 8. Range (defined for GET only, RFC 9110 §14.2).
     let len = meta.len;
-    let decision = if is_head || !conditional::if_range_allows(req.headers, &etag, modified) {
+    let decision = if is_head || !conditional::if_range_allows(req.headers, etag, modified) {
         RangeDecision::Full
     } else {
         range::resolve(req.headers.get(RANGE).map(HeaderValue::as_bytes), len)

@@ -11,7 +11,6 @@ pub mod service;
 
 use std::time::Instant;
 
-use crate::metrics::status_class;
 use crate::state::State;
 use handler::Proto;
 
@@ -25,19 +24,29 @@ pub fn record(
     start: Instant,
 ) {
     let m = &state.metrics;
-    let method = match method.as_str() {
-        "GET" => "GET",
-        "HEAD" => "HEAD",
-        "OPTIONS" => "OPTIONS",
-        _ => "other",
+    let mi = match *method {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::OPTIONS => 2,
+        _ => 3,
     };
-    m.requests
-        .with_label_values(&[method, status_class(status.as_u16()), proto.as_str()])
-        .inc();
-    m.response_bytes
-        .with_label_values(&[proto.as_str()])
-        .inc_by(bytes);
-    m.duration
-        .with_label_values(&["total"])
-        .observe(start.elapsed().as_secs_f64());
+    let ci = match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    };
+    let pi = match proto {
+        Proto::H1 => 0,
+        Proto::H2 => 1,
+        Proto::H3 => 2,
+    };
+    if let Some(c) = m.request_handles.get((mi * 5 + ci) * 3 + pi) {
+        c.inc();
+    }
+    if let Some(c) = m.byte_handles.get(pi) {
+        c.inc_by(bytes);
+    }
+    m.total_time.observe(start.elapsed().as_secs_f64());
 }

@@ -396,6 +396,7 @@ mod tests {
                 dev: 1,
                 ino: 2,
                 mtime_ns: 3,
+                ctime_ns: 4,
             };
             io.ensure_resident(0, &file, &meta, 0, data.len() as u64)
                 .await

@@ -44,6 +44,9 @@ pub struct ObjectMeta {
     pub ino: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Status-change time, nanoseconds: moves on every write and truncation, even one that
+    /// restores the old mtime.
+    pub ctime_ns: i128,
 }
 
 impl ObjectMeta {
@@ -268,6 +271,7 @@ impl Volume {
                 dev: md.dev(),
                 ino: md.ino(),
                 mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+                ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
             },
             file,
             volume: usize::MAX,
@@ -443,6 +447,7 @@ impl Volumes {
             dev: st.st_dev,
             ino: st.st_ino,
             mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
         })
     }
 
