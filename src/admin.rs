@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::server::shutdown::Stop;
-use crate::state::State;
+use crate::state::{Shared, State};
 
 fn text(status: u16, ctype: &'static str, body: impl Into<Bytes>) -> hyper::Response<Full<Bytes>> {
     let mut r = hyper::Response::new(Full::new(body.into()));
@@ -69,7 +69,7 @@ pub fn route(state: &State, drain: &Stop, path: &str) -> hyper::Response<Full<By
 
 /// Serves the admin listener until the process exits. It keeps answering during a drain (so
 /// `/readyz` can say so) and does not hold the drain open: only client traffic is waited for.
-pub async fn serve(listener: TcpListener, state: Arc<State>, drain: Stop) {
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Stop) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -79,11 +79,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, drain: Stop) {
                 continue;
             }
         };
-        let state = Arc::clone(&state);
+        let shared = Arc::clone(&shared);
         let drain = drain.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                let r = route(&state, &drain, req.uri().path());
+                let r = route(&shared.load(), &drain, req.uri().path());
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

@@ -11,6 +11,7 @@
 //! Leaf modules (`volumes`, `http::range`, `http::conditional`, `config`) know nothing of each
 //! other or of hyper; only the handler composes them.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod cache;

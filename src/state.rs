@@ -1,7 +1,12 @@
-//! `State`: everything a request needs, built once per config (and rebuilt on reload).
+//! `State`: everything a request needs, built once per config; `Shared` holds the current one and
+//! swaps it atomically on reload. A request loads the current state once and keeps it to the
+//! end, so a reload never changes the rules under a response in flight.
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
+use crate::access::AccessLog;
 use crate::auth::Auth;
 use crate::cache::bodies::BodyCache;
 use crate::cache::files::FileCache;
@@ -17,26 +22,107 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub prepared: Prepared,
     pub auth: Auth,
-    pub files: FileCache,
-    pub bodies: BodyCache,
-    pub io: Io,
+    pub files: Arc<FileCache>,
+    pub bodies: Arc<BodyCache>,
+    pub io: Arc<Io>,
+    pub access: AccessLog,
 }
 
 impl State {
-    pub fn new(config: Arc<Config>, volumes: Arc<Volumes>, metrics: Arc<Metrics>) -> State {
-        State {
+    /// Builds everything for `config`. Fails only if the access log cannot be opened.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> std::io::Result<State> {
+        Ok(State {
             prepared: Prepared::new(&config),
             auth: Auth::new(&config.token),
-            files: FileCache::new(config.cache.open_files),
-            bodies: BodyCache::new(config.cache.max_bytes, config.cache.max_item_bytes),
-            io: Io::new(
+            volumes: Arc::new(Volumes::new(&config.volumes)),
+            files: Arc::new(FileCache::new(config.cache.open_files)),
+            bodies: Arc::new(BodyCache::new(
+                config.cache.max_bytes,
+                config.cache.max_item_bytes,
+            )),
+            io: Arc::new(Io::new(
                 config.volumes.len(),
                 config.server.io_queue_depth,
                 &config.server.io_backend,
-            ),
-            config,
-            volumes,
+            )),
+            access: AccessLog::open(&config.log)?,
             metrics,
+            config,
+        })
+    }
+
+    /// The state for a reloaded `config`, keeping what did not change: the same volume list keeps
+    /// its handles, health and placement memory (and the open-file cache, whose entries name
+    /// volumes by position); unchanged cache limits keep the hot bodies; an unchanged I/O setup
+    /// keeps its workers. Keys, policies, headers and the access log (reopened, which also serves
+    /// log rotation) always follow the new file.
+    pub fn reload(old: &State, config: Arc<Config>) -> std::io::Result<State> {
+        let (o, n) = (&old.config, &config);
+        let same_volumes = o.volumes.len() == n.volumes.len()
+            && o.volumes
+                .iter()
+                .zip(&n.volumes)
+                .all(|(a, b)| a.path == b.path && a.name == b.name && a.marker == b.marker);
+        let volumes = if same_volumes {
+            Arc::clone(&old.volumes)
+        } else {
+            Arc::new(Volumes::new(&n.volumes))
+        };
+        let files = if same_volumes && o.cache.open_files == n.cache.open_files {
+            Arc::clone(&old.files)
+        } else {
+            Arc::new(FileCache::new(n.cache.open_files))
+        };
+        let bodies = if o.cache.max_bytes == n.cache.max_bytes
+            && o.cache.max_item_bytes == n.cache.max_item_bytes
+        {
+            Arc::clone(&old.bodies)
+        } else {
+            Arc::new(BodyCache::new(n.cache.max_bytes, n.cache.max_item_bytes))
+        };
+        let io = if o.volumes.len() == n.volumes.len()
+            && o.server.io_backend == n.server.io_backend
+            && o.server.io_queue_depth == n.server.io_queue_depth
+        {
+            Arc::clone(&old.io)
+        } else {
+            Arc::new(Io::new(
+                n.volumes.len(),
+                n.server.io_queue_depth,
+                &n.server.io_backend,
+            ))
+        };
+        Ok(State {
+            prepared: Prepared::new(&config),
+            auth: Auth::new(&config.token),
+            volumes,
+            files,
+            bodies,
+            io,
+            access: AccessLog::open(&config.log)?,
+            metrics: Arc::clone(&old.metrics),
+            config,
+        })
+    }
+}
+
+/// The current state, swapped whole on reload.
+pub struct Shared {
+    current: ArcSwap<State>,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Shared {
+        Shared {
+            current: ArcSwap::from_pointee(state),
         }
+    }
+
+    pub fn load(&self) -> Arc<State> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, state: State) {
+        self.current.store(Arc::new(state));
     }
 }

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cache;
 mod config;
 mod demo;
 mod h1;

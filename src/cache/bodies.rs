@@ -39,6 +39,8 @@ pub struct Stats {
     pub evictions: AtomicU64,
     /// Fills actually performed (one per coalesced group of misses).
     pub fills: AtomicU64,
+    /// Bytes held: added when a fill is stored, subtracted whenever an entry leaves.
+    pub bytes: AtomicU64,
 }
 
 pub struct BodyCache {
@@ -55,7 +57,8 @@ impl BodyCache {
             cache: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_k: &BodyKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
-                .eviction_listener(move |_k, _v, cause| {
+                .eviction_listener(move |_k, v: Bytes, cause| {
+                    ev.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
                     if cause == moka::notification::RemovalCause::Size {
                         ev.evictions.fetch_add(1, Ordering::Relaxed);
                     }
@@ -90,14 +93,21 @@ impl BodyCache {
         self.cache
             .try_get_with(key, async move {
                 stats.fills.fetch_add(1, Ordering::Relaxed);
-                fill.await
+                let b = fill.await?;
+                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                Ok(b)
             })
             .await
     }
 
-    /// Bytes currently held.
+    /// Bytes currently held (exact, unlike moka's lagging weighted size).
     pub fn weighted_size(&self) -> u64 {
-        self.cache.weighted_size()
+        self.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body is cached right now (no effect on the policy; for logs).
+    pub fn contains_now(&self, meta: &ObjectMeta) -> bool {
+        self.cache.contains_key(&BodyKey::from(meta))
     }
 
     pub async fn contains(&self, meta: &ObjectMeta) -> bool {
@@ -158,7 +168,12 @@ mod tests {
             kept >= 7,
             "TinyLFU admission keeps the hot set: {kept}/8 survived the sweep"
         );
-        assert!(cache.weighted_size() <= 1_000 * 1024);
+        cache.run_pending_tasks().await;
+        assert!(
+            cache.weighted_size() <= 1_000 * 1024,
+            "{}",
+            cache.weighted_size()
+        );
     }
 
     #[tokio::test]

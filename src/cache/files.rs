@@ -99,7 +99,9 @@ impl FileCache {
         self.cache.invalidate(key);
     }
 
+    /// Entries held (runs moka's pending maintenance first, so the count is current).
     pub fn len(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 

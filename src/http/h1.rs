@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use super::handler::{self, Proto, Reply, ReplyBody};
 use super::record;
 use crate::server::shutdown::Drain;
-use crate::state::State;
+use crate::state::{Shared, State};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const MAX_HEADERS: usize = 100;
@@ -61,19 +61,21 @@ struct Head {
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     drain: Drain,
 ) {
     let _ = stream.set_nodelay(true);
-    let cfg = state.config.server.clone();
+    // Connection-level settings come from the state current at accept time.
+    let cfg = shared.load().config.server.clone();
+    let metrics = Arc::clone(&shared.load().metrics);
     let mut buf = BytesMut::with_capacity(4096);
     let mut stop = drain.signal();
     // Registered once for the connection's life, not re-armed per request.
     let stopped = stop.wait();
     tokio::pin!(stopped);
     let mut first = true;
-    let gauge = state.metrics.connections_open.with_label_values(&["plain"]);
+    let gauge = metrics.connections_open.with_label_values(&["plain"]);
     gauge.inc();
     loop {
         // Idle: wait for the first byte of the next request, or the drain.
@@ -108,7 +110,7 @@ pub async fn serve(
                     prefix: buf.freeze(),
                     inner: stream,
                 };
-                super::service::serve_io(io, peer, state, hyper, drain).await;
+                super::service::serve_io(io, peer, shared, hyper, drain).await;
                 return;
             }
         }
@@ -176,17 +178,18 @@ pub async fn serve(
             peer,
             proto: Proto::H1,
         };
-        let reply = handler::handle(&state, &req).await;
+        // One state for the whole request, even if a reload swaps it meanwhile.
+        let state = shared.load();
+        let mut reply = handler::handle(&state, &req).await;
         let status = reply.status;
+        let log = std::mem::take(&mut reply.log);
+        let cache = match reply.body {
+            ReplyBody::File { .. } => "bypass",
+            _ => "none",
+        };
         let sent = write_reply(&mut stream, reply, close, head.http10, &cfg, &state).await;
-        record(
-            &state,
-            &head.method,
-            status,
-            Proto::H1,
-            sent.as_ref().copied().unwrap_or(0),
-            start,
-        );
+        let bytes = sent.as_ref().copied().unwrap_or(0);
+        record(&state, &req, status, bytes, start, cache, &log);
         if sent.is_err() {
             // A body that could not be sent whole (file changed, client stalled or gone): reset
             // the connection, so queued bytes are dropped and no client mistakes it for complete.
@@ -422,6 +425,7 @@ async fn write_reply(
         status,
         headers,
         body,
+        ..
     } = reply;
     let mut head = head_bytes(status, &headers, close, http10);
     let stall = cfg.send_timeout;

@@ -71,6 +71,17 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: ReplyBody,
+    /// What the access log says about it.
+    pub log: LogInfo,
+}
+
+/// Facts for the access log that only the handler knows.
+#[derive(Debug, Default)]
+pub struct LogInfo {
+    /// The decoded path without any token (absent when the path was refused before decoding).
+    pub path: Option<String>,
+    /// The id of the key that verified the request's token.
+    pub key_id: Option<String>,
 }
 
 /// What to send as the body; the protocol's writer turns it into bytes on the wire.
@@ -160,6 +171,13 @@ impl Prepared {
 
 /// Handles one request. See the module doc for the steps.
 pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
+    let mut log = LogInfo::default();
+    let mut reply = decide(state, req, &mut log).await;
+    reply.log = log;
+    reply
+}
+
+async fn decide(state: &State, req: &Request<'_>, log: &mut LogInfo) -> Reply {
     let cfg = &state.config;
 
     // 1. Target length.
@@ -204,6 +222,9 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
     };
     let class = ObjectClass::of(ext.as_deref().unwrap_or_default());
     let canonical = format!("/{rel}");
+    if state.access.enabled() {
+        log.path = Some(canonical.clone());
+    }
     let live = cfg
         .cache_control
         .live_prefixes
@@ -233,6 +254,9 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         }
         Decision::Granted { grant, .. } => {
             tracing::debug!(key_id = %grant.key_id, "token accepted");
+            if state.access.enabled() {
+                log.key_id = Some(grant.key_id.clone());
+            }
         }
         Decision::Public | Decision::OriginAuth => {}
     }
@@ -295,6 +319,7 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         Outcome::Proceed => {}
         Outcome::NotModified => {
             return Reply {
+                log: LogInfo::default(),
                 status: StatusCode::NOT_MODIFIED,
                 headers,
                 body: ReplyBody::Empty,
@@ -355,6 +380,7 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
         }
     };
     Reply {
+        log: LogInfo::default(),
         status,
         headers,
         body,
@@ -381,6 +407,7 @@ fn with_body(
     headers.insert(CONTENT_LENGTH, HeaderValue::from(msg.len()));
     headers.insert(CACHE_CONTROL, NO_STORE);
     Reply {
+        log: LogInfo::default(),
         status,
         headers,
         body: if is_head {
@@ -437,6 +464,7 @@ fn options(state: &State, req: &Request<'_>) -> Reply {
         }
     }
     Reply {
+        log: LogInfo::default(),
         status: StatusCode::NO_CONTENT,
         headers,
         body: ReplyBody::Empty,
@@ -616,6 +644,7 @@ async fn rewritten_playlist(
         Outcome::Proceed => {}
         Outcome::NotModified => {
             return Reply {
+                log: LogInfo::default(),
                 status: StatusCode::NOT_MODIFIED,
                 headers,
                 body: ReplyBody::Empty,
@@ -638,6 +667,7 @@ async fn rewritten_playlist(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static_or(ctype));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     Reply {
+        log: LogInfo::default(),
         status: StatusCode::OK,
         headers,
         body: if is_head {

@@ -14,17 +14,61 @@ use std::time::Instant;
 use crate::state::State;
 use handler::Proto;
 
-/// Records one answered request: the single exit point every protocol calls.
-pub fn record(
+fn access_line(
     state: &State,
-    method: &http::Method,
+    req: &handler::Request<'_>,
     status: http::StatusCode,
-    proto: Proto,
     bytes: u64,
     start: Instant,
+    cache: &'static str,
+    log: &handler::LogInfo,
 ) {
+    // Never the token: the path-embedded segment is split off and the query is not logged.
+    let raw;
+    let path = match &log.path {
+        Some(p) => p.as_str(),
+        None => {
+            raw = crate::auth::split_path_token(state.auth.name(), req.path).path;
+            &raw[..raw.len().min(1024)]
+        }
+    };
+    let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
+    let rid = crate::access::request_id(req.headers);
+    state.access.log(&crate::access::Entry {
+        time: std::time::SystemTime::now(),
+        client: state.auth.client_ip(req.headers, req.peer.ip()),
+        peer: req.peer,
+        method: req.method.as_str(),
+        path,
+        status: status.as_u16(),
+        bytes,
+        duration: start.elapsed(),
+        proto: req.proto.as_str(),
+        cache,
+        key_id: log.key_id.as_deref(),
+        request_id: &rid,
+        user_agent: header(http::header::USER_AGENT),
+        referer: header(http::header::REFERER),
+    });
+}
+
+/// Records one answered request — metrics and the access log: the single exit point every
+/// protocol calls.
+pub fn record(
+    state: &State,
+    req: &handler::Request<'_>,
+    status: http::StatusCode,
+    bytes: u64,
+    start: Instant,
+    cache: &'static str,
+    log: &handler::LogInfo,
+) {
+    let proto = req.proto;
+    if state.access.enabled() {
+        access_line(state, req, status, bytes, start, cache, log);
+    }
     let m = &state.metrics;
-    let mi = match *method {
+    let mi = match *req.method {
         http::Method::GET => 0,
         http::Method::HEAD => 1,
         http::Method::OPTIONS => 2,

@@ -18,11 +18,11 @@ use super::body::Body;
 use super::handler::{self, Proto, Reply};
 use super::record;
 use crate::server::shutdown::Drain;
-use crate::state::State;
+use crate::state::{Shared, State};
 
 /// The hyper connection builder configured from `[server]`.
-pub fn builder(state: &State) -> auto::Builder<TokioExecutor> {
-    let s = &state.config.server;
+pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
+    let s = &config.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -44,17 +44,21 @@ pub fn builder(state: &State) -> auto::Builder<TokioExecutor> {
 pub async fn serve_io<I>(
     io: I,
     peer: SocketAddr,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let gauge = state.metrics.connections_open.with_label_values(&["h2"]);
+    let gauge = shared
+        .load()
+        .metrics
+        .connections_open
+        .with_label_values(&["h2"]);
     gauge.inc();
-    let svc_state = Arc::clone(&state);
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
-        let state = Arc::clone(&svc_state);
+        // One state for the whole request, even if a reload swaps it meanwhile.
+        let state = shared.load();
         async move { Ok::<_, Infallible>(respond(&state, peer, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -101,8 +105,20 @@ async fn respond(
         status,
         headers,
         body,
+        log,
     } = handler::handle(state, &hreq).await;
-    record(state, &parts.method, status, proto, body.len(), start);
+    let cache = match &body {
+        handler::ReplyBody::File { meta, .. } if state.bodies.admits(meta.len) => {
+            if state.bodies.contains_now(meta) {
+                "hit"
+            } else {
+                "miss"
+            }
+        }
+        handler::ReplyBody::File { .. } => "bypass",
+        _ => "none",
+    };
+    record(state, &hreq, status, body.len(), start, cache, &log);
     let mut resp = hyper::Response::new(Body::new(body, state));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;

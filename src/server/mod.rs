@@ -6,6 +6,7 @@
 
 pub mod listener;
 pub mod shutdown;
+pub mod systemd;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use tokio::net::TcpListener;
 
 use crate::config::{fmt_size, Config};
 use crate::metrics::Metrics;
-use crate::state::State;
-use crate::volumes::{self, Volumes};
+use crate::state::{Shared, State};
+use crate::volumes;
 use shutdown::{Controller, Drain};
 
 /// Raises the soft descriptor limit to the hard one and keeps the open-file cache under half of
@@ -52,48 +53,72 @@ fn fit_fd_limit(config: &mut Config) {
 /// Runs the daemon until SIGTERM/SIGINT and the drain finish.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     fit_fd_limit(&mut config);
+    // Before any thread exists: socket activation reads and clears the environment.
+    let inherited = systemd::take_listeners();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers)
         .thread_name("segd-worker")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, inherited))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// A listener for `addr`: the socket systemd passed for it, else a fresh bind.
+fn listener_for(
+    addr: SocketAddr,
+    key: &str,
+    inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+) -> anyhow::Result<TcpListener> {
+    if let Some(i) = inherited.iter().position(|(a, _)| *a == addr) {
+        let (_, l) = inherited.swap_remove(i);
+        l.set_nonblocking(true)
+            .with_context(|| format!("inherited socket for {key} = {addr}"))?;
+        tracing::info!(%addr, "using the socket passed by systemd");
+        return TcpListener::from_std(l)
+            .with_context(|| format!("inherited socket for {key} = {addr}"));
+    }
+    listener::bind_tcp(addr).with_context(|| format!("cannot bind {key} = {addr}"))
+}
+
+async fn serve(
+    config: Config,
+    mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
+) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
-    let volumes = Arc::new(Volumes::new(&config.volumes));
-    let state = Arc::new(State::new(Arc::clone(&config), volumes, metrics));
+    let state = State::new(Arc::clone(&config), metrics)
+        .context("cannot open the access log (log.access)")?;
     state
         .metrics
         .io_backend
         .with_label_values(&[state.io.kind().as_str()])
         .set(1);
+    let shared = Arc::new(Shared::new(state));
 
     let mut plain: Vec<(SocketAddr, TcpListener)> = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
-        let l = listener::bind_tcp(*addr)
-            .with_context(|| format!("cannot bind server.listen[{i}] = {addr}"))?;
+        let l = listener_for(*addr, &format!("server.listen[{i}]"), &mut inherited)?;
         plain.push((l.local_addr()?, l));
     }
     let admin = match config.admin.listen {
         Some(addr) => {
-            let l = listener::bind_tcp(addr)
-                .with_context(|| format!("cannot bind admin.listen = {addr}"))?;
+            let l = listener_for(addr, "admin.listen", &mut inherited)?;
             Some((l.local_addr()?, l))
         }
         None => None,
     };
+    for (a, _) in &inherited {
+        tracing::warn!(addr = %a, "systemd passed a socket that no listen address names; it is not used");
+    }
 
     let controller = Controller::new();
-    let builder = Arc::new(crate::http::service::builder(&state));
+    let builder = Arc::new(crate::http::service::builder(&config));
     let addrs: Vec<SocketAddr> = plain.iter().map(|(a, _)| *a).collect();
     for (_, l) in plain {
         tokio::spawn(accept_plain(
             l,
-            Arc::clone(&state),
+            Arc::clone(&shared),
             Arc::clone(&builder),
             controller.drain(),
         ));
@@ -102,15 +127,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some((_, l)) = admin {
         tokio::spawn(crate::admin::serve(
             l,
-            Arc::clone(&state),
+            Arc::clone(&shared),
             controller.drain().signal(),
         ));
     }
-    spawn_health_checks(&state);
-    banner(&state, &addrs, admin_addr);
+    spawn_health_checks(&shared);
+    banner(&shared.load(), &addrs, admin_addr);
+    systemd::notify("READY=1\nSTATUS=serving");
 
-    wait_for_stop().await;
-    let timeout = config.server.drain_timeout;
+    wait_for_stop(&shared).await;
+    systemd::notify("STOPPING=1\nSTATUS=draining");
+    let timeout = shared.load().config.server.drain_timeout;
     tracing::info!(timeout = %crate::config::fmt_duration(timeout), "draining: no new connections; waiting for in-flight responses");
     if controller.shutdown(timeout).await {
         tracing::info!("drained; exiting");
@@ -120,9 +147,58 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGHUP: re-read the config file. A config that `check-config` would reject is rejected with
+/// the same messages and the running one stays; a good one is swapped in whole. Listen
+/// addresses and worker counts need a restart (the sockets stay as they are).
+fn reload(shared: &Shared) {
+    systemd::notify_reloading();
+    let old = shared.load();
+    let path = old.config.file.clone();
+    let loaded = Config::load(&path).and_then(|c| {
+        let errs = c.check_paths();
+        if errs.is_empty() {
+            Ok(c)
+        } else {
+            Err(errs)
+        }
+    });
+    match loaded {
+        Err(errs) => {
+            for e in errs.iter() {
+                tracing::error!("{e}");
+            }
+            tracing::error!(
+                problems = errs.len(),
+                "reload rejected; the running configuration stays"
+            );
+        }
+        Ok(mut cfg) => {
+            fit_fd_limit(&mut cfg);
+            if cfg.server.listen != old.config.server.listen
+                || cfg.admin.listen != old.config.admin.listen
+                || cfg.server.workers != old.config.server.workers
+            {
+                tracing::warn!(
+                    "listen addresses and workers change only on restart; the rest is reloaded"
+                );
+            }
+            match State::reload(&old, Arc::new(cfg)) {
+                Ok(st) => {
+                    shared.swap(st);
+                    tracing::info!(file = %path.display(), "configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload rejected: cannot open the access log; the running configuration stays")
+                }
+            }
+        }
+    }
+    systemd::notify("READY=1\nSTATUS=serving");
+}
+
 async fn accept_plain(
     listener: TcpListener,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     drain: Drain,
 ) {
@@ -143,22 +219,23 @@ async fn accept_plain(
         tokio::spawn(crate::http::h1::serve(
             stream,
             peer,
-            Arc::clone(&state),
+            Arc::clone(&shared),
             Arc::clone(&builder),
             drain.clone(),
         ));
     }
 }
 
-fn spawn_health_checks(state: &Arc<State>) {
-    let volumes = Arc::clone(&state.volumes);
+fn spawn_health_checks(shared: &Arc<Shared>) {
+    let sh = Arc::clone(shared);
+    let state = shared.load();
     let every = state.config.server.volume_check_interval;
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let v = Arc::clone(&volumes);
+            let v = Arc::clone(&sh.load().volumes);
             // Probing stats the disks: keep it off the event loop.
             let _ = tokio::task::spawn_blocking(move || v.check_health()).await;
         }
@@ -268,7 +345,7 @@ fn signed_url(state: &State, base: &str, path: &str) -> String {
     }
 }
 
-async fn wait_for_stop() {
+async fn wait_for_stop(shared: &Shared) {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int, mut hup) = match (
         signal(SignalKind::terminate()),
@@ -286,7 +363,8 @@ async fn wait_for_stop() {
             _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
             _ = int.recv() => { tracing::info!("SIGINT received"); return; }
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: live reload is not implemented yet; restart to apply a new config");
+                tracing::info!("SIGHUP received: reloading");
+                reload(shared);
             }
         }
     }

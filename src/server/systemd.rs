@@ -1,0 +1,103 @@
+//! systemd integration without libsystemd: readiness notifications (`sd_notify` protocol) and
+//! socket activation (`LISTEN_FDS`).
+//!
+//! Notify: when `NOTIFY_SOCKET` is set, datagrams `READY=1` (after every listener is bound and the
+//! volumes are checked), `RELOADING=1` + `MONOTONIC_USEC=…` / `READY=1` around a reload (as
+//! `Type=notify-reload` expects), `STOPPING=1` when a drain starts, and `STATUS=…` lines.
+//! Socket activation: when `LISTEN_PID` is this process, descriptors 3.. are listening sockets
+//! passed by systemd (`segd.socket`); each is matched to a configured listen address by its local
+//! address and used instead of binding, so `systemctl restart` never refuses a connection.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+
+/// Sends one notification; silently nothing when not run by systemd.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let res = if let Some(name) = bytes.strip_prefix(b"@") {
+        // Abstract namespace socket.
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// `RELOADING=1` with the monotonic timestamp `Type=notify-reload` requires.
+pub fn notify_reloading() {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
+    notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading configuration"
+    ));
+}
+
+/// Listening TCP sockets passed by systemd, with their local addresses. Takes them once: the
+/// environment variables are removed so children do not inherit the claim.
+pub fn take_listeners() -> Vec<(SocketAddr, TcpListener)> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let n: RawFd = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: removing variables before any other thread reads the environment (called at start,
+    // before the runtime spawns threads).
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if !pid_ok || n <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for fd in 3..3 + n {
+        // Only stream sockets that listen are ours to take.
+        let mut ty: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt on a descriptor number with a correctly sized out-buffer; an invalid
+        // descriptor just fails.
+        let ok = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut ty as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        } == 0;
+        if !ok || ty == 0 {
+            tracing::warn!(
+                fd,
+                "inherited descriptor is not a listening socket; ignored"
+            );
+            continue;
+        }
+        // SAFETY: systemd passed this descriptor to us and nothing else owns it.
+        let l = unsafe { TcpListener::from_raw_fd(fd) };
+        match l.local_addr() {
+            Ok(a) => out.push((a, l)),
+            Err(e) => tracing::warn!(fd, error = %e, "inherited socket has no address; ignored"),
+        }
+    }
+    out
+}
