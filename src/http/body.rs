@@ -50,6 +50,7 @@ impl Body {
                 len,
                 volume,
                 meta,
+                ..
             } => Body::File(FileStream {
                 state: Arc::clone(state),
                 file,

@@ -67,7 +67,7 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     // Connection-level settings come from the state current at accept time.
-    let cfg = shared.load().config.server.clone();
+    let cfg = Limits::from(&shared.load().config.server);
     let metrics = Arc::clone(&shared.load().metrics);
     let mut buf = BytesMut::with_capacity(4096);
     let mut stop = drain.signal();
@@ -78,16 +78,24 @@ pub async fn serve(
     let gauge = metrics.connections_open.with_label_values(&["plain"]);
     gauge.inc();
     loop {
-        // Idle: wait for the first byte of the next request, or the drain.
+        // Idle: wait for the first byte of the next request, or the drain. The read buffer is
+        // released while idle, so a parked keep-alive connection costs little more than its task.
         if buf.is_empty() {
             if drain.is_stopping() {
                 break;
             }
-            let read = tokio::select! {
-                r = tokio::time::timeout(cfg.keepalive_timeout, stream.read_buf(&mut buf)) => r,
+            if buf.capacity() > 0 {
+                buf = BytesMut::new();
+            }
+            let ready = tokio::select! {
+                r = tokio::time::timeout(cfg.keepalive_timeout, stream.readable()) => r,
                 _ = &mut stopped => break,
             };
-            match read {
+            if !matches!(ready, Ok(Ok(()))) {
+                break;
+            }
+            buf.reserve(4096);
+            match tokio::time::timeout(cfg.header_read_timeout, stream.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => break,
             }
@@ -210,30 +218,62 @@ pub async fn serve(
     let _ = stream.shutdown().await;
 }
 
+/// The per-connection settings the fast path needs (small and `Copy`: kept in every connection).
+#[derive(Clone, Copy)]
+struct Limits {
+    keepalive_timeout: Duration,
+    header_read_timeout: Duration,
+    send_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+impl From<&crate::config::ServerConfig> for Limits {
+    fn from(c: &crate::config::ServerConfig) -> Self {
+        Limits {
+            keepalive_timeout: c.keepalive_timeout,
+            header_read_timeout: c.header_read_timeout,
+            send_timeout: c.send_timeout,
+            max_header_bytes: c.max_header_bytes,
+        }
+    }
+}
+
+/// Parses a complete head from `buf` if there is one. Synchronous on purpose: httparse's
+/// header array lives on this stack frame, never in the connection's future.
+fn try_parse(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            if n > max_header_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            own_head(&req).map(|h| Some((h, n)))
+        }
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= max_header_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            Ok(None)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Bad),
+    }
+}
+
 /// Reads until a complete head is in `buf`; returns it and its length.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
-    cfg: &crate::config::ServerConfig,
+    cfg: &Limits,
 ) -> Result<(Head, usize), HeadError> {
     let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                if n > cfg.max_header_bytes {
-                    return Err(HeadError::TooLarge);
-                }
-                return own_head(&req).map(|h| (h, n));
-            }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= cfg.max_header_bytes {
-                    return Err(HeadError::TooLarge);
-                }
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(_) => return Err(HeadError::Bad),
+        if let Some(done) = try_parse(buf, cfg.max_header_bytes)? {
+            return Ok(done);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
         }
         match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -418,7 +458,7 @@ async fn write_reply(
     reply: Reply,
     close: bool,
     http10: bool,
-    cfg: &crate::config::ServerConfig,
+    cfg: &Limits,
     state: &State,
 ) -> io::Result<u64> {
     let Reply {
@@ -444,7 +484,18 @@ async fn write_reply(
             offset,
             len,
             volume,
+            small_copy: true,
+            ..
+        } if len <= SMALL_COPY => {
+            write_small(stream, head, &file, volume, offset, len, state).await
+        }
+        ReplyBody::File {
+            file,
+            offset,
+            len,
+            volume,
             meta,
+            ..
         } => {
             // Never let sendfile wait for the disk on this thread: pull cold pages in through
             // the volume's I/O backend first (a no-op when both ends are resident).
@@ -481,6 +532,73 @@ async fn write_reply(
             res.map(|()| len)
         }
     }
+}
+
+/// Playlists up to this size are copied: one page-cache read and one write of head + body cost
+/// less than sendfile's setup for a few KiB. Segments always go out with sendfile.
+const SMALL_COPY: u64 = 64 * 1024;
+
+/// Reads a small body (a playlist) from the page cache, or through the I/O backend when cold,
+/// and writes it together with the head. A file that shrank is caught before any byte is sent.
+async fn write_small(
+    stream: &mut TcpStream,
+    mut head: Vec<u8>,
+    file: &Arc<std::fs::File>,
+    volume: usize,
+    offset: u64,
+    len: u64,
+    state: &State,
+) -> io::Result<u64> {
+    let stall = state.config.server.send_timeout;
+    let at = head.len();
+    head.resize(at + len as usize, 0);
+    let n = match crate::io::pread_cached(file, offset, &mut head[at..]) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let b = state
+                .io
+                .read(volume, Arc::clone(file), offset, len as usize)
+                .await;
+            match b {
+                Ok(b) => {
+                    head[at..at + b.len()].copy_from_slice(&b);
+                    b.len()
+                }
+                Err(e) => return fail_small(stream, e, volume, state).await,
+            }
+        }
+        Err(e) => return fail_small(stream, e, volume, state).await,
+    };
+    if n as u64 != len {
+        let e = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "file shrank before it was sent",
+        );
+        return fail_small(stream, e, volume, state).await;
+    }
+    write_all_timeout(stream, &head, stall).await?;
+    Ok(len)
+}
+
+/// Nothing is on the wire yet: answer 503 precisely, record a device fault, close.
+async fn fail_small(
+    stream: &mut TcpStream,
+    e: io::Error,
+    volume: usize,
+    state: &State,
+) -> io::Result<u64> {
+    if crate::volumes::is_device_fault(&e) {
+        if let Some(v) = state.volumes.get(volume) {
+            v.record_fault(&e);
+        }
+    }
+    let _ = write_simple(
+        stream,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "object changed while read\n",
+    )
+    .await;
+    Err(e)
 }
 
 async fn write_all_timeout(

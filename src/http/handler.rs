@@ -91,13 +91,15 @@ pub enum ReplyBody {
     /// A small in-memory body (errors, rewritten playlists).
     Static(Bytes),
     /// `len` bytes of `file` from `offset`. `volume` is where a read fault must be reported;
-    /// `meta` identifies the whole object (cache key).
+    /// `meta` identifies the whole object (cache key). `small_copy`: a playlist, which a writer
+    /// may copy instead of sendfile when it is small (segments never are).
     File {
         file: Arc<File>,
         offset: u64,
         len: u64,
         volume: usize,
         meta: volumes::ObjectMeta,
+        small_copy: bool,
     },
 }
 
@@ -377,6 +379,7 @@ async fn decide(state: &State, req: &Request<'_>, log: &mut LogInfo) -> Reply {
             len: count,
             volume: opened.volume,
             meta,
+            small_copy: class == ObjectClass::Playlist,
         }
     };
     Reply {

@@ -116,6 +116,30 @@ pub fn resident(file: &File, off: u64) -> bool {
     !(n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN))
 }
 
+/// Reads into `buf` at `off` only from the page cache (`preadv2(RWF_NOWAIT)`): `WouldBlock` when
+/// any of it would need the disk.
+pub fn pread_cached(file: &File, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which is valid and writable for its whole length.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            &iov,
+            1,
+            off as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 async fn uring_job(job: Job) {
     match job {
         Job::Read {
