@@ -28,6 +28,7 @@ pub struct Metrics {
     pub token_rejections: IntCounterVec,
     pub zero_copy_bytes: prometheus::IntCounter,
     pub io_backend: IntGaugeVec,
+    pub volume_read_seconds: HistogramVec,
     cache_hits: prometheus::IntCounter,
     cache_misses: prometheus::IntCounter,
     cache_evictions: prometheus::IntCounter,
@@ -104,6 +105,15 @@ impl Metrics {
             &["backend"],
         )?;
         registry.register(Box::new(io_backend.clone()))?;
+        let volume_read_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "segd_volume_read_seconds",
+                "Disk reads through the volume's I/O backend (cache fills, prefetches, copied bodies)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["volume"],
+        )?;
+        registry.register(Box::new(volume_read_seconds.clone()))?;
         let counter =
             |name: &str, help: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
                 let c = prometheus::IntCounter::new(name, help)?;
@@ -171,6 +181,7 @@ impl Metrics {
             token_rejections,
             zero_copy_bytes,
             io_backend,
+            volume_read_seconds,
             cache_hits,
             cache_misses,
             cache_evictions,

@@ -40,11 +40,14 @@ impl State {
                 config.cache.max_bytes,
                 config.cache.max_item_bytes,
             )),
-            io: Arc::new(Io::new(
-                config.volumes.len(),
-                config.server.io_queue_depth,
-                &config.server.io_backend,
-            )),
+            io: Arc::new(
+                Io::new(
+                    config.volumes.len(),
+                    config.server.io_queue_depth,
+                    &config.server.io_backend,
+                )
+                .with_timings(read_timings(&metrics, &config)),
+            ),
             access: AccessLog::open(&config.log)?,
             metrics,
             config,
@@ -104,6 +107,14 @@ impl State {
             config,
         })
     }
+}
+
+fn read_timings(metrics: &Metrics, config: &Config) -> Vec<prometheus::Histogram> {
+    config
+        .volumes
+        .iter()
+        .map(|v| metrics.volume_read_seconds.with_label_values(&[&v.name]))
+        .collect()
 }
 
 /// The current state, swapped whole on reload.

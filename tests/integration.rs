@@ -8,5 +8,6 @@ mod config;
 mod demo;
 mod h1;
 mod http_semantics;
+mod lifecycle;
 mod token;
 mod volumes;

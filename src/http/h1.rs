@@ -118,13 +118,13 @@ pub async fn serve(
                     prefix: buf.freeze(),
                     inner: stream,
                 };
-                super::service::serve_io(io, peer, shared, hyper, drain).await;
+                Box::pin(super::service::serve_io(io, peer, shared, hyper, drain)).await;
                 return;
             }
         }
         first = false;
 
-        let (head, consumed) = match read_head(&mut stream, &mut buf, &cfg).await {
+        let (head, consumed) = match Box::pin(read_head(&mut stream, &mut buf, &cfg)).await {
             Ok(h) => h,
             Err(HeadError::Closed) => break,
             Err(HeadError::TimedOut) => {
@@ -188,14 +188,24 @@ pub async fn serve(
         };
         // One state for the whole request, even if a reload swaps it meanwhile.
         let state = shared.load();
-        let mut reply = handler::handle(&state, &req).await;
+        // Boxed: the connection's future stays small while idle (it is sized for its largest
+        // await point, and thousands of parked keep-alive connections each hold one).
+        let mut reply = Box::pin(handler::handle(&state, &req)).await;
         let status = reply.status;
         let log = std::mem::take(&mut reply.log);
         let cache = match reply.body {
             ReplyBody::File { .. } => "bypass",
             _ => "none",
         };
-        let sent = write_reply(&mut stream, reply, close, head.http10, &cfg, &state).await;
+        let sent = Box::pin(write_reply(
+            &mut stream,
+            reply,
+            close,
+            head.http10,
+            &cfg,
+            &state,
+        ))
+        .await;
         let bytes = sent.as_ref().copied().unwrap_or(0);
         record(&state, &req, status, bytes, start, cache, &log);
         if sent.is_err() {
@@ -433,8 +443,21 @@ fn head_bytes(status: StatusCode, headers: &HeaderMap, close: bool, http10: bool
     out
 }
 
-/// A minimal error answer for requests that never reached the handler.
-async fn write_simple(stream: &mut TcpStream, status: StatusCode, msg: &str) -> io::Result<()> {
+/// A minimal error answer for requests that never reached the handler. Boxed: it is rare, and
+/// its future would otherwise be part of every connection's.
+fn write_simple<'a>(
+    stream: &'a mut TcpStream,
+    status: StatusCode,
+    msg: &'a str,
+) -> Pin<Box<dyn std::future::Future<Output = io::Result<()>> + Send + 'a>> {
+    Box::pin(write_simple_inner(stream, status, msg))
+}
+
+async fn write_simple_inner(
+    stream: &mut TcpStream,
+    status: StatusCode,
+    msg: &str,
+) -> io::Result<()> {
     let mut h = HeaderMap::new();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -728,7 +751,8 @@ fn reset(stream: &TcpStream) {
 /// briefly so the kernel does not answer our last response with a reset.
 async fn linger_close(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would be part of every connection's future.
+    let mut sink = vec![0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     let mut total = 0usize;
     while total < 1 << 20 {
@@ -790,6 +814,42 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Thousands of idle keep-alive connections each hold one of these futures.
+    #[test]
+    fn connection_future_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let c = TcpStream::connect(l.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let cfg = crate::config::Config::parse(
+                "[[volumes]]\npath = \"/\"\n",
+                std::path::Path::new("/x.toml"),
+            )
+            .expect("cfg");
+            let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+            let state = State::new(Arc::new(cfg.clone()), metrics).expect("state");
+            let shared = Arc::new(Shared::new(state));
+            let hyper = Arc::new(super::super::service::builder(&cfg));
+            let ctl = crate::server::shutdown::Controller::new();
+            let fut = serve(
+                c,
+                "127.0.0.1:1".parse().expect("addr"),
+                shared,
+                hyper,
+                ctl.drain(),
+            );
+            let size = std::mem::size_of_val(&fut);
+            assert!(size <= 2048, "connection future is {size} bytes");
+        });
+    }
 
     fn head(method: &str, target: &str, hs: &[(&str, &str)]) -> Head {
         let mut headers = HeaderMap::new();

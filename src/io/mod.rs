@@ -69,6 +69,8 @@ enum Lane {
 pub struct Io {
     kind: BackendKind,
     lanes: Vec<Lane>,
+    /// Per-volume read latency (`segd_volume_read_seconds{volume}`), if the caller wants it.
+    timings: Vec<Option<prometheus::Histogram>>,
     opens: Arc<Semaphore>,
     /// Ranges recently prefetched (and prefetches in flight, which callers share).
     prefetched: moka::future::Cache<(u64, u64, u64, u64), ()>,
@@ -232,6 +234,18 @@ fn start_uring_lane(i: usize, depth: usize) -> io::Result<mpsc::Sender<Job>> {
 }
 
 impl Io {
+    /// Records read latencies per volume from now on.
+    pub fn with_timings(mut self, timings: Vec<prometheus::Histogram>) -> Io {
+        self.timings = timings.into_iter().map(Some).collect();
+        self
+    }
+
+    fn observe(&self, volume: usize, since: std::time::Instant) {
+        if let Some(Some(h)) = self.timings.get(volume) {
+            h.observe(since.elapsed().as_secs_f64());
+        }
+    }
+
     /// Starts the backend for `volumes` volumes. `prefer` is `auto`, `uring` or `threads`.
     pub fn new(volumes: usize, depth: usize, prefer: &str) -> Io {
         let depth = depth.max(1);
@@ -262,6 +276,7 @@ impl Io {
         Io {
             kind,
             lanes,
+            timings: Vec::new(),
             opens: Arc::new(Semaphore::new(64)),
             prefetched: moka::future::Cache::builder()
                 .max_capacity(65_536)
@@ -385,10 +400,14 @@ impl Io {
                 None => Ok(()),
             }
         };
-        self.prefetched
+        let t0 = std::time::Instant::now();
+        let r = self
+            .prefetched
             .try_get_with(key, fut)
             .await
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+        self.observe(volume, t0);
+        r
     }
 }
 

@@ -85,6 +85,8 @@ async fn serve(
     config: Config,
     mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
 ) -> anyhow::Result<()> {
+    // Handlers first: once the banner or READY=1 is out, a SIGHUP must reload, never kill.
+    let signals = Signals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     let state = State::new(Arc::clone(&config), metrics)
@@ -135,7 +137,7 @@ async fn serve(
     banner(&shared.load(), &addrs, admin_addr);
     systemd::notify("READY=1\nSTATUS=serving");
 
-    wait_for_stop(&shared).await;
+    signals.wait_for_stop(&shared).await;
     systemd::notify("STOPPING=1\nSTATUS=draining");
     let timeout = shared.load().config.server.drain_timeout;
     tracing::info!(timeout = %crate::config::fmt_duration(timeout), "draining: no new connections; waiting for in-flight responses");
@@ -345,26 +347,32 @@ fn signed_url(state: &State, base: &str, path: &str) -> String {
     }
 }
 
-async fn wait_for_stop(shared: &Shared) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            tracing::error!("cannot install signal handlers; running until killed");
-            return std::future::pending().await;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
-            _ = int.recv() => { tracing::info!("SIGINT received"); return; }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP received: reloading");
-                reload(shared);
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Reloads on SIGHUP until SIGTERM or SIGINT.
+    async fn wait_for_stop(mut self, shared: &Shared) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!("SIGTERM received"); return; }
+                _ = self.int.recv() => { tracing::info!("SIGINT received"); return; }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading");
+                    reload(shared);
+                }
             }
         }
     }

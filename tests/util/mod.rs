@@ -73,17 +73,22 @@ pub struct Server {
 impl Server {
     /// Writes `config` to a temp file and runs `segd serve` on it; waits for the banner.
     pub fn start(config: &str) -> Server {
+        Server::start_with(config, |c| c)
+    }
+
+    /// Like `start`, with a hook to adjust the command (environment, inherited descriptors).
+    pub fn start_with(config: &str, adjust: impl FnOnce(&mut Command) -> &mut Command) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("segd.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn segd");
+            .stderr(Stdio::piped());
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn segd");
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
         let err_pipe = child.stderr.take().expect("stderr");
@@ -271,6 +276,19 @@ pub fn raw_get(addr: SocketAddr, target: &str) -> Vec<u8> {
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Value of the sample of `name` whose labels include every `(label, value)` pair.
+pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
