@@ -118,3 +118,57 @@ async fn threads_backend_serves_the_same_bytes() {
         }
     }
 }
+
+/// Restores `kernel.io_uring_disabled` when dropped, even if the test fails.
+struct UringDisabled(String);
+
+impl Drop for UringDisabled {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/io_uring_disabled", &self.0);
+    }
+}
+
+/// With io_uring refused by the kernel, segd falls back to the thread pool with one log line and
+/// the metric, and serves the same bytes. Needs root (CI runs as root); says so when it cannot.
+#[tokio::test]
+async fn io_uring_refused_falls_back() {
+    const KNOB: &str = "/proc/sys/kernel/io_uring_disabled";
+    let Ok(before) = std::fs::read_to_string(KNOB) else {
+        eprintln!(
+            "io_uring_refused_falls_back: {KNOB} missing; this kernel cannot refuse io_uring"
+        );
+        return;
+    };
+    if std::fs::write(KNOB, "2").is_err() {
+        eprintln!(
+            "io_uring_refused_falls_back: cannot write {KNOB} (not root); fallback not exercised"
+        );
+        return;
+    }
+    let guard = UringDisabled(before.trim().to_string());
+    let (_d, vol, data) = big_volume(700_000);
+    let srv = Server::start(&config_for(&[&vol], ""));
+    drop(guard);
+    let m = metrics(&srv).await;
+    assert_eq!(
+        metric(&m, "segd_io_backend{backend=\"threads\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        srv.stderr().matches("io_uring is unavailable").count(),
+        1,
+        "{}",
+        srv.stderr()
+    );
+    for h2 in [false, true] {
+        let r = request(
+            "GET",
+            &srv.url("/vod/m/a.m4s"),
+            &[("range", "bytes=10-600009")],
+            h2,
+        )
+        .await;
+        assert_eq!(r.body.as_ref(), &data[10..600_010], "h2={h2}");
+    }
+}
