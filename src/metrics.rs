@@ -18,6 +18,8 @@ pub struct Metrics {
     pub request_handles: Vec<prometheus::IntCounter>,
     pub byte_handles: Vec<prometheus::IntCounter>,
     pub total_time: prometheus::Histogram,
+    /// From request head parsed to response head handed to the socket.
+    pub ttfb: prometheus::Histogram,
     pub requests: IntCounterVec,
     pub response_bytes: IntCounterVec,
     pub duration: HistogramVec,
@@ -166,11 +168,13 @@ impl Metrics {
             .map(|p| response_bytes.with_label_values(&[p]))
             .collect();
         let total_time = duration.with_label_values(&["total"]);
+        let ttfb = duration.with_label_values(&["ttfb"]);
         Ok(Metrics {
             registry,
             request_handles,
             byte_handles,
             total_time,
+            ttfb,
             requests,
             response_bytes,
             duration,

@@ -190,3 +190,111 @@ fn truncated_file_ends_the_connection() {
         "{text}"
     );
 }
+
+/// Clients that abort mid-body, reset, send garbage after a valid request, or connect and vanish
+/// leave no descriptor behind (counted in /proc/PID/fd before and after).
+#[tokio::test]
+async fn broken_clients_leak_no_descriptors() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/big")).expect("mkdir");
+    std::fs::write(vol.join("vod/big/b.mp4"), vec![1u8; 8 << 20]).expect("write");
+    let srv = Server::start(&config_for(&[&vol], ""));
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", srv.child.id()))
+            .expect("proc")
+            .count()
+    };
+    let open_conns = async || {
+        metric_with(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            "segd_connections_open",
+            &[("proto", "plain")],
+        )
+    };
+    // Warm: the descriptor cache holds the file from now on.
+    assert_eq!(
+        get(&srv.url("/vod/big/b.mp4"), &[("range", "bytes=0-0")])
+            .await
+            .status,
+        206
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || open_conns().await
+            == Some(0.0))
+        .await
+    );
+    let before = fds();
+    let req = b"GET /vod/big/b.mp4 HTTP/1.1\r\nHost: t\r\n\r\n";
+    for i in 0..40 {
+        let mut s = TcpStream::connect(srv.addr).expect("connect");
+        match i % 4 {
+            0 => {
+                // Abort mid-body.
+                s.write_all(req).expect("write");
+                let mut buf = [0u8; 65536];
+                let _ = s.read(&mut buf);
+            }
+            1 => {
+                // Reset (RST) right after asking.
+                s.write_all(req).expect("write");
+                let lin = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: valid socket and a correctly sized linger struct.
+                unsafe {
+                    libc::setsockopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&lin as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+            }
+            2 => {
+                // Garbage after a valid request.
+                s.write_all(
+                    b"HEAD /vod/big/b.mp4 HTTP/1.1\r\nHost: t\r\n\r\n\x00\x01\x02garbage\r\n\r\n",
+                )
+                .expect("write");
+                s.set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out);
+                assert!(
+                    out.starts_with(b"HTTP/1.1 200"),
+                    "{}",
+                    String::from_utf8_lossy(&out)
+                );
+                assert!(
+                    String::from_utf8_lossy(&out).contains("HTTP/1.1 400"),
+                    "garbage gets a 400"
+                );
+            }
+            _ => {} // Connect and vanish.
+        }
+        drop(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || open_conns().await
+            == Some(0.0))
+        .await,
+        "connections closed"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || fds() <= before).await,
+        "descriptors: {} before, {} after",
+        before,
+        fds()
+    );
+    assert_eq!(
+        get(&srv.url("/vod/big/b.mp4"), &[("range", "bytes=0-9")])
+            .await
+            .status,
+        206,
+        "still serving"
+    );
+}

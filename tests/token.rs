@@ -555,3 +555,62 @@ async fn sign_command_prints_working_urls() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
 }
+
+/// With `origin_auth_skips_tokens = false`, tokens are still verified behind the CDN, and the
+/// `ip=` field is compared with the trusted client-IP header — only on origin-authenticated
+/// requests; anyone else's header is ignored.
+#[tokio::test]
+async fn trusted_client_ip_behind_origin_auth() {
+    let dir = demo_volumes();
+    let cfg = config_for(&[&dir.path().join("disk1")], &token_config("forward").replace(
+        "origin_auth_header = \"X-Origin-Auth\"",
+        "origin_auth_header = \"X-Origin-Auth\"\norigin_auth_skips_tokens = false\nclient_ip_header = \"True-Client-IP\"",
+    ));
+    let srv = Server::start(&cfg);
+    let t = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/*"),
+            ip: Some("203.0.113.7"),
+            exp: now() + 100,
+            ..Default::default()
+        },
+    );
+    let url = srv.url(&format!("{SEG}?__token__={}", encode_token(&t)));
+    let ok = get(
+        &url,
+        &[
+            ("x-origin-auth", ORIGIN_SECRET),
+            ("true-client-ip", "203.0.113.7"),
+        ],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "the CDN vouches for the viewer's address");
+    let forged = get(&url, &[("true-client-ip", "203.0.113.7")]).await;
+    assert_eq!(
+        forged.status, 403,
+        "the header is not trusted without origin auth"
+    );
+    let other = get(
+        &url,
+        &[
+            ("x-origin-auth", ORIGIN_SECRET),
+            ("true-client-ip", "198.51.100.1"),
+        ],
+    )
+    .await;
+    assert_eq!(other.status, 403);
+    assert_eq!(
+        get(&srv.url(SEG), &[("x-origin-auth", ORIGIN_SECRET)])
+            .await
+            .status,
+        403,
+        "tokens still required"
+    );
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_token_rejections_total{reason=\"ip_mismatch\"}"),
+        Some(2.0),
+        "{m}"
+    );
+}

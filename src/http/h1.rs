@@ -202,8 +202,8 @@ pub async fn serve(
             reply,
             close,
             head.http10,
-            &cfg,
             &state,
+            start,
         ))
         .await;
         let bytes = sent.as_ref().copied().unwrap_or(0);
@@ -233,7 +233,6 @@ pub async fn serve(
 struct Limits {
     keepalive_timeout: Duration,
     header_read_timeout: Duration,
-    send_timeout: Duration,
     max_header_bytes: usize,
 }
 
@@ -242,7 +241,6 @@ impl From<&crate::config::ServerConfig> for Limits {
         Limits {
             keepalive_timeout: c.keepalive_timeout,
             header_read_timeout: c.header_read_timeout,
-            send_timeout: c.send_timeout,
             max_header_bytes: c.max_header_bytes,
         }
     }
@@ -481,9 +479,10 @@ async fn write_reply(
     reply: Reply,
     close: bool,
     http10: bool,
-    cfg: &Limits,
     state: &State,
+    start: Instant,
 ) -> io::Result<u64> {
+    let first_byte = || state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
     let Reply {
         status,
         headers,
@@ -491,15 +490,17 @@ async fn write_reply(
         ..
     } = reply;
     let mut head = head_bytes(status, &headers, close, http10);
-    let stall = cfg.send_timeout;
+    let stall = state.config.server.send_timeout;
     match body {
         ReplyBody::Empty => {
             write_all_timeout(stream, &head, stall).await?;
+            first_byte();
             Ok(0)
         }
         ReplyBody::Static(b) => {
             head.extend_from_slice(&b);
             write_all_timeout(stream, &head, stall).await?;
+            first_byte();
             Ok(b.len() as u64)
         }
         ReplyBody::File {
@@ -529,6 +530,7 @@ async fn write_reply(
             {
                 Ok(()) => {
                     send_more(stream, &head, stall).await?;
+                    first_byte();
                     sendfile_all(stream, &file, &meta, offset, len, stall).await
                 }
                 Err(e) => {

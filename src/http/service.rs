@@ -119,6 +119,8 @@ async fn respond(
         _ => "none",
     };
     record(state, &hreq, status, body.len(), start, cache, &log);
+    // hyper writes the head as soon as this returns.
+    state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
     let mut resp = hyper::Response::new(Body::new(body, state));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
