@@ -37,6 +37,7 @@ pub struct Metrics {
     cache_fills: prometheus::IntCounter,
     cache_bytes: prometheus::IntGauge,
     open_files: prometheus::IntGauge,
+    pub connections_rejected: prometheus::IntCounter,
 }
 
 /// 50 µs to 10 s.
@@ -142,6 +143,10 @@ impl Metrics {
             "segd_open_files_cached",
             "Descriptors held by the open-file cache",
         )?;
+        let connections_rejected = counter(
+            "segd_connections_rejected_total",
+            "Connections closed at accept because server.max_connections were open",
+        )?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -192,6 +197,7 @@ impl Metrics {
             cache_fills,
             cache_bytes,
             open_files,
+            connections_rejected,
         })
     }
 

@@ -9,5 +9,6 @@ mod demo;
 mod h1;
 mod http_semantics;
 mod lifecycle;
+mod limits;
 mod token;
 mod volumes;

@@ -336,3 +336,63 @@ async fn marker_file_detects_an_unmounted_disk() {
         .await
     );
 }
+
+/// A volume whose reads fail with EIO (the debug-build fault hook: `.segd-fault-eio` at its
+/// root): 503 for its objects, the other volume unaffected, metric and log show it, and it
+/// serves again once the fault clears.
+#[tokio::test]
+async fn eio_volume_degrades_alone_and_recovers() {
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    let srv = Server::start(&config_for(&[&d1, &d2], ""));
+    let t1 = srv.url("/vod/t1/hls/64k/seg_00002.ts");
+    let t2 = srv.url("/vod/t2/hls/64k/seg_00002.ts");
+    assert_eq!(get(&t2, &[]).await.status, 200);
+    let fault = d2.join(".segd-fault-eio");
+    std::fs::write(&fault, b"").expect("inject");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&t2, &[]).await.status
+            == 503)
+        .await
+    );
+    // A never-opened object of the faulty disk: 503 at once, never a cacheable 404.
+    assert_eq!(
+        get(&srv.url("/vod/t2/hls/128k/seg_00003.ts"), &[])
+            .await
+            .status,
+        503
+    );
+    assert_eq!(
+        get(&t1, &[]).await.status,
+        200,
+        "the healthy volume is unaffected"
+    );
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"disk2\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        metric(&m, "segd_volume_io_errors_total{volume=\"disk2\"}").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "segd_volume_io_errors_total{volume=\"disk1\"}"),
+        Some(0.0)
+    );
+    let log = srv.stderr();
+    assert!(
+        log.contains("volume marked unhealthy") && log.contains("Input/output error"),
+        "{log}"
+    );
+    assert_eq!(get(&srv.url("/.segd-fault-eio"), &[]).await.status, 404);
+    std::fs::remove_file(&fault).expect("heal");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&t2, &[]).await.status
+            == 200)
+        .await
+    );
+    assert!(get(&srv.admin_url("/readyz"), &[]).await.text() == "ready\n");
+}

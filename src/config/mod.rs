@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this time.
     pub keepalive_timeout: Duration,
+    /// Client connections beyond this are accepted and closed at once (counted).
+    pub max_connections: usize,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
     /// `auto` (io_uring, falling back to threads), `uring`, or `threads`.
     pub io_backend: String,
     /// Disk jobs in flight per volume.
@@ -210,6 +214,8 @@ const SERVER_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_uri_bytes",
     "send_timeout",
+    "max_connections",
+    "h2_max_concurrent_streams",
     "io_backend",
     "io_queue_depth",
     "volume_check_interval",
@@ -434,6 +440,20 @@ fn parse_server(s: &Section) -> ServerConfig {
         header_read_timeout: s.duration("header_read_timeout", secs(10), ms(100), secs(600)),
         keepalive_timeout: s.duration("keepalive_timeout", secs(60), ms(100), secs(3600)),
         send_timeout: s.duration("send_timeout", secs(30), secs(1), secs(3600)),
+        max_connections: s.int(
+            "max_connections",
+            50_000,
+            1,
+            10_000_000,
+            "1..=10000000 connections",
+        ) as usize,
+        h2_max_concurrent_streams: s.int(
+            "h2_max_concurrent_streams",
+            128,
+            1,
+            10_000,
+            "1..=10000 streams",
+        ) as u32,
         io_backend: {
             let allowed = "auto, uring, threads";
             match s.string("io_backend", allowed).as_deref() {

@@ -730,23 +730,10 @@ async fn sendfile_all(
     Ok(())
 }
 
-/// Makes the coming close an abortive one (RST): SO_LINGER with a zero timeout. Unlike a
-/// non-zero linger this never blocks; unsent bytes are dropped.
+/// Makes the coming close an abortive one (RST): SO_LINGER with a zero timeout, which never
+/// blocks; unsent bytes are dropped.
 fn reset(stream: &TcpStream) {
-    let lin = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket descriptor and a correctly sized, initialised linger struct.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lin as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = stream.set_zero_linger();
 }
 
 /// Closes a connection that may still carry unread request bytes: stop writing, then drain

@@ -30,9 +30,13 @@ pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(s.header_read_timeout)
         // hyper refuses a buffer below 8 KiB; heads over the limit get 431.
         .max_buf_size(s.max_header_bytes.max(8192));
+    // Rapid reset (CVE-2023-44487): a client that opens and cancels streams faster than they
+    // are served is sent GOAWAY once 20 resets are pending; locally refused streams are capped too.
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(128)
+        .max_concurrent_streams(s.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
         .max_header_list_size(u32::try_from(s.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(s.keepalive_timeout / 2))
         .keep_alive_timeout(s.keepalive_timeout);

@@ -116,6 +116,7 @@ async fn serve(
 
     let controller = Controller::new();
     let builder = Arc::new(crate::http::service::builder(&config));
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let addrs: Vec<SocketAddr> = plain.iter().map(|(a, _)| *a).collect();
     for (_, l) in plain {
         tokio::spawn(accept_plain(
@@ -123,6 +124,7 @@ async fn serve(
             Arc::clone(&shared),
             Arc::clone(&builder),
             controller.drain(),
+            Arc::clone(&active),
         ));
     }
     let admin_addr = admin.as_ref().map(|(a, _)| *a);
@@ -203,7 +205,9 @@ async fn accept_plain(
     shared: Arc<Shared>,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    use std::sync::atomic::Ordering;
     let mut stop = drain.signal();
     loop {
         let (stream, peer) = tokio::select! {
@@ -218,13 +222,36 @@ async fn accept_plain(
             },
             _ = stop.wait() => break,
         };
-        tokio::spawn(crate::http::h1::serve(
+        // Over the limit: close at once (a reset, the cheapest answer), count it, keep accepting.
+        let limit = shared.load().config.server.max_connections;
+        if active.load(Ordering::Relaxed) >= limit {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            shared.load().metrics.connections_rejected.inc();
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&active));
+        let conn = crate::http::h1::serve(
             stream,
             peer,
             Arc::clone(&shared),
             Arc::clone(&builder),
             drain.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            conn.await;
+            drop(guard);
+        });
+    }
+}
+
+/// Decrements the open-connection count when a connection task ends, however it ends.
+struct ActiveGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

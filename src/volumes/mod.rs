@@ -110,6 +110,26 @@ struct Root {
     ino: u64,
 }
 
+/// Test-only fault injection, compiled into debug builds only (what `cargo test` runs; release
+/// builds never contain it): while a file named `.segd-fault-eio` exists at a volume's root,
+/// every open and probe on that volume fails with EIO, as a dying disk would. Dot-files are never
+/// served, so the trigger is invisible to clients.
+#[cfg(debug_assertions)]
+fn injected_fault(root: &Root) -> Option<io::Error> {
+    rustix::fs::statat(
+        &root.fd,
+        ".segd-fault-eio",
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .ok()
+    .map(|_| io::Error::from_raw_os_error(libc::EIO))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected_fault(_root: &Root) -> Option<io::Error> {
+    None
+}
+
 /// Whether `openat2` exists on this kernel; if not, containment falls back to canonicalising.
 static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 
@@ -193,6 +213,10 @@ impl Volume {
     /// that came back (remount, directory restored). Returns the health after the check.
     pub fn probe(&self) -> bool {
         let current = self.root.load_full();
+        if let Some(e) = current.as_deref().and_then(injected_fault) {
+            self.record_fault(&e);
+            return false;
+        }
         match rustix::fs::stat(&self.path) {
             Ok(st) => {
                 let same = current
@@ -240,6 +264,9 @@ impl Volume {
         let Some(root) = self.root.load_full() else {
             return Err(OpenError::Fault(io::Error::other("volume root not open")));
         };
+        if let Some(e) = injected_fault(&root) {
+            return Err(OpenError::Fault(e));
+        }
         let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
         let fd: OwnedFd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
             self.open_fallback(rel, flags)?

@@ -1,0 +1,142 @@
+//! Limits against hostile or broken clients:
+//! - beyond server.max_connections, connections are accepted and closed at once, counted, and
+//!   service resumes when load falls
+//! - HTTP/2 rapid reset (CVE-2023-44487): a client that opens and cancels streams in a loop gets
+//!   GOAWAY and its connection ends; other clients are unaffected
+//! - absurd Range headers (thousands of ranges, overlapping, negative, huge) never cost a 5xx
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::util::*;
+
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+
+#[tokio::test]
+async fn connection_limit() {
+    let dir = demo_volumes();
+    let cfg = config_for(&[&dir.path().join("disk1")], "")
+        .replace("[admin]", "max_connections = 3\n[admin]");
+    let srv = Server::start(&cfg);
+    let req = format!("HEAD {SEG} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(srv.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut buf = [0u8; 2048];
+        let n = s.read(&mut buf).expect("answer");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The fourth is closed without an answer.
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.write_all(req.as_bytes());
+    let mut buf = [0u8; 2048];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(
+        n,
+        0,
+        "refused over the limit: {}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_connections_rejected_total"),
+        Some(1.0),
+        "{m}"
+    );
+    // Load falls: service resumes.
+    held.pop();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let Ok(mut s) = TcpStream::connect(srv.addr) else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if s.write_all(req.as_bytes()).is_err() {
+                return false;
+            }
+            let mut buf = [0u8; 64];
+            matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"HTTP/1.1 200"))
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_gets_goaway() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let tcp = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut refused = false;
+    for _ in 0..5_000 {
+        let req = http::Request::get(srv.url(SEG)).body(()).expect("request");
+        match client.send_request(req, true) {
+            Ok((_resp, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+        if let Err(_) = futures_util::future::poll_fn(|cx| client.poll_ready(cx)).await {
+            refused = true;
+            break;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    let conn_err = match ended {
+        Ok(Ok(Err(e))) => Some(e),
+        _ => None,
+    };
+    assert!(refused || conn_err.is_some(), "the connection was not cut");
+    if let Some(e) = conn_err {
+        assert!(e.is_go_away() || e.is_io() || e.reason().is_some(), "{e:?}");
+    }
+    // Everyone else is unaffected.
+    assert_eq!(request("GET", &srv.url(SEG), &[], true).await.status, 200);
+    assert_eq!(get(&srv.url(SEG), &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn absurd_ranges_never_5xx() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let many = format!(
+        "bytes={}",
+        (0..1500)
+            .map(|i| format!("{}-{}", i, i + 3))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for h in [
+        many.as_str(),
+        "bytes=0-0,0-0,0-0,0-0,0-0",
+        "bytes=-1-2",
+        "bytes=--1",
+        "bytes=18446744073709551615-18446744073709551616",
+        "bytes=99999999999999999999999999999999-",
+        "bytes=-99999999999999999999999999999999",
+        "bytes=0-18446744073709551615",
+        "bytes=1-0",
+        "bytes= 0 - 1 ",
+        "bytes=0-1;q=1",
+    ] {
+        for h2 in [false, true] {
+            let r = request("GET", &srv.url(SEG), &[("range", h)], h2).await;
+            assert!(
+                matches!(r.status, 200 | 206 | 416),
+                "{h:?} h2={h2}: {}",
+                r.status
+            );
+        }
+    }
+}
