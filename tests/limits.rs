@@ -87,7 +87,10 @@ async fn h2_rapid_reset_gets_goaway() {
                 break;
             }
         }
-        if let Err(_) = futures_util::future::poll_fn(|cx| client.poll_ready(cx)).await {
+        if futures_util::future::poll_fn(|cx| client.poll_ready(cx))
+            .await
+            .is_err()
+        {
             refused = true;
             break;
         }
