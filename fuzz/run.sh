@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for a fixed time from the committed seeds (fuzz/seeds/<target>).
+#   fuzz/run.sh [SECONDS_PER_TARGET=60] [TARGET...]
+# Findings land in fuzz/artifacts/<target>/; each one fixed gets a regression test.
+set -euo pipefail
+cd "$(dirname "$0")"
+secs=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(path token range playlist config)
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# cargo-fuzz passes flags that need a nightly compiler; on a stable toolchain allow them.
+rustc --version | grep -q nightly || export RUSTC_BOOTSTRAP=1
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  cp -n "seeds/$t"/* "corpus/$t/" 2>/dev/null || true
+  echo "== fuzz $t for ${secs}s"
+  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 12
+done
