@@ -98,8 +98,18 @@ async fn sendfile_bodies_stay_out_of_the_cache() {
 async fn threads_backend_serves_the_same_bytes() {
     let (_d, vol, data) = big_volume(1 << 20);
     for backend in ["threads", "auto"] {
+        let ours = format!("io_backend = \"{backend}\"");
         let cfg = config_for(&[&vol], "")
-            .replace("[admin]", &format!("io_backend = \"{backend}\"\n[admin]"));
+            .lines()
+            .map(|l| {
+                if l.starts_with("io_backend") {
+                    ours.as_str()
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
         let srv = Server::start(&cfg);
         let m = metrics(&srv).await;
         let uring = metric(&m, "segd_io_backend{backend=\"io_uring\"}");
@@ -147,7 +157,19 @@ async fn io_uring_refused_falls_back() {
     }
     let guard = UringDisabled(before.trim().to_string());
     let (_d, vol, data) = big_volume(700_000);
-    let srv = Server::start(&config_for(&[&vol], ""));
+    // Ask for io_uring (auto), whatever backend the rest of the suite runs on.
+    let cfg = config_for(&[&vol], "")
+        .lines()
+        .map(|l| {
+            if l.starts_with("io_backend") {
+                "io_backend = \"auto\""
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let srv = Server::start(&cfg);
     drop(guard);
     let m = metrics(&srv).await;
     assert_eq!(

@@ -45,9 +45,11 @@ pub fn demo_volumes() -> tempfile::TempDir {
 }
 
 /// A config with ephemeral ports, fast health checks, and `volumes` (name = dir name).
+/// `SEGD_TEST_IO_BACKEND=threads` runs the whole suite on the fallback I/O backend.
 pub fn config_for(volumes: &[&Path], extra: &str) -> String {
-    let mut s = String::from(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nvolume_check_interval = \"200ms\"\ndrain_timeout = \"10s\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
+    let backend = std::env::var("SEGD_TEST_IO_BACKEND").unwrap_or_else(|_| "auto".into());
+    let mut s = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nvolume_check_interval = \"200ms\"\ndrain_timeout = \"10s\"\nio_backend = \"{backend}\"\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n",
     );
     for v in volumes {
         let name = v.file_name().and_then(|n| n.to_str()).unwrap_or("vol");
