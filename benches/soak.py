@@ -20,6 +20,12 @@ import time
 PORT, ADMIN = 18180, 18190
 
 
+def raise_nofile():
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -91,7 +97,8 @@ def main():
     lua = os.path.join(run, "mix.lua")
     with open(lua, "w") as f:
         f.write(f'local p = {{}}\nfor l in io.lines("{plist}") do p[#p+1] = l end\nrequest = function() return wrk.format("GET", p[math.random(#p)]) end\n')
-    srv = subprocess.Popen([args.segd, "serve", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, "segd.log"), "w"))
+    raise_nofile()
+    srv = subprocess.Popen([args.segd, "serve", "--config", cfg], stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, "segd.log"), "w"), preexec_fn=raise_nofile)
     time.sleep(1)
     if srv.poll() is not None:
         sys.exit("soak: segd did not start: " + open(os.path.join(run, "segd.log")).read())
@@ -108,7 +115,7 @@ def main():
     w = 0
     while time.time() < end:
         w += 1
-        out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", f"-d{args.window}s", "--timeout", "10s", "--latency", "-s", lua, f"http://127.0.0.1:{PORT}"], capture_output=True, text=True).stdout
+        out = subprocess.run(["wrk", "-t1", f"-c{args.conns}", f"-d{args.window}s", "--timeout", "10s", "--latency", "-s", lua, f"http://127.0.0.1:{PORT}"], capture_output=True, text=True, preexec_fn=raise_nofile).stdout
         rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
         p99 = re.search(r"99%\s+([\d.]+)(\w+)", out)
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -15,5 +15,12 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   cp -n "seeds/$t"/* "corpus/$t/" 2>/dev/null || true
   echo "== fuzz $t for ${secs}s"
-  cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 12
+  log=$(mktemp)
+  if ! cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    grep -v '^#[0-9]' "$log" | grep -B2 -A25 -m1 -E "panicked|ERROR|SUMMARY" || tail -n 60 "$log"
+    echo "== fuzz $t: FINDING (input saved under fuzz/artifacts/$t/)"
+    exit 1
+  fi
+  grep -E "^Done|stat::(number_of_executed_units|new_units_added|peak_rss_mb)" "$log"
+  rm -f "$log"
 done

@@ -91,9 +91,12 @@ fn rewrite_hls(text: &str, param: &str) -> String {
         if trimmed.is_empty() {
             out.push_str(line);
         } else if !trimmed.starts_with('#') {
+            // Keep whatever surrounds the URI (indentation, trailing blanks) byte for byte.
             let lead = &body[..body.len() - body.trim_start().len()];
+            let tail = &body[lead.len() + trimmed.len()..];
             out.push_str(lead);
             append(trimmed, param, "&", &mut out);
+            out.push_str(tail);
             out.push_str(eol);
         } else if HLS_URI_TAGS.iter().any(|t| trimmed.starts_with(t)) {
             rewrite_uri_attrs(body, param, &mut out);
@@ -282,6 +285,16 @@ mod tests {
             assert!(out.contains(want), "missing {want:?} in\n{out}");
         }
         assert_eq!(out.matches("__token__").count(), 6);
+    }
+
+    /// Found by the `playlist` fuzz target (issue 7): trailing blanks after a URI were dropped.
+    #[test]
+    fn regression_issue7_uri_line_keeps_trailing_whitespace() {
+        let out = rewrite(Kind::Hls, b"\x03\t\n seg.ts \r\n", P);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            format!("\x03?{P}\t\n seg.ts?{P} \r\n")
+        );
     }
 
     #[test]
