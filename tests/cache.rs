@@ -178,7 +178,9 @@ async fn io_uring_refused_falls_back() {
         "{m}"
     );
     assert_eq!(
-        srv.stderr().matches("io_uring is unavailable").count(),
+        srv.log_with(&["io_uring is unavailable"])
+            .matches("io_uring is unavailable")
+            .count(),
         1,
         "{}",
         srv.stderr()

@@ -247,7 +247,7 @@ async fn volume_removed_while_running() {
         metric(&m, "segd_volume_healthy{volume=\"disk1\"}"),
         Some(1.0)
     );
-    assert!(srv.stderr().contains("volume marked unhealthy"));
+    srv.log_with(&["volume marked unhealthy"]);
 
     // Both gone: not ready.
     let gone1 = dir.path().join("disk1.gone");
@@ -382,7 +382,7 @@ async fn eio_volume_degrades_alone_and_recovers() {
         metric(&m, "segd_volume_io_errors_total{volume=\"disk1\"}"),
         Some(0.0)
     );
-    let log = srv.stderr();
+    let log = srv.log_with(&["volume marked unhealthy", "Input/output error"]);
     assert!(
         log.contains("volume marked unhealthy") && log.contains("Input/output error"),
         "{log}"

@@ -20,7 +20,7 @@ use http_body::{Frame, SizeHint};
 
 use super::handler::ReplyBody;
 use crate::state::State;
-use crate::volumes::{self, ObjectMeta};
+use crate::volumes::ObjectMeta;
 
 pub enum Body {
     Empty,
@@ -141,11 +141,7 @@ impl http_body::Body for Body {
                         ))))
                     }
                     Err(e) => {
-                        if volumes::is_device_fault(&e) {
-                            if let Some(v) = fs.state.volumes.get(fs.volume) {
-                                v.record_fault(&e);
-                            }
-                        }
+                        fs.state.volumes.note_error(fs.volume, &e);
                         fs.remaining = 0;
                         Poll::Ready(Some(Err(e)))
                     }

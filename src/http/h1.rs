@@ -545,11 +545,7 @@ async fn write_reply(
                 }
             };
             if let Err(e) = &res {
-                if crate::volumes::is_device_fault(e) {
-                    if let Some(v) = state.volumes.get(volume) {
-                        v.record_fault(e);
-                    }
-                }
+                state.volumes.note_error(volume, e);
             }
             if res.is_ok() {
                 state.metrics.zero_copy_bytes.inc_by(len);
@@ -612,11 +608,7 @@ async fn fail_small(
     volume: usize,
     state: &State,
 ) -> io::Result<u64> {
-    if crate::volumes::is_device_fault(&e) {
-        if let Some(v) = state.volumes.get(volume) {
-            v.record_fault(&e);
-        }
-    }
+    state.volumes.note_error(volume, &e);
     let _ = write_simple(
         stream,
         StatusCode::SERVICE_UNAVAILABLE,

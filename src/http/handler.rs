@@ -317,26 +317,10 @@ async fn decide(state: &State, req: &Request<'_>, log: &mut LogInfo) -> Reply {
     headers.insert(ACCEPT_RANGES, BYTES);
 
     // 7. Preconditions.
-    match conditional::evaluate(req.headers, etag, modified) {
-        Outcome::Proceed => {}
-        Outcome::NotModified => {
-            return Reply {
-                log: LogInfo::default(),
-                status: StatusCode::NOT_MODIFIED,
-                headers,
-                body: ReplyBody::Empty,
-            }
-        }
-        Outcome::PreconditionFailed => {
-            headers.insert(CONTENT_TYPE, TEXT);
-            return with_body(
-                StatusCode::PRECONDITION_FAILED,
-                headers,
-                is_head,
-                "precondition failed\n",
-            );
-        }
-    }
+    let mut headers = match preconditions(req, etag, modified, headers, is_head) {
+        Ok(h) => h,
+        Err(reply) => return *reply,
+    };
 
     // 8. Range (defined for GET only, RFC 9110 §14.2).
     let len = meta.len;
@@ -398,6 +382,35 @@ impl FromStaticOr for HeaderValue {
     /// Content types were validated as header values when the config was loaded.
     fn from_static_or(s: &str) -> HeaderValue {
         HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+    }
+}
+
+/// Preconditions (RFC 9110 §13.2.2): `Ok(headers)` to go on, or the 304 / 412 to send, carrying
+/// the validators and Cache-Control already in `headers`.
+fn preconditions(
+    req: &Request<'_>,
+    etag: &str,
+    modified: std::time::SystemTime,
+    mut headers: HeaderMap,
+    is_head: bool,
+) -> Result<HeaderMap, Box<Reply>> {
+    match conditional::evaluate(req.headers, etag, modified) {
+        Outcome::Proceed => Ok(headers),
+        Outcome::NotModified => Err(Box::new(Reply {
+            log: LogInfo::default(),
+            status: StatusCode::NOT_MODIFIED,
+            headers,
+            body: ReplyBody::Empty,
+        })),
+        Outcome::PreconditionFailed => {
+            headers.insert(CONTENT_TYPE, TEXT);
+            Err(Box::new(with_body(
+                StatusCode::PRECONDITION_FAILED,
+                headers,
+                is_head,
+                "precondition failed\n",
+            )))
+        }
     }
 }
 
@@ -643,26 +656,10 @@ async fn rewritten_playlist(
         headers.insert(LAST_MODIFIED, v);
     }
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
-    match conditional::evaluate(req.headers, &etag, modified) {
-        Outcome::Proceed => {}
-        Outcome::NotModified => {
-            return Reply {
-                log: LogInfo::default(),
-                status: StatusCode::NOT_MODIFIED,
-                headers,
-                body: ReplyBody::Empty,
-            }
-        }
-        Outcome::PreconditionFailed => {
-            headers.insert(CONTENT_TYPE, TEXT);
-            return with_body(
-                StatusCode::PRECONDITION_FAILED,
-                headers,
-                is_head,
-                "precondition failed\n",
-            );
-        }
-    }
+    let mut headers = match preconditions(req, &etag, modified, headers, is_head) {
+        Ok(h) => h,
+        Err(reply) => return *reply,
+    };
     let ctype = ext
         .as_deref()
         .and_then(|e| state.config.content_type(e))

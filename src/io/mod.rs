@@ -46,6 +46,7 @@ impl BackendKind {
     }
 }
 
+/// A job for a volume's io_uring worker; the reply carries the result back.
 enum Job {
     Read {
         file: Arc<File>,
@@ -309,31 +310,22 @@ impl Io {
         off: u64,
         len: usize,
     ) -> io::Result<Bytes> {
-        match self.lanes.get(volume) {
-            Some(Lane::Uring(tx)) => {
-                let (reply, rx) = oneshot::channel();
-                tx.send(Job::Read {
+        let t0 = std::time::Instant::now();
+        let f = Arc::clone(&file);
+        let r = self
+            .submit(
+                volume,
+                move |reply| Job::Read {
                     file,
                     off,
                     len,
                     reply,
-                })
-                .await
-                .map_err(|_| io::Error::other("io worker stopped"))?;
-                rx.await
-                    .map_err(|_| io::Error::other("io worker dropped the job"))?
-            }
-            Some(Lane::Threads(sem)) => {
-                let _permit = sem
-                    .acquire()
-                    .await
-                    .map_err(|_| io::Error::other("io pool closed"))?;
-                tokio::task::spawn_blocking(move || pread_exact(&file, off, len))
-                    .await
-                    .map_err(|e| io::Error::other(e.to_string()))?
-            }
-            None => Err(io::Error::other("no such volume")),
-        }
+                },
+                move || pread_exact(&f, off, len),
+            )
+            .await;
+        self.observe(volume, t0);
+        r
     }
 
     /// Brings `len` bytes at `off` into the page cache unless they are already there.
@@ -350,56 +342,17 @@ impl Io {
             return Ok(());
         }
         let key = (meta.dev, meta.ino, off, len);
-        let file = Arc::clone(file);
-        let lane = self.lanes.get(volume);
-        let fut = async move {
-            match lane {
-                Some(Lane::Uring(tx)) => {
-                    let (reply, rx) = oneshot::channel();
-                    tx.send(Job::Prefetch {
-                        file,
-                        off,
-                        len,
-                        reply,
-                    })
-                    .await
-                    .map_err(|_| io::Error::other("io worker stopped"))?;
-                    rx.await
-                        .map_err(|_| io::Error::other("io worker dropped the job"))?
-                }
-                Some(Lane::Threads(sem)) => {
-                    let _permit = sem
-                        .acquire()
-                        .await
-                        .map_err(|_| io::Error::other("io pool closed"))?;
-                    tokio::task::spawn_blocking(move || {
-                        // SAFETY: advisory only; a valid descriptor and range.
-                        unsafe {
-                            libc::posix_fadvise(
-                                file.as_raw_fd(),
-                                off as libc::off_t,
-                                len as libc::off_t,
-                                libc::POSIX_FADV_WILLNEED,
-                            );
-                        }
-                        let mut pos = off;
-                        let end = off + len;
-                        while pos < end {
-                            let want = ((end - pos) as usize).min(CHUNK);
-                            match pread_exact(&file, pos, want) {
-                                Ok(_) => pos += want as u64,
-                                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                                Err(e) => return Err(e),
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                }
-                None => Ok(()),
-            }
-        };
+        let (f1, f2) = (Arc::clone(file), Arc::clone(file));
+        let fut = self.submit(
+            volume,
+            move |reply| Job::Prefetch {
+                file: f1,
+                off,
+                len,
+                reply,
+            },
+            move || prefetch_blocking(&f2, off, len),
+        );
         let t0 = std::time::Instant::now();
         let r = self
             .prefetched
@@ -409,6 +362,61 @@ impl Io {
         self.observe(volume, t0);
         r
     }
+
+    /// Runs one disk job on the volume's lane: as an io_uring job, or as `blocking` on the pool
+    /// under the lane's semaphore.
+    async fn submit<T: Send + 'static>(
+        &self,
+        volume: usize,
+        uring: impl FnOnce(oneshot::Sender<io::Result<T>>) -> Job,
+        blocking: impl FnOnce() -> io::Result<T> + Send + 'static,
+    ) -> io::Result<T> {
+        match self.lanes.get(volume) {
+            Some(Lane::Uring(tx)) => {
+                let (reply, rx) = oneshot::channel();
+                tx.send(uring(reply))
+                    .await
+                    .map_err(|_| io::Error::other("io worker stopped"))?;
+                rx.await
+                    .map_err(|_| io::Error::other("io worker dropped the job"))?
+            }
+            Some(Lane::Threads(sem)) => {
+                let _permit = sem
+                    .acquire()
+                    .await
+                    .map_err(|_| io::Error::other("io pool closed"))?;
+                tokio::task::spawn_blocking(blocking)
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?
+            }
+            None => Err(io::Error::other("no such volume")),
+        }
+    }
+}
+
+/// The threads backend's prefetch: readahead advice, then reads that pull the range into the
+/// page cache (their bytes are discarded).
+fn prefetch_blocking(file: &File, off: u64, len: u64) -> io::Result<()> {
+    // SAFETY: advisory only; a valid descriptor and range.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            off as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+    let end = off + len;
+    let mut pos = off;
+    while pos < end {
+        let want = ((end - pos) as usize).min(CHUNK);
+        match pread_exact(file, pos, want) {
+            Ok(_) => pos += want as u64,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -464,6 +464,16 @@ impl Volumes {
         }
     }
 
+    /// Counts `e` against volume `i` (marking it unhealthy) when it is a device fault; other
+    /// errors — a reset peer, a shrunk file, a timeout — say nothing about the disk.
+    pub fn note_error(&self, i: usize, e: &io::Error) {
+        if is_device_fault(e) {
+            if let Some(v) = self.vols.get(i) {
+                v.record_fault(e);
+            }
+        }
+    }
+
     /// Current metadata of `rel` on volume `i` (following symlinks: only compared, never served).
     pub fn stat(&self, i: usize, rel: &RelPath) -> Option<ObjectMeta> {
         let vol = self.vols.get(i)?;

@@ -176,6 +176,22 @@ impl Server {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The log so far, once it contains every one of `needles` (the reader thread may lag the
+    /// event that wrote the line by a moment); panics with the whole log after 5 s.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.stderr();
+            if needles.iter().all(|n| log.contains(n)) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("log never showed {needles:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the process to exit and returns its status code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
