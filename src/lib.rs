@@ -25,4 +25,5 @@ pub mod playlist;
 pub mod server;
 pub mod sign;
 pub mod state;
+pub mod tls;
 pub mod volumes;

@@ -25,7 +25,8 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let errs = cfg.check_paths();
+            let mut errs = cfg.check_paths();
+            errs.0.extend(segd::tls::validate(&cfg).0);
             if !errs.is_empty() {
                 eprintln!("{errs}");
                 eprintln!("segd: {} problem(s) in {}", errs.len(), config.display());
@@ -99,6 +100,11 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let tls_errs = segd::tls::validate(&cfg);
+            if !tls_errs.is_empty() {
+                eprintln!("{tls_errs}");
+                return ExitCode::from(EX_CONFIG);
+            }
             segd::log::init(&cfg.log);
             match segd::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,

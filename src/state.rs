@@ -26,10 +26,22 @@ pub struct State {
     pub bodies: Arc<BodyCache>,
     pub io: Arc<Io>,
     pub access: AccessLog,
+    /// TLS for the `[tls]` listeners (new handshakes use the state current at accept).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+fn acceptor(config: &Config) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    match &config.tls {
+        None => Ok(None),
+        Some(t) => crate::tls::server_config(t)
+            .map(|c| Some(tokio_rustls::TlsAcceptor::from(c)))
+            .map_err(|(k, p)| std::io::Error::other(format!("{k}: {p}"))),
+    }
 }
 
 impl State {
-    /// Builds everything for `config`. Fails only if the access log cannot be opened.
+    /// Builds everything for `config`. Fails if the access log cannot be opened or the TLS
+    /// certificate and key cannot be loaded.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> std::io::Result<State> {
         Ok(State {
             prepared: Prepared::new(&config),
@@ -49,6 +61,7 @@ impl State {
                 .with_timings(read_timings(&metrics, &config)),
             ),
             access: AccessLog::open(&config.log)?,
+            tls: acceptor(&config)?,
             metrics,
             config,
         })
@@ -103,6 +116,7 @@ impl State {
             bodies,
             io,
             access: AccessLog::open(&config.log)?,
+            tls: acceptor(&config)?,
             metrics: Arc::clone(&old.metrics),
             config,
         })

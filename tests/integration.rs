@@ -10,5 +10,6 @@ mod h1;
 mod http_semantics;
 mod lifecycle;
 mod limits;
+mod tls;
 mod token;
 mod volumes;

@@ -34,6 +34,19 @@ pub struct Config {
     /// Extra served extensions beyond the built-in media types: (extension, content type).
     pub types: Vec<(String, String)>,
     pub log: LogConfig,
+    /// TLS listeners, when `[tls]` lists any.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// TCP listeners speaking TLS 1.2/1.3 with ALPN h2 and http/1.1.
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain (leaf first) and private key (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// HTTP/3 over QUIC on the same ports (not built yet: logged and ignored).
+    pub http3: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +217,9 @@ const TOP_KEYS: &[&str] = &[
     "cache_control",
     "types",
     "log",
+    "tls",
 ];
+const TLS_KEYS: &[&str] = &["listen", "cert", "key", "http3"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "workers",
@@ -302,11 +317,13 @@ impl Config {
         let cache_control = parse_cache_control(&top.table("cache_control", CACHE_CONTROL_KEYS));
         let types = parse_types(&top);
         let log = parse_log(&top.table("log", LOG_KEYS), &base);
+        let tls = parse_tls(&top.table("tls", TLS_KEYS), &base);
         top.finish();
 
         // Cross-key checks.
         let mut all: Vec<SocketAddr> = server.listen.clone();
         all.extend(admin.listen);
+        all.extend(tls.iter().flat_map(|t| t.listen.iter().copied()));
         for (i, a) in all.iter().enumerate() {
             if a.port() != 0 && all[..i].contains(a) {
                 ctx.error(
@@ -336,6 +353,7 @@ impl Config {
             cache_control,
             types,
             log,
+            tls,
         })
     }
 
@@ -932,6 +950,57 @@ fn parse_types(top: &Section) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
+    let listen_allowed = "a list of IP:PORT strings, e.g. [\"0.0.0.0:443\"]";
+    let listen: Vec<SocketAddr> = s
+        .string_list("listen", listen_allowed)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| parse_addr(s, &format!("listen[{i}]"), a))
+        .collect();
+    let file = |key: &str, what: &str| match s.string(key, what) {
+        Some(p) if !p.is_empty() => Some(base.join(p)),
+        Some(_) => {
+            s.error(key, "empty path", what);
+            None
+        }
+        None => None,
+    };
+    let cert = file("cert", "a PEM certificate chain file, leaf first");
+    let key = file("key", "a PEM private key file (PKCS#8, PKCS#1 or SEC1)");
+    let http3 = s.bool("http3", false);
+    s.finish();
+    if listen.is_empty() {
+        return None;
+    }
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            listen,
+            cert,
+            key,
+            http3,
+        }),
+        (c, k) => {
+            if c.is_none() && s.raw("cert").is_none() {
+                s.error(
+                    "cert",
+                    "missing while tls.listen is set",
+                    "a PEM certificate chain file",
+                );
+            }
+            if k.is_none() && s.raw("key").is_none() {
+                s.error(
+                    "key",
+                    "missing while tls.listen is set",
+                    "a PEM private key file",
+                );
+            }
+            None
+        }
+    }
 }
 
 fn parse_log(s: &Section, base: &Path) -> LogConfig {

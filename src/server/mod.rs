@@ -103,6 +103,18 @@ async fn serve(
         let l = listener_for(*addr, &format!("server.listen[{i}]"), &mut inherited)?;
         plain.push((l.local_addr()?, l));
     }
+    let mut tls_listeners: Vec<(SocketAddr, TcpListener)> = Vec::new();
+    if let Some(t) = &config.tls {
+        for (i, addr) in t.listen.iter().enumerate() {
+            let l = listener_for(*addr, &format!("tls.listen[{i}]"), &mut inherited)?;
+            tls_listeners.push((l.local_addr()?, l));
+        }
+        if t.http3 {
+            tracing::warn!(
+                "tls.http3 = true: HTTP/3 is not built yet; serving TLS over TCP only (no Alt-Svc)"
+            );
+        }
+    }
     let admin = match config.admin.listen {
         Some(addr) => {
             let l = listener_for(addr, "admin.listen", &mut inherited)?;
@@ -127,6 +139,16 @@ async fn serve(
             Arc::clone(&active),
         ));
     }
+    let tls_addrs: Vec<SocketAddr> = tls_listeners.iter().map(|(a, _)| *a).collect();
+    for (_, l) in tls_listeners {
+        tokio::spawn(accept_tls(
+            l,
+            Arc::clone(&shared),
+            Arc::clone(&builder),
+            controller.drain(),
+            Arc::clone(&active),
+        ));
+    }
     let admin_addr = admin.as_ref().map(|(a, _)| *a);
     if let Some((_, l)) = admin {
         tokio::spawn(crate::admin::serve(
@@ -136,7 +158,7 @@ async fn serve(
         ));
     }
     spawn_health_checks(&shared);
-    banner(&shared.load(), &addrs, admin_addr);
+    banner(&shared.load(), &addrs, &tls_addrs, admin_addr);
     systemd::notify("READY=1\nSTATUS=serving");
 
     signals.wait_for_stop(&shared).await;
@@ -159,7 +181,8 @@ fn reload(shared: &Shared) {
     let old = shared.load();
     let path = old.config.file.clone();
     let loaded = Config::load(&path).and_then(|c| {
-        let errs = c.check_paths();
+        let mut errs = c.check_paths();
+        errs.0.extend(crate::tls::validate(&c).0);
         if errs.is_empty() {
             Ok(c)
         } else {
@@ -178,8 +201,10 @@ fn reload(shared: &Shared) {
         }
         Ok(mut cfg) => {
             fit_fd_limit(&mut cfg);
+            let tls_addrs = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
             if cfg.server.listen != old.config.server.listen
                 || cfg.admin.listen != old.config.admin.listen
+                || tls_addrs(&cfg) != tls_addrs(&old.config)
                 || cfg.server.workers != old.config.server.workers
             {
                 tracing::warn!(
@@ -246,6 +271,57 @@ async fn accept_plain(
     }
 }
 
+/// TLS listeners: handshake (within `header_read_timeout`) with the TLS config of the state
+/// current at accept, then hyper serves HTTP/1.1 or HTTP/2 as ALPN chose. Bodies are copied
+/// (encrypted in user space: this kernel has no kTLS), from the hot-body cache when they fit.
+async fn accept_tls(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut stop = drain.signal();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait() => break,
+        };
+        let state = shared.load();
+        let Some(acceptor) = state.tls.clone() else {
+            continue;
+        };
+        if active.load(Ordering::Relaxed) >= state.config.server.max_connections {
+            let _ = stream.set_zero_linger();
+            state.metrics.connections_rejected.inc();
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&active));
+        let handshake_timeout = state.config.server.header_read_timeout;
+        let (shared, builder, drain) = (Arc::clone(&shared), Arc::clone(&builder), drain.clone());
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    crate::http::service::serve_io(tls, peer, shared, builder, drain).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+            drop(guard);
+        });
+    }
+}
+
 /// Decrements the open-connection count when a connection task ends, however it ends.
 struct ActiveGuard(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -297,12 +373,17 @@ fn human(n: u64) -> String {
 
 /// The start-up banner on stdout: every bound address and volume, then the URLs to open.
 /// Tests and scripts read the `listening` lines to learn ephemeral ports.
-fn banner(state: &State, addrs: &[SocketAddr], admin: Option<SocketAddr>) {
+fn banner(state: &State, addrs: &[SocketAddr], tls: &[SocketAddr], admin: Option<SocketAddr>) {
     let version = env!("CARGO_PKG_VERSION");
     let mut out = String::new();
     for a in addrs {
         out.push_str(&format!(
             "segd {version}: listening http://{a} (HTTP/1.1, h2c)\n"
+        ));
+    }
+    for a in tls {
+        out.push_str(&format!(
+            "segd {version}: listening https://{a} (TLS 1.3/1.2; HTTP/1.1 and h2 by ALPN)\n"
         ));
     }
     if let Some(a) = admin {

@@ -65,6 +65,8 @@ pub fn config_for(volumes: &[&Path], extra: &str) -> String {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The first TLS listener, if the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub config: PathBuf,
     pub stderr: Arc<Mutex<String>>,
@@ -116,7 +118,7 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut addr, mut admin) = (None, None);
+        let (mut addr, mut admin, mut tls_addr) = (None, None, None);
         while admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
@@ -129,6 +131,15 @@ impl Server {
             };
             if let Some(rest) = line.split("listening http://").nth(1) {
                 addr.get_or_insert(
+                    rest.split_whitespace()
+                        .next()
+                        .expect("addr")
+                        .parse()
+                        .expect("addr"),
+                );
+            }
+            if let Some(rest) = line.split("listening https://").nth(1) {
+                tls_addr.get_or_insert(
                     rest.split_whitespace()
                         .next()
                         .expect("addr")
@@ -149,6 +160,7 @@ impl Server {
         Server {
             child,
             addr: addr.expect("listening line"),
+            tls_addr,
             admin: admin.expect("admin line"),
             config: path,
             stderr,

@@ -1,0 +1,361 @@
+//! TLS (rustls) against the running server, with a CA generated at test time:
+//! - TLS 1.3 and TLS 1.2 handshakes; HTTP/1.1 and HTTP/2 chosen by ALPN
+//! - GET, HEAD, Range and a tokened request behave exactly as over plaintext (one handler)
+//! - SIGHUP swaps the certificate: a new connection sees the new one while a download on an old
+//!   connection completes; a bad new certificate is rejected and the current one stays
+//! - check-config names the file and the problem for a missing, garbage or mismatched cert/key
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::util::*;
+
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "segd test CA");
+        Pki {
+            ca: CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key"))
+                .expect("ca"),
+        }
+    }
+
+    /// A leaf for localhost / 127.0.0.1 with common name `cn`: (cert PEM, key PEM, cert DER).
+    fn leaf(&self, cn: &str) -> (String, String, CertificateDer<'static>) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("root");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn connect(srv: &Server, c: &tokio_rustls::TlsConnector) -> Tls {
+    let tcp = tokio::net::TcpStream::connect(srv.tls_addr.expect("tls listener"))
+        .await
+        .expect("tcp");
+    c.connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake")
+}
+
+/// One request on a TLS stream with the HTTP version ALPN chose.
+async fn send(tls: Tls, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    if !h2 {
+        b = b.uri(path).header("host", "localhost");
+    }
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Empty::<Bytes>::new()).expect("request");
+    let resp = if h2 {
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2");
+        tokio::spawn(conn);
+        tx.send_request(req).await.expect("response")
+    } else {
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("h1");
+        tokio::spawn(conn);
+        tx.send_request(req).await.expect("response")
+    };
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body: body.collect().await.expect("body").to_bytes(),
+    }
+}
+
+fn tls_config(dir: &std::path::Path, cert: &str, key: &str) -> String {
+    std::fs::write(dir.join("cert.pem"), cert).expect("cert");
+    std::fs::write(dir.join("key.pem"), key).expect("key");
+    format!(
+        "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    )
+}
+
+#[tokio::test]
+async fn handshakes_alpn_and_the_same_semantics() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let protect = "[token]\nprotect = [\"/vod/t2/\"]\n[[token.keys]]\nid = \"k1\"\nsecret = \"52a152a152a152a152a152a152a1\"\n";
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1"), &vols.path().join("disk2")],
+        &(tls_config(vols.path(), &cert, &key) + protect),
+    ));
+    let full =
+        std::fs::read(vols.path().join("disk1").join(SEG.trim_start_matches('/'))).expect("seg");
+
+    // TLS 1.3, HTTP/1.1.
+    let tls = connect(
+        &srv,
+        &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+    )
+    .await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let r = send(tls, "GET", SEG, &[]).await;
+    assert_eq!((r.status, r.version), (200, http::Version::HTTP_11));
+    assert!(r.body.as_ref() == full.as_slice());
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=31536000, immutable")
+    );
+
+    // TLS 1.2 only.
+    let tls = connect(
+        &srv,
+        &pki.client(&[&rustls::version::TLS12], &[b"http/1.1"]),
+    )
+    .await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let suite = tls.get_ref().1.negotiated_cipher_suite().expect("suite");
+    let name = format!("{:?}", suite.suite());
+    assert!(
+        name.contains("ECDHE") && (name.contains("GCM") || name.contains("CHACHA20")),
+        "forward-secret AEAD: {name}"
+    );
+    assert_eq!(
+        send(tls, "GET", SEG, &[("range", "bytes=10-19")])
+            .await
+            .body
+            .as_ref(),
+        &full[10..20]
+    );
+
+    // HTTP/2 by ALPN: GET, Range, HEAD, tokens.
+    let h2 = pki.client(
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &[b"h2", b"http/1.1"],
+    );
+    let tls = connect(&srv, &h2).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let r = send(tls, "GET", SEG, &[("range", "bytes=100-199")]).await;
+    assert_eq!((r.status, r.version), (206, http::Version::HTTP_2));
+    assert_eq!(r.body.as_ref(), &full[100..200]);
+    let r = send(connect(&srv, &h2).await, "HEAD", SEG, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(full.len().to_string().as_str())
+    );
+    assert!(r.body.is_empty());
+    let t2 = "/vod/t2/hls/64k/seg_00001.ts";
+    assert_eq!(
+        send(connect(&srv, &h2).await, "GET", t2, &[]).await.status,
+        403
+    );
+    let tok = segd::auth::edgeauth::sign(
+        segd::config::TokenAlgorithm::Sha256,
+        &hex::decode("52a152a152a152a152a152a152a1").expect("hex"),
+        &segd::auth::edgeauth::SignSpec {
+            acl: Some("/vod/t2/*"),
+            exp: u64::MAX / 2,
+            ..Default::default()
+        },
+    );
+    let r = send(
+        connect(&srv, &h2).await,
+        "GET",
+        &format!("/__token__={}{t2}", segd::auth::encode_token(&tok)),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metric_with(
+            &m,
+            "segd_http_requests_total",
+            &[("method", "GET"), ("proto", "h2"), ("status_class", "2xx")]
+        )
+        .is_some_and(|n| n >= 2.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_certificate() {
+    let pki = Pki::new();
+    let (cert_a, key_a, der_a) = pki.leaf("segd-a");
+    let (cert_b, key_b, der_b) = pki.leaf("segd-b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len = 6 << 20;
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Q'; len]).expect("write");
+    // Large bodies are streamed, not cached, so the old connection really is mid-download.
+    let cfg = config_for(
+        &[&vol],
+        &(tls_config(dir.path(), &cert_a, &key_a) + "[cache]\nmax_item_bytes = \"1MiB\"\n"),
+    );
+    let srv = Server::start(&cfg);
+    let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+
+    let old = connect(&srv, &client).await;
+    assert_eq!(
+        old.get_ref().1.peer_certificates().expect("certs")[0],
+        der_a
+    );
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(old))
+        .await
+        .expect("h1");
+    tokio::spawn(conn);
+    let req = http::Request::get("/vod/m/big.mp4")
+        .header("host", "localhost")
+        .body(Empty::<Bytes>::new())
+        .expect("req");
+    let resp = tx.send_request(req).await.expect("response");
+    let mut body = resp.into_body();
+    let mut got = 0usize;
+    if let Some(Ok(frame)) = body.frame().await {
+        got += frame.data_ref().map_or(0, |d| d.len());
+    }
+
+    // New certificate files, then SIGHUP.
+    std::fs::write(dir.path().join("cert.pem"), &cert_b).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &key_b).expect("key");
+    srv.signal(libc::SIGHUP);
+    srv.log_with(&["configuration reloaded"]);
+    let fresh = connect(&srv, &client).await;
+    assert_eq!(
+        fresh.get_ref().1.peer_certificates().expect("certs")[0],
+        der_b,
+        "new handshakes use the new certificate"
+    );
+
+    // The old connection's download completes.
+    while let Some(frame) = body.frame().await {
+        got += frame.expect("frame").data_ref().map_or(0, |d| d.len());
+    }
+    assert_eq!(got, len);
+
+    // A broken certificate is rejected; the current one stays.
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .expect("cert");
+    srv.signal(libc::SIGHUP);
+    srv.log_with(&["reload rejected", "tls.cert"]);
+    let again = connect(&srv, &client).await;
+    assert_eq!(
+        again.get_ref().1.peer_certificates().expect("certs")[0],
+        der_b
+    );
+    assert_eq!(
+        send(again, "GET", "/vod/m/big.mp4", &[("range", "bytes=0-3")])
+            .await
+            .body
+            .as_ref(),
+        b"QQQQ"
+    );
+}
+
+#[test]
+fn check_config_names_bad_tls_files() {
+    let pki = Pki::new();
+    let (cert_a, key_a, _) = pki.leaf("a");
+    let (_, key_b, _) = pki.leaf("b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("v")).expect("mkdir");
+    let run = |cert: Option<&str>, key: &str| {
+        let mut cfg = "[[volumes]]\npath = \"v\"\n[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n".to_string();
+        if cert.is_none() {
+            cfg = cfg.replace("cert.pem", "missing.pem");
+        }
+        if let Some(c) = cert {
+            std::fs::write(dir.path().join("cert.pem"), c).expect("cert");
+        }
+        std::fs::write(dir.path().join("key.pem"), key).expect("key");
+        let path = dir.path().join("segd.toml");
+        std::fs::write(&path, cfg).expect("config");
+        let out = std::process::Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(run(Some(&cert_a), &key_a).0, Some(0));
+    let (code, err) = run(None, &key_a);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("tls.cert") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let (code, err) = run(Some("not a certificate"), &key_a);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("tls.cert") && err.contains("no certificate found"),
+        "{err}"
+    );
+    let (code, err) = run(Some(&cert_a), &key_b);
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("tls.key") && err.contains("does not fit the certificate"),
+        "{err}"
+    );
+    let (code, err) = run(Some(&cert_a), "garbage");
+    assert_eq!(code, Some(64));
+    assert!(err.contains("tls.key") && err.contains("key.pem"), "{err}");
+}
