@@ -25,6 +25,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT, NGINX_H2 = 18080, 18090, 18081, 18082
+SEGD_TLS, NGINX_TLS = 18443, 18444
 
 
 def die(msg):
@@ -80,7 +81,7 @@ class Segd:
 
     def __init__(self, binary, root, run, pinned):
         self.binary, self.root, self.run, self.pinned = binary, root, run, pinned
-        self.port, self.h2port = SEGD_PORT, SEGD_PORT
+        self.port, self.h2port, self.tlsport = SEGD_PORT, SEGD_PORT, SEGD_TLS
 
     def start(self):
         cfg = os.path.join(self.run, "segd.toml")
@@ -95,6 +96,10 @@ path = "{self.root}"
 [cache]
 max_bytes = "1GiB"
 open_files = 10000
+[tls]
+listen = ["127.0.0.1:{SEGD_TLS}"]
+cert = "{self.run}/cert.pem"
+key = "{self.run}/key.pem"
 [log]
 access = "off"
 level = "warn"
@@ -121,7 +126,7 @@ class Nginx:
 
     def __init__(self, root, run, pinned):
         self.root, self.run, self.pinned = root, run, pinned
-        self.port, self.h2port = NGINX_PORT, NGINX_H2
+        self.port, self.h2port, self.tlsport = NGINX_PORT, NGINX_H2, NGINX_TLS
 
     def start(self):
         with open(os.path.join(HERE, "nginx.conf.in")) as f:
@@ -129,7 +134,8 @@ class Nginx:
         conf = (conf.replace("@WORKERS@", "1" if self.pinned else "2")
                 .replace("@AFFINITY@", "worker_cpu_affinity 01;" if self.pinned else "")
                 .replace("@RUN@", self.run).replace("@ROOT@", self.root)
-                .replace("@PORT@", str(NGINX_PORT)).replace("@H2PORT@", str(NGINX_H2)))
+                .replace("@PORT@", str(NGINX_PORT)).replace("@H2PORT@", str(NGINX_H2))
+                .replace("@TLSPORT@", str(NGINX_TLS)))
         path = os.path.join(self.run, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
@@ -139,6 +145,7 @@ class Nginx:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(self.run, "nginx.stderr"), "w"), preexec_fn=raise_nofile)
         wait_port(NGINX_PORT, self.proc, os.path.join(self.run, "nginx.stderr"))
         wait_port(NGINX_H2, self.proc, os.path.join(self.run, "nginx.stderr"))
+        wait_port(NGINX_TLS, self.proc, os.path.join(self.run, "nginx.stderr"))
 
     def pids(self):
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
@@ -165,9 +172,9 @@ def unit_ms(v, u):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[u]
 
 
-def run_wrk(port, paths_file, conns, duration, pinned, lua):
+def run_wrk(port, paths_file, conns, duration, pinned, lua, scheme="http"):
     cmd = (["taskset", "-c", "1"] if pinned else []) + [
-        "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", lua, f"http://127.0.0.1:{port}"]
+        "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", lua, f"{scheme}://127.0.0.1:{port}"]
     env = dict(os.environ, SEGD_BENCH_PATHS=paths_file)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=raise_nofile).stdout
     if "Non-2xx or 3xx responses" in out:
@@ -258,7 +265,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned")
+    ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls")
     args = ap.parse_args()
     raise_nofile()
     root = os.path.abspath(args.corpus)
@@ -296,7 +303,14 @@ def main():
         "cold": dict(kind="wrk", paths="all", conns=128, cold=True, desc="cold: page cache dropped, random over the whole corpus, 128 conns"),
         "idle10k": dict(kind="idle", desc="10,000 idle keep-alive connections: server RSS"),
         "hot-unpinned": dict(kind="wrk", paths="hot", conns=128, pinned=False, desc="hot small segments, unpinned, 2 workers each"),
+        "https": dict(kind="wrk", paths="hot", conns=128, tls=True, desc="HTTPS/1.1 (TLS 1.3, same certificate), hot small segments, 128 conns"),
+        "h2tls": dict(kind="h2load", paths="hot", conns=32, streams=10, tls=True, desc="HTTP/2 over TLS (h2load, ALPN h2), 32 conns x 10 streams"),
     }
+    # One self-signed certificate for both servers.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", os.path.join(run, "key.pem"), "-out", os.path.join(run, "cert.pem"), "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
     rows = []
     for sname in args.scenarios.split(","):
         sc = scenarios.get(sname)
@@ -332,16 +346,20 @@ def main():
                             s.close()
                         res = dict(requests=10000, rps=float("nan"), mbps=float("nan"), p50_ms=float("nan"), p99_ms=float("nan"), errors=0, cpu_us_per_req=float("nan"), rss_mb=rss, rss_base_mb=base_rss)
                     else:
+                        tls = sc.get("tls", False)
+                        port = srv.tlsport if tls else srv.port
+                        scheme = "https" if tls else "http"
                         if not sc.get("cold"):
-                            warm = run_wrk(srv.port, lists[sc["paths"]], min(sc["conns"], 64), 2, pinned, lua) if sc["kind"] == "wrk" else None
+                            warm = run_wrk(port, lists[sc["paths"]], min(sc["conns"], 64), 2, pinned, lua, scheme) if sc["kind"] == "wrk" else None
                         c0 = proc_cpu(srv.pids())
                         if sc["kind"] == "wrk":
-                            res = run_wrk(srv.port, lists[sc["paths"]], sc["conns"], args.duration, pinned, lua)
+                            res = run_wrk(port, lists[sc["paths"]], sc["conns"], args.duration, pinned, lua, scheme)
                         else:
+                            h2port = srv.tlsport if tls else srv.h2port
                             uris = os.path.join(run, f"uris-{srv.name}.txt")
                             with open(uris, "w") as f:
-                                f.write("\n".join(f"http://127.0.0.1:{srv.h2port}{p}" for p in hot) + "\n")
-                            res = run_h2load(srv.h2port, uris, sc["conns"], sc["streams"], args.duration, pinned)
+                                f.write("\n".join(f"{scheme}://127.0.0.1:{h2port}{p}" for p in hot) + "\n")
+                            res = run_h2load(h2port, uris, sc["conns"], sc["streams"], args.duration, pinned)
                         c1 = proc_cpu(srv.pids())
                         res["cpu_us_per_req"] = (c1 - c0) / max(res["requests"], 1) * 1e6
                         res["rss_mb"] = proc_rss_mb(srv.pids())
