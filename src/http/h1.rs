@@ -634,32 +634,45 @@ async fn send_more(stream: &mut TcpStream, bytes: &[u8], stall: Duration) -> io:
     let mut done = 0;
     while done < bytes.len() {
         let rest = &bytes[done..];
-        let fut = stream.async_io(Interest::WRITABLE, || {
+        let n = write_ready(stream, stall, || {
             // SAFETY: `rest` is a valid, initialised slice for the duration of the call, and `fd`
             // is the open socket owned by `stream`.
-            let n = unsafe {
+            unsafe {
                 libc::send(
                     fd,
                     rest.as_ptr().cast(),
                     rest.len(),
                     libc::MSG_MORE | libc::MSG_NOSIGNAL,
                 )
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
             }
-        });
-        let n = tokio::time::timeout(stall, fut)
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         done += n;
     }
     Ok(())
+}
+
+/// Runs a raw write syscall (`send`, `sendfile`) whenever the socket is writable, until it makes
+/// progress or `stall` passes without any; returns what the call returned.
+async fn write_ready(
+    stream: &TcpStream,
+    stall: Duration,
+    mut op: impl FnMut() -> isize,
+) -> io::Result<usize> {
+    let fut = stream.async_io(Interest::WRITABLE, || {
+        let n = op();
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    });
+    tokio::time::timeout(stall, fut)
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
 /// Held back and sent last, after a final check that the file did not change.
@@ -692,20 +705,13 @@ async fn sendfile_all(
         } else {
             remaining
         } as usize;
-        let fut = stream.async_io(Interest::WRITABLE, || {
+        let n = write_ready(stream, stall, || {
             // SAFETY: both descriptors are open for the duration of the call (the socket is owned
             // by `stream`, the file by the caller's Arc); `off` is a valid pointer the kernel
             // updates with the new offset.
-            let n = unsafe { libc::sendfile(sock, ffd, &mut off, want) };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        let n = tokio::time::timeout(stall, fut)
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            unsafe { libc::sendfile(sock, ffd, &mut off, want) }
+        })
+        .await?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -225,62 +225,19 @@ fn reload(shared: &Shared) {
     systemd::notify("READY=1\nSTATUS=serving");
 }
 
-async fn accept_plain(
+/// Accepts until the drain starts: backs off on accept errors (EMFILE and friends) instead of
+/// spinning, closes connections beyond `max_connections` at once (counted), and runs `serve` for
+/// each accepted connection while it counts as open.
+async fn accept_loop<F, Fut>(
     listener: TcpListener,
     shared: Arc<Shared>,
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     drain: Drain,
     active: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::sync::atomic::Ordering;
-    let mut stop = drain.signal();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning on a full process.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = stop.wait() => break,
-        };
-        // Over the limit: close at once (a reset, the cheapest answer), count it, keep accepting.
-        let limit = shared.load().config.server.max_connections;
-        if active.load(Ordering::Relaxed) >= limit {
-            let _ = stream.set_zero_linger();
-            drop(stream);
-            shared.load().metrics.connections_rejected.inc();
-            continue;
-        }
-        active.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(Arc::clone(&active));
-        let conn = crate::http::h1::serve(
-            stream,
-            peer,
-            Arc::clone(&shared),
-            Arc::clone(&builder),
-            drain.clone(),
-        );
-        tokio::spawn(async move {
-            conn.await;
-            drop(guard);
-        });
-    }
-}
-
-/// TLS listeners: handshake (within `header_read_timeout`) with the TLS config of the state
-/// current at accept, then hyper serves HTTP/1.1 or HTTP/2 as ALPN chose. Bodies are copied
-/// (encrypted in user space: this kernel has no kTLS), from the hot-body cache when they fit.
-async fn accept_tls(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
-    drain: Drain,
-    active: Arc<std::sync::atomic::AtomicUsize>,
-) {
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, Drain) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use std::sync::atomic::Ordering;
     let mut stop = drain.signal();
     loop {
@@ -296,30 +253,80 @@ async fn accept_tls(
             _ = stop.wait() => break,
         };
         let state = shared.load();
-        let Some(acceptor) = state.tls.clone() else {
-            continue;
-        };
         if active.load(Ordering::Relaxed) >= state.config.server.max_connections {
+            // A reset: the cheapest answer for a connection we will not serve.
             let _ = stream.set_zero_linger();
             state.metrics.connections_rejected.inc();
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(Arc::clone(&active));
-        let handshake_timeout = state.config.server.header_read_timeout;
-        let (shared, builder, drain) = (Arc::clone(&shared), Arc::clone(&builder), drain.clone());
+        let conn = serve(stream, peer, drain.clone());
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    crate::http::service::serve_io(tls, peer, shared, builder, drain).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            conn.await;
             drop(guard);
         });
     }
+}
+
+type HyperBuilder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+
+/// Plaintext listeners: the HTTP/1.1 fast path (which hands h2c connections to hyper).
+async fn accept_plain(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: Arc<HyperBuilder>,
+    drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let sh = Arc::clone(&shared);
+    accept_loop(
+        listener,
+        shared,
+        drain,
+        active,
+        move |stream, peer, drain| {
+            crate::http::h1::serve(stream, peer, Arc::clone(&sh), Arc::clone(&builder), drain)
+        },
+    )
+    .await;
+}
+
+/// TLS listeners: handshake (within `header_read_timeout`) with the TLS config of the state
+/// current at accept, then hyper serves HTTP/1.1 or HTTP/2 as ALPN chose. Bodies are copied
+/// (encrypted in user space: this kernel has no kTLS), from the hot-body cache when they fit.
+async fn accept_tls(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: Arc<HyperBuilder>,
+    drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let sh = Arc::clone(&shared);
+    accept_loop(
+        listener,
+        shared,
+        drain,
+        active,
+        move |stream, peer, drain| {
+            let state = sh.load();
+            let acceptor = state.tls.clone();
+            let timeout = state.config.server.header_read_timeout;
+            let (shared, builder) = (Arc::clone(&sh), Arc::clone(&builder));
+            async move {
+                let Some(acceptor) = acceptor else { return };
+                let _ = stream.set_nodelay(true);
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        crate::http::service::serve_io(tls, peer, shared, builder, drain).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        },
+    )
+    .await;
 }
 
 /// Decrements the open-connection count when a connection task ends, however it ends.
