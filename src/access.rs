@@ -29,6 +29,8 @@ pub struct Entry<'a> {
     pub bytes: u64,
     pub duration: Duration,
     pub proto: &'a str,
+    /// TLS version, when the connection was TLS.
+    pub tls: Option<&'a str>,
     pub cache: &'a str,
     pub key_id: Option<&'a str>,
     pub request_id: &'a str,
@@ -123,8 +125,12 @@ impl Entry<'_> {
                 o.push_str(",\"path\":");
                 json_str(&mut o, self.path);
                 o.push_str(&format!(
-                    ",\"status\":{},\"bytes\":{},\"duration_ms\":{ms:.3},\"proto\":\"{}\",\"cache\":\"{}\",\"key_id\":",
-                    self.status, self.bytes, self.proto, self.cache
+                    ",\"status\":{},\"bytes\":{},\"duration_ms\":{ms:.3},\"proto\":\"{}\",\"tls\":{},\"cache\":\"{}\",\"key_id\":",
+                    self.status,
+                    self.bytes,
+                    self.proto,
+                    self.tls.map_or("null".to_string(), |v| format!("\"{v}\"")),
+                    self.cache
                 ));
                 match self.key_id {
                     Some(k) => json_str(&mut o, k),
@@ -141,7 +147,7 @@ impl Entry<'_> {
                 o
             }
             LogFormat::Combined => format!(
-                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rt={ms:.3} cache={} key={} rid={} peer={}",
+                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rt={ms:.3} tls={} cache={} key={} rid={} peer={}",
                 self.client,
                 clf_time(self.time),
                 clf_str(self.method),
@@ -155,6 +161,7 @@ impl Entry<'_> {
                 self.bytes,
                 clf_str(self.referer.unwrap_or("-")),
                 clf_str(self.user_agent.unwrap_or("-")),
+                self.tls.unwrap_or("-"),
                 self.cache,
                 self.key_id.unwrap_or("-"),
                 clf_str(self.request_id),
@@ -265,6 +272,7 @@ mod tests {
             bytes: 1234,
             duration: Duration::from_micros(1500),
             proto: "h1",
+            tls: None,
             cache: "bypass",
             key_id: Some("k1"),
             request_id: "abc",
@@ -277,7 +285,7 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"path\":\"/vod/t1/a \\\"b\\\".ts\""), "{j}");
-        assert!(j.contains("\"status\":206,\"bytes\":1234,\"duration_ms\":1.500,\"proto\":\"h1\",\"cache\":\"bypass\",\"key_id\":\"k1\",\"request_id\":\"abc\",\"user_agent\":\"ffplay\\u000a\"}"), "{j}");
+        assert!(j.contains("\"status\":206,\"bytes\":1234,\"duration_ms\":1.500,\"proto\":\"h1\",\"tls\":null,\"cache\":\"bypass\",\"key_id\":\"k1\",\"request_id\":\"abc\",\"user_agent\":\"ffplay\\u000a\"}"), "{j}");
         let c = e.format(LogFormat::Combined);
         assert!(c.starts_with("203.0.113.9 - - [14/Nov/2023:22:13:20 +0000] \"GET /vod/t1/a _b_.ts HTTP/1.1\" 206 1234 \"-\" \"ffplay_\""), "{c}");
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));

@@ -38,6 +38,7 @@ pub struct Metrics {
     cache_bytes: prometheus::IntGauge,
     open_files: prometheus::IntGauge,
     pub connections_rejected: prometheus::IntCounter,
+    pub tls_handshakes: IntCounterVec,
 }
 
 /// 50 µs to 10 s.
@@ -147,6 +148,14 @@ impl Metrics {
             "segd_connections_rejected_total",
             "Connections closed at accept because server.max_connections were open",
         )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "segd_tls_handshakes_total",
+                "Completed TLS handshakes by protocol version",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -198,6 +207,7 @@ impl Metrics {
             cache_bytes,
             open_files,
             connections_rejected,
+            tls_handshakes,
         })
     }
 

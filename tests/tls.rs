@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::util::*;
@@ -128,10 +129,13 @@ async fn handshakes_alpn_and_the_same_semantics() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd-a");
     let vols = demo_volumes();
-    let protect = "[token]\nprotect = [\"/vod/t2/\"]\n[[token.keys]]\nid = \"k1\"\nsecret = \"52a152a152a152a152a152a152a1\"\n";
+    let protect = format!(
+        "[token]\nprotect = [\"/vod/t2/\"]\n[[token.keys]]\nid = \"k1\"\nsecret = \"52a152a152a152a152a152a152a1\"\n[log]\naccess = \"{}\"\n",
+        vols.path().join("access.log").display()
+    );
     let srv = Server::start(&config_for(
         &[&vols.path().join("disk1"), &vols.path().join("disk2")],
-        &(tls_config(vols.path(), &cert, &key) + protect),
+        &(tls_config(vols.path(), &cert, &key) + &protect),
     ));
     let full =
         std::fs::read(vols.path().join("disk1").join(SEG.trim_start_matches('/'))).expect("seg");
@@ -358,4 +362,38 @@ fn check_config_names_bad_tls_files() {
     let (code, err) = run(Some(&cert_a), "garbage");
     assert_eq!(code, Some(64));
     assert!(err.contains("tls.key") && err.contains("key.pem"), "{err}");
+}
+
+/// An RSA certificate and key (committed fixtures: tests/fixtures/tls/make.sh) serve too.
+#[tokio::test]
+async fn rsa_certificate() {
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let read = |f: &str| std::fs::read_to_string(fx.join(f)).expect("fixture");
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &tls_config(vols.path(), &read("rsa-leaf.pem"), &read("rsa-leaf.key")),
+    ));
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(fx.join("rsa-ca.pem")).expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("root");
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tls = connect(&srv, &tokio_rustls::TlsConnector::from(Arc::new(cfg))).await;
+    let suite = format!(
+        "{:?}",
+        tls.get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .expect("suite")
+            .suite()
+    );
+    let r = send(tls, "GET", SEG, &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 206, "{suite}");
+    assert_eq!(r.body.len(), 10);
 }

@@ -118,7 +118,10 @@ pub async fn serve(
                     prefix: buf.freeze(),
                     inner: stream,
                 };
-                Box::pin(super::service::serve_io(io, peer, shared, hyper, drain)).await;
+                Box::pin(super::service::serve_io(
+                    io, peer, shared, hyper, drain, None,
+                ))
+                .await;
                 return;
             }
         }
@@ -185,6 +188,7 @@ pub async fn serve(
             headers: &head.headers,
             peer,
             proto: Proto::H1,
+            tls: None,
         };
         // One state for the whole request, even if a reload swaps it meanwhile.
         let state = shared.load();

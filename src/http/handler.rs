@@ -64,6 +64,8 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     pub peer: SocketAddr,
     pub proto: Proto,
+    /// The TLS version (`"1.3"`, `"1.2"`) when the connection is TLS.
+    pub tls: Option<&'static str>,
 }
 
 /// The decided response.

@@ -44,6 +44,7 @@ fn access_line(
         bytes,
         duration: start.elapsed(),
         proto: req.proto.as_str(),
+        tls: req.tls,
         cache,
         key_id: log.key_id.as_deref(),
         request_id: &rid,

@@ -51,6 +51,7 @@ pub async fn serve_io<I>(
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
+    tls: Option<&'static str>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -63,7 +64,7 @@ pub async fn serve_io<I>(
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         // One state for the whole request, even if a reload swaps it meanwhile.
         let state = shared.load();
-        async move { Ok::<_, Infallible>(respond(&state, peer, req).await) }
+        async move { Ok::<_, Infallible>(respond(&state, peer, tls, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -88,6 +89,7 @@ pub async fn serve_io<I>(
 async fn respond(
     state: &Arc<State>,
     peer: SocketAddr,
+    tls: Option<&'static str>,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<Body> {
     let start = Instant::now();
@@ -104,6 +106,7 @@ async fn respond(
         headers: &parts.headers,
         peer,
         proto,
+        tls,
     };
     let Reply {
         status,

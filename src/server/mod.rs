@@ -318,7 +318,22 @@ async fn accept_tls(
                 let _ = stream.set_nodelay(true);
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        crate::http::service::serve_io(tls, peer, shared, builder, drain).await
+                        let version = match tls.get_ref().1.protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                            _ => "other",
+                        };
+                        let m = &shared.load().metrics;
+                        m.tls_handshakes.with_label_values(&[version]).inc();
+                        crate::http::service::serve_io(
+                            tls,
+                            peer,
+                            shared,
+                            builder,
+                            drain,
+                            Some(version),
+                        )
+                        .await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
