@@ -81,6 +81,15 @@ async fn sendfile_bodies_stay_out_of_the_cache() {
         let r = get(&srv.url("/vod/m/a.m4s"), &[]).await;
         assert!(r.body.as_ref() == data.as_slice());
     }
+    // Metrics are recorded just after the last byte is handed to the kernel: wait for them.
+    let want = 5.0 * data.len() as f64;
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &metrics(&srv).await,
+            "segd_zero_copy_bytes_total"
+        ) == Some(want))
+        .await
+    );
     let m = metrics(&srv).await;
     assert_eq!(metric(&m, "segd_cache_bytes"), Some(0.0), "{m}");
     assert_eq!(

@@ -378,10 +378,13 @@ async fn h2c_prior_knowledge() {
     };
     assert_eq!(zc().await, Some(0.0));
     assert_eq!(get(&srv.url(SEG), &[]).await.status, 200);
-    assert_eq!(
-        zc().await,
-        Some(full.len() as f64),
-        "HTTP/1.1 GET used sendfile"
+    // Metrics are recorded just after the last byte is handed to the kernel: wait for them.
+    assert!(
+        eventually(Duration::from_secs(5), async || zc().await
+            == Some(full.len() as f64))
+        .await,
+        "HTTP/1.1 GET used sendfile: {:?}",
+        zc().await
     );
     let r = request("GET", &srv.url(SEG), &[], true).await;
     assert_eq!(r.version, http::Version::HTTP_2);
