@@ -9,12 +9,15 @@ use segd::config::Config;
 
 const EX_CONFIG: u8 = 64;
 
+/// Prints every config problem and the count; the exit code for an invalid config.
+fn report(errs: &segd::config::ConfigErrors, path: &std::path::Path) -> ExitCode {
+    eprintln!("{errs}");
+    eprintln!("segd: {} problem(s) in {}", errs.len(), path.display());
+    ExitCode::from(EX_CONFIG)
+}
+
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|errs| {
-        eprintln!("{errs}");
-        eprintln!("segd: {} problem(s) in {}", errs.len(), path.display());
-        ExitCode::from(EX_CONFIG)
-    })
+    Config::load(path).map_err(|errs| report(&errs, path))
 }
 
 fn main() -> ExitCode {
@@ -28,9 +31,7 @@ fn main() -> ExitCode {
             let mut errs = cfg.check_paths();
             errs.0.extend(segd::tls::validate(&cfg).0);
             if !errs.is_empty() {
-                eprintln!("{errs}");
-                eprintln!("segd: {} problem(s) in {}", errs.len(), config.display());
-                return ExitCode::from(EX_CONFIG);
+                return report(&errs, &config);
             }
             println!("{}: ok", config.display());
             ExitCode::SUCCESS
@@ -82,8 +83,7 @@ fn main() -> ExitCode {
             for p in paths {
                 match segd::volumes::sanitize(&p) {
                     Ok(rel) => {
-                        let n = cfg.volumes.len() as u64;
-                        let i = (segd::volumes::fnv1a64(rel.asset_key().as_bytes()) % n) as usize;
+                        let i = segd::volumes::placement(&rel, cfg.volumes.len());
                         let v = &cfg.volumes[i];
                         println!("{p}\t{}\t{}", v.name, v.path.join(rel.as_str()).display());
                     }
@@ -102,8 +102,7 @@ fn main() -> ExitCode {
             };
             let tls_errs = segd::tls::validate(&cfg);
             if !tls_errs.is_empty() {
-                eprintln!("{tls_errs}");
-                return ExitCode::from(EX_CONFIG);
+                return report(&tls_errs, &config);
             }
             segd::log::init(&cfg.log);
             match segd::server::run(cfg) {

@@ -247,14 +247,3 @@ fn catch_up(c: &prometheus::IntCounter, seen: u64) {
         c.inc_by(seen - c.get());
     }
 }
-
-/// `2xx`, `3xx`, ... as a static label.
-pub fn status_class(code: u16) -> &'static str {
-    match code {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}

@@ -76,7 +76,19 @@ def wait_port(port, proc, log):
     die(f"nothing listening on {port}: {open(log).read()[-2000:]}")
 
 
-class Segd:
+class Server:
+    """What both servers share: stopping (SIGTERM, then SIGKILL after 15 s)."""
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Segd(Server):
     name = "segd"
 
     def __init__(self, binary, root, run, pinned):
@@ -112,16 +124,9 @@ level = "warn"
     def pids(self):
         return [self.proc.pid]
 
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
-class Nginx:
+class Nginx(Server):
     name = "nginx"
 
     def __init__(self, root, run, pinned):
@@ -151,13 +156,6 @@ class Nginx:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
         return [self.proc.pid] + [int(p) for p in out]
 
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 WRK_LUA = """

@@ -49,10 +49,6 @@ impl Controller {
         }
     }
 
-    pub fn is_stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-
     /// Asks everyone to stop and waits up to `timeout`. Returns true if all finished in time.
     pub async fn shutdown(self, timeout: Duration) -> bool {
         let Controller {

@@ -364,6 +364,15 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     h
 }
 
+/// The placement rule: the preferred volume of `rel` among `count` volumes in config order
+/// (`fnv1a64(asset key) % count`). `segd place` and lookups both use this one function.
+pub fn placement(rel: &RelPath, count: usize) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    (fnv1a64(rel.asset_key().as_bytes()) % count as u64) as usize
+}
+
 /// All volumes, in config order.
 pub struct Volumes {
     vols: Vec<Volume>,
@@ -403,10 +412,7 @@ impl Volumes {
 
     /// The preferred volume of a path by the placement rule.
     pub fn placement(&self, rel: &RelPath) -> usize {
-        if self.vols.is_empty() {
-            return 0;
-        }
-        (fnv1a64(rel.asset_key().as_bytes()) % self.vols.len() as u64) as usize
+        placement(rel, self.vols.len())
     }
 
     /// Finds and opens `rel` (see the module doc for the order).
