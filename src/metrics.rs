@@ -39,6 +39,7 @@ pub struct Metrics {
     open_files: prometheus::IntGauge,
     pub connections_rejected: prometheus::IntCounter,
     pub tls_handshakes: IntCounterVec,
+    pub h3_rapid_reset_closes: prometheus::IntCounter,
 }
 
 /// 50 µs to 10 s.
@@ -156,6 +157,10 @@ impl Metrics {
             &["version"],
         )?;
         registry.register(Box::new(tls_handshakes.clone()))?;
+        let h3_rapid_reset_closes = counter(
+            "segd_h3_rapid_reset_closes_total",
+            "HTTP/3 connections closed with H3_EXCESSIVE_LOAD for cancelling requests in bulk",
+        )?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -208,6 +213,7 @@ impl Metrics {
             open_files,
             connections_rejected,
             tls_handshakes,
+            h3_rapid_reset_closes,
         })
     }
 

@@ -28,21 +28,35 @@ pub struct State {
     pub access: AccessLog,
     /// TLS for the `[tls]` listeners (new handshakes use the state current at accept).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// QUIC for HTTP/3 when `tls.http3` is on (the endpoints take it up on every swap).
+    pub quic: Option<quinn::ServerConfig>,
 }
 
-fn acceptor(config: &Config) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
-    match &config.tls {
-        None => Ok(None),
-        Some(t) => crate::tls::server_config(t)
-            .map(|c| Some(tokio_rustls::TlsAcceptor::from(c)))
-            .map_err(|(k, p)| std::io::Error::other(format!("{k}: {p}"))),
-    }
+type TlsParts = (
+    Option<tokio_rustls::TlsAcceptor>,
+    Option<quinn::ServerConfig>,
+);
+
+/// The TLS acceptor and QUIC server config for `config`, both from one certificate load.
+fn tls_parts(config: &Config) -> std::io::Result<TlsParts> {
+    let Some(t) = &config.tls else {
+        return Ok((None, None));
+    };
+    let configs = crate::tls::server_configs(t)
+        .map_err(|(k, p)| std::io::Error::other(format!("{k}: {p}")))?;
+    let quic = if t.http3 {
+        Some(crate::server::quic::server_config(config, configs.quic)?)
+    } else {
+        None
+    };
+    Ok((Some(tokio_rustls::TlsAcceptor::from(configs.tcp)), quic))
 }
 
 impl State {
     /// Builds everything for `config`. Fails if the access log cannot be opened or the TLS
     /// certificate and key cannot be loaded.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> std::io::Result<State> {
+        let (tls, quic) = tls_parts(&config)?;
         Ok(State {
             prepared: Prepared::new(&config),
             auth: Auth::new(&config.token),
@@ -61,7 +75,8 @@ impl State {
                 .with_timings(read_timings(&metrics, &config)),
             ),
             access: AccessLog::open(&config.log)?,
-            tls: acceptor(&config)?,
+            tls,
+            quic,
             metrics,
             config,
         })
@@ -108,6 +123,7 @@ impl State {
                 &n.server.io_backend,
             ))
         };
+        let (tls, quic) = tls_parts(&config)?;
         Ok(State {
             prepared: Prepared::new(&config),
             auth: Auth::new(&config.token),
@@ -116,7 +132,8 @@ impl State {
             bodies,
             io,
             access: AccessLog::open(&config.log)?,
-            tls: acceptor(&config)?,
+            tls,
+            quic,
             metrics: Arc::clone(&old.metrics),
             config,
         })
@@ -134,12 +151,16 @@ fn read_timings(metrics: &Metrics, config: &Config) -> Vec<prometheus::Histogram
 /// The current state, swapped whole on reload.
 pub struct Shared {
     current: ArcSwap<State>,
+    /// Bumped after every swap, for holders of long-lived objects built from the state (the QUIC
+    /// endpoints' server config).
+    swapped: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
     pub fn new(state: State) -> Shared {
         Shared {
             current: ArcSwap::from_pointee(state),
+            swapped: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -149,5 +170,11 @@ impl Shared {
 
     pub fn swap(&self, state: State) {
         self.current.store(Arc::new(state));
+        self.swapped.send_modify(|n| *n += 1);
+    }
+
+    /// Changes after every [`Shared::swap`].
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swapped.subscribe()
     }
 }

@@ -1,85 +1,188 @@
-//! TLS with rustls: a server config from PEM files, validated with messages that name the file.
+//! TLS with rustls: certificates from PEM files, validated with messages that name the file, and
+//! the two server configs built from them — TCP (TLS 1.3 and 1.2, ALPN `h2` and `http/1.1`) and
+//! QUIC (TLS 1.3 only, ALPN `h3`).
 //!
-//! TLS 1.3 and 1.2 (rustls' ring provider offers only forward-secret AEAD suites for 1.2:
-//! ECDHE with AES-GCM or ChaCha20-Poly1305), ALPN `h2` and `http/1.1`, stateless session
-//! tickets for resumption. The config is part of `State`, so a SIGHUP with a new certificate
-//! swaps it for new handshakes while established connections keep theirs; a bad new certificate
-//! is rejected like any bad config and the old one keeps serving.
+//! TLS 1.2 offers only forward-secret AEAD suites (rustls' ring provider: ECDHE with AES-GCM or
+//! ChaCha20-Poly1305); stateless session tickets give resumption. `[[tls.certs]]` adds
+//! certificates chosen by SNI; the main pair serves every other name. Both configs are part of
+//! `State`, so a SIGHUP with new files swaps them for new handshakes while established
+//! connections keep theirs; a bad new file is rejected like any bad config and the old one stays.
 
+use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, ResolvesServerCertUsingSni};
+use rustls::sign::CertifiedKey;
 
 use crate::config::{Config, ConfigErrors, TlsConfig};
 
-/// Builds the rustls server config, or says what is wrong with which file.
-pub fn server_config(t: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, (String, String)> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+/// What went wrong, for which config key: `(key, problem)`.
+pub type TlsError = (String, String);
+
+/// Both server configs from one set of certificates.
+pub struct TlsConfigs {
+    /// TCP listeners: TLS 1.3 + 1.2, ALPN h2, http/1.1.
+    pub tcp: Arc<rustls::ServerConfig>,
+    /// QUIC: TLS 1.3 only (QUIC requires it), ALPN h3, no 0-RTT.
+    pub quic: Arc<rustls::ServerConfig>,
+}
+
+/// Loads every certificate and key of `[tls]` and builds both configs.
+pub fn server_configs(t: &TlsConfig) -> Result<TlsConfigs, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let default = Arc::new(certified_key(
+        &t.cert, &t.key, "tls.cert", "tls.key", &provider,
+    )?);
+    let mut sni = ResolvesServerCertUsingSni::new();
+    for (i, c) in t.certs.iter().enumerate() {
+        let ck = certified_key(
+            &c.cert,
+            &c.key,
+            &format!("tls.certs[{i}].cert"),
+            &format!("tls.certs[{i}].key"),
+            &provider,
+        )?;
+        for name in &c.server_names {
+            sni.add(name, ck.clone()).map_err(|e| {
+                (
+                    format!("tls.certs[{i}].server_names"),
+                    format!(
+                        "{}: the certificate does not cover {name:?}: {e}",
+                        c.cert.display()
+                    ),
+                )
+            })?;
+        }
+    }
+    let resolver: Arc<dyn ResolvesServerCert> = Arc::new(Resolver {
+        sni,
+        default,
+        any_sni: !t.certs.is_empty(),
+    });
+    let ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| ("tls".to_string(), e.to_string()))?;
+
+    let mut tcp = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ("tls".to_string(), e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&resolver));
+    tcp.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tcp.ticketer = Arc::clone(&ticketer);
+
+    let mut quic = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ("tls".to_string(), e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    quic.alpn_protocols = vec![b"h3".to_vec()];
+    quic.ticketer = ticketer;
+    // No 0-RTT: early data can be replayed, and a segment GET gains little from it.
+    quic.max_early_data_size = 0;
+    Ok(TlsConfigs {
+        tcp: Arc::new(tcp),
+        quic: Arc::new(quic),
+    })
+}
+
+/// A certificate chain and its private key, checked to belong together.
+fn certified_key(
+    cert: &Path,
+    key: &Path,
+    cert_key: &str,
+    key_key: &str,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| {
             (
-                "tls.cert".to_string(),
-                format!("cannot read {}: {e}", t.cert.display()),
+                cert_key.to_string(),
+                format!("cannot read {}: {e}", cert.display()),
             )
         })?
         .collect::<Result<_, _>>()
         .map_err(|e| {
             (
-                "tls.cert".to_string(),
-                format!("{}: not a PEM certificate chain: {e}", t.cert.display()),
+                cert_key.to_string(),
+                format!("{}: not a PEM certificate chain: {e}", cert.display()),
             )
         })?;
     if certs.is_empty() {
         return Err((
-            "tls.cert".into(),
-            format!("{}: no certificate found", t.cert.display()),
+            cert_key.to_string(),
+            format!("{}: no certificate found", cert.display()),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| {
+    // The leaf must parse as X.509 (rustls would otherwise fail only at handshake time).
+    let leaf = rustls::server::ParsedCertificate::try_from(&certs[0]);
+    if let Err(e) = leaf {
+        return Err((
+            cert_key.to_string(),
+            format!("{}: not a valid X.509 certificate: {e}", cert.display()),
+        ));
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         (
-            "tls.key".to_string(),
-            format!("{}: no usable private key: {e}", t.key.display()),
+            key_key.to_string(),
+            format!("{}: no usable private key: {e}", key.display()),
         )
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ("tls".to_string(), e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| match e {
-            rustls::Error::InvalidCertificate(_) => (
-                "tls.cert".to_string(),
-                format!("{}: not a valid X.509 certificate: {e}", t.cert.display()),
+    CertifiedKey::from_der(certs, der, provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => (
+            key_key.to_string(),
+            format!(
+                "{} does not fit the certificate in {}: {e}",
+                key.display(),
+                cert.display()
             ),
-            rustls::Error::InconsistentKeys(_) => (
-                "tls.key".to_string(),
-                format!(
-                    "{} does not fit the certificate in {}: {e}",
-                    t.key.display(),
-                    t.cert.display()
-                ),
+        ),
+        other => (
+            key_key.to_string(),
+            format!(
+                "{} cannot be used with {}: {other}",
+                key.display(),
+                cert.display()
             ),
-            other => (
-                "tls.key".to_string(),
-                format!(
-                    "{} cannot be used with {}: {other}",
-                    t.key.display(),
-                    t.cert.display()
-                ),
-            ),
-        })?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    cfg.ticketer =
-        rustls::crypto::ring::Ticketer::new().map_err(|e| ("tls".to_string(), e.to_string()))?;
-    Ok(Arc::new(cfg))
+        ),
+    })
 }
 
-/// `check-config`'s TLS checks: the certificate chain and key load and belong together.
+/// SNI first (`[[tls.certs]]`), the main pair for every other name and for no name at all.
+struct Resolver {
+    sni: ResolvesServerCertUsingSni,
+    default: Arc<CertifiedKey>,
+    any_sni: bool,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("sni", &self.any_sni)
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.any_sni && hello.server_name().is_some() {
+            if let Some(ck) = self.sni.resolve(hello) {
+                return Some(ck);
+            }
+        }
+        Some(Arc::clone(&self.default))
+    }
+}
+
+/// `check-config`'s TLS checks: every certificate chain and key loads, they belong together,
+/// and SNI names are covered by their certificates.
 pub fn validate(cfg: &Config) -> ConfigErrors {
     let mut errs = ConfigErrors::default();
     if let Some(t) = &cfg.tls {
-        if let Err((key, problem)) = server_config(t) {
+        if let Err((key, problem)) = server_configs(t) {
             errs.push(
                 &cfg.file,
                 key,

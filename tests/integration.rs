@@ -1,5 +1,5 @@
 //! segd's integration tests: one binary (ripgrep style). Every test starts the real `segd` on an
-//! ephemeral loopback port with temp volumes and talks to it over TCP.
+//! ephemeral loopback port with temp volumes and talks to it over TCP (and UDP for HTTP/3).
 
 mod util;
 
@@ -7,6 +7,7 @@ mod cache;
 mod config;
 mod demo;
 mod h1;
+mod h3;
 mod http_semantics;
 mod lifecycle;
 mod limits;

@@ -18,12 +18,12 @@ use crate::util::*;
 
 const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
 
-struct Pki {
+pub struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub fn new() -> Pki {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params
@@ -36,9 +36,14 @@ impl Pki {
     }
 
     /// A leaf for localhost / 127.0.0.1 with common name `cn`: (cert PEM, key PEM, cert DER).
-    fn leaf(&self, cn: &str) -> (String, String, CertificateDer<'static>) {
+    pub fn leaf(&self, cn: &str) -> (String, String, CertificateDer<'static>) {
+        self.leaf_for(cn, &["localhost", "127.0.0.1"])
+    }
+
+    /// A leaf for `names` with common name `cn`: (cert PEM, key PEM, cert DER).
+    pub fn leaf_for(&self, cn: &str, names: &[&str]) -> (String, String, CertificateDer<'static>) {
         let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
         params
             .distinguished_name
@@ -48,7 +53,7 @@ impl Pki {
         (cert.pem(), key.serialize_pem(), cert.der().clone())
     }
 
-    fn client(
+    pub fn client(
         &self,
         versions: &[&'static rustls::SupportedProtocolVersion],
         alpn: &[&[u8]],
@@ -67,9 +72,28 @@ impl Pki {
     }
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+impl Pki {
+    /// A rustls client config for QUIC: TLS 1.3, ALPN h3, trusting the test CA.
+    pub fn quic_client(&self) -> quinn::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("root");
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h3".to_vec()];
+        quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(cfg).expect("quic client config"),
+        ))
+    }
+}
 
-async fn connect(srv: &Server, c: &tokio_rustls::TlsConnector) -> Tls {
+pub type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+pub async fn connect(srv: &Server, c: &tokio_rustls::TlsConnector) -> Tls {
     let tcp = tokio::net::TcpStream::connect(srv.tls_addr.expect("tls listener"))
         .await
         .expect("tcp");
@@ -79,7 +103,7 @@ async fn connect(srv: &Server, c: &tokio_rustls::TlsConnector) -> Tls {
 }
 
 /// One request on a TLS stream with the HTTP version ALPN chose.
-async fn send(tls: Tls, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+pub async fn send(tls: Tls, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut b = http::Request::builder()
         .method(method)
@@ -114,7 +138,7 @@ async fn send(tls: Tls, method: &str, path: &str, headers: &[(&str, &str)]) -> R
     }
 }
 
-fn tls_config(dir: &std::path::Path, cert: &str, key: &str) -> String {
+pub fn tls_config(dir: &std::path::Path, cert: &str, key: &str) -> String {
     std::fs::write(dir.join("cert.pem"), cert).expect("cert");
     std::fs::write(dir.join("key.pem"), key).expect("key");
     format!(

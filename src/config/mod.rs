@@ -45,8 +45,20 @@ pub struct TlsConfig {
     /// PEM certificate chain (leaf first) and private key (PKCS#8, PKCS#1 or SEC1; RSA or ECDSA).
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// HTTP/3 over QUIC on the same ports (not built yet: logged and ignored).
+    /// HTTP/3 over QUIC on UDP at the same addresses; TCP responses on these listeners then
+    /// advertise it with `Alt-Svc`.
     pub http3: bool,
+    /// Extra certificates chosen by SNI (`[[tls.certs]]`); `cert`/`key` above serve every other
+    /// name and clients that send no SNI.
+    pub certs: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Exact DNS names (lowercase) this certificate is served for; each must be in the certificate.
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +77,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// HTTP/2 streams a client may have open at once on one connection.
     pub h2_max_concurrent_streams: u32,
+    /// HTTP/3 request streams a client may have open at once on one QUIC connection.
+    pub h3_max_concurrent_streams: u32,
     /// `auto` (io_uring, falling back to threads), `uring`, or `threads`.
     pub io_backend: String,
     /// Disk jobs in flight per volume.
@@ -219,7 +233,8 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "tls",
 ];
-const TLS_KEYS: &[&str] = &["listen", "cert", "key", "http3"];
+const TLS_KEYS: &[&str] = &["listen", "cert", "key", "http3", "certs"];
+const TLS_CERT_KEYS: &[&str] = &["cert", "key", "server_names"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "workers",
@@ -231,6 +246,7 @@ const SERVER_KEYS: &[&str] = &[
     "send_timeout",
     "max_connections",
     "h2_max_concurrent_streams",
+    "h3_max_concurrent_streams",
     "io_backend",
     "io_queue_depth",
     "volume_check_interval",
@@ -467,6 +483,13 @@ fn parse_server(s: &Section) -> ServerConfig {
         ) as usize,
         h2_max_concurrent_streams: s.int(
             "h2_max_concurrent_streams",
+            128,
+            1,
+            10_000,
+            "1..=10000 streams",
+        ) as u32,
+        h3_max_concurrent_streams: s.int(
+            "h3_max_concurrent_streams",
             128,
             1,
             10_000,
@@ -961,17 +984,19 @@ fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
         .enumerate()
         .filter_map(|(i, a)| parse_addr(s, &format!("listen[{i}]"), a))
         .collect();
-    let file = |key: &str, what: &str| match s.string(key, what) {
-        Some(p) if !p.is_empty() => Some(base.join(p)),
-        Some(_) => {
-            s.error(key, "empty path", what);
-            None
-        }
-        None => None,
-    };
-    let cert = file("cert", "a PEM certificate chain file, leaf first");
-    let key = file("key", "a PEM private key file (PKCS#8, PKCS#1 or SEC1)");
+    let cert = tls_file(s, base, "cert", "a PEM certificate chain file, leaf first");
+    let key = tls_file(
+        s,
+        base,
+        "key",
+        "a PEM private key file (PKCS#8, PKCS#1 or SEC1)",
+    );
     let http3 = s.bool("http3", false);
+    let certs = s
+        .tables("certs", TLS_CERT_KEYS)
+        .iter()
+        .filter_map(|c| parse_sni_cert(c, base))
+        .collect();
     s.finish();
     if listen.is_empty() {
         return None;
@@ -982,6 +1007,7 @@ fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
             cert,
             key,
             http3,
+            certs,
         }),
         (c, k) => {
             if c.is_none() && s.raw("cert").is_none() {
@@ -1001,6 +1027,63 @@ fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
             None
         }
     }
+}
+
+/// A certificate or key path, relative to the config file's directory.
+fn tls_file(s: &Section, base: &Path, key: &str, what: &str) -> Option<PathBuf> {
+    match s.string(key, what) {
+        Some(p) if !p.is_empty() => Some(base.join(p)),
+        Some(_) => {
+            s.error(key, "empty path", what);
+            None
+        }
+        None => None,
+    }
+}
+
+/// One `[[tls.certs]]` entry: all three keys are required.
+fn parse_sni_cert(s: &Section, base: &Path) -> Option<SniCert> {
+    let names_allowed = "a non-empty list of exact DNS names, e.g. [\"media.example.com\"]";
+    let cert = tls_file(s, base, "cert", "a PEM certificate chain file, leaf first");
+    let key = tls_file(
+        s,
+        base,
+        "key",
+        "a PEM private key file (PKCS#8, PKCS#1 or SEC1)",
+    );
+    let names = s.string_list("server_names", names_allowed);
+    let mut server_names = Vec::new();
+    for (i, n) in names.iter().flatten().enumerate() {
+        let lower = n.to_ascii_lowercase();
+        if rustls::pki_types::DnsName::try_from(lower.as_str()).is_err() || lower.contains('*') {
+            s.error(
+                &format!("server_names[{i}]"),
+                format!("{n:?} is not a DNS name (wildcards are not supported)"),
+                names_allowed,
+            );
+        } else {
+            server_names.push(lower);
+        }
+    }
+    s.finish();
+    for (k, v) in [("cert", cert.is_some()), ("key", key.is_some())] {
+        if !v && s.raw(k).is_none() {
+            s.error(
+                k,
+                "missing",
+                "every [[tls.certs]] entry needs cert, key and server_names",
+            );
+        }
+    }
+    if names.as_ref().is_some_and(|n| n.is_empty()) || s.raw("server_names").is_none() {
+        s.error("server_names", "missing or empty", names_allowed);
+        return None;
+    }
+    Some(SniCert {
+        cert: cert?,
+        key: key?,
+        server_names,
+    })
 }
 
 fn parse_log(s: &Section, base: &Path) -> LogConfig {

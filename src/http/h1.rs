@@ -119,7 +119,7 @@ pub async fn serve(
                     inner: stream,
                 };
                 Box::pin(super::service::serve_io(
-                    io, peer, shared, hyper, drain, None,
+                    io, peer, shared, hyper, drain, None, None,
                 ))
                 .await;
                 return;
@@ -189,6 +189,7 @@ pub async fn serve(
             peer,
             proto: Proto::H1,
             tls: None,
+            alt_svc: None,
         };
         // One state for the whole request, even if a reload swaps it meanwhile.
         let state = shared.load();

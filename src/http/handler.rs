@@ -66,6 +66,8 @@ pub struct Request<'a> {
     pub proto: Proto,
     /// The TLS version (`"1.3"`, `"1.2"`) when the connection is TLS.
     pub tls: Option<&'static str>,
+    /// `Alt-Svc` for every response on this connection (TLS over TCP with HTTP/3 on).
+    pub alt_svc: Option<&'a HeaderValue>,
 }
 
 /// The decided response.
@@ -178,6 +180,9 @@ pub async fn handle(state: &State, req: &Request<'_>) -> Reply {
     let mut log = LogInfo::default();
     let mut reply = decide(state, req, &mut log).await;
     reply.log = log;
+    if let Some(v) = req.alt_svc {
+        reply.headers.insert(http::header::ALT_SVC, v.clone());
+    }
     reply
 }
 

@@ -1,10 +1,12 @@
 //! HTTP front ends. `handler` decides every response; the other modules only move bytes:
 //! `h1` is the plaintext HTTP/1.1 fast path (httparse + sendfile), `service` adapts hyper (h2c
-//! handed over from `h1`), and `body` writes file bodies for hyper.
+//! handed over from `h1`), `h3` serves HTTP/3 over quinn, and `body` writes file bodies for the
+//! copying writers (hyper and HTTP/3).
 
 pub mod body;
 pub mod conditional;
 pub mod h1;
+pub mod h3;
 pub mod handler;
 pub mod range;
 pub mod service;
@@ -51,6 +53,22 @@ fn access_line(
         user_agent: header(http::header::USER_AGENT),
         referer: header(http::header::REFERER),
     });
+}
+
+/// The access log's `cache` field for a body a copying writer (hyper, HTTP/3) will send: `hit` or
+/// `miss` in the hot-body cache, `bypass` for objects too big for it, `none` for no file body.
+pub fn cache_status(state: &State, body: &handler::ReplyBody) -> &'static str {
+    match body {
+        handler::ReplyBody::File { meta, .. } if state.bodies.admits(meta.len) => {
+            if state.bodies.contains_now(meta) {
+                "hit"
+            } else {
+                "miss"
+            }
+        }
+        handler::ReplyBody::File { .. } => "bypass",
+        _ => "none",
+    }
 }
 
 /// Records one answered request — metrics and the access log: the single exit point every

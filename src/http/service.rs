@@ -52,6 +52,7 @@ pub async fn serve_io<I>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
     tls: Option<&'static str>,
+    alt_svc: Option<http::HeaderValue>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -64,7 +65,8 @@ pub async fn serve_io<I>(
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         // One state for the whole request, even if a reload swaps it meanwhile.
         let state = shared.load();
-        async move { Ok::<_, Infallible>(respond(&state, peer, tls, req).await) }
+        let alt_svc = alt_svc.clone();
+        async move { Ok::<_, Infallible>(respond(&state, peer, tls, alt_svc.as_ref(), req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -90,6 +92,7 @@ async fn respond(
     state: &Arc<State>,
     peer: SocketAddr,
     tls: Option<&'static str>,
+    alt_svc: Option<&http::HeaderValue>,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<Body> {
     let start = Instant::now();
@@ -107,6 +110,7 @@ async fn respond(
         peer,
         proto,
         tls,
+        alt_svc,
     };
     let Reply {
         status,
@@ -114,17 +118,7 @@ async fn respond(
         body,
         log,
     } = handler::handle(state, &hreq).await;
-    let cache = match &body {
-        handler::ReplyBody::File { meta, .. } if state.bodies.admits(meta.len) => {
-            if state.bodies.contains_now(meta) {
-                "hit"
-            } else {
-                "miss"
-            }
-        }
-        handler::ReplyBody::File { .. } => "bypass",
-        _ => "none",
-    };
+    let cache = super::cache_status(state, &body);
     record(state, &hreq, status, body.len(), start, cache, &log);
     // hyper writes the head as soon as this returns.
     state.metrics.ttfb.observe(start.elapsed().as_secs_f64());

@@ -5,6 +5,7 @@
 //! error at start (exit 1, naming the key and address) rather than a half-working daemon.
 
 pub mod listener;
+pub mod quic;
 pub mod shutdown;
 pub mod systemd;
 
@@ -104,15 +105,13 @@ async fn serve(
         plain.push((l.local_addr()?, l));
     }
     let mut tls_listeners: Vec<(SocketAddr, TcpListener)> = Vec::new();
+    let mut udp: Vec<std::net::UdpSocket> = Vec::new();
     if let Some(t) = &config.tls {
         for (i, addr) in t.listen.iter().enumerate() {
-            let l = listener_for(*addr, &format!("tls.listen[{i}]"), &mut inherited)?;
+            let key = format!("tls.listen[{i}]");
+            let (l, u) = tls_sockets(*addr, &key, t.http3, &mut inherited)?;
             tls_listeners.push((l.local_addr()?, l));
-        }
-        if t.http3 {
-            tracing::warn!(
-                "tls.http3 = true: HTTP/3 is not built yet; serving TLS over TCP only (no Alt-Svc)"
-            );
+            udp.extend(u);
         }
     }
     let admin = match config.admin.listen {
@@ -140,11 +139,32 @@ async fn serve(
         ));
     }
     let tls_addrs: Vec<SocketAddr> = tls_listeners.iter().map(|(a, _)| *a).collect();
-    for (_, l) in tls_listeners {
+    let http3 = !udp.is_empty();
+    for (a, l) in tls_listeners {
+        // Browsers learn of HTTP/3 from this header on TCP responses (same port number).
+        let alt_svc = http3.then(|| {
+            http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port()))
+                .unwrap_or_else(|_| http::HeaderValue::from_static("clear"))
+        });
         tokio::spawn(accept_tls(
             l,
             Arc::clone(&shared),
             Arc::clone(&builder),
+            controller.drain(),
+            Arc::clone(&active),
+            alt_svc,
+        ));
+    }
+    for sock in udp {
+        let Some(q) = shared.load().quic.clone() else {
+            break;
+        };
+        let addr = sock.local_addr()?;
+        let endpoint = quic::endpoint(sock, q)
+            .with_context(|| format!("cannot start QUIC on {addr} (tls.http3)"))?;
+        tokio::spawn(quic::accept(
+            endpoint,
+            Arc::clone(&shared),
             controller.drain(),
             Arc::clone(&active),
         ));
@@ -158,7 +178,7 @@ async fn serve(
         ));
     }
     spawn_health_checks(&shared);
-    banner(&shared.load(), &addrs, &tls_addrs, admin_addr);
+    banner(&shared.load(), &addrs, &tls_addrs, http3, admin_addr);
     systemd::notify("READY=1\nSTATUS=serving");
 
     signals.wait_for_stop(&shared).await;
@@ -171,6 +191,38 @@ async fn serve(
         tracing::warn!("drain timeout reached; exiting with connections still open");
     }
     Ok(())
+}
+
+/// The TCP listener for a `[tls] listen` address and, with HTTP/3 on, a UDP socket on the same
+/// address and port. For port 0 the TCP port is chosen first and the UDP socket takes the same
+/// number (retried with a new port if that UDP port is taken).
+fn tls_sockets(
+    addr: SocketAddr,
+    key: &str,
+    http3: bool,
+    inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+) -> anyhow::Result<(TcpListener, Option<std::net::UdpSocket>)> {
+    let mut tries = 0;
+    loop {
+        let l = listener_for(addr, key, inherited)?;
+        if !http3 {
+            return Ok((l, None));
+        }
+        let bound = l.local_addr()?;
+        match quic::bind_udp(bound) {
+            Ok(u) => return Ok((l, Some(u))),
+            Err(e)
+                if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 =>
+            {
+                tries += 1;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot bind UDP {bound} for HTTP/3 ({key} with tls.http3 = true)")
+                })
+            }
+        }
+    }
 }
 
 /// SIGHUP: re-read the config file. A config that `check-config` would reject is rejected with
@@ -205,10 +257,11 @@ fn reload(shared: &Shared) {
             if cfg.server.listen != old.config.server.listen
                 || cfg.admin.listen != old.config.admin.listen
                 || tls_addrs(&cfg) != tls_addrs(&old.config)
+                || cfg.tls.as_ref().map(|t| t.http3) != old.config.tls.as_ref().map(|t| t.http3)
                 || cfg.server.workers != old.config.server.workers
             {
                 tracing::warn!(
-                    "listen addresses and workers change only on restart; the rest is reloaded"
+                    "listen addresses, tls.http3 and workers change only on restart; the rest is reloaded"
                 );
             }
             match State::reload(&old, Arc::new(cfg)) {
@@ -301,6 +354,7 @@ async fn accept_tls(
     builder: Arc<HyperBuilder>,
     drain: Drain,
     active: Arc<std::sync::atomic::AtomicUsize>,
+    alt_svc: Option<http::HeaderValue>,
 ) {
     let sh = Arc::clone(&shared);
     accept_loop(
@@ -313,6 +367,7 @@ async fn accept_tls(
             let acceptor = state.tls.clone();
             let timeout = state.config.server.header_read_timeout;
             let (shared, builder) = (Arc::clone(&sh), Arc::clone(&builder));
+            let alt_svc = alt_svc.clone();
             async move {
                 let Some(acceptor) = acceptor else { return };
                 let _ = stream.set_nodelay(true);
@@ -332,6 +387,7 @@ async fn accept_tls(
                             builder,
                             drain,
                             Some(version),
+                            alt_svc,
                         )
                         .await
                     }
@@ -395,7 +451,13 @@ fn human(n: u64) -> String {
 
 /// The start-up banner on stdout: every bound address and volume, then the URLs to open.
 /// Tests and scripts read the `listening` lines to learn ephemeral ports.
-fn banner(state: &State, addrs: &[SocketAddr], tls: &[SocketAddr], admin: Option<SocketAddr>) {
+fn banner(
+    state: &State,
+    addrs: &[SocketAddr],
+    tls: &[SocketAddr],
+    http3: bool,
+    admin: Option<SocketAddr>,
+) {
     let version = env!("CARGO_PKG_VERSION");
     let mut out = String::new();
     for a in addrs {
@@ -407,6 +469,11 @@ fn banner(state: &State, addrs: &[SocketAddr], tls: &[SocketAddr], admin: Option
         out.push_str(&format!(
             "segd {version}: listening https://{a} (TLS 1.3/1.2; HTTP/1.1 and h2 by ALPN)\n"
         ));
+        if http3 {
+            out.push_str(&format!(
+                "segd {version}: listening https://{a} over QUIC/UDP (HTTP/3, TLS 1.3)\n"
+            ));
+        }
     }
     if let Some(a) = admin {
         out.push_str(&format!(

@@ -1,0 +1,301 @@
+//! HTTP/3 over quinn: the h3 crate parses requests and frames responses; every request goes
+//! through [`handler::handle`] like HTTP/1.1 and HTTP/2, and the body is the same [`Body`] the
+//! hyper paths use (whole objects from the hot-body cache, larger ones read in chunks).
+//!
+//! Back-pressure: each chunk is handed to quinn only when the previous one fit into the stream's
+//! flow-control credit and the connection's send window, so a slow client holds at most the send
+//! window, never a whole file. A client that accepts nothing for `send_timeout` has its stream
+//! reset. A body that cannot be completed (file truncated, device error) resets the stream
+//! instead of finishing it, so no client mistakes a short body for a whole one.
+//!
+//! Limits: request heads within `header_read_timeout` and `max_header_bytes` (h3 answers 431),
+//! concurrent requests by QUIC stream credit (`h3_max_concurrent_streams`), and a connection that
+//! cancels requests in bulk (the HTTP/3 form of HTTP/2's rapid reset) is closed with
+//! `H3_EXCESSIVE_LOAD`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h3::error::{Code, StreamError};
+use http_body_util::BodyExt;
+
+use super::body::Body;
+use super::handler::{self, Proto, Reply};
+use super::record;
+use crate::server::shutdown::Drain;
+use crate::state::Shared;
+
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Cancelled requests allowed per connection in one window before it counts as an attack.
+const CANCEL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Counts requests the client cancelled (reset or stopped before the response completed).
+struct Cancels {
+    epoch: Instant,
+    /// High 32 bits: window number; low 32 bits: cancels in that window.
+    packed: AtomicU64,
+    limit: u32,
+}
+
+impl Cancels {
+    fn new(limit: u32) -> Cancels {
+        Cancels {
+            epoch: Instant::now(),
+            packed: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// Notes one cancel; true when this window's count just passed the limit.
+    fn note(&self) -> bool {
+        let window = self.epoch.elapsed().as_secs() / CANCEL_WINDOW.as_secs();
+        let mut cur = self.packed.load(Ordering::Relaxed);
+        loop {
+            let (w, n) = (cur >> 32, cur & 0xffff_ffff);
+            let next = if w == window {
+                (w << 32) | (n + 1).min(0xffff_ffff)
+            } else {
+                (window << 32) | 1
+            };
+            match self
+                .packed
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return (next & 0xffff_ffff) == u64::from(self.limit) + 1,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// Serves one QUIC connection until the client closes it, it idles out, or a drain finishes it
+/// (GOAWAY, then in-flight requests complete).
+pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
+    let peer = conn.remote_address();
+    let state = shared.load();
+    let gauge = state.metrics.connections_open.with_label_values(&["h3"]);
+    gauge.inc();
+    let max_head = state.config.server.max_header_bytes as u64;
+    // A player seeking cancels a few requests; thousands in seconds is an attack.
+    let cancels = Arc::new(Cancels::new(
+        state.config.server.h3_max_concurrent_streams.max(50) * 4,
+    ));
+    drop(state);
+    let built = h3::server::builder()
+        .max_field_section_size(max_head)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await;
+    let mut h3: H3Conn = match built {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
+            gauge.dec();
+            return;
+        }
+    };
+    // Each request task holds a sender; the receiver sees `None` once all have finished.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    let mut alive = Some(alive);
+    let mut stop = drain.signal();
+    loop {
+        tokio::select! {
+            r = h3.accept() => match r {
+                Ok(Some(resolver)) => {
+                    let Some(tx) = alive.clone() else { continue };
+                    let (shared, conn, cancels) =
+                        (Arc::clone(&shared), conn.clone(), Arc::clone(&cancels));
+                    tokio::spawn(async move {
+                        request(resolver, &shared, peer, &conn, &cancels).await;
+                        drop(tx);
+                    });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
+                    }
+                    break;
+                }
+            },
+            _ = stop.wait(), if alive.is_some() => {
+                // GOAWAY: no new requests; the accepted ones finish below.
+                let _ = h3.shutdown(0).await;
+                alive = None;
+            }
+            _ = all_done.recv(), if alive.is_none() => break,
+        }
+    }
+    drop(alive);
+    if drain.is_stopping() {
+        // Let the in-flight requests finish, then the bytes quinn still buffers for them reach
+        // the client (closing discards them), then close cleanly.
+        while all_done.recv().await.is_some() {}
+        tokio::select! {
+            _ = conn.closed() => {}
+            _ = quiet(&conn) => conn.close(
+                quinn::VarInt::from_u32(Code::H3_NO_ERROR.value() as u32),
+                b"shutting down",
+            ),
+        }
+    }
+    gauge.dec();
+}
+
+/// Resolves once the connection has sent nothing for a few round trips: the responses the
+/// request tasks handed to quinn have been delivered (a client that reads keeps the flow going;
+/// the drain timeout bounds a client that does not).
+async fn quiet(conn: &quinn::Connection) {
+    let step = Duration::from_millis(25);
+    let mut last = conn.stats().udp_tx.datagrams;
+    let mut still = Duration::ZERO;
+    loop {
+        tokio::time::sleep(step).await;
+        let window = (conn.rtt() * 4).max(Duration::from_millis(250));
+        let now = conn.stats().udp_tx.datagrams;
+        if now == last {
+            still += step;
+            if still >= window {
+                return;
+            }
+        } else {
+            last = now;
+            still = Duration::ZERO;
+        }
+    }
+}
+
+/// One request stream: head (within the timeout), the handler, then the body.
+async fn request(
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    shared: &Shared,
+    peer: SocketAddr,
+    conn: &quinn::Connection,
+    cancels: &Cancels,
+) {
+    let state = shared.load();
+    let head_timeout = state.config.server.header_read_timeout;
+    let (req, mut stream) =
+        match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                // h3 has answered what it could (431, H3_MESSAGE_ERROR); a reset counts as a cancel.
+                if matches!(e, StreamError::RemoteTerminate { .. }) {
+                    cancelled(&state, conn, cancels);
+                }
+                tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "HTTP/3 request head timed out");
+                return;
+            }
+        };
+    let start = Instant::now();
+    let (parts, ()) = req.into_parts();
+    let hreq = handler::Request {
+        method: &parts.method,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        peer,
+        proto: Proto::H3,
+        tls: Some("1.3"),
+        alt_svc: None,
+    };
+    let Reply {
+        status,
+        headers,
+        body,
+        log,
+    } = handler::handle(&state, &hreq).await;
+    let cache = super::cache_status(&state, &body);
+    let mut resp = http::Response::new(());
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    let send_timeout = state.config.server.send_timeout;
+    let mut sent = 0u64;
+    let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
+        Ok(Ok(())) => {
+            state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
+            send_body(
+                &mut stream,
+                Body::new(body, &state),
+                send_timeout,
+                &mut sent,
+            )
+            .await
+        }
+        Ok(Err(e)) => Err(Ended::Stream(e)),
+        Err(_) => Err(Ended::Stalled),
+    };
+    match outcome {
+        Ok(()) => {}
+        Err(Ended::Stream(e)) => {
+            if matches!(e, StreamError::RemoteTerminate { .. }) {
+                cancelled(&state, conn, cancels);
+            }
+            tracing::debug!(%peer, error = %e, "HTTP/3 response not completed");
+        }
+        Err(Ended::Stalled) => {
+            stream.stop_stream(Code::H3_REQUEST_CANCELLED);
+            tracing::debug!(%peer, "HTTP/3 client accepted nothing for send_timeout; stream reset");
+        }
+        Err(Ended::Body(e)) => {
+            // Never finish a stream whose body came up short: reset it.
+            stream.stop_stream(Code::H3_INTERNAL_ERROR);
+            tracing::warn!(%peer, path = parts.uri.path(), error = %e, "HTTP/3 body failed; stream reset");
+        }
+    }
+    record(&state, &hreq, status, sent, start, cache, &log);
+}
+
+enum Ended {
+    Stream(StreamError),
+    Stalled,
+    Body(std::io::Error),
+}
+
+async fn send_body(
+    stream: &mut H3Stream,
+    mut body: Body,
+    send_timeout: Duration,
+    sent: &mut u64,
+) -> Result<(), Ended> {
+    while let Some(frame) = body.frame().await {
+        let data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Err(e) => return Err(Ended::Body(e)),
+        };
+        let n = data.len() as u64;
+        match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
+            Ok(Ok(())) => *sent += n,
+            Ok(Err(e)) => return Err(Ended::Stream(e)),
+            Err(_) => return Err(Ended::Stalled),
+        }
+    }
+    match tokio::time::timeout(send_timeout, stream.finish()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Ended::Stream(e)),
+        Err(_) => Err(Ended::Stalled),
+    }
+}
+
+/// Counts a cancelled request; past the limit the whole connection is closed.
+fn cancelled(state: &crate::state::State, conn: &quinn::Connection, cancels: &Cancels) {
+    if cancels.note() {
+        state.metrics.h3_rapid_reset_closes.inc();
+        tracing::warn!(peer = %conn.remote_address(), "HTTP/3 client cancelled too many requests; closing with H3_EXCESSIVE_LOAD");
+        conn.close(
+            quinn::VarInt::from_u32(Code::H3_EXCESSIVE_LOAD.value() as u32),
+            b"too many cancelled requests",
+        );
+    }
+}

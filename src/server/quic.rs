@@ -1,0 +1,149 @@
+//! QUIC endpoints for HTTP/3 (quinn): one UDP socket per `[tls] listen` address, the same port
+//! number as the TCP listener.
+//!
+//! Transport limits follow `[server]`: `h3_max_concurrent_streams` bidirectional (request) streams
+//! per connection, a few unidirectional ones (HTTP/3 needs three: control and two QPACK),
+//! `keepalive_timeout` as the idle timeout, small receive windows (requests have no bodies) and a
+//! bounded send window, so a connection never holds more than a few MiB of unacknowledged
+//! response data. Handshakes must finish within `header_read_timeout`; connections count
+//! against `max_connections` together with TCP ones.
+//!
+//! A reload swaps the endpoint's server config (new certificate for new handshakes; established
+//! connections keep theirs). On drain the endpoint stops accepting, every connection sends
+//! GOAWAY and finishes its requests, then the endpoint waits for the close to reach the peers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+use super::shutdown::Drain;
+use super::ActiveGuard;
+use crate::config::Config;
+use crate::state::Shared;
+
+/// Unidirectional streams a client may open: control + QPACK encoder + decoder, and room for
+/// reserved (grease) stream types.
+const MAX_UNI_STREAMS: u32 = 8;
+/// Per-stream and per-connection receive windows: request heads only.
+const STREAM_RECEIVE_WINDOW: u32 = 64 << 10;
+const RECEIVE_WINDOW: u32 = 256 << 10;
+/// Unacknowledged response bytes buffered per connection (the back-pressure bound).
+const SEND_WINDOW: u64 = 4 << 20;
+/// UDP socket buffers asked for (the kernel caps them at net.core.[rw]mem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The quinn server config for `config`'s limits around a TLS 1.3 / ALPN h3 rustls config.
+pub fn server_config(
+    config: &Config,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| std::io::Error::other(format!("tls: not usable for QUIC: {e}")))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let s = &config.server;
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(s.h3_max_concurrent_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(s.keepalive_timeout).map_err(std::io::Error::other)?,
+        ));
+    sc.transport_config(Arc::new(t));
+    Ok(sc)
+}
+
+/// A UDP socket for `addr` with large buffers (best effort), non-blocking, IPv6-only for IPv6
+/// addresses so `0.0.0.0:443` and `[::]:443` can both be bound.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// A quinn endpoint on `socket` serving the state's QUIC config.
+pub fn endpoint(
+    socket: std::net::UdpSocket,
+    config: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// Accepts QUIC connections until the drain starts, then waits for them to close.
+pub async fn accept(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    drain: Drain,
+    active: Arc<AtomicUsize>,
+) {
+    let mut stop = drain.signal();
+    let mut swaps = shared.swaps();
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+            r = swaps.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                if let Some(q) = shared.load().quic.clone() {
+                    endpoint.set_server_config(Some(q));
+                }
+                continue;
+            }
+            _ = stop.wait() => break,
+        };
+        let state = shared.load();
+        if active.load(Ordering::Relaxed) >= state.config.server.max_connections {
+            incoming.refuse();
+            state.metrics.connections_rejected.inc();
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&active));
+        let timeout = state.config.server.header_read_timeout;
+        let (shared, drain) = (Arc::clone(&shared), drain.clone());
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "QUIC connection refused");
+                    return;
+                }
+            };
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(Ok(conn)) => {
+                    let m = &shared.load().metrics;
+                    m.tls_handshakes.with_label_values(&["1.3"]).inc();
+                    crate::http::h3::serve(conn, shared, drain).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
+                Err(_) => tracing::debug!(%peer, "QUIC handshake timed out"),
+            }
+            drop(guard);
+        });
+    }
+    // No new connections; the open ones finish under their own drains. Keep the socket until
+    // their closes are delivered.
+    endpoint.set_server_config(None);
+    endpoint.wait_idle().await;
+    drop(drain);
+}

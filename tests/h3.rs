@@ -1,0 +1,629 @@
+//! HTTP/3 (QUIC over UDP) against the running server with a real client (quinn + h3), certificates
+//! from a CA generated at test time:
+//! - GET, HEAD, Range, conditional and tokened requests answer exactly as over HTTP/1.1
+//! - TCP responses on the TLS listener advertise HTTP/3 with `Alt-Svc`; plaintext ones do not
+//! - protocol `h3` and TLS 1.3 in metrics and the access log
+//! - a large body flows with back-pressure (a stalled client holds the server to its windows) and
+//!   a client that stops reading for `send_timeout` gets its stream reset
+//! - stream limits, and a client cancelling requests in bulk is closed with H3_EXCESSIVE_LOAD
+//! - SIGHUP swaps the certificate for new QUIC connections while an old download completes
+//! - SIGTERM lets an HTTP/3 download finish before the process exits
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use rustls::pki_types::CertificateDer;
+
+use crate::tls::{connect, send, tls_config, Pki};
+use crate::util::*;
+
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+
+type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
+
+/// An HTTP/3 client connection: the quinn connection and h3's request sender.
+struct H3 {
+    conn: quinn::Connection,
+    send: SendRequest,
+    _endpoint: quinn::Endpoint,
+}
+
+async fn h3_connect(addr: SocketAddr, pki: &Pki) -> H3 {
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
+    endpoint.set_default_client_config(pki.quic_client());
+    let conn = endpoint
+        .connect(addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("QUIC handshake");
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .expect("h3 client");
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    H3 {
+        conn,
+        send,
+        _endpoint: endpoint,
+    }
+}
+
+impl H3 {
+    async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut stream = self.open(method, path, headers).await;
+        let resp = stream.recv_response().await.expect("response head");
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.recv_data().await.expect("body") {
+            body.extend_from_slice(chunk.chunk());
+        }
+        Resp {
+            status: resp.status().as_u16(),
+            version: resp.version(),
+            headers: resp.headers().clone(),
+            body: Bytes::from(body),
+        }
+    }
+
+    async fn open(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut stream = self
+            .send
+            .send_request(b.body(()).expect("request"))
+            .await
+            .expect("send request");
+        stream.finish().await.expect("finish request");
+        stream
+    }
+}
+
+const SECRET: &str = "52a152a152a152a152a152a152a1";
+
+fn token_for(acl: &str) -> String {
+    let tok = segd::auth::edgeauth::sign(
+        segd::config::TokenAlgorithm::Sha256,
+        &hex::decode(SECRET).expect("hex"),
+        &segd::auth::edgeauth::SignSpec {
+            acl: Some(acl),
+            exp: u64::MAX / 2,
+            ..Default::default()
+        },
+    );
+    segd::auth::encode_token(&tok)
+}
+
+#[tokio::test]
+async fn same_semantics_as_http1() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let vols = demo_volumes();
+    let log = vols.path().join("access.log");
+    let extra = format!(
+        "http3 = true\n[token]\nprotect = [\"/vod/t2/\"]\n[[token.keys]]\nid = \"k1\"\nsecret = \"{SECRET}\"\n[log]\naccess = \"{}\"\n",
+        log.display()
+    );
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1"), &vols.path().join("disk2")],
+        &(tls_config(vols.path(), &cert, &key) + &extra),
+    ));
+    let tls = srv.tls_addr.expect("tls listener");
+    let full =
+        std::fs::read(vols.path().join("disk1").join(SEG.trim_start_matches('/'))).expect("seg");
+
+    // Discovery: TCP responses on the TLS port advertise h3 on the same port; plaintext does not.
+    let alt = format!("h3=\":{}\"; ma=86400", tls.port());
+    let h1 = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let h2 = pki.client(&[&rustls::version::TLS13], &[b"h2"]);
+    let r = send(connect(&srv, &h1).await, "GET", SEG, &[]).await;
+    assert_eq!(r.header("alt-svc"), Some(alt.as_str()));
+    let r = send(connect(&srv, &h2).await, "HEAD", "/nope.ts", &[]).await;
+    assert_eq!(
+        (r.status, r.header("alt-svc")),
+        (404, Some(alt.as_str())),
+        "errors advertise too"
+    );
+    assert_eq!(get(&srv.url(SEG), &[]).await.header("alt-svc"), None);
+
+    let mut c = h3_connect(tls, &pki).await;
+    let over_h1 = get(&srv.url(SEG), &[]).await;
+
+    // GET: same status, body and headers as HTTP/1.1 (Date aside).
+    let r = c.request("GET", SEG, &[]).await;
+    assert_eq!((r.status, r.version), (200, http::Version::HTTP_3));
+    assert!(r.body.as_ref() == full.as_slice());
+    for h in [
+        "content-type",
+        "content-length",
+        "etag",
+        "last-modified",
+        "cache-control",
+        "accept-ranges",
+        "access-control-allow-origin",
+    ] {
+        assert_eq!(r.header(h), over_h1.header(h), "{h}");
+        assert!(r.header(h).is_some(), "{h} present");
+    }
+    assert_eq!(r.header("alt-svc"), None, "no Alt-Svc over HTTP/3 itself");
+
+    // HEAD.
+    let r = c.request("HEAD", SEG, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(full.len().to_string().as_str())
+    );
+    assert!(r.body.is_empty());
+
+    // Range, suffix range, unsatisfiable range.
+    let r = c.request("GET", SEG, &[("range", "bytes=100-199")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.as_ref(), &full[100..200]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 100-199/{}", full.len()).as_str())
+    );
+    let r = c.request("GET", SEG, &[("range", "bytes=-10")]).await;
+    assert_eq!((r.status, r.body.as_ref()), (206, &full[full.len() - 10..]));
+    let r = c.request("GET", SEG, &[("range", "bytes=99999999-")]).await;
+    assert_eq!(r.status, 416);
+
+    // Conditional.
+    let etag = over_h1.header("etag").expect("etag").to_string();
+    let r = c.request("GET", SEG, &[("if-none-match", &etag)]).await;
+    assert_eq!((r.status, r.body.len()), (304, 0));
+    let r = c.request("GET", SEG, &[("if-match", "\"other\"")]).await;
+    assert_eq!(r.status, 412);
+
+    // Paths: missing, traversal, directory.
+    assert_eq!(c.request("GET", "/vod/t1/none.ts", &[]).await.status, 404);
+    assert_eq!(
+        c.request("GET", "/vod/%2e%2e/%2e%2e/etc/passwd", &[])
+            .await
+            .status,
+        400
+    );
+    assert_eq!(c.request("GET", "/vod/t1/", &[]).await.status, 404);
+    assert_eq!(c.request("DELETE", SEG, &[]).await.status, 405);
+
+    // Tokens: refused without, served with a path-embedded or query token.
+    let t2 = "/vod/t2/hls/64k/seg_00001.ts";
+    assert_eq!(c.request("GET", t2, &[]).await.status, 403);
+    let tok = token_for("/vod/t2/*");
+    let r = c
+        .request("GET", &format!("/__token__={tok}{t2}"), &[])
+        .await;
+    assert_eq!(r.status, 200);
+    let r = c
+        .request(
+            "GET",
+            &format!("{t2}?__token__={tok}"),
+            &[("range", "bytes=0-3")],
+        )
+        .await;
+    assert_eq!((r.status, r.body.len()), (206, 4));
+    let r = c
+        .request(
+            "GET",
+            &format!("{t2}?__token__={}", token_for("/vod/t1/*")),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+
+    // Concurrent requests on one connection.
+    let mut streams = Vec::new();
+    for i in 0..8 {
+        let range = format!("bytes={}-{}", i * 10, i * 10 + 9);
+        streams.push((i, c.open("GET", SEG, &[("range", &range)]).await));
+    }
+    for (i, mut s) in streams {
+        let resp = s.recv_response().await.expect("head");
+        assert_eq!(resp.status(), 206);
+        let mut body = Vec::new();
+        while let Some(chunk) = s.recv_data().await.expect("data") {
+            body.extend_from_slice(chunk.chunk());
+        }
+        assert_eq!(body, &full[i * 10..i * 10 + 10]);
+    }
+
+    // Metrics and access log carry h3 and TLS 1.3.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+            metric_with(
+                &m,
+                "segd_http_requests_total",
+                &[("method", "GET"), ("proto", "h3"), ("status_class", "2xx")],
+            )
+            .is_some_and(|n| n >= 13.0)
+                && metric_with(&m, "segd_connections_open", &[("proto", "h3")]) == Some(1.0)
+                && metric_with(&m, "segd_http_response_bytes_total", &[("proto", "h3")])
+                    .is_some_and(|n| n >= full.len() as f64)
+        })
+        .await,
+        "h3 metrics"
+    );
+    let has_h3 = |t: &str| t.contains("\"proto\":\"h3\"") && t.contains("\"status\":206");
+    assert!(
+        eventually(Duration::from_secs(5), async || has_h3(
+            &std::fs::read_to_string(&log).unwrap_or_default()
+        ))
+        .await,
+        "access log written"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("\"proto\":\"h3\"") && l.contains("\"status\":206"))
+        .unwrap_or_else(|| panic!("an h3 line in the access log:\n{logged}"));
+    assert!(line.contains("\"tls\":\"1.3\""), "{line}");
+    assert!(!logged.contains(&tok), "the token is never logged");
+
+    c.conn.close(0u32.into(), b"done");
+}
+
+/// A big file (not cached whole) read slowly: the server stays within its windows while the
+/// client stalls, the bytes arrive intact, and a client that stops for good is reset.
+#[tokio::test]
+async fn large_bodies_flow_with_back_pressure() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len: usize = 32 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    std::fs::write(vol.join("vod/m/big.mp4"), &data).expect("write");
+    let srv = Server::start(
+        &config_for(
+            &[&vol],
+            &(tls_config(dir.path(), &cert, &key)
+                + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
+        )
+        .replace("[admin]", "send_timeout = \"2s\"\n[admin]"),
+    );
+    let reads = async || {
+        let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+        metric_with(&m, "segd_volume_read_seconds_count", &[]).unwrap_or(0.0)
+    };
+    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+
+    // Stall after the head: the server may fill its send window and the client's receive window
+    // (quinn's defaults: 1.25 MB per stream), but not read the whole 32 MiB.
+    let before = reads().await;
+    let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
+    let resp = s.recv_response().await.expect("head");
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let chunks_read = reads().await - before;
+    let bound = ((4 << 20) + (2 << 20)) as f64 / (256 << 10) as f64 + 2.0;
+    assert!(
+        chunks_read <= bound,
+        "{chunks_read} chunk reads while the client was stalled (bound {bound})"
+    );
+    let mut got = Vec::with_capacity(len);
+    while let Some(chunk) = s.recv_data().await.expect("data") {
+        got.extend_from_slice(chunk.chunk());
+    }
+    assert!(got == data, "body intact ({} of {len} bytes)", got.len());
+
+    // A client that stops reading for longer than send_timeout is reset.
+    let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut n = 0usize;
+    let ended = loop {
+        match s.recv_data().await {
+            Ok(Some(chunk)) => n += chunk.remaining(),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(
+        ended.is_err(),
+        "stalled stream must be reset, got all {n} bytes"
+    );
+    assert!(n < len);
+    // The connection and the server keep serving.
+    let r = c
+        .request("GET", "/vod/m/big.mp4", &[("range", "bytes=0-9")])
+        .await;
+    assert_eq!(r.body.as_ref(), &data[..10]);
+}
+
+/// The stream limit holds, and opening-and-cancelling requests in bulk (rapid reset's HTTP/3
+/// form) gets the connection closed with H3_EXCESSIVE_LOAD while others are served.
+#[tokio::test]
+async fn stream_limits_and_bulk_cancels() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![7u8; 8 << 20]).expect("write");
+    let srv = Server::start(
+        &config_for(
+            &[&vol],
+            &(tls_config(dir.path(), &cert, &key)
+                + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
+        )
+        .replace("[admin]", "h3_max_concurrent_streams = 4\n[admin]"),
+    );
+    let addr = srv.tls_addr.expect("tls");
+
+    // Four request streams open at once; a fifth gets no credit until one closes.
+    let c = h3_connect(addr, &pki).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(c.conn.open_bi().await.expect("stream"));
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), c.conn.open_bi())
+            .await
+            .is_err(),
+        "a fifth concurrent stream must wait for credit"
+    );
+    drop(open);
+    c.conn.close(0u32.into(), b"done");
+
+    // Bulk cancels.
+    let mut c = h3_connect(addr, &pki).await;
+    let mut cancelled = 0;
+    let mut closed = false;
+    for _ in 0..2000 {
+        let b = http::Request::get("https://localhost/vod/m/big.mp4")
+            .body(())
+            .expect("req");
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(2), c.send.send_request(b)).await
+        else {
+            closed = true;
+            break;
+        };
+        s.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
+        s.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+        cancelled += 1;
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(5), c.conn.closed())
+        .await
+        .expect("connection closed by the server");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(u64::from(a.error_code), 0x107, "H3_EXCESSIVE_LOAD: {a:?}")
+        }
+        other => panic!("closed with {other:?} after {cancelled} cancels (closed={closed})"),
+    }
+    assert!(cancelled >= 200, "closed only after the limit: {cancelled}");
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_h3_rapid_reset_closes_total"),
+        Some(1.0),
+        "{m}"
+    );
+    // Everyone else is served.
+    let mut d = h3_connect(addr, &pki).await;
+    let r = d
+        .request("GET", "/vod/m/big.mp4", &[("range", "bytes=0-3")])
+        .await;
+    assert_eq!((r.status, r.body.as_ref()), (206, &[7u8; 4][..]));
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_certificate_for_quic() {
+    let pki = Pki::new();
+    let (cert_a, key_a, der_a) = pki.leaf("segd-a");
+    let (cert_b, key_b, der_b) = pki.leaf("segd-b");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len = 8 << 20;
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Q'; len]).expect("write");
+    let srv = Server::start(&config_for(
+        &[&vol],
+        &(tls_config(dir.path(), &cert_a, &key_a)
+            + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
+    ));
+    let addr = srv.tls_addr.expect("tls");
+    let leaf = |c: &quinn::Connection| -> CertificateDer<'static> {
+        c.peer_identity()
+            .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .expect("peer certificates")[0]
+            .clone()
+    };
+
+    let mut old = h3_connect(addr, &pki).await;
+    assert_eq!(leaf(&old.conn), der_a);
+    let mut s = old.open("GET", "/vod/m/big.mp4", &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    let mut got = 0usize;
+    if let Some(chunk) = s.recv_data().await.expect("data") {
+        got += chunk.remaining();
+    }
+
+    std::fs::write(dir.path().join("cert.pem"), &cert_b).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &key_b).expect("key");
+    srv.signal(libc::SIGHUP);
+    srv.log_with(&["configuration reloaded"]);
+    // The endpoint takes the new config right after the swap.
+    let fresh_ok = eventually(Duration::from_secs(5), async || {
+        let c = h3_connect(addr, &pki).await;
+        let ok = leaf(&c.conn) == der_b;
+        c.conn.close(0u32.into(), b"");
+        ok
+    })
+    .await;
+    assert!(fresh_ok, "new QUIC handshakes use the new certificate");
+
+    while let Some(chunk) = s.recv_data().await.expect("data") {
+        got += chunk.remaining();
+    }
+    assert_eq!(got, len, "the old connection's download completes");
+    let r = old
+        .request("GET", "/vod/m/big.mp4", &[("range", "bytes=0-1")])
+        .await;
+    assert_eq!(r.body.as_ref(), b"QQ");
+}
+
+#[tokio::test]
+async fn drain_lets_an_http3_download_finish() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len = 8 << 20;
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Z'; len]).expect("write");
+    let mut srv = Server::start(&config_for(
+        &[&vol],
+        &(tls_config(dir.path(), &cert, &key)
+            + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
+    ));
+    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    srv.signal(libc::SIGTERM);
+    srv.log_with(&["draining"]);
+    let mut got = 0usize;
+    loop {
+        match s.recv_data().await {
+            Ok(Some(chunk)) => got += chunk.remaining(),
+            Ok(None) => break,
+            Err(e) => panic!("{e:?} after {got} bytes; stderr:\n{}", srv.stderr()),
+        }
+    }
+    assert_eq!(got, len);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || srv.wait_exit(Duration::from_secs(10)))
+            .await
+            .expect("join"),
+        Some(0)
+    );
+}
+
+/// check-config: `[[tls.certs]]` names must be covered by their certificate; SNI picks the
+/// certificate over TCP and QUIC, the main pair serves other names.
+#[tokio::test]
+async fn sni_certificates() {
+    let pki = Pki::new();
+    let (cert, key, der_main) = pki.leaf("main");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A second leaf for media.example.test.
+    let (other_cert, other_key, der_other) = pki.leaf_for("other", &["media.example.test"]);
+    std::fs::write(dir.path().join("other.pem"), &other_cert).expect("w");
+    std::fs::write(dir.path().join("other.key"), &other_key).expect("w");
+    let vols = demo_volumes();
+    let sni = format!(
+        "http3 = true\n[[tls.certs]]\ncert = \"{0}/other.pem\"\nkey = \"{0}/other.key\"\nserver_names = [\"media.example.test\"]\n",
+        dir.path().display()
+    );
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &(tls_config(dir.path(), &cert, &key) + &sni),
+    ));
+    let addr = srv.tls_addr.expect("tls");
+    // TCP.
+    let tcp_leaf = |name: &'static str| {
+        let c = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+            let tls = c
+                .connect(
+                    rustls::pki_types::ServerName::try_from(name).expect("name"),
+                    tcp,
+                )
+                .await
+                .expect("handshake");
+            tls.get_ref().1.peer_certificates().expect("certs")[0].clone()
+        }
+    };
+    assert_eq!(tcp_leaf("media.example.test").await, der_other);
+    assert_eq!(tcp_leaf("localhost").await, der_main);
+    // QUIC.
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(pki.quic_client());
+    let conn = endpoint
+        .connect(addr, "media.example.test")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let certs = conn
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .expect("certs");
+    assert_eq!(certs[0], der_other);
+    conn.close(0u32.into(), b"");
+
+    // check-config: a name the certificate does not cover.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        config_for(
+            &[&vols.path().join("disk1")],
+            &(tls_config(dir.path(), &cert, &key)
+                + &sni.replace("[\"media.example.test\"]", "[\"other.example.test\"]")),
+        ),
+    )
+    .expect("w");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("tls.certs[0].server_names") && err.contains("other.example.test"),
+        "{err}"
+    );
+}
+
+/// Sanity for the test client itself: a server without http3 has no UDP listener, so a QUIC
+/// connect fails and TCP responses carry no Alt-Svc.
+#[tokio::test]
+async fn no_http3_no_alt_svc() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &tls_config(vols.path(), &cert, &key),
+    ));
+    let r = send(
+        connect(
+            &srv,
+            &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+        )
+        .await,
+        "GET",
+        SEG,
+        &[],
+    )
+    .await;
+    assert_eq!((r.status, r.header("alt-svc")), (200, None));
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(pki.quic_client());
+    let connecting = endpoint
+        .connect(srv.tls_addr.expect("tls"), "localhost")
+        .expect("connect");
+    assert!(
+        !matches!(
+            tokio::time::timeout(Duration::from_secs(2), connecting).await,
+            Ok(Ok(_))
+        ),
+        "no QUIC without tls.http3"
+    );
+}
