@@ -40,6 +40,8 @@ pub struct Metrics {
     pub connections_rejected: prometheus::IntCounter,
     pub tls_handshakes: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
+    pub mapped_bytes: prometheus::IntCounter,
+    mmap_faults: prometheus::IntCounter,
 }
 
 /// 50 µs to 10 s.
@@ -161,6 +163,14 @@ impl Metrics {
             "segd_h3_rapid_reset_closes_total",
             "HTTP/3 connections closed with H3_EXCESSIVE_LOAD for cancelling requests in bulk",
         )?;
+        let mapped_bytes = counter(
+            "segd_mapped_bytes_total",
+            "Body bytes encrypted straight from a memory map of the segment (TLS, no read copy)",
+        )?;
+        let mmap_faults = counter(
+            "segd_mmap_faults_total",
+            "SIGBUS faults on mapped segments (file truncated while served) caught and handled",
+        )?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -214,6 +224,8 @@ impl Metrics {
             connections_rejected,
             tls_handshakes,
             h3_rapid_reset_closes,
+            mapped_bytes,
+            mmap_faults,
         })
     }
 
@@ -225,6 +237,7 @@ impl Metrics {
         catch_up(&self.cache_misses, st.misses.load(Relaxed));
         catch_up(&self.cache_evictions, st.evictions.load(Relaxed));
         catch_up(&self.cache_fills, st.fills.load(Relaxed));
+        catch_up(&self.mmap_faults, crate::io::mapped::faults());
         self.cache_bytes.set(state.bodies.weighted_size() as i64);
         self.open_files.set(state.files.len() as i64);
         let volumes: &Volumes = &state.volumes;

@@ -12,6 +12,7 @@ use crate::cache::bodies::BodyCache;
 use crate::cache::files::FileCache;
 use crate::config::Config;
 use crate::http::handler::Prepared;
+use crate::io::mapped::MapCache;
 use crate::io::Io;
 use crate::metrics::Metrics;
 use crate::volumes::Volumes;
@@ -24,6 +25,8 @@ pub struct State {
     pub auth: Auth,
     pub files: Arc<FileCache>,
     pub bodies: Arc<BodyCache>,
+    /// Memory maps of large segments for the TLS writers.
+    pub maps: Arc<MapCache>,
     pub io: Arc<Io>,
     pub access: AccessLog,
     /// TLS for the `[tls]` listeners (new handshakes use the state current at accept).
@@ -66,6 +69,7 @@ impl State {
                 config.cache.max_bytes,
                 config.cache.max_item_bytes,
             )),
+            maps: Arc::new(MapCache::new(config.cache.open_files)),
             io: Arc::new(
                 Io::new(
                     config.volumes.len(),
@@ -130,6 +134,7 @@ impl State {
             volumes,
             files,
             bodies,
+            maps: Arc::clone(&old.maps),
             io,
             access: AccessLog::open(&config.log)?,
             tls,

@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub volume_check_interval: Duration,
     /// Paths printed as ready-to-open URLs when `serve` starts (signed if the path is protected).
     pub print_urls: Vec<String>,
+    /// TLS writers send segments too big for the hot-body cache from a memory map (no read
+    /// buffer copy); segment files must then be immutable while served (`io::mapped`).
+    pub mmap: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +254,7 @@ const SERVER_KEYS: &[&str] = &[
     "io_queue_depth",
     "volume_check_interval",
     "print_urls",
+    "mmap",
 ];
 const ADMIN_KEYS: &[&str] = &["listen"];
 const VOLUME_KEYS: &[&str] = &["path", "name", "marker"];
@@ -466,6 +470,7 @@ fn parse_server(s: &Section) -> ServerConfig {
     };
     let secs = Duration::from_secs;
     let ms = Duration::from_millis;
+    let mmap = s.bool("mmap", true);
     s.finish();
     ServerConfig {
         listen,
@@ -524,6 +529,7 @@ fn parse_server(s: &Section) -> ServerConfig {
             }
             urls
         },
+        mmap,
     }
 }
 

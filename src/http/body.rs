@@ -1,7 +1,9 @@
-//! The body writer for hyper (HTTP/2 here; later TLS and HTTP/3): these paths must copy body bytes
-//! into the connection, so they take them from the hot-body cache when the whole object fits
-//! (`[cache] max_item_bytes`), filling it once per object however many requests miss together,
-//! and otherwise stream the range in chunks read through the volume's I/O backend.
+//! The body writer for the copying paths (hyper's HTTP/2 and TLS, and HTTP/3): they must pass
+//! body bytes through user space, so they take them from the hot-body cache when the whole object
+//! fits (`[cache] max_item_bytes`), filling it once per object however many requests miss
+//! together. Larger segments over TLS are sliced from a memory map of the file (`io::mapped`: no
+//! read copy; pages made resident through the I/O backend first); everything else streams in
+//! chunks read through the volume's I/O backend.
 //!
 //! If the file shrinks while it is being read, the body fails instead of padding or repeating
 //! bytes: hyper then resets the stream, so a client never receives a short or wrong 200/206 that
@@ -19,6 +21,7 @@ use futures_util::FutureExt;
 use http_body::{Frame, SizeHint};
 
 use super::handler::ReplyBody;
+use crate::io::mapped::Mapping;
 use crate::state::State;
 use crate::volumes::ObjectMeta;
 
@@ -37,10 +40,13 @@ pub struct FileStream {
     remaining: u64,
     pending: Option<BoxFuture<'static, io::Result<Bytes>>>,
     first: bool,
+    /// Set when the body is sent from a mapping.
+    map: Option<Arc<Mapping>>,
 }
 
 impl Body {
-    pub fn new(body: ReplyBody, state: &Arc<State>) -> Body {
+    /// `mapped_ok`: the connection can send from a mapping safely (TLS, with its socket guard).
+    pub fn new(body: ReplyBody, state: &Arc<State>, mapped_ok: bool) -> Body {
         match body {
             ReplyBody::Empty => Body::Empty,
             ReplyBody::Static(b) => Body::Static(Some(b)),
@@ -50,8 +56,15 @@ impl Body {
                 len,
                 volume,
                 meta,
-                ..
+                small_copy,
             } => Body::File(FileStream {
+                // Immutable segments only (never playlists), and only when not cached whole.
+                map: (mapped_ok
+                    && !small_copy
+                    && state.config.server.mmap
+                    && !state.bodies.admits(meta.len))
+                .then(|| state.maps.get(&file, &meta))
+                .flatten(),
                 state: Arc::clone(state),
                 file,
                 meta,
@@ -74,6 +87,29 @@ impl FileStream {
         let (meta, volume, pos, remaining) = (self.meta, self.volume, self.pos, self.remaining);
         let whole = self.first && state.bodies.admits(meta.len);
         self.first = false;
+        if let Some(map) = &self.map {
+            let map = Arc::clone(map);
+            return async move {
+                let want = remaining.min(MAP_CHUNK);
+                if map.poisoned() {
+                    return Err(io::Error::other("mapped file was truncated while served"));
+                }
+                state
+                    .io
+                    .ensure_resident(volume, &file, &meta, pos, want)
+                    .await?;
+                // The file must still cover the chunk: never touch pages past its end.
+                if file.metadata()?.len() < pos + want || (pos + want) as usize > map.len() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being sent",
+                    ));
+                }
+                state.metrics.mapped_bytes.inc_by(want);
+                Ok(map.slice(pos as usize, want as usize))
+            }
+            .boxed();
+        }
         async move {
             if whole {
                 let fill_state = Arc::clone(&state);
@@ -103,6 +139,9 @@ impl FileStream {
         .boxed()
     }
 }
+
+/// Bytes handed out per mapped chunk (no buffer behind it, so larger than a read chunk).
+const MAP_CHUNK: u64 = 2 * crate::io::CHUNK as u64;
 
 impl http_body::Body for Body {
     type Data = Bytes;

@@ -224,7 +224,7 @@ async fn request(
             state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
             send_body(
                 &mut stream,
-                Body::new(body, &state),
+                Body::new(body, &state, false),
                 send_timeout,
                 &mut sent,
             )

@@ -122,7 +122,8 @@ async fn respond(
     record(state, &hreq, status, body.len(), start, cache, &log);
     // hyper writes the head as soon as this returns.
     state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
-    let mut resp = hyper::Response::new(Body::new(body, state));
+    // Only TLS connections have the socket guard that makes mapped bodies safe.
+    let mut resp = hyper::Response::new(Body::new(body, state, tls.is_some()));
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     resp

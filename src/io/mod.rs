@@ -16,6 +16,8 @@
 //!   `preadv2(RWF_NOWAIT)` probes at both ends of the range) says the pages are cached, or after
 //!   `prefetch` pulled them in through the backend. Concurrent prefetches of one range coalesce.
 
+pub mod mapped;
+
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;

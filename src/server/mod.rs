@@ -54,6 +54,9 @@ fn fit_fd_limit(config: &mut Config) {
 /// Runs the daemon until SIGTERM/SIGINT and the drain finish.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     fit_fd_limit(&mut config);
+    if config.server.mmap && !crate::io::mapped::install() {
+        tracing::warn!("cannot install the SIGBUS handler; large TLS bodies are read, not mapped");
+    }
     // Before any thread exists: socket activation reads and clears the environment.
     let inherited = systemd::take_listeners();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -371,6 +374,9 @@ async fn accept_tls(
             async move {
                 let Some(acceptor) = acceptor else { return };
                 let _ = stream.set_nodelay(true);
+                // Bodies may be encrypted from file mappings: the guard keeps a truncation fault's
+                // zero page from reaching the socket.
+                let stream = crate::io::mapped::FaultGuard::new(stream);
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let version = match tls.get_ref().1.protocol_version() {
