@@ -94,6 +94,8 @@ class Segd(Server):
     def __init__(self, binary, root, run, pinned):
         self.binary, self.root, self.run, self.pinned = binary, root, run, pinned
         self.port, self.h2port, self.tlsport = SEGD_PORT, SEGD_PORT, SEGD_TLS
+        # Per-scenario settings: (server, cache) TOML lines.
+        self.extra_server, self.extra_cache = "", ""
 
     def start(self):
         cfg = os.path.join(self.run, "segd.toml")
@@ -101,6 +103,7 @@ class Segd(Server):
             f.write(f"""[server]
 listen = ["127.0.0.1:{SEGD_PORT}"]
 workers = {1 if self.pinned else 2}
+{self.extra_server}
 [admin]
 listen = "127.0.0.1:{SEGD_ADMIN}"
 [[volumes]]
@@ -108,6 +111,7 @@ path = "{self.root}"
 [cache]
 max_bytes = "1GiB"
 open_files = 10000
+{self.extra_cache}
 [tls]
 listen = ["127.0.0.1:{SEGD_TLS}"]
 cert = "{self.run}/cert.pem"
@@ -303,6 +307,12 @@ def main():
         "hot-unpinned": dict(kind="wrk", paths="hot", conns=128, pinned=False, desc="hot small segments, unpinned, 2 workers each"),
         "https": dict(kind="wrk", paths="hot", conns=128, tls=True, desc="HTTPS/1.1 (TLS 1.3, same certificate), hot small segments, 128 conns"),
         "h2tls": dict(kind="h2load", paths="hot", conns=32, streams=10, tls=True, desc="HTTP/2 over TLS (h2load, ALPN h2), 32 conns x 10 streams"),
+        # Bodies above cache.max_item_bytes over TLS: segd encrypts from a memory map (default) or
+        # from read buffers (mmap = false); nginx reads into its buffers either way.
+        "https-large": dict(kind="wrk", paths="large", conns=32, tls=True, segd_cache='max_item_bytes = "1MiB"',
+                            desc=f"HTTPS/1.1, large segments (~{sizes['large']/1024/1024:.1f} MiB) above segd's cache item limit: sent from a memory map, 32 conns"),
+        "https-large-read": dict(kind="wrk", paths="large", conns=32, tls=True, segd_cache='max_item_bytes = "1MiB"', segd_server="mmap = false",
+                                 desc="as https-large with segd's mmap off (chunked reads through the I/O backend)"),
     }
     # One self-signed certificate for both servers.
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -325,7 +335,9 @@ def main():
                 continue
         print(f"compare: == {sname}: {sc['desc']}")
         for rnd_i in range(args.rounds):
-            servers = [Segd(args.segd, root, run, pinned), Nginx(root, run, pinned)]
+            segd = Segd(args.segd, root, run, pinned)
+            segd.extra_server, segd.extra_cache = sc.get("segd_server", ""), sc.get("segd_cache", "")
+            servers = [segd, Nginx(root, run, pinned)]
             if rnd_i % 2:
                 servers.reverse()
             for srv in servers:
