@@ -627,3 +627,52 @@ async fn no_http3_no_alt_svc() {
         "no QUIC without tls.http3"
     );
 }
+
+/// QUIC connections count against `max_connections` with TCP ones: beyond it a new QUIC
+/// connection is refused (and counted), and the slot frees when a connection closes.
+#[tokio::test]
+async fn quic_connections_count_against_max_connections() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = Server::start(
+        &config_for(
+            &[&vols.path().join("disk1")],
+            &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
+        )
+        .replace("[admin]", "max_connections = 1\n[admin]"),
+    );
+    let addr = srv.tls_addr.expect("tls");
+    let mut first = h3_connect(addr, &pki).await;
+    assert_eq!(first.request("GET", SEG, &[]).await.status, 200);
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(pki.quic_client());
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        endpoint.connect(addr, "localhost").expect("connect"),
+    )
+    .await
+    .expect("an answer, not a timeout");
+    assert!(second.is_err(), "the second connection is refused");
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metric(&m, "segd_connections_rejected_total").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    first.conn.close(0u32.into(), b"bye");
+    drop(first);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            match endpoint.connect(addr, "localhost") {
+                Ok(c) => matches!(
+                    tokio::time::timeout(Duration::from_secs(2), c).await,
+                    Ok(Ok(_))
+                ),
+                Err(_) => false,
+            }
+        })
+        .await,
+        "the slot frees once the first connection closed"
+    );
+}
