@@ -145,10 +145,9 @@ async fn serve(
     let http3 = !udp.is_empty();
     for (a, l) in tls_listeners {
         // Browsers learn of HTTP/3 from this header on TCP responses (same port number).
-        let alt_svc = http3.then(|| {
-            http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", a.port()))
-                .unwrap_or_else(|_| http::HeaderValue::from_static("clear"))
-        });
+        let alt_svc = http3
+            .then(|| http::HeaderValue::try_from(format!("h3=\":{}\"; ma=86400", a.port())).ok())
+            .flatten();
         tokio::spawn(accept_tls(
             l,
             Arc::clone(&shared),
