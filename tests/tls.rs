@@ -606,3 +606,34 @@ async fn mapped_bodies_survive_delete_and_truncation() {
     .await;
     assert_eq!(r.body.as_ref(), &data[5..10]);
 }
+
+/// Session resumption is on: a second connection from the same client resumes (tickets), over
+/// TLS 1.3 and TLS 1.2.
+#[tokio::test]
+async fn sessions_resume_with_tickets() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &tls_config(vols.path(), &cert, &key),
+    ));
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // One connector = one client session cache.
+        let client = pki.client(&[version], &[b"http/1.1"]);
+        let first = connect(&srv, &client).await;
+        assert_eq!(
+            first.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        // A request, so TLS 1.3 tickets (sent after the handshake) are read.
+        assert_eq!(send(first, "GET", SEG, &[]).await.status, 200);
+        let second = connect(&srv, &client).await;
+        assert_eq!(
+            second.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{version:?}"
+        );
+        assert_eq!(send(second, "HEAD", SEG, &[]).await.status, 200);
+    }
+}

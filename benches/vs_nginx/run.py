@@ -95,7 +95,7 @@ class Segd(Server):
         self.binary, self.root, self.run, self.pinned = binary, root, run, pinned
         self.port, self.h2port, self.tlsport = SEGD_PORT, SEGD_PORT, SEGD_TLS
         # Per-scenario settings: (server, cache) TOML lines.
-        self.extra_server, self.extra_cache = "", ""
+        self.extra_server, self.extra_cache, self.extra_tls = "", "", ""
 
     def start(self):
         cfg = os.path.join(self.run, "segd.toml")
@@ -116,6 +116,7 @@ open_files = 10000
 listen = ["127.0.0.1:{SEGD_TLS}"]
 cert = "{self.run}/cert.pem"
 key = "{self.run}/key.pem"
+{self.extra_tls}
 [log]
 access = "off"
 level = "warn"
