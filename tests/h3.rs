@@ -676,3 +676,70 @@ async fn quic_connections_count_against_max_connections() {
         "the slot frees once the first connection closed"
     );
 }
+
+/// Garbage on QUIC streams (request streams with bytes that are not HTTP/3 frames, a DATA frame
+/// before HEADERS, an unknown frame type, truncated varints, junk unidirectional streams) ends
+/// that stream or connection with an error code, never the process, and other clients are served.
+#[tokio::test]
+async fn hostile_quic_streams_never_crash() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let mut srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
+    ));
+    let addr = srv.tls_addr.expect("tls");
+    let payloads: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // DATA frame (type 0) before any HEADERS.
+        &[0x00, 0x03, b'a', b'b', b'c'],
+        // HEADERS frame (type 1) with a length far beyond what follows, then the stream ends.
+        &[0x01, 0x7f, 0xff, 0x00],
+        // HEADERS frame with a QPACK block that is garbage.
+        &[0x01, 0x04, 0xff, 0xff, 0xff, 0xff],
+        // A truncated varint.
+        &[0xc0],
+        // A reserved (grease) frame type only.
+        &[0x21, 0x00],
+        // SETTINGS on a request stream (must be a connection error).
+        &[0x04, 0x00],
+        &[],
+    ];
+    for p in payloads {
+        let c = h3_connect(addr, &pki).await;
+        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+        let _ = tx.write_all(p).await;
+        let _ = tx.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(3), rx.read_to_end(1 << 20)).await;
+        // Junk on a unidirectional stream of an unknown type, and on one claiming to be a
+        // second control stream.
+        for uni in [&[0x3f, 0x01, 0x02][..], &[0x00, 0x04, 0x00][..]] {
+            if let Ok(mut u) = c.conn.open_uni().await {
+                let _ = u.write_all(uni).await;
+                let _ = u.finish();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.conn.close(0u32.into(), b"");
+        assert!(
+            srv.child.try_wait().expect("wait").is_none(),
+            "segd died on {p:?}"
+        );
+    }
+    // Oversized request head (over max_header_bytes): 431.
+    let mut c = h3_connect(addr, &pki).await;
+    let big = "x".repeat(64 << 10);
+    let b = http::Request::get(format!("https://localhost{SEG}"))
+        .header("x-big", big.as_str())
+        .body(())
+        .expect("req");
+    let mut s = c.send.send_request(b).await.expect("sent");
+    let _ = s.finish().await;
+    assert_eq!(s.recv_response().await.expect("response").status(), 431);
+    // Everyone else is still served.
+    let mut d = h3_connect(addr, &pki).await;
+    assert_eq!(d.request("GET", SEG, &[]).await.status, 200);
+    assert!(srv.child.try_wait().expect("wait").is_none());
+    assert!(srv.wait_exit(Duration::from_millis(10)).is_none());
+}
