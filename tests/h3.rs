@@ -743,3 +743,56 @@ async fn hostile_quic_streams_never_crash() {
     assert!(srv.child.try_wait().expect("wait").is_none());
     assert!(srv.wait_exit(Duration::from_millis(10)).is_none());
 }
+
+/// A file truncated while it is sent over HTTP/3: the stream is reset before the body completes,
+/// every byte that arrived is right, and the next request sees the new size.
+#[tokio::test]
+async fn truncated_file_resets_the_stream() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len: usize = 32 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8 + 1).collect();
+    let path = vol.join("vod/m/shrinks.ts");
+    std::fs::write(&path, &data).expect("write");
+    let srv = Server::start(&config_for(
+        &[&vol],
+        &(tls_config(dir.path(), &cert, &key)
+            + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
+    ));
+    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    let mut s = c.open("GET", "/vod/m/shrinks.ts", &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    let mut got = Vec::new();
+    while got.len() < (1 << 20) {
+        match s.recv_data().await.expect("data") {
+            Some(chunk) => got.extend_from_slice(chunk.chunk()),
+            None => break,
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(4 << 20)
+        .expect("truncate");
+    let ended = loop {
+        match s.recv_data().await {
+            Ok(Some(chunk)) => got.extend_from_slice(chunk.chunk()),
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(ended.is_err(), "the stream is reset, not finished");
+    assert!(got.len() < len, "the body never completes");
+    if let Some(i) = got.iter().zip(&data).position(|(a, b)| a != b) {
+        panic!("wrong byte at {i} of {}", got.len());
+    }
+    let r = c.request("HEAD", "/vod/m/shrinks.ts", &[]).await;
+    assert_eq!(
+        r.header("content-length"),
+        Some((4usize << 20).to_string().as_str())
+    );
+}
