@@ -30,9 +30,7 @@ struct H3 {
 }
 
 async fn h3_connect(addr: SocketAddr, pki: &Pki) -> H3 {
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-    endpoint.set_default_client_config(pki.quic_client());
+    let endpoint = quic_endpoint(pki);
     let conn = endpoint
         .connect(addr, "localhost")
         .expect("connect")
@@ -102,6 +100,54 @@ fn token_for(acl: &str) -> String {
         },
     );
     segd::auth::encode_token(&tok)
+}
+
+/// A server for body tests: one volume holding `files`, TLS with a fresh leaf (its DER in
+/// `leaf`), HTTP/3 on, bodies over 1 MiB streamed rather than cached whole, and `server` lines
+/// added to `[server]`.
+struct Streaming {
+    pki: Pki,
+    leaf: CertificateDer<'static>,
+    dir: tempfile::TempDir,
+    srv: Server,
+    addr: SocketAddr,
+}
+
+fn streaming_server(files: &[(&str, &[u8])], server: &str) -> Streaming {
+    let pki = Pki::new();
+    let (cert, key, leaf) = pki.leaf("segd-h3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    for (path, bytes) in files {
+        let at = vol.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(at.parent().expect("parent")).expect("mkdir");
+        std::fs::write(at, bytes).expect("write");
+    }
+    std::fs::create_dir_all(&vol).expect("mkdir");
+    let srv = Server::start(
+        &config_for(
+            &[&vol],
+            &(tls_config(dir.path(), &cert, &key)
+                + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
+        )
+        .replace("[admin]", &format!("{server}\n[admin]")),
+    );
+    let addr = srv.tls_addr.expect("tls");
+    Streaming {
+        pki,
+        leaf,
+        dir,
+        srv,
+        addr,
+    }
+}
+
+/// A bare QUIC client endpoint trusting the test CA (for tests below HTTP/3).
+fn quic_endpoint(pki: &Pki) -> quinn::Endpoint {
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(pki.quic_client());
+    endpoint
 }
 
 #[tokio::test]
@@ -278,27 +324,15 @@ async fn same_semantics_as_http1() {
 /// client stalls, the bytes arrive intact, and a client that stops for good is reset.
 #[tokio::test]
 async fn large_bodies_flow_with_back_pressure() {
-    let pki = Pki::new();
-    let (cert, key, _) = pki.leaf("segd-h3");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vol = dir.path().join("v");
-    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
     let len: usize = 32 << 20;
     let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
-    std::fs::write(vol.join("vod/m/big.mp4"), &data).expect("write");
-    let srv = Server::start(
-        &config_for(
-            &[&vol],
-            &(tls_config(dir.path(), &cert, &key)
-                + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
-        )
-        .replace("[admin]", "send_timeout = \"2s\"\n[admin]"),
-    );
+    let t = streaming_server(&[("vod/m/big.mp4", &data)], "send_timeout = \"2s\"");
+    let (pki, srv, addr) = (&t.pki, &t.srv, t.addr);
     let reads = async || {
         let m = get(&srv.admin_url("/metrics"), &[]).await.text();
         metric_with(&m, "segd_volume_read_seconds_count", &[]).unwrap_or(0.0)
     };
-    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    let mut c = h3_connect(addr, pki).await;
 
     // Stall after the head: the server may fill its send window and the client's receive window
     // (quinn's defaults: 1.25 MB per stream), but not read the whole 32 MiB.
@@ -347,24 +381,14 @@ async fn large_bodies_flow_with_back_pressure() {
 /// form) gets the connection closed with H3_EXCESSIVE_LOAD while others are served.
 #[tokio::test]
 async fn stream_limits_and_bulk_cancels() {
-    let pki = Pki::new();
-    let (cert, key, _) = pki.leaf("segd-h3");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vol = dir.path().join("v");
-    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
-    std::fs::write(vol.join("vod/m/big.mp4"), vec![7u8; 8 << 20]).expect("write");
-    let srv = Server::start(
-        &config_for(
-            &[&vol],
-            &(tls_config(dir.path(), &cert, &key)
-                + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
-        )
-        .replace("[admin]", "h3_max_concurrent_streams = 4\n[admin]"),
+    let t = streaming_server(
+        &[("vod/m/big.mp4", &vec![7u8; 8 << 20])],
+        "h3_max_concurrent_streams = 4",
     );
-    let addr = srv.tls_addr.expect("tls");
+    let (pki, srv, addr) = (&t.pki, &t.srv, t.addr);
 
     // Four request streams open at once; a fifth gets no credit until one closes.
-    let c = h3_connect(addr, &pki).await;
+    let c = h3_connect(addr, pki).await;
     let mut open = Vec::new();
     for _ in 0..4 {
         open.push(c.conn.open_bi().await.expect("stream"));
@@ -379,7 +403,7 @@ async fn stream_limits_and_bulk_cancels() {
     c.conn.close(0u32.into(), b"done");
 
     // Bulk cancels.
-    let mut c = h3_connect(addr, &pki).await;
+    let mut c = h3_connect(addr, pki).await;
     let mut cancelled = 0;
     let mut closed = false;
     for _ in 0..2000 {
@@ -413,7 +437,7 @@ async fn stream_limits_and_bulk_cancels() {
         "{m}"
     );
     // Everyone else is served.
-    let mut d = h3_connect(addr, &pki).await;
+    let mut d = h3_connect(addr, pki).await;
     let r = d
         .request("GET", "/vod/m/big.mp4", &[("range", "bytes=0-3")])
         .await;
@@ -422,20 +446,10 @@ async fn stream_limits_and_bulk_cancels() {
 
 #[tokio::test]
 async fn sighup_swaps_the_certificate_for_quic() {
-    let pki = Pki::new();
-    let (cert_a, key_a, der_a) = pki.leaf("segd-a");
-    let (cert_b, key_b, der_b) = pki.leaf("segd-b");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vol = dir.path().join("v");
-    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
     let len = 8 << 20;
-    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Q'; len]).expect("write");
-    let srv = Server::start(&config_for(
-        &[&vol],
-        &(tls_config(dir.path(), &cert_a, &key_a)
-            + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
-    ));
-    let addr = srv.tls_addr.expect("tls");
+    let t = streaming_server(&[("vod/m/big.mp4", &vec![b'Q'; len])], "");
+    let (pki, der_a, dir, srv, addr) = (&t.pki, t.leaf.clone(), &t.dir, &t.srv, t.addr);
+    let (cert_b, key_b, der_b) = pki.leaf("segd-b");
     let leaf = |c: &quinn::Connection| -> CertificateDer<'static> {
         c.peer_identity()
             .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
@@ -443,7 +457,7 @@ async fn sighup_swaps_the_certificate_for_quic() {
             .clone()
     };
 
-    let mut old = h3_connect(addr, &pki).await;
+    let mut old = h3_connect(addr, pki).await;
     assert_eq!(leaf(&old.conn), der_a);
     let mut s = old.open("GET", "/vod/m/big.mp4", &[]).await;
     assert_eq!(s.recv_response().await.expect("head").status(), 200);
@@ -458,7 +472,7 @@ async fn sighup_swaps_the_certificate_for_quic() {
     srv.log_with(&["configuration reloaded"]);
     // The endpoint takes the new config right after the swap.
     let fresh_ok = eventually(Duration::from_secs(5), async || {
-        let c = h3_connect(addr, &pki).await;
+        let c = h3_connect(addr, pki).await;
         let ok = leaf(&c.conn) == der_b;
         c.conn.close(0u32.into(), b"");
         ok
@@ -478,19 +492,16 @@ async fn sighup_swaps_the_certificate_for_quic() {
 
 #[tokio::test]
 async fn drain_lets_an_http3_download_finish() {
-    let pki = Pki::new();
-    let (cert, key, _) = pki.leaf("segd-h3");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vol = dir.path().join("v");
-    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
     let len = 8 << 20;
-    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Z'; len]).expect("write");
-    let mut srv = Server::start(&config_for(
-        &[&vol],
-        &(tls_config(dir.path(), &cert, &key)
-            + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
-    ));
-    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    // Bound whole: the temp dir must outlive the server.
+    let Streaming {
+        pki,
+        mut srv,
+        addr,
+        dir: _dir,
+        leaf: _,
+    } = streaming_server(&[("vod/m/big.mp4", &vec![b'Z'; len])], "");
+    let mut c = h3_connect(addr, &pki).await;
     let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
     assert_eq!(s.recv_response().await.expect("head").status(), 200);
     srv.signal(libc::SIGTERM);
@@ -551,9 +562,7 @@ async fn sni_certificates() {
     assert_eq!(tcp_leaf("media.example.test").await, der_other);
     assert_eq!(tcp_leaf("localhost").await, der_main);
     // QUIC.
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(pki.quic_client());
+    let endpoint = quic_endpoint(&pki);
     let conn = endpoint
         .connect(addr, "media.example.test")
         .expect("connect")
@@ -613,9 +622,7 @@ async fn no_http3_no_alt_svc() {
     )
     .await;
     assert_eq!((r.status, r.header("alt-svc")), (200, None));
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(pki.quic_client());
+    let endpoint = quic_endpoint(&pki);
     let connecting = endpoint
         .connect(srv.tls_addr.expect("tls"), "localhost")
         .expect("connect");
@@ -645,9 +652,7 @@ async fn quic_connections_count_against_max_connections() {
     let addr = srv.tls_addr.expect("tls");
     let mut first = h3_connect(addr, &pki).await;
     assert_eq!(first.request("GET", SEG, &[]).await.status, 200);
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
-    endpoint.set_default_client_config(pki.quic_client());
+    let endpoint = quic_endpoint(&pki);
     let second = tokio::time::timeout(
         Duration::from_secs(5),
         endpoint.connect(addr, "localhost").expect("connect"),
@@ -748,21 +753,12 @@ async fn hostile_quic_streams_never_crash() {
 /// every byte that arrived is right, and the next request sees the new size.
 #[tokio::test]
 async fn truncated_file_resets_the_stream() {
-    let pki = Pki::new();
-    let (cert, key, _) = pki.leaf("segd-h3");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let vol = dir.path().join("v");
-    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
     let len: usize = 32 << 20;
     let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8 + 1).collect();
-    let path = vol.join("vod/m/shrinks.ts");
-    std::fs::write(&path, &data).expect("write");
-    let srv = Server::start(&config_for(
-        &[&vol],
-        &(tls_config(dir.path(), &cert, &key)
-            + "http3 = true\n[cache]\nmax_item_bytes = \"1MiB\"\n"),
-    ));
-    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    let t = streaming_server(&[("vod/m/shrinks.ts", &data)], "");
+    let (pki, dir, addr) = (&t.pki, &t.dir, t.addr);
+    let path = dir.path().join("v/vod/m/shrinks.ts");
+    let mut c = h3_connect(addr, pki).await;
     let mut s = c.open("GET", "/vod/m/shrinks.ts", &[]).await;
     assert_eq!(s.recv_response().await.expect("head").status(), 200);
     let mut got = Vec::new();
