@@ -742,6 +742,22 @@ async fn hostile_quic_streams_never_crash() {
     let mut s = c.send.send_request(b).await.expect("sent");
     let _ = s.finish().await;
     assert_eq!(s.recv_response().await.expect("response").status(), 431);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+            metric_with(
+                &m,
+                "segd_http_requests_total",
+                &[
+                    ("method", "other"),
+                    ("proto", "h3"),
+                    ("status_class", "4xx"),
+                ],
+            ) == Some(1.0)
+        })
+        .await,
+        "the 431 is counted"
+    );
     // Everyone else is still served.
     let mut d = h3_connect(addr, &pki).await;
     assert_eq!(d.request("GET", SEG, &[]).await.status, 200);

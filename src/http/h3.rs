@@ -184,8 +184,10 @@ async fn request(
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 // h3 has answered what it could (431, H3_MESSAGE_ERROR); a reset counts as a cancel.
-                if matches!(e, StreamError::RemoteTerminate { .. }) {
-                    cancelled(&state, conn, cancels);
+                match e {
+                    StreamError::RemoteTerminate { .. } => cancelled(&state, conn, cancels),
+                    StreamError::HeaderTooBig { .. } => head_too_big(&state, peer),
+                    _ => {}
                 }
                 tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
                 return;
@@ -286,6 +288,33 @@ async fn send_body(
         Ok(Err(e)) => Err(Ended::Stream(e)),
         Err(_) => Err(Ended::Stalled),
     }
+}
+
+/// Records the 431 h3 sent for a head over `max_header_bytes` (method and path unknown: the
+/// head was never decoded).
+fn head_too_big(state: &crate::state::State, peer: SocketAddr) {
+    let (method, headers) = (http::Method::from_bytes(b"-"), http::HeaderMap::new());
+    let Ok(method) = method else { return };
+    let req = handler::Request {
+        method: &method,
+        path: "",
+        query: None,
+        headers: &headers,
+        peer,
+        proto: Proto::H3,
+        tls: Some("1.3"),
+        alt_svc: None,
+    };
+    let log = handler::LogInfo::default();
+    record(
+        state,
+        &req,
+        http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        0,
+        Instant::now(),
+        "none",
+        &log,
+    );
 }
 
 /// Counts a cancelled request; past the limit the whole connection is closed.
