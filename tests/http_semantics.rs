@@ -291,6 +291,7 @@ async fn methods_and_preflight() {
 
     let r = get(&srv.url(SEG), &[("origin", "https://player.example")]).await;
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("timing-allow-origin"), Some("*"));
     let exposed = r
         .header("access-control-expose-headers")
         .expect("expose")
@@ -309,10 +310,12 @@ async fn cors_origin_list() {
         r.header("access-control-allow-origin"),
         Some("https://b.example")
     );
+    assert_eq!(r.header("timing-allow-origin"), Some("https://b.example"));
     assert_eq!(r.header("vary"), Some("Origin"));
     let r = get(&srv.url(SEG), &[("origin", "https://evil.example")]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("access-control-allow-origin"), None);
+    assert_eq!(r.header("timing-allow-origin"), None);
     assert_eq!(r.header("vary"), Some("Origin"));
     let r = request(
         "OPTIONS",

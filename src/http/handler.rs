@@ -449,11 +449,16 @@ pub fn error(state: &State, req: &Request<'_>, status: StatusCode, msg: &'static
     with_body(status, headers, *req.method == Method::HEAD, msg)
 }
 
-/// `Access-Control-Allow-Origin` (+ `Vary: Origin` when it depends on the request) and
-/// `Access-Control-Expose-Headers`, on every response so players can read errors too.
+/// `Access-Control-Allow-Origin` (+ `Vary: Origin` when it depends on the request),
+/// `Access-Control-Expose-Headers`, and `Timing-Allow-Origin` for the same origins (players'
+/// Resource Timing then sees protocol and timings of segment fetches), on every response so
+/// players can read errors too.
 fn cors_headers(state: &State, req: &Request<'_>, headers: &mut HeaderMap) {
+    const TIMING_ALLOW_ORIGIN: http::HeaderName =
+        http::HeaderName::from_static("timing-allow-origin");
     if state.prepared.allow_any_origin {
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        headers.insert(TIMING_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     } else {
         headers.insert(VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = req.headers.get(ORIGIN) else {
@@ -469,6 +474,7 @@ fn cors_headers(state: &State, req: &Request<'_>, headers: &mut HeaderMap) {
             return;
         }
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(TIMING_ALLOW_ORIGIN, origin.clone());
     }
     headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE);
 }
