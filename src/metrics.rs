@@ -40,6 +40,7 @@ pub struct Metrics {
     pub connections_rejected: prometheus::IntCounter,
     pub tls_handshakes: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
+    pub quic_retries: prometheus::IntCounter,
     pub mapped_bytes: prometheus::IntCounter,
     mmap_faults: prometheus::IntCounter,
 }
@@ -163,6 +164,10 @@ impl Metrics {
             "segd_h3_rapid_reset_closes_total",
             "HTTP/3 connections closed with H3_EXCESSIVE_LOAD for cancelling requests in bulk",
         )?;
+        let quic_retries = counter(
+            "segd_quic_retries_total",
+            "New QUIC connections asked to prove their address with a Retry (tls.quic_retry)",
+        )?;
         let mapped_bytes = counter(
             "segd_mapped_bytes_total",
             "Body bytes encrypted straight from a memory map of the segment (TLS, no read copy)",
@@ -224,6 +229,7 @@ impl Metrics {
             connections_rejected,
             tls_handshakes,
             h3_rapid_reset_closes,
+            quic_retries,
             mapped_bytes,
             mmap_faults,
         })

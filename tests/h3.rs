@@ -432,6 +432,11 @@ async fn stream_limits_and_bulk_cancels() {
     assert!(cancelled >= 200, "closed only after the limit: {cancelled}");
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
+        metric(&m, "segd_quic_retries_total"),
+        Some(0.0),
+        "no Retry in auto mode while few connections are open"
+    );
+    assert_eq!(
         metric(&m, "segd_h3_rapid_reset_closes_total"),
         Some(1.0),
         "{m}"
@@ -807,4 +812,46 @@ async fn truncated_file_resets_the_stream() {
         r.header("content-length"),
         Some((4usize << 20).to_string().as_str())
     );
+}
+
+/// `tls.quic_retry = "always"`: every new QUIC connection first answers a stateless Retry (the
+/// client does it transparently), then is served; the Retry is counted.
+#[tokio::test]
+async fn quic_retry_validates_addresses() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &(tls_config(vols.path(), &cert, &key) + "http3 = true\nquic_retry = \"always\"\n"),
+    ));
+    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    assert_eq!(c.request("GET", SEG, &[]).await.status, 200);
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, "segd_quic_retries_total"), Some(1.0), "{m}");
+
+    // auto (the default): only while more than half of max_connections are open.
+    let srv = Server::start(
+        &config_for(
+            &[&vols.path().join("disk1")],
+            &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
+        )
+        .replace("[admin]", "max_connections = 3\n[admin]"),
+    );
+    let addr = srv.tls_addr.expect("tls");
+    let retries = async || {
+        let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+        metric(&m, "segd_quic_retries_total")
+    };
+    let a = h3_connect(addr, &pki).await;
+    let b = h3_connect(addr, &pki).await;
+    assert_eq!(
+        retries().await,
+        Some(0.0),
+        "one or two open of three: no Retry"
+    );
+    let mut third = h3_connect(addr, &pki).await;
+    assert_eq!(third.request("GET", SEG, &[]).await.status, 200);
+    assert_eq!(retries().await, Some(1.0), "two open of three: Retry");
+    drop((a, b));
 }

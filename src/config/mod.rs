@@ -48,9 +48,21 @@ pub struct TlsConfig {
     /// HTTP/3 over QUIC on UDP at the same addresses; TCP responses on these listeners then
     /// advertise it with `Alt-Svc`.
     pub http3: bool,
+    /// When a new QUIC connection must first prove its address with a Retry round trip.
+    pub quic_retry: QuicRetry,
     /// Extra certificates chosen by SNI (`[[tls.certs]]`); `cert`/`key` above serve every other
     /// name and clients that send no SNI.
     pub certs: Vec<SniCert>,
+}
+
+/// Stateless Retry (address validation) for new QUIC connections: protects against spoofed-source
+/// floods at the cost of one round trip for the clients it applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuicRetry {
+    /// Only while more than half of `server.max_connections` are open.
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Clone)]
@@ -236,7 +248,7 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "tls",
 ];
-const TLS_KEYS: &[&str] = &["listen", "cert", "key", "http3", "certs"];
+const TLS_KEYS: &[&str] = &["listen", "cert", "key", "http3", "quic_retry", "certs"];
 const TLS_CERT_KEYS: &[&str] = &["cert", "key", "server_names"];
 const SERVER_KEYS: &[&str] = &[
     "listen",
@@ -998,6 +1010,20 @@ fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
         "a PEM private key file (PKCS#8, PKCS#1 or SEC1)",
     );
     let http3 = s.bool("http3", false);
+    let retry_allowed = "auto, always, never";
+    let quic_retry = match s.string("quic_retry", retry_allowed).as_deref() {
+        None | Some("auto") => QuicRetry::Auto,
+        Some("always") => QuicRetry::Always,
+        Some("never") => QuicRetry::Never,
+        Some(other) => {
+            s.error(
+                "quic_retry",
+                format!("unknown mode {other:?}"),
+                retry_allowed,
+            );
+            QuicRetry::Auto
+        }
+    };
     let certs = s
         .tables("certs", TLS_CERT_KEYS)
         .iter()
@@ -1013,6 +1039,7 @@ fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
             cert,
             key,
             http3,
+            quic_retry,
             certs,
         }),
         (c, k) => {

@@ -8,6 +8,10 @@
 //! response data. Handshakes must finish within `header_read_timeout`; connections count
 //! against `max_connections` together with TCP ones.
 //!
+//! Address validation: with `tls.quic_retry` (default `auto`: while more than half of
+//! `max_connections` are open) a new connection must first answer a stateless Retry, so spoofed
+//! source addresses cannot make segd spend handshakes or send to victims.
+//!
 //! A reload swaps the endpoint's server config (new certificate for new handshakes; established
 //! connections keep theirs). On drain the endpoint stops accepting, every connection sends
 //! GOAWAY and finishes its requests, then the endpoint waits for the close to reach the peers.
@@ -20,7 +24,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use super::shutdown::Drain;
 use super::ActiveGuard;
-use crate::config::Config;
+use crate::config::{Config, QuicRetry};
 use crate::state::Shared;
 
 /// Unidirectional streams a client may open: control + QPACK encoder + decoder, and room for
@@ -111,11 +115,30 @@ pub async fn accept(
             _ = stop.wait() => break,
         };
         let state = shared.load();
-        if active.load(Ordering::Relaxed) >= state.config.server.max_connections {
+        let open = active.load(Ordering::Relaxed);
+        let max = state.config.server.max_connections;
+        if open >= max {
             incoming.refuse();
             state.metrics.connections_rejected.inc();
             continue;
         }
+        let retry = match state.config.tls.as_ref().map(|t| t.quic_retry) {
+            Some(QuicRetry::Always) => true,
+            Some(QuicRetry::Auto) => open * 2 > max,
+            _ => false,
+        };
+        let incoming = if retry && !incoming.remote_address_validated() {
+            // The client comes back with a token proving it receives at its address.
+            match incoming.retry() {
+                Ok(()) => {
+                    state.metrics.quic_retries.inc();
+                    continue;
+                }
+                Err(e) => e.into_incoming(),
+            }
+        } else {
+            incoming
+        };
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(Arc::clone(&active));
         let timeout = state.config.server.header_read_timeout;
