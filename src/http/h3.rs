@@ -14,7 +14,6 @@
 //! `H3_EXCESSIVE_LOAD`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,11 +33,12 @@ type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 /// Cancelled requests allowed per connection in one window before it counts as an attack.
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
 
-/// Counts requests the client cancelled (reset or stopped before the response completed).
+/// Counts requests the client cancelled (reset or stopped before the response completed), per
+/// window of `CANCEL_WINDOW`. Touched only when a request is cancelled.
 struct Cancels {
     epoch: Instant,
-    /// High 32 bits: window number; low 32 bits: cancels in that window.
-    packed: AtomicU64,
+    /// (window number, cancels in it).
+    seen: std::sync::Mutex<(u64, u32)>,
     limit: u32,
 }
 
@@ -46,30 +46,22 @@ impl Cancels {
     fn new(limit: u32) -> Cancels {
         Cancels {
             epoch: Instant::now(),
-            packed: AtomicU64::new(0),
+            seen: std::sync::Mutex::new((0, 0)),
             limit,
         }
     }
 
-    /// Notes one cancel; true when this window's count just passed the limit.
+    /// Notes one cancel; true exactly when this window's count passes the limit.
     fn note(&self) -> bool {
         let window = self.epoch.elapsed().as_secs() / CANCEL_WINDOW.as_secs();
-        let mut cur = self.packed.load(Ordering::Relaxed);
-        loop {
-            let (w, n) = (cur >> 32, cur & 0xffff_ffff);
-            let next = if w == window {
-                (w << 32) | (n + 1).min(0xffff_ffff)
-            } else {
-                (window << 32) | 1
-            };
-            match self
-                .packed
-                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return (next & 0xffff_ffff) == u64::from(self.limit) + 1,
-                Err(actual) => cur = actual,
-            }
+        let Ok(mut seen) = self.seen.lock() else {
+            return false;
+        };
+        if seen.0 != window {
+            *seen = (window, 0);
         }
+        seen.1 = seen.1.saturating_add(1);
+        seen.1 == self.limit.saturating_add(1)
     }
 }
 
