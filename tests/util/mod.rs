@@ -334,3 +334,99 @@ pub async fn eventually(timeout: Duration, mut f: impl AsyncFnMut() -> bool) -> 
     }
     false
 }
+
+/// Bytes placed next to the volumes by [`traversal_fixture`]: a response containing them escaped.
+pub const OUTSIDE_SECRET: &str = "TOP-SECRET-OUTSIDE-THE-VOLUME";
+
+/// Puts a secret next to `dir/disk1` and symlinks out of (and within) it, for
+/// [`traversal_targets`].
+pub fn traversal_fixture(dir: &Path) {
+    // A file next to the volumes, reachable only by escaping.
+    std::fs::write(dir.join("secret.ts"), OUTSIDE_SECRET).expect("write");
+    std::fs::write(dir.join("disk1/.hidden.ts"), OUTSIDE_SECRET).expect("write");
+    std::os::unix::fs::symlink(dir.join("secret.ts"), dir.join("disk1/vod/t1/link.ts"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(dir, dir.join("disk1/vod/up")).expect("symlink");
+    std::os::unix::fs::symlink("hls/64k/seg_00001.ts", dir.join("disk1/vod/t1/inside.ts"))
+        .expect("symlink");
+}
+
+/// More than 60 request targets that try to leave a volume (after [`traversal_fixture`]).
+pub fn traversal_targets() -> Vec<String> {
+    let long_dots = format!("/{}secret.ts", "../".repeat(200));
+    let long_seg = format!("/vod/{}/../../secret.ts", "a".repeat(3000));
+    [
+        "/../secret.ts",
+        "/vod/../../secret.ts",
+        "/vod/t1/../../../secret.ts",
+        "/%2e%2e/secret.ts",
+        "/%2E%2E/secret.ts",
+        "/%2e./secret.ts",
+        "/.%2e/secret.ts",
+        "/%2e%2E/secret.ts",
+        "/vod/%2e%2e/%2e%2e/secret.ts",
+        "/vod/t1/%2e%2e%2f%2e%2e%2fsecret.ts",
+        "/%252e%252e/secret.ts",
+        "/%252e%252e%252fsecret.ts",
+        "/%25252e%25252e/secret.ts",
+        "/vod%2f..%2f..%2fsecret.ts",
+        "/vod%2F..%2F..%2Fsecret.ts",
+        "/vod/..%2fsecret.ts",
+        "/vod/..%2Fsecret.ts",
+        "/..%5csecret.ts",
+        "/..%5Csecret.ts",
+        "/vod/..%5c..%5csecret.ts",
+        "/vod\\..\\..\\secret.ts",
+        "/..\\secret.ts",
+        "/%c0%ae%c0%ae/secret.ts",
+        "/%c0%2e%c0%2e/secret.ts",
+        "/%e0%80%ae%e0%80%ae/secret.ts",
+        "/%f0%80%80%ae%f0%80%80%ae/secret.ts",
+        "/%c0%af../secret.ts",
+        "/..%c0%afsecret.ts",
+        "/..%c1%9csecret.ts",
+        "/%uff0e%uff0e/secret.ts",
+        "/%ef%bc%8e%ef%bc%8e/secret.ts",
+        "/vod/t1/link.ts",
+        "/vod/up/secret.ts",
+        "/vod/up/./secret.ts",
+        "/vod/up/%73ecret.ts",
+        "/.hidden.ts",
+        "/%2ehidden.ts",
+        "/vod/%00/../secret.ts",
+        "/vod/%00.ts",
+        "/secret.ts%00.ts",
+        "/secret.ts%00",
+        "/vod/%0a../secret.ts",
+        "/vod/%0d%0a/secret.ts",
+        "/vod/%09../secret.ts",
+        "//secret.ts",
+        "///secret.ts",
+        "/vod//../secret.ts",
+        "/vod/.//../secret.ts",
+        "/./secret.ts",
+        "/vod/./../secret.ts",
+        "/vod/t1/hls/64k/seg_00001.ts/../../../../../secret.ts",
+        "http://evil/../secret.ts",
+        "http://evil/%2e%2e/secret.ts",
+        "https://evil/../secret.ts",
+        "/%2fsecret.ts",
+        "/%2f%2fsecret.ts",
+        "/vod/%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/../../../../../../etc/passwd",
+        "/vod/t1/hls/../../../../../../../etc/passwd",
+        "/etc/passwd",
+        "/proc/self/environ",
+        "/vod/t1/../../proc/self/cwd/secret.ts",
+        "/.git/config",
+        "/vod/.ssh/id_rsa",
+        "/%2e/secret.ts",
+        "/vod/..;/secret.ts",
+        "/vod/...../secret.ts",
+        "/vod/..../secret.ts",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([long_dots, long_seg])
+    .collect()
+}
