@@ -268,7 +268,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
-    ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls")
+    ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls,https-large,https-large-read")
     args = ap.parse_args()
     raise_nofile()
     root = os.path.abspath(args.corpus)
