@@ -3,7 +3,8 @@
 #   benches/compare.sh [--preset small|full] [--rounds N] [--duration S] [--scenarios a,b,...]
 # Installs what it needs (nginx, wrk, nghttp2-client, ffmpeg), builds segd in release, generates
 # the corpus (benches/corpus.sh), and writes raw.csv + summary.md under benches/results/<date>-<commit>/.
-# Scenarios: hot, large, c2000, h2c, playlists, cold, idle10k, hot-unpinned, https, h2tls.
+# Scenarios: hot, large, c2000, h2c, playlists, cold, idle10k, hot-unpinned, https, h2tls,
+# https-large, https-large-read (HTTP/3 has its own: benches/h3_vs_tls.py).
 # Ports 18080-18090 and 18443-18444.
 set -euo pipefail
 cd "$(dirname "$0")/.."
