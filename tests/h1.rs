@@ -210,7 +210,7 @@ async fn broken_clients_leak_no_descriptors() {
         metric_with(
             &get(&srv.admin_url("/metrics"), &[]).await.text(),
             "segd_connections_open",
-            &[("proto", "plain")],
+            &[("proto", "h1")],
         )
     };
     // Warm: the descriptor cache holds the file from now on.

@@ -296,6 +296,14 @@ async fn sighup_swaps_the_certificate() {
         got += frame.data_ref().map_or(0, |d| d.len());
     }
 
+    // The TLS connection counts as an h1 connection (ALPN http/1.1).
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric_with(&m, "segd_connections_open", &[("proto", "h1")]),
+        Some(1.0),
+        "{m}"
+    );
+
     // New certificate files, then SIGHUP.
     std::fs::write(dir.path().join("cert.pem"), &cert_b).expect("cert");
     std::fs::write(dir.path().join("key.pem"), &key_b).expect("key");

@@ -75,7 +75,7 @@ pub async fn serve(
     let stopped = stop.wait();
     tokio::pin!(stopped);
     let mut first = true;
-    let gauge = metrics.connections_open.with_label_values(&["plain"]);
+    let gauge = metrics.connections_open.with_label_values(&["h1"]);
     gauge.inc();
     loop {
         // Idle: wait for the first byte of the next request, or the drain. The read buffer is
@@ -118,10 +118,13 @@ pub async fn serve(
                     prefix: buf.freeze(),
                     inner: stream,
                 };
-                Box::pin(super::service::serve_io(
-                    io, peer, shared, hyper, drain, None, None,
-                ))
-                .await;
+                let conn = super::service::Conn {
+                    peer,
+                    proto: "h2",
+                    tls: None,
+                    alt_svc: None,
+                };
+                Box::pin(super::service::serve_io(io, conn, shared, hyper, drain)).await;
                 return;
             }
         }

@@ -43,24 +43,39 @@ pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// What a connection tells every request on it.
+pub struct Conn {
+    pub peer: SocketAddr,
+    /// `h1` or `h2`: the `segd_connections_open` label (from ALPN, or the h2c preface).
+    pub proto: &'static str,
+    /// The TLS version, for TLS connections.
+    pub tls: Option<&'static str>,
+    /// `Alt-Svc` for every response (TLS listeners with HTTP/3 on).
+    pub alt_svc: Option<http::HeaderValue>,
+}
+
 /// Serves one connection with hyper (HTTP/1.1 or HTTP/2, detected from the preface) until it
 /// closes or the drain asks it to finish.
 pub async fn serve_io<I>(
     io: I,
-    peer: SocketAddr,
+    conn: Conn,
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     drain: Drain,
-    tls: Option<&'static str>,
-    alt_svc: Option<http::HeaderValue>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        proto,
+        tls,
+        alt_svc,
+    } = conn;
     let gauge = shared
         .load()
         .metrics
         .connections_open
-        .with_label_values(&["h2"]);
+        .with_label_values(&[proto]);
     gauge.inc();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         // One state for the whole request, even if a reload swaps it meanwhile.

@@ -385,16 +385,17 @@ async fn accept_tls(
                         };
                         let m = &shared.load().metrics;
                         m.tls_handshakes.with_label_values(&[version]).inc();
-                        crate::http::service::serve_io(
-                            tls,
+                        let proto = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => "h2",
+                            _ => "h1",
+                        };
+                        let conn = crate::http::service::Conn {
                             peer,
-                            shared,
-                            builder,
-                            drain,
-                            Some(version),
+                            proto,
+                            tls: Some(version),
                             alt_svc,
-                        )
-                        .await
+                        };
+                        crate::http::service::serve_io(tls, conn, shared, builder, drain).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
