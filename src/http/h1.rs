@@ -161,6 +161,11 @@ pub async fn serve(
             }
         };
         buf.advance(consumed);
+        if buf.is_empty() {
+            // The head is owned now: give the buffer back before the handler may wait (an open
+            // on the blocking pool), so a burst of requests does not hold a buffer each.
+            buf = BytesMut::new();
+        }
 
         let framing = match body_framing(&head) {
             Ok(f) => f,
