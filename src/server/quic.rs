@@ -118,8 +118,9 @@ pub async fn accept(
         let open = active.load(Ordering::Relaxed);
         let max = state.config.server.max_connections;
         if open >= max {
-            incoming.refuse();
+            // Counted first: the refusal reaches the client at once.
             state.metrics.connections_rejected.inc();
+            incoming.refuse();
             continue;
         }
         let retry = match state.config.tls.as_ref().map(|t| t.quic_retry) {
