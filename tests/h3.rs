@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes};
 use rustls::pki_types::CertificateDer;
 
-use crate::tls::{connect, send, tls_config, Pki};
+use crate::tls::{connect, demo_tls_server, send, tls_config, Pki};
 use crate::util::*;
 
 const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
@@ -611,10 +611,7 @@ async fn no_http3_no_alt_svc() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let srv = Server::start(&config_for(
-        &[&vols.path().join("disk1")],
-        &tls_config(vols.path(), &cert, &key),
-    ));
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "");
     let r = send(
         connect(
             &srv,
@@ -647,12 +644,12 @@ async fn quic_connections_count_against_max_connections() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let srv = Server::start(
-        &config_for(
-            &[&vols.path().join("disk1")],
-            &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
-        )
-        .replace("[admin]", "max_connections = 1\n[admin]"),
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        "http3 = true\n",
+        "max_connections = 1",
     );
     let addr = srv.tls_addr.expect("tls");
     let mut first = h3_connect(addr, &pki).await;
@@ -698,10 +695,7 @@ async fn hostile_quic_streams_never_crash() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let mut srv = Server::start(&config_for(
-        &[&vols.path().join("disk1")],
-        &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
-    ));
+    let mut srv = demo_tls_server(vols.path(), &cert, &key, "http3 = true\n", "");
     let addr = srv.tls_addr.expect("tls");
     let payloads: &[&[u8]] = &[
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -824,10 +818,13 @@ async fn quic_retry_validates_addresses() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let srv = Server::start(&config_for(
-        &[&vols.path().join("disk1")],
-        &(tls_config(vols.path(), &cert, &key) + "http3 = true\nquic_retry = \"always\"\n"),
-    ));
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        "http3 = true\nquic_retry = \"always\"\n",
+        "",
+    );
     let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
     assert_eq!(c.request("GET", SEG, &[]).await.status, 200);
     let retried = async |srv: &Server, n: f64| {
@@ -840,12 +837,12 @@ async fn quic_retry_validates_addresses() {
     assert!(retried(&srv, 1.0).await, "the Retry is counted");
 
     // auto (the default): only while more than half of max_connections are open.
-    let srv = Server::start(
-        &config_for(
-            &[&vols.path().join("disk1")],
-            &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
-        )
-        .replace("[admin]", "max_connections = 3\n[admin]"),
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        "http3 = true\n",
+        "max_connections = 3",
     );
     let addr = srv.tls_addr.expect("tls");
     let retries = async || {
@@ -873,10 +870,7 @@ async fn traversal_never_escapes_over_http3() {
     let (cert, key, _) = pki.leaf("segd");
     let dir = demo_volumes();
     traversal_fixture(dir.path());
-    let srv = Server::start(&config_for(
-        &[&dir.path().join("disk1")],
-        &(tls_config(dir.path(), &cert, &key) + "http3 = true\n"),
-    ));
+    let srv = demo_tls_server(dir.path(), &cert, &key, "http3 = true\n", "");
     let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
     let mut sent = 0;
     for t in traversal_targets() {

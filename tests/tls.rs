@@ -138,6 +138,24 @@ pub async fn send(tls: Tls, method: &str, path: &str, headers: &[(&str, &str)]) 
     }
 }
 
+/// The demo corpus's `disk1` (under `vols`) served over TLS with `cert` and `key`; `tls_extra`
+/// lines go into `[tls]`, `server_extra` lines into `[server]`.
+pub fn demo_tls_server(
+    vols: &std::path::Path,
+    cert: &str,
+    key: &str,
+    tls_extra: &str,
+    server_extra: &str,
+) -> Server {
+    Server::start(
+        &config_for(
+            &[&vols.join("disk1")],
+            &(tls_config(vols, cert, key) + tls_extra),
+        )
+        .replace("[admin]", &format!("{server_extra}\n[admin]")),
+    )
+}
+
 pub fn tls_config(dir: &std::path::Path, cert: &str, key: &str) -> String {
     std::fs::write(dir.join("cert.pem"), cert).expect("cert");
     std::fs::write(dir.join("key.pem"), key).expect("key");
@@ -402,10 +420,13 @@ async fn rsa_certificate() {
     let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
     let read = |f: &str| std::fs::read_to_string(fx.join(f)).expect("fixture");
     let vols = demo_volumes();
-    let srv = Server::start(&config_for(
-        &[&vols.path().join("disk1")],
-        &tls_config(vols.path(), &read("rsa-leaf.pem"), &read("rsa-leaf.key")),
-    ));
+    let srv = demo_tls_server(
+        vols.path(),
+        &read("rsa-leaf.pem"),
+        &read("rsa-leaf.key"),
+        "",
+        "",
+    );
     let ca = rustls::pki_types::CertificateDer::from_pem_file(fx.join("rsa-ca.pem")).expect("ca");
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca).expect("root");
@@ -622,10 +643,7 @@ async fn sessions_resume_with_tickets() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let srv = Server::start(&config_for(
-        &[&vols.path().join("disk1")],
-        &tls_config(vols.path(), &cert, &key),
-    ));
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "");
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         // One connector = one client session cache.
         let client = pki.client(&[version], &[b"http/1.1"]);
