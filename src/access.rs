@@ -36,12 +36,15 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     pub user_agent: Option<&'a str>,
     pub referer: Option<&'a str>,
+    /// False when the body did not reach its end (failed mid-way, client gone, timed out).
+    pub complete: bool,
 }
 
 pub struct AccessLog {
     tx: Option<SyncSender<String>>,
     format: LogFormat,
-    pub dropped: AtomicU64,
+    /// `segd_access_log_dropped_total`: shared by every log a reload opens.
+    dropped: prometheus::IntCounter,
 }
 
 fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
@@ -143,11 +146,15 @@ impl Entry<'_> {
                     Some(u) => json_str(&mut o, u),
                     None => o.push_str("null"),
                 }
-                o.push('}');
+                o.push_str(if self.complete {
+                    ",\"complete\":true}"
+                } else {
+                    ",\"complete\":false}"
+                });
                 o
             }
             LogFormat::Combined => format!(
-                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rt={ms:.3} tls={} cache={} key={} rid={} peer={}",
+                "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" rt={ms:.3} tls={} cache={} key={} rid={} peer={} complete={}",
                 self.client,
                 clf_time(self.time),
                 clf_str(self.method),
@@ -166,6 +173,7 @@ impl Entry<'_> {
                 self.key_id.unwrap_or("-"),
                 clf_str(self.request_id),
                 self.peer,
+                if self.complete { "yes" } else { "no" },
             ),
         }
     }
@@ -173,13 +181,13 @@ impl Entry<'_> {
 
 impl AccessLog {
     /// Opens the target and starts its writer thread (no thread when the log is off).
-    pub fn open(cfg: &LogConfig) -> std::io::Result<AccessLog> {
+    pub fn open(cfg: &LogConfig, dropped: prometheus::IntCounter) -> std::io::Result<AccessLog> {
         let sink: Box<dyn Write + Send> = match &cfg.access {
             Target::Off => {
                 return Ok(AccessLog {
                     tx: None,
                     format: cfg.format,
-                    dropped: AtomicU64::new(0),
+                    dropped,
                 })
             }
             Target::Stdout => Box::new(std::io::stdout()),
@@ -212,7 +220,7 @@ impl AccessLog {
         Ok(AccessLog {
             tx: Some(tx),
             format: cfg.format,
-            dropped: AtomicU64::new(0),
+            dropped,
         })
     }
 
@@ -224,7 +232,7 @@ impl AccessLog {
     pub fn log(&self, e: &Entry<'_>) {
         let Some(tx) = &self.tx else { return };
         if let Err(TrySendError::Full(_)) = tx.try_send(e.format(self.format)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 }
@@ -278,6 +286,7 @@ mod tests {
             request_id: "abc",
             user_agent: Some("ffplay\n"),
             referer: None,
+            complete: true,
         };
         let j = e.format(LogFormat::Json);
         assert!(

@@ -1,11 +1,13 @@
 //! Prometheus metrics: one [`Metrics`] struct registered into a registry made at start (never the
 //! global default). Labels stay low-cardinality: never a path, token or client address.
+//!
+//! This module only holds the request-level series and the registry. Figures owned by other
+//! modules (volume health, caches, I/O backend) are exported by those modules' own collectors,
+//! registered with [`Metrics::register`]; nothing here reaches into them.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::volumes::Volumes;
 
 /// Label values of `segd_http_requests_total`, in the order of the pre-resolved handles.
 pub const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "other"];
@@ -24,25 +26,19 @@ pub struct Metrics {
     pub response_bytes: IntCounterVec,
     pub duration: HistogramVec,
     pub connections_open: IntGaugeVec,
-    pub volume_healthy: IntGaugeVec,
-    pub volume_io_errors: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub token_rejections: IntCounterVec,
     pub zero_copy_bytes: prometheus::IntCounter,
-    pub io_backend: IntGaugeVec,
     pub volume_read_seconds: HistogramVec,
-    cache_hits: prometheus::IntCounter,
-    cache_misses: prometheus::IntCounter,
-    cache_evictions: prometheus::IntCounter,
-    cache_fills: prometheus::IntCounter,
-    cache_bytes: prometheus::IntGauge,
-    open_files: prometheus::IntGauge,
     pub connections_rejected: prometheus::IntCounter,
     pub tls_handshakes: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
     pub quic_retries: prometheus::IntCounter,
     pub mapped_bytes: prometheus::IntCounter,
-    mmap_faults: prometheus::IntCounter,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: prometheus::IntCounter,
+    /// Requests ended early, by reason and by whose fault (`http::refusal`).
+    pub refusals: IntCounterVec,
 }
 
 /// 50 µs to 10 s.
@@ -74,20 +70,6 @@ impl Metrics {
             Opts::new("segd_connections_open", "Open client connections"),
             &["proto"],
         )?;
-        let volume_healthy = IntGaugeVec::new(
-            Opts::new(
-                "segd_volume_healthy",
-                "1 if the volume serves, 0 if it is marked unhealthy",
-            ),
-            &["volume"],
-        )?;
-        let volume_io_errors = IntCounterVec::new(
-            Opts::new(
-                "segd_volume_io_errors_total",
-                "Device errors seen on the volume",
-            ),
-            &["volume"],
-        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("segd_build_info", "Build information (always 1)"),
             &["version"],
@@ -105,14 +87,6 @@ impl Metrics {
             "Body bytes sent with sendfile(2), never copied through user space",
         )?;
         registry.register(Box::new(zero_copy_bytes.clone()))?;
-        let io_backend = IntGaugeVec::new(
-            Opts::new(
-                "segd_io_backend",
-                "1 for the disk I/O backend in use (io_uring or threads)",
-            ),
-            &["backend"],
-        )?;
-        registry.register(Box::new(io_backend.clone()))?;
         let volume_read_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "segd_volume_read_seconds",
@@ -128,26 +102,6 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
-        let cache_hits = counter("segd_cache_hits_total", "Hot-body cache hits")?;
-        let cache_misses = counter("segd_cache_misses_total", "Hot-body cache misses")?;
-        let cache_evictions = counter(
-            "segd_cache_evictions_total",
-            "Hot-body cache entries evicted for space",
-        )?;
-        let cache_fills = counter(
-            "segd_cache_fills_total",
-            "Disk reads that filled the hot-body cache (coalesced misses count once)",
-        )?;
-        let gauge = |name: &str, help: &str| -> Result<prometheus::IntGauge, prometheus::Error> {
-            let g = prometheus::IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let cache_bytes = gauge("segd_cache_bytes", "Bytes held by the hot-body cache")?;
-        let open_files = gauge(
-            "segd_open_files_cached",
-            "Descriptors held by the open-file cache",
-        )?;
         let connections_rejected = counter(
             "segd_connections_rejected_total",
             "Connections closed at accept because server.max_connections were open",
@@ -172,10 +126,18 @@ impl Metrics {
             "segd_mapped_bytes_total",
             "Body bytes encrypted straight from a memory map of the segment (TLS, no read copy)",
         )?;
-        let mmap_faults = counter(
-            "segd_mmap_faults_total",
-            "SIGBUS faults on mapped segments (file truncated while served) caught and handled",
+        let access_log_dropped = counter(
+            "segd_access_log_dropped_total",
+            "Access-log lines dropped because the log writer could not keep up",
         )?;
+        let refusals = IntCounterVec::new(
+            Opts::new(
+                "segd_refusals_total",
+                "Requests ended early, by reason and by whose fault (client, disk, upstream, server)",
+            ),
+            &["reason", "fault"],
+        )?;
+        registry.register(Box::new(refusals.clone()))?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -183,8 +145,6 @@ impl Metrics {
         registry.register(Box::new(response_bytes.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
-        registry.register(Box::new(volume_healthy.clone()))?;
-        registry.register(Box::new(volume_io_errors.clone()))?;
         registry.register(Box::new(build_info.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -213,62 +173,35 @@ impl Metrics {
             response_bytes,
             duration,
             connections_open,
-            volume_healthy,
-            volume_io_errors,
             build_info,
             token_rejections,
             zero_copy_bytes,
-            io_backend,
             volume_read_seconds,
-            cache_hits,
-            cache_misses,
-            cache_evictions,
-            cache_fills,
-            cache_bytes,
-            open_files,
             connections_rejected,
             tls_handshakes,
             h3_rapid_reset_closes,
             quic_retries,
             mapped_bytes,
-            mmap_faults,
+            access_log_dropped,
+            refusals,
         })
     }
 
-    /// Copies volume and cache state into the gauges/counters, then renders the text format.
-    pub fn render(&self, state: &crate::state::State) -> Vec<u8> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let st = &state.bodies.stats;
-        catch_up(&self.cache_hits, st.hits.load(Relaxed));
-        catch_up(&self.cache_misses, st.misses.load(Relaxed));
-        catch_up(&self.cache_evictions, st.evictions.load(Relaxed));
-        catch_up(&self.cache_fills, st.fills.load(Relaxed));
-        catch_up(&self.mmap_faults, crate::io::mapped::faults());
-        self.cache_bytes.set(state.bodies.weighted_size() as i64);
-        self.open_files.set(state.files.len() as i64);
-        let volumes: &Volumes = &state.volumes;
-        for v in volumes.iter() {
-            self.volume_healthy
-                .with_label_values(&[&v.name])
-                .set(i64::from(v.is_healthy()));
-            let c = self.volume_io_errors.with_label_values(&[&v.name]);
-            let seen = v.io_errors();
-            if seen > c.get() {
-                c.inc_by(seen - c.get());
-            }
-        }
+    /// Registers a collector owned by another module (it reads its own figures at scrape).
+    pub fn register(
+        &self,
+        c: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
+    }
+
+    /// Renders every registered series in the text format.
+    pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for well-formed families.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
-    }
-}
-
-/// Advances a counter to a value kept elsewhere (counters only go up).
-fn catch_up(c: &prometheus::IntCounter, seen: u64) {
-    if seen > c.get() {
-        c.inc_by(seen - c.get());
     }
 }

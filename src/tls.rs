@@ -12,6 +12,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -192,4 +194,37 @@ pub fn validate(cfg: &Config) -> ConfigErrors {
         }
     }
     errs
+}
+
+// === QUIC (HTTP/3) ===
+
+/// Unidirectional streams a client may open: control + QPACK encoder + decoder, and room for
+/// reserved (grease) stream types.
+const MAX_UNI_STREAMS: u32 = 8;
+/// Per-stream and per-connection receive windows: request heads only.
+const STREAM_RECEIVE_WINDOW: u32 = 64 << 10;
+const RECEIVE_WINDOW: u32 = 256 << 10;
+/// Unacknowledged response bytes buffered per connection (the back-pressure bound).
+const SEND_WINDOW: u64 = 4 << 20;
+
+/// The quinn server config for `config`'s limits around a TLS 1.3 / ALPN h3 rustls config.
+pub fn quic_server_config(
+    config: &Config,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| std::io::Error::other(format!("tls: not usable for QUIC: {e}")))?;
+    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let s = &config.server;
+    let mut t = TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(s.h3_max_concurrent_streams))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(s.keepalive_timeout).map_err(std::io::Error::other)?,
+        ));
+    sc.transport_config(Arc::new(t));
+    Ok(sc)
 }

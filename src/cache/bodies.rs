@@ -31,7 +31,8 @@ impl From<&ObjectMeta> for BodyKey {
     }
 }
 
-/// Counters the metrics layer reads.
+/// Counters the metrics layer reads. They outlive one cache: a reload that resizes the cache
+/// hands the same `Stats` to the new one, so the exported counters never go down.
 #[derive(Default)]
 pub struct Stats {
     pub hits: AtomicU64,
@@ -39,34 +40,43 @@ pub struct Stats {
     pub evictions: AtomicU64,
     /// Fills actually performed (one per coalesced group of misses).
     pub fills: AtomicU64,
-    /// Bytes held: added when a fill is stored, subtracted whenever an entry leaves.
-    pub bytes: AtomicU64,
 }
 
 pub struct BodyCache {
     cache: moka::future::Cache<BodyKey, Bytes>,
     max_item: u64,
+    pub max_bytes: u64,
     pub stats: Arc<Stats>,
+    /// Bytes held: added when a fill is stored, subtracted whenever an entry leaves.
+    bytes: Arc<AtomicU64>,
 }
 
 impl BodyCache {
-    pub fn new(max_bytes: u64, max_item: u64) -> BodyCache {
-        let stats = Arc::new(Stats::default());
+    pub fn new(max_bytes: u64, max_item: u64, stats: Arc<Stats>) -> BodyCache {
         let ev = Arc::clone(&stats);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let held = Arc::clone(&bytes);
         BodyCache {
             cache: moka::future::Cache::builder()
                 .max_capacity(max_bytes)
                 .weigher(|_k: &BodyKey, v: &Bytes| u32::try_from(v.len()).unwrap_or(u32::MAX))
                 .eviction_listener(move |_k, v: Bytes, cause| {
-                    ev.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+                    held.fetch_sub(v.len() as u64, Ordering::Relaxed);
                     if cause == moka::notification::RemovalCause::Size {
                         ev.evictions.fetch_add(1, Ordering::Relaxed);
                     }
                 })
                 .build(),
             max_item: max_item.min(max_bytes),
+            max_bytes,
             stats,
+            bytes,
         }
+    }
+
+    /// The largest object admitted.
+    pub fn max_item(&self) -> u64 {
+        self.max_item
     }
 
     /// Whether an object of `len` bytes may be cached at all.
@@ -89,12 +99,12 @@ impl BodyCache {
             return Ok(b);
         }
         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-        let stats = Arc::clone(&self.stats);
+        let (stats, bytes) = (Arc::clone(&self.stats), Arc::clone(&self.bytes));
         self.cache
             .try_get_with(key, async move {
                 stats.fills.fetch_add(1, Ordering::Relaxed);
                 let b = fill.await?;
-                stats.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                 Ok(b)
             })
             .await
@@ -102,7 +112,7 @@ impl BodyCache {
 
     /// Bytes currently held (exact, unlike moka's lagging weighted size).
     pub fn weighted_size(&self) -> u64 {
-        self.stats.bytes.load(Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Whether the body is cached right now (no effect on the policy; for logs).
@@ -136,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn cold_sweep_does_not_flush_the_hot_set() {
         // Room for ~10 objects of 100 KiB.
-        let cache = BodyCache::new(1_000 * 1024, 200 * 1024);
+        let cache = BodyCache::new(1_000 * 1024, 200 * 1024, Arc::default());
         let body = Bytes::from(vec![0u8; 100 * 1024]);
         // A hot set of 8 objects, each read many times.
         for _ in 0..30 {
@@ -178,7 +188,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_fill_once() {
-        let cache = Arc::new(BodyCache::new(10 << 20, 1 << 20));
+        let cache = Arc::new(BodyCache::new(10 << 20, 1 << 20, Arc::default()));
         let mut tasks = Vec::new();
         for _ in 0..32 {
             let c = Arc::clone(&cache);

@@ -1,6 +1,7 @@
 //! HTTP/3 over quinn: the h3 crate parses requests and frames responses; every request goes
-//! through [`handler::handle`] like HTTP/1.1 and HTTP/2, and the body is the same [`Body`] the
-//! hyper paths use (whole objects from the hot-body cache, larger ones read in chunks).
+//! through [`handler::handle`] like HTTP/1.1 and HTTP/2, with its body (DATA frames, decoded by
+//! h3) as a [`RequestBody`]. Response bodies are store bodies as chunks, like the hyper paths'
+//! (whole objects from the hot-body cache, larger ones read in chunks, streams as they come).
 //!
 //! Back-pressure: each chunk is handed to quinn only when the previous one fit into the stream's
 //! flow-control credit and the connection's send window, so a slow client holds at most the send
@@ -17,18 +18,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
 use h3::error::{Code, StreamError};
-use http_body_util::BodyExt;
 
-use super::body::Body;
-use super::handler::{self, Proto, Reply};
-use super::record;
-use crate::server::shutdown::Drain;
+use super::handler::{self, Proto};
+use super::request_body::RequestBody;
+use super::Record;
+use crate::drain::Drain;
 use crate::state::Shared;
+use crate::store::{Body, ByteStream};
 
 type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type H3Stream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
 /// Cancelled requests allowed per connection in one window before it counts as an attack.
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
@@ -69,15 +72,19 @@ impl Cancels {
 /// (GOAWAY, then in-flight requests complete).
 pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
     let peer = conn.remote_address();
-    let state = shared.load();
-    let gauge = state.metrics.connections_open.with_label_values(&["h3"]);
+    let policy = shared.load();
+    let gauge = shared
+        .runtime
+        .metrics
+        .connections_open
+        .with_label_values(&["h3"]);
     gauge.inc();
-    let max_head = state.config.server.max_header_bytes as u64;
+    let max_head = policy.config.server.max_header_bytes as u64;
     // A player seeking cancels a few requests; thousands in seconds is an attack.
     let cancels = Arc::new(Cancels::new(
-        state.config.server.h3_max_concurrent_streams.max(50) * 4,
+        policy.config.server.h3_max_concurrent_streams.max(50) * 4,
     ));
-    drop(state);
+    drop(policy);
     let built = h3::server::builder()
         .max_field_section_size(max_head)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
@@ -161,7 +168,8 @@ async fn quiet(conn: &quinn::Connection) {
     }
 }
 
-/// One request stream: head (within the timeout), the handler, then the body.
+/// One request stream: head (within the timeout), the handler (with the request body), then
+/// the response body.
 async fn request(
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
     shared: &Shared,
@@ -169,16 +177,17 @@ async fn request(
     conn: &quinn::Connection,
     cancels: &Cancels,
 ) {
-    let state = shared.load();
-    let head_timeout = state.config.server.header_read_timeout;
-    let (req, mut stream) =
+    let policy = shared.load();
+    let runtime = &shared.runtime;
+    let head_timeout = policy.config.server.header_read_timeout;
+    let (req, stream) =
         match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 // h3 has answered what it could (431, H3_MESSAGE_ERROR); a reset counts as a cancel.
                 match e {
-                    StreamError::RemoteTerminate { .. } => cancelled(&state, conn, cancels),
-                    StreamError::HeaderTooBig { .. } => head_too_big(&state, peer),
+                    StreamError::RemoteTerminate { .. } => cancelled(shared, conn, cancels),
+                    StreamError::HeaderTooBig { .. } => head_too_big(shared, peer),
                     _ => {}
                 }
                 tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
@@ -190,6 +199,7 @@ async fn request(
             }
         };
     let start = Instant::now();
+    let (mut stream, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let hreq = handler::Request {
         method: &parts.method,
@@ -201,37 +211,41 @@ async fn request(
         tls: Some("1.3"),
         alt_svc: None,
     };
-    let Reply {
-        status,
-        headers,
-        body,
-        log,
-    } = handler::handle(&state, &hreq).await;
-    let cache = super::cache_status(&state, &body);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = RequestBody::new(declared, request_body(recv));
+    let reply = handler::handle(runtime, &policy, &hreq, body).await;
+    let record = Record::new(
+        runtime,
+        &policy,
+        &hreq,
+        reply.status,
+        start,
+        reply.body.cache_status(),
+        reply.log,
+    );
     let mut resp = http::Response::new(());
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    let send_timeout = state.config.server.send_timeout;
+    *resp.status_mut() = reply.status;
+    *resp.headers_mut() = reply.headers;
+    let send_timeout = policy.config.server.send_timeout;
     let mut sent = 0u64;
     let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
         Ok(Ok(())) => {
-            state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
-            send_body(
-                &mut stream,
-                Body::new(body, &state, false),
-                send_timeout,
-                &mut sent,
-            )
-            .await
+            record.head_sent();
+            send_body(&mut stream, reply.body, send_timeout, &mut sent).await
         }
         Ok(Err(e)) => Err(Ended::Stream(e)),
         Err(_) => Err(Ended::Stalled),
     };
+    let complete = outcome.is_ok();
     match outcome {
         Ok(()) => {}
         Err(Ended::Stream(e)) => {
             if matches!(e, StreamError::RemoteTerminate { .. }) {
-                cancelled(&state, conn, cancels);
+                cancelled(shared, conn, cancels);
             }
             tracing::debug!(%peer, error = %e, "HTTP/3 response not completed");
         }
@@ -245,7 +259,22 @@ async fn request(
             tracing::warn!(%peer, path = parts.uri.path(), error = %e, "HTTP/3 body failed; stream reset");
         }
     }
-    record(&state, &hreq, status, sent, start, cache, &log);
+    record.finish(sent, complete);
+}
+
+/// The request stream's DATA frames as a body stream (h3 decodes the framing).
+fn request_body(recv: RecvHalf) -> ByteStream {
+    Box::pin(futures_util::stream::unfold(Some(recv), |recv| async move {
+        let mut recv = recv?;
+        match recv.recv_data().await {
+            Ok(Some(mut data)) => {
+                let b = data.copy_to_bytes(data.remaining());
+                Some((Ok(b), Some(recv)))
+            }
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e)), None)),
+        }
+    }))
 }
 
 enum Ended {
@@ -255,25 +284,28 @@ enum Ended {
 }
 
 async fn send_body(
-    stream: &mut H3Stream,
-    mut body: Body,
+    stream: &mut SendHalf,
+    body: Body,
     send_timeout: Duration,
     sent: &mut u64,
 ) -> Result<(), Ended> {
-    while let Some(frame) = body.frame().await {
-        let data = match frame {
-            Ok(f) => match f.into_data() {
-                Ok(d) => d,
-                Err(_) => continue,
-            },
-            Err(e) => return Err(Ended::Body(e)),
-        };
-        let n = data.len() as u64;
-        match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
-            Ok(Ok(())) => *sent += n,
-            Ok(Err(e)) => return Err(Ended::Stream(e)),
-            Err(_) => return Err(Ended::Stalled),
+    let expected = body.len();
+    if let Some(mut chunks) = body.into_stream(false) {
+        while let Some(chunk) = chunks.next().await {
+            let data = chunk.map_err(Ended::Body)?;
+            let n = data.len() as u64;
+            match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
+                Ok(Ok(())) => *sent += n,
+                Ok(Err(e)) => return Err(Ended::Stream(e)),
+                Err(_) => return Err(Ended::Stalled),
+            }
         }
+    }
+    if expected.is_some_and(|l| l != *sent) {
+        return Err(Ended::Body(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "body ended short of its length",
+        )));
     }
     match tokio::time::timeout(send_timeout, stream.finish()).await {
         Ok(Ok(())) => Ok(()),
@@ -284,7 +316,7 @@ async fn send_body(
 
 /// Records the 431 h3 sent for a head over `max_header_bytes` (method and path unknown: the
 /// head was never decoded).
-fn head_too_big(state: &crate::state::State, peer: SocketAddr) {
+fn head_too_big(shared: &Shared, peer: SocketAddr) {
     let (method, headers) = (http::Method::from_bytes(b"-"), http::HeaderMap::new());
     let Ok(method) = method else { return };
     let req = handler::Request {
@@ -297,22 +329,22 @@ fn head_too_big(state: &crate::state::State, peer: SocketAddr) {
         tls: Some("1.3"),
         alt_svc: None,
     };
-    let log = handler::LogInfo::default();
-    record(
-        state,
+    Record::new(
+        &shared.runtime,
+        &shared.load(),
         &req,
         http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        0,
         Instant::now(),
         "none",
-        &log,
-    );
+        handler::LogInfo::default(),
+    )
+    .finish(0, true);
 }
 
 /// Counts a cancelled request; past the limit the whole connection is closed.
-fn cancelled(state: &crate::state::State, conn: &quinn::Connection, cancels: &Cancels) {
+fn cancelled(shared: &Shared, conn: &quinn::Connection, cancels: &Cancels) {
     if cancels.note() {
-        state.metrics.h3_rapid_reset_closes.inc();
+        shared.runtime.metrics.h3_rapid_reset_closes.inc();
         tracing::warn!(peer = %conn.remote_address(), "HTTP/3 client cancelled too many requests; closing with H3_EXCESSIVE_LOAD");
         conn.close(
             quinn::VarInt::from_u32(Code::H3_EXCESSIVE_LOAD.value() as u32),

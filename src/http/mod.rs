@@ -1,115 +1,166 @@
 //! HTTP front ends. `handler` decides every response; the other modules only move bytes:
-//! `h1` is the plaintext HTTP/1.1 fast path (httparse + sendfile), `service` adapts hyper (h2c
-//! handed over from `h1`), `h3` serves HTTP/3 over quinn, and `body` writes file bodies for the
-//! copying writers (hyper and HTTP/3).
+//! `h1` is the plaintext HTTP/1.1 fast path (httparse + sendfile), `service` adapts hyper
+//! (h2c handed over from `h1`, HTTP/1.1 with request bodies, and TLS), `h3` serves HTTP/3 over
+//! quinn, and `body` adapts store bodies for hyper.
+//!
+//! Every protocol records each request exactly once, after its body has ended (sent whole,
+//! failed, or abandoned by the client): [`Record`] is made when the head is decided and
+//! [`Record::finish`]ed by the writer.
 
 pub mod body;
 pub mod conditional;
 pub mod h1;
 pub mod h3;
 pub mod handler;
+mod headers;
 pub mod range;
+pub mod refusal;
+pub mod request_body;
+mod rewrite;
 pub mod service;
 
-use std::time::Instant;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
-use crate::state::State;
-use handler::Proto;
+use crate::policy::Policy;
+use crate::runtime::Runtime;
+use handler::{LogInfo, Proto, Request};
 
-fn access_line(
-    state: &State,
-    req: &handler::Request<'_>,
-    status: http::StatusCode,
-    bytes: u64,
+/// One request's metrics and access-log line, waiting for its body to end.
+pub struct Record {
+    runtime: Arc<Runtime>,
+    policy: Arc<Policy>,
+    /// Index into the pre-resolved (method, status class, proto) counters.
+    handle: usize,
+    proto: Proto,
     start: Instant,
-    cache: &'static str,
-    log: &handler::LogInfo,
-) {
-    // Never the token: the path-embedded segment is split off and the query is not logged.
-    let raw;
-    let path = match &log.path {
-        Some(p) => p.as_str(),
-        None => {
-            raw = crate::auth::split_path_token(state.auth.name(), req.path).path;
-            &raw[..raw.len().min(1024)]
-        }
-    };
-    let header = |n: http::header::HeaderName| req.headers.get(n).and_then(|v| v.to_str().ok());
-    let rid = crate::access::request_id(req.headers);
-    state.access.log(&crate::access::Entry {
-        time: std::time::SystemTime::now(),
-        client: state.auth.client_ip(req.headers, req.peer.ip()),
-        peer: req.peer,
-        method: req.method.as_str(),
-        path,
-        status: status.as_u16(),
-        bytes,
-        duration: start.elapsed(),
-        proto: req.proto.as_str(),
-        tls: req.tls,
-        cache,
-        key_id: log.key_id.as_deref(),
-        request_id: &rid,
-        user_agent: header(http::header::USER_AGENT),
-        referer: header(http::header::REFERER),
-    });
+    /// Set when the access log is on: the line's fields, owned.
+    line: Option<Box<Line>>,
 }
 
-/// The access log's `cache` field for a body a copying writer (hyper, HTTP/3) will send: `hit` or
-/// `miss` in the hot-body cache, `bypass` for objects too big for it, `none` for no file body.
-pub fn cache_status(state: &State, body: &handler::ReplyBody) -> &'static str {
-    match body {
-        handler::ReplyBody::File { meta, .. } if state.bodies.admits(meta.len) => {
-            if state.bodies.contains_now(meta) {
-                "hit"
-            } else {
-                "miss"
-            }
-        }
-        handler::ReplyBody::File { .. } => "bypass",
-        _ => "none",
-    }
+struct Line {
+    client: IpAddr,
+    peer: SocketAddr,
+    method: http::Method,
+    path: String,
+    status: u16,
+    tls: Option<&'static str>,
+    cache: &'static str,
+    key_id: Option<String>,
+    request_id: String,
+    user_agent: Option<String>,
+    referer: Option<String>,
 }
 
-/// Records one answered request — metrics and the access log: the single exit point every
-/// protocol calls.
-pub fn record(
-    state: &State,
-    req: &handler::Request<'_>,
-    status: http::StatusCode,
-    bytes: u64,
-    start: Instant,
-    cache: &'static str,
-    log: &handler::LogInfo,
-) {
-    let proto = req.proto;
-    if state.access.enabled() {
-        access_line(state, req, status, bytes, start, cache, log);
+impl Record {
+    /// Starts the record of `req`, answered with `status`; `start` is when its head was read.
+    pub fn new(
+        runtime: &Arc<Runtime>,
+        policy: &Arc<Policy>,
+        req: &Request<'_>,
+        status: http::StatusCode,
+        start: Instant,
+        cache: &'static str,
+        log: LogInfo,
+    ) -> Record {
+        let mi = match *req.method {
+            http::Method::GET => 0,
+            http::Method::HEAD => 1,
+            http::Method::OPTIONS => 2,
+            _ => 3,
+        };
+        let ci = match status.as_u16() {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        let pi = match req.proto {
+            Proto::H1 => 0,
+            Proto::H2 => 1,
+            Proto::H3 => 2,
+        };
+        let line = policy.access.enabled().then(|| {
+            // Never the token: the path-embedded segment is split off and the query not logged.
+            let path = log.path.unwrap_or_else(|| {
+                let raw = crate::auth::split_path_token(policy.auth.name(), req.path).path;
+                raw[..raw.len().min(1024)].to_string()
+            });
+            let header = |n: http::header::HeaderName| {
+                req.headers
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            Box::new(Line {
+                client: policy.auth.client_ip(req.headers, req.peer.ip()),
+                peer: req.peer,
+                method: req.method.clone(),
+                path,
+                status: status.as_u16(),
+                tls: req.tls,
+                cache,
+                key_id: log.key_id,
+                request_id: crate::access::request_id(req.headers),
+                user_agent: header(http::header::USER_AGENT),
+                referer: header(http::header::REFERER),
+            })
+        });
+        Record {
+            runtime: Arc::clone(runtime),
+            policy: Arc::clone(policy),
+            handle: (mi * 5 + ci) * 3 + pi,
+            proto: req.proto,
+            start,
+            line,
+        }
     }
-    let m = &state.metrics;
-    let mi = match *req.method {
-        http::Method::GET => 0,
-        http::Method::HEAD => 1,
-        http::Method::OPTIONS => 2,
-        _ => 3,
-    };
-    let ci = match status.as_u16() {
-        100..=199 => 0,
-        200..=299 => 1,
-        300..=399 => 2,
-        400..=499 => 3,
-        _ => 4,
-    };
-    let pi = match proto {
-        Proto::H1 => 0,
-        Proto::H2 => 1,
-        Proto::H3 => 2,
-    };
-    if let Some(c) = m.request_handles.get((mi * 5 + ci) * 3 + pi) {
-        c.inc();
+
+    /// The response head is on its way: the time-to-first-byte phase.
+    pub fn head_sent(&self) {
+        self.runtime
+            .metrics
+            .ttfb
+            .observe(self.start.elapsed().as_secs_f64());
     }
-    if let Some(c) = m.byte_handles.get(pi) {
-        c.inc_by(bytes);
+
+    /// The body ended: `bytes` went out, `complete` says whether it reached its end.
+    pub fn finish(self, bytes: u64, complete: bool) {
+        let m = &self.runtime.metrics;
+        if let Some(c) = m.request_handles.get(self.handle) {
+            c.inc();
+        }
+        let pi = match self.proto {
+            Proto::H1 => 0,
+            Proto::H2 => 1,
+            Proto::H3 => 2,
+        };
+        if let Some(c) = m.byte_handles.get(pi) {
+            c.inc_by(bytes);
+        }
+        let elapsed = self.start.elapsed();
+        m.total_time.observe(elapsed.as_secs_f64());
+        if let Some(l) = self.line {
+            self.policy.access.log(&crate::access::Entry {
+                time: SystemTime::now(),
+                client: l.client,
+                peer: l.peer,
+                method: l.method.as_str(),
+                path: &l.path,
+                status: l.status,
+                bytes,
+                duration: elapsed,
+                proto: self.proto.as_str(),
+                tls: l.tls,
+                cache: l.cache,
+                key_id: l.key_id.as_deref(),
+                request_id: &l.request_id,
+                user_agent: l.user_agent.as_deref(),
+                referer: l.referer.as_deref(),
+                complete,
+            });
+        }
     }
-    m.total_time.observe(start.elapsed().as_secs_f64());
 }

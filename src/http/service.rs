@@ -1,8 +1,8 @@
-//! hyper glue for the plaintext listeners: HTTP/1.1 (keep-alive, pipelining) and HTTP/2 with
-//! prior knowledge (h2c) on the same socket, detected from the connection preface.
+//! hyper glue: TLS connections (HTTP/1.1 and HTTP/2 by ALPN), h2c and HTTP/1.1 connections
+//! with request bodies (both handed over by the plaintext fast path in `h1`).
 //!
-//! Per request: convert to [`handler::Request`], call [`handler::handle`], convert the [`Reply`]
-//! to a hyper response, and record metrics once.
+//! Per request: convert to [`handler::Request`] with its body, call [`handler::handle`], convert
+//! the [`Reply`] to a hyper response whose body finishes the request's [`Record`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,11 +14,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
-use super::body::Body;
-use super::handler::{self, Proto, Reply};
-use super::record;
-use crate::server::shutdown::Drain;
-use crate::state::{Shared, State};
+use super::body::HyperBody;
+use super::handler::{self, Proto};
+use super::request_body::RequestBody;
+use super::Record;
+use crate::drain::Drain;
+use crate::state::Shared;
 
 /// The hyper connection builder configured from `[server]`.
 pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
@@ -72,16 +73,15 @@ pub async fn serve_io<I>(
         alt_svc,
     } = conn;
     let gauge = shared
-        .load()
+        .runtime
         .metrics
         .connections_open
         .with_label_values(&[proto]);
     gauge.inc();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
-        // One state for the whole request, even if a reload swaps it meanwhile.
-        let state = shared.load();
+        let shared = Arc::clone(&shared);
         let alt_svc = alt_svc.clone();
-        async move { Ok::<_, Infallible>(respond(&state, peer, tls, alt_svc.as_ref(), req).await) }
+        async move { Ok::<_, Infallible>(respond(&shared, peer, tls, alt_svc.as_ref(), req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -102,21 +102,24 @@ pub async fn serve_io<I>(
     gauge.dec();
 }
 
-/// One request through the handler, with metrics recorded at the single exit.
+/// One request through the handler; its record finishes with the body.
 async fn respond(
-    state: &Arc<State>,
+    shared: &Shared,
     peer: SocketAddr,
     tls: Option<&'static str>,
     alt_svc: Option<&http::HeaderValue>,
     req: hyper::Request<Incoming>,
-) -> hyper::Response<Body> {
+) -> hyper::Response<HyperBody> {
     let start = Instant::now();
+    // One policy for the whole request, even if a reload swaps it meanwhile.
+    let policy = shared.load();
+    let runtime = &shared.runtime;
     let proto = if req.version() == http::Version::HTTP_2 {
         Proto::H2
     } else {
         Proto::H1
     };
-    let (parts, _body) = req.into_parts();
+    let (parts, incoming) = req.into_parts();
     let hreq = handler::Request {
         method: &parts.method,
         path: parts.uri.path(),
@@ -127,19 +130,21 @@ async fn respond(
         tls,
         alt_svc,
     };
-    let Reply {
-        status,
-        headers,
-        body,
-        log,
-    } = handler::handle(state, &hreq).await;
-    let cache = super::cache_status(state, &body);
-    record(state, &hreq, status, body.len(), start, cache, &log);
+    let reply = handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await;
+    let cache = reply.body.cache_status();
+    let record = Record::new(runtime, &policy, &hreq, reply.status, start, cache, reply.log);
     // hyper writes the head as soon as this returns.
-    state.metrics.ttfb.observe(start.elapsed().as_secs_f64());
+    record.head_sent();
     // Only TLS connections have the socket guard that makes mapped bodies safe.
-    let mut resp = hyper::Response::new(Body::new(body, state, tls.is_some()));
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
+    let mut resp = hyper::Response::new(HyperBody::new(reply.body, tls.is_some(), record));
+    *resp.status_mut() = reply.status;
+    *resp.headers_mut() = reply.headers;
+    if reply.close && proto == Proto::H1 {
+        // The request's body could not be trusted: nothing after it on this connection can.
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     resp
 }

@@ -19,63 +19,20 @@
 //! ENODEV, ESTALE, ...). The transition is logged once. [`Volumes::check_health`] re-probes and
 //! reopens a root that came back. No disk error ever panics or stops the process.
 
+mod object;
 pub mod path;
+mod volume;
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+pub use object::{clone_error, is_device_fault, still_current, ObjectMeta};
+pub use path::{sanitize, PathError, RelPath};
+pub use volume::{Opened, Volume};
+use volume::OpenError;
 
 use crate::config::VolumeConfig;
-pub use path::{sanitize, PathError, RelPath};
-
-/// Stat data of an opened object, from one `fstat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ObjectMeta {
-    pub len: u64,
-    pub dev: u64,
-    pub ino: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime_ns: i128,
-    /// Status-change time, nanoseconds: moves on every write and truncation, even one that
-    /// restores the old mtime.
-    pub ctime_ns: i128,
-}
-
-impl ObjectMeta {
-    pub fn modified(&self) -> SystemTime {
-        let secs = (self.mtime_ns / 1_000_000_000) as i64;
-        if secs >= 0 {
-            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
-        } else {
-            SystemTime::UNIX_EPOCH
-        }
-    }
-
-    /// Strong validator from device, inode, size and modification time (ns): any replacement or
-    /// rewrite of the file changes it.
-    pub fn etag(&self) -> String {
-        format!(
-            "\"{:x}-{:x}-{:x}-{:x}\"",
-            self.dev, self.ino, self.len, self.mtime_ns
-        )
-    }
-}
-
-/// An opened regular file and where it was found.
-#[derive(Debug)]
-pub struct Opened {
-    pub file: File,
-    pub meta: ObjectMeta,
-    pub volume: usize,
-}
 
 /// Why a lookup produced no file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,271 +45,8 @@ pub enum LookupError {
     Overloaded,
 }
 
-enum OpenError {
-    NotFound,
-    Fault(io::Error),
-    Overloaded,
-}
-
-/// One root directory.
-pub struct Volume {
-    pub name: String,
-    pub path: PathBuf,
-    marker: Option<String>,
-    root: ArcSwapOption<Root>,
-    healthy: AtomicBool,
-    io_errors: AtomicU64,
-}
-
-struct Root {
-    fd: OwnedFd,
-    dev: u64,
-    ino: u64,
-}
-
-/// Test-only fault injection, compiled into debug builds only (what `cargo test` runs; release
-/// builds never contain it): while a file named `.segd-fault-eio` exists at a volume's root,
-/// every open and probe on that volume fails with EIO, as a dying disk would. Dot-files are never
-/// served, so the trigger is invisible to clients.
-#[cfg(debug_assertions)]
-fn injected_fault(root: &Root) -> Option<io::Error> {
-    rustix::fs::statat(
-        &root.fd,
-        ".segd-fault-eio",
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .ok()
-    .map(|_| io::Error::from_raw_os_error(libc::EIO))
-}
-
-#[cfg(not(debug_assertions))]
-fn injected_fault(_root: &Root) -> Option<io::Error> {
-    None
-}
-
-/// Whether `openat2` exists on this kernel; if not, containment falls back to canonicalising.
-static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
-
-fn classify(e: &io::Error) -> OpenError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV | libc::EACCES)
-        | Some(libc::EPERM | libc::ENAMETOOLONG | libc::EISDIR | libc::EINVAL) => {
-            OpenError::NotFound
-        }
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => OpenError::Overloaded,
-        _ => OpenError::Fault(io::Error::new(e.kind(), e.to_string())),
-    }
-}
-
-// === impl Volume ===
-
-impl Volume {
-    fn new(cfg: &VolumeConfig) -> Volume {
-        let v = Volume {
-            name: cfg.name.clone(),
-            path: cfg.path.clone(),
-            marker: cfg.marker.clone(),
-            root: ArcSwapOption::empty(),
-            healthy: AtomicBool::new(false),
-            io_errors: AtomicU64::new(0),
-        };
-        match v.open_root() {
-            Ok(root) => {
-                v.root.store(Some(Arc::new(root)));
-                v.healthy.store(true, Ordering::Release);
-            }
-            Err(e) => {
-                tracing::warn!(volume = %v.name, error = %e, "volume is unavailable at start")
-            }
-        }
-        v
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
-    }
-
-    pub fn io_errors(&self) -> u64 {
-        self.io_errors.load(Ordering::Relaxed)
-    }
-
-    fn open_root(&self) -> io::Result<Root> {
-        let fd = rustix::fs::open(
-            &self.path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let st = rustix::fs::fstat(&fd)?;
-        if let Some(m) = &self.marker {
-            rustix::fs::statat(&fd, m.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(
-                |e| {
-                    io::Error::new(
-                        io::Error::from(e).kind(),
-                        format!("marker file {m:?} missing"),
-                    )
-                },
-            )?;
-        }
-        Ok(Root {
-            fd,
-            dev: st.st_dev,
-            ino: st.st_ino,
-        })
-    }
-
-    fn set_health(&self, healthy: bool, why: &dyn std::fmt::Display) {
-        let was = self.healthy.swap(healthy, Ordering::AcqRel);
-        if was && !healthy {
-            tracing::error!(volume = %self.name, reason = %why, "volume marked unhealthy; its objects answer 503");
-        } else if !was && healthy {
-            tracing::info!(volume = %self.name, "volume healthy again");
-        }
-    }
-
-    /// Re-checks the root: still there, same device and inode, marker present. Reopens a root
-    /// that came back (remount, directory restored). Returns the health after the check.
-    pub fn probe(&self) -> bool {
-        let current = self.root.load_full();
-        if let Some(e) = current.as_deref().and_then(injected_fault) {
-            self.record_fault(&e);
-            return false;
-        }
-        match rustix::fs::stat(&self.path) {
-            Ok(st) => {
-                let same = current
-                    .as_ref()
-                    .is_some_and(|r| r.dev == st.st_dev && r.ino == st.st_ino);
-                let marker_ok = match (&self.marker, &current) {
-                    (Some(m), Some(r)) if same => {
-                        rustix::fs::statat(&r.fd, m.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                            .is_ok()
-                    }
-                    _ => true,
-                };
-                // Also make sure the root itself still answers (EIO on the directory).
-                let root_ok = current
-                    .as_ref()
-                    .is_some_and(|r| rustix::fs::fstat(&r.fd).is_ok());
-                if same && marker_ok && root_ok {
-                    if !self.is_healthy() {
-                        // Only a fault marked it unhealthy; the disk answers again.
-                        self.set_health(true, &"probe succeeded");
-                    }
-                    return true;
-                }
-                match self.open_root() {
-                    Ok(root) => {
-                        self.root.store(Some(Arc::new(root)));
-                        self.set_health(true, &"root reopened");
-                        true
-                    }
-                    Err(e) => {
-                        self.set_health(false, &e);
-                        false
-                    }
-                }
-            }
-            Err(e) => {
-                self.set_health(false, &io::Error::from(e));
-                false
-            }
-        }
-    }
-
-    /// Opens `rel` under this root. Never follows anything out of the root.
-    fn open(&self, rel: &RelPath) -> Result<Opened, OpenError> {
-        let Some(root) = self.root.load_full() else {
-            return Err(OpenError::Fault(io::Error::other("volume root not open")));
-        };
-        if let Some(e) = injected_fault(&root) {
-            return Err(OpenError::Fault(e));
-        }
-        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-        let fd: OwnedFd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
-            self.open_fallback(rel, flags)?
-        } else {
-            match rustix::fs::openat2(
-                root.fd.as_fd(),
-                rel.as_str(),
-                flags,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            ) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOSYS) => {
-                    tracing::warn!("openat2 is not available; containment falls back to canonicalize + prefix check");
-                    OPENAT2_MISSING.store(true, Ordering::Relaxed);
-                    self.open_fallback(rel, flags)?
-                }
-                Err(e) => return Err(classify(&e.into())),
-            }
-        };
-        let file = File::from(fd);
-        let md = file.metadata().map_err(|e| classify(&e))?;
-        if !md.is_file() {
-            return Err(OpenError::NotFound);
-        }
-        Ok(Opened {
-            meta: ObjectMeta {
-                len: md.len(),
-                dev: md.dev(),
-                ino: md.ino(),
-                mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-                ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
-            },
-            file,
-            volume: usize::MAX,
-        })
-    }
-
-    /// Containment without openat2: resolve symlinks, then require the result under the root.
-    /// (There is a window between the check and the open that openat2 does not have.)
-    fn open_fallback(&self, rel: &RelPath, flags: OFlags) -> Result<OwnedFd, OpenError> {
-        let root = std::fs::canonicalize(&self.path).map_err(OpenError::Fault)?;
-        let full = std::fs::canonicalize(root.join(rel.as_str())).map_err(|e| classify(&e))?;
-        if !full.starts_with(&root) {
-            return Err(OpenError::NotFound);
-        }
-        rustix::fs::open(&full, flags, Mode::empty()).map_err(|e| classify(&e.into()))
-    }
-
-    /// Records a device error seen while reading an object of this volume.
-    pub fn record_fault(&self, e: &io::Error) {
-        self.io_errors.fetch_add(1, Ordering::Relaxed);
-        self.set_health(false, e);
-    }
-}
-
-/// Whether an open descriptor still shows the object described by `meta`: same size and mtime,
-/// and not unlinked. One `fstat` on a held descriptor: no path walk, no disk I/O.
-pub fn still_current(file: &File, meta: &ObjectMeta) -> bool {
-    match rustix::fs::fstat(file) {
-        Ok(st) => {
-            st.st_nlink > 0
-                && st.st_size as u64 == meta.len
-                && i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec)
-                    == meta.mtime_ns
-        }
-        Err(_) => false,
-    }
-}
-
-/// Whether an error from reading or sending a file is a device fault of its disk. Only these
-/// errno values count: a peer reset, a shrunk file or a timeout must never mark a volume down.
-pub fn is_device_fault(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EIO
-                | libc::ENXIO
-                | libc::ENODEV
-                | libc::ESTALE
-                | libc::ENOMEDIUM
-                | libc::EREMOTEIO
-                | libc::EUCLEAN
-        )
-    )
-}
+/// How recent a root probe must be for a lookup that found nothing to skip its own.
+const MISS_PROBE_FRESH: Duration = Duration::from_secs(1);
 
 /// FNV-1a, 64-bit: stable across versions and platforms, so the placement rule never moves.
 pub fn fnv1a64(data: &[u8]) -> u64 {
@@ -456,10 +150,11 @@ impl Volumes {
             }
         }
         if unavailable.is_none() {
-            // Before answering a cacheable 404, make sure no volume silently went away
-            // (root deleted or unmounted between health checks).
+            // Before answering a cacheable 404, make sure no volume silently went away (root
+            // deleted or unmounted between health checks). At most one probe per volume per
+            // `MISS_PROBE_FRESH`, so a flood of random 404s stays cheap.
             for (i, vol) in self.vols.iter().enumerate() {
-                if !vol.probe() {
+                if !vol.probe_unless_recent(MISS_PROBE_FRESH) {
                     unavailable.get_or_insert(i);
                 }
             }
@@ -482,16 +177,7 @@ impl Volumes {
 
     /// Current metadata of `rel` on volume `i` (following symlinks: only compared, never served).
     pub fn stat(&self, i: usize, rel: &RelPath) -> Option<ObjectMeta> {
-        let vol = self.vols.get(i)?;
-        let root = vol.root.load_full()?;
-        let st = rustix::fs::statat(&root.fd, rel.as_str(), rustix::fs::AtFlags::empty()).ok()?;
-        Some(ObjectMeta {
-            len: st.st_size as u64,
-            dev: st.st_dev,
-            ino: st.st_ino,
-            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
-            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
-        })
+        self.vols.get(i)?.stat(rel)
     }
 
     /// Re-probes every volume (called periodically, off the request path).
@@ -565,27 +251,6 @@ mod tests {
             Some(LookupError::NotFound),
             "directories are not objects"
         );
-    }
-
-    #[test]
-    fn only_device_errors_are_faults() {
-        for errno in [libc::EIO, libc::ENXIO, libc::ENODEV, libc::ESTALE] {
-            assert!(is_device_fault(&io::Error::from_raw_os_error(errno)));
-        }
-        for errno in [
-            libc::EPIPE,
-            libc::ECONNRESET,
-            libc::ENOTCONN,
-            libc::EAGAIN,
-            libc::ENOENT,
-        ] {
-            assert!(!is_device_fault(&io::Error::from_raw_os_error(errno)));
-        }
-        assert!(!is_device_fault(&io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "shrank"
-        )));
-        assert!(!is_device_fault(&io::Error::from(io::ErrorKind::TimedOut)));
     }
 
     #[test]

@@ -1,0 +1,359 @@
+//! The plaintext HTTP/1.1 fast path: a small strict parser (`httparse`, in `parse`) and a body
+//! writer that sends files with `sendfile(2)` (`zerocopy`), so body bytes never pass through
+//! user space. This is what a CDN pull is; hyper cannot hand a body to sendfile, so this path
+//! owns the socket.
+//!
+//! Per connection: wait for a request (idle: `keepalive_timeout`), read its head (at most
+//! `max_header_bytes`, within `header_read_timeout`, else 431 / 408), answer with
+//! [`handler::handle`] exactly like every other protocol, write the head, send the body, and
+//! loop; pipelined requests are answered in order from the same buffer.
+//!
+//! Handed elsewhere or refused, precisely:
+//! - an HTTP/2 connection preface (h2c prior knowledge) → the whole connection goes to hyper;
+//! - a request with a body (`Content-Length` > 0 or `Transfer-Encoding: chunked`) → the
+//!   connection, this request's bytes included, goes to hyper, which decodes the body (chunked
+//!   included) and answers `Expect: 100-continue` when the handler reads it;
+//! - a transfer coding other than `chunked` → 501 and close; duplicate or conflicting
+//!   `Content-Length`/`Transfer-Encoding`, a missing or repeated `Host` on HTTP/1.1, invalid
+//!   header bytes → 400 and close (no request smuggling);
+//! - a stalled reader: no send progress within `send_timeout` → close.
+//!
+//! A body that cannot be completed (file changed, stream failed) ends the connection with a
+//! reset: the client sees a short body against its `Content-Length`, or a chunked body without
+//! its last chunk, never padding or bytes from another version.
+
+mod parse;
+mod socket;
+mod write;
+mod zerocopy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::handler::{self, Proto, Reply};
+use super::refusal::Refusal;
+use super::request_body::RequestBody;
+use super::Record;
+use crate::drain::Drain;
+use crate::state::Shared;
+use crate::store::Body;
+use parse::{body_framing, connection_close, read_head, split_target, Framing, HeadError, Limits};
+pub use socket::Prefixed;
+use socket::{linger_close, reset};
+use write::{head_bytes, write_simple, Delimit};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one accepted plaintext connection.
+pub async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    drain: Drain,
+) {
+    let _ = stream.set_nodelay(true);
+    // Connection-level settings come from the policy current at accept time.
+    let cfg = Limits::from(&shared.load().config.server);
+    let metrics = Arc::clone(&shared.runtime.metrics);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut stop = drain.signal();
+    // Registered once for the connection's life, not re-armed per request.
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut first = true;
+    let gauge = metrics.connections_open.with_label_values(&["h1"]);
+    gauge.inc();
+    loop {
+        // Idle: wait for the first byte of the next request, or the drain. The read buffer is
+        // released while idle, so a parked keep-alive connection costs little more than its task.
+        if buf.is_empty() {
+            if drain.is_stopping() {
+                break;
+            }
+            if buf.capacity() > 0 {
+                buf = BytesMut::new();
+            }
+            let ready = tokio::select! {
+                r = tokio::time::timeout(cfg.keepalive_timeout, stream.readable()) => r,
+                _ = &mut stopped => break,
+            };
+            if !matches!(ready, Ok(Ok(()))) {
+                break;
+            }
+            buf.reserve(4096);
+            match tokio::time::timeout(cfg.header_read_timeout, stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => break,
+            }
+        }
+        // HTTP/2 with prior knowledge: hand the connection, bytes read so far included, to hyper.
+        if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+            while buf.len() < H2_PREFACE.len() {
+                match tokio::time::timeout(cfg.header_read_timeout, stream.read_buf(&mut buf)).await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        gauge.dec();
+                        return;
+                    }
+                }
+            }
+            if buf.starts_with(H2_PREFACE) {
+                gauge.dec();
+                Box::pin(to_hyper(stream, buf, "h2", peer, shared, hyper, drain)).await;
+                return;
+            }
+        }
+        first = false;
+
+        let (head, consumed) = match Box::pin(read_head(&mut stream, &mut buf, &cfg)).await {
+            Ok(h) => h,
+            Err(HeadError::Closed) => break,
+            Err(HeadError::TimedOut) => {
+                let _ = write_simple(
+                    &mut stream,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request timeout\n",
+                )
+                .await;
+                break;
+            }
+            Err(HeadError::TooLarge) => {
+                let _ = write_simple(
+                    &mut stream,
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request header too large\n",
+                )
+                .await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+            Err(HeadError::Bad) => {
+                let _ = write_simple(&mut stream, StatusCode::BAD_REQUEST, "bad request\n").await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+        };
+        let framing = match body_framing(&head) {
+            Ok(f) => f,
+            Err(()) => {
+                let _ = write_simple(&mut stream, StatusCode::BAD_REQUEST, "bad request\n").await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+        };
+        if framing == Framing::HasBody {
+            // Transfer codings first: segd decodes `chunked` and nothing else.
+            if let Err(r) = handler::check_transfer_codings(&head.headers) {
+                let row = r.row();
+                metrics
+                    .refusals
+                    .with_label_values(&[row.label, row.fault.as_str()])
+                    .inc();
+                let _ = write_simple(&mut stream, row.status, row.body).await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+            // A body: hyper decodes it (and answers `Expect: 100-continue`). It takes the
+            // connection from this request on, with the bytes read so far.
+            gauge.dec();
+            Box::pin(to_hyper(stream, buf, "h1", peer, shared, hyper, drain)).await;
+            return;
+        }
+        buf.advance(consumed);
+        if buf.is_empty() {
+            // The head is owned now: give the buffer back before the handler may wait (an open
+            // on the blocking pool), so a burst of requests does not hold a buffer each.
+            buf = BytesMut::new();
+        }
+        let mut close = connection_close(&head) || drain.is_stopping();
+
+        let start = Instant::now();
+        let (path, query) = match split_target(&head) {
+            Some(pq) => pq,
+            None => {
+                let _ = write_simple(&mut stream, StatusCode::BAD_REQUEST, "bad request\n").await;
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+        };
+        let req = handler::Request {
+            method: &head.method,
+            path,
+            query,
+            headers: &head.headers,
+            peer,
+            proto: Proto::H1,
+            tls: None,
+            alt_svc: None,
+        };
+        // One policy for the whole request, even if a reload swaps it meanwhile.
+        let policy = shared.load();
+        // Boxed: the connection's future stays small while idle (it is sized for its largest
+        // await point, and thousands of parked keep-alive connections each hold one).
+        let reply = Box::pin(handler::handle(
+            &shared.runtime,
+            &policy,
+            &req,
+            RequestBody::none(),
+        ))
+        .await;
+        let Reply {
+            status,
+            headers,
+            body,
+            log,
+            close: must_close,
+        } = reply;
+        close |= must_close;
+        let cache = match body {
+            Body::File(_) => "bypass",
+            Body::Stream(_) => "stream",
+            _ => "none",
+        };
+        let record = Record::new(&shared.runtime, &policy, &req, status, start, cache, log);
+        // A stream of unknown length is chunked; HTTP/1.0 has no chunking, so the close ends it.
+        let delimit = match (&body, head.http10) {
+            (Body::Stream(s), true) if s.len.is_none() => {
+                close = true;
+                Delimit::Close
+            }
+            _ => Delimit::Chunked,
+        };
+        let chunked = matches!(&body, Body::Stream(s) if s.len.is_none()) && !head.http10;
+        let head_out = head_bytes(status, &headers, close, head.http10, chunked);
+        let stall = policy.config.server.send_timeout;
+        let sent = Box::pin(write_body(&mut stream, head_out, body, delimit, stall, &record)).await;
+        record.finish(*sent.as_ref().unwrap_or(&0), sent.is_ok());
+        if sent.is_err() {
+            // A body that could not be sent whole (file changed, stream failed, client stalled or
+            // gone): reset the connection, so queued bytes are dropped and no client mistakes it
+            // for complete.
+            reset(&stream);
+            gauge.dec();
+            return;
+        }
+        if close {
+            if must_close {
+                linger_close(stream).await;
+                gauge.dec();
+                return;
+            }
+            break;
+        }
+    }
+    gauge.dec();
+    let _ = stream.shutdown().await;
+}
+
+
+/// Hands the connection to hyper with the bytes read so far (`label`: the
+/// `segd_connections_open` protocol).
+async fn to_hyper(
+    stream: TcpStream,
+    buf: BytesMut,
+    label: &'static str,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    drain: Drain,
+) {
+    let io = Prefixed {
+        prefix: buf.freeze(),
+        inner: stream,
+    };
+    let conn = super::service::Conn {
+        peer,
+        proto: label,
+        tls: None,
+        alt_svc: None,
+    };
+    super::service::serve_io(io, conn, shared, hyper, drain).await;
+}
+
+/// Writes head and body; returns the body bytes sent.
+async fn write_body(
+    stream: &mut TcpStream,
+    mut head: Vec<u8>,
+    body: Body,
+    delimit: Delimit,
+    stall: std::time::Duration,
+    record: &Record,
+) -> std::io::Result<u64> {
+    let first_byte = || record.head_sent();
+    match body {
+        Body::Empty => {
+            write::write_all_timeout(stream, &head, stall).await?;
+            first_byte();
+            Ok(0)
+        }
+        Body::Bytes(b) => {
+            head.extend_from_slice(&b);
+            write::write_all_timeout(stream, &head, stall).await?;
+            first_byte();
+            Ok(b.len() as u64)
+        }
+        Body::File(range) if range.small && range.len <= zerocopy::SMALL_COPY => {
+            let n = zerocopy::write_small(stream, head, &range, stall).await?;
+            first_byte();
+            Ok(n)
+        }
+        Body::File(range) => zerocopy::send_file(stream, &head, &range, stall, first_byte).await,
+        Body::Stream(s) => {
+            write::write_stream(stream, &head, s.inner, delimit, stall, first_byte).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thousands of idle keep-alive connections each hold one of these futures.
+    #[test]
+    fn connection_future_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let c = TcpStream::connect(l.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let cfg = crate::config::Config::parse(
+                "[[volumes]]\npath = \"/\"\n",
+                std::path::Path::new("/x.toml"),
+            )
+            .expect("cfg");
+            let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
+            let state = State::new(Arc::new(cfg.clone()), metrics).expect("state");
+            let shared = Arc::new(Shared::new(state));
+            let hyper = Arc::new(super::super::service::builder(&cfg));
+            let ctl = crate::server::shutdown::Controller::new();
+            let fut = serve(
+                c,
+                "127.0.0.1:1".parse().expect("addr"),
+                shared,
+                hyper,
+                ctl.drain(),
+            );
+            let size = std::mem::size_of_val(&fut);
+            assert!(size <= 2048, "connection future is {size} bytes");
+        });
+    }
+}

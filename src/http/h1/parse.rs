@@ -1,0 +1,268 @@
+//! Request heads on the HTTP/1.1 fast path: a small strict parser over `httparse`, message
+//! framing (RFC 9112 §6.3: one valid Content-Length at most, never with Transfer-Encoding,
+//! anything ambiguous refused), `Connection` handling and request targets.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const MAX_HEADERS: usize = 100;
+
+/// Why a connection ends early; decides the final answer, if any.
+pub(super) enum HeadError {
+    Closed,
+    TimedOut,
+    TooLarge,
+    Bad,
+}
+
+/// One parsed request head, owned.
+pub(super) struct Head {
+    pub method: Method,
+    pub target: String,
+    pub headers: HeaderMap,
+    pub http10: bool,
+}
+
+/// The per-connection settings the fast path needs (small and `Copy`: kept in every connection).
+#[derive(Clone, Copy)]
+pub(super) struct Limits {
+    pub keepalive_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl From<&crate::config::ServerConfig> for Limits {
+    fn from(c: &crate::config::ServerConfig) -> Self {
+        Limits {
+            keepalive_timeout: c.keepalive_timeout,
+            header_read_timeout: c.header_read_timeout,
+            max_header_bytes: c.max_header_bytes,
+        }
+    }
+}
+
+/// Parses a complete head from `buf` if there is one. Synchronous on purpose: httparse's
+/// header array lives on this stack frame, never in the connection's future.
+fn try_parse(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            if n > max_header_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            own_head(&req).map(|h| Some((h, n)))
+        }
+        Ok(httparse::Status::Partial) => {
+            if buf.len() >= max_header_bytes {
+                return Err(HeadError::TooLarge);
+            }
+            Ok(None)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Bad),
+    }
+}
+
+/// Reads until a complete head is in `buf`; returns it and its length.
+pub(super) async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cfg: &Limits,
+) -> Result<(Head, usize), HeadError> {
+    let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
+    loop {
+        if let Some(done) = try_parse(buf, cfg.max_header_bytes)? {
+            return Ok(done);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(HeadError::Closed),
+            Err(_) => return Err(HeadError::TimedOut),
+        }
+    }
+}
+
+fn own_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
+    let method =
+        Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Bad)?;
+    let target = req.path.ok_or(HeadError::Bad)?.to_string();
+    let http10 = req.version == Some(0);
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Bad)?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Bad)?;
+        headers.append(name, value);
+    }
+    if !http10 {
+        // RFC 9112 §3.2: exactly one Host in HTTP/1.1.
+        let hosts = headers.get_all(http::header::HOST).iter().count();
+        if hosts != 1 {
+            return Err(HeadError::Bad);
+        }
+    }
+    Ok(Head {
+        method,
+        target,
+        headers,
+        http10,
+    })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Framing {
+    NoBody,
+    HasBody,
+}
+
+/// Validates message framing (RFC 9112 §6.3): one valid Content-Length at most, never both
+/// Content-Length and Transfer-Encoding. Anything ambiguous is refused outright.
+pub(super) fn body_framing(head: &Head) -> Result<Framing, ()> {
+    let te = head
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .count();
+    let cls: Vec<&HeaderValue> = head
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    if te > 0 && !cls.is_empty() {
+        return Err(());
+    }
+    if te > 0 {
+        return Ok(Framing::HasBody);
+    }
+    match cls.as_slice() {
+        [] => Ok(Framing::NoBody),
+        [one] => {
+            let s = one.to_str().map_err(|_| ())?;
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 19 {
+                return Err(());
+            }
+            let n: u64 = s.parse().map_err(|_| ())?;
+            Ok(if n == 0 {
+                Framing::NoBody
+            } else {
+                Framing::HasBody
+            })
+        }
+        _ => Err(()),
+    }
+}
+
+pub(super) fn connection_close(head: &Head) -> bool {
+    let mut close = head.http10;
+    for v in head.headers.get_all(http::header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for tok in s.split(',') {
+                let tok = tok.trim();
+                if tok.eq_ignore_ascii_case("close") {
+                    return true;
+                }
+                if tok.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+        }
+    }
+    close
+}
+
+/// Origin-form `/path?query`, absolute-form `http://host/path?query`, or `*` (OPTIONS).
+pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
+    let t = head.target.as_str();
+    let path_query = if t.starts_with('/') {
+        t
+    } else if t == "*" {
+        return (head.method == Method::OPTIONS).then_some(("*", None));
+    } else {
+        let rest = t
+            .strip_prefix("http://")
+            .or_else(|| t.strip_prefix("https://"))?;
+        &rest[rest.find('/')?..]
+    };
+    let path_query = path_query.split('#').next().unwrap_or("");
+    Some(match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(method: &str, target: &str, hs: &[(&str, &str)]) -> Head {
+        let mut headers = HeaderMap::new();
+        for (k, v) in hs {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        Head {
+            method: Method::from_bytes(method.as_bytes()).expect("method"),
+            target: target.into(),
+            headers,
+            http10: false,
+        }
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(body_framing(&head("GET", "/", &[])), Ok(Framing::NoBody));
+        assert_eq!(
+            body_framing(&head("GET", "/", &[("content-length", "0")])),
+            Ok(Framing::NoBody)
+        );
+        assert_eq!(
+            body_framing(&head("POST", "/", &[("content-length", "5")])),
+            Ok(Framing::HasBody)
+        );
+        assert_eq!(
+            body_framing(&head("POST", "/", &[("transfer-encoding", "chunked")])),
+            Ok(Framing::HasBody)
+        );
+        assert!(body_framing(&head(
+            "GET",
+            "/",
+            &[("content-length", "1"), ("content-length", "1")]
+        ))
+        .is_err());
+        assert!(body_framing(&head(
+            "GET",
+            "/",
+            &[("content-length", "1"), ("transfer-encoding", "chunked")]
+        ))
+        .is_err());
+        assert!(body_framing(&head("GET", "/", &[("content-length", "-1")])).is_err());
+        assert!(body_framing(&head("GET", "/", &[("content-length", "1, 1")])).is_err());
+        assert!(body_framing(&head(
+            "GET",
+            "/",
+            &[("content-length", "99999999999999999999")]
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn targets() {
+        let h = head("GET", "/a/b.ts?x=1", &[]);
+        assert_eq!(split_target(&h), Some(("/a/b.ts", Some("x=1"))));
+        let h = head("GET", "http://host/a.ts", &[]);
+        assert_eq!(split_target(&h), Some(("/a.ts", None)));
+        assert_eq!(split_target(&head("OPTIONS", "*", &[])), Some(("*", None)));
+        assert_eq!(split_target(&head("GET", "*", &[])), None);
+        assert_eq!(split_target(&head("GET", "host/a.ts", &[])), None);
+    }
+}

@@ -1,0 +1,85 @@
+//! Response headers that depend on policy, not on the object: CORS (on every response, so
+//! players can read errors too), Cache-Control by object class, and the OPTIONS answer.
+
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW,
+    ORIGIN, VARY,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::handler::{LogInfo, Reply, Request};
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::store::{Body, ObjectClass};
+
+pub const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+const EXPOSE: HeaderValue = HeaderValue::from_static("Content-Length, Content-Range, ETag");
+const ALLOWED_HEADERS: HeaderValue =
+    HeaderValue::from_static("Range, If-None-Match, If-Modified-Since, If-Range, If-Match");
+const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
+
+/// `Cache-Control` for an object of `class` (live: under `cache_control.live_prefixes`).
+pub fn cache_control(cfg: &Config, class: ObjectClass, live: bool) -> HeaderValue {
+    let cc = &cfg.cache_control;
+    match (class, live) {
+        (ObjectClass::Playlist, false) => cc.playlists.clone(),
+        (ObjectClass::Segment, false) => cc.segments.clone(),
+        (ObjectClass::Key, _) => cc.keys.clone(),
+        (ObjectClass::Playlist, true) => cc.live.clone(),
+        (ObjectClass::Segment, true) => cc.live_segments.clone(),
+    }
+}
+
+/// `Access-Control-Allow-Origin` (+ `Vary: Origin` when it depends on the request),
+/// `Access-Control-Expose-Headers`, and `Timing-Allow-Origin` for the same origins (players'
+/// Resource Timing then sees protocol and timings of segment fetches).
+pub fn cors(policy: &Policy, req: &Request<'_>, headers: &mut HeaderMap) {
+    let cors = &policy.config.cors;
+    if cors.any_origin {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        headers.insert(TIMING_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    } else {
+        headers.insert(VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = req.headers.get(ORIGIN) else {
+            return;
+        };
+        let allowed = cors
+            .allow_origins
+            .iter()
+            .any(|o| o.as_bytes() == origin.as_bytes());
+        if !allowed {
+            return;
+        }
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(TIMING_ALLOW_ORIGIN, origin.clone());
+    }
+    headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE);
+}
+
+/// OPTIONS: a CORS preflight gets the allowed methods and headers; any other OPTIONS (including
+/// `OPTIONS *`) gets `Allow`. No token is required: browsers never send credentials on preflight.
+pub fn options(policy: &Policy, req: &Request<'_>) -> Reply {
+    let mut headers = HeaderMap::with_capacity(8);
+    headers.insert(ALLOW, ALLOWED_METHODS);
+    if req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
+        cors(policy, req, &mut headers);
+        if headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+            headers.insert(ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
+            headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS);
+            headers.insert(
+                ACCESS_CONTROL_MAX_AGE,
+                policy.config.cors.max_age_header.clone(),
+            );
+        }
+    }
+    Reply {
+        status: StatusCode::NO_CONTENT,
+        headers,
+        body: Body::Empty,
+        log: LogInfo::default(),
+        close: false,
+    }
+}

@@ -1,0 +1,257 @@
+//! Every way a request ends early, and one table that maps each to its status, body text, log
+//! level, metric label and whose fault it is. The handler's steps return `Result<_, Refusal>`
+//! and join with `?`; no call site picks a status.
+//!
+//! Bodies are fixed strings: they never echo the path, a file name or a token.
+
+use http::StatusCode;
+
+use crate::auth::edgeauth::Reason;
+use crate::store::Miss;
+
+/// Whose fault a refusal is (a dashboard can then tell a misbehaving CDN from a dying disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request was wrong or not allowed.
+    Client,
+    /// A volume failed or is down.
+    Disk,
+    /// An upstream origin or bucket failed (pull-through tier).
+    Upstream,
+    /// segd itself: out of resources, or a bug.
+    Server,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Disk => "disk",
+            Fault::Upstream => "upstream",
+            Fault::Server => "server",
+        }
+    }
+}
+
+/// Why a request ended before its object was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed request")]
+    Malformed,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("not found")]
+    NotFound,
+    #[error("token rejected: {}", .0.as_str())]
+    Forbidden(Reason),
+    #[error("volume unavailable")]
+    VolumeUnavailable,
+    #[error("overloaded")]
+    Overloaded,
+    #[error("object changed while read")]
+    Changed,
+    #[error("request body too large")]
+    TooLarge,
+    #[error("request body timed out")]
+    BodyTimeout,
+    #[error("request body incomplete or malformed")]
+    BodyIncomplete,
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
+    #[error("internal error")]
+    Internal,
+}
+
+/// Log level of a refusal's operational log line (the access log records every request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+}
+
+/// One row of the table.
+pub struct Row {
+    pub status: StatusCode,
+    pub body: &'static str,
+    pub level: Level,
+    /// `segd_refusals_total{reason}`.
+    pub label: &'static str,
+    pub fault: Fault,
+}
+
+impl Refusal {
+    /// THE table.
+    pub fn row(self) -> Row {
+        use Fault::*;
+        use Level::*;
+        let (status, body, level, label, fault) = match self {
+            Refusal::Malformed => (
+                StatusCode::BAD_REQUEST,
+                "bad request\n",
+                Debug,
+                "malformed",
+                Client,
+            ),
+            Refusal::UriTooLong => (
+                StatusCode::URI_TOO_LONG,
+                "uri too long\n",
+                Debug,
+                "uri_too_long",
+                Client,
+            ),
+            Refusal::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed\n",
+                Debug,
+                "method",
+                Client,
+            ),
+            Refusal::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not found\n",
+                Debug,
+                "not_found",
+                Client,
+            ),
+            Refusal::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden\n",
+                Info,
+                "forbidden",
+                Client,
+            ),
+            Refusal::VolumeUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "volume unavailable\n",
+                Warn,
+                "volume_unavailable",
+                Disk,
+            ),
+            Refusal::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded\n",
+                Warn,
+                "overloaded",
+                Server,
+            ),
+            Refusal::Changed => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "object changed while read\n",
+                Info,
+                "changed",
+                Server,
+            ),
+            Refusal::TooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+                Info,
+                "too_large",
+                Client,
+            ),
+            Refusal::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request body timeout\n",
+                Info,
+                "body_timeout",
+                Client,
+            ),
+            Refusal::BodyIncomplete => (
+                StatusCode::BAD_REQUEST,
+                "bad request body\n",
+                Info,
+                "body_incomplete",
+                Client,
+            ),
+            Refusal::UnsupportedCoding => (
+                StatusCode::NOT_IMPLEMENTED,
+                "transfer coding not implemented\n",
+                Info,
+                "unsupported_coding",
+                Client,
+            ),
+            Refusal::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal error\n",
+                Warn,
+                "internal",
+                Server,
+            ),
+        };
+        Row {
+            status,
+            body,
+            level,
+            label,
+            fault,
+        }
+    }
+
+    /// Whether the connection must be closed after the answer (the request's framing or body
+    /// cannot be trusted, so nothing after it on the connection can be either).
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            Refusal::Malformed
+                | Refusal::TooLarge
+                | Refusal::BodyTimeout
+                | Refusal::BodyIncomplete
+                | Refusal::UnsupportedCoding
+        )
+    }
+}
+
+impl From<Miss> for Refusal {
+    fn from(m: Miss) -> Refusal {
+        match m {
+            Miss::NotFound => Refusal::NotFound,
+            Miss::VolumeUnavailable => Refusal::VolumeUnavailable,
+            Miss::Overloaded => Refusal::Overloaded,
+            Miss::Changed => Refusal::Changed,
+        }
+    }
+}
+
+/// Every refusal, for pre-registering metric labels and for tests.
+pub const ALL: &[Refusal] = &[
+    Refusal::Malformed,
+    Refusal::UriTooLong,
+    Refusal::MethodNotAllowed,
+    Refusal::NotFound,
+    Refusal::Forbidden(Reason::Malformed),
+    Refusal::VolumeUnavailable,
+    Refusal::Overloaded,
+    Refusal::Changed,
+    Refusal::TooLarge,
+    Refusal::BodyTimeout,
+    Refusal::BodyIncomplete,
+    Refusal::UnsupportedCoding,
+    Refusal::Internal,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_is_an_error_status_with_a_fixed_body() {
+        for r in ALL {
+            let row = r.row();
+            assert!(
+                row.status.is_client_error() || row.status.is_server_error(),
+                "{r:?}"
+            );
+            assert!(row.body.ends_with('\n') && !row.body.contains('/'), "{r:?}");
+            // Disk and server faults are 5xx; client faults 4xx, except 501 for a coding the
+            // server does not implement.
+            match row.fault {
+                Fault::Client => assert!(
+                    row.status.is_client_error() || row.status == StatusCode::NOT_IMPLEMENTED
+                ),
+                _ => assert!(row.status.is_server_error(), "{r:?}"),
+            }
+        }
+    }
+}

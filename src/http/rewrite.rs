@@ -1,0 +1,116 @@
+//! Playlists rewritten for tokens: the query parameter appended to every relative URI, per
+//! `[token] playlist_tokens` — `forward` repeats the request's token (URL-bound tokens cannot be
+//! forwarded, so they are minted instead); `mint` signs a fresh ACL token for the playlist's
+//! directory.
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use super::handler::Request;
+use super::refusal::Refusal;
+use crate::auth;
+use crate::config::PlaylistTokens;
+use crate::playlist;
+use crate::policy::Policy;
+use crate::store::Object;
+use crate::volumes::{self, RelPath};
+
+/// Largest playlist segd rewrites (bigger ones are served as they are, with a warning).
+const MAX_REWRITE_BYTES: u64 = 4 << 20;
+
+/// The query parameter to append to a playlist's URIs, if any.
+pub fn param(
+    policy: &Policy,
+    req: &Request<'_>,
+    canonical: &str,
+    grant: &auth::Grant,
+    now: u64,
+) -> Option<String> {
+    let cfg = &policy.config.token;
+    let name = policy.auth.name();
+    match cfg.playlist_tokens {
+        PlaylistTokens::Off => None,
+        PlaylistTokens::Forward if !grant.is_url_token => {
+            let raw = req.query.and_then(|q| auth::query_param(q, name))?;
+            let safe = raw
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"'<>&#\\".contains(&b));
+            if safe {
+                Some(format!("{name}={raw}"))
+            } else {
+                let decoded = volumes::path::percent_decode(raw.as_bytes())?;
+                Some(format!(
+                    "{name}={}",
+                    auth::encode_token(&String::from_utf8_lossy(&decoded))
+                ))
+            }
+        }
+        PlaylistTokens::Forward | PlaylistTokens::Mint => {
+            let dir = &canonical[..canonical.rfind('/').unwrap_or(0)];
+            let acl = format!("{dir}/*");
+            // Whole minutes, so consecutive requests get the same playlist (and ETag).
+            let start = now - now % 60;
+            let spec = auth::edgeauth::SignSpec {
+                acl: Some(&acl),
+                start: Some(start),
+                exp: start + cfg.mint_ttl.as_secs(),
+                ..Default::default()
+            };
+            let (_, token) = policy.auth.sign(&spec, Some(&grant.key_id), now)?;
+            Some(format!("{name}={}", auth::encode_token(&token)))
+        }
+    }
+}
+
+/// A rewritten playlist.
+pub struct Rewritten {
+    pub body: Bytes,
+    /// Weak: depends on the object and on the appended parameter.
+    pub etag: String,
+    pub content_type: HeaderValue,
+}
+
+/// Reads the playlist and appends `param` to its relative URIs.
+pub async fn playlist(
+    policy: &Policy,
+    rel: &RelPath,
+    object: &Object,
+    param: &str,
+) -> Result<Rewritten, Refusal> {
+    let ext = rel.extension().map(str::to_ascii_lowercase);
+    let kind = ext
+        .as_deref()
+        .and_then(playlist::Kind::of)
+        .ok_or(Refusal::Internal)?;
+    let len = object.len.ok_or(Refusal::Changed)?;
+    if len > MAX_REWRITE_BYTES {
+        tracing::warn!(
+            bytes = len,
+            "playlist too large to rewrite; served without tokens"
+        );
+    }
+    let original = object
+        .read_prefix(len.min(MAX_REWRITE_BYTES) as usize)
+        .await?;
+    let body = if len > MAX_REWRITE_BYTES {
+        original
+    } else {
+        Bytes::from(playlist::rewrite(kind, &original, param))
+    };
+    let strong = object.etag.to_str().unwrap_or_default();
+    let etag = format!(
+        "W/\"{}-{:08x}\"",
+        strong.trim_matches('"'),
+        volumes::fnv1a64(param.as_bytes()) as u32
+    );
+    let content_type = ext
+        .as_deref()
+        .and_then(|e| policy.config.content_type(e))
+        .cloned()
+        .ok_or(Refusal::Internal)?;
+    Ok(Rewritten {
+        body,
+        etag,
+        content_type,
+    })
+}

@@ -1,0 +1,157 @@
+//! The store's figures as Prometheus metrics, read at scrape time from the current tiers (so a
+//! reload that rebuilds a tier is followed without anyone copying values around):
+//! `segd_volume_healthy`, `segd_volume_io_errors_total`, `segd_volume_probes_total`,
+//! `segd_io_backend`, `segd_cache_{hits,misses,evictions,fills}_total`, `segd_cache_bytes`,
+//! `segd_open_files_cached`, `segd_mmap_faults_total`.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use super::Store;
+use crate::io::BackendKind;
+
+pub struct StoreCollector {
+    store: Store,
+    /// One scrape at a time: collecting resets and refills the children.
+    scrape: std::sync::Mutex<()>,
+    volume_healthy: IntGaugeVec,
+    volume_io_errors: IntCounterVec,
+    volume_probes: IntCounterVec,
+    io_backend: IntGaugeVec,
+    cache_hits: IntCounter,
+    cache_misses: IntCounter,
+    cache_evictions: IntCounter,
+    cache_fills: IntCounter,
+    cache_bytes: IntGauge,
+    open_files: IntGauge,
+    mmap_faults: IntCounter,
+}
+
+impl StoreCollector {
+    pub fn new(store: Store) -> Result<StoreCollector, prometheus::Error> {
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &[label])
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label])
+        };
+        Ok(StoreCollector {
+            store,
+            scrape: std::sync::Mutex::new(()),
+            volume_healthy: gauge_vec(
+                "segd_volume_healthy",
+                "1 if the volume serves, 0 if it is marked unhealthy",
+                "volume",
+            )?,
+            volume_io_errors: counter_vec(
+                "segd_volume_io_errors_total",
+                "Device errors seen on the volume",
+                "volume",
+            )?,
+            volume_probes: counter_vec(
+                "segd_volume_probes_total",
+                "Health probes of the volume root (periodic, and before a 404 at most once a second)",
+                "volume",
+            )?,
+            io_backend: gauge_vec(
+                "segd_io_backend",
+                "1 for the disk I/O backend in use (io_uring or threads)",
+                "backend",
+            )?,
+            cache_hits: IntCounter::new("segd_cache_hits_total", "Hot-body cache hits")?,
+            cache_misses: IntCounter::new("segd_cache_misses_total", "Hot-body cache misses")?,
+            cache_evictions: IntCounter::new(
+                "segd_cache_evictions_total",
+                "Hot-body cache entries evicted for space",
+            )?,
+            cache_fills: IntCounter::new(
+                "segd_cache_fills_total",
+                "Disk reads that filled the hot-body cache (coalesced misses count once)",
+            )?,
+            cache_bytes: IntGauge::new("segd_cache_bytes", "Bytes held by the hot-body cache")?,
+            open_files: IntGauge::new(
+                "segd_open_files_cached",
+                "Descriptors held by the open-file cache",
+            )?,
+            mmap_faults: IntCounter::new(
+                "segd_mmap_faults_total",
+                "SIGBUS faults on mapped segments (file truncated while served) caught and handled",
+            )?,
+        })
+    }
+}
+
+/// Sets a counter to a value kept elsewhere (only ever called while collecting).
+fn set_counter(c: &IntCounter, v: u64) {
+    c.reset();
+    c.inc_by(v);
+}
+
+impl Collector for StoreCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = Vec::new();
+        d.extend(self.volume_healthy.desc());
+        d.extend(self.volume_io_errors.desc());
+        d.extend(self.volume_probes.desc());
+        d.extend(self.io_backend.desc());
+        d.extend(self.cache_hits.desc());
+        d.extend(self.cache_misses.desc());
+        d.extend(self.cache_evictions.desc());
+        d.extend(self.cache_fills.desc());
+        d.extend(self.cache_bytes.desc());
+        d.extend(self.open_files.desc());
+        d.extend(self.mmap_faults.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let local = self.store.local();
+        // Children are rebuilt each scrape: a volume removed by a reload disappears.
+        self.volume_healthy.reset();
+        self.volume_io_errors.reset();
+        self.volume_probes.reset();
+        for v in local.volumes.iter() {
+            let name = [v.name.as_str()];
+            self.volume_healthy
+                .with_label_values(&name)
+                .set(i64::from(v.is_healthy()));
+            self.volume_io_errors
+                .with_label_values(&name)
+                .inc_by(v.io_errors());
+            self.volume_probes
+                .with_label_values(&name)
+                .inc_by(v.probes());
+        }
+        let kind = local.io.kind();
+        for k in [BackendKind::Uring, BackendKind::Threads] {
+            self.io_backend
+                .with_label_values(&[k.as_str()])
+                .set(i64::from(k == kind));
+        }
+        let st = self.store.cache_stats();
+        set_counter(&self.cache_hits, st.hits.load(Relaxed));
+        set_counter(&self.cache_misses, st.misses.load(Relaxed));
+        set_counter(&self.cache_evictions, st.evictions.load(Relaxed));
+        set_counter(&self.cache_fills, st.fills.load(Relaxed));
+        set_counter(&self.mmap_faults, crate::io::mapped::faults());
+        self.cache_bytes.set(local.bodies().weighted_size() as i64);
+        self.open_files.set(local.open_files() as i64);
+        let mut out = Vec::new();
+        out.extend(self.volume_healthy.collect());
+        out.extend(self.volume_io_errors.collect());
+        out.extend(self.volume_probes.collect());
+        out.extend(self.io_backend.collect());
+        out.extend(self.cache_hits.collect());
+        out.extend(self.cache_misses.collect());
+        out.extend(self.cache_evictions.collect());
+        out.extend(self.cache_fills.collect());
+        out.extend(self.cache_bytes.collect());
+        out.extend(self.open_files.collect());
+        out.extend(self.mmap_faults.collect());
+        out
+    }
+}

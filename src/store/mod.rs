@@ -1,0 +1,241 @@
+//! The store: step 6 of every request. Given a sanitised path and its object class, [`Store::lookup`]
+//! returns the object (validators, length, and a body source) or a typed [`Miss`]. The handler
+//! never knows which tier answered.
+//!
+//! ## Tiers, in lookup order
+//! 1. *(ingest/live, planned)* objects being written: a growing object is served from its upload
+//!    as a [`body::Stream`] of unknown length. Plugs in as `store/growing.rs`, consulted first
+//!    for paths under live prefixes.
+//! 2. **local volumes** (`local.rs`): the open-file cache, then the volumes by the placement rule,
+//!    with health. Bodies are [`body::FileRange`]s (sendfile on plaintext HTTP/1.1).
+//! 3. *(edge, planned)* the pull-through disk cache (`store/pull.rs`): a cache directory is one
+//!    more local volume for lookups, so hits are `FileRange`s too.
+//! 4. *(edge, planned)* upstream origins and S3 buckets (`store/upstream.rs`, `store/s3.rs`):
+//!    a miss in 1–3 under an upstream's prefixes starts (or joins) a single-flight fill that
+//!    writes to the pull cache and streams to every waiter as a [`body::Stream`].
+//!
+//! Each tier answers `Found`, or a miss that lets the next tier try (not found, volume
+//! unavailable), or one that ends the lookup (overloaded). Adding a tier is adding a module and
+//! one step in [`Store::lookup`]; the handler's steps do not change.
+//!
+//! The store is long-lived: it outlives reloads, and [`Store::reconfigure`] rebuilds only the
+//! parts whose settings changed. Its gauges and counters are exported by its own collector
+//! (`collector.rs`), so `/metrics` always shows the current tiers.
+
+pub mod body;
+mod collector;
+mod local;
+mod test_stream;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::HeaderValue;
+
+use crate::cache::bodies::Stats;
+use crate::cache::files::OpenFile;
+use crate::config::Config;
+use crate::io::BackendKind;
+use crate::metrics::Metrics;
+use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
+pub use body::{Body, ByteStream, FileRange, Stream};
+use local::{Disk, Local};
+
+/// What kind of object a path names (from its extension): decides caching headers, whether a
+/// cached descriptor may be trusted without a re-check, and which bodies may be sent mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectClass {
+    Playlist,
+    Segment,
+    Key,
+}
+
+impl ObjectClass {
+    pub fn of(ext: &str) -> ObjectClass {
+        match ext {
+            "m3u8" | "mpd" => ObjectClass::Playlist,
+            "key" => ObjectClass::Key,
+            _ => ObjectClass::Segment,
+        }
+    }
+}
+
+/// Why the store has no object to serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// No tier holds it, and every tier that might answered.
+    NotFound,
+    /// Not found on a healthy volume, and a volume that may hold it is down.
+    VolumeUnavailable,
+    /// Out of file descriptors or I/O capacity (not a disk problem).
+    Overloaded,
+    /// The object changed while it was being read; the client may retry.
+    Changed,
+}
+
+impl From<LookupError> for Miss {
+    fn from(e: LookupError) -> Miss {
+        match e {
+            LookupError::NotFound => Miss::NotFound,
+            LookupError::VolumeUnavailable { .. } => Miss::VolumeUnavailable,
+            LookupError::Overloaded => Miss::Overloaded,
+        }
+    }
+}
+
+/// A found object: its validators, its length when known, and where its bytes come from.
+pub struct Object {
+    /// The total length; `None` while it is unknown (a stream still being written).
+    pub len: Option<u64>,
+    /// Stat data of the object.
+    pub meta: ObjectMeta,
+    /// Strong validator (see `volumes::object` for the rule).
+    pub etag: HeaderValue,
+    pub last_modified: HeaderValue,
+    source: Source,
+}
+
+enum Source {
+    File {
+        open: Arc<OpenFile>,
+        disk: Disk,
+        key: RelPath,
+    },
+    Stream(ByteStream),
+}
+
+impl Object {
+    fn from_file(open: Arc<OpenFile>, disk: Disk, key: &RelPath) -> Object {
+        Object {
+            len: Some(open.meta.len),
+            meta: open.meta,
+            etag: open.etag.clone(),
+            last_modified: open.last_modified.clone(),
+            source: Source::File {
+                open,
+                disk,
+                key: key.clone(),
+            },
+        }
+    }
+
+    /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`.
+    pub fn modified(&self) -> SystemTime {
+        self.meta.modified()
+    }
+
+    /// The body for `len` bytes from `offset` (a stream is always sent whole). `small`: the
+    /// object is a playlist, which a writer may copy instead of sendfile.
+    pub fn into_body(self, offset: u64, len: u64, small: bool) -> Body {
+        match self.source {
+            Source::File { open, disk, .. } => Body::File(FileRange {
+                file: Arc::clone(&open.file),
+                offset,
+                len,
+                meta: open.meta,
+                small,
+                disk,
+            }),
+            Source::Stream(inner) => Body::Stream(Stream {
+                len: self.len,
+                inner,
+            }),
+        }
+    }
+
+    /// The first `limit` bytes of the object, in memory (playlists that are rewritten).
+    pub async fn read_prefix(&self, limit: usize) -> Result<Bytes, Miss> {
+        match &self.source {
+            Source::File { open, disk, key } => {
+                match disk.read(Arc::clone(&open.file), 0, limit).await {
+                    Ok(b) => Ok(b),
+                    Err(e) if volumes::is_device_fault(&e) => Err(Miss::VolumeUnavailable),
+                    Err(_) => {
+                        // Shrank under us: drop the cached descriptor; the client may retry.
+                        disk.forget(key);
+                        Err(Miss::Changed)
+                    }
+                }
+            }
+            Source::Stream(_) => Err(Miss::Changed),
+        }
+    }
+}
+
+/// The tiers behind one lookup call (see the module doc).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: ArcSwap<Local>,
+    metrics: Arc<Metrics>,
+    /// Hot-body cache counters, kept across cache rebuilds.
+    cache_stats: Arc<Stats>,
+}
+
+impl Store {
+    /// Builds every tier for `cfg` and registers the store's collector with `metrics`.
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Store, prometheus::Error> {
+        let cache_stats = Arc::new(Stats::default());
+        let local = Local::build(cfg, None, &metrics, &cache_stats);
+        let store = Store {
+            inner: Arc::new(Inner {
+                local: ArcSwap::from_pointee(local),
+                metrics: Arc::clone(&metrics),
+                cache_stats,
+            }),
+        };
+        metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
+        Ok(store)
+    }
+
+    /// Applies a reloaded config: each tier keeps what the new settings do not change.
+    pub fn reconfigure(&self, cfg: &Config) {
+        let old = self.inner.local.load_full();
+        let local = Local::build(cfg, Some(&old), &self.inner.metrics, &self.inner.cache_stats);
+        self.inner.local.store(Arc::new(local));
+    }
+
+    /// Step 6: the object at `rel`, from the first tier that has it.
+    pub async fn lookup(
+        &self,
+        rel: &RelPath,
+        class: ObjectClass,
+        live: bool,
+    ) -> Result<Object, Miss> {
+        let local = self.inner.local.load_full();
+        // Segments and keys are immutable by contract (except live ones, rewritten in place by
+        // some packagers): their descriptors are trusted for a while without a re-check.
+        let immutable = class != ObjectClass::Playlist && !live;
+        let (open, disk) = local.find(rel, immutable).await?;
+        let object = Object::from_file(open, disk, rel);
+        if class == ObjectClass::Segment {
+            if let Some(o) = test_stream::wrap(&object) {
+                return Ok(o);
+            }
+        }
+        Ok(object)
+    }
+
+    /// The volumes of the local tier (health for `/readyz`, the banner, the health checker).
+    pub fn volumes(&self) -> Arc<Volumes> {
+        Arc::clone(&self.inner.local.load().volumes)
+    }
+
+    /// The I/O backend in use.
+    pub fn io_kind(&self) -> BackendKind {
+        self.inner.local.load().io.kind()
+    }
+
+    fn local(&self) -> Arc<Local> {
+        self.inner.local.load_full()
+    }
+
+    fn cache_stats(&self) -> &Stats {
+        &self.inner.cache_stats
+    }
+}

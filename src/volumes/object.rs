@@ -1,0 +1,151 @@
+//! What a volume knows about one object: its stat data ([`ObjectMeta`]), the validators clients
+//! see, and the checks that tell whether a held descriptor still shows the same object.
+//!
+//! ## Validators depend on what the object is, never on where it lies
+//! The `ETag` is `"<size hex>-<mtime ns hex>"` and `Last-Modified` is the mtime: the same file
+//! on two disks or two nodes (copied with its mtime, as `cp -p`, `rsync -t` and segd's own
+//! ingest and pull tiers keep it) has the same validators there, so a CDN revalidating against
+//! another node gets a 304. Device and inode never enter a validator; they stay in the identity
+//! used to detect change under an open descriptor ([`still_current`]) and to key the hot-body
+//! cache, where "same bytes" must mean "same file".
+
+use std::fs::File;
+use std::io;
+use std::time::{Duration, SystemTime};
+
+/// Stat data of an opened object, from one `fstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub len: u64,
+    pub dev: u64,
+    pub ino: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status-change time, nanoseconds: moves on every write and truncation, even one that
+    /// restores the old mtime.
+    pub ctime_ns: i128,
+}
+
+impl ObjectMeta {
+    /// From a `stat` result.
+    pub fn from_stat(st: &rustix::fs::Stat) -> ObjectMeta {
+        ObjectMeta {
+            len: st.st_size as u64,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
+        }
+    }
+
+    /// The modification time, whole seconds (what `Last-Modified` can carry).
+    pub fn modified(&self) -> SystemTime {
+        let secs = (self.mtime_ns / 1_000_000_000) as i64;
+        if secs >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            SystemTime::UNIX_EPOCH
+        }
+    }
+
+    /// Strong validator from size and modification time to the nanosecond: any rewrite of the
+    /// file changes it; a copy that keeps the mtime keeps it (see the module doc).
+    pub fn etag(&self) -> String {
+        format!("\"{:x}-{:x}\"", self.len, self.mtime_ns)
+    }
+}
+
+/// Whether an open descriptor still shows the object described by `meta`: same size and mtime,
+/// and not unlinked. One `fstat` on a held descriptor: no path walk, no disk I/O.
+pub fn still_current(file: &File, meta: &ObjectMeta) -> bool {
+    match rustix::fs::fstat(file) {
+        Ok(st) => {
+            let now = ObjectMeta::from_stat(&st);
+            st.st_nlink > 0 && now.len == meta.len && now.mtime_ns == meta.mtime_ns
+        }
+        Err(_) => false,
+    }
+}
+
+/// Whether an error from reading or sending a file is a device fault of its disk. Only these
+/// errno values count: a peer reset, a shrunk file or a timeout must never mark a volume down.
+pub fn is_device_fault(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EIO
+                | libc::ENXIO
+                | libc::ENODEV
+                | libc::ESTALE
+                | libc::ENOMEDIUM
+                | libc::EREMOTEIO
+                | libc::EUCLEAN
+        )
+    )
+}
+
+/// A copy of `e` that keeps what matters downstream: the OS error code (so a device fault is
+/// still recognised as one after being shared between waiters), else its kind and message.
+pub fn clone_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_device_errors_are_faults() {
+        for errno in [libc::EIO, libc::ENXIO, libc::ENODEV, libc::ESTALE] {
+            assert!(is_device_fault(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [
+            libc::EPIPE,
+            libc::ECONNRESET,
+            libc::ENOTCONN,
+            libc::EAGAIN,
+            libc::ENOENT,
+        ] {
+            assert!(!is_device_fault(&io::Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_device_fault(&io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "shrank"
+        )));
+        assert!(!is_device_fault(&io::Error::from(io::ErrorKind::TimedOut)));
+    }
+
+    #[test]
+    fn a_shared_device_error_stays_a_device_error() {
+        let e = std::sync::Arc::new(io::Error::from_raw_os_error(libc::EIO));
+        assert!(is_device_fault(&clone_error(&e)));
+        let other = clone_error(&io::Error::new(io::ErrorKind::UnexpectedEof, "short"));
+        assert_eq!(other.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn etag_ignores_device_and_inode() {
+        let a = ObjectMeta {
+            len: 10,
+            dev: 1,
+            ino: 2,
+            mtime_ns: 1_700_000_000_123_456_789,
+            ctime_ns: 5,
+        };
+        let b = ObjectMeta {
+            dev: 9,
+            ino: 77,
+            ctime_ns: 6,
+            ..a
+        };
+        assert_eq!(a.etag(), b.etag());
+        let c = ObjectMeta {
+            mtime_ns: a.mtime_ns + 1,
+            ..a
+        };
+        assert_ne!(a.etag(), c.etag());
+    }
+}

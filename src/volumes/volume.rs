@@ -1,0 +1,320 @@
+//! One volume: a root directory on a local disk, its health, and opening objects beneath it.
+//!
+//! Containment is `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from the root's descriptor,
+//! so neither `..` nor a symlink can lead outside (a canonicalise-and-check fallback covers
+//! kernels without openat2). Health flips on device faults and on probes of the root (gone,
+//! replaced by another mount, marker missing); every probe is counted.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use super::object::ObjectMeta;
+use super::path::RelPath;
+use crate::config::VolumeConfig;
+
+/// An opened regular file and where it was found.
+#[derive(Debug)]
+pub struct Opened {
+    pub file: File,
+    pub meta: ObjectMeta,
+    pub volume: usize,
+}
+
+pub(super) enum OpenError {
+    NotFound,
+    Fault(io::Error),
+    Overloaded,
+}
+
+/// One root directory.
+pub struct Volume {
+    pub name: String,
+    pub path: PathBuf,
+    marker: Option<String>,
+    root: ArcSwapOption<Root>,
+    healthy: AtomicBool,
+    io_errors: AtomicU64,
+    probes: AtomicU64,
+    /// Milliseconds since `epoch` of the last probe (for probes that may be skipped when recent).
+    last_probe_ms: AtomicU64,
+    epoch: Instant,
+}
+
+struct Root {
+    fd: OwnedFd,
+    dev: u64,
+    ino: u64,
+}
+
+/// Test-only fault injection, compiled into debug builds only (what `cargo test` runs; release
+/// builds never contain it). Dot-files are never served, so the triggers are invisible to
+/// clients:
+/// - `.segd-fault-eio` at a volume's root: every open and probe on the volume fails with EIO;
+/// - `.segd-fault-eio-read`: every read and prefetch of an object's bytes fails with EIO (opens
+///   still succeed), as a disk with bad sectors would.
+#[cfg(debug_assertions)]
+fn injected(root: &Root, trigger: &str) -> Option<io::Error> {
+    rustix::fs::statat(&root.fd, trigger, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|_| io::Error::from_raw_os_error(libc::EIO))
+}
+
+#[cfg(not(debug_assertions))]
+fn injected(_root: &Root, _trigger: &str) -> Option<io::Error> {
+    None
+}
+
+/// Whether `openat2` exists on this kernel; if not, containment falls back to canonicalising.
+static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
+
+fn classify(e: &io::Error) -> OpenError {
+    match e.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV | libc::EACCES)
+        | Some(libc::EPERM | libc::ENAMETOOLONG | libc::EISDIR | libc::EINVAL) => {
+            OpenError::NotFound
+        }
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => OpenError::Overloaded,
+        _ => OpenError::Fault(super::clone_error(e)),
+    }
+}
+
+// === impl Volume ===
+
+impl Volume {
+    pub(super) fn new(cfg: &VolumeConfig) -> Volume {
+        let v = Volume {
+            name: cfg.name.clone(),
+            path: cfg.path.clone(),
+            marker: cfg.marker.clone(),
+            root: ArcSwapOption::empty(),
+            healthy: AtomicBool::new(false),
+            io_errors: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
+            last_probe_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        };
+        match v.open_root() {
+            Ok(root) => {
+                v.root.store(Some(Arc::new(root)));
+                v.healthy.store(true, Ordering::Release);
+            }
+            Err(e) => {
+                tracing::warn!(volume = %v.name, error = %e, "volume is unavailable at start")
+            }
+        }
+        v
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Device errors seen on this volume.
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Probes of the root so far.
+    pub fn probes(&self) -> u64 {
+        self.probes.load(Ordering::Relaxed)
+    }
+
+    fn open_root(&self) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if let Some(m) = &self.marker {
+            rustix::fs::statat(&fd, m.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(
+                |e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("marker file {m:?} missing"),
+                    )
+                },
+            )?;
+        }
+        Ok(Root {
+            fd,
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    fn set_health(&self, healthy: bool, why: &dyn std::fmt::Display) {
+        let was = self.healthy.swap(healthy, Ordering::AcqRel);
+        if was && !healthy {
+            tracing::error!(volume = %self.name, reason = %why, "volume marked unhealthy; its objects answer 503");
+        } else if !was && healthy {
+            tracing::info!(volume = %self.name, "volume healthy again");
+        }
+    }
+
+    /// Probes the root unless a probe ran within `fresh`; returns the health after it. Lookups
+    /// that found nothing call this, so a flood of 404s costs one probe per volume per `fresh`.
+    pub fn probe_unless_recent(&self, fresh: std::time::Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < fresh.as_millis() as u64 {
+            return self.is_healthy();
+        }
+        self.probe()
+    }
+
+    /// Re-checks the root: still there, same device and inode, marker present. Reopens a root
+    /// that came back (remount, directory restored). Returns the health after the check.
+    pub fn probe(&self) -> bool {
+        self.probes.fetch_add(1, Ordering::Relaxed);
+        self.last_probe_ms.store(
+            (self.epoch.elapsed().as_millis() as u64).max(1),
+            Ordering::Relaxed,
+        );
+        let current = self.root.load_full();
+        if let Some(e) = current
+            .as_deref()
+            .and_then(|r| injected(r, ".segd-fault-eio"))
+        {
+            self.record_fault(&e);
+            return false;
+        }
+        match rustix::fs::stat(&self.path) {
+            Ok(st) => {
+                let same = current
+                    .as_ref()
+                    .is_some_and(|r| r.dev == st.st_dev && r.ino == st.st_ino);
+                let marker_ok = match (&self.marker, &current) {
+                    (Some(m), Some(r)) if same => {
+                        rustix::fs::statat(&r.fd, m.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                            .is_ok()
+                    }
+                    _ => true,
+                };
+                // Also make sure the root itself still answers (EIO on the directory).
+                let root_ok = current
+                    .as_ref()
+                    .is_some_and(|r| rustix::fs::fstat(&r.fd).is_ok());
+                if same && marker_ok && root_ok {
+                    if !self.is_healthy() {
+                        // Only a fault marked it unhealthy; the disk answers again.
+                        self.set_health(true, &"probe succeeded");
+                    }
+                    return true;
+                }
+                match self.open_root() {
+                    Ok(root) => {
+                        self.root.store(Some(Arc::new(root)));
+                        self.set_health(true, &"root reopened");
+                        true
+                    }
+                    Err(e) => {
+                        self.set_health(false, &e);
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                self.set_health(false, &io::Error::from(e));
+                false
+            }
+        }
+    }
+
+    /// Opens `rel` under this root. Never follows anything out of the root.
+    pub(super) fn open(&self, rel: &RelPath) -> Result<Opened, OpenError> {
+        let Some(root) = self.root.load_full() else {
+            return Err(OpenError::Fault(io::Error::other("volume root not open")));
+        };
+        if let Some(e) = injected(&root, ".segd-fault-eio") {
+            return Err(OpenError::Fault(e));
+        }
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd: OwnedFd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
+            self.open_fallback(rel, flags)?
+        } else {
+            match rustix::fs::openat2(
+                root.fd.as_fd(),
+                rel.as_str(),
+                flags,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            ) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOSYS) => {
+                    tracing::warn!("openat2 is not available; containment falls back to canonicalize + prefix check");
+                    OPENAT2_MISSING.store(true, Ordering::Relaxed);
+                    self.open_fallback(rel, flags)?
+                }
+                Err(e) => return Err(classify(&e.into())),
+            }
+        };
+        let st = rustix::fs::fstat(&fd).map_err(|e| classify(&e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(OpenError::NotFound);
+        }
+        Ok(Opened {
+            meta: ObjectMeta::from_stat(&st),
+            file: File::from(fd),
+            volume: usize::MAX,
+        })
+    }
+
+    /// Containment without openat2: resolve symlinks, then require the result under the root.
+    /// (There is a window between the check and the open that openat2 does not have.)
+    fn open_fallback(&self, rel: &RelPath, flags: OFlags) -> Result<OwnedFd, OpenError> {
+        let root = std::fs::canonicalize(&self.path).map_err(OpenError::Fault)?;
+        let full = std::fs::canonicalize(root.join(rel.as_str())).map_err(|e| classify(&e))?;
+        if !full.starts_with(&root) {
+            return Err(OpenError::NotFound);
+        }
+        rustix::fs::open(&full, flags, Mode::empty()).map_err(|e| classify(&e.into()))
+    }
+
+    /// Current metadata of `rel` (following symlinks: only compared, never served).
+    pub fn stat(&self, rel: &RelPath) -> Option<ObjectMeta> {
+        let root = self.root.load_full()?;
+        let st = rustix::fs::statat(&root.fd, rel.as_str(), rustix::fs::AtFlags::empty()).ok()?;
+        Some(ObjectMeta::from_stat(&st))
+    }
+
+    /// The debug-build read fault (see [`injected`]): `Some(EIO)` while the trigger exists.
+    pub fn injected_read_fault(&self) -> Option<io::Error> {
+        if cfg!(debug_assertions) {
+            let root = self.root.load_full()?;
+            injected(&root, ".segd-fault-eio-read")
+        } else {
+            None
+        }
+    }
+
+    /// Debug builds only: the text of a test trigger file at the root (`None` in release builds).
+    pub fn test_trigger(&self, name: &str) -> Option<String> {
+        if !cfg!(debug_assertions) {
+            return None;
+        }
+        let root = self.root.load_full()?;
+        let fd = rustix::fs::openat(
+            &root.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        std::io::read_to_string(File::from(fd)).ok()
+    }
+
+    /// Records a device error seen while reading an object of this volume.
+    pub fn record_fault(&self, e: &io::Error) {
+        self.io_errors.fetch_add(1, Ordering::Relaxed);
+        self.set_health(false, e);
+    }
+}
