@@ -1,6 +1,9 @@
-//! `[cors]`: allowed origins and the preflight `Access-Control-Max-Age`.
+//! `[cors]`: allowed origins and the preflight `Access-Control-Max-Age`, with the values the
+//! handler sends derived here once (whether any origin is allowed, the max-age header).
 
 use std::time::Duration;
+
+use http::HeaderValue;
 
 use super::fields::Section;
 
@@ -8,13 +11,18 @@ use super::fields::Section;
 pub struct CorsConfig {
     /// `["*"]` or a list of exact origins.
     pub allow_origins: Vec<String>,
+    /// Whether `allow_origins` contains `"*"`.
+    pub any_origin: bool,
     /// `Access-Control-Max-Age` for preflight answers.
     pub max_age: Duration,
+    /// `max_age` in whole seconds, as the `Access-Control-Max-Age` header value.
+    pub max_age_header: HeaderValue,
 }
 
 impl CorsConfig {
+    /// Whether `allow_origins` contains `"*"` (the `any_origin` field).
     pub fn any_origin(&self) -> bool {
-        self.allow_origins.iter().any(|o| o == "*")
+        self.any_origin
     }
 }
 
@@ -46,7 +54,40 @@ pub(super) fn parse_cors(s: &Section) -> CorsConfig {
     );
     s.finish();
     CorsConfig {
+        any_origin: allow_origins.iter().any(|o| o == "*"),
         allow_origins,
         max_age,
+        max_age_header: HeaderValue::from(max_age.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http::HeaderValue;
+
+    use crate::config::Config;
+
+    fn cors(section: &str) -> super::CorsConfig {
+        Config::parse(
+            &format!("[[volumes]]\npath = \"v\"\n[cors]\n{section}"),
+            Path::new("/etc/segd/t.toml"),
+        )
+        .expect("valid")
+        .cors
+    }
+
+    #[test]
+    fn derived_values() {
+        let c = cors("");
+        assert!(c.any_origin && c.any_origin());
+        assert_eq!(c.max_age_header, HeaderValue::from_static("86400"));
+        let c = cors("allow_origins = [\"https://a.example\"]\nmax_age = \"10m\"\n");
+        assert!(!c.any_origin && !c.any_origin());
+        assert_eq!(c.max_age_header, HeaderValue::from_static("600"));
+        let c = cors("allow_origins = [\"https://a.example\", \"*\"]\nmax_age = \"0s\"\n");
+        assert!(c.any_origin);
+        assert_eq!(c.max_age_header, HeaderValue::from_static("0"));
     }
 }

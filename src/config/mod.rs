@@ -12,6 +12,8 @@
 //! parser, so the keys a section accepts cannot drift from the code that reads them: `server`,
 //! `admin`, `volumes`, `cache`, `token`, `cors`, `cache_control`, `types`, `log`, `tls`. This file
 //! owns [`Config`] itself, the top-level keys, the cross-section checks and the filesystem checks.
+//! Values derived from the config (header values, flags) are computed and validated at parse time
+//! by the section that owns them, so request handling never falls back on a default for a bad value.
 
 mod admin;
 mod cache;

@@ -161,16 +161,15 @@ const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 impl Prepared {
     pub fn new(cfg: &Config) -> Prepared {
-        let hv = |s: &str| HeaderValue::from_str(s).unwrap_or(NO_STORE);
         let cc = &cfg.cache_control;
         Prepared {
-            segments: hv(&cc.segments),
-            playlists: hv(&cc.playlists),
-            keys: hv(&cc.keys),
-            live: hv(&cc.live),
-            live_segments: hv(&cc.live_segments),
+            segments: cc.segments.clone(),
+            playlists: cc.playlists.clone(),
+            keys: cc.keys.clone(),
+            live: cc.live.clone(),
+            live_segments: cc.live_segments.clone(),
             allow_any_origin: cfg.cors.any_origin(),
-            cors_max_age: HeaderValue::from(cfg.cors.max_age.as_secs()),
+            cors_max_age: cfg.cors.max_age_header.clone(),
         }
     }
 }
