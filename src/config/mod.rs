@@ -31,6 +31,8 @@ mod volumes;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use http::HeaderValue;
+
 pub use admin::AdminConfig;
 pub use cache::CacheConfig;
 pub use cache_control::CacheControlConfig;
@@ -68,8 +70,9 @@ pub struct Config {
     pub token: TokenConfig,
     pub cors: CorsConfig,
     pub cache_control: CacheControlConfig,
-    /// Extra served extensions beyond the built-in media types: (extension, content type).
-    pub types: Vec<(String, String)>,
+    /// Every served extension (lower-case, no dot) with its `Content-Type`: the built-in media
+    /// types ([`BUILTIN_TYPES`]) with `[types]` applied on top (overriding or adding).
+    pub types: Vec<(String, HeaderValue)>,
     pub log: LogConfig,
     /// TLS listeners, when `[tls]` lists any.
     pub tls: Option<TlsConfig>,
@@ -204,16 +207,8 @@ impl Config {
     }
 
     /// The content type for a file extension (lower-case, without the dot), if segd serves it.
-    pub fn content_type(&self, ext: &str) -> Option<&str> {
-        self.types
-            .iter()
-            .find(|(e, _)| e == ext)
-            .map(|(_, t)| t.as_str())
-            .or_else(|| {
-                BUILTIN_TYPES
-                    .iter()
-                    .find(|(e, _)| *e == ext)
-                    .map(|(_, t)| *t)
-            })
+    /// `HeaderValue::to_str` gives the text (it fails only for non-ASCII `[types]` values).
+    pub fn content_type(&self, ext: &str) -> Option<&HeaderValue> {
+        self.types.iter().find(|(e, _)| e == ext).map(|(_, t)| t)
     }
 }

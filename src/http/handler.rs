@@ -358,7 +358,7 @@ async fn decide(state: &State, req: &Request<'_>, log: &mut LogInfo) -> Reply {
             );
         }
     };
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static_or(content_type));
+    headers.insert(CONTENT_TYPE, content_type.clone());
     headers.insert(CONTENT_LENGTH, HeaderValue::from(count));
     let body = if is_head || count == 0 {
         ReplyBody::Empty
@@ -377,17 +377,6 @@ async fn decide(state: &State, req: &Request<'_>, log: &mut LogInfo) -> Reply {
         status,
         headers,
         body,
-    }
-}
-
-trait FromStaticOr {
-    fn from_static_or(s: &str) -> HeaderValue;
-}
-
-impl FromStaticOr for HeaderValue {
-    /// Content types were validated as header values when the config was loaded.
-    fn from_static_or(s: &str) -> HeaderValue {
-        HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static("application/octet-stream"))
     }
 }
 
@@ -675,8 +664,9 @@ async fn rewritten_playlist(
     let ctype = ext
         .as_deref()
         .and_then(|e| state.config.content_type(e))
-        .unwrap_or("application/octet-stream");
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static_or(ctype));
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(CONTENT_TYPE, ctype);
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     Reply {
         log: LogInfo::default(),
