@@ -1,0 +1,93 @@
+//! `[cors]`: allowed origins and the preflight `Access-Control-Max-Age`, with the values the
+//! handler sends derived here once (whether any origin is allowed, the max-age header).
+
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::fields::Section;
+
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    /// `["*"]` or a list of exact origins.
+    pub allow_origins: Vec<String>,
+    /// Whether `allow_origins` contains `"*"`.
+    pub any_origin: bool,
+    /// `Access-Control-Max-Age` for preflight answers.
+    pub max_age: Duration,
+    /// `max_age` in whole seconds, as the `Access-Control-Max-Age` header value.
+    pub max_age_header: HeaderValue,
+}
+
+impl CorsConfig {
+    /// Whether `allow_origins` contains `"*"` (the `any_origin` field).
+    pub fn any_origin(&self) -> bool {
+        self.any_origin
+    }
+}
+
+pub(super) const CORS_KEYS: &[&str] = &["allow_origins", "max_age"];
+
+pub(super) fn parse_cors(s: &Section) -> CorsConfig {
+    let allowed = "[\"*\"] or a list of origins such as \"https://player.example.com\"";
+    let allow_origins = s
+        .string_list("allow_origins", allowed)
+        .unwrap_or_else(|| vec!["*".into()]);
+    for (i, o) in allow_origins.iter().enumerate() {
+        let ok = o == "*"
+            || ((o.starts_with("https://") || o.starts_with("http://"))
+                && !o.ends_with('/')
+                && http::HeaderValue::from_str(o).is_ok());
+        if !ok {
+            s.error(
+                &format!("allow_origins[{i}]"),
+                format!("{o:?} is not an origin"),
+                allowed,
+            );
+        }
+    }
+    let max_age = s.duration(
+        "max_age",
+        Duration::from_secs(86400),
+        Duration::ZERO,
+        Duration::from_secs(7 * 86400),
+    );
+    s.finish();
+    CorsConfig {
+        any_origin: allow_origins.iter().any(|o| o == "*"),
+        allow_origins,
+        max_age,
+        max_age_header: HeaderValue::from(max_age.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use http::HeaderValue;
+
+    use crate::config::Config;
+
+    fn cors(section: &str) -> super::CorsConfig {
+        Config::parse(
+            &format!("[[volumes]]\npath = \"v\"\n[cors]\n{section}"),
+            Path::new("/etc/segd/t.toml"),
+        )
+        .expect("valid")
+        .cors
+    }
+
+    #[test]
+    fn derived_values() {
+        let c = cors("");
+        assert!(c.any_origin && c.any_origin());
+        assert_eq!(c.max_age_header, HeaderValue::from_static("86400"));
+        let c = cors("allow_origins = [\"https://a.example\"]\nmax_age = \"10m\"\n");
+        assert!(!c.any_origin && !c.any_origin());
+        assert_eq!(c.max_age_header, HeaderValue::from_static("600"));
+        let c = cors("allow_origins = [\"https://a.example\", \"*\"]\nmax_age = \"0s\"\n");
+        assert!(c.any_origin);
+        assert_eq!(c.max_age_header, HeaderValue::from_static("0"));
+    }
+}

@@ -1,0 +1,163 @@
+//! `[server]`: the plaintext listeners, worker threads, timeouts, limits and I/O backend.
+//!
+//! Also [`parse_addr`], the socket-address reader the admin and TLS sections share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::fields::Section;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Plaintext listeners: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads (resolved: `0` in the file becomes the number of CPU cores).
+    pub workers: usize,
+    /// How long SIGTERM waits for in-flight responses.
+    pub drain_timeout: Duration,
+    /// A client must send a complete request head within this time.
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this time.
+    pub keepalive_timeout: Duration,
+    /// Client connections beyond this are accepted and closed at once (counted).
+    pub max_connections: usize,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/3 request streams a client may have open at once on one QUIC connection.
+    pub h3_max_concurrent_streams: u32,
+    /// `auto` (io_uring, falling back to threads), `uring`, or `threads`.
+    pub io_backend: String,
+    /// Disk jobs in flight per volume.
+    pub io_queue_depth: usize,
+    /// A client that accepts no response bytes for this long is disconnected.
+    pub send_timeout: Duration,
+    /// Request heads larger than this get 431.
+    pub max_header_bytes: usize,
+    /// Request targets longer than this get 414.
+    pub max_uri_bytes: usize,
+    /// How often volume health is re-checked.
+    pub volume_check_interval: Duration,
+    /// Paths printed as ready-to-open URLs when `serve` starts (signed if the path is protected).
+    pub print_urls: Vec<String>,
+    /// TLS writers send segments too big for the hot-body cache from a memory map (no read
+    /// buffer copy); segment files must then be immutable while served (`io::mapped`).
+    pub mmap: bool,
+}
+
+pub(super) const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "workers",
+    "drain_timeout",
+    "header_read_timeout",
+    "keepalive_timeout",
+    "max_header_bytes",
+    "max_uri_bytes",
+    "send_timeout",
+    "max_connections",
+    "h2_max_concurrent_streams",
+    "h3_max_concurrent_streams",
+    "io_backend",
+    "io_queue_depth",
+    "volume_check_interval",
+    "print_urls",
+    "mmap",
+];
+
+pub(super) fn parse_addr(s: &Section, key: &str, v: &str) -> Option<SocketAddr> {
+    match v.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            s.error(
+                key,
+                format!("{v:?} is not a socket address"),
+                "IP:PORT such as \"127.0.0.1:8080\" or \"[::]:80\"",
+            );
+            None
+        }
+    }
+}
+
+pub(super) fn parse_server(s: &Section) -> ServerConfig {
+    let listen_allowed = "a list of IP:PORT strings, e.g. [\"0.0.0.0:80\"]";
+    let listen = match s.string_list("listen", listen_allowed) {
+        Some(list) => {
+            if list.is_empty() {
+                s.error("listen", "no address given", listen_allowed);
+            }
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, a)| parse_addr(s, &format!("listen[{i}]"), a))
+                .collect()
+        }
+        None => vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+    };
+    let workers = s.int("workers", 0, 0, 1024, "0 (one per CPU core) or 1..=1024") as usize;
+    let workers = if workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        workers
+    };
+    let secs = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let mmap = s.bool("mmap", true);
+    s.finish();
+    ServerConfig {
+        listen,
+        workers,
+        drain_timeout: s.duration("drain_timeout", secs(30), secs(0), secs(3600)),
+        header_read_timeout: s.duration("header_read_timeout", secs(10), ms(100), secs(600)),
+        keepalive_timeout: s.duration("keepalive_timeout", secs(60), ms(100), secs(3600)),
+        send_timeout: s.duration("send_timeout", secs(30), secs(1), secs(3600)),
+        max_connections: s.int(
+            "max_connections",
+            50_000,
+            1,
+            10_000_000,
+            "1..=10000000 connections",
+        ) as usize,
+        h2_max_concurrent_streams: s.int(
+            "h2_max_concurrent_streams",
+            128,
+            1,
+            10_000,
+            "1..=10000 streams",
+        ) as u32,
+        h3_max_concurrent_streams: s.int(
+            "h3_max_concurrent_streams",
+            128,
+            1,
+            10_000,
+            "1..=10000 streams",
+        ) as u32,
+        io_backend: {
+            let allowed = "auto, uring, threads";
+            match s.string("io_backend", allowed).as_deref() {
+                None | Some("auto") => "auto".to_string(),
+                Some(v @ ("uring" | "threads")) => v.to_string(),
+                Some(other) => {
+                    s.error("io_backend", format!("unknown backend {other:?}"), allowed);
+                    "auto".to_string()
+                }
+            }
+        },
+        io_queue_depth: s.int("io_queue_depth", 64, 1, 4096, "1..=4096 jobs per volume") as usize,
+        max_header_bytes: s.size("max_header_bytes", 16 << 10, 1 << 10, 1 << 20) as usize,
+        max_uri_bytes: s.size("max_uri_bytes", 4096, 256, 64 << 10) as usize,
+        volume_check_interval: s.duration("volume_check_interval", secs(2), ms(100), secs(3600)),
+        print_urls: {
+            let allowed = "URL paths starting with \"/\"";
+            let urls = s.string_list("print_urls", allowed).unwrap_or_default();
+            for (i, u) in urls.iter().enumerate() {
+                if !u.starts_with('/') {
+                    s.error(
+                        &format!("print_urls[{i}]"),
+                        format!("{u:?} is not a path"),
+                        allowed,
+                    );
+                }
+            }
+            urls
+        },
+        mmap,
+    }
+}
