@@ -14,8 +14,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::server::shutdown::Stop;
-use crate::state::{Shared, State};
+use crate::drain::Stop;
+use crate::runtime::Runtime;
+use crate::state::Shared;
 
 fn text(status: u16, ctype: &'static str, body: impl Into<Bytes>) -> hyper::Response<Full<Bytes>> {
     let mut r = hyper::Response::new(Full::new(body.into()));
@@ -31,12 +32,12 @@ fn text(status: u16, ctype: &'static str, body: impl Into<Bytes>) -> hyper::Resp
     r
 }
 
-pub fn route(state: &State, drain: &Stop, path: &str) -> hyper::Response<Full<Bytes>> {
+pub fn route(runtime: &Runtime, drain: &Stop, path: &str) -> hyper::Response<Full<Bytes>> {
     match path {
         "/metrics" => text(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(state),
+            runtime.metrics.render(),
         ),
         "/healthz" => text(200, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {
@@ -44,15 +45,16 @@ pub fn route(state: &State, drain: &Stop, path: &str) -> hyper::Response<Full<By
             if drain.is_set() {
                 reasons.push_str("draining\n");
             }
-            for v in state.volumes.iter() {
+            let volumes = runtime.store.volumes();
+            for v in volumes.iter() {
                 if !v.is_healthy() {
                     reasons.push_str(&format!("volume {} unhealthy\n", v.name));
                 }
             }
-            if !state.volumes.any_healthy() {
+            if !volumes.any_healthy() {
                 reasons.push_str("no healthy volume\n");
             }
-            if drain.is_set() || !state.volumes.any_healthy() {
+            if drain.is_set() || !volumes.any_healthy() {
                 text(503, "text/plain; charset=utf-8", reasons)
             } else {
                 // Degraded but serving: still ready; the body lists what is down.
@@ -83,7 +85,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Stop) {
         let drain = drain.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                let r = route(&shared.load(), &drain, req.uri().path());
+                let r = route(&shared.runtime, &drain, req.uri().path());
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

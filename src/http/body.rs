@@ -13,7 +13,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::Stream as _;
 use http_body::{Frame, SizeHint};
 
 use super::Record;

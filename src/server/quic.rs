@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 
-use super::shutdown::Drain;
+use crate::drain::Drain;
 use super::ActiveGuard;
 use crate::config::QuicRetry;
 use crate::state::Shared;
@@ -44,7 +44,7 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(sock.into())
 }
 
-/// A quinn endpoint on `socket` serving the state's QUIC config.
+/// A quinn endpoint on `socket` serving the policy's QUIC config.
 pub fn endpoint(
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
@@ -83,16 +83,16 @@ pub async fn accept(
             }
             _ = stop.wait() => break,
         };
-        let state = shared.load();
+        let policy = shared.load();
         let open = active.load(Ordering::Relaxed);
-        let max = state.config.server.max_connections;
+        let max = policy.config.server.max_connections;
         if open >= max {
             // Counted first: the refusal reaches the client at once.
-            state.metrics.connections_rejected.inc();
+            shared.runtime.metrics.connections_rejected.inc();
             incoming.refuse();
             continue;
         }
-        let retry = match state.config.tls.as_ref().map(|t| t.quic_retry) {
+        let retry = match policy.config.tls.as_ref().map(|t| t.quic_retry) {
             Some(QuicRetry::Always) => true,
             Some(QuicRetry::Auto) => open * 2 > max,
             _ => false,
@@ -101,7 +101,7 @@ pub async fn accept(
             // The client comes back with a token proving it receives at its address.
             match incoming.retry() {
                 Ok(()) => {
-                    state.metrics.quic_retries.inc();
+                    shared.runtime.metrics.quic_retries.inc();
                     continue;
                 }
                 Err(e) => e.into_incoming(),
@@ -111,7 +111,7 @@ pub async fn accept(
         };
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(Arc::clone(&active));
-        let timeout = state.config.server.header_read_timeout;
+        let timeout = policy.config.server.header_read_timeout;
         let (shared, drain) = (Arc::clone(&shared), drain.clone());
         tokio::spawn(async move {
             let peer = incoming.remote_address();
@@ -124,7 +124,7 @@ pub async fn accept(
             };
             match tokio::time::timeout(timeout, connecting).await {
                 Ok(Ok(conn)) => {
-                    let m = &shared.load().metrics;
+                    let m = &shared.runtime.metrics;
                     m.tls_handshakes.with_label_values(&["1.3"]).inc();
                     crate::http::h3::serve(conn, shared, drain).await;
                 }

@@ -103,7 +103,9 @@ enum Source {
         disk: Disk,
         key: RelPath,
     },
-    Stream(ByteStream),
+    /// Behind a lock only so `&Object` can be shared across awaits (the stream is `Send`, not
+    /// `Sync`); it is taken once, by `into_body`.
+    Stream(std::sync::Mutex<ByteStream>),
 }
 
 impl Object {
@@ -140,7 +142,7 @@ impl Object {
             }),
             Source::Stream(inner) => Body::Stream(Stream {
                 len: self.len,
-                inner,
+                inner: inner.into_inner().unwrap_or_else(|p| p.into_inner()),
             }),
         }
     }

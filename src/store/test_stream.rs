@@ -57,6 +57,6 @@ pub(super) fn wrap(object: &Object) -> Option<Object> {
         meta: object.meta,
         etag: object.etag.clone(),
         last_modified: object.last_modified.clone(),
-        source: Source::Stream(Box::pin(stream)),
+        source: Source::Stream(std::sync::Mutex::new(Box::pin(stream))),
     })
 }

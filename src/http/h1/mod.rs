@@ -37,7 +37,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::handler::{self, Proto, Reply};
-use super::refusal::Refusal;
 use super::request_body::RequestBody;
 use super::Record;
 use crate::drain::Drain;
@@ -340,11 +339,12 @@ mod tests {
                 std::path::Path::new("/x.toml"),
             )
             .expect("cfg");
-            let metrics = Arc::new(crate::metrics::Metrics::new().expect("metrics"));
-            let state = State::new(Arc::new(cfg.clone()), metrics).expect("state");
-            let shared = Arc::new(Shared::new(state));
+            let runtime = Arc::new(crate::runtime::Runtime::new(&cfg).expect("runtime"));
+            let policy =
+                crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime.metrics).expect("policy");
+            let shared = Arc::new(Shared::new(runtime, policy));
             let hyper = Arc::new(super::super::service::builder(&cfg));
-            let ctl = crate::server::shutdown::Controller::new();
+            let ctl = crate::drain::Controller::new();
             let fut = serve(
                 c,
                 "127.0.0.1:1".parse().expect("addr"),

@@ -65,13 +65,14 @@ pub(super) async fn send_file(
     }
     send_more(stream, head, stall).await?;
     first_byte();
+    let sock: &TcpStream = stream;
     let mut off = range.offset;
     while off < end {
         let want = chunk_len(off, end);
         range.ensure_resident(off, want).await?;
-        let n = write_ready(stream, stall, || {
+        let n = write_ready(sock, stall, || {
             let mut at = off;
-            rustix::fs::sendfile(stream, &*range.file, Some(&mut at), want as usize)
+            rustix::fs::sendfile(sock, &*range.file, Some(&mut at), want as usize)
         })
         .await;
         let n = match n {

@@ -1,0 +1,147 @@
+//! Accept loops: plaintext listeners (the HTTP/1.1 fast path, which hands h2c and request
+//! bodies to hyper) and TLS listeners (handshake, then hyper by ALPN). Both share one loop that
+//! backs off on accept errors, refuses connections beyond `max_connections`, and counts open
+//! connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::drain::Drain;
+use crate::state::Shared;
+
+/// Accepts until the drain starts: backs off on accept errors (EMFILE and friends) instead of
+/// spinning, closes connections beyond `max_connections` at once (counted), and runs `serve` for
+/// each accepted connection while it counts as open.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, SocketAddr, Drain) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use std::sync::atomic::Ordering;
+    let mut stop = drain.signal();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait() => break,
+        };
+        if active.load(Ordering::Relaxed) >= shared.load().config.server.max_connections {
+            // A reset: the cheapest answer for a connection we will not serve.
+            let _ = stream.set_zero_linger();
+            shared.runtime.metrics.connections_rejected.inc();
+            continue;
+        }
+        active.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(Arc::clone(&active));
+        let conn = serve(stream, peer, drain.clone());
+        tokio::spawn(async move {
+            conn.await;
+            drop(guard);
+        });
+    }
+}
+
+pub(super) type HyperBuilder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+
+/// Plaintext listeners: the HTTP/1.1 fast path (which hands h2c connections to hyper).
+pub(super) async fn accept_plain(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: Arc<HyperBuilder>,
+    drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let sh = Arc::clone(&shared);
+    accept_loop(
+        listener,
+        shared,
+        drain,
+        active,
+        move |stream, peer, drain| {
+            crate::http::h1::serve(stream, peer, Arc::clone(&sh), Arc::clone(&builder), drain)
+        },
+    )
+    .await;
+}
+
+/// TLS listeners: handshake (within `header_read_timeout`) with the TLS config of the state
+/// current at accept, then hyper serves HTTP/1.1 or HTTP/2 as ALPN chose. Bodies are copied
+/// (encrypted in user space: this kernel has no kTLS), from the hot-body cache when they fit.
+pub(super) async fn accept_tls(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    builder: Arc<HyperBuilder>,
+    drain: Drain,
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    alt_svc: Option<http::HeaderValue>,
+) {
+    let sh = Arc::clone(&shared);
+    accept_loop(
+        listener,
+        shared,
+        drain,
+        active,
+        move |stream, peer, drain| {
+            let policy = sh.load();
+            let acceptor = policy.tls.clone();
+            let timeout = policy.config.server.header_read_timeout;
+            let (shared, builder) = (Arc::clone(&sh), Arc::clone(&builder));
+            let alt_svc = alt_svc.clone();
+            async move {
+                let Some(acceptor) = acceptor else { return };
+                let _ = stream.set_nodelay(true);
+                // Bodies may be encrypted from file mappings: the guard keeps a truncation fault's
+                // zero page from reaching the socket.
+                let stream = crate::io::mapped::FaultGuard::new(stream);
+                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        let version = match tls.get_ref().1.protocol_version() {
+                            Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
+                            Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
+                            _ => "other",
+                        };
+                        let m = &shared.runtime.metrics;
+                        m.tls_handshakes.with_label_values(&[version]).inc();
+                        let proto = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => "h2",
+                            _ => "h1",
+                        };
+                        let conn = crate::http::service::Conn {
+                            peer,
+                            proto,
+                            tls: Some(version),
+                            alt_svc,
+                        };
+                        crate::http::service::serve_io(tls, conn, shared, builder, drain).await
+                    }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Decrements the open-connection count when a connection task ends, however it ends.
+pub(super) struct ActiveGuard(pub(super) Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
