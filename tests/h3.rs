@@ -23,13 +23,13 @@ const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
 type SendRequest = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
 /// An HTTP/3 client connection: the quinn connection and h3's request sender.
-struct H3 {
-    conn: quinn::Connection,
+pub(crate) struct H3 {
+    pub(crate) conn: quinn::Connection,
     send: SendRequest,
     _endpoint: quinn::Endpoint,
 }
 
-async fn h3_connect(addr: SocketAddr, pki: &Pki) -> H3 {
+pub(crate) async fn h3_connect(addr: SocketAddr, pki: &Pki) -> H3 {
     let endpoint = quic_endpoint(pki);
     let conn = endpoint
         .connect(addr, "localhost")
@@ -65,7 +65,7 @@ impl H3 {
         }
     }
 
-    async fn open(
+    pub(crate) async fn open(
         &mut self,
         method: &str,
         path: &str,

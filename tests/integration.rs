@@ -11,6 +11,7 @@ mod h3;
 mod http_semantics;
 mod lifecycle;
 mod limits;
+mod regression;
 mod tls;
 mod token;
 mod volumes;
