@@ -294,7 +294,7 @@ mod tests {
             "{j}"
         );
         assert!(j.contains("\"path\":\"/vod/t1/a \\\"b\\\".ts\""), "{j}");
-        assert!(j.contains("\"status\":206,\"bytes\":1234,\"duration_ms\":1.500,\"proto\":\"h1\",\"tls\":null,\"cache\":\"bypass\",\"key_id\":\"k1\",\"request_id\":\"abc\",\"user_agent\":\"ffplay\\u000a\"}"), "{j}");
+        assert!(j.contains("\"status\":206,\"bytes\":1234,\"duration_ms\":1.500,\"proto\":\"h1\",\"tls\":null,\"cache\":\"bypass\",\"key_id\":\"k1\",\"request_id\":\"abc\",\"user_agent\":\"ffplay\\u000a\",\"complete\":true}"), "{j}");
         let c = e.format(LogFormat::Combined);
         assert!(c.starts_with("203.0.113.9 - - [14/Nov/2023:22:13:20 +0000] \"GET /vod/t1/a _b_.ts HTTP/1.1\" 206 1234 \"-\" \"ffplay_\""), "{c}");
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));

@@ -52,12 +52,13 @@ impl Policy {
                 (Some(tokio_rustls::TlsAcceptor::from(configs.tcp)), quic)
             }
         };
-        let access = AccessLog::open(&config.log, metrics.access_log_dropped.clone()).map_err(
-            |source| PolicyError::AccessLog {
-                path: format!("{:?}", config.log.access),
-                source,
-            },
-        )?;
+        let access =
+            AccessLog::open(&config.log, metrics.access_log_dropped.clone()).map_err(|source| {
+                PolicyError::AccessLog {
+                    path: format!("{:?}", config.log.access),
+                    source,
+                }
+            })?;
         Ok(Policy {
             auth: Auth::new(&config.token),
             access,

@@ -424,30 +424,47 @@ async fn unknown_transfer_coding_is_501() {
     let srv = demo_tls_server(vols.path(), &cert, &key, "", "");
     let h1 = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
 
-    async fn expect_501<S: AsyncRead + AsyncWrite + Unpin>(
+    async fn expect_refusal<S: AsyncRead + AsyncWrite + Unpin>(
         mut c: RawConn<S>,
         req: &str,
         what: &str,
+        status: u16,
     ) {
         c.send(req.as_bytes()).await;
         let r = c
             .response()
             .await
             .unwrap_or_else(|| panic!("{what}: no response ({:?}): {}", c.end, c.lossy()));
-        assert_eq!(r.status, 501, "{what}: {:?}", r.headers);
+        assert_eq!(r.status, status, "{what}: {:?}", r.headers);
         let end = c.finish().await;
         assert!(
             end.closed(),
-            "{what}: the connection is closed after the 501"
+            "{what}: the connection is closed after the {status}"
         );
     }
 
     for te in ["rot13", "gzip, chunked"] {
         let req = format!("GET {SEG_A} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n");
-        expect_501(plain(srv.addr).await, &req, &format!("plaintext, {te}")).await;
+        expect_refusal(
+            plain(srv.addr).await,
+            &req,
+            &format!("plaintext, {te}"),
+            501,
+        )
+        .await;
         let tls = connect(&srv, &h1).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-        expect_501(RawConn::new(tls), &req, &format!("TLS HTTP/1.1, {te}")).await;
+        // Over TLS, hyper parses the head: a lone unknown coding (chunked not final) is refused
+        // by its parser with 400 and a close, as RFC 9112 §6.3 requires; segd's handler answers
+        // 501 for an unknown coding before a final chunked.
+        let status = if te == "rot13" { 400 } else { 501 };
+        expect_refusal(
+            RawConn::new(tls),
+            &req,
+            &format!("TLS HTTP/1.1, {te}"),
+            status,
+        )
+        .await;
     }
 }
 

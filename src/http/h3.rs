@@ -180,24 +180,23 @@ async fn request(
     let policy = shared.load();
     let runtime = &shared.runtime;
     let head_timeout = policy.config.server.header_read_timeout;
-    let (req, stream) =
-        match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                // h3 has answered what it could (431, H3_MESSAGE_ERROR); a reset counts as a cancel.
-                match e {
-                    StreamError::RemoteTerminate { .. } => cancelled(shared, conn, cancels),
-                    StreamError::HeaderTooBig { .. } => head_too_big(shared, peer),
-                    _ => {}
-                }
-                tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
-                return;
+    let (req, stream) = match tokio::time::timeout(head_timeout, resolver.resolve_request()).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            // h3 has answered what it could (431, H3_MESSAGE_ERROR); a reset counts as a cancel.
+            match e {
+                StreamError::RemoteTerminate { .. } => cancelled(shared, conn, cancels),
+                StreamError::HeaderTooBig { .. } => head_too_big(shared, peer),
+                _ => {}
             }
-            Err(_) => {
-                tracing::debug!(%peer, "HTTP/3 request head timed out");
-                return;
-            }
-        };
+            tracing::debug!(%peer, error = %e, "HTTP/3 request refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP/3 request head timed out");
+            return;
+        }
+    };
     let start = Instant::now();
     let (mut stream, recv) = stream.split();
     let (parts, ()) = req.into_parts();
@@ -264,17 +263,20 @@ async fn request(
 
 /// The request stream's DATA frames as a body stream (h3 decodes the framing).
 fn request_body(recv: RecvHalf) -> ByteStream {
-    Box::pin(futures_util::stream::unfold(Some(recv), |recv| async move {
-        let mut recv = recv?;
-        match recv.recv_data().await {
-            Ok(Some(mut data)) => {
-                let b = data.copy_to_bytes(data.remaining());
-                Some((Ok(b), Some(recv)))
+    Box::pin(futures_util::stream::unfold(
+        Some(recv),
+        |recv| async move {
+            let mut recv = recv?;
+            match recv.recv_data().await {
+                Ok(Some(mut data)) => {
+                    let b = data.copy_to_bytes(data.remaining());
+                    Some((Ok(b), Some(recv)))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), None)),
             }
-            Ok(None) => None,
-            Err(e) => Some((Err(std::io::Error::other(e)), None)),
-        }
-    }))
+        },
+    ))
 }
 
 enum Ended {

@@ -112,12 +112,7 @@ struct Cx<'a> {
 }
 
 /// Handles one request. See the module doc for the steps.
-pub async fn handle(
-    rt: &Runtime,
-    policy: &Policy,
-    req: &Request<'_>,
-    body: RequestBody,
-) -> Reply {
+pub async fn handle(rt: &Runtime, policy: &Policy, req: &Request<'_>, body: RequestBody) -> Reply {
     let mut log = LogInfo::default();
     let cx = Cx {
         rt,
@@ -373,8 +368,12 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
                 .inc();
             tracing::info!(reason = %reason.as_str(), path, %peer, "token rejected");
         }
-        (_, Level::Warn) => tracing::warn!(refusal = %r, fault = row.fault.as_str(), path, "request refused"),
-        (_, Level::Info) => tracing::info!(refusal = %r, fault = row.fault.as_str(), path, %peer, "request refused"),
+        (_, Level::Warn) => {
+            tracing::warn!(refusal = %r, fault = row.fault.as_str(), path, "request refused")
+        }
+        (_, Level::Info) => {
+            tracing::info!(refusal = %r, fault = row.fault.as_str(), path, %peer, "request refused")
+        }
         (_, Level::Debug) => tracing::debug!(refusal = %r, path, %peer, "request refused"),
     }
     let mut headers = HeaderMap::with_capacity(6);

@@ -132,7 +132,15 @@ async fn respond(
     };
     let reply = handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await;
     let cache = reply.body.cache_status();
-    let record = Record::new(runtime, &policy, &hreq, reply.status, start, cache, reply.log);
+    let record = Record::new(
+        runtime,
+        &policy,
+        &hreq,
+        reply.status,
+        start,
+        cache,
+        reply.log,
+    );
     // hyper writes the head as soon as this returns.
     record.head_sent();
     // Only TLS connections have the socket guard that makes mapped bodies safe.

@@ -292,16 +292,35 @@ impl Io {
         self.kind
     }
 
-    /// Finds and opens `rel` across volumes on the blocking pool.
-    pub async fn open(&self, volumes: &Arc<Volumes>, rel: &RelPath) -> Result<Opened, LookupError> {
-        let Ok(_permit) = self.opens.acquire().await else {
-            return Err(LookupError::Overloaded);
+    /// Finds and opens `rel` across volumes on the blocking pool, at most 64 opens at once. A
+    /// path found nowhere releases its slot before the roots are checked (`confirm_missing`;
+    /// `force`: check them even if they were checked a moment ago), so misses never hold up
+    /// opens of objects that exist.
+    pub async fn open(
+        &self,
+        volumes: &Arc<Volumes>,
+        rel: &RelPath,
+        force: bool,
+    ) -> Result<Opened, LookupError> {
+        let opened = {
+            let Ok(_permit) = self.opens.acquire().await else {
+                return Err(LookupError::Overloaded);
+            };
+            let (v, rel) = (Arc::clone(volumes), rel.clone());
+            tokio::task::spawn_blocking(move || v.open(&rel))
+                .await
+                .unwrap_or(Err(LookupError::Overloaded))
         };
-        let v = Arc::clone(volumes);
-        let rel = rel.clone();
-        tokio::task::spawn_blocking(move || v.open(&rel))
-            .await
-            .unwrap_or(Err(LookupError::Overloaded))
+        match opened {
+            Err(LookupError::NotFound) => {
+                let v = Arc::clone(volumes);
+                tokio::task::spawn_blocking(move || v.confirm_missing(force))
+                    .await
+                    .unwrap_or(Err(LookupError::Overloaded))?;
+                Err(LookupError::NotFound)
+            }
+            other => other,
+        }
     }
 
     /// Reads `len` bytes at `off` through the volume's backend.

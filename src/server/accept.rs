@@ -54,7 +54,8 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-pub(super) type HyperBuilder = hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
+pub(super) type HyperBuilder =
+    hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
 
 /// Plaintext listeners: the HTTP/1.1 fast path (which hands h2c connections to hyper).
 pub(super) async fn accept_plain(
@@ -144,4 +145,3 @@ impl Drop for ActiveGuard {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
-

@@ -112,4 +112,3 @@ fn signed_url(policy: &Policy, base: &str, path: &str) -> String {
         None => format!("{base}{path} (protected, but no signing key is active)"),
     }
 }
-

@@ -260,4 +260,3 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
         });
     }
 }
-

@@ -20,10 +20,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-
-use crate::drain::Drain;
 use super::ActiveGuard;
 use crate::config::QuicRetry;
+use crate::drain::Drain;
 use crate::state::Shared;
 
 /// UDP socket buffers asked for (the kernel caps them at net.core.[rw]mem_max).

@@ -11,7 +11,6 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use super::Store;
-use crate::io::BackendKind;
 
 pub struct StoreCollector {
     store: Store,
@@ -32,9 +31,8 @@ pub struct StoreCollector {
 
 impl StoreCollector {
     pub fn new(store: Store) -> Result<StoreCollector, prometheus::Error> {
-        let gauge_vec = |name: &str, help: &str, label: &str| {
-            IntGaugeVec::new(Opts::new(name, help), &[label])
-        };
+        let gauge_vec =
+            |name: &str, help: &str, label: &str| IntGaugeVec::new(Opts::new(name, help), &[label]);
         let counter_vec = |name: &str, help: &str, label: &str| {
             IntCounterVec::new(Opts::new(name, help), &[label])
         };
@@ -126,12 +124,11 @@ impl Collector for StoreCollector {
                 .with_label_values(&name)
                 .inc_by(v.probes());
         }
-        let kind = local.io.kind();
-        for k in [BackendKind::Uring, BackendKind::Threads] {
-            self.io_backend
-                .with_label_values(&[k.as_str()])
-                .set(i64::from(k == kind));
-        }
+        // Only the backend in use (a reload that switches backends switches the series).
+        self.io_backend.reset();
+        self.io_backend
+            .with_label_values(&[local.io.kind().as_str()])
+            .set(1);
         let st = self.store.cache_stats();
         set_counter(&self.cache_hits, st.hits.load(Relaxed));
         set_counter(&self.cache_misses, st.misses.load(Relaxed));

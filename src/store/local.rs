@@ -148,6 +148,8 @@ impl Local {
             Duration::ZERO
         };
         let healthy = |v: usize| self.volumes.get(v).is_some_and(|v| v.is_healthy());
+        // Set when a cached entry turned out stale: the object was known a moment ago.
+        let mut known = false;
         let found = match self.files.get(rel.as_str(), valid) {
             // Rewritten, truncated or unlinked in place: the held descriptor tells (one fstat).
             Lookup::Fresh(e) if healthy(e.volume) && volumes::still_current(&e.file, &e.meta) => {
@@ -159,11 +161,13 @@ impl Local {
                     Some(e)
                 } else {
                     self.files.remove(rel.as_str());
+                    known = true;
                     None
                 }
             }
             Lookup::Fresh(_) | Lookup::Stale(_) => {
                 self.files.remove(rel.as_str());
+                known = true;
                 None
             }
             Lookup::Miss => None,
@@ -171,7 +175,9 @@ impl Local {
         let entry = match found {
             Some(e) => e,
             None => {
-                let o = self.io.open(&self.volumes, rel).await?;
+                // An object known a moment ago that is gone now makes its disk suspect: a miss
+                // then re-checks every root at once instead of trusting a recent probe.
+                let o = self.io.open(&self.volumes, rel, known).await?;
                 self.files.insert(rel.as_str(), o.file, o.meta, o.volume)
             }
         };

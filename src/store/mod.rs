@@ -198,7 +198,12 @@ impl Store {
     /// Applies a reloaded config: each tier keeps what the new settings do not change.
     pub fn reconfigure(&self, cfg: &Config) {
         let old = self.inner.local.load_full();
-        let local = Local::build(cfg, Some(&old), &self.inner.metrics, &self.inner.cache_stats);
+        let local = Local::build(
+            cfg,
+            Some(&old),
+            &self.inner.metrics,
+            &self.inner.cache_stats,
+        );
         self.inner.local.store(Arc::new(local));
     }
 

@@ -43,9 +43,7 @@ pub(super) fn wrap(object: &Object) -> Option<Object> {
             if pos > 0 {
                 tokio::time::sleep(delay).await;
             }
-            let end = (pos + chunk)
-                .min(total)
-                .min(fail_after.unwrap_or(u64::MAX));
+            let end = (pos + chunk).min(total).min(fail_after.unwrap_or(u64::MAX));
             match disk.read(file, pos, (end - pos) as usize).await {
                 Ok(b) => Some((Ok(b), end)),
                 Err(e) => Some((Err(e), u64::MAX)),

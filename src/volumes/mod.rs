@@ -29,8 +29,8 @@ use std::time::Duration;
 
 pub use object::{clone_error, is_device_fault, still_current, ObjectMeta};
 pub use path::{sanitize, PathError, RelPath};
-pub use volume::{Opened, Volume};
 use volume::OpenError;
+pub use volume::{Opened, Volume};
 
 use crate::config::VolumeConfig;
 
@@ -46,7 +46,7 @@ pub enum LookupError {
 }
 
 /// How recent a root probe must be for a lookup that found nothing to skip its own.
-const MISS_PROBE_FRESH: Duration = Duration::from_secs(1);
+const MISS_PROBE_FRESH: Duration = Duration::from_millis(250);
 
 /// FNV-1a, 64-bit: stable across versions and platforms, so the placement rule never moves.
 pub fn fnv1a64(data: &[u8]) -> u64 {
@@ -109,7 +109,8 @@ impl Volumes {
         placement(rel, self.vols.len())
     }
 
-    /// Finds and opens `rel` (see the module doc for the order).
+    /// Finds and opens `rel` (see the module doc for the order). `NotFound` means no healthy
+    /// volume has it and none is known to be down; see [`Volumes::confirm_missing`].
     pub fn open(&self, rel: &RelPath) -> Result<Opened, LookupError> {
         let n = self.vols.len();
         let key = rel.asset_key();
@@ -149,19 +150,32 @@ impl Volumes {
                 }
             }
         }
-        if unavailable.is_none() {
-            // Before answering a cacheable 404, make sure no volume silently went away (root
-            // deleted or unmounted between health checks). At most one probe per volume per
-            // `MISS_PROBE_FRESH`, so a flood of random 404s stays cheap.
-            for (i, vol) in self.vols.iter().enumerate() {
-                if !vol.probe_unless_recent(MISS_PROBE_FRESH) {
-                    unavailable.get_or_insert(i);
-                }
+        match unavailable {
+            Some(volume) => Err(LookupError::VolumeUnavailable { volume }),
+            None => Err(LookupError::NotFound),
+        }
+    }
+
+    /// Before a lookup that found nothing becomes a cacheable 404: makes sure no volume silently
+    /// went away (root deleted or unmounted between health checks). Probes each root unless it
+    /// was probed within `MISS_PROBE_FRESH` (so a flood of random 404s costs a few probes a
+    /// second, not one per request); `force` probes regardless (the object was known a moment
+    /// ago, so its disk is suspect).
+    pub fn confirm_missing(&self, force: bool) -> Result<(), LookupError> {
+        let mut unavailable = None;
+        for (i, vol) in self.vols.iter().enumerate() {
+            let healthy = if force {
+                vol.probe()
+            } else {
+                vol.probe_unless_recent(MISS_PROBE_FRESH)
+            };
+            if !healthy {
+                unavailable.get_or_insert(i);
             }
         }
         match unavailable {
             Some(volume) => Err(LookupError::VolumeUnavailable { volume }),
-            None => Err(LookupError::NotFound),
+            None => Ok(()),
         }
     }
 

@@ -234,7 +234,15 @@ pub async fn serve(
         let chunked = matches!(&body, Body::Stream(s) if s.len.is_none()) && !head.http10;
         let head_out = head_bytes(status, &headers, close, head.http10, chunked);
         let stall = policy.config.server.send_timeout;
-        let sent = Box::pin(write_body(&mut stream, head_out, body, delimit, stall, &record)).await;
+        let sent = Box::pin(write_body(
+            &mut stream,
+            head_out,
+            body,
+            delimit,
+            stall,
+            &record,
+        ))
+        .await;
         record.finish(*sent.as_ref().unwrap_or(&0), sent.is_ok());
         if sent.is_err() {
             // A body that could not be sent whole (file changed, stream failed, client stalled or
@@ -256,7 +264,6 @@ pub async fn serve(
     gauge.dec();
     let _ = stream.shutdown().await;
 }
-
 
 /// Hands the connection to hyper with the bytes read so far (`label`: the
 /// `segd_connections_open` protocol).
@@ -340,8 +347,8 @@ mod tests {
             )
             .expect("cfg");
             let runtime = Arc::new(crate::runtime::Runtime::new(&cfg).expect("runtime"));
-            let policy =
-                crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime.metrics).expect("policy");
+            let policy = crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime.metrics)
+                .expect("policy");
             let shared = Arc::new(Shared::new(runtime, policy));
             let hyper = Arc::new(super::super::service::builder(&cfg));
             let ctl = crate::drain::Controller::new();

@@ -197,7 +197,6 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,4 +79,3 @@ impl AsyncWrite for Prefixed {
         self.inner.is_write_vectored()
     }
 }
-

@@ -108,7 +108,6 @@ pub(super) async fn write_all_timeout(
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
-
 /// How a body of unknown length is delimited on this connection.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Delimit {
