@@ -31,7 +31,7 @@ pub struct HyperBody {
 impl HyperBody {
     /// `mapped_ok`: the connection can send from a memory map safely (TLS, with its socket guard).
     pub fn new(body: Body, mapped_ok: bool, record: Record) -> HyperBody {
-        let len = body.len();
+        let len = body.known_len();
         let stream = body.into_stream(mapped_ok);
         HyperBody {
             done: stream.is_none(),

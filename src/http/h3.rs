@@ -291,7 +291,7 @@ async fn send_body(
     send_timeout: Duration,
     sent: &mut u64,
 ) -> Result<(), Ended> {
-    let expected = body.len();
+    let expected = body.known_len();
     if let Some(mut chunks) = body.into_stream(false) {
         while let Some(chunk) = chunks.next().await {
             let data = chunk.map_err(Ended::Body)?;

@@ -70,11 +70,7 @@ thread_local! {
 /// Installs the SIGBUS handler once. False if it could not be installed (mapping stays off).
 pub fn install() -> bool {
     *INSTALLED.get_or_init(|| {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if page > 0 {
-            PAGE.store(page as usize, Ordering::Relaxed);
-        }
+        PAGE.store(rustix::param::page_size(), Ordering::Relaxed);
         // SAFETY: a zeroed sigaction is a valid value to fill in; the handler is an extern "C"
         // function with the SA_SIGINFO signature; `old` receives the previous action.
         unsafe {

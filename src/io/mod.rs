@@ -20,7 +20,6 @@ pub mod mapped;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,45 +103,22 @@ pub fn pread_exact(file: &File, off: u64, len: usize) -> io::Result<Bytes> {
 /// follows reports them.
 pub fn resident(file: &File, off: u64) -> bool {
     let mut byte = [0u8; 1];
-    let iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: `iov` points at a live one-byte buffer; `file` is an open descriptor.
-    let n = unsafe {
-        libc::preadv2(
-            file.as_raw_fd(),
-            &iov,
-            1,
-            off as libc::off_t,
-            libc::RWF_NOWAIT,
-        )
-    };
-    !(n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN))
+    !matches!(
+        pread_cached(file, off, &mut byte),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// Reads into `buf` at `off` only from the page cache (`preadv2(RWF_NOWAIT)`): `WouldBlock` when
 /// any of it would need the disk.
 pub fn pread_cached(file: &File, off: u64, buf: &mut [u8]) -> io::Result<usize> {
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: `iov` describes `buf`, which is valid and writable for its whole length.
-    let n = unsafe {
-        libc::preadv2(
-            file.as_raw_fd(),
-            &iov,
-            1,
-            off as libc::off_t,
-            libc::RWF_NOWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    rustix::io::preadv2(
+        file,
+        &mut [io::IoSliceMut::new(buf)],
+        off,
+        rustix::io::ReadWriteFlags::NOWAIT,
+    )
+    .map_err(io::Error::from)
 }
 
 async fn uring_job(job: Job) {
@@ -418,15 +394,13 @@ impl Io {
 /// The threads backend's prefetch: readahead advice, then reads that pull the range into the
 /// page cache (their bytes are discarded).
 fn prefetch_blocking(file: &File, off: u64, len: u64) -> io::Result<()> {
-    // SAFETY: advisory only; a valid descriptor and range.
-    unsafe {
-        libc::posix_fadvise(
-            file.as_raw_fd(),
-            off as libc::off_t,
-            len as libc::off_t,
-            libc::POSIX_FADV_WILLNEED,
-        );
-    }
+    // Advisory only: a failure changes nothing but speed.
+    let _ = rustix::fs::fadvise(
+        file,
+        off,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
     let end = off + len;
     let mut pos = off;
     while pos < end {

@@ -36,12 +36,7 @@ pub fn notify(state: &str) {
 
 /// `RELOADING=1` with the monotonic timestamp `Type=notify-reload` requires.
 pub fn notify_reloading() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid out-pointer for clock_gettime.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
     notify(&format!(
         "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading configuration"
@@ -72,20 +67,11 @@ pub fn take_listeners() -> Vec<(SocketAddr, TcpListener)> {
     let mut out = Vec::new();
     for fd in 3..3 + n {
         // Only stream sockets that listen are ours to take.
-        let mut ty: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt on a descriptor number with a correctly sized out-buffer; an invalid
-        // descriptor just fails.
-        let ok = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ACCEPTCONN,
-                (&mut ty as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        } == 0;
-        if !ok || ty == 0 {
+        // SAFETY: the descriptor number was passed by systemd and stays open for this call; an
+        // invalid one just makes getsockopt fail.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let listening = rustix::net::sockopt::socket_acceptconn(borrowed).unwrap_or(false);
+        if !listening {
             tracing::warn!(
                 fd,
                 "inherited descriptor is not a listening socket; ignored"

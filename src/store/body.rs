@@ -48,7 +48,7 @@ pub struct Stream {
 
 impl Body {
     /// Bytes this body will put on the wire, when known before sending.
-    pub fn len(&self) -> Option<u64> {
+    pub fn known_len(&self) -> Option<u64> {
         match self {
             Body::Empty => Some(0),
             Body::Bytes(b) => Some(b.len() as u64),
