@@ -88,21 +88,28 @@ fn set_counter(c: &IntCounter, v: u64) {
     c.inc_by(v);
 }
 
+impl StoreCollector {
+    /// Every series this collector exports, in one list for `desc` and `collect`.
+    fn parts(&self) -> [&dyn Collector; 11] {
+        [
+            &self.volume_healthy,
+            &self.volume_io_errors,
+            &self.volume_probes,
+            &self.io_backend,
+            &self.cache_hits,
+            &self.cache_misses,
+            &self.cache_evictions,
+            &self.cache_fills,
+            &self.cache_bytes,
+            &self.open_files,
+            &self.mmap_faults,
+        ]
+    }
+}
+
 impl Collector for StoreCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let mut d = Vec::new();
-        d.extend(self.volume_healthy.desc());
-        d.extend(self.volume_io_errors.desc());
-        d.extend(self.volume_probes.desc());
-        d.extend(self.io_backend.desc());
-        d.extend(self.cache_hits.desc());
-        d.extend(self.cache_misses.desc());
-        d.extend(self.cache_evictions.desc());
-        d.extend(self.cache_fills.desc());
-        d.extend(self.cache_bytes.desc());
-        d.extend(self.open_files.desc());
-        d.extend(self.mmap_faults.desc());
-        d
+        self.parts().into_iter().flat_map(|c| c.desc()).collect()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
@@ -137,18 +144,6 @@ impl Collector for StoreCollector {
         set_counter(&self.mmap_faults, crate::io::mapped::faults());
         self.cache_bytes.set(local.bodies().weighted_size() as i64);
         self.open_files.set(local.open_files() as i64);
-        let mut out = Vec::new();
-        out.extend(self.volume_healthy.collect());
-        out.extend(self.volume_io_errors.collect());
-        out.extend(self.volume_probes.collect());
-        out.extend(self.io_backend.collect());
-        out.extend(self.cache_hits.collect());
-        out.extend(self.cache_misses.collect());
-        out.extend(self.cache_evictions.collect());
-        out.extend(self.cache_fills.collect());
-        out.extend(self.cache_bytes.collect());
-        out.extend(self.open_files.collect());
-        out.extend(self.mmap_faults.collect());
-        out
+        self.parts().into_iter().flat_map(|c| c.collect()).collect()
     }
 }
