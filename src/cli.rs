@@ -38,7 +38,8 @@ pub enum Command {
         #[arg(long, short, default_value = "config/segd.toml")]
         config: PathBuf,
     },
-    /// Mint an EdgeAuth v2 token with a configured key and print it with ready URLs.
+    /// Mint an EdgeAuth v2 token with a configured key and print it with ready URLs
+    /// (`--upload`: an upload token for PUT/POST/DELETE, with ffmpeg and curl commands).
     ///
     /// Uses [token] algorithm, salt and keys from the config. Prints the token, then the same
     /// request in each location segd accepts: query parameter, cookie, and path-embedded
@@ -74,6 +75,9 @@ pub enum Command {
         /// Path used in the printed URLs (default: the URL token's path, or the ACL's fixed prefix).
         #[arg(long)]
         path: Option<String>,
+        /// Mint an upload token with an [[ingest.keys]] key, printed with ffmpeg and curl commands.
+        #[arg(long)]
+        upload: bool,
     },
     /// Print the volume each URL path is placed on by the placement rule.
     ///

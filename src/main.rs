@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             id,
             data,
             path,
+            upload,
         } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
                 id,
                 data,
                 path,
+                upload,
             };
             match segd::sign::run(&cfg, &args) {
                 Ok(text) => {

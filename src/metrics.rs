@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 /// Label values of `segd_http_requests_total`, in the order of the pre-resolved handles.
-pub const METHODS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "other"];
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "other"];
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 pub const PROTOS: [&str; 3] = ["h1", "h2", "h3"];
 
@@ -39,6 +39,13 @@ pub struct Metrics {
     pub access_log_dropped: prometheus::IntCounter,
     /// Requests ended early, by reason and by whose fault (`http::refusal`).
     pub refusals: IntCounterVec,
+    /// Ingest: body bytes committed, upload durations, uploads in progress, temporary files
+    /// removed after failures (and at start-up), uploads refused for space (507).
+    pub ingest_bytes: prometheus::IntCounter,
+    pub ingest_seconds: prometheus::Histogram,
+    pub ingest_in_progress: prometheus::IntGauge,
+    pub ingest_temp_removed: prometheus::IntCounter,
+    pub ingest_no_space: prometheus::IntCounter,
 }
 
 /// 50 µs to 10 s.
@@ -138,6 +145,29 @@ impl Metrics {
             &["reason", "fault"],
         )?;
         registry.register(Box::new(refusals.clone()))?;
+        let ingest_bytes = counter(
+            "segd_ingest_bytes_total",
+            "Body bytes of uploads committed to a volume",
+        )?;
+        let ingest_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "segd_ingest_duration_seconds",
+                "Uploads from request head to commit (or failure)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(ingest_seconds.clone()))?;
+        let ingest_in_progress =
+            prometheus::IntGauge::new("segd_ingest_uploads_in_progress", "Uploads in progress")?;
+        registry.register(Box::new(ingest_in_progress.clone()))?;
+        let ingest_temp_removed = counter(
+            "segd_ingest_temp_removed_total",
+            "Temporary files removed after failed uploads, and at start-up after a crash",
+        )?;
+        let ingest_no_space = counter(
+            "segd_ingest_insufficient_storage_total",
+            "Uploads refused with 507: no volume had room above its reserve",
+        )?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -149,7 +179,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let mut request_handles = Vec::with_capacity(60);
+        let mut request_handles = Vec::with_capacity(METHODS.len() * 15);
         for m in METHODS {
             for c in CLASSES {
                 for p in PROTOS {
@@ -184,6 +214,11 @@ impl Metrics {
             mapped_bytes,
             access_log_dropped,
             refusals,
+            ingest_bytes,
+            ingest_seconds,
+            ingest_in_progress,
+            ingest_temp_removed,
+            ingest_no_space,
         })
     }
 

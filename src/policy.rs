@@ -11,7 +11,12 @@ use crate::metrics::Metrics;
 
 pub struct Policy {
     pub config: Arc<Config>,
+    /// Playback tokens (`[token]`).
     pub auth: Auth,
+    /// Upload tokens (`[[ingest.keys]]`, same format and locations).
+    pub uploads: Auth,
+    /// Uploads in progress (`ingest.max_uploads`).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
     pub access: AccessLog,
     /// TLS for the `[tls]` listeners (new handshakes use the policy current at accept).
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -61,6 +66,8 @@ impl Policy {
             })?;
         Ok(Policy {
             auth: Auth::new(&config.token),
+            uploads: Auth::for_uploads(&config.token, &config.ingest.keys),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(config.ingest.max_uploads)),
             access,
             tls,
             quic,

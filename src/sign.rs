@@ -13,6 +13,8 @@ pub struct Args {
     pub id: Option<String>,
     pub data: Option<String>,
     pub path: Option<String>,
+    /// Sign with an `[[ingest.keys]]` key: an upload token, printed with ffmpeg and curl commands.
+    pub upload: bool,
 }
 
 fn now() -> u64 {
@@ -50,9 +52,14 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         ),
     };
     let exp = start.unwrap_or(now) + ttl.as_secs();
-    if cfg.token.keys.is_empty() {
+    let (keys, table) = if a.upload {
+        (&cfg.ingest.keys, "ingest.keys")
+    } else {
+        (&cfg.token.keys, "token.keys")
+    };
+    if keys.is_empty() {
         return Err(format!(
-            "{}: token.keys: no key configured (allowed: at least one [[token.keys]] with id and secret)",
+            "{}: {table}: no key configured (allowed: at least one [[{table}]] with id and secret)",
             cfg.file.display()
         ));
     }
@@ -72,7 +79,11 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         data: a.data.as_deref(),
         salt: None,
     };
-    let auth = Auth::new(&cfg.token);
+    let auth = if a.upload {
+        Auth::for_uploads(&cfg.token, &cfg.ingest.keys)
+    } else {
+        Auth::new(&cfg.token)
+    };
     let (key_id, token) =
         auth.sign(&spec, a.key_id.as_deref(), now)
             .ok_or_else(|| match &a.key_id {
@@ -85,10 +96,43 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         fixed.to_string()
     });
     let (query, cookie, embedded) = ready_urls(&base_url(cfg), auth.name(), &token, &path);
+    if a.upload {
+        return Ok(upload_text(
+            cfg, &token, &key_id, exp, &path, &embedded, &query,
+        ));
+    }
     Ok(format!(
         "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{path}'\npath:   {embedded}\n",
         cfg.token.algorithm.as_str(),
         httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
         base_url(cfg),
     ))
+}
+
+/// An upload token with the commands that use it: ffmpeg pushing live HLS and DASH (the token as
+/// the first path segment, which every URI ffmpeg derives from the output URL inherits), and
+/// curl for one file.
+fn upload_text(
+    cfg: &Config,
+    token: &str,
+    key_id: &str,
+    exp: u64,
+    path: &str,
+    embedded: &str,
+    query: &str,
+) -> String {
+    let dir = embedded.trim_end_matches(|c| c != '/');
+    let file = format!("{}example.ts", path.trim_end_matches(|c| c != '/'));
+    let (_, _, put_url) = ready_urls(&base_url(cfg), cfg.token.name.as_str(), token, &file);
+    format!(
+        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n\
+# live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4)\n\
+ffmpeg -re -i INPUT -c:a aac -b:a 128k -f hls -hls_time 4 -hls_list_size 6 \\\n  -hls_flags delete_segments -method PUT -http_persistent 1 '{dir}index.m3u8'\n\n\
+# live DASH (low latency: add -streaming 1 -ldash 1)\n\
+ffmpeg -re -i INPUT -c:a aac -b:a 128k -f dash -seg_duration 4 -window_size 6 \\\n  -method PUT '{dir}manifest.mpd'\n\n\
+# one file\n\
+curl -T FILE '{put_url}'\n",
+        cfg.token.algorithm.as_str(),
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
+    )
 }

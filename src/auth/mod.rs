@@ -160,6 +160,20 @@ impl Auth {
         }
     }
 
+    /// The policy for upload tokens (`[[ingest.keys]]`): the same token format, name, algorithm,
+    /// salt and locations as playback tokens, checked against the upload keys only, on every
+    /// path, and never skipped for origin auth (a CDN's pull secret does not authorise writes).
+    pub fn for_uploads(cfg: &TokenConfig, keys: &[crate::config::TokenKey]) -> Auth {
+        let mut a = Auth::new(&TokenConfig {
+            keys: keys.to_vec(),
+            protect: vec!["/".into()],
+            origin_auth: None,
+            ..cfg.clone()
+        });
+        a.origin_auth_skips_tokens = false;
+        a
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -21,6 +21,7 @@ mod cache_control;
 mod cors;
 mod error;
 mod fields;
+mod ingest;
 mod log;
 mod server;
 mod tls;
@@ -39,6 +40,7 @@ pub use cache_control::CacheControlConfig;
 pub use cors::CorsConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size};
+pub use ingest::IngestConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
 pub use server::ServerConfig;
 pub use tls::{QuicRetry, SniCert, TlsConfig};
@@ -51,6 +53,7 @@ use cache::{parse_cache, CACHE_KEYS};
 use cache_control::{parse_cache_control, CACHE_CONTROL_KEYS};
 use cors::{parse_cors, CORS_KEYS};
 use fields::{Ctx, Section};
+use ingest::{parse_ingest, INGEST_KEYS};
 use log::{parse_log, LOG_KEYS};
 use server::{parse_server, SERVER_KEYS};
 use tls::{parse_tls, TLS_KEYS};
@@ -76,6 +79,8 @@ pub struct Config {
     pub log: LogConfig,
     /// TLS listeners, when `[tls]` lists any.
     pub tls: Option<TlsConfig>,
+    /// Uploads (`[ingest]`); no prefixes means no ingest.
+    pub ingest: IngestConfig,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -89,6 +94,7 @@ const TOP_KEYS: &[&str] = &[
     "types",
     "log",
     "tls",
+    "ingest",
 ];
 
 impl Config {
@@ -125,6 +131,7 @@ impl Config {
         let types = parse_types(&top);
         let log = parse_log(&top.table("log", LOG_KEYS), &base);
         let tls = parse_tls(&top.table("tls", TLS_KEYS), &base);
+        let ingest = parse_ingest(&top.table("ingest", INGEST_KEYS));
         top.finish();
 
         // Cross-key checks.
@@ -161,6 +168,7 @@ impl Config {
             types,
             log,
             tls,
+            ingest,
         })
     }
 

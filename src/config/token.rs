@@ -177,60 +177,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         Duration::ZERO,
         Duration::from_secs(3600),
     );
-    let mut keys: Vec<TokenKey> = Vec::new();
-    for k in s.tables("keys", KEY_KEYS) {
-        let id = k.string("id", "a short key identifier");
-        if id.is_none() && k.raw("id").is_none() {
-            k.error("id", "missing", "a short key identifier");
-        }
-        let secret_allowed = "an even number of hex digits (at least 16 bytes' worth: 32 digits is recommended; CDNs issue 28+)";
-        let secret = match k.string("secret", secret_allowed) {
-            Some(hexs) => match hex::decode(hexs.trim()) {
-                Ok(b) if b.len() >= 8 => Some(b),
-                Ok(_) => {
-                    k.error("secret", "secret is too short", secret_allowed);
-                    None
-                }
-                Err(e) => {
-                    k.error("secret", format!("not hex: {e}"), secret_allowed);
-                    None
-                }
-            },
-            None => {
-                if k.raw("secret").is_none() {
-                    k.error("secret", "missing", secret_allowed);
-                }
-                None
-            }
-        };
-        let not_before = timestamp(&k, "not_before");
-        let not_after = timestamp(&k, "not_after");
-        if let (Some(a), Some(b)) = (not_before, not_after) {
-            if b <= a {
-                k.error(
-                    "not_after",
-                    "is not after not_before",
-                    "a time later than not_before",
-                );
-            }
-        }
-        if let (Some(id), Some(secret)) = (id, secret) {
-            if keys.iter().any(|o| o.id == id) {
-                k.error(
-                    "id",
-                    format!("key id {id:?} is used twice"),
-                    "unique key ids",
-                );
-            }
-            keys.push(TokenKey {
-                id,
-                secret,
-                not_before,
-                not_after,
-            });
-        }
-        k.finish();
-    }
+    let keys = parse_keys(s);
     if !protect.is_empty() && keys.is_empty() && s.raw("keys").is_none() {
         s.error(
             "keys",
@@ -305,4 +252,63 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         playlist_tokens,
         mint_ttl,
     }
+}
+
+/// A `keys` array of tables (`[[token.keys]]`, `[[ingest.keys]]`): id, hex secret, validity.
+pub(super) fn parse_keys(s: &Section) -> Vec<TokenKey> {
+    let mut keys: Vec<TokenKey> = Vec::new();
+    for k in s.tables("keys", KEY_KEYS) {
+        let id = k.string("id", "a short key identifier");
+        if id.is_none() && k.raw("id").is_none() {
+            k.error("id", "missing", "a short key identifier");
+        }
+        let secret_allowed = "an even number of hex digits (at least 16 bytes' worth: 32 digits is recommended; CDNs issue 28+)";
+        let secret = match k.string("secret", secret_allowed) {
+            Some(hexs) => match hex::decode(hexs.trim()) {
+                Ok(b) if b.len() >= 8 => Some(b),
+                Ok(_) => {
+                    k.error("secret", "secret is too short", secret_allowed);
+                    None
+                }
+                Err(e) => {
+                    k.error("secret", format!("not hex: {e}"), secret_allowed);
+                    None
+                }
+            },
+            None => {
+                if k.raw("secret").is_none() {
+                    k.error("secret", "missing", secret_allowed);
+                }
+                None
+            }
+        };
+        let not_before = timestamp(&k, "not_before");
+        let not_after = timestamp(&k, "not_after");
+        if let (Some(a), Some(b)) = (not_before, not_after) {
+            if b <= a {
+                k.error(
+                    "not_after",
+                    "is not after not_before",
+                    "a time later than not_before",
+                );
+            }
+        }
+        if let (Some(id), Some(secret)) = (id, secret) {
+            if keys.iter().any(|o| o.id == id) {
+                k.error(
+                    "id",
+                    format!("key id {id:?} is used twice"),
+                    "unique key ids",
+                );
+            }
+            keys.push(TokenKey {
+                id,
+                secret,
+                not_before,
+                not_after,
+            });
+        }
+        k.finish();
+    }
+    keys
 }

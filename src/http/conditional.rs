@@ -82,6 +82,34 @@ pub fn evaluate(h: &HeaderMap, etag: &str, modified: SystemTime) -> Outcome {
     }
 }
 
+/// Evaluates the preconditions of a write (PUT, POST, DELETE) against the object as it is now:
+/// `current` is its ETag and modification time, `None` when it does not exist. True when the
+/// write may proceed; false means 412. (`If-None-Match: *` is "create only"; `If-Match` needs an
+/// existing object with a strongly matching ETag; `If-Unmodified-Since` an object not modified
+/// since.)
+pub fn write_allowed(h: &HeaderMap, current: Option<(&str, SystemTime)>) -> bool {
+    match current {
+        None => {
+            // Nothing matches an absent object, not even `If-Match: *`.
+            !h.contains_key(IF_MATCH)
+        }
+        Some((etag, modified)) => {
+            match list_matches(h, IF_MATCH, etag, false) {
+                Some(false) => return false,
+                Some(true) => {}
+                None => {
+                    if let Some(since) = http_date(h, IF_UNMODIFIED_SINCE) {
+                        if secs(modified) > since {
+                            return false;
+                        }
+                    }
+                }
+            }
+            list_matches(h, IF_NONE_MATCH, etag, true) != Some(true)
+        }
+    }
+}
+
 /// Whether a `Range` should be honoured given `If-Range` (absent → yes). An entity-tag must
 /// match strongly; a date must equal `Last-Modified` exactly.
 pub fn if_range_allows(h: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
@@ -198,5 +226,27 @@ mod tests {
         assert!(!if_range_allows(&hm(&[(IF_RANGE, "W/\"abc\"")]), TAG, t));
         assert!(if_range_allows(&hm(&[(IF_RANGE, &date)]), TAG, t));
         assert!(!if_range_allows(&hm(&[(IF_RANGE, &earlier)]), TAG, t));
+    }
+
+    #[test]
+    fn write_preconditions() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |k: http::HeaderName, v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(k, http::HeaderValue::from_str(v).expect("value"));
+            m
+        };
+        let none = HeaderMap::new();
+        assert!(write_allowed(&none, None));
+        assert!(write_allowed(&none, Some(("\"a\"", t))));
+        let create_only = h(IF_NONE_MATCH, "*");
+        assert!(write_allowed(&create_only, None));
+        assert!(!write_allowed(&create_only, Some(("\"a\"", t))));
+        let if_match = h(IF_MATCH, "\"a\"");
+        assert!(write_allowed(&if_match, Some(("\"a\"", t))));
+        assert!(!write_allowed(&if_match, Some(("\"b\"", t))));
+        assert!(!write_allowed(&if_match, None));
+        assert!(!write_allowed(&h(IF_MATCH, "*"), None));
+        assert!(!write_allowed(&h(IF_MATCH, "W/\"a\""), Some(("\"a\"", t))));
     }
 }

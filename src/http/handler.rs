@@ -4,12 +4,15 @@
 //!
 //! Steps, in order (each may end the request with a [`Refusal`] or a finished answer):
 //! 1. target length → 414
-//! 2. method: GET/HEAD proceed, OPTIONS answers CORS preflight / `Allow`, others 405; a body on
-//!    GET/HEAD/OPTIONS is read and discarded (bounded → 413); an unknown transfer coding → 501
+//! 2. method: GET/HEAD read, PUT/POST/DELETE write, OPTIONS answers CORS preflight / `Allow`,
+//!    others 405; a body on GET/HEAD/OPTIONS is read and discarded (bounded → 413); an unknown
+//!    transfer coding → 501
 //! 3. path sanitising (`volumes::path`) → 400 malformed, 404 directories and dot-files
-//! 4. extension → content type and object class; unknown → 404
-//! 5. token check for protected prefixes (`auth`) → 403
-//! 6. the store's lookup (`store`: every tier behind one call) → 404, 503
+//! 4. extension → content type and object class; unknown → 404 (415 for writes); a write
+//!    outside `[ingest] prefixes` → 405
+//! 5. token: playback tokens for protected prefixes (`auth`), upload tokens for every write → 403
+//! 6. writes continue in [`super::write`]; reads ask the store (`store`: every tier behind one
+//!    call) → 404, 503
 //! 7. preconditions (`conditional`) → 412 / 304
 //! 8. range (`range`, honouring `If-Range`; GET only) → 206 / 416 / 200
 //! 9. headers: validators, Cache-Control by class, CORS, Accept-Ranges, Content-Length/-Range
@@ -27,7 +30,7 @@ use super::conditional::{self, Outcome};
 use super::range::{self, RangeDecision};
 use super::refusal::{Level, Refusal};
 use super::request_body::RequestBody;
-use super::{headers, rewrite};
+use super::{headers, rewrite, write};
 use crate::auth::{self, Decision};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
@@ -92,7 +95,7 @@ pub const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 
 /// Why the steps stopped before the end: a refusal (one table decides its answer), or an answer
 /// that is complete as it is (304, 412, 416, OPTIONS, a rewritten playlist).
-enum Stop {
+pub(super) enum Stop {
     Refused(Refusal),
     Answered(Box<Reply>),
 }
@@ -104,11 +107,11 @@ impl<E: Into<Refusal>> From<E> for Stop {
 }
 
 /// What every step may look at.
-struct Cx<'a> {
-    rt: &'a Runtime,
-    policy: &'a Policy,
-    req: &'a Request<'a>,
-    is_head: bool,
+pub(super) struct Cx<'a> {
+    pub rt: &'a Runtime,
+    pub policy: &'a Policy,
+    pub req: &'a Request<'a>,
+    pub is_head: bool,
 }
 
 /// Handles one request. See the module doc for the steps.
@@ -143,15 +146,21 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
 
     // 2. Method, and a body where one means nothing.
     transfer_codings(req.headers)?;
-    if !matches!(*req.method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return Err(Refusal::MethodNotAllowed.into());
-    }
-    if body.is_present() {
+    let writing = match *req.method {
+        Method::GET | Method::HEAD => false,
+        Method::OPTIONS => {
+            if body.is_present() {
+                body.discard(MAX_DISCARDED_BODY, cfg.server.header_read_timeout)
+                    .await?;
+            }
+            return Ok(headers::options(cx.policy, req, writable(cx)));
+        }
+        Method::PUT | Method::POST | Method::DELETE => true,
+        _ => return Err(Refusal::MethodNotAllowed.into()),
+    };
+    if !writing && body.is_present() {
         body.discard(MAX_DISCARDED_BODY, cfg.server.header_read_timeout)
             .await?;
-    }
-    if *req.method == Method::OPTIONS {
-        return Ok(headers::options(cx.policy, req));
     }
 
     // 3. Path (a path-embedded token segment is split off first, on the raw path).
@@ -160,28 +169,40 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
         PathError::Malformed(_) => Refusal::Malformed,
         PathError::NotServed(_) => Refusal::NotFound,
     })?;
+    let canonical = format!("/{rel}");
+    if cx.policy.access.enabled() {
+        log.path = Some(canonical.clone());
+    }
 
-    // 4. Type and class.
+    // 4. Type and class; writes only where ingest is on.
+    if writing && !cfg.ingest.covers(&canonical) {
+        return Err(Refusal::MethodNotAllowed.into());
+    }
     let ext = rel.extension().map(str::to_ascii_lowercase);
     let content_type = ext
         .as_deref()
         .and_then(|e| cfg.content_type(e))
         .cloned()
-        .ok_or(Refusal::NotFound)?;
+        .ok_or(if writing {
+            Refusal::UnsupportedMediaType
+        } else {
+            Refusal::NotFound
+        })?;
     let class = ObjectClass::of(ext.as_deref().unwrap_or_default());
-    let canonical = format!("/{rel}");
-    if cx.policy.access.enabled() {
-        log.path = Some(canonical.clone());
-    }
     let live = cfg
         .cache_control
         .live_prefixes
         .iter()
         .any(|p| canonical.starts_with(p.as_str()));
 
-    // 5. Token, for protected prefixes.
+    // 5. Token: playback tokens for protected reads, upload tokens for every write.
     let now = unix_now();
-    let decision = cx.policy.auth.decide(&auth::Facts {
+    let auth = if writing {
+        &cx.policy.uploads
+    } else {
+        &cx.policy.auth
+    };
+    let decision = auth.decide(&auth::Facts {
         raw_path: split.path,
         canonical_path: &canonical,
         query: req.query,
@@ -200,6 +221,11 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
         }
         Decision::Public | Decision::OriginAuth => {}
     }
+
+    // 6. Writes go their own way from here.
+    if writing {
+        return write::handle(cx, &rel, class, live, body).await;
+    }
     let rewrite_param = match (class, &decision) {
         (
             ObjectClass::Playlist,
@@ -211,7 +237,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
         _ => None,
     };
 
-    // 6. Lookup: every tier behind one call.
+    // 6. Read: every tier behind one call.
     let object = cx.rt.store.lookup(&rel, class, live).await?;
     if let Some(param) = rewrite_param {
         return rewritten(cx, &rel, object, &param, live).await;
@@ -277,6 +303,16 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
     Ok(reply(status, headers, body))
 }
 
+/// Whether the request's path accepts writes (for `Allow` and CORS preflight answers).
+fn writable(cx: &Cx<'_>) -> bool {
+    let ingest = &cx.policy.config.ingest;
+    if ingest.prefixes.is_empty() {
+        return false;
+    }
+    let split = auth::split_path_token(cx.policy.auth.name(), cx.req.path);
+    volumes::sanitize(split.path).is_ok_and(|rel| ingest.covers(&format!("/{rel}")))
+}
+
 /// Transfer codings (HTTP/1.1 only; h2 and h3 have none): segd decodes `chunked` and nothing
 /// else, so any other coding is 501 (RFC 9112 §6.1) and a `chunked` that is not the single,
 /// final coding is 400 (§6.3). The HTTP/1.1 fast path applies the same rule before it hands a
@@ -305,7 +341,7 @@ pub fn check_transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
     transfer_codings(headers)
 }
 
-fn reply(status: StatusCode, headers: HeaderMap, body: Body) -> Reply {
+pub(super) fn reply(status: StatusCode, headers: HeaderMap, body: Body) -> Reply {
     Reply {
         status,
         headers,
@@ -381,6 +417,9 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     if r == Refusal::MethodNotAllowed {
         headers.insert(ALLOW, headers::ALLOWED_METHODS);
     }
+    if r == Refusal::UploadsBusy {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     let mut reply = text(row.status, headers, cx.is_head, row.body);
     reply.close = r.closes_connection();
     reply
@@ -422,7 +461,7 @@ async fn rewritten(
     Ok(reply(StatusCode::OK, headers, body))
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

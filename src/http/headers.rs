@@ -16,9 +16,15 @@ use crate::store::{Body, ObjectClass};
 pub const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+/// Under `[ingest] prefixes`.
+pub const WRITABLE_METHODS: HeaderValue =
+    HeaderValue::from_static("GET, HEAD, OPTIONS, PUT, POST, DELETE");
 const EXPOSE: HeaderValue = HeaderValue::from_static("Content-Length, Content-Range, ETag");
 const ALLOWED_HEADERS: HeaderValue =
     HeaderValue::from_static("Range, If-None-Match, If-Modified-Since, If-Range, If-Match");
+const WRITE_HEADERS: HeaderValue = HeaderValue::from_static(
+    "Range, If-None-Match, If-Modified-Since, If-Range, If-Match, Content-Type",
+);
 const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 
 /// `Cache-Control` for an object of `class` (live: under `cache_control.live_prefixes`).
@@ -61,14 +67,27 @@ pub fn cors(policy: &Policy, req: &Request<'_>, headers: &mut HeaderMap) {
 
 /// OPTIONS: a CORS preflight gets the allowed methods and headers; any other OPTIONS (including
 /// `OPTIONS *`) gets `Allow`. No token is required: browsers never send credentials on preflight.
-pub fn options(policy: &Policy, req: &Request<'_>) -> Reply {
+/// `writable`: the path is under `[ingest] prefixes` (PUT, POST and DELETE are listed too).
+pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
+    let methods = if writable {
+        WRITABLE_METHODS
+    } else {
+        ALLOWED_METHODS
+    };
     let mut headers = HeaderMap::with_capacity(8);
-    headers.insert(ALLOW, ALLOWED_METHODS);
+    headers.insert(ALLOW, methods.clone());
     if req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {
         cors(policy, req, &mut headers);
         if headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
-            headers.insert(ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS);
-            headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, ALLOWED_HEADERS);
+            headers.insert(ACCESS_CONTROL_ALLOW_METHODS, methods);
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_HEADERS,
+                if writable {
+                    WRITE_HEADERS
+                } else {
+                    ALLOWED_HEADERS
+                },
+            );
             headers.insert(
                 ACCESS_CONTROL_MAX_AGE,
                 policy.config.cors.max_age_header.clone(),

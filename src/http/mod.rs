@@ -18,6 +18,7 @@ pub mod refusal;
 pub mod request_body;
 mod rewrite;
 pub mod service;
+mod write;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -68,7 +69,10 @@ impl Record {
             http::Method::GET => 0,
             http::Method::HEAD => 1,
             http::Method::OPTIONS => 2,
-            _ => 3,
+            http::Method::PUT => 3,
+            http::Method::POST => 4,
+            http::Method::DELETE => 5,
+            _ => 6,
         };
         let ci = match status.as_u16() {
             100..=199 => 0,

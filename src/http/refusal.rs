@@ -60,6 +60,20 @@ pub enum Refusal {
     BodyIncomplete,
     #[error("unsupported transfer coding")]
     UnsupportedCoding,
+    #[error("media type not served")]
+    UnsupportedMediaType,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("path is a directory")]
+    IsDirectory,
+    #[error("delete not allowed this close to the root")]
+    DeleteTooShallow,
+    #[error("too many uploads in progress")]
+    UploadsBusy,
+    #[error("insufficient storage")]
+    InsufficientStorage,
+    #[error("write failed")]
+    WriteFailed,
     #[error("internal error")]
     Internal,
 }
@@ -172,6 +186,55 @@ impl Refusal {
                 "unsupported_coding",
                 Client,
             ),
+            Refusal::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "media type not served\n",
+                Info,
+                "media_type",
+                Client,
+            ),
+            Refusal::PreconditionFailed => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition failed\n",
+                Debug,
+                "precondition",
+                Client,
+            ),
+            Refusal::IsDirectory => (
+                StatusCode::CONFLICT,
+                "path is a directory\n",
+                Info,
+                "is_directory",
+                Client,
+            ),
+            Refusal::DeleteTooShallow => (
+                StatusCode::FORBIDDEN,
+                "delete not allowed at this depth\n",
+                Info,
+                "delete_depth",
+                Client,
+            ),
+            Refusal::UploadsBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many uploads in progress\n",
+                Warn,
+                "uploads_busy",
+                Server,
+            ),
+            Refusal::InsufficientStorage => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient storage\n",
+                Warn,
+                "no_space",
+                Disk,
+            ),
+            Refusal::WriteFailed => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "write failed\n",
+                Warn,
+                "write_failed",
+                Disk,
+            ),
             Refusal::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error\n",
@@ -203,6 +266,23 @@ impl Refusal {
     }
 }
 
+impl From<crate::store::WriteError> for Refusal {
+    fn from(e: crate::store::WriteError) -> Refusal {
+        use crate::store::WriteError;
+        match e {
+            WriteError::NoSpace => Refusal::InsufficientStorage,
+            WriteError::VolumeUnavailable => Refusal::VolumeUnavailable,
+            WriteError::IsDirectory => Refusal::IsDirectory,
+            WriteError::NotFound => Refusal::NotFound,
+            WriteError::Io(e) if crate::volumes::is_device_fault(&e) => Refusal::VolumeUnavailable,
+            WriteError::Io(e) => {
+                tracing::warn!(error = %e, "write failed");
+                Refusal::WriteFailed
+            }
+        }
+    }
+}
+
 impl From<Miss> for Refusal {
     fn from(m: Miss) -> Refusal {
         match m {
@@ -228,6 +308,13 @@ pub const ALL: &[Refusal] = &[
     Refusal::BodyTimeout,
     Refusal::BodyIncomplete,
     Refusal::UnsupportedCoding,
+    Refusal::UnsupportedMediaType,
+    Refusal::PreconditionFailed,
+    Refusal::IsDirectory,
+    Refusal::DeleteTooShallow,
+    Refusal::UploadsBusy,
+    Refusal::InsufficientStorage,
+    Refusal::WriteFailed,
     Refusal::Internal,
 ];
 

@@ -28,6 +28,9 @@ pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
+        // A client that shuts down its sending side after a request (ffmpeg does, after an
+        // upload) still gets its answer, and its request is finished rather than dropped.
+        .half_close(true)
         .header_read_timeout(s.header_read_timeout)
         // hyper refuses a buffer below 8 KiB; heads over the limit get 431.
         .max_buf_size(s.max_header_bytes.max(8192));

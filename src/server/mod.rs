@@ -100,6 +100,7 @@ async fn serve(
     let runtime = Arc::new(Runtime::new(&config).context("cannot register metrics")?);
     let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
     let shared = Arc::new(Shared::new(runtime, policy));
+    remove_stale_temps(&shared);
 
     let mut plain: Vec<(SocketAddr, TcpListener)> = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
@@ -259,4 +260,23 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
             Err(e) => tracing::warn!(volume = %name, error = %e, "volume survey failed"),
         });
     }
+}
+
+/// Temporary upload files a crash left behind are removed, in the background (a large tree takes
+/// a while to walk; they are dot-files, never served meanwhile).
+fn remove_stale_temps(shared: &Arc<Shared>) {
+    let prefixes = shared.load().config.ingest.prefixes.clone();
+    if prefixes.is_empty() {
+        return;
+    }
+    let store = shared.runtime.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let n = store.remove_stale_temps(&prefixes);
+        if n > 0 {
+            tracing::info!(
+                removed = n,
+                "removed temporary files left by an earlier run"
+            );
+        }
+    });
 }

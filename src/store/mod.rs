@@ -26,6 +26,8 @@ pub mod body;
 mod collector;
 mod local;
 mod test_stream;
+mod upload;
+pub mod write;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
 pub use body::{Body, ByteStream, FileRange, Stream};
 use local::{Disk, Local};
+pub use upload::{Committed, Upload, WriteError};
 
 /// What kind of object a path names (from its extension): decides caching headers, whether a
 /// cached descriptor may be trusted without a re-check, and which bodies may be sent mapped.
@@ -177,6 +180,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Hot-body cache counters, kept across cache rebuilds.
     cache_stats: Arc<Stats>,
+    /// Writes to one path wait for each other.
+    locks: upload::PathLocks,
 }
 
 impl Store {
@@ -189,6 +194,7 @@ impl Store {
                 local: ArcSwap::from_pointee(local),
                 metrics: Arc::clone(&metrics),
                 cache_stats,
+                locks: upload::PathLocks::default(),
             }),
         };
         metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
@@ -226,6 +232,53 @@ impl Store {
             }
         }
         Ok(object)
+    }
+
+    /// Starts an upload of `rel` (about `len_hint` bytes, 0 when unknown) into the local tier,
+    /// keeping `reserve` bytes free on the volume; `durable`: fsync before the commit returns.
+    /// Writes to one path are serialised: the upload holds the path until it is committed or
+    /// dropped.
+    pub async fn begin_upload(
+        &self,
+        rel: &RelPath,
+        len_hint: u64,
+        reserve: u64,
+        durable: bool,
+    ) -> Result<Upload, WriteError> {
+        let m = &self.inner.metrics;
+        let r = upload::begin(
+            self.local(),
+            &self.inner.locks,
+            rel,
+            len_hint,
+            reserve,
+            durable,
+            m.ingest_temp_removed.clone(),
+        )
+        .await;
+        if matches!(r, Err(WriteError::NoSpace)) {
+            m.ingest_no_space.inc();
+        }
+        r
+    }
+
+    /// Deletes `rel`, then the directories that left empty below the first `keep` segments.
+    pub async fn delete(&self, rel: &RelPath, keep: usize) -> Result<(), WriteError> {
+        upload::delete(self.local(), &self.inner.locks, rel, keep).await
+    }
+
+    /// Removes temporary files a crash left under `prefixes` on every volume (start-up, off the
+    /// request path); returns how many.
+    pub fn remove_stale_temps(&self, prefixes: &[String]) -> u64 {
+        let local = self.local();
+        let mut n = 0;
+        for v in local.volumes.iter() {
+            for p in prefixes {
+                n += write::remove_stale_temps(&v.path.join(p.trim_matches('/')));
+            }
+        }
+        self.inner.metrics.ingest_temp_removed.inc_by(n);
+        n
     }
 
     /// The volumes of the local tier (health for `/readyz`, the banner, the health checker).

@@ -179,6 +179,21 @@ impl Volumes {
         }
     }
 
+    /// Remembers that `rel`'s asset lives on volume `i` (after a write put it there).
+    pub fn remember(&self, rel: &RelPath, i: usize) {
+        if i < self.vols.len() {
+            self.memo.insert(rel.asset_key().into(), i as u16);
+        }
+    }
+
+    /// The volume that last served `rel`'s asset, if remembered.
+    pub fn remembered(&self, rel: &RelPath) -> Option<usize> {
+        self.memo
+            .get(rel.asset_key())
+            .map(usize::from)
+            .filter(|&i| i < self.vols.len())
+    }
+
     /// Counts `e` against volume `i` (marking it unhealthy) when it is a device fault; other
     /// errors — a reset peer, a shrunk file, a timeout — say nothing about the disk.
     pub fn note_error(&self, i: usize, e: &io::Error) {

@@ -286,6 +286,22 @@ impl Volume {
         Some(ObjectMeta::from_stat(&st))
     }
 
+    /// Runs `f` with the root directory's descriptor (for writes beneath it), if it is open.
+    pub fn with_root<T>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T) -> Option<T> {
+        let root = self.root.load_full()?;
+        Some(f(root.fd.as_fd()))
+    }
+
+    /// Bytes available to unprivileged writers on this volume's filesystem.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let root = self
+            .root
+            .load_full()
+            .ok_or_else(|| io::Error::other("volume root not open"))?;
+        let st = rustix::fs::fstatvfs(&root.fd)?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
     /// The debug-build read fault (see [`injected`]): `Some(EIO)` while the trigger exists.
     pub fn injected_read_fault(&self) -> Option<io::Error> {
         if cfg!(debug_assertions) {

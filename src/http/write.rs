@@ -1,0 +1,213 @@
+//! The write request path: PUT and POST (create or replace) and DELETE under `[ingest]
+//! prefixes`, after the handler's steps 1–5 (target, method, path, type, upload token).
+//! See `docs/ingest.md` for the contract.
+//!
+//! PUT/POST, in order:
+//! 1. an upload slot (`max_uploads`) → 503 with `Retry-After`
+//! 2. a declared length over `max_body_bytes` → 413, before anything is read or created
+//! 3. the upload starts: the path is locked against other writes, the volume picked (where the
+//!    object is, else its asset's volume, else placement; never unhealthy, never below
+//!    `reserve`) → 507 / 503; a temporary file is created
+//! 4. preconditions against the object as it is now (`If-Match`, `If-None-Match: *`) → 412
+//! 5. the body is read — only now, so `Expect: 100-continue` is answered only for a write that
+//!    will be accepted — within `body_timeout` per chunk and `max_body_bytes` in all (408, 413,
+//!    400 for a broken body); any failure drops the temporary file
+//! 6. commit: rename into place (fsync'd first if `ingest.fsync`) → 201 or 204 with the ETag
+//!
+//! Steps 5 and 6 run in a task of their own: a complete body is committed even when the client
+//! closes its connection without waiting for the answer (ffmpeg does, on every request of a
+//! non-persistent connection), and an incomplete one is dropped however the client went away.
+//!
+//! DELETE: depth (`min_delete_depth` → 403), body (ffmpeg sends an empty chunked one) read and
+//! discarded, preconditions, then the store deletes the file and prunes emptied directories
+//! below the prefix → 204, 404, 409.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, ETAG, LOCATION};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::conditional;
+use super::handler::{reply, Cx, Reply, Stop, MAX_DISCARDED_BODY};
+use super::headers;
+use super::refusal::Refusal;
+use super::request_body::RequestBody;
+use crate::metrics::Metrics;
+use crate::store::{Body, Miss, ObjectClass};
+use crate::volumes::RelPath;
+
+pub(super) async fn handle(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    class: ObjectClass,
+    live: bool,
+    body: RequestBody,
+) -> Result<Reply, Stop> {
+    if *cx.req.method == Method::DELETE {
+        delete(cx, rel, class, live, body).await
+    } else {
+        put(cx, rel, class, live, body).await
+    }
+}
+
+/// An upload in progress, for `segd_ingest_uploads_in_progress` and the duration histogram:
+/// counted out however the upload ends.
+struct InProgress {
+    metrics: Arc<Metrics>,
+    start: Instant,
+}
+
+impl InProgress {
+    fn new(metrics: &Arc<Metrics>) -> InProgress {
+        metrics.ingest_in_progress.inc();
+        InProgress {
+            metrics: Arc::clone(metrics),
+            start: Instant::now(),
+        }
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.metrics.ingest_in_progress.dec();
+        self.metrics
+            .ingest_seconds
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The object's current validators, or `None` when it does not exist.
+async fn current(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    class: ObjectClass,
+    live: bool,
+) -> Result<Option<(String, std::time::SystemTime)>, Refusal> {
+    match cx.rt.store.lookup(rel, class, live).await {
+        Ok(o) => Ok(Some((
+            o.etag.to_str().unwrap_or_default().to_owned(),
+            o.modified(),
+        ))),
+        Err(Miss::NotFound) => Ok(None),
+        Err(m) => Err(m.into()),
+    }
+}
+
+async fn put(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    class: ObjectClass,
+    live: bool,
+    mut body: RequestBody,
+) -> Result<Reply, Stop> {
+    let ingest = &cx.policy.config.ingest;
+    let in_progress = InProgress::new(&cx.rt.metrics);
+    // 1. A slot.
+    let slot = Arc::clone(&cx.policy.upload_slots)
+        .try_acquire_owned()
+        .map_err(|_| Refusal::UploadsBusy)?;
+    // 2. A declared length that can never fit.
+    if body.declared.is_some_and(|d| d > ingest.max_body_bytes) {
+        return Err(Refusal::TooLarge.into());
+    }
+    // 3. The upload (path locked, volume picked, temporary file created).
+    let mut upload = cx
+        .rt
+        .store
+        .begin_upload(
+            rel,
+            body.declared.unwrap_or(0),
+            ingest.reserve,
+            ingest.fsync,
+        )
+        .await?;
+    // 4. Preconditions, under the path's lock.
+    if has_preconditions(cx.req.headers) {
+        let now = current(cx, rel, class, live).await?;
+        let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
+        if !conditional::write_allowed(cx.req.headers, now) {
+            return Err(Refusal::PreconditionFailed.into());
+        }
+    }
+    // 5. The body, and 6. the commit, in a task that outlives the connection.
+    let (limit, timeout) = (ingest.max_body_bytes, ingest.body_timeout);
+    let metrics = Arc::clone(&cx.rt.metrics);
+    let task = tokio::spawn(async move {
+        let _held = (slot, in_progress);
+        while let Some(chunk) = body.next(limit, timeout).await? {
+            upload.write(chunk).await?;
+        }
+        let done = upload.commit().await?;
+        metrics.ingest_bytes.inc_by(body.received());
+        Ok::<_, Refusal>(done)
+    });
+    let done = task.await.map_err(|_| Refusal::Internal)??;
+    let mut h = answer_headers(cx);
+    h.insert(ETAG, done.etag);
+    let status = if done.created {
+        if let Ok(v) = HeaderValue::from_str(&format!("/{rel}")) {
+            h.insert(LOCATION, v);
+        }
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    if status == StatusCode::CREATED {
+        h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+    }
+    Ok(reply(status, h, Body::Empty))
+}
+
+async fn delete(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    class: ObjectClass,
+    live: bool,
+    mut body: RequestBody,
+) -> Result<Reply, Stop> {
+    let ingest = &cx.policy.config.ingest;
+    let depth = rel.as_str().split('/').count();
+    if depth < ingest.min_delete_depth {
+        return Err(Refusal::DeleteTooShallow.into());
+    }
+    if body.is_present() {
+        body.discard(MAX_DISCARDED_BODY, ingest.body_timeout)
+            .await?;
+    }
+    if has_preconditions(cx.req.headers) {
+        let now = current(cx, rel, class, live).await?;
+        let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
+        if !conditional::write_allowed(cx.req.headers, now) {
+            return Err(Refusal::PreconditionFailed.into());
+        }
+    }
+    // Directories of the ingest prefix itself are never removed.
+    let canonical = format!("/{rel}");
+    let keep = ingest
+        .prefixes
+        .iter()
+        .filter(|p| canonical.starts_with(p.as_str()))
+        .map(|p| p.split('/').filter(|c| !c.is_empty()).count())
+        .max()
+        .unwrap_or(1);
+    cx.rt.store.delete(rel, keep).await?;
+    Ok(reply(
+        StatusCode::NO_CONTENT,
+        answer_headers(cx),
+        Body::Empty,
+    ))
+}
+
+fn has_preconditions(h: &HeaderMap) -> bool {
+    h.contains_key(http::header::IF_MATCH)
+        || h.contains_key(http::header::IF_NONE_MATCH)
+        || h.contains_key(http::header::IF_UNMODIFIED_SINCE)
+}
+
+fn answer_headers(cx: &Cx<'_>) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(8);
+    headers::cors(cx.policy, cx.req, &mut h);
+    h.insert(CACHE_CONTROL, headers::NO_STORE);
+    h
+}

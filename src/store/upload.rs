@@ -1,0 +1,380 @@
+//! Writes into the local tier: uploads (create or replace) and deletions, as the ingest request
+//! path asks for them. Placement for writes, per-path serialisation, space checks, and
+//! read-your-writes (the caches forget the path the moment the rename lands) live here; the bytes
+//! go through the one write path in `write.rs`.
+//!
+//! Placement: an object that exists is replaced where it is (never a second copy elsewhere);
+//! a new object goes to the volume that already holds its asset (remembered, else found by its
+//! asset directory), else the placement rule's preferred volume, else any other; an unhealthy
+//! volume is never written, and one that would go below `reserve` is skipped.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+
+use super::local::Local;
+use super::write::{Dir, TempFile};
+use crate::volumes::{self, ObjectMeta, RelPath};
+
+/// Why a write did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("no volume has room above its reserve")]
+    NoSpace,
+    #[error("the volume that holds the object is unavailable")]
+    VolumeUnavailable,
+    #[error("the path names a directory")]
+    IsDirectory,
+    #[error("not found")]
+    NotFound,
+    #[error("write failed: {0}")]
+    Io(io::Error),
+}
+
+/// Writes buffered before they go to disk (fewer, larger writes; one blocking hop per buffer).
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// A file being uploaded. Dropped without [`Upload::commit`], it is removed: a failed upload
+/// leaves no trace.
+pub struct Upload {
+    temp: Option<TempFile>,
+    buf: BytesMut,
+    name: String,
+    key: RelPath,
+    volume: usize,
+    local: Arc<Local>,
+    durable: bool,
+    /// Bytes this upload may write before the volume would cross its reserve.
+    room: u64,
+    temp_removed: prometheus::IntCounter,
+    _lock: PathLock,
+}
+
+/// What a committed upload did.
+pub struct Committed {
+    /// The object did not exist before (201), or was replaced (204).
+    pub created: bool,
+    pub etag: HeaderValue,
+}
+
+impl Upload {
+    /// Takes the next piece of the body.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
+        let total =
+            self.temp.as_ref().map_or(0, TempFile::written) + (self.buf.len() + data.len()) as u64;
+        if total > self.room {
+            return Err(WriteError::NoSpace);
+        }
+        self.buf.extend_from_slice(&data);
+        if self.buf.len() >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        let Some(mut temp) = self.temp.take() else {
+            return Err(WriteError::Io(io::Error::other("upload already failed")));
+        };
+        let buf = self.buf.split().freeze();
+        let (temp, r) = tokio::task::spawn_blocking(move || {
+            let r = temp.write_all(&buf);
+            (temp, r)
+        })
+        .await
+        .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        self.temp = Some(temp);
+        r.map_err(|e| self.io_error(e))
+    }
+
+    fn io_error(&self, e: io::Error) -> WriteError {
+        self.local.volumes.note_error(self.volume, &e);
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            WriteError::NoSpace
+        } else {
+            WriteError::Io(e)
+        }
+    }
+
+    /// Writes what is buffered, then renames the file into place (durably, if configured). The
+    /// first read after this returns the new bytes: the path's cached descriptor is forgotten.
+    pub async fn commit(mut self) -> Result<Committed, WriteError> {
+        let Some(mut temp) = self.temp.take() else {
+            return Err(WriteError::Io(io::Error::other("upload already failed")));
+        };
+        let buf = self.buf.split().freeze();
+        let (name, durable) = (self.name.clone(), self.durable);
+        let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
+            temp.write_all(&buf)?;
+            let existed = temp_dir_has(&temp, &name);
+            let st = temp.commit(&name, durable)?;
+            Ok((existed, st))
+        })
+        .await
+        .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        let (existed, st) = r.map_err(|e| self.io_error(e))?;
+        self.local.forget(&self.key);
+        self.local.volumes.remember(&self.key, self.volume);
+        let etag = HeaderValue::from_str(&ObjectMeta::from_stat(&st).etag())
+            .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        Ok(Committed {
+            created: !existed,
+            etag,
+        })
+    }
+}
+
+fn temp_dir_has(temp: &TempFile, name: &str) -> bool {
+    temp.dir().stat(name).is_ok()
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.temp.take().is_some() {
+            // TempFile's own drop unlinks it.
+            self.temp_removed.inc();
+        }
+    }
+}
+
+// === placement and the public calls (on `Local`) ===
+
+/// The directory part and the file name of a sanitised path.
+fn split(rel: &RelPath) -> (&str, &str) {
+    match rel.as_str().rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", rel.as_str()),
+    }
+}
+
+impl Local {
+    /// The volume an upload of `rel` (about `len` bytes) goes to, and the room it has there.
+    fn place_write(
+        &self,
+        rel: &RelPath,
+        len: u64,
+        reserve: u64,
+    ) -> Result<(usize, u64), WriteError> {
+        let vols = &self.volumes;
+        let room = |i: usize| -> Option<u64> {
+            let v = vols.get(i)?;
+            let free = v.free_bytes().ok()?;
+            let room = free.saturating_sub(reserve);
+            (room >= len).then_some(room)
+        };
+        // 1. Where it exists: replace in place.
+        let mut saw_unhealthy = false;
+        for (i, v) in vols.iter().enumerate() {
+            if !v.is_healthy() {
+                saw_unhealthy = true;
+                continue;
+            }
+            if v.stat(rel).is_some() {
+                return room(i).map(|r| (i, r)).ok_or(WriteError::NoSpace);
+            }
+        }
+        // 2. A new object: where its asset is, else the placement rule's order.
+        let asset = rel.asset_key();
+        let asset_rel = volumes::sanitize(&format!("/{asset}")).ok();
+        let holds_asset = |i: usize| {
+            asset_rel
+                .as_ref()
+                .and_then(|a| vols.get(i).and_then(|v| v.stat(a)))
+                .is_some()
+        };
+        let n = vols.len();
+        let preferred = vols.placement(rel);
+        let order: Vec<usize> = vols
+            .remembered(rel)
+            .into_iter()
+            .chain((0..n).filter(|&i| holds_asset(i)))
+            .chain(std::iter::once(preferred))
+            .chain((0..n).map(|k| (preferred + k) % n))
+            .collect();
+        let mut seen = Vec::with_capacity(n);
+        let mut full = false;
+        for i in order {
+            if seen.contains(&i) {
+                continue;
+            }
+            seen.push(i);
+            if !vols.get(i).is_some_and(volumes::Volume::is_healthy) {
+                saw_unhealthy = true;
+                continue;
+            }
+            match room(i) {
+                Some(r) => return Ok((i, r)),
+                None => full = true,
+            }
+        }
+        if full || !saw_unhealthy {
+            Err(WriteError::NoSpace)
+        } else {
+            Err(WriteError::VolumeUnavailable)
+        }
+    }
+}
+
+/// Starts an upload of `rel`: picks the volume, creates missing directories, opens the
+/// temporary file. Blocking: runs on the blocking pool.
+pub async fn begin(
+    local: Arc<Local>,
+    locks: &PathLocks,
+    rel: &RelPath,
+    len_hint: u64,
+    reserve: u64,
+    durable: bool,
+    temp_removed: prometheus::IntCounter,
+) -> Result<Upload, WriteError> {
+    let lock = locks.lock(rel).await;
+    let (l, key) = (Arc::clone(&local), rel.clone());
+    let opened =
+        tokio::task::spawn_blocking(move || -> Result<(usize, u64, TempFile), WriteError> {
+            let (volume, room) = l.place_write(&key, len_hint, reserve)?;
+            let (dir, _) = split(&key);
+            let v = l.volumes.get(volume).ok_or(WriteError::VolumeUnavailable)?;
+            let temp = v
+                .with_root(|root| Dir::open(root, dir, true).and_then(TempFile::new))
+                .ok_or(WriteError::VolumeUnavailable)?
+                .map_err(|e| {
+                    l.volumes.note_error(volume, &e);
+                    match e.raw_os_error() {
+                        Some(libc::ENOSPC) => WriteError::NoSpace,
+                        Some(libc::ENOTDIR | libc::ELOOP) => WriteError::IsDirectory,
+                        _ => WriteError::Io(e),
+                    }
+                })?;
+            Ok((volume, room, temp))
+        })
+        .await
+        .map_err(|e| WriteError::Io(io::Error::other(e)))??;
+    let (volume, room, temp) = opened;
+    Ok(Upload {
+        temp: Some(temp),
+        buf: BytesMut::new(),
+        name: split(rel).1.to_owned(),
+        key: rel.clone(),
+        volume,
+        local,
+        durable,
+        room,
+        temp_removed,
+        _lock: lock,
+    })
+}
+
+/// Deletes `rel` from the volume that holds it, then removes directories the deletion left
+/// empty, deepest first, never at or above `keep` path segments (the ingest prefix).
+pub async fn delete(
+    local: Arc<Local>,
+    locks: &PathLocks,
+    rel: &RelPath,
+    keep: usize,
+) -> Result<(), WriteError> {
+    let _lock = locks.lock(rel).await;
+    let (l, key) = (Arc::clone(&local), rel.clone());
+    tokio::task::spawn_blocking(move || -> Result<(), WriteError> {
+        let (dir, name) = split(&key);
+        let mut unavailable = false;
+        for (i, v) in l.volumes.iter().enumerate() {
+            if !v.is_healthy() {
+                unavailable = true;
+                continue;
+            }
+            let done = v.with_root(|root| -> Result<bool, WriteError> {
+                let d = match Dir::open(root, dir, false) {
+                    Ok(d) => d,
+                    Err(_) => return Ok(false),
+                };
+                match d.unlink(name) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                        return Err(WriteError::IsDirectory)
+                    }
+                    Err(e) => {
+                        l.volumes.note_error(i, &e);
+                        return Err(WriteError::Io(e));
+                    }
+                }
+                prune(root, dir, keep);
+                Ok(true)
+            });
+            if done.transpose()?.unwrap_or(false) {
+                l.forget(&key);
+                return Ok(());
+            }
+        }
+        if unavailable {
+            Err(WriteError::VolumeUnavailable)
+        } else {
+            Err(WriteError::NotFound)
+        }
+    })
+    .await
+    .map_err(|e| WriteError::Io(io::Error::other(e)))?
+}
+
+/// Removes now-empty directories of `dir` from the deepest up, keeping the first `keep`.
+fn prune(root: std::os::fd::BorrowedFd<'_>, dir: &str, keep: usize) {
+    let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+    for depth in (keep..comps.len()).rev() {
+        let parent = comps[..depth].join("/");
+        let Ok(p) = Dir::open(root, &parent, false) else {
+            return;
+        };
+        if p.rmdir(comps[depth]).is_err() {
+            return; // not empty (or gone): stop
+        }
+    }
+}
+
+// === per-path serialisation ===
+
+type LockMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// Concurrent writes to one path wait for each other, so a conditional write (`If-Match`,
+/// `If-None-Match: *`) and the rename it leads to see the same object.
+#[derive(Default)]
+pub struct PathLocks {
+    held: Arc<LockMap>,
+}
+
+/// Held while a path is being written; the map entry goes with the last holder.
+pub struct PathLock {
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    held: Arc<LockMap>,
+}
+
+impl PathLocks {
+    pub async fn lock(&self, rel: &RelPath) -> PathLock {
+        let m = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(held.entry(rel.as_str().to_owned()).or_default())
+        };
+        let guard = m.lock_owned().await;
+        PathLock {
+            key: rel.as_str().to_owned(),
+            guard: Some(guard),
+            held: Arc::clone(&self.held),
+        }
+    }
+}
+
+impl Drop for PathLock {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map holds it now: nobody is writing or waiting.
+        if held
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            held.remove(&self.key);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The one write path: bytes into a temporary file in the target directory, then commit (rename
+//! into place) or abort (unlink). Uploads use it today; pull-through fills and write-through
+//! copies will too — they differ only in where the bytes come from.
+//!
+//! Containment: directories are walked and created one component at a time from the volume's
+//! root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and `mkdirat`, so
+//! neither `..` nor a symlink (planted before or during the write) can lead a write outside the
+//! volume. The temporary file is a dot-file (`.segd-tmp-<random>`), which the read side never
+//! serves; the rename is atomic for readers (a reader that opened the old file keeps the old
+//! inode). Durable commit order, when asked: write → fsync(file) → rename → fsync(directory).
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+
+/// Name prefix of temporary files (removed at start-up if a crash left any).
+pub const TEMP_PREFIX: &str = ".segd-tmp-";
+
+/// A directory beneath a volume root, held open.
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+impl Dir {
+    /// Opens (with `create`: making missing components) the directory `rel_dir` (`a/b/c`, no
+    /// leading slash, already sanitised) beneath `root`. Never follows a symlink.
+    pub fn open(root: impl AsFd, rel_dir: &str, create: bool) -> io::Result<Dir> {
+        let mut fd = rustix::fs::openat2(
+            root.as_fd(),
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH,
+        )?;
+        for comp in rel_dir.split('/').filter(|c| !c.is_empty()) {
+            let open = |at: &OwnedFd| {
+                rustix::fs::openat2(
+                    at,
+                    comp,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+                )
+            };
+            fd = match open(&fd) {
+                Ok(next) => next,
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&fd, comp, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    open(&fd)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(Dir { fd })
+    }
+
+    /// Creates a new temporary file in this directory.
+    pub fn temp(&self) -> io::Result<(String, File)> {
+        for _ in 0..8 {
+            let name = format!("{TEMP_PREFIX}{:016x}", random());
+            match rustix::fs::openat(
+                &self.fd,
+                name.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(fd) => return Ok((name, File::from(fd))),
+                Err(rustix::io::Errno::EXIST) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(io::Error::other("cannot pick a temporary file name"))
+    }
+
+    /// Metadata of `name` in this directory, without following a symlink.
+    pub fn stat(&self, name: &str) -> io::Result<rustix::fs::Stat> {
+        Ok(rustix::fs::statat(
+            &self.fd,
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
+    }
+
+    /// Removes the file `name` (a directory is `EISDIR`).
+    pub fn unlink(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
+    }
+
+    /// Removes the empty directory `name`; a non-empty one stays (`ENOTEMPTY`).
+    pub fn rmdir(&self, name: &str) -> io::Result<()> {
+        Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)?)
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        Ok(rustix::fs::fsync(&self.fd)?)
+    }
+}
+
+/// A file being written: committed by rename, or removed when dropped uncommitted.
+pub struct TempFile {
+    dir: Dir,
+    name: String,
+    file: Option<File>,
+    written: u64,
+}
+
+impl TempFile {
+    pub fn new(dir: Dir) -> io::Result<TempFile> {
+        let (name, file) = dir.temp()?;
+        Ok(TempFile {
+            dir,
+            name,
+            file: Some(file),
+            written: 0,
+        })
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The directory the file will be committed in.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// Appends `data` (a blocking write: call it off the request threads).
+    pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        f.write_all(data)?;
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
+    /// one of the directory, when `durable`). Returns the new file's metadata.
+    pub fn commit(mut self, target: &str, durable: bool) -> io::Result<rustix::fs::Stat> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        if durable {
+            file.sync_all()?;
+        }
+        let st = rustix::fs::fstat(&file)?;
+        drop(file);
+        self.dir.rename(&self.name, target)?;
+        // Committed: nothing to remove any more.
+        self.name.clear();
+        if durable {
+            self.dir.sync()?;
+        }
+        Ok(st)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.name.is_empty() {
+            self.file = None;
+            if let Err(e) = self.dir.unlink(&self.name) {
+                tracing::warn!(error = %e, file = %self.name, "cannot remove a temporary file");
+            }
+        }
+    }
+}
+
+/// 64 random bits for temporary names (not for anything secret).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Removes temporary files a crash left under `dir` (recursively); returns how many.
+pub fn remove_stale_temps(dir: &std::path::Path) -> u64 {
+    let mut removed = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) => {
+                        tracing::warn!(error = %err, path = %e.path().display(), "cannot remove a stale temporary file")
+                    }
+                }
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_renames_and_drop_removes() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("root");
+        let dir = Dir::open(&rootfd, "a/b", true).expect("mkdir -p");
+        let mut t = TempFile::new(dir).expect("temp");
+        t.write_all(b"hello").expect("write");
+        t.commit("x.ts", true).expect("commit");
+        assert_eq!(
+            std::fs::read(root.path().join("a/b/x.ts")).expect("read"),
+            b"hello"
+        );
+        let dir = Dir::open(&rootfd, "a/b", false).expect("open");
+        let mut t = TempFile::new(dir).expect("temp");
+        t.write_all(b"partial").expect("write");
+        drop(t);
+        let names: Vec<_> = std::fs::read_dir(root.path().join("a/b"))
+            .expect("ls")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x.ts")]);
+    }
+
+    #[test]
+    fn symlinks_never_lead_a_write_outside() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let root = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("live")).expect("symlink");
+        let rootfd = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("root");
+        assert!(Dir::open(&rootfd, "live/show", true).is_err());
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("ls").count(),
+            0,
+            "nothing created outside"
+        );
+    }
+}
