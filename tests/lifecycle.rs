@@ -356,7 +356,7 @@ async fn metrics_count_a_scripted_burst() {
     assert_eq!(c("GET", "4xx", "h1"), Some(3.0));
     assert_eq!(c("HEAD", "2xx", "h1"), Some(2.0));
     assert_eq!(c("GET", "2xx", "h2"), Some(1.0));
-    assert_eq!(c("other", "4xx", "h1"), Some(1.0));
+    assert_eq!(c("DELETE", "4xx", "h1"), Some(1.0));
     let seg_len = std::fs::metadata(dir.path().join("disk1").join(SEG.trim_start_matches('/')))
         .expect("meta")
         .len() as f64;
