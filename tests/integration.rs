@@ -9,6 +9,7 @@ mod demo;
 mod h1;
 mod h3;
 mod http_semantics;
+mod ingest;
 mod lifecycle;
 mod limits;
 mod regression;

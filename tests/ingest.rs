@@ -1,0 +1,1980 @@
+//! Ingest (docs/ingest.md) against the running server: PUT/POST/DELETE with upload tokens.
+//! Every test checks the HTTP answer and the disk (the object's bytes, no `.segd-tmp-*` left):
+//! - curl uploads: Content-Length, chunked, `Expect: 100-continue`; 201/204 with the ETag that a
+//!   later GET (HTTP/1.1 and h2c) reports; the token in each of the four places
+//! - read-your-writes after a replace, with the old object in every cache, segments and playlists
+//! - DELETE: 204/404/409/403 (depth), ffmpeg's chunked empty-bodied DELETE, empty directories
+//! - refusals that write nothing: tokens, method, path, type, preconditions, sizes, timeouts,
+//!   disconnects, malformed chunks, free space, upload slots
+//! - temp files from a crash removed at start-up; placement next to the asset's other objects
+//! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
+//!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
+//! - ingest metrics
+//!
+//! What ffmpeg 5.1 actually sends (seen against a logging server): every upload and every DELETE
+//! is `Transfer-Encoding: chunked` (a DELETE's body is just `0\r\n\r\n`); it never waits for the
+//! answer (it sends the last chunk, reads whatever is already there without blocking, and closes);
+//! segment and DELETE URLs are the playlist URL's directory plus the name, *without* its query, so
+//! only the path-embedded token `/__token__=<token>/…` reaches segments; `-hls_flags
+//! delete_segments` keeps `hls_delete_threshold` (at least 1) segment(s) older than the playlist.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use segd::auth::edgeauth::{sign, SignSpec};
+use segd::auth::encode_token;
+use segd::config::TokenAlgorithm;
+
+use crate::util::*;
+
+/// The `[[ingest.keys]]` secret of docs/ingest.md.
+const UP_KEY: &str = "0123456789abcdef0123456789abcdef";
+/// A `[[token.keys]]` (playback) secret: never authorises a write.
+const PLAY_KEY: &str = "52a152a152a152a152a152a152a1";
+const TMP_PREFIX: &str = ".segd-tmp-";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// An EdgeAuth v2 token signed with `key` (hex) for the ACL `acl`, valid for an hour.
+fn token_with_key(key: &str, acl: &str) -> String {
+    sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(key).expect("hex key"),
+        &SignSpec {
+            acl: Some(acl),
+            exp: now() + 3600,
+            ..Default::default()
+        },
+    )
+}
+
+/// An upload token: `[token]`'s defaults (name `__token__`, sha256), an `[[ingest.keys]]` secret.
+fn upload_token(acl: &str) -> String {
+    token_with_key(UP_KEY, acl)
+}
+
+/// `path` with the token in the query.
+fn q(path: &str, token: &str) -> String {
+    format!("{path}?__token__={}", encode_token(token))
+}
+
+/// `path` with the token as its first path segment (the form ffmpeg needs).
+fn p(path: &str, token: &str) -> String {
+    format!("/__token__={}{path}", encode_token(token))
+}
+
+/// The `[ingest]` section of docs/ingest.md; `over` replaces values by key (TOML literals).
+fn ingest_section(over: &[(&str, &str)]) -> String {
+    let defaults = [
+        ("prefixes", r#"["/live/", "/vod/"]"#),
+        ("max_body_bytes", r#""256MiB""#),
+        ("body_timeout", r#""30s""#),
+        ("reserve", r#""1GiB""#),
+        ("min_delete_depth", "2"),
+        ("max_uploads", "64"),
+        ("fsync", "true"),
+    ];
+    let mut s = String::from("[ingest]\n");
+    for (k, v) in defaults {
+        let v = over
+            .iter()
+            .find(|(ok, _)| *ok == k)
+            .map(|(_, ov)| *ov)
+            .unwrap_or(v);
+        s.push_str(&format!("{k} = {v}\n"));
+    }
+    s.push_str(&format!(
+        "\n[[ingest.keys]]\nid = \"up1\"\nsecret = \"{UP_KEY}\"\n\n"
+    ));
+    s
+}
+
+/// A running segd with its volumes (`dir/<name>`), which `prepare` may fill before the start.
+struct Rig {
+    dir: tempfile::TempDir,
+    srv: Server,
+}
+
+impl Rig {
+    fn start(
+        vols: &[&str],
+        over: &[(&str, &str)],
+        extra: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths: Vec<PathBuf> = vols.iter().map(|v| dir.path().join(v)).collect();
+        for v in &paths {
+            std::fs::create_dir_all(v).expect("mkdir volume");
+        }
+        prepare(dir.path());
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        let cfg = config_for(&refs, &format!("{}{extra}", ingest_section(over)));
+        let srv = Server::start(&cfg);
+        Rig { dir, srv }
+    }
+
+    /// A public server (no `[token] protect`) with one volume `disk1`.
+    fn simple(over: &[(&str, &str)]) -> Rig {
+        Rig::start(&["disk1"], over, "", |_| {})
+    }
+
+    fn vol(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn url(&self, target: &str) -> String {
+        self.srv.url(target)
+    }
+
+    async fn metrics(&self) -> String {
+        get(&self.srv.admin_url("/metrics"), &[]).await.text()
+    }
+}
+
+/// Deterministic bytes, different for each `seed`.
+fn payload(n: usize, seed: u32) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| {
+            (i.wrapping_add(seed.wrapping_mul(7919))
+                .wrapping_mul(2_654_435_761)
+                >> 24) as u8
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disk helpers
+
+/// Every `.segd-tmp-*` file under `root`.
+fn tmp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_tmp(root: &Path, what: &str) {
+    let left = tmp_files(root);
+    assert!(left.is_empty(), "{what}: temp files left: {left:?}");
+}
+
+/// Waits (up to 10 s) for every temp file under `root` to go: a failed upload removes its own.
+async fn no_tmp_eventually(root: &Path, what: &str) {
+    let gone = eventually(Duration::from_secs(10), async || tmp_files(root).is_empty()).await;
+    assert!(
+        gone,
+        "{what}: temp files never removed: {:?}",
+        tmp_files(root)
+    );
+}
+
+/// A file's length and FNV-1a hash: compared, and printed on failure, instead of its bytes.
+fn digest(bytes: &[u8]) -> (usize, u64) {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (bytes.len(), h)
+}
+
+/// Every file and directory under `root` (relative path → digest; `None` for a directory).
+fn tree(root: &Path) -> BTreeMap<String, Option<(usize, u64)>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let rel = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.insert(rel, None);
+                stack.push(path);
+            } else {
+                out.insert(rel, Some(digest(&std::fs::read(&path).expect("read file"))));
+            }
+        }
+    }
+    out
+}
+
+/// Names of the regular files directly in `dir`.
+fn names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The file holds exactly `want` (without printing large bodies on failure).
+fn assert_file(path: &Path, want: &[u8], what: &str) {
+    let got = read(path);
+    assert!(
+        got == want,
+        "{what}: {} holds {} bytes, not the {} expected",
+        path.display(),
+        got.len(),
+        want.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+
+/// One request with a body over hyper's client (`h2`: HTTP/2 prior knowledge, i.e. h2c).
+async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8], h2: bool) -> Resp {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<Full<Bytes>>();
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET over HTTP/1.1 (`h2` false) or h2c.
+async fn get_on(url: &str, h2: bool) -> Resp {
+    request("GET", url, &[], h2).await
+}
+
+/// What curl saw: every status line (interim 100 included) and the final response's headers.
+#[derive(Debug)]
+struct Curl {
+    statuses: Vec<u16>,
+    headers: Vec<(String, String)>,
+}
+
+impl Curl {
+    fn status(&self) -> u16 {
+        self.statuses.last().copied().unwrap_or(0)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn etag(&self) -> String {
+        self.header("etag")
+            .unwrap_or_else(|| panic!("no ETag: {self:?}"))
+            .to_string()
+    }
+}
+
+/// Runs `curl -sS -o /dev/null -D - ARGS` (with `stdin` piped in when given).
+fn curl(args: &[&str], stdin: Option<&[u8]>) -> Curl {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "30", "-o", "/dev/null", "-D", "-"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("run curl (Debian package curl)");
+    if let Some(data) = stdin {
+        let mut pipe = child.stdin.take().expect("curl stdin");
+        pipe.write_all(data).expect("write to curl");
+    }
+    let out = child.wait_with_output().expect("curl output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut statuses = Vec::new();
+    let mut headers = Vec::new();
+    for line in text.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("HTTP/") {
+            statuses.push(
+                line.split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+            );
+            headers.clear();
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    assert!(
+        !statuses.is_empty(),
+        "curl {args:?} got no answer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Curl { statuses, headers }
+}
+
+/// `curl -T FILE URL`: a PUT with Content-Length.
+fn curl_put_file(url: &str, file: &Path, extra: &[&str]) -> Curl {
+    let f = file.to_str().expect("utf-8 path");
+    let mut args = vec!["-T", f];
+    args.extend_from_slice(extra);
+    args.push(url);
+    curl(&args, None)
+}
+
+/// `curl -T - URL` with `Transfer-Encoding: chunked` and no `Expect`, body from stdin.
+fn curl_put_chunked(url: &str, body: &[u8]) -> Curl {
+    curl(
+        &[
+            "-T",
+            "-",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Expect:",
+            url,
+        ],
+        Some(body),
+    )
+}
+
+/// PUT `body` with curl (Content-Length) through a temp file.
+fn curl_put(url: &str, body: &[u8], extra: &[&str]) -> Curl {
+    let f = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(f.path(), body).expect("write body");
+    curl_put_file(url, f.path(), extra)
+}
+
+fn curl_delete(url: &str) -> Curl {
+    curl(&["-X", "DELETE", url], None)
+}
+
+/// A TCP connection with a 15 s read timeout.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    s
+}
+
+/// Reads one response head (through the blank line); empty when the connection ends first.
+fn read_head(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => out.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Uploads with curl
+
+#[tokio::test]
+async fn curl_uploads_create_replace_and_read_back() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/c1/*");
+    let url = rig.url(&q("/live/c1/a.ts", &tok));
+    let plain = rig.url("/live/c1/a.ts");
+    let files = tempfile::tempdir().expect("tempdir");
+
+    // curl -T file: Content-Length; a new object is 201 with ETag and Location.
+    let a = payload(300_000, 1);
+    std::fs::write(files.path().join("a"), &a).expect("write");
+    let r = curl_put_file(&url, &files.path().join("a"), &[]);
+    assert_eq!(r.status(), 201, "create: {r:?}");
+    let etag_a = r.etag();
+    let loc = r.header("location").expect("Location on 201");
+    assert!(loc.contains("/live/c1/a.ts"), "Location: {loc}");
+    assert_file(&vol.join("live/c1/a.ts"), &a, "bytes on disk");
+    assert_no_tmp(&vol, "after 201");
+    for h2 in [false, true] {
+        let g = get_on(&plain, h2).await;
+        assert_eq!(g.status, 200, "h2={h2}");
+        assert!(
+            g.body.as_ref() == a.as_slice(),
+            "h2={h2}: the uploaded bytes"
+        );
+        assert_eq!(g.header("etag"), Some(etag_a.as_str()), "h2={h2}");
+        assert_eq!(g.header("content-type"), Some("video/mp2t"));
+    }
+
+    // Chunked from stdin: a replace is 204 with a new ETag.
+    let b = payload(150_001, 2);
+    let r = curl_put_chunked(&url, &b);
+    assert_eq!(r.statuses, vec![204], "chunked replace: {r:?}");
+    let etag_b = r.etag();
+    assert_ne!(etag_b, etag_a, "a replace has a new ETag");
+    assert_file(&vol.join("live/c1/a.ts"), &b, "chunked replace");
+    assert_no_tmp(&vol, "after chunked 204");
+    for h2 in [false, true] {
+        let g = get_on(&plain, h2).await;
+        assert!(g.body.as_ref() == b.as_slice(), "h2={h2}: the new bytes");
+        assert_eq!(g.header("etag"), Some(etag_b.as_str()), "h2={h2}");
+    }
+
+    // Expect: 100-continue (2 MiB, forced): an acceptable upload gets the 100, then 204.
+    let c = payload(2 << 20, 3);
+    std::fs::write(files.path().join("c"), &c).expect("write");
+    let r = curl_put_file(
+        &url,
+        &files.path().join("c"),
+        &["-H", "Expect: 100-continue"],
+    );
+    assert_eq!(r.statuses, vec![100, 204], "100-continue replace: {r:?}");
+    let etag_c = r.etag();
+    assert!(etag_c != etag_a && etag_c != etag_b, "new ETag {etag_c}");
+    assert_file(&vol.join("live/c1/a.ts"), &c, "100-continue replace");
+    assert_no_tmp(&vol, "after 100-continue 204");
+    for h2 in [false, true] {
+        let g = get_on(&plain, h2).await;
+        assert!(g.body.as_ref() == c.as_slice(), "h2={h2}: the 2 MiB body");
+        assert_eq!(g.header("etag"), Some(etag_c.as_str()), "h2={h2}");
+        assert_eq!(g.header("content-length"), Some("2097152"));
+    }
+
+    // Chunked create (a playlist in a directory that does not exist yet): 201.
+    let m3u8 = b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\na.ts\n".to_vec();
+    let r = curl_put_chunked(&rig.url(&q("/live/c1/new/index.m3u8", &tok)), &m3u8);
+    assert_eq!(r.status(), 201, "chunked create: {r:?}");
+    let etag_m = r.etag();
+    assert_eq!(read(&vol.join("live/c1/new/index.m3u8")), m3u8);
+    for h2 in [false, true] {
+        let g = get_on(&rig.url("/live/c1/new/index.m3u8"), h2).await;
+        assert_eq!(g.body.as_ref(), m3u8.as_slice(), "h2={h2}");
+        assert_eq!(g.header("etag"), Some(etag_m.as_str()), "h2={h2}");
+    }
+    // POST is an upload too.
+    let r = curl(
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            "posted",
+            &rig.url(&q("/live/c1/p.ts", &tok)),
+        ],
+        None,
+    );
+    assert_eq!(r.status(), 201, "POST create: {r:?}");
+    assert_eq!(read(&vol.join("live/c1/p.ts")), b"posted");
+    assert_no_tmp(&vol, "end");
+}
+
+#[tokio::test]
+async fn upload_token_in_every_location() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/loc/*");
+    let cookie = format!("__token__={tok}");
+    let header = format!("__token__: {tok}");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("query", rig.url(&q("/live/loc/q.ts", &tok)), vec![]),
+        ("path", rig.url(&p("/live/loc/p.ts", &tok)), vec![]),
+        ("cookie", rig.url("/live/loc/c.ts"), vec!["-b", &cookie]),
+        ("header", rig.url("/live/loc/h.ts"), vec!["-H", &header]),
+    ];
+    for (i, (place, url, extra)) in cases.iter().enumerate() {
+        let body = payload(1000 + i, 10 + i as u32);
+        let r = curl_put(url, &body, extra);
+        assert_eq!(r.status(), 201, "{place}: {r:?}");
+        let name = format!("{}.ts", &place[..1]);
+        assert_eq!(read(&vol.join("live/loc").join(&name)), body, "{place}");
+    }
+    // The same forms over h2c (hyper): path-embedded and header.
+    let r = send(
+        "PUT",
+        &rig.url(&p("/live/loc/h2p.ts", &tok)),
+        &[],
+        b"over h2c",
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 201, "h2c path token");
+    assert_eq!(r.version, http::Version::HTTP_2);
+    let r = send(
+        "PUT",
+        &rig.url("/live/loc/h2p.ts"),
+        &[("__token__", &tok)],
+        b"over h2c again",
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 204, "h2c header token, replace");
+    assert_eq!(read(&vol.join("live/loc/h2p.ts")), b"over h2c again");
+    assert_no_tmp(&vol, "end");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Read your writes
+
+#[tokio::test]
+async fn read_your_writes_after_replace() {
+    let old_seg = payload(200_000, 20);
+    let old_pl =
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\nseg.ts\n";
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        let dir = d.join("disk1/live/r1");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("seg.ts"), &old_seg).expect("write");
+        std::fs::write(dir.join("index.m3u8"), old_pl).expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/r1/*");
+    for (path, old) in [
+        ("/live/r1/seg.ts", old_seg.clone()),
+        ("/live/r1/index.m3u8", old_pl.to_vec()),
+    ] {
+        // Warm every cache: the open-file cache (HTTP/1.1), the body cache (h2c).
+        for _ in 0..3 {
+            for h2 in [false, true] {
+                let g = get_on(&rig.url(path), h2).await;
+                assert_eq!(g.status, 200);
+                assert!(
+                    g.body.as_ref() == old.as_slice(),
+                    "{path} h2={h2}: old bytes"
+                );
+            }
+        }
+        let is_pl = path.ends_with(".m3u8");
+        for round in 0..4u32 {
+            // Some rounds keep the original size (a cache keyed on size alone would hit).
+            let new = if is_pl {
+                format!(
+                    "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{}\n#EXTINF:2.0,\nseg.ts\n{}",
+                    round + 1,
+                    "#\n".repeat(round as usize % 2)
+                )
+                .into_bytes()
+            } else if round % 2 == 1 {
+                payload(old_seg.len(), 100 + round)
+            } else {
+                payload(123_457 + round as usize, 100 + round)
+            };
+            // Replace over HTTP/1.1 (curl) in even rounds, over h2c (hyper) in odd ones.
+            let etag = if round % 2 == 0 {
+                let r = curl_put(&rig.url(&q(path, &tok)), &new, &[]);
+                assert_eq!(r.status(), 204, "{path} round {round}: {r:?}");
+                r.etag()
+            } else {
+                let r = send("PUT", &rig.url(&q(path, &tok)), &[], &new, true).await;
+                assert_eq!(r.status, 204, "{path} round {round} over h2c");
+                r.header("etag").expect("ETag on 204").to_string()
+            };
+            for h2 in [false, true] {
+                let g = get_on(&rig.url(path), h2).await;
+                assert_eq!(g.status, 200);
+                assert!(
+                    g.body.as_ref() == new.as_slice(),
+                    "{path} round {round} h2={h2}: the first GET after the 204 has the new bytes"
+                );
+                assert_eq!(g.header("etag"), Some(etag.as_str()), "{path} h2={h2}");
+                assert_eq!(
+                    g.header("content-length"),
+                    Some(new.len().to_string().as_str())
+                );
+                // The new ETag validates the new object.
+                let c = request("GET", &rig.url(path), &[("if-none-match", &etag)], h2).await;
+                assert_eq!(c.status, 304, "{path} h2={h2}");
+            }
+            assert_file(&vol.join(&path[1..]), &new, path);
+        }
+    }
+    // A 404 is not remembered past the 201.
+    for h2 in [false, true] {
+        assert_eq!(get_on(&rig.url("/live/r1/late.ts"), h2).await.status, 404);
+    }
+    let r = curl_put(&rig.url(&q("/live/r1/late.ts", &tok)), b"late", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    for h2 in [false, true] {
+        let g = get_on(&rig.url("/live/r1/late.ts"), h2).await;
+        assert_eq!(g.status, 200, "h2={h2}: GET right after the 201");
+        assert_eq!(g.body.as_ref(), b"late");
+    }
+    assert_no_tmp(&vol, "end");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. DELETE
+
+#[tokio::test]
+async fn delete_objects_and_empty_directories() {
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        // A directory whose name has a served extension.
+        let dir = d.join("disk1/live/d9/dir.ts");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("inner.ts"), b"inner").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/*");
+    let up = |path: &str, body: &[u8]| {
+        let r = curl_put(&rig.url(&q(path, &tok)), body, &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+    };
+    up("/live/d1/a/b/x.ts", b"x");
+    up("/live/d1/keep.ts", b"keep");
+    up("/vod/v1/only.ts", b"only");
+    assert!(
+        vol.join("live/d1/a/b").is_dir(),
+        "intermediate directories created"
+    );
+
+    // 204, then 404 on every protocol, even with the object in the caches.
+    for h2 in [false, true] {
+        assert_eq!(get_on(&rig.url("/live/d1/a/b/x.ts"), h2).await.status, 200);
+    }
+    let r = curl_delete(&rig.url(&q("/live/d1/a/b/x.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    for h2 in [false, true] {
+        assert_eq!(
+            get_on(&rig.url("/live/d1/a/b/x.ts"), h2).await.status,
+            404,
+            "h2={h2}: GET after DELETE"
+        );
+    }
+    assert!(!vol.join("live/d1/a/b/x.ts").exists());
+    assert!(
+        !vol.join("live/d1/a").exists(),
+        "empty directories removed after the last DELETE"
+    );
+    assert_eq!(
+        read(&vol.join("live/d1/keep.ts")),
+        b"keep",
+        "a non-empty one stays"
+    );
+
+    // Absent: 404.
+    let r = curl_delete(&rig.url(&q("/live/d1/a/b/x.ts", &tok)));
+    assert_eq!(r.status(), 404, "{r:?}");
+    let r = curl_delete(&rig.url(&q("/live/nothing/here.ts", &tok)));
+    assert_eq!(r.status(), 404, "{r:?}");
+
+    // The last object under a prefix: its directories go, the prefix directory stays.
+    let r = curl_delete(&rig.url(&q("/vod/v1/only.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert!(
+        !vol.join("vod/v1").exists(),
+        "empty asset directory removed"
+    );
+    assert!(
+        vol.join("vod").is_dir(),
+        "never the prefix directory itself"
+    );
+    assert!(vol.is_dir());
+
+    // A directory: 409, nothing removed.
+    let before = tree(&vol);
+    let r = curl_delete(&rig.url(&q("/live/d9/dir.ts", &tok)));
+    assert_eq!(r.status(), 409, "{r:?}");
+    assert_eq!(tree(&vol), before, "nothing deleted");
+
+    // ffmpeg's form: chunked, the body only the last chunk, over a raw socket.
+    up("/live/d2/f.ts", b"ffmpeg deletes me");
+    let req = format!(
+        "DELETE {} HTTP/1.1\r\nTransfer-Encoding: chunked\r\nUser-Agent: Lavf/59.27.100\r\nAccept: */*\r\nConnection: close\r\nHost: {}\r\nIcy-MetaData: 1\r\n\r\n0\r\n\r\n",
+        p("/live/d2/f.ts", &tok),
+        rig.srv.addr
+    );
+    let resp = raw(rig.srv.addr, req.as_bytes(), Duration::from_secs(10));
+    assert_eq!(raw_status(&resp), 204, "{}", String::from_utf8_lossy(&resp));
+    assert!(!vol.join("live/d2").exists(), "deleted, and its directory");
+    assert_eq!(get_on(&rig.url("/live/d2/f.ts"), false).await.status, 404);
+    assert_no_tmp(&vol, "end");
+}
+
+#[tokio::test]
+async fn delete_needs_min_depth() {
+    let rig = Rig::simple(&[("min_delete_depth", "3")]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    for path in ["/live/x.ts", "/live/s/y.ts"] {
+        let r = curl_put(&rig.url(&q(path, &tok)), b"deep enough?", &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+    }
+    // `/live/x.ts` has 2 path segments: 403, nothing deleted.
+    let r = curl_delete(&rig.url(&q("/live/x.ts", &tok)));
+    assert_eq!(r.status(), 403, "{r:?}");
+    assert_eq!(read(&vol.join("live/x.ts")), b"deep enough?");
+    assert_eq!(get_on(&rig.url("/live/x.ts"), false).await.status, 200);
+    // 3 segments: allowed.
+    let r = curl_delete(&rig.url(&q("/live/s/y.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert!(!vol.join("live/s/y.ts").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Refusals: nothing written, the old version intact
+
+/// Public except `/live/` (protected by playback tokens), with a playback key.
+fn protected_extra() -> String {
+    format!("[token]\nprotect = [\"/live/\"]\n[[token.keys]]\nid = \"play1\"\nsecret = \"{PLAY_KEY}\"\n\n")
+}
+
+#[tokio::test]
+async fn token_refusals_write_nothing() {
+    let rig = Rig::start(&["disk1"], &[], &protected_extra(), |d| {
+        let dir = d.join("disk1/live/t");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("a.ts"), b"old version").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let play = token_with_key(PLAY_KEY, "/live/*");
+    let expired = sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(UP_KEY).expect("hex"),
+        &SignSpec {
+            acl: Some("/live/*"),
+            exp: now() - 3600,
+            ..Default::default()
+        },
+    );
+    let good = upload_token("/live/*");
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("playback key", Some(play.clone())),
+        ("ACL of another path", Some(upload_token("/live/other/*"))),
+        ("expired", Some(expired)),
+        ("bad hmac", Some(good.replace("exp=", "exp=9"))),
+        ("malformed", Some("garbage".to_string())),
+    ];
+    let before = tree(&vol);
+    for (what, tok) in &cases {
+        for path in ["/live/t/a.ts", "/live/t/new.ts", "/live/brand-new/a.ts"] {
+            let target = match tok {
+                Some(t) => q(path, t),
+                None => path.to_string(),
+            };
+            let r = curl_put(&rig.url(&target), b"attacker bytes", &[]);
+            assert_eq!(r.status(), 403, "PUT {path} with {what}: {r:?}");
+            let r = curl(
+                &[
+                    "-X",
+                    "POST",
+                    "--data-binary",
+                    "attacker bytes",
+                    &rig.url(&target),
+                ],
+                None,
+            );
+            assert_eq!(r.status(), 403, "POST {path} with {what}: {r:?}");
+            let r = curl_delete(&rig.url(&target));
+            assert_eq!(r.status(), 403, "DELETE {path} with {what}: {r:?}");
+        }
+        // A refused 100-continue upload gets its 403 without a 100.
+        let target = match tok {
+            Some(t) => q("/live/t/a.ts", t),
+            None => "/live/t/a.ts".to_string(),
+        };
+        let r = curl_put(
+            &rig.url(&target),
+            &payload(2 << 20, 1),
+            &["-H", "Expect: 100-continue"],
+        );
+        assert_eq!(r.statuses, vec![403], "{what}: no 100 before a refusal");
+    }
+    // The playback token is for the path-embedded form as well.
+    let r = curl_put(&rig.url(&p("/live/t/a.ts", &play)), b"x", &[]);
+    assert_eq!(r.status(), 403, "path-embedded playback token: {r:?}");
+    assert_eq!(tree(&vol), before, "nothing written, no directory created");
+    assert_no_tmp(&vol, "after refusals");
+    let g = get(&rig.url(&q("/live/t/a.ts", &play)), &[]).await;
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body.as_ref(), b"old version", "old version served");
+
+    // An upload token never authorises a read of a protected path.
+    for h2 in [false, true] {
+        let g = get_on(&rig.url(&q("/live/t/a.ts", &good)), h2).await;
+        assert_eq!(g.status, 403, "h2={h2}: GET with an upload token");
+        let g = request(
+            "GET",
+            &rig.url("/live/t/a.ts"),
+            &[("cookie", &format!("__token__={good}"))],
+            h2,
+        )
+        .await;
+        assert_eq!(g.status, 403, "h2={h2}: upload token in a cookie");
+    }
+    // …while it does authorise the write.
+    let r = curl_put(&rig.url(&q("/live/t/a.ts", &good)), b"new version", &[]);
+    assert_eq!(r.status(), 204, "{r:?}");
+    let g = get(&rig.url(&q("/live/t/a.ts", &play)), &[]).await;
+    assert_eq!(g.body.as_ref(), b"new version");
+
+    let m = rig.metrics().await;
+    for reason in [
+        "missing",
+        "acl_mismatch",
+        "bad_hmac",
+        "expired",
+        "malformed",
+    ] {
+        assert!(
+            metric(
+                &m,
+                &format!("segd_token_rejections_total{{reason=\"{reason}\"}}")
+            )
+            .is_some_and(|v| v >= 1.0),
+            "{reason} counted:\n{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn method_path_and_type_refusals() {
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/other")).expect("mkdir");
+        std::fs::write(d.join("disk1/other/o.ts"), b"outside").expect("write");
+        std::fs::create_dir_all(d.join("disk1/live/m")).expect("mkdir");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/*");
+    let before = tree(rig.dir.path());
+
+    // Outside the ingest prefixes: 405 with Allow, for every write method.
+    for method in ["PUT", "POST", "DELETE"] {
+        let r = curl(
+            &[
+                "-X",
+                method,
+                "--data-binary",
+                "x",
+                &rig.url(&q("/other/o.ts", &tok)),
+            ],
+            None,
+        );
+        assert_eq!(r.status(), 405, "{method} outside: {r:?}");
+        assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "{r:?}");
+    }
+    // An extension not in the type table: 415.
+    let r = curl_put(&rig.url(&q("/live/m/evil.exe", &tok)), b"MZ", &[]);
+    assert_eq!(r.status(), 415, "{r:?}");
+    let r = curl_put(&rig.url(&q("/live/m/noext", &tok)), b"x", &[]);
+    assert_eq!(r.status(), 415, "no extension: {r:?}");
+    // A dot-file: 404 as for GET.
+    let r = curl_put(&rig.url(&q("/live/.hidden.ts", &tok)), b"x", &[]);
+    assert_eq!(r.status(), 404, "{r:?}");
+    let r = curl_put(&rig.url(&q("/live/m/.segd-tmp-forged.ts", &tok)), b"x", &[]);
+    assert_eq!(r.status(), 404, "a temp-file name is a dot-file: {r:?}");
+    // Traversal and bad escapes: the same answer as a GET (404 or 400), nothing written.
+    let enc = encode_token(&tok);
+    for target in [
+        "/live/../other/o.ts",
+        "/live/%2e%2e/other/o.ts",
+        "/live/m/..%2f..%2fother%2fo.ts",
+        "/live/m/%2e%2e%2f%2e%2e%2fescape.ts",
+        "/live/m/%zz.ts",
+        "/live/m/%00.ts",
+        "/live/%2ehidden.ts",
+    ] {
+        let sep = if target.contains('?') { '&' } else { '?' };
+        let t = format!("{target}{sep}__token__={enc}");
+        let get_status = raw_status(&raw_get(rig.srv.addr, &t));
+        let req = format!(
+            "PUT {t} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nescap"
+        );
+        let put_status = raw_status(&raw(rig.srv.addr, req.as_bytes(), Duration::from_secs(10)));
+        assert!(
+            put_status == 400 || put_status == 404,
+            "PUT {target}: {put_status}"
+        );
+        assert_eq!(put_status, get_status, "PUT {target} answers like GET");
+    }
+    // Transfer-Encoding other than chunked: 501.
+    let req = format!(
+        "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        q("/live/m/gz.ts", &tok)
+    );
+    let resp = raw(rig.srv.addr, req.as_bytes(), Duration::from_secs(10));
+    assert_eq!(raw_status(&resp), 501, "{}", String::from_utf8_lossy(&resp));
+    assert_eq!(
+        tree(rig.dir.path()),
+        before,
+        "nothing written anywhere (volume and around it)"
+    );
+    assert_eq!(
+        get_on(&rig.url("/other/o.ts"), false).await.body.as_ref(),
+        b"outside"
+    );
+
+    // OPTIONS and CORS preflight list the write methods under a prefix only.
+    const INGEST_ALLOW: &str = "GET, HEAD, OPTIONS, PUT, POST, DELETE";
+    for h2 in [false, true] {
+        let r = request("OPTIONS", &rig.url("/live/m/x.ts"), &[], h2).await;
+        assert_eq!(r.header("allow"), Some(INGEST_ALLOW), "h2={h2}: {r:?}");
+        let r = request(
+            "OPTIONS",
+            &rig.url("/live/m/x.ts"),
+            &[
+                ("origin", "https://packager.example"),
+                ("access-control-request-method", "PUT"),
+            ],
+            h2,
+        )
+        .await;
+        assert!(r.status == 200 || r.status == 204, "{r:?}");
+        assert_eq!(
+            r.header("access-control-allow-methods"),
+            Some(INGEST_ALLOW),
+            "h2={h2}: preflight {r:?}"
+        );
+        let r = request("OPTIONS", &rig.url("/other/o.ts"), &[], h2).await;
+        assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "h2={h2}");
+    }
+    assert_no_tmp(&vol, "end");
+}
+
+#[tokio::test]
+async fn preconditions() {
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/pc")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/pc/a.ts"), b"version one").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/pc/*");
+    let url = rig.url(&q("/live/pc/a.ts", &tok));
+    let etag = get(&rig.url("/live/pc/a.ts"), &[])
+        .await
+        .header("etag")
+        .expect("etag")
+        .to_string();
+
+    let r = curl_put(&url, b"clobber", &["-H", "If-None-Match: *"]);
+    assert_eq!(
+        r.status(),
+        412,
+        "If-None-Match: * on an existing object: {r:?}"
+    );
+    let r = curl_put(&url, b"clobber", &["-H", "If-Match: \"not-the-etag\""]);
+    assert_eq!(r.status(), 412, "wrong If-Match: {r:?}");
+    // A refused 100-continue upload gets its 412 without a 100.
+    let r = curl_put(
+        &url,
+        &payload(2 << 20, 5),
+        &["-H", "If-None-Match: *", "-H", "Expect: 100-continue"],
+    );
+    assert_eq!(r.statuses, vec![412], "{r:?}");
+    assert_eq!(read(&vol.join("live/pc/a.ts")), b"version one", "intact");
+
+    let r = curl_put(&url, b"version two", &["-H", &format!("If-Match: {etag}")]);
+    assert_eq!(r.status(), 204, "right If-Match: {r:?}");
+    let etag2 = r.etag();
+    assert_ne!(etag2, etag);
+    assert_eq!(read(&vol.join("live/pc/a.ts")), b"version two");
+    // The old ETag is stale now.
+    let r = curl_put(
+        &url,
+        b"version three",
+        &["-H", &format!("If-Match: {etag}")],
+    );
+    assert_eq!(r.status(), 412, "stale If-Match: {r:?}");
+    assert_eq!(read(&vol.join("live/pc/a.ts")), b"version two");
+
+    // Absent object: If-Match fails and creates nothing; If-None-Match: * creates.
+    let url_b = rig.url(&q("/live/pc/b.ts", &tok));
+    let r = curl_put(&url_b, b"b", &["-H", &format!("If-Match: {etag2}")]);
+    assert_eq!(r.status(), 412, "If-Match on an absent object: {r:?}");
+    assert!(!vol.join("live/pc/b.ts").exists());
+    let r = curl_put(&url_b, b"b", &["-H", "If-None-Match: *"]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert_eq!(read(&vol.join("live/pc/b.ts")), b"b");
+    assert_no_tmp(&vol, "end");
+}
+
+#[tokio::test]
+async fn body_over_max_body_bytes() {
+    let rig = Rig::start(&["disk1"], &[("max_body_bytes", "\"1KiB\"")], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/big")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/big/a.ts"), b"old").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let target = q("/live/big/a.ts", &tok);
+    let before = tree(&vol);
+
+    // Declared too large, with Expect: the final 413 comes first, never a 100.
+    let mut s = connect(rig.srv.addr);
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\nExpect: 100-continue\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).expect("write head");
+    let answer = read_head(&mut s);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "first response line must be the 413, not a 100: {answer:?}"
+    );
+    drop(s);
+    // Declared too large, body sent at once.
+    let r = curl_put(&rig.url(&target), &payload(1025, 1), &["-H", "Expect:"]);
+    assert_eq!(r.status(), 413, "{r:?}");
+    // Chunked, counted past the limit: 413.
+    let r = curl_put_chunked(&rig.url(&target), &payload(4000, 2));
+    assert_eq!(r.status(), 413, "chunked: {r:?}");
+    let r = curl_put_chunked(&rig.url(&q("/live/big/new.ts", &tok)), &payload(1025, 3));
+    assert_eq!(r.status(), 413, "chunked, one byte over: {r:?}");
+    no_tmp_eventually(&vol, "413").await;
+    assert_eq!(tree(&vol), before, "nothing written");
+    assert_eq!(
+        get_on(&rig.url("/live/big/a.ts"), true).await.body.as_ref(),
+        b"old"
+    );
+    // Exactly the limit is fine, declared or chunked.
+    let at = payload(1024, 4);
+    let r = curl_put(&rig.url(&target), &at, &[]);
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert_eq!(read(&vol.join("live/big/a.ts")), at);
+    let r = curl_put_chunked(&rig.url(&q("/live/big/new.ts", &tok)), &at);
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert_no_tmp(&vol, "end");
+}
+
+#[tokio::test]
+async fn body_timeout_is_408() {
+    let rig = Rig::start(&["disk1"], &[("body_timeout", "\"1s\"")], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/slow")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/slow/a.ts"), b"old").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let before = tree(&vol);
+    for (what, head, first_half) in [
+        (
+            "content-length",
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n",
+                q("/live/slow/a.ts", &tok)
+            ),
+            vec![b'a'; 500],
+        ),
+        (
+            "chunked",
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+                q("/live/slow/b.ts", &tok)
+            ),
+            b"1f4\r\n"
+                .iter()
+                .copied()
+                .chain([b'b'; 500])
+                .chain(*b"\r\n")
+                .collect(),
+        ),
+    ] {
+        let mut s = connect(rig.srv.addr);
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&first_half).expect("half the body");
+        // …and nothing more: the server answers 408 after body_timeout.
+        let answer = read_head(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer:?}");
+        no_tmp_eventually(&vol, what).await;
+    }
+    assert_eq!(tree(&vol), before, "nothing written");
+    assert_eq!(
+        get_on(&rig.url("/live/slow/a.ts"), false)
+            .await
+            .body
+            .as_ref(),
+        b"old"
+    );
+}
+
+#[tokio::test]
+async fn client_gone_mid_body() {
+    let old = payload(50_000, 7);
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/gone")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/gone/a.ts"), &old).expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let before = tree(&vol);
+    for (what, head, part) in [
+        (
+            "content-length",
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\n",
+                q("/live/gone/a.ts", &tok)
+            ),
+            payload(100_000, 8),
+        ),
+        (
+            "chunked",
+            format!(
+                "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n",
+                q("/live/gone/a.ts", &tok)
+            ),
+            b"186a0\r\n"
+                .iter()
+                .copied()
+                .chain(payload(100_000, 9))
+                .chain(*b"\r\n186a0\r\n")
+                .chain(payload(5000, 10))
+                .collect(),
+        ),
+        ("h2c", String::new(), Vec::new()),
+    ] {
+        if what == "h2c" {
+            // An HTTP/2 stream reset mid-body.
+            let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
+                .await
+                .expect("connect");
+            let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            let driver = tokio::spawn(conn);
+            let mut client = client.ready().await.expect("h2 ready");
+            let req = http::Request::builder()
+                .method("PUT")
+                .uri(rig.url(&q("/live/gone/a.ts", &tok)))
+                .header("content-length", "200000")
+                .body(())
+                .expect("request");
+            let (resp, mut stream) = client.send_request(req, false).expect("send");
+            stream
+                .send_data(Bytes::from(payload(16_000, 11)), false)
+                .expect("data");
+            // Wait until the server is receiving the body, then reset the stream.
+            in_progress(&rig, what).await;
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(resp);
+            drop(client);
+            driver.abort();
+        } else {
+            let mut s = connect(rig.srv.addr);
+            s.write_all(head.as_bytes()).expect("head");
+            s.write_all(&part).expect("part of the body");
+            in_progress(&rig, what).await;
+            drop(s);
+        }
+        let done = eventually(Duration::from_secs(10), async || {
+            metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
+        })
+        .await;
+        assert!(done, "{what}: the upload ended:\n{}", rig.metrics().await);
+        no_tmp_eventually(&vol, what).await;
+        assert_eq!(tree(&vol), before, "{what}: nothing written");
+        for h2 in [false, true] {
+            let g = get_on(&rig.url("/live/gone/a.ts"), h2).await;
+            assert!(
+                g.body.as_ref() == old.as_slice(),
+                "{what}: old version served"
+            );
+        }
+    }
+}
+
+/// Waits until segd counts one upload in progress.
+async fn in_progress(rig: &Rig, what: &str) {
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "{what}: upload in progress:\n{}", rig.metrics().await);
+}
+
+#[tokio::test]
+async fn malformed_chunked_body_is_400() {
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/mc")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/mc/a.ts"), b"old").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let before = tree(&vol);
+    for (path, body) in [
+        ("/live/mc/a.ts", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("/live/mc/new.ts", "zz\r\nhello\r\n0\r\n\r\n"),
+        ("/live/mc/a.ts", "5\r\nhello\r\nzz\r\n0\r\n\r\n"),
+        ("/live/mc/a.ts", "5\r\nhelloXX0\r\n\r\n"),
+    ] {
+        let req = format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+            q(path, &tok)
+        );
+        let mut s = connect(rig.srv.addr);
+        s.write_all(req.as_bytes()).expect("write");
+        let answer = read_head(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer:?}");
+        no_tmp_eventually(&vol, body).await;
+        assert_eq!(tree(&vol), before, "{body:?}: nothing written");
+    }
+    assert_eq!(
+        get_on(&rig.url("/live/mc/a.ts"), false).await.body.as_ref(),
+        b"old"
+    );
+}
+
+#[tokio::test]
+async fn reserve_beyond_free_space_is_507() {
+    // 1000 TiB: more than any test disk has free.
+    let rig = Rig::start(&["disk1"], &[("reserve", "\"1000TiB\"")], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/full")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/full/a.ts"), b"old").expect("write");
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let before = tree(&vol);
+    let r = curl_put(&rig.url(&q("/live/full/a.ts", &tok)), b"new", &[]);
+    assert_eq!(r.status(), 507, "{r:?}");
+    let r = curl_put_chunked(&rig.url(&q("/live/full/b.ts", &tok)), b"new");
+    assert_eq!(r.status(), 507, "chunked: {r:?}");
+    // A 507 is known before the body: no 100.
+    let r = curl_put(
+        &rig.url(&q("/live/full/a.ts", &tok)),
+        &payload(2 << 20, 1),
+        &["-H", "Expect: 100-continue"],
+    );
+    assert_eq!(r.statuses, vec![507], "{r:?}");
+    assert_eq!(tree(&vol), before, "nothing written");
+    assert_no_tmp(&vol, "507");
+    assert_eq!(
+        get_on(&rig.url("/live/full/a.ts"), false)
+            .await
+            .body
+            .as_ref(),
+        b"old"
+    );
+    // Reads and DELETE need no space.
+    let r = curl_delete(&rig.url(&q("/live/full/a.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_ingest_insufficient_storage_total").is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn max_uploads_is_503_with_retry_after() {
+    let rig = Rig::simple(&[("max_uploads", "1")]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    // One upload stalls mid-body…
+    let mut s = connect(rig.srv.addr);
+    s.write_all(
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n",
+            q("/live/slots/a.ts", &tok)
+        )
+        .as_bytes(),
+    )
+    .expect("head");
+    s.write_all(&[b'a'; 10]).expect("10 bytes");
+    in_progress(&rig, "the stalled upload").await;
+    // …so the next is refused at once, on either protocol, with nothing written.
+    let r = curl_put(&rig.url(&q("/live/slots/b.ts", &tok)), b"b", &[]);
+    assert_eq!(r.status(), 503, "{r:?}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let r = send(
+        "PUT",
+        &rig.url(&q("/live/slots/b.ts", &tok)),
+        &[],
+        b"b",
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 503, "h2c");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(!vol.join("live/slots/b.ts").exists());
+    // The first one completes; then there is room again.
+    s.write_all(&[b'a'; 990]).expect("rest");
+    let answer = read_head(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer:?}");
+    assert_eq!(read(&vol.join("live/slots/a.ts")), vec![b'a'; 1000]);
+    let free = eventually(Duration::from_secs(10), async || {
+        curl_put(&rig.url(&q("/live/slots/b.ts", &tok)), b"b", &[]).status() == 201
+    })
+    .await;
+    assert!(free, "room again after the first upload finished");
+    assert_eq!(read(&vol.join("live/slots/b.ts")), b"b");
+    assert_no_tmp(&vol, "end");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Crash leftovers
+
+#[tokio::test]
+async fn temp_files_from_a_crash_are_removed_at_start() {
+    let rig = Rig::start(&["disk1", "disk2"], &[], "", |d| {
+        let show = d.join("disk1/live/show");
+        std::fs::create_dir_all(&show).expect("mkdir");
+        std::fs::write(show.join(".segd-tmp-abc123"), b"half an upload").expect("write");
+        std::fs::write(show.join("seg.ts"), b"a real segment").expect("write");
+        let deep = d.join("disk2/vod/asset/64k");
+        std::fs::create_dir_all(&deep).expect("mkdir");
+        std::fs::write(deep.join(".segd-tmp-Zq9"), b"another").expect("write");
+        std::fs::write(deep.join("index.m3u8"), b"#EXTM3U\n").expect("write");
+    });
+    let (d1, d2) = (rig.vol("disk1"), rig.vol("disk2"));
+    let gone = eventually(Duration::from_secs(10), async || {
+        tmp_files(&d1).is_empty() && tmp_files(&d2).is_empty()
+    })
+    .await;
+    assert!(gone, "left: {:?} {:?}", tmp_files(&d1), tmp_files(&d2));
+    assert_eq!(read(&d1.join("live/show/seg.ts")), b"a real segment");
+    assert_eq!(read(&d2.join("vod/asset/64k/index.m3u8")), b"#EXTM3U\n");
+    assert_eq!(
+        get(&rig.url("/live/show/seg.ts"), &[]).await.body.as_ref(),
+        b"a real segment"
+    );
+    let counted = eventually(Duration::from_secs(5), async || {
+        metric(&rig.metrics().await, "segd_ingest_temp_removed_total").is_some_and(|v| v >= 2.0)
+    })
+    .await;
+    assert!(counted, "{}", rig.metrics().await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Placement
+
+/// The volume `segd place` picks for `path` under the server's config.
+fn placed(srv: &Server, path: &str) -> String {
+    placed_with(&srv.config, path)
+}
+
+/// The volume `segd place` picks for `path` among volumes named `vols` (in this order).
+fn placed_before_start(vols: &[&str], path: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths: Vec<PathBuf> = vols.iter().map(|v| dir.path().join(v)).collect();
+    for v in &paths {
+        std::fs::create_dir_all(v).expect("mkdir volume");
+    }
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let cfg = dir.path().join("segd.toml");
+    std::fs::write(&cfg, config_for(&refs, &ingest_section(&[]))).expect("write config");
+    placed_with(&cfg, path)
+}
+
+fn placed_with(config: &Path, path: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["place", "--config"])
+        .arg(config)
+        .arg(path)
+        .output()
+        .expect("segd place");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split('\t')
+        .nth(1)
+        .expect("volume column")
+        .to_string()
+}
+
+#[tokio::test]
+async fn placement_keeps_an_asset_on_one_volume() {
+    let both = ["disk1", "disk2"];
+    let other = |v: &str| if v == "disk1" { "disk2" } else { "disk1" };
+    // showB is laid out by hand on the volume the rule does NOT pick (found with a first start).
+    let pref_b = placed_before_start(&both, "/live/showB/x.ts");
+    let rig = Rig::start(&both, &[], "", |d| {
+        let dir = d.join(other(&pref_b)).join("live/showB");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("existing.ts"), b"here first").expect("write");
+    });
+    let tok = upload_token("/live/*");
+
+    // showA: the first object goes where the rule says; the later ones follow it.
+    let pref_a = placed(&rig.srv, "/live/showA/x.ts");
+    for (i, path) in [
+        "/live/showA/first.ts",
+        "/live/showA/index.m3u8",
+        "/live/showA/128k/seg1.ts",
+        "/live/showA/128k/deeper/seg2.ts",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = payload(100 + i, i as u32);
+        let r = curl_put(&rig.url(&q(path, &tok)), &body, &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+        assert_eq!(read(&rig.vol(&pref_a).join(&path[1..])), body, "{path}");
+        assert!(
+            !rig.vol(other(&pref_a)).join(&path[1..]).exists(),
+            "{path} only on {pref_a}"
+        );
+    }
+    // showB already lives on the other volume: new objects go there, not where the rule points.
+    for path in ["/live/showB/new.ts", "/live/showB/64k/new.ts"] {
+        let r = curl_put(&rig.url(&q(path, &tok)), path.as_bytes(), &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+        assert_eq!(
+            read(&rig.vol(other(&pref_b)).join(&path[1..])),
+            path.as_bytes()
+        );
+        assert!(
+            !rig.vol(&pref_b).join("live/showB").exists(),
+            "nothing of showB on the preferred volume {pref_b}"
+        );
+        assert_eq!(
+            get(&rig.url(path), &[]).await.body.as_ref(),
+            path.as_bytes()
+        );
+    }
+    // A replace stays where the object is.
+    let r = curl_put(
+        &rig.url(&q("/live/showB/existing.ts", &tok)),
+        b"replaced",
+        &[],
+    );
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert_eq!(
+        read(&rig.vol(other(&pref_b)).join("live/showB/existing.ts")),
+        b"replaced"
+    );
+    assert!(!rig.vol(&pref_b).join("live/showB").exists());
+    assert_no_tmp(rig.dir.path(), "end");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7–8. ffmpeg pushing live HLS and DASH
+
+/// ffmpeg's input: 9 s of a 440 Hz tone, AAC 64k (`re`: at real-time pace).
+fn ffmpeg_input(re: bool) -> Vec<String> {
+    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if re {
+        a.push("-re".into());
+    }
+    for s in [
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "9",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+    ] {
+        a.push(s.into());
+    }
+    a
+}
+
+/// Runs ffmpeg to the end; while it runs, `poll` is called every 200 ms.
+async fn run_ffmpeg(args: &[String], mut poll: impl AsyncFnMut()) {
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    let mut child = Command::new("ffmpeg")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log.reopen().expect("reopen log")))
+        .spawn()
+        .expect("run ffmpeg (Debian package ffmpeg)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ffmpeg did not finish: {}", read_log(log.path()));
+        }
+        poll().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        status.success(),
+        "ffmpeg {args:?} failed: {}",
+        read_log(log.path())
+    );
+}
+
+fn read_log(p: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned()
+}
+
+/// `ffprobe` on a URL served by segd: the codec types and names of its streams.
+fn ffprobe(url: &str) -> String {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name",
+            "-of",
+            "csv=p=0",
+            url,
+        ])
+        .output()
+        .expect("run ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An HLS media playlist: media sequence, segment URIs, the EXT-X-MAP URI, ended or not.
+struct Playlist {
+    sequence: u64,
+    segments: Vec<String>,
+    map: Option<String>,
+    ended: bool,
+}
+
+fn parse_playlist(text: &str) -> Playlist {
+    let mut pl = Playlist {
+        sequence: 0,
+        segments: Vec::new(),
+        map: None,
+        ended: false,
+    };
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(n) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            pl.sequence = n.parse().expect("media sequence");
+        } else if let Some(rest) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+            pl.map = Some(rest[..rest.find('"').expect("quote")].to_string());
+        } else if line == "#EXT-X-ENDLIST" {
+            pl.ended = true;
+        } else if !line.starts_with('#') {
+            pl.segments.push(line.to_string());
+        }
+    }
+    pl
+}
+
+#[derive(Clone, Copy)]
+enum Hls {
+    Ts,
+    TsPersistent,
+    Fmp4,
+}
+
+/// ffmpeg pushes 9 s of live HLS (3-segment window, old segments deleted) with the
+/// path-embedded upload token; the playlist is served while it runs; at the end the disk holds
+/// the playlist, its segments (plus at most the one `hls_delete_threshold` keeps), the init
+/// segment for fMP4, and nothing else; ffprobe reads the stream back from segd.
+async fn hls_push(kind: Hls) {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let dir = vol.join("live/s1");
+    let tok = upload_token("/live/s1/*");
+    let target = rig.url(&p("/live/s1/index.m3u8", &tok));
+    let mut args = ffmpeg_input(true);
+    for s in [
+        "-f",
+        "hls",
+        "-hls_time",
+        "2",
+        "-hls_list_size",
+        "3",
+        "-hls_flags",
+        "delete_segments",
+        "-method",
+        "PUT",
+    ] {
+        args.push(s.into());
+    }
+    let ext = match kind {
+        Hls::Ts => "ts",
+        Hls::TsPersistent => {
+            args.extend(["-http_persistent".into(), "1".into()]);
+            "ts"
+        }
+        Hls::Fmp4 => {
+            args.extend(["-hls_segment_type".into(), "fmp4".into()]);
+            "m4s"
+        }
+    };
+    args.push(target);
+
+    let playlist_url = rig.url("/live/s1/index.m3u8");
+    let mut live_versions = BTreeSet::new();
+    run_ffmpeg(&args, async || {
+        let r = get_on(&playlist_url, false).await;
+        if r.status == 200 && !parse_playlist(&r.text()).ended {
+            live_versions.insert(r.text());
+        }
+    })
+    .await;
+    assert!(
+        live_versions.len() >= 2,
+        "the playlist was served and updated while ffmpeg ran: {live_versions:?}"
+    );
+    for v in &live_versions {
+        assert!(v.starts_with("#EXTM3U"), "never a partial playlist: {v:?}");
+    }
+
+    // ffmpeg does not wait for answers: wait for the last playlist and the last DELETE.
+    let check = async || -> Result<Playlist, String> {
+        let r = get_on(&playlist_url, false).await;
+        let pl = parse_playlist(&r.text());
+        if r.status != 200 || !pl.ended {
+            return Err(format!("final playlist not there yet: {}", r.text()));
+        }
+        let on_disk = names(&dir);
+        let mut want: BTreeSet<String> = pl.segments.iter().cloned().collect();
+        want.insert("index.m3u8".into());
+        if let Some(m) = &pl.map {
+            want.insert(m.clone());
+        }
+        // hls_delete_threshold (default 1) keeps the segment just before the window.
+        let kept = format!("index{}.{ext}", pl.sequence.saturating_sub(1));
+        let extra: BTreeSet<&String> = on_disk.difference(&want).collect();
+        if !want.is_subset(&on_disk) || extra.iter().any(|e| **e != kept) {
+            return Err(format!("disk {on_disk:?}, playlist wants {want:?}"));
+        }
+        Ok(pl)
+    };
+    let mut last = String::new();
+    let mut final_pl = None;
+    let settled = eventually(Duration::from_secs(15), async || match check().await {
+        Ok(pl) => {
+            final_pl = Some(pl);
+            true
+        }
+        Err(e) => {
+            last = e;
+            false
+        }
+    })
+    .await;
+    assert!(settled, "{last}");
+    let pl = final_pl.expect("final playlist");
+    assert!(
+        pl.sequence >= 2,
+        "segments left the window and were deleted (sequence {})",
+        pl.sequence
+    );
+    assert!(
+        !dir.join(format!("index0.{ext}")).exists(),
+        "index0 deleted"
+    );
+    assert_eq!(pl.segments.len(), 3);
+    assert_eq!(pl.map.is_some(), matches!(kind, Hls::Fmp4));
+    if matches!(kind, Hls::Fmp4) {
+        assert_eq!(pl.map.as_deref(), Some("init.mp4"));
+    }
+    for s in pl.segments.iter().chain(pl.map.iter()) {
+        let g = get_on(&rig.url(&format!("/live/s1/{s}")), true).await;
+        assert_eq!(g.status, 200, "{s}");
+        assert!(g.body.as_ref() == read(&dir.join(s)).as_slice(), "{s}");
+        assert!(!g.body.is_empty(), "{s}");
+    }
+    assert_no_tmp(&vol, "after ffmpeg");
+    let probe = ffprobe(&playlist_url);
+    assert!(probe.contains("aac,audio"), "ffprobe: {probe:?}");
+}
+
+#[tokio::test]
+async fn ffmpeg_hls_ts_push() {
+    hls_push(Hls::Ts).await;
+}
+
+#[tokio::test]
+async fn ffmpeg_hls_ts_push_persistent_connection() {
+    hls_push(Hls::TsPersistent).await;
+}
+
+#[tokio::test]
+async fn ffmpeg_hls_fmp4_push() {
+    hls_push(Hls::Fmp4).await;
+}
+
+/// A query token reaches only the playlist: ffmpeg drops the query from segment and DELETE
+/// URLs, so segments are refused (403) and never written. (Why the docs say: use the path form.)
+#[tokio::test]
+async fn ffmpeg_hls_query_token_reaches_only_the_playlist() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/s1/*");
+    let mut args = ffmpeg_input(false);
+    for s in [
+        "-f",
+        "hls",
+        "-hls_time",
+        "2",
+        "-hls_list_size",
+        "3",
+        "-method",
+        "PUT",
+    ] {
+        args.push(s.into());
+    }
+    args.push(rig.url(&q("/live/s1/index.m3u8", &tok)));
+    run_ffmpeg(&args, async || {}).await;
+    let url = rig.url("/live/s1/index.m3u8");
+    let ended = eventually(Duration::from_secs(10), async || {
+        parse_playlist(&get_on(&url, false).await.text()).ended
+    })
+    .await;
+    assert!(ended, "the playlist (query token) was accepted");
+    assert_eq!(
+        names(&vol.join("live/s1")),
+        BTreeSet::from(["index.m3u8".to_string()]),
+        "no segment without a token"
+    );
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_token_rejections_total{reason=\"missing\"}").is_some_and(|v| v >= 5.0),
+        "every segment refused:\n{m}"
+    );
+    no_tmp_eventually(&vol, "query token").await;
+}
+
+#[derive(Clone, Copy)]
+enum Dash {
+    Post,
+    Put,
+    LowLatency,
+}
+
+/// `startNumber` and the number of segments of the (single) representation of an MPD.
+fn mpd_window(text: &str) -> (u64, u64) {
+    let attr = |s: &str, name: &str| -> Option<String> {
+        let i = s.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(s[i..i + s[i..].find('"')?].to_string())
+    };
+    let start = attr(text, "startNumber")
+        .expect("startNumber")
+        .parse()
+        .expect("number");
+    let mut n = 0;
+    for s in text.split("<S ").skip(1) {
+        let tag = &s[..s.find('>').expect("tag end")];
+        n += 1 + attr(&format!(" {tag}"), "r").map_or(0, |r| r.parse::<u64>().expect("r"));
+    }
+    (start, n)
+}
+
+/// ffmpeg's DASH muxer (3-segment window, no extra window) into segd; the disk ends with exactly
+/// the MPD, the init segment and the window's segments; ffprobe reads the MPD back.
+async fn dash_push(kind: Dash) {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let dir = vol.join("live/d1");
+    let tok = upload_token("/live/d1/*");
+    let re = matches!(kind, Dash::LowLatency);
+    let mut args = ffmpeg_input(re);
+    for s in [
+        "-f",
+        "dash",
+        "-seg_duration",
+        "2",
+        "-window_size",
+        "3",
+        "-extra_window_size",
+        "0",
+        "-remove_at_exit",
+        "0",
+    ] {
+        args.push(s.into());
+    }
+    match kind {
+        Dash::Post => {}
+        Dash::Put => args.extend(["-method".into(), "PUT".into()]),
+        Dash::LowLatency => {
+            for s in ["-method", "PUT", "-streaming", "1", "-ldash", "1"] {
+                args.push(s.into());
+            }
+        }
+    }
+    args.push(rig.url(&p("/live/d1/manifest.mpd", &tok)));
+    let mpd_url = rig.url("/live/d1/manifest.mpd");
+    let mut live = 0;
+    run_ffmpeg(&args, async || {
+        if re
+            && get_on(&mpd_url, false)
+                .await
+                .text()
+                .contains("type=\"dynamic\"")
+        {
+            live += 1;
+        }
+    })
+    .await;
+    if re {
+        assert!(live > 0, "the dynamic MPD was served while ffmpeg ran");
+    }
+    let mut last = String::new();
+    let settled = eventually(Duration::from_secs(15), async || {
+        let r = get_on(&mpd_url, false).await;
+        let text = r.text();
+        if r.status != 200 || !text.contains("type=\"static\"") {
+            last = format!("final MPD not there yet: {text}");
+            return false;
+        }
+        let (start, n) = mpd_window(&text);
+        let mut want: BTreeSet<String> = (start..start + n)
+            .map(|i| format!("chunk-stream0-{i:05}.m4s"))
+            .collect();
+        want.insert("init-stream0.m4s".into());
+        want.insert("manifest.mpd".into());
+        let on_disk = names(&dir);
+        last = format!("disk {on_disk:?}, MPD wants {want:?}");
+        on_disk == want
+    })
+    .await;
+    assert!(settled, "{last}");
+    assert!(
+        !dir.join("chunk-stream0-00001.m4s").exists(),
+        "segments out of the window were deleted"
+    );
+    for name in names(&dir) {
+        let g = get_on(&rig.url(&format!("/live/d1/{name}")), true).await;
+        assert_eq!(g.status, 200, "{name}");
+        assert!(
+            g.body.as_ref() == read(&dir.join(&name)).as_slice(),
+            "{name}"
+        );
+    }
+    assert_no_tmp(&vol, "after ffmpeg");
+    let probe = ffprobe(&mpd_url);
+    assert!(probe.contains("aac,audio"), "ffprobe: {probe:?}");
+}
+
+#[tokio::test]
+async fn ffmpeg_dash_post() {
+    dash_push(Dash::Post).await;
+}
+
+#[tokio::test]
+async fn ffmpeg_dash_put() {
+    dash_push(Dash::Put).await;
+}
+
+#[tokio::test]
+async fn ffmpeg_dash_low_latency_chunked() {
+    dash_push(Dash::LowLatency).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Metrics
+
+#[tokio::test]
+async fn ingest_metrics() {
+    let rig = Rig::simple(&[]);
+    let tok = upload_token("/live/*");
+    let mut total = 0usize;
+    for (i, n) in [10_000usize, 250_000, 1].iter().enumerate() {
+        let r = curl_put(
+            &rig.url(&q(&format!("/live/m/{i}.ts"), &tok)),
+            &payload(*n, i as u32),
+            &[],
+        );
+        assert_eq!(r.status(), 201, "{r:?}");
+        total += n;
+    }
+    let body = payload(77_777, 9);
+    let r = curl_put_chunked(&rig.url(&q("/live/m/0.ts", &tok)), &body);
+    assert_eq!(r.status(), 204, "{r:?}");
+    total += body.len();
+    let r = send(
+        "POST",
+        &rig.url(&q("/live/m/h2.ts", &tok)),
+        &[],
+        b"h2",
+        true,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    total += 2;
+    let r = curl_delete(&rig.url(&q("/live/m/1.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    let r = curl_put(&rig.url("/live/m/x.ts"), b"no token", &[]);
+    assert_eq!(r.status(), 403);
+
+    // Requests are counted once their answer is sent: wait for the counters to catch up.
+    let mut m = String::new();
+    let ok = eventually(Duration::from_secs(5), async || {
+        m = rig.metrics().await;
+        let put2 = metric_with(
+            &m,
+            "segd_http_requests_total",
+            &[("method", "PUT"), ("status_class", "2xx"), ("proto", "h1")],
+        );
+        let post2 = metric_with(
+            &m,
+            "segd_http_requests_total",
+            &[("method", "POST"), ("status_class", "2xx"), ("proto", "h2")],
+        );
+        let del2 = metric_with(
+            &m,
+            "segd_http_requests_total",
+            &[("method", "DELETE"), ("status_class", "2xx")],
+        );
+        let put4 = metric_with(
+            &m,
+            "segd_http_requests_total",
+            &[("method", "PUT"), ("status_class", "4xx")],
+        );
+        put2 == Some(4.0) && post2 == Some(1.0) && del2 == Some(1.0) && put4 == Some(1.0)
+    })
+    .await;
+    assert!(ok, "request counters:\n{m}");
+    assert!(
+        metric(&m, "segd_ingest_bytes_total").is_some_and(|v| v >= total as f64),
+        "ingest bytes >= {total}:\n{m}"
+    );
+    assert!(
+        metric(&m, "segd_ingest_duration_seconds_count").is_some_and(|v| v >= 5.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "segd_ingest_uploads_in_progress"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "segd_ingest_temp_removed_total"),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "segd_ingest_insufficient_storage_total"),
+        Some(0.0),
+        "{m}"
+    );
+}
