@@ -25,6 +25,7 @@ pub mod config;
 pub mod drain;
 pub mod http;
 pub mod io;
+pub mod live;
 pub mod log;
 pub mod metrics;
 pub mod playlist;

@@ -22,6 +22,7 @@ mod cors;
 mod error;
 mod fields;
 mod ingest;
+mod live;
 mod log;
 mod server;
 mod tls;
@@ -41,6 +42,7 @@ pub use cors::CorsConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size};
 pub use ingest::IngestConfig;
+pub use live::LiveConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
 pub use server::ServerConfig;
 pub use tls::{QuicRetry, SniCert, TlsConfig};
@@ -54,6 +56,7 @@ use cache_control::{parse_cache_control, CACHE_CONTROL_KEYS};
 use cors::{parse_cors, CORS_KEYS};
 use fields::{Ctx, Section};
 use ingest::{parse_ingest, INGEST_KEYS};
+use live::{parse_live, LIVE_KEYS};
 use log::{parse_log, LOG_KEYS};
 use server::{parse_server, SERVER_KEYS};
 use tls::{parse_tls, TLS_KEYS};
@@ -81,6 +84,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Uploads (`[ingest]`); no prefixes means no ingest.
     pub ingest: IngestConfig,
+    /// Live rules (`[live]`).
+    pub live: LiveConfig,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -95,6 +100,7 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "tls",
     "ingest",
+    "live",
 ];
 
 impl Config {
@@ -132,6 +138,17 @@ impl Config {
         let log = parse_log(&top.table("log", LOG_KEYS), &base);
         let tls = parse_tls(&top.table("tls", TLS_KEYS), &base);
         let ingest = parse_ingest(&top.table("ingest", INGEST_KEYS));
+        let cc_set = doc
+            .get("cache_control")
+            .and_then(|t| t.get("live_prefixes"))
+            .is_some();
+        let live = parse_live(
+            &top.table("live", LIVE_KEYS),
+            &cache_control.live_prefixes,
+            cc_set,
+        );
+        let mut cache_control = cache_control;
+        cache_control.live_prefixes = live.prefixes.clone();
         top.finish();
 
         // Cross-key checks.
@@ -169,6 +186,7 @@ impl Config {
             log,
             tls,
             ingest,
+            live,
         })
     }
 

@@ -34,7 +34,7 @@ use super::{headers, rewrite, write};
 use crate::auth::{self, Decision};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
-use crate::store::{Body, Object, ObjectClass};
+use crate::store::{Body, Miss, Object, ObjectClass};
 use crate::volumes::{self, PathError, RelPath};
 
 /// The protocol a request arrived on (a metric and log label).
@@ -189,11 +189,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
             Refusal::NotFound
         })?;
     let class = ObjectClass::of(ext.as_deref().unwrap_or_default());
-    let live = cfg
-        .cache_control
-        .live_prefixes
-        .iter()
-        .any(|p| canonical.starts_with(p.as_str()));
+    let live = cfg.live.covers(&canonical);
 
     // 5. Token: playback tokens for protected reads, upload tokens for every write.
     let now = unix_now();
@@ -237,15 +233,39 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
         _ => None,
     };
 
-    // 6. Read: every tier behind one call.
-    let object = cx.rt.store.lookup(&rel, class, live).await?;
+    // 6. Read. Live HLS playlists with LL-HLS directives are answered from the live registry;
+    // everything else from the store (every tier behind one call). A live segment that does
+    // not exist may be an announced preload hint, or still growing.
+    let hls = ext.as_deref() == Some("m3u8");
+    if live && hls {
+        let dirs = crate::live::Directives::parse(req.query).map_err(|_| Refusal::BadDirective)?;
+        if dirs.any() {
+            return super::live::playlist(cx, &rel, &canonical, dirs, rewrite_param, content_type)
+                .await;
+        }
+    }
+    let object = match cx.rt.store.lookup(&rel, class, live).await {
+        Err(Miss::NotFound) if live && class == ObjectClass::Segment => {
+            super::live::hinted(cx, &rel, &canonical).await?
+        }
+        r => r?,
+    };
+    if object.growing {
+        return super::live::growing(cx, object, content_type);
+    }
     if let Some(param) = rewrite_param {
         return rewritten(cx, &rel, object, &param, live).await;
     }
 
     let mut headers = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, req, &mut headers);
-    headers.insert(CACHE_CONTROL, headers::cache_control(cfg, class, live));
+    let cache_control = if live && hls {
+        let target = cx.rt.live.current(&canonical).map(|s| s.target);
+        super::live::live_playlist_cache_control(cfg, target)
+    } else {
+        headers::cache_control(cfg, class, live)
+    };
+    headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
     headers.insert(LAST_MODIFIED, object.last_modified.clone());
 
@@ -417,7 +437,7 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     if r == Refusal::MethodNotAllowed {
         headers.insert(ALLOW, headers::ALLOWED_METHODS);
     }
-    if r == Refusal::UploadsBusy {
+    if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     let mut reply = text(row.status, headers, cx.is_head, row.body);

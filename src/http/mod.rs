@@ -13,6 +13,7 @@ pub mod h1;
 pub mod h3;
 pub mod handler;
 mod headers;
+mod live;
 pub mod range;
 pub mod refusal;
 pub mod request_body;

@@ -74,6 +74,12 @@ pub enum Refusal {
     InsufficientStorage,
     #[error("write failed")]
     WriteFailed,
+    #[error("bad LL-HLS directive")]
+    BadDirective,
+    #[error("too many parked requests")]
+    LiveBusy,
+    #[error("playlist not updated in time")]
+    BlockTimeout,
     #[error("internal error")]
     Internal,
 }
@@ -235,6 +241,27 @@ impl Refusal {
                 "write_failed",
                 Disk,
             ),
+            Refusal::BadDirective => (
+                StatusCode::BAD_REQUEST,
+                "bad LL-HLS directive\n",
+                Debug,
+                "bad_directive",
+                Client,
+            ),
+            Refusal::LiveBusy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many parked requests\n",
+                Warn,
+                "live_busy",
+                Server,
+            ),
+            Refusal::BlockTimeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "playlist not updated in time\n",
+                Info,
+                "block_timeout",
+                Upstream,
+            ),
             Refusal::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error\n",
@@ -315,6 +342,9 @@ pub const ALL: &[Refusal] = &[
     Refusal::UploadsBusy,
     Refusal::InsufficientStorage,
     Refusal::WriteFailed,
+    Refusal::BadDirective,
+    Refusal::LiveBusy,
+    Refusal::BlockTimeout,
     Refusal::Internal,
 ];
 

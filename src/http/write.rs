@@ -34,7 +34,8 @@ use super::headers;
 use super::refusal::Refusal;
 use super::request_body::RequestBody;
 use crate::metrics::Metrics;
-use crate::store::{Body, Miss, ObjectClass};
+use crate::live::Snapshot;
+use crate::store::{Body, Miss, Mode, ObjectClass};
 use crate::volumes::RelPath;
 
 pub(super) async fn handle(
@@ -111,7 +112,14 @@ async fn put(
     if body.declared.is_some_and(|d| d > ingest.max_body_bytes) {
         return Err(Refusal::TooLarge.into());
     }
-    // 3. The upload (path locked, volume picked, temporary file created).
+    // 3. The upload (path locked, volume picked, temporary file created). A live playlist is
+    // kept in memory for the live registry; a live media segment can be read while it grows.
+    let canonical = format!("/{rel}");
+    let hls_playlist = live && rel.extension().is_some_and(|e| e.eq_ignore_ascii_case("m3u8"));
+    let mode = Mode {
+        keep: hls_playlist,
+        growing: live && class == ObjectClass::Segment,
+    };
     let mut upload = cx
         .rt
         .store
@@ -120,8 +128,13 @@ async fn put(
             body.declared.unwrap_or(0),
             ingest.reserve,
             ingest.fsync,
+            mode,
         )
         .await?;
+    if mode.growing {
+        // Requests parked on this name (a preload hint) can start streaming it now.
+        cx.rt.live.object_started(&canonical);
+    }
     // 4. Preconditions, under the path's lock.
     if has_preconditions(cx.req.headers) {
         let now = current(cx, rel, class, live).await?;
@@ -133,13 +146,20 @@ async fn put(
     // 5. The body, and 6. the commit, in a task that outlives the connection.
     let (limit, timeout) = (ingest.max_body_bytes, ingest.body_timeout);
     let metrics = Arc::clone(&cx.rt.metrics);
+    let registry = Arc::clone(&cx.rt.live);
+    let key = canonical.clone();
     let task = tokio::spawn(async move {
         let _held = (slot, in_progress);
         while let Some(chunk) = body.next(limit, timeout).await? {
             upload.write(chunk).await?;
         }
-        let done = upload.commit().await?;
+        let mut done = upload.commit().await?;
         metrics.ingest_bytes.inc_by(body.received());
+        // Parsed once per write: every request parked on this playlist re-checks now.
+        if let Some(text) = done.body.take() {
+            let snap = Snapshot::parse(text, done.etag.clone(), done.last_modified.clone());
+            registry.publish(&key, snap);
+        }
         Ok::<_, Refusal>(done)
     });
     let done = task.await.map_err(|_| Refusal::Internal)??;
@@ -192,6 +212,7 @@ async fn delete(
         .max()
         .unwrap_or(1);
     cx.rt.store.delete(rel, keep).await?;
+    cx.rt.live.forget(&canonical);
     Ok(reply(
         StatusCode::NO_CONTENT,
         answer_headers(cx),

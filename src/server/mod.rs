@@ -101,6 +101,11 @@ async fn serve(
     let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
     let shared = Arc::new(Shared::new(runtime, policy));
     remove_stale_temps(&shared);
+    crate::live::watcher::spawn(
+        shared.runtime.store.volumes().iter().map(|v| v.path.clone()).collect(),
+        config.live.prefixes.clone(),
+        Arc::clone(&shared.runtime.live),
+    );
 
     let mut plain: Vec<(SocketAddr, TcpListener)> = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
@@ -192,6 +197,8 @@ async fn serve(
 
     signals.wait_for_stop(&shared).await;
     systemd::notify("STOPPING=1\nSTATUS=draining");
+    // Parked LL-HLS requests are answered now, not at their timeouts.
+    shared.runtime.live.stop();
     let timeout = shared.load().config.server.drain_timeout;
     tracing::info!(timeout = %crate::config::fmt_duration(timeout), "draining: no new connections; waiting for in-flight responses");
     if controller.shutdown(timeout).await {

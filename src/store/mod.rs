@@ -24,6 +24,7 @@
 
 pub mod body;
 mod collector;
+mod growing;
 mod local;
 mod test_stream;
 mod upload;
@@ -44,7 +45,7 @@ use crate::metrics::Metrics;
 use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
 pub use body::{Body, ByteStream, FileRange, Stream};
 use local::{Disk, Local};
-pub use upload::{Committed, Upload, WriteError};
+pub use upload::{Committed, Mode, Upload, WriteError};
 
 /// What kind of object a path names (from its extension): decides caching headers, whether a
 /// cached descriptor may be trusted without a re-check, and which bodies may be sent mapped.
@@ -97,6 +98,8 @@ pub struct Object {
     /// Strong validator (see `volumes::object` for the rule).
     pub etag: HeaderValue,
     pub last_modified: HeaderValue,
+    /// Still being written (read-while-write): no validators yet, never cacheable.
+    pub growing: bool,
     source: Source,
 }
 
@@ -109,6 +112,8 @@ enum Source {
     /// Behind a lock only so `&Object` can be shared across awaits (the stream is `Send`, not
     /// `Sync`); it is taken once, by `into_body`.
     Stream(std::sync::Mutex<ByteStream>),
+    /// An upload in progress: streamed as it grows.
+    Growing(Arc<growing::Growing>),
 }
 
 impl Object {
@@ -118,6 +123,7 @@ impl Object {
             meta: open.meta,
             etag: open.etag.clone(),
             last_modified: open.last_modified.clone(),
+            growing: false,
             source: Source::File {
                 open,
                 disk,
@@ -147,6 +153,14 @@ impl Object {
                 len: self.len,
                 inner: inner.into_inner().unwrap_or_else(|p| p.into_inner()),
             }),
+            Source::Growing(g) => {
+                // `len` 0 with an unknown total means "to the end".
+                let limit = (len > 0).then_some(len);
+                Body::Stream(Stream {
+                    len: limit,
+                    inner: g.stream(offset, limit),
+                })
+            }
         }
     }
 
@@ -164,7 +178,7 @@ impl Object {
                     }
                 }
             }
-            Source::Stream(_) => Err(Miss::Changed),
+            Source::Stream(_) | Source::Growing(_) => Err(Miss::Changed),
         }
     }
 }
@@ -182,6 +196,8 @@ struct Inner {
     cache_stats: Arc<Stats>,
     /// Writes to one path wait for each other.
     locks: upload::PathLocks,
+    /// Uploads readers may stream while they are written.
+    growing: Arc<growing::GrowingSet>,
 }
 
 impl Store {
@@ -195,6 +211,7 @@ impl Store {
                 metrics: Arc::clone(&metrics),
                 cache_stats,
                 locks: upload::PathLocks::default(),
+                growing: Arc::default(),
             }),
         };
         metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
@@ -224,7 +241,28 @@ impl Store {
         // Segments and keys are immutable by contract (except live ones, rewritten in place by
         // some packagers): their descriptors are trusted for a while without a re-check.
         let immutable = class != ObjectClass::Playlist && !live;
-        let (open, disk) = local.find(rel, immutable).await?;
+        let (open, disk) = match local.find(rel, immutable).await {
+            Ok(found) => found,
+            // Tier 1: a live media segment with no complete version may be being uploaded.
+            Err(LookupError::NotFound) if live && class == ObjectClass::Segment => {
+                let g = self.inner.growing.get(rel.as_str()).ok_or(Miss::NotFound)?;
+                return Ok(Object {
+                    len: None,
+                    meta: ObjectMeta {
+                        len: 0,
+                        dev: 0,
+                        ino: 0,
+                        mtime_ns: 0,
+                        ctime_ns: 0,
+                    },
+                    etag: HeaderValue::from_static("\"growing\""),
+                    last_modified: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+                    growing: true,
+                    source: Source::Growing(g),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let object = Object::from_file(open, disk, rel);
         if class == ObjectClass::Segment {
             if let Some(o) = test_stream::wrap(&object) {
@@ -244,15 +282,18 @@ impl Store {
         len_hint: u64,
         reserve: u64,
         durable: bool,
+        mode: Mode,
     ) -> Result<Upload, WriteError> {
         let m = &self.inner.metrics;
         let r = upload::begin(
             self.local(),
             &self.inner.locks,
+            &self.inner.growing,
             rel,
             len_hint,
             reserve,
             durable,
+            mode,
             m.ingest_temp_removed.clone(),
         )
         .await;
@@ -260,6 +301,11 @@ impl Store {
             m.ingest_no_space.inc();
         }
         r
+    }
+
+    /// Whether an upload of `rel` is in progress (read-while-write can serve it).
+    pub fn is_growing(&self, rel: &RelPath) -> bool {
+        self.inner.growing.get(rel.as_str()).is_some()
     }
 
     /// Deletes `rel`, then the directories that left empty below the first `keep` segments.

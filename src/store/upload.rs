@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 
+use super::growing::{GrowingSet, Publisher};
 use super::local::Local;
 use super::write::{Dir, TempFile};
 use crate::volumes::{self, ObjectMeta, RelPath};
@@ -37,6 +38,20 @@ pub enum WriteError {
 /// Writes buffered before they go to disk (fewer, larger writes; one blocking hop per buffer).
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// Largest body kept in memory for [`Mode::keep`] (playlists).
+const KEEP_MAX: usize = 4 << 20;
+
+/// What else an upload does besides writing its file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Keep the body in memory (up to 4 MiB) and hand it back with the commit (live playlists,
+    /// parsed once per write).
+    pub keep: bool,
+    /// Readers may stream it while it is written (live media segments): every chunk goes to
+    /// disk at once and is announced.
+    pub growing: bool,
+}
+
 /// A file being uploaded. Dropped without [`Upload::commit`], it is removed: a failed upload
 /// leaves no trace.
 pub struct Upload {
@@ -50,6 +65,10 @@ pub struct Upload {
     /// Bytes this upload may write before the volume would cross its reserve.
     room: u64,
     temp_removed: prometheus::IntCounter,
+    /// The body, when kept (see [`Mode::keep`]).
+    kept: Option<BytesMut>,
+    /// Set for growing uploads (see [`Mode::growing`]).
+    publisher: Option<Publisher>,
     _lock: PathLock,
 }
 
@@ -58,6 +77,9 @@ pub struct Committed {
     /// The object did not exist before (201), or was replaced (204).
     pub created: bool,
     pub etag: HeaderValue,
+    pub last_modified: HeaderValue,
+    /// The body, when the upload kept it.
+    pub body: Option<Bytes>,
 }
 
 impl Upload {
@@ -68,9 +90,19 @@ impl Upload {
         if total > self.room {
             return Err(WriteError::NoSpace);
         }
+        if let Some(k) = &mut self.kept {
+            if k.len() + data.len() <= KEEP_MAX {
+                k.extend_from_slice(&data);
+            } else {
+                self.kept = None;
+            }
+        }
         self.buf.extend_from_slice(&data);
-        if self.buf.len() >= WRITE_BUFFER {
+        if self.buf.len() >= WRITE_BUFFER || self.publisher.is_some() {
             self.flush().await?;
+            if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
+                p.advance(t.written());
+            }
         }
         Ok(())
     }
@@ -118,11 +150,17 @@ impl Upload {
         let (existed, st) = r.map_err(|e| self.io_error(e))?;
         self.local.forget(&self.key);
         self.local.volumes.remember(&self.key, self.volume);
-        let etag = HeaderValue::from_str(&ObjectMeta::from_stat(&st).etag())
-            .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        let meta = ObjectMeta::from_stat(&st);
+        if let Some(p) = self.publisher.take() {
+            p.done(meta.len);
+        }
+        let bad = |e: http::header::InvalidHeaderValue| WriteError::Io(io::Error::other(e));
         Ok(Committed {
             created: !existed,
-            etag,
+            etag: HeaderValue::from_str(&meta.etag()).map_err(bad)?,
+            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(meta.modified()))
+                .map_err(bad)?,
+            body: self.kept.take().map(BytesMut::freeze),
         })
     }
 }
@@ -220,13 +258,16 @@ impl Local {
 
 /// Starts an upload of `rel`: picks the volume, creates missing directories, opens the
 /// temporary file. Blocking: runs on the blocking pool.
+#[allow(clippy::too_many_arguments)]
 pub async fn begin(
     local: Arc<Local>,
     locks: &PathLocks,
+    growing: &Arc<GrowingSet>,
     rel: &RelPath,
     len_hint: u64,
     reserve: u64,
     durable: bool,
+    mode: Mode,
     temp_removed: prometheus::IntCounter,
 ) -> Result<Upload, WriteError> {
     let lock = locks.lock(rel).await;
@@ -252,7 +293,15 @@ pub async fn begin(
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))??;
     let (volume, room, temp) = opened;
+    let publisher = if mode.growing {
+        let reader = temp.reader().map_err(WriteError::Io)?;
+        Some(growing.register(rel.as_str(), reader))
+    } else {
+        None
+    };
     Ok(Upload {
+        kept: mode.keep.then(BytesMut::new),
+        publisher,
         temp: Some(temp),
         buf: BytesMut::new(),
         name: split(rel).1.to_owned(),

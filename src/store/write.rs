@@ -66,7 +66,7 @@ impl Dir {
             match rustix::fs::openat(
                 &self.fd,
                 name.as_str(),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o644),
             ) {
                 Ok(fd) => return Ok((name, File::from(fd))),
@@ -126,6 +126,14 @@ impl TempFile {
 
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// A second descriptor of the file, for readers of an object still being written.
+    pub fn reader(&self) -> io::Result<File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?
+            .try_clone()
     }
 
     /// The directory the file will be committed in.

@@ -202,13 +202,32 @@ pub async fn serve(
         let policy = shared.load();
         // Boxed: the connection's future stays small while idle (it is sized for its largest
         // await point, and thousands of parked keep-alive connections each hold one).
-        let reply = Box::pin(handler::handle(
+        let handled = Box::pin(handler::handle(
             &shared.runtime,
             &policy,
             &req,
             RequestBody::none(),
-        ))
-        .await;
+        ));
+        // A request that may park (LL-HLS directives, a live path: preload hints) watches its
+        // connection meanwhile: a client that goes away frees its slot at once.
+        let may_park = query.is_some_and(|q| q.contains("_HLS_"))
+            || policy
+                .config
+                .live
+                .prefixes
+                .iter()
+                .any(|p| path.contains(p.as_str()));
+        let reply = if may_park {
+            tokio::select! {
+                r = handled => r,
+                () = socket::peer_closed(&stream) => {
+                    gauge.dec();
+                    return;
+                }
+            }
+        } else {
+            handled.await
+        };
         let Reply {
             status,
             headers,
@@ -225,7 +244,8 @@ pub async fn serve(
         let record = Record::new(&shared.runtime, &policy, &req, status, start, cache, log);
         // A stream of unknown length is chunked; HTTP/1.0 has no chunking, so the close ends it.
         let delimit = match (&body, head.http10) {
-            (Body::Stream(s), true) if s.len.is_none() => {
+            (Body::Stream(s), _) if s.len.is_some() => Delimit::Length,
+            (Body::Stream(_), true) => {
                 close = true;
                 Delimit::Close
             }

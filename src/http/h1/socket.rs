@@ -16,6 +16,33 @@ pub(super) fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
 
+/// Resolves when the peer has closed the connection (or reset it). Pipelined bytes mean the
+/// client is still there: then it never resolves.
+pub(super) async fn peer_closed(stream: &TcpStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut byte = [0u8; 1];
+        // try_io clears the readiness when the peek would block (stale readiness).
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            rustix::net::recv(
+                stream,
+                &mut byte,
+                rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+            )
+            .map(|(n, _)| n)
+            .map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(0) => return,
+            Ok(_) => return std::future::pending().await,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Closes a connection that may still carry unread request bytes: stop writing, then drain
 /// briefly so the kernel does not answer our last response with a reset.
 pub(super) async fn linger_close(mut stream: TcpStream) {

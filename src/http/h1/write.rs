@@ -115,6 +115,8 @@ pub(super) enum Delimit {
     Chunked,
     /// The connection's close ends it (HTTP/1.0 has no chunked coding).
     Close,
+    /// The head's `Content-Length` says how long it is.
+    Length,
 }
 
 /// Writes a stream's chunks after `head`. The terminating zero chunk is written only after the
@@ -146,7 +148,7 @@ pub(super) async fn write_stream(
                 framed.extend_from_slice(b"\r\n");
                 write_all_timeout(stream, &framed, stall).await?;
             }
-            Delimit::Close => write_all_timeout(stream, &data, stall).await?,
+            Delimit::Close | Delimit::Length => write_all_timeout(stream, &data, stall).await?,
         }
         sent += data.len() as u64;
     }

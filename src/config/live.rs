@@ -1,0 +1,73 @@
+//! `[live]`: where live rules apply (LL-HLS blocking reload, delta updates, preload hints,
+//! read-while-write, live cache headers) and the limits on parked requests. See `docs/live.md`.
+//!
+//! `prefixes` is the one list of live prefixes: `cache_control.live_prefixes` is an older name
+//! for the same list (setting both is an error; setting either sets both).
+
+use super::fields::Section;
+
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// URL prefixes that are live.
+    pub prefixes: Vec<String>,
+    /// Requests parked across all playlists; beyond: 503 with Retry-After.
+    pub max_blocked_requests: usize,
+    /// A blocking request waits at most this × EXT-X-TARGETDURATION.
+    pub block_timeout_factor: u32,
+}
+
+impl LiveConfig {
+    /// Whether `canonical` (a decoded path with a leading `/`) is under a live prefix.
+    pub fn covers(&self, canonical: &str) -> bool {
+        self.prefixes.iter().any(|p| canonical.starts_with(p.as_str()))
+    }
+}
+
+pub(super) const LIVE_KEYS: &[&str] = &["prefixes", "max_blocked_requests", "block_timeout_factor"];
+
+/// Parses `[live]`; `fallback` is `cache_control.live_prefixes` (used when `prefixes` is absent).
+pub(super) fn parse_live(s: &Section, fallback: &[String], fallback_set: bool) -> LiveConfig {
+    let prefix_allowed = "URL path prefixes starting with \"/\", e.g. \"/live/\"";
+    let prefixes = match s.string_list("prefixes", prefix_allowed) {
+        Some(p) => {
+            if fallback_set {
+                s.error(
+                    "prefixes",
+                    "cache_control.live_prefixes is set too; they are one list",
+                    "set [live] prefixes and remove cache_control.live_prefixes",
+                );
+            }
+            for (i, x) in p.iter().enumerate() {
+                if !x.starts_with('/') {
+                    s.error(
+                        &format!("prefixes[{i}]"),
+                        format!("{x:?} does not start with \"/\""),
+                        prefix_allowed,
+                    );
+                }
+            }
+            p
+        }
+        None => fallback.to_vec(),
+    };
+    let max_blocked_requests = s.int(
+        "max_blocked_requests",
+        20_000,
+        0,
+        10_000_000,
+        "parked requests across all playlists, 0 to 10000000",
+    ) as usize;
+    let block_timeout_factor = s.int(
+        "block_timeout_factor",
+        3,
+        1,
+        100,
+        "a multiple of the target duration, 1 to 100",
+    ) as u32;
+    s.finish();
+    LiveConfig {
+        prefixes,
+        max_blocked_requests,
+        block_timeout_factor,
+    }
+}

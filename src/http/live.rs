@@ -1,0 +1,228 @@
+//! The live request path (see `docs/live.md`): LL-HLS playlists with directives (blocking
+//! reload, delta updates) answered from the live registry, preload-hint waits, and responses
+//! streamed from uploads still in progress (read-while-write).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    LAST_MODIFIED, RANGE,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::handler::{reply, Cx, Reply, Stop};
+use super::headers;
+use super::refusal::Refusal;
+use crate::config::Config;
+use crate::live::{Directives, Snapshot, WaitError};
+use crate::playlist;
+use crate::store::{Body, Miss, Object, ObjectClass};
+use crate::volumes::RelPath;
+
+impl From<WaitError> for Refusal {
+    fn from(e: WaitError) -> Refusal {
+        match e {
+            WaitError::TooMany => Refusal::LiveBusy,
+            WaitError::TimedOut => Refusal::BlockTimeout,
+        }
+    }
+}
+
+/// How long a parked request may wait on a playlist with target duration `target` seconds.
+fn block_timeout(cfg: &Config, target: f64) -> Duration {
+    let t = if target > 0.0 { target } else { 6.0 };
+    Duration::from_secs_f64(t * f64::from(cfg.live.block_timeout_factor))
+}
+
+/// The playlist's current version: from the registry, or read from the store once and published.
+async fn snapshot(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Result<std::sync::Arc<Snapshot>, Stop> {
+    if let Some(s) = cx.rt.live.current(canonical) {
+        return Ok(s);
+    }
+    let object = cx.rt.store.lookup(rel, ObjectClass::Playlist, true).await?;
+    let len = object.len.ok_or(Refusal::Changed)?;
+    let text = object.read_prefix(len.min(4 << 20) as usize).await?;
+    let snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
+    if cx.rt.live.current(canonical).is_none() {
+        cx.rt.live.publish(canonical, snap);
+    }
+    cx.rt.live.current(canonical).ok_or(Refusal::Changed.into())
+}
+
+/// A live HLS playlist requested with LL-HLS directives.
+pub(super) async fn playlist(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    canonical: &str,
+    dirs: Directives,
+    rewrite_param: Option<String>,
+    content_type: HeaderValue,
+) -> Result<Reply, Stop> {
+    let cfg = &cx.policy.config;
+    let mut snap = snapshot(cx, rel, canonical).await?;
+    // Blocking reload: only where the playlist allows it, and never after its end.
+    let blocking = dirs.want.filter(|_| snap.blocks());
+    if let Some(want) = blocking {
+        snap.check(want).map_err(|_| Refusal::BadDirective)?;
+        if !snap.satisfies(want) {
+            let timeout = block_timeout(cfg, snap.target);
+            snap = cx
+                .rt
+                .live
+                .wait(canonical, want, timeout, cfg.live.max_blocked_requests)
+                .await?;
+        }
+    }
+    // Delta update: only where the playlist advertises CAN-SKIP-UNTIL.
+    let skipped = dirs.skip.and_then(|v| snap.skipped(v == 2));
+    let mut body = skipped.clone().unwrap_or_else(|| snap.text.clone());
+    let mut variant = skipped.is_some();
+    if let Some(param) = &rewrite_param {
+        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
+        variant = true;
+    }
+    let mut h = HeaderMap::with_capacity(12);
+    headers::cors(cx.policy, cx.req, &mut h);
+    let cc = if rewrite_param.is_some() {
+        HeaderValue::from_static("private, max-age=1")
+    } else if blocking.is_some() {
+        // The answer for this query stays valid: a CDN keyed on the query can share it.
+        max_age(6.0 * snap.target)
+    } else {
+        live_playlist_cache_control(cfg, Some(snap.target))
+    };
+    h.insert(CACHE_CONTROL, cc);
+    let etag = if variant {
+        let strong = snap.etag.to_str().unwrap_or_default().trim_matches('"');
+        let tag = crate::volumes::fnv1a64(&body) as u32;
+        HeaderValue::from_str(&format!("W/\"{strong}-{tag:08x}\"")).ok()
+    } else {
+        Some(snap.etag.clone())
+    };
+    if let Some(e) = etag {
+        h.insert(ETAG, e);
+    }
+    h.insert(LAST_MODIFIED, snap.last_modified.clone());
+    h.insert(CONTENT_TYPE, content_type);
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = if cx.is_head {
+        Body::Empty
+    } else {
+        Body::Bytes(body)
+    };
+    Ok(reply(StatusCode::OK, h, body))
+}
+
+/// `public, max-age=<secs>` (at least 1 s).
+fn max_age(secs: f64) -> HeaderValue {
+    let n = secs.floor().max(1.0) as u64;
+    HeaderValue::from_str(&format!("public, max-age={n}"))
+        .unwrap_or(HeaderValue::from_static("public, max-age=1"))
+}
+
+/// Cache-Control of a live playlist: the configured `cache_control.live`, but never longer than
+/// half the target duration when it is known.
+pub(super) fn live_playlist_cache_control(cfg: &Config, target: Option<f64>) -> HeaderValue {
+    let configured = cfg.cache_control.live.clone();
+    let Some(target) = target.filter(|t| *t > 0.0) else {
+        return configured;
+    };
+    let cap = (target / 2.0).floor().max(1.0) as u64;
+    let current = configured
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find_map(|d| d.strip_prefix("max-age="))
+                .and_then(|n| n.parse::<u64>().ok())
+        });
+    match current {
+        Some(n) if n <= cap => configured,
+        _ => max_age(cap as f64),
+    }
+}
+
+/// A live media segment that does not exist: if a live playlist announces it as a preload hint,
+/// waits for its upload to start and returns it; else 404 at once.
+pub(super) async fn hinted(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    canonical: &str,
+) -> Result<Object, Stop> {
+    let Some(playlist) = cx.rt.live.hinted(canonical) else {
+        return Err(Refusal::NotFound.into());
+    };
+    let cfg = &cx.policy.config;
+    let target = cx.rt.live.current(&playlist).map_or(6.0, |s| s.target);
+    let store = &cx.rt.store;
+    let deadline = tokio::time::Instant::now() + block_timeout(cfg, target);
+    let mut wait = cx
+        .rt
+        .live
+        .watch_object(canonical, cfg.live.max_blocked_requests)?;
+    loop {
+        if store.is_growing(rel) {
+            break;
+        }
+        match store.lookup(rel, ObjectClass::Segment, true).await {
+            Ok(o) => {
+                wait.woken();
+                return Ok(o);
+            }
+            Err(Miss::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        wait.changed(deadline).await?;
+    }
+    wait.woken();
+    drop(wait);
+    match store.lookup(rel, ObjectClass::Segment, true).await {
+        Ok(o) => Ok(o),
+        Err(Miss::NotFound) => Err(Refusal::NotFound.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A segment still being uploaded: streamed as it grows, never cacheable, no validators. A
+/// closed `Range` (`bytes=a-b`) is answered 206 with `Content-Range: bytes a-b/*` once the bytes
+/// arrive; other ranges get the whole object.
+pub(super) fn growing(
+    cx: &Cx<'_>,
+    object: Object,
+    content_type: HeaderValue,
+) -> Result<Reply, Stop> {
+    cx.rt.live.growing_read();
+    let mut h = HeaderMap::with_capacity(8);
+    headers::cors(cx.policy, cx.req, &mut h);
+    h.insert(CACHE_CONTROL, headers::NO_STORE);
+    h.insert(CONTENT_TYPE, content_type);
+    h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let range = cx
+        .req
+        .headers
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+        .filter(|(a, b)| a <= b);
+    if cx.is_head {
+        return Ok(reply(StatusCode::OK, h, Body::Empty));
+    }
+    Ok(match range {
+        Some((a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/*")) {
+                h.insert(CONTENT_RANGE, v);
+            }
+            h.insert(CONTENT_LENGTH, HeaderValue::from(b - a + 1));
+            reply(
+                StatusCode::PARTIAL_CONTENT,
+                h,
+                object.into_body(a, b - a + 1, false),
+            )
+        }
+        None => reply(StatusCode::OK, h, object.into_body(0, 0, false)),
+    })
+}

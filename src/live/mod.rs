@@ -1,0 +1,314 @@
+//! The live registry: the current parsed version of every live HLS media playlist, fed by the
+//! writes that change them (ingest commits, and local packagers' renames seen through inotify),
+//! and the requests parked on them (LL-HLS blocking reloads, preload hints).
+//!
+//! Waiting is a value, not a loop: each playlist has a `watch` channel that a write publishes
+//! into; a parked request wakes on exactly the writes of its playlist and re-checks its
+//! condition. Every wait is bounded (its timeout, the global `max_blocked_requests`), ends at
+//! once on drain, and frees its slot when the request is dropped (client gone).
+
+pub mod playlist;
+pub mod watcher;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+pub use playlist::{BadDirective, Directives, Snapshot, Want};
+
+type Slot = watch::Sender<Option<Arc<Snapshot>>>;
+
+/// Why a wait ended without its condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitError {
+    /// `max_blocked_requests` are parked already.
+    TooMany,
+    TimedOut,
+}
+
+pub struct Registry {
+    playlists: Mutex<HashMap<String, Slot>>,
+    /// Objects waited for by preload-hint requests: path → bumped when its upload starts.
+    objects: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Current preload hints: object path → the playlist that announced it.
+    hints: Mutex<HashMap<String, String>>,
+    blocked: AtomicUsize,
+    stopping: watch::Sender<bool>,
+    m: LiveMetrics,
+}
+
+struct LiveMetrics {
+    blocked: prometheus::IntGauge,
+    wakeups: prometheus::IntCounter,
+    timeouts: prometheus::IntCounter,
+    playlists: prometheus::IntGauge,
+    pub growing_reads: prometheus::IntCounter,
+}
+
+/// A parked request's slot in `max_blocked_requests`, given back when dropped.
+struct Parked<'a>(&'a Registry);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.blocked.fetch_sub(1, Ordering::Relaxed);
+        self.0.m.blocked.dec();
+    }
+}
+
+/// The directory of a playlist path, with its trailing `/`.
+fn dir_of(path: &str) -> &str {
+    &path[..path.rfind('/').map_or(0, |i| i + 1)]
+}
+
+/// The path a relative URI in the playlist at `playlist` names (`None` for absolute URIs,
+/// queries or `..`).
+pub fn resolve(playlist: &str, uri: &str) -> Option<String> {
+    if uri.is_empty()
+        || crate::playlist::is_foreign(uri)
+        || uri.starts_with('/')
+        || uri.contains(['?', '#'])
+        || uri.split('/').any(|s| s == ".." || s == ".")
+    {
+        return None;
+    }
+    Some(format!("{}{uri}", dir_of(playlist)))
+}
+
+impl Registry {
+    pub fn new(metrics: &Metrics) -> Result<Registry, prometheus::Error> {
+        let g = |n: &str, h: &str| -> Result<prometheus::IntGauge, prometheus::Error> {
+            let g = prometheus::IntGauge::new(n, h)?;
+            metrics.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let c = |n: &str, h: &str| -> Result<prometheus::IntCounter, prometheus::Error> {
+            let c = prometheus::IntCounter::new(n, h)?;
+            metrics.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        Ok(Registry {
+            playlists: Mutex::new(HashMap::new()),
+            objects: Mutex::new(HashMap::new()),
+            hints: Mutex::new(HashMap::new()),
+            blocked: AtomicUsize::new(0),
+            stopping: watch::Sender::new(false),
+            m: LiveMetrics {
+                blocked: g(
+                    "segd_live_blocked_requests",
+                    "Requests parked on a live playlist or a preload hint",
+                )?,
+                wakeups: c(
+                    "segd_live_wakeups_total",
+                    "Parked requests answered because a write satisfied them",
+                )?,
+                timeouts: c(
+                    "segd_live_block_timeouts_total",
+                    "Parked requests that timed out (503)",
+                )?,
+                playlists: g(
+                    "segd_live_playlists",
+                    "Live playlists in the registry",
+                )?,
+                growing_reads: c(
+                    "segd_live_growing_reads_total",
+                    "Responses served from an upload still in progress (read-while-write)",
+                )?,
+            },
+        })
+    }
+
+    /// Publishes a new version of the playlist at `path` (a decoded path with a leading `/`):
+    /// every request parked on it re-checks at once.
+    pub fn publish(&self, path: &str, snap: Snapshot) {
+        let hints: Vec<String> = snap
+            .hints
+            .iter()
+            .filter_map(|u| resolve(path, u))
+            .collect();
+        {
+            let mut h = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+            h.retain(|_, pl| pl != path);
+            for x in hints {
+                h.insert(x, path.to_owned());
+            }
+        }
+        let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = map.entry(path.to_owned()).or_insert_with(|| {
+            self.m.playlists.inc();
+            watch::Sender::new(None)
+        });
+        slot.send_replace(Some(Arc::new(snap)));
+    }
+
+    /// Forgets a deleted playlist (parked requests on it keep waiting for a new version).
+    pub fn forget(&self, path: &str) {
+        let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = map.get(path) {
+            if slot.receiver_count() == 0 {
+                map.remove(path);
+                self.m.playlists.dec();
+            } else {
+                slot.send_replace(None);
+            }
+        }
+    }
+
+    /// The current version of the playlist at `path`, if the registry has one.
+    pub fn current(&self, path: &str) -> Option<Arc<Snapshot>> {
+        let map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(path).and_then(|s| s.borrow().clone())
+    }
+
+    fn park(&self, max: usize) -> Result<Parked<'_>, WaitError> {
+        let n = self.blocked.fetch_add(1, Ordering::Relaxed);
+        let parked = Parked(self);
+        self.m.blocked.inc();
+        if n >= max {
+            return Err(WaitError::TooMany);
+        }
+        Ok(parked)
+    }
+
+    /// Waits until the playlist at `path` satisfies `want`, for at most `timeout`; a drain ends
+    /// the wait at once with the current version.
+    pub async fn wait(
+        &self,
+        path: &str,
+        want: Want,
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Arc<Snapshot>, WaitError> {
+        let _parked = self.park(max)?;
+        let mut rx = {
+            let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(path.to_owned())
+                .or_insert_with(|| {
+                    self.m.playlists.inc();
+                    watch::Sender::new(None)
+                })
+                .subscribe()
+        };
+        let mut stop = self.stopping.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = rx.borrow_and_update().clone();
+            if let Some(s) = &current {
+                if !s.blocks() || s.satisfies(want) || *stop.borrow() {
+                    if s.satisfies(want) {
+                        self.m.wakeups.inc();
+                    }
+                    return Ok(Arc::clone(s));
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Err(WaitError::TimedOut) },
+                _ = stop.changed() => {
+                    if let Some(s) = rx.borrow().clone() {
+                        return Ok(s);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.m.timeouts.inc();
+                    return Err(WaitError::TimedOut);
+                }
+            }
+        }
+    }
+
+    /// The playlist that currently announces `path` as a preload hint, if any.
+    pub fn hinted(&self, path: &str) -> Option<String> {
+        let h = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        h.get(path).cloned()
+    }
+
+    /// An upload of `path` started: wakes requests waiting for it (preload hints).
+    pub fn object_started(&self, path: &str) {
+        let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = objects.get(path) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Parks a request waiting for an upload of `path` to start: check the condition, then
+    /// [`ObjectWait::changed`], in a loop (subscribing first, so a start in between is not
+    /// missed).
+    pub fn watch_object(&self, path: &str, max: usize) -> Result<ObjectWait<'_>, WaitError> {
+        let parked = self.park(max)?;
+        let rx = {
+            let mut objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+            objects
+                .entry(path.to_owned())
+                .or_insert_with(|| watch::Sender::new(0))
+                .subscribe()
+        };
+        Ok(ObjectWait {
+            registry: self,
+            path: path.to_owned(),
+            rx: Some(rx),
+            stop: self.stopping.subscribe(),
+            _parked: parked,
+        })
+    }
+
+    /// Counts a response served from a growing upload.
+    pub fn growing_read(&self) {
+        self.m.growing_reads.inc();
+    }
+
+    /// Drain: every parked request is answered now.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+}
+
+/// A request parked until an object's upload starts (see [`Registry::watch_object`]).
+pub struct ObjectWait<'a> {
+    registry: &'a Registry,
+    path: String,
+    rx: Option<watch::Receiver<u64>>,
+    stop: watch::Receiver<bool>,
+    _parked: Parked<'a>,
+}
+
+impl ObjectWait<'_> {
+    /// Resolves at the next start of an upload of the path; fails at `deadline` or on drain.
+    pub async fn changed(&mut self, deadline: tokio::time::Instant) -> Result<(), WaitError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(WaitError::TimedOut);
+        };
+        tokio::select! {
+            r = rx.changed() => r.map_err(|_| WaitError::TimedOut),
+            _ = self.stop.changed() => Err(WaitError::TimedOut),
+            _ = tokio::time::sleep_until(deadline) => {
+                self.registry.m.timeouts.inc();
+                Err(WaitError::TimedOut)
+            }
+        }
+    }
+
+    /// The condition was met.
+    pub fn woken(&self) {
+        self.registry.m.wakeups.inc();
+    }
+}
+
+impl Drop for ObjectWait<'_> {
+    fn drop(&mut self) {
+        self.rx = None;
+        let mut objects = self
+            .registry
+            .objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if objects
+            .get(&self.path)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            objects.remove(&self.path);
+        }
+    }
+}

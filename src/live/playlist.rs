@@ -1,0 +1,439 @@
+//! One written version of a live HLS media playlist, parsed once: media sequence numbers,
+//! parts, preload hints, server control and end of list — what blocking reloads, delta updates
+//! and preload-hint waits need. Pure code, no I/O.
+
+use bytes::Bytes;
+
+/// A parsed playlist version.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The playlist as written.
+    pub text: Bytes,
+    /// Validators of the written file.
+    pub etag: http::HeaderValue,
+    pub last_modified: http::HeaderValue,
+    /// `EXT-X-TARGETDURATION`, seconds.
+    pub target: f64,
+    /// `EXT-X-PART-INF:PART-TARGET`, seconds.
+    pub part_target: Option<f64>,
+    pub can_block: bool,
+    /// `CAN-SKIP-UNTIL`, seconds.
+    pub can_skip_until: Option<f64>,
+    pub can_skip_dateranges: bool,
+    pub endlist: bool,
+    /// Media sequence number of the first segment.
+    pub first_msn: u64,
+    /// The complete segments, in order.
+    pub segments: Vec<Segment>,
+    /// Parts listed for the segment after the last complete one (`next_msn`).
+    pub next_parts: u64,
+    /// `EXT-X-PRELOAD-HINT` URIs, as written (relative to the playlist).
+    pub hints: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub msn: u64,
+    pub duration: f64,
+    /// Line indexes: the first line that belongs to this segment, and its URI line.
+    pub first_line: usize,
+    pub uri_line: usize,
+}
+
+/// What a blocking request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want {
+    pub msn: u64,
+    pub part: Option<u64>,
+}
+
+/// Why LL-HLS directives are refused (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadDirective {
+    PartWithoutMsn,
+    NotANumber,
+    TooFarAhead,
+}
+
+/// The LL-HLS directives of a query (`_HLS_msn`, `_HLS_part`, `_HLS_skip`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Directives {
+    pub want: Option<Want>,
+    /// `_HLS_skip=YES` (1) or `v2` (2).
+    pub skip: Option<u8>,
+}
+
+impl Directives {
+    pub fn parse(query: Option<&str>) -> Result<Directives, BadDirective> {
+        let mut msn = None;
+        let mut part = None;
+        let mut skip = None;
+        for kv in query.unwrap_or("").split('&') {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let num = || {
+                if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(BadDirective::NotANumber);
+                }
+                v.parse::<u64>().map_err(|_| BadDirective::NotANumber)
+            };
+            match k {
+                "_HLS_msn" => msn = Some(num()?),
+                "_HLS_part" => part = Some(num()?),
+                "_HLS_skip" => {
+                    skip = match v {
+                        "YES" => Some(1),
+                        "v2" => Some(2),
+                        _ => None,
+                    }
+                }
+                _ => {}
+            }
+        }
+        if part.is_some() && msn.is_none() {
+            return Err(BadDirective::PartWithoutMsn);
+        }
+        Ok(Directives {
+            want: msn.map(|msn| Want { msn, part }),
+            skip,
+        })
+    }
+
+    pub fn any(&self) -> bool {
+        self.want.is_some() || self.skip.is_some()
+    }
+}
+
+fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {
+    // Attribute lists: NAME=value pairs separated by commas; quoted strings may hold commas.
+    let mut rest = list;
+    while !rest.is_empty() {
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"')?;
+            let tail = &q[end + 1..];
+            (&q[..end], tail.find(',').map_or("", |c| &tail[c + 1..]))
+        } else {
+            match after.find(',') {
+                Some(c) => (&after[..c], &after[c + 1..]),
+                None => (after, ""),
+            }
+        };
+        if key == name {
+            return Some(value);
+        }
+        rest = next;
+    }
+    None
+}
+
+impl Snapshot {
+    /// Parses `text` (an HLS media playlist).
+    pub fn parse(
+        text: Bytes,
+        etag: http::HeaderValue,
+        last_modified: http::HeaderValue,
+    ) -> Snapshot {
+        let s = String::from_utf8_lossy(&text).into_owned();
+        let mut snap = Snapshot {
+            text: text.clone(),
+            etag,
+            last_modified,
+            target: 0.0,
+            part_target: None,
+            can_block: false,
+            can_skip_until: None,
+            can_skip_dateranges: false,
+            endlist: false,
+            first_msn: 0,
+            segments: Vec::new(),
+            next_parts: 0,
+            hints: Vec::new(),
+        };
+        let mut msn = None::<u64>;
+        let mut duration = None::<f64>;
+        let mut first_line = None::<usize>;
+        let mut header_done = false;
+        for (i, raw) in s.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
+                snap.target = v.trim().parse().unwrap_or(0.0);
+            } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+                snap.first_msn = v.trim().parse().unwrap_or(0);
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
+                snap.part_target = attr(v, "PART-TARGET").and_then(|x| x.parse().ok());
+            } else if let Some(v) = line.strip_prefix("#EXT-X-SERVER-CONTROL:") {
+                snap.can_block = attr(v, "CAN-BLOCK-RELOAD") == Some("YES");
+                snap.can_skip_until = attr(v, "CAN-SKIP-UNTIL").and_then(|x| x.parse().ok());
+                snap.can_skip_dateranges = attr(v, "CAN-SKIP-DATERANGES") == Some("YES");
+            } else if line == "#EXT-X-ENDLIST" {
+                snap.endlist = true;
+            } else if let Some(v) = line.strip_prefix("#EXT-X-PRELOAD-HINT:") {
+                if let Some(u) = attr(v, "URI") {
+                    snap.hints.push(u.to_string());
+                }
+            } else if line.starts_with("#EXT-X-PART:") {
+                header_done = true;
+                first_line.get_or_insert(i);
+                snap.next_parts += 1;
+            } else if let Some(v) = line.strip_prefix("#EXTINF:") {
+                header_done = true;
+                first_line.get_or_insert(i);
+                duration = v.split(',').next().and_then(|d| d.trim().parse().ok());
+            } else if is_segment_tag(line) {
+                header_done = true;
+                first_line.get_or_insert(i);
+            } else if !line.starts_with('#') && header_done {
+                // A URI line: the segment is complete.
+                let n = *msn.get_or_insert(snap.first_msn);
+                snap.segments.push(Segment {
+                    msn: n,
+                    duration: duration.take().unwrap_or(0.0),
+                    first_line: first_line.take().unwrap_or(i),
+                    uri_line: i,
+                });
+                msn = Some(n + 1);
+                snap.next_parts = 0;
+            }
+        }
+        snap
+    }
+
+    /// The MSN of the segment after the last complete one.
+    pub fn next_msn(&self) -> u64 {
+        self.segments.last().map_or(self.first_msn, |s| s.msn + 1)
+    }
+
+    /// Whether the directives block at all on this playlist (RFC 8216bis: only with
+    /// CAN-BLOCK-RELOAD=YES, and never once the list has ended).
+    pub fn blocks(&self) -> bool {
+        self.can_block && !self.endlist
+    }
+
+    /// The Advance Part Limit: 3 parts, or 3 seconds' worth when parts are shorter than 1 s.
+    fn advance_part_limit(&self) -> u64 {
+        match self.part_target {
+            Some(t) if t > 0.0 && t < 1.0 => (3.0 / t).ceil() as u64,
+            _ => 3,
+        }
+    }
+
+    /// 400 for a request further ahead than a client may ask.
+    pub fn check(&self, want: Want) -> Result<(), BadDirective> {
+        let next = self.next_msn();
+        if want.msn > next + 1 {
+            return Err(BadDirective::TooFarAhead);
+        }
+        if let Some(p) = want.part {
+            let limit = self.advance_part_limit();
+            // Parts the playlist already has for `want.msn` (0 when it has not started).
+            let have = if want.msn == next { self.next_parts } else { 0 };
+            let ahead = if want.msn >= next { p + 1 } else { 0 };
+            if want.msn >= next && ahead > have + limit {
+                return Err(BadDirective::TooFarAhead);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this version satisfies `want` (segment M complete, or part P of segment M listed).
+    pub fn satisfies(&self, want: Want) -> bool {
+        let next = self.next_msn();
+        if want.msn < next {
+            return true;
+        }
+        match want.part {
+            Some(p) if want.msn == next => p < self.next_parts,
+            _ => false,
+        }
+    }
+
+    /// The delta update for `_HLS_skip` (`v2`: also skip date ranges when allowed), or `None`
+    /// when the playlist does not advertise `CAN-SKIP-UNTIL` or nothing can be skipped.
+    pub fn skipped(&self, v2: bool) -> Option<Bytes> {
+        let until = self.can_skip_until?;
+        let total: f64 = self.segments.iter().map(|s| s.duration).sum();
+        // Segments that end at least CAN-SKIP-UNTIL seconds before the end of the playlist.
+        let mut end = 0.0;
+        let mut n = 0;
+        for s in &self.segments {
+            end += s.duration;
+            if total - end + 1e-9 >= until {
+                n += 1;
+            } else {
+                break;
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&self.text);
+        let lines: Vec<&str> = text.lines().collect();
+        let skip_from = self.segments[0].first_line;
+        let skip_to = self.segments[n - 1].uri_line; // inclusive
+        let drop_dateranges = v2 && self.can_skip_dateranges;
+        let mut out = String::with_capacity(text.len() / 2);
+        let mut carried: Vec<&str> = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            if (skip_from..=skip_to).contains(&i) {
+                // Keep what the remaining segments still depend on: the last MAP and KEY.
+                if t.starts_with("#EXT-X-MAP:") || t.starts_with("#EXT-X-KEY:") {
+                    let tag = &t[..t.find(':').unwrap_or(0)];
+                    carried.retain(|c| !c.starts_with(tag));
+                    carried.push(line);
+                } else if t.starts_with("#EXT-X-DATERANGE:") && !drop_dateranges {
+                    carried.push(line);
+                }
+                if i == skip_to {
+                    if drop_dateranges {
+                        out.push_str(&format!(
+                            "#EXT-X-SKIP:SKIPPED-SEGMENTS={n},RECENTLY-REMOVED-DATERANGES=\"\"\n"
+                        ));
+                    } else {
+                        out.push_str(&format!("#EXT-X-SKIP:SKIPPED-SEGMENTS={n}\n"));
+                    }
+                    for c in &carried {
+                        out.push_str(c);
+                        out.push('\n');
+                    }
+                }
+                continue;
+            }
+            if let Some(v) = t.strip_prefix("#EXT-X-VERSION:") {
+                // Delta updates need protocol version 9.
+                let v: u32 = v.trim().parse().unwrap_or(0);
+                out.push_str(&format!("#EXT-X-VERSION:{}\n", v.max(9)));
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        Some(Bytes::from(out))
+    }
+}
+
+/// Media segment tags (RFC 8216bis §4.4.4) that start a segment's block of lines.
+fn is_segment_tag(line: &str) -> bool {
+    const TAGS: &[&str] = &[
+        "#EXT-X-BYTERANGE",
+        "#EXT-X-DISCONTINUITY",
+        "#EXT-X-KEY",
+        "#EXT-X-MAP",
+        "#EXT-X-PROGRAM-DATE-TIME",
+        "#EXT-X-GAP",
+        "#EXT-X-BITRATE",
+        "#EXT-X-DATERANGE",
+        "#EXT-X-CUE",
+    ];
+    TAGS.iter().any(|t| line.starts_with(t))
+        && !line.starts_with("#EXT-X-DISCONTINUITY-SEQUENCE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(text: &str) -> Snapshot {
+        Snapshot::parse(
+            Bytes::from(text.to_string()),
+            http::HeaderValue::from_static("\"x\""),
+            http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        )
+    }
+
+    const LL: &str = "#EXTM3U
+#EXT-X-VERSION:6
+#EXT-X-TARGETDURATION:2
+#EXT-X-PART-INF:PART-TARGET=0.5
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=4
+#EXT-X-MEDIA-SEQUENCE:10
+#EXT-X-MAP:URI=\"init.mp4\"
+#EXTINF:2.0,
+seg10.m4s
+#EXTINF:2.0,
+seg11.m4s
+#EXTINF:2.0,
+seg12.m4s
+#EXT-X-PART:DURATION=0.5,URI=\"seg13.part0.m4s\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=0.5,URI=\"seg13.part1.m4s\"
+#EXTINF:2.0,
+seg13.m4s
+#EXT-X-PART:DURATION=0.5,URI=\"seg14.part0.m4s\"
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg14.part1.m4s\"
+";
+
+    #[test]
+    fn parses_sequence_parts_and_hints() {
+        let s = snap(LL);
+        assert_eq!(s.first_msn, 10);
+        assert_eq!(s.next_msn(), 14);
+        assert_eq!(s.next_parts, 1);
+        assert_eq!(s.hints, vec!["seg14.part1.m4s".to_string()]);
+        assert!(s.blocks());
+        assert_eq!(s.part_target, Some(0.5));
+        assert_eq!(s.segments.len(), 4);
+        assert_eq!(s.segments[0].first_line, 6, "the MAP belongs to the first segment");
+    }
+
+    #[test]
+    fn satisfaction_and_limits() {
+        let s = snap(LL);
+        let w = |msn, part| Want { msn, part };
+        assert!(s.satisfies(w(13, None)));
+        assert!(s.satisfies(w(13, Some(9))), "a complete segment has all its parts");
+        assert!(s.satisfies(w(14, Some(0))));
+        assert!(!s.satisfies(w(14, Some(1))));
+        assert!(!s.satisfies(w(14, None)));
+        assert_eq!(s.check(w(15, None)), Ok(()));
+        assert_eq!(s.check(w(16, None)), Err(BadDirective::TooFarAhead));
+        // Part target 0.5 s: the advance limit is 6 parts beyond the 1 listed.
+        assert_eq!(s.check(w(14, Some(6))), Ok(()));
+        assert_eq!(s.check(w(14, Some(7))), Err(BadDirective::TooFarAhead));
+    }
+
+    #[test]
+    fn directives() {
+        assert_eq!(
+            Directives::parse(Some("_HLS_part=1")),
+            Err(BadDirective::PartWithoutMsn)
+        );
+        assert_eq!(
+            Directives::parse(Some("_HLS_msn=x")),
+            Err(BadDirective::NotANumber)
+        );
+        assert_eq!(
+            Directives::parse(Some("_HLS_msn=-1")),
+            Err(BadDirective::NotANumber)
+        );
+        let d = Directives::parse(Some("a=b&_HLS_msn=5&_HLS_part=2&_HLS_skip=YES")).expect("ok");
+        assert_eq!(
+            d.want,
+            Some(Want {
+                msn: 5,
+                part: Some(2)
+            })
+        );
+        assert_eq!(d.skip, Some(1));
+        assert!(!Directives::parse(None).expect("ok").any());
+    }
+
+    #[test]
+    fn delta_update() {
+        let s = snap(LL);
+        let d = String::from_utf8(s.skipped(false).expect("skip").to_vec()).expect("utf8");
+        // 8 s of segments, CAN-SKIP-UNTIL=4: seg10 and seg11 end at least 4 s before the end.
+        assert!(d.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n"), "{d}");
+        assert!(!d.contains("seg10.m4s") && !d.contains("seg11.m4s"), "{d}");
+        assert!(d.contains("seg12.m4s") && d.contains("seg14.part0.m4s"), "{d}");
+        assert!(d.contains("#EXT-X-MAP:URI=\"init.mp4\""), "{d}");
+        assert!(d.contains("#EXT-X-VERSION:9"), "{d}");
+        assert!(d.contains("#EXT-X-MEDIA-SEQUENCE:10"), "{d}");
+        let plain = snap(&LL.replace(",CAN-SKIP-UNTIL=4", ""));
+        assert!(plain.skipped(false).is_none());
+    }
+}

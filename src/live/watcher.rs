@@ -1,0 +1,222 @@
+//! Live playlists written by a packager on the same host (ffmpeg `-hls_flags temp_file`, or any
+//! tool that renames into place) are noticed without polling, through inotify: every directory
+//! under a live prefix on every volume is watched (and the directories leading to the prefixes,
+//! so a prefix created later is picked up), and a playlist renamed or written into place is
+//! parsed and published to the registry. Temporary names (`*.tmp`, dot-files) are ignored. A
+//! queue overflow rescans every live directory.
+//!
+//! Runs on a thread of its own: inotify reads and the small playlist reads are blocking.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+
+use super::{Registry, Snapshot};
+use crate::volumes::ObjectMeta;
+
+struct Watch {
+    /// The URL path of the directory, with a trailing `/` (e.g. `/live/show1/`).
+    url: String,
+    dir: PathBuf,
+}
+
+struct Watcher {
+    fd: OwnedFd,
+    prefixes: Vec<String>,
+    watches: HashMap<i32, Watch>,
+    registry: Arc<Registry>,
+}
+
+/// Starts watching `roots` (volume directories) for live playlists under `prefixes`.
+pub fn spawn(roots: Vec<PathBuf>, prefixes: Vec<String>, registry: Arc<Registry>) {
+    if prefixes.is_empty() {
+        return;
+    }
+    let fd = match inotify::init(CreateFlags::CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify unavailable: live playlists written by local packagers are seen only when requested");
+            return;
+        }
+    };
+    let mut w = Watcher {
+        fd,
+        prefixes,
+        watches: HashMap::new(),
+        registry,
+    };
+    let spawned = std::thread::Builder::new()
+        .name("segd-live-watch".into())
+        .spawn(move || {
+            for r in &roots {
+                w.add_tree(r, "/");
+            }
+            w.run();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the live playlist watcher");
+    }
+}
+
+impl Watcher {
+    /// Whether a directory at URL path `url` (trailing `/`) leads to or lies under a prefix.
+    fn interesting(&self, url: &str) -> bool {
+        self.prefixes
+            .iter()
+            .any(|p| url.starts_with(p.as_str()) || p.starts_with(url))
+    }
+
+    fn live(&self, url: &str) -> bool {
+        self.prefixes.iter().any(|p| url.starts_with(p.as_str()))
+    }
+
+    /// Watches `dir` (at URL path `url`) and the interesting directories below it, publishing
+    /// the playlists already there.
+    fn add_tree(&mut self, dir: &Path, url: &str) {
+        if !self.interesting(url) {
+            return;
+        }
+        let flags = WatchFlags::CREATE
+            | WatchFlags::MOVED_TO
+            | WatchFlags::CLOSE_WRITE
+            | WatchFlags::ONLYDIR
+            | WatchFlags::DONT_FOLLOW;
+        match inotify::add_watch(&self.fd, dir, flags) {
+            Ok(wd) => {
+                self.watches.insert(
+                    wd,
+                    Watch {
+                        url: url.to_owned(),
+                        dir: dir.to_owned(),
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot watch a live directory");
+                return;
+            }
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            match e.file_type() {
+                Ok(t) if t.is_dir() => self.add_tree(&e.path(), &format!("{url}{name}/")),
+                Ok(t) if t.is_file() && self.live(url) => self.publish(&e.path(), url, &name),
+                _ => {}
+            }
+        }
+    }
+
+    fn publish(&self, file: &Path, url: &str, name: &str) {
+        if !name.ends_with(".m3u8") || name.starts_with('.') || name.ends_with(".tmp") {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(file) else {
+            return;
+        };
+        if meta.len() > 4 << 20 {
+            return;
+        }
+        let Ok(text) = std::fs::read(file) else {
+            return;
+        };
+        let Ok(st) = rustix::fs::stat(file) else {
+            return;
+        };
+        let m = ObjectMeta::from_stat(&st);
+        let (Ok(etag), Ok(lm)) = (
+            http::HeaderValue::from_str(&m.etag()),
+            http::HeaderValue::from_str(&httpdate::fmt_http_date(m.modified())),
+        ) else {
+            return;
+        };
+        let path = format!("{url}{name}");
+        // Our own ingest commit published this version already.
+        if self
+            .registry
+            .current(&path)
+            .is_some_and(|s| s.etag == etag && s.text.len() == text.len())
+        {
+            return;
+        }
+        self.registry
+            .publish(&path, Snapshot::parse(Bytes::from(text), etag, lm));
+    }
+
+    fn rescan(&mut self) {
+        let dirs: Vec<(String, PathBuf)> = self
+            .watches
+            .values()
+            .map(|w| (w.url.clone(), w.dir.clone()))
+            .collect();
+        for (url, dir) in dirs {
+            self.add_tree(&dir, &url);
+        }
+    }
+
+    fn run(mut self) {
+        let mut buf = vec![MaybeUninit::<u8>::uninit(); 64 * 1024];
+        loop {
+            let mut events: Vec<(i32, ReadFlags, Option<String>)> = Vec::new();
+            {
+                let mut reader = inotify::Reader::new(&self.fd, &mut buf);
+                loop {
+                    match reader.next() {
+                        Ok(ev) => events.push((
+                            ev.wd(),
+                            ev.events(),
+                            ev.file_name()
+                                .map(|n| n.to_string_lossy().into_owned()),
+                        )),
+                        Err(rustix::io::Errno::INTR) => continue,
+                        Err(rustix::io::Errno::AGAIN) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live playlist watcher stopped");
+                            return;
+                        }
+                    }
+                    if reader.is_buffer_empty() {
+                        break;
+                    }
+                }
+            }
+            for (wd, flags, name) in events {
+                if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+                    tracing::warn!("inotify queue overflow: rescanning live directories");
+                    self.rescan();
+                    continue;
+                }
+                if flags.contains(ReadFlags::IGNORED) {
+                    self.watches.remove(&wd);
+                    continue;
+                }
+                let (Some(w), Some(name)) = (self.watches.get(&wd), name) else {
+                    continue;
+                };
+                if name.starts_with('.') {
+                    continue;
+                }
+                let (url, dir) = (w.url.clone(), w.dir.join(&name));
+                if flags.contains(ReadFlags::ISDIR) {
+                    if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+                        self.add_tree(&dir, &format!("{url}{name}/"));
+                    }
+                } else if flags.intersects(ReadFlags::MOVED_TO | ReadFlags::CLOSE_WRITE)
+                    && self.live(&url)
+                {
+                    self.publish(&dir, &url, &name);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Objects still being written (read-while-write, LL-DASH / chunked CMAF): the first tier of a
+//! lookup for live media segments that have no complete version yet.
+//!
+//! An upload of a live media segment registers here when it starts; every chunk it writes goes to
+//! its temporary file at once and advances a `watch` of its progress. A reader streams from that
+//! file: what is there, then each new chunk as the progress moves, until the upload commits (the
+//! stream ends at the final length) or fails (the stream fails, so the writer resets the
+//! response). The registration goes with the upload: after the commit, new lookups find the
+//! complete file on its volume.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+use super::body::ByteStream;
+
+/// How far an upload has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Writing(u64),
+    Done(u64),
+    Failed,
+}
+
+/// One upload in progress, as readers see it.
+pub struct Growing {
+    file: Arc<File>,
+    progress: watch::Sender<Progress>,
+}
+
+impl Growing {
+    /// The bytes from `offset` as they arrive, `len` of them at most (all when `None`).
+    pub fn stream(self: &Arc<Self>, offset: u64, len: Option<u64>) -> ByteStream {
+        let end = len.map(|l| offset + l);
+        let rx = self.progress.subscribe();
+        let file = Arc::clone(&self.file);
+        Box::pin(futures_util::stream::unfold(
+            (offset, rx, file, false),
+            move |(pos, mut rx, file, done)| async move {
+                if done || end.is_some_and(|e| pos >= e) {
+                    return None;
+                }
+                loop {
+                    let p = *rx.borrow_and_update();
+                    let (avail, finished) = match p {
+                        Progress::Failed => {
+                            let e = io::Error::other("upload failed while being read");
+                            return Some((Err(e), (pos, rx, file, true)));
+                        }
+                        Progress::Writing(n) => (n, false),
+                        Progress::Done(n) => (n, true),
+                    };
+                    let avail = end.map_or(avail, |e| avail.min(e));
+                    if pos < avail {
+                        let want = (avail - pos).min(crate::io::CHUNK as u64) as usize;
+                        let f = Arc::clone(&file);
+                        let read = tokio::task::spawn_blocking(move || {
+                            let mut buf = BytesMut::zeroed(want);
+                            let n = f.read_at(&mut buf, pos)?;
+                            buf.truncate(n);
+                            Ok::<Bytes, io::Error>(buf.freeze())
+                        })
+                        .await
+                        .map_err(io::Error::other)
+                        .and_then(|r| r);
+                        return match read {
+                            Ok(b) if !b.is_empty() => {
+                                let next = pos + b.len() as u64;
+                                Some((Ok(b), (next, rx, file, false)))
+                            }
+                            Ok(_) => Some((
+                                Err(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "growing object shorter than its progress",
+                                )),
+                                (pos, rx, file, true),
+                            )),
+                            Err(e) => Some((Err(e), (pos, rx, file, true))),
+                        };
+                    }
+                    if finished {
+                        if end.is_some_and(|e| pos < e) {
+                            let e = io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "range beyond the object's final length",
+                            );
+                            return Some((Err(e), (pos, rx, file, true)));
+                        }
+                        return None;
+                    }
+                    if rx.changed().await.is_err() {
+                        let e = io::Error::other("upload went away while being read");
+                        return Some((Err(e), (pos, rx, file, true)));
+                    }
+                }
+            },
+        ))
+    }
+}
+
+/// The writer's side: progress reports, and the registration removed when dropped.
+pub struct Publisher {
+    key: String,
+    entry: Arc<Growing>,
+    set: Arc<GrowingSet>,
+    finished: bool,
+}
+
+impl Publisher {
+    pub fn advance(&self, written: u64) {
+        self.entry.progress.send_replace(Progress::Writing(written));
+    }
+
+    pub fn done(mut self, len: u64) {
+        self.entry.progress.send_replace(Progress::Done(len));
+        self.finished = true;
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.entry.progress.send_replace(Progress::Failed);
+        }
+        let mut map = self.set.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&self.key).is_some_and(|e| Arc::ptr_eq(e, &self.entry)) {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// Uploads in progress, by path.
+#[derive(Default)]
+pub struct GrowingSet {
+    map: Mutex<HashMap<String, Arc<Growing>>>,
+}
+
+impl GrowingSet {
+    /// Registers an upload of `key` writing `file` (opened for reading too).
+    pub fn register(self: &Arc<Self>, key: &str, file: File) -> Publisher {
+        let entry = Arc::new(Growing {
+            file: Arc::new(file),
+            progress: watch::Sender::new(Progress::Writing(0)),
+        });
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key.to_owned(), Arc::clone(&entry));
+        Publisher {
+            key: key.to_owned(),
+            entry,
+            set: Arc::clone(self),
+            finished: false,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Growing>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).cloned()
+    }
+}
