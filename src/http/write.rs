@@ -86,6 +86,8 @@ async fn current(
     live: bool,
 ) -> Result<Option<(String, std::time::SystemTime)>, Refusal> {
     match cx.rt.store.lookup(rel, class, live).await {
+        // An upload in progress (possibly this one) is not a version of the object yet.
+        Ok(o) if o.growing => Ok(None),
         Ok(o) => Ok(Some((
             o.etag.to_str().unwrap_or_default().to_owned(),
             o.modified(),
