@@ -19,7 +19,9 @@ pub struct LiveConfig {
 impl LiveConfig {
     /// Whether `canonical` (a decoded path with a leading `/`) is under a live prefix.
     pub fn covers(&self, canonical: &str) -> bool {
-        self.prefixes.iter().any(|p| canonical.starts_with(p.as_str()))
+        self.prefixes
+            .iter()
+            .any(|p| canonical.starts_with(p.as_str()))
     }
 }
 

@@ -24,6 +24,7 @@ mod fields;
 mod ingest;
 mod live;
 mod log;
+mod pull;
 mod server;
 mod tls;
 mod token;
@@ -44,6 +45,7 @@ pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size};
 pub use ingest::IngestConfig;
 pub use live::LiveConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
+pub use pull::{PullConfig, Secret, UpstreamConfig, UpstreamKind};
 pub use server::ServerConfig;
 pub use tls::{QuicRetry, SniCert, TlsConfig};
 pub use token::{PlaylistTokens, TokenAlgorithm, TokenConfig, TokenKey};
@@ -58,6 +60,7 @@ use fields::{Ctx, Section};
 use ingest::{parse_ingest, INGEST_KEYS};
 use live::{parse_live, LIVE_KEYS};
 use log::{parse_log, LOG_KEYS};
+use pull::{parse_pull, PULL_KEYS};
 use server::{parse_server, SERVER_KEYS};
 use tls::{parse_tls, TLS_KEYS};
 use token::{parse_token, TOKEN_KEYS};
@@ -86,6 +89,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Live rules (`[live]`).
     pub live: LiveConfig,
+    /// The edge tier (`[pull]`).
+    pub pull: PullConfig,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -101,6 +106,7 @@ const TOP_KEYS: &[&str] = &[
     "tls",
     "ingest",
     "live",
+    "pull",
 ];
 
 impl Config {
@@ -147,6 +153,7 @@ impl Config {
             &cache_control.live_prefixes,
             cc_set,
         );
+        let pull = parse_pull(&top.table("pull", PULL_KEYS), &base);
         let mut cache_control = cache_control;
         cache_control.live_prefixes = live.prefixes.clone();
         top.finish();
@@ -187,6 +194,7 @@ impl Config {
             tls,
             ingest,
             live,
+            pull,
         })
     }
 

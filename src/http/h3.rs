@@ -223,7 +223,7 @@ async fn request(
         &hreq,
         reply.status,
         start,
-        reply.body.cache_status(),
+        reply.log.cache.unwrap_or_else(|| reply.body.cache_status()),
         reply.log,
     );
     let mut resp = http::Response::new(());

@@ -88,6 +88,9 @@ pub struct LogInfo {
     pub path: Option<String>,
     /// The id of the key that verified the request's token.
     pub key_id: Option<String>,
+    /// The cache status a tier decided (`hit`, `miss`, `stale`, `coalesced`, `negative`);
+    /// otherwise the writer's own.
+    pub cache: Option<&'static str>,
 }
 
 /// A body on GET/HEAD/OPTIONS is read and discarded up to this size; more is 413.
@@ -259,15 +262,25 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
 
     let mut headers = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, req, &mut headers);
-    let cache_control = if live && hls {
+    // A pulled object keeps its upstream's Cache-Control and Content-Type.
+    let cache_control = if let Some(cc) = &object.cache_control {
+        cc.clone()
+    } else if live && hls {
         let target = cx.rt.live.current(&canonical).map(|s| s.target);
         super::live::live_playlist_cache_control(cfg, target)
     } else {
         headers::cache_control(cfg, class, live)
     };
+    let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
     headers.insert(LAST_MODIFIED, object.last_modified.clone());
+    if let Some(extra) = &object.extra {
+        for (k, v) in extra {
+            headers.insert(k, v.clone());
+        }
+    }
+    log.cache = object.cache_status;
 
     // 7. Preconditions.
     let etag = object.etag.to_str().unwrap_or_default().to_owned();

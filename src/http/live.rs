@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
-    LAST_MODIFIED, RANGE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
+    RANGE,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -36,7 +36,11 @@ fn block_timeout(cfg: &Config, target: f64) -> Duration {
 }
 
 /// The playlist's current version: from the registry, or read from the store once and published.
-async fn snapshot(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Result<std::sync::Arc<Snapshot>, Stop> {
+async fn snapshot(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    canonical: &str,
+) -> Result<std::sync::Arc<Snapshot>, Stop> {
     if let Some(s) = cx.rt.live.current(canonical) {
         return Ok(s);
     }
@@ -129,15 +133,12 @@ pub(super) fn live_playlist_cache_control(cfg: &Config, target: Option<f64>) -> 
         return configured;
     };
     let cap = (target / 2.0).floor().max(1.0) as u64;
-    let current = configured
-        .to_str()
-        .ok()
-        .and_then(|v| {
-            v.split(',')
-                .map(str::trim)
-                .find_map(|d| d.strip_prefix("max-age="))
-                .and_then(|n| n.parse::<u64>().ok())
-        });
+    let current = configured.to_str().ok().and_then(|v| {
+        v.split(',')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix("max-age="))
+            .and_then(|n| n.parse::<u64>().ok())
+    });
     match current {
         Some(n) if n <= cap => configured,
         _ => max_age(cap as f64),
@@ -146,11 +147,7 @@ pub(super) fn live_playlist_cache_control(cfg: &Config, target: Option<f64>) -> 
 
 /// A live media segment that does not exist: if a live playlist announces it as a preload hint,
 /// waits for its upload to start and returns it; else 404 at once.
-pub(super) async fn hinted(
-    cx: &Cx<'_>,
-    rel: &RelPath,
-    canonical: &str,
-) -> Result<Object, Stop> {
+pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Result<Object, Stop> {
     let Some(playlist) = cx.rt.live.hinted(canonical) else {
         return Err(Refusal::NotFound.into());
     };

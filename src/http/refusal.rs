@@ -76,6 +76,10 @@ pub enum Refusal {
     WriteFailed,
     #[error("bad LL-HLS directive")]
     BadDirective,
+    #[error("every upstream failed")]
+    BadGateway,
+    #[error("upstream timed out")]
+    GatewayTimeout,
     #[error("too many parked requests")]
     LiveBusy,
     #[error("playlist not updated in time")]
@@ -241,6 +245,20 @@ impl Refusal {
                 "write_failed",
                 Disk,
             ),
+            Refusal::BadGateway => (
+                StatusCode::BAD_GATEWAY,
+                "upstream failed\n",
+                Warn,
+                "bad_gateway",
+                Upstream,
+            ),
+            Refusal::GatewayTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream timed out\n",
+                Warn,
+                "gateway_timeout",
+                Upstream,
+            ),
             Refusal::BadDirective => (
                 StatusCode::BAD_REQUEST,
                 "bad LL-HLS directive\n",
@@ -317,6 +335,8 @@ impl From<Miss> for Refusal {
             Miss::VolumeUnavailable => Refusal::VolumeUnavailable,
             Miss::Overloaded => Refusal::Overloaded,
             Miss::Changed => Refusal::Changed,
+            Miss::UpstreamFailed => Refusal::BadGateway,
+            Miss::UpstreamTimeout => Refusal::GatewayTimeout,
         }
     }
 }
@@ -343,6 +363,8 @@ pub const ALL: &[Refusal] = &[
     Refusal::InsufficientStorage,
     Refusal::WriteFailed,
     Refusal::BadDirective,
+    Refusal::BadGateway,
+    Refusal::GatewayTimeout,
     Refusal::LiveBusy,
     Refusal::BlockTimeout,
     Refusal::Internal,

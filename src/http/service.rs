@@ -134,7 +134,7 @@ async fn respond(
         alt_svc,
     };
     let reply = handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await;
-    let cache = reply.body.cache_status();
+    let cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
     let record = Record::new(
         runtime,
         &policy,

@@ -33,8 +33,8 @@ use super::handler::{reply, Cx, Reply, Stop, MAX_DISCARDED_BODY};
 use super::headers;
 use super::refusal::Refusal;
 use super::request_body::RequestBody;
-use crate::metrics::Metrics;
 use crate::live::Snapshot;
+use crate::metrics::Metrics;
 use crate::store::{Body, Miss, Mode, ObjectClass};
 use crate::volumes::RelPath;
 
@@ -117,7 +117,10 @@ async fn put(
     // 3. The upload (path locked, volume picked, temporary file created). A live playlist is
     // kept in memory for the live registry; a live media segment can be read while it grows.
     let canonical = format!("/{rel}");
-    let hls_playlist = live && rel.extension().is_some_and(|e| e.eq_ignore_ascii_case("m3u8"));
+    let hls_playlist = live
+        && rel
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("m3u8"));
     let mode = Mode {
         keep: hls_playlist,
         growing: live && class == ObjectClass::Segment,

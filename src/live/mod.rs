@@ -109,10 +109,7 @@ impl Registry {
                     "segd_live_block_timeouts_total",
                     "Parked requests that timed out (503)",
                 )?,
-                playlists: g(
-                    "segd_live_playlists",
-                    "Live playlists in the registry",
-                )?,
+                playlists: g("segd_live_playlists", "Live playlists in the registry")?,
                 growing_reads: c(
                     "segd_live_growing_reads_total",
                     "Responses served from an upload still in progress (read-while-write)",
@@ -124,11 +121,7 @@ impl Registry {
     /// Publishes a new version of the playlist at `path` (a decoded path with a leading `/`):
     /// every request parked on it re-checks at once.
     pub fn publish(&self, path: &str, snap: Snapshot) {
-        let hints: Vec<String> = snap
-            .hints
-            .iter()
-            .filter_map(|u| resolve(path, u))
-            .collect();
+        let hints: Vec<String> = snap.hints.iter().filter_map(|u| resolve(path, u)).collect();
         {
             let mut h = self.hints.lock().unwrap_or_else(|p| p.into_inner());
             h.retain(|_, pl| pl != path);

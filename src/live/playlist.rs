@@ -330,8 +330,7 @@ fn is_segment_tag(line: &str) -> bool {
         "#EXT-X-DATERANGE",
         "#EXT-X-CUE",
     ];
-    TAGS.iter().any(|t| line.starts_with(t))
-        && !line.starts_with("#EXT-X-DISCONTINUITY-SEQUENCE")
+    TAGS.iter().any(|t| line.starts_with(t)) && !line.starts_with("#EXT-X-DISCONTINUITY-SEQUENCE")
 }
 
 #[cfg(test)]
@@ -377,7 +376,10 @@ seg13.m4s
         assert!(s.blocks());
         assert_eq!(s.part_target, Some(0.5));
         assert_eq!(s.segments.len(), 4);
-        assert_eq!(s.segments[0].first_line, 6, "the MAP belongs to the first segment");
+        assert_eq!(
+            s.segments[0].first_line, 6,
+            "the MAP belongs to the first segment"
+        );
     }
 
     #[test]
@@ -385,7 +387,10 @@ seg13.m4s
         let s = snap(LL);
         let w = |msn, part| Want { msn, part };
         assert!(s.satisfies(w(13, None)));
-        assert!(s.satisfies(w(13, Some(9))), "a complete segment has all its parts");
+        assert!(
+            s.satisfies(w(13, Some(9))),
+            "a complete segment has all its parts"
+        );
         assert!(s.satisfies(w(14, Some(0))));
         assert!(!s.satisfies(w(14, Some(1))));
         assert!(!s.satisfies(w(14, None)));
@@ -429,7 +434,10 @@ seg13.m4s
         // 8 s of segments, CAN-SKIP-UNTIL=4: seg10 and seg11 end at least 4 s before the end.
         assert!(d.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n"), "{d}");
         assert!(!d.contains("seg10.m4s") && !d.contains("seg11.m4s"), "{d}");
-        assert!(d.contains("seg12.m4s") && d.contains("seg14.part0.m4s"), "{d}");
+        assert!(
+            d.contains("seg12.m4s") && d.contains("seg14.part0.m4s"),
+            "{d}"
+        );
         assert!(d.contains("#EXT-X-MAP:URI=\"init.mp4\""), "{d}");
         assert!(d.contains("#EXT-X-VERSION:9"), "{d}");
         assert!(d.contains("#EXT-X-MEDIA-SEQUENCE:10"), "{d}");

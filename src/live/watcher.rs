@@ -175,8 +175,7 @@ impl Watcher {
                         Ok(ev) => events.push((
                             ev.wd(),
                             ev.events(),
-                            ev.file_name()
-                                .map(|n| n.to_string_lossy().into_owned()),
+                            ev.file_name().map(|n| n.to_string_lossy().into_owned()),
                         )),
                         Err(rustix::io::Errno::INTR) => continue,
                         Err(rustix::io::Errno::AGAIN) => break,

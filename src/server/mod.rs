@@ -101,8 +101,25 @@ async fn serve(
     let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
     let shared = Arc::new(Shared::new(runtime, policy));
     remove_stale_temps(&shared);
+    {
+        // The pull cache a previous run left is indexed in the background; lookups meanwhile
+        // find its files through their sidecars.
+        let store = shared.runtime.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let n = store.reindex_pull_cache();
+            if n > 0 {
+                tracing::info!(objects = n, "pull cache indexed");
+            }
+        });
+    }
     crate::live::watcher::spawn(
-        shared.runtime.store.volumes().iter().map(|v| v.path.clone()).collect(),
+        shared
+            .runtime
+            .store
+            .volumes()
+            .iter()
+            .map(|v| v.path.clone())
+            .collect(),
         config.live.prefixes.clone(),
         Arc::clone(&shared.runtime.live),
     );

@@ -128,7 +128,10 @@ impl Drop for Publisher {
             self.entry.progress.send_replace(Progress::Failed);
         }
         let mut map = self.set.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&self.key).is_some_and(|e| Arc::ptr_eq(e, &self.entry)) {
+        if map
+            .get(&self.key)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.entry))
+        {
             map.remove(&self.key);
         }
     }

@@ -40,6 +40,7 @@ pub struct Local {
 
 #[derive(Clone, PartialEq)]
 struct Settings {
+    /// The configured volumes, then the pull cache's directory (if any).
     volumes: Vec<(std::path::PathBuf, String, Option<String>)>,
     open_files: u64,
     cache: (u64, u64),
@@ -50,7 +51,12 @@ impl Settings {
     fn of(cfg: &Config) -> Settings {
         let vol = |v: &VolumeConfig| (v.path.clone(), v.name.clone(), v.marker.clone());
         Settings {
-            volumes: cfg.volumes.iter().map(vol).collect(),
+            volumes: cfg
+                .volumes
+                .iter()
+                .chain(&cache_volume(cfg))
+                .map(vol)
+                .collect(),
             open_files: cfg.cache.open_files,
             cache: (cfg.cache.max_bytes, cfg.cache.max_item_bytes),
             io: (cfg.server.io_backend.clone(), cfg.server.io_queue_depth),
@@ -63,6 +69,16 @@ impl Settings {
 pub struct Disk {
     local: Arc<Local>,
     volume: usize,
+}
+
+/// The pull cache's directory as a volume (read, probed and timed like one; never searched).
+pub fn cache_volume(cfg: &Config) -> Option<VolumeConfig> {
+    let path = cfg.pull.cache_path.clone()?;
+    Some(VolumeConfig {
+        name: "pull-cache".into(),
+        path,
+        marker: None,
+    })
 }
 
 impl Local {
@@ -80,7 +96,10 @@ impl Local {
         let same_volumes = old.is_some_and(|o| o.settings.volumes == new.volumes);
         let volumes = match old {
             Some(o) if same_volumes => Arc::clone(&o.volumes),
-            _ => Arc::new(Volumes::new(&cfg.volumes)),
+            _ => Arc::new(Volumes::with_cache(
+                &cfg.volumes,
+                cache_volume(cfg).as_ref(),
+            )),
         };
         let files = match old {
             Some(o) if same_volumes && o.settings.open_files == new.open_files => {
@@ -101,18 +120,19 @@ impl Local {
                 Arc::clone(&o.io)
             }
             _ => {
-                let timings = cfg
+                let all: Vec<VolumeConfig> = cfg
                     .volumes
+                    .iter()
+                    .cloned()
+                    .chain(cache_volume(cfg))
+                    .collect();
+                let timings = all
                     .iter()
                     .map(|v| metrics.volume_read_seconds.with_label_values(&[&v.name]))
                     .collect();
                 Arc::new(
-                    Io::new(
-                        cfg.volumes.len(),
-                        cfg.server.io_queue_depth,
-                        &cfg.server.io_backend,
-                    )
-                    .with_timings(timings),
+                    Io::new(all.len(), cfg.server.io_queue_depth, &cfg.server.io_backend)
+                        .with_timings(timings),
                 )
             }
         };
@@ -186,6 +206,43 @@ impl Local {
             volume: entry.volume,
         };
         Ok((entry, disk))
+    }
+
+    /// Opens `rel` beneath volume `volume` only (the pull cache's directory), through the
+    /// open-file cache under a key of its own.
+    pub async fn find_in(
+        self: &Arc<Self>,
+        volume: usize,
+        rel: &RelPath,
+    ) -> Result<(Arc<OpenFile>, Disk), LookupError> {
+        let key = format!("\0{volume}/{rel}");
+        if let Lookup::Fresh(e) | Lookup::Stale(e) = self.files.get(&key, Duration::ZERO) {
+            if volumes::still_current(&e.file, &e.meta) {
+                let disk = Disk {
+                    local: Arc::clone(self),
+                    volume,
+                };
+                return Ok((e, disk));
+            }
+            self.files.remove(&key);
+        }
+        let (vols, r) = (Arc::clone(&self.volumes), rel.clone());
+        let o = tokio::task::spawn_blocking(move || vols.open_one(volume, &r))
+            .await
+            .unwrap_or(Err(LookupError::Overloaded))?;
+        let e = self.files.insert(&key, o.file, o.meta, volume);
+        Ok((
+            e,
+            Disk {
+                local: Arc::clone(self),
+                volume,
+            },
+        ))
+    }
+
+    /// Forgets the descriptor `find_in` cached for `rel` on `volume`.
+    pub fn forget_in(&self, volume: usize, rel: &RelPath) {
+        self.files.remove(&format!("\0{volume}/{rel}"));
     }
 
     /// Forgets a cached descriptor (the object changed under it).

@@ -26,6 +26,7 @@ pub mod body;
 mod collector;
 mod growing;
 mod local;
+mod pull;
 mod test_stream;
 mod upload;
 pub mod write;
@@ -77,6 +78,10 @@ pub enum Miss {
     Overloaded,
     /// The object changed while it was being read; the client may retry.
     Changed,
+    /// Every upstream for the path failed (and no stale copy could stand in).
+    UpstreamFailed,
+    /// The last upstream tried timed out.
+    UpstreamTimeout,
 }
 
 impl From<LookupError> for Miss {
@@ -100,6 +105,14 @@ pub struct Object {
     pub last_modified: HeaderValue,
     /// Still being written (read-while-write): no validators yet, never cacheable.
     pub growing: bool,
+    /// An upstream's `Content-Type` and `Cache-Control` (pulled objects), sent as they are.
+    pub content_type: Option<HeaderValue>,
+    pub cache_control: Option<HeaderValue>,
+    /// Headers to add (a stale copy's `Warning` and `Age`).
+    pub extra: Option<http::HeaderMap>,
+    /// The access log's cache field when a tier decides it (`hit`, `miss`, `stale`,
+    /// `coalesced`, `negative`).
+    pub cache_status: Option<&'static str>,
     source: Source,
 }
 
@@ -124,6 +137,10 @@ impl Object {
             etag: open.etag.clone(),
             last_modified: open.last_modified.clone(),
             growing: false,
+            content_type: None,
+            cache_control: None,
+            extra: None,
+            cache_status: None,
             source: Source::File {
                 open,
                 disk,
@@ -132,9 +149,14 @@ impl Object {
         }
     }
 
-    /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`.
+    /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`:
+    /// the `Last-Modified` the object is sent with.
     pub fn modified(&self) -> SystemTime {
-        self.meta.modified()
+        self.last_modified
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .unwrap_or_else(|| self.meta.modified())
     }
 
     /// The body for `len` bytes from `offset` (a stream is always sent whole). `small`: the
@@ -198,6 +220,8 @@ struct Inner {
     locks: upload::PathLocks,
     /// Uploads readers may stream while they are written.
     growing: Arc<growing::GrowingSet>,
+    /// The edge tier, when `[pull]` has a cache path (built once; a reload keeps it).
+    pull: Option<Arc<pull::Pull>>,
 }
 
 impl Store {
@@ -205,6 +229,7 @@ impl Store {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Store, prometheus::Error> {
         let cache_stats = Arc::new(Stats::default());
         let local = Local::build(cfg, None, &metrics, &cache_stats);
+        let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
         let store = Store {
             inner: Arc::new(Inner {
                 local: ArcSwap::from_pointee(local),
@@ -212,6 +237,7 @@ impl Store {
                 cache_stats,
                 locks: upload::PathLocks::default(),
                 growing: Arc::default(),
+                pull,
             }),
         };
         metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
@@ -258,8 +284,22 @@ impl Store {
                     etag: HeaderValue::from_static("\"growing\""),
                     last_modified: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
                     growing: true,
+                    content_type: None,
+                    cache_control: None,
+                    extra: None,
+                    cache_status: None,
                     source: Source::Growing(g),
                 });
+            }
+            // Tier 3 and 4: the pull cache, then the upstreams for the path — also when the
+            // volume that may hold it is down.
+            Err(e @ (LookupError::NotFound | LookupError::VolumeUnavailable { .. })) => {
+                if let Some(pull) = &self.inner.pull {
+                    if let pull::Pulled::Found(o) = pull.lookup(&local, rel, class).await? {
+                        return Ok(*o);
+                    }
+                }
+                return Err(e.into());
             }
             Err(e) => return Err(e.into()),
         };
@@ -311,6 +351,11 @@ impl Store {
     /// Deletes `rel`, then the directories that left empty below the first `keep` segments.
     pub async fn delete(&self, rel: &RelPath, keep: usize) -> Result<(), WriteError> {
         upload::delete(self.local(), &self.inner.locks, rel, keep).await
+    }
+
+    /// Indexes the pull cache left by an earlier run (start-up, off the request path).
+    pub fn reindex_pull_cache(&self) -> u64 {
+        self.inner.pull.as_ref().map_or(0, |p| p.reindex())
     }
 
     /// Removes temporary files a crash left under `prefixes` on every volume (start-up, off the

@@ -56,6 +56,10 @@ pub(super) fn wrap(object: &Object) -> Option<Object> {
         etag: object.etag.clone(),
         last_modified: object.last_modified.clone(),
         growing: false,
+        content_type: None,
+        cache_control: None,
+        extra: None,
+        cache_status: None,
         source: Source::Stream(std::sync::Mutex::new(Box::pin(stream))),
     })
 }

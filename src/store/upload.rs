@@ -205,7 +205,7 @@ impl Local {
         };
         // 1. Where it exists: replace in place.
         let mut saw_unhealthy = false;
-        for (i, v) in vols.iter().enumerate() {
+        for (i, v) in vols.served() {
             if !v.is_healthy() {
                 saw_unhealthy = true;
                 continue;
@@ -223,7 +223,10 @@ impl Local {
                 .and_then(|a| vols.get(i).and_then(|v| v.stat(a)))
                 .is_some()
         };
-        let n = vols.len();
+        let n = vols.served().count();
+        if n == 0 {
+            return Err(WriteError::VolumeUnavailable);
+        }
         let preferred = vols.placement(rel);
         let order: Vec<usize> = vols
             .remembered(rel)
@@ -328,7 +331,7 @@ pub async fn delete(
     tokio::task::spawn_blocking(move || -> Result<(), WriteError> {
         let (dir, name) = split(&key);
         let mut unavailable = false;
-        for (i, v) in l.volumes.iter().enumerate() {
+        for (i, v) in l.volumes.served() {
             if !v.is_healthy() {
                 unavailable = true;
                 continue;

@@ -67,9 +67,12 @@ pub fn placement(rel: &RelPath, count: usize) -> usize {
     (fnv1a64(rel.asset_key().as_bytes()) % count as u64) as usize
 }
 
-/// All volumes, in config order.
+/// All volumes, in config order, then the pull cache's directory (when there is one): it is
+/// opened, probed and read like a volume, but never searched by lookups, placement or writes.
 pub struct Volumes {
     vols: Vec<Volume>,
+    /// Volumes lookups search: the configured ones (the pull cache, if any, comes after them).
+    served: usize,
     /// asset key → index of the volume that last served it.
     memo: moka::sync::Cache<Box<str>, u16>,
 }
@@ -78,14 +81,31 @@ pub struct Volumes {
 
 impl Volumes {
     pub fn new(cfgs: &[VolumeConfig]) -> Volumes {
+        Volumes::with_cache(cfgs, None)
+    }
+
+    /// The configured volumes and, after them, the pull cache's directory.
+    pub fn with_cache(cfgs: &[VolumeConfig], cache: Option<&VolumeConfig>) -> Volumes {
         Volumes {
-            vols: cfgs.iter().map(Volume::new).collect(),
+            served: cfgs.len(),
+            vols: cfgs.iter().chain(cache).map(Volume::new).collect(),
             memo: moka::sync::Cache::new(100_000),
         }
     }
 
+    /// Every volume, the pull cache's directory included (health, metrics, the banner).
     pub fn iter(&self) -> impl Iterator<Item = &Volume> {
         self.vols.iter()
+    }
+
+    /// The volumes lookups, placement and writes use, with their indexes.
+    pub fn served(&self) -> impl Iterator<Item = (usize, &Volume)> {
+        self.vols[..self.served].iter().enumerate()
+    }
+
+    /// The index of the pull cache's directory, when there is one.
+    pub fn cache_volume(&self) -> Option<usize> {
+        (self.vols.len() > self.served).then_some(self.served)
     }
 
     pub fn get(&self, i: usize) -> Option<&Volume> {
@@ -101,18 +121,18 @@ impl Volumes {
     }
 
     pub fn any_healthy(&self) -> bool {
-        self.vols.iter().any(Volume::is_healthy)
+        self.served().any(|(_, v)| v.is_healthy())
     }
 
     /// The preferred volume of a path by the placement rule.
     pub fn placement(&self, rel: &RelPath) -> usize {
-        placement(rel, self.vols.len())
+        placement(rel, self.served)
     }
 
     /// Finds and opens `rel` (see the module doc for the order). `NotFound` means no healthy
     /// volume has it and none is known to be down; see [`Volumes::confirm_missing`].
     pub fn open(&self, rel: &RelPath) -> Result<Opened, LookupError> {
-        let n = self.vols.len();
+        let n = self.served;
         let key = rel.asset_key();
         let remembered = self.memo.get(key).map(usize::from).filter(|&i| i < n);
         let preferred = self.placement(rel);
@@ -156,6 +176,26 @@ impl Volumes {
         }
     }
 
+    /// Opens `rel` on volume `i` only (the pull cache's directory).
+    pub fn open_one(&self, i: usize, rel: &RelPath) -> Result<Opened, LookupError> {
+        let vol = self
+            .vols
+            .get(i)
+            .ok_or(LookupError::VolumeUnavailable { volume: i })?;
+        match vol.open(rel) {
+            Ok(mut o) => {
+                o.volume = i;
+                Ok(o)
+            }
+            Err(OpenError::NotFound) => Err(LookupError::NotFound),
+            Err(OpenError::Overloaded) => Err(LookupError::Overloaded),
+            Err(OpenError::Fault(e)) => {
+                vol.record_fault(&e);
+                Err(LookupError::VolumeUnavailable { volume: i })
+            }
+        }
+    }
+
     /// Before a lookup that found nothing becomes a cacheable 404: makes sure no volume silently
     /// went away (root deleted or unmounted between health checks). Probes each root unless it
     /// was probed within `MISS_PROBE_FRESH` (so a flood of random 404s costs a few probes a
@@ -163,7 +203,7 @@ impl Volumes {
     /// ago, so its disk is suspect).
     pub fn confirm_missing(&self, force: bool) -> Result<(), LookupError> {
         let mut unavailable = None;
-        for (i, vol) in self.vols.iter().enumerate() {
+        for (i, vol) in self.served() {
             let healthy = if force {
                 vol.probe()
             } else {
@@ -181,7 +221,7 @@ impl Volumes {
 
     /// Remembers that `rel`'s asset lives on volume `i` (after a write put it there).
     pub fn remember(&self, rel: &RelPath, i: usize) {
-        if i < self.vols.len() {
+        if i < self.served {
             self.memo.insert(rel.asset_key().into(), i as u16);
         }
     }
@@ -191,7 +231,7 @@ impl Volumes {
         self.memo
             .get(rel.asset_key())
             .map(usize::from)
-            .filter(|&i| i < self.vols.len())
+            .filter(|&i| i < self.served)
     }
 
     /// Counts `e` against volume `i` (marking it unhealthy) when it is a device fault; other

@@ -236,11 +236,11 @@ pub async fn serve(
             close: must_close,
         } = reply;
         close |= must_close;
-        let cache = match body {
+        let cache = log.cache.unwrap_or(match body {
             Body::File(_) => "bypass",
             Body::Stream(_) => "stream",
             _ => "none",
-        };
+        });
         let record = Record::new(&shared.runtime, &policy, &req, status, start, cache, log);
         // A stream of unknown length is chunked; HTTP/1.0 has no chunking, so the close ends it.
         let delimit = match (&body, head.http10) {

@@ -1,0 +1,258 @@
+//! `[pull]` and `[[pull.upstreams]]`: the edge tier — where fetched objects are cached, how
+//! long 404s and stale copies are kept, the timeouts of upstream requests, and the upstreams
+//! (HTTP origins or S3-compatible buckets) with the path prefixes each serves. See
+//! `docs/edge.md`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::fields::Section;
+
+#[derive(Debug, Clone)]
+pub struct PullConfig {
+    /// Where fetched objects are kept; `None`: no pull tier.
+    pub cache_path: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub negative_ttl: Duration,
+    pub stale_if_error: Duration,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// A secret that never appears in a log or a `Debug` print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub prefixes: Vec<String>,
+    pub kind: UpstreamKind,
+    /// Header and secret sent with every request (an upstream segd's origin auth).
+    pub origin_auth: Option<(String, Secret)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamKind {
+    /// An HTTP origin: `url` + the request path.
+    Http { url: String },
+    /// An S3-compatible bucket (SigV4).
+    S3 {
+        endpoint: String,
+        bucket: String,
+        region: String,
+        key_prefix: String,
+        access_key_id: String,
+        secret_access_key: Secret,
+    },
+}
+
+impl PullConfig {
+    /// The upstreams serving `canonical`, in order.
+    pub fn upstreams_for<'a>(
+        &'a self,
+        canonical: &'a str,
+    ) -> impl Iterator<Item = &'a UpstreamConfig> {
+        self.upstreams
+            .iter()
+            .filter(move |u| u.prefixes.iter().any(|p| canonical.starts_with(p.as_str())))
+    }
+}
+
+pub(super) const PULL_KEYS: &[&str] = &[
+    "cache_path",
+    "max_bytes",
+    "negative_ttl",
+    "stale_if_error",
+    "connect_timeout",
+    "first_byte_timeout",
+    "idle_timeout",
+    "upstreams",
+];
+
+const UPSTREAM_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "prefixes",
+    "origin_auth_header",
+    "origin_auth_secret",
+    "s3_endpoint",
+    "bucket",
+    "region",
+    "key_prefix",
+    "access_key_id",
+    "secret_access_key_file",
+];
+
+pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
+    let cache_path = s
+        .string("cache_path", "a directory on a local disk")
+        .map(|p| base.join(p));
+    let secs = Duration::from_secs;
+    let max_bytes = s.size("max_bytes", 10 << 30, 1 << 20, u64::MAX >> 1);
+    let negative_ttl = s.duration("negative_ttl", secs(5), Duration::ZERO, secs(86_400));
+    let stale_if_error = s.duration(
+        "stale_if_error",
+        secs(3600),
+        Duration::ZERO,
+        secs(30 * 86_400),
+    );
+    let connect_timeout = s.duration(
+        "connect_timeout",
+        secs(2),
+        Duration::from_millis(10),
+        secs(60),
+    );
+    let first_byte_timeout = s.duration(
+        "first_byte_timeout",
+        secs(10),
+        Duration::from_millis(10),
+        secs(600),
+    );
+    let idle_timeout = s.duration(
+        "idle_timeout",
+        secs(10),
+        Duration::from_millis(10),
+        secs(600),
+    );
+    let mut upstreams = Vec::new();
+    for u in s.tables("upstreams", UPSTREAM_KEYS) {
+        if let Some(x) = parse_upstream(&u, base) {
+            if upstreams.iter().any(|o: &UpstreamConfig| o.name == x.name) {
+                u.error(
+                    "name",
+                    format!("{:?} is used twice", x.name),
+                    "unique upstream names",
+                );
+            }
+            upstreams.push(x);
+        }
+        u.finish();
+    }
+    if cache_path.is_none() && !upstreams.is_empty() {
+        s.error(
+            "cache_path",
+            "upstreams are configured but no cache_path",
+            "a directory on a local disk for fetched objects",
+        );
+    }
+    s.finish();
+    PullConfig {
+        cache_path,
+        max_bytes,
+        negative_ttl,
+        stale_if_error,
+        connect_timeout,
+        first_byte_timeout,
+        idle_timeout,
+        upstreams,
+    }
+}
+
+fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
+    let name = u.string("name", "a short label for logs and metrics");
+    if name.is_none() && u.raw("name").is_none() {
+        u.error("name", "missing", "a short label for logs and metrics");
+    }
+    let prefix_allowed = "URL path prefixes starting with \"/\", e.g. \"/vod/\"";
+    let prefixes = u
+        .string_list("prefixes", prefix_allowed)
+        .unwrap_or_default();
+    if prefixes.is_empty() || prefixes.iter().any(|p| !p.starts_with('/')) {
+        u.error("prefixes", "missing or not a path prefix", prefix_allowed);
+    }
+    let origin_auth = match (
+        u.string("origin_auth_header", "a header name"),
+        u.string("origin_auth_secret", "a shared secret"),
+    ) {
+        (Some(h), Some(v)) => Some((h.to_ascii_lowercase(), Secret(v))),
+        (None, None) => None,
+        _ => {
+            u.error(
+                "origin_auth_header",
+                "origin_auth_header and origin_auth_secret go together",
+                "both, or neither",
+            );
+            None
+        }
+    };
+    let url = u.string("url", "http://host:port");
+    let endpoint = u.string("s3_endpoint", "http(s)://host:port of an S3-compatible API");
+    let kind = match (url, endpoint) {
+        (Some(url), None) => {
+            if !url.starts_with("http://") {
+                u.error(
+                    "url",
+                    format!("{url:?} is not an http:// URL"),
+                    "http://host:port",
+                );
+                return None;
+            }
+            UpstreamKind::Http {
+                url: url.trim_end_matches('/').to_owned(),
+            }
+        }
+        (None, Some(endpoint)) => {
+            let bucket = u.string("bucket", "a bucket name");
+            if bucket.is_none() {
+                u.error("bucket", "missing", "a bucket name");
+            }
+            let key_id = u
+                .string("access_key_id", "an access key id")
+                .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
+            let secret = match u.string("secret_access_key_file", "a file holding the secret key") {
+                Some(f) => match std::fs::read_to_string(base.join(&f)) {
+                    Ok(s) => Some(s.trim().to_owned()),
+                    Err(e) => {
+                        u.error(
+                            "secret_access_key_file",
+                            format!("cannot read {f}: {e}"),
+                            "a readable file holding the secret key",
+                        );
+                        None
+                    }
+                },
+                None => std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            };
+            if key_id.is_none() || secret.is_none() {
+                u.error(
+                    "access_key_id",
+                    "credentials missing",
+                    "access_key_id and secret_access_key_file, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                );
+            }
+            UpstreamKind::S3 {
+                endpoint: endpoint.trim_end_matches('/').to_owned(),
+                bucket: bucket?,
+                region: u
+                    .string("region", "a region such as us-east-1")
+                    .unwrap_or_else(|| "us-east-1".into()),
+                key_prefix: u.string("key_prefix", "a key prefix").unwrap_or_default(),
+                access_key_id: key_id?,
+                secret_access_key: Secret(secret?),
+            }
+        }
+        _ => {
+            u.error(
+                "url",
+                "an upstream needs exactly one of url and s3_endpoint",
+                "url = \"http://…\", or s3_endpoint with bucket and credentials",
+            );
+            return None;
+        }
+    };
+    Some(UpstreamConfig {
+        name: name?,
+        prefixes,
+        kind,
+        origin_auth,
+    })
+}

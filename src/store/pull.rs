@@ -1,0 +1,879 @@
+//! The edge tier (see `docs/edge.md`): objects no volume holds are fetched from upstreams — HTTP
+//! origins (another segd, nginx, a CDN origin) or S3-compatible buckets — into a disk cache,
+//! one fetch per object however many requests wait.
+//!
+//! - The cache is a directory (`pull.cache_path`) read like a volume (the last one in the local
+//!   tier's set: sendfile, hot-body cache and I/O backend as for any volume). Each object has a
+//!   sidecar `.<name>.segd-meta` with the upstream's validators, type, Cache-Control and the
+//!   fetch time; an in-memory index (moka, byte-weighted, TinyLFU admission) bounds it by
+//!   `max_bytes` and unlinks what it evicts. At start the directory is indexed in the background.
+//! - A miss starts a fill (or joins the one in flight: single flight): a task that tries the
+//!   upstreams for the path in order, writes the body to a temporary file through the one write
+//!   path, and announces its progress; every waiter streams from that file as it grows, with its
+//!   own range. The fill goes on if the client that started it leaves. Only a complete body
+//!   whose length matches is renamed into place; a failed fill fails every waiter's stream.
+//! - 404s are remembered for `negative_ttl`; connect errors, timeouts and 5xx try the next
+//!   upstream; when all fail, a stale copy within `stale_if_error` is served with `Warning` and
+//!   `Age`, else 502/504. Segments are immutable; playlists follow the upstream's max-age and are
+//!   revalidated with `If-None-Match`/`If-Modified-Since`.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED,
+};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use tokio::sync::watch;
+
+use super::growing::{Growing, GrowingSet};
+use super::local::Local;
+use super::write::{Dir, TempFile};
+use super::{Miss, Object, ObjectClass, Source};
+use crate::config::{PullConfig, UpstreamConfig, UpstreamKind};
+use crate::metrics::Metrics;
+use crate::volumes::{ObjectMeta, RelPath};
+
+/// What is kept with a cached object (its sidecar).
+#[derive(Debug, Clone, Default)]
+struct Meta {
+    len: u64,
+    etag: Option<HeaderValue>,
+    last_modified: Option<HeaderValue>,
+    content_type: Option<HeaderValue>,
+    cache_control: Option<HeaderValue>,
+    /// Unix seconds of the fetch (or the last revalidation).
+    fetched: u64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Meta {
+    fn to_text(&self) -> String {
+        let mut s = format!("len: {}\nfetched: {}\n", self.len, self.fetched);
+        let mut line = |k: &str, v: &Option<HeaderValue>| {
+            if let Some(v) = v.as_ref().and_then(|v| v.to_str().ok()) {
+                s.push_str(&format!("{k}: {v}\n"));
+            }
+        };
+        line("etag", &self.etag);
+        line("last-modified", &self.last_modified);
+        line("content-type", &self.content_type);
+        line("cache-control", &self.cache_control);
+        s
+    }
+
+    fn from_text(t: &str) -> Option<Meta> {
+        let mut m = Meta::default();
+        let mut has_len = false;
+        for line in t.lines() {
+            let (k, v) = line.split_once(": ")?;
+            let hv = || HeaderValue::from_str(v).ok();
+            match k {
+                "len" => {
+                    m.len = v.parse().ok()?;
+                    has_len = true;
+                }
+                "fetched" => m.fetched = v.parse().ok()?,
+                "etag" => m.etag = hv(),
+                "last-modified" => m.last_modified = hv(),
+                "content-type" => m.content_type = hv(),
+                "cache-control" => m.cache_control = hv(),
+                _ => {}
+            }
+        }
+        has_len.then_some(m)
+    }
+
+    /// Seconds this copy stays fresh: segments forever, others per the upstream's max-age
+    /// (1 s when it gives none).
+    fn max_age(&self, class: ObjectClass) -> Option<u64> {
+        if class != ObjectClass::Playlist {
+            return None;
+        }
+        let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
+        Some(
+            cc.and_then(|c| {
+                c.split(',')
+                    .map(str::trim)
+                    .find_map(|d| d.strip_prefix("max-age="))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(1),
+        )
+    }
+
+    fn fresh(&self, class: ObjectClass) -> bool {
+        self.max_age(class)
+            .is_none_or(|a| now() < self.fetched.saturating_add(a))
+    }
+
+    fn age(&self) -> u64 {
+        now().saturating_sub(self.fetched)
+    }
+}
+
+fn sidecar(rel: &str) -> (String, String) {
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    (dir.to_owned(), format!(".{name}.segd-meta"))
+}
+
+/// What a fill tells its waiters once the upstream answered.
+#[derive(Clone)]
+enum Outcome {
+    /// The body is coming: stream it from here.
+    Body(Meta, Arc<Growing>),
+    /// 304 to our revalidation: the cached copy is fresh again.
+    Revalidated,
+    NotFound,
+    /// Every upstream failed (`timeout`: the last failure was a timeout).
+    Failed {
+        timeout: bool,
+    },
+}
+
+struct Fill {
+    outcome: watch::Sender<Option<Outcome>>,
+}
+
+struct PullMetrics {
+    results: prometheus::IntCounterVec,
+    upstream_requests: prometheus::IntCounterVec,
+    upstream_seconds: prometheus::HistogramVec,
+    fill_bytes: prometheus::IntCounter,
+    evicted_bytes: prometheus::IntCounter,
+    cache_bytes: prometheus::IntGauge,
+}
+
+enum Fetcher {
+    Http(String),
+    S3(Box<(rusty_s3::Bucket, rusty_s3::Credentials, String)>),
+}
+
+pub struct Pull {
+    cfg: PullConfig,
+    fetchers: Vec<Fetcher>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    index: moka::sync::Cache<String, Arc<Meta>>,
+    negative: moka::sync::Cache<String, ()>,
+    fills: Mutex<HashMap<String, Arc<Fill>>>,
+    growing: Arc<GrowingSet>,
+    m: Arc<PullMetrics>,
+}
+
+/// The pull tier's decision for one lookup.
+pub enum Pulled {
+    /// The path is not covered by any upstream: the miss stands.
+    NotCovered,
+    Found(Box<Object>),
+}
+
+impl Pull {
+    pub fn new(cfg: &PullConfig, metrics: &Metrics) -> Result<Option<Pull>, prometheus::Error> {
+        let Some(root) = cfg.cache_path.clone() else {
+            return Ok(None);
+        };
+        let reg = |c: Box<dyn prometheus::core::Collector>| metrics.register(c);
+        let results = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "segd_pull_requests_total",
+                "Requests the pull tier answered, by result (hit, miss, stale, coalesced, negative)",
+            ),
+            &["result"],
+        )?;
+        reg(Box::new(results.clone()))?;
+        let upstream_requests = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "segd_upstream_requests_total",
+                "Requests sent to upstreams, by upstream and status class (error: no answer)",
+            ),
+            &["upstream", "status_class"],
+        )?;
+        reg(Box::new(upstream_requests.clone()))?;
+        let upstream_seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "segd_upstream_seconds",
+                "Upstream requests: from sending to the response head",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["upstream"],
+        )?;
+        reg(Box::new(upstream_seconds.clone()))?;
+        let fill_bytes = prometheus::IntCounter::new(
+            "segd_pull_fill_bytes_total",
+            "Bytes fetched from upstreams",
+        )?;
+        reg(Box::new(fill_bytes.clone()))?;
+        let evicted_bytes = prometheus::IntCounter::new(
+            "segd_pull_evicted_bytes_total",
+            "Bytes evicted from the pull cache",
+        )?;
+        reg(Box::new(evicted_bytes.clone()))?;
+        let cache_bytes =
+            prometheus::IntGauge::new("segd_pull_cache_bytes", "Bytes held by the pull cache")?;
+        reg(Box::new(cache_bytes.clone()))?;
+        let m = Arc::new(PullMetrics {
+            results,
+            upstream_requests,
+            upstream_seconds,
+            fill_bytes,
+            evicted_bytes,
+            cache_bytes,
+        });
+        let mut fetchers = Vec::new();
+        for u in &cfg.upstreams {
+            fetchers.push(match &u.kind {
+                UpstreamKind::Http { url } => Fetcher::Http(url.clone()),
+                UpstreamKind::S3 {
+                    endpoint,
+                    bucket,
+                    region,
+                    key_prefix,
+                    access_key_id,
+                    secret_access_key,
+                } => {
+                    let Ok(url) = url::Url::parse(endpoint) else {
+                        tracing::warn!(upstream = %u.name, "s3_endpoint is not a URL; upstream unused");
+                        continue;
+                    };
+                    match rusty_s3::Bucket::new(
+                        url,
+                        rusty_s3::UrlStyle::Path,
+                        bucket.clone(),
+                        region.clone(),
+                    ) {
+                        Ok(b) => Fetcher::S3(Box::new((
+                            b,
+                            rusty_s3::Credentials::new(
+                                access_key_id.clone(),
+                                secret_access_key.0.clone(),
+                            ),
+                            key_prefix.clone(),
+                        ))),
+                        Err(e) => {
+                            tracing::warn!(upstream = %u.name, error = %e, "bad S3 bucket settings; upstream unused");
+                            continue;
+                        }
+                    }
+                }
+            });
+        }
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(http);
+        let evicted = Arc::clone(&m);
+        let evict_root = root.clone();
+        let index = moka::sync::Cache::builder()
+            .max_capacity(cfg.max_bytes)
+            .weigher(|_k: &String, v: &Arc<Meta>| u32::try_from(v.len).unwrap_or(u32::MAX))
+            .eviction_listener(move |k: Arc<String>, v: Arc<Meta>, cause| {
+                if cause == moka::notification::RemovalCause::Size
+                    || cause == moka::notification::RemovalCause::Explicit
+                {
+                    let (dir, meta) = sidecar(&k);
+                    let _ = std::fs::remove_file(evict_root.join(k.as_str()));
+                    let _ = std::fs::remove_file(evict_root.join(&dir).join(meta));
+                    if cause == moka::notification::RemovalCause::Size {
+                        evicted.evicted_bytes.inc_by(v.len);
+                    }
+                }
+            })
+            .build();
+        let negative = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(cfg.negative_ttl.max(Duration::from_millis(1)))
+            .build();
+        let pull = Pull {
+            cfg: cfg.clone(),
+            fetchers,
+            client,
+            index,
+            negative,
+            fills: Mutex::new(HashMap::new()),
+            growing: Arc::default(),
+            m,
+        };
+        Ok(Some(pull))
+    }
+
+    /// Indexes what a previous run left in the cache directory (called in the background at
+    /// start; lookups meanwhile find files on disk by their sidecars).
+    pub fn reindex(&self) -> u64 {
+        let Some(root) = self.cfg.cache_path.clone() else {
+            return 0;
+        };
+        let mut n = 0;
+        let mut stack = vec![(root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(t) = e.file_type() else { continue };
+                let key = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if t.is_dir() {
+                    stack.push((e.path(), key));
+                } else if name.starts_with(super::write::TEMP_PREFIX) {
+                    let _ = std::fs::remove_file(e.path());
+                } else if !name.starts_with('.') && t.is_file() {
+                    let (_, side) = sidecar(&key);
+                    let meta = std::fs::read_to_string(dir.join(side))
+                        .ok()
+                        .and_then(|t| Meta::from_text(&t));
+                    match meta {
+                        Some(m) if e.metadata().is_ok_and(|md| md.len() == m.len) => {
+                            if !self.index.contains_key(&key) {
+                                self.index.insert(key, Arc::new(m));
+                                n += 1;
+                            }
+                        }
+                        // No sidecar or a length that does not match: not trustworthy.
+                        _ => {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn covered(&self, canonical: &str) -> bool {
+        self.cfg.upstreams_for(canonical).next().is_some()
+    }
+
+    fn count(&self, result: &str) {
+        self.m.results.with_label_values(&[result]).inc();
+    }
+
+    /// The pull tier's answer for `rel` (no volume had it).
+    pub async fn lookup(
+        self: &Arc<Self>,
+        local: &Arc<Local>,
+        rel: &RelPath,
+        class: ObjectClass,
+    ) -> Result<Pulled, Miss> {
+        let canonical = format!("/{rel}");
+        if !self.covered(&canonical) {
+            return Ok(Pulled::NotCovered);
+        }
+        let Some(cache_vol) = local.volumes.cache_volume() else {
+            return Ok(Pulled::NotCovered);
+        };
+        let key = rel.as_str().to_owned();
+        self.m.cache_bytes.set(self.index.weighted_size() as i64);
+        let mut cached = None;
+        let mut fill = None;
+        for _ in 0..3 {
+            // 1. A cached copy: fresh → hit.
+            cached = self.cached(&key).await;
+            if let Some(meta) = &cached {
+                if meta.fresh(class) {
+                    if let Ok(o) = self.hit(local, cache_vol, rel, meta, "hit").await {
+                        self.count("hit");
+                        return Ok(Pulled::Found(Box::new(o)));
+                    }
+                }
+            }
+            // 2. A remembered 404.
+            if self.negative.contains_key(&key) {
+                self.count("negative");
+                return Err(Miss::NotFound);
+            }
+            // 3. Join the fill in flight, or start one (unless one just finished: look again).
+            fill = self.fill_for(local, rel, class, cached.clone());
+            if fill.is_some() {
+                break;
+            }
+        }
+        let Some((fill, started)) = fill else {
+            return Err(Miss::Changed);
+        };
+        let mut rx = fill.outcome.subscribe();
+        let outcome = loop {
+            if let Some(o) = rx.borrow_and_update().clone() {
+                break o;
+            }
+            if rx.changed().await.is_err() {
+                break Outcome::Failed { timeout: false };
+            }
+        };
+        match outcome {
+            Outcome::Body(meta, growing) => {
+                self.count(if started { "miss" } else { "coalesced" });
+                let status = if started { "miss" } else { "coalesced" };
+                Ok(Pulled::Found(Box::new(filling(meta, growing, status))))
+            }
+            Outcome::Revalidated => {
+                let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
+                let o = self.hit(local, cache_vol, rel, &meta, "hit").await?;
+                self.count("hit");
+                Ok(Pulled::Found(Box::new(o)))
+            }
+            Outcome::NotFound => {
+                self.count("negative");
+                Err(Miss::NotFound)
+            }
+            Outcome::Failed { timeout } => {
+                if let Some(meta) = cached {
+                    if meta.age()
+                        <= self.cfg.stale_if_error.as_secs() + meta.max_age(class).unwrap_or(0)
+                    {
+                        if let Ok(mut o) = self.hit(local, cache_vol, rel, &meta, "stale").await {
+                            let mut extra = HeaderMap::new();
+                            extra.insert(
+                                http::header::WARNING,
+                                HeaderValue::from_static("110 - \"Response is Stale\""),
+                            );
+                            extra.insert(http::header::AGE, HeaderValue::from(meta.age()));
+                            o.extra = Some(extra);
+                            self.count("stale");
+                            return Ok(Pulled::Found(Box::new(o)));
+                        }
+                    }
+                }
+                Err(if timeout {
+                    Miss::UpstreamTimeout
+                } else {
+                    Miss::UpstreamFailed
+                })
+            }
+        }
+    }
+
+    /// The index entry for `key`, or the sidecar on disk (before the start-up reindex got to it).
+    async fn cached(&self, key: &str) -> Option<Arc<Meta>> {
+        if let Some(m) = self.index.get(key) {
+            return Some(m);
+        }
+        let root = self.cfg.cache_path.clone()?;
+        let k = key.to_owned();
+        let meta = tokio::task::spawn_blocking(move || {
+            let (dir, side) = sidecar(&k);
+            let m = Meta::from_text(&std::fs::read_to_string(root.join(&dir).join(side)).ok()?)?;
+            let len = std::fs::metadata(root.join(&k)).ok()?.len();
+            (len == m.len).then_some(m)
+        })
+        .await
+        .ok()
+        .flatten()?;
+        let meta = Arc::new(meta);
+        self.index.insert(key.to_owned(), Arc::clone(&meta));
+        Some(meta)
+    }
+
+    /// A cached copy as an object: its file on the cache volume, the upstream's validators.
+    async fn hit(
+        &self,
+        local: &Arc<Local>,
+        vol: usize,
+        rel: &RelPath,
+        meta: &Meta,
+        status: &'static str,
+    ) -> Result<Object, Miss> {
+        let (open, disk) = local.find_in(vol, rel).await?;
+        if open.meta.len != meta.len {
+            local.forget_in(vol, rel);
+            return Err(Miss::Changed);
+        }
+        let mut o = Object::from_file(open, disk, rel);
+        if let Some(e) = &meta.etag {
+            o.etag = e.clone();
+        }
+        if let Some(lm) = &meta.last_modified {
+            o.last_modified = lm.clone();
+        }
+        o.content_type = meta.content_type.clone();
+        o.cache_control = meta.cache_control.clone();
+        o.cache_status = Some(status);
+        Ok(o)
+    }
+
+    /// The fill in flight for `rel`, or a new one (true); `None` when a fill finished since the
+    /// caller looked at the cache (a fill stores its result before it leaves the map).
+    fn fill_for(
+        self: &Arc<Self>,
+        local: &Arc<Local>,
+        rel: &RelPath,
+        class: ObjectClass,
+        cached: Option<Arc<Meta>>,
+    ) -> Option<(Arc<Fill>, bool)> {
+        let key = rel.as_str().to_owned();
+        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = fills.get(&key) {
+            return Some((Arc::clone(f), false));
+        }
+        let fresher = self.index.get(&key).is_some_and(|m| {
+            cached
+                .as_ref()
+                .is_none_or(|c| m.fetched > c.fetched || !Arc::ptr_eq(&m, c))
+        }) || (cached.is_none() && self.negative.contains_key(&key));
+        if fresher {
+            return None;
+        }
+        let fill = Arc::new(Fill {
+            outcome: watch::Sender::new(None),
+        });
+        fills.insert(key.clone(), Arc::clone(&fill));
+        drop(fills);
+        let (me, local, rel, f) = (
+            Arc::clone(self),
+            Arc::clone(local),
+            rel.clone(),
+            Arc::clone(&fill),
+        );
+        // The fill outlives the request that started it.
+        tokio::spawn(async move {
+            me.run_fill(&local, &rel, class, cached, &f).await;
+            let mut fills = me.fills.lock().unwrap_or_else(|p| p.into_inner());
+            if fills.get(rel.as_str()).is_some_and(|x| Arc::ptr_eq(x, &f)) {
+                fills.remove(rel.as_str());
+            }
+        });
+        Some((fill, true))
+    }
+
+    async fn run_fill(
+        &self,
+        local: &Arc<Local>,
+        rel: &RelPath,
+        class: ObjectClass,
+        cached: Option<Arc<Meta>>,
+        fill: &Fill,
+    ) {
+        let canonical = format!("/{rel}");
+        let mut timeout = false;
+        let ups: Vec<(usize, &UpstreamConfig)> = self
+            .cfg
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.prefixes.iter().any(|p| canonical.starts_with(p.as_str())))
+            .collect();
+        for (i, up) in ups {
+            let Some(fetcher) = self.fetchers.get(i) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let resp = self.request(fetcher, up, rel, cached.as_deref()).await;
+            self.m
+                .upstream_seconds
+                .with_label_values(&[&up.name])
+                .observe(t0.elapsed().as_secs_f64());
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    timeout = e.kind() == io::ErrorKind::TimedOut;
+                    self.m
+                        .upstream_requests
+                        .with_label_values(&[&up.name, "error"])
+                        .inc();
+                    tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream request failed");
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let class_label = format!("{}xx", status.as_u16() / 100);
+            self.m
+                .upstream_requests
+                .with_label_values(&[&up.name, &class_label])
+                .inc();
+            match status {
+                StatusCode::OK => {
+                    // Waiters learn of a body that fails after the head through their streams.
+                    self.store(local, rel, class, resp, fill).await;
+                    return;
+                }
+                StatusCode::NOT_MODIFIED if cached.is_some() => {
+                    if let Some(old) = &cached {
+                        let mut m = Meta::clone(old);
+                        m.fetched = now();
+                        if let Some(cc) = resp.headers().get(CACHE_CONTROL) {
+                            m.cache_control = Some(cc.clone());
+                        }
+                        self.save_meta(local, rel, &m);
+                        self.index.insert(rel.as_str().to_owned(), Arc::new(m));
+                    }
+                    fill.outcome.send_replace(Some(Outcome::Revalidated));
+                    return;
+                }
+                StatusCode::NOT_FOUND | StatusCode::GONE => {
+                    self.negative.insert(rel.as_str().to_owned(), ());
+                    fill.outcome.send_replace(Some(Outcome::NotFound));
+                    return;
+                }
+                s => {
+                    tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), "upstream answered with an error");
+                }
+            }
+        }
+        fill.outcome.send_replace(Some(Outcome::Failed { timeout }));
+    }
+
+    /// Sends the request to one upstream (within the connect and first-byte timeouts).
+    async fn request(
+        &self,
+        fetcher: &Fetcher,
+        up: &UpstreamConfig,
+        rel: &RelPath,
+        cached: Option<&Meta>,
+    ) -> io::Result<http::Response<hyper::body::Incoming>> {
+        let uri = match fetcher {
+            Fetcher::Http(base) => format!("{base}/{}", encode_path(rel.as_str())),
+            Fetcher::S3(s3) => {
+                let (bucket, creds, prefix) = &**s3;
+                use rusty_s3::S3Action;
+                let key = format!("{prefix}{}", rel.as_str());
+                bucket
+                    .get_object(Some(creds), &key)
+                    .sign(Duration::from_secs(300))
+                    .to_string()
+            }
+        };
+        let mut req = http::Request::get(&uri);
+        if let Some((h, v)) = &up.origin_auth {
+            req = req.header(h.as_str(), v.0.as_str());
+        }
+        if let Some(m) = cached {
+            if let Some(e) = &m.etag {
+                req = req.header(IF_NONE_MATCH, e.clone());
+            }
+            if let Some(lm) = &m.last_modified {
+                req = req.header(IF_MODIFIED_SINCE, lm.clone());
+            }
+        }
+        let req = req.body(Empty::new()).map_err(io::Error::other)?;
+        match tokio::time::timeout(self.cfg.first_byte_timeout, self.client.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => {
+                let timed_out = std::error::Error::source(&e)
+                    .is_some_and(|s| s.to_string().contains("timed out"));
+                Err(io::Error::new(
+                    if timed_out {
+                        io::ErrorKind::TimedOut
+                    } else {
+                        io::ErrorKind::ConnectionRefused
+                    },
+                    e,
+                ))
+            }
+            Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
+        }
+    }
+
+    /// Streams a 200's body into the cache: announced to waiters at once, committed only when
+    /// complete and of the announced length (and storable).
+    async fn store(
+        &self,
+        local: &Arc<Local>,
+        rel: &RelPath,
+        _class: ObjectClass,
+        resp: http::Response<hyper::body::Incoming>,
+        fill: &Fill,
+    ) -> bool {
+        let h = resp.headers();
+        let get = |n: http::HeaderName| h.get(n).cloned();
+        let len: Option<u64> = h
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let cc = get(CACHE_CONTROL);
+        let storable = !cc.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
+        });
+        let meta = Meta {
+            len: len.unwrap_or(0),
+            etag: get(ETAG),
+            last_modified: get(LAST_MODIFIED),
+            content_type: get(CONTENT_TYPE),
+            cache_control: cc,
+            fetched: now(),
+        };
+        let Some(len) = len else {
+            // segd stores only bodies whose length it can check.
+            fill.outcome
+                .send_replace(Some(Outcome::Failed { timeout: false }));
+            return false;
+        };
+        let Some(vol) = local
+            .volumes
+            .cache_volume()
+            .and_then(|i| local.volumes.get(i))
+        else {
+            fill.outcome
+                .send_replace(Some(Outcome::Failed { timeout: false }));
+            return false;
+        };
+        let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
+        let temp = vol.with_root(|root| Dir::open(root, dir, true).and_then(TempFile::new));
+        let mut temp = match temp {
+            Some(Ok(t)) => t,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(error = %e, "cannot create a file in the pull cache");
+                }
+                fill.outcome
+                    .send_replace(Some(Outcome::Failed { timeout: false }));
+                return false;
+            }
+        };
+        let reader = match temp.reader() {
+            Ok(r) => r,
+            Err(_) => {
+                fill.outcome
+                    .send_replace(Some(Outcome::Failed { timeout: false }));
+                return false;
+            }
+        };
+        let key = rel.as_str().to_owned();
+        let publisher = self.growing.register(&key, reader);
+        let Some(growing) = self.growing.get(&key) else {
+            return false;
+        };
+        fill.outcome
+            .send_replace(Some(Outcome::Body(meta.clone(), growing)));
+        let mut body = resp.into_body();
+        loop {
+            let frame = match tokio::time::timeout(self.cfg.idle_timeout, body.frame()).await {
+                Ok(Some(Ok(f))) => f,
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(path = %key, error = %e, "upstream body failed");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!(path = %key, "upstream body stalled past idle_timeout");
+                    return false;
+                }
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            let n = data.len() as u64;
+            if temp.written() + data.len() as u64 > len {
+                tracing::warn!(path = %key, "upstream body longer than its Content-Length");
+                return false;
+            }
+            let (t, r) = match tokio::task::spawn_blocking(move || {
+                let r = temp.write_all(&data);
+                (temp, r)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(_) => return false,
+            };
+            temp = t;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "pull cache write failed");
+                return false;
+            }
+            self.m.fill_bytes.inc_by(n);
+            publisher.advance(temp.written());
+        }
+        if temp.written() != len {
+            tracing::warn!(path = %key, got = temp.written(), want = len, "upstream body shorter than its Content-Length");
+            return false;
+        }
+        if !storable {
+            // Passed through, not kept: the readers finish from the unlinked file.
+            publisher.done(len);
+            return true;
+        }
+        let committed = tokio::task::spawn_blocking({
+            let name = name.to_owned();
+            move || temp.commit(&name, false)
+        })
+        .await;
+        match committed {
+            Ok(Ok(_)) => {
+                self.save_meta(local, rel, &meta);
+                local.forget_in(local.volumes.cache_volume().unwrap_or(usize::MAX), rel);
+                self.index.insert(key, Arc::new(meta));
+                publisher.done(len);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn save_meta(&self, _local: &Arc<Local>, rel: &RelPath, meta: &Meta) {
+        let Some(root) = self.cfg.cache_path.clone() else {
+            return;
+        };
+        let (dir, side) = sidecar(rel.as_str());
+        let tmp = root.join(&dir).join(format!("{side}.tmp"));
+        let text = meta.to_text();
+        let r = std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, root.join(&dir).join(&side)));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot write a pull cache sidecar");
+        }
+    }
+}
+
+/// Percent-encodes what a path segment cannot carry as is (the path is already sanitised).
+fn encode_path(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    for b in p.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An object whose body is being fetched: streamed from the fill as it grows.
+fn filling(meta: Meta, growing: Arc<Growing>, status: &'static str) -> Object {
+    let etag = meta.etag.clone().unwrap_or_else(|| {
+        HeaderValue::from_str(&format!("\"{:x}-{:x}\"", meta.len, meta.fetched))
+            .unwrap_or(HeaderValue::from_static("\"0\""))
+    });
+    Object {
+        len: Some(meta.len),
+        meta: ObjectMeta {
+            len: meta.len,
+            dev: 0,
+            ino: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+        },
+        etag,
+        last_modified: meta
+            .last_modified
+            .clone()
+            .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+        growing: false,
+        content_type: meta.content_type.clone(),
+        cache_control: meta.cache_control.clone(),
+        extra: None,
+        cache_status: Some(status),
+        source: Source::Growing(growing),
+    }
+}
