@@ -12,6 +12,7 @@ mod http_semantics;
 mod ingest;
 mod lifecycle;
 mod limits;
+mod live;
 mod regression;
 mod tls;
 mod token;

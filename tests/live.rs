@@ -1,0 +1,2290 @@
+//! Live and low latency (docs/live.md) against the running server. Playlists, parts and segments
+//! reach segd the way a packager publishes them: PUT with an upload token (docs/ingest.md), either
+//! hand-written (so the playlist state is exactly known) or from `tests/tools/llhls_packager.py`
+//! (real fMP4 audio split into 0.5 s parts, published at the pace of the media). Checked:
+//! - blocking playlist reload (RFC 8216bis §6.2.5.2): answered at once when the playlist already
+//!   has the segment/part, held until the write that adds it otherwise (and never answered before
+//!   that write started), the 400s, the 503 after `block_timeout_factor` × target duration, the
+//!   `max_blocked_requests` limit, ENDLIST and no CAN-BLOCK-RELOAD, a client that goes away, a
+//!   SIGTERM drain, 200 parked clients over HTTP/1.1 and h2c answered by one write, a playlist
+//!   renamed into place by a local packager
+//! - delta updates (`_HLS_skip`, §6.2.5.1): SKIPPED-SEGMENTS computed here from the uploaded
+//!   playlist, the remaining lines identical to the full playlist's tail, `v2` and DATERANGEs
+//! - playlist token rewriting of blocking answers (`_HLS_*` never copied into URIs)
+//! - preload hints: held until the part (or map) is written; other unknown names 404 at once
+//! - read-while-write: a segment GET during a slow chunked PUT grows with the upload over
+//!   HTTP/1.1 (raw socket) and h2c, ends with exactly the uploaded bytes, is aborted (never ended
+//!   cleanly) when the upload fails; playlists are never served from an upload in progress
+//! - Cache-Control of live playlists, blocking answers, growing and complete segments
+//! - ffmpeg's low-latency DASH (`-streaming 1 -ldash 1 -method PUT`) read while it is uploaded
+//!
+//! Timing: tests wait for effects (the `segd_live_blocked_requests` gauge, the packager's log, the
+//! upload counter) rather than sleeping; the only time bounds are generous ("at once" = well
+//! under the block timeout) or lower bounds the server must respect (a 503 not before the block
+//! timeout). Packager log times and this file's `mono()` read the same CLOCK_MONOTONIC.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use segd::auth::edgeauth::{sign, SignSpec};
+use segd::auth::encode_token;
+use segd::config::TokenAlgorithm;
+use tokio::task::JoinHandle;
+
+use crate::util::*;
+
+/// The `[[ingest.keys]]` secret (docs/ingest.md).
+const UP_KEY: &str = "0123456789abcdef0123456789abcdef";
+/// A `[[token.keys]]` (playback) secret.
+const PLAY_KEY: &str = "52a152a152a152a152a152a152a1";
+/// Parts per segment in the hand-written playlists (and the packager's default).
+const PARTS: u32 = 4;
+/// "At once": well under every block timeout used here (6 s unless a test says otherwise).
+const AT_ONCE: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------------------------
+// Clocks, tokens, config
+
+/// CLOCK_MONOTONIC in seconds: the clock of the packager's `time.monotonic()` log timestamps.
+fn mono() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass, which we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+fn token_with_key(key: &str, acl: &str) -> String {
+    sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(key).expect("hex key"),
+        &SignSpec {
+            acl: Some(acl),
+            exp: now() + 3600,
+            ..Default::default()
+        },
+    )
+}
+
+/// An upload token (an `[[ingest.keys]]` secret) for `acl`.
+fn upload_token(acl: &str) -> String {
+    token_with_key(UP_KEY, acl)
+}
+
+/// `path` with the token in the query.
+fn q(path: &str, token: &str) -> String {
+    format!("{path}?__token__={}", encode_token(token))
+}
+
+/// `[ingest]` for /live/ (no fsync: these tests are about reads) and `[live]`.
+fn live_config(factor: u32, max_blocked: u32) -> String {
+    format!(
+        "[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n[[ingest.keys]]\nid = \"up1\"\nsecret = \"{UP_KEY}\"\n\n\
+         [live]\nprefixes = [\"/live/\"]\nmax_blocked_requests = {max_blocked}\nblock_timeout_factor = {factor}\n\n"
+    )
+}
+
+/// A running segd with one volume `disk1` and the live config.
+struct Rig {
+    dir: tempfile::TempDir,
+    srv: Server,
+    /// Upload token for everything under /live/.
+    tok: String,
+}
+
+impl Rig {
+    /// `factor`: block_timeout_factor; `max_blocked`: max_blocked_requests; `extra`: more config.
+    fn start(factor: u32, max_blocked: u32, extra: &str) -> Rig {
+        Rig::start_with(factor, max_blocked, extra, |_| {})
+    }
+
+    fn start_with(factor: u32, max_blocked: u32, extra: &str, prepare: impl FnOnce(&Path)) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("disk1");
+        std::fs::create_dir_all(vol.join("live")).expect("mkdir volume");
+        prepare(&vol);
+        let cfg = config_for(
+            &[vol.as_path()],
+            &format!("{}{extra}", live_config(factor, max_blocked)),
+        );
+        let srv = Server::start(&cfg);
+        Rig {
+            dir,
+            srv,
+            tok: upload_token("/live/*"),
+        }
+    }
+
+    fn vol(&self) -> PathBuf {
+        self.dir.path().join("disk1")
+    }
+
+    fn url(&self, target: &str) -> String {
+        self.srv.url(target)
+    }
+
+    async fn metrics(&self) -> String {
+        get(&self.srv.admin_url("/metrics"), &[]).await.text()
+    }
+
+    /// `segd_live_blocked_requests`.
+    async fn parked(&self) -> Option<f64> {
+        metric(&self.metrics().await, "segd_live_blocked_requests")
+    }
+
+    /// Waits (up to 20 s) until exactly `n` requests are parked.
+    async fn wait_parked(&self, n: usize, what: &str) {
+        let ok = eventually(Duration::from_secs(20), async || {
+            self.parked().await == Some(n as f64)
+        })
+        .await;
+        assert!(
+            ok,
+            "{what}: expected {n} parked requests; segd_live_blocked_requests = {:?}",
+            self.parked().await
+        );
+    }
+
+    /// PUT `body` at `path` with the upload token (HTTP/1.1); 201 or 204.
+    async fn put(&self, path: &str, body: &[u8]) {
+        let r = send("PUT", &self.url(&q(path, &self.tok)), &[], body, false).await;
+        assert!(
+            r.status == 201 || r.status == 204,
+            "PUT {path}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+
+    /// PUT, returning the CLOCK_MONOTONIC time just before the request was sent.
+    async fn put_at(&self, path: &str, body: &[u8]) -> f64 {
+        let t = mono();
+        self.put(path, body).await;
+        t
+    }
+}
+
+/// One request with a body over hyper's client (`h2`: h2c prior knowledge).
+async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8], h2: bool) -> Resp {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<Full<Bytes>>();
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// A response and the CLOCK_MONOTONIC time its body was complete.
+struct Answer {
+    resp: Resp,
+    at: f64,
+}
+
+/// GET `url` in a task (a blocking request that may be parked).
+fn fetch(url: String, h2: bool) -> JoinHandle<Answer> {
+    tokio::spawn(async move {
+        let resp = request("GET", &url, &[], h2).await;
+        Answer { resp, at: mono() }
+    })
+}
+
+/// The answer of a `fetch`, within 20 s.
+async fn answer(h: JoinHandle<Answer>, what: &str) -> Answer {
+    tokio::time::timeout(Duration::from_secs(20), h)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 20 s"))
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"))
+}
+
+/// A GET answered well before any block timeout, with the time it took.
+async fn get_at_once(url: &str, h2: bool, what: &str) -> Resp {
+    let t = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), request("GET", url, &[], h2))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 20 s"));
+    assert!(
+        t.elapsed() < AT_ONCE,
+        "{what}: answered after {:?}, not at once",
+        t.elapsed()
+    );
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hand-written LL-HLS playlists
+
+/// A low-latency media playlist: segments `s<MSN>.m4s` of 4 parts `s<MSN>.p<P>.m4s` each.
+#[derive(Clone)]
+struct Ll {
+    version: u32,
+    target: u32,
+    /// EXT-X-SERVER-CONTROL attributes ("" = no tag).
+    control: String,
+    first: u64,
+    /// Durations of the complete segments, `first` onwards.
+    durations: Vec<f64>,
+    /// Parts of the segment in progress (MSN `first + durations.len()`).
+    parts: u32,
+    endlist: bool,
+    /// EXT-X-PROGRAM-DATE-TIME on every segment.
+    pdt: bool,
+    /// EXT-X-DATERANGE `ID`s placed before the segment of the given index.
+    dateranges: Vec<(usize, &'static str)>,
+    /// An extra EXT-X-PRELOAD-HINT:TYPE=MAP for this URI.
+    map_hint: Option<&'static str>,
+}
+
+const CONTROL: &str = "CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=12";
+
+impl Ll {
+    /// `complete` segments of 2 s from MSN `first`, then `parts` parts of the next one.
+    fn new(first: u64, complete: usize, parts: u32) -> Ll {
+        Ll {
+            version: 9,
+            target: 2,
+            control: CONTROL.into(),
+            first,
+            durations: vec![2.0; complete],
+            parts,
+            endlist: false,
+            pdt: false,
+            dateranges: Vec::new(),
+            map_hint: None,
+        }
+    }
+
+    fn part_target(&self) -> f64 {
+        f64::from(self.target) / f64::from(PARTS)
+    }
+
+    /// MSN of the segment in progress.
+    fn next(&self) -> u64 {
+        self.first + self.durations.len() as u64
+    }
+
+    /// The preload-hinted part, if any.
+    fn hint(&self) -> Option<String> {
+        (!self.endlist).then(|| format!("s{}.p{}.m4s", self.next(), self.parts))
+    }
+
+    /// `parts` more parts of the segment in progress, completing segments every 4 parts.
+    fn advance(&self, parts: u32) -> Ll {
+        let mut n = self.clone();
+        for _ in 0..parts {
+            n.parts += 1;
+            if n.parts == PARTS {
+                n.durations.push(f64::from(self.target));
+                n.parts = 0;
+            }
+        }
+        n
+    }
+
+    fn pdt_of(&self, index: usize) -> String {
+        let start: f64 = self.durations[..index].iter().sum();
+        let ms = (start * 1000.0).round() as u64;
+        format!(
+            "2026-01-01T00:{:02}:{:02}.{:03}Z",
+            ms / 60_000,
+            ms / 1000 % 60,
+            ms % 1000
+        )
+    }
+
+    fn render(&self) -> String {
+        let mut l = vec![
+            "#EXTM3U".to_string(),
+            format!("#EXT-X-VERSION:{}", self.version),
+            format!("#EXT-X-TARGETDURATION:{}", self.target),
+            format!("#EXT-X-PART-INF:PART-TARGET={}", self.part_target()),
+        ];
+        if !self.control.is_empty() {
+            l.push(format!("#EXT-X-SERVER-CONTROL:{}", self.control));
+        }
+        l.push(format!("#EXT-X-MEDIA-SEQUENCE:{}", self.first));
+        l.push("#EXT-X-MAP:URI=\"init.mp4\"".into());
+        let n = self.durations.len();
+        for (i, d) in self.durations.iter().enumerate() {
+            let msn = self.first + i as u64;
+            for (at, id) in &self.dateranges {
+                if *at == i {
+                    l.push(format!(
+                        "#EXT-X-DATERANGE:ID=\"{id}\",START-DATE=\"{}\",DURATION=1.0",
+                        self.pdt_of(i)
+                    ));
+                }
+            }
+            if self.pdt {
+                l.push(format!("#EXT-X-PROGRAM-DATE-TIME:{}", self.pdt_of(i)));
+            }
+            // Parts stay listed for the last three segments.
+            if i + 3 >= n {
+                for p in 0..PARTS {
+                    l.push(format!(
+                        "#EXT-X-PART:DURATION={:.5},URI=\"s{msn}.p{p}.m4s\",INDEPENDENT=YES",
+                        d / f64::from(PARTS)
+                    ));
+                }
+            }
+            l.push(format!("#EXTINF:{d:.5},"));
+            l.push(format!("s{msn}.m4s"));
+        }
+        for p in 0..self.parts {
+            l.push(format!(
+                "#EXT-X-PART:DURATION={:.5},URI=\"s{}.p{p}.m4s\",INDEPENDENT=YES",
+                self.part_target(),
+                self.next()
+            ));
+        }
+        if self.endlist {
+            l.push("#EXT-X-ENDLIST".into());
+        } else {
+            if let Some(m) = self.map_hint {
+                l.push(format!("#EXT-X-PRELOAD-HINT:TYPE=MAP,URI=\"{m}\""));
+            }
+            l.push(format!(
+                "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{}\"",
+                self.hint().expect("hint")
+            ));
+        }
+        let mut s = l.join("\n");
+        s.push('\n');
+        s
+    }
+}
+
+/// Every URI of an HLS playlist: URI lines and `URI="…"` attributes.
+fn playlist_uris(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !line.starts_with('#') {
+            out.push(line.to_string());
+        } else if let Some(i) = line.find("URI=\"") {
+            let rest = &line[i + 5..];
+            out.push(rest[..rest.find('"').expect("closing quote")].to_string());
+        }
+    }
+    out
+}
+
+/// The `max-age` of a Cache-Control value.
+fn max_age(cc: &str) -> Option<u64> {
+    cc.split(',')
+        .map(str::trim)
+        .find_map(|d| d.strip_prefix("max-age="))
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Blocking playlist reload
+
+/// The state every rule test starts from: segments 0..=4 complete, parts 0 and 1 of segment 5.
+fn rules_state() -> Ll {
+    Ll::new(0, 5, 2)
+}
+
+#[tokio::test]
+async fn blocking_reload_answers_at_once_what_the_playlist_has() {
+    let rig = Rig::start(3, 100, "");
+    let pl = rules_state();
+    rig.put("/live/b/index.m3u8", pl.render().as_bytes()).await;
+    let base = "/live/b/index.m3u8";
+    // Present: a complete segment (the last one, an older one), a part of the segment in
+    // progress, the last part of a complete segment; MSN 0 with a part that is listed.
+    for query in [
+        "_HLS_msn=4",
+        "_HLS_msn=2",
+        "_HLS_msn=0",
+        "_HLS_msn=5&_HLS_part=0",
+        "_HLS_msn=5&_HLS_part=1",
+        "_HLS_msn=4&_HLS_part=3",
+        "_HLS_msn=4&_HLS_part=0",
+    ] {
+        for h2 in [false, true] {
+            let what = format!("{query} h2={h2}");
+            let r = get_at_once(&rig.url(&format!("{base}?{query}")), h2, &what).await;
+            assert_eq!(r.status, 200, "{what}: {}", r.text());
+            assert_eq!(r.text(), pl.render(), "{what}: the whole current playlist");
+            assert_eq!(
+                r.header("cache-control"),
+                Some("public, max-age=12"),
+                "{what}: a blocking answer is cacheable for 6 × target duration"
+            );
+        }
+    }
+    // RFC 8216bis §6.2.5.2: "a Media Segment with a Media Sequence Number of M *or later*", and
+    // the whole playlist "even if it [segment M] is no longer in the Playlist".
+    let slid = Ll::new(10, 5, 1);
+    rig.put("/live/b2/index.m3u8", slid.render().as_bytes())
+        .await;
+    for query in ["_HLS_msn=3", "_HLS_msn=9&_HLS_part=2"] {
+        let r = get_at_once(
+            &rig.url(&format!("/live/b2/index.m3u8?{query}")),
+            false,
+            query,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{query}: a segment older than the window");
+        assert_eq!(r.text(), slid.render(), "{query}");
+    }
+    assert_eq!(rig.parked().await, Some(0.0), "nothing was parked");
+}
+
+#[tokio::test]
+async fn blocking_reload_refusals_are_400() {
+    let rig = Rig::start(3, 100, "");
+    rig.put("/live/b/index.m3u8", rules_state().render().as_bytes())
+        .await;
+    // Last complete segment 4, last part (5, 1); PART-TARGET 0.5 s: Advance Part Limit 3 / 0.5
+    // = 6 parts. M > 4 + 2 is refused; (5, 7) is 6 parts past the last part (5, 1) (RFC
+    // 8216bis: "exceeds the last Partial Segment … by the Advance Part Limit") and more than
+    // the limit into the next segment (docs/live.md): refused by either reading.
+    for query in [
+        "_HLS_part=1",
+        "_HLS_part=0&_HLS_skip=YES",
+        "_HLS_msn=abc",
+        "_HLS_msn=-1",
+        "_HLS_msn=1.5",
+        "_HLS_msn=",
+        "_HLS_msn=0x5",
+        "_HLS_msn=5&_HLS_part=x",
+        "_HLS_msn=5&_HLS_part=-1",
+        "_HLS_msn=5&_HLS_part=",
+        "_HLS_msn=99999999999999999999999",
+        "_HLS_msn=7",
+        "_HLS_msn=1000",
+        "_HLS_msn=7&_HLS_part=0",
+        "_HLS_msn=5&_HLS_part=7",
+        "_HLS_msn=5&_HLS_part=100",
+    ] {
+        for h2 in [false, true] {
+            let what = format!("{query} h2={h2}");
+            let r = get_at_once(&rig.url(&format!("/live/b/index.m3u8?{query}")), h2, &what).await;
+            assert_eq!(r.status, 400, "{what}: {}", r.text());
+        }
+    }
+    assert_eq!(rig.parked().await, Some(0.0), "nothing was parked");
+    // Just inside the limits: parked, not refused. M = 4 + 2; (5, 6) is within the limit.
+    let edge: Vec<_> = [
+        "_HLS_msn=6",
+        "_HLS_msn=6&_HLS_part=0",
+        "_HLS_msn=5&_HLS_part=6",
+    ]
+    .iter()
+    .map(|query| fetch(rig.url(&format!("/live/b/index.m3u8?{query}")), false))
+    .collect();
+    rig.wait_parked(3, "requests inside the limits").await;
+    for h in &edge {
+        assert!(!h.is_finished(), "a request inside the limits was answered");
+    }
+    for h in edge {
+        h.abort();
+    }
+    rig.wait_parked(0, "aborted clients").await;
+}
+
+#[tokio::test]
+async fn blocking_reload_is_answered_by_the_write_that_satisfies_it() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/w/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let url = |query: &str| rig.url(&format!("{path}?{query}"));
+    let wake0 = metric(&rig.metrics().await, "segd_live_wakeups_total").unwrap_or(0.0);
+
+    // a: the next segment; b: the next part (h2c); c: the first part of the segment after.
+    let a = fetch(url("_HLS_msn=5"), false);
+    let b = fetch(url("_HLS_msn=5&_HLS_part=2"), true);
+    let c = fetch(url("_HLS_msn=6&_HLS_part=0"), false);
+    rig.wait_parked(3, "a, b, c").await;
+    assert!(!a.is_finished() && !b.is_finished() && !c.is_finished());
+
+    // Write 1 adds part (5, 2): b only.
+    let v2 = v1.advance(1);
+    let sent = rig.put_at(path, v2.render().as_bytes()).await;
+    let done = mono();
+    let rb = answer(b, "b").await;
+    assert_eq!(rb.resp.status, 200);
+    assert_eq!(rb.resp.version, http::Version::HTTP_2);
+    assert_eq!(rb.resp.text(), v2.render(), "b: the playlist as of write 1");
+    assert!(rb.resp.text().contains("URI=\"s5.p2.m4s\""));
+    assert!(
+        rb.at >= sent,
+        "b answered before write 1 was sent ({} < {sent})",
+        rb.at
+    );
+    eprintln!(
+        "b: answered {:+.4} s after write 1 was sent, {:+.4} s relative to its 201/204",
+        rb.at - sent,
+        rb.at - done
+    );
+    assert_eq!(rb.resp.header("cache-control"), Some("public, max-age=12"));
+    rig.wait_parked(2, "a and c after write 1").await;
+    assert!(!a.is_finished() && !c.is_finished(), "a/c woken by write 1");
+
+    // Write 2 completes segment 5 (parts 3 and the EXTINF): a only.
+    let v3 = v2.advance(2);
+    assert_eq!(v3.durations.len(), 6, "segment 5 complete");
+    let sent = rig.put_at(path, v3.render().as_bytes()).await;
+    let ra = answer(a, "a").await;
+    assert_eq!(ra.resp.status, 200);
+    assert_eq!(ra.resp.text(), v3.render(), "a: the playlist as of write 2");
+    assert!(ra.resp.text().contains("\ns5.m4s\n"));
+    assert!(ra.at >= sent, "a answered before write 2 was sent");
+    rig.wait_parked(1, "c after write 2").await;
+    assert!(!c.is_finished(), "c woken by write 2");
+
+    // A write that changes nothing c waits for (the same playlist again) leaves it parked.
+    rig.put(path, v3.render().as_bytes()).await;
+    rig.wait_parked(1, "c after a rewrite of the same state")
+        .await;
+
+    // Write 3 adds part (6, 0): c.
+    let v4 = v3.advance(1);
+    let sent = rig.put_at(path, v4.render().as_bytes()).await;
+    let rc = answer(c, "c").await;
+    assert_eq!(rc.resp.status, 200);
+    assert_eq!(rc.resp.text(), v4.render(), "c: the playlist as of write 3");
+    assert!(rc.at >= sent, "c answered before write 3 was sent");
+    rig.wait_parked(0, "all answered").await;
+    let wake = metric(&rig.metrics().await, "segd_live_wakeups_total").unwrap_or(0.0);
+    assert!(
+        wake - wake0 >= 3.0,
+        "segd_live_wakeups_total {wake0} → {wake}"
+    );
+}
+
+/// RFC 8216bis §6.2.5.2: "If the Client requests a Part Index greater than that of the final
+/// Partial Segment of the Parent Segment, the Server MUST treat the request as one for Part
+/// Index 0 of the following Parent Segment." docs/live.md answers "segment M complete" at once,
+/// which contradicts this for P past M's last part; this test follows the RFC.
+#[tokio::test]
+async fn part_past_the_last_part_of_a_segment_is_part_0_of_the_next() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/roll/index.m3u8";
+    let v1 = Ll::new(0, 5, 0); // segment 4 complete with parts 0..=3, nothing of 5 yet
+    rig.put(path, v1.render().as_bytes()).await;
+    let h = fetch(rig.url(&format!("{path}?_HLS_msn=4&_HLS_part=4")), false);
+    rig.wait_parked(1, "(4, 4) = (5, 0)").await;
+    let v2 = v1.advance(1);
+    let sent = rig.put_at(path, v2.render().as_bytes()).await;
+    let r = answer(h, "(4, 4)").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.text(), v2.render());
+    assert!(r.at >= sent);
+}
+
+#[tokio::test]
+async fn blocking_reload_ignored_with_endlist_or_without_can_block_reload() {
+    let rig = Rig::start(3, 100, "");
+    let mut ended = rules_state();
+    ended.endlist = true;
+    let mut no_block = rules_state();
+    no_block.control = "PART-HOLD-BACK=1.5,CAN-SKIP-UNTIL=12".into();
+    let mut no_control = rules_state();
+    no_control.control = String::new();
+    for (name, pl) in [
+        ("ended", &ended),
+        ("noblock", &no_block),
+        ("nocontrol", &no_control),
+    ] {
+        let path = format!("/live/{name}/index.m3u8");
+        rig.put(&path, pl.render().as_bytes()).await;
+        // The next segment, a future part, and values that would otherwise be 400.
+        for query in [
+            "_HLS_msn=5",
+            "_HLS_msn=5&_HLS_part=3",
+            "_HLS_msn=6",
+            "_HLS_msn=1000",
+            "_HLS_msn=5&_HLS_part=100",
+        ] {
+            for h2 in [false, true] {
+                let what = format!("{name} {query} h2={h2}");
+                let r = get_at_once(&rig.url(&format!("{path}?{query}")), h2, &what).await;
+                assert_eq!(r.status, 200, "{what}: directives ignored");
+                assert_eq!(r.text(), pl.render(), "{what}");
+            }
+        }
+    }
+    assert_eq!(rig.parked().await, Some(0.0));
+}
+
+#[tokio::test]
+async fn blocking_reload_times_out_with_503() {
+    // block_timeout_factor 2 × TARGETDURATION 1 = 2 s.
+    let rig = Rig::start(2, 100, "");
+    let path = "/live/t/index.m3u8";
+    let mut pl = Ll::new(0, 5, 1);
+    pl.target = 1;
+    pl.durations = vec![1.0; 5];
+    rig.put(path, pl.render().as_bytes()).await;
+    let t0 = mono();
+    let next = fetch(rig.url(&format!("{path}?_HLS_msn=5")), false);
+    let far = fetch(rig.url(&format!("{path}?_HLS_msn=6&_HLS_part=0")), true);
+    rig.wait_parked(2, "two waiting for segments that never come")
+        .await;
+    for (what, h) in [("next segment", next), ("segment after (h2c)", far)] {
+        let r = answer(h, what).await;
+        let waited = r.at - t0;
+        assert_eq!(r.resp.status, 503, "{what}: {}", r.resp.text());
+        assert_eq!(r.resp.header("cache-control"), Some("no-store"), "{what}");
+        assert!(
+            waited >= 1.6,
+            "{what}: 503 after {waited:.2} s, before the 2 s block timeout"
+        );
+        assert!(waited < 15.0, "{what}: 503 only after {waited:.2} s");
+    }
+    rig.wait_parked(0, "after the timeouts").await;
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_live_block_timeouts_total").is_some_and(|v| v >= 2.0),
+        "{m}"
+    );
+    // The playlist itself is still served.
+    let r = get_at_once(&rig.url(path), false, "plain GET").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn max_blocked_requests_is_503_with_retry_after() {
+    let rig = Rig::start(3, 3, "");
+    let path = "/live/max/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let url = rig.url(&format!("{path}?_HLS_msn=5&_HLS_part=2"));
+    let parked = vec![
+        fetch(url.clone(), false),
+        fetch(url.clone(), true),
+        fetch(url.clone(), false),
+    ];
+    rig.wait_parked(3, "the limit").await;
+    for h2 in [false, true] {
+        let r = get_at_once(&url, h2, "one more").await;
+        assert_eq!(r.status, 503, "h2={h2}: beyond max_blocked_requests");
+        assert_eq!(r.header("retry-after"), Some("1"), "h2={h2}");
+        assert_eq!(r.header("cache-control"), Some("no-store"), "h2={h2}");
+    }
+    // Requests that need not wait are unaffected.
+    let r = get_at_once(&rig.url(path), false, "plain GET").await;
+    assert_eq!(r.status, 200);
+    let r = get_at_once(
+        &rig.url(&format!("{path}?_HLS_msn=5&_HLS_part=1")),
+        false,
+        "present part",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    rig.wait_parked(3, "the refused ones were never parked")
+        .await;
+    // One write answers the three; the slots are free again.
+    let v2 = v1.advance(1);
+    rig.put(path, v2.render().as_bytes()).await;
+    for h in parked {
+        let r = answer(h, "parked at the limit").await;
+        assert_eq!(r.resp.status, 200);
+        assert_eq!(r.resp.text(), v2.render());
+    }
+    rig.wait_parked(0, "all answered").await;
+    let url = rig.url(&format!("{path}?_HLS_msn=5&_HLS_part=3"));
+    let again: Vec<_> = (0..3).map(|i| fetch(url.clone(), i == 1)).collect();
+    rig.wait_parked(3, "three new ones fit again").await;
+    let v3 = v2.advance(1);
+    rig.put(path, v3.render().as_bytes()).await;
+    for h in again {
+        assert_eq!(answer(h, "second round").await.resp.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_frees_its_slot() {
+    let rig = Rig::start(3, 2, "");
+    let path = "/live/gone/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let target = format!("{path}?_HLS_msn=5&_HLS_part=2");
+
+    // HTTP/1.1 over a raw socket, and one h2c stream on a connection that stays open.
+    let mut h1 = TcpStream::connect(rig.srv.addr).expect("connect");
+    h1.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .expect("request");
+    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("h2 ready");
+    let req = http::Request::builder()
+        .uri(rig.url(&target))
+        .body(())
+        .expect("request");
+    let (resp, mut stream) = client.send_request(req, true).expect("send");
+    rig.wait_parked(2, "h1 + h2").await;
+    let r = get_at_once(&rig.url(&target), false, "third").await;
+    assert_eq!(r.status, 503, "both slots taken");
+
+    drop(h1);
+    rig.wait_parked(1, "the HTTP/1.1 client closed its connection")
+        .await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+    rig.wait_parked(0, "the h2 stream was reset (its connection is still open)")
+        .await;
+    assert!(!driver.is_finished(), "the h2 connection is still up");
+
+    // Both slots are usable again, and a write answers the new waiters.
+    let a = fetch(rig.url(&target), false);
+    let b = fetch(rig.url(&target), true);
+    rig.wait_parked(2, "two new waiters").await;
+    let v2 = v1.advance(1);
+    rig.put(path, v2.render().as_bytes()).await;
+    for h in [a, b] {
+        let r = answer(h, "new waiter").await;
+        assert_eq!(r.resp.status, 200);
+        assert_eq!(r.resp.text(), v2.render());
+    }
+    driver.abort();
+}
+
+#[tokio::test]
+async fn sigterm_drain_answers_parked_requests_at_once() {
+    let mut rig = Rig::start(3, 100, "");
+    let path = "/live/drain/index.m3u8";
+    let pl = rules_state();
+    rig.put(path, pl.render().as_bytes()).await;
+    let parked: Vec<_> = [
+        ("_HLS_msn=5", false),
+        ("_HLS_msn=5&_HLS_part=2", true),
+        ("_HLS_msn=6&_HLS_part=0", false),
+    ]
+    .iter()
+    .map(|(query, h2)| fetch(rig.url(&format!("{path}?{query}")), *h2))
+    .collect();
+    rig.wait_parked(3, "before SIGTERM").await;
+    let t0 = mono();
+    rig.srv.signal(libc::SIGTERM);
+    for h in parked {
+        let r = answer(h, "parked during the drain").await;
+        assert_eq!(r.resp.status, 200, "{}", r.resp.text());
+        assert_eq!(r.resp.text(), pl.render(), "the current playlist");
+        assert!(
+            r.at - t0 < AT_ONCE.as_secs_f64(),
+            "answered {:.2} s after SIGTERM (block timeout 6 s)",
+            r.at - t0
+        );
+    }
+    assert!(
+        rig.srv.wait_exit(Duration::from_secs(20)).is_some(),
+        "segd exits after the drain"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_parked_clients_answered_by_one_write() {
+    let rig = Rig::start(3, 1000, "");
+    let path = "/live/many/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let url = rig.url(&format!("{path}?_HLS_msn=5&_HLS_part=2"));
+    // 100 over HTTP/1.1 (one connection each), 100 over 4 h2c connections (25 streams each).
+    let h1 = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let h2: Vec<_> = (0..4)
+        .map(|_| {
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<Empty<Bytes>>()
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let client = if i < 100 {
+            h1.clone()
+        } else {
+            h2[i % 4].clone()
+        };
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(&url)
+                .body(Empty::new())
+                .expect("request");
+            let resp = client.request(req).await.expect("response");
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.expect("body").to_bytes();
+            (parts.status.as_u16(), parts.version, body, mono())
+        }));
+    }
+    rig.wait_parked(200, "200 clients").await;
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_live_playlists").is_some_and(|v| v >= 1.0),
+        "segd_live_playlists:\n{m}"
+    );
+    let wake0 = metric(&m, "segd_live_wakeups_total").unwrap_or(0.0);
+    let v2 = v1.advance(1);
+    let sent = rig.put_at(path, v2.render().as_bytes()).await;
+    let (mut v11, mut v20) = (0, 0);
+    for (i, t) in tasks.into_iter().enumerate() {
+        let (status, version, body, at) = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .unwrap_or_else(|_| panic!("client {i}: no answer"))
+            .expect("task");
+        assert_eq!(status, 200, "client {i}");
+        assert_eq!(body, v2.render().as_bytes(), "client {i}");
+        assert!(at >= sent, "client {i} answered before the write");
+        match version {
+            http::Version::HTTP_11 => v11 += 1,
+            http::Version::HTTP_2 => v20 += 1,
+            v => panic!("client {i}: {v:?}"),
+        }
+    }
+    assert_eq!((v11, v20), (100, 100));
+    rig.wait_parked(0, "all answered").await;
+    let wake = metric(&rig.metrics().await, "segd_live_wakeups_total").unwrap_or(0.0);
+    assert!(wake - wake0 >= 200.0, "wakeups {wake0} → {wake}");
+}
+
+/// A local packager renames the playlist into place (inotify); `*.tmp` files are ignored.
+#[tokio::test]
+async fn playlist_renamed_into_place_wakes_waiters() {
+    let rig = Rig::start_with(3, 100, "", |vol| {
+        std::fs::create_dir_all(vol.join("live/fs")).expect("mkdir");
+    });
+    let dir = rig.vol().join("live/fs");
+    let v1 = rules_state();
+    let publish = |pl: &Ll| {
+        std::fs::write(dir.join("index.m3u8.tmp"), pl.render()).expect("write tmp");
+        std::fs::rename(dir.join("index.m3u8.tmp"), dir.join("index.m3u8")).expect("rename");
+    };
+    publish(&v1);
+    let url = rig.url("/live/fs/index.m3u8?_HLS_msn=5&_HLS_part=2");
+    // Once the registry has parsed v1 the request parks (before that it may be served plainly).
+    let mut waiter = None;
+    let parsed = eventually(Duration::from_secs(15), async || {
+        let h = fetch(url.clone(), false);
+        if eventually(Duration::from_secs(1), async || {
+            rig.parked().await == Some(1.0)
+        })
+        .await
+        {
+            waiter = Some(h);
+            return true;
+        }
+        h.abort();
+        false
+    })
+    .await;
+    assert!(
+        parsed,
+        "a blocking request never parked on the renamed playlist"
+    );
+    let waiter = waiter.expect("parked request");
+    // A temp file is not a write of the playlist.
+    let v2 = v1.advance(1);
+    std::fs::write(dir.join("index.m3u8.tmp"), v2.render()).expect("write tmp");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "woken by a *.tmp file");
+    assert_eq!(rig.parked().await, Some(1.0));
+    let sent = mono();
+    std::fs::rename(dir.join("index.m3u8.tmp"), dir.join("index.m3u8")).expect("rename");
+    let r = answer(waiter, "after the rename").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.text(), v2.render());
+    assert!(r.at >= sent);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Delta updates
+
+/// SKIPPED-SEGMENTS for `durations` and a Skip Boundary: the segments whose start lies more than
+/// `boundary` seconds before `end` (docs/live.md; RFC 8216bis §6.2.5.1 measures from "the end of
+/// the last (Parent) Media Segment", so parts of the segment in progress do not count).
+fn skipped(durations: &[f64], end: f64, boundary: f64) -> usize {
+    let mut start = 0.0;
+    let mut n = 0;
+    for d in durations {
+        if end - start > boundary {
+            n += 1;
+        } else {
+            break;
+        }
+        start += d;
+    }
+    n
+}
+
+/// No segment start within 50 ms of the boundary: the expected N does not hinge on rounding.
+fn assert_no_tie(durations: &[f64], end: f64, boundary: f64) {
+    let mut start = 0.0;
+    for d in durations {
+        assert!(
+            ((end - start) - boundary).abs() > 0.05,
+            "test playlist has a segment start at the skip boundary"
+        );
+        start += d;
+    }
+}
+
+/// The lines of `full` after the URI line of its `n`-th segment.
+fn tail_after(full: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = full.lines().collect();
+    let mut seen = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if !l.starts_with('#') && !l.is_empty() {
+            seen += 1;
+            if seen == n {
+                return lines[i + 1..].iter().map(|s| s.to_string()).collect();
+            }
+        }
+    }
+    panic!("playlist has fewer than {n} segments");
+}
+
+/// The skip test playlist: 12 segments from MSN 100 (a 1.5 s one among 2 s ones), 3 parts of
+/// segment 112, PROGRAM-DATE-TIME, DATERANGE "early" (among the skipped segments) and "late".
+fn skip_playlist(control: &str) -> Ll {
+    let mut pl = Ll::new(100, 0, 3);
+    pl.version = 6;
+    pl.control = control.into();
+    pl.durations = vec![
+        1.96, 2.04, 2.0, 1.98, 2.02, 2.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0,
+    ];
+    pl.pdt = true;
+    pl.dateranges = vec![(2, "early"), (9, "late")];
+    pl
+}
+
+/// Checks a delta update of `full` (rendered from `pl`): one EXT-X-SKIP with the expected count,
+/// the same header, then exactly the full playlist's tail. Returns the delta's lines before the
+/// tail (header, SKIP, and whatever tags were kept).
+fn check_delta(pl: &Ll, delta: &str, what: &str) -> Vec<String> {
+    let full = pl.render();
+    let end: f64 = pl.durations.iter().sum();
+    let boundary = 12.0;
+    assert_no_tie(&pl.durations, end, boundary);
+    let n = skipped(&pl.durations, end, boundary);
+    assert!(
+        n > 0,
+        "{what}: the test playlist must have segments to skip"
+    );
+    let skips: Vec<&str> = delta
+        .lines()
+        .filter(|l| l.starts_with("#EXT-X-SKIP:"))
+        .collect();
+    assert_eq!(skips.len(), 1, "{what}: one EXT-X-SKIP:\n{delta}");
+    let attr = skips[0]
+        .split([':', ','])
+        .find_map(|a| a.strip_prefix("SKIPPED-SEGMENTS="))
+        .unwrap_or_else(|| panic!("{what}: no SKIPPED-SEGMENTS: {}", skips[0]));
+    assert_eq!(
+        attr.parse::<usize>().ok(),
+        Some(n),
+        "{what}: SKIPPED-SEGMENTS (segments starting more than 12 s before the end of segment {})",
+        pl.next() - 1
+    );
+    let tail = tail_after(&full, n);
+    let lines: Vec<String> = delta.lines().map(str::to_string).collect();
+    assert!(
+        lines.len() >= tail.len() && lines[lines.len() - tail.len()..] == tail[..],
+        "{what}: the delta does not end with the full playlist's tail after segment {}:\n{delta}\n--- full:\n{full}",
+        pl.first + n as u64 - 1
+    );
+    let head = lines[..lines.len() - tail.len()].to_vec();
+    assert_eq!(head.first().map(String::as_str), Some("#EXTM3U"), "{what}");
+    for keep in [
+        format!("#EXT-X-TARGETDURATION:{}", pl.target),
+        format!("#EXT-X-MEDIA-SEQUENCE:{}", pl.first),
+        format!("#EXT-X-SERVER-CONTROL:{}", pl.control),
+        format!("#EXT-X-PART-INF:PART-TARGET={}", pl.part_target()),
+        "#EXT-X-MAP:URI=\"init.mp4\"".into(),
+    ] {
+        assert!(head.contains(&keep), "{what}: {keep} kept:\n{delta}");
+    }
+    for msn in pl.first..pl.first + n as u64 {
+        let uri = format!("s{msn}.m4s");
+        assert!(
+            !lines.contains(&uri),
+            "{what}: skipped segment {uri} still listed"
+        );
+    }
+    assert!(
+        head.iter().all(|l| !l.starts_with("#EXTINF")
+            && !l.starts_with("#EXT-X-PROGRAM-DATE-TIME")
+            && !l.starts_with("#EXT-X-PART:")),
+        "{what}: segment tags of skipped segments left:\n{delta}"
+    );
+    let skip_at = head
+        .iter()
+        .position(|l| l.starts_with("#EXT-X-SKIP:"))
+        .expect("skip line");
+    let seq_at = head
+        .iter()
+        .position(|l| l.starts_with("#EXT-X-MEDIA-SEQUENCE:"))
+        .expect("sequence line");
+    assert!(seq_at < skip_at, "{what}: EXT-X-SKIP after the header");
+    head
+}
+
+fn version_of(text: &str) -> u32 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-VERSION:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+#[tokio::test]
+async fn delta_updates_skip_exactly_the_segments_before_the_skip_boundary() {
+    let rig = Rig::start(3, 100, "");
+    // Segments 100..=111 (end of 111 at 23.5 s), parts of 112 up to 25.0 s. Starts more than
+    // 12 s before 23.5 s: 100..=105 → 6. Counting the parts (25.0 s) would give 7, skipping only
+    // segments entirely before the boundary would give 5: the playlist tells them apart.
+    let pl = skip_playlist(CONTROL);
+    assert_eq!(skipped(&pl.durations, 23.5, 12.0), 6);
+    assert_eq!(skipped(&pl.durations, 25.0, 12.0), 7);
+    rig.put("/live/skip/index.m3u8", pl.render().as_bytes())
+        .await;
+    let early = "#EXT-X-DATERANGE:ID=\"early\"";
+    let late = "#EXT-X-DATERANGE:ID=\"late\"";
+    for (query, h2) in [
+        ("_HLS_skip=YES", false),
+        ("_HLS_skip=YES", true),
+        ("_HLS_skip=v2", false),
+    ] {
+        let what = format!("{query} h2={h2}");
+        let r = get_at_once(
+            &rig.url(&format!("/live/skip/index.m3u8?{query}")),
+            h2,
+            &what,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{what}");
+        let delta = r.text();
+        check_delta(&pl, &delta, &what);
+        assert!(
+            version_of(&delta) >= 9,
+            "{what}: EXT-X-SKIP needs EXT-X-VERSION 9:\n{delta}"
+        );
+        // A DATERANGE is not a segment tag: without CAN-SKIP-DATERANGES it stays (RFC 8216bis
+        // §6.2.5.1: "All tags that were not skipped MUST remain").
+        assert!(
+            delta.contains(early) && delta.contains(late),
+            "{what}: DATERANGEs kept:\n{delta}"
+        );
+    }
+    // The full playlist is untouched by delta requests.
+    let r = get_at_once(&rig.url("/live/skip/index.m3u8"), false, "full").await;
+    assert_eq!(r.text(), pl.render());
+
+    // v2 with CAN-SKIP-DATERANGES=YES: the DATERANGE among the skipped segments goes.
+    let pl2 = skip_playlist(&format!("{CONTROL},CAN-SKIP-DATERANGES=YES"));
+    rig.put("/live/skip2/index.m3u8", pl2.render().as_bytes())
+        .await;
+    for h2 in [false, true] {
+        let what = format!("v2 with CAN-SKIP-DATERANGES h2={h2}");
+        let r = get_at_once(&rig.url("/live/skip2/index.m3u8?_HLS_skip=v2"), h2, &what).await;
+        assert_eq!(r.status, 200);
+        let delta = r.text();
+        let head = check_delta(&pl2, &delta, &what);
+        assert!(
+            !delta.contains(early),
+            "{what}: skipped DATERANGE dropped:\n{delta}"
+        );
+        assert!(delta.contains(late), "{what}: the remaining one kept");
+        let skip = head
+            .iter()
+            .find(|l| l.starts_with("#EXT-X-SKIP:"))
+            .expect("skip");
+        assert!(
+            skip.contains("RECENTLY-REMOVED-DATERANGES=\"\""),
+            "{what}: {skip}"
+        );
+        // RFC 8216bis §8: "EXT-X-VERSION of 10 or higher if it contains … An EXT-X-SKIP tag
+        // that replaces EXT-X-DATERANGE tags in a Playlist Delta Update" (docs/live.md says 9).
+        assert!(version_of(&delta) >= 10, "{what}: version:\n{delta}");
+    }
+    // YES on the same playlist keeps every DATERANGE.
+    let r = get_at_once(
+        &rig.url("/live/skip2/index.m3u8?_HLS_skip=YES"),
+        false,
+        "YES",
+    )
+    .await;
+    check_delta(&pl2, &r.text(), "YES with CAN-SKIP-DATERANGES");
+    assert!(r.text().contains(early));
+}
+
+#[tokio::test]
+async fn delta_updates_ignored_without_can_skip_until_or_with_endlist() {
+    let rig = Rig::start(3, 100, "");
+    let no_skip = skip_playlist("CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5");
+    let mut ended = skip_playlist(CONTROL);
+    ended.endlist = true;
+    for (name, pl) in [("noskip", &no_skip), ("ended", &ended)] {
+        let path = format!("/live/{name}/index.m3u8");
+        rig.put(&path, pl.render().as_bytes()).await;
+        for query in ["_HLS_skip=YES", "_HLS_skip=v2"] {
+            for h2 in [false, true] {
+                let what = format!("{name} {query} h2={h2}");
+                let r = get_at_once(&rig.url(&format!("{path}?{query}")), h2, &what).await;
+                assert_eq!(r.status, 200, "{what}");
+                assert_eq!(r.text(), pl.render(), "{what}: the full playlist");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn blocking_delta_update_is_computed_from_the_new_playlist() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/bskip/index.m3u8";
+    let v1 = skip_playlist(CONTROL);
+    rig.put(path, v1.render().as_bytes()).await;
+    let h = fetch(rig.url(&format!("{path}?_HLS_msn=112&_HLS_skip=YES")), true);
+    rig.wait_parked(1, "waiting for segment 112").await;
+    // Segment 112 completes with 1.8 s: end 25.3 s, and 106 (start 12.0 s) is now skipped too.
+    let mut v2 = v1.clone();
+    v2.durations.push(1.8);
+    v2.parts = 0;
+    assert_eq!(skipped(&v2.durations, 25.3, 12.0), 7);
+    let sent = rig.put_at(path, v2.render().as_bytes()).await;
+    let r = answer(h, "blocking delta").await;
+    assert_eq!(r.resp.status, 200);
+    assert!(r.at >= sent);
+    check_delta(&v2, &r.resp.text(), "blocking delta");
+    assert_eq!(r.resp.header("cache-control"), Some("public, max-age=12"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Token rewriting
+
+#[tokio::test]
+async fn blocking_answers_rewritten_for_tokens_never_carry_hls_directives() {
+    let token_cfg = format!(
+        "[token]\nprotect = [\"/live/\"]\nplaylist_tokens = \"forward\"\n\n[[token.keys]]\nid = \"k1\"\nsecret = \"{PLAY_KEY}\"\n\n"
+    );
+    let rig = Rig::start(3, 100, &token_cfg);
+    let path = "/live/tk/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let play = token_with_key(PLAY_KEY, "/live/tk/*");
+    let enc = encode_token(&play);
+    let param = format!("__token__={enc}");
+    let check = |text: &str, what: &str| {
+        assert!(!text.contains("_HLS_"), "{what}: _HLS_ copied:\n{text}");
+        let uris = playlist_uris(text);
+        assert!(uris.len() > 10, "{what}: {text}");
+        for u in uris {
+            assert!(u.contains(&param), "{what}: {u} without the token:\n{text}");
+        }
+    };
+
+    // Without a token the directives do not help: 403 at once, nothing parked.
+    let r = get_at_once(
+        &rig.url(&format!("{path}?_HLS_msn=5&_HLS_part=2")),
+        false,
+        "no token",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // Answered at once, the token before or after the directives, both protocols.
+    for (query, h2) in [
+        (format!("_HLS_msn=5&_HLS_part=1&{param}"), false),
+        (format!("{param}&_HLS_msn=5&_HLS_part=1"), true),
+        (format!("_HLS_msn=4&{param}&_HLS_skip=YES"), false),
+    ] {
+        let r = get_at_once(&rig.url(&format!("{path}?{query}")), h2, &query).await;
+        assert_eq!(r.status, 200, "{query}");
+        check(&r.text(), &query);
+    }
+    assert_eq!(rig.parked().await, Some(0.0));
+
+    // Held, then answered by the write.
+    let h = fetch(
+        rig.url(&format!("{path}?_HLS_msn=5&_HLS_part=2&{param}")),
+        false,
+    );
+    let h2 = fetch(
+        rig.url(&format!("{path}?{param}&_HLS_msn=5&_HLS_part=2")),
+        true,
+    );
+    rig.wait_parked(2, "with tokens").await;
+    let v2 = v1.advance(1);
+    let sent = rig.put_at(path, v2.render().as_bytes()).await;
+    for (what, h) in [("h1", h), ("h2c", h2)] {
+        let r = answer(h, what).await;
+        assert_eq!(r.resp.status, 200, "{what}");
+        assert!(r.at >= sent, "{what}");
+        let text = r.resp.text();
+        check(&text, what);
+        assert!(text.contains("s5.p2.m4s"), "{what}: the new part");
+    }
+    // The rewritten URIs work as they are: put the new part and fetch it through its URI.
+    rig.put("/live/tk/s5.p2.m4s", b"part 5.2").await;
+    let r = get(&rig.url(&format!("/live/tk/s5.p2.m4s?{param}")), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), b"part 5.2");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Preload hints
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preload_hints_are_held_until_written_other_names_404() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/ph/index.m3u8";
+    let mut v1 = rules_state();
+    v1.map_hint = Some("init2.mp4");
+    rig.put(path, v1.render().as_bytes()).await;
+    assert_eq!(v1.hint().as_deref(), Some("s5.p2.m4s"));
+    let part = fetch(rig.url("/live/ph/s5.p2.m4s"), false);
+    let part2 = fetch(rig.url("/live/ph/s5.p2.m4s"), true);
+    let map = fetch(rig.url("/live/ph/init2.mp4"), false);
+    // Unknown names that are not hinted: 404 at once (the part after the hint, a far one, a
+    // segment), while the hinted ones wait.
+    for name in ["s5.p3.m4s", "s9.p0.m4s", "s5.m4s", "other.mp4"] {
+        for h2 in [false, true] {
+            let what = format!("{name} h2={h2}");
+            let r = get_at_once(&rig.url(&format!("/live/ph/{name}")), h2, &what).await;
+            assert_eq!(r.status, 404, "{what}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !part.is_finished() && !part2.is_finished() && !map.is_finished(),
+        "hinted resources answered before they were written"
+    );
+    let bytes = b"the bytes of part 5.2".repeat(100);
+    let sent = rig.put_at("/live/ph/s5.p2.m4s", &bytes).await;
+    for (what, h) in [("part h1", part), ("part h2c", part2)] {
+        let r = answer(h, what).await;
+        assert_eq!(r.resp.status, 200, "{what}");
+        assert_eq!(r.resp.body.as_ref(), bytes.as_slice(), "{what}");
+        assert!(r.at >= sent, "{what}");
+    }
+    assert!(!map.is_finished(), "the MAP hint is still waiting");
+    let init = b"a new init segment".to_vec();
+    let sent = rig.put_at("/live/ph/init2.mp4", &init).await;
+    let r = answer(map, "map").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.body.as_ref(), init.as_slice());
+    assert!(r.at >= sent);
+    // Once the playlist ends there is no hint: the next part's name is just unknown.
+    let mut ended = v1.advance(1);
+    ended.endlist = true;
+    rig.put(path, ended.render().as_bytes()).await;
+    let r = get_at_once(&rig.url("/live/ph/s5.p3.m4s"), false, "after ENDLIST").await;
+    assert_eq!(r.status, 404);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. The LL-HLS packager
+
+/// One line of the packager's log: `<t> <kind> <fields…>`.
+#[derive(Debug, Clone)]
+struct Event {
+    t: f64,
+    kind: String,
+    fields: Vec<String>,
+}
+
+impl Event {
+    /// The value of a `key=value` field.
+    fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+/// `tests/tools/llhls_packager.py` running against segd; its log lines collected as they come.
+struct Packager {
+    child: Child,
+    events: Arc<Mutex<Vec<Event>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Packager {
+    fn start(base: &str, args: &[&str]) -> Packager {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/llhls_packager.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(base)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python3 (Debian package python3)");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout");
+        let ev = Arc::clone(&events);
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let mut it = line.split_whitespace();
+                let (Some(t), Some(kind)) = (it.next(), it.next()) else {
+                    continue;
+                };
+                let Ok(t) = t.parse() else { continue };
+                let e = Event {
+                    t,
+                    kind: kind.to_string(),
+                    fields: it.map(str::to_string).collect(),
+                };
+                ev.lock().expect("events").push(e);
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let er = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut s);
+            er.lock().expect("stderr").push_str(&s);
+        });
+        Packager {
+            child,
+            events,
+            stderr,
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("events").clone()
+    }
+
+    /// The index and the event of the first event at or after `from` matching `f` (30 s).
+    async fn wait_for(&mut self, from: usize, f: impl Fn(&Event) -> bool) -> (usize, Event) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((i, e)) = self
+                .events()
+                .into_iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, e)| f(e))
+            {
+                return (i, e);
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                // Exited: its last lines may still be in the reader thread.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some((i, e)) = self
+                    .events()
+                    .into_iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, e)| f(e))
+                {
+                    return (i, e);
+                }
+                panic!(
+                    "packager exited ({st}) without the awaited event; stderr:\n{}\nlog:\n{:#?}",
+                    self.stderr.lock().expect("stderr"),
+                    self.events()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "packager: awaited event never came; log:\n{:#?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `put` of the playlist write whose `state` line is at `index`.
+    fn playlist_put_before(&self, index: usize) -> Event {
+        self.events()[..index]
+            .iter()
+            .rev()
+            .find(|e| e.kind == "put" && e.fields.first().is_some_and(|n| n.ends_with(".m3u8")))
+            .cloned()
+            .expect("a playlist put before its state line")
+    }
+
+    async fn finish(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                assert!(
+                    st.success(),
+                    "packager failed: {}",
+                    self.stderr.lock().expect("stderr")
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "packager did not finish");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Packager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The packager's base URL for `/live/<name>/` with a path-embedded upload token.
+fn packager_base(rig: &Rig, name: &str) -> String {
+    rig.url(&format!(
+        "/__token__={}/live/{name}/",
+        encode_token(&rig.tok)
+    ))
+}
+
+/// A player's loop at the live edge: ask for the next part with `_HLS_msn`/`_HLS_part`, get it
+/// in the answer, and never before the packager started the playlist write that added it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packager_blocking_client_follows_the_live_edge() {
+    let rig = Rig::start(3, 100, "");
+    let mut pk = Packager::start(
+        &packager_base(&rig, "edge"),
+        &["--segments", "5", "--endlist"],
+    );
+    let playlist = rig.url("/live/edge/index.m3u8");
+    let (_, first) = pk
+        .wait_for(0, |e| e.kind == "state" && e.get("part") != Some("-1"))
+        .await;
+    let mut m: u64 = first.get("msn").and_then(|v| v.parse().ok()).expect("msn");
+    let mut p: u32 = first
+        .get("part")
+        .and_then(|v| v.parse().ok())
+        .expect("part");
+    let (mut answered, mut held) = (0, 0);
+    while answered < 10 {
+        let (nm, np) = if p + 1 == PARTS {
+            (m + 1, 0)
+        } else {
+            (m, p + 1)
+        };
+        if nm >= 5 {
+            break;
+        }
+        let query = format!("_HLS_msn={nm}&_HLS_part={np}");
+        let sent = mono();
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            request(
+                "GET",
+                &format!("{playlist}?{query}"),
+                &[],
+                answered % 2 == 1,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{query}: no answer"));
+        let at = mono();
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        assert_eq!(r.header("cache-control"), Some("public, max-age=12"));
+        let uri = format!("URI=\"seg{nm}.part{np}.m4s\"");
+        assert!(r.text().contains(&uri), "{query}: {uri} in:\n{}", r.text());
+        let (i, _) = pk
+            .wait_for(0, |e| {
+                e.kind == "state"
+                    && e.get("msn") == Some(nm.to_string().as_str())
+                    && e.get("part") == Some(np.to_string().as_str())
+            })
+            .await;
+        let put = pk.playlist_put_before(i);
+        assert!(
+            at >= put.t,
+            "{query}: answered at {at:.4}, before the playlist write started at {:.4}",
+            put.t
+        );
+        if sent < put.t {
+            held += 1;
+        }
+        answered += 1;
+        (m, p) = (nm, np);
+    }
+    assert!(answered >= 8, "followed {answered} parts");
+    assert!(
+        held * 2 >= answered,
+        "only {held} of {answered} requests were held for the write (packager too far ahead?)"
+    );
+    pk.finish().await;
+    // After EXT-X-ENDLIST: directives ignored, delta requests too.
+    let full = get_at_once(&playlist, false, "final").await;
+    assert!(full.text().contains("#EXT-X-ENDLIST"), "{}", full.text());
+    assert!(!full.text().contains("PRELOAD-HINT"));
+    for query in ["_HLS_msn=6", "_HLS_msn=100&_HLS_part=9", "_HLS_skip=YES"] {
+        let r = get_at_once(&format!("{playlist}?{query}"), false, query).await;
+        assert_eq!(r.status, 200, "{query}");
+        assert_eq!(r.text(), full.text(), "{query}");
+    }
+    // What the packager wrote plays.
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&playlist)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("aac"),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// GET of the current preload hint: held, then answered with the part's bytes, never before
+/// the packager started uploading it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packager_preload_hint_answered_with_the_part() {
+    let rig = Rig::start(3, 100, "");
+    let mut pk = Packager::start(
+        &packager_base(&rig, "hint"),
+        &["--segments", "4", "--endlist"],
+    );
+    let dir = rig.vol().join("live/hint");
+    let mut from = 0;
+    let mut held = 0;
+    for _ in 0..8 {
+        let (i, st) = pk
+            .wait_for(from, |e| {
+                e.kind == "state" && e.get("hint").is_some_and(|h| h != "-")
+            })
+            .await;
+        from = i + 1;
+        // Skip states the packager has already moved past.
+        if pk.events()[from..].iter().any(|e| e.kind == "state") {
+            continue;
+        }
+        let hint = st.get("hint").expect("hint").to_string();
+        let sent = mono();
+        let a = fetch(rig.url(&format!("/live/hint/{hint}")), false);
+        let b = fetch(rig.url(&format!("/live/hint/{hint}")), true);
+        let (_, put) = pk
+            .wait_for(from, |e| e.kind == "put" && e.fields.first() == Some(&hint))
+            .await;
+        pk.wait_for(from, |e| {
+            e.kind == "done" && e.fields.first() == Some(&hint)
+        })
+        .await;
+        let want = std::fs::read(dir.join(&hint)).expect("part on disk");
+        for (what, h) in [("h1", a), ("h2c", b)] {
+            let r = answer(h, &hint).await;
+            assert_eq!(r.resp.status, 200, "{hint} {what}");
+            assert!(
+                r.resp.body.as_ref() == want.as_slice(),
+                "{hint} {what}: {} bytes, the part has {}",
+                r.resp.body.len(),
+                want.len()
+            );
+            assert!(
+                r.at >= put.t,
+                "{hint} {what}: answered before its upload started"
+            );
+        }
+        if sent < put.t {
+            held += 1;
+        }
+        if held >= 3 {
+            break;
+        }
+    }
+    assert!(
+        held >= 1,
+        "no hint request was made before its part's upload"
+    );
+    for name in ["seg99.part0.m4s", "seg0.part9.m4s", "nothing.m4s"] {
+        let r = get_at_once(&rig.url(&format!("/live/hint/{name}")), false, name).await;
+        assert_eq!(r.status, 404, "{name}");
+    }
+    pk.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Read-while-write
+
+/// A PUT whose chunked body is sent piece by piece over a raw socket.
+struct SlowPut {
+    s: TcpStream,
+    sent: Vec<u8>,
+}
+
+impl SlowPut {
+    fn start(addr: SocketAddr, target: &str) -> SlowPut {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        s.set_nodelay(true).expect("nodelay");
+        s.write_all(
+            format!("PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("head");
+        SlowPut {
+            s,
+            sent: Vec::new(),
+        }
+    }
+
+    fn chunk(&mut self, data: &[u8]) {
+        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        self.s.write_all(&out).expect("chunk");
+        self.s.flush().expect("flush");
+        self.sent.extend_from_slice(data);
+    }
+
+    /// The terminating chunk; the status of the answer.
+    fn finish(mut self) -> u16 {
+        self.s.write_all(b"0\r\n\r\n").expect("last chunk");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.s.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => break,
+            }
+        }
+        raw_status(&head)
+    }
+}
+
+/// A GET over a raw HTTP/1.1 socket whose chunked body is decoded as it arrives.
+struct H1Reader {
+    s: TcpStream,
+    head: String,
+    raw: Vec<u8>,
+    pos: usize,
+    body: Vec<u8>,
+    /// The terminating zero-size chunk was seen.
+    done: bool,
+    /// `Transfer-Encoding: chunked`; otherwise the body is not decoded (the test fails on the
+    /// response head first).
+    chunked: bool,
+}
+
+impl H1Reader {
+    fn get(addr: SocketAddr, target: &str, headers: &str) -> H1Reader {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n").as_bytes())
+            .expect("request");
+        let mut r = H1Reader {
+            s,
+            head: String::new(),
+            raw: Vec::new(),
+            pos: 0,
+            body: Vec::new(),
+            done: false,
+            chunked: false,
+        };
+        let mut buf = [0u8; 65536];
+        loop {
+            if let Some(i) = r.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                r.head = String::from_utf8_lossy(&r.raw[..i + 4]).into_owned();
+                r.raw.drain(..i + 4);
+                break;
+            }
+            match r.s.read(&mut buf) {
+                Ok(0) | Err(_) => panic!(
+                    "GET {target}: no response head: {:?}",
+                    String::from_utf8_lossy(&r.raw)
+                ),
+                Ok(n) => r.raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        r.chunked = r
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        r.decode();
+        r
+    }
+
+    fn status(&self) -> u16 {
+        raw_status(self.head.as_bytes())
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+
+    fn decode(&mut self) {
+        while self.chunked && !self.done {
+            let rest = &self.raw[self.pos..];
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                return;
+            };
+            let line = String::from_utf8_lossy(&rest[..eol]);
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            if size == 0 {
+                if rest.len() >= eol + 4 && &rest[eol + 2..eol + 4] == b"\r\n" {
+                    self.done = true;
+                    self.pos += eol + 4;
+                }
+                return;
+            }
+            if rest.len() < eol + 2 + size + 2 {
+                return;
+            }
+            self.body.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            self.pos += eol + 2 + size + 2;
+        }
+    }
+
+    /// Reads until `n` body bytes are in; Err if the response ends or fails first.
+    fn read_to(&mut self, n: usize) -> Result<(), String> {
+        let mut buf = [0u8; 65536];
+        while self.body.len() < n {
+            if self.done {
+                return Err(format!("ended at {} bytes", self.body.len()));
+            }
+            match self.s.read(&mut buf) {
+                Ok(0) => return Err(format!("connection closed at {} bytes", self.body.len())),
+                Ok(k) => {
+                    self.raw.extend_from_slice(&buf[..k]);
+                    self.decode();
+                }
+                Err(e) => return Err(format!("{e} at {} bytes", self.body.len())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads to the end: Ok on the terminating chunk; Err(timed_out, why) otherwise.
+    fn read_end(&mut self) -> Result<(), (bool, String)> {
+        let mut buf = [0u8; 65536];
+        while !self.done {
+            match self.s.read(&mut buf) {
+                Ok(0) => return Err((false, "connection closed".into())),
+                Ok(k) => {
+                    self.raw.extend_from_slice(&buf[..k]);
+                    self.decode();
+                }
+                Err(e) => {
+                    let timed_out = matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+                    return Err((timed_out, e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A streamed response through hyper's client (HTTP/1.1 or h2c).
+struct Streamed {
+    status: u16,
+    version: http::Version,
+    headers: http::HeaderMap,
+    body: Incoming,
+    got: Vec<u8>,
+    ended: bool,
+}
+
+impl Streamed {
+    async fn get(url: &str, headers: &[(&str, &str)], h2: bool) -> Streamed {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(h2)
+            .build_http::<Empty<Bytes>>();
+        let mut b = http::Request::get(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.request(b.body(Empty::new()).expect("request")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {url}: no response head"))
+        .expect("response");
+        let (parts, body) = resp.into_parts();
+        Streamed {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body,
+            got: Vec::new(),
+            ended: false,
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The next frame: Ok(true) data or trailers, Ok(false) the end, Err a failed body.
+    async fn next(&mut self) -> Result<bool, String> {
+        match tokio::time::timeout(Duration::from_secs(15), self.body.frame()).await {
+            Err(_) => Err("timed out".into()),
+            Ok(None) => {
+                self.ended = true;
+                Ok(false)
+            }
+            Ok(Some(Err(e))) => Err(format!("body error: {e}")),
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    self.got.extend_from_slice(&d);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    async fn read_to(&mut self, n: usize) -> Result<(), String> {
+        while self.got.len() < n {
+            if !self.next().await? {
+                return Err(format!("ended at {} bytes", self.got.len()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_end(&mut self) -> Result<(), String> {
+        while self.next().await? {}
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_segment_is_streamed_to_readers_until_the_upload_commits() {
+    let rig = Rig::start(
+        3,
+        100,
+        "[cache_control]\nlive_segments = \"public, max-age=30\"\n",
+    );
+    let path = "/live/rw/seg7.m4s";
+    let data = (0..40_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect::<Vec<u8>>();
+    let pieces = [3_000, 7_000, 10_000, 20_000];
+    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    up.chunk(&data[..pieces[0]]);
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "the upload is in progress");
+
+    let mut h1 = H1Reader::get(rig.srv.addr, path, "");
+    assert_eq!(h1.status(), 200, "{}", h1.head);
+    assert_eq!(
+        h1.header("transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{}",
+        h1.head
+    );
+    assert_eq!(h1.header("content-length"), None, "{}", h1.head);
+    assert_eq!(
+        h1.header("cache-control").as_deref(),
+        Some("no-store"),
+        "{}",
+        h1.head
+    );
+    let mut h2 = Streamed::get(&rig.url(path), &[], true).await;
+    assert_eq!(h2.status, 200);
+    assert_eq!(h2.version, http::Version::HTTP_2);
+    assert_eq!(h2.header("content-length"), None);
+    assert_eq!(h2.header("cache-control"), Some("no-store"));
+
+    // The readers have the bytes received so far…
+    h1.read_to(pieces[0]).expect("h1: first chunk");
+    h2.read_to(pieces[0]).await.expect("h2: first chunk");
+    assert!(h1.body == data[..pieces[0]] && h2.got == data[..pieces[0]]);
+    // …a range that exists already is served, one beyond the current end waits for it.
+    let r = request("GET", &rig.url(path), &[("range", "bytes=100-1099")], false).await;
+    assert_eq!(r.status, 206, "range within the received bytes");
+    assert_eq!(r.body.as_ref(), &data[100..1100]);
+    let later = {
+        let url = rig.url(path);
+        tokio::spawn(
+            async move { request("GET", &url, &[("range", "bytes=5000-5999")], true).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !later.is_finished(),
+        "a range beyond the received bytes waits"
+    );
+
+    // …and each chunk as it lands.
+    let mut end = pieces[0];
+    for &len in &pieces[1..] {
+        up.chunk(&data[end..end + len]);
+        end += len;
+        h1.read_to(end).expect("h1: next chunk");
+        h2.read_to(end).await.expect("h2: next chunk");
+        assert!(h1.body == data[..end], "h1: the bytes so far ({end})");
+        assert!(h2.got == data[..end], "h2: the bytes so far ({end})");
+        assert!(!h1.done && !h2.ended, "ended before the upload");
+    }
+    let r = tokio::time::timeout(Duration::from_secs(20), later)
+        .await
+        .expect("range answered")
+        .expect("task");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.as_ref(), &data[5000..6000]);
+
+    // The upload commits: both responses end, with exactly the uploaded bytes.
+    assert_eq!(up.finish(), 201);
+    h1.read_end().expect("h1: clean end after the commit");
+    h2.read_end().await.expect("h2: clean end after the commit");
+    assert!(
+        h1.body == data && h2.got == data,
+        "exactly the uploaded bytes"
+    );
+
+    // Complete now: Content-Length and the live segment Cache-Control.
+    for h2 in [false, true] {
+        let r = request("GET", &rig.url(path), &[], h2).await;
+        assert_eq!(r.status, 200);
+        assert!(r.body.as_ref() == data.as_slice());
+        assert_eq!(r.header("content-length"), Some("40000"));
+        assert_eq!(r.header("cache-control"), Some("public, max-age=30"));
+    }
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 2.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_upload_aborts_the_growing_responses() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/abort/seg1.m4s";
+    let data = vec![0x5au8; 8_000];
+    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    up.chunk(&data[..4_000]);
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "the upload is in progress");
+    let mut h1 = H1Reader::get(rig.srv.addr, path, "");
+    assert_eq!(h1.status(), 200, "{}", h1.head);
+    assert!(h1.chunked, "{}", h1.head);
+    let mut h2 = Streamed::get(&rig.url(path), &[], true).await;
+    assert_eq!(h2.status, 200);
+    h1.read_to(4_000).expect("h1: first chunk");
+    h2.read_to(4_000).await.expect("h2: first chunk");
+
+    // The uploader goes away mid-body.
+    drop(up);
+    match h1.read_end() {
+        Ok(()) => panic!("h1: a failed upload ended like a complete body"),
+        Err((true, e)) => panic!("h1: neither ended nor aborted: {e}"),
+        Err((false, _)) => {}
+    }
+    assert!(!h1.done, "no terminating chunk");
+    match h2.read_end().await {
+        Ok(()) => panic!("h2: a failed upload ended like a complete body"),
+        Err(e) => assert!(!e.contains("timed out"), "h2: neither ended nor reset: {e}"),
+    }
+    // Nothing was committed.
+    let gone = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
+    })
+    .await;
+    assert!(gone);
+    for h2 in [false, true] {
+        assert_eq!(request("GET", &rig.url(path), &[], h2).await.status, 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playlists_and_manifests_are_never_served_from_an_upload() {
+    let old_pl = Ll::new(0, 3, 0).render();
+    let old_mpd = "<?xml version=\"1.0\"?><MPD type=\"dynamic\"></MPD>\n";
+    let rig = Rig::start(3, 100, "");
+    rig.put("/live/pl/index.m3u8", old_pl.as_bytes()).await;
+    rig.put("/live/pl/manifest.mpd", old_mpd.as_bytes()).await;
+    let new_pl = Ll::new(0, 4, 1).render();
+    for (path, old) in [
+        ("/live/pl/index.m3u8", Some(old_pl.as_str())),
+        ("/live/pl/manifest.mpd", Some(old_mpd)),
+        ("/live/pl/new.m3u8", None),
+        ("/live/pl/new.mpd", None),
+    ] {
+        let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+        up.chunk(&new_pl.as_bytes()[..50]);
+        let busy = eventually(Duration::from_secs(10), async || {
+            metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+        })
+        .await;
+        assert!(busy, "{path}: upload in progress");
+        for h2 in [false, true] {
+            let what = format!("{path} h2={h2}");
+            let r = get_at_once(&rig.url(path), h2, &what).await;
+            match old {
+                Some(old) => {
+                    assert_eq!(r.status, 200, "{what}");
+                    assert_eq!(r.text(), old, "{what}: the old version, complete");
+                    assert_eq!(
+                        r.header("content-length"),
+                        Some(old.len().to_string().as_str()),
+                        "{what}"
+                    );
+                }
+                None => assert_eq!(r.status, 404, "{what}: no complete version yet"),
+            }
+        }
+        up.chunk(&new_pl.as_bytes()[50..]);
+        let status = up.finish();
+        assert!(status == 201 || status == 204, "{path}: {status}");
+        let r = request("GET", &rig.url(path), &[], false).await;
+        assert_eq!(r.text(), new_pl, "{path}: the new version once committed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Cache-Control
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_of_live_objects() {
+    let rig = Rig::start(
+        3,
+        100,
+        "[cache_control]\nlive = \"public, max-age=5\"\nlive_segments = \"public, max-age=30\"\n",
+    );
+    let ll = rules_state(); // target 2
+    rig.put("/live/cc/a/index.m3u8", ll.render().as_bytes())
+        .await;
+    let long = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:20\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:20.0,\nx0.ts\n#EXTINF:20.0,\nx1.ts\n";
+    rig.put("/live/cc/b/index.m3u8", long.as_bytes()).await;
+    // Playlists: public, max-age ≤ half the target duration and ≤ cache_control.live.
+    for (path, limit) in [("/live/cc/a/index.m3u8", 1), ("/live/cc/b/index.m3u8", 5)] {
+        for h2 in [false, true] {
+            let r = request("GET", &rig.url(path), &[], h2).await;
+            let cc = r.header("cache-control").unwrap_or("").to_string();
+            assert!(cc.contains("public"), "{path}: {cc}");
+            assert!(!cc.contains("immutable"), "{path}: {cc}");
+            let n = max_age(&cc).unwrap_or_else(|| panic!("{path}: no max-age in {cc:?}"));
+            assert!(n <= limit, "{path} h2={h2}: {cc} (at most {limit})");
+        }
+    }
+    // A blocking answer: 6 × target duration.
+    for h2 in [false, true] {
+        let r = request("GET", &rig.url("/live/cc/a/index.m3u8?_HLS_msn=4"), &[], h2).await;
+        assert_eq!(r.header("cache-control"), Some("public, max-age=12"));
+    }
+    // A segment while it grows, then complete.
+    let path = "/live/cc/a/s5.m4s";
+    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    up.chunk(b"first bytes of segment 5");
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy);
+    for h2 in [false, true] {
+        let s = Streamed::get(&rig.url(path), &[], h2).await;
+        assert_eq!(s.status, 200, "growing h2={h2}");
+        assert_eq!(
+            s.header("cache-control"),
+            Some("no-store"),
+            "growing h2={h2}"
+        );
+    }
+    up.chunk(b", and the rest");
+    assert_eq!(up.finish(), 201);
+    for h2 in [false, true] {
+        let r = request("GET", &rig.url(path), &[], h2).await;
+        assert_eq!(r.body.as_ref(), b"first bytes of segment 5, and the rest");
+        assert_eq!(
+            r.header("cache-control"),
+            Some("public, max-age=30"),
+            "h2={h2}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. ffmpeg low-latency DASH, read while it is uploaded
+
+/// `startNumber` and the number of segments of the (single) representation of an MPD.
+fn mpd_window(text: &str) -> (u64, u64) {
+    let attr = |s: &str, name: &str| -> Option<String> {
+        let i = s.find(&format!(" {name}=\""))? + name.len() + 3;
+        Some(s[i..i + s[i..].find('"')?].to_string())
+    };
+    let start = attr(text, "startNumber")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut n = 0;
+    for s in text.split("<S ").skip(1) {
+        let Some(end) = s.find('>') else { break };
+        n += 1 + attr(&format!(" {}", &s[..end]), "r").map_or(0, |r| r.parse::<u64>().unwrap_or(0));
+    }
+    (start, n)
+}
+
+/// ffmpeg pushes LL-DASH (`-streaming 1 -ldash 1 -method PUT`: each segment one chunked PUT
+/// written frame by frame). The segment after the MPD's timeline is the one being uploaded; a
+/// reader that GETs it gets bytes before its upload commits, and in the end exactly the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_ldash_segment_read_while_uploaded() {
+    let rig = Rig::start(3, 100, "");
+    let dir = rig.vol().join("live/ld");
+    let tok = upload_token("/live/ld/*");
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let mut args: Vec<String> = [
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "11",
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-f",
+        "dash",
+        "-seg_duration",
+        "2",
+        "-window_size",
+        "5",
+        "-streaming",
+        "1",
+        "-ldash",
+        "1",
+        "-method",
+        "PUT",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(rig.url(&format!(
+        "/__token__={}/live/ld/manifest.mpd",
+        encode_token(&tok)
+    )));
+    let mut ff = Command::new("ffmpeg")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log.reopen().expect("log")))
+        .spawn()
+        .expect("run ffmpeg (Debian package ffmpeg)");
+    let mpd_url = rig.url("/live/ld/manifest.mpd");
+    let mut early = Vec::new();
+    let mut report = Vec::new();
+    for n in 2..=4u64 {
+        // Wait until the timeline lists n - 1 segments: n is the one in progress.
+        let mut last = String::new();
+        let listed = eventually(Duration::from_secs(20), async || {
+            let r = request("GET", &mpd_url, &[], false).await;
+            last = r.text();
+            let (start, count) = mpd_window(&last);
+            r.status == 200 && start + count > n - 1
+        })
+        .await;
+        assert!(listed, "segment {} never listed:\n{last}", n - 1);
+        let (start, count) = mpd_window(&last);
+        let n = start + count; // the segment following the timeline
+        let name = format!("chunk-stream0-{n:05}.m4s");
+        let url = rig.url(&format!("/live/ld/{name}"));
+        // Until its upload starts the name is unknown (404).
+        let mut s = None;
+        let started = eventually(Duration::from_secs(10), async || {
+            let r = Streamed::get(&url, &[], false).await;
+            if r.status == 404 {
+                return false;
+            }
+            s = Some(r);
+            true
+        })
+        .await;
+        assert!(started, "{name}: never served");
+        let mut s = s.expect("response");
+        assert_eq!(s.status, 200, "{name}");
+        let growing = s.header("cache-control") == Some("no-store");
+        let first = s.next().await;
+        let committed = dir.join(&name).exists();
+        assert!(first.is_ok(), "{name}: {first:?}");
+        s.read_end()
+            .await
+            .expect("the segment's response ends cleanly");
+        let want = std::fs::read(dir.join(&name)).expect("committed segment");
+        assert!(
+            s.got == want,
+            "{name}: {} bytes read, {} uploaded",
+            s.got.len(),
+            want.len()
+        );
+        if growing {
+            assert_eq!(s.header("transfer-encoding"), Some("chunked"), "{name}");
+            assert_eq!(s.header("content-length"), None, "{name}");
+        }
+        report.push(format!(
+            "{name}: growing={growing} committed_at_first_bytes={committed}"
+        ));
+        if growing && !committed {
+            early.push(name);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = ff.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = ff.kill();
+            panic!("ffmpeg did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&std::fs::read(log.path()).unwrap_or_default())
+    );
+    assert!(
+        !early.is_empty(),
+        "no segment was read before its upload committed: {report:?}"
+    );
+}
