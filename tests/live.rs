@@ -555,8 +555,8 @@ async fn blocking_reload_is_answered_by_the_write_that_satisfies_it() {
     rig.wait_parked(2, "a and c after write 1").await;
     assert!(!a.is_finished() && !c.is_finished(), "a/c woken by write 1");
 
-    // Write 2 completes segment 5 (parts 3 and the EXTINF): a only.
-    let v3 = v2.advance(2);
+    // Write 2 completes segment 5 (its last part, 3, and the EXTINF come together): a only.
+    let v3 = v2.advance(1);
     assert_eq!(v3.durations.len(), 6, "segment 5 complete");
     let sent = rig.put_at(path, v3.render().as_bytes()).await;
     let ra = answer(a, "a").await;

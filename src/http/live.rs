@@ -88,7 +88,12 @@ pub(super) async fn playlist(
     }
     let mut h = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, cx.req, &mut h);
-    let cc = if rewrite_param.is_some() {
+    // A drain answers parked requests with what there is: never cacheable when it does not
+    // hold what was asked for (a CDN must not keep it for that query).
+    let unsatisfied = blocking.is_some_and(|w| !snap.satisfies(w));
+    let cc = if unsatisfied {
+        headers::NO_STORE
+    } else if rewrite_param.is_some() {
         HeaderValue::from_static("private, max-age=1")
     } else if blocking.is_some() {
         // The answer for this query stays valid: a CDN keyed on the query can share it.

@@ -35,6 +35,8 @@ pub struct Snapshot {
 pub struct Segment {
     pub msn: u64,
     pub duration: f64,
+    /// `EXT-X-PART` lines listed for it (0 once its parts left the playlist).
+    pub parts: u64,
     /// Line indexes: the first line that belongs to this segment, and its URI line.
     pub first_line: usize,
     pub uri_line: usize,
@@ -193,6 +195,7 @@ impl Snapshot {
                 snap.segments.push(Segment {
                     msn: n,
                     duration: duration.take().unwrap_or(0.0),
+                    parts: snap.next_parts,
                     first_line: first_line.take().unwrap_or(i),
                     uri_line: i,
                 });
@@ -232,23 +235,39 @@ impl Snapshot {
             let limit = self.advance_part_limit();
             // Parts the playlist already has for `want.msn` (0 when it has not started).
             let have = if want.msn == next { self.next_parts } else { 0 };
+            // RFC 8216bis §6.2.5.2: refused when it exceeds the last part in the playlist by the
+            // Advance Part Limit (the last part is `have - 1` of the segment in progress).
             let ahead = if want.msn >= next { p + 1 } else { 0 };
-            if want.msn >= next && ahead > have + limit {
+            if want.msn >= next && ahead >= have + limit {
                 return Err(BadDirective::TooFarAhead);
             }
         }
         Ok(())
     }
 
-    /// Whether this version satisfies `want` (segment M complete, or part P of segment M listed).
+    /// Whether this version satisfies `want`: segment M (or a later one) is complete, or part P
+    /// of segment M is listed. A part index past the last part of a complete segment M means
+    /// part 0 of segment M + 1 (RFC 8216bis §6.2.5.2).
     pub fn satisfies(&self, want: Want) -> bool {
         let next = self.next_msn();
-        if want.msn < next {
-            return true;
-        }
         match want.part {
-            Some(p) if want.msn == next => p < self.next_parts,
-            _ => false,
+            None => want.msn < next,
+            Some(p) if want.msn < next => {
+                let parts = self
+                    .segments
+                    .iter()
+                    .find(|s| s.msn == want.msn)
+                    .map_or(0, |s| s.parts);
+                if parts == 0 || p < parts {
+                    true
+                } else {
+                    self.satisfies(Want {
+                        msn: want.msn + 1,
+                        part: Some(0),
+                    })
+                }
+            }
+            Some(p) => want.msn == next && p < self.next_parts,
         }
     }
 
@@ -256,17 +275,21 @@ impl Snapshot {
     /// when the playlist does not advertise `CAN-SKIP-UNTIL` or nothing can be skipped.
     pub fn skipped(&self, v2: bool) -> Option<Bytes> {
         let until = self.can_skip_until?;
+        if self.endlist {
+            return None;
+        }
+        // The end is the end of the last complete segment; a segment is skipped when its start
+        // lies more than CAN-SKIP-UNTIL seconds before it.
         let total: f64 = self.segments.iter().map(|s| s.duration).sum();
-        // Segments that end at least CAN-SKIP-UNTIL seconds before the end of the playlist.
-        let mut end = 0.0;
+        let mut start = 0.0;
         let mut n = 0;
         for s in &self.segments {
-            end += s.duration;
-            if total - end + 1e-9 >= until {
+            if total - start > until + 1e-9 {
                 n += 1;
             } else {
                 break;
             }
+            start += s.duration;
         }
         if n == 0 {
             return None;
@@ -305,9 +328,10 @@ impl Snapshot {
                 continue;
             }
             if let Some(v) = t.strip_prefix("#EXT-X-VERSION:") {
-                // Delta updates need protocol version 9.
+                // Delta updates need protocol version 9 (10 when date ranges are skipped).
                 let v: u32 = v.trim().parse().unwrap_or(0);
-                out.push_str(&format!("#EXT-X-VERSION:{}\n", v.max(9)));
+                let need = if drop_dateranges { 10 } else { 9 };
+                out.push_str(&format!("#EXT-X-VERSION:{}\n", v.max(need)));
                 continue;
             }
             out.push_str(line);
@@ -396,9 +420,9 @@ seg13.m4s
         assert!(!s.satisfies(w(14, None)));
         assert_eq!(s.check(w(15, None)), Ok(()));
         assert_eq!(s.check(w(16, None)), Err(BadDirective::TooFarAhead));
-        // Part target 0.5 s: the advance limit is 6 parts beyond the 1 listed.
-        assert_eq!(s.check(w(14, Some(6))), Ok(()));
-        assert_eq!(s.check(w(14, Some(7))), Err(BadDirective::TooFarAhead));
+        // Part target 0.5 s: the advance limit is 6 parts beyond the last listed (14, 0).
+        assert_eq!(s.check(w(14, Some(5))), Ok(()));
+        assert_eq!(s.check(w(14, Some(6))), Err(BadDirective::TooFarAhead));
     }
 
     #[test]
@@ -431,7 +455,7 @@ seg13.m4s
     fn delta_update() {
         let s = snap(LL);
         let d = String::from_utf8(s.skipped(false).expect("skip").to_vec()).expect("utf8");
-        // 8 s of segments, CAN-SKIP-UNTIL=4: seg10 and seg11 end at least 4 s before the end.
+        // 8 s of segments, CAN-SKIP-UNTIL=4: seg10 and seg11 start more than 4 s before the end.
         assert!(d.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n"), "{d}");
         assert!(!d.contains("seg10.m4s") && !d.contains("seg11.m4s"), "{d}");
         assert!(

@@ -271,7 +271,12 @@ impl Store {
             Ok(found) => found,
             // Tier 1: a live media segment with no complete version may be being uploaded.
             Err(LookupError::NotFound) if live && class == ObjectClass::Segment => {
-                let g = self.inner.growing.get(rel.as_str()).ok_or(Miss::NotFound)?;
+                let Some(g) = self.inner.growing.get(rel.as_str()) else {
+                    // An upload renames its file into place before it leaves the growing set:
+                    // one that finished between the two looks is on its volume now.
+                    let (open, disk) = local.find(rel, immutable).await?;
+                    return Ok(Object::from_file(open, disk, rel));
+                };
                 return Ok(Object {
                     len: None,
                     meta: ObjectMeta {
