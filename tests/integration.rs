@@ -6,6 +6,7 @@ mod util;
 mod cache;
 mod config;
 mod demo;
+mod edge;
 mod h1;
 mod h3;
 mod http_semantics;

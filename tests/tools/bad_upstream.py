@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""A misbehaving HTTP/1.1 upstream for segd's edge tests (tests/edge.rs). Standard library only.
+
+    bad_upstream.py --root DIR --mode MODE [--stall SECONDS]
+
+Listens on 127.0.0.1 on a free port and prints `listening 127.0.0.1:PORT` first, then one line
+`request METHOD TARGET` per request head received (before answering), flushed, so a test can
+count upstream requests exactly. Files come from DIR (URL path without its leading '/'); a
+missing file is a normal 404 in every mode. For a file that exists, MODE decides:
+
+- ok          200 with Content-Length and the whole body (keep-alive unless `Connection: close`)
+- die         200 with the full Content-Length, half of the body, then the connection is closed
+- stall-head  reads the request and sends nothing for --stall seconds, then closes
+- stall-body  200 with the full Content-Length and half of the body, then nothing for --stall
+              seconds, then closes
+
+It exits when its stdin closes or it is killed, so a test that dies leaves nothing behind.
+"""
+
+import argparse
+import os
+import socket
+import socketserver
+import sys
+import threading
+import time
+
+TYPES = {
+    ".ts": "video/mp2t",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+}
+
+LOCK = threading.Lock()
+
+
+def say(line):
+    with LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def read_head(sock, buf):
+    """Returns (head bytes, rest) or (None, buf) at EOF."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None, buf
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return head, rest
+
+
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        sock = self.request
+        cfg = self.server.cfg
+        buf = b""
+        while True:
+            try:
+                head, buf = read_head(sock, buf)
+            except OSError:
+                return
+            if head is None:
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3:
+                sock.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            method, target, _ = parts
+            say(f"request {method} {target}")
+            close = any(
+                l.lower().startswith("connection:") and "close" in l.lower() for l in lines[1:]
+            )
+            path = target.split("?", 1)[0]
+            full = os.path.normpath(os.path.join(cfg.root, path.lstrip("/")))
+            if not full.startswith(cfg.root + os.sep) or not os.path.isfile(full):
+                body = b"not found\n"
+                sock.sendall(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + (body if method != "HEAD" else b"")
+                )
+                if close:
+                    return
+                continue
+            with open(full, "rb") as f:
+                data = f.read()
+            ctype = TYPES.get(os.path.splitext(full)[1], "application/octet-stream")
+            st = os.stat(full)
+            head_out = (
+                "HTTP/1.1 200 OK\r\n"
+                f"Content-Type: {ctype}\r\n"
+                f"Content-Length: {len(data)}\r\n"
+                f'ETag: "bad-{len(data):x}-{st.st_mtime_ns:x}"\r\n'
+                "Cache-Control: public, max-age=31536000, immutable\r\n"
+                "\r\n"
+            ).encode()
+            if cfg.mode == "stall-head":
+                time.sleep(cfg.stall)
+                return
+            if method == "HEAD" or cfg.mode == "ok":
+                sock.sendall(head_out + (data if method != "HEAD" else b""))
+                if close:
+                    return
+                continue
+            sock.sendall(head_out + data[: len(data) // 2])
+            if cfg.mode == "stall-body":
+                time.sleep(cfg.stall)
+            return  # die (or the stall is over): close with the body half sent
+
+
+class Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--mode", required=True, choices=["ok", "die", "stall-head", "stall-body"])
+    ap.add_argument("--stall", type=float, default=30.0)
+    cfg = ap.parse_args()
+    cfg.root = os.path.abspath(cfg.root)
+    srv = Server(("127.0.0.1", 0), Handler)
+    srv.cfg = cfg
+    host, port = srv.server_address[:2]
+    say(f"listening {host}:{port}")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    # Lives as long as the test holds our stdin.
+    try:
+        sys.stdin.read()
+    except (OSError, KeyboardInterrupt):
+        pass
+    srv.shutdown()
+
+
+if __name__ == "__main__":
+    main()
