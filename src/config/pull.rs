@@ -97,7 +97,7 @@ pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
         .string("cache_path", "a directory on a local disk")
         .map(|p| base.join(p));
     let secs = Duration::from_secs;
-    let max_bytes = s.size("max_bytes", 10 << 30, 1 << 20, u64::MAX >> 1);
+    let max_bytes = s.size("max_bytes", 10 << 30, 1, u64::MAX >> 1);
     let negative_ttl = s.duration("negative_ttl", secs(5), Duration::ZERO, secs(86_400));
     let stale_if_error = s.duration(
         "stale_if_error",

@@ -251,6 +251,10 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result
         Err(Miss::NotFound) if live && class == ObjectClass::Segment => {
             super::live::hinted(cx, &rel, &canonical).await?
         }
+        Err(Miss::Negative) => {
+            log.cache = Some("negative");
+            return Err(Refusal::NotFound.into());
+        }
         r => r?,
     };
     if object.growing {

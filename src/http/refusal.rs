@@ -331,7 +331,7 @@ impl From<crate::store::WriteError> for Refusal {
 impl From<Miss> for Refusal {
     fn from(m: Miss) -> Refusal {
         match m {
-            Miss::NotFound => Refusal::NotFound,
+            Miss::NotFound | Miss::Negative => Refusal::NotFound,
             Miss::VolumeUnavailable => Refusal::VolumeUnavailable,
             Miss::Overloaded => Refusal::Overloaded,
             Miss::Changed => Refusal::Changed,

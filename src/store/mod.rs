@@ -78,6 +78,8 @@ pub enum Miss {
     Overloaded,
     /// The object changed while it was being read; the client may retry.
     Changed,
+    /// Not found, as an upstream said a moment ago (remembered for `pull.negative_ttl`).
+    Negative,
     /// Every upstream for the path failed (and no stale copy could stand in).
     UpstreamFailed,
     /// The last upstream tried timed out.

@@ -41,6 +41,9 @@ use crate::config::{PullConfig, UpstreamConfig, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::volumes::{ObjectMeta, RelPath};
 
+/// Bytes a sidecar is counted for against `max_bytes`.
+const SIDECAR_WEIGHT: u64 = 256;
+
 /// What is kept with a cached object (its sidecar).
 #[derive(Debug, Clone, Default)]
 struct Meta {
@@ -162,6 +165,8 @@ enum Fetcher {
 }
 
 pub struct Pull {
+    /// Bytes indexed (added on insert, taken off by every removal).
+    held: Arc<std::sync::atomic::AtomicU64>,
     cfg: PullConfig,
     fetchers: Vec<Fetcher>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -280,10 +285,17 @@ impl Pull {
             .build(http);
         let evicted = Arc::clone(&m);
         let evict_root = root.clone();
+        let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let held_ev = Arc::clone(&held);
         let index = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
-            .weigher(|_k: &String, v: &Arc<Meta>| u32::try_from(v.len).unwrap_or(u32::MAX))
+            // The object and its sidecar.
+            .weigher(|_k: &String, v: &Arc<Meta>| {
+                u32::try_from(v.len + SIDECAR_WEIGHT).unwrap_or(u32::MAX)
+            })
             .eviction_listener(move |k: Arc<String>, v: Arc<Meta>, cause| {
+                let left = held_ev.fetch_sub(v.len, std::sync::atomic::Ordering::Relaxed) - v.len;
+                evicted.cache_bytes.set(left as i64);
                 if cause == moka::notification::RemovalCause::Size
                     || cause == moka::notification::RemovalCause::Explicit
                 {
@@ -301,6 +313,7 @@ impl Pull {
             .time_to_live(cfg.negative_ttl.max(Duration::from_millis(1)))
             .build();
         let pull = Pull {
+            held,
             cfg: cfg.clone(),
             fetchers,
             client,
@@ -345,7 +358,7 @@ impl Pull {
                     match meta {
                         Some(m) if e.metadata().is_ok_and(|md| md.len() == m.len) => {
                             if !self.index.contains_key(&key) {
-                                self.index.insert(key, Arc::new(m));
+                                self.remember(key, Arc::new(m));
                                 n += 1;
                             }
                         }
@@ -358,6 +371,18 @@ impl Pull {
             }
         }
         n
+    }
+
+    /// Puts an object in the index (and counts its bytes).
+    fn remember(&self, key: String, meta: Arc<Meta>) {
+        let total = self
+            .held
+            .fetch_add(meta.len, std::sync::atomic::Ordering::Relaxed)
+            + meta.len;
+        self.m.cache_bytes.set(total as i64);
+        self.index.insert(key, meta);
+        // Evict now, not at moka's next maintenance: the disk holds what the index says.
+        self.index.run_pending_tasks();
     }
 
     fn covered(&self, canonical: &str) -> bool {
@@ -383,7 +408,6 @@ impl Pull {
             return Ok(Pulled::NotCovered);
         };
         let key = rel.as_str().to_owned();
-        self.m.cache_bytes.set(self.index.weighted_size() as i64);
         let mut cached = None;
         let mut fill = None;
         for _ in 0..3 {
@@ -400,7 +424,7 @@ impl Pull {
             // 2. A remembered 404.
             if self.negative.contains_key(&key) {
                 self.count("negative");
-                return Err(Miss::NotFound);
+                return Err(Miss::Negative);
             }
             // 3. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, cached.clone());
@@ -433,7 +457,7 @@ impl Pull {
                 Ok(Pulled::Found(Box::new(o)))
             }
             Outcome::NotFound => {
-                self.count("negative");
+                self.count(if started { "miss" } else { "coalesced" });
                 Err(Miss::NotFound)
             }
             Outcome::Failed { timeout } => {
@@ -480,7 +504,7 @@ impl Pull {
         .ok()
         .flatten()?;
         let meta = Arc::new(meta);
-        self.index.insert(key.to_owned(), Arc::clone(&meta));
+        self.remember(key.to_owned(), Arc::clone(&meta));
         Some(meta)
     }
 
@@ -614,7 +638,7 @@ impl Pull {
                             m.cache_control = Some(cc.clone());
                         }
                         self.save_meta(local, rel, &m);
-                        self.index.insert(rel.as_str().to_owned(), Arc::new(m));
+                        self.remember(rel.as_str().to_owned(), Arc::new(m));
                     }
                     fill.outcome.send_replace(Some(Outcome::Revalidated));
                     return;
@@ -813,7 +837,7 @@ impl Pull {
             Ok(Ok(_)) => {
                 self.save_meta(local, rel, &meta);
                 local.forget_in(local.volumes.cache_volume().unwrap_or(usize::MAX), rel);
-                self.index.insert(key, Arc::new(meta));
+                self.remember(key, Arc::new(meta));
                 publisher.done(len);
                 true
             }
