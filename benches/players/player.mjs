@@ -236,10 +236,14 @@ function startDash() {
   player.updateSettings(settings);
   S.engineConfig = settings;
   const E = dashjs.MediaPlayer.events;
+  // dash.js has no "fatal" flag: its ERROR event also reports a segment that stayed unavailable
+  // after the retries (code 27), after which it carries on. Count as fatal only what stops
+  // playback: manifest download/parse failures and media/MSE errors.
+  const FATAL_CODES = new Set([10, 11, 20, 23, 25, 31, 32, 34, 35]);
   player.on(E.ERROR, (e) => {
     const err = e.error || {};
     const code = err.code !== undefined ? err.code : e.event && e.event.id;
-    error(`dash:error:${code}`, true, { message: err.message || (e.event && e.event.message) || String(e.error) });
+    error(`dash:error:${code}`, FATAL_CODES.has(code), { message: err.message || (e.event && e.event.message) || String(e.error) });
   });
   player.on(E.PLAYBACK_ERROR, (e) => error('dash:playback', true, { message: e.error && e.error.message }));
   player.on(E.MANIFEST_LOADED, () => {
@@ -247,9 +251,9 @@ function startDash() {
   });
   player.on(E.FRAGMENT_LOADING_ABANDONED, (e) => error('dash:fragment-abandoned', false, { url: e.request && e.request.url }));
   if (E.FRAGMENT_LOADING_COMPLETED) {
+    // Failed attempts are in the network log (play.mjs) and in code-27 errors: only count here.
     player.on(E.FRAGMENT_LOADING_COMPLETED, (e) => {
-      const r = e.request || {};
-      if (e.error) error(`dash:fragment-failed`, false, { url: r.url, message: e.error.message });
+      if (e.error) S.engineInfo.fragFailures = (S.engineInfo.fragFailures || 0) + 1;
       else S.engineInfo.fragLoads = (S.engineInfo.fragLoads || 0) + 1;
     });
   }
