@@ -68,6 +68,9 @@ const LAUNCH_ARGS = [
   '--no-first-run',
   '--disable-background-networking',
   '--autoplay-policy=no-user-gesture-required',
+  // This machine's network is closed: no component updates or sync attempts at start.
+  '--disable-component-update',
+  '--disable-sync',
   // Keep timers and media running at full speed although nobody looks at the page.
   '--disable-background-timer-throttling',
   '--disable-renderer-backgrounding',

@@ -372,13 +372,13 @@ for s in "${source_list[@]}"; do
   elif [ "$rc" = 1 ] && [ "$worst" = 0 ]; then
     worst=1
   fi
-  node -e '
+  [ "$rc" -lt 2 ] && node -e '
     const s = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
     const r = s.requests.segment || { status: {} };
-    console.error(`   ${s.label}: ${s.ok ? "ok" : "NOT OK (" + s.reasons.join("; ") + ")"}, start ${s.startupSeconds} s, ` +
+    console.log(`   ${s.label}: ${s.ok ? "ok" : "NOT OK (" + s.reasons.join("; ") + ")"}, start ${s.startupSeconds} s, ` +
       `stalls ${s.stalls} (${s.stallSeconds} s), latency p50 ${s.latency.p50} s p95 ${s.latency.p95} s, ` +
       `errors ${s.errors.fatal}/${s.errors.nonFatal}, segments ${JSON.stringify(r.status)}`);
-  ' "$logs/play-$s.json" || true
+  ' "$logs/play-$s.json" >&2 2>/dev/null || true
 done
 
 curl -s --max-time 5 "http://127.0.0.1:$admin_port/metrics" >"$logs/segd-metrics.txt" || true
