@@ -41,39 +41,9 @@ const UP_KEY: &str = "0123456789abcdef0123456789abcdef";
 const PLAY_KEY: &str = "52a152a152a152a152a152a152a1";
 const TMP_PREFIX: &str = ".segd-tmp-";
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-/// An EdgeAuth v2 token signed with `key` (hex) for the ACL `acl`, valid for an hour.
-fn token_with_key(key: &str, acl: &str) -> String {
-    sign(
-        TokenAlgorithm::Sha256,
-        &hex::decode(key).expect("hex key"),
-        &SignSpec {
-            acl: Some(acl),
-            exp: now() + 3600,
-            ..Default::default()
-        },
-    )
-}
-
 /// An upload token: `[token]`'s defaults (name `__token__`, sha256), an `[[ingest.keys]]` secret.
 fn upload_token(acl: &str) -> String {
     token_with_key(UP_KEY, acl)
-}
-
-/// `path` with the token in the query.
-fn q(path: &str, token: &str) -> String {
-    format!("{path}?__token__={}", encode_token(token))
-}
-
-/// `path` with the token as its first path segment (the form ffmpeg needs).
-fn p(path: &str, token: &str) -> String {
-    format!("/__token__={}{path}", encode_token(token))
 }
 
 /// The `[ingest]` section of docs/ingest.md; `over` replaces values by key (TOML literals).

@@ -35,9 +35,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use segd::auth::edgeauth::{sign, SignSpec};
 use segd::auth::encode_token;
-use segd::config::TokenAlgorithm;
 use tokio::task::JoinHandle;
 
 use crate::util::*;
@@ -67,33 +65,9 @@ fn mono() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
-
-fn token_with_key(key: &str, acl: &str) -> String {
-    sign(
-        TokenAlgorithm::Sha256,
-        &hex::decode(key).expect("hex key"),
-        &SignSpec {
-            acl: Some(acl),
-            exp: now() + 3600,
-            ..Default::default()
-        },
-    )
-}
-
 /// An upload token (an `[[ingest.keys]]` secret) for `acl`.
 fn upload_token(acl: &str) -> String {
     token_with_key(UP_KEY, acl)
-}
-
-/// `path` with the token in the query.
-fn q(path: &str, token: &str) -> String {
-    format!("{path}?__token__={}", encode_token(token))
 }
 
 /// `[ingest]` for /live/ (no fsync: these tests are about reads) and `[live]`.

@@ -141,13 +141,7 @@ async fn put(
         cx.rt.live.object_started(&canonical);
     }
     // 4. Preconditions, under the path's lock.
-    if has_preconditions(cx.req.headers) {
-        let now = current(cx, rel, class, live).await?;
-        let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
-        if !conditional::write_allowed(cx.req.headers, now) {
-            return Err(Refusal::PreconditionFailed.into());
-        }
-    }
+    preconditions(cx, rel, class, live).await?;
     // 5. The body, and 6. the commit, in a task that outlives the connection.
     let (limit, timeout) = (ingest.max_body_bytes, ingest.body_timeout);
     let metrics = Arc::clone(&cx.rt.metrics);
@@ -200,13 +194,7 @@ async fn delete(
         body.discard(MAX_DISCARDED_BODY, ingest.body_timeout)
             .await?;
     }
-    if has_preconditions(cx.req.headers) {
-        let now = current(cx, rel, class, live).await?;
-        let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
-        if !conditional::write_allowed(cx.req.headers, now) {
-            return Err(Refusal::PreconditionFailed.into());
-        }
-    }
+    preconditions(cx, rel, class, live).await?;
     // Directories of the ingest prefix itself are never removed.
     let canonical = format!("/{rel}");
     let keep = ingest
@@ -223,6 +211,25 @@ async fn delete(
         answer_headers(cx),
         Body::Empty,
     ))
+}
+
+/// `If-Match`, `If-None-Match` and `If-Unmodified-Since` against the object as it is now → 412.
+async fn preconditions(
+    cx: &Cx<'_>,
+    rel: &RelPath,
+    class: ObjectClass,
+    live: bool,
+) -> Result<(), Refusal> {
+    if !has_preconditions(cx.req.headers) {
+        return Ok(());
+    }
+    let now = current(cx, rel, class, live).await?;
+    let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
+    if conditional::write_allowed(cx.req.headers, now) {
+        Ok(())
+    } else {
+        Err(Refusal::PreconditionFailed)
+    }
 }
 
 fn has_preconditions(h: &HeaderMap) -> bool {

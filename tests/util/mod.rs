@@ -430,3 +430,35 @@ pub fn traversal_targets() -> Vec<String> {
     .chain([long_dots, long_seg])
     .collect()
 }
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// An EdgeAuth v2 token (sha256, `[token]`'s defaults) signed with `key` (hex) for the ACL `acl`,
+/// valid for an hour.
+pub fn token_with_key(key: &str, acl: &str) -> String {
+    segd::auth::edgeauth::sign(
+        segd::config::TokenAlgorithm::Sha256,
+        &hex::decode(key).expect("hex key"),
+        &segd::auth::edgeauth::SignSpec {
+            acl: Some(acl),
+            exp: now() + 3600,
+            ..Default::default()
+        },
+    )
+}
+
+/// `path` with the token in the query.
+pub fn q(path: &str, token: &str) -> String {
+    format!("{path}?__token__={}", segd::auth::encode_token(token))
+}
+
+/// `path` with the token as its first path segment (the form ffmpeg needs).
+pub fn p(path: &str, token: &str) -> String {
+    format!("/__token__={}{path}", segd::auth::encode_token(token))
+}
