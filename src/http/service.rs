@@ -22,15 +22,18 @@ use crate::drain::Drain;
 use crate::state::Shared;
 
 /// The hyper connection builder configured from `[server]`.
-pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
+/// `half_close`: keep serving a request whose client shut down its sending side — for the
+/// plaintext connections handed over with a request body (uploads: ffmpeg closes right after
+/// its last byte, and a complete body must still be committed). TLS connections are built
+/// without it, so a client that goes away drops its request at once (a parked LL-HLS request
+/// frees its slot).
+pub fn builder(config: &crate::config::Config, half_close: bool) -> auto::Builder<TokioExecutor> {
     let s = &config.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        // A client that shuts down its sending side after a request (ffmpeg does, after an
-        // upload) still gets its answer, and its request is finished rather than dropped.
-        .half_close(true)
+        .half_close(half_close)
         .header_read_timeout(s.header_read_timeout)
         // hyper refuses a buffer below 8 KiB; heads over the limit get 431.
         .max_buf_size(s.max_header_bytes.max(8192));

@@ -151,7 +151,8 @@ async fn serve(
     }
 
     let controller = Controller::new();
-    let builder = Arc::new(crate::http::service::builder(&config));
+    let builder = Arc::new(crate::http::service::builder(&config, true));
+    let tls_builder = Arc::new(crate::http::service::builder(&config, false));
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let addrs: Vec<SocketAddr> = plain.iter().map(|(a, _)| *a).collect();
     for (_, l) in plain {
@@ -173,7 +174,7 @@ async fn serve(
         tokio::spawn(accept_tls(
             l,
             Arc::clone(&shared),
-            Arc::clone(&builder),
+            Arc::clone(&tls_builder),
             controller.drain(),
             Arc::clone(&active),
             alt_svc,

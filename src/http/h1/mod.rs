@@ -370,7 +370,7 @@ mod tests {
             let policy = crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime.metrics)
                 .expect("policy");
             let shared = Arc::new(Shared::new(runtime, policy));
-            let hyper = Arc::new(super::super::service::builder(&cfg));
+            let hyper = Arc::new(super::super::service::builder(&cfg, true));
             let ctl = crate::drain::Controller::new();
             let fut = serve(
                 c,
