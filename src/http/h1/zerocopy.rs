@@ -69,7 +69,10 @@ pub(super) async fn send_file(
     let mut off = range.offset;
     while off < end {
         let want = chunk_len(off, end);
-        range.ensure_resident(off, want).await?;
+        // The first chunk was made resident above.
+        if off != range.offset {
+            range.ensure_resident(off, want).await?;
+        }
         let n = write_ready(sock, stall, || {
             let mut at = off;
             rustix::fs::sendfile(sock, &*range.file, Some(&mut at), want as usize)
