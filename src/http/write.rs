@@ -25,6 +25,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
+
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, ETAG, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -149,8 +151,18 @@ async fn put(
     let key = canonical.clone();
     let task = tokio::spawn(async move {
         let _held = (slot, in_progress);
-        while let Some(chunk) = body.next(limit, timeout).await? {
+        let mut next = body.next(limit, timeout).await?;
+        while let Some(chunk) = next {
             upload.write(chunk).await?;
+            // More already received? Keep buffering. Otherwise let readers of a growing upload
+            // have what is here before waiting for the sender.
+            next = match body.next(limit, timeout).now_or_never() {
+                Some(r) => r?,
+                None => {
+                    upload.idle().await?;
+                    body.next(limit, timeout).await?
+                }
+            };
         }
         let mut done = upload.commit().await?;
         metrics.ingest_bytes.inc_by(body.received());

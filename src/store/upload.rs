@@ -98,11 +98,17 @@ impl Upload {
             }
         }
         self.buf.extend_from_slice(&data);
-        if self.buf.len() >= WRITE_BUFFER || self.publisher.is_some() {
+        if self.buf.len() >= WRITE_BUFFER {
             self.flush().await?;
-            if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
-                p.advance(t.written());
-            }
+        }
+        Ok(())
+    }
+
+    /// The sender has nothing more for now: readers of a growing upload get what is buffered
+    /// (a burst of chunks is written once; a trickle, chunk by chunk as it comes).
+    pub async fn idle(&mut self) -> Result<(), WriteError> {
+        if self.publisher.is_some() && !self.buf.is_empty() {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -119,7 +125,11 @@ impl Upload {
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
         self.temp = Some(temp);
-        r.map_err(|e| self.io_error(e))
+        r.map_err(|e| self.io_error(e))?;
+        if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
+            p.advance(t.written());
+        }
+        Ok(())
     }
 
     fn io_error(&self, e: io::Error) -> WriteError {
