@@ -97,6 +97,25 @@ def self_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def machine_busy():
+    """CPU seconds the whole machine has been busy (all CPUs, /proc/stat, minus idle and iowait)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK
+
+
+def others_now(max_wait, threshold=0.15):
+    """Waits (up to max_wait seconds) for a second in which other jobs keep the machine busy less
+    than `threshold` CPUs' worth; returns what they used in the last second sampled (CPUs)."""
+    deadline = time.time() + max_wait
+    while True:
+        b0, c0 = machine_busy(), self_cpu()
+        time.sleep(1)
+        load = (machine_busy() - b0) - (self_cpu() - c0)
+        if load < threshold or time.time() >= deadline:
+            return load
+
+
 def check_port_free(port):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -345,8 +364,9 @@ def put_on(sock, path, token, body):
     return rtt
 
 
-def one_run(binary, run_dir, mode, n, rnd, token, fsync):
+def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=None):
     pinned = mode == "pinned"
+    others_before = others_now(quiet_wait)
     os.sched_setaffinity(0, {1} if pinned else set(range(os.cpu_count())))
     segd = Segd(binary, run_dir, pinned, fsync)
     segd.start()
@@ -420,7 +440,12 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync):
         put_k = put_u = None
         remaining = n
         errors = []
-        cpu_c0, cpu_s0 = self_cpu(), proc_cpu(segd.pid)
+        perf_proc = None
+        if perf:
+            perf_proc = subprocess.Popen(["perf", "record", "-q", "-g", "-F", "4999", "-p", str(segd.pid), "-o", f"{perf}-{mode}-{n}-{rnd}.data"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        cpu_c0, cpu_s0, busy0 = self_cpu(), proc_cpu(segd.pid), machine_busy()
         t_send = now()
         putsock.send(put)
         deadline = time.time() + 30
@@ -470,7 +495,10 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync):
                     if h[0] != 200:
                         errors.append(f"client {i}: status {h[0]}")
         t_done = now()
-        cpu_c1, cpu_s1 = self_cpu(), proc_cpu(segd.pid)
+        cpu_c1, cpu_s1, busy1 = self_cpu(), proc_cpu(segd.pid), machine_busy()
+        if perf_proc:
+            perf_proc.send_signal(2)
+            perf_proc.wait()
         if errors:
             die(f"{len(errors)} failed responses, e.g. {errors[:5]}")
         if any(k != k for k in karr) or put_k is None:
@@ -494,6 +522,8 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync):
             client_lag_ms=lag,
             client_cpu_ms=(cpu_c1 - cpu_c0) * 1000, client_busy=(cpu_c1 - cpu_c0) / window if window > 0 else float("nan"),
             segd_cpu_ms=(cpu_s1 - cpu_s0) * 1000,
+            others_before=others_before,
+            others_window_ms=((busy1 - busy0) - (cpu_c1 - cpu_c0) - (cpu_s1 - cpu_s0)) * 1000,
             rss_base_mb=rss_base / 1024, rss_conn_mb=rss_conn / 1024, rss_parked_mb=rss_parked / 1024, rss_after_mb=rss_after / 1024,
             kb_per_conn=(rss_conn - rss_base) / n, kb_per_parked=(rss_parked - rss_conn) / n,
             kb_per_client=(rss_parked - rss_base) / n,
@@ -531,6 +561,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--modes", default="unpinned,pinned")
     ap.add_argument("--fsync", action="store_true", help="[ingest] fsync = true (default false: the write's own cost stays small next to the wake-up)")
+    ap.add_argument("--quiet-wait", type=float, default=8, help="before each run, wait up to this many seconds for a second in which other jobs use < 0.15 CPU")
+    ap.add_argument("--perf", help="record `perf record -g` of segd over each wake-up into PREFIX-<mode>-<n>-<run>.data")
     ap.add_argument("--out")
     args = ap.parse_args()
     raise_nofile()
@@ -554,11 +586,11 @@ def main():
     for mode in args.modes.split(","):
         for n in ns:
             for rnd in range(1, args.runs + 1):
-                row = one_run(args.segd, run_dir, mode, n, rnd, token, args.fsync)
+                row = one_run(args.segd, run_dir, mode, n, rnd, token, args.fsync, args.quiet_wait, args.perf)
                 rows.append(row)
                 log(f"{mode:8} N={n:5} run {rnd}: after PUT answer p50 {row['p50_ms']:7.2f} ms p99 {row['p99_ms']:7.2f} ms "
                     f"last {row['max_ms']:7.2f} ms (from PUT sent: p99 {row['p99_from_send_ms']:7.2f} last {row['max_from_send_ms']:7.2f}; PUT rtt {row['put_rtt_ms']:.2f}, without waiters {row['put_rtt_nowaiters_ms']:.2f}) | "
-                    f"client parsed last at {row['user_last_ms']:7.2f} ms, busy {row['client_busy']*100:3.0f}% | "
+                    f"client parsed last at {row['user_last_ms']:7.2f} ms, busy {row['client_busy']*100:3.0f}% | others {row['others_before']:.2f} CPU before, {row['others_window_ms']:.0f} ms in window | "
                     f"RSS {row['rss_base_mb']:.1f} -> {row['rss_conn_mb']:.1f} -> {row['rss_parked_mb']:.1f} MB: "
                     f"{row['kb_per_conn']:.2f} KiB/conn + {row['kb_per_parked']:.2f} KiB/parked | load {row['load1']:.2f}")
     elapsed = time.time() - t_start
@@ -616,14 +648,14 @@ def write_summary(out, rows, args, load0, elapsed):
         "behind the woken requests, so most values are negative and *PUT rtt with waiters* grows with N.",
         "",
         "Median of the runs, (min–max) in brackets; ms.", "",
-        "| mode | N | from PUT sent: p50 | p99 | last | PUT rtt with waiters | without | from t0: p50 | p99 | last | client parsed last (from PUT sent) | client CPU busy | load1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| mode | N | from PUT sent: p50 | p99 | last | PUT rtt with waiters | without | from t0: p50 | p99 | last | client parsed last (from PUT sent) | client CPU busy | others' CPU before (CPUs) | load1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, n in cases:
         lines.append(
             f"| {mode} | {n} | {rng(mode, n, 'p50_from_send_ms', '{:.2f}')} | {rng(mode, n, 'p99_from_send_ms', '{:.2f}')} | "
             f"{rng(mode, n, 'max_from_send_ms', '{:.2f}')} | {rng(mode, n, 'put_rtt_ms', '{:.2f}')} | {rng(mode, n, 'put_rtt_nowaiters_ms', '{:.2f}')} | "
             f"{rng(mode, n, 'p50_ms', '{:.2f}')} | {rng(mode, n, 'p99_ms', '{:.2f}')} | {rng(mode, n, 'max_ms', '{:.2f}')} | "
-            f"{rng(mode, n, 'user_last_from_send_ms', '{:.1f}')} | {med(mode, n, 'client_busy')*100:.0f}% | {med(mode, n, 'load1'):.2f} |")
+            f"{rng(mode, n, 'user_last_from_send_ms', '{:.1f}')} | {med(mode, n, 'client_busy')*100:.0f}% | {rng(mode, n, 'others_before', '{:.2f}')} | {med(mode, n, 'load1'):.2f} |")
     lines += [
         "",
         "- *client parsed last*: when the Python client (raw epoll, one thread) had read and parsed the last "
@@ -644,6 +676,9 @@ def write_summary(out, rows, args, load0, elapsed):
             f"{med(mode, n, 'connect_s'):.2f} | {med(mode, n, 'park_s'):.2f} |")
     lines += [
         "",
+        "- *others' CPU before*: CPUs' worth other jobs used in the second before the run (the bench waits up "
+        f"to {args.quiet_wait:.0f} s for a second under 0.15, then runs anyway); per-run values, with the "
+        "other jobs' CPU inside the wake-up window (10 ms tick resolution), are in raw.csv (`others_*`).",
         "- Machine: shared 2-core VM, other jobs may run (load average above and per case); `pinned` = segd on "
         "CPU 0 with one worker (taskset), the client on CPU 1; `unpinned` = segd with 2 workers, client and "
         "segd share both CPUs.",
