@@ -191,9 +191,10 @@ class Proxy:
                 data = b""
             if not data:
                 break
-            u.sendall(data)
-            t = now()
+            # Parse first (a request is registered before segd can answer it), forward, then
+            # stamp what this piece completed with the time it had been handed to segd.
             buf += data
+            heads, marks, ends = [], [], []
             while buf:
                 if reader is None:
                     h = parse_head(buf)
@@ -201,26 +202,38 @@ class Proxy:
                         break
                     line, headers, n = h
                     method, path = line.split(" ")[:2]
-                    cur = Upload(method, canonical(path), t)
+                    cur = Upload(method, canonical(path), None)
                     reader = BodyReader(headers)
                     with self.lock:
                         self.uploads.append(cur)
                         sent.append(cur)
+                    heads.append(cur)
                     buf = buf[n:]
-                    if method == "PUT":
-                        self.on_start(cur)
                     if reader.done:
-                        cur.t_end, reader = t, None
+                        ends.append(cur)
+                        reader = None
                     continue
                 body, rest = reader.feed(buf)
                 if body:
                     cur.body += body
-                    cur.marks.append((len(cur.body), t))
+                    marks.append((cur, len(cur.body)))
                 buf = rest
                 if reader.done:
-                    cur.t_end, reader = t, None
+                    ends.append(cur)
+                    reader = None
                 else:
                     break
+            u.sendall(data)
+            t = now()
+            for r in heads:
+                r.t_head = t
+            for r, n in marks:
+                r.marks.append((n, t))
+            for r in ends:
+                r.t_end = t
+            for r in heads:
+                if r.method == "PUT":
+                    self.on_start(r)
         try:
             u.shutdown(socket.SHUT_WR)
         except OSError:
