@@ -166,7 +166,8 @@ class Proxy:
         self.srv.bind(("127.0.0.1", PROXY))
         self.srv.listen(64)
         self.stopping = False
-        threading.Thread(target=self.accept_loop, daemon=True).start()
+        self.thread = threading.Thread(target=self.accept_loop, daemon=True)
+        self.thread.start()
 
     def accept_loop(self):
         while not self.stopping:
@@ -285,7 +286,12 @@ class Proxy:
 
     def close(self):
         self.stopping = True
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+        except OSError:
+            pass
         self.srv.close()
+        self.thread.join(5)
 
 
 class Fetch:
@@ -378,7 +384,6 @@ def one_run(binary, run_dir, rnd, duration, token_path):
     # The wake-up bench's config (lw.PORT/ADMIN are set to this bench's ports in main), with
     # fsync off: the commit then costs what nginx's does (write, rename).
     segd = lw.Segd(binary, run_dir, pinned=False, fsync=False)
-    segd.start()
     fetches, threads = [], []
     lock = threading.Lock()
 
@@ -398,15 +403,20 @@ def one_run(binary, run_dir, rnd, duration, token_path):
             start(Fetch(up.path, "complete", now()))
 
     proxy = Proxy(on_start, on_answer)
+    try:
+        segd.start()
+    except BaseException:
+        proxy.close()
+        raise
     ff_log = os.path.join(run_dir, f"ffmpeg-{rnd}.log")
     cmd = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "warning", "-re", "-f", "lavfi",
            "-i", "sine=frequency=440:sample_rate=48000", "-t", str(duration), "-c:a", "aac", "-b:a", "128k",
            "-f", "dash", "-seg_duration", "2", "-frag_type", "duration", "-frag_duration", "0.2",
            "-window_size", "5", "-streaming", "1", "-ldash", "1", "-method", "PUT",
            f"http://127.0.0.1:{PROXY}{token_path}"]
-    m0 = segd.metrics()
-    cpu0 = lw.proc_cpu(segd.pid)
     try:
+        m0 = segd.metrics()
+        cpu0 = lw.proc_cpu(segd.pid)
         ff = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=open(ff_log, "w"), timeout=duration + 60)
         if ff.returncode != 0:
             die(f"ffmpeg exited {ff.returncode}: {lw.tail(ff_log)}")
@@ -571,6 +581,8 @@ def write_summary(out, frags, segs, extras, args, load0, elapsed, ffv):
     gain = [r["complete_ms"] - r["live_ms"] for r in frags]
     first_l = [r["live_ms"] for r in frags if r["frag"] == 0]
     first_c = [r["complete_ms"] for r in frags if r["frag"] == 0]
+    nper = {(r["run"], r["segment"]): r["frag"] for r in frags}
+    last_l = [r["live_ms"] for r in frags if r["frag"] == nper[(r["run"], r["segment"])]]
     cfb = [s["complete_first_byte_ms"] for s in segs]
     commit = [s["commit_ms"] for s in segs]
     up = [s["upload_s"] for s in segs]
@@ -594,6 +606,7 @@ def write_summary(out, frags, segs, extras, args, load0, elapsed, ffv):
         f"| complete-only, all fragments | {f0(pct(cp, 50))} | {f0(pct(cp, 99))} | {f0(max(cp))} |",
         f"| gain per fragment (complete-only − live) | {f0(pct(gain, 50))} | {f0(pct(gain, 99))} | {f0(max(gain))} |",
         f"| live, first fragment of each segment | {f2(pct(first_l, 50))} | {f2(pct(first_l, 99))} | {f2(max(first_l))} |",
+        f"| live, last fragment of each segment (its upload's commit follows) | {f2(pct(last_l, 50))} | {f2(pct(last_l, 99))} | {f2(max(last_l))} |",
         f"| complete-only, first fragment of each segment | {f0(pct(first_c, 50))} | {f0(pct(first_c, 99))} | {f0(max(first_c))} |",
         f"| complete-only: upload finished (last chunk to segd) → client's first byte | {f2(pct(cfb, 50))} | {f2(pct(cfb, 99))} | {f2(max(cfb))} |",
         f"| segd commit: last chunk → 201/204 at the proxy | {f2(pct(commit, 50))} | {f2(pct(commit, 99))} | {f2(max(commit))} |",
