@@ -127,6 +127,14 @@ def check_port_free(port):
         s.close()
 
 
+def listener_pids(port):
+    """Pids of every process listening on 127.0.0.1:port. segd binds with SO_REUSEPORT, so a second
+    server started on the same port by someone else would silently take part of the connections
+    (or answer our /metrics): the bench checks that it is alone."""
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return sorted({int(p) for p in re.findall(r"pid=(\d+)", out)})
+
+
 def tail(path, n=3000):
     try:
         with open(path, errors="replace") as f:
@@ -187,10 +195,17 @@ level = "warn"
             try:
                 socket.create_connection(("127.0.0.1", PORT), timeout=0.2).close()
                 socket.create_connection(("127.0.0.1", ADMIN), timeout=0.2).close()
+                self.check_alone()
                 return
             except OSError:
                 time.sleep(0.05)
         die(f"segd not listening on {PORT}/{ADMIN}: {tail(self.log)}")
+
+    def check_alone(self):
+        for port in (PORT, ADMIN):
+            pids = listener_pids(port)
+            if pids != [self.pid]:
+                die(f"port {port}: listeners {pids}, wanted only our segd ({self.pid}); another server shares the port")
 
     def stop(self):
         self.proc.terminate()
@@ -380,10 +395,13 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
         c.close()
         if r.status != 200:
             die(f"warm-up GET: {r.status}")
+        # The warm-up connections must be gone from segd's count before counting ours.
+        if wait_metric(segd, "segd_connections_open", 0, 5, lambda v, w: v == w) != 0:
+            die("segd still counts the warm-up connections after 5 s")
         m0 = segd.metrics()
         time.sleep(0.3)
         rss_base = proc_rss_kb(segd.pid)
-        open_base = m0.get("segd_connections_open", 0.0)
+        open_base = 0
 
         ep = select.epoll(n + 16)
         # The writer's connection, opened before the clients.
@@ -396,7 +414,10 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
         socks = connect_all(n, ep)
         v = wait_metric(segd, "segd_connections_open", open_base + n + 1, 20)
         if v < open_base + n + 1:
-            die(f"segd_connections_open reads {v}, wanted {open_base + n + 1}")
+            alive = "running" if segd.proc.poll() is None else f"exited {segd.proc.returncode}"
+            lines = [f"{k} {x}" for k, x in segd.metrics().items() if "connection" in k]
+            die(f"segd_connections_open reads {v}, wanted {open_base + n + 1} (segd {alive}; {lines}; "
+                f"listeners on {PORT}: {listener_pids(PORT)}, on {ADMIN}: {listener_pids(ADMIN)}; log: {tail(segd.log, 1500)})")
         t_conn = time.time() - t_c0
         time.sleep(0.3)
         rss_conn = proc_rss_kb(segd.pid)
@@ -506,6 +527,7 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
         # Every answer must be the new version.
         if any(b"seg00010.ts" not in bufs[i] for i in range(n)):
             die("some clients got a playlist without segment 10")
+        segd.check_alone()
         m1 = segd.metrics()
         rss_after = proc_rss_kb(segd.pid)
         wake = [(k - put_k) * 1000 for k in karr]
