@@ -527,7 +527,7 @@ def main():
     token = lw.sign_token(args.segd, seg.cfg)
     lw.keep_timestamps()
     token_path = f"/__token__={urllib.parse.quote(token, safe='')}/live/d/manifest.mpd"
-    ffv = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    ffv = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0].split(" Copyright")[0]
     load0 = os.getloadavg()
     log(f"segd {args.segd}; {ffv}; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     frags, segs, extras = [], [], []
