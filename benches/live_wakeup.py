@@ -584,6 +584,7 @@ def main():
     ap.add_argument("--modes", default="unpinned,pinned")
     ap.add_argument("--fsync", action="store_true", help="[ingest] fsync = true (default false: the write's own cost stays small next to the wake-up)")
     ap.add_argument("--quiet-wait", type=float, default=8, help="before each run, wait up to this many seconds for a second in which other jobs use < 0.15 CPU")
+    ap.add_argument("--retries", type=int, default=2, help="redo a run in which other jobs used more than a quarter of the wake-up window's CPU, at most this many times")
     ap.add_argument("--perf", help="record `perf record -g` of segd over each wake-up into PREFIX-<mode>-<n>-<run>.data")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -608,13 +609,23 @@ def main():
     for mode in args.modes.split(","):
         for n in ns:
             for rnd in range(1, args.runs + 1):
-                row = one_run(args.segd, run_dir, mode, n, rnd, token, args.fsync, args.quiet_wait, args.perf)
-                rows.append(row)
-                log(f"{mode:8} N={n:5} run {rnd}: after PUT answer p50 {row['p50_ms']:7.2f} ms p99 {row['p99_ms']:7.2f} ms "
-                    f"last {row['max_ms']:7.2f} ms (from PUT sent: p99 {row['p99_from_send_ms']:7.2f} last {row['max_from_send_ms']:7.2f}; PUT rtt {row['put_rtt_ms']:.2f}, without waiters {row['put_rtt_nowaiters_ms']:.2f}) | "
-                    f"client parsed last at {row['user_last_ms']:7.2f} ms, busy {row['client_busy']*100:3.0f}% | others {row['others_before']:.2f} CPU before, {row['others_window_ms']:.0f} ms in window | "
-                    f"RSS {row['rss_base_mb']:.1f} -> {row['rss_conn_mb']:.1f} -> {row['rss_parked_mb']:.1f} MB: "
-                    f"{row['kb_per_conn']:.2f} KiB/conn + {row['kb_per_parked']:.2f} KiB/parked | load {row['load1']:.2f}")
+                for attempt in range(1, args.retries + 2):
+                    row = one_run(args.segd, run_dir, mode, n, rnd, token, args.fsync, args.quiet_wait, args.perf)
+                    window = row["max_from_send_ms"]
+                    # Other jobs took a large share of the machine during the wake-up: redo it
+                    # (kept in raw.csv, flagged, left out of the summary), at most --retries times.
+                    row["disturbed"] = int(row["others_window_ms"] > max(20.0, 0.25 * window))
+                    row["attempt"] = attempt
+                    row["kept"] = int(not row["disturbed"] or attempt == args.retries + 1)
+                    rows.append(row)
+                    log(f"{mode:8} N={n:5} run {rnd}{'' if attempt == 1 else f' (attempt {attempt})'}: after PUT answer p50 {row['p50_ms']:7.2f} ms p99 {row['p99_ms']:7.2f} ms "
+                        f"last {row['max_ms']:7.2f} ms (from PUT sent: p99 {row['p99_from_send_ms']:7.2f} last {row['max_from_send_ms']:7.2f}; PUT rtt {row['put_rtt_ms']:.2f}, without waiters {row['put_rtt_nowaiters_ms']:.2f}) | "
+                        f"client parsed last at {row['user_last_ms']:7.2f} ms, busy {row['client_busy']*100:3.0f}% | others {row['others_before']:.2f} CPU before, {row['others_window_ms']:.0f} ms in window"
+                        f"{' DISTURBED' if row['disturbed'] else ''} | "
+                        f"RSS {row['rss_base_mb']:.1f} -> {row['rss_conn_mb']:.1f} -> {row['rss_parked_mb']:.1f} MB: "
+                        f"{row['kb_per_conn']:.2f} KiB/conn + {row['kb_per_parked']:.2f} KiB/parked | load {row['load1']:.2f}")
+                    if row["kept"]:
+                        break
     elapsed = time.time() - t_start
     shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -635,13 +646,16 @@ def write_raw(out, bench, rows):
         w.writerows(old)
         for r in rows:
             case = f"{r['mode']} N={r['n']}"
+            run = f"{r['run']}" + (f".{r['attempt']}" if r.get("attempt", 1) > 1 else "")
             for k, v in r.items():
                 if k in ("mode", "n", "run"):
                     continue
-                w.writerow(dict(bench=bench, case=case, run=r["run"], metric=k, value=f"{v:.4f}" if isinstance(v, float) else v))
+                w.writerow(dict(bench=bench, case=case, run=run, metric=k, value=f"{v:.4f}" if isinstance(v, float) else v))
 
 
-def write_summary(out, rows, args, load0, elapsed):
+def write_summary(out, all_rows, args, load0, elapsed):
+    rows = [r for r in all_rows if r.get("kept", 1)]
+    redone = len(all_rows) - len(rows)
     def med(mode, n, k):
         v = [r[k] for r in rows if r["mode"] == mode and r["n"] == n]
         return statistics.median(v) if v else float("nan")
@@ -657,7 +671,9 @@ def write_summary(out, rows, args, load0, elapsed):
         f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {git_rev()}, "
         f"{args.runs} runs per case, segd started fresh and fresh connections every run, `[ingest] fsync = "
         f"{'true' if args.fsync else 'false'}`. Load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
-        f"bench took {elapsed:.0f} s.", "",
+        f"bench took {elapsed:.0f} s. Runs redone because other jobs used more than a quarter of a CPU over the "
+        f"wake-up window (at most {args.retries} times per run; the disturbed ones are in raw.csv with "
+        f"`kept` = 0): {redone}. A run still disturbed after that is kept (`disturbed` = 1).", "",
         "N keep-alive HTTP/1.1 clients parked on `GET /live/b/index.m3u8?_HLS_msn=10` (segments 0..9 present), "
         "then one PUT of the version with segment 10 on a connection opened beforehand. Every time is a kernel "
         "receive timestamp (SO_TIMESTAMPNS) of the complete response (headers + Content-Length body), so the "
