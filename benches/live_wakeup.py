@@ -683,7 +683,8 @@ def write_summary(out, all_rows, args, load0, elapsed):
         "by the same PUT to a playlist nobody waits on, just before.",
         "- **from t0 = PUT answer** (as the issue defines it): arrival − arrival of the PUT's 201/204. segd "
         "wakes the parked requests *before* it answers the PUT (publish, then reply), and the 204 queues "
-        "behind the woken requests, so most values are negative and *PUT rtt with waiters* grows with N.",
+        "behind (some or all of) the woken requests, so values are often negative (with one worker and "
+        "N=10,000 the 204 comes after nearly every client), and *PUT rtt with waiters* grows with N.",
         "",
         "Median of the runs, (min–max) in brackets; ms.", "",
         "| mode | N | from PUT sent: p50 | p99 | last | PUT rtt with waiters | without | from t0: p50 | p99 | last | client parsed last (from PUT sent) | client CPU busy | others' CPU before (CPUs) | load1 |",
