@@ -62,11 +62,13 @@ struct InProgress {
 }
 
 impl InProgress {
-    fn new(metrics: &Arc<Metrics>) -> InProgress {
+    /// Counted once the upload exists (its temporary file, and for live segments its announcement
+    /// to readers); timed from `start`, the request's.
+    fn new(metrics: &Arc<Metrics>, start: Instant) -> InProgress {
         metrics.ingest_in_progress.inc();
         InProgress {
             metrics: Arc::clone(metrics),
-            start: Instant::now(),
+            start,
         }
     }
 }
@@ -107,7 +109,7 @@ async fn put(
     mut body: RequestBody,
 ) -> Result<Reply, Stop> {
     let ingest = &cx.policy.config.ingest;
-    let in_progress = InProgress::new(&cx.rt.metrics);
+    let start = Instant::now();
     // 1. A slot.
     let slot = Arc::clone(&cx.policy.upload_slots)
         .try_acquire_owned()
@@ -138,6 +140,7 @@ async fn put(
             mode,
         )
         .await?;
+    let in_progress = InProgress::new(&cx.rt.metrics, start);
     if mode.growing {
         // Requests parked on this name (a preload hint) can start streaming it now.
         cx.rt.live.object_started(&canonical);

@@ -29,7 +29,9 @@ pub enum Progress {
 
 /// One upload in progress, as readers see it.
 pub struct Growing {
-    file: Arc<File>,
+    /// Set once the upload has its temporary file (the entry is announced before that, so a
+    /// reader that asks at once waits instead of missing it).
+    file: std::sync::OnceLock<Arc<File>>,
     progress: watch::Sender<Progress>,
 }
 
@@ -38,9 +40,9 @@ impl Growing {
     pub fn stream(self: &Arc<Self>, offset: u64, len: Option<u64>) -> ByteStream {
         let end = len.map(|l| offset + l);
         let rx = self.progress.subscribe();
-        let file = Arc::clone(&self.file);
+        let me = Arc::clone(self);
         Box::pin(futures_util::stream::unfold(
-            (offset, rx, file, false),
+            (offset, rx, me, false),
             move |(pos, mut rx, file, done)| async move {
                 if done || end.is_some_and(|e| pos >= e) {
                     return None;
@@ -58,7 +60,10 @@ impl Growing {
                     let avail = end.map_or(avail, |e| avail.min(e));
                     if pos < avail {
                         let want = (avail - pos).min(crate::io::CHUNK as u64) as usize;
-                        let f = Arc::clone(&file);
+                        let Some(f) = file.file.get().cloned() else {
+                            let e = io::Error::other("growing object has no file");
+                            return Some((Err(e), (pos, rx, file, true)));
+                        };
                         let read = tokio::task::spawn_blocking(move || {
                             let mut buf = BytesMut::zeroed(want);
                             let n = f.read_at(&mut buf, pos)?;
@@ -112,6 +117,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// The upload's temporary file, opened for reading.
+    pub fn attach(&self, file: File) {
+        let _ = self.entry.file.set(Arc::new(file));
+    }
+
     pub fn advance(&self, written: u64) {
         self.entry.progress.send_replace(Progress::Writing(written));
     }
@@ -144,10 +154,10 @@ pub struct GrowingSet {
 }
 
 impl GrowingSet {
-    /// Registers an upload of `key` writing `file` (opened for reading too).
-    pub fn register(self: &Arc<Self>, key: &str, file: File) -> Publisher {
+    /// Announces an upload of `key`; its file is attached when it exists.
+    pub fn announce(self: &Arc<Self>, key: &str) -> Publisher {
         let entry = Arc::new(Growing {
-            file: Arc::new(file),
+            file: std::sync::OnceLock::new(),
             progress: watch::Sender::new(Progress::Writing(0)),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,5 +173,14 @@ impl GrowingSet {
     pub fn get(&self, key: &str) -> Option<Arc<Growing>> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key).cloned()
+    }
+}
+
+impl GrowingSet {
+    /// Registers an upload of `key` writing `file` (opened for reading too).
+    pub fn register(self: &Arc<Self>, key: &str, file: File) -> Publisher {
+        let p = self.announce(key);
+        p.attach(file);
+        p
     }
 }

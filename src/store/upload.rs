@@ -284,6 +284,8 @@ pub async fn begin(
     temp_removed: prometheus::IntCounter,
 ) -> Result<Upload, WriteError> {
     let lock = locks.lock(rel).await;
+    // A growing upload is announced before its file exists: a reader that asks at once waits.
+    let publisher = mode.growing.then(|| growing.announce(rel.as_str()));
     let (l, key) = (Arc::clone(&local), rel.clone());
     let opened =
         tokio::task::spawn_blocking(move || -> Result<(usize, u64, TempFile), WriteError> {
@@ -306,12 +308,9 @@ pub async fn begin(
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))??;
     let (volume, room, temp) = opened;
-    let publisher = if mode.growing {
-        let reader = temp.reader().map_err(WriteError::Io)?;
-        Some(growing.register(rel.as_str(), reader))
-    } else {
-        None
-    };
+    if let Some(p) = &publisher {
+        p.attach(temp.reader().map_err(WriteError::Io)?);
+    }
     Ok(Upload {
         kept: mode.keep.then(BytesMut::new),
         publisher,
