@@ -216,7 +216,24 @@ async fn request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let body = RequestBody::new(declared, request_body(recv));
-    let reply = handler::handle(runtime, &policy, &hreq, body).await;
+    // A request that may park (LL-HLS directives, a live path) is dropped when its connection
+    // goes away, so a parked request frees its slot at once.
+    let may_park = hreq.query.is_some_and(|q| q.contains("_HLS_"))
+        || policy
+            .config
+            .live
+            .prefixes
+            .iter()
+            .any(|p| hreq.path.contains(p.as_str()));
+    let handled = handler::handle(runtime, &policy, &hreq, body);
+    let reply = if may_park {
+        tokio::select! {
+            r = handled => r,
+            _ = conn.closed() => return,
+        }
+    } else {
+        handled.await
+    };
     let record = Record::new(
         runtime,
         &policy,
