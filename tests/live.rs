@@ -2262,3 +2262,44 @@ async fn ffmpeg_ldash_segment_read_while_uploaded() {
         "no segment was read before its upload committed: {report:?}"
     );
 }
+
+/// A parked request on HTTP/3 or over HTTPS/1.1 is dropped, and its slot freed, when its client
+/// closes the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_over_tls_or_quic_frees_its_slot() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("localhost");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    let rig = Rig::start(3, 10, &tls);
+    let path = "/live/q/index.m3u8";
+    rig.put(path, rules_state().render().as_bytes()).await;
+    let target = format!("{path}?_HLS_msn=5&_HLS_part=2");
+    let addr = rig.srv.tls_addr.expect("TLS listener");
+
+    // HTTP/3: park, then close the QUIC connection.
+    let mut h3 = crate::h3::h3_connect(addr, &pki).await;
+    let _stream = h3.open("GET", &target, &[]).await;
+    rig.wait_parked(1, "h3 request").await;
+    h3.conn.close(0u32.into(), b"gone");
+    rig.wait_parked(0, "after the QUIC connection closed").await;
+
+    // HTTPS/1.1: park, then close the TCP connection.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = pki
+        .client(&[&rustls::version::TLS13], &[b"http/1.1"])
+        .connect(rustls_pki_types_name(), tcp)
+        .await
+        .expect("TLS handshake");
+    use tokio::io::AsyncWriteExt;
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    rig.wait_parked(1, "HTTPS/1.1 request").await;
+    drop(s);
+    rig.wait_parked(0, "after the TLS connection closed").await;
+}
+
+fn rustls_pki_types_name() -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from("localhost").expect("server name")
+}
