@@ -12,7 +12,7 @@ Three servers, each started fresh for every round, their order rotated from roun
   nginx         nginx (nginx-light, ngx_http_dav_module) with `dav_methods PUT DELETE`; writes the
                 body to client_body_temp_path on the same filesystem and renames it; never fsyncs.
 Load: wrk, one thread, N keep-alive connections, each request a PUT of a 200,000-byte body of
-random bytes (one of a few fixed bodies) to a distinct path under /live/, for about --uploads
+random bytes (one of a few fixed bodies) to a distinct path under /live/ (--prefix), for about --uploads
 uploads (the duration is derived from the warm-up's rate) or a fixed --duration. Both roots (and
 nginx's body temp dir) are on one filesystem: by default a fresh ext4 in a loop image under
 /var/tmp (--fs fresh, needs root), or /var/tmp itself (--fs host).
@@ -48,6 +48,10 @@ REPO = os.path.dirname(HERE)
 CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT = 18180, 18190, 18181
 ALL_SERVERS = ["segd-nofsync", "nginx", "segd-fsync"]
+# The URL prefix uploads go to (--prefix). /live/ is also a live prefix for segd by default
+# (`cache_control.live_prefixes`): a media segment uploaded there can be read while it is written,
+# so segd writes each received chunk at once; elsewhere it buffers 256 KiB per write.
+PREFIX = "/live/"
 
 NO_INGEST = (
     "this segd build has no ingest yet (docs/ingest.md, issue 12): {detail}\n"
@@ -215,7 +219,9 @@ class Server:
 
 
 class Segd(Server):
-    port = SEGD_PORT
+    @property
+    def port(self):
+        return SEGD_PORT
 
     def __init__(self, binary, root, run, fsync, cpu, secret, ingest_section=True):
         self.binary, self.root, self.run, self.fsync, self.cpu = binary, root, run, fsync, cpu
@@ -226,7 +232,7 @@ class Segd(Server):
 
     def write_config(self):
         ingest = f"""[ingest]
-prefixes = ["/live/"]
+prefixes = ["{PREFIX}"]
 max_body_bytes = "512MiB"
 fsync = {"true" if self.fsync else "false"}
 [[ingest.keys]]
@@ -277,13 +283,16 @@ level = "warn"
             return NO_INGEST.format(detail=f"PUT answered 405 Method Not Allowed ({body!r})")
         if status == 403:
             return (f"segd refused the upload token with 403 ({body!r}): the token minted here "
-                    "(EdgeAuth v2, HMAC-SHA256 over exp=..~acl=/live/*) does not verify against [[ingest.keys]]")
+                    "(EdgeAuth v2, HMAC-SHA256 over exp=..~acl={PREFIX}*) does not verify against [[ingest.keys]]")
         return None
 
 
 class Nginx(Server):
     name = "nginx"
-    port = NGINX_PORT
+
+    @property
+    def port(self):
+        return NGINX_PORT
 
     def __init__(self, root, tmp, run, cpu, body_buffer):
         self.root, self.tmp, self.run, self.cpu, self.body_buffer = root, tmp, run, cpu, body_buffer
@@ -294,7 +303,7 @@ class Nginx(Server):
             conf = f.read()
         conf = (conf.replace("@AFFINITY@", f"worker_cpu_affinity {1 << self.cpu:b};")
                 .replace("@RUN@", self.run).replace("@ROOT@", self.root).replace("@TMP@", self.tmp)
-                .replace("@PORT@", str(NGINX_PORT)).replace("@BODY_BUFFER@", self.body_buffer))
+                .replace("@PORT@", str(NGINX_PORT)).replace("@PREFIX@", PREFIX).replace("@BODY_BUFFER@", self.body_buffer))
         path = os.path.join(self.run, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
@@ -334,7 +343,7 @@ def request(port, method, path, body=None):
 
 def preflight(srv, pre, qs, body):
     """One PUT, one GET of the same path, one DELETE, before any load: a refusal is explained."""
-    path = f"/live/preflight/{srv.name}/probe.ts"
+    path = f"{PREFIX}preflight/{srv.name}/probe.ts"
     status, resp = request(srv.port, "PUT", pre + path + qs, body)
     if status not in (201, 204):
         why = srv.explain(status, resp[:200])
@@ -545,6 +554,7 @@ def journal_note(path):
 
 
 def main():
+    global SEGD_PORT, NGINX_PORT, SEGD_ADMIN, PREFIX
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segd", default=os.path.join(REPO, "target/release/segd"), help="release binary (default target/release/segd)")
     ap.add_argument("--servers", default=",".join(ALL_SERVERS), help=f"subset of {','.join(ALL_SERVERS)}")
@@ -571,9 +581,21 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     ap.add_argument("--token-in", choices=["query", "path"], default="query",
                     help="segd's token as ?__token__= (default) or path-embedded /__token__=<token>/live/...; nginx always gets the query form")
+    ap.add_argument("--ports", default=f"{SEGD_PORT},{NGINX_PORT},{SEGD_ADMIN}",
+                    help="segd, nginx and segd admin ports (default %(default)s)")
+    ap.add_argument("--prefix", default=PREFIX,
+                    help="URL prefix of the uploads (default %(default)s, a live prefix for segd: read-while-write; "
+                         "/vod/ for segd's buffered path)")
     ap.add_argument("--segd-without-ingest-section", action="store_true",
                     help="harness self-test on a segd without ingest: omit [ingest] so segd starts (PUT then gets 405)")
     args = ap.parse_args()
+    try:
+        SEGD_PORT, NGINX_PORT, SEGD_ADMIN = (int(x) for x in args.ports.split(","))
+    except ValueError:
+        die(f"--ports wants three port numbers, segd,nginx,admin: {args.ports!r}")
+    if not re.fullmatch(r"/[a-z0-9_-]+/", args.prefix):
+        die(f"--prefix wants one directory like /live/ or /vod/: {args.prefix!r}")
+    PREFIX = args.prefix
     servers = args.servers.split(",")
     for s in servers:
         if s not in ALL_SERVERS:
@@ -640,7 +662,7 @@ def main():
             f.write(WRK_LUA)
 
         secret = secrets.token_hex(16)
-        token = mint_token(secret, "/live/*", int(time.time()) + 6 * 3600)
+        token = mint_token(secret, PREFIX + "*", int(time.time()) + 6 * 3600)
         # nginx ignores the query, but gets it too, so that both servers parse the same request line.
         token_qs, token_pre = f"?__token__={encode_token(token)}", f"/__token__={encode_token(token)}"
 
@@ -671,6 +693,8 @@ def main():
                     load = wait_quiet(args.quiet_wait)
                     if load >= 0.1:
                         log(f"  machine still busy ({load:.2f} CPUs) after waiting {args.quiet_wait} s; running anyway")
+                with open("/proc/loadavg") as f:
+                    load_before = " ".join(f.read().split()[:3])
                 srv = make(name)
                 srv.start()
                 try:
@@ -679,7 +703,7 @@ def main():
                     env = dict(INGEST_PRE=pre, INGEST_QS=qs, INGEST_BODIES=bodies_dir, INGEST_NBODIES=str(args.bodies))
                     duration = args.duration
                     if args.warmup > 0:
-                        w = run_wrk(srv, lua, dict(env, INGEST_PREFIX=f"/live/w{rnd + 1}-{name}", INGEST_ACKED=os.path.join(run, "acked-warmup.txt")), args.conns, args.warmup, args.client_cpu)
+                        w = run_wrk(srv, lua, dict(env, INGEST_PREFIX=f"{PREFIX}w{rnd + 1}-{name}", INGEST_ACKED=os.path.join(run, "acked-warmup.txt")), args.conns, args.warmup, args.client_cpu)
                         if not duration:
                             duration = min(args.max_duration, max(args.min_duration, round(args.uploads / (w["uploads"] / w["secs"]))))
                     elif not duration:
@@ -687,7 +711,7 @@ def main():
                     if dir_size_free(data) < duration * 600e6 + (2 << 30) or dir_size_free(work) < (2 << 30):
                         die(f"free space under {data} is running out ({dir_size_free(data) / 1e9:.1f} GB left)")
                     os.sync()  # the warm-up's dirty pages are written back before the measurement
-                    prefix = f"/live/m{rnd + 1}-{name}"
+                    prefix = f"{PREFIX}m{rnd + 1}-{name}"
                     pids = srv.pids()
                     c0, m0 = proc_cpu(pids), machine_busy()
                     res = run_wrk(srv, lua, dict(env, INGEST_PREFIX=prefix, INGEST_ACKED=os.path.join(run, "acked.txt")), args.conns, duration, args.client_cpu)
@@ -712,7 +736,7 @@ def main():
                     log(f"  WARNING: other jobs used {other:.1f} CPU s during this {res['secs']:.0f} s run: "
                         "the machine is not quiet, compare rounds with care")
                 mb = landed * mb_per_upload
-                row = dict(round=rnd + 1, server=name, fsync=("yes" if name == "segd-fsync" else "no"),
+                row = dict(round=rnd + 1, server=name, fsync=("yes" if name == "segd-fsync" else "no"), loadavg_before=load_before,
                            uploads=res["uploads"], landed=landed, secs=round(res["secs"], 3),
                            uploads_per_s=res["uploads"] / res["secs"], mb_per_s=res["uploads"] * mb_per_upload / res["secs"],
                            cpu_s=cpu, cpu_user_s=cpu_user, cpu_sys_s=cpu_sys, client_cpu_s=res["client_cpu_s"], kernel_cpu_s=kernel, other_cpu_s=other, cpu_ms_per_mb=cpu / mb * 1e3 if mb else float("nan"),
@@ -720,12 +744,12 @@ def main():
                            p50_ms=res["p50_ms"], p99_ms=res["p99_ms"], rss_mb=rss, leftover_temps=temps,
                            unpinned_threads=len(stray))
                 rows.append(row)
-                log(f"round {rnd + 1} {name:12}: {row['uploads_per_s']:7.0f} uploads/s {row['mb_per_s']:7.1f} MB/s  "
+                log(f"round {rnd + 1} {name:12} (load before {load_before}): {row['uploads_per_s']:7.0f} uploads/s {row['mb_per_s']:7.1f} MB/s  "
                     f"cpu {cpu:6.2f} s (user {cpu_user:5.2f}) = {row['cpu_ms_per_mb']:6.3f} ms/MB (wrk {res['client_cpu_s']:5.2f} s, kernel {kernel:5.2f} s, other jobs {other:5.2f} s)  p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
                     f"{res['uploads']} acked, {landed} on disk ({checked})")
                 if delete_between:
                     # Every run starts from the same (empty) filesystem and page-cache footprint.
-                    shutil.rmtree(os.path.join(srv.root, "live"), ignore_errors=True)
+                    shutil.rmtree(os.path.join(srv.root, PREFIX.strip("/")), ignore_errors=True)
                 os.sync()  # this run's dirty pages are not left for the next server to wait behind
     finally:
         if fresh:
@@ -735,11 +759,11 @@ def main():
         else:
             if not fresh:
                 for d in ("segd-volume", "nginx-root"):
-                    shutil.rmtree(os.path.join(work, d, "live"), ignore_errors=True)
+                    shutil.rmtree(os.path.join(work, d, PREFIX.strip("/")), ignore_errors=True)
             log(f"kept {work} (configs, logs; uploads removed)")
 
     os.makedirs(out, exist_ok=True)
-    keys = ["round", "server", "fsync", "uploads", "landed", "secs", "uploads_per_s", "mb_per_s", "cpu_s", "cpu_user_s", "cpu_sys_s", "client_cpu_s", "kernel_cpu_s", "other_cpu_s",
+    keys = ["round", "server", "fsync", "loadavg_before", "uploads", "landed", "secs", "uploads_per_s", "mb_per_s", "cpu_s", "cpu_user_s", "cpu_sys_s", "client_cpu_s", "kernel_cpu_s", "other_cpu_s",
             "cpu_ms_per_mb", "cpu_us_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
     with open(os.path.join(out, "raw.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -794,7 +818,7 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
             f"{args.rounds} rounds, server order rotated each round; each run: fresh server, preflight PUT/GET/DELETE, {args.warmup} s warm-up, "
             f"`sync`, then {f'{args.duration} s' if args.duration else f'uploads / (warm-up rate) seconds (about {args.uploads:,} uploads; min {args.min_duration}, max {args.max_duration})'} "
             f"of wrk (1 thread, {args.conns} keep-alive connections) PUTting {args.size:,}-byte random bodies "
-            f"to distinct paths under /live/ (500 per directory). Server on CPU {args.server_cpu} (1 worker), wrk on CPU {args.client_cpu}. "
+            f"to distinct paths under {PREFIX} (500 per directory{', a live prefix for segd: read-while-write, each received chunk written at once' if PREFIX == '/live/' else ', not a live prefix: segd buffers 256 KiB per write'}). Server on CPU {args.server_cpu} (1 worker), wrk on CPU {args.client_cpu}. "
             f"Server CPU = utime+stime of every server process (nginx: master + worker) over the measured run; "
             f"per MB = per 10^6 bytes that landed on disk (every acknowledged upload is checked: count, size, a sample of contents). "
             f"Cells: median (min–max). nginx `client_body_buffer_size {args.nginx_body_buffer}`, body temp dir and root on the same filesystem as segd's volume. "
@@ -809,7 +833,11 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
              "with the machine, not only the server: other jobs, and in a VM that returns freed memory to its host "
              "(virtio-balloon free page reporting) the first touch of new page-cache pages. Trust the per-round ratios of interleaved "
              "runs more than any single figure, and prefer a quiet machine."]
-    summary = "\n".join(head + lines + ratios + notes) + "\n"
+    per_run = ["", "Per run, in the order run (load average before the run, /proc/loadavg 1/5/15 min):", "",
+               "| round | server | load avg before | uploads/s | CPU ms per MB | other jobs CPU s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        per_run.append(f"| {r['round']} | {r['server']} | {r['loadavg_before']} | {r['uploads_per_s']:.0f} | {r['cpu_ms_per_mb']:.3f} | {r['other_cpu_s']:.1f} |")
+    summary = "\n".join(head + lines + ratios + per_run + notes) + "\n"
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(summary)
     print(summary)
