@@ -18,8 +18,11 @@ started segd:
 Both wrk processes run on CPU 1 (they share it while uploading: the client's CPU is recorded).
 Per run: GET req/s, MB/s, p50/p99 (wrk's --latency), segd's CPU use, and, while uploading, the
 uploads acknowledged during the GET window (from the Location of each 201) per second. Every GET
-must be a 200 and every PUT a 201; any other answer or socket error stops the run loudly (segd's
-stderr and a small access log are kept under the run dir and named in the message).
+must be a 200 and every PUT a 201; any other answer or socket error stops the run loudly, with the
+tail of segd's stderr (kept under the run dir with --keep; --access-log adds an access log per run).
+--get-rate N paces the GETs (wrk's delay(), per connection) so that neither wrk nor segd is
+saturated: unpaced, on loopback, the GET wrk is usually the bottleneck, and the uploader wrk sharing
+its CPU then slows the GETs whatever segd does (the summary prints both wrk CPU figures).
 The report: p99 with / without uploaders (the starvation ratio), GET throughput with / without,
 upload rate; medians and per-round ranges. The load average is recorded before each run.
 Volume on a fresh ext4 in a loop image (--fs fresh, needs root; like benches/ingest.py) or on
