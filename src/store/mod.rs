@@ -3,16 +3,14 @@
 //! never knows which tier answered.
 //!
 //! ## Tiers, in lookup order
-//! 1. *(ingest/live, planned)* objects being written: a growing object is served from its upload
-//!    as a [`body::Stream`] of unknown length. Plugs in as `store/growing.rs`, consulted first
-//!    for paths under live prefixes.
-//! 2. **local volumes** (`local.rs`): the open-file cache, then the volumes by the placement rule,
+//! 1. **local volumes** (`local.rs`): the open-file cache, then the volumes by the placement rule,
 //!    with health. Bodies are [`body::FileRange`]s (sendfile on plaintext HTTP/1.1).
-//! 3. *(edge, planned)* the pull-through disk cache (`store/pull.rs`): a cache directory is one
-//!    more local volume for lookups, so hits are `FileRange`s too.
-//! 4. *(edge, planned)* upstream origins and S3 buckets (`store/upstream.rs`, `store/s3.rs`):
-//!    a miss in 1–3 under an upstream's prefixes starts (or joins) a single-flight fill that
-//!    writes to the pull cache and streams to every waiter as a [`body::Stream`].
+//! 2. **uploads in progress** (`growing.rs`), for live media segments with no complete version:
+//!    read-while-write, a [`body::Stream`] that grows with the upload.
+//! 3. **the pull cache** (`pull.rs`): a cache directory read like a volume (hits are
+//!    `FileRange`s too), with the upstream's validators from a sidecar.
+//! 4. **the upstreams** for the path (`pull.rs`: HTTP origins, S3 buckets): a miss starts (or
+//!    joins) a single-flight fill that writes to the pull cache and streams to every waiter.
 //!
 //! Each tier answers `Found`, or a miss that lets the next tier try (not found, volume
 //! unavailable), or one that ends the lookup (overloaded). Adding a tier is adding a module and
