@@ -26,9 +26,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use segd::auth::edgeauth::{sign, SignSpec};
 use segd::auth::encode_token;
 use segd::config::TokenAlgorithm;
@@ -228,29 +225,6 @@ fn assert_file(path: &Path, want: &[u8], what: &str) {
 
 // ---------------------------------------------------------------------------------------------
 // Clients
-
-/// One request with a body over hyper's client (`h2`: HTTP/2 prior knowledge, i.e. h2c).
-async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8], h2: bool) -> Resp {
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(h2)
-        .build_http::<Full<Bytes>>();
-    let mut b = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b
-        .body(Full::new(Bytes::copy_from_slice(body)))
-        .expect("request");
-    let resp = client.request(req).await.expect("response");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Resp {
-        status: parts.status.as_u16(),
-        version: parts.version,
-        headers: parts.headers,
-        body,
-    }
-}
 
 /// GET over HTTP/1.1 (`h2` false) or h2c.
 async fn get_on(url: &str, h2: bool) -> Resp {

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -155,29 +155,6 @@ impl Rig {
         let t = mono();
         self.put(path, body).await;
         t
-    }
-}
-
-/// One request with a body over hyper's client (`h2`: h2c prior knowledge).
-async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8], h2: bool) -> Resp {
-    let client = Client::builder(TokioExecutor::new())
-        .http2_only(h2)
-        .build_http::<Full<Bytes>>();
-    let mut b = http::Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let req = b
-        .body(Full::new(Bytes::copy_from_slice(body)))
-        .expect("request");
-    let resp = client.request(req).await.expect("response");
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Resp {
-        status: parts.status.as_u16(),
-        version: parts.version,
-        headers: parts.headers,
-        body,
     }
 }
 

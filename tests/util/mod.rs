@@ -462,3 +462,32 @@ pub fn q(path: &str, token: &str) -> String {
 pub fn p(path: &str, token: &str) -> String {
     format!("/__token__={}{path}", segd::auth::encode_token(token))
 }
+
+/// One request with a body over hyper's client (`h2`: HTTP/2 prior knowledge, i.e. h2c).
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    h2: bool,
+) -> Resp {
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
+        .body(http_body_util::Full::new(Bytes::copy_from_slice(body)))
+        .expect("request");
+    let resp = client.request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Resp {
+        status: parts.status.as_u16(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
