@@ -1735,3 +1735,288 @@ async fn edge_origin_auth_reaches_a_protected_upstream() {
     let r = must("GET", &edge.url(SEG3), &[], false).await;
     assert_ne!(r.status, 200, "the upstream refused the wrong secret");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. Write-through ingest to the bucket (docs/cluster.md)
+
+/// The `[[ingest.keys]]` secret of the write-through tests.
+const WT_UP_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+/// `[ingest]` for `/vod/` written through to the upstream `archive`, plus `more` keys.
+fn write_through_ingest(more: &str) -> String {
+    format!(
+        "[ingest]\nprefixes = [\"/vod/\"]\nreserve = \"0B\"\nwrite_through = \"archive\"\n{more}\n\n[[ingest.keys]]\nid = \"up1\"\nsecret = \"{WT_UP_KEY}\"\n\n"
+    )
+}
+
+/// `path` with an upload token for it in the query.
+fn upload_url(edge: &Edge, path: &str) -> String {
+    edge.url(&q(path, &token_with_key(WT_UP_KEY, path)))
+}
+
+/// Durability "upstream": the 201 comes once the bucket has the object, and every node serves
+/// it with the validators of the node that took the upload; a bucket that fails the write gets
+/// a 502 and leaves the old object in place on the node.
+#[tokio::test]
+async fn write_through_upstream_durability_same_validators_everywhere() {
+    let weed = Weed::start();
+    let secret = weed.secret_file();
+    let a = Edge::start_with(
+        &keys(&[]),
+        &[s3_upstream(&weed, &secret)],
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    let path = "/vod/wt1/hls/seg_00001.ts";
+    let v1 = pattern(300_000, 71);
+    let r = send("PUT", &upload_url(&a, path), &[], &v1, false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let etag = r.header("etag").expect("etag").to_owned();
+
+    // Node A serves it from its volume.
+    let ga = must("GET", &a.url(path), &[], false).await;
+    assert!(ga.status == 200 && ga.bytes() == v1.as_slice());
+    assert_eq!(ga.header("etag"), Some(etag.as_str()));
+    let lm = ga
+        .header("last-modified")
+        .expect("last-modified")
+        .to_owned();
+
+    // Node B has nothing local: it pulls from the bucket, and serves the same validators.
+    let b = Edge::start(&keys(&[]), &[s3_upstream(&weed, &secret)]);
+    let gb = must("GET", &b.url(path), &[], false).await;
+    assert_eq!(gb.status, 200);
+    assert!(
+        gb.bytes() == v1.as_slice(),
+        "the bucket has the bytes A took"
+    );
+    assert_eq!(gb.header("etag"), Some(etag.as_str()), "same ETag on B");
+    assert_eq!(
+        gb.header("last-modified"),
+        Some(lm.as_str()),
+        "same Last-Modified on B"
+    );
+    assert_eq!(gb.header("content-type"), Some("video/mp2t"));
+    // A CDN revalidating against B with what A gave it gets a 304, on every protocol.
+    for h2 in [false, true] {
+        let c = must("GET", &b.url(path), &[("if-none-match", &etag)], h2).await;
+        assert_eq!(
+            c.status, 304,
+            "If-None-Match from A answered by B (h2={h2})"
+        );
+        let c = must("GET", &b.url(path), &[("if-modified-since", &lm)], h2).await;
+        assert_eq!(
+            c.status, 304,
+            "If-Modified-Since from A answered by B (h2={h2})"
+        );
+    }
+
+    // DELETE goes to the bucket too: a node with an empty cache finds nothing.
+    let del_path = "/vod/wt1/hls/seg_00002.ts";
+    let r = send("PUT", &upload_url(&a, del_path), &[], b"x", false).await;
+    assert_eq!(r.status, 201);
+    let r = send("DELETE", &upload_url(&a, del_path), &[], b"", false).await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let c = Edge::start(&keys(&[]), &[s3_upstream(&weed, &secret)]);
+    assert_eq!(must("GET", &c.url(del_path), &[], false).await.status, 404);
+    assert_eq!(
+        must("GET", &c.url(path), &[], false).await.header("etag"),
+        Some(etag.as_str())
+    );
+
+    // The bucket goes away: a replacement is refused with 502 and nothing changes on A.
+    drop(weed);
+    let v2 = pattern(1000, 72);
+    let r = send("PUT", &upload_url(&a, path), &[], &v2, false).await;
+    assert!(
+        r.status == 502 || r.status == 504,
+        "bucket down: {} {}",
+        r.status,
+        r.text()
+    );
+    let ga = must("GET", &a.url(path), &[], false).await;
+    assert!(
+        ga.status == 200 && ga.bytes() == v1.as_slice(),
+        "the old object stays"
+    );
+    assert_eq!(ga.header("etag"), Some(etag.as_str()));
+    let r = send("DELETE", &upload_url(&a, path), &[], b"", false).await;
+    assert!(
+        r.status == 502 || r.status == 504,
+        "delete with the bucket down: {}",
+        r.status
+    );
+    assert_eq!(must("GET", &a.url(path), &[], false).await.status, 200);
+    let leftovers = files_under(&a.volume())
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains(".segd-tmp-"))
+        .count();
+    assert_eq!(leftovers, 0, "no temporary file is left behind");
+    let m = a.metrics().await;
+    assert!(
+        metric_with(
+            &m,
+            "segd_write_through_total",
+            &[("op", "put"), ("result", "error")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+}
+
+/// Durability "local": the 201 comes from the local disk, the durable queue delivers the object
+/// once the bucket is reachable — also after the node was killed with the entry queued.
+#[tokio::test]
+async fn write_through_local_queue_survives_a_crash() {
+    let weed = Weed::start();
+    let secret = weed.secret_file();
+    // First run: the bucket's address is wrong (nothing listens there), so the upload stays
+    // queued.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = s3_upstream(&weed, &secret).replace(&weed.endpoint(), &dead);
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let ingest = write_through_ingest(&format!(
+        "durability = \"local\"\nqueue_path = \"{}\"",
+        qdir.path().display()
+    ));
+    let mut a = Edge::start_with(&keys(&[]), &[unreachable], &ingest);
+    let path = "/vod/wt2/hls/seg_00001.ts";
+    let body = pattern(123_456, 73);
+    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let etag = r.header("etag").expect("etag").to_owned();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let m = a.metrics().await;
+            metric(&m, "segd_write_through_backlog") == Some(1.0)
+                && metric_with(
+                    &m,
+                    "segd_write_through_total",
+                    &[("op", "put"), ("result", "error")],
+                )
+                .is_some_and(|n| n >= 1.0)
+        })
+        .await,
+        "one entry queued, its PUT failing: {}\n{}",
+        a.metrics().await,
+        a.srv.stderr()
+    );
+    let queued = std::fs::read_dir(qdir.path()).expect("queue dir").count();
+    assert_eq!(queued, 1, "one durable entry on disk");
+
+    // Killed, not drained; started again with the bucket's right address.
+    a.srv.signal(libc::SIGKILL);
+    let _ = a.srv.wait_exit(Duration::from_secs(5));
+    let config = a.config.replace(&dead, &weed.endpoint());
+    let a2 = Server::start(&config);
+    let admin = a2.admin_url("/metrics");
+    assert!(
+        eventually(Duration::from_secs(20), async || {
+            let m = fetch("GET", &admin, &[], false)
+                .await
+                .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+                .unwrap_or_default();
+            metric(&m, "segd_write_through_backlog") == Some(0.0)
+                && metric_with(
+                    &m,
+                    "segd_write_through_total",
+                    &[("op", "put"), ("result", "ok")],
+                ) == Some(1.0)
+        })
+        .await,
+        "the queue drains after the restart"
+    );
+    assert_eq!(
+        std::fs::read_dir(qdir.path()).expect("queue dir").count(),
+        0
+    );
+    let b = Edge::start(&keys(&[]), &[s3_upstream(&weed, &secret)]);
+    let gb = must("GET", &b.url(path), &[], false).await;
+    assert!(
+        gb.status == 200 && gb.bytes() == body.as_slice(),
+        "the bucket has it"
+    );
+    assert_eq!(gb.header("etag"), Some(etag.as_str()));
+
+    // A deletion is queued too and reaches the bucket.
+    let r = send(
+        "DELETE",
+        &a2.url(&q(path, &token_with_key(WT_UP_KEY, path))),
+        &[],
+        b"",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let m = fetch("GET", &admin, &[], false)
+                .await
+                .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+                .unwrap_or_default();
+            metric_with(
+                &m,
+                "segd_write_through_total",
+                &[("op", "delete"), ("result", "ok")],
+            ) == Some(1.0)
+        })
+        .await,
+        "the deletion reaches the bucket"
+    );
+    let c = Edge::start(&keys(&[]), &[s3_upstream(&weed, &secret)]);
+    assert_eq!(must("GET", &c.url(path), &[], false).await.status, 404);
+}
+
+/// Config errors name the key and what is allowed.
+#[test]
+fn write_through_config_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = config_for(&[dir.path()], "");
+    let check = |extra: &str| -> String {
+        let f = dir.path().join("segd.toml");
+        std::fs::write(&f, format!("{base}\n{extra}")).expect("write");
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&f)
+            .output()
+            .expect("run segd");
+        assert_eq!(out.status.code(), Some(64), "rejected");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cache = dir.path().join("cache");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s\n").expect("write");
+    let s3 = format!(
+        "[pull]\ncache_path = \"{}\"\n[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\nregion = \"us-east-1\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
+        cache.display(),
+        secret.display()
+    );
+    let e = check(&format!(
+        "{}\n{s3}",
+        write_through_ingest("").replace("archive", "nope")
+    ));
+    assert!(
+        e.contains("ingest.write_through") && e.contains("\"nope\""),
+        "{e}"
+    );
+    let http = "[pull]\ncache_path = \"/tmp\"\n[[pull.upstreams]]\nname = \"archive\"\nurl = \"http://127.0.0.1:9\"\nprefixes = [\"/vod/\"]\n";
+    let e = check(&format!("{}\n{http}", write_through_ingest("")));
+    assert!(
+        e.contains("ingest.write_through") && e.contains("not a bucket"),
+        "{e}"
+    );
+    let e = check(&format!(
+        "{}\n{s3}",
+        write_through_ingest("durability = \"eventually\"")
+    ));
+    assert!(
+        e.contains("ingest.durability") && e.contains("\"upstream\""),
+        "{e}"
+    );
+    let e = check(&format!(
+        "[ingest]\nprefixes = [\"/vod/\"]\ndurability = \"local\"\n[[ingest.keys]]\nid = \"u\"\nsecret = \"{WT_UP_KEY}\"\n"
+    ));
+    assert!(
+        e.contains("ingest.durability") && e.contains("write_through"),
+        "{e}"
+    );
+}

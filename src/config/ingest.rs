@@ -2,6 +2,7 @@
 //! and the keys of upload tokens (separate from `[[token.keys]]`: a playback key never
 //! authorises a write). See `docs/ingest.md`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::fields::Section;
@@ -25,6 +26,29 @@ pub struct IngestConfig {
     pub fsync: bool,
     /// Upload token keys.
     pub keys: Vec<TokenKey>,
+    /// Where ingested objects are also written (see `docs/cluster.md`).
+    pub write_through: Option<WriteThrough>,
+}
+
+/// `write_through` and the keys that go with it.
+#[derive(Debug, Clone)]
+pub struct WriteThrough {
+    /// The `[[pull.upstreams]]` entry (an S3 bucket) written to.
+    pub upstream: String,
+    /// Live objects (under `[live] prefixes`) too, not only VOD ones.
+    pub live: bool,
+    pub durability: Durability,
+    /// The durable queue of `durability = "local"`; `None`: `.segd-queue` in the first volume.
+    pub queue_path: Option<PathBuf>,
+}
+
+/// When an upload is answered (`ingest.durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the local disk has it; the bucket gets it from the durable queue.
+    Local,
+    /// Once the bucket has it.
+    Upstream,
 }
 
 impl IngestConfig {
@@ -45,9 +69,13 @@ pub(super) const INGEST_KEYS: &[&str] = &[
     "max_uploads",
     "fsync",
     "keys",
+    "write_through",
+    "write_through_live",
+    "durability",
+    "queue_path",
 ];
 
-pub(super) fn parse_ingest(s: &Section) -> IngestConfig {
+pub(super) fn parse_ingest(s: &Section, base: &Path) -> IngestConfig {
     let prefix_allowed = "URL path prefixes starting and ending with \"/\", e.g. \"/live/\"";
     let prefixes = s
         .string_list("prefixes", prefix_allowed)
@@ -93,6 +121,7 @@ pub(super) fn parse_ingest(s: &Section) -> IngestConfig {
             "at least one [[ingest.keys]] table with id and secret",
         );
     }
+    let write_through = parse_write_through(s, base);
     s.finish();
     IngestConfig {
         prefixes,
@@ -103,5 +132,48 @@ pub(super) fn parse_ingest(s: &Section) -> IngestConfig {
         max_uploads,
         fsync,
         keys,
+        write_through,
     }
+}
+
+/// `write_through`, `write_through_live`, `durability`, `queue_path`. Whether the upstream
+/// exists and is a bucket is checked with `[pull]` (see `Config::load`).
+fn parse_write_through(s: &Section, base: &Path) -> Option<WriteThrough> {
+    let name_allowed = "the name of a [[pull.upstreams]] entry with s3_endpoint";
+    let upstream = s.string("write_through", name_allowed);
+    let live = s.bool("write_through_live", false);
+    let dur_allowed = "\"local\" or \"upstream\"";
+    let durability = match s.string("durability", dur_allowed).as_deref() {
+        None | Some("local") => Durability::Local,
+        Some("upstream") => Durability::Upstream,
+        Some(other) => {
+            s.error(
+                "durability",
+                format!("unknown durability {other:?}"),
+                dur_allowed,
+            );
+            Durability::Local
+        }
+    };
+    let queue_path = s
+        .string("queue_path", "a directory on a local disk")
+        .map(|p| base.join(p));
+    if upstream.is_none() {
+        for key in ["write_through_live", "durability", "queue_path"] {
+            if s.raw(key).is_some() {
+                s.error(
+                    key,
+                    "has no effect without ingest.write_through",
+                    "set ingest.write_through to an S3 upstream, or remove this key",
+                );
+            }
+        }
+        return None;
+    }
+    Some(WriteThrough {
+        upstream: upstream?,
+        live,
+        durability,
+        queue_path,
+    })
 }

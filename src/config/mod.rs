@@ -42,7 +42,7 @@ pub use cache_control::CacheControlConfig;
 pub use cors::CorsConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size};
-pub use ingest::IngestConfig;
+pub use ingest::{Durability, IngestConfig, WriteThrough};
 pub use live::LiveConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
 pub use pull::{PullConfig, Secret, UpstreamConfig, UpstreamKind};
@@ -143,7 +143,7 @@ impl Config {
         let types = parse_types(&top);
         let log = parse_log(&top.table("log", LOG_KEYS), &base);
         let tls = parse_tls(&top.table("tls", TLS_KEYS), &base);
-        let ingest = parse_ingest(&top.table("ingest", INGEST_KEYS));
+        let ingest = parse_ingest(&top.table("ingest", INGEST_KEYS), &base);
         let cc_set = doc
             .get("cache_control")
             .and_then(|t| t.get("live_prefixes"))
@@ -172,6 +172,39 @@ impl Config {
                     },
                     format!("address {a} is used twice"),
                     "each listener needs its own address",
+                );
+            }
+        }
+
+        if let Some(wt) = &ingest.write_through {
+            let bucket = pull
+                .upstreams
+                .iter()
+                .find(|u| u.name == wt.upstream)
+                .map(|u| matches!(u.kind, UpstreamKind::S3 { .. }));
+            let problem = match bucket {
+                None => Some(format!(
+                    "no [[pull.upstreams]] entry is named {:?}",
+                    wt.upstream
+                )),
+                Some(false) => Some(format!(
+                    "upstream {:?} is an HTTP origin, not a bucket",
+                    wt.upstream
+                )),
+                Some(true) => None,
+            };
+            if let Some(problem) = problem {
+                ctx.error(
+                    "ingest.write_through",
+                    problem,
+                    "the name of a [[pull.upstreams]] entry with s3_endpoint",
+                );
+            }
+            if ingest.prefixes.is_empty() {
+                ctx.error(
+                    "ingest.write_through",
+                    "ingest.prefixes is empty, so nothing is ingested to write through",
+                    "set ingest.prefixes, or remove ingest.write_through",
                 );
             }
         }

@@ -42,9 +42,12 @@ pub struct ServerConfig {
     /// TLS writers send segments too big for the hot-body cache from a memory map (no read
     /// buffer copy); segment files must then be immutable while served (`io::mapped`).
     pub mmap: bool,
+    /// `X-Served-By` value added to every response (`served_by`); `None`: no such header.
+    pub served_by: Option<http::HeaderValue>,
 }
 
 pub(super) const SERVER_KEYS: &[&str] = &[
+    "served_by",
     "listen",
     "workers",
     "drain_timeout",
@@ -100,6 +103,7 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
     let secs = Duration::from_secs;
     let ms = Duration::from_millis;
     let mmap = s.bool("mmap", true);
+    let served_by = parse_served_by(s);
     s.finish();
     ServerConfig {
         listen,
@@ -159,5 +163,24 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
             urls
         },
         mmap,
+        served_by,
+    }
+}
+
+/// `served_by`: a node name for `X-Served-By`; it must be a visible-ASCII header value.
+fn parse_served_by(s: &Section) -> Option<http::HeaderValue> {
+    let allowed = "a node name of 1 to 64 visible ASCII characters, e.g. \"node-a\"";
+    let v = s.string("served_by", allowed)?;
+    let ok = !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic());
+    match http::HeaderValue::from_str(&v) {
+        Ok(h) if ok => Some(h),
+        _ => {
+            s.error(
+                "served_by",
+                format!("{v:?} is not a usable node name"),
+                allowed,
+            );
+            None
+        }
     }
 }

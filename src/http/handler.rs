@@ -135,8 +135,14 @@ pub async fn handle(rt: &Runtime, policy: &Policy, req: &Request<'_>, body: Requ
     if let Some(v) = req.alt_svc {
         reply.headers.insert(http::header::ALT_SVC, v.clone());
     }
+    if let Some(node) = &cx.policy.config.server.served_by {
+        reply.headers.insert(X_SERVED_BY, node.clone());
+    }
     reply
 }
+
+/// Names the node that answered (`server.served_by`), for clusters behind a balancer.
+const X_SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-served-by");
 
 async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result<Reply, Stop> {
     let (cfg, req) = (&cx.policy.config, cx.req);

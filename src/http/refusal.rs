@@ -316,6 +316,13 @@ impl From<crate::store::WriteError> for Refusal {
         use crate::store::WriteError;
         match e {
             WriteError::NoSpace => Refusal::InsufficientStorage,
+            WriteError::Bucket(crate::store::write_through::BucketError::Timeout) => {
+                Refusal::GatewayTimeout
+            }
+            WriteError::Bucket(e) => {
+                tracing::warn!(error = %e, "write-through to the bucket failed");
+                Refusal::BadGateway
+            }
             WriteError::VolumeUnavailable => Refusal::VolumeUnavailable,
             WriteError::IsDirectory => Refusal::IsDirectory,
             WriteError::NotFound => Refusal::NotFound,

@@ -128,6 +128,7 @@ async fn put(
     let mode = Mode {
         keep: hls_playlist,
         growing: live && class == ObjectClass::Segment,
+        live,
     };
     let mut upload = cx
         .rt
@@ -219,7 +220,7 @@ async fn delete(
         .map(|p| p.split('/').filter(|c| !c.is_empty()).count())
         .max()
         .unwrap_or(1);
-    cx.rt.store.delete(rel, keep).await?;
+    cx.rt.store.delete(rel, keep, live).await?;
     cx.rt.live.forget(&canonical);
     Ok(reply(
         StatusCode::NO_CONTENT,

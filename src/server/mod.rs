@@ -101,6 +101,7 @@ async fn serve(
     let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
     let shared = Arc::new(Shared::new(runtime, policy));
     remove_stale_temps(&shared);
+    shared.runtime.store.start_write_through();
     {
         // The pull cache a previous run left is indexed in the background; lookups meanwhile
         // find its files through their sidecars.

@@ -28,6 +28,7 @@ mod pull;
 mod test_stream;
 mod upload;
 pub mod write;
+pub mod write_through;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -222,6 +223,8 @@ struct Inner {
     growing: Arc<growing::GrowingSet>,
     /// The edge tier, when `[pull]` has a cache path (built once; a reload keeps it).
     pull: Option<Arc<pull::Pull>>,
+    /// Ingested objects also written to a bucket (built once; a reload keeps it).
+    write_through: Option<Arc<write_through::WriteThrough>>,
 }
 
 impl Store {
@@ -230,6 +233,7 @@ impl Store {
         let cache_stats = Arc::new(Stats::default());
         let local = Local::build(cfg, None, &metrics, &cache_stats);
         let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
+        let write_through = write_through::WriteThrough::new(cfg, &metrics)?.map(Arc::new);
         let store = Store {
             inner: Arc::new(Inner {
                 local: ArcSwap::from_pointee(local),
@@ -238,6 +242,7 @@ impl Store {
                 locks: upload::PathLocks::default(),
                 growing: Arc::default(),
                 pull,
+                write_through,
             }),
         };
         metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
@@ -339,6 +344,7 @@ impl Store {
             reserve,
             durable,
             mode,
+            self.through(mode.live),
             m.ingest_temp_removed.clone(),
         )
         .await;
@@ -353,9 +359,33 @@ impl Store {
         self.inner.growing.get(rel.as_str()).is_some()
     }
 
-    /// Deletes `rel`, then the directories that left empty below the first `keep` segments.
-    pub async fn delete(&self, rel: &RelPath, keep: usize) -> Result<(), WriteError> {
-        upload::delete(self.local(), &self.inner.locks, rel, keep).await
+    /// Deletes `rel` (in the write-through bucket too), then the directories that left empty
+    /// below the first `keep` segments.
+    pub async fn delete(&self, rel: &RelPath, keep: usize, live: bool) -> Result<(), WriteError> {
+        upload::delete(
+            self.local(),
+            &self.inner.locks,
+            rel,
+            keep,
+            self.through(live),
+        )
+        .await
+    }
+
+    /// The write-through bucket for writes of a path, if they go through.
+    fn through(&self, live: bool) -> Option<Arc<write_through::WriteThrough>> {
+        self.inner
+            .write_through
+            .as_ref()
+            .filter(|w| w.applies(live))
+            .cloned()
+    }
+
+    /// Starts the write-through queue's worker (durability "local"); call once, in the runtime.
+    pub fn start_write_through(&self) {
+        if let Some(wt) = &self.inner.write_through {
+            tokio::spawn(Arc::clone(wt).run_queue(self.clone()));
+        }
     }
 
     /// Indexes the pull cache left by an earlier run (start-up, off the request path).

@@ -627,7 +627,8 @@ impl Pull {
             match status {
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
-                    self.store(local, rel, class, resp, fill).await;
+                    let bucket = matches!(fetcher, Fetcher::S3(_));
+                    self.store(local, rel, class, resp, fill, bucket).await;
                     return;
                 }
                 StatusCode::NOT_MODIFIED if cached.is_some() => {
@@ -716,9 +717,13 @@ impl Pull {
         _class: ObjectClass,
         resp: http::Response<hyper::body::Incoming>,
         fill: &Fill,
+        bucket: bool,
     ) -> bool {
         let h = resp.headers();
         let get = |n: http::HeaderName| h.get(n).cloned();
+        // An object a segd node wrote through to a bucket carries the validators that node
+        // serves it with: every node serves it with the same ones (docs/cluster.md).
+        let segd = |n: &str| if bucket { h.get(n).cloned() } else { None };
         let len: Option<u64> = h
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -731,8 +736,9 @@ impl Pull {
         });
         let meta = Meta {
             len: len.unwrap_or(0),
-            etag: get(ETAG),
-            last_modified: get(LAST_MODIFIED),
+            etag: segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)),
+            last_modified: segd(crate::store::write_through::META_LAST_MODIFIED)
+                .or_else(|| get(LAST_MODIFIED)),
             content_type: get(CONTENT_TYPE),
             cache_control: cc,
             fetched: now(),

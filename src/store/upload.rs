@@ -18,6 +18,8 @@ use http::HeaderValue;
 use super::growing::{GrowingSet, Publisher};
 use super::local::Local;
 use super::write::{Dir, TempFile};
+use super::write_through::{BucketError, Op, WriteThrough};
+use crate::config::Durability;
 use crate::volumes::{self, ObjectMeta, RelPath};
 
 /// Why a write did not happen.
@@ -33,6 +35,9 @@ pub enum WriteError {
     NotFound,
     #[error("write failed: {0}")]
     Io(io::Error),
+    /// The write-through bucket did not take it (`durability = "upstream"`).
+    #[error("write-through: {0}")]
+    Bucket(#[from] BucketError),
 }
 
 /// Writes buffered before they go to disk (fewer, larger writes; one blocking hop per buffer).
@@ -50,6 +55,9 @@ pub struct Mode {
     /// Readers may stream it while it is written (live media segments): every chunk goes to
     /// disk at once and is announced.
     pub growing: bool,
+    /// The path is under `[live] prefixes` (write-through applies to it only with
+    /// `write_through_live`).
+    pub live: bool,
 }
 
 /// A file being uploaded. Dropped without [`Upload::commit`], it is removed: a failed upload
@@ -69,6 +77,8 @@ pub struct Upload {
     kept: Option<BytesMut>,
     /// Set for growing uploads (see [`Mode::growing`]).
     publisher: Option<Publisher>,
+    /// The bucket this upload is written through to.
+    through: Option<Arc<WriteThrough>>,
     _lock: PathLock,
 }
 
@@ -148,9 +158,46 @@ impl Upload {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
         let buf = self.buf.split().freeze();
+        let durable = self.durable;
+        if let Some(wt) = self.through.clone() {
+            // Written through: the bucket has it (or the queue says it will) before the rename.
+            let key = self.key.clone();
+            let w = Arc::clone(&wt);
+            let r = tokio::task::spawn_blocking(move || {
+                let r = temp.write_all(&buf).and_then(|()| match w.durability {
+                    Durability::Upstream => temp.seal(durable).map(Some),
+                    Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
+                });
+                (temp, r)
+            })
+            .await
+            .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+            temp = r.0;
+            if let Some((st, reader)) = r.1.map_err(|e| self.io_error(e))? {
+                wt.put(&self.key, reader, &ObjectMeta::from_stat(&st))
+                    .await?;
+            }
+            self.temp = Some(temp);
+            return self.rename().await;
+        }
+        let r = tokio::task::spawn_blocking(move || {
+            let r = temp.write_all(&buf);
+            (temp, r)
+        })
+        .await
+        .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        self.temp = Some(r.0);
+        r.1.map_err(|e| self.io_error(e))?;
+        self.rename().await
+    }
+
+    /// Renames the complete file into place (durably, if configured).
+    async fn rename(mut self) -> Result<Committed, WriteError> {
+        let Some(temp) = self.temp.take() else {
+            return Err(WriteError::Io(io::Error::other("upload already failed")));
+        };
         let (name, durable) = (self.name.clone(), self.durable);
         let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
-            temp.write_all(&buf)?;
             let existed = temp_dir_has(&temp, &name);
             let st = temp.commit(&name, durable)?;
             Ok((existed, st))
@@ -281,6 +328,7 @@ pub async fn begin(
     reserve: u64,
     durable: bool,
     mode: Mode,
+    through: Option<Arc<WriteThrough>>,
     temp_removed: prometheus::IntCounter,
 ) -> Result<Upload, WriteError> {
     let lock = locks.lock(rel).await;
@@ -323,6 +371,7 @@ pub async fn begin(
         durable,
         room,
         temp_removed,
+        through,
         _lock: lock,
     })
 }
@@ -334,8 +383,23 @@ pub async fn delete(
     locks: &PathLocks,
     rel: &RelPath,
     keep: usize,
+    through: Option<Arc<WriteThrough>>,
 ) -> Result<(), WriteError> {
     let _lock = locks.lock(rel).await;
+    if let Some(wt) = through {
+        // The bucket first: with durability "upstream" a failure there leaves both copies; with
+        // "local" the deletion is queued before the file goes.
+        match wt.durability {
+            Durability::Upstream => wt.delete(rel).await?,
+            Durability::Local => {
+                let key = rel.clone();
+                tokio::task::spawn_blocking(move || wt.enqueue(Op::Delete, &key))
+                    .await
+                    .map_err(|e| WriteError::Io(io::Error::other(e)))?
+                    .map_err(WriteError::Io)?;
+            }
+        }
+    }
     let (l, key) = (Arc::clone(&local), rel.clone());
     tokio::task::spawn_blocking(move || -> Result<(), WriteError> {
         let (dir, name) = split(&key);

@@ -86,6 +86,22 @@ impl Dir {
         )?)
     }
 
+    /// Opens the regular file `name` in this directory for reading, without following a
+    /// symlink.
+    pub fn open_file(&self, name: &str) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        Ok(file)
+    }
+
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
     }
@@ -150,6 +166,20 @@ impl TempFile {
         f.write_all(data)?;
         self.written += data.len() as u64;
         Ok(())
+    }
+
+    /// The complete file before its commit: flushed to disk when `durable`, with its metadata
+    /// (the validators it will be served with: a rename keeps them) and a descriptor to read it
+    /// with (positioned reads only: it shares the writer's offset).
+    pub fn seal(&mut self, durable: bool) -> io::Result<(rustix::fs::Stat, File)> {
+        let f = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        if durable {
+            f.sync_all()?;
+        }
+        Ok((rustix::fs::fstat(f)?, f.try_clone()?))
     }
 
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by

@@ -1,0 +1,592 @@
+//! Write-through to a bucket (`[ingest] write_through`, see `docs/cluster.md`): every ingested
+//! object under a VOD prefix (and live ones with `write_through_live`) is written to an
+//! S3-compatible bucket too, and deleted there when it is deleted here.
+//!
+//! - `durability = "upstream"`: the upload's complete temporary file is PUT before it is renamed
+//!   into place; the client's 201/204 waits for the bucket, and a bucket failure leaves both the
+//!   local and the remote object as they were.
+//! - `durability = "local"`: before the rename, an entry naming the path is written and fsynced
+//!   in the queue directory; a worker makes the bucket match the node's current state of each
+//!   queued path (PUT the current file, or DELETE when a deletion was queued and the file is
+//!   gone), oldest first, retrying with backoff (1 s doubling to 60 s). The queue is a directory
+//!   of small files, so it survives a restart and a crash; replaying an entry is harmless.
+//!
+//! The PUT carries the validators the node serves the object with as user metadata
+//! ([`META_ETAG`], [`META_LAST_MODIFIED`]); the pull tier serves objects fetched from a bucket
+//! under them, so every node answers with the same `ETag` and `Last-Modified`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use http::{HeaderValue, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use rusty_s3::S3Action;
+
+use super::local::Local;
+use super::write::Dir;
+use crate::config::{Config, Durability, UpstreamKind};
+use crate::metrics::Metrics;
+use crate::volumes::{ObjectMeta, RelPath};
+
+/// S3 user metadata with the `ETag` segd serves the object with.
+pub const META_ETAG: &str = "x-amz-meta-segd-etag";
+/// S3 user metadata with the `Last-Modified` segd serves the object with.
+pub const META_LAST_MODIFIED: &str = "x-amz-meta-segd-last-modified";
+
+/// Bytes per read when an object is streamed to the bucket.
+const CHUNK: usize = 256 * 1024;
+/// Paths the queue worker writes at once.
+const PARALLEL: usize = 8;
+/// Entries the worker takes per round.
+const BATCH: usize = 512;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Why the bucket did not take a write.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("the bucket did not answer in time")]
+    Timeout,
+    #[error("the bucket refused or failed: {0}")]
+    Failed(String),
+}
+
+/// A queued change: make the bucket hold this path's current file, or delete it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Delete,
+}
+
+impl Op {
+    fn ext(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Delete => "del",
+        }
+    }
+}
+
+struct WtMetrics {
+    backlog: prometheus::IntGauge,
+    oldest: prometheus::IntGauge,
+    total: prometheus::IntCounterVec,
+}
+
+pub struct WriteThrough {
+    bucket: rusty_s3::Bucket,
+    creds: rusty_s3::Credentials,
+    key_prefix: String,
+    client: Client<HttpConnector, BoxBody<Bytes, io::Error>>,
+    /// Added to every bucket request's time limit (plus 1 s per 4 MiB of body).
+    timeout: Duration,
+    pub durability: Durability,
+    live: bool,
+    types: Vec<(String, HeaderValue)>,
+    /// The durable queue (`durability = "local"`).
+    queue: Option<PathBuf>,
+    wake: tokio::sync::Notify,
+    seq: AtomicU64,
+    m: WtMetrics,
+}
+
+impl WriteThrough {
+    /// The write-through tier for `cfg`, when `ingest.write_through` names a bucket.
+    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Option<WriteThrough>, prometheus::Error> {
+        let Some(wt) = &cfg.ingest.write_through else {
+            return Ok(None);
+        };
+        let Some(up) = cfg.pull.upstreams.iter().find(|u| u.name == wt.upstream) else {
+            return Ok(None);
+        };
+        let UpstreamKind::S3 {
+            endpoint,
+            bucket,
+            region,
+            key_prefix,
+            access_key_id,
+            secret_access_key,
+        } = &up.kind
+        else {
+            return Ok(None);
+        };
+        let bucket = match url::Url::parse(endpoint)
+            .map_err(|e| e.to_string())
+            .and_then(|u| {
+                rusty_s3::Bucket::new(u, rusty_s3::UrlStyle::Path, bucket.clone(), region.clone())
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(upstream = %up.name, error = %e, "bad S3 settings: ingest.write_through is off");
+                return Ok(None);
+            }
+        };
+        let backlog = prometheus::IntGauge::new(
+            "segd_write_through_backlog",
+            "Write-through queue entries not yet applied to the bucket",
+        )?;
+        metrics.register(Box::new(backlog.clone()))?;
+        let oldest = prometheus::IntGauge::new(
+            "segd_write_through_oldest_seconds",
+            "Age of the oldest write-through queue entry (0 when the queue is empty)",
+        )?;
+        metrics.register(Box::new(oldest.clone()))?;
+        let total = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "segd_write_through_total",
+                "Writes to the write-through bucket, by operation (put, delete) and result (ok, error)",
+            ),
+            &["op", "result"],
+        )?;
+        metrics.register(Box::new(total.clone()))?;
+        let queue = (wt.durability == Durability::Local).then(|| {
+            wt.queue_path.clone().unwrap_or_else(|| {
+                cfg.volumes
+                    .first()
+                    .map(|v| v.path.join(".segd-queue"))
+                    .unwrap_or_else(|| PathBuf::from(".segd-queue"))
+            })
+        });
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.pull.connect_timeout));
+        http.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(PARALLEL * 2)
+            .build(http);
+        tracing::info!(
+            upstream = %up.name,
+            durability = ?wt.durability,
+            live = wt.live,
+            queue = ?queue,
+            "ingested objects are written through to the bucket"
+        );
+        Ok(Some(WriteThrough {
+            bucket,
+            creds: rusty_s3::Credentials::new(access_key_id.clone(), secret_access_key.0.clone()),
+            key_prefix: key_prefix.clone(),
+            client,
+            timeout: cfg.pull.first_byte_timeout,
+            durability: wt.durability,
+            live: wt.live,
+            types: cfg.types.clone(),
+            queue,
+            wake: tokio::sync::Notify::new(),
+            seq: AtomicU64::new(0),
+            m: WtMetrics {
+                backlog,
+                oldest,
+                total,
+            },
+        }))
+    }
+
+    /// Whether writes of a path (live or not) go through.
+    pub fn applies(&self, live: bool) -> bool {
+        !live || self.live
+    }
+
+    fn count(&self, op: Op, ok: bool) {
+        let op = match op {
+            Op::Put => "put",
+            Op::Delete => "delete",
+        };
+        self.m
+            .total
+            .with_label_values(&[op, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    fn key(&self, rel: &RelPath) -> String {
+        format!("{}{}", self.key_prefix, rel.as_str())
+    }
+
+    /// PUTs `file` (all `meta.len` bytes, read by position) as `rel`, with the validators it is
+    /// served with.
+    pub async fn put(
+        &self,
+        rel: &RelPath,
+        file: File,
+        meta: &ObjectMeta,
+    ) -> Result<(), BucketError> {
+        let r = self.put_inner(rel, file, meta).await;
+        self.count(Op::Put, r.is_ok());
+        r
+    }
+
+    async fn put_inner(
+        &self,
+        rel: &RelPath,
+        file: File,
+        meta: &ObjectMeta,
+    ) -> Result<(), BucketError> {
+        let etag = meta.etag();
+        let last_modified = httpdate::fmt_http_date(meta.modified());
+        let ctype = rel.extension().map(str::to_ascii_lowercase).and_then(|e| {
+            self.types
+                .iter()
+                .find(|(x, _)| *x == e)
+                .map(|(_, t)| t.clone())
+        });
+        let key = self.key(rel);
+        let mut action = self.bucket.put_object(Some(&self.creds), &key);
+        action.headers_mut().insert(META_ETAG, etag.clone());
+        action
+            .headers_mut()
+            .insert(META_LAST_MODIFIED, last_modified.clone());
+        let ctype_str = ctype
+            .as_ref()
+            .and_then(|c| c.to_str().ok())
+            .map(str::to_owned);
+        if let Some(c) = &ctype_str {
+            action.headers_mut().insert("content-type", c.clone());
+        }
+        let url = action.sign(Duration::from_secs(3600)).to_string();
+        let len = meta.len;
+        let file = Arc::new(file);
+        let chunks = futures_util::stream::unfold(0u64, move |off| {
+            let file = Arc::clone(&file);
+            async move {
+                if off >= len {
+                    return None;
+                }
+                let want = usize::try_from((len - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; want];
+                    let mut got = 0;
+                    while got < want {
+                        match file.read_at(&mut buf[got..], off + got as u64) {
+                            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                            Ok(n) => got += n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(Bytes::from(buf))
+                })
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+                Some((read.map(hyper::body::Frame::data), off + want as u64))
+            }
+        });
+        let body = BodyExt::boxed(StreamBody::new(chunks.into_stream()));
+        let mut req = http::Request::put(url)
+            .header(http::header::CONTENT_LENGTH, len)
+            .header(META_ETAG, etag)
+            .header(META_LAST_MODIFIED, last_modified);
+        if let Some(c) = &ctype_str {
+            req = req.header(http::header::CONTENT_TYPE, c.as_str());
+        }
+        let req = req
+            .body(body)
+            .map_err(|e| BucketError::Failed(e.to_string()))?;
+        let limit = self.timeout + Duration::from_secs(1 + len / (4 << 20));
+        self.send(
+            req,
+            limit,
+            &[StatusCode::OK, StatusCode::CREATED, StatusCode::NO_CONTENT],
+        )
+        .await
+    }
+
+    /// Deletes `rel` in the bucket (one that is not there counts as deleted).
+    pub async fn delete(&self, rel: &RelPath) -> Result<(), BucketError> {
+        let key = self.key(rel);
+        let url = self
+            .bucket
+            .delete_object(Some(&self.creds), &key)
+            .sign(Duration::from_secs(3600))
+            .to_string();
+        let req = http::Request::delete(url)
+            .body(BodyExt::boxed(
+                http_body_util::Empty::new().map_err(|never| match never {}),
+            ))
+            .map_err(|e| BucketError::Failed(e.to_string()));
+        let r = match req {
+            Ok(req) => {
+                self.send(
+                    req,
+                    self.timeout,
+                    &[
+                        StatusCode::OK,
+                        StatusCode::NO_CONTENT,
+                        StatusCode::NOT_FOUND,
+                    ],
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        self.count(Op::Delete, r.is_ok());
+        r
+    }
+
+    async fn send(
+        &self,
+        req: http::Request<BoxBody<Bytes, io::Error>>,
+        limit: Duration,
+        ok: &[StatusCode],
+    ) -> Result<(), BucketError> {
+        let resp = match tokio::time::timeout(limit, self.client.request(req)).await {
+            Err(_) => return Err(BucketError::Timeout),
+            Ok(Err(e)) => return Err(BucketError::Failed(format!("{e:?}"))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        // Read the answer to its end so the connection can be reused (bounded in time).
+        let body = tokio::time::timeout(limit, resp.into_body().collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if ok.contains(&status) {
+            Ok(())
+        } else {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            Err(BucketError::Failed(format!("{status}: {text}")))
+        }
+    }
+
+    // === the durable queue ===
+
+    /// Records (durably) that `rel` must be put or deleted in the bucket. Blocking: call it on
+    /// the blocking pool.
+    pub fn enqueue(&self, op: Op, rel: &RelPath) -> io::Result<()> {
+        let Some(dir) = &self.queue else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)?;
+        let ns = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{ns:020}-{seq:08x}.{}", op.ext());
+        let tmp = dir.join(format!(".{name}.tmp"));
+        {
+            use std::io::Write;
+            let mut f = File::create(&tmp)?;
+            f.write_all(rel.as_str().as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(&name))?;
+        File::open(dir)?.sync_all()?;
+        self.m.backlog.inc();
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Applies queued entries until the process ends. `store` gives the node's current files
+    /// and the path locks uploads hold until their rename.
+    pub(super) async fn run_queue(self: Arc<Self>, store: super::Store) {
+        let Some(dir) = self.queue.clone() else {
+            return;
+        };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let d = dir.clone();
+            let listed = tokio::task::spawn_blocking(move || list(&d)).await;
+            let (entries, total) = match listed {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot read the write-through queue");
+                    (Vec::new(), 0)
+                }
+                Err(_) => (Vec::new(), 0),
+            };
+            self.m.backlog.set(total as i64);
+            self.m
+                .oldest
+                .set(entries.first().map_or(0, |e| e.age_secs()) as i64);
+            if entries.is_empty() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
+                continue;
+            }
+            // One action per path, from its entries and its current state.
+            let mut by_path: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+            for e in entries {
+                by_path.entry(e.rel.clone()).or_default().push(e);
+            }
+            let failed = futures_util::stream::iter(by_path)
+                .map(|(rel, entries)| {
+                    let this = Arc::clone(&self);
+                    let store = store.clone();
+                    let dir = dir.clone();
+                    async move {
+                        let ok = this.apply(&store, &rel, &entries).await;
+                        if ok {
+                            let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+                            let _ = tokio::task::spawn_blocking(move || {
+                                for n in names {
+                                    let _ = std::fs::remove_file(dir.join(n));
+                                }
+                            })
+                            .await;
+                        }
+                        !ok
+                    }
+                })
+                .buffer_unordered(PARALLEL)
+                .filter(|failed| std::future::ready(*failed))
+                .count()
+                .await;
+            if failed > 0 {
+                tracing::warn!(paths = failed, retry_in = ?backoff, "write-through to the bucket failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            } else {
+                backoff = BACKOFF_MIN;
+            }
+        }
+    }
+
+    /// Makes the bucket hold the node's current state of `rel`; true when done.
+    async fn apply(&self, store: &super::Store, rel: &str, entries: &[Entry]) -> bool {
+        let Ok(path) = crate::volumes::sanitize(&format!("/{rel}")) else {
+            tracing::warn!(
+                path = rel,
+                "write-through queue entry names no valid path; dropped"
+            );
+            return true;
+        };
+        // An entry is written before its upload's rename: the upload holds the path until the
+        // rename is done (or failed), so the state read under the lock is the one to send.
+        let current = {
+            let _lock = store.inner.locks.lock(&path).await;
+            let l = store.local();
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || current_file(&l, &p)).await
+        };
+        match current {
+            Ok(Ok(Some((file, meta)))) => match self.put(&path, file, &meta).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(path = rel, error = %e, "write-through PUT failed");
+                    false
+                }
+            },
+            Ok(Ok(None)) if entries.iter().any(|e| e.op == Op::Delete) => {
+                match self.delete(&path).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
+                        false
+                    }
+                }
+            }
+            // Queued for a PUT but gone since (deleted; its deletion has an entry of its own),
+            // or never renamed into place (the upload failed after queuing): nothing to send.
+            Ok(Ok(None)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(path = rel, error = %e, "write-through cannot read the local object");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The file `rel` on a served volume, with its metadata; `None` when no volume has it; an
+/// error when a volume that might have it cannot say.
+fn current_file(local: &Local, rel: &RelPath) -> io::Result<Option<(File, ObjectMeta)>> {
+    let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
+    let mut unavailable = false;
+    for (_, v) in local.volumes.served() {
+        if !v.is_healthy() {
+            unavailable = true;
+            continue;
+        }
+        let found = v.with_root(|root| -> io::Result<Option<File>> {
+            match Dir::open(root, dir, false).and_then(|d| d.open_file(name)) {
+                Ok(f) => Ok(Some(f)),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    Ok(None)
+                }
+                Err(e) => Err(e),
+            }
+        });
+        match found {
+            Some(Ok(Some(f))) => {
+                let st = rustix::fs::fstat(&f)?;
+                return Ok(Some((f, ObjectMeta::from_stat(&st))));
+            }
+            Some(Ok(None)) => {}
+            Some(Err(e)) => return Err(e),
+            None => unavailable = true,
+        }
+    }
+    if unavailable {
+        Err(io::Error::other(
+            "a volume that may hold the object is unavailable",
+        ))
+    } else {
+        Ok(None)
+    }
+}
+
+struct Entry {
+    name: String,
+    op: Op,
+    rel: String,
+    /// Unix nanoseconds of the enqueue (from the name).
+    ns: u128,
+}
+
+impl Entry {
+    fn age_secs(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        u64::try_from(now.saturating_sub(self.ns) / 1_000_000_000).unwrap_or(u64::MAX)
+    }
+}
+
+/// The oldest [`BATCH`] entries of the queue, and how many there are in all. An entry that
+/// cannot be read is renamed aside (`.bad`) so it does not block the queue.
+fn list(dir: &std::path::Path) -> io::Result<(Vec<Entry>, usize)> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && (n.ends_with(".put") || n.ends_with(".del")))
+        .collect();
+    let total = names.len();
+    names.sort_unstable();
+    let mut out = Vec::new();
+    for name in names.into_iter().take(BATCH) {
+        let op = if name.ends_with(".put") {
+            Op::Put
+        } else {
+            Op::Delete
+        };
+        let ns = name
+            .split('-')
+            .next()
+            .and_then(|n| n.parse::<u128>().ok())
+            .unwrap_or(0);
+        match std::fs::read_to_string(dir.join(&name)) {
+            Ok(rel) if !rel.is_empty() => out.push(Entry { name, op, rel, ns }),
+            Ok(_) | Err(_) => {
+                tracing::warn!(entry = %name, "unreadable write-through queue entry; set aside");
+                let _ = std::fs::rename(dir.join(&name), dir.join(format!(".{name}.bad")));
+            }
+        }
+    }
+    Ok((out, total))
+}
