@@ -1232,3 +1232,57 @@ async fn unknown_length_bodies_over_http3() {
     }
     c.conn.close(0u32.into(), b"done");
 }
+
+// === X-Served-By (docs/cluster.md) ===
+
+/// With `server.served_by`, every answer names the node — 200, 206, 304, 404, on HTTP/1.1 and
+/// h2c; without it there is no such header; a value that is not a usable name is a config error.
+#[tokio::test]
+async fn served_by_names_the_node_on_every_answer() {
+    let vols = demo_volumes();
+    let base = config_for(&[&vols.path().join("disk1")], "");
+    let srv = Server::start(&base.replace("[server]\n", "[server]\nserved_by = \"node-b\"\n"));
+    let ok = get(&srv.url(SEG_A), &[]).await;
+    assert_eq!(ok.status, 200);
+    let etag = ok.header("etag").expect("etag").to_owned();
+    for h2 in [false, true] {
+        for (path, headers, status) in [
+            (SEG_A, vec![], 200),
+            (SEG_A, vec![("range", "bytes=0-9")], 206),
+            (SEG_A, vec![("if-none-match", etag.as_str())], 304),
+            ("/vod/none/seg.ts", vec![], 404),
+        ] {
+            let r = request("GET", &srv.url(path), &headers, h2).await;
+            assert_eq!(r.status, status, "{path} h2={h2}");
+            assert_eq!(
+                r.header("x-served-by"),
+                Some("node-b"),
+                "{path} {status} h2={h2}"
+            );
+        }
+    }
+    let plain_srv = Server::start(&base);
+    assert_eq!(
+        get(&plain_srv.url(SEG_A), &[]).await.header("x-served-by"),
+        None
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("segd.toml");
+    std::fs::write(
+        &f,
+        base.replace("[server]\n", "[server]\nserved_by = \"node b\"\n"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&f)
+        .output()
+        .expect("run segd");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        err.contains("server.served_by") && err.contains("\"node b\""),
+        "{err}"
+    );
+}
