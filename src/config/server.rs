@@ -47,7 +47,6 @@ pub struct ServerConfig {
 }
 
 pub(super) const SERVER_KEYS: &[&str] = &[
-    "served_by",
     "listen",
     "workers",
     "drain_timeout",
@@ -64,6 +63,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "volume_check_interval",
     "print_urls",
     "mmap",
+    "served_by",
 ];
 
 pub(super) fn parse_addr(s: &Section, key: &str, v: &str) -> Option<SocketAddr> {
