@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::sync::watch;
 
 use super::body::ByteStream;
@@ -64,15 +64,16 @@ impl Growing {
                             let e = io::Error::other("growing object has no file");
                             return Some((Err(e), (pos, rx, file, true)));
                         };
-                        let read = tokio::task::spawn_blocking(move || {
+                        // Bytes just written are in the page cache: read them here rather
+                        // than through a blocking-pool hop per chunk and per reader (which is
+                        // what a stampede of readers on one fill would pay).
+                        let read = {
                             let mut buf = BytesMut::zeroed(want);
-                            let n = f.read_at(&mut buf, pos)?;
-                            buf.truncate(n);
-                            Ok::<Bytes, io::Error>(buf.freeze())
-                        })
-                        .await
-                        .map_err(io::Error::other)
-                        .and_then(|r| r);
+                            f.read_at(&mut buf, pos).map(|n| {
+                                buf.truncate(n);
+                                buf.freeze()
+                            })
+                        };
                         return match read {
                             Ok(b) if !b.is_empty() => {
                                 let next = pos + b.len() as u64;

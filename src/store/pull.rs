@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{
     CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED,
@@ -787,10 +788,23 @@ impl Pull {
         fill.outcome
             .send_replace(Some(Outcome::Body(meta.clone(), growing)));
         let mut body = resp.into_body();
-        loop {
-            let frame = match tokio::time::timeout(self.cfg.idle_timeout, body.frame()).await {
-                Ok(Some(Ok(f))) => f,
-                Ok(None) => break,
+        // Chunks are gathered while more are already here (one disk write, one blocking-pool
+        // hop per batch, not per network read); what has arrived is written before waiting for
+        // more, so waiters never lag the network.
+        let mut pending = bytes::BytesMut::new();
+        let mut ended = false;
+        while !ended {
+            let next = match body.frame().now_or_never() {
+                Some(f) => Ok(f),
+                None if pending.is_empty() => {
+                    tokio::time::timeout(self.cfg.idle_timeout, body.frame()).await
+                }
+                // Nothing more yet: write what is here, then wait.
+                None => Ok(Some(Ok(hyper::body::Frame::data(Bytes::new())))),
+            };
+            let frame = match next {
+                Ok(Some(Ok(f))) => Some(f),
+                Ok(None) => None,
                 Ok(Some(Err(e))) => {
                     tracing::warn!(path = %key, error = %e, "upstream body failed");
                     return false;
@@ -800,16 +814,26 @@ impl Pull {
                     return false;
                 }
             };
-            let Ok(data) = frame.into_data() else {
-                continue;
+            let data = match frame {
+                None => {
+                    ended = true;
+                    Bytes::new()
+                }
+                Some(f) => f.into_data().unwrap_or_default(),
             };
-            let n = data.len() as u64;
-            if temp.written() + data.len() as u64 > len {
+            if temp.written() + (pending.len() + data.len()) as u64 > len {
                 tracing::warn!(path = %key, "upstream body longer than its Content-Length");
                 return false;
             }
+            let flush = data.is_empty() || pending.len() + data.len() >= crate::io::CHUNK;
+            pending.extend_from_slice(&data);
+            if !flush || pending.is_empty() {
+                continue;
+            }
+            let batch = pending.split().freeze();
+            let n = batch.len() as u64;
             let (t, r) = match tokio::task::spawn_blocking(move || {
-                let r = temp.write_all(&data);
+                let r = temp.write_all(&batch);
                 (temp, r)
             })
             .await
@@ -841,7 +865,7 @@ impl Pull {
         .await;
         match committed {
             Ok(Ok(_)) => {
-                self.save_meta(local, rel, &meta);
+                self.save_meta_async(rel, &meta).await;
                 local.forget_in(local.volumes.cache_volume().unwrap_or(usize::MAX), rel);
                 self.remember(key, Arc::new(meta));
                 publisher.done(len);
@@ -851,18 +875,31 @@ impl Pull {
         }
     }
 
+    /// [`Pull::save_meta`] on the blocking pool (a fill's sidecar; not on a worker thread).
+    async fn save_meta_async(&self, rel: &RelPath, meta: &Meta) {
+        let Some(root) = self.cfg.cache_path.clone() else {
+            return;
+        };
+        let (rel, text) = (rel.clone(), meta.to_text());
+        let _ = tokio::task::spawn_blocking(move || write_sidecar(&root, &rel, &text)).await;
+    }
+
     fn save_meta(&self, _local: &Arc<Local>, rel: &RelPath, meta: &Meta) {
         let Some(root) = self.cfg.cache_path.clone() else {
             return;
         };
-        let (dir, side) = sidecar(rel.as_str());
-        let tmp = root.join(&dir).join(format!("{side}.tmp"));
-        let text = meta.to_text();
-        let r = std::fs::write(&tmp, text)
-            .and_then(|()| std::fs::rename(&tmp, root.join(&dir).join(&side)));
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "cannot write a pull cache sidecar");
-        }
+        write_sidecar(&root, rel, &meta.to_text());
+    }
+}
+
+/// Writes the sidecar of `rel` under the cache root (temporary name, then rename).
+fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
+    let (dir, side) = sidecar(rel.as_str());
+    let tmp = root.join(&dir).join(format!("{side}.tmp"));
+    let r = std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, root.join(&dir).join(&side)));
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot write a pull cache sidecar");
     }
 }
 
