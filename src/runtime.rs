@@ -16,7 +16,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: &Config) -> Result<Runtime, prometheus::Error> {
+    pub fn new(config: &Config) -> anyhow::Result<Runtime> {
         let metrics = Arc::new(Metrics::new()?);
         let store = Store::new(config, Arc::clone(&metrics))?;
         let live = Arc::new(live::Registry::new(&metrics)?);

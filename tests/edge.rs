@@ -2020,3 +2020,42 @@ fn write_through_config_errors() {
         "{e}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 13. An https upstream (a private CA, as on owned hardware)
+
+/// An upstream over TLS: with the CA in `pull.tls_ca_file` the edge pulls through it; without,
+/// the certificate is not trusted and the edge answers 502 rather than fetching in the clear.
+#[tokio::test]
+async fn edge_https_upstream_with_a_private_ca() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let origin = Origin::start(&format!(
+        "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+        fx.join("rsa-leaf.pem").display(),
+        fx.join("rsa-leaf.key").display()
+    ));
+    let url = format!(
+        "https://127.0.0.1:{}",
+        origin.srv.tls_addr.expect("tls").port()
+    );
+
+    let untrusted = Edge::start(&keys(&[]), &[http_upstream("origin", &url, "")]);
+    assert_eq!(
+        must("GET", &untrusted.url(SEG), &[], false).await.status,
+        502
+    );
+    drop(untrusted);
+
+    let ca = format!("\"{}\"", fx.join("rsa-ca.pem").display());
+    let edge = Edge::start(
+        &keys(&[("tls_ca_file", ca.as_str())]),
+        &[http_upstream("origin", &url, "")],
+    );
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(SEG).as_slice());
+    origin.wait_count(SEG, 1).await;
+    let r = must("GET", &edge.url(SEG), &[("range", "bytes=10-19")], true).await;
+    assert_eq!(r.status, 206);
+    assert!(r.bytes() == &origin.file(SEG)[10..20]);
+}

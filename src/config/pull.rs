@@ -19,6 +19,8 @@ pub struct PullConfig {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub upstreams: Vec<UpstreamConfig>,
+    /// CA certificates trusted for https upstreams besides the system's (`tls_ca_file`).
+    pub tls_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// A secret that never appears in a log or a `Debug` print.
@@ -76,6 +78,7 @@ pub(super) const PULL_KEYS: &[&str] = &[
     "first_byte_timeout",
     "idle_timeout",
     "upstreams",
+    "tls_ca_file",
 ];
 
 const UPSTREAM_KEYS: &[&str] = &[
@@ -145,7 +148,9 @@ pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
         );
     }
     s.finish();
+    let tls_ca = parse_ca_file(s, base);
     PullConfig {
+        tls_ca,
         cache_path,
         max_bytes,
         negative_ttl,
@@ -154,6 +159,39 @@ pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
         first_byte_timeout,
         idle_timeout,
         upstreams,
+    }
+}
+
+/// `tls_ca_file`: PEM certificates of a private CA (an S3 store or origin on owned hardware).
+fn parse_ca_file(s: &Section, base: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    let allowed = "a PEM file with one or more CA certificates";
+    let Some(f) = s.string("tls_ca_file", allowed) else {
+        return Vec::new();
+    };
+    let path = base.join(&f);
+    let certs: Result<Vec<_>, _> = match rustls::pki_types::CertificateDer::pem_file_iter(&path) {
+        Ok(it) => it.collect(),
+        Err(e) => Err(e),
+    };
+    match certs {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            s.error(
+                "tls_ca_file",
+                format!("{} holds no certificate", path.display()),
+                allowed,
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            s.error(
+                "tls_ca_file",
+                format!("cannot read {}: {e}", path.display()),
+                allowed,
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -184,15 +222,15 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
             None
         }
     };
-    let url = u.string("url", "http://host:port");
+    let url = u.string("url", "http://host:port or https://host:port");
     let endpoint = u.string("s3_endpoint", "http(s)://host:port of an S3-compatible API");
     let kind = match (url, endpoint) {
         (Some(url), None) => {
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 u.error(
                     "url",
-                    format!("{url:?} is not an http:// URL"),
-                    "http://host:port",
+                    format!("{url:?} is not an http:// or https:// URL"),
+                    "http://host:port or https://host:port",
                 );
                 return None;
             }

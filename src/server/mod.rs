@@ -97,7 +97,8 @@ async fn serve(
     // Handlers first: once the banner or READY=1 is out, a SIGHUP must reload, never kill.
     let signals = Signals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
-    let runtime = Arc::new(Runtime::new(&config).context("cannot register metrics")?);
+    let runtime =
+        Arc::new(Runtime::new(&config).context("cannot build the store and its metrics")?);
     let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
     let shared = Arc::new(Shared::new(runtime, policy));
     remove_stale_temps(&shared);

@@ -229,7 +229,7 @@ struct Inner {
 
 impl Store {
     /// Builds every tier for `cfg` and registers the store's collector with `metrics`.
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Result<Store, prometheus::Error> {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
         let cache_stats = Arc::new(Stats::default());
         let local = Local::build(cfg, None, &metrics, &cache_stats);
         let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);

@@ -42,6 +42,43 @@ use crate::config::{PullConfig, UpstreamConfig, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::volumes::{ObjectMeta, RelPath};
 
+/// How upstreams are reached: plain HTTP, or TLS for `https://` URLs and S3 endpoints.
+pub(super) type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The connector of every upstream client (pull and write-through): pooled keep-alive
+/// connections, the connect timeout, and for https the system's CA roots plus `tls_ca_file`.
+pub(super) fn connector(cfg: &PullConfig) -> Result<Connector, rustls::Error> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system CA certificate could not be loaded");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    let (extra, bad) = roots.add_parsable_certificates(cfg.tls_ca.iter().cloned());
+    if bad > 0 {
+        tracing::warn!(
+            rejected = bad,
+            "pull.tls_ca_file: some certificates are not usable CAs"
+        );
+    }
+    tracing::debug!(system = added, extra, "CA roots for https upstreams");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// Bytes a sidecar is counted for against `max_bytes`.
 const SIDECAR_WEIGHT: u64 = 256;
 
@@ -170,7 +207,7 @@ pub struct Pull {
     held: Arc<std::sync::atomic::AtomicU64>,
     cfg: PullConfig,
     fetchers: Vec<Fetcher>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<Connector, Empty<Bytes>>,
     index: moka::sync::Cache<String, Arc<Meta>>,
     negative: moka::sync::Cache<String, ()>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
@@ -186,7 +223,7 @@ pub enum Pulled {
 }
 
 impl Pull {
-    pub fn new(cfg: &PullConfig, metrics: &Metrics) -> Result<Option<Pull>, prometheus::Error> {
+    pub fn new(cfg: &PullConfig, metrics: &Metrics) -> anyhow::Result<Option<Pull>> {
         let Some(root) = cfg.cache_path.clone() else {
             return Ok(None);
         };
@@ -277,13 +314,10 @@ impl Pull {
                 }
             });
         }
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .build(http);
+            .build(connector(cfg)?);
         let evicted = Arc::clone(&m);
         let evict_root = root.clone();
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));

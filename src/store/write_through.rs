@@ -28,7 +28,6 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderValue, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, StreamBody};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use rusty_s3::S3Action;
 
@@ -87,7 +86,7 @@ pub struct WriteThrough {
     bucket: rusty_s3::Bucket,
     creds: rusty_s3::Credentials,
     key_prefix: String,
-    client: Client<HttpConnector, BoxBody<Bytes, io::Error>>,
+    client: Client<super::pull::Connector, BoxBody<Bytes, io::Error>>,
     /// Added to every bucket request's time limit (plus 1 s per 4 MiB of body).
     timeout: Duration,
     pub durability: Durability,
@@ -102,7 +101,7 @@ pub struct WriteThrough {
 
 impl WriteThrough {
     /// The write-through tier for `cfg`, when `ingest.write_through` names a bucket.
-    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Option<WriteThrough>, prometheus::Error> {
+    pub fn new(cfg: &Config, metrics: &Metrics) -> anyhow::Result<Option<WriteThrough>> {
         let Some(wt) = &cfg.ingest.write_through else {
             return Ok(None);
         };
@@ -158,13 +157,10 @@ impl WriteThrough {
                     .unwrap_or_else(|| PathBuf::from(".segd-queue"))
             })
         });
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.pull.connect_timeout));
-        http.set_nodelay(true);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(PARALLEL * 2)
-            .build(http);
+            .build(super::pull::connector(&cfg.pull)?);
         tracing::info!(
             upstream = %up.name,
             durability = ?wt.durability,
