@@ -64,6 +64,21 @@ pub(super) async fn playlist(
     content_type: HeaderValue,
 ) -> Result<Reply, Stop> {
     let cfg = &cx.policy.config;
+    // An edge node without the playlist: its upstream answers the directives (blocking there).
+    if cx.rt.live.current(canonical).is_none() {
+        // The longest a blocking reload may legitimately take (3 target durations of up to
+        // 10 s by default), plus the upstream's first-byte allowance.
+        let wait = Duration::from_secs(10 * u64::from(cfg.live.block_timeout_factor))
+            + cfg.pull.first_byte_timeout;
+        if let Some(p) = cx
+            .rt
+            .store
+            .pull_live_playlist(rel, dirs.query(), wait)
+            .await?
+        {
+            return Ok(passed(cx, &p, rewrite_param.as_deref(), content_type));
+        }
+    }
     let mut snap = snapshot(cx, rel, canonical).await?;
     // Blocking reload: only where the playlist allows it, and never after its end.
     let blocking = dirs.want.filter(|_| snap.blocks());
@@ -121,6 +136,35 @@ pub(super) async fn playlist(
         Body::Bytes(body)
     };
     Ok(reply(StatusCode::OK, h, body))
+}
+
+/// An upstream's answer to LL-HLS directives, with this node's CORS headers (and its token
+/// rewriting of the playlist's URIs, when configured). Its status stands, errors included.
+fn passed(
+    cx: &Cx<'_>,
+    p: &crate::store::Passed,
+    rewrite_param: Option<&str>,
+    content_type: HeaderValue,
+) -> Reply {
+    let mut h = HeaderMap::with_capacity(10);
+    headers::cors(cx.policy, cx.req, &mut h);
+    h.extend(p.headers.clone());
+    if !h.contains_key(CONTENT_TYPE) {
+        h.insert(CONTENT_TYPE, content_type);
+    }
+    let mut body = p.body.clone();
+    if let (Some(param), true) = (rewrite_param, p.status == StatusCode::OK) {
+        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("private, max-age=1"));
+        h.remove(ETAG);
+    }
+    h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = if cx.is_head || body.is_empty() {
+        Body::Empty
+    } else {
+        Body::Bytes(body)
+    };
+    reply(p.status, h, body)
 }
 
 /// `public, max-age=<secs>` (at least 1 s).

@@ -103,6 +103,24 @@ impl Directives {
     pub fn any(&self) -> bool {
         self.want.is_some() || self.skip.is_some()
     }
+
+    /// The directives alone, in one order (`_HLS_msn`, `_HLS_part`, `_HLS_skip`): what an
+    /// upstream is asked, and the key identical requests share whatever else their queries hold.
+    pub fn query(&self) -> String {
+        let mut q = Vec::with_capacity(3);
+        if let Some(w) = self.want {
+            q.push(format!("_HLS_msn={}", w.msn));
+            if let Some(p) = w.part {
+                q.push(format!("_HLS_part={p}"));
+            }
+        }
+        match self.skip {
+            Some(2) => q.push("_HLS_skip=v2".to_owned()),
+            Some(_) => q.push("_HLS_skip=YES".to_owned()),
+            None => {}
+        }
+        q.join("&")
+    }
 }
 
 fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {

@@ -45,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
 pub use body::{Body, ByteStream, FileRange, Stream};
 use local::{Disk, Local};
+pub use pull::Passed;
 pub use upload::{Committed, Mode, Upload, WriteError};
 
 /// What kind of object a path names (from its extension): decides caching headers, whether a
@@ -379,6 +380,29 @@ impl Store {
             .as_ref()
             .filter(|w| w.applies(live))
             .cloned()
+    }
+
+    /// For an LL-HLS playlist request with directives (`query`, normalised): the upstream's
+    /// answer when no local tier holds the playlist and an upstream serves it (`None`: answer
+    /// it here, from the live registry). See `docs/edge.md`.
+    pub async fn pull_live_playlist(
+        &self,
+        rel: &RelPath,
+        query: String,
+        wait: std::time::Duration,
+    ) -> Result<Option<Arc<pull::Passed>>, Miss> {
+        let Some(pull) = &self.inner.pull else {
+            return Ok(None);
+        };
+        if !pull.covers(&format!("/{rel}")) {
+            return Ok(None);
+        }
+        match self.local().find(rel, false).await {
+            Ok(_) => return Ok(None),
+            Err(LookupError::NotFound | LookupError::VolumeUnavailable { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        pull.passthrough(rel, query, wait).await.map(Some)
     }
 
     /// Starts the write-through queue's worker (durability "local"); call once, in the runtime.

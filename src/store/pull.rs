@@ -211,9 +211,27 @@ pub struct Pull {
     index: moka::sync::Cache<String, Arc<Meta>>,
     negative: moka::sync::Cache<String, ()>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
+    /// LL-HLS requests in flight to an upstream, by path and directives (single flight).
+    passing: Mutex<HashMap<String, SharedPass>>,
     growing: Arc<GrowingSet>,
     m: Arc<PullMetrics>,
 }
+
+/// An upstream's answer to an LL-HLS request passed through (never stored).
+#[derive(Debug)]
+pub struct Passed {
+    pub status: StatusCode,
+    /// The upstream's `Content-Type`, `Cache-Control`, `ETag`, `Last-Modified`.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type SharedPass = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<Arc<Passed>, Miss>>,
+>;
+
+/// Largest playlist passed through.
+const PASS_MAX: usize = 4 << 20;
 
 /// The pull tier's decision for one lookup.
 pub enum Pulled {
@@ -355,6 +373,7 @@ impl Pull {
             index,
             negative,
             fills: Mutex::new(HashMap::new()),
+            passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
             m,
         };
@@ -690,6 +709,123 @@ impl Pull {
             }
         }
         fill.outcome.send_replace(Some(Outcome::Failed { timeout }));
+    }
+
+    /// Whether an upstream serves `canonical` (a path no local tier holds is pulled).
+    pub fn covers(&self, canonical: &str) -> bool {
+        self.covered(canonical)
+    }
+
+    /// An LL-HLS playlist request (blocking reload, delta update) passed to the HTTP upstreams
+    /// for the path with its directives `query`, waiting up to `wait` for the answer. Identical
+    /// requests share one upstream request; nothing is stored (each answer is for one query).
+    pub async fn passthrough(
+        self: &Arc<Self>,
+        rel: &RelPath,
+        query: String,
+        wait: Duration,
+    ) -> Result<Arc<Passed>, Miss> {
+        let key = format!("{rel}?{query}");
+        let shared = {
+            let mut map = self.passing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = map.get(&key) {
+                self.count("coalesced");
+                s.clone()
+            } else {
+                self.count("pass");
+                let this = Arc::clone(self);
+                let (rel, k) = (rel.clone(), key.clone());
+                let fut: futures_util::future::BoxFuture<'static, _> = Box::pin(async move {
+                    let r = this.pass(&rel, &query, wait).await;
+                    this.passing
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&k);
+                    r
+                });
+                let s = fut.shared();
+                map.insert(key, s.clone());
+                s
+            }
+        };
+        shared.await
+    }
+
+    async fn pass(&self, rel: &RelPath, query: &str, wait: Duration) -> Result<Arc<Passed>, Miss> {
+        let canonical = format!("/{rel}");
+        let mut timeout = false;
+        for (i, up) in self.cfg.upstreams.iter().enumerate() {
+            if !up.prefixes.iter().any(|p| canonical.starts_with(p.as_str())) {
+                continue;
+            }
+            let Some(Fetcher::Http(base)) = self.fetchers.get(i) else {
+                continue; // a bucket has no live playlists
+            };
+            let uri = format!("{base}/{}?{query}", encode_path(rel.as_str()));
+            let mut req = http::Request::get(&uri);
+            if let Some((h, v)) = &up.origin_auth {
+                req = req.header(h.as_str(), v.0.as_str());
+            }
+            let Ok(req) = req.body(Empty::new()) else {
+                continue;
+            };
+            let t0 = Instant::now();
+            let resp = tokio::time::timeout(wait, self.client.request(req)).await;
+            self.m
+                .upstream_seconds
+                .with_label_values(&[&up.name])
+                .observe(t0.elapsed().as_secs_f64());
+            let resp = match resp {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    self.m.upstream_requests.with_label_values(&[&up.name, "error"]).inc();
+                    tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream request failed");
+                    continue;
+                }
+                Err(_) => {
+                    timeout = true;
+                    self.m.upstream_requests.with_label_values(&[&up.name, "error"]).inc();
+                    continue;
+                }
+            };
+            let status = resp.status();
+            self.m
+                .upstream_requests
+                .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
+                .inc();
+            if status.is_server_error() {
+                continue;
+            }
+            let mut headers = HeaderMap::new();
+            for n in [CONTENT_TYPE, CACHE_CONTROL, ETAG, LAST_MODIFIED] {
+                if let Some(v) = resp.headers().get(&n) {
+                    headers.insert(n, v.clone());
+                }
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), PASS_MAX);
+            let body = match tokio::time::timeout(self.cfg.idle_timeout, body.collect()).await {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) => {
+                    tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream playlist body failed");
+                    continue;
+                }
+                Err(_) => {
+                    timeout = true;
+                    continue;
+                }
+            };
+            self.m.fill_bytes.inc_by(body.len() as u64);
+            return Ok(Arc::new(Passed {
+                status,
+                headers,
+                body,
+            }));
+        }
+        Err(if timeout {
+            Miss::UpstreamTimeout
+        } else {
+            Miss::UpstreamFailed
+        })
     }
 
     /// Sends the request to one upstream (within the connect and first-byte timeouts).
