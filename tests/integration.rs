@@ -4,6 +4,7 @@
 mod util;
 
 mod cache;
+mod cluster;
 mod config;
 mod demo;
 mod edge;

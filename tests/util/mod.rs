@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+mod weed;
+pub use weed::*;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
