@@ -41,7 +41,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -184,45 +184,6 @@ fn header(h: &http::HeaderMap, name: &str) -> Option<String> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-}
-
-/// Whether this segd accepts `[server] served_by` (docs/cluster.md). The X-Served-By checks run
-/// only then; where the placement is asserted, the access logs prove it either way.
-/// TODO(#15): drop this probe (and the branches on it) once served_by is on main.
-fn served_by_supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("disk")).expect("mkdir");
-        let cfg = dir.path().join("probe.toml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "[server]\nlisten = [\"127.0.0.1:0\"]\nserved_by = \"probe\"\n\n[[volumes]]\nname = \"disk\"\npath = \"{}\"\n",
-                dir.path().join("disk").display()
-            ),
-        )
-        .expect("write");
-        let out = Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .output()
-            .expect("run segd check-config");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            return true;
-        }
-        assert!(
-            text.contains("served_by"),
-            "the served_by probe config failed for another reason:\n{text}"
-        );
-        eprintln!("note: this segd has no [server] served_by yet; X-Served-By is not checked");
-        false
-    })
 }
 
 /// Polls `f` (blocking) every 50 ms for up to `timeout`.
@@ -734,7 +695,7 @@ impl Cluster {
             }
         }
         weed.upload(&cat, "");
-        let served_by = served_by_supported();
+        let served_by = true;
         let (port, admin_port) = cluster_ports();
         let nodes = NODES
             .iter()
