@@ -2280,3 +2280,84 @@ async fn a_client_that_goes_away_over_tls_or_quic_frees_its_slot() {
 fn rustls_pki_types_name() -> rustls::pki_types::ServerName<'static> {
     rustls::pki_types::ServerName::try_from("localhost").expect("server name")
 }
+
+/// An edge segd (docs/edge.md) holds no live playlist: LL-HLS requests pass through to its
+/// upstream with their directives, block there, and identical ones share one upstream request
+/// whatever else their queries carry.
+#[tokio::test]
+async fn edge_passes_blocking_reloads_through_to_the_origin_once_per_query() {
+    let origin = Rig::start(3, 100, "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("edge")).expect("mkdir");
+    let edge = Server::start(&config_for(
+        &[&dir.path().join("edge")],
+        &format!(
+            "[live]\nprefixes = [\"/live/\"]\n\n[pull]\ncache_path = \"{}\"\n\n[[pull.upstreams]]\nname = \"origin\"\nurl = \"http://{}\"\nprefixes = [\"/live/\"]\n",
+            dir.path().join("cache").display(),
+            origin.srv.addr
+        ),
+    ));
+    let path = "/live/e/index.m3u8";
+    let v1 = rules_state();
+    origin.put(path, v1.render().as_bytes()).await;
+    let url = |query: &str| edge.url(&format!("{path}?{query}"));
+
+    // a1 and a2 ask for the same thing (a2 with another parameter and order); b for a part.
+    let a1 = fetch(url("_HLS_msn=5"), false);
+    let a2 = fetch(url("x=1&_HLS_msn=5"), true);
+    let b = fetch(url("_HLS_part=2&_HLS_msn=5"), false);
+    origin
+        .wait_parked(2, "one upstream request for a1+a2, one for b")
+        .await;
+    assert!(!a1.is_finished() && !a2.is_finished() && !b.is_finished());
+
+    let v2 = v1.advance(1);
+    let sent = origin.put_at(path, v2.render().as_bytes()).await;
+    let rb = answer(b, "b").await;
+    assert_eq!(rb.resp.status, 200);
+    assert_eq!(
+        rb.resp.text(),
+        v2.render(),
+        "b: the origin's playlist as of write 1"
+    );
+    assert!(
+        rb.at >= sent,
+        "b answered before the write that satisfies it"
+    );
+    assert_eq!(
+        rb.resp.header("content-type"),
+        Some("application/vnd.apple.mpegurl")
+    );
+    origin.wait_parked(1, "a1+a2 after write 1").await;
+    assert!(!a1.is_finished() && !a2.is_finished());
+
+    let v3 = v2.advance(1);
+    origin.put(path, v3.render().as_bytes()).await;
+    let (r1, r2) = (answer(a1, "a1").await, answer(a2, "a2").await);
+    for r in [&r1, &r2] {
+        assert_eq!(r.resp.status, 200);
+        assert_eq!(r.resp.text(), v3.render(), "a: the playlist as of write 2");
+    }
+    let m = get(&edge.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        metric_with(&m, "segd_pull_requests_total", &[("result", "coalesced")])
+            .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric_with(&m, "segd_pull_requests_total", &[("result", "pass")]),
+        Some(2.0),
+        "two upstream requests for three clients"
+    );
+
+    // Satisfied at once at the origin; a playlist the origin does not have is its 404.
+    let now = get(&url("_HLS_msn=5"), &[]).await;
+    assert_eq!(now.status, 200);
+    assert_eq!(now.text(), v3.render());
+    assert_eq!(
+        get(&edge.url("/live/none/index.m3u8?_HLS_msn=1"), &[])
+            .await
+            .status,
+        404
+    );
+}

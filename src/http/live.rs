@@ -155,7 +155,10 @@ fn passed(
     let mut body = p.body.clone();
     if let (Some(param), true) = (rewrite_param, p.status == StatusCode::OK) {
         body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("private, max-age=1"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=1"),
+        );
         h.remove(ETAG);
     }
     h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));

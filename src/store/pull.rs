@@ -249,7 +249,7 @@ impl Pull {
         let results = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "segd_pull_requests_total",
-                "Requests the pull tier answered, by result (hit, miss, stale, coalesced, negative)",
+                "Requests the pull tier answered, by result (hit, miss, stale, coalesced, negative, pass)",
             ),
             &["result"],
         )?;
@@ -755,7 +755,11 @@ impl Pull {
         let canonical = format!("/{rel}");
         let mut timeout = false;
         for (i, up) in self.cfg.upstreams.iter().enumerate() {
-            if !up.prefixes.iter().any(|p| canonical.starts_with(p.as_str())) {
+            if !up
+                .prefixes
+                .iter()
+                .any(|p| canonical.starts_with(p.as_str()))
+            {
                 continue;
             }
             let Some(Fetcher::Http(base)) = self.fetchers.get(i) else {
@@ -778,13 +782,19 @@ impl Pull {
             let resp = match resp {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
-                    self.m.upstream_requests.with_label_values(&[&up.name, "error"]).inc();
+                    self.m
+                        .upstream_requests
+                        .with_label_values(&[&up.name, "error"])
+                        .inc();
                     tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream request failed");
                     continue;
                 }
                 Err(_) => {
                     timeout = true;
-                    self.m.upstream_requests.with_label_values(&[&up.name, "error"]).inc();
+                    self.m
+                        .upstream_requests
+                        .with_label_values(&[&up.name, "error"])
+                        .inc();
                     continue;
                 }
             };
