@@ -1815,3 +1815,32 @@ async fn edge_https_upstream_with_a_private_ca() {
     assert_eq!(r.status, 206);
     assert!(r.bytes() == &origin.file(SEG)[10..20]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 14. Reload
+
+/// SIGHUP applies a new `[pull]` upstream list: an edge whose upstream was wrong pulls from the
+/// right one after the reload, without a restart.
+#[tokio::test]
+async fn edge_reload_changes_the_upstreams() {
+    let origin = Origin::start("");
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &dead, "")]);
+    assert_eq!(must("GET", &edge.url(SEG), &[], false).await.status, 502);
+    let fixed = edge.config.replace(&dead, &origin.base());
+    std::fs::write(&edge.srv.config, fixed).expect("rewrite config");
+    edge.srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            edge.srv.stderr().contains("configuration reloaded")
+        })
+        .await,
+        "reloaded: {}",
+        edge.srv.stderr()
+    );
+    // A 502 is not remembered: the next request goes to the new upstream.
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == origin.file(SEG).as_slice());
+    origin.wait_count(SEG, 1).await;
+}

@@ -260,6 +260,9 @@ impl Store {
             &self.inner.cache_stats,
         );
         self.inner.local.store(Arc::new(local));
+        if let Some(pull) = &self.inner.pull {
+            pull.reconfigure(&cfg.pull);
+        }
     }
 
     /// Step 6: the object at `rel`, from the first tier that has it.

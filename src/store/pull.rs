@@ -205,9 +205,9 @@ enum Fetcher {
 pub struct Pull {
     /// Bytes indexed (added on insert, taken off by every removal).
     held: Arc<std::sync::atomic::AtomicU64>,
-    cfg: PullConfig,
-    fetchers: Vec<Fetcher>,
-    client: Client<Connector, Empty<Bytes>>,
+    /// The cache directory (fixed for the process's life).
+    root: std::path::PathBuf,
+    conf: arc_swap::ArcSwap<Conf>,
     index: moka::sync::Cache<String, Arc<Meta>>,
     negative: moka::sync::Cache<String, ()>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
@@ -232,6 +232,66 @@ type SharedPass = futures_util::future::Shared<
 
 /// Largest playlist passed through.
 const PASS_MAX: usize = 4 << 20;
+
+/// What a reload may change: the upstreams, their timeouts and credentials, and the client
+/// (its connect timeout and CA roots). The cache directory and its size stay as started.
+struct Conf {
+    cfg: PullConfig,
+    fetchers: Vec<Fetcher>,
+    client: Client<Connector, Empty<Bytes>>,
+}
+
+impl Conf {
+    fn build(cfg: &PullConfig) -> anyhow::Result<Conf> {
+        let mut fetchers = Vec::new();
+        for u in &cfg.upstreams {
+            fetchers.push(match &u.kind {
+                    UpstreamKind::Http { url } => Fetcher::Http(url.clone()),
+                    UpstreamKind::S3 {
+                        endpoint,
+                        bucket,
+                        region,
+                        key_prefix,
+                        access_key_id,
+                        secret_access_key,
+                    } => {
+                        let Ok(url) = url::Url::parse(endpoint) else {
+                            tracing::warn!(upstream = %u.name, "s3_endpoint is not a URL; upstream unused");
+                            continue;
+                        };
+                        match rusty_s3::Bucket::new(
+                            url,
+                            rusty_s3::UrlStyle::Path,
+                            bucket.clone(),
+                            region.clone(),
+                        ) {
+                            Ok(b) => Fetcher::S3(Box::new((
+                                b,
+                                rusty_s3::Credentials::new(
+                                    access_key_id.clone(),
+                                    secret_access_key.0.clone(),
+                                ),
+                                key_prefix.clone(),
+                            ))),
+                            Err(e) => {
+                                tracing::warn!(upstream = %u.name, error = %e, "bad S3 bucket settings; upstream unused");
+                                continue;
+                            }
+                        }
+                    }
+                });
+        }
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector(cfg)?);
+        Ok(Conf {
+            cfg: cfg.clone(),
+            fetchers,
+            client,
+        })
+    }
+}
 
 /// The pull tier's decision for one lookup.
 pub enum Pulled {
@@ -294,48 +354,7 @@ impl Pull {
             evicted_bytes,
             cache_bytes,
         });
-        let mut fetchers = Vec::new();
-        for u in &cfg.upstreams {
-            fetchers.push(match &u.kind {
-                UpstreamKind::Http { url } => Fetcher::Http(url.clone()),
-                UpstreamKind::S3 {
-                    endpoint,
-                    bucket,
-                    region,
-                    key_prefix,
-                    access_key_id,
-                    secret_access_key,
-                } => {
-                    let Ok(url) = url::Url::parse(endpoint) else {
-                        tracing::warn!(upstream = %u.name, "s3_endpoint is not a URL; upstream unused");
-                        continue;
-                    };
-                    match rusty_s3::Bucket::new(
-                        url,
-                        rusty_s3::UrlStyle::Path,
-                        bucket.clone(),
-                        region.clone(),
-                    ) {
-                        Ok(b) => Fetcher::S3(Box::new((
-                            b,
-                            rusty_s3::Credentials::new(
-                                access_key_id.clone(),
-                                secret_access_key.0.clone(),
-                            ),
-                            key_prefix.clone(),
-                        ))),
-                        Err(e) => {
-                            tracing::warn!(upstream = %u.name, error = %e, "bad S3 bucket settings; upstream unused");
-                            continue;
-                        }
-                    }
-                }
-            });
-        }
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(connector(cfg)?);
+        let conf = Conf::build(cfg)?;
         let evicted = Arc::clone(&m);
         let evict_root = root.clone();
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -367,9 +386,8 @@ impl Pull {
             .build();
         let pull = Pull {
             held,
-            cfg: cfg.clone(),
-            fetchers,
-            client,
+            root,
+            conf: arc_swap::ArcSwap::from_pointee(conf),
             index,
             negative,
             fills: Mutex::new(HashMap::new()),
@@ -380,12 +398,29 @@ impl Pull {
         Ok(Some(pull))
     }
 
+    /// Applies a reloaded `[pull]`: upstreams, credentials, timeouts and CA roots change at once
+    /// (fills in flight finish with what they started with); the cache directory, its size and
+    /// `negative_ttl` need a restart.
+    pub fn reconfigure(&self, cfg: &PullConfig) {
+        let old = self.conf.load();
+        if cfg.cache_path.as_deref() != Some(self.root.as_path())
+            || cfg.max_bytes != old.cfg.max_bytes
+            || cfg.negative_ttl != old.cfg.negative_ttl
+        {
+            tracing::warn!("pull.cache_path, max_bytes and negative_ttl change only on restart");
+        }
+        match Conf::build(cfg) {
+            Ok(c) => self.conf.store(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "[pull] not reloaded; the running upstreams stay")
+            }
+        }
+    }
+
     /// Indexes what a previous run left in the cache directory (called in the background at
     /// start; lookups meanwhile find files on disk by their sidecars).
     pub fn reindex(&self) -> u64 {
-        let Some(root) = self.cfg.cache_path.clone() else {
-            return 0;
-        };
+        let root = self.root.clone();
         let mut n = 0;
         let mut stack = vec![(root.clone(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
@@ -440,7 +475,12 @@ impl Pull {
     }
 
     fn covered(&self, canonical: &str) -> bool {
-        self.cfg.upstreams_for(canonical).next().is_some()
+        self.conf
+            .load()
+            .cfg
+            .upstreams_for(canonical)
+            .next()
+            .is_some()
     }
 
     fn count(&self, result: &str) {
@@ -517,7 +557,8 @@ impl Pull {
             Outcome::Failed { timeout } => {
                 if let Some(meta) = cached {
                     if meta.age()
-                        <= self.cfg.stale_if_error.as_secs() + meta.max_age(class).unwrap_or(0)
+                        <= self.conf.load().cfg.stale_if_error.as_secs()
+                            + meta.max_age(class).unwrap_or(0)
                     {
                         if let Ok(mut o) = self.hit(local, cache_vol, rel, &meta, "stale").await {
                             let mut extra = HeaderMap::new();
@@ -546,7 +587,7 @@ impl Pull {
         if let Some(m) = self.index.get(key) {
             return Some(m);
         }
-        let root = self.cfg.cache_path.clone()?;
+        let root = self.root.clone();
         let k = key.to_owned();
         let meta = tokio::task::spawn_blocking(move || {
             let (dir, side) = sidecar(&k);
@@ -643,7 +684,8 @@ impl Pull {
     ) {
         let canonical = format!("/{rel}");
         let mut timeout = false;
-        let ups: Vec<(usize, &UpstreamConfig)> = self
+        let conf = self.conf.load_full();
+        let ups: Vec<(usize, &UpstreamConfig)> = conf
             .cfg
             .upstreams
             .iter()
@@ -651,11 +693,13 @@ impl Pull {
             .filter(|(_, u)| u.prefixes.iter().any(|p| canonical.starts_with(p.as_str())))
             .collect();
         for (i, up) in ups {
-            let Some(fetcher) = self.fetchers.get(i) else {
+            let Some(fetcher) = conf.fetchers.get(i) else {
                 continue;
             };
             let t0 = Instant::now();
-            let resp = self.request(fetcher, up, rel, cached.as_deref()).await;
+            let resp = self
+                .request(&conf, fetcher, up, rel, cached.as_deref())
+                .await;
             self.m
                 .upstream_seconds
                 .with_label_values(&[&up.name])
@@ -754,7 +798,8 @@ impl Pull {
     async fn pass(&self, rel: &RelPath, query: &str, wait: Duration) -> Result<Arc<Passed>, Miss> {
         let canonical = format!("/{rel}");
         let mut timeout = false;
-        for (i, up) in self.cfg.upstreams.iter().enumerate() {
+        let conf = self.conf.load_full();
+        for (i, up) in conf.cfg.upstreams.iter().enumerate() {
             if !up
                 .prefixes
                 .iter()
@@ -762,7 +807,7 @@ impl Pull {
             {
                 continue;
             }
-            let Some(Fetcher::Http(base)) = self.fetchers.get(i) else {
+            let Some(Fetcher::Http(base)) = conf.fetchers.get(i) else {
                 continue; // a bucket has no live playlists
             };
             let uri = format!("{base}/{}?{query}", encode_path(rel.as_str()));
@@ -774,7 +819,7 @@ impl Pull {
                 continue;
             };
             let t0 = Instant::now();
-            let resp = tokio::time::timeout(wait, self.client.request(req)).await;
+            let resp = tokio::time::timeout(wait, conf.client.request(req)).await;
             self.m
                 .upstream_seconds
                 .with_label_values(&[&up.name])
@@ -813,7 +858,7 @@ impl Pull {
                 }
             }
             let body = http_body_util::Limited::new(resp.into_body(), PASS_MAX);
-            let body = match tokio::time::timeout(self.cfg.idle_timeout, body.collect()).await {
+            let body = match tokio::time::timeout(conf.cfg.idle_timeout, body.collect()).await {
                 Ok(Ok(b)) => b.to_bytes(),
                 Ok(Err(e)) => {
                     tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream playlist body failed");
@@ -841,6 +886,7 @@ impl Pull {
     /// Sends the request to one upstream (within the connect and first-byte timeouts).
     async fn request(
         &self,
+        conf: &Conf,
         fetcher: &Fetcher,
         up: &UpstreamConfig,
         rel: &RelPath,
@@ -871,7 +917,7 @@ impl Pull {
             }
         }
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
-        match tokio::time::timeout(self.cfg.first_byte_timeout, self.client.request(req)).await {
+        match tokio::time::timeout(conf.cfg.first_byte_timeout, conf.client.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 let timed_out = std::error::Error::source(&e)
@@ -967,6 +1013,7 @@ impl Pull {
         };
         fill.outcome
             .send_replace(Some(Outcome::Body(meta.clone(), growing)));
+        let idle_timeout = self.conf.load().cfg.idle_timeout;
         let mut body = resp.into_body();
         // Chunks are gathered while more are already here (one disk write, one blocking-pool
         // hop per batch, not per network read); what has arrived is written before waiting for
@@ -977,7 +1024,7 @@ impl Pull {
             let next = match body.frame().now_or_never() {
                 Some(f) => Ok(f),
                 None if pending.is_empty() => {
-                    tokio::time::timeout(self.cfg.idle_timeout, body.frame()).await
+                    tokio::time::timeout(idle_timeout, body.frame()).await
                 }
                 // Nothing more yet: write what is here, then wait.
                 None => Ok(Some(Ok(hyper::body::Frame::data(Bytes::new())))),
@@ -1057,17 +1104,13 @@ impl Pull {
 
     /// [`Pull::save_meta`] on the blocking pool (a fill's sidecar; not on a worker thread).
     async fn save_meta_async(&self, rel: &RelPath, meta: &Meta) {
-        let Some(root) = self.cfg.cache_path.clone() else {
-            return;
-        };
+        let root = self.root.clone();
         let (rel, text) = (rel.clone(), meta.to_text());
         let _ = tokio::task::spawn_blocking(move || write_sidecar(&root, &rel, &text)).await;
     }
 
     fn save_meta(&self, _local: &Arc<Local>, rel: &RelPath, meta: &Meta) {
-        let Some(root) = self.cfg.cache_path.clone() else {
-            return;
-        };
+        let root = self.root.clone();
         write_sidecar(&root, rel, &meta.to_text());
     }
 }
