@@ -11,6 +11,9 @@
 //! client that is actively using the connection sends its next request well within the grace and
 //! learns to move on from the answer. A connection still idle after the grace is closed, as an
 //! idle timeout would, and clients detect that before reusing it.
+//!
+//! [`Flag`] is the same idea without the waiting: a one-way switch many tasks can watch (the
+//! readiness `/readyz` reports, "the sockets now belong to a new process").
 
 use std::time::Duration;
 
@@ -81,6 +84,30 @@ impl Drain {
 
     pub fn is_stopping(&self) -> bool {
         *self.stop.borrow()
+    }
+}
+
+/// A one-way switch: once set it stays set. Watched through [`Stop`] views.
+pub struct Flag(watch::Sender<bool>);
+
+impl Default for Flag {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Flag {
+    pub fn new() -> Flag {
+        Flag(watch::Sender::new(false))
+    }
+
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// A view that resolves once the flag is set.
+    pub fn watch(&self) -> Stop {
+        Stop(self.0.subscribe())
     }
 }
 
