@@ -1006,6 +1006,8 @@ async fn http3_across_an_upgrade() {
     kill(first, libc::SIGUSR2);
     let new = new_pid(&u.pid_file, first, &u.srv).await;
     procs.pids.push(new);
+    // (The pid file is written just before the new process says it is serving.)
+    u.srv.log_with(&["sockets handed over"]);
     // While the old process still drains, both read the one UDP socket: a new connection is
     // answered, possibly after a retransmission (see docs/cluster.md).
     let t0 = Instant::now();
