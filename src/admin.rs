@@ -2,7 +2,12 @@
 //!
 //! `/healthz` is 200 while the process runs. `/readyz` is 200 only when every listener is bound
 //! (true once this serves), at least one volume is healthy, and no drain is in progress; otherwise
-//! 503 with the reason, one per line.
+//! 503 with the reason, one per line. "Drain in progress" means SIGTERM/SIGINT was received: it
+//! turns 503 at once, before anything closes (`server.unready_delay`).
+//!
+//! On an upgrade the admin socket is handed to the new process with the others: this process
+//! stops accepting on it, and its open admin connections get `Connection: close`, so a health
+//! checker's next request reaches the new process. Its `/readyz` does not turn 503 for that.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,7 +37,8 @@ fn text(status: u16, ctype: &'static str, body: impl Into<Bytes>) -> hyper::Resp
     r
 }
 
-pub fn route(runtime: &Runtime, drain: &Stop, path: &str) -> hyper::Response<Full<Bytes>> {
+/// `unready`: set when a drain starts (SIGTERM/SIGINT).
+pub fn route(runtime: &Runtime, unready: &Stop, path: &str) -> hyper::Response<Full<Bytes>> {
     match path {
         "/metrics" => text(
             200,
@@ -42,7 +48,7 @@ pub fn route(runtime: &Runtime, drain: &Stop, path: &str) -> hyper::Response<Ful
         "/healthz" => text(200, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {
             let mut reasons = String::new();
-            if drain.is_set() {
+            if unready.is_set() {
                 reasons.push_str("draining\n");
             }
             let volumes = runtime.store.volumes();
@@ -54,7 +60,7 @@ pub fn route(runtime: &Runtime, drain: &Stop, path: &str) -> hyper::Response<Ful
             if !volumes.any_healthy() {
                 reasons.push_str("no healthy volume\n");
             }
-            if drain.is_set() || !volumes.any_healthy() {
+            if unready.is_set() || !volumes.any_healthy() {
                 text(503, "text/plain; charset=utf-8", reasons)
             } else {
                 // Degraded but serving: still ready; the body lists what is down.
@@ -69,23 +75,34 @@ pub fn route(runtime: &Runtime, drain: &Stop, path: &str) -> hyper::Response<Ful
     }
 }
 
-/// Serves the admin listener until the process exits. It keeps answering during a drain (so
-/// `/readyz` can say so) and does not hold the drain open: only client traffic is waited for.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, drain: Stop) {
+/// Serves the admin listener until the process exits, or until `released` (the socket was handed
+/// to a new process). It keeps answering during a drain (so `/readyz` can say so) and does not
+/// hold the drain open: only client traffic is waited for.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, unready: Stop, released: Stop) {
+    let mut release = released.clone();
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = release.wait() => return,
         };
         let shared = Arc::clone(&shared);
-        let drain = drain.clone();
+        let (unready, released) = (unready.clone(), released.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                let r = route(&shared.runtime, &drain, req.uri().path());
+                let mut r = route(&shared.runtime, &unready, req.uri().path());
+                if released.is_set() {
+                    r.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
                 async move { Ok::<_, Infallible>(r) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

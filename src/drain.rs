@@ -3,10 +3,25 @@
 //! Every accept loop and connection holds a [`Drain`]. The [`Controller`] flips one watch flag to
 //! ask them to stop, then waits until every `Drain` is dropped (an mpsc channel closes when its
 //! last sender goes) or the timeout passes.
+//!
+//! A keep-alive connection that is idle when the drain starts is not closed at once: for
+//! [`IDLE_GRACE`] it may still send one request, answered with `Connection: close`. Closing an
+//! idle HTTP/1.1 connection races a client that is reusing it at that instant (the request is on
+//! the wire, the close crosses it, and the client sees a failure it cannot safely retry); a
+//! client that is actively using the connection sends its next request well within the grace and
+//! learns to move on from the answer. A connection still idle after the grace is closed, as an
+//! idle timeout would, and clients detect that before reusing it.
+//!
+//! [`Flag`] is the same idea without the waiting: a one-way switch many tasks can watch (the
+//! readiness `/readyz` reports, "the sockets now belong to a new process").
 
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+
+/// How long a keep-alive connection idle when the drain starts may still send one request
+/// (capped at `server.keepalive_timeout`).
+pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 pub struct Controller {
     stop: watch::Sender<bool>,
@@ -69,6 +84,30 @@ impl Drain {
 
     pub fn is_stopping(&self) -> bool {
         *self.stop.borrow()
+    }
+}
+
+/// A one-way switch: once set it stays set. Watched through [`Stop`] views.
+pub struct Flag(watch::Sender<bool>);
+
+impl Default for Flag {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Flag {
+    pub fn new() -> Flag {
+        Flag(watch::Sender::new(false))
+    }
+
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// A view that resolves once the flag is set.
+    pub fn watch(&self) -> Stop {
+        Stop(self.0.subscribe())
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub ingest_in_progress: prometheus::IntGauge,
     pub ingest_temp_removed: prometheus::IntCounter,
     pub ingest_no_space: prometheus::IntCounter,
+    /// 1 from the moment a drain starts (SIGTERM/SIGINT, or handing over to a new process).
+    pub draining: prometheus::IntGauge,
 }
 
 /// 50 µs to 10 s.
@@ -168,6 +170,11 @@ impl Metrics {
             "segd_ingest_insufficient_storage_total",
             "Uploads refused with 507: no volume had room above its reserve",
         )?;
+        let draining = prometheus::IntGauge::new(
+            "segd_draining",
+            "1 from the moment a drain starts (SIGTERM/SIGINT, or an upgrade handing over)",
+        )?;
+        registry.register(Box::new(draining.clone()))?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -219,6 +226,7 @@ impl Metrics {
             ingest_in_progress,
             ingest_temp_removed,
             ingest_no_space,
+            draining,
         })
     }
 

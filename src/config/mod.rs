@@ -270,6 +270,17 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = &self.server.pid_file {
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                errs.push(
+                    &self.file,
+                    "server.pid_file",
+                    format!("directory of {} does not exist", p.display()),
+                    "a file path in an existing directory",
+                );
+            }
+        }
         errs
     }
 

@@ -3,6 +3,7 @@
 //! Also [`parse_addr`], the socket-address reader the admin and TLS sections share.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::fields::Section;
@@ -44,6 +45,13 @@ pub struct ServerConfig {
     pub mmap: bool,
     /// `X-Served-By` value added to every response (`served_by`); `None`: no such header.
     pub served_by: Option<http::HeaderValue>,
+    /// On SIGTERM/SIGINT, `/readyz` answers 503 at once while the listeners keep accepting and
+    /// serving for this long (so a balancer's health check moves traffic away); then the drain.
+    pub unready_delay: Duration,
+    /// Where the pid is written at start (atomically), rewritten by the new process after an
+    /// upgrade, and removed at a clean exit if it still holds this process's pid. Relative to the
+    /// config file's directory.
+    pub pid_file: Option<PathBuf>,
 }
 
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -64,6 +72,8 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "print_urls",
     "mmap",
     "served_by",
+    "unready_delay",
+    "pid_file",
 ];
 
 pub(super) fn parse_addr(s: &Section, key: &str, v: &str) -> Option<SocketAddr> {
@@ -164,6 +174,8 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
         },
         mmap,
         served_by,
+        unready_delay: s.duration("unready_delay", secs(0), secs(0), secs(300)),
+        pid_file: parse_pid_file(s),
     }
 }
 
@@ -183,4 +195,16 @@ fn parse_served_by(s: &Section) -> Option<http::HeaderValue> {
             None
         }
     }
+}
+
+/// `pid_file`: a path, relative to the config file's directory.
+fn parse_pid_file(s: &Section) -> Option<PathBuf> {
+    let allowed = "a file path such as \"/run/segd/segd.pid\"";
+    let v = s.string("pid_file", allowed)?;
+    if v.is_empty() || v.ends_with('/') {
+        s.error("pid_file", format!("{v:?} is not a file path"), allowed);
+        return None;
+    }
+    let base = s.ctx().file.parent().map(PathBuf::from).unwrap_or_default();
+    Some(base.join(v))
 }

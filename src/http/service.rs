@@ -18,7 +18,7 @@ use super::body::HyperBody;
 use super::handler::{self, Proto};
 use super::request_body::RequestBody;
 use super::Record;
-use crate::drain::Drain;
+use crate::drain::{Drain, Stop};
 use crate::state::Shared;
 
 /// The hyper connection builder configured from `[server]`.
@@ -84,10 +84,15 @@ pub async fn serve_io<I>(
         .connections_open
         .with_label_values(&[proto]);
     gauge.inc();
+    let grace = crate::drain::IDLE_GRACE.min(shared.load().config.server.keepalive_timeout);
+    let draining = drain.signal();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let shared = Arc::clone(&shared);
         let alt_svc = alt_svc.clone();
-        async move { Ok::<_, Infallible>(respond(&shared, peer, tls, alt_svc.as_ref(), req).await) }
+        let draining = draining.clone();
+        async move {
+            Ok::<_, Infallible>(respond(&shared, peer, tls, alt_svc.as_ref(), &draining, req).await)
+        }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -99,6 +104,18 @@ pub async fn serve_io<I>(
             }
         }
         _ = stop.wait() => {
+            // HTTP/1.1: hyper's graceful shutdown closes an idle connection at once, racing a
+            // client reusing it; first give it `drain::IDLE_GRACE` in which responses carry
+            // `Connection: close`. HTTP/2's GOAWAY has no such race.
+            if proto != "h2" {
+                if let Ok(res) = tokio::time::timeout(grace, conn.as_mut()).await {
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error during drain");
+                    }
+                    gauge.dec();
+                    return;
+                }
+            }
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error during drain");
@@ -114,6 +131,7 @@ async fn respond(
     peer: SocketAddr,
     tls: Option<&'static str>,
     alt_svc: Option<&http::HeaderValue>,
+    draining: &Stop,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<HyperBody> {
     let start = Instant::now();
@@ -153,8 +171,9 @@ async fn respond(
     let mut resp = hyper::Response::new(HyperBody::new(reply.body, tls.is_some(), record));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;
-    if reply.close && proto == Proto::H1 {
+    if (reply.close || draining.is_set()) && proto == Proto::H1 {
         // The request's body could not be trusted: nothing after it on this connection can.
+        // Or a drain: the client should take its next request elsewhere.
         resp.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

@@ -1,15 +1,23 @@
-//! Start-up and lifecycle: build the runtime, bind every listener, open the volumes, serve, and
-//! drain on SIGTERM/SIGINT.
+//! Start-up and lifecycle: build the runtime, bind every listener (or take the sockets systemd or
+//! an upgrading process passed), open the volumes, serve, and drain on SIGTERM/SIGINT or after
+//! handing the sockets to a new process (SIGUSR2, see `upgrade`).
 //!
 //! Order matters: listeners are bound before anything is announced, so a bind failure is an
 //! error at start (exit 1, naming the key and address) rather than a half-working daemon.
+//!
+//! Stopping on SIGTERM/SIGINT: `/readyz` turns 503 and `segd_draining` 1 at once, STOPPING=1 is
+//! sent, and everything keeps accepting and serving for `server.unready_delay`; then the drain
+//! (stop accepting, in-flight responses finish within `drain_timeout`). After an upgrade the
+//! drain starts at once: the new process answers on the same sockets, admin included.
 
 mod accept;
 mod banner;
 pub mod listener;
+mod pidfile;
 pub mod quic;
 mod reload;
 pub mod systemd;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +26,15 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{fmt_size, Config};
-use crate::drain::Controller;
+use crate::drain::{Controller, Flag};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
 use crate::state::Shared;
 use crate::volumes;
 use accept::{accept_plain, accept_tls, ActiveGuard};
-use reload::Signals;
+use listener::Inherited;
+use reload::{Signals, StopReason};
+use upgrade::{Handover, Upgrader};
 
 /// Raises the soft descriptor limit to the hard one and keeps the open-file cache under half of
 /// it, so cached descriptors can never starve new connections.
@@ -62,28 +72,39 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     if config.server.mmap && !crate::io::mapped::install() {
         tracing::warn!("cannot install the SIGBUS handler; large TLS bodies are read, not mapped");
     }
-    // Before any thread exists: socket activation reads and clears the environment.
-    let inherited = systemd::take_listeners();
+    // At start, before a new binary may be installed over it: what an upgrade will run.
+    let exec = upgrade::Exec::capture();
+    // Before any thread exists: socket activation and an upgrade's handover read and clear the
+    // environment.
+    let mut passed = systemd::take_listeners();
+    let (from_parent, handover) = upgrade::take_handover();
+    passed.extend(from_parent);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers)
         .thread_name("segd-worker")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(config, inherited))
+    rt.block_on(serve(
+        config,
+        Inherited::new(passed),
+        Upgrader::new(exec),
+        handover,
+    ))
 }
 
-/// A listener for `addr`: the socket systemd passed for it, else a fresh bind.
+/// A listener for `addr`: the socket passed for it (systemd, or the process this one upgrades),
+/// else a fresh bind.
 fn listener_for(
     addr: SocketAddr,
     key: &str,
-    inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+    inherited: &mut Inherited,
 ) -> anyhow::Result<TcpListener> {
-    if let Some(i) = inherited.iter().position(|(a, _)| *a == addr) {
-        let (_, l) = inherited.swap_remove(i);
+    if let Some((l, source)) = inherited.take_tcp(addr, key) {
         l.set_nonblocking(true)
             .with_context(|| format!("inherited socket for {key} = {addr}"))?;
-        tracing::info!(%addr, "using the socket passed by systemd");
+        let at = l.local_addr().ok();
+        tracing::info!(addr = ?at.unwrap_or(addr), key, "using the socket passed by {}", source.as_str());
         return TcpListener::from_std(l)
             .with_context(|| format!("inherited socket for {key} = {addr}"));
     }
@@ -92,27 +113,29 @@ fn listener_for(
 
 async fn serve(
     config: Config,
-    mut inherited: Vec<(SocketAddr, std::net::TcpListener)>,
+    mut inherited: Inherited,
+    mut upgrader: Upgrader,
+    handover: Option<Handover>,
 ) -> anyhow::Result<()> {
-    // Handlers first: once the banner or READY=1 is out, a SIGHUP must reload, never kill.
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    // Handlers first: once the banner or READY=1 is out, a SIGHUP must reload, never kill (and
+    // SIGUSR2's default action would kill too).
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
     let runtime =
         Arc::new(Runtime::new(&config).context("cannot build the store and its metrics")?);
     let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
     let shared = Arc::new(Shared::new(runtime, policy));
-    remove_stale_temps(&shared);
-    shared.runtime.store.start_write_through();
-    {
-        // The pull cache a previous run left is indexed in the background; lookups meanwhile
-        // find its files through their sidecars.
-        let store = shared.runtime.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let n = store.reindex_pull_cache();
-            if n > 0 {
-                tracing::info!(objects = n, "pull cache indexed");
-            }
-        });
+    match handover.as_ref().map(Handover::parent) {
+        None => start_up_cleanup(&shared),
+        Some(parent) => {
+            // The old process's uploads and pull fills are still in flight, as temporary files
+            // the clean-up would delete: it waits until that process has exited.
+            let sh = Arc::clone(&shared);
+            tokio::spawn(async move {
+                upgrade::parent_exited(parent).await;
+                start_up_cleanup(&sh);
+            });
+        }
     }
     crate::live::watcher::spawn(
         shared
@@ -128,7 +151,9 @@ async fn serve(
 
     let mut plain: Vec<(SocketAddr, TcpListener)> = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
-        let l = listener_for(*addr, &format!("server.listen[{i}]"), &mut inherited)?;
+        let key = format!("server.listen[{i}]");
+        let l = listener_for(*addr, &key, &mut inherited)?;
+        keep(&mut upgrader, &l, &key);
         plain.push((l.local_addr()?, l));
     }
     let mut tls_listeners: Vec<(SocketAddr, TcpListener)> = Vec::new();
@@ -137,6 +162,10 @@ async fn serve(
         for (i, addr) in t.listen.iter().enumerate() {
             let key = format!("tls.listen[{i}]");
             let (l, u) = tls_sockets(*addr, &key, t.http3, &mut inherited)?;
+            keep(&mut upgrader, &l, &key);
+            if let Some(u) = &u {
+                keep(&mut upgrader, u, &key);
+            }
             tls_listeners.push((l.local_addr()?, l));
             udp.extend(u);
         }
@@ -144,15 +173,37 @@ async fn serve(
     let admin = match config.admin.listen {
         Some(addr) => {
             let l = listener_for(addr, "admin.listen", &mut inherited)?;
+            keep(&mut upgrader, &l, "admin.listen");
             Some((l.local_addr()?, l))
         }
         None => None,
     };
-    for (a, _) in &inherited {
-        tracing::warn!(addr = %a, "systemd passed a socket that no listen address names; it is not used");
+    for p in inherited.unclaimed() {
+        tracing::warn!(addr = %p.addr, "{} passed a socket that no listen address names; it is not used", p.source.as_str());
+    }
+    drop(inherited);
+    let mut endpoints = Vec::new();
+    for sock in udp {
+        let Some(q) = shared.load().quic.clone() else {
+            break;
+        };
+        let addr = sock.local_addr()?;
+        let endpoint = quic::endpoint(sock, q)
+            .with_context(|| format!("cannot start QUIC on {addr} (tls.http3)"))?;
+        endpoints.push(endpoint);
+    }
+    // Last of what can fail: an upgraded process that fails here exits before it has accepted
+    // anything, and the old one goes on serving (its pid stays in the file).
+    if let Some(path) = &config.server.pid_file {
+        pidfile::write(path)
+            .with_context(|| format!("cannot write server.pid_file {}", path.display()))?;
     }
 
     let controller = Controller::new();
+    // Set when SIGTERM/SIGINT starts the drain (`/readyz` 503), and when the sockets have been
+    // handed to a new process (the admin listener stops accepting).
+    let unready = Flag::new();
+    let released = Flag::new();
     let builder = Arc::new(crate::http::service::builder(&config, true));
     let tls_builder = Arc::new(crate::http::service::builder(&config, false));
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -167,7 +218,7 @@ async fn serve(
         ));
     }
     let tls_addrs: Vec<SocketAddr> = tls_listeners.iter().map(|(a, _)| *a).collect();
-    let http3 = !udp.is_empty();
+    let http3 = !endpoints.is_empty();
     for (a, l) in tls_listeners {
         // Browsers learn of HTTP/3 from this header on TCP responses (same port number).
         let alt_svc = http3
@@ -182,13 +233,7 @@ async fn serve(
             alt_svc,
         ));
     }
-    for sock in udp {
-        let Some(q) = shared.load().quic.clone() else {
-            break;
-        };
-        let addr = sock.local_addr()?;
-        let endpoint = quic::endpoint(sock, q)
-            .with_context(|| format!("cannot start QUIC on {addr} (tls.http3)"))?;
+    for endpoint in endpoints {
         tokio::spawn(quic::accept(
             endpoint,
             Arc::clone(&shared),
@@ -201,7 +246,8 @@ async fn serve(
         tokio::spawn(crate::admin::serve(
             l,
             Arc::clone(&shared),
-            controller.drain().signal(),
+            unready.watch(),
+            released.watch(),
         ));
     }
     spawn_health_checks(&shared);
@@ -213,12 +259,49 @@ async fn serve(
         http3,
         admin_addr,
     );
-    systemd::notify("READY=1\nSTATUS=serving");
+    match handover {
+        None => systemd::notify("READY=1\nSTATUS=serving"),
+        Some(h) => {
+            // Under systemd this process becomes the service's main process (the unit needs
+            // NotifyAccess=all to accept it from us).
+            systemd::notify(&format!(
+                "MAINPID={}\nREADY=1\nSTATUS=serving",
+                std::process::id()
+            ));
+            tracing::info!(
+                old = h.parent(),
+                "serving; telling the old process to drain"
+            );
+            h.ready();
+        }
+    }
 
-    signals.wait_for_stop(&shared).await;
-    systemd::notify("STOPPING=1\nSTATUS=draining");
+    let stop = signals.wait_for_stop(&shared, &upgrader).await;
+    // Our spare copies of the sockets go first: a drain must be able to close them.
+    drop(upgrader);
+    let metrics = &shared.runtime.metrics;
+    metrics.draining.set(1);
+    match stop {
+        StopReason::Signal => {
+            unready.set();
+            systemd::notify("STOPPING=1\nSTATUS=draining");
+            let delay = shared.load().config.server.unready_delay;
+            if !delay.is_zero() {
+                tracing::info!(delay = %crate::config::fmt_duration(delay), "not ready: still serving until the delay ends, then draining");
+                signals.hold(delay).await;
+            }
+        }
+        StopReason::HandedOver(pid) => {
+            // No STOPPING=1: the service goes on in the new process (its MAINPID).
+            released.set();
+            tracing::info!(new = pid, "sockets handed over");
+        }
+    }
     // Parked LL-HLS requests are answered now, not at their timeouts.
     shared.runtime.live.stop();
+    // Write-through entries queued from now on wait for the next process (after an upgrade, the
+    // new one), which alone knows which of its own uploads are still before their rename.
+    shared.runtime.store.stop_write_through();
     let timeout = shared.load().config.server.drain_timeout;
     tracing::info!(timeout = %crate::config::fmt_duration(timeout), "draining: no new connections; waiting for in-flight responses");
     if controller.shutdown(timeout).await {
@@ -226,7 +309,17 @@ async fn serve(
     } else {
         tracing::warn!("drain timeout reached; exiting with connections still open");
     }
+    if let Some(path) = &shared.load().config.server.pid_file {
+        pidfile::remove_if_ours(path);
+    }
     Ok(())
+}
+
+/// Keeps a copy of a socket for an upgrade; without it an upgrade would bind that address anew.
+fn keep(upgrader: &mut Upgrader, sock: &impl std::os::fd::AsFd, key: &str) {
+    if let Err(e) = upgrader.keep(sock, key) {
+        tracing::warn!(key, error = %e, "cannot keep a copy of the socket for upgrades");
+    }
 }
 
 /// The TCP listener for a `[tls] listen` address and, with HTTP/3 on, a UDP socket on the same
@@ -236,7 +329,7 @@ fn tls_sockets(
     addr: SocketAddr,
     key: &str,
     http3: bool,
-    inherited: &mut Vec<(SocketAddr, std::net::TcpListener)>,
+    inherited: &mut Inherited,
 ) -> anyhow::Result<(TcpListener, Option<std::net::UdpSocket>)> {
     let mut tries = 0;
     loop {
@@ -245,6 +338,12 @@ fn tls_sockets(
             return Ok((l, None));
         }
         let bound = l.local_addr()?;
+        if let Some((u, source)) = inherited.take_udp(bound) {
+            u.set_nonblocking(true)
+                .with_context(|| format!("inherited UDP socket for {key} = {bound}"))?;
+            tracing::info!(addr = %bound, key, "using the UDP socket passed by {}", source.as_str());
+            return Ok((l, Some(u)));
+        }
         match quic::bind_udp(bound) {
             Ok(u) => return Ok((l, Some(u))),
             Err(e)
@@ -289,9 +388,21 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
     }
 }
 
-/// Temporary upload files a crash left behind are removed, in the background (a large tree takes
-/// a while to walk; they are dot-files, never served meanwhile).
-fn remove_stale_temps(shared: &Arc<Shared>) {
+/// What a previous run may have left: temporary upload files a crash left behind are removed,
+/// and the pull cache is indexed. In the background: a large tree takes a while to walk (the
+/// temporary files are dot-files, never served meanwhile; lookups find pulled files through
+/// their sidecars meanwhile).
+fn start_up_cleanup(shared: &Arc<Shared>) {
+    // The write-through queue is this process's to work from now on (an old process stopped
+    // taking entries when its drain began).
+    shared.runtime.store.start_write_through();
+    let store = shared.runtime.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let n = store.reindex_pull_cache();
+        if n > 0 {
+            tracing::info!(objects = n, "pull cache indexed");
+        }
+    });
     let prefixes = shared.load().config.ingest.prefixes.clone();
     if prefixes.is_empty() {
         return;

@@ -1,7 +1,12 @@
-//! Signals: SIGTERM/SIGINT start the drain, SIGHUP reloads the config file.
+//! Signals: SIGTERM/SIGINT start the drain, SIGHUP reloads the config file, SIGUSR2 upgrades
+//! (starts a new process and hands it the sockets, see `upgrade`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use super::upgrade::{Upgrader, READY_TIMEOUT};
 use super::{fit_fd_limit, systemd};
 use crate::config::Config;
 use crate::state::Shared;
@@ -56,10 +61,21 @@ fn reload(shared: &Shared) {
     systemd::notify("READY=1\nSTATUS=serving");
 }
 
+/// Why serving stops.
+pub(super) enum StopReason {
+    /// SIGTERM or SIGINT: the unready phase, then the drain.
+    Signal,
+    /// A new process (this pid) is serving on our sockets: the drain at once.
+    HandedOver(u32),
+}
+
+type Upgrading = Pin<Box<dyn Future<Output = Result<u32, String>> + Send>>;
+
 pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -69,20 +85,70 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
-    /// Reloads on SIGHUP until SIGTERM or SIGINT.
-    pub(super) async fn wait_for_stop(mut self, shared: &Shared) {
+    /// Reloads on SIGHUP and upgrades on SIGUSR2 until SIGTERM/SIGINT or a successful upgrade.
+    pub(super) async fn wait_for_stop(
+        &mut self,
+        shared: &Shared,
+        upgrader: &Upgrader,
+    ) -> StopReason {
+        let mut upgrading: Option<Upgrading> = None;
         loop {
             tokio::select! {
-                _ = self.term.recv() => { tracing::info!("SIGTERM received"); return; }
-                _ = self.int.recv() => { tracing::info!("SIGINT received"); return; }
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    return StopReason::Signal;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT received");
+                    return StopReason::Signal;
+                }
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP received: reloading");
                     reload(shared);
                 }
+                _ = self.usr2.recv() => {
+                    if upgrading.is_some() {
+                        tracing::warn!("SIGUSR2 received while an upgrade is in progress; ignored");
+                        continue;
+                    }
+                    tracing::info!("SIGUSR2 received: upgrading");
+                    match upgrader.start() {
+                        Ok(p) => upgrading = Some(Box::pin(p.wait(READY_TIMEOUT))),
+                        Err(e) => tracing::error!(error = %e, "upgrade failed: cannot start the new process; still serving"),
+                    }
+                }
+                r = until(&mut upgrading) => {
+                    upgrading = None;
+                    match r {
+                        Ok(pid) => {
+                            tracing::info!(pid, "the new process is serving; handing over");
+                            return StopReason::HandedOver(pid);
+                        }
+                        Err(e) => tracing::error!("upgrade failed: {e}; still serving"),
+                    }
+                }
             }
         }
+    }
+
+    /// Waits `delay` (the unready phase), cut short by another SIGTERM/SIGINT.
+    pub(super) async fn hold(&mut self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.term.recv() => tracing::info!("SIGTERM received again: draining now"),
+            _ = self.int.recv() => tracing::info!("SIGINT received again: draining now"),
+        }
+    }
+}
+
+/// The upgrade in progress, or never.
+async fn until(upgrading: &mut Option<Upgrading>) -> Result<u32, String> {
+    match upgrading {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }

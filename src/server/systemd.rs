@@ -4,13 +4,15 @@
 //! Notify: when `NOTIFY_SOCKET` is set, datagrams `READY=1` (after every listener is bound and the
 //! volumes are checked), `RELOADING=1` + `MONOTONIC_USEC=…` / `READY=1` around a reload (as
 //! `Type=notify-reload` expects), `STOPPING=1` when a drain starts, and `STATUS=…` lines.
-//! Socket activation: when `LISTEN_PID` is this process, descriptors 3.. are listening sockets
-//! passed by systemd (`segd.socket`); each is matched to a configured listen address by its local
-//! address and used instead of binding, so `systemctl restart` never refuses a connection.
+//! Socket activation: when `LISTEN_PID` is this process, descriptors 3.. are sockets passed by
+//! systemd (`segd.socket`: listening TCP sockets, and UDP ones for HTTP/3); each is matched to a
+//! configured listen address by its local address and used instead of binding, so
+//! `systemctl restart` never refuses a connection.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
+
+use super::listener::{classify, Passed, Source};
 
 /// Sends one notification; silently nothing when not run by systemd.
 pub fn notify(state: &str) {
@@ -43,9 +45,10 @@ pub fn notify_reloading() {
     ));
 }
 
-/// Listening TCP sockets passed by systemd, with their local addresses. Takes them once: the
-/// environment variables are removed so children do not inherit the claim.
-pub fn take_listeners() -> Vec<(SocketAddr, TcpListener)> {
+/// Sockets passed by systemd (listening TCP sockets and, for HTTP/3, UDP sockets), with their
+/// local addresses. Takes them once: the environment variables are removed so children do not
+/// inherit the claim, and the descriptors are made close-on-exec.
+pub fn take_listeners() -> Vec<Passed> {
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -66,23 +69,24 @@ pub fn take_listeners() -> Vec<(SocketAddr, TcpListener)> {
     }
     let mut out = Vec::new();
     for fd in 3..3 + n {
-        // Only stream sockets that listen are ours to take.
+        // Only sockets are ours to take: check before owning the descriptor.
         // SAFETY: the descriptor number was passed by systemd and stays open for this call; an
         // invalid one just makes getsockopt fail.
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let listening = rustix::net::sockopt::socket_acceptconn(borrowed).unwrap_or(false);
-        if !listening {
-            tracing::warn!(
-                fd,
-                "inherited descriptor is not a listening socket; ignored"
-            );
+        if rustix::net::sockopt::socket_type(borrowed).is_err() {
+            tracing::warn!(fd, "inherited descriptor is not a socket; ignored");
             continue;
         }
         // SAFETY: systemd passed this descriptor to us and nothing else owns it.
-        let l = unsafe { TcpListener::from_raw_fd(fd) };
-        match l.local_addr() {
-            Ok(a) => out.push((a, l)),
-            Err(e) => tracing::warn!(fd, error = %e, "inherited socket has no address; ignored"),
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        match classify(owned) {
+            Ok((addr, socket)) => out.push(Passed {
+                addr,
+                key: None,
+                source: Source::Systemd,
+                socket,
+            }),
+            Err(e) => tracing::warn!(fd, problem = %e, "inherited socket ignored"),
         }
     }
     out

@@ -408,6 +408,14 @@ impl Store {
         pull.passthrough(rel, query, wait).await.map(Some)
     }
 
+    /// Stops the write-through queue's worker taking new entries (a drain began); writes to the
+    /// bucket in flight finish.
+    pub fn stop_write_through(&self) {
+        if let Some(wt) = &self.inner.write_through {
+            wt.stop();
+        }
+    }
+
     /// Starts the write-through queue's worker (durability "local"); call once, in the runtime.
     pub fn start_write_through(&self) {
         if let Some(wt) = &self.inner.write_through {

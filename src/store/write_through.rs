@@ -95,6 +95,8 @@ pub struct WriteThrough {
     /// The durable queue (`durability = "local"`).
     queue: Option<PathBuf>,
     wake: tokio::sync::Notify,
+    /// Set when a drain begins: the worker takes no more entries.
+    stopping: std::sync::atomic::AtomicBool,
     seq: AtomicU64,
     m: WtMetrics,
 }
@@ -179,6 +181,7 @@ impl WriteThrough {
             types: cfg.types.clone(),
             queue,
             wake: tokio::sync::Notify::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             seq: AtomicU64::new(0),
             m: WtMetrics {
                 backlog,
@@ -186,6 +189,12 @@ impl WriteThrough {
                 total,
             },
         }))
+    }
+
+    /// The queue worker takes no more entries (they stay on disk for the next process).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
     }
 
     /// Whether writes of a path (live or not) go through.
@@ -391,7 +400,7 @@ impl WriteThrough {
             return;
         };
         let mut backoff = BACKOFF_MIN;
-        loop {
+        while !self.stopping.load(Ordering::Relaxed) {
             let d = dir.clone();
             let listed = tokio::task::spawn_blocking(move || list(&d)).await;
             let (entries, total) = match listed {

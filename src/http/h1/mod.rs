@@ -73,15 +73,19 @@ pub async fn serve(
         // Idle: wait for the first byte of the next request, or the drain. The read buffer is
         // released while idle, so a parked keep-alive connection costs little more than its task.
         if buf.is_empty() {
-            if drain.is_stopping() {
-                break;
-            }
             if buf.capacity() > 0 {
                 buf = BytesMut::new();
             }
-            let ready = tokio::select! {
-                r = tokio::time::timeout(cfg.keepalive_timeout, stream.readable()) => r,
-                _ = &mut stopped => break,
+            // Draining: a request the client is already sending is still answered (with
+            // `Connection: close`); see `drain::IDLE_GRACE` for why idle is not closed at once.
+            let grace = crate::drain::IDLE_GRACE.min(cfg.keepalive_timeout);
+            let ready = if drain.is_stopping() {
+                tokio::time::timeout(grace, stream.readable()).await
+            } else {
+                tokio::select! {
+                    r = tokio::time::timeout(cfg.keepalive_timeout, stream.readable()) => r,
+                    _ = &mut stopped => tokio::time::timeout(grace, stream.readable()).await,
+                }
             };
             if !matches!(ready, Ok(Ok(()))) {
                 break;
