@@ -644,15 +644,6 @@ impl Drop for BadUpstream {
 // ---------------------------------------------------------------------------------------------
 // Upstream: nginx
 
-fn find_program(name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join(name))
-        .chain(fallbacks.iter().cloned())
-        .find(|p| p.is_file())
-}
-
 /// nginx serving a copy of the demo corpus on a free port, in the foreground, one process,
 /// everything (pid, logs, temp dirs) in its own temp dir.
 struct Nginx {
