@@ -14,6 +14,7 @@ mod ingest;
 mod lifecycle;
 mod limits;
 mod live;
+mod ops;
 mod regression;
 mod tls;
 mod token;
