@@ -15,6 +15,7 @@ mod ingest;
 mod lifecycle;
 mod limits;
 mod live;
+mod ops;
 mod regression;
 mod tls;
 mod token;

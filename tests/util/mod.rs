@@ -494,3 +494,13 @@ pub async fn send(
         body,
     }
 }
+
+/// `name` on `PATH`, else the first of `fallbacks` that exists.
+pub fn find_program(name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .chain(fallbacks.iter().cloned())
+        .find(|p| p.is_file())
+}

@@ -1,0 +1,486 @@
+//! The operators' files under `config/` checked against the tools that read them and against
+//! the running server (docs/cluster.md, "Monitoring"):
+//! - `promtool check rules` and `promtool test rules` pass on `config/prometheus/segd-rules.yml`
+//!   and its unit tests (promtool from Debian's `prometheus` package; with `CI` set a missing
+//!   promtool fails the test, elsewhere the promtool checks are skipped with a note)
+//! - `config/grafana/segd-dashboard.json` is a dashboard Grafana imports: schema version, the
+//!   `datasource`, `job` and `instance` variables, every panel and query on `${datasource}`,
+//!   every query filtered by `$instance`, unique panel ids; and every query parses as PromQL
+//!   (promtool checks them as recording rules)
+//! - every metric name in the rules' expressions and the dashboard's queries (`segd_*` and
+//!   `process_*`; `_bucket`/`_sum`/`_count` of a histogram count as the histogram) is in the
+//!   `/metrics` output of a running segd with TLS, ingest with write-through to a bucket
+//!   (durability "local"), the pull tier (an upstream segd and an S3 upstream) and live prefixes
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const RULES: &str = "config/prometheus/segd-rules.yml";
+const RULE_TESTS: &str = "config/prometheus/segd-rules.test.yml";
+const DASHBOARD: &str = "config/grafana/segd-dashboard.json";
+
+/// The `[[ingest.keys]]` secret the server under test accepts.
+const UP_KEY: &str = "0123456789abcdef0123456789abcdef";
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+/// promtool, or `None` (with a note) outside CI; under CI its absence is a failure.
+fn promtool() -> Option<PathBuf> {
+    let found = find_program("promtool", &[PathBuf::from("/usr/bin/promtool")]);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is not installed (Debian package `prometheus`; .ci/run installs it)"
+        );
+        eprintln!("promtool not installed (apt-get install prometheus): promtool checks skipped");
+    }
+    found
+}
+
+/// Runs promtool with `args`; panics with its output unless it exits 0.
+fn run_promtool(bin: &Path, args: &[&str], dir: &Path) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metric names in PromQL, roughly: identifiers that start with `segd_` or `process_`.
+
+fn metric_names(expr: &str, into: &mut BTreeSet<String>) {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let b = expr.as_bytes();
+    let (mut i, mut quoted) = (0, false);
+    while i < b.len() {
+        match b[i] {
+            // Label values and regexes are not names.
+            b'\\' if quoted => i += 2,
+            b'"' => {
+                quoted = !quoted;
+                i += 1;
+            }
+            c if !quoted && ident(c) => {
+                let end = (i..b.len()).find(|&j| !ident(b[j])).unwrap_or(b.len());
+                let word = &expr[i..end];
+                if word.starts_with("segd_") || word.starts_with("process_") {
+                    into.insert(word.to_string());
+                }
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// The `expr:` values of a rules file (one line, or a `|`/`>` block), without a YAML parser.
+fn rule_exprs(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let indent = line.len() - line.trim_start().len();
+        let Some(value) = line.trim_start().strip_prefix("expr:") else {
+            i += 1;
+            continue;
+        };
+        let value = value.trim();
+        if value.starts_with('|') || value.starts_with('>') {
+            let mut block = String::new();
+            i += 1;
+            while i < lines.len() {
+                let l = lines[i];
+                let ind = l.len() - l.trim_start().len();
+                if !l.trim().is_empty() && ind <= indent {
+                    break;
+                }
+                block.push_str(l.trim());
+                block.push('\n');
+                i += 1;
+            }
+            out.push(block);
+        } else {
+            out.push(value.trim_matches(|c| c == '\'' || c == '"').to_string());
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Every query string of a dashboard: targets' `expr`, and variables' `query`/`definition`.
+fn dashboard_queries(v: &serde_json::Value, into: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(s)) => {
+                        into.push(s.clone())
+                    }
+                    _ => dashboard_queries(x, into),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| dashboard_queries(x, into)),
+        _ => {}
+    }
+}
+
+fn dashboard() -> serde_json::Value {
+    serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is valid JSON")
+}
+
+/// Every panel, those nested in collapsed rows included.
+fn panels(d: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner);
+        }
+    }
+    out
+}
+
+/// Metric names the rules and the dashboard use, with where each is used.
+fn used_metrics() -> BTreeMap<String, BTreeSet<&'static str>> {
+    let mut used: BTreeMap<String, BTreeSet<&'static str>> = BTreeMap::new();
+    let mut add = |exprs: Vec<String>, file: &'static str| {
+        let mut names = BTreeSet::new();
+        for e in &exprs {
+            metric_names(e, &mut names);
+        }
+        for n in names {
+            used.entry(n).or_default().insert(file);
+        }
+    };
+    let rules = rule_exprs(&read(RULES));
+    assert!(
+        rules.len() >= 20,
+        "found only {} rule expressions",
+        rules.len()
+    );
+    add(rules, RULES);
+    let mut queries = Vec::new();
+    dashboard_queries(&dashboard(), &mut queries);
+    assert!(
+        queries.len() >= 40,
+        "found only {} dashboard queries",
+        queries.len()
+    );
+    add(queries, DASHBOARD);
+    used
+}
+
+/// Metric families (`# TYPE` lines: name → type) and sample names of a `/metrics` text.
+fn exported(text: &str) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut families = BTreeMap::new();
+    let mut samples = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(n), Some(t)) = (it.next(), it.next()) {
+                families.insert(n.to_string(), t.to_string());
+            }
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            samples.insert(line[..end].to_string());
+        }
+    }
+    (families, samples)
+}
+
+/// Whether `/metrics` has `name`, as a family, a sample, or a histogram's series.
+fn is_exported(
+    name: &str,
+    families: &BTreeMap<String, String>,
+    samples: &BTreeSet<String>,
+) -> bool {
+    if samples.contains(name) || families.contains_key(name) {
+        return true;
+    }
+    ["_bucket", "_sum", "_count"].iter().any(|s| {
+        name.strip_suffix(s).is_some_and(|base| {
+            families
+                .get(base)
+                .is_some_and(|t| t == "histogram" || t == "summary")
+        })
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. promtool on the rules and their unit tests
+
+#[test]
+fn ops_prometheus_rules_pass_promtool() {
+    let Some(bin) = promtool() else { return };
+    let dir = repo("config/prometheus");
+    let out = run_promtool(&bin, &["check", "rules", "segd-rules.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+    let out = run_promtool(&bin, &["test", "rules", "segd-rules.test.yml"], &dir);
+    assert!(out.contains("SUCCESS"), "{out}");
+
+    // Every alert says how bad it is and what to do, and waits a stated time.
+    let text = read(RULES);
+    let alerts = text.matches("- alert: ").count();
+    assert!(alerts >= 15, "{alerts} alerts");
+    for key in ["for: ", "severity: ", "summary: ", "description: "] {
+        assert_eq!(text.matches(key).count(), alerts, "every alert has `{key}`");
+    }
+    let tests = read(RULE_TESTS);
+    assert!(
+        tests.contains("- segd-rules.yml"),
+        "the tests load the shipped rules"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The dashboard: shape and PromQL
+
+#[test]
+fn ops_grafana_dashboard_is_well_formed() {
+    let d = dashboard();
+    let schema = d["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(d["id"].is_null(), "no database id in a shipped dashboard");
+
+    let vars = d["templating"]["list"].as_array().expect("templating.list");
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` variable"))
+    };
+    assert_eq!(var("datasource")["type"], "datasource");
+    assert_eq!(var("datasource")["query"], "prometheus");
+    assert_eq!(var("instance")["type"], "query");
+    assert_eq!(var("job")["type"], "query");
+
+    let ds = |v: &serde_json::Value, what: &str| {
+        assert_eq!(
+            v["datasource"]["uid"], "${datasource}",
+            "{what}: datasource"
+        );
+        assert_eq!(v["datasource"]["type"], "prometheus", "{what}: datasource");
+    };
+    ds(var("instance"), "variable instance");
+    ds(var("job"), "variable job");
+    let mut ids = BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in panels(&d) {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "{title}: id"
+        );
+        let w = p["gridPos"]["w"].as_u64().expect("gridPos.w");
+        let x = p["gridPos"]["x"].as_u64().expect("gridPos.x");
+        assert!(x + w <= 24, "{title}: gridPos");
+        if p["type"] == "row" {
+            continue;
+        }
+        ds(p, title);
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            ds(t, title);
+            let e = t["expr"].as_str().expect("expr").to_string();
+            if e.contains("segd_") {
+                assert!(e.contains("instance=~\"$instance\""), "{title}: {e}");
+            }
+            exprs.push(e);
+        }
+    }
+    assert!(exprs.len() >= 40, "{} queries", exprs.len());
+
+    // Every query parses as PromQL: promtool checks them as recording rules, with Grafana's
+    // variables replaced by values.
+    let Some(bin) = promtool() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$job", "segd")
+            .replace("$instance", ".*");
+        let quoted = serde_json::to_string(&e).expect("quote");
+        rules.push_str(&format!(
+            "      - record: dashboard:query{i}\n        expr: {quoted}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("dashboard.yml"), rules).expect("write");
+    let out = run_promtool(&bin, &["check", "rules", "dashboard.yml"], dir.path());
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Only metrics segd exports
+
+#[test]
+fn ops_metric_extraction_is_rough_but_right() {
+    let mut n = BTreeSet::new();
+    metric_names(
+        "sum by (le) (rate(segd_x_bucket{a=\"segd_label_value\"}[5m])) / process_cpu_seconds_total + my_segd_y + segd:rec:ratio",
+        &mut n,
+    );
+    let got: Vec<&str> = n.iter().map(String::as_str).collect();
+    assert_eq!(got, ["process_cpu_seconds_total", "segd_x_bucket"]);
+    let yaml = "      - alert: A\n        expr: up{job=\"segd\"} == 0\n      - alert: B\n        expr: |\n          sum(rate(segd_a[5m]))\n            > 1\n        for: 1m\n";
+    assert_eq!(
+        rule_exprs(yaml),
+        ["up{job=\"segd\"} == 0", "sum(rate(segd_a[5m]))\n> 1\n"]
+    );
+    let (f, s) = exported(
+        "# TYPE segd_h histogram\nsegd_h_bucket{le=\"1\"} 0\nsegd_h_sum 0\n# TYPE segd_c counter\nsegd_c 1\n",
+    );
+    assert!(is_exported("segd_h_count", &f, &s) && is_exported("segd_h_bucket", &f, &s));
+    assert!(is_exported("segd_c", &f, &s) && !is_exported("segd_c_count", &f, &s));
+}
+
+#[tokio::test]
+async fn ops_rules_and_dashboard_name_only_exported_metrics() {
+    let used = used_metrics();
+
+    // An upstream segd with the demo corpus (the pull tier's HTTP origin).
+    let origin_vols = demo_volumes();
+    let origin = Server::start(&config_for(
+        &[
+            &origin_vols.path().join("disk1"),
+            &origin_vols.path().join("disk2"),
+        ],
+        "",
+    ));
+
+    // The node: one empty volume, TLS, ingest with write-through to an S3 bucket that does not
+    // answer (durability "local": the upload is queued and its copy fails, so the queue's
+    // metrics move), the pull tier, live prefixes.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("disk1");
+    std::fs::create_dir_all(&vol).expect("mkdir");
+    std::fs::create_dir_all(dir.path().join("pull-cache")).expect("mkdir");
+    std::fs::write(dir.path().join("s3-secret"), "ops-test-secret\n").expect("secret");
+    // A port nobody listens on (the listener is dropped at once).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-ops");
+    let tls = crate::tls::tls_config(dir.path(), &cert, &key);
+    let extra = format!(
+        r#"{tls}
+[ingest]
+prefixes = ["/live/", "/up/"]
+reserve = "1MiB"
+write_through = "bucket"
+durability = "local"
+[[ingest.keys]]
+id = "up1"
+secret = "{UP_KEY}"
+
+[live]
+prefixes = ["/live/"]
+
+[pull]
+cache_path = "{cache}"
+max_bytes = "64MiB"
+connect_timeout = "200ms"
+stale_if_error = "0s"
+[[pull.upstreams]]
+name = "origin"
+url = "http://{origin}"
+prefixes = ["/vod/"]
+[[pull.upstreams]]
+name = "bucket"
+s3_endpoint = "http://{closed}"
+bucket = "media"
+region = "us-east-1"
+access_key_id = "ops-test"
+secret_access_key_file = "{secret}"
+prefixes = ["/up/"]
+"#,
+        cache = dir.path().join("pull-cache").display(),
+        origin = origin.addr,
+        secret = dir.path().join("s3-secret").display(),
+    );
+    let cfg = config_for(&[&vol], &extra);
+    // A config segd refuses would only show as a missing banner: say why instead.
+    std::fs::write(dir.path().join("segd.toml"), &cfg).expect("write config");
+    let check = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(dir.path().join("segd.toml"))
+        .output()
+        .expect("run segd check-config");
+    assert!(
+        check.status.success(),
+        "segd refuses the node's config (write-through as in docs/cluster.md):\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let node = Server::start(&cfg);
+
+    // Traffic that makes the labelled series appear: a pull miss then a hit, an upstream 404,
+    // a bucket that does not answer (502), a refusal, a TLS request, an upload.
+    let seg = "/vod/t1/hls/64k/seg_00001.ts";
+    assert_eq!(get(&node.url(seg), &[]).await.status, 200);
+    assert_eq!(get(&node.url(seg), &[]).await.status, 200);
+    assert_eq!(get(&node.url("/vod/t1/none.ts"), &[]).await.status, 404);
+    assert_eq!(get(&node.url("/up/a/none.ts"), &[]).await.status, 502);
+    let r = crate::tls::send(
+        crate::tls::connect(
+            &node,
+            &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+        )
+        .await,
+        "GET",
+        seg,
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let tok = token_with_key(UP_KEY, "/up/*");
+    let put = send("PUT", &node.url(&q("/up/a/x.ts", &tok)), &[], b"ops", false).await;
+    assert_eq!(put.status, 201, "{}", put.text());
+
+    // Wait for the write-through attempt (and anything else that appears late), then compare.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let missing = loop {
+        let text = get(&node.admin_url("/metrics"), &[]).await.text();
+        let (families, samples) = exported(&text);
+        let missing: Vec<String> = used
+            .iter()
+            .filter(|(n, _)| !is_exported(n, &families, &samples))
+            .map(|(n, files)| format!("{n} (used in {files:?})"))
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        missing.is_empty(),
+        "metrics used by the rules or the dashboard that segd does not export:\n{}",
+        missing.join("\n")
+    );
+}
