@@ -46,6 +46,27 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Largest body kept in memory for [`Mode::keep`] (playlists).
 const KEEP_MAX: usize = 4 << 20;
 
+/// Chunks received and not yet written.
+#[derive(Default)]
+struct Pending {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.len += b.len();
+            self.chunks.push(b);
+        }
+    }
+
+    fn take(&mut self) -> Vec<Bytes> {
+        self.len = 0;
+        std::mem::take(&mut self.chunks)
+    }
+}
+
 /// What else an upload does besides writing its file.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mode {
@@ -64,7 +85,8 @@ pub struct Mode {
 /// leaves no trace.
 pub struct Upload {
     temp: Option<TempFile>,
-    buf: BytesMut,
+    /// Received chunks not yet written, as they came (written with one `writev`, no copy).
+    buf: Pending,
     name: String,
     key: RelPath,
     volume: usize,
@@ -96,7 +118,7 @@ impl Upload {
     /// Takes the next piece of the body.
     pub async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
         let total =
-            self.temp.as_ref().map_or(0, TempFile::written) + (self.buf.len() + data.len()) as u64;
+            self.temp.as_ref().map_or(0, TempFile::written) + (self.buf.len + data.len()) as u64;
         if total > self.room {
             return Err(WriteError::NoSpace);
         }
@@ -107,8 +129,8 @@ impl Upload {
                 self.kept = None;
             }
         }
-        self.buf.extend_from_slice(&data);
-        if self.buf.len() >= WRITE_BUFFER {
+        self.buf.push(data);
+        if self.buf.len >= WRITE_BUFFER {
             self.flush().await?;
         }
         Ok(())
@@ -117,7 +139,7 @@ impl Upload {
     /// The sender has nothing more for now: readers of a growing upload get what is buffered
     /// (a burst of chunks is written once; a trickle, chunk by chunk as it comes).
     pub async fn idle(&mut self) -> Result<(), WriteError> {
-        if self.publisher.is_some() && !self.buf.is_empty() {
+        if self.publisher.is_some() && self.buf.len > 0 {
             self.flush().await?;
         }
         Ok(())
@@ -127,9 +149,9 @@ impl Upload {
         let Some(mut temp) = self.temp.take() else {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
-        let buf = self.buf.split().freeze();
+        let buf = self.buf.take();
         let (temp, r) = tokio::task::spawn_blocking(move || {
-            let r = temp.write_all(&buf);
+            let r = temp.write_chunks(&buf);
             (temp, r)
         })
         .await
@@ -157,14 +179,14 @@ impl Upload {
         let Some(mut temp) = self.temp.take() else {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
-        let buf = self.buf.split().freeze();
+        let buf = self.buf.take();
         let durable = self.durable;
         if let Some(wt) = self.through.clone() {
             // Written through: the bucket has it (or the queue says it will) before the rename.
             let key = self.key.clone();
             let w = Arc::clone(&wt);
             let r = tokio::task::spawn_blocking(move || {
-                let r = temp.write_all(&buf).and_then(|()| match w.durability {
+                let r = temp.write_chunks(&buf).and_then(|()| match w.durability {
                     Durability::Upstream => temp.seal(durable).map(Some),
                     Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
                 });
@@ -181,7 +203,7 @@ impl Upload {
             return self.rename().await;
         }
         let r = tokio::task::spawn_blocking(move || {
-            let r = temp.write_all(&buf);
+            let r = temp.write_chunks(&buf);
             (temp, r)
         })
         .await
@@ -363,7 +385,7 @@ pub async fn begin(
         kept: mode.keep.then(BytesMut::new),
         publisher,
         temp: Some(temp),
-        buf: BytesMut::new(),
+        buf: Pending::default(),
         name: split(rel).1.to_owned(),
         key: rel.clone(),
         volume,

@@ -182,6 +182,32 @@ impl TempFile {
         Ok((rustix::fs::fstat(f)?, f.try_clone()?))
     }
 
+    /// Appends `chunks` in order with as few `writev` calls as the kernel allows (blocking: call
+    /// it off the request threads).
+    pub fn write_chunks(&mut self, chunks: &[bytes::Bytes]) -> io::Result<()> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        // IOV_MAX is 1024 on Linux: larger lists go in groups.
+        for group in chunks.chunks(1024) {
+            let mut slices: Vec<io::IoSlice<'_>> =
+                group.iter().map(|c| io::IoSlice::new(c)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match f.write_vectored(rest) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                    Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.written += total as u64;
+        Ok(())
+    }
+
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
     /// one of the directory, when `durable`). Returns the new file's metadata.
     pub fn commit(mut self, target: &str, durable: bool) -> io::Result<rustix::fs::Stat> {
