@@ -232,6 +232,12 @@ impl Store {
     /// Builds every tier for `cfg` and registers the store's collector with `metrics`.
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Store> {
         let cache_stats = Arc::new(Stats::default());
+        if let Some(dir) = &cfg.pull.cache_path {
+            // A fresh node's cache directory does not exist yet; without it every pull fails.
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::error!(path = %dir.display(), error = %e, "cannot create pull.cache_path");
+            }
+        }
         let local = Local::build(cfg, None, &metrics, &cache_stats);
         let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
         let write_through = write_through::WriteThrough::new(cfg, &metrics)?.map(Arc::new);
