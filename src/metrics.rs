@@ -59,6 +59,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … (from
+        // /proc/self): what the dashboard's CPU and memory panels and node sizing need.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let requests = IntCounterVec::new(
             Opts::new("segd_http_requests_total", "HTTP requests answered"),
             &["method", "status_class", "proto"],
