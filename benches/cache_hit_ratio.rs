@@ -2,6 +2,9 @@
 //! moka (TinyLFU admission + LRU eviction, what segd uses) against a plain LRU of the same
 //! capacity (the `lru` crate), plus a "scan" variant where a one-off sweep over cold objects is
 //! interleaved with the hot traffic — the case TinyLFU admission exists for.
+//! A second table does the same for the pull cache's index: byte-weighted (objects of 32 KiB to
+//! 1 MiB, capacity in bytes, moka's weigher as `store/pull.rs` sets it) against an LRU evicting
+//! by bytes, with byte hit ratios too (what the upstream is spared).
 //! Run: `cargo bench --bench cache_hit_ratio`.
 
 use std::num::NonZeroUsize;
@@ -87,6 +90,67 @@ fn lru_ratio(trace: &[u64], cap: u64) -> f64 {
     hits as f64 / trace.len() as f64
 }
 
+/// Size of object `k` in bytes: 32 KiB to 1 MiB, fixed per object (segments of several bitrates).
+fn size_of(k: u64) -> u64 {
+    let mut x = k.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5bd1_e995;
+    x ^= x >> 29;
+    (32 << 10) + (x % 31) * (32 << 10)
+}
+
+/// (object hit ratio, byte hit ratio) of a byte-weighted moka cache of `cap` bytes, configured as
+/// the pull cache's index is (weigher: object bytes + a 256-byte sidecar).
+fn moka_weighted(trace: &[u64], cap: u64) -> (f64, f64) {
+    let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
+        .max_capacity(cap)
+        .weigher(|_k: &u64, v: &u64| u32::try_from(*v + 256).unwrap_or(u32::MAX))
+        .build();
+    let (mut hits, mut hit_bytes, mut bytes) = (0u64, 0u64, 0u64);
+    for (i, k) in trace.iter().enumerate() {
+        let len = size_of(*k);
+        bytes += len;
+        if c.get(k).is_some() {
+            hits += 1;
+            hit_bytes += len;
+        } else {
+            c.insert(*k, len);
+        }
+        if i % 1024 == 0 {
+            c.run_pending_tasks();
+        }
+    }
+    (
+        hits as f64 / trace.len() as f64,
+        hit_bytes as f64 / bytes as f64,
+    )
+}
+
+/// The same for an LRU that evicts least recently used objects until the bytes fit.
+fn lru_weighted(trace: &[u64], cap: u64) -> (f64, f64) {
+    let mut c = lru::LruCache::unbounded();
+    let (mut held, mut hits, mut hit_bytes, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    for k in trace {
+        let len = size_of(*k);
+        bytes += len;
+        if c.get(k).is_some() {
+            hits += 1;
+            hit_bytes += len;
+            continue;
+        }
+        c.put(*k, len);
+        held += len + 256;
+        while held > cap {
+            match c.pop_lru() {
+                Some((_, l)) => held -= l + 256,
+                None => break,
+            }
+        }
+    }
+    (
+        hits as f64 / trace.len() as f64,
+        hit_bytes as f64 / bytes as f64,
+    )
+}
+
 fn main() {
     let n = 100_000;
     let len = 1_000_000;
@@ -105,6 +169,26 @@ fn main() {
             let cap = n as u64 * pct / 100;
             let (m, l) = (moka_ratio(&t, cap), lru_ratio(&t, cap));
             println!("| {name} | {pct}% | {:.3} | {:.3} | {:+.3} |", m, l, m - l);
+        }
+    }
+
+    let bytes: u64 = (0..n as u64).map(size_of).sum();
+    println!(
+        "\nPull cache index (byte-weighted): catalogue {n} objects, {} MiB; object / byte hit ratio\n",
+        bytes >> 20
+    );
+    println!("| workload | cache size (% of catalogue bytes) | moka objects | LRU objects | moka bytes | LRU bytes |");
+    println!("|---|---|---|---|---|---|");
+    for (name, s, scan) in [
+        ("zipf s=0.9", 0.9, false),
+        ("zipf s=0.9 + cold scan", 0.9, true),
+    ] {
+        let t = trace(n, len, s, scan);
+        for pct in [5u64, 10, 20] {
+            let cap = bytes * pct / 100;
+            let (m, mb) = moka_weighted(&t, cap);
+            let (l, lb) = lru_weighted(&t, cap);
+            println!("| {name} | {pct}% | {m:.3} | {l:.3} | {mb:.3} | {lb:.3} |");
         }
     }
 }
