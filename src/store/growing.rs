@@ -14,7 +14,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
 use super::body::ByteStream;
@@ -33,6 +33,27 @@ pub struct Growing {
     /// reader that asks at once waits instead of missing it).
     file: std::sync::OnceLock<Arc<File>>,
     progress: watch::Sender<Progress>,
+    /// The most recent chunks written (offset, bytes), up to [`RETAIN`] bytes: readers that
+    /// keep up with the writer — every waiter of a stampede — take them from here, no read.
+    recent: Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+}
+
+/// Bytes of recent chunks kept in memory per object being written.
+const RETAIN: usize = 1 << 20;
+
+impl Growing {
+    /// Up to `max` bytes at `pos` from the retained chunks, if they hold `pos`.
+    fn recent_at(&self, pos: u64, max: u64) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let (off, b) = recent
+            .iter()
+            .find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
+        let start = (pos - off) as usize;
+        let end = b
+            .len()
+            .min(start + usize::try_from(max).unwrap_or(usize::MAX));
+        Some(b.slice(start..end))
+    }
 }
 
 impl Growing {
@@ -59,6 +80,10 @@ impl Growing {
                     };
                     let avail = end.map_or(avail, |e| avail.min(e));
                     if pos < avail {
+                        if let Some(b) = file.recent_at(pos, avail - pos) {
+                            let next = pos + b.len() as u64;
+                            return Some((Ok(b), (next, rx, file, false)));
+                        }
                         let want = (avail - pos).min(crate::io::CHUNK as u64) as usize;
                         let Some(f) = file.file.get().cloned() else {
                             let e = io::Error::other("growing object has no file");
@@ -127,9 +152,41 @@ impl Publisher {
         self.entry.progress.send_replace(Progress::Writing(written));
     }
 
+    /// Like [`Publisher::advance`], keeping `chunks` (just written, ending at `written`) for
+    /// readers that keep up.
+    pub fn advance_with(&self, written: u64, chunks: &[Bytes]) {
+        {
+            let mut recent = self.entry.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+            let mut off = written - total.min(written);
+            for c in chunks {
+                if !c.is_empty() {
+                    recent.push_back((off, c.clone()));
+                    off += c.len() as u64;
+                }
+            }
+            let mut held: usize = recent.iter().map(|(_, b)| b.len()).sum();
+            while held > RETAIN && recent.len() > 1 {
+                if let Some((_, b)) = recent.pop_front() {
+                    held -= b.len();
+                }
+            }
+        }
+        self.advance(written);
+    }
+
     pub fn done(mut self, len: u64) {
         self.entry.progress.send_replace(Progress::Done(len));
         self.finished = true;
+    }
+
+    /// The writer failed: what it kept goes (readers fail on the progress).
+    fn forget_recent(&self) {
+        self.entry
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 
@@ -137,6 +194,7 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         if !self.finished {
             self.entry.progress.send_replace(Progress::Failed);
+            self.forget_recent();
         }
         let mut map = self.set.map.lock().unwrap_or_else(|p| p.into_inner());
         if map
@@ -160,6 +218,7 @@ impl GrowingSet {
         let entry = Arc::new(Growing {
             file: std::sync::OnceLock::new(),
             progress: watch::Sender::new(Progress::Writing(0)),
+            recent: Mutex::default(),
         });
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(key.to_owned(), Arc::clone(&entry));

@@ -1059,6 +1059,7 @@ impl Pull {
             }
             let batch = pending.split().freeze();
             let n = batch.len() as u64;
+            let kept = batch.clone();
             let (t, r) = match tokio::task::spawn_blocking(move || {
                 let r = temp.write_all(&batch);
                 (temp, r)
@@ -1074,7 +1075,7 @@ impl Pull {
                 return false;
             }
             self.m.fill_bytes.inc_by(n);
-            publisher.advance(temp.written());
+            publisher.advance_with(temp.written(), std::slice::from_ref(&kept));
         }
         if temp.written() != len {
             tracing::warn!(path = %key, got = temp.written(), want = len, "upstream body shorter than its Content-Length");

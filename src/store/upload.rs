@@ -150,16 +150,17 @@ impl Upload {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
         let buf = self.buf.take();
-        let (temp, r) = tokio::task::spawn_blocking(move || {
+        let (temp, r, buf) = tokio::task::spawn_blocking(move || {
             let r = temp.write_chunks(&buf);
-            (temp, r)
+            (temp, r, buf)
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
         self.temp = Some(temp);
         r.map_err(|e| self.io_error(e))?;
         if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
-            p.advance(t.written());
+            // Readers of a growing upload take these chunks from memory.
+            p.advance_with(t.written(), &buf);
         }
         Ok(())
     }
