@@ -24,6 +24,7 @@
 
 mod parse;
 mod socket;
+mod trim;
 mod write;
 mod zerocopy;
 
@@ -122,6 +123,7 @@ pub async fn serve(
         ))
         .await;
         first = false;
+        trim::request_done();
         if !matches!(next, Next::Again) {
             break next;
         }
