@@ -127,8 +127,8 @@ class Server:
 class Segd(Server):
     name = "segd"
 
-    def __init__(self, binary, root, run, pinned):
-        self.binary, self.root, self.run, self.pinned = binary, root, run, pinned
+    def __init__(self, binary, root, run, pinned, name="segd"):
+        self.binary, self.root, self.run, self.pinned, self.name = binary, root, run, pinned, name
         self.port, self.h2port, self.tlsport = SEGD_PORT, SEGD_PORT, SEGD_TLS
         # Per-scenario settings: (server, cache) TOML lines.
         self.extra_server, self.extra_cache, self.extra_tls = "", "", ""
@@ -305,7 +305,9 @@ def spread_table(rows):
     so a co-tenant's load hits both halves of a pair more alike than two rounds apart)."""
     out = ["Spread across rounds (min / median / max). Per-round ratio: segd ÷ nginx within each A/B pair. "
            "cpu0 other: CPU time other processes took on the server's core during the round (median, max).", "",
-           "| scenario | figure | segd | nginx | per-round ratio | rounds | cpu0 other % | steal % |", "|---|---|---|---|---|---|---|---|"]
+           "With --baseline, base is the other segd binary, run in the same rounds.", "",
+           "| scenario | figure | segd | nginx | per-round ratio | base | base per-round ratio | segd ÷ base per round | rounds | cpu0 other % | steal % |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def mmm(vals, fmt):
         vals = [v for v in vals if v == v]
@@ -318,8 +320,10 @@ def spread_table(rows):
         key = "rss_mb" if all(r["cpu_us_per_req"] != r["cpu_us_per_req"] for r in rs) else "cpu_us_per_req"
         label = "RSS MB" if key == "rss_mb" else "CPU µs/req"
         by = {(r["round"], r["server"]): r[key] for r in rs}
-        ratios = [by[(n, "segd")] / by[(n, "nginx")] for n in sorted({r["round"] for r in rs})
-                  if (n, "segd") in by and (n, "nginx") in by and by[(n, "nginx")]]
+        def per_round(a, b):
+            return [by[(n, a)] / by[(n, b)] for n in sorted({r["round"] for r in rs})
+                    if (n, a) in by and (n, b) in by and by[(n, b)]]
+        ratios = per_round("segd", "nginx")
         other = [r.get("cpu0_other_pct", float("nan")) for r in rs]
         other = [v for v in other if v == v]
         steal = [r.get("steal_pct", float("nan")) for r in rs]
@@ -327,7 +331,9 @@ def spread_table(rows):
         oth = f"{statistics.median(other):.0f}, {max(other):.0f}" if other else "—"
         stl = f"{statistics.median(steal):.1f}, {max(steal):.1f}" if steal else "—"
         out.append(f"| {sname} | {label} | {mmm([r[key] for r in rs if r['server'] == 'segd'], '{:.1f}')} | "
-                   f"{mmm([r[key] for r in rs if r['server'] == 'nginx'], '{:.1f}')} | {mmm(ratios, '{:.2f}')} | {len(ratios)} | {oth} | {stl} |")
+                   f"{mmm([r[key] for r in rs if r['server'] == 'nginx'], '{:.1f}')} | {mmm(ratios, '{:.2f}')} | "
+                   f"{mmm([r[key] for r in rs if r['server'] == 'base'], '{:.1f}')} | {mmm(per_round('base', 'nginx'), '{:.2f}')} | "
+                   f"{mmm(per_round('segd', 'base'), '{:.2f}')} | {len(ratios)} | {oth} | {stl} |")
     return out
 
 
@@ -339,6 +345,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds per scenario (default: 3, and 7 for large, c2000 and idle10k)")
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--baseline", default=None,
+                    help="a second segd binary (say, the previous commit's) run in the same rounds as 'base'")
     ap.add_argument("--port-base", type=int, default=18080,
                     help="first port (segd); the others follow it as 18081-18090, 18443-18444 follow 18080")
     ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls,https-large,https-large-read")
@@ -411,11 +419,14 @@ def main():
         print(f"compare: == {sname}: {sc['desc']}")
         rounds = args.rounds or sc.get("rounds", 3)
         for rnd_i in range(rounds):
-            segd = Segd(args.segd, root, run, pinned)
-            segd.extra_server, segd.extra_cache = sc.get("segd_server", ""), sc.get("segd_cache", "")
-            servers = [segd, Nginx(root, run, pinned)]
-            if rnd_i % 2:
-                servers.reverse()
+            servers = [Segd(args.segd, root, run, pinned)]
+            if args.baseline:
+                servers.append(Segd(args.baseline, root, run, pinned, name="base"))
+            for srv in servers:
+                srv.extra_server, srv.extra_cache = sc.get("segd_server", ""), sc.get("segd_cache", "")
+            servers.append(Nginx(root, run, pinned))
+            # A/B (or A/B/C) order rotates by round, so no server always runs first or last.
+            servers = servers[rnd_i % len(servers):] + servers[:rnd_i % len(servers)]
             for srv in servers:
                 if sc.get("cold"):
                     subprocess.run(["sync"])
