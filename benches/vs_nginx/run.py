@@ -315,11 +315,17 @@ def spread_table(rows):
             return "—"
         return " / ".join(fmt.format(v) for v in (min(vals), statistics.median(vals), max(vals)))
 
+    figures = []
     for sname in dict.fromkeys(r["scenario"] for r in rows):
         rs = [r for r in rows if r["scenario"] == sname]
-        key = "rss_mb" if all(r["cpu_us_per_req"] != r["cpu_us_per_req"] for r in rs) else "cpu_us_per_req"
-        label = "RSS MB" if key == "rss_mb" else "CPU µs/req"
-        by = {(r["round"], r["server"]): r[key] for r in rs}
+        if all(r["cpu_us_per_req"] != r["cpu_us_per_req"] for r in rs):
+            figures.append((sname, rs, "rss_mb", "RSS MB"))
+        else:
+            figures.append((sname, rs, "cpu_us_per_req", "CPU µs/req"))
+            figures.append((sname, rs, "p99_ms", "p99 ms"))
+            figures.append((sname, rs, "p99_norm", "p99 ÷ mean latency"))
+    for sname, rs, key, label in figures:
+        by = {(r["round"], r["server"]): r.get(key, float("nan")) for r in rs}
         def per_round(a, b):
             return [by[(n, a)] / by[(n, b)] for n in sorted({r["round"] for r in rs})
                     if (n, a) in by and (n, b) in by and by[(n, b)]]
@@ -330,9 +336,10 @@ def spread_table(rows):
         steal = [v for v in steal if v == v]
         oth = f"{statistics.median(other):.0f}, {max(other):.0f}" if other else "—"
         stl = f"{statistics.median(steal):.1f}, {max(steal):.1f}" if steal else "—"
-        out.append(f"| {sname} | {label} | {mmm([r[key] for r in rs if r['server'] == 'segd'], '{:.1f}')} | "
-                   f"{mmm([r[key] for r in rs if r['server'] == 'nginx'], '{:.1f}')} | {mmm(ratios, '{:.2f}')} | "
-                   f"{mmm([r[key] for r in rs if r['server'] == 'base'], '{:.1f}')} | {mmm(per_round('base', 'nginx'), '{:.2f}')} | "
+        fmt = "{:.2f}" if key == "p99_norm" else "{:.1f}"
+        out.append(f"| {sname} | {label} | {mmm([r.get(key, float('nan')) for r in rs if r['server'] == 'segd'], fmt)} | "
+                   f"{mmm([r.get(key, float('nan')) for r in rs if r['server'] == 'nginx'], fmt)} | {mmm(ratios, '{:.2f}')} | "
+                   f"{mmm([r.get(key, float('nan')) for r in rs if r['server'] == 'base'], fmt)} | {mmm(per_round('base', 'nginx'), '{:.2f}')} | "
                    f"{mmm(per_round('segd', 'base'), '{:.2f}')} | {len(ratios)} | {oth} | {stl} |")
     return out
 
@@ -442,7 +449,7 @@ def main():
                         for s in socks:
                             s.close()
                         res = dict(requests=10000, rps=float("nan"), mbps=float("nan"), p50_ms=float("nan"), p99_ms=float("nan"), errors=0, cpu_us_per_req=float("nan"), rss_mb=rss, rss_base_mb=base_rss,
-                                   cpu0_other_pct=float("nan"), steal_pct=float("nan"))
+                                   cpu0_other_pct=float("nan"), steal_pct=float("nan"), p99_norm=float("nan"))
                     else:
                         tls = sc.get("tls", False)
                         port = srv.tlsport if tls else srv.port
@@ -462,6 +469,11 @@ def main():
                         c1 = proc_cpu(srv.pids())
                         busy1, steal1 = cpu_times()
                         res["cpu_us_per_req"] = (c1 - c0) / max(res["requests"], 1) * 1e6
+                        # p99 in units of the mean latency (connections ÷ req/s, Little's law): the
+                        # load generator's own speed, which co-tenants move by 2x between rounds,
+                        # sets the mean; what is left is how fairly the server orders connections.
+                        conc = sc["conns"] * sc.get("streams", 1)
+                        res["p99_norm"] = res["p99_ms"] / (conc / res["rps"] * 1000) if res["rps"] else float("nan")
                         # What else ran on the server's core (compilers, other benches) and what
                         # the hypervisor took: the evidence for a noisy round.
                         res["cpu0_other_pct"] = max(0.0, (busy1 - busy0) - (c1 - c0)) / args.duration * 100 if pinned else float("nan")
@@ -474,7 +486,7 @@ def main():
                 rows.append(row)
                 print(f"compare:   round {rnd_i + 1} {srv.name:5}: {res['rps']:10.0f} req/s {res['mbps']:9.1f} MB/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  cpu {res['cpu_us_per_req']:7.2f} us/req  rss {res['rss_mb']:7.1f} MB  errors {res['errors']}  cpu0 other {res['cpu0_other_pct']:5.1f} %  steal {res['steal_pct']:4.1f} %")
 
-    keys = ["scenario", "round", "server", "requests", "rps", "mbps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb", "errors", "cpu0_other_pct", "steal_pct"]
+    keys = ["scenario", "round", "server", "requests", "rps", "mbps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb", "errors", "cpu0_other_pct", "steal_pct", "p99_norm"]
     with open(os.path.join(args.out, "raw.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
