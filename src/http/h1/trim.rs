@@ -8,12 +8,15 @@
 //! 38 of its 75 MB free after 10,000 idle connections settle). `malloc_trim(0)` hands every free
 //! page of every arena back to the kernel.
 //!
-//! It walks the heaps under their locks, so it runs only where it pays: once at least
-//! [`MIN_REQUESTS`] requests were answered since the last trim, and only after no request has
-//! finished for [`QUIET`]. Under steady load it never runs (no pause that long); after a burst it
-//! runs once. Nothing here changes how much memory a request uses, only how long freed memory
-//! stays resident. Other allocators (or other C libraries) get nothing from this: it is a no-op
-//! there.
+//! It walks the heaps under their locks, so it runs only where it pays. A trimming task starts
+//! once at least [`MIN_REQUESTS`] requests were answered since the last one ended; it trims each
+//! time no request has finished for [`QUIET`] and some did since its last trim, and ends after a
+//! quiet period with none. So under steady load it never trims (no pause that long); after a
+//! burst it trims once — and again if stragglers finish after a pause inside the burst, whose
+//! memory a trim during the pause could not return (they still held it). Traffic that arrives in
+//! gaps longer than `QUIET` keeps the task trimming at most once per gap, on a heap that is then
+//! small. Nothing here changes how much memory a request uses, only how long freed memory stays
+//! resident. Other allocators (or other C libraries) get nothing from this: it is a no-op there.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,31 +28,42 @@ const MIN_REQUESTS: u64 = 1024;
 /// How long no request may finish before the burst counts as over.
 const QUIET: Duration = Duration::from_millis(250);
 
-static SINCE_TRIM: AtomicU64 = AtomicU64::new(0);
-static PENDING: AtomicBool = AtomicBool::new(false);
+/// Requests answered since the trimming task last ended (it counts on while the task runs).
+static DONE: AtomicU64 = AtomicU64::new(0);
+/// Whether the trimming task runs.
+static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// Called once per answered request (on a runtime thread). Starts the one trimming task when
-/// enough requests have passed since the last trim; otherwise one relaxed add.
+/// enough requests have passed; otherwise one relaxed add.
 pub(super) fn request_done() {
-    let n = SINCE_TRIM.fetch_add(1, Ordering::Relaxed) + 1;
-    if n >= MIN_REQUESTS && !PENDING.swap(true, Ordering::Relaxed) {
+    let n = DONE.fetch_add(1, Ordering::Relaxed) + 1;
+    if n >= MIN_REQUESTS && !RUNNING.swap(true, Ordering::Relaxed) {
         tokio::spawn(trim_when_quiet());
     }
 }
 
-/// Waits until no request finished for a whole [`QUIET`] period, then trims once (on the
-/// blocking pool: the walk must not hold a worker).
+/// Trims whenever a [`QUIET`] period follows requests that finished since the last trim; ends
+/// after a quiet period with none. The trim runs on the blocking pool: the walk must not hold a
+/// worker.
 async fn trim_when_quiet() {
+    let mut trimmed_at = 0;
+    let mut seen = DONE.load(Ordering::Relaxed);
     loop {
-        let seen = SINCE_TRIM.load(Ordering::Relaxed);
         tokio::time::sleep(QUIET).await;
-        if SINCE_TRIM.load(Ordering::Relaxed) == seen {
+        let now = DONE.load(Ordering::Relaxed);
+        if now != seen {
+            // Still busy.
+            seen = now;
+            continue;
+        }
+        if now == trimmed_at {
             break;
         }
+        let _ = tokio::task::spawn_blocking(trim).await;
+        trimmed_at = now;
     }
-    SINCE_TRIM.store(0, Ordering::Relaxed);
-    let _ = tokio::task::spawn_blocking(trim).await;
-    PENDING.store(false, Ordering::Relaxed);
+    DONE.store(0, Ordering::Relaxed);
+    RUNNING.store(false, Ordering::Relaxed);
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
