@@ -15,9 +15,11 @@
 //!
 //! What that costs per response, in system calls: a body of up to `SENDFILE_CHUNK` bytes goes
 //! out in two sendfile calls (all but the tail, then the tail), after one residency check (two
-//! probes) and with two identity checks — eight calls with the head and the request read, where
-//! nginx (`sendfile_max_chunk 2m`, `tcp_nopush`) makes about as many. A partial send (the socket
-//! buffer full) only continues the chunk; it adds no check.
+//! probes) and with two identity checks; a 1.8 MB segment takes three sendfile calls, two
+//! residency checks and three identity checks (it took six probes and a check per call before
+//! the span was decoupled from the tail). A partial send (the socket buffer full) only continues
+//! its chunk; it adds no check. All of it is about 1 % of segd's CPU on 1–2 MB segments; the
+//! sendfile calls themselves are over 90 % (perf, `benches/results/2026-11-28-*-h1-perf/`).
 
 use std::io;
 use std::time::Duration;
@@ -31,9 +33,10 @@ use super::write::{write_all_timeout, write_simple};
 use crate::store::FileRange;
 
 /// Largest single sendfile call and the span one residency check covers; bounds how long one
-/// connection holds a worker. 2 MiB, as nginx's `sendfile_max_chunk` default since 1.21.4: a 1–2
-/// MiB segment is then sent after one residency check, in two calls (the held-back tail last).
-const SENDFILE_CHUNK: u64 = 2 << 20;
+/// connection holds a worker. 2 MiB (nginx's `sendfile_max_chunk`) was measured: it saves one
+/// call per 1–2 MB segment but cost no less CPU per request (median 348 vs 310 µs over seven
+/// interleaved rounds; more time in the kernel's page-cache lookups), so 1 MiB stays.
+const SENDFILE_CHUNK: u64 = 1 << 20;
 
 /// Held back and sent last, after a final check that the file did not change.
 const TAIL: u64 = 64 * 1024;
@@ -332,16 +335,31 @@ mod tests {
         }
     }
 
-    /// What a CDN's typical 1–2 MiB segment costs: one residency check, two sendfile calls, two
-    /// identity checks (nginx: one sendfile with `sendfile_max_chunk 2m`).
+    /// What a CDN's typical segments cost: a hot 163 KB one is one residency check and two
+    /// sends; a 1.8 MB one is two residency checks and three sends, with the file checked at
+    /// each span's end, before the tail and at the end.
     #[test]
-    fn a_segment_up_to_the_chunk_takes_two_sends() {
-        let len = 1_863_644;
+    fn typical_segments() {
+        let len = 166_000;
         assert_eq!(
             steps(0, len, u64::MAX),
             vec![
                 Step::Resident(0, len),
                 Step::Send(0, len - TAIL),
+                Step::Check(len - TAIL),
+                Step::Send(len - TAIL, TAIL),
+                Step::Check(len),
+            ]
+        );
+        let (len, c) = (1_863_644, SENDFILE_CHUNK);
+        assert_eq!(
+            steps(0, len, u64::MAX),
+            vec![
+                Step::Resident(0, c),
+                Step::Send(0, c),
+                Step::Check(c),
+                Step::Resident(c, len - c),
+                Step::Send(c, len - TAIL - c),
                 Step::Check(len - TAIL),
                 Step::Send(len - TAIL, TAIL),
                 Step::Check(len),
