@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # segd vs a tuned nginx on the same corpus, with the same load generators, in one run.
-#   benches/compare.sh [--preset small|full] [--rounds N] [--duration S] [--scenarios a,b,...]
+#   benches/compare.sh [--preset small|full] [--rounds N] [--duration S] [--scenarios a,b,...] [--port-base P]
+#                      [--baseline OTHER_SEGD_BINARY]   (runs it as 'base' in the same rounds: before/after)
 # Installs what it needs (nginx, wrk, nghttp2-client, ffmpeg), builds segd in release, generates
 # the corpus (benches/corpus.sh), and writes raw.csv + summary.md under benches/results/<date>-<commit>/.
 # Scenarios: hot, large, c2000, h2c, playlists, cold, idle10k, hot-unpinned, https, h2tls,
 # https-large, https-large-read (HTTP/3 has its own: benches/h3_vs_tls.py).
-# Ports 18080-18090 and 18443-18444.
+# Rounds: 3 per scenario, 7 for large, c2000 and idle10k (whose figures are the noisiest);
+# --rounds N sets all. The summary gives each figure's spread across rounds.
+# Ports 18080-18090 and 18443-18444 (--port-base moves them all; a port someone else already
+# serves stops the run, since both servers bind with SO_REUSEPORT and would share it silently).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset=small; pass=()
@@ -27,5 +31,5 @@ cargo build --release -q
 corpus=${SEGD_BENCH_DIR:-/var/tmp/segd-bench}
 benches/corpus.sh "$corpus" "$preset"
 out="benches/results/$(date -u +%Y-%m-%d-%H%M)-$(git rev-parse --short HEAD 2>/dev/null || echo nogit)"
-python3 benches/vs_nginx/run.py --corpus "$corpus/root" --segd target/release/segd --out "$out" "${pass[@]}"
+python3 benches/vs_nginx/run.py --corpus "$corpus/root" --segd "${CARGO_TARGET_DIR:-target}/release/segd" --out "$out" "${pass[@]}"
 echo "compare: results in $out"

@@ -5,7 +5,11 @@ Called by benches/compare.sh. For every scenario and round, each server is start
 alternating by round), warmed up (except the cold scenario), loaded, and measured:
 req/s, MB/s, p50/p99 latency, server CPU seconds per request (utime+stime of every server
 process from /proc, the stable figure on shared machines), RSS, and errors. Any non-2xx
-response or failed bind stops the run loudly. Writes raw.csv and summary.md.
+response, failed bind or port already served by another process stops the run loudly. Writes
+raw.csv and summary.md: medians, and for every scenario the spread across rounds (min/median/max of
+each server's CPU per request and RSS, and of the per-round segd/nginx ratio), with the CPU time
+that other processes took on the server's core and the VM's steal time in each round, so a noisy
+round can be told from a real difference.
 """
 import argparse
 import csv
@@ -26,6 +30,38 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT, NGINX_H2 = 18080, 18090, 18081, 18082
 SEGD_TLS, NGINX_TLS = 18443, 18444
+
+
+def set_ports(base):
+    """Moves every port by the same offset (--port-base), for machines where others run servers."""
+    global SEGD_PORT, SEGD_ADMIN, NGINX_PORT, NGINX_H2, SEGD_TLS, NGINX_TLS
+    SEGD_PORT, NGINX_PORT, NGINX_H2, SEGD_ADMIN = base, base + 1, base + 2, base + 10
+    SEGD_TLS, NGINX_TLS = base + 363, base + 364
+
+
+def ensure_free(ports):
+    """Both servers bind with SO_REUSEPORT, so a stray server on the same port would silently
+    take part of the load (and its requests would count against ours): refuse to start."""
+    for port in ports:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            continue
+        die(f"port {port} is already served by another process (ss -ltnp); pass --port-base")
+
+
+def cpu_times():
+    """(busy seconds of CPU 0, steal seconds of all CPUs) from /proc/stat."""
+    busy0 = steal = 0.0
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0] == "cpu0":
+                v = [int(x) for x in parts[1:]]
+                busy0 = (sum(v[:8]) - v[3] - v[4]) / CLK
+            elif parts[0] == "cpu":
+                steal = int(parts[8]) / CLK
+    return busy0, steal
 
 
 def die(msg):
@@ -91,13 +127,14 @@ class Server:
 class Segd(Server):
     name = "segd"
 
-    def __init__(self, binary, root, run, pinned):
-        self.binary, self.root, self.run, self.pinned = binary, root, run, pinned
+    def __init__(self, binary, root, run, pinned, name="segd"):
+        self.binary, self.root, self.run, self.pinned, self.name = binary, root, run, pinned, name
         self.port, self.h2port, self.tlsport = SEGD_PORT, SEGD_PORT, SEGD_TLS
         # Per-scenario settings: (server, cache) TOML lines.
         self.extra_server, self.extra_cache, self.extra_tls = "", "", ""
 
     def start(self):
+        ensure_free([SEGD_PORT, SEGD_ADMIN, SEGD_TLS])
         cfg = os.path.join(self.run, "segd.toml")
         with open(cfg, "w") as f:
             f.write(f"""[server]
@@ -139,6 +176,7 @@ class Nginx(Server):
         self.port, self.h2port, self.tlsport = NGINX_PORT, NGINX_H2, NGINX_TLS
 
     def start(self):
+        ensure_free([NGINX_PORT, NGINX_H2, NGINX_TLS])
         with open(os.path.join(HERE, "nginx.conf.in")) as f:
             conf = f.read()
         conf = (conf.replace("@WORKERS@", "1" if self.pinned else "2")
@@ -261,15 +299,66 @@ def idle_connections(port, path, n):
     return socks
 
 
+def spread_table(rows):
+    """Per scenario: min / median / max across rounds of each server's CPU per request (or RSS for
+    idle10k), and of the per-round segd/nginx ratio (the rounds are A/B pairs run back to back,
+    so a co-tenant's load hits both halves of a pair more alike than two rounds apart)."""
+    out = ["Spread across rounds (min / median / max). Per-round ratio: segd ÷ nginx within each A/B pair. "
+           "cpu0 other: CPU time other processes took on the server's core during the round (median, max).", "",
+           "With --baseline, base is the other segd binary, run in the same rounds.", "",
+           "| scenario | figure | segd | nginx | per-round ratio | base | base per-round ratio | segd ÷ base per round | rounds | cpu0 other % | steal % |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def mmm(vals, fmt):
+        vals = [v for v in vals if v == v]
+        if not vals:
+            return "—"
+        return " / ".join(fmt.format(v) for v in (min(vals), statistics.median(vals), max(vals)))
+
+    figures = []
+    for sname in dict.fromkeys(r["scenario"] for r in rows):
+        rs = [r for r in rows if r["scenario"] == sname]
+        if all(r["cpu_us_per_req"] != r["cpu_us_per_req"] for r in rs):
+            figures.append((sname, rs, "rss_mb", "RSS MB"))
+        else:
+            figures.append((sname, rs, "cpu_us_per_req", "CPU µs/req"))
+            figures.append((sname, rs, "p99_ms", "p99 ms"))
+            figures.append((sname, rs, "p99_norm", "p99 ÷ mean latency"))
+    for sname, rs, key, label in figures:
+        by = {(r["round"], r["server"]): r.get(key, float("nan")) for r in rs}
+        def per_round(a, b):
+            return [by[(n, a)] / by[(n, b)] for n in sorted({r["round"] for r in rs})
+                    if (n, a) in by and (n, b) in by and by[(n, b)]]
+        ratios = per_round("segd", "nginx")
+        other = [r.get("cpu0_other_pct", float("nan")) for r in rs]
+        other = [v for v in other if v == v]
+        steal = [r.get("steal_pct", float("nan")) for r in rs]
+        steal = [v for v in steal if v == v]
+        oth = f"{statistics.median(other):.0f}, {max(other):.0f}" if other else "—"
+        stl = f"{statistics.median(steal):.1f}, {max(steal):.1f}" if steal else "—"
+        fmt = "{:.2f}" if key == "p99_norm" else "{:.1f}"
+        out.append(f"| {sname} | {label} | {mmm([r.get(key, float('nan')) for r in rs if r['server'] == 'segd'], fmt)} | "
+                   f"{mmm([r.get(key, float('nan')) for r in rs if r['server'] == 'nginx'], fmt)} | {mmm(ratios, '{:.2f}')} | "
+                   f"{mmm([r.get(key, float('nan')) for r in rs if r['server'] == 'base'], fmt)} | {mmm(per_round('base', 'nginx'), '{:.2f}')} | "
+                   f"{mmm(per_round('segd', 'base'), '{:.2f}')} | {len(ratios)} | {oth} | {stl} |")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--segd", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="rounds per scenario (default: 3, and 7 for large, c2000 and idle10k)")
     ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--baseline", default=None,
+                    help="a second segd binary (say, the previous commit's) run in the same rounds as 'base'")
+    ap.add_argument("--port-base", type=int, default=18080,
+                    help="first port (segd); the others follow it as 18081-18090, 18443-18444 follow 18080")
     ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls,https-large,https-large-read")
     args = ap.parse_args()
+    set_ports(args.port_base)
     raise_nofile()
     root = os.path.abspath(args.corpus)
     os.makedirs(args.out, exist_ok=True)
@@ -299,12 +388,12 @@ def main():
 
     scenarios = {
         "hot": dict(kind="wrk", paths="hot", conns=128, desc=f"hot small segments (~{sizes['hot']/1024:.0f} KiB, random over {len(hot)}), 128 conns"),
-        "large": dict(kind="wrk", paths="large", conns=32, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
-        "c2000": dict(kind="wrk", paths="hot", conns=2000, desc="hot small segments, 2,000 concurrent connections"),
+        "large": dict(kind="wrk", paths="large", conns=32, rounds=7, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
+        "c2000": dict(kind="wrk", paths="hot", conns=2000, rounds=7, desc="hot small segments, 2,000 concurrent connections"),
         "h2c": dict(kind="h2load", paths="hot", conns=32, streams=10, desc="HTTP/2 prior knowledge (h2load), 32 conns x 10 streams"),
         "playlists": dict(kind="wrk", paths="playlists", conns=128, desc="playlists only, 128 conns"),
         "cold": dict(kind="wrk", paths="all", conns=128, cold=True, desc="cold: page cache dropped, random over the whole corpus, 128 conns"),
-        "idle10k": dict(kind="idle", desc="10,000 idle keep-alive connections: server RSS"),
+        "idle10k": dict(kind="idle", rounds=7, desc="10,000 idle keep-alive connections: server RSS"),
         "hot-unpinned": dict(kind="wrk", paths="hot", conns=128, pinned=False, desc="hot small segments, unpinned, 2 workers each"),
         "https": dict(kind="wrk", paths="hot", conns=128, tls=True, desc="HTTPS/1.1 (TLS 1.3, same certificate), hot small segments, 128 conns"),
         "h2tls": dict(kind="h2load", paths="hot", conns=32, streams=10, tls=True, desc="HTTP/2 over TLS (h2load, ALPN h2), 32 conns x 10 streams"),
@@ -335,12 +424,16 @@ def main():
                 print(f"compare: skipping cold scenario: cannot drop caches ({e})")
                 continue
         print(f"compare: == {sname}: {sc['desc']}")
-        for rnd_i in range(args.rounds):
-            segd = Segd(args.segd, root, run, pinned)
-            segd.extra_server, segd.extra_cache = sc.get("segd_server", ""), sc.get("segd_cache", "")
-            servers = [segd, Nginx(root, run, pinned)]
-            if rnd_i % 2:
-                servers.reverse()
+        rounds = args.rounds or sc.get("rounds", 3)
+        for rnd_i in range(rounds):
+            servers = [Segd(args.segd, root, run, pinned)]
+            if args.baseline:
+                servers.append(Segd(args.baseline, root, run, pinned, name="base"))
+            for srv in servers:
+                srv.extra_server, srv.extra_cache = sc.get("segd_server", ""), sc.get("segd_cache", "")
+            servers.append(Nginx(root, run, pinned))
+            # A/B (or A/B/C) order rotates by round, so no server always runs first or last.
+            servers = servers[rnd_i % len(servers):] + servers[:rnd_i % len(servers)]
             for srv in servers:
                 if sc.get("cold"):
                     subprocess.run(["sync"])
@@ -355,7 +448,8 @@ def main():
                         rss = proc_rss_mb(srv.pids())
                         for s in socks:
                             s.close()
-                        res = dict(requests=10000, rps=float("nan"), mbps=float("nan"), p50_ms=float("nan"), p99_ms=float("nan"), errors=0, cpu_us_per_req=float("nan"), rss_mb=rss, rss_base_mb=base_rss)
+                        res = dict(requests=10000, rps=float("nan"), mbps=float("nan"), p50_ms=float("nan"), p99_ms=float("nan"), errors=0, cpu_us_per_req=float("nan"), rss_mb=rss, rss_base_mb=base_rss,
+                                   cpu0_other_pct=float("nan"), steal_pct=float("nan"), p99_norm=float("nan"))
                     else:
                         tls = sc.get("tls", False)
                         port = srv.tlsport if tls else srv.port
@@ -363,6 +457,7 @@ def main():
                         if not sc.get("cold"):
                             warm = run_wrk(port, lists[sc["paths"]], min(sc["conns"], 64), 2, pinned, lua, scheme) if sc["kind"] == "wrk" else None
                         c0 = proc_cpu(srv.pids())
+                        busy0, steal0 = cpu_times()
                         if sc["kind"] == "wrk":
                             res = run_wrk(port, lists[sc["paths"]], sc["conns"], args.duration, pinned, lua, scheme)
                         else:
@@ -372,16 +467,26 @@ def main():
                                 f.write("\n".join(f"{scheme}://127.0.0.1:{h2port}{p}" for p in hot) + "\n")
                             res = run_h2load(h2port, uris, sc["conns"], sc["streams"], args.duration, pinned)
                         c1 = proc_cpu(srv.pids())
+                        busy1, steal1 = cpu_times()
                         res["cpu_us_per_req"] = (c1 - c0) / max(res["requests"], 1) * 1e6
+                        # p99 in units of the mean latency (connections ÷ req/s, Little's law): the
+                        # load generator's own speed, which co-tenants move by 2x between rounds,
+                        # sets the mean; what is left is how fairly the server orders connections.
+                        conc = sc["conns"] * sc.get("streams", 1)
+                        res["p99_norm"] = res["p99_ms"] / (conc / res["rps"] * 1000) if res["rps"] else float("nan")
+                        # What else ran on the server's core (compilers, other benches) and what
+                        # the hypervisor took: the evidence for a noisy round.
+                        res["cpu0_other_pct"] = max(0.0, (busy1 - busy0) - (c1 - c0)) / args.duration * 100 if pinned else float("nan")
+                        res["steal_pct"] = (steal1 - steal0) / args.duration * 100
                         res["rss_mb"] = proc_rss_mb(srv.pids())
                 finally:
                     srv.stop()
                 res.pop("raw", None)
                 row = dict(scenario=sname, round=rnd_i + 1, server=srv.name, **res)
                 rows.append(row)
-                print(f"compare:   round {rnd_i + 1} {srv.name:5}: {res['rps']:10.0f} req/s {res['mbps']:9.1f} MB/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  cpu {res['cpu_us_per_req']:7.2f} us/req  rss {res['rss_mb']:7.1f} MB  errors {res['errors']}")
+                print(f"compare:   round {rnd_i + 1} {srv.name:5}: {res['rps']:10.0f} req/s {res['mbps']:9.1f} MB/s  p50 {res['p50_ms']:7.2f} ms  p99 {res['p99_ms']:7.2f} ms  cpu {res['cpu_us_per_req']:7.2f} us/req  rss {res['rss_mb']:7.1f} MB  errors {res['errors']}  cpu0 other {res['cpu0_other_pct']:5.1f} %  steal {res['steal_pct']:4.1f} %")
 
-    keys = ["scenario", "round", "server", "requests", "rps", "mbps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb", "errors"]
+    keys = ["scenario", "round", "server", "requests", "rps", "mbps", "p50_ms", "p99_ms", "cpu_us_per_req", "rss_mb", "errors", "cpu0_other_pct", "steal_pct", "p99_norm"]
     with open(os.path.join(args.out, "raw.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -399,11 +504,11 @@ def main():
         errs = f"{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='segd')}/{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='nginx')}"
         lines.append(f"| {sname} | {g('segd','rps'):.0f} | {g('nginx','rps'):.0f} | {ratio('rps'):.2f} | {g('segd','cpu_us_per_req'):.1f} | {g('nginx','cpu_us_per_req'):.1f} | **{ratio('cpu_us_per_req'):.2f}** | {g('segd','p99_ms'):.2f} | {g('nginx','p99_ms'):.2f} | {ratio('p99_ms'):.2f} | {g('segd','rss_mb'):.1f} | {g('nginx','rss_mb'):.1f} | {errs} |")
     head = [f"# segd vs nginx — {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
-            f"Medians of {args.rounds} A/B-alternating rounds, {args.duration} s each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
+            f"Medians of A/B-alternating rounds ({args.rounds or 'default'} per scenario), {args.duration} s each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
             "CPU/req = server utime+stime per request (lower is better; ratio < 1 means segd is cheaper). nginx: " +
             subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() + ".", "",
             "Scenarios: " + "; ".join(f"**{k}**: {v['desc']}" for k, v in scenarios.items() if k in args.scenarios.split(",")), ""]
-    summary = "\n".join(head + lines) + "\n"
+    summary = "\n".join(head + lines + [""] + spread_table(rows)) + "\n"
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(summary)
     print(summary)
