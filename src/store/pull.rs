@@ -941,7 +941,7 @@ impl Pull {
         &self,
         local: &Arc<Local>,
         rel: &RelPath,
-        _class: ObjectClass,
+        class: ObjectClass,
         resp: http::Response<hyper::body::Incoming>,
         fill: &Fill,
         bucket: bool,
@@ -1086,9 +1086,18 @@ impl Pull {
             publisher.done(len);
             return true;
         }
+        // Segments are immutable: a copy already in place (another process's fill, during an
+        // upgrade's overlap) stays, so its readers are not cut off. Playlists are replaced.
+        let replace = class == ObjectClass::Playlist;
         let committed = tokio::task::spawn_blocking({
             let name = name.to_owned();
-            move || temp.commit(&name, false)
+            move || {
+                if replace {
+                    temp.commit(&name, false).map(Some)
+                } else {
+                    temp.commit_new(&name)
+                }
+            }
         })
         .await;
         match committed {

@@ -208,6 +208,35 @@ impl TempFile {
         Ok(())
     }
 
+    /// Renames the file to `target` unless `target` exists (then the file is dropped and `None`
+    /// returned): for immutable objects another writer (another process sharing the directory
+    /// during an upgrade) may have put in place first, and replacing it would cut off whoever is
+    /// being sent the first copy (the zero-copy contract resets a response whose file is
+    /// replaced).
+    pub fn commit_new(mut self, target: &str) -> io::Result<Option<rustix::fs::Stat>> {
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let st = rustix::fs::fstat(&file)?;
+        drop(file);
+        match rustix::fs::renameat_with(
+            &self.dir.fd,
+            self.name.as_str(),
+            &self.dir.fd,
+            target,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {
+                self.name.clear();
+                Ok(Some(st))
+            }
+            // Dropping `self` removes the temporary file.
+            Err(rustix::io::Errno::EXIST) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
     /// one of the directory, when `durable`). Returns the new file's metadata.
     pub fn commit(mut self, target: &str, durable: bool) -> io::Result<rustix::fs::Stat> {
