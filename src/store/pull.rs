@@ -698,7 +698,15 @@ impl Pull {
             };
             let t0 = Instant::now();
             let resp = self
-                .request(&conf, fetcher, up, rel, cached.as_deref())
+                .request(
+                    &conf,
+                    fetcher,
+                    up,
+                    rel,
+                    cached.as_deref(),
+                    None,
+                    conf.cfg.first_byte_timeout,
+                )
                 .await;
             self.m
                 .upstream_seconds
@@ -807,39 +815,27 @@ impl Pull {
             {
                 continue;
             }
-            let Some(Fetcher::Http(base)) = conf.fetchers.get(i) else {
-                continue; // a bucket has no live playlists
-            };
-            let uri = format!("{base}/{}?{query}", encode_path(rel.as_str()));
-            let mut req = http::Request::get(&uri);
-            if let Some((h, v)) = &up.origin_auth {
-                req = req.header(h.as_str(), v.0.as_str());
-            }
-            let Ok(req) = req.body(Empty::new()) else {
-                continue;
+            let fetcher = match conf.fetchers.get(i) {
+                Some(f @ Fetcher::Http(_)) => f,
+                _ => continue, // a bucket has no live playlists
             };
             let t0 = Instant::now();
-            let resp = tokio::time::timeout(wait, conf.client.request(req)).await;
+            let resp = self
+                .request(&conf, fetcher, up, rel, None, Some(query), wait)
+                .await;
             self.m
                 .upstream_seconds
                 .with_label_values(&[&up.name])
                 .observe(t0.elapsed().as_secs_f64());
             let resp = match resp {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
+                Ok(r) => r,
+                Err(e) => {
+                    timeout = e.kind() == io::ErrorKind::TimedOut;
                     self.m
                         .upstream_requests
                         .with_label_values(&[&up.name, "error"])
                         .inc();
                     tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream request failed");
-                    continue;
-                }
-                Err(_) => {
-                    timeout = true;
-                    self.m
-                        .upstream_requests
-                        .with_label_values(&[&up.name, "error"])
-                        .inc();
                     continue;
                 }
             };
@@ -883,7 +879,9 @@ impl Pull {
         })
     }
 
-    /// Sends the request to one upstream (within the connect and first-byte timeouts).
+    /// Sends the request (with `query`, for HTTP upstreams) to one upstream, waiting up to
+    /// `wait` for the response head.
+    #[allow(clippy::too_many_arguments)]
     async fn request(
         &self,
         conf: &Conf,
@@ -891,9 +889,14 @@ impl Pull {
         up: &UpstreamConfig,
         rel: &RelPath,
         cached: Option<&Meta>,
+        query: Option<&str>,
+        wait: Duration,
     ) -> io::Result<http::Response<hyper::body::Incoming>> {
         let uri = match fetcher {
-            Fetcher::Http(base) => format!("{base}/{}", encode_path(rel.as_str())),
+            Fetcher::Http(base) => match query {
+                Some(q) => format!("{base}/{}?{q}", encode_path(rel.as_str())),
+                None => format!("{base}/{}", encode_path(rel.as_str())),
+            },
             Fetcher::S3(s3) => {
                 let (bucket, creds, prefix) = &**s3;
                 use rusty_s3::S3Action;
@@ -917,7 +920,7 @@ impl Pull {
             }
         }
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
-        match tokio::time::timeout(conf.cfg.first_byte_timeout, conf.client.request(req)).await {
+        match tokio::time::timeout(wait, conf.client.request(req)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 let timed_out = std::error::Error::source(&e)
