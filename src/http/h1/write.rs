@@ -133,6 +133,11 @@ pub(super) async fn write_stream(
 ) -> io::Result<u64> {
     write_all_timeout(stream, head, stall).await?;
     first_byte();
+    // Many responses usually start from one event (the waiters of a fill, the readers of an
+    // upload): each sends its head, then lets the others send theirs before it sends a body
+    // that may already be all there, so the last one's first byte does not wait for every
+    // earlier one's whole body.
+    tokio::task::yield_now().await;
     let mut sent = 0u64;
     while let Some(chunk) = body.next().await {
         let data = chunk?;
