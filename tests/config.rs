@@ -33,6 +33,7 @@ fn every_problem_is_reported() {
 [server]
 listen = ["127.0.0.1:8080", "not-an-address"]
 workers = -3
+blocking_threads = 0
 drain_timeout = "forever"
 lisen = ["typo"]
 
@@ -70,6 +71,7 @@ format = "xml"
     let expect = [
         ("server.listen[1]", "IP:PORT"),
         ("server.workers", "0 (one per CPU core)"),
+        ("server.blocking_threads", "1..=1024"),
         ("server.drain_timeout", "duration"),
         ("server.lisen", "unknown key"),
         ("admin.listen", "used twice"),
@@ -95,7 +97,10 @@ format = "xml"
         .lines()
         .find(|l| l.contains("server.lisen"))
         .expect("typo line");
-    assert!(typo.contains("allowed: listen, workers"), "{typo}");
+    assert!(
+        typo.contains("allowed: listen, workers, blocking_threads"),
+        "{typo}"
+    );
     assert!(err.contains("problem(s)"));
 }
 

@@ -14,6 +14,9 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Worker threads (resolved: `0` in the file becomes the number of CPU cores).
     pub workers: usize,
+    /// Threads for blocking file work (opens, stats, writes, fsync), started at start-up and
+    /// kept: a burst of requests queues for them instead of creating a thread each.
+    pub blocking_threads: usize,
     /// How long SIGTERM waits for in-flight responses.
     pub drain_timeout: Duration,
     /// A client must send a complete request head within this time.
@@ -57,6 +60,7 @@ pub struct ServerConfig {
 pub(super) const SERVER_KEYS: &[&str] = &[
     "listen",
     "workers",
+    "blocking_threads",
     "drain_timeout",
     "header_read_timeout",
     "keepalive_timeout",
@@ -110,6 +114,7 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
     } else {
         workers
     };
+    let blocking_threads = s.int("blocking_threads", 64, 1, 1024, "1..=1024") as usize;
     let secs = Duration::from_secs;
     let ms = Duration::from_millis;
     let mmap = s.bool("mmap", true);
@@ -118,6 +123,7 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
     ServerConfig {
         listen,
         workers,
+        blocking_threads,
         drain_timeout: s.duration("drain_timeout", secs(30), secs(0), secs(3600)),
         header_read_timeout: s.duration("header_read_timeout", secs(10), ms(100), secs(600)),
         keepalive_timeout: s.duration("keepalive_timeout", secs(60), ms(100), secs(3600)),

@@ -67,6 +67,24 @@ pub(super) fn fit_fd_limit(config: &mut Config) {
 }
 
 /// Runs the daemon until SIGTERM/SIGINT and the drain finish.
+/// How long an idle blocking thread is kept. Long: a thread is cheap to keep and costs ~50 µs
+/// to create, which a burst of cold requests (a stampede on a new object) would otherwise pay
+/// once per request that finds no idle thread, serially, before the first upstream request.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Starts every blocking thread now (each of `n` tasks holds its thread a moment, so each needs
+/// a thread of its own), so the first burst of file work finds them idle.
+fn warm_blocking_pool(rt: &tokio::runtime::Runtime, n: usize) {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| rt.spawn_blocking(|| std::thread::sleep(std::time::Duration::from_millis(20))))
+        .collect();
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     fit_fd_limit(&mut config);
     if config.server.mmap && !crate::io::mapped::install() {
@@ -81,10 +99,13 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     passed.extend(from_parent);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.workers)
+        .max_blocking_threads(config.server.blocking_threads)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .thread_name("segd-worker")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    warm_blocking_pool(&rt, config.server.blocking_threads);
     rt.block_on(serve(
         config,
         Inherited::new(passed),
