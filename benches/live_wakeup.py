@@ -280,6 +280,14 @@ def parse_head(buf):
     return status, int(m.group(1)) if m else 0, end + 4
 
 
+def early_poll(socks):
+    """The sockets that have bytes to read (poll(2): no FD_SETSIZE limit, no epoll set)."""
+    p = select.poll()
+    for s in socks:
+        p.register(s.fileno(), select.POLLIN)
+    return p.poll(0)
+
+
 def new_sock():
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -379,7 +387,7 @@ def put_on(sock, path, token, body):
     return rtt
 
 
-def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=None):
+def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=None, client="epoll"):
     pinned = mode == "pinned"
     others_before = others_now(quiet_wait)
     os.sched_setaffinity(0, {1} if pinned else set(range(os.cpu_count())))
@@ -426,7 +434,8 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
         fdmap = {}
         for i, s in enumerate(socks):
             fdmap[s.fileno()] = i
-            ep.register(s.fileno(), select.EPOLLIN)
+            if client != "deferred":
+                ep.register(s.fileno(), select.EPOLLIN)
         t_p0 = time.time()
         for s in socks:
             if s.send(req) != len(req):
@@ -437,7 +446,7 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
         t_park = time.time() - t_p0
         time.sleep(0.3)
         rss_parked = proc_rss_kb(segd.pid)
-        early = ep.poll(0)
+        early = ep.poll(0) if client != "deferred" else early_poll(socks)
         if early:
             die(f"{len(early)} parked requests were answered before the write")
 
@@ -471,6 +480,15 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
         putsock.send(put)
         deadline = time.time() + 30
         recvmsg_size = 65536
+        if client == "deferred":
+            # Sleep through the wake-up, the client sockets out of the epoll set (no callback
+            # per arriving packet): wait for the PUT's answer, then long enough for every
+            # client's (checked: whatever has not arrived is waited for below), then read.
+            # The kernel timestamps do not depend on when they are read.
+            ep.poll(30)
+            time.sleep(0.05 + n * 30e-6)
+            for fd in fdmap:
+                ep.register(fd, select.EPOLLIN)
         while remaining or put_k is None:
             if time.time() > deadline:
                 die(f"{remaining} of {n} clients not answered 30 s after the write (PUT answered: {put_k is not None})")
@@ -545,6 +563,7 @@ def one_run(binary, run_dir, mode, n, rnd, token, fsync, quiet_wait=0.0, perf=No
             client_cpu_ms=(cpu_c1 - cpu_c0) * 1000, client_busy=(cpu_c1 - cpu_c0) / window if window > 0 else float("nan"),
             segd_cpu_ms=(cpu_s1 - cpu_s0) * 1000,
             others_before=others_before,
+            window_ms=window * 1000,
             others_window_ms=((busy1 - busy0) - (cpu_c1 - cpu_c0) - (cpu_s1 - cpu_s0)) * 1000,
             rss_base_mb=rss_base / 1024, rss_conn_mb=rss_conn / 1024, rss_parked_mb=rss_parked / 1024, rss_after_mb=rss_after / 1024,
             kb_per_conn=(rss_conn - rss_base) / n, kb_per_parked=(rss_parked - rss_conn) / n,
@@ -586,6 +605,9 @@ def main():
     ap.add_argument("--quiet-wait", type=float, default=8, help="before each run, wait up to this many seconds for a second in which other jobs use < 0.15 CPU")
     ap.add_argument("--retries", type=int, default=2, help="redo a run in which other jobs used more than a quarter of the wake-up window's CPU, at most this many times")
     ap.add_argument("--perf", help="record `perf record -g` of segd over each wake-up into PREFIX-<mode>-<n>-<run>.data")
+    ap.add_argument("--client", choices=["epoll", "deferred"], default="epoll",
+                    help="epoll: read each response as it arrives; deferred: sleep through the wake-up and read "
+                         "afterwards (the client takes no CPU from segd meanwhile, as remote clients would not)")
     ap.add_argument("--out")
     args = ap.parse_args()
     raise_nofile()
@@ -610,8 +632,8 @@ def main():
         for n in ns:
             for rnd in range(1, args.runs + 1):
                 for attempt in range(1, args.retries + 2):
-                    row = one_run(args.segd, run_dir, mode, n, rnd, token, args.fsync, args.quiet_wait, args.perf)
-                    window = row["max_from_send_ms"]
+                    row = one_run(args.segd, run_dir, mode, n, rnd, token, args.fsync, args.quiet_wait, args.perf, args.client)
+                    window = row["max_from_send_ms"] if args.client == "epoll" else row["window_ms"]
                     # Other jobs took a large share of the machine during the wake-up: redo it
                     # (kept in raw.csv, flagged, left out of the summary), at most --retries times.
                     row["disturbed"] = int(row["others_window_ms"] > max(20.0, 0.25 * window))
@@ -669,7 +691,7 @@ def write_summary(out, all_rows, args, load0, elapsed):
     lines = [
         "## LL-HLS blocking reload wake-up (`benches/live_wakeup.py`)", "",
         f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {git_rev()}, "
-        f"{args.runs} runs per case, segd started fresh and fresh connections every run, `[ingest] fsync = "
+        f"{args.runs} runs per case, client `{args.client}`, segd started fresh and fresh connections every run, `[ingest] fsync = "
         f"{'true' if args.fsync else 'false'}`. Load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
         f"bench took {elapsed:.0f} s. Runs redone because other jobs used more than a quarter of a CPU over the "
         f"wake-up window (at most {args.retries} times per run; the disturbed ones are in raw.csv with "
