@@ -25,8 +25,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::FutureExt;
-
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, ETAG, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -158,15 +156,7 @@ async fn put(
         let mut next = body.next(limit, timeout).await?;
         while let Some(chunk) = next {
             upload.write(chunk).await?;
-            // More already received? Keep buffering. Otherwise let readers of a growing upload
-            // have what is here before waiting for the sender.
-            next = match body.next(limit, timeout).now_or_never() {
-                Some(r) => r?,
-                None => {
-                    upload.idle().await?;
-                    body.next(limit, timeout).await?
-                }
-            };
+            next = body.next(limit, timeout).await?;
         }
         let mut done = upload.commit().await?;
         metrics.ingest_bytes.inc_by(body.received());

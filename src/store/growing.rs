@@ -1,11 +1,12 @@
 //! Objects still being written (read-while-write, LL-DASH / chunked CMAF): the first tier of a
 //! lookup for live media segments that have no complete version yet.
 //!
-//! An upload of a live media segment registers here when it starts; every chunk it writes goes to
-//! its temporary file at once and advances a `watch` of its progress. A reader streams from that
-//! file: what is there, then each new chunk as the progress moves, until the upload commits (the
-//! stream ends at the final length) or fails (the stream fails, so the writer resets the
-//! response). The registration goes with the upload: after the commit, new lookups find the
+//! An upload of a live media segment registers here when it starts; every chunk it receives is
+//! announced at once (a `watch` of its progress) and kept in memory until its temporary file has
+//! it (writes go to disk in larger batches). A reader streams from the kept chunks, or from the
+//! file for older bytes: what is there, then each new chunk as the progress moves, until the
+//! upload commits (the stream ends at the final length) or fails (the stream fails, so the
+//! writer resets the response). The registration goes with the upload: after the commit, new lookups find the
 //! complete file on its volume.
 
 use std::collections::HashMap;
@@ -33,9 +34,34 @@ pub struct Growing {
     /// reader that asks at once waits instead of missing it).
     file: std::sync::OnceLock<Arc<File>>,
     progress: watch::Sender<Progress>,
-    /// The most recent chunks written (offset, bytes), up to [`RETAIN`] bytes: readers that
-    /// keep up with the writer — every waiter of a stampede — take them from here, no read.
-    recent: Mutex<std::collections::VecDeque<(u64, Bytes)>>,
+    /// The most recent chunks (offset, bytes): at least every byte the progress announces that
+    /// is not in the file yet, and up to [`RETAIN`] bytes in all. Readers that keep up with the
+    /// writer — every waiter of a stampede, every LL-DASH player — take them from here, no read.
+    recent: Mutex<Recent>,
+}
+
+/// See [`Growing::recent`].
+#[derive(Default)]
+struct Recent {
+    chunks: std::collections::VecDeque<(u64, Bytes)>,
+    /// Bytes in the file: chunks ending at or before this may be dropped.
+    on_disk: u64,
+}
+
+impl Recent {
+    /// Drops the oldest chunks beyond [`RETAIN`] bytes, never one that is not in the file yet.
+    fn trim(&mut self) {
+        let mut held: usize = self.chunks.iter().map(|(_, b)| b.len()).sum();
+        while held > RETAIN && self.chunks.len() > 1 {
+            match self.chunks.front() {
+                Some((off, b)) if off + b.len() as u64 <= self.on_disk => {
+                    held -= b.len();
+                    self.chunks.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
 }
 
 /// Bytes of recent chunks kept in memory per object being written.
@@ -46,6 +72,7 @@ impl Growing {
     fn recent_at(&self, pos: u64, max: u64) -> Option<Bytes> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         let (off, b) = recent
+            .chunks
             .iter()
             .find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
         let start = (pos - off) as usize;
@@ -152,27 +179,31 @@ impl Publisher {
         self.entry.progress.send_replace(Progress::Writing(written));
     }
 
-    /// Like [`Publisher::advance`], keeping `chunks` (just written, ending at `written`) for
-    /// readers that keep up.
-    pub fn advance_with(&self, written: u64, chunks: &[Bytes]) {
+    /// Announces the object up to `visible`, keeping `chunks` (the bytes that end at `visible`)
+    /// for readers; `on_disk` bytes are in the file. Bytes between `on_disk` and `visible` are
+    /// served from the kept chunks until [`Publisher::written`] says the file has them.
+    pub fn advance_with(&self, visible: u64, chunks: &[Bytes], on_disk: u64) {
         {
             let mut recent = self.entry.recent.lock().unwrap_or_else(|p| p.into_inner());
             let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            let mut off = written - total.min(written);
+            let mut off = visible - total.min(visible);
             for c in chunks {
                 if !c.is_empty() {
-                    recent.push_back((off, c.clone()));
+                    recent.chunks.push_back((off, c.clone()));
                     off += c.len() as u64;
                 }
             }
-            let mut held: usize = recent.iter().map(|(_, b)| b.len()).sum();
-            while held > RETAIN && recent.len() > 1 {
-                if let Some((_, b)) = recent.pop_front() {
-                    held -= b.len();
-                }
-            }
+            recent.on_disk = recent.on_disk.max(on_disk);
+            recent.trim();
         }
-        self.advance(written);
+        self.advance(visible);
+    }
+
+    /// The file now holds the first `on_disk` bytes: kept chunks before that may go.
+    pub fn written(&self, on_disk: u64) {
+        let mut recent = self.entry.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.on_disk = recent.on_disk.max(on_disk);
+        recent.trim();
     }
 
     pub fn done(mut self, len: u64) {
@@ -186,6 +217,7 @@ impl Publisher {
             .recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .chunks
             .clear();
     }
 }

@@ -1078,7 +1078,7 @@ impl Pull {
                 return false;
             }
             self.m.fill_bytes.inc_by(n);
-            publisher.advance_with(temp.written(), std::slice::from_ref(&kept));
+            publisher.advance_with(temp.written(), std::slice::from_ref(&kept), temp.written());
         }
         if temp.written() != len {
             tracing::warn!(path = %key, got = temp.written(), want = len, "upstream body shorter than its Content-Length");

@@ -129,17 +129,14 @@ impl Upload {
                 self.kept = None;
             }
         }
+        if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
+            // Readers of a growing upload have each chunk at once, from memory; the file gets
+            // it with the next batch.
+            let on_disk = t.written();
+            p.advance_with(total, std::slice::from_ref(&data), on_disk);
+        }
         self.buf.push(data);
         if self.buf.len >= WRITE_BUFFER {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// The sender has nothing more for now: readers of a growing upload get what is buffered
-    /// (a burst of chunks is written once; a trickle, chunk by chunk as it comes).
-    pub async fn idle(&mut self) -> Result<(), WriteError> {
-        if self.publisher.is_some() && self.buf.len > 0 {
             self.flush().await?;
         }
         Ok(())
@@ -159,9 +156,9 @@ impl Upload {
         self.temp = Some(temp);
         r.map_err(|e| self.io_error(e))?;
         if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
-            // Readers of a growing upload take these chunks from memory.
-            p.advance_with(t.written(), &buf);
+            p.written(t.written());
         }
+        drop(buf);
         Ok(())
     }
 
@@ -203,15 +200,21 @@ impl Upload {
             self.temp = Some(temp);
             return self.rename().await;
         }
-        let r = tokio::task::spawn_blocking(move || {
-            let r = temp.write_chunks(&buf);
-            (temp, r)
+        // The last write and the rename in one trip to the blocking pool.
+        let name = self.name.clone();
+        let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
+            temp.write_chunks(&buf)?;
+            let existed = temp_dir_has(&temp, &name);
+            Ok((existed, temp.commit(&name, durable)?))
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
-        self.temp = Some(r.0);
-        r.1.map_err(|e| self.io_error(e))?;
-        self.rename().await
+        let (existed, st) = r.map_err(|e| {
+            // The temporary file went with the failed call (its drop removed it).
+            self.temp_removed.inc();
+            self.io_error(e)
+        })?;
+        self.committed(existed, &st)
     }
 
     /// Renames the complete file into place (durably, if configured).
@@ -228,9 +231,14 @@ impl Upload {
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
         let (existed, st) = r.map_err(|e| self.io_error(e))?;
+        self.committed(existed, &st)
+    }
+
+    /// The file is in place: readers see it from now on.
+    fn committed(mut self, existed: bool, st: &rustix::fs::Stat) -> Result<Committed, WriteError> {
         self.local.forget(&self.key);
         self.local.volumes.remember(&self.key, self.volume);
-        let meta = ObjectMeta::from_stat(&st);
+        let meta = ObjectMeta::from_stat(st);
         if let Some(p) = self.publisher.take() {
             p.done(meta.len);
         }
