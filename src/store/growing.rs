@@ -276,3 +276,56 @@ impl GrowingSet {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn held(g: &Growing) -> (usize, u64) {
+        let r = g.recent.lock().unwrap_or_else(|p| p.into_inner());
+        (r.chunks.iter().map(|(_, b)| b.len()).sum(), r.on_disk)
+    }
+
+    /// Bytes announced but not yet in the file stay in memory whatever their amount, and a
+    /// reader gets them all from there; once the file has them, memory shrinks to the window.
+    #[test]
+    fn unwritten_chunks_are_kept_until_the_file_has_them() {
+        let set = Arc::new(GrowingSet::default());
+        let file = tempfile::tempfile().expect("temp file");
+        let p = set.register("/live/a/s.m4s", file.try_clone().expect("clone"));
+        let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+        let mut visible = 0;
+        for _ in 0..8 {
+            visible += chunk.len() as u64;
+            p.advance_with(visible, std::slice::from_ref(&chunk), 0);
+        }
+        let g = set.get("/live/a/s.m4s").expect("registered");
+        assert_eq!(held(&g), (2 << 20, 0), "nothing written: everything kept");
+        // A reader streams the whole announced object from memory (the file is empty).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let got = rt.block_on(async {
+            let mut s = g.stream(0, Some(visible));
+            let mut n = 0u64;
+            while let Some(b) = s.next().await {
+                n += b.expect("chunk").len() as u64;
+            }
+            n
+        });
+        assert_eq!(got, visible);
+        // The file has the first 1.5 MiB: what it holds may go, down to the window.
+        file.write_all_at(&vec![7u8; 3 << 19], 0).expect("write");
+        p.written(3 << 19);
+        let (kept, on_disk) = held(&g);
+        assert_eq!(on_disk, 3 << 19);
+        assert!(kept <= RETAIN, "{kept} bytes kept");
+        assert!(
+            kept as u64 >= visible - on_disk,
+            "unwritten bytes dropped: {kept}"
+        );
+        p.done(visible);
+    }
+}
