@@ -93,13 +93,15 @@ pub(super) async fn playlist(
                 .await?;
         }
     }
-    // Delta update: only where the playlist advertises CAN-SKIP-UNTIL.
-    let skipped = dirs.skip.and_then(|v| snap.skipped(v == 2));
-    let mut body = skipped.clone().unwrap_or_else(|| snap.text.clone());
-    let mut variant = skipped.is_some();
+    // Delta update: only where the playlist advertises CAN-SKIP-UNTIL (built once per version).
+    let delta = dirs.skip.and_then(|v| snap.delta(v == 2));
+    let (mut body, mut etag) = match delta {
+        Some(d) => (d.body.clone(), d.etag.clone()),
+        None => (snap.text.clone(), Some(snap.etag.clone())),
+    };
     if let Some(param) = &rewrite_param {
         body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
-        variant = true;
+        etag = crate::live::playlist::variant_etag(&snap.etag, &body);
     }
     let mut h = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, cx.req, &mut h);
@@ -117,13 +119,6 @@ pub(super) async fn playlist(
         live_playlist_cache_control(cfg, Some(snap.target))
     };
     h.insert(CACHE_CONTROL, cc);
-    let etag = if variant {
-        let strong = snap.etag.to_str().unwrap_or_default().trim_matches('"');
-        let tag = crate::volumes::fnv1a64(&body) as u32;
-        HeaderValue::from_str(&format!("W/\"{strong}-{tag:08x}\"")).ok()
-    } else {
-        Some(snap.etag.clone())
-    };
     if let Some(e) = etag {
         h.insert(ETAG, e);
     }

@@ -29,6 +29,16 @@ pub struct Snapshot {
     pub next_parts: u64,
     /// `EXT-X-PRELOAD-HINT` URIs, as written (relative to the playlist).
     pub hints: Vec<String>,
+    /// Delta updates (`_HLS_skip=YES`, `v2`) with their ETags, built by the first request that
+    /// asks for each: every player parked on this version gets the same one.
+    deltas: [std::sync::OnceLock<Option<Delta>>; 2],
+}
+
+/// A delta update of one version, and its weak ETag (the version's, and a hash of the body).
+#[derive(Debug, Clone)]
+pub struct Delta {
+    pub body: Bytes,
+    pub etag: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +158,14 @@ fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
+/// The weak ETag of a body derived from a version with ETag `strong`: the version's tag and a
+/// hash of the body, so two different derivations never share one.
+pub fn variant_etag(strong: &http::HeaderValue, body: &[u8]) -> Option<http::HeaderValue> {
+    let strong = strong.to_str().unwrap_or_default().trim_matches('"');
+    let tag = crate::volumes::fnv1a64(body) as u32;
+    http::HeaderValue::from_str(&format!("W/\"{strong}-{tag:08x}\"")).ok()
+}
+
 impl Snapshot {
     /// Parses `text` (an HLS media playlist).
     pub fn parse(
@@ -170,6 +188,7 @@ impl Snapshot {
             segments: Vec::new(),
             next_parts: 0,
             hints: Vec::new(),
+            deltas: Default::default(),
         };
         let mut msn = None::<u64>;
         let mut duration = None::<f64>;
@@ -287,6 +306,19 @@ impl Snapshot {
             }
             Some(p) => want.msn == next && p < self.next_parts,
         }
+    }
+
+    /// [`Snapshot::skipped`] with its ETag, built once per version and `v2`.
+    pub fn delta(&self, v2: bool) -> Option<&Delta> {
+        self.deltas[usize::from(v2)]
+            .get_or_init(|| {
+                let body = self.skipped(v2)?;
+                Some(Delta {
+                    etag: variant_etag(&self.etag, &body),
+                    body,
+                })
+            })
+            .as_ref()
     }
 
     /// The delta update for `_HLS_skip` (`v2`: also skip date ranges when allowed), or `None`
