@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use h3::error::{Code, StreamError};
 
-use super::h3_transport::{self as transport, AcceptedStops, Stopped};
+use super::h3_transport::{self as transport, Accepted, BodyChunk, Stopped, StreamExtras};
 use super::handler::{self, Proto};
 use super::request_body::RequestBody;
 use super::Record;
@@ -86,10 +86,10 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
         policy.config.server.h3_max_concurrent_streams.max(50) * 4,
     ));
     drop(policy);
-    let stops = AcceptedStops::default();
+    let accepted = Accepted::default();
     let built = h3::server::builder()
         .max_field_section_size(max_head)
-        .build::<_, Bytes>(transport::Connection::new(conn.clone(), stops.clone()))
+        .build::<_, Bytes>(transport::Connection::new(conn.clone(), accepted.clone()))
         .await;
     let mut h3: H3Conn = match built {
         Ok(c) => c,
@@ -107,13 +107,13 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
         tokio::select! {
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
-                    // The stop signal of exactly this request stream (see `h3_transport`).
-                    let stopped = stops.take();
+                    // The stop signal and body slot of exactly this stream (see `h3_transport`).
+                    let extras = accepted.take();
                     let Some(tx) = alive.clone() else { continue };
                     let (shared, conn, cancels) =
                         (Arc::clone(&shared), conn.clone(), Arc::clone(&cancels));
                     tokio::spawn(async move {
-                        request(resolver, stopped, &shared, peer, &conn, &cancels).await;
+                        request(resolver, extras, &shared, peer, &conn, &cancels).await;
                         drop(tx);
                     });
                 }
@@ -176,7 +176,7 @@ async fn quiet(conn: &quinn::Connection) {
 /// the response body.
 async fn request(
     resolver: h3::server::RequestResolver<transport::Connection, Bytes>,
-    stopped: Option<Stopped>,
+    extras: Option<StreamExtras>,
     shared: &Shared,
     peer: SocketAddr,
     conn: &quinn::Connection,
@@ -203,6 +203,10 @@ async fn request(
         }
     };
     let start = Instant::now();
+    let (stopped, offer) = match extras {
+        Some(x) => (Some(x.stopped), Some(x.body)),
+        None => (None, None),
+    };
     let (mut stream, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let hreq = handler::Request {
@@ -263,7 +267,14 @@ async fn request(
     let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
         Ok(Ok(())) => {
             record.head_sent();
-            send_body(&mut stream, reply.body, send_timeout, &mut sent).await
+            send_body(
+                &mut stream,
+                offer.as_ref(),
+                reply.body,
+                send_timeout,
+                &mut sent,
+            )
+            .await
         }
         Ok(Err(e)) => Err(Ended::Stream(e)),
         Err(_) => Err(Ended::Stalled),
@@ -326,8 +337,11 @@ enum Ended {
     Body(std::io::Error),
 }
 
+/// Sends `body` chunk by chunk; each chunk is first offered to the transport, which then gives it
+/// to quinn without a copy.
 async fn send_body(
     stream: &mut SendHalf,
+    offer: Option<&BodyChunk>,
     body: Body,
     send_timeout: Duration,
     sent: &mut u64,
@@ -337,6 +351,9 @@ async fn send_body(
         while let Some(chunk) = chunks.next().await {
             let data = chunk.map_err(Ended::Body)?;
             let n = data.len() as u64;
+            if let Some(o) = offer {
+                o.offer(&data);
+            }
             match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
                 Ok(Ok(())) => *sent += n,
                 Ok(Err(e)) => return Err(Ended::Stream(e)),

@@ -2,12 +2,17 @@
 //! Owns stream plumbing only (accepting, opening, reading, writing, error conversion); HTTP/3
 //! framing is h3's and request handling is `h3.rs`'s.
 //!
-//! This is what the h3-quinn crate does (its code is the model, MIT), with one addition segd
-//! needs: h3 hides the QUIC stream behind its request stream, so nothing above could see a client
-//! cancel a request whose response has not started (a parked LL-HLS reload). Here every accepted
-//! request stream leaves a [`Stopped`] future — quinn's `SendStream::stopped()` — in the
-//! connection's [`AcceptedStops`] slot, which `h3::serve` takes right after h3 hands it the
-//! stream's resolver and races against the handler.
+//! This is what the h3-quinn crate does (its code is the model, MIT), with two additions segd
+//! needs. h3 hides the QUIC stream behind its request stream, so every accepted request stream
+//! leaves its [`StreamExtras`] in the connection's [`Accepted`] slot, which `h3::serve` takes
+//! right after h3 hands it the stream's resolver:
+//! - a [`Stopped`] future (quinn's `SendStream::stopped()`), raced against the handler, so a
+//!   client cancelling a request whose response has not started (a parked LL-HLS reload) is seen;
+//! - a [`BodyChunk`] slot: the body chunk segd is about to give h3 is offered there first, and
+//!   when the DATA frame h3 then writes carries exactly that memory, quinn gets the `Bytes`
+//!   itself (`write_chunks`) instead of copying it into its send buffer (h3's frame type owns
+//!   its payload privately; only its bytes are visible, so the match is by address and length,
+//!   which can only be the same bytes). Anything else is written by copy, as h3-quinn does.
 //!
 //! Reads and writes poll quinn's cancel-safe futures in place, so no stream holds a boxed
 //! future; the two accept loops and openers are boxed once per connection.
@@ -28,22 +33,47 @@ use quinn::VarInt;
 /// `None`).
 pub type Stopped = Pin<Box<dyn Future<Output = Option<u64>> + Send + Sync>>;
 
-/// The [`Stopped`] future of the request stream accepted last. h3's `accept` returns a resolver
+/// What `h3::serve` gets of a request stream besides h3's request stream.
+pub struct StreamExtras {
+    pub stopped: Stopped,
+    pub body: BodyChunk,
+}
+
+/// The [`StreamExtras`] of the request stream accepted last. h3's `accept` returns a resolver
 /// for exactly the bidirectional stream it accepted last (streams it rejects after GOAWAY are
 /// followed by another accept), so taking the slot right after `accept` pairs them.
 #[derive(Clone, Default)]
-pub struct AcceptedStops(Arc<Mutex<Option<Stopped>>>);
+pub struct Accepted(Arc<Mutex<Option<StreamExtras>>>);
 
-impl AcceptedStops {
-    /// The stop future of the stream h3 just accepted.
-    pub fn take(&self) -> Option<Stopped> {
+impl Accepted {
+    /// The extras of the stream h3 just accepted.
+    pub fn take(&self) -> Option<StreamExtras> {
         self.0.lock().ok().and_then(|mut s| s.take())
     }
 
-    fn put(&self, stopped: Stopped) {
+    fn put(&self, extras: StreamExtras) {
         if let Ok(mut s) = self.0.lock() {
-            *s = Some(stopped);
+            *s = Some(extras);
         }
+    }
+}
+
+/// The body chunk about to be sent on a request stream, shared by the request task (which
+/// offers it right before `send_data`) and the stream's transport (which takes it when h3
+/// writes the DATA frame).
+#[derive(Clone, Default)]
+pub struct BodyChunk(Arc<Mutex<Option<Bytes>>>);
+
+impl BodyChunk {
+    /// Offers `data` (a cheap clone) for the next frame written on the stream.
+    pub fn offer(&self, data: &Bytes) {
+        if let Ok(mut s) = self.0.lock() {
+            *s = Some(data.clone());
+        }
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        self.0.lock().ok().and_then(|mut s| s.take())
     }
 }
 
@@ -55,12 +85,12 @@ pub struct Connection {
     incoming_bi: Accepting<(quinn::SendStream, quinn::RecvStream)>,
     incoming_uni: Accepting<quinn::RecvStream>,
     opener: OpenStreams,
-    stops: AcceptedStops,
+    accepted: Accepted,
 }
 
 impl Connection {
-    /// Wraps `conn`; each accepted request stream's stop future goes to `stops`.
-    pub fn new(conn: quinn::Connection, stops: AcceptedStops) -> Connection {
+    /// Wraps `conn`; each accepted request stream's extras go to `accepted`.
+    pub fn new(conn: quinn::Connection, accepted: Accepted) -> Connection {
         let bi = conn.clone();
         let uni = conn.clone();
         Connection {
@@ -72,7 +102,7 @@ impl Connection {
             })),
             opener: OpenStreams::new(conn.clone()),
             conn,
-            stops,
+            accepted,
         }
     }
 }
@@ -100,14 +130,20 @@ impl<B: Buf> quic::Connection<B> for Connection {
         match self.incoming_bi.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok((send, recv)))) => {
                 let stopped = send.stopped();
-                self.stops.put(Box::pin(async move {
-                    match stopped.await {
-                        Ok(Some(code)) => Some(code.into_inner()),
-                        _ => None,
-                    }
-                }));
+                let body = BodyChunk::default();
+                self.accepted.put(StreamExtras {
+                    stopped: Box::pin(async move {
+                        match stopped.await {
+                            Ok(Some(code)) => Some(code.into_inner()),
+                            _ => None,
+                        }
+                    }),
+                    body: body.clone(),
+                });
+                let mut send = SendStream::new(send);
+                send.offered = Some(body);
                 Poll::Ready(Ok(BidiStream {
-                    send: SendStream::new(send),
+                    send,
                     recv: RecvStream::new(recv),
                 }))
             }
@@ -283,20 +319,59 @@ impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
 /// relies on.
 pub struct SendStream<B: Buf> {
     stream: quinn::SendStream,
+    /// A frame's header and payload as owned pieces, handed to quinn without copying (written
+    /// before `writing`).
+    owned: [Bytes; 2],
+    /// The rest of the frame, copied into quinn as it takes it.
     writing: Option<WriteBuf<B>>,
+    /// Request streams: where the request task offers the next body chunk.
+    offered: Option<BodyChunk>,
 }
 
 impl<B: Buf> SendStream<B> {
     fn new(stream: quinn::SendStream) -> SendStream<B> {
         SendStream {
             stream,
+            owned: [Bytes::new(), Bytes::new()],
             writing: None,
+            offered: None,
         }
+    }
+
+    /// Moves the frame's header into `owned[0]` and, when the frame's payload is exactly the
+    /// offered chunk's memory, the chunk into `owned[1]`; true when nothing is left to copy.
+    fn take_frame(&mut self, frame: &mut WriteBuf<B>) -> bool {
+        let Some(chunk) = self.offered.as_ref().and_then(BodyChunk::take) else {
+            return false;
+        };
+        let Some(head_len) = frame.remaining().checked_sub(chunk.len()) else {
+            return false;
+        };
+        if chunk.is_empty() || frame.chunk().len() != head_len {
+            return false;
+        }
+        self.owned[0] = Bytes::copy_from_slice(frame.chunk());
+        frame.advance(head_len);
+        let payload = frame.chunk();
+        if payload.as_ptr() != chunk.as_ptr() || payload.len() != chunk.len() {
+            // Not the offered bytes: the header goes first from `owned`, the rest by copy.
+            return false;
+        }
+        self.owned[1] = chunk;
+        true
     }
 }
 
 impl<B: Buf> quic::SendStream<B> for SendStream<B> {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        while let Some(first) = self.owned.iter().position(|b| !b.is_empty()) {
+            // `write_chunks` is cancel-safe, and empties (or splits) what quinn took.
+            match pin!(self.stream.write_chunks(&mut self.owned[first..])).poll(cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         if let Some(data) = self.writing.as_mut() {
             while data.has_remaining() {
                 // `write` is cancel-safe: a future dropped while pending wrote nothing.
@@ -313,7 +388,7 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
     }
 
     fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
-        if self.writing.is_some() {
+        if self.writing.is_some() || self.owned.iter().any(|b| !b.is_empty()) {
             // h3 waits for poll_ready before the next frame; this would be a bug in h3.
             return Err(StreamErrorIncoming::ConnectionErrorIncoming {
                 connection_error: ConnectionErrorIncoming::InternalError(
@@ -321,7 +396,10 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
                 ),
             });
         }
-        self.writing = Some(data.into());
+        let mut frame = data.into();
+        if !self.take_frame(&mut frame) {
+            self.writing = Some(frame);
+        }
         Ok(())
     }
 
