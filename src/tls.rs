@@ -211,7 +211,7 @@ const SEND_WINDOW: u64 = 4 << 20;
 /// quic-go 0.3x does not): about what Chrome's QUIC does by itself ("ack decimation", every 10
 /// packets). Every ACK costs the server a receive, a decryption and loss-detection work; by
 /// default a client acknowledges every second packet. Measured: 0.92x the CPU per request
-/// (benches/results/…-h3-exp-ackf).
+/// (benches/results/2026-11-28-2212-fd70e92-h3-exp-ackf).
 const ACK_ELICITING_THRESHOLD: u32 = 10;
 
 /// The quinn server config for `config`'s limits around a TLS 1.3 / ALPN h3 rustls config.
