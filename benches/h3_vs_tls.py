@@ -70,10 +70,12 @@ def h3load_binary(repo):
     die("cannot find the h3load bench executable")
 
 
-def run_h3(binary, port, paths_file, conns, streams, duration, max_udp_payload=None):
+def run_h3(binary, port, paths_file, conns, streams, duration, max_udp_payload=None, default_rcvbuf=False):
     env = dict(os.environ)
     if max_udp_payload:
         env["H3LOAD_MAX_UDP_PAYLOAD"] = str(max_udp_payload)
+    if default_rcvbuf:
+        env["H3LOAD_DEFAULT_RCVBUF"] = "1"
     out = subprocess.run(["taskset", "-c", "1", binary, f"127.0.0.1:{port}", paths_file, str(conns), str(streams), str(duration)],
                          capture_output=True, text=True, env=env, preexec_fn=raise_nofile)
     if out.returncode != 0:
@@ -164,6 +166,8 @@ def main():
     ap.add_argument("--client-max-udp-payload", type=int, default=None,
                     help="h3load's max_udp_payload_size transport parameter (default quinn's 1472; "
                          "larger lets a server send bigger packets on loopback, which no internet path carries)")
+    ap.add_argument("--client-default-rcvbuf", action="store_true",
+                    help="h3load keeps the kernel's default UDP receive buffer (it overflows: ~5 %% loss on loopback)")
     ap.add_argument("--summarize", metavar="DIR", help="only rewrite DIR/summary.md from its raw.csv and meta.json")
     args = ap.parse_args()
     if args.summarize:
@@ -231,7 +235,8 @@ def main():
                 os.environ.update(saved)
             try:
                 if config.endswith("-h3"):
-                    load = lambda d: run_h3(h3, port, paths_file, args.conns, args.streams, d, args.client_max_udp_payload)
+                    load = lambda d: run_h3(h3, port, paths_file, args.conns, args.streams, d, args.client_max_udp_payload,
+                                            args.client_default_rcvbuf)
                 else:
                     load = lambda d: run_h2load(port, uris["caddy" if config.startswith("caddy") else "segd"], args.conns, args.streams, d, True)
                 if r == 0:
@@ -268,7 +273,7 @@ def main():
         w.writerows(rows)
     meta = dict(when=now.strftime('%Y-%m-%d %H:%M UTC'), commit=commit, rounds=args.rounds, duration=args.duration, conns=args.conns,
                 streams=args.streams, hot=len(hot), mean_kib=statistics.mean(sizes.values()) / 1024,
-                client_max_udp_payload=args.client_max_udp_payload, segd_env=args.segd_env, segd_server=args.segd_server,
+                client_max_udp_payload=args.client_max_udp_payload, client_default_rcvbuf=args.client_default_rcvbuf, segd_env=args.segd_env, segd_server=args.segd_server,
                 segd=segd_bin, baseline=args.baseline,
                 caddy=subprocess.run(["caddy", "version"], capture_output=True, text=True).stdout.strip() if shutil.which("caddy") else "not run")
     with open(os.path.join(out, "meta.json"), "w") as f:
@@ -307,6 +312,7 @@ def summarize(out):
              f"hot set of {meta['hot']} small segments (mean {meta['mean_kib']:.0f} KiB), one certificate (P-256); "
              "servers pinned to CPU 0 (segd one worker, Caddy GOMAXPROCS 1 from its affinity), load generator on CPU 1 "
              f"(h3: benches/h3load.rs, quinn client, max_udp_payload_size {meta['client_max_udp_payload'] or '1472 (default)'}, "
+             f"UDP receive buffer {'kernel default' if meta.get('client_default_rcvbuf') else '4 MiB'}, "
              "every body length checked; h2 over TLS: h2load). "
              f"Caddy {meta['caddy']}. segd: `{os.path.basename(meta['segd'])}`" +
              (f", baseline: `{os.path.basename(meta['baseline'])}`" if meta.get("baseline") else "") +
