@@ -50,7 +50,12 @@ pub(crate) async fn h3_connect(addr: SocketAddr, pki: &Pki) -> H3 {
 }
 
 impl H3 {
-    async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    pub(crate) async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
         let mut stream = self.open(method, path, headers).await;
         let resp = stream.recv_response().await.expect("response head");
         let mut body = Vec::new();

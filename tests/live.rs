@@ -5,7 +5,8 @@
 //! - blocking playlist reload (RFC 8216bis §6.2.5.2): answered at once when the playlist already
 //!   has the segment/part, held until the write that adds it otherwise (and never answered before
 //!   that write started), the 400s, the 503 after `block_timeout_factor` × target duration, the
-//!   `max_blocked_requests` limit, ENDLIST and no CAN-BLOCK-RELOAD, a client that goes away, a
+//!   `max_blocked_requests` limit, ENDLIST and no CAN-BLOCK-RELOAD, a client that goes away (also
+//!   one HTTP/3 request cancelled on a connection that stays open, issue 13), a
 //!   SIGTERM drain, 200 parked clients over HTTP/1.1 and h2c answered by one write, a playlist
 //!   renamed into place by a local packager
 //! - delta updates (`_HLS_skip`, §6.2.5.1): SKIPPED-SEGMENTS computed here from the uploaded
@@ -2275,6 +2276,80 @@ async fn a_client_that_goes_away_over_tls_or_quic_frees_its_slot() {
     rig.wait_parked(1, "HTTPS/1.1 request").await;
     drop(s);
     rig.wait_parked(0, "after the TLS connection closed").await;
+}
+
+/// Issue 13: an HTTP/3 client that cancels one parked request (STOP_SENDING on its response, with
+/// or without RESET_STREAM on the request) while its connection stays open frees the slot at
+/// once, not at the block timeout; the connection keeps serving, and a write answers the
+/// requests still parked on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_single_stream_cancel_frees_its_slot_at_once() {
+    use h3::error::Code;
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("localhost");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    // Block timeout 10 × 2 s = 20 s; two slots.
+    let rig = Rig::start(10, 2, &tls);
+    let path = "/live/h3c/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let target = format!("{path}?_HLS_msn=5&_HLS_part=2");
+    let addr = rig.srv.tls_addr.expect("TLS listener");
+    let mut c = crate::h3::h3_connect(addr, &pki).await;
+
+    // Two parked streams on one connection fill both slots.
+    let mut cancel_both = c.open("GET", &target, &[]).await;
+    let mut kept = c.open("GET", &target, &[]).await;
+    rig.wait_parked(2, "two h3 streams").await;
+    let r = c.request("GET", &target, &[]).await;
+    assert_eq!(r.status, 503, "both slots taken");
+
+    // A browser's cancel: STOP_SENDING and RESET_STREAM on that stream only.
+    let t = Instant::now();
+    cancel_both.stop_sending(Code::H3_REQUEST_CANCELLED);
+    cancel_both.stop_stream(Code::H3_REQUEST_CANCELLED);
+    rig.wait_parked(1, "one h3 stream cancelled").await;
+    assert!(
+        t.elapsed() < AT_ONCE,
+        "slot freed after {:?}; the block timeout is 20 s",
+        t.elapsed()
+    );
+
+    // The connection is up and serves: a plain GET, and a new parked request takes the slot.
+    assert!(c.conn.close_reason().is_none(), "the connection stays open");
+    let r = c.request("GET", path, &[]).await;
+    assert_eq!((r.status, r.text()), (200, v1.render()));
+    let mut stop_only = c.open("GET", &target, &[]).await;
+    rig.wait_parked(2, "the freed slot is usable").await;
+
+    // STOP_SENDING alone (the request half already ended) is enough.
+    let t = Instant::now();
+    stop_only.stop_sending(Code::H3_REQUEST_CANCELLED);
+    rig.wait_parked(1, "STOP_SENDING only").await;
+    assert!(t.elapsed() < AT_ONCE, "slot freed after {:?}", t.elapsed());
+    let mut late = c.open("GET", &target, &[]).await;
+    rig.wait_parked(2, "another waiter on the same connection")
+        .await;
+
+    // One write answers both requests still parked on the connection.
+    let v2 = v1.advance(1);
+    rig.put(path, v2.render().as_bytes()).await;
+    for (what, s) in [("kept", &mut kept), ("late", &mut late)] {
+        let resp = tokio::time::timeout(Duration::from_secs(10), s.recv_response())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer"))
+            .expect("response head");
+        assert_eq!(resp.status(), 200, "{what}");
+        let mut body = Vec::new();
+        while let Some(chunk) = s.recv_data().await.expect("body") {
+            body.extend_from_slice(bytes::Buf::chunk(&chunk));
+        }
+        assert_eq!(String::from_utf8_lossy(&body), v2.render(), "{what}");
+    }
+    rig.wait_parked(0, "all answered").await;
+    assert!(c.conn.close_reason().is_none(), "the connection stays open");
+    c.conn.close(0u32.into(), b"done");
 }
 
 fn rustls_pki_types_name() -> rustls::pki_types::ServerName<'static> {

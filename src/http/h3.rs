@@ -22,6 +22,7 @@ use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
 use h3::error::{Code, StreamError};
 
+use super::h3_transport::{self as transport, Accepted, BodyChunk, Stopped, StreamExtras};
 use super::handler::{self, Proto};
 use super::request_body::RequestBody;
 use super::Record;
@@ -29,9 +30,9 @@ use crate::drain::Drain;
 use crate::state::Shared;
 use crate::store::{Body, ByteStream};
 
-type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
-type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+type H3Conn = h3::server::Connection<transport::Connection, Bytes>;
+type SendHalf = h3::server::RequestStream<transport::SendStream<Bytes>, Bytes>;
+type RecvHalf = h3::server::RequestStream<transport::RecvStream, Bytes>;
 
 /// Cancelled requests allowed per connection in one window before it counts as an attack.
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
@@ -85,9 +86,10 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
         policy.config.server.h3_max_concurrent_streams.max(50) * 4,
     ));
     drop(policy);
+    let accepted = Accepted::default();
     let built = h3::server::builder()
         .max_field_section_size(max_head)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .build::<_, Bytes>(transport::Connection::new(conn.clone(), accepted.clone()))
         .await;
     let mut h3: H3Conn = match built {
         Ok(c) => c,
@@ -105,11 +107,13 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
         tokio::select! {
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
+                    // The stop signal and body slot of exactly this stream (see `h3_transport`).
+                    let extras = accepted.take();
                     let Some(tx) = alive.clone() else { continue };
                     let (shared, conn, cancels) =
                         (Arc::clone(&shared), conn.clone(), Arc::clone(&cancels));
                     tokio::spawn(async move {
-                        request(resolver, &shared, peer, &conn, &cancels).await;
+                        request(resolver, extras, &shared, peer, &conn, &cancels).await;
                         drop(tx);
                     });
                 }
@@ -171,7 +175,8 @@ async fn quiet(conn: &quinn::Connection) {
 /// One request stream: head (within the timeout), the handler (with the request body), then
 /// the response body.
 async fn request(
-    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: h3::server::RequestResolver<transport::Connection, Bytes>,
+    extras: Option<StreamExtras>,
     shared: &Shared,
     peer: SocketAddr,
     conn: &quinn::Connection,
@@ -198,6 +203,10 @@ async fn request(
         }
     };
     let start = Instant::now();
+    let (stopped, offer) = match extras {
+        Some(x) => (Some(x.stopped), Some(x.body)),
+        None => (None, None),
+    };
     let (mut stream, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let hreq = handler::Request {
@@ -216,8 +225,9 @@ async fn request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let body = RequestBody::new(declared, request_body(recv));
-    // A request that may park (LL-HLS directives, a live path) is dropped when its connection
-    // goes away, so a parked request frees its slot at once.
+    // A request that may park (LL-HLS directives, a live path) is dropped when its client goes
+    // away — the connection closes, or the client cancels just this request (STOP_SENDING on
+    // the response direction, RFC 9114 §4.1.1) — so a parked request frees its slot at once.
     let may_park = hreq.query.is_some_and(|q| q.contains("_HLS_"))
         || policy
             .config
@@ -229,7 +239,13 @@ async fn request(
     let reply = if may_park {
         tokio::select! {
             r = handled => r,
-            _ = conn.closed() => return,
+            code = client_gone(stopped, conn) => {
+                if code.is_some() {
+                    cancelled(shared, conn, cancels);
+                }
+                tracing::debug!(%peer, ?code, "HTTP/3 client went away while its request waited");
+                return;
+            }
         }
     } else {
         handled.await
@@ -251,7 +267,14 @@ async fn request(
     let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
         Ok(Ok(())) => {
             record.head_sent();
-            send_body(&mut stream, reply.body, send_timeout, &mut sent).await
+            send_body(
+                &mut stream,
+                offer.as_ref(),
+                reply.body,
+                send_timeout,
+                &mut sent,
+            )
+            .await
         }
         Ok(Err(e)) => Err(Ended::Stream(e)),
         Err(_) => Err(Ended::Stalled),
@@ -278,6 +301,18 @@ async fn request(
     record.finish(sent, complete);
 }
 
+/// Resolves when the client cancelled the request (`Some(code)` of its STOP_SENDING) or its
+/// connection is gone (`None`).
+async fn client_gone(stopped: Option<Stopped>, conn: &quinn::Connection) -> Option<u64> {
+    match stopped {
+        Some(stopped) => stopped.await,
+        None => {
+            conn.closed().await;
+            None
+        }
+    }
+}
+
 /// The request stream's DATA frames as a body stream (h3 decodes the framing).
 fn request_body(recv: RecvHalf) -> ByteStream {
     Box::pin(futures_util::stream::unfold(
@@ -302,8 +337,11 @@ enum Ended {
     Body(std::io::Error),
 }
 
+/// Sends `body` chunk by chunk; each chunk is first offered to the transport, which then gives it
+/// to quinn without a copy.
 async fn send_body(
     stream: &mut SendHalf,
+    offer: Option<&BodyChunk>,
     body: Body,
     send_timeout: Duration,
     sent: &mut u64,
@@ -313,6 +351,9 @@ async fn send_body(
         while let Some(chunk) = chunks.next().await {
             let data = chunk.map_err(Ended::Body)?;
             let n = data.len() as u64;
+            if let Some(o) = offer {
+                o.offer(&data);
+            }
             match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
                 Ok(Ok(())) => *sent += n,
                 Ok(Err(e)) => return Err(Ended::Stream(e)),

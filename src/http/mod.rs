@@ -1,7 +1,7 @@
 //! HTTP front ends. `handler` decides every response; the other modules only move bytes:
 //! `h1` is the plaintext HTTP/1.1 fast path (httparse + sendfile), `service` adapts hyper
 //! (h2c handed over from `h1`, HTTP/1.1 with request bodies, and TLS), `h3` serves HTTP/3 over
-//! quinn, and `body` adapts store bodies for hyper.
+//! quinn (`h3_transport` puts h3 on quinn's streams), and `body` adapts store bodies for hyper.
 //!
 //! Every protocol records each request exactly once, after its body has ended (sent whole,
 //! failed, or abandoned by the client): [`Record`] is made when the head is decided and
@@ -11,6 +11,7 @@ pub mod body;
 pub mod conditional;
 pub mod h1;
 pub mod h3;
+mod h3_transport;
 pub mod handler;
 mod headers;
 mod live;

@@ -5,8 +5,10 @@
 //! per connection, a few unidirectional ones (HTTP/3 needs three: control and two QPACK),
 //! `keepalive_timeout` as the idle timeout, small receive windows (requests have no bodies) and a
 //! bounded send window, so a connection never holds more than a few MiB of unacknowledged
-//! response data. Handshakes must finish within `header_read_timeout`; connections count
-//! against `max_connections` together with TCP ones.
+//! response data; clients that implement the ACK frequency extension are asked to acknowledge
+//! every 10 packets rather than every second one (`tls::quic_server_config`). Handshakes must
+//! finish within `header_read_timeout`; connections count against `max_connections` together
+//! with TCP ones.
 //!
 //! Address validation: with `tls.quic_retry` (default `auto`: while more than half of
 //! `max_connections` are open) a new connection must first answer a stateless Retry, so spoofed
