@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Generates the benchmark corpus with ffmpeg: one 5-minute synthetic track encoded at 3 bitrates
 # (64k, 128k, 320k AAC) as HLS-TS, HLS-fMP4 and DASH (5 s segments: the 320k TS segments are
-# ~200 KB), plus a long-segment HLS rendition (60 s at 320k: ~2 MB segments). The encoded track
+# ~200 KB), plus a long-segment HLS rendition (60 s at 320k: ~2 MB segments) and the whole track
+# as one progressive download (AAC in MP4 at 140k: ~5 MiB, `download/track.m4a`). The encoded track
 # is then copied (real copies, distinct inodes, so page-cache behaviour is honest) into N tracks.
 #   benches/corpus.sh DIR small   # 2 tracks  (~140 MB, ~1,100 files)
 #   benches/corpus.sh DIR full    # 20 tracks (~1.4 GB, ~11,000 files)
@@ -9,11 +10,11 @@ set -euo pipefail
 dir=${1:?usage: corpus.sh DIR small|full}
 preset=${2:-small}
 case "$preset" in small) tracks=2 ;; full) tracks=20 ;; *) echo "preset: small or full" >&2; exit 64 ;; esac
-stamp="$dir/.corpus-$preset"
+stamp="$dir/.corpus-$preset-v2"
 [ -f "$stamp" ] && { echo "corpus: $dir ($preset) already generated"; exit 0; }
 command -v ffmpeg >/dev/null || { echo "corpus.sh: ffmpeg not found" >&2; exit 1; }
 base="$dir/base"
-rm -rf "$dir"; mkdir -p "$base"/{hls,fmp4,dash,hls-long/320k}
+rm -rf "$dir"; mkdir -p "$base"/{hls,fmp4,dash,hls-long/320k,download}
 secs=${SEGD_CORPUS_SECONDS:-300}
 # The source is rendered once to WAV with native filters (fast), then encoded four ways.
 ffmpeg -hide_banner -loglevel error -y -f lavfi -i "sine=f=220:sample_rate=48000:d=$secs" -f lavfi -i "sine=f=331:sample_rate=48000:d=$secs" \
@@ -35,6 +36,7 @@ ffmpeg "${q[@]}" -i "$src" -filter_complex "$split" "${enc[@]}" -f hls -hls_time
   -media_seg_name 'chunk-$RepresentationID$-$Number%05d$.m4s' -adaptation_sets "id=0,streams=a" manifest.mpd )
 ffmpeg "${q[@]}" -i "$src" -map 0:a -c:a aac -b:a 320k -f hls -hls_time 60 -hls_playlist_type vod \
   -hls_segment_filename "$base/hls-long/320k/seg_%05d.ts" "$base/hls-long/320k/index.m3u8"
+ffmpeg "${q[@]}" -i "$src" -map 0:a -c:a aac -b:a 140k -movflags +faststart "$base/download/track.m4a"
 mkdir -p "$dir/root/vod"
 for i in $(seq -w 1 "$tracks"); do
   cp -r "$base" "$dir/root/vod/mix$i"

@@ -350,13 +350,13 @@ def main():
     ap.add_argument("--segd", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=None,
-                    help="rounds per scenario (default: 3, and 7 for large, c2000 and idle10k)")
+                    help="rounds per scenario (default: 3, and 7 for large, download5m, c2000, c10k and idle10k)")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--baseline", default=None,
                     help="a second segd binary (say, the previous commit's) run in the same rounds as 'base'")
     ap.add_argument("--port-base", type=int, default=18080,
                     help="first port (segd); the others follow it as 18081-18090, 18443-18444 follow 18080")
-    ap.add_argument("--scenarios", default="hot,large,c2000,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls,https-large,https-large-read")
+    ap.add_argument("--scenarios", default="hot,large,download5m,c2000,c10k,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls,https-large,https-large-read")
     args = ap.parse_args()
     set_ports(args.port_base)
     raise_nofile()
@@ -376,20 +376,26 @@ def main():
     small = [p for p in files if "/hls/320k/" in p and p.endswith(".ts")]
     hot = rnd.sample(small, min(500, len(small)))
     large = [p for p in files if "/hls-long/" in p and p.endswith(".ts")]
+    downloads = [p for p in files if "/download/" in p and p.endswith(".m4a")]
     playlists = [p for p in files if p.endswith((".m3u8", ".mpd"))]
     segments = [p for p in files if not p.endswith((".m3u8", ".mpd"))]
     lists = {}
-    for name, paths in dict(hot=hot, large=large, playlists=playlists, all=segments).items():
+    if not downloads:
+        die(f"no progressive downloads (download/*.m4a) in {root}: regenerate the corpus (benches/corpus.sh)")
+    for name, paths in dict(hot=hot, large=large, downloads=downloads, playlists=playlists, all=segments).items():
         lists[name] = os.path.join(run, f"{name}.txt")
         with open(lists[name], "w") as f:
             f.write("\n".join(paths) + "\n")
-    sizes = {n: statistics.mean(os.path.getsize(root + p) for p in ps) for n, ps in dict(hot=hot, large=large, playlists=playlists).items()}
+    sizes = {n: statistics.mean(os.path.getsize(root + p) for p in ps) for n, ps in dict(hot=hot, large=large, downloads=downloads, playlists=playlists).items()}
     print(f"compare: corpus {len(files)} files; hot set {len(hot)} x {sizes['hot']/1024:.0f} KiB, large {len(large)} x {sizes['large']/1024/1024:.2f} MiB, {len(playlists)} playlists")
 
     scenarios = {
         "hot": dict(kind="wrk", paths="hot", conns=128, desc=f"hot small segments (~{sizes['hot']/1024:.0f} KiB, random over {len(hot)}), 128 conns"),
         "large": dict(kind="wrk", paths="large", conns=32, rounds=7, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
         "c2000": dict(kind="wrk", paths="hot", conns=2000, rounds=7, desc="hot small segments, 2,000 concurrent connections"),
+        "c10k": dict(kind="wrk", paths="hot", conns=10000, rounds=7, desc="hot small segments, 10,000 concurrent active connections"),
+        "download5m": dict(kind="wrk", paths="downloads", conns=32, rounds=7,
+                           desc=f"progressive downloads (whole tracks, ~{sizes['downloads']/1024/1024:.1f} MiB), 32 conns"),
         "h2c": dict(kind="h2load", paths="hot", conns=32, streams=10, desc="HTTP/2 prior knowledge (h2load), 32 conns x 10 streams"),
         "playlists": dict(kind="wrk", paths="playlists", conns=128, desc="playlists only, 128 conns"),
         "cold": dict(kind="wrk", paths="all", conns=128, cold=True, desc="cold: page cache dropped, random over the whole corpus, 128 conns"),
