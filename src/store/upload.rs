@@ -147,18 +147,18 @@ impl Upload {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
         let buf = self.buf.take();
-        let (temp, r, buf) = tokio::task::spawn_blocking(move || {
+        let (temp, r) = tokio::task::spawn_blocking(move || {
             let r = temp.write_chunks(&buf);
-            (temp, r, buf)
+            (temp, r)
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
         self.temp = Some(temp);
         r.map_err(|e| self.io_error(e))?;
         if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
+            // Readers of what was just written may now read it from the file.
             p.written(t.written());
         }
-        drop(buf);
         Ok(())
     }
 
