@@ -7,6 +7,13 @@ use clap::Parser;
 use segd::cli::{Cli, Command};
 use segd::config::Config;
 
+/// jemalloc, not the C library's malloc: per-thread caches for every size a request allocates
+/// (glibc's stop at 1 KiB, below a response's header map, and each larger request consolidates
+/// its fast bins), and a purge that returns a burst's free pages from every arena at once
+/// (`src/http/h1/trim.rs`). Measured in `benches/results/2026-11-29-*-alloc/`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const EX_CONFIG: u8 = 64;
 
 /// Prints every config problem and the count; the exit code for an invalid config.

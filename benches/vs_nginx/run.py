@@ -291,7 +291,7 @@ def idle_connections(port, path, n):
                 pending[s] += data
                 if b"\r\n\r\n" in pending[s] or not data:
                     if not pending[s].startswith(b"HTTP/1.1 200"):
-                        die(f"idle scenario: bad response {pending[s][:100]!r}")
+                        die(f"idle scenario: bad response from port {port} ({len(socks) - len(pending)} of {n} answered): {pending[s][:100]!r}")
                     sel.unregister(s)
                     del pending[s]
     if pending:

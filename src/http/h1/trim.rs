@@ -1,14 +1,16 @@
 //! Memory given back after a burst of requests.
 //!
-//! glibc's malloc keeps what a program frees inside its arenas. After a burst — 10,000
-//! connections opening and asking at once, each request's transient state (its boxed exchange,
-//! head, headers, reply) alive together while they wait for the blocking pool — the pages that
-//! held it are free but stay resident, interleaved with the connections that live on, so RSS stays
-//! at the burst's peak for good (`/proc/PID/smaps`: the worker's 64 MB arena heap full, about
-//! 38 of its 75 MB free after 10,000 idle connections settle). `malloc_trim(0)` hands every free
-//! page of every arena back to the kernel.
+//! An allocator keeps what a program frees for reuse. After a burst — 10,000 connections
+//! opening and asking at once, each request's transient state (its boxed exchange, head,
+//! headers, reply) alive together while they wait for the blocking pool — the pages that held it
+//! are free but stay resident, interleaved with the connections that live on, so RSS would stay
+//! at the burst's peak for good (measured with glibc's malloc: the worker's 64 MB arena heap
+//! full, about 38 of its 75 MB free after 10,000 idle connections settle). jemalloc (segd's
+//! allocator, `src/main.rs`) returns dirty pages on its own only after a decay of seconds and
+//! only while the arena is in use; `arena.<all>.purge` returns every free page of every arena
+//! at once.
 //!
-//! It walks the heaps under their locks, so it runs only where it pays. A trimming task starts
+//! It walks the arenas under their locks, so it runs only where it pays. A trimming task starts
 //! once at least [`MIN_REQUESTS`] requests were answered since the last one ended; it trims each
 //! time no request has finished for [`QUIET`] and some did since its last trim, and ends after a
 //! quiet period with none. So under steady load it never trims (no pause that long); after a
@@ -16,7 +18,7 @@
 //! memory a trim during the pause could not return (they still held it). Traffic that arrives in
 //! gaps longer than `QUIET` keeps the task trimming at most once per gap, on a heap that is then
 //! small. Nothing here changes how much memory a request uses, only how long freed memory stays
-//! resident. Other allocators (or other C libraries) get nothing from this: it is a no-op there.
+//! resident.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -66,14 +68,20 @@ async fn trim_when_quiet() {
     RUNNING.store(false, Ordering::Relaxed);
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// `arena.<i>.purge` with jemalloc's `MALLCTL_ARENAS_ALL` (4096) as `<i>`: every arena.
+const PURGE_ALL: &std::ffi::CStr = c"arena.4096.purge";
+
 fn trim() {
-    // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it walks it, so it is
-    // safe to call from any thread at any time.
+    // SAFETY: a NUL-terminated control name with no value read or written. jemalloc locks each
+    // arena while it purges it, so this is safe from any thread at any time; when jemalloc is not
+    // the allocator (unit tests), its arenas are empty and this does nothing.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(
+            PURGE_ALL.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
     }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
