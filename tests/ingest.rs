@@ -1211,6 +1211,13 @@ async fn reserve_beyond_free_space_is_507() {
         &["-H", "Expect: 100-continue"],
     );
     assert_eq!(r.statuses, vec![507], "{r:?}");
+    // Also for a body small enough to be placed with its commit otherwise.
+    let r = curl_put(
+        &rig.url(&q("/live/full/c.ts", &tok)),
+        b"small",
+        &["-H", "Expect: 100-continue"],
+    );
+    assert_eq!(r.statuses, vec![507], "small body, Expect: {r:?}");
     assert_eq!(tree(&vol), before, "nothing written");
     assert_no_tmp(&vol, "507");
     assert_eq!(
@@ -1224,8 +1231,10 @@ async fn reserve_beyond_free_space_is_507() {
     let r = curl_delete(&rig.url(&q("/live/full/a.ts", &tok)));
     assert_eq!(r.status(), 204, "{r:?}");
     let m = rig.metrics().await;
-    assert!(
-        metric(&m, "segd_ingest_insufficient_storage_total").is_some_and(|v| v >= 1.0),
+    // Each of the four refusals counted, whether before the body (Expect) or with the commit.
+    assert_eq!(
+        metric(&m, "segd_ingest_insufficient_storage_total"),
+        Some(4.0),
         "{m}"
     );
 }

@@ -328,4 +328,35 @@ mod tests {
         );
         p.done(visible);
     }
+
+    /// An upload small enough to be written with its commit never has a file while it grows:
+    /// readers that join before and during it get every byte from memory, to the end.
+    #[test]
+    fn an_upload_without_a_file_yet_is_read_from_memory() {
+        let set = Arc::new(GrowingSet::default());
+        let p = set.announce("/live/a/t.m4s");
+        let g = set.get("/live/a/t.m4s").expect("announced");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let got = rt.block_on(async {
+            let mut s = g.stream(0, None);
+            let chunk = Bytes::from(vec![3u8; 40 * 1024]);
+            let mut visible = 0;
+            for _ in 0..5 {
+                visible += chunk.len() as u64;
+                p.advance_with(visible, std::slice::from_ref(&chunk), 0);
+            }
+            p.done(visible);
+            let mut n = 0u64;
+            while let Some(b) = s.next().await {
+                let b = b.expect("chunk");
+                assert!(b.iter().all(|&x| x == 3));
+                n += b.len() as u64;
+            }
+            n
+        });
+        assert_eq!(got, 200 * 1024);
+    }
 }

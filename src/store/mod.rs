@@ -355,7 +355,7 @@ impl Store {
             durable,
             mode,
             self.through(mode.live),
-            m.ingest_temp_removed.clone(),
+            (m.ingest_temp_removed.clone(), m.ingest_no_space.clone()),
         )
         .await;
         if matches!(r, Err(WriteError::NoSpace)) {

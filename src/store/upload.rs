@@ -79,22 +79,25 @@ pub struct Mode {
     /// The path is under `[live] prefixes` (write-through applies to it only with
     /// `write_through_live`).
     pub live: bool,
+    /// The client waits for a decision before it sends the body (`Expect: 100-continue`): the
+    /// upload is placed and its file created at once, so a refusal (507, 409) comes first.
+    pub decide_first: bool,
 }
 
 /// A file being uploaded. Dropped without [`Upload::commit`], it is removed: a failed upload
 /// leaves no trace.
 pub struct Upload {
-    temp: Option<TempFile>,
+    /// The temporary file, once the upload has one (see [`File`]).
+    file: File,
     /// Received chunks not yet written, as they came (written with one `writev`, no copy).
     buf: Pending,
     name: String,
     key: RelPath,
-    volume: usize,
     local: Arc<Local>,
     durable: bool,
-    /// Bytes this upload may write before the volume would cross its reserve.
-    room: u64,
     temp_removed: prometheus::IntCounter,
+    /// Counts the uploads refused because no volume had room (507).
+    no_space: prometheus::IntCounter,
     /// The body, when kept (see [`Mode::keep`]).
     kept: Option<BytesMut>,
     /// Set for growing uploads (see [`Mode::growing`]).
@@ -102,6 +105,100 @@ pub struct Upload {
     /// The bucket this upload is written through to.
     through: Option<Arc<WriteThrough>>,
     _lock: PathLock,
+}
+
+/// Where an upload's bytes go.
+enum File {
+    /// Not placed yet: the volume is picked and the temporary file created with the first write
+    /// to disk. A body that fits in one [`WRITE_BUFFER`] — most segments and every playlist —
+    /// then costs one trip to the blocking pool (place, create, write, rename) instead of two.
+    Later { len_hint: u64, reserve: u64 },
+    Open {
+        temp: TempFile,
+        volume: usize,
+        /// Bytes this upload may write before the volume would cross its reserve.
+        room: u64,
+    },
+    /// A write failed (its temporary file is gone): nothing more is written.
+    Failed,
+}
+
+impl File {
+    fn written(&self) -> u64 {
+        match self {
+            File::Open { temp, .. } => temp.written(),
+            _ => 0,
+        }
+    }
+}
+
+/// A temporary file to write to: the one `file` has, else a new one placed for `need` bytes
+/// (blocking: call it on the pool). Also says whether it was created now.
+fn open_for(local: &Local, key: &RelPath, file: File, need: u64) -> Result<Opened, WriteError> {
+    match file {
+        File::Open { temp, volume, room } => Ok(Opened {
+            temp,
+            volume,
+            room,
+            new: false,
+        }),
+        File::Later { len_hint, reserve } => {
+            let (volume, room, temp) = create(local, key, need.max(len_hint), reserve)?;
+            Ok(Opened {
+                temp,
+                volume,
+                room,
+                new: true,
+            })
+        }
+        File::Failed => Err(WriteError::Io(io::Error::other("upload already failed"))),
+    }
+}
+
+struct Opened {
+    temp: TempFile,
+    volume: usize,
+    room: u64,
+    new: bool,
+}
+
+/// Picks the volume for `len` bytes of `key`, creates missing directories and the temporary
+/// file (blocking).
+fn create(
+    local: &Local,
+    key: &RelPath,
+    len: u64,
+    reserve: u64,
+) -> Result<(usize, u64, TempFile), WriteError> {
+    let (volume, room) = local.place_write(key, len, reserve)?;
+    let (dir, _) = split(key);
+    let v = local
+        .volumes
+        .get(volume)
+        .ok_or(WriteError::VolumeUnavailable)?;
+    let temp = v
+        .with_root(|root| Dir::open(root, dir, true).and_then(TempFile::new))
+        .ok_or(WriteError::VolumeUnavailable)?
+        .map_err(|e| {
+            local.volumes.note_error(volume, &e);
+            match e.raw_os_error() {
+                Some(libc::ENOSPC) => WriteError::NoSpace,
+                Some(libc::ENOTDIR | libc::ELOOP) => WriteError::IsDirectory,
+                _ => WriteError::Io(e),
+            }
+        })?;
+    Ok((volume, room, temp))
+}
+
+/// A failed write on `volume`: counted against the volume when the device failed; no space
+/// left is a 507 like a full reserve.
+fn write_failed(local: &Local, volume: usize, e: io::Error) -> WriteError {
+    local.volumes.note_error(volume, &e);
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        WriteError::NoSpace
+    } else {
+        WriteError::Io(e)
+    }
 }
 
 /// What a committed upload did.
@@ -117,10 +214,13 @@ pub struct Committed {
 impl Upload {
     /// Takes the next piece of the body.
     pub async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
-        let total =
-            self.temp.as_ref().map_or(0, TempFile::written) + (self.buf.len + data.len()) as u64;
-        if total > self.room {
-            return Err(WriteError::NoSpace);
+        let on_disk = self.file.written();
+        let total = on_disk + (self.buf.len + data.len()) as u64;
+        if let File::Open { room, .. } = &self.file {
+            if total > *room {
+                self.no_space.inc();
+                return Err(WriteError::NoSpace);
+            }
         }
         if let Some(k) = &mut self.kept {
             if k.len() + data.len() <= KEEP_MAX {
@@ -129,10 +229,9 @@ impl Upload {
                 self.kept = None;
             }
         }
-        if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
+        if let Some(p) = &self.publisher {
             // Readers of a growing upload have each chunk at once, from memory; the file gets
             // it with the next batch.
-            let on_disk = t.written();
             p.advance_with(total, std::slice::from_ref(&data), on_disk);
         }
         self.buf.push(data);
@@ -142,84 +241,109 @@ impl Upload {
         Ok(())
     }
 
+    /// Writes what is buffered, creating the temporary file first if there is none yet.
     async fn flush(&mut self) -> Result<(), WriteError> {
-        let Some(mut temp) = self.temp.take() else {
-            return Err(WriteError::Io(io::Error::other("upload already failed")));
-        };
+        let file = std::mem::replace(&mut self.file, File::Failed);
+        let need = file.written() + self.buf.len as u64;
         let buf = self.buf.take();
-        let (temp, r) = tokio::task::spawn_blocking(move || {
-            let r = temp.write_chunks(&buf);
-            (temp, r)
+        let (local, key) = (Arc::clone(&self.local), self.key.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
+            let mut o = open_for(&local, &key, file, need)?;
+            let w = o.temp.write_chunks(&buf);
+            Ok((o, w))
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
-        self.temp = Some(temp);
-        r.map_err(|e| self.io_error(e))?;
-        if let (Some(p), Some(t)) = (&self.publisher, &self.temp) {
+        let (o, written) = r.map_err(|e| self.refused(e))?;
+        if let (Some(p), true) = (&self.publisher, o.new) {
+            p.attach(o.temp.reader().map_err(WriteError::Io)?);
+        }
+        let (on_disk, volume) = (o.temp.written(), o.volume);
+        self.file = File::Open {
+            temp: o.temp,
+            volume: o.volume,
+            room: o.room,
+        };
+        written.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
+        if let Some(p) = &self.publisher {
             // Readers of what was just written may now read it from the file.
-            p.written(t.written());
+            p.written(on_disk);
         }
         Ok(())
     }
 
-    fn io_error(&self, e: io::Error) -> WriteError {
-        self.local.volumes.note_error(self.volume, &e);
-        if e.raw_os_error() == Some(libc::ENOSPC) {
-            WriteError::NoSpace
-        } else {
-            WriteError::Io(e)
+    /// Counts a 507 as it goes by.
+    fn refused(&self, e: WriteError) -> WriteError {
+        if matches!(e, WriteError::NoSpace) {
+            self.no_space.inc();
         }
+        e
     }
 
     /// Writes what is buffered, then renames the file into place (durably, if configured). The
     /// first read after this returns the new bytes: the path's cached descriptor is forgotten.
     pub async fn commit(mut self) -> Result<Committed, WriteError> {
-        let Some(mut temp) = self.temp.take() else {
-            return Err(WriteError::Io(io::Error::other("upload already failed")));
-        };
+        let file = std::mem::replace(&mut self.file, File::Failed);
+        let need = file.written() + self.buf.len as u64;
         let buf = self.buf.take();
         let durable = self.durable;
+        let (local, key) = (Arc::clone(&self.local), self.key.clone());
         if let Some(wt) = self.through.clone() {
             // Written through: the bucket has it (or the queue says it will) before the rename.
-            let key = self.key.clone();
             let w = Arc::clone(&wt);
-            let r = tokio::task::spawn_blocking(move || {
-                let r = temp.write_chunks(&buf).and_then(|()| match w.durability {
-                    Durability::Upstream => temp.seal(durable).map(Some),
+            let r = tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
+                let mut o = open_for(&local, &key, file, need)?;
+                let sealed = o.temp.write_chunks(&buf).and_then(|()| match w.durability {
+                    Durability::Upstream => o.temp.seal(durable).map(Some),
                     Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
                 });
-                (temp, r)
+                Ok((o, sealed))
             })
             .await
             .map_err(|e| WriteError::Io(io::Error::other(e)))?;
-            temp = r.0;
-            if let Some((st, reader)) = r.1.map_err(|e| self.io_error(e))? {
+            let (o, sealed) = r.map_err(|e| self.refused(e))?;
+            let volume = o.volume;
+            self.file = File::Open {
+                temp: o.temp,
+                volume: o.volume,
+                room: o.room,
+            };
+            let sealed = sealed.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
+            if let Some((st, reader)) = sealed {
                 wt.put(&self.key, reader, &ObjectMeta::from_stat(&st))
                     .await?;
             }
-            self.temp = Some(temp);
             return self.rename().await;
         }
-        // The last write and the rename in one trip to the blocking pool.
+        // Placed and created now if need be, the last write and the rename: one trip to the
+        // blocking pool.
         let name = self.name.clone();
-        let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
-            temp.write_chunks(&buf)?;
-            let existed = temp_dir_has(&temp, &name);
-            Ok((existed, temp.commit(&name, durable)?))
+        let r = tokio::task::spawn_blocking(move || {
+            let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
+            let (mut temp, volume) = (o.temp, o.volume);
+            let done = temp.write_chunks(&buf).and_then(|()| {
+                let existed = temp_dir_has(&temp, &name);
+                Ok((existed, temp.commit(&name, durable)?))
+            });
+            done.map(|(existed, st)| (existed, st, volume))
+                .map_err(|e| (true, write_failed(&local, volume, e)))
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
-        let (existed, st) = r.map_err(|e| {
-            // The temporary file went with the failed call (its drop removed it).
-            self.temp_removed.inc();
-            self.io_error(e)
+        let (existed, st, volume) = r.map_err(|(removed, e)| {
+            if removed {
+                // The temporary file went with the failed call (its drop removed it).
+                self.temp_removed.inc();
+            }
+            self.refused(e)
         })?;
-        self.committed(existed, &st)
+        self.committed(existed, &st, volume)
     }
 
     /// Renames the complete file into place (durably, if configured).
     async fn rename(mut self) -> Result<Committed, WriteError> {
-        let Some(temp) = self.temp.take() else {
+        let File::Open { temp, volume, .. } = std::mem::replace(&mut self.file, File::Failed)
+        else {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
         let (name, durable) = (self.name.clone(), self.durable);
@@ -230,14 +354,19 @@ impl Upload {
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
-        let (existed, st) = r.map_err(|e| self.io_error(e))?;
-        self.committed(existed, &st)
+        let (existed, st) = r.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
+        self.committed(existed, &st, volume)
     }
 
     /// The file is in place: readers see it from now on.
-    fn committed(mut self, existed: bool, st: &rustix::fs::Stat) -> Result<Committed, WriteError> {
+    fn committed(
+        mut self,
+        existed: bool,
+        st: &rustix::fs::Stat,
+        volume: usize,
+    ) -> Result<Committed, WriteError> {
         self.local.forget(&self.key);
-        self.local.volumes.remember(&self.key, self.volume);
+        self.local.volumes.remember(&self.key, volume);
         let meta = ObjectMeta::from_stat(st);
         if let Some(p) = self.publisher.take() {
             p.done(meta.len);
@@ -259,7 +388,7 @@ fn temp_dir_has(temp: &TempFile, name: &str) -> bool {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        if self.temp.take().is_some() {
+        if matches!(self.file, File::Open { .. }) {
             // TempFile's own drop unlinks it.
             self.temp_removed.inc();
         }
@@ -347,8 +476,10 @@ impl Local {
     }
 }
 
-/// Starts an upload of `rel`: picks the volume, creates missing directories, opens the
-/// temporary file. Blocking: runs on the blocking pool.
+/// Starts an upload of `rel`: takes the path's lock and announces a growing upload. The volume
+/// is picked, missing directories created and the temporary file opened (blocking: on the pool)
+/// now when the answer must come before the body ([`Mode::decide_first`]) or the body will not
+/// fit in one write; otherwise with the first write, usually the commit.
 #[allow(clippy::too_many_arguments)]
 pub async fn begin(
     local: Arc<Local>,
@@ -360,48 +491,36 @@ pub async fn begin(
     durable: bool,
     mode: Mode,
     through: Option<Arc<WriteThrough>>,
-    temp_removed: prometheus::IntCounter,
+    counters: (prometheus::IntCounter, prometheus::IntCounter),
 ) -> Result<Upload, WriteError> {
+    let (temp_removed, no_space) = counters;
     let lock = locks.lock(rel).await;
-    // A growing upload is announced before its file exists: a reader that asks at once waits.
+    // A growing upload is announced before its file exists: a reader that asks at once waits,
+    // and takes the first chunks from memory (they stay there until the file has them).
     let publisher = mode.growing.then(|| growing.announce(rel.as_str()));
-    let (l, key) = (Arc::clone(&local), rel.clone());
-    let opened =
-        tokio::task::spawn_blocking(move || -> Result<(usize, u64, TempFile), WriteError> {
-            let (volume, room) = l.place_write(&key, len_hint, reserve)?;
-            let (dir, _) = split(&key);
-            let v = l.volumes.get(volume).ok_or(WriteError::VolumeUnavailable)?;
-            let temp = v
-                .with_root(|root| Dir::open(root, dir, true).and_then(TempFile::new))
-                .ok_or(WriteError::VolumeUnavailable)?
-                .map_err(|e| {
-                    l.volumes.note_error(volume, &e);
-                    match e.raw_os_error() {
-                        Some(libc::ENOSPC) => WriteError::NoSpace,
-                        Some(libc::ENOTDIR | libc::ELOOP) => WriteError::IsDirectory,
-                        _ => WriteError::Io(e),
-                    }
-                })?;
-            Ok((volume, room, temp))
-        })
-        .await
-        .map_err(|e| WriteError::Io(io::Error::other(e)))??;
-    let (volume, room, temp) = opened;
-    if let Some(p) = &publisher {
-        p.attach(temp.reader().map_err(WriteError::Io)?);
+    let mut file = File::Later { len_hint, reserve };
+    if mode.decide_first || len_hint > WRITE_BUFFER as u64 {
+        let (l, key) = (Arc::clone(&local), rel.clone());
+        let (volume, room, temp) =
+            tokio::task::spawn_blocking(move || create(&l, &key, len_hint, reserve))
+                .await
+                .map_err(|e| WriteError::Io(io::Error::other(e)))??;
+        if let Some(p) = &publisher {
+            p.attach(temp.reader().map_err(WriteError::Io)?);
+        }
+        file = File::Open { temp, volume, room };
     }
     Ok(Upload {
         kept: mode.keep.then(BytesMut::new),
         publisher,
-        temp: Some(temp),
+        file,
         buf: Pending::default(),
         name: split(rel).1.to_owned(),
         key: rel.clone(),
-        volume,
         local,
         durable,
-        room,
         temp_removed,
+        no_space,
         through,
         _lock: lock,
     })
