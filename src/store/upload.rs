@@ -255,21 +255,29 @@ impl Upload {
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
         let (o, written) = r.map_err(|e| self.refused(e))?;
-        if let (Some(p), true) = (&self.publisher, o.new) {
-            p.attach(o.temp.reader().map_err(WriteError::Io)?);
+        let new = o.new;
+        let volume = self.keep(o);
+        if let (Some(p), true, File::Open { temp, .. }) = (&self.publisher, new, &self.file) {
+            p.attach(temp.reader().map_err(WriteError::Io)?);
         }
-        let (on_disk, volume) = (o.temp.written(), o.volume);
-        self.file = File::Open {
-            temp: o.temp,
-            volume: o.volume,
-            room: o.room,
-        };
         written.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
         if let Some(p) = &self.publisher {
             // Readers of what was just written may now read it from the file.
-            p.written(on_disk);
+            p.written(self.file.written());
         }
         Ok(())
+    }
+
+    /// Keeps `o` as the upload's file (its drop removes it if the upload fails); returns its
+    /// volume.
+    fn keep(&mut self, o: Opened) -> usize {
+        let volume = o.volume;
+        self.file = File::Open {
+            temp: o.temp,
+            volume,
+            room: o.room,
+        };
+        volume
     }
 
     /// Counts a 507 as it goes by.
@@ -302,12 +310,7 @@ impl Upload {
             .await
             .map_err(|e| WriteError::Io(io::Error::other(e)))?;
             let (o, sealed) = r.map_err(|e| self.refused(e))?;
-            let volume = o.volume;
-            self.file = File::Open {
-                temp: o.temp,
-                volume: o.volume,
-                room: o.room,
-            };
+            let volume = self.keep(o);
             let sealed = sealed.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
             if let Some((st, reader)) = sealed {
                 wt.put(&self.key, reader, &ObjectMeta::from_stat(&st))
