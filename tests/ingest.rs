@@ -1066,6 +1066,78 @@ async fn body_timeout_is_408() {
     );
 }
 
+/// A `Content-Length` body is read on the connection it came on, which then carries on: a
+/// request pipelined right behind the body is answered next, `Expect: 100-continue` gets its 100
+/// only for an accepted write, and a refused body's connection is closed after the answer.
+#[tokio::test]
+async fn content_length_bodies_keep_the_connection() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let body = payload(70_000, 3);
+    let mut s = connect(rig.srv.addr);
+
+    // A PUT and a GET of the same object in one write: the GET sees the new bytes.
+    let mut wire = format!(
+        "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        q("/live/kc/a.ts", &tok),
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(&body);
+    wire.extend_from_slice(b"GET /live/kc/a.ts HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(&wire).expect("pipelined PUT and GET");
+    let put = read_head(&mut s);
+    assert!(put.starts_with("HTTP/1.1 201"), "PUT: {put:?}");
+    let got = read_head(&mut s);
+    assert!(got.starts_with("HTTP/1.1 200"), "pipelined GET: {got:?}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains(&format!("content-length: {}\r\n", body.len())),
+        "pipelined GET: {got:?}"
+    );
+    let mut back = vec![0u8; body.len()];
+    s.read_exact(&mut back).expect("GET body");
+    assert!(back == body, "the pipelined GET returned other bytes");
+
+    // Expect: 100-continue on the same connection: 100, then the body, then 201.
+    s.write_all(
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            q("/live/kc/b.ts", &tok)
+        )
+        .as_bytes(),
+    )
+    .expect("head");
+    let interim = read_head(&mut s);
+    assert!(interim.starts_with("HTTP/1.1 100"), "Expect: {interim:?}");
+    s.write_all(b"hello").expect("body");
+    let done = read_head(&mut s);
+    assert!(done.starts_with("HTTP/1.1 201"), "after 100: {done:?}");
+    assert_file(&vol.join("live/kc/b.ts"), b"hello", "Expect upload");
+
+    // Refused (no token) with Expect: no 100, the answer, and the connection closes.
+    s.write_all(
+        b"PUT /live/kc/c.ts HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .expect("head");
+    let refused = read_head(&mut s);
+    assert!(refused.starts_with("HTTP/1.1 403"), "no token: {refused:?}");
+    assert!(
+        refused.to_ascii_lowercase().contains("connection: close"),
+        "a refused body closes the connection: {refused:?}"
+    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("HTTP/1.1 100"),
+        "a 100 after the refusal: {rest:?}"
+    );
+    assert!(!vol.join("live/kc/c.ts").exists(), "refused upload written");
+    assert_file(&vol.join("live/kc/a.ts"), &body, "first upload");
+    assert_no_tmp(&vol, "after the connection");
+}
+
 #[tokio::test]
 async fn client_gone_mid_body() {
     let old = payload(50_000, 7);

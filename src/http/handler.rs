@@ -118,7 +118,12 @@ pub(super) struct Cx<'a> {
 }
 
 /// Handles one request. See the module doc for the steps.
-pub async fn handle(rt: &Runtime, policy: &Policy, req: &Request<'_>, body: RequestBody) -> Reply {
+pub async fn handle(
+    rt: &Runtime,
+    policy: &Policy,
+    req: &Request<'_>,
+    body: RequestBody<'_>,
+) -> Reply {
     let mut log = LogInfo::default();
     let cx = Cx {
         rt,
@@ -144,7 +149,7 @@ pub async fn handle(rt: &Runtime, policy: &Policy, req: &Request<'_>, body: Requ
 /// Names the node that answered (`server.served_by`), for clusters behind a balancer.
 const X_SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-served-by");
 
-async fn decide(cx: &Cx<'_>, mut body: RequestBody, log: &mut LogInfo) -> Result<Reply, Stop> {
+async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Result<Reply, Stop> {
     let (cfg, req) = (&cx.policy.config, cx.req);
 
     // 1. Target length.

@@ -1,12 +1,13 @@
 //! Request bodies, the same on every protocol: an async stream of chunks the handler pulls when
 //! (and only when) it has decided the request is acceptable, each chunk within a timeout, the
 //! total within a limit. Framing is decoded by the protocol's library — hyper for HTTP/1.1
-//! (`Content-Length` and `chunked`; the fast path hands such connections to hyper) and HTTP/2,
-//! h3 for HTTP/3 — never by segd.
+//! `chunked` (the fast path hands such connections to hyper) and HTTP/2, h3 for HTTP/3. A
+//! `Content-Length` body on the HTTP/1.1 fast path is counted off the connection there
+//! (`h1::body`).
 //!
-//! `Expect: 100-continue` follows from pulling: hyper sends the interim 100 when the body is
-//! first polled, so a request refused before its body is read never gets one (and its
-//! connection is closed after the answer, the unread body with it).
+//! `Expect: 100-continue` follows from pulling: the interim 100 is sent when the body is first
+//! polled, so a request refused before its body is read never gets one (and its connection is
+//! closed after the answer, the unread body with it).
 
 use std::io;
 use std::time::Duration;
@@ -16,18 +17,31 @@ use futures_util::StreamExt;
 
 use super::refusal::Refusal;
 use crate::store::ByteStream;
+/// A body's chunks in order, for as long as the body may borrow its connection.
+pub type BodyStream<'a> =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send + 'a>>;
 
 /// A request's body (possibly none).
-pub struct RequestBody {
-    stream: Option<ByteStream>,
+pub struct RequestBody<'a> {
+    stream: Option<Chunks<'a>>,
     /// The length the request declared (`Content-Length`), when it declared one.
     pub declared: Option<u64>,
     received: u64,
 }
 
-impl RequestBody {
-    /// No body at all (the HTTP/1.1 fast path only calls the handler for such requests).
-    pub fn none() -> RequestBody {
+/// Where the chunks come from.
+enum Chunks<'a> {
+    /// A stream that owns what it reads from (hyper's body, h3's): the body can be read in a
+    /// task of its own.
+    Owned(ByteStream),
+    /// A stream that borrows the connection (the HTTP/1.1 fast path): read in the request's
+    /// own task, which always runs to its end.
+    Borrowed(BodyStream<'a>),
+}
+
+impl<'a> RequestBody<'a> {
+    /// No body at all.
+    pub fn none() -> RequestBody<'a> {
         RequestBody {
             stream: None,
             declared: Some(0),
@@ -35,16 +49,43 @@ impl RequestBody {
         }
     }
 
-    pub fn new(declared: Option<u64>, stream: ByteStream) -> RequestBody {
+    pub fn new(declared: Option<u64>, stream: ByteStream) -> RequestBody<'a> {
         RequestBody {
-            stream: Some(stream),
+            stream: Some(Chunks::Owned(stream)),
             declared,
             received: 0,
         }
     }
 
+    /// A body read from a connection the stream borrows.
+    pub fn borrowed(declared: Option<u64>, stream: BodyStream<'a>) -> RequestBody<'a> {
+        RequestBody {
+            stream: Some(Chunks::Borrowed(stream)),
+            declared,
+            received: 0,
+        }
+    }
+
+    /// The body as one that may move to a task of its own (`Ok`), or back as it is when it
+    /// borrows its connection (`Err`): then it is read where the request is handled.
+    pub fn detach(self) -> Result<RequestBody<'static>, RequestBody<'a>> {
+        match self.stream {
+            Some(Chunks::Borrowed(_)) => Err(self),
+            Some(Chunks::Owned(s)) => Ok(RequestBody {
+                stream: Some(Chunks::Owned(s)),
+                declared: self.declared,
+                received: self.received,
+            }),
+            None => Ok(RequestBody {
+                stream: None,
+                declared: self.declared,
+                received: self.received,
+            }),
+        }
+    }
+
     /// hyper's body (HTTP/1.1 and HTTP/2): data frames in order, trailers skipped.
-    pub fn from_hyper(body: hyper::body::Incoming) -> RequestBody {
+    pub fn from_hyper(body: hyper::body::Incoming) -> RequestBody<'static> {
         use http_body::Body as _;
         if body.is_end_stream() {
             return RequestBody::none();
@@ -74,10 +115,12 @@ impl RequestBody {
         if self.declared.is_some_and(|d| d > limit) {
             return Err(Refusal::TooLarge);
         }
-        let Some(stream) = self.stream.as_mut() else {
-            return Ok(None);
+        let next = match self.stream.as_mut() {
+            None => return Ok(None),
+            Some(Chunks::Owned(s)) => tokio::time::timeout(timeout, s.next()).await,
+            Some(Chunks::Borrowed(s)) => tokio::time::timeout(timeout, s.next()).await,
         };
-        match tokio::time::timeout(timeout, stream.next()).await {
+        match next {
             Err(_) => Err(Refusal::BodyTimeout),
             Ok(None) => {
                 self.stream = None;

@@ -47,7 +47,7 @@ pub(super) async fn handle(
     rel: &RelPath,
     class: ObjectClass,
     live: bool,
-    body: RequestBody,
+    body: RequestBody<'_>,
 ) -> Result<Reply, Stop> {
     if *cx.req.method == Method::DELETE {
         delete(cx, rel, class, live, body).await
@@ -108,7 +108,7 @@ async fn put(
     rel: &RelPath,
     class: ObjectClass,
     live: bool,
-    mut body: RequestBody,
+    body: RequestBody<'_>,
 ) -> Result<Reply, Stop> {
     let ingest = &cx.policy.config.ingest;
     let start = Instant::now();
@@ -138,7 +138,7 @@ async fn put(
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
     };
-    let mut upload = cx
+    let upload = cx
         .rt
         .store
         .begin_upload(
@@ -156,28 +156,30 @@ async fn put(
     }
     // 4. Preconditions, under the path's lock.
     preconditions(cx, rel, class, live).await?;
-    // 5. The body, and 6. the commit, in a task that outlives the connection.
-    let (limit, timeout) = (ingest.max_body_bytes, ingest.body_timeout);
-    let metrics = Arc::clone(&cx.rt.metrics);
-    let registry = Arc::clone(&cx.rt.live);
-    let key = canonical.clone();
-    let task = tokio::spawn(async move {
-        let _held = (slot, in_progress);
-        let mut next = body.next(limit, timeout).await?;
-        while let Some(chunk) = next {
-            upload.write(chunk).await?;
-            next = body.next(limit, timeout).await?;
+    // 5. The body, and 6. the commit. A body that owns its source is read in a task of its
+    // own, so a complete body is committed even when the client closes without reading the
+    // answer (ffmpeg does) and the protocol library drops the request; the HTTP/1.1 fast
+    // path's body borrows its connection, whose task runs every request to its end.
+    let held = (slot, in_progress);
+    let receive = Receive {
+        limit: ingest.max_body_bytes,
+        timeout: ingest.body_timeout,
+        metrics: Arc::clone(&cx.rt.metrics),
+        registry: Arc::clone(&cx.rt.live),
+        key: canonical,
+    };
+    let done = match body.detach() {
+        Ok(body) => tokio::spawn(async move {
+            let _held = held;
+            receive.run(body, upload).await
+        })
+        .await
+        .map_err(|_| Refusal::Internal)??,
+        Err(body) => {
+            let _held = held;
+            receive.run(body, upload).await?
         }
-        let mut done = upload.commit().await?;
-        metrics.ingest_bytes.inc_by(body.received());
-        // Parsed once per write: every request parked on this playlist re-checks now.
-        if let Some(text) = done.body.take() {
-            let snap = Snapshot::parse(text, done.etag.clone(), done.last_modified.clone());
-            registry.publish(&key, snap);
-        }
-        Ok::<_, Refusal>(done)
-    });
-    let done = task.await.map_err(|_| Refusal::Internal)??;
+    };
     let mut h = answer_headers(cx);
     h.insert(ETAG, done.etag);
     let status = if done.created {
@@ -194,12 +196,43 @@ async fn put(
     Ok(reply(status, h, Body::Empty))
 }
 
+/// Reads an upload's body into it and commits it.
+struct Receive {
+    limit: u64,
+    timeout: std::time::Duration,
+    metrics: Arc<Metrics>,
+    registry: Arc<crate::live::Registry>,
+    key: String,
+}
+
+impl Receive {
+    async fn run(
+        self,
+        mut body: RequestBody<'_>,
+        mut upload: crate::store::Upload,
+    ) -> Result<crate::store::Committed, Refusal> {
+        let mut next = body.next(self.limit, self.timeout).await?;
+        while let Some(chunk) = next {
+            upload.write(chunk).await?;
+            next = body.next(self.limit, self.timeout).await?;
+        }
+        let mut done = upload.commit().await?;
+        self.metrics.ingest_bytes.inc_by(body.received());
+        // Parsed once per write: every request parked on this playlist re-checks now.
+        if let Some(text) = done.body.take() {
+            let snap = Snapshot::parse(text, done.etag.clone(), done.last_modified.clone());
+            self.registry.publish(&self.key, snap);
+        }
+        Ok(done)
+    }
+}
+
 async fn delete(
     cx: &Cx<'_>,
     rel: &RelPath,
     class: ObjectClass,
     live: bool,
-    mut body: RequestBody,
+    mut body: RequestBody<'_>,
 ) -> Result<Reply, Stop> {
     let ingest = &cx.policy.config.ingest;
     let depth = rel.as_str().split('/').count();

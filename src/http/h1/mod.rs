@@ -10,9 +10,12 @@
 //!
 //! Handed elsewhere or refused, precisely:
 //! - an HTTP/2 connection preface (h2c prior knowledge) → the whole connection goes to hyper;
-//! - a request with a body (`Content-Length` > 0 or `Transfer-Encoding: chunked`) → the
-//!   connection, this request's bytes included, goes to hyper, which decodes the body (chunked
-//!   included) and answers `Expect: 100-continue` when the handler reads it;
+//! - a request with a `Content-Length` body is read here (`body`): as the handler pulls it,
+//!   into buffers sized for the body, answering `Expect: 100-continue` on the first pull; a
+//!   body the handler leaves unread closes the connection after the answer;
+//! - a `Transfer-Encoding: chunked` body → the connection, this request's bytes included, goes
+//!   to hyper, which decodes the body and answers `Expect: 100-continue` when the handler
+//!   reads it;
 //! - a transfer coding other than `chunked` → 501 and close; duplicate or conflicting
 //!   `Content-Length`/`Transfer-Encoding`, a missing or repeated `Host` on HTTP/1.1, invalid
 //!   header bytes → 400 and close (no request smuggling);
@@ -22,6 +25,7 @@
 //! reset: the client sees a short body against its `Content-Length`, or a chunked body without
 //! its last chunk, never padding or bytes from another version.
 
+mod body;
 mod parse;
 mod socket;
 mod trim;
@@ -43,7 +47,11 @@ use super::Record;
 use crate::drain::Drain;
 use crate::state::Shared;
 use crate::store::Body;
-use parse::{body_framing, connection_close, read_head, split_target, Framing, HeadError, Limits};
+use body::LengthBody;
+use parse::{
+    body_framing, connection_close, expects_continue, read_head, split_target, Framing, HeadError,
+    Limits,
+};
 pub use socket::Prefixed;
 use socket::{linger_close, reset};
 use write::{head_bytes, write_simple, Delimit};
@@ -206,21 +214,11 @@ async fn exchange(
         let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;
         return Next::Linger;
     };
-    if framing == Framing::HasBody {
-        // Transfer codings first: segd decodes `chunked` and nothing else.
-        if let Err(r) = handler::check_transfer_codings(&head.headers) {
-            let row = r.row();
-            metrics
-                .refusals
-                .with_label_values(&[row.label, row.fault.as_str()])
-                .inc();
-            let _ = write_simple(stream, row.status, row.body).await;
-            return Next::Linger;
-        }
-        // A body: hyper decodes it (and answers `Expect: 100-continue`). It takes the
-        // connection from this request on, with the bytes read so far.
-        return Next::Hyper("h1");
-    }
+    let declared = match framing {
+        Framing::NoBody => 0,
+        Framing::Length(n) => n,
+        Framing::Chunked => return chunked(stream, metrics, &head).await,
+    };
     buf.advance(consumed);
     if buf.is_empty() {
         // The head is owned now: give the buffer back before the handler may wait (an open
@@ -246,23 +244,33 @@ async fn exchange(
     };
     // One policy for the whole request, even if a reload swaps it meanwhile.
     let policy = shared.load();
-    let handled = handler::handle(&shared.runtime, &policy, &req, RequestBody::none());
-    // A request that may park (LL-HLS directives, a live path: preload hints) watches its
-    // connection meanwhile: a client that goes away frees its slot at once.
-    let may_park = query.is_some_and(|q| q.contains("_HLS_"))
-        || policy
-            .config
-            .live
-            .prefixes
-            .iter()
-            .any(|p| path.contains(p.as_str()));
-    let reply = if may_park {
-        tokio::select! {
-            r = handled => r,
-            () = socket::peer_closed(stream) => return Next::Gone,
-        }
+    let reply = if declared > 0 {
+        // The handler reads the body from the connection as it goes; what it leaves unread
+        // (a refusal) ends the connection after the answer.
+        let mut body = LengthBody::new(stream, buf, declared, expects_continue(&head));
+        let body_in = RequestBody::borrowed(Some(declared), body.stream());
+        let mut reply = handler::handle(&shared.runtime, &policy, &req, body_in).await;
+        reply.close |= !body.complete();
+        reply
     } else {
-        handled.await
+        let handled = handler::handle(&shared.runtime, &policy, &req, RequestBody::none());
+        // A request that may park (LL-HLS directives, a live path: preload hints) watches its
+        // connection meanwhile: a client that goes away frees its slot at once.
+        let may_park = query.is_some_and(|q| q.contains("_HLS_"))
+            || policy
+                .config
+                .live
+                .prefixes
+                .iter()
+                .any(|p| path.contains(p.as_str()));
+        if may_park {
+            tokio::select! {
+                r = handled => r,
+                () = socket::peer_closed(stream) => return Next::Gone,
+            }
+        } else {
+            handled.await
+        }
     };
     let Reply {
         status,
@@ -298,6 +306,27 @@ async fn exchange(
         (Ok(_), true, false) => Next::Close,
         (Ok(_), false, _) => Next::Again,
     }
+}
+
+/// A `Transfer-Encoding` body: hyper decodes `chunked` (and answers `Expect: 100-continue`)
+/// and takes the connection from this request on, with the bytes read so far; any other
+/// coding is refused.
+async fn chunked(
+    stream: &mut TcpStream,
+    metrics: &crate::metrics::Metrics,
+    head: &parse::Head,
+) -> Next {
+    // Transfer codings first: segd decodes `chunked` and nothing else.
+    if let Err(r) = handler::check_transfer_codings(&head.headers) {
+        let row = r.row();
+        metrics
+            .refusals
+            .with_label_values(&[row.label, row.fault.as_str()])
+            .inc();
+        let _ = write_simple(stream, row.status, row.body).await;
+        return Next::Linger;
+    }
+    Next::Hyper("h1")
 }
 
 /// Hands the connection to hyper with the bytes read so far (`label`: the

@@ -119,7 +119,10 @@ fn own_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Framing {
     NoBody,
-    HasBody,
+    /// `Content-Length` bytes (more than zero).
+    Length(u64),
+    /// `Transfer-Encoding` (which codings: checked by the caller).
+    Chunked,
 }
 
 /// Validates message framing (RFC 9112 §6.3): one valid Content-Length at most, never both
@@ -139,7 +142,7 @@ pub(super) fn body_framing(head: &Head) -> Result<Framing, ()> {
         return Err(());
     }
     if te > 0 {
-        return Ok(Framing::HasBody);
+        return Ok(Framing::Chunked);
     }
     match cls.as_slice() {
         [] => Ok(Framing::NoBody),
@@ -152,11 +155,21 @@ pub(super) fn body_framing(head: &Head) -> Result<Framing, ()> {
             Ok(if n == 0 {
                 Framing::NoBody
             } else {
-                Framing::HasBody
+                Framing::Length(n)
             })
         }
         _ => Err(()),
     }
+}
+
+/// Whether the client waits for `100 Continue` before it sends the body (never from an
+/// HTTP/1.0 client: RFC 9110 §10.1.1).
+pub(super) fn expects_continue(head: &Head) -> bool {
+    !head.http10
+        && head
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 pub(super) fn connection_close(head: &Head) -> bool {
@@ -226,11 +239,11 @@ mod tests {
         );
         assert_eq!(
             body_framing(&head("POST", "/", &[("content-length", "5")])),
-            Ok(Framing::HasBody)
+            Ok(Framing::Length(5))
         );
         assert_eq!(
             body_framing(&head("POST", "/", &[("transfer-encoding", "chunked")])),
-            Ok(Framing::HasBody)
+            Ok(Framing::Chunked)
         );
         assert!(body_framing(&head(
             "GET",
