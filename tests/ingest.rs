@@ -1116,6 +1116,27 @@ async fn content_length_bodies_keep_the_connection() {
     assert!(done.starts_with("HTTP/1.1 201"), "after 100: {done:?}");
     assert_file(&vol.join("live/kc/b.ts"), b"hello", "Expect upload");
 
+    // Expect, but the client sends without waiting: no 100 in the middle of its body.
+    let mut wire = format!(
+        "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\nhello",
+        q("/live/kc/d.ts", &tok)
+    )
+    .into_bytes();
+    s.write_all(&wire).expect("head and half the body");
+    std::thread::sleep(Duration::from_millis(100));
+    wire.clear();
+    s.write_all(b"world").expect("the rest");
+    let done = read_head(&mut s);
+    assert!(
+        done.starts_with("HTTP/1.1 201"),
+        "no 100 mid-body: {done:?}"
+    );
+    assert_file(
+        &vol.join("live/kc/d.ts"),
+        b"helloworld",
+        "Expect, not waited for",
+    );
+
     // Refused (no token) with Expect: no 100, the answer, and the connection closes.
     s.write_all(
         b"PUT /live/kc/c.ts HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",

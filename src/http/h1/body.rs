@@ -20,9 +20,12 @@ use tokio::net::TcpStream;
 
 use crate::http::request_body::BodyStream;
 
-/// Largest buffer one body read goes into (as nginx's default `client_body_buffer_size` on
-/// 64-bit is smaller, this is the bigger of the two: segd writes 256 KiB at a time).
+/// Largest buffer one body read goes into (segd writes uploads 256 KiB at a time).
 const READ_MAX: usize = 256 * 1024;
+
+/// The first buffer of a body: a read that fills it is followed by buffers of up to
+/// [`READ_MAX`]. A connection that announces a body and trickles it holds no more than this.
+const READ_FIRST: usize = 32 * 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -32,11 +35,24 @@ pub(super) struct LengthBody<'a> {
     /// The connection's buffer: body bytes that arrived with the head are taken from it first.
     buf: &'a mut BytesMut,
     remaining: u64,
-    /// `Expect: 100-continue` still to be answered before the first read from the socket.
-    expect: bool,
+    /// Where `Expect: 100-continue` stands.
+    interim: Interim,
     /// Where reads go: the capacity left after one read is the next read's.
     rx: BytesMut,
+    /// The size of the next buffer.
+    next_buf: usize,
     failed: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Interim {
+    /// No 100 to send (none asked for, already sent, or no longer useful).
+    None,
+    /// Asked for: sent before the first read from the socket.
+    Due,
+    /// Being written; still so after the handler means the write was cut short (a timeout),
+    /// and the connection holds part of a response.
+    Writing,
 }
 
 impl<'a> LengthBody<'a> {
@@ -50,8 +66,9 @@ impl<'a> LengthBody<'a> {
             stream,
             buf,
             remaining: len,
-            expect,
+            interim: if expect { Interim::Due } else { Interim::None },
             rx: BytesMut::new(),
+            next_buf: READ_FIRST,
             failed: false,
         }
     }
@@ -60,6 +77,11 @@ impl<'a> LengthBody<'a> {
     /// request and must close).
     pub(super) fn complete(&self) -> bool {
         self.remaining == 0 && !self.failed
+    }
+
+    /// Whether a `100 Continue` was cut short: nothing more may be written on the connection.
+    pub(super) fn interim_cut(&self) -> bool {
+        self.interim == Interim::Writing
     }
 
     /// The body as the stream [`RequestBody`](crate::http::request_body::RequestBody) pulls.
@@ -83,20 +105,30 @@ impl<'a> LengthBody<'a> {
 
     async fn read(&mut self) -> io::Result<Bytes> {
         if !self.buf.is_empty() {
+            // The client is sending without waiting for a 100: none is needed any more.
+            if self.interim == Interim::Due {
+                self.interim = Interim::None;
+            }
             let n =
                 usize::try_from(self.remaining).map_or(self.buf.len(), |r| r.min(self.buf.len()));
             self.remaining -= n as u64;
             return Ok(self.buf.split_to(n).freeze());
         }
-        if std::mem::take(&mut self.expect) {
+        if self.interim == Interim::Due {
+            self.interim = Interim::Writing;
             self.stream.write_all(CONTINUE).await?;
+            self.interim = Interim::None;
         }
-        let want = usize::try_from(self.remaining).map_or(READ_MAX, |r| r.min(READ_MAX));
         if self.rx.capacity() == 0 {
-            self.rx = BytesMut::with_capacity(want);
+            // Nothing is allocated for a body before its bytes arrive.
+            self.stream.readable().await?;
+            let size =
+                usize::try_from(self.remaining).map_or(self.next_buf, |r| r.min(self.next_buf));
+            self.rx = BytesMut::with_capacity(size);
         }
         // Never past the body's end: what follows belongs to the next request.
-        let limit = want.min(self.rx.capacity());
+        let limit = usize::try_from(self.remaining)
+            .map_or(self.rx.capacity(), |r| r.min(self.rx.capacity()));
         let n = self
             .stream
             .read_buf(&mut (&mut self.rx).limit(limit))
@@ -109,6 +141,10 @@ impl<'a> LengthBody<'a> {
                     self.remaining
                 ),
             ));
+        }
+        if n == limit {
+            // A read that fills its buffer: the body is coming fast, so read in large pieces.
+            self.next_buf = READ_MAX;
         }
         self.remaining -= n as u64;
         Ok(self.rx.split().freeze())

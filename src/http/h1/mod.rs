@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -242,8 +242,32 @@ async fn exchange(
         tls: None,
         alt_svc: None,
     };
+    let mut declared = declared;
+    let meaningless = matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if declared > 0 && meaningless && declared <= handler::MAX_DISCARDED_BODY {
+        // A small body where one means nothing: read and dropped first, so the request is
+        // handled like one without (and may park watching its connection, below).
+        let mut body = LengthBody::new(stream, buf, declared, expects_continue(&head));
+        let discarded = RequestBody::borrowed(Some(declared), body.stream())
+            .discard(handler::MAX_DISCARDED_BODY, cfg.header_read_timeout)
+            .await;
+        if body.interim_cut() {
+            return Next::Reset;
+        }
+        if let Err(r) = discarded {
+            let row = r.row();
+            metrics
+                .refusals
+                .with_label_values(&[row.label, row.fault.as_str()])
+                .inc();
+            let _ = write_simple(stream, row.status, row.body).await;
+            return Next::Linger;
+        }
+        declared = 0;
+    }
     // One policy for the whole request, even if a reload swaps it meanwhile.
     let policy = shared.load();
+    let mut interim_cut = false;
     let reply = if declared > 0 {
         // The handler reads the body from the connection as it goes; what it leaves unread
         // (a refusal) ends the connection after the answer.
@@ -251,6 +275,7 @@ async fn exchange(
         let body_in = RequestBody::borrowed(Some(declared), body.stream());
         let mut reply = handler::handle(&shared.runtime, &policy, &req, body_in).await;
         reply.close |= !body.complete();
+        interim_cut = body.interim_cut();
         reply
     } else {
         let handled = handler::handle(&shared.runtime, &policy, &req, RequestBody::none());
@@ -286,6 +311,11 @@ async fn exchange(
         _ => "none",
     });
     let record = Record::new(&shared.runtime, &policy, &req, status, start, cache, log);
+    if interim_cut {
+        // Part of a `100 Continue` is on the wire (its write timed out): no answer can follow.
+        record.finish(0, false);
+        return Next::Reset;
+    }
     // A stream of unknown length is chunked; HTTP/1.0 has no chunking, so the close ends it.
     let delimit = match (&body, head.http10) {
         (Body::Stream(s), _) if s.len.is_some() => Delimit::Length,
