@@ -209,6 +209,25 @@ request = function() return wrk.format("GET", paths[math.random(#paths)]) end
 """
 
 
+def settle_cache(root, list_file):
+    """Puts a scenario's files into the page cache in a known state: the cache is dropped and the
+    files are read once, sequentially. Without it, `large` measures whatever folio layout and
+    residency the runs before it left (benches/results/2026-11-29-0250-large-variance/notes.md):
+    the kernel's page-cache lookup is a large, state-dependent share of a zero-copy send."""
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+    except OSError as e:
+        print(f"compare: page cache not settled (cannot drop caches: {e}); results depend on what ran before")
+        return
+    for p in open(list_file).read().split():
+        with open(root + p, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    print("compare: page cache settled: dropped, then the scenario's files read once")
+
+
 def unit_ms(v, u):
     return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[u]
 
@@ -356,6 +375,8 @@ def main():
                     help="a second segd binary (say, the previous commit's) run in the same rounds as 'base'")
     ap.add_argument("--port-base", type=int, default=18080,
                     help="first port (segd); the others follow it as 18081-18090, 18443-18444 follow 18080")
+    ap.add_argument("--no-settle", action="store_true",
+                    help="leave the page cache as the run before left it (default: before `large`, drop it and re-read the scenario's files)")
     ap.add_argument("--scenarios", default="hot,large,download5m,c2000,c10k,h2c,playlists,cold,idle10k,hot-unpinned,https,h2tls,https-large,https-large-read")
     args = ap.parse_args()
     set_ports(args.port_base)
@@ -391,7 +412,7 @@ def main():
 
     scenarios = {
         "hot": dict(kind="wrk", paths="hot", conns=128, desc=f"hot small segments (~{sizes['hot']/1024:.0f} KiB, random over {len(hot)}), 128 conns"),
-        "large": dict(kind="wrk", paths="large", conns=32, rounds=7, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
+        "large": dict(kind="wrk", paths="large", conns=32, rounds=7, settle=True, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
         "c2000": dict(kind="wrk", paths="hot", conns=2000, rounds=7, desc="hot small segments, 2,000 concurrent connections"),
         "c10k": dict(kind="wrk", paths="hot", conns=10000, rounds=7, desc="hot small segments, 10,000 concurrent active connections"),
         "download5m": dict(kind="wrk", paths="downloads", conns=32, rounds=7,
@@ -429,6 +450,8 @@ def main():
             except OSError as e:
                 print(f"compare: skipping cold scenario: cannot drop caches ({e})")
                 continue
+        if sc.get("settle") and not args.no_settle:
+            settle_cache(root, lists[sc["paths"]])
         print(f"compare: == {sname}: {sc['desc']}")
         rounds = args.rounds or sc.get("rounds", 3)
         for rnd_i in range(rounds):
