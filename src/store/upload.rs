@@ -324,10 +324,9 @@ impl Upload {
         let r = tokio::task::spawn_blocking(move || {
             let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
             let (mut temp, volume) = (o.temp, o.volume);
-            let done = temp.write_chunks(&buf).and_then(|()| {
-                let existed = temp_dir_has(&temp, &name);
-                Ok((existed, temp.commit(&name, durable)?))
-            });
+            let done = temp
+                .write_chunks(&buf)
+                .and_then(|()| temp.commit_replacing(&name, durable));
             done.map(|(existed, st)| (existed, st, volume))
                 .map_err(|e| (true, write_failed(&local, volume, e)))
         })
@@ -351,9 +350,7 @@ impl Upload {
         };
         let (name, durable) = (self.name.clone(), self.durable);
         let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
-            let existed = temp_dir_has(&temp, &name);
-            let st = temp.commit(&name, durable)?;
-            Ok((existed, st))
+            temp.commit_replacing(&name, durable)
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;
@@ -383,10 +380,6 @@ impl Upload {
             body: self.kept.take().map(BytesMut::freeze),
         })
     }
-}
-
-fn temp_dir_has(temp: &TempFile, name: &str) -> bool {
-    temp.dir().stat(name).is_ok()
 }
 
 impl Drop for Upload {
@@ -423,6 +416,14 @@ impl Local {
             let room = free.saturating_sub(reserve);
             (room >= len).then_some(room)
         };
+        // One volume: nothing to choose, and no lookup to make.
+        let mut served = vols.served();
+        if let (Some((only, v)), None) = (served.next(), served.next()) {
+            if !v.is_healthy() {
+                return Err(WriteError::VolumeUnavailable);
+            }
+            return room(only).map(|r| (only, r)).ok_or(WriteError::NoSpace);
+        }
         // 1. Where it exists: replace in place.
         let mut saw_unhealthy = false;
         for (i, v) in vols.served() {

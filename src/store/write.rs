@@ -239,7 +239,27 @@ impl TempFile {
 
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
     /// one of the directory, when `durable`). Returns the new file's metadata.
-    pub fn commit(mut self, target: &str, durable: bool) -> io::Result<rustix::fs::Stat> {
+    pub fn commit(self, target: &str, durable: bool) -> io::Result<rustix::fs::Stat> {
+        self.commit_inner(target, durable, false).map(|(_, st)| st)
+    }
+
+    /// As [`TempFile::commit`], also saying whether `target` existed (and was replaced). A new
+    /// name is learned from the rename itself (`RENAME_NOREPLACE`), so a new object costs no
+    /// extra lookup; a filesystem without that flag gets a lookup before a plain rename.
+    pub fn commit_replacing(
+        self,
+        target: &str,
+        durable: bool,
+    ) -> io::Result<(bool, rustix::fs::Stat)> {
+        self.commit_inner(target, durable, true)
+    }
+
+    fn commit_inner(
+        mut self,
+        target: &str,
+        durable: bool,
+        report: bool,
+    ) -> io::Result<(bool, rustix::fs::Stat)> {
         let file = self
             .file
             .take()
@@ -249,13 +269,37 @@ impl TempFile {
         }
         let st = rustix::fs::fstat(&file)?;
         drop(file);
-        self.dir.rename(&self.name, target)?;
+        let existed = if report {
+            match rustix::fs::renameat_with(
+                &self.dir.fd,
+                self.name.as_str(),
+                &self.dir.fd,
+                target,
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => false,
+                Err(rustix::io::Errno::EXIST) => {
+                    self.dir.rename(&self.name, target)?;
+                    true
+                }
+                Err(rustix::io::Errno::INVAL) => {
+                    // No RENAME_NOREPLACE here (some network and FUSE filesystems).
+                    let existed = self.dir.stat(target).is_ok();
+                    self.dir.rename(&self.name, target)?;
+                    existed
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            self.dir.rename(&self.name, target)?;
+            false
+        };
         // Committed: nothing to remove any more.
         self.name.clear();
         if durable {
             self.dir.sync()?;
         }
-        Ok(st)
+        Ok((existed, st))
     }
 }
 
