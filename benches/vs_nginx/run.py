@@ -209,15 +209,21 @@ request = function() return wrk.format("GET", paths[math.random(#paths)]) end
 """
 
 
+def drop_caches(what):
+    """Writes back dirty pages, then drops clean caches (`what`: 1 the page cache, 3 also the
+    dentries and inodes). Needs root."""
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write(what + "\n")
+
+
 def settle_cache(root, list_file):
     """Puts a scenario's files into the page cache in a known state: the cache is dropped and the
     files are read once, sequentially. Without it, `large` measures whatever folio layout and
     residency the runs before it left (benches/results/2026-11-29-0250-large-variance/notes.md):
     the kernel's page-cache lookup is a large, state-dependent share of a zero-copy send."""
     try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("1\n")
+        drop_caches("1")
     except OSError as e:
         print(f"compare: page cache not settled (cannot drop caches: {e}); results depend on what ran before")
         return
@@ -444,9 +450,7 @@ def main():
         pinned = sc.get("pinned", True)
         if sc.get("cold"):
             try:
-                subprocess.run(["sync"], check=True)
-                with open("/proc/sys/vm/drop_caches", "w") as f:
-                    f.write("3\n")
+                drop_caches("3")
             except OSError as e:
                 print(f"compare: skipping cold scenario: cannot drop caches ({e})")
                 continue
@@ -465,9 +469,7 @@ def main():
             servers = servers[rnd_i % len(servers):] + servers[:rnd_i % len(servers)]
             for srv in servers:
                 if sc.get("cold"):
-                    subprocess.run(["sync"])
-                    with open("/proc/sys/vm/drop_caches", "w") as f:
-                        f.write("3\n")
+                    drop_caches("3")
                 srv.start()
                 try:
                     if sc["kind"] == "idle":

@@ -106,6 +106,18 @@ impl Dir {
         Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
     }
 
+    /// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise; `EINVAL` where the
+    /// filesystem has no `RENAME_NOREPLACE`).
+    pub fn rename_new(&self, from: &str, to: &str) -> Result<(), rustix::io::Errno> {
+        rustix::fs::renameat_with(
+            &self.fd,
+            from,
+            &self.fd,
+            to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+    }
+
     /// Removes the file `name` (a directory is `EISDIR`).
     pub fn unlink(&self, name: &str) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
@@ -220,13 +232,7 @@ impl TempFile {
             .ok_or_else(|| io::Error::other("temporary file already closed"))?;
         let st = rustix::fs::fstat(&file)?;
         drop(file);
-        match rustix::fs::renameat_with(
-            &self.dir.fd,
-            self.name.as_str(),
-            &self.dir.fd,
-            target,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
+        match self.dir.rename_new(&self.name, target) {
             Ok(()) => {
                 self.name.clear();
                 Ok(Some(st))
@@ -270,13 +276,7 @@ impl TempFile {
         let st = rustix::fs::fstat(&file)?;
         drop(file);
         let existed = if report {
-            match rustix::fs::renameat_with(
-                &self.dir.fd,
-                self.name.as_str(),
-                &self.dir.fd,
-                target,
-                rustix::fs::RenameFlags::NOREPLACE,
-            ) {
+            match self.dir.rename_new(&self.name, target) {
                 Ok(()) => false,
                 Err(rustix::io::Errno::EXIST) => {
                     self.dir.rename(&self.name, target)?;

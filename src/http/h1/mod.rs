@@ -255,13 +255,7 @@ async fn exchange(
             return Next::Reset;
         }
         if let Err(r) = discarded {
-            let row = r.row();
-            metrics
-                .refusals
-                .with_label_values(&[row.label, row.fault.as_str()])
-                .inc();
-            let _ = write_simple(stream, row.status, row.body).await;
-            return Next::Linger;
+            return refuse(stream, metrics, r).await;
         }
         declared = 0;
     }
@@ -348,15 +342,25 @@ async fn chunked(
 ) -> Next {
     // Transfer codings first: segd decodes `chunked` and nothing else.
     if let Err(r) = handler::check_transfer_codings(&head.headers) {
-        let row = r.row();
-        metrics
-            .refusals
-            .with_label_values(&[row.label, row.fault.as_str()])
-            .inc();
-        let _ = write_simple(stream, row.status, row.body).await;
-        return Next::Linger;
+        return refuse(stream, metrics, r).await;
     }
     Next::Hyper("h1")
+}
+
+/// Answers a request refused before the handler saw it (counted like the handler's refusals),
+/// then closes.
+async fn refuse(
+    stream: &mut TcpStream,
+    metrics: &crate::metrics::Metrics,
+    r: super::refusal::Refusal,
+) -> Next {
+    let row = r.row();
+    metrics
+        .refusals
+        .with_label_values(&[row.label, row.fault.as_str()])
+        .inc();
+    let _ = write_simple(stream, row.status, row.body).await;
+    Next::Linger
 }
 
 /// Hands the connection to hyper with the bytes read so far (`label`: the
