@@ -419,7 +419,11 @@ async fn sigterm_with_unready_delay_keeps_serving() {
         ready
     };
     assert_eq!(ready.status, 503, "{}", ready.text());
-    assert!(ready.text().contains("draining"));
+    assert!(
+        ready.text().contains("draining"),
+        "readyz after SIGTERM: {:?}",
+        ready.text()
+    );
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(metric(&m, "segd_draining"), Some(1.0), "{m}");
     // Still accepting and serving: each GET on a new connection.
