@@ -69,19 +69,21 @@ impl<'a> RequestBody<'a> {
     /// The body as one that may move to a task of its own (`Ok`), or back as it is when it
     /// borrows its connection (`Err`): then it is read where the request is handled.
     pub fn detach(self) -> Result<RequestBody<'static>, RequestBody<'a>> {
-        match self.stream {
-            Some(Chunks::Borrowed(_)) => Err(self),
-            Some(Chunks::Owned(s)) => Ok(RequestBody {
-                stream: Some(Chunks::Owned(s)),
-                declared: self.declared,
-                received: self.received,
-            }),
-            None => Ok(RequestBody {
-                stream: None,
-                declared: self.declared,
-                received: self.received,
-            }),
-        }
+        let stream = match self.stream {
+            Some(Chunks::Borrowed(s)) => {
+                return Err(RequestBody {
+                    stream: Some(Chunks::Borrowed(s)),
+                    ..self
+                })
+            }
+            Some(Chunks::Owned(s)) => Some(Chunks::Owned(s)),
+            None => None,
+        };
+        Ok(RequestBody {
+            stream,
+            declared: self.declared,
+            received: self.received,
+        })
     }
 
     /// hyper's body (HTTP/1.1 and HTTP/2): data frames in order, trailers skipped.

@@ -1096,7 +1096,7 @@ impl Pull {
             let name = name.to_owned();
             move || {
                 if replace {
-                    temp.commit(&name, false).map(Some)
+                    temp.commit(&name, false).map(|(_, st)| Some(st))
                 } else {
                     temp.commit_new(&name)
                 }

@@ -326,7 +326,7 @@ impl Upload {
             let (mut temp, volume) = (o.temp, o.volume);
             let done = temp
                 .write_chunks(&buf)
-                .and_then(|()| temp.commit_replacing(&name, durable));
+                .and_then(|()| temp.commit(&name, durable));
             done.map(|(existed, st)| (existed, st, volume))
                 .map_err(|e| (true, write_failed(&local, volume, e)))
         })
@@ -350,7 +350,7 @@ impl Upload {
         };
         let (name, durable) = (self.name.clone(), self.durable);
         let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
-            temp.commit_replacing(&name, durable)
+            temp.commit(&name, durable)
         })
         .await
         .map_err(|e| WriteError::Io(io::Error::other(e)))?;

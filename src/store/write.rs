@@ -118,6 +118,22 @@ impl Dir {
         )
     }
 
+    /// Renames `from` to `to`, replacing it; says whether `to` existed. A new name is learned
+    /// from the rename itself (`RENAME_NOREPLACE`), so it costs no lookup; a filesystem without
+    /// that flag gets a lookup before a plain rename.
+    pub fn rename_reporting(&self, from: &str, to: &str) -> io::Result<bool> {
+        match self.rename_new(from, to) {
+            Ok(()) => Ok(false),
+            Err(rustix::io::Errno::EXIST) => self.rename(from, to).map(|()| true),
+            Err(rustix::io::Errno::INVAL) => {
+                // No RENAME_NOREPLACE here (some network and FUSE filesystems).
+                let existed = self.stat(to).is_ok();
+                self.rename(from, to).map(|()| existed)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes the file `name` (a directory is `EISDIR`).
     pub fn unlink(&self, name: &str) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?)
@@ -244,28 +260,9 @@ impl TempFile {
     }
 
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
-    /// one of the directory, when `durable`). Returns the new file's metadata.
-    pub fn commit(self, target: &str, durable: bool) -> io::Result<rustix::fs::Stat> {
-        self.commit_inner(target, durable, false).map(|(_, st)| st)
-    }
-
-    /// As [`TempFile::commit`], also saying whether `target` existed (and was replaced). A new
-    /// name is learned from the rename itself (`RENAME_NOREPLACE`), so a new object costs no
-    /// extra lookup; a filesystem without that flag gets a lookup before a plain rename.
-    pub fn commit_replacing(
-        self,
-        target: &str,
-        durable: bool,
-    ) -> io::Result<(bool, rustix::fs::Stat)> {
-        self.commit_inner(target, durable, true)
-    }
-
-    fn commit_inner(
-        mut self,
-        target: &str,
-        durable: bool,
-        report: bool,
-    ) -> io::Result<(bool, rustix::fs::Stat)> {
+    /// one of the directory, when `durable`). Returns whether `target` existed (and was
+    /// replaced), and the new file's metadata.
+    pub fn commit(mut self, target: &str, durable: bool) -> io::Result<(bool, rustix::fs::Stat)> {
         let file = self
             .file
             .take()
@@ -275,25 +272,7 @@ impl TempFile {
         }
         let st = rustix::fs::fstat(&file)?;
         drop(file);
-        let existed = if report {
-            match self.dir.rename_new(&self.name, target) {
-                Ok(()) => false,
-                Err(rustix::io::Errno::EXIST) => {
-                    self.dir.rename(&self.name, target)?;
-                    true
-                }
-                Err(rustix::io::Errno::INVAL) => {
-                    // No RENAME_NOREPLACE here (some network and FUSE filesystems).
-                    let existed = self.dir.stat(target).is_ok();
-                    self.dir.rename(&self.name, target)?;
-                    existed
-                }
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            self.dir.rename(&self.name, target)?;
-            false
-        };
+        let existed = self.dir.rename_reporting(&self.name, target)?;
         // Committed: nothing to remove any more.
         self.name.clear();
         if durable {

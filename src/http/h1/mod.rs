@@ -214,7 +214,7 @@ async fn exchange(
         let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;
         return Next::Linger;
     };
-    let declared = match framing {
+    let mut declared = match framing {
         Framing::NoBody => 0,
         Framing::Length(n) => n,
         Framing::Chunked => return chunked(stream, metrics, &head).await,
@@ -242,20 +242,9 @@ async fn exchange(
         tls: None,
         alt_svc: None,
     };
-    let mut declared = declared;
-    let meaningless = matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    if declared > 0 && meaningless && declared <= handler::MAX_DISCARDED_BODY {
-        // A small body where one means nothing: read and dropped first, so the request is
-        // handled like one without (and may park watching its connection, below).
-        let mut body = LengthBody::new(stream, buf, declared, expects_continue(&head));
-        let discarded = RequestBody::borrowed(Some(declared), body.stream())
-            .discard(handler::MAX_DISCARDED_BODY, cfg.header_read_timeout)
-            .await;
-        if body.interim_cut() {
-            return Next::Reset;
-        }
-        if let Err(r) = discarded {
-            return refuse(stream, metrics, r).await;
+    if meaningless_body(&head, declared) {
+        if let Err(next) = drop_body(stream, buf, &head, declared, cfg, metrics).await {
+            return next;
         }
         declared = 0;
     }
@@ -329,6 +318,37 @@ async fn exchange(
         (Ok(_), true, true) => Next::Linger,
         (Ok(_), true, false) => Next::Close,
         (Ok(_), false, _) => Next::Again,
+    }
+}
+
+/// A small body where one means nothing (GET, HEAD, OPTIONS): it is read and dropped before
+/// the handler, so the request is handled like one without (and may park watching its
+/// connection). A larger one goes to the handler, which refuses it.
+fn meaningless_body(head: &parse::Head, declared: u64) -> bool {
+    declared > 0
+        && declared <= handler::MAX_DISCARDED_BODY
+        && matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Reads and drops a [`meaningless_body`]; `Err` says how the connection ends instead.
+async fn drop_body(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: &parse::Head,
+    declared: u64,
+    cfg: &Limits,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), Next> {
+    let mut body = LengthBody::new(stream, buf, declared, expects_continue(head));
+    let dropped = RequestBody::borrowed(Some(declared), body.stream())
+        .discard(handler::MAX_DISCARDED_BODY, cfg.header_read_timeout)
+        .await;
+    if body.interim_cut() {
+        return Err(Next::Reset);
+    }
+    match dropped {
+        Ok(()) => Ok(()),
+        Err(r) => Err(refuse(stream, metrics, r).await),
     }
 }
 
