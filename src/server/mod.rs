@@ -66,7 +66,6 @@ pub(super) fn fit_fd_limit(config: &mut Config) {
     }
 }
 
-/// Runs the daemon until SIGTERM/SIGINT and the drain finish.
 /// How long an idle blocking thread is kept. Long: a thread is cheap to keep and costs ~50 µs
 /// to create, which a burst of cold requests (a stampede on a new object) would otherwise pay
 /// once per request that finds no idle thread, serially, before the first upstream request.
@@ -94,6 +93,7 @@ fn warm_blocking_pool(rt: &tokio::runtime::Runtime, n: usize) {
     });
 }
 
+/// Runs the daemon until SIGTERM/SIGINT and the drain finish.
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     fit_fd_limit(&mut config);
     if config.server.mmap && !crate::io::mapped::install() {
