@@ -171,7 +171,10 @@ async fn try_get(
         let body = body
             .collect()
             .await
-            .map_err(|e| format!("status {}, body: {e:?}", parts.status))?
+            .map_err(|e| {
+                let by = header(&parts.headers, "x-served-by").unwrap_or_else(|| "-".into());
+                format!("status {}, served by {by}, body: {e:?}", parts.status)
+            })?
             .to_bytes();
         Ok((parts.status.as_u16(), parts.headers, body))
     };
@@ -1242,11 +1245,16 @@ async fn cluster_node_loss_under_load_moves_only_its_assets_and_fails_no_request
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let outcomes = load.finish().await;
 
-    // No failure for the assets that stayed where they were.
+    // No failure for the assets that stayed where they were. With `hash-balance-factor`, HAProxy
+    // sends an asset to another node while its owner is over the bound, so the victim may have
+    // been streaming another node's asset when it died: such a cut body is the victim's
+    // in-flight response, counted with its own below.
+    let cut_by_victim = format!("served by {victim},");
+    let spilled = |o: &Outcome| matches!(&o.result, Err(e) if e.contains(&cut_by_victim));
     let others = failures(
         outcomes
             .iter()
-            .filter(|o| !victim_assets.contains(&o.asset)),
+            .filter(|o| !victim_assets.contains(&o.asset) && !spilled(o)),
     );
     assert!(
         others.is_empty(),
@@ -1257,7 +1265,11 @@ async fn cluster_node_loss_under_load_moves_only_its_assets_and_fails_no_request
     // For the moved ones: retry-on conn-failure/empty-response with redispatch covers a
     // refused connection and a request the node died holding; only a response already
     // streaming when the node died can fail, at most one per client.
-    let moved = failures(outcomes.iter().filter(|o| victim_assets.contains(&o.asset)));
+    let moved = failures(
+        outcomes
+            .iter()
+            .filter(|o| victim_assets.contains(&o.asset) || spilled(o)),
+    );
     assert!(
         moved.len() <= CLIENTS,
         "{} failed requests for {victim}'s assets (at most one in flight per client):\n{}",
