@@ -9,8 +9,8 @@
 //!
 //! Reads go straight into buffers sized for the body (32 KiB first, then up to [`READ_MAX`] once
 //! a read fills one), and every read takes what the socket holds: a 200 KB segment arrives in a
-//! handful of reads, not in pieces of hyper's 8 KiB starting buffer. A read never goes past the body's end, so a pipelined request
-//! after it stays in the socket for the next exchange.
+//! handful of reads, not in pieces of hyper's 8 KiB starting buffer. A read never goes past the
+//! body's end, so a pipelined request after it stays in the socket for the next exchange.
 
 use std::io;
 
