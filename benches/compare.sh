@@ -6,7 +6,7 @@
 # the corpus (benches/corpus.sh), and writes raw.csv + summary.md under benches/results/<date>-<commit>/.
 # Scenarios: hot, large, download5m, c2000, c10k, h2c, playlists, cold, idle10k, hot-unpinned, https, h2tls,
 # https-large, https-large-read (HTTP/3 has its own: benches/h3_vs_tls.py).
-# Rounds: 3 per scenario, 7 for large, download5m, c2000, c10k and idle10k (whose figures are the noisiest);
+# Rounds: 3 per scenario of 10 s; 25 of 4 s for large, 7 for download5m, c2000, c10k and idle10k (the noisiest);
 # --rounds N sets all. The summary gives each figure's spread across rounds.
 # Ports 18080-18090 and 18443-18444 (--port-base moves them all; a port someone else already
 # serves stops the run, since both servers bind with SO_REUSEPORT and would share it silently).

@@ -218,20 +218,28 @@ def drop_caches(what):
 
 
 def settle_cache(root, list_file):
-    """Puts a scenario's files into the page cache in a known state: the cache is dropped and the
-    files are read once, sequentially. Without it, `large` measures whatever folio layout and
-    residency the runs before it left (benches/results/2026-11-29-0250-large-variance/notes.md):
-    the kernel's page-cache lookup is a large, state-dependent share of a zero-copy send."""
+    """Puts a scenario's files into the page cache in a known state: clean caches are dropped
+    (page cache, dentries, inodes and reclaimable slab), free memory is compacted, and the files
+    are read once, sequentially. Without it, `large` measures whatever folio layout and residency
+    the runs before it left (benches/results/2026-11-29-0250-large-variance/notes.md): the
+    kernel's page-cache lookup is a large, state-dependent share of a zero-copy send. Dropping only
+    the page cache was not enough: after 2,000 connections `large` ran ~10 % cheaper for segd
+    (benches/results/2026-11-29-0629-0cc0206-large-compact-settle/notes.md)."""
     try:
-        drop_caches("1")
+        drop_caches("3")
     except OSError as e:
         print(f"compare: page cache not settled (cannot drop caches: {e}); results depend on what ran before")
         return
+    try:
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1\n")
+    except OSError as e:
+        print(f"compare: memory not compacted ({e}); folio sizes depend on what ran before")
     for p in open(list_file).read().split():
         with open(root + p, "rb") as f:
             while f.read(1 << 20):
                 pass
-    print("compare: page cache settled: dropped, then the scenario's files read once")
+    print("compare: page cache settled: caches dropped, memory compacted, then the scenario's files read once")
 
 
 def unit_ms(v, u):
@@ -376,7 +384,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=None,
                     help="rounds per scenario (default: 3, and 7 for large, download5m, c2000, c10k and idle10k)")
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=None,
+                    help="seconds per round for every scenario (default: 10, 4 for large)")
     ap.add_argument("--baseline", default=None,
                     help="a second segd binary (say, the previous commit's) run in the same rounds as 'base'")
     ap.add_argument("--port-base", type=int, default=18080,
@@ -418,7 +427,7 @@ def main():
 
     scenarios = {
         "hot": dict(kind="wrk", paths="hot", conns=128, desc=f"hot small segments (~{sizes['hot']/1024:.0f} KiB, random over {len(hot)}), 128 conns"),
-        "large": dict(kind="wrk", paths="large", conns=32, rounds=7, settle=True, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
+        "large": dict(kind="wrk", paths="large", conns=32, rounds=25, duration=4, settle=True, desc=f"large segments (~{sizes['large']/1024/1024:.1f} MiB), 32 conns"),
         "c2000": dict(kind="wrk", paths="hot", conns=2000, rounds=7, desc="hot small segments, 2,000 concurrent connections"),
         "c10k": dict(kind="wrk", paths="hot", conns=10000, rounds=7, desc="hot small segments, 10,000 concurrent active connections"),
         "download5m": dict(kind="wrk", paths="downloads", conns=32, rounds=7,
@@ -458,6 +467,7 @@ def main():
             settle_cache(root, lists[sc["paths"]])
         print(f"compare: == {sname}: {sc['desc']}")
         rounds = args.rounds or sc.get("rounds", 3)
+        duration = args.duration or sc.get("duration", 10)
         for rnd_i in range(rounds):
             servers = [Segd(args.segd, root, run, pinned)]
             if args.baseline:
@@ -490,13 +500,13 @@ def main():
                         c0 = proc_cpu(srv.pids())
                         busy0, steal0 = cpu_times()
                         if sc["kind"] == "wrk":
-                            res = run_wrk(port, lists[sc["paths"]], sc["conns"], args.duration, pinned, lua, scheme)
+                            res = run_wrk(port, lists[sc["paths"]], sc["conns"], duration, pinned, lua, scheme)
                         else:
                             h2port = srv.tlsport if tls else srv.h2port
                             uris = os.path.join(run, f"uris-{srv.name}.txt")
                             with open(uris, "w") as f:
                                 f.write("\n".join(f"{scheme}://127.0.0.1:{h2port}{p}" for p in hot) + "\n")
-                            res = run_h2load(h2port, uris, sc["conns"], sc["streams"], args.duration, pinned)
+                            res = run_h2load(h2port, uris, sc["conns"], sc["streams"], duration, pinned)
                         c1 = proc_cpu(srv.pids())
                         busy1, steal1 = cpu_times()
                         res["cpu_us_per_req"] = (c1 - c0) / max(res["requests"], 1) * 1e6
@@ -507,8 +517,8 @@ def main():
                         res["p99_norm"] = res["p99_ms"] / (conc / res["rps"] * 1000) if res["rps"] else float("nan")
                         # What else ran on the server's core (compilers, other benches) and what
                         # the hypervisor took: the evidence for a noisy round.
-                        res["cpu0_other_pct"] = max(0.0, (busy1 - busy0) - (c1 - c0)) / args.duration * 100 if pinned else float("nan")
-                        res["steal_pct"] = (steal1 - steal0) / args.duration * 100
+                        res["cpu0_other_pct"] = max(0.0, (busy1 - busy0) - (c1 - c0)) / duration * 100 if pinned else float("nan")
+                        res["steal_pct"] = (steal1 - steal0) / duration * 100
                         res["rss_mb"] = proc_rss_mb(srv.pids())
                 finally:
                     srv.stop()
@@ -535,7 +545,7 @@ def main():
         errs = f"{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='segd')}/{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='nginx')}"
         lines.append(f"| {sname} | {g('segd','rps'):.0f} | {g('nginx','rps'):.0f} | {ratio('rps'):.2f} | {g('segd','cpu_us_per_req'):.1f} | {g('nginx','cpu_us_per_req'):.1f} | **{ratio('cpu_us_per_req'):.2f}** | {g('segd','p99_ms'):.2f} | {g('nginx','p99_ms'):.2f} | {ratio('p99_ms'):.2f} | {g('segd','rss_mb'):.1f} | {g('nginx','rss_mb'):.1f} | {errs} |")
     head = [f"# segd vs nginx — {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
-            f"Medians of A/B-alternating rounds ({args.rounds or 'default'} per scenario), {args.duration} s each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
+            f"Medians of A/B-alternating rounds ({args.rounds or 'default'} per scenario), {args.duration or '10 (large: 4)'} s each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
             "CPU/req = server utime+stime per request (lower is better; ratio < 1 means segd is cheaper). nginx: " +
             subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() + ".", "",
             "Scenarios: " + "; ".join(f"**{k}**: {v['desc']}" for k, v in scenarios.items() if k in args.scenarios.split(",")), ""]
