@@ -383,7 +383,7 @@ def main():
     ap.add_argument("--segd", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=None,
-                    help="rounds per scenario (default: 3, and 7 for large, download5m, c2000, c10k and idle10k)")
+                    help="rounds per scenario (default: 3, 25 for large, 7 for download5m, c2000, c10k and idle10k)")
     ap.add_argument("--duration", type=int, default=None,
                     help="seconds per round for every scenario (default: 10, 4 for large)")
     ap.add_argument("--baseline", default=None,
