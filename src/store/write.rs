@@ -27,6 +27,22 @@ impl Dir {
     /// Opens (with `create`: making missing components) the directory `rel_dir` (`a/b/c`, no
     /// leading slash, already sanitised) beneath `root`. Never follows a symlink.
     pub fn open(root: impl AsFd, rel_dir: &str, create: bool) -> io::Result<Dir> {
+        // The whole path in one call when it exists (the usual case): the kernel walks it
+        // beneath the root and refuses a symlink anywhere on the way.
+        if !rel_dir.is_empty() {
+            match rustix::fs::openat2(
+                root.as_fd(),
+                rel_dir,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+            ) {
+                Ok(fd) => return Ok(Dir { fd }),
+                Err(rustix::io::Errno::NOENT) if create => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Missing components are made one at a time, each opened without following symlinks.
         let mut fd = rustix::fs::openat2(
             root.as_fd(),
             ".",
@@ -378,6 +394,22 @@ mod tests {
         assert_eq!(
             std::fs::read_dir(outside.path()).expect("ls").count(),
             0,
+            "nothing created outside"
+        );
+        // A path that exists all the way (opened in one call): a symlink at its end or in its
+        // middle is refused too, with or without `create`.
+        std::fs::create_dir_all(outside.path().join("deep")).expect("mkdir outside");
+        std::fs::create_dir_all(root.path().join("vod/a")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("vod/a/out")).expect("symlink");
+        for create in [false, true] {
+            assert!(Dir::open(&rootfd, "vod/a/out", create).is_err());
+            assert!(Dir::open(&rootfd, "vod/a/out/deep", create).is_err());
+            assert!(Dir::open(&rootfd, "vod/a/out/deep/new", create).is_err());
+        }
+        assert!(Dir::open(&rootfd, "vod/a", false).is_ok());
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("ls").count(),
+            1,
             "nothing created outside"
         );
     }
