@@ -23,51 +23,40 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
+/// Opens the directory `path` beneath `at`: the kernel walks it and refuses `..` out of `at` and
+/// a symlink anywhere on the way.
+fn open_beneath(at: impl AsFd, path: &str) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        at,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )
+}
+
 impl Dir {
     /// Opens (with `create`: making missing components) the directory `rel_dir` (`a/b/c`, no
     /// leading slash, already sanitised) beneath `root`. Never follows a symlink.
     pub fn open(root: impl AsFd, rel_dir: &str, create: bool) -> io::Result<Dir> {
-        // The whole path in one call when it exists (the usual case): the kernel walks it
-        // beneath the root and refuses a symlink anywhere on the way.
-        if !rel_dir.is_empty() {
-            match rustix::fs::openat2(
-                root.as_fd(),
-                rel_dir,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-            ) {
-                Ok(fd) => return Ok(Dir { fd }),
-                Err(rustix::io::Errno::NOENT) if create => {}
-                Err(e) => return Err(e.into()),
-            }
+        // The whole path in one call when it exists (the usual case).
+        let whole = if rel_dir.is_empty() { "." } else { rel_dir };
+        match open_beneath(root.as_fd(), whole) {
+            Ok(fd) => return Ok(Dir { fd }),
+            Err(rustix::io::Errno::NOENT) if create => {}
+            Err(e) => return Err(e.into()),
         }
-        // Missing components are made one at a time, each opened without following symlinks.
-        let mut fd = rustix::fs::openat2(
-            root.as_fd(),
-            ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH,
-        )?;
+        // Missing components are made one at a time.
+        let mut fd = open_beneath(root.as_fd(), ".")?;
         for comp in rel_dir.split('/').filter(|c| !c.is_empty()) {
-            let open = |at: &OwnedFd| {
-                rustix::fs::openat2(
-                    at,
-                    comp,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                    Mode::empty(),
-                    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
-                )
-            };
-            fd = match open(&fd) {
+            fd = match open_beneath(&fd, comp) {
                 Ok(next) => next,
-                Err(rustix::io::Errno::NOENT) if create => {
+                Err(rustix::io::Errno::NOENT) => {
                     match rustix::fs::mkdirat(&fd, comp, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    open(&fd)?
+                    open_beneath(&fd, comp)?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -405,6 +394,13 @@ mod tests {
             assert!(Dir::open(&rootfd, "vod/a/out", create).is_err());
             assert!(Dir::open(&rootfd, "vod/a/out/deep", create).is_err());
             assert!(Dir::open(&rootfd, "vod/a/out/deep/new", create).is_err());
+        }
+        // A symlink that stays beneath the root is not followed either.
+        std::fs::create_dir_all(root.path().join("vod/b/c")).expect("mkdir");
+        std::os::unix::fs::symlink("../b", root.path().join("vod/a/in")).expect("symlink");
+        for create in [false, true] {
+            assert!(Dir::open(&rootfd, "vod/a/in", create).is_err());
+            assert!(Dir::open(&rootfd, "vod/a/in/c", create).is_err());
         }
         assert!(Dir::open(&rootfd, "vod/a", false).is_ok());
         assert_eq!(
