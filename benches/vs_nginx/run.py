@@ -544,8 +544,12 @@ def main():
         ratio = lambda k: g("segd", k) / g("nginx", k) if g("nginx", k) else float("nan")
         errs = f"{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='segd')}/{sum(r['errors'] for r in rows if r['scenario']==sname and r['server']=='nginx')}"
         lines.append(f"| {sname} | {g('segd','rps'):.0f} | {g('nginx','rps'):.0f} | {ratio('rps'):.2f} | {g('segd','cpu_us_per_req'):.1f} | {g('nginx','cpu_us_per_req'):.1f} | **{ratio('cpu_us_per_req'):.2f}** | {g('segd','p99_ms'):.2f} | {g('nginx','p99_ms'):.2f} | {ratio('p99_ms'):.2f} | {g('segd','rss_mb'):.1f} | {g('nginx','rss_mb'):.1f} | {errs} |")
+    # From the scenarios themselves, so the header cannot drift from what ran.
+    ran = [k for k in args.scenarios.split(",") if k in scenarios]
+    own = [f"{k} {scenarios[k]['duration']} s" for k in ran if "duration" in scenarios[k]]
+    round_length = f"{args.duration} s" if args.duration else "10 s" + (f" ({', '.join(own)})" if own else "")
     head = [f"# segd vs nginx — {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", "",
-            f"Medians of A/B-alternating rounds ({args.rounds or 'default'} per scenario), {args.duration or '10 (large: 4)'} s each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
+            f"Medians of A/B-alternating rounds ({args.rounds or 'default'} per scenario), {round_length} each. Pinned scenarios: server on CPU 0 (1 worker), load generator on CPU 1. "
             "CPU/req = server utime+stime per request (lower is better; ratio < 1 means segd is cheaper). nginx: " +
             subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() + ".", "",
             "Scenarios: " + "; ".join(f"**{k}**: {v['desc']}" for k, v in scenarios.items() if k in args.scenarios.split(",")), ""]
