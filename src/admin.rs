@@ -47,8 +47,11 @@ pub fn route(runtime: &Runtime, unready: &Stop, path: &str) -> hyper::Response<F
         ),
         "/healthz" => text(200, "text/plain; charset=utf-8", "ok\n"),
         "/readyz" => {
+            // Each state is read once: a drain or a volume fault that began between two reads
+            // would give a 503 with no reason.
+            let draining = unready.is_set();
             let mut reasons = String::new();
-            if unready.is_set() {
+            if draining {
                 reasons.push_str("draining\n");
             }
             let volumes = runtime.store.volumes();
@@ -57,10 +60,11 @@ pub fn route(runtime: &Runtime, unready: &Stop, path: &str) -> hyper::Response<F
                     reasons.push_str(&format!("volume {} unhealthy\n", v.name));
                 }
             }
-            if !volumes.any_healthy() {
+            let none_healthy = !volumes.any_healthy();
+            if none_healthy {
                 reasons.push_str("no healthy volume\n");
             }
-            if unready.is_set() || !volumes.any_healthy() {
+            if draining || none_healthy {
                 text(503, "text/plain; charset=utf-8", reasons)
             } else {
                 // Degraded but serving: still ready; the body lists what is down.
