@@ -49,8 +49,9 @@ CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT = 18180, 18190, 18181
 ALL_SERVERS = ["segd-nofsync", "nginx", "segd-fsync"]
 # The URL prefix uploads go to (--prefix). /live/ is also a live prefix for segd by default
-# (`cache_control.live_prefixes`): a media segment uploaded there can be read while it is written,
-# so segd writes each received chunk at once; elsewhere it buffers 256 KiB per write.
+# (`cache_control.live_prefixes`): a media segment uploaded there can be read while it is written
+# (each received chunk is handed to waiting readers from memory, and inotify watches the
+# directories for local packagers). Both prefixes write the file in batches of 256 KiB.
 PREFIX = "/live/"
 
 NO_INGEST = (
@@ -818,7 +819,7 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
             f"{args.rounds} rounds, server order rotated each round; each run: fresh server, preflight PUT/GET/DELETE, {args.warmup} s warm-up, "
             f"`sync`, then {f'{args.duration} s' if args.duration else f'uploads / (warm-up rate) seconds (about {args.uploads:,} uploads; min {args.min_duration}, max {args.max_duration})'} "
             f"of wrk (1 thread, {args.conns} keep-alive connections) PUTting {args.size:,}-byte random bodies "
-            f"to distinct paths under {PREFIX} (500 per directory{', a live prefix for segd: read-while-write, each received chunk written at once' if PREFIX == '/live/' else ', not a live prefix: segd buffers 256 KiB per write'}). Server on CPU {args.server_cpu} (1 worker), wrk on CPU {args.client_cpu}. "
+            f"to distinct paths under {PREFIX} (500 per directory{', a live prefix for segd: read-while-write, each chunk handed to readers from memory, directories watched by inotify' if PREFIX == '/live/' else ', not a live prefix: no read-while-write, no inotify watch'}). Server on CPU {args.server_cpu} (1 worker), wrk on CPU {args.client_cpu}. "
             f"Server CPU = utime+stime of every server process (nginx: master + worker) over the measured run; "
             f"per MB = per 10^6 bytes that landed on disk (every acknowledged upload is checked: count, size, a sample of contents). "
             f"Cells: median (min–max). nginx `client_body_buffer_size {args.nginx_body_buffer}`, body temp dir and root on the same filesystem as segd's volume. "

@@ -73,8 +73,8 @@ pub struct Mode {
     /// Keep the body in memory (up to 4 MiB) and hand it back with the commit (live playlists,
     /// parsed once per write).
     pub keep: bool,
-    /// Readers may stream it while it is written (live media segments): every chunk goes to
-    /// disk at once and is announced.
+    /// Readers may stream it while it is written (live media segments): every chunk is
+    /// announced to them from memory at once; the file gets it with the next batch.
     pub growing: bool,
     /// The path is under `[live] prefixes` (write-through applies to it only with
     /// `write_through_live`).

@@ -67,7 +67,7 @@ impl Dir {
     /// Creates a new temporary file in this directory.
     pub fn temp(&self) -> io::Result<(String, File)> {
         for _ in 0..8 {
-            let name = format!("{TEMP_PREFIX}{:016x}", random());
+            let name = temp_name(random());
             match rustix::fs::openat(
                 &self.fd,
                 name.as_str(),
@@ -298,6 +298,17 @@ impl Drop for TempFile {
     }
 }
 
+/// `TEMP_PREFIX` and 16 hex digits of `bits`.
+fn temp_name(bits: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = String::with_capacity(TEMP_PREFIX.len() + 16);
+    name.push_str(TEMP_PREFIX);
+    for shift in (0..16).rev() {
+        name.push(char::from(HEX[((bits >> (shift * 4)) & 0xf) as usize]));
+    }
+    name
+}
+
 /// 64 random bits for temporary names (not for anything secret).
 fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -338,6 +349,13 @@ pub fn remove_stale_temps(dir: &std::path::Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_names_are_the_prefix_and_sixteen_hex_digits() {
+        for bits in [0, 1, 0xfedc_ba98_7654_3210, u64::MAX] {
+            assert_eq!(temp_name(bits), format!("{TEMP_PREFIX}{bits:016x}"));
+        }
+    }
 
     #[test]
     fn commit_renames_and_drop_removes() {

@@ -220,9 +220,15 @@ impl Volumes {
     }
 
     /// Remembers that `rel`'s asset lives on volume `i` (after a write put it there).
+    /// With one volume there is nothing to remember; an asset already remembered there (every
+    /// segment after an asset's first) costs a lookup, not an insert.
     pub fn remember(&self, rel: &RelPath, i: usize) {
-        if i < self.served {
-            self.memo.insert(rel.asset_key().into(), i as u16);
+        if i >= self.served || self.served < 2 {
+            return;
+        }
+        let key = rel.asset_key();
+        if self.memo.get(key) != Some(i as u16) {
+            self.memo.insert(key.into(), i as u16);
         }
     }
 
