@@ -808,9 +808,11 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
                 if a and b:
                     per_round.append(a[0]["cpu_ms_per_mb"] / b[0]["cpu_ms_per_mb"])
             ratios.append(f"| {label} | {med(s, 'cpu_ms_per_mb') / med('nginx', 'cpu_ms_per_mb'):.2f} | "
-                          f"{min(per_round):.2f}–{max(per_round):.2f} | {med(s, 'uploads_per_s') / med('nginx', 'uploads_per_s'):.2f} |")
+                          f"{statistics.median(per_round):.2f} ({min(per_round):.2f}–{max(per_round):.2f}) | "
+                          f"{med(s, 'uploads_per_s') / med('nginx', 'uploads_per_s'):.2f} |")
     if ratios:
-        ratios = ["", "| ratio | **CPU per MB** (medians) | CPU per MB, per round min–max | uploads/s (medians) |", "|---|---|---|---|"] + ratios
+        ratios = ["", "| ratio | **CPU per MB** (ratio of medians) | CPU per MB, per-round ratios: median (min–max) | uploads/s (medians) |",
+                  "|---|---|---|---|"] + ratios
     nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip() if "nginx" in servers else ""
     segd_v = subprocess.run([segd_bin, "--version"], capture_output=True, text=True).stdout.strip() if segd_bin else ""
     head = [f"# segd ingest vs nginx WebDAV — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}", "",
