@@ -29,7 +29,6 @@ mod test_stream;
 mod upload;
 pub mod write;
 pub mod write_through;
-mod writers;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -227,8 +226,6 @@ struct Inner {
     pull: Option<Arc<pull::Pull>>,
     /// Ingested objects also written to a bucket (built once; a reload keeps it).
     write_through: Option<Arc<write_through::WriteThrough>>,
-    /// The threads that write uploads nothing fsyncs (built once: sized by the worker count).
-    writers: Arc<writers::Writers>,
 }
 
 impl Store {
@@ -253,10 +250,6 @@ impl Store {
                 growing: Arc::default(),
                 pull,
                 write_through,
-                writers: Arc::new(writers::Writers::new(
-                    cfg.server.workers,
-                    cfg.server.blocking_threads,
-                )),
             }),
         };
         metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
@@ -362,7 +355,6 @@ impl Store {
             durable,
             mode,
             self.through(mode.live),
-            Arc::clone(&self.inner.writers),
             (m.ingest_temp_removed.clone(), m.ingest_no_space.clone()),
         )
         .await;
