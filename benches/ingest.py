@@ -136,6 +136,21 @@ def other_cpu(m0, m1, server, client):
     return kernel, (m1[0] - m0[0]) - server - client - kernel
 
 
+def settle_memory():
+    """Before each measured run: drops clean caches (page cache, dentries, inodes, reclaimable
+    slab) and compacts free memory, so every run takes its page-cache pages from the same state
+    whatever ran before (as `benches/vs_nginx/run.py` does before `large`). Returns what could
+    not be done, or None. Needs root."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1\n")
+    except OSError as e:
+        return str(e)
+    return None
+
+
 def wait_quiet(max_wait, threshold=0.1):
     """Waits (up to max_wait seconds) for a second in which other jobs keep the machine busy less
     than `threshold` CPUs' worth: on a shared machine, other people's builds inflate CPU/MB."""
@@ -574,6 +589,8 @@ def main():
     ap.add_argument("--nginx-body-buffer", default="256k", help="nginx client_body_buffer_size (nginx default: 16k)")
     ap.add_argument("--quiet-wait", type=int, default=60,
                     help="before each run, wait up to this many seconds for the machine to be idle (0: don't)")
+    ap.add_argument("--no-settle", dest="settle", action="store_false",
+                    help="skip dropping caches and compacting memory before each measured run")
     ap.add_argument("--tmp", default="/var/tmp", help="parent of the temp dir holding both roots")
     ap.add_argument("--fs", choices=["fresh", "host"], default="fresh",
                     help="fresh: both roots on a new ext4 in a loop image under --tmp (default; needs root); "
@@ -712,6 +729,10 @@ def main():
                     if dir_size_free(data) < duration * 600e6 + (2 << 30) or dir_size_free(work) < (2 << 30):
                         die(f"free space under {data} is running out ({dir_size_free(data) / 1e9:.1f} GB left)")
                     os.sync()  # the warm-up's dirty pages are written back before the measurement
+                    if args.settle:
+                        failed = settle_memory()
+                        if failed:
+                            log(f"  memory not settled ({failed}): the run takes its pages from whatever state the last one left")
                     prefix = f"{PREFIX}m{rnd + 1}-{name}"
                     pids = srv.pids()
                     c0, m0 = proc_cpu(pids), machine_busy()
@@ -819,7 +840,7 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
             f"`benches/ingest.py`, harness commit {commit}; {segd_v + f' (`{segd_bin}`)' if segd_v else 'segd not run'}; {nginx_v or 'nginx not run'}; "
             f"kernel {os.uname().release}, {fstype}, {os.cpu_count()} CPUs.", "",
             f"{args.rounds} rounds, server order rotated each round; each run: fresh server, preflight PUT/GET/DELETE, {args.warmup} s warm-up, "
-            f"`sync`, then {f'{args.duration} s' if args.duration else f'uploads / (warm-up rate) seconds (about {args.uploads:,} uploads; min {args.min_duration}, max {args.max_duration})'} "
+            f"`sync`{', caches dropped and memory compacted' if args.settle else ''}, then {f'{args.duration} s' if args.duration else f'uploads / (warm-up rate) seconds (about {args.uploads:,} uploads; min {args.min_duration}, max {args.max_duration})'} "
             f"of wrk (1 thread, {args.conns} keep-alive connections) PUTting {args.size:,}-byte random bodies "
             f"to distinct paths under {PREFIX} (500 per directory{', a live prefix for segd: read-while-write, each chunk handed to readers from memory, directories watched by inotify' if PREFIX == '/live/' else ', not a live prefix: no read-while-write, no inotify watch'}). Server on CPU {args.server_cpu} (1 worker), wrk on CPU {args.client_cpu}. "
             f"Server CPU = utime+stime of every server process (nginx: master + worker) over the measured run; "
