@@ -29,6 +29,7 @@ mod test_stream;
 mod upload;
 pub mod write;
 pub mod write_through;
+mod writers;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -226,6 +227,8 @@ struct Inner {
     pull: Option<Arc<pull::Pull>>,
     /// Ingested objects also written to a bucket (built once; a reload keeps it).
     write_through: Option<Arc<write_through::WriteThrough>>,
+    /// The threads that write uploads nothing fsyncs (built once: sized by the worker count).
+    writers: Arc<writers::Writers>,
 }
 
 impl Store {
@@ -250,6 +253,10 @@ impl Store {
                 growing: Arc::default(),
                 pull,
                 write_through,
+                writers: Arc::new(writers::Writers::new(
+                    cfg.server.workers,
+                    cfg.server.blocking_threads,
+                )),
             }),
         };
         metrics.register(Box::new(collector::StoreCollector::new(store.clone())?))?;
@@ -355,6 +362,7 @@ impl Store {
             durable,
             mode,
             self.through(mode.live),
+            Arc::clone(&self.inner.writers),
             (m.ingest_temp_removed.clone(), m.ingest_no_space.clone()),
         )
         .await;

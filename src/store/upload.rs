@@ -19,6 +19,7 @@ use super::growing::{GrowingSet, Publisher};
 use super::local::Local;
 use super::write::{Dir, TempFile};
 use super::write_through::{BucketError, Op, WriteThrough};
+use super::writers::Writers;
 use crate::config::Durability;
 use crate::volumes::{self, ObjectMeta, RelPath};
 
@@ -38,6 +39,29 @@ pub enum WriteError {
     /// The write-through bucket did not take it (`durability = "upstream"`).
     #[error("write-through: {0}")]
     Bucket(#[from] BucketError),
+}
+
+/// Where an upload's blocking work runs. A durable upload waits on its disk (fsync): the
+/// general blocking pool, whose threads are there to wait. Otherwise the work is CPU (copying
+/// into the page cache): the writer threads, about one per worker (see `writers`).
+#[derive(Clone)]
+enum Pool {
+    General,
+    Writers(Arc<Writers>),
+}
+
+impl Pool {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, WriteError> {
+        match self {
+            Pool::General => tokio::task::spawn_blocking(f)
+                .await
+                .map_err(|e| WriteError::Io(io::Error::other(e))),
+            Pool::Writers(w) => w.run(f).await.map_err(WriteError::Io),
+        }
+    }
 }
 
 /// Writes buffered before they go to disk (fewer, larger writes; one blocking hop per buffer).
@@ -104,6 +128,7 @@ pub struct Upload {
     publisher: Option<Publisher>,
     /// The bucket this upload is written through to.
     through: Option<Arc<WriteThrough>>,
+    pool: Pool,
     _lock: PathLock,
 }
 
@@ -247,13 +272,14 @@ impl Upload {
         let need = file.written() + self.buf.len as u64;
         let buf = self.buf.take();
         let (local, key) = (Arc::clone(&self.local), self.key.clone());
-        let r = tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
-            let mut o = open_for(&local, &key, file, need)?;
-            let w = o.temp.write_chunks(&buf);
-            Ok((o, w))
-        })
-        .await
-        .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        let r = self
+            .pool
+            .run(move || -> Result<_, WriteError> {
+                let mut o = open_for(&local, &key, file, need)?;
+                let w = o.temp.write_chunks(&buf);
+                Ok((o, w))
+            })
+            .await?;
         let (o, written) = r.map_err(|e| self.refused(e))?;
         let new = o.new;
         let volume = self.keep(o);
@@ -321,17 +347,18 @@ impl Upload {
         // Placed and created now if need be, the last write and the rename: one trip to the
         // blocking pool.
         let name = self.name.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
-            let (mut temp, volume) = (o.temp, o.volume);
-            let done = temp
-                .write_chunks(&buf)
-                .and_then(|()| temp.commit(&name, durable));
-            done.map(|(existed, st)| (existed, st, volume))
-                .map_err(|e| (true, write_failed(&local, volume, e)))
-        })
-        .await
-        .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        let r = self
+            .pool
+            .run(move || {
+                let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
+                let (mut temp, volume) = (o.temp, o.volume);
+                let done = temp
+                    .write_chunks(&buf)
+                    .and_then(|()| temp.commit(&name, durable));
+                done.map(|(existed, st)| (existed, st, volume))
+                    .map_err(|e| (true, write_failed(&local, volume, e)))
+            })
+            .await?;
         let (existed, st, volume) = r.map_err(|(removed, e)| {
             if removed {
                 // The temporary file went with the failed call (its drop removed it).
@@ -495,9 +522,15 @@ pub async fn begin(
     durable: bool,
     mode: Mode,
     through: Option<Arc<WriteThrough>>,
+    writers: Arc<Writers>,
     counters: (prometheus::IntCounter, prometheus::IntCounter),
 ) -> Result<Upload, WriteError> {
     let (temp_removed, no_space) = counters;
+    let pool = if durable {
+        Pool::General
+    } else {
+        Pool::Writers(writers)
+    };
     let lock = locks.lock(rel).await;
     // A growing upload is announced before its file exists: a reader that asks at once waits,
     // and takes the first chunks from memory (they stay there until the file has them).
@@ -505,10 +538,9 @@ pub async fn begin(
     let mut file = File::Later { len_hint, reserve };
     if mode.decide_first || len_hint > WRITE_BUFFER as u64 {
         let (l, key) = (Arc::clone(&local), rel.clone());
-        let (volume, room, temp) =
-            tokio::task::spawn_blocking(move || create(&l, &key, len_hint, reserve))
-                .await
-                .map_err(|e| WriteError::Io(io::Error::other(e)))??;
+        let (volume, room, temp) = pool
+            .run(move || create(&l, &key, len_hint, reserve))
+            .await??;
         if let Some(p) = &publisher {
             p.attach(temp.reader().map_err(WriteError::Io)?);
         }
@@ -526,6 +558,7 @@ pub async fn begin(
         temp_removed,
         no_space,
         through,
+        pool,
         _lock: lock,
     })
 }

@@ -1,0 +1,252 @@
+//! The threads that write uploads into the page cache when nothing waits for the disk
+//! (`ingest.fsync = false`): creating the temporary file, copying the body in, renaming it into
+//! place.
+//!
+//! That work is CPU, not waiting, so it runs on about as many threads as segd has workers.
+//! Uploads beyond that queue, and a busy thread takes the next one as it finishes, with no thread
+//! woken per upload. The general blocking pool wakes an idle thread for every job. With 16
+//! uploaders on one core that spread the core over up to 16 runnable threads: upload p99 was
+//! 39 ms against nginx's 12. On these threads it is 14 ms, at the same CPU per MB
+//! (`benches/results/2026-11-29-1048-ingest-writer-threads/notes.md`). The futex calls saved
+//! (about 15 µs an upload) come back as a slower page-cache copy: a body that waits in the
+//! queue is no longer in the CPU cache.
+//!
+//! A write that waits on its disk after all (a directory block not in memory, the kernel
+//! throttling dirty pages, a disk that stopped answering) must not hold up the uploads behind
+//! it. When no job has finished for [`STALL`] and uploads are waiting, the next one starts a
+//! thread of its own, up to `server.blocking_threads`; threads beyond the usual number leave
+//! after [`IDLE`] without work. A volume that hangs costs its own uploads and the threads stuck
+//! on it; the uploads to other volumes get threads of their own.
+//!
+//! Durable uploads (`fsync = true`) wait on the disk by design and stay on the general blocking
+//! pool, whose threads are there to wait.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// No job finished for this long while others wait: the threads are waiting on a disk.
+const STALL: Duration = Duration::from_millis(50);
+
+/// A thread beyond the usual number leaves after this long without a job.
+const IDLE: Duration = Duration::from_secs(10);
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// See the module doc.
+pub struct Writers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    work: Condvar,
+    /// Threads kept for the CPU work.
+    usual: usize,
+    /// Threads at most, counting the ones started because the others were stuck.
+    max: usize,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    threads: usize,
+    /// Threads waiting for a job.
+    idle: usize,
+    /// Of those, how many were woken and have not taken the lock yet.
+    waking: usize,
+    /// When a job last finished (or the pool last had nothing to do).
+    progress: Instant,
+    closed: bool,
+}
+
+impl Writers {
+    /// `usual` threads for the CPU work (segd's worker count), up to `max` when they are stuck.
+    pub fn new(usual: usize, max: usize) -> Writers {
+        let usual = usual.max(1);
+        Writers {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    queue: VecDeque::new(),
+                    threads: 0,
+                    idle: 0,
+                    waking: 0,
+                    progress: Instant::now(),
+                    closed: false,
+                }),
+                work: Condvar::new(),
+                usual,
+                max: max.max(usual),
+            }),
+        }
+    }
+
+    /// Queues `f` for a writer thread at once; the future gives its result. An error only if
+    /// the job could not be queued or panicked.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = io::Result<T>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = self.submit(Box::new(move || {
+            let _ = tx.send(f());
+        }));
+        async move {
+            queued?;
+            rx.await
+                .map_err(|_| io::Error::other("an upload's write failed on its thread"))
+        }
+    }
+
+    fn submit(&self, job: Job) -> io::Result<()> {
+        let inner = &self.inner;
+        let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.queue.is_empty() && st.idle == st.threads {
+            // Nothing was running: the clock for a stall starts now.
+            st.progress = Instant::now();
+        }
+        st.queue.push_back(job);
+        if st.idle > st.waking {
+            // A waiting thread takes it. Busy threads take queued jobs without being woken.
+            st.waking += 1;
+            inner.work.notify_one();
+            return Ok(());
+        }
+        if st.idle > 0 {
+            // Threads are already being woken; one of them takes this job too.
+            return Ok(());
+        }
+        let stuck = st.progress.elapsed() >= STALL;
+        if st.threads < inner.usual || (stuck && st.threads < inner.max) {
+            st.threads += 1;
+            let me = Arc::clone(inner);
+            let spawned = std::thread::Builder::new()
+                .name("segd-writer".into())
+                .spawn(move || me.work());
+            if let Err(e) = spawned {
+                st.threads -= 1;
+                if st.threads == 0 {
+                    // Nobody would ever take it.
+                    st.queue.pop_back();
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "cannot start a writer thread; uploads wait for the others");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Writers {
+    fn drop(&mut self) {
+        let mut st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.closed = true;
+        self.inner.work.notify_all();
+    }
+}
+
+impl Inner {
+    fn work(self: Arc<Self>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(job) = st.queue.pop_front() {
+                drop(st);
+                // A panic fails this upload only (its result channel is dropped).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                st.progress = Instant::now();
+                continue;
+            }
+            if st.closed {
+                break;
+            }
+            st.idle += 1;
+            let (next, timeout) = self
+                .work
+                .wait_timeout(st, IDLE)
+                .unwrap_or_else(|p| p.into_inner());
+            st = next;
+            st.idle -= 1;
+            st.waking = st.waking.saturating_sub(1);
+            if timeout.timed_out() && st.queue.is_empty() && st.threads > self.usual {
+                break;
+            }
+        }
+        st.threads -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn runs_jobs_and_returns_their_results() {
+        let w = Writers::new(2, 4);
+        let got = rt().block_on(async {
+            let mut v = Vec::new();
+            for i in 0..50u32 {
+                v.push(w.run(move || i * 2).await.expect("ran"));
+            }
+            v
+        });
+        assert_eq!(got, (0..50).map(|i| i * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_panicking_job_fails_alone() {
+        let w = Writers::new(1, 1);
+        rt().block_on(async {
+            assert!(w.run(|| panic!("boom")).await.is_err());
+            assert_eq!(w.run(|| 7).await.expect("the thread still works"), 7);
+        });
+    }
+
+    #[test]
+    fn a_stuck_thread_gets_help_only_after_a_stall() {
+        // One usual thread, blocked as on a disk that stopped answering.
+        let w = Writers::new(1, 2);
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = Arc::clone(&started);
+        let blocked = w.run(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            let _ = stuck.recv();
+        });
+        while started.load(Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let rt = rt();
+        // Before a stall, a queued job waits for the busy thread: no thread per job.
+        let (tx, waited) = std::sync::mpsc::channel();
+        let queued = w.run(move || tx.send(()).expect("send"));
+        std::thread::sleep(STALL / 2);
+        assert!(
+            waited.try_recv().is_err(),
+            "ran on a second thread before any stall"
+        );
+        // After it, the next job finds the pool stuck and starts a thread, which takes both.
+        std::thread::sleep(STALL);
+        let helped =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), w.run(|| 2)).await });
+        assert_eq!(
+            helped
+                .expect("not stuck behind the blocked job")
+                .expect("ran"),
+            2
+        );
+        rt.block_on(queued).expect("the queued job ran");
+        // No third thread: the pool is at its maximum.
+        assert_eq!(w.inner.state.lock().expect("lock").threads, 2);
+        release.send(()).expect("release");
+        rt.block_on(blocked).expect("ran");
+    }
+}
