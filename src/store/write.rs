@@ -298,14 +298,12 @@ impl Drop for TempFile {
     }
 }
 
-/// `TEMP_PREFIX` and 16 hex digits of `bits`.
+/// `TEMP_PREFIX` and 16 hex digits of `bits`, in a string allocated once at its final size.
 fn temp_name(bits: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use std::fmt::Write as _;
     let mut name = String::with_capacity(TEMP_PREFIX.len() + 16);
     name.push_str(TEMP_PREFIX);
-    for shift in (0..16).rev() {
-        name.push(char::from(HEX[((bits >> (shift * 4)) & 0xf) as usize]));
-    }
+    let _ = write!(name, "{bits:016x}");
     name
 }
 

@@ -53,8 +53,6 @@ struct State {
     threads: usize,
     /// Threads waiting for a job.
     idle: usize,
-    /// Of those, how many were woken and have not taken the lock yet.
-    waking: usize,
     /// When a job last finished (or the pool last had nothing to do).
     progress: Instant,
     closed: bool,
@@ -70,7 +68,6 @@ impl Writers {
                     queue: VecDeque::new(),
                     threads: 0,
                     idle: 0,
-                    waking: 0,
                     progress: Instant::now(),
                     closed: false,
                 }),
@@ -106,14 +103,9 @@ impl Writers {
             st.progress = Instant::now();
         }
         st.queue.push_back(job);
-        if st.idle > st.waking {
-            // A waiting thread takes it. Busy threads take queued jobs without being woken.
-            st.waking += 1;
-            inner.work.notify_one();
-            return Ok(());
-        }
         if st.idle > 0 {
-            // Threads are already being woken; one of them takes this job too.
+            // A waiting thread takes it. Busy threads take queued jobs without being woken.
+            inner.work.notify_one();
             return Ok(());
         }
         let stuck = st.progress.elapsed() >= STALL;
@@ -167,7 +159,6 @@ impl Inner {
                 .unwrap_or_else(|p| p.into_inner());
             st = next;
             st.idle -= 1;
-            st.waking = st.waking.saturating_sub(1);
             if timeout.timed_out() && st.queue.is_empty() && st.threads > self.usual {
                 break;
             }
