@@ -47,7 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT = 18180, 18190, 18181
-ALL_SERVERS = ["segd-nofsync", "nginx", "segd-fsync"]
+DEFAULT_SERVERS = ["segd-nofsync", "nginx", "segd-fsync"]
+ALL_SERVERS = DEFAULT_SERVERS + ["segd-b"]
 # The URL prefix uploads go to (--prefix). /live/ is also a live prefix for segd by default
 # (`cache_control.live_prefixes`): a media segment uploaded there can be read while it is written
 # (each received chunk is handed to waiting readers from memory, and inotify watches the
@@ -573,7 +574,9 @@ def main():
     global SEGD_PORT, NGINX_PORT, SEGD_ADMIN, PREFIX
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segd", default=os.path.join(REPO, "target/release/segd"), help="release binary (default target/release/segd)")
-    ap.add_argument("--servers", default=",".join(ALL_SERVERS), help=f"subset of {','.join(ALL_SERVERS)}")
+    ap.add_argument("--segd-b", help="a second segd build, run as server `segd-b` (`fsync = false`) in the same rounds: "
+                                     "an A/B of two builds, each also against nginx")
+    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help=f"subset of {','.join(ALL_SERVERS)}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--uploads", type=int, default=5000,
                     help="uploads per measured run, roughly: the run lasts uploads / (warm-up rate) seconds")
@@ -618,6 +621,8 @@ def main():
     for s in servers:
         if s not in ALL_SERVERS:
             die(f"unknown server {s!r} (known: {', '.join(ALL_SERVERS)})")
+    if ("segd-b" in servers) != bool(args.segd_b):
+        die("server segd-b and --segd-b PATH go together")
     if args.server_cpu == args.client_cpu:
         die("--server-cpu and --client-cpu must differ")
     for tool in ("wrk", "taskset", "pgrep") + (("nginx",) if "nginx" in servers else ()):
@@ -692,8 +697,12 @@ def main():
         def make(name):
             if name == "nginx":
                 return Nginx(nginx_root, nginx_tmp, run, args.server_cpu, args.nginx_body_buffer)
-            return Segd(segd_bin, segd_root, run, name == "segd-fsync", args.server_cpu, secret,
-                        ingest_section=not args.segd_without_ingest_section)
+            srv = Segd(os.path.abspath(args.segd_b) if name == "segd-b" else segd_bin, segd_root, run,
+                       name == "segd-fsync", args.server_cpu, secret,
+                       ingest_section=not args.segd_without_ingest_section)
+            srv.name = name
+            srv.cfg, srv.log = os.path.join(run, f"{name}.toml"), os.path.join(run, f"{name}.log")
+            return srv
 
         for name in servers:
             if name.startswith("segd"):
@@ -808,7 +817,8 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
 
     what = {"segd-nofsync": "segd, `fsync = false` (same durability as nginx)",
             "segd-fsync": "segd, `fsync = true` (file + directory fsync before the answer: more durable than nginx)",
-            "nginx": "nginx WebDAV PUT (no fsync)"}
+            "nginx": "nginx WebDAV PUT (no fsync)",
+            "segd-b": f"segd build B (`{args.segd_b}`), `fsync = false`"}
     lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in servers:
@@ -817,20 +827,24 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
                          f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
                          f"{med(s, 'secs'):.0f} | {rng(s, 'kernel_cpu_s', '.1f')} | {rng(s, 'other_cpu_s', '.1f')} |")
     ratios = []
-    if "nginx" in servers:
-        for s, label in (("segd-nofsync", "segd `fsync = false` / nginx — **equal durability, the comparison**"),
-                         ("segd-fsync", "segd `fsync = true` / nginx — segd does more (fsync), not like for like")):
-            if s not in servers or not vals(s, "uploads") or not vals("nginx", "uploads"):
-                continue
-            per_round = []
-            for r in sorted({r["round"] for r in rows}):
-                a = [x for x in rows if x["round"] == r and x["server"] == s]
-                b = [x for x in rows if x["round"] == r and x["server"] == "nginx"]
-                if a and b:
-                    per_round.append(a[0]["cpu_ms_per_mb"] / b[0]["cpu_ms_per_mb"])
-            ratios.append(f"| {label} | {med(s, 'cpu_ms_per_mb') / med('nginx', 'cpu_ms_per_mb'):.2f} | "
-                          f"{statistics.median(per_round):.2f} ({min(per_round):.2f}–{max(per_round):.2f}) | "
-                          f"{med(s, 'uploads_per_s') / med('nginx', 'uploads_per_s'):.2f} |")
+
+    def ratio_row(s, base, label):
+        if s not in servers or base not in servers or not vals(s, "uploads") or not vals(base, "uploads"):
+            return
+        per_round = []
+        for r in sorted({r["round"] for r in rows}):
+            a = [x for x in rows if x["round"] == r and x["server"] == s]
+            b = [x for x in rows if x["round"] == r and x["server"] == base]
+            if a and b:
+                per_round.append(a[0]["cpu_ms_per_mb"] / b[0]["cpu_ms_per_mb"])
+        ratios.append(f"| {label} | {med(s, 'cpu_ms_per_mb') / med(base, 'cpu_ms_per_mb'):.2f} | "
+                      f"{statistics.median(per_round):.2f} ({min(per_round):.2f}–{max(per_round):.2f}) | "
+                      f"{med(s, 'uploads_per_s') / med(base, 'uploads_per_s'):.2f} |")
+
+    ratio_row("segd-nofsync", "nginx", "segd `fsync = false` / nginx — **equal durability, the comparison**")
+    ratio_row("segd-fsync", "nginx", "segd `fsync = true` / nginx — segd does more (fsync), not like for like")
+    ratio_row("segd-b", "nginx", "segd build B / nginx (`fsync = false`)")
+    ratio_row("segd-b", "segd-nofsync", "segd build B / segd (both `fsync = false`): the A/B")
     if ratios:
         ratios = ["", "| ratio | **CPU per MB** (ratio of medians) | CPU per MB, per-round ratios: median (min–max) | uploads/s (medians) |",
                   "|---|---|---|---|"] + ratios
