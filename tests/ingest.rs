@@ -651,11 +651,26 @@ async fn delete_objects_and_empty_directories() {
     );
     assert!(vol.is_dir());
 
-    // A directory: 409, nothing removed.
+    // A directory: 409, nothing removed, whatever its name looks like and with or without a
+    // trailing slash. A file of a type segd does not serve is not segd's to delete (404), and
+    // `file/` names no directory (404): both stay.
+    std::fs::write(vol.join("live/d9/notes.txt"), b"operator's").expect("write");
     let before = tree(&vol);
-    let r = curl_delete(&rig.url(&q("/live/d9/dir.ts", &tok)));
-    assert_eq!(r.status(), 409, "{r:?}");
+    for (path, want) in [
+        ("/live/d9/dir.ts", 409),
+        ("/live/d9/dir.ts/", 409),
+        ("/live/d9", 409),
+        ("/live/d9/", 409),
+        ("/live/d9/notes.txt", 404),
+        ("/live/d9/dir.ts/inner.ts/", 404),
+        ("/live/d9/absent/", 404),
+    ] {
+        let r = curl_delete(&rig.url(&q(path, &tok)));
+        assert_eq!(r.status(), want, "DELETE {path}: {r:?}");
+    }
     assert_eq!(tree(&vol), before, "nothing deleted");
+    let r = curl_delete(&rig.url("/live/d9/"));
+    assert_eq!(r.status(), 403, "no token, even for a directory: {r:?}");
 
     // ffmpeg's form: chunked, the body only the last chunk, over a raw socket.
     up("/live/d2/f.ts", b"ffmpeg deletes me");
@@ -867,6 +882,16 @@ async fn method_path_and_type_refusals() {
             "PUT {target}: {put_status}"
         );
         assert_eq!(put_status, get_status, "PUT {target} answers like GET");
+    }
+    // A name longer than a file name can be (255 bytes), as a file or as a directory: 414,
+    // before anything is read or created (GET says 404: nothing can be there).
+    for target in [
+        format!("/live/m/{}.ts", "a".repeat(300)),
+        format!("/live/{}/x.ts", "d".repeat(256)),
+    ] {
+        let r = curl_put(&rig.url(&q(&target, &tok)), b"long", &[]);
+        assert_eq!(r.status(), 414, "PUT {}…: {r:?}", &target[..20]);
+        assert_eq!(get_on(&rig.url(&target), false).await.status, 404);
     }
     // Transfer-Encoding other than chunked: 501.
     let req = format!(

@@ -178,8 +178,17 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     }
 
     // 3. Path (a path-embedded token segment is split off first, on the raw path).
+    // A DELETE may name a directory with a trailing slash (`/live/show1/`): only to be told
+    // it is one (409); nothing is removed that way.
     let split = auth::split_path_token(cx.policy.auth.name(), req.path);
-    let rel = volumes::sanitize(split.path).map_err(|e| match e {
+    let dir_form =
+        *req.method == Method::DELETE && split.path.len() > 1 && split.path.ends_with('/');
+    let path = if dir_form {
+        &split.path[..split.path.len() - 1]
+    } else {
+        split.path
+    };
+    let rel = volumes::sanitize(path).map_err(|e| match e {
         PathError::Malformed(_) => Refusal::Malformed,
         PathError::NotServed(_) => Refusal::NotFound,
     })?;
@@ -193,15 +202,18 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         return Err(Refusal::MethodNotAllowed.into());
     }
     let ext = rel.extension().map(str::to_ascii_lowercase);
-    let content_type = ext
-        .as_deref()
-        .and_then(|e| cfg.content_type(e))
-        .cloned()
-        .ok_or(if writing {
+    let served = ext.as_deref().and_then(|e| cfg.content_type(e)).cloned();
+    // A DELETE of a name no object of a served type can have is answered after the token
+    // check: 409 for a directory, else 404 (see `write::delete`).
+    let deletes_no_object = *req.method == Method::DELETE && (dir_form || served.is_none());
+    if served.is_none() && !deletes_no_object {
+        return Err(if writing {
             Refusal::UnsupportedMediaType
         } else {
             Refusal::NotFound
-        })?;
+        }
+        .into());
+    }
     let class = ObjectClass::of(ext.as_deref().unwrap_or_default());
     let live = cfg.live.covers(&canonical);
 
@@ -234,8 +246,12 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
 
     // 6. Writes go their own way from here.
     if writing {
+        let class = (!deletes_no_object).then_some(class);
         return write::handle(cx, &rel, class, live, body).await;
     }
+    let Some(content_type) = served else {
+        return Err(Refusal::NotFound.into());
+    };
     let rewrite_param = match (class, &decision) {
         (
             ObjectClass::Playlist,

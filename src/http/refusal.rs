@@ -327,6 +327,10 @@ impl From<crate::store::WriteError> for Refusal {
             WriteError::IsDirectory => Refusal::IsDirectory,
             WriteError::NotFound => Refusal::NotFound,
             WriteError::Io(e) if crate::volumes::is_device_fault(&e) => Refusal::VolumeUnavailable,
+            // A name longer than this filesystem takes (some take less than 255 bytes).
+            WriteError::Io(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                Refusal::UriTooLong
+            }
             WriteError::Io(e) => {
                 tracing::warn!(error = %e, "write failed");
                 Refusal::WriteFailed

@@ -24,7 +24,8 @@
 //!
 //! DELETE: depth (`min_delete_depth` → 403), body (ffmpeg sends an empty chunked one) read and
 //! discarded, preconditions, then the store deletes the file and prunes emptied directories
-//! below the prefix → 204, 404, 409.
+//! below the prefix → 204, 404, 409. A name without a served type, or with a trailing slash, is
+//! never removed: 409 when it is a directory, else 404.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,18 +43,30 @@ use crate::metrics::Metrics;
 use crate::store::{Body, Miss, Mode, ObjectClass};
 use crate::volumes::RelPath;
 
+/// The longest name one path segment can have on disk (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+/// `class` is `None` for a name no object of a served type can have (no served extension, or
+/// a DELETE of `dir/`): only a DELETE gets here with it, to be told whether the name is a
+/// directory (409) or nothing (404).
 pub(super) async fn handle(
     cx: &Cx<'_>,
     rel: &RelPath,
-    class: ObjectClass,
+    class: Option<ObjectClass>,
     live: bool,
     body: RequestBody<'_>,
 ) -> Result<Reply, Stop> {
     if *cx.req.method == Method::DELETE {
-        delete(cx, rel, class, live, body).await
-    } else {
-        put(cx, rel, class, live, body).await
+        return delete(cx, rel, class, live, body).await;
     }
+    let Some(class) = class else {
+        return Err(Refusal::UnsupportedMediaType.into());
+    };
+    // A name no filesystem here can hold: refused before anything is read or created.
+    if rel.as_str().split('/').any(|s| s.len() > NAME_MAX) {
+        return Err(Refusal::UriTooLong.into());
+    }
+    put(cx, rel, class, live, body).await
 }
 
 /// An upload in progress, for `segd_ingest_uploads_in_progress` and the duration histogram:
@@ -227,10 +240,12 @@ impl Receive {
     }
 }
 
+/// With no `class` nothing is removed: the answer says whether the name is a directory (409)
+/// or nothing (404).
 async fn delete(
     cx: &Cx<'_>,
     rel: &RelPath,
-    class: ObjectClass,
+    class: Option<ObjectClass>,
     live: bool,
     mut body: RequestBody<'_>,
 ) -> Result<Reply, Stop> {
@@ -243,6 +258,14 @@ async fn delete(
         body.discard(MAX_DISCARDED_BODY, ingest.body_timeout)
             .await?;
     }
+    let Some(class) = class else {
+        return Err(if cx.rt.store.is_directory(rel).await {
+            Refusal::IsDirectory
+        } else {
+            Refusal::NotFound
+        }
+        .into());
+    };
     preconditions(cx, rel, class, live).await?;
     // Directories of the ingest prefix itself are never removed.
     let canonical = format!("/{rel}");

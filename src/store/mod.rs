@@ -390,6 +390,14 @@ impl Store {
         .await
     }
 
+    /// Whether `rel` names a directory on a healthy volume (a DELETE of it is a 409).
+    pub async fn is_directory(&self, rel: &RelPath) -> bool {
+        let (local, rel) = (self.local(), rel.clone());
+        tokio::task::spawn_blocking(move || upload::is_directory(&local, &rel))
+            .await
+            .unwrap_or(false)
+    }
+
     /// The write-through bucket for writes of a path, if they go through.
     fn through(&self, live: bool) -> Option<Arc<write_through::WriteThrough>> {
         self.inner

@@ -630,6 +630,15 @@ pub async fn delete(
     .map_err(|e| WriteError::Io(io::Error::other(e)))?
 }
 
+/// Whether `rel` is a directory on a healthy volume (blocking).
+pub fn is_directory(local: &Local, rel: &RelPath) -> bool {
+    local.volumes.served().any(|(_, v)| {
+        v.is_healthy()
+            && v.with_root(|root| Dir::open(root, rel.as_str(), false).is_ok())
+                .unwrap_or(false)
+    })
+}
+
 /// Removes now-empty directories of `dir` from the deepest up, keeping the first `keep`.
 fn prune(root: std::os::fd::BorrowedFd<'_>, dir: &str, keep: usize) {
     let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
