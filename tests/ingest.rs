@@ -893,6 +893,24 @@ async fn method_path_and_type_refusals() {
         assert_eq!(r.status(), 414, "PUT {}…: {r:?}", &target[..20]);
         assert_eq!(get_on(&rig.url(&target), false).await.status, 404);
     }
+    // Content-Range: a partial body is not an object (RFC 9110 §14.5): 400, on every
+    // protocol, and nothing written.
+    for h2 in [false, true] {
+        let r = request(
+            "PUT",
+            &rig.url(&q("/live/m/part.ts", &tok)),
+            &[("content-range", "bytes 0-3/100")],
+            h2,
+        )
+        .await;
+        assert_eq!(r.status, 400, "h2={h2}: {r:?}");
+    }
+    let r = curl_put(
+        &rig.url(&q("/live/m/part.ts", &tok)),
+        b"part",
+        &["-H", "Content-Range: bytes 0-3/100"],
+    );
+    assert_eq!(r.status(), 400, "{r:?}");
     // Transfer-Encoding other than chunked: 501.
     let req = format!(
         "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

@@ -62,6 +62,8 @@ pub enum Refusal {
     UnsupportedCoding,
     #[error("media type not served")]
     UnsupportedMediaType,
+    #[error("Content-Range in a write (a partial body)")]
+    PartialWrite,
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("path is a directory")]
@@ -201,6 +203,15 @@ impl Refusal {
                 "media type not served\n",
                 Info,
                 "media_type",
+                Client,
+            ),
+            // RFC 9110 §14.5: a PUT with Content-Range is likely partial content, and an
+            // origin server that allows PUT must answer it 400.
+            Refusal::PartialWrite => (
+                StatusCode::BAD_REQUEST,
+                "content-range not allowed in a write\n",
+                Info,
+                "partial_write",
                 Client,
             ),
             Refusal::PreconditionFailed => (
@@ -367,6 +378,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::BodyIncomplete,
     Refusal::UnsupportedCoding,
     Refusal::UnsupportedMediaType,
+    Refusal::PartialWrite,
     Refusal::PreconditionFailed,
     Refusal::IsDirectory,
     Refusal::DeleteTooShallow,

@@ -3,6 +3,7 @@
 //! See `docs/ingest.md` for the contract.
 //!
 //! PUT/POST, in order:
+//! 0. a `Content-Range` (a partial body) → 400
 //! 1. an upload slot (`max_uploads`) → 503 with `Retry-After`
 //! 2. a declared length over `max_body_bytes` → 413, before anything is read or created
 //! 3. the upload starts: the path is locked against other writes, the volume picked (where the
@@ -125,6 +126,10 @@ async fn put(
 ) -> Result<Reply, Stop> {
     let ingest = &cx.policy.config.ingest;
     let start = Instant::now();
+    // 0. A part of a body is not an object (RFC 9110 §14.5).
+    if cx.req.headers.contains_key(http::header::CONTENT_RANGE) {
+        return Err(Refusal::PartialWrite.into());
+    }
     // 1. A slot.
     let slot = Arc::clone(&cx.policy.upload_slots)
         .try_acquire_owned()
