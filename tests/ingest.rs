@@ -184,9 +184,13 @@ fn tree(root: &Path) -> BTreeMap<String, Option<(usize, u64)>> {
                 .expect("under root")
                 .to_string_lossy()
                 .into_owned();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let kind = e.file_type().expect("file type");
+            if kind.is_dir() {
                 out.insert(rel, None);
                 stack.push(path);
+            } else if kind.is_symlink() {
+                // Recorded, not followed.
+                out.insert(rel, None);
             } else {
                 out.insert(rel, Some(digest(&std::fs::read(&path).expect("read file"))));
             }
@@ -829,6 +833,9 @@ async fn method_path_and_type_refusals() {
         std::fs::create_dir_all(d.join("disk1/other")).expect("mkdir");
         std::fs::write(d.join("disk1/other/o.ts"), b"outside").expect("write");
         std::fs::create_dir_all(d.join("disk1/live/m")).expect("mkdir");
+        // A directory outside the volume, and a symlink to it inside.
+        std::fs::create_dir_all(d.join("outside")).expect("mkdir");
+        std::os::unix::fs::symlink(d.join("outside"), d.join("disk1/live/out")).expect("symlink");
     });
     let vol = rig.vol("disk1");
     let tok = upload_token("/*");
@@ -883,6 +890,14 @@ async fn method_path_and_type_refusals() {
         );
         assert_eq!(put_status, get_status, "PUT {target} answers like GET");
     }
+    // Through a symlink, out of the volume: 404 as for GET, nothing written there.
+    let r = curl_put(&rig.url(&q("/live/out/x.ts", &tok)), b"escape", &[]);
+    assert_eq!(r.status(), 404, "{r:?}");
+    assert_eq!(get_on(&rig.url("/live/out/x.ts"), false).await.status, 404);
+    assert!(
+        !rig.dir.path().join("outside/x.ts").exists(),
+        "written outside"
+    );
     // A name longer than a file name can be (255 bytes), as a file or as a directory: 414,
     // before anything is read or created (GET says 404: nothing can be there).
     for target in [

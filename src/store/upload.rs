@@ -202,17 +202,43 @@ fn create(
         .get(volume)
         .ok_or(WriteError::VolumeUnavailable)?;
     let temp = v
-        .with_root(|root| Dir::open(root, dir, true).and_then(TempFile::new))
+        .with_root(|root| {
+            Dir::open(root, dir, true)
+                .and_then(TempFile::new)
+                .map_err(|e| (e, symlink_on_the_way(root, dir)))
+        })
         .ok_or(WriteError::VolumeUnavailable)?
-        .map_err(|e| {
+        .map_err(|(e, symlink)| {
             local.volumes.note_error(volume, &e);
             match e.raw_os_error() {
                 Some(libc::ENOSPC) => WriteError::NoSpace,
-                Some(libc::ENOTDIR | libc::ELOOP) => WriteError::IsDirectory,
+                // A symlink on the way (never followed), or one that leaves the volume: the
+                // read side serves nothing there either (404).
+                _ if symlink => WriteError::NotFound,
+                Some(libc::ELOOP | libc::EXDEV) => WriteError::NotFound,
+                // A file where a directory should be.
+                Some(libc::ENOTDIR) => WriteError::IsDirectory,
                 _ => WriteError::Io(e),
             }
         })?;
     Ok((volume, room, temp))
+}
+
+/// Whether one of the components of `dir` (beneath `root`) is a symlink: what makes a write
+/// refused where the read side would find nothing. Only asked after a failure.
+fn symlink_on_the_way(root: std::os::fd::BorrowedFd<'_>, dir: &str) -> bool {
+    let mut end = 0;
+    for comp in dir.split('/').filter(|c| !c.is_empty()) {
+        end += comp.len() + usize::from(end > 0);
+        let kind = rustix::fs::statat(root, &dir[..end], rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
+        match kind {
+            Ok(k) if k.is_symlink() => return true,
+            Ok(k) if k.is_dir() => {}
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// A failed write on `volume`: counted against the volume when the device failed; no space
