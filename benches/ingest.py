@@ -90,6 +90,28 @@ def proc_cpu(pids):
     return user, system
 
 
+def proc_switches(pids):
+    """(voluntary, involuntary) context switches so far, summed over every thread of pids (a
+    thread that exits during the run takes its count with it)."""
+    vol = invol = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            vol += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            invol += int(line.split()[1])
+            except OSError:
+                pass
+    return vol, invol
+
+
 def stray_threads(pids, cpu):
     """Threads of the server allowed on CPUs other than its own (an I/O thread pool that does not
     inherit the affinity would borrow the load generator's CPU)."""
@@ -240,9 +262,9 @@ class Segd(Server):
     def port(self):
         return SEGD_PORT
 
-    def __init__(self, binary, root, run, fsync, cpu, secret, ingest_section=True):
+    def __init__(self, binary, root, run, fsync, cpu, secret, ingest_section=True, server_extra=""):
         self.binary, self.root, self.run, self.fsync, self.cpu = binary, root, run, fsync, cpu
-        self.secret, self.ingest_section = secret, ingest_section
+        self.secret, self.ingest_section, self.server_extra = secret, ingest_section, server_extra
         self.name = "segd-fsync" if fsync else "segd-nofsync"
         self.cfg = os.path.join(run, f"{self.name}.toml")
         self.log = os.path.join(run, f"{self.name}.log")
@@ -260,7 +282,7 @@ secret = "{self.secret}"
             f.write(f"""[server]
 listen = ["127.0.0.1:{SEGD_PORT}"]
 workers = 1
-[admin]
+{self.server_extra}[admin]
 listen = "127.0.0.1:{SEGD_ADMIN}"
 [[volumes]]
 path = "{self.root}"
@@ -574,6 +596,8 @@ def main():
     global SEGD_PORT, NGINX_PORT, SEGD_ADMIN, PREFIX
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segd", default=os.path.join(REPO, "target/release/segd"), help="release binary (default target/release/segd)")
+    ap.add_argument("--segd-b-server", default="", metavar="TOML",
+                    help="extra [server] lines for segd-b, e.g. 'sched_policy = \"batch\"' (with --segd-b the same binary as --segd: an A/B of a setting)")
     ap.add_argument("--segd-b", help="a second segd build, run as server `segd-b` (`fsync = false`) in the same rounds: "
                                      "an A/B of two builds, each also against nginx")
     ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help=f"subset of {','.join(ALL_SERVERS)}")
@@ -699,7 +723,8 @@ def main():
                 return Nginx(nginx_root, nginx_tmp, run, args.server_cpu, args.nginx_body_buffer)
             srv = Segd(os.path.abspath(args.segd_b) if name == "segd-b" else segd_bin, segd_root, run,
                        name == "segd-fsync", args.server_cpu, secret,
-                       ingest_section=not args.segd_without_ingest_section)
+                       ingest_section=not args.segd_without_ingest_section,
+                       server_extra=(args.segd_b_server + "\n") if name == "segd-b" and args.segd_b_server else "")
             srv.name = name
             srv.cfg, srv.log = os.path.join(run, f"{name}.toml"), os.path.join(run, f"{name}.log")
             return srv
@@ -744,9 +769,9 @@ def main():
                             log(f"  memory not settled ({failed}): the run takes its pages from whatever state the last one left")
                     prefix = f"{PREFIX}m{rnd + 1}-{name}"
                     pids = srv.pids()
-                    c0, m0 = proc_cpu(pids), machine_busy()
+                    c0, m0, x0 = proc_cpu(pids), machine_busy(), proc_switches(pids)
                     res = run_wrk(srv, lua, dict(env, INGEST_PREFIX=prefix, INGEST_ACKED=os.path.join(run, "acked.txt")), args.conns, duration, args.client_cpu)
-                    c1, m1 = proc_cpu(pids), machine_busy()
+                    c1, m1, x1 = proc_cpu(pids), machine_busy(), proc_switches(pids)
                     rss = proc_rss_mb(pids)
                     stray = stray_threads(srv.pids(), args.server_cpu)
                     if stray:
@@ -772,12 +797,14 @@ def main():
                            uploads_per_s=res["uploads"] / res["secs"], mb_per_s=res["uploads"] * mb_per_upload / res["secs"],
                            cpu_s=cpu, cpu_user_s=cpu_user, cpu_sys_s=cpu_sys, client_cpu_s=res["client_cpu_s"], kernel_cpu_s=kernel, other_cpu_s=other, cpu_ms_per_mb=cpu / mb * 1e3 if mb else float("nan"),
                            cpu_us_per_upload=cpu / landed * 1e6 if landed else float("nan"),
+                           switches_per_upload=(x1[0] - x0[0] + x1[1] - x0[1]) / landed if landed else float("nan"),
+                           involuntary_per_upload=(x1[1] - x0[1]) / landed if landed else float("nan"),
                            p50_ms=res["p50_ms"], p99_ms=res["p99_ms"], rss_mb=rss, leftover_temps=temps,
                            unpinned_threads=len(stray))
                 rows.append(row)
                 log(f"round {rnd + 1} {name:12} (load before {load_before}): {row['uploads_per_s']:7.0f} uploads/s {row['mb_per_s']:7.1f} MB/s  "
                     f"cpu {cpu:6.2f} s (user {cpu_user:5.2f}) = {row['cpu_ms_per_mb']:6.3f} ms/MB (wrk {res['client_cpu_s']:5.2f} s, kernel {kernel:5.2f} s, other jobs {other:5.2f} s)  p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-                    f"{res['uploads']} acked, {landed} on disk ({checked})")
+                    f"{row['switches_per_upload']:5.2f} switches/upload  {res['uploads']} acked, {landed} on disk ({checked})")
                 if delete_between:
                     # Every run starts from the same (empty) filesystem and page-cache footprint.
                     shutil.rmtree(os.path.join(srv.root, PREFIX.strip("/")), ignore_errors=True)
@@ -795,7 +822,7 @@ def main():
 
     os.makedirs(out, exist_ok=True)
     keys = ["round", "server", "fsync", "loadavg_before", "uploads", "landed", "secs", "uploads_per_s", "mb_per_s", "cpu_s", "cpu_user_s", "cpu_sys_s", "client_cpu_s", "kernel_cpu_s", "other_cpu_s",
-            "cpu_ms_per_mb", "cpu_us_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
+            "cpu_ms_per_mb", "cpu_us_per_upload", "switches_per_upload", "involuntary_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
     with open(os.path.join(out, "raw.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -818,13 +845,13 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
     what = {"segd-nofsync": "segd, `fsync = false` (same durability as nginx)",
             "segd-fsync": "segd, `fsync = true` (file + directory fsync before the answer: more durable than nginx)",
             "nginx": "nginx WebDAV PUT (no fsync)",
-            "segd-b": f"segd build B (`{args.segd_b}`), `fsync = false`"}
-    lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "segd-b": f"segd build B (`{args.segd_b}`{', ' + args.segd_b_server if args.segd_b_server else ''}), `fsync = false`"}
+    lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | context switches per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in servers:
         if vals(s, "uploads"):
             lines.append(f"| {what[s]} | {rng(s, 'uploads_per_s', '.0f')} | {rng(s, 'mb_per_s', '.1f')} | **{rng(s, 'cpu_ms_per_mb', '.3f')}** | "
-                         f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
+                         f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'switches_per_upload'):.2f} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
                          f"{med(s, 'secs'):.0f} | {rng(s, 'kernel_cpu_s', '.1f')} | {rng(s, 'other_cpu_s', '.1f')} |")
     ratios = []
 

@@ -95,9 +95,9 @@ def loadavg():
 
 
 class Segd:
-    def __init__(self, binary, root, run, fsync, cpu, secret, access_log):
+    def __init__(self, binary, root, run, fsync, cpu, secret, access_log, sched_policy):
         self.binary, self.root, self.run, self.fsync, self.cpu, self.secret = binary, root, run, fsync, cpu, secret
-        self.access_log = access_log
+        self.access_log, self.sched_policy = access_log, sched_policy
         self.cfg = os.path.join(run, "segd.toml")
         self.log = os.path.join(run, "segd.stderr")
 
@@ -108,6 +108,7 @@ class Segd:
             f.write(f"""[server]
 listen = ["127.0.0.1:{GET_PORT}", "127.0.0.1:{PUT_PORT}"]
 workers = 1
+sched_policy = "{self.sched_policy}"
 [admin]
 listen = "127.0.0.1:{ADMIN_PORT}"
 [[volumes]]
@@ -208,6 +209,7 @@ def main():
     ap.add_argument("--size", type=int, default=200_000, help="bytes per upload")
     ap.add_argument("--bodies", type=int, default=4)
     ap.add_argument("--fsync", choices=["true", "false"], default="true", help="[ingest] fsync (segd's default: true)")
+    ap.add_argument("--sched-policy", choices=["other", "batch"], default="other", help="[server] sched_policy (segd's default: other)")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--quiet-wait", type=int, default=30, help="before each run, wait up to this many seconds for an idle machine")
@@ -278,7 +280,7 @@ def main():
         secret = secrets.token_hex(16)
         token = ingest.mint_token(secret, "/live/*", int(time.time()) + 6 * 3600)
         qs = f"?__token__={ingest.encode_token(token)}"
-        srv = Segd(segd_bin, root, run, args.fsync == "true", args.server_cpu, secret, args.access_log)
+        srv = Segd(segd_bin, root, run, args.fsync == "true", args.server_cpu, secret, args.access_log, args.sched_policy)
 
         log(f"{args.rounds} rounds x (alone, uploading); GETs: {args.get_conns} conns over {len(hot)} x {args.hot_size} B, "
             f"{args.duration} s; uploads: {args.uploaders} conns x {args.size} B, fsync={args.fsync}; segd (1 worker) on CPU {args.server_cpu}, "

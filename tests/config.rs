@@ -35,6 +35,7 @@ listen = ["127.0.0.1:8080", "not-an-address"]
 workers = -3
 blocking_threads = 0
 drain_timeout = "forever"
+sched_policy = "fifo"
 lisen = ["typo"]
 
 [admin]
@@ -73,6 +74,7 @@ format = "xml"
         ("server.workers", "0 (one per CPU core)"),
         ("server.blocking_threads", "1..=1024"),
         ("server.drain_timeout", "duration"),
+        ("server.sched_policy", "other, batch"),
         ("server.lisen", "unknown key"),
         ("admin.listen", "used twice"),
         ("volumes[1].path", "missing"),
@@ -191,4 +193,37 @@ fn bind_conflict_fails_start() {
         err.contains(&format!("cannot bind server.listen[0] = {addr}")),
         "{err}"
     );
+}
+
+/// `sched_policy = "batch"` puts the worker and blocking threads under SCHED_BATCH (policy 3 in
+/// `/proc/PID/task/TID/stat`); the default leaves them under SCHED_OTHER (0).
+#[test]
+fn sched_policy_reaches_the_worker_threads() {
+    let vols = demo_volumes();
+    let disk = vols.path().join("disk1");
+    for (setting, want) in [("", 0), ("sched_policy = \"batch\"\n", 3)] {
+        let cfg =
+            config_for(&[&disk], "").replace("workers = 2\n", &format!("workers = 2\n{setting}"));
+        let srv = Server::start(&cfg);
+        let pid = srv.child.id();
+        let mut workers = 0;
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+            let t = t.expect("task").path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            if comm.trim() != "segd-worker" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.join("stat")).expect("stat");
+            // Fields after "(comm)": state is field 3, policy field 41.
+            let after = stat.rsplit_once(')').expect("comm").1;
+            let policy: u32 = after
+                .split_whitespace()
+                .nth(41 - 3)
+                .and_then(|f| f.parse().ok())
+                .expect("policy field");
+            assert_eq!(policy, want, "{setting:?}: {}", t.display());
+            workers += 1;
+        }
+        assert!(workers >= 2, "{setting:?}: {workers} worker threads seen");
+    }
 }

@@ -33,6 +33,10 @@ pub struct ServerConfig {
     pub io_backend: String,
     /// Disk jobs in flight per volume.
     pub io_queue_depth: usize,
+    /// Linux scheduling policy of the worker and blocking threads: `SCHED_OTHER` (false) or
+    /// `SCHED_BATCH` (true: a worker woken by an event waits for the thread running on its CPU
+    /// instead of preempting it; see docs/tuning.md).
+    pub sched_batch: bool,
     /// A client that accepts no response bytes for this long is disconnected.
     pub send_timeout: Duration,
     /// Request heads larger than this get 431.
@@ -72,6 +76,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "h3_max_concurrent_streams",
     "io_backend",
     "io_queue_depth",
+    "sched_policy",
     "volume_check_interval",
     "print_urls",
     "mmap",
@@ -161,6 +166,17 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
             }
         },
         io_queue_depth: s.int("io_queue_depth", 64, 1, 4096, "1..=4096 jobs per volume") as usize,
+        sched_batch: {
+            let allowed = "other, batch";
+            match s.string("sched_policy", allowed).as_deref() {
+                None | Some("other") => false,
+                Some("batch") => true,
+                Some(v) => {
+                    s.error("sched_policy", format!("unknown policy {v:?}"), allowed);
+                    false
+                }
+            }
+        },
         max_header_bytes: s.size("max_header_bytes", 16 << 10, 1 << 10, 1 << 20) as usize,
         max_uri_bytes: s.size("max_uri_bytes", 4096, 256, 64 << 10) as usize,
         volume_check_interval: s.duration("volume_check_interval", secs(2), ms(100), secs(3600)),

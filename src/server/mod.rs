@@ -113,6 +113,11 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         .max_blocking_threads(config.server.blocking_threads)
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .thread_name("segd-worker")
+        .on_thread_start(if config.server.sched_batch {
+            sched_batch
+        } else {
+            || {}
+        })
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -123,6 +128,19 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         Upgrader::new(exec),
         handover,
     ))
+}
+
+/// Puts the calling thread under `SCHED_BATCH` (`[server] sched_policy = "batch"`): woken, it
+/// does not preempt the thread running on its CPU (an upload's writer thread, say) but waits for
+/// it to block or use up its slice, so a busy worker and a writer hand the CPU back and forth
+/// far less often. A refusal (a seccomp filter, say) is logged and the thread stays as it was.
+fn sched_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is this thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot set SCHED_BATCH (server.sched_policy) on a thread");
+    }
 }
 
 /// A listener for `addr`: the socket passed for it (systemd, or the process this one upgrades),
