@@ -90,10 +90,8 @@ def proc_cpu(pids):
     return user, system
 
 
-def proc_switches(pids):
-    """(voluntary, involuntary) context switches so far, summed over every thread of pids (a
-    thread that exits during the run takes its count with it)."""
-    vol = invol = 0
+def thread_status(pids):
+    """(tid, fields of /proc/PID/task/TID/status) for every thread of pids that is still there."""
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
@@ -102,13 +100,18 @@ def proc_switches(pids):
         for tid in tids:
             try:
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith("voluntary_ctxt_switches:"):
-                            vol += int(line.split()[1])
-                        elif line.startswith("nonvoluntary_ctxt_switches:"):
-                            invol += int(line.split()[1])
+                    yield tid, dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
             except OSError:
-                pass
+                continue
+
+
+def proc_switches(pids):
+    """(voluntary, involuntary) context switches so far, summed over every thread of pids (a
+    thread that exits during the run takes its count with it)."""
+    vol = invol = 0
+    for _, st in thread_status(pids):
+        vol += int(st.get("voluntary_ctxt_switches", 0))
+        invol += int(st.get("nonvoluntary_ctxt_switches", 0))
     return vol, invol
 
 
@@ -116,19 +119,9 @@ def stray_threads(pids, cpu):
     """Threads of the server allowed on CPUs other than its own (an I/O thread pool that does not
     inherit the affinity would borrow the load generator's CPU)."""
     stray = []
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-            except OSError:
-                continue
-            if st.get("Cpus_allowed_list", "").strip() != str(cpu):
-                stray.append(f"{st.get('Name', tid).strip()}[{tid}] on {st.get('Cpus_allowed_list', '?').strip()}")
+    for tid, st in thread_status(pids):
+        if st.get("Cpus_allowed_list", "").strip() != str(cpu):
+            stray.append(f"{st.get('Name', tid).strip()}[{tid}] on {st.get('Cpus_allowed_list', '?').strip()}")
     return stray
 
 
