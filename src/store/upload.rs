@@ -205,7 +205,11 @@ fn create(
         .with_root(|root| {
             Dir::open(root, dir, true)
                 .and_then(TempFile::new)
-                .map_err(|e| (e, symlink_on_the_way(root, dir)))
+                .map_err(|e| {
+                    let symlink =
+                        e.raw_os_error() == Some(libc::ENOTDIR) && symlink_on_the_way(root, dir);
+                    (e, symlink)
+                })
         })
         .ok_or(WriteError::VolumeUnavailable)?
         .map_err(|(e, symlink)| {
@@ -214,8 +218,8 @@ fn create(
                 Some(libc::ENOSPC) => WriteError::NoSpace,
                 // A symlink on the way (never followed), or one that leaves the volume: the
                 // read side serves nothing there either (404).
-                _ if symlink => WriteError::NotFound,
                 Some(libc::ELOOP | libc::EXDEV) => WriteError::NotFound,
+                Some(libc::ENOTDIR) if symlink => WriteError::NotFound,
                 // A file where a directory should be.
                 Some(libc::ENOTDIR) => WriteError::IsDirectory,
                 _ => WriteError::Io(e),
@@ -224,8 +228,8 @@ fn create(
     Ok((volume, room, temp))
 }
 
-/// Whether one of the components of `dir` (beneath `root`) is a symlink: what makes a write
-/// refused where the read side would find nothing. Only asked after a failure.
+/// Whether one of the components of `dir` (beneath `root`) is a symlink: a symlink opened as a
+/// directory without following it fails as `ENOTDIR`, like a file would. Only asked then.
 fn symlink_on_the_way(root: std::os::fd::BorrowedFd<'_>, dir: &str) -> bool {
     let mut end = 0;
     for comp in dir.split('/').filter(|c| !c.is_empty()) {
@@ -351,16 +355,16 @@ impl Upload {
         if let Some(wt) = self.through.clone() {
             // Written through: the bucket has it (or the queue says it will) before the rename.
             let w = Arc::clone(&wt);
-            let r = tokio::task::spawn_blocking(move || -> Result<_, WriteError> {
-                let mut o = open_for(&local, &key, file, need)?;
-                let sealed = o.temp.write_chunks(&buf).and_then(|()| match w.durability {
-                    Durability::Upstream => o.temp.seal(durable).map(Some),
-                    Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
-                });
-                Ok((o, sealed))
-            })
-            .await
-            .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+            let r = Pool::General
+                .run(move || -> Result<_, WriteError> {
+                    let mut o = open_for(&local, &key, file, need)?;
+                    let sealed = o.temp.write_chunks(&buf).and_then(|()| match w.durability {
+                        Durability::Upstream => o.temp.seal(durable).map(Some),
+                        Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
+                    });
+                    Ok((o, sealed))
+                })
+                .await?;
             let (o, sealed) = r.map_err(|e| self.refused(e))?;
             let volume = self.keep(o);
             let sealed = sealed.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
@@ -402,11 +406,9 @@ impl Upload {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
         let (name, durable) = (self.name.clone(), self.durable);
-        let r = tokio::task::spawn_blocking(move || -> io::Result<(bool, rustix::fs::Stat)> {
-            temp.commit(&name, durable)
-        })
-        .await
-        .map_err(|e| WriteError::Io(io::Error::other(e)))?;
+        let r = Pool::General
+            .run(move || temp.commit(&name, durable))
+            .await?;
         let (existed, st) = r.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
         self.committed(existed, &st, volume)
     }
@@ -606,54 +608,54 @@ pub async fn delete(
             Durability::Upstream => wt.delete(rel).await?,
             Durability::Local => {
                 let key = rel.clone();
-                tokio::task::spawn_blocking(move || wt.enqueue(Op::Delete, &key))
-                    .await
-                    .map_err(|e| WriteError::Io(io::Error::other(e)))?
+                Pool::General
+                    .run(move || wt.enqueue(Op::Delete, &key))
+                    .await?
                     .map_err(WriteError::Io)?;
             }
         }
     }
     let (l, key) = (Arc::clone(&local), rel.clone());
-    tokio::task::spawn_blocking(move || -> Result<(), WriteError> {
-        let (dir, name) = split(&key);
-        let mut unavailable = false;
-        for (i, v) in l.volumes.served() {
-            if !v.is_healthy() {
-                unavailable = true;
-                continue;
-            }
-            let done = v.with_root(|root| -> Result<bool, WriteError> {
-                let d = match Dir::open(root, dir, false) {
-                    Ok(d) => d,
-                    Err(_) => return Ok(false),
-                };
-                match d.unlink(name) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
-                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                        return Err(WriteError::IsDirectory)
-                    }
-                    Err(e) => {
-                        l.volumes.note_error(i, &e);
-                        return Err(WriteError::Io(e));
-                    }
+    Pool::General
+        .run(move || -> Result<(), WriteError> {
+            let (dir, name) = split(&key);
+            let mut unavailable = false;
+            for (i, v) in l.volumes.served() {
+                if !v.is_healthy() {
+                    unavailable = true;
+                    continue;
                 }
-                prune(root, dir, keep);
-                Ok(true)
-            });
-            if done.transpose()?.unwrap_or(false) {
-                l.forget(&key);
-                return Ok(());
+                let done = v.with_root(|root| -> Result<bool, WriteError> {
+                    let d = match Dir::open(root, dir, false) {
+                        Ok(d) => d,
+                        Err(_) => return Ok(false),
+                    };
+                    match d.unlink(name) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+                        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                            return Err(WriteError::IsDirectory)
+                        }
+                        Err(e) => {
+                            l.volumes.note_error(i, &e);
+                            return Err(WriteError::Io(e));
+                        }
+                    }
+                    prune(root, dir, keep);
+                    Ok(true)
+                });
+                if done.transpose()?.unwrap_or(false) {
+                    l.forget(&key);
+                    return Ok(());
+                }
             }
-        }
-        if unavailable {
-            Err(WriteError::VolumeUnavailable)
-        } else {
-            Err(WriteError::NotFound)
-        }
-    })
-    .await
-    .map_err(|e| WriteError::Io(io::Error::other(e)))?
+            if unavailable {
+                Err(WriteError::VolumeUnavailable)
+            } else {
+                Err(WriteError::NotFound)
+            }
+        })
+        .await?
 }
 
 /// Whether `rel` is a directory on a healthy volume (blocking).
