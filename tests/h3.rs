@@ -76,19 +76,28 @@ impl H3 {
         path: &str,
         headers: &[(&str, &str)],
     ) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
+        let mut stream = self.start(method, path, headers).await;
+        stream.finish().await.expect("finish request");
+        stream
+    }
+
+    /// A request whose head is sent and whose body is still to come.
+    pub(crate) async fn start(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes> {
         let mut b = http::Request::builder()
             .method(method)
             .uri(format!("https://localhost{path}"));
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let mut stream = self
-            .send
+        self.send
             .send_request(b.body(()).expect("request"))
             .await
-            .expect("send request");
-        stream.finish().await.expect("finish request");
-        stream
+            .expect("send request")
     }
 }
 

@@ -24,7 +24,7 @@ use h3::error::{Code, StreamError};
 
 use super::h3_transport::{self as transport, Accepted, BodyChunk, Stopped, StreamExtras};
 use super::handler::{self, Proto};
-use super::request_body::RequestBody;
+use super::request_body::{declared_length, RequestBody};
 use super::Record;
 use crate::drain::Drain;
 use crate::state::Shared;
@@ -219,12 +219,20 @@ async fn request(
         tls: Some("1.3"),
         alt_svc: None,
     };
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let body = RequestBody::new(declared, request_body(recv));
+    // h3 decodes the framing but does not hold the body to its declared length: the body
+    // does (an invalid length fails it, a body that disagrees with it fails at its end).
+    // `Expect: 100-continue`: the 100 goes out when the handler first pulls the body, as on
+    // HTTP/1.1, so a request refused before that never gets one.
+    let (pulled, first_pull) = if expects_continue(&parts.headers) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    let body = match declared_length(&parts.headers) {
+        Ok(declared) => RequestBody::new(declared, request_body(recv, pulled)),
+        Err(()) => RequestBody::invalid_length(),
+    };
     // A request that may park (LL-HLS directives, a live path) is dropped when its client goes
     // away — the connection closes, or the client cancels just this request (STOP_SENDING on
     // the response direction, RFC 9114 §4.1.1) — so a parked request frees its slot at once.
@@ -235,7 +243,13 @@ async fn request(
             .prefixes
             .iter()
             .any(|p| hreq.path.contains(p.as_str()));
-    let handled = handler::handle(runtime, &policy, &hreq, body);
+    let send_timeout = policy.config.server.send_timeout;
+    let handled = with_interim(
+        handler::handle(runtime, &policy, &hreq, body),
+        first_pull,
+        &mut stream,
+        send_timeout,
+    );
     let reply = if may_park {
         tokio::select! {
             r = handled => r,
@@ -262,7 +276,6 @@ async fn request(
     let mut resp = http::Response::new(());
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;
-    let send_timeout = policy.config.server.send_timeout;
     let mut sent = 0u64;
     let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
         Ok(Ok(())) => {
@@ -313,19 +326,61 @@ async fn client_gone(stopped: Option<Stopped>, conn: &quinn::Connection) -> Opti
     }
 }
 
-/// The request stream's DATA frames as a body stream (h3 decodes the framing).
-fn request_body(recv: RecvHalf) -> ByteStream {
+/// Whether the client waits for `100 Continue` before it sends the body (RFC 9110 §10.1.1).
+fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Runs the handler; if `first_pull` fires (the handler pulled the body of a request that asked
+/// for a 100), sends the interim `100 Continue` on the response side meanwhile. h3 writes it as
+/// a HEADERS frame before the final one (RFC 9114 §4.1).
+async fn with_interim(
+    handled: impl std::future::Future<Output = handler::Reply>,
+    first_pull: Option<tokio::sync::oneshot::Receiver<()>>,
+    stream: &mut SendHalf,
+    timeout: Duration,
+) -> handler::Reply {
+    let Some(first_pull) = first_pull else {
+        return handled.await;
+    };
+    tokio::pin!(handled);
+    tokio::select! {
+        biased;
+        reply = &mut handled => return reply,
+        pulled = first_pull => {
+            if pulled.is_ok() {
+                let mut interim = http::Response::new(());
+                *interim.status_mut() = http::StatusCode::CONTINUE;
+                match tokio::time::timeout(timeout, stream.send_response(interim)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "HTTP/3 100 Continue not sent"),
+                    Err(_) => tracing::debug!("HTTP/3 100 Continue not sent within send_timeout"),
+                }
+            }
+        }
+    }
+    handled.await
+}
+
+/// The request stream's DATA frames as a body stream (h3 decodes the framing). `pulled`, if
+/// given, is told when the body is first pulled.
+fn request_body(recv: RecvHalf, pulled: Option<tokio::sync::oneshot::Sender<()>>) -> ByteStream {
     Box::pin(futures_util::stream::unfold(
-        Some(recv),
-        |recv| async move {
+        (Some(recv), pulled),
+        |(recv, pulled)| async move {
+            if let Some(p) = pulled {
+                let _ = p.send(());
+            }
             let mut recv = recv?;
             match recv.recv_data().await {
                 Ok(Some(mut data)) => {
                     let b = data.copy_to_bytes(data.remaining());
-                    Some((Ok(b), Some(recv)))
+                    Some((Ok(b), (Some(recv), None)))
                 }
                 Ok(None) => None,
-                Err(e) => Some((Err(std::io::Error::other(e)), None)),
+                Err(e) => Some((Err(std::io::Error::other(e)), (None, None))),
             }
         },
     ))

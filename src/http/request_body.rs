@@ -17,6 +17,24 @@ use futures_util::StreamExt;
 
 use super::refusal::Refusal;
 use crate::store::ByteStream;
+/// The `Content-Length` a request declares: none, or exactly one value of 1 to 19 digits.
+/// Anything else (a sign, spaces, a list, two fields) is `Err`: a recipient must treat an
+/// invalid length as unrecoverable (RFC 9110 §8.6), never guess.
+pub(crate) fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    let Some(one) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(());
+    }
+    let s = one.to_str().map_err(|_| ())?;
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(());
+    }
+    s.parse().map(Some).map_err(|_| ())
+}
+
 /// A body's chunks in order, for as long as the body may borrow its connection.
 pub type BodyStream<'a> =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send + 'a>>;
@@ -86,6 +104,18 @@ impl<'a> RequestBody<'a> {
         })
     }
 
+    /// A request whose `Content-Length` is invalid: reading its body fails (400), so a write
+    /// stores nothing and a read answers 400 after the head.
+    pub fn invalid_length() -> RequestBody<'static> {
+        let failed = futures_util::stream::once(async {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "invalid content-length",
+            ))
+        });
+        RequestBody::new(None, Box::pin(failed))
+    }
+
     /// hyper's body (HTTP/1.1 and HTTP/2): data frames in order, trailers skipped.
     pub fn from_hyper(body: hyper::body::Incoming) -> RequestBody<'static> {
         use http_body::Body as _;
@@ -126,6 +156,13 @@ impl<'a> RequestBody<'a> {
             Err(_) => Err(Refusal::BodyTimeout),
             Ok(None) => {
                 self.stream = None;
+                // Fewer bytes than declared. hyper and the HTTP/1.1 fast path refuse that
+                // themselves, except where hyper reports a stream the client reset with
+                // NO_ERROR as ended; h3 does not check at all (RFC 9114 §4.1.2: malformed).
+                if self.declared.is_some_and(|d| d != self.received) {
+                    tracing::debug!(declared = ?self.declared, received = self.received, "request body shorter than its content-length");
+                    return Err(Refusal::BodyIncomplete);
+                }
                 Ok(None)
             }
             Ok(Some(Err(e))) => {
@@ -137,6 +174,11 @@ impl<'a> RequestBody<'a> {
                 self.received += chunk.len() as u64;
                 if self.received > limit {
                     return Err(Refusal::TooLarge);
+                }
+                if self.declared.is_some_and(|d| self.received > d) {
+                    tracing::debug!(declared = ?self.declared, received = self.received, "request body longer than its content-length");
+                    self.stream = None;
+                    return Err(Refusal::BodyIncomplete);
                 }
                 Ok(Some(chunk.copy_to_bytes(chunk.remaining())))
             }

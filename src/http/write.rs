@@ -35,7 +35,7 @@ use http::header::{CACHE_CONTROL, CONTENT_LENGTH, ETAG, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::conditional;
-use super::handler::{reply, Cx, Reply, Stop, MAX_DISCARDED_BODY};
+use super::handler::{reply, Cx, Proto, Reply, Stop, MAX_DISCARDED_BODY};
 use super::headers;
 use super::refusal::Refusal;
 use super::request_body::RequestBody;
@@ -177,7 +177,8 @@ async fn put(
     // 5. The body, and 6. the commit. A body that owns its source is read in a task of its
     // own, so a complete body is committed even when the client closes without reading the
     // answer (ffmpeg does) and the protocol library drops the request; the HTTP/1.1 fast
-    // path's body borrows its connection, whose task runs every request to its end.
+    // path's body borrows its connection, whose task runs every request to its end. On HTTP/2
+    // the commit waits for this future to confirm the stream was not reset (`ResetGate`).
     let held = (slot, in_progress);
     let receive = Receive {
         limit: ingest.max_body_bytes,
@@ -187,15 +188,25 @@ async fn put(
         key: canonical,
     };
     let done = match body.detach() {
-        Ok(body) => tokio::spawn(async move {
-            let _held = held;
-            receive.run(body, upload).await
-        })
-        .await
-        .map_err(|_| Refusal::Internal)??,
+        Ok(body) => {
+            let (gate, confirm) = if cx.req.proto == Proto::H2 {
+                let (g, c) = ResetGate::new();
+                (Some(g), Some(c))
+            } else {
+                (None, None)
+            };
+            let task = tokio::spawn(async move {
+                let _held = held;
+                receive.run(body, upload, gate).await
+            });
+            if let Some(c) = confirm {
+                c.confirm().await;
+            }
+            task.await.map_err(|_| Refusal::Internal)??
+        }
         Err(body) => {
             let _held = held;
-            receive.run(body, upload).await?
+            receive.run(body, upload, None).await?
         }
     };
     let mut h = answer_headers(cx);
@@ -228,11 +239,15 @@ impl Receive {
         self,
         mut body: RequestBody<'_>,
         mut upload: crate::store::Upload,
+        gate: Option<ResetGate>,
     ) -> Result<crate::store::Committed, Refusal> {
         let mut next = body.next(self.limit, self.timeout).await?;
         while let Some(chunk) = next {
             upload.write(chunk).await?;
             next = body.next(self.limit, self.timeout).await?;
+        }
+        if let Some(g) = gate {
+            g.pass().await?;
         }
         let mut done = upload.commit().await?;
         self.metrics.ingest_bytes.inc_by(body.received());
@@ -242,6 +257,63 @@ impl Receive {
             self.registry.publish(&self.key, snap);
         }
         Ok(done)
+    }
+}
+
+/// HTTP/2: a body is committed only if its stream was not reset. hyper reports a stream the
+/// client reset with `NO_ERROR` as a body that ended (that reset is how a server cuts a request
+/// short, RFC 9113 §8.1, and hyper reads it the same way in both directions), so a client that
+/// resets mid-body would get its partial body stored. hyper does notice the reset where the
+/// request's own future waits: it drops that future. So the body's task, at the body's end, asks
+/// that future to confirm; it confirms only after waiting once, and a reset stream never
+/// confirms: the upload is dropped and nothing is written. A client that drops its connection
+/// before the answer loses the upload the same way; it was never acknowledged.
+struct ResetGate {
+    ended: tokio::sync::oneshot::Sender<()>,
+    go: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The request future's side of a [`ResetGate`].
+struct Confirm {
+    ended: tokio::sync::oneshot::Receiver<()>,
+    go: tokio::sync::oneshot::Sender<()>,
+}
+
+impl ResetGate {
+    fn new() -> (ResetGate, Confirm) {
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        (
+            ResetGate {
+                ended: ended_tx,
+                go: go_rx,
+            },
+            Confirm {
+                ended: ended_rx,
+                go: go_tx,
+            },
+        )
+    }
+
+    /// Waits for the request's future to confirm the stream is still open.
+    async fn pass(self) -> Result<(), Refusal> {
+        let _ = self.ended.send(());
+        self.go.await.map_err(|_| {
+            tracing::debug!("HTTP/2 stream reset or gone at the end of its body: nothing written");
+            Refusal::BodyIncomplete
+        })
+    }
+}
+
+impl Confirm {
+    /// In the request's future: once the body has ended, wait once (hyper checks the stream for
+    /// a reset whenever this future waits, and drops it if there is one), then let the commit
+    /// go. A body task that failed before its end drops its side: nothing to confirm.
+    async fn confirm(self) {
+        if self.ended.await.is_ok() {
+            tokio::task::yield_now().await;
+            let _ = self.go.send(());
+        }
     }
 }
 

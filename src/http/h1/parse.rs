@@ -9,6 +9,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::http::request_body::declared_length;
+
 const MAX_HEADERS: usize = 100;
 
 /// Why a connection ends early; decides the final answer, if any.
@@ -133,33 +135,16 @@ pub(super) fn body_framing(head: &Head) -> Result<Framing, ()> {
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
         .count();
-    let cls: Vec<&HeaderValue> = head
-        .headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .collect();
-    if te > 0 && !cls.is_empty() {
+    if te > 0 && head.headers.contains_key(http::header::CONTENT_LENGTH) {
         return Err(());
     }
     if te > 0 {
         return Ok(Framing::Chunked);
     }
-    match cls.as_slice() {
-        [] => Ok(Framing::NoBody),
-        [one] => {
-            let s = one.to_str().map_err(|_| ())?;
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || s.len() > 19 {
-                return Err(());
-            }
-            let n: u64 = s.parse().map_err(|_| ())?;
-            Ok(if n == 0 {
-                Framing::NoBody
-            } else {
-                Framing::Length(n)
-            })
-        }
-        _ => Err(()),
-    }
+    Ok(match declared_length(&head.headers)? {
+        None | Some(0) => Framing::NoBody,
+        Some(n) => Framing::Length(n),
+    })
 }
 
 /// Whether the client waits for `100 Continue` before it sends the body (never from an
