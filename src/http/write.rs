@@ -266,8 +266,8 @@ impl Receive {
 /// resets mid-body would get its partial body stored. hyper does notice the reset where the
 /// request's own future waits: it drops that future. So the body's task, at the body's end, asks
 /// that future to confirm; it confirms only after waiting once, and a reset stream never
-/// confirms: the upload is dropped and nothing is written. A client that drops its connection
-/// before the answer loses the upload the same way; it was never acknowledged.
+/// confirms: the upload is dropped and nothing is written. A connection that closes right after
+/// the body may lose the upload the same way; it was never acknowledged.
 struct ResetGate {
     ended: tokio::sync::oneshot::Sender<()>,
     go: tokio::sync::oneshot::Receiver<()>,
