@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 
 use super::refusal::Refusal;
 use crate::store::ByteStream;
+
 /// The `Content-Length` a request declares: none, or exactly one value of 1 to 19 digits.
 /// Anything else (a sign, spaces, a list, two fields) is `Err`: a recipient must treat an
 /// invalid length as unrecoverable (RFC 9110 §8.6), never guess.
