@@ -18,9 +18,9 @@ use futures_util::StreamExt;
 use super::refusal::Refusal;
 use crate::store::ByteStream;
 
-/// The `Content-Length` a request declares: none, or exactly one value of 1 to 19 digits.
-/// Anything else (a sign, spaces, a list, two fields) is `Err`: a recipient must treat an
-/// invalid length as unrecoverable (RFC 9110 §8.6), never guess.
+/// The `Content-Length` a request declares: none, or exactly one number of digits alone, up to
+/// 2^64 − 1. Anything else (a sign, spaces, a list, two fields, a larger number) is `Err`: a
+/// recipient must treat an invalid length as unrecoverable (RFC 9110 §8.6), never guess.
 pub(crate) fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, ()> {
     let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
     let Some(one) = values.next() else {
@@ -30,7 +30,7 @@ pub(crate) fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, 
         return Err(());
     }
     let s = one.to_str().map_err(|_| ())?;
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(());
     }
     s.parse().map(Some).map_err(|_| ())

@@ -83,7 +83,8 @@ impl Directives {
         for kv in query.unwrap_or("").split('&') {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
             let num = || {
-                if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                // Up to 2^64 − 1 (20 digits), an HLS decimal-integer's range.
+                if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(BadDirective::NotANumber);
                 }
                 v.parse::<u64>().map_err(|_| BadDirective::NotANumber)
@@ -236,16 +237,20 @@ impl Snapshot {
                     first_line: first_line.take().unwrap_or(i),
                     uri_line: i,
                 });
-                msn = Some(n + 1);
+                // Past 2^64 − 1 (an invalid playlist) the numbers stop growing, never wrap.
+                msn = Some(n.saturating_add(1));
                 snap.next_parts = 0;
             }
         }
         snap
     }
 
-    /// The MSN of the segment after the last complete one.
-    pub fn next_msn(&self) -> u64 {
-        self.segments.last().map_or(self.first_msn, |s| s.msn + 1)
+    /// The MSN of the segment after the last complete one. Wider than an MSN: after segment
+    /// 2^64 − 1, the largest an HLS decimal-integer allows, it is 2^64.
+    pub fn next_msn(&self) -> u128 {
+        self.segments
+            .last()
+            .map_or(u128::from(self.first_msn), |s| u128::from(s.msn) + 1)
     }
 
     /// Whether the directives block at all on this playlist (RFC 8216bis: only with
@@ -265,17 +270,18 @@ impl Snapshot {
     /// 400 for a request further ahead than a client may ask.
     pub fn check(&self, want: Want) -> Result<(), BadDirective> {
         let next = self.next_msn();
-        if want.msn > next + 1 {
+        let msn = u128::from(want.msn);
+        if msn > next + 1 {
             return Err(BadDirective::TooFarAhead);
         }
         if let Some(p) = want.part {
             let limit = self.advance_part_limit();
             // Parts the playlist already has for `want.msn` (0 when it has not started).
-            let have = if want.msn == next { self.next_parts } else { 0 };
+            let have = if msn == next { self.next_parts } else { 0 };
             // RFC 8216bis §6.2.5.2: refused when it exceeds the last part in the playlist by the
             // Advance Part Limit (the last part is `have - 1` of the segment in progress).
-            let ahead = if want.msn >= next { p + 1 } else { 0 };
-            if want.msn >= next && ahead >= have + limit {
+            let ahead = if msn >= next { p.saturating_add(1) } else { 0 };
+            if msn >= next && ahead >= have.saturating_add(limit) {
                 return Err(BadDirective::TooFarAhead);
             }
         }
@@ -287,9 +293,10 @@ impl Snapshot {
     /// part 0 of segment M + 1 (RFC 8216bis §6.2.5.2).
     pub fn satisfies(&self, want: Want) -> bool {
         let next = self.next_msn();
+        let msn = u128::from(want.msn);
         match want.part {
-            None => want.msn < next,
-            Some(p) if want.msn < next => {
+            None => msn < next,
+            Some(p) if msn < next => {
                 let parts = self
                     .segments
                     .iter()
@@ -298,13 +305,13 @@ impl Snapshot {
                 if parts == 0 || p < parts {
                     true
                 } else {
-                    self.satisfies(Want {
-                        msn: want.msn + 1,
-                        part: Some(0),
-                    })
+                    // Part 0 of the next segment; there is none after 2^64 − 1.
+                    want.msn
+                        .checked_add(1)
+                        .is_some_and(|msn| self.satisfies(Want { msn, part: Some(0) }))
                 }
             }
-            Some(p) => want.msn == next && p < self.next_parts,
+            Some(p) => msn == next && p < self.next_parts,
         }
     }
 
@@ -454,6 +461,46 @@ seg13.m4s
             s.segments[0].first_line, 6,
             "the MAP belongs to the first segment"
         );
+    }
+
+    /// Media sequence numbers at the top of their range (RFC 8216bis §4.2: 0 to 2^64 − 1)
+    /// neither wrap nor panic.
+    #[test]
+    fn the_largest_sequence_numbers() {
+        let s = snap(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n\
+             #EXT-X-MEDIA-SEQUENCE:18446744073709551614\n#EXTINF:2.0,\na.ts\n#EXTINF:2.0,\nb.ts\n",
+        );
+        assert_eq!(s.next_msn(), 1 << 64);
+        let w = |msn, part| Want { msn, part };
+        for msn in [0, 5, u64::MAX - 1, u64::MAX] {
+            assert!(s.check(w(msn, None)).is_ok(), "{msn}: not too far ahead");
+            assert!(s.satisfies(w(msn, None)), "{msn}: already listed");
+        }
+        assert!(
+            s.satisfies(w(u64::MAX, Some(5))),
+            "a complete segment has all its parts"
+        );
+        // With parts listed, a part index past the last one means part 0 of the next segment,
+        // and there is none after 2^64 − 1.
+        let parted = snap(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=1.0\n\
+             #EXT-X-MEDIA-SEQUENCE:18446744073709551615\n\
+             #EXT-X-PART:DURATION=1.0,URI=\"a.0.ts\"\n#EXT-X-PART:DURATION=1.0,URI=\"a.1.ts\"\n\
+             #EXTINF:2.0,\na.ts\n",
+        );
+        assert!(parted.satisfies(w(u64::MAX, Some(1))));
+        assert!(!parted.satisfies(w(u64::MAX, Some(2))));
+        assert!(s.check(w(u64::MAX, Some(u64::MAX))).is_ok());
+        let d = Directives::parse(Some("_HLS_msn=18446744073709551615")).expect("the largest");
+        assert_eq!(d.want.map(|w| w.msn), Some(u64::MAX));
+        assert!(Directives::parse(Some("_HLS_msn=18446744073709551616")).is_err());
+        // A playlist numbered past the range (invalid) is read without a panic.
+        let past = snap(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:18446744073709551615\n\
+             #EXTINF:2.0,\na.ts\n#EXTINF:2.0,\nb.ts\n",
+        );
+        assert_eq!(past.next_msn(), 1 << 64);
     }
 
     #[test]

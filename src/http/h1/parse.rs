@@ -250,6 +250,16 @@ mod tests {
             &[("content-length", "99999999999999999999")]
         ))
         .is_err());
+        assert!(body_framing(&head("GET", "/", &[("content-length", "+5")])).is_err());
+        assert_eq!(
+            body_framing(&head(
+                "PUT",
+                "/",
+                &[("content-length", "18446744073709551615")]
+            )),
+            Ok(Framing::Length(u64::MAX)),
+            "the largest length is a length (too large for a body: 413, not 400)"
+        );
     }
 
     #[test]
