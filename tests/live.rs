@@ -415,6 +415,41 @@ async fn blocking_reload_answers_at_once_what_the_playlist_has() {
     assert_eq!(rig.parked().await, Some(0.0), "nothing was parked");
 }
 
+/// Answers to directives are held to the request's preconditions like any GET (RFC 9110
+/// §13.2.1): a client holding this version gets 304, a failed If-Match 412.
+#[tokio::test]
+async fn directive_answers_honour_preconditions() {
+    let rig = Rig::start(3, 100, "");
+    let pl = rules_state();
+    rig.put("/live/c/index.m3u8", pl.render().as_bytes()).await;
+    for query in ["_HLS_msn=4", "_HLS_msn=5&_HLS_part=1", "_HLS_skip=YES"] {
+        let url = rig.url(&format!("/live/c/index.m3u8?{query}"));
+        let full = get(&url, &[]).await;
+        assert_eq!(full.status, 200, "{query}");
+        let etag = full.header("etag").expect("an ETag").to_string();
+        let modified = full
+            .header("last-modified")
+            .expect("a Last-Modified")
+            .to_string();
+        let r = get(&url, &[("if-none-match", &etag)]).await;
+        assert_eq!(r.status, 304, "{query}: If-None-Match of this answer");
+        assert!(r.body.is_empty(), "{query}: a 304 has no body");
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "{query}: 304 ETag");
+        assert_eq!(
+            r.header("cache-control"),
+            full.header("cache-control"),
+            "{query}: 304 Cache-Control"
+        );
+        let r = get(&url, &[("if-modified-since", &modified)]).await;
+        assert_eq!(r.status, 304, "{query}: If-Modified-Since");
+        let r = get(&url, &[("if-none-match", "\"other\"")]).await;
+        assert_eq!(r.status, 200, "{query}: another version");
+        assert_eq!(r.text(), full.text(), "{query}");
+        let r = get(&url, &[("if-match", "\"nope\"")]).await;
+        assert_eq!(r.status, 412, "{query}: If-Match");
+    }
+}
+
 #[tokio::test]
 async fn blocking_reload_refusals_are_400() {
     let rig = Rig::start(3, 100, "");
@@ -2429,6 +2464,14 @@ async fn edge_passes_blocking_reloads_through_to_the_origin_once_per_query() {
     let now = get(&url("_HLS_msn=5"), &[]).await;
     assert_eq!(now.status, 200);
     assert_eq!(now.text(), v3.render());
+    // The edge holds a passed answer to the client's preconditions (the upstream never saw
+    // them): the version the client has is 304, a failed If-Match 412.
+    let etag = now.header("etag").expect("the origin's ETag").to_string();
+    let r = get(&url("_HLS_msn=5"), &[("if-none-match", &etag)]).await;
+    assert_eq!((r.status, r.body.len()), (304, 0), "edge: If-None-Match");
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = get(&url("_HLS_msn=5"), &[("if-match", "\"nope\"")]).await;
+    assert_eq!(r.status, 412, "edge: If-Match");
     assert_eq!(
         get(&edge.url("/live/none/index.m3u8?_HLS_msn=1"), &[])
             .await

@@ -417,7 +417,7 @@ pub(super) fn reply(status: StatusCode, headers: HeaderMap, body: Body) -> Reply
 
 /// Preconditions (RFC 9110 §13.2.2): the headers to go on with, or the 304 / 412 to send,
 /// carrying the validators and Cache-Control already in `headers`.
-fn preconditions(
+pub(super) fn preconditions(
     cx: &Cx<'_>,
     etag: &str,
     modified: std::time::SystemTime,

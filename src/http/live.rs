@@ -11,7 +11,7 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::handler::{reply, Cx, Reply, Stop};
+use super::handler::{preconditions, reply, Cx, Reply, Stop};
 use super::headers;
 use super::refusal::Refusal;
 use crate::config::Config;
@@ -76,7 +76,7 @@ pub(super) async fn playlist(
             .pull_live_playlist(rel, dirs.query(), wait)
             .await?
         {
-            return Ok(passed(cx, &p, rewrite_param.as_deref(), content_type));
+            return passed(cx, &p, rewrite_param.as_deref(), content_type);
         }
     }
     let mut snap = snapshot(cx, rel, canonical).await?;
@@ -123,6 +123,9 @@ pub(super) async fn playlist(
         h.insert(ETAG, e);
     }
     h.insert(LAST_MODIFIED, snap.last_modified.clone());
+    // A client that already holds this version of the answer gets 304 (and a failed If-Match
+    // 412), as for any other GET: the validators are those of the answer, after any wait.
+    let mut h = answer_preconditions(cx, h)?;
     h.insert(CONTENT_TYPE, content_type);
     h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     let body = if cx.is_head {
@@ -133,20 +136,41 @@ pub(super) async fn playlist(
     Ok(reply(StatusCode::OK, h, body))
 }
 
+/// Preconditions (RFC 9110 §13.2.2) against the `ETag` and `Last-Modified` in `h`; without
+/// either there is nothing to compare, and the answer goes on.
+fn answer_preconditions(cx: &Cx<'_>, h: HeaderMap) -> Result<HeaderMap, Stop> {
+    let etag = h.get(ETAG).and_then(|v| v.to_str().ok());
+    let modified = h
+        .get(LAST_MODIFIED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    match (etag, modified) {
+        (Some(etag), Some(modified)) => {
+            let etag = etag.to_owned();
+            preconditions(cx, &etag, modified, h)
+        }
+        _ => Ok(h),
+    }
+}
+
 /// An upstream's answer to LL-HLS directives, with this node's CORS headers (and its token
-/// rewriting of the playlist's URIs, when configured). Its status stands, errors included.
+/// rewriting of the playlist's URIs, when configured). Its status stands, errors included; a
+/// 200 is held to the client's preconditions.
 fn passed(
     cx: &Cx<'_>,
     p: &crate::store::Passed,
     rewrite_param: Option<&str>,
     content_type: HeaderValue,
-) -> Reply {
+) -> Result<Reply, Stop> {
     let mut h = HeaderMap::with_capacity(10);
     headers::cors(cx.policy, cx.req, &mut h);
     h.extend(p.headers.clone());
-    if !h.contains_key(CONTENT_TYPE) {
-        h.insert(CONTENT_TYPE, content_type);
+    let upstream_type = h.remove(CONTENT_TYPE);
+    if p.status == StatusCode::OK && rewrite_param.is_none() {
+        // The upstream was not asked with the client's preconditions: they are checked here.
+        h = answer_preconditions(cx, h)?;
     }
+    h.insert(CONTENT_TYPE, upstream_type.unwrap_or(content_type));
     let mut body = p.body.clone();
     if let (Some(param), true) = (rewrite_param, p.status == StatusCode::OK) {
         body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
@@ -162,7 +186,7 @@ fn passed(
     } else {
         Body::Bytes(body)
     };
-    reply(p.status, h, body)
+    Ok(reply(p.status, h, body))
 }
 
 /// `public, max-age=<secs>` (at least 1 s).
