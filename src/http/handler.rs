@@ -159,6 +159,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     }
 
     // 2. Method, and a body where one means nothing.
+    if req.proto != Proto::H1 && connection_specific(req.headers) {
+        return Err(Refusal::Malformed.into());
+    }
     transfer_codings(req.headers)?;
     let writing = match *req.method {
         Method::GET | Method::HEAD => false,
@@ -398,6 +401,25 @@ fn transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
         return Err(Refusal::Malformed);
     }
     Ok(())
+}
+
+/// Whether an HTTP/2 or HTTP/3 request carries a connection-specific field, which makes it
+/// malformed (RFC 9113 §8.2.2, RFC 9114 §4.2): `Connection`, `Keep-Alive`, `Proxy-Connection`,
+/// `Transfer-Encoding`, `Upgrade`, or a `TE` other than `trailers`. The h2 crate refuses these
+/// itself; h3 does not.
+fn connection_specific(headers: &HeaderMap) -> bool {
+    const FIELDS: [&str; 5] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    FIELDS.iter().any(|f| headers.contains_key(*f))
+        || headers
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
 }
 
 /// Whether a request head's transfer codings are acceptable (for the HTTP/1.1 fast path).
