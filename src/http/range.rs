@@ -61,18 +61,25 @@ pub fn resolve(header: Option<&[u8]>, len: u64) -> RangeDecision {
     let Ok(text) = std::str::from_utf8(raw) else {
         return RangeDecision::Full;
     };
+    // The unit is case-insensitive (RFC 9110 §14.1).
+    let text = text.trim();
     let Some(set) = text
-        .trim()
-        .strip_prefix("bytes=")
-        .or_else(|| text.trim().strip_prefix("BYTES="))
+        .split_once('=')
+        .filter(|(unit, _)| unit.eq_ignore_ascii_case("bytes"))
+        .map(|(_, set)| set)
     else {
         return RangeDecision::Full;
     };
-    if set.contains(',') {
-        // Multi-range (or a list with empty elements): whole object, see the module doc.
+    // A list may hold empty elements, which a recipient ignores (RFC 9110 §5.6.1.2):
+    // `bytes=0-9,` is one range.
+    let mut specs = set
+        .split(',')
+        .filter(|e| !e.trim_matches(|c| c == ' ' || c == '\t').is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        // Several ranges (or none): the whole object, see the module doc.
         return RangeDecision::Full;
-    }
-    match parse_spec(set) {
+    };
+    match parse_spec(spec) {
         None => RangeDecision::Full,
         Some(Spec::From(start, end)) => {
             if start >= len {
@@ -108,6 +115,20 @@ mod tests {
     #[test]
     fn single_ranges() {
         assert_eq!(r("bytes=0-9", 100), Partial { start: 0, end: 9 });
+        assert_eq!(
+            r("Bytes=0-9", 100),
+            Partial { start: 0, end: 9 },
+            "the unit's case"
+        );
+        assert_eq!(
+            r("bytes=0-9,", 100),
+            Partial { start: 0, end: 9 },
+            "an empty element"
+        );
+        assert_eq!(r("bytes=, 0-9 ,,", 100), Partial { start: 0, end: 9 });
+        assert_eq!(r("bytes=,", 100), Full, "no range at all");
+        assert_eq!(r("bytes=0-1,5-6", 100), Full, "several ranges");
+        assert_eq!(r("bites=0-9", 100), Full, "another unit");
         assert_eq!(r("bytes=90-200", 100), Partial { start: 90, end: 99 });
         assert_eq!(r("bytes=10-", 100), Partial { start: 10, end: 99 });
         assert_eq!(r("bytes=-10", 100), Partial { start: 90, end: 99 });
