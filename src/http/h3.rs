@@ -24,7 +24,7 @@ use h3::error::{Code, StreamError};
 
 use super::h3_transport::{self as transport, Accepted, BodyChunk, Stopped, StreamExtras};
 use super::handler::{self, Proto};
-use super::request_body::{declared_length, RequestBody};
+use super::request_body::{declared_length, expects_continue, RequestBody};
 use super::Record;
 use crate::drain::Drain;
 use crate::state::Shared;
@@ -324,13 +324,6 @@ async fn client_gone(stopped: Option<Stopped>, conn: &quinn::Connection) -> Opti
             None
         }
     }
-}
-
-/// Whether the client waits for `100 Continue` before it sends the body (RFC 9110 §10.1.1).
-fn expects_continue(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Runs the handler; if `first_pull` fires (the handler pulled the body of a request that asked

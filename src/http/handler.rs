@@ -159,7 +159,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     }
 
     // 2. Method, and a body where one means nothing.
-    if req.proto != Proto::H1 && connection_specific(req.headers) {
+    if req.proto == Proto::H3 && connection_specific(req.headers) {
         return Err(Refusal::Malformed.into());
     }
     transfer_codings(req.headers)?;
@@ -403,10 +403,10 @@ fn transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Whether an HTTP/2 or HTTP/3 request carries a connection-specific field, which makes it
-/// malformed (RFC 9113 §8.2.2, RFC 9114 §4.2): `Connection`, `Keep-Alive`, `Proxy-Connection`,
-/// `Transfer-Encoding`, `Upgrade`, or a `TE` other than `trailers`. The h2 crate refuses these
-/// itself; h3 does not.
+/// Whether an HTTP/3 request carries a connection-specific field, which makes it malformed
+/// (RFC 9114 §4.2): `Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
+/// `Upgrade`, or a `TE` other than `trailers`. Checked for HTTP/3 only: the h2 crate refuses
+/// the same fields itself (RFC 9113 §8.2.2) before a request reaches the handler.
 fn connection_specific(headers: &HeaderMap) -> bool {
     const FIELDS: [&str; 5] = [
         "connection",

@@ -36,6 +36,13 @@ pub(crate) fn declared_length(headers: &http::HeaderMap) -> Result<Option<u64>, 
     s.parse().map(Some).map_err(|_| ())
 }
 
+/// Whether the client waits for `100 Continue` before it sends the body (RFC 9110 §10.1.1).
+pub(crate) fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// A body's chunks in order, for as long as the body may borrow its connection.
 pub type BodyStream<'a> =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send + 'a>>;

@@ -38,7 +38,7 @@ use super::conditional;
 use super::handler::{reply, Cx, Proto, Reply, Stop, MAX_DISCARDED_BODY};
 use super::headers;
 use super::refusal::Refusal;
-use super::request_body::RequestBody;
+use super::request_body::{expects_continue, RequestBody};
 use crate::live::Snapshot;
 use crate::metrics::Metrics;
 use crate::store::{Body, Miss, Mode, ObjectClass};
@@ -150,11 +150,7 @@ async fn put(
         growing: live && class == ObjectClass::Segment,
         live,
         // The 100 (Continue) goes out only for a write that will be accepted.
-        decide_first: cx
-            .req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+        decide_first: expects_continue(cx.req.headers),
     };
     let upload = cx
         .rt

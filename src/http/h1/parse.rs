@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::http::request_body::declared_length;
+use crate::http::request_body::{self, declared_length};
 
 const MAX_HEADERS: usize = 100;
 
@@ -150,11 +150,7 @@ pub(super) fn body_framing(head: &Head) -> Result<Framing, ()> {
 /// Whether the client waits for `100 Continue` before it sends the body (never from an
 /// HTTP/1.0 client: RFC 9110 §10.1.1).
 pub(super) fn expects_continue(head: &Head) -> bool {
-    !head.http10
-        && head
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    !head.http10 && request_body::expects_continue(&head.headers)
 }
 
 pub(super) fn connection_close(head: &Head) -> bool {
