@@ -295,11 +295,13 @@ start_source() {
         echo "run.sh: llhls skipped: $script not present" >&2
         return 0
       fi
-      local args=${LLHLS_ARGS:-"--url {url}"}
+      # 2 s segments (the packager's default target duration) for as long as ffmpeg's sources run
+      local args=${LLHLS_ARGS:-"{base} --segments {segments}"}
       args=${args//\{url\}/${base}llhls1/index.m3u8}
       args=${args//\{base\}/${base}llhls1/}
       args=${args//\{time\}/http://127.0.0.1:$web_port/time}
       args=${args//\{seconds\}/$src_limit}
+      args=${args//\{segments\}/$((src_limit / 2))}
       # shellcheck disable=SC2206 # word splitting of the argument template is intended
       cmd=(python3 "$script" $args)
       play_url[$s]=$media${LLHLS_PLAYLIST:-/live/llhls1/index.m3u8}; engine_of[$s]=hls; live_delay_of[$s]=$hls_live_delay ;;
