@@ -609,6 +609,23 @@ impl BadUpstream {
             self.count(path)
         );
     }
+
+    /// The `Accept-Encoding` of the first request for `path` (mixed mode; `-`: none).
+    fn accept_encoding(&self, path: &str) -> Option<String> {
+        let prefix = format!("accept-encoding {path} ");
+        self.lines.lock().ok().and_then(|v| {
+            v.iter()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        })
+    }
+}
+
+/// The body `bad_upstream.py --mode mixed` sends for `path`.
+fn mixed_pattern(path: &str) -> Vec<u8> {
+    let seed = path.bytes().map(u32::from).sum::<u32>() % 251;
+    (0..20_000u32)
+        .map(|i| ((i * 7 + seed) % 251) as u8)
+        .collect()
 }
 
 impl Drop for BadUpstream {
@@ -1405,6 +1422,61 @@ async fn edge_s3_upstream_seaweedfs() {
     );
 }
 
+/// A bucket's gzip-coded object is served coded, with its `Content-Encoding`, on the miss and
+/// the hit; a bucket that does not exist is an upstream failure (502), not a missing object.
+#[tokio::test]
+async fn edge_s3_coded_objects_and_a_missing_bucket() {
+    let weed = weed_with_demo();
+    let src = tempfile::tempdir().expect("tempdir");
+    let plain = pattern(40_000, 11);
+    std::fs::create_dir_all(src.path().join("gz")).expect("mkdir");
+    std::fs::write(src.path().join("gz/a.ts"), &plain).expect("write");
+    let status = Command::new("gzip")
+        .args(["-n", "-f"])
+        .arg(src.path().join("gz/a.ts"))
+        .status()
+        .expect("run gzip");
+    assert!(status.success());
+    std::fs::rename(src.path().join("gz/a.ts.gz"), src.path().join("gz/a.ts")).expect("rename");
+    let coded = std::fs::read(src.path().join("gz/a.ts")).expect("read");
+    assert_ne!(coded, plain);
+    weed.upload_with(
+        src.path(),
+        &format!("{S3_PREFIX}vod/"),
+        &["--content-encoding", "gzip"],
+    );
+
+    let edge = Edge::start(&keys(&[]), &[s3_upstream(&weed, &weed.secret_file())]);
+    const GZ: &str = "/vod/gz/a.ts";
+    let miss = must("GET", &edge.url(GZ), &[], false).await;
+    assert_eq!(miss.status, 200);
+    assert_eq!(miss.header("content-encoding"), Some("gzip"), "{miss:?}");
+    assert!(miss.bytes() == coded.as_slice(), "the stored bytes, coded");
+    edge.wait_stored(coded.len()).await;
+    let hit = must("GET", &edge.url(GZ), &[], true).await;
+    assert_eq!(edge.nth_cache_status(GZ, 2).await, "hit");
+    assert_eq!(hit.header("content-encoding"), Some("gzip"), "{hit:?}");
+    assert!(hit.bytes() == coded.as_slice());
+    assert_eq!(hit.header("etag"), miss.header("etag"));
+    drop(edge);
+
+    let upstream = s3_upstream(&weed, &weed.secret_file()).replace(
+        &format!("bucket = \"{S3_BUCKET}\""),
+        "bucket = \"no-such-bucket\"",
+    );
+    let edge = Edge::start(&keys(&[("stale_if_error", "\"0s\"")]), &[upstream]);
+    assert_eq!(
+        must("GET", &edge.url(SEG), &[], false).await.status,
+        502,
+        "NoSuchBucket is a misconfigured upstream"
+    );
+    assert_eq!(
+        must("GET", &edge.url(SEG), &[], false).await.status,
+        502,
+        "and it is not remembered as a missing object"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 12. Origin auth towards an upstream segd that protects its paths
 
@@ -1843,4 +1915,140 @@ async fn edge_reload_changes_the_upstreams() {
     assert_eq!(r.status, 200);
     assert!(r.bytes() == origin.file(SEG).as_slice());
     origin.wait_count(SEG, 1).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13. What an HTTP origin may lawfully send (`bad_upstream.py --mode mixed`)
+
+/// Content coding, chunked framing, `Age`, `Expires`, `Vary: *`, validators the origin did not
+/// give, a keep-alive connection closed as a request went out, and one path that is the
+/// directory of another (nginx-vod-module's `/movie.mp4/index.m3u8`).
+#[tokio::test]
+async fn edge_keeps_what_the_upstream_said_about_its_bytes() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    let mut stored = 0;
+
+    // A coding the origin applies although asked for identity stays with the bytes.
+    const GZ: &str = "/vod/gzip/a.ts";
+    let miss = must("GET", &edge.url(GZ), &[], false).await;
+    assert_eq!(miss.status, 200);
+    assert_eq!(up.accept_encoding(GZ).as_deref(), Some("identity"));
+    assert_eq!(miss.header("content-encoding"), Some("gzip"), "{miss:?}");
+    assert_eq!(&miss.bytes()[..2], &[0x1f, 0x8b], "the coded bytes");
+    stored += miss.bytes().len();
+    edge.wait_stored(stored).await;
+    let hit = must("GET", &edge.url(GZ), &[], true).await;
+    assert_eq!(edge.nth_cache_status(GZ, 2).await, "hit");
+    assert_eq!(hit.header("content-encoding"), Some("gzip"), "{hit:?}");
+    assert!(hit.bytes() == miss.bytes());
+    // No validators upstream: the ones made for the miss are the hit's too.
+    assert!(miss.header("etag").is_some());
+    assert_eq!(hit.header("etag"), miss.header("etag"));
+    assert_eq!(hit.header("last-modified"), miss.header("last-modified"));
+
+    // A chunked body is stored once its last chunk came.
+    const CH: &str = "/vod/chunked/b.ts";
+    let r = must("GET", &edge.url(CH), &[], false).await;
+    assert!(
+        r.status == 200 && r.bytes() == mixed_pattern(CH).as_slice(),
+        "{r:?}"
+    );
+    stored += r.bytes().len();
+    edge.wait_stored(stored).await;
+    let r = must("GET", &edge.url(CH), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == mixed_pattern(CH).as_slice());
+    assert_eq!(edge.nth_cache_status(CH, 2).await, "hit");
+    assert_eq!(r.header("content-length"), Some("20000"));
+    assert_eq!(up.count(CH), 1);
+
+    // A stored playlist is served with its Age (RFC 9111 §5.1) beside the origin's max-age.
+    const PL: &str = "/vod/synth/p.m3u8";
+    let r = must("GET", &edge.url(PL), &[], false).await;
+    assert_eq!(r.header("cache-control"), Some("max-age=30"));
+    stored += r.bytes().len();
+    edge.wait_stored(stored).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(PL), &[], false).await;
+    assert_eq!(edge.nth_cache_status(PL, 2).await, "hit");
+    let age: u64 = r.header("age").and_then(|a| a.parse().ok()).unwrap_or(0);
+    assert!((2..30).contains(&age), "Age {:?}", r.header("age"));
+
+    // `Expires` in the past with no Cache-Control: expired at once, never segd's own max-age.
+    const EX: &str = "/vod/expires/e.m3u8";
+    let r = must("GET", &edge.url(EX), &[], false).await;
+    assert_eq!(r.header("cache-control"), Some("max-age=0"), "{r:?}");
+    let _ = must("GET", &edge.url(EX), &[], false).await;
+    up.wait_count(EX, 2).await;
+
+    // `Vary: *` never matches a later request: not stored.
+    const VA: &str = "/vod/vary/v.ts";
+    for _ in 0..2 {
+        let r = must("GET", &edge.url(VA), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == mixed_pattern(VA).as_slice());
+    }
+    up.wait_count(VA, 2).await;
+
+    // The origin closes a pooled connection as the next request arrives: sent again.
+    for path in ["/vod/race/1.ts", "/vod/race/2.ts", "/vod/race/3.ts"] {
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(
+            r.status == 200 && r.bytes() == mixed_pattern(path).as_slice(),
+            "{path}: {r:?}"
+        );
+    }
+    assert!(
+        up.count("/vod/race/3.ts") >= 2,
+        "the third went out on a kept-alive connection first"
+    );
+
+    // One path is the directory of another: both are served, whichever came first.
+    for (first, second) in [
+        ("/vod/synth/m.mp4", "/vod/synth/m.mp4/index.m3u8"),
+        ("/vod/synth/n.ts/x.ts", "/vod/synth/n.ts"),
+    ] {
+        for path in [first, second, first, second] {
+            let r = must("GET", &edge.url(path), &[], false).await;
+            assert!(
+                r.status == 200 && r.bytes() == mixed_pattern(path).as_slice(),
+                "{path}: {r:?}"
+            );
+        }
+    }
+    let stray: Vec<_> = files_under(&edge.cache_path())
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().contains(".segd-tmp"))
+        .collect();
+    assert!(stray.is_empty(), "temporary files left: {stray:?}");
+}
+
+/// A playlist the upstream deleted (404 on revalidation) is dropped from the cache: it cannot
+/// come back as a stale answer when the upstream later fails.
+#[tokio::test]
+async fn edge_upstream_404_drops_the_cached_copy() {
+    const GONE: &str = "/vod/t9/gone.m3u8";
+    let origin = Origin::start("[cache_control]\nplaylists = \"public, max-age=1\"\n");
+    publish(&origin.root(), GONE, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    let edge = Edge::start(
+        &keys(&[("negative_ttl", "\"1s\""), ("stale_if_error", "\"1h\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let r = must("GET", &edge.url(GONE), &[], false).await;
+    assert_eq!(r.status, 200);
+    edge.wait_stored(r.bytes().len()).await;
+    let cached = edge.cache_path().join(&GONE[1..]);
+    assert!(cached.is_file());
+    std::fs::remove_file(origin.root().join(&GONE[1..])).expect("rm");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(must("GET", &edge.url(GONE), &[], false).await.status, 404);
+    assert!(
+        wait_for(Duration::from_secs(5), || !cached.exists()).await,
+        "the copy the upstream deleted is gone from cache_path"
+    );
+    // The upstream fails once the 404 is forgotten: no stale copy stands in.
+    drop(origin);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = must("GET", &edge.url(GONE), &[], false).await;
+    assert_eq!(r.status, 502, "{r:?}");
 }

@@ -290,7 +290,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     if object.growing {
         return super::live::growing(cx, object, content_type);
     }
-    if let Some(param) = rewrite_param {
+    if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
         return rewritten(cx, &rel, object, &param, live).await;
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
-    RANGE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    ETAG, LAST_MODIFIED, RANGE,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -165,6 +165,8 @@ fn passed(
     let mut h = HeaderMap::with_capacity(10);
     headers::cors(cx.policy, cx.req, &mut h);
     h.extend(p.headers.clone());
+    // Coded bytes (an upstream that gzips although asked for identity) are passed as they are.
+    let rewrite_param = rewrite_param.filter(|_| !h.contains_key(CONTENT_ENCODING));
     let upstream_type = h.remove(CONTENT_TYPE);
     if p.status == StatusCode::OK && rewrite_param.is_none() {
         // The upstream was not asked with the client's preconditions: they are checked here.

@@ -133,6 +133,14 @@ enum Source {
 }
 
 impl Object {
+    /// Whether the bytes carry a content coding (an upstream's gzipped object): they are
+    /// served as they are, never rewritten.
+    pub fn encoded(&self) -> bool {
+        self.extra
+            .as_ref()
+            .is_some_and(|h| h.contains_key(http::header::CONTENT_ENCODING))
+    }
+
     fn from_file(open: Arc<OpenFile>, disk: Disk, key: &RelPath) -> Object {
         Object {
             len: Some(open.meta.len),

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED,
+    ACCEPT_ENCODING, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE,
+    ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -89,8 +89,11 @@ struct Meta {
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
     content_type: Option<HeaderValue>,
+    /// The upstream's content coding (an S3 object stored gzipped): forwarded, never undone.
+    content_encoding: Option<HeaderValue>,
     cache_control: Option<HeaderValue>,
-    /// Unix seconds of the fetch (or the last revalidation).
+    /// Unix seconds of the fetch (or the last revalidation), less the `Age` the upstream gave:
+    /// when the response was generated, as RFC 9111 §4.2.3 counts a response's age.
     fetched: u64,
 }
 
@@ -111,6 +114,7 @@ impl Meta {
         line("etag", &self.etag);
         line("last-modified", &self.last_modified);
         line("content-type", &self.content_type);
+        line("content-encoding", &self.content_encoding);
         line("cache-control", &self.cache_control);
         s
     }
@@ -130,6 +134,7 @@ impl Meta {
                 "etag" => m.etag = hv(),
                 "last-modified" => m.last_modified = hv(),
                 "content-type" => m.content_type = hv(),
+                "content-encoding" => m.content_encoding = hv(),
                 "cache-control" => m.cache_control = hv(),
                 _ => {}
             }
@@ -137,22 +142,16 @@ impl Meta {
         has_len.then_some(m)
     }
 
-    /// Seconds this copy stays fresh: segments forever, others per the upstream's max-age
-    /// (1 s when it gives none).
+    /// Seconds this copy stays fresh: segments forever, others per the upstream's `s-maxage`
+    /// (segd is a shared cache, RFC 9111 §5.2.2.10), else its `max-age`, else 1 s.
     fn max_age(&self, class: ObjectClass) -> Option<u64> {
         if class != ObjectClass::Playlist {
             return None;
         }
         let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
-        Some(
-            cc.and_then(|c| {
-                c.split(',')
-                    .map(str::trim)
-                    .find_map(|d| d.strip_prefix("max-age="))
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(1),
-        )
+        let lifetime =
+            cc.and_then(|c| directive_secs(c, "s-maxage").or_else(|| directive_secs(c, "max-age")));
+        Some(lifetime.unwrap_or(1))
     }
 
     fn fresh(&self, class: ObjectClass) -> bool {
@@ -163,7 +162,47 @@ impl Meta {
     fn age(&self) -> u64 {
         now().saturating_sub(self.fetched)
     }
+
+    /// Headers a copy is served with besides validators, type and Cache-Control: its `Age`
+    /// (RFC 9111 §5.1: a cache MUST send it with a stored response, so that a CDN in front
+    /// counts the time it spent here against the upstream's max-age) and its content coding.
+    fn served_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AGE, HeaderValue::from(self.age()));
+        if let Some(ce) = &self.content_encoding {
+            h.insert(CONTENT_ENCODING, ce.clone());
+        }
+        h
+    }
 }
+
+/// The value of Cache-Control directive `name` in seconds (names are case-insensitive and a
+/// quoted value is accepted, RFC 9111 §5.2).
+fn directive_secs(cc: &str, name: &str) -> Option<u64> {
+    cc.split(',').find_map(|d| {
+        let (k, v) = d.trim().split_once('=')?;
+        if !k.trim().eq_ignore_ascii_case(name) {
+            return None;
+        }
+        v.trim().trim_matches('"').parse().ok()
+    })
+}
+
+/// Whether Cache-Control forbids a shared cache to store the response.
+fn forbids_storing(cc: &str) -> bool {
+    cc.split(',')
+        .map(str::trim)
+        .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
+}
+
+/// A validator segd can keep and send back as it came: visible ASCII only. An upstream's
+/// obs-text `ETag` would not survive the sidecar, so the fill makes its own instead.
+fn keepable(v: Option<HeaderValue>) -> Option<HeaderValue> {
+    v.filter(|v| v.to_str().is_ok() && !v.is_empty())
+}
+
+/// The longest file name a directory entry takes (Linux `NAME_MAX`).
+const NAME_MAX: usize = 255;
 
 fn sidecar(rel: &str) -> (String, String) {
     let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
@@ -174,7 +213,7 @@ fn sidecar(rel: &str) -> (String, String) {
 #[derive(Clone)]
 enum Outcome {
     /// The body is coming: stream it from here.
-    Body(Meta, Arc<Growing>),
+    Body(Box<Meta>, Option<u64>, Arc<Growing>),
     /// 304 to our revalidation: the cached copy is fresh again.
     Revalidated,
     NotFound,
@@ -539,10 +578,10 @@ impl Pull {
             }
         };
         match outcome {
-            Outcome::Body(meta, growing) => {
+            Outcome::Body(meta, len, growing) => {
                 self.count(if started { "miss" } else { "coalesced" });
                 let status = if started { "miss" } else { "coalesced" };
-                Ok(Pulled::Found(Box::new(filling(meta, growing, status))))
+                Ok(Pulled::Found(Box::new(filling(*meta, len, growing, status))))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
@@ -561,13 +600,10 @@ impl Pull {
                             + meta.max_age(class).unwrap_or(0)
                     {
                         if let Ok(mut o) = self.hit(local, cache_vol, rel, &meta, "stale").await {
-                            let mut extra = HeaderMap::new();
-                            extra.insert(
+                            o.extra.get_or_insert_with(HeaderMap::new).insert(
                                 http::header::WARNING,
                                 HeaderValue::from_static("110 - \"Response is Stale\""),
                             );
-                            extra.insert(http::header::AGE, HeaderValue::from(meta.age()));
-                            o.extra = Some(extra);
                             self.count("stale");
                             return Ok(Pulled::Found(Box::new(o)));
                         }
@@ -626,6 +662,7 @@ impl Pull {
         }
         o.content_type = meta.content_type.clone();
         o.cache_control = meta.cache_control.clone();
+        o.extra = Some(meta.served_headers());
         o.cache_status = Some(status);
         Ok(o)
     }
@@ -739,10 +776,20 @@ impl Pull {
                 }
                 StatusCode::NOT_MODIFIED if cached.is_some() => {
                     if let Some(old) = &cached {
+                        let h = resp.headers();
                         let mut m = Meta::clone(old);
-                        m.fetched = now();
-                        if let Some(cc) = resp.headers().get(CACHE_CONTROL) {
-                            m.cache_control = Some(cc.clone());
+                        let age: u64 = h
+                            .get(AGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        m.fetched = now().saturating_sub(age);
+                        if let Some(cc) = h
+                            .get(CACHE_CONTROL)
+                            .cloned()
+                            .or_else(|| expires_as_max_age(h, SystemTime::now()))
+                        {
+                            m.cache_control = Some(cc);
                         }
                         self.save_meta(local, rel, &m);
                         self.remember(rel.as_str().to_owned(), Arc::new(m));
@@ -751,7 +798,23 @@ impl Pull {
                     return;
                 }
                 StatusCode::NOT_FOUND | StatusCode::GONE => {
-                    self.negative.insert(rel.as_str().to_owned(), ());
+                    if matches!(fetcher, Fetcher::S3(_)) && !no_such_key(resp, &conf).await {
+                        // NoSuchBucket and the like: the upstream is misconfigured, the
+                        // object is not known to be gone.
+                        tracing::warn!(upstream = %up.name, path = %canonical, "the bucket answered 404 without NoSuchKey");
+                        continue;
+                    }
+                    let key = rel.as_str().to_owned();
+                    self.negative.insert(key.clone(), ());
+                    // The upstream no longer has it: a copy kept here must not come back
+                    // (as a stale answer during a later upstream failure).
+                    if cached.is_some() {
+                        self.index.invalidate(&key);
+                        self.index.run_pending_tasks();
+                        if let Some(vol) = local.volumes.cache_volume() {
+                            local.forget_in(vol, rel);
+                        }
+                    }
                     fill.outcome.send_replace(Some(Outcome::NotFound));
                     return;
                 }
@@ -848,7 +911,14 @@ impl Pull {
                 continue;
             }
             let mut headers = HeaderMap::new();
-            for n in [CONTENT_TYPE, CACHE_CONTROL, ETAG, LAST_MODIFIED] {
+            for n in [
+                CONTENT_TYPE,
+                CONTENT_ENCODING,
+                CACHE_CONTROL,
+                ETAG,
+                LAST_MODIFIED,
+                AGE,
+            ] {
                 if let Some(v) = resp.headers().get(&n) {
                     headers.insert(n, v.clone());
                 }
@@ -907,7 +977,10 @@ impl Pull {
                     .to_string()
             }
         };
-        let mut req = http::Request::get(&uri);
+        // segd stores and serves one representation per path: ask for it unencoded (an origin
+        // may otherwise gzip, RFC 9110 §12.5.3). A coding the upstream applies anyway (an S3
+        // object stored with one) is kept and forwarded with the bytes.
+        let mut req = http::Request::get(&uri).header(ACCEPT_ENCODING, "identity");
         if let Some((h, v)) = &up.origin_auth {
             req = req.header(h.as_str(), v.0.as_str());
         }
@@ -920,7 +993,19 @@ impl Pull {
             }
         }
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
-        match tokio::time::timeout(wait, conf.client.request(req)).await {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut retry = Some(req.clone());
+        let mut sent = tokio::time::timeout_at(deadline, conf.client.request(req)).await;
+        // A pooled connection the upstream closed as this request went out (its keep-alive
+        // timeout) ends with no response byte: a GET is idempotent, so it is sent once more on
+        // a new connection (RFC 9110 §9.2.2, RFC 9112 §9.3.1).
+        if let (Ok(Err(e)), Some(again)) = (&sent, retry.take()) {
+            if closed_before_answer(e) {
+                tracing::debug!(upstream = %up.name, error = %e, "upstream closed a kept-alive connection; sending again");
+                sent = tokio::time::timeout_at(deadline, conf.client.request(again)).await;
+            }
+        }
+        match sent {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => {
                 let timed_out = std::error::Error::source(&e)
@@ -954,30 +1039,53 @@ impl Pull {
         // An object a segd node wrote through to a bucket carries the validators that node
         // serves it with: every node serves it with the same ones (docs/cluster.md).
         let segd = |n: &str| if bucket { h.get(n).cloned() } else { None };
+        // A chunked body (no Content-Length) is complete when its last chunk came: hyper fails
+        // the body if the connection ends before it.
         let len: Option<u64> = h
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        let cc = get(CACHE_CONTROL);
-        let storable = !cc.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            v.split(',')
-                .map(str::trim)
-                .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
+        let received = SystemTime::now();
+        // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
+        let upstream_age: u64 = h
+            .get(AGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let fetched = now().saturating_sub(upstream_age);
+        let cc = get(CACHE_CONTROL).or_else(|| expires_as_max_age(h, received));
+        let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
+        let storable = !cc
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(forbids_storing)
+            // `Vary: *` never matches a later request (RFC 9111 §4.1).
+            && !h
+                .get_all(VARY)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|f| f.trim() == "*")))
+            // The sidecar's name must fit a directory entry too.
+            && sidecar(rel.as_str()).1.len() <= NAME_MAX;
+        // Validators the copy is served with from the first byte to its eviction: the
+        // upstream's, else made here once and kept in the sidecar.
+        let etag = keepable(segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)))
+            .unwrap_or_else(|| made_etag(received));
+        let last_modified = keepable(
+            segd(crate::store::write_through::META_LAST_MODIFIED).or_else(|| get(LAST_MODIFIED)),
+        )
+        .or_else(|| HeaderValue::from_str(&httpdate::fmt_http_date(received)).ok());
+        let content_encoding = get(CONTENT_ENCODING).filter(|v| {
+            !v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
         });
-        let meta = Meta {
+        let mut meta = Meta {
             len: len.unwrap_or(0),
-            etag: segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)),
-            last_modified: segd(crate::store::write_through::META_LAST_MODIFIED)
-                .or_else(|| get(LAST_MODIFIED)),
+            etag: Some(etag),
+            last_modified,
             content_type: get(CONTENT_TYPE),
+            content_encoding,
             cache_control: cc,
-            fetched: now(),
-        };
-        let Some(len) = len else {
-            // segd stores only bodies whose length it can check.
-            fill.outcome
-                .send_replace(Some(Outcome::Failed { timeout: false }));
-            return false;
+            fetched,
         };
         let Some(vol) = local
             .volumes
@@ -988,8 +1096,19 @@ impl Pull {
                 .send_replace(Some(Outcome::Failed { timeout: false }));
             return false;
         };
-        let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
-        let temp = vol.with_root(|root| Dir::open(root, dir, true).and_then(TempFile::new));
+        // A path whose directory is a cached file (`/v/movie.mp4` and `/v/movie.mp4/index.m3u8`,
+        // nginx-vod-module's layout) cannot be stored beside it: it is passed through, its
+        // temporary file in the cache root.
+        let mut storable = storable;
+        let temp = vol.with_root(|root| {
+            Dir::open(root, dir, true)
+                .or_else(|e| {
+                    tracing::debug!(path = %rel, error = %e, "not storable in the pull cache; passed through");
+                    storable = false;
+                    Dir::open(root, "", true)
+                })
+                .and_then(TempFile::new)
+        });
         let mut temp = match temp {
             Some(Ok(t)) => t,
             other => {
@@ -1015,7 +1134,7 @@ impl Pull {
             return false;
         };
         fill.outcome
-            .send_replace(Some(Outcome::Body(meta.clone(), growing)));
+            .send_replace(Some(Outcome::Body(Box::new(meta.clone()), len, growing)));
         let idle_timeout = self.conf.load().cfg.idle_timeout;
         let mut body = resp.into_body();
         // Chunks are gathered while more are already here (one disk write, one blocking-pool
@@ -1051,7 +1170,7 @@ impl Pull {
                 }
                 Some(f) => f.into_data().unwrap_or_default(),
             };
-            if temp.written() + (pending.len() + data.len()) as u64 > len {
+            if len.is_some_and(|len| temp.written() + (pending.len() + data.len()) as u64 > len) {
                 tracing::warn!(path = %key, "upstream body longer than its Content-Length");
                 return false;
             }
@@ -1080,10 +1199,15 @@ impl Pull {
             self.m.fill_bytes.inc_by(n);
             publisher.advance_with(temp.written(), std::slice::from_ref(&kept), temp.written());
         }
-        if temp.written() != len {
-            tracing::warn!(path = %key, got = temp.written(), want = len, "upstream body shorter than its Content-Length");
-            return false;
-        }
+        let len = match len {
+            Some(len) if temp.written() != len => {
+                tracing::warn!(path = %key, got = temp.written(), want = len, "upstream body shorter than its Content-Length");
+                return false;
+            }
+            Some(len) => len,
+            None => temp.written(),
+        };
+        meta.len = len;
         if !storable {
             // Passed through, not kept: the readers finish from the unlinked file.
             publisher.done(len);
@@ -1111,7 +1235,14 @@ impl Pull {
                 publisher.done(len);
                 true
             }
-            _ => false,
+            // The body is whole but has no place (a directory holds the name): the readers
+            // finish from the unlinked file, as for a response that may not be stored.
+            Ok(Err(e)) => {
+                tracing::debug!(path = %key, error = %e, "not storable in the pull cache; passed through");
+                publisher.done(len);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -1139,6 +1270,61 @@ fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
     }
 }
 
+/// Whether a bucket's 404 says the key does not exist (S3's `NoSuchKey`), rather than that the
+/// bucket does not (`NoSuchBucket`). An error body that cannot be read counts as `NoSuchKey`.
+async fn no_such_key(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> bool {
+    let body = http_body_util::Limited::new(resp.into_body(), 16 << 10);
+    match tokio::time::timeout(conf.cfg.idle_timeout, body.collect()).await {
+        Ok(Ok(b)) => {
+            let b = b.to_bytes();
+            let text = String::from_utf8_lossy(&b);
+            !text.contains("<Code>NoSuchBucket</Code>")
+        }
+        _ => true,
+    }
+}
+
+/// Whether a request failed because its connection closed before any of the response came
+/// (hyper: an incomplete message on a connection it had reused, or one it canceled).
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// `Expires` as the `Cache-Control` a copy is kept and served with when the upstream sent no
+/// Cache-Control: its lifetime from the response's `Date` (RFC 9111 §4.2.1); an invalid date
+/// means already expired (§5.3).
+fn expires_as_max_age(h: &HeaderMap, received: SystemTime) -> Option<HeaderValue> {
+    let expires = h.get(EXPIRES)?;
+    let date = h
+        .get(DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .unwrap_or(received);
+    let secs = expires
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v.trim()).ok())
+        .and_then(|e| e.duration_since(date).ok())
+        .map_or(0, |d| d.as_secs());
+    HeaderValue::from_str(&format!("max-age={secs}")).ok()
+}
+
+/// An entity tag for a copy whose upstream gave none (or one segd cannot keep): the time the
+/// fill received its head, in nanoseconds, so two fills of one path never share one.
+fn made_etag(received: SystemTime) -> HeaderValue {
+    let ns = received
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    HeaderValue::from_str(&format!("\"p{ns:x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
 /// Percent-encodes what a path segment cannot carry as is (the path is already sanitised).
 fn encode_path(p: &str) -> String {
     let mut out = String::with_capacity(p.len());
@@ -1152,14 +1338,19 @@ fn encode_path(p: &str) -> String {
     out
 }
 
-/// An object whose body is being fetched: streamed from the fill as it grows.
-fn filling(meta: Meta, growing: Arc<Growing>, status: &'static str) -> Object {
-    let etag = meta.etag.clone().unwrap_or_else(|| {
-        HeaderValue::from_str(&format!("\"{:x}-{:x}\"", meta.len, meta.fetched))
-            .unwrap_or(HeaderValue::from_static("\"0\""))
-    });
+/// An object whose body is being fetched: streamed from the fill as it grows (`len`: `None`
+/// for a chunked upstream body, whose length is known at its end).
+fn filling(meta: Meta, len: Option<u64>, growing: Arc<Growing>, status: &'static str) -> Object {
+    let etag = meta
+        .etag
+        .clone()
+        .unwrap_or(HeaderValue::from_static("\"0\""));
+    let mut extra = meta.served_headers();
+    if meta.age() == 0 {
+        extra.remove(AGE);
+    }
     Object {
-        len: Some(meta.len),
+        len,
         meta: ObjectMeta {
             len: meta.len,
             dev: 0,
@@ -1175,8 +1366,69 @@ fn filling(meta: Meta, growing: Arc<Growing>, status: &'static str) -> Object {
         growing: false,
         content_type: meta.content_type.clone(),
         cache_control: meta.cache_control.clone(),
-        extra: None,
+        extra: Some(extra),
         cache_status: Some(status),
         source: Source::Growing(growing),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_directives() {
+        assert_eq!(directive_secs("public, max-age=30", "max-age"), Some(30));
+        assert_eq!(directive_secs("Max-Age=30", "max-age"), Some(30));
+        assert_eq!(directive_secs("max-age=\"7\"", "max-age"), Some(7));
+        assert_eq!(directive_secs("max-age=x", "max-age"), None);
+        assert_eq!(directive_secs("s-maxage=5, max-age=1", "max-age"), Some(1));
+        let m = |cc: &str| Meta {
+            cache_control: Some(HeaderValue::from_str(cc).expect("value")),
+            ..Meta::default()
+        };
+        // A shared cache takes s-maxage first; 1 s when neither is given.
+        assert_eq!(
+            m("max-age=1, S-MaxAge=30").max_age(ObjectClass::Playlist),
+            Some(30)
+        );
+        assert_eq!(m("public").max_age(ObjectClass::Playlist), Some(1));
+        assert_eq!(m("max-age=1").max_age(ObjectClass::Segment), None);
+        assert!(forbids_storing("public, No-Store"));
+        assert!(forbids_storing("private"));
+    }
+
+    #[test]
+    fn expires_becomes_a_lifetime() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let mut h = HeaderMap::new();
+        h.insert(
+            DATE,
+            HeaderValue::from_static("Sun, 29 Nov 2026 17:00:00 GMT"),
+        );
+        h.insert(
+            EXPIRES,
+            HeaderValue::from_static("Sun, 29 Nov 2026 17:01:00 GMT"),
+        );
+        assert_eq!(
+            expires_as_max_age(&h, at(0)),
+            Some(HeaderValue::from_static("max-age=60"))
+        );
+        // In the past, or not a date: already expired (RFC 9111 §5.3).
+        h.insert(EXPIRES, HeaderValue::from_static("0"));
+        assert_eq!(
+            expires_as_max_age(&h, at(0)),
+            Some(HeaderValue::from_static("max-age=0"))
+        );
+        h.insert(
+            EXPIRES,
+            HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        assert_eq!(
+            expires_as_max_age(&h, at(0)),
+            Some(HeaderValue::from_static("max-age=0"))
+        );
+        h.remove(EXPIRES);
+        assert_eq!(expires_as_max_age(&h, at(0)), None);
     }
 }

@@ -113,6 +113,12 @@ impl Dir {
 
     /// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise; `EINVAL` where the
     /// filesystem has no `RENAME_NOREPLACE`).
+    /// Whether `name` in this directory is a regular file (not followed if a symlink).
+    pub fn is_file(&self, name: &str) -> bool {
+        rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+    }
+
     pub fn rename_new(&self, from: &str, to: &str) -> Result<(), rustix::io::Errno> {
         rustix::fs::renameat_with(
             &self.fd,
@@ -258,8 +264,11 @@ impl TempFile {
                 self.name.clear();
                 Ok(Some(st))
             }
-            // Dropping `self` removes the temporary file.
-            Err(rustix::io::Errno::EXIST) => Ok(None),
+            // Dropping `self` removes the temporary file. A directory in the way is no copy.
+            Err(rustix::io::Errno::EXIST) => match self.dir.is_file(target) {
+                true => Ok(None),
+                false => Err(rustix::io::Errno::ISDIR.into()),
+            },
             Err(e) => Err(e.into()),
         }
     }

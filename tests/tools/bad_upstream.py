@@ -13,6 +13,18 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
 - stall-head  reads the request and sends nothing for --stall seconds, then closes
 - stall-body  200 with the full Content-Length and half of the body, then nothing for --stall
               seconds, then closes
+- mixed       no files: every GET is answered from its path, which picks what an origin may
+              lawfully send. The body is `pattern(path)` (below). By the path's second segment:
+              /vod/gzip/…     gzip-coded body with `Content-Encoding: gzip`, whatever was asked
+              /vod/chunked/…  `Transfer-Encoding: chunked`, no Content-Length, three chunks
+              /vod/expires/…  no Cache-Control, `Expires` in the past
+              /vod/vary/…     `Vary: *`
+              /vod/race/…     keep-alive, then the next request on that connection is read and
+                              the connection closed with no answer (a keep-alive timeout firing
+                              as the request arrives)
+              anything else   200 with Content-Length, no validators; playlists
+                              `Cache-Control: max-age=30`
+              In this mode each request also logs `accept-encoding TARGET VALUE` (`-`: none).
 
 It exits when its stdin closes or it is killed, so a test that dies leaves nothing behind.
 """
@@ -34,6 +46,50 @@ TYPES = {
 }
 
 LOCK = threading.Lock()
+
+
+def pattern(path):
+    """The mixed mode's body for `path`: 20,000 bytes any test can compute."""
+    seed = sum(path.encode()) % 251
+    return bytes((i * 7 + seed) % 251 for i in range(20000))
+
+
+def mixed(sock, method, target, lines, state):
+    """Answers one request in mixed mode; returns False when the connection must close."""
+    import gzip
+
+    path = target.split("?", 1)[0]
+    ae = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("accept-encoding:")), "-")
+    say(f"accept-encoding {target} {ae}")
+    kind = path.split("/")[2] if path.count("/") >= 3 else ""
+    if kind == "race" and state.get("served"):
+        return False  # the request was read: close without a byte of answer
+    body = pattern(path)
+    ext = os.path.splitext(path)[1]
+    head = ["HTTP/1.1 200 OK", f"Content-Type: {TYPES.get(ext, 'application/octet-stream')}"]
+    if kind == "gzip":
+        body = gzip.compress(body, mtime=0)
+        head.append("Content-Encoding: gzip")
+    elif kind == "expires":
+        head.append("Expires: Thu, 01 Jan 1970 00:00:00 GMT")
+    elif kind == "vary":
+        head.append("Vary: *")
+    elif ext in (".m3u8", ".mpd"):
+        head.append("Cache-Control: max-age=30")
+    if kind == "chunked":
+        head.append("Transfer-Encoding: chunked")
+        out = "\r\n".join(head).encode() + b"\r\n\r\n"
+        if method != "HEAD":
+            third = len(body) // 3
+            for part in (body[:third], body[third : 2 * third], body[2 * third :]):
+                out += f"{len(part):x}\r\n".encode() + part + b"\r\n"
+            out += b"0\r\n\r\n"
+    else:
+        head.append(f"Content-Length: {len(body)}")
+        out = "\r\n".join(head).encode() + b"\r\n\r\n" + (body if method != "HEAD" else b"")
+    sock.sendall(out)
+    state["served"] = True
+    return True
 
 
 def say(line):
@@ -58,6 +114,7 @@ class Handler(socketserver.BaseRequestHandler):
         sock = self.request
         cfg = self.server.cfg
         buf = b""
+        state = {}
         while True:
             try:
                 head, buf = read_head(sock, buf)
@@ -75,6 +132,10 @@ class Handler(socketserver.BaseRequestHandler):
             close = any(
                 l.lower().startswith("connection:") and "close" in l.lower() for l in lines[1:]
             )
+            if cfg.mode == "mixed":
+                if not mixed(sock, method, target, lines, state) or close:
+                    return
+                continue
             path = target.split("?", 1)[0]
             full = os.path.normpath(os.path.join(cfg.root, path.lstrip("/")))
             if not full.startswith(cfg.root + os.sep) or not os.path.isfile(full):
@@ -122,7 +183,7 @@ class Server(socketserver.ThreadingTCPServer):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", required=True)
-    ap.add_argument("--mode", required=True, choices=["ok", "die", "stall-head", "stall-body"])
+    ap.add_argument("--mode", required=True, choices=["ok", "die", "stall-head", "stall-body", "mixed"])
     ap.add_argument("--stall", type=float, default=30.0)
     cfg = ap.parse_args()
     cfg.root = os.path.abspath(cfg.root)

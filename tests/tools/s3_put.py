@@ -2,7 +2,7 @@
 """Uploads a directory tree into an S3 bucket (SigV4, path-style), for segd's edge tests.
 
     s3_put.py --endpoint URL --region R --access-key K --secret-file F --bucket B \
-              [--prefix P] SRC_DIR
+              [--prefix P] [--content-encoding CODING] SRC_DIR
 
 Creates the bucket (retrying while a freshly started server is still coming up), then puts every
 file under SRC_DIR as key P + its path relative to SRC_DIR ('/'-separated), and prints
@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--secret-file", required=True)
     ap.add_argument("--bucket", required=True)
     ap.add_argument("--prefix", default="")
+    ap.add_argument("--content-encoding", help="stored with every object (the files are already coded)")
     ap.add_argument("src")
     a = ap.parse_args()
     with open(a.secret_file) as f:
@@ -73,8 +74,9 @@ def main():
             rel = os.path.relpath(full, a.src).replace(os.sep, "/")
             ext = os.path.splitext(name)[1]
             ctype = TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+            extra = {"ContentEncoding": a.content_encoding} if a.content_encoding else {}
             with open(full, "rb") as f:
-                s3.put_object(Bucket=a.bucket, Key=a.prefix + rel, Body=f.read(), ContentType=ctype)
+                s3.put_object(Bucket=a.bucket, Key=a.prefix + rel, Body=f.read(), ContentType=ctype, **extra)
             n += 1
     print(f"uploaded {n}")
 

@@ -235,6 +235,11 @@ impl Weed {
     /// Uploads a tree as keys `prefix` + its relative paths, with boto3 (SigV4) through
     /// `tests/tools/s3_put.py`.
     pub fn upload(&self, src: &Path, prefix: &str) {
+        self.upload_with(src, prefix, &[]);
+    }
+
+    /// [`Weed::upload`] with more arguments for `s3_put.py` (`--content-encoding gzip`).
+    pub fn upload_with(&self, src: &Path, prefix: &str, args: &[&str]) {
         let out = Command::new("python3")
             .arg(tools_dir().join("s3_put.py"))
             .args(["--endpoint", &self.endpoint()])
@@ -243,6 +248,7 @@ impl Weed {
             .arg("--secret-file")
             .arg(self.secret_file())
             .args(["--bucket", S3_BUCKET, "--prefix", prefix])
+            .args(args)
             .arg(src)
             .output()
             .expect("run python3 tests/tools/s3_put.py");
