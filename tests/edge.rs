@@ -2052,3 +2052,167 @@ async fn edge_upstream_404_drops_the_cached_copy() {
     let r = must("GET", &edge.url(GONE), &[], false).await;
     assert_eq!(r.status, 502, "{r:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 14. Write-through when the bucket's answer is lost, and when another node wrote meanwhile
+
+/// `tests/tools/s3_fault_proxy.py` in front of the bucket: loses the answers to PUTs and
+/// DELETEs of targets containing `lost-answer` after the bucket applied them.
+struct LosingProxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl LosingProxy {
+    fn start(upstream: &str) -> LosingProxy {
+        let mut child = Command::new("python3")
+            .arg(tools_dir().join("s3_fault_proxy.py"))
+            .args(["--upstream", upstream.trim_start_matches("http://")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run python3 tests/tools/s3_fault_proxy.py");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                eprintln!("s3_fault_proxy: {l}");
+            }
+        });
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("s3_fault_proxy.py said {line:?}"));
+        LosingProxy { child, addr }
+    }
+}
+
+impl Drop for LosingProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Durability "upstream": a bucket that stored the upload (or applied the DELETE) although its
+/// answer never came back is asked what it holds. The upload then succeeds as it did there, and
+/// no node serves a version its uploader was told had failed.
+#[tokio::test]
+async fn write_through_upstream_a_lost_answer_is_checked_with_the_bucket() {
+    let weed = Weed::start();
+    let secret = weed.secret_file();
+    let proxy = LosingProxy::start(&weed.endpoint());
+    let via_proxy =
+        s3_upstream(&weed, &secret).replace(&weed.endpoint(), &format!("http://{}", proxy.addr));
+    let a = Edge::start_with(
+        &keys(&[("first_byte_timeout", "\"3s\"")]),
+        &[via_proxy],
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    let path = "/vod/wt9/lost-answer.ts";
+    let body = pattern(50_000, 91);
+    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
+    assert_eq!(r.status, 201, "{}\n{}", r.text(), a.srv.stderr());
+    let etag = r.header("etag").expect("etag").to_owned();
+    let key = format!("{S3_PREFIX}{}", &path[1..]);
+    let o = weed.object("GET", &key).await;
+    assert!(o.status == 200 && o.body.as_ref() == body.as_slice());
+    assert_eq!(o.header(META_ETAG_HEADER), Some(etag.as_str()));
+    let g = must("GET", &a.url(path), &[], false).await;
+    assert!(g.status == 200 && g.bytes() == body.as_slice());
+
+    let r = send("DELETE", &upload_url(&a, path), &[], b"", false).await;
+    assert_eq!(r.status, 204, "{}\n{}", r.text(), a.srv.stderr());
+    assert_eq!(weed.object("HEAD", &key).await.status, 404);
+    assert!(!a.volume().join(&path[1..]).exists());
+}
+
+const META_ETAG_HEADER: &str = "x-amz-meta-segd-etag";
+
+/// Durability "local": a node's queued upload or deletion never undoes a newer version that
+/// another node wrote through meanwhile. The node's own stale copy goes instead, so it serves
+/// the newer one. A key longer than a bucket takes is refused before anything is written.
+#[tokio::test]
+async fn write_through_local_queue_never_clobbers_a_newer_version() {
+    let weed = Weed::start();
+    let secret = weed.secret_file();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = s3_upstream(&weed, &secret).replace(&weed.endpoint(), &dead);
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let local = write_through_ingest(&format!(
+        "durability = \"local\"\nqueue_path = \"{}\"",
+        qdir.path().display()
+    ));
+    // Node a cannot reach the bucket: its upload of x and its deletion of y stay queued.
+    let mut a = Edge::start_with(&keys(&[]), &[unreachable], &local);
+    let (x, y) = ("/vod/wt10/x.ts", "/vod/wt10/y.ts");
+    let (x1, x2, y2) = (pattern(30_000, 1), pattern(30_000, 2), pattern(30_000, 3));
+    assert_eq!(
+        send("PUT", &upload_url(&a, x), &[], &x1, false)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        send("PUT", &upload_url(&a, y), &[], &x1, false)
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        send("DELETE", &upload_url(&a, y), &[], b"", false)
+            .await
+            .status,
+        204
+    );
+    // A second later, node b writes newer versions through (the metadata has whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let b = Edge::start_with(
+        &keys(&[]),
+        &[s3_upstream(&weed, &secret)],
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    for (p, bytes) in [(x, &x2), (y, &y2)] {
+        let r = send("PUT", &upload_url(&b, p), &[], bytes, false).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+
+    // Node a comes back with the bucket's right address: its queue drains without undoing b.
+    a.srv.signal(libc::SIGKILL);
+    let _ = a.srv.wait_exit(Duration::from_secs(5));
+    let config = a.config.replace(&dead, &weed.endpoint());
+    let a2 = Server::start(&config);
+    // Drained: every entry applied and removed (the backlog gauge reads 0 before the first look).
+    assert!(
+        wait_for(Duration::from_secs(20), || std::fs::read_dir(qdir.path())
+            .map(|d| d.count() == 0)
+            .unwrap_or(false))
+        .await,
+        "the queue drains: {}",
+        a2.stderr()
+    );
+    for (p, bytes) in [(x, &x2), (y, &y2)] {
+        let key = format!("{S3_PREFIX}{}", &p[1..]);
+        let o = weed.object("GET", &key).await;
+        assert!(
+            o.status == 200 && o.body.as_ref() == bytes.as_slice(),
+            "{p}: the bucket keeps b's version (status {})",
+            o.status
+        );
+        let g = must("GET", &a2.url(p), &[], false).await;
+        assert!(
+            g.status == 200 && g.bytes() == bytes.as_slice(),
+            "{p}: node a serves b's version, not its own older copy"
+        );
+    }
+
+    // A key longer than S3 takes (1,024 bytes): 414 before anything is written.
+    let e = "e".repeat(250);
+    let long = format!("/vod/wt10/{}/{e}/{e}/{e}/{e}.ts", "d".repeat(250));
+    let r = send("PUT", &upload_url(&b, &long), &[], b"x", false).await;
+    assert_eq!(r.status, 414, "{}", r.text());
+    assert!(!b.volume().join("vod/wt10").join("d".repeat(250)).exists());
+}

@@ -330,6 +330,9 @@ impl From<crate::store::WriteError> for Refusal {
             WriteError::Bucket(crate::store::write_through::BucketError::Timeout) => {
                 Refusal::GatewayTimeout
             }
+            WriteError::Bucket(crate::store::write_through::BucketError::KeyTooLong) => {
+                Refusal::UriTooLong
+            }
             WriteError::Bucket(e) => {
                 tracing::warn!(error = %e, "write-through to the bucket failed");
                 Refusal::BadGateway

@@ -284,6 +284,13 @@ impl Store {
         if let Some(pull) = &self.inner.pull {
             pull.reconfigure(&cfg.pull);
         }
+        match &self.inner.write_through {
+            Some(wt) => wt.reloaded(cfg),
+            None if cfg.ingest.write_through.is_some() => {
+                tracing::warn!("ingest.write_through takes effect on restart")
+            }
+            None => {}
+        }
     }
 
     /// Step 6: the object at `rel`, from the first tier that has it.
@@ -360,6 +367,11 @@ impl Store {
         mode: Mode,
     ) -> Result<Upload, WriteError> {
         let m = &self.inner.metrics;
+        // A key the bucket would refuse: refused before anything is written (with "local", it
+        // would otherwise be acknowledged and never reach the bucket).
+        if self.through(mode.live).is_some_and(|wt| !wt.key_fits(rel)) {
+            return Err(WriteError::Bucket(write_through::BucketError::KeyTooLong));
+        }
         let r = upload::begin(
             self.local(),
             &self.inner.locks,

@@ -581,7 +581,9 @@ impl Pull {
             Outcome::Body(meta, len, growing) => {
                 self.count(if started { "miss" } else { "coalesced" });
                 let status = if started { "miss" } else { "coalesced" };
-                Ok(Pulled::Found(Box::new(filling(*meta, len, growing, status))))
+                Ok(Pulled::Found(Box::new(filling(
+                    *meta, len, growing, status,
+                ))))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;

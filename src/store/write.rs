@@ -166,6 +166,9 @@ pub struct TempFile {
     name: String,
     file: Option<File>,
     written: u64,
+    /// Its mtime was set by [`stamp`] (sealed): the commit keeps it, since the sealed
+    /// metadata (and ETag) already went out, to a write-through bucket.
+    stamped: bool,
 }
 
 impl TempFile {
@@ -176,6 +179,7 @@ impl TempFile {
             name,
             file: Some(file),
             written: 0,
+            stamped: false,
         })
     }
 
@@ -215,6 +219,8 @@ impl TempFile {
             .file
             .as_ref()
             .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        stamp(f)?;
+        self.stamped = true;
         if durable {
             f.sync_all()?;
         }
@@ -281,6 +287,9 @@ impl TempFile {
             .file
             .take()
             .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        if !self.stamped {
+            stamp(&file)?;
+        }
         if durable {
             file.sync_all()?;
         }
@@ -294,6 +303,23 @@ impl TempFile {
         }
         Ok((existed, st))
     }
+}
+
+/// Sets a finished file's mtime to the realtime clock's nanoseconds. The kernel stamps writes
+/// with its coarse clock (one tick, milliseconds), and the ETag is length and mtime: two
+/// versions of one length written in one tick, on one node or on two nodes of a cluster, would
+/// share an ETag.
+fn stamp(f: &File) -> io::Result<()> {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: now,
+    };
+    rustix::fs::futimens(f, &times)?;
+    Ok(())
 }
 
 impl Drop for TempFile {

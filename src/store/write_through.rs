@@ -56,8 +56,34 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub enum BucketError {
     #[error("the bucket did not answer in time")]
     Timeout,
-    #[error("the bucket refused or failed: {0}")]
+    /// No answer, a broken connection or a 5xx: the bucket may or may not have applied it.
+    #[error("the bucket failed: {0}")]
     Failed(String),
+    /// A 4xx other than 403, 408 and 429: the bucket will refuse this request every time.
+    #[error("the bucket refused: {0}")]
+    Refused(String),
+    /// The path's key is longer than a bucket takes ([`MAX_KEY`]).
+    #[error("the path's key is longer than {MAX_KEY} bytes")]
+    KeyTooLong,
+}
+
+impl BucketError {
+    /// Whether the write may have been applied although no success came back.
+    fn ambiguous(&self) -> bool {
+        !matches!(self, BucketError::Refused(_) | BucketError::KeyTooLong)
+    }
+}
+
+/// The longest key S3 takes (bytes of its UTF-8).
+pub const MAX_KEY: usize = 1024;
+
+/// What the bucket holds under a key, as segd wrote it.
+#[derive(Debug)]
+struct Stored {
+    /// [`META_ETAG`]: the ETag the writing node served it with.
+    etag: Option<String>,
+    /// [`META_LAST_MODIFIED`], in seconds.
+    modified: Option<SystemTime>,
 }
 
 /// A queued change: make the bucket hold this path's current file, or delete it there.
@@ -99,6 +125,9 @@ pub struct WriteThrough {
     stopping: std::sync::atomic::AtomicBool,
     seq: AtomicU64,
     m: WtMetrics,
+    /// The settings it was built with ([`WriteThrough::settings`]), to tell a reload that
+    /// changes them.
+    settings: String,
 }
 
 impl WriteThrough {
@@ -183,12 +212,48 @@ impl WriteThrough {
             wake: tokio::sync::Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
             seq: AtomicU64::new(0),
+            settings: WriteThrough::settings(cfg),
             m: WtMetrics {
                 backlog,
                 oldest,
                 total,
             },
         }))
+    }
+
+    /// Everything a write-through is built from, in one string (the secret included, never
+    /// printed).
+    fn settings(cfg: &Config) -> String {
+        let Some(wt) = &cfg.ingest.write_through else {
+            return String::new();
+        };
+        let up = cfg.pull.upstreams.iter().find(|u| u.name == wt.upstream);
+        let kind = match up.map(|u| &u.kind) {
+            Some(UpstreamKind::S3 {
+                endpoint,
+                bucket,
+                region,
+                key_prefix,
+                access_key_id,
+                secret_access_key,
+            }) => format!(
+                "{endpoint}|{bucket}|{region}|{key_prefix}|{access_key_id}|{}",
+                secret_access_key.0
+            ),
+            _ => String::new(),
+        };
+        format!(
+            "{}|{kind}|{:?}|{}|{:?}|{:?}",
+            wt.upstream, wt.durability, wt.live, wt.queue_path, cfg.pull.first_byte_timeout
+        )
+    }
+
+    /// Says so in the log when a reloaded config changes what uploads are written through to:
+    /// that takes a restart, and until then uploads keep the bucket they started with.
+    pub fn reloaded(&self, cfg: &Config) {
+        if WriteThrough::settings(cfg) != self.settings {
+            tracing::warn!("ingest.write_through or its bucket's settings changed: uploads keep writing through as started until segd is restarted (reads follow the new [pull] at once)");
+        }
     }
 
     /// The queue worker takes no more entries (they stay on disk for the next process).
@@ -217,6 +282,12 @@ impl WriteThrough {
         format!("{}{}", self.key_prefix, rel.as_str())
     }
 
+    /// Whether the bucket can take `rel` at all: its key within [`MAX_KEY`] bytes. An upload of
+    /// a path that cannot be written through is refused before anything is written.
+    pub fn key_fits(&self, rel: &RelPath) -> bool {
+        self.key_prefix.len() + rel.as_str().len() <= MAX_KEY
+    }
+
     /// PUTs `file` (all `meta.len` bytes, read by position) as `rel`, with the validators it is
     /// served with.
     pub async fn put(
@@ -225,9 +296,55 @@ impl WriteThrough {
         file: File,
         meta: &ObjectMeta,
     ) -> Result<(), BucketError> {
-        let r = self.put_inner(rel, file, meta).await;
+        let r = match self.put_inner(rel, file, meta).await {
+            // The answer was lost, or a gateway failed after the bucket stored it: the bucket
+            // says whether it holds this version (the upload's ETag is in its metadata).
+            Err(e) if e.ambiguous() => match self.head(rel).await {
+                Ok(Some(s)) if s.etag.as_deref() == Some(meta.etag().as_str()) => {
+                    tracing::info!(path = %rel, error = %e, "the bucket had stored the upload although its answer failed");
+                    Ok(())
+                }
+                other => {
+                    tracing::info!(path = %rel, error = %e, bucket = ?other, "the bucket does not hold the upload whose answer failed");
+                    Err(e)
+                }
+            },
+            r => r,
+        };
         self.count(Op::Put, r.is_ok());
         r
+    }
+
+    /// What the bucket holds for `rel` (HEAD): `None` when nothing.
+    async fn head(&self, rel: &RelPath) -> Result<Option<Stored>, BucketError> {
+        let url = self
+            .bucket
+            .head_object(Some(&self.creds), &self.key(rel))
+            .sign(Duration::from_secs(3600))
+            .to_string();
+        let req = http::Request::head(url)
+            .body(BodyExt::boxed(
+                http_body_util::Empty::new().map_err(|never| match never {}),
+            ))
+            .map_err(|e| BucketError::Failed(e.to_string()))?;
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(BucketError::Timeout),
+            Ok(Err(e)) => return Err(BucketError::Failed(format!("{e:?}"))),
+            Ok(Ok(r)) => r,
+        };
+        match resp.status() {
+            StatusCode::OK => {
+                let h = resp.headers();
+                let text = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                Ok(Some(Stored {
+                    etag: text(META_ETAG),
+                    modified: text(META_LAST_MODIFIED)
+                        .and_then(|v| httpdate::parse_http_date(&v).ok()),
+                }))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(BucketError::Failed(format!("HEAD: {s}"))),
+        }
     }
 
     async fn put_inner(
@@ -308,6 +425,10 @@ impl WriteThrough {
 
     /// Deletes `rel` in the bucket (one that is not there counts as deleted).
     pub async fn delete(&self, rel: &RelPath) -> Result<(), BucketError> {
+        if !self.key_fits(rel) {
+            // Such a key was never written: nothing to delete there.
+            return Ok(());
+        }
         let key = self.key(rel);
         let url = self
             .bucket
@@ -334,6 +455,14 @@ impl WriteThrough {
             }
             Err(e) => Err(e),
         };
+        let r = match r {
+            // Deleted although the answer was lost: the key is gone.
+            Err(e) if e.ambiguous() && matches!(self.head(rel).await, Ok(None)) => {
+                tracing::info!(path = %rel, error = %e, "the bucket had applied the DELETE although its answer failed");
+                Ok(())
+            }
+            r => r,
+        };
         self.count(Op::Delete, r.is_ok());
         r
     }
@@ -358,10 +487,21 @@ impl WriteThrough {
             .map(|b| b.to_bytes())
             .unwrap_or_default();
         if ok.contains(&status) {
-            Ok(())
+            return Ok(());
+        }
+        let text = format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        );
+        if status.is_client_error()
+            && status != StatusCode::REQUEST_TIMEOUT
+            && status != StatusCode::TOO_MANY_REQUESTS
+            && status != StatusCode::FORBIDDEN
+        {
+            // 403 stays retryable: credentials and clocks get fixed; a bad key does not.
+            Err(BucketError::Refused(text))
         } else {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            Err(BucketError::Failed(format!("{status}: {text}")))
+            Err(BucketError::Failed(text))
         }
     }
 
@@ -430,17 +570,26 @@ impl WriteThrough {
                     let store = store.clone();
                     let dir = dir.clone();
                     async move {
-                        let ok = this.apply(&store, &rel, &entries).await;
-                        if ok {
+                        let applied = this.apply(&store, &rel, &entries).await;
+                        if applied != Applied::Retry {
                             let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
+                            let aside = applied == Applied::Refused;
                             let _ = tokio::task::spawn_blocking(move || {
                                 for n in names {
-                                    let _ = std::fs::remove_file(dir.join(n));
+                                    if aside {
+                                        // Kept for the operator, out of the queue's way.
+                                        let _ = std::fs::rename(
+                                            dir.join(&n),
+                                            dir.join(format!(".{n}.refused")),
+                                        );
+                                    } else {
+                                        let _ = std::fs::remove_file(dir.join(n));
+                                    }
                                 }
                             })
                             .await;
                         }
-                        !ok
+                        applied == Applied::Retry
                     }
                 })
                 .buffer_unordered(PARALLEL)
@@ -457,14 +606,39 @@ impl WriteThrough {
         }
     }
 
-    /// Makes the bucket hold the node's current state of `rel`; true when done.
-    async fn apply(&self, store: &super::Store, rel: &str, entries: &[Entry]) -> bool {
+    /// Makes the bucket hold the node's current state of `rel`, unless the bucket holds a
+    /// newer version that another node wrote meanwhile (then this node's copy is the stale one
+    /// and goes, so that it is not served in place of the newer one).
+    async fn apply(&self, store: &super::Store, rel: &str, entries: &[Entry]) -> Applied {
         let Ok(path) = crate::volumes::sanitize(&format!("/{rel}")) else {
             tracing::warn!(
                 path = rel,
                 "write-through queue entry names no valid path; dropped"
             );
-            return true;
+            return Applied::Done;
+        };
+        if !self.key_fits(&path) {
+            tracing::error!(
+                path = rel,
+                "write-through queue entry's key is longer than a bucket takes; set aside"
+            );
+            return Applied::Refused;
+        }
+        // What the bucket has now, to compare with what this node would send.
+        let stored = match self.head(&path).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = rel, error = %e, "write-through HEAD failed");
+                let put = entries.iter().any(|e| e.op == Op::Put);
+                self.count(if put { Op::Put } else { Op::Delete }, false);
+                return Applied::Retry;
+            }
+        };
+        let newer_than = |t: SystemTime| {
+            stored
+                .as_ref()
+                .and_then(|s| s.modified)
+                .is_some_and(|m| secs(m) > secs(t))
         };
         // An entry is written before its upload's rename: the upload holds the path until the
         // rename is done (or failed), so the state read under the lock is the one to send.
@@ -474,31 +648,93 @@ impl WriteThrough {
             let p = path.clone();
             tokio::task::spawn_blocking(move || current_file(&l, &p)).await
         };
+        let last_entry = entries.iter().map(|e| e.ns).max().unwrap_or(0);
         match current {
+            Ok(Ok(Some((_, meta)))) if newer_than(meta.modified()) => {
+                tracing::warn!(path = rel, "the bucket holds a newer version written through another node; this node's copy is dropped, not sent");
+                let (l, p) = (store.local(), path.clone());
+                let _lock = store.inner.locks.lock(&path).await;
+                let _ = tokio::task::spawn_blocking(move || drop_if_same(&l, &p, &meta)).await;
+                Applied::Done
+            }
+            Ok(Ok(Some((_, meta))))
+                if stored
+                    .as_ref()
+                    .is_some_and(|s| s.etag.as_deref() == Some(meta.etag().as_str())) =>
+            {
+                Applied::Done
+            }
             Ok(Ok(Some((file, meta)))) => match self.put(&path, file, &meta).await {
-                Ok(()) => true,
+                Ok(()) => Applied::Done,
+                Err(e @ (BucketError::Refused(_) | BucketError::KeyTooLong)) => {
+                    tracing::error!(path = rel, error = %e, "the bucket refuses this object; its queue entries are set aside");
+                    Applied::Refused
+                }
                 Err(e) => {
                     tracing::warn!(path = rel, error = %e, "write-through PUT failed");
-                    false
+                    Applied::Retry
                 }
             },
             Ok(Ok(None)) if entries.iter().any(|e| e.op == Op::Delete) => {
+                let deleted_at = SystemTime::UNIX_EPOCH + Duration::from_nanos(last_entry as u64);
+                if newer_than(deleted_at) {
+                    tracing::warn!(path = rel, "the bucket holds a version written through another node after this deletion; kept");
+                    return Applied::Done;
+                }
                 match self.delete(&path).await {
-                    Ok(()) => true,
+                    Ok(()) => Applied::Done,
                     Err(e) => {
                         tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
-                        false
+                        Applied::Retry
                     }
                 }
             }
             // Queued for a PUT but gone since (deleted; its deletion has an entry of its own),
             // or never renamed into place (the upload failed after queuing): nothing to send.
-            Ok(Ok(None)) => true,
+            Ok(Ok(None)) => Applied::Done,
             Ok(Err(e)) => {
                 tracing::warn!(path = rel, error = %e, "write-through cannot read the local object");
-                false
+                Applied::Retry
             }
-            Err(_) => false,
+            Err(_) => Applied::Retry,
+        }
+    }
+}
+
+/// What became of a path's queue entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// The bucket matches (or must not be changed): the entries go.
+    Done,
+    /// Try again after the backoff.
+    Retry,
+    /// The bucket refuses it for good: the entries are set aside (`.<name>.refused`).
+    Refused,
+}
+
+/// Unix seconds of `t` (the bucket's `Last-Modified` metadata has whole seconds).
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unlinks `rel` from the volume that holds it if it is still the file `meta` describes.
+fn drop_if_same(local: &Local, rel: &RelPath, meta: &ObjectMeta) {
+    let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
+    for (_, v) in local.volumes.served() {
+        let done = v.with_root(|root| -> io::Result<bool> {
+            let d = Dir::open(root, dir, false)?;
+            let f = d.open_file(name)?;
+            let st = rustix::fs::fstat(&f)?;
+            if ObjectMeta::from_stat(&st) != *meta {
+                return Ok(true);
+            }
+            d.unlink(name)?;
+            Ok(true)
+        });
+        if matches!(done, Some(Ok(true))) {
+            local.forget(rel);
+            return;
         }
     }
 }
