@@ -3,7 +3,9 @@
 //!
 //! - The demo's three VOD streams (HLS with MPEG-TS segments, HLS fMP4, DASH), from the signed
 //!   URLs `segd serve` prints, played by a page on another origin: tokens in the path, CORS,
-//!   media types and ranges as a browser sees them.
+//!   media types and ranges as a browser sees them; over plaintext HTTP/1.1, and over the
+//!   protocols real players reach segd with: HTTP/2 over TLS and HTTP/3 over QUIC (forced, and
+//!   discovered through segd's `Alt-Svc`), each request's protocol as Chromium reports it.
 //! - Live streams pushed into segd as they play (`benches/players/run.sh`): ffmpeg HLS with
 //!   `delete_segments`, ffmpeg LL-DASH with a `SegmentTimeline` and with `SegmentTemplate`
 //!   numbers (segments read while they are uploaded), and LL-HLS from the test packager (parts,
@@ -15,6 +17,7 @@
 
 mod util;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -103,11 +106,13 @@ impl Drop for PageServer {
 struct Played {
     ok: bool,
     summary: serde_json::Value,
+    /// Every request the page made to segd, in the order it made them (`play.mjs`'s raw log).
+    requests: Vec<serde_json::Value>,
     output: String,
 }
 
-/// Plays `url` for `seconds` with `play.mjs` and reads its summary.
-fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path) -> Played {
+/// Plays `url` for `seconds` with `play.mjs` (plus `extra` options) and reads its summary.
+fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path, extra: &[String]) -> Played {
     let result = Command::new("node")
         .arg(dir.join("play.mjs"))
         .args(["--url", url, "--page", page])
@@ -116,6 +121,7 @@ fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path) -> Played {
         .arg(chromium())
         .arg("--out")
         .arg(out)
+        .args(extra)
         .output()
         .expect("run node (Debian package nodejs)");
     let output = format!(
@@ -128,12 +134,18 @@ fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path) -> Played {
     Played {
         ok: result.status.success(),
         summary: json["summary"].clone(),
+        requests: json["requests"].as_array().cloned().unwrap_or_default(),
         output,
     }
 }
 
 /// The demo config (`config/segd.toml`) on ephemeral ports; the signed URLs its banner prints.
 fn demo_server() -> (Server, Vec<String>) {
+    demo_server_with("")
+}
+
+/// `demo_server` with `extra` appended to the config (sections of its own, e.g. `[tls]`).
+fn demo_server_with(extra: &str) -> (Server, Vec<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("config/segd.toml")).expect("demo config");
     let text = text
@@ -142,7 +154,8 @@ fn demo_server() -> (Server, Vec<String>) {
         .replace(
             "\"demo/",
             &format!("\"{}/", root.join("config/demo").display()),
-        );
+        )
+        + extra;
     let srv = Server::start(&text);
     let deadline = Instant::now() + Duration::from_secs(5);
     let banner = loop {
@@ -161,8 +174,170 @@ fn demo_server() -> (Server, Vec<String>) {
     (srv, urls)
 }
 
+/// The checks every demo play must pass: it started, played on, the player reported no error,
+/// it fetched segments, and every request the player made to segd was answered 200.
+fn assert_played(got: &Played, detail: &str) {
+    let s = &got.summary;
+    assert!(got.ok, "did not play: {detail}");
+    assert_eq!(s["ok"], true, "{detail}");
+    assert!(
+        s["playedSeconds"].as_f64().unwrap_or(0.0) >= 2.0,
+        "played {} s of 6: {detail}",
+        s["playedSeconds"]
+    );
+    assert_eq!(s["errors"]["fatal"], 0, "{detail}");
+    assert_eq!(s["errors"]["nonFatal"], 0, "{detail}");
+    let requests = s["requests"].as_object().expect("requests by kind");
+    assert!(
+        requests.contains_key("segment"),
+        "the player fetched no segment: {detail}"
+    );
+    for (kind, r) in requests {
+        let statuses = r["status"].as_object().expect("statuses");
+        assert!(
+            statuses.keys().all(|k| k == "200"),
+            "{kind} answers other than 200: {statuses:?}: {detail}"
+        );
+        assert_eq!(r["failed"], 0, "{kind} requests failed: {detail}");
+    }
+}
+
+/// The protocol of each answered request to segd, in the order the page made them (Chromium's
+/// `response.protocol`: `http/1.1`, `h2`, `h3`), with the request's kind and path.
+fn protocols(got: &Played) -> Vec<(String, String)> {
+    got.requests
+        .iter()
+        .filter(|r| !r["status"].is_null())
+        .map(|r| {
+            let proto = r["protocol"].as_str().unwrap_or("none").to_string();
+            let what = format!("{} {}", r["cls"].as_str().unwrap_or("?"), r["url"]);
+            (proto, what)
+        })
+        .collect()
+}
+
+/// segd's own count of answered requests by protocol (`segd_http_requests_total`, summed over
+/// methods and statuses): `h1`, `h2`, `h3`.
+fn served_by_proto(srv: &Server) -> Served {
+    let resp = raw_get(srv.admin, "/metrics");
+    let text = String::from_utf8_lossy(&resp);
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("segd_http_requests_total{") else {
+            continue;
+        };
+        let proto = rest
+            .split("proto=\"")
+            .nth(1)
+            .and_then(|p| p.split('"').next());
+        let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let (Some(proto), Some(value)) = (proto, value) {
+            *out.entry(proto.to_string()).or_insert(0.0) += value;
+        }
+    }
+    out
+}
+
+/// What segd counted between two `served_by_proto` readings, by protocol (changes only).
+fn served_during(before: &Served, after: &Served) -> Served {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d != 0.0)
+        .collect()
+}
+
+type Served = BTreeMap<String, f64>;
+
+/// One line per play on stderr (shown with `--nocapture`): the protocols seen, by kind.
+fn log_protocols(got: &Played) {
+    let s = &got.summary;
+    let kinds: Vec<String> = s["requests"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, r)| r["protocol"].is_object())
+                .map(|(k, r)| format!("{k} {}", r["protocol"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "players: {}: {} (resource timing {}, first by protocol {}; {})",
+        s["url"].as_str().unwrap_or("?"),
+        s["protocols"]["network"],
+        s["protocols"]["resourceTiming"],
+        s["protocols"]["firstByProtocol"],
+        kinds.join(", ")
+    );
+}
+
+/// Every answered request to segd went over `proto`, as Chromium's network stack saw it and as
+/// the page's Resource Timing (`nextHopProtocol`, across origins thanks to Timing-Allow-Origin)
+/// saw it; and the page made no CORS preflight.
+fn assert_all_over(got: &Played, proto: &str, detail: &str) {
+    log_protocols(got);
+    let seen = protocols(got);
+    assert!(!seen.is_empty(), "no answered request: {detail}");
+    let other: Vec<_> = seen.iter().filter(|(p, _)| p != proto).collect();
+    assert!(
+        other.is_empty(),
+        "{} of {} requests not over {proto}: {other:?}: {detail}",
+        other.len(),
+        seen.len()
+    );
+    let p = &got.summary["protocols"];
+    let timing = p["resourceTiming"].as_object().expect("resource timing");
+    assert!(
+        !timing.is_empty() && timing.keys().all(|k| k == proto),
+        "Resource Timing nextHopProtocol {timing:?}, expected only {proto}: {detail}"
+    );
+    assert_eq!(p["preflight"], serde_json::json!({}), "{detail}");
+}
+
+/// What a play needs: segd, the harness, the page server, a directory for the raw JSON.
+struct Stage<'a> {
+    srv: &'a Server,
+    dir: &'a Path,
+    page: &'a PageServer,
+    tmp: &'a Path,
+}
+
+/// Plays `url` for 6 s with `extra` options (raw JSON in `name`.json) and checks it like every
+/// demo play (`assert_played`), with every request over `proto` as Chromium saw it
+/// (`assert_all_over`) and as segd counted it (`served`: its label in `segd_http_requests_total`;
+/// segd may count a request the browser gave up mid-body, which the page does not see answered).
+fn play_over(
+    at: &Stage,
+    name: &str,
+    url: &str,
+    extra: &[String],
+    proto: &str,
+    served: &str,
+) -> Played {
+    let srv = at.srv;
+    let before = served_by_proto(srv);
+    let out = at.tmp.join(format!("{name}.json"));
+    let got = play(at.dir, &at.page.page(), url, 6, &out, extra);
+    let during = served_during(&before, &served_by_proto(srv));
+    let detail = format!(
+        "{proto}: {url}\n{}\nsegd counted {during:?}\nsegd: {}",
+        got.output,
+        srv.stderr()
+    );
+    assert_all_over(&got, proto, &detail);
+    let answered = protocols(&got).len() as f64;
+    let counted = during.get(served).copied().unwrap_or(0.0);
+    assert!(
+        during.keys().all(|k| k == served) && counted >= answered,
+        "segd counted {during:?}, expected {answered}+ over {served} only: {detail}"
+    );
+    assert_played(&got, &detail);
+    got
+}
+
 /// Every demo stream plays in Chromium from a page on another origin: it starts, plays on, and
-/// every request the player made to segd was answered 200 (no player error of any kind).
+/// every request the player made to segd was answered 200 (no player error of any kind), over
+/// HTTP/1.1.
 #[test]
 fn demo_streams_play_in_chromium_from_another_origin() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,39 +345,180 @@ fn demo_streams_play_in_chromium_from_another_origin() {
     let (srv, urls) = demo_server();
     let page = PageServer::start(&dir);
     let tmp = tempfile::tempdir().expect("tempdir");
+    let at = Stage {
+        srv: &srv,
+        dir: &dir,
+        page: &page,
+        tmp: tmp.path(),
+    };
     for (i, url) in urls.iter().enumerate() {
-        let got = play(
-            &dir,
-            &page.page(),
-            url,
-            6,
-            &tmp.path().join(format!("{i}.json")),
-        );
-        let s = &got.summary;
-        let detail = format!("{url}\n{}\nsegd: {}", got.output, srv.stderr());
-        assert!(got.ok, "did not play: {detail}");
-        assert_eq!(s["ok"], true, "{detail}");
-        assert!(
-            s["playedSeconds"].as_f64().unwrap_or(0.0) >= 2.0,
-            "played {} s of 6: {detail}",
-            s["playedSeconds"]
-        );
-        assert_eq!(s["errors"]["fatal"], 0, "{detail}");
-        assert_eq!(s["errors"]["nonFatal"], 0, "{detail}");
-        let requests = s["requests"].as_object().expect("requests by kind");
-        assert!(
-            requests.contains_key("segment"),
-            "the player fetched no segment: {detail}"
-        );
-        for (kind, r) in requests {
-            let statuses = r["status"].as_object().expect("statuses");
-            assert!(
-                statuses.keys().all(|k| k == "200"),
-                "{kind} answers other than 200: {statuses:?}: {detail}"
-            );
-            assert_eq!(r["failed"], 0, "{kind} requests failed: {detail}");
+        play_over(&at, &i.to_string(), url, &[], "http/1.1", "h1");
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, its key, and the base64 SHA-256 of its
+/// SubjectPublicKeyInfo (what Chromium's `--ignore-certificate-errors-spki-list` takes).
+struct SelfSigned {
+    dir: tempfile::TempDir,
+    spki_sha256: String,
+}
+
+impl SelfSigned {
+    fn new() -> SelfSigned {
+        use rcgen::PublicKeyData;
+        use sha2::Digest;
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("self-signed certificate");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("key");
+        let spki = ck.signing_key.subject_public_key_info();
+        SelfSigned {
+            dir,
+            spki_sha256: base64(&sha2::Sha256::digest(&spki)),
         }
     }
+
+    /// `[tls]` on an ephemeral port with this pair, HTTP/3 on.
+    fn tls_section(&self) -> String {
+        format!(
+            "\n[tls]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\nhttp3 = true\n",
+            self.dir.path().join("cert.pem").display(),
+            self.dir.path().join("key.pem").display()
+        )
+    }
+}
+
+/// Standard base64 with padding (RFC 4648 §4).
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn base64_matches_rfc_4648() {
+    for (input, want) in [
+        ("", ""),
+        ("f", "Zg=="),
+        ("fo", "Zm8="),
+        ("foo", "Zm9v"),
+        ("foob", "Zm9vYg=="),
+        ("fooba", "Zm9vYmE="),
+        ("foobar", "Zm9vYmFy"),
+    ] {
+        assert_eq!(base64(input.as_bytes()), want);
+    }
+}
+
+/// The same demo streams over HTTPS, the way browsers reach segd: HTTP/2 over TLS (QUIC off),
+/// HTTP/3 over QUIC (Chromium forced onto QUIC for segd's origin: every request over h3, the
+/// first one included, no TCP at all), and HTTP/3 found through segd's `Alt-Svc` on the TLS
+/// listener (QUIC on, not forced: h2 until Chromium has the QUIC connection, h3 from then on).
+/// Each play must pass the plaintext test's checks too.
+#[test]
+fn demo_streams_play_in_chromium_over_h2_and_h3() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = harness_ready();
+    let cert = SelfSigned::new();
+    let (srv, urls) = demo_server_with(&cert.tls_section());
+    let tls = srv.tls_addr.expect("TLS listener in the banner");
+    let plain = format!("http://{}/", srv.addr);
+    let urls: Vec<String> = urls
+        .iter()
+        .map(|u| {
+            assert!(u.starts_with(&plain), "{u} is not on {plain}");
+            u.replacen(&plain, &format!("https://{tls}/"), 1)
+        })
+        .collect();
+    let page = PageServer::start(&dir);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let trust = ["--spki-hash".to_string(), cert.spki_sha256.clone()];
+    let alt_svc = format!("h3=\":{}\"; ma=86400", tls.port());
+
+    let at = Stage {
+        srv: &srv,
+        dir: &dir,
+        page: &page,
+        tmp: tmp.path(),
+    };
+
+    // HTTP/2: the certificate accepted by the page, QUIC off (segd's Alt-Svc is still sent).
+    for (i, url) in urls.iter().enumerate() {
+        let extra = ["--ignore-https-errors".to_string()];
+        let got = play_over(&at, &format!("h2-{i}"), url, &extra, "h2", "h2");
+        assert_eq!(
+            got.summary["protocols"]["altSvc"],
+            serde_json::json!([alt_svc]),
+            "Alt-Svc on the TLS listener's responses: {url}\n{}",
+            got.output
+        );
+    }
+
+    // HTTP/3, forced: every request over QUIC, the first one included.
+    for (i, url) in urls.iter().enumerate() {
+        let mut extra = vec!["--force-quic".to_string(), tls.to_string()];
+        extra.extend(trust.iter().cloned());
+        play_over(&at, &format!("h3-{i}"), url, &extra, "h3", "h3");
+    }
+
+    // HTTP/3 through Alt-Svc (QUIC on because it is forced for another origin, a closed port):
+    // the first request goes over h2 (nothing known about segd yet), its Alt-Svc starts a QUIC
+    // connection, and from the first request over h3 on no request goes back to h2.
+    let url = &urls[0];
+    let mut extra = vec!["--force-quic".to_string(), "127.0.0.1:1".to_string()];
+    extra.extend(trust.iter().cloned());
+    let before = served_by_proto(&srv);
+    let got = play(
+        &dir,
+        &page.page(),
+        url,
+        6,
+        &tmp.path().join("alt-svc.json"),
+        &extra,
+    );
+    let during = served_during(&before, &served_by_proto(&srv));
+    let detail = format!(
+        "Alt-Svc: {url}\n{}\nsegd counted {during:?}\nsegd: {}",
+        got.output,
+        srv.stderr()
+    );
+    log_protocols(&got);
+    let seen = protocols(&got);
+    let order: Vec<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+    let switch = order.iter().position(|p| *p == "h3").unwrap_or(order.len());
+    assert!(
+        order.first() == Some(&"h2")
+            && switch < order.len()
+            && order[..switch].iter().all(|p| *p == "h2")
+            && order[switch..].iter().all(|p| *p == "h3"),
+        "expected h2 first, then h3 only once it started: {seen:?}: {detail}"
+    );
+    assert!(
+        seen[switch..]
+            .iter()
+            .any(|(_, what)| what.starts_with("segment ")),
+        "no segment over h3 after Alt-Svc: {seen:?}: {detail}"
+    );
+    assert!(
+        during.keys().all(|k| k == "h2" || k == "h3")
+            && during.get("h2").copied().unwrap_or(0.0) >= switch as f64
+            && during.get("h3").copied().unwrap_or(0.0) >= (order.len() - switch) as f64,
+        "segd counted {during:?}, the page saw {order:?}: {detail}"
+    );
+    assert_played(&got, &detail);
 }
 
 /// Live HLS, LL-DASH (timeline and numbered) and LL-HLS pushed into segd play in Chromium as

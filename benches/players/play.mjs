@@ -1,13 +1,31 @@
 #!/usr/bin/env node
 // Plays one live stream in headless Chromium (playwright-core, the system's chromium) with
 // player.html for a fixed time and prints a JSON summary: startup, stalls, stall seconds, live
-// latency p50/p95, player errors, and the media requests the page made (by kind and status).
+// latency p50/p95, player errors, and the media requests the page made (by kind, status and the
+// protocol that carried them).
 //
 //   node play.mjs --engine hls|dash --url <stream URL> --page <http://host:port/player.html>
 //                 [--seconds 30] [--out raw.json] [--label name] [--live-delay s]
 //                 [--catchup 0|1] [--low-latency 0|1] [--warmup 5] [--max-stalls N]
 //                 [--max-latency-p95 s] [--max-fatal-errors N] [--chromium /usr/bin/chromium]
+//                 [--ignore-https-errors] [--force-quic HOST:PORT] [--spki-hash BASE64]
 //                 [--verbose] [--debug]
+//
+// HTTPS (browsers speak HTTP/2 only over TLS, HTTP/3 only over QUIC):
+//   --ignore-https-errors  the page accepts any certificate (playwright's ignoreHTTPSErrors):
+//                          an https:// --url with a self-signed certificate, over h2 (QUIC stays
+//                          off, so an Alt-Svc header does not move the player to HTTP/3).
+//   --force-quic HOST:PORT Chromium without --disable-quic and with
+//                          --origin-to-force-quic-on=HOST:PORT: every request to that origin
+//                          goes over HTTP/3 from the first one (no TCP, no Alt-Svc needed).
+//   --spki-hash BASE64     --ignore-certificate-errors-spki-list=BASE64: trust a certificate by
+//                          its key (base64 of SHA-256 of the DER SubjectPublicKeyInfo); QUIC
+//                          needs this, ignoreHTTPSErrors does not reach it.
+// Each request to the stream's origin records the protocol Chromium reports for its response
+// (CDP Network.responseReceived: `http/1.1`, `h2`, `h3`); the summary counts them per kind
+// (`requests.<kind>.protocol`) and in all (`protocols.network`), next to what the page itself
+// sees in Resource Timing (`protocols.resourceTiming`: nextHopProtocol, visible across origins
+// because segd sends Timing-Allow-Origin) and the Alt-Svc values segd sent (`protocols.altSvc`).
 //
 // Exit status: 0 the stream played and met the thresholds given; 1 it did not (the summary's
 // `reasons` say why); 2 usage; 3 the harness itself failed (browser did not start, page did not
@@ -30,10 +48,13 @@ const ARGS = {
   'max-latency-p95': null,
   'max-fatal-errors': null,
   chromium: process.env.CHROMIUM || '/usr/bin/chromium',
+  'ignore-https-errors': false,
+  'force-quic': null,
+  'spki-hash': null,
   verbose: false,
   debug: false,
 };
-const FLAGS = new Set(['verbose', 'debug']);
+const FLAGS = new Set(['verbose', 'debug', 'ignore-https-errors']);
 
 function usage(msg) {
   if (msg) console.error(`play.mjs: ${msg}`);
@@ -60,11 +81,17 @@ const seconds = Number(ARGS.seconds);
 const warmup = Number(ARGS.warmup);
 if (!(seconds > 0) || !(warmup >= 0)) usage('--seconds must be > 0, --warmup >= 0');
 const label = ARGS.label || ARGS.engine;
+if (ARGS['force-quic'] !== null && !/^[^\s:\/]+:\d+$/.test(ARGS['force-quic'])) usage('--force-quic must be HOST:PORT');
+if (ARGS['spki-hash'] !== null && !/^[A-Za-z0-9+\/]{43}=$/.test(ARGS['spki-hash'])) {
+  usage('--spki-hash must be base64 of a SHA-256 (44 characters)');
+}
 
 const LAUNCH_ARGS = [
   '--no-sandbox',
   '--disable-gpu',
-  '--disable-quic',
+  // QUIC off unless --force-quic: a TLS origin's Alt-Svc would otherwise move requests to HTTP/3.
+  ...(ARGS['force-quic'] === null ? ['--disable-quic'] : ['--enable-quic', `--origin-to-force-quic-on=${ARGS['force-quic']}`]),
+  ...(ARGS['spki-hash'] === null ? [] : [`--ignore-certificate-errors-spki-list=${ARGS['spki-hash']}`]),
   '--no-first-run',
   '--disable-background-networking',
   '--autoplay-policy=no-user-gesture-required',
@@ -119,6 +146,11 @@ setTimeout(() => bail(3, `hard timeout after ${hardMs / 1000} s`), hardMs).unref
 const mediaOrigin = new URL(ARGS.url).origin;
 const requests = [];
 const byReq = new Map();
+// Protocol of each response from the media origin, by URL in arrival order (CDP), and the
+// Alt-Svc values seen; attached to `requests` when the run ends.
+const protocolsByUrl = new Map();
+const preflights = {};
+const altSvc = new Set();
 let tGoto = null;
 const rel = () => (tGoto === null ? 0 : Date.now() - tGoto);
 
@@ -143,11 +175,46 @@ function durationMs(req) {
   return t && t.responseEnd >= 0 ? Math.round(t.responseEnd) : null;
 }
 
+// Chromium's own record of the protocol (playwright does not expose it): a CDP session of the
+// page's own. Preflights (none expected: the players send simple GETs) are counted apart.
+async function trackProtocols(page) {
+  const cdp = await page.context().newCDPSession(page);
+  cdp.on('Network.responseReceived', (e) => {
+    const u = e.response.url;
+    let origin;
+    try {
+      origin = new URL(u).origin;
+    } catch {
+      return;
+    }
+    if (origin !== mediaOrigin) return;
+    const proto = e.response.protocol || 'unknown';
+    if (e.type === 'Preflight') {
+      preflights[proto] = (preflights[proto] || 0) + 1;
+      return;
+    }
+    const q = protocolsByUrl.get(u) || [];
+    q.push(proto);
+    protocolsByUrl.set(u, q);
+  });
+  await cdp.send('Network.enable');
+}
+
+// Each answered request gets the protocol of the next response CDP saw for its URL.
+function attachProtocols() {
+  for (const r of requests) {
+    if (r.status === null) continue;
+    const q = protocolsByUrl.get(r.fullUrl);
+    r.protocol = q && q.length ? q.shift() : 'unknown';
+  }
+  for (const r of requests) delete r.fullUrl;
+}
+
 function track(page) {
   page.on('request', (req) => {
     const cls = classify(req.url());
     if (cls === 'page') return;
-    const r = { t: rel(), cls, method: req.method(), url: shortUrl(req.url()), status: null, ms: null, failure: null, state: 'pending' };
+    const r = { t: rel(), cls, method: req.method(), url: shortUrl(req.url()), fullUrl: req.url(), status: null, ms: null, failure: null, state: 'pending' };
     requests.push(r);
     byReq.set(req, r);
   });
@@ -157,6 +224,7 @@ function track(page) {
       r.status = res.status();
       const h = res.headers();
       if (h['cache-control']) r.cacheControl = h['cache-control'];
+      if (h['alt-svc']) altSvc.add(h['alt-svc']);
     }
   });
   page.on('requestfinished', (req) => {
@@ -188,11 +256,12 @@ const r3 = (x) => (x === null || x === undefined ? null : Math.round(x * 1000) /
 function requestSummary() {
   const out = {};
   for (const r of requests) {
-    const c = (out[r.cls] ||= { n: 0, status: {}, failed: 0, pending: 0, ms: [] });
+    const c = (out[r.cls] ||= { n: 0, status: {}, protocol: {}, failed: 0, pending: 0, ms: [] });
     c.n++;
     if (r.state === 'failed') c.failed++;
     else if (r.state === 'pending') c.pending++;
     if (r.status !== null) c.status[r.status] = (c.status[r.status] || 0) + 1;
+    if (r.protocol) c.protocol[r.protocol] = (c.protocol[r.protocol] || 0) + 1;
     if (r.state === 'done' && r.ms !== null && r.status >= 200 && r.status < 300) c.ms.push(r.ms);
   }
   for (const c of Object.values(out)) {
@@ -210,7 +279,28 @@ function requestSummary() {
   return out;
 }
 
-function summarize(stats, browserVersion) {
+// Protocols of the requests to the media origin: Chromium's (network), the page's Resource
+// Timing (null when it could not be read), preflights, Alt-Svc values.
+function protocolSummary(timing) {
+  const network = {};
+  const firstByProtocol = {};
+  requests.forEach((r, i) => {
+    if (!r.protocol) return;
+    network[r.protocol] = (network[r.protocol] || 0) + 1;
+    if (!(r.protocol in firstByProtocol)) firstByProtocol[r.protocol] = i;
+  });
+  return {
+    network,
+    // Index (in request order) of the first request over each protocol: a browser that needs a
+    // TCP request before it moves to HTTP/3 shows `h2: 0, h3: 1`.
+    firstByProtocol,
+    resourceTiming: timing,
+    preflight: preflights,
+    altSvc: [...altSvc],
+  };
+}
+
+function summarize(stats, browserVersion, timing) {
   const reasons = [];
   const started = stats && stats.firstPlayingMs !== null;
   const startMs = started ? stats.firstPlayingMs : null;
@@ -269,6 +359,7 @@ function summarize(stats, browserVersion) {
       ? { fatal: stats.fatalErrors, nonFatal: stats.nonFatalErrors, recoveries: stats.recoveries, byKind: stats.errorCounts }
       : null,
     requests: requestSummary(),
+    protocols: protocolSummary(timing),
     engineInfo: stats ? stats.engineInfo : null,
     settings: stats ? stats.engineConfig : null,
   };
@@ -283,7 +374,9 @@ async function main() {
     return bail(3, `cannot start ${ARGS.chromium}: ${e.message}`);
   }
   const browserVersion = browser.version();
-  const page = await browser.newPage();
+  const page = await browser.newPage({ ignoreHTTPSErrors: ARGS['ignore-https-errors'] });
+  // Room for every request of a long run in the page's Resource Timing buffer (default 250).
+  await page.addInitScript(() => performance.setResourceTimingBufferSize(100000));
   const consoleErrors = [];
   page.on('console', (m) => {
     if (ARGS.verbose) console.error(`[${label}] ${m.text()}`);
@@ -294,6 +387,11 @@ async function main() {
   });
   page.on('crash', () => bail(3, 'page crashed'));
   track(page);
+  try {
+    await trackProtocols(page);
+  } catch (e) {
+    return bail(3, `CDP session: ${e.message}`);
+  }
 
   const q = new URLSearchParams({ engine: ARGS.engine, src: ARGS.url, catchup: ARGS.catchup, lowLatency: ARGS['low-latency'] });
   if (ARGS['live-delay'] !== null && ARGS['live-delay'] !== '') q.set('liveDelay', ARGS['live-delay']);
@@ -329,8 +427,28 @@ async function main() {
   } catch (e) {
     consoleErrors.push(`collect: ${e.message}`);
   }
+  // nextHopProtocol of the page's resource entries from the media origin, by protocol ('' when
+  // the origin sent no Timing-Allow-Origin).
+  let timing = null;
+  try {
+    timing = await Promise.race([
+      page.evaluate((origin) => {
+        const out = {};
+        for (const e of performance.getEntriesByType('resource')) {
+          if (new URL(e.name).origin !== origin) continue;
+          const p = e.nextHopProtocol || '';
+          out[p] = (out[p] || 0) + 1;
+        }
+        return out;
+      }, mediaOrigin),
+      new Promise((_, rej) => setTimeout(() => rej(new Error('resource timing timed out')), 10000)),
+    ]);
+  } catch (e) {
+    consoleErrors.push(`resource timing: ${e.message}`);
+  }
   await closeBrowser();
-  const summary = summarize(stats, browserVersion);
+  attachProtocols();
+  const summary = summarize(stats, browserVersion, timing);
   summary.consoleErrors = consoleErrors.length;
   if (ARGS.out) {
     writeFileSync(ARGS.out, JSON.stringify({ summary, stats, consoleErrors, requests }, null, 1) + '\n');
