@@ -1990,6 +1990,14 @@ async fn edge_keeps_what_the_upstream_said_about_its_bytes() {
     }
     up.wait_count(VA, 2).await;
 
+    // 410 stays 410, remembered like a 404; the access log calls the fill a miss.
+    const GONE: &str = "/vod/gone/g.ts";
+    assert_eq!(must("GET", &edge.url(GONE), &[], false).await.status, 410);
+    assert_eq!(must("GET", &edge.url(GONE), &[], true).await.status, 410);
+    assert_eq!(edge.nth_cache_status(GONE, 1).await, "miss");
+    assert_eq!(edge.nth_cache_status(GONE, 2).await, "negative");
+    assert_eq!(up.count(GONE), 1);
+
     // The origin closes a pooled connection as the next request arrives: sent again.
     for path in ["/vod/race/1.ts", "/vod/race/2.ts", "/vod/race/3.ts"] {
         let r = must("GET", &edge.url(path), &[], false).await;
@@ -2175,8 +2183,18 @@ async fn write_through_local_queue_never_clobbers_a_newer_version() {
         &[s3_upstream(&weed, &secret)],
         &write_through_ingest("durability = \"upstream\""),
     );
+    // The bucket has no x yet: b remembers a 404 for it, and a create-only upload still
+    // creates it (a remembered 404 is "absent", not a refusal).
+    assert_eq!(must("GET", &b.url(x), &[], false).await.status, 404);
     for (p, bytes) in [(x, &x2), (y, &y2)] {
-        let r = send("PUT", &upload_url(&b, p), &[], bytes, false).await;
+        let r = send(
+            "PUT",
+            &upload_url(&b, p),
+            &[("if-none-match", "*")],
+            bytes,
+            false,
+        )
+        .await;
         assert_eq!(r.status, 201, "{}", r.text());
     }
 

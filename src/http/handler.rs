@@ -281,9 +281,14 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         Err(Miss::NotFound) if live && class == ObjectClass::Segment => {
             super::live::hinted(cx, &rel, &canonical).await?
         }
-        Err(Miss::Negative) => {
+        Err(m @ Miss::Negative { .. }) => {
             log.cache = Some("negative");
-            return Err(Refusal::NotFound.into());
+            return Err(Refusal::from(m).into());
+        }
+        // The pull tier asked an upstream for it: the access log says so, as metrics do.
+        Err(m @ (Miss::UpstreamNotFound { .. } | Miss::UpstreamFailed | Miss::UpstreamTimeout)) => {
+            log.cache = Some("miss");
+            return Err(Refusal::from(m).into());
         }
         r => r?,
     };

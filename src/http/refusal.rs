@@ -44,6 +44,9 @@ pub enum Refusal {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    /// An upstream said the object is gone for good (410), so the edge says so too.
+    #[error("gone")]
+    Gone,
     #[error("token rejected: {}", .0.as_str())]
     Forbidden(Reason),
     #[error("volume unavailable")]
@@ -142,6 +145,7 @@ impl Refusal {
                 "not_found",
                 Client,
             ),
+            Refusal::Gone => (StatusCode::GONE, "gone\n", Debug, "gone", Client),
             Refusal::Forbidden(_) => (
                 StatusCode::FORBIDDEN,
                 "forbidden\n",
@@ -356,7 +360,10 @@ impl From<crate::store::WriteError> for Refusal {
 impl From<Miss> for Refusal {
     fn from(m: Miss) -> Refusal {
         match m {
-            Miss::NotFound | Miss::Negative => Refusal::NotFound,
+            Miss::NotFound
+            | Miss::Negative { gone: false }
+            | Miss::UpstreamNotFound { gone: false } => Refusal::NotFound,
+            Miss::Negative { gone: true } | Miss::UpstreamNotFound { gone: true } => Refusal::Gone,
             Miss::VolumeUnavailable => Refusal::VolumeUnavailable,
             Miss::Overloaded => Refusal::Overloaded,
             Miss::Changed => Refusal::Changed,
@@ -372,6 +379,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::UriTooLong,
     Refusal::MethodNotAllowed,
     Refusal::NotFound,
+    Refusal::Gone,
     Refusal::Forbidden(Reason::Malformed),
     Refusal::VolumeUnavailable,
     Refusal::Overloaded,

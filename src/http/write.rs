@@ -41,7 +41,7 @@ use super::refusal::Refusal;
 use super::request_body::{expects_continue, RequestBody};
 use crate::live::Snapshot;
 use crate::metrics::Metrics;
-use crate::store::{Body, Miss, Mode, ObjectClass};
+use crate::store::{Body, Mode, ObjectClass};
 use crate::volumes::RelPath;
 
 /// The longest name one path segment can have on disk (Linux `NAME_MAX`).
@@ -112,7 +112,7 @@ async fn current(
             o.etag.to_str().unwrap_or_default().to_owned(),
             o.modified(),
         ))),
-        Err(Miss::NotFound) => Ok(None),
+        Err(m) if m.is_not_found() => Ok(None),
         Err(m) => Err(m.into()),
     }
 }

@@ -79,12 +79,25 @@ pub enum Miss {
     Overloaded,
     /// The object changed while it was being read; the client may retry.
     Changed,
-    /// Not found, as an upstream said a moment ago (remembered for `pull.negative_ttl`).
-    Negative,
+    /// Not found, as an upstream said a moment ago (remembered for `pull.negative_ttl`);
+    /// `gone`: it said 410.
+    Negative { gone: bool },
+    /// An upstream answered this request's fill with 404 (`gone`: 410).
+    UpstreamNotFound { gone: bool },
     /// Every upstream for the path failed (and no stale copy could stand in).
     UpstreamFailed,
     /// The last upstream tried timed out.
     UpstreamTimeout,
+}
+
+impl Miss {
+    /// Whether no tier has the object (any kind of not-found).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Miss::NotFound | Miss::Negative { .. } | Miss::UpstreamNotFound { .. }
+        )
+    }
 }
 
 impl From<LookupError> for Miss {

@@ -216,11 +216,10 @@ enum Outcome {
     Body(Box<Meta>, Option<u64>, Arc<Growing>),
     /// 304 to our revalidation: the cached copy is fresh again.
     Revalidated,
-    NotFound,
+    /// 404 (`gone`: 410).
+    NotFound { gone: bool },
     /// Every upstream failed (`timeout`: the last failure was a timeout).
-    Failed {
-        timeout: bool,
-    },
+    Failed { timeout: bool },
 }
 
 struct Fill {
@@ -248,7 +247,8 @@ pub struct Pull {
     root: std::path::PathBuf,
     conf: arc_swap::ArcSwap<Conf>,
     index: moka::sync::Cache<String, Arc<Meta>>,
-    negative: moka::sync::Cache<String, ()>,
+    /// Paths an upstream answered 404 (false) or 410 (true), for `negative_ttl`.
+    negative: moka::sync::Cache<String, bool>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// LL-HLS requests in flight to an upstream, by path and directives (single flight).
     passing: Mutex<HashMap<String, SharedPass>>,
@@ -554,10 +554,10 @@ impl Pull {
                     }
                 }
             }
-            // 2. A remembered 404.
-            if self.negative.contains_key(&key) {
+            // 2. A remembered 404 (or 410).
+            if let Some(gone) = self.negative.get(&key) {
                 self.count("negative");
-                return Err(Miss::Negative);
+                return Err(Miss::Negative { gone });
             }
             // 3. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, cached.clone());
@@ -591,9 +591,9 @@ impl Pull {
                 self.count("hit");
                 Ok(Pulled::Found(Box::new(o)))
             }
-            Outcome::NotFound => {
+            Outcome::NotFound { gone } => {
                 self.count(if started { "miss" } else { "coalesced" });
-                Err(Miss::NotFound)
+                Err(Miss::UpstreamNotFound { gone })
             }
             Outcome::Failed { timeout } => {
                 if let Some(meta) = cached {
@@ -807,7 +807,8 @@ impl Pull {
                         continue;
                     }
                     let key = rel.as_str().to_owned();
-                    self.negative.insert(key.clone(), ());
+                    let gone = status == StatusCode::GONE;
+                    self.negative.insert(key.clone(), gone);
                     // The upstream no longer has it: a copy kept here must not come back
                     // (as a stale answer during a later upstream failure).
                     if cached.is_some() {
@@ -817,7 +818,7 @@ impl Pull {
                             local.forget_in(vol, rel);
                         }
                     }
-                    fill.outcome.send_replace(Some(Outcome::NotFound));
+                    fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
                     return;
                 }
                 s => {

@@ -19,6 +19,7 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/chunked/…  `Transfer-Encoding: chunked`, no Content-Length, three chunks
               /vod/expires/…  no Cache-Control, `Expires` in the past
               /vod/vary/…     `Vary: *`
+              /vod/gone/…     410 Gone
               /vod/race/…     keep-alive, then the next request on that connection is read and
                               the connection closed with no answer (a keep-alive timeout firing
                               as the request arrives)
@@ -64,6 +65,10 @@ def mixed(sock, method, target, lines, state):
     kind = path.split("/")[2] if path.count("/") >= 3 else ""
     if kind == "race" and state.get("served"):
         return False  # the request was read: close without a byte of answer
+    if kind == "gone":
+        sock.sendall(b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\ngone\n")
+        state["served"] = True
+        return True
     body = pattern(path)
     ext = os.path.splitext(path)[1]
     head = ["HTTP/1.1 200 OK", f"Content-Type: {TYPES.get(ext, 'application/octet-stream')}"]
