@@ -2234,3 +2234,38 @@ async fn write_through_local_queue_never_clobbers_a_newer_version() {
     assert_eq!(r.status, 414, "{}", r.text());
     assert!(!b.volume().join("vod/wt10").join("d".repeat(250)).exists());
 }
+
+/// A DELETE through a node that holds no copy on its volumes (another node took the upload)
+/// deletes the bucket's and answers 204, and a copy that node had pulled goes too; a second
+/// DELETE is a 404.
+#[tokio::test]
+async fn write_through_delete_through_another_node() {
+    let weed = Weed::start();
+    let secret = weed.secret_file();
+    let ingest = write_through_ingest("durability = \"upstream\"");
+    let a = Edge::start_with(&keys(&[]), &[s3_upstream(&weed, &secret)], &ingest);
+    let b = Edge::start_with(&keys(&[]), &[s3_upstream(&weed, &secret)], &ingest);
+    let (x, y) = ("/vod/wt11/x.ts", "/vod/wt11/y.ts");
+    let body = pattern(20_000, 5);
+    for p in [x, y] {
+        let r = send("PUT", &upload_url(&a, p), &[], &body, false).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    // b pulls a copy of y from the bucket.
+    let g = must("GET", &b.url(y), &[], false).await;
+    assert!(g.status == 200 && g.bytes() == body.as_slice());
+    b.wait_stored(body.len()).await;
+    for p in [x, y] {
+        let r = send("DELETE", &upload_url(&b, p), &[], b"", false).await;
+        assert_eq!(r.status, 204, "{p}: {}", r.text());
+        let key = format!("{S3_PREFIX}{}", &p[1..]);
+        assert_eq!(weed.object("HEAD", &key).await.status, 404, "{p}");
+        assert_eq!(
+            must("GET", &b.url(p), &[], false).await.status,
+            404,
+            "{p}: b serves no copy after the DELETE"
+        );
+        let r = send("DELETE", &upload_url(&b, p), &[], b"", false).await;
+        assert_eq!(r.status, 404, "{p}: deleted already");
+    }
+}

@@ -413,14 +413,21 @@ impl Store {
     /// Deletes `rel` (in the write-through bucket too), then the directories that left empty
     /// below the first `keep` segments.
     pub async fn delete(&self, rel: &RelPath, keep: usize, live: bool) -> Result<(), WriteError> {
-        upload::delete(
+        let r = upload::delete(
             self.local(),
             &self.inner.locks,
             rel,
             keep,
             self.through(live),
         )
-        .await
+        .await;
+        // A copy this node pulled earlier must not outlive the deletion here.
+        if let Some(pull) = &self.inner.pull {
+            if pull.drop_copy(rel) && matches!(r, Err(WriteError::NotFound)) {
+                return Ok(());
+            }
+        }
+        r
     }
 
     /// Whether `rel` names a directory on a healthy volume (a DELETE of it is a 409).

@@ -501,6 +501,15 @@ impl Pull {
         n
     }
 
+    /// Drops this node's cached copy of `rel` (its files go with the index entry); true when
+    /// there was one. A DELETE through this node calls it.
+    pub fn drop_copy(&self, rel: &RelPath) -> bool {
+        let had = self.index.contains_key(rel.as_str());
+        self.index.invalidate(rel.as_str());
+        self.index.run_pending_tasks();
+        had
+    }
+
     /// Puts an object in the index (and counts its bytes).
     fn remember(&self, key: String, meta: Arc<Meta>) {
         let total = self

@@ -601,11 +601,12 @@ pub async fn delete(
     through: Option<Arc<WriteThrough>>,
 ) -> Result<(), WriteError> {
     let _lock = locks.lock(rel).await;
+    let mut in_bucket = false;
     if let Some(wt) = through {
         // The bucket first: with durability "upstream" a failure there leaves both copies; with
         // "local" the deletion is queued before the file goes.
         match wt.durability {
-            Durability::Upstream => wt.delete(rel).await?,
+            Durability::Upstream => in_bucket = wt.delete_existing(rel).await?,
             Durability::Local => {
                 let key = rel.clone();
                 Pool::General
@@ -616,7 +617,7 @@ pub async fn delete(
         }
     }
     let (l, key) = (Arc::clone(&local), rel.clone());
-    Pool::General
+    let r = Pool::General
         .run(move || -> Result<(), WriteError> {
             let (dir, name) = split(&key);
             let mut unavailable = false;
@@ -655,7 +656,12 @@ pub async fn delete(
                 Err(WriteError::NotFound)
             }
         })
-        .await?
+        .await?;
+    match r {
+        // The object lived only in the bucket (another node took its upload): deleted there.
+        Err(WriteError::NotFound) if in_bucket => Ok(()),
+        r => r,
+    }
 }
 
 /// Whether `rel` is a directory on a healthy volume (blocking).

@@ -423,6 +423,13 @@ impl WriteThrough {
         .await
     }
 
+    /// Deletes `rel` in the bucket; says whether the bucket had it (asked first: S3 answers a
+    /// DELETE of a missing key like any other). A node without a local copy answers from this.
+    pub async fn delete_existing(&self, rel: &RelPath) -> Result<bool, BucketError> {
+        let had = matches!(self.head(rel).await, Ok(Some(_)));
+        self.delete(rel).await.map(|()| had)
+    }
+
     /// Deletes `rel` in the bucket (one that is not there counts as deleted).
     pub async fn delete(&self, rel: &RelPath) -> Result<(), BucketError> {
         if !self.key_fits(rel) {
