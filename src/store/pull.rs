@@ -789,12 +789,7 @@ impl Pull {
                     if let Some(old) = &cached {
                         let h = resp.headers();
                         let mut m = Meta::clone(old);
-                        let age: u64 = h
-                            .get(AGE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        m.fetched = now().saturating_sub(age);
+                        m.fetched = now().saturating_sub(upstream_age(h));
                         if let Some(cc) = h
                             .get(CACHE_CONTROL)
                             .cloned()
@@ -1059,12 +1054,7 @@ impl Pull {
             .and_then(|v| v.parse().ok());
         let received = SystemTime::now();
         // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
-        let upstream_age: u64 = h
-            .get(AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let fetched = now().saturating_sub(upstream_age);
+        let fetched = now().saturating_sub(upstream_age(h));
         let cc = get(CACHE_CONTROL).or_else(|| expires_as_max_age(h, received));
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
         let storable = !cc
@@ -1307,6 +1297,14 @@ fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+/// The `Age` an upstream sent (0 when none or invalid).
+fn upstream_age(h: &HeaderMap) -> u64 {
+    h.get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// `Expires` as the `Cache-Control` a copy is kept and served with when the upstream sent no
