@@ -1549,6 +1549,23 @@ async fn edge_origin_auth_reaches_a_protected_upstream() {
     assert_eq!(r.status, 200);
     assert!(r.bytes() == origin.file(SEG2).as_slice());
     origin.wait_count(SEG2, 1).await;
+    // A playlist asked for with a query token has its URIs rewritten with it, on the miss that
+    // fetches it too (the fill is read whole first; it used to be a 503).
+    for h2 in [false, true] {
+        let r = must(
+            "GET",
+            &edge.url(&format!("{PLAYLIST}?__token__={}", encode_token(&token))),
+            &[],
+            h2,
+        )
+        .await;
+        assert_eq!(r.status, 200, "h2={h2}: {r:?}");
+        let text = String::from_utf8_lossy(r.bytes()).into_owned();
+        assert!(
+            text.lines().any(|l| l.contains(".ts?__token__=")),
+            "h2={h2}: URIs carry the token: {text}"
+        );
+    }
     drop(edge);
 
     // A wrong origin secret: the upstream refuses, so the edge serves no 200.

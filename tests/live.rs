@@ -2478,4 +2478,28 @@ async fn edge_passes_blocking_reloads_through_to_the_origin_once_per_query() {
             .status,
         404
     );
+
+    // A plain GET first, as every player's first load: the edge keeps a copy of the playlist,
+    // and blocking reloads still pass through (the copy is the origin's, not a live stream of
+    // the edge's own).
+    let plain = get(&edge.url(path), &[]).await;
+    assert_eq!((plain.status, plain.text()), (200, v3.render()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = fetch(url("_HLS_msn=6&_HLS_part=1"), false);
+    origin.wait_parked(1, "c parked at the origin").await;
+    assert!(!c.is_finished());
+    let v4 = v3.advance(2);
+    origin.put(path, v4.render().as_bytes()).await;
+    let rc = answer(c, "c").await;
+    assert_eq!((rc.resp.status, rc.resp.text()), (200, v4.render()));
+
+    // Live media is pulled like any object, and a 404 for it is not remembered: it may be
+    // published the next moment.
+    let seg = "/live/e/seg6.m4s";
+    assert_eq!(get(&edge.url(seg), &[]).await.status, 404);
+    let bytes = vec![7u8; 30_000];
+    origin.put(seg, &bytes).await;
+    let r = get(&edge.url(seg), &[]).await;
+    assert_eq!(r.status, 200, "the edge pulls a live segment at once");
+    assert!(r.body.as_ref() == bytes.as_slice());
 }

@@ -192,8 +192,10 @@ async fn serve(
             .runtime
             .store
             .volumes()
-            .iter()
-            .map(|v| v.path.clone())
+            .served()
+            // Not the pull cache: its copies of an upstream's live playlists are the upstream's
+            // to announce (LL-HLS requests pass through to it), not this node's.
+            .map(|(_, v)| v.path.clone())
             .collect(),
         config.live.prefixes.clone(),
         Arc::clone(&shared.runtime.live),

@@ -224,7 +224,18 @@ impl Object {
                     }
                 }
             }
-            Source::Stream(_) | Source::Growing(_) => Err(Miss::Changed),
+            // A pull fill in progress (a playlist being rewritten for tokens): its whole body,
+            // once the fill has it.
+            Source::Growing(g) => {
+                use futures_util::StreamExt;
+                let mut s = g.stream(0, Some(limit as u64));
+                let mut out = bytes::BytesMut::new();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk.map_err(|_| Miss::Changed)?);
+                }
+                Ok(out.freeze())
+            }
+            Source::Stream(_) => Err(Miss::Changed),
         }
     }
 }
@@ -323,9 +334,12 @@ impl Store {
             Err(LookupError::NotFound) if live && class == ObjectClass::Segment => {
                 let Some(g) = self.inner.growing.get(rel.as_str()) else {
                     // An upload renames its file into place before it leaves the growing set:
-                    // one that finished between the two looks is on its volume now.
-                    let (open, disk) = local.find(rel, immutable).await?;
-                    return Ok(Object::from_file(open, disk, rel));
+                    // one that finished between the two looks is on its volume now. Else an
+                    // edge pulls it like any object.
+                    return match local.find(rel, immutable).await {
+                        Ok((open, disk)) => Ok(Object::from_file(open, disk, rel)),
+                        Err(e) => self.pulled(&local, rel, class, live, e).await,
+                    };
                 };
                 return Ok(Object {
                     len: None,
@@ -348,15 +362,7 @@ impl Store {
             }
             // Tier 3 and 4: the pull cache, then the upstreams for the path — also when the
             // volume that may hold it is down.
-            Err(e @ (LookupError::NotFound | LookupError::VolumeUnavailable { .. })) => {
-                if let Some(pull) = &self.inner.pull {
-                    if let pull::Pulled::Found(o) = pull.lookup(&local, rel, class).await? {
-                        return Ok(*o);
-                    }
-                }
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return self.pulled(&local, rel, class, live, e).await,
         };
         let object = Object::from_file(open, disk, rel);
         if class == ObjectClass::Segment {
@@ -365,6 +371,26 @@ impl Store {
             }
         }
         Ok(object)
+    }
+
+    /// Tiers 3 and 4 for what the volumes do not have (also when the volume that may hold it
+    /// is down): the pull cache, then the upstreams for the path.
+    async fn pulled(
+        &self,
+        local: &Arc<Local>,
+        rel: &RelPath,
+        class: ObjectClass,
+        live: bool,
+        e: LookupError,
+    ) -> Result<Object, Miss> {
+        if let (Some(pull), LookupError::NotFound | LookupError::VolumeUnavailable { .. }) =
+            (&self.inner.pull, &e)
+        {
+            if let pull::Pulled::Found(o) = pull.lookup(local, rel, class, live).await? {
+                return Ok(*o);
+            }
+        }
+        Err(e.into())
     }
 
     /// Starts an upload of `rel` (about `len_hint` bytes, 0 when unknown) into the local tier,

@@ -536,11 +536,14 @@ impl Pull {
     }
 
     /// The pull tier's answer for `rel` (no volume had it).
+    /// `live`: under `[live] prefixes`, where a 404 is not remembered (the object may be
+    /// published the next moment).
     pub async fn lookup(
         self: &Arc<Self>,
         local: &Arc<Local>,
         rel: &RelPath,
         class: ObjectClass,
+        live: bool,
     ) -> Result<Pulled, Miss> {
         let canonical = format!("/{rel}");
         if !self.covered(&canonical) {
@@ -569,7 +572,7 @@ impl Pull {
                 return Err(Miss::Negative { gone });
             }
             // 3. Join the fill in flight, or start one (unless one just finished: look again).
-            fill = self.fill_for(local, rel, class, cached.clone());
+            fill = self.fill_for(local, rel, class, live, cached.clone());
             if fill.is_some() {
                 break;
             }
@@ -685,6 +688,7 @@ impl Pull {
         local: &Arc<Local>,
         rel: &RelPath,
         class: ObjectClass,
+        live: bool,
         cached: Option<Arc<Meta>>,
     ) -> Option<(Arc<Fill>, bool)> {
         let key = rel.as_str().to_owned();
@@ -713,7 +717,7 @@ impl Pull {
         );
         // The fill outlives the request that started it.
         tokio::spawn(async move {
-            me.run_fill(&local, &rel, class, cached, &f).await;
+            me.run_fill(&local, &rel, class, live, cached, &f).await;
             let mut fills = me.fills.lock().unwrap_or_else(|p| p.into_inner());
             if fills.get(rel.as_str()).is_some_and(|x| Arc::ptr_eq(x, &f)) {
                 fills.remove(rel.as_str());
@@ -727,6 +731,7 @@ impl Pull {
         local: &Arc<Local>,
         rel: &RelPath,
         class: ObjectClass,
+        live: bool,
         cached: Option<Arc<Meta>>,
         fill: &Fill,
     ) {
@@ -812,7 +817,9 @@ impl Pull {
                     }
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
-                    self.negative.insert(key.clone(), gone);
+                    if !live {
+                        self.negative.insert(key.clone(), gone);
+                    }
                     // The upstream no longer has it: a copy kept here must not come back
                     // (as a stale answer during a later upstream failure).
                     if cached.is_some() {
