@@ -1932,6 +1932,35 @@ async fn edge_reload_changes_the_upstreams() {
     assert_eq!(r.status, 200);
     assert!(r.bytes() == origin.file(SEG).as_slice());
     origin.wait_count(SEG, 1).await;
+    edge.wait_stored(r.bytes().len()).await;
+
+    // A reload that moves cache_path changes nothing until a restart (the log says so): the
+    // cached copy is still a hit and new fills still land in the old directory.
+    let cache = edge.cache_path().display().to_string();
+    let moved = std::fs::read_to_string(&edge.srv.config)
+        .expect("config")
+        .replace(&cache, &format!("{cache}-elsewhere"));
+    std::fs::write(&edge.srv.config, moved).expect("rewrite config");
+    edge.srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            edge.srv.stderr().matches("configuration reloaded").count() >= 2
+        })
+        .await
+    );
+    assert!(edge.srv.stderr().contains("change only on restart"));
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == origin.file(SEG).as_slice());
+    assert_eq!(edge.nth_cache_status(SEG, 3).await, "hit");
+    let r = must("GET", &edge.url(SEG2), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == origin.file(SEG2).as_slice());
+    assert!(
+        wait_for(Duration::from_secs(5), || edge
+            .cache_path()
+            .join(&SEG2[1..])
+            .is_file())
+        .await
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -298,6 +298,19 @@ impl Store {
     /// Applies a reloaded config: each tier keeps what the new settings do not change.
     pub fn reconfigure(&self, cfg: &Config) {
         let old = self.inner.local.load_full();
+        // The pull cache's directory is the one started with (a new one needs a restart, as
+        // the pull tier says): the volume list keeps it too, or the two would disagree.
+        let (asked, kept);
+        asked = cfg;
+        let cfg = match &self.inner.pull {
+            Some(pull) if cfg.pull.cache_path.as_deref() != Some(pull.root()) => {
+                let mut c = cfg.clone();
+                c.pull.cache_path = Some(pull.root().to_path_buf());
+                kept = c;
+                &kept
+            }
+            _ => cfg,
+        };
         let local = Local::build(
             cfg,
             Some(&old),
@@ -306,7 +319,7 @@ impl Store {
         );
         self.inner.local.store(Arc::new(local));
         if let Some(pull) = &self.inner.pull {
-            pull.reconfigure(&cfg.pull);
+            pull.reconfigure(&asked.pull);
         }
         match &self.inner.write_through {
             Some(wt) => wt.reloaded(cfg),

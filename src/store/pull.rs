@@ -501,6 +501,11 @@ impl Pull {
         n
     }
 
+    /// The cache directory (fixed for the process's life).
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// Drops this node's cached copy of `rel` (its files go with the index entry); true when
     /// there was one. A DELETE through this node calls it.
     pub fn drop_copy(&self, rel: &RelPath) -> bool {
