@@ -2330,3 +2330,35 @@ async fn write_through_delete_through_another_node() {
         assert_eq!(r.status, 404, "{p}: deleted already");
     }
 }
+
+/// A cache disk that takes no new file (full: the debug builds' `.segd-fault-enospc` trigger)
+/// costs objects their copies, not their viewers: fills pass through in memory, and storing
+/// resumes once the disk takes files again.
+#[tokio::test]
+async fn edge_full_cache_disk_passes_fills_through() {
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let trigger = edge.cache_path().join(".segd-fault-enospc");
+    std::fs::write(&trigger, b"").expect("trigger");
+    for (n, path) in [SEG, SEG, PLAYLIST, FMP4].iter().enumerate() {
+        let h2 = n % 2 == 1;
+        let r = must("GET", &edge.url(path), &[], h2).await;
+        assert!(
+            r.status == 200 && r.bytes() == origin.file(path).as_slice(),
+            "{path} h2={h2}: {} {:?}",
+            r.status,
+            r.headers
+        );
+    }
+    origin.wait_count(SEG, 2).await;
+    assert!(
+        !edge.cache_path().join(&SEG[1..]).exists(),
+        "nothing stored while the disk is full"
+    );
+    assert!(edge.srv.stderr().contains("fills pass through in memory"));
+    std::fs::remove_file(&trigger).expect("rm trigger");
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == origin.file(SEG).as_slice());
+    edge.wait_stored(r.bytes().len()).await;
+    assert!(edge.cache_path().join(&SEG[1..]).is_file());
+}

@@ -254,6 +254,8 @@ pub struct Pull {
     passing: Mutex<HashMap<String, SharedPass>>,
     growing: Arc<GrowingSet>,
     m: Arc<PullMetrics>,
+    /// Unix seconds of the last warning that the cache disk took no file.
+    warned: std::sync::atomic::AtomicU64,
 }
 
 /// An upstream's answer to an LL-HLS request passed through (never stored).
@@ -271,6 +273,9 @@ type SharedPass = futures_util::future::Shared<
 
 /// Largest playlist passed through.
 const PASS_MAX: usize = 4 << 20;
+
+/// Largest object a fill passes through in memory when the cache disk takes no file.
+const PASS_MEMORY: u64 = 64 << 20;
 
 /// What a reload may change: the upstreams, their timeouts and credentials, and the client
 /// (its connect timeout and CA roots). The cache directory and its size stay as started.
@@ -433,6 +438,7 @@ impl Pull {
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
             m,
+            warned: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Some(pull))
     }
@@ -1114,7 +1120,7 @@ impl Pull {
         // nginx-vod-module's layout) cannot be stored beside it: it is passed through, its
         // temporary file in the cache root.
         let mut storable = storable;
-        let temp = vol.with_root(|root| {
+        let temp = vol.injected_write_fault().map(Err).or_else(|| vol.with_root(|root| {
             Dir::open(root, dir, true)
                 .or_else(|e| {
                     tracing::debug!(path = %rel, error = %e, "not storable in the pull cache; passed through");
@@ -1122,28 +1128,34 @@ impl Pull {
                     Dir::open(root, "", true)
                 })
                 .and_then(TempFile::new)
-        });
+        }));
+        // A cache disk that takes no file (full, read-only, failing) costs this object its
+        // copy, not its viewers: the fill goes on in memory (up to PASS_MEMORY bytes).
         let mut temp = match temp {
-            Some(Ok(t)) => t,
+            Some(Ok(t)) => Some(t),
             other => {
-                if let Some(Err(e)) = other {
-                    tracing::warn!(error = %e, "cannot create a file in the pull cache");
-                }
-                fill.outcome
-                    .send_replace(Some(Outcome::Failed { timeout: false }));
-                return false;
+                let e = match other {
+                    Some(Err(e)) => e,
+                    _ => io::Error::other("no pull cache volume"),
+                };
+                self.cache_fault(local, &e);
+                None
             }
         };
-        let reader = match temp.reader() {
-            Ok(r) => r,
-            Err(_) => {
-                fill.outcome
-                    .send_replace(Some(Outcome::Failed { timeout: false }));
-                return false;
-            }
-        };
+        if temp.is_none() && len.is_some_and(|l| l > PASS_MEMORY) {
+            fill.outcome
+                .send_replace(Some(Outcome::Failed { timeout: false }));
+            return false;
+        }
         let key = rel.as_str().to_owned();
-        let publisher = self.growing.register(&key, reader);
+        let publisher = match temp.as_ref().map(TempFile::reader) {
+            Some(Ok(reader)) => self.growing.register(&key, reader),
+            _ => {
+                temp = None;
+                self.growing.announce(&key)
+            }
+        };
+        storable &= temp.is_some();
         let Some(growing) = self.growing.get(&key) else {
             return false;
         };
@@ -1156,6 +1168,8 @@ impl Pull {
         // more, so waiters never lag the network.
         let mut pending = bytes::BytesMut::new();
         let mut ended = false;
+        // Bytes received, and bytes in the temporary file (readers find the rest in memory).
+        let (mut received, mut on_disk) = (0u64, 0u64);
         while !ended {
             let next = match body.frame().now_or_never() {
                 Some(f) => Ok(f),
@@ -1184,7 +1198,7 @@ impl Pull {
                 }
                 Some(f) => f.into_data().unwrap_or_default(),
             };
-            if len.is_some_and(|len| temp.written() + (pending.len() + data.len()) as u64 > len) {
+            if len.is_some_and(|len| received + (pending.len() + data.len()) as u64 > len) {
                 tracing::warn!(path = %key, "upstream body longer than its Content-Length");
                 return false;
             }
@@ -1195,38 +1209,50 @@ impl Pull {
             }
             let batch = pending.split().freeze();
             let n = batch.len() as u64;
-            let kept = batch.clone();
-            let (t, r) = match tokio::task::spawn_blocking(move || {
-                let r = temp.write_all(&batch);
-                (temp, r)
-            })
-            .await
-            {
-                Ok(x) => x,
-                Err(_) => return false,
-            };
-            temp = t;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "pull cache write failed");
+            received += n;
+            if let Some(mut t) = temp.take().filter(|_| storable || on_disk == received - n) {
+                let kept = batch.clone();
+                let fault = vol.injected_write_fault();
+                match tokio::task::spawn_blocking(move || {
+                    let r = fault.map_or_else(|| t.write_all(&kept), Err);
+                    (t, r)
+                })
+                .await
+                {
+                    Ok((t, Ok(()))) => {
+                        on_disk = t.written();
+                        temp = Some(t);
+                    }
+                    // From here on in memory; what the file has stays readable there.
+                    Ok((t, Err(e))) => {
+                        self.cache_fault(local, &e);
+                        storable = false;
+                        temp = Some(t);
+                    }
+                    Err(_) => return false,
+                }
+            }
+            if received - on_disk > PASS_MEMORY {
+                tracing::warn!(path = %key, "upstream body too large to pass through in memory");
                 return false;
             }
             self.m.fill_bytes.inc_by(n);
-            publisher.advance_with(temp.written(), std::slice::from_ref(&kept), temp.written());
+            publisher.advance_with(received, std::slice::from_ref(&batch), on_disk);
         }
         let len = match len {
-            Some(len) if temp.written() != len => {
-                tracing::warn!(path = %key, got = temp.written(), want = len, "upstream body shorter than its Content-Length");
+            Some(len) if received != len => {
+                tracing::warn!(path = %key, got = received, want = len, "upstream body shorter than its Content-Length");
                 return false;
             }
             Some(len) => len,
-            None => temp.written(),
+            None => received,
         };
         meta.len = len;
-        if !storable {
-            // Passed through, not kept: the readers finish from the unlinked file.
+        let Some(temp) = temp.filter(|_| storable) else {
+            // Passed through, not kept: the readers finish from memory and the unlinked file.
             publisher.done(len);
             return true;
-        }
+        };
         // Segments are immutable: a copy already in place (another process's fill, during an
         // upgrade's overlap) stays, so its readers are not cut off. Playlists are replaced.
         let replace = class == ObjectClass::Playlist;
@@ -1257,6 +1283,19 @@ impl Pull {
                 true
             }
             Err(_) => false,
+        }
+    }
+
+    /// A fill could not use the cache disk: said in the log (once a minute at most) and on the
+    /// cache volume's health, like a volume's own I/O errors.
+    fn cache_fault(&self, local: &Arc<Local>, e: &io::Error) {
+        if let Some(i) = local.volumes.cache_volume() {
+            local.volumes.note_error(i, e);
+        }
+        let now = now();
+        let last = self.warned.swap(now, std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60 {
+            tracing::warn!(error = %e, "the pull cache cannot take new objects; fills pass through in memory");
         }
     }
 

@@ -59,7 +59,9 @@ struct Root {
 /// clients:
 /// - `.segd-fault-eio` at a volume's root: every open and probe on the volume fails with EIO;
 /// - `.segd-fault-eio-read`: every read and prefetch of an object's bytes fails with EIO (opens
-///   still succeed), as a disk with bad sectors would.
+///   still succeed), as a disk with bad sectors would;
+/// - `.segd-fault-enospc`: the pull cache's new files and writes fail with ENOSPC, as a full
+///   disk's would (reads go on).
 #[cfg(debug_assertions)]
 fn injected(root: &Root, trigger: &str) -> Option<io::Error> {
     rustix::fs::statat(&root.fd, trigger, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
@@ -307,6 +309,18 @@ impl Volume {
         if cfg!(debug_assertions) {
             let root = self.root.load_full()?;
             injected(&root, ".segd-fault-eio-read")
+        } else {
+            None
+        }
+    }
+
+    /// The debug-build full-disk fault (see [`injected`]): `Some(ENOSPC)` while the trigger
+    /// exists.
+    pub fn injected_write_fault(&self) -> Option<io::Error> {
+        if cfg!(debug_assertions) {
+            let root = self.root.load_full()?;
+            injected(&root, ".segd-fault-enospc")
+                .map(|_| io::Error::from_raw_os_error(libc::ENOSPC))
         } else {
             None
         }
