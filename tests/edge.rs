@@ -2362,3 +2362,35 @@ async fn edge_full_cache_disk_passes_fills_through() {
     edge.wait_stored(r.bytes().len()).await;
     assert!(edge.cache_path().join(&SEG[1..]).is_file());
 }
+
+/// A cached file changed behind segd's back (truncated) is dropped and fetched whole once,
+/// then served from the cache again, not fetched on every request.
+#[tokio::test]
+async fn edge_cache_file_changed_behind_segds_back_is_replaced() {
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let want = origin.file(SEG);
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    edge.wait_stored(want.len()).await;
+    let file = edge.cache_path().join(&SEG[1..]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_len(want.len() as u64 / 2))
+        .expect("truncate");
+    for _ in 0..3 {
+        let r = must("GET", &edge.url(SEG), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice());
+        let _ = wait_for(Duration::from_secs(5), || {
+            std::fs::metadata(&file).is_ok_and(|m| m.len() == want.len() as u64)
+        })
+        .await;
+    }
+    origin.settle().await;
+    assert_eq!(origin.count(SEG), 2, "fetched once more, then hits");
+    assert_eq!(
+        std::fs::metadata(&file).map(|m| m.len()).ok(),
+        Some(want.len() as u64)
+    );
+}

@@ -2502,4 +2502,27 @@ async fn edge_passes_blocking_reloads_through_to_the_origin_once_per_query() {
     let r = get(&edge.url(seg), &[]).await;
     assert_eq!(r.status, 200, "the edge pulls a live segment at once");
     assert!(r.body.as_ref() == bytes.as_slice());
+
+    // A viewer that leaves does not leave its directives' answer behind for later viewers:
+    // the upstream request runs to its end and goes. (MSN 7 comes with v5.)
+    let leaving = fetch(url("_HLS_msn=7"), false);
+    origin.wait_parked(1, "the leaving viewer's request").await;
+    leaving.abort();
+    let _ = leaving.await;
+    let v5 = v4.advance(8);
+    origin.put(path, v5.render().as_bytes()).await;
+    origin.wait_parked(0, "answered at the origin").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v6 = v5.advance(1);
+    origin.put(path, v6.render().as_bytes()).await;
+    let r = get(&url("_HLS_msn=7"), &[]).await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, v6.render()),
+        "asked anew, not v5"
+    );
+
+    // The origin's block-timeout 503 (docs/live.md) reaches the viewer as a 503.
+    let r = get(&url("_HLS_msn=9"), &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
 }

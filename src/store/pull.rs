@@ -569,12 +569,14 @@ impl Pull {
         for _ in 0..3 {
             // 1. A cached copy: fresh → hit.
             cached = self.cached(&key).await;
-            if let Some(meta) = &cached {
-                if meta.fresh(class) {
-                    if let Ok(o) = self.hit(local, cache_vol, rel, meta, "hit").await {
+            if let Some(meta) = cached.clone().filter(|m| m.fresh(class)) {
+                match self.hit(local, cache_vol, rel, &meta, "hit").await {
+                    Ok(o) => {
                         self.count("hit");
                         return Ok(Pulled::Found(Box::new(o)));
                     }
+                    // The file is not what the index says (it was dropped): fetched whole.
+                    Err(_) => cached = None,
                 }
             }
             // 2. A remembered 404 (or 410).
@@ -675,7 +677,12 @@ impl Pull {
     ) -> Result<Object, Miss> {
         let (open, disk) = local.find_in(vol, rel).await?;
         if open.meta.len != meta.len {
+            // Changed behind segd's back (truncated, appended to): the copy goes, so that the
+            // fill this leads to can put a whole one in its place.
+            tracing::warn!(path = %rel, "a pull cache file does not have its recorded length; dropped");
             local.forget_in(vol, rel);
+            self.index.invalidate(rel.as_str());
+            self.index.run_pending_tasks();
             return Err(Miss::Changed);
         }
         let mut o = Object::from_file(open, disk, rel);
@@ -885,6 +892,10 @@ impl Pull {
                 });
                 let s = fut.shared();
                 map.insert(key, s.clone());
+                // Driven to its end even when every viewer leaves, so that it leaves the map
+                // then: a later viewer with the same directives asks the upstream anew instead
+                // of getting an answer from long before.
+                tokio::spawn(s.clone());
                 s
             }
         };
@@ -894,6 +905,7 @@ impl Pull {
     async fn pass(&self, rel: &RelPath, query: &str, wait: Duration) -> Result<Arc<Passed>, Miss> {
         let canonical = format!("/{rel}");
         let mut timeout = false;
+        let mut unavailable = None;
         let conf = self.conf.load_full();
         for (i, up) in conf.cfg.upstreams.iter().enumerate() {
             if !up
@@ -932,7 +944,7 @@ impl Pull {
                 .upstream_requests
                 .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
                 .inc();
-            if status.is_server_error() {
+            if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
                 continue;
             }
             let mut headers = HeaderMap::new();
@@ -943,6 +955,7 @@ impl Pull {
                 ETAG,
                 LAST_MODIFIED,
                 AGE,
+                http::header::RETRY_AFTER,
             ] {
                 if let Some(v) = resp.headers().get(&n) {
                     headers.insert(n, v.clone());
@@ -961,11 +974,21 @@ impl Pull {
                 }
             };
             self.m.fill_bytes.inc_by(body.len() as u64);
-            return Ok(Arc::new(Passed {
+            let passed = Arc::new(Passed {
                 status,
                 headers,
                 body,
-            }));
+            });
+            // A 503 (an origin's "the playlist did not move in time", docs/live.md) is passed
+            // on as it came, unless a later upstream answers.
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                unavailable = Some(passed);
+                continue;
+            }
+            return Ok(passed);
+        }
+        if let Some(p) = unavailable {
+            return Ok(p);
         }
         Err(if timeout {
             Miss::UpstreamTimeout
