@@ -2526,3 +2526,32 @@ async fn edge_passes_blocking_reloads_through_to_the_origin_once_per_query() {
     let r = get(&url("_HLS_msn=9"), &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
 }
+
+/// A node whose `[pull]` also covers live paths (a cluster node with `write_through_live`)
+/// still holds its own stream's preload hints until they are written, whether its upstream
+/// answers 404 or cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preload_hints_wait_on_a_node_that_also_pulls_live_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dead = free_port();
+    let rig = Rig::start(
+        3,
+        100,
+        &format!(
+            "[pull]\ncache_path = \"{}\"\n\n[[pull.upstreams]]\nname = \"gone\"\nurl = \"http://127.0.0.1:{dead}\"\nprefixes = [\"/live/\"]\n",
+            dir.path().join("cache").display()
+        ),
+    );
+    let path = "/live/pp/index.m3u8";
+    let v1 = rules_state();
+    rig.put(path, v1.render().as_bytes()).await;
+    let hint = format!("/live/pp/{}", v1.hint().expect("a hint"));
+    let part = fetch(rig.url(&hint), false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!part.is_finished(), "the hinted part waits");
+    let bytes = b"part bytes".repeat(50);
+    rig.put(&hint, &bytes).await;
+    let r = answer(part, "hinted part").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.body.as_ref(), bytes.as_slice());
+}

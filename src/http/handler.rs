@@ -278,7 +278,14 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         }
     }
     let object = match cx.rt.store.lookup(&rel, class, live).await {
-        Err(Miss::NotFound) if live && class == ObjectClass::Segment => {
+        // Not here, nor (when an upstream covers live paths) there: it may be a preload hint,
+        // which this node's own live stream announced (its upstream cannot have it yet).
+        Err(m)
+            if live
+                && class == ObjectClass::Segment
+                && (m.is_not_found()
+                    || (m.is_upstream_failure() && cx.rt.live.hinted(&canonical).is_some())) =>
+        {
             super::live::hinted(cx, &rel, &canonical).await?
         }
         Err(m @ Miss::Negative { .. }) => {

@@ -17,7 +17,7 @@ use super::refusal::Refusal;
 use crate::config::Config;
 use crate::live::{Directives, Snapshot, WaitError};
 use crate::playlist;
-use crate::store::{Body, Miss, Object, ObjectClass};
+use crate::store::{Body, Object, ObjectClass};
 use crate::volumes::RelPath;
 
 impl From<WaitError> for Refusal {
@@ -241,7 +241,7 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
                 wait.woken();
                 return Ok(o);
             }
-            Err(Miss::NotFound) => {}
+            Err(m) if m.is_not_found() || m.is_upstream_failure() => {}
             Err(e) => return Err(e.into()),
         }
         wait.changed(deadline).await?;
@@ -250,7 +250,7 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
     drop(wait);
     match store.lookup(rel, ObjectClass::Segment, true).await {
         Ok(o) => Ok(o),
-        Err(Miss::NotFound) => Err(Refusal::NotFound.into()),
+        Err(m) if m.is_not_found() => Err(Refusal::NotFound.into()),
         Err(e) => Err(e.into()),
     }
 }

@@ -91,6 +91,11 @@ pub enum Miss {
 }
 
 impl Miss {
+    /// Whether the upstreams failed (error or timeout) rather than answered.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(self, Miss::UpstreamFailed | Miss::UpstreamTimeout)
+    }
+
     /// Whether no tier has the object (any kind of not-found).
     pub fn is_not_found(&self) -> bool {
         matches!(
