@@ -230,13 +230,13 @@ impl Object {
                 }
             }
             // A pull fill in progress (a playlist being rewritten for tokens): its whole body,
-            // once the fill has it.
+            // once the fill has it. A fill that fails is its upstream's failure.
             Source::Growing(g) => {
                 use futures_util::StreamExt;
                 let mut s = g.stream(0, Some(limit as u64));
                 let mut out = bytes::BytesMut::new();
                 while let Some(chunk) = s.next().await {
-                    out.extend_from_slice(&chunk.map_err(|_| Miss::Changed)?);
+                    out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
                 }
                 Ok(out.freeze())
             }
