@@ -115,29 +115,7 @@ async fn demo_prints_signed_urls_that_play() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("config/segd.toml")).expect("demo config");
     assert!(text.contains("protect = [\"/vod/\"]"));
-    let text = text
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0")
-        .replace(
-            "\"demo/",
-            &format!("\"{}/", root.join("config/demo").display()),
-        );
-    let srv = Server::start(&text);
-    // The banner's last lines may still be on their way through the reader thread.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let banner = loop {
-        let b = srv.stdout.lock().map(|s| s.clone()).unwrap_or_default();
-        if b.matches(": open ").count() >= 3 || std::time::Instant::now() > deadline {
-            break b;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let urls: Vec<String> = banner
-        .lines()
-        .filter_map(|l| l.split(": open ").nth(1))
-        .map(|u| u.replace("127.0.0.1:0", &srv.addr.to_string()))
-        .collect();
-    assert_eq!(urls.len(), 3, "{banner}");
+    let (srv, urls) = demo_server("");
     for u in &urls {
         assert!(
             u.contains("/__token__="),

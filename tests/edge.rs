@@ -1594,6 +1594,31 @@ fn write_through_ingest(more: &str) -> String {
     )
 }
 
+/// A node with durability "local" whose bucket address is wrong (nothing listens there), so its
+/// writes stay queued; and its queue directory.
+fn node_with_unreachable_bucket(weed: &Weed) -> (Edge, tempfile::TempDir) {
+    let unreachable =
+        s3_upstream(weed, &weed.secret_file()).replace(&weed.endpoint(), UNREACHABLE_BUCKET);
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let local = write_through_ingest(&format!(
+        "durability = \"local\"\nqueue_path = \"{}\"",
+        qdir.path().display()
+    ));
+    (Edge::start_with(&keys(&[]), &[unreachable], &local), qdir)
+}
+
+/// Where [`node_with_unreachable_bucket`] looks for its bucket (the discard port: nothing
+/// listens there on a test machine).
+const UNREACHABLE_BUCKET: &str = "http://127.0.0.1:9";
+
+/// Kills `node` (not drained: its queue stays as it was) and starts it again on the same
+/// config, volume and queue with the bucket's right address.
+fn restart_reaching_the_bucket(node: &mut Edge, weed: &Weed) -> Server {
+    node.srv.signal(libc::SIGKILL);
+    let _ = node.srv.wait_exit(Duration::from_secs(5));
+    Server::start(&node.config.replace(UNREACHABLE_BUCKET, &weed.endpoint()))
+}
+
 /// `path` with an upload token for it in the query.
 fn upload_url(edge: &Edge, path: &str) -> String {
     edge.url(&q(path, &token_with_key(WT_UP_KEY, path)))
@@ -1714,16 +1739,8 @@ async fn write_through_upstream_durability_same_validators_everywhere() {
 async fn write_through_local_queue_survives_a_crash() {
     let weed = Weed::start();
     let secret = weed.secret_file();
-    // First run: the bucket's address is wrong (nothing listens there), so the upload stays
-    // queued.
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let unreachable = s3_upstream(&weed, &secret).replace(&weed.endpoint(), &dead);
-    let qdir = tempfile::tempdir().expect("tempdir");
-    let ingest = write_through_ingest(&format!(
-        "durability = \"local\"\nqueue_path = \"{}\"",
-        qdir.path().display()
-    ));
-    let mut a = Edge::start_with(&keys(&[]), &[unreachable], &ingest);
+    // First run: the bucket's address is wrong, so the upload stays queued.
+    let (mut a, qdir) = node_with_unreachable_bucket(&weed);
     let path = "/vod/wt2/hls/seg_00001.ts";
     let body = pattern(123_456, 73);
     let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
@@ -1749,10 +1766,7 @@ async fn write_through_local_queue_survives_a_crash() {
     assert_eq!(queued, 1, "one durable entry on disk");
 
     // Killed, not drained; started again with the bucket's right address.
-    a.srv.signal(libc::SIGKILL);
-    let _ = a.srv.wait_exit(Duration::from_secs(5));
-    let config = a.config.replace(&dead, &weed.endpoint());
-    let a2 = Server::start(&config);
+    let a2 = restart_reaching_the_bucket(&mut a, &weed);
     let admin = a2.admin_url("/metrics");
     assert!(
         eventually(Duration::from_secs(20), async || {
@@ -2189,7 +2203,10 @@ async fn write_through_upstream_a_lost_answer_is_checked_with_the_bucket() {
     let key = format!("{S3_PREFIX}{}", &path[1..]);
     let o = weed.object("GET", &key).await;
     assert!(o.status == 200 && o.body.as_ref() == body.as_slice());
-    assert_eq!(o.header(META_ETAG_HEADER), Some(etag.as_str()));
+    assert_eq!(
+        o.header(segd::store::write_through::META_ETAG),
+        Some(etag.as_str())
+    );
     let g = must("GET", &a.url(path), &[], false).await;
     assert!(g.status == 200 && g.bytes() == body.as_slice());
 
@@ -2199,8 +2216,6 @@ async fn write_through_upstream_a_lost_answer_is_checked_with_the_bucket() {
     assert!(!a.volume().join(&path[1..]).exists());
 }
 
-const META_ETAG_HEADER: &str = "x-amz-meta-segd-etag";
-
 /// Durability "local": a node's queued upload or deletion never undoes a newer version that
 /// another node wrote through meanwhile. The node's own stale copy goes instead, so it serves
 /// the newer one. A key longer than a bucket takes is refused before anything is written.
@@ -2208,15 +2223,8 @@ const META_ETAG_HEADER: &str = "x-amz-meta-segd-etag";
 async fn write_through_local_queue_never_clobbers_a_newer_version() {
     let weed = Weed::start();
     let secret = weed.secret_file();
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let unreachable = s3_upstream(&weed, &secret).replace(&weed.endpoint(), &dead);
-    let qdir = tempfile::tempdir().expect("tempdir");
-    let local = write_through_ingest(&format!(
-        "durability = \"local\"\nqueue_path = \"{}\"",
-        qdir.path().display()
-    ));
     // Node a cannot reach the bucket: its upload of x and its deletion of y stay queued.
-    let mut a = Edge::start_with(&keys(&[]), &[unreachable], &local);
+    let (mut a, qdir) = node_with_unreachable_bucket(&weed);
     let (x, y) = ("/vod/wt10/x.ts", "/vod/wt10/y.ts");
     let (x1, x2, y2) = (pattern(30_000, 1), pattern(30_000, 2), pattern(30_000, 3));
     assert_eq!(
@@ -2260,10 +2268,7 @@ async fn write_through_local_queue_never_clobbers_a_newer_version() {
     }
 
     // Node a comes back with the bucket's right address: its queue drains without undoing b.
-    a.srv.signal(libc::SIGKILL);
-    let _ = a.srv.wait_exit(Duration::from_secs(5));
-    let config = a.config.replace(&dead, &weed.endpoint());
-    let a2 = Server::start(&config);
+    let a2 = restart_reaching_the_bucket(&mut a, &weed);
     // Drained: every entry applied and removed (the backlog gauge reads 0 before the first look).
     assert!(
         wait_for(Duration::from_secs(20), || std::fs::read_dir(qdir.path())

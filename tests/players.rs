@@ -22,7 +22,6 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use util::*;
 
@@ -137,41 +136,6 @@ fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path, extra: &[St
         requests: json["requests"].as_array().cloned().unwrap_or_default(),
         output,
     }
-}
-
-/// The demo config (`config/segd.toml`) on ephemeral ports; the signed URLs its banner prints.
-fn demo_server() -> (Server, Vec<String>) {
-    demo_server_with("")
-}
-
-/// `demo_server` with `extra` appended to the config (sections of its own, e.g. `[tls]`).
-fn demo_server_with(extra: &str) -> (Server, Vec<String>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("config/segd.toml")).expect("demo config");
-    let text = text
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0")
-        .replace(
-            "\"demo/",
-            &format!("\"{}/", root.join("config/demo").display()),
-        )
-        + extra;
-    let srv = Server::start(&text);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let banner = loop {
-        let b = srv.stdout.lock().map(|s| s.clone()).unwrap_or_default();
-        if b.matches(": open ").count() >= 3 || Instant::now() > deadline {
-            break b;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let urls: Vec<String> = banner
-        .lines()
-        .filter_map(|l| l.split(": open ").nth(1))
-        .map(|u| u.trim().replace("127.0.0.1:0", &srv.addr.to_string()))
-        .collect();
-    assert_eq!(urls.len(), 3, "three demo streams in the banner: {banner}");
-    (srv, urls)
 }
 
 /// The checks every demo play must pass: it started, played on, the player reported no error,
@@ -342,7 +306,7 @@ fn play_over(
 fn demo_streams_play_in_chromium_from_another_origin() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = harness_ready();
-    let (srv, urls) = demo_server();
+    let (srv, urls) = demo_server("");
     let page = PageServer::start(&dir);
     let tmp = tempfile::tempdir().expect("tempdir");
     let at = Stage {
@@ -433,7 +397,7 @@ fn demo_streams_play_in_chromium_over_h2_and_h3() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = harness_ready();
     let cert = SelfSigned::new();
-    let (srv, urls) = demo_server_with(&cert.tls_section());
+    let (srv, urls) = demo_server(&cert.tls_section());
     let tls = srv.tls_addr.expect("TLS listener in the banner");
     let plain = format!("http://{}/", srv.addr);
     let urls: Vec<String> = urls

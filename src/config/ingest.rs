@@ -31,7 +31,7 @@ pub struct IngestConfig {
 }
 
 /// `write_through` and the keys that go with it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteThrough {
     /// The `[[pull.upstreams]]` entry (an S3 bucket) written to.
     pub upstream: String,

@@ -42,7 +42,7 @@ pub struct UpstreamConfig {
     pub origin_auth: Option<(String, Secret)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamKind {
     /// An HTTP origin: `url` + the request path.
     Http { url: String },

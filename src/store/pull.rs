@@ -1042,12 +1042,12 @@ impl Pull {
         }
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
         let deadline = tokio::time::Instant::now() + wait;
-        let mut retry = Some(req.clone());
+        let again = req.clone();
         let mut sent = tokio::time::timeout_at(deadline, conf.client.request(req)).await;
         // A pooled connection the upstream closed as this request went out (its keep-alive
         // timeout) ends with no response byte: a GET is idempotent, so it is sent once more on
         // a new connection (RFC 9110 §9.2.2, RFC 9112 §9.3.1).
-        if let (Ok(Err(e)), Some(again)) = (&sent, retry.take()) {
+        if let Ok(Err(e)) = &sent {
             if closed_before_answer(e) {
                 tracing::debug!(upstream = %up.name, error = %e, "upstream closed a kept-alive connection; sending again");
                 sent = tokio::time::timeout_at(deadline, conf.client.request(again)).await;
@@ -1191,8 +1191,10 @@ impl Pull {
         // more, so waiters never lag the network.
         let mut pending = bytes::BytesMut::new();
         let mut ended = false;
-        // Bytes received, and bytes in the temporary file (readers find the rest in memory).
+        // Bytes received, and bytes in the temporary file (readers find the rest in memory);
+        // once a write fails, the rest stays in memory.
         let (mut received, mut on_disk) = (0u64, 0u64);
+        let mut disk_failed = false;
         while !ended {
             let next = match body.frame().now_or_never() {
                 Some(f) => Ok(f),
@@ -1233,7 +1235,7 @@ impl Pull {
             let batch = pending.split().freeze();
             let n = batch.len() as u64;
             received += n;
-            if let Some(mut t) = temp.take().filter(|_| storable || on_disk == received - n) {
+            if let Some(mut t) = temp.take().filter(|_| !disk_failed) {
                 let kept = batch.clone();
                 let fault = vol.injected_write_fault();
                 match tokio::task::spawn_blocking(move || {
@@ -1249,6 +1251,7 @@ impl Pull {
                     // From here on in memory; what the file has stays readable there.
                     Ok((t, Err(e))) => {
                         self.cache_fault(local, &e);
+                        disk_failed = true;
                         storable = false;
                         temp = Some(t);
                     }

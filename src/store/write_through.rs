@@ -51,6 +51,13 @@ const BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// See [`WriteThrough::settings`].
+type Settings = (
+    Option<crate::config::WriteThrough>,
+    Option<UpstreamKind>,
+    Duration,
+);
+
 /// Why the bucket did not take a write.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
@@ -127,7 +134,7 @@ pub struct WriteThrough {
     m: WtMetrics,
     /// The settings it was built with ([`WriteThrough::settings`]), to tell a reload that
     /// changes them.
-    settings: String,
+    settings: Settings,
 }
 
 impl WriteThrough {
@@ -221,31 +228,18 @@ impl WriteThrough {
         }))
     }
 
-    /// Everything a write-through is built from, in one string (the secret included, never
-    /// printed).
-    fn settings(cfg: &Config) -> String {
-        let Some(wt) = &cfg.ingest.write_through else {
-            return String::new();
-        };
-        let up = cfg.pull.upstreams.iter().find(|u| u.name == wt.upstream);
-        let kind = match up.map(|u| &u.kind) {
-            Some(UpstreamKind::S3 {
-                endpoint,
-                bucket,
-                region,
-                key_prefix,
-                access_key_id,
-                secret_access_key,
-            }) => format!(
-                "{endpoint}|{bucket}|{region}|{key_prefix}|{access_key_id}|{}",
-                secret_access_key.0
-            ),
-            _ => String::new(),
-        };
-        format!(
-            "{}|{kind}|{:?}|{}|{:?}|{:?}",
-            wt.upstream, wt.durability, wt.live, wt.queue_path, cfg.pull.first_byte_timeout
-        )
+    /// Everything a write-through is built from: its keys, its bucket (credentials included)
+    /// and the bucket timeout.
+    fn settings(cfg: &Config) -> Settings {
+        let wt = cfg.ingest.write_through.clone();
+        let bucket = wt.as_ref().and_then(|wt| {
+            cfg.pull
+                .upstreams
+                .iter()
+                .find(|u| u.name == wt.upstream)
+                .map(|u| u.kind.clone())
+        });
+        (wt, bucket, cfg.pull.first_byte_timeout)
     }
 
     /// Says so in the log when a reloaded config changes what uploads are written through to:

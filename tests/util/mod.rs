@@ -65,6 +65,39 @@ pub fn config_for(volumes: &[&Path], extra: &str) -> String {
     s
 }
 
+/// `segd serve` on the shipped demo config (`config/segd.toml`) on ephemeral ports, with
+/// `extra` appended (sections of its own, e.g. `[tls]`), and the three signed URLs its banner
+/// prints.
+pub fn demo_server(extra: &str) -> (Server, Vec<String>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/segd.toml")).expect("demo config");
+    let text = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+        .replace(
+            "\"demo/",
+            &format!("\"{}/", root.join("config/demo").display()),
+        )
+        + extra;
+    let srv = Server::start(&text);
+    // The banner's last lines may still be on their way through the reader thread.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let banner = loop {
+        let b = srv.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        if b.matches(": open ").count() >= 3 || Instant::now() > deadline {
+            break b;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let urls: Vec<String> = banner
+        .lines()
+        .filter_map(|l| l.split(": open ").nth(1))
+        .map(|u| u.trim().replace("127.0.0.1:0", &srv.addr.to_string()))
+        .collect();
+    assert_eq!(urls.len(), 3, "three demo streams in the banner: {banner}");
+    (srv, urls)
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
