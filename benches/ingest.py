@@ -16,6 +16,9 @@ random bytes (one of a few fixed bodies) to a distinct path under /live/ (--pref
 uploads (the duration is derived from the warm-up's rate) or a fixed --duration. Both roots (and
 nginx's body temp dir) are on one filesystem: by default a fresh ext4 in a loop image under
 /var/tmp (--fs fresh, needs root), or /var/tmp itself (--fs host).
+Before each measured run: `sync`, caches dropped, memory compacted, then memory touched and freed
+(--prewarm-gib) so the run's page cache lands on pages the VM's host backs (see settle_memory:
+otherwise the host's first-touch cost is most of an upload's CPU and moves from run to run).
 The server runs on one CPU (one worker), wrk on another (taskset). Measured per run: uploads/s,
 MB/s, latency, and server CPU time (utime+stime from /proc/PID/stat of every server process, so
 nginx's master and worker) per uploaded MB (10^6 bytes). Every acknowledged upload is checked on
@@ -28,6 +31,8 @@ import csv
 import datetime
 import hashlib
 import hmac
+import math
+import mmap
 import http.client
 import os
 import random
@@ -47,6 +52,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT = 18180, 18190, 18181
+# madvise(2): fault every page in, writable (Linux 5.14; not in Python's mmap module before 3.13).
+MADV_POPULATE_WRITE = 23
 DEFAULT_SERVERS = ["segd-nofsync", "nginx", "segd-fsync"]
 ALL_SERVERS = DEFAULT_SERVERS + ["segd-b"]
 # The URL prefix uploads go to (--prefix). /live/ is also a live prefix for segd by default
@@ -76,18 +83,22 @@ def raise_nofile():
 
 
 def proc_cpu(pids):
-    """(utime, stime) in seconds, summed over pids (each /proc/PID/stat covers all its threads,
-    io_uring workers included)."""
+    """(utime, stime) in seconds and minor page faults, summed over pids (each /proc/PID/stat
+    covers all its threads, io_uring workers included). A minor fault is a page of memory the
+    server touched for the first time since it was mapped (a fresh buffer); in a VM whose host
+    takes freed memory back, each one can cost a trip to the host."""
     user = system = 0.0
+    faults = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            faults += int(fields[7])
             user += int(fields[11]) / CLK
             system += int(fields[12]) / CLK
         except OSError:
             pass
-    return user, system
+    return user, system, faults
 
 
 def thread_status(pids):
@@ -152,11 +163,22 @@ def other_cpu(m0, m1, server, client):
     return kernel, (m1[0] - m0[0]) - server - client - kernel
 
 
-def settle_memory():
+def settle_memory(prewarm_gib):
     """Before each measured run: drops clean caches (page cache, dentries, inodes, reclaimable
     slab) and compacts free memory, so every run takes its page-cache pages from the same state
-    whatever ran before (as `benches/vs_nginx/run.py` does before `large`). Returns what could
-    not be done, or None. Needs root."""
+    whatever ran before (as `benches/vs_nginx/run.py` does before `large`), then touches and frees
+    `prewarm_gib` GiB of memory, so the run's page cache lands on pages the machine already
+    backs. Returns what could not be done, or None. Needs root.
+
+    Why the touch: in a VM whose host takes freed memory back (virtio-balloon free page
+    reporting, on here), the first write to a page the host took costs a trip to the host: about
+    10 µs a 4 KiB page, against about 2 µs for a page touched before (measured with this very
+    step, MADV_POPULATE_WRITE of 4 GiB twice). A 200,000-byte upload fills 49 page-cache pages,
+    so whether they were taken back decides most of an upload's CPU (150 against 500 µs), and
+    how many were depends on what the host reclaimed since the last run, not on the server.
+    Freed pages go to the head of the kernel's free lists (reported ones to the tail), so the
+    run takes the touched ones first: on bare metal, where there is no host, every page is such
+    a page."""
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3\n")
@@ -164,7 +186,24 @@ def settle_memory():
             f.write("1\n")
     except OSError as e:
         return str(e)
+    if prewarm_gib > 0:
+        try:
+            m = mmap.mmap(-1, prewarm_gib << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            try:
+                m.madvise(MADV_POPULATE_WRITE)
+            finally:
+                m.close()
+        except (OSError, ValueError) as e:
+            return f"cannot touch {prewarm_gib} GiB before the run: {e}"
     return None
+
+
+def mem_available_gib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) >> 20
+    return 0
 
 
 def wait_quiet(max_wait, threshold=0.1):
@@ -611,6 +650,9 @@ def main():
                     help="before each run, wait up to this many seconds for the machine to be idle (0: don't)")
     ap.add_argument("--no-settle", dest="settle", action="store_false",
                     help="skip dropping caches and compacting memory before each measured run")
+    ap.add_argument("--prewarm-gib", type=int, default=4, metavar="GIB",
+                    help="after settling, touch and free this much memory so the run's page cache lands on pages the "
+                         "VM's host backs (see settle_memory; more than a run writes; 0: don't)")
     ap.add_argument("--tmp", default="/var/tmp", help="parent of the temp dir holding both roots")
     ap.add_argument("--fs", choices=["fresh", "host"], default="fresh",
                     help="fresh: both roots on a new ext4 in a loop image under --tmp (default; needs root); "
@@ -747,17 +789,21 @@ def main():
                     preflight(srv, pre, qs, bodies[0])
                     env = dict(INGEST_PRE=pre, INGEST_QS=qs, INGEST_BODIES=bodies_dir, INGEST_NBODIES=str(args.bodies))
                     duration = args.duration
+                    rate = 5000  # uploads/s, a guess above any rate seen here, when there is no warm-up
                     if args.warmup > 0:
                         w = run_wrk(srv, lua, dict(env, INGEST_PREFIX=f"{PREFIX}w{rnd + 1}-{name}", INGEST_ACKED=os.path.join(run, "acked-warmup.txt")), args.conns, args.warmup, args.client_cpu)
+                        rate = w["uploads"] / w["secs"]
                         if not duration:
-                            duration = min(args.max_duration, max(args.min_duration, round(args.uploads / (w["uploads"] / w["secs"]))))
+                            duration = min(args.max_duration, max(args.min_duration, round(args.uploads / rate)))
                     elif not duration:
                         duration = 10
                     if dir_size_free(data) < duration * 600e6 + (2 << 30) or dir_size_free(work) < (2 << 30):
                         die(f"free space under {data} is running out ({dir_size_free(data) / 1e9:.1f} GB left)")
                     os.sync()  # the warm-up's dirty pages are written back before the measurement
                     if args.settle:
-                        failed = settle_memory()
+                        # Half as much again as the run should write, at least --prewarm-gib.
+                        prewarm = max(args.prewarm_gib, math.ceil(1.5 * duration * rate * args.size / (1 << 30))) if args.prewarm_gib else 0
+                        failed = settle_memory(min(prewarm, max(0, mem_available_gib() - 4)))
                         if failed:
                             log(f"  memory not settled ({failed}): the run takes its pages from whatever state the last one left")
                     prefix = f"{PREFIX}m{rnd + 1}-{name}"
@@ -792,12 +838,13 @@ def main():
                            cpu_us_per_upload=cpu / landed * 1e6 if landed else float("nan"),
                            switches_per_upload=(x1[0] - x0[0] + x1[1] - x0[1]) / landed if landed else float("nan"),
                            involuntary_per_upload=(x1[1] - x0[1]) / landed if landed else float("nan"),
+                           faults_per_upload=(c1[2] - c0[2]) / landed if landed else float("nan"),
                            p50_ms=res["p50_ms"], p99_ms=res["p99_ms"], rss_mb=rss, leftover_temps=temps,
                            unpinned_threads=len(stray))
                 rows.append(row)
                 log(f"round {rnd + 1} {name:12} (load before {load_before}): {row['uploads_per_s']:7.0f} uploads/s {row['mb_per_s']:7.1f} MB/s  "
                     f"cpu {cpu:6.2f} s (user {cpu_user:5.2f}) = {row['cpu_ms_per_mb']:6.3f} ms/MB (wrk {res['client_cpu_s']:5.2f} s, kernel {kernel:5.2f} s, other jobs {other:5.2f} s)  p50 {row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
-                    f"{row['switches_per_upload']:5.2f} switches/upload  {res['uploads']} acked, {landed} on disk ({checked})")
+                    f"{row['switches_per_upload']:5.2f} switches/upload  {row['faults_per_upload']:6.1f} faults/upload  {res['uploads']} acked, {landed} on disk ({checked})")
                 if delete_between:
                     # Every run starts from the same (empty) filesystem and page-cache footprint.
                     shutil.rmtree(os.path.join(srv.root, PREFIX.strip("/")), ignore_errors=True)
@@ -815,7 +862,7 @@ def main():
 
     os.makedirs(out, exist_ok=True)
     keys = ["round", "server", "fsync", "loadavg_before", "uploads", "landed", "secs", "uploads_per_s", "mb_per_s", "cpu_s", "cpu_user_s", "cpu_sys_s", "client_cpu_s", "kernel_cpu_s", "other_cpu_s",
-            "cpu_ms_per_mb", "cpu_us_per_upload", "switches_per_upload", "involuntary_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
+            "cpu_ms_per_mb", "cpu_us_per_upload", "switches_per_upload", "involuntary_per_upload", "faults_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
     with open(os.path.join(out, "raw.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -839,12 +886,12 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
             "segd-fsync": "segd, `fsync = true` (file + directory fsync before the answer: more durable than nginx)",
             "nginx": "nginx WebDAV PUT (no fsync)",
             "segd-b": f"segd build B (`{args.segd_b}`{', ' + args.segd_b_server if args.segd_b_server else ''}), `fsync = false`"}
-    lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | context switches per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | context switches per upload | minor faults per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in servers:
         if vals(s, "uploads"):
             lines.append(f"| {what[s]} | {rng(s, 'uploads_per_s', '.0f')} | {rng(s, 'mb_per_s', '.1f')} | **{rng(s, 'cpu_ms_per_mb', '.3f')}** | "
-                         f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'switches_per_upload'):.2f} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
+                         f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'switches_per_upload'):.2f} | {med(s, 'faults_per_upload'):.1f} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
                          f"{med(s, 'secs'):.0f} | {rng(s, 'kernel_cpu_s', '.1f')} | {rng(s, 'other_cpu_s', '.1f')} |")
     ratios = []
 
@@ -874,7 +921,7 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
             f"`benches/ingest.py`, harness commit {commit}; {segd_v + f' (`{segd_bin}`)' if segd_v else 'segd not run'}; {nginx_v or 'nginx not run'}; "
             f"kernel {os.uname().release}, {fstype}, {os.cpu_count()} CPUs.", "",
             f"{args.rounds} rounds, server order rotated each round; each run: fresh server, preflight PUT/GET/DELETE, {args.warmup} s warm-up, "
-            f"`sync`{', caches dropped and memory compacted' if args.settle else ''}, then {f'{args.duration} s' if args.duration else f'uploads / (warm-up rate) seconds (about {args.uploads:,} uploads; min {args.min_duration}, max {args.max_duration})'} "
+            f"`sync`{', caches dropped, memory compacted' + (' and pre-touched (at least ' + str(args.prewarm_gib) + ' GiB, 1.5 × what the run writes: see settle_memory)' if args.prewarm_gib else '') if args.settle else ''}, then {f'{args.duration} s' if args.duration else f'uploads / (warm-up rate) seconds (about {args.uploads:,} uploads; min {args.min_duration}, max {args.max_duration})'} "
             f"of wrk (1 thread, {args.conns} keep-alive connections) PUTting {args.size:,}-byte random bodies "
             f"to distinct paths under {PREFIX} (500 per directory{', a live prefix for segd: read-while-write, each chunk handed to readers from memory, directories watched by inotify' if PREFIX == '/live/' else ', not a live prefix: no read-while-write, no inotify watch'}). Server on CPU {args.server_cpu} (1 worker), wrk on CPU {args.client_cpu}. "
             f"Server CPU = utime+stime of every server process (nginx: master + worker) over the measured run; "
