@@ -40,27 +40,33 @@ def main():
     a = ap.parse_args()
     with open(a.secret_file) as f:
         secret = f.read().strip()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=a.endpoint,
-        region_name=a.region,
-        aws_access_key_id=a.access_key,
-        aws_secret_access_key=secret,
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 10, "mode": "standard"},
-            connect_timeout=2,
-            read_timeout=10,
-        ),
-    )
+    def client(attempts):
+        return boto3.client(
+            "s3",
+            endpoint_url=a.endpoint,
+            region_name=a.region,
+            aws_access_key_id=a.access_key,
+            aws_secret_access_key=secret,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": attempts, "mode": "standard"},
+                connect_timeout=2,
+                read_timeout=10,
+            ),
+        )
+
+    s3 = client(10)
+    # One attempt per call here: this loop retries, and its deadline holds (boto's own backoff
+    # would stretch a server that never comes up to minutes).
+    once = client(1)
     deadline = time.time() + 30
     while True:
         try:
-            s3.create_bucket(Bucket=a.bucket)
+            once.create_bucket(Bucket=a.bucket)
             break
-        except s3.exceptions.BucketAlreadyOwnedByYou:
+        except once.exceptions.BucketAlreadyOwnedByYou:
             break
-        except s3.exceptions.BucketAlreadyExists:
+        except once.exceptions.BucketAlreadyExists:
             break
         except Exception as e:  # the server may still be starting its filer
             if time.time() > deadline:

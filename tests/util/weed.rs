@@ -112,7 +112,29 @@ async fn text_or_empty(url: &str) -> String {
 }
 
 impl Weed {
+    /// Starts weed, up to three times: ports chosen free can be taken by another test before
+    /// weed binds them, and then a part of it (master, volume, filer) never comes up while its
+    /// S3 port answers. Each try gets new ports and a new directory.
     pub fn start() -> Weed {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Weed::try_start() {
+                Ok(w) => return w,
+                Err(e) => {
+                    eprintln!("weed mini did not come up, trying again on new ports: {e}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!(
+            "weed mini did not come up in three tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    /// One start: ready when its S3 port answers and the bucket is created (the bucket needs
+    /// the master, the volume server and the filer). Dropped (stopped, removed) on failure.
+    fn try_start() -> Result<Weed, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         std::fs::create_dir_all(d.join("data")).expect("mkdir");
@@ -191,16 +213,22 @@ impl Weed {
             child,
             dir,
         };
-        weed.wait_ready(&args);
+        weed.wait_ready()?;
         // s3_put.py creates the bucket (retrying while the filer comes up) and uploads nothing.
         let empty = weed.dir.path().join("empty");
-        weed.upload(&empty, "");
-        weed
+        if let Err(e) = weed.try_upload_with(&empty, "", &[]) {
+            return Err(format!("{e}\nweed {}\n{}", args.join(" "), weed.log()));
+        }
+        Ok(weed)
     }
 
-    /// Ready = the S3 port answers HTTP (an anonymous request: 403). Panics (and `Drop` cleans
-    /// up) if weed exits or takes more than 30 s.
-    fn wait_ready(&mut self, args: &[String]) {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+    }
+
+    /// Ready = the S3 port answers HTTP (an anonymous request: 403); an error with weed's log if
+    /// weed exits or takes more than 30 s.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.s3_port)) {
@@ -209,16 +237,15 @@ impl Weed {
                     s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
                 let mut b = [0u8; 12];
                 if s.read_exact(&mut b).is_ok() && b.starts_with(b"HTTP/1.1 ") {
-                    return;
+                    return Ok(());
                 }
             }
             let exited = self.child.try_wait().ok().flatten();
             if exited.is_some() || Instant::now() > deadline {
-                panic!(
-                    "weed mini did not become ready ({exited:?}): weed {}\n{}",
-                    args.join(" "),
-                    std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
-                );
+                return Err(format!(
+                    "its S3 port did not answer ({exited:?})\n{}",
+                    self.log()
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -240,6 +267,12 @@ impl Weed {
 
     /// [`Weed::upload`] with more arguments for `s3_put.py` (`--content-encoding gzip`).
     pub fn upload_with(&self, src: &Path, prefix: &str, args: &[&str]) {
+        if let Err(e) = self.try_upload_with(src, prefix, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn try_upload_with(&self, src: &Path, prefix: &str, args: &[&str]) -> Result<(), String> {
         let out = Command::new("python3")
             .arg(tools_dir().join("s3_put.py"))
             .args(["--endpoint", &self.endpoint()])
@@ -252,12 +285,15 @@ impl Weed {
             .arg(src)
             .output()
             .expect("run python3 tests/tools/s3_put.py");
-        assert!(
-            out.status.success(),
-            "s3_put.py failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "s3_put.py failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 
     /// GET (or HEAD) of `key` straight from the bucket, signed like segd signs it.
