@@ -31,9 +31,9 @@ import csv
 import datetime
 import hashlib
 import hmac
+import http.client
 import math
 import mmap
-import http.client
 import os
 import random
 import re
@@ -651,8 +651,8 @@ def main():
     ap.add_argument("--no-settle", dest="settle", action="store_false",
                     help="skip dropping caches and compacting memory before each measured run")
     ap.add_argument("--prewarm-gib", type=int, default=4, metavar="GIB",
-                    help="after settling, touch and free this much memory so the run's page cache lands on pages the "
-                         "VM's host backs (see settle_memory; more than a run writes; 0: don't)")
+                    help="after settling, touch and free at least this much memory, and 1.5 x what the run will write, so "
+                         "the run's page cache lands on pages the VM's host backs (see settle_memory; 0: don't)")
     ap.add_argument("--tmp", default="/var/tmp", help="parent of the temp dir holding both roots")
     ap.add_argument("--fs", choices=["fresh", "host"], default="fresh",
                     help="fresh: both roots on a new ext4 in a loop image under --tmp (default; needs root); "
@@ -789,7 +789,7 @@ def main():
                     preflight(srv, pre, qs, bodies[0])
                     env = dict(INGEST_PRE=pre, INGEST_QS=qs, INGEST_BODIES=bodies_dir, INGEST_NBODIES=str(args.bodies))
                     duration = args.duration
-                    rate = 5000  # uploads/s, a guess above any rate seen here, when there is no warm-up
+                    rate = 8000  # uploads/s, above any rate seen here: the pre-touch's size when there is no warm-up
                     if args.warmup > 0:
                         w = run_wrk(srv, lua, dict(env, INGEST_PREFIX=f"{PREFIX}w{rnd + 1}-{name}", INGEST_ACKED=os.path.join(run, "acked-warmup.txt")), args.conns, args.warmup, args.client_cpu)
                         rate = w["uploads"] / w["secs"]
