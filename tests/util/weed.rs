@@ -213,21 +213,20 @@ impl Weed {
             child,
             dir,
         };
-        weed.wait_ready()?;
         // s3_put.py creates the bucket (retrying while the filer comes up) and uploads nothing.
         let empty = weed.dir.path().join("empty");
-        if let Err(e) = weed.try_upload_with(&empty, "", &[]) {
-            return Err(format!("{e}\nweed {}\n{}", args.join(" "), weed.log()));
+        let ready = weed
+            .wait_ready()
+            .and_then(|()| weed.try_upload_with(&empty, "", &[]));
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(weed.dir.path().join("weed.log")).unwrap_or_default();
+            return Err(format!("{e}\nweed {}\n{log}", args.join(" ")));
         }
         Ok(weed)
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
-    }
-
-    /// Ready = the S3 port answers HTTP (an anonymous request: 403); an error with weed's log if
-    /// weed exits or takes more than 30 s.
+    /// Ready = the S3 port answers HTTP (an anonymous request: 403); an error if weed exits or
+    /// takes more than 30 s.
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -242,10 +241,7 @@ impl Weed {
             }
             let exited = self.child.try_wait().ok().flatten();
             if exited.is_some() || Instant::now() > deadline {
-                return Err(format!(
-                    "its S3 port did not answer ({exited:?})\n{}",
-                    self.log()
-                ));
+                return Err(format!("its S3 port did not answer ({exited:?})"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
