@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Ingest: body bytes committed, upload durations, uploads in progress, temporary files
     /// removed after failures (and at start-up), uploads refused for space (507).
     pub ingest_bytes: prometheus::IntCounter,
+    /// The part of `ingest_bytes` moved from the socket to the file through a pipe.
+    pub ingest_spliced_bytes: prometheus::IntCounter,
     pub ingest_seconds: prometheus::Histogram,
     pub ingest_in_progress: prometheus::IntGauge,
     pub ingest_temp_removed: prometheus::IntCounter,
@@ -156,6 +158,10 @@ impl Metrics {
             "segd_ingest_bytes_total",
             "Body bytes of uploads committed to a volume",
         )?;
+        let ingest_spliced_bytes = counter(
+            "segd_ingest_spliced_bytes_total",
+            "Body bytes of committed uploads moved from the socket to the file through a pipe (splice), never copied through user space",
+        )?;
         let ingest_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "segd_ingest_duration_seconds",
@@ -227,6 +233,7 @@ impl Metrics {
             access_log_dropped,
             refusals,
             ingest_bytes,
+            ingest_spliced_bytes,
             ingest_seconds,
             ingest_in_progress,
             ingest_temp_removed,

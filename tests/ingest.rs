@@ -1318,6 +1318,133 @@ async fn client_gone_mid_body() {
     }
 }
 
+/// A `Content-Length` body of an object not read while it is written (here `/vod/`) goes from the
+/// socket to its file through a pipe (`splice`), not through a buffer: bodies larger than a pipe,
+/// a pipelined request behind one, `Expect: 100-continue`, and every failure (disconnect, stall)
+/// behave as they do through buffers, and the spliced bytes are counted.
+#[tokio::test]
+async fn content_length_bodies_through_the_pipe() {
+    let old = payload(50_000, 20);
+    let rig = Rig::start(
+        &["disk1"],
+        &[("body_timeout", "\"1s\""), ("fsync", "false")],
+        "",
+        |d| {
+            std::fs::create_dir_all(d.join("disk1/vod/p")).expect("mkdir");
+            std::fs::write(d.join("disk1/vod/p/a.ts"), &old).expect("write");
+        },
+    );
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/vod/*");
+    let before = tree(&vol);
+    let put_head = |path: &str, len: usize, extra: &str| {
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n{extra}\r\n",
+            q(path, &tok)
+        )
+    };
+    let old_served = async |what: &str| {
+        no_tmp_eventually(&vol, what).await;
+        assert_eq!(tree(&vol), before, "{what}: nothing written");
+        for h2 in [false, true] {
+            let g = get_on(&rig.url("/vod/p/a.ts"), h2).await;
+            assert!(
+                g.body.as_ref() == old.as_slice(),
+                "{what}: old version served"
+            );
+        }
+    };
+
+    // The client goes away after part of the body: nothing written.
+    let mut s = connect(rig.srv.addr);
+    s.write_all(put_head("/vod/p/a.ts", 1_000_000, "").as_bytes())
+        .expect("head");
+    s.write_all(&payload(300_000, 21))
+        .expect("part of the body");
+    in_progress(&rig, "disconnect").await;
+    drop(s);
+    let done = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
+    })
+    .await;
+    assert!(done, "the upload ended:\n{}", rig.metrics().await);
+    old_served("disconnect").await;
+
+    // The client stalls mid-body: 408 after body_timeout, nothing written.
+    let mut s = connect(rig.srv.addr);
+    s.write_all(put_head("/vod/p/a.ts", 1000, "").as_bytes())
+        .expect("head");
+    s.write_all(&[b'x'; 500]).expect("half the body");
+    let answer = read_head(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 408"), "stall: {answer:?}");
+    old_served("stall").await;
+
+    // A body many pipes long, sent in one go: the pipe fills and drains in turn.
+    let big = payload(3 << 20, 22);
+    let mut s = connect(rig.srv.addr);
+    let mut wire = put_head("/vod/p/a.ts", big.len(), "").into_bytes();
+    wire.extend_from_slice(&big);
+    s.write_all(&wire).expect("big upload");
+    let answer = read_head(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 204"), "replace: {answer:?}");
+    assert_file(&vol.join("vod/p/a.ts"), &big, "3 MiB through the pipe");
+
+    // The same in small pieces with pauses: the pipe takes what has arrived each time.
+    let slow = payload(700_000, 23);
+    s.write_all(put_head("/vod/p/slow.ts", slow.len(), "").as_bytes())
+        .expect("head");
+    for piece in slow.chunks(50_000) {
+        s.write_all(piece).expect("piece");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let answer = read_head(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 201"), "slow: {answer:?}");
+    assert_file(&vol.join("vod/p/slow.ts"), &slow, "sent in pieces");
+
+    // A request pipelined right behind the body stays out of the pipe and is answered next,
+    // with the new bytes.
+    let small = payload(70_000, 24);
+    let mut wire = put_head("/vod/p/b.ts", small.len(), "").into_bytes();
+    wire.extend_from_slice(&small);
+    wire.extend_from_slice(b"GET /vod/p/b.ts HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(&wire).expect("pipelined PUT and GET");
+    let put = read_head(&mut s);
+    assert!(put.starts_with("HTTP/1.1 201"), "PUT: {put:?}");
+    let got = read_head(&mut s);
+    assert!(
+        got.starts_with("HTTP/1.1 200")
+            && got
+                .to_ascii_lowercase()
+                .contains(&format!("content-length: {}\r\n", small.len())),
+        "pipelined GET: {got:?}"
+    );
+    let mut back = vec![0u8; small.len()];
+    s.read_exact(&mut back).expect("GET body");
+    assert!(back == small, "the pipelined GET returned other bytes");
+
+    // Expect: 100-continue: the 100, then the body, then 201.
+    let c = payload(500_000, 25);
+    s.write_all(put_head("/vod/p/c.ts", c.len(), "Expect: 100-continue\r\n").as_bytes())
+        .expect("head");
+    let interim = read_head(&mut s);
+    assert!(interim.starts_with("HTTP/1.1 100"), "Expect: {interim:?}");
+    s.write_all(&c).expect("body");
+    let done = read_head(&mut s);
+    assert!(done.starts_with("HTTP/1.1 201"), "after 100: {done:?}");
+    assert_file(&vol.join("vod/p/c.ts"), &c, "Expect upload");
+    assert_no_tmp(&vol, "end");
+
+    // Everything committed went through the pipe, but for what arrived with each head.
+    let m = rig.metrics().await;
+    let committed = (big.len() + slow.len() + small.len() + c.len()) as f64;
+    let spliced = metric(&m, "segd_ingest_spliced_bytes_total").expect("spliced bytes");
+    assert_eq!(metric(&m, "segd_ingest_bytes_total"), Some(committed));
+    assert!(
+        spliced <= committed && spliced >= committed - 4.0 * 4096.0,
+        "spliced {spliced} of {committed} committed bytes"
+    );
+}
+
 /// Waits until segd counts one upload in progress.
 async fn in_progress(rig: &Rig, what: &str) {
     let busy = eventually(Duration::from_secs(10), async || {

@@ -1626,37 +1626,58 @@ async fn packager_preload_hint_answered_with_the_part() {
 struct SlowPut {
     s: TcpStream,
     sent: Vec<u8>,
+    /// The body is `Content-Length` delimited (sent as it is), not chunked.
+    length: bool,
 }
 
 impl SlowPut {
     fn start(addr: SocketAddr, target: &str) -> SlowPut {
+        SlowPut::open(addr, target, None)
+    }
+
+    /// A body of `len` bytes declared by `Content-Length` (read on segd's HTTP/1.1 fast path).
+    fn with_length(addr: SocketAddr, target: &str, len: usize) -> SlowPut {
+        SlowPut::open(addr, target, Some(len))
+    }
+
+    fn open(addr: SocketAddr, target: &str, len: Option<usize>) -> SlowPut {
         let mut s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(15)))
             .expect("timeout");
         s.set_nodelay(true).expect("nodelay");
-        s.write_all(
-            format!("PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .as_bytes(),
-        )
-        .expect("head");
+        let framing = match len {
+            Some(n) => format!("Content-Length: {n}"),
+            None => "Transfer-Encoding: chunked".to_owned(),
+        };
+        s.write_all(format!("PUT {target} HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").as_bytes())
+            .expect("head");
         SlowPut {
             s,
             sent: Vec::new(),
+            length: len.is_some(),
         }
     }
 
     fn chunk(&mut self, data: &[u8]) {
-        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-        out.extend_from_slice(data);
-        out.extend_from_slice(b"\r\n");
+        let out = if self.length {
+            data.to_vec()
+        } else {
+            let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+            out
+        };
         self.s.write_all(&out).expect("chunk");
         self.s.flush().expect("flush");
         self.sent.extend_from_slice(data);
     }
 
-    /// The terminating chunk; the status of the answer.
+    /// The terminating chunk (a `Content-Length` body is complete already); the status of the
+    /// answer.
     fn finish(mut self) -> u16 {
-        self.s.write_all(b"0\r\n\r\n").expect("last chunk");
+        if !self.length {
+            self.s.write_all(b"0\r\n\r\n").expect("last chunk");
+        }
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -1878,12 +1899,28 @@ async fn growing_segment_is_streamed_to_readers_until_the_upload_commits() {
         100,
         "[cache_control]\nlive_segments = \"public, max-age=30\"\n",
     );
-    let path = "/live/rw/seg7.m4s";
+    // Chunked (how ffmpeg uploads, decoded by hyper), and with a Content-Length (read on the
+    // fast path, where other uploads take their body through a pipe).
+    for (path, length) in [("/live/rw/seg7.m4s", false), ("/live/rw/seg8.m4s", true)] {
+        growing_segment_streamed(&rig, path, length).await;
+    }
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 4.0),
+        "{m}"
+    );
+}
+
+async fn growing_segment_streamed(rig: &Rig, path: &str, length: bool) {
     let data = (0..40_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect::<Vec<u8>>();
     let pieces = [3_000, 7_000, 10_000, 20_000];
-    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    let mut up = if length {
+        SlowPut::with_length(rig.srv.addr, &q(path, &rig.tok), data.len())
+    } else {
+        SlowPut::start(rig.srv.addr, &q(path, &rig.tok))
+    };
     up.chunk(&data[..pieces[0]]);
     let busy = eventually(Duration::from_secs(10), async || {
         metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
@@ -1967,19 +2004,27 @@ async fn growing_segment_is_streamed_to_readers_until_the_upload_commits() {
         assert_eq!(r.header("content-length"), Some("40000"));
         assert_eq!(r.header("cache-control"), Some("public, max-age=30"));
     }
-    let m = rig.metrics().await;
-    assert!(
-        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 2.0),
-        "{m}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_upload_aborts_the_growing_responses() {
     let rig = Rig::start(3, 100, "");
-    let path = "/live/abort/seg1.m4s";
+    // Chunked, and with a Content-Length (the fast path: see the test above).
+    for (path, length) in [
+        ("/live/abort/seg1.m4s", false),
+        ("/live/abort/seg2.m4s", true),
+    ] {
+        aborted_upload_aborts(&rig, path, length).await;
+    }
+}
+
+async fn aborted_upload_aborts(rig: &Rig, path: &str, length: bool) {
     let data = vec![0x5au8; 8_000];
-    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    let mut up = if length {
+        SlowPut::with_length(rig.srv.addr, &q(path, &rig.tok), data.len())
+    } else {
+        SlowPut::start(rig.srv.addr, &q(path, &rig.tok))
+    };
     up.chunk(&data[..4_000]);
     let busy = eventually(Duration::from_secs(10), async || {
         metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)

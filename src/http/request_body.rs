@@ -8,14 +8,19 @@
 //! `Expect: 100-continue` follows from pulling: the interim 100 is sent when the body is first
 //! polled, so a request refused before its body is read never gets one (and its connection is
 //! closed after the answer, the unread body with it).
+//!
+//! An upload that can take its body through a pipe offers one ([`RequestBody::next_piece`]): a
+//! body read from its own socket (the fast path's) then moves the bytes into it with `splice(2)`
+//! instead of reading them, and the upload splices them on into its file (`io::pipe`).
 
 use std::io;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::refusal::Refusal;
+use crate::io::pipe::Pipe;
 use crate::store::ByteStream;
 
 /// The `Content-Length` a request declares: none, or exactly one number of digits alone, up to
@@ -43,9 +48,31 @@ pub(crate) fn expects_continue(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-/// A body's chunks in order, for as long as the body may borrow its connection.
-pub type BodyStream<'a> =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = io::Result<Bytes>> + Send + 'a>>;
+/// A piece of a body: bytes in memory, or bytes moved into the pipe the reader offered.
+#[derive(Debug)]
+pub enum Piece {
+    Bytes(Bytes),
+    Piped(Piped),
+}
+
+/// Bytes a body moved into a pipe.
+#[derive(Debug, Clone, Copy)]
+pub struct Piped {
+    pub len: usize,
+    /// The pipe can take no more: drain it before asking for the next piece.
+    pub full: bool,
+}
+
+/// A body read from the socket it borrows (the HTTP/1.1 fast path's `Content-Length` body): read
+/// in the request's own task, which always runs to its end.
+pub trait ConnBody: Send {
+    /// The next piece, `None` after the last. Given a pipe, bytes still in the socket are moved
+    /// into it rather than read.
+    fn next_piece<'s>(
+        &'s mut self,
+        pipe: Option<&'s mut Pipe>,
+    ) -> futures_util::future::BoxFuture<'s, Option<io::Result<Piece>>>;
+}
 
 /// A request's body (possibly none).
 pub struct RequestBody<'a> {
@@ -60,9 +87,8 @@ enum Chunks<'a> {
     /// A stream that owns what it reads from (hyper's body, h3's): the body can be read in a
     /// task of its own.
     Owned(ByteStream),
-    /// A stream that borrows the connection (the HTTP/1.1 fast path): read in the request's
-    /// own task, which always runs to its end.
-    Borrowed(BodyStream<'a>),
+    /// A body that borrows its connection (the HTTP/1.1 fast path).
+    Borrowed(&'a mut dyn ConnBody),
 }
 
 impl<'a> RequestBody<'a> {
@@ -83,10 +109,10 @@ impl<'a> RequestBody<'a> {
         }
     }
 
-    /// A body read from a connection the stream borrows.
-    pub fn borrowed(declared: Option<u64>, stream: BodyStream<'a>) -> RequestBody<'a> {
+    /// A body read from a connection it borrows.
+    pub fn borrowed(declared: Option<u64>, body: &'a mut dyn ConnBody) -> RequestBody<'a> {
         RequestBody {
-            stream: Some(Chunks::Borrowed(stream)),
+            stream: Some(Chunks::Borrowed(body)),
             declared,
             received: 0,
         }
@@ -150,15 +176,39 @@ impl<'a> RequestBody<'a> {
         self.received
     }
 
+    /// Whether the body can move its bytes into a pipe ([`RequestBody::next_piece`]).
+    pub fn can_splice(&self) -> bool {
+        matches!(self.stream, Some(Chunks::Borrowed(_)))
+    }
+
     /// The next chunk (`None` at the end), within `timeout`, keeping the total within `limit`.
     pub async fn next(&mut self, limit: u64, timeout: Duration) -> Result<Option<Bytes>, Refusal> {
+        match self.next_piece(limit, timeout, None).await? {
+            None => Ok(None),
+            Some(Piece::Bytes(b)) => Ok(Some(b)),
+            Some(Piece::Piped(_)) => Err(Refusal::Internal),
+        }
+    }
+
+    /// The next piece (`None` at the end), within `timeout`, keeping the total within `limit`.
+    /// Given `pipe`, a body that [can splice](RequestBody::can_splice) moves what its socket
+    /// holds into it (a piece of zero bytes when the pipe is full); what was buffered already
+    /// comes as bytes first.
+    pub async fn next_piece(
+        &mut self,
+        limit: u64,
+        timeout: Duration,
+        pipe: Option<&mut Pipe>,
+    ) -> Result<Option<Piece>, Refusal> {
         if self.declared.is_some_and(|d| d > limit) {
             return Err(Refusal::TooLarge);
         }
         let next = match self.stream.as_mut() {
             None => return Ok(None),
-            Some(Chunks::Owned(s)) => tokio::time::timeout(timeout, s.next()).await,
-            Some(Chunks::Borrowed(s)) => tokio::time::timeout(timeout, s.next()).await,
+            Some(Chunks::Owned(s)) => tokio::time::timeout(timeout, s.next())
+                .await
+                .map(|c| c.map(|r| r.map(Piece::Bytes))),
+            Some(Chunks::Borrowed(b)) => tokio::time::timeout(timeout, b.next_piece(pipe)).await,
         };
         match next {
             Err(_) => Err(Refusal::BodyTimeout),
@@ -178,8 +228,11 @@ impl<'a> RequestBody<'a> {
                 self.stream = None;
                 Err(Refusal::BodyIncomplete)
             }
-            Ok(Some(Ok(mut chunk))) => {
-                self.received += chunk.len() as u64;
+            Ok(Some(Ok(piece))) => {
+                self.received += match &piece {
+                    Piece::Bytes(b) => b.len(),
+                    Piece::Piped(p) => p.len,
+                } as u64;
                 if self.received > limit {
                     return Err(Refusal::TooLarge);
                 }
@@ -188,7 +241,7 @@ impl<'a> RequestBody<'a> {
                     self.stream = None;
                     return Err(Refusal::BodyIncomplete);
                 }
-                Ok(Some(chunk.copy_to_bytes(chunk.remaining())))
+                Ok(Some(piece))
             }
         }
     }

@@ -38,7 +38,7 @@ use super::conditional;
 use super::handler::{reply, Cx, Proto, Reply, Stop, MAX_DISCARDED_BODY};
 use super::headers;
 use super::refusal::Refusal;
-use super::request_body::{expects_continue, RequestBody};
+use super::request_body::{expects_continue, Piece, RequestBody};
 use crate::live::Snapshot;
 use crate::metrics::Metrics;
 use crate::store::{Body, Mode, ObjectClass};
@@ -237,16 +237,26 @@ impl Receive {
         mut upload: crate::store::Upload,
         gate: Option<ResetGate>,
     ) -> Result<crate::store::Committed, Refusal> {
-        let mut next = body.next(self.limit, self.timeout).await?;
-        while let Some(chunk) = next {
-            upload.write(chunk).await?;
-            next = body.next(self.limit, self.timeout).await?;
+        // A body read from its own socket goes through the upload's pipe, if it has one.
+        let splice = body.can_splice();
+        let mut spliced = 0;
+        loop {
+            let pipe = if splice { upload.pipe() } else { None };
+            match body.next_piece(self.limit, self.timeout, pipe).await? {
+                None => break,
+                Some(Piece::Bytes(chunk)) => upload.write(chunk).await?,
+                Some(Piece::Piped(p)) => {
+                    spliced += p.len as u64;
+                    upload.piped(p.len, p.full).await?;
+                }
+            }
         }
         if let Some(g) = gate {
             g.pass().await?;
         }
         let mut done = upload.commit().await?;
         self.metrics.ingest_bytes.inc_by(body.received());
+        self.metrics.ingest_spliced_bytes.inc_by(spliced);
         // Parsed once per write: every request parked on this playlist re-checks now.
         if let Some(text) = done.body.take() {
             let snap = Snapshot::parse(text, done.etag.clone(), done.last_modified.clone());

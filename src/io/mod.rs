@@ -17,6 +17,7 @@
 //!   `prefetch` pulled them in through the backend. Concurrent prefetches of one range coalesce.
 
 pub mod mapped;
+pub mod pipe;
 
 use std::fs::File;
 use std::io;

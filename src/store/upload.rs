@@ -21,6 +21,7 @@ use super::write::{Dir, TempFile};
 use super::write_through::{BucketError, Op, WriteThrough};
 use super::writers::Writers;
 use crate::config::Durability;
+use crate::io::pipe::Pipe;
 use crate::volumes::{self, ObjectMeta, RelPath};
 
 /// Why a write did not happen.
@@ -70,14 +71,34 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// Largest body kept in memory for [`Mode::keep`] (playlists).
 const KEEP_MAX: usize = 4 << 20;
 
-/// Chunks received and not yet written.
-#[derive(Default)]
+/// What was received and not yet written: chunks in memory, then what is in the upload's pipe.
 struct Pending {
     chunks: Vec<Bytes>,
+    /// The upload's pipe (see [`Upload::pipe`]), unless a write to disk has it.
+    pipe: Option<Pipe>,
+    /// Bytes waiting, in `chunks` and in the pipe.
     len: usize,
+    /// No pipe is to be had (or the upload must have its bytes in memory): chunks only.
+    no_pipe: bool,
+}
+
+/// What one write to disk takes: the chunks, then the pipe's bytes. The pipe comes back with it.
+struct Batch {
+    chunks: Vec<Bytes>,
+    pipe: Option<Pipe>,
 }
 
 impl Pending {
+    /// `pipe`: whether the bytes may go through a pipe.
+    fn new(pipe: bool) -> Pending {
+        Pending {
+            chunks: Vec::new(),
+            pipe: None,
+            len: 0,
+            no_pipe: !pipe,
+        }
+    }
+
     fn push(&mut self, b: Bytes) {
         if !b.is_empty() {
             self.len += b.len();
@@ -85,9 +106,40 @@ impl Pending {
         }
     }
 
-    fn take(&mut self) -> Vec<Bytes> {
+    fn piped(&self) -> usize {
+        self.pipe.as_ref().map_or(0, Pipe::len)
+    }
+
+    fn take(&mut self) -> Batch {
         self.len = 0;
-        std::mem::take(&mut self.chunks)
+        Batch {
+            chunks: std::mem::take(&mut self.chunks),
+            pipe: self.pipe.take(),
+        }
+    }
+
+    /// The pipe back from a write to disk.
+    fn restore(&mut self, pipe: Option<Pipe>) {
+        self.pipe = pipe;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            p.recycle();
+        }
+    }
+}
+
+impl Batch {
+    /// Writes the chunks, then the pipe's bytes, to the end of `temp` (blocking).
+    fn write_to(&mut self, temp: &mut TempFile) -> io::Result<()> {
+        temp.write_chunks(&self.chunks)?;
+        match &mut self.pipe {
+            Some(p) if !p.is_empty() => temp.write_pipe(p),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -267,16 +319,50 @@ pub struct Committed {
 }
 
 impl Upload {
-    /// Takes the next piece of the body.
-    pub async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
-        let on_disk = self.file.written();
-        let total = on_disk + (self.buf.len + data.len()) as u64;
+    /// A pipe for the body's bytes (see `io::pipe`), when the upload takes them that way: not when
+    /// it must have them in memory (a kept or growing upload), nor when no pipe can be had. Bytes moved into it are announced with [`Upload::piped`].
+    pub fn pipe(&mut self) -> Option<&mut Pipe> {
+        let b = &mut self.buf;
+        if b.no_pipe {
+            return None;
+        }
+        if b.pipe.is_none() {
+            b.pipe = Pipe::take();
+            b.no_pipe = b.pipe.is_none();
+        }
+        b.pipe.as_mut()
+    }
+
+    /// Takes bytes moved into the upload's pipe (`full`: it has no room for more).
+    pub async fn piped(&mut self, len: usize, full: bool) -> Result<(), WriteError> {
+        self.check_room(len)?;
+        self.buf.len += len;
+        if full || self.buf.len >= WRITE_BUFFER {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses `more` bytes that would take the volume below its reserve.
+    fn check_room(&self, more: usize) -> Result<(), WriteError> {
         if let File::Open { room, .. } = &self.file {
-            if total > *room {
+            if self.file.written() + (self.buf.len + more) as u64 > *room {
                 self.no_space.inc();
                 return Err(WriteError::NoSpace);
             }
         }
+        Ok(())
+    }
+
+    /// Takes the next piece of the body.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), WriteError> {
+        if self.buf.piped() > 0 {
+            // Bytes in memory after bytes in the pipe: the pipe's go first.
+            self.flush().await?;
+        }
+        self.check_room(data.len())?;
+        let on_disk = self.file.written();
+        let total = on_disk + (self.buf.len + data.len()) as u64;
         if let Some(k) = &mut self.kept {
             if k.len() + data.len() <= KEEP_MAX {
                 k.extend_from_slice(&data);
@@ -300,17 +386,18 @@ impl Upload {
     async fn flush(&mut self) -> Result<(), WriteError> {
         let file = std::mem::replace(&mut self.file, File::Failed);
         let need = file.written() + self.buf.len as u64;
-        let buf = self.buf.take();
+        let mut batch = self.buf.take();
         let (local, key) = (Arc::clone(&self.local), self.key.clone());
         let r = self
             .pool
             .run(move || -> Result<_, WriteError> {
                 let mut o = open_for(&local, &key, file, need)?;
-                let w = o.temp.write_chunks(&buf);
-                Ok((o, w))
+                let w = batch.write_to(&mut o.temp);
+                Ok((o, w, batch.pipe))
             })
             .await?;
-        let (o, written) = r.map_err(|e| self.refused(e))?;
+        let (o, written, pipe) = r.map_err(|e| self.refused(e))?;
+        self.buf.restore(pipe);
         let new = o.new;
         let volume = self.keep(o);
         if let (Some(p), true, File::Open { temp, .. }) = (&self.publisher, new, &self.file) {
@@ -349,7 +436,7 @@ impl Upload {
     pub async fn commit(mut self) -> Result<Committed, WriteError> {
         let file = std::mem::replace(&mut self.file, File::Failed);
         let need = file.written() + self.buf.len as u64;
-        let buf = self.buf.take();
+        let mut batch = self.buf.take();
         let durable = self.durable;
         let (local, key) = (Arc::clone(&self.local), self.key.clone());
         if let Some(wt) = self.through.clone() {
@@ -358,14 +445,17 @@ impl Upload {
             let r = Pool::General
                 .run(move || -> Result<_, WriteError> {
                     let mut o = open_for(&local, &key, file, need)?;
-                    let sealed = o.temp.write_chunks(&buf).and_then(|()| match w.durability {
-                        Durability::Upstream => o.temp.seal(durable).map(Some),
-                        Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
-                    });
-                    Ok((o, sealed))
+                    let sealed = batch
+                        .write_to(&mut o.temp)
+                        .and_then(|()| match w.durability {
+                            Durability::Upstream => o.temp.seal(durable).map(Some),
+                            Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
+                        });
+                    Ok((o, sealed, batch.pipe))
                 })
                 .await?;
-            let (o, sealed) = r.map_err(|e| self.refused(e))?;
+            let (o, sealed, pipe) = r.map_err(|e| self.refused(e))?;
+            self.buf.restore(pipe);
             let volume = self.keep(o);
             let sealed = sealed.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
             if let Some((st, reader)) = sealed {
@@ -382,9 +472,12 @@ impl Upload {
             .run(move || {
                 let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
                 let (mut temp, volume) = (o.temp, o.volume);
-                let done = temp
-                    .write_chunks(&buf)
+                let done = batch
+                    .write_to(&mut temp)
                     .and_then(|()| temp.commit(&name, durable));
+                if let Some(p) = batch.pipe {
+                    p.recycle();
+                }
                 done.map(|(existed, st)| (existed, st, volume))
                     .map_err(|e| (true, write_failed(&local, volume, e)))
             })
@@ -578,7 +671,9 @@ pub async fn begin(
         kept: mode.keep.then(BytesMut::new),
         publisher,
         file,
-        buf: Pending::default(),
+        // A kept or growing body is needed in memory (readers of a growing one have each
+        // chunk at once).
+        buf: Pending::new(!(mode.keep || mode.growing)),
         name: split(rel).1.to_owned(),
         key: rel.clone(),
         local,

@@ -253,6 +253,18 @@ impl TempFile {
         Ok(())
     }
 
+    /// Appends everything in `pipe` (blocking: call it off the request threads).
+    pub fn write_pipe(&mut self, pipe: &mut crate::io::pipe::Pipe) -> io::Result<()> {
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let len = pipe.len();
+        pipe.drain_into(f)?;
+        self.written += len as u64;
+        Ok(())
+    }
+
     /// Renames the file to `target` unless `target` exists (then the file is dropped and `None`
     /// returned): for immutable objects another writer (another process sharing the directory
     /// during an upgrade) may have put in place first, and replacing it would cut off whoever is

@@ -11,14 +11,19 @@
 //! a read fills one), and every read takes what the socket holds: a 200 KB segment arrives in a
 //! handful of reads, not in pieces of hyper's 8 KiB starting buffer. A read never goes past the
 //! body's end, so a pipelined request after it stays in the socket for the next exchange.
+//!
+//! Offered a pipe (an upload that takes its body through one), the bytes still in the socket are
+//! moved into it with `splice(2)` instead: no buffer, and no copy through user space.
 
 use std::io;
+use std::os::fd::AsFd;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use crate::http::request_body::BodyStream;
+use crate::http::request_body::{ConnBody, Piece, Piped};
+use crate::io::pipe::{Filled, Pipe};
 
 /// Largest buffer one body read goes into (segd writes uploads 256 KiB at a time).
 const READ_MAX: usize = 256 * 1024;
@@ -84,41 +89,83 @@ impl<'a> LengthBody<'a> {
         self.interim == Interim::Writing
     }
 
-    /// The body as the stream [`RequestBody`](crate::http::request_body::RequestBody) pulls.
-    pub(super) fn stream<'s>(&'s mut self) -> BodyStream<'s> {
-        Box::pin(futures_util::stream::unfold(self, |body| async move {
-            let item = body.next().await?;
-            Some((item, body))
-        }))
-    }
-
-    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+    async fn next(&mut self, pipe: Option<&mut Pipe>) -> Option<io::Result<Piece>> {
         if self.remaining == 0 || self.failed {
             return None;
         }
-        let r = self.read().await;
+        let r = if !self.buf.is_empty() {
+            Ok(Piece::Bytes(self.buffered()))
+        } else {
+            match self.interim().await {
+                Err(e) => Err(e),
+                Ok(()) => match pipe {
+                    Some(p) => self.splice(p).await.map(Piece::Piped),
+                    None => self.read().await.map(Piece::Bytes),
+                },
+            }
+        };
         if r.is_err() {
             self.failed = true;
         }
         Some(r)
     }
 
-    async fn read(&mut self) -> io::Result<Bytes> {
-        if !self.buf.is_empty() {
-            // The client is sending without waiting for a 100: none is needed any more.
-            if self.interim == Interim::Due {
-                self.interim = Interim::None;
-            }
-            let n =
-                usize::try_from(self.remaining).map_or(self.buf.len(), |r| r.min(self.buf.len()));
-            self.remaining -= n as u64;
-            return Ok(self.buf.split_to(n).freeze());
+    /// Body bytes that arrived with the head (or the bytes before it).
+    fn buffered(&mut self) -> Bytes {
+        // The client is sending without waiting for a 100: none is needed any more.
+        if self.interim == Interim::Due {
+            self.interim = Interim::None;
         }
+        let n = usize::try_from(self.remaining).map_or(self.buf.len(), |r| r.min(self.buf.len()));
+        self.remaining -= n as u64;
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Sends the `100 Continue` before the first read from the socket, if one is due.
+    async fn interim(&mut self) -> io::Result<()> {
         if self.interim == Interim::Due {
             self.interim = Interim::Writing;
             self.stream.write_all(CONTINUE).await?;
             self.interim = Interim::None;
         }
+        Ok(())
+    }
+
+    /// Moves what the socket holds of the body (never past its end) into `pipe`, waiting for
+    /// bytes when it holds none; a piece of zero bytes when the pipe has no room.
+    async fn splice(&mut self, pipe: &mut Pipe) -> io::Result<Piped> {
+        let max = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        loop {
+            let filled = self.stream.try_io(Interest::READABLE, || {
+                pipe.fill_from(self.stream.as_fd(), max)
+            });
+            match filled {
+                Ok(Filled::Moved(0)) => return Err(self.closed()),
+                Ok(Filled::Moved(n)) => {
+                    self.remaining -= n as u64;
+                    return Ok(Piped {
+                        len: n,
+                        full: pipe.room() == 0,
+                    });
+                }
+                Ok(Filled::Full) => return Ok(Piped { len: 0, full: true }),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stream.readable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn closed(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "connection closed with {} body bytes to come",
+                self.remaining
+            ),
+        )
+    }
+
+    async fn read(&mut self) -> io::Result<Bytes> {
         if self.rx.capacity() == 0 {
             // Nothing is allocated for a body before its bytes arrive.
             self.stream.readable().await?;
@@ -134,13 +181,7 @@ impl<'a> LengthBody<'a> {
             .read_buf(&mut (&mut self.rx).limit(limit))
             .await?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "connection closed with {} body bytes to come",
-                    self.remaining
-                ),
-            ));
+            return Err(self.closed());
         }
         if n == limit {
             // A read that fills its buffer: the body is coming fast, so read in large pieces.
@@ -148,5 +189,14 @@ impl<'a> LengthBody<'a> {
         }
         self.remaining -= n as u64;
         Ok(self.rx.split().freeze())
+    }
+}
+
+impl ConnBody for LengthBody<'_> {
+    fn next_piece<'s>(
+        &'s mut self,
+        pipe: Option<&'s mut Pipe>,
+    ) -> futures_util::future::BoxFuture<'s, Option<io::Result<Piece>>> {
+        Box::pin(self.next(pipe))
     }
 }

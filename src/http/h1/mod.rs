@@ -11,8 +11,9 @@
 //! Handed elsewhere or refused, precisely:
 //! - an HTTP/2 connection preface (h2c prior knowledge) → the whole connection goes to hyper;
 //! - a request with a `Content-Length` body is read here (`body`): as the handler pulls it,
-//!   into buffers sized for the body, answering `Expect: 100-continue` on the first pull; a
-//!   body the handler leaves unread closes the connection after the answer;
+//!   into buffers sized for the body or, for an upload that offers one, spliced into a pipe;
+//!   `Expect: 100-continue` is answered on the first pull; a body the handler leaves unread
+//!   closes the connection after the answer;
 //! - a `Transfer-Encoding: chunked` body → the connection, this request's bytes included, goes
 //!   to hyper, which decodes the body and answers `Expect: 100-continue` when the handler
 //!   reads it;
@@ -255,7 +256,7 @@ async fn exchange(
         // The handler reads the body from the connection as it goes; what it leaves unread
         // (a refusal) ends the connection after the answer.
         let mut body = LengthBody::new(stream, buf, declared, expects_continue(&head));
-        let body_in = RequestBody::borrowed(Some(declared), body.stream());
+        let body_in = RequestBody::borrowed(Some(declared), &mut body);
         let mut reply = handler::handle(&shared.runtime, &policy, &req, body_in).await;
         reply.close |= !body.complete();
         interim_cut = body.interim_cut();
@@ -340,7 +341,7 @@ async fn drop_body(
     metrics: &crate::metrics::Metrics,
 ) -> Result<(), Next> {
     let mut body = LengthBody::new(stream, buf, declared, expects_continue(head));
-    let dropped = RequestBody::borrowed(Some(declared), body.stream())
+    let dropped = RequestBody::borrowed(Some(declared), &mut body)
         .discard(handler::MAX_DISCARDED_BODY, cfg.header_read_timeout)
         .await;
     if body.interim_cut() {
