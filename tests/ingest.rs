@@ -1124,6 +1124,35 @@ async fn body_timeout_is_408() {
     );
 }
 
+/// A PUT creating `path` with `body` (`Content-Length`) and a GET of it, in one write on `s`:
+/// 201, then the GET answered with exactly the new bytes.
+fn put_then_get_pipelined(s: &mut TcpStream, path: &str, tok: &str, body: &[u8]) {
+    let mut wire = format!(
+        "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        q(path, tok),
+        body.len()
+    )
+    .into_bytes();
+    wire.extend_from_slice(body);
+    wire.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    s.write_all(&wire).expect("pipelined PUT and GET");
+    let put = read_head(s);
+    assert!(put.starts_with("HTTP/1.1 201"), "PUT {path}: {put:?}");
+    let got = read_head(s);
+    assert!(got.starts_with("HTTP/1.1 200"), "pipelined GET: {got:?}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains(&format!("content-length: {}\r\n", body.len())),
+        "pipelined GET: {got:?}"
+    );
+    let mut back = vec![0u8; body.len()];
+    s.read_exact(&mut back).expect("GET body");
+    assert!(
+        back == body,
+        "the pipelined GET of {path} returned other bytes"
+    );
+}
+
 /// A `Content-Length` body is read on the connection it came on, which then carries on: a
 /// request pipelined right behind the body is answered next, `Expect: 100-continue` gets its 100
 /// only for an accepted write, and a refused body's connection is closed after the answer.
@@ -1136,27 +1165,7 @@ async fn content_length_bodies_keep_the_connection() {
     let mut s = connect(rig.srv.addr);
 
     // A PUT and a GET of the same object in one write: the GET sees the new bytes.
-    let mut wire = format!(
-        "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-        q("/live/kc/a.ts", &tok),
-        body.len()
-    )
-    .into_bytes();
-    wire.extend_from_slice(&body);
-    wire.extend_from_slice(b"GET /live/kc/a.ts HTTP/1.1\r\nHost: t\r\n\r\n");
-    s.write_all(&wire).expect("pipelined PUT and GET");
-    let put = read_head(&mut s);
-    assert!(put.starts_with("HTTP/1.1 201"), "PUT: {put:?}");
-    let got = read_head(&mut s);
-    assert!(got.starts_with("HTTP/1.1 200"), "pipelined GET: {got:?}");
-    assert!(
-        got.to_ascii_lowercase()
-            .contains(&format!("content-length: {}\r\n", body.len())),
-        "pipelined GET: {got:?}"
-    );
-    let mut back = vec![0u8; body.len()];
-    s.read_exact(&mut back).expect("GET body");
-    assert!(back == body, "the pipelined GET returned other bytes");
+    put_then_get_pipelined(&mut s, "/live/kc/a.ts", &tok, &body);
 
     // Expect: 100-continue on the same connection: 100, then the body, then 201.
     s.write_all(
@@ -1297,24 +1306,39 @@ async fn client_gone_mid_body() {
             in_progress(&rig, what).await;
             drop(s);
         }
-        let done = eventually(Duration::from_secs(10), async || {
-            metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
-        })
-        .await;
-        assert!(done, "{what}: the upload ended:\n{}", rig.metrics().await);
+        uploads_ended(&rig, what).await;
         if let Some((resp, client, driver)) = connection.take() {
             drop((resp, client));
             driver.abort();
         }
-        no_tmp_eventually(&vol, what).await;
-        assert_eq!(tree(&vol), before, "{what}: nothing written");
-        for h2 in [false, true] {
-            let g = get_on(&rig.url("/live/gone/a.ts"), h2).await;
-            assert!(
-                g.body.as_ref() == old.as_slice(),
-                "{what}: old version served"
-            );
-        }
+        nothing_written(&rig, &before, "/live/gone/a.ts", &old, what).await;
+    }
+}
+
+/// Waits until segd counts no upload in progress.
+async fn uploads_ended(rig: &Rig, what: &str) {
+    let done = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
+    })
+    .await;
+    assert!(done, "{what}: the upload ended:\n{}", rig.metrics().await);
+}
+
+/// A failed upload left `disk1` as it was (`before`, no temporary file), and `path` still
+/// serves `old` on HTTP/1.1 and h2c.
+async fn nothing_written(
+    rig: &Rig,
+    before: &BTreeMap<String, Option<(usize, u64)>>,
+    path: &str,
+    old: &[u8],
+    what: &str,
+) {
+    let vol = rig.vol("disk1");
+    no_tmp_eventually(&vol, what).await;
+    assert_eq!(tree(&vol), *before, "{what}: nothing written");
+    for h2 in [false, true] {
+        let g = get_on(&rig.url(path), h2).await;
+        assert!(g.body.as_ref() == old, "{what}: old version served");
     }
 }
 
@@ -1343,17 +1367,6 @@ async fn content_length_bodies_through_the_pipe() {
             q(path, &tok)
         )
     };
-    let old_served = async |what: &str| {
-        no_tmp_eventually(&vol, what).await;
-        assert_eq!(tree(&vol), before, "{what}: nothing written");
-        for h2 in [false, true] {
-            let g = get_on(&rig.url("/vod/p/a.ts"), h2).await;
-            assert!(
-                g.body.as_ref() == old.as_slice(),
-                "{what}: old version served"
-            );
-        }
-    };
 
     // The client goes away after part of the body: nothing written.
     let mut s = connect(rig.srv.addr);
@@ -1363,12 +1376,8 @@ async fn content_length_bodies_through_the_pipe() {
         .expect("part of the body");
     in_progress(&rig, "disconnect").await;
     drop(s);
-    let done = eventually(Duration::from_secs(10), async || {
-        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
-    })
-    .await;
-    assert!(done, "the upload ended:\n{}", rig.metrics().await);
-    old_served("disconnect").await;
+    uploads_ended(&rig, "disconnect").await;
+    nothing_written(&rig, &before, "/vod/p/a.ts", &old, "disconnect").await;
 
     // The client stalls mid-body: 408 after body_timeout, nothing written.
     let mut s = connect(rig.srv.addr);
@@ -1377,7 +1386,7 @@ async fn content_length_bodies_through_the_pipe() {
     s.write_all(&[b'x'; 500]).expect("half the body");
     let answer = read_head(&mut s);
     assert!(answer.starts_with("HTTP/1.1 408"), "stall: {answer:?}");
-    old_served("stall").await;
+    nothing_written(&rig, &before, "/vod/p/a.ts", &old, "stall").await;
 
     // A body many pipes long, sent in one go: the pipe fills and drains in turn.
     let big = payload(3 << 20, 22);
@@ -1404,23 +1413,7 @@ async fn content_length_bodies_through_the_pipe() {
     // A request pipelined right behind the body stays out of the pipe and is answered next,
     // with the new bytes.
     let small = payload(70_000, 24);
-    let mut wire = put_head("/vod/p/b.ts", small.len(), "").into_bytes();
-    wire.extend_from_slice(&small);
-    wire.extend_from_slice(b"GET /vod/p/b.ts HTTP/1.1\r\nHost: t\r\n\r\n");
-    s.write_all(&wire).expect("pipelined PUT and GET");
-    let put = read_head(&mut s);
-    assert!(put.starts_with("HTTP/1.1 201"), "PUT: {put:?}");
-    let got = read_head(&mut s);
-    assert!(
-        got.starts_with("HTTP/1.1 200")
-            && got
-                .to_ascii_lowercase()
-                .contains(&format!("content-length: {}\r\n", small.len())),
-        "pipelined GET: {got:?}"
-    );
-    let mut back = vec![0u8; small.len()];
-    s.read_exact(&mut back).expect("GET body");
-    assert!(back == small, "the pipelined GET returned other bytes");
+    put_then_get_pipelined(&mut s, "/vod/p/b.ts", &tok, &small);
 
     // Expect: 100-continue: the 100, then the body, then 201.
     let c = payload(500_000, 25);
