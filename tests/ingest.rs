@@ -1379,6 +1379,54 @@ async fn content_length_bodies_through_the_pipe() {
     uploads_ended(&rig, "disconnect").await;
     nothing_written(&rig, &before, "/vod/p/a.ts", &old, "disconnect").await;
 
+    // Small pieces, each spliced alone, take one of the pipe's slots (a page each) apiece: as
+    // many pieces as slots fill the pipe with a few KB. The client then goes away while the pipe
+    // is full and the socket empty: the upload ends at once, nothing written.
+    let slots = segd::io::pipe::CAPACITY / 4096;
+    let small_pieces = |s: &mut TcpStream, n: usize| {
+        s.set_nodelay(true).expect("nodelay");
+        // The head is read alone first: every piece is then spliced.
+        std::thread::sleep(Duration::from_millis(50));
+        for i in 0..n {
+            s.write_all(&[b'0' + (i % 10) as u8; 100]).expect("piece");
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut s = connect(rig.srv.addr);
+    s.write_all(put_head("/vod/p/a.ts", 1_000_000, "").as_bytes())
+        .expect("head");
+    small_pieces(&mut s, slots);
+    drop(s);
+    uploads_ended(&rig, "disconnect with the pipe's slots taken").await;
+    nothing_written(&rig, &before, "/vod/p/a.ts", &old, "slots taken").await;
+    // Seen as the disconnect it is, not waited out until body_timeout.
+    let m = rig.metrics().await;
+    let refused = |reason: &str| metric_with(&m, "segd_refusals_total", &[("reason", reason)]);
+    assert_eq!(refused("body_incomplete"), Some(2.0), "{m}");
+    assert_eq!(refused("body_timeout"), None, "{m}");
+
+    // The same pieces, then the rest of the body: a full pipe is drained, and the body is whole.
+    let mut s = connect(rig.srv.addr);
+    let mut pieces = Vec::new();
+    for i in 0..slots {
+        pieces.extend_from_slice(&[b'0' + (i % 10) as u8; 100]);
+    }
+    let rest = payload(200_000, 26);
+    s.write_all(put_head("/vod/p/pieces.ts", pieces.len() + rest.len(), "").as_bytes())
+        .expect("head");
+    small_pieces(&mut s, slots);
+    s.write_all(&rest).expect("the rest");
+    let answer = read_head(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 201"), "pieces: {answer:?}");
+    pieces.extend_from_slice(&rest);
+    assert_file(
+        &vol.join("vod/p/pieces.ts"),
+        &pieces,
+        "small pieces, then the rest",
+    );
+    let before = tree(&vol);
+
     // The client stalls mid-body: 408 after body_timeout, nothing written.
     let mut s = connect(rig.srv.addr);
     s.write_all(put_head("/vod/p/a.ts", 1000, "").as_bytes())
@@ -1429,11 +1477,11 @@ async fn content_length_bodies_through_the_pipe() {
 
     // Everything committed went through the pipe, but for what arrived with each head.
     let m = rig.metrics().await;
-    let committed = (big.len() + slow.len() + small.len() + c.len()) as f64;
+    let committed = (pieces.len() + big.len() + slow.len() + small.len() + c.len()) as f64;
     let spliced = metric(&m, "segd_ingest_spliced_bytes_total").expect("spliced bytes");
     assert_eq!(metric(&m, "segd_ingest_bytes_total"), Some(committed));
     assert!(
-        spliced <= committed && spliced >= committed - 4.0 * 4096.0,
+        spliced <= committed && spliced >= committed - 5.0 * 4096.0,
         "spliced {spliced} of {committed} committed bytes"
     );
 }

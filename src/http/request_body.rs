@@ -66,6 +66,10 @@ pub struct Piped {
 /// A body read from the socket it borrows (the HTTP/1.1 fast path's `Content-Length` body): read
 /// in the request's own task, which always runs to its end.
 pub trait ConnBody: Send {
+    /// Whether the next piece would come from the socket (so a pipe could take it), not from
+    /// bytes already read.
+    fn can_splice(&self) -> bool;
+
     /// The next piece, `None` after the last. Given a pipe, bytes still in the socket are moved
     /// into it rather than read.
     fn next_piece<'s>(
@@ -176,9 +180,10 @@ impl<'a> RequestBody<'a> {
         self.received
     }
 
-    /// Whether the body can move its bytes into a pipe ([`RequestBody::next_piece`]).
+    /// Whether the next piece can be moved into a pipe ([`RequestBody::next_piece`]): bytes still
+    /// in the socket of a body that borrows its connection.
     pub fn can_splice(&self) -> bool {
-        matches!(self.stream, Some(Chunks::Borrowed(_)))
+        matches!(&self.stream, Some(Chunks::Borrowed(b)) if b.can_splice())
     }
 
     /// The next chunk (`None` at the end), within `timeout`, keeping the total within `limit`.

@@ -237,11 +237,15 @@ impl Receive {
         mut upload: crate::store::Upload,
         gate: Option<ResetGate>,
     ) -> Result<crate::store::Committed, Refusal> {
-        // A body read from its own socket goes through the upload's pipe, if it has one.
-        let splice = body.can_splice();
+        // What a body read from its own socket still has there goes through the upload's pipe,
+        // if it has one.
         let mut spliced = 0;
         loop {
-            let pipe = if splice { upload.pipe() } else { None };
+            let pipe = if body.can_splice() {
+                upload.pipe()
+            } else {
+                None
+            };
             match body.next_piece(self.limit, self.timeout, pipe).await? {
                 None => break,
                 Some(Piece::Bytes(chunk)) => upload.write(chunk).await?,

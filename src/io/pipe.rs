@@ -4,11 +4,13 @@
 //! the one copy a body needs (into the page cache). Reading into a buffer and writing it out costs
 //! a second copy, and a large buffer per upload.
 //!
-//! A pipe holds [`CAPACITY`] bytes (one page per slot, as received pages are split; fewer when
-//! the network delivers smaller pieces, which [`Pipe::fill_from`] reports as full). Idle pipes
+//! A pipe holds [`CAPACITY`] bytes in 256 slots. A slot takes one received piece, up to a page:
+//! a network that delivers 1,448-byte segments fills the slots at about 370 KB, more than most
+//! segments, and [`Pipe::fill_from`] reports a pipe whose slots are taken as full. Idle pipes
 //! are kept for the next upload, up to [`POOL`]; one that may hold bytes is closed instead.
 //! Where pipes of that size cannot be had (the user's pipe quota, `fs.pipe-user-pages-soft`,
-//! is spent), [`Pipe::take`] says so and the upload reads into buffers as before.
+//! 16,384 pages by default, is spent), [`Pipe::take`] says so and the upload reads into buffers
+//! as before; after a refusal no pipe is made for [`BACKOFF`].
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -17,11 +19,19 @@ use std::sync::Mutex;
 
 use rustix::pipe::{PipeFlags, SpliceFlags};
 
-/// Bytes one pipe holds: one upload write buffer (`store::upload`), 64 pages.
-pub const CAPACITY: usize = 256 * 1024;
+/// Bytes one pipe holds (256 pages: `fs.pipe-max-size`'s default, the most an unprivileged
+/// process may ask for).
+pub const CAPACITY: usize = 1 << 20;
 
-/// Idle pipes kept at most (each is 64 pages of the user's pipe quota while it exists).
-const POOL: usize = 64;
+/// Idle pipes kept at most (each is 256 pages of the user's pipe quota while it exists: 16 are
+/// a quarter of the default quota).
+const POOL: usize = 16;
+
+/// After a pipe could not be made, uploads read into buffers for this long before the next try.
+const BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When a pipe could last not be made.
+static REFUSED: Mutex<Option<std::time::Instant>> = Mutex::new(None);
 
 /// Idle pipes, for the next upload.
 struct Idle(Mutex<Vec<Pipe>>);
@@ -62,15 +72,24 @@ pub enum Filled {
 }
 
 impl Pipe {
-    /// An idle pipe, else a new one of [`CAPACITY`]; `None` when none of that size can be made.
+    /// An idle pipe, else a new one of [`CAPACITY`]; `None` when none of that size can be made
+    /// (nor was, within [`BACKOFF`]).
     pub fn take() -> Option<Pipe> {
-        IDLE.pop().or_else(|| match Pipe::new() {
+        if let Some(p) = IDLE.pop() {
+            return Some(p);
+        }
+        let mut refused = REFUSED.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.is_some_and(|t| t.elapsed() < BACKOFF) {
+            return None;
+        }
+        match Pipe::new() {
             Ok(p) => Some(p),
             Err(e) => {
-                tracing::debug!(error = %e, "no pipe for an upload: reading it into buffers");
+                tracing::debug!(error = %e, "no pipe for uploads: reading them into buffers");
+                *refused = Some(std::time::Instant::now());
                 None
             }
-        })
+        }
     }
 
     fn new() -> io::Result<Pipe> {

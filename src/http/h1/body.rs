@@ -134,8 +134,12 @@ impl<'a> LengthBody<'a> {
     /// Moves what the socket holds of the body (never past its end) into `pipe`, waiting for
     /// bytes when it holds none; a piece of zero bytes when the pipe has no room.
     async fn splice(&mut self, pipe: &mut Pipe) -> io::Result<Piped> {
+        const FULL: Piped = Piped { len: 0, full: true };
         let max = usize::try_from(self.remaining).unwrap_or(usize::MAX);
         loop {
+            // Never a loop that keeps the timers (`body_timeout`) from running, whatever the
+            // socket reports.
+            tokio::task::coop::consume_budget().await;
             let filled = self.stream.try_io(Interest::READABLE, || {
                 pipe.fill_from(self.stream.as_fd(), max)
             });
@@ -148,8 +152,15 @@ impl<'a> LengthBody<'a> {
                         full: pipe.room() == 0,
                     });
                 }
-                Ok(Filled::Full) => return Ok(Piped { len: 0, full: true }),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stream.readable().await?,
+                Ok(Filled::Full) => return Ok(FULL),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let ready = self.stream.ready(Interest::READABLE).await?;
+                    // Closed or failed while every slot of the pipe is taken (small pieces use
+                    // up slots before bytes): splice says so only once the pipe is drained.
+                    if (ready.is_read_closed() || ready.is_error()) && !pipe.is_empty() {
+                        return Ok(FULL);
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -193,6 +204,10 @@ impl<'a> LengthBody<'a> {
 }
 
 impl ConnBody for LengthBody<'_> {
+    fn can_splice(&self) -> bool {
+        self.buf.is_empty() && self.remaining > 0 && !self.failed
+    }
+
     fn next_piece<'s>(
         &'s mut self,
         pipe: Option<&'s mut Pipe>,
