@@ -158,11 +158,7 @@ impl Pipe {
                 Ok(n) => self.len -= n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::INVAL) => return self.copy_into(file),
-                Err(rustix::io::Errno::AGAIN) => {
-                    return Err(io::Error::other(
-                        "the pipe holds fewer bytes than it was given",
-                    ))
-                }
+                Err(rustix::io::Errno::AGAIN) => return Err(short()),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -179,11 +175,7 @@ impl Pipe {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::other(
-                        "the pipe holds fewer bytes than it was given",
-                    ))
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(short()),
                 Err(e) => return Err(e),
             };
             file.write_all(&buf[..n])?;
@@ -191,6 +183,11 @@ impl Pipe {
         }
         Ok(())
     }
+}
+
+/// A pipe that holds fewer bytes than were counted into it: an error, never a wait.
+fn short() -> io::Error {
+    io::Error::other("the pipe holds fewer bytes than it was given")
 }
 
 #[cfg(test)]

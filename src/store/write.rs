@@ -189,10 +189,7 @@ impl TempFile {
 
     /// A second descriptor of the file, for readers of an object still being written.
     pub fn reader(&self) -> io::Result<File> {
-        self.file
-            .as_ref()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?
-            .try_clone()
+        self.file.as_ref().ok_or_else(closed)?.try_clone()
     }
 
     /// The directory the file will be committed in.
@@ -202,10 +199,7 @@ impl TempFile {
 
     /// Appends `data` (a blocking write: call it off the request threads).
     pub fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let f = self.file.as_mut().ok_or_else(closed)?;
         f.write_all(data)?;
         self.written += data.len() as u64;
         Ok(())
@@ -215,10 +209,7 @@ impl TempFile {
     /// (the validators it will be served with: a rename keeps them) and a descriptor to read it
     /// with (positioned reads only: it shares the writer's offset).
     pub fn seal(&mut self, durable: bool) -> io::Result<(rustix::fs::Stat, File)> {
-        let f = self
-            .file
-            .as_ref()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let f = self.file.as_ref().ok_or_else(closed)?;
         stamp(f)?;
         self.stamped = true;
         if durable {
@@ -230,10 +221,7 @@ impl TempFile {
     /// Appends `chunks` in order with as few `writev` calls as the kernel allows (blocking: call
     /// it off the request threads).
     pub fn write_chunks(&mut self, chunks: &[bytes::Bytes]) -> io::Result<()> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let f = self.file.as_mut().ok_or_else(closed)?;
         let total: usize = chunks.iter().map(|c| c.len()).sum();
         // IOV_MAX is 1024 on Linux: larger lists go in groups.
         for group in chunks.chunks(1024) {
@@ -255,10 +243,7 @@ impl TempFile {
 
     /// Appends everything in `pipe` (blocking: call it off the request threads).
     pub fn write_pipe(&mut self, pipe: &mut crate::io::pipe::Pipe) -> io::Result<()> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let f = self.file.as_mut().ok_or_else(closed)?;
         let len = pipe.len();
         pipe.drain_into(f)?;
         self.written += len as u64;
@@ -271,10 +256,7 @@ impl TempFile {
     /// being sent the first copy (the zero-copy contract resets a response whose file is
     /// replaced).
     pub fn commit_new(mut self, target: &str) -> io::Result<Option<rustix::fs::Stat>> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let file = self.file.take().ok_or_else(closed)?;
         let st = rustix::fs::fstat(&file)?;
         drop(file);
         match self.dir.rename_new(&self.name, target) {
@@ -295,10 +277,7 @@ impl TempFile {
     /// one of the directory, when `durable`). Returns whether `target` existed (and was
     /// replaced), and the new file's metadata.
     pub fn commit(mut self, target: &str, durable: bool) -> io::Result<(bool, rustix::fs::Stat)> {
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("temporary file already closed"))?;
+        let file = self.file.take().ok_or_else(closed)?;
         if !self.stamped {
             stamp(&file)?;
         }
@@ -315,6 +294,11 @@ impl TempFile {
         }
         Ok((existed, st))
     }
+}
+
+/// The error for a use of a [`TempFile`] whose file was already closed (committed).
+fn closed() -> io::Error {
+    io::Error::other("temporary file already closed")
 }
 
 /// Sets a finished file's mtime to the realtime clock's nanoseconds. The kernel stamps writes
