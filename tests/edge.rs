@@ -1259,6 +1259,10 @@ async fn edge_restart_keeps_the_warm_cache() {
 // 9. Unhealthy volume
 
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn edge_unhealthy_volume_paths_an_upstream_covers_are_pulled() {
     let origin = Origin::start("");
     let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
@@ -2340,6 +2344,10 @@ async fn write_through_delete_through_another_node() {
 /// costs objects their copies, not their viewers: fills pass through in memory, and storing
 /// resumes once the disk takes files again.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn edge_full_cache_disk_passes_fills_through() {
     let origin = Origin::start("");
     let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);

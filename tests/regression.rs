@@ -483,6 +483,10 @@ async fn io_errors(srv: &Server, volume: &str) -> f64 {
 /// of a small segment fills the hot-body cache through the backend, the fill fails, and the error
 /// is counted as a device fault of the volume (metric and log).
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn device_error_in_a_cache_fill_is_counted() {
     let vols = demo_volumes();
     let vol = vols.path().join("disk1");
@@ -514,6 +518,10 @@ async fn device_error_in_a_cache_fill_is_counted() {
 /// with EIO), a plaintext HTTP/1.1 GET of a segment prefetches before sendfile, fails: 503, and
 /// the error is counted against the volume.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn device_error_in_a_prefetch_is_counted() {
     let vols = demo_volumes();
     let vol = vols.path().join("disk1");
@@ -1103,6 +1111,10 @@ fn check_failed(body: &[u8], end: &Result<(), String>, want: &[u8], what: &str) 
 /// Plaintext HTTP/1.1: chunked, terminated, kept alive (Range ignored on the second request);
 /// HTTP/1.0: delimited by close; a failing stream never gets its zero-length chunk.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn unknown_length_bodies_over_http1() {
     let s = stream_server(false);
     let mut c = plain(s.srv.addr).await;
@@ -1155,6 +1167,10 @@ async fn unknown_length_bodies_over_http1() {
 
 /// h2c: a clean stream ends with END_STREAM and the whole file; a failing one is reset.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn unknown_length_bodies_over_h2c() {
     let s = stream_server(false);
     let mut tx = h2c(s.srv.addr).await;
@@ -1166,6 +1182,10 @@ async fn unknown_length_bodies_over_h2c() {
 
 /// h2 over TLS: as h2c.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn unknown_length_bodies_over_h2_tls() {
     let s = stream_server(true);
     let h2 = s.pki.client(&[&rustls::version::TLS13], &[b"h2"]);
@@ -1180,6 +1200,10 @@ async fn unknown_length_bodies_over_h2_tls() {
 
 /// HTTPS/1.1 (hyper): chunked and whole; a failing stream never gets its zero-length chunk.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn unknown_length_bodies_over_https1() {
     let s = stream_server(true);
     let h1 = s.pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
@@ -1201,6 +1225,10 @@ async fn unknown_length_bodies_over_https1() {
 
 /// HTTP/3: a clean stream finishes with the whole file; a failing one is reset.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn unknown_length_bodies_over_http3() {
     let s = stream_server(true);
     let mut c = h3_connect(s.srv.tls_addr.expect("tls"), &s.pki).await;

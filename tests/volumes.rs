@@ -254,6 +254,10 @@ async fn marker_file_detects_an_unmounted_disk() {
 /// root): 503 for its objects, the other volume unaffected, metric and log show it, and it
 /// serves again once the fault clears.
 #[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
 async fn eio_volume_degrades_alone_and_recovers() {
     let dir = demo_volumes();
     let d1 = dir.path().join("disk1");
