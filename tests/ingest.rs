@@ -1383,15 +1383,20 @@ async fn content_length_bodies_through_the_pipe() {
     // many pieces as slots fill the pipe with a few KB. The client then goes away while the pipe
     // is full and the socket empty: the upload ends at once, nothing written.
     let slots = segd::io::pipe::CAPACITY / 4096;
+    // Sends `n` pieces of 100 bytes, one at a time; returns what it sent.
     let small_pieces = |s: &mut TcpStream, n: usize| {
         s.set_nodelay(true).expect("nodelay");
         // The head is read alone first: every piece is then spliced.
         std::thread::sleep(Duration::from_millis(50));
+        let mut sent = Vec::with_capacity(n * 100);
         for i in 0..n {
-            s.write_all(&[b'0' + (i % 10) as u8; 100]).expect("piece");
+            let piece = [b'0' + (i % 10) as u8; 100];
+            s.write_all(&piece).expect("piece");
+            sent.extend_from_slice(&piece);
             std::thread::sleep(Duration::from_millis(3));
         }
         std::thread::sleep(Duration::from_millis(50));
+        sent
     };
     let mut s = connect(rig.srv.addr);
     s.write_all(put_head("/vod/p/a.ts", 1_000_000, "").as_bytes())
@@ -1408,14 +1413,10 @@ async fn content_length_bodies_through_the_pipe() {
 
     // The same pieces, then the rest of the body: a full pipe is drained, and the body is whole.
     let mut s = connect(rig.srv.addr);
-    let mut pieces = Vec::new();
-    for i in 0..slots {
-        pieces.extend_from_slice(&[b'0' + (i % 10) as u8; 100]);
-    }
     let rest = payload(200_000, 26);
-    s.write_all(put_head("/vod/p/pieces.ts", pieces.len() + rest.len(), "").as_bytes())
+    s.write_all(put_head("/vod/p/pieces.ts", slots * 100 + rest.len(), "").as_bytes())
         .expect("head");
-    small_pieces(&mut s, slots);
+    let mut pieces = small_pieces(&mut s, slots);
     s.write_all(&rest).expect("the rest");
     let answer = read_head(&mut s);
     assert!(answer.starts_with("HTTP/1.1 201"), "pieces: {answer:?}");

@@ -78,15 +78,16 @@ impl Pipe {
         if let Some(p) = IDLE.pop() {
             return Some(p);
         }
-        let mut refused = REFUSED.lock().unwrap_or_else(|p| p.into_inner());
-        if refused.is_some_and(|t| t.elapsed() < BACKOFF) {
+        let refused = || REFUSED.lock().unwrap_or_else(|p| p.into_inner());
+        if refused().is_some_and(|t| t.elapsed() < BACKOFF) {
             return None;
         }
+        // Made without the lock held: other threads' uploads do not wait on these syscalls.
         match Pipe::new() {
             Ok(p) => Some(p),
             Err(e) => {
                 tracing::debug!(error = %e, "no pipe for uploads: reading them into buffers");
-                *refused = Some(std::time::Instant::now());
+                *refused() = Some(std::time::Instant::now());
                 None
             }
         }
