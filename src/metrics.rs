@@ -34,6 +34,8 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
     pub quic_retries: prometheus::IntCounter,
+    /// Datagrams passed between the old and the new process during an upgrade, by `way`.
+    pub quic_handover_datagrams: IntCounterVec,
     pub mapped_bytes: prometheus::IntCounter,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: prometheus::IntCounter,
@@ -138,6 +140,14 @@ impl Metrics {
             "segd_quic_retries_total",
             "New QUIC connections asked to prove their address with a Retry (tls.quic_retry)",
         )?;
+        let quic_handover_datagrams = IntCounterVec::new(
+            Opts::new(
+                "segd_quic_handover_datagrams_total",
+                "QUIC datagrams read from the shared UDP socket for the other process during an upgrade: forwarded to it, received from it, dropped (its link was full)",
+            ),
+            &["way"],
+        )?;
+        registry.register(Box::new(quic_handover_datagrams.clone()))?;
         let mapped_bytes = counter(
             "segd_mapped_bytes_total",
             "Body bytes encrypted straight from a memory map of the segment (TLS, no read copy)",
@@ -229,6 +239,7 @@ impl Metrics {
             tls_handshakes,
             h3_rapid_reset_closes,
             quic_retries,
+            quic_handover_datagrams,
             mapped_bytes,
             access_log_dropped,
             refusals,

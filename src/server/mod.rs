@@ -15,6 +15,7 @@ mod banner;
 pub mod listener;
 mod pidfile;
 pub mod quic;
+mod quic_share;
 mod reload;
 pub mod systemd;
 pub mod upgrade;
@@ -165,7 +166,7 @@ async fn serve(
     config: Config,
     mut inherited: Inherited,
     mut upgrader: Upgrader,
-    handover: Option<Handover>,
+    mut handover: Option<Handover>,
 ) -> anyhow::Result<()> {
     // Handlers first: once the banner or READY=1 is out, a SIGHUP must reload, never kill (and
     // SIGUSR2's default action would kill too).
@@ -235,14 +236,33 @@ async fn serve(
     }
     drop(inherited);
     let mut endpoints = Vec::new();
+    // Connection IDs name the process (the old one's tag plus one after an upgrade), so the
+    // two can pass each other's datagrams while they share the sockets (`quic_share`).
+    let tag = handover
+        .as_ref()
+        .and_then(Handover::quic_tag)
+        .map_or_else(quic_share::first_tag, |t| t.wrapping_add(1));
     for sock in udp {
         let Some(q) = shared.load().quic.clone() else {
             break;
         };
         let addr = sock.local_addr()?;
-        let endpoint = quic::endpoint(sock, q)
+        let predecessor = match handover.as_mut().and_then(|h| h.take_quic_link(addr)) {
+            Some(fd) => Some(
+                quic_share::Link::new(fd)
+                    .with_context(|| format!("the old process's QUIC link for {addr}"))?,
+            ),
+            None => None,
+        };
+        let share = Arc::new(quic_share::Share::new(
+            tag,
+            predecessor,
+            shared.runtime.metrics.quic_handover_datagrams.clone(),
+        ));
+        upgrader.share_quic(addr, Arc::clone(&share));
+        let endpoint = quic::endpoint(sock, q, Arc::clone(&share))
             .with_context(|| format!("cannot start QUIC on {addr} (tls.http3)"))?;
-        endpoints.push(endpoint);
+        endpoints.push((endpoint, share));
     }
     // Last of what can fail: an upgraded process that fails here exits before it has accepted
     // anything, and the old one goes on serving (its pid stays in the file).
@@ -285,9 +305,10 @@ async fn serve(
             alt_svc,
         ));
     }
-    for endpoint in endpoints {
+    for (endpoint, share) in endpoints {
         tokio::spawn(quic::accept(
             endpoint,
+            share,
             Arc::clone(&shared),
             controller.drain(),
             Arc::clone(&active),

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::quic_share::{Share, SharedSocket, TaggedCids};
 use super::ActiveGuard;
 use crate::config::QuicRetry;
 use crate::drain::Drain;
@@ -45,22 +46,29 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(sock.into())
 }
 
-/// A quinn endpoint on `socket` serving the policy's QUIC config.
+/// A quinn endpoint on `socket` serving the policy's QUIC config. Its connection IDs carry
+/// `share`'s tag, and datagrams for another process's connections go to it (`quic_share`).
 pub fn endpoint(
     socket: std::net::UdpSocket,
     config: quinn::ServerConfig,
+    share: Arc<Share>,
 ) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    use quinn::Runtime;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = Arc::new(SharedSocket::new(
+        runtime.wrap_udp_socket(socket)?,
+        share.clone(),
+    ));
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    let tag = share.tag();
+    endpoint_config.cid_generator(move || Box::new(TaggedCids { tag }));
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), socket, runtime)
 }
 
 /// Accepts QUIC connections until the drain starts, then waits for them to close.
 pub async fn accept(
     endpoint: quinn::Endpoint,
+    share: Arc<Share>,
     shared: Arc<Shared>,
     drain: Drain,
     active: Arc<AtomicUsize>,
@@ -135,8 +143,9 @@ pub async fn accept(
             drop(guard);
         });
     }
-    // No new connections; the open ones finish under their own drains. Keep the socket until
-    // their closes are delivered.
+    // No new connections (their packets go to the process taking over, if there is one); the
+    // open ones finish under their own drains. Keep the socket until their closes are delivered.
+    share.stop_accepting();
     endpoint.set_server_config(None);
     endpoint.wait_idle().await;
     drop(drain);

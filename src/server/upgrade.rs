@@ -15,6 +15,10 @@
 //! not become ready in time (it is then stopped), the old process logs why and keeps serving, and
 //! a later SIGUSR2 tries again. One upgrade at a time.
 //!
+//! HTTP/3: the UDP socket cannot be split, so both processes read it while the old one drains;
+//! a `SOCK_SEQPACKET` pair per QUIC socket (`SEGD_QUIC_LINKS`) carries each datagram to the
+//! process whose connection it is (`quic_share`).
+//!
 //! The child only believes the variables when `SEGD_UPGRADE_PARENT` is its parent's pid, so a
 //! stray copy of the environment in some other process is ignored.
 
@@ -29,11 +33,16 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
+use std::sync::Arc;
+
 use super::listener::{classify, Passed, Source};
+use super::quic_share::{Link, Share};
 
 const ENV_FDS: &str = "SEGD_INHERITED_FDS";
 const ENV_READY: &str = "SEGD_UPGRADE_READY_FD";
 const ENV_PARENT: &str = "SEGD_UPGRADE_PARENT";
+/// `fd/local-address/tag` for each QUIC socket's link to the old process (`quic_share`).
+const ENV_QUIC_LINKS: &str = "SEGD_QUIC_LINKS";
 
 /// How long the old process waits for the new one to say it is serving.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,6 +103,15 @@ fn is_executable(p: &Path) -> bool {
 pub struct Handover {
     ready: OwnedFd,
     parent: u32,
+    quic_links: Vec<QuicLink>,
+}
+
+/// The old process's end of a QUIC socket's link (`quic_share`), and its connection-ID tag.
+#[derive(Debug)]
+struct QuicLink {
+    addr: std::net::SocketAddr,
+    tag: u8,
+    fd: OwnedFd,
 }
 
 /// Reads and removes the upgrade variables: the passed sockets, and the handover when this
@@ -102,12 +120,14 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
     let fds = std::env::var(ENV_FDS).ok();
     let ready = std::env::var(ENV_READY).ok();
     let parent = std::env::var(ENV_PARENT).ok();
+    let quic_links = std::env::var(ENV_QUIC_LINKS).ok();
     // SAFETY: called at start, before the runtime spawns threads (nothing reads the environment
     // concurrently).
     unsafe {
         std::env::remove_var(ENV_FDS);
         std::env::remove_var(ENV_READY);
         std::env::remove_var(ENV_PARENT);
+        std::env::remove_var(ENV_QUIC_LINKS);
     }
     if fds.is_none() && ready.is_none() && parent.is_none() {
         return (Vec::new(), None);
@@ -150,8 +170,31 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
         .and_then(|r| r.parse::<RawFd>().ok())
         .filter(|fd| *fd > 2)
         .and_then(own_pipe);
+    let quic_links = quic_links
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|item| {
+            let link = parse_quic_link(item);
+            if link.is_none() {
+                tracing::warn!(
+                    item,
+                    "{ENV_QUIC_LINKS}: not fd/address/tag of a socket pair; ignored"
+                );
+            }
+            link
+        })
+        .collect();
     match ready {
-        Some(ready) => (passed, Some(Handover { ready, parent })),
+        Some(ready) => (
+            passed,
+            Some(Handover {
+                ready,
+                parent,
+                quic_links,
+            }),
+        ),
         None => {
             tracing::warn!("{ENV_READY} does not name a pipe: the old process cannot be told");
             (passed, None)
@@ -168,6 +211,23 @@ fn own_socket(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: an open socket our parent passed to us, named once in the variable; nothing else
     // in this process owns it.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One `fd/address/tag` item of the QUIC links variable, owning the descriptor if it is a
+/// `SOCK_SEQPACKET` socket.
+fn parse_quic_link(item: &str) -> Option<QuicLink> {
+    let mut parts = item.splitn(3, '/');
+    let fd = parts.next()?.parse::<RawFd>().ok().filter(|fd| *fd > 2)?;
+    let addr = parts.next()?.parse().ok()?;
+    let tag = parts.next()?.parse::<u8>().ok()?;
+    // SAFETY: as in `own_socket`: getsockopt on a closed number fails harmlessly.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if rustix::net::sockopt::socket_type(borrowed).ok()? != rustix::net::SocketType::SEQPACKET {
+        return None;
+    }
+    // SAFETY: a socket our parent passed to us, named once in the variable.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Some(QuicLink { addr, tag, fd })
 }
 
 /// Owns `fd` if it is the write end of a pipe, made close-on-exec.
@@ -188,6 +248,17 @@ impl Handover {
     /// The old process's pid.
     pub fn parent(&self) -> u32 {
         self.parent
+    }
+
+    /// The old process's connection-ID tag, if it passed QUIC sockets.
+    pub fn quic_tag(&self) -> Option<u8> {
+        self.quic_links.first().map(|l| l.tag)
+    }
+
+    /// The link to the old process for the QUIC socket bound to `addr`.
+    pub fn take_quic_link(&mut self, addr: std::net::SocketAddr) -> Option<OwnedFd> {
+        let i = self.quic_links.iter().position(|l| l.addr == addr)?;
+        Some(self.quic_links.swap_remove(i).fd)
     }
 
     /// Tells the old process this one is serving (it then stops accepting and drains).
@@ -217,6 +288,7 @@ pub async fn parent_exited(parent: u32) {
 pub struct Upgrader {
     exec: Result<Exec, String>,
     fds: Vec<(OwnedFd, String)>,
+    quic: Vec<(std::net::SocketAddr, Arc<Share>)>,
 }
 
 impl Upgrader {
@@ -224,6 +296,7 @@ impl Upgrader {
         Upgrader {
             exec,
             fds: Vec::new(),
+            quic: Vec::new(),
         }
     }
 
@@ -234,7 +307,14 @@ impl Upgrader {
         Ok(())
     }
 
-    /// Starts the new process with every kept socket and the readiness pipe.
+    /// Joins the QUIC socket bound to `addr` (kept with `keep`) to the next process's endpoint
+    /// on it, once one is started (`quic_share`).
+    pub fn share_quic(&mut self, addr: std::net::SocketAddr, share: Arc<Share>) {
+        self.quic.push((addr, share));
+    }
+
+    /// Starts the new process with every kept socket, a link per QUIC socket and the readiness
+    /// pipe.
     pub fn start(&self) -> io::Result<Pending> {
         let exec = self
             .exec
@@ -249,13 +329,25 @@ impl Upgrader {
             .join(",");
         let mut pass: Vec<RawFd> = self.fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
         pass.push(tx.as_raw_fd());
+        // Their ends stay open here until the child has its copies, then close (so a link whose
+        // child is gone reads as closed).
+        let mut theirs = Vec::new();
+        let mut links = Vec::new();
+        for (addr, share) in &self.quic {
+            let (ours, their) = Link::pair()?;
+            share.set_successor(ours);
+            links.push(format!("{}/{addr}/{}", their.as_raw_fd(), share.tag()));
+            pass.push(their.as_raw_fd());
+            theirs.push(their);
+        }
         let mut cmd = Command::new(&exec.program);
         cmd.args(&exec.args)
             .env(ENV_FDS, spec)
             .env(ENV_READY, tx.as_raw_fd().to_string())
-            .env(ENV_PARENT, std::process::id().to_string());
+            .env(ENV_PARENT, std::process::id().to_string())
+            .env(ENV_QUIC_LINKS, links.join(","));
         // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, on descriptor
-        // numbers this process holds open (`self.fds`, `tx`) until `spawn` returns; clearing
+        // numbers this process holds open (`self.fds`, `tx`, `theirs`) until `spawn` returns; clearing
         // FD_CLOEXEC in the child makes exactly these survive the exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -269,6 +361,7 @@ impl Upgrader {
         }
         let child = cmd.spawn()?;
         drop(tx);
+        drop(theirs);
         let ready = tokio::net::unix::pipe::Receiver::from_owned_fd(rx)?;
         tracing::info!(pid = child.id(), program = %exec.program.display(), "new process started; waiting for it to serve");
         Ok(Pending { child, ready })

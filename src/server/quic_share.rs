@@ -1,0 +1,583 @@
+//! One QUIC socket, two processes: how an upgrade hands HTTP/3 over without losing packets.
+//!
+//! TCP hands over cleanly: the new process takes the listening socket and the old one keeps the
+//! connections it accepted. A UDP socket cannot be split like that. Both processes read the same
+//! socket while the old one drains, and the kernel gives each datagram to whichever reads first,
+//! so without help about half of each process's packets reach the other, which does not know
+//! the connection and drops them.
+//!
+//! So each process tags the connection IDs it issues (the first byte, [`TaggedCids`]: the new
+//! process's tag is the old one's plus one), and the two are joined by a `SOCK_SEQPACKET` pair
+//! passed with the sockets ([`Link`]). Every datagram is routed before quinn sees it
+//! ([`route`]): one for the other process's connection ID goes over the link with its addresses
+//! and ECN bits, and the other process feeds it to its endpoint as if it had read it from the
+//! socket. Packets whose connection ID the client chose (a connection's first Initial and
+//! 0-RTT packets) belong to the process that accepts new connections: the new one, once the old
+//! one has stopped accepting. Replies go straight out of the shared socket from the process
+//! that owns the connection.
+//!
+//! A link ends when the process at its other end exits (or never started serving); datagrams for
+//! it are then handled locally (dropped, as before). Datagrams that cannot be forwarded at once
+//! (the link's buffer is full) are dropped; QUIC retransmits. Counted in
+//! `segd_quic_handover_datagrams_total{way}`.
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
+use tokio::io::unix::AsyncFd;
+
+/// Length of the connection IDs segd issues (quinn's default); the first byte is the tag.
+pub const CID_LEN: usize = 8;
+
+/// Bytes appended to a forwarded datagram: source address, destination IP, ECN, a check byte.
+const TRAILER: usize = 40;
+const TRAILER_MAGIC: u8 = 0x5e;
+
+/// QUIC version 2 (RFC 9369) numbers long-header packet types differently from version 1.
+const QUIC_V2: u32 = 0x6b33_43cf;
+
+// === connection IDs ===
+
+/// Connection IDs whose first byte names the process that issued them.
+#[derive(Debug, Clone, Copy)]
+pub struct TaggedCids {
+    pub tag: u8,
+}
+
+impl ConnectionIdGenerator for TaggedCids {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut bytes = [0u8; CID_LEN];
+        bytes[0] = self.tag;
+        bytes[1..].copy_from_slice(&random_bits().to_le_bytes()[..CID_LEN - 1]);
+        ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// 64 random bits (for connection IDs, which must be unpredictable but are not secrets).
+fn random_bits() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// A tag for a process that took over from nobody.
+pub fn first_tag() -> u8 {
+    random_bits() as u8
+}
+
+// === routing ===
+
+/// Where a received datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// This process's endpoint.
+    Local,
+    /// The process this one took over from (still draining).
+    Predecessor,
+    /// The process that took over from this one.
+    Successor,
+}
+
+/// Routes one datagram by its destination connection ID. `accepting`: this process still takes
+/// new connections.
+pub fn route(datagram: &[u8], me: u8, accepting: bool) -> Route {
+    let by_tag = |tag: u8| {
+        if tag == me.wrapping_sub(1) {
+            Route::Predecessor
+        } else if tag == me.wrapping_add(1) {
+            Route::Successor
+        } else {
+            Route::Local
+        }
+    };
+    let Some(&first) = datagram.first() else {
+        return Route::Local;
+    };
+    if first & 0x80 == 0 {
+        // Short header: the destination connection ID (always one we issued) follows the flags.
+        return match datagram.get(1..1 + CID_LEN) {
+            Some(cid) => by_tag(cid[0]),
+            None => Route::Local,
+        };
+    }
+    // Long header: flags, version (4), DCID length (1), DCID.
+    let (Some(version), Some(&dcid_len)) = (datagram.get(1..5), datagram.get(5)) else {
+        return Route::Local;
+    };
+    let version = u32::from_be_bytes([version[0], version[1], version[2], version[3]]);
+    let dcid = datagram.get(6..6 + dcid_len as usize);
+    let kind = (first >> 4) & 0x3;
+    let handshake = match version {
+        1 => kind == 2,
+        QUIC_V2 => kind == 3,
+        _ => false,
+    };
+    match dcid {
+        // Handshake packets carry a connection ID the server chose.
+        Some(cid) if handshake && cid.len() == CID_LEN => by_tag(cid[0]),
+        // Initial and 0-RTT: possibly an ID the client made up, so a tag may be chance. Ours
+        // stay here; the rest go to whoever accepts new connections.
+        Some(cid) if cid.len() == CID_LEN && cid[0] == me => Route::Local,
+        _ if accepting => Route::Local,
+        _ => Route::Successor,
+    }
+}
+
+// === the link between the two processes ===
+
+/// One end of the `SOCK_SEQPACKET` pair joining two processes that share a UDP socket.
+pub struct Link {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Link {
+    /// A connected pair: this process's end and the end to pass on.
+    pub fn pair() -> io::Result<(Link, OwnedFd)> {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        Ok((Link::new(ours)?, theirs))
+    }
+
+    /// Wraps an end passed by the other process (made non-blocking and close-on-exec).
+    pub fn new(fd: OwnedFd) -> io::Result<Link> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
+        // SAFETY: the `OwnedFd` is open, is moved into the `AsyncFd` and is never swapped or
+        // closed while it is registered, so its number names the same socket throughout.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(Link { fd })
+    }
+
+    /// Sends one datagram with its trailer; `Ok(false)`: the link is full, the datagram dropped.
+    fn forward(&self, datagram: &[u8], meta: &RecvMeta) -> io::Result<bool> {
+        let mut msg = Vec::with_capacity(datagram.len() + TRAILER);
+        msg.extend_from_slice(datagram);
+        msg.extend_from_slice(&encode_trailer(meta));
+        use rustix::net::SendFlags;
+        match rustix::net::send(
+            self.fd.get_ref(),
+            &msg,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::AGAIN) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Receives one forwarded datagram into `buf`: `Ready(Ok(None))` when the other process has
+    /// closed its end.
+    fn poll_recv(&self, cx: &mut Context, buf: &mut [u8]) -> Poll<io::Result<Option<RecvMeta>>> {
+        loop {
+            let mut guard = match self.fd.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            use rustix::net::RecvFlags;
+            match rustix::net::recv(
+                guard.get_inner().as_fd(),
+                &mut *buf,
+                RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+            ) {
+                Ok((0, _)) => return Poll::Ready(Ok(None)),
+                // Longer than the buffer (never sent by segd): dropped.
+                Ok((_, n)) if n > buf.len() => continue,
+                Ok((_, n)) => match decode_trailer(&buf[..n]) {
+                    Some(meta) => return Poll::Ready(Ok(Some(meta))),
+                    None => continue,
+                },
+                Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
+}
+
+fn encode_trailer(meta: &RecvMeta) -> [u8; TRAILER] {
+    let mut t = [0u8; TRAILER];
+    let (family, ip) = match meta.addr.ip() {
+        IpAddr::V4(a) => (4, a.to_ipv6_mapped()),
+        IpAddr::V6(a) => (6, a),
+    };
+    t[0..16].copy_from_slice(&ip.octets());
+    t[16..18].copy_from_slice(&meta.addr.port().to_be_bytes());
+    t[18] = family;
+    if let Some(dst) = meta.dst_ip {
+        let (family, ip) = match dst {
+            IpAddr::V4(a) => (4, a.to_ipv6_mapped()),
+            IpAddr::V6(a) => (6, a),
+        };
+        t[19] = family;
+        t[20..36].copy_from_slice(&ip.octets());
+    }
+    t[36] = meta.ecn.map_or(0, |e| e as u8);
+    t[TRAILER - 1] = TRAILER_MAGIC;
+    t
+}
+
+/// The datagram's metadata from the trailer at the end of `msg`; `len` is the datagram's.
+fn decode_trailer(msg: &[u8]) -> Option<RecvMeta> {
+    let len = msg.len().checked_sub(TRAILER)?;
+    let t = &msg[len..];
+    if t[TRAILER - 1] != TRAILER_MAGIC || len == 0 {
+        return None;
+    }
+    let ip_of = |family: u8, bytes: &[u8]| -> Option<IpAddr> {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(bytes);
+        let v6 = Ipv6Addr::from(octets);
+        match family {
+            4 => v6.to_ipv4_mapped().map(IpAddr::V4),
+            6 => Some(IpAddr::V6(v6)),
+            _ => None,
+        }
+    };
+    let src = ip_of(t[18], &t[0..16])?;
+    let port = u16::from_be_bytes([t[16], t[17]]);
+    let dst_ip = match t[19] {
+        0 => None,
+        f => Some(ip_of(f, &t[20..36])?),
+    };
+    Some(RecvMeta {
+        addr: SocketAddr::new(src, port),
+        len,
+        stride: len,
+        ecn: EcnCodepoint::from_bits(t[36]),
+        dst_ip,
+    })
+}
+
+// === the shared socket ===
+
+/// What one process knows of the other processes on its UDP sockets.
+pub struct Share {
+    tag: u8,
+    accepting: AtomicBool,
+    predecessor: Mutex<Option<Arc<Link>>>,
+    successor: Mutex<Option<Arc<Link>>>,
+    counts: prometheus::IntCounterVec,
+}
+
+impl Share {
+    pub fn new(tag: u8, predecessor: Option<Link>, counts: prometheus::IntCounterVec) -> Share {
+        Share {
+            tag,
+            accepting: AtomicBool::new(true),
+            predecessor: Mutex::new(predecessor.map(Arc::new)),
+            successor: Mutex::new(None),
+            counts,
+        }
+    }
+
+    pub fn tag(&self) -> u8 {
+        self.tag
+    }
+
+    /// This process takes no more new connections: their packets go to the successor.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
+    }
+
+    /// The link to a process being started to take over (replacing any earlier one).
+    pub fn set_successor(&self, link: Link) {
+        *lock(&self.successor) = Some(Arc::new(link));
+    }
+
+    fn slot(&self, r: Route) -> Option<&Mutex<Option<Arc<Link>>>> {
+        match r {
+            Route::Local => None,
+            Route::Predecessor => Some(&self.predecessor),
+            Route::Successor => Some(&self.successor),
+        }
+    }
+
+    /// Forwards `datagram` if it belongs to another process that is there; false: handle it
+    /// here.
+    fn forwarded(&self, datagram: &[u8], meta: &RecvMeta) -> bool {
+        let r = route(datagram, self.tag, self.accepting.load(Ordering::Relaxed));
+        let Some(slot) = self.slot(r) else {
+            return false;
+        };
+        let Some(link) = lock(slot).clone() else {
+            return false;
+        };
+        match link.forward(datagram, meta) {
+            Ok(true) => self.counts.with_label_values(&["forwarded"]).inc(),
+            Ok(false) => self.counts.with_label_values(&["dropped"]).inc(),
+            Err(e) => {
+                // The other process has gone: its connections went with it.
+                tracing::debug!(error = %e, "QUIC handover link closed");
+                drop_link(slot, &link);
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Empties `slot` if it still holds `link`.
+fn drop_link(slot: &Mutex<Option<Arc<Link>>>, link: &Arc<Link>) {
+    let mut s = lock(slot);
+    if s.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+        *s = None;
+    }
+}
+
+/// quinn's socket with the routing above in its receive path.
+#[derive(Debug)]
+pub struct SharedSocket {
+    inner: Arc<dyn AsyncUdpSocket>,
+    share: Arc<Share>,
+}
+
+impl fmt::Debug for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Share")
+            .field("tag", &self.tag)
+            .field("accepting", &self.accepting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedSocket {
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>, share: Arc<Share>) -> SharedSocket {
+        SharedSocket { inner, share }
+    }
+
+    /// A datagram the other process forwarded, in `bufs[0]`.
+    fn poll_forwarded(
+        &self,
+        cx: &mut Context,
+        slot: &Mutex<Option<Arc<Link>>>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<usize> {
+        let Some(link) = lock(slot).clone() else {
+            return Poll::Pending;
+        };
+        let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Pending;
+        };
+        match link.poll_recv(cx, buf) {
+            Poll::Ready(Ok(Some(got))) => {
+                *m = got;
+                self.share.counts.with_label_values(&["received"]).inc();
+                Poll::Ready(1)
+            }
+            Poll::Ready(Ok(None)) | Poll::Ready(Err(_)) => {
+                drop_link(slot, &link);
+                // Nothing received; the caller polls again.
+                Poll::Ready(0)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncUdpSocket for SharedSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Arc::clone(&self.inner).create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        for slot in [&self.share.predecessor, &self.share.successor] {
+            if let Poll::Ready(n) = self.poll_forwarded(cx, slot, bufs, meta) {
+                return Poll::Ready(Ok(n));
+            }
+        }
+        let n = match self.inner.poll_recv(cx, bufs, meta) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        // Keep what is ours at the front; a batch (GRO: one source, several datagrams) goes
+        // where its first datagram goes.
+        let mut kept = 0;
+        for i in 0..n.min(bufs.len()).min(meta.len()) {
+            let m = meta[i];
+            let data = &bufs[i][..m.len.min(bufs[i].len())];
+            let first = &data[..m.stride.min(data.len())];
+            if self.share.forwarded(first, &m) {
+                for segment in data.chunks(m.stride.max(1)).skip(1) {
+                    self.share.forwarded(segment, &m);
+                }
+                continue;
+            }
+            if kept != i {
+                let (front, back) = bufs.split_at_mut(i);
+                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
+                meta[kept] = m;
+            }
+            kept += 1;
+        }
+        Poll::Ready(Ok(kept))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn short(tag: u8) -> Vec<u8> {
+        let mut d = vec![0x40, tag, 1, 2, 3, 4, 5, 6, 7];
+        d.extend_from_slice(&[0xaa; 30]);
+        d
+    }
+
+    fn long(kind: u8, version: u32, dcid: &[u8]) -> Vec<u8> {
+        let mut d = vec![0xc0 | (kind << 4)];
+        d.extend_from_slice(&version.to_be_bytes());
+        d.push(dcid.len() as u8);
+        d.extend_from_slice(dcid);
+        d.extend_from_slice(&[0; 8]);
+        d
+    }
+
+    #[test]
+    fn short_headers_go_by_tag() {
+        assert_eq!(route(&short(7), 7, true), Route::Local);
+        assert_eq!(route(&short(6), 7, true), Route::Predecessor);
+        assert_eq!(route(&short(8), 7, false), Route::Successor);
+        assert_eq!(route(&short(200), 7, false), Route::Local);
+        // Tags wrap.
+        assert_eq!(route(&short(255), 0, true), Route::Predecessor);
+        assert_eq!(route(&short(0), 255, true), Route::Successor);
+        // Too short to carry an ID: ours to drop.
+        assert_eq!(route(&[0x40, 8], 7, false), Route::Local);
+        assert_eq!(route(&[], 7, false), Route::Local);
+    }
+
+    #[test]
+    fn handshake_packets_go_by_tag() {
+        let cid = [8, 1, 2, 3, 4, 5, 6, 7];
+        assert_eq!(route(&long(2, 1, &cid), 7, true), Route::Successor);
+        assert_eq!(route(&long(2, 1, &[6; 8]), 7, false), Route::Predecessor);
+        // QUIC v2 numbers Handshake 3.
+        assert_eq!(route(&long(3, QUIC_V2, &cid), 7, true), Route::Successor);
+    }
+
+    #[test]
+    fn new_connections_go_to_whoever_accepts() {
+        // A client's first Initial: an ID of its own making, whatever its first byte.
+        for dcid in [&[8u8, 1, 2, 3, 4, 5, 6, 7][..], &[6; 8], &[1; 16], &[]] {
+            assert_eq!(route(&long(0, 1, dcid), 7, true), Route::Local, "{dcid:?}");
+            assert_eq!(
+                route(&long(0, 1, dcid), 7, false),
+                Route::Successor,
+                "{dcid:?}"
+            );
+            // 0-RTT likewise.
+            assert_eq!(
+                route(&long(1, 1, dcid), 7, false),
+                Route::Successor,
+                "{dcid:?}"
+            );
+        }
+        // An Initial for a connection this process is still setting up stays.
+        assert_eq!(route(&long(0, 1, &[7; 8]), 7, false), Route::Local);
+        // Truncated long headers stay (quinn drops them).
+        assert_eq!(route(&[0xc0, 0, 0], 7, false), Route::Local);
+        assert_eq!(
+            route(&[0xc0, 0, 0, 0, 1, 20, 1], 7, false),
+            Route::Successor
+        );
+    }
+
+    #[test]
+    fn tagged_ids_carry_the_tag() {
+        let mut g = TaggedCids { tag: 42 };
+        let a = g.generate_cid();
+        let b = g.generate_cid();
+        assert_eq!(a.len(), CID_LEN);
+        assert_eq!(a[0], 42);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn trailers_round_trip() {
+        for (addr, dst) in [
+            ("192.0.2.7:4433", Some("198.51.100.1")),
+            ("[2001:db8::5]:50000", None),
+            ("[::ffff:192.0.2.9]:1", Some("2001:db8::1")),
+        ] {
+            let meta = RecvMeta {
+                addr: addr.parse().expect("addr"),
+                dst_ip: dst.map(|d| d.parse().expect("ip")),
+                ecn: Some(EcnCodepoint::Ce),
+                ..Default::default()
+            };
+            let mut msg = b"datagram".to_vec();
+            msg.extend_from_slice(&encode_trailer(&meta));
+            let got = decode_trailer(&msg).expect("decoded");
+            assert_eq!(got.addr, meta.addr);
+            assert_eq!(got.dst_ip, meta.dst_ip);
+            assert_eq!(got.ecn, meta.ecn);
+            assert_eq!((got.len, got.stride), (8, 8));
+        }
+        assert!(decode_trailer(&[0; TRAILER]).is_none(), "no datagram");
+        assert!(decode_trailer(&[0; TRAILER + 3]).is_none(), "no check byte");
+    }
+}
