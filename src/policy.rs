@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::access::AccessLog;
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::runtime::Runtime;
 
 pub struct Policy {
     pub config: Arc<Config>,
@@ -40,7 +40,8 @@ pub enum PolicyError {
 
 impl Policy {
     /// Builds the policy for `config`; access-log drops are counted in `metrics`.
-    pub fn new(config: Arc<Config>, metrics: &Metrics) -> Result<Policy, PolicyError> {
+    pub fn new(config: Arc<Config>, runtime: &Runtime) -> Result<Policy, PolicyError> {
+        let metrics = &runtime.metrics;
         let (tls, quic) = match &config.tls {
             None => (None, None),
             Some(t) => {
@@ -48,8 +49,12 @@ impl Policy {
                     .map_err(|(key, problem)| PolicyError::Tls { key, problem })?;
                 let quic = if t.http3 {
                     Some(
-                        crate::tls::quic_server_config(&config, configs.quic)
-                            .map_err(PolicyError::Quic)?,
+                        crate::tls::quic_server_config(
+                            &config,
+                            configs.quic,
+                            &runtime.quic_token_key,
+                        )
+                        .map_err(PolicyError::Quic)?,
                     )
                 } else {
                     None

@@ -1,5 +1,5 @@
 //! The long-lived runtime: what outlives every reload — the metrics registry, the store
-//! (volumes, I/O backend, caches, uploads in progress) and the live registry. A reload asks the
+//! (volumes, I/O backend, caches, uploads in progress), the live registry and the QUIC token key. A reload asks the
 //! store to reconfigure itself; it never rebuilds the runtime.
 
 use std::sync::Arc;
@@ -8,15 +8,27 @@ use crate::config::Config;
 use crate::live;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tls::QuicTokenKey;
 
 pub struct Runtime {
     pub metrics: Arc<Metrics>,
     pub store: Store,
     pub live: Arc<live::Registry>,
+    /// QUIC address-validation tokens stay valid across reloads (and upgrades: passed on).
+    pub quic_token_key: QuicTokenKey,
 }
 
 impl Runtime {
+    /// A runtime with a new QUIC token key.
     pub fn new(config: &Config) -> anyhow::Result<Runtime> {
+        Self::with_quic_token_key(config, QuicTokenKey::random()?)
+    }
+
+    /// A runtime keeping the QUIC token key of the process this one took over from.
+    pub fn with_quic_token_key(
+        config: &Config,
+        quic_token_key: QuicTokenKey,
+    ) -> anyhow::Result<Runtime> {
         let metrics = Arc::new(Metrics::new()?);
         let store = Store::new(config, Arc::clone(&metrics))?;
         let live = Arc::new(live::Registry::new(&metrics)?);
@@ -24,6 +36,7 @@ impl Runtime {
             metrics,
             store,
             live,
+            quic_token_key,
         })
     }
 }

@@ -35,7 +35,7 @@ impl Shared {
     /// Applies a validated `config`: builds its policy (nothing changes if that fails), then lets
     /// the store keep or rebuild its tiers, then swaps the policy in.
     pub fn reload(&self, config: Arc<Config>) -> Result<(), PolicyError> {
-        let policy = Policy::new(Arc::clone(&config), &self.runtime.metrics)?;
+        let policy = Policy::new(Arc::clone(&config), &self.runtime)?;
         self.runtime.store.reconfigure(&config);
         self.policy.store(Arc::new(policy));
         self.swapped.send_modify(|n| *n += 1);

@@ -214,14 +214,58 @@ const SEND_WINDOW: u64 = 4 << 20;
 /// (benches/results/2026-11-28-2212-fd70e92-h3-exp-ackf).
 const ACK_ELICITING_THRESHOLD: u32 = 10;
 
+/// The secret behind QUIC's address-validation tokens (Retry and NEW_TOKEN). One per service,
+/// not per config: a reload keeps it and an upgrade hands it to the new process, so a client
+/// that was sent a Retry just before either comes back with a token that is still accepted
+/// (an unaccepted Retry token ends the connection with INVALID_TOKEN, RFC 9000 §8.1.2).
+#[derive(Clone)]
+pub struct QuicTokenKey {
+    bytes: [u8; QuicTokenKey::LEN],
+    prk: Arc<ring::hkdf::Prk>,
+}
+
+impl QuicTokenKey {
+    pub const LEN: usize = 64;
+
+    /// A new key from the system's random source.
+    pub fn random() -> std::io::Result<QuicTokenKey> {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; Self::LEN];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| std::io::Error::other("no random bytes for the QUIC token key"))?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// The key another process passed on.
+    pub fn from_bytes(bytes: [u8; Self::LEN]) -> QuicTokenKey {
+        let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]).extract(&bytes);
+        QuicTokenKey {
+            bytes,
+            prk: Arc::new(prk),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8; Self::LEN] {
+        &self.bytes
+    }
+}
+
+impl fmt::Debug for QuicTokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("QuicTokenKey(..)")
+    }
+}
+
 /// The quinn server config for `config`'s limits around a TLS 1.3 / ALPN h3 rustls config.
 pub fn quic_server_config(
     config: &Config,
     tls: Arc<rustls::ServerConfig>,
+    token_key: &QuicTokenKey,
 ) -> std::io::Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| std::io::Error::other(format!("tls: not usable for QUIC: {e}")))?;
-    let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut sc = quinn::ServerConfig::new(Arc::new(crypto), token_key.prk.clone());
     let s = &config.server;
     let mut t = TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(s.h3_max_concurrent_streams))

@@ -7,6 +7,7 @@
 //!   a client that stops reading for `send_timeout` gets its stream reset
 //! - stream limits, and a client cancelling requests in bulk is closed with H3_EXCESSIVE_LOAD
 //! - SIGHUP swaps the certificate for new QUIC connections while an old download completes
+//! - a Retry's token is accepted after a reload (the token key outlives it)
 //! - SIGTERM lets an HTTP/3 download finish before the process exits
 
 use std::net::SocketAddr;
@@ -157,6 +158,76 @@ fn streaming_server(files: &[(&str, &[u8])], server: &str) -> Streaming {
 }
 
 /// A bare QUIC client endpoint trusting the test CA (for tests below HTTP/3).
+/// A UDP relay between one QUIC client and `server` that holds back the client's Initial
+/// packets carrying a token (its answer to a Retry) until `release` fires; `held` fires when the
+/// first one arrives. So a test can change the server between its Retry and the client's answer.
+pub(crate) struct RetryHold {
+    pub(crate) addr: SocketAddr,
+    pub(crate) held: tokio::sync::oneshot::Receiver<()>,
+    pub(crate) release: tokio::sync::oneshot::Sender<()>,
+}
+
+pub(crate) async fn retry_hold(server: SocketAddr) -> RetryHold {
+    use tokio::net::UdpSocket;
+    let front = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
+    let back = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
+    back.connect(server).await.expect("connect relay");
+    let addr = front.local_addr().expect("relay addr");
+    let (held_tx, held) = tokio::sync::oneshot::channel();
+    let (release, mut release_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let (mut client, mut held_tx, mut kept, mut released) =
+            (None, Some(held_tx), Vec::new(), false);
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut a) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    if !released && answers_retry(&a[..n]) {
+                        kept.push(a[..n].to_vec());
+                        if let Some(tx) = held_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    let _ = back.send(&a[..n]).await;
+                }
+                r = back.recv(&mut b) => {
+                    let Ok(n) = r else { return };
+                    if let Some(c) = client {
+                        let _ = front.send_to(&b[..n], c).await;
+                    }
+                }
+                _ = &mut release_rx, if !released => {
+                    released = true;
+                    for p in kept.drain(..) {
+                        let _ = back.send(&p).await;
+                    }
+                }
+            }
+        }
+    });
+    RetryHold {
+        addr,
+        held,
+        release,
+    }
+}
+
+/// A QUIC v1 Initial packet with a non-empty token (RFC 9000 §17.2.2).
+fn answers_retry(d: &[u8]) -> bool {
+    if d.len() < 7 || d[0] & 0xf0 != 0xc0 || d[1..5] != [0, 0, 0, 1] {
+        return false;
+    }
+    let dcid_end = 6 + d[5] as usize;
+    let Some(&scid_len) = d.get(dcid_end) else {
+        return false;
+    };
+    d.get(dcid_end + 1 + scid_len as usize)
+        .is_some_and(|&t| t & 0x3f != 0 || t >> 6 != 0)
+}
+
 fn quic_endpoint(pki: &Pki) -> quinn::Endpoint {
     let mut endpoint =
         quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
@@ -874,6 +945,39 @@ async fn quic_retry_validates_addresses() {
     assert_eq!(third.request("GET", SEG, &[]).await.status, 200);
     assert!(retried(&srv, 1.0).await, "two open of three: Retry");
     drop((a, b));
+}
+
+/// A client sent a Retry just before a reload comes back with its token after it, and is let in:
+/// the token key outlives the reload (a refused Retry token ends the connection with
+/// INVALID_TOKEN).
+#[tokio::test]
+async fn quic_retry_tokens_survive_a_reload() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        "http3 = true\nquic_retry = \"always\"\n",
+        "",
+    );
+    let hold = retry_hold(srv.tls_addr.expect("tls")).await;
+    let client = async {
+        let mut c = h3_connect(hold.addr, &pki).await;
+        c.request("GET", SEG, &[]).await.status
+    };
+    let reload = async {
+        hold.held.await.expect("the client answered the Retry");
+        srv.signal(libc::SIGHUP);
+        srv.log_with(&["configuration reloaded"]);
+        let _ = hold.release.send(());
+    };
+    let (status, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), client),
+        reload
+    );
+    assert_eq!(status.expect("the client's connection was answered"), 200);
 }
 
 /// The traversal corpus over HTTP/3 (every target the client's URI type can carry): never a byte

@@ -16,8 +16,9 @@
 //!   serves the requests and the admin socket
 //! - a failed upgrade (the new process rejects the config, exit 64) leaves the old one serving,
 //!   and a later upgrade works
-//! - HTTP/3: a download in flight across an upgrade completes, and new QUIC connections are
-//!   answered by the new process
+//! - HTTP/3: a download in flight across an upgrade completes, new QUIC connections during the
+//!   overlap are answered by the new process without lost packets (the two pass each other's
+//!   datagrams), and a Retry sent by the old process is answered to the new one
 //! - (ignored, a measurement) the old way, a second process on SO_REUSEPORT then SIGTERM to the
 //!   first, under the same load
 
@@ -1098,6 +1099,67 @@ async fn http3_across_an_upgrade() {
     );
     assert!(way("forwarded").is_some_and(|n| n > 0.0), "{m}");
     assert!(way("received").is_some_and(|n| n > 0.0), "{m}");
+}
+
+/// A client sent a Retry by the old process just before an upgrade answers it after the handover
+/// and is let in by the new one (the token key is handed over; the old process, still draining a
+/// download, passes such packets to the new one).
+#[tokio::test]
+async fn quic_retry_tokens_survive_an_upgrade() {
+    use bytes::Buf;
+    let u = upgradable("http3 = true\nquic_retry = \"always\"\n");
+    let first = read_pid(&u.pid_file).expect("pid file");
+    let mut procs = Procs::new(&u.srv.config, first);
+    let addr = u.srv.tls_addr.expect("tls");
+    std::fs::create_dir_all(u.vols.path().join("disk1/vod/m")).expect("mkdir");
+    std::fs::write(
+        u.vols.path().join("disk1/vod/m/big.mp4"),
+        vec![b'Z'; 4 << 20],
+    )
+    .expect("write");
+    // A slow download keeps the old process draining through the handover.
+    let mut c = crate::h3::h3_connect(addr, &u.pki).await;
+    let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    let download = tokio::spawn(async move {
+        let mut got = 0usize;
+        while let Some(chunk) = s
+            .recv_data()
+            .await
+            .map_err(|e| format!("{e:?} after {got}"))?
+        {
+            got += chunk.remaining();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(c);
+        Ok::<_, String>(got)
+    });
+    let hold = crate::h3::retry_hold(addr).await;
+    let client = async {
+        let mut c = crate::h3::h3_connect(hold.addr, &u.pki).await;
+        c.request("GET", SEG, &[]).await.status
+    };
+    let upgrade = async {
+        hold.held.await.expect("the client answered the Retry");
+        kill(first, libc::SIGUSR2);
+        let new = new_pid(&u.pid_file, first, &u.srv).await;
+        u.srv.log_with(&["sockets handed over"]);
+        let old_alive = alive(first);
+        let _ = hold.release.send(());
+        (new, old_alive)
+    };
+    let (status, (new, old_alive)) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(20), client),
+        upgrade
+    );
+    procs.pids.push(new);
+    eprintln!("old process alive when the token came back: {old_alive}");
+    assert_eq!(status.expect("the client's connection was answered"), 200);
+    assert_eq!(download.await.expect("join"), Ok(4 << 20));
+    assert!(
+        gone(first, Duration::from_secs(30)).await,
+        "the old process exited"
+    );
 }
 
 /// A measurement, not a test (the old way loses requests by nature; how many depends on timing):

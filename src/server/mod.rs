@@ -172,9 +172,14 @@ async fn serve(
     // SIGUSR2's default action would kill too).
     let mut signals = Signals::install().context("cannot install signal handlers")?;
     let config = Arc::new(config);
-    let runtime =
-        Arc::new(Runtime::new(&config).context("cannot build the store and its metrics")?);
-    let policy = Policy::new(Arc::clone(&config), &runtime.metrics)?;
+    // QUIC tokens the old process issued stay valid here.
+    let runtime = match handover.as_mut().and_then(Handover::take_quic_token_key) {
+        Some(key) => Runtime::with_quic_token_key(&config, key),
+        None => Runtime::new(&config),
+    };
+    let runtime = Arc::new(runtime.context("cannot build the store and its metrics")?);
+    upgrader.pass_quic_token_key(runtime.quic_token_key.clone());
+    let policy = Policy::new(Arc::clone(&config), &runtime)?;
     let shared = Arc::new(Shared::new(runtime, policy));
     match handover.as_ref().map(Handover::parent) {
         None => start_up_cleanup(&shared),

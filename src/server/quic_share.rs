@@ -12,8 +12,9 @@
 //! ([`route`]): one for the other process's connection ID goes over the link with its addresses
 //! and ECN bits, and the other process feeds it to its endpoint as if it had read it from the
 //! socket. Packets whose connection ID the client chose (a connection's first Initial and
-//! 0-RTT packets) belong to the process that accepts new connections: the new one, once the old
-//! one has stopped accepting. Replies go straight out of the shared socket from the process
+//! 0-RTT packets) and Initials answering a Retry belong to the process that accepts new
+//! connections: the new one, once the old one has stopped accepting. Both validate the other's
+//! Retry tokens: the token key is handed over too (`tls::QuicTokenKey`). Replies go straight out of the shared socket from the process
 //! that owns the connection.
 //!
 //! A link ends when the process at its other end exits (or never started serving); datagrams for
@@ -127,22 +128,42 @@ pub fn route(datagram: &[u8], me: u8, accepting: bool) -> Route {
         return Route::Local;
     };
     let version = u32::from_be_bytes([version[0], version[1], version[2], version[3]]);
-    let dcid = datagram.get(6..6 + dcid_len as usize);
+    let dcid_end = 6 + dcid_len as usize;
+    let dcid = datagram.get(6..dcid_end);
     let kind = (first >> 4) & 0x3;
-    let handshake = match version {
-        1 => kind == 2,
-        QUIC_V2 => kind == 3,
-        _ => false,
+    let (handshake, initial) = match version {
+        1 => (kind == 2, kind == 0),
+        QUIC_V2 => (kind == 3, kind == 1),
+        _ => (false, false),
     };
+    // An Initial answering a Retry carries its token, and the ID the Retry chose: whoever
+    // accepts new connections validates it (they share the token key), whoever sent the Retry.
+    let retried = initial && initial_token_len(datagram, dcid_end) != Some(0);
     match dcid {
         // Handshake packets carry a connection ID the server chose.
         Some(cid) if handshake && cid.len() == CID_LEN => by_tag(cid[0]),
         // Initial and 0-RTT: possibly an ID the client made up, so a tag may be chance. Ours
-        // stay here; the rest go to whoever accepts new connections.
-        Some(cid) if cid.len() == CID_LEN && cid[0] == me => Route::Local,
+        // (a connection this process is setting up) stay here; the rest go to whoever accepts
+        // new connections.
+        Some(cid) if cid.len() == CID_LEN && cid[0] == me && !retried => Route::Local,
         _ if accepting => Route::Local,
         _ => Route::Successor,
     }
+}
+
+/// The token length of an Initial packet whose DCID ends at `dcid_end`; `None` if truncated.
+fn initial_token_len(datagram: &[u8], dcid_end: usize) -> Option<u64> {
+    let scid_len = *datagram.get(dcid_end)? as usize;
+    let at = dcid_end + 1 + scid_len;
+    let first = *datagram.get(at)?;
+    // A variable-length integer (RFC 9000 §16): the top two bits give its length.
+    let len = 1usize << (first >> 6);
+    let bytes = datagram.get(at..at + len)?;
+    Some(
+        bytes[1..]
+            .iter()
+            .fold(u64::from(first & 0x3f), |v, b| (v << 8) | u64::from(*b)),
+    )
 }
 
 // === the link between the two processes ===
@@ -488,10 +509,23 @@ mod tests {
     }
 
     fn long(kind: u8, version: u32, dcid: &[u8]) -> Vec<u8> {
+        long_with_token(kind, version, dcid, &[])
+    }
+
+    /// A long-header packet: for an Initial, SCID (4 bytes) and token follow the DCID.
+    fn long_with_token(kind: u8, version: u32, dcid: &[u8], token: &[u8]) -> Vec<u8> {
         let mut d = vec![0xc0 | (kind << 4)];
         d.extend_from_slice(&version.to_be_bytes());
         d.push(dcid.len() as u8);
         d.extend_from_slice(dcid);
+        d.push(4);
+        d.extend_from_slice(&[9; 4]);
+        if token.len() < 64 {
+            d.push(token.len() as u8);
+        } else {
+            d.extend_from_slice(&(0x4000 | token.len() as u16).to_be_bytes());
+        }
+        d.extend_from_slice(token);
         d.extend_from_slice(&[0; 8]);
         d
     }
@@ -538,6 +572,23 @@ mod tests {
         }
         // An Initial for a connection this process is still setting up stays.
         assert_eq!(route(&long(0, 1, &[7; 8]), 7, false), Route::Local);
+        // One answering this process's Retry goes to whoever accepts (they share the key).
+        for token in [&[1u8; 5][..], &[2; 90]] {
+            let retried = long_with_token(0, 1, &[7; 8], token);
+            assert_eq!(route(&retried, 7, false), Route::Successor);
+            assert_eq!(route(&retried, 7, true), Route::Local);
+            let retried_v2 = long_with_token(1, QUIC_V2, &[7; 8], token);
+            assert_eq!(route(&retried_v2, 7, false), Route::Successor);
+        }
+        assert_eq!(
+            initial_token_len(&long_with_token(0, 1, &[7; 8], &[3; 90]), 14),
+            Some(90)
+        );
+        assert_eq!(
+            initial_token_len(&long_with_token(0, 1, &[7; 8], &[]), 14),
+            Some(0)
+        );
+        assert_eq!(initial_token_len(&[0xc0, 0, 0, 0, 1, 8, 7, 7], 14), None);
         // Truncated long headers stay (quinn drops them).
         assert_eq!(route(&[0xc0, 0, 0], 7, false), Route::Local);
         assert_eq!(

@@ -19,6 +19,9 @@
 //! a `SOCK_SEQPACKET` pair per QUIC socket (`SEGD_QUIC_LINKS`) carries each datagram to the
 //! process whose connection it is (`quic_share`).
 //!
+//! The QUIC token key (`tls::QuicTokenKey`) goes through a pipe of its own
+//! (`SEGD_QUIC_TOKEN_KEY_FD`), so tokens either process issued are accepted by the other.
+//!
 //! The child only believes the variables when `SEGD_UPGRADE_PARENT` is its parent's pid, so a
 //! stray copy of the environment in some other process is ignored.
 
@@ -37,12 +40,16 @@ use std::sync::Arc;
 
 use super::listener::{classify, Passed, Source};
 use super::quic_share::{Link, Share};
+use crate::tls::QuicTokenKey;
 
 const ENV_FDS: &str = "SEGD_INHERITED_FDS";
 const ENV_READY: &str = "SEGD_UPGRADE_READY_FD";
 const ENV_PARENT: &str = "SEGD_UPGRADE_PARENT";
 /// `fd/local-address/tag` for each QUIC socket's link to the old process (`quic_share`).
 const ENV_QUIC_LINKS: &str = "SEGD_QUIC_LINKS";
+/// A pipe holding the QUIC token key (`tls::QuicTokenKey`), so tokens stay valid across the
+/// upgrade.
+const ENV_QUIC_KEY: &str = "SEGD_QUIC_TOKEN_KEY_FD";
 
 /// How long the old process waits for the new one to say it is serving.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -104,6 +111,7 @@ pub struct Handover {
     ready: OwnedFd,
     parent: u32,
     quic_links: Vec<QuicLink>,
+    quic_token_key: Option<QuicTokenKey>,
 }
 
 /// The old process's end of a QUIC socket's link (`quic_share`), and its connection-ID tag.
@@ -121,6 +129,7 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
     let ready = std::env::var(ENV_READY).ok();
     let parent = std::env::var(ENV_PARENT).ok();
     let quic_links = std::env::var(ENV_QUIC_LINKS).ok();
+    let quic_key = std::env::var(ENV_QUIC_KEY).ok();
     // SAFETY: called at start, before the runtime spawns threads (nothing reads the environment
     // concurrently).
     unsafe {
@@ -128,6 +137,7 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
         std::env::remove_var(ENV_READY);
         std::env::remove_var(ENV_PARENT);
         std::env::remove_var(ENV_QUIC_LINKS);
+        std::env::remove_var(ENV_QUIC_KEY);
     }
     if fds.is_none() && ready.is_none() && parent.is_none() {
         return (Vec::new(), None);
@@ -186,6 +196,13 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
             link
         })
         .collect();
+    let quic_token_key = quic_key.and_then(|fd| {
+        let key = read_quic_key(&fd);
+        if key.is_none() {
+            tracing::warn!(fd, "{ENV_QUIC_KEY}: not a pipe holding a key; QUIC tokens of the old process will be refused");
+        }
+        key
+    });
     match ready {
         Some(ready) => (
             passed,
@@ -193,6 +210,7 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
                 ready,
                 parent,
                 quic_links,
+                quic_token_key,
             }),
         ),
         None => {
@@ -230,6 +248,22 @@ fn parse_quic_link(item: &str) -> Option<QuicLink> {
     Some(QuicLink { addr, tag, fd })
 }
 
+/// The QUIC token key from the pipe numbered `fd` (closed after).
+fn read_quic_key(fd: &str) -> Option<QuicTokenKey> {
+    let pipe = own_pipe(fd.parse::<RawFd>().ok().filter(|fd| *fd > 2)?)?;
+    let mut bytes = [0u8; QuicTokenKey::LEN];
+    let mut got = 0;
+    while got < bytes.len() {
+        match rustix::io::read(&pipe, &mut bytes[got..]) {
+            Ok(0) => return None,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return None,
+        }
+    }
+    Some(QuicTokenKey::from_bytes(bytes))
+}
+
 /// Owns `fd` if it is the write end of a pipe, made close-on-exec.
 fn own_pipe(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: as in `own_socket`: fstat on a closed number fails harmlessly.
@@ -253,6 +287,11 @@ impl Handover {
     /// The old process's connection-ID tag, if it passed QUIC sockets.
     pub fn quic_tag(&self) -> Option<u8> {
         self.quic_links.first().map(|l| l.tag)
+    }
+
+    /// The old process's QUIC token key, if it passed one.
+    pub fn take_quic_token_key(&mut self) -> Option<QuicTokenKey> {
+        self.quic_token_key.take()
     }
 
     /// The link to the old process for the QUIC socket bound to `addr`.
@@ -289,6 +328,7 @@ pub struct Upgrader {
     exec: Result<Exec, String>,
     fds: Vec<(OwnedFd, String)>,
     quic: Vec<(std::net::SocketAddr, Arc<Share>)>,
+    quic_token_key: Option<QuicTokenKey>,
 }
 
 impl Upgrader {
@@ -297,6 +337,7 @@ impl Upgrader {
             exec,
             fds: Vec::new(),
             quic: Vec::new(),
+            quic_token_key: None,
         }
     }
 
@@ -313,8 +354,13 @@ impl Upgrader {
         self.quic.push((addr, share));
     }
 
-    /// Starts the new process with every kept socket, a link per QUIC socket and the readiness
-    /// pipe.
+    /// Hands `key` to the next process (with its QUIC sockets).
+    pub fn pass_quic_token_key(&mut self, key: QuicTokenKey) {
+        self.quic_token_key = Some(key);
+    }
+
+    /// Starts the new process with every kept socket, a link per QUIC socket, the QUIC token key
+    /// and the readiness pipe.
     pub fn start(&self) -> io::Result<Pending> {
         let exec = self
             .exec
@@ -333,6 +379,7 @@ impl Upgrader {
         // child is gone reads as closed).
         let mut theirs = Vec::new();
         let mut links = Vec::new();
+        let mut cmd_env = Vec::new();
         for (addr, share) in &self.quic {
             let (ours, their) = Link::pair()?;
             share.set_successor(ours);
@@ -340,12 +387,25 @@ impl Upgrader {
             pass.push(their.as_raw_fd());
             theirs.push(their);
         }
+        if let Some(key) = &self.quic_token_key {
+            // 64 bytes fit in any pipe's buffer: written whole before the child exists.
+            let (key_rx, key_tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            let mut left = &key.bytes()[..];
+            while !left.is_empty() {
+                let n = rustix::io::write(&key_tx, left)?;
+                left = &left[n..];
+            }
+            cmd_env.push((ENV_QUIC_KEY, key_rx.as_raw_fd().to_string()));
+            pass.push(key_rx.as_raw_fd());
+            theirs.push(key_rx);
+        }
         let mut cmd = Command::new(&exec.program);
         cmd.args(&exec.args)
             .env(ENV_FDS, spec)
             .env(ENV_READY, tx.as_raw_fd().to_string())
             .env(ENV_PARENT, std::process::id().to_string())
-            .env(ENV_QUIC_LINKS, links.join(","));
+            .env(ENV_QUIC_LINKS, links.join(","))
+            .envs(cmd_env);
         // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe, on descriptor
         // numbers this process holds open (`self.fds`, `tx`, `theirs`) until `spawn` returns; clearing
         // FD_CLOEXEC in the child makes exactly these survive the exec.

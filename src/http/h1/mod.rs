@@ -468,8 +468,8 @@ mod tests {
             )
             .expect("cfg");
             let runtime = Arc::new(crate::runtime::Runtime::new(&cfg).expect("runtime"));
-            let policy = crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime.metrics)
-                .expect("policy");
+            let policy =
+                crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime).expect("policy");
             let shared = Arc::new(Shared::new(runtime, policy));
             let hyper = Arc::new(super::super::service::builder(&cfg, true));
             let ctl = crate::drain::Controller::new();
