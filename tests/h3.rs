@@ -970,7 +970,13 @@ async fn quic_retry_tokens_survive_a_reload() {
     let reload = async {
         hold.held.await.expect("the client answered the Retry");
         srv.signal(libc::SIGHUP);
-        srv.log_with(&["configuration reloaded"]);
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                srv.stderr().contains("configuration reloaded")
+            })
+            .await,
+            "the reload was not logged"
+        );
         let _ = hold.release.send(());
     };
     let (status, ()) = tokio::join!(

@@ -148,5 +148,7 @@ pub async fn accept(
     share.stop_accepting();
     endpoint.set_server_config(None);
     endpoint.wait_idle().await;
+    // After upgrades in a row, the processes after this one reach an older one through it.
+    share.predecessor_gone().await;
     drop(drain);
 }

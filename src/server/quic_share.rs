@@ -18,7 +18,9 @@
 //! that owns the connection.
 //!
 //! A link ends when the process at its other end exits (or never started serving); datagrams for
-//! it are then handled locally (dropped, as before). Datagrams that cannot be forwarded at once
+//! it are then handled locally (dropped, as before). Upgrades in a row make a chain (each process
+//! linked to the one before and the one after it); a datagram for a process further along is
+//! passed on link by link, so a process stays until the one before it has exited. Datagrams that cannot be forwarded at once
 //! (the link's buffer is full) are dropped; QUIC retransmits. Counted in
 //! `segd_quic_handover_datagrams_total{way}`.
 
@@ -43,6 +45,13 @@ pub const CID_LEN: usize = 8;
 const TRAILER: usize = 40;
 const TRAILER_MAGIC: u8 = 0x5e;
 
+/// How many generations of processes apart a connection-ID tag is still routed (each link leads
+/// one generation on; a datagram for a process further away is passed on by the next).
+const GENERATIONS: u8 = 8;
+
+/// Send buffer of each end of a link.
+const LINK_BUFFER: usize = 4 << 20;
+
 /// QUIC version 2 (RFC 9369) numbers long-header packet types differently from version 1.
 const QUIC_V2: u32 = 0x6b33_43cf;
 
@@ -56,9 +65,12 @@ pub struct TaggedCids {
 
 impl ConnectionIdGenerator for TaggedCids {
     fn generate_cid(&mut self) -> ConnectionId {
+        // Tag, two check bytes, five random bytes.
         let mut bytes = [0u8; CID_LEN];
         bytes[0] = self.tag;
-        bytes[1..].copy_from_slice(&random_bits().to_le_bytes()[..CID_LEN - 1]);
+        bytes[3..].copy_from_slice(&random_bits().to_le_bytes()[..CID_LEN - 3]);
+        let c = check(self.tag, &bytes[3..]);
+        bytes[1..3].copy_from_slice(&c);
         ConnectionId::new(&bytes)
     }
 
@@ -104,10 +116,12 @@ pub enum Route {
 /// Routes one datagram by its destination connection ID. `accepting`: this process still takes
 /// new connections.
 pub fn route(datagram: &[u8], me: u8, accepting: bool) -> Route {
+    // A tag a few generations older belongs to a process up the chain (an upgrade started
+    // while an older process still drains); a few newer, down the chain.
     let by_tag = |tag: u8| {
-        if tag == me.wrapping_sub(1) {
+        if (1..=GENERATIONS).contains(&me.wrapping_sub(tag)) {
             Route::Predecessor
-        } else if tag == me.wrapping_add(1) {
+        } else if (1..=GENERATIONS).contains(&tag.wrapping_sub(me)) {
             Route::Successor
         } else {
             Route::Local
@@ -123,47 +137,114 @@ pub fn route(datagram: &[u8], me: u8, accepting: bool) -> Route {
             None => Route::Local,
         };
     }
-    // Long header: flags, version (4), DCID length (1), DCID.
-    let (Some(version), Some(&dcid_len)) = (datagram.get(1..5), datagram.get(5)) else {
+    let Some(p) = LongHeader::parse(datagram) else {
         return Route::Local;
     };
-    let version = u32::from_be_bytes([version[0], version[1], version[2], version[3]]);
-    let dcid_end = 6 + dcid_len as usize;
-    let dcid = datagram.get(6..dcid_end);
-    let kind = (first >> 4) & 0x3;
-    let (handshake, initial) = match version {
-        1 => (kind == 2, kind == 0),
-        QUIC_V2 => (kind == 3, kind == 1),
-        _ => (false, false),
-    };
-    // An Initial answering a Retry carries its token, and the ID the Retry chose: whoever
-    // accepts new connections validates it (they share the token key), whoever sent the Retry.
-    let retried = initial && initial_token_len(datagram, dcid_end) != Some(0);
-    match dcid {
+    if p.handshake {
         // Handshake packets carry a connection ID the server chose.
-        Some(cid) if handshake && cid.len() == CID_LEN => by_tag(cid[0]),
-        // Initial and 0-RTT: possibly an ID the client made up, so a tag may be chance. Ours
-        // (a connection this process is setting up) stay here; the rest go to whoever accepts
-        // new connections.
-        Some(cid) if cid.len() == CID_LEN && cid[0] == me && !retried => Route::Local,
-        _ if accepting => Route::Local,
-        _ => Route::Successor,
+        return if p.dcid.len() == CID_LEN {
+            by_tag(p.dcid[0])
+        } else {
+            Route::Local
+        };
+    }
+    if p.initial && p.token_len != 0 {
+        // An Initial carrying a Retry's token. With a Handshake packet behind it, the client
+        // is finishing a handshake: that packet names the process. Alone, it may be the first
+        // answer to a Retry: whoever accepts new connections validates it (they share the
+        // token key), whoever sent the Retry.
+        if let Some(next) = datagram.get(p.end..).and_then(LongHeader::parse) {
+            if next.handshake && next.dcid.len() == CID_LEN {
+                return by_tag(next.dcid[0]);
+            }
+        }
+    } else if is_ours(p.dcid, me) {
+        // Initial or 0-RTT for a connection this process is setting up (the client took the
+        // ID it was given; a client's own ID passes the check only by a 1 in 65,536 chance).
+        return Route::Local;
+    }
+    if accepting {
+        Route::Local
+    } else {
+        Route::Successor
     }
 }
 
-/// The token length of an Initial packet whose DCID ends at `dcid_end`; `None` if truncated.
-fn initial_token_len(datagram: &[u8], dcid_end: usize) -> Option<u64> {
-    let scid_len = *datagram.get(dcid_end)? as usize;
-    let at = dcid_end + 1 + scid_len;
-    let first = *datagram.get(at)?;
-    // A variable-length integer (RFC 9000 §16): the top two bits give its length.
+/// What routing needs of a long-header packet (RFC 9000 §17.2; v2: RFC 9369).
+struct LongHeader<'a> {
+    dcid: &'a [u8],
+    handshake: bool,
+    initial: bool,
+    /// An Initial's token length.
+    token_len: u64,
+    /// Where the next packet in the datagram starts (Initial and Handshake packets only).
+    end: usize,
+}
+
+impl<'a> LongHeader<'a> {
+    fn parse(d: &'a [u8]) -> Option<LongHeader<'a>> {
+        let first = *d.first()?;
+        if first & 0x80 == 0 {
+            return None;
+        }
+        let version = u32::from_be_bytes(d.get(1..5)?.try_into().ok()?);
+        let dcid_end = 6 + *d.get(5)? as usize;
+        let dcid = d.get(6..dcid_end)?;
+        let kind = (first >> 4) & 0x3;
+        // Version 1 and the drafts quinn speaks number the types alike; v2 shifts them.
+        let v1 = version == 1 || (0xff00_001d..=0xff00_0022).contains(&version);
+        let (handshake, initial) = match version {
+            _ if v1 => (kind == 2, kind == 0),
+            QUIC_V2 => (kind == 3, kind == 1),
+            _ => (false, false),
+        };
+        let mut h = LongHeader {
+            dcid,
+            handshake,
+            initial,
+            token_len: 0,
+            end: d.len(),
+        };
+        if !(handshake || initial) {
+            return Some(h);
+        }
+        let mut at = dcid_end + 1 + *d.get(dcid_end)? as usize;
+        if initial {
+            let (len, next) = varint(d, at)?;
+            h.token_len = len;
+            at = next.checked_add(usize::try_from(len).ok()?)?;
+        }
+        let (len, next) = varint(d, at)?;
+        h.end = next.checked_add(usize::try_from(len).ok()?)?;
+        Some(h)
+    }
+}
+
+/// A variable-length integer at `at` (RFC 9000 §16) and where it ends.
+fn varint(d: &[u8], at: usize) -> Option<(u64, usize)> {
+    let first = *d.get(at)?;
     let len = 1usize << (first >> 6);
-    let bytes = datagram.get(at..at + len)?;
-    Some(
-        bytes[1..]
-            .iter()
-            .fold(u64::from(first & 0x3f), |v, b| (v << 8) | u64::from(*b)),
-    )
+    let bytes = d.get(at..at + len)?;
+    let v = bytes[1..]
+        .iter()
+        .fold(u64::from(first & 0x3f), |v, b| (v << 8) | u64::from(*b));
+    Some((v, at + len))
+}
+
+/// The two check bytes of a connection ID with tag `tag` and random bytes `rest` (FNV-1a: only
+/// to tell our IDs from ones clients make up, not a secret).
+fn check(tag: u8, rest: &[u8]) -> [u8; 2] {
+    let h = std::iter::once(&tag)
+        .chain(rest)
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+    [(h >> 8) as u8, h as u8]
+}
+
+/// Whether `cid` is one this process (tag `me`) issued.
+fn is_ours(cid: &[u8], me: u8) -> bool {
+    cid.len() == CID_LEN && cid[0] == me && cid[1..3] == check(me, &cid[3..])
 }
 
 // === the link between the two processes ===
@@ -183,6 +264,11 @@ impl Link {
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             None,
         )?;
+        // Room for a few GRO batches of full-size datagrams on their way (best effort: the
+        // kernel caps it at net.core.wmem_max).
+        for end in [&ours, &theirs] {
+            let _ = rustix::net::sockopt::set_socket_send_buffer_size(end, LINK_BUFFER);
+        }
         Ok((Link::new(ours)?, theirs))
     }
 
@@ -311,7 +397,11 @@ pub struct Share {
     accepting: AtomicBool,
     predecessor: Mutex<Option<Arc<Link>>>,
     successor: Mutex<Option<Arc<Link>>>,
-    counts: prometheus::IntCounterVec,
+    /// Told when a link closes.
+    closed: tokio::sync::Notify,
+    forwarded: prometheus::IntCounter,
+    received: prometheus::IntCounter,
+    dropped: prometheus::IntCounter,
 }
 
 impl Share {
@@ -321,7 +411,10 @@ impl Share {
             accepting: AtomicBool::new(true),
             predecessor: Mutex::new(predecessor.map(Arc::new)),
             successor: Mutex::new(None),
-            counts,
+            closed: tokio::sync::Notify::new(),
+            forwarded: counts.with_label_values(&["forwarded"]),
+            received: counts.with_label_values(&["received"]),
+            dropped: counts.with_label_values(&["dropped"]),
         }
     }
 
@@ -334,9 +427,33 @@ impl Share {
         self.accepting.store(false, Ordering::Relaxed);
     }
 
+    /// Resolves once the process this one took over from has exited (its link closed). Until
+    /// then this process relays its datagrams from the processes after it, so it keeps its
+    /// endpoint that long.
+    pub async fn predecessor_gone(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if lock(&self.predecessor).is_none() {
+                return;
+            }
+            closed.await;
+        }
+    }
+
     /// The link to a process being started to take over (replacing any earlier one).
     pub fn set_successor(&self, link: Link) {
         *lock(&self.successor) = Some(Arc::new(link));
+    }
+
+    /// Empties `slot` if it still holds `link`.
+    fn drop_link(&self, slot: &Mutex<Option<Arc<Link>>>, link: &Arc<Link>) {
+        let mut s = lock(slot);
+        if s.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *s = None;
+            self.closed.notify_waiters();
+        }
     }
 
     fn slot(&self, r: Route) -> Option<&Mutex<Option<Arc<Link>>>> {
@@ -347,10 +464,19 @@ impl Share {
         }
     }
 
+    /// Where `datagram` goes from here.
+    fn route(&self, datagram: &[u8]) -> Route {
+        route(datagram, self.tag, self.accepting.load(Ordering::Relaxed))
+    }
+
     /// Forwards `datagram` if it belongs to another process that is there; false: handle it
     /// here.
     fn forwarded(&self, datagram: &[u8], meta: &RecvMeta) -> bool {
-        let r = route(datagram, self.tag, self.accepting.load(Ordering::Relaxed));
+        self.send_via(self.route(datagram), datagram, meta)
+    }
+
+    /// Sends `datagram` over the link `r` names, if there is one; false: handle it here.
+    fn send_via(&self, r: Route, datagram: &[u8], meta: &RecvMeta) -> bool {
         let Some(slot) = self.slot(r) else {
             return false;
         };
@@ -358,12 +484,12 @@ impl Share {
             return false;
         };
         match link.forward(datagram, meta) {
-            Ok(true) => self.counts.with_label_values(&["forwarded"]).inc(),
-            Ok(false) => self.counts.with_label_values(&["dropped"]).inc(),
+            Ok(true) => self.forwarded.inc(),
+            Ok(false) => self.dropped.inc(),
             Err(e) => {
                 // The other process has gone: its connections went with it.
                 tracing::debug!(error = %e, "QUIC handover link closed");
-                drop_link(slot, &link);
+                self.drop_link(slot, &link);
                 return false;
             }
         }
@@ -373,14 +499,6 @@ impl Share {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Empties `slot` if it still holds `link`.
-fn drop_link(slot: &Mutex<Option<Arc<Link>>>, link: &Arc<Link>) {
-    let mut s = lock(slot);
-    if s.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
-        *s = None;
-    }
 }
 
 /// quinn's socket with the routing above in its receive path.
@@ -404,14 +522,18 @@ impl SharedSocket {
         SharedSocket { inner, share }
     }
 
-    /// A datagram the other process forwarded, in `bufs[0]`.
+    /// A datagram the process at the other end of link `from` forwarded, in `bufs[0]`; one for
+    /// a process further on (a chain of upgrades) is passed on, never back.
     fn poll_forwarded(
         &self,
         cx: &mut Context,
-        slot: &Mutex<Option<Arc<Link>>>,
+        from: Route,
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<usize> {
+        let Some(slot) = self.share.slot(from) else {
+            return Poll::Pending;
+        };
         let Some(link) = lock(slot).clone() else {
             return Poll::Pending;
         };
@@ -420,12 +542,17 @@ impl SharedSocket {
         };
         match link.poll_recv(cx, buf) {
             Poll::Ready(Ok(Some(got))) => {
+                self.share.received.inc();
+                let datagram = &buf[..got.len];
+                let on = self.share.route(datagram);
+                if on != Route::Local && on != from && self.share.send_via(on, datagram, &got) {
+                    return Poll::Ready(0);
+                }
                 *m = got;
-                self.share.counts.with_label_values(&["received"]).inc();
                 Poll::Ready(1)
             }
             Poll::Ready(Ok(None)) | Poll::Ready(Err(_)) => {
-                drop_link(slot, &link);
+                self.share.drop_link(slot, &link);
                 // Nothing received; the caller polls again.
                 Poll::Ready(0)
             }
@@ -449,8 +576,8 @@ impl AsyncUdpSocket for SharedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        for slot in [&self.share.predecessor, &self.share.successor] {
-            if let Poll::Ready(n) = self.poll_forwarded(cx, slot, bufs, meta) {
+        for from in [Route::Predecessor, Route::Successor] {
+            if let Poll::Ready(n) = self.poll_forwarded(cx, from, bufs, meta) {
                 return Poll::Ready(Ok(n));
             }
         }
@@ -458,24 +585,33 @@ impl AsyncUdpSocket for SharedSocket {
             Poll::Ready(Ok(n)) => n,
             other => return other,
         };
-        // Keep what is ours at the front; a batch (GRO: one source, several datagrams) goes
-        // where its first datagram goes.
+        // Keep what is ours, in order, at the front: within a batch (GRO: several datagrams of
+        // one source, each `stride` long but the last) and across batches.
         let mut kept = 0;
         for i in 0..n.min(bufs.len()).min(meta.len()) {
-            let m = meta[i];
-            let data = &bufs[i][..m.len.min(bufs[i].len())];
-            let first = &data[..m.stride.min(data.len())];
-            if self.share.forwarded(first, &m) {
-                for segment in data.chunks(m.stride.max(1)).skip(1) {
-                    self.share.forwarded(segment, &m);
+            let mut m = meta[i];
+            let stride = m.stride.max(1);
+            let len = m.len.min(bufs[i].len());
+            let mut local = 0;
+            for start in (0..len).step_by(stride) {
+                let end = (start + stride).min(len);
+                if self.share.forwarded(&bufs[i][start..end], &m) {
+                    continue;
                 }
+                if local != start {
+                    bufs[i].copy_within(start..end, local);
+                }
+                local += end - start;
+            }
+            if local == 0 {
                 continue;
             }
+            m.len = local;
             if kept != i {
                 let (front, back) = bufs.split_at_mut(i);
-                front[kept][..m.len].copy_from_slice(&back[0][..m.len]);
-                meta[kept] = m;
+                front[kept][..local].copy_from_slice(&back[0][..local]);
             }
+            meta[kept] = m;
             kept += 1;
         }
         Poll::Ready(Ok(kept))
@@ -490,7 +626,9 @@ impl AsyncUdpSocket for SharedSocket {
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.inner.max_receive_segments()
+        // quinn sizes each receive buffer by this; a forwarded datagram carries its trailer too,
+        // so even without GRO a buffer holds two datagrams' room.
+        self.inner.max_receive_segments().max(2)
     }
 
     fn may_fragment(&self) -> bool {
@@ -512,7 +650,8 @@ mod tests {
         long_with_token(kind, version, dcid, &[])
     }
 
-    /// A long-header packet: for an Initial, SCID (4 bytes) and token follow the DCID.
+    /// A long-header packet: DCID, SCID (4 bytes), for an Initial its token, then a Length of 8
+    /// and 8 bytes of payload.
     fn long_with_token(kind: u8, version: u32, dcid: &[u8], token: &[u8]) -> Vec<u8> {
         let mut d = vec![0xc0 | (kind << 4)];
         d.extend_from_slice(&version.to_be_bytes());
@@ -520,12 +659,15 @@ mod tests {
         d.extend_from_slice(dcid);
         d.push(4);
         d.extend_from_slice(&[9; 4]);
-        if token.len() < 64 {
-            d.push(token.len() as u8);
-        } else {
-            d.extend_from_slice(&(0x4000 | token.len() as u16).to_be_bytes());
+        if (version == 1 && kind == 0) || (version == QUIC_V2 && kind == 1) {
+            if token.len() < 64 {
+                d.push(token.len() as u8);
+            } else {
+                d.extend_from_slice(&(0x4000 | token.len() as u16).to_be_bytes());
+            }
+            d.extend_from_slice(token);
         }
-        d.extend_from_slice(token);
+        d.push(8);
         d.extend_from_slice(&[0; 8]);
         d
     }
@@ -536,6 +678,10 @@ mod tests {
         assert_eq!(route(&short(6), 7, true), Route::Predecessor);
         assert_eq!(route(&short(8), 7, false), Route::Successor);
         assert_eq!(route(&short(200), 7, false), Route::Local);
+        // Further generations: passed on along the chain.
+        assert_eq!(route(&short(5), 7, true), Route::Predecessor);
+        assert_eq!(route(&short(15), 7, true), Route::Successor);
+        assert_eq!(route(&short(16), 7, true), Route::Local);
         // Tags wrap.
         assert_eq!(route(&short(255), 0, true), Route::Predecessor);
         assert_eq!(route(&short(0), 255, true), Route::Successor);
@@ -570,31 +716,34 @@ mod tests {
                 "{dcid:?}"
             );
         }
-        // An Initial for a connection this process is still setting up stays.
-        assert_eq!(route(&long(0, 1, &[7; 8]), 7, false), Route::Local);
-        // One answering this process's Retry goes to whoever accepts (they share the key).
+        // An Initial for a connection this process is still setting up stays; a client's own
+        // ID that merely starts with the tag does not.
+        let ours = TaggedCids { tag: 7 }.generate_cid();
+        assert_eq!(route(&long(0, 1, &ours), 7, false), Route::Local);
+        assert_eq!(route(&long(0, 1, &[7; 8]), 7, false), Route::Successor);
+        // One answering a Retry goes to whoever accepts (they share the token key)...
         for token in [&[1u8; 5][..], &[2; 90]] {
-            let retried = long_with_token(0, 1, &[7; 8], token);
+            let retried = long_with_token(0, 1, &ours, token);
             assert_eq!(route(&retried, 7, false), Route::Successor);
             assert_eq!(route(&retried, 7, true), Route::Local);
-            let retried_v2 = long_with_token(1, QUIC_V2, &[7; 8], token);
+            let retried_v2 = long_with_token(1, QUIC_V2, &ours, token);
             assert_eq!(route(&retried_v2, 7, false), Route::Successor);
+            // ...unless a Handshake packet rides with it: that one names the process.
+            let mut finishing = retried.clone();
+            finishing.extend(long(2, 1, &ours));
+            assert_eq!(route(&finishing, 7, false), Route::Local);
+            let mut finishing = retried.clone();
+            finishing.extend(long(2, 1, &TaggedCids { tag: 6 }.generate_cid()));
+            assert_eq!(route(&finishing, 7, true), Route::Predecessor);
         }
+        // Drafts number packet types like version 1.
         assert_eq!(
-            initial_token_len(&long_with_token(0, 1, &[7; 8], &[3; 90]), 14),
-            Some(90)
-        );
-        assert_eq!(
-            initial_token_len(&long_with_token(0, 1, &[7; 8], &[]), 14),
-            Some(0)
-        );
-        assert_eq!(initial_token_len(&[0xc0, 0, 0, 0, 1, 8, 7, 7], 14), None);
-        // Truncated long headers stay (quinn drops them).
-        assert_eq!(route(&[0xc0, 0, 0], 7, false), Route::Local);
-        assert_eq!(
-            route(&[0xc0, 0, 0, 0, 1, 20, 1], 7, false),
+            route(&long(2, 0xff00_001d, &[8; 8]), 7, true),
             Route::Successor
         );
+        // Truncated long headers stay (quinn drops them).
+        assert_eq!(route(&[0xc0, 0, 0], 7, false), Route::Local);
+        assert_eq!(route(&[0xc0, 0, 0, 0, 1, 20, 1], 7, false), Route::Local);
     }
 
     #[test]
@@ -605,6 +754,11 @@ mod tests {
         assert_eq!(a.len(), CID_LEN);
         assert_eq!(a[0], 42);
         assert_ne!(a, b);
+        assert!(is_ours(&a, 42) && is_ours(&b, 42));
+        assert!(!is_ours(&a, 43), "another process's");
+        let mut forged = a.to_vec();
+        forged[7] ^= 1;
+        assert!(!is_ours(&forged, 42), "one bit off");
     }
 
     #[test]

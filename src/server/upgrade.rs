@@ -150,6 +150,19 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
         );
         return (Vec::new(), None);
     };
+    // Each number is owned once, whatever the variables say (a number named twice would be
+    // closed twice).
+    let mut claimed = std::collections::HashSet::new();
+    let mut claim = |fd: RawFd| {
+        let new = fd > 2 && claimed.insert(fd);
+        if !new {
+            tracing::warn!(
+                fd,
+                "an upgrade variable names a descriptor already taken, or 0-2; ignored"
+            );
+        }
+        new
+    };
     let mut passed = Vec::new();
     for item in fds
         .as_deref()
@@ -158,10 +171,13 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
         .filter(|s| !s.is_empty())
     {
         let (fd, key) = item.split_once(':').unwrap_or((item, ""));
-        let Some(fd) = fd.parse::<RawFd>().ok().filter(|fd| *fd > 2) else {
+        let Some(fd) = fd.parse::<RawFd>().ok() else {
             tracing::warn!(item, "{ENV_FDS}: not a descriptor number; ignored");
             continue;
         };
+        if !claim(fd) {
+            continue;
+        }
         let Some(owned) = own_socket(fd) else {
             tracing::warn!(fd, "{ENV_FDS}: not a socket; ignored");
             continue;
@@ -178,7 +194,7 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
     }
     let ready = ready
         .and_then(|r| r.parse::<RawFd>().ok())
-        .filter(|fd| *fd > 2)
+        .filter(|fd| claim(*fd))
         .and_then(own_pipe);
     let quic_links = quic_links
         .as_deref()
@@ -186,7 +202,7 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
         .split(',')
         .filter(|s| !s.is_empty())
         .filter_map(|item| {
-            let link = parse_quic_link(item);
+            let link = parse_quic_link(item, &mut claim);
             if link.is_none() {
                 tracing::warn!(
                     item,
@@ -197,7 +213,11 @@ pub fn take_handover() -> (Vec<Passed>, Option<Handover>) {
         })
         .collect();
     let quic_token_key = quic_key.and_then(|fd| {
-        let key = read_quic_key(&fd);
+        let key = fd
+            .parse::<RawFd>()
+            .ok()
+            .filter(|fd| claim(*fd))
+            .and_then(read_quic_key);
         if key.is_none() {
             tracing::warn!(fd, "{ENV_QUIC_KEY}: not a pipe holding a key; QUIC tokens of the old process will be refused");
         }
@@ -233,11 +253,14 @@ fn own_socket(fd: RawFd) -> Option<OwnedFd> {
 
 /// One `fd/address/tag` item of the QUIC links variable, owning the descriptor if it is a
 /// `SOCK_SEQPACKET` socket.
-fn parse_quic_link(item: &str) -> Option<QuicLink> {
+fn parse_quic_link(item: &str, claim: &mut impl FnMut(RawFd) -> bool) -> Option<QuicLink> {
     let mut parts = item.splitn(3, '/');
-    let fd = parts.next()?.parse::<RawFd>().ok().filter(|fd| *fd > 2)?;
+    let fd = parts.next()?.parse::<RawFd>().ok()?;
     let addr = parts.next()?.parse().ok()?;
     let tag = parts.next()?.parse::<u8>().ok()?;
+    if !claim(fd) {
+        return None;
+    }
     // SAFETY: as in `own_socket`: getsockopt on a closed number fails harmlessly.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     if rustix::net::sockopt::socket_type(borrowed).ok()? != rustix::net::SocketType::SEQPACKET {
@@ -249,8 +272,8 @@ fn parse_quic_link(item: &str) -> Option<QuicLink> {
 }
 
 /// The QUIC token key from the pipe numbered `fd` (closed after).
-fn read_quic_key(fd: &str) -> Option<QuicTokenKey> {
-    let pipe = own_pipe(fd.parse::<RawFd>().ok().filter(|fd| *fd > 2)?)?;
+fn read_quic_key(fd: RawFd) -> Option<QuicTokenKey> {
+    let pipe = own_pipe(fd)?;
     let mut bytes = [0u8; QuicTokenKey::LEN];
     let mut got = 0;
     while got < bytes.len() {
@@ -264,7 +287,8 @@ fn read_quic_key(fd: &str) -> Option<QuicTokenKey> {
     Some(QuicTokenKey::from_bytes(bytes))
 }
 
-/// Owns `fd` if it is the write end of a pipe, made close-on-exec.
+/// Owns `fd` if it is a pipe (the readiness pipe's write end, the key pipe's read end), made
+/// close-on-exec.
 fn own_pipe(fd: RawFd) -> Option<OwnedFd> {
     // SAFETY: as in `own_socket`: fstat on a closed number fails harmlessly.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
