@@ -896,6 +896,17 @@ async fn truncated_file_resets_the_stream() {
     );
 }
 
+/// A server with HTTP/3 whose every new QUIC connection must answer a Retry.
+fn retry_always_server(vols: &tempfile::TempDir, cert: &str, key: &str) -> Server {
+    demo_tls_server(
+        vols.path(),
+        cert,
+        key,
+        "http3 = true\nquic_retry = \"always\"\n",
+        "",
+    )
+}
+
 /// `tls.quic_retry = "always"`: every new QUIC connection first answers a stateless Retry (the
 /// client does it transparently), then is served; the Retry is counted.
 #[tokio::test]
@@ -903,13 +914,7 @@ async fn quic_retry_validates_addresses() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let srv = demo_tls_server(
-        vols.path(),
-        &cert,
-        &key,
-        "http3 = true\nquic_retry = \"always\"\n",
-        "",
-    );
+    let srv = retry_always_server(&vols, &cert, &key);
     let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
     assert_eq!(c.request("GET", SEG, &[]).await.status, 200);
     let retried = async |srv: &Server, n: f64| {
@@ -955,13 +960,7 @@ async fn quic_retry_tokens_survive_a_reload() {
     let pki = Pki::new();
     let (cert, key, _) = pki.leaf("segd");
     let vols = demo_volumes();
-    let srv = demo_tls_server(
-        vols.path(),
-        &cert,
-        &key,
-        "http3 = true\nquic_retry = \"always\"\n",
-        "",
-    );
+    let srv = retry_always_server(&vols, &cert, &key);
     let hold = retry_hold(srv.tls_addr.expect("tls")).await;
     let client = async {
         let mut c = h3_connect(hold.addr, &pki).await;

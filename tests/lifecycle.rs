@@ -607,6 +607,15 @@ async fn h3_connections(u: &Upgradable, n: usize, when: &str) -> u64 {
     lost
 }
 
+/// HTTP/3 GETs answered 2xx, from the metrics text `m`.
+fn h3_gets_served(m: &str) -> Option<f64> {
+    metric_with(
+        m,
+        "segd_http_requests_total",
+        &[("method", "GET"), ("status_class", "2xx"), ("proto", "h3")],
+    )
+}
+
 async fn gone(pid: u32, within: Duration) -> bool {
     eventually(within, async || !alive(pid)).await
 }
@@ -1092,11 +1101,7 @@ async fn http3_across_an_upgrade() {
     h3_connections(&u, 1, "after the upgrade").await;
     let m = get(&u.srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
-        metric_with(
-            &m,
-            "segd_http_requests_total",
-            &[("method", "GET"), ("status_class", "2xx"), ("proto", "h3")]
-        ),
+        h3_gets_served(&m),
         Some(9.0),
         "served by the new process ({new})"
     );
@@ -1172,11 +1177,7 @@ async fn http3_across_two_upgrades_in_a_row() {
     );
     let m = get(&u.srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
-        metric_with(
-            &m,
-            "segd_http_requests_total",
-            &[("method", "GET"), ("status_class", "2xx"), ("proto", "h3")]
-        ),
+        h3_gets_served(&m),
         Some(8.0),
         "the new connections were served by the newest process ({third})"
     );

@@ -415,6 +415,19 @@ fn prefetch_blocking(file: &File, off: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// 64 random bits for temporary names and connection IDs (unpredictable enough to avoid
+/// collisions and guessing; not for secrets).
+pub fn random_bits() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

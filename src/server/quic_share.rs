@@ -68,7 +68,7 @@ impl ConnectionIdGenerator for TaggedCids {
         // Tag, two check bytes, five random bytes.
         let mut bytes = [0u8; CID_LEN];
         bytes[0] = self.tag;
-        bytes[3..].copy_from_slice(&random_bits().to_le_bytes()[..CID_LEN - 3]);
+        bytes[3..].copy_from_slice(&crate::io::random_bits().to_le_bytes()[..CID_LEN - 3]);
         let c = check(self.tag, &bytes[3..]);
         bytes[1..3].copy_from_slice(&c);
         ConnectionId::new(&bytes)
@@ -83,21 +83,9 @@ impl ConnectionIdGenerator for TaggedCids {
     }
 }
 
-/// 64 random bits (for connection IDs, which must be unpredictable but are not secrets).
-fn random_bits() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
-}
-
 /// A tag for a process that took over from nobody.
 pub fn first_tag() -> u8 {
-    random_bits() as u8
+    crate::io::random_bits() as u8
 }
 
 // === routing ===

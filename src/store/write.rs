@@ -67,7 +67,7 @@ impl Dir {
     /// Creates a new temporary file in this directory.
     pub fn temp(&self) -> io::Result<(String, File)> {
         for _ in 0..8 {
-            let name = temp_name(random());
+            let name = temp_name(crate::io::random_bits());
             match rustix::fs::openat(
                 &self.fd,
                 name.as_str(),
@@ -336,18 +336,6 @@ fn temp_name(bits: u64) -> String {
     name.push_str(TEMP_PREFIX);
     let _ = write!(name, "{bits:016x}");
     name
-}
-
-/// 64 random bits for temporary names (not for anything secret).
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
 }
 
 /// Removes temporary files a crash left under `dir` (recursively); returns how many.
