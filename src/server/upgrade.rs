@@ -32,11 +32,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-
-use std::sync::Arc;
 
 use super::listener::{classify, Passed, Source};
 use super::quic_share::{Link, Share};
