@@ -550,14 +550,16 @@ async fn new_pid(path: &std::path::Path, old: u32, log: &Server) -> u32 {
     }
 }
 
+/// An HTTP/3 download in flight (`slow_h3_download`): the bytes received so far, and the task,
+/// which ends with all it received.
+struct SlowDownload {
+    progress: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Result<usize, String>>,
+}
+
 /// An HTTP/3 download of a `len`-byte file written for it at `path`, read slowly (1 ms per
-/// chunk) so it is still in flight through an upgrade; its head is in when this returns, and the
-/// task ends with the bytes received.
-async fn slow_h3_download(
-    u: &Upgradable,
-    path: &str,
-    len: usize,
-) -> tokio::task::JoinHandle<Result<usize, String>> {
+/// chunk) so it is still in flight through an upgrade; its head is in when this returns.
+async fn slow_h3_download(u: &Upgradable, path: &str, len: usize) -> SlowDownload {
     use bytes::Buf;
     let file = u
         .vols
@@ -569,7 +571,9 @@ async fn slow_h3_download(
     let mut c = crate::h3::h3_connect(u.srv.tls_addr.expect("tls"), &u.pki).await;
     let mut s = c.open("GET", path, &[]).await;
     assert_eq!(s.recv_response().await.expect("head").status(), 200);
-    tokio::spawn(async move {
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&progress);
+    let task = tokio::spawn(async move {
         let mut got = 0usize;
         while let Some(chunk) = s
             .recv_data()
@@ -577,11 +581,13 @@ async fn slow_h3_download(
             .map_err(|e| format!("{e:?} after {got}"))?
         {
             got += chunk.remaining();
+            seen.store(got as u64, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         drop(c);
         Ok(got)
-    })
+    });
+    SlowDownload { progress, task }
 }
 
 /// `n` new HTTP/3 connections one after another, each a GET of SEG checked whole; returns the
@@ -899,6 +905,11 @@ struct Upgradable {
 }
 
 fn upgradable(tls_extra: &str) -> Upgradable {
+    upgradable_with(tls_extra, |cfg| cfg)
+}
+
+/// [`upgradable`] with its config text edited by `edit` first.
+fn upgradable_with(tls_extra: &str, edit: impl Fn(String) -> String) -> Upgradable {
     let pki = crate::tls::Pki::new();
     let (cert, key, _) = pki.leaf("segd-upgrade");
     let vols = demo_volumes();
@@ -914,7 +925,7 @@ fn upgradable(tls_extra: &str) -> Upgradable {
         "[admin]",
         &format!("pid_file = \"{}\"\n\n[admin]", pid_file.display()),
     );
-    let srv = Server::start_with(&cfg, |c| run_as(c, &program));
+    let srv = Server::start_with(&edit(cfg), |c| run_as(c, &program));
     let seg_len = std::fs::metadata(vols.path().join("disk1").join(SEG.trim_start_matches('/')))
         .expect("seg")
         .len() as usize;
@@ -1095,7 +1106,7 @@ async fn http3_across_an_upgrade() {
         u.srv.stderr()
     );
     // The download the old process had in flight completed before it exited.
-    let got = download.await.expect("join");
+    let got = download.task.await.expect("join");
     assert_eq!(got, Ok(big), "log:\n{}", u.srv.stderr());
     // New QUIC connections reach the new process.
     h3_connections(&u, 1, "after the upgrade").await;
@@ -1123,15 +1134,21 @@ async fn http3_across_an_upgrade() {
 /// connection they are (new connections to the newest).
 #[tokio::test]
 async fn http3_across_two_upgrades_in_a_row() {
-    let u = upgradable("http3 = true\n");
+    // The middle process waits for the first up to its drain timeout: longer than the first's
+    // download can take on a loaded machine.
+    let u = upgradable_with("http3 = true\n", |cfg| {
+        let longer = cfg.replace("drain_timeout = \"10s\"", "drain_timeout = \"60s\"");
+        assert_ne!(longer, cfg, "the test config's drain_timeout moved");
+        longer
+    });
     let first = read_pid(&u.pid_file).expect("pid file");
     let mut procs = Procs::new(&u.srv.config, first);
-    let first_download = slow_h3_download(&u, "/vod/m/first.mp4", 5 << 20).await;
+    let first_download = slow_h3_download(&u, "/vod/m/first.mp4", 4 << 20).await;
     kill(first, libc::SIGUSR2);
     let second = new_pid(&u.pid_file, first, &u.srv).await;
     procs.pids.push(second);
     u.srv.log_with(&["sockets handed over"]);
-    let second_download = slow_h3_download(&u, "/vod/m/second.mp4", 2 << 20).await;
+    let second_download = slow_h3_download(&u, "/vod/m/second.mp4", 1 << 20).await;
     kill(second, libc::SIGUSR2);
     let third = new_pid(&u.pid_file, second, &u.srv).await;
     procs.pids.push(third);
@@ -1151,22 +1168,19 @@ async fn http3_across_two_upgrades_in_a_row() {
         lost <= 16,
         "the new connections' clients counted {lost} packets lost"
     );
-    assert_eq!(second_download.await.expect("join"), Ok(2 << 20));
-    // The second process has nothing of its own left, and stays while the first lives: the
-    // third reaches the first through it.
-    loop {
-        let (second_alive, first_alive) = (alive(second), alive(first));
-        if !first_alive {
-            break;
-        }
+    assert_eq!(second_download.task.await.expect("join"), Ok(1 << 20));
+    // The second process has nothing of its own left, and stays while the first still sends:
+    // the third reaches the first through it. Until its client has 2 of its 4 MiB the first
+    // is still sending (a client buffers at most its stream window, 1.25 MB for quinn).
+    while first_download.progress.load(Ordering::Relaxed) < 2 << 20 {
         assert!(
-            second_alive,
-            "the second process left before the first:\n{}",
+            alive(second),
+            "the second process left while the first still sent a download:\n{}",
             u.srv.stderr()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(first_download.await.expect("join"), Ok(5 << 20));
+    assert_eq!(first_download.task.await.expect("join"), Ok(4 << 20));
     assert!(
         gone(first, Duration::from_secs(30)).await,
         "the first process exited"
@@ -1224,7 +1238,7 @@ async fn quic_retry_tokens_survive_an_upgrade() {
         "the old process exited before the token came back: nothing was passed"
     );
     assert_eq!(status.expect("the client's connection was answered"), 200);
-    assert_eq!(download.await.expect("join"), Ok(4 << 20));
+    assert_eq!(download.task.await.expect("join"), Ok(4 << 20));
     assert!(
         gone(first, Duration::from_secs(30)).await,
         "the old process exited"

@@ -539,7 +539,8 @@ impl SharedSocket {
                 *m = got;
                 Poll::Ready(1)
             }
-            Poll::Ready(Ok(None)) | Poll::Ready(Err(_)) => {
+            Poll::Ready(r) => {
+                tracing::debug!(?from, error = ?r.err(), "QUIC handover link closed");
                 self.share.drop_link(slot, &link);
                 // Nothing received; the caller polls again.
                 Poll::Ready(0)
