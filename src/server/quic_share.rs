@@ -494,6 +494,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct SharedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     share: Arc<Share>,
+    links_first: AtomicBool,
 }
 
 impl fmt::Debug for Share {
@@ -507,7 +508,26 @@ impl fmt::Debug for Share {
 
 impl SharedSocket {
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, share: Arc<Share>) -> SharedSocket {
-        SharedSocket { inner, share }
+        SharedSocket {
+            inner,
+            share,
+            links_first: AtomicBool::new(false),
+        }
+    }
+
+    /// A datagram either link brought (registering both for wake-ups when neither has one).
+    fn poll_links(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<usize> {
+        for from in [Route::Predecessor, Route::Successor] {
+            if let Poll::Ready(n) = self.poll_forwarded(cx, from, bufs, meta) {
+                return Poll::Ready(n);
+            }
+        }
+        Poll::Pending
     }
 
     /// A datagram the process at the other end of link `from` forwarded, in `bufs[0]`; one for
@@ -565,13 +585,18 @@ impl AsyncUdpSocket for SharedSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        for from in [Route::Predecessor, Route::Successor] {
-            if let Poll::Ready(n) = self.poll_forwarded(cx, from, bufs, meta) {
+        // The links and the socket take turns going first, so neither starves the other.
+        let links_first = self.links_first.fetch_xor(true, Ordering::Relaxed);
+        if links_first {
+            if let Poll::Ready(n) = self.poll_links(cx, bufs, meta) {
                 return Poll::Ready(Ok(n));
             }
         }
         let n = match self.inner.poll_recv(cx, bufs, meta) {
             Poll::Ready(Ok(n)) => n,
+            Poll::Pending if !links_first => {
+                return self.poll_links(cx, bufs, meta).map(Ok);
+            }
             other => return other,
         };
         // Keep what is ours, in order, at the front: within a batch (GRO: several datagrams of
