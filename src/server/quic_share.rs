@@ -485,6 +485,15 @@ impl Share {
     }
 }
 
+impl fmt::Debug for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Share")
+            .field("tag", &self.tag)
+            .field("accepting", &self.accepting)
+            .finish_non_exhaustive()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -495,15 +504,6 @@ pub struct SharedSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     share: Arc<Share>,
     links_first: AtomicBool,
-}
-
-impl fmt::Debug for Share {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Share")
-            .field("tag", &self.tag)
-            .field("accepting", &self.accepting)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SharedSocket {
