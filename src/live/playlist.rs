@@ -267,6 +267,18 @@ impl Snapshot {
         }
     }
 
+    /// How many parts a segment has: as many as the last complete one that listed its parts,
+    /// else the target duration over the part target.
+    fn parts_per_segment(&self) -> u64 {
+        if let Some(s) = self.segments.iter().rev().find(|s| s.parts > 0) {
+            return s.parts;
+        }
+        match self.part_target {
+            Some(t) if t > 0.0 && self.target > 0.0 => (self.target / t).ceil() as u64,
+            _ => 0,
+        }
+    }
+
     /// 400 for a request further ahead than a client may ask.
     pub fn check(&self, want: Want) -> Result<(), BadDirective> {
         let next = self.next_msn();
@@ -276,12 +288,18 @@ impl Snapshot {
         }
         if let Some(p) = want.part {
             let limit = self.advance_part_limit();
-            // Parts the playlist already has for `want.msn` (0 when it has not started).
-            let have = if msn == next { self.next_parts } else { 0 };
             // RFC 8216bis §6.2.5.2: refused when it exceeds the last part in the playlist by the
-            // Advance Part Limit (the last part is `have - 1` of the segment in progress).
-            let ahead = if msn >= next { p.saturating_add(1) } else { 0 };
-            if msn >= next && ahead >= have.saturating_add(limit) {
+            // Advance Part Limit. The last part is `next_parts - 1` of the segment in progress;
+            // a part of the segment after that one also lies beyond the parts still to come in
+            // the one in progress.
+            let ahead = if msn == next {
+                p.saturating_add(1)
+            } else if msn == next + 1 {
+                self.parts_per_segment().saturating_add(p).saturating_add(1)
+            } else {
+                0
+            };
+            if ahead >= self.next_parts.saturating_add(limit) {
                 return Err(BadDirective::TooFarAhead);
             }
         }
@@ -356,18 +374,35 @@ impl Snapshot {
         let skip_from = self.segments[0].first_line;
         let skip_to = self.segments[n - 1].uri_line; // inclusive
         let drop_dateranges = v2 && self.can_skip_dateranges;
+        let need = if drop_dateranges { 10 } else { 9 };
         let mut out = String::with_capacity(text.len() / 2);
         let mut carried: Vec<&str> = Vec::new();
+        let versioned = lines
+            .iter()
+            .any(|l| l.trim().starts_with("#EXT-X-VERSION:"));
         for (i, line) in lines.iter().enumerate() {
             let t = line.trim();
+            if i == 0 && !versioned && t == "#EXTM3U" {
+                // Delta updates need protocol version 9 (10 when date ranges are skipped).
+                out.push_str(&format!("{line}\n#EXT-X-VERSION:{need}\n"));
+                continue;
+            }
             if (skip_from..=skip_to).contains(&i) {
                 // Keep what the remaining segments still depend on: the last MAP and KEY.
                 if t.starts_with("#EXT-X-MAP:") || t.starts_with("#EXT-X-KEY:") {
                     let tag = &t[..t.find(':').unwrap_or(0)];
                     carried.retain(|c| !c.starts_with(tag));
                     carried.push(line);
-                } else if t.starts_with("#EXT-X-DATERANGE:") && !drop_dateranges {
-                    carried.push(line);
+                } else if t.starts_with("#EXT-X-DATERANGE:") {
+                    if !drop_dateranges {
+                        carried.push(line);
+                    }
+                } else if t.starts_with("#EXT") && !skippable(t) {
+                    // A playlist tag among the skipped segments' lines (a date range or a MAP
+                    // may come before the header ends): every tag not skipped stays
+                    // (RFC 8216bis §6.2.5.1), where it was.
+                    out.push_str(line);
+                    out.push('\n');
                 }
                 if i == skip_to {
                     if drop_dateranges {
@@ -385,9 +420,7 @@ impl Snapshot {
                 continue;
             }
             if let Some(v) = t.strip_prefix("#EXT-X-VERSION:") {
-                // Delta updates need protocol version 9 (10 when date ranges are skipped).
                 let v: u32 = v.trim().parse().unwrap_or(0);
-                let need = if drop_dateranges { 10 } else { 9 };
                 out.push_str(&format!("#EXT-X-VERSION:{}\n", v.max(need)));
                 continue;
             }
@@ -396,6 +429,12 @@ impl Snapshot {
         }
         Some(Bytes::from(out))
     }
+}
+
+/// Lines of a skipped segment that a delta update leaves out: its media segment tags
+/// (RFC 8216bis §4.4.4) and its parts. MAP, KEY and DATERANGE are decided by the caller.
+fn skippable(line: &str) -> bool {
+    line.starts_with("#EXTINF:") || line.starts_with("#EXT-X-PART:") || is_segment_tag(line)
 }
 
 /// Media segment tags (RFC 8216bis §4.4.4) that start a segment's block of lines.
@@ -520,6 +559,18 @@ seg13.m4s
         // Part target 0.5 s: the advance limit is 6 parts beyond the last listed (14, 0).
         assert_eq!(s.check(w(14, Some(5))), Ok(()));
         assert_eq!(s.check(w(14, Some(6))), Err(BadDirective::TooFarAhead));
+        // Segment 13 had 2 parts: (15, 3) is part 6 counted from (14, 0), 5 beyond it; (15, 4)
+        // is 6 beyond.
+        assert_eq!(s.check(w(15, Some(3))), Ok(()));
+        assert_eq!(s.check(w(15, Some(4))), Err(BadDirective::TooFarAhead));
+        // With no complete segment listing parts: target ÷ part target (4) per segment.
+        let fresh = snap(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PART-INF:PART-TARGET=0.5\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:20\n\
+             #EXT-X-PART:DURATION=0.5,URI=\"seg20.part0.m4s\"\n",
+        );
+        assert_eq!(fresh.check(w(21, Some(1))), Ok(()));
+        assert_eq!(fresh.check(w(21, Some(2))), Err(BadDirective::TooFarAhead));
     }
 
     #[test]
@@ -564,5 +615,40 @@ seg13.m4s
         assert!(d.contains("#EXT-X-MEDIA-SEQUENCE:10"), "{d}");
         let plain = snap(&LL.replace(",CAN-SKIP-UNTIL=4", ""));
         assert!(plain.skipped(false).is_none());
+    }
+
+    /// A date range or a MAP may come before the header's last tag: the header tags after it
+    /// still stay in the delta (RFC 8216bis §6.2.5.1), and a playlist with no version gets one.
+    #[test]
+    fn delta_update_keeps_header_tags_after_an_early_segment_tag() {
+        let early = LL.replace(
+            "#EXT-X-VERSION:6\n",
+            "#EXT-X-VERSION:6\n#EXT-X-DATERANGE:ID=\"splice-1\",START-DATE=\"2026-11-30T00:00:00Z\"\n",
+        );
+        let map_first = LL.replace("#EXT-X-MAP:URI=\"init.mp4\"\n", "").replace(
+            "#EXT-X-TARGETDURATION:2\n",
+            "#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-TARGETDURATION:2\n",
+        );
+        for text in [early, map_first] {
+            let d = String::from_utf8(snap(&text).skipped(false).expect("skip").to_vec())
+                .expect("utf8");
+            for tag in [
+                "#EXT-X-TARGETDURATION:2",
+                "#EXT-X-PART-INF:PART-TARGET=0.5",
+                "#EXT-X-SERVER-CONTROL:",
+                "#EXT-X-MEDIA-SEQUENCE:10",
+                "#EXT-X-MAP:URI=\"init.mp4\"",
+                "#EXT-X-SKIP:SKIPPED-SEGMENTS=2",
+            ] {
+                assert_eq!(d.matches(tag).count(), 1, "{tag} in\n{d}");
+            }
+            assert!(!d.contains("seg10.m4s") && !d.contains("seg11.m4s"), "{d}");
+            let skip = d.find("#EXT-X-SKIP").expect("skip");
+            assert!(d.find("#EXT-X-MEDIA-SEQUENCE").expect("seq") < skip, "{d}");
+        }
+        let unversioned = LL.replace("#EXT-X-VERSION:6\n", "");
+        let d = String::from_utf8(snap(&unversioned).skipped(false).expect("skip").to_vec())
+            .expect("utf8");
+        assert!(d.starts_with("#EXTM3U\n#EXT-X-VERSION:9\n"), "{d}");
     }
 }
