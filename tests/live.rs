@@ -2010,6 +2010,128 @@ async fn growing_segment_streamed(rig: &Rig, path: &str, length: bool) {
     }
 }
 
+/// Ranges of a segment still being uploaded (RFC 8673, RFC 8216bis §4.4.5.3): a "very large
+/// value" range streams from its start and ends cleanly where the upload ends; a closed range
+/// is answered once all of it is there, or like a complete object once the upload ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_segment_ranges_end_where_the_upload_ends() {
+    const VLV: &str = "9007199254740991";
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/rr/seg3.m4s";
+    let data = (0..10_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect::<Vec<u8>>();
+    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    up.chunk(&data[..4_000]);
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "the upload is in progress");
+
+    // From a byte that is there: streamed at once, 206 with the request's range echoed and no
+    // length (HTTP/1.1 chunked, h2 without content-length).
+    let mut h1 = H1Reader::get(rig.srv.addr, path, &format!("Range: bytes=2000-{VLV}\r\n"));
+    assert_eq!(h1.status(), 206, "{}", h1.head);
+    assert_eq!(
+        h1.header("content-range"),
+        Some(format!("bytes 2000-{VLV}/*")),
+        "{}",
+        h1.head
+    );
+    assert_eq!(h1.header("content-length"), None, "{}", h1.head);
+    assert!(h1.chunked, "{}", h1.head);
+    let range = format!("bytes=2000-{VLV}");
+    let mut h2 = Streamed::get(&rig.url(path), &[("range", &range)], true).await;
+    assert_eq!(h2.status, 206);
+    assert_eq!(h2.header("content-length"), None);
+    h1.read_to(2_000).expect("h1: the bytes there");
+    h2.read_to(2_000).await.expect("h2: the bytes there");
+    // From a byte not there yet, a closed range past the final end, one wholly past it: they
+    // wait.
+    let get = |range: String, h2: bool| {
+        let url = rig.url(path);
+        tokio::spawn(async move { request("GET", &url, &[("range", &range)], h2).await })
+    };
+    let ahead = get(format!("bytes=6000-{VLV}"), false);
+    let ahead2 = get(format!("bytes=6000-{VLV}"), true);
+    let past_end = get("bytes=7000-12999".into(), false);
+    let beyond = get("bytes=20000-29999".into(), true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (what, h) in [
+        ("from 6000", &ahead),
+        ("7000-12999", &past_end),
+        ("20000-", &beyond),
+    ] {
+        assert!(!h.is_finished(), "{what}: answered before its bytes exist");
+    }
+
+    up.chunk(&data[4_000..7_000]);
+    h1.read_to(5_000).expect("h1: the next chunk");
+    up.chunk(&data[7_000..]);
+    assert_eq!(up.finish(), 201);
+    // The streams end cleanly at the final length.
+    h1.read_end().expect("h1: clean end where the upload ended");
+    h2.read_end()
+        .await
+        .expect("h2: clean end where the upload ended");
+    assert!(h1.body == data[2_000..] && h2.got == data[2_000..]);
+    for (what, h) in [("h1", ahead), ("h2", ahead2)] {
+        let r = tokio::time::timeout(Duration::from_secs(20), h)
+            .await
+            .expect("answered")
+            .expect("task");
+        assert_eq!(r.status, 206, "from 6000 {what}");
+        assert!(r.body.as_ref() == &data[6_000..], "from 6000 {what}");
+    }
+    let r = past_end.await.expect("task");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 7000-9999/10000"));
+    assert!(r.body.as_ref() == &data[7_000..]);
+    let r = beyond.await.expect("task");
+    assert_eq!(r.status, 416);
+    assert_eq!(r.header("content-range"), Some("bytes */10000"));
+}
+
+/// A hinted part is a Partial Segment: no byte of it goes out before all of it can go at full
+/// speed (RFC 8216bis §6.2.6), so a request for it waits for the whole upload and gets the
+/// complete object, with its length and validators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hinted_part_is_sent_whole_once_uploaded() {
+    let rig = Rig::start(3, 100, "");
+    let playlist = "/live/hw/index.m3u8";
+    let v1 = rules_state();
+    rig.put(playlist, v1.render().as_bytes()).await;
+    let part = format!("/live/hw/{}", v1.hint().expect("a hint"));
+    let data = vec![0x42u8; 6_000];
+    let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
+    up.chunk(&data[..2_000]);
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "the upload is in progress");
+    let h1 = fetch(rig.url(&part), false);
+    let h2 = fetch(rig.url(&part), true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !h1.is_finished() && !h2.is_finished(),
+        "a part was answered while still being uploaded"
+    );
+    let sent = mono();
+    up.chunk(&data[2_000..]);
+    assert_eq!(up.finish(), 201);
+    for (what, h) in [("h1", h1), ("h2", h2)] {
+        let r = answer(h, what).await;
+        assert_eq!(r.resp.status, 200, "{what}");
+        assert!(r.resp.body.as_ref() == data.as_slice(), "{what}");
+        assert_eq!(r.resp.header("content-length"), Some("6000"), "{what}");
+        assert!(r.resp.header("etag").is_some(), "{what}: validators");
+        assert_ne!(r.resp.header("cache-control"), Some("no-store"), "{what}");
+        assert!(r.at >= sent, "{what}: answered before the upload ended");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_upload_aborts_the_growing_responses() {
     let rig = Rig::start(3, 100, "");

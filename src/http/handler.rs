@@ -299,9 +299,14 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         }
         r => r?,
     };
-    if object.growing {
-        return super::live::growing(cx, object, content_type);
-    }
+    let object = if object.growing {
+        match super::live::growing(cx, &rel, &canonical, object, &content_type).await? {
+            super::live::Grown::Streamed(reply) => return Ok(reply),
+            super::live::Grown::Complete(o) => o,
+        }
+    } else {
+        object
+    };
     if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
         return rewritten(cx, &rel, object, &param, live).await;
     }

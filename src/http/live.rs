@@ -17,7 +17,7 @@ use super::refusal::Refusal;
 use crate::config::Config;
 use crate::live::{Directives, Snapshot, WaitError};
 use crate::playlist;
-use crate::store::{Body, Object, ObjectClass};
+use crate::store::{Body, Object, ObjectClass, Progress};
 use crate::volumes::RelPath;
 
 impl From<WaitError> for Refusal {
@@ -255,37 +255,105 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
     }
 }
 
-/// A segment still being uploaded: streamed as it grows, never cacheable, no validators. A
-/// closed `Range` (`bytes=a-b`) is answered 206 with `Content-Range: bytes a-b/*` once the bytes
-/// arrive; other ranges get the whole object.
-pub(super) fn growing(
+/// What became of a request for a segment still being uploaded.
+pub(super) enum Grown {
+    /// Answered from the upload as it grows.
+    Streamed(Reply),
+    /// The object as it is now that the upload ended (committed, or failed and gone): served
+    /// like any object, with its validators and real length.
+    Complete(Object),
+}
+
+/// What a `Range` asks of an object whose length is not known yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrowingRange {
+    /// No range (or one the whole stream answers): 200, to the end.
+    Whole,
+    /// `bytes=a-b` that an upload can hold: sent once all of it is there.
+    Closed(u64, u64),
+    /// `bytes=a-b` with `b` past any upload (RFC 8673's "very large value", which LL-HLS players
+    /// send for a preload hint with a start and no length): 206 `bytes a-b/*` streamed from
+    /// `a` to wherever the upload ends.
+    Open(u64, u64),
+}
+
+impl GrowingRange {
+    fn parse(value: Option<&HeaderValue>, max_object: u64) -> GrowingRange {
+        let Some((a, b)) = value
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
+            .filter(|(a, b)| a <= b)
+        else {
+            return GrowingRange::Whole;
+        };
+        if b - a >= max_object {
+            GrowingRange::Open(a, b)
+        } else {
+            GrowingRange::Closed(a, b)
+        }
+    }
+}
+
+/// A segment still being uploaded.
+/// - A preload hint's object (a part, RFC 8216bis §6.2.6: no byte of it before all of it can go
+///   at full speed) and a closed range wait for their bytes: answered whole once the upload
+///   has them, or like any object once it ended.
+/// - A range from an offset to a very large value streams from that offset, once it is there.
+/// - Anything else streams from the start as the upload grows (LL-DASH, chunked CMAF).
+///
+/// Streamed answers are never cacheable and have no validators; the stream fails (the writer
+/// resets the response) if the upload does.
+pub(super) async fn growing(
     cx: &Cx<'_>,
-    object: Object,
-    content_type: HeaderValue,
-) -> Result<Reply, Stop> {
+    rel: &RelPath,
+    canonical: &str,
+    mut object: Object,
+    content_type: &HeaderValue,
+) -> Result<Grown, Stop> {
+    let max_object = cx.policy.config.ingest.max_body_bytes.max(1);
+    let range = GrowingRange::parse(cx.req.headers.get(RANGE), max_object);
+    let whole_part = range == GrowingRange::Whole && cx.rt.live.hinted(canonical).is_some();
+    // An upload that ended is looked up again; one replaced at once by another upload of the
+    // same name is waited for again, a few times, then streamed.
+    for _ in 0..3 {
+        if cx.is_head {
+            break;
+        }
+        let want = match range {
+            GrowingRange::Whole if whole_part => None,
+            GrowingRange::Whole => break,
+            GrowingRange::Closed(_, b) => Some(b + 1),
+            GrowingRange::Open(a, _) => Some(a + 1),
+        };
+        if let Some(Progress::Writing(_)) = object.grown_to(want).await {
+            break;
+        }
+        // Ended: from here it is an object like any other (or gone).
+        object = match cx.rt.store.lookup(rel, ObjectClass::Segment, true).await {
+            Ok(o) if o.growing => o,
+            Ok(o) => return Ok(Grown::Complete(o)),
+            Err(m) => return Err(Refusal::from(m).into()),
+        };
+    }
     cx.rt.live.growing_read();
     let mut h = HeaderMap::with_capacity(8);
     headers::cors(cx.policy, cx.req, &mut h);
     h.insert(CACHE_CONTROL, headers::NO_STORE);
-    h.insert(CONTENT_TYPE, content_type);
+    h.insert(CONTENT_TYPE, content_type.clone());
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let range = cx
-        .req
-        .headers
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.split_once('-'))
-        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
-        .filter(|(a, b)| a <= b);
     if cx.is_head {
-        return Ok(reply(StatusCode::OK, h, Body::Empty));
+        return Ok(Grown::Streamed(reply(StatusCode::OK, h, Body::Empty)));
     }
-    Ok(match range {
-        Some((a, b)) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/*")) {
-                h.insert(CONTENT_RANGE, v);
-            }
+    let content_range = |h: &mut HeaderMap, a: u64, b: u64| {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/*")) {
+            h.insert(CONTENT_RANGE, v);
+        }
+    };
+    Ok(Grown::Streamed(match range {
+        GrowingRange::Closed(a, b) => {
+            content_range(&mut h, a, b);
             h.insert(CONTENT_LENGTH, HeaderValue::from(b - a + 1));
             reply(
                 StatusCode::PARTIAL_CONTENT,
@@ -293,6 +361,15 @@ pub(super) fn growing(
                 object.into_body(a, b - a + 1, false),
             )
         }
-        None => reply(StatusCode::OK, h, object.into_body(0, 0, false)),
-    })
+        // No Content-Length: the body ends where the upload does (chunked on HTTP/1.1).
+        GrowingRange::Open(a, b) => {
+            content_range(&mut h, a, b);
+            reply(
+                StatusCode::PARTIAL_CONTENT,
+                h,
+                object.into_body(a, 0, false),
+            )
+        }
+        GrowingRange::Whole => reply(StatusCode::OK, h, object.into_body(0, 0, false)),
+    }))
 }

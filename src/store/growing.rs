@@ -84,6 +84,22 @@ impl Growing {
 }
 
 impl Growing {
+    /// Waits until the upload has `pos` bytes (`None`: until it ends) or it ends.
+    pub async fn reach(&self, pos: Option<u64>) -> Progress {
+        let mut rx = self.progress.subscribe();
+        loop {
+            let p = *rx.borrow_and_update();
+            match p {
+                Progress::Writing(n) if pos.is_none_or(|x| n < x) => {}
+                _ => return p,
+            }
+            // The sender lives as long as `self`: this never fails while we wait.
+            if rx.changed().await.is_err() {
+                return Progress::Failed;
+            }
+        }
+    }
+
     /// The bytes from `offset` as they arrive, `len` of them at most (all when `None`).
     pub fn stream(self: &Arc<Self>, offset: u64, len: Option<u64>) -> ByteStream {
         let end = len.map(|l| offset + l);

@@ -45,6 +45,7 @@ use crate::io::BackendKind;
 use crate::metrics::Metrics;
 use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
 pub use body::{Body, ByteStream, FileRange, Stream};
+pub use growing::Progress;
 use local::{Disk, Local};
 pub use pull::Passed;
 pub use upload::{Committed, Mode, Upload, WriteError};
@@ -241,6 +242,15 @@ impl Object {
                 Ok(out.freeze())
             }
             Source::Stream(_) => Err(Miss::Changed),
+        }
+    }
+
+    /// For an upload still in progress: waits until it has `pos` bytes (`None`: until it ends)
+    /// or it ends, and says how far it is. `None` for any other object.
+    pub async fn grown_to(&self, pos: Option<u64>) -> Option<Progress> {
+        match &self.source {
+            Source::Growing(g) => Some(g.reach(pos).await),
+            _ => None,
         }
     }
 }
