@@ -1294,6 +1294,36 @@ async fn preload_hints_are_held_until_written_other_names_404() {
     assert_eq!(r.status, 404);
 }
 
+/// Hint URIs resolve as a player resolves them (RFC 3986): absolute paths, `./`, `../` and a
+/// query all name the object the player will ask for, and that request waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preload_hints_resolve_absolute_and_dotted_uris() {
+    let rig = Rig::start(3, 100, "");
+    for (n, uri) in [
+        (1, "/live/hr/s1.p0.m4s"),
+        (2, "./s2.p0.m4s"),
+        (3, "../hr/s3.p0.m4s"),
+        (4, "s4.p0.m4s?v=1"),
+    ] {
+        let text = format!(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+             #EXT-X-PART-INF:PART-TARGET=0.5\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{uri}\"\n"
+        );
+        rig.put("/live/hr/index.m3u8", text.as_bytes()).await;
+        let name = format!("/live/hr/s{n}.p0.m4s");
+        let h = fetch(rig.url(&name), n % 2 == 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!h.is_finished(), "{uri}: not held as a hint");
+        let bytes = format!("part {n}").repeat(50);
+        rig.put(&name, bytes.as_bytes()).await;
+        let r = answer(h, uri).await;
+        assert_eq!(r.resp.status, 200, "{uri}");
+        assert_eq!(r.resp.text(), bytes, "{uri}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. The LL-HLS packager
 

@@ -59,23 +59,49 @@ impl Drop for Parked<'_> {
     }
 }
 
-/// The directory of a playlist path, with its trailing `/`.
-fn dir_of(path: &str) -> &str {
-    &path[..path.rfind('/').map_or(0, |i| i + 1)]
-}
-
-/// The path a relative URI in the playlist at `playlist` names (`None` for absolute URIs,
-/// queries or `..`).
+/// The path (decoded, with a leading `/`, as requests name objects) that a URI in the playlist
+/// at `playlist` (such a path too) names: a relative or an absolute-path reference, dot
+/// segments removed (RFC 3986 §5.2), query and fragment dropped. `None` for a URI on another
+/// host (a scheme, or `//`), one that climbs above the root, and names no request can have.
 pub fn resolve(playlist: &str, uri: &str) -> Option<String> {
-    if uri.is_empty()
-        || crate::playlist::is_foreign(uri)
-        || uri.starts_with('/')
-        || uri.contains(['?', '#'])
-        || uri.split('/').any(|s| s == ".." || s == ".")
-    {
+    let uri = uri.split(['?', '#']).next().unwrap_or_default();
+    if uri.is_empty() || crate::playlist::is_foreign(uri) {
         return None;
     }
-    Some(format!("{}{uri}", dir_of(playlist)))
+    let (mut names, rest): (Vec<String>, &str) = match uri.strip_prefix('/') {
+        Some(absolute) => (Vec::new(), absolute),
+        None => {
+            let dir = &playlist[..playlist.rfind('/').unwrap_or(0)];
+            let names = dir
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            (names, uri)
+        }
+    };
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let last = segments.peek().is_none();
+        match seg {
+            // A directory is not an object.
+            "." | ".." if last => return None,
+            "." => {}
+            ".." => {
+                names.pop()?;
+            }
+            "" => return None,
+            _ => {
+                let bytes = crate::volumes::path::percent_decode(seg.as_bytes())?;
+                let name = String::from_utf8(bytes).ok()?;
+                if name.contains('/') || name.chars().any(char::is_control) {
+                    return None;
+                }
+                names.push(name);
+            }
+        }
+    }
+    Some(format!("/{}", names.join("/")))
 }
 
 impl Registry {
@@ -302,6 +328,36 @@ impl Drop for ObjectWait<'_> {
             .is_some_and(|tx| tx.receiver_count() == 0)
         {
             objects.remove(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve;
+
+    #[test]
+    fn hint_uris_resolve_like_a_player_resolves_them() {
+        let pl = "/live/g/index.m3u8";
+        for (uri, want) in [
+            ("seg20.part1.m4s", Some("/live/g/seg20.part1.m4s")),
+            ("./seg20.part1.m4s", Some("/live/g/seg20.part1.m4s")),
+            ("/live/g/seg20.part1.m4s", Some("/live/g/seg20.part1.m4s")),
+            ("../g2/seg20.part1.m4s", Some("/live/g2/seg20.part1.m4s")),
+            ("seg20.part1.m4s?x=1", Some("/live/g/seg20.part1.m4s")),
+            ("seg20.part1.m4s#t", Some("/live/g/seg20.part1.m4s")),
+            ("a%20b/seg.m4s", Some("/live/g/a b/seg.m4s")),
+            ("128k/./seg.m4s", Some("/live/g/128k/seg.m4s")),
+            ("../../../../etc/x.m4s", None),
+            ("https://cdn.example/live/g/seg.m4s", None),
+            ("//cdn.example/live/g/seg.m4s", None),
+            ("a//b.m4s", None),
+            ("a%2fb.m4s", None),
+            ("..", None),
+            ("", None),
+            ("?x=1", None),
+        ] {
+            assert_eq!(resolve(pl, uri).as_deref(), want, "{uri}");
         }
     }
 }
