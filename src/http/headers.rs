@@ -19,7 +19,10 @@ pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OP
 /// Under `[ingest] prefixes`.
 pub const WRITABLE_METHODS: HeaderValue =
     HeaderValue::from_static("GET, HEAD, OPTIONS, PUT, POST, DELETE");
-const EXPOSE: HeaderValue = HeaderValue::from_static("Content-Length, Content-Range, ETag");
+/// `Age` and `Date` let a player tell how old a CDN's copy of a live playlist is (RFC 8216bis
+/// Appendix C; hls.js reads `Age`); browsers hide them from scripts unless exposed.
+const EXPOSE: HeaderValue =
+    HeaderValue::from_static("Content-Length, Content-Range, ETag, Age, Date");
 const ALLOWED_HEADERS: HeaderValue =
     HeaderValue::from_static("Range, If-None-Match, If-Modified-Since, If-Range, If-Match");
 const WRITE_HEADERS: HeaderValue = HeaderValue::from_static(
