@@ -297,7 +297,10 @@ async fn methods_and_preflight() {
         .expect("expose")
         .to_ascii_lowercase();
     for h in ["content-length", "content-range", "etag", "age", "date"] {
-        assert!(exposed.split(", ").any(|x| x == h), "{h} exposed: {exposed}");
+        assert!(
+            exposed.split(", ").any(|x| x == h),
+            "{h} exposed: {exposed}"
+        );
     }
 }
 

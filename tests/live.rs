@@ -1324,6 +1324,47 @@ async fn preload_hints_resolve_absolute_and_dotted_uris() {
     }
 }
 
+/// A hint the next version of the playlist no longer makes (another name, or the end of the
+/// stream) and that was never uploaded: the requests parked on it get a 404 then, not a 503
+/// at the end of their wait (RFC 8216bis §6.2.6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_hint_is_404_at_once() {
+    let rig = Rig::start(3, 100, "");
+    let version = |hint: &str, end: bool| {
+        format!(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+             #EXT-X-PART-INF:PART-TARGET=0.5\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n{}{}",
+            if hint.is_empty() {
+                String::new()
+            } else {
+                format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"\n")
+            },
+            if end { "#EXT-X-ENDLIST\n" } else { "" }
+        )
+    };
+    let playlist = "/live/wd/index.m3u8";
+    for (next, end) in [("ad0.p0.m4s", false), ("", true)] {
+        rig.put(playlist, version("s0.p0.m4s", false).as_bytes())
+            .await;
+        let h1 = fetch(rig.url("/live/wd/s0.p0.m4s"), false);
+        let h2 = fetch(rig.url("/live/wd/s0.p0.m4s"), true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!h1.is_finished() && !h2.is_finished(), "held as a hint");
+        let sent = rig.put_at(playlist, version(next, end).as_bytes()).await;
+        for (what, h) in [("h1", h1), ("h2", h2)] {
+            let r = answer(h, what).await;
+            assert_eq!(r.resp.status, 404, "{what} after {next:?} end={end}");
+            assert!(
+                r.at - sent < 2.0,
+                "{what}: answered {:.1} s after the hint was withdrawn",
+                r.at - sent
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. The LL-HLS packager
 

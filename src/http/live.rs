@@ -244,6 +244,11 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
             Err(m) if m.is_not_found() || m.is_upstream_failure() => {}
             Err(e) => return Err(e.into()),
         }
+        // Not there, and no longer announced (a new version of the playlist dropped the hint,
+        // or ended the stream): the packager will not publish it (RFC 8216bis §6.2.6: 404).
+        if cx.rt.live.hinted(canonical).is_none() {
+            return Err(Refusal::NotFound.into());
+        }
         wait.changed(deadline).await?;
     }
     wait.woken();

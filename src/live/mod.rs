@@ -148,11 +148,30 @@ impl Registry {
     /// every request parked on it re-checks at once.
     pub fn publish(&self, path: &str, snap: Snapshot) {
         let hints: Vec<String> = snap.hints.iter().filter_map(|u| resolve(path, u)).collect();
+        let mut withdrawn = Vec::new();
         {
             let mut h = self.hints.lock().unwrap_or_else(|p| p.into_inner());
-            h.retain(|_, pl| pl != path);
+            h.retain(|x, pl| {
+                if pl != path {
+                    return true;
+                }
+                if !hints.contains(x) {
+                    withdrawn.push(x.clone());
+                }
+                false
+            });
             for x in hints {
                 h.insert(x, path.to_owned());
+            }
+        }
+        // Requests parked on a hint this version no longer makes look again: a name the
+        // packager decided not to publish is 404 now, not a 503 at the end of the wait.
+        if !withdrawn.is_empty() {
+            let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
+            for x in &withdrawn {
+                if let Some(tx) = objects.get(x) {
+                    tx.send_modify(|n| *n += 1);
+                }
             }
         }
         let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
@@ -244,7 +263,8 @@ impl Registry {
         h.get(path).cloned()
     }
 
-    /// An upload of `path` started: wakes requests waiting for it (preload hints).
+    /// An upload of `path` started: wakes requests waiting for it (preload hints). They are also
+    /// woken when the hint that made them wait is withdrawn.
     pub fn object_started(&self, path: &str) {
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = objects.get(path) {
