@@ -146,7 +146,7 @@ impl Registry {
 
     /// Publishes a new version of the playlist at `path` (a decoded path with a leading `/`):
     /// every request parked on it re-checks at once.
-    pub fn publish(&self, path: &str, snap: Snapshot) {
+    pub fn publish(&self, path: &str, mut snap: Snapshot) {
         let hints: Vec<String> = snap.hints.iter().filter_map(|u| resolve(path, u)).collect();
         let mut withdrawn = Vec::new();
         {
@@ -179,6 +179,9 @@ impl Registry {
             self.m.playlists.inc();
             watch::Sender::new(None)
         });
+        if let Some(previous) = slot.borrow().as_ref() {
+            snap.follow(previous, std::time::Instant::now());
+        }
         slot.send_replace(Some(Arc::new(snap)));
     }
 

@@ -29,6 +29,12 @@ pub struct Snapshot {
     pub next_parts: u64,
     /// `EXT-X-PRELOAD-HINT` URIs, as written (relative to the playlist).
     pub hints: Vec<String>,
+    /// IDs of the `EXT-X-DATERANGE` tags.
+    pub dateranges: Vec<String>,
+    /// Date ranges earlier versions had and this one does not, with when they went: a delta
+    /// update that skips date ranges lists those gone within CAN-SKIP-UNTIL (set by the
+    /// registry, which knows the versions before).
+    pub removed_dateranges: Vec<(String, std::time::Instant)>,
     /// Delta updates (`_HLS_skip=YES`, `v2`) with their ETags, built by the first request that
     /// asks for each: every player parked on this version gets the same one.
     deltas: [std::sync::OnceLock<Option<Delta>>; 2],
@@ -189,6 +195,8 @@ impl Snapshot {
             segments: Vec::new(),
             next_parts: 0,
             hints: Vec::new(),
+            dateranges: Vec::new(),
+            removed_dateranges: Vec::new(),
             deltas: Default::default(),
         };
         let mut msn = None::<u64>;
@@ -216,6 +224,12 @@ impl Snapshot {
                 if let Some(u) = attr(v, "URI") {
                     snap.hints.push(u.to_string());
                 }
+            } else if let Some(v) = line.strip_prefix("#EXT-X-DATERANGE:") {
+                if let Some(id) = attr(v, "ID") {
+                    snap.dateranges.push(id.to_string());
+                }
+                header_done = true;
+                first_line.get_or_insert(i);
             } else if line.starts_with("#EXT-X-PART:") {
                 header_done = true;
                 first_line.get_or_insert(i);
@@ -406,8 +420,10 @@ impl Snapshot {
                 }
                 if i == skip_to {
                     if drop_dateranges {
+                        let recent = self.recently_removed_dateranges(until);
                         out.push_str(&format!(
-                            "#EXT-X-SKIP:SKIPPED-SEGMENTS={n},RECENTLY-REMOVED-DATERANGES=\"\"\n"
+                            "#EXT-X-SKIP:SKIPPED-SEGMENTS={n},RECENTLY-REMOVED-DATERANGES=\"{}\"\n",
+                            recent.join("\t")
                         ));
                     } else {
                         out.push_str(&format!("#EXT-X-SKIP:SKIPPED-SEGMENTS={n}\n"));
@@ -428,6 +444,36 @@ impl Snapshot {
             out.push('\n');
         }
         Some(Bytes::from(out))
+    }
+}
+
+impl Snapshot {
+    /// Records what went since `previous`: its date ranges this version lacks (gone now),
+    /// and those that went before and are still recent enough to matter (`until` seconds).
+    pub fn follow(&mut self, previous: &Snapshot, now: std::time::Instant) {
+        let keep = std::time::Duration::from_secs_f64(self.can_skip_until.unwrap_or(0.0).max(0.0));
+        let mut removed: Vec<(String, std::time::Instant)> = previous
+            .removed_dateranges
+            .iter()
+            .filter(|(id, at)| now.duration_since(*at) <= keep && !self.dateranges.contains(id))
+            .cloned()
+            .collect();
+        for id in &previous.dateranges {
+            if !self.dateranges.contains(id) && !removed.iter().any(|(r, _)| r == id) {
+                removed.push((id.clone(), now));
+            }
+        }
+        self.removed_dateranges = removed;
+    }
+
+    /// The IDs of the date ranges removed within the last `until` seconds.
+    fn recently_removed_dateranges(&self, until: f64) -> Vec<&str> {
+        let keep = std::time::Duration::from_secs_f64(until.max(0.0));
+        self.removed_dateranges
+            .iter()
+            .filter(|(_, at)| at.elapsed() <= keep)
+            .map(|(id, _)| id.as_str())
+            .collect()
     }
 }
 
@@ -615,6 +661,50 @@ seg13.m4s
         assert!(d.contains("#EXT-X-MEDIA-SEQUENCE:10"), "{d}");
         let plain = snap(&LL.replace(",CAN-SKIP-UNTIL=4", ""));
         assert!(plain.skipped(false).is_none());
+    }
+
+    /// A delta update that skips date ranges lists the ones removed within CAN-SKIP-UNTIL.
+    #[test]
+    fn delta_update_lists_recently_removed_date_ranges() {
+        let with = |ids: &[&str]| {
+            let mut text = LL.replace(
+                ",CAN-SKIP-UNTIL=4",
+                ",CAN-SKIP-UNTIL=4,CAN-SKIP-DATERANGES=YES",
+            );
+            for id in ids {
+                text = text.replace(
+                    "#EXT-X-MAP:URI=\"init.mp4\"\n",
+                    &format!(
+                        "#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-DATERANGE:ID=\"{id}\",START-DATE=\"2026-11-30T00:00:00Z\"\n"
+                    ),
+                );
+            }
+            snap(&text)
+        };
+        let now = std::time::Instant::now();
+        let v1 = with(&["ad-1", "ad-2", "ad-3"]);
+        assert_eq!(v1.dateranges.len(), 3);
+        let mut v2 = with(&["ad-2", "ad-3"]);
+        v2.follow(&v1, now);
+        let mut v3 = with(&["ad-3"]);
+        v3.follow(&v2, now);
+        let d = String::from_utf8(v3.skipped(true).expect("skip").to_vec()).expect("utf8");
+        assert!(
+            d.contains("RECENTLY-REMOVED-DATERANGES=\"ad-2\tad-1\"")
+                || d.contains("RECENTLY-REMOVED-DATERANGES=\"ad-1\tad-2\""),
+            "{d}"
+        );
+        // Older than CAN-SKIP-UNTIL (4 s): no longer listed.
+        let mut v4 = with(&["ad-3"]);
+        v4.follow(&v3, now + std::time::Duration::from_secs(5));
+        assert!(
+            v4.removed_dateranges.is_empty(),
+            "{:?}",
+            v4.removed_dateranges
+        );
+        // Without v2 nothing is listed and the date ranges stay.
+        let d = String::from_utf8(v3.skipped(false).expect("skip").to_vec()).expect("utf8");
+        assert!(!d.contains("RECENTLY-REMOVED"), "{d}");
     }
 
     /// A date range or a MAP may come before the header's last tag: the header tags after it
