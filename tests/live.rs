@@ -450,6 +450,59 @@ async fn directive_answers_honour_preconditions() {
     }
 }
 
+/// Two versions of a live playlist written in the same second have the same `Last-Modified`:
+/// a client holding the first, revalidating by date alone, gets the second (200), never a 304
+/// that would keep it (and a CDN) on the old version. Once a version has a second of its own,
+/// its date works as usual.
+#[tokio::test]
+async fn if_modified_since_never_hides_a_version_written_in_the_same_second() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/ims/index.m3u8";
+    let v1 = rules_state();
+    let v2 = v1.advance(1);
+    let mut shared = None;
+    for _ in 0..10 {
+        rig.put(path, v1.render().as_bytes()).await;
+        let first = get(&rig.url(path), &[]).await;
+        rig.put(path, v2.render().as_bytes()).await;
+        let second = get(&rig.url(path), &[]).await;
+        let lm = first
+            .header("last-modified")
+            .expect("Last-Modified")
+            .to_string();
+        if second.header("last-modified") == Some(lm.as_str()) {
+            shared = Some(lm);
+            break;
+        }
+    }
+    let lm = shared.expect("two writes in one second, in 10 tries");
+    let blocking = format!("?_HLS_msn={}", v2.next() - 1);
+    let hint = v2.hint().expect("a hint");
+    for query in ["", "?_HLS_skip=YES", blocking.as_str()] {
+        let r = get(
+            &rig.url(&format!("{path}{query}")),
+            &[("if-modified-since", &lm)],
+        )
+        .await;
+        assert_eq!(
+            r.status, 200,
+            "{query:?}: a 304 for an older version's date"
+        );
+        assert!(r.text().contains(&hint), "{query:?}: the new version");
+    }
+    // A later version in a second of its own: its date is trusted again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let v3 = v2.advance(1);
+    rig.put(path, v3.render().as_bytes()).await;
+    let r = get(&rig.url(path), &[]).await;
+    let lm = r
+        .header("last-modified")
+        .expect("Last-Modified")
+        .to_string();
+    let r = get(&rig.url(path), &[("if-modified-since", &lm)]).await;
+    assert_eq!(r.status, 304, "a date only this version has");
+}
+
 #[tokio::test]
 async fn blocking_reload_refusals_are_400() {
     let rig = Rig::start(3, 100, "");

@@ -57,14 +57,18 @@ fn list_matches(h: &HeaderMap, name: http::HeaderName, etag: &str, weak: bool) -
 }
 
 /// Evaluates the preconditions of a GET/HEAD for an object with `etag` and `modified`.
-pub fn evaluate(h: &HeaderMap, etag: &str, modified: SystemTime) -> Outcome {
-    let mtime = secs(modified);
+/// `modified` is `None` when the object's date cannot tell its versions apart (two versions
+/// of a live playlist written in the same second carry the same `Last-Modified`): the date
+/// conditions are then ignored, as for a resource with no modification date (RFC 9110
+/// §13.1.3, §13.1.4), and only the entity-tag decides.
+pub fn evaluate(h: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> Outcome {
+    let mtime = modified.map(secs);
     // Step 1/2: If-Match, else If-Unmodified-Since.
     match list_matches(h, IF_MATCH, etag, false) {
         Some(false) => return Outcome::PreconditionFailed,
         Some(true) => {}
         None => {
-            if let Some(since) = http_date(h, IF_UNMODIFIED_SINCE) {
+            if let (Some(since), Some(mtime)) = (http_date(h, IF_UNMODIFIED_SINCE), mtime) {
                 if mtime > since {
                     return Outcome::PreconditionFailed;
                 }
@@ -75,8 +79,8 @@ pub fn evaluate(h: &HeaderMap, etag: &str, modified: SystemTime) -> Outcome {
     match list_matches(h, IF_NONE_MATCH, etag, true) {
         Some(true) => Outcome::NotModified,
         Some(false) => Outcome::Proceed,
-        None => match http_date(h, IF_MODIFIED_SINCE) {
-            Some(since) if mtime <= since => Outcome::NotModified,
+        None => match (http_date(h, IF_MODIFIED_SINCE), mtime) {
+            (Some(since), Some(mtime)) if mtime <= since => Outcome::NotModified,
             _ => Outcome::Proceed,
         },
     }
@@ -151,18 +155,27 @@ mod tests {
         let later = httpdate::fmt_http_date(t + Duration::from_secs(5));
         let earlier = httpdate::fmt_http_date(t - Duration::from_secs(5));
         use Outcome::*;
-        assert_eq!(evaluate(&hm(&[]), TAG, t), Proceed);
-        assert_eq!(evaluate(&hm(&[(IF_NONE_MATCH, TAG)]), TAG, t), NotModified);
+        assert_eq!(evaluate(&hm(&[]), TAG, Some(t)), Proceed);
         assert_eq!(
-            evaluate(&hm(&[(IF_NONE_MATCH, "W/\"abc\"")]), TAG, t),
+            evaluate(&hm(&[(IF_NONE_MATCH, TAG)]), TAG, Some(t)),
             NotModified
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_NONE_MATCH, "\"x\", \"abc\"")]), TAG, t),
+            evaluate(&hm(&[(IF_NONE_MATCH, "W/\"abc\"")]), TAG, Some(t)),
             NotModified
         );
-        assert_eq!(evaluate(&hm(&[(IF_NONE_MATCH, "*")]), TAG, t), NotModified);
-        assert_eq!(evaluate(&hm(&[(IF_NONE_MATCH, "\"x\"")]), TAG, t), Proceed);
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "\"x\", \"abc\"")]), TAG, Some(t)),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "*")]), TAG, Some(t)),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "\"x\"")]), TAG, Some(t)),
+            Proceed
+        );
         // If-None-Match present: If-Modified-Since is ignored.
         assert_eq!(
             evaluate(
@@ -173,32 +186,32 @@ mod tests {
             Proceed
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_MODIFIED_SINCE, &date)]), TAG, t),
+            evaluate(&hm(&[(IF_MODIFIED_SINCE, &date)]), TAG, Some(t)),
             NotModified
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_MODIFIED_SINCE, &earlier)]), TAG, t),
+            evaluate(&hm(&[(IF_MODIFIED_SINCE, &earlier)]), TAG, Some(t)),
             Proceed
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_MODIFIED_SINCE, "garbage")]), TAG, t),
+            evaluate(&hm(&[(IF_MODIFIED_SINCE, "garbage")]), TAG, Some(t)),
             Proceed
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_MATCH, "\"x\"")]), TAG, t),
+            evaluate(&hm(&[(IF_MATCH, "\"x\"")]), TAG, Some(t)),
             PreconditionFailed
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_MATCH, "W/\"abc\"")]), TAG, t),
+            evaluate(&hm(&[(IF_MATCH, "W/\"abc\"")]), TAG, Some(t)),
             PreconditionFailed
         );
-        assert_eq!(evaluate(&hm(&[(IF_MATCH, TAG)]), TAG, t), Proceed);
+        assert_eq!(evaluate(&hm(&[(IF_MATCH, TAG)]), TAG, Some(t)), Proceed);
         assert_eq!(
-            evaluate(&hm(&[(IF_UNMODIFIED_SINCE, &earlier)]), TAG, t),
+            evaluate(&hm(&[(IF_UNMODIFIED_SINCE, &earlier)]), TAG, Some(t)),
             PreconditionFailed
         );
         assert_eq!(
-            evaluate(&hm(&[(IF_UNMODIFIED_SINCE, &date)]), TAG, t),
+            evaluate(&hm(&[(IF_UNMODIFIED_SINCE, &date)]), TAG, Some(t)),
             Proceed
         );
 
@@ -220,7 +233,7 @@ mod tests {
             "W/\"abc\"",
             t
         ));
-        assert!(if_range_allows(&hm(&[]), TAG, t));
+        assert!(if_range_allows(&hm(&[]), TAG, Some(t)));
         assert!(if_range_allows(&hm(&[(IF_RANGE, TAG)]), TAG, t));
         assert!(!if_range_allows(&hm(&[(IF_RANGE, "\"x\"")]), TAG, t));
         assert!(!if_range_allows(&hm(&[(IF_RANGE, "W/\"abc\"")]), TAG, t));

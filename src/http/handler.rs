@@ -336,7 +336,12 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     // 7. Preconditions.
     let etag = object.etag.to_str().unwrap_or_default().to_owned();
     let modified = object.modified();
-    let mut headers = preconditions(cx, &etag, modified, headers)?;
+    let date = if live && hls {
+        super::live::playlist_date(cx, &canonical, &object.etag, modified)
+    } else {
+        Some(modified)
+    };
+    let mut headers = preconditions(cx, &etag, date, headers)?;
 
     // 8. Range (defined for GET only, RFC 9110 §14.2; a stream of unknown length is sent whole).
     let Some(len) = object.len else {
@@ -456,10 +461,12 @@ pub(super) fn reply(status: StatusCode, headers: HeaderMap, body: Body) -> Reply
 
 /// Preconditions (RFC 9110 §13.2.2): the headers to go on with, or the 304 / 412 to send,
 /// carrying the validators and Cache-Control already in `headers`.
+/// Preconditions (RFC 9110 §13.2.2) against `etag` and `modified` (`None`: a date that cannot
+/// tell versions apart, see [`conditional::evaluate`]).
 pub(super) fn preconditions(
     cx: &Cx<'_>,
     etag: &str,
-    modified: std::time::SystemTime,
+    modified: Option<std::time::SystemTime>,
     headers: HeaderMap,
 ) -> Result<HeaderMap, Stop> {
     match conditional::evaluate(cx.req.headers, etag, modified) {
@@ -553,7 +560,8 @@ async fn rewritten(
     }
     headers.insert(LAST_MODIFIED, object.last_modified.clone());
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
-    let mut headers = preconditions(cx, &out.etag, object.modified(), headers)?;
+    let date = super::live::playlist_date(cx, &format!("/{rel}"), &object.etag, object.modified());
+    let mut headers = preconditions(cx, &out.etag, date, headers)?;
     headers.insert(CONTENT_TYPE, out.content_type);
     headers.insert(CONTENT_LENGTH, HeaderValue::from(out.body.len()));
     let body = if cx.is_head {

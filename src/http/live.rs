@@ -125,7 +125,7 @@ pub(super) async fn playlist(
     h.insert(LAST_MODIFIED, snap.last_modified.clone());
     // A client that already holds this version of the answer gets 304 (and a failed If-Match
     // 412), as for any other GET: the validators are those of the answer, after any wait.
-    let mut h = answer_preconditions(cx, h)?;
+    let mut h = answer_preconditions(cx, h, snap.date_shared)?;
     h.insert(CONTENT_TYPE, content_type);
     h.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     let body = if cx.is_head {
@@ -137,20 +137,38 @@ pub(super) async fn playlist(
 }
 
 /// Preconditions (RFC 9110 §13.2.2) against the `ETag` and `Last-Modified` in `h`; without
-/// either there is nothing to compare, and the answer goes on.
-fn answer_preconditions(cx: &Cx<'_>, h: HeaderMap) -> Result<HeaderMap, Stop> {
+/// an ETag there is nothing to compare, and the answer goes on. `date_shared`: the date is
+/// also an earlier version's, and is not compared.
+fn answer_preconditions(cx: &Cx<'_>, h: HeaderMap, date_shared: bool) -> Result<HeaderMap, Stop> {
     let etag = h.get(ETAG).and_then(|v| v.to_str().ok());
     let modified = h
         .get(LAST_MODIFIED)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok());
-    match (etag, modified) {
-        (Some(etag), Some(modified)) => {
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .filter(|_| !date_shared);
+    match etag {
+        Some(etag) => {
             let etag = etag.to_owned();
             preconditions(cx, &etag, modified, h)
         }
-        _ => Ok(h),
+        None => Ok(h),
     }
+}
+
+/// The date a live playlist's preconditions may compare: `None` when the registry's current
+/// version is this object and shares its second with the version before it.
+pub(super) fn playlist_date(
+    cx: &Cx<'_>,
+    canonical: &str,
+    etag: &HeaderValue,
+    modified: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    let shared = cx
+        .rt
+        .live
+        .current(canonical)
+        .is_some_and(|s| s.date_shared && s.etag == *etag);
+    (!shared).then_some(modified)
 }
 
 /// An upstream's answer to LL-HLS directives, with this node's CORS headers (and its token
@@ -170,7 +188,7 @@ fn passed(
     let upstream_type = h.remove(CONTENT_TYPE);
     if p.status == StatusCode::OK && rewrite_param.is_none() {
         // The upstream was not asked with the client's preconditions: they are checked here.
-        h = answer_preconditions(cx, h)?;
+        h = answer_preconditions(cx, h, false)?;
     }
     h.insert(CONTENT_TYPE, upstream_type.unwrap_or(content_type));
     let mut body = p.body.clone();

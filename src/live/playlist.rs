@@ -35,6 +35,9 @@ pub struct Snapshot {
     /// update that skips date ranges lists those gone within CAN-SKIP-UNTIL (set by the
     /// registry, which knows the versions before).
     pub removed_dateranges: Vec<(String, std::time::Instant)>,
+    /// The version before this one has the same `Last-Modified` (both written in one second):
+    /// that date cannot tell them apart, so date preconditions are not evaluated against it.
+    pub date_shared: bool,
     /// Delta updates (`_HLS_skip=YES`, `v2`) with their ETags, built by the first request that
     /// asks for each: every player parked on this version gets the same one.
     deltas: [std::sync::OnceLock<Option<Delta>>; 2],
@@ -197,6 +200,7 @@ impl Snapshot {
             hints: Vec::new(),
             dateranges: Vec::new(),
             removed_dateranges: Vec::new(),
+            date_shared: false,
             deltas: Default::default(),
         };
         let mut msn = None::<u64>;
@@ -448,9 +452,13 @@ impl Snapshot {
 }
 
 impl Snapshot {
-    /// Records what went since `previous`: its date ranges this version lacks (gone now),
-    /// and those that went before and are still recent enough to matter (`until` seconds).
+    /// Records what changed since `previous`: whether both have the same date, the date ranges
+    /// this version lacks (gone now), and those that went before and are still recent enough
+    /// to matter (CAN-SKIP-UNTIL).
     pub fn follow(&mut self, previous: &Snapshot, now: std::time::Instant) {
+        // Once a version with its own second follows, that second is this version's alone.
+        self.date_shared =
+            previous.etag != self.etag && previous.last_modified == self.last_modified;
         let keep = std::time::Duration::from_secs_f64(self.can_skip_until.unwrap_or(0.0).max(0.0));
         let mut removed: Vec<(String, std::time::Instant)> = previous
             .removed_dateranges
