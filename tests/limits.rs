@@ -4,6 +4,9 @@
 //! - HTTP/2 rapid reset (CVE-2023-44487): a client that opens and cancels streams in a loop gets
 //!   GOAWAY and its connection ends; other clients are unaffected
 //! - absurd Range headers (thousands of ranges, overlapping, negative, huge) never cost a 5xx
+//! - connections served by hyper (HTTP/2, HTTP/1.1 over TLS): a client that takes no response
+//!   bytes is disconnected after send_timeout, an HTTP/2 connection with no request gets GOAWAY
+//!   after keepalive_timeout, though it answers every ping
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -184,5 +187,101 @@ async fn blocking_pool_is_started_up_front_and_bounded() {
     assert!(
         after <= at_start,
         "the burst created threads: {at_start} at start, {after} after"
+    );
+}
+
+/// A volume with one large object, served with short `send_timeout` and `keepalive_timeout`.
+fn watched_server(dir: &std::path::Path) -> Server {
+    let vol = dir.join("v");
+    std::fs::create_dir_all(vol.join("vod/big")).expect("mkdir");
+    std::fs::write(vol.join("vod/big/huge.mp4"), vec![7u8; 16 << 20]).expect("write");
+    let cfg = config_for(&[&vol], "").replace(
+        "[admin]",
+        "send_timeout = \"1s\"\nkeepalive_timeout = \"2s\"\n[admin]",
+    );
+    Server::start(&cfg)
+}
+
+/// HTTP/2 flow control lets a client take the response head and never a byte of the body (no
+/// window): each such stream pins its buffered chunk. After send_timeout the connection goes.
+#[tokio::test]
+async fn h2_client_that_grants_no_window_is_disconnected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = watched_server(dir.path());
+    let tcp = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let req = http::Request::get(srv.url("/vod/big/huge.mp4"))
+            .body(())
+            .expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        streams.push(resp);
+        futures_util::future::poll_fn(|cx| client.poll_ready(cx))
+            .await
+            .expect("ready");
+    }
+    for resp in streams {
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("a response head")
+            .expect("response");
+        assert_eq!(resp.status(), 200);
+    }
+    let t0 = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(
+        ended.is_ok(),
+        "a client that takes no body bytes still holds its connection after 10 s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "closed too early"
+    );
+    // Everyone else is served.
+    assert_eq!(
+        request("GET", &srv.url(SEG_OF_WATCHED), &[], true)
+            .await
+            .status,
+        200
+    );
+}
+
+const SEG_OF_WATCHED: &str = "/vod/big/huge.mp4";
+
+/// hyper's keep-alive pings only tell whether the peer lives: an HTTP/2 connection that asks
+/// nothing for keepalive_timeout is closed (GOAWAY), as an idle HTTP/1.1 one is.
+#[tokio::test]
+async fn h2_idle_connection_ends_after_keepalive_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = watched_server(dir.path());
+    let tcp = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = http::Request::head(srv.url(SEG_OF_WATCHED))
+        .body(())
+        .expect("request");
+    let (resp, _) = client.send_request(req, true).expect("send");
+    assert_eq!(resp.await.expect("response").status(), 200);
+    let t0 = std::time::Instant::now();
+    // The client stays (the h2 crate answers the server's pings): only the idle rule ends it.
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(
+        ended.is_ok(),
+        "an idle HTTP/2 connection still open after 10 s"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before keepalive_timeout",
+        t0.elapsed()
     );
 }

@@ -464,6 +464,7 @@ async fn download(
     first: usize,
     after: impl AsyncFnOnce(),
 ) -> (String, Vec<u8>, bool) {
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tls = tls;
     tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
@@ -662,4 +663,45 @@ async fn sessions_resume_with_tickets() {
         );
         assert_eq!(send(second, "HEAD", SEG, &[]).await.status, 200);
     }
+}
+
+/// HTTP/1.1 over TLS is served by hyper, which has no write timeout of its own: a client that
+/// stops reading is disconnected after `send_timeout`, as on the plaintext fast path.
+#[tokio::test]
+async fn stalled_tls_reader_is_dropped() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let big = vols.path().join("disk1/vod/big");
+    std::fs::create_dir_all(&big).expect("mkdir");
+    let len = 64 << 20;
+    std::fs::write(big.join("huge.mp4"), vec![7u8; len]).expect("write");
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "send_timeout = \"1s\"");
+    let mut tls = connect(
+        &srv,
+        &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+    )
+    .await;
+    tls.write_all(b"GET /vod/big/huge.mp4 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("request");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let read_all = async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(20), read_all).await;
+    assert!(ended.is_ok(), "the connection was still open");
+    assert!(
+        total < len,
+        "the server went on sending to a stalled reader ({total} bytes)"
+    );
 }

@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use super::conn_watch::InFlight;
 use super::Record;
 use crate::store::{Body, ByteStream};
 
@@ -26,19 +27,25 @@ pub struct HyperBody {
     /// Set once the body reached its end (or had none).
     done: bool,
     record: Option<Record>,
+    /// The request on its connection's watch (`conn_watch`): in flight until the body ends.
+    in_flight: Option<InFlight>,
 }
 
 impl HyperBody {
     /// `mapped_ok`: the connection can send from a memory map safely (TLS, with its socket guard).
-    pub fn new(body: Body, mapped_ok: bool, record: Record) -> HyperBody {
+    pub fn new(body: Body, mapped_ok: bool, record: Record, in_flight: InFlight) -> HyperBody {
         let len = body.known_len();
         let stream = body.into_stream(mapped_ok);
+        // The head goes to hyper now: until hyper first asks for the body (an HTTP/2 client
+        // that grants no window never lets it), the client is the one that waits.
+        in_flight.handed();
         HyperBody {
             done: stream.is_none(),
             stream,
             len,
             sent: 0,
             record: Some(record),
+            in_flight: Some(in_flight),
         }
     }
 
@@ -46,6 +53,7 @@ impl HyperBody {
         if let Some(r) = self.record.take() {
             r.finish(self.sent, self.done);
         }
+        self.in_flight = None;
     }
 }
 
@@ -62,10 +70,16 @@ impl http_body::Body for HyperBody {
             this.finish();
             return Poll::Ready(None);
         };
+        if let Some(f) = &this.in_flight {
+            f.polled();
+        }
         match stream.as_mut().poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(b))) => {
                 this.sent += b.len() as u64;
+                if let Some(f) = &this.in_flight {
+                    f.handed();
+                }
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Poll::Ready(Some(Err(e))) => {

@@ -9,6 +9,7 @@
 
 pub mod body;
 pub mod conditional;
+mod conn_watch;
 pub mod h1;
 pub mod h3;
 mod h3_transport;

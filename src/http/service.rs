@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use super::body::HyperBody;
+use super::conn_watch::{ConnWatch, InFlight, Verdict};
 use super::handler::{self, Proto};
 use super::request_body::RequestBody;
 use super::Record;
@@ -84,14 +85,31 @@ pub async fn serve_io<I>(
         .connections_open
         .with_label_values(&[proto]);
     gauge.inc();
-    let grace = crate::drain::IDLE_GRACE.min(shared.load().config.server.keepalive_timeout);
+    let (grace, send_timeout, idle_timeout) = {
+        let s = &shared.load().config.server;
+        (
+            crate::drain::IDLE_GRACE.min(s.keepalive_timeout),
+            s.send_timeout,
+            s.keepalive_timeout,
+        )
+    };
     let draining = drain.signal();
+    let watch = ConnWatch::new();
+    let requests = Arc::clone(&watch);
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let shared = Arc::clone(&shared);
         let alt_svc = alt_svc.clone();
         let draining = draining.clone();
+        // In flight from here: a handler that is still working is not an idle connection.
+        let in_flight = requests.start();
         async move {
-            Ok::<_, Infallible>(respond(&shared, peer, tls, alt_svc.as_ref(), &draining, req).await)
+            let at = At {
+                peer,
+                tls,
+                alt_svc: alt_svc.as_ref(),
+                draining: &draining,
+            };
+            Ok::<_, Infallible>(respond(&shared, at, in_flight, req).await)
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -103,6 +121,18 @@ pub async fn serve_io<I>(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
+        verdict = watch.verdict(send_timeout, idle_timeout) => match verdict {
+            // Closed at once, as the HTTP/1.1 fast path closes a stalled reader.
+            Verdict::Stalled => {
+                tracing::debug!(%peer, "client took no response bytes within send_timeout: closed");
+            }
+            Verdict::Idle => {
+                conn.as_mut().graceful_shutdown();
+                if let Ok(Err(e)) = tokio::time::timeout(grace, conn.as_mut()).await {
+                    tracing::debug!(%peer, error = %e, "idle connection ended with an error");
+                }
+            }
+        },
         _ = stop.wait() => {
             // HTTP/1.1: hyper's graceful shutdown closes an idle connection at once, racing a
             // client reusing it; first give it `drain::IDLE_GRACE` in which responses carry
@@ -125,15 +155,28 @@ pub async fn serve_io<I>(
     gauge.dec();
 }
 
-/// One request through the handler; its record finishes with the body.
-async fn respond(
-    shared: &Shared,
+/// Where a request came in.
+struct At<'a> {
     peer: SocketAddr,
     tls: Option<&'static str>,
-    alt_svc: Option<&http::HeaderValue>,
-    draining: &Stop,
+    alt_svc: Option<&'a http::HeaderValue>,
+    draining: &'a Stop,
+}
+
+/// One request through the handler; its record finishes with the body, and it stays in flight
+/// on its connection's watch until then.
+async fn respond(
+    shared: &Shared,
+    at: At<'_>,
+    in_flight: InFlight,
     req: hyper::Request<Incoming>,
 ) -> hyper::Response<HyperBody> {
+    let At {
+        peer,
+        tls,
+        alt_svc,
+        draining,
+    } = at;
     let start = Instant::now();
     // One policy for the whole request, even if a reload swaps it meanwhile.
     let policy = shared.load();
@@ -168,7 +211,8 @@ async fn respond(
     // hyper writes the head as soon as this returns.
     record.head_sent();
     // Only TLS connections have the socket guard that makes mapped bodies safe.
-    let mut resp = hyper::Response::new(HyperBody::new(reply.body, tls.is_some(), record));
+    let mut resp =
+        hyper::Response::new(HyperBody::new(reply.body, tls.is_some(), record, in_flight));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;
     if (reply.close || draining.is_set()) && proto == Proto::H1 {

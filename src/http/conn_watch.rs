@@ -1,0 +1,148 @@
+//! What hyper does not watch on the connections it serves (HTTP/1.1 over TLS or after the fast
+//! path's hand-over, HTTP/2 over TLS and h2c), and the HTTP/1.1 fast path does for its own:
+//!
+//! - **a client that takes no response bytes** for `send_timeout`. On HTTP/1.1 its socket stops
+//!   taking writes; on HTTP/2 it grants no flow-control window, and each stalled stream pins its
+//!   buffered chunk (hundreds of KiB) for as long as the client likes. The connection is
+//!   closed, as the fast path does.
+//! - **an HTTP/2 connection with no request** for `keepalive_timeout`: hyper's keep-alive pings
+//!   only tell whether the peer lives, and a peer that answers them would hold its connection
+//!   (and a `max_connections` slot) forever. It gets GOAWAY.
+//!
+//! A body is "stalled" only while the client is the one that waits: from the moment a frame is
+//! handed to hyper until hyper asks for the next. A body waiting for its own bytes (a blocking
+//! playlist reload, an upload still growing, an upstream fill) is not, nor is a request whose
+//! answer is still being made.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+// tokio's clock: the same as the timers', paused in tests.
+use tokio::time::Instant;
+
+/// Why a connection should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A response body handed to hyper was not taken for `send_timeout`: close now.
+    Stalled,
+    /// No request for `keepalive_timeout`: finish gracefully (GOAWAY).
+    Idle,
+}
+
+pub struct ConnWatch {
+    epoch: Instant,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Requests in flight: from the start of a request to the end (or drop) of its response.
+    active: usize,
+    /// When a request last started or ended (since `epoch`).
+    last_activity: Duration,
+    next_id: u64,
+    /// Bodies that handed hyper a frame it has not asked past yet: since when.
+    handed: HashMap<u64, Duration>,
+}
+
+impl ConnWatch {
+    pub fn new() -> Arc<ConnWatch> {
+        Arc::new(ConnWatch {
+            epoch: Instant::now(),
+            state: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request starts; it is in flight until the returned value is dropped (with its
+    /// response body).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        let mut s = self.lock();
+        s.active += 1;
+        s.last_activity = self.epoch.elapsed();
+        s.next_id += 1;
+        InFlight {
+            watch: Arc::clone(self),
+            id: s.next_id,
+        }
+    }
+
+    /// Resolves when the connection should end; checks a few times per timeout.
+    pub async fn verdict(&self, send_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let tick = (send_timeout.min(idle_timeout) / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let now = self.epoch.elapsed();
+            let s = self.lock();
+            if s.handed
+                .values()
+                .any(|since| now.saturating_sub(*since) >= send_timeout)
+            {
+                return Verdict::Stalled;
+            }
+            if s.active == 0 && now.saturating_sub(s.last_activity) >= idle_timeout {
+                return Verdict::Idle;
+            }
+        }
+    }
+}
+
+/// A request in flight on a watched connection (see [`ConnWatch::start`]).
+pub struct InFlight {
+    watch: Arc<ConnWatch>,
+    id: u64,
+}
+
+impl InFlight {
+    /// A frame of the response body went to hyper: from now the client is the one that waits.
+    pub fn handed(&self) {
+        let now = self.watch.epoch.elapsed();
+        self.watch.lock().handed.insert(self.id, now);
+    }
+
+    /// hyper asks for more: what was handed has been taken (or buffered within the window).
+    pub fn polled(&self) {
+        self.watch.lock().handed.remove(&self.id);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.watch.epoch.elapsed();
+        let mut s = self.watch.lock();
+        s.active = s.active.saturating_sub(1);
+        s.last_activity = now;
+        s.handed.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handed_frame_not_taken_is_a_stall_a_wait_for_our_bytes_is_not() {
+        let w = ConnWatch::new();
+        let send = Duration::from_millis(200);
+        let idle = Duration::from_millis(400);
+        let req = w.start();
+        // Waiting for our own bytes (nothing handed): neither stalled nor idle.
+        let r = tokio::time::timeout(Duration::from_secs(1), w.verdict(send, idle)).await;
+        assert!(r.is_err(), "{r:?}");
+        req.handed();
+        let started = Instant::now();
+        assert_eq!(w.verdict(send, idle).await, Verdict::Stalled);
+        assert!(started.elapsed() >= send);
+        // Taken: no longer stalled; the request ends, and the connection idles after `idle`.
+        req.polled();
+        drop(req);
+        let started = Instant::now();
+        assert_eq!(w.verdict(send, idle).await, Verdict::Idle);
+        assert!(started.elapsed() >= idle);
+    }
+}
