@@ -298,3 +298,46 @@ async fn broken_clients_leak_no_descriptors() {
         "still serving"
     );
 }
+
+/// RFC 9112 §3.2 on every HTTP/1.1 path: a request without `Host`, with two, or with a value
+/// that is no host is 400 — also after a chunked request handed the connection to hyper, and
+/// on TLS (`tls::host_rules_hold_on_tls`).
+#[test]
+fn host_rules_hold_after_the_hand_over() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let statuses = |data: String| -> Vec<u16> {
+        let mut s = TcpStream::connect(srv.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        s.write_all(data.as_bytes()).expect("write");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        text.match_indices("HTTP/1.")
+            .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+            .collect()
+    };
+    // A GET with a chunked body: served, and the connection handed to hyper.
+    let first =
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    for bad in [
+        format!("GET {SEG} HTTP/1.1\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: a b\r\n\r\n"),
+    ] {
+        assert_eq!(statuses(format!("{first}{bad}")), vec![200, 400], "{bad:?}");
+        assert_eq!(statuses(bad.clone()), vec![400], "fast path: {bad:?}");
+    }
+    // HTTP/1.0 needs none; IPv6 literals and ports are hosts.
+    assert_eq!(
+        statuses(format!("{first}GET {SEG} HTTP/1.0\r\n\r\n")),
+        vec![200, 200]
+    );
+    assert_eq!(
+        statuses(format!(
+            "GET {SEG} HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n"
+        )),
+        vec![200]
+    );
+}

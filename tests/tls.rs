@@ -464,7 +464,6 @@ async fn download(
     first: usize,
     after: impl AsyncFnOnce(),
 ) -> (String, Vec<u8>, bool) {
-    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tls = tls;
     tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
@@ -704,4 +703,44 @@ async fn stalled_tls_reader_is_dropped() {
         total < len,
         "the server went on sending to a stalled reader ({total} bytes)"
     );
+}
+
+/// TLS connections are served by hyper from the first request: the `Host` rules of RFC 9112
+/// §3.2 hold there too.
+#[tokio::test]
+async fn host_rules_hold_on_tls() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "");
+    for (head, want) in [
+        (
+            format!("GET {SEG} HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n"),
+            400,
+        ),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
+            200,
+        ),
+    ] {
+        let mut tls = connect(
+            &srv,
+            &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+        )
+        .await;
+        tls.write_all(head.as_bytes()).await.expect("request");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+        assert_eq!(raw_status(&out), want, "{head:?}");
+    }
 }

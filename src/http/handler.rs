@@ -499,6 +499,20 @@ fn text(status: StatusCode, mut headers: HeaderMap, is_head: bool, msg: &'static
 }
 
 /// The answer for a refusal, from the one table; counted and logged here.
+/// A request refused before its steps, by a protocol check of its own (hyper's HTTP/1.1 heads
+/// with a missing, repeated or invalid `Host`); the connection closes after the answer.
+pub fn refused(rt: &Runtime, policy: &Policy, req: &Request<'_>, why: Refusal) -> Reply {
+    let cx = Cx {
+        rt,
+        policy,
+        req,
+        is_head: *req.method == Method::HEAD,
+    };
+    let mut reply = refuse(&cx, why, None);
+    reply.close = true;
+    reply
+}
+
 fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     let row = r.row();
     let m = &cx.rt.metrics;

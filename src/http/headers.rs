@@ -30,6 +30,20 @@ const WRITE_HEADERS: HeaderValue = HeaderValue::from_static(
 );
 const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, any request at most one, and
+/// its value is a `uri-host [ ":" port ]` (RFC 3986 characters only; it may be empty).
+pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => !http11,
+        (Some(_), Some(_)) => false,
+        (Some(v), None) => v
+            .as_bytes()
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)),
+    }
+}
+
 /// `Cache-Control` for an object of `class` (live: under `cache_control.live_prefixes`).
 pub fn cache_control(cfg: &Config, class: ObjectClass, live: bool) -> HeaderValue {
     let cc = &cfg.cache_control;

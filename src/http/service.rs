@@ -17,6 +17,8 @@ use hyper_util::server::conn::auto;
 use super::body::HyperBody;
 use super::conn_watch::{ConnWatch, InFlight, Verdict};
 use super::handler::{self, Proto};
+use super::headers;
+use super::refusal::Refusal;
 use super::request_body::RequestBody;
 use super::Record;
 use crate::drain::{Drain, Stop};
@@ -197,7 +199,14 @@ async fn respond(
         tls,
         alt_svc,
     };
-    let reply = handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await;
+    // The fast path checks `Host` as it parses; hyper does not (RFC 9112 §3.2). HTTP/2 carries
+    // `:authority` instead, and at most one `Host`.
+    let http11 = parts.version == http::Version::HTTP_11;
+    let reply = if headers::host_ok(&parts.headers, http11) {
+        handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await
+    } else {
+        handler::refused(runtime, &policy, &hreq, Refusal::Malformed)
+    };
     let cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
     let record = Record::new(
         runtime,

@@ -103,12 +103,8 @@ fn own_head(req: &httparse::Request<'_, '_>) -> Result<Head, HeadError> {
         let value = HeaderValue::from_bytes(h.value).map_err(|_| HeadError::Bad)?;
         headers.append(name, value);
     }
-    if !http10 {
-        // RFC 9112 §3.2: exactly one Host in HTTP/1.1.
-        let hosts = headers.get_all(http::header::HOST).iter().count();
-        if hosts != 1 {
-            return Err(HeadError::Bad);
-        }
+    if !super::super::headers::host_ok(&headers, !http10) {
+        return Err(HeadError::Bad);
     }
     Ok(Head {
         method,
