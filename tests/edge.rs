@@ -2407,3 +2407,50 @@ async fn edge_cache_file_changed_behind_segds_back_is_replaced() {
         Some(want.len() as u64)
     );
 }
+
+/// A cached file removed behind segd's back (by an operator, by another process sharing
+/// cache_path during an upgrade, by an eviction racing a fill) is fetched again at once, with or
+/// without a descriptor of it held: never `503 object changed while read` from then on.
+#[tokio::test]
+async fn edge_cache_file_removed_behind_segds_back_is_fetched_again() {
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let mut stored = 0;
+    // SEG is served once from the cache (its descriptor is held); SEG2 never was.
+    for (path, hits) in [(SEG, 1), (SEG2, 0)] {
+        let want = origin.file(path);
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice());
+        stored += want.len();
+        edge.wait_stored(stored).await;
+        for n in 0..hits {
+            let r = must("GET", &edge.url(path), &[], false).await;
+            assert!(r.status == 200 && r.bytes() == want.as_slice());
+            assert_eq!(edge.nth_cache_status(path, n + 2).await, "hit");
+        }
+        let file = edge.cache_path().join(&path[1..]);
+        std::fs::remove_file(&file).expect("rm the cached file");
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(path), &[], h2).await;
+            assert!(
+                r.status == 200 && r.bytes() == want.as_slice(),
+                "{path} h2={h2}: {} {:?}",
+                r.status,
+                r.headers
+            );
+        }
+        origin.settle().await;
+        assert_eq!(
+            origin.count(path),
+            2,
+            "{path}: fetched once more, then hits"
+        );
+        assert!(
+            wait_for(Duration::from_secs(5), || file.is_file()).await,
+            "{path} is stored again"
+        );
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice());
+        assert_eq!(edge.nth_cache_status(path, hits + 4).await, "hit");
+    }
+}

@@ -575,6 +575,13 @@ impl Pull {
                         self.count("hit");
                         return Ok(Pulled::Found(Box::new(o)));
                     }
+                    // The file is gone (rm'd, unlinked by another process sharing cache_path,
+                    // evicted as a fill raced it): its index entry goes too, or the fill below
+                    // would take that entry for a fresher copy and never start.
+                    Err(Miss::NotFound) => {
+                        self.drop_entry(&key, &meta);
+                        cached = None;
+                    }
                     // The file is not what the index says (it was dropped): fetched whole.
                     Err(_) => cached = None,
                 }
@@ -612,7 +619,16 @@ impl Pull {
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
-                let o = self.hit(local, cache_vol, rel, &meta, "hit").await?;
+                let o = match self.hit(local, cache_vol, rel, &meta, "hit").await {
+                    Ok(o) => o,
+                    // Gone since the revalidation began: not a 404 (the upstream has it); the
+                    // next request fetches it whole.
+                    Err(Miss::NotFound) => {
+                        self.drop_entry(&key, &meta);
+                        return Err(Miss::Changed);
+                    }
+                    Err(e) => return Err(e),
+                };
                 self.count("hit");
                 Ok(Pulled::Found(Box::new(o)))
             }
@@ -643,6 +659,16 @@ impl Pull {
                 })
             }
         }
+    }
+
+    /// Drops the index entry for `key` if it is still `meta` (a fill may have put a newer copy
+    /// there meanwhile); the eviction listener removes its files.
+    fn drop_entry(&self, key: &str, meta: &Arc<Meta>) {
+        self.index.entry_by_ref(key).and_compute_with(|e| match e {
+            Some(e) if Arc::ptr_eq(e.value(), meta) => moka::ops::compute::Op::Remove,
+            _ => moka::ops::compute::Op::Nop,
+        });
+        self.index.run_pending_tasks();
     }
 
     /// The index entry for `key`, or the sidecar on disk (before the start-up reindex got to it).
