@@ -648,6 +648,11 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
+        Nginx::start_with("")
+    }
+
+    /// nginx with `locations` (directives of its `server` block) added.
+    fn start_with(locations: &str) -> Nginx {
         let bin = find_program("nginx", &[PathBuf::from("/usr/sbin/nginx")])
             .expect("nginx is not installed (Debian nginx-light; .ci/run installs it)");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -681,6 +686,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {d}/root;
+        {locations}
     }}
 }}
 "#,
@@ -722,6 +728,11 @@ http {{
 
     fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory nginx serves.
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
     }
 
     fn file(&self, path: &str) -> Vec<u8> {
@@ -2452,5 +2463,59 @@ async fn edge_cache_file_removed_behind_segds_back_is_fetched_again() {
         let r = must("GET", &edge.url(path), &[], false).await;
         assert!(r.status == 200 && r.bytes() == want.as_slice());
         assert_eq!(edge.nth_cache_status(path, hits + 4).await, "hit");
+    }
+}
+
+/// Cache-Control sent over several field lines is one list (RFC 9110 §5.3): nginx's
+/// `expires 60s; add_header Cache-Control private;` sends `max-age=60` and `private` on two
+/// lines, and the `private` (or `no-store`) keeps the response out of the cache (RFC 9111
+/// §5.2.2.5, §5.2.2.7); the viewer gets every directive.
+#[tokio::test]
+async fn edge_cache_control_over_several_lines_is_read_whole() {
+    const PRIV: &str = "/vod/priv/a.ts";
+    const NOSTORE: &str = "/vod/nostore/b.m3u8";
+    let nginx = Nginx::start_with(
+        "location /vod/priv/ { expires 60s; add_header Cache-Control private; }
+         location /vod/nostore/ { expires 60s; add_header Cache-Control no-store; }",
+    );
+    publish(&nginx.root(), PRIV, &pattern(20_000, 21));
+    publish(&nginx.root(), NOSTORE, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    // The harness: two Cache-Control lines.
+    let direct = raw_fetch(
+        format!("127.0.0.1:{}", nginx.port).parse().expect("addr"),
+        PRIV,
+        Duration::from_secs(5),
+    );
+    let lines: Vec<&str> = direct
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("cache-control:"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", direct.head);
+    nginx.settle().await;
+    let direct_gets = nginx.count(PRIV);
+
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    for (path, directive) in [(PRIV, "private"), (NOSTORE, "no-store")] {
+        let want = nginx.file(path);
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(path), &[], h2).await;
+            assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+            assert_eq!(
+                r.header("cache-control"),
+                Some(format!("max-age=60, {directive}").as_str()),
+                "{path}: every line reaches the viewer"
+            );
+        }
+        nginx.settle().await;
+        assert_eq!(
+            nginx.count(path) - if path == PRIV { direct_gets } else { 0 },
+            2,
+            "{path}: not stored, so fetched for each request"
+        );
+        assert!(
+            !edge.cache_path().join(&path[1..]).exists(),
+            "{path}: nothing in cache_path"
+        );
     }
 }

@@ -188,6 +188,27 @@ fn directive_secs(cc: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// An upstream's Cache-Control as one list: every field line, in order, joined with commas
+/// (RFC 9110 §5.3). nginx's `expires 60s; add_header Cache-Control private;` sends `max-age=60`
+/// and `private` on two lines, and the second one must count as much as the first.
+fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
+    let mut out: Vec<u8> = Vec::new();
+    for v in h.get_all(CACHE_CONTROL) {
+        let v = v.as_bytes().trim_ascii();
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+    }
+    if out.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&out).ok()
+}
+
 /// Whether Cache-Control forbids a shared cache to store the response.
 fn forbids_storing(cc: &str) -> bool {
     cc.split(',')
@@ -839,10 +860,8 @@ impl Pull {
                         let h = resp.headers();
                         let mut m = Meta::clone(old);
                         m.fetched = now().saturating_sub(upstream_age(h));
-                        if let Some(cc) = h
-                            .get(CACHE_CONTROL)
-                            .cloned()
-                            .or_else(|| expires_as_max_age(h, SystemTime::now()))
+                        if let Some(cc) =
+                            cache_control(h).or_else(|| expires_as_max_age(h, SystemTime::now()))
                         {
                             m.cache_control = Some(cc);
                         }
@@ -977,7 +996,6 @@ impl Pull {
             for n in [
                 CONTENT_TYPE,
                 CONTENT_ENCODING,
-                CACHE_CONTROL,
                 ETAG,
                 LAST_MODIFIED,
                 AGE,
@@ -986,6 +1004,10 @@ impl Pull {
                 if let Some(v) = resp.headers().get(&n) {
                     headers.insert(n, v.clone());
                 }
+            }
+            // Every line of it: a `private` on a line of its own must reach the viewer.
+            if let Some(cc) = cache_control(resp.headers()) {
+                headers.insert(CACHE_CONTROL, cc);
             }
             let body = http_body_util::Limited::new(resp.into_body(), PASS_MAX);
             let body = match tokio::time::timeout(conf.cfg.idle_timeout, body.collect()).await {
@@ -1122,7 +1144,7 @@ impl Pull {
         let received = SystemTime::now();
         // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
         let fetched = now().saturating_sub(upstream_age(h));
-        let cc = get(CACHE_CONTROL).or_else(|| expires_as_max_age(h, received));
+        let cc = cache_control(h).or_else(|| expires_as_max_age(h, received));
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
         let storable = !cc
             .as_ref()
@@ -1509,6 +1531,22 @@ mod tests {
         assert_eq!(m("max-age=1").max_age(ObjectClass::Segment), None);
         assert!(forbids_storing("public, No-Store"));
         assert!(forbids_storing("private"));
+    }
+
+    #[test]
+    fn cache_control_lines_combine() {
+        let mut h = HeaderMap::new();
+        assert_eq!(cache_control(&h), None);
+        h.append(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        assert_eq!(
+            cache_control(&h),
+            Some(HeaderValue::from_static("max-age=60"))
+        );
+        h.append(CACHE_CONTROL, HeaderValue::from_static(""));
+        h.append(CACHE_CONTROL, HeaderValue::from_static("private"));
+        let cc = cache_control(&h).expect("combined");
+        assert_eq!(cc, "max-age=60, private");
+        assert!(forbids_storing(cc.to_str().expect("ascii")));
     }
 
     #[test]
