@@ -628,6 +628,21 @@ fn mixed_pattern(path: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The HLS playlist `bad_upstream.py --mode mixed` sends for `path` under `/vod/chunkedpl/`.
+fn mixed_playlist(path: &str) -> Vec<u8> {
+    let big = path
+        .rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("big"));
+    let n = if big { 200_000 } else { 5 };
+    let mut s = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n");
+    for i in 0..n {
+        s.push_str(&format!("#EXTINF:4,\nseg{i}.ts\n"));
+    }
+    s.push_str("#EXT-X-ENDLIST\n");
+    s.into_bytes()
+}
+
 impl Drop for BadUpstream {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -2517,5 +2532,55 @@ async fn edge_cache_control_over_several_lines_is_read_whole() {
             !edge.cache_path().join(&path[1..]).exists(),
             "{path}: nothing in cache_path"
         );
+    }
+}
+
+/// A playlist rewritten for tokens (`playlist_tokens = "forward"`, a query token) whose
+/// upstream sends it chunked, so that its fill has no length until its last chunk: rewritten on
+/// the miss that fetches it and on each refresh, never a 503. One past the rewrite limit
+/// (4 MiB) is served whole, as it is.
+#[tokio::test]
+async fn edge_chunked_playlist_is_rewritten_for_tokens() {
+    const PL: &str = "/vod/chunkedpl/p.m3u8";
+    const BIG_PL: &str = "/vod/chunkedpl/big.m3u8";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "")],
+        &format!(
+            "[token]\nprotect = [\"/vod/\"]\nplaylist_tokens = \"forward\"\n[[token.keys]]\nid = \"edge\"\nsecret = \"{EDGE_KEY}\"\n"
+        ),
+    );
+    let token = token_with_key(EDGE_KEY, "/vod/*");
+    let want = String::from_utf8(mixed_playlist(PL)).expect("text");
+    for round in 1..=2 {
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(&q(PL, &token)), &[], h2).await;
+            assert_eq!(r.status, 200, "round {round} h2={h2}: {r:?}");
+            let text = String::from_utf8_lossy(r.bytes()).into_owned();
+            let uris: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+            assert_eq!(uris.len(), 5, "round {round} h2={h2}: {text}");
+            assert!(
+                uris.iter().all(|u| u.contains(".ts?__token__=")),
+                "round {round} h2={h2}: URIs carry the token: {text}"
+            );
+            let tags: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+            let want_tags: Vec<&str> = want.lines().filter(|l| l.starts_with('#')).collect();
+            assert_eq!(tags, want_tags, "round {round} h2={h2}");
+        }
+        // The copy expires (max-age=1): the next round refreshes it with a new chunked fill.
+        up.wait_count(PL, round).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(up.count(PL) >= 2, "refreshed from the upstream");
+
+    // Too large to rewrite: the upstream's playlist, whole.
+    let want = mixed_playlist(BIG_PL);
+    assert!(want.len() > 4 << 20);
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(&q(BIG_PL, &token)), &[], h2).await;
+        assert_eq!(r.status, 200, "h2={h2}: {:?}", r.headers);
+        assert!(r.bytes() == want.as_slice(), "h2={h2}: served as it is");
     }
 }

@@ -35,7 +35,7 @@ use crate::auth::{self, Decision};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
 use crate::store::{Body, Miss, Object, ObjectClass};
-use crate::volumes::{self, PathError, RelPath};
+use crate::volumes::{self, PathError};
 
 /// The protocol a request arrived on (a metric and log label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,7 +303,10 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         return super::live::growing(cx, object, content_type);
     }
     if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
-        return rewritten(cx, &rel, object, &param, live).await;
+        // A playlist too large to rewrite is served as it is, below.
+        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
+            return rewritten(cx, &object, out, live);
+        }
     }
 
     let mut headers = HeaderMap::with_capacity(12);
@@ -525,14 +528,12 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
 
 /// A playlist with the token appended to every relative URI: private (never shared by a CDN),
 /// a weak ETag that depends on the token, no ranges.
-async fn rewritten(
+fn rewritten(
     cx: &Cx<'_>,
-    rel: &RelPath,
-    object: Object,
-    param: &str,
+    object: &Object,
+    out: rewrite::Rewritten,
     live: bool,
 ) -> Result<Reply, Stop> {
-    let out = rewrite::playlist(cx.policy, rel, &object, param).await?;
     let mut headers = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, cx.req, &mut headers);
     headers.insert(

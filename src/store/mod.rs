@@ -229,15 +229,19 @@ impl Object {
                     }
                 }
             }
-            // A pull fill in progress (a playlist being rewritten for tokens): its whole body,
-            // once the fill has it. A fill that fails is its upstream's failure.
+            // A pull fill in progress (a playlist being rewritten for tokens): its first
+            // `limit` bytes, or its whole body if shorter, once the fill has them (a chunked
+            // fill's length is known only at its end). A fill that fails is its upstream's
+            // failure.
             Source::Growing(g) => {
                 use futures_util::StreamExt;
-                let mut s = g.stream(0, Some(limit as u64));
+                let mut s = g.stream(0, None);
                 let mut out = bytes::BytesMut::new();
-                while let Some(chunk) = s.next().await {
+                while out.len() < limit {
+                    let Some(chunk) = s.next().await else { break };
                     out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
                 }
+                out.truncate(limit);
                 Ok(out.freeze())
             }
             Source::Stream(_) => Err(Miss::Changed),

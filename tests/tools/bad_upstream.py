@@ -17,6 +17,8 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               lawfully send. The body is `pattern(path)` (below). By the path's second segment:
               /vod/gzip/…     gzip-coded body with `Content-Encoding: gzip`, whatever was asked
               /vod/chunked/…  `Transfer-Encoding: chunked`, no Content-Length, three chunks
+              /vod/chunkedpl/… the same, with an HLS media playlist for a body (`playlist()`)
+                              and `Cache-Control: max-age=1`
               /vod/expires/…  no Cache-Control, `Expires` in the past
               /vod/vary/…     `Vary: *`
               /vod/gone/…     410 Gone
@@ -55,6 +57,15 @@ def pattern(path):
     return bytes((i * 7 + seed) % 251 for i in range(20000))
 
 
+def playlist(path):
+    """The mixed mode's HLS media playlist for `path`: relative segment URIs, more than 4 MiB
+    when the file name starts with `big` (past what segd rewrites for tokens)."""
+    n = 200000 if os.path.basename(path).startswith("big") else 5
+    return ("#EXTM3U\n#EXT-X-TARGETDURATION:4\n"
+            + "".join(f"#EXTINF:4,\nseg{i}.ts\n" for i in range(n))
+            + "#EXT-X-ENDLIST\n").encode()
+
+
 def mixed(sock, method, target, lines, state):
     """Answers one request in mixed mode; returns False when the connection must close."""
     import gzip
@@ -79,9 +90,12 @@ def mixed(sock, method, target, lines, state):
         head.append("Expires: Thu, 01 Jan 1970 00:00:00 GMT")
     elif kind == "vary":
         head.append("Vary: *")
+    elif kind == "chunkedpl":
+        body = playlist(path)
+        head.append("Cache-Control: max-age=1")
     elif ext in (".m3u8", ".mpd"):
         head.append("Cache-Control: max-age=30")
-    if kind == "chunked":
+    if kind in ("chunked", "chunkedpl"):
         head.append("Transfer-Encoding: chunked")
         out = "\r\n".join(head).encode() + b"\r\n\r\n"
         if method != "HEAD":
