@@ -2584,3 +2584,43 @@ async fn edge_chunked_playlist_is_rewritten_for_tokens() {
         assert!(r.bytes() == want.as_slice(), "h2={h2}: served as it is");
     }
 }
+
+/// An upstream that cannot be reached: a stale copy stands in (`stale_if_error`) unless its
+/// Cache-Control has `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2,
+/// §5.2.2.8, §5.2.2.10): those are 504s.
+#[tokio::test]
+async fn edge_stale_copy_is_not_served_when_the_upstream_forbids_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("mixed", &up.base(), "")],
+    );
+    let allowed = "/vod/cc/max-age=1/p.m3u8";
+    let forbidden = [
+        "/vod/cc/max-age=1~must-revalidate/p.m3u8",
+        "/vod/cc/max-age=1~proxy-revalidate/p.m3u8",
+        "/vod/cc/public~s-maxage=1/p.m3u8",
+    ];
+    let mut stored = 0;
+    for path in std::iter::once(allowed).chain(forbidden) {
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == mixed_pattern(path).as_slice());
+        stored += r.bytes().len();
+    }
+    edge.wait_stored(stored).await;
+    // The upstream goes away and the copies expire.
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(allowed), &[], false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.bytes() == mixed_pattern(allowed).as_slice());
+    assert!(r.header("warning").is_some_and(|w| w.starts_with("110")));
+    for path in forbidden {
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(path), &[], h2).await;
+            assert_eq!(r.status, 504, "{path} h2={h2}: {:?}", r.headers);
+            assert_eq!(r.header("warning"), None);
+        }
+    }
+}

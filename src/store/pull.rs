@@ -154,6 +154,21 @@ impl Meta {
         Some(lifetime.unwrap_or(1))
     }
 
+    /// Whether this copy may stand in, stale, for an upstream that cannot be reached: not when
+    /// its Cache-Control has `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111
+    /// §5.2.2.2, §5.2.2.8, §5.2.2.10: a shared cache then answers with an error, 504).
+    fn may_serve_stale(&self) -> bool {
+        let Some(cc) = self.cache_control.as_ref().and_then(|v| v.to_str().ok()) else {
+            return true;
+        };
+        !cc.split(',').any(|d| {
+            let name = d.split('=').next().unwrap_or_default().trim();
+            ["must-revalidate", "proxy-revalidate", "s-maxage"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+        })
+    }
+
     fn fresh(&self, class: ObjectClass) -> bool {
         self.max_age(class)
             .is_none_or(|a| now() < self.fetched.saturating_add(a))
@@ -659,6 +674,11 @@ impl Pull {
             }
             Outcome::Failed { timeout } => {
                 if let Some(meta) = cached {
+                    // The upstream said the copy must not be served stale: the error RFC 9111
+                    // §5.2.2.2 asks for instead (504), even with stale_if_error.
+                    if !meta.may_serve_stale() {
+                        return Err(Miss::UpstreamTimeout);
+                    }
                     if meta.age()
                         <= self.conf.load().cfg.stale_if_error.as_secs()
                             + meta.max_age(class).unwrap_or(0)
@@ -1530,6 +1550,16 @@ mod tests {
         assert_eq!(m("public").max_age(ObjectClass::Playlist), Some(1));
         assert_eq!(m("max-age=1").max_age(ObjectClass::Segment), None);
         assert!(forbids_storing("public, No-Store"));
+        assert!(m("max-age=1").may_serve_stale());
+        assert!(Meta::default().may_serve_stale());
+        for cc in [
+            "max-age=1, must-revalidate",
+            "Proxy-Revalidate",
+            "public, s-maxage=5",
+            "S-MAXAGE=\"5\"",
+        ] {
+            assert!(!m(cc).may_serve_stale(), "{cc}");
+        }
         assert!(forbids_storing("private"));
     }
 

@@ -19,6 +19,9 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/chunked/…  `Transfer-Encoding: chunked`, no Content-Length, three chunks
               /vod/chunkedpl/… the same, with an HLS media playlist for a body (`playlist()`)
                               and `Cache-Control: max-age=1`
+              /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
+                              and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
+                              304 with the same two fields
               /vod/expires/…  no Cache-Control, `Expires` in the past
               /vod/vary/…     `Vary: *`
               /vod/gone/…     410 Gone
@@ -76,6 +79,13 @@ def mixed(sock, method, target, lines, state):
     kind = path.split("/")[2] if path.count("/") >= 3 else ""
     if kind == "race" and state.get("served"):
         return False  # the request was read: close without a byte of answer
+    if kind == "cc":
+        cc = path.split("/")[3].replace("~", ",").replace("_", " ")
+        inm = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("if-none-match:")), None)
+        if inm == '"cc1"':
+            sock.sendall(f'HTTP/1.1 304 Not Modified\r\nETag: "cc1"\r\nCache-Control: {cc}\r\n\r\n'.encode())
+            state["served"] = True
+            return True
     if kind == "gone":
         sock.sendall(b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\ngone\n")
         state["served"] = True
@@ -90,6 +100,9 @@ def mixed(sock, method, target, lines, state):
         head.append("Expires: Thu, 01 Jan 1970 00:00:00 GMT")
     elif kind == "vary":
         head.append("Vary: *")
+    elif kind == "cc":
+        head.append(f"Cache-Control: {cc}")
+        head.append('ETag: "cc1"')
     elif kind == "chunkedpl":
         body = playlist(path)
         head.append("Cache-Control: max-age=1")
