@@ -2624,3 +2624,55 @@ async fn edge_stale_copy_is_not_served_when_the_upstream_forbids_it() {
         }
     }
 }
+
+/// Files the pull cache evicts are closed as well as unlinked: a descriptor left in the
+/// open-file cache keeps the file's blocks on disk (until its idle timeout), so the disk held
+/// more than `max_bytes`.
+#[tokio::test]
+async fn edge_evicted_files_are_closed() {
+    const SIZE: usize = 64 << 10;
+    let max_bytes = 3 * SIZE as u64;
+    let origin = Origin::start("");
+    let paths: Vec<String> = (0..12u32)
+        .map(|i| {
+            let p = format!("/vod/evfd/o_{i:02}.m4s");
+            publish(&origin.root(), &p, &pattern(SIZE, 300 + i));
+            p
+        })
+        .collect();
+    let edge = Edge::start(
+        &keys(&[("max_bytes", &format!("\"{max_bytes}\""))]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    // Each object is fetched, then served from the cache a few times (which opens it and keeps
+    // its descriptor), while later ones push earlier ones out.
+    for p in &paths {
+        for _ in 0..4 {
+            let r = must("GET", &edge.url(p), &[], false).await;
+            assert!(
+                r.status == 200 && r.bytes() == origin.file(p).as_slice(),
+                "{p}"
+            );
+        }
+    }
+    let evicted = metric(&edge.metrics().await, "segd_pull_evicted_bytes_total").unwrap_or(0.0);
+    assert!(evicted > 0.0, "objects were evicted");
+    // Descriptors segd holds of files deleted from cache_path.
+    let fd_dir = PathBuf::from(format!("/proc/{}/fd", edge.srv.child.id()));
+    let cache = edge.cache_path().display().to_string();
+    let held = || -> Vec<String> {
+        std::fs::read_dir(&fd_dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .filter(|t| t.starts_with(&cache) && t.ends_with(" (deleted)"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || held().is_empty()).await,
+        "evicted files still open: {:?}",
+        held()
+    );
+}

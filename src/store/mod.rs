@@ -282,12 +282,15 @@ impl Store {
                 tracing::error!(path = %dir.display(), error = %e, "cannot create pull.cache_path");
             }
         }
-        let local = Local::build(cfg, None, &metrics, &cache_stats);
+        let local = Arc::new(Local::build(cfg, None, &metrics, &cache_stats));
         let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
+        if let Some(pull) = &pull {
+            pull.attach(&local);
+        }
         let write_through = write_through::WriteThrough::new(cfg, &metrics)?.map(Arc::new);
         let store = Store {
             inner: Arc::new(Inner {
-                local: ArcSwap::from_pointee(local),
+                local: ArcSwap::new(local),
                 metrics: Arc::clone(&metrics),
                 cache_stats,
                 locks: upload::PathLocks::default(),
@@ -320,14 +323,15 @@ impl Store {
             }
             _ => cfg,
         };
-        let local = Local::build(
+        let local = Arc::new(Local::build(
             cfg,
             Some(&old),
             &self.inner.metrics,
             &self.inner.cache_stats,
-        );
-        self.inner.local.store(Arc::new(local));
+        ));
+        self.inner.local.store(Arc::clone(&local));
         if let Some(pull) = &self.inner.pull {
+            pull.attach(&local);
             pull.reconfigure(&asked.pull);
         }
         match &self.inner.write_through {

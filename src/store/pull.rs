@@ -290,6 +290,9 @@ pub struct Pull {
     passing: Mutex<HashMap<String, SharedPass>>,
     growing: Arc<GrowingSet>,
     m: Arc<PullMetrics>,
+    /// The local tier whose open-file cache holds descriptors of cached files (the store owns
+    /// it and sets it here, [`Pull::attach`]), for the eviction listener.
+    local: Arc<Mutex<std::sync::Weak<Local>>>,
     /// Unix seconds of the last warning that the cache disk took no file.
     warned: std::sync::atomic::AtomicU64,
 }
@@ -439,6 +442,8 @@ impl Pull {
         let evict_root = root.clone();
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let held_ev = Arc::clone(&held);
+        let local: Arc<Mutex<std::sync::Weak<Local>>> = Arc::default();
+        let local_ev = Arc::clone(&local);
         let index = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             // The object and its sidecar.
@@ -454,6 +459,15 @@ impl Pull {
                     let (dir, meta) = sidecar(&k);
                     let _ = std::fs::remove_file(evict_root.join(k.as_str()));
                     let _ = std::fs::remove_file(evict_root.join(&dir).join(meta));
+                    // A descriptor kept in the open-file cache would keep the unlinked file's
+                    // blocks on disk (until its idle timeout), beyond max_bytes: it goes too.
+                    // Readers in flight hold their own and finish.
+                    let local = local_ev.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+                    if let Some(local) = local {
+                        if let Some(vol) = local.volumes.cache_volume() {
+                            local.forget_in(vol, &k);
+                        }
+                    }
                     if cause == moka::notification::RemovalCause::Size {
                         evicted.evicted_bytes.inc_by(v.len);
                     }
@@ -474,9 +488,16 @@ impl Pull {
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
             m,
+            local,
             warned: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Some(pull))
+    }
+
+    /// The local tier whose open-file cache the eviction listener clears (the store calls this
+    /// whenever it builds one).
+    pub fn attach(&self, local: &Arc<Local>) {
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(local);
     }
 
     /// Applies a reloaded `[pull]`: upstreams, credentials, timeouts and CA roots change at once
@@ -747,7 +768,7 @@ impl Pull {
             // Changed behind segd's back (truncated, appended to): the copy goes, so that the
             // fill this leads to can put a whole one in its place.
             tracing::warn!(path = %rel, "a pull cache file does not have its recorded length; dropped");
-            local.forget_in(vol, rel);
+            local.forget_in(vol, rel.as_str());
             self.index.invalidate(rel.as_str());
             self.index.run_pending_tasks();
             return Err(Miss::Changed);
@@ -909,7 +930,7 @@ impl Pull {
                         self.index.invalidate(&key);
                         self.index.run_pending_tasks();
                         if let Some(vol) = local.volumes.cache_volume() {
-                            local.forget_in(vol, rel);
+                            local.forget_in(vol, rel.as_str());
                         }
                     }
                     fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
@@ -1364,7 +1385,10 @@ impl Pull {
         match committed {
             Ok(Ok(_)) => {
                 self.save_meta_async(rel, &meta).await;
-                local.forget_in(local.volumes.cache_volume().unwrap_or(usize::MAX), rel);
+                local.forget_in(
+                    local.volumes.cache_volume().unwrap_or(usize::MAX),
+                    rel.as_str(),
+                );
                 self.remember(key, Arc::new(meta));
                 publisher.done(len);
                 true
