@@ -773,6 +773,17 @@ http {{
         self.log_lines("GET", path)
     }
 
+    /// The statuses nginx answered GETs of `path` with, in order.
+    fn statuses(&self, path: &str) -> Vec<u16> {
+        let want = format!("\"GET {path} HTTP/1.1\" ");
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(&want).nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect()
+    }
+
     async fn settle(&self) {
         let marker = next_marker();
         let _ = fetch("GET", &format!("{}{marker}", self.base()), &[], false).await;
@@ -2675,4 +2686,38 @@ async fn edge_evicted_files_are_closed() {
         "evicted files still open: {:?}",
         held()
     );
+}
+
+/// An upstream that sends no `ETag` (nginx with `etag off`) is revalidated with its own
+/// `Last-Modified` only: the `ETag` segd made for the copy is never sent to it as
+/// `If-None-Match`, which would never match there and would win over `If-Modified-Since` (RFC
+/// 9110 §13.1.3), so the upstream answers 304, and the copy keeps the `ETag` it is served with.
+#[tokio::test]
+async fn edge_revalidation_sends_only_the_upstreams_validators() {
+    const PL: &str = "/vod/noetag/p.m3u8";
+    let nginx = Nginx::start_with("location /vod/noetag/ { etag off; expires 1s; }");
+    publish(&nginx.root(), PL, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    let direct = must("HEAD", &format!("{}{PL}", nginx.base()), &[], false).await;
+    assert_eq!(direct.header("etag"), None, "the harness: no ETag");
+    assert!(direct.header("last-modified").is_some());
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    let want = nginx.file(PL);
+    let first = must("GET", &edge.url(PL), &[], false).await;
+    assert!(first.status == 200 && first.bytes() == want.as_slice());
+    let etag = first
+        .header("etag")
+        .expect("an ETag made for the copy")
+        .to_owned();
+    edge.wait_stored(want.len()).await;
+    // Expired (max-age=1): revalidated.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(PL), &[], h2).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice(), "h2={h2}");
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "h2={h2}");
+    }
+    nginx.settle().await;
+    let statuses = nginx.statuses(PL);
+    assert_eq!(statuses.first(), Some(&200), "{statuses:?}");
+    assert_eq!(statuses.get(1), Some(&304), "revalidated: {statuses:?}");
 }

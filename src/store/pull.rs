@@ -86,8 +86,15 @@ const SIDECAR_WEIGHT: u64 = 256;
 #[derive(Debug, Clone, Default)]
 struct Meta {
     len: u64,
+    /// The validators the copy is served with (the upstream's, else made at the fill).
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
+    /// The validators the upstream itself sent in `ETag` and `Last-Modified`: the only ones a
+    /// revalidation sends back to it. One segd made up would never match there, and an
+    /// `If-None-Match` that never matches wins over an `If-Modified-Since` that would (RFC 9110
+    /// §13.1.3), so the upstream would never answer 304.
+    upstream_etag: Option<HeaderValue>,
+    upstream_last_modified: Option<HeaderValue>,
     content_type: Option<HeaderValue>,
     /// The upstream's content coding (an S3 object stored gzipped): forwarded, never undone.
     content_encoding: Option<HeaderValue>,
@@ -113,6 +120,8 @@ impl Meta {
         };
         line("etag", &self.etag);
         line("last-modified", &self.last_modified);
+        line("upstream-etag", &self.upstream_etag);
+        line("upstream-last-modified", &self.upstream_last_modified);
         line("content-type", &self.content_type);
         line("content-encoding", &self.content_encoding);
         line("cache-control", &self.cache_control);
@@ -133,6 +142,8 @@ impl Meta {
                 "fetched" => m.fetched = v.parse().ok()?,
                 "etag" => m.etag = hv(),
                 "last-modified" => m.last_modified = hv(),
+                "upstream-etag" => m.upstream_etag = hv(),
+                "upstream-last-modified" => m.upstream_last_modified = hv(),
                 "content-type" => m.content_type = hv(),
                 "content-encoding" => m.content_encoding = hv(),
                 "cache-control" => m.cache_control = hv(),
@@ -1122,10 +1133,10 @@ impl Pull {
             req = req.header(h.as_str(), v.0.as_str());
         }
         if let Some(m) = cached {
-            if let Some(e) = &m.etag {
+            if let Some(e) = &m.upstream_etag {
                 req = req.header(IF_NONE_MATCH, e.clone());
             }
-            if let Some(lm) = &m.last_modified {
+            if let Some(lm) = &m.upstream_last_modified {
                 req = req.header(IF_MODIFIED_SINCE, lm.clone());
             }
         }
@@ -1214,6 +1225,8 @@ impl Pull {
             len: len.unwrap_or(0),
             etag: Some(etag),
             last_modified,
+            upstream_etag: keepable(get(ETAG)),
+            upstream_last_modified: keepable(get(LAST_MODIFIED)),
             content_type: get(CONTENT_TYPE),
             content_encoding,
             cache_control: cc,
@@ -1585,6 +1598,24 @@ mod tests {
             assert!(!m(cc).may_serve_stale(), "{cc}");
         }
         assert!(forbids_storing("private"));
+    }
+
+    #[test]
+    fn sidecar_keeps_the_upstreams_own_validators_apart() {
+        let hv = HeaderValue::from_static;
+        let m = Meta {
+            len: 7,
+            etag: Some(hv("\"p1\"")),
+            last_modified: Some(hv("Wed, 01 Jan 2025 00:00:00 GMT")),
+            upstream_etag: None,
+            upstream_last_modified: Some(hv("Tue, 31 Dec 2024 00:00:00 GMT")),
+            ..Meta::default()
+        };
+        let back = Meta::from_text(&m.to_text()).expect("parses");
+        assert_eq!(back.etag, m.etag);
+        assert_eq!(back.last_modified, m.last_modified);
+        assert_eq!(back.upstream_etag, None);
+        assert_eq!(back.upstream_last_modified, m.upstream_last_modified);
     }
 
     #[test]
