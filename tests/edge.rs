@@ -2721,3 +2721,56 @@ async fn edge_revalidation_sends_only_the_upstreams_validators() {
     assert_eq!(statuses.first(), Some(&200), "{statuses:?}");
     assert_eq!(statuses.get(1), Some(&304), "revalidated: {statuses:?}");
 }
+
+/// A stored response with `no-cache` is revalidated before every reuse (RFC 9111 §5.2.2.4),
+/// whatever its max-age and whatever the object, in single flight, and never served stale.
+#[tokio::test]
+async fn edge_no_cache_copies_are_revalidated_before_each_use() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("mixed", &up.base(), "")],
+    );
+    let paths = [
+        "/vod/cc/max-age=60~no-cache/p.m3u8",
+        "/vod/cc/public~no-cache/s.ts",
+    ];
+    let mut stored = 0;
+    for path in paths {
+        let want = mixed_pattern(path);
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+        stored += want.len();
+        edge.wait_stored(stored).await;
+        // Each later request asks the upstream first (a 304 here), then serves the copy.
+        for n in 2..=3 {
+            let r = must("GET", &edge.url(path), &[], n == 3).await;
+            assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+            up.wait_count(path, n).await;
+            assert_eq!(edge.nth_cache_status(path, n).await, "hit", "{path}");
+        }
+        // Viewers arriving together share revalidations.
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let u = edge.url(path);
+                tokio::spawn(async move { fetch("GET", &u, &[], false).await })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.expect("join").expect("response");
+            assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+        }
+        assert!(
+            up.count(path) < 3 + 10,
+            "{path}: {} upstream requests for 10 viewers at once",
+            up.count(path)
+        );
+    }
+    // Never served stale: with the upstream gone, 504.
+    drop(up);
+    for path in paths {
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert_eq!(r.status, 504, "{path}: {:?}", r.headers);
+    }
+}

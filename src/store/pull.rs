@@ -153,13 +153,21 @@ impl Meta {
         has_len.then_some(m)
     }
 
-    /// Seconds this copy stays fresh: segments forever, others per the upstream's `s-maxage`
-    /// (segd is a shared cache, RFC 9111 §5.2.2.10), else its `max-age`, else 1 s.
+    /// Seconds this copy stays fresh: none with `no-cache`, else segments forever, others per
+    /// the upstream's `s-maxage` (segd is a shared cache, RFC 9111 §5.2.2.10), else its
+    /// `max-age`, else 1 s.
     fn max_age(&self, class: ObjectClass) -> Option<u64> {
+        let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
+        // The upstream wants the copy revalidated before every reuse (RFC 9111 §5.2.2.4; a
+        // segment too, as it asked; the qualified form as well, since segd does not strip the
+        // fields it names): stale from the start. Each revalidation is a fill, so requests
+        // that come meanwhile join it (single flight).
+        if cc.is_some_and(|c| has_directive(c, "no-cache")) {
+            return Some(0);
+        }
         if class != ObjectClass::Playlist {
             return None;
         }
-        let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
         let lifetime =
             cc.and_then(|c| directive_secs(c, "s-maxage").or_else(|| directive_secs(c, "max-age")));
         Some(lifetime.unwrap_or(1))
@@ -167,17 +175,20 @@ impl Meta {
 
     /// Whether this copy may stand in, stale, for an upstream that cannot be reached: not when
     /// its Cache-Control has `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111
-    /// §5.2.2.2, §5.2.2.8, §5.2.2.10: a shared cache then answers with an error, 504).
+    /// §5.2.2.2, §5.2.2.8, §5.2.2.10: a shared cache then answers with an error, 504), nor
+    /// `no-cache` (§5.2.2.4: never reused without a successful revalidation).
     fn may_serve_stale(&self) -> bool {
         let Some(cc) = self.cache_control.as_ref().and_then(|v| v.to_str().ok()) else {
             return true;
         };
-        !cc.split(',').any(|d| {
-            let name = d.split('=').next().unwrap_or_default().trim();
-            ["must-revalidate", "proxy-revalidate", "s-maxage"]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n))
-        })
+        ![
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage",
+            "no-cache",
+        ]
+        .iter()
+        .any(|n| has_directive(cc, n))
     }
 
     fn fresh(&self, class: ObjectClass) -> bool {
@@ -233,6 +244,17 @@ fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_bytes(&out).ok()
+}
+
+/// Whether Cache-Control has directive `name`, with or without a value (names in any case).
+fn has_directive(cc: &str, name: &str) -> bool {
+    cc.split(',').any(|d| {
+        d.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case(name)
+    })
 }
 
 /// Whether Cache-Control forbids a shared cache to store the response.
@@ -1586,6 +1608,17 @@ mod tests {
         );
         assert_eq!(m("public").max_age(ObjectClass::Playlist), Some(1));
         assert_eq!(m("max-age=1").max_age(ObjectClass::Segment), None);
+        // no-cache: stale at once, whatever else it says and whatever the class.
+        assert_eq!(
+            m("max-age=60, No-Cache").max_age(ObjectClass::Playlist),
+            Some(0)
+        );
+        assert_eq!(m("no-cache").max_age(ObjectClass::Segment), Some(0));
+        assert_eq!(
+            m("no-cache=\"set-cookie\"").max_age(ObjectClass::Playlist),
+            Some(0)
+        );
+        assert!(!m("no-cache").may_serve_stale());
         assert!(forbids_storing("public, No-Store"));
         assert!(m("max-age=1").may_serve_stale());
         assert!(Meta::default().may_serve_stale());
