@@ -2774,3 +2774,42 @@ async fn edge_no_cache_copies_are_revalidated_before_each_use() {
         assert_eq!(r.status, 504, "{path}: {:?}", r.headers);
     }
 }
+
+/// A 200 whose body ends with the connection (neither Content-Length nor chunked) cannot be
+/// told whole from cut short: it is served through and never stored (docs/edge.md: stored only
+/// when its full Content-Length or its last chunk arrived).
+#[tokio::test]
+async fn edge_close_delimited_body_is_passed_through_not_stored() {
+    const EOF_SEG: &str = "/vod/eof/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    // The harness: no Content-Length, no chunked.
+    let direct = raw_fetch(up.addr, EOF_SEG, Duration::from_secs(5));
+    let head = direct.head.to_ascii_lowercase();
+    assert!(
+        direct.status == 200
+            && !head.contains("content-length")
+            && !head.contains("transfer-encoding")
+            && direct.body == mixed_pattern(EOF_SEG),
+        "{}",
+        direct.head
+    );
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    for (n, h2) in [(2, false), (3, true), (4, false)] {
+        let r = must("GET", &edge.url(EOF_SEG), &[], h2).await;
+        assert!(
+            r.status == 200 && r.bytes() == mixed_pattern(EOF_SEG).as_slice(),
+            "h2={h2}: {r:?}"
+        );
+        up.wait_count(EOF_SEG, n).await;
+    }
+    assert_eq!(up.count(EOF_SEG), 4, "fetched for each request");
+    // (A fill's temporary file goes once the fill ends, which may be just after its reader.)
+    assert!(
+        wait_for(Duration::from_secs(5), || files_under(&edge.cache_path())
+            .is_empty())
+        .await,
+        "nothing stored: {:?}",
+        files_under(&edge.cache_path())
+    );
+}

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::{
     ACCEPT_ENCODING, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE,
-    ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -244,6 +244,17 @@ fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_bytes(&out).ok()
+}
+
+/// Whether the response's body is chunked: `chunked` is its last transfer coding (RFC 9112
+/// §6.3).
+fn chunked(h: &HeaderMap) -> bool {
+    h.get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
 /// Whether Cache-Control has directive `name`, with or without a value (names in any case).
@@ -1220,7 +1231,15 @@ impl Pull {
         let fetched = now().saturating_sub(upstream_age(h));
         let cc = cache_control(h).or_else(|| expires_as_max_age(h, received));
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
-        let storable = !cc
+        // A body delimited by the connection's close (neither Content-Length nor chunked) ends
+        // the same way whether it is whole or was cut short (RFC 9112 §6.3): it is passed
+        // through, never stored, since nothing says it is complete.
+        let close_delimited = len.is_none() && !chunked(h);
+        if close_delimited {
+            tracing::debug!(path = %rel, "upstream body delimited by close; passed through, not stored");
+        }
+        let storable = !close_delimited
+            && !cc
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(forbids_storing)
@@ -1649,6 +1668,23 @@ mod tests {
         assert_eq!(back.last_modified, m.last_modified);
         assert_eq!(back.upstream_etag, None);
         assert_eq!(back.upstream_last_modified, m.upstream_last_modified);
+    }
+
+    #[test]
+    fn chunked_is_the_last_coding() {
+        let te = |lines: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(TRANSFER_ENCODING, HeaderValue::from_static(l));
+            }
+            chunked(&h)
+        };
+        assert!(!te(&[]));
+        assert!(te(&["chunked"]));
+        assert!(te(&["gzip, Chunked"]));
+        assert!(te(&["gzip", "chunked"]));
+        assert!(!te(&["chunked, gzip"]));
+        assert!(!te(&["gzip"]));
     }
 
     #[test]

@@ -19,6 +19,8 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/chunked/…  `Transfer-Encoding: chunked`, no Content-Length, three chunks
               /vod/chunkedpl/… the same, with an HLS media playlist for a body (`playlist()`)
                               and `Cache-Control: max-age=1`
+              /vod/eof/…      neither Content-Length nor chunked: the body ends with the
+                              connection (`Connection: close`), whole
               /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
                               and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
                               304 with the same two fields
@@ -108,6 +110,10 @@ def mixed(sock, method, target, lines, state):
         head.append("Cache-Control: max-age=1")
     elif ext in (".m3u8", ".mpd"):
         head.append("Cache-Control: max-age=30")
+    if kind == "eof":
+        head.append("Connection: close")
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + (body if method != "HEAD" else b""))
+        return False
     if kind in ("chunked", "chunkedpl"):
         head.append("Transfer-Encoding: chunked")
         out = "\r\n".join(head).encode() + b"\r\n\r\n"
