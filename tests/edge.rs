@@ -2813,3 +2813,35 @@ async fn edge_close_delimited_body_is_passed_through_not_stored() {
         files_under(&edge.cache_path())
     );
 }
+
+/// An upstream 200 with both Content-Length and Transfer-Encoding (RFC 9112 §6.3: to be
+/// handled as an error) is a bad upstream response: 502 before any head, nothing stored.
+#[tokio::test]
+async fn edge_upstream_with_content_length_and_chunked_is_a_502() {
+    const CLTE: &str = "/vod/clte/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let direct = raw_fetch(up.addr, CLTE, Duration::from_secs(2));
+    let head = direct.head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-length: 50") && head.contains("transfer-encoding: chunked"),
+        "the harness: {}",
+        direct.head
+    );
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    let r = raw_fetch(edge.srv.addr, CLTE, Duration::from_secs(10));
+    assert_eq!(r.status, 502, "{} ({} body bytes)", r.head, r.body.len());
+    assert!(r.complete, "a whole 502: {r:?}");
+    let r = fetch("GET", &edge.url(CLTE), &[], true)
+        .await
+        .expect("an answer over h2c");
+    assert_eq!(r.status, 502, "{:?}", r.headers);
+    up.wait_count(CLTE, 3).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || files_under(&edge.cache_path())
+            .is_empty())
+        .await,
+        "nothing stored: {:?}",
+        files_under(&edge.cache_path())
+    );
+}

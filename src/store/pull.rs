@@ -246,6 +246,14 @@ fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&out).ok()
 }
 
+/// Whether a response has both `Content-Length` and `Transfer-Encoding`: framing two readers
+/// may take differently (the stuff of response smuggling), which RFC 9112 §6.3 lets a client
+/// handle only as an error. Such an answer is the upstream's failure: tried on the next one,
+/// else 502, never stored, and no head of it reaches a viewer.
+fn ambiguous_framing(h: &HeaderMap) -> bool {
+    h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING)
+}
+
 /// Whether the response's body is chunked: `chunked` is its last transfer coding (RFC 9112
 /// §6.3).
 fn chunked(h: &HeaderMap) -> bool {
@@ -934,6 +942,9 @@ impl Pull {
                 .with_label_values(&[&up.name, &class_label])
                 .inc();
             match status {
+                StatusCode::OK if ambiguous_framing(resp.headers()) => {
+                    tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
+                }
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
                     let bucket = matches!(fetcher, Fetcher::S3(_));
@@ -1075,6 +1086,10 @@ impl Pull {
                 .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
                 .inc();
             if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+                continue;
+            }
+            if ambiguous_framing(resp.headers()) {
+                tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
                 continue;
             }
             let mut headers = HeaderMap::new();

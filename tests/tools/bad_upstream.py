@@ -21,6 +21,8 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
                               and `Cache-Control: max-age=1`
               /vod/eof/…      neither Content-Length nor chunked: the body ends with the
                               connection (`Connection: close`), whole
+              /vod/clte/…     both `Content-Length: 50` and `Transfer-Encoding: chunked`, with
+                              one chunk of the first 100 bytes of the body
               /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
                               and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
                               304 with the same two fields
@@ -110,6 +112,11 @@ def mixed(sock, method, target, lines, state):
         head.append("Cache-Control: max-age=1")
     elif ext in (".m3u8", ".mpd"):
         head.append("Cache-Control: max-age=30")
+    if kind == "clte":
+        head += ["Content-Length: 50", "Transfer-Encoding: chunked"]
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + b"64\r\n" + body[:100] + b"\r\n0\r\n\r\n")
+        state["served"] = True
+        return True
     if kind == "eof":
         head.append("Connection: close")
         sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + (body if method != "HEAD" else b""))
