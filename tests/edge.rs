@@ -2845,3 +2845,36 @@ async fn edge_upstream_with_content_length_and_chunked_is_a_502() {
         files_under(&edge.cache_path())
     );
 }
+
+/// LL-HLS requests passed through to the upstream are answered as the regular pull path
+/// answers: a redirect from the upstream (not followed, its Location not passed on) is a 502,
+/// and an error passed on is `no-store`, never the upstream's max-age.
+#[tokio::test]
+async fn edge_llhls_passthrough_errors_are_not_cacheable() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "").replace("\"/vod/\"", "\"/live/\"")],
+    );
+    let ll = |code: u16| format!("/live/status/{code}/x.m3u8?_HLS_msn=5");
+    // A 200 passes, with the upstream's Cache-Control.
+    let r = must("GET", &edge.url(&ll(200)), &[], false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("max-age=600"));
+    assert!(r.bytes() == mixed_playlist("/live/status/200/x.m3u8").as_slice());
+    up.wait_count("/live/status/200/x.m3u8?_HLS_msn=5", 1).await;
+    for code in [301, 302, 307] {
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(&ll(code)), &[], h2).await;
+            assert_eq!(r.status, 502, "{code} h2={h2}: {:?}", r.headers);
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{code}");
+            assert_eq!(r.header("location"), None);
+        }
+    }
+    for code in [404, 503] {
+        let r = must("GET", &edge.url(&ll(code)), &[], false).await;
+        assert_eq!(r.status, code, "{:?}", r.headers);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{code}");
+    }
+}

@@ -1085,7 +1085,14 @@ impl Pull {
                 .upstream_requests
                 .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
                 .inc();
-            if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // As for a fill: a redirect (which is not followed, and whose Location is not passed
+            // on) or another unexpected status is this upstream's failure. A client error (a
+            // 404, an origin's 400 for a directive out of range) and a 503 are answers.
+            let answer = status == StatusCode::OK
+                || status.is_client_error()
+                || status == StatusCode::SERVICE_UNAVAILABLE;
+            if !answer {
+                tracing::warn!(upstream = %up.name, path = %canonical, status = status.as_u16(), "upstream answered an LL-HLS request with an error");
                 continue;
             }
             if ambiguous_framing(resp.headers()) {

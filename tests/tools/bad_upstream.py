@@ -23,6 +23,9 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
                               connection (`Connection: close`), whole
               /vod/clte/…     both `Content-Length: 50` and `Transfer-Encoding: chunked`, with
                               one chunk of the first 100 bytes of the body
+              /X/status/N/…   status N with `playlist()` for a body, `Cache-Control:
+                              max-age=600` and, for a 3xx, a `Location` (any first segment:
+                              /live/… for LL-HLS requests passed through)
               /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
                               and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
                               304 with the same two fields
@@ -112,6 +115,16 @@ def mixed(sock, method, target, lines, state):
         head.append("Cache-Control: max-age=1")
     elif ext in (".m3u8", ".mpd"):
         head.append("Cache-Control: max-age=30")
+    if kind == "status":
+        code = int(path.split("/")[3])
+        pl = playlist(path)
+        out = [f"HTTP/1.1 {code} Status", "Content-Type: application/vnd.apple.mpegurl",
+               "Cache-Control: max-age=600", f"Content-Length: {len(pl)}"]
+        if 300 <= code < 400:
+            out.append("Location: /elsewhere.m3u8")
+        sock.sendall("\r\n".join(out).encode() + b"\r\n\r\n" + (pl if method != "HEAD" else b""))
+        state["served"] = True
+        return True
     if kind == "clte":
         head += ["Content-Length: 50", "Transfer-Encoding: chunked"]
         sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + b"64\r\n" + body[:100] + b"\r\n0\r\n\r\n")
