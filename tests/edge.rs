@@ -2878,3 +2878,33 @@ async fn edge_llhls_passthrough_errors_are_not_cacheable() {
         assert_eq!(r.header("cache-control"), Some("no-store"), "{code}");
     }
 }
+
+/// An upstream `ETag` that is not an entity-tag (RFC 9110 §8.8.3: a quoted string) is no
+/// validator: it is neither served nor kept, and the copy gets one made at the fill, as when
+/// the upstream sends none.
+#[tokio::test]
+async fn edge_invalid_upstream_etag_is_replaced() {
+    const BAD: &str = "/vod/badetag/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let direct = raw_fetch(up.addr, BAD, Duration::from_secs(2));
+    assert!(direct.head.contains("ETag: no-quotes"), "{}", direct.head);
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    let miss = must("GET", &edge.url(BAD), &[], false).await;
+    assert!(miss.status == 200 && miss.bytes() == mixed_pattern(BAD).as_slice());
+    let etag = miss.header("etag").expect("an ETag").to_owned();
+    assert!(
+        etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'),
+        "an entity-tag: {etag}"
+    );
+    edge.wait_stored(miss.bytes().len()).await;
+    let hit = must("GET", &edge.url(BAD), &[], true).await;
+    assert_eq!(edge.nth_cache_status(BAD, 2).await, "hit");
+    assert_eq!(
+        hit.header("etag"),
+        Some(etag.as_str()),
+        "kept with the copy"
+    );
+    let r = must("GET", &edge.url(BAD), &[("if-none-match", &etag)], false).await;
+    assert_eq!(r.status, 304);
+}

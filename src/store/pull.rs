@@ -283,10 +283,26 @@ fn forbids_storing(cc: &str) -> bool {
         .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
 }
 
-/// A validator segd can keep and send back as it came: visible ASCII only. An upstream's
-/// obs-text `ETag` would not survive the sidecar, so the fill makes its own instead.
+/// A `Last-Modified` segd can keep and send back as it came: visible ASCII only (obs-text would
+/// not survive the sidecar); without one the fill makes its own. (`ETag`s: [`entity_tag`].)
 fn keepable(v: Option<HeaderValue>) -> Option<HeaderValue> {
     v.filter(|v| v.to_str().is_ok() && !v.is_empty())
+}
+
+/// An `ETag` segd can keep, serve and send back: a valid entity-tag (RFC 9110 §8.8.3: `W/` or
+/// not, then a quoted string of visible ASCII other than `"`; obs-text would not survive the
+/// sidecar). Anything else is no validator, and the fill makes its own.
+fn entity_tag(v: Option<HeaderValue>) -> Option<HeaderValue> {
+    v.filter(|v| {
+        let b = v.as_bytes();
+        let opaque = b.strip_prefix(b"W/").unwrap_or(b);
+        match opaque {
+            [b'"', inner @ .., b'"'] => inner
+                .iter()
+                .all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c)),
+            _ => false,
+        }
+    })
 }
 
 /// The longest file name a directory entry takes (Linux `NAME_MAX`).
@@ -1103,7 +1119,6 @@ impl Pull {
             for n in [
                 CONTENT_TYPE,
                 CONTENT_ENCODING,
-                ETAG,
                 LAST_MODIFIED,
                 AGE,
                 http::header::RETRY_AFTER,
@@ -1111,6 +1126,10 @@ impl Pull {
                 if let Some(v) = resp.headers().get(&n) {
                     headers.insert(n, v.clone());
                 }
+            }
+            // Not a malformed one: a client would compare it, or send it back.
+            if let Some(e) = entity_tag(resp.headers().get(ETAG).cloned()) {
+                headers.insert(ETAG, e);
             }
             // Every line of it: a `private` on a line of its own must reach the viewer.
             if let Some(cc) = cache_control(resp.headers()) {
@@ -1274,7 +1293,7 @@ impl Pull {
             && sidecar(rel.as_str()).1.len() <= NAME_MAX;
         // Validators the copy is served with from the first byte to its eviction: the
         // upstream's, else made here once and kept in the sidecar.
-        let etag = keepable(segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)))
+        let etag = entity_tag(segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)))
             .unwrap_or_else(|| made_etag(received));
         let last_modified = keepable(
             segd(crate::store::write_through::META_LAST_MODIFIED).or_else(|| get(LAST_MODIFIED)),
@@ -1288,7 +1307,7 @@ impl Pull {
             len: len.unwrap_or(0),
             etag: Some(etag),
             last_modified,
-            upstream_etag: keepable(get(ETAG)),
+            upstream_etag: entity_tag(get(ETAG)),
             upstream_last_modified: keepable(get(LAST_MODIFIED)),
             content_type: get(CONTENT_TYPE),
             content_encoding,
@@ -1690,6 +1709,28 @@ mod tests {
         assert_eq!(back.last_modified, m.last_modified);
         assert_eq!(back.upstream_etag, None);
         assert_eq!(back.upstream_last_modified, m.upstream_last_modified);
+    }
+
+    #[test]
+    fn only_entity_tags_are_kept() {
+        let e = |s: &'static str| entity_tag(Some(HeaderValue::from_static(s)));
+        for ok in ["\"a-1\"", "W/\"weak\"", "\"\"", "\"!#~\""] {
+            assert!(e(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "no-quotes",
+            "\"open",
+            "w/\"x\"",
+            "\"a b\"",
+            "\"a\"b\"",
+            "\"",
+            "W/x",
+            "",
+        ] {
+            assert!(e(bad).is_none(), "{bad}");
+        }
+        let obs = HeaderValue::from_bytes(b"\"caf\xe9\"").expect("obs-text");
+        assert!(entity_tag(Some(obs)).is_none());
     }
 
     #[test]

@@ -26,6 +26,7 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /X/status/N/…   status N with `playlist()` for a body, `Cache-Control:
                               max-age=600` and, for a 3xx, a `Location` (any first segment:
                               /live/… for LL-HLS requests passed through)
+              /vod/badetag/…  `ETag: no-quotes` (not an entity-tag)
               /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
                               and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
                               304 with the same two fields
@@ -107,6 +108,8 @@ def mixed(sock, method, target, lines, state):
         head.append("Expires: Thu, 01 Jan 1970 00:00:00 GMT")
     elif kind == "vary":
         head.append("Vary: *")
+    elif kind == "badetag":
+        head.append("ETag: no-quotes")
     elif kind == "cc":
         head.append(f"Cache-Control: {cc}")
         head.append('ETag: "cc1"')
