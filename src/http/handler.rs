@@ -35,7 +35,7 @@ use crate::auth::{self, Decision};
 use crate::policy::Policy;
 use crate::runtime::Runtime;
 use crate::store::{Body, Miss, Object, ObjectClass};
-use crate::volumes::{self, PathError, RelPath};
+use crate::volumes::{self, PathError};
 
 /// The protocol a request arrived on (a metric and log label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +308,10 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         object
     };
     if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
-        return rewritten(cx, &rel, object, &param, live).await;
+        // A playlist too large to rewrite is served as it is, below.
+        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
+            return rewritten(cx, &canonical, &object, out, live);
+        }
     }
 
     let mut headers = HeaderMap::with_capacity(12);
@@ -551,14 +554,13 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
 
 /// A playlist with the token appended to every relative URI: private (never shared by a CDN),
 /// a weak ETag that depends on the token, no ranges.
-async fn rewritten(
+fn rewritten(
     cx: &Cx<'_>,
-    rel: &RelPath,
-    object: Object,
-    param: &str,
+    canonical: &str,
+    object: &Object,
+    out: rewrite::Rewritten,
     live: bool,
 ) -> Result<Reply, Stop> {
-    let out = rewrite::playlist(cx.policy, rel, &object, param).await?;
     let mut headers = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, cx.req, &mut headers);
     headers.insert(
@@ -574,7 +576,7 @@ async fn rewritten(
     }
     headers.insert(LAST_MODIFIED, object.last_modified.clone());
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
-    let date = super::live::playlist_date(cx, &format!("/{rel}"), &object.etag, object.modified());
+    let date = super::live::playlist_date(cx, canonical, &object.etag, object.modified());
     let mut headers = preconditions(cx, &out.etag, date, headers)?;
     headers.insert(CONTENT_TYPE, out.content_type);
     headers.insert(CONTENT_LENGTH, HeaderValue::from(out.body.len()));

@@ -173,7 +173,8 @@ pub(super) fn playlist_date(
 
 /// An upstream's answer to LL-HLS directives, with this node's CORS headers (and its token
 /// rewriting of the playlist's URIs, when configured). Its status stands, errors included; a
-/// 200 is held to the client's preconditions.
+/// 200 is held to the client's preconditions. An error is `no-store`, as segd's own errors are,
+/// whatever the upstream said: a CDN must not keep it for the query.
 fn passed(
     cx: &Cx<'_>,
     p: &crate::store::Passed,
@@ -191,6 +192,9 @@ fn passed(
         h = answer_preconditions(cx, h, false)?;
     }
     h.insert(CONTENT_TYPE, upstream_type.unwrap_or(content_type));
+    if p.status != StatusCode::OK {
+        h.insert(CACHE_CONTROL, headers::NO_STORE);
+    }
     let mut body = p.body.clone();
     if let (Some(param), true) = (rewrite_param, p.status == StatusCode::OK) {
         body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));

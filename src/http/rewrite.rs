@@ -15,7 +15,7 @@ use crate::policy::Policy;
 use crate::store::Object;
 use crate::volumes::{self, RelPath};
 
-/// Largest playlist segd rewrites (bigger ones are served as they are, with a warning).
+/// Largest playlist segd rewrites (bigger ones are served as they are, whole, with a warning).
 const MAX_REWRITE_BYTES: u64 = 4 << 20;
 
 /// The query parameter to append to a playlist's URIs, if any.
@@ -70,33 +70,38 @@ pub struct Rewritten {
     pub content_type: HeaderValue,
 }
 
-/// Reads the playlist and appends `param` to its relative URIs.
+/// Reads the playlist and appends `param` to its relative URIs; `None` when it is too large to
+/// rewrite (the caller serves it as it is).
 pub async fn playlist(
     policy: &Policy,
     rel: &RelPath,
     object: &Object,
     param: &str,
-) -> Result<Rewritten, Refusal> {
+) -> Result<Option<Rewritten>, Refusal> {
     let ext = rel.extension().map(str::to_ascii_lowercase);
     let kind = ext
         .as_deref()
         .and_then(playlist::Kind::of)
         .ok_or(Refusal::Internal)?;
-    let len = object.len.ok_or(Refusal::Changed)?;
-    if len > MAX_REWRITE_BYTES {
+    // A pull fill of a chunked body has no length until its last chunk: it is read as it
+    // comes, one byte past the limit at most, which is enough to tell it is too large.
+    let limit = match object.len {
+        Some(len) if len > MAX_REWRITE_BYTES => None,
+        Some(len) => Some(len),
+        None => Some(MAX_REWRITE_BYTES + 1),
+    };
+    let original = match limit {
+        Some(limit) => Some(object.read_prefix(limit as usize).await?),
+        None => None,
+    };
+    let Some(original) = original.filter(|b| b.len() as u64 <= MAX_REWRITE_BYTES) else {
         tracing::warn!(
-            bytes = len,
+            bytes = object.len,
             "playlist too large to rewrite; served without tokens"
         );
-    }
-    let original = object
-        .read_prefix(len.min(MAX_REWRITE_BYTES) as usize)
-        .await?;
-    let body = if len > MAX_REWRITE_BYTES {
-        original
-    } else {
-        Bytes::from(playlist::rewrite(kind, &original, param))
+        return Ok(None);
     };
+    let body = Bytes::from(playlist::rewrite(kind, &original, param));
     let strong = object.etag.to_str().unwrap_or_default();
     let etag = format!(
         "W/\"{}-{:08x}\"",
@@ -108,9 +113,9 @@ pub async fn playlist(
         .and_then(|e| policy.config.content_type(e))
         .cloned()
         .ok_or(Refusal::Internal)?;
-    Ok(Rewritten {
+    Ok(Some(Rewritten {
         body,
         etag,
         content_type,
-    })
+    }))
 }

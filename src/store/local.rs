@@ -241,7 +241,7 @@ impl Local {
     }
 
     /// Forgets the descriptor `find_in` cached for `rel` on `volume`.
-    pub fn forget_in(&self, volume: usize, rel: &RelPath) {
+    pub fn forget_in(&self, volume: usize, rel: &str) {
         self.files.remove(&format!("\0{volume}/{rel}"));
     }
 

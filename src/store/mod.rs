@@ -230,15 +230,19 @@ impl Object {
                     }
                 }
             }
-            // A pull fill in progress (a playlist being rewritten for tokens): its whole body,
-            // once the fill has it. A fill that fails is its upstream's failure.
+            // A pull fill in progress (a playlist being rewritten for tokens): its first
+            // `limit` bytes, or its whole body if shorter, once the fill has them (a chunked
+            // fill's length is known only at its end). A fill that fails is its upstream's
+            // failure.
             Source::Growing(g) => {
                 use futures_util::StreamExt;
-                let mut s = g.stream(0, Some(limit as u64));
+                let mut s = g.stream(0, None);
                 let mut out = bytes::BytesMut::new();
-                while let Some(chunk) = s.next().await {
+                while out.len() < limit {
+                    let Some(chunk) = s.next().await else { break };
                     out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
                 }
+                out.truncate(limit);
                 Ok(out.freeze())
             }
             Source::Stream(_) => Err(Miss::Changed),
@@ -288,12 +292,15 @@ impl Store {
                 tracing::error!(path = %dir.display(), error = %e, "cannot create pull.cache_path");
             }
         }
-        let local = Local::build(cfg, None, &metrics, &cache_stats);
+        let local = Arc::new(Local::build(cfg, None, &metrics, &cache_stats));
         let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
+        if let Some(pull) = &pull {
+            pull.attach(&local);
+        }
         let write_through = write_through::WriteThrough::new(cfg, &metrics)?.map(Arc::new);
         let store = Store {
             inner: Arc::new(Inner {
-                local: ArcSwap::from_pointee(local),
+                local: ArcSwap::new(local),
                 metrics: Arc::clone(&metrics),
                 cache_stats,
                 locks: upload::PathLocks::default(),
@@ -326,14 +333,15 @@ impl Store {
             }
             _ => cfg,
         };
-        let local = Local::build(
+        let local = Arc::new(Local::build(
             cfg,
             Some(&old),
             &self.inner.metrics,
             &self.inner.cache_stats,
-        );
-        self.inner.local.store(Arc::new(local));
+        ));
+        self.inner.local.store(Arc::clone(&local));
         if let Some(pull) = &self.inner.pull {
+            pull.attach(&local);
             pull.reconfigure(&asked.pull);
         }
         match &self.inner.write_through {

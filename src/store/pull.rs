@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::header::{
     ACCEPT_ENCODING, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, DATE,
-    ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Empty};
@@ -86,8 +86,15 @@ const SIDECAR_WEIGHT: u64 = 256;
 #[derive(Debug, Clone, Default)]
 struct Meta {
     len: u64,
+    /// The validators the copy is served with (the upstream's, else made at the fill).
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
+    /// The validators the upstream itself sent in `ETag` and `Last-Modified`: the only ones a
+    /// revalidation sends back to it. One segd made up would never match there, and an
+    /// `If-None-Match` that never matches wins over an `If-Modified-Since` that would (RFC 9110
+    /// §13.1.3), so the upstream would never answer 304.
+    upstream_etag: Option<HeaderValue>,
+    upstream_last_modified: Option<HeaderValue>,
     content_type: Option<HeaderValue>,
     /// The upstream's content coding (an S3 object stored gzipped): forwarded, never undone.
     content_encoding: Option<HeaderValue>,
@@ -113,6 +120,8 @@ impl Meta {
         };
         line("etag", &self.etag);
         line("last-modified", &self.last_modified);
+        line("upstream-etag", &self.upstream_etag);
+        line("upstream-last-modified", &self.upstream_last_modified);
         line("content-type", &self.content_type);
         line("content-encoding", &self.content_encoding);
         line("cache-control", &self.cache_control);
@@ -133,6 +142,8 @@ impl Meta {
                 "fetched" => m.fetched = v.parse().ok()?,
                 "etag" => m.etag = hv(),
                 "last-modified" => m.last_modified = hv(),
+                "upstream-etag" => m.upstream_etag = hv(),
+                "upstream-last-modified" => m.upstream_last_modified = hv(),
                 "content-type" => m.content_type = hv(),
                 "content-encoding" => m.content_encoding = hv(),
                 "cache-control" => m.cache_control = hv(),
@@ -142,16 +153,42 @@ impl Meta {
         has_len.then_some(m)
     }
 
-    /// Seconds this copy stays fresh: segments forever, others per the upstream's `s-maxage`
-    /// (segd is a shared cache, RFC 9111 §5.2.2.10), else its `max-age`, else 1 s.
+    /// Seconds this copy stays fresh: none with `no-cache`, else segments forever, others per
+    /// the upstream's `s-maxage` (segd is a shared cache, RFC 9111 §5.2.2.10), else its
+    /// `max-age`, else 1 s.
     fn max_age(&self, class: ObjectClass) -> Option<u64> {
+        let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
+        // The upstream wants the copy revalidated before every reuse (RFC 9111 §5.2.2.4; a
+        // segment too, as it asked; the qualified form as well, since segd does not strip the
+        // fields it names): stale from the start. Each revalidation is a fill, so requests
+        // that come meanwhile join it (single flight).
+        if cc.is_some_and(|c| has_directive(c, "no-cache")) {
+            return Some(0);
+        }
         if class != ObjectClass::Playlist {
             return None;
         }
-        let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
         let lifetime =
             cc.and_then(|c| directive_secs(c, "s-maxage").or_else(|| directive_secs(c, "max-age")));
         Some(lifetime.unwrap_or(1))
+    }
+
+    /// Whether this copy may stand in, stale, for an upstream that cannot be reached: not when
+    /// its Cache-Control has `must-revalidate`, `proxy-revalidate` or `s-maxage` (RFC 9111
+    /// §5.2.2.2, §5.2.2.8, §5.2.2.10: a shared cache then answers with an error, 504), nor
+    /// `no-cache` (§5.2.2.4: never reused without a successful revalidation).
+    fn may_serve_stale(&self) -> bool {
+        let Some(cc) = self.cache_control.as_ref().and_then(|v| v.to_str().ok()) else {
+            return true;
+        };
+        ![
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage",
+            "no-cache",
+        ]
+        .iter()
+        .any(|n| has_directive(cc, n))
     }
 
     fn fresh(&self, class: ObjectClass) -> bool {
@@ -188,6 +225,57 @@ fn directive_secs(cc: &str, name: &str) -> Option<u64> {
     })
 }
 
+/// An upstream's Cache-Control as one list: every field line, in order, joined with commas
+/// (RFC 9110 §5.3). nginx's `expires 60s; add_header Cache-Control private;` sends `max-age=60`
+/// and `private` on two lines, and the second one must count as much as the first.
+fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
+    let mut out: Vec<u8> = Vec::new();
+    for v in h.get_all(CACHE_CONTROL) {
+        let v = v.as_bytes().trim_ascii();
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+    }
+    if out.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&out).ok()
+}
+
+/// Whether a response has both `Content-Length` and `Transfer-Encoding`: framing two readers
+/// may take differently (the stuff of response smuggling), which RFC 9112 §6.3 lets a client
+/// handle only as an error. Such an answer is the upstream's failure: tried on the next one,
+/// else 502, never stored, and no head of it reaches a viewer.
+fn ambiguous_framing(h: &HeaderMap) -> bool {
+    h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING)
+}
+
+/// Whether the response's body is chunked: `chunked` is its last transfer coding (RFC 9112
+/// §6.3).
+fn chunked(h: &HeaderMap) -> bool {
+    h.get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
+/// Whether Cache-Control has directive `name`, with or without a value (names in any case).
+fn has_directive(cc: &str, name: &str) -> bool {
+    cc.split(',').any(|d| {
+        d.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case(name)
+    })
+}
+
 /// Whether Cache-Control forbids a shared cache to store the response.
 fn forbids_storing(cc: &str) -> bool {
     cc.split(',')
@@ -195,10 +283,26 @@ fn forbids_storing(cc: &str) -> bool {
         .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
 }
 
-/// A validator segd can keep and send back as it came: visible ASCII only. An upstream's
-/// obs-text `ETag` would not survive the sidecar, so the fill makes its own instead.
+/// A `Last-Modified` segd can keep and send back as it came: visible ASCII only (obs-text would
+/// not survive the sidecar); without one the fill makes its own. (`ETag`s: [`entity_tag`].)
 fn keepable(v: Option<HeaderValue>) -> Option<HeaderValue> {
     v.filter(|v| v.to_str().is_ok() && !v.is_empty())
+}
+
+/// An `ETag` segd can keep, serve and send back: a valid entity-tag (RFC 9110 §8.8.3: `W/` or
+/// not, then a quoted string of visible ASCII other than `"`; obs-text would not survive the
+/// sidecar). Anything else is no validator, and the fill makes its own.
+fn entity_tag(v: Option<HeaderValue>) -> Option<HeaderValue> {
+    v.filter(|v| {
+        let b = v.as_bytes();
+        let opaque = b.strip_prefix(b"W/").unwrap_or(b);
+        match opaque {
+            [b'"', inner @ .., b'"'] => inner
+                .iter()
+                .all(|&c| c == 0x21 || (0x23..=0x7e).contains(&c)),
+            _ => false,
+        }
+    })
 }
 
 /// The longest file name a directory entry takes (Linux `NAME_MAX`).
@@ -254,6 +358,9 @@ pub struct Pull {
     passing: Mutex<HashMap<String, SharedPass>>,
     growing: Arc<GrowingSet>,
     m: Arc<PullMetrics>,
+    /// The local tier whose open-file cache holds descriptors of cached files (the store owns
+    /// it and sets it here, [`Pull::attach`]), for the eviction listener.
+    local: Arc<Mutex<std::sync::Weak<Local>>>,
     /// Unix seconds of the last warning that the cache disk took no file.
     warned: std::sync::atomic::AtomicU64,
 }
@@ -403,6 +510,8 @@ impl Pull {
         let evict_root = root.clone();
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let held_ev = Arc::clone(&held);
+        let local: Arc<Mutex<std::sync::Weak<Local>>> = Arc::default();
+        let local_ev = Arc::clone(&local);
         let index = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             // The object and its sidecar.
@@ -418,6 +527,15 @@ impl Pull {
                     let (dir, meta) = sidecar(&k);
                     let _ = std::fs::remove_file(evict_root.join(k.as_str()));
                     let _ = std::fs::remove_file(evict_root.join(&dir).join(meta));
+                    // A descriptor kept in the open-file cache would keep the unlinked file's
+                    // blocks on disk (until its idle timeout), beyond max_bytes: it goes too.
+                    // Readers in flight hold their own and finish.
+                    let local = local_ev.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+                    if let Some(local) = local {
+                        if let Some(vol) = local.volumes.cache_volume() {
+                            local.forget_in(vol, &k);
+                        }
+                    }
                     if cause == moka::notification::RemovalCause::Size {
                         evicted.evicted_bytes.inc_by(v.len);
                     }
@@ -438,9 +556,16 @@ impl Pull {
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
             m,
+            local,
             warned: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Some(pull))
+    }
+
+    /// The local tier whose open-file cache the eviction listener clears (the store calls this
+    /// whenever it builds one).
+    pub fn attach(&self, local: &Arc<Local>) {
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(local);
     }
 
     /// Applies a reloaded `[pull]`: upstreams, credentials, timeouts and CA roots change at once
@@ -575,6 +700,13 @@ impl Pull {
                         self.count("hit");
                         return Ok(Pulled::Found(Box::new(o)));
                     }
+                    // The file is gone (rm'd, unlinked by another process sharing cache_path,
+                    // evicted as a fill raced it): its index entry goes too, or the fill below
+                    // would take that entry for a fresher copy and never start.
+                    Err(Miss::NotFound) => {
+                        self.drop_entry(&key, &meta);
+                        cached = None;
+                    }
                     // The file is not what the index says (it was dropped): fetched whole.
                     Err(_) => cached = None,
                 }
@@ -612,7 +744,16 @@ impl Pull {
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
-                let o = self.hit(local, cache_vol, rel, &meta, "hit").await?;
+                let o = match self.hit(local, cache_vol, rel, &meta, "hit").await {
+                    Ok(o) => o,
+                    // Gone since the revalidation began: not a 404 (the upstream has it); the
+                    // next request fetches it whole.
+                    Err(Miss::NotFound) => {
+                        self.drop_entry(&key, &meta);
+                        return Err(Miss::Changed);
+                    }
+                    Err(e) => return Err(e),
+                };
                 self.count("hit");
                 Ok(Pulled::Found(Box::new(o)))
             }
@@ -622,6 +763,11 @@ impl Pull {
             }
             Outcome::Failed { timeout } => {
                 if let Some(meta) = cached {
+                    // The upstream said the copy must not be served stale: the error RFC 9111
+                    // §5.2.2.2 asks for instead (504), even with stale_if_error.
+                    if !meta.may_serve_stale() {
+                        return Err(Miss::UpstreamTimeout);
+                    }
                     if meta.age()
                         <= self.conf.load().cfg.stale_if_error.as_secs()
                             + meta.max_age(class).unwrap_or(0)
@@ -643,6 +789,16 @@ impl Pull {
                 })
             }
         }
+    }
+
+    /// Drops the index entry for `key` if it is still `meta` (a fill may have put a newer copy
+    /// there meanwhile); the eviction listener removes its files.
+    fn drop_entry(&self, key: &str, meta: &Arc<Meta>) {
+        self.index.entry_by_ref(key).and_compute_with(|e| match e {
+            Some(e) if Arc::ptr_eq(e.value(), meta) => moka::ops::compute::Op::Remove,
+            _ => moka::ops::compute::Op::Nop,
+        });
+        self.index.run_pending_tasks();
     }
 
     /// The index entry for `key`, or the sidecar on disk (before the start-up reindex got to it).
@@ -680,7 +836,7 @@ impl Pull {
             // Changed behind segd's back (truncated, appended to): the copy goes, so that the
             // fill this leads to can put a whole one in its place.
             tracing::warn!(path = %rel, "a pull cache file does not have its recorded length; dropped");
-            local.forget_in(vol, rel);
+            local.forget_in(vol, rel.as_str());
             self.index.invalidate(rel.as_str());
             self.index.run_pending_tasks();
             return Err(Miss::Changed);
@@ -802,6 +958,9 @@ impl Pull {
                 .with_label_values(&[&up.name, &class_label])
                 .inc();
             match status {
+                StatusCode::OK if ambiguous_framing(resp.headers()) => {
+                    tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
+                }
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
                     let bucket = matches!(fetcher, Fetcher::S3(_));
@@ -813,10 +972,8 @@ impl Pull {
                         let h = resp.headers();
                         let mut m = Meta::clone(old);
                         m.fetched = now().saturating_sub(upstream_age(h));
-                        if let Some(cc) = h
-                            .get(CACHE_CONTROL)
-                            .cloned()
-                            .or_else(|| expires_as_max_age(h, SystemTime::now()))
+                        if let Some(cc) =
+                            cache_control(h).or_else(|| expires_as_max_age(h, SystemTime::now()))
                         {
                             m.cache_control = Some(cc);
                         }
@@ -844,7 +1001,7 @@ impl Pull {
                         self.index.invalidate(&key);
                         self.index.run_pending_tasks();
                         if let Some(vol) = local.volumes.cache_volume() {
-                            local.forget_in(vol, rel);
+                            local.forget_in(vol, rel.as_str());
                         }
                     }
                     fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
@@ -944,15 +1101,24 @@ impl Pull {
                 .upstream_requests
                 .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
                 .inc();
-            if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            // As for a fill: a redirect (which is not followed, and whose Location is not passed
+            // on) or another unexpected status is this upstream's failure. A client error (a
+            // 404, an origin's 400 for a directive out of range) and a 503 are answers.
+            let answer = status == StatusCode::OK
+                || status.is_client_error()
+                || status == StatusCode::SERVICE_UNAVAILABLE;
+            if !answer {
+                tracing::warn!(upstream = %up.name, path = %canonical, status = status.as_u16(), "upstream answered an LL-HLS request with an error");
+                continue;
+            }
+            if ambiguous_framing(resp.headers()) {
+                tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
                 continue;
             }
             let mut headers = HeaderMap::new();
             for n in [
                 CONTENT_TYPE,
                 CONTENT_ENCODING,
-                CACHE_CONTROL,
-                ETAG,
                 LAST_MODIFIED,
                 AGE,
                 http::header::RETRY_AFTER,
@@ -960,6 +1126,14 @@ impl Pull {
                 if let Some(v) = resp.headers().get(&n) {
                     headers.insert(n, v.clone());
                 }
+            }
+            // Not a malformed one: a client would compare it, or send it back.
+            if let Some(e) = entity_tag(resp.headers().get(ETAG).cloned()) {
+                headers.insert(ETAG, e);
+            }
+            // Every line of it: a `private` on a line of its own must reach the viewer.
+            if let Some(cc) = cache_control(resp.headers()) {
+                headers.insert(CACHE_CONTROL, cc);
             }
             let body = http_body_util::Limited::new(resp.into_body(), PASS_MAX);
             let body = match tokio::time::timeout(conf.cfg.idle_timeout, body.collect()).await {
@@ -1033,10 +1207,10 @@ impl Pull {
             req = req.header(h.as_str(), v.0.as_str());
         }
         if let Some(m) = cached {
-            if let Some(e) = &m.etag {
+            if let Some(e) = &m.upstream_etag {
                 req = req.header(IF_NONE_MATCH, e.clone());
             }
-            if let Some(lm) = &m.last_modified {
+            if let Some(lm) = &m.upstream_last_modified {
                 req = req.header(IF_MODIFIED_SINCE, lm.clone());
             }
         }
@@ -1096,9 +1270,17 @@ impl Pull {
         let received = SystemTime::now();
         // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
         let fetched = now().saturating_sub(upstream_age(h));
-        let cc = get(CACHE_CONTROL).or_else(|| expires_as_max_age(h, received));
+        let cc = cache_control(h).or_else(|| expires_as_max_age(h, received));
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
-        let storable = !cc
+        // A body delimited by the connection's close (neither Content-Length nor chunked) ends
+        // the same way whether it is whole or was cut short (RFC 9112 §6.3): it is passed
+        // through, never stored, since nothing says it is complete.
+        let close_delimited = len.is_none() && !chunked(h);
+        if close_delimited {
+            tracing::debug!(path = %rel, "upstream body delimited by close; passed through, not stored");
+        }
+        let storable = !close_delimited
+            && !cc
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(forbids_storing)
@@ -1111,7 +1293,7 @@ impl Pull {
             && sidecar(rel.as_str()).1.len() <= NAME_MAX;
         // Validators the copy is served with from the first byte to its eviction: the
         // upstream's, else made here once and kept in the sidecar.
-        let etag = keepable(segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)))
+        let etag = entity_tag(segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)))
             .unwrap_or_else(|| made_etag(received));
         let last_modified = keepable(
             segd(crate::store::write_through::META_LAST_MODIFIED).or_else(|| get(LAST_MODIFIED)),
@@ -1125,6 +1307,8 @@ impl Pull {
             len: len.unwrap_or(0),
             etag: Some(etag),
             last_modified,
+            upstream_etag: entity_tag(get(ETAG)),
+            upstream_last_modified: keepable(get(LAST_MODIFIED)),
             content_type: get(CONTENT_TYPE),
             content_encoding,
             cache_control: cc,
@@ -1296,7 +1480,10 @@ impl Pull {
         match committed {
             Ok(Ok(_)) => {
                 self.save_meta_async(rel, &meta).await;
-                local.forget_in(local.volumes.cache_volume().unwrap_or(usize::MAX), rel);
+                local.forget_in(
+                    local.volumes.cache_volume().unwrap_or(usize::MAX),
+                    rel.as_str(),
+                );
                 self.remember(key, Arc::new(meta));
                 publisher.done(len);
                 true
@@ -1481,8 +1668,102 @@ mod tests {
         );
         assert_eq!(m("public").max_age(ObjectClass::Playlist), Some(1));
         assert_eq!(m("max-age=1").max_age(ObjectClass::Segment), None);
+        // no-cache: stale at once, whatever else it says and whatever the class.
+        assert_eq!(
+            m("max-age=60, No-Cache").max_age(ObjectClass::Playlist),
+            Some(0)
+        );
+        assert_eq!(m("no-cache").max_age(ObjectClass::Segment), Some(0));
+        assert_eq!(
+            m("no-cache=\"set-cookie\"").max_age(ObjectClass::Playlist),
+            Some(0)
+        );
+        assert!(!m("no-cache").may_serve_stale());
         assert!(forbids_storing("public, No-Store"));
+        assert!(m("max-age=1").may_serve_stale());
+        assert!(Meta::default().may_serve_stale());
+        for cc in [
+            "max-age=1, must-revalidate",
+            "Proxy-Revalidate",
+            "public, s-maxage=5",
+            "S-MAXAGE=\"5\"",
+        ] {
+            assert!(!m(cc).may_serve_stale(), "{cc}");
+        }
         assert!(forbids_storing("private"));
+    }
+
+    #[test]
+    fn sidecar_keeps_the_upstreams_own_validators_apart() {
+        let hv = HeaderValue::from_static;
+        let m = Meta {
+            len: 7,
+            etag: Some(hv("\"p1\"")),
+            last_modified: Some(hv("Wed, 01 Jan 2025 00:00:00 GMT")),
+            upstream_etag: None,
+            upstream_last_modified: Some(hv("Tue, 31 Dec 2024 00:00:00 GMT")),
+            ..Meta::default()
+        };
+        let back = Meta::from_text(&m.to_text()).expect("parses");
+        assert_eq!(back.etag, m.etag);
+        assert_eq!(back.last_modified, m.last_modified);
+        assert_eq!(back.upstream_etag, None);
+        assert_eq!(back.upstream_last_modified, m.upstream_last_modified);
+    }
+
+    #[test]
+    fn only_entity_tags_are_kept() {
+        let e = |s: &'static str| entity_tag(Some(HeaderValue::from_static(s)));
+        for ok in ["\"a-1\"", "W/\"weak\"", "\"\"", "\"!#~\""] {
+            assert!(e(ok).is_some(), "{ok}");
+        }
+        for bad in [
+            "no-quotes",
+            "\"open",
+            "w/\"x\"",
+            "\"a b\"",
+            "\"a\"b\"",
+            "\"",
+            "W/x",
+            "",
+        ] {
+            assert!(e(bad).is_none(), "{bad}");
+        }
+        let obs = HeaderValue::from_bytes(b"\"caf\xe9\"").expect("obs-text");
+        assert!(entity_tag(Some(obs)).is_none());
+    }
+
+    #[test]
+    fn chunked_is_the_last_coding() {
+        let te = |lines: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(TRANSFER_ENCODING, HeaderValue::from_static(l));
+            }
+            chunked(&h)
+        };
+        assert!(!te(&[]));
+        assert!(te(&["chunked"]));
+        assert!(te(&["gzip, Chunked"]));
+        assert!(te(&["gzip", "chunked"]));
+        assert!(!te(&["chunked, gzip"]));
+        assert!(!te(&["gzip"]));
+    }
+
+    #[test]
+    fn cache_control_lines_combine() {
+        let mut h = HeaderMap::new();
+        assert_eq!(cache_control(&h), None);
+        h.append(CACHE_CONTROL, HeaderValue::from_static("max-age=60"));
+        assert_eq!(
+            cache_control(&h),
+            Some(HeaderValue::from_static("max-age=60"))
+        );
+        h.append(CACHE_CONTROL, HeaderValue::from_static(""));
+        h.append(CACHE_CONTROL, HeaderValue::from_static("private"));
+        let cc = cache_control(&h).expect("combined");
+        assert_eq!(cc, "max-age=60, private");
+        assert!(forbids_storing(cc.to_str().expect("ascii")));
     }
 
     #[test]

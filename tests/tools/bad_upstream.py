@@ -17,6 +17,19 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               lawfully send. The body is `pattern(path)` (below). By the path's second segment:
               /vod/gzip/…     gzip-coded body with `Content-Encoding: gzip`, whatever was asked
               /vod/chunked/…  `Transfer-Encoding: chunked`, no Content-Length, three chunks
+              /vod/chunkedpl/… the same, with an HLS media playlist for a body (`playlist()`)
+                              and `Cache-Control: max-age=1`
+              /vod/eof/…      neither Content-Length nor chunked: the body ends with the
+                              connection (`Connection: close`), whole
+              /vod/clte/…     both `Content-Length: 50` and `Transfer-Encoding: chunked`, with
+                              one chunk of the first 100 bytes of the body
+              /X/status/N/…   status N with `playlist()` for a body, `Cache-Control:
+                              max-age=600` and, for a 3xx, a `Location` (any first segment:
+                              /live/… for LL-HLS requests passed through)
+              /vod/badetag/…  `ETag: no-quotes` (not an entity-tag)
+              /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
+                              and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
+                              304 with the same two fields
               /vod/expires/…  no Cache-Control, `Expires` in the past
               /vod/vary/…     `Vary: *`
               /vod/gone/…     410 Gone
@@ -55,6 +68,15 @@ def pattern(path):
     return bytes((i * 7 + seed) % 251 for i in range(20000))
 
 
+def playlist(path):
+    """The mixed mode's HLS media playlist for `path`: relative segment URIs, more than 4 MiB
+    when the file name starts with `big` (past what segd rewrites for tokens)."""
+    n = 200000 if os.path.basename(path).startswith("big") else 5
+    return ("#EXTM3U\n#EXT-X-TARGETDURATION:4\n"
+            + "".join(f"#EXTINF:4,\nseg{i}.ts\n" for i in range(n))
+            + "#EXT-X-ENDLIST\n").encode()
+
+
 def mixed(sock, method, target, lines, state):
     """Answers one request in mixed mode; returns False when the connection must close."""
     import gzip
@@ -65,6 +87,13 @@ def mixed(sock, method, target, lines, state):
     kind = path.split("/")[2] if path.count("/") >= 3 else ""
     if kind == "race" and state.get("served"):
         return False  # the request was read: close without a byte of answer
+    if kind == "cc":
+        cc = path.split("/")[3].replace("~", ",").replace("_", " ")
+        inm = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("if-none-match:")), None)
+        if inm == '"cc1"':
+            sock.sendall(f'HTTP/1.1 304 Not Modified\r\nETag: "cc1"\r\nCache-Control: {cc}\r\n\r\n'.encode())
+            state["served"] = True
+            return True
     if kind == "gone":
         sock.sendall(b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\ngone\n")
         state["served"] = True
@@ -79,9 +108,36 @@ def mixed(sock, method, target, lines, state):
         head.append("Expires: Thu, 01 Jan 1970 00:00:00 GMT")
     elif kind == "vary":
         head.append("Vary: *")
+    elif kind == "badetag":
+        head.append("ETag: no-quotes")
+    elif kind == "cc":
+        head.append(f"Cache-Control: {cc}")
+        head.append('ETag: "cc1"')
+    elif kind == "chunkedpl":
+        body = playlist(path)
+        head.append("Cache-Control: max-age=1")
     elif ext in (".m3u8", ".mpd"):
         head.append("Cache-Control: max-age=30")
-    if kind == "chunked":
+    if kind == "status":
+        code = int(path.split("/")[3])
+        pl = playlist(path)
+        out = [f"HTTP/1.1 {code} Status", "Content-Type: application/vnd.apple.mpegurl",
+               "Cache-Control: max-age=600", f"Content-Length: {len(pl)}"]
+        if 300 <= code < 400:
+            out.append("Location: /elsewhere.m3u8")
+        sock.sendall("\r\n".join(out).encode() + b"\r\n\r\n" + (pl if method != "HEAD" else b""))
+        state["served"] = True
+        return True
+    if kind == "clte":
+        head += ["Content-Length: 50", "Transfer-Encoding: chunked"]
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + b"64\r\n" + body[:100] + b"\r\n0\r\n\r\n")
+        state["served"] = True
+        return True
+    if kind == "eof":
+        head.append("Connection: close")
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + (body if method != "HEAD" else b""))
+        return False
+    if kind in ("chunked", "chunkedpl"):
         head.append("Transfer-Encoding: chunked")
         out = "\r\n".join(head).encode() + b"\r\n\r\n"
         if method != "HEAD":
