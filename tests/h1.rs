@@ -7,7 +7,7 @@
 //! - a client that stops reading is disconnected after send_timeout
 //! - a file truncated while being sent never completes: the connection is reset mid-body
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -340,4 +340,36 @@ fn host_rules_hold_after_the_hand_over() {
         )),
         vec![200]
     );
+}
+
+/// The HTTP/2 preface has one `header_read_timeout` in all, as a request head does: a byte
+/// every second does not keep the connection.
+#[test]
+fn trickled_h2_preface_is_cut_at_header_read_timeout() {
+    let dir = demo_volumes();
+    let cfg = config_for(&[&dir.path().join("disk1")], "")
+        .replace("[admin]", "header_read_timeout = \"2s\"\n[admin]");
+    let srv = Server::start(&cfg);
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let t0 = std::time::Instant::now();
+    let mut cut = None;
+    let mut buf = [0u8; 64];
+    for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+        if s.write_all(&[*b]).is_err() {
+            cut = Some(t0.elapsed());
+            break;
+        }
+        // Still open: the read waits out its timeout. Closed: 0 bytes, or a reset.
+        match s.read(&mut buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            _ => {
+                cut = Some(t0.elapsed());
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("the connection outlived a 17 s preface");
+    assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
 }

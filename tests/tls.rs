@@ -744,3 +744,59 @@ async fn host_rules_hold_on_tls() {
         assert_eq!(raw_status(&out), want, "{head:?}");
     }
 }
+
+/// The protocol ALPN chose is the one spoken (RFC 9113 §3.3): HTTP/1.1 on a connection that
+/// agreed on `h2` is not served, nor HTTP/2 on one that agreed on `http/1.1`.
+#[tokio::test]
+async fn the_protocol_alpn_chose_is_the_one_served() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "");
+    // HTTP/1.1 bytes after `h2`: no HTTP/1.1 answer.
+    let mut tls = connect(&srv, &pki.client(&[&rustls::version::TLS13], &[b"h2"])).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(format!("GET {SEG} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    assert!(
+        !out.starts_with(b"HTTP/1.1"),
+        "served HTTP/1.1 after ALPN h2: {:?}",
+        String::from_utf8_lossy(&out[..out.len().min(80)])
+    );
+    // HTTP/2 after `http/1.1`: the h2 handshake or its request fails.
+    let tls = connect(
+        &srv,
+        &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+    )
+    .await;
+    let served = async {
+        let (mut tx, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://localhost{SEG}"))
+            .body(Empty::<Bytes>::new())
+            .ok()?;
+        tx.send_request(req).await.ok()
+    };
+    let r = tokio::time::timeout(Duration::from_secs(5), served).await;
+    assert!(
+        !matches!(r, Ok(Some(_))),
+        "served HTTP/2 after ALPN http/1.1"
+    );
+    // Each as agreed works.
+    let tls = connect(&srv, &pki.client(&[&rustls::version::TLS13], &[b"h2"])).await;
+    assert_eq!(send(tls, "GET", SEG, &[]).await.status, 200);
+    let tls = connect(
+        &srv,
+        &pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]),
+    )
+    .await;
+    assert_eq!(send(tls, "GET", SEG, &[]).await.status, 200);
+}

@@ -90,6 +90,13 @@ pub(super) async fn accept_tls(
     alt_svc: Option<http::HeaderValue>,
 ) {
     let sh = Arc::clone(&shared);
+    // The protocol ALPN chose is the one spoken (RFC 9113 §3.3): HTTP/2 only after `h2`,
+    // HTTP/1.1 only after `http/1.1`; a client that offered neither gets either, by preface.
+    let by_alpn = Arc::new(ByAlpn {
+        h1: Arc::new((*builder).clone().http1_only()),
+        h2: Arc::new((*builder).clone().http2_only()),
+        either: builder,
+    });
     accept_loop(
         listener,
         shared,
@@ -99,7 +106,7 @@ pub(super) async fn accept_tls(
             let policy = sh.load();
             let acceptor = policy.tls.clone();
             let timeout = policy.config.server.header_read_timeout;
-            let (shared, builder) = (Arc::clone(&sh), Arc::clone(&builder));
+            let (shared, by_alpn) = (Arc::clone(&sh), Arc::clone(&by_alpn));
             let alt_svc = alt_svc.clone();
             async move {
                 let Some(acceptor) = acceptor else { return };
@@ -116,9 +123,10 @@ pub(super) async fn accept_tls(
                         };
                         let m = &shared.runtime.metrics;
                         m.tls_handshakes.with_label_values(&[version]).inc();
-                        let proto = match tls.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => "h2",
-                            _ => "h1",
+                        let (proto, builder) = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => ("h2", Arc::clone(&by_alpn.h2)),
+                            Some(_) => ("h1", Arc::clone(&by_alpn.h1)),
+                            None => ("h1", Arc::clone(&by_alpn.either)),
                         };
                         let conn = crate::http::service::Conn {
                             peer,
@@ -135,6 +143,13 @@ pub(super) async fn accept_tls(
         },
     )
     .await;
+}
+
+/// The hyper builders of a TLS listener, by the protocol ALPN chose.
+struct ByAlpn {
+    h1: Arc<HyperBuilder>,
+    h2: Arc<HyperBuilder>,
+    either: Arc<HyperBuilder>,
 }
 
 /// Decrements the open-connection count when a connection task ends, however it ends.

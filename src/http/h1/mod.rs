@@ -178,8 +178,11 @@ async fn exchange(
     }
     // HTTP/2 with prior knowledge: hand the connection, bytes read so far included, to hyper.
     if first && H2_PREFACE.starts_with(&buf[..buf.len().min(H2_PREFACE.len())]) {
+        // One deadline for the whole preface, not one per read: a byte every few seconds must
+        // not hold the connection for 24 × header_read_timeout.
+        let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
         while buf.len() < H2_PREFACE.len() {
-            match tokio::time::timeout(cfg.header_read_timeout, stream.read_buf(buf)).await {
+            match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Next::Gone,
             }
