@@ -3,7 +3,8 @@
 //! - curl uploads: Content-Length, chunked, `Expect: 100-continue`; 201/204 with the ETag that a
 //!   later GET (HTTP/1.1 and h2c) reports; the token in each of the four places
 //! - read-your-writes after a replace, with the old object in every cache, segments and playlists
-//! - DELETE: 204/404/409/403 (depth), ffmpeg's chunked empty-bodied DELETE, empty directories
+//! - DELETE: 204/404/409/403 (depth), ffmpeg's chunked empty-bodied DELETE, empty directories,
+//!   an HTTP/2 DELETE reset mid-body (removes nothing)
 //! - refusals that write nothing: tokens, method, path, type, preconditions, sizes, timeouts,
 //!   disconnects, malformed chunks, free space, upload slots
 //! - temp files from a crash removed at start-up; placement next to the asset's other objects
@@ -708,6 +709,82 @@ async fn delete_needs_min_depth() {
     let r = curl_delete(&rig.url(&q("/live/s/y.ts", &tok)));
     assert_eq!(r.status(), 204, "{r:?}");
     assert!(!vol.join("live/s/y.ts").exists());
+}
+
+/// An HTTP/2 DELETE whose stream the client resets before the end of its body removes nothing,
+/// whatever the reset's code: hyper reports a reset with `NO_ERROR` as the body's end, and the
+/// DELETE must not take that for a complete request. DELETEs whose stream ends normally, with or
+/// without a body, still remove their object.
+#[tokio::test]
+async fn h2_delete_reset_mid_body_removes_nothing() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let path = "/live/dr/obj.ts";
+    let r = curl_put(&rig.url(&q(path, &tok)), b"keep me", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let delete = |content_length: Option<&str>| {
+        let mut req = http::Request::builder()
+            .method("DELETE")
+            .uri(rig.url(&q(path, &tok)));
+        if let Some(n) = content_length {
+            req = req.header("content-length", n);
+        }
+        req.body(()).expect("request")
+    };
+    for (what, content_length, reason) in [
+        ("NO_ERROR, no content-length", None, h2::Reason::NO_ERROR),
+        (
+            "NO_ERROR, content-length",
+            Some("100"),
+            h2::Reason::NO_ERROR,
+        ),
+        ("CANCEL, no content-length", None, h2::Reason::CANCEL),
+    ] {
+        let mut client = client.clone().ready().await.expect("h2 ready");
+        let (_resp, mut stream) = client
+            .send_request(delete(content_length), false)
+            .expect("send");
+        stream
+            .send_data(Bytes::from_static(b"hel"), false)
+            .expect("data");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.send_reset(reason);
+        // Nothing tells when segd is done with a request it drops: watch the object for a
+        // second (a DELETE that goes on removes it within milliseconds).
+        let gone = eventually(Duration::from_secs(1), async || {
+            !vol.join("live/dr/obj.ts").exists()
+        })
+        .await;
+        assert!(!gone, "{what}: the object was deleted");
+        assert_eq!(read(&vol.join("live/dr/obj.ts")), b"keep me", "{what}");
+    }
+    // A DELETE whose body ends, then one without a body: carried out.
+    for with_body in [true, false] {
+        if !with_body {
+            let r = curl_put(&rig.url(&q(path, &tok)), b"again", &[]);
+            assert_eq!(r.status(), 201, "{r:?}");
+        }
+        let mut client = client.clone().ready().await.expect("h2 ready");
+        let (resp, mut stream) = client.send_request(delete(None), !with_body).expect("send");
+        if with_body {
+            stream
+                .send_data(Bytes::from_static(b"hel"), true)
+                .expect("data");
+        }
+        let resp = resp.await.expect("h2 answer");
+        assert_eq!(resp.status().as_u16(), 204, "with body: {with_body}");
+        assert!(
+            !vol.join("live/dr/obj.ts").exists(),
+            "with body: {with_body}"
+        );
+    }
+    assert_no_tmp(&vol, "end");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,9 +24,10 @@
 //! non-persistent connection), and an incomplete one is dropped however the client went away.
 //!
 //! DELETE: depth (`min_delete_depth` → 403), body (ffmpeg sends an empty chunked one) read and
-//! discarded, preconditions, then the store deletes the file and prunes emptied directories
-//! below the prefix → 204, 404, 409. A name without a served type, or with a trailing slash, is
-//! never removed: 409 when it is a directory, else 404.
+//! discarded (an HTTP/2 stream reset before its end ends the request there), preconditions, then
+//! the store deletes the file and prunes emptied directories below the prefix → 204, 404, 409.
+//! A name without a served type, or with a trailing slash, is never removed: 409 when it is a
+//! directory, else 404.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -316,15 +317,21 @@ impl ResetGate {
 }
 
 impl Confirm {
-    /// In the request's future: once the body has ended, wait once (hyper checks the stream for
-    /// a reset whenever this future waits, and drops it if there is one), then let the commit
-    /// go. A body task that failed before its end drops its side: nothing to confirm.
+    /// In the request's future: once the body has ended, let hyper look for a reset, then let
+    /// the commit go. A body task that failed before its end drops its side: nothing to confirm.
     async fn confirm(self) {
         if self.ended.await.is_ok() {
-            tokio::task::yield_now().await;
+            stream_stands().await;
             let _ = self.go.send(());
         }
     }
+}
+
+/// HTTP/2, in the request's own future: returns only if its stream was not reset by now. hyper
+/// checks the stream for a reset whenever this future waits, and drops the future if there is
+/// one; so this waits once.
+async fn stream_stands() {
+    tokio::task::yield_now().await;
 }
 
 /// With no `class` nothing is removed: the answer says whether the name is a directory (409)
@@ -344,6 +351,12 @@ async fn delete(
     if body.is_present() {
         body.discard(MAX_DISCARDED_BODY, ingest.body_timeout)
             .await?;
+    }
+    // hyper reports an HTTP/2 stream reset with `NO_ERROR` as the body's end, as for uploads
+    // (`ResetGate`): a DELETE whose stream was reset removes nothing. Its body is read here, in
+    // the request's future, so that future can look for the reset itself.
+    if cx.req.proto == Proto::H2 {
+        stream_stands().await;
     }
     let Some(class) = class else {
         return Err(if cx.rt.store.is_directory(rel).await {
