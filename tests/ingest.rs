@@ -6,7 +6,8 @@
 //! - DELETE: 204/404/409/403 (depth), ffmpeg's chunked empty-bodied DELETE, empty directories,
 //!   an HTTP/2 DELETE reset mid-body (removes nothing)
 //! - refusals that write nothing: tokens, method, path, type, preconditions, sizes, timeouts,
-//!   disconnects, malformed chunks, free space, upload slots
+//!   disconnects, malformed chunks, free space, upload slots, HTTP/2 trailers with pseudo-header
+//!   fields
 //! - temp files from a crash removed at start-up; placement next to the asset's other objects
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
@@ -2506,4 +2507,156 @@ async fn uploads_over_http2_and_http3() {
         std::fs::read(vol.join("live/mp/expect.ts")).expect("on disk"),
         b"HELLO"
     );
+}
+
+/// An HTTP/2 upload whose trailers carry pseudo-header fields is malformed (RFC 9113 §8.1): the
+/// stream is reset with PROTOCOL_ERROR and nothing is written, the old object intact. Regular
+/// trailer fields are allowed, and such an upload is committed. No client library sends such
+/// trailers (a `HeaderMap` cannot hold a pseudo-header name), so the frames are made by hand.
+#[tokio::test]
+async fn h2_trailers_with_pseudo_headers_write_nothing() {
+    let old = b"ORIGINAL".to_vec();
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/tr")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/tr/obj.ts"), &old).expect("write");
+    });
+    let path = "/live/tr/obj.ts";
+    let target = q(path, &upload_token("/live/*"));
+    // PUT `hello` with `trailers`: the frames of its stream.
+    let put = |trailers: &[(&str, &str)]| {
+        let mut c = RawH2::connect(rig.srv.addr);
+        let head = [
+            (":method", "PUT"),
+            (":scheme", "http"),
+            (":authority", "localhost"),
+            (":path", target.as_str()),
+        ];
+        c.send(H2_HEADERS, H2_END_HEADERS, 1, &hpack_literals(&head));
+        c.send(H2_DATA, 0, 1, b"hello");
+        let end = H2_END_HEADERS | H2_END_STREAM;
+        c.send(H2_HEADERS, end, 1, &hpack_literals(trailers));
+        c.stream_frames(1)
+    };
+    let before = tree(&rig.vol("disk1"));
+    for trailers in [
+        &[(":path", "/live/tr/other.ts")][..],
+        &[(":status", "200")],
+        &[(":method", "GET")],
+        // After a regular field (h2 refused this one before segd's patch too).
+        &[("x-ok", "1"), (":path", "/live/tr/other.ts")],
+    ] {
+        let what = format!("trailers {trailers:?}");
+        let frames = put(trailers);
+        assert!(
+            frames
+                .iter()
+                .any(|(kind, _, payload)| *kind == H2_RST_STREAM && payload[..] == [0, 0, 0, 1]),
+            "{what}: stream reset with PROTOCOL_ERROR: {frames:?}"
+        );
+        uploads_ended(&rig, &what).await;
+        nothing_written(&rig, &before, path, &old, &what).await;
+    }
+    // Regular trailer fields: answered, and committed.
+    let frames = put(&[("x-ok", "1")]);
+    assert!(
+        frames.iter().all(|(kind, _, _)| *kind != H2_RST_STREAM)
+            && frames.iter().any(|(kind, _, _)| *kind == H2_HEADERS),
+        "regular trailers: answered: {frames:?}"
+    );
+    assert_file(
+        &rig.vol("disk1").join("live/tr/obj.ts"),
+        b"hello",
+        "regular trailers",
+    );
+}
+
+const H2_DATA: u8 = 0;
+const H2_HEADERS: u8 = 1;
+const H2_RST_STREAM: u8 = 3;
+const H2_SETTINGS: u8 = 4;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// An HTTP/2 (h2c) connection written frame by frame.
+struct RawH2 {
+    s: TcpStream,
+}
+
+impl RawH2 {
+    /// Connects, sends the preface and empty SETTINGS.
+    fn connect(addr: SocketAddr) -> RawH2 {
+        let mut c = RawH2 { s: connect(addr) };
+        c.s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        c.send(H2_SETTINGS, 0, 0, &[]);
+        c
+    }
+
+    fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).expect("frame length");
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        self.s.write_all(&f).expect("send frame");
+    }
+
+    /// The frames of `stream` (type, flags, payload) until it ends (END_STREAM or RST_STREAM) or
+    /// the connection does; SETTINGS are acknowledged on the way.
+    fn stream_frames(&mut self, stream: u32) -> Vec<(u8, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 9];
+            if self.s.read_exact(&mut h).is_err() {
+                return out;
+            }
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let (kind, flags) = (h[3], h[4]);
+            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if self.s.read_exact(&mut payload).is_err() {
+                return out;
+            }
+            if kind == H2_SETTINGS && flags & 0x1 == 0 {
+                self.send(H2_SETTINGS, 0x1, 0, &[]);
+            }
+            if id != stream {
+                continue;
+            }
+            let end = kind == H2_RST_STREAM
+                || (matches!(kind, H2_DATA | H2_HEADERS) && flags & H2_END_STREAM != 0);
+            out.push((kind, flags, payload));
+            if end {
+                return out;
+            }
+        }
+    }
+}
+
+/// An HPACK field block of literal fields without indexing and without Huffman coding (RFC 7541
+/// §6.2.2), names taken as they are: pseudo-header fields anywhere.
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    // An integer with a 7-bit prefix (§5.1), the high bit (Huffman) clear.
+    fn int(mut v: usize, out: &mut Vec<u8>) {
+        if v < 127 {
+            out.push(v as u8);
+            return;
+        }
+        out.push(127);
+        v -= 127;
+        while v >= 128 {
+            out.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0);
+        for s in [name, value] {
+            int(s.len(), &mut out);
+            out.extend(s.as_bytes());
+        }
+    }
+    out
 }
