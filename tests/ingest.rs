@@ -7,7 +7,7 @@
 //!   an HTTP/2 DELETE reset mid-body (removes nothing)
 //! - refusals that write nothing: tokens, method, path, type, preconditions, sizes, timeouts,
 //!   disconnects, malformed chunks, free space, upload slots, HTTP/2 trailers with pseudo-header
-//!   fields
+//!   fields, a PUT onto a directory (409)
 //! - temp files from a crash removed at start-up; placement next to the asset's other objects
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
@@ -1046,6 +1046,77 @@ async fn method_path_and_type_refusals() {
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "h2={h2}");
     }
     assert_no_tmp(&vol, "end");
+}
+
+/// A PUT onto a name that is a directory is 409, as a DELETE of it is: a client's mistake, not a
+/// disk fault (never `write_failed`), nothing written and the directory intact, on every body
+/// path (small bodies placed with their commit, large ones placed first, chunked, HTTP/2). A
+/// client waiting on `Expect: 100-continue` gets the 409 without a 100: it is found before the
+/// body is read.
+#[tokio::test]
+async fn put_onto_a_directory_is_409() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/*");
+    for dir in ["/vod/pd/dir.ts", "/live/pd/dir.ts"] {
+        let r = curl_put(&rig.url(&q(&format!("{dir}/inner.ts"), &tok)), b"A", &[]);
+        assert_eq!(r.status(), 201, "{dir}/inner.ts: {r:?}");
+    }
+    let before = tree(&vol);
+    let large = payload(300_000, 31);
+    let url = |path: &str| rig.url(&q(path, &tok));
+    let cases = [
+        (
+            "small body",
+            curl_put(&url("/vod/pd/dir.ts"), b"B", &["-H", "Expect:"]),
+        ),
+        (
+            "large body",
+            curl_put(&url("/vod/pd/dir.ts"), &large, &["-H", "Expect:"]),
+        ),
+        (
+            "Expect: 100-continue",
+            curl_put(
+                &url("/vod/pd/dir.ts"),
+                b"B",
+                &["-H", "Expect: 100-continue"],
+            ),
+        ),
+        ("chunked", curl_put_chunked(&url("/vod/pd/dir.ts"), b"B")),
+        (
+            "live, chunked",
+            curl_put_chunked(&url("/live/pd/dir.ts"), b"B"),
+        ),
+    ];
+    for (what, r) in &cases {
+        assert_eq!(r.statuses, [409], "{what}: {r:?}");
+    }
+    for path in ["/vod/pd/dir.ts", "/live/pd/dir.ts"] {
+        let r = send("PUT", &url(path), &[], b"B", true).await;
+        assert_eq!(r.status, 409, "h2 {path}: {r:?}");
+    }
+    no_tmp_eventually(&vol, "PUT onto a directory").await;
+    assert_eq!(
+        tree(&vol),
+        before,
+        "nothing written, the directories intact"
+    );
+    let m = rig.metrics().await;
+    // A series appears with its first count.
+    let disk_faults = m
+        .lines()
+        .filter(|l| l.starts_with("segd_refusals_total{") && l.contains("fault=\"disk\""))
+        .collect::<Vec<_>>();
+    assert!(disk_faults.is_empty(), "no disk fault: {disk_faults:?}");
+    assert_eq!(
+        metric_with(
+            &m,
+            "segd_refusals_total",
+            &[("reason", "is_directory"), ("fault", "client")]
+        ),
+        Some(cases.len() as f64 + 2.0),
+        "counted as the client's:\n{m}"
+    );
 }
 
 #[tokio::test]

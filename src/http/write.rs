@@ -8,11 +8,12 @@
 //! 2. a declared length over `max_body_bytes` → 413, before anything is read or created
 //! 3. the upload starts: the path is locked against other writes, the volume picked (where the
 //!    object is, else its asset's volume, else placement; never unhealthy, never below
-//!    `reserve`) → 507 / 503; a temporary file is created. For a client that waits on
-//!    `Expect: 100-continue`, or a body longer than one write buffer, this happens here; for the
-//!    rest (ffmpeg sends neither) with the first write to disk — for most bodies the commit,
-//!    so the file is placed, written and renamed in one trip to the blocking pool. The same
-//!    refusals then come after the body, still with nothing written
+//!    `reserve`) → 507 / 503; a directory at the name, or a file where a directory should be,
+//!    → 409; a temporary file is created. For a client that waits on `Expect: 100-continue`,
+//!    or a body longer than one write buffer, this happens here; for the rest (ffmpeg sends
+//!    neither) with the first write to disk — for most bodies the commit, so the file is
+//!    placed, written and renamed in one trip to the blocking pool. The same refusals then come
+//!    after the body, still with nothing written
 //! 4. preconditions against the object as it is now (`If-Match`, `If-None-Match: *`) → 412
 //! 5. the body is read — only now, so `Expect: 100-continue` is answered only for a write that
 //!    will be accepted — within `body_timeout` per chunk and `max_body_bytes` in all (408, 413,
