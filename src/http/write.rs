@@ -272,14 +272,18 @@ impl Receive {
     }
 }
 
-/// HTTP/2: a body is committed only if its stream was not reset. hyper reports a stream the
-/// client reset with `NO_ERROR` as a body that ended (that reset is how a server cuts a request
-/// short, RFC 9113 §8.1, and hyper reads it the same way in both directions), so a client that
-/// resets mid-body would get its partial body stored. hyper does notice the reset where the
-/// request's own future waits: it drops that future. So the body's task, at the body's end, asks
-/// that future to confirm; it confirms only after waiting once, and a reset stream never
-/// confirms: the upload is dropped and nothing is written. A connection that closes right after
-/// the body may lose the upload the same way; it was never acknowledged.
+/// HTTP/2: a body is committed only if its stream was not reset by the body's end. hyper
+/// reports a stream the client reset with `NO_ERROR` as a body that ended (that reset is how a
+/// server cuts a request short, RFC 9113 §8.1, and hyper reads it the same way in both
+/// directions), so a client that resets mid-body would get its partial body stored. hyper does
+/// notice the reset where the request's own future waits: it drops that future. So the body's
+/// task, at the body's end, asks that future to confirm; it confirms only after waiting once,
+/// and a reset stream never confirms: the upload is dropped and nothing is written. A connection
+/// that closes right after the body may lose the upload the same way; it was never
+/// acknowledged. A reset that arrives after the confirmation, during the commit (fsync, rename),
+/// is not seen: that upload is stored without an answer. No check can close that window (a
+/// commit under way cannot be taken back), so docs/ingest.md promises only that a reset before
+/// the body's end leaves nothing.
 struct ResetGate {
     ended: tokio::sync::oneshot::Sender<()>,
     go: tokio::sync::oneshot::Receiver<()>,
