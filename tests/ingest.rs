@@ -3,9 +3,11 @@
 //! - curl uploads: Content-Length, chunked, `Expect: 100-continue`; 201/204 with the ETag that a
 //!   later GET (HTTP/1.1 and h2c) reports; the token in each of the four places
 //! - read-your-writes after a replace, with the old object in every cache, segments and playlists
-//! - DELETE: 204/404/409/403 (depth), ffmpeg's chunked empty-bodied DELETE, empty directories
+//! - DELETE: 204/404/409/403 (depth), ffmpeg's chunked empty-bodied DELETE, empty directories,
+//!   an HTTP/2 DELETE reset mid-body (removes nothing)
 //! - refusals that write nothing: tokens, method, path, type, preconditions, sizes, timeouts,
-//!   disconnects, malformed chunks, free space, upload slots
+//!   disconnects, malformed chunks, free space, upload slots, HTTP/2 trailers with pseudo-header
+//!   fields, a PUT onto a directory (409)
 //! - temp files from a crash removed at start-up; placement next to the asset's other objects
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
@@ -710,6 +712,82 @@ async fn delete_needs_min_depth() {
     assert!(!vol.join("live/s/y.ts").exists());
 }
 
+/// An HTTP/2 DELETE whose stream the client resets before the end of its body removes nothing,
+/// whatever the reset's code: hyper reports a reset with `NO_ERROR` as the body's end, and the
+/// DELETE must not take that for a complete request. DELETEs whose stream ends normally, with or
+/// without a body, still remove their object.
+#[tokio::test]
+async fn h2_delete_reset_mid_body_removes_nothing() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let path = "/live/dr/obj.ts";
+    let r = curl_put(&rig.url(&q(path, &tok)), b"keep me", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let delete = |content_length: Option<&str>| {
+        let mut req = http::Request::builder()
+            .method("DELETE")
+            .uri(rig.url(&q(path, &tok)));
+        if let Some(n) = content_length {
+            req = req.header("content-length", n);
+        }
+        req.body(()).expect("request")
+    };
+    for (what, content_length, reason) in [
+        ("NO_ERROR, no content-length", None, h2::Reason::NO_ERROR),
+        (
+            "NO_ERROR, content-length",
+            Some("100"),
+            h2::Reason::NO_ERROR,
+        ),
+        ("CANCEL, no content-length", None, h2::Reason::CANCEL),
+    ] {
+        let mut client = client.clone().ready().await.expect("h2 ready");
+        let (_resp, mut stream) = client
+            .send_request(delete(content_length), false)
+            .expect("send");
+        stream
+            .send_data(Bytes::from_static(b"hel"), false)
+            .expect("data");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.send_reset(reason);
+        // Nothing tells when segd is done with a request it drops: watch the object for a
+        // second (a DELETE that goes on removes it within milliseconds).
+        let gone = eventually(Duration::from_secs(1), async || {
+            !vol.join("live/dr/obj.ts").exists()
+        })
+        .await;
+        assert!(!gone, "{what}: the object was deleted");
+        assert_eq!(read(&vol.join("live/dr/obj.ts")), b"keep me", "{what}");
+    }
+    // A DELETE whose body ends, then one without a body: carried out.
+    for with_body in [true, false] {
+        if !with_body {
+            let r = curl_put(&rig.url(&q(path, &tok)), b"again", &[]);
+            assert_eq!(r.status(), 201, "{r:?}");
+        }
+        let mut client = client.clone().ready().await.expect("h2 ready");
+        let (resp, mut stream) = client.send_request(delete(None), !with_body).expect("send");
+        if with_body {
+            stream
+                .send_data(Bytes::from_static(b"hel"), true)
+                .expect("data");
+        }
+        let resp = resp.await.expect("h2 answer");
+        assert_eq!(resp.status().as_u16(), 204, "with body: {with_body}");
+        assert!(
+            !vol.join("live/dr/obj.ts").exists(),
+            "with body: {with_body}"
+        );
+    }
+    assert_no_tmp(&vol, "end");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Refusals: nothing written, the old version intact
 
@@ -968,6 +1046,77 @@ async fn method_path_and_type_refusals() {
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "h2={h2}");
     }
     assert_no_tmp(&vol, "end");
+}
+
+/// A PUT onto a name that is a directory is 409, as a DELETE of it is: a client's mistake, not a
+/// disk fault (never `write_failed`), nothing written and the directory intact, on every body
+/// path (small bodies placed with their commit, large ones placed first, chunked, HTTP/2). A
+/// client waiting on `Expect: 100-continue` gets the 409 without a 100: it is found before the
+/// body is read.
+#[tokio::test]
+async fn put_onto_a_directory_is_409() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/*");
+    for dir in ["/vod/pd/dir.ts", "/live/pd/dir.ts"] {
+        let r = curl_put(&rig.url(&q(&format!("{dir}/inner.ts"), &tok)), b"A", &[]);
+        assert_eq!(r.status(), 201, "{dir}/inner.ts: {r:?}");
+    }
+    let before = tree(&vol);
+    let large = payload(300_000, 31);
+    let url = |path: &str| rig.url(&q(path, &tok));
+    let cases = [
+        (
+            "small body",
+            curl_put(&url("/vod/pd/dir.ts"), b"B", &["-H", "Expect:"]),
+        ),
+        (
+            "large body",
+            curl_put(&url("/vod/pd/dir.ts"), &large, &["-H", "Expect:"]),
+        ),
+        (
+            "Expect: 100-continue",
+            curl_put(
+                &url("/vod/pd/dir.ts"),
+                b"B",
+                &["-H", "Expect: 100-continue"],
+            ),
+        ),
+        ("chunked", curl_put_chunked(&url("/vod/pd/dir.ts"), b"B")),
+        (
+            "live, chunked",
+            curl_put_chunked(&url("/live/pd/dir.ts"), b"B"),
+        ),
+    ];
+    for (what, r) in &cases {
+        assert_eq!(r.statuses, [409], "{what}: {r:?}");
+    }
+    for path in ["/vod/pd/dir.ts", "/live/pd/dir.ts"] {
+        let r = send("PUT", &url(path), &[], b"B", true).await;
+        assert_eq!(r.status, 409, "h2 {path}: {r:?}");
+    }
+    no_tmp_eventually(&vol, "PUT onto a directory").await;
+    assert_eq!(
+        tree(&vol),
+        before,
+        "nothing written, the directories intact"
+    );
+    let m = rig.metrics().await;
+    // A series appears with its first count.
+    let disk_faults = m
+        .lines()
+        .filter(|l| l.starts_with("segd_refusals_total{") && l.contains("fault=\"disk\""))
+        .collect::<Vec<_>>();
+    assert!(disk_faults.is_empty(), "no disk fault: {disk_faults:?}");
+    assert_eq!(
+        metric_with(
+            &m,
+            "segd_refusals_total",
+            &[("reason", "is_directory"), ("fault", "client")]
+        ),
+        Some(cases.len() as f64 + 2.0),
+        "counted as the client's:\n{m}"
+    );
 }
 
 #[tokio::test]
@@ -2429,4 +2578,156 @@ async fn uploads_over_http2_and_http3() {
         std::fs::read(vol.join("live/mp/expect.ts")).expect("on disk"),
         b"HELLO"
     );
+}
+
+/// An HTTP/2 upload whose trailers carry pseudo-header fields is malformed (RFC 9113 §8.1): the
+/// stream is reset with PROTOCOL_ERROR and nothing is written, the old object intact. Regular
+/// trailer fields are allowed, and such an upload is committed. No client library sends such
+/// trailers (a `HeaderMap` cannot hold a pseudo-header name), so the frames are made by hand.
+#[tokio::test]
+async fn h2_trailers_with_pseudo_headers_write_nothing() {
+    let old = b"ORIGINAL".to_vec();
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/tr")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/tr/obj.ts"), &old).expect("write");
+    });
+    let path = "/live/tr/obj.ts";
+    let target = q(path, &upload_token("/live/*"));
+    // PUT `hello` with `trailers`: the frames of its stream.
+    let put = |trailers: &[(&str, &str)]| {
+        let mut c = RawH2::connect(rig.srv.addr);
+        let head = [
+            (":method", "PUT"),
+            (":scheme", "http"),
+            (":authority", "localhost"),
+            (":path", target.as_str()),
+        ];
+        c.send(H2_HEADERS, H2_END_HEADERS, 1, &hpack_literals(&head));
+        c.send(H2_DATA, 0, 1, b"hello");
+        let end = H2_END_HEADERS | H2_END_STREAM;
+        c.send(H2_HEADERS, end, 1, &hpack_literals(trailers));
+        c.stream_frames(1)
+    };
+    let before = tree(&rig.vol("disk1"));
+    for trailers in [
+        &[(":path", "/live/tr/other.ts")][..],
+        &[(":status", "200")],
+        &[(":method", "GET")],
+        // After a regular field (h2 refused this one before segd's patch too).
+        &[("x-ok", "1"), (":path", "/live/tr/other.ts")],
+    ] {
+        let what = format!("trailers {trailers:?}");
+        let frames = put(trailers);
+        assert!(
+            frames
+                .iter()
+                .any(|(kind, _, payload)| *kind == H2_RST_STREAM && payload[..] == [0, 0, 0, 1]),
+            "{what}: stream reset with PROTOCOL_ERROR: {frames:?}"
+        );
+        uploads_ended(&rig, &what).await;
+        nothing_written(&rig, &before, path, &old, &what).await;
+    }
+    // Regular trailer fields: answered, and committed.
+    let frames = put(&[("x-ok", "1")]);
+    assert!(
+        frames.iter().all(|(kind, _, _)| *kind != H2_RST_STREAM)
+            && frames.iter().any(|(kind, _, _)| *kind == H2_HEADERS),
+        "regular trailers: answered: {frames:?}"
+    );
+    assert_file(
+        &rig.vol("disk1").join("live/tr/obj.ts"),
+        b"hello",
+        "regular trailers",
+    );
+}
+
+const H2_DATA: u8 = 0;
+const H2_HEADERS: u8 = 1;
+const H2_RST_STREAM: u8 = 3;
+const H2_SETTINGS: u8 = 4;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// An HTTP/2 (h2c) connection written frame by frame.
+struct RawH2 {
+    s: TcpStream,
+}
+
+impl RawH2 {
+    /// Connects, sends the preface and empty SETTINGS.
+    fn connect(addr: SocketAddr) -> RawH2 {
+        let mut c = RawH2 { s: connect(addr) };
+        c.s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .expect("preface");
+        c.send(H2_SETTINGS, 0, 0, &[]);
+        c
+    }
+
+    fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).expect("frame length");
+        let mut f = len.to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        self.s.write_all(&f).expect("send frame");
+    }
+
+    /// The frames of `stream` (type, flags, payload) until it ends (END_STREAM or RST_STREAM) or
+    /// the connection does; SETTINGS are acknowledged on the way.
+    fn stream_frames(&mut self, stream: u32) -> Vec<(u8, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let mut h = [0u8; 9];
+            if self.s.read_exact(&mut h).is_err() {
+                return out;
+            }
+            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+            let (kind, flags) = (h[3], h[4]);
+            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if self.s.read_exact(&mut payload).is_err() {
+                return out;
+            }
+            if kind == H2_SETTINGS && flags & 0x1 == 0 {
+                self.send(H2_SETTINGS, 0x1, 0, &[]);
+            }
+            if id != stream {
+                continue;
+            }
+            let end = kind == H2_RST_STREAM
+                || (matches!(kind, H2_DATA | H2_HEADERS) && flags & H2_END_STREAM != 0);
+            out.push((kind, flags, payload));
+            if end {
+                return out;
+            }
+        }
+    }
+}
+
+/// An HPACK field block of literal fields without indexing and without Huffman coding (RFC 7541
+/// §6.2.2), names taken as they are: pseudo-header fields anywhere.
+fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
+    // An integer with a 7-bit prefix (§5.1), the high bit (Huffman) clear.
+    fn int(mut v: usize, out: &mut Vec<u8>) {
+        if v < 127 {
+            out.push(v as u8);
+            return;
+        }
+        out.push(127);
+        v -= 127;
+        while v >= 128 {
+            out.push((v % 128) as u8 | 0x80);
+            v /= 128;
+        }
+        out.push(v as u8);
+    }
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0);
+        for s in [name, value] {
+            int(s.len(), &mut out);
+            out.extend(s.as_bytes());
+        }
+    }
+    out
 }

@@ -154,7 +154,10 @@ impl<'a> RequestBody<'a> {
         RequestBody::new(None, Box::pin(failed))
     }
 
-    /// hyper's body (HTTP/1.1 and HTTP/2): data frames in order, trailers skipped.
+    /// hyper's body (HTTP/1.1 and HTTP/2): data frames in order, trailers skipped (their fields
+    /// mean nothing to segd). HTTP/2 trailers with pseudo-header fields make the message
+    /// malformed; h2 drops those fields before hyper sees the trailers, so h2 itself resets the
+    /// stream for them (patched: `vendor/h2/SEGD-PATCH.md`) and the body fails.
     pub fn from_hyper(body: hyper::body::Incoming) -> RequestBody<'static> {
         use http_body::Body as _;
         if body.is_end_stream() {

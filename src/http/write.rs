@@ -8,11 +8,12 @@
 //! 2. a declared length over `max_body_bytes` → 413, before anything is read or created
 //! 3. the upload starts: the path is locked against other writes, the volume picked (where the
 //!    object is, else its asset's volume, else placement; never unhealthy, never below
-//!    `reserve`) → 507 / 503; a temporary file is created. For a client that waits on
-//!    `Expect: 100-continue`, or a body longer than one write buffer, this happens here; for the
-//!    rest (ffmpeg sends neither) with the first write to disk — for most bodies the commit,
-//!    so the file is placed, written and renamed in one trip to the blocking pool. The same
-//!    refusals then come after the body, still with nothing written
+//!    `reserve`) → 507 / 503; a directory at the name, or a file where a directory should be,
+//!    → 409; a temporary file is created. For a client that waits on `Expect: 100-continue`,
+//!    or a body longer than one write buffer, this happens here; for the rest (ffmpeg sends
+//!    neither) with the first write to disk — for most bodies the commit, so the file is
+//!    placed, written and renamed in one trip to the blocking pool. The same refusals then come
+//!    after the body, still with nothing written
 //! 4. preconditions against the object as it is now (`If-Match`, `If-None-Match: *`) → 412
 //! 5. the body is read — only now, so `Expect: 100-continue` is answered only for a write that
 //!    will be accepted — within `body_timeout` per chunk and `max_body_bytes` in all (408, 413,
@@ -24,9 +25,10 @@
 //! non-persistent connection), and an incomplete one is dropped however the client went away.
 //!
 //! DELETE: depth (`min_delete_depth` → 403), body (ffmpeg sends an empty chunked one) read and
-//! discarded, preconditions, then the store deletes the file and prunes emptied directories
-//! below the prefix → 204, 404, 409. A name without a served type, or with a trailing slash, is
-//! never removed: 409 when it is a directory, else 404.
+//! discarded (an HTTP/2 stream reset before its end ends the request there), preconditions, then
+//! the store deletes the file and prunes emptied directories below the prefix → 204, 404, 409.
+//! A name without a served type, or with a trailing slash, is never removed: 409 when it is a
+//! directory, else 404.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -270,14 +272,18 @@ impl Receive {
     }
 }
 
-/// HTTP/2: a body is committed only if its stream was not reset. hyper reports a stream the
-/// client reset with `NO_ERROR` as a body that ended (that reset is how a server cuts a request
-/// short, RFC 9113 §8.1, and hyper reads it the same way in both directions), so a client that
-/// resets mid-body would get its partial body stored. hyper does notice the reset where the
-/// request's own future waits: it drops that future. So the body's task, at the body's end, asks
-/// that future to confirm; it confirms only after waiting once, and a reset stream never
-/// confirms: the upload is dropped and nothing is written. A connection that closes right after
-/// the body may lose the upload the same way; it was never acknowledged.
+/// HTTP/2: a body is committed only if its stream was not reset by the body's end. hyper
+/// reports a stream the client reset with `NO_ERROR` as a body that ended (that reset is how a
+/// server cuts a request short, RFC 9113 §8.1, and hyper reads it the same way in both
+/// directions), so a client that resets mid-body would get its partial body stored. hyper does
+/// notice the reset where the request's own future waits: it drops that future. So the body's
+/// task, at the body's end, asks that future to confirm; it confirms only after waiting once,
+/// and a reset stream never confirms: the upload is dropped and nothing is written. A connection
+/// that closes right after the body may lose the upload the same way; it was never
+/// acknowledged. A reset that arrives after the confirmation, during the commit (fsync, rename),
+/// is not seen: that upload is stored without an answer. No check can close that window (a
+/// commit under way cannot be taken back), so docs/ingest.md promises only that a reset before
+/// the body's end leaves nothing.
 struct ResetGate {
     ended: tokio::sync::oneshot::Sender<()>,
     go: tokio::sync::oneshot::Receiver<()>,
@@ -316,15 +322,21 @@ impl ResetGate {
 }
 
 impl Confirm {
-    /// In the request's future: once the body has ended, wait once (hyper checks the stream for
-    /// a reset whenever this future waits, and drops it if there is one), then let the commit
-    /// go. A body task that failed before its end drops its side: nothing to confirm.
+    /// In the request's future: once the body has ended, let hyper look for a reset, then let
+    /// the commit go. A body task that failed before its end drops its side: nothing to confirm.
     async fn confirm(self) {
         if self.ended.await.is_ok() {
-            tokio::task::yield_now().await;
+            stream_stands().await;
             let _ = self.go.send(());
         }
     }
+}
+
+/// HTTP/2, in the request's own future: returns only if its stream was not reset by now. hyper
+/// checks the stream for a reset whenever this future waits, and drops the future if there is
+/// one; so this waits once.
+async fn stream_stands() {
+    tokio::task::yield_now().await;
 }
 
 /// With no `class` nothing is removed: the answer says whether the name is a directory (409)
@@ -344,6 +356,12 @@ async fn delete(
     if body.is_present() {
         body.discard(MAX_DISCARDED_BODY, ingest.body_timeout)
             .await?;
+    }
+    // hyper reports an HTTP/2 stream reset with `NO_ERROR` as the body's end, as for uploads
+    // (`ResetGate`): a DELETE whose stream was reset removes nothing. Its body is read here, in
+    // the request's future, so that future can look for the reset itself.
+    if cx.req.proto == Proto::H2 {
+        stream_stands().await;
     }
     let Some(class) = class else {
         return Err(if cx.rt.store.is_directory(rel).await {

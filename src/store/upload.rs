@@ -248,7 +248,7 @@ fn create(
     reserve: u64,
 ) -> Result<(usize, u64, TempFile), WriteError> {
     let (volume, room) = local.place_write(key, len, reserve)?;
-    let (dir, _) = split(key);
+    let (dir, name) = split(key);
     let v = local
         .volumes
         .get(volume)
@@ -256,7 +256,14 @@ fn create(
     let temp = v
         .with_root(|root| {
             Dir::open(root, dir, true)
-                .and_then(TempFile::new)
+                .and_then(|d| {
+                    // A directory at the name: the commit's rename could never replace it, so
+                    // the upload is refused before its body is written.
+                    if d.is_dir(name) {
+                        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                    }
+                    TempFile::new(d)
+                })
                 .map_err(|e| {
                     let symlink =
                         e.raw_os_error() == Some(libc::ENOTDIR) && symlink_on_the_way(root, dir);
@@ -272,8 +279,8 @@ fn create(
                 // read side serves nothing there either (404).
                 Some(libc::ELOOP | libc::EXDEV) => WriteError::NotFound,
                 Some(libc::ENOTDIR) if symlink => WriteError::NotFound,
-                // A file where a directory should be.
-                Some(libc::ENOTDIR) => WriteError::IsDirectory,
+                // A file where a directory should be, or a directory at the name.
+                Some(libc::ENOTDIR | libc::EISDIR) => WriteError::IsDirectory,
                 _ => WriteError::Io(e),
             }
         })?;
@@ -298,13 +305,14 @@ fn symlink_on_the_way(root: std::os::fd::BorrowedFd<'_>, dir: &str) -> bool {
 }
 
 /// A failed write on `volume`: counted against the volume when the device failed; no space
-/// left is a 507 like a full reserve.
+/// left is a 507 like a full reserve. A directory made at the name after the upload was placed
+/// (`create` looks) fails the rename: the client's conflict (409), not the disk's fault.
 fn write_failed(local: &Local, volume: usize, e: io::Error) -> WriteError {
     local.volumes.note_error(volume, &e);
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        WriteError::NoSpace
-    } else {
-        WriteError::Io(e)
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => WriteError::NoSpace,
+        Some(libc::EISDIR) => WriteError::IsDirectory,
+        _ => WriteError::Io(e),
     }
 }
 

@@ -111,14 +111,20 @@ impl Dir {
         Ok(rustix::fs::renameat(&self.fd, from, &self.fd, to)?)
     }
 
-    /// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise; `EINVAL` where the
-    /// filesystem has no `RENAME_NOREPLACE`).
     /// Whether `name` in this directory is a regular file (not followed if a symlink).
     pub fn is_file(&self, name: &str) -> bool {
         rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
     }
 
+    /// Whether `name` in this directory is a directory (not followed if a symlink).
+    pub fn is_dir(&self, name: &str) -> bool {
+        rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
+    }
+
+    /// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise; `EINVAL` where the
+    /// filesystem has no `RENAME_NOREPLACE`).
     pub fn rename_new(&self, from: &str, to: &str) -> Result<(), rustix::io::Errno> {
         rustix::fs::renameat_with(
             &self.fd,
