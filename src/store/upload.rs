@@ -220,7 +220,7 @@ fn open_for(local: &Local, key: &RelPath, file: File, need: u64) -> Result<Opene
             new: false,
         }),
         File::Later { len_hint, reserve } => {
-            let (volume, room, temp) = create(local, key, need.max(len_hint), reserve)?;
+            let (volume, room, temp) = create(local, key, need.max(len_hint), reserve, false)?;
             Ok(Opened {
                 temp,
                 volume,
@@ -240,12 +240,16 @@ struct Opened {
 }
 
 /// Picks the volume for `len` bytes of `key`, creates missing directories and the temporary
-/// file (blocking).
+/// file (blocking). `early`: created before the body is read (a client waiting on `100
+/// Continue`, a long body): a directory at the name is refused now, before the body comes.
+/// Created at the first write instead (the body is in memory already), the commit's rename
+/// finds it (`EISDIR`, also 409), and an upload pays no extra look-up.
 fn create(
     local: &Local,
     key: &RelPath,
     len: u64,
     reserve: u64,
+    early: bool,
 ) -> Result<(usize, u64, TempFile), WriteError> {
     let (volume, room) = local.place_write(key, len, reserve)?;
     let (dir, name) = split(key);
@@ -259,7 +263,7 @@ fn create(
                 .and_then(|d| {
                     // A directory at the name: the commit's rename could never replace it, so
                     // the upload is refused before its body is written.
-                    if d.is_dir(name) {
+                    if early && d.is_dir(name) {
                         return Err(io::Error::from_raw_os_error(libc::EISDIR));
                     }
                     TempFile::new(d)
@@ -668,7 +672,7 @@ pub async fn begin(
     if mode.decide_first || len_hint > WRITE_BUFFER as u64 {
         let (l, key) = (Arc::clone(&local), rel.clone());
         let (volume, room, temp) = pool
-            .run(move || create(&l, &key, len_hint, reserve))
+            .run(move || create(&l, &key, len_hint, reserve, true))
             .await??;
         if let Some(p) = &publisher {
             p.attach(temp.reader().map_err(WriteError::Io)?);
