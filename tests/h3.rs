@@ -1046,7 +1046,7 @@ fn qpack_int(first: u8, prefix: u32, v: usize, out: &mut Vec<u8>) {
 
 /// A HEADERS frame whose field section lists `fields` as given, in order, each a literal with a
 /// literal name (RFC 9204 §4.5.6), so nothing a client library checks stands in the way.
-fn raw_headers_frame(fields: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn raw_headers_frame(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut block = vec![0, 0];
     for (name, value) in fields {
         qpack_int(0x20, 3, name.len(), &mut block);

@@ -2641,6 +2641,61 @@ async fn h2_trailers_with_pseudo_headers_write_nothing() {
     );
 }
 
+/// HTTP/3 as HTTP/2: trailers with pseudo-header fields make an upload malformed (RFC 9114
+/// §4.1.2), so nothing is written and the old object stays; ordinary trailers still commit.
+#[tokio::test]
+async fn h3_trailers_with_pseudo_headers_write_nothing() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-up");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    let old = b"ORIGINAL".to_vec();
+    let rig = Rig::start(&["disk1"], &[], &tls, |d| {
+        std::fs::create_dir_all(d.join("disk1/live/tr")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/tr/obj.ts"), &old).expect("write");
+    });
+    let path = "/live/tr/obj.ts";
+    let target = q(path, &upload_token("/live/*"));
+    let c = crate::h3::h3_connect(rig.srv.tls_addr.expect("tls listener"), &pki).await;
+    // PUT `hello` with `trailers`, frame by frame: the answer's bytes, or how the stream ended.
+    let put = async |trailers: &[(&str, &str)]| {
+        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+        let head = [
+            (":method", "PUT"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", target.as_str()),
+        ];
+        let mut frames = crate::h3::raw_headers_frame(&head);
+        frames.extend_from_slice(&[0x00, 5]);
+        frames.extend_from_slice(b"hello");
+        frames.extend(crate::h3::raw_headers_frame(trailers));
+        tx.write_all(&frames).await.expect("write");
+        let _ = tx.finish();
+        tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+            .await
+            .expect("an answer or a reset within 5 s")
+    };
+    let before = tree(&rig.vol("disk1"));
+    for trailers in [
+        &[(":path", "/live/tr/other.ts")][..],
+        &[(":status", "200")],
+        &[(":method", "GET")],
+    ] {
+        let what = format!("h3 trailers {trailers:?}");
+        let _ = put(trailers).await;
+        uploads_ended(&rig, &what).await;
+        nothing_written(&rig, &before, path, &old, &what).await;
+    }
+    // Regular trailer fields: committed.
+    let _ = put(&[("x-ok", "1")]).await.expect("answered");
+    assert_file(
+        &rig.vol("disk1").join("live/tr/obj.ts"),
+        b"hello",
+        "regular trailers",
+    );
+}
+
 const H2_DATA: u8 = 0;
 const H2_HEADERS: u8 = 1;
 const H2_RST_STREAM: u8 = 3;

@@ -372,7 +372,13 @@ fn request_body(recv: RecvHalf, pulled: Option<tokio::sync::oneshot::Sender<()>>
                     let b = data.copy_to_bytes(data.remaining());
                     Some((Ok(b), (Some(recv), None)))
                 }
-                Ok(None) => None,
+                // The body's end: its trailers, if any, are read (and dropped) so that a
+                // malformed trailer section fails the body (h3 refuses pseudo-header fields
+                // there: vendor/h3/SEGD-PATCH.md).
+                Ok(None) => match recv.recv_trailers().await {
+                    Ok(_) => None,
+                    Err(e) => Some((Err(std::io::Error::other(e)), (None, None))),
+                },
                 Err(e) => Some((Err(std::io::Error::other(e)), (None, None))),
             }
         },

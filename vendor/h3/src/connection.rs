@@ -1012,17 +1012,23 @@ where
                 }
             };
 
-        Poll::Ready(Ok(Some(
-            Header::try_from(fields)
-                .map_err(|_e| {
-                    self.stop_sending(Code::H3_MESSAGE_ERROR);
-                    StreamError::StreamError {
-                        code: Code::H3_MESSAGE_ERROR,
-                        reason: "malformed request".to_string(),
-                    }
-                })?
-                .into_fields(),
-        )))
+        let header = Header::try_from(fields).map_err(|_e| {
+            self.stop_sending(Code::H3_MESSAGE_ERROR);
+            StreamError::StreamError {
+                code: Code::H3_MESSAGE_ERROR,
+                reason: "malformed request".to_string(),
+            }
+        })?;
+        // segd patch (SEGD-PATCH.md): RFC 9114 §4.1.2, pseudo-header fields in trailers make
+        // the message malformed; `into_fields` would drop them unseen.
+        if header.has_pseudo() {
+            self.stop_sending(Code::H3_MESSAGE_ERROR);
+            return Poll::Ready(Err(StreamError::StreamError {
+                code: Code::H3_MESSAGE_ERROR,
+                reason: "pseudo-header field in trailers".to_string(),
+            }));
+        }
+        Poll::Ready(Ok(Some(header.into_fields())))
     }
 
     #[allow(missing_docs)]

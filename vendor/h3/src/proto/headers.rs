@@ -126,6 +126,11 @@ impl Header {
         self.fields
     }
 
+    /// Whether any pseudo-header field was decoded (segd patch: trailers must have none).
+    pub fn has_pseudo(&self) -> bool {
+        self.pseudo.len() > 0
+    }
+
     pub fn len(&self) -> usize {
         self.pseudo.len() + self.fields.len()
     }
