@@ -33,6 +33,8 @@ pub enum Verdict {
 pub struct ConnWatch {
     epoch: Instant,
     state: Mutex<State>,
+    /// Wakes the watcher from its idle sleep when a request starts.
+    changed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -44,6 +46,8 @@ struct State {
     next_id: u64,
     /// Bodies that handed hyper a frame it has not asked past yet: since when.
     handed: HashMap<u64, Duration>,
+    /// The watcher sleeps until the idle deadline: a request that starts must wake it.
+    idle_sleep: bool,
 }
 
 impl ConnWatch {
@@ -51,6 +55,7 @@ impl ConnWatch {
         Arc::new(ConnWatch {
             epoch: Instant::now(),
             state: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -65,28 +70,46 @@ impl ConnWatch {
         s.active += 1;
         s.last_activity = self.epoch.elapsed();
         s.next_id += 1;
+        // The watcher sleeps until the idle deadline only while nothing is in flight; any
+        // other sleep of its is short enough to see a stall in time.
+        if std::mem::take(&mut s.idle_sleep) {
+            self.changed.notify_one();
+        }
         InFlight {
             watch: Arc::clone(self),
             id: s.next_id,
         }
     }
 
-    /// Resolves when the connection should end; checks a few times per timeout.
+    /// Resolves when the connection should end. It sleeps until the next moment something can
+    /// be due: the oldest handed frame's `send_timeout`, the idle connection's
+    /// `keepalive_timeout`, or, while requests are in flight with nothing handed, half a
+    /// `send_timeout` (so a stall is seen within 1.5 × `send_timeout`; an idle connection
+    /// costs one wake-up per `keepalive_timeout`, not one a second).
     pub async fn verdict(&self, send_timeout: Duration, idle_timeout: Duration) -> Verdict {
-        let tick = (send_timeout.min(idle_timeout) / 4)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
-            tokio::time::sleep(tick).await;
             let now = self.epoch.elapsed();
-            let s = self.lock();
-            if s.handed
-                .values()
-                .any(|since| now.saturating_sub(*since) >= send_timeout)
-            {
-                return Verdict::Stalled;
-            }
-            if s.active == 0 && now.saturating_sub(s.last_activity) >= idle_timeout {
-                return Verdict::Idle;
+            let next = {
+                let mut s = self.lock();
+                let oldest = s.handed.values().min().copied();
+                if oldest.is_some_and(|since| now.saturating_sub(since) >= send_timeout) {
+                    return Verdict::Stalled;
+                }
+                if s.active == 0 && now.saturating_sub(s.last_activity) >= idle_timeout {
+                    return Verdict::Idle;
+                }
+                match oldest {
+                    Some(since) => (since + send_timeout).saturating_sub(now),
+                    None if s.active == 0 => {
+                        s.idle_sleep = true;
+                        (s.last_activity + idle_timeout).saturating_sub(now)
+                    }
+                    None => send_timeout / 2,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(next.max(Duration::from_millis(10))) => {}
+                _ = self.changed.notified() => {}
             }
         }
     }
