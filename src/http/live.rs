@@ -156,19 +156,20 @@ fn answer_preconditions(cx: &Cx<'_>, h: HeaderMap, date_shared: bool) -> Result<
 }
 
 /// The date a live playlist's preconditions may compare: `None` when the registry's current
-/// version is this object and shares its second with the version before it.
+/// version shares its second with the version before it, or is not this object (a version
+/// between two publications: the registry cannot vouch for its date).
 pub(super) fn playlist_date(
     cx: &Cx<'_>,
     canonical: &str,
     etag: &HeaderValue,
     modified: std::time::SystemTime,
 ) -> Option<std::time::SystemTime> {
-    let shared = cx
+    let unsure = cx
         .rt
         .live
         .current(canonical)
-        .is_some_and(|s| s.date_shared && s.etag == *etag);
-    (!shared).then_some(modified)
+        .is_some_and(|s| s.date_shared || s.etag != *etag);
+    (!unsure).then_some(modified)
 }
 
 /// An upstream's answer to LL-HLS directives, with this node's CORS headers (and its token

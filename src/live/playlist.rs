@@ -456,9 +456,14 @@ impl Snapshot {
     /// this version lacks (gone now), and those that went before and are still recent enough
     /// to matter (CAN-SKIP-UNTIL).
     pub fn follow(&mut self, previous: &Snapshot, now: std::time::Instant) {
-        // Once a version with its own second follows, that second is this version's alone.
-        self.date_shared =
-            previous.etag != self.etag && previous.last_modified == self.last_modified;
+        // The same version published again (the live watcher sees the rename an ingest
+        // commit made) keeps what its first publication knew; a new version shares its date
+        // when the one before has the same.
+        self.date_shared = if previous.etag == self.etag {
+            previous.date_shared
+        } else {
+            previous.last_modified == self.last_modified
+        };
         let keep = std::time::Duration::from_secs_f64(self.can_skip_until.unwrap_or(0.0).max(0.0));
         let mut removed: Vec<(String, std::time::Instant)> = previous
             .removed_dateranges
@@ -669,6 +674,31 @@ seg13.m4s
         assert!(d.contains("#EXT-X-MEDIA-SEQUENCE:10"), "{d}");
         let plain = snap(&LL.replace(",CAN-SKIP-UNTIL=4", ""));
         assert!(plain.skipped(false).is_none());
+    }
+
+    /// Two versions in one second share their date; publishing the same version again (the
+    /// live watcher after an ingest commit) does not forget it.
+    #[test]
+    fn a_shared_date_survives_a_second_publication_of_the_same_version() {
+        let at = |etag: &'static str, lm: &'static str| {
+            Snapshot::parse(
+                Bytes::from(LL.to_string()),
+                http::HeaderValue::from_static(etag),
+                http::HeaderValue::from_static(lm),
+            )
+        };
+        let now = std::time::Instant::now();
+        let same_second = "Mon, 30 Nov 2026 07:00:00 GMT";
+        let v1 = at("\"a\"", same_second);
+        let mut v2 = at("\"b\"", same_second);
+        v2.follow(&v1, now);
+        assert!(v2.date_shared);
+        let mut again = at("\"b\"", same_second);
+        again.follow(&v2, now);
+        assert!(again.date_shared, "the same version published twice");
+        let mut v3 = at("\"c\"", "Mon, 30 Nov 2026 07:00:01 GMT");
+        v3.follow(&again, now);
+        assert!(!v3.date_shared, "a second of its own");
     }
 
     /// A delta update that skips date ranges lists the ones removed within CAN-SKIP-UNTIL.
