@@ -373,3 +373,38 @@ fn trickled_h2_preface_is_cut_at_header_read_timeout() {
     let cut = cut.expect("the connection outlived a 17 s preface");
     assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
 }
+
+/// A request line longer than the whole head may be is a target too long (414, RFC 9112
+/// §3), not a header section too large (431); a long header is still 431.
+#[test]
+fn a_request_line_past_the_head_limit_is_414() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let status = |req: String| {
+        let mut s = TcpStream::connect(srv.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(req.as_bytes());
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        raw_status(&out)
+    };
+    let long = format!("/vod/{}.ts", "a".repeat(20_000));
+    assert_eq!(
+        status(format!("GET {long} HTTP/1.1\r\nHost: t\r\n\r\n")),
+        414
+    );
+    let big = "b".repeat(20_000);
+    assert_eq!(
+        status(format!(
+            "GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n"
+        )),
+        431
+    );
+    assert_eq!(
+        status(format!(
+            "GET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )),
+        200
+    );
+}

@@ -209,6 +209,10 @@ async fn exchange(
             .await;
             return Next::Linger;
         }
+        Err(HeadError::UriTooLong) => {
+            let _ = write_simple(stream, StatusCode::URI_TOO_LONG, "URI too long\n").await;
+            return Next::Linger;
+        }
         Err(HeadError::Bad) => {
             let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;
             return Next::Linger;

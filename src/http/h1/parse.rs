@@ -18,6 +18,8 @@ pub(super) enum HeadError {
     Closed,
     TimedOut,
     TooLarge,
+    /// The request line alone fills the head limit: its target is too long (414, not 431).
+    UriTooLong,
     Bad,
 }
 
@@ -61,7 +63,12 @@ fn try_parse(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize)
         }
         Ok(httparse::Status::Partial) => {
             if buf.len() >= max_header_bytes {
-                return Err(HeadError::TooLarge);
+                let in_request_line = !buf[..max_header_bytes].contains(&b'\n');
+                return Err(if in_request_line {
+                    HeadError::UriTooLong
+                } else {
+                    HeadError::TooLarge
+                });
             }
             Ok(None)
         }
