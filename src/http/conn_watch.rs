@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-// tokio's clock: the same as the timers', paused in tests.
+// tokio's clock, the one its timers keep.
 use tokio::time::Instant;
 
 /// Why a connection should end.

@@ -228,12 +228,6 @@ impl Snapshot {
                 if let Some(u) = attr(v, "URI") {
                     snap.hints.push(u.to_string());
                 }
-            } else if let Some(v) = line.strip_prefix("#EXT-X-DATERANGE:") {
-                if let Some(id) = attr(v, "ID") {
-                    snap.dateranges.push(id.to_string());
-                }
-                header_done = true;
-                first_line.get_or_insert(i);
             } else if line.starts_with("#EXT-X-PART:") {
                 header_done = true;
                 first_line.get_or_insert(i);
@@ -243,6 +237,10 @@ impl Snapshot {
                 first_line.get_or_insert(i);
                 duration = v.split(',').next().and_then(|d| d.trim().parse().ok());
             } else if is_segment_tag(line) {
+                let daterange = line.strip_prefix("#EXT-X-DATERANGE:");
+                if let Some(id) = daterange.and_then(|v| attr(v, "ID")) {
+                    snap.dateranges.push(id.to_string());
+                }
                 header_done = true;
                 first_line.get_or_insert(i);
             } else if !line.starts_with('#') && header_done {
