@@ -13,10 +13,10 @@
 //!
 //! A write that waits on its disk after all (a directory block not in memory, the kernel
 //! throttling dirty pages, a disk that stopped answering) must not hold up the uploads behind
-//! it. When no job has finished for [`STALL`] and uploads are waiting, the next one starts a
-//! thread of its own, up to `server.blocking_threads`; threads beyond the usual number leave
-//! after [`IDLE`] without work. A volume that hangs costs its own uploads and the threads stuck
-//! on it; the uploads to other volumes get threads of their own.
+//! it. When no job has started or finished for [`STALL`] and uploads are waiting, the next one
+//! starts a thread of its own, up to `server.blocking_threads`; threads beyond the usual number
+//! leave after [`IDLE`] without work. A volume that hangs costs its own uploads and the threads
+//! stuck on it; the uploads to other volumes get threads of their own.
 //!
 //! Durable uploads (`fsync = true`) wait on the disk by design and stay on the general blocking
 //! pool, whose threads are there to wait.
@@ -53,7 +53,7 @@ struct State {
     threads: usize,
     /// Threads waiting for a job.
     idle: usize,
-    /// When a job last finished (or the pool last had nothing to do).
+    /// When a job last started or finished (or the pool last had nothing to do).
     progress: Instant,
     closed: bool,
 }
@@ -142,6 +142,8 @@ impl Inner {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(job) = st.queue.pop_front() {
+                // A thread that takes a job is not stuck, whatever the last finish was.
+                st.progress = Instant::now();
                 drop(st);
                 // A panic fails this upload only (its result channel is dropped).
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
