@@ -728,6 +728,66 @@ async fn hyper_access_log_counts_the_bytes_sent() {
     );
 }
 
+/// Over HTTP/1.1 (sendfile), the same cut: the access log shows the bytes that went out before
+/// the file shrank, not 0.
+#[tokio::test]
+async fn h1_access_log_counts_the_bytes_of_an_aborted_body() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len: usize = 64 << 20;
+    let cut = vol.join("vod/m/cut.ts");
+    std::fs::write(&cut, pattern(len, 0)).expect("write");
+    let log = dir.path().join("access.log");
+    let srv = Server::start(&config_for(
+        &[&vol],
+        &format!(
+            "[cache]\nmax_item_bytes = \"1MiB\"\n[log]\naccess = \"{}\"\nformat = \"json\"\n",
+            log.display()
+        ),
+    ));
+    let got = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(srv.addr).expect("connect");
+        c.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+        c.write_all(b"GET /vod/m/cut.ts HTTP/1.1\r\nHost: x\r\nX-Request-Id: reg5-h1-cut\r\n\r\n")
+            .expect("send");
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut truncated = false;
+        loop {
+            if got >= 1 << 20 && !truncated {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&cut)
+                    .expect("open")
+                    .set_len(0)
+                    .expect("truncate");
+                truncated = true;
+            }
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        (got, srv)
+    })
+    .await
+    .expect("client");
+    let (got, _srv) = got;
+    assert!(
+        got < len,
+        "the truncation cut the download short ({got} of {len} bytes)"
+    );
+    let line = access_line(&log, "reg5-h1-cut").await;
+    let logged = json_number(&line, "bytes").expect("bytes field");
+    assert!(
+        logged > 0 && logged < len as u64 && logged + 1024 >= got as u64,
+        "the access log shows the body bytes sent ({got} received with the head), not 0 or the full length: {line}"
+    );
+    assert!(line.contains("\"complete\":false"), "{line}");
+}
+
 // === 6. The access log's drop counter is exported ===
 
 #[tokio::test]

@@ -319,9 +319,11 @@ async fn exchange(
     let chunked = matches!(&body, Body::Stream(s) if s.len.is_none()) && !head.http10;
     let head_out = head_bytes(status, &headers, close, head.http10, chunked);
     let stall = policy.config.server.send_timeout;
-    let sent = write_body(stream, head_out, body, delimit, stall, &record).await;
-    record.finish(*sent.as_ref().unwrap_or(&0), sent.is_ok());
-    match (sent, close, must_close) {
+    let mut sent = 0;
+    let written = write_body(stream, head_out, body, delimit, stall, &record, &mut sent).await;
+    // An aborted body logs and counts the bytes that did go out.
+    record.finish(sent, written.is_ok());
+    match (written, close, must_close) {
         (Err(_), _, _) => Next::Reset,
         (Ok(_), true, true) => Next::Linger,
         (Ok(_), true, false) => Next::Close,
@@ -423,30 +425,33 @@ async fn write_body(
     delimit: Delimit,
     stall: std::time::Duration,
     record: &Record,
-) -> std::io::Result<u64> {
+    sent: &mut u64,
+) -> std::io::Result<()> {
     let first_byte = || record.head_sent();
     match body {
         Body::Empty => {
             write::write_all_timeout(stream, &head, stall).await?;
             first_byte();
-            Ok(0)
         }
         Body::Bytes(b) => {
             head.extend_from_slice(&b);
             write::write_all_timeout(stream, &head, stall).await?;
             first_byte();
-            Ok(b.len() as u64)
+            *sent = b.len() as u64;
         }
         Body::File(range) if range.small && range.len <= zerocopy::SMALL_COPY => {
             let n = zerocopy::write_small(stream, head, &range, stall).await?;
             first_byte();
-            Ok(n)
+            *sent = n;
         }
-        Body::File(range) => zerocopy::send_file(stream, &head, &range, stall, first_byte).await,
+        Body::File(range) => {
+            zerocopy::send_file(stream, &head, &range, stall, first_byte, sent).await?
+        }
         Body::Stream(s) => {
-            write::write_stream(stream, &head, s.inner, delimit, stall, first_byte).await
+            write::write_stream(stream, &head, s.inner, delimit, stall, first_byte, sent).await?
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

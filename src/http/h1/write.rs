@@ -122,7 +122,8 @@ pub(super) enum Delimit {
 /// Writes a stream's chunks after `head`. The terminating zero chunk is written only after the
 /// stream ended cleanly: a stream that fails returns the error with the body unterminated, and
 /// the caller resets the connection, so the client sees an incomplete body, never a short one
-/// that looks complete. Returns the body bytes sent (payload, without chunk framing).
+/// that looks complete. `sent` counts the body bytes sent (payload, without chunk framing), also
+/// when the stream fails part way.
 pub(super) async fn write_stream(
     stream: &mut TcpStream,
     head: &[u8],
@@ -130,7 +131,8 @@ pub(super) async fn write_stream(
     delimit: Delimit,
     stall: Duration,
     first_byte: impl FnOnce(),
-) -> io::Result<u64> {
+    sent: &mut u64,
+) -> io::Result<()> {
     write_all_timeout(stream, head, stall).await?;
     first_byte();
     // Many responses usually start from one event (the waiters of a fill, the readers of an
@@ -138,7 +140,6 @@ pub(super) async fn write_stream(
     // that may already be all there, so the last one's first byte does not wait for every
     // earlier one's whole body.
     tokio::task::yield_now().await;
-    let mut sent = 0u64;
     while let Some(chunk) = body.next().await {
         let data = chunk?;
         if data.is_empty() {
@@ -155,10 +156,10 @@ pub(super) async fn write_stream(
             }
             Delimit::Close | Delimit::Length => write_all_timeout(stream, &data, stall).await?,
         }
-        sent += data.len() as u64;
+        *sent += data.len() as u64;
     }
     if delimit == Delimit::Chunked {
         write_all_timeout(stream, b"0\r\n\r\n", stall).await?;
     }
-    Ok(sent)
+    Ok(())
 }

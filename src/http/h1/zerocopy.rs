@@ -101,14 +101,16 @@ impl Cursor {
     }
 }
 
-/// Sends `head` then the range with sendfile; returns the body bytes sent.
+/// Sends `head` then the range with sendfile; `sent` counts the body bytes on their way, also
+/// when the send fails part way.
 pub(super) async fn send_file(
     stream: &mut TcpStream,
     head: &[u8],
     range: &FileRange,
     stall: Duration,
     first_byte: impl FnOnce(),
-) -> io::Result<u64> {
+    sent: &mut u64,
+) -> io::Result<()> {
     let mut cur = Cursor::new(range.offset, range.len);
     if let Some((off, len)) = cur.next_span() {
         if let Err(e) = range.ensure_resident(off, len).await {
@@ -148,6 +150,7 @@ pub(super) async fn send_file(
                 "file shrank while being sent",
             ));
         }
+        *sent += n as u64;
         if cur.advance(n as u64) && !range.still_current() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -156,7 +159,7 @@ pub(super) async fn send_file(
         }
     }
     range.sent_zero_copy(range.len);
-    Ok(range.len)
+    Ok(())
 }
 
 /// Reads a small body (a playlist) from the page cache, or through the I/O backend when cold,
