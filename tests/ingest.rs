@@ -2696,6 +2696,58 @@ async fn h3_trailers_with_pseudo_headers_write_nothing() {
     );
 }
 
+/// HTTP/3: a DELETE whose request stream is reset mid-body (`H3_NO_ERROR` or
+/// `H3_REQUEST_CANCELLED`) removes nothing; one whose body ends is carried out.
+#[tokio::test]
+async fn h3_delete_reset_mid_body_removes_nothing() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-up");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    let rig = Rig::start(&["disk1"], &[], &tls, |d| {
+        std::fs::create_dir_all(d.join("disk1/live/dr")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/dr/obj.ts"), b"keep me").expect("write");
+    });
+    let file = rig.vol("disk1").join("live/dr/obj.ts");
+    let target = q("/live/dr/obj.ts", &upload_token("/live/*"));
+    let c = crate::h3::h3_connect(rig.srv.tls_addr.expect("tls listener"), &pki).await;
+    let head = [
+        (":method", "DELETE"),
+        (":scheme", "https"),
+        (":authority", "localhost"),
+        (":path", target.as_str()),
+    ];
+    for (what, code) in [("H3_NO_ERROR", 0x100u32), ("H3_REQUEST_CANCELLED", 0x10c)] {
+        let (mut tx, _rx) = c.conn.open_bi().await.expect("stream");
+        let mut frames = crate::h3::raw_headers_frame(&head);
+        frames.extend_from_slice(&[0x00, 3]);
+        frames.extend_from_slice(b"hel");
+        tx.write_all(&frames).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.reset(code.into()).expect("reset");
+        // Nothing tells when segd is done with a request it drops: watch the object for a
+        // second (a DELETE that goes on removes it within milliseconds).
+        let gone = eventually(Duration::from_secs(1), async || !file.exists()).await;
+        assert!(!gone, "{what}: the object was deleted");
+        assert_eq!(read(&file), b"keep me", "{what}");
+    }
+    // The same DELETE with its body's end: carried out.
+    let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+    let mut frames = crate::h3::raw_headers_frame(&head);
+    frames.extend_from_slice(&[0x00, 3]);
+    frames.extend_from_slice(b"hel");
+    tx.write_all(&frames).await.expect("write");
+    let _ = tx.finish();
+    tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+        .await
+        .expect("an answer within 5 s")
+        .expect("answered");
+    assert!(
+        !file.exists(),
+        "a DELETE whose body ended removes the object"
+    );
+}
+
 const H2_DATA: u8 = 0;
 const H2_HEADERS: u8 = 1;
 const H2_RST_STREAM: u8 = 3;
