@@ -5,6 +5,10 @@
 //! A second table does the same for the pull cache's index: byte-weighted (objects of 32 KiB to
 //! 1 MiB, capacity in bytes, moka's weigher as `store/pull.rs` sets it) against an LRU evicting
 //! by bytes, with byte hit ratios too (what the upstream is spared).
+//! A third table mixes whole files (20-120 MiB, one object in 100) into that catalogue: moka's
+//! admission weighs a candidate against the summed frequencies of all the victims it would
+//! displace, so a large object could in principle be kept out for good; the table shows whether
+//! it is (TinyLFU, moka with its LRU policy, a plain LRU).
 //! Run: `cargo bench --bench cache_hit_ratio`.
 
 use std::num::NonZeroUsize;
@@ -99,9 +103,15 @@ fn size_of(k: u64) -> u64 {
 
 /// (object hit ratio, byte hit ratio) of a byte-weighted moka cache of `cap` bytes, configured as
 /// the pull cache's index is (weigher: object bytes + a 256-byte sidecar).
-fn moka_weighted(trace: &[u64], cap: u64) -> (f64, f64) {
+fn moka_weighted(
+    trace: &[u64],
+    cap: u64,
+    size_of: fn(u64) -> u64,
+    policy: moka::policy::EvictionPolicy,
+) -> (f64, f64) {
     let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
         .max_capacity(cap)
+        .eviction_policy(policy)
         .weigher(|_k: &u64, v: &u64| u32::try_from(*v + 256).unwrap_or(u32::MAX))
         .build();
     let (mut hits, mut hit_bytes, mut bytes) = (0u64, 0u64, 0u64);
@@ -125,7 +135,7 @@ fn moka_weighted(trace: &[u64], cap: u64) -> (f64, f64) {
 }
 
 /// The same for an LRU that evicts least recently used objects until the bytes fit.
-fn lru_weighted(trace: &[u64], cap: u64) -> (f64, f64) {
+fn lru_weighted(trace: &[u64], cap: u64, size_of: fn(u64) -> u64) -> (f64, f64) {
     let mut c = lru::LruCache::unbounded();
     let (mut held, mut hits, mut hit_bytes, mut bytes) = (0u64, 0u64, 0u64, 0u64);
     for k in trace {
@@ -186,9 +196,128 @@ fn main() {
         let t = trace(n, len, s, scan);
         for pct in [5u64, 10, 20] {
             let cap = bytes * pct / 100;
-            let (m, mb) = moka_weighted(&t, cap);
-            let (l, lb) = lru_weighted(&t, cap);
+            let (m, mb) = moka_weighted(&t, cap, size_of, moka::policy::EvictionPolicy::tiny_lfu());
+            let (l, lb) = lru_weighted(&t, cap, size_of);
             println!("| {name} | {pct}% | {m:.3} | {l:.3} | {mb:.3} | {lb:.3} |");
         }
+    }
+
+    let bytes: u64 = (0..n as u64).map(mixed_size_of).sum();
+    println!(
+        "\nThe same with whole files in the catalogue (one object in 100 is 20-120 MiB: podcasts, DJ mixes): catalogue {} MiB; byte hit ratio, of all bytes and of the whole files' bytes\n",
+        bytes >> 20
+    );
+    println!("| workload | cache size (% of catalogue bytes) | moka TinyLFU | moka LRU | plain LRU | whole files: TinyLFU | moka LRU | plain LRU |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, s, scan) in [
+        ("zipf s=0.9", 0.9, false),
+        ("zipf s=0.9 + cold scan", 0.9, true),
+    ] {
+        let t = trace(n, len, s, scan);
+        for pct in [5u64, 10, 20] {
+            let cap = bytes * pct / 100;
+            let (_, tb) = moka_weighted(
+                &t,
+                cap,
+                mixed_size_of,
+                moka::policy::EvictionPolicy::tiny_lfu(),
+            );
+            let (_, mb) =
+                moka_weighted(&t, cap, mixed_size_of, moka::policy::EvictionPolicy::lru());
+            let (_, lb) = lru_weighted(&t, cap, mixed_size_of);
+            let (tw, mw, lw) = (
+                whole_file_bytes(&t, cap, Policy::TinyLfu),
+                whole_file_bytes(&t, cap, Policy::MokaLru),
+                whole_file_bytes(&t, cap, Policy::Lru),
+            );
+            println!(
+                "| {name} | {pct}% | {tb:.3} | {mb:.3} | {lb:.3} | {tw:.3} | {mw:.3} | {lw:.3} |"
+            );
+        }
+    }
+}
+
+/// One object in 100 is a whole file of 20-120 MiB; the rest are segments as in `size_of`.
+fn is_whole_file(k: u64) -> bool {
+    k % 100 == 7
+}
+
+fn mixed_size_of(k: u64) -> u64 {
+    if is_whole_file(k) {
+        (20 << 20) + (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % (100 << 20)
+    } else {
+        size_of(k)
+    }
+}
+
+enum Policy {
+    TinyLfu,
+    MokaLru,
+    Lru,
+}
+
+/// Byte hit ratio of the whole files alone, in the mixed replay.
+fn whole_file_bytes(trace: &[u64], cap: u64, policy: Policy) -> f64 {
+    // Replays the trace, counting only whole-file requests.
+    let only_whole = |k: u64| {
+        if is_whole_file(k) {
+            mixed_size_of(k)
+        } else {
+            0
+        }
+    };
+    let (mut hit, mut all) = (0u64, 0u64);
+    let mut record = |k: u64, was_hit: bool| {
+        let b = only_whole(k);
+        all += b;
+        if was_hit {
+            hit += b;
+        }
+    };
+    match policy {
+        Policy::TinyLfu | Policy::MokaLru => {
+            let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
+                .max_capacity(cap)
+                .eviction_policy(match policy {
+                    Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
+                    _ => moka::policy::EvictionPolicy::lru(),
+                })
+                .weigher(|_k: &u64, v: &u64| u32::try_from(*v + 256).unwrap_or(u32::MAX))
+                .build();
+            for (i, k) in trace.iter().enumerate() {
+                let h = c.get(k).is_some();
+                if !h {
+                    c.insert(*k, mixed_size_of(*k));
+                }
+                record(*k, h);
+                if i % 1024 == 0 {
+                    c.run_pending_tasks();
+                }
+            }
+        }
+        Policy::Lru => {
+            let mut c = lru::LruCache::unbounded();
+            let mut held = 0u64;
+            for k in trace {
+                let h = c.get(k).is_some();
+                if !h {
+                    let len = mixed_size_of(*k);
+                    c.put(*k, len);
+                    held += len + 256;
+                    while held > cap {
+                        match c.pop_lru() {
+                            Some((_, l)) => held -= l + 256,
+                            None => break,
+                        }
+                    }
+                }
+                record(*k, h);
+            }
+        }
+    }
+    if all == 0 {
+        0.0
+    } else {
+        hit as f64 / all as f64
     }
 }
