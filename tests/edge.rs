@@ -2887,6 +2887,37 @@ async fn edge_llhls_passthrough_errors_are_not_cacheable() {
     }
 }
 
+/// An upstream that says nothing of the media type (`binary/octet-stream`, what S3 stores for an
+/// object uploaded without one) does not override segd's table: the segment and the playlist go
+/// out with their own types, on the miss and from the copy. A specific upstream type is kept.
+#[tokio::test]
+async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let direct = raw_fetch(up.addr, "/vod/octet/a.ts", Duration::from_secs(2));
+    assert!(
+        direct.head.contains("Content-Type: binary/octet-stream"),
+        "{}",
+        direct.head
+    );
+    let edge = Edge::start(&keys(&[]), &[http_upstream("mixed", &up.base(), "")]);
+    let mut stored = 0;
+    for (path, want) in [
+        ("/vod/octet/a.ts", "video/mp2t"),
+        ("/vod/octet/b.m3u8", "application/vnd.apple.mpegurl"),
+        ("/vod/plain/c.m4s", "video/iso.segment"),
+    ] {
+        let miss = must("GET", &edge.url(path), &[], false).await;
+        assert_eq!(miss.status, 200, "{path}");
+        assert_eq!(miss.header("content-type"), Some(want), "{path}: the miss");
+        stored += miss.bytes().len();
+        edge.wait_stored(stored).await;
+        let hit = must("GET", &edge.url(path), &[], true).await;
+        assert_eq!(edge.nth_cache_status(path, 2).await, "hit", "{path}");
+        assert_eq!(hit.header("content-type"), Some(want), "{path}: the copy");
+    }
+}
+
 /// An upstream `ETag` that is not an entity-tag (RFC 9110 §8.8.3: a quoted string) is no
 /// validator: it is neither served nor kept, and the copy gets one made at the fill, as when
 /// the upstream sends none.

@@ -144,7 +144,7 @@ impl Meta {
                 "last-modified" => m.last_modified = hv(),
                 "upstream-etag" => m.upstream_etag = hv(),
                 "upstream-last-modified" => m.upstream_last_modified = hv(),
-                "content-type" => m.content_type = hv(),
+                "content-type" => m.content_type = specific_type(hv()),
                 "content-encoding" => m.content_encoding = hv(),
                 "cache-control" => m.cache_control = hv(),
                 _ => {}
@@ -281,6 +281,19 @@ fn forbids_storing(cc: &str) -> bool {
     cc.split(',')
         .map(str::trim)
         .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
+}
+
+/// The upstream's `Content-Type`, unless it says nothing about the media: no type, or the generic
+/// `application/octet-stream` / `binary/octet-stream` that S3 clients store when nobody set one.
+/// Then the object is served with the type segd's own table gives its extension.
+fn specific_type(v: Option<HeaderValue>) -> Option<HeaderValue> {
+    v.filter(|v| {
+        let Ok(t) = v.to_str() else { return false };
+        let essence = t.split(';').next().unwrap_or("").trim();
+        !essence.is_empty()
+            && !essence.eq_ignore_ascii_case("application/octet-stream")
+            && !essence.eq_ignore_ascii_case("binary/octet-stream")
+    })
 }
 
 /// A `Last-Modified` segd can keep and send back as it came: visible ASCII only (obs-text would
@@ -1309,7 +1322,7 @@ impl Pull {
             last_modified,
             upstream_etag: entity_tag(get(ETAG)),
             upstream_last_modified: keepable(get(LAST_MODIFIED)),
-            content_type: get(CONTENT_TYPE),
+            content_type: specific_type(get(CONTENT_TYPE)),
             content_encoding,
             cache_control: cc,
             fetched,

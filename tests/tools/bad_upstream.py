@@ -27,6 +27,8 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
                               max-age=600` and, for a 3xx, a `Location` (any first segment:
                               /live/… for LL-HLS requests passed through)
               /vod/badetag/…  `ETag: no-quotes` (not an entity-tag)
+              /vod/octet/…    `Content-Type: binary/octet-stream` (what S3 stores when the
+                              uploader set no type)
               /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
                               and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
                               304 with the same two fields
@@ -100,7 +102,8 @@ def mixed(sock, method, target, lines, state):
         return True
     body = pattern(path)
     ext = os.path.splitext(path)[1]
-    head = ["HTTP/1.1 200 OK", f"Content-Type: {TYPES.get(ext, 'application/octet-stream')}"]
+    ctype = "binary/octet-stream" if kind == "octet" else TYPES.get(ext, "application/octet-stream")
+    head = ["HTTP/1.1 200 OK", f"Content-Type: {ctype}"]
     if kind == "gzip":
         body = gzip.compress(body, mtime=0)
         head.append("Content-Encoding: gzip")
