@@ -101,49 +101,82 @@ fn size_of(k: u64) -> u64 {
     (32 << 10) + (x % 31) * (32 << 10)
 }
 
-/// (object hit ratio, byte hit ratio) of a byte-weighted moka cache of `cap` bytes, configured as
-/// the pull cache's index is (weigher: object bytes + a 256-byte sidecar).
+/// Hit ratios of one replay: objects, bytes, and the whole files' bytes alone (NaN without any).
+#[derive(Default)]
+struct Tally {
+    hits: u64,
+    requests: u64,
+    hit_bytes: u64,
+    bytes: u64,
+    whole_hit_bytes: u64,
+    whole_bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, k: u64, len: u64, hit: bool) {
+        self.requests += 1;
+        self.bytes += len;
+        let whole = is_whole_file(k);
+        if whole {
+            self.whole_bytes += len;
+        }
+        if hit {
+            self.hits += 1;
+            self.hit_bytes += len;
+            if whole {
+                self.whole_hit_bytes += len;
+            }
+        }
+    }
+
+    /// (object hit ratio, byte hit ratio, whole files' byte hit ratio)
+    fn ratios(&self) -> (f64, f64, f64) {
+        (
+            self.hits as f64 / self.requests as f64,
+            self.hit_bytes as f64 / self.bytes as f64,
+            self.whole_hit_bytes as f64 / self.whole_bytes as f64,
+        )
+    }
+}
+
+/// A byte-weighted moka cache of `cap` bytes, configured as the pull cache's index is (weigher:
+/// object bytes + a 256-byte sidecar), with eviction `policy`.
 fn moka_weighted(
     trace: &[u64],
     cap: u64,
     size_of: fn(u64) -> u64,
     policy: moka::policy::EvictionPolicy,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
         .max_capacity(cap)
         .eviction_policy(policy)
         .weigher(|_k: &u64, v: &u64| u32::try_from(*v + 256).unwrap_or(u32::MAX))
         .build();
-    let (mut hits, mut hit_bytes, mut bytes) = (0u64, 0u64, 0u64);
+    let mut t = Tally::default();
     for (i, k) in trace.iter().enumerate() {
         let len = size_of(*k);
-        bytes += len;
-        if c.get(k).is_some() {
-            hits += 1;
-            hit_bytes += len;
-        } else {
+        let hit = c.get(k).is_some();
+        if !hit {
             c.insert(*k, len);
         }
+        t.count(*k, len, hit);
         if i % 1024 == 0 {
             c.run_pending_tasks();
         }
     }
-    (
-        hits as f64 / trace.len() as f64,
-        hit_bytes as f64 / bytes as f64,
-    )
+    t.ratios()
 }
 
 /// The same for an LRU that evicts least recently used objects until the bytes fit.
-fn lru_weighted(trace: &[u64], cap: u64, size_of: fn(u64) -> u64) -> (f64, f64) {
+fn lru_weighted(trace: &[u64], cap: u64, size_of: fn(u64) -> u64) -> (f64, f64, f64) {
     let mut c = lru::LruCache::unbounded();
-    let (mut held, mut hits, mut hit_bytes, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut held = 0u64;
+    let mut t = Tally::default();
     for k in trace {
         let len = size_of(*k);
-        bytes += len;
-        if c.get(k).is_some() {
-            hits += 1;
-            hit_bytes += len;
+        let hit = c.get(k).is_some();
+        t.count(*k, len, hit);
+        if hit {
             continue;
         }
         c.put(*k, len);
@@ -155,10 +188,7 @@ fn lru_weighted(trace: &[u64], cap: u64, size_of: fn(u64) -> u64) -> (f64, f64) 
             }
         }
     }
-    (
-        hits as f64 / trace.len() as f64,
-        hit_bytes as f64 / bytes as f64,
-    )
+    t.ratios()
 }
 
 fn main() {
@@ -196,8 +226,9 @@ fn main() {
         let t = trace(n, len, s, scan);
         for pct in [5u64, 10, 20] {
             let cap = bytes * pct / 100;
-            let (m, mb) = moka_weighted(&t, cap, size_of, moka::policy::EvictionPolicy::tiny_lfu());
-            let (l, lb) = lru_weighted(&t, cap, size_of);
+            let (m, mb, _) =
+                moka_weighted(&t, cap, size_of, moka::policy::EvictionPolicy::tiny_lfu());
+            let (l, lb, _) = lru_weighted(&t, cap, size_of);
             println!("| {name} | {pct}% | {m:.3} | {l:.3} | {mb:.3} | {lb:.3} |");
         }
     }
@@ -216,20 +247,11 @@ fn main() {
         let t = trace(n, len, s, scan);
         for pct in [5u64, 10, 20] {
             let cap = bytes * pct / 100;
-            let (_, tb) = moka_weighted(
-                &t,
-                cap,
-                mixed_size_of,
-                moka::policy::EvictionPolicy::tiny_lfu(),
-            );
-            let (_, mb) =
-                moka_weighted(&t, cap, mixed_size_of, moka::policy::EvictionPolicy::lru());
-            let (_, lb) = lru_weighted(&t, cap, mixed_size_of);
-            let (tw, mw, lw) = (
-                whole_file_bytes(&t, cap, Policy::TinyLfu),
-                whole_file_bytes(&t, cap, Policy::MokaLru),
-                whole_file_bytes(&t, cap, Policy::Lru),
-            );
+            let tiny_lfu = moka::policy::EvictionPolicy::tiny_lfu();
+            let (_, tb, tw) = moka_weighted(&t, cap, mixed_size_of, tiny_lfu);
+            let moka_lru = moka::policy::EvictionPolicy::lru();
+            let (_, mb, mw) = moka_weighted(&t, cap, mixed_size_of, moka_lru);
+            let (_, lb, lw) = lru_weighted(&t, cap, mixed_size_of);
             println!(
                 "| {name} | {pct}% | {tb:.3} | {mb:.3} | {lb:.3} | {tw:.3} | {mw:.3} | {lw:.3} |"
             );
@@ -247,77 +269,5 @@ fn mixed_size_of(k: u64) -> u64 {
         (20 << 20) + (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) % (100 << 20)
     } else {
         size_of(k)
-    }
-}
-
-enum Policy {
-    TinyLfu,
-    MokaLru,
-    Lru,
-}
-
-/// Byte hit ratio of the whole files alone, in the mixed replay.
-fn whole_file_bytes(trace: &[u64], cap: u64, policy: Policy) -> f64 {
-    // Replays the trace, counting only whole-file requests.
-    let only_whole = |k: u64| {
-        if is_whole_file(k) {
-            mixed_size_of(k)
-        } else {
-            0
-        }
-    };
-    let (mut hit, mut all) = (0u64, 0u64);
-    let mut record = |k: u64, was_hit: bool| {
-        let b = only_whole(k);
-        all += b;
-        if was_hit {
-            hit += b;
-        }
-    };
-    match policy {
-        Policy::TinyLfu | Policy::MokaLru => {
-            let c: moka::sync::Cache<u64, u64> = moka::sync::Cache::builder()
-                .max_capacity(cap)
-                .eviction_policy(match policy {
-                    Policy::TinyLfu => moka::policy::EvictionPolicy::tiny_lfu(),
-                    _ => moka::policy::EvictionPolicy::lru(),
-                })
-                .weigher(|_k: &u64, v: &u64| u32::try_from(*v + 256).unwrap_or(u32::MAX))
-                .build();
-            for (i, k) in trace.iter().enumerate() {
-                let h = c.get(k).is_some();
-                if !h {
-                    c.insert(*k, mixed_size_of(*k));
-                }
-                record(*k, h);
-                if i % 1024 == 0 {
-                    c.run_pending_tasks();
-                }
-            }
-        }
-        Policy::Lru => {
-            let mut c = lru::LruCache::unbounded();
-            let mut held = 0u64;
-            for k in trace {
-                let h = c.get(k).is_some();
-                if !h {
-                    let len = mixed_size_of(*k);
-                    c.put(*k, len);
-                    held += len + 256;
-                    while held > cap {
-                        match c.pop_lru() {
-                            Some((_, l)) => held -= l + 256,
-                            None => break,
-                        }
-                    }
-                }
-                record(*k, h);
-            }
-        }
-    }
-    if all == 0 {
-        0.0
-    } else {
-        hit as f64 / all as f64
     }
 }

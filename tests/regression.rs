@@ -649,6 +649,16 @@ fn json_number(line: &str, field: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Cuts `file` to nothing under a download of it.
+fn truncate(file: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open")
+        .set_len(0)
+        .expect("truncate");
+}
+
 /// Over h2c, a segment too big for the hot-body cache is streamed; the file is truncated after
 /// about 1 MiB reached the client. The access log shows the bytes actually sent (fewer than the
 /// file's length); a clean download of the same size shows the full length.
@@ -701,12 +711,7 @@ async fn hyper_access_log_counts_the_bytes_sent() {
     let mut truncated = false;
     let end = loop {
         if got >= 1 << 20 && !truncated {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&cut)
-                .expect("open")
-                .set_len(0)
-                .expect("truncate");
+            truncate(&cut);
             truncated = true;
         }
         match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
@@ -757,12 +762,7 @@ async fn h1_access_log_counts_the_bytes_of_an_aborted_body() {
         let mut truncated = false;
         loop {
             if got >= 1 << 20 && !truncated {
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&cut)
-                    .expect("open")
-                    .set_len(0)
-                    .expect("truncate");
+                truncate(&cut);
                 truncated = true;
             }
             match c.read(&mut buf) {
