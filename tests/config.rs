@@ -2,6 +2,7 @@
 //! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
 //! - a missing config file names the path (check-config and serve)
 //! - unknown keys are errors listing the allowed keys
+//! - a misspelt `[log] level` (a target name to tracing's filter) is an error, not silence
 //! - `--help` of every command describes it
 //! - a listen address already in use fails start-up with exit 1 and the key
 
@@ -147,6 +148,34 @@ fn invalid_toml_and_missing_volume_dir() {
     assert!(err.contains("volumes: no volume configured"), "{err}");
     let (code, err, _) = check("[[volumes]]\npath = \"vol\"\n");
     assert_eq!(code, 0, "{err}");
+}
+
+/// `[log] level` takes levels and `TARGET=LEVEL` directives. A misspelt level (`warning`) is
+/// a target name to tracing's filter, which would start segd with every log line silenced.
+#[test]
+fn misspelt_log_level_is_an_error() {
+    for bad in ["warning", "information", "info,verbose"] {
+        let (code, err, path) = check(&format!(
+            "[[volumes]]\npath = \"vol\"\n[log]\nlevel = \"{bad}\"\n"
+        ));
+        assert_eq!(code, 64, "{bad}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains(": log.level: "))
+            .unwrap_or_else(|| panic!("no log.level error for {bad}:\n{err}"));
+        assert!(line.starts_with(&path), "names the file: {line}");
+        assert!(line.contains("is not a level"), "{line}");
+        assert!(
+            line.contains("allowed: error, warn, info, debug, trace"),
+            "{line}"
+        );
+    }
+    for good in ["warn", "debug,hyper=info"] {
+        let (code, err, _) = check(&format!(
+            "[[volumes]]\npath = \"vol\"\n[log]\nlevel = \"{good}\"\n"
+        ));
+        assert_eq!(code, 0, "{good}: {err}");
+    }
 }
 
 #[test]
