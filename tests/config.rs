@@ -2,6 +2,7 @@
 //! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
 //! - a missing config file names the path (check-config and serve)
 //! - unknown keys are errors listing the allowed keys
+//! - two volumes on one directory (however spelt) are an error for check-config and serve
 //! - a misspelt `[log] level` (a target name to tracing's filter) is an error, not silence
 //! - `--help` of every command describes it
 //! - a listen address already in use fails start-up with exit 1 and the key
@@ -176,6 +177,66 @@ fn misspelt_log_level_is_an_error() {
         ));
         assert_eq!(code, 0, "{good}: {err}");
     }
+}
+
+/// Two volumes on one directory, spelt differently (`./vol/`, an absolute path, a symlink):
+/// check-config and serve refuse them as they refuse the same path written twice.
+#[test]
+fn one_directory_is_one_volume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).expect("mkdir");
+    std::os::unix::fs::symlink(&vol, dir.path().join("link")).expect("symlink");
+    std::fs::create_dir(dir.path().join("other")).expect("mkdir");
+    let path = dir.path().join("segd.toml");
+    let run = |cmd: &str| {
+        // A relative --config, as an operator types it: paths resolve against "".
+        let out = Command::new(BIN)
+            .args([cmd, "--config", "segd.toml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for second in [
+        "./vol/".to_string(),
+        vol.display().to_string(),
+        "link".to_string(),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [[volumes]]\nname = \"a\"\npath = \"vol\"\n\
+                 [[volumes]]\nname = \"b\"\npath = \"{second}\"\n"
+            ),
+        )
+        .expect("write");
+        for cmd in ["check-config", "serve"] {
+            let (code, err) = run(cmd);
+            assert_eq!(code, 64, "{cmd} with {second}: {err}");
+            let line = err
+                .lines()
+                .find(|l| l.contains(": volumes[1].path: "))
+                .unwrap_or_else(|| panic!("{cmd} with {second}: no volumes[1].path error:\n{err}"));
+            assert!(line.starts_with("segd.toml: "), "{line}");
+            assert!(
+                line.contains("is the same directory as volumes[0].path")
+                    && line.contains("allowed: distinct directories"),
+                "{line}"
+            );
+        }
+    }
+    std::fs::write(
+        &path,
+        "[[volumes]]\npath = \"vol\"\n[[volumes]]\npath = \"other\"\n",
+    )
+    .expect("write");
+    let (code, err) = run("check-config");
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
