@@ -1,5 +1,6 @@
 //! Tokens against the running server:
 //! - accepted in each location: query, cookie, path-embedded (any character encoded), header
+//! - a CORS preflight allows the token's header location (the configured name)
 //! - every rejection reason answers a generic 403 and is counted under its metric label
 //! - key rotation (not_before / not_after), origin auth (right and wrong secret), public paths
 //! - a player loading a path-form playlist URL resolves relative URIs that carry the token
@@ -158,6 +159,77 @@ async fn accepted_in_every_location() {
             .status,
         200
     );
+}
+
+/// A browser player that sends its token in the header location (`__token__: …`, a custom
+/// header) is preflighted first: the preflight must allow that header, or the browser never
+/// sends the request. The allowed list names the configured token name.
+#[tokio::test]
+async fn preflight_allows_the_token_header() {
+    let (_d, srv) = start("forward");
+    let preflight = |headers: &'static str| {
+        let url = srv.url(SEG);
+        async move {
+            request(
+                "OPTIONS",
+                &url,
+                &[
+                    ("origin", "https://player.example"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", headers),
+                ],
+                false,
+            )
+            .await
+        }
+    };
+    let r = preflight("__token__,range").await;
+    assert_eq!(r.status, 204);
+    let allowed: Vec<String> = r
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for h in ["__token__", "range", "if-none-match", "if-unmodified-since"] {
+        assert!(allowed.iter().any(|a| a == h), "{h} not in {allowed:?}");
+    }
+    // The request the browser then sends.
+    let r = get(
+        &srv.url(SEG),
+        &[
+            ("origin", "https://player.example"),
+            ("__token__", &acl("/vod/t1/*")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // Another token name is the header that is allowed.
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&dir.path().join("disk1")],
+        &format!("[token]\nname = \"hdnts\"\nprotect = [\"/vod/\"]\n[[token.keys]]\nid = \"k1\"\nsecret = \"{K1}\"\n"),
+    ));
+    let r = request(
+        "OPTIONS",
+        &srv.url(SEG),
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "hdnts"),
+        ],
+        false,
+    )
+    .await;
+    assert!(
+        r.header("access-control-allow-headers")
+            .is_some_and(|v| v.split(", ").any(|h| h == "hdnts")),
+        "{:?}",
+        r.header("access-control-allow-headers")
+    );
+    let r = get(&srv.url(SEG), &[("hdnts", &acl("/vod/t1/*"))]).await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]

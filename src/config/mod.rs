@@ -138,7 +138,7 @@ impl Config {
         let volumes = parse_volumes(&top, &base);
         let cache = parse_cache(&top.table("cache", CACHE_KEYS));
         let token = parse_token(&top.table("token", TOKEN_KEYS));
-        let cors = parse_cors(&top.table("cors", CORS_KEYS));
+        let cors = parse_cors(&top.table("cors", CORS_KEYS), &token.name);
         let cache_control = parse_cache_control(&top.table("cache_control", CACHE_CONTROL_KEYS));
         let types = parse_types(&top);
         let log = parse_log(&top.table("log", LOG_KEYS), &base);
