@@ -239,6 +239,25 @@ fn one_directory_is_one_volume() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A key secret's error states the limit that is checked: 16 hex digits (8 bytes). It said
+/// "at least 16 bytes' worth" while accepting 8 bytes (and the demo's 14-byte key).
+#[test]
+fn short_secret_names_the_checked_limit() {
+    let keys = |secret: &str| {
+        format!("[[volumes]]\npath = \"vol\"\n[[token.keys]]\nid = \"k\"\nsecret = \"{secret}\"\n")
+    };
+    let (code, err, _) = check(&keys("00112233445566"));
+    assert_eq!(code, 64, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(": token.keys[0].secret: "))
+        .unwrap_or_else(|| panic!("no secret error:\n{err}"));
+    assert!(line.contains("too short"), "{line}");
+    assert!(line.contains("at least 16 (8 bytes)"), "{line}");
+    let (code, err, _) = check(&keys("0011223344556677"));
+    assert_eq!(code, 0, "16 digits are enough: {err}");
+}
+
 #[test]
 fn help_is_complete() {
     let out = Command::new(BIN).arg("--help").output().expect("run");

@@ -262,7 +262,8 @@ pub(super) fn parse_keys(s: &Section) -> Vec<TokenKey> {
         if id.is_none() && k.raw("id").is_none() {
             k.error("id", "missing", "a short key identifier");
         }
-        let secret_allowed = "an even number of hex digits (at least 16 bytes' worth: 32 digits is recommended; CDNs issue 28+)";
+        // The limit is 8 bytes (16 digits); the text must say what is checked.
+        let secret_allowed = "an even number of hex digits, at least 16 (8 bytes); 32 or more is recommended (CDNs issue 28+)";
         let secret = match k.string("secret", secret_allowed) {
             Some(hexs) => match hex::decode(hexs.trim()) {
                 Ok(b) if b.len() >= 8 => Some(b),
