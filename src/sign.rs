@@ -1,6 +1,6 @@
 //! `segd sign`: mint a token with a configured key and print ready URLs in each location form.
 
-use crate::auth::{edgeauth::SignSpec, ready_urls, Auth};
+use crate::auth::{edgeauth::SignSpec, encode_target, ready_urls, Auth};
 use crate::config::{parse_duration, Config};
 
 pub struct Args {
@@ -102,10 +102,11 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{path}'\npath:   {embedded}\n",
+        "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{}'\npath:   {embedded}\n",
         cfg.token.algorithm.as_str(),
         httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
         base_url(cfg),
+        encode_target(&path),
     ))
 }
 

@@ -628,6 +628,54 @@ async fn sign_command_prints_working_urls() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
 }
 
+/// `segd sign` prints URLs that work as printed for a path that needs escaping in a URL (a
+/// space): the path part is percent-encoded, for an ACL token's fixed prefix, `--url` and
+/// `--path` alike, and the URL token still verifies (it signs the path as given).
+#[tokio::test]
+async fn sign_prints_escaped_paths() {
+    let (d, srv) = start("forward");
+    let dir = d.path().join("disk1/vod/t1/my mix");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("a.ts"), b"spaced").expect("write");
+    let fix = |u: &str| u.replace("http://127.0.0.1:0", &format!("http://{}", srv.addr));
+    for args in [
+        vec!["--url", "/vod/t1/my mix/a.ts"],
+        vec!["--acl", "/vod/t1/my mix/*", "--path", "/vod/t1/my mix/a.ts"],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["sign", "--config"])
+            .arg(&srv.config)
+            .args(&args)
+            .output()
+            .expect("sign");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        for name in ["query:", "path:"] {
+            let url = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| fix(v.trim()))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            assert!(url.contains("/my%20mix/a.ts"), "{args:?} {name} {url}");
+            // As a client sends it, unchanged (a URL type would refuse a raw space).
+            let target = url.split_once(&srv.addr.to_string()).map_or("", |(_, t)| t);
+            let resp = raw_get(srv.addr, target);
+            assert_eq!(raw_status(&resp), 200, "{args:?} {name} {url}");
+            assert!(resp.ends_with(b"spaced"), "{args:?} {name}");
+        }
+        // The cookie form's curl command names the same escaped URL.
+        let cookie = text
+            .lines()
+            .find(|l| l.starts_with("cookie:"))
+            .unwrap_or_default();
+        assert!(cookie.ends_with("/vod/t1/my%20mix/a.ts'"), "{cookie}");
+    }
+}
+
 /// With `origin_auth_skips_tokens = false`, tokens are still verified behind the CDN, and the
 /// `ip=` field is compared with the trusted client-IP header — only on origin-authenticated
 /// requests; anyone else's header is ignored.
