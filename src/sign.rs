@@ -63,6 +63,21 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
             cfg.file.display()
         ));
     }
+    // `~` separates a token's fields: a value holding one would split its field, and the
+    // token would never verify (the reference generator makes such tokens too; refuse them).
+    let fields = [
+        ("--ip", a.ip.as_deref()),
+        ("--id", a.id.as_deref()),
+        ("--data", a.data.as_deref()),
+    ];
+    let acls = a.acl.iter().map(|p| ("--acl", Some(p.as_str())));
+    for (flag, value) in fields.into_iter().chain(acls) {
+        if let Some(v) = value.filter(|v| v.contains('~')) {
+            return Err(format!(
+                "{flag} {v:?} contains '~', which separates a token's fields (allowed: any text without '~')"
+            ));
+        }
+    }
     let acl = (!a.acl.is_empty()).then(|| a.acl.join("!"));
     if let Some(u) = &a.url {
         if !u.starts_with('/') {

@@ -676,6 +676,60 @@ async fn sign_prints_escaped_paths() {
     }
 }
 
+/// `~` separates a token's fields: `segd sign` refuses a value that holds one (exit 64, the
+/// flag named) instead of printing a token that can never verify.
+#[tokio::test]
+async fn sign_refuses_a_tilde_in_a_field() {
+    let (_d, srv) = start("forward");
+    for (flag, value) in [
+        ("--data", "a~b"),
+        ("--id", "s~1"),
+        ("--ip", "127.0.0.1~"),
+        ("--acl", "/vod/~user/*"),
+    ] {
+        let mut args = vec![flag, value];
+        if flag != "--acl" {
+            args.extend(["--acl", "/vod/t1/*"]);
+        }
+        let out = std::process::Command::new(BIN)
+            .args(["sign", "--config"])
+            .arg(&srv.config)
+            .args(&args)
+            .output()
+            .expect("sign");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {err}");
+        assert!(err.contains(flag) && err.contains("'~'"), "{flag}: {err}");
+        assert!(out.stdout.is_empty(), "{flag}: no token printed");
+    }
+    // Anything else in those fields makes a token that verifies.
+    let out = std::process::Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&srv.config)
+        .args([
+            "--acl",
+            "/vod/t1/*",
+            "--data",
+            "user=42&plan=pro",
+            "--id",
+            "s 1",
+        ])
+        .output()
+        .expect("sign");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token in {text}"));
+    assert_eq!(
+        get(&srv.url(SEG), &[("cookie", &format!("__token__={token}"))])
+            .await
+            .status,
+        200
+    );
+}
+
 /// With `origin_auth_skips_tokens = false`, tokens are still verified behind the CDN, and the
 /// `ip=` field is compared with the trusted client-IP header — only on origin-authenticated
 /// requests; anyone else's header is ignored.
