@@ -258,6 +258,40 @@ fn short_secret_names_the_checked_limit() {
     assert_eq!(code, 0, "16 digits are enough: {err}");
 }
 
+/// Origin auth with a bad header name and a short secret: both are reported at once, and a
+/// short secret without a header names both problems too.
+#[test]
+fn origin_auth_problems_are_all_reported() {
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_header = \"X Bad\"\norigin_auth_secret = \"short\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(": token.origin_auth_header: "), "{err}");
+    assert!(
+        err.contains(": token.origin_auth_secret: shorter than 16 characters"),
+        "{err}"
+    );
+    let (code, err, _) =
+        check("[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_secret = \"short\"\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(": token.origin_auth_header: missing while origin_auth_secret is set"),
+        "{err}"
+    );
+    assert!(
+        err.contains(": token.origin_auth_secret: shorter than 16"),
+        "{err}"
+    );
+    let (code, err, _) =
+        check("[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_header = \"X-Origin-Auth\"\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(": token.origin_auth_secret: missing"), "{err}");
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_header = \"X-Origin-Auth\"\norigin_auth_secret = \"0123456789abcdef\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn help_is_complete() {
     let out = Command::new(BIN).arg("--help").output().expect("run");
