@@ -109,9 +109,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let tls_errs = segd::tls::validate(&cfg);
-            if !tls_errs.is_empty() {
-                return report(&tls_errs, &config);
+            let mut errs = cfg.distinct_volumes();
+            errs.0.extend(segd::tls::validate(&cfg).0);
+            if !errs.is_empty() {
+                return report(&errs, &config);
             }
             segd::log::init(&cfg.log);
             match segd::server::run(cfg) {

@@ -1,6 +1,6 @@
 //! `segd sign`: mint a token with a configured key and print ready URLs in each location form.
 
-use crate::auth::{edgeauth::SignSpec, ready_urls, Auth};
+use crate::auth::{edgeauth::SignSpec, encode_target, ready_urls, Auth};
 use crate::config::{parse_duration, Config};
 
 pub struct Args {
@@ -63,6 +63,21 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
             cfg.file.display()
         ));
     }
+    // `~` separates a token's fields: a value holding one would split its field, and the
+    // token would never verify (the reference generator makes such tokens too; refuse them).
+    let fields = [
+        ("--ip", a.ip.as_deref()),
+        ("--id", a.id.as_deref()),
+        ("--data", a.data.as_deref()),
+    ];
+    let acls = a.acl.iter().map(|p| ("--acl", Some(p.as_str())));
+    for (flag, value) in fields.into_iter().chain(acls) {
+        if let Some(v) = value.filter(|v| v.contains('~')) {
+            return Err(format!(
+                "{flag} {v:?} contains '~', which separates a token's fields (allowed: any text without '~')"
+            ));
+        }
+    }
     let acl = (!a.acl.is_empty()).then(|| a.acl.join("!"));
     if let Some(u) = &a.url {
         if !u.starts_with('/') {
@@ -102,10 +117,11 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         ));
     }
     Ok(format!(
-        "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{path}'\npath:   {embedded}\n",
+        "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{}'\npath:   {embedded}\n",
         cfg.token.algorithm.as_str(),
         httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
         base_url(cfg),
+        encode_target(&path),
     ))
 }
 

@@ -2,6 +2,8 @@
 //! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
 //! - a missing config file names the path (check-config and serve)
 //! - unknown keys are errors listing the allowed keys
+//! - two volumes on one directory (however spelt) are an error for check-config and serve
+//! - a misspelt `[log] level` (a target name to tracing's filter) is an error, not silence
 //! - `--help` of every command describes it
 //! - a listen address already in use fails start-up with exit 1 and the key
 
@@ -146,6 +148,147 @@ fn invalid_toml_and_missing_volume_dir() {
     assert_eq!(code, 64);
     assert!(err.contains("volumes: no volume configured"), "{err}");
     let (code, err, _) = check("[[volumes]]\npath = \"vol\"\n");
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `[log] level` takes levels and `TARGET=LEVEL` directives. A misspelt level (`warning`) is
+/// a target name to tracing's filter, which would start segd with every log line silenced.
+#[test]
+fn misspelt_log_level_is_an_error() {
+    for bad in ["warning", "information", "info,verbose"] {
+        let (code, err, path) = check(&format!(
+            "[[volumes]]\npath = \"vol\"\n[log]\nlevel = \"{bad}\"\n"
+        ));
+        assert_eq!(code, 64, "{bad}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains(": log.level: "))
+            .unwrap_or_else(|| panic!("no log.level error for {bad}:\n{err}"));
+        assert!(line.starts_with(&path), "names the file: {line}");
+        assert!(line.contains("is not a level"), "{line}");
+        assert!(
+            line.contains("allowed: error, warn, info, debug, trace"),
+            "{line}"
+        );
+    }
+    for good in ["warn", "debug,hyper=info"] {
+        let (code, err, _) = check(&format!(
+            "[[volumes]]\npath = \"vol\"\n[log]\nlevel = \"{good}\"\n"
+        ));
+        assert_eq!(code, 0, "{good}: {err}");
+    }
+}
+
+/// Two volumes on one directory, spelt differently (`./vol/`, an absolute path, a symlink):
+/// check-config and serve refuse them as they refuse the same path written twice.
+#[test]
+fn one_directory_is_one_volume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("vol");
+    std::fs::create_dir(&vol).expect("mkdir");
+    std::os::unix::fs::symlink(&vol, dir.path().join("link")).expect("symlink");
+    std::fs::create_dir(dir.path().join("other")).expect("mkdir");
+    let path = dir.path().join("segd.toml");
+    let run = |cmd: &str| {
+        // A relative --config, as an operator types it: paths resolve against "".
+        let out = Command::new(BIN)
+            .args([cmd, "--config", "segd.toml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for second in [
+        "./vol/".to_string(),
+        vol.display().to_string(),
+        "link".to_string(),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [[volumes]]\nname = \"a\"\npath = \"vol\"\n\
+                 [[volumes]]\nname = \"b\"\npath = \"{second}\"\n"
+            ),
+        )
+        .expect("write");
+        for cmd in ["check-config", "serve"] {
+            let (code, err) = run(cmd);
+            assert_eq!(code, 64, "{cmd} with {second}: {err}");
+            let line = err
+                .lines()
+                .find(|l| l.contains(": volumes[1].path: "))
+                .unwrap_or_else(|| panic!("{cmd} with {second}: no volumes[1].path error:\n{err}"));
+            assert!(line.starts_with("segd.toml: "), "{line}");
+            assert!(
+                line.contains("is the same directory as volumes[0].path")
+                    && line.contains("allowed: distinct directories"),
+                "{line}"
+            );
+        }
+    }
+    std::fs::write(
+        &path,
+        "[[volumes]]\npath = \"vol\"\n[[volumes]]\npath = \"other\"\n",
+    )
+    .expect("write");
+    let (code, err) = run("check-config");
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A key secret's error states the limit that is checked: 16 hex digits (8 bytes). It said
+/// "at least 16 bytes' worth" while accepting 8 bytes (and the demo's 14-byte key).
+#[test]
+fn short_secret_names_the_checked_limit() {
+    let keys = |secret: &str| {
+        format!("[[volumes]]\npath = \"vol\"\n[[token.keys]]\nid = \"k\"\nsecret = \"{secret}\"\n")
+    };
+    let (code, err, _) = check(&keys("00112233445566"));
+    assert_eq!(code, 64, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(": token.keys[0].secret: "))
+        .unwrap_or_else(|| panic!("no secret error:\n{err}"));
+    assert!(line.contains("too short"), "{line}");
+    assert!(line.contains("at least 16 (8 bytes)"), "{line}");
+    let (code, err, _) = check(&keys("0011223344556677"));
+    assert_eq!(code, 0, "16 digits are enough: {err}");
+}
+
+/// Origin auth with a bad header name and a short secret: both are reported at once, and a
+/// short secret without a header names both problems too.
+#[test]
+fn origin_auth_problems_are_all_reported() {
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_header = \"X Bad\"\norigin_auth_secret = \"short\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(": token.origin_auth_header: "), "{err}");
+    assert!(
+        err.contains(": token.origin_auth_secret: shorter than 16 characters"),
+        "{err}"
+    );
+    let (code, err, _) =
+        check("[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_secret = \"short\"\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(": token.origin_auth_header: missing while origin_auth_secret is set"),
+        "{err}"
+    );
+    assert!(
+        err.contains(": token.origin_auth_secret: shorter than 16"),
+        "{err}"
+    );
+    let (code, err, _) =
+        check("[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_header = \"X-Origin-Auth\"\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains(": token.origin_auth_secret: missing"), "{err}");
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[token]\norigin_auth_header = \"X-Origin-Auth\"\norigin_auth_secret = \"0123456789abcdef\"\n",
+    );
     assert_eq!(code, 0, "{err}");
 }
 

@@ -6,6 +6,8 @@
 //! - a client trickling its head (slowloris) gets 408 within header_read_timeout
 //! - a client that stops reading is disconnected after send_timeout
 //! - a file truncated while being sent never completes: the connection is reset mid-body
+//! - absolute-form targets: `OPTIONS http://host` is `OPTIONS *`, an empty path is `/`, the
+//!   scheme is case-insensitive
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -406,5 +408,55 @@ fn a_request_line_past_the_head_limit_is_414() {
             "GET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
         )),
         200
+    );
+}
+
+/// Absolute-form request targets (RFC 9112 §3.2.2: a server must accept them) on the fast
+/// path: `OPTIONS http://host[:port]` is `OPTIONS *` (§3.2.4), another method's empty path is
+/// `/`, the scheme is case-insensitive, and a `/` in the query does not start the path. (Over
+/// TLS, hyper's parser reads these the same way.)
+#[test]
+fn absolute_form_targets() {
+    let (_d, srv) = start("");
+    let send = |line: &str| -> String {
+        let req = format!("{line} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        String::from_utf8_lossy(&raw(srv.addr, req.as_bytes(), Duration::from_secs(5))).into_owned()
+    };
+    let star = send("OPTIONS *");
+    assert!(star.starts_with("HTTP/1.1 204"), "{star}");
+    let host = srv.addr.to_string();
+    for target in [
+        format!("http://{host}"),
+        format!("HTTP://{host}"),
+        "http://t".to_string(),
+    ] {
+        let r = send(&format!("OPTIONS {target}"));
+        assert!(r.starts_with("HTTP/1.1 204"), "OPTIONS {target}: {r}");
+        assert!(
+            r.contains("allow: GET, HEAD, OPTIONS"),
+            "OPTIONS {target}: {r}"
+        );
+    }
+    // An empty path with a query, or for GET, is `/`: answered like `/` (no object there).
+    assert_eq!(raw_status(send("OPTIONS http://t?x").as_bytes()), 204);
+    assert_eq!(raw_status(send("GET /").as_bytes()), 404);
+    assert_eq!(
+        raw_status(send(&format!("GET http://{host}")).as_bytes()),
+        404
+    );
+    // The object, with the scheme in any case.
+    for scheme in ["http", "HTTP", "Https"] {
+        let r = send(&format!("GET {scheme}://t{SEG}"));
+        assert_eq!(raw_status(r.as_bytes()), 200, "{scheme}: {r}");
+    }
+    // `http://t?/vod/…`: the path is empty and the rest is the query, so not the object.
+    assert_eq!(
+        raw_status(send(&format!("GET http://t?{SEG}")).as_bytes()),
+        404
+    );
+    // No host: 400.
+    assert_eq!(
+        raw_status(send(&format!("GET http://{SEG}")).as_bytes()),
+        400
     );
 }

@@ -1,7 +1,8 @@
 //! HTTP semantics against the running server:
 //! - content types per extension, unknown extensions 404, `[types]` additions
 //! - Cache-Control per class: segments, VOD playlists, live prefix, keys
-//! - Range: `a-b`, `a-`, `-n`, 416 with `bytes */LEN`, multi-range → 200, invalid → 200, HEAD
+//! - Range: `a-b`, `a-`, `-n`, 416 with `bytes */LEN`, multi-range → 200, invalid → 200, HEAD;
+//!   `-n` of an empty object → 200 (RFC 9110 §14.1.2)
 //! - ETag / Last-Modified, If-None-Match / If-Modified-Since → 304, If-Match → 412, If-Range
 //! - methods: 405 with Allow; OPTIONS preflight; CORS with `*` and with an origin list
 //! - keep-alive and pipelining over raw HTTP/1.1; h2c prior knowledge
@@ -104,6 +105,30 @@ async fn cache_control_per_class() {
     // Errors are never cached by default.
     let r = get(&srv.url("/vod/t1/nope.ts"), &[]).await;
     assert_eq!(r.header("cache-control"), Some("no-store"));
+}
+
+/// An empty object: `bytes=-n` (n > 0) is the one satisfiable range of it (RFC 9110 §14.1.2),
+/// so not 416; no `Content-Range` spells an empty part, so the whole object with 200. A range
+/// from a first byte has nothing to start at: 416 `bytes */0`. On HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn ranges_of_an_empty_object() {
+    let (d, srv) = one_volume("");
+    std::fs::write(d.path().join("disk1/vod/t1/empty.ts"), b"").expect("write");
+    let url = srv.url("/vod/t1/empty.ts");
+    for h2 in [false, true] {
+        for suffix in ["bytes=-1", "bytes=-500"] {
+            let r = request("GET", &url, &[("range", suffix)], h2).await;
+            assert_eq!(r.status, 200, "{suffix} (h2: {h2})");
+            assert_eq!(r.header("content-length"), Some("0"));
+            assert_eq!(r.header("content-range"), None);
+            assert!(r.body.is_empty());
+        }
+        for unsat in ["bytes=0-", "bytes=0-0", "bytes=-0"] {
+            let r = request("GET", &url, &[("range", unsat)], h2).await;
+            assert_eq!(r.status, 416, "{unsat} (h2: {h2})");
+            assert_eq!(r.header("content-range"), Some("bytes */0"));
+        }
+    }
 }
 
 #[tokio::test]

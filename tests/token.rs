@@ -1,5 +1,7 @@
 //! Tokens against the running server:
 //! - accepted in each location: query, cookie, path-embedded (any character encoded), header
+//! - a CORS preflight allows the token's header location (the configured name)
+//! - `segd sign` mints the reference generator's tokens byte for byte (recorded vectors)
 //! - every rejection reason answers a generic 403 and is counted under its metric label
 //! - key rotation (not_before / not_after), origin auth (right and wrong secret), public paths
 //! - a player loading a path-form playlist URL resolves relative URIs that carry the token
@@ -158,6 +160,77 @@ async fn accepted_in_every_location() {
             .status,
         200
     );
+}
+
+/// A browser player that sends its token in the header location (`__token__: …`, a custom
+/// header) is preflighted first: the preflight must allow that header, or the browser never
+/// sends the request. The allowed list names the configured token name.
+#[tokio::test]
+async fn preflight_allows_the_token_header() {
+    let (_d, srv) = start("forward");
+    let preflight = |headers: &'static str| {
+        let url = srv.url(SEG);
+        async move {
+            request(
+                "OPTIONS",
+                &url,
+                &[
+                    ("origin", "https://player.example"),
+                    ("access-control-request-method", "GET"),
+                    ("access-control-request-headers", headers),
+                ],
+                false,
+            )
+            .await
+        }
+    };
+    let r = preflight("__token__,range").await;
+    assert_eq!(r.status, 204);
+    let allowed: Vec<String> = r
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    for h in ["__token__", "range", "if-none-match", "if-unmodified-since"] {
+        assert!(allowed.iter().any(|a| a == h), "{h} not in {allowed:?}");
+    }
+    // The request the browser then sends.
+    let r = get(
+        &srv.url(SEG),
+        &[
+            ("origin", "https://player.example"),
+            ("__token__", &acl("/vod/t1/*")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // Another token name is the header that is allowed.
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&dir.path().join("disk1")],
+        &format!("[token]\nname = \"hdnts\"\nprotect = [\"/vod/\"]\n[[token.keys]]\nid = \"k1\"\nsecret = \"{K1}\"\n"),
+    ));
+    let r = request(
+        "OPTIONS",
+        &srv.url(SEG),
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "hdnts"),
+        ],
+        false,
+    )
+    .await;
+    assert!(
+        r.header("access-control-allow-headers")
+            .is_some_and(|v| v.split(", ").any(|h| h == "hdnts")),
+        "{:?}",
+        r.header("access-control-allow-headers")
+    );
+    let r = get(&srv.url(SEG), &[("hdnts", &acl("/vod/t1/*"))]).await;
+    assert_eq!(r.status, 200);
 }
 
 #[tokio::test]
@@ -554,6 +627,160 @@ async fn sign_command_prints_working_urls() {
         .expect("sign");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
+}
+
+/// `segd sign` prints URLs that work as printed for a path that needs escaping in a URL (a
+/// space): the path part is percent-encoded, for an ACL token's fixed prefix, `--url` and
+/// `--path` alike, and the URL token still verifies (it signs the path as given).
+#[tokio::test]
+async fn sign_prints_escaped_paths() {
+    let (d, srv) = start("forward");
+    let dir = d.path().join("disk1/vod/t1/my mix");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("a.ts"), b"spaced").expect("write");
+    let fix = |u: &str| u.replace("http://127.0.0.1:0", &format!("http://{}", srv.addr));
+    for args in [
+        vec!["--url", "/vod/t1/my mix/a.ts"],
+        vec!["--acl", "/vod/t1/my mix/*", "--path", "/vod/t1/my mix/a.ts"],
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["sign", "--config"])
+            .arg(&srv.config)
+            .args(&args)
+            .output()
+            .expect("sign");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        for name in ["query:", "path:"] {
+            let url = text
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| fix(v.trim()))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            assert!(url.contains("/my%20mix/a.ts"), "{args:?} {name} {url}");
+            // As a client sends it, unchanged (a URL type would refuse a raw space).
+            let target = url.split_once(&srv.addr.to_string()).map_or("", |(_, t)| t);
+            let resp = raw_get(srv.addr, target);
+            assert_eq!(raw_status(&resp), 200, "{args:?} {name} {url}");
+            assert!(resp.ends_with(b"spaced"), "{args:?} {name}");
+        }
+        // The cookie form's curl command names the same escaped URL.
+        let cookie = text
+            .lines()
+            .find(|l| l.starts_with("cookie:"))
+            .unwrap_or_default();
+        assert!(cookie.ends_with("/vod/t1/my%20mix/a.ts'"), "{cookie}");
+    }
+}
+
+/// `segd sign` mints the reference generator's tokens byte for byte where the inputs fix
+/// them (`--start` in Unix seconds). Recorded with akamai-edgeauth 0.3.2 (PyPI), key
+/// 52a152a152a152a152a152a152a1, sha256, no salt, escape_early off:
+/// `EdgeAuth(key=K, start_time=1900000000, window_seconds=TTL, ...)` and then
+/// `.generate_acl_token(ACL or [ACL, ...])` or `.generate_url_token(URL)`.
+#[test]
+fn sign_matches_the_reference_generator() {
+    let (_d, srv) = start("forward");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--acl", "/vod/t1/*", "--ttl", "300s"],
+            "st=1900000000~exp=1900000300~acl=/vod/t1/*~hmac=72e79a933e8a4982ca165b85370f9ba555e29c13d60fd8e9a68c78144d93bc7a",
+        ),
+        (
+            &["--acl", "/vod/t1/*", "--acl", "/vod/t2/*", "--ttl", "1h"],
+            "st=1900000000~exp=1900003600~acl=/vod/t1/*!/vod/t2/*~hmac=6d999151c4e605fb3164b6f978b92d945432b7aaa0275efe81cce773977594e8",
+        ),
+        (
+            &["--url", "/vod/t1/a.ts", "--ttl", "60s"],
+            "st=1900000000~exp=1900000060~hmac=2533be32dad79fb725e6dc21f98de0b09d8984aa415055326ba2e127cc9670d5",
+        ),
+        (
+            &["--url", "/vod/t1/my mix/a.ts", "--ttl", "60s"],
+            "st=1900000000~exp=1900000060~hmac=ec8cc5a79303abdbfd8fd64d7d2323352e8af5ad6be0ee276dfd30e42453275e",
+        ),
+        (
+            &["--acl", "/vod/*", "--ttl", "60s", "--ip", "1.2.3.4", "--id", "sess", "--data", "payload"],
+            "ip=1.2.3.4~st=1900000000~exp=1900000060~acl=/vod/*~id=sess~data=payload~hmac=b5f5e1dacca16c487d6806dd9e19bdf127f334e64b97bb59b80120d27dec01ce",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = std::process::Command::new(BIN)
+            .args(["sign", "--config"])
+            .arg(&srv.config)
+            .args(["--key-id", "k1", "--start", "1900000000"])
+            .args(args)
+            .output()
+            .expect("sign");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("token:"))
+            .map(str::trim);
+        assert_eq!(
+            token,
+            Some(expect),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `~` separates a token's fields: `segd sign` refuses a value that holds one (exit 64, the
+/// flag named) instead of printing a token that can never verify.
+#[tokio::test]
+async fn sign_refuses_a_tilde_in_a_field() {
+    let (_d, srv) = start("forward");
+    for (flag, value) in [
+        ("--data", "a~b"),
+        ("--id", "s~1"),
+        ("--ip", "127.0.0.1~"),
+        ("--acl", "/vod/~user/*"),
+    ] {
+        let mut args = vec![flag, value];
+        if flag != "--acl" {
+            args.extend(["--acl", "/vod/t1/*"]);
+        }
+        let out = std::process::Command::new(BIN)
+            .args(["sign", "--config"])
+            .arg(&srv.config)
+            .args(&args)
+            .output()
+            .expect("sign");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag}: {err}");
+        assert!(err.contains(flag) && err.contains("'~'"), "{flag}: {err}");
+        assert!(out.stdout.is_empty(), "{flag}: no token printed");
+    }
+    // Anything else in those fields makes a token that verifies.
+    let out = std::process::Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(&srv.config)
+        .args([
+            "--acl",
+            "/vod/t1/*",
+            "--data",
+            "user=42&plan=pro",
+            "--id",
+            "s 1",
+        ])
+        .output()
+        .expect("sign");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("token:"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token in {text}"));
+    assert_eq!(
+        get(&srv.url(SEG), &[("cookie", &format!("__token__={token}"))])
+            .await
+            .status,
+        200
+    );
 }
 
 /// With `origin_auth_skips_tokens = false`, tokens are still verified behind the CDN, and the

@@ -292,9 +292,12 @@ impl Auth {
 }
 
 /// The request for `path` with `token` in each location segd accepts:
-/// (query URL, cookie header value, path-embedded URL). `base` is `http://host:port`.
+/// (query URL, cookie header value, path-embedded URL). `base` is `http://host:port`; `path`
+/// is a URL path as an operator types it (`/vod/my mix/a.ts`, perhaps with a `?query`), its
+/// path part escaped here where a URL needs it (see [`encode_path`]).
 pub fn ready_urls(base: &str, name: &str, token: &str, path: &str) -> (String, String, String) {
     let enc = encode_token(token);
+    let path = encode_target(path);
     let sep = if path.contains('?') { '&' } else { '?' };
     (
         format!("{base}{path}{sep}{name}={enc}"),
@@ -308,6 +311,31 @@ fn to_decision(r: Result<Grant, Reason>, source: Source) -> Decision {
         Ok(grant) => Decision::Granted { grant, source },
         Err(reason) => Decision::Denied(reason),
     }
+}
+
+/// A path as an operator types it, perhaps with a `?query`, as a URL's request target: the
+/// path part escaped by [`encode_path`], the query kept.
+pub fn encode_target(path: &str) -> String {
+    match path.split_once('?') {
+        Some((p, q)) => format!("{}?{q}", encode_path(p)),
+        None => encode_path(path),
+    }
+}
+
+/// Percent-encodes what may not stand in a URL path as it is: controls, space, non-ASCII
+/// bytes, and `"`, `#`, `<`, `>`, `?`, `[`, `\\`, `]`, `^`, `` ` ``, `{`, `|`, `}`. A `%` is
+/// kept (the path may already be escaped: `/my%20mix/` and `/my mix/` give the same URL), and
+/// so is everything RFC 3986 allows in a path segment, so the path segd decodes is the one given.
+pub fn encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len() + 8);
+    for &b in path.as_bytes() {
+        if b.is_ascii_graphic() && !b"\"#<>?[\\]^`{|}".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Percent-encodes a token for a query value or a path segment: everything but unreserved
@@ -358,5 +386,22 @@ mod tests {
             encode_token("exp=1~acl=/a/*!/b/*~hmac=ff"),
             "exp%3D1~acl%3D%2Fa%2F*!%2Fb%2F*~hmac%3Dff"
         );
+    }
+
+    #[test]
+    fn path_encoding_for_printed_urls() {
+        assert_eq!(encode_path("/vod/t1/a.ts"), "/vod/t1/a.ts");
+        assert_eq!(encode_path("/vod/my mix/a.ts"), "/vod/my%20mix/a.ts");
+        assert_eq!(encode_path("/vod/my%20mix/a.ts"), "/vod/my%20mix/a.ts");
+        assert_eq!(
+            encode_path("/v/é?#[]/~!$&'()*+,;=:@"),
+            "/v/%C3%A9%3F%23%5B%5D/~!$&'()*+,;=:@"
+        );
+        let (q, c, p) = ready_urls("http://h", "__token__", "exp=1~hmac=ff", "/a b/x.ts");
+        assert_eq!(q, "http://h/a%20b/x.ts?__token__=exp%3D1~hmac%3Dff");
+        assert_eq!(c, "__token__=exp=1~hmac=ff");
+        assert_eq!(p, "http://h/__token__=exp%3D1~hmac%3Dff/a%20b/x.ts");
+        let (q, _, _) = ready_urls("http://h", "t", "x", "/a b.m3u8?_HLS_msn=3");
+        assert_eq!(q, "http://h/a%20b.m3u8?_HLS_msn=3&t=x");
     }
 }

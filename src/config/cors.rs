@@ -1,5 +1,6 @@
 //! `[cors]`: allowed origins and the preflight `Access-Control-Max-Age`, with the values the
-//! handler sends derived here once (whether any origin is allowed, the max-age header).
+//! handler sends derived here once (whether any origin is allowed, the max-age header, the
+//! request headers a preflight allows: those segd reads, and the token header `[token] name`).
 
 use std::time::Duration;
 
@@ -17,7 +18,17 @@ pub struct CorsConfig {
     pub max_age: Duration,
     /// `max_age` in whole seconds, as the `Access-Control-Max-Age` header value.
     pub max_age_header: HeaderValue,
+    /// `Access-Control-Allow-Headers` for reads: the conditional and range headers segd
+    /// honours, and the token's header location (a player that sends its token as a header
+    /// is preflighted for it).
+    pub allow_headers: HeaderValue,
+    /// The same for paths that take writes (`Content-Type` too).
+    pub allow_headers_write: HeaderValue,
 }
+
+/// Request headers segd reads that a browser preflights (before the token header's name).
+const READ_HEADERS: &str =
+    "Range, If-None-Match, If-Modified-Since, If-Range, If-Match, If-Unmodified-Since";
 
 impl CorsConfig {
     /// Whether `allow_origins` contains `"*"` (the `any_origin` field).
@@ -28,7 +39,8 @@ impl CorsConfig {
 
 pub(super) const CORS_KEYS: &[&str] = &["allow_origins", "max_age"];
 
-pub(super) fn parse_cors(s: &Section) -> CorsConfig {
+/// `token_name` is `[token] name` (checked there to be a header-name token).
+pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
     let allowed = "[\"*\"] or a list of origins such as \"https://player.example.com\"";
     let allow_origins = s
         .string_list("allow_origins", allowed)
@@ -53,11 +65,19 @@ pub(super) fn parse_cors(s: &Section) -> CorsConfig {
         Duration::from_secs(7 * 86400),
     );
     s.finish();
+    // A token name that is no header value was reported under token.name; leave it out here.
+    let header_list = |extra: &str| {
+        HeaderValue::from_str(&format!("{READ_HEADERS}{extra}, {token_name}"))
+            .or_else(|_| HeaderValue::from_str(&format!("{READ_HEADERS}{extra}")))
+            .unwrap_or(HeaderValue::from_static(READ_HEADERS))
+    };
     CorsConfig {
         any_origin: allow_origins.iter().any(|o| o == "*"),
         allow_origins,
         max_age,
         max_age_header: HeaderValue::from(max_age.as_secs()),
+        allow_headers: header_list(""),
+        allow_headers_write: header_list(", Content-Type"),
     }
 }
 
@@ -89,5 +109,28 @@ mod tests {
         let c = cors("allow_origins = [\"https://a.example\", \"*\"]\nmax_age = \"0s\"\n");
         assert!(c.any_origin);
         assert_eq!(c.max_age_header, HeaderValue::from_static("0"));
+    }
+
+    #[test]
+    fn preflight_allows_the_token_header() {
+        let c = cors("");
+        assert_eq!(
+            c.allow_headers,
+            "Range, If-None-Match, If-Modified-Since, If-Range, If-Match, If-Unmodified-Since, __token__"
+        );
+        assert_eq!(
+            c.allow_headers_write,
+            "Range, If-None-Match, If-Modified-Since, If-Range, If-Match, If-Unmodified-Since, Content-Type, __token__"
+        );
+        let c = Config::parse(
+            "[[volumes]]\npath = \"v\"\n[token]\nname = \"hdnts\"\n",
+            Path::new("/etc/segd/t.toml"),
+        )
+        .expect("valid")
+        .cors;
+        assert!(c
+            .allow_headers
+            .to_str()
+            .is_ok_and(|v| v.ends_with(", hdnts")));
     }
 }

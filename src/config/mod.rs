@@ -138,7 +138,7 @@ impl Config {
         let volumes = parse_volumes(&top, &base);
         let cache = parse_cache(&top.table("cache", CACHE_KEYS));
         let token = parse_token(&top.table("token", TOKEN_KEYS));
-        let cors = parse_cors(&top.table("cors", CORS_KEYS));
+        let cors = parse_cors(&top.table("cors", CORS_KEYS), &token.name);
         let cache_control = parse_cache_control(&top.table("cache_control", CACHE_CONTROL_KEYS));
         let types = parse_types(&top);
         let log = parse_log(&top.table("log", LOG_KEYS), &base);
@@ -233,7 +233,7 @@ impl Config {
 
     /// Filesystem checks `check-config` adds: volume roots exist, are directories, are readable.
     pub fn check_paths(&self) -> ConfigErrors {
-        let mut errs = ConfigErrors::default();
+        let mut errs = self.distinct_volumes();
         for (i, v) in self.volumes.iter().enumerate() {
             let key = format!("volumes[{i}].path");
             match std::fs::read_dir(&v.path) {
@@ -279,6 +279,39 @@ impl Config {
                     format!("directory of {} does not exist", p.display()),
                     "a file path in an existing directory",
                 );
+            }
+        }
+        errs
+    }
+
+    /// Volumes that are one directory under two spellings (`v1` and `./v1/`, an absolute path,
+    /// a symlink, a bind mount), found by device and inode: the parser's check compares the
+    /// paths as written. Two such volumes would count, survey and place the same files twice.
+    /// A root that cannot be read is skipped here (`check_paths` reports it; `serve` starts
+    /// with it unhealthy).
+    pub fn distinct_volumes(&self) -> ConfigErrors {
+        use std::os::unix::fs::MetadataExt;
+        let mut errs = ConfigErrors::default();
+        let mut seen: Vec<((u64, u64), usize)> = Vec::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let Ok(meta) = std::fs::metadata(&v.path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            match seen.iter().find(|(s, _)| *s == id) {
+                // The same text is already reported by the parser ("listed twice").
+                Some(&(_, j)) if self.volumes[j].path != v.path => errs.push(
+                    &self.file,
+                    format!("volumes[{i}].path"),
+                    format!(
+                        "{} is the same directory as volumes[{j}].path ({})",
+                        v.path.display(),
+                        self.volumes[j].path.display()
+                    ),
+                    "distinct directories",
+                ),
+                Some(_) => {}
+                None => seen.push((id, i)),
             }
         }
         errs

@@ -188,16 +188,20 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
     let salt = s.string("salt", "a string appended to the signed data as ~salt=…");
     let origin_header = header_name(s, "origin_auth_header");
     let origin_secret = s.string("origin_auth_secret", "a shared secret string");
-    let origin_auth = match (origin_header, origin_secret) {
-        (Some(h), Some(v)) if v.len() >= 16 => Some((h, v)),
-        (Some(_), Some(_)) => {
+    // A short secret is reported whatever the header (every problem at once).
+    let origin_secret = origin_secret.filter(|v| {
+        if v.len() < 16 {
             s.error(
                 "origin_auth_secret",
                 "shorter than 16 characters",
                 "a secret of 16+ characters",
             );
-            None
         }
+        v.len() >= 16
+    });
+    let origin_auth = match (origin_header, origin_secret) {
+        (Some(h), Some(v)) => Some((h, v)),
+        (Some(_), None) if s.raw("origin_auth_secret").is_some() => None,
         (Some(_), None) => {
             s.error(
                 "origin_auth_secret",
@@ -206,7 +210,10 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
             );
             None
         }
-        (None, Some(_)) if s.raw("origin_auth_header").is_none() => {
+        // (A secret that is there but unusable was reported above; the header's absence too.)
+        (None, _)
+            if s.raw("origin_auth_header").is_none() && s.raw("origin_auth_secret").is_some() =>
+        {
             s.error(
                 "origin_auth_header",
                 "missing while origin_auth_secret is set",
@@ -262,7 +269,8 @@ pub(super) fn parse_keys(s: &Section) -> Vec<TokenKey> {
         if id.is_none() && k.raw("id").is_none() {
             k.error("id", "missing", "a short key identifier");
         }
-        let secret_allowed = "an even number of hex digits (at least 16 bytes' worth: 32 digits is recommended; CDNs issue 28+)";
+        // The limit is 8 bytes (16 digits); the text must say what is checked.
+        let secret_allowed = "an even number of hex digits, at least 16 (8 bytes); 32 or more is recommended (CDNs issue 28+)";
         let secret = match k.string("secret", secret_allowed) {
             Some(hexs) => match hex::decode(hexs.trim()) {
                 Ok(b) if b.len() >= 8 => Some(b),

@@ -39,21 +39,46 @@ fn list_matches(h: &HeaderMap, name: http::HeaderName, etag: &str, weak: bool) -
     for v in h.get_all(name) {
         present = true;
         let Ok(v) = v.to_str() else { continue };
-        for tag in v.split(',') {
-            let tag = tag.trim();
+        let hit = any_member(v, |tag| {
             if tag == "*" {
-                return Some(true);
+                return true;
             }
             let (is_weak, opaque) = match tag.strip_prefix("W/") {
                 Some(rest) => (true, rest),
                 None => (false, tag),
             };
-            if opaque == ours && (weak || (!is_weak && !ours_weak)) {
-                return Some(true);
-            }
+            opaque == ours && (weak || (!is_weak && !ours_weak))
+        });
+        if hit {
+            return Some(true);
         }
     }
     present.then_some(false)
+}
+
+/// Whether `pred` holds for a member of an entity-tag list (`*`, or `[W/]"opaque"` separated
+/// by commas, RFC 9110 §13.1.1/§8.8.3). A comma inside the quotes is part of the tag (etagc
+/// allows it, and an upstream's ETag kept by the pull tier may hold one), so the list is not
+/// split on every comma. A member that is no entity-tag runs to the next comma.
+fn any_member(list: &str, mut pred: impl FnMut(&str) -> bool) -> bool {
+    let mut rest = list;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return false;
+        }
+        let prefix = if rest.starts_with("W/") { 2 } else { 0 };
+        let end = match rest[prefix..].strip_prefix('"') {
+            // Through the closing quote (or to the end if there is none).
+            Some(inner) => inner.find('"').map_or(rest.len(), |i| prefix + 1 + i + 1),
+            None => rest.find(',').unwrap_or(rest.len()),
+        };
+        let (member, tail) = rest.split_at(end);
+        if pred(member.trim_end_matches([' ', '\t'])) {
+            return true;
+        }
+        rest = tail;
+    }
 }
 
 /// Evaluates the preconditions of a GET/HEAD for an object with `etag` and `modified`.
@@ -147,6 +172,52 @@ mod tests {
     }
 
     const TAG: &str = "\"abc\"";
+
+    /// An entity-tag may hold a comma (an upstream's, kept by the pull tier): lists are split
+    /// between tags, not inside one.
+    #[test]
+    fn commas_inside_entity_tags() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let tag = "\"v1,2\"";
+        use Outcome::*;
+        for inm in [
+            "\"v1,2\"",
+            "\"x\", \"v1,2\"",
+            "W/\"v1,2\",\"y\"",
+            " ,\"v1,2\" ,",
+        ] {
+            assert_eq!(
+                evaluate(&hm(&[(IF_NONE_MATCH, inm)]), tag, Some(t)),
+                NotModified,
+                "{inm}"
+            );
+        }
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "\"v1\", \"2\"")]), tag, Some(t)),
+            Proceed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MATCH, "\"v1,2\"")]), tag, Some(t)),
+            Proceed
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_MATCH, "\"v1\"")]), tag, Some(t)),
+            PreconditionFailed
+        );
+        assert!(write_allowed(
+            &hm(&[(IF_MATCH, "\"a\", \"v1,2\"")]),
+            Some((tag, t))
+        ));
+        // Garbage members are skipped, not matched; an unterminated tag matches nothing.
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "junk, \"abc\"")]), TAG, Some(t)),
+            NotModified
+        );
+        assert_eq!(
+            evaluate(&hm(&[(IF_NONE_MATCH, "\"abc")]), TAG, Some(t)),
+            Proceed
+        );
+    }
 
     #[test]
     fn order_and_comparisons() {

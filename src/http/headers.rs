@@ -23,11 +23,6 @@ pub const WRITABLE_METHODS: HeaderValue =
 /// Appendix C; hls.js reads `Age`); browsers hide them from scripts unless exposed.
 const EXPOSE: HeaderValue =
     HeaderValue::from_static("Content-Length, Content-Range, ETag, Age, Date");
-const ALLOWED_HEADERS: HeaderValue =
-    HeaderValue::from_static("Range, If-None-Match, If-Modified-Since, If-Range, If-Match");
-const WRITE_HEADERS: HeaderValue = HeaderValue::from_static(
-    "Range, If-None-Match, If-Modified-Since, If-Range, If-Match, Content-Type",
-);
 const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, any request at most one, and
@@ -97,12 +92,13 @@ pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
         cors(policy, req, &mut headers);
         if headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
             headers.insert(ACCESS_CONTROL_ALLOW_METHODS, methods);
+            let cors = &policy.config.cors;
             headers.insert(
                 ACCESS_CONTROL_ALLOW_HEADERS,
                 if writable {
-                    WRITE_HEADERS
+                    cors.allow_headers_write.clone()
                 } else {
-                    ALLOWED_HEADERS
+                    cors.allow_headers.clone()
                 },
             );
             headers.insert(

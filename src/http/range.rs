@@ -2,8 +2,12 @@
 //!
 //! Policy, chosen for an origin behind CDNs:
 //! - One range (`a-b`, `a-`, `-n`) → 206 with that range, the end clamped to the object.
-//! - An unsatisfiable single range (start at or past the end, `-0`, any range of an empty
-//!   object) → 416 with `Content-Range: bytes */LEN`.
+//! - An unsatisfiable single range (start at or past the end, `-0`) → 416 with
+//!   `Content-Range: bytes */LEN`.
+//! - A suffix range (`-n`, n > 0) of an empty object → the whole (empty) object with 200: it is
+//!   satisfiable (RFC 9110 §14.1.2: "the only satisfiable form of range-spec" for a zero-length
+//!   representation), so not 416, and no `Content-Range` can describe an empty part, so not
+//!   206; a server may ignore `Range` on a representation with no content (§14.2).
 //! - Several ranges → the whole object with 200. RFC 9110 lets a server ignore `Range`; CDNs and
 //!   players only send single ranges, and answering thousands of tiny ranges is an amplification
 //!   vector. segd never produces `multipart/byteranges`.
@@ -90,8 +94,10 @@ pub fn resolve(header: Option<&[u8]>, len: u64) -> RangeDecision {
             }
         }
         Some(Spec::Suffix(n)) => {
-            if n == 0 || len == 0 {
+            if n == 0 {
                 RangeDecision::Unsatisfiable
+            } else if len == 0 {
+                RangeDecision::Full
             } else {
                 RangeDecision::Partial {
                     start: len - n.min(len),
@@ -142,7 +148,7 @@ mod tests {
         assert_eq!(r("bytes=100-200", 100), Unsatisfiable);
         assert_eq!(r("bytes=-0", 100), Unsatisfiable);
         assert_eq!(r("bytes=0-", 0), Unsatisfiable);
-        assert_eq!(r("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(r("bytes=-0", 0), Unsatisfiable);
         assert_eq!(r("bytes=99999999999999999999999-", 100), Unsatisfiable);
     }
 
@@ -162,6 +168,16 @@ mod tests {
             Partial { start: 0, end: 99 }
         );
         assert_eq!(resolve(Some(b"bytes=\xff-1"), 100), Full);
+    }
+
+    /// RFC 9110 §14.1.2: of an empty object, a non-zero suffix is the one satisfiable range;
+    /// it cannot be a 206 (no `Content-Range` spells an empty part), so the whole object.
+    #[test]
+    fn suffix_of_an_empty_object() {
+        assert_eq!(r("bytes=-5", 0), Full);
+        assert_eq!(r("bytes=-99999999999999999999999", 0), Full);
+        assert_eq!(r("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(r("bytes=0-0", 0), Unsatisfiable);
     }
 
     proptest! {

@@ -95,7 +95,7 @@ pub(super) fn banner(
 /// directory (valid for `token.mint_ttl`), which players carry to every relative URI.
 fn signed_url(policy: &Policy, base: &str, path: &str) -> String {
     if !policy.auth.is_protected(path) {
-        return format!("{base}{path}");
+        return format!("{base}{}", crate::auth::encode_target(path));
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -175,6 +175,12 @@ pub(super) fn connection_close(head: &Head) -> bool {
 }
 
 /// Origin-form `/path?query`, absolute-form `http://host/path?query`, or `*` (OPTIONS).
+///
+/// Absolute-form (RFC 9112 §3.2.2) is what a proxy sends, and a server must accept it: the
+/// scheme is case-insensitive (RFC 3986 §3.1), the authority ends at the first `/`, `?` or `#`
+/// (a `/` in the query is not the path), and an empty host is invalid (RFC 9110 §4.2.1). An
+/// empty path is `/` (RFC 9110 §4.2.3), except in `OPTIONS http://host[:port]` with no query,
+/// which is the absolute form of `OPTIONS *` (RFC 9112 §3.2.4).
 pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
     let t = head.target.as_str();
     let path_query = if t.starts_with('/') {
@@ -182,16 +188,38 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
     } else if t == "*" {
         return (head.method == Method::OPTIONS).then_some(("*", None));
     } else {
-        let rest = t
-            .strip_prefix("http://")
-            .or_else(|| t.strip_prefix("https://"))?;
-        &rest[rest.find('/')?..]
+        let rest = strip_scheme(t)?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, path_query) = rest.split_at(end);
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        if host.is_empty() {
+            return None;
+        }
+        if path_query.is_empty() || path_query.starts_with('#') {
+            return Some((
+                if head.method == Method::OPTIONS {
+                    "*"
+                } else {
+                    "/"
+                },
+                None,
+            ));
+        }
+        path_query
     };
     let path_query = path_query.split('#').next().unwrap_or("");
     Some(match path_query.split_once('?') {
+        // `http://host?q`: the path is empty, so it is `/`.
+        Some(("", q)) => ("/", Some(q)),
         Some((p, q)) => (p, Some(q)),
         None => (path_query, None),
     })
+}
+
+/// The rest of an `http://` or `https://` target, the scheme matched case-insensitively.
+fn strip_scheme(t: &str) -> Option<&str> {
+    let (scheme, rest) = t.split_once("://")?;
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")).then_some(rest)
 }
 
 #[cfg(test)]
@@ -270,5 +298,45 @@ mod tests {
         assert_eq!(split_target(&head("OPTIONS", "*", &[])), Some(("*", None)));
         assert_eq!(split_target(&head("GET", "*", &[])), None);
         assert_eq!(split_target(&head("GET", "host/a.ts", &[])), None);
+    }
+
+    #[test]
+    fn absolute_form_targets() {
+        // RFC 9112 §3.2.4: the absolute form of `OPTIONS *` is an empty path with no query.
+        for t in [
+            "http://host",
+            "http://host:8080",
+            "HTTP://host",
+            "http://[::1]:80",
+        ] {
+            assert_eq!(
+                split_target(&head("OPTIONS", t, &[])),
+                Some(("*", None)),
+                "{t}"
+            );
+        }
+        // With a query, or for another method, an empty path is `/` (RFC 9110 §4.2.3).
+        assert_eq!(
+            split_target(&head("OPTIONS", "http://host?x", &[])),
+            Some(("/", Some("x")))
+        );
+        assert_eq!(
+            split_target(&head("GET", "http://host:80", &[])),
+            Some(("/", None))
+        );
+        // The scheme is case-insensitive.
+        assert_eq!(
+            split_target(&head("GET", "HTTPS://host/a.ts?q=1", &[])),
+            Some(("/a.ts", Some("q=1")))
+        );
+        // A `/` in the query is not where the path starts.
+        assert_eq!(
+            split_target(&head("GET", "http://host?/a.ts", &[])),
+            Some(("/", Some("/a.ts")))
+        );
+        // No host, or not http(s): not a target this server answers.
+        assert_eq!(split_target(&head("GET", "http:///a.ts", &[])), None);
+        assert_eq!(split_target(&head("OPTIONS", "http://", &[])), None);
+        assert_eq!(split_target(&head("GET", "ftp://host/a.ts", &[])), None);
     }
 }
