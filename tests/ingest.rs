@@ -1044,6 +1044,16 @@ async fn method_path_and_type_refusals() {
         );
         let r = request("OPTIONS", &rig.url("/other/o.ts"), &[], h2).await;
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "h2={h2}");
+        // A 405 lists the same methods as OPTIONS for its path (RFC 9110 §15.5.6: the
+        // resource's methods), under a prefix and outside one.
+        for (path, allow) in [
+            ("/live/m/x.ts", INGEST_ALLOW),
+            ("/other/o.ts", "GET, HEAD, OPTIONS"),
+        ] {
+            let r = request("PATCH", &rig.url(&q(path, &tok)), &[], h2).await;
+            assert_eq!(r.status, 405, "h2={h2} PATCH {path}: {r:?}");
+            assert_eq!(r.header("allow"), Some(allow), "h2={h2} PATCH {path}");
+        }
     }
     assert_no_tmp(&vol, "end");
 }
