@@ -1183,6 +1183,30 @@ async fn preconditions() {
     let r = curl_put(&url_b, b"b", &["-H", "If-None-Match: *"]);
     assert_eq!(r.status(), 201, "{r:?}");
     assert_eq!(read(&vol.join("live/pc/b.ts")), b"b");
+
+    // DELETE: a stale If-Match or `If-None-Match: *` keeps the object (412); the right
+    // If-Match removes it. A DELETE of an absent object is 404 whatever its preconditions:
+    // they are evaluated only for a request that would otherwise succeed (RFC 9110 §13.2.1).
+    let etag_b = r.etag();
+    for h in ["If-Match: \"stale\"", "If-None-Match: *"] {
+        let r = curl(&["-X", "DELETE", "-H", h, &url_b], None);
+        assert_eq!(r.status(), 412, "DELETE {h}: {r:?}");
+        assert_eq!(read(&vol.join("live/pc/b.ts")), b"b", "kept after {h}");
+    }
+    let r = curl(
+        &["-X", "DELETE", "-H", &format!("If-Match: {etag_b}"), &url_b],
+        None,
+    );
+    assert_eq!(r.status(), 204, "DELETE with the right If-Match: {r:?}");
+    assert!(!vol.join("live/pc/b.ts").exists());
+    for h in [
+        format!("If-Match: {etag_b}"),
+        "If-Match: *".to_string(),
+        "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT".to_string(),
+    ] {
+        let r = curl(&["-X", "DELETE", "-H", &h, &url_b], None);
+        assert_eq!(r.status(), 404, "DELETE of an absent object, {h}: {r:?}");
+    }
     assert_no_tmp(&vol, "end");
 }
 

@@ -391,6 +391,9 @@ async fn delete(
 }
 
 /// `If-Match`, `If-None-Match` and `If-Unmodified-Since` against the object as it is now → 412.
+/// They are evaluated only for a request that would otherwise succeed (RFC 9110 §13.2.1): a
+/// PUT of an absent object would create it (so `If-Match` fails it), but a DELETE of one is 404
+/// whatever they say.
 async fn preconditions(
     cx: &Cx<'_>,
     rel: &RelPath,
@@ -401,6 +404,9 @@ async fn preconditions(
         return Ok(());
     }
     let now = current(cx, rel, class, live).await?;
+    if now.is_none() && *cx.req.method == Method::DELETE {
+        return Err(Refusal::NotFound);
+    }
     let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
     if conditional::write_allowed(cx.req.headers, now) {
         Ok(())
