@@ -259,20 +259,19 @@ fn create(
         .ok_or(WriteError::VolumeUnavailable)?;
     let temp = v
         .with_root(|root| {
-            Dir::open(root, dir, true)
-                .and_then(|d| {
-                    // A directory at the name: the commit's rename could never replace it, so
-                    // the upload is refused before its body is written.
-                    if early && d.is_dir(name) {
-                        return Err(io::Error::from_raw_os_error(libc::EISDIR));
-                    }
-                    TempFile::new(d)
-                })
-                .map_err(|e| {
-                    let symlink =
-                        e.raw_os_error() == Some(libc::ENOTDIR) && symlink_on_the_way(root, dir);
-                    (e, symlink)
-                })
+            TempFile::create(root, dir, |d| {
+                // A directory at the name: the commit's rename could never replace it, so
+                // the upload is refused before its body is written.
+                if early && d.is_dir(name) {
+                    return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                let symlink =
+                    e.raw_os_error() == Some(libc::ENOTDIR) && symlink_on_the_way(root, dir);
+                (e, symlink)
+            })
         })
         .ok_or(WriteError::VolumeUnavailable)?
         .map_err(|(e, symlink)| {

@@ -177,6 +177,9 @@ pub struct TempFile {
     stamped: bool,
 }
 
+/// How many times [`TempFile::create`] walks to its directory again after finding it removed.
+const REMOVED_DIR_RETRIES: usize = 8;
+
 impl TempFile {
     pub fn new(dir: Dir) -> io::Result<TempFile> {
         let (name, file) = dir.temp()?;
@@ -187,6 +190,33 @@ impl TempFile {
             written: 0,
             stamped: false,
         })
+    }
+
+    /// A new temporary file in the directory `rel_dir` beneath `root`, making missing
+    /// directories; `check` looks at the directory first and may refuse it. A DELETE removes
+    /// the directories it leaves empty, and may remove this one between the walk and the
+    /// file's creation: nothing can be created in a removed directory (`ENOENT`, from `mkdirat`
+    /// or `openat`), so the walk is made again (making the directory anew), a few times.
+    pub fn create(
+        root: impl AsFd,
+        rel_dir: &str,
+        check: impl Fn(&Dir) -> io::Result<()>,
+    ) -> io::Result<TempFile> {
+        let mut retries = 0;
+        loop {
+            let temp = Dir::open(root.as_fd(), rel_dir, true).and_then(|d| {
+                check(&d)?;
+                TempFile::new(d)
+            });
+            match temp {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOENT) && retries < REMOVED_DIR_RETRIES =>
+                {
+                    retries += 1;
+                }
+                temp => return temp,
+            }
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -449,5 +479,33 @@ mod tests {
             1,
             "nothing created outside"
         );
+    }
+
+    /// A DELETE prunes the directories it leaves empty; one may go between the walk to an
+    /// upload's directory and the creation of its temporary file (the `check` here removes
+    /// it at that moment, as the DELETE would): the upload makes it anew and gets its file.
+    #[test]
+    fn a_directory_pruned_under_an_upload_is_made_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("root");
+        std::fs::create_dir_all(root.path().join("live/show/a")).expect("mkdir");
+        let pruned = std::cell::Cell::new(0);
+        let t = TempFile::create(&rootfd, "live/show/a", |_| {
+            if pruned.get() < 2 {
+                pruned.set(pruned.get() + 1);
+                std::fs::remove_dir(root.path().join("live/show/a")).expect("rmdir a");
+                std::fs::remove_dir(root.path().join("live/show")).expect("rmdir show");
+            }
+            Ok(())
+        })
+        .expect("a temporary file despite the pruning");
+        assert_eq!(pruned.get(), 2);
+        t.commit("x.ts", false).expect("commit");
+        assert!(root.path().join("live/show/a/x.ts").is_file());
     }
 }
