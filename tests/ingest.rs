@@ -1679,6 +1679,121 @@ async fn in_progress(rig: &Rig, what: &str) {
     assert!(busy, "{what}: upload in progress:\n{}", rig.metrics().await);
 }
 
+/// A failed upload into directories that did not exist leaves none of them behind (issue 12:
+/// "leaves no trace"; docs/ingest.md: empty directories are removed, never above the prefix):
+/// client gone mid-body, a malformed chunk, too many bytes, `body_timeout` after a 100
+/// (Continue), an HTTP/2 stream reset. Directories that were there before stay, empty or not.
+#[tokio::test]
+async fn failed_uploads_leave_no_new_directories() {
+    let rig = Rig::start(
+        &["disk1"],
+        &[("body_timeout", "\"1s\""), ("max_body_bytes", "\"1MiB\"")],
+        "",
+        |d| {
+            std::fs::create_dir_all(d.join("disk1/live/empty")).expect("mkdir");
+        },
+    );
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let before = tree(&vol);
+    // Bodies longer than one write buffer: the upload is placed (its directories made) before
+    // the body is read.
+    let big = payload(600_000, 21);
+    let chunked = |tail: &str| -> Vec<u8> {
+        let mut b = format!("{:x}\r\n", big.len()).into_bytes();
+        b.extend_from_slice(&big);
+        b.extend_from_slice(tail.as_bytes());
+        b
+    };
+    for (what, path, head, body, status) in [
+        (
+            "client gone",
+            "/live/n1/a/b/x.ts",
+            "Content-Length: 900000\r\n",
+            big.clone(),
+            None,
+        ),
+        (
+            "malformed chunk",
+            "/live/n2/a/x.ts",
+            "Transfer-Encoding: chunked\r\n",
+            chunked("\r\nzz\r\n"),
+            Some("400"),
+        ),
+        (
+            "body timeout after 100",
+            "/live/n4/x.ts",
+            "Content-Length: 900000\r\nExpect: 100-continue\r\n",
+            Vec::new(),
+            Some("408"),
+        ),
+    ] {
+        let mut s = connect(rig.srv.addr);
+        let head = format!("PUT {} HTTP/1.1\r\nHost: t\r\n{head}\r\n", q(path, &tok));
+        s.write_all(head.as_bytes()).expect("head");
+        // A peer that stops reading may make this write fail: the answer is what counts.
+        let _ = s.write_all(&body);
+        match status {
+            None => {
+                in_progress(&rig, what).await;
+                drop(s);
+            }
+            Some(code) => {
+                let mut answer = read_head(&mut s);
+                if answer.starts_with("HTTP/1.1 100") {
+                    answer = read_head(&mut s);
+                }
+                assert!(
+                    answer.contains(&format!("HTTP/1.1 {code}")),
+                    "{what}: {answer:?}"
+                );
+            }
+        }
+        uploads_ended(&rig, what).await;
+        no_tmp_eventually(&vol, what).await;
+        assert_eq!(tree(&vol), before, "{what}: no directory left");
+    }
+
+    // Too many bytes, chunked (counted, not declared).
+    let r = curl_put_chunked(
+        &rig.url(&q("/live/empty/n3/x.ts", &tok)),
+        &payload(1_200_000, 23),
+    );
+    assert_eq!(r.status(), 413, "{r:?}");
+    uploads_ended(&rig, "413").await;
+    no_tmp_eventually(&vol, "413").await;
+    assert_eq!(tree(&vol), before, "413: no directory left");
+
+    // HTTP/2: a stream reset mid-body.
+    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("h2 ready");
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri(rig.url(&q("/live/n5/a/x.ts", &tok)))
+        .header("content-length", "900000")
+        .body(())
+        .expect("request");
+    let (resp, mut stream) = client.send_request(req, false).expect("send");
+    stream
+        .send_data(Bytes::from(payload(16_000, 22)), false)
+        .expect("data");
+    in_progress(&rig, "h2 reset").await;
+    stream.send_reset(h2::Reason::CANCEL);
+    uploads_ended(&rig, "h2 reset").await;
+    drop((resp, client));
+    driver.abort();
+    no_tmp_eventually(&vol, "h2 reset").await;
+    assert_eq!(tree(&vol), before, "h2 reset: no directory left");
+
+    // A complete upload keeps its directories.
+    let r = curl_put(&rig.url(&q("/live/n6/a/x.ts", &tok)), &big, &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert_eq!(read(&vol.join("live/n6/a/x.ts")), big);
+}
 #[tokio::test]
 async fn malformed_chunked_body_is_400() {
     let rig = Rig::start(&["disk1"], &[], "", |d| {

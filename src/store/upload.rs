@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 use super::growing::{GrowingSet, Publisher};
 use super::local::Local;
-use super::write::{Dir, TempFile};
+use super::write::{remove_empty, Dir, TempFile};
 use super::write_through::{BucketError, Op, WriteThrough};
 use super::writers::Writers;
 use crate::config::Durability;
@@ -748,7 +748,8 @@ pub async fn delete(
                             return Err(WriteError::Io(e));
                         }
                     }
-                    prune(root, dir, keep);
+                    // Directories the deletion left empty go, below the prefix.
+                    remove_empty(root, dir, keep);
                     Ok(true)
                 });
                 if done.transpose()?.unwrap_or(false) {
@@ -777,20 +778,6 @@ pub fn is_directory(local: &Local, rel: &RelPath) -> bool {
             && v.with_root(|root| Dir::open(root, rel.as_str(), false).is_ok())
                 .unwrap_or(false)
     })
-}
-
-/// Removes now-empty directories of `dir` from the deepest up, keeping the first `keep`.
-fn prune(root: std::os::fd::BorrowedFd<'_>, dir: &str, keep: usize) {
-    let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
-    for depth in (keep..comps.len()).rev() {
-        let parent = comps[..depth].join("/");
-        let Ok(p) = Dir::open(root, &parent, false) else {
-            return;
-        };
-        if p.rmdir(comps[depth]).is_err() {
-            return; // not empty (or gone): stop
-        }
-    }
 }
 
 // === per-path serialisation ===
