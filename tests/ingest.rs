@@ -1004,6 +1004,28 @@ async fn method_path_and_type_refusals() {
         &["-H", "Content-Range: bytes 0-3/100"],
     );
     assert_eq!(r.status(), 400, "{r:?}");
+    // A body in a content coding would be stored and then served as if it were the media:
+    // 415 with `Accept-Encoding: identity` (RFC 9110 §15.5.16, §12.5.3), on every protocol
+    // and for POST too, nothing written. `identity` names no coding.
+    for h2 in [false, true] {
+        for method in ["PUT", "POST"] {
+            let r = request(
+                method,
+                &rig.url(&q("/live/m/gz.ts", &tok)),
+                &[("content-encoding", "gzip")],
+                h2,
+            )
+            .await;
+            assert_eq!(r.status, 415, "h2={h2} {method}: {r:?}");
+            assert_eq!(r.header("accept-encoding"), Some("identity"), "{r:?}");
+        }
+    }
+    let r = curl_put(
+        &rig.url(&q("/live/m/gz.ts", &tok)),
+        b"\x1f\x8b\x08\x00",
+        &["-H", "Content-Encoding: identity, br"],
+    );
+    assert_eq!(r.status(), 415, "{r:?}");
     // Transfer-Encoding other than chunked: 501.
     let req = format!(
         "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

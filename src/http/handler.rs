@@ -549,6 +549,12 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if r == Refusal::UnsupportedContentCoding {
+        headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+    }
     let mut reply = text(row.status, headers, cx.is_head, row.body);
     reply.close = r.closes_connection();
     reply
