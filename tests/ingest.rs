@@ -692,6 +692,36 @@ async fn delete_objects_and_empty_directories() {
     assert_no_tmp(&vol, "end");
 }
 
+/// A DELETE removes the object from every volume that has it. Two copies happen when an
+/// object is replaced while the volume holding it is down (the upload lands on another); after
+/// the DELETE's 204 neither copy may be served, nor the directories they leave empty kept.
+#[tokio::test]
+async fn delete_removes_every_copy() {
+    let rig = Rig::start(&["disk1", "disk2"], &[], "", |d| {
+        for (vol, body) in [("disk1", "one"), ("disk2", "two")] {
+            std::fs::create_dir_all(d.join(vol).join("live/dup")).expect("mkdir");
+            std::fs::write(d.join(vol).join("live/dup/a.ts"), body).expect("write");
+        }
+    });
+    let tok = upload_token("/live/*");
+    let url = rig.url("/live/dup/a.ts");
+    assert_eq!(get_on(&url, false).await.status, 200);
+    let r = curl_delete(&rig.url(&q("/live/dup/a.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    for h2 in [false, true] {
+        let g = get_on(&url, h2).await;
+        assert_eq!(g.status, 404, "h2={h2}: the other copy is served: {g:?}");
+    }
+    for vol in ["disk1", "disk2"] {
+        assert!(
+            !rig.vol(vol).join("live/dup").exists(),
+            "{vol}: copy or its directory left"
+        );
+    }
+    let r = curl_delete(&rig.url(&q("/live/dup/a.ts", &tok)));
+    assert_eq!(r.status(), 404, "{r:?}");
+}
+
 #[tokio::test]
 async fn delete_needs_min_depth() {
     let rig = Rig::simple(&[("min_delete_depth", "3")]);

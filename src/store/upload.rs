@@ -726,7 +726,11 @@ pub async fn delete(
     let r = Pool::General
         .run(move || -> Result<(), WriteError> {
             let (dir, name) = split(&key);
+            // Every healthy volume is asked, not only the first that has it: a copy left on
+            // another volume (an upload that replaced the object elsewhere while its volume
+            // was down) would otherwise be served after this 204.
             let mut unavailable = false;
+            let mut removed = false;
             for (i, v) in l.volumes.served() {
                 if !v.is_healthy() {
                     unavailable = true;
@@ -753,11 +757,13 @@ pub async fn delete(
                     Ok(true)
                 });
                 if done.transpose()?.unwrap_or(false) {
-                    l.forget(&key);
-                    return Ok(());
+                    removed = true;
                 }
             }
-            if unavailable {
+            if removed {
+                l.forget(&key);
+                Ok(())
+            } else if unavailable {
                 Err(WriteError::VolumeUnavailable)
             } else {
                 Err(WriteError::NotFound)
