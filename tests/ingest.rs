@@ -453,6 +453,23 @@ async fn curl_uploads_create_replace_and_read_back() {
     );
     assert_eq!(r.status(), 201, "POST create: {r:?}");
     assert_eq!(read(&vol.join("live/c1/p.ts")), b"posted");
+
+    // Location is a URI reference (RFC 9110 §10.2.2): a name with a space, `?`, `#`, `%` or a
+    // non-ASCII letter is percent-encoded, and following it reaches the object just made.
+    for (target, file) in [
+        ("/live/c1/a%20b.ts", "a b.ts"),
+        ("/live/c1/q%3Fx.ts", "q?x.ts"),
+        ("/live/c1/f%23x.ts", "f#x.ts"),
+        ("/live/c1/p%25x.ts", "p%x.ts"),
+        ("/live/c1/%C3%A9t%C3%A9.ts", "été.ts"),
+    ] {
+        let r = curl_put(&rig.url(&q(target, &tok)), file.as_bytes(), &[]);
+        assert_eq!(r.status(), 201, "{target}: {r:?}");
+        assert_eq!(r.header("location"), Some(target), "{target}: {r:?}");
+        assert_eq!(read(&vol.join("live/c1").join(file)), file.as_bytes());
+        let g = get_on(&rig.url(target), false).await;
+        assert_eq!(g.body.as_ref(), file.as_bytes(), "GET Location {target}");
+    }
     assert_no_tmp(&vol, "end");
 }
 

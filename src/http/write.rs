@@ -214,7 +214,9 @@ async fn put(
     let mut h = answer_headers(cx);
     h.insert(ETAG, done.etag);
     let status = if done.created {
-        if let Ok(v) = HeaderValue::from_str(&format!("/{rel}")) {
+        // A URI reference (RFC 9110 §10.2.2): the path percent-encoded, as a client would
+        // request it (a decoded `?`, `#`, `%` or space would name another resource).
+        if let Ok(v) = HeaderValue::from_str(&rel.encoded()) {
             h.insert(LOCATION, v);
         }
         StatusCode::CREATED
