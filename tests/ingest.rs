@@ -453,6 +453,23 @@ async fn curl_uploads_create_replace_and_read_back() {
     );
     assert_eq!(r.status(), 201, "POST create: {r:?}");
     assert_eq!(read(&vol.join("live/c1/p.ts")), b"posted");
+
+    // Location is a URI reference (RFC 9110 §10.2.2): a name with a space, `?`, `#`, `%` or a
+    // non-ASCII letter is percent-encoded, and following it reaches the object just made.
+    for (target, file) in [
+        ("/live/c1/a%20b.ts", "a b.ts"),
+        ("/live/c1/q%3Fx.ts", "q?x.ts"),
+        ("/live/c1/f%23x.ts", "f#x.ts"),
+        ("/live/c1/p%25x.ts", "p%x.ts"),
+        ("/live/c1/%C3%A9t%C3%A9.ts", "été.ts"),
+    ] {
+        let r = curl_put(&rig.url(&q(target, &tok)), file.as_bytes(), &[]);
+        assert_eq!(r.status(), 201, "{target}: {r:?}");
+        assert_eq!(r.header("location"), Some(target), "{target}: {r:?}");
+        assert_eq!(read(&vol.join("live/c1").join(file)), file.as_bytes());
+        let g = get_on(&rig.url(target), false).await;
+        assert_eq!(g.body.as_ref(), file.as_bytes(), "GET Location {target}");
+    }
     assert_no_tmp(&vol, "end");
 }
 
@@ -690,6 +707,36 @@ async fn delete_objects_and_empty_directories() {
     assert!(!vol.join("live/d2").exists(), "deleted, and its directory");
     assert_eq!(get_on(&rig.url("/live/d2/f.ts"), false).await.status, 404);
     assert_no_tmp(&vol, "end");
+}
+
+/// A DELETE removes the object from every volume that has it. Two copies happen when an
+/// object is replaced while the volume holding it is down (the upload lands on another); after
+/// the DELETE's 204 neither copy may be served, nor the directories they leave empty kept.
+#[tokio::test]
+async fn delete_removes_every_copy() {
+    let rig = Rig::start(&["disk1", "disk2"], &[], "", |d| {
+        for (vol, body) in [("disk1", "one"), ("disk2", "two")] {
+            std::fs::create_dir_all(d.join(vol).join("live/dup")).expect("mkdir");
+            std::fs::write(d.join(vol).join("live/dup/a.ts"), body).expect("write");
+        }
+    });
+    let tok = upload_token("/live/*");
+    let url = rig.url("/live/dup/a.ts");
+    assert_eq!(get_on(&url, false).await.status, 200);
+    let r = curl_delete(&rig.url(&q("/live/dup/a.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    for h2 in [false, true] {
+        let g = get_on(&url, h2).await;
+        assert_eq!(g.status, 404, "h2={h2}: the other copy is served: {g:?}");
+    }
+    for vol in ["disk1", "disk2"] {
+        assert!(
+            !rig.vol(vol).join("live/dup").exists(),
+            "{vol}: copy or its directory left"
+        );
+    }
+    let r = curl_delete(&rig.url(&q("/live/dup/a.ts", &tok)));
+    assert_eq!(r.status(), 404, "{r:?}");
 }
 
 #[tokio::test]
@@ -1004,6 +1051,28 @@ async fn method_path_and_type_refusals() {
         &["-H", "Content-Range: bytes 0-3/100"],
     );
     assert_eq!(r.status(), 400, "{r:?}");
+    // A body in a content coding would be stored and then served as if it were the media:
+    // 415 with `Accept-Encoding: identity` (RFC 9110 §15.5.16, §12.5.3), on every protocol
+    // and for POST too, nothing written. `identity` names no coding.
+    for h2 in [false, true] {
+        for method in ["PUT", "POST"] {
+            let r = request(
+                method,
+                &rig.url(&q("/live/m/gz.ts", &tok)),
+                &[("content-encoding", "gzip")],
+                h2,
+            )
+            .await;
+            assert_eq!(r.status, 415, "h2={h2} {method}: {r:?}");
+            assert_eq!(r.header("accept-encoding"), Some("identity"), "{r:?}");
+        }
+    }
+    let r = curl_put(
+        &rig.url(&q("/live/m/gz.ts", &tok)),
+        b"\x1f\x8b\x08\x00",
+        &["-H", "Content-Encoding: identity, br"],
+    );
+    assert_eq!(r.status(), 415, "{r:?}");
     // Transfer-Encoding other than chunked: 501.
     let req = format!(
         "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
@@ -1044,6 +1113,16 @@ async fn method_path_and_type_refusals() {
         );
         let r = request("OPTIONS", &rig.url("/other/o.ts"), &[], h2).await;
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "h2={h2}");
+        // A 405 lists the same methods as OPTIONS for its path (RFC 9110 §15.5.6: the
+        // resource's methods), under a prefix and outside one.
+        for (path, allow) in [
+            ("/live/m/x.ts", INGEST_ALLOW),
+            ("/other/o.ts", "GET, HEAD, OPTIONS"),
+        ] {
+            let r = request("PATCH", &rig.url(&q(path, &tok)), &[], h2).await;
+            assert_eq!(r.status, 405, "h2={h2} PATCH {path}: {r:?}");
+            assert_eq!(r.header("allow"), Some(allow), "h2={h2} PATCH {path}");
+        }
     }
     assert_no_tmp(&vol, "end");
 }
@@ -1173,6 +1252,30 @@ async fn preconditions() {
     let r = curl_put(&url_b, b"b", &["-H", "If-None-Match: *"]);
     assert_eq!(r.status(), 201, "{r:?}");
     assert_eq!(read(&vol.join("live/pc/b.ts")), b"b");
+
+    // DELETE: a stale If-Match or `If-None-Match: *` keeps the object (412); the right
+    // If-Match removes it. A DELETE of an absent object is 404 whatever its preconditions:
+    // they are evaluated only for a request that would otherwise succeed (RFC 9110 §13.2.1).
+    let etag_b = r.etag();
+    for h in ["If-Match: \"stale\"", "If-None-Match: *"] {
+        let r = curl(&["-X", "DELETE", "-H", h, &url_b], None);
+        assert_eq!(r.status(), 412, "DELETE {h}: {r:?}");
+        assert_eq!(read(&vol.join("live/pc/b.ts")), b"b", "kept after {h}");
+    }
+    let r = curl(
+        &["-X", "DELETE", "-H", &format!("If-Match: {etag_b}"), &url_b],
+        None,
+    );
+    assert_eq!(r.status(), 204, "DELETE with the right If-Match: {r:?}");
+    assert!(!vol.join("live/pc/b.ts").exists());
+    for h in [
+        format!("If-Match: {etag_b}"),
+        "If-Match: *".to_string(),
+        "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:00 GMT".to_string(),
+    ] {
+        let r = curl(&["-X", "DELETE", "-H", &h, &url_b], None);
+        assert_eq!(r.status(), 404, "DELETE of an absent object, {h}: {r:?}");
+    }
     assert_no_tmp(&vol, "end");
 }
 
@@ -1645,6 +1748,121 @@ async fn in_progress(rig: &Rig, what: &str) {
     assert!(busy, "{what}: upload in progress:\n{}", rig.metrics().await);
 }
 
+/// A failed upload into directories that did not exist leaves none of them behind (issue 12:
+/// "leaves no trace"; docs/ingest.md: empty directories are removed, never above the prefix):
+/// client gone mid-body, a malformed chunk, too many bytes, `body_timeout` after a 100
+/// (Continue), an HTTP/2 stream reset. Directories that were there before stay, empty or not.
+#[tokio::test]
+async fn failed_uploads_leave_no_new_directories() {
+    let rig = Rig::start(
+        &["disk1"],
+        &[("body_timeout", "\"1s\""), ("max_body_bytes", "\"1MiB\"")],
+        "",
+        |d| {
+            std::fs::create_dir_all(d.join("disk1/live/empty")).expect("mkdir");
+        },
+    );
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let before = tree(&vol);
+    // Bodies longer than one write buffer: the upload is placed (its directories made) before
+    // the body is read.
+    let big = payload(600_000, 21);
+    let chunked = |tail: &str| -> Vec<u8> {
+        let mut b = format!("{:x}\r\n", big.len()).into_bytes();
+        b.extend_from_slice(&big);
+        b.extend_from_slice(tail.as_bytes());
+        b
+    };
+    for (what, path, head, body, status) in [
+        (
+            "client gone",
+            "/live/n1/a/b/x.ts",
+            "Content-Length: 900000\r\n",
+            big.clone(),
+            None,
+        ),
+        (
+            "malformed chunk",
+            "/live/n2/a/x.ts",
+            "Transfer-Encoding: chunked\r\n",
+            chunked("\r\nzz\r\n"),
+            Some("400"),
+        ),
+        (
+            "body timeout after 100",
+            "/live/n4/x.ts",
+            "Content-Length: 900000\r\nExpect: 100-continue\r\n",
+            Vec::new(),
+            Some("408"),
+        ),
+    ] {
+        let mut s = connect(rig.srv.addr);
+        let head = format!("PUT {} HTTP/1.1\r\nHost: t\r\n{head}\r\n", q(path, &tok));
+        s.write_all(head.as_bytes()).expect("head");
+        // A peer that stops reading may make this write fail: the answer is what counts.
+        let _ = s.write_all(&body);
+        match status {
+            None => {
+                in_progress(&rig, what).await;
+                drop(s);
+            }
+            Some(code) => {
+                let mut answer = read_head(&mut s);
+                if answer.starts_with("HTTP/1.1 100") {
+                    answer = read_head(&mut s);
+                }
+                assert!(
+                    answer.contains(&format!("HTTP/1.1 {code}")),
+                    "{what}: {answer:?}"
+                );
+            }
+        }
+        uploads_ended(&rig, what).await;
+        no_tmp_eventually(&vol, what).await;
+        assert_eq!(tree(&vol), before, "{what}: no directory left");
+    }
+
+    // Too many bytes, chunked (counted, not declared).
+    let r = curl_put_chunked(
+        &rig.url(&q("/live/empty/n3/x.ts", &tok)),
+        &payload(1_200_000, 23),
+    );
+    assert_eq!(r.status(), 413, "{r:?}");
+    uploads_ended(&rig, "413").await;
+    no_tmp_eventually(&vol, "413").await;
+    assert_eq!(tree(&vol), before, "413: no directory left");
+
+    // HTTP/2: a stream reset mid-body.
+    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("h2 ready");
+    let req = http::Request::builder()
+        .method("PUT")
+        .uri(rig.url(&q("/live/n5/a/x.ts", &tok)))
+        .header("content-length", "900000")
+        .body(())
+        .expect("request");
+    let (resp, mut stream) = client.send_request(req, false).expect("send");
+    stream
+        .send_data(Bytes::from(payload(16_000, 22)), false)
+        .expect("data");
+    in_progress(&rig, "h2 reset").await;
+    stream.send_reset(h2::Reason::CANCEL);
+    uploads_ended(&rig, "h2 reset").await;
+    drop((resp, client));
+    driver.abort();
+    no_tmp_eventually(&vol, "h2 reset").await;
+    assert_eq!(tree(&vol), before, "h2 reset: no directory left");
+
+    // A complete upload keeps its directories.
+    let r = curl_put(&rig.url(&q("/live/n6/a/x.ts", &tok)), &big, &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert_eq!(read(&vol.join("live/n6/a/x.ts")), big);
+}
 #[tokio::test]
 async fn malformed_chunked_body_is_400() {
     let rig = Rig::start(&["disk1"], &[], "", |d| {

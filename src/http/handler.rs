@@ -542,10 +542,18 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     let mut headers = HeaderMap::with_capacity(6);
     headers::cors(cx.policy, cx.req, &mut headers);
     if r == Refusal::MethodNotAllowed {
-        headers.insert(ALLOW, headers::ALLOWED_METHODS);
+        // The path's own methods, as OPTIONS lists them (a PATCH under an ingest prefix is
+        // told PUT, POST and DELETE are there).
+        headers.insert(ALLOW, headers::allow(writable(cx)));
     }
     if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if r == Refusal::UnsupportedContentCoding {
+        headers.insert(
+            http::header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
     }
     let mut reply = text(row.status, headers, cx.is_head, row.body);
     reply.close = r.closes_connection();

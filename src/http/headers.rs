@@ -15,9 +15,9 @@ use crate::store::{Body, ObjectClass};
 
 pub const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 pub const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
-pub const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
+const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTIONS");
 /// Under `[ingest] prefixes`.
-pub const WRITABLE_METHODS: HeaderValue =
+const WRITABLE_METHODS: HeaderValue =
     HeaderValue::from_static("GET, HEAD, OPTIONS, PUT, POST, DELETE");
 /// `Age` and `Date` let a player tell how old a CDN's copy of a live playlist is (RFC 8216bis
 /// Appendix C; hls.js reads `Age`); browsers hide them from scripts unless exposed.
@@ -77,15 +77,21 @@ pub fn cors(policy: &Policy, req: &Request<'_>, headers: &mut HeaderMap) {
     headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE);
 }
 
+/// The methods a path accepts (`Allow` on OPTIONS and on 405, RFC 9110 §10.2.1, §15.5.6;
+/// CORS preflight): `writable` when it is under `[ingest] prefixes`.
+pub fn allow(writable: bool) -> HeaderValue {
+    if writable {
+        WRITABLE_METHODS
+    } else {
+        ALLOWED_METHODS
+    }
+}
+
 /// OPTIONS: a CORS preflight gets the allowed methods and headers; any other OPTIONS (including
 /// `OPTIONS *`) gets `Allow`. No token is required: browsers never send credentials on preflight.
 /// `writable`: the path is under `[ingest] prefixes` (PUT, POST and DELETE are listed too).
 pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
-    let methods = if writable {
-        WRITABLE_METHODS
-    } else {
-        ALLOWED_METHODS
-    };
+    let methods = allow(writable);
     let mut headers = HeaderMap::with_capacity(8);
     headers.insert(ALLOW, methods.clone());
     if req.headers.contains_key(ACCESS_CONTROL_REQUEST_METHOD) {

@@ -67,6 +67,8 @@ pub enum Refusal {
     UnsupportedMediaType,
     #[error("Content-Range in a write (a partial body)")]
     PartialWrite,
+    #[error("content coding in a write")]
+    UnsupportedContentCoding,
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("path is a directory")]
@@ -216,6 +218,16 @@ impl Refusal {
                 "content-range not allowed in a write\n",
                 Info,
                 "partial_write",
+                Client,
+            ),
+            // RFC 9110 §8.4, §15.5.16: segd stores and serves the bytes it is sent as the
+            // object; a body in a content coding (gzip…) would be served as if it were the
+            // media itself. The answer carries `Accept-Encoding: identity` (§12.5.3).
+            Refusal::UnsupportedContentCoding => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "content coding not accepted\n",
+                Info,
+                "content_coding",
                 Client,
             ),
             Refusal::PreconditionFailed => (
@@ -390,6 +402,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::UnsupportedCoding,
     Refusal::UnsupportedMediaType,
     Refusal::PartialWrite,
+    Refusal::UnsupportedContentCoding,
     Refusal::PreconditionFailed,
     Refusal::IsDirectory,
     Refusal::DeleteTooShallow,

@@ -3,7 +3,7 @@
 //! See `docs/ingest.md` for the contract.
 //!
 //! PUT/POST, in order:
-//! 0. a `Content-Range` (a partial body) → 400
+//! 0. a `Content-Range` (a partial body) → 400; a `Content-Encoding` (an encoded body) → 415
 //! 1. an upload slot (`max_uploads`) → 503 with `Retry-After`
 //! 2. a declared length over `max_body_bytes` → 413, before anything is read or created
 //! 3. the upload starts: the path is locked against other writes, the volume picked (where the
@@ -128,9 +128,13 @@ async fn put(
 ) -> Result<Reply, Stop> {
     let ingest = &cx.policy.config.ingest;
     let start = Instant::now();
-    // 0. A part of a body is not an object (RFC 9110 §14.5).
+    // 0. A part of a body is not an object (RFC 9110 §14.5), nor is an encoded one: the bytes
+    // stored are the bytes served, as the media type, never with a `Content-Encoding`.
     if cx.req.headers.contains_key(http::header::CONTENT_RANGE) {
         return Err(Refusal::PartialWrite.into());
+    }
+    if content_coded(cx.req.headers) {
+        return Err(Refusal::UnsupportedContentCoding.into());
     }
     // 1. A slot.
     let slot = Arc::clone(&cx.policy.upload_slots)
@@ -210,7 +214,9 @@ async fn put(
     let mut h = answer_headers(cx);
     h.insert(ETAG, done.etag);
     let status = if done.created {
-        if let Ok(v) = HeaderValue::from_str(&format!("/{rel}")) {
+        // A URI reference (RFC 9110 §10.2.2): the path percent-encoded, as a client would
+        // request it (a decoded `?`, `#`, `%` or space would name another resource).
+        if let Ok(v) = HeaderValue::from_str(&rel.encoded()) {
             h.insert(LOCATION, v);
         }
         StatusCode::CREATED
@@ -391,6 +397,9 @@ async fn delete(
 }
 
 /// `If-Match`, `If-None-Match` and `If-Unmodified-Since` against the object as it is now → 412.
+/// They are evaluated only for a request that would otherwise succeed (RFC 9110 §13.2.1): a
+/// PUT of an absent object would create it (so `If-Match` fails it), but a DELETE of one is 404
+/// whatever they say.
 async fn preconditions(
     cx: &Cx<'_>,
     rel: &RelPath,
@@ -401,12 +410,27 @@ async fn preconditions(
         return Ok(());
     }
     let now = current(cx, rel, class, live).await?;
+    if now.is_none() && *cx.req.method == Method::DELETE {
+        return Err(Refusal::NotFound);
+    }
     let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
     if conditional::write_allowed(cx.req.headers, now) {
         Ok(())
     } else {
         Err(Refusal::PreconditionFailed)
     }
+}
+
+/// Whether a request's body is in a content coding (RFC 9110 §8.4): any `Content-Encoding`
+/// other than `identity` (which names no coding).
+fn content_coded(h: &HeaderMap) -> bool {
+    h.get_all(http::header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |s| {
+            s.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        })
+    })
 }
 
 fn has_preconditions(h: &HeaderMap) -> bool {

@@ -1199,8 +1199,8 @@ impl Pull {
     ) -> io::Result<http::Response<hyper::body::Incoming>> {
         let uri = match fetcher {
             Fetcher::Http(base) => match query {
-                Some(q) => format!("{base}/{}?{q}", encode_path(rel.as_str())),
-                None => format!("{base}/{}", encode_path(rel.as_str())),
+                Some(q) => format!("{base}{}?{q}", rel.encoded()),
+                None => format!("{base}{}", rel.encoded()),
             },
             Fetcher::S3(s3) => {
                 let (bucket, creds, prefix) = &**s3;
@@ -1610,19 +1610,6 @@ fn made_etag(received: SystemTime) -> HeaderValue {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     HeaderValue::from_str(&format!("\"p{ns:x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
-}
-
-/// Percent-encodes what a path segment cannot carry as is (the path is already sanitised).
-fn encode_path(p: &str) -> String {
-    let mut out = String::with_capacity(p.len());
-    for b in p.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// An object whose body is being fetched: streamed from the fill as it grows (`len`: `None`

@@ -17,7 +17,7 @@ use http::HeaderValue;
 
 use super::growing::{GrowingSet, Publisher};
 use super::local::Local;
-use super::write::{Dir, TempFile};
+use super::write::{remove_empty, Dir, TempFile};
 use super::write_through::{BucketError, Op, WriteThrough};
 use super::writers::Writers;
 use crate::config::Durability;
@@ -259,20 +259,19 @@ fn create(
         .ok_or(WriteError::VolumeUnavailable)?;
     let temp = v
         .with_root(|root| {
-            Dir::open(root, dir, true)
-                .and_then(|d| {
-                    // A directory at the name: the commit's rename could never replace it, so
-                    // the upload is refused before its body is written.
-                    if early && d.is_dir(name) {
-                        return Err(io::Error::from_raw_os_error(libc::EISDIR));
-                    }
-                    TempFile::new(d)
-                })
-                .map_err(|e| {
-                    let symlink =
-                        e.raw_os_error() == Some(libc::ENOTDIR) && symlink_on_the_way(root, dir);
-                    (e, symlink)
-                })
+            TempFile::create(root, dir, |d| {
+                // A directory at the name: the commit's rename could never replace it, so
+                // the upload is refused before its body is written.
+                if early && d.is_dir(name) {
+                    return Err(io::Error::from_raw_os_error(libc::EISDIR));
+                }
+                Ok(())
+            })
+            .map_err(|e| {
+                let symlink =
+                    e.raw_os_error() == Some(libc::ENOTDIR) && symlink_on_the_way(root, dir);
+                (e, symlink)
+            })
         })
         .ok_or(WriteError::VolumeUnavailable)?
         .map_err(|(e, symlink)| {
@@ -727,7 +726,11 @@ pub async fn delete(
     let r = Pool::General
         .run(move || -> Result<(), WriteError> {
             let (dir, name) = split(&key);
+            // Every healthy volume is asked, not only the first that has it: a copy left on
+            // another volume (an upload that replaced the object elsewhere while its volume
+            // was down) would otherwise be served after this 204.
             let mut unavailable = false;
+            let mut removed = false;
             for (i, v) in l.volumes.served() {
                 if !v.is_healthy() {
                     unavailable = true;
@@ -749,15 +752,18 @@ pub async fn delete(
                             return Err(WriteError::Io(e));
                         }
                     }
-                    prune(root, dir, keep);
+                    // Directories the deletion left empty go, below the prefix.
+                    remove_empty(root, dir, keep);
                     Ok(true)
                 });
                 if done.transpose()?.unwrap_or(false) {
-                    l.forget(&key);
-                    return Ok(());
+                    removed = true;
                 }
             }
-            if unavailable {
+            if removed {
+                l.forget(&key);
+                Ok(())
+            } else if unavailable {
                 Err(WriteError::VolumeUnavailable)
             } else {
                 Err(WriteError::NotFound)
@@ -778,20 +784,6 @@ pub fn is_directory(local: &Local, rel: &RelPath) -> bool {
             && v.with_root(|root| Dir::open(root, rel.as_str(), false).is_ok())
                 .unwrap_or(false)
     })
-}
-
-/// Removes now-empty directories of `dir` from the deepest up, keeping the first `keep`.
-fn prune(root: std::os::fd::BorrowedFd<'_>, dir: &str, keep: usize) {
-    let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
-    for depth in (keep..comps.len()).rev() {
-        let parent = comps[..depth].join("/");
-        let Ok(p) = Dir::open(root, &parent, false) else {
-            return;
-        };
-        if p.rmdir(comps[depth]).is_err() {
-            return; // not empty (or gone): stop
-        }
-    }
 }
 
 // === per-path serialisation ===

@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
@@ -39,21 +39,31 @@ impl Dir {
     /// Opens (with `create`: making missing components) the directory `rel_dir` (`a/b/c`, no
     /// leading slash, already sanitised) beneath `root`. Never follows a symlink.
     pub fn open(root: impl AsFd, rel_dir: &str, create: bool) -> io::Result<Dir> {
+        Dir::walk(root.as_fd(), rel_dir, create).map(|(d, _)| d)
+    }
+
+    /// [`Dir::open`], also saying which component of `rel_dir` was the first this walk made
+    /// (`None`: it made none).
+    fn walk(root: BorrowedFd<'_>, rel_dir: &str, create: bool) -> io::Result<(Dir, Option<usize>)> {
         // The whole path in one call when it exists (the usual case).
         let whole = if rel_dir.is_empty() { "." } else { rel_dir };
-        match open_beneath(root.as_fd(), whole) {
-            Ok(fd) => return Ok(Dir { fd }),
+        match open_beneath(root, whole) {
+            Ok(fd) => return Ok((Dir { fd }, None)),
             Err(rustix::io::Errno::NOENT) if create => {}
             Err(e) => return Err(e.into()),
         }
         // Missing components are made one at a time.
-        let mut fd = open_beneath(root.as_fd(), ".")?;
-        for comp in rel_dir.split('/').filter(|c| !c.is_empty()) {
+        let mut made = None;
+        let mut fd = open_beneath(root, ".")?;
+        for (i, comp) in rel_dir.split('/').filter(|c| !c.is_empty()).enumerate() {
             fd = match open_beneath(&fd, comp) {
                 Ok(next) => next,
                 Err(rustix::io::Errno::NOENT) => {
                     match rustix::fs::mkdirat(&fd, comp, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Ok(()) => {
+                            made.get_or_insert(i);
+                        }
+                        Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
                     open_beneath(&fd, comp)?
@@ -61,7 +71,7 @@ impl Dir {
                 Err(e) => return Err(e.into()),
             };
         }
-        Ok(Dir { fd })
+        Ok((Dir { fd }, made))
     }
 
     /// Creates a new temporary file in this directory.
@@ -175,7 +185,21 @@ pub struct TempFile {
     /// Its mtime was set by [`stamp`] (sealed): the commit keeps it, since the sealed
     /// metadata (and ETag) already went out, to a write-through bucket.
     stamped: bool,
+    /// The directories made for it, removed again if it is dropped uncommitted.
+    made: Option<Made>,
 }
+
+/// Directories a [`TempFile`] needed made: `rel_dir`'s components from `first` on. If the file
+/// is never committed, those still empty are removed (deepest first), so a failed upload
+/// leaves no trace; a directory another upload has put a file in meanwhile stays.
+struct Made {
+    root: OwnedFd,
+    rel_dir: String,
+    first: usize,
+}
+
+/// How many times [`TempFile::create`] walks to its directory again after finding it removed.
+const REMOVED_DIR_RETRIES: usize = 8;
 
 impl TempFile {
     pub fn new(dir: Dir) -> io::Result<TempFile> {
@@ -186,7 +210,57 @@ impl TempFile {
             file: Some(file),
             written: 0,
             stamped: false,
+            made: None,
         })
+    }
+
+    /// A new temporary file in the directory `rel_dir` beneath `root`, making missing
+    /// directories; `check` looks at the directory first and may refuse it. A DELETE removes
+    /// the directories it leaves empty, and may remove this one between the walk and the
+    /// file's creation: nothing can be created in a removed directory (`ENOENT`, from `mkdirat`
+    /// or `openat`), so the walk is made again (making the directory anew), a few times.
+    pub fn create(
+        root: impl AsFd,
+        rel_dir: &str,
+        check: impl Fn(&Dir) -> io::Result<()>,
+    ) -> io::Result<TempFile> {
+        let mut retries = 0;
+        // The first component any walk made (one made and pruned by a DELETE, then made
+        // again, counts).
+        let mut first_made: Option<usize> = None;
+        loop {
+            let temp = Dir::walk(root.as_fd(), rel_dir, true).and_then(|(d, made)| {
+                if let Some(i) = made {
+                    first_made = Some(first_made.map_or(i, |f| f.min(i)));
+                }
+                check(&d)?;
+                TempFile::new(d)
+            });
+            match temp {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOENT) && retries < REMOVED_DIR_RETRIES =>
+                {
+                    retries += 1;
+                }
+                Err(e) => {
+                    if let Some(first) = first_made {
+                        remove_empty(root.as_fd(), rel_dir, first);
+                    }
+                    return Err(e);
+                }
+                Ok(mut t) => {
+                    if let Some(first) = first_made {
+                        // Without a descriptor of the root, the directories stay (empty).
+                        t.made = root.as_fd().try_clone_to_owned().ok().map(|root| Made {
+                            root,
+                            rel_dir: rel_dir.to_owned(),
+                            first,
+                        });
+                    }
+                    return Ok(t);
+                }
+            }
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -331,6 +405,23 @@ impl Drop for TempFile {
             if let Err(e) = self.dir.unlink(&self.name) {
                 tracing::warn!(error = %e, file = %self.name, "cannot remove a temporary file");
             }
+            if let Some(m) = &self.made {
+                remove_empty(m.root.as_fd(), &m.rel_dir, m.first);
+            }
+        }
+    }
+}
+
+/// Removes the components of `rel_dir` beneath `root` from the deepest up to the one at index
+/// `first`, each only if empty; stops at the first that stays (not empty, or gone).
+pub fn remove_empty(root: BorrowedFd<'_>, rel_dir: &str, first: usize) {
+    let comps: Vec<&str> = rel_dir.split('/').filter(|c| !c.is_empty()).collect();
+    for depth in (first..comps.len()).rev() {
+        let Ok(parent) = Dir::open(root, &comps[..depth].join("/"), false) else {
+            return;
+        };
+        if parent.rmdir(comps[depth]).is_err() {
+            return;
         }
     }
 }
@@ -449,5 +540,73 @@ mod tests {
             1,
             "nothing created outside"
         );
+    }
+
+    /// A DELETE prunes the directories it leaves empty; one may go between the walk to an
+    /// upload's directory and the creation of its temporary file (the `check` here removes
+    /// it at that moment, as the DELETE would): the upload makes it anew and gets its file.
+    #[test]
+    fn a_directory_pruned_under_an_upload_is_made_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("root");
+        std::fs::create_dir_all(root.path().join("live/show/a")).expect("mkdir");
+        let pruned = std::cell::Cell::new(0);
+        let t = TempFile::create(&rootfd, "live/show/a", |_| {
+            if pruned.get() < 2 {
+                pruned.set(pruned.get() + 1);
+                std::fs::remove_dir(root.path().join("live/show/a")).expect("rmdir a");
+                std::fs::remove_dir(root.path().join("live/show")).expect("rmdir show");
+            }
+            Ok(())
+        })
+        .expect("a temporary file despite the pruning");
+        assert_eq!(pruned.get(), 2);
+        t.commit("x.ts", false).expect("commit");
+        assert!(root.path().join("live/show/a/x.ts").is_file());
+    }
+
+    /// A temporary file dropped uncommitted takes the directories made for it along, when
+    /// they are still empty; directories that were there before, or that another file was put
+    /// in meanwhile, stay.
+    #[test]
+    fn an_abandoned_upload_removes_the_directories_it_made() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = rustix::fs::open(
+            root.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("root");
+        std::fs::create_dir_all(root.path().join("live")).expect("mkdir");
+        let mut t = TempFile::create(&rootfd, "live/new/a/b", |_| Ok(())).expect("temp");
+        t.write_all(b"partial").expect("write");
+        drop(t);
+        assert!(root.path().join("live").is_dir(), "there before: kept");
+        assert!(
+            !root.path().join("live/new").exists(),
+            "made for it: removed"
+        );
+
+        // Another file in a made directory keeps it (and those above it).
+        let t = TempFile::create(&rootfd, "live/new/a/b", |_| Ok(())).expect("temp");
+        std::fs::write(root.path().join("live/new/a/other.ts"), b"x").expect("write");
+        drop(t);
+        assert!(!root.path().join("live/new/a/b").exists());
+        assert!(root.path().join("live/new/a/other.ts").is_file());
+
+        // A refused one (the check) too; a committed one keeps them.
+        let r = TempFile::create(&rootfd, "live/z/y", |_| {
+            Err(io::Error::from_raw_os_error(libc::EISDIR))
+        });
+        assert!(r.is_err());
+        assert!(!root.path().join("live/z").exists());
+        let t = TempFile::create(&rootfd, "live/c/d", |_| Ok(())).expect("temp");
+        t.commit("x.ts", false).expect("commit");
+        assert!(root.path().join("live/c/d/x.ts").is_file());
     }
 }

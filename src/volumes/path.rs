@@ -65,6 +65,23 @@ impl RelPath {
         }
         &self.0[..idx]
     }
+
+    /// The path as a URL path (`/` first), percent-encoding what a path segment cannot carry as
+    /// is (RFC 3986 §3.3 `pchar`): [`sanitize`] of the result gives this path back. For URLs
+    /// segd writes itself: an upstream's, a `Location`.
+    pub fn encoded(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(self.0.len() + 1);
+        out.push('/');
+        for b in self.0.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b) {
+                out.push(b as char);
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for RelPath {
@@ -207,7 +224,33 @@ mod tests {
         assert_eq!(sanitize("/a/b.tar.ts").expect("ok").extension(), Some("ts"));
     }
 
+    #[test]
+    fn encoded_paths_are_url_paths() {
+        for (raw, url) in [
+            ("/vod/t1/seg_1.ts", "/vod/t1/seg_1.ts"),
+            ("/live/a%20b.ts", "/live/a%20b.ts"),
+            ("/live/%C3%A9.ts", "/live/%C3%A9.ts"),
+            ("/live/a%3Fq.ts", "/live/a%3Fq.ts"),
+            ("/live/a%23f.ts", "/live/a%23f.ts"),
+            ("/live/a%25b.ts", "/live/a%25b.ts"),
+            ("/live/a%22b;c.ts", "/live/a%22b;c.ts"),
+        ] {
+            assert_eq!(sanitize(raw).expect("valid").encoded(), url, "{raw}");
+        }
+    }
+
     proptest! {
+        /// An encoded path is one sanitize accepts, and names the same path.
+        #[test]
+        fn encoded_round_trips(raw in r#"(/[a-zA-Z0-9 ?#;:@&=+$,!*'()"<>^`{|}é~%_-]{1,8}){1,4}"#) {
+            if let Ok(p) = sanitize(&raw) {
+                let url = p.encoded();
+                prop_assert!(url.bytes().all(|b| b.is_ascii_graphic()), "{url}");
+                prop_assert!(!url.contains('?') && !url.contains('#'), "{url}");
+                prop_assert_eq!(sanitize(&url).map(|q| q.as_str().to_owned()), Ok(p.as_str().to_owned()));
+            }
+        }
+
         /// Whatever the input, an accepted path joined under a root stays under that root:
         /// no absolute part, no `.`/`..`/empty segment, no backslash, no NUL.
         #[test]
