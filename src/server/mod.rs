@@ -181,6 +181,16 @@ async fn serve(
     upgrader.pass_quic_token_key(runtime.quic_token_key.clone());
     let policy = Policy::new(Arc::clone(&config), &runtime)?;
     let shared = Arc::new(Shared::new(runtime, policy));
+    // Before the first request: a copy replaced or deleted while its volume was down (and
+    // journaled then) must not be served now that the volume is here.
+    let store = shared.runtime.store.clone();
+    let settled = tokio::task::spawn_blocking(move || store.settle_outage_writes()).await;
+    if let Ok(n @ 1..) = settled {
+        tracing::info!(
+            removed = n,
+            "removed copies replaced or deleted while their volume was down"
+        );
+    }
     match handover.as_ref().map(Handover::parent) {
         None => start_up_cleanup(&shared),
         Some(parent) => {
@@ -444,11 +454,21 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let recoveries = |v: &volumes::Volumes| v.iter().map(volumes::Volume::recoveries).sum();
+        let mut settled: u64 = recoveries(&sh.runtime.store.volumes());
         loop {
             tick.tick().await;
             let v = sh.runtime.store.volumes();
             // Probing stats the disks: keep it off the event loop.
             let _ = tokio::task::spawn_blocking(move || v.check_health()).await;
+            // A volume came back (this check or a request's probe found it): copies on it that
+            // were replaced or deleted meanwhile go.
+            let now = recoveries(&sh.runtime.store.volumes());
+            if now != settled {
+                settled = now;
+                let store = sh.runtime.store.clone();
+                let _ = tokio::task::spawn_blocking(move || store.settle_outage_writes()).await;
+            }
         }
     });
     // Object counts for the start-up log, in the background: a big disk takes a while to walk.

@@ -24,6 +24,7 @@ pub mod body;
 mod collector;
 mod growing;
 mod local;
+mod outage;
 mod pull;
 mod test_stream;
 mod upload;
@@ -550,6 +551,12 @@ impl Store {
     /// Indexes the pull cache left by an earlier run (start-up, off the request path).
     pub fn reindex_pull_cache(&self) -> u64 {
         self.inner.pull.as_ref().map_or(0, |p| p.reindex())
+    }
+
+    /// Settles writes journaled while a volume was down, for the volumes healthy now (blocking:
+    /// at start-up and after a volume comes back); returns how many old copies it removed.
+    pub fn settle_outage_writes(&self) -> u64 {
+        outage::settle(&self.local())
     }
 
     /// Removes temporary files a crash left under `prefixes` on every volume (start-up, off the

@@ -17,6 +17,7 @@ use http::HeaderValue;
 
 use super::growing::{GrowingSet, Publisher};
 use super::local::Local;
+use super::outage;
 use super::write::{remove_empty, Dir, TempFile};
 use super::write_through::{BucketError, Op, WriteThrough};
 use super::writers::Writers;
@@ -526,6 +527,15 @@ impl Upload {
     ) -> Result<Committed, WriteError> {
         self.local.forget(&self.key);
         self.local.volumes.remember(&self.key, volume);
+        if !existed && outage::needed(&self.local.volumes) {
+            // A copy on the volume that is down must not come back with it. (A replace in
+            // place found the object here: any copy on a down volume predates it, and was
+            // journaled when the object came here.)
+            let (local, key) = (Arc::clone(&self.local), self.key.clone());
+            tokio::task::spawn_blocking(move || {
+                outage::note(&local.volumes, Some(volume), &key, outage::Change::Put)
+            });
+        }
         let meta = ObjectMeta::from_stat(st);
         if let Some(p) = self.publisher.take() {
             p.done(meta.len);
@@ -762,6 +772,8 @@ pub async fn delete(
             }
             if removed {
                 l.forget(&key);
+                // A copy on a volume that is down must not come back with it.
+                outage::note(&l.volumes, None, &key, outage::Change::Delete);
                 Ok(())
             } else if unavailable {
                 Err(WriteError::VolumeUnavailable)

@@ -46,6 +46,8 @@ pub struct Volume {
     /// Milliseconds since `epoch` of the last probe (for probes that may be skipped when recent).
     last_probe_ms: AtomicU64,
     epoch: Instant,
+    /// Times it became healthy again after being down.
+    recoveries: AtomicU64,
 }
 
 struct Root {
@@ -102,6 +104,7 @@ impl Volume {
             probes: AtomicU64::new(0),
             last_probe_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            recoveries: AtomicU64::new(0),
         };
         match v.open_root() {
             Ok(root) => {
@@ -122,6 +125,11 @@ impl Volume {
     /// Device errors seen on this volume.
     pub fn io_errors(&self) -> u64 {
         self.io_errors.load(Ordering::Relaxed)
+    }
+
+    /// Times this volume became healthy again after being down.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
     }
 
     /// Probes of the root so far.
@@ -158,6 +166,7 @@ impl Volume {
         if was && !healthy {
             tracing::error!(volume = %self.name, reason = %why, "volume marked unhealthy; its objects answer 503");
         } else if !was && healthy {
+            self.recoveries.fetch_add(1, Ordering::Relaxed);
             tracing::info!(volume = %self.name, "volume healthy again");
         }
     }
