@@ -1034,6 +1034,11 @@ async fn edge_upstream_dying_mid_body_aborts_and_caches_nothing() {
         "partial fills left in cache_path: {:?}",
         files_containing(&cache, needle)
     );
+    // Nor the directories made for them.
+    assert!(
+        !cache.join("vod").exists(),
+        "failed fills left their directories in cache_path"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use super::growing::{Growing, GrowingSet};
 use super::local::Local;
-use super::write::{Dir, TempFile};
+use super::write::TempFile;
 use super::{Miss, Object, ObjectClass, Source};
 use crate::config::{PullConfig, UpstreamConfig, UpstreamKind};
 use crate::metrics::Metrics;
@@ -1340,14 +1340,13 @@ impl Pull {
         // nginx-vod-module's layout) cannot be stored beside it: it is passed through, its
         // temporary file in the cache root.
         let mut storable = storable;
+        // A fill that fails takes the directories made for it along (`TempFile::create`).
         let temp = vol.injected_write_fault().map(Err).or_else(|| vol.with_root(|root| {
-            Dir::open(root, dir, true)
-                .or_else(|e| {
-                    tracing::debug!(path = %rel, error = %e, "not storable in the pull cache; passed through");
-                    storable = false;
-                    Dir::open(root, "", true)
-                })
-                .and_then(TempFile::new)
+            TempFile::create(root, dir, |_| Ok(())).or_else(|e| {
+                tracing::debug!(path = %rel, error = %e, "not storable in the pull cache; passed through");
+                storable = false;
+                TempFile::create(root, "", |_| Ok(()))
+            })
         }));
         // A cache disk that takes no file (full, read-only, failing) costs this object its
         // copy, not its viewers: the fill goes on in memory (up to PASS_MEMORY bytes).
