@@ -37,8 +37,23 @@ fn text(status: u16, ctype: &'static str, body: impl Into<Bytes>) -> hyper::Resp
     r
 }
 
-/// `unready`: set when a drain starts (SIGTERM/SIGINT).
-pub fn route(runtime: &Runtime, unready: &Stop, path: &str) -> hyper::Response<Full<Bytes>> {
+/// `unready`: set when a drain starts (SIGTERM/SIGINT). Every path is read-only: a method
+/// other than GET and HEAD is 405 with `Allow` (RFC 9110 §15.5.6), so a probe configured with
+/// the wrong method fails loudly instead of passing.
+pub fn route(
+    runtime: &Runtime,
+    unready: &Stop,
+    method: &http::Method,
+    path: &str,
+) -> hyper::Response<Full<Bytes>> {
+    if method != http::Method::GET && method != http::Method::HEAD {
+        let mut r = text(405, "text/plain; charset=utf-8", "method not allowed\n");
+        r.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
     match path {
         "/metrics" => text(
             200,
@@ -100,7 +115,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, unready: Stop, re
         let (unready, released) = (unready.clone(), released.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                let mut r = route(&shared.runtime, &unready, req.uri().path());
+                let mut r = route(&shared.runtime, &unready, req.method(), req.uri().path());
                 if released.is_set() {
                     r.headers_mut().insert(
                         http::header::CONNECTION,

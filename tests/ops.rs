@@ -484,3 +484,23 @@ prefixes = ["/up/"]
         missing.join("\n")
     );
 }
+
+/// The admin listener is read-only: GET and HEAD are answered, any other method is 405 with
+/// `Allow: GET, HEAD` (a probe configured with POST fails instead of passing).
+#[tokio::test]
+async fn ops_admin_paths_answer_get_and_head_only() {
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(&[&vols.path().join("disk1")], ""));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let url = srv.admin_url(path);
+        assert_eq!(request("GET", &url, &[], false).await.status, 200, "{path}");
+        let head = request("HEAD", &url, &[], false).await;
+        assert_eq!(head.status, 200, "{path}");
+        assert!(head.body.is_empty(), "{path}: HEAD has no body");
+        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+            let r = request(method, &url, &[], false).await;
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method} {path}");
+        }
+    }
+}
