@@ -752,7 +752,15 @@ async fn delete_removes_every_copy() {
 async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
-    for (name, body) in [("a.ts", "old a"), ("b.ts", "old b"), ("c.ts", "old c")] {
+    // `x%41.ts` (URL `x%2541.ts`) and `xA.ts` are two objects: the journal must not confuse
+    // them (read back decoded once more, `x%41` would be `xA`).
+    for (name, body) in [
+        ("a.ts", "old a"),
+        ("b.ts", "old b"),
+        ("c.ts", "old c"),
+        ("x%41.ts", "old pct"),
+        ("xA.ts", "keep A"),
+    ] {
         std::fs::create_dir_all(d1.join("live/out")).expect("mkdir");
         std::fs::write(d1.join("live/out").join(name), body).expect("write");
     }
@@ -783,8 +791,12 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
         let r = curl_put(&srv.url(&q(path, &tok)), new.as_bytes(), &[]);
         assert_eq!(r.status(), 201, "{path}: lands on disk2: {r:?}");
     }
-    let r = curl_delete(&srv.url(&q("/live/out/b.ts", &tok)));
-    assert_eq!(r.status(), 204, "{r:?}");
+    let r = curl_put(&srv.url(&q("/live/out/x%2541.ts", &tok)), b"new pct", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    for path in ["/live/out/b.ts", "/live/out/x%2541.ts"] {
+        let r = curl_delete(&srv.url(&q(path, &tok)));
+        assert_eq!(r.status(), 204, "{path}: {r:?}");
+    }
     assert_eq!(body(&srv, "/live/out/a.ts").await, (200, "new a".into()));
 
     // disk1 is back: its old a and b go, c (not written meanwhile) stays.
@@ -800,11 +812,22 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
         !d1.join("live/out/a.ts").exists(),
         "replaced: old copy removed"
     );
+    assert!(
+        !d1.join("live/out/x%41.ts").exists(),
+        "deleted: old copy removed"
+    );
     assert_eq!(read(&d1.join("live/out/c.ts")), b"old c");
+    assert_eq!(
+        read(&d1.join("live/out/xA.ts")),
+        b"keep A",
+        "another object"
+    );
     for _ in 0..2 {
         assert_eq!(body(&srv, "/live/out/a.ts").await, (200, "new a".into()));
         assert_eq!(body(&srv, "/live/out/b.ts").await.0, 404);
         assert_eq!(body(&srv, "/live/out/c.ts").await, (200, "old c".into()));
+        assert_eq!(body(&srv, "/live/out/x%2541.ts").await.0, 404);
+        assert_eq!(body(&srv, "/live/out/xA.ts").await, (200, "keep A".into()));
         // And after a restart.
         drop(srv);
         srv = Server::start(&cfg);

@@ -466,8 +466,9 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
             let now = recoveries(&sh.runtime.store.volumes());
             if now != settled {
                 settled = now;
+                // Not awaited: the health checks go on while it works.
                 let store = sh.runtime.store.clone();
-                let _ = tokio::task::spawn_blocking(move || store.settle_outage_writes()).await;
+                tokio::task::spawn_blocking(move || store.settle_outage_writes());
             }
         }
     });

@@ -556,7 +556,7 @@ impl Store {
     /// Settles writes journaled while a volume was down, for the volumes healthy now (blocking:
     /// at start-up and after a volume comes back); returns how many old copies it removed.
     pub fn settle_outage_writes(&self) -> u64 {
-        outage::settle(&self.local())
+        outage::settle(&self.local(), &self.inner.locks)
     }
 
     /// Removes temporary files a crash left under `prefixes` on every volume (start-up, off the

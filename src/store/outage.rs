@@ -6,33 +6,44 @@
 //! again, the old copy would be served again: lookups try the volume that last served the
 //! asset, then the placement volume, and after a restart that is the old one.
 //!
-//! So each such write leaves a line in a journal at the root of a healthy volume
-//! (`.segd-outage`, a dot-file the read side never serves): the volume that was down, when, what
-//! was done (`put` or `delete`) and the path. When a volume becomes healthy again (the periodic
-//! check, or a request's probe) and at start-up, the lines naming a volume that is healthy now
-//! are settled: of the copies of the path on healthy volumes, the newest stays (after a
-//! `delete`, only one made after it) and the others are unlinked. Settled lines leave the
-//! journal. A line for a volume no longer configured is dropped.
+//! - **At the write** (under the path's lock, on the blocking pool): an upload that *created*
+//!   its object while some volume was down removes older copies from the other healthy volumes
+//!   (one that came back during the upload); a DELETE already removes every healthy copy. For
+//!   each volume still down, a line goes into a journal at the root of a healthy volume
+//!   (`.segd-outage`, a dot-file the read side never serves): the volume, when, `put` or
+//!   `delete`, and the path (percent-encoded, as `sanitize` reads it back).
+//! - **When a volume is healthy again** (the periodic check or a request's probe found it) and
+//!   at start-up, before the first request: each line naming a volume that is healthy now is
+//!   settled under the path's lock. Of the regular-file copies on healthy volumes the newest
+//!   stays (after a `delete`, only one made after it) and the others are unlinked; the line
+//!   leaves the journal. Lines naming a volume not configured now stay (a reload may bring it
+//!   back).
 //!
-//! Only what may leave a copy behind is journaled: a DELETE, and an upload that created its
-//! object where it is (a replace in place found the object on a healthy volume, so any copy on a
-//! down volume is older and was journaled when the object moved). The journal line is written
-//! after the write's answer, so a crash in between loses it, and a journal stops growing at
-//! 16 MiB; a line not written leaves the old copy until the next replace or DELETE of the path.
+//! Appends and the journal's rewrite hold an exclusive `flock` on it (several processes share
+//! it during an upgrade); an appender that finds the name moved to a new file appends there.
+//! Only complete lines (ending in a newline) are read. A journal stops growing at 16 MiB (said
+//! in the log); a write not journaled leaves the old copy until the next replace or DELETE.
+//! A replace in place journals nothing: it found the object on a healthy volume, so any copy on
+//! a down volume is older and was journaled when the object moved.
 
 use std::io::{self, Read, Write};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 
 use super::local::Local;
+use super::upload::PathLocks;
 use super::write::Dir;
 use crate::volumes::{self, RelPath, Volumes};
 
 /// The journal's name at a volume's root.
 const JOURNAL: &str = ".segd-outage";
-const JOURNAL_TEMP: &str = ".segd-outage.tmp";
+
+/// A journal stops growing at this size (some 150,000 writes: a long outage on a busy ingest
+/// node); later writes are not journaled, said in the log.
+const MAX_JOURNAL_BYTES: u64 = 16 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Change {
@@ -49,10 +60,38 @@ impl Change {
     }
 }
 
-/// Whether a write of any path now must be journaled (some served volume is down). Cheap: one
-/// atomic load per volume.
+/// Whether some served volume is down now. Cheap: one atomic load per volume.
 pub fn needed(vols: &Volumes) -> bool {
     vols.served().any(|(_, v)| !v.is_healthy())
+}
+
+/// After an upload created `rel` on volume `on` while a volume was (or had been) down
+/// (blocking, under the path's lock): older copies on the other healthy volumes go, and the
+/// volumes down now get a journal line.
+pub fn created(local: &Local, on: usize, rel: &RelPath) {
+    let vols = &local.volumes;
+    let (dir, name) = split(rel);
+    let mut removed = false;
+    for (i, v) in vols.served() {
+        if i == on || !v.is_healthy() {
+            continue;
+        }
+        let gone = v.with_root(|root| {
+            let d = Dir::open(root, dir, false)?;
+            match d.file_mtime(name) {
+                Some(_) => d.unlink(name).map(|()| true),
+                None => Ok(false),
+            }
+        });
+        if let Some(Ok(true)) = gone {
+            removed = true;
+            tracing::info!(path = %rel, volume = %v.name, "removed a copy the upload replaced on another volume");
+        }
+    }
+    if removed {
+        local.forget(rel);
+    }
+    note(vols, Some(on), rel, Change::Put);
 }
 
 /// Journals `change` of `rel` for every served volume that is down now, on `on` if healthy,
@@ -69,9 +108,10 @@ pub fn note(vols: &Volumes, on: Option<usize>, rel: &RelPath, change: Change) {
     let ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    let path = rel.encoded();
     let mut lines = String::new();
     for d in &down {
-        lines.push_str(&format!("{d}\t{ns}\t{}\t{rel}\n", change.as_str()));
+        lines.push_str(&format!("{d}\t{ns}\t{}\t{path}\n", change.as_str()));
     }
     let healthy = |i: usize| vols.get(i).is_some_and(volumes::Volume::is_healthy);
     let target = on
@@ -81,7 +121,10 @@ pub fn note(vols: &Volumes, on: Option<usize>, rel: &RelPath, change: Change) {
         .and_then(|i| vols.get(i))
         .and_then(|v| v.with_root(|root| append(root, lines.as_bytes())));
     match appended {
-        Some(Ok(())) => {}
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => {
+            tracing::warn!(path = %rel, max_bytes = MAX_JOURNAL_BYTES, "the outage journal is full: this write's old copy on the volume that is down may be served again when it is back")
+        }
         Some(Err(e)) => {
             tracing::warn!(path = %rel, error = %e, "cannot journal a write made while a volume is down; its old copy may be served when the volume is back")
         }
@@ -91,28 +134,42 @@ pub fn note(vols: &Volumes, on: Option<usize>, rel: &RelPath, change: Change) {
     }
 }
 
-/// A journal stops growing at this size (about 200,000 writes: a long outage on a busy ingest
-/// node); later writes are not journaled, said once in the log.
-const MAX_JOURNAL_BYTES: u64 = 16 << 20;
-
-fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
-    static FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let fd = rustix::fs::openat(
-        root,
-        JOURNAL,
-        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )?;
-    if rustix::fs::fstat(&fd)?.st_size as u64 >= MAX_JOURNAL_BYTES {
-        if !FULL.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(
-                max_bytes = MAX_JOURNAL_BYTES,
-                "the outage journal is full: copies replaced or deleted from now on while a volume is down may be served again when it is back"
-            );
+/// The journal at `root`, opened with `flags` and locked (exclusive), as the name is now: a
+/// rewrite may have renamed a new file over the one opened.
+fn open_locked(root: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    loop {
+        let fd = rustix::fs::openat(
+            root,
+            JOURNAL,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )?;
+        rustix::fs::flock(&fd, FlockOperation::LockExclusive)?;
+        let held = rustix::fs::fstat(&fd)?;
+        match rustix::fs::statat(root, JOURNAL, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(now) if now.st_dev == held.st_dev && now.st_ino == held.st_ino => return Ok(fd),
+            // Replaced (or removed) while we waited for the lock: open the name again.
+            Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e),
         }
-        return Ok(());
     }
-    std::fs::File::from(fd).write_all(bytes)
+}
+
+/// Appends `bytes` (whole lines) to the journal; false when it is full.
+fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<bool> {
+    let fd = open_locked(root, OFlags::RDWR | OFlags::APPEND | OFlags::CREATE)?;
+    let size = rustix::fs::fstat(&fd)?.st_size as u64;
+    if size >= MAX_JOURNAL_BYTES {
+        return Ok(false);
+    }
+    let f = std::fs::File::from(fd);
+    // A line cut short (a crash, a full disk) is ended first, so this one stays whole.
+    let mut last = [0u8; 1];
+    if size > 0 && f.read_at(&mut last, size - 1)? == 1 && last[0] != b'\n' {
+        (&f).write_all(b"\n")?;
+    }
+    (&f).write_all(bytes)?;
+    Ok(true)
 }
 
 /// One journal line.
@@ -121,7 +178,8 @@ struct Line {
     volume: String,
     ns: u128,
     change: Change,
-    rel: String,
+    /// Percent-encoded, with its leading `/`.
+    path: String,
 }
 
 fn parse(line: &str) -> Option<Line> {
@@ -133,126 +191,179 @@ fn parse(line: &str) -> Option<Line> {
         "delete" => Change::Delete,
         _ => return None,
     };
-    let rel = f.next()?.to_owned();
+    let path = f.next()?.to_owned();
     Some(Line {
         volume,
         ns,
         change,
-        rel,
+        path,
     })
 }
 
-/// Settles every journal line whose volume is healthy now (blocking); returns how many copies
+/// The complete lines of a journal (each ended by a newline; a last one cut short is left out).
+fn complete_lines(bytes: &[u8]) -> Vec<String> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    lines.pop(); // after the last newline: empty, or a line cut short
+    lines
+        .into_iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect()
+}
+
+fn read_all(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd.try_clone()?).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Settles every journal line whose volume is healthy now (blocking; call it on the blocking
+/// pool, where a runtime handle is current, to take the paths' locks); returns how many copies
 /// it removed.
-pub fn settle(local: &Local) -> u64 {
+pub fn settle(local: &Local, locks: &PathLocks) -> u64 {
     let vols = &local.volumes;
     let mut removed = 0;
     for (_, w) in vols.served() {
         if !w.is_healthy() {
             continue;
         }
-        let Some(Ok(Some(text))) = w.with_root(read_journal) else {
-            continue;
+        // 1. The lines to settle, read under the lock, which is then let go: settling takes
+        // the paths' locks, and an upload holding one may be waiting to append here.
+        let read = w.with_root(|root| -> io::Result<Vec<String>> {
+            match open_locked(root, OFlags::RDONLY) {
+                Ok(fd) => Ok(complete_lines(&read_all(&fd)?)),
+                Err(rustix::io::Errno::NOENT) => Ok(Vec::new()),
+                Err(e) => Err(e.into()),
+            }
+        });
+        let lines = match read {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                tracing::warn!(volume = %w.name, error = %e, "cannot read the outage journal");
+                continue;
+            }
+            None => continue,
         };
-        let mut kept = String::new();
-        for raw in text.lines() {
-            let Some(line) = parse(raw) else {
-                tracing::warn!(volume = %w.name, line = raw, "unreadable line in the outage journal; dropped");
+        // 2. Each line whose volume is back, under its path's lock.
+        let mut settled = Vec::new();
+        for raw in lines {
+            let Some(line) = parse(&raw) else {
+                tracing::warn!(volume = %w.name, line = %raw, "unreadable line in the outage journal; dropped");
+                settled.push(raw);
                 continue;
             };
-            match vols.served().find(|(_, v)| v.name == line.volume) {
-                Some((_, d)) if d.is_healthy() => removed += settle_line(local, &line),
-                Some(_) => {
-                    kept.push_str(raw);
-                    kept.push('\n');
-                }
-                None => {} // no longer configured
+            let back = vols
+                .served()
+                .any(|(_, d)| d.name == line.volume && d.is_healthy());
+            if back {
+                removed += settle_line(local, locks, &line);
+                settled.push(raw);
             }
         }
-        if kept.len() != text.len() {
-            if let Some(Err(e)) = w.with_root(|root| rewrite(root, &kept)) {
-                tracing::warn!(volume = %w.name, error = %e, "cannot rewrite the outage journal; its lines are settled again later");
-            }
+        if settled.is_empty() {
+            continue;
+        }
+        // 3. The settled lines leave the journal; lines appended meanwhile stay.
+        if let Some(Err(e)) = w.with_root(|root| drop_lines(root, &settled)) {
+            tracing::warn!(volume = %w.name, error = %e, "cannot rewrite the outage journal; its lines are settled again later");
         }
     }
     removed
 }
 
-fn read_journal(root: BorrowedFd<'_>) -> io::Result<Option<String>> {
-    let fd = match rustix::fs::openat(
-        root,
-        JOURNAL,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
+/// Rewrites the journal without `settled` (each removed once), under its lock.
+fn drop_lines(root: BorrowedFd<'_>, settled: &[String]) -> io::Result<()> {
+    let fd = match open_locked(root, OFlags::RDONLY) {
         Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let mut text = String::new();
-    std::fs::File::from(fd).read_to_string(&mut text)?;
-    Ok(Some(text))
-}
-
-/// Replaces the journal with `kept` (removes it when empty). Lines appended meanwhile are
-/// lost with the old file only if they came between the read and the rename; they name writes
-/// of the last moments, made while a volume was down, and are written again by the next such
-/// write of the same path.
-fn rewrite(root: BorrowedFd<'_>, kept: &str) -> io::Result<()> {
-    if kept.is_empty() {
-        return match rustix::fs::unlinkat(root, JOURNAL, rustix::fs::AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
-            Err(e) => Err(e.into()),
-        };
+    let mut gone: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for l in settled {
+        *gone.entry(l.as_str()).or_default() += 1;
     }
-    let fd = rustix::fs::openat(
+    let mut kept = String::new();
+    for l in complete_lines(&read_all(&fd)?) {
+        match gone.get_mut(l.as_str()) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => {
+                kept.push_str(&l);
+                kept.push('\n');
+            }
+        }
+    }
+    if kept.is_empty() {
+        rustix::fs::unlinkat(root, JOURNAL, AtFlags::empty())?;
+        return Ok(());
+    }
+    // A name of this process's own: during an upgrade two processes may rewrite in turn.
+    let temp = format!(".segd-outage.{}.tmp", std::process::id());
+    let tfd = rustix::fs::openat(
         root,
-        JOURNAL_TEMP,
+        temp.as_str(),
         OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
     )?;
-    std::fs::File::from(fd).write_all(kept.as_bytes())?;
-    rustix::fs::renameat(root, JOURNAL_TEMP, root, JOURNAL)?;
+    std::fs::File::from(tfd).write_all(kept.as_bytes())?;
+    rustix::fs::renameat(root, temp.as_str(), root, JOURNAL)?;
+    // The lock goes with `fd`, after the rename: appenders waiting on the old file find the new.
+    drop(fd);
     Ok(())
 }
 
-/// Of the copies of the line's path on healthy volumes, keeps the newest (after a `delete`, only
-/// one made after it) and unlinks the others; returns how many it unlinked.
-fn settle_line(local: &Local, line: &Line) -> u64 {
-    let Ok(rel) = volumes::sanitize(&format!("/{}", line.rel)) else {
+fn split(rel: &RelPath) -> (&str, &str) {
+    match rel.as_str().rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", rel.as_str()),
+    }
+}
+
+/// Of the regular-file copies of the line's path on healthy volumes, keeps the newest (after a
+/// `delete`, only one made after it) and unlinks the others, under the path's lock; returns how
+/// many it unlinked.
+fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> u64 {
+    let Ok(rel) = volumes::sanitize(&line.path) else {
+        tracing::warn!(path = %line.path, "outage journal line names no valid path; dropped");
         return 0;
     };
+    let _lock = match tokio::runtime::Handle::try_current() {
+        Ok(h) => h.block_on(locks.lock(&rel)),
+        Err(_) => return 0,
+    };
     let vols = &local.volumes;
+    let (dir, name) = split(&rel);
     let copies: Vec<(usize, i128)> = vols
         .served()
         .filter(|(_, v)| v.is_healthy())
-        .filter_map(|(i, v)| v.stat(&rel).map(|m| (i, m.mtime_ns)))
+        .filter_map(|(i, v)| {
+            v.with_root(|root| Dir::open(root, dir, false).ok()?.file_mtime(name))
+                .flatten()
+                .map(|t| (i, t))
+        })
         .collect();
-    let newest = copies.iter().max_by_key(|(_, t)| *t).copied();
+    // The newest; of equal times the first in volume order (the one lookups try first).
+    let newest = copies
+        .iter()
+        .copied()
+        .reduce(|a, b| if b.1 > a.1 { b } else { a });
     let keep = match (line.change, newest) {
         (Change::Delete, Some((i, t))) if t >= line.ns as i128 => Some(i),
         (Change::Delete, _) => None,
         (Change::Put, n) => n.map(|(i, _)| i),
-    };
-    let (dir, name) = match rel.as_str().rsplit_once('/') {
-        Some((d, n)) => (d, n),
-        None => ("", rel.as_str()),
     };
     let mut removed = 0;
     for (i, _) in copies {
         if Some(i) == keep {
             continue;
         }
-        let gone = vols.get(i).and_then(|v| {
-            v.with_root(|root| Dir::open(root, dir, false).and_then(|d| d.unlink(name)))
-        });
-        match gone {
+        let Some(v) = vols.get(i) else { continue };
+        match v.with_root(|root| Dir::open(root, dir, false).and_then(|d| d.unlink(name))) {
             Some(Ok(())) => {
                 removed += 1;
-                tracing::info!(path = %rel, volume = vols.get(i).map_or("", |v| v.name.as_str()), "removed a copy replaced or deleted while its volume was down");
+                tracing::info!(path = %rel, volume = %v.name, "removed a copy replaced or deleted while its volume was down");
             }
             Some(Err(e)) => {
-                tracing::warn!(path = %rel, error = %e, "cannot remove a copy replaced or deleted while its volume was down")
+                tracing::warn!(path = %rel, volume = %v.name, error = %e, "cannot remove a copy replaced or deleted while its volume was down")
             }
             None => {}
         }
@@ -268,18 +379,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lines_round_trip() {
+    fn lines_parse() {
         assert_eq!(
-            parse("disk1\t1700000000000000000\tput\tlive/show/a b.ts"),
+            parse("disk1\t1700000000000000000\tput\t/live/show/a%20b.ts"),
             Some(Line {
                 volume: "disk1".into(),
                 ns: 1_700_000_000_000_000_000,
                 change: Change::Put,
-                rel: "live/show/a b.ts".into(),
+                path: "/live/show/a%20b.ts".into(),
             })
         );
-        assert_eq!(parse("disk1\t1\tmove\tx.ts"), None);
-        assert_eq!(parse("disk1\tx\tput\tx.ts"), None);
+        assert_eq!(parse("disk1\t1\tmove\t/x.ts"), None);
+        assert_eq!(parse("disk1\tx\tput\t/x.ts"), None);
         assert_eq!(parse("disk1\t1\tput"), None);
+    }
+
+    /// The path is written encoded, so reading it back names the same object: a decoded
+    /// `live/x%41.ts` read through `sanitize` again would be `live/xA.ts`.
+    #[test]
+    fn paths_read_back_as_written() {
+        for raw in ["/live/x%2541.ts", "/live/50%25off.ts", "/live/a%20b.ts"] {
+            let rel = volumes::sanitize(raw).expect("valid");
+            let back = volumes::sanitize(&rel.encoded()).expect("valid");
+            assert_eq!(back.as_str(), rel.as_str(), "{raw}");
+        }
+    }
+
+    /// Only whole lines are read: one cut short by a crash is left out.
+    #[test]
+    fn a_line_cut_short_is_left_out() {
+        assert_eq!(
+            complete_lines(b"d\t1\tput\t/a.ts\nd\t2\tdelete\t/live/seg_1"),
+            vec!["d\t1\tput\t/a.ts".to_string()]
+        );
+        assert!(complete_lines(b"").is_empty());
+        assert_eq!(complete_lines(b"\n\nd\t1\tput\t/a.ts\n").len(), 1);
     }
 }

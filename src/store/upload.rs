@@ -182,6 +182,8 @@ pub struct Upload {
     /// The bucket this upload is written through to.
     through: Option<Arc<WriteThrough>>,
     pool: Pool,
+    /// A volume was down when the upload began (see [`outage`]).
+    outage: bool,
     _lock: PathLock,
 }
 
@@ -478,7 +480,7 @@ impl Upload {
         }
         // Placed and created now if need be, the last write and the rename: one trip to the
         // blocking pool.
-        let name = self.name.clone();
+        let (name, outage) = (self.name.clone(), self.outage);
         let r = self
             .pool
             .run(move || {
@@ -489,6 +491,9 @@ impl Upload {
                     .and_then(|()| temp.commit(&name, durable));
                 if let Some(p) = batch.pipe {
                     p.recycle();
+                }
+                if let Ok((false, _)) = done {
+                    after_create(&local, volume, &key, outage);
                 }
                 done.map(|(existed, st)| (existed, st, volume))
                     .map_err(|e| (true, write_failed(&local, volume, e)))
@@ -511,8 +516,15 @@ impl Upload {
             return Err(WriteError::Io(io::Error::other("upload already failed")));
         };
         let (name, durable) = (self.name.clone(), self.durable);
+        let (local, key, outage) = (Arc::clone(&self.local), self.key.clone(), self.outage);
         let r = Pool::General
-            .run(move || temp.commit(&name, durable))
+            .run(move || {
+                let done = temp.commit(&name, durable);
+                if let Ok((false, _)) = done {
+                    after_create(&local, volume, &key, outage);
+                }
+                done
+            })
             .await?;
         let (existed, st) = r.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
         self.committed(existed, &st, volume)
@@ -527,15 +539,6 @@ impl Upload {
     ) -> Result<Committed, WriteError> {
         self.local.forget(&self.key);
         self.local.volumes.remember(&self.key, volume);
-        if !existed && outage::needed(&self.local.volumes) {
-            // A copy on the volume that is down must not come back with it. (A replace in
-            // place found the object here: any copy on a down volume predates it, and was
-            // journaled when the object came here.)
-            let (local, key) = (Arc::clone(&self.local), self.key.clone());
-            tokio::task::spawn_blocking(move || {
-                outage::note(&local.volumes, Some(volume), &key, outage::Change::Put)
-            });
-        }
         let meta = ObjectMeta::from_stat(st);
         if let Some(p) = self.publisher.take() {
             p.done(meta.len);
@@ -557,6 +560,14 @@ impl Drop for Upload {
             // TempFile's own drop unlinks it.
             self.temp_removed.inc();
         }
+    }
+}
+
+/// An upload created its object (blocking, under the path's lock): when a volume is or was down
+/// meanwhile, older copies elsewhere go and the volumes down get a journal line ([`outage`]).
+fn after_create(local: &Local, volume: usize, key: &RelPath, outage_at_start: bool) {
+    if outage_at_start || outage::needed(&local.volumes) {
+        outage::created(local, volume, key);
     }
 }
 
@@ -688,6 +699,7 @@ pub async fn begin(
         }
         file = File::Open { temp, volume, room };
     }
+    let outage = outage::needed(&local.volumes);
     Ok(Upload {
         kept: mode.keep.then(BytesMut::new),
         publisher,
@@ -703,6 +715,7 @@ pub async fn begin(
         no_space,
         through,
         pool,
+        outage,
         _lock: lock,
     })
 }

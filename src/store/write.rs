@@ -133,6 +133,15 @@ impl Dir {
             .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir())
     }
 
+    /// The modification time (ns since the epoch) of `name` when it is a regular file (never
+    /// following a symlink); `None` for anything else or nothing.
+    pub fn file_mtime(&self, name: &str) -> Option<i128> {
+        let st = rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        rustix::fs::FileType::from_raw_mode(st.st_mode)
+            .is_file()
+            .then(|| i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec))
+    }
+
     /// Renames `from` to `to` only if `to` does not exist (`EEXIST` otherwise; `EINVAL` where the
     /// filesystem has no `RENAME_NOREPLACE`).
     pub fn rename_new(&self, from: &str, to: &str) -> Result<(), rustix::io::Errno> {

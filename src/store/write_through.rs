@@ -524,7 +524,9 @@ impl WriteThrough {
         {
             use std::io::Write;
             let mut f = File::create(&tmp)?;
-            f.write_all(rel.as_str().as_bytes())?;
+            // Encoded (the queue is read back through `sanitize`, which decodes once: a
+            // decoded `%41` would come back as `A`, another object).
+            f.write_all(&rel.encoded().as_bytes()[1..])?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, dir.join(&name))?;
