@@ -454,9 +454,13 @@ fn absolute_form_targets() {
         raw_status(send(&format!("GET http://t?{SEG}")).as_bytes()),
         404
     );
-    // No host: 400.
+    // No host: 400. Userinfo: 400 (RFC 9110 §4.2.4: a recipient treats it as an error).
     assert_eq!(
         raw_status(send(&format!("GET http://{SEG}")).as_bytes()),
+        400
+    );
+    assert_eq!(
+        raw_status(send(&format!("GET http://user:pw@t{SEG}")).as_bytes()),
         400
     );
 }

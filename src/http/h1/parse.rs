@@ -192,7 +192,8 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path_query) = rest.split_at(end);
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        if host.is_empty() {
+        // No host, or userinfo (RFC 9110 §4.2.4: a recipient treats it as an error).
+        if host.is_empty() || authority.contains('@') {
             return None;
         }
         if path_query.is_empty() || path_query.starts_with('#') {
@@ -338,5 +339,8 @@ mod tests {
         assert_eq!(split_target(&head("GET", "http:///a.ts", &[])), None);
         assert_eq!(split_target(&head("OPTIONS", "http://", &[])), None);
         assert_eq!(split_target(&head("GET", "ftp://host/a.ts", &[])), None);
+        // Userinfo is an error (RFC 9110 §4.2.4).
+        assert_eq!(split_target(&head("GET", "http://u:p@host/a.ts", &[])), None);
+        assert_eq!(split_target(&head("OPTIONS", "http://u@host", &[])), None);
     }
 }
