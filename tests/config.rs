@@ -370,3 +370,30 @@ fn sched_policy_reaches_the_worker_threads() {
         assert!(workers >= 2, "{setting:?}: {workers} worker threads seen");
     }
 }
+
+/// A `[cache_control]` value that is a valid header but not valid Cache-Control (RFC 9111 §5.2)
+/// is an error naming file and key: `max-age=abc` would reach every CDN as a directive it
+/// ignores, leaving the object with no freshness at all.
+#[test]
+fn malformed_cache_control_is_an_error() {
+    for (key, bad) in [
+        ("segments", "public, max-age=abc"),
+        ("live", "public; max-age=1"),
+        ("playlists", "max-age"),
+    ] {
+        let (code, err, path) = check(&format!(
+            "[[volumes]]\npath = \"vol\"\n[cache_control]\n{key} = \"{bad}\"\n"
+        ));
+        assert_eq!(code, 64, "{key} = {bad}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": cache_control.{key}: ")))
+            .unwrap_or_else(|| panic!("no cache_control.{key} error for {bad}:\n{err}"));
+        assert!(line.starts_with(&path), "names the file: {line}");
+        assert!(line.contains("(allowed: a Cache-Control value"), "{line}");
+    }
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[cache_control]\nsegments = \"public, max-age=60, stale-if-error=600\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}

@@ -36,16 +36,89 @@ pub(super) const CACHE_CONTROL_KEYS: &[&str] = &[
 /// accepts).
 fn header_value(s: &Section, key: &str, default: HeaderValue) -> HeaderValue {
     let allowed =
-        "a Cache-Control header value (not empty, no control characters), e.g. \"public, max-age=60\"";
+        "a Cache-Control value: directives separated by commas, numbers of seconds where a directive takes them, no control characters, e.g. \"public, max-age=60\"";
     match s.string(key, allowed) {
         None => default,
         Some(v) => match HeaderValue::from_str(&v) {
-            Ok(h) if !v.is_empty() => h,
+            Ok(h) if !v.is_empty() => match directives(&v) {
+                Ok(()) => h,
+                Err(why) => {
+                    s.error(key, format!("{v:?}: {why}"), allowed);
+                    default
+                }
+            },
             _ => {
                 s.error(key, format!("{v:?} is not a valid header value"), allowed);
                 default
             }
         },
+    }
+}
+
+/// Directives that take a number of seconds (RFC 9111 §1.2.2 delta-seconds; RFC 5861).
+const SECONDS: &[&str] = &[
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// Checks the syntax of a Cache-Control value (RFC 9111 §5.2): a comma-separated list of
+/// `token [ "=" ( token / quoted-string ) ]`, and a number for the directives taking seconds.
+fn directives(v: &str) -> Result<(), String> {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let mut rest = v;
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ',']);
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let name_len = rest.find(|c: char| !is_tchar(c)).unwrap_or(rest.len());
+        if name_len == 0 {
+            return Err(format!("{rest:?} does not start with a directive name"));
+        }
+        let name = &rest[..name_len];
+        rest = rest[name_len..].trim_start_matches([' ', '\t']);
+        let arg = if let Some(after) = rest.strip_prefix('=') {
+            let after = after.trim_start_matches([' ', '\t']);
+            if let Some(q) = after.strip_prefix('"') {
+                // A quoted string: up to the closing quote, `\` escaping the next character.
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in q.char_indices() {
+                    match (escaped, c) {
+                        (true, _) => escaped = false,
+                        (false, '\\') => escaped = true,
+                        (false, '"') => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                let end = end.ok_or_else(|| format!("{name}: unterminated quoted string"))?;
+                rest = &q[end + 1..];
+                Some(&q[..end])
+            } else {
+                let len = after.find(|c: char| !is_tchar(c)).unwrap_or(after.len());
+                if len == 0 {
+                    return Err(format!("{name}= has no value"));
+                }
+                rest = &after[len..];
+                Some(&after[..len])
+            }
+        } else {
+            None
+        };
+        if SECONDS.iter().any(|d| d.eq_ignore_ascii_case(name))
+            && !arg.is_some_and(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(format!("{name} takes a number of seconds, e.g. {name}=60"));
+        }
+        rest = rest.trim_start_matches([' ', '\t']);
+        if !rest.is_empty() && !rest.starts_with(',') {
+            return Err(format!("expected a comma before {rest:?}"));
+        }
     }
 }
 
@@ -139,6 +212,37 @@ mod tests {
                 line.contains("(allowed: a Cache-Control header value"),
                 "{line}"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod directive_tests {
+    use super::directives;
+
+    #[test]
+    fn cache_control_syntax() {
+        for ok in [
+            "public, max-age=31536000, immutable",
+            "private, no-store",
+            "public, max-age=1, stale-while-revalidate=2",
+            "no-cache=\"Set-Cookie, X-A\", s-maxage=5",
+            "max-age=\"60\"",
+            "  public ,max-age=0,",
+        ] {
+            assert_eq!(directives(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "max-age=abc",
+            "max-age",
+            "public, s-maxage=-1",
+            "max-age=1 2",
+            "public; max-age=1",
+            "no-cache=\"x",
+            "=5",
+            "max-age=",
+        ] {
+            assert!(directives(bad).is_err(), "{bad}");
         }
     }
 }

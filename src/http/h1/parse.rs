@@ -340,7 +340,10 @@ mod tests {
         assert_eq!(split_target(&head("OPTIONS", "http://", &[])), None);
         assert_eq!(split_target(&head("GET", "ftp://host/a.ts", &[])), None);
         // Userinfo is an error (RFC 9110 §4.2.4).
-        assert_eq!(split_target(&head("GET", "http://u:p@host/a.ts", &[])), None);
+        assert_eq!(
+            split_target(&head("GET", "http://u:p@host/a.ts", &[])),
+            None
+        );
         assert_eq!(split_target(&head("OPTIONS", "http://u@host", &[])), None);
     }
 }
