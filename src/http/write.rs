@@ -100,21 +100,30 @@ impl Drop for InProgress {
     }
 }
 
-/// The object's current validators, or `None` when it does not exist.
+/// What a write's preconditions are evaluated against.
+enum Current {
+    /// No object.
+    Absent,
+    /// An upload in progress (possibly this one): not a version of the object yet, and whether
+    /// one is committed under it is not known here.
+    Uploading,
+    /// The object's validators.
+    Version(String, std::time::SystemTime),
+}
+
 async fn current(
     cx: &Cx<'_>,
     rel: &RelPath,
     class: ObjectClass,
     live: bool,
-) -> Result<Option<(String, std::time::SystemTime)>, Refusal> {
+) -> Result<Current, Refusal> {
     match cx.rt.store.lookup(rel, class, live).await {
-        // An upload in progress (possibly this one) is not a version of the object yet.
-        Ok(o) if o.growing => Ok(None),
-        Ok(o) => Ok(Some((
+        Ok(o) if o.growing => Ok(Current::Uploading),
+        Ok(o) => Ok(Current::Version(
             o.etag.to_str().unwrap_or_default().to_owned(),
             o.modified(),
-        ))),
-        Err(m) if m.is_not_found() => Ok(None),
+        )),
+        Err(m) if m.is_not_found() => Ok(Current::Absent),
         Err(m) => Err(m.into()),
     }
 }
@@ -399,7 +408,7 @@ async fn delete(
 /// `If-Match`, `If-None-Match` and `If-Unmodified-Since` against the object as it is now → 412.
 /// They are evaluated only for a request that would otherwise succeed (RFC 9110 §13.2.1): a
 /// PUT of an absent object would create it (so `If-Match` fails it), but a DELETE of one is 404
-/// whatever they say.
+/// whatever they say. Under an upload in progress they see no version (`If-Match` fails).
 async fn preconditions(
     cx: &Cx<'_>,
     rel: &RelPath,
@@ -409,10 +418,11 @@ async fn preconditions(
     if !has_preconditions(cx.req.headers) {
         return Ok(());
     }
-    let now = current(cx, rel, class, live).await?;
-    if now.is_none() && *cx.req.method == Method::DELETE {
-        return Err(Refusal::NotFound);
-    }
+    let now = match current(cx, rel, class, live).await? {
+        Current::Absent if *cx.req.method == Method::DELETE => return Err(Refusal::NotFound),
+        Current::Absent | Current::Uploading => None,
+        Current::Version(etag, modified) => Some((etag, modified)),
+    };
     let now = now.as_ref().map(|(e, t)| (e.as_str(), *t));
     if conditional::write_allowed(cx.req.headers, now) {
         Ok(())
