@@ -126,8 +126,11 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
                 }
             },
             _ = stop.wait(), if alive.is_some() => {
-                // GOAWAY: no new requests; the accepted ones finish below.
-                let _ = h3.shutdown(0).await;
+                // GOAWAY: no new requests; the accepted ones finish below. Its stream ID is
+                // the first one not processed (RFC 9114 §5.2), one past the last accepted (h3
+                // counts from the last accepted: `shutdown(0)` named that one, in progress,
+                // as not processed, inviting the client to send it again elsewhere).
+                let _ = h3.shutdown(1).await;
                 alive = None;
             }
             _ = all_done.recv(), if alive.is_none() => break,
