@@ -16,6 +16,8 @@
 //!   running the shipped `config/nginx/segd-cluster.conf` (addresses swapped in)
 //! - uploads through HAProxy land on their asset's node even while reads keep the nodes busy
 //!   (a new file of an existing asset; eight files of a new asset uploaded at once)
+//! - live reads are never replayed on another node: a stalled stream's preload hint and
+//!   blocking reload get their node's 503, not another node's 404 (HAProxy and nginx)
 //! - node loss under load: six clients (keep-alive and new connections) GET random files while
 //!   one node is SIGKILLed and later restarted: no failed request for the other nodes' assets;
 //!   for the killed node's, no more than one per client (a response cut mid-body is the one
@@ -116,7 +118,7 @@ fn play_token(viewer: usize) -> String {
 }
 
 fn upload_token() -> String {
-    token_with_key(UPLOAD_KEY, "/vod/*")
+    token_with_key(UPLOAD_KEY, "/*")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +217,8 @@ struct Opts {
     unready_delay: Option<&'static str>,
     /// Lines added to `[ingest]` (write-through).
     ingest: &'static str,
+    /// Lines of a `[live]` section (live prefix `/live/`, ingested like `/vod/`).
+    live: &'static str,
 }
 
 struct Node {
@@ -274,8 +278,12 @@ protect = ["/vod/"]
 id = "play"
 secret = "{PLAY_KEY}"
 
+[live]
+prefixes = ["/live/"]
+{live}
+
 [ingest]
-prefixes = ["/vod/"]
+prefixes = ["/vod/", "/live/"]
 reserve = "1MiB"
 {ingest}
 [[ingest.keys]]
@@ -304,6 +312,7 @@ prefixes = ["/vod/"]
             ip = self.ip,
             admin = self.admin_port,
             ingest = self.opts.ingest,
+            live = self.opts.live,
             bucket = self.bucket,
             secret = self.secret_file.display(),
         )
@@ -1161,6 +1170,92 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
             Some(&new_owner)
         );
     }
+}
+
+/// A live read's 503 ("not yet" on the stream's node) reaches the client from that node:
+/// HAProxy does not replay it on the next node of the ring, which does not hold the stream
+/// and would answer 404 (a player stops on a live 404, a CDN caches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_live_503_is_not_replayed_on_a_node_without_the_stream() {
+    let c = Cluster::start(Opts {
+        live: "block_timeout_factor = 1",
+        ..Opts::default()
+    })
+    .await;
+    // A live LL-HLS playlist whose packager stalled: it still announces the next part.
+    let playlist = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+        #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+        #EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MEDIA-SEQUENCE:0\n\
+        #EXT-X-PART:DURATION=0.5,URI=\"seg0.part0.m4s\",INDEPENDENT=YES\n\
+        #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg0.part1.m4s\"\n";
+    let (id, r) = c.put("/live/ll01/seg0.part0.m4s", &pattern(5001)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, r) = c.put("/live/ll01/index.m3u8", playlist.as_bytes()).await;
+    assert!(r.status == 201 || r.status == 204, "{}", r.text());
+
+    // The hinted part never comes: its node answers 503 after 1 × the target duration.
+    let hint = rid("hint");
+    c.lb.quiet().await;
+    let (status, h, body) = try_get(
+        &client(false),
+        &c.lb.url("/live/ll01/seg0.part1.m4s"),
+        &[("x-request-id", &hint)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET the preload hint through HAProxy: {e}"));
+    let who = c.who_served(std::slice::from_ref(&hint));
+    assert_eq!(
+        (status, header(&h, "x-served-by").as_deref()),
+        (503, Some(owner)),
+        "the stalled preload hint: {} (logged by {:?})",
+        String::from_utf8_lossy(&body).trim(),
+        who.get(&hint)
+    );
+    // So does a blocking reload for a part that never comes.
+    let (status, h, _) = try_get(
+        &client(false),
+        &c.lb.url("/live/ll01/index.m3u8?_HLS_msn=0&_HLS_part=1"),
+        &[],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("blocking reload through HAProxy: {e}"));
+    assert_eq!(
+        (status, header(&h, "x-served-by").as_deref()),
+        (503, Some(owner)),
+        "the blocking reload"
+    );
+    assert_eq!(c.lb.retried(), 0, "HAProxy replayed a live request");
+
+    // The same through nginx with the shipped config (which places assets its own way: a
+    // stream of its own, uploaded through it).
+    let nginx = NginxLb::start(c.nodes[0].port);
+    let url = |path: &str| nginx.url(path);
+    let put = async |path: &str, body: &[u8]| {
+        let (id, url) = (rid("ngx-put"), url(&p(path, &upload_token())));
+        let r = send("PUT", &url, &[("x-request-id", &id)], body, false).await;
+        (id, r)
+    };
+    let (id, r) = put("/live/ll02/seg0.part0.m4s", &pattern(5002)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, r) = put("/live/ll02/index.m3u8", playlist.as_bytes()).await;
+    assert!(r.status == 201 || r.status == 204, "{}", r.text());
+    let (status, h, body) = try_get(&client(false), &url("/live/ll02/seg0.part1.m4s"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET the preload hint through nginx: {e}"));
+    assert_eq!(
+        (status, header(&h, "x-served-by").as_deref()),
+        (503, Some(owner)),
+        "the stalled preload hint through nginx: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
 }
 
 #[test]
