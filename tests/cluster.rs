@@ -31,8 +31,8 @@
 //!   one Last-Modified; revalidating against another node gets 304
 //! - rolling upgrade (SIGUSR2, a new pid in `pid_file`) and rolling restart (SIGTERM with
 //!   `unready_delay`) of all three nodes under load: no failed request
-//! - the shipped nginx config passes `nginx -t`; the HAProxy config refuses to start without
-//!   the nodes' addresses
+//! - the shipped nginx config passes `nginx -t` and waits as long as HAProxy's for a node's
+//!   answer to a write; the HAProxy config refuses to start without the nodes' addresses
 //!
 //! Tests that need segd features from the cluster contract not yet built (`served_by`,
 //! `write_through`, `pid_file`/SIGUSR2, `unready_delay`) fail at start with segd's own "unknown
@@ -1269,6 +1269,67 @@ fn cluster_nginx_config_parses() {
         out.status.success(),
         "nginx -t refused config/nginx/segd-cluster.conf:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A write through the shipped nginx config waits for the node's answer as long as HAProxy's
+/// does (120 s): with write-through durability "upstream", segd answers an upload only once the
+/// bucket has it, up to `first_byte_timeout` + 1 s + 1 s per 4 MiB (+ a HEAD after a lost
+/// answer), 85 s for a 256 MiB body at the defaults. A stand-in node answers a PUT after 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nginx_waits_for_a_slow_write_as_haproxy_does() {
+    use std::io::{Read, Write};
+    let (port, _) = cluster_ports();
+    for (_, ip) in NODES {
+        let l = TcpListener::bind((ip, port)).expect("bind the stand-in node");
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    // Read the head and the (small, Content-Length) body, then think for 40 s.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut chunk) {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(40));
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+    }
+    let nginx = NginxLb::start(port);
+    let started = Instant::now();
+    let r = send(
+        "PUT",
+        &nginx.url(&p("/vod/slow01/a.ts", &upload_token())),
+        &[],
+        &pattern(1),
+        false,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        201,
+        "the node's answer after {:?}: {}",
+        started.elapsed(),
+        r.text()
     );
 }
 
