@@ -219,6 +219,8 @@ struct Opts {
     ingest: &'static str,
     /// Lines of a `[live]` section (live prefix `/live/`, ingested like `/vod/`).
     live: &'static str,
+    /// More `[[pull.upstreams]]`, after the bucket.
+    upstreams: &'static str,
 }
 
 struct Node {
@@ -308,11 +310,13 @@ key_prefix = ""
 access_key_id = "{S3_ACCESS_KEY}"
 secret_access_key_file = "{secret}"
 prefixes = ["/vod/"]
+{upstreams}
 "#,
             ip = self.ip,
             admin = self.admin_port,
             ingest = self.opts.ingest,
             live = self.opts.live,
+            upstreams = self.opts.upstreams,
             bucket = self.bucket,
             secret = self.secret_file.display(),
         )
@@ -1638,6 +1642,63 @@ async fn cluster_write_through_local_queue_drains_and_survives_kill9() {
         "backlog back to 0: {:?}",
         backlog(&c).await
     );
+}
+
+/// Durability "local": after a DELETE's 204, the node does not fetch the object back from the
+/// bucket while the deletion is still queued (the bucket holds it until the queue applies it).
+/// A copy pulled then was served for as long as the pull cache kept it, long after the bucket
+/// had deleted it too. Here the queue cannot apply it (the write-through bucket is a closed
+/// port) while reads pull from the real bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_write_through_local_queued_delete_is_not_pulled_back() {
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), S3_SECRET).expect("write the secret");
+    let c = Cluster::start(Opts {
+        ingest: "write_through = \"unreachable\"\ndurability = \"local\"\n",
+        upstreams: Box::leak(
+            format!(
+                "\n[[pull.upstreams]]\nname = \"unreachable\"\ns3_endpoint = \"http://127.0.0.1:{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"{S3_REGION}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/nowhere/\"]\n",
+                free_port(),
+                secret.path().display()
+            )
+            .into_boxed_str(),
+        ),
+        ..Opts::default()
+    })
+    .await;
+    // A catalogue object (in the bucket), pulled by its node.
+    let path = asset_path(5, 1);
+    let (_, status, _, _) = c.get(&path, 0).await;
+    assert_eq!(status, 200, "{path}");
+    let owner = c.owner_of(&path).await;
+    let (id, r) = send_delete(&c, &path).await;
+    assert_eq!(r.status, 204, "DELETE {path}: {}", r.text());
+    assert_eq!(
+        c.who_served(std::slice::from_ref(&id)).get(&id),
+        Some(&owner)
+    );
+    for _ in 0..2 {
+        let (id, status, _, _) = c.get(&path, 1).await;
+        assert_eq!(
+            (status, c.who_served(std::slice::from_ref(&id)).get(&id)),
+            (404, Some(&owner)),
+            "GET {path} after its DELETE was answered 204 (deletion queued)"
+        );
+    }
+}
+
+/// DELETE through HAProxy with an upload token in the path.
+async fn send_delete(c: &Cluster, path: &str) -> (String, Resp) {
+    let id = rid("delete");
+    let r = send(
+        "DELETE",
+        &c.lb.url(&p(path, &upload_token())),
+        &[("x-request-id", &id)],
+        b"",
+        false,
+    )
+    .await;
+    (id, r)
 }
 
 // ---------------------------------------------------------------------------------------------
