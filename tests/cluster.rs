@@ -221,6 +221,8 @@ struct Opts {
     live: &'static str,
     /// More `[[pull.upstreams]]`, after the bucket.
     upstreams: &'static str,
+    /// `[token] name` on the nodes, and `SEGD_TOKEN_NAME` for HAProxy.
+    token_name: Option<&'static str>,
 }
 
 struct Node {
@@ -276,6 +278,7 @@ format = "json"
 
 [token]
 protect = ["/vod/"]
+{token_name}
 [[token.keys]]
 id = "play"
 secret = "{PLAY_KEY}"
@@ -317,6 +320,11 @@ prefixes = ["/vod/"]
             ingest = self.opts.ingest,
             live = self.opts.live,
             upstreams = self.opts.upstreams,
+            token_name = self
+                .opts
+                .token_name
+                .map(|n| format!("name = \"{n}\""))
+                .unwrap_or_default(),
             bucket = self.bucket,
             secret = self.secret_file.display(),
         )
@@ -419,7 +427,7 @@ fn shipped_haproxy_cfg() -> PathBuf {
 impl Haproxy {
     /// `haproxy -db -f config/haproxy/segd.cfg` with the nodes' addresses in its environment,
     /// logging to a file; returns once it serves its stats page.
-    fn start(port: u16, admin_port: u16) -> Haproxy {
+    fn start(port: u16, admin_port: u16, token_name: Option<&str>) -> Haproxy {
         let bin = find_program("haproxy", &[PathBuf::from("/usr/sbin/haproxy")])
             .expect("haproxy is not installed (Debian haproxy; .ci/run installs it)");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -428,7 +436,11 @@ impl Haproxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
         let stats: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().expect("addr");
         let out = std::fs::File::create(&log).expect("log");
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(name) = token_name {
+            cmd.env("SEGD_TOKEN_NAME", name);
+        }
+        let mut child = cmd
             .arg("-db")
             .arg("-f")
             .arg(shipped_haproxy_cfg())
@@ -736,7 +748,7 @@ impl Cluster {
                 n
             })
             .collect();
-        let lb = Haproxy::start(port, admin_port);
+        let lb = Haproxy::start(port, admin_port, opts.token_name);
         let c = Cluster {
             nodes,
             lb,
@@ -1173,6 +1185,48 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
             c.who_served(std::slice::from_ref(&id)).get(&id),
             Some(&new_owner)
         );
+    }
+}
+
+/// With another `[token] name` on the nodes and the same in HAProxy's `SEGD_TOKEN_NAME`, a
+/// path-embedded token segment still stays out of the asset key: every viewer's requests for an
+/// asset land on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_custom_token_name_in_the_path_still_places_by_asset() {
+    let c = Cluster::start(Opts {
+        token_name: Some("hdnts"),
+        ..Opts::default()
+    })
+    .await;
+    for asset in [1, 2] {
+        let path = asset_path(asset, 1);
+        let mut ids = Vec::new();
+        for viewer in 0..8 {
+            // Tokens minted at different times (their `exp` differs, as viewers' do).
+            let token = sign(
+                TokenAlgorithm::Sha256,
+                &hex::decode(PLAY_KEY).expect("hex"),
+                &SignSpec {
+                    acl: Some("/vod/*"),
+                    exp: now() + 3600 + viewer as u64 * 7,
+                    ..Default::default()
+                },
+            );
+            let target = format!("/hdnts={}{path}", segd::auth::encode_token(&token));
+            let id = rid("name");
+            c.lb.quiet().await;
+            let (status, _, body) =
+                try_get(&client(false), &c.lb.url(&target), &[("x-request-id", &id)])
+                    .await
+                    .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+            assert_eq!(status, 200, "{target}");
+            assert!(body == content(asset, 1), "{target}: bytes");
+            ids.push(id);
+        }
+        let who = c.who_served(&ids);
+        let nodes: BTreeSet<_> = who.values().collect();
+        assert_eq!(who.len(), ids.len(), "every request logged");
+        assert_eq!(nodes.len(), 1, "{path} for 8 viewers went to {nodes:?}");
     }
 }
 
