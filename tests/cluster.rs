@@ -16,6 +16,8 @@
 //!   running the shipped `config/nginx/segd-cluster.conf` (addresses swapped in)
 //! - uploads through HAProxy land on their asset's node even while reads keep the nodes busy
 //!   (a new file of an existing asset; eight files of a new asset uploaded at once)
+//! - live reads are never replayed on another node: a stalled stream's preload hint and
+//!   blocking reload get their node's 503, not another node's 404 (HAProxy and nginx)
 //! - node loss under load: six clients (keep-alive and new connections) GET random files while
 //!   one node is SIGKILLed and later restarted: no failed request for the other nodes' assets;
 //!   for the killed node's, no more than one per client (a response cut mid-body is the one
@@ -29,8 +31,8 @@
 //!   one Last-Modified; revalidating against another node gets 304
 //! - rolling upgrade (SIGUSR2, a new pid in `pid_file`) and rolling restart (SIGTERM with
 //!   `unready_delay`) of all three nodes under load: no failed request
-//! - the shipped nginx config passes `nginx -t`; the HAProxy config refuses to start without
-//!   the nodes' addresses
+//! - the shipped nginx config passes `nginx -t` and waits as long as HAProxy's for a node's
+//!   answer to a write; the HAProxy config refuses to start without the nodes' addresses
 //!
 //! Tests that need segd features from the cluster contract not yet built (`served_by`,
 //! `write_through`, `pid_file`/SIGUSR2, `unready_delay`) fail at start with segd's own "unknown
@@ -116,7 +118,7 @@ fn play_token(viewer: usize) -> String {
 }
 
 fn upload_token() -> String {
-    token_with_key(UPLOAD_KEY, "/vod/*")
+    token_with_key(UPLOAD_KEY, "/*")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +217,12 @@ struct Opts {
     unready_delay: Option<&'static str>,
     /// Lines added to `[ingest]` (write-through).
     ingest: &'static str,
+    /// Lines of a `[live]` section (live prefix `/live/`, ingested like `/vod/`).
+    live: &'static str,
+    /// More `[[pull.upstreams]]`, after the bucket.
+    upstreams: &'static str,
+    /// `[token] name` on the nodes, and `SEGD_TOKEN_NAME` for HAProxy.
+    token_name: Option<&'static str>,
 }
 
 struct Node {
@@ -270,12 +278,17 @@ format = "json"
 
 [token]
 protect = ["/vod/"]
+{token_name}
 [[token.keys]]
 id = "play"
 secret = "{PLAY_KEY}"
 
+[live]
+prefixes = ["/live/"]
+{live}
+
 [ingest]
-prefixes = ["/vod/"]
+prefixes = ["/vod/", "/live/"]
 reserve = "1MiB"
 {ingest}
 [[ingest.keys]]
@@ -300,10 +313,18 @@ key_prefix = ""
 access_key_id = "{S3_ACCESS_KEY}"
 secret_access_key_file = "{secret}"
 prefixes = ["/vod/"]
+{upstreams}
 "#,
             ip = self.ip,
             admin = self.admin_port,
             ingest = self.opts.ingest,
+            live = self.opts.live,
+            upstreams = self.opts.upstreams,
+            token_name = self
+                .opts
+                .token_name
+                .map(|n| format!("name = \"{n}\""))
+                .unwrap_or_default(),
             bucket = self.bucket,
             secret = self.secret_file.display(),
         )
@@ -406,7 +427,7 @@ fn shipped_haproxy_cfg() -> PathBuf {
 impl Haproxy {
     /// `haproxy -db -f config/haproxy/segd.cfg` with the nodes' addresses in its environment,
     /// logging to a file; returns once it serves its stats page.
-    fn start(port: u16, admin_port: u16) -> Haproxy {
+    fn start(port: u16, admin_port: u16, token_name: Option<&str>) -> Haproxy {
         let bin = find_program("haproxy", &[PathBuf::from("/usr/sbin/haproxy")])
             .expect("haproxy is not installed (Debian haproxy; .ci/run installs it)");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -415,7 +436,11 @@ impl Haproxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", ports[0]).parse().expect("addr");
         let stats: SocketAddr = format!("127.0.0.1:{}", ports[1]).parse().expect("addr");
         let out = std::fs::File::create(&log).expect("log");
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(name) = token_name {
+            cmd.env("SEGD_TOKEN_NAME", name);
+        }
+        let mut child = cmd
             .arg("-db")
             .arg("-f")
             .arg(shipped_haproxy_cfg())
@@ -723,7 +748,7 @@ impl Cluster {
                 n
             })
             .collect();
-        let lb = Haproxy::start(port, admin_port);
+        let lb = Haproxy::start(port, admin_port, opts.token_name);
         let c = Cluster {
             nodes,
             lb,
@@ -1163,6 +1188,134 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
     }
 }
 
+/// With another `[token] name` on the nodes and the same in HAProxy's `SEGD_TOKEN_NAME`, a
+/// path-embedded token segment still stays out of the asset key: every viewer's requests for an
+/// asset land on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_custom_token_name_in_the_path_still_places_by_asset() {
+    let c = Cluster::start(Opts {
+        token_name: Some("hdnts"),
+        ..Opts::default()
+    })
+    .await;
+    for asset in [1, 2] {
+        let path = asset_path(asset, 1);
+        let mut ids = Vec::new();
+        for viewer in 0..8 {
+            // Tokens minted at different times (their `exp` differs, as viewers' do).
+            let token = sign(
+                TokenAlgorithm::Sha256,
+                &hex::decode(PLAY_KEY).expect("hex"),
+                &SignSpec {
+                    acl: Some("/vod/*"),
+                    exp: now() + 3600 + viewer as u64 * 7,
+                    ..Default::default()
+                },
+            );
+            let target = format!("/hdnts={}{path}", segd::auth::encode_token(&token));
+            let id = rid("name");
+            c.lb.quiet().await;
+            let (status, _, body) =
+                try_get(&client(false), &c.lb.url(&target), &[("x-request-id", &id)])
+                    .await
+                    .unwrap_or_else(|e| panic!("GET {target}: {e}"));
+            assert_eq!(status, 200, "{target}");
+            assert!(body == content(asset, 1), "{target}: bytes");
+            ids.push(id);
+        }
+        let who = c.who_served(&ids);
+        let nodes: BTreeSet<_> = who.values().collect();
+        assert_eq!(who.len(), ids.len(), "every request logged");
+        assert_eq!(nodes.len(), 1, "{path} for 8 viewers went to {nodes:?}");
+    }
+}
+
+/// A live read's 503 ("not yet" on the stream's node) reaches the client from that node:
+/// HAProxy does not replay it on the next node of the ring, which does not hold the stream
+/// and would answer 404 (a player stops on a live 404, a CDN caches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_live_503_is_not_replayed_on_a_node_without_the_stream() {
+    let c = Cluster::start(Opts {
+        live: "block_timeout_factor = 1",
+        ..Opts::default()
+    })
+    .await;
+    // A live LL-HLS playlist whose packager stalled: it still announces the next part.
+    let playlist = "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:1\n\
+        #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+        #EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MEDIA-SEQUENCE:0\n\
+        #EXT-X-PART:DURATION=0.5,URI=\"seg0.part0.m4s\",INDEPENDENT=YES\n\
+        #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg0.part1.m4s\"\n";
+    let (id, r) = c.put("/live/ll01/seg0.part0.m4s", &pattern(5001)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, r) = c.put("/live/ll01/index.m3u8", playlist.as_bytes()).await;
+    assert!(r.status == 201 || r.status == 204, "{}", r.text());
+
+    // The hinted part never comes: its node answers 503 after 1 × the target duration.
+    let hint = rid("hint");
+    c.lb.quiet().await;
+    let (status, h, body) = try_get(
+        &client(false),
+        &c.lb.url("/live/ll01/seg0.part1.m4s"),
+        &[("x-request-id", &hint)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET the preload hint through HAProxy: {e}"));
+    let who = c.who_served(std::slice::from_ref(&hint));
+    assert_eq!(
+        (status, header(&h, "x-served-by").as_deref()),
+        (503, Some(owner)),
+        "the stalled preload hint: {} (logged by {:?})",
+        String::from_utf8_lossy(&body).trim(),
+        who.get(&hint)
+    );
+    // So does a blocking reload for a part that never comes.
+    let (status, h, _) = try_get(
+        &client(false),
+        &c.lb.url("/live/ll01/index.m3u8?_HLS_msn=0&_HLS_part=1"),
+        &[],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("blocking reload through HAProxy: {e}"));
+    assert_eq!(
+        (status, header(&h, "x-served-by").as_deref()),
+        (503, Some(owner)),
+        "the blocking reload"
+    );
+    assert_eq!(c.lb.retried(), 0, "HAProxy replayed a live request");
+
+    // The same through nginx with the shipped config (which places assets its own way: a
+    // stream of its own, uploaded through it).
+    let nginx = NginxLb::start(c.nodes[0].port);
+    let url = |path: &str| nginx.url(path);
+    let put = async |path: &str, body: &[u8]| {
+        let (id, url) = (rid("ngx-put"), url(&p(path, &upload_token())));
+        let r = send("PUT", &url, &[("x-request-id", &id)], body, false).await;
+        (id, r)
+    };
+    let (id, r) = put("/live/ll02/seg0.part0.m4s", &pattern(5002)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, r) = put("/live/ll02/index.m3u8", playlist.as_bytes()).await;
+    assert!(r.status == 201 || r.status == 204, "{}", r.text());
+    let (status, h, body) = try_get(&client(false), &url("/live/ll02/seg0.part1.m4s"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET the preload hint through nginx: {e}"));
+    assert_eq!(
+        (status, header(&h, "x-served-by").as_deref()),
+        (503, Some(owner)),
+        "the stalled preload hint through nginx: {}",
+        String::from_utf8_lossy(&body).trim()
+    );
+}
+
 #[test]
 fn cluster_nginx_config_parses() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1174,6 +1327,67 @@ fn cluster_nginx_config_parses() {
         out.status.success(),
         "nginx -t refused config/nginx/segd-cluster.conf:\n{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A write through the shipped nginx config waits for the node's answer as long as HAProxy's
+/// does (120 s): with write-through durability "upstream", segd answers an upload only once the
+/// bucket has it, up to `first_byte_timeout` + 1 s + 1 s per 4 MiB (+ a HEAD after a lost
+/// answer), 85 s for a 256 MiB body at the defaults. A stand-in node answers a PUT after 40 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nginx_waits_for_a_slow_write_as_haproxy_does() {
+    use std::io::{Read, Write};
+    let (port, _) = cluster_ports();
+    for (_, ip) in NODES {
+        let l = TcpListener::bind((ip, port)).expect("bind the stand-in node");
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                std::thread::spawn(move || {
+                    // Read the head and the (small, Content-Length) body, then think for 40 s.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = conn.read(&mut chunk) {
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len: usize = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buf.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_secs(40));
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                });
+            }
+        });
+    }
+    let nginx = NginxLb::start(port);
+    let started = Instant::now();
+    let r = send(
+        "PUT",
+        &nginx.url(&p("/vod/slow01/a.ts", &upload_token())),
+        &[],
+        &pattern(1),
+        false,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        201,
+        "the node's answer after {:?}: {}",
+        started.elapsed(),
+        r.text()
     );
 }
 
@@ -1482,6 +1696,63 @@ async fn cluster_write_through_local_queue_drains_and_survives_kill9() {
         "backlog back to 0: {:?}",
         backlog(&c).await
     );
+}
+
+/// Durability "local": after a DELETE's 204, the node does not fetch the object back from the
+/// bucket while the deletion is still queued (the bucket holds it until the queue applies it).
+/// A copy pulled then was served for as long as the pull cache kept it, long after the bucket
+/// had deleted it too. Here the queue cannot apply it (the write-through bucket is a closed
+/// port) while reads pull from the real bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_write_through_local_queued_delete_is_not_pulled_back() {
+    let secret = tempfile::NamedTempFile::new().expect("secret file");
+    std::fs::write(secret.path(), S3_SECRET).expect("write the secret");
+    let c = Cluster::start(Opts {
+        ingest: "write_through = \"unreachable\"\ndurability = \"local\"\n",
+        upstreams: Box::leak(
+            format!(
+                "\n[[pull.upstreams]]\nname = \"unreachable\"\ns3_endpoint = \"http://127.0.0.1:{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"{S3_REGION}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/nowhere/\"]\n",
+                free_port(),
+                secret.path().display()
+            )
+            .into_boxed_str(),
+        ),
+        ..Opts::default()
+    })
+    .await;
+    // A catalogue object (in the bucket), pulled by its node.
+    let path = asset_path(5, 1);
+    let (_, status, _, _) = c.get(&path, 0).await;
+    assert_eq!(status, 200, "{path}");
+    let owner = c.owner_of(&path).await;
+    let (id, r) = send_delete(&c, &path).await;
+    assert_eq!(r.status, 204, "DELETE {path}: {}", r.text());
+    assert_eq!(
+        c.who_served(std::slice::from_ref(&id)).get(&id),
+        Some(&owner)
+    );
+    for _ in 0..2 {
+        let (id, status, _, _) = c.get(&path, 1).await;
+        assert_eq!(
+            (status, c.who_served(std::slice::from_ref(&id)).get(&id)),
+            (404, Some(&owner)),
+            "GET {path} after its DELETE was answered 204 (deletion queued)"
+        );
+    }
+}
+
+/// DELETE through HAProxy with an upload token in the path.
+async fn send_delete(c: &Cluster, path: &str) -> (String, Resp) {
+    let id = rid("delete");
+    let r = send(
+        "DELETE",
+        &c.lb.url(&p(path, &upload_token())),
+        &[("x-request-id", &id)],
+        b"",
+        false,
+    )
+    .await;
+    (id, r)
 }
 
 // ---------------------------------------------------------------------------------------------

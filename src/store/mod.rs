@@ -420,6 +420,16 @@ impl Store {
         live: bool,
         e: LookupError,
     ) -> Result<Object, Miss> {
+        // A deletion this node acknowledged but has not yet applied to the bucket
+        // (durability "local"): the bucket's copy is not to be fetched back.
+        if self
+            .inner
+            .write_through
+            .as_ref()
+            .is_some_and(|w| w.deleting(rel))
+        {
+            return Err(e.into());
+        }
         if let (Some(pull), LookupError::NotFound | LookupError::VolumeUnavailable { .. }) =
             (&self.inner.pull, &e)
         {

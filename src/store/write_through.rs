@@ -15,7 +15,7 @@
 //! ([`META_ETAG`], [`META_LAST_MODIFIED`]); the pull tier serves objects fetched from a bucket
 //! under them, so every node answers with the same `ETag` and `Last-Modified`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -130,6 +130,11 @@ pub struct WriteThrough {
     wake: tokio::sync::Notify,
     /// Set when a drain begins: the worker takes no more entries.
     stopping: std::sync::atomic::AtomicBool,
+    /// Paths whose deletion is queued but not yet applied to the bucket, with the time (Unix
+    /// ns) of the latest such entry. The bucket still holds them, so the pull tier must not
+    /// fetch them back: a copy pulled then would be served after the deletion, for as long as
+    /// the pull cache keeps it (pulled segments are never revalidated).
+    deleting: std::sync::Mutex<HashMap<String, u128>>,
     seq: AtomicU64,
     m: WtMetrics,
     /// The settings it was built with ([`WriteThrough::settings`]), to tell a reload that
@@ -218,6 +223,7 @@ impl WriteThrough {
             queue,
             wake: tokio::sync::Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            deleting: std::sync::Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             settings: WriteThrough::settings(cfg),
             m: WtMetrics {
@@ -270,6 +276,32 @@ impl WriteThrough {
             .total
             .with_label_values(&[op, if ok { "ok" } else { "error" }])
             .inc();
+    }
+
+    /// Whether a deletion of `rel` is queued and not yet applied to the bucket (the pull tier
+    /// then treats it as absent rather than fetching it back).
+    pub fn deleting(&self, rel: &RelPath) -> bool {
+        self.deleting
+            .lock()
+            .is_ok_and(|d| d.contains_key(rel.as_str()))
+    }
+
+    /// Notes a queued deletion of `rel` enqueued at `ns` (kept: the latest one).
+    fn mark_deleting(&self, rel: &str, ns: u128) {
+        if let Ok(mut d) = self.deleting.lock() {
+            let e = d.entry(rel.to_owned()).or_insert(ns);
+            *e = (*e).max(ns);
+        }
+    }
+
+    /// Forgets the queued deletion of `rel` once the entries up to `ns` are applied (a later
+    /// one, enqueued meanwhile, keeps it), or at once with `None` (a new upload of the path).
+    fn unmark_deleting(&self, rel: &str, ns: Option<u128>) {
+        if let Ok(mut d) = self.deleting.lock() {
+            if d.get(rel).is_some_and(|&at| ns.is_none_or(|ns| at <= ns)) {
+                d.remove(rel);
+            }
+        }
     }
 
     fn key(&self, rel: &RelPath) -> String {
@@ -531,6 +563,10 @@ impl WriteThrough {
         }
         std::fs::rename(&tmp, dir.join(&name))?;
         File::open(dir)?.sync_all()?;
+        match op {
+            Op::Delete => self.mark_deleting(rel.as_str(), ns),
+            Op::Put => self.unmark_deleting(rel.as_str(), None),
+        }
         self.m.backlog.inc();
         self.wake.notify_one();
         Ok(())
@@ -565,6 +601,11 @@ impl WriteThrough {
             // One action per path, from its entries and its current state.
             let mut by_path: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
             for e in entries {
+                // Queued deletions read back from disk (after a restart) hold off the pull
+                // tier too.
+                if e.op == Op::Delete {
+                    self.mark_deleting(&e.rel, e.ns);
+                }
                 by_path.entry(e.rel.clone()).or_default().push(e);
             }
             let failed = futures_util::stream::iter(by_path)
@@ -575,6 +616,14 @@ impl WriteThrough {
                     async move {
                         let applied = this.apply(&store, &rel, &entries).await;
                         if applied != Applied::Retry {
+                            let deleted = entries
+                                .iter()
+                                .filter(|e| e.op == Op::Delete)
+                                .map(|e| e.ns)
+                                .max();
+                            if deleted.is_some() {
+                                this.unmark_deleting(&rel, deleted);
+                            }
                             let names: Vec<String> = entries.into_iter().map(|e| e.name).collect();
                             let aside = applied == Applied::Refused;
                             let _ = tokio::task::spawn_blocking(move || {
@@ -685,7 +734,14 @@ impl WriteThrough {
                     return Applied::Done;
                 }
                 match self.delete(&path).await {
-                    Ok(()) => Applied::Done,
+                    Ok(()) => {
+                        // A copy pulled before the deletion held off the pull tier (a fill
+                        // already under way) must not outlive it either.
+                        if let Some(pull) = &store.inner.pull {
+                            pull.drop_copy(&path);
+                        }
+                        Applied::Done
+                    }
                     Err(e) => {
                         tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
                         Applied::Retry
