@@ -1639,6 +1639,20 @@ async fn cluster_write_through_local_queue_drains_and_survives_kill9() {
     assert!(drained, "backlog {:?}", backlog(&c).await);
     let o = c.weed.object("GET", first.trim_start_matches('/')).await;
     assert!(o.body == pattern(8001), "{first} in the bucket");
+    // A name with a `%` in it (URL `x%2541.ts`, object `x%41.ts`) reaches the bucket under
+    // its own key, not decoded once more (`xA.ts`).
+    let (_, r) = c.put("/vod/wq01/x%2541.ts", &pattern(8003)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let drained = eventually(Duration::from_secs(10), async || {
+        backlog(&c).await == Some(0.0)
+            && c.weed.object("HEAD", "vod/wq01/x%41.ts").await.status == 200
+    })
+    .await;
+    assert!(
+        drained,
+        "x%41.ts never reached the bucket under its own key"
+    );
+    assert_eq!(c.weed.object("HEAD", "vod/wq01/xA.ts").await.status, 404);
 
     // The bucket unreachable (the node's bucket upstream points at a closed port): the entry
     // stays queued; kill -9 before it drains.

@@ -130,7 +130,8 @@ pub struct WriteThrough {
     wake: tokio::sync::Notify,
     /// Set when a drain begins: the worker takes no more entries.
     stopping: std::sync::atomic::AtomicBool,
-    /// Paths whose deletion is queued but not yet applied to the bucket, with the time (Unix
+    /// Paths (as the queue names them: [`queued_name`]) whose deletion is queued but not yet
+    /// applied to the bucket, with the time (Unix
     /// ns) of the latest such entry. The bucket still holds them, so the pull tier must not
     /// fetch them back: a copy pulled then would be served after the deletion, for as long as
     /// the pull cache keeps it (pulled segments are never revalidated).
@@ -140,6 +141,14 @@ pub struct WriteThrough {
     /// The settings it was built with ([`WriteThrough::settings`]), to tell a reload that
     /// changes them.
     settings: Settings,
+}
+
+/// How the queue names `rel`: percent-encoded, without the leading `/` (read back through
+/// `sanitize`, which decodes once: a decoded `%41` would come back as `A`, another object).
+fn queued_name(rel: &RelPath) -> String {
+    let mut e = rel.encoded();
+    e.remove(0);
+    e
 }
 
 impl WriteThrough {
@@ -281,9 +290,10 @@ impl WriteThrough {
     /// Whether a deletion of `rel` is queued and not yet applied to the bucket (the pull tier
     /// then treats it as absent rather than fetching it back).
     pub fn deleting(&self, rel: &RelPath) -> bool {
-        self.deleting
-            .lock()
-            .is_ok_and(|d| d.contains_key(rel.as_str()))
+        self.deleting.lock().is_ok_and(|d| {
+            // Keyed as the queue names paths (percent-encoded); nothing to encode if empty.
+            !d.is_empty() && d.contains_key(&queued_name(rel))
+        })
     }
 
     /// Notes a queued deletion of `rel` enqueued at `ns` (kept: the latest one).
@@ -556,16 +566,14 @@ impl WriteThrough {
         {
             use std::io::Write;
             let mut f = File::create(&tmp)?;
-            // Encoded (the queue is read back through `sanitize`, which decodes once: a
-            // decoded `%41` would come back as `A`, another object).
-            f.write_all(&rel.encoded().as_bytes()[1..])?;
+            f.write_all(queued_name(rel).as_bytes())?;
             f.sync_all()?;
         }
         std::fs::rename(&tmp, dir.join(&name))?;
         File::open(dir)?.sync_all()?;
         match op {
-            Op::Delete => self.mark_deleting(rel.as_str(), ns),
-            Op::Put => self.unmark_deleting(rel.as_str(), None),
+            Op::Delete => self.mark_deleting(&queued_name(rel), ns),
+            Op::Put => self.unmark_deleting(&queued_name(rel), None),
         }
         self.m.backlog.inc();
         self.wake.notify_one();
