@@ -390,7 +390,10 @@ fn malformed_cache_control_is_an_error() {
             .find(|l| l.contains(&format!(": cache_control.{key}: ")))
             .unwrap_or_else(|| panic!("no cache_control.{key} error for {bad}:\n{err}"));
         assert!(line.starts_with(&path), "names the file: {line}");
-        assert!(line.contains("(allowed: a Cache-Control value"), "{line}");
+        assert!(
+            line.contains("(allowed: a Cache-Control header value"),
+            "{line}"
+        );
     }
     let (code, err, _) = check(
         "[[volumes]]\npath = \"vol\"\n[cache_control]\nsegments = \"public, max-age=60, stale-if-error=600\"\n",

@@ -772,21 +772,19 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
         let r = get(&srv.url(path), &[]).await;
         (r.status, r.text())
     };
+    // disk1 goes down (its objects answer 503).
+    let down = async |srv: &Server, path: &str| {
+        std::fs::write(&fault, b"").expect("inject");
+        let is_down = eventually(Duration::from_secs(5), async || {
+            body(srv, path).await.0 == 503
+        });
+        assert!(is_down.await, "disk1 is down");
+    };
     let mut srv = Server::start(&cfg);
     assert_eq!(body(&srv, "/live/out/a.ts").await, (200, "old a".into()));
 
     // disk1 goes down; a is replaced and b replaced then deleted, on disk2.
-    std::fs::write(&fault, b"").expect("inject");
-    assert!(
-        eventually(Duration::from_secs(5), async || body(
-            &srv,
-            "/live/out/a.ts"
-        )
-        .await
-        .0 == 503)
-        .await,
-        "disk1 is down"
-    );
+    down(&srv, "/live/out/a.ts").await;
     for (path, new) in [("/live/out/a.ts", "new a"), ("/live/out/b.ts", "new b")] {
         let r = curl_put(&srv.url(&q(path, &tok)), new.as_bytes(), &[]);
         assert_eq!(r.status(), 201, "{path}: lands on disk2: {r:?}");
@@ -839,17 +837,7 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
 
     // disk1 down again; c replaced; segd stops; disk1 comes back before segd starts: the
     // start settles it before the first request.
-    std::fs::write(&fault, b"").expect("inject");
-    assert!(
-        eventually(Duration::from_secs(5), async || body(
-            &srv,
-            "/live/out/c.ts"
-        )
-        .await
-        .0 == 503)
-        .await,
-        "disk1 is down"
-    );
+    down(&srv, "/live/out/c.ts").await;
     let r = curl_put(&srv.url(&q("/live/out/c.ts", &tok)), b"new c", &[]);
     assert_eq!(r.status(), 201, "{r:?}");
     drop(srv);

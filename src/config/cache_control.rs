@@ -36,7 +36,7 @@ pub(super) const CACHE_CONTROL_KEYS: &[&str] = &[
 /// accepts).
 fn header_value(s: &Section, key: &str, default: HeaderValue) -> HeaderValue {
     let allowed =
-        "a Cache-Control value: directives separated by commas, numbers of seconds where a directive takes them, no control characters, e.g. \"public, max-age=60\"";
+        "a Cache-Control header value: directives separated by commas, numbers of seconds where a directive takes them, no control characters, e.g. \"public, max-age=60\"";
     match s.string(key, allowed) {
         None => default,
         Some(v) => match HeaderValue::from_str(&v) {

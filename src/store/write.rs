@@ -473,6 +473,11 @@ pub fn remove_stale_temps(dir: &std::path::Path) -> u64 {
 mod tests {
     use super::*;
 
+    /// A descriptor of a test's volume root.
+    fn open_root(path: &std::path::Path) -> OwnedFd {
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).expect("root")
+    }
+
     #[test]
     fn temp_names_are_the_prefix_and_sixteen_hex_digits() {
         for bits in [0, 1, 0xfedc_ba98_7654_3210, u64::MAX] {
@@ -483,12 +488,7 @@ mod tests {
     #[test]
     fn commit_renames_and_drop_removes() {
         let root = tempfile::tempdir().expect("tempdir");
-        let rootfd = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .expect("root");
+        let rootfd = open_root(root.path());
         let dir = Dir::open(&rootfd, "a/b", true).expect("mkdir -p");
         let mut t = TempFile::new(dir).expect("temp");
         t.write_all(b"hello").expect("write");
@@ -514,12 +514,7 @@ mod tests {
         let outside = tempfile::tempdir().expect("tempdir");
         let root = tempfile::tempdir().expect("tempdir");
         std::os::unix::fs::symlink(outside.path(), root.path().join("live")).expect("symlink");
-        let rootfd = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .expect("root");
+        let rootfd = open_root(root.path());
         assert!(Dir::open(&rootfd, "live/show", true).is_err());
         assert_eq!(
             std::fs::read_dir(outside.path()).expect("ls").count(),
@@ -557,12 +552,7 @@ mod tests {
     #[test]
     fn a_directory_pruned_under_an_upload_is_made_again() {
         let root = tempfile::tempdir().expect("tempdir");
-        let rootfd = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .expect("root");
+        let rootfd = open_root(root.path());
         std::fs::create_dir_all(root.path().join("live/show/a")).expect("mkdir");
         let pruned = std::cell::Cell::new(0);
         let t = TempFile::create(&rootfd, "live/show/a", |_| {
@@ -585,12 +575,7 @@ mod tests {
     #[test]
     fn an_abandoned_upload_removes_the_directories_it_made() {
         let root = tempfile::tempdir().expect("tempdir");
-        let rootfd = rustix::fs::open(
-            root.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .expect("root");
+        let rootfd = open_root(root.path());
         std::fs::create_dir_all(root.path().join("live")).expect("mkdir");
         let mut t = TempFile::create(&rootfd, "live/new/a/b", |_| Ok(())).expect("temp");
         t.write_all(b"partial").expect("write");
