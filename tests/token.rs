@@ -26,6 +26,16 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// `segd sign --config CONFIG ARGS…`, run to its end.
+fn segd_sign(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["sign", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("sign")
+}
+
 fn tok(key: &str, spec: SignSpec<'_>) -> String {
     sign(
         TokenAlgorithm::Sha256,
@@ -556,10 +566,9 @@ async fn mint_rewriting() {
 #[tokio::test]
 async fn sign_command_prints_working_urls() {
     let (_d, srv) = start("forward");
-    let out = std::process::Command::new(BIN)
-        .args(["sign", "--config"])
-        .arg(&srv.config)
-        .args([
+    let out = segd_sign(
+        &srv.config,
+        &[
             "--acl",
             "/vod/t1/*",
             "--acl",
@@ -570,9 +579,8 @@ async fn sign_command_prints_working_urls() {
             "now",
             "--path",
             "/vod/t2/hls/master.m3u8",
-        ])
-        .output()
-        .expect("sign");
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -604,12 +612,10 @@ async fn sign_command_prints_working_urls() {
         200
     );
     // URL token form, and a bad key id is a clear error.
-    let out = std::process::Command::new(BIN)
-        .args(["sign", "--config"])
-        .arg(&srv.config)
-        .args(["--url", "/vod/t1/dash/manifest.mpd", "--key-id", "k2"])
-        .output()
-        .expect("sign");
+    let out = segd_sign(
+        &srv.config,
+        &["--url", "/vod/t1/dash/manifest.mpd", "--key-id", "k2"],
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let q = text
         .lines()
@@ -619,12 +625,7 @@ async fn sign_command_prints_working_urls() {
         .to_string();
     assert!(!text.contains("acl="));
     assert_eq!(get(&fix(q), &[]).await.status, 200);
-    let out = std::process::Command::new(BIN)
-        .args(["sign", "--config"])
-        .arg(&srv.config)
-        .args(["--acl", "/x/*", "--key-id", "nope"])
-        .output()
-        .expect("sign");
+    let out = segd_sign(&srv.config, &["--acl", "/x/*", "--key-id", "nope"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
 }
@@ -643,12 +644,7 @@ async fn sign_prints_escaped_paths() {
         vec!["--url", "/vod/t1/my mix/a.ts"],
         vec!["--acl", "/vod/t1/my mix/*", "--path", "/vod/t1/my mix/a.ts"],
     ] {
-        let out = std::process::Command::new(BIN)
-            .args(["sign", "--config"])
-            .arg(&srv.config)
-            .args(&args)
-            .output()
-            .expect("sign");
+        let out = segd_sign(&srv.config, &args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -708,13 +704,10 @@ fn sign_matches_the_reference_generator() {
         ),
     ];
     for (args, expect) in cases {
-        let out = std::process::Command::new(BIN)
-            .args(["sign", "--config"])
-            .arg(&srv.config)
-            .args(["--key-id", "k1", "--start", "1900000000"])
-            .args(args)
-            .output()
-            .expect("sign");
+        let out = segd_sign(
+            &srv.config,
+            &[&["--key-id", "k1", "--start", "1900000000"][..], args].concat(),
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let token = text
             .lines()
@@ -744,31 +737,24 @@ async fn sign_refuses_a_tilde_in_a_field() {
         if flag != "--acl" {
             args.extend(["--acl", "/vod/t1/*"]);
         }
-        let out = std::process::Command::new(BIN)
-            .args(["sign", "--config"])
-            .arg(&srv.config)
-            .args(&args)
-            .output()
-            .expect("sign");
+        let out = segd_sign(&srv.config, &args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{flag}: {err}");
         assert!(err.contains(flag) && err.contains("'~'"), "{flag}: {err}");
         assert!(out.stdout.is_empty(), "{flag}: no token printed");
     }
     // Anything else in those fields makes a token that verifies.
-    let out = std::process::Command::new(BIN)
-        .args(["sign", "--config"])
-        .arg(&srv.config)
-        .args([
+    let out = segd_sign(
+        &srv.config,
+        &[
             "--acl",
             "/vod/t1/*",
             "--data",
             "user=42&plan=pro",
             "--id",
             "s 1",
-        ])
-        .output()
-        .expect("sign");
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let token = text
         .lines()
