@@ -922,6 +922,63 @@ async fn an_upload_journals_before_its_rename() {
     );
 }
 
+/// A symlink in a volume that points out of it is no object, on the write side as on the read
+/// side: an upload's answer (where it is placed, 201 or 204) is the same whether the file
+/// outside exists or not, and nothing outside is written. Each asset was last served from the
+/// other volume, where a new object goes, unless the link is taken for a copy.
+#[tokio::test]
+async fn symlinks_out_of_a_volume_tell_nothing_to_uploads() {
+    let tok = upload_token("/live/*");
+    let assets: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let mut answers = Vec::new();
+    for outside_exists in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        for a in &assets {
+            std::fs::create_dir_all(d1.join("live").join(a)).expect("mkdir");
+            std::fs::create_dir_all(d2.join("live").join(a)).expect("mkdir");
+            std::fs::write(d2.join("live").join(a).join("other.ts"), b"o").expect("write");
+            let target = outside.join(a);
+            if outside_exists {
+                std::fs::write(&target, b"secret").expect("write");
+            }
+            std::os::unix::fs::symlink(&target, d1.join("live").join(a).join("l.ts"))
+                .expect("symlink");
+        }
+        let srv = Server::start(&config_for(&[&d1, &d2], &ingest_section(&[])));
+        let mut statuses = Vec::new();
+        for a in &assets {
+            // The asset was last served from disk2: a new object goes there.
+            let other = format!("/live/{a}/other.ts");
+            assert_eq!(get(&srv.url(&other), &[]).await.status, 200, "{other}");
+            let path = format!("/live/{a}/l.ts");
+            assert_eq!(
+                get(&srv.url(&path), &[]).await.status,
+                404,
+                "{path}: no object"
+            );
+            let r = curl_put(&srv.url(&q(&path, &tok)), b"new", &[]);
+            statuses.push(r.status());
+            assert_eq!(get(&srv.url(&path), &[]).await.text(), "new", "{path}");
+        }
+        for a in &assets {
+            let target = outside.join(a);
+            if outside_exists {
+                assert_eq!(read(&target), b"secret", "outside file untouched");
+            } else {
+                assert!(!target.exists(), "nothing written outside");
+            }
+        }
+        answers.push(statuses);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the same answers whether the files outside exist or not"
+    );
+}
+
 #[tokio::test]
 async fn delete_needs_min_depth() {
     let rig = Rig::simple(&[("min_delete_depth", "3")]);
