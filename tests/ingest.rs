@@ -850,6 +850,135 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
     );
 }
 
+/// A durable upload that creates its object while a volume is down has its journal line on disk
+/// before the rename makes the object visible: a crash after the rename (and before the 201)
+/// cannot leave the old copy on the volume that is down without a line. Seen from outside with
+/// strace: the journal's `fdatasync` comes before the object's `renameat2`.
+#[tokio::test]
+async fn an_upload_journals_before_its_rename() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    std::fs::create_dir_all(d1.join("live/out")).expect("mkdir");
+    std::fs::write(d1.join("live/out/a.ts"), b"old a").expect("write");
+    std::fs::create_dir_all(&d2).expect("mkdir");
+    let cfg = config_for(&[&d1, &d2], &ingest_section(&[("fsync", "true")]));
+    let tok = upload_token("/live/*");
+    let srv = Server::start(&cfg);
+    std::fs::write(d1.join(".segd-fault-eio"), b"").expect("inject");
+    let is_down = eventually(Duration::from_secs(5), async || {
+        get(&srv.url("/live/out/a.ts"), &[]).await.status == 503
+    });
+    assert!(is_down.await, "disk1 is down");
+
+    let log = dir.path().join("strace.log");
+    let mut strace = Command::new("strace")
+        .args([
+            "-f",
+            "-y",
+            "-e",
+            "trace=renameat2,renameat,rename,fdatasync,fsync",
+        ])
+        .arg("-o")
+        .arg(&log)
+        .args(["-p", &srv.child.id().to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (Debian package strace)");
+    // strace says on stderr when it has attached (to every thread, with -f).
+    let mut attached = String::new();
+    // Kept open until strace ends: it writes a line for every thread.
+    let mut err = strace.stderr.take().map(std::io::BufReader::new);
+    if let Some(err) = err.as_mut() {
+        let _ = std::io::BufRead::read_line(err, &mut attached);
+    }
+    assert!(attached.contains("attached"), "strace attached: {attached}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = curl_put(&srv.url(&q("/live/out/a.ts", &tok)), b"new a", &[]);
+    assert_eq!(r.status(), 201, "lands on disk2: {r:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
+    drop(err);
+    let trace = std::fs::read_to_string(&log).expect("strace log");
+    let journal_synced = trace
+        .lines()
+        .position(|l| l.contains("fdatasync(") && l.contains(".segd-outage>") && l.contains("= 0"));
+    let renamed = trace
+        .lines()
+        .position(|l| l.contains("renameat2(") && l.contains("\"a.ts\"") && l.contains("= 0"));
+    let (Some(synced), Some(renamed)) = (journal_synced, renamed) else {
+        panic!("the journal sync and the rename are both in the trace:\n{trace}");
+    };
+    assert!(
+        synced < renamed,
+        "the journal is synced before the rename:\n{trace}"
+    );
+    let journal = std::fs::read_to_string(d2.join(".segd-outage")).expect("journal");
+    assert!(
+        journal.contains("disk1\t") && journal.contains("\tput\t/live/out/a.ts\n"),
+        "{journal}"
+    );
+}
+
+/// A symlink in a volume that points out of it is no object, on the write side as on the read
+/// side: an upload's answer (where it is placed, 201 or 204) is the same whether the file
+/// outside exists or not, and nothing outside is written. Each asset was last served from the
+/// other volume, where a new object goes, unless the link is taken for a copy.
+#[tokio::test]
+async fn symlinks_out_of_a_volume_tell_nothing_to_uploads() {
+    let tok = upload_token("/live/*");
+    let assets: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    let mut answers = Vec::new();
+    for outside_exists in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        for a in &assets {
+            std::fs::create_dir_all(d1.join("live").join(a)).expect("mkdir");
+            std::fs::create_dir_all(d2.join("live").join(a)).expect("mkdir");
+            std::fs::write(d2.join("live").join(a).join("other.ts"), b"o").expect("write");
+            let target = outside.join(a);
+            if outside_exists {
+                std::fs::write(&target, b"secret").expect("write");
+            }
+            std::os::unix::fs::symlink(&target, d1.join("live").join(a).join("l.ts"))
+                .expect("symlink");
+        }
+        let srv = Server::start(&config_for(&[&d1, &d2], &ingest_section(&[])));
+        let mut statuses = Vec::new();
+        for a in &assets {
+            // The asset was last served from disk2: a new object goes there.
+            let other = format!("/live/{a}/other.ts");
+            assert_eq!(get(&srv.url(&other), &[]).await.status, 200, "{other}");
+            let path = format!("/live/{a}/l.ts");
+            assert_eq!(
+                get(&srv.url(&path), &[]).await.status,
+                404,
+                "{path}: no object"
+            );
+            let r = curl_put(&srv.url(&q(&path, &tok)), b"new", &[]);
+            statuses.push(r.status());
+            assert_eq!(get(&srv.url(&path), &[]).await.text(), "new", "{path}");
+        }
+        for a in &assets {
+            let target = outside.join(a);
+            if outside_exists {
+                assert_eq!(read(&target), b"secret", "outside file untouched");
+            } else {
+                assert!(!target.exists(), "nothing written outside");
+            }
+        }
+        answers.push(statuses);
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the same answers whether the files outside exist or not"
+    );
+}
+
 #[tokio::test]
 async fn delete_needs_min_depth() {
     let rig = Rig::simple(&[("min_delete_depth", "3")]);

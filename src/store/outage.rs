@@ -6,12 +6,15 @@
 //! again, the old copy would be served again: lookups try the volume that last served the
 //! asset, then the placement volume, and after a restart that is the old one.
 //!
-//! - **At the write** (under the path's lock, on the blocking pool): an upload that *created*
-//!   its object while some volume was down removes older copies from the other healthy volumes
-//!   (one that came back during the upload); a DELETE already removes every healthy copy. For
-//!   each volume still down, a line goes into a journal at the root of a healthy volume
-//!   (`.segd-outage`, a dot-file the read side never serves): the volume, when, `put` or
-//!   `delete`, and the path (percent-encoded, as `sanitize` reads it back).
+//! - **At the write** (under the path's lock, on the blocking pool): for each volume down, a
+//!   line goes into a journal at the root of a healthy volume (`.segd-outage`, a dot-file the
+//!   read side never serves): the volume, when, `put` or `delete`, and the path
+//!   (percent-encoded, as `sanitize` reads it back). An upload about to create its object
+//!   writes the line before its rename, synced when the upload is durable (`[ingest] fsync`),
+//!   so a crash after the rename cannot lose it (a line whose rename never happened settles to
+//!   what is there). After the rename it removes older copies from the other healthy volumes
+//!   (one that came back during the upload). A DELETE removes every healthy copy, then
+//!   journals.
 //! - **When a volume is healthy again** (the periodic check or a request's probe found it) and
 //!   at start-up, before the first request: each line naming a volume that is healthy now is
 //!   settled under the path's lock. Of the regular-file copies on healthy volumes the newest
@@ -66,9 +69,9 @@ pub fn needed(vols: &Volumes) -> bool {
 }
 
 /// After an upload created `rel` on volume `on` while a volume was (or had been) down
-/// (blocking, under the path's lock): older copies on the other healthy volumes go, and the
-/// volumes down now get a journal line.
-pub fn created(local: &Local, on: usize, rel: &RelPath) {
+/// (blocking, under the path's lock): older copies on the other healthy volumes go, and, unless
+/// the upload `journaled` before its rename, the volumes down now get a journal line.
+pub fn created(local: &Local, on: usize, rel: &RelPath, journaled: bool) {
     let vols = &local.volumes;
     let (dir, name) = split(rel);
     let mut removed = false;
@@ -91,12 +94,15 @@ pub fn created(local: &Local, on: usize, rel: &RelPath) {
     if removed {
         local.forget(rel);
     }
-    note(vols, Some(on), rel, Change::Put);
+    if !journaled {
+        note(vols, Some(on), rel, Change::Put, false);
+    }
 }
 
 /// Journals `change` of `rel` for every served volume that is down now, on `on` if healthy,
-/// else the first healthy volume (blocking). Errors are logged: the write itself stands.
-pub fn note(vols: &Volumes, on: Option<usize>, rel: &RelPath, change: Change) {
+/// else the first healthy volume (blocking; synced to disk when `durable`). Errors are logged:
+/// the write itself stands.
+pub fn note(vols: &Volumes, on: Option<usize>, rel: &RelPath, change: Change, durable: bool) {
     let down: Vec<&str> = vols
         .served()
         .filter(|(_, v)| !v.is_healthy())
@@ -119,7 +125,7 @@ pub fn note(vols: &Volumes, on: Option<usize>, rel: &RelPath, change: Change) {
         .or_else(|| vols.served().find(|(_, v)| v.is_healthy()).map(|(i, _)| i));
     let appended = target
         .and_then(|i| vols.get(i))
-        .and_then(|v| v.with_root(|root| append(root, lines.as_bytes())));
+        .and_then(|v| v.with_root(|root| append(root, lines.as_bytes(), durable)));
     match appended {
         Some(Ok(true)) => {}
         Some(Ok(false)) => {
@@ -155,8 +161,9 @@ fn open_locked(root: BorrowedFd<'_>, flags: OFlags) -> rustix::io::Result<OwnedF
     }
 }
 
-/// Appends `bytes` (whole lines) to the journal; false when it is full.
-fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<bool> {
+/// Appends `bytes` (whole lines) to the journal (and syncs it when `durable`); false when it is
+/// full.
+fn append(root: BorrowedFd<'_>, bytes: &[u8], durable: bool) -> io::Result<bool> {
     let fd = open_locked(root, OFlags::RDWR | OFlags::APPEND | OFlags::CREATE)?;
     let size = rustix::fs::fstat(&fd)?.st_size as u64;
     if size >= MAX_JOURNAL_BYTES {
@@ -169,6 +176,13 @@ fn append(root: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<bool> {
         (&f).write_all(b"\n")?;
     }
     (&f).write_all(bytes)?;
+    if durable {
+        f.sync_data()?;
+        if size == 0 {
+            // A new journal: its name must survive a crash too.
+            rustix::fs::fsync(root)?;
+        }
+    }
     Ok(true)
 }
 
@@ -304,7 +318,10 @@ fn drop_lines(root: BorrowedFd<'_>, settled: &[String]) -> io::Result<()> {
         OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
     )?;
-    std::fs::File::from(tfd).write_all(kept.as_bytes())?;
+    let tf = std::fs::File::from(tfd);
+    (&tf).write_all(kept.as_bytes())?;
+    // The lines kept must not be lost to a crash just after the rename.
+    tf.sync_data()?;
     rustix::fs::renameat(root, temp.as_str(), root, JOURNAL)?;
     // The lock goes with `fd`, after the rename: appenders waiting on the old file find the new.
     drop(fd);

@@ -486,15 +486,18 @@ impl Upload {
             .run(move || {
                 let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
                 let (mut temp, volume) = (o.temp, o.volume);
-                let done = batch
-                    .write_to(&mut temp)
-                    .and_then(|()| temp.commit(&name, durable));
+                let written = batch.write_to(&mut temp);
                 if let Some(p) = batch.pipe {
                     p.recycle();
                 }
-                if let Ok((false, _)) = done {
-                    after_create(&local, volume, &key, outage);
-                }
+                let done = written.and_then(|()| {
+                    let journaled = before_commit(&local, volume, &key, &temp, outage, durable);
+                    let done = temp.commit(&name, durable);
+                    if let Ok((false, _)) = done {
+                        after_create(&local, volume, &key, journaled);
+                    }
+                    done
+                });
                 done.map(|(existed, st)| (existed, st, volume))
                     .map_err(|e| (true, write_failed(&local, volume, e)))
             })
@@ -519,9 +522,10 @@ impl Upload {
         let (local, key, outage) = (Arc::clone(&self.local), self.key.clone(), self.outage);
         let r = Pool::General
             .run(move || {
+                let journaled = before_commit(&local, volume, &key, &temp, outage, durable);
                 let done = temp.commit(&name, durable);
                 if let Ok((false, _)) = done {
-                    after_create(&local, volume, &key, outage);
+                    after_create(&local, volume, &key, journaled);
                 }
                 done
             })
@@ -563,11 +567,38 @@ impl Drop for Upload {
     }
 }
 
+/// Before an upload's rename (blocking, under the path's lock): when a volume is, or was when
+/// the upload began, down and the upload is about to create its object, the volumes down get a
+/// journal line first ([`outage`]; synced when the upload is `durable`), so no crash after the
+/// rename can lose it. Returns whether it journaled.
+fn before_commit(
+    local: &Local,
+    volume: usize,
+    key: &RelPath,
+    temp: &TempFile,
+    outage_at_start: bool,
+    durable: bool,
+) -> bool {
+    let (_, name) = split(key);
+    if !(outage_at_start || outage::needed(&local.volumes)) || temp.target_exists(name) {
+        return false;
+    }
+    outage::note(
+        &local.volumes,
+        Some(volume),
+        key,
+        outage::Change::Put,
+        durable,
+    );
+    true
+}
+
 /// An upload created its object (blocking, under the path's lock): when a volume is or was down
-/// meanwhile, older copies elsewhere go and the volumes down get a journal line ([`outage`]).
-fn after_create(local: &Local, volume: usize, key: &RelPath, outage_at_start: bool) {
-    if outage_at_start || outage::needed(&local.volumes) {
-        outage::created(local, volume, key);
+/// meanwhile, older copies elsewhere go; a volume that went down since [`before_commit`] gets its
+/// journal line now.
+fn after_create(local: &Local, volume: usize, key: &RelPath, journaled: bool) {
+    if journaled || outage::needed(&local.volumes) {
+        outage::created(local, volume, key, journaled);
     }
 }
 
@@ -786,7 +817,7 @@ pub async fn delete(
             if removed {
                 l.forget(&key);
                 // A copy on a volume that is down must not come back with it.
-                outage::note(&l.volumes, None, &key, outage::Change::Delete);
+                outage::note(&l.volumes, None, &key, outage::Change::Delete, false);
                 Ok(())
             } else if unavailable {
                 Err(WriteError::VolumeUnavailable)

@@ -362,6 +362,12 @@ impl TempFile {
         }
     }
 
+    /// Whether `target` is a regular file in this file's directory now (the commit would
+    /// replace it).
+    pub fn target_exists(&self, target: &str) -> bool {
+        self.dir.is_file(target)
+    }
+
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
     /// one of the directory, when `durable`). Returns whether `target` existed (and was
     /// replaced), and the new file's metadata.

@@ -290,10 +290,25 @@ impl Volume {
         rustix::fs::open(&full, flags, Mode::empty()).map_err(|e| classify(&e.into()))
     }
 
-    /// Current metadata of `rel` (following symlinks: only compared, never served).
+    /// Current metadata of `rel`, resolved as [`Volume::open`] resolves it: a symlink is
+    /// followed only while it stays beneath the root, so whether a file outside the volume
+    /// exists never shows (an upload's placement asks this, and 201 or 204 would tell).
     pub fn stat(&self, rel: &RelPath) -> Option<ObjectMeta> {
         let root = self.root.load_full()?;
-        let st = rustix::fs::statat(&root.fd, rel.as_str(), rustix::fs::AtFlags::empty()).ok()?;
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let fd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
+            self.open_fallback(rel, flags).ok()?
+        } else {
+            rustix::fs::openat2(
+                root.fd.as_fd(),
+                rel.as_str(),
+                flags,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+            )
+            .ok()?
+        };
+        let st = rustix::fs::fstat(&fd).ok()?;
         Some(ObjectMeta::from_stat(&st))
     }
 
