@@ -3296,3 +3296,91 @@ fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
     }
     out
 }
+
+/// A tmpfs mounted over a directory for one test, unmounted when dropped (also on a panic).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` when this process may not mount (not root): the caller skips, saying so.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn remount(&self, opts: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -o remount,{opts} {:?}", self.0);
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A volume whose filesystem went read-only (ext4 `errors=remount-ro` after a device error,
+/// here a tmpfs remounted `ro`) degrades that volume for writes only: new objects go to the
+/// other volume (they were placed on the read-only one and failed with 500 "write failed"), a
+/// replace or delete of an object that lives there is 503 `volume is read-only`, and its
+/// objects are still served.
+#[tokio::test]
+async fn read_only_volume_is_skipped_for_new_objects() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut mounted = None;
+    let rig = Rig::start(&["ro", "rw"], &[("reserve", "\"0\"")], "", |d| {
+        let m = Tmpfs::mount(&d.join("ro"), "4m").expect("mount a tmpfs (root)");
+        std::fs::create_dir_all(d.join("ro/live/old")).expect("mkdir");
+        std::fs::write(d.join("ro/live/old/a.ts"), b"old").expect("write");
+        m.remount("ro");
+        mounted = Some(m);
+    });
+    let _ro = mounted.expect("mounted");
+    let tok = upload_token("/live/*");
+    // New objects in several asset directories: the placement rule puts about half of them on
+    // the read-only volume.
+    for i in 0..12 {
+        let path = format!("/live/show{i}/seg.ts");
+        let r = curl_put(&rig.url(&q(&path, &tok)), b"new", &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+        assert_eq!(
+            std::fs::read(rig.vol("rw").join(&path[1..])).expect("on the writable volume"),
+            b"new"
+        );
+    }
+    // An object on the read-only volume can be neither replaced nor deleted there, and is not
+    // copied elsewhere (the old copy would still be served).
+    let r = curl_put(&rig.url(&q("/live/old/a.ts", &tok)), b"new", &[]);
+    assert_eq!(r.status(), 503, "replace on a read-only volume: {r:?}");
+    let r = curl_delete(&rig.url(&q("/live/old/a.ts", &tok)));
+    assert_eq!(r.status(), 503, "delete on a read-only volume: {r:?}");
+    assert!(
+        !rig.vol("rw").join("live/old").exists(),
+        "no copy elsewhere"
+    );
+    let got = get_on(&rig.url("/live/old/a.ts"), false).await;
+    assert_eq!(got.body.as_ref(), b"old", "still served");
+    let m = rig.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("segd_refusals_total") && l.contains("read_only")),
+        "counted as read_only:\n{m}"
+    );
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("segd_refusals_total") && l.contains("write_failed")),
+        "never a bare write failure:\n{m}"
+    );
+    assert_no_tmp(&rig.vol("rw"), "read-only volume");
+}

@@ -3,6 +3,9 @@
 //!   service resumes when load falls
 //! - HTTP/2 rapid reset (CVE-2023-44487): a client that opens and cancels streams in a loop gets
 //!   GOAWAY and its connection ends; other clients are unaffected
+//! - a flood of connections under a small descriptor limit: `max_connections` is fitted to the
+//!   limit, so connections beyond it are refused and counted, and requests on connections already
+//!   open still get their files (not 503 `overloaded` from an EMFILE on open)
 //! - absurd Range headers (thousands of ranges, overlapping, negative, huge) never cost a 5xx
 //! - connections served by hyper (HTTP/2, HTTP/1.1 over TLS): a client that takes no response
 //!   bytes is disconnected after send_timeout, an HTTP/2 connection with no request gets GOAWAY
@@ -283,5 +286,92 @@ async fn h2_idle_connection_ends_after_keepalive_timeout() {
         t0.elapsed() >= Duration::from_millis(1500),
         "closed after {:?}, before keepalive_timeout",
         t0.elapsed()
+    );
+}
+
+/// Under `ulimit -n 400` with the default `max_connections` (50,000), 450 idle connections
+/// used to take every descriptor: requests on a connection already open got 503 (the file opens
+/// failed with EMFILE) and the excess waited in the backlog, uncounted. Now `max_connections` is
+/// fitted to the descriptors left (said at start), the excess is refused and counted, and the
+/// open connection is served.
+#[tokio::test]
+async fn descriptor_limit_caps_connections_not_requests() {
+    use std::os::unix::process::CommandExt;
+    let dir = demo_volumes();
+    let cfg = config_for(&[&dir.path().join("disk1")], "");
+    let srv = Server::start_with(&cfg, |c| {
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 400,
+                    rlim_max: 400,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        }
+    });
+    let mut keep = TcpStream::connect(srv.addr).expect("connect");
+    keep.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let ask = |s: &mut TcpStream, path: &str| -> String {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .expect("write");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        // Reads one whole answer: head, then Content-Length bytes.
+        loop {
+            let n = s.read(&mut buf).expect("read an answer");
+            assert!(
+                n > 0,
+                "connection closed: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if out.len() >= end + 4 + len {
+                    return text.lines().next().unwrap_or("").to_string();
+                }
+            }
+        }
+    };
+    assert_eq!(ask(&mut keep, "/vod/t1/hls/master.m3u8"), "HTTP/1.1 200 OK");
+    // 450 clients that connect and send half a head, and hold on.
+    let mut flood = Vec::new();
+    for _ in 0..450 {
+        let mut s = TcpStream::connect(srv.addr).expect("connect (the backlog takes it)");
+        let _ = s.write_all(b"GET /vod/t1/hls/master.m3u8 HTTP/1.1\r\n");
+        flood.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // The connection already open is still served, each file opened anew.
+    for i in 0..=5 {
+        let path = format!("/vod/t1/hls/64k/seg_{i:05}.ts");
+        assert_eq!(ask(&mut keep, &path), "HTTP/1.1 200 OK", "{path}");
+    }
+    let metrics = get(&srv.admin_url("/metrics"), &[]).await.text();
+    let rejected: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("segd_connections_rejected_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("segd_connections_rejected_total");
+    assert!(
+        rejected > 0.0,
+        "the excess is refused and counted:\n{metrics}"
+    );
+    drop(flood);
+    let err = srv.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    assert!(
+        err.contains("server.max_connections exceeds the descriptors left"),
+        "the cap is said at start:\n{err}"
     );
 }

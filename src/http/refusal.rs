@@ -51,6 +51,9 @@ pub enum Refusal {
     Forbidden(Reason),
     #[error("volume unavailable")]
     VolumeUnavailable,
+    /// A write to a volume mounted read-only (EROFS), none other able to take it.
+    #[error("volume is read-only")]
+    ReadOnly,
     #[error("overloaded")]
     Overloaded,
     #[error("object changed while read")]
@@ -160,6 +163,13 @@ impl Refusal {
                 "volume unavailable\n",
                 Warn,
                 "volume_unavailable",
+                Disk,
+            ),
+            Refusal::ReadOnly => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "volume is read-only\n",
+                Warn,
+                "read_only",
                 Disk,
             ),
             Refusal::Overloaded => (
@@ -354,6 +364,9 @@ impl From<crate::store::WriteError> for Refusal {
                 Refusal::BadGateway
             }
             WriteError::VolumeUnavailable => Refusal::VolumeUnavailable,
+            WriteError::ReadOnly => Refusal::ReadOnly,
+            // Remounted read-only after the upload was placed, or a deletion on such a volume.
+            WriteError::Io(e) if e.raw_os_error() == Some(libc::EROFS) => Refusal::ReadOnly,
             WriteError::IsDirectory => Refusal::IsDirectory,
             WriteError::NotFound => Refusal::NotFound,
             WriteError::Io(e) if crate::volumes::is_device_fault(&e) => Refusal::VolumeUnavailable,
@@ -394,6 +407,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::Gone,
     Refusal::Forbidden(Reason::Malformed),
     Refusal::VolumeUnavailable,
+    Refusal::ReadOnly,
     Refusal::Overloaded,
     Refusal::Changed,
     Refusal::TooLarge,

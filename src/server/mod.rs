@@ -37,8 +37,15 @@ use listener::Inherited;
 use reload::{Signals, StopReason};
 use upgrade::{Handover, Upgrader};
 
-/// Raises the soft descriptor limit to the hard one and keeps the open-file cache under half of
-/// it, so cached descriptors can never starve new connections.
+/// Raises the soft descriptor limit to the hard one, keeps the open-file cache under half of it
+/// (cached descriptors never starve new connections), and keeps `max_connections` under what is
+/// left after the cache and [`fd_headroom`] (connections never starve the opens a request needs).
+///
+/// Without the second cap a flood of connections took every descriptor: requests on connections
+/// already open got 503 `overloaded` (their file opens failed with EMFILE), and the connections
+/// beyond the limit waited in the listen backlog, uncounted, while every accept loop logged
+/// "accept failed" a hundred times a second. Capped, they are closed at once and counted in
+/// `segd_connections_rejected_total`, as `max_connections` documents.
 pub(super) fn fit_fd_limit(config: &mut Config) {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let hard = lim.maximum.unwrap_or(u64::MAX);
@@ -65,6 +72,32 @@ pub(super) fn fit_fd_limit(config: &mut Config) {
         );
         config.cache.open_files = cap;
     }
+    let conns = connection_cap(limit, config.cache.open_files);
+    if config.server.max_connections as u64 > conns {
+        tracing::warn!(
+            configured = config.server.max_connections,
+            limit,
+            used = conns,
+            "server.max_connections exceeds the descriptors left after cache.open_files and \
+             headroom; using what is left (raise LimitNOFILE / ulimit -n to allow more)"
+        );
+        config.server.max_connections = usize::try_from(conns).unwrap_or(usize::MAX);
+    }
+}
+
+/// Descriptors kept free of connections and cached files for everything else: listeners, logs,
+/// upload temporary files and their pipes, pull-tier upstream connections, directory handles.
+fn fd_headroom(limit: u64) -> u64 {
+    (limit / 8).clamp(16, 1024)
+}
+
+/// The most connections that fit in `limit` descriptors beside `open_files` cached ones (at
+/// least one, so a tiny limit still serves).
+fn connection_cap(limit: u64, open_files: u64) -> u64 {
+    limit
+        .saturating_sub(open_files)
+        .saturating_sub(fd_headroom(limit))
+        .max(1)
 }
 
 /// How long an idle blocking thread is kept. Long: a thread is cheap to keep and costs ~50 µs

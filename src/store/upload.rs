@@ -32,6 +32,10 @@ pub enum WriteError {
     NoSpace,
     #[error("the volume that holds the object is unavailable")]
     VolumeUnavailable,
+    /// The volume that holds the object, or every volume that could take it, is mounted
+    /// read-only.
+    #[error("the volume is read-only")]
+    ReadOnly,
     #[error("the path names a directory")]
     IsDirectory,
     #[error("not found")]
@@ -621,11 +625,20 @@ impl Local {
         reserve: u64,
     ) -> Result<(usize, u64), WriteError> {
         let vols = &self.volumes;
-        let room = |i: usize| -> Option<u64> {
-            let v = vols.get(i)?;
-            let free = v.free_bytes().ok()?;
+        // The room above the reserve on volume `i`: `NoSpace` when `len` does not fit, `ReadOnly`
+        // when its filesystem is mounted read-only (a new object goes to another volume then).
+        let room = |i: usize| -> Result<(usize, u64), WriteError> {
+            let free = vols
+                .get(i)
+                .and_then(|v| v.free_bytes().ok())
+                .ok_or(WriteError::NoSpace)?
+                .ok_or(WriteError::ReadOnly)?;
             let room = free.saturating_sub(reserve);
-            (room >= len).then_some(room)
+            if room >= len {
+                Ok((i, room))
+            } else {
+                Err(WriteError::NoSpace)
+            }
         };
         // One volume: nothing to choose, and no lookup to make.
         let mut served = vols.served();
@@ -633,9 +646,10 @@ impl Local {
             if !v.is_healthy() {
                 return Err(WriteError::VolumeUnavailable);
             }
-            return room(only).map(|r| (only, r)).ok_or(WriteError::NoSpace);
+            return room(only);
         }
-        // 1. Where it exists: replace in place.
+        // 1. Where it exists: replace in place (a copy written elsewhere would leave the old
+        // one to be served; on a read-only volume the answer is `ReadOnly`).
         let mut saw_unhealthy = false;
         for (i, v) in vols.served() {
             if !v.is_healthy() {
@@ -643,7 +657,7 @@ impl Local {
                 continue;
             }
             if v.stat(rel).is_some() {
-                return room(i).map(|r| (i, r)).ok_or(WriteError::NoSpace);
+                return room(i);
             }
         }
         // 2. A new object: where its asset is, else the placement rule's order.
@@ -669,6 +683,7 @@ impl Local {
             .collect();
         let mut seen = Vec::with_capacity(n);
         let mut full = false;
+        let mut saw_read_only = false;
         for i in order {
             if seen.contains(&i) {
                 continue;
@@ -679,14 +694,19 @@ impl Local {
                 continue;
             }
             match room(i) {
-                Some(r) => return Ok((i, r)),
-                None => full = true,
+                Ok(placed) => return Ok(placed),
+                Err(WriteError::ReadOnly) => saw_read_only = true,
+                Err(_) => full = true,
             }
         }
-        if full || !saw_unhealthy {
+        if full {
             Err(WriteError::NoSpace)
-        } else {
+        } else if saw_unhealthy {
             Err(WriteError::VolumeUnavailable)
+        } else if saw_read_only {
+            Err(WriteError::ReadOnly)
+        } else {
+            Err(WriteError::NoSpace)
         }
     }
 }

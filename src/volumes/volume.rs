@@ -318,14 +318,19 @@ impl Volume {
         Some(f(root.fd.as_fd()))
     }
 
-    /// Bytes available to unprivileged writers on this volume's filesystem.
-    pub fn free_bytes(&self) -> io::Result<u64> {
+    /// Bytes available to unprivileged writers on this volume's filesystem; `None` when it is
+    /// mounted read-only (as ext4 with `errors=remount-ro` does itself after a device error),
+    /// where nothing can be written whatever `f_bavail` says.
+    pub fn free_bytes(&self) -> io::Result<Option<u64>> {
         let root = self
             .root
             .load_full()
             .ok_or_else(|| io::Error::other("volume root not open"))?;
         let st = rustix::fs::fstatvfs(&root.fd)?;
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+            return Ok(None);
+        }
+        Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
     }
 
     /// The debug-build read fault (see [`injected`]): `Some(EIO)` while the trigger exists.
