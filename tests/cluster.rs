@@ -2096,6 +2096,38 @@ async fn cluster_same_validators_on_every_node_and_304_across_nodes() {
         .expect("logged");
     let token = play_token(0);
     let kc = client(true);
+    // The headers a CDN caches by are the same on every node, for a segment and a playlist:
+    // the owner serves them from its disk, the others from their pull of the bucket.
+    let playlist = "/vod/val01/hls/index.m3u8";
+    let (_, r2) = c
+        .put(
+            playlist,
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg_00001.ts\n#EXT-X-ENDLIST\n",
+        )
+        .await;
+    assert_eq!(r2.status, 201, "{}", r2.text());
+    for probe in [path, playlist] {
+        let mut seen = BTreeMap::new();
+        for n in &c.nodes {
+            let (status, h, _) = try_get(&kc, &n.url(&p(probe, &token)), &[])
+                .await
+                .unwrap_or_else(|e| panic!("GET from {}: {e}", n.name));
+            assert_eq!(status, 200, "{probe} on node {}", n.name);
+            let pick = |k: &str| header(&h, k);
+            seen.insert(
+                n.name,
+                [
+                    pick("content-type"),
+                    pick("cache-control"),
+                    pick("accept-ranges"),
+                    pick("content-length"),
+                ],
+            );
+        }
+        for (name, v) in &seen {
+            assert_eq!(v, &seen[owner], "{probe}: node {name} vs {owner}: {seen:?}");
+        }
+    }
     // Ask each node directly: the owner from its disk, the others pull from the bucket.
     let mut validators = BTreeMap::new();
     for n in &c.nodes {
