@@ -25,6 +25,8 @@
 //!   serve them by pulling from the bucket; back up, the node gets its assets back
 //! - a hung node (SIGSTOP) under load: no failed read, none slower than the balancers' VOD read
 //!   timeout (5 s) plus a retry, through HAProxy and through nginx
+//! - the bucket hung (SIGSTOP): cached objects keep playing, a miss is segd's 504 after
+//!   `first_byte_timeout`, before HAProxy's read timeout, and is not retried on other nodes
 //! - live requests moved off a killed node to one that never saw the stream: 503 with
 //!   `Retry-After`, not 404 (`[live] unknown_stream_retry_after`)
 //! - write-through, durability "upstream": the node holding a fresh upload is SIGKILLed right
@@ -1721,6 +1723,47 @@ async fn cluster_hung_node_costs_a_read_seconds_not_timeout_server() {
             c.lb.statuses().await
         );
     }
+}
+
+/// The bucket hung (SIGSTOP: it accepts connections and answers nothing): objects a node
+/// already holds keep playing; a miss is segd's 504 once `first_byte_timeout` (4 s) passes,
+/// before the balancer's 5 s read timeout, so HAProxy neither retries it on the other nodes
+/// (which would ask the same bucket) nor answers it itself; the bucket back, the miss is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_bucket_hung_misses_are_504_once_hits_keep_playing() {
+    let c = Cluster::start(Opts::default()).await;
+    let cached = asset_path(0, 0);
+    let (_, status, _, _) = c.get(&cached, 0).await;
+    assert_eq!(status, 200);
+    let retried = c.lb.retried();
+    // SAFETY: kill(2) on the pid of a weed this test started.
+    unsafe { libc::kill(c.weed.pid(), libc::SIGSTOP) };
+    let (_, status, _, body) = c.get(&cached, 2).await;
+    assert_eq!(
+        status, 200,
+        "{cached}, cached on its node, while the bucket hangs"
+    );
+    assert!(body == content(0, 0));
+    let miss = asset_path(1, 2);
+    let started = Instant::now();
+    let (id, status, h, _) = c.get(&miss, 0).await;
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(c.weed.pid(), libc::SIGCONT) };
+    assert_eq!(
+        (status, header(&h, "x-served-by").is_some()),
+        (504, true),
+        "{miss} while the bucket hangs: segd's own 504 (after {took:?})"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(5),
+        "{miss}: answered after {took:?} (first_byte_timeout 4 s)"
+    );
+    assert_eq!(c.who_served(std::slice::from_ref(&id)).len(), 1);
+    assert_eq!(c.lb.retried(), retried, "HAProxy retried a bucket timeout");
+    let (_, status, _, body) = c.get(&miss, 0).await;
+    assert_eq!(status, 200, "{miss} with the bucket back");
+    assert!(body == content(1, 2));
 }
 
 // ---------------------------------------------------------------------------------------------
