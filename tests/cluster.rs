@@ -25,6 +25,7 @@
 //!   serve them by pulling from the bucket; back up, the node gets its assets back
 //! - a hung node (SIGSTOP) under load: no failed read, none slower than the balancers' VOD read
 //!   timeout (5 s) plus a retry, through HAProxy and through nginx
+//! - a node's disk failing (EIO): what the bucket holds is still served, same bytes and ETag
 //! - the bucket hung (SIGSTOP): cached objects keep playing, a miss is segd's 504 after
 //!   `first_byte_timeout`, before HAProxy's read timeout, and is not retried on other nodes
 //! - live requests moved off a killed node to one that never saw the stream: 503 with
@@ -1764,6 +1765,48 @@ async fn cluster_bucket_hung_misses_are_504_once_hits_keep_playing() {
     let (_, status, _, body) = c.get(&miss, 0).await;
     assert_eq!(status, 200, "{miss} with the bucket back");
     assert!(body == content(1, 2));
+}
+
+/// A node's disk failing (reads fail with EIO: the debug build's `.segd-fault-eio` hook): the
+/// objects it held are still served through HAProxy, from the bucket (by that node's pull
+/// tier, or by another node after a retried 503), with the same bytes and the same ETag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_nodes_disk_failing_costs_no_request_for_what_the_bucket_holds() {
+    let c = Cluster::start(Opts {
+        ingest: "write_through = \"bucket\"\ndurability = \"upstream\"\n",
+        ..Opts::default()
+    })
+    .await;
+    let path = "/vod/df01/hls/seg_00001.ts";
+    let body = pattern(6101);
+    let (id, r) = c.put(path, &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, status, h, _) = c.get(path, 0).await;
+    assert_eq!(status, 200);
+    let etag = header(&h, "etag");
+    std::fs::write(c.node(owner).dir.join("disk/.segd-fault-eio"), b"").expect("inject");
+    for viewer in 0..4 {
+        let (id, status, h, got) = c.get(path, viewer).await;
+        let by = c.who_served(std::slice::from_ref(&id)).get(&id).copied();
+        assert_eq!(
+            status, 200,
+            "{path} with {owner}'s disk failing (served by {by:?})"
+        );
+        assert!(got == body, "bytes");
+        assert_eq!(header(&h, "etag"), etag, "the same ETag from {by:?}");
+        eprintln!("{path} with {owner}'s disk failing: served by {by:?}");
+    }
+    // The fault was real: the node took its disk for unhealthy.
+    let m = c.node(owner).metrics().await;
+    assert_eq!(
+        metric_with(&m, "segd_volume_healthy", &[("volume", "disk")]),
+        Some(0.0),
+        "{owner}'s disk is still healthy"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
