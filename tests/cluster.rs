@@ -23,8 +23,18 @@
 //!   for the killed node's, no more than one per client (a response cut mid-body is the one
 //!   thing HAProxy cannot retry; the goal and the usual result is zero); the nodes that take over
 //!   serve them by pulling from the bucket; back up, the node gets its assets back
+//! - a hung node (SIGSTOP) under load: no failed read, none slower than the balancers' VOD read
+//!   timeout (5 s) plus a retry, through HAProxy and through nginx
+//! - a node's disk failing (EIO): what the bucket holds is still served, same bytes and ETag
+//! - the bucket hung (SIGSTOP): cached objects keep playing, a miss is segd's 504 after
+//!   `first_byte_timeout`, before HAProxy's read timeout, and is not retried on other nodes
+//! - live requests moved off a killed node to one that never saw the stream: 503 with
+//!   `Retry-After`, not 404 (`[live] unknown_stream_retry_after`)
 //! - write-through, durability "upstream": the node holding a fresh upload is SIGKILLed right
-//!   after its 201 and the object is still read through HAProxy (another node pulls it)
+//!   after its 201 and the object is still read through HAProxy (another node pulls it); a
+//!   DELETE while the node's pull of the object is still under way leaves no copy
+//! - write-through, durability "local": a read on another node before the queue drained (404)
+//!   is not remembered: once the bucket has the object, that node serves it
 //! - write-through, durability "local": the queue drains (`segd_write_through_backlog` back to 0)
 //!   and survives a kill -9 taken while the bucket was unreachable
 //! - same validators: an object ingested on one node and pulled by the other two has one ETag and
@@ -223,6 +233,8 @@ struct Opts {
     upstreams: &'static str,
     /// `[token] name` on the nodes, and `SEGD_TOKEN_NAME` for HAProxy.
     token_name: Option<&'static str>,
+    /// `[pull] negative_ttl` (default "1s").
+    negative_ttl: Option<&'static str>,
 }
 
 struct Node {
@@ -298,11 +310,11 @@ secret = "{UPLOAD_KEY}"
 [pull]
 cache_path = "{d}/cache"
 max_bytes = "64MiB"
-negative_ttl = "1s"
+negative_ttl = "{negative_ttl}"
 stale_if_error = "0s"
 connect_timeout = "1s"
-first_byte_timeout = "5s"
-idle_timeout = "5s"
+first_byte_timeout = "4s"
+idle_timeout = "4s"
 
 [[pull.upstreams]]
 name = "bucket"
@@ -327,6 +339,7 @@ prefixes = ["/vod/"]
                 .unwrap_or_default(),
             bucket = self.bucket,
             secret = self.secret_file.display(),
+            negative_ttl = self.opts.negative_ttl.unwrap_or("1s"),
         )
     }
 
@@ -886,6 +899,8 @@ struct Outcome {
     path: String,
     started: Instant,
     rid: String,
+    /// From sending the request to the end of its answer (or its failure).
+    took: Duration,
     /// `Ok(X-Served-By)` for a 200 with the right bytes, else what went wrong.
     result: Result<Option<String>, String>,
 }
@@ -946,6 +961,7 @@ impl Load {
                             path,
                             started,
                             rid: id,
+                            took: started.elapsed(),
                             result,
                         });
                         n += 1;
@@ -1316,6 +1332,72 @@ async fn cluster_live_503_is_not_replayed_on_a_node_without_the_stream() {
     );
 }
 
+/// A live stream's node refuses connections (killed): its viewers' requests move to the next
+/// node of the ring, which has never seen the stream. With `[live] unknown_stream_retry_after`
+/// it answers 503 with `Retry-After` (a player retries it; it stops on a live 404), not
+/// cacheable; a stream the node does hold keeps its 404 for a name it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_live_request_moved_off_a_down_node_is_503_retry_after_not_404() {
+    let mut c = Cluster::start(Opts {
+        live: "unknown_stream_retry_after = \"2s\"",
+        ..Opts::default()
+    })
+    .await;
+    let playlist = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n\
+        #EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\nseg0.ts\n";
+    let (id, r) = c.put("/live/mv01/seg0.ts", &pattern(5101)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, r) = c.put("/live/mv01/index.m3u8", playlist.as_bytes()).await;
+    assert!(r.status == 201 || r.status == 204, "{}", r.text());
+    let (_, status, _, _) = c.get("/live/mv01/index.m3u8", 0).await;
+    assert_eq!(status, 200);
+
+    c.node_mut(owner).kill9();
+    // At once (HAProxy retries the refused connection on the next node) and once the health
+    // check has taken the node out (the ring sends it there directly).
+    for when in ["at once", "after the health check"] {
+        if when != "at once" {
+            assert!(
+                c.lb.wait_status(owner, "DOWN", Duration::from_secs(5))
+                    .await
+            );
+        }
+        for file in ["index.m3u8", "seg0.ts"] {
+            let path = format!("/live/mv01/{file}");
+            let (id, status, h, _) = c.get(&path, 0).await;
+            let by = c.who_served(std::slice::from_ref(&id)).get(&id).copied();
+            assert!(
+                by.is_some_and(|n| n != owner),
+                "{path} {when}: served by {by:?}"
+            );
+            assert_eq!(status, 503, "{path} {when} (served by {by:?})");
+            assert_eq!(header(&h, "retry-after").as_deref(), Some("2"), "{path}");
+            assert_eq!(
+                header(&h, "cache-control").as_deref(),
+                Some("no-store"),
+                "{path}"
+            );
+        }
+    }
+    // The node that took over has the stream once the packager's uploads land there: from
+    // then on a name it does not have is a 404 as usual.
+    let (id, r) = c.put("/live/mv01/seg1.ts", &pattern(5102)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let new_owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    assert_ne!(new_owner, owner);
+    let (_, status, _, _) = c.get("/live/mv01/seg1.ts", 0).await;
+    assert_eq!(status, 200);
+    let (_, status, _, _) = c.get("/live/mv01/seg9.ts", 0).await;
+    assert_eq!(status, 404, "a name the stream does not have");
+}
+
 #[test]
 fn cluster_nginx_config_parses() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1562,6 +1644,171 @@ async fn cluster_node_loss_under_load_moves_only_its_assets_and_fails_no_request
     }
 }
 
+/// A hung node (SIGSTOP: the kernel still accepts its connections, nothing answers) costs a
+/// VOD read the balancer's read timeout (5 s) at most, not `timeout server` (35 s): the read
+/// is retried on the next node of the ring, and no request fails. Through HAProxy (whose
+/// health check also takes the node out) and then through nginx (which has no health check:
+/// every read sent to the hung node waits out the timeout, until `max_fails` takes it out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_hung_node_costs_a_read_seconds_not_timeout_server() {
+    let c = Cluster::start(Opts::default()).await;
+    let owners = c.learn_owners().await;
+    let shares = shares(&owners);
+    let victim = *shares
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(name, _)| name)
+        .expect("nodes");
+    let pid = c.node(victim).srv().child.id() as i32;
+    // The balancers' read timeout, and what a retry on the next node (a pull from the bucket)
+    // may add to it on a loaded two-core machine.
+    let bound = Duration::from_secs(5) + Duration::from_millis(2500);
+    let nginx = NginxLb::start(c.nodes[0].port);
+    for (lb, base) in [("HAProxy", c.lb.url("")), ("nginx", nginx.url(""))] {
+        let load = Load::start(&base);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        // SAFETY: kill(2) on the pid of a segd this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        if lb == "HAProxy" {
+            assert!(
+                c.lb.wait_status(victim, "DOWN", Duration::from_secs(6))
+                    .await,
+                "HAProxy's health check never took the hung {victim} out: {:?}",
+                c.lb.statuses().await
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let outcomes = load.finish().await;
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        // A response whose body was streaming when the node stopped is cut once the read
+        // timeout passes (the one thing no balancer can retry): at most one per client, as
+        // for a killed node. Anything else is a failure.
+        let cut_by_victim = format!("served by {victim}, body");
+        let cut = |o: &&Outcome| matches!(&o.result, Err(e) if e.contains(&cut_by_victim));
+        let failed = failures(outcomes.iter().filter(|o| !cut(o)));
+        let cut = outcomes.iter().filter(cut).count();
+        assert!(
+            cut <= CLIENTS,
+            "{lb}: {cut} responses cut by the hung {victim}"
+        );
+        let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
+        let slow = outcomes
+            .iter()
+            .filter(|o| o.took > Duration::from_secs(1))
+            .count();
+        eprintln!(
+            "{lb}: {victim} hung under load: {} requests, {} failed, {cut} cut mid-body, {slow} took over 1 s, the slowest {slowest:?}",
+            outcomes.len(),
+            failed.len(),
+        );
+        assert!(
+            failed.is_empty(),
+            "{lb}: {} of {} requests failed while {victim} hung:\n{}",
+            failed.len(),
+            outcomes.len(),
+            failed.join("\n")
+        );
+        assert!(
+            slow > 0,
+            "{lb}: no request waited for the hung {victim} (was it hung?)"
+        );
+        assert!(
+            slowest <= bound,
+            "{lb}: a request waited {slowest:?} for the hung {victim} (bound {bound:?})"
+        );
+        assert!(
+            c.lb.wait_status(victim, "UP", Duration::from_secs(10))
+                .await,
+            "{victim} never came back in HAProxy: {:?}",
+            c.lb.statuses().await
+        );
+    }
+}
+
+/// The bucket hung (SIGSTOP: it accepts connections and answers nothing): objects a node
+/// already holds keep playing; a miss is segd's 504 once `first_byte_timeout` (4 s) passes,
+/// before the balancer's 5 s read timeout, so HAProxy neither retries it on the other nodes
+/// (which would ask the same bucket) nor answers it itself; the bucket back, the miss is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_bucket_hung_misses_are_504_once_hits_keep_playing() {
+    let c = Cluster::start(Opts::default()).await;
+    let cached = asset_path(0, 0);
+    let (_, status, _, _) = c.get(&cached, 0).await;
+    assert_eq!(status, 200);
+    let retried = c.lb.retried();
+    // SAFETY: kill(2) on the pid of a weed this test started.
+    unsafe { libc::kill(c.weed.pid(), libc::SIGSTOP) };
+    let (_, status, _, body) = c.get(&cached, 2).await;
+    assert_eq!(
+        status, 200,
+        "{cached}, cached on its node, while the bucket hangs"
+    );
+    assert!(body == content(0, 0));
+    let miss = asset_path(1, 2);
+    let started = Instant::now();
+    let (id, status, h, _) = c.get(&miss, 0).await;
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(c.weed.pid(), libc::SIGCONT) };
+    assert_eq!(
+        (status, header(&h, "x-served-by").is_some()),
+        (504, true),
+        "{miss} while the bucket hangs: segd's own 504 (after {took:?})"
+    );
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(5),
+        "{miss}: answered after {took:?} (first_byte_timeout 4 s)"
+    );
+    assert_eq!(c.who_served(std::slice::from_ref(&id)).len(), 1);
+    assert_eq!(c.lb.retried(), retried, "HAProxy retried a bucket timeout");
+    let (_, status, _, body) = c.get(&miss, 0).await;
+    assert_eq!(status, 200, "{miss} with the bucket back");
+    assert!(body == content(1, 2));
+}
+
+/// A node's disk failing (reads fail with EIO: the debug build's `.segd-fault-eio` hook): the
+/// objects it held are still served through HAProxy, from the bucket (by that node's pull
+/// tier, or by another node after a retried 503), with the same bytes and the same ETag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_nodes_disk_failing_costs_no_request_for_what_the_bucket_holds() {
+    let c = Cluster::start(Opts {
+        ingest: "write_through = \"bucket\"\ndurability = \"upstream\"\n",
+        ..Opts::default()
+    })
+    .await;
+    let path = "/vod/df01/hls/seg_00001.ts";
+    let body = pattern(6101);
+    let (id, r) = c.put(path, &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let owner = *c
+        .who_served(std::slice::from_ref(&id))
+        .get(&id)
+        .expect("logged");
+    let (_, status, h, _) = c.get(path, 0).await;
+    assert_eq!(status, 200);
+    let etag = header(&h, "etag");
+    std::fs::write(c.node(owner).dir.join("disk/.segd-fault-eio"), b"").expect("inject");
+    for viewer in 0..4 {
+        let (id, status, h, got) = c.get(path, viewer).await;
+        let by = c.who_served(std::slice::from_ref(&id)).get(&id).copied();
+        assert_eq!(
+            status, 200,
+            "{path} with {owner}'s disk failing (served by {by:?})"
+        );
+        assert!(got == body, "bytes");
+        assert_eq!(header(&h, "etag"), etag, "the same ETag from {by:?}");
+        eprintln!("{path} with {owner}'s disk failing: served by {by:?}");
+    }
+    // The fault was real: the node took its disk for unhealthy.
+    let m = c.node(owner).metrics().await;
+    assert_eq!(
+        metric_with(&m, "segd_volume_healthy", &[("volume", "disk")]),
+        Some(0.0),
+        "{owner}'s disk is still healthy"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. Write-through
 
@@ -1769,6 +2016,152 @@ async fn send_delete(c: &Cluster, path: &str) -> (String, Resp) {
     (id, r)
 }
 
+/// Durability "local": a read that reaches another node (spilled, or moved by a node loss)
+/// before the upload's node has put it in the bucket gets a 404 there. That 404 was remembered
+/// for `negative_ttl`, so the object stayed missing on that node long after the bucket had it.
+/// The write-through bucket's 404s are not remembered when uploads reach it through a queue:
+/// once the bucket has the object, the next read anywhere finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_write_through_local_404_before_the_queue_drains_is_not_remembered() {
+    let mut c = Cluster::start(Opts {
+        ingest: "write_through = \"bucket\"\ndurability = \"local\"\n",
+        negative_ttl: Some("60s"),
+        ..Opts::default()
+    })
+    .await;
+    let path = "/vod/nq01/hls/seg_00001.ts";
+    let body = pattern(8101);
+    let owner = c.owner_of("/vod/nq01/probe.ts").await;
+    // The owner's queue cannot reach the bucket for now.
+    let live = c.weed.endpoint();
+    c.node_mut(owner).kill9();
+    c.node_mut(owner).bucket = format!("http://127.0.0.1:{}", free_port());
+    c.node_mut(owner).start();
+    assert!(c.lb.wait_status(owner, "UP", Duration::from_secs(10)).await);
+    let (id, r) = c.put(path, &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        c.who_served(std::slice::from_ref(&id)).get(&id),
+        Some(&owner)
+    );
+    // A read on another node meanwhile: not in the bucket yet.
+    let other = c
+        .nodes
+        .iter()
+        .find(|n| n.name != owner)
+        .expect("another node");
+    let token = play_token(0);
+    let kc = client(false);
+    let (status, _, _) = try_get(&kc, &other.url(&q(path, &token)), &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET from {}: {e}", other.name));
+    assert_eq!(
+        status, 404,
+        "{path} on {} before the queue drained",
+        other.name
+    );
+    let other_name = other.name;
+    // The owner's queue reaches the bucket (restarted with it reachable).
+    c.node_mut(owner).kill9();
+    c.node_mut(owner).bucket = live;
+    c.node_mut(owner).start();
+    let arrived = eventually(Duration::from_secs(20), async || {
+        c.weed
+            .object("HEAD", path.trim_start_matches('/'))
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(arrived, "{path} never reached the bucket");
+    // Well within negative_ttl (60 s): the other node serves it now.
+    let other = c.node(other_name);
+    let (status, _, got) = try_get(&kc, &other.url(&q(path, &token)), &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET from {}: {e}", other.name));
+    assert_eq!(
+        status, 200,
+        "{path} on {} once the bucket has it (a remembered 404?)",
+        other.name
+    );
+    assert!(got == body, "bytes");
+}
+
+/// Durability "upstream": a DELETE through a node while that node's pull of the object is
+/// still under way (the bucket answered before the deletion, its body is still coming) leaves
+/// no copy behind. The fill used to store its copy after the DELETE's 204 and serve it for as
+/// long as the pull cache kept it. The bucket here sends the second half of the body 3 s late
+/// (`tests/tools/s3_fault_proxy.py`, `slow-body`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_delete_during_a_pull_under_way_leaves_no_copy() {
+    let mut c = Cluster::start(Opts {
+        ingest: "write_through = \"bucket\"\ndurability = \"upstream\"\n",
+        ..Opts::default()
+    })
+    .await;
+    let path = "/vod/sd01/hls/slow-body.ts";
+    let body = pattern(8201);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&f, &body).expect("write");
+    c.weed.upload(dir.path(), "");
+    // Node a reaches the bucket through the slow proxy (reads and writes).
+    let proxy = crate::edge::LosingProxy::start(&c.weed.endpoint());
+    c.node_mut("a").kill9();
+    c.node_mut("a").bucket = format!("http://{}", proxy.addr);
+    c.node_mut("a").start();
+    let url = c.node("a").url(&q(path, &play_token(0)));
+    let started = Instant::now();
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { try_get(&client(false), &url, &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let r = send(
+        "DELETE",
+        &c.node("a").url(&p(path, &upload_token())),
+        &[],
+        b"",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 204, "DELETE: {}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the DELETE came after the pull ended ({:?})",
+        started.elapsed()
+    );
+    // The read that came first gets the object (it was asked for before the deletion).
+    let (status, _, _) = first.await.expect("task").expect("the first GET");
+    assert_eq!(status, 200, "the GET sent before the DELETE");
+    assert_eq!(
+        c.weed
+            .object("HEAD", path.trim_start_matches('/'))
+            .await
+            .status,
+        404,
+        "deleted in the bucket"
+    );
+    // After the 204, the object is gone on this node too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, _) = try_get(&client(false), &url, &[])
+        .await
+        .expect("GET after the DELETE");
+    assert_eq!(
+        status, 404,
+        "{path} after its DELETE's 204 (a stale pulled copy?)"
+    );
+    assert!(
+        !c.node("a")
+            .dir
+            .join("cache")
+            .join(path.trim_start_matches('/'))
+            .exists(),
+        "the pull cache kept a copy"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Same validators on every node
 
@@ -1789,6 +2182,38 @@ async fn cluster_same_validators_on_every_node_and_304_across_nodes() {
         .expect("logged");
     let token = play_token(0);
     let kc = client(true);
+    // The headers a CDN caches by are the same on every node, for a segment and a playlist:
+    // the owner serves them from its disk, the others from their pull of the bucket.
+    let playlist = "/vod/val01/hls/index.m3u8";
+    let (_, r2) = c
+        .put(
+            playlist,
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg_00001.ts\n#EXT-X-ENDLIST\n",
+        )
+        .await;
+    assert_eq!(r2.status, 201, "{}", r2.text());
+    for probe in [path, playlist] {
+        let mut seen = BTreeMap::new();
+        for n in &c.nodes {
+            let (status, h, _) = try_get(&kc, &n.url(&p(probe, &token)), &[])
+                .await
+                .unwrap_or_else(|e| panic!("GET from {}: {e}", n.name));
+            assert_eq!(status, 200, "{probe} on node {}", n.name);
+            let pick = |k: &str| header(&h, k);
+            seen.insert(
+                n.name,
+                [
+                    pick("content-type"),
+                    pick("cache-control"),
+                    pick("accept-ranges"),
+                    pick("content-length"),
+                ],
+            );
+        }
+        for (name, v) in &seen {
+            assert_eq!(v, &seen[owner], "{probe}: node {name} vs {owner}: {seen:?}");
+        }
+    }
     // Ask each node directly: the owner from its disk, the others pull from the bucket.
     let mut validators = BTreeMap::new();
     for n in &c.nodes {

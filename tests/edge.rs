@@ -2194,14 +2194,15 @@ async fn edge_upstream_404_drops_the_cached_copy() {
 // 14. Write-through when the bucket's answer is lost, and when another node wrote meanwhile
 
 /// `tests/tools/s3_fault_proxy.py` in front of the bucket: loses the answers to PUTs and
-/// DELETEs of targets containing `lost-answer` after the bucket applied them.
-struct LosingProxy {
+/// DELETEs of targets containing `lost-answer` after the bucket applied them, and sends the
+/// second half of a GET's answer for a `slow-body` target 3 s late (tests/cluster.rs).
+pub(crate) struct LosingProxy {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl LosingProxy {
-    fn start(upstream: &str) -> LosingProxy {
+    pub(crate) fn start(upstream: &str) -> LosingProxy {
         let mut child = Command::new("python3")
             .arg(tools_dir().join("s3_fault_proxy.py"))
             .args(["--upstream", upstream.trim_start_matches("http://")])

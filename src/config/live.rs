@@ -14,6 +14,10 @@ pub struct LiveConfig {
     pub max_blocked_requests: usize,
     /// A blocking request waits at most this × EXT-X-TARGETDURATION.
     pub block_timeout_factor: u32,
+    /// A read for a live stream this node has no trace of is answered 503 with this
+    /// `Retry-After` (whole seconds) instead of 404: in a cluster, the balancer moved the
+    /// request here from the stream's node (docs/cluster.md). `None` ("0s", the default): 404.
+    pub unknown_stream_retry_after: Option<std::time::Duration>,
 }
 
 impl LiveConfig {
@@ -23,9 +27,29 @@ impl LiveConfig {
             .iter()
             .any(|p| canonical.starts_with(p.as_str()))
     }
+
+    /// The stream `canonical` belongs to: its live prefix and the path segment after it
+    /// (`/live/show1` for `/live/show1/hls/index.m3u8`), or the prefix itself for a file
+    /// directly under it; `None` outside the live prefixes.
+    pub fn stream_of<'c>(&self, canonical: &'c str) -> Option<&'c str> {
+        let prefix = self
+            .prefixes
+            .iter()
+            .find(|p| canonical.starts_with(p.as_str()))?;
+        let rest = &canonical[prefix.len()..];
+        Some(match rest.find('/') {
+            Some(i) => &canonical[..prefix.len() + i],
+            None => &canonical[..prefix.trim_end_matches('/').len()],
+        })
+    }
 }
 
-pub(super) const LIVE_KEYS: &[&str] = &["prefixes", "max_blocked_requests", "block_timeout_factor"];
+pub(super) const LIVE_KEYS: &[&str] = &[
+    "prefixes",
+    "max_blocked_requests",
+    "block_timeout_factor",
+    "unknown_stream_retry_after",
+];
 
 /// Parses `[live]`; `fallback` is `cache_control.live_prefixes` (used when `prefixes` is absent).
 pub(super) fn parse_live(s: &Section, fallback: &[String], fallback_set: bool) -> LiveConfig {
@@ -66,10 +90,37 @@ pub(super) fn parse_live(s: &Section, fallback: &[String], fallback_set: bool) -
         100,
         "a multiple of the target duration, 1 to 100",
     ) as u32;
+    let retry = s.duration(
+        "unknown_stream_retry_after",
+        std::time::Duration::ZERO,
+        std::time::Duration::ZERO,
+        std::time::Duration::from_secs(60),
+    );
     s.finish();
     LiveConfig {
         prefixes,
         max_blocked_requests,
         block_timeout_factor,
+        unknown_stream_retry_after: (!retry.is_zero()).then_some(retry),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LiveConfig;
+
+    #[test]
+    fn stream_of_is_the_prefix_and_the_next_segment() {
+        let live = LiveConfig {
+            prefixes: vec!["/live/".into(), "/a/ll/".into()],
+            max_blocked_requests: 1,
+            block_timeout_factor: 1,
+            unknown_stream_retry_after: None,
+        };
+        assert_eq!(live.stream_of("/live/s1/hls/index.m3u8"), Some("/live/s1"));
+        assert_eq!(live.stream_of("/live/s1/seg0.ts"), Some("/live/s1"));
+        assert_eq!(live.stream_of("/a/ll/x/y.m4s"), Some("/a/ll/x"));
+        assert_eq!(live.stream_of("/live/index.m3u8"), Some("/live"));
+        assert_eq!(live.stream_of("/vod/t1/a.ts"), None);
     }
 }

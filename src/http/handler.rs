@@ -134,6 +134,9 @@ pub async fn handle(
     let mut reply = match decide(&cx, body, &mut log).await {
         Ok(r) => r,
         Err(Stop::Answered(r)) => *r,
+        Err(Stop::Refused(Refusal::NotFound)) if stream_elsewhere(&cx).await => {
+            refuse(&cx, Refusal::StreamElsewhere, log.path.as_deref())
+        }
         Err(Stop::Refused(r)) => refuse(&cx, r, log.path.as_deref()),
     };
     reply.log = log;
@@ -144,6 +147,31 @@ pub async fn handle(
         reply.headers.insert(X_SERVED_BY, node.clone());
     }
     reply
+}
+
+/// Whether a read refused 404 asks for a live stream this node has no trace of (no directory
+/// of it on a healthy volume), with `[live] unknown_stream_retry_after` set: a balancer moved
+/// it here from the stream's node (docs/cluster.md), and a player stops on a live 404 where it
+/// retries a 503. A stream this node holds keeps its 404s (a name it does not have).
+async fn stream_elsewhere(cx: &Cx<'_>) -> bool {
+    let cfg = &cx.policy.config;
+    if cfg.live.unknown_stream_retry_after.is_none()
+        || !matches!(*cx.req.method, Method::GET | Method::HEAD)
+    {
+        return false;
+    }
+    let split = auth::split_path_token(cx.policy.auth.name(), cx.req.path);
+    let Ok(rel) = volumes::sanitize(split.path) else {
+        return false;
+    };
+    let canonical = format!("/{rel}");
+    let Some(stream) = cfg.live.stream_of(&canonical) else {
+        return false;
+    };
+    match volumes::sanitize(stream) {
+        Ok(dir) => !cx.rt.store.is_directory(&dir).await,
+        Err(_) => false,
+    }
 }
 
 /// Names the node that answered (`server.served_by`), for clusters behind a balancer.
@@ -548,6 +576,13 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     }
     if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let (Refusal::StreamElsewhere, Some(after)) =
+        (r, cx.policy.config.live.unknown_stream_retry_after)
+    {
+        // Whole seconds, rounded up (RFC 9110 §10.2.3).
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if r == Refusal::UnsupportedContentCoding {
         headers.insert(

@@ -94,6 +94,11 @@ pub enum Refusal {
     LiveBusy,
     #[error("playlist not updated in time")]
     BlockTimeout,
+    /// A live read for a stream this node has no trace of, with `[live]
+    /// unknown_stream_retry_after` set: a cluster's balancer moved it here from the stream's
+    /// node, which is down; the stream appears here once its packager's uploads do.
+    #[error("live stream not on this node")]
+    StreamElsewhere,
     #[error("internal error")]
     Internal,
 }
@@ -316,6 +321,13 @@ impl Refusal {
                 Info,
                 "block_timeout",
                 Upstream,
+            ),
+            Refusal::StreamElsewhere => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "live stream not on this node\n",
+                Info,
+                "stream_elsewhere",
+                Server,
             ),
             Refusal::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,

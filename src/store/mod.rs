@@ -260,6 +260,16 @@ impl Object {
     }
 }
 
+/// The upstream that uploads reach through the durable queue (`write_through` with durability
+/// "local"): the pull tier does not remember its 404s (see [`pull::Pull::set_queued_upstream`]).
+fn queued_upstream(cfg: &Config) -> Option<String> {
+    cfg.ingest
+        .write_through
+        .as_ref()
+        .filter(|w| w.durability == crate::config::Durability::Local)
+        .map(|w| w.upstream.clone())
+}
+
 /// The tiers behind one lookup call (see the module doc).
 #[derive(Clone)]
 pub struct Store {
@@ -297,6 +307,8 @@ impl Store {
         let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
         if let Some(pull) = &pull {
             pull.attach(&local);
+            // As write-through itself, fixed until a restart.
+            pull.set_queued_upstream(queued_upstream(cfg));
         }
         let write_through = write_through::WriteThrough::new(cfg, &metrics)?.map(Arc::new);
         let store = Store {

@@ -341,6 +341,16 @@ enum Outcome {
 
 struct Fill {
     outcome: watch::Sender<Option<Outcome>>,
+    /// Set when the path was deleted through this node while the fill ran
+    /// ([`Pull::drop_copy`]): the upstream's answer predates the deletion, so the fill's
+    /// waiters get it but the cache does not keep it.
+    void: std::sync::atomic::AtomicBool,
+}
+
+impl Fill {
+    fn void(&self) -> bool {
+        self.void.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 struct PullMetrics {
@@ -376,6 +386,9 @@ pub struct Pull {
     local: Arc<Mutex<std::sync::Weak<Local>>>,
     /// Unix seconds of the last warning that the cache disk took no file.
     warned: std::sync::atomic::AtomicU64,
+    /// The upstream that uploads reach only later: the write-through bucket with durability
+    /// "local" ([`Pull::set_queued_upstream`]). Its 404s are not remembered.
+    queued_upstream: Mutex<Option<String>>,
 }
 
 /// An upstream's answer to an LL-HLS request passed through (never stored).
@@ -571,8 +584,30 @@ impl Pull {
             m,
             local,
             warned: std::sync::atomic::AtomicU64::new(0),
+            queued_upstream: Mutex::new(None),
         };
         Ok(Some(pull))
+    }
+
+    /// Names the upstream that this cluster's uploads reach through a queue (`[ingest]
+    /// write_through` with `durability = "local"`), or none. Its 404 means "not there yet" as
+    /// often as "not there": an upload taken by another node may still be in that node's queue,
+    /// and a 404 remembered for `negative_ttl` would outlive the upload's arrival (a read
+    /// spilled or moved to this node before the bucket had it). So its 404s are not
+    /// remembered; concurrent misses still share one request (single flight).
+    pub fn set_queued_upstream(&self, name: Option<String>) {
+        *self
+            .queued_upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = name;
+    }
+
+    fn queued(&self, upstream: &str) -> bool {
+        self.queued_upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(upstream)
     }
 
     /// The local tier whose open-file cache the eviction listener clears (the store calls this
@@ -651,8 +686,20 @@ impl Pull {
     }
 
     /// Drops this node's cached copy of `rel` (its files go with the index entry); true when
-    /// there was one. A DELETE through this node calls it.
+    /// there was one. A DELETE through this node calls it. A fill of `rel` still under way
+    /// (the upstream answered before the deletion reached it, its body is still coming) is
+    /// cut loose: its waiters finish, but it does not put its copy in the cache, and the
+    /// next request starts a fill of its own.
     pub fn drop_copy(&self, rel: &RelPath) -> bool {
+        let fill = self
+            .fills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(rel.as_str());
+        if let Some(f) = fill {
+            // Before the index entry goes: a fill that stores after this line sees it.
+            f.void.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let had = self.index.contains_key(rel.as_str());
         self.index.invalidate(rel.as_str());
         self.index.run_pending_tasks();
@@ -893,6 +940,7 @@ impl Pull {
         }
         let fill = Arc::new(Fill {
             outcome: watch::Sender::new(None),
+            void: std::sync::atomic::AtomicBool::new(false),
         });
         fills.insert(key.clone(), Arc::clone(&fill));
         drop(fills);
@@ -990,8 +1038,10 @@ impl Pull {
                         {
                             m.cache_control = Some(cc);
                         }
-                        self.save_meta(local, rel, &m);
-                        self.remember(rel.as_str().to_owned(), Arc::new(m));
+                        if !fill.void() {
+                            self.save_meta(local, rel, &m);
+                            self.remember(rel.as_str().to_owned(), Arc::new(m));
+                        }
                     }
                     fill.outcome.send_replace(Some(Outcome::Revalidated));
                     return;
@@ -1005,7 +1055,7 @@ impl Pull {
                     }
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
-                    if !live {
+                    if !live && !self.queued(&up.name) {
                         self.negative.insert(key.clone(), gone);
                     }
                     // The upstream no longer has it: a copy kept here must not come back
@@ -1470,7 +1520,8 @@ impl Pull {
             None => received,
         };
         meta.len = len;
-        let Some(temp) = temp.filter(|_| storable) else {
+        // Deleted through this node while the body came: passed through, not kept.
+        let Some(temp) = temp.filter(|_| storable && !fill.void()) else {
             // Passed through, not kept: the readers finish from memory and the unlinked file.
             publisher.done(len);
             return true;
@@ -1496,7 +1547,14 @@ impl Pull {
                     local.volumes.cache_volume().unwrap_or(usize::MAX),
                     rel.as_str(),
                 );
-                self.remember(key, Arc::new(meta));
+                self.remember(key.clone(), Arc::new(meta));
+                // Deleted through this node between the check above and now: the copy goes
+                // again (drop_copy marks the fill before it clears the index, so one of the
+                // two sees the other).
+                if fill.void() {
+                    self.index.invalidate(&key);
+                    self.index.run_pending_tasks();
+                }
                 publisher.done(len);
                 true
             }

@@ -9,7 +9,9 @@ Listens on 127.0.0.1 on a free port and prints `listening 127.0.0.1:PORT` first,
 connection of its own and its answer passed back (one request per client connection), except a PUT or DELETE whose target contains
 `lost-answer`: the upstream gets it and answers, and the proxy then closes the client's
 connection without a byte of that answer (a bucket that stored the object while the answer was
-lost on the way, as a gateway timeout or a reset does).
+lost on the way, as a gateway timeout or a reset does). A GET whose target contains `slow-body`
+gets its answer's head and the first half of its body at once, the rest 3 s later (a bucket
+that is slow to send a large object).
 
 It exits when its stdin closes or it is killed.
 """
@@ -19,6 +21,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 
 LOCK = threading.Lock()
 
@@ -85,7 +88,14 @@ class Handler(socketserver.BaseRequestHandler):
             # The client's connection ends with this answer too.
             rhead, _, rbody = answer.partition(b"\r\n\r\n")
             rlines = [l for l in rhead.split(b"\r\n") if not l.lower().startswith(b"connection:")]
-            client.sendall(b"\r\n".join(rlines + [b"Connection: close"]) + b"\r\n\r\n" + rbody)
+            head = b"\r\n".join(rlines + [b"Connection: close"]) + b"\r\n\r\n"
+            if method == "GET" and "slow-body" in target:
+                half = len(rbody) // 2
+                client.sendall(head + rbody[:half])
+                time.sleep(3)
+                client.sendall(rbody[half:])
+                return
+            client.sendall(head + rbody)
             return
 
 

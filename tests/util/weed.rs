@@ -247,6 +247,11 @@ impl Weed {
         }
     }
 
+    /// The process id of `weed mini` (one process serves S3 and stores the objects).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
     }
