@@ -146,6 +146,7 @@ impl Auth {
                     .collect(),
                 salt: cfg.salt.clone(),
                 leeway: cfg.leeway.as_secs(),
+                escape_early: cfg.escape_early,
             },
             origin_auth: cfg.origin_auth.as_ref().and_then(|(h, s)| {
                 http::HeaderName::from_bytes(h.as_bytes())
@@ -284,6 +285,7 @@ impl Auth {
         let mut spec = spec.clone();
         let salt = self.verifier.salt.clone();
         spec.salt = salt.as_deref();
+        spec.escape_early = self.verifier.escape_early;
         Some((
             key.id.clone(),
             edgeauth::sign(self.verifier.algorithm, &key.secret, &spec),

@@ -1,4 +1,4 @@
-//! `[cors]`: allowed origins and the preflight `Access-Control-Max-Age`, with the values the
+//! `[cors]`: allowed origins, credentials, and the preflight `Access-Control-Max-Age`, with the values the
 //! handler sends derived here once (whether any origin is allowed, the max-age header, the
 //! request headers a preflight allows: those segd reads, and the token header `[token] name`).
 
@@ -14,6 +14,12 @@ pub struct CorsConfig {
     pub allow_origins: Vec<String>,
     /// Whether `allow_origins` contains `"*"`.
     pub any_origin: bool,
+    /// `Access-Control-Allow-Credentials: true` on the answers to allowed origins, so a page on
+    /// another origin may send its cookies (a cookie token) with `credentials: 'include'` and
+    /// read the response. Needs an explicit origin list: the Fetch standard refuses a
+    /// credentialed response whose `Access-Control-Allow-Origin` is `*`, and echoing any
+    /// origin would let every site read what a viewer's cookie unlocks.
+    pub allow_credentials: bool,
     /// `Access-Control-Max-Age` for preflight answers.
     pub max_age: Duration,
     /// `max_age` in whole seconds, as the `Access-Control-Max-Age` header value.
@@ -37,7 +43,7 @@ impl CorsConfig {
     }
 }
 
-pub(super) const CORS_KEYS: &[&str] = &["allow_origins", "max_age"];
+pub(super) const CORS_KEYS: &[&str] = &["allow_origins", "allow_credentials", "max_age"];
 
 /// `token_name` is `[token] name` (checked there to be a header-name token).
 pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
@@ -58,6 +64,14 @@ pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
             );
         }
     }
+    let allow_credentials = s.bool("allow_credentials", false);
+    if allow_credentials && allow_origins.iter().any(|o| o == "*") {
+        s.error(
+            "allow_origins",
+            "\"*\" cannot be used with allow_credentials = true (browsers refuse a credentialed answer to \"*\", and echoing every origin would let any site read what a viewer's cookie unlocks)",
+            "a list of origins such as \"https://player.example.com\" (without \"*\"), or allow_credentials = false",
+        );
+    }
     let max_age = s.duration(
         "max_age",
         Duration::from_secs(86400),
@@ -74,6 +88,7 @@ pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
     CorsConfig {
         any_origin: allow_origins.iter().any(|o| o == "*"),
         allow_origins,
+        allow_credentials,
         max_age,
         max_age_header: HeaderValue::from(max_age.as_secs()),
         allow_headers: header_list(""),

@@ -50,6 +50,11 @@ pub struct TokenConfig {
     pub leeway: Duration,
     pub keys: Vec<TokenKey>,
     pub salt: Option<String>,
+    /// Tokens are minted with early escaping (Akamai's "Escape token inputs", the reference
+    /// generator's `escape_early=True`): `segd sign` and playlist minting escape `ip`, `id`,
+    /// `data` and the signed URL, and verification also accepts such a token whose escapes a
+    /// URL's decoding undid (see `auth::edgeauth::Verifier::escape_early`).
+    pub escape_early: bool,
     /// Header name (lower-case) and secret that let a CDN skip token checks.
     pub origin_auth: Option<(String, String)>,
     /// Whether an origin-authenticated request skips token checks (default true). When false,
@@ -69,6 +74,7 @@ pub(super) const TOKEN_KEYS: &[&str] = &[
     "leeway",
     "keys",
     "salt",
+    "escape_early",
     "origin_auth_header",
     "origin_auth_secret",
     "origin_auth_skips_tokens",
@@ -186,6 +192,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         );
     }
     let salt = s.string("salt", "a string appended to the signed data as ~salt=…");
+    let escape_early = s.bool("escape_early", false);
     let origin_header = header_name(s, "origin_auth_header");
     let origin_secret = s.string("origin_auth_secret", "a shared secret string");
     // A short secret is reported whatever the header (every problem at once).
@@ -253,6 +260,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         leeway,
         keys,
         salt,
+        escape_early,
         origin_auth,
         origin_auth_skips_tokens,
         client_ip_header,
