@@ -7,6 +7,8 @@
 //!   escaped ACL) in all four places, raw, fully encoded and encoded only in part
 //! - every rejection reason answers a generic 403 and is counted under its metric label
 //! - key rotation (not_before / not_after), origin auth (right and wrong secret), public paths
+//! - the trusted client address: `True-Client-IP`, and `X-Forwarded-For` read from the right
+//!   (`client_ip_proxies` entries skipped), never an entry the viewer wrote
 //! - a player loading a path-form playlist URL resolves relative URIs that carry the token
 //! - forward and mint rewriting of the demo HLS-TS, HLS-fMP4 and DASH manifests: every URI in
 //!   the rewritten playlists is served 200 with no further token in hand
@@ -988,4 +990,67 @@ fn sign_escape_early_matches_the_reference_generator() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `client_ip_header = "X-Forwarded-For"`: a viewer can send an `X-Forwarded-For` of its own
+/// and the CDN appends the address it saw, so the client is read from the right; the entries
+/// the viewer wrote (a token's bound address among them) prove nothing. With HAProxy between
+/// the CDN and segd (`option forwardfor` appends the CDN's address), `client_ip_proxies = 1`
+/// skips that entry. Several field lines are one list.
+#[tokio::test]
+async fn forwarded_for_is_read_from_the_right() {
+    let dir = demo_volumes();
+    let cfg = |proxies: u32| {
+        config_for(&[&dir.path().join("disk1")], &token_config("forward").replace(
+            "origin_auth_header = \"X-Origin-Auth\"",
+            &format!("origin_auth_header = \"X-Origin-Auth\"\norigin_auth_skips_tokens = false\nclient_ip_header = \"X-Forwarded-For\"\nclient_ip_proxies = {proxies}"),
+        ))
+    };
+    let t = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/*"),
+            ip: Some("203.0.113.7"),
+            exp: now() + 100,
+            ..Default::default()
+        },
+    );
+    async fn send_with(srv: &Server, token: &str, xff: &[&str]) -> u16 {
+        let url = srv.url(&format!("{SEG}?__token__={}", encode_token(token)));
+        let mut headers = vec![("x-origin-auth", ORIGIN_SECRET)];
+        headers.extend(xff.iter().map(|v| ("x-forwarded-for", *v)));
+        get(&url, &headers).await.status
+    }
+    let status = |srv, xff| send_with(srv, &t, xff);
+    let direct = Server::start(&cfg(0));
+    // The viewer wrote the bound address; the CDN appended its real one.
+    assert_eq!(status(&direct, &["203.0.113.7, 198.51.100.9"]).await, 403);
+    assert_eq!(status(&direct, &["198.51.100.9, 203.0.113.7"]).await, 200);
+    assert_eq!(status(&direct, &["203.0.113.7"]).await, 200);
+    assert_eq!(
+        status(&direct, &["198.51.100.9", "203.0.113.7"]).await,
+        200,
+        "two lines"
+    );
+    assert_eq!(
+        status(&direct, &["203.0.113.7", "198.51.100.9"]).await,
+        403,
+        "two lines"
+    );
+    assert_eq!(status(&direct, &["203.0.113.7, garbage"]).await, 403);
+    let behind_haproxy = Server::start(&cfg(1));
+    assert_eq!(
+        status(&behind_haproxy, &["203.0.113.7, 10.0.0.1"]).await,
+        200,
+        "the CDN appended the viewer, HAProxy the CDN"
+    );
+    assert_eq!(
+        status(&behind_haproxy, &["203.0.113.7, 198.51.100.9, 10.0.0.1"]).await,
+        403
+    );
+    assert_eq!(
+        status(&behind_haproxy, &["203.0.113.7"]).await,
+        403,
+        "too short a list: the peer (loopback) is the client"
+    );
 }

@@ -62,6 +62,11 @@ pub struct TokenConfig {
     pub origin_auth_skips_tokens: bool,
     /// Header (lower-case) carrying the real client address, trusted only with origin auth.
     pub client_ip_header: Option<String>,
+    /// Trusted proxies between the CDN and segd that append their peer's address to
+    /// `client_ip_header` (HAProxy's `option forwardfor`, nginx's `$proxy_add_x_forwarded_for`).
+    /// The client is the entry that many places left of the last one: the address the CDN
+    /// itself appended. Entries further left came from the client and are never trusted.
+    pub client_ip_proxies: usize,
     pub playlist_tokens: PlaylistTokens,
     /// Lifetime of tokens minted into playlists (`playlist_tokens = "mint"`).
     pub mint_ttl: Duration,
@@ -79,6 +84,7 @@ pub(super) const TOKEN_KEYS: &[&str] = &[
     "origin_auth_secret",
     "origin_auth_skips_tokens",
     "client_ip_header",
+    "client_ip_proxies",
     "playlist_tokens",
     "mint_ttl",
 ];
@@ -232,6 +238,13 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
     };
     let origin_auth_skips_tokens = s.bool("origin_auth_skips_tokens", true);
     let client_ip_header = header_name(s, "client_ip_header");
+    let client_ip_proxies = s.int(
+        "client_ip_proxies",
+        0,
+        0,
+        8,
+        "0 to 8: proxies between the CDN and segd that append to client_ip_header",
+    ) as usize;
     let pt_allowed = "forward, mint, off";
     let playlist_tokens = match s.string("playlist_tokens", pt_allowed).as_deref() {
         None | Some("forward") => PlaylistTokens::Forward,
@@ -264,6 +277,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         origin_auth,
         origin_auth_skips_tokens,
         client_ip_header,
+        client_ip_proxies,
         playlist_tokens,
         mint_ttl,
     }
