@@ -2,7 +2,8 @@
 //! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
 //! - a missing config file names the path (check-config and serve)
 //! - unknown keys are errors listing the allowed keys
-//! - CORS credentials with a wildcard origin are refused (file, key, allowed values)
+//! - CORS credentials with a wildcard origin are refused (file, key, allowed values), and so
+//!   are origins no browser sends (upper-case host, default port, a path)
 //! - two volumes on one directory (however spelt) are an error for check-config and serve
 //! - a misspelt `[log] level` (a target name to tracing's filter) is an error, not silence
 //! - `--help` of every command describes it
@@ -293,6 +294,28 @@ fn cors_credentials_need_an_origin_list() {
         "{vol}[cors]\nallow_origins = [\"https://a.example\"]\nallow_credentials = true\n[token]\nescape_early = true\n"
     ));
     assert_eq!(code, 0, "{err}");
+}
+
+/// An origin the browser never sends (upper-case host, default port, a path) could never match
+/// the `Origin` header byte for byte: refused, naming the entry and why.
+#[test]
+fn origins_must_be_as_browsers_send_them() {
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[cors]\nallow_origins = [\"https://Player.example\", \"https://a.example:443\", \"https://b.example/app\", \"https://ok.example\"]\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    for (key, why) in [
+        ("cors.allow_origins[0]", "lower-case"),
+        ("cors.allow_origins[1]", "default port"),
+        ("cors.allow_origins[2]", "no path"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .unwrap_or_else(|| panic!("no {key} error:\n{err}"));
+        assert!(line.contains(why), "{line}");
+    }
+    assert!(!err.contains("allow_origins[3]"), "{err}");
 }
 
 /// Origin auth with a bad header name and a short secret: both are reported at once, and a

@@ -843,6 +843,9 @@ const EARLY_ACL: &str = "exp=4102444800~acl=/vod/t1/*~id=sess+42~data=u%3d42%26b
 const EARLY_LEGACY: &str = "exp=4102444800~acl=%2fvod%2ft1%2f%2a~hmac=f0eb75371c5a350f1400caf6d8d0efd2de6aad15f49f6eda3ade17a4b6bca0e6";
 const EARLY_URL: &str = "exp=4102444800~data=p%2fq+r~hmac=a663b9d26b65c62ecf845ae19a4edcdd73e498fa13bfb8a37193df9c7f2a2efc";
 
+/// A location form: its name, the request target, and request headers.
+type Form<'a> = (&'a str, String, Vec<(&'a str, String)>);
+
 fn start_escape_early(on: bool) -> (tempfile::TempDir, Server) {
     let dir = demo_volumes();
     let srv = Server::start(&config_for(
@@ -863,7 +866,7 @@ async fn escape_early_tokens_in_every_location() {
     let (_d, srv) = start_escape_early(true);
     let slash = |t: &str| t.replace('/', "%2F");
     for t in [EARLY_ACL, EARLY_LEGACY, EARLY_URL] {
-        let forms: Vec<(&str, String, Vec<(&str, String)>)> = vec![
+        let forms: Vec<Form<'_>> = vec![
             ("query raw", format!("{SEG}?__token__={t}"), vec![]),
             (
                 "query /-encoded",
