@@ -34,6 +34,7 @@ fn token_verify(c: &mut Criterion) {
         }],
         salt: None,
         leeway: 10,
+        escape_early: false,
     };
     let acl = sign(
         TokenAlgorithm::Sha256,

@@ -65,9 +65,7 @@ impl Metrics {
         let registry = Registry::new();
         // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, … (from
         // /proc/self): what the dashboard's CPU and memory panels and node sizing need.
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        registry.register(Box::new(ProcessMetrics::new()?))?;
         let requests = IntCounterVec::new(
             Opts::new("segd_http_requests_total", "HTTP requests answered"),
             &["method", "status_class", "proto"],
@@ -269,5 +267,105 @@ impl Metrics {
             tracing::error!(error = %e, "metrics encoding failed");
         }
         out
+    }
+}
+
+// === impl ProcessMetrics ===
+
+const CPU_NAME: &str = "process_cpu_seconds_total";
+const CPU_HELP: &str = "Total user and system CPU time spent in seconds.";
+
+/// The prometheus crate's process collector (memory, descriptors, threads, start time), with
+/// its `process_cpu_seconds_total` replaced: prometheus 0.13.4 keeps that counter in whole
+/// seconds (an integer division of the clock ticks), so a `rate()` over a few minutes of a
+/// lightly loaded process shows steps of 0 and 1 s. Here it is `utime + stime` from
+/// `/proc/self/stat` divided by the tick rate: fractional, and as monotonic as the kernel's
+/// figures. Name, type and help stay the conventional ones (client_golang's).
+struct ProcessMetrics {
+    inner: prometheus::process_collector::ProcessCollector,
+    cpu_desc: prometheus::core::Desc,
+    descs: Vec<prometheus::core::Desc>,
+    /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+    ticks_per_second: f64,
+}
+
+impl ProcessMetrics {
+    fn new() -> Result<ProcessMetrics, prometheus::Error> {
+        use prometheus::core::Collector;
+        let inner = prometheus::process_collector::ProcessCollector::for_self();
+        let cpu_desc = prometheus::core::Desc::new(
+            CPU_NAME.into(),
+            CPU_HELP.into(),
+            Vec::new(),
+            std::collections::HashMap::new(),
+        )?;
+        let descs = inner
+            .desc()
+            .into_iter()
+            .filter(|d| d.fq_name != CPU_NAME)
+            .cloned()
+            .chain([cpu_desc.clone()])
+            .collect();
+        let ticks = rustix::param::clock_ticks_per_second();
+        Ok(ProcessMetrics {
+            inner,
+            cpu_desc,
+            descs,
+            ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
+        })
+    }
+}
+
+/// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat` (fields 14 and 15; the
+/// command name in field 2 may hold spaces and parentheses, so fields are counted after the
+/// last `)`).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the `)`: field 3 (state) is the first; utime is field 14, stime field 15.
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+impl prometheus::core::Collector for ProcessMetrics {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut families = self.inner.collect();
+        families.retain(|f| f.get_name() != CPU_NAME);
+        let ticks = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| cpu_ticks(&s));
+        if let Some(ticks) = ticks {
+            let mut counter = prometheus::proto::Counter::default();
+            counter.set_value(ticks as f64 / self.ticks_per_second);
+            let mut metric = prometheus::proto::Metric::default();
+            metric.set_counter(counter);
+            let mut family = prometheus::proto::MetricFamily::default();
+            family.set_name(self.cpu_desc.fq_name.clone());
+            family.set_help(self.cpu_desc.help.clone());
+            family.set_field_type(prometheus::proto::MetricType::COUNTER);
+            family.set_metric(vec![metric]);
+            families.insert(0, family);
+        }
+        families
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_from_stat() {
+        // A command name with a space and a parenthesis; utime 1234, stime 56.
+        let stat =
+            "4242 (segd (w) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_ticks(stat), Some(1290));
+        assert_eq!(cpu_ticks("garbage"), None);
+        assert_eq!(cpu_ticks("1 (x) S 1"), None);
     }
 }

@@ -92,7 +92,9 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         ip: a.ip.as_deref(),
         id: a.id.as_deref(),
         data: a.data.as_deref(),
+        // Both filled in by `Auth::sign` from `[token]`.
         salt: None,
+        escape_early: false,
     };
     let auth = if a.upload {
         Auth::for_uploads(&cfg.token, &cfg.ingest.keys)

@@ -2,6 +2,8 @@
 //! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
 //! - a missing config file names the path (check-config and serve)
 //! - unknown keys are errors listing the allowed keys
+//! - CORS credentials with a wildcard origin are refused (file, key, allowed values), and so
+//!   are origins no browser sends (upper-case host, default port, a path)
 //! - two volumes on one directory (however spelt) are an error for check-config and serve
 //! - a misspelt `[log] level` (a target name to tracing's filter) is an error, not silence
 //! - `--help` of every command describes it
@@ -256,6 +258,64 @@ fn short_secret_names_the_checked_limit() {
     assert!(line.contains("at least 16 (8 bytes)"), "{line}");
     let (code, err, _) = check(&keys("0011223344556677"));
     assert_eq!(code, 0, "16 digits are enough: {err}");
+}
+
+/// `[cors] allow_credentials = true` with `"*"` (the default) cannot work in a browser and is
+/// refused, naming the key and what is allowed; `allow_credentials` and `[token] escape_early`
+/// take booleans; credentials with an origin list are fine.
+#[test]
+fn cors_credentials_need_an_origin_list() {
+    let vol = "[[volumes]]\npath = \"vol\"\n";
+    let (code, err, file) = check(&format!("{vol}[cors]\nallow_credentials = true\n"));
+    assert_eq!(code, 64, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(": cors.allow_origins: "))
+        .unwrap_or_else(|| panic!("no allow_origins error:\n{err}"));
+    assert!(line.contains(&file), "{line}");
+    assert!(line.contains("allow_credentials"), "{line}");
+    assert!(line.contains("https://player.example.com"), "{line}");
+    let (code, err, _) = check(&format!(
+        "{vol}[cors]\nallow_origins = [\"https://a.example\", \"*\"]\nallow_credentials = true\n"
+    ));
+    assert_eq!(code, 64, "a \"*\" among others: {err}");
+    let (code, err, _) = check(&format!(
+        "{vol}[cors]\nallow_credentials = \"yes\"\n[token]\nescape_early = 1\n"
+    ));
+    assert_eq!(code, 64, "{err}");
+    for key in ["cors.allow_credentials", "token.escape_early"] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .unwrap_or_else(|| panic!("no {key} error:\n{err}"));
+        assert!(line.contains("true, false"), "{line}");
+    }
+    let (code, err, _) = check(&format!(
+        "{vol}[cors]\nallow_origins = [\"https://a.example\"]\nallow_credentials = true\n[token]\nescape_early = true\n"
+    ));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// An origin the browser never sends (upper-case host, default port, a path) could never match
+/// the `Origin` header byte for byte: refused, naming the entry and why.
+#[test]
+fn origins_must_be_as_browsers_send_them() {
+    let (code, err, _) = check(
+        "[[volumes]]\npath = \"vol\"\n[cors]\nallow_origins = [\"https://Player.example\", \"https://a.example:443\", \"https://b.example/app\", \"https://ok.example\"]\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    for (key, why) in [
+        ("cors.allow_origins[0]", "lower-case"),
+        ("cors.allow_origins[1]", "default port"),
+        ("cors.allow_origins[2]", "no path"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .unwrap_or_else(|| panic!("no {key} error:\n{err}"));
+        assert!(line.contains(why), "{line}");
+    }
+    assert!(!err.contains("allow_origins[3]"), "{err}");
 }
 
 /// Origin auth with a bad header name and a short secret: both are reported at once, and a

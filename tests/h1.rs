@@ -414,7 +414,7 @@ fn a_request_line_past_the_head_limit_is_414() {
 /// Absolute-form request targets (RFC 9112 §3.2.2: a server must accept them) on the fast
 /// path: `OPTIONS http://host[:port]` is `OPTIONS *` (§3.2.4), another method's empty path is
 /// `/`, the scheme is case-insensitive, and a `/` in the query does not start the path. (Over
-/// TLS, hyper's parser reads these the same way.)
+/// TLS, hyper's parser reads these the same way: `tls::options_absolute_form_is_asterisk_over_tls`.)
 #[test]
 fn absolute_form_targets() {
     let (_d, srv) = start("");

@@ -4,7 +4,8 @@
 //! - Range: `a-b`, `a-`, `-n`, 416 with `bytes */LEN`, multi-range → 200, invalid → 200, HEAD;
 //!   `-n` of an empty object → 200 (RFC 9110 §14.1.2)
 //! - ETag / Last-Modified, If-None-Match / If-Modified-Since → 304, If-Match → 412, If-Range
-//! - methods: 405 with Allow; OPTIONS preflight; CORS with `*` and with an origin list
+//! - methods: 405 with Allow; OPTIONS preflight; CORS with `*` and with an origin list, and
+//!   with credentials (echoed origin, `Access-Control-Allow-Credentials` on 200/206/304/403)
 //! - keep-alive and pipelining over raw HTTP/1.1; h2c prior knowledge
 //! - error bodies never contain filesystem paths
 
@@ -356,6 +357,78 @@ async fn cors_origin_list() {
     )
     .await;
     assert_eq!(r.header("access-control-allow-methods"), None);
+}
+
+/// `allow_credentials = true` (Fetch standard, CORS check): an allowed origin is echoed, never
+/// `*`, with `Access-Control-Allow-Credentials: true` and `Vary: Origin` on the preflight and on
+/// every answer a player reads: 200, 206, 304, and the 403 of a missing cookie token. Another
+/// origin, or no `Origin`, gets neither.
+#[tokio::test]
+async fn cors_credentials() {
+    let (_d, srv) = one_volume(
+        "[cors]\nallow_origins = [\"https://player.example\"]\nallow_credentials = true\n\
+         [token]\nprotect = [\"/vod/t1/hls/64k/index\"]\n[[token.keys]]\nid = \"k\"\n\
+         secret = \"52a152a152a152a152a152a152a1\"\n",
+    );
+    let origin = ("origin", "https://player.example");
+    let credentialed = |r: &Resp, what: &str| {
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("https://player.example"),
+            "{what}"
+        );
+        assert_eq!(
+            r.header("access-control-allow-credentials"),
+            Some("true"),
+            "{what}"
+        );
+        assert_eq!(r.header("vary"), Some("Origin"), "{what}");
+    };
+    let r = get(&srv.url(SEG), &[origin]).await;
+    assert_eq!(r.status, 200);
+    credentialed(&r, "200");
+    let etag = r.header("etag").expect("etag").to_string();
+    let r = get(&srv.url(SEG), &[origin, ("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 206);
+    credentialed(&r, "206");
+    let r = get(&srv.url(SEG), &[origin, ("if-none-match", &etag)]).await;
+    assert_eq!(r.status, 304);
+    credentialed(&r, "304");
+    let r = get(&srv.url("/vod/t1/hls/64k/index.m3u8"), &[origin]).await;
+    assert_eq!(r.status, 403, "no token");
+    credentialed(&r, "403");
+    let r = request(
+        "OPTIONS",
+        &srv.url(SEG),
+        &[
+            origin,
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "range"),
+        ],
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    credentialed(&r, "preflight");
+    assert!(r.header("access-control-allow-methods").is_some());
+    for headers in [&[("origin", "https://evil.example")][..], &[][..]] {
+        let r = get(&srv.url(SEG), headers).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), None, "{headers:?}");
+        assert_eq!(
+            r.header("access-control-allow-credentials"),
+            None,
+            "{headers:?}"
+        );
+    }
+    // Without the setting, an allowed origin gets no credentials header (as before).
+    let (_d2, plain) = one_volume("[cors]\nallow_origins = [\"https://player.example\"]\n");
+    let r = get(&plain.url(SEG), &[origin]).await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://player.example")
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), None);
 }
 
 #[tokio::test]

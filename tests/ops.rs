@@ -504,3 +504,68 @@ async fn ops_admin_paths_answer_get_and_head_only() {
         }
     }
 }
+
+/// `process_cpu_seconds_total` is fractional (prometheus 0.13.4's own collector counted whole
+/// seconds): scrapes taken while segd works show it rising in clock ticks, not whole seconds,
+/// still a counter with the conventional help; `promtool check metrics` accepts the family.
+#[tokio::test]
+async fn process_cpu_seconds_are_fractional() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let cpu = |text: &str| metric(text, "process_cpu_seconds_total");
+    let first = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        first.contains("# TYPE process_cpu_seconds_total counter")
+            && first.contains(
+                "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds."
+            ),
+        "{first}"
+    );
+    let mut seen = vec![cpu(&first).expect("process_cpu_seconds_total")];
+    // Work until the counter has moved a few times (each scrape reads the kernel's ticks).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.len() < 6 && Instant::now() < deadline {
+        for _ in 0..50 {
+            let r = get(&srv.url("/vod/t1/hls/64k/seg_00001.ts"), &[]).await;
+            assert_eq!(r.status, 200);
+        }
+        let v = cpu(&get(&srv.admin_url("/metrics"), &[]).await.text()).expect("cpu");
+        let last = seen.last().copied().unwrap_or_default();
+        assert!(v >= last, "a counter never goes down: {seen:?} then {v}");
+        if v > last {
+            seen.push(v);
+        }
+    }
+    assert!(seen.len() >= 6, "the CPU counter did not move: {seen:?}");
+    assert!(
+        seen.iter().any(|v| v.fract() != 0.0),
+        "whole seconds only: {seen:?}"
+    );
+    if let Some(bin) = promtool() {
+        let text = get(&srv.admin_url("/metrics"), &[]).await.text();
+        let mut child = Command::new(&bin)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(text.as_bytes()).expect("write metrics");
+        }
+        let out = child.wait_with_output().expect("promtool");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // promtool's lint names each series it objects to; none may be the CPU counter, and
+        // the text must parse (a parse error is reported without a series name).
+        assert!(
+            !report.contains("process_cpu_seconds_total") && !report.contains("error while"),
+            "promtool check metrics:\n{report}"
+        );
+    }
+}

@@ -10,6 +10,8 @@
 //!   `delete_segments`, ffmpeg LL-DASH with a `SegmentTimeline` and with `SegmentTemplate`
 //!   numbers (segments read while they are uploaded), and LL-HLS from the test packager (parts,
 //!   preload hints, blocking reload).
+//! - A player page's own credentialed `fetch` with a cookie token (`benches/players/fetch.mjs`):
+//!   served with `[cors] allow_credentials = true`, refused by Chromium's CORS check without it.
 //!
 //! Its own test binary, so that no other test takes the CPU from the players while they play.
 //! Needs `chromium` (Debian) and the harness's npm packages; when `node_modules` is missing the
@@ -520,4 +522,85 @@ fn live_streams_play_in_chromium_while_pushed() {
             "{source} did not play: {log}"
         );
     }
+}
+
+/// A player's own `fetch(url, {credentials: 'include'})` from a page on another origin (same
+/// host, another port: the same site, so the browser sends its Lax cookie) carrying a cookie
+/// token (`benches/players/fetch.mjs`): with `[cors] allow_credentials = true` Chromium hands the
+/// protected segment and playlist to the page; from a segd without it, the same response is
+/// refused by the browser's CORS check (a TypeError), as the Fetch standard says.
+#[test]
+fn credentialed_fetch_with_a_cookie_token_in_chromium() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = harness_ready();
+    let page = PageServer::start(&dir);
+    let key = "52a152a152a152a152a152a152a1";
+    let vols = demo_volumes();
+    let cfg = |credentials: bool| {
+        config_for(
+            &[&vols.path().join("disk1")],
+            &format!(
+                "[cors]\nallow_origins = [\"http://127.0.0.1:{}\"]\nallow_credentials = {credentials}\n\
+                 [token]\nprotect = [\"/vod/\"]\n[[token.keys]]\nid = \"k\"\nsecret = \"{key}\"\n",
+                page.port
+            ),
+        )
+    };
+    let with = Server::start(&cfg(true));
+    let without = Server::start(&cfg(false));
+    let token = token_with_key(key, "/vod/t1/*");
+    let seg = "/vod/t1/hls/64k/seg_00001.ts";
+    let playlist = "/vod/t1/hls/master.m3u8";
+    let urls = [with.url(seg), with.url(playlist), without.url(seg)];
+    let out = Command::new("node")
+        .arg(dir.join("fetch.mjs"))
+        .args(["--page", &page.page()])
+        .args(urls.iter().flat_map(|u| ["--url", u.as_str()]))
+        .args(["--cookie", &format!("__token__={token}")])
+        .args(["--credentials", "include"])
+        .arg("--chromium")
+        .arg(chromium())
+        .output()
+        .expect("run node fetch.mjs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "fetch.mjs: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: BTreeMap<String, serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["url"].as_str()?.to_string(), v)))
+        .collect();
+    let expect_len = |rel: &str| {
+        std::fs::metadata(demo_dir().join("disk1").join(rel.trim_start_matches('/')))
+            .expect("demo file")
+            .len()
+    };
+    for (url, rel) in [(&urls[0], seg), (&urls[1], playlist)] {
+        let r = &results[url.as_str()];
+        assert_eq!(r["status"], 200, "{url}: {text}");
+        assert_eq!(r["bytes"], expect_len(rel), "{url}: {text}");
+    }
+    let refused = &results[urls[2].as_str()];
+    assert_eq!(refused["status"], 0, "{text}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TypeError")),
+        "no credentials allowed: the browser refuses the answer: {text}"
+    );
+    // The cookie reached segd: the credentialed requests were served, not refused.
+    let m = |srv: &Server| {
+        let out = Command::new("curl")
+            .args(["-s", &srv.admin_url("/metrics")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        metric(&m(&with), "segd_token_rejections_total{reason=\"missing\"}").unwrap_or(0.0),
+        0.0
+    );
 }

@@ -4,6 +4,7 @@
 //! - SIGHUP swaps the certificate: a new connection sees the new one while a download on an old
 //!   connection completes; a bad new certificate is rejected and the current one stays
 //! - check-config names the file and the problem for a missing, garbage or mismatched cert/key
+//! - `OPTIONS http://host` is `OPTIONS *` over TLS as on plaintext (curl `--request-target`)
 
 use std::sync::Arc;
 
@@ -799,4 +800,75 @@ async fn the_protocol_alpn_chose_is_the_one_served() {
     )
     .await;
     assert_eq!(send(tls, "GET", SEG, &[]).await.status, 200);
+}
+
+/// `OPTIONS http://host[:port]` (absolute form, empty path, no query) is `OPTIONS *` (RFC 9112
+/// §3.2.4) over TLS too, where hyper parses the head, as on the plaintext fast path: the access
+/// log names `*`, not `/`. Over HTTP/2, `:path` `*` is `*`; a query makes the empty path `/`,
+/// and an origin-form `/` stays `/`. Sent with curl's `--request-target`.
+#[test]
+fn options_absolute_form_is_asterisk_over_tls() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let srv = Server::start(
+        &config_for(
+            &[&vols.path().join("disk1")],
+            &tls_config(vols.path(), &cert, &key),
+        )
+        .replace(
+            "[admin]",
+            "[log]\naccess = \"stdout\"\nformat = \"json\"\n\n[admin]",
+        ),
+    );
+    let tls = srv.tls_addr.expect("tls listener");
+    let curl = |args: &[&str], target: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-D", "-", "-X", "OPTIONS"])
+            .args(args)
+            .args(["--request-target", target])
+            .arg(format!("https://{tls}/"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cases = [
+        ("--http1.1", format!("http://{tls}"), "*", "HTTP/1.1 204"),
+        (
+            "--http1.1",
+            "HTTP://localhost".to_string(),
+            "*",
+            "HTTP/1.1 204",
+        ),
+        ("--http1.1", format!("http://{tls}?x"), "/", "HTTP/1.1 204"),
+        ("--http1.1", "/".to_string(), "/", "HTTP/1.1 204"),
+        ("--http1.1", "*".to_string(), "*", "HTTP/1.1 204"),
+        ("--http2", "*".to_string(), "*", "HTTP/2 204"),
+    ];
+    for (i, (proto, target, _, status)) in cases.iter().enumerate() {
+        let head = curl(&[proto, "-H", &format!("x-case: {i}")], target);
+        assert!(head.starts_with(status), "{proto} {target}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("allow: get, head, options"),
+            "{proto} {target}: {head}"
+        );
+    }
+    // The access log's path, request by request (JSON lines, in order).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let paths: Vec<String> = loop {
+        let out = srv.stdout.lock().map(|s| s.clone()).unwrap_or_default();
+        let paths: Vec<String> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["method"] == "OPTIONS")
+            .filter_map(|v| v["path"].as_str().map(str::to_string))
+            .collect();
+        if paths.len() >= cases.len() || std::time::Instant::now() > deadline {
+            break paths;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let want: Vec<&str> = cases.iter().map(|c| c.2).collect();
+    assert_eq!(paths, want, "access log paths for {cases:?}");
 }

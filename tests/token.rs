@@ -1,9 +1,14 @@
 //! Tokens against the running server:
 //! - accepted in each location: query, cookie, path-embedded (any character encoded), header
 //! - a CORS preflight allows the token's header location (the configured name)
-//! - `segd sign` mints the reference generator's tokens byte for byte (recorded vectors)
+//! - `segd sign` mints the reference generator's tokens byte for byte (recorded vectors), with
+//!   `escape_early = true` its early-escaped ones too
+//! - `escape_early = true`: the generator's early-escaped tokens (and the legacy form with an
+//!   escaped ACL) in all four places, raw, fully encoded and encoded only in part
 //! - every rejection reason answers a generic 403 and is counted under its metric label
 //! - key rotation (not_before / not_after), origin auth (right and wrong secret), public paths
+//! - the trusted client address: `True-Client-IP`, and `X-Forwarded-For` read from the right
+//!   (`client_ip_proxies` entries skipped), never an entry the viewer wrote
 //! - a player loading a path-form playlist URL resolves relative URIs that carry the token
 //! - forward and mint rewriting of the demo HLS-TS, HLS-fMP4 and DASH manifests: every URI in
 //!   the rewritten playlists is served 200 with no further token in hand
@@ -825,5 +830,230 @@ async fn trusted_client_ip_behind_origin_auth() {
         metric(&m, "segd_token_rejections_total{reason=\"ip_mismatch\"}"),
         Some(2.0),
         "{m}"
+    );
+}
+
+/// Tokens from Akamai's reference generator (akamai-edgeauth 0.3.2) with `escape_early=True`,
+/// key K1, `end_time` 4102444800 (2100-01-01), recorded here:
+/// - `id="sess 42"`, `payload="u=42&b64=eyJ1IjoxfQ+/x="`, `generate_acl_token("/vod/t1/*")`
+///   (a `+` that is a space in `id`, a `%2b` that is a plus in `data`);
+/// - the legacy 2.0 form, the ACL escaped too: `generate_acl_token(_escape_early("/vod/t1/*"))`;
+/// - `payload="p/q r"`, `generate_url_token(SEG)`.
+const EARLY_ACL: &str = "exp=4102444800~acl=/vod/t1/*~id=sess+42~data=u%3d42%26b64%3deyJ1IjoxfQ%2b%2fx%3d~hmac=7387f9c9f0cc6ebcb7284ebf30e25903a5861fee5f4ccbdfc636ff83c4e2a403";
+const EARLY_LEGACY: &str = "exp=4102444800~acl=%2fvod%2ft1%2f%2a~hmac=f0eb75371c5a350f1400caf6d8d0efd2de6aad15f49f6eda3ade17a4b6bca0e6";
+const EARLY_URL: &str = "exp=4102444800~data=p%2fq+r~hmac=a663b9d26b65c62ecf845ae19a4edcdd73e498fa13bfb8a37193df9c7f2a2efc";
+
+/// A location form: its name, the request target, and request headers.
+type Form<'a> = (&'a str, String, Vec<(&'a str, String)>);
+
+fn start_escape_early(on: bool) -> (tempfile::TempDir, Server) {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&dir.path().join("disk1")],
+        &format!("[token]\nprotect = [\"/vod/\"]\nescape_early = {on}\n[[token.keys]]\nid = \"k1\"\nsecret = \"{K1}\"\n"),
+    ));
+    (dir, srv)
+}
+
+/// `escape_early = true` (Akamai's "Escape token inputs"): the generator's early-escaped tokens
+/// are accepted in all four places, sent as the generator's docs send them (raw), fully
+/// percent-encoded, and encoded only in part (`/` as `%2F`, the generator's own `%2f`/`%3d`
+/// left as they are, so the one decoding undoes them: the reported failure in the path); a
+/// changed byte is still refused. With the setting off, the partly encoded path form is
+/// refused, as a CDN with the setting off refuses it.
+#[tokio::test]
+async fn escape_early_tokens_in_every_location() {
+    let (_d, srv) = start_escape_early(true);
+    let slash = |t: &str| t.replace('/', "%2F");
+    for t in [EARLY_ACL, EARLY_LEGACY, EARLY_URL] {
+        let forms: Vec<Form<'_>> = vec![
+            ("query raw", format!("{SEG}?__token__={t}"), vec![]),
+            (
+                "query /-encoded",
+                format!("{SEG}?__token__={}", slash(t)),
+                vec![],
+            ),
+            (
+                "query encoded",
+                format!("{SEG}?__token__={}", encode_token(t)),
+                vec![],
+            ),
+            (
+                "path /-encoded",
+                format!("/__token__={}{SEG}", slash(t)),
+                vec![],
+            ),
+            (
+                "path encoded",
+                format!("/__token__={}{SEG}", encode_token(t)),
+                vec![],
+            ),
+            (
+                "cookie raw",
+                SEG.into(),
+                vec![("cookie", format!("__token__={t}"))],
+            ),
+            (
+                "cookie encoded",
+                SEG.into(),
+                vec![("cookie", format!("__token__={}", encode_token(t)))],
+            ),
+            ("header", SEG.into(), vec![("__token__", t.to_string())]),
+        ];
+        for (name, target, headers) in forms {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = get(&srv.url(&target), &headers).await;
+            assert_eq!(r.status, 200, "{name}: {t} as {target} {headers:?}");
+        }
+    }
+    // A changed field is not a different spelling of the same token.
+    let changed = EARLY_ACL.replace("sess+42", "sess+43");
+    let r = get(
+        &srv.url(&format!("/__token__={}{SEG}", slash(&changed))),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    // The legacy ACL is `/vod/t1/*`, decoded: nothing outside it.
+    let r = get(
+        &srv.url(&format!("/vod/t2/hls/master.m3u8?__token__={EARLY_LEGACY}")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403, "t2 is outside the legacy ACL");
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_token_rejections_total{reason=\"bad_hmac\"}"),
+        Some(1.0),
+        "{m}"
+    );
+
+    let (_d2, off) = start_escape_early(false);
+    let r = get(
+        &off.url(&format!("/__token__={}{SEG}", slash(EARLY_ACL))),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "escape_early off: the decoded fields are not re-escaped"
+    );
+    let r = get(
+        &off.url(&format!("/__token__={}{SEG}", encode_token(EARLY_ACL))),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "escape_early off: the exact token still verifies"
+    );
+}
+
+/// With `escape_early = true`, `segd sign` mints what the reference generator mints with
+/// `escape_early=True` (K1, `start_time` 1900000000, `end_time` 1900000060): `ip="::1"`,
+/// `session_id="sess 42"`, `payload="u=42&b64=eyJ1IjoxfQ+/x="` for `generate_acl_token("/vod/*")`,
+/// and `generate_url_token("/vod/t1/my mix/a.ts")`.
+#[test]
+fn sign_escape_early_matches_the_reference_generator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("segd.toml");
+    std::fs::write(
+        &config,
+        config_for(
+            &[dir.path()],
+            &format!("[token]\nprotect = [\"/vod/\"]\nescape_early = true\n[[token.keys]]\nid = \"k1\"\nsecret = \"{K1}\"\n"),
+        ),
+    )
+    .expect("write config");
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--acl", "/vod/*", "--ip", "::1", "--id", "sess 42", "--data", "u=42&b64=eyJ1IjoxfQ+/x="],
+            "ip=%3a%3a1~st=1900000000~exp=1900000060~acl=/vod/*~id=sess+42~data=u%3d42%26b64%3deyJ1IjoxfQ%2b%2fx%3d~hmac=e7d8974da84047107991a3ef17ec2a0bf7d3289a1829a95efc98d58b0f7cf719",
+        ),
+        (
+            &["--url", "/vod/t1/my mix/a.ts"],
+            "st=1900000000~exp=1900000060~hmac=203fd88971cf597d3ff4431da64cbf0994e10fff427a42eec2582197a413fe31",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = segd_sign(
+            &config,
+            &[&["--start", "1900000000", "--ttl", "60s"][..], args].concat(),
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("token:"))
+            .map(str::trim);
+        assert_eq!(
+            token,
+            Some(expect),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `client_ip_header = "X-Forwarded-For"`: a viewer can send an `X-Forwarded-For` of its own
+/// and the CDN appends the address it saw, so the client is read from the right; the entries
+/// the viewer wrote (a token's bound address among them) prove nothing. With HAProxy between
+/// the CDN and segd (`option forwardfor` appends the CDN's address), `client_ip_proxies = 1`
+/// skips that entry. Several field lines are one list.
+#[tokio::test]
+async fn forwarded_for_is_read_from_the_right() {
+    let dir = demo_volumes();
+    let cfg = |proxies: u32| {
+        config_for(&[&dir.path().join("disk1")], &token_config("forward").replace(
+            "origin_auth_header = \"X-Origin-Auth\"",
+            &format!("origin_auth_header = \"X-Origin-Auth\"\norigin_auth_skips_tokens = false\nclient_ip_header = \"X-Forwarded-For\"\nclient_ip_proxies = {proxies}"),
+        ))
+    };
+    let t = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/*"),
+            ip: Some("203.0.113.7"),
+            exp: now() + 100,
+            ..Default::default()
+        },
+    );
+    async fn send_with(srv: &Server, token: &str, xff: &[&str]) -> u16 {
+        let url = srv.url(&format!("{SEG}?__token__={}", encode_token(token)));
+        let mut headers = vec![("x-origin-auth", ORIGIN_SECRET)];
+        headers.extend(xff.iter().map(|v| ("x-forwarded-for", *v)));
+        get(&url, &headers).await.status
+    }
+    let status = |srv, xff| send_with(srv, &t, xff);
+    let direct = Server::start(&cfg(0));
+    // The viewer wrote the bound address; the CDN appended its real one.
+    assert_eq!(status(&direct, &["203.0.113.7, 198.51.100.9"]).await, 403);
+    assert_eq!(status(&direct, &["198.51.100.9, 203.0.113.7"]).await, 200);
+    assert_eq!(status(&direct, &["203.0.113.7"]).await, 200);
+    assert_eq!(
+        status(&direct, &["198.51.100.9", "203.0.113.7"]).await,
+        200,
+        "two lines"
+    );
+    assert_eq!(
+        status(&direct, &["203.0.113.7", "198.51.100.9"]).await,
+        403,
+        "two lines"
+    );
+    assert_eq!(status(&direct, &["203.0.113.7, garbage"]).await, 403);
+    let behind_haproxy = Server::start(&cfg(1));
+    assert_eq!(
+        status(&behind_haproxy, &["203.0.113.7, 10.0.0.1"]).await,
+        200,
+        "the CDN appended the viewer, HAProxy the CDN"
+    );
+    assert_eq!(
+        status(&behind_haproxy, &["203.0.113.7, 198.51.100.9, 10.0.0.1"]).await,
+        403
+    );
+    assert_eq!(
+        status(&behind_haproxy, &["203.0.113.7"]).await,
+        403,
+        "too short a list: the peer (loopback) is the client"
     );
 }

@@ -22,6 +22,7 @@ fuzz_target!(|inp: Input<'_>| {
         keys: vec![Key { id: "k".into(), secret: key.clone(), not_before: None, not_after: None }],
         salt: None,
         leeway: 0,
+        escape_early: false,
     };
     let paths = ["/vod/x/seg.ts"];
     let claim = Claim { paths: &paths, client_ip: "127.0.0.1".parse().expect("ip"), now: 1_000 };

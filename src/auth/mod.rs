@@ -125,6 +125,7 @@ pub struct Auth {
     origin_auth: Option<(http::HeaderName, Vec<u8>)>,
     origin_auth_skips_tokens: bool,
     client_ip_header: Option<http::HeaderName>,
+    client_ip_proxies: usize,
 }
 
 impl Auth {
@@ -146,6 +147,7 @@ impl Auth {
                     .collect(),
                 salt: cfg.salt.clone(),
                 leeway: cfg.leeway.as_secs(),
+                escape_early: cfg.escape_early,
             },
             origin_auth: cfg.origin_auth.as_ref().and_then(|(h, s)| {
                 http::HeaderName::from_bytes(h.as_bytes())
@@ -157,6 +159,7 @@ impl Auth {
                 .client_ip_header
                 .as_ref()
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
+            client_ip_proxies: cfg.client_ip_proxies,
         }
     }
 
@@ -194,21 +197,33 @@ impl Auth {
             .is_some_and(|v| bool::from(v.as_bytes().ct_eq(secret)))
     }
 
-    /// The client address for logs: the trusted header on origin-authenticated requests.
+    /// The client address (for `ip=` checks and logs): from the trusted header on
+    /// origin-authenticated requests, else the peer. A list header (`X-Forwarded-For`, over one
+    /// or several field lines) is read from the right: each proxy appends the address it saw,
+    /// so the last entry is the one the nearest proxy wrote, and the client is the entry the
+    /// CDN appended, `client_ip_proxies` places left of it. Entries further left were sent by
+    /// the client and prove nothing; a list too short, or an entry that is no address, gives
+    /// the peer.
     pub fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
-        if let Some(h) = &self.client_ip_header {
-            if self.origin_authenticated(headers) {
-                if let Some(ip) = headers
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.split(',').next())
-                    .and_then(|v| v.trim().parse().ok())
-                {
-                    return ip;
-                }
-            }
+        let Some(h) = &self.client_ip_header else {
+            return peer;
+        };
+        if !self.origin_authenticated(headers) {
+            return peer;
         }
-        peer
+        let entries: Vec<&str> = headers
+            .get_all(h)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        entries
+            .len()
+            .checked_sub(1 + self.client_ip_proxies)
+            .and_then(|i| entries[i].parse().ok())
+            .unwrap_or(peer)
     }
 
     /// Decides access for a request. Pure apart from reading the facts.
@@ -284,6 +299,7 @@ impl Auth {
         let mut spec = spec.clone();
         let salt = self.verifier.salt.clone();
         spec.salt = salt.as_deref();
+        spec.escape_early = self.verifier.escape_early;
         Some((
             key.id.clone(),
             edgeauth::sign(self.verifier.algorithm, &key.secret, &spec),

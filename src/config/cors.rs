@@ -1,4 +1,4 @@
-//! `[cors]`: allowed origins and the preflight `Access-Control-Max-Age`, with the values the
+//! `[cors]`: allowed origins, credentials, and the preflight `Access-Control-Max-Age`, with the values the
 //! handler sends derived here once (whether any origin is allowed, the max-age header, the
 //! request headers a preflight allows: those segd reads, and the token header `[token] name`).
 
@@ -14,6 +14,12 @@ pub struct CorsConfig {
     pub allow_origins: Vec<String>,
     /// Whether `allow_origins` contains `"*"`.
     pub any_origin: bool,
+    /// `Access-Control-Allow-Credentials: true` on the answers to allowed origins, so a page on
+    /// another origin may send its cookies (a cookie token) with `credentials: 'include'` and
+    /// read the response. Needs an explicit origin list: the Fetch standard refuses a
+    /// credentialed response whose `Access-Control-Allow-Origin` is `*`, and echoing any
+    /// origin would let every site read what a viewer's cookie unlocks.
+    pub allow_credentials: bool,
     /// `Access-Control-Max-Age` for preflight answers.
     pub max_age: Duration,
     /// `max_age` in whole seconds, as the `Access-Control-Max-Age` header value.
@@ -37,7 +43,32 @@ impl CorsConfig {
     }
 }
 
-pub(super) const CORS_KEYS: &[&str] = &["allow_origins", "max_age"];
+pub(super) const CORS_KEYS: &[&str] = &["allow_origins", "allow_credentials", "max_age"];
+
+/// An origin as a browser serialises it in `Origin` (the HTML standard's ASCII serialisation):
+/// `scheme://host[:port]`, lower-case, no path, no default port. Entries are compared with the
+/// header byte for byte, so any other spelling would never match; it is refused instead.
+fn origin_problem(o: &str) -> Result<(), &'static str> {
+    let (scheme, rest) = o.split_once("://").ok_or("is not an origin")?;
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return Err("is not an origin (scheme http or https, lower-case)"),
+    };
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@'])
+        || http::HeaderValue::from_str(o).is_err()
+    {
+        return Err("is not an origin (scheme://host[:port], no path)");
+    }
+    if rest.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("is not as browsers send it (hosts are lower-case in Origin)");
+    }
+    if rest.ends_with(default_port) {
+        return Err("is not as browsers send it (the default port is left out of Origin)");
+    }
+    Ok(())
+}
 
 /// `token_name` is `[token] name` (checked there to be a header-name token).
 pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
@@ -46,17 +77,24 @@ pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
         .string_list("allow_origins", allowed)
         .unwrap_or_else(|| vec!["*".into()]);
     for (i, o) in allow_origins.iter().enumerate() {
-        let ok = o == "*"
-            || ((o.starts_with("https://") || o.starts_with("http://"))
-                && !o.ends_with('/')
-                && http::HeaderValue::from_str(o).is_ok());
-        if !ok {
+        if o == "*" {
+            continue;
+        }
+        if let Err(problem) = origin_problem(o) {
             s.error(
                 &format!("allow_origins[{i}]"),
-                format!("{o:?} is not an origin"),
+                format!("{o:?} {problem}"),
                 allowed,
             );
         }
+    }
+    let allow_credentials = s.bool("allow_credentials", false);
+    if allow_credentials && allow_origins.iter().any(|o| o == "*") {
+        s.error(
+            "allow_origins",
+            "\"*\" cannot be used with allow_credentials = true (browsers refuse a credentialed answer to \"*\", and echoing every origin would let any site read what a viewer's cookie unlocks)",
+            "a list of origins such as \"https://player.example.com\" (without \"*\"), or allow_credentials = false",
+        );
     }
     let max_age = s.duration(
         "max_age",
@@ -74,6 +112,7 @@ pub(super) fn parse_cors(s: &Section, token_name: &str) -> CorsConfig {
     CorsConfig {
         any_origin: allow_origins.iter().any(|o| o == "*"),
         allow_origins,
+        allow_credentials,
         max_age,
         max_age_header: HeaderValue::from(max_age.as_secs()),
         allow_headers: header_list(""),
@@ -96,6 +135,32 @@ mod tests {
         )
         .expect("valid")
         .cors
+    }
+
+    #[test]
+    fn origins_as_browsers_send_them() {
+        use super::origin_problem;
+        for ok in [
+            "https://a.example",
+            "http://127.0.0.1:8000",
+            "https://[::1]:8443",
+        ] {
+            assert_eq!(origin_problem(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "a.example",
+            "https://a.example/",
+            "https://a.example/player",
+            "https://A.example",
+            "HTTPS://a.example",
+            "https://a.example:443",
+            "http://a.example:80",
+            "ftp://a.example",
+            "https://",
+            "https://u@a.example",
+        ] {
+            assert!(origin_problem(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub struct TokenConfig {
     pub leeway: Duration,
     pub keys: Vec<TokenKey>,
     pub salt: Option<String>,
+    /// Tokens are minted with early escaping (Akamai's "Escape token inputs", the reference
+    /// generator's `escape_early=True`): `segd sign` and playlist minting escape `ip`, `id`,
+    /// `data` and the signed URL, and verification also accepts such a token whose escapes a
+    /// URL's decoding undid (see `auth::edgeauth::Verifier::escape_early`).
+    pub escape_early: bool,
     /// Header name (lower-case) and secret that let a CDN skip token checks.
     pub origin_auth: Option<(String, String)>,
     /// Whether an origin-authenticated request skips token checks (default true). When false,
@@ -57,6 +62,11 @@ pub struct TokenConfig {
     pub origin_auth_skips_tokens: bool,
     /// Header (lower-case) carrying the real client address, trusted only with origin auth.
     pub client_ip_header: Option<String>,
+    /// Trusted proxies between the CDN and segd that append their peer's address to
+    /// `client_ip_header` (HAProxy's `option forwardfor`, nginx's `$proxy_add_x_forwarded_for`).
+    /// The client is the entry that many places left of the last one: the address the CDN
+    /// itself appended. Entries further left came from the client and are never trusted.
+    pub client_ip_proxies: usize,
     pub playlist_tokens: PlaylistTokens,
     /// Lifetime of tokens minted into playlists (`playlist_tokens = "mint"`).
     pub mint_ttl: Duration,
@@ -69,10 +79,12 @@ pub(super) const TOKEN_KEYS: &[&str] = &[
     "leeway",
     "keys",
     "salt",
+    "escape_early",
     "origin_auth_header",
     "origin_auth_secret",
     "origin_auth_skips_tokens",
     "client_ip_header",
+    "client_ip_proxies",
     "playlist_tokens",
     "mint_ttl",
 ];
@@ -186,6 +198,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         );
     }
     let salt = s.string("salt", "a string appended to the signed data as ~salt=…");
+    let escape_early = s.bool("escape_early", false);
     let origin_header = header_name(s, "origin_auth_header");
     let origin_secret = s.string("origin_auth_secret", "a shared secret string");
     // A short secret is reported whatever the header (every problem at once).
@@ -225,6 +238,13 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
     };
     let origin_auth_skips_tokens = s.bool("origin_auth_skips_tokens", true);
     let client_ip_header = header_name(s, "client_ip_header");
+    let client_ip_proxies = s.int(
+        "client_ip_proxies",
+        0,
+        0,
+        8,
+        "0 to 8: proxies between the CDN and segd that append to client_ip_header",
+    ) as usize;
     let pt_allowed = "forward, mint, off";
     let playlist_tokens = match s.string("playlist_tokens", pt_allowed).as_deref() {
         None | Some("forward") => PlaylistTokens::Forward,
@@ -253,9 +273,11 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         leeway,
         keys,
         salt,
+        escape_early,
         origin_auth,
         origin_auth_skips_tokens,
         client_ip_header,
+        client_ip_proxies,
         playlist_tokens,
         mint_ttl,
     }

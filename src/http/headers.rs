@@ -2,9 +2,9 @@
 //! players can read errors too), Cache-Control by object class, and the OPTIONS answer.
 
 use http::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW,
-    ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
+    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 
@@ -53,7 +53,10 @@ pub fn cache_control(cfg: &Config, class: ObjectClass, live: bool) -> HeaderValu
 
 /// `Access-Control-Allow-Origin` (+ `Vary: Origin` when it depends on the request),
 /// `Access-Control-Expose-Headers`, and `Timing-Allow-Origin` for the same origins (players'
-/// Resource Timing then sees protocol and timings of segment fetches).
+/// Resource Timing then sees protocol and timings of segment fetches). With
+/// `allow_credentials` (an explicit origin list, checked by the config), the allowed origin is
+/// echoed with `Access-Control-Allow-Credentials: true`, on preflights and on every answer
+/// (Fetch standard, CORS check: a credentialed response needs both).
 pub fn cors(policy: &Policy, req: &Request<'_>, headers: &mut HeaderMap) {
     let cors = &policy.config.cors;
     if cors.any_origin {
@@ -73,6 +76,12 @@ pub fn cors(policy: &Policy, req: &Request<'_>, headers: &mut HeaderMap) {
         }
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(TIMING_ALLOW_ORIGIN, origin.clone());
+        if cors.allow_credentials {
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE);
 }

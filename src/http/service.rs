@@ -165,6 +165,22 @@ struct At<'a> {
     draining: &'a Stop,
 }
 
+/// The path a request names. `OPTIONS http://host[:port]` (absolute form, empty path, no
+/// query) is the absolute form of `OPTIONS *` (RFC 9112 §3.2.4), as the plaintext fast path
+/// reads it (`h1::parse::split_target`). `http::Uri` (hyper's parser, over TLS) turns an empty
+/// absolute path into `/` as it parses, so `OPTIONS http://host/` cannot be told from it here
+/// and is `*` too; the answer is the same for both (`/` is no resource: `Allow` lists the
+/// server's methods either way), only the access log's path differs. Over HTTP/2, `:path` `*`
+/// arrives as the path `*` already.
+fn target_path<'u>(method: &http::Method, uri: &'u http::Uri) -> &'u str {
+    let empty_absolute = uri.scheme().is_some() && uri.path() == "/" && uri.query().is_none();
+    if method == http::Method::OPTIONS && empty_absolute {
+        "*"
+    } else {
+        uri.path()
+    }
+}
+
 /// One request through the handler; its record finishes with the body, and it stays in flight
 /// on its connection's watch until then.
 async fn respond(
@@ -191,7 +207,7 @@ async fn respond(
     let (parts, incoming) = req.into_parts();
     let hreq = handler::Request {
         method: &parts.method,
-        path: parts.uri.path(),
+        path: target_path(&parts.method, &parts.uri),
         query: parts.uri.query(),
         headers: &parts.headers,
         peer,
@@ -233,4 +249,27 @@ async fn respond(
         );
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_path;
+    use http::{Method, Uri};
+
+    #[test]
+    fn options_absolute_form_is_asterisk() {
+        let path = |m: &Method, t: &str| {
+            let uri: Uri = t.parse().expect("uri");
+            target_path(m, &uri).to_string()
+        };
+        assert_eq!(path(&Method::OPTIONS, "http://h"), "*");
+        assert_eq!(path(&Method::OPTIONS, "https://h:8443"), "*");
+        // (Indistinguishable from `http://h` once parsed: see `target_path`.)
+        assert_eq!(path(&Method::OPTIONS, "http://h/"), "*");
+        assert_eq!(path(&Method::OPTIONS, "http://h?x"), "/");
+        assert_eq!(path(&Method::OPTIONS, "*"), "*");
+        assert_eq!(path(&Method::OPTIONS, "/a.ts"), "/a.ts");
+        assert_eq!(path(&Method::GET, "http://h"), "/");
+        assert_eq!(path(&Method::GET, "http://h/a.ts?q"), "/a.ts");
+    }
 }
