@@ -1468,3 +1468,85 @@ async fn uploads_in_flight_through_an_upgrade_complete() {
     assert!(std::fs::read(dir.join("new.m4s")).expect("new") == body(b'n'));
     assert_eq!(temps(), 0);
 }
+
+/// An LL-HLS blocking reload parked on the old process when an upgrade starts is answered with
+/// what it asked for, once the packager writes it through the new process (RFC 8216bis
+/// §6.2.5.2: the server defers its answer until the playlist has it, or answers an error). It
+/// was answered at once with the playlist as it was, without it (hls.js then fell back to
+/// polling for a second on every upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reloads_parked_through_an_upgrade_get_what_they_asked_for() {
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let u = upgradable_with("", |cfg| {
+        cfg + &format!(
+            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
+             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n\n[live]\nprefixes = [\"/live/\"]\n"
+        )
+    });
+    let tok = token_with_key(KEY, "/live/*");
+    let path = "/live/up/index.m3u8";
+    let playlist = |n: u32| {
+        let mut t = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n\
+                     #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:0\n"
+            .to_string();
+        for i in 0..n {
+            t.push_str(&format!("#EXTINF:2.0,\ns{i}.ts\n"));
+        }
+        t
+    };
+    let put = |text: String| {
+        let mut p = ChunkedPut::start(u.srv.addr, &q(path, &tok));
+        p.chunk(text.as_bytes());
+        p.finish()
+    };
+    let status = put(playlist(3));
+    assert!(status.contains(" 201 "), "{status}");
+    let first = read_pid(&u.pid_file).expect("pid file");
+    let mut procs = Procs::new(&u.srv.config, first);
+    // Parked on the old process: segment 3 is not there yet.
+    let addr = u.srv.addr;
+    let parked = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(
+            format!("GET {path}?_HLS_msn=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("request");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let blocked = || {
+        let m = raw_get(u.srv.admin, "/metrics");
+        metric(&String::from_utf8_lossy(&m), "segd_live_blocked_requests") == Some(1.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || blocked()).await,
+        "the request is parked"
+    );
+    kill(first, libc::SIGUSR2);
+    let second = new_pid(&u.pid_file, first, &u.srv).await;
+    procs.pids.push(second);
+    u.srv.log_with(&["sockets handed over"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The packager's next write lands on the new process.
+    let status = put(playlist(4));
+    assert!(status.contains(" 204 "), "{status}");
+    let answer = tokio::time::timeout(Duration::from_secs(20), parked)
+        .await
+        .expect("answered")
+        .expect("join");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, playlist(4), "the playlist with segment 3:\n{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("no-store"),
+        "a satisfied answer is cacheable: {head}"
+    );
+    assert!(
+        gone(first, Duration::from_secs(30)).await,
+        "the old process exits"
+    );
+}
