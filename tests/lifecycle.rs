@@ -1348,3 +1348,205 @@ async fn handover_loss_old_way_vs_upgrade() {
     let (ok, failed) = load.finish().await;
     report("SIGUSR2 upgrade", ok, &failed);
 }
+
+// === uploads across an upgrade ===
+
+/// A chunked PUT over a raw HTTP/1.1 socket, its body sent piece by piece.
+struct ChunkedPut(TcpStream);
+
+impl ChunkedPut {
+    fn start(addr: std::net::SocketAddr, target: &str) -> ChunkedPut {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(
+            format!("PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("head");
+        ChunkedPut(s)
+    }
+
+    fn chunk(&mut self, data: &[u8]) {
+        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+        self.0.write_all(&out).expect("chunk");
+    }
+
+    /// The last chunk; the answer's status line.
+    fn finish(mut self) -> String {
+        self.0.write_all(b"0\r\n\r\n").expect("last chunk");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match self.0.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Uploads in flight through a SIGUSR2 upgrade complete: one on the old process (its temporary
+/// file survives the new process's start), and one the new process takes while the old one
+/// still drains, which is still in flight when the new process removes the temporary files an
+/// earlier run left (that clean-up waits for the old process to exit). It removed the new
+/// process's own upload's file too, and the upload failed with 500 (an LL-HLS packager's part
+/// during an upgrade, found playing a stream through one with hls.js).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_flight_through_an_upgrade_complete() {
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let u = upgradable_with("", |cfg| {
+        cfg + &format!(
+            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
+             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n"
+        )
+    });
+    let tok = token_with_key(KEY, "/live/*");
+    let dir = u.vols.path().join("disk1/live/s1");
+    // Longer than one write buffer: each upload is on disk, as a temporary file, from its
+    // first chunk on.
+    let big = |c: u8| vec![c; 300 << 10];
+    let temps = || {
+        std::fs::read_dir(&dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".segd-tmp-"))
+                .count()
+        })
+    };
+    let first = read_pid(&u.pid_file).expect("pid file");
+    let mut procs = Procs::new(&u.srv.config, first);
+    // On the old process, in flight through the whole upgrade.
+    let mut old = ChunkedPut::start(u.srv.addr, &q("/live/s1/old.m4s", &tok));
+    old.chunk(&big(b'o'));
+    assert!(eventually(Duration::from_secs(10), async || temps() == 1).await);
+    kill(first, libc::SIGUSR2);
+    let second = new_pid(&u.pid_file, first, &u.srv).await;
+    procs.pids.push(second);
+    u.srv.log_with(&["sockets handed over"]);
+    // On the new process, while the old one drains.
+    let mut new = ChunkedPut::start(u.srv.addr, &q("/live/s1/new.m4s", &tok));
+    new.chunk(&big(b'n'));
+    assert!(
+        eventually(Duration::from_secs(10), async || temps() == 2).await,
+        "the new process's upload has no temporary file"
+    );
+    // What a crash left, which the clean-up must remove (so the test sees when it has run).
+    let crashed = dir.join(".segd-tmp-00000000deadbeef");
+    std::fs::write(&crashed, b"half an upload").expect("write");
+    old.chunk(b"end");
+    let status = old.finish();
+    assert!(
+        status.contains(" 201 "),
+        "the old process's upload: {status}"
+    );
+    assert!(
+        gone(first, Duration::from_secs(30)).await,
+        "the old process did not exit; log:\n{}",
+        u.srv.stderr()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), async || !crashed.exists()).await,
+        "the new process did not remove what a crash left; log:\n{}",
+        u.srv.stderr()
+    );
+    new.chunk(b"end");
+    let status = new.finish();
+    assert!(
+        status.contains(" 201 "),
+        "the new process's upload in flight through its clean-up: {status}; log:\n{}",
+        u.srv.stderr()
+    );
+    let body = |c: u8| [big(c), b"end".to_vec()].concat();
+    assert!(std::fs::read(dir.join("old.m4s")).expect("old") == body(b'o'));
+    assert!(std::fs::read(dir.join("new.m4s")).expect("new") == body(b'n'));
+    assert_eq!(temps(), 0);
+}
+
+/// An LL-HLS blocking reload parked on the old process when an upgrade starts is answered with
+/// what it asked for, once the packager writes it through the new process (RFC 8216bis
+/// §6.2.5.2: the server defers its answer until the playlist has it, or answers an error). It
+/// was answered at once with the playlist as it was, without it (hls.js then fell back to
+/// polling for a second on every upgrade).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reloads_parked_through_an_upgrade_get_what_they_asked_for() {
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let u = upgradable_with("", |cfg| {
+        cfg + &format!(
+            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
+             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n\n[live]\nprefixes = [\"/live/\"]\n"
+        )
+    });
+    let tok = token_with_key(KEY, "/live/*");
+    let path = "/live/up/index.m3u8";
+    let playlist = |n: u32| {
+        let mut t = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n\
+                     #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES\n#EXT-X-MEDIA-SEQUENCE:0\n"
+            .to_string();
+        for i in 0..n {
+            t.push_str(&format!("#EXTINF:2.0,\ns{i}.ts\n"));
+        }
+        t
+    };
+    let put = |text: String| {
+        let mut p = ChunkedPut::start(u.srv.addr, &q(path, &tok));
+        p.chunk(text.as_bytes());
+        p.finish()
+    };
+    let status = put(playlist(3));
+    assert!(status.contains(" 201 "), "{status}");
+    let first = read_pid(&u.pid_file).expect("pid file");
+    let mut procs = Procs::new(&u.srv.config, first);
+    // Parked on the old process: segment 3 is not there yet.
+    let addr = u.srv.addr;
+    let parked = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(
+            format!("GET {path}?_HLS_msn=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("request");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    let blocked = || {
+        let m = raw_get(u.srv.admin, "/metrics");
+        metric(&String::from_utf8_lossy(&m), "segd_live_blocked_requests") == Some(1.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || blocked()).await,
+        "the request is parked"
+    );
+    kill(first, libc::SIGUSR2);
+    let second = new_pid(&u.pid_file, first, &u.srv).await;
+    procs.pids.push(second);
+    u.srv.log_with(&["sockets handed over"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The packager's next write lands on the new process.
+    let status = put(playlist(4));
+    assert!(status.contains(" 204 "), "{status}");
+    let answer = tokio::time::timeout(Duration::from_secs(20), parked)
+        .await
+        .expect("answered")
+        .expect("join");
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, playlist(4), "the playlist with segment 3:\n{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("no-store"),
+        "a satisfied answer is cacheable: {head}"
+    );
+    assert!(
+        gone(first, Duration::from_secs(30)).await,
+        "the old process exits"
+    );
+}

@@ -2850,3 +2850,102 @@ async fn preload_hints_wait_on_a_node_that_also_pulls_live_paths() {
     assert_eq!(r.resp.status, 200);
     assert_eq!(r.resp.body.as_ref(), bytes.as_slice());
 }
+
+/// Read-while-write over HTTP/3 (LL-DASH players reach segd over QUIC too): a GET of a segment
+/// still being uploaded has the bytes so far, then each chunk as it lands, no Content-Length,
+/// `no-store`, and ends with exactly the uploaded bytes when the upload commits; a failed
+/// upload resets the stream, never ends it like a complete body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_segment_streamed_over_http3() {
+    use bytes::Buf;
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("localhost");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    let rig = Rig::start(3, 10, &tls);
+    let addr = rig.srv.tls_addr.expect("TLS listener");
+    let uploading = async || {
+        eventually(Duration::from_secs(10), async || {
+            metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+        })
+        .await
+    };
+    let mut h3 = crate::h3::h3_connect(addr, &pki).await;
+    // Reads until `want` bytes are in (or the stream ends or fails).
+    async fn read_to(
+        s: &mut h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+        got: &mut Vec<u8>,
+        want: usize,
+    ) -> Result<bool, String> {
+        while got.len() < want {
+            match tokio::time::timeout(Duration::from_secs(10), s.recv_data()).await {
+                Err(_) => return Err(format!("timed out at {} of {want}", got.len())),
+                Ok(Err(e)) => return Err(format!("{e:?} at {}", got.len())),
+                Ok(Ok(None)) => return Ok(true),
+                Ok(Ok(Some(mut c))) => {
+                    while c.has_remaining() {
+                        let n = c.chunk().len();
+                        got.extend_from_slice(c.chunk());
+                        c.advance(n);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    let path = "/live/rw3/seg1.m4s";
+    let data: Vec<u8> = (0..40_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    up.chunk(&data[..3_000]);
+    assert!(uploading().await, "the upload is in progress");
+    let mut s = h3.open("GET", path, &[]).await;
+    let head = s.recv_response().await.expect("head");
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers().get("content-length"), None);
+    assert_eq!(
+        head.headers().get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    let mut got = Vec::new();
+    assert_eq!(read_to(&mut s, &mut got, 3_000).await, Ok(false));
+    let mut end = 3_000;
+    for len in [7_000, 10_000, 20_000] {
+        up.chunk(&data[end..end + len]);
+        end += len;
+        assert_eq!(
+            read_to(&mut s, &mut got, end).await,
+            Ok(false),
+            "each chunk as it lands, before the upload ends"
+        );
+        assert!(got == data[..end], "the bytes so far ({end})");
+    }
+    assert_eq!(up.finish(), 201);
+    assert_eq!(
+        read_to(&mut s, &mut got, usize::MAX).await,
+        Ok(true),
+        "a clean end after the commit"
+    );
+    assert!(got == data, "exactly the uploaded bytes");
+
+    // A failed upload: the stream is reset.
+    let path = "/live/rw3/seg2.m4s";
+    let mut up = SlowPut::start(rig.srv.addr, &q(path, &rig.tok));
+    up.chunk(&data[..4_000]);
+    assert!(uploading().await, "the second upload is in progress");
+    let mut s = h3.open("GET", path, &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    let mut got = Vec::new();
+    assert_eq!(read_to(&mut s, &mut got, 4_000).await, Ok(false));
+    drop(up);
+    match read_to(&mut s, &mut got, usize::MAX).await {
+        Ok(true) => panic!(
+            "a failed upload ended like a complete body ({} bytes)",
+            got.len()
+        ),
+        Ok(false) => unreachable!(),
+        Err(e) => assert!(!e.contains("timed out"), "neither ended nor reset: {e}"),
+    }
+}

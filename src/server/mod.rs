@@ -402,6 +402,7 @@ async fn serve(
     drop(upgrader);
     let metrics = &shared.runtime.metrics;
     metrics.draining.set(1);
+    let handed_over = matches!(stop, StopReason::HandedOver(_));
     match stop {
         StopReason::Signal => {
             unready.set();
@@ -418,12 +419,25 @@ async fn serve(
             tracing::info!(new = pid, "sockets handed over");
         }
     }
-    // Parked LL-HLS requests are answered now, not at their timeouts.
-    shared.runtime.live.stop();
     // Write-through entries queued from now on wait for the next process (after an upgrade, the
     // new one), which alone knows which of its own uploads are still before their rename.
     shared.runtime.store.stop_write_through();
     let timeout = shared.load().config.server.drain_timeout;
+    if handed_over {
+        // Parked LL-HLS requests go on waiting: the new process's writes reach this registry
+        // through the live watcher (inotify sees its renames), so they are answered with what
+        // they asked for (RFC 8216bis §6.2.5.2), or 503 at their timeout; those still parked
+        // 1 s before the drain ends are answered with what there is.
+        let live = Arc::clone(&shared.runtime.live);
+        let grace = timeout.saturating_sub(std::time::Duration::from_secs(1));
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            live.stop();
+        });
+    } else {
+        // Stopping for good: parked LL-HLS requests are answered now, not at their timeouts.
+        shared.runtime.live.stop();
+    }
     tracing::info!(timeout = %crate::config::fmt_duration(timeout), "draining: no new connections; waiting for in-flight responses");
     if controller.shutdown(timeout).await {
         tracing::info!("drained; exiting");

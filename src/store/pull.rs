@@ -656,7 +656,10 @@ impl Pull {
                 if t.is_dir() {
                     stack.push((e.path(), key));
                 } else if name.starts_with(super::write::TEMP_PREFIX) {
-                    let _ = std::fs::remove_file(e.path());
+                    // Another run's: this run's own are fills in progress.
+                    if super::write::is_stale_temp(&name) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
                 } else if !name.starts_with('.') && t.is_file() {
                     let (_, side) = sidecar(&key);
                     let meta = std::fs::read_to_string(dir.join(side))

@@ -5,7 +5,7 @@
 //! Containment: directories are walked and created one component at a time from the volume's
 //! root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and `mkdirat`, so
 //! neither `..` nor a symlink (planted before or during the write) can lead a write outside the
-//! volume. The temporary file is a dot-file (`.segd-tmp-<random>`), which the read side never
+//! volume. The temporary file is a dot-file (`.segd-tmp-<run>-<random>`), which the read side never
 //! serves; the rename is atomic for readers (a reader that opened the old file keeps the old
 //! inode). Durable commit order, when asked: write → fsync(file) → rename → fsync(directory).
 
@@ -17,6 +17,22 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 /// Name prefix of temporary files (removed at start-up if a crash left any).
 pub const TEMP_PREFIX: &str = ".segd-tmp-";
+
+/// This process's run id: the part of its temporary files' names after [`TEMP_PREFIX`]. The
+/// start-up clean-up runs while this process already writes (after an upgrade, once the old
+/// process has exited; after a plain start, in the background), so it tells the temporary files
+/// of this run, which are uploads in progress, from those an earlier run left.
+fn run_id() -> u64 {
+    static RUN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RUN.get_or_init(crate::io::random_bits)
+}
+
+/// Whether `name` is a temporary file another run (a crashed or exited process) left: never
+/// one of this process's writes in progress.
+pub fn is_stale_temp(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|rest| !rest.starts_with(&format!("{:016x}-", run_id())))
+}
 
 /// A directory beneath a volume root, held open.
 pub struct Dir {
@@ -441,16 +457,18 @@ pub fn remove_empty(root: BorrowedFd<'_>, rel_dir: &str, first: usize) {
     }
 }
 
-/// `TEMP_PREFIX` and 16 hex digits of `bits`, in a string allocated once at its final size.
+/// `TEMP_PREFIX`, this run's id and 16 hex digits of `bits`, in a string allocated once at its
+/// final size.
 fn temp_name(bits: u64) -> String {
     use std::fmt::Write as _;
-    let mut name = String::with_capacity(TEMP_PREFIX.len() + 16);
+    let mut name = String::with_capacity(TEMP_PREFIX.len() + 33);
     name.push_str(TEMP_PREFIX);
-    let _ = write!(name, "{bits:016x}");
+    let _ = write!(name, "{:016x}-{bits:016x}", run_id());
     name
 }
 
-/// Removes temporary files a crash left under `dir` (recursively); returns how many.
+/// Removes temporary files earlier runs left under `dir` (recursively), never this run's own
+/// (uploads in progress); returns how many.
 pub fn remove_stale_temps(dir: &std::path::Path) -> u64 {
     let mut removed = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -462,7 +480,7 @@ pub fn remove_stale_temps(dir: &std::path::Path) -> u64 {
             let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 stack.push(e.path());
-            } else if ft.is_file() && e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            } else if ft.is_file() && is_stale_temp(&e.file_name().to_string_lossy()) {
                 match std::fs::remove_file(e.path()) {
                     Ok(()) => removed += 1,
                     Err(err) => {
@@ -485,10 +503,45 @@ mod tests {
     }
 
     #[test]
-    fn temp_names_are_the_prefix_and_sixteen_hex_digits() {
+    fn temp_names_are_the_prefix_the_run_and_sixteen_hex_digits() {
+        let run = run_id();
         for bits in [0, 1, 0xfedc_ba98_7654_3210, u64::MAX] {
-            assert_eq!(temp_name(bits), format!("{TEMP_PREFIX}{bits:016x}"));
+            let name = temp_name(bits);
+            assert_eq!(name, format!("{TEMP_PREFIX}{run:016x}-{bits:016x}"));
+            assert!(!is_stale_temp(&name), "this run's own: {name}");
         }
+        // Another run's (an older segd's names had no run id), and a crash's leftovers.
+        for other in [
+            format!("{TEMP_PREFIX}{:016x}-0000000000000001", run.wrapping_add(1)),
+            format!("{TEMP_PREFIX}{:016x}", 7),
+            format!("{TEMP_PREFIX}abc123"),
+        ] {
+            assert!(is_stale_temp(&other), "{other}");
+        }
+        assert!(!is_stale_temp("seg1.ts"));
+    }
+
+    /// The start-up clean-up runs while this process already takes uploads: it removes what
+    /// earlier runs left and never a temporary file of this run (an upload in progress, which
+    /// would then fail to commit).
+    #[test]
+    fn the_clean_up_leaves_this_runs_uploads_in_progress() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = open_root(root.path());
+        let dir = Dir::open(&rootfd, "live/s1", true).expect("mkdir -p");
+        let mut t = TempFile::new(dir).expect("temp");
+        t.write_all(b"half").expect("write");
+        let left = root.path().join("live/s1/.segd-tmp-00000000deadbeef");
+        std::fs::write(&left, b"a crash's").expect("write");
+        assert_eq!(remove_stale_temps(&root.path().join("live")), 1);
+        assert!(!left.exists());
+        t.write_all(b" and the rest").expect("write");
+        t.commit("seg1.m4s", false)
+            .expect("commit after the clean-up");
+        assert_eq!(
+            std::fs::read(root.path().join("live/s1/seg1.m4s")).expect("read"),
+            b"half and the rest"
+        );
     }
 
     #[test]
