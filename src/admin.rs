@@ -99,18 +99,22 @@ pub fn route(
 /// hold the drain open: only client traffic is waited for.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, unready: Stop, released: Stop) {
     let mut release = released.clone();
+    let mut errors = crate::server::AcceptErrors::new("admin accept failed");
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+                    let pause = errors.failed(&e, &shared.runtime.metrics.accept_errors);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        _ = release.wait() => return,
+                    }
                 }
             },
             _ = release.wait() => return,
         };
+        errors.accepted();
         let shared = Arc::clone(&shared);
         let (unready, released) = (unready.clone(), released.clone());
         tokio::spawn(async move {

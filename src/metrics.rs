@@ -31,6 +31,8 @@ pub struct Metrics {
     pub zero_copy_bytes: prometheus::IntCounter,
     pub volume_read_seconds: HistogramVec,
     pub connections_rejected: prometheus::IntCounter,
+    /// Failed `accept` calls by `reason` (`descriptors`, `memory`, `other`).
+    pub accept_errors: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
     pub quic_retries: prometheus::IntCounter,
@@ -122,6 +124,18 @@ impl Metrics {
             "segd_connections_rejected_total",
             "Connections closed at accept because server.max_connections were open",
         )?;
+        let accept_errors = IntCounterVec::new(
+            Opts::new(
+                "segd_accept_errors_total",
+                "Failed accepts on client and admin listeners, by reason (descriptors: EMFILE/ENFILE; memory: ENOBUFS/ENOMEM)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(accept_errors.clone()))?;
+        // Exported at 0 from the start, so a rate() has a series before the first failure.
+        for reason in ["descriptors", "memory", "other"] {
+            accept_errors.with_label_values(&[reason]);
+        }
         let tls_handshakes = IntCounterVec::new(
             Opts::new(
                 "segd_tls_handshakes_total",
@@ -234,6 +248,7 @@ impl Metrics {
             zero_copy_bytes,
             volume_read_seconds,
             connections_rejected,
+            accept_errors,
             tls_handshakes,
             h3_rapid_reset_closes,
             quic_retries,

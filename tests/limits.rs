@@ -375,3 +375,68 @@ async fn descriptor_limit_caps_connections_not_requests() {
         "the cap is said at start:\n{err}"
     );
 }
+
+/// Descriptors running out under a server already started (its limit lowered while it runs, as
+/// uploads, pulls or another process's share can leave it): each failed accept is counted,
+/// the log says it once rather than a hundred times a second, the loop backs off instead of
+/// spinning, and connections are served again as soon as descriptors are.
+#[tokio::test]
+async fn failed_accepts_are_counted_and_said_once() {
+    let dir = demo_volumes();
+    let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
+    let pid = srv.child.id().to_string();
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    // The lowest free descriptor number (some are kept high, out of the way).
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap_or(0);
+    // The soft limit only (`N:`): raising it back needs no privilege.
+    let prlimit = |n: &str| {
+        let st = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={n}:")])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(st.success(), "prlimit --nofile={n}");
+    };
+    let before = srv.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    // No descriptor left: every number below the limit is in use.
+    prlimit(&lowest_free.to_string());
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        flood.push(TcpStream::connect(srv.addr).expect("connect (the backlog takes it)"));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let during = srv.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+    let said = during[before.len().min(during.len())..]
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    let hard = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .expect("limits")
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .expect("hard limit");
+    prlimit(&hard);
+    drop(flood);
+    assert!(
+        (1..=2).contains(&said),
+        "failed accepts said once, not every 10 ms: {said} lines\n{during}"
+    );
+    // Served again at once (the back-off is at most 0.5 s).
+    let served = eventually(Duration::from_secs(3), async || {
+        get(&srv.url("/vod/t1/hls/master.m3u8"), &[]).await.status == 200
+    });
+    assert!(served.await, "served again once descriptors are back");
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    let failed: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("segd_accept_errors_total{reason=\"descriptors\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        (1.0..100.0).contains(&failed),
+        "counted, with a back-off (not one every 10 ms): {failed}\n{m}"
+    );
+}

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -26,18 +27,22 @@ async fn accept_loop<F, Fut>(
 {
     use std::sync::atomic::Ordering;
     let mut stop = drain.signal();
+    let mut errors = AcceptErrors::new("accept failed");
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
+                    let pause = errors.failed(&e, &shared.runtime.metrics.accept_errors);
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => continue,
+                        _ = stop.wait() => break,
+                    }
                 }
             },
             _ = stop.wait() => break,
         };
+        errors.accepted();
         if active.load(Ordering::Relaxed) >= shared.load().config.server.max_connections {
             // A reset: the cheapest answer for a connection we will not serve.
             let _ = stream.set_zero_linger();
@@ -51,6 +56,78 @@ async fn accept_loop<F, Fut>(
             conn.await;
             drop(guard);
         });
+    }
+}
+
+/// What an accept loop does about failed accepts (EMFILE when descriptors run out, ENOBUFS,
+/// …): each is counted (`segd_accept_errors_total{reason}`); the log says the first and then at
+/// most one line per [`AcceptErrors::SAY_EVERY`] with how many it left out (a loop retrying
+/// every few milliseconds would otherwise write a hundred lines a second); and the loop waits
+/// before it tries again, from 10 ms doubling to 0.5 s while the failures last (as nginx
+/// pauses accepting for 0.5 s on EMFILE), so it does not spin on a condition only time or
+/// closing connections can clear.
+pub(crate) struct AcceptErrors {
+    what: &'static str,
+    pause: Duration,
+    said: Option<Instant>,
+    unsaid: u64,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_millis(500);
+    const SAY_EVERY: Duration = Duration::from_secs(10);
+
+    /// `what` is the log message ("accept failed").
+    pub(crate) fn new(what: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            what,
+            pause: Self::FIRST_PAUSE,
+            said: None,
+            unsaid: 0,
+        }
+    }
+
+    /// Counts and maybe logs `e`; returns how long to wait before the next accept.
+    pub(crate) fn failed(
+        &mut self,
+        e: &std::io::Error,
+        counter: &prometheus::IntCounterVec,
+    ) -> Duration {
+        counter.with_label_values(&[accept_error_reason(e)]).inc();
+        let now = Instant::now();
+        if self
+            .said
+            .is_none_or(|t| now.duration_since(t) >= Self::SAY_EVERY)
+        {
+            tracing::warn!(
+                error = %e,
+                left_out = self.unsaid,
+                "{} (said at most every 10 s, left_out since the last line; counted in segd_accept_errors_total)",
+                self.what
+            );
+            self.said = Some(now);
+            self.unsaid = 0;
+        } else {
+            self.unsaid += 1;
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        pause
+    }
+
+    /// An accept succeeded: the next failure waits the shortest pause again.
+    pub(crate) fn accepted(&mut self) {
+        self.pause = Self::FIRST_PAUSE;
+    }
+}
+
+/// The `reason` label of a failed accept.
+fn accept_error_reason(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => "descriptors",
+        Some(libc::ENOBUFS | libc::ENOMEM) => "memory",
+        _ => "other",
     }
 }
 

@@ -11,6 +11,7 @@
 //! drain starts at once: the new process answers on the same sockets, admin included.
 
 mod accept;
+pub(crate) use accept::AcceptErrors;
 mod banner;
 pub mod listener;
 mod pidfile;
