@@ -656,7 +656,7 @@ impl Local {
                 saw_unhealthy = true;
                 continue;
             }
-            if v.stat(rel).is_some() {
+            if v.stat_contained(rel).is_some() {
                 return room(i);
             }
         }
@@ -666,7 +666,7 @@ impl Local {
         let holds_asset = |i: usize| {
             asset_rel
                 .as_ref()
-                .and_then(|a| vols.get(i).and_then(|v| v.stat(a)))
+                .and_then(|a| vols.get(i).and_then(|v| v.stat_contained(a)))
                 .is_some()
         };
         let n = vols.served().count();

@@ -290,10 +290,20 @@ impl Volume {
         rustix::fs::open(&full, flags, Mode::empty()).map_err(|e| classify(&e.into()))
     }
 
+    /// Current metadata of `rel` (one `statat`, following symlinks): only compared with the
+    /// metadata of a file opened contained (the open-file cache's re-check of a path, on every
+    /// playlist hit), never taken for an object of its own. A symlink out of the volume gives
+    /// another file's metadata, so no match, and the lookup opens the path again, contained.
+    pub fn stat(&self, rel: &RelPath) -> Option<ObjectMeta> {
+        let root = self.root.load_full()?;
+        let st = rustix::fs::statat(&root.fd, rel.as_str(), rustix::fs::AtFlags::empty()).ok()?;
+        Some(ObjectMeta::from_stat(&st))
+    }
+
     /// Current metadata of `rel`, resolved as [`Volume::open`] resolves it: a symlink is
     /// followed only while it stays beneath the root, so whether a file outside the volume
     /// exists never shows (an upload's placement asks this, and 201 or 204 would tell).
-    pub fn stat(&self, rel: &RelPath) -> Option<ObjectMeta> {
+    pub fn stat_contained(&self, rel: &RelPath) -> Option<ObjectMeta> {
         let root = self.root.load_full()?;
         let flags = OFlags::PATH | OFlags::CLOEXEC;
         let fd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
