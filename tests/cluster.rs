@@ -888,6 +888,15 @@ impl Cluster {
         .await;
         (id, r)
     }
+
+    /// PUTs a new object through HAProxy (201) and returns the node that took it.
+    async fn put_new(&self, path: &str, body: &[u8]) -> &'static str {
+        let (id, r) = self.put(path, body).await;
+        assert_eq!(r.status, 201, "PUT {path}: {}", r.text());
+        let who = self.who_served(std::slice::from_ref(&id));
+        *who.get(&id)
+            .unwrap_or_else(|| panic!("no node logged PUT {path}"))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1273,12 +1282,7 @@ async fn cluster_live_503_is_not_replayed_on_a_node_without_the_stream() {
         #EXT-X-PART-INF:PART-TARGET=0.5\n#EXT-X-MEDIA-SEQUENCE:0\n\
         #EXT-X-PART:DURATION=0.5,URI=\"seg0.part0.m4s\",INDEPENDENT=YES\n\
         #EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"seg0.part1.m4s\"\n";
-    let (id, r) = c.put("/live/ll01/seg0.part0.m4s", &pattern(5001)).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let owner = *c
-        .who_served(std::slice::from_ref(&id))
-        .get(&id)
-        .expect("logged");
+    let owner = c.put_new("/live/ll01/seg0.part0.m4s", &pattern(5001)).await;
     let (_, r) = c.put("/live/ll01/index.m3u8", playlist.as_bytes()).await;
     assert!(r.status == 201 || r.status == 204, "{}", r.text());
 
@@ -1356,12 +1360,7 @@ async fn cluster_live_request_moved_off_a_down_node_is_503_retry_after_not_404()
     .await;
     let playlist = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n\
         #EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:2.0,\nseg0.ts\n";
-    let (id, r) = c.put("/live/mv01/seg0.ts", &pattern(5101)).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let owner = *c
-        .who_served(std::slice::from_ref(&id))
-        .get(&id)
-        .expect("logged");
+    let owner = c.put_new("/live/mv01/seg0.ts", &pattern(5101)).await;
     let (_, r) = c.put("/live/mv01/index.m3u8", playlist.as_bytes()).await;
     assert!(r.status == 201 || r.status == 204, "{}", r.text());
     let (_, status, _, _) = c.get("/live/mv01/index.m3u8", 0).await;
@@ -1790,12 +1789,7 @@ async fn cluster_a_nodes_disk_failing_costs_no_request_for_what_the_bucket_holds
     .await;
     let path = "/vod/df01/hls/seg_00001.ts";
     let body = pattern(6101);
-    let (id, r) = c.put(path, &body).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let owner = *c
-        .who_served(std::slice::from_ref(&id))
-        .get(&id)
-        .expect("logged");
+    let owner = c.put_new(path, &body).await;
     let (_, status, h, _) = c.get(path, 0).await;
     assert_eq!(status, 200);
     let etag = header(&h, "etag");

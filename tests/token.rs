@@ -41,6 +41,24 @@ fn segd_sign(config: &std::path::Path, args: &[&str]) -> std::process::Output {
         .expect("sign")
 }
 
+/// `segd sign` with `base` and then each case's arguments prints the case's token.
+fn sign_cases(config: &std::path::Path, base: &[&str], cases: &[(&[&str], &str)]) {
+    for (args, expect) in cases {
+        let out = segd_sign(config, &[base, args].concat());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let token = text
+            .lines()
+            .find_map(|l| l.strip_prefix("token:"))
+            .map(str::trim);
+        assert_eq!(
+            token,
+            Some(*expect),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn tok(key: &str, spec: SignSpec<'_>) -> String {
     sign(
         TokenAlgorithm::Sha256,
@@ -708,23 +726,11 @@ fn sign_matches_the_reference_generator() {
             "ip=1.2.3.4~st=1900000000~exp=1900000060~acl=/vod/*~id=sess~data=payload~hmac=b5f5e1dacca16c487d6806dd9e19bdf127f334e64b97bb59b80120d27dec01ce",
         ),
     ];
-    for (args, expect) in cases {
-        let out = segd_sign(
-            &srv.config,
-            &[&["--key-id", "k1", "--start", "1900000000"][..], args].concat(),
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let token = text
-            .lines()
-            .find_map(|l| l.strip_prefix("token:"))
-            .map(str::trim);
-        assert_eq!(
-            token,
-            Some(expect),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    sign_cases(
+        &srv.config,
+        &["--key-id", "k1", "--start", "1900000000"],
+        &cases,
+    );
 }
 
 /// `~` separates a token's fields: `segd sign` refuses a value that holds one (exit 64, the
@@ -976,23 +982,7 @@ fn sign_escape_early_matches_the_reference_generator() {
             "st=1900000000~exp=1900000060~hmac=203fd88971cf597d3ff4431da64cbf0994e10fff427a42eec2582197a413fe31",
         ),
     ];
-    for (args, expect) in cases {
-        let out = segd_sign(
-            &config,
-            &[&["--start", "1900000000", "--ttl", "60s"][..], args].concat(),
-        );
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let token = text
-            .lines()
-            .find_map(|l| l.strip_prefix("token:"))
-            .map(str::trim);
-        assert_eq!(
-            token,
-            Some(expect),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    sign_cases(&config, &["--start", "1900000000", "--ttl", "60s"], &cases);
 }
 
 /// `client_ip_header = "X-Forwarded-For"`: a viewer can send an `X-Forwarded-For` of its own
