@@ -37,10 +37,17 @@ fn framing_and_host_rules() {
         format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
         format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Bad: a\rb\r\n\r\n"),
         format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"),
+        // HTTP/1.0 has no transfer codings: faulty framing (RFC 9112 §6.1).
+        format!("POST {SEG} HTTP/1.0\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        // A Transfer-Encoding naming no coding frames nothing.
+        format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \r\n\r\n"),
+        format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: ,\r\n\r\n"),
     ] {
         let resp = raw(srv.addr, req.as_bytes(), Duration::from_secs(5));
-        assert_eq!(raw_status(&resp), 400, "{req:?}: {}", String::from_utf8_lossy(&resp));
-        assert!(String::from_utf8_lossy(&resp).contains("connection: close"));
+        let text = String::from_utf8_lossy(&resp);
+        assert_eq!(raw_status(&resp), 400, "{req:?}: {text}");
+        assert!(text.contains("connection: close"), "{req:?}: {text}");
+        assert!(text.ends_with("\r\n\r\nbad request\n"), "segd's own answer to {req:?}: {text}");
     }
     // A request with a body is answered, and nothing after it is read as a request.
     let req = format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\nGET /smuggled.ts HTTP/1.1\r\n\r\n");

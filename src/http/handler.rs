@@ -450,7 +450,12 @@ fn transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
             }
         }
     }
+    // More than one coding, or a field that names none (`Transfer-Encoding: ,`): no framing
+    // segd reads.
     if codings > 1 || (codings == 1 && !chunked_last) {
+        return Err(Refusal::Malformed);
+    }
+    if codings == 0 && headers.contains_key(TRANSFER_ENCODING) {
         return Err(Refusal::Malformed);
     }
     Ok(())

@@ -370,6 +370,10 @@ async fn chunked(
     metrics: &crate::metrics::Metrics,
     head: &parse::Head,
 ) -> Next {
+    // HTTP/1.0 has no transfer codings: its framing is faulty (RFC 9112 §6.1).
+    if head.http10 {
+        return refuse(stream, metrics, super::refusal::Refusal::Malformed).await;
+    }
     // Transfer codings first: segd decodes `chunked` and nothing else.
     if let Err(r) = handler::check_transfer_codings(&head.headers) {
         return refuse(stream, metrics, r).await;
