@@ -1011,11 +1011,7 @@ async fn h2_delete_reset_mid_body_removes_nothing() {
     let path = "/live/dr/obj.ts";
     let r = curl_put(&rig.url(&q(path, &tok)), b"keep me", &[]);
     assert_eq!(r.status(), 201, "{r:?}");
-    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
-        .await
-        .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
+    let (client, _driver) = h2c(rig.srv.addr).await;
     let delete = |content_length: Option<&str>| {
         let mut req = http::Request::builder()
             .method("DELETE")
@@ -1763,11 +1759,7 @@ async fn client_gone_mid_body() {
         let mut connection = None;
         if what.starts_with("h2c") {
             // An HTTP/2 stream reset mid-body.
-            let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
-                .await
-                .expect("connect");
-            let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-            let driver = tokio::spawn(conn);
+            let (client, driver) = h2c(rig.srv.addr).await;
             let mut client = client.ready().await.expect("h2 ready");
             let mut req = http::Request::builder()
                 .method("PUT")
@@ -2074,11 +2066,7 @@ async fn failed_uploads_leave_no_new_directories() {
     assert_eq!(tree(&vol), before, "413: no directory left");
 
     // HTTP/2: a stream reset mid-body.
-    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
-        .await
-        .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let driver = tokio::spawn(conn);
+    let (client, driver) = h2c(rig.srv.addr).await;
     let mut client = client.ready().await.expect("h2 ready");
     let req = http::Request::builder()
         .method("PUT")
@@ -2913,11 +2901,7 @@ async fn uploads_over_http2_and_http3() {
     let tok = upload_token("/live/*");
 
     // HTTP/2 (h2c): create, then replace.
-    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
-        .await
-        .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
+    let (client, _driver) = h2c(rig.srv.addr).await;
     for (body, want) in [(payload(300_000, 21), 201), (payload(1000, 22), 204)] {
         let mut client = client.clone().ready().await.expect("h2 ready");
         let req = http::Request::builder()

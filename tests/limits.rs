@@ -78,11 +78,7 @@ async fn connection_limit() {
 async fn h2_rapid_reset_gets_goaway() {
     let dir = demo_volumes();
     let srv = Server::start(&config_for(&[&dir.path().join("disk1")], ""));
-    let tcp = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect");
-    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let driver = tokio::spawn(conn);
+    let (mut client, driver) = h2c(srv.addr).await;
     let mut refused = false;
     for _ in 0..5_000 {
         let req = http::Request::get(srv.url(SEG)).body(()).expect("request");
@@ -265,11 +261,7 @@ const SEG_OF_WATCHED: &str = "/vod/big/huge.mp4";
 async fn h2_idle_connection_ends_after_keepalive_timeout() {
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = watched_server(dir.path());
-    let tcp = tokio::net::TcpStream::connect(srv.addr)
-        .await
-        .expect("connect");
-    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let driver = tokio::spawn(conn);
+    let (mut client, driver) = h2c(srv.addr).await;
     let req = http::Request::head(srv.url(SEG_OF_WATCHED))
         .body(())
         .expect("request");

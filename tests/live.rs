@@ -780,11 +780,7 @@ async fn a_client_that_goes_away_frees_its_slot() {
     let mut h1 = TcpStream::connect(rig.srv.addr).expect("connect");
     h1.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
         .expect("request");
-    let tcp = tokio::net::TcpStream::connect(rig.srv.addr)
-        .await
-        .expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    let driver = tokio::spawn(conn);
+    let (client, driver) = h2c(rig.srv.addr).await;
     let mut client = client.ready().await.expect("h2 ready");
     let req = http::Request::builder()
         .uri(rig.url(&target))

@@ -537,3 +537,16 @@ pub fn find_program(name: &str, fallbacks: &[PathBuf]) -> Option<PathBuf> {
         .chain(fallbacks.iter().cloned())
         .find(|p| p.is_file())
 }
+
+/// An HTTP/2 (prior knowledge) client connection to `addr`, its driver spawned (the handle
+/// ends when the connection does).
+pub async fn h2c(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    (client, tokio::spawn(conn))
+}
