@@ -144,24 +144,10 @@ fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path, extra: &[St
 /// The checks every demo play must pass: it started, played on, the player reported no error,
 /// it fetched segments, and every request the player made to segd was answered 200.
 fn assert_played(got: &Played, detail: &str) {
-    assert_played_cancelling(got, detail, false)
-}
-
-/// `assert_played`, where the player may also cancel segment reads after segd answered them 200
-/// (`cancels_ok`): dash.js in low-latency mode cancels its read of each segment it fetched while
-/// the segment was still being uploaded (Chromium's `net::ERR_ABORTED`, a cancel by the page; a
-/// fault of segd's framing would be `ERR_INCOMPLETE_CHUNKED_ENCODING` or a connection error).
-fn assert_played_cancelling(got: &Played, detail: &str, cancels_ok: bool) {
-    let cancelled = |r: &serde_json::Value| {
-        r["state"] == "failed"
-            && r["failure"] == "net::ERR_ABORTED"
-            && r["status"] == 200
-            && r["cls"] == "segment"
-    };
     let failed: Vec<&serde_json::Value> = got
         .requests
         .iter()
-        .filter(|r| r["state"] == "failed" && !(cancels_ok && cancelled(r)))
+        .filter(|r| r["state"] == "failed")
         .collect();
     assert!(failed.is_empty(), "requests failed: {failed:#?}: {detail}");
     let s = &got.summary;
@@ -186,9 +172,7 @@ fn assert_played_cancelling(got: &Played, detail: &str, cancels_ok: bool) {
             statuses.keys().all(|k| k == "200"),
             "{kind} answers other than 200: {statuses:?}: {detail}"
         );
-        if !cancels_ok {
-            assert_eq!(r["failed"], 0, "{kind} requests failed: {detail}");
-        }
+        assert_eq!(r["failed"], 0, "{kind} requests failed: {detail}");
     }
 }
 
@@ -788,7 +772,7 @@ fn low_latency_streams_play_in_chromium_over_h2_and_h3() {
             );
             let detail = format!("{proto}: {url}\n{}\nsegd: {}", got.output, srv.stderr());
             assert_all_over(&got, proto, &detail);
-            assert_played_cancelling(&got, &detail, stream.ends_with(".mpd"));
+            assert_played(&got, &detail);
             if stream.ends_with(".m3u8") {
                 let blocking = &got.summary["requests"]["blockingReloads"]["n"];
                 assert!(

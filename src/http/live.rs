@@ -331,8 +331,12 @@ impl GrowingRange {
 /// - A range from an offset to a very large value streams from that offset, once it is there.
 /// - Anything else streams from the start as the upload grows (LL-DASH, chunked CMAF).
 ///
-/// Streamed answers are never cacheable and have no validators; the stream fails (the writer
-/// resets the response) if the upload does.
+/// Streamed answers have no validators; the stream fails (the writer resets the response, so
+/// no cache takes it for complete) if the upload does. A whole one is cacheable as the complete
+/// segment is (`cache_control.live_segments`): it ends with exactly the committed bytes, and a
+/// CDN can then share one origin request among the viewers at the live edge (request
+/// collapsing needs a cacheable answer). A range of it (`bytes a-b/*`) is `no-store`: a cache
+/// cannot combine a partial answer of unknown complete length.
 pub(super) async fn growing(
     cx: &Cx<'_>,
     rel: &RelPath,
@@ -368,7 +372,14 @@ pub(super) async fn growing(
     cx.rt.live.growing_read();
     let mut h = HeaderMap::with_capacity(8);
     headers::cors(cx.policy, cx.req, &mut h);
-    h.insert(CACHE_CONTROL, headers::NO_STORE);
+    let cc = match range {
+        GrowingRange::Whole => {
+            let cfg = &cx.policy.config;
+            headers::cache_control(cfg, ObjectClass::Segment, cfg.live.covers(canonical))
+        }
+        GrowingRange::Closed(..) | GrowingRange::Open(..) => headers::NO_STORE,
+    };
+    h.insert(CACHE_CONTROL, cc);
     h.insert(CONTENT_TYPE, content_type.clone());
     h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if cx.is_head {

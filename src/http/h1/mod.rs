@@ -290,7 +290,7 @@ async fn exchange(
     };
     let Reply {
         status,
-        headers,
+        mut headers,
         body,
         log,
         close: must_close,
@@ -308,10 +308,13 @@ async fn exchange(
         return Next::Reset;
     }
     // A stream of unknown length is chunked; HTTP/1.0 has no chunking, so the close ends it.
+    // Then a body cut short (a growing segment whose upload failed) looks complete to the
+    // client: no cache may keep it.
     let delimit = match (&body, head.http10) {
         (Body::Stream(s), _) if s.len.is_some() => Delimit::Length,
         (Body::Stream(_), true) => {
             close = true;
+            headers.insert(http::header::CACHE_CONTROL, super::headers::NO_STORE);
             Delimit::Close
         }
         _ => Delimit::Chunked,
