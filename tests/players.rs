@@ -144,6 +144,12 @@ fn play(dir: &Path, page: &str, url: &str, seconds: u32, out: &Path, extra: &[St
 /// The checks every demo play must pass: it started, played on, the player reported no error,
 /// it fetched segments, and every request the player made to segd was answered 200.
 fn assert_played(got: &Played, detail: &str) {
+    assert_played_tolerating(got, detail, &[])
+}
+
+/// `assert_played`, with these non-fatal player errors tolerated (by kind, as `play.mjs` counts
+/// them in `errors.byKind`).
+fn assert_played_tolerating(got: &Played, detail: &str, tolerated: &[&str]) {
     let failed: Vec<&serde_json::Value> = got
         .requests
         .iter()
@@ -155,11 +161,24 @@ fn assert_played(got: &Played, detail: &str) {
     assert_eq!(s["ok"], true, "{detail}");
     assert!(
         s["playedSeconds"].as_f64().unwrap_or(0.0) >= 2.0,
-        "played {} s of 6: {detail}",
+        "played {} s (at least 2 s expected): {detail}",
         s["playedSeconds"]
     );
     assert_eq!(s["errors"]["fatal"], 0, "{detail}");
-    assert_eq!(s["errors"]["nonFatal"], 0, "{detail}");
+    let by_kind = s["errors"]["byKind"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let tolerated_n: u64 = by_kind
+        .iter()
+        .filter(|(k, _)| tolerated.contains(&k.as_str()))
+        .filter_map(|(_, n)| n.as_u64())
+        .sum();
+    assert_eq!(
+        s["errors"]["nonFatal"].as_u64(),
+        Some(tolerated_n),
+        "non-fatal player errors {by_kind:?} (tolerated: {tolerated:?}): {detail}"
+    );
     let requests = s["requests"].as_object().expect("requests by kind");
     assert!(
         requests.contains_key("segment"),
@@ -762,17 +781,21 @@ fn low_latency_streams_play_in_chromium_over_h2_and_h3() {
                 live("segd_live_growing_reads_total"),
             );
             let name = format!("{proto}-{}", stream.split('/').nth(2).unwrap_or("x"));
+            // 12 s: a live start (QUIC handshake, blocking reloads, the player's hold-back)
+            // takes several seconds on a loaded machine, and at least 2 s must play after it.
             let got = play(
                 &dir,
                 &page.page(),
                 &url,
-                6,
+                12,
                 &tmp.path().join(format!("{name}.json")),
                 extra,
             );
             let detail = format!("{proto}: {url}\n{}\nsegd: {}", got.output, srv.stderr());
             assert_all_over(&got, proto, &detail);
-            assert_played(&got, &detail);
+            // hls.js's gap controller may jump a small hole in front of the first part it
+            // buffered when it starts at the live edge (a start position, not a missing byte).
+            assert_played_tolerating(&got, &detail, &["hls:mediaError:bufferSeekOverHole"]);
             if stream.ends_with(".m3u8") {
                 let blocking = &got.summary["requests"]["blockingReloads"]["n"];
                 assert!(
