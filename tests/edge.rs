@@ -2,7 +2,8 @@
 //! - another segd (the demo corpus, its JSON access log counting upstream requests): a miss is
 //!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
-//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` with the
+//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` (objects
+//!   past 4 GiB counted whole) with the
 //!   hot set kept; a warm cache survives a restart; an unhealthy volume's paths are pulled;
 //!   origin auth towards an upstream segd that protects its paths with tokens
 //! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
@@ -1269,6 +1270,46 @@ async fn edge_eviction_keeps_the_cache_under_max_bytes_and_the_hot_set() {
     );
     let under = wait_for(Duration::from_secs(10), || dir_bytes(&cache) <= max_bytes).await;
     assert!(under, "{} bytes after the second sweep", dir_bytes(&cache));
+}
+
+/// Objects past 4 GiB count for their whole size against `max_bytes`: two 5 GiB copies (sparse
+/// files, as a previous run left them) do not both stay under a 9 GiB limit. (The index's
+/// weights are 32-bit; in bytes each would have counted as 4 GiB and both would have stayed.)
+#[tokio::test]
+async fn edge_objects_past_4_gib_count_whole_against_max_bytes() {
+    const BIG: u64 = 5 << 30;
+    let origin = Origin::start("");
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"9GiB\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let dir = edge.cache_path().join("vod/huge");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for name in ["a.mp4", "b.mp4"] {
+        let f = std::fs::File::create(dir.join(name)).expect("create");
+        f.set_len(BIG).expect("a sparse 5 GiB file");
+        let side = format!("len: {BIG}\nfetched: 0\netag: \"{name}\"\ncontent-type: video/mp4\n");
+        std::fs::write(dir.join(format!(".{name}.segd-meta")), side).expect("sidecar");
+    }
+    let edge = edge.restart();
+    let kept = || {
+        ["a.mp4", "b.mp4"]
+            .iter()
+            .filter(|n| dir.join(n).exists())
+            .count()
+    };
+    let one_left = wait_for(Duration::from_secs(10), || kept() == 1).await;
+    let held = metric(&edge.metrics().await, "segd_pull_cache_bytes");
+    assert!(
+        one_left,
+        "{} of two 5 GiB copies kept under max_bytes 9GiB (segd_pull_cache_bytes {held:?})",
+        kept()
+    );
+    assert_eq!(
+        held,
+        Some(BIG as f64),
+        "the one copy left is what the cache holds"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

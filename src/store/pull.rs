@@ -82,6 +82,22 @@ pub(super) fn connector(cfg: &PullConfig) -> Result<Connector, rustls::Error> {
 /// Bytes a sidecar is counted for against `max_bytes`.
 const SIDECAR_WEIGHT: u64 = 256;
 
+/// The index weighs objects in KiB, not bytes: moka's weights are `u32`, and in bytes every
+/// object past 4 GiB would weigh 4 GiB, so a cache of such objects would hold more than
+/// `max_bytes` on disk (two 5 GiB files under a 9 GiB limit, say). In KiB an object may be
+/// 4 TiB. Weights round up and the capacity rounds down, so the files never exceed `max_bytes`.
+const WEIGHT_UNIT: u64 = 1024;
+
+/// The index's capacity for `max_bytes`, in [`WEIGHT_UNIT`]s.
+fn capacity(max_bytes: u64) -> u64 {
+    max_bytes / WEIGHT_UNIT
+}
+
+/// What an object of `len` bytes and its sidecar weigh in the index, in [`WEIGHT_UNIT`]s.
+fn weight(len: u64) -> u32 {
+    u32::try_from(len.saturating_add(SIDECAR_WEIGHT).div_ceil(WEIGHT_UNIT)).unwrap_or(u32::MAX)
+}
+
 /// What is kept with a cached object (its sidecar).
 #[derive(Debug, Clone, Default)]
 struct Meta {
@@ -539,11 +555,9 @@ impl Pull {
         let local: Arc<Mutex<std::sync::Weak<Local>>> = Arc::default();
         let local_ev = Arc::clone(&local);
         let index = moka::sync::Cache::builder()
-            .max_capacity(cfg.max_bytes)
+            .max_capacity(capacity(cfg.max_bytes))
             // The object and its sidecar.
-            .weigher(|_k: &String, v: &Arc<Meta>| {
-                u32::try_from(v.len + SIDECAR_WEIGHT).unwrap_or(u32::MAX)
-            })
+            .weigher(|_k: &String, v: &Arc<Meta>| weight(v.len))
             .eviction_listener(move |k: Arc<String>, v: Arc<Meta>, cause| {
                 let left = held_ev.fetch_sub(v.len, std::sync::atomic::Ordering::Relaxed) - v.len;
                 evicted.cache_bytes.set(left as i64);
