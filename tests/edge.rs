@@ -4,7 +4,7 @@
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
 //!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` (objects
 //!   past 4 GiB counted whole) with the
-//!   hot set kept; a warm cache survives a restart; an unhealthy volume's paths are pulled;
+//!   hot set kept and emptied directories pruned; a warm cache survives a restart; an unhealthy volume's paths are pulled;
 //!   origin auth towards an upstream segd that protects its paths with tokens
 //! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
 //!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
@@ -1270,6 +1270,74 @@ async fn edge_eviction_keeps_the_cache_under_max_bytes_and_the_hot_set() {
     );
     let under = wait_for(Duration::from_secs(10), || dir_bytes(&cache) <= max_bytes).await;
     assert!(under, "{} bytes after the second sweep", dir_bytes(&cache));
+}
+
+/// Evicted objects take their directories along when they leave them empty: a catalogue that
+/// turns over through the cache (one directory per asset here) leaves no tree of empty
+/// directories behind, whose blocks and inodes `max_bytes` does not count. A fill into a
+/// directory an eviction just pruned makes it again.
+#[tokio::test]
+async fn edge_eviction_prunes_the_directories_it_empties() {
+    const SIZE: usize = 64 << 10;
+    const ASSETS: usize = 12;
+    let origin = Origin::start("");
+    let paths: Vec<String> = (0..ASSETS)
+        .map(|i| {
+            let p = format!("/vod/assets/a{i:02}/hls/seg.m4s");
+            publish(&origin.root(), &p, &pattern(SIZE, 500 + i as u32));
+            p
+        })
+        .collect();
+    let edge = Edge::start(
+        &keys(&[("max_bytes", &format!("\"{}\"", 3 * SIZE))]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let cache = edge.cache_path();
+    let empty_dirs = || {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(d) else { return };
+            let mut n = 0;
+            for e in rd.map_while(Result::ok) {
+                n += 1;
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+            if n == 0 {
+                out.push(d.to_path_buf());
+            }
+        }
+        let mut out = Vec::new();
+        walk(&cache, &mut out);
+        out.retain(|d| d != &cache);
+        out
+    };
+    for _ in 0..2 {
+        for p in &paths {
+            let r = must("GET", &edge.url(p), &[], false).await;
+            assert!(
+                r.status == 200 && r.bytes() == origin.file(p).as_slice(),
+                "{p}"
+            );
+        }
+    }
+    let pruned = wait_for(Duration::from_secs(10), || empty_dirs().is_empty()).await;
+    assert!(
+        pruned,
+        "empty directories left in the cache: {:?}",
+        empty_dirs()
+    );
+    assert!(
+        files_under(&cache).len() >= 2,
+        "some copies stay: {:?}",
+        files_under(&cache)
+    );
+    origin.settle().await;
+    let fetched: usize = paths.iter().map(|p| origin.count(p)).sum();
+    assert!(
+        fetched > ASSETS,
+        "objects were evicted and fetched again ({fetched} upstream requests)"
+    );
 }
 
 /// Objects past 4 GiB count for their whole size against `max_bytes`: two 5 GiB copies (sparse

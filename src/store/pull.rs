@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -550,6 +551,8 @@ impl Pull {
         let conf = Conf::build(cfg)?;
         let evicted = Arc::clone(&m);
         let evict_root = root.clone();
+        // For pruning the directories evictions leave empty (without a descriptor they stay).
+        let evict_dir = std::fs::File::open(&root).ok();
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let held_ev = Arc::clone(&held);
         let local: Arc<Mutex<std::sync::Weak<Local>>> = Arc::default();
@@ -567,6 +570,13 @@ impl Pull {
                     let (dir, meta) = sidecar(&k);
                     let _ = std::fs::remove_file(evict_root.join(k.as_str()));
                     let _ = std::fs::remove_file(evict_root.join(&dir).join(meta));
+                    // The directories it leaves empty go too: they take disk blocks and inodes
+                    // that max_bytes does not count, and a catalogue turning over through the
+                    // cache would leave one tree of them per asset. A fill that is about to
+                    // create its file in one makes it again (`TempFile::create`).
+                    if let Some(d) = &evict_dir {
+                        super::write::remove_empty(d.as_fd(), &dir, 0);
+                    }
                     // A descriptor kept in the open-file cache would keep the unlinked file's
                     // blocks on disk (until its idle timeout), beyond max_bytes: it goes too.
                     // Readers in flight hold their own and finish.
