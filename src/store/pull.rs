@@ -1074,11 +1074,15 @@ impl Pull {
                     return;
                 }
                 StatusCode::NOT_FOUND | StatusCode::GONE => {
-                    if matches!(fetcher, Fetcher::S3(_)) && !no_such_key(resp, &conf).await {
-                        // NoSuchBucket and the like: the upstream is misconfigured, the
-                        // object is not known to be gone.
-                        tracing::warn!(upstream = %up.name, path = %canonical, "the bucket answered 404 without NoSuchKey");
-                        continue;
+                    if matches!(fetcher, Fetcher::S3(_)) {
+                        let e = s3_error(resp, &conf).await;
+                        // NoSuchBucket: the upstream is misconfigured, the object is not
+                        // known to be gone. (Any other body, or one that cannot be read,
+                        // counts as NoSuchKey.)
+                        if e.code.as_deref() == Some("NoSuchBucket") {
+                            tracing::warn!(upstream = %up.name, path = %canonical, status = status.as_u16(), s3_code = %e, "the bucket answered 404 without NoSuchKey");
+                            continue;
+                        }
                     }
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
@@ -1096,6 +1100,12 @@ impl Pull {
                     }
                     fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
                     return;
+                }
+                // A bucket says why in its error body (wrong secret, clock skew, access
+                // policy, throttling): the log names it, so the operator need not guess.
+                s if matches!(fetcher, Fetcher::S3(_)) => {
+                    let e = s3_error(resp, &conf).await;
+                    tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), s3_code = %e, "the bucket answered with an error");
                 }
                 s => {
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), "upstream answered with an error");
@@ -1633,17 +1643,54 @@ fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
     }
 }
 
-/// Whether a bucket's 404 says the key does not exist (S3's `NoSuchKey`), rather than that the
-/// bucket does not (`NoSuchBucket`). An error body that cannot be read counts as `NoSuchKey`.
-async fn no_such_key(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> bool {
+/// What an S3 error body says: its `<Code>` (`NoSuchKey`, `NoSuchBucket`,
+/// `SignatureDoesNotMatch`, `AccessDenied`, `RequestTimeTooSkewed`, `SlowDown`…) and
+/// `<Message>`, either missing when the body has none or cannot be read.
+#[derive(Debug, Default, PartialEq)]
+struct S3Error {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl S3Error {
+    fn parse(body: &str) -> S3Error {
+        let element = |name: &str| {
+            let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+            let start = body.find(&open)? + open.len();
+            let len = body[start..].find(&close)?;
+            let text = body[start..start + len].trim();
+            // For a log line: one line, bounded, whatever the bucket sent.
+            let text: String = text
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(200)
+                .collect();
+            (!text.is_empty()).then_some(text)
+        };
+        S3Error {
+            code: element("Code"),
+            message: element("Message"),
+        }
+    }
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.message) {
+            (Some(c), Some(m)) => write!(f, "{c}: {m}"),
+            (Some(c), None) => f.write_str(c),
+            (None, Some(m)) => f.write_str(m),
+            (None, None) => f.write_str("(no error code in the body)"),
+        }
+    }
+}
+
+/// The error a bucket's answer carries in its body (read up to 16 KiB, within `idle_timeout`).
+async fn s3_error(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> S3Error {
     let body = http_body_util::Limited::new(resp.into_body(), 16 << 10);
     match tokio::time::timeout(conf.cfg.idle_timeout, body.collect()).await {
-        Ok(Ok(b)) => {
-            let b = b.to_bytes();
-            let text = String::from_utf8_lossy(&b);
-            !text.contains("<Code>NoSuchBucket</Code>")
-        }
-        _ => true,
+        Ok(Ok(b)) => S3Error::parse(&String::from_utf8_lossy(&b.to_bytes())),
+        _ => S3Error::default(),
     }
 }
 
@@ -1733,6 +1780,25 @@ fn filling(meta: Meta, len: Option<u64>, growing: Arc<Growing>, status: &'static
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bucket's error body gives the log its code and message, on one bounded line.
+    #[test]
+    fn s3_error_bodies_name_their_code() {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match.\nCheck your key.</Message><Resource>/media/a.ts</Resource></Error>";
+        let e = S3Error::parse(body);
+        assert_eq!(e.code.as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(
+            e.to_string(),
+            "SignatureDoesNotMatch: The request signature we calculated does not match. Check your key."
+        );
+        assert_eq!(S3Error::parse("<html>oops</html>"), S3Error::default());
+        assert_eq!(
+            S3Error::parse("<Error><Code></Code></Error>").to_string(),
+            "(no error code in the body)"
+        );
+        let long = format!("<Error><Code>{}</Code></Error>", "x".repeat(1000));
+        assert_eq!(S3Error::parse(&long).code.map(|c| c.len()), Some(200));
+    }
 
     #[test]
     fn freshness_directives() {
