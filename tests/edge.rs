@@ -3,14 +3,15 @@
 //!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
 //!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` (objects
-//!   past 4 GiB counted whole) with the
-//!   hot set kept and emptied directories pruned; a warm cache survives a restart; an unhealthy volume's paths are pulled;
-//!   origin auth towards an upstream segd that protects its paths with tokens
+//!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
+//!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
+//!   upstream segd that protects its paths with tokens
 //! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
 //!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
 //!   without ETag is revalidated with `If-Modified-Since` alone (a 304)
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
+//!   a restart after a crash mid-fill clears what the fill left;
 //!   in its mixed mode: chunked playlists rewritten for tokens, copies that may not be served
 //!   stale, `no-cache` copies revalidated before each use, close-delimited bodies not stored,
 //!   Content-Length with chunked a 502, LL-HLS passthrough errors `no-store`, invalid ETags
@@ -1091,6 +1092,53 @@ async fn edge_stalled_upstream_is_a_504_or_an_aborted_body() {
     assert!(
         files_containing(&edge.cache_path(), &full[1000..1256]).is_empty(),
         "nothing stored"
+    );
+}
+
+/// A crash mid-fill leaves a temporary file in a directory made for the fill, and a crash
+/// between an eviction's two unlinks a sidecar with no object: the next start removes both and
+/// the directories that leaves empty.
+#[tokio::test]
+async fn edge_restart_after_a_crash_clears_what_fills_left() {
+    let root = tempfile::tempdir().expect("tempdir");
+    copy_tree(&demo_dir().join("disk1"), root.path());
+    let half_body = BadUpstream::start("stall-body", root.path());
+    let mut edge = Edge::start(
+        &keys(&[("idle_timeout", "\"30s\"")]),
+        &[http_upstream("stalls", &half_body.base(), "")],
+    );
+    let cache = edge.cache_path();
+    // The response head came, half the body is in a temporary file, the rest never comes.
+    let r = raw_fetch(edge.srv.addr, SEG, Duration::from_millis(1500));
+    assert!(r.status == 200 && !r.complete, "{}", r.head);
+    let fill_dir = cache.join("vod/t1/hls/64k");
+    assert!(
+        files_under(&fill_dir).iter().any(|(p, _)| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".segd-tmp-"))),
+        "a temporary file under the fill's directory: {:?}",
+        files_under(&cache)
+    );
+    // A sidecar whose object is gone, in a directory of its own.
+    std::fs::create_dir_all(cache.join("vod/old/x")).expect("mkdir");
+    std::fs::write(
+        cache.join("vod/old/x/.seg.ts.segd-meta"),
+        "len: 10\nfetched: 0\n",
+    )
+    .expect("sidecar");
+    edge.srv.signal(libc::SIGKILL);
+    let _ = edge.srv.wait_exit(Duration::from_secs(10));
+    edge.srv = Server::start(&edge.config);
+
+    let cleared = wait_for(Duration::from_secs(10), || {
+        files_under(&cache).is_empty() && !cache.join("vod").exists()
+    })
+    .await;
+    assert!(
+        cleared,
+        "left in the cache after the restart: {:?}, vod/ exists: {}",
+        files_under(&cache),
+        cache.join("vod").exists()
     );
 }
 

@@ -664,11 +664,15 @@ impl Pull {
     pub fn reindex(&self) -> u64 {
         let root = self.root.clone();
         let mut n = 0;
+        // Directories something was removed from: pruned at the end if that left them empty
+        // (a crash mid-fill leaves a temporary file in a directory made for it).
+        let mut touched: Vec<String> = Vec::new();
         let mut stack = vec![(root.clone(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
+            let mut removed = false;
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let Ok(t) = e.file_type() else { continue };
@@ -682,11 +686,21 @@ impl Pull {
                 } else if name.starts_with(super::write::TEMP_PREFIX) {
                     // Another run's: this run's own are fills in progress.
                     if super::write::is_stale_temp(&name) {
-                        let _ = std::fs::remove_file(e.path());
+                        removed |= std::fs::remove_file(e.path()).is_ok();
+                    }
+                } else if let Some(object) = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".segd-meta"))
+                {
+                    // A sidecar whose object is gone (a crash between the two unlinks of an
+                    // eviction): nothing would ever remove it. A fill of this run renames its
+                    // object into place before it writes the sidecar.
+                    if t.is_file() && !dir.join(object).exists() {
+                        removed |= std::fs::remove_file(e.path()).is_ok();
                     }
                 } else if !name.starts_with('.') && t.is_file() {
                     let (_, side) = sidecar(&key);
-                    let meta = std::fs::read_to_string(dir.join(side))
+                    let meta = std::fs::read_to_string(dir.join(&side))
                         .ok()
                         .and_then(|t| Meta::from_text(&t));
                     match meta {
@@ -696,12 +710,24 @@ impl Pull {
                                 n += 1;
                             }
                         }
-                        // No sidecar or a length that does not match: not trustworthy.
+                        // No sidecar or a length that does not match: not trustworthy (its
+                        // sidecar goes with it).
                         _ => {
-                            let _ = std::fs::remove_file(e.path());
+                            removed |= std::fs::remove_file(e.path()).is_ok();
+                            let _ = std::fs::remove_file(dir.join(&side));
                         }
                     }
                 }
+            }
+            if removed && !rel.is_empty() {
+                touched.push(rel);
+            }
+        }
+        if let Ok(root) = std::fs::File::open(&root) {
+            // Deepest first: a parent is empty only once its children are gone.
+            touched.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+            for d in &touched {
+                super::write::remove_empty(root.as_fd(), d, 0);
             }
         }
         n
