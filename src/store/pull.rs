@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -81,6 +82,22 @@ pub(super) fn connector(cfg: &PullConfig) -> Result<Connector, rustls::Error> {
 
 /// Bytes a sidecar is counted for against `max_bytes`.
 const SIDECAR_WEIGHT: u64 = 256;
+
+/// The index weighs objects in KiB, not bytes: moka's weights are `u32`, and in bytes every
+/// object past 4 GiB would weigh 4 GiB, so a cache of such objects would hold more than
+/// `max_bytes` on disk (two 5 GiB files under a 9 GiB limit, say). In KiB an object may be
+/// 4 TiB. Weights round up and the capacity rounds down, so the files never exceed `max_bytes`.
+const WEIGHT_UNIT: u64 = 1024;
+
+/// The index's capacity for `max_bytes`, in [`WEIGHT_UNIT`]s.
+fn capacity(max_bytes: u64) -> u64 {
+    max_bytes / WEIGHT_UNIT
+}
+
+/// What an object of `len` bytes and its sidecar weigh in the index, in [`WEIGHT_UNIT`]s.
+fn weight(len: u64) -> u32 {
+    u32::try_from(len.saturating_add(SIDECAR_WEIGHT).div_ceil(WEIGHT_UNIT)).unwrap_or(u32::MAX)
+}
 
 /// What is kept with a cached object (its sidecar).
 #[derive(Debug, Clone, Default)]
@@ -534,16 +551,16 @@ impl Pull {
         let conf = Conf::build(cfg)?;
         let evicted = Arc::clone(&m);
         let evict_root = root.clone();
+        // For pruning the directories evictions leave empty (without a descriptor they stay).
+        let evict_dir = std::fs::File::open(&root).ok();
         let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let held_ev = Arc::clone(&held);
         let local: Arc<Mutex<std::sync::Weak<Local>>> = Arc::default();
         let local_ev = Arc::clone(&local);
         let index = moka::sync::Cache::builder()
-            .max_capacity(cfg.max_bytes)
+            .max_capacity(capacity(cfg.max_bytes))
             // The object and its sidecar.
-            .weigher(|_k: &String, v: &Arc<Meta>| {
-                u32::try_from(v.len + SIDECAR_WEIGHT).unwrap_or(u32::MAX)
-            })
+            .weigher(|_k: &String, v: &Arc<Meta>| weight(v.len))
             .eviction_listener(move |k: Arc<String>, v: Arc<Meta>, cause| {
                 let left = held_ev.fetch_sub(v.len, std::sync::atomic::Ordering::Relaxed) - v.len;
                 evicted.cache_bytes.set(left as i64);
@@ -553,6 +570,13 @@ impl Pull {
                     let (dir, meta) = sidecar(&k);
                     let _ = std::fs::remove_file(evict_root.join(k.as_str()));
                     let _ = std::fs::remove_file(evict_root.join(&dir).join(meta));
+                    // The directories it leaves empty go too: they take disk blocks and inodes
+                    // that max_bytes does not count, and a catalogue turning over through the
+                    // cache would leave one tree of them per asset. A fill that is about to
+                    // create its file in one makes it again (`TempFile::create`).
+                    if let Some(d) = &evict_dir {
+                        super::write::remove_empty(d.as_fd(), &dir, 0);
+                    }
                     // A descriptor kept in the open-file cache would keep the unlinked file's
                     // blocks on disk (until its idle timeout), beyond max_bytes: it goes too.
                     // Readers in flight hold their own and finish.
@@ -640,11 +664,15 @@ impl Pull {
     pub fn reindex(&self) -> u64 {
         let root = self.root.clone();
         let mut n = 0;
+        // Directories something was removed from: pruned at the end if that left them empty
+        // (a crash mid-fill leaves a temporary file in a directory made for it).
+        let mut touched: Vec<String> = Vec::new();
         let mut stack = vec![(root.clone(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
+            let mut removed = false;
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let Ok(t) = e.file_type() else { continue };
@@ -658,11 +686,21 @@ impl Pull {
                 } else if name.starts_with(super::write::TEMP_PREFIX) {
                     // Another run's: this run's own are fills in progress.
                     if super::write::is_stale_temp(&name) {
-                        let _ = std::fs::remove_file(e.path());
+                        removed |= std::fs::remove_file(e.path()).is_ok();
+                    }
+                } else if let Some(object) = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".segd-meta"))
+                {
+                    // A sidecar whose object is gone (a crash between the two unlinks of an
+                    // eviction): nothing would ever remove it. A fill of this run renames its
+                    // object into place before it writes the sidecar.
+                    if t.is_file() && !dir.join(object).exists() {
+                        removed |= std::fs::remove_file(e.path()).is_ok();
                     }
                 } else if !name.starts_with('.') && t.is_file() {
                     let (_, side) = sidecar(&key);
-                    let meta = std::fs::read_to_string(dir.join(side))
+                    let meta = std::fs::read_to_string(dir.join(&side))
                         .ok()
                         .and_then(|t| Meta::from_text(&t));
                     match meta {
@@ -672,12 +710,24 @@ impl Pull {
                                 n += 1;
                             }
                         }
-                        // No sidecar or a length that does not match: not trustworthy.
+                        // No sidecar or a length that does not match: not trustworthy (its
+                        // sidecar goes with it).
                         _ => {
-                            let _ = std::fs::remove_file(e.path());
+                            removed |= std::fs::remove_file(e.path()).is_ok();
+                            let _ = std::fs::remove_file(dir.join(&side));
                         }
                     }
                 }
+            }
+            if removed && !rel.is_empty() {
+                touched.push(rel);
+            }
+        }
+        if let Ok(root) = std::fs::File::open(&root) {
+            // Deepest first: a parent is empty only once its children are gone.
+            touched.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+            for d in &touched {
+                super::write::remove_empty(root.as_fd(), d, 0);
             }
         }
         n
@@ -1050,11 +1100,15 @@ impl Pull {
                     return;
                 }
                 StatusCode::NOT_FOUND | StatusCode::GONE => {
-                    if matches!(fetcher, Fetcher::S3(_)) && !no_such_key(resp, &conf).await {
-                        // NoSuchBucket and the like: the upstream is misconfigured, the
-                        // object is not known to be gone.
-                        tracing::warn!(upstream = %up.name, path = %canonical, "the bucket answered 404 without NoSuchKey");
-                        continue;
+                    if matches!(fetcher, Fetcher::S3(_)) {
+                        let e = s3_error(resp, &conf).await;
+                        // NoSuchBucket: the upstream is misconfigured, the object is not
+                        // known to be gone. (Any other body, or one that cannot be read,
+                        // counts as NoSuchKey.)
+                        if e.code.as_deref() == Some("NoSuchBucket") {
+                            tracing::warn!(upstream = %up.name, path = %canonical, status = status.as_u16(), s3_code = %e, "the bucket answered 404 without NoSuchKey");
+                            continue;
+                        }
                     }
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
@@ -1072,6 +1126,12 @@ impl Pull {
                     }
                     fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
                     return;
+                }
+                // A bucket says why in its error body (wrong secret, clock skew, access
+                // policy, throttling): the log names it, so the operator need not guess.
+                s if matches!(fetcher, Fetcher::S3(_)) => {
+                    let e = s3_error(resp, &conf).await;
+                    tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), s3_code = %e, "the bucket answered with an error");
                 }
                 s => {
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), "upstream answered with an error");
@@ -1609,17 +1669,54 @@ fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
     }
 }
 
-/// Whether a bucket's 404 says the key does not exist (S3's `NoSuchKey`), rather than that the
-/// bucket does not (`NoSuchBucket`). An error body that cannot be read counts as `NoSuchKey`.
-async fn no_such_key(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> bool {
+/// What an S3 error body says: its `<Code>` (`NoSuchKey`, `NoSuchBucket`,
+/// `SignatureDoesNotMatch`, `AccessDenied`, `RequestTimeTooSkewed`, `SlowDown`…) and
+/// `<Message>`, either missing when the body has none or cannot be read.
+#[derive(Debug, Default, PartialEq)]
+struct S3Error {
+    code: Option<String>,
+    message: Option<String>,
+}
+
+impl S3Error {
+    fn parse(body: &str) -> S3Error {
+        let element = |name: &str| {
+            let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+            let start = body.find(&open)? + open.len();
+            let len = body[start..].find(&close)?;
+            let text = body[start..start + len].trim();
+            // For a log line: one line, bounded, whatever the bucket sent.
+            let text: String = text
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(200)
+                .collect();
+            (!text.is_empty()).then_some(text)
+        };
+        S3Error {
+            code: element("Code"),
+            message: element("Message"),
+        }
+    }
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.code, &self.message) {
+            (Some(c), Some(m)) => write!(f, "{c}: {m}"),
+            (Some(c), None) => f.write_str(c),
+            (None, Some(m)) => f.write_str(m),
+            (None, None) => f.write_str("(no error code in the body)"),
+        }
+    }
+}
+
+/// The error a bucket's answer carries in its body (read up to 16 KiB, within `idle_timeout`).
+async fn s3_error(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> S3Error {
     let body = http_body_util::Limited::new(resp.into_body(), 16 << 10);
     match tokio::time::timeout(conf.cfg.idle_timeout, body.collect()).await {
-        Ok(Ok(b)) => {
-            let b = b.to_bytes();
-            let text = String::from_utf8_lossy(&b);
-            !text.contains("<Code>NoSuchBucket</Code>")
-        }
-        _ => true,
+        Ok(Ok(b)) => S3Error::parse(&String::from_utf8_lossy(&b.to_bytes())),
+        _ => S3Error::default(),
     }
 }
 
@@ -1709,6 +1806,25 @@ fn filling(meta: Meta, len: Option<u64>, growing: Arc<Growing>, status: &'static
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bucket's error body gives the log its code and message, on one bounded line.
+    #[test]
+    fn s3_error_bodies_name_their_code() {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match.\nCheck your key.</Message><Resource>/media/a.ts</Resource></Error>";
+        let e = S3Error::parse(body);
+        assert_eq!(e.code.as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(
+            e.to_string(),
+            "SignatureDoesNotMatch: The request signature we calculated does not match. Check your key."
+        );
+        assert_eq!(S3Error::parse("<html>oops</html>"), S3Error::default());
+        assert_eq!(
+            S3Error::parse("<Error><Code></Code></Error>").to_string(),
+            "(no error code in the body)"
+        );
+        let long = format!("<Error><Code>{}</Code></Error>", "x".repeat(1000));
+        assert_eq!(S3Error::parse(&long).code.map(|c| c.len()), Some(200));
+    }
 
     #[test]
     fn freshness_directives() {
