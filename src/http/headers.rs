@@ -25,6 +25,30 @@ const EXPOSE: HeaderValue =
     HeaderValue::from_static("Content-Length, Content-Range, ETag, Age, Date");
 const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+}
+
+/// The `Date` of a response sent now (RFC 9110 §6.6.1: an origin server with a clock sends it
+/// on every 2xx, 3xx and 4xx answer), formatted once per second per thread. hyper adds its own
+/// on the connections it writes; the HTTP/1.1 fast path and HTTP/3 take this one.
+pub fn date() -> HeaderValue {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *d = (secs, v);
+            }
+        }
+        d.1.clone()
+    })
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, any request at most one, and
 /// its value is a `uri-host [ ":" port ]` (RFC 3986 characters only; it may be empty).
 pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
