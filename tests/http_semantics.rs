@@ -508,6 +508,33 @@ async fn h2c_prior_knowledge() {
     );
 }
 
+/// RFC 9113 §8.3.1: over HTTP/2 a `Host` field that names another authority than `:authority`
+/// makes the request malformed (HTTP/3 refuses the same request, RFC 9114 §4.3.1); one that
+/// agrees (in any case) or none at all is fine.
+#[tokio::test]
+async fn h2_host_must_agree_with_authority() {
+    let (_d, srv) = one_volume("");
+    let (mut client, _driver) = h2c(srv.addr).await;
+    let authority = format!("localhost:{}", srv.addr.port());
+    let upper = format!("LOCALHOST:{}", srv.addr.port());
+    for (host, want) in [
+        (None, 200),
+        (Some(authority.as_str()), 200),
+        (Some(upper.as_str()), 200),
+        (Some("other.example"), 400),
+        (Some("localhost:1"), 400),
+    ] {
+        let mut b = http::Request::builder().uri(format!("http://{authority}{SEG}"));
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let req = b.body(()).expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response");
+        assert_eq!(resp.status().as_u16(), want, "Host {host:?}");
+    }
+}
+
 #[tokio::test]
 async fn errors_do_not_leak_paths() {
     let (dir, srv) = one_volume("");

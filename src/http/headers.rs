@@ -63,6 +63,23 @@ pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
     }
 }
 
+/// RFC 9113 §8.3.1 (HTTP/2): a request names its authority in `:authority` or in `Host` (an
+/// `http` or `https` request with neither is malformed), at most one `Host`, and a `Host` that
+/// names another authority than `:authority` makes the request malformed too (a SHOULD there;
+/// HTTP/3 makes it a MUST, RFC 9114 §4.3.1, and h3 refuses it). Names compare without regard
+/// to case (RFC 3986 §3.2.2). `authority` is the request URI's, which hyper takes from
+/// `:authority`.
+pub fn h2_authority_ok(authority: Option<&http::uri::Authority>, headers: &HeaderMap) -> bool {
+    if !host_ok(headers, false) {
+        return false;
+    }
+    match (authority, headers.get(http::header::HOST)) {
+        (None, None) => false,
+        (Some(a), Some(h)) => a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()),
+        _ => true,
+    }
+}
+
 /// `Cache-Control` for an object of `class` (live: under `cache_control.live_prefixes`).
 pub fn cache_control(cfg: &Config, class: ObjectClass, live: bool) -> HeaderValue {
     let cc = &cfg.cache_control;
@@ -152,5 +169,36 @@ pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
         body: Body::Empty,
         log: LogInfo::default(),
         close: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_authority_rules() {
+        let a: http::uri::Authority = "media.example:8443".parse().expect("authority");
+        let host = |vals: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in vals {
+                h.append(http::header::HOST, HeaderValue::from_str(v).expect("value"));
+            }
+            h
+        };
+        assert!(h2_authority_ok(Some(&a), &host(&[])));
+        assert!(h2_authority_ok(Some(&a), &host(&["media.example:8443"])));
+        assert!(h2_authority_ok(Some(&a), &host(&["MEDIA.example:8443"])));
+        assert!(h2_authority_ok(None, &host(&["media.example"])));
+        assert!(!h2_authority_ok(None, &host(&[])), "no authority at all");
+        assert!(!h2_authority_ok(Some(&a), &host(&["other.example"])));
+        assert!(
+            !h2_authority_ok(Some(&a), &host(&["media.example"])),
+            "port differs"
+        );
+        assert!(
+            !h2_authority_ok(None, &host(&["a", "a"])),
+            "two Host fields"
+        );
     }
 }
