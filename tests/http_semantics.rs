@@ -645,6 +645,51 @@ async fn h2_frame_errors_carry_the_right_codes() {
     assert_eq!(r.status, 200, "still serving");
 }
 
+/// Two field lines of a singleton field are one list (RFC 9110 §5.3): two `If-Modified-Since`
+/// or `If-Unmodified-Since` dates are ignored (§13.1.3, §13.1.4), two `Range` lines are no
+/// valid range set (whole object), two `If-Range` validators match nothing (whole object).
+#[tokio::test]
+async fn repeated_singleton_fields_are_ignored() {
+    let (_d, srv) = one_volume("");
+    let full = demo_file(SEG);
+    let lm = get(&srv.url(SEG), &[])
+        .await
+        .header("last-modified")
+        .expect("last-modified")
+        .to_string();
+    let old = "Mon, 01 Jan 2001 00:00:00 GMT";
+    for (fields, want) in [
+        (vec![("If-Modified-Since", lm.as_str())], 304),
+        (
+            vec![("If-Modified-Since", &lm), ("If-Modified-Since", old)],
+            200,
+        ),
+        (vec![("If-Unmodified-Since", old)], 412),
+        (
+            vec![("If-Unmodified-Since", old), ("If-Unmodified-Since", &lm)],
+            200,
+        ),
+        (vec![("Range", "bytes=0-9")], 206),
+        (vec![("Range", "bytes=0-9"), ("Range", "bytes=20-29")], 200),
+        (vec![("Range", "bytes=0-9"), ("If-Range", &lm)], 206),
+        (
+            vec![("Range", "bytes=0-9"), ("If-Range", &lm), ("If-Range", &lm)],
+            200,
+        ),
+    ] {
+        let mut req = format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        for (k, v) in &fields {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let out = raw(srv.addr, req.as_bytes(), Duration::from_secs(5));
+        assert_eq!(raw_status(&out), want, "{fields:?}");
+        if want == 200 {
+            assert!(out.ends_with(&full), "{fields:?}: the whole object");
+        }
+    }
+}
+
 #[tokio::test]
 async fn errors_do_not_leak_paths() {
     let (dir, srv) = one_volume("");
