@@ -235,6 +235,19 @@ fn quic_endpoint(pki: &Pki) -> quinn::Endpoint {
     endpoint
 }
 
+/// RFC 9110 §6.6.1: an origin server with a clock sends `Date` on every 2xx, 3xx and 4xx
+/// answer, as an IMF-fixdate; segd's is the time it answers.
+fn dated(r: &Resp, what: &str) {
+    let v = r
+        .header("date")
+        .unwrap_or_else(|| panic!("{what}: no Date"));
+    let t = httpdate::parse_http_date(v).unwrap_or_else(|e| panic!("{what}: Date {v:?}: {e}"));
+    assert_eq!(httpdate::fmt_http_date(t), v, "{what}: IMF-fixdate");
+    let now = std::time::SystemTime::now();
+    let skew = now.duration_since(t).unwrap_or_else(|e| e.duration());
+    assert!(skew < Duration::from_secs(5), "{what}: Date {v} is not now");
+}
+
 #[tokio::test]
 async fn same_semantics_as_http1() {
     let pki = Pki::new();
@@ -270,9 +283,10 @@ async fn same_semantics_as_http1() {
     let mut c = h3_connect(tls, &pki).await;
     let over_h1 = get(&srv.url(SEG), &[]).await;
 
-    // GET: same status, body and headers as HTTP/1.1 (Date aside).
+    // GET: same status, body and headers as HTTP/1.1 (Date aside, which is checked below).
     let r = c.request("GET", SEG, &[]).await;
     assert_eq!((r.status, r.version), (200, http::Version::HTTP_3));
+    dated(&r, "200");
     assert!(r.body.as_ref() == full.as_slice());
     for h in [
         "content-type",
@@ -309,16 +323,20 @@ async fn same_semantics_as_http1() {
     assert_eq!((r.status, r.body.as_ref()), (206, &full[full.len() - 10..]));
     let r = c.request("GET", SEG, &[("range", "bytes=99999999-")]).await;
     assert_eq!(r.status, 416);
+    dated(&r, "416");
 
     // Conditional.
     let etag = over_h1.header("etag").expect("etag").to_string();
     let r = c.request("GET", SEG, &[("if-none-match", &etag)]).await;
     assert_eq!((r.status, r.body.len()), (304, 0));
+    dated(&r, "304");
     let r = c.request("GET", SEG, &[("if-match", "\"other\"")]).await;
     assert_eq!(r.status, 412);
 
     // Paths: missing, traversal, directory.
-    assert_eq!(c.request("GET", "/vod/t1/none.ts", &[]).await.status, 404);
+    let r = c.request("GET", "/vod/t1/none.ts", &[]).await;
+    assert_eq!(r.status, 404);
+    dated(&r, "404");
     assert_eq!(
         c.request("GET", "/vod/%2e%2e/%2e%2e/etc/passwd", &[])
             .await

@@ -508,6 +508,188 @@ async fn h2c_prior_knowledge() {
     );
 }
 
+/// RFC 9113 §8.3.1: over HTTP/2 a `Host` field that names another authority than `:authority`
+/// makes the request malformed (HTTP/3 refuses the same request, RFC 9114 §4.3.1); one that
+/// agrees (in any case) or none at all is fine.
+#[tokio::test]
+async fn h2_host_must_agree_with_authority() {
+    let (_d, srv) = one_volume("");
+    let (mut client, _driver) = h2c(srv.addr).await;
+    let authority = format!("localhost:{}", srv.addr.port());
+    let upper = format!("LOCALHOST:{}", srv.addr.port());
+    for (host, want) in [
+        (None, 200),
+        (Some(authority.as_str()), 200),
+        (Some(upper.as_str()), 200),
+        (Some("other.example"), 400),
+        (Some("localhost:1"), 400),
+    ] {
+        let mut b = http::Request::builder().uri(format!("http://{authority}{SEG}"));
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let req = b.body(()).expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response");
+        assert_eq!(resp.status().as_u16(), want, "Host {host:?}");
+    }
+}
+
+/// HTTP/2 frames that break the framing rules get the error code RFC 9113 names for each, and
+/// the server goes on serving other connections: a wrong length is FRAME_SIZE_ERROR (§4.2,
+/// §6.3-§6.9), an initial window over 2^31-1 FLOW_CONTROL_ERROR (§6.5.2), DATA after the
+/// client's END_STREAM STREAM_CLOSED (§5.1), and the rest PROTOCOL_ERROR.
+#[tokio::test]
+async fn h2_frame_errors_carry_the_right_codes() {
+    use crate::util::h2raw::*;
+    const PRIORITY: u8 = 2;
+    const PING: u8 = 6;
+    const WINDOW_UPDATE: u8 = 8;
+    const PROTOCOL_ERROR: u32 = 1;
+    const FLOW_CONTROL_ERROR: u32 = 3;
+    const STREAM_CLOSED: u32 = 5;
+    const FRAME_SIZE_ERROR: u32 = 6;
+    let (_d, srv) = one_volume("");
+    let get = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", SEG),
+    ]);
+    let setting = |id: u16, v: u32| [&id.to_be_bytes()[..], &v.to_be_bytes()[..]].concat();
+    let end_both = H2_END_HEADERS | H2_END_STREAM;
+    let (big_window, push_2) = (setting(4, 1 << 31), setting(2, 2));
+    type Frame<'a> = (u8, u8, u32, &'a [u8]);
+    let cases: Vec<(&str, Vec<Frame>, u8, u32)> = vec![
+        (
+            "SETTINGS of 3 bytes",
+            vec![(H2_SETTINGS, 0, 0, &[0, 0, 0])],
+            H2_GOAWAY,
+            FRAME_SIZE_ERROR,
+        ),
+        (
+            "SETTINGS ACK with a payload",
+            vec![(H2_SETTINGS, 1, 0, &[0; 6])],
+            H2_GOAWAY,
+            FRAME_SIZE_ERROR,
+        ),
+        (
+            "PING of 7 bytes",
+            vec![(PING, 0, 0, &[0; 7])],
+            H2_GOAWAY,
+            FRAME_SIZE_ERROR,
+        ),
+        (
+            "WINDOW_UPDATE of 3 bytes",
+            vec![(WINDOW_UPDATE, 0, 0, &[0, 0, 1])],
+            H2_GOAWAY,
+            FRAME_SIZE_ERROR,
+        ),
+        (
+            "PRIORITY of 4 bytes",
+            vec![(PRIORITY, 0, 1, &[0; 4])],
+            H2_RST_STREAM,
+            FRAME_SIZE_ERROR,
+        ),
+        (
+            "RST_STREAM of 3 bytes",
+            vec![
+                (H2_HEADERS, end_both, 1, &get),
+                (H2_RST_STREAM, 0, 1, &[0, 0, 8]),
+            ],
+            H2_GOAWAY,
+            FRAME_SIZE_ERROR,
+        ),
+        (
+            "INITIAL_WINDOW_SIZE 2^31",
+            vec![(H2_SETTINGS, 0, 0, &big_window)],
+            H2_GOAWAY,
+            FLOW_CONTROL_ERROR,
+        ),
+        (
+            "ENABLE_PUSH 2",
+            vec![(H2_SETTINGS, 0, 0, &push_2)],
+            H2_GOAWAY,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "DATA after END_STREAM",
+            vec![
+                (H2_HEADERS, end_both, 1, &get),
+                (H2_DATA, H2_END_STREAM, 1, b"x"),
+            ],
+            H2_GOAWAY,
+            STREAM_CLOSED,
+        ),
+        (
+            "DATA on stream 0",
+            vec![(H2_DATA, 0, 0, b"x")],
+            H2_GOAWAY,
+            PROTOCOL_ERROR,
+        ),
+    ];
+    for (what, frames, kind, code) in cases {
+        let mut c = RawH2::connect(srv.addr);
+        for (k, flags, stream, payload) in frames {
+            c.send(k, flags, stream, payload);
+        }
+        let got = c.frames(Duration::from_secs(2));
+        let error = got.iter().find_map(|(k, _, _, p)| match *k {
+            H2_GOAWAY => Some((*k, u32::from_be_bytes([p[4], p[5], p[6], p[7]]))),
+            H2_RST_STREAM => Some((*k, u32::from_be_bytes([p[0], p[1], p[2], p[3]]))),
+            _ => None,
+        });
+        assert_eq!(error, Some((kind, code)), "{what}: {got:?}");
+    }
+    let r = request("GET", &srv.url(SEG), &[], true).await;
+    assert_eq!(r.status, 200, "still serving");
+}
+
+/// Two field lines of a singleton field are one list (RFC 9110 §5.3): two `If-Modified-Since`
+/// or `If-Unmodified-Since` dates are ignored (§13.1.3, §13.1.4), two `Range` lines are no
+/// valid range set (whole object), two `If-Range` validators match nothing (whole object).
+#[tokio::test]
+async fn repeated_singleton_fields_are_ignored() {
+    let (_d, srv) = one_volume("");
+    let full = demo_file(SEG);
+    let lm = get(&srv.url(SEG), &[])
+        .await
+        .header("last-modified")
+        .expect("last-modified")
+        .to_string();
+    let old = "Mon, 01 Jan 2001 00:00:00 GMT";
+    for (fields, want) in [
+        (vec![("If-Modified-Since", lm.as_str())], 304),
+        (
+            vec![("If-Modified-Since", &lm), ("If-Modified-Since", old)],
+            200,
+        ),
+        (vec![("If-Unmodified-Since", old)], 412),
+        (
+            vec![("If-Unmodified-Since", old), ("If-Unmodified-Since", &lm)],
+            200,
+        ),
+        (vec![("Range", "bytes=0-9")], 206),
+        (vec![("Range", "bytes=0-9"), ("Range", "bytes=20-29")], 200),
+        (vec![("Range", "bytes=0-9"), ("If-Range", &lm)], 206),
+        (
+            vec![("Range", "bytes=0-9"), ("If-Range", &lm), ("If-Range", &lm)],
+            200,
+        ),
+    ] {
+        let mut req = format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+        for (k, v) in &fields {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        let out = raw(srv.addr, req.as_bytes(), Duration::from_secs(5));
+        assert_eq!(raw_status(&out), want, "{fields:?}");
+        if want == 200 {
+            assert!(out.ends_with(&full), "{fields:?}: the whole object");
+        }
+    }
+}
+
 #[tokio::test]
 async fn errors_do_not_leak_paths() {
     let (dir, srv) = one_volume("");

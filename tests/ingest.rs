@@ -32,6 +32,7 @@ use segd::auth::edgeauth::{sign, SignSpec};
 use segd::auth::encode_token;
 use segd::config::TokenAlgorithm;
 
+use crate::util::h2raw::*;
 use crate::util::*;
 
 /// The `[[ingest.keys]]` secret of docs/ingest.md.
@@ -3188,97 +3189,6 @@ async fn h3_delete_reset_mid_body_removes_nothing() {
         !file.exists(),
         "a DELETE whose body ended removes the object"
     );
-}
-
-const H2_DATA: u8 = 0;
-const H2_HEADERS: u8 = 1;
-const H2_RST_STREAM: u8 = 3;
-const H2_SETTINGS: u8 = 4;
-const H2_END_STREAM: u8 = 0x1;
-const H2_END_HEADERS: u8 = 0x4;
-
-/// An HTTP/2 (h2c) connection written frame by frame.
-struct RawH2 {
-    s: TcpStream,
-}
-
-impl RawH2 {
-    /// Connects, sends the preface and empty SETTINGS.
-    fn connect(addr: SocketAddr) -> RawH2 {
-        let mut c = RawH2 { s: connect(addr) };
-        c.s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .expect("preface");
-        c.send(H2_SETTINGS, 0, 0, &[]);
-        c
-    }
-
-    fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-        let len = u32::try_from(payload.len()).expect("frame length");
-        let mut f = len.to_be_bytes()[1..].to_vec();
-        f.extend([kind, flags]);
-        f.extend(stream.to_be_bytes());
-        f.extend(payload);
-        self.s.write_all(&f).expect("send frame");
-    }
-
-    /// The frames of `stream` (type, flags, payload) until it ends (END_STREAM or RST_STREAM) or
-    /// the connection does; SETTINGS are acknowledged on the way.
-    fn stream_frames(&mut self, stream: u32) -> Vec<(u8, u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        loop {
-            let mut h = [0u8; 9];
-            if self.s.read_exact(&mut h).is_err() {
-                return out;
-            }
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            let (kind, flags) = (h[3], h[4]);
-            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            if self.s.read_exact(&mut payload).is_err() {
-                return out;
-            }
-            if kind == H2_SETTINGS && flags & 0x1 == 0 {
-                self.send(H2_SETTINGS, 0x1, 0, &[]);
-            }
-            if id != stream {
-                continue;
-            }
-            let end = kind == H2_RST_STREAM
-                || (matches!(kind, H2_DATA | H2_HEADERS) && flags & H2_END_STREAM != 0);
-            out.push((kind, flags, payload));
-            if end {
-                return out;
-            }
-        }
-    }
-}
-
-/// An HPACK field block of literal fields without indexing and without Huffman coding (RFC 7541
-/// §6.2.2), names taken as they are: pseudo-header fields anywhere.
-fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
-    // An integer with a 7-bit prefix (§5.1), the high bit (Huffman) clear.
-    fn int(mut v: usize, out: &mut Vec<u8>) {
-        if v < 127 {
-            out.push(v as u8);
-            return;
-        }
-        out.push(127);
-        v -= 127;
-        while v >= 128 {
-            out.push((v % 128) as u8 | 0x80);
-            v /= 128;
-        }
-        out.push(v as u8);
-    }
-    let mut out = Vec::new();
-    for (name, value) in fields {
-        out.push(0);
-        for s in [name, value] {
-            int(s.len(), &mut out);
-            out.extend(s.as_bytes());
-        }
-    }
-    out
 }
 
 /// A tmpfs mounted over a directory for one test, unmounted when dropped (also on a panic).

@@ -23,9 +23,16 @@ fn secs(t: SystemTime) -> u64 {
         .as_secs()
 }
 
+/// A date condition's value, or `None` when it is to be ignored: not a valid HTTP-date, or more
+/// than one member (RFC 9110 §13.1.3, §13.1.4), which is also what two field lines make (§5.3).
 fn http_date(h: &HeaderMap, name: http::HeaderName) -> Option<u64> {
-    let v = h.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(v.trim()).ok().map(secs)
+    let mut fields = h.get_all(name).iter();
+    let (Some(v), None) = (fields.next(), fields.next()) else {
+        return None;
+    };
+    httpdate::parse_http_date(v.to_str().ok()?.trim())
+        .ok()
+        .map(secs)
 }
 
 /// Does an `If-Match`/`If-None-Match` list match `etag`? `weak` selects weak comparison
@@ -141,9 +148,13 @@ pub fn write_allowed(h: &HeaderMap, current: Option<(&str, SystemTime)>) -> bool
 
 /// Whether a `Range` should be honoured given `If-Range` (absent → yes). An entity-tag must
 /// match strongly; a date must equal `Last-Modified` exactly.
+/// Two field lines make no one validator: the condition is false (the whole object is sent).
 pub fn if_range_allows(h: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
-    let Some(v) = h.get(IF_RANGE) else {
-        return true;
+    let mut fields = h.get_all(IF_RANGE).iter();
+    let v = match (fields.next(), fields.next()) {
+        (None, _) => return true,
+        (Some(v), None) => v,
+        (Some(_), Some(_)) => return false,
     };
     let Ok(v) = v.to_str() else {
         return false;
@@ -268,6 +279,16 @@ mod tests {
             evaluate(&hm(&[(IF_MODIFIED_SINCE, "garbage")]), TAG, Some(t)),
             Proceed
         );
+        // Two dates (two field lines are one list): ignored, whichever comes first.
+        for pair in [[&date, &earlier], [&earlier, &date]] {
+            let two = hm(&[(IF_MODIFIED_SINCE, pair[0]), (IF_MODIFIED_SINCE, pair[1])]);
+            assert_eq!(evaluate(&two, TAG, Some(t)), Proceed);
+            let two = hm(&[
+                (IF_UNMODIFIED_SINCE, pair[0]),
+                (IF_UNMODIFIED_SINCE, pair[1]),
+            ]);
+            assert_eq!(evaluate(&two, TAG, Some(t)), Proceed);
+        }
         assert_eq!(
             evaluate(&hm(&[(IF_MATCH, "\"x\"")]), TAG, Some(t)),
             PreconditionFailed
@@ -309,6 +330,11 @@ mod tests {
         assert!(!if_range_allows(&hm(&[(IF_RANGE, "\"x\"")]), TAG, t));
         assert!(!if_range_allows(&hm(&[(IF_RANGE, "W/\"abc\"")]), TAG, t));
         assert!(if_range_allows(&hm(&[(IF_RANGE, &date)]), TAG, t));
+        assert!(!if_range_allows(
+            &hm(&[(IF_RANGE, TAG), (IF_RANGE, TAG)]),
+            TAG,
+            t
+        ));
         assert!(!if_range_allows(&hm(&[(IF_RANGE, &earlier)]), TAG, t));
     }
 

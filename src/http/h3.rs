@@ -279,6 +279,9 @@ async fn request(
     let mut resp = http::Response::new(());
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;
+    // hyper dates its answers itself; over HTTP/3 segd does (RFC 9110 §6.6.1).
+    resp.headers_mut()
+        .insert(http::header::DATE, super::headers::date());
     let mut sent = 0u64;
     let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
         Ok(Ok(())) => {

@@ -388,7 +388,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     let decision = if cx.is_head || !conditional::if_range_allows(req.headers, &etag, modified) {
         RangeDecision::Full
     } else {
-        range::resolve(req.headers.get(RANGE).map(HeaderValue::as_bytes), len)
+        range::resolve_fields(req.headers.get_all(RANGE), len)
     };
 
     // 9. Headers and body.

@@ -25,6 +25,30 @@ const EXPOSE: HeaderValue =
     HeaderValue::from_static("Content-Length, Content-Range, ETag, Age, Date");
 const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+}
+
+/// The `Date` of a response sent now (RFC 9110 §6.6.1: an origin server with a clock sends it
+/// on every 2xx, 3xx and 4xx answer), formatted once per second per thread. hyper adds its own
+/// on the connections it writes; the HTTP/1.1 fast path and HTTP/3 take this one.
+pub fn date() -> HeaderValue {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *d = (secs, v);
+            }
+        }
+        d.1.clone()
+    })
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host`, any request at most one, and
 /// its value is a `uri-host [ ":" port ]` (RFC 3986 characters only; it may be empty).
 pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
@@ -36,6 +60,23 @@ pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
             .as_bytes()
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)),
+    }
+}
+
+/// RFC 9113 §8.3.1 (HTTP/2): a request names its authority in `:authority` or in `Host` (an
+/// `http` or `https` request with neither is malformed), at most one `Host`, and a `Host` that
+/// names another authority than `:authority` makes the request malformed too (a SHOULD there;
+/// HTTP/3 makes it a MUST, RFC 9114 §4.3.1, and h3 refuses it). Names compare without regard
+/// to case (RFC 3986 §3.2.2). `authority` is the request URI's, which hyper takes from
+/// `:authority`.
+pub fn h2_authority_ok(authority: Option<&http::uri::Authority>, headers: &HeaderMap) -> bool {
+    if !host_ok(headers, false) {
+        return false;
+    }
+    match (authority, headers.get(http::header::HOST)) {
+        (None, None) => false,
+        (Some(a), Some(h)) => a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()),
+        _ => true,
     }
 }
 
@@ -128,5 +169,36 @@ pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
         body: Body::Empty,
         log: LogInfo::default(),
         close: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_authority_rules() {
+        let a: http::uri::Authority = "media.example:8443".parse().expect("authority");
+        let host = |vals: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in vals {
+                h.append(http::header::HOST, HeaderValue::from_str(v).expect("value"));
+            }
+            h
+        };
+        assert!(h2_authority_ok(Some(&a), &host(&[])));
+        assert!(h2_authority_ok(Some(&a), &host(&["media.example:8443"])));
+        assert!(h2_authority_ok(Some(&a), &host(&["MEDIA.example:8443"])));
+        assert!(h2_authority_ok(None, &host(&["media.example"])));
+        assert!(!h2_authority_ok(None, &host(&[])), "no authority at all");
+        assert!(!h2_authority_ok(Some(&a), &host(&["other.example"])));
+        assert!(
+            !h2_authority_ok(Some(&a), &host(&["media.example"])),
+            "port differs"
+        );
+        assert!(
+            !h2_authority_ok(None, &host(&["a", "a"])),
+            "two Host fields"
+        );
     }
 }

@@ -57,6 +57,21 @@ fn parse_spec(s: &str) -> Option<Spec> {
     (end >= start).then_some(Spec::From(start, Some(end)))
 }
 
+/// Decides the response range for a request's `Range` field lines and `len`. Two or more
+/// lines are one list (RFC 9110 §5.3), `bytes=a-b, bytes=c-d`, which is no valid range set:
+/// ignored, the whole object.
+pub fn resolve_fields(
+    fields: http::header::GetAll<'_, http::HeaderValue>,
+    len: u64,
+) -> RangeDecision {
+    let mut fields = fields.iter();
+    match (fields.next(), fields.next()) {
+        (None, _) => RangeDecision::Full,
+        (Some(v), None) => resolve(Some(v.as_bytes()), len),
+        (Some(_), Some(_)) => RangeDecision::Full,
+    }
+}
+
 /// Decides the response range for `header` (the raw `Range` value, if any) and `len`.
 pub fn resolve(header: Option<&[u8]>, len: u64) -> RangeDecision {
     let Some(raw) = header else {
@@ -168,6 +183,25 @@ mod tests {
             Partial { start: 0, end: 99 }
         );
         assert_eq!(resolve(Some(b"bytes=\xff-1"), 100), Full);
+    }
+
+    #[test]
+    fn two_field_lines_are_ignored() {
+        let mut h = http::HeaderMap::new();
+        h.append(
+            http::header::RANGE,
+            http::HeaderValue::from_static("bytes=0-9"),
+        );
+        assert_eq!(
+            resolve_fields(h.get_all(http::header::RANGE), 100),
+            Partial { start: 0, end: 9 }
+        );
+        h.append(
+            http::header::RANGE,
+            http::HeaderValue::from_static("bytes=20-29"),
+        );
+        assert_eq!(resolve_fields(h.get_all(http::header::RANGE), 100), Full);
+        assert_eq!(resolve_fields(h.get_all(http::header::IF_RANGE), 100), Full);
     }
 
     /// RFC 9110 §14.1.2: of an empty object, a non-zero suffix is the one satisfiable range;

@@ -216,9 +216,12 @@ async fn respond(
         alt_svc,
     };
     // The fast path checks `Host` as it parses; hyper does not (RFC 9112 §3.2). HTTP/2 carries
-    // `:authority` instead, and at most one `Host`.
-    let http11 = parts.version == http::Version::HTTP_11;
-    let reply = if headers::host_ok(&parts.headers, http11) {
+    // `:authority`, or `Host`, and the two agree (RFC 9113 §8.3.1).
+    let host_ok = match parts.version {
+        http::Version::HTTP_2 => headers::h2_authority_ok(parts.uri.authority(), &parts.headers),
+        v => headers::host_ok(&parts.headers, v == http::Version::HTTP_11),
+    };
+    let reply = if host_ok {
         handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await
     } else {
         handler::refused(runtime, &policy, &hreq, Refusal::Malformed)

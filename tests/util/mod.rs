@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod h2raw;
 mod weed;
 pub use weed::*;
 

@@ -13,25 +13,6 @@ use tokio::net::TcpStream;
 
 use crate::store::ByteStream;
 
-thread_local! {
-    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
-}
-
-/// `Date` value, formatted once per second per thread.
-fn http_date() -> String {
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != secs || d.1.is_empty() {
-            *d = (secs, httpdate::fmt_http_date(now));
-        }
-        d.1.clone()
-    })
-}
-
 /// The response head. `chunked`: the body's length is unknown and goes out chunked.
 pub(super) fn head_bytes(
     status: StatusCode,
@@ -46,7 +27,7 @@ pub(super) fn head_bytes(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.extend_from_slice(b"\r\ndate: ");
-    out.extend_from_slice(http_date().as_bytes());
+    out.extend_from_slice(crate::http::headers::date().as_bytes());
     out.extend_from_slice(b"\r\n");
     for (k, v) in headers {
         out.extend_from_slice(k.as_str().as_bytes());

@@ -145,6 +145,20 @@ impl FrameDecoder {
     }
 }
 
+/// segd patch: the error code for a control frame that fails to load (RFC 9113 §6): a frame
+/// of the wrong length is a FRAME_SIZE_ERROR (SETTINGS §6.5, PING §6.7, WINDOW_UPDATE §6.9,
+/// RST_STREAM §6.4), an initial window size over 2^31-1 a FLOW_CONTROL_ERROR (§6.5.2), the
+/// rest a PROTOCOL_ERROR. (h2 0.4.20 answered PROTOCOL_ERROR for all of them.)
+fn load_error_reason(e: &frame::Error) -> Reason {
+    match e {
+        frame::Error::BadFrameSize
+        | frame::Error::InvalidPayloadLength
+        | frame::Error::InvalidPayloadAckSettings => Reason::FRAME_SIZE_ERROR,
+        frame::Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
+        _ => Reason::PROTOCOL_ERROR,
+    }
+}
+
 /// Decodes a frame.
 ///
 /// This function is intentionally de-generified and outlined because it is very large.
@@ -233,7 +247,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -242,7 +256,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load PING frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -251,7 +265,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load WINDOW_UPDATE frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -271,7 +285,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::Reset::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load RESET frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -279,7 +293,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::GoAway::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load GO_AWAY frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                Error::library_go_away(load_error_reason(&e))
             })?
             .into()
         }
@@ -300,6 +314,13 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                     let id = head.stream_id();
                     proto_err!(stream: "PRIORITY invalid dependency ID; stream={:?}", id);
                     return Err(Error::library_reset(id, Reason::PROTOCOL_ERROR));
+                }
+                // segd patch: "A PRIORITY frame with a length other than 5 octets MUST be
+                // treated as a stream error of type FRAME_SIZE_ERROR" (RFC 9113 §6.3).
+                Err(frame::Error::InvalidPayloadLength) => {
+                    let id = head.stream_id();
+                    proto_err!(stream: "PRIORITY frame of a wrong length; stream={:?}", id);
+                    return Err(Error::library_reset(id, Reason::FRAME_SIZE_ERROR));
                 }
                 Err(e) => {
                     proto_err!(conn: "failed to load PRIORITY frame; err={:?};", e);

@@ -661,13 +661,17 @@ impl Recv {
         let is_ignoring_frame = stream.state.is_local_error();
 
         if !is_ignoring_frame && !stream.state.is_recv_streaming() {
-            // TODO: There are cases where this can be a stream error of
-            // STREAM_CLOSED instead...
-
-            // Receiving a DATA frame when not expecting one is a protocol
-            // error.
+            // segd patch: DATA after the peer's END_STREAM is STREAM_CLOSED (RFC 9113 §5.1:
+            // a stream error in half-closed (remote), a connection error once closed; it is
+            // a connection error in both, as §5.4.1 allows). Any other unexpected DATA
+            // (before the request's headers) is a protocol error.
+            let reason = if stream.state.is_recv_end_stream() {
+                Reason::STREAM_CLOSED
+            } else {
+                Reason::PROTOCOL_ERROR
+            };
             proto_err!(conn: "unexpected DATA frame; stream={:?}", stream.id);
-            return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+            return Err(Error::library_go_away(reason));
         }
 
         tracing::trace!(
