@@ -569,3 +569,92 @@ async fn process_cpu_seconds_are_fractional() {
         );
     }
 }
+
+/// A reload's outcome is in the metrics, named as Prometheus names its own
+/// (`segd_config_last_reload_successful`, `..._success_timestamp_seconds`), and a reload that
+/// changes keys only a restart applies says which in the log and sets
+/// `segd_config_restart_pending` until a reload brings them back to the running values. The
+/// comparison is against the values the process started with: reloading the same file twice
+/// still names them (the first reload must not make them look applied).
+#[tokio::test]
+async fn ops_reload_outcome_is_in_metrics_and_names_restart_only_keys() {
+    let dir = demo_volumes();
+    let vol = dir.path().join("disk1");
+    let good = config_for(&[&vol], "");
+    let srv = Server::start(&good);
+    let scrape = async || get(&srv.admin_url("/metrics"), &[]).await.text();
+    let ok = "segd_config_last_reload_successful";
+    let at = "segd_config_last_reload_success_timestamp_seconds";
+    let pending = "segd_config_restart_pending";
+    let text = scrape().await;
+    assert_eq!(metric(&text, ok), Some(1.0), "{text}");
+    assert_eq!(metric(&text, pending), Some(0.0), "{text}");
+    let started = metric(&text, at).expect("load timestamp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!((now - started).abs() < 120.0, "{started} vs now {now}");
+
+    // A broken file: rejected, and the gauge says so; the timestamp stays.
+    std::fs::write(&srv.config, format!("{good}bogus_key = 1\n")).expect("write");
+    srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(&scrape().await, ok)
+            == Some(0.0))
+        .await,
+        "{}",
+        srv.stderr()
+    );
+    srv.log_with(&["bogus_key: unknown key", "reload rejected"]);
+    assert_eq!(metric(&scrape().await, at), Some(started));
+
+    // A good file that changes restart-only keys: applied, and the keys are named.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let restart = good.replace("workers = 2", "workers = 1")
+        + "[log]\nlevel = \"debug\"\n[cache]\nmax_bytes = \"32MiB\"\n";
+    assert_ne!(restart, good);
+    std::fs::write(&srv.config, &restart).expect("write");
+    for round in 1..=2 {
+        srv.signal(libc::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(5), async || srv
+                .stderr()
+                .matches("configuration reloaded")
+                .count()
+                == round)
+            .await,
+            "{}",
+            srv.stderr()
+        );
+        let text = scrape().await;
+        assert_eq!(metric(&text, ok), Some(1.0), "round {round}: {text}");
+        assert_eq!(metric(&text, pending), Some(1.0), "round {round}: {text}");
+        assert!(metric(&text, at).expect("timestamp") > started, "{text}");
+        let log = srv.stderr();
+        let warned = log
+            .lines()
+            .filter(|l| l.contains("change only on restart"))
+            .collect::<Vec<_>>();
+        assert_eq!(warned.len(), round, "{log}");
+        let last = warned[round - 1];
+        assert!(
+            last.contains("server.workers, log.level") && !last.contains("cache"),
+            "the restart-only keys that changed, and only those: {last}"
+        );
+    }
+
+    // Back to the running values: nothing pending.
+    std::fs::write(&srv.config, &good).expect("write");
+    srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &scrape().await,
+            pending
+        ) == Some(0.0))
+        .await,
+        "{}",
+        srv.stderr()
+    );
+    assert_eq!(srv.stderr().matches("change only on restart").count(), 2);
+}

@@ -317,6 +317,46 @@ impl Config {
         errs
     }
 
+    /// The keys whose value differs between this running config and `next` (a reloaded file)
+    /// but that only a restart applies, because what they shape is made once at start: the
+    /// sockets, the thread pools, the logger, the pid file, the pull cache and the write-through
+    /// queue. A reload keeps their running values; the caller says which ones were ignored.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, next);
+        let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
+        let http3 = |c: &Config| c.tls.as_ref().is_some_and(|t| t.http3);
+        [
+            ("server.listen", a.server.listen != b.server.listen),
+            ("server.workers", a.server.workers != b.server.workers),
+            (
+                "server.blocking_threads",
+                a.server.blocking_threads != b.server.blocking_threads,
+            ),
+            (
+                "server.sched_policy",
+                a.server.sched_batch != b.server.sched_batch,
+            ),
+            ("server.pid_file", a.server.pid_file != b.server.pid_file),
+            ("admin.listen", a.admin.listen != b.admin.listen),
+            ("tls.listen", tls_listen(a) != tls_listen(b)),
+            ("tls.http3", http3(a) != http3(b)),
+            ("log.level", a.log.level != b.log.level),
+            ("pull.cache_path", a.pull.cache_path != b.pull.cache_path),
+            ("pull.max_bytes", a.pull.max_bytes != b.pull.max_bytes),
+            (
+                "pull.negative_ttl",
+                a.pull.negative_ttl != b.pull.negative_ttl,
+            ),
+            (
+                "ingest.write_through",
+                a.ingest.write_through != b.ingest.write_through,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
     /// The content type for a file extension (lower-case, without the dot), if segd serves it.
     /// `HeaderValue::to_str` gives the text (it fails only for non-ASCII `[types]` values).
     pub fn content_type(&self, ext: &str) -> Option<&HeaderValue> {
