@@ -720,3 +720,81 @@ kill $pid; wait $pid"#
         );
     }
 }
+
+/// The access log's `complete` is true for every response whose body went out whole, on every
+/// protocol: plain HTTP/1.1, HTTP/1.1 and HTTP/2 over TLS (hyper stops polling a body of known
+/// length once it has its `Content-Length` of bytes, so the end was never seen and every such
+/// line said `"complete":false`, as a failed download would), whole and ranged, with `bytes`
+/// the body length.
+#[tokio::test]
+async fn ops_access_log_marks_whole_bodies_complete() {
+    let vols = demo_volumes();
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-ops");
+    let log = vols.path().join("access.log");
+    let extra = format!(
+        "{}[log]\naccess = \"{}\"\nformat = \"json\"\n",
+        crate::tls::tls_config(vols.path(), &cert, &key),
+        log.display()
+    );
+    let srv = Server::start(&config_for(&[&vols.path().join("disk1")], &extra));
+    let seg = "/vod/t1/hls/128k/seg_00001.ts";
+    let len = std::fs::metadata(vols.path().join("disk1").join(&seg[1..]))
+        .expect("segment")
+        .len();
+    let mut expect: Vec<(String, u64)> = Vec::new();
+    let rid = |name: &str| format!("ops-complete-{name}");
+
+    let r = get(&srv.url(seg), &[("x-request-id", &rid("h1"))]).await;
+    assert_eq!(r.body.len() as u64, len);
+    expect.push((rid("h1"), len));
+    for (name, alpn) in [("tls-h1", &b"http/1.1"[..]), ("tls-h2", &b"h2"[..])] {
+        for (what, range, want) in [
+            ("whole", None, len),
+            ("range", Some("bytes=100-1099"), 1000),
+        ] {
+            let id = rid(&format!("{name}-{what}"));
+            let mut headers = vec![("x-request-id", id.as_str())];
+            if let Some(r) = range {
+                headers.push(("range", r));
+            }
+            let client = pki.client(&[&rustls::version::TLS13], &[alpn]);
+            let r = crate::tls::send(
+                crate::tls::connect(&srv, &client).await,
+                "GET",
+                seg,
+                &headers,
+            )
+            .await;
+            assert_eq!(r.body.len() as u64, want, "{id}: status {}", r.status);
+            expect.push((id, want));
+        }
+    }
+
+    for (id, bytes) in expect {
+        let needle = format!("\"request_id\":\"{id}\"");
+        let mut line = None;
+        eventually(Duration::from_secs(5), async || {
+            line = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .find(|l| l.contains(&needle))
+                .map(String::from);
+            line.is_some()
+        })
+        .await;
+        let line = line.unwrap_or_else(|| {
+            panic!(
+                "no access-log line for {id}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
+        let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        assert_eq!(v["bytes"].as_u64(), Some(bytes), "{line}");
+        assert_eq!(
+            v["complete"].as_bool(),
+            Some(true),
+            "the whole body went out: {line}"
+        );
+    }
+}
