@@ -128,7 +128,11 @@ impl Config {
             Err(e) => {
                 let msg = e.to_string().replace('\n', " ");
                 ctx.error("", format!("invalid TOML: {}", msg.trim()), "");
-                return Err(ctx.errors.into_inner());
+                let mut errors = ctx.errors.into_inner();
+                if let (Some(span), Some(first)) = (e.span(), errors.0.first_mut()) {
+                    first.line = Some(error::line_at(text, span.start));
+                }
+                return Err(errors);
             }
         };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -209,8 +213,9 @@ impl Config {
             }
         }
 
-        let errors = ctx.errors.into_inner();
+        let mut errors = ctx.errors.into_inner();
         if !errors.is_empty() {
+            errors.locate_in(path, text);
             return Err(errors);
         }
         Ok(Config {

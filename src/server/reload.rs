@@ -32,7 +32,8 @@ fn reload(shared: &Shared, started: &Config) {
         }
     });
     match loaded {
-        Err(errs) => {
+        Err(mut errs) => {
+            errs.locate();
             for e in errs.iter() {
                 tracing::error!("{e}");
             }
