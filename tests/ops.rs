@@ -798,3 +798,64 @@ async fn ops_access_log_marks_whole_bodies_complete() {
         );
     }
 }
+
+/// The shipped `systemd/segd.service`'s `ExecReload=` commands, run in order as systemd runs
+/// them (the first that fails ends the reload and fails `systemctl reload`), with the unit's
+/// paths pointed at this build and a running segd as `$MAINPID`: a config segd rejects fails
+/// the reload and the process is never signalled; a good one reloads it. (systemd is not PID 1
+/// here, so the unit's own commands are run, not the unit.)
+#[tokio::test]
+async fn ops_systemd_reload_checks_the_config_first() {
+    let unit = read("systemd/segd.service");
+    let reload: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("ExecReload="))
+        .collect();
+    assert!(!reload.is_empty(), "segd.service has no ExecReload=");
+    let vols = demo_volumes();
+    let good = config_for(&[&vols.path().join("disk1")], "");
+    let srv = Server::start(&good);
+    let run = |cmd_lines: &[&str]| -> Result<(), String> {
+        for line in cmd_lines {
+            // A leading `-` lets a command fail without failing the reload.
+            let (may_fail, line) = match line.strip_prefix('-') {
+                Some(rest) => (true, rest),
+                None => (false, *line),
+            };
+            let cmd = line
+                .replace("/usr/local/bin/segd", BIN)
+                .replace("/etc/segd/segd.toml", &srv.config.display().to_string())
+                .replace("$MAINPID", &srv.child.id().to_string());
+            let out = Command::new("sh")
+                .args(["-c", &cmd])
+                .output()
+                .expect("run ExecReload");
+            if !out.status.success() && !may_fail {
+                return Err(format!(
+                    "{cmd}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    };
+
+    std::fs::write(&srv.config, format!("{good}[cache]\nmax_bytes = \"1GB\"\n")).expect("write");
+    let failed = run(&reload).expect_err("a rejected config must fail `systemctl reload`");
+    assert!(failed.contains("cache.max_bytes"), "{failed}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !srv.stderr().contains("SIGHUP received"),
+        "segd was signalled for a config check-config rejects:\n{}",
+        srv.stderr()
+    );
+
+    std::fs::write(
+        &srv.config,
+        format!("{good}[cache]\nmax_bytes = \"1GiB\"\n"),
+    )
+    .expect("write");
+    run(&reload).expect("a good config reloads");
+    srv.log_with(&["SIGHUP received", "configuration reloaded"]);
+}
