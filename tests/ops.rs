@@ -10,7 +10,8 @@
 //! - every metric name in the rules' expressions and the dashboard's queries (`segd_*` and
 //!   `process_*`; `_bucket`/`_sum`/`_count` of a histogram count as the histogram) is in the
 //!   `/metrics` output of a running segd with TLS, ingest with write-through to a bucket
-//!   (durability "local"), the pull tier (an upstream segd and an S3 upstream) and live prefixes
+//!   (durability "local"), the pull tier (an upstream segd and an S3 upstream) and live prefixes,
+//!   and that output passes `promtool check metrics`
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -483,6 +484,24 @@ prefixes = ["/up/"]
         "metrics used by the rules or the dashboard that segd does not export:\n{}",
         missing.join("\n")
     );
+    // Every family this traffic made appear passes promtool's lint (names, HELP/TYPE, units,
+    // counters ending in _total, histogram series).
+    if let Some(bin) = promtool() {
+        let text = get(&node.admin_url("/metrics"), &[]).await.text();
+        let file = dir.path().join("metrics.txt");
+        std::fs::write(&file, &text).expect("write metrics");
+        let out = Command::new(&bin)
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).expect("metrics file"))
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The admin listener is read-only: GET and HEAD are answered, any other method is 405 with
