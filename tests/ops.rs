@@ -878,3 +878,47 @@ async fn ops_systemd_reload_checks_the_config_first() {
     run(&reload).expect("a good config reloads");
     srv.log_with(&["SIGHUP received", "configuration reloaded"]);
 }
+
+/// Log rotation as logrotate does it for nginx: rename the access log, send SIGUSR1; segd keeps
+/// serving (SIGUSR1's default action killed it, silently, mid-request for whoever was
+/// connected), lines before the signal are in the renamed file and lines after it in a new file
+/// at the configured path.
+#[tokio::test]
+async fn ops_sigusr1_reopens_the_access_log() {
+    let vols = demo_volumes();
+    let log = vols.path().join("access.log");
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &format!("[log]\naccess = \"{}\"\nformat = \"json\"\n", log.display()),
+    ));
+    let seg = "/vod/t1/hls/64k/seg_00001.ts";
+    let logged = async |file: &Path, rid: &str| {
+        let needle = format!("\"request_id\":\"{rid}\"");
+        eventually(Duration::from_secs(5), async || {
+            std::fs::read_to_string(file)
+                .unwrap_or_default()
+                .contains(&needle)
+        })
+        .await
+    };
+    let r = get(&srv.url(seg), &[("x-request-id", "ops-rotate-before")]).await;
+    assert_eq!(r.status, 200);
+    assert!(logged(&log, "ops-rotate-before").await, "{}", srv.stderr());
+
+    let rotated = vols.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    srv.signal(libc::SIGUSR1);
+    srv.log_with(&["access log reopened"]);
+    let r = get(&srv.url(seg), &[("x-request-id", "ops-rotate-after")]).await;
+    assert_eq!(r.status, 200, "segd still serves after SIGUSR1");
+    assert!(
+        logged(&log, "ops-rotate-after").await,
+        "the new file gets the lines after the signal:\n{}",
+        srv.stderr()
+    );
+    let old = std::fs::read_to_string(&rotated).expect("rotated log");
+    assert!(
+        old.contains("ops-rotate-before") && !old.contains("ops-rotate-after"),
+        "{old}"
+    );
+}

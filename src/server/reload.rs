@@ -1,5 +1,6 @@
-//! Signals: SIGTERM/SIGINT start the drain, SIGHUP reloads the config file, SIGUSR2 upgrades
-//! (starts a new process and hands it the sockets, see `upgrade`).
+//! Signals: SIGTERM/SIGINT start the drain, SIGHUP reloads the config file, SIGUSR1 reopens the
+//! access log (log rotation, as nginx; nothing else is re-read), SIGUSR2 upgrades (starts a new
+//! process and hands it the sockets, see `upgrade`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -81,6 +82,7 @@ pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
 }
 
@@ -91,6 +93,9 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            // Its default action would kill the process (logrotate configs written for nginx
+            // send it).
+            usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
         })
     }
@@ -116,6 +121,10 @@ impl Signals {
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP received: reloading");
                     reload(shared, started);
+                }
+                _ = self.usr1.recv() => {
+                    tracing::info!("SIGUSR1 received: reopening the access log");
+                    shared.load().access.reopen();
                 }
                 _ = self.usr2.recv() => {
                     if upgrading.is_some() {
