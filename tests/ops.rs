@@ -922,3 +922,52 @@ async fn ops_sigusr1_reopens_the_access_log() {
         "{old}"
     );
 }
+
+/// systemd's watchdog (`WatchdogSec=` in `systemd/segd.service`): with `WATCHDOG_USEC` set,
+/// segd sends `WATCHDOG=1` at half that interval after `READY=1` (it sent none, so a unit with
+/// `WatchdogSec=` killed a healthy segd), and none when `WATCHDOG_PID` names another process.
+#[test]
+fn ops_systemd_watchdog_is_fed() {
+    use std::os::unix::net::UnixDatagram;
+    let unit = read("systemd/segd.service");
+    assert!(
+        unit.lines().any(|l| l.starts_with("WatchdogSec=")),
+        "the shipped unit uses the watchdog"
+    );
+    let vols = demo_volumes();
+    for (pid, fed) in [(None, true), (Some("1"), false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock_path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let srv = Server::start_with(&config_for(&[&vols.path().join("disk1")], ""), |c| {
+            c.env("NOTIFY_SOCKET", &sock_path)
+                .env("WATCHDOG_USEC", "300000");
+            match pid {
+                Some(p) => c.env("WATCHDOG_PID", p),
+                None => c.env_remove("WATCHDOG_PID"),
+            }
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        }
+        let pings = got.iter().filter(|m| m.as_str() == "WATCHDOG=1").count();
+        assert!(
+            got.iter().any(|m| m.starts_with("READY=1")),
+            "{got:?}\n{}",
+            srv.stderr()
+        );
+        if fed {
+            // 1.5 s at one per 150 ms: about 10; allow a slow start.
+            assert!(pings >= 4, "WATCHDOG=1 every 150 ms: {got:?}");
+        } else {
+            assert_eq!(pings, 0, "WATCHDOG_PID is another process: {got:?}");
+        }
+    }
+}

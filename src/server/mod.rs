@@ -381,6 +381,9 @@ async fn serve(
         http3,
         admin_addr,
     );
+    if let Some(interval) = systemd::watchdog_interval(handover.is_some()) {
+        tokio::spawn(systemd::keep_watchdog_fed(interval));
+    }
     match handover {
         None => systemd::notify("READY=1\nSTATUS=serving"),
         Some(h) => {
