@@ -488,3 +488,71 @@ fn malformed_cache_control_is_an_error() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+/// `config/segd.production.toml` documents every key segd accepts ("every key with its meaning,
+/// default and allowed values", README): the keys are read from segd itself, from the
+/// `allowed:` list of the unknown-key error of every section and array-of-tables entry, and each
+/// must appear in the file as `key = …` (set or commented out), as a `[[section.key]]` table,
+/// or as `section.key` in a comment (an older name). (`[pull] tls_ca_file` was missing.)
+#[test]
+fn production_config_documents_every_key() {
+    let sections = [
+        "server",
+        "admin",
+        "cache",
+        "token",
+        "[token.keys]",
+        "cors",
+        "cache_control",
+        "log",
+        "tls",
+        "[tls.certs]",
+        "ingest",
+        "[ingest.keys]",
+        "live",
+        "pull",
+        "[pull.upstreams]",
+        "[volumes]",
+    ];
+    let text: String = sections
+        .iter()
+        .map(|s| format!("[{s}]\nzz_unknown = 1\n"))
+        .collect();
+    let (code, err, _) = check(&text);
+    assert_eq!(code, 64, "{err}");
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/segd.production.toml"),
+    )
+    .expect("config/segd.production.toml");
+    let mut missing = Vec::new();
+    for s in sections {
+        let name = s.trim_matches(|c| c == '[' || c == ']');
+        let line = err
+            .lines()
+            .find(|l| {
+                l.contains(&format!(": {name}.zz_unknown: "))
+                    || l.contains(&format!(": {name}[0].zz_unknown: "))
+            })
+            .unwrap_or_else(|| panic!("no unknown-key error for [{s}]:\n{err}"));
+        let allowed = line
+            .split("(allowed: ")
+            .nth(1)
+            .and_then(|a| a.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no allowed list: {line}"));
+        for key in allowed.split(", ") {
+            let documented = doc.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.split('=').next().is_some_and(|k| k.trim() == key) && l.contains('=')
+                    || l.starts_with(&format!("[[{name}.{key}]]"))
+                    || l.starts_with(&format!("[{name}.{key}]"))
+            }) || doc.contains(&format!("{name}.{key}"));
+            if !documented {
+                missing.push(format!("{name}.{key}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys segd accepts that config/segd.production.toml does not document: {missing:?}"
+    );
+}
