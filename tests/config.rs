@@ -556,3 +556,25 @@ fn production_config_documents_every_key() {
         "keys segd accepts that config/segd.production.toml does not document: {missing:?}"
     );
 }
+
+/// A listen address repeated across sections is reported at the key that repeats it, with its
+/// line, naming the first use (it was always `server.listen`, even for a `[tls] listen` entry,
+/// and pointed at the wrong line).
+#[test]
+fn repeated_listen_address_names_both_keys() {
+    let (code, err, path) = check(
+        "[server]\nlisten = [\"127.0.0.1:8443\"]\n\n[[volumes]]\npath = \"vol\"\n\n\
+         [tls]\nlisten = [\"127.0.0.1:9443\", \"127.0.0.1:8443\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("used twice"))
+        .unwrap_or_else(|| panic!("no repeated-address error:\n{err}"));
+    assert!(
+        line.starts_with(&format!(
+            "{path}:8: tls.listen[1]: address 127.0.0.1:8443 is used twice (also server.listen[0])"
+        )),
+        "{line}"
+    );
+}

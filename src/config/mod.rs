@@ -163,18 +163,26 @@ impl Config {
         top.finish();
 
         // Cross-key checks.
-        let mut all: Vec<SocketAddr> = server.listen.clone();
-        all.extend(admin.listen);
-        all.extend(tls.iter().flat_map(|t| t.listen.iter().copied()));
-        for (i, a) in all.iter().enumerate() {
-            if a.port() != 0 && all[..i].contains(a) {
+        // Every listen address with its key, in file order of the sections; a repeat is
+        // reported at its own key, naming the first.
+        let mut all: Vec<(String, SocketAddr)> = Vec::new();
+        all.extend(
+            (server.listen.iter().enumerate()).map(|(i, a)| (format!("server.listen[{i}]"), *a)),
+        );
+        all.extend(admin.listen.map(|a| ("admin.listen".to_string(), a)));
+        if let Some(t) = &tls {
+            all.extend(
+                (t.listen.iter().enumerate()).map(|(i, a)| (format!("tls.listen[{i}]"), *a)),
+            );
+        }
+        for (i, (key, a)) in all.iter().enumerate() {
+            if a.port() == 0 {
+                continue;
+            }
+            if let Some((first, _)) = all[..i].iter().find(|(_, b)| b == a) {
                 ctx.error(
-                    if Some(*a) == admin.listen {
-                        "admin.listen"
-                    } else {
-                        "server.listen"
-                    },
-                    format!("address {a} is used twice"),
+                    key.as_str(),
+                    format!("address {a} is used twice (also {first})"),
                     "each listener needs its own address",
                 );
             }
