@@ -3,7 +3,9 @@
 //! Requests format their line and hand it to a bounded channel; one writer thread owns the file
 //! (or stdout), buffers, and flushes at least every 200 ms. When the channel is full the line is
 //! dropped and counted (`segd_access_log_dropped_total`): a slow log disk must never slow a
-//! response. A reload opens a new writer, which also reopens the file (log rotation).
+//! response. A reload opens a new writer, which also reopens the file (log rotation); so does
+//! [`AccessLog::reopen`] (SIGUSR1, as nginx: the same writer, the file opened anew by its path,
+//! nothing else re-read).
 //!
 //! Fields: time, client address (the trusted client-IP header when the request passed origin
 //! auth), peer, method, path (never the token: the path-embedded token segment and the query are
@@ -12,8 +14,9 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::config::{AccessLog as Target, LogConfig, LogFormat};
@@ -42,6 +45,8 @@ pub struct Entry<'a> {
 
 pub struct AccessLog {
     tx: Option<SyncSender<String>>,
+    /// Set by [`AccessLog::reopen`]; the writer thread reopens its file before its next write.
+    reopen: Arc<AtomicBool>,
     format: LogFormat,
     /// `segd_access_log_dropped_total`: shared by every log a reload opens.
     dropped: prometheus::IntCounter,
@@ -182,28 +187,48 @@ impl Entry<'_> {
 impl AccessLog {
     /// Opens the target and starts its writer thread (no thread when the log is off).
     pub fn open(cfg: &LogConfig, dropped: prometheus::IntCounter) -> std::io::Result<AccessLog> {
+        let reopen = Arc::new(AtomicBool::new(false));
         let sink: Box<dyn Write + Send> = match &cfg.access {
             Target::Off => {
                 return Ok(AccessLog {
                     tx: None,
+                    reopen,
                     format: cfg.format,
                     dropped,
                 })
             }
             Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
+            Target::File(p) => Box::new(append(p)?),
         };
         let (tx, rx) = sync_channel::<String>(16_384);
+        let path = match &cfg.access {
+            Target::File(p) => Some(p.clone()),
+            _ => None,
+        };
+        let asked = Arc::clone(&reopen);
         std::thread::Builder::new()
             .name("segd-access-log".into())
             .spawn(move || {
                 let mut w = std::io::BufWriter::with_capacity(64 * 1024, sink);
                 loop {
+                    if asked.swap(false, Ordering::Relaxed) {
+                        // Lines queued before the signal go to the old file (logrotate has
+                        // renamed it); the next ones to a new file at the configured path.
+                        let _ = w.flush();
+                        if let Some(p) = &path {
+                            match append(p) {
+                                Ok(f) => {
+                                    w = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f));
+                                    tracing::info!(path = %p.display(), "access log reopened");
+                                }
+                                Err(e) => tracing::error!(
+                                    path = %p.display(),
+                                    error = %e,
+                                    "cannot reopen the access log; still writing to the old file"
+                                ),
+                            }
+                        }
+                    }
                     match rx.recv_timeout(Duration::from_millis(200)) {
                         Ok(line) => {
                             let _ = w.write_all(line.as_bytes());
@@ -219,9 +244,16 @@ impl AccessLog {
             })?;
         Ok(AccessLog {
             tx: Some(tx),
+            reopen,
             format: cfg.format,
             dropped,
         })
+    }
+
+    /// Reopens the log file by its path (after log rotation renamed it), within the writer's
+    /// 200 ms tick; lines already queued still go to the old file. Nothing for stdout or off.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     pub fn enabled(&self) -> bool {
@@ -235,6 +267,14 @@ impl AccessLog {
             self.dropped.inc();
         }
     }
+}
+
+/// The log file, opened for appending (created if missing).
+fn append(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);

@@ -30,7 +30,7 @@ pub enum Command {
     },
     /// Validate a config file and exit.
     ///
-    /// Prints every problem as `FILE: KEY: PROBLEM (allowed: ...)`, one per line, and exits 64;
+    /// Prints every problem as `FILE:LINE: KEY: PROBLEM (allowed: ...)`, one per line, and exits 64;
     /// prints `FILE: ok` and exits 0 when the file is valid. Also checks that volume directories
     /// exist and that marker files are present.
     CheckConfig {

@@ -18,6 +18,9 @@ const EX_CONFIG: u8 = 64;
 
 /// Prints every config problem and the count; the exit code for an invalid config.
 fn report(errs: &segd::config::ConfigErrors, path: &std::path::Path) -> ExitCode {
+    // Problems found after parsing (paths, certificates) get their lines here.
+    let mut errs = errs.clone();
+    errs.locate();
     eprintln!("{errs}");
     eprintln!("segd: {} problem(s) in {}", errs.len(), path.display());
     ExitCode::from(EX_CONFIG)

@@ -54,6 +54,12 @@ pub struct Metrics {
     pub ingest_no_space: prometheus::IntCounter,
     /// 1 from the moment a drain starts (SIGTERM/SIGINT, or handing over to a new process).
     pub draining: prometheus::IntGauge,
+    /// The last SIGHUP reload: 1 applied (and at start), 0 rejected (the running config stays).
+    config_reload_ok: prometheus::IntGauge,
+    /// When the running config was loaded: start, or the last reload applied (Unix seconds).
+    config_loaded_at: prometheus::Gauge,
+    /// 1 while the last reload applied changed keys that only a restart applies.
+    config_restart_pending: prometheus::IntGauge,
 }
 
 /// 50 µs to 10 s.
@@ -208,6 +214,24 @@ impl Metrics {
             "1 from the moment a drain starts (SIGTERM/SIGINT, or an upgrade handing over)",
         )?;
         registry.register(Box::new(draining.clone()))?;
+        // Named as Prometheus and Alertmanager name theirs, so one alert expression covers all.
+        let config_reload_ok = prometheus::IntGauge::new(
+            "segd_config_last_reload_successful",
+            "Whether the last config reload (SIGHUP) was applied (1; also at start) or rejected (0: the running config stays)",
+        )?;
+        registry.register(Box::new(config_reload_ok.clone()))?;
+        config_reload_ok.set(1);
+        let config_loaded_at = prometheus::Gauge::new(
+            "segd_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded (start, or the last reload applied), in Unix seconds",
+        )?;
+        registry.register(Box::new(config_loaded_at.clone()))?;
+        config_loaded_at.set(unix_now());
+        let config_restart_pending = prometheus::IntGauge::new(
+            "segd_config_restart_pending",
+            "1 when the last reload applied changed keys that only a restart applies (listen addresses, workers, ...; the log names them)",
+        )?;
+        registry.register(Box::new(config_restart_pending.clone()))?;
         for r in crate::auth::edgeauth::Reason::ALL {
             token_rejections.with_label_values(&[r.as_str()]);
         }
@@ -263,7 +287,22 @@ impl Metrics {
             ingest_temp_removed,
             ingest_no_space,
             draining,
+            config_reload_ok,
+            config_loaded_at,
+            config_restart_pending,
         })
+    }
+
+    /// A reload was applied; `restart_pending`: it changed keys that wait for a restart.
+    pub fn reload_applied(&self, restart_pending: bool) {
+        self.config_reload_ok.set(1);
+        self.config_loaded_at.set(unix_now());
+        self.config_restart_pending.set(i64::from(restart_pending));
+    }
+
+    /// A reload was rejected: the running config (and its figures) stay.
+    pub fn reload_rejected(&self) {
+        self.config_reload_ok.set(0);
     }
 
     /// Registers a collector owned by another module (it reads its own figures at scrape).
@@ -283,6 +322,14 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 // === impl ProcessMetrics ===

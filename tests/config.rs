@@ -1,5 +1,5 @@
 //! Config and CLI contract:
-//! - `check-config` prints every problem (file, key, problem, allowed) and exits 64
+//! - `check-config` prints every problem (file, line, key, problem, allowed) and exits 64
 //! - a missing config file names the path (check-config and serve)
 //! - unknown keys are errors listing the allowed keys
 //! - CORS credentials with a wildcard origin are refused (file, key, allowed values), and so
@@ -73,29 +73,34 @@ format = "xml"
 "#,
     );
     assert_eq!(code, 64, "{err}");
+    // Each with the line it is written on (a missing key: its table's header), as
+    // `FILE:LINE: KEY: ...`.
     let expect = [
-        ("server.listen[1]", "IP:PORT"),
-        ("server.workers", "0 (one per CPU core)"),
-        ("server.blocking_threads", "1..=1024"),
-        ("server.drain_timeout", "duration"),
-        ("server.sched_policy", "other, batch"),
-        ("server.lisen", "unknown key"),
-        ("admin.listen", "used twice"),
-        ("volumes[1].path", "missing"),
-        ("cache.max_bytes", "KiB, MiB, GiB"),
-        ("token.algorithm", "sha256, sha1, md5"),
-        ("token.protect[0]", "start with"),
-        ("token.keys[0].secret", "hex"),
-        ("cors.allow_origins[0]", "not an origin"),
-        ("log.format", "json, combined"),
-        ("bogus", "unknown key"),
+        ("server.listen[1]", 3, "IP:PORT"),
+        ("server.workers", 4, "0 (one per CPU core)"),
+        ("server.blocking_threads", 5, "1..=1024"),
+        ("server.drain_timeout", 6, "duration"),
+        ("server.sched_policy", 7, "other, batch"),
+        ("server.lisen", 8, "unknown key"),
+        ("admin.listen", 11, "used twice"),
+        ("volumes[1].path", 15, "missing"),
+        ("cache.max_bytes", 19, "KiB, MiB, GiB"),
+        ("token.algorithm", 23, "sha256, sha1, md5"),
+        ("token.protect[0]", 24, "start with"),
+        ("token.keys[0].secret", 28, "hex"),
+        ("cors.allow_origins[0]", 31, "not an origin"),
+        ("log.format", 35, "json, combined"),
+        ("bogus", 37, "unknown key"),
     ];
-    for (key, needle) in expect {
+    for (key, at, needle) in expect {
         let line = err
             .lines()
             .find(|l| l.contains(&format!(": {key}: ")))
             .unwrap_or_else(|| panic!("no error for {key} in:\n{err}"));
-        assert!(line.starts_with(&path), "names the file: {line}");
+        assert!(
+            line.starts_with(&format!("{path}:{at}: {key}: ")),
+            "names the file and the line ({at}): {line}"
+        );
         assert!(line.contains(needle), "{key}: {line}");
     }
     // Unknown keys list what is allowed.
@@ -108,6 +113,29 @@ format = "xml"
         "{typo}"
     );
     assert!(err.contains("problem(s)"));
+}
+
+/// Problems found after parsing (a volume directory that does not exist, checked by
+/// `check-config` and by a reload) and TOML syntax errors (a table written twice) name their
+/// line too.
+#[test]
+fn path_and_syntax_problems_name_their_line() {
+    let (code, err, path) = check(
+        "[server]\nworkers = 1\n\n[[volumes]]\nname = \"a\"\npath = \"/nonexistent/segd-vol\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "{path}:6: volumes[0].path: /nonexistent/segd-vol: "
+        )),
+        "{err}"
+    );
+    let (code, err, path) = check("[server]\nworkers = 1\n\n[server]\nworkers = 2\n");
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.starts_with(&format!("{path}:4: invalid TOML: ")) && err.contains("duplicate key"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -224,7 +252,7 @@ fn one_directory_is_one_volume() {
                 .lines()
                 .find(|l| l.contains(": volumes[1].path: "))
                 .unwrap_or_else(|| panic!("{cmd} with {second}: no volumes[1].path error:\n{err}"));
-            assert!(line.starts_with("segd.toml: "), "{line}");
+            assert!(line.starts_with("segd.toml:10: "), "{line}");
             assert!(
                 line.contains("is the same directory as volumes[0].path")
                     && line.contains("allowed: distinct directories"),
@@ -459,4 +487,94 @@ fn malformed_cache_control_is_an_error() {
         "[[volumes]]\npath = \"vol\"\n[cache_control]\nsegments = \"public, max-age=60, stale-if-error=600\"\n",
     );
     assert_eq!(code, 0, "{err}");
+}
+
+/// `config/segd.production.toml` documents every key segd accepts ("every key with its meaning,
+/// default and allowed values", README): the keys are read from segd itself, from the
+/// `allowed:` list of the unknown-key error of every section and array-of-tables entry, and each
+/// must appear in the file as `key = …` (set or commented out), as a `[[section.key]]` table,
+/// or as `section.key` in a comment (an older name). (`[pull] tls_ca_file` was missing.)
+#[test]
+fn production_config_documents_every_key() {
+    let sections = [
+        "server",
+        "admin",
+        "cache",
+        "token",
+        "[token.keys]",
+        "cors",
+        "cache_control",
+        "log",
+        "tls",
+        "[tls.certs]",
+        "ingest",
+        "[ingest.keys]",
+        "live",
+        "pull",
+        "[pull.upstreams]",
+        "[volumes]",
+    ];
+    let text: String = sections
+        .iter()
+        .map(|s| format!("[{s}]\nzz_unknown = 1\n"))
+        .collect();
+    let (code, err, _) = check(&text);
+    assert_eq!(code, 64, "{err}");
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/segd.production.toml"),
+    )
+    .expect("config/segd.production.toml");
+    let mut missing = Vec::new();
+    for s in sections {
+        let name = s.trim_matches(|c| c == '[' || c == ']');
+        let line = err
+            .lines()
+            .find(|l| {
+                l.contains(&format!(": {name}.zz_unknown: "))
+                    || l.contains(&format!(": {name}[0].zz_unknown: "))
+            })
+            .unwrap_or_else(|| panic!("no unknown-key error for [{s}]:\n{err}"));
+        let allowed = line
+            .split("(allowed: ")
+            .nth(1)
+            .and_then(|a| a.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no allowed list: {line}"));
+        for key in allowed.split(", ") {
+            let documented = doc.lines().any(|l| {
+                let l = l.trim_start_matches('#').trim();
+                l.split('=').next().is_some_and(|k| k.trim() == key) && l.contains('=')
+                    || l.starts_with(&format!("[[{name}.{key}]]"))
+                    || l.starts_with(&format!("[{name}.{key}]"))
+            }) || doc.contains(&format!("{name}.{key}"));
+            if !documented {
+                missing.push(format!("{name}.{key}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys segd accepts that config/segd.production.toml does not document: {missing:?}"
+    );
+}
+
+/// A listen address repeated across sections is reported at the key that repeats it, with its
+/// line, naming the first use (it was always `server.listen`, even for a `[tls] listen` entry,
+/// and pointed at the wrong line).
+#[test]
+fn repeated_listen_address_names_both_keys() {
+    let (code, err, path) = check(
+        "[server]\nlisten = [\"127.0.0.1:8443\"]\n\n[[volumes]]\npath = \"vol\"\n\n\
+         [tls]\nlisten = [\"127.0.0.1:9443\", \"127.0.0.1:8443\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("used twice"))
+        .unwrap_or_else(|| panic!("no repeated-address error:\n{err}"));
+    assert!(
+        line.starts_with(&format!(
+            "{path}:8: tls.listen[1]: address 127.0.0.1:8443 is used twice (also server.listen[0])"
+        )),
+        "{line}"
+    );
 }

@@ -205,7 +205,10 @@ mod tests {
             assert!(e.allowed.contains("no control characters"), "{e}");
             let line = e.to_string();
             assert!(
-                line.starts_with(&format!("/etc/segd/t.toml: cache_control.{key}: ")),
+                line.starts_with(&format!(
+                    "/etc/segd/t.toml:{}: cache_control.{key}: ",
+                    VOLUME.lines().count() + 2
+                )),
                 "{line}"
             );
             assert!(

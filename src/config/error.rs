@@ -1,7 +1,9 @@
 //! Config errors: each one names the file, the key, what is wrong and what is allowed.
 //!
 //! Loading collects every problem into [`ConfigErrors`] before failing, so an operator fixes a
-//! config in one pass instead of one error per restart.
+//! config in one pass instead of one error per restart. Each problem is printed as
+//! `FILE:LINE: KEY: PROBLEM (allowed: …)`, the line being where the key is written (or, for a
+//! missing key, its table's header), as compilers print theirs, so editors and CI annotations jump to it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ pub struct ConfigError {
     pub file: PathBuf,
     /// Dotted key path, e.g. `server.listen[1]` or `volumes[0].path`; empty for file-level errors.
     pub key: String,
+    /// The 1-based line of the key in the file ([`ConfigErrors::locate`]); `None` when unknown.
+    pub line: Option<usize>,
     /// What is wrong with the value.
     pub problem: String,
     /// What would be accepted instead (may be empty when nothing more useful can be said).
@@ -22,6 +26,9 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
         if !self.key.is_empty() {
             write!(f, ": {}", self.key)?;
         }
@@ -48,6 +55,7 @@ impl ConfigErrors {
         self.0.push(ConfigError {
             file: file.to_path_buf(),
             key: key.into(),
+            line: None,
             problem: problem.into(),
             allowed: allowed.into(),
         });
@@ -64,6 +72,81 @@ impl ConfigErrors {
     pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
         self.0.iter()
     }
+
+    /// Fills in the line of every problem that has none, from the file it names (read once per
+    /// file; a file that cannot be read or parsed leaves the lines unknown).
+    pub fn locate(&mut self) {
+        let mut files: Vec<PathBuf> = self
+            .0
+            .iter()
+            .filter(|e| e.line.is_none() && !e.key.is_empty())
+            .map(|e| e.file.clone())
+            .collect();
+        files.dedup();
+        for file in files {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                self.locate_in(&file, &text);
+            }
+        }
+    }
+
+    /// Fills in the line of every problem of `file` that has none, from its `text`.
+    pub(crate) fn locate_in(&mut self, file: &Path, text: &str) {
+        let Ok(doc) = toml::de::DeTable::parse(text) else {
+            return;
+        };
+        for e in self
+            .0
+            .iter_mut()
+            .filter(|e| e.line.is_none() && e.file == file)
+        {
+            e.line = offset_of(doc.get_ref(), &e.key).map(|at| line_at(text, at));
+        }
+    }
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+pub(super) fn line_at(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Where `key` (`a.b[2].c`, as in [`ConfigError::key`]) is written in `doc`: the offset of its
+/// name, of an array element for an index, or of the deepest part that is written (a missing key:
+/// its table). `None` for the empty key or a first part not in the file.
+fn offset_of(doc: &toml::de::DeTable<'_>, key: &str) -> Option<usize> {
+    use toml::de::DeValue;
+    let mut at = None;
+    let mut table = doc;
+    for part in key.split('.').filter(|p| !p.is_empty()) {
+        let (name, indices) = part.split_once('[').unwrap_or((part, ""));
+        let Some((k, mut v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name) else {
+            return at;
+        };
+        at = Some(k.span().start);
+        let indices = indices.split('[').filter(|i| !i.is_empty());
+        for index in indices.map(|i| i.trim_end_matches(']')) {
+            let el = match (v.get_ref(), index.parse::<usize>()) {
+                (DeValue::Array(a), Ok(i)) => a.get(i),
+                _ => None,
+            };
+            match el {
+                Some(el) => {
+                    at = Some(el.span().start);
+                    v = el;
+                }
+                None => return at,
+            }
+        }
+        match v.get_ref() {
+            DeValue::Table(t) => table = t,
+            _ => return at,
+        }
+    }
+    at
 }
 
 impl fmt::Display for ConfigErrors {

@@ -128,7 +128,11 @@ impl Config {
             Err(e) => {
                 let msg = e.to_string().replace('\n', " ");
                 ctx.error("", format!("invalid TOML: {}", msg.trim()), "");
-                return Err(ctx.errors.into_inner());
+                let mut errors = ctx.errors.into_inner();
+                if let (Some(span), Some(first)) = (e.span(), errors.0.first_mut()) {
+                    first.line = Some(error::line_at(text, span.start));
+                }
+                return Err(errors);
             }
         };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -159,18 +163,26 @@ impl Config {
         top.finish();
 
         // Cross-key checks.
-        let mut all: Vec<SocketAddr> = server.listen.clone();
-        all.extend(admin.listen);
-        all.extend(tls.iter().flat_map(|t| t.listen.iter().copied()));
-        for (i, a) in all.iter().enumerate() {
-            if a.port() != 0 && all[..i].contains(a) {
+        // Every listen address with its key, in file order of the sections; a repeat is
+        // reported at its own key, naming the first.
+        let mut all: Vec<(String, SocketAddr)> = Vec::new();
+        all.extend(
+            (server.listen.iter().enumerate()).map(|(i, a)| (format!("server.listen[{i}]"), *a)),
+        );
+        all.extend(admin.listen.map(|a| ("admin.listen".to_string(), a)));
+        if let Some(t) = &tls {
+            all.extend(
+                (t.listen.iter().enumerate()).map(|(i, a)| (format!("tls.listen[{i}]"), *a)),
+            );
+        }
+        for (i, (key, a)) in all.iter().enumerate() {
+            if a.port() == 0 {
+                continue;
+            }
+            if let Some((first, _)) = all[..i].iter().find(|(_, b)| b == a) {
                 ctx.error(
-                    if Some(*a) == admin.listen {
-                        "admin.listen"
-                    } else {
-                        "server.listen"
-                    },
-                    format!("address {a} is used twice"),
+                    key.as_str(),
+                    format!("address {a} is used twice (also {first})"),
                     "each listener needs its own address",
                 );
             }
@@ -209,8 +221,9 @@ impl Config {
             }
         }
 
-        let errors = ctx.errors.into_inner();
+        let mut errors = ctx.errors.into_inner();
         if !errors.is_empty() {
+            errors.locate_in(path, text);
             return Err(errors);
         }
         Ok(Config {
@@ -315,6 +328,46 @@ impl Config {
             }
         }
         errs
+    }
+
+    /// The keys whose value differs between this running config and `next` (a reloaded file)
+    /// but that only a restart applies, because what they shape is made once at start: the
+    /// sockets, the thread pools, the logger, the pid file, the pull cache and the write-through
+    /// queue. A reload keeps their running values; the caller says which ones were ignored.
+    pub fn restart_only_changes(&self, next: &Config) -> Vec<&'static str> {
+        let (a, b) = (self, next);
+        let tls_listen = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
+        let http3 = |c: &Config| c.tls.as_ref().is_some_and(|t| t.http3);
+        [
+            ("server.listen", a.server.listen != b.server.listen),
+            ("server.workers", a.server.workers != b.server.workers),
+            (
+                "server.blocking_threads",
+                a.server.blocking_threads != b.server.blocking_threads,
+            ),
+            (
+                "server.sched_policy",
+                a.server.sched_batch != b.server.sched_batch,
+            ),
+            ("server.pid_file", a.server.pid_file != b.server.pid_file),
+            ("admin.listen", a.admin.listen != b.admin.listen),
+            ("tls.listen", tls_listen(a) != tls_listen(b)),
+            ("tls.http3", http3(a) != http3(b)),
+            ("log.level", a.log.level != b.log.level),
+            ("pull.cache_path", a.pull.cache_path != b.pull.cache_path),
+            ("pull.max_bytes", a.pull.max_bytes != b.pull.max_bytes),
+            (
+                "pull.negative_ttl",
+                a.pull.negative_ttl != b.pull.negative_ttl,
+            ),
+            (
+                "ingest.write_through",
+                a.ingest.write_through != b.ingest.write_through,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
     }
 
     /// The content type for a file extension (lower-case, without the dot), if segd serves it.

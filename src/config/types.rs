@@ -122,7 +122,7 @@ mod tests {
             assert!(e.allowed.contains("no control characters"), "{e}");
             let line = e.to_string();
             assert!(
-                line.starts_with(&format!("/etc/segd/t.toml: types.{ext}: ")),
+                line.starts_with(&format!("/etc/segd/t.toml:4: types.{ext}: ")),
                 "{line}"
             );
             assert!(

@@ -117,7 +117,13 @@ impl http_body::Body for HyperBody {
 
 impl Drop for HyperBody {
     fn drop(&mut self) {
-        // Not polled to the end: the client went away or the connection failed.
+        // hyper's HTTP/1.1 writer stops polling a body of known length once it has that many
+        // bytes (its `Content-Length` is met), so the end is never polled: handed over whole is
+        // complete. Otherwise not polled to the end: the client went away or the connection
+        // failed.
+        if self.stream.is_some() && self.len == Some(self.sent) {
+            self.done = true;
+        }
         self.finish();
     }
 }

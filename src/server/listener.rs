@@ -13,7 +13,11 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use tokio::net::{TcpListener, TcpSocket};
 
-pub const BACKLOG: u32 = 4096;
+/// The accept queue asked for: as deep as the kernel allows. Linux caps `listen(2)`'s backlog at
+/// `net.core.somaxconn` (4096 by default since 5.4), so the sysctl alone sets the depth, as
+/// docs/tuning.md says: a fixed number here would silently cap a raised `somaxconn` (65535 in
+/// `config/sysctl.d/90-segd.conf`) at that number.
+pub const BACKLOG: u32 = i32::MAX as u32;
 
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {

@@ -381,6 +381,9 @@ async fn serve(
         http3,
         admin_addr,
     );
+    if let Some(interval) = systemd::watchdog_interval(handover.is_some()) {
+        tokio::spawn(systemd::keep_watchdog_fed(interval));
+    }
     match handover {
         None => systemd::notify("READY=1\nSTATUS=serving"),
         Some(h) => {
@@ -398,7 +401,7 @@ async fn serve(
         }
     }
 
-    let stop = signals.wait_for_stop(&shared, &upgrader).await;
+    let stop = signals.wait_for_stop(&shared, &upgrader, &config).await;
     // Our spare copies of the sockets go first: a drain must be able to close them.
     drop(upgrader);
     let metrics = &shared.runtime.metrics;
@@ -445,7 +448,8 @@ async fn serve(
     } else {
         tracing::warn!("drain timeout reached; exiting with connections still open");
     }
-    if let Some(path) = &shared.load().config.server.pid_file {
+    // The file this process wrote (a reload does not move it: server.pid_file is restart-only).
+    if let Some(path) = &config.server.pid_file {
         pidfile::remove_if_ours(path);
     }
     Ok(())

@@ -1,5 +1,6 @@
-//! Signals: SIGTERM/SIGINT start the drain, SIGHUP reloads the config file, SIGUSR2 upgrades
-//! (starts a new process and hands it the sockets, see `upgrade`).
+//! Signals: SIGTERM/SIGINT start the drain, SIGHUP reloads the config file, SIGUSR1 reopens the
+//! access log (log rotation, as nginx; nothing else is re-read), SIGUSR2 upgrades (starts a new
+//! process and hands it the sockets, see `upgrade`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,12 +13,16 @@ use crate::config::Config;
 use crate::state::Shared;
 
 /// SIGHUP: re-read the config file. A config that `check-config` would reject is rejected with
-/// the same messages and the running one stays; a good one is swapped in whole. Listen
-/// addresses and worker counts need a restart (the sockets stay as they are).
-fn reload(shared: &Shared) {
+/// the same messages and the running one stays; a good one is swapped in whole, except the keys
+/// only a restart applies ([`Config::restart_only_changes`] against `started`, the config this
+/// process started with), which are named in the log. The outcome is in the metrics too:
+/// `segd_config_last_reload_successful`, `segd_config_last_reload_success_timestamp_seconds`
+/// and `segd_config_restart_pending`.
+fn reload(shared: &Shared, started: &Config) {
     systemd::notify_reloading();
     let old = shared.load();
     let path = old.config.file.clone();
+    let metrics = &shared.runtime.metrics;
     let loaded = Config::load(&path).and_then(|c| {
         let mut errs = c.check_paths();
         errs.0.extend(crate::tls::validate(&c).0);
@@ -28,7 +33,8 @@ fn reload(shared: &Shared) {
         }
     });
     match loaded {
-        Err(errs) => {
+        Err(mut errs) => {
+            errs.locate();
             for e in errs.iter() {
                 tracing::error!("{e}");
             }
@@ -36,24 +42,25 @@ fn reload(shared: &Shared) {
                 problems = errs.len(),
                 "reload rejected; the running configuration stays"
             );
+            metrics.reload_rejected();
         }
         Ok(mut cfg) => {
             fit_fd_limit(&mut cfg);
-            let tls_addrs = |c: &Config| c.tls.as_ref().map(|t| t.listen.clone());
-            if cfg.server.listen != old.config.server.listen
-                || cfg.admin.listen != old.config.admin.listen
-                || tls_addrs(&cfg) != tls_addrs(&old.config)
-                || cfg.tls.as_ref().map(|t| t.http3) != old.config.tls.as_ref().map(|t| t.http3)
-                || cfg.server.workers != old.config.server.workers
-            {
-                tracing::warn!(
-                    "listen addresses, tls.http3 and workers change only on restart; the rest is reloaded"
-                );
-            }
+            let pending = started.restart_only_changes(&cfg);
             match shared.reload(Arc::new(cfg)) {
-                Ok(()) => tracing::info!(file = %path.display(), "configuration reloaded"),
+                Ok(()) => {
+                    if !pending.is_empty() {
+                        tracing::warn!(
+                            keys = %pending.join(", "),
+                            "these keys differ from the running values and change only on restart; the rest is reloaded"
+                        );
+                    }
+                    tracing::info!(file = %path.display(), "configuration reloaded");
+                    metrics.reload_applied(!pending.is_empty());
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "reload rejected; the running configuration stays")
+                    tracing::error!(error = %e, "reload rejected; the running configuration stays");
+                    metrics.reload_rejected();
                 }
             }
         }
@@ -75,6 +82,7 @@ pub(super) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
 }
 
@@ -85,6 +93,9 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            // Its default action would kill the process (logrotate configs written for nginx
+            // send it).
+            usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
         })
     }
@@ -94,6 +105,7 @@ impl Signals {
         &mut self,
         shared: &Shared,
         upgrader: &Upgrader,
+        started: &Config,
     ) -> StopReason {
         let mut upgrading: Option<Upgrading> = None;
         loop {
@@ -108,7 +120,11 @@ impl Signals {
                 }
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP received: reloading");
-                    reload(shared);
+                    reload(shared, started);
+                }
+                _ = self.usr1.recv() => {
+                    tracing::info!("SIGUSR1 received: reopening the access log");
+                    shared.load().access.reopen();
                 }
                 _ = self.usr2.recv() => {
                     if upgrading.is_some() {

@@ -3,7 +3,9 @@
 //!
 //! Notify: when `NOTIFY_SOCKET` is set, datagrams `READY=1` (after every listener is bound and the
 //! volumes are checked), `RELOADING=1` + `MONOTONIC_USEC=…` / `READY=1` around a reload (as
-//! `Type=notify-reload` expects), `STOPPING=1` when a drain starts, and `STATUS=…` lines.
+//! `Type=notify-reload` expects), `STOPPING=1` when a drain starts, and `STATUS=…` lines; with
+//! `WatchdogSec=` in the unit, `WATCHDOG=1` at half the interval from a task on the serving
+//! runtime, so a process whose runtime no longer runs tasks is killed and restarted by systemd.
 //! Socket activation: when `LISTEN_PID` is this process, descriptors 3.. are sockets passed by
 //! systemd (`segd.socket`: listening TCP sockets, and UDP ones for HTTP/3); each is matched to a
 //! configured listen address by its local address and used instead of binding, so
@@ -33,6 +35,28 @@ pub fn notify(state: &str) {
     };
     if let Err(e) = res {
         tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The systemd watchdog interval (`WATCHDOG_USEC`, set by `WatchdogSec=`), when it applies to
+/// this process: `WATCHDOG_PID` unset or this pid, or `upgraded` (a process started by SIGUSR2
+/// inherits the old main pid there and becomes the main process with `MAINPID=`).
+pub fn watchdog_interval(upgraded: bool) -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let ours = match std::env::var("WATCHDOG_PID") {
+        Ok(p) => upgraded || p.parse::<u32>().is_ok_and(|p| p == std::process::id()),
+        Err(_) => true,
+    };
+    (ours && usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// Sends `WATCHDOG=1` every half `interval` for as long as the runtime runs this task.
+pub async fn keep_watchdog_fed(interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        notify("WATCHDOG=1");
     }
 }
 

@@ -357,12 +357,10 @@ impl Store {
             pull.attach(&local);
             pull.reconfigure(&asked.pull);
         }
-        match &self.inner.write_through {
-            Some(wt) => wt.reloaded(cfg),
-            None if cfg.ingest.write_through.is_some() => {
-                tracing::warn!("ingest.write_through takes effect on restart")
-            }
-            None => {}
+        // Added by a reload, write-through starts with the next process (the reload says so:
+        // `Config::restart_only_changes`).
+        if let Some(wt) = &self.inner.write_through {
+            wt.reloaded(cfg);
         }
     }
 

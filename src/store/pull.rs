@@ -644,13 +644,8 @@ impl Pull {
     /// (fills in flight finish with what they started with); the cache directory, its size and
     /// `negative_ttl` need a restart.
     pub fn reconfigure(&self, cfg: &PullConfig) {
-        let old = self.conf.load();
-        if cfg.cache_path.as_deref() != Some(self.root.as_path())
-            || cfg.max_bytes != old.cfg.max_bytes
-            || cfg.negative_ttl != old.cfg.negative_ttl
-        {
-            tracing::warn!("pull.cache_path, max_bytes and negative_ttl change only on restart");
-        }
+        // pull.cache_path, max_bytes and negative_ttl keep their values until a restart (the
+        // reload names them: `Config::restart_only_changes`).
         match Conf::build(cfg) {
             Ok(c) => self.conf.store(Arc::new(c)),
             Err(e) => {
