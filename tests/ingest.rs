@@ -12,6 +12,7 @@
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
 //! - ingest metrics
+//! - an HTTP/3 upload answered before its body is read: STOP_SENDING with H3_NO_ERROR
 //!
 //! What ffmpeg 5.1 actually sends (seen against a logging server): every upload and every DELETE
 //! is `Transfer-Encoding: chunked` (a DELETE's body is just `0\r\n\r\n`); it never waits for the
@@ -3188,6 +3189,72 @@ async fn h3_delete_reset_mid_body_removes_nothing() {
         !file.exists(),
         "a DELETE whose body ended removes the object"
     );
+}
+
+/// HTTP/3: an upload answered before its body is read (413 for a declared length over
+/// `max_body_bytes`, 415, 403) asks the client to stop sending with `H3_NO_ERROR` (0x100, RFC
+/// 9114 §4.1.1), never with code 0 (no HTTP/3 error code; quinn's default when a stream is
+/// dropped unread); nothing is written.
+#[tokio::test]
+async fn h3_early_answer_stops_the_body_with_h3_no_error() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-up");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    let rig = Rig::start(&["disk1"], &[("max_body_bytes", r#""1MiB""#)], &tls, |_| {});
+    let vol = rig.vol("disk1");
+    let before = tree(&vol);
+    let c = crate::h3::h3_connect(rig.srv.tls_addr.expect("tls listener"), &pki).await;
+    let tok = upload_token("/live/*");
+    let other = upload_token("/vod/*");
+    let cases = [
+        ("413", q("/live/es/big.ts", &tok)),
+        ("415", q("/live/es/notes.txt", &tok)),
+        ("403", q("/live/es/a.ts", &other)),
+    ];
+    for (what, target) in &cases {
+        let len = 2_000_000usize;
+        let head = [
+            (":method", "PUT"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", target.as_str()),
+            ("content-length", "2000000"),
+        ];
+        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+        let mut frames = crate::h3::raw_headers_frame(&head);
+        // One DATA frame for the whole body (type 0, length as an 8-byte varint).
+        frames.push(0x00);
+        frames.extend_from_slice(&(0xc000_0000_0000_0000u64 | len as u64).to_be_bytes());
+        tx.write_all(&frames).await.expect("head");
+        // Send the body until segd stops it (it never reads it) or it is all sent.
+        let chunk = vec![b'x'; 16 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            match tokio::time::timeout(Duration::from_secs(5), tx.write(&chunk)).await {
+                Ok(Ok(n)) => sent += n,
+                Ok(Err(_)) => break,
+                Err(_) => panic!("{what}: the body neither taken nor stopped within 5 s"),
+            }
+        }
+        let code = tokio::time::timeout(Duration::from_secs(5), tx.stopped())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: STOP_SENDING within 5 s"))
+            .unwrap_or_else(|e| panic!("{what}: stopped: {e}"));
+        assert_eq!(
+            code.map(u64::from),
+            Some(0x100),
+            "{what}: STOP_SENDING with H3_NO_ERROR (sent {sent} of {len})"
+        );
+        // The answer itself arrives whole.
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: an answer within 5 s"))
+            .unwrap_or_else(|e| panic!("{what}: answer: {e}"));
+        assert_eq!(answer.first(), Some(&0x01), "{what}: a HEADERS frame first");
+        no_tmp_eventually(&vol, what).await;
+        assert_eq!(tree(&vol), before, "{what}: nothing written");
+    }
 }
 
 const H2_DATA: u8 = 0;
