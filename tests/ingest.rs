@@ -12,6 +12,7 @@
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
 //! - ingest metrics
+//! - pipelined uploads of a client that left without its answers (ffmpeg -http_persistent 1)
 //! - an HTTP/3 upload answered before its body is read: STOP_SENDING with H3_NO_ERROR
 //!
 //! What ffmpeg 5.1 actually sends (seen against a logging server): every upload and every DELETE
@@ -1801,6 +1802,77 @@ async fn client_gone_mid_body() {
 }
 
 /// Waits until segd counts no upload in progress.
+/// A client that pipelines uploads without reading the answers and then exits resets its
+/// connection (its unread answers make the kernel send RST), usually while segd is still busy
+/// with an earlier upload. ffmpeg with `-http_persistent 1` does this with its last segment and
+/// its final playlist (`#EXT-X-ENDLIST`). The uploads it sent in full are carried out all the
+/// same (the kernel keeps what arrived before the reset readable); only the answers are lost.
+/// Chunked bodies (ffmpeg's; hyper's path) and `Content-Length` bodies (the fast path).
+#[tokio::test]
+async fn pipelined_uploads_of_a_client_that_left_are_carried_out() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let put = |name: &str, body: &[u8], chunked: bool| -> Vec<u8> {
+        let target = q(&format!("/live/pl/{name}"), &tok);
+        let mut r = if chunked {
+            format!(
+                "PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                body.len()
+            )
+            .into_bytes()
+        } else {
+            format!(
+                "PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes()
+        };
+        r.extend_from_slice(body);
+        if chunked {
+            r.extend_from_slice(b"\r\n0\r\n\r\n");
+        }
+        r
+    };
+    for (what, chunked) in [("chunked", true), ("content-length", false)] {
+        let files = [
+            format!("{what}-1.ts"),
+            format!("{what}-2.ts"),
+            format!("{what}.m3u8"),
+        ];
+        let bodies = [
+            payload(20_000, 1),
+            payload(30_000, 2),
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nx.ts\n#EXT-X-ENDLIST\n".to_vec(),
+        ];
+        let mut s = connect(rig.srv.addr);
+        s.write_all(&put(&files[0], &bodies[0], chunked))
+            .expect("first upload");
+        // Its answer arrives and stays unread.
+        let mut peek = [0u8; 1];
+        assert_eq!(s.peek(&mut peek).expect("the first answer"), 1, "{what}");
+        let mut rest = put(&files[1], &bodies[1], chunked);
+        rest.extend(put(&files[2], &bodies[2], chunked));
+        s.write_all(&rest).expect("pipelined uploads");
+        // Gone without reading: the kernel resets the connection.
+        drop(s);
+        let dir = vol.join("live/pl");
+        let all = eventually(Duration::from_secs(5), async || {
+            files.iter().all(|n| dir.join(n).exists())
+        })
+        .await;
+        assert!(
+            all,
+            "{what}: every upload sent in full is stored: {:?}",
+            names(&dir)
+        );
+        for (n, b) in files.iter().zip(&bodies) {
+            assert_file(&dir.join(n), b, what);
+        }
+        no_tmp_eventually(&vol, what).await;
+    }
+}
+
 async fn uploads_ended(rig: &Rig, what: &str) {
     let done = eventually(Duration::from_secs(10), async || {
         metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
