@@ -425,6 +425,7 @@ async fn to_hyper(
         proto: label,
         tls: None,
         alt_svc: None,
+        peer_gone: Some(io.gone_flag()),
     };
     super::service::serve_io(io, conn, shared, hyper, drain).await;
 }

@@ -3,6 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -85,8 +87,9 @@ pub struct Prefixed {
     prefix: Bytes,
     inner: TcpStream,
     orphans: bool,
-    /// The peer is gone; writes are discarded (only with `orphans`).
-    gone: bool,
+    /// The peer is gone; writes are discarded (only with `orphans`). Shared with the
+    /// connection's requests ([`Prefixed::gone_flag`]), which then carry out only writes.
+    gone: Arc<AtomicBool>,
 }
 
 impl Prefixed {
@@ -95,26 +98,39 @@ impl Prefixed {
             prefix,
             inner,
             orphans,
-            gone: false,
+            gone: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Set once the peer is gone: requests read after that are not answered, so only writes
+    /// (uploads, DELETEs) are worth carrying out.
+    pub fn gone_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.gone)
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    fn set_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
     }
 
     /// An HTTP/1.1 connection whose peer is already gone (an answer could not be written):
     /// the requests it sent in full (`prefix`, then what the socket still holds) are carried
     /// out, unanswered.
     pub fn orphaned(prefix: Bytes, inner: TcpStream) -> Prefixed {
-        Prefixed {
-            gone: true,
-            ..Prefixed::new(prefix, inner, true)
-        }
+        let p = Prefixed::new(prefix, inner, true);
+        p.set_gone();
+        p
     }
 
     /// Whether `e` says the peer is gone and the connection should go on unanswered.
     fn goes_on_without(&mut self, e: &io::Error) -> bool {
         if self.orphans && peer_gone(e) {
-            self.gone = true;
+            self.set_gone();
         }
-        self.gone
+        self.is_gone()
     }
 
     /// A write's result, with the answer discarded once the peer is gone.
@@ -149,7 +165,7 @@ impl AsyncRead for Prefixed {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             // A reset read is the end of what the peer sent (nothing is added to `buf`).
             Poll::Ready(Err(e)) if self.orphans && e.kind() == io::ErrorKind::ConnectionReset => {
-                self.gone = true;
+                self.set_gone();
                 Poll::Ready(Ok(()))
             }
             r => r,
@@ -163,21 +179,21 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.gone {
+        if self.is_gone() {
             return Poll::Ready(Ok(buf.len()));
         }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.written(r, buf.len())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.gone {
+        if self.is_gone() {
             return Poll::Ready(Ok(()));
         }
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         self.done(r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.gone {
+        if self.is_gone() {
             return Poll::Ready(Ok(()));
         }
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
@@ -189,7 +205,7 @@ impl AsyncWrite for Prefixed {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|b| b.len()).sum();
-        if self.gone {
+        if self.is_gone() {
             return Poll::Ready(Ok(len));
         }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
