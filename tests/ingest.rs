@@ -12,6 +12,9 @@
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
 //! - ingest metrics
+//! - pipelined uploads of a client that left without its answers (ffmpeg -http_persistent 1)
+//!   are carried out; reads pipelined with them are not
+//! - an HTTP/3 upload answered before its body is read: STOP_SENDING with H3_NO_ERROR
 //!
 //! What ffmpeg 5.1 actually sends (seen against a logging server): every upload and every DELETE
 //! is `Transfer-Encoding: chunked` (a DELETE's body is just `0\r\n\r\n`); it never waits for the
@@ -1801,6 +1804,129 @@ async fn client_gone_mid_body() {
 }
 
 /// Waits until segd counts no upload in progress.
+/// A client that pipelines uploads without reading the answers and then exits resets its
+/// connection (its unread answers make the kernel send RST), usually while segd is still busy
+/// with an earlier upload. ffmpeg with `-http_persistent 1` does this with its last segment and
+/// its final playlist (`#EXT-X-ENDLIST`). The uploads it sent in full are carried out all the
+/// same (the kernel keeps what arrived before the reset readable); only the answers are lost.
+/// Chunked bodies (ffmpeg's; hyper's path) and `Content-Length` bodies (the fast path).
+#[tokio::test]
+async fn pipelined_uploads_of_a_client_that_left_are_carried_out() {
+    let rig = Rig::simple(&[]);
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    let put = |name: &str, body: &[u8], chunked: bool| -> Vec<u8> {
+        let target = q(&format!("/live/pl/{name}"), &tok);
+        let mut r = if chunked {
+            format!(
+                "PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                body.len()
+            )
+            .into_bytes()
+        } else {
+            format!(
+                "PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes()
+        };
+        r.extend_from_slice(body);
+        if chunked {
+            r.extend_from_slice(b"\r\n0\r\n\r\n");
+        }
+        r
+    };
+    for (what, chunked) in [("chunked", true), ("content-length", false)] {
+        let files = [
+            format!("{what}-1.ts"),
+            format!("{what}-2.ts"),
+            format!("{what}.m3u8"),
+        ];
+        let bodies = [
+            payload(20_000, 1),
+            payload(30_000, 2),
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nx.ts\n#EXT-X-ENDLIST\n".to_vec(),
+        ];
+        let mut s = connect(rig.srv.addr);
+        s.write_all(&put(&files[0], &bodies[0], chunked))
+            .expect("first upload");
+        // Its answer arrives and stays unread.
+        let mut peek = [0u8; 1];
+        assert_eq!(s.peek(&mut peek).expect("the first answer"), 1, "{what}");
+        let mut rest = put(&files[1], &bodies[1], chunked);
+        rest.extend(put(&files[2], &bodies[2], chunked));
+        s.write_all(&rest).expect("pipelined uploads");
+        // Gone without reading: the kernel resets the connection.
+        drop(s);
+        let dir = vol.join("live/pl");
+        let all = eventually(Duration::from_secs(5), async || {
+            files.iter().all(|n| dir.join(n).exists())
+        })
+        .await;
+        assert!(
+            all,
+            "{what}: every upload sent in full is stored: {:?}",
+            names(&dir)
+        );
+        for (n, b) in files.iter().zip(&bodies) {
+            assert_file(&dir.join(n), b, what);
+        }
+        no_tmp_eventually(&vol, what).await;
+    }
+}
+
+/// A read pipelined between the uploads of a client that left is not carried out: nobody takes
+/// its answer, so no file is read for it and the access log has no line saying it was sent.
+#[tokio::test]
+async fn reads_pipelined_by_a_client_that_left_are_not_served() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log = logs.path().join("access.log");
+    let big = payload(600_000, 5);
+    let rig = Rig::start(
+        &["disk1"],
+        &[],
+        &format!("[log]\naccess = \"{}\"\n", log.display()),
+        |d| {
+            std::fs::create_dir_all(d.join("disk1/live/pr")).expect("mkdir");
+            std::fs::write(d.join("disk1/live/pr/big.ts"), &big).expect("write");
+        },
+    );
+    let dir = rig.vol("disk1").join("live/pr");
+    let tok = upload_token("/live/*");
+    let put = |name: &str| {
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+            q(&format!("/live/pr/{name}"), &tok)
+        )
+    };
+    let mut s = connect(rig.srv.addr);
+    s.write_all(put("a.ts").as_bytes()).expect("first upload");
+    let mut peek = [0u8; 1];
+    assert_eq!(s.peek(&mut peek).expect("the first answer"), 1);
+    let rest = format!(
+        "{}GET /live/pr/big.ts HTTP/1.1\r\nHost: t\r\n\r\n{}",
+        put("b.ts"),
+        put("c.ts")
+    );
+    s.write_all(rest.as_bytes()).expect("pipelined requests");
+    drop(s);
+    let stored = eventually(Duration::from_secs(5), async || dir.join("c.ts").exists()).await;
+    assert!(stored, "the last upload is carried out: {:?}", names(&dir));
+    // The access log line of c.ts is written before its answer (discarded) is: give the log
+    // a moment, then look for the GET.
+    let logged = eventually(Duration::from_secs(5), async || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/live/pr/c.ts"))
+    })
+    .await;
+    assert!(logged, "the uploads are logged");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let gets: Vec<&str> = text.lines().filter(|l| l.contains("\"GET\"")).collect();
+    assert!(
+        gets.is_empty(),
+        "a read nobody takes is not served: {gets:?}"
+    );
+}
+
 async fn uploads_ended(rig: &Rig, what: &str) {
     let done = eventually(Duration::from_secs(10), async || {
         metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
@@ -3189,6 +3315,72 @@ async fn h3_delete_reset_mid_body_removes_nothing() {
         !file.exists(),
         "a DELETE whose body ended removes the object"
     );
+}
+
+/// HTTP/3: an upload answered before its body is read (413 for a declared length over
+/// `max_body_bytes`, 415, 403) asks the client to stop sending with `H3_NO_ERROR` (0x100, RFC
+/// 9114 §4.1.1), never with code 0 (no HTTP/3 error code; quinn's default when a stream is
+/// dropped unread); nothing is written.
+#[tokio::test]
+async fn h3_early_answer_stops_the_body_with_h3_no_error() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-up");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = crate::tls::tls_config(certs.path(), &cert, &key) + "http3 = true\n";
+    let rig = Rig::start(&["disk1"], &[("max_body_bytes", r#""1MiB""#)], &tls, |_| {});
+    let vol = rig.vol("disk1");
+    let before = tree(&vol);
+    let c = crate::h3::h3_connect(rig.srv.tls_addr.expect("tls listener"), &pki).await;
+    let tok = upload_token("/live/*");
+    let other = upload_token("/vod/*");
+    let cases = [
+        ("413", q("/live/es/big.ts", &tok)),
+        ("415", q("/live/es/notes.txt", &tok)),
+        ("403", q("/live/es/a.ts", &other)),
+    ];
+    for (what, target) in &cases {
+        let len = 2_000_000usize;
+        let head = [
+            (":method", "PUT"),
+            (":scheme", "https"),
+            (":authority", "localhost"),
+            (":path", target.as_str()),
+            ("content-length", "2000000"),
+        ];
+        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+        let mut frames = crate::h3::raw_headers_frame(&head);
+        // One DATA frame for the whole body (type 0, length as an 8-byte varint).
+        frames.push(0x00);
+        frames.extend_from_slice(&(0xc000_0000_0000_0000u64 | len as u64).to_be_bytes());
+        tx.write_all(&frames).await.expect("head");
+        // Send the body until segd stops it (it never reads it) or it is all sent.
+        let chunk = vec![b'x'; 16 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            match tokio::time::timeout(Duration::from_secs(5), tx.write(&chunk)).await {
+                Ok(Ok(n)) => sent += n,
+                Ok(Err(_)) => break,
+                Err(_) => panic!("{what}: the body neither taken nor stopped within 5 s"),
+            }
+        }
+        let code = tokio::time::timeout(Duration::from_secs(5), tx.stopped())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: STOP_SENDING within 5 s"))
+            .unwrap_or_else(|e| panic!("{what}: stopped: {e}"));
+        assert_eq!(
+            code.map(u64::from),
+            Some(0x100),
+            "{what}: STOP_SENDING with H3_NO_ERROR (sent {sent} of {len})"
+        );
+        // The answer itself arrives whole.
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: an answer within 5 s"))
+            .unwrap_or_else(|e| panic!("{what}: answer: {e}"));
+        assert_eq!(answer.first(), Some(&0x01), "{what}: a HEADERS frame first");
+        no_tmp_eventually(&vol, what).await;
+        assert_eq!(tree(&vol), before, "{what}: nothing written");
+    }
 }
 
 /// A tmpfs mounted over a directory for one test, unmounted when dropped (also on a panic).

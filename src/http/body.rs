@@ -49,6 +49,19 @@ impl HyperBody {
         }
     }
 
+    /// No body, nothing to record: the answer to a request never carried out (a read pipelined
+    /// by a client that is gone: `h1::Prefixed`).
+    pub fn unrecorded() -> HyperBody {
+        HyperBody {
+            stream: None,
+            len: Some(0),
+            sent: 0,
+            done: true,
+            record: None,
+            in_flight: None,
+        }
+    }
+
     fn finish(&mut self) {
         if let Some(r) = self.record.take() {
             r.finish(self.sent, self.done);

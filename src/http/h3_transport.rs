@@ -459,6 +459,19 @@ impl quic::RecvStream for RecvStream {
     }
 }
 
+/// A request body segd stops reading before its end (an answer that does not need the rest: a
+/// 413, 403, 415…) asks the client to stop sending with `H3_NO_ERROR`, as RFC 9114 §4.1.1 says
+/// it should; quinn's own drop would send STOP_SENDING with code 0, which is no HTTP/3 error
+/// code. A stream h3 already stopped with a code of its own (`H3_MESSAGE_ERROR`), or read to its
+/// end, or on a closed connection, is left as it is (`stop` then fails and sends nothing).
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        let _ = self
+            .stream
+            .stop(VarInt::from_u32(Code::H3_NO_ERROR.value() as u32));
+    }
+}
+
 // === errors and ids ===
 
 /// quinn's stream ids are QUIC varints (below 2^62), exactly the range h3's `StreamId` takes.

@@ -6,9 +6,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::Method;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -62,6 +64,9 @@ pub struct Conn {
     pub tls: Option<&'static str>,
     /// `Alt-Svc` for every response (TLS listeners with HTTP/3 on).
     pub alt_svc: Option<http::HeaderValue>,
+    /// Set once the client is gone (plaintext HTTP/1.1, `h1::Prefixed`): the requests it sent
+    /// in full are still read, but only writes are carried out; nobody takes the answers.
+    pub peer_gone: Option<Arc<AtomicBool>>,
 }
 
 /// Serves one connection with hyper (HTTP/1.1 or HTTP/2, detected from the preface) until it
@@ -80,6 +85,7 @@ pub async fn serve_io<I>(
         proto,
         tls,
         alt_svc,
+        peer_gone,
     } = conn;
     let gauge = shared
         .runtime
@@ -102,9 +108,15 @@ pub async fn serve_io<I>(
         let shared = Arc::clone(&shared);
         let alt_svc = alt_svc.clone();
         let draining = draining.clone();
+        let gone = peer_gone
+            .as_ref()
+            .is_some_and(|g| g.load(Ordering::Relaxed));
         // In flight from here: a handler that is still working is not an idle connection.
         let in_flight = requests.start();
         async move {
+            if gone && !matches!(req.method(), &Method::PUT | &Method::POST | &Method::DELETE) {
+                return Ok::<_, Infallible>(hyper::Response::new(HyperBody::unrecorded()));
+            }
             let at = At {
                 peer,
                 tls,

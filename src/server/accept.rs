@@ -210,6 +210,7 @@ pub(super) async fn accept_tls(
                             proto,
                             tls: Some(version),
                             alt_svc,
+                            peer_gone: None,
                         };
                         crate::http::service::serve_io(tls, conn, shared, builder, drain).await
                     }

@@ -20,7 +20,10 @@
 //! - a transfer coding other than `chunked` → 501 and close; duplicate or conflicting
 //!   `Content-Length`/`Transfer-Encoding`, a missing or repeated `Host` on HTTP/1.1, invalid
 //!   header bytes → 400 and close (no request smuggling);
-//! - a stalled reader: no send progress within `send_timeout` → close.
+//! - a stalled reader: no send progress within `send_timeout` → close;
+//! - a client gone (reset, closed) before it took an answer → the connection goes to hyper
+//!   with the bytes buffered so far, answers discarded, so the requests it pipelined in full
+//!   are still carried out (`socket::Prefixed::orphaned`).
 //!
 //! A body that cannot be completed (file changed, stream failed) ends the connection with a
 //! reset: the client sees a short body against its `Content-Length`, or a chunked body without
@@ -72,6 +75,9 @@ enum Next {
     Reset,
     /// The peer is gone (or never completed an HTTP/2 preface): just drop the socket.
     Gone,
+    /// The peer went away (reset, closed) before taking an answer to a complete request: the
+    /// requests it sent in full after it are still carried out, unanswered (`Prefixed`).
+    Orphaned,
     /// Hand the connection, the bytes buffered so far included, to hyper (the label is the
     /// `segd_connections_open` protocol: "h2" for prior knowledge, "h1" for a request body).
     Hyper(&'static str),
@@ -152,7 +158,12 @@ pub async fn serve(
         Next::Reset => reset(&stream),
         Next::Gone => {}
         Next::Hyper(label) => {
-            Box::pin(to_hyper(stream, buf, label, peer, shared, hyper, drain)).await;
+            let io = Prefixed::new(buf.freeze(), stream, label == "h1");
+            Box::pin(to_hyper(io, label, peer, shared, hyper, drain)).await;
+        }
+        Next::Orphaned => {
+            let io = Prefixed::orphaned(buf.freeze(), stream);
+            Box::pin(to_hyper(io, "h1", peer, shared, hyper, drain)).await;
         }
     }
 }
@@ -327,6 +338,8 @@ async fn exchange(
     // An aborted body logs and counts the bytes that did go out.
     record.finish(sent, written.is_ok());
     match (written, close, must_close) {
+        // The client left without this answer; what it pipelined after is still carried out.
+        (Err(e), false, _) if socket::peer_gone(&e) => Next::Orphaned,
         (Err(_), _, _) => Next::Reset,
         (Ok(_), true, true) => Next::Linger,
         (Ok(_), true, false) => Next::Close,
@@ -403,23 +416,19 @@ async fn refuse(
 /// Hands the connection to hyper with the bytes read so far (`label`: the
 /// `segd_connections_open` protocol).
 async fn to_hyper(
-    stream: TcpStream,
-    buf: BytesMut,
+    io: Prefixed,
     label: &'static str,
     peer: SocketAddr,
     shared: Arc<Shared>,
     hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     drain: Drain,
 ) {
-    let io = Prefixed {
-        prefix: buf.freeze(),
-        inner: stream,
-    };
     let conn = super::service::Conn {
         peer,
         proto: label,
         tls: None,
         alt_svc: None,
+        peer_gone: Some(io.gone_flag()),
     };
     super::service::serve_io(io, conn, shared, hyper, drain).await;
 }

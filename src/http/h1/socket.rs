@@ -3,6 +3,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -59,10 +61,93 @@ pub(super) async fn linger_close(mut stream: TcpStream) {
     }
 }
 
-/// A stream that first yields bytes already read (the h2 preface) and then the socket.
+/// Whether a failed write says the peer is gone (it reset the connection or closed it), as
+/// opposed to a stall or a local failure.
+pub(super) fn peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// A stream that first yields bytes already read (the h2 preface, or a request head) and then
+/// the socket.
+///
+/// `orphans`: when the peer is gone — a write fails with a reset or a broken pipe, or a read
+/// with a reset — the requests it sent in full are still carried out, unanswered. The kernel
+/// keeps what arrived before the reset readable, and a client that pipelines uploads and exits
+/// without reading the answers (ffmpeg with `-http_persistent 1`: its last segment and its
+/// final playlist, sent right before it exits) resets the connection while segd is still busy
+/// with an earlier request. So from then on writes are discarded, a reset read is the end of
+/// the stream (a body it cuts short fails as on any early end: nothing is written), and the
+/// connection ends when the bytes that arrived are used up; no more can arrive after a reset.
+/// For HTTP/1.1 connections handed to hyper (a chunked body); HTTP/2 keeps hyper's own
+/// handling of a lost connection.
 pub struct Prefixed {
-    pub prefix: Bytes,
-    pub inner: TcpStream,
+    prefix: Bytes,
+    inner: TcpStream,
+    orphans: bool,
+    /// The peer is gone; writes are discarded (only with `orphans`). Shared with the
+    /// connection's requests ([`Prefixed::gone_flag`]), which then carry out only writes.
+    gone: Arc<AtomicBool>,
+}
+
+impl Prefixed {
+    pub fn new(prefix: Bytes, inner: TcpStream, orphans: bool) -> Prefixed {
+        Prefixed {
+            prefix,
+            inner,
+            orphans,
+            gone: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set once the peer is gone: requests read after that are not answered, so only writes
+    /// (uploads, DELETEs) are worth carrying out.
+    pub fn gone_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.gone)
+    }
+
+    fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    fn set_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    /// An HTTP/1.1 connection whose peer is already gone (an answer could not be written):
+    /// the requests it sent in full (`prefix`, then what the socket still holds) are carried
+    /// out, unanswered.
+    pub fn orphaned(prefix: Bytes, inner: TcpStream) -> Prefixed {
+        let p = Prefixed::new(prefix, inner, true);
+        p.set_gone();
+        p
+    }
+
+    /// Whether `e` says the peer is gone and the connection should go on unanswered.
+    fn goes_on_without(&mut self, e: &io::Error) -> bool {
+        if self.orphans && peer_gone(e) {
+            self.set_gone();
+        }
+        self.is_gone()
+    }
+
+    /// A write's result, with the answer discarded once the peer is gone.
+    fn written(&mut self, r: Poll<io::Result<usize>>, len: usize) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Err(e)) if self.goes_on_without(&e) => Poll::Ready(Ok(len)),
+            r => r,
+        }
+    }
+
+    /// A flush's or shutdown's result, likewise.
+    fn done(&mut self, r: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        match r {
+            Poll::Ready(Err(e)) if self.goes_on_without(&e) => Poll::Ready(Ok(())),
+            r => r,
+        }
+    }
 }
 
 impl AsyncRead for Prefixed {
@@ -77,7 +162,14 @@ impl AsyncRead for Prefixed {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // A reset read is the end of what the peer sent (nothing is added to `buf`).
+            Poll::Ready(Err(e)) if self.orphans && e.kind() == io::ErrorKind::ConnectionReset => {
+                self.set_gone();
+                Poll::Ready(Ok(()))
+            }
+            r => r,
+        }
     }
 }
 
@@ -87,20 +179,37 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.is_gone() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.written(r, buf.len())
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        if self.is_gone() {
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.done(r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.is_gone() {
+            return Poll::Ready(Ok(()));
+        }
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.done(r)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if self.is_gone() {
+            return Poll::Ready(Ok(len));
+        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(r, len)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
