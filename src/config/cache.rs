@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use super::fields::{fmt_size, Section};
 
+/// `cache.open_files` when the file does not set it (fitted to the descriptor limit at start).
+pub const DEFAULT_OPEN_FILES: u64 = 10_000;
+
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub max_bytes: u64,
@@ -37,7 +40,7 @@ pub(super) fn parse_cache(s: &Section) -> CacheConfig {
     }
     let open_files = s.int(
         "open_files",
-        10_000,
+        DEFAULT_OPEN_FILES as i64,
         0,
         1_000_000,
         "0 (off) to 1000000 descriptors",

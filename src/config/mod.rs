@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use http::HeaderValue;
 
 pub use admin::AdminConfig;
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, DEFAULT_OPEN_FILES};
 pub use cache_control::CacheControlConfig;
 pub use cors::CorsConfig;
 pub use error::{ConfigError, ConfigErrors};
@@ -46,7 +46,7 @@ pub use ingest::{Durability, IngestConfig, WriteThrough};
 pub use live::LiveConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
 pub use pull::{PullConfig, Secret, UpstreamConfig, UpstreamKind};
-pub use server::ServerConfig;
+pub use server::{ServerConfig, DEFAULT_MAX_CONNECTIONS};
 pub use tls::{QuicRetry, SniCert, TlsConfig};
 pub use token::{PlaylistTokens, TokenAlgorithm, TokenConfig, TokenKey};
 pub use types::BUILTIN_TYPES;

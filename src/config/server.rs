@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use super::fields::Section;
 
+/// `server.max_connections` when the file does not set it (fitted to the descriptor limit at
+/// start: only an explicit value that does not fit is worth a warning).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Plaintext listeners: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
@@ -135,7 +139,7 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
         send_timeout: s.duration("send_timeout", secs(30), secs(1), secs(3600)),
         max_connections: s.int(
             "max_connections",
-            50_000,
+            DEFAULT_MAX_CONNECTIONS as i64,
             1,
             10_000_000,
             "1..=10000000 connections",

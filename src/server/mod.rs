@@ -65,23 +65,40 @@ pub(super) fn fit_fd_limit(config: &mut Config) {
         .unwrap_or(u64::MAX);
     let cap = limit / 2;
     if config.cache.open_files > cap {
-        tracing::warn!(
-            configured = config.cache.open_files,
-            limit,
-            used = cap,
-            "cache.open_files exceeds half the descriptor limit; using half"
-        );
+        if config.cache.open_files == crate::config::DEFAULT_OPEN_FILES {
+            tracing::info!(
+                limit,
+                used = cap,
+                "cache.open_files fitted to the descriptor limit"
+            );
+        } else {
+            tracing::warn!(
+                configured = config.cache.open_files,
+                limit,
+                used = cap,
+                "cache.open_files exceeds half the descriptor limit; using half"
+            );
+        }
         config.cache.open_files = cap;
     }
     let conns = connection_cap(limit, config.cache.open_files);
     if config.server.max_connections as u64 > conns {
-        tracing::warn!(
-            configured = config.server.max_connections,
-            limit,
-            used = conns,
-            "server.max_connections exceeds the descriptors left after cache.open_files and \
-             headroom; using what is left (raise LimitNOFILE / ulimit -n to allow more)"
-        );
+        if config.server.max_connections == crate::config::DEFAULT_MAX_CONNECTIONS {
+            // The default adapts to the machine: nothing was asked that cannot be had.
+            tracing::info!(
+                limit,
+                used = conns,
+                "server.max_connections fitted to the descriptor limit"
+            );
+        } else {
+            tracing::warn!(
+                configured = config.server.max_connections,
+                limit,
+                used = conns,
+                "server.max_connections exceeds the descriptors left after cache.open_files and \
+                 headroom; using what is left (raise LimitNOFILE / ulimit -n to allow more)"
+            );
+        }
         config.server.max_connections = usize::try_from(conns).unwrap_or(usize::MAX);
     }
 }
