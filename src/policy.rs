@@ -36,6 +36,8 @@ pub enum PolicyError {
     Tls { key: String, problem: String },
     #[error("cannot set up QUIC for HTTP/3 (tls.http3): {0}")]
     Quic(std::io::Error),
+    #[error("cannot set up the pull tier's upstream connections ([pull]): {0}")]
+    Pull(String),
 }
 
 impl Policy {

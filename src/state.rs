@@ -36,7 +36,10 @@ impl Shared {
     /// the store keep or rebuild its tiers, then swaps the policy in.
     pub fn reload(&self, config: Arc<Config>) -> Result<(), PolicyError> {
         let policy = Policy::new(Arc::clone(&config), &self.runtime)?;
-        self.runtime.store.reconfigure(&config);
+        self.runtime
+            .store
+            .reconfigure(&config)
+            .map_err(|e| PolicyError::Pull(format!("{e:#}")))?;
         self.policy.store(Arc::new(policy));
         self.swapped.send_modify(|n| *n += 1);
         Ok(())

@@ -331,12 +331,16 @@ impl Store {
     }
 
     /// Applies a reloaded config: each tier keeps what the new settings do not change.
-    pub fn reconfigure(&self, cfg: &Config) {
+    pub fn reconfigure(&self, cfg: &Config) -> anyhow::Result<()> {
+        // What can fail is built first: a reload that cannot apply `[pull]` changes nothing.
+        let pull = match &self.inner.pull {
+            Some(_) => Some(pull::Pull::prepare(&cfg.pull)?),
+            None => None,
+        };
         let old = self.inner.local.load_full();
         // The pull cache's directory is the one started with (a new one needs a restart, as
         // the pull tier says): the volume list keeps it too, or the two would disagree.
-        let (asked, kept);
-        asked = cfg;
+        let kept;
         let cfg = match &self.inner.pull {
             Some(pull) if cfg.pull.cache_path.as_deref() != Some(pull.root()) => {
                 let mut c = cfg.clone();
@@ -353,15 +357,16 @@ impl Store {
             &self.inner.cache_stats,
         ));
         self.inner.local.store(Arc::clone(&local));
-        if let Some(pull) = &self.inner.pull {
-            pull.attach(&local);
-            pull.reconfigure(&asked.pull);
+        if let (Some(tier), Some(prepared)) = (&self.inner.pull, pull) {
+            tier.attach(&local);
+            tier.reconfigure(prepared);
         }
         // Added by a reload, write-through starts with the next process (the reload says so:
         // `Config::restart_only_changes`).
         if let Some(wt) = &self.inner.write_through {
             wt.reloaded(cfg);
         }
+        Ok(())
     }
 
     /// Step 6: the object at `rel`, from the first tier that has it.

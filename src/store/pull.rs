@@ -80,6 +80,9 @@ pub(super) fn connector(cfg: &PullConfig) -> Result<Connector, rustls::Error> {
         .wrap_connector(http))
 }
 
+/// A reloaded `[pull]`, built and ready to apply ([`Pull::prepare`]).
+pub struct Prepared(Conf);
+
 /// Bytes a sidecar is counted for against `max_bytes`.
 const SIDECAR_WEIGHT: u64 = 256;
 
@@ -640,18 +643,17 @@ impl Pull {
         *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(local);
     }
 
-    /// Applies a reloaded `[pull]`: upstreams, credentials, timeouts and CA roots change at once
-    /// (fills in flight finish with what they started with); the cache directory, its size and
-    /// `negative_ttl` need a restart.
-    pub fn reconfigure(&self, cfg: &PullConfig) {
-        // pull.cache_path, max_bytes and negative_ttl keep their values until a restart (the
-        // reload names them: `Config::restart_only_changes`).
-        match Conf::build(cfg) {
-            Ok(c) => self.conf.store(Arc::new(c)),
-            Err(e) => {
-                tracing::error!(error = %e, "[pull] not reloaded; the running upstreams stay")
-            }
-        }
+    /// Builds a reloaded `[pull]` (upstreams, credentials, timeouts, CA roots) without applying
+    /// it: a reload that cannot build it is rejected whole, before anything changes.
+    pub fn prepare(cfg: &PullConfig) -> anyhow::Result<Prepared> {
+        Conf::build(cfg).map(Prepared)
+    }
+
+    /// Applies a prepared `[pull]` at once (fills in flight finish with what they started
+    /// with); the cache directory, its size and `negative_ttl` keep their values until a
+    /// restart (the reload names them: `Config::restart_only_changes`).
+    pub fn reconfigure(&self, prepared: Prepared) {
+        self.conf.store(Arc::new(prepared.0));
     }
 
     /// Indexes what a previous run left in the cache directory (called in the background at
