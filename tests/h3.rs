@@ -1085,7 +1085,7 @@ pub(crate) fn raw_headers_frame(fields: &[(&str, &str)]) -> Vec<u8> {
 
 /// Malformed HTTP/3 requests (RFC 9114 §4.2, §4.3) are refused, never served: pseudo-header
 /// fields twice or after a regular field, a response pseudo-header in a request (stream error
-/// H3_MESSAGE_ERROR), and connection-specific fields (400).
+/// H3_MESSAGE_ERROR), connection-specific fields and values with whitespace at either end (400).
 #[tokio::test]
 async fn malformed_http3_requests_are_refused() {
     let t = streaming_server(
@@ -1159,4 +1159,12 @@ async fn malformed_http3_requests_are_refused() {
     let r = c.request("GET", "/vod/m/a.ts", &[("te", "trailers")]).await;
     assert_eq!(r.status, 200, "TE: trailers is allowed");
     assert!(r.body.as_ref() == b"0123456789");
+    // A field value with whitespace at either end (RFC 9110 §5.5's grammar, which HTTP/3
+    // carries as it is, as RFC 9113 §8.2.1 says for HTTP/2): 400.
+    for value in [" a", "a ", "\ta"] {
+        let r = c.request("GET", "/vod/m/a.ts", &[("x-a", value)]).await;
+        assert_eq!(r.status, 400, "x-a: {value:?}");
+    }
+    let r = c.request("GET", "/vod/m/a.ts", &[("x-a", "a b")]).await;
+    assert_eq!(r.status, 200, "inner whitespace is fine");
 }

@@ -510,7 +510,8 @@ async fn h2c_prior_knowledge() {
 
 /// RFC 9113 §8.3.1: over HTTP/2 a `Host` field that names another authority than `:authority`
 /// makes the request malformed (HTTP/3 refuses the same request, RFC 9114 §4.3.1); one that
-/// agrees (in any case) or none at all is fine.
+/// agrees (in any case) or none at all is fine. RFC 9113 §8.2.1: so does a field value that
+/// starts or ends with whitespace.
 #[tokio::test]
 async fn h2_host_must_agree_with_authority() {
     let (_d, srv) = one_volume("");
@@ -532,6 +533,17 @@ async fn h2_host_must_agree_with_authority() {
         let (resp, _) = client.send_request(req, true).expect("send");
         let resp = resp.await.expect("response");
         assert_eq!(resp.status().as_u16(), want, "Host {host:?}");
+    }
+    // RFC 9113 §8.2.1: a field value may not start or end with whitespace.
+    for (value, want) in [(" a", 400), ("a ", 400), ("\ta", 400), ("a b", 200)] {
+        let req = http::Request::builder()
+            .uri(format!("http://{authority}{SEG}"))
+            .header("x-a", http::HeaderValue::from_static(value))
+            .body(())
+            .expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response");
+        assert_eq!(resp.status().as_u16(), want, "x-a: {value:?}");
     }
 }
 

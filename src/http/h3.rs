@@ -247,12 +247,14 @@ async fn request(
             .iter()
             .any(|p| hreq.path.contains(p.as_str()));
     let send_timeout = policy.config.server.send_timeout;
-    let handled = with_interim(
-        handler::handle(runtime, &policy, &hreq, body),
-        first_pull,
-        &mut stream,
-        send_timeout,
-    );
+    let handled = async {
+        if super::headers::values_trimmed(&parts.headers) {
+            handler::handle(runtime, &policy, &hreq, body).await
+        } else {
+            handler::refused(runtime, &policy, &hreq, super::refusal::Refusal::Malformed)
+        }
+    };
+    let handled = with_interim(handled, first_pull, &mut stream, send_timeout);
     let reply = if may_park {
         tokio::select! {
             r = handled => r,

@@ -80,6 +80,16 @@ pub fn h2_authority_ok(authority: Option<&http::uri::Authority>, headers: &Heade
     }
 }
 
+/// RFC 9113 §8.2.1 (HTTP/2), and the field-value grammar of RFC 9110 §5.5 that HTTP/3 carries
+/// as it is: a field value that starts or ends with whitespace (SP, HTAB) makes the request
+/// malformed. (HTTP/1.1's parsers strip it as the optional whitespace around a value.)
+pub fn values_trimmed(headers: &HeaderMap) -> bool {
+    let ws = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    headers
+        .values()
+        .all(|v| !ws(v.as_bytes().first()) && !ws(v.as_bytes().last()))
+}
+
 /// `Cache-Control` for an object of `class` (live: under `cache_control.live_prefixes`).
 pub fn cache_control(cfg: &Config, class: ObjectClass, live: bool) -> HeaderValue {
     let cc = &cfg.cache_control;
@@ -200,5 +210,20 @@ mod tests {
             !h2_authority_ok(None, &host(&["a", "a"])),
             "two Host fields"
         );
+    }
+
+    #[test]
+    fn values_with_whitespace_at_either_end_are_malformed() {
+        let with = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-a", HeaderValue::from_static("ok"));
+            h.append("x-a", HeaderValue::from_str(v).expect("value"));
+            values_trimmed(&h)
+        };
+        assert!(with("a b"));
+        assert!(with(""));
+        for bad in [" a", "a ", "\ta", "a\t", " "] {
+            assert!(!with(bad), "{bad:?}");
+        }
     }
 }

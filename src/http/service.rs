@@ -230,7 +230,10 @@ async fn respond(
     // The fast path checks `Host` as it parses; hyper does not (RFC 9112 §3.2). HTTP/2 carries
     // `:authority`, or `Host`, and the two agree (RFC 9113 §8.3.1).
     let host_ok = match parts.version {
-        http::Version::HTTP_2 => headers::h2_authority_ok(parts.uri.authority(), &parts.headers),
+        http::Version::HTTP_2 => {
+            headers::h2_authority_ok(parts.uri.authority(), &parts.headers)
+                && headers::values_trimmed(&parts.headers)
+        }
         v => headers::host_ok(&parts.headers, v == http::Version::HTTP_11),
     };
     let reply = if host_ok {
