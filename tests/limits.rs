@@ -281,6 +281,24 @@ async fn h2_idle_connection_ends_after_keepalive_timeout() {
     );
 }
 
+/// Runs the command under a descriptor limit of 400 (soft and hard).
+fn nofile_400(c: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 400,
+                rlim_max: 400,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// Under `ulimit -n 400` with the default `max_connections` (50,000), 450 idle connections
 /// used to take every descriptor: requests on a connection already open got 503 (the file opens
 /// failed with EMFILE) and the excess waited in the backlog, uncounted. Now `max_connections` is
@@ -288,24 +306,9 @@ async fn h2_idle_connection_ends_after_keepalive_timeout() {
 /// open connection is served.
 #[tokio::test]
 async fn descriptor_limit_caps_connections_not_requests() {
-    use std::os::unix::process::CommandExt;
     let dir = demo_volumes();
     let cfg = config_for(&[&dir.path().join("disk1")], "");
-    let srv = Server::start_with(&cfg, |c| {
-        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 400,
-                    rlim_max: 400,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        }
-    });
+    let srv = Server::start_with(&cfg, nofile_400);
     let mut keep = TcpStream::connect(srv.addr).expect("connect");
     keep.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -370,21 +373,7 @@ async fn descriptor_limit_caps_connections_not_requests() {
         "the cap is said at start:\n{err}"
     );
     let explicit = cfg.replacen("[server]\n", "[server]\nmax_connections = 60000\n", 1);
-    let srv = Server::start_with(&explicit, |c| {
-        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
-        unsafe {
-            c.pre_exec(|| {
-                let lim = libc::rlimit {
-                    rlim_cur: 400,
-                    rlim_max: 400,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            })
-        }
-    });
+    let srv = Server::start_with(&explicit, nofile_400);
     let err = srv.stderr();
     assert!(
         err.contains("WARN")

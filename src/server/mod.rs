@@ -65,41 +65,42 @@ pub(super) fn fit_fd_limit(config: &mut Config) {
         .unwrap_or(u64::MAX);
     let cap = limit / 2;
     if config.cache.open_files > cap {
-        if config.cache.open_files == crate::config::DEFAULT_OPEN_FILES {
-            tracing::info!(
-                limit,
-                used = cap,
-                "cache.open_files fitted to the descriptor limit"
-            );
-        } else {
-            tracing::warn!(
-                configured = config.cache.open_files,
-                limit,
-                used = cap,
-                "cache.open_files exceeds half the descriptor limit; using half"
-            );
-        }
+        let default = config.cache.open_files == crate::config::DEFAULT_OPEN_FILES;
+        capped(
+            "cache.open_files",
+            config.cache.open_files,
+            default,
+            limit,
+            cap,
+            "exceeds half the descriptor limit; using half",
+        );
         config.cache.open_files = cap;
     }
     let conns = connection_cap(limit, config.cache.open_files);
-    if config.server.max_connections as u64 > conns {
-        if config.server.max_connections == crate::config::DEFAULT_MAX_CONNECTIONS {
-            // The default adapts to the machine: nothing was asked that cannot be had.
-            tracing::info!(
-                limit,
-                used = conns,
-                "server.max_connections fitted to the descriptor limit"
-            );
-        } else {
-            tracing::warn!(
-                configured = config.server.max_connections,
-                limit,
-                used = conns,
-                "server.max_connections exceeds the descriptors left after cache.open_files and \
-                 headroom; using what is left (raise LimitNOFILE / ulimit -n to allow more)"
-            );
-        }
+    let asked = config.server.max_connections as u64;
+    if asked > conns {
+        let default = config.server.max_connections == crate::config::DEFAULT_MAX_CONNECTIONS;
+        capped(
+            "server.max_connections",
+            asked,
+            default,
+            limit,
+            conns,
+            "exceeds the descriptors left after cache.open_files and headroom; using what is \
+             left (raise LimitNOFILE / ulimit -n to allow more)",
+        );
         config.server.max_connections = usize::try_from(conns).unwrap_or(usize::MAX);
+    }
+}
+
+/// Says that `key` was lowered from `configured` to `used` to fit the descriptor `limit`: an
+/// info line for its default (meant to adapt to the machine: nothing was asked that cannot be
+/// had), a warning, saying `why`, for a value the file set.
+fn capped(key: &str, configured: u64, default: bool, limit: u64, used: u64, why: &str) {
+    if default {
+        tracing::info!(limit, used, "{key} fitted to the descriptor limit");
+    } else {
+        tracing::warn!(configured, limit, used, "{key} {why}");
     }
 }
 
