@@ -137,8 +137,15 @@ async fn absurd_ranges_never_5xx() {
     ] {
         for h2 in [false, true] {
             let r = request("GET", &srv.url(SEG), &[("range", h)], h2).await;
+            // Over HTTP/2 a value with whitespace at either end is a malformed request (RFC
+            // 9113 §8.2.1); HTTP/1.1 strips it as optional whitespace.
+            let malformed = h2 && h.trim() != h;
             assert!(
-                matches!(r.status, 200 | 206 | 416),
+                if malformed {
+                    r.status == 400
+                } else {
+                    matches!(r.status, 200 | 206 | 416)
+                },
                 "{h:?} h2={h2}: {}",
                 r.status
             );
