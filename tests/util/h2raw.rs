@@ -40,25 +40,27 @@ impl RawH2 {
         self.s.write_all(&f).expect("send frame");
     }
 
+    /// The next frame (type, flags, stream, payload), or `None` when the connection ends (or
+    /// a read times out); a SETTINGS is acknowledged on the way.
+    fn next_frame(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut h = [0u8; 9];
+        self.s.read_exact(&mut h).ok()?;
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let (kind, flags) = (h[3], h[4]);
+        let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        self.s.read_exact(&mut payload).ok()?;
+        if kind == H2_SETTINGS && flags & 0x1 == 0 {
+            self.send(H2_SETTINGS, 0x1, 0, &[]);
+        }
+        Some((kind, flags, id, payload))
+    }
+
     /// The frames of `stream` (type, flags, payload) until it ends (END_STREAM or RST_STREAM) or
     /// the connection does; SETTINGS are acknowledged on the way.
     pub fn stream_frames(&mut self, stream: u32) -> Vec<(u8, u8, Vec<u8>)> {
         let mut out = Vec::new();
-        loop {
-            let mut h = [0u8; 9];
-            if self.s.read_exact(&mut h).is_err() {
-                return out;
-            }
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            let (kind, flags) = (h[3], h[4]);
-            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            if self.s.read_exact(&mut payload).is_err() {
-                return out;
-            }
-            if kind == H2_SETTINGS && flags & 0x1 == 0 {
-                self.send(H2_SETTINGS, 0x1, 0, &[]);
-            }
+        while let Some((kind, flags, id, payload)) = self.next_frame() {
             if id != stream {
                 continue;
             }
@@ -66,38 +68,25 @@ impl RawH2 {
                 || (matches!(kind, H2_DATA | H2_HEADERS) && flags & H2_END_STREAM != 0);
             out.push((kind, flags, payload));
             if end {
-                return out;
+                break;
             }
         }
+        out
     }
-}
 
-impl RawH2 {
     /// Every frame (type, flags, stream, payload) until the connection ends, the server's
     /// GOAWAY, or `quiet` passes with nothing to read; SETTINGS are acknowledged on the way.
     pub fn frames(&mut self, quiet: Duration) -> Vec<(u8, u8, u32, Vec<u8>)> {
         self.s.set_read_timeout(Some(quiet)).expect("read timeout");
         let mut out = Vec::new();
-        loop {
-            let mut h = [0u8; 9];
-            if self.s.read_exact(&mut h).is_err() {
-                return out;
-            }
-            let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
-            let (kind, flags) = (h[3], h[4]);
-            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0u8; len];
-            if self.s.read_exact(&mut payload).is_err() {
-                return out;
-            }
-            if kind == H2_SETTINGS && flags & 0x1 == 0 {
-                self.send(H2_SETTINGS, 0x1, 0, &[]);
-            }
-            out.push((kind, flags, id, payload));
-            if kind == H2_GOAWAY {
-                return out;
+        while let Some(frame) = self.next_frame() {
+            let goaway = frame.0 == H2_GOAWAY;
+            out.push(frame);
+            if goaway {
+                break;
             }
         }
+        out
     }
 }
 
