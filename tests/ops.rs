@@ -791,23 +791,7 @@ async fn ops_access_log_marks_whole_bodies_complete() {
     }
 
     for (id, bytes) in expect {
-        let needle = format!("\"request_id\":\"{id}\"");
-        let mut line = None;
-        eventually(Duration::from_secs(5), async || {
-            line = std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .lines()
-                .find(|l| l.contains(&needle))
-                .map(String::from);
-            line.is_some()
-        })
-        .await;
-        let line = line.unwrap_or_else(|| {
-            panic!(
-                "no access-log line for {id}:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
+        let line = crate::regression::access_line(&log, &id).await;
         let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
         assert_eq!(v["bytes"].as_u64(), Some(bytes), "{line}");
         assert_eq!(

@@ -619,7 +619,7 @@ async fn reload_that_rebuilds_the_io_backend_keeps_metrics() {
 // === 5. hyper paths log the bytes sent, when the body is done ===
 
 /// The access-log line with request id `rid`, once written.
-async fn access_line(log: &Path, rid: &str) -> String {
+pub(crate) async fn access_line(log: &Path, rid: &str) -> String {
     let needle = format!("\"request_id\":\"{rid}\"");
     let mut line = None;
     eventually(Duration::from_secs(5), async || {
