@@ -1875,6 +1875,65 @@ async fn pipelined_uploads_of_a_client_that_left_are_carried_out() {
     }
 }
 
+/// The same over TLS (HTTP/1.1 by ALPN): what the client sent in full before it left is
+/// decrypted and carried out, unanswered.
+#[tokio::test]
+async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
+    use tokio::io::AsyncWriteExt;
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-up");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let rig = Rig::start(
+        &["disk1"],
+        &[],
+        &crate::tls::tls_config(certs.path(), &cert, &key),
+        |_| {},
+    );
+    let vol = rig.vol("disk1");
+    let dir = vol.join("live/tp");
+    let tok = upload_token("/live/*");
+    let put = |name: &str, body: &[u8]| -> Vec<u8> {
+        let mut r = format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            q(&format!("/live/tp/{name}"), &tok),
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r.extend_from_slice(b"\r\n0\r\n\r\n");
+        r
+    };
+    let files = ["1.ts", "2.ts", "index.m3u8"];
+    let bodies = [
+        payload(20_000, 1),
+        payload(30_000, 2),
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2,\nx.ts\n#EXT-X-ENDLIST\n".to_vec(),
+    ];
+    let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let mut s = crate::tls::connect(&rig.srv, &client).await;
+    s.get_ref().0.set_nodelay(true).expect("nodelay");
+    s.write_all(&put(files[0], &bodies[0])).await.expect("first upload");
+    s.flush().await.expect("flush");
+    // Its answer arrives and stays unread.
+    let mut peek = [0u8; 1];
+    assert_eq!(s.get_ref().0.peek(&mut peek).await.expect("the first answer"), 1);
+    let mut rest = put(files[1], &bodies[1]);
+    rest.extend(put(files[2], &bodies[2]));
+    s.write_all(&rest).await.expect("pipelined uploads");
+    s.flush().await.expect("flush");
+    // Gone without reading: the kernel resets the connection.
+    drop(s);
+    let all = eventually(Duration::from_secs(5), async || {
+        files.iter().all(|n| dir.join(n).exists())
+    })
+    .await;
+    assert!(all, "every upload sent in full is stored: {:?}", names(&dir));
+    for (n, b) in files.iter().zip(&bodies) {
+        assert_file(&dir.join(n), b, "tls");
+    }
+    no_tmp_eventually(&vol, "tls").await;
+}
+
 /// A read pipelined between the uploads of a client that left is not carried out: nobody takes
 /// its answer, so no file is read for it and the access log has no line saying it was sent.
 #[tokio::test]
@@ -2602,6 +2661,9 @@ fn parse_playlist(text: &str) -> Playlist {
 enum Hls {
     Ts,
     TsPersistent,
+    /// `-http_persistent 1` to the TLS listener: ffmpeg pipelines its last segment and final
+    /// playlist there too and exits without reading the answers.
+    TsPersistentTls,
     Fmp4,
 }
 
@@ -2610,11 +2672,26 @@ enum Hls {
 /// the playlist, its segments (plus at most the one `hls_delete_threshold` keeps), the init
 /// segment for fMP4, and nothing else; ffprobe reads the stream back from segd.
 async fn hls_push(kind: Hls) {
-    let rig = Rig::simple(&[]);
+    let certs = tempfile::tempdir().expect("tempdir");
+    let rig = if matches!(kind, Hls::TsPersistentTls) {
+        let (cert, key, _) = crate::tls::Pki::new().leaf("segd-up");
+        let tls = crate::tls::tls_config(certs.path(), &cert, &key);
+        Rig::start(&["disk1"], &[], &tls, |_| {})
+    } else {
+        Rig::simple(&[])
+    };
     let vol = rig.vol("disk1");
     let dir = vol.join("live/s1");
     let tok = upload_token("/live/s1/*");
-    let target = rig.url(&p("/live/s1/index.m3u8", &tok));
+    let target = match kind {
+        // ffmpeg does not verify the certificate unless told to (`-tls_verify 1`).
+        Hls::TsPersistentTls => format!(
+            "https://{}{}",
+            rig.srv.tls_addr.expect("tls listener"),
+            p("/live/s1/index.m3u8", &tok)
+        ),
+        _ => rig.url(&p("/live/s1/index.m3u8", &tok)),
+    };
     let mut args = ffmpeg_input(true);
     for s in [
         "-f",
@@ -2632,7 +2709,7 @@ async fn hls_push(kind: Hls) {
     }
     let ext = match kind {
         Hls::Ts => "ts",
-        Hls::TsPersistent => {
+        Hls::TsPersistent | Hls::TsPersistentTls => {
             args.extend(["-http_persistent".into(), "1".into()]);
             "ts"
         }
@@ -2729,6 +2806,13 @@ async fn ffmpeg_hls_ts_push() {
 #[tokio::test]
 async fn ffmpeg_hls_ts_push_persistent_connection() {
     hls_push(Hls::TsPersistent).await;
+}
+
+/// Over TLS with `-http_persistent 1`, the uploads ffmpeg pipelined before it left (the last
+/// segment and the final playlist) are carried out as on plaintext.
+#[tokio::test]
+async fn ffmpeg_hls_ts_push_persistent_connection_over_tls() {
+    hls_push(Hls::TsPersistentTls).await;
 }
 
 #[tokio::test]

@@ -232,7 +232,7 @@ impl<'a> RequestBody<'a> {
                 Ok(None)
             }
             Ok(Some(Err(e))) => {
-                tracing::debug!(error = %e, "request body failed");
+                tracing::debug!(error = ?e, "request body failed");
                 self.stream = None;
                 Err(Refusal::BodyIncomplete)
             }

@@ -27,18 +27,20 @@ use crate::drain::{Drain, Stop};
 use crate::state::Shared;
 
 /// The hyper connection builder configured from `[server]`.
-/// `half_close`: keep serving a request whose client shut down its sending side — for the
-/// plaintext connections handed over with a request body (uploads: ffmpeg closes right after
-/// its last byte, and a complete body must still be committed). TLS connections are built
-/// without it, so a client that goes away drops its request at once (a parked LL-HLS request
-/// frees its slot).
-pub fn builder(config: &crate::config::Config, half_close: bool) -> auto::Builder<TokioExecutor> {
+///
+/// HTTP/1.1 half-close is on: a request whose client shut down its sending side (or, over TLS,
+/// sent `close_notify`) right after it is still carried out. Uploaders do that: ffmpeg closes
+/// right after its last byte, over TLS with a `close_notify` in the same flight, and a complete
+/// body must still be committed, a DELETE still done. Without it hyper drops the request being
+/// served when it reads that end of the stream. The cost: a parked LL-HLS request whose client
+/// left is noticed when its answer is written (at most the blocking wait), not at once.
+pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     let s = &config.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(true)
-        .half_close(half_close)
+        .half_close(true)
         .header_read_timeout(s.header_read_timeout)
         // hyper refuses a buffer below 8 KiB; heads over the limit get 431.
         .max_buf_size(s.max_header_bytes.max(8192));

@@ -295,6 +295,12 @@ impl<IO> FaultGuard<IO> {
     }
 }
 
+impl<IO: std::os::fd::AsFd> std::os::fd::AsFd for FaultGuard<IO> {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for FaultGuard<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,

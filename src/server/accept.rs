@@ -191,8 +191,12 @@ pub(super) async fn accept_tls(
                 // Bodies may be encrypted from file mappings: the guard keeps a truncation fault's
                 // zero page from reaching the socket.
                 let stream = crate::io::mapped::FaultGuard::new(stream);
+                // Beneath TLS, so a client that leaves right after its pipelined uploads (ffmpeg
+                // with `-http_persistent 1`) still has them carried out (`h1::Prefixed`).
+                let stream = crate::http::h1::Prefixed::new(bytes::Bytes::new(), stream, false);
+                let peer_gone = stream.gone_flag();
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
+                    Ok(Ok(mut tls)) => {
                         let version = match tls.get_ref().1.protocol_version() {
                             Some(rustls::ProtocolVersion::TLSv1_3) => "1.3",
                             Some(rustls::ProtocolVersion::TLSv1_2) => "1.2",
@@ -200,17 +204,21 @@ pub(super) async fn accept_tls(
                         };
                         let m = &shared.runtime.metrics;
                         m.tls_handshakes.with_label_values(&[version]).inc();
-                        let (proto, builder) = match tls.get_ref().1.alpn_protocol() {
-                            Some(b"h2") => ("h2", Arc::clone(&by_alpn.h2)),
-                            Some(_) => ("h1", Arc::clone(&by_alpn.h1)),
-                            None => ("h1", Arc::clone(&by_alpn.either)),
+                        let alpn = tls.get_ref().1.alpn_protocol();
+                        let (proto, builder, orphans) = match alpn {
+                            Some(b"h2") => ("h2", Arc::clone(&by_alpn.h2), false),
+                            Some(_) => ("h1", Arc::clone(&by_alpn.h1), true),
+                            // No ALPN (ffmpeg offers none): HTTP/1.1 unless the client sends the
+                            // HTTP/2 preface, which no client without ALPN does in practice.
+                            None => ("h1", Arc::clone(&by_alpn.either), true),
                         };
+                        tls.get_mut().0.set_orphans(orphans);
                         let conn = crate::http::service::Conn {
                             peer,
                             proto,
                             tls: Some(version),
                             alt_svc,
-                            peer_gone: None,
+                            peer_gone: orphans.then_some(peer_gone),
                         };
                         crate::http::service::serve_io(tls, conn, shared, builder, drain).await
                     }

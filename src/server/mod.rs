@@ -343,8 +343,7 @@ async fn serve(
     // handed to a new process (the admin listener stops accepting).
     let unready = Flag::new();
     let released = Flag::new();
-    let builder = Arc::new(crate::http::service::builder(&config, true));
-    let tls_builder = Arc::new(crate::http::service::builder(&config, false));
+    let builder = Arc::new(crate::http::service::builder(&config));
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let addrs: Vec<SocketAddr> = plain.iter().map(|(a, _)| *a).collect();
     for (_, l) in plain {
@@ -366,7 +365,7 @@ async fn serve(
         tokio::spawn(accept_tls(
             l,
             Arc::clone(&shared),
-            Arc::clone(&tls_builder),
+            Arc::clone(&builder),
             controller.drain(),
             Arc::clone(&active),
             alt_svc,

@@ -499,7 +499,7 @@ mod tests {
             let policy =
                 crate::policy::Policy::new(Arc::new(cfg.clone()), &runtime).expect("policy");
             let shared = Arc::new(Shared::new(runtime, policy));
-            let hyper = Arc::new(super::super::service::builder(&cfg, true));
+            let hyper = Arc::new(super::super::service::builder(&cfg));
             let ctl = crate::drain::Controller::new();
             let fut = serve(
                 c,

@@ -2,6 +2,7 @@
 //! that replays bytes already read when a connection is handed to hyper.
 
 use std::io;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -81,19 +82,20 @@ pub(super) fn peer_gone(e: &io::Error) -> bool {
 /// with an earlier request. So from then on writes are discarded, a reset read is the end of
 /// the stream (a body it cuts short fails as on any early end: nothing is written), and the
 /// connection ends when the bytes that arrived are used up; no more can arrive after a reset.
-/// For HTTP/1.1 connections handed to hyper (a chunked body); HTTP/2 keeps hyper's own
-/// handling of a lost connection.
-pub struct Prefixed {
+/// For HTTP/1.1 connections handed to hyper (a chunked body), and under TLS for HTTP/1.1
+/// connections (beneath the TLS layer: what the peer sent in full before it left is decrypted
+/// and carried out); HTTP/2 keeps hyper's own handling of a lost connection.
+pub struct Prefixed<S = TcpStream> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
     orphans: bool,
     /// The peer is gone; writes are discarded (only with `orphans`). Shared with the
     /// connection's requests ([`Prefixed::gone_flag`]), which then carry out only writes.
     gone: Arc<AtomicBool>,
 }
 
-impl Prefixed {
-    pub fn new(prefix: Bytes, inner: TcpStream, orphans: bool) -> Prefixed {
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S, orphans: bool) -> Prefixed<S> {
         Prefixed {
             prefix,
             inner,
@@ -108,6 +110,12 @@ impl Prefixed {
         Arc::clone(&self.gone)
     }
 
+    /// Whether the requests of a peer that is gone are carried out (see the type's doc). Set
+    /// before anything is served; for TLS, once ALPN has said which protocol is spoken.
+    pub fn set_orphans(&mut self, orphans: bool) {
+        self.orphans = orphans;
+    }
+
     fn is_gone(&self) -> bool {
         self.gone.load(Ordering::Relaxed)
     }
@@ -119,7 +127,7 @@ impl Prefixed {
     /// An HTTP/1.1 connection whose peer is already gone (an answer could not be written):
     /// the requests it sent in full (`prefix`, then what the socket still holds) are carried
     /// out, unanswered.
-    pub fn orphaned(prefix: Bytes, inner: TcpStream) -> Prefixed {
+    pub fn orphaned(prefix: Bytes, inner: S) -> Prefixed<S> {
         let p = Prefixed::new(prefix, inner, true);
         p.set_gone();
         p
@@ -150,7 +158,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + AsFd + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -162,10 +170,20 @@ impl AsyncRead for Prefixed {
             self.prefix.advance(n);
             return Poll::Ready(Ok(()));
         }
+        let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             // A reset read is the end of what the peer sent (nothing is added to `buf`).
             Poll::Ready(Err(e)) if self.orphans && e.kind() == io::ErrorKind::ConnectionReset => {
                 self.set_gone();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                // Acknowledge what was read now, not after the delayed-ACK timer (up to 40 ms
+                // here). A client with Nagle's algorithm on (ffmpeg's default) holds back the
+                // rest of a request body until its first bytes are acknowledged: each upload
+                // waited for the timer, and one that left right after its last upload lost what
+                // it held (its kernel drops unsent bytes when it resets the connection).
+                let _ = rustix::net::sockopt::set_tcp_quickack(self.inner.as_fd(), true);
                 Poll::Ready(Ok(()))
             }
             r => r,
@@ -173,7 +191,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
