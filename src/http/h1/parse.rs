@@ -174,7 +174,11 @@ pub(super) fn connection_close(head: &Head) -> bool {
     close
 }
 
-/// Origin-form `/path?query`, absolute-form `http://host/path?query`, or `*` (OPTIONS).
+/// Origin-form `/path?query`, absolute-form `http://host/path?query`, `*` (OPTIONS), or
+/// authority-form `host:port` (CONNECT), read as hyper reads them over TLS so that a target
+/// means the same on every protocol: `*` is the path `*` and an authority-form target has the
+/// empty path, whatever the method. The handler decides what they mean for it (CONNECT and
+/// any method segd does not implement: 501; `*` is `OPTIONS *`; else 400).
 ///
 /// Absolute-form (RFC 9112 §3.2.2) is what a proxy sends, and a server must accept it: the
 /// scheme is case-insensitive (RFC 3986 §3.1), the authority ends at the first `/`, `?` or `#`
@@ -186,7 +190,11 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
     let path_query = if t.starts_with('/') {
         t
     } else if t == "*" {
-        return (head.method == Method::OPTIONS).then_some(("*", None));
+        return Some(("*", None));
+    } else if !t.contains("://") {
+        // Authority-form, as `http::Uri` (hyper's parser) takes it: no scheme and no path.
+        let uri = t.parse::<http::Uri>().ok()?;
+        return (uri.scheme().is_none() && uri.authority().is_some()).then_some(("", None));
     } else {
         let rest = strip_scheme(t)?;
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -297,8 +305,20 @@ mod tests {
         let h = head("GET", "http://host/a.ts", &[]);
         assert_eq!(split_target(&h), Some(("/a.ts", None)));
         assert_eq!(split_target(&head("OPTIONS", "*", &[])), Some(("*", None)));
-        assert_eq!(split_target(&head("GET", "*", &[])), None);
+        // The handler refuses these for GET (400); `BREW *` is 501 as it is over TLS.
+        assert_eq!(split_target(&head("GET", "*", &[])), Some(("*", None)));
         assert_eq!(split_target(&head("GET", "host/a.ts", &[])), None);
+        // Authority-form (CONNECT's): no path.
+        assert_eq!(
+            split_target(&head("CONNECT", "host:443", &[])),
+            Some(("", None))
+        );
+        assert_eq!(
+            split_target(&head("CONNECT", "[::1]:443", &[])),
+            Some(("", None))
+        );
+        assert_eq!(split_target(&head("CONNECT", "host:443/x", &[])), None);
+        assert_eq!(split_target(&head("CONNECT", "", &[])), None);
     }
 
     #[test]
