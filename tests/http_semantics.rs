@@ -9,6 +9,7 @@
 //!   origin list, and with credentials (echoed origin, `Access-Control-Allow-Credentials` on
 //!   200/206/304/403)
 //! - keep-alive and pipelining over raw HTTP/1.1; h2c prior knowledge
+//! - HTTP/1.x request-line versions: 1.2+ served as 1.1, other majors 505, garbage 400
 //! - error bodies never contain filesystem paths
 
 use std::path::Path;
@@ -957,4 +958,79 @@ async fn connect_is_501_on_every_protocol() {
     // And h3's own client's CONNECT (with `:scheme` and `:path`): the same status.
     let mut c = crate::h3::h3_connect(addr, &e.pki).await;
     assert_eq!(c.request("CONNECT", "/", &[]).await.status, 501);
+}
+
+/// HTTP/1 versions in a request line (RFC 9112 §2.3, RFC 9110 §2.5 and §15.6.6): a higher minor
+/// version of HTTP/1 is served as HTTP/1.1 (and answered as HTTP/1.1); another major version
+/// is 505 and close; a version that is not `HTTP/DIGIT.DIGIT` is 400 and close. Over TLS,
+/// hyper parses HTTP/1.1 heads and refuses any version but 1.0 and 1.1 with its own 400 (empty
+/// body): the README's exception, checked here so a hyper upgrade that changes it is noticed.
+#[tokio::test]
+async fn http1_versions_in_the_request_line() {
+    let e = every_protocol();
+    let seg = demo_file(SEG);
+    let read = |req: String| {
+        String::from_utf8_lossy(&raw(e.srv.addr, req.as_bytes(), Duration::from_secs(5)))
+            .to_string()
+    };
+    // HTTP/1.2 and HTTP/1.9 are HTTP/1.1: served, kept alive, pipelined.
+    let text = read(format!(
+        "GET {SEG} HTTP/1.2\r\nHost: t\r\n\r\nHEAD {SEG} HTTP/1.9\r\nHost: t\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    assert!(
+        text.contains(&format!("{}HTTP/1.1 200 ", String::from_utf8_lossy(&seg))),
+        "{text}"
+    );
+    // Without `Host`, HTTP/1.2 is refused as HTTP/1.1 is (RFC 9112 §3.2).
+    let text = read(format!("GET {SEG} HTTP/1.2\r\nConnection: close\r\n\r\n"));
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    // A chunked body hands the connection to hyper, which reads the head as HTTP/1.1 too.
+    let text = read(format!(
+        "GET {SEG} HTTP/1.2\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    // Another major version: 505, and nothing after it on the connection is read.
+    for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/9.1"] {
+        let text = read(format!(
+            "GET {SEG} {v}\r\nHost: t\r\n\r\nGET {SEG} HTTP/1.1\r\nHost: t\r\n\r\n"
+        ));
+        let lower = text.to_ascii_lowercase();
+        assert!(text.starts_with("HTTP/1.1 505 "), "{v}: {text}");
+        assert!(
+            text.ends_with("\r\n\r\nhttp version not supported\n"),
+            "{v}: {text}"
+        );
+        assert!(lower.contains("connection: close"), "{v}: {text}");
+        assert!(lower.contains("cache-control: no-store"), "{v}: {text}");
+    }
+    // Not a version at all: 400.
+    for v in [
+        "HTTP/1.",
+        "HTTP/x.y",
+        "HTTPS/1.1",
+        "http/1.1",
+        "HTTP/1.1x",
+        "HTTP/11.1",
+        "HTTP/1.12",
+        "HTTP/2",
+    ] {
+        let text = read(format!("GET {SEG} {v}\r\nHost: t\r\n\r\n"));
+        assert!(text.starts_with("HTTP/1.1 400 "), "{v}: {text}");
+        assert!(text.ends_with("\r\n\r\nbad request\n"), "{v}: {text}");
+    }
+    // Over TLS: hyper's 400, with no body, for HTTP/1.2 and HTTP/2.0 alike.
+    for v in ["HTTP/1.2", "HTTP/2.0"] {
+        let resp = e
+            .tls_raw(format!("GET {SEG} {v}\r\nHost: t\r\n\r\n").as_bytes())
+            .await;
+        let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 400 "), "TLS {v}: {text}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "TLS {v}: hyper's empty body: {text}"
+        );
+    }
 }

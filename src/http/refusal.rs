@@ -48,6 +48,9 @@ pub enum Refusal {
     /// and DELETE. CONNECT is one: segd is an origin, not a proxy (§9.3.6).
     #[error("method not implemented")]
     MethodNotImplemented,
+    /// An HTTP/1 request line with a major version other than 1 (the plaintext fast path).
+    #[error("http version not supported")]
+    VersionNotSupported,
     #[error("not found")]
     NotFound,
     /// An upstream said the object is gone for good (410), so the edge says so too.
@@ -161,6 +164,14 @@ impl Refusal {
                 "method not implemented\n",
                 Debug,
                 "method_not_implemented",
+                Client,
+            ),
+            // RFC 9110 §15.6.6; a higher minor version of HTTP/1 is served as HTTP/1.1 instead.
+            Refusal::VersionNotSupported => (
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "http version not supported\n",
+                Debug,
+                "version",
                 Client,
             ),
             Refusal::NotFound => (
@@ -371,6 +382,7 @@ impl Refusal {
                 | Refusal::BodyTimeout
                 | Refusal::BodyIncomplete
                 | Refusal::UnsupportedCoding
+                | Refusal::VersionNotSupported
         )
     }
 }
@@ -431,6 +443,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::UriTooLong,
     Refusal::MethodNotAllowed,
     Refusal::MethodNotImplemented,
+    Refusal::VersionNotSupported,
     Refusal::NotFound,
     Refusal::Gone,
     Refusal::Forbidden(Reason::Malformed),
@@ -473,10 +486,12 @@ mod tests {
             );
             assert!(row.body.ends_with('\n') && !row.body.contains('/'), "{r:?}");
             // Disk and server faults are 5xx; client faults 4xx, except 501 for a method or
-            // coding the server does not implement.
+            // coding the server does not implement and 505 for an HTTP version it does not serve.
             match row.fault {
                 Fault::Client => assert!(
-                    row.status.is_client_error() || row.status == StatusCode::NOT_IMPLEMENTED,
+                    row.status.is_client_error()
+                        || row.status == StatusCode::NOT_IMPLEMENTED
+                        || row.status == StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                     "{r:?}"
                 ),
                 _ => assert!(row.status.is_server_error(), "{r:?}"),
