@@ -4,9 +4,12 @@
 //! - Range: `a-b`, `a-`, `-n`, 416 with `bytes */LEN`, multi-range → 200, invalid → 200, HEAD;
 //!   `-n` of an empty object → 200 (RFC 9110 §14.1.2)
 //! - ETag / Last-Modified, If-None-Match / If-Modified-Since → 304, If-Match → 412, If-Range
-//! - methods: 405 with Allow; OPTIONS preflight; CORS with `*` and with an origin list, and
-//!   with credentials (echoed origin, `Access-Control-Allow-Credentials` on 200/206/304/403)
+//! - methods: 405 with Allow for a write where none is allowed, 501 for a method segd does not
+//!   implement (CONNECT too), on every protocol; OPTIONS preflight; CORS with `*` and with an
+//!   origin list, and with credentials (echoed origin, `Access-Control-Allow-Credentials` on
+//!   200/206/304/403)
 //! - keep-alive and pipelining over raw HTTP/1.1; h2c prior knowledge
+//! - HTTP/1.x request-line versions: 1.2+ served as 1.1, other majors 505, garbage 400
 //! - error bodies never contain filesystem paths
 
 use std::path::Path;
@@ -274,7 +277,9 @@ async fn validators_and_conditionals() {
 #[tokio::test]
 async fn methods_and_preflight() {
     let (_d, srv) = one_volume("");
-    for m in ["POST", "PUT", "DELETE", "PATCH", "TRACE", "CONNECT", "FOO"] {
+    // Methods segd implements but this path does not allow (no ingest here); the ones it does
+    // not implement are 501: `unknown_methods_are_501_on_every_protocol`.
+    for m in ["POST", "PUT", "DELETE"] {
         let req = format!(
             "{m} {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
@@ -729,4 +734,303 @@ async fn errors_do_not_leak_paths() {
         );
     }
     let _ = Path::new("/");
+}
+
+// === Methods and HTTP versions, on every protocol ===
+
+/// One server with every protocol: plaintext (the HTTP/1.1 fast path and h2c), TLS (HTTP/1.1
+/// and HTTP/2 by ALPN, both hyper) and HTTP/3.
+struct Every {
+    pki: crate::tls::Pki,
+    _vols: tempfile::TempDir,
+    srv: Server,
+}
+
+fn every_protocol() -> Every {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-methods");
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &(crate::tls::tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
+    ));
+    Every {
+        pki,
+        _vols: vols,
+        srv,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Plain,
+    H2c,
+    TlsH1,
+    TlsH2,
+    H3,
+}
+
+const EVERY: [Via; 5] = [Via::Plain, Via::H2c, Via::TlsH1, Via::TlsH2, Via::H3];
+
+impl Every {
+    /// One request with each protocol's usual client (hyper, h3).
+    async fn ask(&self, via: Via, method: &str, path: &str) -> Resp {
+        let tls = |alpn: &'static [u8]| self.pki.client(&[&rustls::version::TLS13], &[alpn]);
+        match via {
+            Via::Plain => request(method, &self.srv.url(path), &[], false).await,
+            Via::H2c => request(method, &self.srv.url(path), &[], true).await,
+            Via::TlsH1 => {
+                let io = crate::tls::connect(&self.srv, &tls(b"http/1.1")).await;
+                crate::tls::send(io, method, path, &[]).await
+            }
+            Via::TlsH2 => {
+                let io = crate::tls::connect(&self.srv, &tls(b"h2")).await;
+                crate::tls::send(io, method, path, &[]).await
+            }
+            Via::H3 => {
+                let addr = self.srv.tls_addr.expect("tls");
+                let mut c = crate::h3::h3_connect(addr, &self.pki).await;
+                c.request(method, path, &[]).await
+            }
+        }
+    }
+
+    /// Raw bytes over TLS with ALPN `http/1.1`, read until the server closes (or 5 s).
+    async fn tls_raw(&self, bytes: &[u8]) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let c = self.pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+        let mut io = crate::tls::connect(&self.srv, &c).await;
+        io.write_all(bytes).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out)).await;
+        out
+    }
+}
+
+/// An HTTP/2 request with the h2 crate (which sends a CONNECT as RFC 9113 §8.5 says: `:method`
+/// and `:authority` only) on `io`: status, headers and body; `Err` for a stream error.
+async fn h2_ask<T>(io: T, req: http::Request<()>) -> Result<Resp, h2::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, conn) = h2::client::handshake(io).await?;
+    tokio::spawn(conn);
+    let (resp, _) = client.send_request(req, true)?;
+    let (parts, mut body) = resp.await?.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Resp {
+        status: parts.status.as_u16(),
+        version: http::Version::HTTP_2,
+        headers: parts.headers,
+        body: bytes.into(),
+    })
+}
+
+/// RFC 9110 §9.1: segd implements GET, HEAD, OPTIONS, PUT, POST and DELETE. A method it
+/// implements that the resource does not allow (a write outside `[ingest] prefixes`) is 405
+/// with `Allow`; any other method (WebDAV's, PATCH, TRACE, made-up ones) is 501 Not
+/// Implemented (§15.6.2), with a short body and `no-store` (501 is heuristically cacheable).
+/// The same on every protocol.
+#[tokio::test]
+async fn unknown_methods_are_501_on_every_protocol() {
+    let e = every_protocol();
+    for via in EVERY {
+        for m in ["BREW", "PROPFIND", "PATCH", "TRACE", "FOO"] {
+            let r = e.ask(via, m, SEG).await;
+            assert_eq!(r.status, 501, "{via:?} {m}: {r:?}");
+            assert_eq!(r.text(), "method not implemented\n", "{via:?} {m}");
+            assert_eq!(r.header("cache-control"), Some("no-store"), "{via:?} {m}");
+            assert_eq!(r.header("allow"), None, "{via:?} {m}");
+        }
+        for m in ["PUT", "POST", "DELETE"] {
+            let r = e.ask(via, m, SEG).await;
+            assert_eq!(r.status, 405, "{via:?} {m}: {r:?}");
+            assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "{via:?} {m}");
+            assert_eq!(r.text(), "method not allowed\n", "{via:?} {m}");
+        }
+        assert_eq!(e.ask(via, "GET", SEG).await.status, 200, "{via:?}");
+    }
+    // Plaintext HTTP/1.1: a 501 keeps the connection (its framing is sound).
+    let req = format!(
+        "BREW {SEG} HTTP/1.1\r\nHost: t\r\n\r\nGET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let text = String::from_utf8_lossy(&raw(e.srv.addr, req.as_bytes(), Duration::from_secs(5)))
+        .to_string();
+    assert!(text.starts_with("HTTP/1.1 501 "), "{text}");
+    assert!(
+        text.contains("\r\n\r\nmethod not implemented\nHTTP/1.1 200 "),
+        "{text}"
+    );
+}
+
+/// CONNECT (RFC 9110 §9.3.6) asks a proxy for a tunnel; segd is an origin and implements no
+/// tunnel, so CONNECT is 501 like any method it does not implement — on plaintext HTTP/1.1
+/// (authority-form target, RFC 9112 §3.2.3), over TLS, and as a well-formed HTTP/2 CONNECT
+/// (`:method` and `:authority` only, RFC 9113 §8.5) or HTTP/3 one (RFC 9114 §4.4): an answer,
+/// not a stream error.
+#[tokio::test]
+async fn connect_is_501_on_every_protocol() {
+    let e = every_protocol();
+    let authority = "localhost:443";
+    // HTTP/1.1, plaintext and TLS: answered, and the connection goes on.
+    let req = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\nGET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    );
+    let plain = raw(e.srv.addr, req.as_bytes(), Duration::from_secs(5));
+    let tls = e.tls_raw(req.as_bytes()).await;
+    for (what, resp) in [("plaintext", plain), ("TLS", tls)] {
+        let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 501 "), "{what}: {text}");
+        assert!(text.contains("cache-control: no-store"), "{what}: {text}");
+        assert!(
+            text.contains("\r\n\r\nmethod not implemented\nhttp/1.1 200 "),
+            "{what}: the next request is answered: {text}"
+        );
+    }
+    // Origin-form CONNECT (not what a client sends, but unambiguous): the same answer. An
+    // authority-form target with a method segd implements is 400, and a method it does not
+    // implement is 501 whatever its target; the same on plaintext and over TLS (hyper's parser).
+    for (target, method, status) in [
+        (SEG, "CONNECT", 501),
+        (authority, "GET", 400),
+        (authority, "OPTIONS", 400),
+        (authority, "PUT", 400),
+        (authority, "BREW", 501),
+        ("*", "BREW", 501),
+        ("*", "GET", 400),
+    ] {
+        let req = format!("{method} {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let plain = raw(e.srv.addr, req.as_bytes(), Duration::from_secs(5));
+        let tls = e.tls_raw(req.as_bytes()).await;
+        for (what, resp) in [("plaintext", plain), ("TLS", tls)] {
+            let text = String::from_utf8_lossy(&resp);
+            assert_eq!(
+                raw_status(&resp),
+                status,
+                "{what} {method} {target}: {text}"
+            );
+        }
+    }
+    // HTTP/2, h2c and TLS.
+    let connect = || {
+        http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(authority)
+            .body(())
+            .expect("request")
+    };
+    let tcp = tokio::net::TcpStream::connect(e.srv.addr)
+        .await
+        .expect("connect");
+    let h2c = h2_ask(tcp, connect()).await;
+    let c = e.pki.client(&[&rustls::version::TLS13], &[b"h2"]);
+    let h2 = h2_ask(crate::tls::connect(&e.srv, &c).await, connect()).await;
+    for (what, r) in [("h2c", h2c), ("h2", h2)] {
+        let r = r.unwrap_or_else(|err| panic!("{what}: no answer: {err:?}"));
+        assert_eq!(r.status, 501, "{what}: {r:?}");
+        assert_eq!(r.text(), "method not implemented\n", "{what}");
+    }
+    // HTTP/3: a HEADERS frame with `:method` and `:authority` only (h3's client would add
+    // `:scheme` and `:path`). The answer's body is segd's 501 text, in a DATA frame as it is.
+    let addr = e.srv.tls_addr.expect("tls");
+    let c = crate::h3::h3_connect(addr, &e.pki).await;
+    let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+    let fields = [(":method", "CONNECT"), (":authority", authority)];
+    tx.write_all(&crate::h3::raw_headers_frame(&fields))
+        .await
+        .expect("write");
+    let _ = tx.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+        .await
+        .expect("an answer within 5 s")
+        .expect("an answer, not a stream error");
+    assert!(
+        answer
+            .windows(b"method not implemented\n".len())
+            .any(|w| w == b"method not implemented\n"),
+        "{answer:?}"
+    );
+    // And h3's own client's CONNECT (with `:scheme` and `:path`): the same status.
+    let mut c = crate::h3::h3_connect(addr, &e.pki).await;
+    assert_eq!(c.request("CONNECT", "/", &[]).await.status, 501);
+}
+
+/// HTTP/1 versions in a request line (RFC 9112 §2.3, RFC 9110 §2.5 and §15.6.6): a higher minor
+/// version of HTTP/1 is served as HTTP/1.1 (and answered as HTTP/1.1); another major version
+/// is 505 and close; a version that is not `HTTP/DIGIT.DIGIT` is 400 and close. Over TLS,
+/// hyper parses HTTP/1.1 heads and refuses any version but 1.0 and 1.1 with its own 400 (empty
+/// body): the README's exception, checked here so a hyper upgrade that changes it is noticed.
+#[tokio::test]
+async fn http1_versions_in_the_request_line() {
+    let e = every_protocol();
+    let seg = demo_file(SEG);
+    let read = |req: String| {
+        String::from_utf8_lossy(&raw(e.srv.addr, req.as_bytes(), Duration::from_secs(5)))
+            .to_string()
+    };
+    // HTTP/1.2 and HTTP/1.9 are HTTP/1.1: served, kept alive, pipelined.
+    let text = read(format!(
+        "GET {SEG} HTTP/1.2\r\nHost: t\r\n\r\nHEAD {SEG} HTTP/1.9\r\nHost: t\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    assert!(
+        text.contains(&format!("{}HTTP/1.1 200 ", String::from_utf8_lossy(&seg))),
+        "{text}"
+    );
+    // Without `Host`, HTTP/1.2 is refused as HTTP/1.1 is (RFC 9112 §3.2).
+    let text = read(format!("GET {SEG} HTTP/1.2\r\nConnection: close\r\n\r\n"));
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    // A chunked body hands the connection to hyper, which reads the head as HTTP/1.1 too.
+    let text = read(format!(
+        "GET {SEG} HTTP/1.2\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 ").count(), 2, "{text}");
+    // Another major version: 505, and nothing after it on the connection is read.
+    for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/9.1"] {
+        let text = read(format!(
+            "GET {SEG} {v}\r\nHost: t\r\n\r\nGET {SEG} HTTP/1.1\r\nHost: t\r\n\r\n"
+        ));
+        let lower = text.to_ascii_lowercase();
+        assert!(text.starts_with("HTTP/1.1 505 "), "{v}: {text}");
+        assert!(
+            text.ends_with("\r\n\r\nhttp version not supported\n"),
+            "{v}: {text}"
+        );
+        assert!(lower.contains("connection: close"), "{v}: {text}");
+        assert!(lower.contains("cache-control: no-store"), "{v}: {text}");
+    }
+    // Not a version at all: 400.
+    for v in [
+        "HTTP/1.",
+        "HTTP/x.y",
+        "HTTPS/1.1",
+        "http/1.1",
+        "HTTP/1.1x",
+        "HTTP/11.1",
+        "HTTP/1.12",
+        "HTTP/2",
+    ] {
+        let text = read(format!("GET {SEG} {v}\r\nHost: t\r\n\r\n"));
+        assert!(text.starts_with("HTTP/1.1 400 "), "{v}: {text}");
+        assert!(text.ends_with("\r\n\r\nbad request\n"), "{v}: {text}");
+    }
+    // Over TLS: hyper's 400, with no body, for HTTP/1.2 and HTTP/2.0 alike.
+    for v in ["HTTP/1.2", "HTTP/2.0"] {
+        let resp = e
+            .tls_raw(format!("GET {SEG} {v}\r\nHost: t\r\n\r\n").as_bytes())
+            .await;
+        let text = String::from_utf8_lossy(&resp).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 400 "), "TLS {v}: {text}");
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "TLS {v}: hyper's empty body: {text}"
+        );
+    }
 }

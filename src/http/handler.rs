@@ -4,9 +4,10 @@
 //!
 //! Steps, in order (each may end the request with a [`Refusal`] or a finished answer):
 //! 1. target length → 414
-//! 2. method: GET/HEAD read, PUT/POST/DELETE write, OPTIONS answers CORS preflight / `Allow`,
-//!    others 405; a body on GET/HEAD/OPTIONS is read and discarded (bounded → 413); an unknown
-//!    transfer coding → 501
+//! 2. method: GET/HEAD read, PUT/POST/DELETE write, OPTIONS answers CORS preflight / `Allow`;
+//!    any other method is one segd does not implement → 501 (RFC 9110 §9.1; CONNECT too);
+//!    a target in authority-form (CONNECT's) → 400 for these; a body on GET/HEAD/OPTIONS is
+//!    read and discarded (bounded → 413); an unknown transfer coding → 501
 //! 3. path sanitising (`volumes::path`) → 400 malformed, 404 directories and dot-files
 //! 4. extension → content type and object class; unknown → 404 (415 for writes); a write
 //!    outside `[ingest] prefixes` → 405
@@ -193,6 +194,11 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     transfer_codings(req.headers)?;
     let writing = match *req.method {
         Method::GET | Method::HEAD => false,
+        // An authority-form target (`host:port`, RFC 9112 §3.2.3) is CONNECT's alone, and it
+        // arrives as an empty path; for GET, HEAD and the writes the path step refuses it.
+        Method::OPTIONS if req.path != "*" && !req.path.starts_with('/') => {
+            return Err(Refusal::Malformed.into())
+        }
         Method::OPTIONS => {
             if body.is_present() {
                 body.discard(MAX_DISCARDED_BODY, cfg.server.header_read_timeout)
@@ -201,7 +207,8 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
             return Ok(headers::options(cx.policy, req, writable(cx)));
         }
         Method::PUT | Method::POST | Method::DELETE => true,
-        _ => return Err(Refusal::MethodNotAllowed.into()),
+        // Not "not allowed here" (405): allowed nowhere, whatever the path (§15.6.2).
+        _ => return Err(Refusal::MethodNotImplemented.into()),
     };
     if !writing && body.is_present() {
         body.discard(MAX_DISCARDED_BODY, cfg.server.header_read_timeout)
@@ -575,8 +582,8 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     let mut headers = HeaderMap::with_capacity(6);
     headers::cors(cx.policy, cx.req, &mut headers);
     if r == Refusal::MethodNotAllowed {
-        // The path's own methods, as OPTIONS lists them (a PATCH under an ingest prefix is
-        // told PUT, POST and DELETE are there).
+        // The path's own methods, as OPTIONS lists them (a write outside the ingest prefixes
+        // is told GET, HEAD and OPTIONS).
         headers.insert(ALLOW, headers::allow(writable(cx)));
     }
     if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {

@@ -40,8 +40,17 @@ pub enum Refusal {
     Malformed,
     #[error("request target too long")]
     UriTooLong,
+    /// A method segd implements that the target does not allow (a write outside `[ingest]
+    /// prefixes`).
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A method segd does not implement (RFC 9110 §9.1): any but GET, HEAD, OPTIONS, PUT, POST
+    /// and DELETE. CONNECT is one: segd is an origin, not a proxy (§9.3.6).
+    #[error("method not implemented")]
+    MethodNotImplemented,
+    /// An HTTP/1 request line with a major version other than 1 (the plaintext fast path).
+    #[error("http version not supported")]
+    VersionNotSupported,
     #[error("not found")]
     NotFound,
     /// An upstream said the object is gone for good (410), so the edge says so too.
@@ -146,6 +155,23 @@ impl Refusal {
                 "method not allowed\n",
                 Debug,
                 "method",
+                Client,
+            ),
+            // RFC 9110 §15.6.2: 501 is the answer to a method the server does not support for
+            // any resource; 405 (with `Allow`) says another resource may allow it.
+            Refusal::MethodNotImplemented => (
+                StatusCode::NOT_IMPLEMENTED,
+                "method not implemented\n",
+                Debug,
+                "method_not_implemented",
+                Client,
+            ),
+            // RFC 9110 §15.6.6; a higher minor version of HTTP/1 is served as HTTP/1.1 instead.
+            Refusal::VersionNotSupported => (
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "http version not supported\n",
+                Debug,
+                "version",
                 Client,
             ),
             Refusal::NotFound => (
@@ -356,6 +382,7 @@ impl Refusal {
                 | Refusal::BodyTimeout
                 | Refusal::BodyIncomplete
                 | Refusal::UnsupportedCoding
+                | Refusal::VersionNotSupported
         )
     }
 }
@@ -415,6 +442,8 @@ pub const ALL: &[Refusal] = &[
     Refusal::Malformed,
     Refusal::UriTooLong,
     Refusal::MethodNotAllowed,
+    Refusal::MethodNotImplemented,
+    Refusal::VersionNotSupported,
     Refusal::NotFound,
     Refusal::Gone,
     Refusal::Forbidden(Reason::Malformed),
@@ -456,11 +485,14 @@ mod tests {
                 "{r:?}"
             );
             assert!(row.body.ends_with('\n') && !row.body.contains('/'), "{r:?}");
-            // Disk and server faults are 5xx; client faults 4xx, except 501 for a coding the
-            // server does not implement.
+            // Disk and server faults are 5xx; client faults 4xx, except 501 for a method or
+            // coding the server does not implement and 505 for an HTTP version it does not serve.
             match row.fault {
                 Fault::Client => assert!(
-                    row.status.is_client_error() || row.status == StatusCode::NOT_IMPLEMENTED
+                    row.status.is_client_error()
+                        || row.status == StatusCode::NOT_IMPLEMENTED
+                        || row.status == StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                    "{r:?}"
                 ),
                 _ => assert!(row.status.is_server_error(), "{r:?}"),
             }

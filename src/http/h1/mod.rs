@@ -17,6 +17,8 @@
 //! - a `Transfer-Encoding: chunked` body → the connection, this request's bytes included, goes
 //!   to hyper, which decodes the body and answers `Expect: 100-continue` when the handler
 //!   reads it;
+//! - a request line with another major version of HTTP → 505 and close (a higher HTTP/1 minor
+//!   version is served as HTTP/1.1: `parse`);
 //! - a transfer coding other than `chunked` → 501 and close; duplicate or conflicting
 //!   `Content-Length`/`Transfer-Encoding`, a missing or repeated `Host` on HTTP/1.1, invalid
 //!   header bytes → 400 and close (no request smuggling);
@@ -223,6 +225,14 @@ async fn exchange(
         Err(HeadError::UriTooLong) => {
             let _ = write_simple(stream, StatusCode::URI_TOO_LONG, "URI too long\n").await;
             return Next::Linger;
+        }
+        Err(HeadError::Version) => {
+            return refuse(
+                stream,
+                metrics,
+                super::refusal::Refusal::VersionNotSupported,
+            )
+            .await
         }
         Err(HeadError::Bad) => {
             let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;

@@ -1,6 +1,8 @@
-//! Request heads on the HTTP/1.1 fast path: a small strict parser over `httparse`, message
-//! framing (RFC 9112 §6.3: one valid Content-Length at most, never with Transfer-Encoding,
-//! anything ambiguous refused), `Connection` handling and request targets.
+//! Request heads on the HTTP/1.1 fast path: a small strict parser over `httparse`, the request
+//! line's version (a higher HTTP/1 minor version is read as 1.1, another major version is 505:
+//! RFC 9112 §2.3, RFC 9110 §2.5), message framing (RFC 9112 §6.3: one valid Content-Length at
+//! most, never with Transfer-Encoding, anything ambiguous refused), `Connection` handling and
+//! request targets.
 
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ pub(super) enum HeadError {
     TooLarge,
     /// The request line alone fills the head limit: its target is too long (414, not 431).
     UriTooLong,
+    /// The request line names another major version of HTTP (505).
+    Version,
     Bad,
 }
 
@@ -51,7 +55,12 @@ impl From<&crate::config::ServerConfig> for Limits {
 
 /// Parses a complete head from `buf` if there is one. Synchronous on purpose: httparse's
 /// header array lives on this stack frame, never in the connection's future.
-fn try_parse(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
+///
+/// httparse knows HTTP/1.0 and HTTP/1.1 only. A request line with a higher minor version
+/// (`HTTP/1.2`) is rewritten in `buf` to `HTTP/1.1` and parsed again: a server treats it as the
+/// highest minor version it implements (RFC 9110 §2.5), and so does hyper when a chunked body
+/// hands it the connection with these bytes.
+fn try_parse(buf: &mut [u8], max_header_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
@@ -61,19 +70,78 @@ fn try_parse(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize)
             }
             own_head(&req).map(|h| Some((h, n)))
         }
-        Ok(httparse::Status::Partial) => {
-            if buf.len() >= max_header_bytes {
-                let in_request_line = !buf[..max_header_bytes].contains(&b'\n');
-                return Err(if in_request_line {
-                    HeadError::UriTooLong
-                } else {
-                    HeadError::TooLarge
-                });
+        Ok(httparse::Status::Partial) => partial(buf, max_header_bytes),
+        Err(httparse::Error::Version) => match line_version(buf) {
+            LineVersion::Incomplete => partial(buf, max_header_bytes),
+            LineVersion::HigherMinor(at) => {
+                buf[at] = b'1';
+                try_parse(buf, max_header_bytes)
             }
-            Ok(None)
-        }
+            LineVersion::OtherMajor => Err(HeadError::Version),
+            LineVersion::Malformed => Err(HeadError::Bad),
+        },
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
         Err(_) => Err(HeadError::Bad),
+    }
+}
+
+/// An incomplete head: wait for more, unless it already fills the limit.
+fn partial(buf: &[u8], max_header_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
+    if buf.len() >= max_header_bytes {
+        let in_request_line = !buf[..max_header_bytes].contains(&b'\n');
+        return Err(if in_request_line {
+            HeadError::UriTooLong
+        } else {
+            HeadError::TooLarge
+        });
+    }
+    Ok(None)
+}
+
+/// What the version of a request line httparse refused for its version says.
+#[derive(Debug, PartialEq, Eq)]
+enum LineVersion {
+    /// The line has not ended yet (httparse refuses `HTTP/2` before the rest arrives).
+    Incomplete,
+    /// `HTTP/1.n` with n ≥ 2: the minor digit is at this offset in the buffer.
+    HigherMinor(usize),
+    /// `HTTP/m.n` with m ≠ 1 (RFC 9110 §15.6.6: 505).
+    OtherMajor,
+    /// Not `method SP target SP HTTP/DIGIT.DIGIT` (RFC 9112 §2.3, §3): 400.
+    Malformed,
+}
+
+fn line_version(buf: &[u8]) -> LineVersion {
+    // Empty lines before a request line are skipped (RFC 9112 §2.2), as httparse does.
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let Some(len) = buf[start..].iter().position(|&b| b == b'\n') else {
+        return LineVersion::Incomplete;
+    };
+    let line = &buf[start..start + len];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return LineVersion::Malformed;
+    };
+    match *version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            if major != b'1' {
+                LineVersion::OtherMajor
+            } else if minor >= b'2' {
+                LineVersion::HigherMinor(start + method.len() + target.len() + 2 + 7)
+            } else {
+                // HTTP/1.0 or HTTP/1.1: httparse refused something else.
+                LineVersion::Malformed
+            }
+        }
+        _ => LineVersion::Malformed,
     }
 }
 
@@ -174,7 +242,11 @@ pub(super) fn connection_close(head: &Head) -> bool {
     close
 }
 
-/// Origin-form `/path?query`, absolute-form `http://host/path?query`, or `*` (OPTIONS).
+/// Origin-form `/path?query`, absolute-form `http://host/path?query`, `*` (OPTIONS), or
+/// authority-form `host:port` (CONNECT), read as hyper reads them over TLS so that a target
+/// means the same on every protocol: `*` is the path `*` and an authority-form target has the
+/// empty path, whatever the method. The handler decides what they mean for it (CONNECT and
+/// any method segd does not implement: 501; `*` is `OPTIONS *`; else 400).
 ///
 /// Absolute-form (RFC 9112 §3.2.2) is what a proxy sends, and a server must accept it: the
 /// scheme is case-insensitive (RFC 3986 §3.1), the authority ends at the first `/`, `?` or `#`
@@ -186,7 +258,11 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
     let path_query = if t.starts_with('/') {
         t
     } else if t == "*" {
-        return (head.method == Method::OPTIONS).then_some(("*", None));
+        return Some(("*", None));
+    } else if !t.contains("://") {
+        // Authority-form, as `http::Uri` (hyper's parser) takes it: no scheme and no path.
+        let uri = t.parse::<http::Uri>().ok()?;
+        return (uri.scheme().is_none() && uri.authority().is_some()).then_some(("", None));
     } else {
         let rest = strip_scheme(t)?;
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -297,8 +373,74 @@ mod tests {
         let h = head("GET", "http://host/a.ts", &[]);
         assert_eq!(split_target(&h), Some(("/a.ts", None)));
         assert_eq!(split_target(&head("OPTIONS", "*", &[])), Some(("*", None)));
-        assert_eq!(split_target(&head("GET", "*", &[])), None);
+        // The handler refuses these for GET (400); `BREW *` is 501 as it is over TLS.
+        assert_eq!(split_target(&head("GET", "*", &[])), Some(("*", None)));
         assert_eq!(split_target(&head("GET", "host/a.ts", &[])), None);
+        // Authority-form (CONNECT's): no path.
+        assert_eq!(
+            split_target(&head("CONNECT", "host:443", &[])),
+            Some(("", None))
+        );
+        assert_eq!(
+            split_target(&head("CONNECT", "[::1]:443", &[])),
+            Some(("", None))
+        );
+        assert_eq!(split_target(&head("CONNECT", "host:443/x", &[])), None);
+        assert_eq!(split_target(&head("CONNECT", "", &[])), None);
+    }
+
+    fn parse(line: &str) -> Result<Option<String>, &'static str> {
+        let mut buf = format!("{line}\r\nHost: t\r\n\r\n").into_bytes();
+        match try_parse(&mut buf, 8192) {
+            Ok(Some((h, n))) => {
+                assert_eq!(n, buf.len());
+                assert!(!h.http10);
+                Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+            }
+            Ok(None) => Ok(None),
+            Err(HeadError::Version) => Err("505"),
+            Err(HeadError::Bad) => Err("400"),
+            Err(_) => Err("other"),
+        }
+    }
+
+    #[test]
+    fn request_line_versions() {
+        // A higher minor version is HTTP/1.1, in the buffer too (hyper may read it next).
+        for v in ["HTTP/1.2", "HTTP/1.9"] {
+            let out = parse(&format!("GET /a.ts {v}"))
+                .expect("parsed")
+                .expect("complete");
+            assert!(out.starts_with("GET /a.ts HTTP/1.1\r\n"), "{v}: {out}");
+        }
+        let out = parse("\r\nGET /a.ts HTTP/1.5")
+            .expect("parsed")
+            .expect("complete");
+        assert!(out.starts_with("\r\nGET /a.ts HTTP/1.1\r\n"), "{out}");
+        for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9", "HTTP/9.9"] {
+            assert_eq!(parse(&format!("GET /a.ts {v}")), Err("505"), "{v}");
+        }
+        for v in [
+            "HTTP/1.",
+            "HTTP/x.y",
+            "HTTPS/1.1",
+            "http/1.1",
+            "HTTP/1.1x",
+            "HTTP/11.1",
+            "HTTP/1.22",
+            "HTTP/2",
+            "HTTP/1.2 x",
+        ] {
+            assert_eq!(parse(&format!("GET /a.ts {v}")), Err("400"), "{v}");
+        }
+        // A space in the target is no version at all.
+        assert_eq!(parse("GET /a b HTTP/1.2"), Err("400"));
+        // The line has not ended: wait for it.
+        let mut buf = b"GET /a.ts HTTP/2".to_vec();
+        assert!(matches!(try_parse(&mut buf, 8192), Ok(None)));
+        let mut buf = b"GET /a.ts HTTP/1.2\r\nHost: t\r\n".to_vec();
+        assert!(matches!(try_parse(&mut buf, 8192), Ok(None)));
+        assert!(buf.starts_with(b"GET /a.ts HTTP/1.1\r\n"));
     }
 
     #[test]
