@@ -11,7 +11,8 @@
 //!   without ETag is revalidated with `If-Modified-Since` alone (a 304); a segment given a
 //!   lifetime (`max-age`, `s-maxage`) is revalidated once stale and replaced when changed, one
 //!   without or `immutable` never; a playlist without a lifetime is held as long as the CDN is
-//!   told (segd's own `[cache_control] playlists`)
+//!   told (segd's own `[cache_control] playlists`); an HTML page answering 200 for a media path
+//!   (a CMS's soft 404) is never stored nor served: the next upstream, else 502
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
 //!   a restart after a crash mid-fill clears what the fill left;
@@ -3427,4 +3428,92 @@ async fn edge_playlist_without_a_lifetime_is_held_as_long_as_the_cdn_is_told() {
         nginx.settle().await;
         assert_eq!(nginx.statuses(p), vec![200, 304], "{p}: revalidated once");
     }
+}
+
+/// An upstream 200 that is an HTML page for a path segd serves as media (a CMS's catch-all
+/// page, a "soft 404") is not the object: never stored nor served as it. The next upstream is
+/// asked, else 502; each such answer is counted as `status_class="soft_404"` and logged with
+/// the path, the upstream and the type. Only `text/html` (any case, any parameters) does this:
+/// a `text/plain` answer is served and kept as before.
+#[tokio::test]
+async fn edge_html_answer_for_a_media_path_is_a_soft_404() {
+    const TXT: &str = "/vod/txt/a.ts";
+    let cms = Nginx::start_with(
+        r#"location /vod/ { types { } default_type "Text/HTML; Charset=UTF-8"; return 200 "<html><body>Sorry, no such page</body></html>"; }
+           location /vod/txt/ { types { } default_type text/plain; }"#,
+    );
+    publish(&cms.root(), TXT, &pattern(10_000, 77));
+    let direct = must("GET", &format!("{}{SEG}", cms.base()), &[], false).await;
+    assert_eq!(direct.status, 200, "the harness: a 200");
+    assert_eq!(
+        direct.header("content-type"),
+        Some("Text/HTML; Charset=UTF-8")
+    );
+    let good = Nginx::start();
+
+    // The CMS first, a real origin next: the origin's object is served and kept.
+    let both = Edge::start(
+        &keys(&[]),
+        &[
+            http_upstream("cms", &cms.base(), ""),
+            http_upstream("origin", &good.base(), ""),
+        ],
+    );
+    let want = good.file(SEG);
+    let r = must("GET", &both.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice(), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("video/mp2t"));
+    both.wait_stored(want.len()).await;
+    assert!(must("GET", &both.url(SEG), &[], true).await.bytes() == want.as_slice());
+
+    // The CMS alone: 502 for a segment and a playlist, nothing stored, asked again each time.
+    let alone = Edge::start(
+        &keys(&[("stale_if_error", "\"0s\"")]),
+        &[http_upstream("cms", &cms.base(), "")],
+    );
+    for p in [SEG2, PLAYLIST] {
+        for h2 in [false, true] {
+            let r = must("GET", &alone.url(p), &[], h2).await;
+            assert_eq!(r.status, 502, "{p} (h2={h2}): {r:?}");
+            assert!(
+                !String::from_utf8_lossy(r.bytes()).contains("Sorry"),
+                "{p}: the page is not served"
+            );
+        }
+        assert!(
+            !alone.cache_path().join(&p[1..]).exists(),
+            "{p}: not stored"
+        );
+    }
+    cms.settle().await;
+    assert_eq!(
+        cms.count(SEG2),
+        2,
+        "not stored, not remembered: asked each time"
+    );
+    alone.srv.log_with(&[
+        "HTML page",
+        "upstream=cms",
+        SEG2,
+        "Text/HTML; Charset=UTF-8",
+    ]);
+    for (edge, n) in [(&both, 1.0), (&alone, 4.0)] {
+        let m = edge.metrics().await;
+        assert_eq!(
+            metric_with(
+                &m,
+                "segd_upstream_requests_total",
+                &[("upstream", "cms"), ("status_class", "soft_404")]
+            ),
+            Some(n),
+            "{m}"
+        );
+    }
+
+    // Another type is not an HTML page: served and kept, as the upstream sent it.
+    let want = cms.file(TXT);
+    let r = must("GET", &alone.url(TXT), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    alone.wait_stored(want.len()).await;
 }

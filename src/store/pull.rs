@@ -12,8 +12,9 @@
 //!   path, and announces its progress; every waiter streams from that file as it grows, with its
 //!   own range. The fill goes on if the client that started it leaves. Only a complete body
 //!   whose length matches is renamed into place; a failed fill fails every waiter's stream.
-//! - 404s are remembered for `negative_ttl`; connect errors, timeouts and 5xx try the next
-//!   upstream; when all fail, a stale copy within `stale_if_error` is served with `Warning` and `Age`, else 502/504. Playlists follow the
+//! - 404s are remembered for `negative_ttl`; connect errors, timeouts, 5xx and HTML pages for
+//!   media paths (soft 404s) try the next upstream; when all fail, a stale copy within
+//!   `stale_if_error` is served with `Warning` and `Age`, else 502/504. Playlists follow the
 //!   upstream's lifetime, else the one segd's own `[cache_control]` gives them (which the CDN
 //!   is told too); segments are immutable unless their upstream gave them a lifetime, which
 //!   they then follow. Stale copies are revalidated with `If-None-Match`/`If-Modified-Since`.
@@ -357,6 +358,25 @@ fn specific_type(v: Option<HeaderValue>) -> Option<HeaderValue> {
     })
 }
 
+/// Whether a media type is HTML (`text/html`, in any case, with any parameters).
+fn is_html(v: &HeaderValue) -> bool {
+    v.to_str()
+        .ok()
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/html"))
+}
+
+/// The `Content-Type` of a 200 that is an HTML page for a path segd serves as something else
+/// (`served`: its table's type for the path, media, playlist or key): a CMS's catch-all page
+/// answering 200 for what it does not have, a "soft 404". It is not the object: never stored
+/// nor served, a failure of that upstream like a 5xx. Another type, or none, is no sign of one.
+fn soft_404<'a, B>(resp: &'a http::Response<B>, served: Option<&HeaderValue>) -> Option<&'a str> {
+    let t = resp.headers().get(CONTENT_TYPE)?;
+    let media = served.is_some_and(|s| !is_html(s));
+    (resp.status() == StatusCode::OK && media && is_html(t))
+        .then(|| t.to_str().unwrap_or("text/html"))
+}
+
 /// A `Last-Modified` segd can keep and send back as it came: visible ASCII only (obs-text would
 /// not survive the sidecar); without one the fill makes its own. (`ETag`s: [`entity_tag`].)
 fn keepable(v: Option<HeaderValue>) -> Option<HeaderValue> {
@@ -475,6 +495,8 @@ const PASS_MEMORY: u64 = 64 << 20;
 /// (its connect timeout and CA roots). The cache directory and its size stay as started.
 struct Conf {
     cfg: PullConfig,
+    /// segd's extension → media type table (`[types]`), to tell an HTML page from the object.
+    types: Vec<(String, HeaderValue)>,
     /// segd's own Cache-Control per class, for playlists the upstream gave no lifetime.
     cache_control: CacheControlConfig,
     fetchers: Vec<Fetcher>,
@@ -528,6 +550,7 @@ impl Conf {
             .build(connector(cfg)?);
         Ok(Conf {
             cfg: cfg.clone(),
+            types: config.types.clone(),
             cache_control: config.cache_control.clone(),
             fetchers,
             client,
@@ -551,6 +574,12 @@ impl Conf {
                 .and_then(lifetime)
                 .unwrap_or(HEURISTIC_LIFETIME),
         )
+    }
+
+    /// The type segd serves `rel` with (its table's entry for the extension).
+    fn served_type(&self, rel: &RelPath) -> Option<&HeaderValue> {
+        let ext = rel.extension()?.to_ascii_lowercase();
+        self.types.iter().find(|(e, _)| *e == ext).map(|(_, t)| t)
     }
 }
 
@@ -579,7 +608,7 @@ impl Pull {
         let upstream_requests = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "segd_upstream_requests_total",
-                "Requests sent to upstreams, by upstream and status class (error: no answer)",
+                "Requests sent to upstreams, by upstream and status class (error: no answer; soft_404: an HTML page for a media path)",
             ),
             &["upstream", "status_class"],
         )?;
@@ -1139,7 +1168,12 @@ impl Pull {
                 }
             };
             let status = resp.status();
-            let class_label = format!("{}xx", status.as_u16() / 100);
+            let html = soft_404(&resp, conf.served_type(rel)).map(str::to_owned);
+            let class_label = match html {
+                // Counted as what it is, not as the 2xx it claims to be.
+                Some(_) => "soft_404".to_owned(),
+                None => format!("{}xx", status.as_u16() / 100),
+            };
             self.m
                 .upstream_requests
                 .with_label_values(&[&up.name, &class_label])
@@ -1147,6 +1181,10 @@ impl Pull {
             match status {
                 StatusCode::OK if ambiguous_framing(resp.headers()) => {
                     tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
+                }
+                StatusCode::OK if html.is_some() => {
+                    let content_type = html.as_deref().unwrap_or_default();
+                    tracing::warn!(upstream = %up.name, path = %canonical, content_type, "upstream answered a media path with an HTML page (soft 404); not stored");
                 }
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
@@ -2005,6 +2043,35 @@ mod tests {
         assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, true), Some(0));
         let c = config("playlists = \"public\"");
         assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, false), Some(1));
+    }
+
+    #[test]
+    fn html_for_a_media_path_is_a_soft_404() {
+        let resp = |status: u16, ct: Option<&'static str>| {
+            let mut b = http::Response::builder().status(status);
+            if let Some(ct) = ct {
+                b = b.header(CONTENT_TYPE, ct);
+            }
+            b.body(()).expect("response")
+        };
+        let ts = HeaderValue::from_static("video/mp2t");
+        let page = HeaderValue::from_static("text/html");
+        for ct in ["text/html", "Text/HTML; Charset=UTF-8", " text/html ;q=1"] {
+            let r = resp(200, Some(ct));
+            assert_eq!(soft_404(&r, Some(&ts)), Some(ct), "{ct}");
+            // A path segd itself serves as HTML ([types] html = "text/html"), or none.
+            assert_eq!(soft_404(&r, Some(&page)), None, "{ct}");
+            assert_eq!(soft_404(&r, None), None, "{ct}");
+        }
+        for ct in [
+            Some("text/plain"),
+            Some("text/htmlx"),
+            Some("video/mp2t"),
+            None,
+        ] {
+            assert_eq!(soft_404(&resp(200, ct), Some(&ts)), None, "{ct:?}");
+        }
+        assert_eq!(soft_404(&resp(404, Some("text/html")), Some(&ts)), None);
     }
 
     #[test]
