@@ -9,10 +9,11 @@
 //! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
 //!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
 //!   without ETag is revalidated with `If-Modified-Since` alone (a 304); a segment given a
-//!   lifetime (`max-age`, `s-maxage`) is revalidated once stale and replaced when changed, one
-//!   without or `immutable` never; a playlist without a lifetime is held as long as the CDN is
-//!   told (segd's own `[cache_control] playlists`); an HTML page answering 200 for a media path
-//!   (a CMS's soft 404) is never stored nor served: the next upstream, else 502
+//!   lifetime (`max-age`, `s-maxage`, an `Expires` beside a bare `public`) is revalidated once
+//!   stale and replaced when changed, one without or `immutable` never; a playlist without a
+//!   lifetime is held as long as the CDN is told (segd's own `[cache_control] playlists`); an
+//!   HTML page answering 200 for a media path (a CMS's soft 404) is never stored nor served:
+//!   the next upstream, else 502
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
 //!   a restart after a crash mid-fill clears what the fill left;
@@ -3374,6 +3375,43 @@ async fn edge_segment_with_a_lifetime_is_revalidated_when_stale() {
         "served from the new copy"
     );
     assert_eq!(edge.nth_cache_status(FRESH, n).await, "hit");
+}
+
+/// A segment whose upstream gives its lifetime by `Expires` beside a Cache-Control that names
+/// none (`public`) has one all the same (RFC 9111 §5.3): the CDN, which is not sent `Expires`,
+/// is told the `max-age` it amounts to, and once it has passed the copy is revalidated.
+#[tokio::test]
+async fn edge_segment_with_expires_beside_a_cache_control_without_lifetime_follows_it() {
+    const EXP: &str = "/vod/expires/a.ts";
+    let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+    let nginx = Nginx::start_with(&format!(
+        r#"location /vod/expires/ {{ add_header Cache-Control public; add_header Expires "{expires}"; }}"#
+    ));
+    publish(&nginx.root(), EXP, &pattern(10_000, 61));
+    let want = nginx.file(EXP);
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    let r = must("GET", &edge.url(EXP), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    let max_age = r
+        .header("cache-control")
+        .and_then(|cc| cc.strip_prefix("public, max-age="))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        max_age.is_some_and(|n| n <= 3),
+        "the CDN is told the lifetime: {:?}",
+        r.header("cache-control")
+    );
+    edge.wait_stored(want.len()).await;
+    // Past Expires: revalidated (nginx: 304).
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    let r = must("GET", &edge.url(EXP), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    nginx.settle().await;
+    assert_eq!(
+        nginx.statuses(EXP),
+        vec![200, 304],
+        "revalidated once stale"
+    );
 }
 
 /// A playlist whose upstream gives it no lifetime (no Cache-Control, or one without `max-age`

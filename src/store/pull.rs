@@ -1200,9 +1200,7 @@ impl Pull {
                         let h = resp.headers();
                         let mut m = Meta::clone(old);
                         m.fetched = now().saturating_sub(upstream_age(h));
-                        if let Some(cc) =
-                            cache_control(h).or_else(|| expires_as_max_age(h, SystemTime::now()))
-                        {
+                        if let Some(cc) = kept_cache_control(h, SystemTime::now()) {
                             m.cache_control = Some(cc);
                         }
                         if !fill.void() {
@@ -1514,7 +1512,7 @@ impl Pull {
         let received = SystemTime::now();
         // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
         let fetched = now().saturating_sub(upstream_age(h));
-        let cc = cache_control(h).or_else(|| expires_as_max_age(h, received));
+        let cc = kept_cache_control(h, received);
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
         // A body delimited by the connection's close (neither Content-Length nor chunked) ends
         // the same way whether it is whole or was cut short (RFC 9112 §6.3): it is passed
@@ -1861,9 +1859,28 @@ fn upstream_age(h: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-/// `Expires` as the `Cache-Control` a copy is kept and served with when the upstream sent no
-/// Cache-Control: its lifetime from the response's `Date` (RFC 9111 §4.2.1); an invalid date
-/// means already expired (§5.3).
+/// The `Cache-Control` a copy is kept and served with: the upstream's (every line of it), and
+/// its `Expires` as the `max-age` it amounts to when that Cache-Control names no lifetime
+/// (RFC 9111 §5.3: `max-age` and `s-maxage` win over `Expires`, nothing else does): a
+/// `Cache-Control: public` with an `Expires` has a lifetime, which the copy follows and the
+/// CDN, which is not sent `Expires`, is told.
+fn kept_cache_control(h: &HeaderMap, received: SystemTime) -> Option<HeaderValue> {
+    let cc = cache_control(h);
+    let text = cc.as_ref().and_then(|v| v.to_str().ok());
+    if text.is_some_and(|c| lifetime(c).is_some()) {
+        return cc;
+    }
+    let Some(expires) = expires_as_max_age(h, received) else {
+        return cc;
+    };
+    match text {
+        Some(c) => HeaderValue::from_str(&format!("{c}, {}", expires.to_str().unwrap_or(""))).ok(),
+        None => Some(expires),
+    }
+}
+
+/// `Expires` as a `max-age`: its lifetime from the response's `Date` (RFC 9111 §4.2.1); an
+/// invalid date means already expired (§5.3).
 fn expires_as_max_age(h: &HeaderMap, received: SystemTime) -> Option<HeaderValue> {
     let expires = h.get(EXPIRES)?;
     let date = h
@@ -2179,5 +2196,40 @@ mod tests {
         );
         h.remove(EXPIRES);
         assert_eq!(expires_as_max_age(&h, at(0)), None);
+    }
+
+    /// `Expires` counts when the Cache-Control names no lifetime, and only then.
+    #[test]
+    fn expires_joins_a_cache_control_without_a_lifetime() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let kept = |lines: &[&'static str], expires: bool| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(CACHE_CONTROL, HeaderValue::from_static(l));
+            }
+            h.insert(
+                DATE,
+                HeaderValue::from_static("Sun, 29 Nov 2026 17:00:00 GMT"),
+            );
+            if expires {
+                h.insert(
+                    EXPIRES,
+                    HeaderValue::from_static("Sun, 29 Nov 2026 17:01:00 GMT"),
+                );
+            }
+            kept_cache_control(&h, at(0)).map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(kept(&[], true), s("max-age=60"));
+        assert_eq!(kept(&["public"], true), s("public, max-age=60"));
+        assert_eq!(
+            kept(&["public", "immutable"], true),
+            s("public, immutable, max-age=60")
+        );
+        assert_eq!(kept(&["max-age=5"], true), s("max-age=5"));
+        assert_eq!(kept(&["public, s-maxage=5"], true), s("public, s-maxage=5"));
+        assert_eq!(kept(&["no-cache"], true), s("no-cache"));
+        assert_eq!(kept(&["public"], false), s("public"));
+        assert_eq!(kept(&[], false), None);
     }
 }
