@@ -561,7 +561,7 @@ impl Conf {
     /// good (segments and keys are immutable). A playlist is held as long as segd's own
     /// `[cache_control]` value for it (`playlists`, or `live` under the live prefixes) lets a
     /// CDN keep it, since that is what a CDN is told of it ([`Meta::served_cache_control`]):
-    /// the edge then never holds a copy for less time than the CDN it serves.
+    /// a CDN in front is then never told a longer lifetime than the edge holds the copy for.
     fn unstated_lifetime(&self, class: ObjectClass, live: bool) -> Option<u64> {
         if class != ObjectClass::Playlist {
             return None;
