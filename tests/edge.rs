@@ -8,7 +8,12 @@
 //!   upstream segd that protects its paths with tokens
 //! - nginx (Debian nginx-light) on a free port, counted in its own access log: Cache-Control
 //!   over two lines (`private`, `no-store` on the second) is read whole; a copy of a response
-//!   without ETag is revalidated with `If-Modified-Since` alone (a 304)
+//!   without ETag is revalidated with `If-Modified-Since` alone (a 304); a segment given a
+//!   lifetime (`max-age`, `s-maxage`, an `Expires` beside a bare `public`) is revalidated once
+//!   stale and replaced when changed, one without or `immutable` never; a playlist without a
+//!   lifetime is held as long as the CDN is told (segd's own `[cache_control] playlists`); an
+//!   HTML page answering 200 for a media path (a CMS's soft 404) is never stored nor served:
+//!   the next upstream, else 502
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
 //!   a restart after a crash mid-fill clears what the fill left;
@@ -3261,4 +3266,292 @@ async fn edge_growing_upstream_segment_is_pulled_once_and_kept() {
     );
     let after = must("GET", &edge.url(CUT), &[], false).await;
     assert_eq!(after.status, 404, "nothing kept of the failed upload");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Freshness of pulled copies, and answers that are not the object
+
+/// A segment whose upstream answer gives it a lifetime (`max-age`, `s-maxage`; an `Expires`
+/// becomes one) follows it as a playlist does: once stale it is revalidated with the upstream's
+/// validators (a 304 refreshes the copy and its `Age`), by one request for the viewers that
+/// ask together, and a changed object replaces the copy. With no lifetime, or with `immutable`,
+/// a segment is kept as it is and never asked for again. Either way a CDN in front never gets
+/// an `Age` past the lifetime the upstream gave.
+#[tokio::test]
+async fn edge_segment_with_a_lifetime_is_revalidated_when_stale() {
+    const FRESH: &str = "/vod/fresh/a.ts";
+    const SHARED: &str = "/vod/smax/b.m4s";
+    const IMM: &str = "/vod/imm/c.ts";
+    const PLAIN: &str = "/vod/plain/d.ts";
+    const LEN: usize = 20_000;
+    let nginx = Nginx::start_with(
+        r#"location /vod/fresh/ { add_header Cache-Control "max-age=2"; }
+           location /vod/smax/ { add_header Cache-Control "public, s-maxage=2"; }
+           location /vod/imm/ { add_header Cache-Control "max-age=2, immutable"; }"#,
+    );
+    let paths = [FRESH, SHARED, IMM, PLAIN];
+    for (i, p) in paths.iter().enumerate() {
+        publish(&nginx.root(), p, &pattern(LEN, 40 + i as u32));
+    }
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    for (i, p) in paths.iter().enumerate() {
+        let r = must("GET", &edge.url(p), &[], false).await;
+        assert!(
+            r.status == 200 && r.bytes() == nginx.file(p).as_slice(),
+            "{p}"
+        );
+        edge.wait_stored((i + 1) * LEN).await;
+    }
+    let age = |r: &Got| r.header("age").and_then(|a| a.parse::<u64>().ok());
+
+    // Past the lifetime: ten viewers at once share a revalidation (nginx: 304), and each gets
+    // the copy with an Age back within max-age.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    for p in [FRESH, SHARED] {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let u = edge.url(p);
+                tokio::spawn(async move { fetch("GET", &u, &[], i % 2 == 1).await })
+            })
+            .collect();
+        for t in tasks {
+            let r = t.await.expect("join").expect("response");
+            assert!(
+                r.status == 200 && r.bytes() == nginx.file(p).as_slice(),
+                "{p}"
+            );
+            assert!(
+                age(&r).is_none_or(|a| a <= 2),
+                "{p}: Age {:?} past the upstream's max-age=2",
+                r.header("age")
+            );
+        }
+        nginx.settle().await;
+        let statuses = nginx.statuses(p);
+        assert_eq!(statuses.first(), Some(&200), "{p}: {statuses:?}");
+        assert!(
+            statuses.len() >= 2 && statuses[1..].iter().all(|s| *s == 304),
+            "{p}: revalidated with the upstream's validators: {statuses:?}"
+        );
+        // One revalidation for the ten (two if the first one's second ran out meanwhile).
+        assert!(statuses.len() <= 3, "{p}: {statuses:?} for ten viewers");
+    }
+
+    // No lifetime, or `immutable`: a hit, however old, and nothing asked upstream.
+    for p in [IMM, PLAIN] {
+        let r = must("GET", &edge.url(p), &[], false).await;
+        assert!(
+            r.status == 200 && r.bytes() == nginx.file(p).as_slice(),
+            "{p}"
+        );
+        assert_eq!(edge.nth_cache_status(p, 2).await, "hit", "{p}");
+    }
+    nginx.settle().await;
+    assert_eq!(nginx.count(IMM), 1, "immutable: never revalidated");
+    assert_eq!(nginx.count(PLAIN), 1, "no lifetime: never revalidated");
+
+    // Changed upstream (another length): once the copy is stale the new bytes replace it.
+    let new = pattern(LEN + 5_000, 99);
+    publish(&nginx.root(), FRESH, &new);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = must("GET", &edge.url(FRESH), &[], false).await;
+    assert!(
+        r.status == 200 && r.bytes() == new.as_slice(),
+        "the changed object"
+    );
+    let file = edge.cache_path().join(&FRESH[1..]);
+    assert!(
+        wait_for(Duration::from_secs(5), || std::fs::read(&file)
+            .is_ok_and(|b| b == new))
+        .await,
+        "the copy in cache_path is replaced"
+    );
+    // The access log is flushed every 200 ms: the lines above land before they are counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let n = edge.cache_statuses(FRESH).len() + 1;
+    let r = must("GET", &edge.url(FRESH), &[], true).await;
+    assert!(
+        r.status == 200 && r.bytes() == new.as_slice(),
+        "served from the new copy"
+    );
+    assert_eq!(edge.nth_cache_status(FRESH, n).await, "hit");
+}
+
+/// A segment whose upstream gives its lifetime by `Expires` beside a Cache-Control that names
+/// none (`public`) has one all the same (RFC 9111 §5.3): the CDN, which is not sent `Expires`,
+/// is told the `max-age` it amounts to, and once it has passed the copy is revalidated.
+#[tokio::test]
+async fn edge_segment_with_expires_beside_a_cache_control_without_lifetime_follows_it() {
+    const EXP: &str = "/vod/expires/a.ts";
+    let expires = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3));
+    let nginx = Nginx::start_with(&format!(
+        r#"location /vod/expires/ {{ add_header Cache-Control public; add_header Expires "{expires}"; }}"#
+    ));
+    publish(&nginx.root(), EXP, &pattern(10_000, 61));
+    let want = nginx.file(EXP);
+    let edge = Edge::start(&keys(&[]), &[http_upstream("nginx", &nginx.base(), "")]);
+    let r = must("GET", &edge.url(EXP), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    let max_age = r
+        .header("cache-control")
+        .and_then(|cc| cc.strip_prefix("public, max-age="))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(
+        max_age.is_some_and(|n| n <= 3),
+        "the CDN is told the lifetime: {:?}",
+        r.header("cache-control")
+    );
+    edge.wait_stored(want.len()).await;
+    // Past Expires: revalidated (nginx: 304).
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    let r = must("GET", &edge.url(EXP), &[], true).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    nginx.settle().await;
+    assert_eq!(
+        nginx.statuses(EXP),
+        vec![200, 304],
+        "revalidated once stale"
+    );
+}
+
+/// A playlist whose upstream gives it no lifetime (no Cache-Control, or one without `max-age`
+/// or `s-maxage`, and no `Expires`) is held by the edge exactly as long as a CDN in front is
+/// told: the lifetime of segd's own `[cache_control] playlists` (4 s here). With no
+/// Cache-Control from the upstream that value goes out; with one that names no lifetime
+/// (`public`), its `max-age` is added, so the CDN picks no heuristic lifetime of its own. The
+/// edge asks the upstream again only once that lifetime is over.
+#[tokio::test]
+async fn edge_playlist_without_a_lifetime_is_held_as_long_as_the_cdn_is_told() {
+    const NONE: &str = "/vod/nolife/p.m3u8";
+    const PUBLIC: &str = "/vod/publiconly/m.mpd";
+    let nginx =
+        Nginx::start_with(r#"location /vod/publiconly/ { add_header Cache-Control "public"; }"#);
+    publish(&nginx.root(), NONE, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    publish(&nginx.root(), PUBLIC, b"<MPD/>\n");
+    let direct = must("HEAD", &format!("{}{NONE}", nginx.base()), &[], false).await;
+    assert_eq!(direct.header("cache-control"), None, "the harness: none");
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("nginx", &nginx.base(), "")],
+        "[cache_control]\nplaylists = \"public, max-age=4\"\n",
+    );
+    let mut stored = 0;
+    for (p, want) in [(NONE, "public, max-age=4"), (PUBLIC, "public, max-age=4")] {
+        let body = nginx.file(p);
+        let t0 = Instant::now();
+        let miss = must("GET", &edge.url(p), &[], false).await;
+        assert!(miss.status == 200 && miss.bytes() == body.as_slice(), "{p}");
+        assert_eq!(miss.header("cache-control"), Some(want), "{p}: the miss");
+        stored += body.len();
+        edge.wait_stored(stored).await;
+        // Two seconds on, well within the 4 s the CDN was told: still the edge's fresh copy.
+        tokio::time::sleep(Duration::from_millis(2000).saturating_sub(t0.elapsed())).await;
+        let hit = must("GET", &edge.url(p), &[], true).await;
+        assert!(hit.status == 200 && hit.bytes() == body.as_slice(), "{p}");
+        assert_eq!(hit.header("cache-control"), Some(want), "{p}: the copy");
+        nginx.settle().await;
+        assert_eq!(nginx.count(p), 1, "{p}: not asked again within 4 s");
+        // Past it: revalidated (nginx: 304), and still told the same.
+        tokio::time::sleep(Duration::from_millis(5100).saturating_sub(t0.elapsed())).await;
+        let again = must("GET", &edge.url(p), &[], false).await;
+        assert!(
+            again.status == 200 && again.bytes() == body.as_slice(),
+            "{p}"
+        );
+        assert_eq!(
+            again.header("cache-control"),
+            Some(want),
+            "{p}: revalidated"
+        );
+        nginx.settle().await;
+        assert_eq!(nginx.statuses(p), vec![200, 304], "{p}: revalidated once");
+    }
+}
+
+/// An upstream 200 that is an HTML page for a path segd serves as media (a CMS's catch-all
+/// page, a "soft 404") is not the object: never stored nor served as it. The next upstream is
+/// asked, else 502; each such answer is counted as `status_class="soft_404"` and logged with
+/// the path, the upstream and the type. Only `text/html` (any case, any parameters) does this:
+/// a `text/plain` answer is served and kept as before.
+#[tokio::test]
+async fn edge_html_answer_for_a_media_path_is_a_soft_404() {
+    const TXT: &str = "/vod/txt/a.ts";
+    let cms = Nginx::start_with(
+        r#"location /vod/ { types { } default_type "Text/HTML; Charset=UTF-8"; return 200 "<html><body>Sorry, no such page</body></html>"; }
+           location /vod/txt/ { types { } default_type text/plain; }"#,
+    );
+    publish(&cms.root(), TXT, &pattern(10_000, 77));
+    let direct = must("GET", &format!("{}{SEG}", cms.base()), &[], false).await;
+    assert_eq!(direct.status, 200, "the harness: a 200");
+    assert_eq!(
+        direct.header("content-type"),
+        Some("Text/HTML; Charset=UTF-8")
+    );
+    let good = Nginx::start();
+
+    // The CMS first, a real origin next: the origin's object is served and kept.
+    let both = Edge::start(
+        &keys(&[]),
+        &[
+            http_upstream("cms", &cms.base(), ""),
+            http_upstream("origin", &good.base(), ""),
+        ],
+    );
+    let want = good.file(SEG);
+    let r = must("GET", &both.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice(), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("video/mp2t"));
+    both.wait_stored(want.len()).await;
+    assert!(must("GET", &both.url(SEG), &[], true).await.bytes() == want.as_slice());
+
+    // The CMS alone: 502 for a segment and a playlist, nothing stored, asked again each time.
+    let alone = Edge::start(
+        &keys(&[("stale_if_error", "\"0s\"")]),
+        &[http_upstream("cms", &cms.base(), "")],
+    );
+    for p in [SEG2, PLAYLIST] {
+        for h2 in [false, true] {
+            let r = must("GET", &alone.url(p), &[], h2).await;
+            assert_eq!(r.status, 502, "{p} (h2={h2}): {r:?}");
+            assert!(
+                !String::from_utf8_lossy(r.bytes()).contains("Sorry"),
+                "{p}: the page is not served"
+            );
+        }
+        assert!(
+            !alone.cache_path().join(&p[1..]).exists(),
+            "{p}: not stored"
+        );
+    }
+    cms.settle().await;
+    assert_eq!(
+        cms.count(SEG2),
+        2,
+        "not stored, not remembered: asked each time"
+    );
+    alone.srv.log_with(&[
+        "HTML page",
+        "upstream=cms",
+        SEG2,
+        "Text/HTML; Charset=UTF-8",
+    ]);
+    for (edge, n) in [(&both, 1.0), (&alone, 4.0)] {
+        let m = edge.metrics().await;
+        assert_eq!(
+            metric_with(
+                &m,
+                "segd_upstream_requests_total",
+                &[("upstream", "cms"), ("status_class", "soft_404")]
+            ),
+            Some(n),
+            "{m}"
+        );
+    }
+
+    // Another type is not an HTML page: served and kept, as the upstream sent it.
+    let want = cms.file(TXT);
+    let r = must("GET", &alone.url(TXT), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    alone.wait_stored(want.len()).await;
 }

@@ -304,7 +304,7 @@ impl Store {
             }
         }
         let local = Arc::new(Local::build(cfg, None, &metrics, &cache_stats));
-        let pull = pull::Pull::new(&cfg.pull, &metrics)?.map(Arc::new);
+        let pull = pull::Pull::new(cfg, &metrics)?.map(Arc::new);
         if let Some(pull) = &pull {
             pull.attach(&local);
             // As write-through itself, fixed until a restart.
@@ -334,7 +334,7 @@ impl Store {
     pub fn reconfigure(&self, cfg: &Config) -> anyhow::Result<()> {
         // What can fail is built first: a reload that cannot apply `[pull]` changes nothing.
         let pull = match &self.inner.pull {
-            Some(_) => Some(pull::Pull::prepare(&cfg.pull)?),
+            Some(_) => Some(pull::Pull::prepare(cfg)?),
             None => None,
         };
         let old = self.inner.local.load_full();

@@ -12,10 +12,12 @@
 //!   path, and announces its progress; every waiter streams from that file as it grows, with its
 //!   own range. The fill goes on if the client that started it leaves. Only a complete body
 //!   whose length matches is renamed into place; a failed fill fails every waiter's stream.
-//! - 404s are remembered for `negative_ttl`; connect errors, timeouts and 5xx try the next
-//!   upstream; when all fail, a stale copy within `stale_if_error` is served with `Warning` and
-//!   `Age`, else 502/504. Segments are immutable; playlists follow the upstream's max-age and are
-//!   revalidated with `If-None-Match`/`If-Modified-Since`.
+//! - 404s are remembered for `negative_ttl`; connect errors, timeouts, 5xx and HTML pages for
+//!   media paths (soft 404s) try the next upstream; when all fail, a stale copy within
+//!   `stale_if_error` is served with `Warning` and `Age`, else 502/504. Playlists follow the
+//!   upstream's lifetime, else the one segd's own `[cache_control]` gives them (which the CDN
+//!   is told too); segments are immutable unless their upstream gave them a lifetime, which
+//!   they then follow. Stale copies are revalidated with `If-None-Match`/`If-Modified-Since`.
 
 use std::collections::HashMap;
 use std::io;
@@ -39,7 +41,7 @@ use super::growing::{Growing, GrowingSet};
 use super::local::Local;
 use super::write::TempFile;
 use super::{Miss, Object, ObjectClass, Source};
-use crate::config::{PullConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{CacheControlConfig, Config, PullConfig, UpstreamConfig, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::volumes::{ObjectMeta, RelPath};
 
@@ -101,6 +103,11 @@ fn capacity(max_bytes: u64) -> u64 {
 fn weight(len: u64) -> u32 {
     u32::try_from(len.saturating_add(SIDECAR_WEIGHT).div_ceil(WEIGHT_UNIT)).unwrap_or(u32::MAX)
 }
+
+/// Seconds a playlist without a lifetime from its upstream is held when segd's own
+/// `[cache_control]` value for it names none either (RFC 9111 §4.2.2 lets a cache choose; a
+/// live playlist may change at every segment).
+const HEURISTIC_LIFETIME: u64 = 1;
 
 /// What is kept with a cached object (its sidecar).
 #[derive(Debug, Clone, Default)]
@@ -173,24 +180,45 @@ impl Meta {
         has_len.then_some(m)
     }
 
-    /// Seconds this copy stays fresh: none with `no-cache`, else segments forever, others per
-    /// the upstream's `s-maxage` (segd is a shared cache, RFC 9111 §5.2.2.10), else its
-    /// `max-age`, else 1 s.
-    fn max_age(&self, class: ObjectClass) -> Option<u64> {
+    /// The lifetime the upstream gave the copy ([`lifetime`]); `None` when it gave none.
+    fn lifetime(&self) -> Option<u64> {
+        lifetime(self.cache_control.as_ref()?.to_str().ok()?)
+    }
+
+    /// Seconds this copy stays fresh; `None`: for good. `unstated` is what applies when the
+    /// upstream gave it no lifetime ([`Conf::unstated_lifetime`]: seconds for a playlist,
+    /// `None` for segments and keys, which are immutable then). A segment the upstream gave a
+    /// lifetime follows it as a playlist does (`no-cache` included), unless it also says
+    /// `immutable` (RFC 8246).
+    fn max_age(&self, unstated: Option<u64>) -> Option<u64> {
         let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
-        // The upstream wants the copy revalidated before every reuse (RFC 9111 §5.2.2.4; a
-        // segment too, as it asked; the qualified form as well, since segd does not strip the
-        // fields it names): stale from the start. Each revalidation is a fill, so requests
-        // that come meanwhile join it (single flight).
-        if cc.is_some_and(|c| has_directive(c, "no-cache")) {
-            return Some(0);
+        let has = |name: &str| cc.is_some_and(|c| has_directive(c, name));
+        match unstated {
+            Some(secs) => Some(self.lifetime().unwrap_or(secs)),
+            None if has("immutable") && !has("no-cache") => None,
+            None => self.lifetime(),
         }
-        if class != ObjectClass::Playlist {
-            return None;
+    }
+
+    /// The `Cache-Control` this copy is served with: the upstream's, as it came, with one
+    /// exception. A playlist the upstream gave no lifetime is held here for `unstated` seconds
+    /// (the lifetime segd's own `[cache_control]` gives it), so a CDN in front must be told the
+    /// same: with no Cache-Control from the upstream, `None` lets the handler send segd's own
+    /// value for the class (where `unstated` comes from); with one that names no lifetime
+    /// (`public`), `max-age=<unstated>` is added to it, or the CDN would pick a heuristic
+    /// lifetime of its own. A response no shared cache may store goes out as it came.
+    fn served_cache_control(&self, unstated: Option<u64>) -> Option<HeaderValue> {
+        let cc = self.cache_control.as_ref().and_then(|v| v.to_str().ok());
+        let Some(secs) = unstated.filter(|_| self.lifetime().is_none()) else {
+            return self.cache_control.clone();
+        };
+        match cc {
+            None => None,
+            Some(cc) if forbids_storing(cc) => self.cache_control.clone(),
+            Some(cc) => HeaderValue::from_str(&format!("{cc}, max-age={secs}"))
+                .ok()
+                .or_else(|| self.cache_control.clone()),
         }
-        let lifetime =
-            cc.and_then(|c| directive_secs(c, "s-maxage").or_else(|| directive_secs(c, "max-age")));
-        Some(lifetime.unwrap_or(1))
     }
 
     /// Whether this copy may stand in, stale, for an upstream that cannot be reached: not when
@@ -211,8 +239,8 @@ impl Meta {
         .any(|n| has_directive(cc, n))
     }
 
-    fn fresh(&self, class: ObjectClass) -> bool {
-        self.max_age(class)
+    fn fresh(&self, unstated: Option<u64>) -> bool {
+        self.max_age(unstated)
             .is_none_or(|a| now() < self.fetched.saturating_add(a))
     }
 
@@ -231,6 +259,20 @@ impl Meta {
         }
         h
     }
+}
+
+/// The lifetime a Cache-Control gives (RFC 9111 §4.2.1): 0 with `no-cache`, else its
+/// `s-maxage` (segd is a shared cache, §5.2.2.10), else its `max-age` (an upstream's `Expires`
+/// became one at the fill); `None` when it gives none.
+fn lifetime(cc: &str) -> Option<u64> {
+    // The upstream wants the copy revalidated before every reuse (RFC 9111 §5.2.2.4; the
+    // qualified form as well, since segd does not strip the fields it names): stale from the
+    // start. Each revalidation is a fill, so requests that come meanwhile join it (single
+    // flight).
+    if has_directive(cc, "no-cache") {
+        return Some(0);
+    }
+    directive_secs(cc, "s-maxage").or_else(|| directive_secs(cc, "max-age"))
 }
 
 /// The value of Cache-Control directive `name` in seconds (names are case-insensitive and a
@@ -314,6 +356,25 @@ fn specific_type(v: Option<HeaderValue>) -> Option<HeaderValue> {
             && !essence.eq_ignore_ascii_case("application/octet-stream")
             && !essence.eq_ignore_ascii_case("binary/octet-stream")
     })
+}
+
+/// Whether a media type is HTML (`text/html`, in any case, with any parameters).
+fn is_html(v: &HeaderValue) -> bool {
+    v.to_str()
+        .ok()
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("text/html"))
+}
+
+/// The `Content-Type` of a 200 that is an HTML page for a path segd serves as something else
+/// (`served`: its table's type for the path, media, playlist or key): a CMS's catch-all page
+/// answering 200 for what it does not have, a "soft 404". It is not the object: never stored
+/// nor served, a failure of that upstream like a 5xx. Another type, or none, is no sign of one.
+fn soft_404<'a, B>(resp: &'a http::Response<B>, served: Option<&HeaderValue>) -> Option<&'a str> {
+    let t = resp.headers().get(CONTENT_TYPE)?;
+    let media = served.is_some_and(|s| !is_html(s));
+    (resp.status() == StatusCode::OK && media && is_html(t))
+        .then(|| t.to_str().unwrap_or("text/html"))
 }
 
 /// A `Last-Modified` segd can keep and send back as it came: visible ASCII only (obs-text would
@@ -434,12 +495,17 @@ const PASS_MEMORY: u64 = 64 << 20;
 /// (its connect timeout and CA roots). The cache directory and its size stay as started.
 struct Conf {
     cfg: PullConfig,
+    /// segd's extension → media type table (`[types]`), to tell an HTML page from the object.
+    types: Vec<(String, HeaderValue)>,
+    /// segd's own Cache-Control per class, for playlists the upstream gave no lifetime.
+    cache_control: CacheControlConfig,
     fetchers: Vec<Fetcher>,
     client: Client<Connector, Empty<Bytes>>,
 }
 
 impl Conf {
-    fn build(cfg: &PullConfig) -> anyhow::Result<Conf> {
+    fn build(config: &Config) -> anyhow::Result<Conf> {
+        let cfg = &config.pull;
         let mut fetchers = Vec::new();
         for u in &cfg.upstreams {
             fetchers.push(match &u.kind {
@@ -484,9 +550,36 @@ impl Conf {
             .build(connector(cfg)?);
         Ok(Conf {
             cfg: cfg.clone(),
+            types: config.types.clone(),
+            cache_control: config.cache_control.clone(),
             fetchers,
             client,
         })
+    }
+
+    /// Seconds a copy of `class` is held when its upstream gave it no lifetime; `None`: for
+    /// good (segments and keys are immutable). A playlist is held as long as segd's own
+    /// `[cache_control]` value for it (`playlists`, or `live` under the live prefixes) lets a
+    /// CDN keep it, since that is what a CDN is told of it ([`Meta::served_cache_control`]):
+    /// a CDN in front is then never told a longer lifetime than the edge holds the copy for.
+    fn unstated_lifetime(&self, class: ObjectClass, live: bool) -> Option<u64> {
+        if class != ObjectClass::Playlist {
+            return None;
+        }
+        let cc = &self.cache_control;
+        let own = if live { &cc.live } else { &cc.playlists };
+        Some(
+            own.to_str()
+                .ok()
+                .and_then(lifetime)
+                .unwrap_or(HEURISTIC_LIFETIME),
+        )
+    }
+
+    /// The type segd serves `rel` with (its table's entry for the extension).
+    fn served_type(&self, rel: &RelPath) -> Option<&HeaderValue> {
+        let ext = rel.extension()?.to_ascii_lowercase();
+        self.types.iter().find(|(e, _)| *e == ext).map(|(_, t)| t)
     }
 }
 
@@ -498,7 +591,8 @@ pub enum Pulled {
 }
 
 impl Pull {
-    pub fn new(cfg: &PullConfig, metrics: &Metrics) -> anyhow::Result<Option<Pull>> {
+    pub fn new(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Pull>> {
+        let cfg = &config.pull;
         let Some(root) = cfg.cache_path.clone() else {
             return Ok(None);
         };
@@ -514,7 +608,7 @@ impl Pull {
         let upstream_requests = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "segd_upstream_requests_total",
-                "Requests sent to upstreams, by upstream and status class (error: no answer)",
+                "Requests sent to upstreams, by upstream and status class (error: no answer; soft_404: an HTML page for a media path)",
             ),
             &["upstream", "status_class"],
         )?;
@@ -551,7 +645,7 @@ impl Pull {
             evicted_bytes,
             cache_bytes,
         });
-        let conf = Conf::build(cfg)?;
+        let conf = Conf::build(config)?;
         let evicted = Arc::clone(&m);
         let evict_root = root.clone();
         // For pruning the directories evictions leave empty (without a descriptor they stay).
@@ -645,8 +739,8 @@ impl Pull {
 
     /// Builds a reloaded `[pull]` (upstreams, credentials, timeouts, CA roots) without applying
     /// it: a reload that cannot build it is rejected whole, before anything changes.
-    pub fn prepare(cfg: &PullConfig) -> anyhow::Result<Prepared> {
-        Conf::build(cfg).map(Prepared)
+    pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
+        Conf::build(config).map(Prepared)
     }
 
     /// Applies a prepared `[pull]` at once (fills in flight finish with what they started
@@ -799,13 +893,17 @@ impl Pull {
             return Ok(Pulled::NotCovered);
         };
         let key = rel.as_str().to_owned();
+        let unstated = self.conf.load().unstated_lifetime(class, live);
         let mut cached = None;
         let mut fill = None;
         for _ in 0..3 {
             // 1. A cached copy: fresh → hit.
             cached = self.cached(&key).await;
-            if let Some(meta) = cached.clone().filter(|m| m.fresh(class)) {
-                match self.hit(local, cache_vol, rel, &meta, "hit").await {
+            if let Some(meta) = cached.clone().filter(|m| m.fresh(unstated)) {
+                match self
+                    .hit(local, cache_vol, rel, unstated, &meta, "hit")
+                    .await
+                {
                     Ok(o) => {
                         self.count("hit");
                         return Ok(Pulled::Found(Box::new(o)));
@@ -849,12 +947,15 @@ impl Pull {
                 self.count(if started { "miss" } else { "coalesced" });
                 let status = if started { "miss" } else { "coalesced" };
                 Ok(Pulled::Found(Box::new(filling(
-                    *meta, len, growing, status,
+                    *meta, unstated, len, growing, status,
                 ))))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
-                let o = match self.hit(local, cache_vol, rel, &meta, "hit").await {
+                let o = match self
+                    .hit(local, cache_vol, rel, unstated, &meta, "hit")
+                    .await
+                {
                     Ok(o) => o,
                     // Gone since the revalidation began: not a 404 (the upstream has it); the
                     // next request fetches it whole.
@@ -880,9 +981,12 @@ impl Pull {
                     }
                     if meta.age()
                         <= self.conf.load().cfg.stale_if_error.as_secs()
-                            + meta.max_age(class).unwrap_or(0)
+                            + meta.max_age(unstated).unwrap_or(0)
                     {
-                        if let Ok(mut o) = self.hit(local, cache_vol, rel, &meta, "stale").await {
+                        if let Ok(mut o) = self
+                            .hit(local, cache_vol, rel, unstated, &meta, "stale")
+                            .await
+                        {
                             o.extra.get_or_insert_with(HeaderMap::new).insert(
                                 http::header::WARNING,
                                 HeaderValue::from_static("110 - \"Response is Stale\""),
@@ -938,6 +1042,7 @@ impl Pull {
         local: &Arc<Local>,
         vol: usize,
         rel: &RelPath,
+        unstated: Option<u64>,
         meta: &Meta,
         status: &'static str,
     ) -> Result<Object, Miss> {
@@ -952,6 +1057,7 @@ impl Pull {
             return Err(Miss::Changed);
         }
         let mut o = Object::from_file(open, disk, rel);
+        o.cache_control = meta.served_cache_control(unstated);
         if let Some(e) = &meta.etag {
             o.etag = e.clone();
         }
@@ -959,7 +1065,6 @@ impl Pull {
             o.last_modified = lm.clone();
         }
         o.content_type = meta.content_type.clone();
-        o.cache_control = meta.cache_control.clone();
         o.extra = Some(meta.served_headers());
         o.cache_status = Some(status);
         Ok(o)
@@ -1063,7 +1168,12 @@ impl Pull {
                 }
             };
             let status = resp.status();
-            let class_label = format!("{}xx", status.as_u16() / 100);
+            let html = soft_404(&resp, conf.served_type(rel)).map(str::to_owned);
+            let class_label = match html {
+                // Counted as what it is, not as the 2xx it claims to be.
+                Some(_) => "soft_404".to_owned(),
+                None => format!("{}xx", status.as_u16() / 100),
+            };
             self.m
                 .upstream_requests
                 .with_label_values(&[&up.name, &class_label])
@@ -1072,10 +1182,17 @@ impl Pull {
                 StatusCode::OK if ambiguous_framing(resp.headers()) => {
                     tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
                 }
+                StatusCode::OK if html.is_some() => {
+                    let content_type = html.as_deref().unwrap_or_default();
+                    tracing::warn!(upstream = %up.name, path = %canonical, content_type, "upstream answered a media path with an HTML page (soft 404); not stored");
+                }
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
                     let bucket = matches!(fetcher, Fetcher::S3(_));
-                    self.store(local, rel, class, resp, fill, bucket).await;
+                    let unstated = conf.unstated_lifetime(class, live);
+                    let revalidated = cached.is_some();
+                    self.store(local, rel, unstated, resp, fill, bucket, revalidated)
+                        .await;
                     return;
                 }
                 StatusCode::NOT_MODIFIED if cached.is_some() => {
@@ -1083,9 +1200,7 @@ impl Pull {
                         let h = resp.headers();
                         let mut m = Meta::clone(old);
                         m.fetched = now().saturating_sub(upstream_age(h));
-                        if let Some(cc) =
-                            cache_control(h).or_else(|| expires_as_max_age(h, SystemTime::now()))
-                        {
+                        if let Some(cc) = kept_cache_control(h, SystemTime::now()) {
                             m.cache_control = Some(cc);
                         }
                         if !fill.void() {
@@ -1369,15 +1484,19 @@ impl Pull {
     }
 
     /// Streams a 200's body into the cache: announced to waiters at once, committed only when
-    /// complete and of the announced length (and storable).
+    /// complete and of the announced length (and storable). `unstated`: the object's lifetime
+    /// when the upstream gives none ([`Conf::unstated_lifetime`]); `revalidated`: the answer to
+    /// a revalidation of a stale copy, which it replaces.
+    #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
         local: &Arc<Local>,
         rel: &RelPath,
-        class: ObjectClass,
+        unstated: Option<u64>,
         resp: http::Response<hyper::body::Incoming>,
         fill: &Fill,
         bucket: bool,
+        revalidated: bool,
     ) -> bool {
         let h = resp.headers();
         let get = |n: http::HeaderName| h.get(n).cloned();
@@ -1393,7 +1512,7 @@ impl Pull {
         let received = SystemTime::now();
         // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
         let fetched = now().saturating_sub(upstream_age(h));
-        let cc = cache_control(h).or_else(|| expires_as_max_age(h, received));
+        let cc = kept_cache_control(h, received);
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
         // A body delimited by the connection's close (neither Content-Length nor chunked) ends
         // the same way whether it is whole or was cut short (RFC 9112 §6.3): it is passed
@@ -1586,9 +1705,11 @@ impl Pull {
             publisher.done(len);
             return true;
         };
-        // Segments are immutable: a copy already in place (another process's fill, during an
-        // upgrade's overlap) stays, so its readers are not cut off. Playlists are replaced.
-        let replace = class == ObjectClass::Playlist;
+        // Immutable segments: a copy already in place (another process's fill, during an
+        // upgrade's overlap) stays, so its readers are not cut off. A copy that goes stale
+        // (playlists, segments the upstream gave a lifetime) is replaced, as is the stale copy
+        // this answer revalidated (whatever the new answer says).
+        let replace = revalidated || meta.max_age(unstated).is_some();
         let committed = tokio::task::spawn_blocking({
             let name = name.to_owned();
             move || {
@@ -1738,9 +1859,28 @@ fn upstream_age(h: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-/// `Expires` as the `Cache-Control` a copy is kept and served with when the upstream sent no
-/// Cache-Control: its lifetime from the response's `Date` (RFC 9111 §4.2.1); an invalid date
-/// means already expired (§5.3).
+/// The `Cache-Control` a copy is kept and served with: the upstream's (every line of it), and
+/// its `Expires` as the `max-age` it amounts to when that Cache-Control names no lifetime
+/// (RFC 9111 §5.3: `max-age` and `s-maxage` win over `Expires`, nothing else does): a
+/// `Cache-Control: public` with an `Expires` has a lifetime, which the copy follows and the
+/// CDN, which is not sent `Expires`, is told.
+fn kept_cache_control(h: &HeaderMap, received: SystemTime) -> Option<HeaderValue> {
+    let cc = cache_control(h);
+    let text = cc.as_ref().and_then(|v| v.to_str().ok());
+    if text.is_some_and(|c| lifetime(c).is_some()) {
+        return cc;
+    }
+    let Some(expires) = expires_as_max_age(h, received) else {
+        return cc;
+    };
+    match text {
+        Some(c) => HeaderValue::from_str(&format!("{c}, {}", expires.to_str().unwrap_or(""))).ok(),
+        None => Some(expires),
+    }
+}
+
+/// `Expires` as a `max-age`: its lifetime from the response's `Date` (RFC 9111 §4.2.1); an
+/// invalid date means already expired (§5.3).
 fn expires_as_max_age(h: &HeaderMap, received: SystemTime) -> Option<HeaderValue> {
     let expires = h.get(EXPIRES)?;
     let date = h
@@ -1768,7 +1908,13 @@ fn made_etag(received: SystemTime) -> HeaderValue {
 
 /// An object whose body is being fetched: streamed from the fill as it grows (`len`: `None`
 /// for a chunked upstream body, whose length is known at its end).
-fn filling(meta: Meta, len: Option<u64>, growing: Arc<Growing>, status: &'static str) -> Object {
+fn filling(
+    meta: Meta,
+    unstated: Option<u64>,
+    len: Option<u64>,
+    growing: Arc<Growing>,
+    status: &'static str,
+) -> Object {
     let etag = meta
         .etag
         .clone()
@@ -1793,7 +1939,7 @@ fn filling(meta: Meta, len: Option<u64>, growing: Arc<Growing>, status: &'static
             .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
         growing: false,
         content_type: meta.content_type.clone(),
-        cache_control: meta.cache_control.clone(),
+        cache_control: meta.served_cache_control(unstated),
         extra: Some(extra),
         cache_status: Some(status),
         source: Source::Growing(growing),
@@ -1834,23 +1980,24 @@ mod tests {
             cache_control: Some(HeaderValue::from_str(cc).expect("value")),
             ..Meta::default()
         };
-        // A shared cache takes s-maxage first; 1 s when neither is given.
-        assert_eq!(
-            m("max-age=1, S-MaxAge=30").max_age(ObjectClass::Playlist),
-            Some(30)
-        );
-        assert_eq!(m("public").max_age(ObjectClass::Playlist), Some(1));
-        assert_eq!(m("max-age=1").max_age(ObjectClass::Segment), None);
+        // A playlist (held 10 s when the upstream says nothing, say): s-maxage first, else
+        // max-age, else the 10 s.
+        let playlist = Some(10);
+        assert_eq!(m("max-age=1, S-MaxAge=30").max_age(playlist), Some(30));
+        assert_eq!(m("public").max_age(playlist), Some(10));
+        assert_eq!(Meta::default().max_age(playlist), Some(10));
+        // Segments and keys: immutable unless given a lifetime; `immutable` keeps them so.
+        let segment = None;
+        assert_eq!(Meta::default().max_age(segment), None);
+        assert_eq!(m("public").max_age(segment), None);
+        assert_eq!(m("max-age=1").max_age(segment), Some(1));
+        assert_eq!(m("S-MaxAge=5, max-age=1").max_age(segment), Some(5));
+        assert_eq!(m("max-age=60, Immutable").max_age(segment), None);
         // no-cache: stale at once, whatever else it says and whatever the class.
-        assert_eq!(
-            m("max-age=60, No-Cache").max_age(ObjectClass::Playlist),
-            Some(0)
-        );
-        assert_eq!(m("no-cache").max_age(ObjectClass::Segment), Some(0));
-        assert_eq!(
-            m("no-cache=\"set-cookie\"").max_age(ObjectClass::Playlist),
-            Some(0)
-        );
+        assert_eq!(m("max-age=60, No-Cache").max_age(playlist), Some(0));
+        assert_eq!(m("no-cache").max_age(segment), Some(0));
+        assert_eq!(m("immutable, no-cache").max_age(segment), Some(0));
+        assert_eq!(m("no-cache=\"set-cookie\"").max_age(playlist), Some(0));
         assert!(!m("no-cache").may_serve_stale());
         assert!(forbids_storing("public, No-Store"));
         assert!(m("max-age=1").may_serve_stale());
@@ -1864,6 +2011,84 @@ mod tests {
             assert!(!m(cc).may_serve_stale(), "{cc}");
         }
         assert!(forbids_storing("private"));
+    }
+
+    /// Downstream, a copy never looks fresher than the edge holds it: a playlist without a
+    /// lifetime of its own is held for segd's own one, which it goes out with (the handler's,
+    /// or added to the upstream's directives); everything else goes out as the upstream sent
+    /// it.
+    #[test]
+    fn served_cache_control_agrees_with_the_edges_freshness() {
+        let m = |cc: Option<&'static str>| Meta {
+            cache_control: cc.map(HeaderValue::from_static),
+            ..Meta::default()
+        };
+        let served = |cc, unstated| m(cc).served_cache_control(unstated);
+        let hv = |s: &'static str| Some(HeaderValue::from_static(s));
+        let playlist = Some(10);
+        assert_eq!(served(None, playlist), None);
+        assert_eq!(served(Some("public"), playlist), hv("public, max-age=10"));
+        assert_eq!(served(Some("max-age=30"), playlist), hv("max-age=30"));
+        assert_eq!(served(Some("s-maxage=5"), playlist), hv("s-maxage=5"));
+        assert_eq!(served(Some("no-cache"), playlist), hv("no-cache"));
+        assert_eq!(served(Some("private"), playlist), hv("private"));
+        assert_eq!(served(None, None), None);
+        assert_eq!(served(Some("public"), None), hv("public"));
+    }
+
+    /// A playlist without a lifetime from its upstream is held as long as segd's own
+    /// `[cache_control]` says of it (live or not); segments and keys for good.
+    #[test]
+    fn unstated_lifetime_is_segds_own_cache_control() {
+        let config = |cc: &str| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let text = format!(
+                "[[volumes]]\nname = \"v\"\npath = \"{}\"\n\n[cache_control]\n{cc}\n",
+                dir.path().display()
+            );
+            let c = crate::config::Config::parse(&text, std::path::Path::new("t.toml"))
+                .expect("config");
+            Conf::build(&c).expect("conf")
+        };
+        let c = config("");
+        assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, false), Some(10));
+        assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, true), Some(1));
+        assert_eq!(c.unstated_lifetime(ObjectClass::Segment, false), None);
+        assert_eq!(c.unstated_lifetime(ObjectClass::Key, true), None);
+        let c = config("playlists = \"public, max-age=5, s-maxage=30\"\nlive = \"no-cache\"");
+        assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, false), Some(30));
+        assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, true), Some(0));
+        let c = config("playlists = \"public\"");
+        assert_eq!(c.unstated_lifetime(ObjectClass::Playlist, false), Some(1));
+    }
+
+    #[test]
+    fn html_for_a_media_path_is_a_soft_404() {
+        let resp = |status: u16, ct: Option<&'static str>| {
+            let mut b = http::Response::builder().status(status);
+            if let Some(ct) = ct {
+                b = b.header(CONTENT_TYPE, ct);
+            }
+            b.body(()).expect("response")
+        };
+        let ts = HeaderValue::from_static("video/mp2t");
+        let page = HeaderValue::from_static("text/html");
+        for ct in ["text/html", "Text/HTML; Charset=UTF-8", " text/html ;q=1"] {
+            let r = resp(200, Some(ct));
+            assert_eq!(soft_404(&r, Some(&ts)), Some(ct), "{ct}");
+            // A path segd itself serves as HTML ([types] html = "text/html"), or none.
+            assert_eq!(soft_404(&r, Some(&page)), None, "{ct}");
+            assert_eq!(soft_404(&r, None), None, "{ct}");
+        }
+        for ct in [
+            Some("text/plain"),
+            Some("text/htmlx"),
+            Some("video/mp2t"),
+            None,
+        ] {
+            assert_eq!(soft_404(&resp(200, ct), Some(&ts)), None, "{ct:?}");
+        }
+        assert_eq!(soft_404(&resp(404, Some("text/html")), Some(&ts)), None);
     }
 
     #[test]
@@ -1971,5 +2196,40 @@ mod tests {
         );
         h.remove(EXPIRES);
         assert_eq!(expires_as_max_age(&h, at(0)), None);
+    }
+
+    /// `Expires` counts when the Cache-Control names no lifetime, and only then.
+    #[test]
+    fn expires_joins_a_cache_control_without_a_lifetime() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let kept = |lines: &[&'static str], expires: bool| {
+            let mut h = HeaderMap::new();
+            for l in lines {
+                h.append(CACHE_CONTROL, HeaderValue::from_static(l));
+            }
+            h.insert(
+                DATE,
+                HeaderValue::from_static("Sun, 29 Nov 2026 17:00:00 GMT"),
+            );
+            if expires {
+                h.insert(
+                    EXPIRES,
+                    HeaderValue::from_static("Sun, 29 Nov 2026 17:01:00 GMT"),
+                );
+            }
+            kept_cache_control(&h, at(0)).map(|v| v.to_str().unwrap_or("?").to_owned())
+        };
+        let s = |v: &str| Some(v.to_owned());
+        assert_eq!(kept(&[], true), s("max-age=60"));
+        assert_eq!(kept(&["public"], true), s("public, max-age=60"));
+        assert_eq!(
+            kept(&["public", "immutable"], true),
+            s("public, immutable, max-age=60")
+        );
+        assert_eq!(kept(&["max-age=5"], true), s("max-age=5"));
+        assert_eq!(kept(&["public, s-maxage=5"], true), s("public, s-maxage=5"));
+        assert_eq!(kept(&["no-cache"], true), s("no-cache"));
+        assert_eq!(kept(&["public"], false), s("public"));
+        assert_eq!(kept(&[], false), None);
     }
 }
