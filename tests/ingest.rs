@@ -1913,11 +1913,20 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
     let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
     let mut s = crate::tls::connect(&rig.srv, &client).await;
     s.get_ref().0.set_nodelay(true).expect("nodelay");
-    s.write_all(&put(files[0], &bodies[0])).await.expect("first upload");
+    s.write_all(&put(files[0], &bodies[0]))
+        .await
+        .expect("first upload");
     s.flush().await.expect("flush");
     // Its answer arrives and stays unread.
     let mut peek = [0u8; 1];
-    assert_eq!(s.get_ref().0.peek(&mut peek).await.expect("the first answer"), 1);
+    assert_eq!(
+        s.get_ref()
+            .0
+            .peek(&mut peek)
+            .await
+            .expect("the first answer"),
+        1
+    );
     let mut rest = put(files[1], &bodies[1]);
     rest.extend(put(files[2], &bodies[2]));
     s.write_all(&rest).await.expect("pipelined uploads");
@@ -1928,7 +1937,11 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
         files.iter().all(|n| dir.join(n).exists())
     })
     .await;
-    assert!(all, "every upload sent in full is stored: {:?}", names(&dir));
+    assert!(
+        all,
+        "every upload sent in full is stored: {:?}",
+        names(&dir)
+    );
     for (n, b) in files.iter().zip(&bodies) {
         assert_file(&dir.join(n), b, "tls");
     }
