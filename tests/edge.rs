@@ -3161,11 +3161,15 @@ impl ChunkedPut {
 }
 
 /// An upstream segd that takes uploads under `/vod/live/` and serves them while they grow.
+/// Its live segments go out with a minute's lifetime: an edge follows the lifetime an upstream
+/// gives a segment (the default, `live`'s `max-age=1`, would have the edge revalidate the copy
+/// between two viewers of these tests).
 fn growing_origin(key: &str) -> Origin {
     Origin::start(&format!(
         "[ingest]\nprefixes = [\"/vod/live/\"]\nfsync = false\n\
          [[ingest.keys]]\nid = \"up\"\nsecret = \"{key}\"\n\
-         [live]\nprefixes = [\"/vod/live/\"]\n"
+         [live]\nprefixes = [\"/vod/live/\"]\n\
+         [cache_control]\nlive_segments = \"public, max-age=60\"\n"
     ))
 }
 

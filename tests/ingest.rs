@@ -1948,6 +1948,57 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
     no_tmp_eventually(&vol, "tls").await;
 }
 
+/// A client with Nagle's algorithm on (std's default, Java's, ffmpeg's) that writes a request
+/// head and then its body holds the body back until the head is acknowledged. segd acknowledges
+/// at once what it read before it waits for a body, so such uploads on a kept-alive connection
+/// are not held up by the kernel's delayed-ACK timer (at least 40 ms each on Linux:
+/// `TCP_DELACK_MIN`). Both body paths: `Content-Length` (the fast path) and chunked (hyper's).
+/// Five uploads take a few ms on loopback; the bound is far below the 200 ms the timer alone
+/// would cost them.
+#[tokio::test]
+async fn nagle_clients_are_not_held_up_by_delayed_acks() {
+    let rig = Rig::simple(&[]);
+    let tok = upload_token("/live/*");
+    for chunked in [false, true] {
+        let mut s = connect(rig.srv.addr);
+        let put = |s: &mut TcpStream, i: usize| {
+            let target = q(&format!("/live/ng/{chunked}-{i}.ts"), &tok);
+            let body = payload(3000, i as u32);
+            if chunked {
+                let head = format!(
+                    "PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                s.write_all(head.as_bytes()).expect("head");
+                s.write_all(format!("{:x}\r\n", body.len()).as_bytes())
+                    .expect("chunk size");
+                s.write_all(&body).expect("chunk");
+                s.write_all(b"\r\n0\r\n\r\n").expect("last chunk");
+            } else {
+                let head = format!(
+                    "PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                s.write_all(head.as_bytes()).expect("head");
+                s.write_all(&body).expect("body");
+            }
+            let head = read_head(s);
+            assert!(head.starts_with("HTTP/1.1 201"), "{head}");
+        };
+        // The first exchange puts the connection in request/answer rhythm (the kernel then
+        // delays ACKs to send them with answers).
+        put(&mut s, 0);
+        let start = Instant::now();
+        for i in 1..=5 {
+            put(&mut s, i);
+        }
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_millis(150),
+            "chunked {chunked}: five uploads took {took:?}: held up by delayed ACKs"
+        );
+    }
+}
+
 /// A read pipelined between the uploads of a client that left is not carried out: nobody takes
 /// its answer, so no file is read for it and the access log has no line saying it was sent.
 #[tokio::test]

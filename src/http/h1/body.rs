@@ -154,6 +154,7 @@ impl<'a> LengthBody<'a> {
                 }
                 Ok(Filled::Full) => return Ok(FULL),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ack_now(self.stream);
                     let ready = self.stream.ready(Interest::READABLE).await?;
                     // Closed or failed while every slot of the pipe is taken (small pieces use
                     // up slots before bytes): splice says so only once the pipe is drained.
@@ -177,6 +178,9 @@ impl<'a> LengthBody<'a> {
     }
 
     async fn read(&mut self) -> io::Result<Bytes> {
+        if futures_util::FutureExt::now_or_never(self.stream.readable()).is_none() {
+            ack_now(self.stream);
+        }
         if self.rx.capacity() == 0 {
             // Nothing is allocated for a body before its bytes arrive.
             self.stream.readable().await?;
@@ -201,6 +205,14 @@ impl<'a> LengthBody<'a> {
         self.remaining -= n as u64;
         Ok(self.rx.split().freeze())
     }
+}
+
+/// Acknowledges what was read at once, before waiting for more of a body, instead of after the
+/// kernel's delayed-ACK timer (40 ms here). A client with Nagle's algorithm on (Java's sockets,
+/// ffmpeg) that writes a head and then its body holds the body back until the head is
+/// acknowledged: on a kept-alive connection every such upload waited for the timer.
+fn ack_now(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_tcp_quickack(stream, true);
 }
 
 impl ConnBody for LengthBody<'_> {
