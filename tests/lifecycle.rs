@@ -1077,6 +1077,13 @@ async fn http3_across_an_upgrade() {
     let u = upgradable("http3 = true\n");
     let first = read_pid(&u.pid_file).expect("pid file");
     let mut procs = Procs::new(&u.srv.config, first);
+    // The handover counts are there, at zero, before any upgrade: a rate across one has a
+    // sample from before it.
+    let m = get(&u.srv.admin_url("/metrics"), &[]).await.text();
+    for w in ["forwarded", "received", "dropped"] {
+        let n = metric_with(&m, "segd_quic_handover_datagrams_total", &[("way", w)]);
+        assert_eq!(n, Some(0.0), "{w} before any upgrade");
+    }
     let big = 4 << 20;
     // A slow reader: the download is still in flight when the old process hands over.
     let download = slow_h3_download(&u, "/vod/m/big.mp4", big).await;

@@ -469,6 +469,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::GatewayTimeout,
     Refusal::LiveBusy,
     Refusal::BlockTimeout,
+    Refusal::StreamElsewhere,
     Refusal::Internal,
 ];
 
