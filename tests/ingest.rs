@@ -2931,6 +2931,9 @@ enum Dash {
     Post,
     Put,
     LowLatency,
+    /// Low latency with `-http_persistent 1` to the TLS listener: its final static MPD is the
+    /// last request on a kept-alive connection, sent right before ffmpeg exits.
+    LowLatencyPersistentTls,
 }
 
 /// `startNumber` and the number of segments of the (single) representation of an MPD.
@@ -2954,11 +2957,19 @@ fn mpd_window(text: &str) -> (u64, u64) {
 /// ffmpeg's DASH muxer (3-segment window, no extra window) into segd; the disk ends with exactly
 /// the MPD, the init segment and the window's segments; ffprobe reads the MPD back.
 async fn dash_push(kind: Dash) {
-    let rig = Rig::simple(&[]);
+    let certs = tempfile::tempdir().expect("tempdir");
+    let tls = matches!(kind, Dash::LowLatencyPersistentTls);
+    let rig = if tls {
+        let (cert, key, _) = crate::tls::Pki::new().leaf("segd-up");
+        let tls = crate::tls::tls_config(certs.path(), &cert, &key);
+        Rig::start(&["disk1"], &[], &tls, |_| {})
+    } else {
+        Rig::simple(&[])
+    };
     let vol = rig.vol("disk1");
     let dir = vol.join("live/d1");
     let tok = upload_token("/live/d1/*");
-    let re = matches!(kind, Dash::LowLatency);
+    let re = matches!(kind, Dash::LowLatency | Dash::LowLatencyPersistentTls);
     let mut args = ffmpeg_input(re);
     for s in [
         "-f",
@@ -2982,8 +2993,36 @@ async fn dash_push(kind: Dash) {
                 args.push(s.into());
             }
         }
+        Dash::LowLatencyPersistentTls => {
+            for s in [
+                "-method",
+                "PUT",
+                "-streaming",
+                "1",
+                "-ldash",
+                "1",
+                // What `segd sign` prints for low latency.
+                "-frag_type",
+                "duration",
+                "-frag_duration",
+                "0.2",
+                "-http_persistent",
+                "1",
+            ] {
+                args.push(s.into());
+            }
+        }
     }
-    args.push(rig.url(&p("/live/d1/manifest.mpd", &tok)));
+    args.push(if tls {
+        // ffmpeg does not verify the certificate unless told to (`-tls_verify 1`).
+        format!(
+            "https://{}{}",
+            rig.srv.tls_addr.expect("tls listener"),
+            p("/live/d1/manifest.mpd", &tok)
+        )
+    } else {
+        rig.url(&p("/live/d1/manifest.mpd", &tok))
+    });
     let mpd_url = rig.url("/live/d1/manifest.mpd");
     let mut live = 0;
     run_ffmpeg(&args, async || {
@@ -3050,6 +3089,14 @@ async fn ffmpeg_dash_put() {
 #[tokio::test]
 async fn ffmpeg_dash_low_latency_chunked() {
     dash_push(Dash::LowLatency).await;
+}
+
+/// The final static MPD of a kept-alive TLS connection arrives: segd acknowledges what it has
+/// read before it waits for more, so ffmpeg (Nagle's algorithm on) does not hold it back until
+/// its exit resets the connection and drops it.
+#[tokio::test]
+async fn ffmpeg_dash_low_latency_persistent_over_tls() {
+    dash_push(Dash::LowLatencyPersistentTls).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -177,14 +177,20 @@ impl<S: AsyncRead + AsFd + Unpin> AsyncRead for Prefixed<S> {
                 self.set_gone();
                 Poll::Ready(Ok(()))
             }
+            // Acknowledge what was read now, and before waiting for more, not after the
+            // delayed-ACK timer (40 ms here). A client with Nagle's algorithm on (ffmpeg's
+            // default) holds back the rest of a request until its first bytes are
+            // acknowledged: each upload on a kept-alive connection waited for the timer, and
+            // one that left right after its last upload lost what it held (its kernel drops
+            // unsent bytes when it resets the connection). After a read that leaves bytes in
+            // the socket the kernel sends no ACK yet, so the wait that follows sends it.
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                // Acknowledge what was read now, not after the delayed-ACK timer (up to 40 ms
-                // here). A client with Nagle's algorithm on (ffmpeg's default) holds back the
-                // rest of a request body until its first bytes are acknowledged: each upload
-                // waited for the timer, and one that left right after its last upload lost what
-                // it held (its kernel drops unsent bytes when it resets the connection).
                 let _ = rustix::net::sockopt::set_tcp_quickack(self.inner.as_fd(), true);
                 Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let _ = rustix::net::sockopt::set_tcp_quickack(self.inner.as_fd(), true);
+                Poll::Pending
             }
             r => r,
         }
