@@ -1859,20 +1859,7 @@ async fn pipelined_uploads_of_a_client_that_left_are_carried_out() {
         s.write_all(&rest).expect("pipelined uploads");
         // Gone without reading: the kernel resets the connection.
         drop(s);
-        let dir = vol.join("live/pl");
-        let all = eventually(Duration::from_secs(5), async || {
-            files.iter().all(|n| dir.join(n).exists())
-        })
-        .await;
-        assert!(
-            all,
-            "{what}: every upload sent in full is stored: {:?}",
-            names(&dir)
-        );
-        for (n, b) in files.iter().zip(&bodies) {
-            assert_file(&dir.join(n), b, what);
-        }
-        no_tmp_eventually(&vol, what).await;
+        all_stored(&vol, &vol.join("live/pl"), &files, &bodies, what).await;
     }
 }
 
@@ -1933,19 +1920,31 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
     s.flush().await.expect("flush");
     // Gone without reading: the kernel resets the connection.
     drop(s);
+    all_stored(&vol, &dir, &files, &bodies, "tls").await;
+}
+
+/// Every upload a client that left sent in full is stored whole in `dir`, and no temporary
+/// file is left on `vol`.
+async fn all_stored(
+    vol: &Path,
+    dir: &Path,
+    files: &[impl AsRef<str>],
+    bodies: &[Vec<u8>],
+    what: &str,
+) {
     let all = eventually(Duration::from_secs(5), async || {
-        files.iter().all(|n| dir.join(n).exists())
+        files.iter().all(|n| dir.join(n.as_ref()).exists())
     })
     .await;
     assert!(
         all,
-        "every upload sent in full is stored: {:?}",
-        names(&dir)
+        "{what}: every upload sent in full is stored: {:?}",
+        names(dir)
     );
-    for (n, b) in files.iter().zip(&bodies) {
-        assert_file(&dir.join(n), b, "tls");
+    for (n, b) in files.iter().zip(bodies) {
+        assert_file(&dir.join(n.as_ref()), b, what);
     }
-    no_tmp_eventually(&vol, "tls").await;
+    no_tmp_eventually(vol, what).await;
 }
 
 /// A client with Nagle's algorithm on (std's default, Java's, ffmpeg's) that writes a request
