@@ -129,10 +129,13 @@ impl Rig {
 
     /// Waits (up to 20 s) until exactly `n` requests are parked.
     async fn wait_parked(&self, n: usize, what: &str) {
-        let ok = eventually(Duration::from_secs(20), async || {
-            self.parked().await == Some(n as f64)
-        })
-        .await;
+        self.wait_parked_within(n, Duration::from_secs(20), what)
+            .await;
+    }
+
+    /// Waits (up to `within`) until exactly `n` requests are parked.
+    async fn wait_parked_within(&self, n: usize, within: Duration, what: &str) {
+        let ok = eventually(within, async || self.parked().await == Some(n as f64)).await;
         assert!(
             ok,
             "{what}: expected {n} parked requests; segd_live_blocked_requests = {:?}",
@@ -2616,7 +2619,12 @@ async fn a_client_that_goes_away_over_tls_or_quic_frees_its_slot() {
     let _stream = h3.open("GET", &target, &[]).await;
     rig.wait_parked(1, "h3 request").await;
     h3.conn.close(0u32.into(), b"gone");
-    rig.wait_parked(0, "after the QUIC connection closed").await;
+    rig.wait_parked_within(
+        0,
+        Duration::from_secs(3),
+        "after the QUIC connection closed",
+    )
+    .await;
 
     // HTTPS/1.1: park, then close the TCP connection.
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -2631,7 +2639,9 @@ async fn a_client_that_goes_away_over_tls_or_quic_frees_its_slot() {
         .expect("request");
     rig.wait_parked(1, "HTTPS/1.1 request").await;
     drop(s);
-    rig.wait_parked(0, "after the TLS connection closed").await;
+    // At once: well before the block timeout (3 × the 2 s target duration) would end it.
+    rig.wait_parked_within(0, Duration::from_secs(3), "after the TLS connection closed")
+        .await;
 }
 
 /// Issue 13: an HTTP/3 client that cancels one parked request (STOP_SENDING on its response, with

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::Interest;
 
 use super::body::HyperBody;
 use super::conn_watch::{ConnWatch, InFlight, Verdict};
@@ -32,8 +34,9 @@ use crate::state::Shared;
 /// sent `close_notify`) right after it is still carried out. Uploaders do that: ffmpeg closes
 /// right after its last byte, over TLS with a `close_notify` in the same flight, and a complete
 /// body must still be committed, a DELETE still done. Without it hyper drops the request being
-/// served when it reads that end of the stream. The cost: a parked LL-HLS request whose client
-/// left is noticed when its answer is written (at most the blocking wait), not at once.
+/// served when it reads that end of the stream. hyper then does not read while it serves a
+/// request, so a parked LL-HLS request watches its socket itself ([`peer_closed`]): a client
+/// that goes away still frees its slot at once.
 pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
     let s = &config.server;
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -69,6 +72,10 @@ pub struct Conn {
     /// Set once the client is gone (plaintext HTTP/1.1, `h1::Prefixed`): the requests it sent
     /// in full are still read, but only writes are carried out; nobody takes the answers.
     pub peer_gone: Option<Arc<AtomicBool>>,
+    /// The connection's socket, watched while an HTTP/1.1 request parks ([`peer_closed`]).
+    /// hyper does not read an HTTP/1.1 connection while it serves a request (half-close is on),
+    /// so it would not notice a client that left.
+    pub socket: Option<RawFd>,
 }
 
 /// Serves one connection with hyper (HTTP/1.1 or HTTP/2, detected from the preface) until it
@@ -88,6 +95,7 @@ pub async fn serve_io<I>(
         tls,
         alt_svc,
         peer_gone,
+        socket,
     } = conn;
     let gauge = shared
         .runtime
@@ -125,7 +133,20 @@ pub async fn serve_io<I>(
                 alt_svc: alt_svc.as_ref(),
                 draining: &draining,
             };
-            Ok::<_, Infallible>(respond(&shared, at, in_flight, req).await)
+            let watched = socket.filter(|_| {
+                req.version() != http::Version::HTTP_2
+                    && handler::may_park(&shared.load(), req.uri().path(), req.uri().query())
+            });
+            let Some(fd) = watched else {
+                return Ok::<_, Infallible>(respond(&shared, at, in_flight, req).await);
+            };
+            tokio::select! {
+                resp = respond(&shared, at, in_flight, req) => Ok(resp),
+                () = peer_closed(fd) => {
+                    // Nobody takes the answer: the request is dropped, its slot freed.
+                    Ok(hyper::Response::new(HyperBody::unrecorded()))
+                }
+            }
         }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -169,6 +190,36 @@ pub async fn serve_io<I>(
         }
     }
     gauge.dec();
+}
+
+/// Resolves when the peer of the HTTP/1.1 connection on socket `fd` has closed it (or it
+/// failed); never for bytes that arrive (a pipelined request: the client is still there).
+/// Watches a duplicate of the descriptor, registered on its own, so hyper's reads and writes
+/// on the socket are untouched.
+async fn peer_closed(fd: RawFd) {
+    // SAFETY: `fd` is the socket of the connection this request came on. An HTTP/1.1 request's
+    // future is polled by its connection's own future, which owns the socket, so the
+    // descriptor is open while this runs; it is only duplicated here.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let watched = socket.try_clone_to_owned().ok().and_then(|dup| {
+        // SAFETY: the `OwnedFd` is open and stays the same descriptor for as long as the
+        // `AsyncFd` owns it.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, Interest::READABLE) }.ok()
+    });
+    let Some(watched) = watched else {
+        // No descriptor to spare: the request is noticed when its answer is written.
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut ready) = watched.readable().await else {
+            return;
+        };
+        let r = ready.ready();
+        if r.is_read_closed() || r.is_error() {
+            return;
+        }
+        ready.clear_ready();
+    }
 }
 
 /// Where a request came in.

@@ -195,6 +195,7 @@ pub(super) async fn accept_tls(
                 // with `-http_persistent 1`) still has them carried out (`h1::Prefixed`).
                 let stream = crate::http::h1::Prefixed::new(bytes::Bytes::new(), stream, false);
                 let peer_gone = stream.gone_flag();
+                let socket = stream.raw_fd();
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(mut tls)) => {
                         let version = match tls.get_ref().1.protocol_version() {
@@ -219,6 +220,7 @@ pub(super) async fn accept_tls(
                             tls: Some(version),
                             alt_svc,
                             peer_gone: orphans.then_some(peer_gone),
+                            socket: Some(socket),
                         };
                         crate::http::service::serve_io(tls, conn, shared, builder, drain).await
                     }

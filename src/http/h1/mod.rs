@@ -293,14 +293,7 @@ async fn exchange(
         let handled = handler::handle(&shared.runtime, &policy, &req, RequestBody::none());
         // A request that may park (LL-HLS directives, a live path: preload hints) watches its
         // connection meanwhile: a client that goes away frees its slot at once.
-        let may_park = query.is_some_and(|q| q.contains("_HLS_"))
-            || policy
-                .config
-                .live
-                .prefixes
-                .iter()
-                .any(|p| path.contains(p.as_str()));
-        if may_park {
+        if handler::may_park(&policy, path, query) {
             tokio::select! {
                 r = handled => r,
                 () = socket::peer_closed(stream) => return Next::Gone,
@@ -439,6 +432,7 @@ async fn to_hyper(
         tls: None,
         alt_svc: None,
         peer_gone: Some(io.gone_flag()),
+        socket: Some(io.raw_fd()),
     };
     super::service::serve_io(io, conn, shared, hyper, drain).await;
 }

@@ -110,6 +110,15 @@ impl<S> Prefixed<S> {
         Arc::clone(&self.gone)
     }
 
+    /// The socket's descriptor, for [`crate::http::service::Conn::socket`].
+    pub fn raw_fd(&self) -> std::os::fd::RawFd
+    where
+        S: AsFd,
+    {
+        use std::os::fd::AsRawFd;
+        self.inner.as_fd().as_raw_fd()
+    }
+
     /// Whether the requests of a peer that is gone are carried out (see the type's doc). Set
     /// before anything is served; for TLS, once ALPN has said which protocol is spoken.
     pub fn set_orphans(&mut self, orphans: bool) {
