@@ -1923,6 +1923,59 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
     all_stored(&vol, &dir, &files, &bodies, "tls").await;
 }
 
+/// A write over TLS whose client ends its side right after it (`close_notify` and FIN, as
+/// ffmpeg's DELETE connections do) is still carried out: a DELETE and a chunked upload under a
+/// live prefix.
+#[tokio::test]
+async fn tls_writes_followed_by_close_notify_are_carried_out() {
+    use tokio::io::AsyncWriteExt;
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-up");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let rig = Rig::start(
+        &["disk1"],
+        &[],
+        &crate::tls::tls_config(certs.path(), &cert, &key),
+        |d| {
+            std::fs::create_dir_all(d.join("disk1/live/cn")).expect("mkdir");
+            std::fs::write(d.join("disk1/live/cn/old.ts"), b"old").expect("write");
+            std::fs::write(d.join("disk1/live/cn/keep.ts"), b"keep").expect("write");
+        },
+    );
+    let vol = rig.vol("disk1");
+    let dir = vol.join("live/cn");
+    let tok = upload_token("/live/*");
+    let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let requests = [
+        format!(
+            "DELETE {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            q("/live/cn/old.ts", &tok)
+        ),
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            q("/live/cn/new.ts", &tok)
+        ),
+    ];
+    for r in &requests {
+        let mut s = crate::tls::connect(&rig.srv, &client).await;
+        s.write_all(r.as_bytes()).await.expect("request");
+        // close_notify, then FIN: the client is done sending, and does not wait.
+        s.shutdown().await.expect("shutdown");
+        drop(s);
+    }
+    let done = eventually(Duration::from_secs(5), async || {
+        !dir.join("old.ts").exists() && dir.join("new.ts").exists()
+    })
+    .await;
+    assert!(
+        done,
+        "the DELETE and the upload are carried out: {:?}",
+        names(&dir)
+    );
+    assert_file(&dir.join("new.ts"), b"hello", "tls");
+    no_tmp_eventually(&vol, "tls").await;
+}
+
 /// Every upload a client that left sent in full is stored whole in `dir`, and no temporary
 /// file is left on `vol`.
 async fn all_stored(

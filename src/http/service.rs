@@ -133,8 +133,11 @@ pub async fn serve_io<I>(
                 alt_svc: alt_svc.as_ref(),
                 draining: &draining,
             };
+            // Only a read parks; a write must go on if its client leaves (a complete body is
+            // committed, a DELETE done).
             let watched = socket.filter(|_| {
                 req.version() != http::Version::HTTP_2
+                    && matches!(req.method(), &Method::GET | &Method::HEAD)
                     && handler::may_park(&shared.load(), req.uri().path(), req.uri().query())
             });
             let Some(fd) = watched else {
