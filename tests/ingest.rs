@@ -88,7 +88,22 @@ impl Rig {
         extra: &str,
         prepare: impl FnOnce(&Path),
     ) -> Rig {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Rig::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            vols,
+            over,
+            extra,
+            prepare,
+        )
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        vols: &[&str],
+        over: &[(&str, &str)],
+        extra: &str,
+        prepare: impl FnOnce(&Path),
+    ) -> Rig {
         let paths: Vec<PathBuf> = vols.iter().map(|v| dir.path().join(v)).collect();
         for v in &paths {
             std::fs::create_dir_all(v).expect("mkdir volume");
@@ -103,6 +118,22 @@ impl Rig {
     /// A public server (no `[token] protect`) with one volume `disk1`.
     fn simple(over: &[(&str, &str)]) -> Rig {
         Rig::start(&["disk1"], over, "", |_| {})
+    }
+
+    /// [`Rig::simple`] with a TLS listener too, its certificate from `pki`.
+    fn tls(pki: &crate::tls::Pki, prepare: impl FnOnce(&Path)) -> Rig {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key, _) = pki.leaf("segd-up");
+        let tls = crate::tls::tls_config(dir.path(), &cert, &key);
+        Rig::start_in(dir, &["disk1"], &[], &tls, prepare)
+    }
+
+    /// `target` on the TLS listener (ffmpeg does not verify the certificate unless told to).
+    fn tls_url(&self, target: &str) -> String {
+        format!(
+            "https://{}{target}",
+            self.srv.tls_addr.expect("tls listener")
+        )
     }
 
     fn vol(&self, name: &str) -> PathBuf {
@@ -1816,26 +1847,8 @@ async fn pipelined_uploads_of_a_client_that_left_are_carried_out() {
     let rig = Rig::simple(&[]);
     let vol = rig.vol("disk1");
     let tok = upload_token("/live/*");
-    let put = |name: &str, body: &[u8], chunked: bool| -> Vec<u8> {
-        let target = q(&format!("/live/pl/{name}"), &tok);
-        let mut r = if chunked {
-            format!(
-                "PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
-                body.len()
-            )
-            .into_bytes()
-        } else {
-            format!(
-                "PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .into_bytes()
-        };
-        r.extend_from_slice(body);
-        if chunked {
-            r.extend_from_slice(b"\r\n0\r\n\r\n");
-        }
-        r
+    let put = |name: &str, body: &[u8], chunked: bool| {
+        put_request(&q(&format!("/live/pl/{name}"), &tok), body, chunked)
     };
     for (what, chunked) in [("chunked", true), ("content-length", false)] {
         let files = [
@@ -1869,28 +1882,12 @@ async fn pipelined_uploads_of_a_client_that_left_are_carried_out() {
 async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
     use tokio::io::AsyncWriteExt;
     let pki = crate::tls::Pki::new();
-    let (cert, key, _) = pki.leaf("segd-up");
-    let certs = tempfile::tempdir().expect("tempdir");
-    let rig = Rig::start(
-        &["disk1"],
-        &[],
-        &crate::tls::tls_config(certs.path(), &cert, &key),
-        |_| {},
-    );
+    let rig = Rig::tls(&pki, |_| {});
     let vol = rig.vol("disk1");
     let dir = vol.join("live/tp");
     let tok = upload_token("/live/*");
-    let put = |name: &str, body: &[u8]| -> Vec<u8> {
-        let mut r = format!(
-            "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
-            q(&format!("/live/tp/{name}"), &tok),
-            body.len()
-        )
-        .into_bytes();
-        r.extend_from_slice(body);
-        r.extend_from_slice(b"\r\n0\r\n\r\n");
-        r
-    };
+    let put =
+        |name: &str, body: &[u8]| put_request(&q(&format!("/live/tp/{name}"), &tok), body, true);
     let files = ["1.ts", "2.ts", "index.m3u8"];
     let bodies = [
         payload(20_000, 1),
@@ -1930,18 +1927,11 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
 async fn tls_writes_followed_by_close_notify_are_carried_out() {
     use tokio::io::AsyncWriteExt;
     let pki = crate::tls::Pki::new();
-    let (cert, key, _) = pki.leaf("segd-up");
-    let certs = tempfile::tempdir().expect("tempdir");
-    let rig = Rig::start(
-        &["disk1"],
-        &[],
-        &crate::tls::tls_config(certs.path(), &cert, &key),
-        |d| {
-            std::fs::create_dir_all(d.join("disk1/live/cn")).expect("mkdir");
-            std::fs::write(d.join("disk1/live/cn/old.ts"), b"old").expect("write");
-            std::fs::write(d.join("disk1/live/cn/keep.ts"), b"keep").expect("write");
-        },
-    );
+    let rig = Rig::tls(&pki, |d| {
+        std::fs::create_dir_all(d.join("disk1/live/cn")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/cn/old.ts"), b"old").expect("write");
+        std::fs::write(d.join("disk1/live/cn/keep.ts"), b"keep").expect("write");
+    });
     let vol = rig.vol("disk1");
     let dir = vol.join("live/cn");
     let tok = upload_token("/live/*");
@@ -1974,6 +1964,27 @@ async fn tls_writes_followed_by_close_notify_are_carried_out() {
     );
     assert_file(&dir.join("new.ts"), b"hello", "tls");
     no_tmp_eventually(&vol, "tls").await;
+}
+
+/// A PUT of `body` to `target`, whole: chunked (one chunk and the last) or with its length.
+fn put_request(target: &str, body: &[u8], chunked: bool) -> Vec<u8> {
+    let mut r = if chunked {
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            body.len()
+        )
+    } else {
+        format!(
+            "PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    }
+    .into_bytes();
+    r.extend_from_slice(body);
+    if chunked {
+        r.extend_from_slice(b"\r\n0\r\n\r\n");
+    }
+    r
 }
 
 /// Every upload a client that left sent in full is stored whole in `dir`, and no temporary
@@ -2789,11 +2800,8 @@ enum Hls {
 /// the playlist, its segments (plus at most the one `hls_delete_threshold` keeps), the init
 /// segment for fMP4, and nothing else; ffprobe reads the stream back from segd.
 async fn hls_push(kind: Hls) {
-    let certs = tempfile::tempdir().expect("tempdir");
     let rig = if matches!(kind, Hls::TsPersistentTls) {
-        let (cert, key, _) = crate::tls::Pki::new().leaf("segd-up");
-        let tls = crate::tls::tls_config(certs.path(), &cert, &key);
-        Rig::start(&["disk1"], &[], &tls, |_| {})
+        Rig::tls(&crate::tls::Pki::new(), |_| {})
     } else {
         Rig::simple(&[])
     };
@@ -2801,12 +2809,7 @@ async fn hls_push(kind: Hls) {
     let dir = vol.join("live/s1");
     let tok = upload_token("/live/s1/*");
     let target = match kind {
-        // ffmpeg does not verify the certificate unless told to (`-tls_verify 1`).
-        Hls::TsPersistentTls => format!(
-            "https://{}{}",
-            rig.srv.tls_addr.expect("tls listener"),
-            p("/live/s1/index.m3u8", &tok)
-        ),
+        Hls::TsPersistentTls => rig.tls_url(&p("/live/s1/index.m3u8", &tok)),
         _ => rig.url(&p("/live/s1/index.m3u8", &tok)),
     };
     let mut args = ffmpeg_input(true);
@@ -3009,12 +3012,9 @@ fn mpd_window(text: &str) -> (u64, u64) {
 /// ffmpeg's DASH muxer (3-segment window, no extra window) into segd; the disk ends with exactly
 /// the MPD, the init segment and the window's segments; ffprobe reads the MPD back.
 async fn dash_push(kind: Dash) {
-    let certs = tempfile::tempdir().expect("tempdir");
     let tls = matches!(kind, Dash::LowLatencyPersistentTls);
     let rig = if tls {
-        let (cert, key, _) = crate::tls::Pki::new().leaf("segd-up");
-        let tls = crate::tls::tls_config(certs.path(), &cert, &key);
-        Rig::start(&["disk1"], &[], &tls, |_| {})
+        Rig::tls(&crate::tls::Pki::new(), |_| {})
     } else {
         Rig::simple(&[])
     };
@@ -3066,12 +3066,7 @@ async fn dash_push(kind: Dash) {
         }
     }
     args.push(if tls {
-        // ffmpeg does not verify the certificate unless told to (`-tls_verify 1`).
-        format!(
-            "https://{}{}",
-            rig.srv.tls_addr.expect("tls listener"),
-            p("/live/d1/manifest.mpd", &tok)
-        )
+        rig.tls_url(&p("/live/d1/manifest.mpd", &tok))
     } else {
         rig.url(&p("/live/d1/manifest.mpd", &tok))
     });

@@ -22,6 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use super::socket::ack_now;
 use crate::http::request_body::{ConnBody, Piece, Piped};
 use crate::io::pipe::{Filled, Pipe};
 
@@ -154,7 +155,7 @@ impl<'a> LengthBody<'a> {
                 }
                 Ok(Filled::Full) => return Ok(FULL),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ack_now(self.stream);
+                    ack_now(&*self.stream);
                     let ready = self.stream.ready(Interest::READABLE).await?;
                     // Closed or failed while every slot of the pipe is taken (small pieces use
                     // up slots before bytes): splice says so only once the pipe is drained.
@@ -179,7 +180,7 @@ impl<'a> LengthBody<'a> {
 
     async fn read(&mut self) -> io::Result<Bytes> {
         if futures_util::FutureExt::now_or_never(self.stream.readable()).is_none() {
-            ack_now(self.stream);
+            ack_now(&*self.stream);
         }
         if self.rx.capacity() == 0 {
             // Nothing is allocated for a body before its bytes arrive.
@@ -205,14 +206,6 @@ impl<'a> LengthBody<'a> {
         self.remaining -= n as u64;
         Ok(self.rx.split().freeze())
     }
-}
-
-/// Acknowledges what was read at once, before waiting for more of a body, instead of after the
-/// kernel's delayed-ACK timer (40 ms here). A client with Nagle's algorithm on (Java's sockets,
-/// ffmpeg) that writes a head and then its body holds the body back until the head is
-/// acknowledged: on a kept-alive connection every such upload waited for the timer.
-fn ack_now(stream: &TcpStream) {
-    let _ = rustix::net::sockopt::set_tcp_quickack(stream, true);
 }
 
 impl ConnBody for LengthBody<'_> {

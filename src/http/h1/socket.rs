@@ -62,6 +62,17 @@ pub(super) async fn linger_close(mut stream: TcpStream) {
     }
 }
 
+/// Acknowledges at once what was read from `socket`, instead of after the kernel's delayed-ACK
+/// timer (40 ms here): for a read that took bytes, and before waiting for more. A client with
+/// Nagle's algorithm on (ffmpeg's default, Java's sockets) holds back the rest of a request
+/// until its first bytes are acknowledged, so on a kept-alive connection every upload waited
+/// for the timer, and one that left right after its last upload lost what it held (its kernel
+/// drops unsent bytes when it resets the connection). After a read that leaves bytes in the
+/// socket the kernel sends no ACK yet, so the wait that follows sends it.
+pub(super) fn ack_now(socket: impl AsFd) {
+    let _ = rustix::net::sockopt::set_tcp_quickack(socket, true);
+}
+
 /// Whether a failed write says the peer is gone (it reset the connection or closed it), as
 /// opposed to a stall or a local failure.
 pub(super) fn peer_gone(e: &io::Error) -> bool {
@@ -186,19 +197,13 @@ impl<S: AsyncRead + AsFd + Unpin> AsyncRead for Prefixed<S> {
                 self.set_gone();
                 Poll::Ready(Ok(()))
             }
-            // Acknowledge what was read now, and before waiting for more, not after the
-            // delayed-ACK timer (40 ms here). A client with Nagle's algorithm on (ffmpeg's
-            // default) holds back the rest of a request until its first bytes are
-            // acknowledged: each upload on a kept-alive connection waited for the timer, and
-            // one that left right after its last upload lost what it held (its kernel drops
-            // unsent bytes when it resets the connection). After a read that leaves bytes in
-            // the socket the kernel sends no ACK yet, so the wait that follows sends it.
+            // Acknowledged at once ([`ack_now`]).
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let _ = rustix::net::sockopt::set_tcp_quickack(self.inner.as_fd(), true);
+                ack_now(&self.inner);
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let _ = rustix::net::sockopt::set_tcp_quickack(self.inner.as_fd(), true);
+                ack_now(&self.inner);
                 Poll::Pending
             }
             r => r,
