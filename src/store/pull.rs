@@ -41,7 +41,7 @@ use super::growing::{Growing, GrowingSet};
 use super::local::Local;
 use super::write::TempFile;
 use super::{Miss, Object, ObjectClass, Source};
-use crate::config::{CacheControlConfig, Config, PullConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{Config, PullConfig, UpstreamConfig, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::volumes::{ObjectMeta, RelPath};
 
@@ -497,8 +497,11 @@ struct Conf {
     cfg: PullConfig,
     /// segd's extension → media type table (`[types]`), to tell an HTML page from the object.
     types: Vec<(String, HeaderValue)>,
-    /// segd's own Cache-Control per class, for playlists the upstream gave no lifetime.
-    cache_control: CacheControlConfig,
+    /// Seconds a playlist the upstream gave no lifetime is held: the lifetime segd's own
+    /// `[cache_control]` gives it, outside and under the live prefixes
+    /// ([`Conf::unstated_lifetime`]). Read from the config once, not per request.
+    playlist_lifetime: u64,
+    live_playlist_lifetime: u64,
     fetchers: Vec<Fetcher>,
     client: Client<Connector, Empty<Bytes>>,
 }
@@ -551,7 +554,8 @@ impl Conf {
         Ok(Conf {
             cfg: cfg.clone(),
             types: config.types.clone(),
-            cache_control: config.cache_control.clone(),
+            playlist_lifetime: own_lifetime(&config.cache_control.playlists),
+            live_playlist_lifetime: own_lifetime(&config.cache_control.live),
             fetchers,
             client,
         })
@@ -566,14 +570,11 @@ impl Conf {
         if class != ObjectClass::Playlist {
             return None;
         }
-        let cc = &self.cache_control;
-        let own = if live { &cc.live } else { &cc.playlists };
-        Some(
-            own.to_str()
-                .ok()
-                .and_then(lifetime)
-                .unwrap_or(HEURISTIC_LIFETIME),
-        )
+        Some(if live {
+            self.live_playlist_lifetime
+        } else {
+            self.playlist_lifetime
+        })
     }
 
     /// The type segd serves `rel` with (its table's entry for the extension).
@@ -581,6 +582,15 @@ impl Conf {
         let ext = rel.extension()?.to_ascii_lowercase();
         self.types.iter().find(|(e, _)| *e == ext).map(|(_, t)| t)
     }
+}
+
+/// The lifetime one of segd's own `[cache_control]` values gives, else [`HEURISTIC_LIFETIME`].
+fn own_lifetime(value: &HeaderValue) -> u64 {
+    value
+        .to_str()
+        .ok()
+        .and_then(lifetime)
+        .unwrap_or(HEURISTIC_LIFETIME)
 }
 
 /// The pull tier's decision for one lookup.
