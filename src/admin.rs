@@ -37,16 +37,24 @@ fn text(status: u16, ctype: &'static str, body: impl Into<Bytes>) -> hyper::Resp
     r
 }
 
-/// `unready`: set when a drain starts (SIGTERM/SIGINT). Every path is read-only: a method
-/// other than GET and HEAD is 405 with `Allow` (RFC 9110 §15.5.6), so a probe configured with
-/// the wrong method fails loudly instead of passing.
+/// `unready`: set when a drain starts (SIGTERM/SIGINT). Every path is read-only: another
+/// method RFC 9110 defines is 405 with `Allow` (§15.5.6), so a probe configured with the wrong
+/// method fails loudly instead of passing; a method segd knows nowhere is 501 (§15.6.2), as on
+/// the media listeners.
 pub fn route(
     runtime: &Runtime,
     unready: &Stop,
     method: &http::Method,
     path: &str,
 ) -> hyper::Response<Full<Bytes>> {
-    if method != http::Method::GET && method != http::Method::HEAD {
+    use http::Method;
+    if !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::DELETE | Method::OPTIONS
+    ) {
+        return text(501, "text/plain; charset=utf-8", "not implemented\n");
+    }
+    if method != Method::GET && method != Method::HEAD {
         let mut r = text(405, "text/plain; charset=utf-8", "method not allowed\n");
         r.headers_mut().insert(
             http::header::ALLOW,

@@ -504,8 +504,9 @@ prefixes = ["/up/"]
     }
 }
 
-/// The admin listener is read-only: GET and HEAD are answered, any other method is 405 with
-/// `Allow: GET, HEAD` (a probe configured with POST fails instead of passing).
+/// The admin listener is read-only: GET and HEAD are answered, the other methods RFC 9110
+/// defines are 405 with `Allow: GET, HEAD` (a probe configured with POST fails instead of
+/// passing), and a method segd implements nowhere is 501, as on the media listeners.
 #[tokio::test]
 async fn ops_admin_paths_answer_get_and_head_only() {
     let vols = demo_volumes();
@@ -516,10 +517,14 @@ async fn ops_admin_paths_answer_get_and_head_only() {
         let head = request("HEAD", &url, &[], false).await;
         assert_eq!(head.status, 200, "{path}");
         assert!(head.body.is_empty(), "{path}: HEAD has no body");
-        for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
             let r = request(method, &url, &[], false).await;
             assert_eq!(r.status, 405, "{method} {path}");
             assert_eq!(r.header("allow"), Some("GET, HEAD"), "{method} {path}");
+        }
+        for method in ["PATCH", "BREW", "PROPFIND", "TRACE"] {
+            let r = request(method, &url, &[], false).await;
+            assert_eq!(r.status, 501, "{method} {path}");
         }
     }
 }
