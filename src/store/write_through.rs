@@ -529,13 +529,21 @@ impl WriteThrough {
             .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        if ok.contains(&status) {
+        // The status alone does not say it all: S3's error body names the error (its `<Code>`).
+        let e = super::pull::S3Error::parse(&String::from_utf8_lossy(&body));
+        let code = e.code.as_deref();
+        // A bucket that does not exist answers every request `404 NoSuchBucket`: never "the key
+        // is not there" (a DELETE's success), whatever the request.
+        if ok.contains(&status) && code != Some("NoSuchBucket") {
             return Ok(());
         }
-        let text = format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        );
+        let text = match code {
+            Some(_) => format!("{status}: {e}"),
+            None => format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+        };
         if status.is_client_error()
             && status != StatusCode::REQUEST_TIMEOUT
             && status != StatusCode::TOO_MANY_REQUESTS
@@ -749,6 +757,10 @@ impl WriteThrough {
                             pull.drop_copy(&path);
                         }
                         Applied::Done
+                    }
+                    Err(e @ BucketError::Refused(_)) => {
+                        tracing::error!(path = rel, error = %e, "the bucket refuses this object; its queue entries are set aside");
+                        Applied::Refused
                     }
                     Err(e) => {
                         tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
