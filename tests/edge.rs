@@ -30,7 +30,7 @@
 //!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
 //! - moto's S3 server (PyPI moto[server]) as a second S3 implementation, for AWS's documented
 //!   replies SeaweedFS does not give: a write-through DELETE answered `NoSuchBucket` is refused
-//!   (502, or set aside from the queue)
+//!   (502, or set aside from the queue), a queued upload answered `400 RequestTimeout` is retried
 //!
 //! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
 //! after the fact to show up in its log, so they never race the upstream's log writer.
@@ -3628,4 +3628,53 @@ async fn write_through_no_such_bucket_refuses_deletes_too() {
     );
     b.srv
         .log_with(&["the bucket refuses this object", "NoSuchBucket"]);
+}
+
+/// AWS answers an upload whose body did not arrive in time `400 RequestTimeout` (and a
+/// conflicting operation `409 OperationAborted`): errors to retry, although they are 4xx. The
+/// queue retries such an entry, and the bucket gets the object; it used to be set aside for
+/// good (`.refused`) like a 4xx that will fail every time. (`s3_fault_proxy.py` answers the first
+/// PUT of a `request-timeout` target so; moto behind it stores the second.)
+#[tokio::test]
+async fn write_through_local_queue_retries_s3_request_timeout() {
+    let moto = Moto::start();
+    let proxy = LosingProxy::start(&moto.endpoint());
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let a = Edge::start_with(
+        &keys(&[]),
+        &[s3_upstream_at(
+            &format!("http://{}", proxy.addr),
+            &moto.secret_file(),
+        )],
+        &write_through_ingest(&format!(
+            "durability = \"local\"\nqueue_path = \"{}\"",
+            qdir.path().display()
+        )),
+    );
+    let path = "/vod/wt21/request-timeout.ts";
+    let body = pattern(40_000, 21);
+    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key = format!("{S3_PREFIX}{}", &path[1..]);
+    let mut stored = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !stored {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stored = moto.object("HEAD", &key).await.status == 200;
+    }
+    let entries: Vec<String> = std::fs::read_dir(qdir.path())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        stored,
+        "the entry is retried and the bucket gets the object (queue: {entries:?}):\n{}",
+        a.srv.stderr()
+    );
+    let o = moto.object("GET", &key).await;
+    assert!(o.status == 200 && o.body.as_ref() == body.as_slice());
+    a.srv.log_with(&["RequestTimeout"]);
 }

@@ -66,7 +66,8 @@ pub enum BucketError {
     /// No answer, a broken connection or a 5xx: the bucket may or may not have applied it.
     #[error("the bucket failed: {0}")]
     Failed(String),
-    /// A 4xx other than 403, 408 and 429: the bucket will refuse this request every time.
+    /// A 4xx other than 403, 408 and 429 (and other than the S3 errors to retry, `transient`):
+    /// the bucket will refuse this request every time.
     #[error("the bucket refused: {0}")]
     Refused(String),
     /// The path's key is longer than a bucket takes ([`MAX_KEY`]).
@@ -548,6 +549,7 @@ impl WriteThrough {
             && status != StatusCode::REQUEST_TIMEOUT
             && status != StatusCode::TOO_MANY_REQUESTS
             && status != StatusCode::FORBIDDEN
+            && !code.is_some_and(transient)
         {
             // 403 stays retryable: credentials and clocks get fixed; a bad key does not.
             Err(BucketError::Refused(text))
@@ -789,6 +791,14 @@ enum Applied {
     Retry,
     /// The bucket refuses it for good: the entries are set aside (`.<name>.refused`).
     Refused,
+}
+
+/// S3 error codes that come with a 4xx and yet pass: AWS answers `400 RequestTimeout` when an
+/// upload's body did not arrive in time, and `409 OperationAborted` while a conflicting
+/// operation on the key or bucket is under way ("try again"). A request so answered is retried,
+/// not refused for good.
+fn transient(code: &str) -> bool {
+    matches!(code, "RequestTimeout" | "OperationAborted")
 }
 
 /// Unix seconds of `t` (the bucket's `Last-Modified` metadata has whole seconds).

@@ -11,7 +11,9 @@ connection of its own and its answer passed back (one request per client connect
 connection without a byte of that answer (a bucket that stored the object while the answer was
 lost on the way, as a gateway timeout or a reset does). A GET whose target contains `slow-body`
 gets its answer's head and the first half of its body at once, the rest 3 s later (a bucket
-that is slow to send a large object).
+that is slow to send a large object). The first PUT of a path containing `request-timeout` is
+answered `400 RequestTimeout` with AWS's error body and does not reach the upstream (what AWS
+answers when an upload's body does not arrive in time); later ones pass.
 
 It exits when its stdin closes or it is killed.
 """
@@ -24,6 +26,15 @@ import threading
 import time
 
 LOCK = threading.Lock()
+# Paths (without their query) already answered `400 RequestTimeout`.
+TIMED_OUT = set()
+
+REQUEST_TIMEOUT = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>RequestTimeout</Code><Message>Your '
+    b"socket connection to the server was not read from or written to within the timeout "
+    b"period. Idle connections will be closed.</Message><RequestId>4442587FB7D0A2F9</RequestId>"
+    b"</Error>"
+)
 
 
 def say(line):
@@ -69,6 +80,18 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             method, target = head.split(b" ")[0].decode(), head.split(b" ")[1].decode()
             say(f"request {method} {target}")
+            path = target.split("?")[0]
+            if method == "PUT" and "request-timeout" in path:
+                with LOCK:
+                    first = path not in TIMED_OUT
+                    TIMED_OUT.add(path)
+                if first:
+                    client.sendall(
+                        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/xml\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(REQUEST_TIMEOUT)
+                        + REQUEST_TIMEOUT
+                    )
+                    return
             # One request per upstream connection, read to its end: whatever its framing.
             lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")]
             head = b"\r\n".join(lines + [b"Connection: close"])
