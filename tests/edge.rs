@@ -30,7 +30,8 @@
 //!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
 //! - moto's S3 server (PyPI moto[server]) as a second S3 implementation, for AWS's documented
 //!   replies SeaweedFS does not give: a write-through DELETE answered `NoSuchBucket` is refused
-//!   (502, or set aside from the queue), a queued upload answered `400 RequestTimeout` is retried
+//!   (502, or set aside from the queue); a queued upload answered `400 RequestTimeout` or
+//!   `400 AuthorizationQueryParametersError` (a wrong region) is retried, not set aside
 //!
 //! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
 //! after the fact to show up in its log, so they never race the upstream's log writer.
@@ -3630,13 +3631,15 @@ async fn write_through_no_such_bucket_refuses_deletes_too() {
         .log_with(&["the bucket refuses this object", "NoSuchBucket"]);
 }
 
-/// AWS answers an upload whose body did not arrive in time `400 RequestTimeout` (and a
-/// conflicting operation `409 OperationAborted`): errors to retry, although they are 4xx. The
-/// queue retries such an entry, and the bucket gets the object; it used to be set aside for
-/// good (`.refused`) like a 4xx that will fail every time. (`s3_fault_proxy.py` answers the first
-/// PUT of a `request-timeout` target so; moto behind it stores the second.)
+/// S3 errors with a 4xx status that do not mean "every time": AWS answers `400 RequestTimeout`
+/// when an upload's body did not arrive in time (`409 OperationAborted` while a conflicting
+/// operation is under way), and `400 AuthorizationQueryParametersError` to a signature for
+/// another region than the bucket's, a setting the operator fixes as a refused key (403). The
+/// queue retries such entries, and the bucket gets the objects; they used to be set aside for
+/// good (`.refused`), so an upload the node had answered 201 never reached the bucket.
+/// (`s3_fault_proxy.py` answers the first PUT of each path so; moto behind it stores the next.)
 #[tokio::test]
-async fn write_through_local_queue_retries_s3_request_timeout() {
+async fn write_through_local_queue_retries_s3_4xx_that_pass() {
     let moto = Moto::start();
     let proxy = LosingProxy::start(&moto.endpoint());
     let qdir = tempfile::tempdir().expect("tempdir");
@@ -3651,16 +3654,33 @@ async fn write_through_local_queue_retries_s3_request_timeout() {
             qdir.path().display()
         )),
     );
-    let path = "/vod/wt21/request-timeout.ts";
-    let body = pattern(40_000, 21);
-    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
-    assert_eq!(r.status, 201, "{}", r.text());
-    let key = format!("{S3_PREFIX}{}", &path[1..]);
-    let mut stored = false;
+    let paths = ["/vod/wt21/request-timeout.ts", "/vod/wt21/wrong-region.ts"];
+    for (i, path) in paths.iter().enumerate() {
+        let r = send(
+            "PUT",
+            &upload_url(&a, path),
+            &[],
+            &pattern(40_000, i as u32),
+            false,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let stored = async |path: &str| {
+        let key = format!("{S3_PREFIX}{}", &path[1..]);
+        moto.object("HEAD", &key).await.status == 200
+    };
     let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline && !stored {
+    let mut missing = paths.to_vec();
+    while Instant::now() < deadline && !missing.is_empty() {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        stored = moto.object("HEAD", &key).await.status == 200;
+        let mut still = Vec::new();
+        for p in missing {
+            if !stored(p).await {
+                still.push(p);
+            }
+        }
+        missing = still;
     }
     let entries: Vec<String> = std::fs::read_dir(qdir.path())
         .map(|d| {
@@ -3670,11 +3690,16 @@ async fn write_through_local_queue_retries_s3_request_timeout() {
         })
         .unwrap_or_default();
     assert!(
-        stored,
-        "the entry is retried and the bucket gets the object (queue: {entries:?}):\n{}",
+        missing.is_empty(),
+        "retried until the bucket has them; not there: {missing:?} (queue: {entries:?}):\n{}",
         a.srv.stderr()
     );
-    let o = moto.object("GET", &key).await;
-    assert!(o.status == 200 && o.body.as_ref() == body.as_slice());
-    a.srv.log_with(&["RequestTimeout"]);
+    for (i, path) in paths.iter().enumerate() {
+        let o = moto
+            .object("GET", &format!("{S3_PREFIX}{}", &path[1..]))
+            .await;
+        assert!(o.status == 200 && o.body.as_ref() == pattern(40_000, i as u32).as_slice());
+    }
+    a.srv
+        .log_with(&["RequestTimeout", "AuthorizationQueryParametersError"]);
 }

@@ -66,7 +66,7 @@ pub enum BucketError {
     /// No answer, a broken connection or a 5xx: the bucket may or may not have applied it.
     #[error("the bucket failed: {0}")]
     Failed(String),
-    /// A 4xx other than 403, 408 and 429 (and other than the S3 errors to retry, `transient`):
+    /// A 4xx other than 403, 408 and 429 (and other than the S3 errors `worth_retrying`):
     /// the bucket will refuse this request every time.
     #[error("the bucket refused: {0}")]
     Refused(String),
@@ -549,7 +549,7 @@ impl WriteThrough {
             && status != StatusCode::REQUEST_TIMEOUT
             && status != StatusCode::TOO_MANY_REQUESTS
             && status != StatusCode::FORBIDDEN
-            && !code.is_some_and(transient)
+            && !code.is_some_and(worth_retrying)
         {
             // 403 stays retryable: credentials and clocks get fixed; a bad key does not.
             Err(BucketError::Refused(text))
@@ -793,12 +793,22 @@ enum Applied {
     Refused,
 }
 
-/// S3 error codes that come with a 4xx and yet pass: AWS answers `400 RequestTimeout` when an
-/// upload's body did not arrive in time, and `409 OperationAborted` while a conflicting
-/// operation on the key or bucket is under way ("try again"). A request so answered is retried,
-/// not refused for good.
-fn transient(code: &str) -> bool {
-    matches!(code, "RequestTimeout" | "OperationAborted")
+/// S3 error codes that come with a 4xx (other than 403, 408 and 429) and yet do not mean the
+/// request will fail every time, so it is retried rather than refused for good:
+/// - `RequestTimeout` (400): AWS's answer when an upload's body did not arrive in time;
+/// - `OperationAborted` (409): a conflicting operation on the key or bucket is under way ("try
+///   again");
+/// - `AuthorizationQueryParametersError`, `AuthorizationHeaderMalformed` (400): AWS's answer
+///   to a signature for another region than the bucket's (`region`), a setting the operator
+///   fixes, as a refused key or a skewed clock (403). (SeaweedFS takes any region.)
+fn worth_retrying(code: &str) -> bool {
+    matches!(
+        code,
+        "RequestTimeout"
+            | "OperationAborted"
+            | "AuthorizationQueryParametersError"
+            | "AuthorizationHeaderMalformed"
+    )
 }
 
 /// Unix seconds of `t` (the bucket's `Last-Modified` metadata has whole seconds).
