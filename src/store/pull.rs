@@ -1801,13 +1801,13 @@ fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
 /// `SignatureDoesNotMatch`, `AccessDenied`, `RequestTimeTooSkewed`, `SlowDown`…) and
 /// `<Message>`, either missing when the body has none or cannot be read.
 #[derive(Debug, Default, PartialEq)]
-struct S3Error {
-    code: Option<String>,
-    message: Option<String>,
+pub(crate) struct S3Error {
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 impl S3Error {
-    fn parse(body: &str) -> S3Error {
+    pub(crate) fn parse(body: &str) -> S3Error {
         let element = |name: &str| {
             let (open, close) = (format!("<{name}>"), format!("</{name}>"));
             let start = body.find(&open)? + open.len();

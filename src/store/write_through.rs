@@ -66,7 +66,8 @@ pub enum BucketError {
     /// No answer, a broken connection or a 5xx: the bucket may or may not have applied it.
     #[error("the bucket failed: {0}")]
     Failed(String),
-    /// A 4xx other than 403, 408 and 429: the bucket will refuse this request every time.
+    /// A 4xx other than 403, 408 and 429 (and other than the S3 errors `worth_retrying`):
+    /// the bucket will refuse this request every time.
     #[error("the bucket refused: {0}")]
     Refused(String),
     /// The path's key is longer than a bucket takes ([`MAX_KEY`]).
@@ -529,17 +530,26 @@ impl WriteThrough {
             .and_then(Result::ok)
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        if ok.contains(&status) {
+        // The status alone does not say it all: S3's error body names the error (its `<Code>`).
+        let e = super::pull::S3Error::parse(&String::from_utf8_lossy(&body));
+        let code = e.code.as_deref();
+        // A bucket that does not exist answers every request `404 NoSuchBucket`: never "the key
+        // is not there" (a DELETE's success), whatever the request.
+        if ok.contains(&status) && code != Some("NoSuchBucket") {
             return Ok(());
         }
-        let text = format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)])
-        );
+        let text = match code {
+            Some(_) => format!("{status}: {e}"),
+            None => format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ),
+        };
         if status.is_client_error()
             && status != StatusCode::REQUEST_TIMEOUT
             && status != StatusCode::TOO_MANY_REQUESTS
             && status != StatusCode::FORBIDDEN
+            && !code.is_some_and(worth_retrying)
         {
             // 403 stays retryable: credentials and clocks get fixed; a bad key does not.
             Err(BucketError::Refused(text))
@@ -750,6 +760,10 @@ impl WriteThrough {
                         }
                         Applied::Done
                     }
+                    Err(e @ BucketError::Refused(_)) => {
+                        tracing::error!(path = rel, error = %e, "the bucket refuses this object; its queue entries are set aside");
+                        Applied::Refused
+                    }
                     Err(e) => {
                         tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
                         Applied::Retry
@@ -777,6 +791,24 @@ enum Applied {
     Retry,
     /// The bucket refuses it for good: the entries are set aside (`.<name>.refused`).
     Refused,
+}
+
+/// S3 error codes that come with a 4xx (other than 403, 408 and 429) and yet do not mean the
+/// request will fail every time, so it is retried rather than refused for good:
+/// - `RequestTimeout` (400): AWS's answer when an upload's body did not arrive in time;
+/// - `OperationAborted` (409): a conflicting operation on the key or bucket is under way ("try
+///   again");
+/// - `AuthorizationQueryParametersError`, `AuthorizationHeaderMalformed` (400): AWS's answer
+///   to a signature for another region than the bucket's (`region`), a setting the operator
+///   fixes, as a refused key or a skewed clock (403). (SeaweedFS takes any region.)
+fn worth_retrying(code: &str) -> bool {
+    matches!(
+        code,
+        "RequestTimeout"
+            | "OperationAborted"
+            | "AuthorizationQueryParametersError"
+            | "AuthorizationHeaderMalformed"
+    )
 }
 
 /// Unix seconds of `t` (the bucket's `Last-Modified` metadata has whole seconds).

@@ -11,7 +11,11 @@ connection of its own and its answer passed back (one request per client connect
 connection without a byte of that answer (a bucket that stored the object while the answer was
 lost on the way, as a gateway timeout or a reset does). A GET whose target contains `slow-body`
 gets its answer's head and the first half of its body at once, the rest 3 s later (a bucket
-that is slow to send a large object).
+that is slow to send a large object). The first PUT of a path containing a name of `FIRST_PUT_ERRORS`
+is answered with that AWS error (status and XML body) and does not reach the upstream; later
+ones pass: `request-timeout` (`400 RequestTimeout`: the upload's body did not arrive in time),
+`wrong-region` (`400 AuthorizationQueryParametersError`: a signature for another region than
+the bucket's, until the setting is fixed).
 
 It exits when its stdin closes or it is killed.
 """
@@ -24,6 +28,37 @@ import threading
 import time
 
 LOCK = threading.Lock()
+# Paths (without their query) whose first PUT was answered with an error.
+ANSWERED = set()
+
+
+def aws_error(code, message, extra=b""):
+    return (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>' + code + b"</Code><Message>"
+        + message + b"</Message>" + extra + b"<RequestId>4442587FB7D0A2F9</RequestId></Error>"
+    )
+
+
+# A target containing the name → the status line and body of the first PUT's answer.
+FIRST_PUT_ERRORS = {
+    "request-timeout": (
+        b"400 Bad Request",
+        aws_error(
+            b"RequestTimeout",
+            b"Your socket connection to the server was not read from or written to within "
+            b"the timeout period. Idle connections will be closed.",
+        ),
+    ),
+    "wrong-region": (
+        b"400 Bad Request",
+        aws_error(
+            b"AuthorizationQueryParametersError",
+            b"Error parsing the X-Amz-Credential parameter; the region 'us-east-1' is wrong; "
+            b"expecting 'eu-west-1'",
+            b"<Region>eu-west-1</Region>",
+        ),
+    ),
+}
 
 
 def say(line):
@@ -69,6 +104,20 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             method, target = head.split(b" ")[0].decode(), head.split(b" ")[1].decode()
             say(f"request {method} {target}")
+            path = target.split("?")[0]
+            injected = [e for name, e in FIRST_PUT_ERRORS.items() if name in path]
+            if method == "PUT" and injected:
+                with LOCK:
+                    first = path not in ANSWERED
+                    ANSWERED.add(path)
+                if first:
+                    status, body = injected[0]
+                    client.sendall(
+                        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                        + body
+                    )
+                    return
             # One request per upstream connection, read to its end: whatever its framing.
             lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")]
             head = b"\r\n".join(lines + [b"Connection: close"])

@@ -4,7 +4,11 @@
 #![allow(dead_code)]
 
 pub mod h2raw;
+mod moto;
 mod weed;
+// Not every test target that includes this harness starts moto.
+#[allow(unused_imports)]
+pub use moto::*;
 pub use weed::*;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -274,65 +274,12 @@ impl Weed {
     }
 
     fn try_upload_with(&self, src: &Path, prefix: &str, args: &[&str]) -> Result<(), String> {
-        let out = Command::new("python3")
-            .arg(tools_dir().join("s3_put.py"))
-            .args(["--endpoint", &self.endpoint()])
-            .args(["--region", S3_REGION])
-            .args(["--access-key", S3_ACCESS_KEY])
-            .arg("--secret-file")
-            .arg(self.secret_file())
-            .args(["--bucket", S3_BUCKET, "--prefix", prefix])
-            .args(args)
-            .arg(src)
-            .output()
-            .expect("run python3 tests/tools/s3_put.py");
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "s3_put.py failed: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        s3_put(&self.endpoint(), &self.secret_file(), src, prefix, args)
     }
 
     /// GET (or HEAD) of `key` straight from the bucket, signed like segd signs it.
     pub async fn object(&self, method: &str, key: &str) -> S3Object {
-        use rusty_s3::S3Action;
-        let bucket = rusty_s3::Bucket::new(
-            self.endpoint().parse().expect("endpoint URL"),
-            rusty_s3::UrlStyle::Path,
-            S3_BUCKET.to_string(),
-            S3_REGION.to_string(),
-        )
-        .expect("bucket");
-        let creds = rusty_s3::Credentials::new(S3_ACCESS_KEY, S3_SECRET);
-        let url = match method {
-            "HEAD" => bucket
-                .head_object(Some(&creds), key)
-                .sign(Duration::from_secs(300)),
-            _ => bucket
-                .get_object(Some(&creds), key)
-                .sign(Duration::from_secs(300)),
-        };
-        let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-        let req = http::Request::builder()
-            .method(method)
-            .uri(url.as_str())
-            .body(Empty::new())
-            .expect("request");
-        let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-            .await
-            .unwrap_or_else(|_| panic!("{method} s3://{S3_BUCKET}/{key}: no answer in 10 s"))
-            .unwrap_or_else(|e| panic!("{method} s3://{S3_BUCKET}/{key}: {e}"));
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.expect("S3 body").to_bytes();
-        S3Object {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        }
+        s3_object(&self.endpoint(), method, key).await
     }
 
     /// Successful GETs the S3 gateway has served from the bucket (its Prometheus counter).
@@ -349,6 +296,78 @@ impl Weed {
             })
             .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
             .sum()
+    }
+}
+
+/// Uploads a tree into `S3_BUCKET` at `endpoint` (creating the bucket) as keys `prefix` + its
+/// relative paths, with boto3 (SigV4) through `tests/tools/s3_put.py`; `args` are more of its
+/// arguments (`--content-encoding gzip`).
+pub fn s3_put(
+    endpoint: &str,
+    secret_file: &Path,
+    src: &Path,
+    prefix: &str,
+    args: &[&str],
+) -> Result<(), String> {
+    let out = Command::new("python3")
+        .arg(tools_dir().join("s3_put.py"))
+        .args(["--endpoint", endpoint])
+        .args(["--region", S3_REGION])
+        .args(["--access-key", S3_ACCESS_KEY])
+        .arg("--secret-file")
+        .arg(secret_file)
+        .args(["--bucket", S3_BUCKET, "--prefix", prefix])
+        .args(args)
+        .arg(src)
+        .output()
+        .expect("run python3 tests/tools/s3_put.py");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "s3_put.py failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// GET (or HEAD) of `key` in `S3_BUCKET` at `endpoint`, straight from the bucket, signed like
+/// segd signs it.
+pub async fn s3_object(endpoint: &str, method: &str, key: &str) -> S3Object {
+    use rusty_s3::S3Action;
+    let bucket = rusty_s3::Bucket::new(
+        endpoint.parse().expect("endpoint URL"),
+        rusty_s3::UrlStyle::Path,
+        S3_BUCKET.to_string(),
+        S3_REGION.to_string(),
+    )
+    .expect("bucket");
+    let creds = rusty_s3::Credentials::new(S3_ACCESS_KEY, S3_SECRET);
+    let url = match method {
+        "HEAD" => bucket
+            .head_object(Some(&creds), key)
+            .sign(Duration::from_secs(300)),
+        _ => bucket
+            .get_object(Some(&creds), key)
+            .sign(Duration::from_secs(300)),
+    };
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url.as_str())
+        .body(Empty::new())
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .unwrap_or_else(|_| panic!("{method} s3://{S3_BUCKET}/{key}: no answer in 10 s"))
+        .unwrap_or_else(|e| panic!("{method} s3://{S3_BUCKET}/{key}: {e}"));
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("S3 body").to_bytes();
+    S3Object {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
     }
 }
 
