@@ -2377,6 +2377,8 @@ async fn edge_upstream_404_drops_the_cached_copy() {
 pub(crate) struct LosingProxy {
     child: Child,
     pub(crate) addr: SocketAddr,
+    /// What it said after `listening`, a line each (`request …`, `dropped …`).
+    said: Arc<Mutex<Vec<String>>>,
 }
 
 impl LosingProxy {
@@ -2392,9 +2394,12 @@ impl LosingProxy {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         let _ = out.read_line(&mut line);
+        let said = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&said);
         std::thread::spawn(move || {
             for l in out.lines().map_while(Result::ok) {
                 eprintln!("s3_fault_proxy: {l}");
+                lines.lock().unwrap_or_else(|p| p.into_inner()).push(l);
             }
         });
         let addr = line
@@ -2402,7 +2407,16 @@ impl LosingProxy {
             .strip_prefix("listening ")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("s3_fault_proxy.py said {line:?}"));
-        LosingProxy { child, addr }
+        LosingProxy { child, addr, said }
+    }
+
+    /// The lines it said so far that start with `prefix`.
+    pub(crate) fn said(&self, prefix: &str) -> Vec<String> {
+        let all = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .filter(|l| l.starts_with(prefix))
+            .cloned()
+            .collect()
     }
 }
 
@@ -2447,6 +2461,72 @@ async fn write_through_upstream_a_lost_answer_is_checked_with_the_bucket() {
     assert_eq!(r.status, 204, "{}\n{}", r.text(), a.srv.stderr());
     assert_eq!(weed.object("HEAD", &key).await.status, 404);
     assert!(!a.volume().join(&path[1..]).exists());
+}
+
+/// Durability "upstream": a kept-alive connection to the bucket that the bucket closes just as
+/// the next request goes out on it (its idle timeout) costs no upload and no DELETE: the
+/// request got no byte of an answer, so it is sent again on a new connection.
+#[tokio::test]
+async fn write_through_upstream_resends_on_a_kept_alive_connection_the_bucket_closed() {
+    let weed = Weed::start();
+    let secret = weed.secret_file();
+    let proxy = LosingProxy::start(&weed.endpoint());
+    let via_proxy =
+        s3_upstream(&weed, &secret).replace(&weed.endpoint(), &format!("http://{}", proxy.addr));
+    let a = Edge::start_with(
+        &keys(&[("first_byte_timeout", "\"3s\"")]),
+        &[via_proxy],
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    let body = pattern(40_000, 17);
+    // Each request to a `stale-keepalive` target leaves its connection open, and the proxy
+    // drops the next request that goes out on it: here the next upload, then the DELETE.
+    for (i, next) in [
+        ("PUT", "/vod/wt15/next.ts"),
+        ("DELETE", "/vod/wt15/next.ts"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let first = format!("/vod/wt15/stale-keepalive-{i}.ts");
+        let r = send("PUT", &upload_url(&a, &first), &[], &body, false).await;
+        assert_eq!(r.status, 201, "{}\n{}", r.text(), a.srv.stderr());
+        let dropped = proxy.said("dropped").len();
+        let (method, path) = next;
+        let r = send(
+            method,
+            &upload_url(&a, path),
+            &[],
+            &body[..if method == "PUT" { body.len() } else { 0 }],
+            false,
+        )
+        .await;
+        let want = if method == "PUT" { 201 } else { 204 };
+        assert_eq!(
+            r.status,
+            want,
+            "{method} {path}: {}\n{}",
+            r.text(),
+            a.srv.stderr()
+        );
+        assert_eq!(
+            proxy.said("dropped").len(),
+            dropped + 1,
+            "{method}: the bucket's side dropped one request on a kept-alive connection: {:?}",
+            proxy.said("")
+        );
+    }
+    let key = format!("{S3_PREFIX}vod/wt15/next.ts");
+    assert_eq!(
+        weed.object("HEAD", &key).await.status,
+        404,
+        "deleted in the bucket"
+    );
+    let key = format!("{S3_PREFIX}vod/wt15/stale-keepalive-1.ts");
+    assert_eq!(
+        weed.object("GET", &key).await.body.as_ref(),
+        body.as_slice()
+    );
 }
 
 /// Durability "local": a node's queued upload or deletion never undoes a newer version that

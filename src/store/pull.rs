@@ -1850,7 +1850,7 @@ async fn s3_error(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> S
 
 /// Whether a request failed because its connection closed before any of the response came
 /// (hyper: an incomplete message on a connection it had reused, or one it canceled).
-fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+pub(crate) fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {

@@ -333,7 +333,7 @@ impl WriteThrough {
         file: File,
         meta: &ObjectMeta,
     ) -> Result<(), BucketError> {
-        let r = match self.put_inner(rel, file, meta).await {
+        let r = match self.put_inner(rel, Arc::new(file), meta).await {
             // The answer was lost, or a gateway failed after the bucket stored it: the bucket
             // says whether it holds this version (the upload's ETag is in its metadata).
             Err(e) if e.ambiguous() => match self.head(rel).await {
@@ -359,16 +359,9 @@ impl WriteThrough {
             .head_object(Some(&self.creds), &self.key(rel))
             .sign(Duration::from_secs(3600))
             .to_string();
-        let req = http::Request::head(url)
-            .body(BodyExt::boxed(
-                http_body_util::Empty::new().map_err(|never| match never {}),
-            ))
-            .map_err(|e| BucketError::Failed(e.to_string()))?;
-        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => return Err(BucketError::Timeout),
-            Ok(Err(e)) => return Err(BucketError::Failed(format!("{e:?}"))),
-            Ok(Ok(r)) => r,
-        };
+        let resp = self
+            .request(|| empty_request(http::Method::HEAD, &url), self.timeout)
+            .await?;
         match resp.status() {
             StatusCode::OK => {
                 let h = resp.headers();
@@ -387,7 +380,7 @@ impl WriteThrough {
     async fn put_inner(
         &self,
         rel: &RelPath,
-        file: File,
+        file: Arc<File>,
         meta: &ObjectMeta,
     ) -> Result<(), BucketError> {
         let etag = meta.etag();
@@ -413,47 +406,19 @@ impl WriteThrough {
         }
         let url = action.sign(Duration::from_secs(3600)).to_string();
         let len = meta.len;
-        let file = Arc::new(file);
-        let chunks = futures_util::stream::unfold(0u64, move |off| {
-            let file = Arc::clone(&file);
-            async move {
-                if off >= len {
-                    return None;
-                }
-                let want = usize::try_from((len - off).min(CHUNK as u64)).unwrap_or(CHUNK);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = vec![0u8; want];
-                    let mut got = 0;
-                    while got < want {
-                        match file.read_at(&mut buf[got..], off + got as u64) {
-                            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                            Ok(n) => got += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    Ok(Bytes::from(buf))
-                })
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r);
-                Some((read.map(hyper::body::Frame::data), off + want as u64))
-            }
-        });
-        let body = BodyExt::boxed(StreamBody::new(chunks.into_stream()));
-        let mut req = http::Request::put(url)
-            .header(http::header::CONTENT_LENGTH, len)
-            .header(META_ETAG, etag)
-            .header(META_LAST_MODIFIED, last_modified);
-        if let Some(c) = &ctype_str {
-            req = req.header(http::header::CONTENT_TYPE, c.as_str());
-        }
-        let req = req
-            .body(body)
-            .map_err(|e| BucketError::Failed(e.to_string()))?;
         let limit = self.timeout + Duration::from_secs(1 + len / (4 << 20));
         self.send(
-            req,
+            || {
+                let mut req = http::Request::put(&url)
+                    .header(http::header::CONTENT_LENGTH, len)
+                    .header(META_ETAG, &etag)
+                    .header(META_LAST_MODIFIED, &last_modified);
+                if let Some(c) = &ctype_str {
+                    req = req.header(http::header::CONTENT_TYPE, c.as_str());
+                }
+                req.body(file_body(Arc::clone(&file), len))
+                    .map_err(|e| BucketError::Failed(e.to_string()))
+            },
             limit,
             &[StatusCode::OK, StatusCode::CREATED, StatusCode::NO_CONTENT],
         )
@@ -479,26 +444,17 @@ impl WriteThrough {
             .delete_object(Some(&self.creds), &key)
             .sign(Duration::from_secs(3600))
             .to_string();
-        let req = http::Request::delete(url)
-            .body(BodyExt::boxed(
-                http_body_util::Empty::new().map_err(|never| match never {}),
-            ))
-            .map_err(|e| BucketError::Failed(e.to_string()));
-        let r = match req {
-            Ok(req) => {
-                self.send(
-                    req,
-                    self.timeout,
-                    &[
-                        StatusCode::OK,
-                        StatusCode::NO_CONTENT,
-                        StatusCode::NOT_FOUND,
-                    ],
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        };
+        let r = self
+            .send(
+                || empty_request(http::Method::DELETE, &url),
+                self.timeout,
+                &[
+                    StatusCode::OK,
+                    StatusCode::NO_CONTENT,
+                    StatusCode::NOT_FOUND,
+                ],
+            )
+            .await;
         let r = match r {
             // Deleted although the answer was lost: the key is gone.
             Err(e) if e.ambiguous() && matches!(self.head(rel).await, Ok(None)) => {
@@ -511,17 +467,39 @@ impl WriteThrough {
         r
     }
 
+    /// Sends the request `make` builds, within `limit`. A pooled connection the bucket closed
+    /// as the request went out (its keep-alive timeout) ends with no byte of an answer: the
+    /// request, idempotent (HEAD, PUT, DELETE: RFC 9110 §9.2.2), is built and sent once more,
+    /// on a new connection (RFC 9112 §9.3.1), as the pull tier does.
+    async fn request(
+        &self,
+        make: impl Fn() -> Result<http::Request<BoxBody<Bytes, io::Error>>, BucketError>,
+        limit: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, BucketError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut sent = tokio::time::timeout_at(deadline, self.client.request(make()?)).await;
+        if let Ok(Err(e)) = &sent {
+            if super::pull::closed_before_answer(e) {
+                tracing::debug!(error = %e, "the bucket closed a kept-alive connection; sending again");
+                sent = tokio::time::timeout_at(deadline, self.client.request(make()?)).await;
+            }
+        }
+        match sent {
+            Err(_) => Err(BucketError::Timeout),
+            Ok(Err(e)) => Err(BucketError::Failed(format!("{e:?}"))),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Sends the request `make` builds ([`WriteThrough::request`]) and reads its answer: `Ok`
+    /// for a status in `ok`.
     async fn send(
         &self,
-        req: http::Request<BoxBody<Bytes, io::Error>>,
+        make: impl Fn() -> Result<http::Request<BoxBody<Bytes, io::Error>>, BucketError>,
         limit: Duration,
         ok: &[StatusCode],
     ) -> Result<(), BucketError> {
-        let resp = match tokio::time::timeout(limit, self.client.request(req)).await {
-            Err(_) => return Err(BucketError::Timeout),
-            Ok(Err(e)) => return Err(BucketError::Failed(format!("{e:?}"))),
-            Ok(Ok(r)) => r,
-        };
+        let resp = self.request(make, limit).await?;
         let status = resp.status();
         // Read the answer to its end so the connection can be reused (bounded in time).
         let body = tokio::time::timeout(limit, resp.into_body().collect())
@@ -791,6 +769,52 @@ enum Applied {
     Retry,
     /// The bucket refuses it for good: the entries are set aside (`.<name>.refused`).
     Refused,
+}
+
+/// A request without a body.
+fn empty_request(
+    method: http::Method,
+    url: &str,
+) -> Result<http::Request<BoxBody<Bytes, io::Error>>, BucketError> {
+    http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(BodyExt::boxed(
+            http_body_util::Empty::new().map_err(|never| match never {}),
+        ))
+        .map_err(|e| BucketError::Failed(e.to_string()))
+}
+
+/// The `len` bytes of `file` as a request body, read by position in [`CHUNK`]s on the blocking
+/// pool (so each attempt at a request reads them anew).
+fn file_body(file: Arc<File>, len: u64) -> BoxBody<Bytes, io::Error> {
+    let chunks = futures_util::stream::unfold(0u64, move |off| {
+        let file = Arc::clone(&file);
+        async move {
+            if off >= len {
+                return None;
+            }
+            let want = usize::try_from((len - off).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; want];
+                let mut got = 0;
+                while got < want {
+                    match file.read_at(&mut buf[got..], off + got as u64) {
+                        Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(Bytes::from(buf))
+            })
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+            Some((read.map(hyper::body::Frame::data), off + want as u64))
+        }
+    });
+    BodyExt::boxed(StreamBody::new(chunks.into_stream()))
 }
 
 /// S3 error codes that come with a 4xx (other than 403, 408 and 429) and yet do not mean the

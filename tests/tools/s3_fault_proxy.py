@@ -15,7 +15,10 @@ that is slow to send a large object). The first PUT of a path containing a name 
 is answered with that AWS error (status and XML body) and does not reach the upstream; later
 ones pass: `request-timeout` (`400 RequestTimeout`: the upload's body did not arrive in time),
 `wrong-region` (`400 AuthorizationQueryParametersError`: a signature for another region than
-the bucket's, until the setting is fixed).
+the bucket's, until the setting is fixed). The answer to a request whose target contains
+`stale-keepalive` keeps the client's connection open, and the next request on it is read and
+dropped with the connection, unanswered and never passed on (a bucket closing an idle kept-alive
+connection just as a new request went out on it).
 
 It exits when its stdin closes or it is killed.
 """
@@ -95,6 +98,7 @@ class Handler(socketserver.BaseRequestHandler):
     def handle(self):
         client = self.request
         buf = b""
+        stale = False
         while True:
             try:
                 head, body, buf = read_message(client, buf)
@@ -103,6 +107,9 @@ class Handler(socketserver.BaseRequestHandler):
             if head is None:
                 return
             method, target = head.split(b" ")[0].decode(), head.split(b" ")[1].decode()
+            if stale:
+                say(f"dropped {method} {target}")
+                return
             say(f"request {method} {target}")
             path = target.split("?")[0]
             injected = [e for name, e in FIRST_PUT_ERRORS.items() if name in path]
@@ -134,9 +141,18 @@ class Handler(socketserver.BaseRequestHandler):
                 return
             if method in ("PUT", "DELETE") and "lost-answer" in target:
                 return  # the upstream applied it; the answer is lost
-            # The client's connection ends with this answer too.
             rhead, _, rbody = answer.partition(b"\r\n\r\n")
             rlines = [l for l in rhead.split(b"\r\n") if not l.lower().startswith(b"connection:")]
+            if "stale-keepalive" in target:
+                # Kept open, the body framed by its length (the upstream's ended with its
+                # connection), for one more request.
+                if method != "HEAD" and not any(l.lower().startswith(b"transfer-encoding:") for l in rlines):
+                    rlines = [l for l in rlines if not l.lower().startswith(b"content-length:")]
+                    rlines.append(b"Content-Length: %d" % len(rbody))
+                client.sendall(b"\r\n".join(rlines) + b"\r\n\r\n" + rbody)
+                stale = True
+                continue
+            # The client's connection ends with this answer too.
             head = b"\r\n".join(rlines + [b"Connection: close"]) + b"\r\n\r\n"
             if method == "GET" and "slow-body" in target:
                 half = len(rbody) // 2
