@@ -3559,3 +3559,78 @@ async fn edge_html_answer_for_a_media_path_is_a_soft_404() {
     assert_eq!(r.header("content-type"), Some("text/plain"));
     alone.wait_stored(want.len()).await;
 }
+
+/// `Cache-Control: public, max-age=N` → N.
+fn public_max_age(g: &Got) -> Option<u64> {
+    g.header("cache-control")?
+        .strip_prefix("public, max-age=")?
+        .parse()
+        .ok()
+}
+
+/// An upstream's 404 (or 410), which the edge remembers for `negative_ttl`, may be kept by a
+/// CDN as long as the edge still remembers it and never longer: `public, max-age=` the whole
+/// seconds left, on the miss and on each remembered answer after it, so a stampede of requests
+/// for a missing object reaches neither the edge nor its upstream, and an object published
+/// meanwhile reaches the CDN no later than the edge. segd's own 404s (the origin's, here) and
+/// those under live prefixes, which the edge does not remember (a segment may be asked for just
+/// before it is published), stay `no-store`.
+#[tokio::test]
+async fn edge_upstream_404_may_be_kept_by_a_cdn_no_longer_than_the_edge_remembers_it() {
+    const MISSING: &str = "/vod/t1/hls/64k/seg_00888.ts";
+    const LIVE: &str = "/live/none/seg_00001.ts";
+    let origin = Origin::start("");
+    // (HEAD: not counted as a GET.)
+    let direct = must("HEAD", &format!("{}{MISSING}", origin.base()), &[], false).await;
+    assert_eq!(
+        (direct.status, direct.header("cache-control")),
+        (404, Some("no-store")),
+        "segd's own 404"
+    );
+    let upstream = http_upstream("origin", &origin.base(), "")
+        .replace("[\"/vod/\"]", "[\"/vod/\", \"/live/\"]");
+    let edge = Edge::start(&keys(&[("negative_ttl", "\"6s\"")]), &[upstream]);
+
+    let t0 = Instant::now();
+    let miss = must("GET", &edge.url(MISSING), &[], false).await;
+    let miss_at = t0.elapsed().as_secs_f64();
+    assert_eq!(miss.status, 404);
+    let first = public_max_age(&miss);
+    assert!(
+        first.is_some_and(|n| (5..=6).contains(&n)),
+        "the miss: {:?}",
+        miss.headers
+    );
+    // Two seconds on: remembered, and the CDN is told only what is left.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for h2 in [false, true] {
+        let asked_at = t0.elapsed().as_secs_f64();
+        let again = must("GET", &edge.url(MISSING), &[], h2).await;
+        assert_eq!(again.status, 404);
+        let left = public_max_age(&again).unwrap_or_else(|| panic!("{:?}", again.headers));
+        assert!(
+            left >= 1 && asked_at + left as f64 <= 6.0 + miss_at,
+            "h2={h2}: max-age={left} {asked_at:.2} s after the miss: a CDN would hold it past \
+             the edge's negative_ttl"
+        );
+    }
+    origin.settle().await;
+    assert_eq!(origin.count(MISSING), 1, "remembered");
+    assert_eq!(edge.nth_cache_status(MISSING, 2).await, "negative");
+    // Past negative_ttl the edge asks again, and so may the CDN.
+    tokio::time::sleep(Duration::from_secs_f64(
+        (6.3 + miss_at - t0.elapsed().as_secs_f64()).max(0.0),
+    ))
+    .await;
+    let later = must("GET", &edge.url(MISSING), &[], false).await;
+    assert_eq!(later.status, 404);
+    assert!(public_max_age(&later).is_some_and(|n| n >= 5));
+    origin.wait_count(MISSING, 2).await;
+
+    // Under a live prefix: not remembered, not kept by a CDN either.
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(LIVE), &[], h2).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "h2={h2}");
+    }
+}

@@ -325,12 +325,12 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         }
         Err(m @ Miss::Negative { .. }) => {
             log.cache = Some("negative");
-            return Err(Refusal::from(m).into());
+            return Err(pull_miss(cx, m, log.path.as_deref()));
         }
         // The pull tier asked an upstream for it: the access log says so, as metrics do.
         Err(m @ (Miss::UpstreamNotFound { .. } | Miss::UpstreamFailed | Miss::UpstreamTimeout)) => {
             log.cache = Some("miss");
-            return Err(Refusal::from(m).into());
+            return Err(pull_miss(cx, m, log.path.as_deref()));
         }
         r => r?,
     };
@@ -618,6 +618,19 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     let mut reply = text(row.status, headers, cx.is_head, row.body);
     reply.close = r.closes_connection();
     reply
+}
+
+/// The refusal for a miss the pull tier decided. An upstream's 404 or 410 that segd remembers
+/// (`[pull] negative_ttl`) may be kept by a CDN for as long as segd still remembers it, never
+/// longer ([`headers::negative_cache_control`]); any other (not remembered: live paths) is
+/// refused as usual, `no-store`.
+fn pull_miss(cx: &Cx<'_>, m: Miss, path: Option<&str>) -> Stop {
+    let Some(cc) = headers::negative_cache_control(m.remembered()) else {
+        return Refusal::from(m).into();
+    };
+    let mut reply = refuse(cx, Refusal::from(m), path);
+    reply.headers.insert(CACHE_CONTROL, cc);
+    Stop::Answered(Box::new(reply))
 }
 
 /// A playlist with the token appended to every relative URI: private (never shared by a CDN),

@@ -33,7 +33,7 @@ pub mod write_through;
 mod writers;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -82,10 +82,11 @@ pub enum Miss {
     /// The object changed while it was being read; the client may retry.
     Changed,
     /// Not found, as an upstream said a moment ago (remembered for `pull.negative_ttl`);
-    /// `gone`: it said 410.
-    Negative { gone: bool },
-    /// An upstream answered this request's fill with 404 (`gone`: 410).
-    UpstreamNotFound { gone: bool },
+    /// `gone`: it said 410; `remembered`: how much longer segd remembers it.
+    Negative { gone: bool, remembered: Duration },
+    /// An upstream answered this request's fill with 404 (`gone`: 410); `remembered`: how long
+    /// segd remembers it (zero: not at all, as under live prefixes).
+    UpstreamNotFound { gone: bool, remembered: Duration },
     /// Every upstream for the path failed (and no stale copy could stand in).
     UpstreamFailed,
     /// The last upstream tried timed out.
@@ -96,6 +97,17 @@ impl Miss {
     /// Whether the upstreams failed (error or timeout) rather than answered.
     pub fn is_upstream_failure(&self) -> bool {
         matches!(self, Miss::UpstreamFailed | Miss::UpstreamTimeout)
+    }
+
+    /// How much longer segd remembers an upstream's 404 or 410 (zero for any other miss): the
+    /// longest a CDN in front may keep the answer (`headers::negative_cache_control`).
+    pub fn remembered(&self) -> Duration {
+        match self {
+            Miss::Negative { remembered, .. } | Miss::UpstreamNotFound { remembered, .. } => {
+                *remembered
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// Whether no tier has the object (any kind of not-found).

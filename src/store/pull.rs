@@ -407,6 +407,24 @@ fn sidecar(rel: &str) -> (String, String) {
     (dir.to_owned(), format!(".{name}.segd-meta"))
 }
 
+/// An upstream's 404 or 410, remembered for `negative_ttl`.
+#[derive(Debug, Clone, Copy)]
+struct Negative {
+    /// 410 rather than 404.
+    gone: bool,
+    /// When segd forgets it (moka's own expiry, which it does not tell).
+    until: Instant,
+}
+
+impl Negative {
+    /// How much longer segd remembers it: what a CDN in front may keep the answer for
+    /// ([`Miss::Negative`]), so that a 404 stampede reaches neither segd's upstream nor segd,
+    /// and an object published meanwhile is seen by the CDN no later than by segd.
+    fn remembered(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+}
+
 /// What a fill tells its waiters once the upstream answered.
 #[derive(Clone)]
 enum Outcome {
@@ -414,8 +432,9 @@ enum Outcome {
     Body(Box<Meta>, Option<u64>, Arc<Growing>),
     /// 304 to our revalidation: the cached copy is fresh again.
     Revalidated,
-    /// 404 (`gone`: 410).
-    NotFound { gone: bool },
+    /// 404 (`gone`: 410), remembered until `until` (`None`: not remembered: a live path, the
+    /// queued upstream).
+    NotFound { gone: bool, until: Option<Instant> },
     /// Every upstream failed (`timeout`: the last failure was a timeout).
     Failed { timeout: bool },
 }
@@ -455,8 +474,10 @@ pub struct Pull {
     root: std::path::PathBuf,
     conf: arc_swap::ArcSwap<Conf>,
     index: moka::sync::Cache<String, Arc<Meta>>,
-    /// Paths an upstream answered 404 (false) or 410 (true), for `negative_ttl`.
-    negative: moka::sync::Cache<String, bool>,
+    /// Paths an upstream answered 404 or 410, for `negative_ttl`.
+    negative: moka::sync::Cache<String, Negative>,
+    /// `negative_ttl` as started (a reload does not change it).
+    negative_ttl: Duration,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// LL-HLS requests in flight to an upstream, by path and directives (single flight).
     passing: Mutex<HashMap<String, SharedPass>>,
@@ -709,6 +730,7 @@ impl Pull {
             conf: arc_swap::ArcSwap::from_pointee(conf),
             index,
             negative,
+            negative_ttl: cfg.negative_ttl,
             fills: Mutex::new(HashMap::new()),
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
@@ -930,9 +952,12 @@ impl Pull {
                 }
             }
             // 2. A remembered 404 (or 410).
-            if let Some(gone) = self.negative.get(&key) {
+            if let Some(n) = self.negative.get(&key) {
                 self.count("negative");
-                return Err(Miss::Negative { gone });
+                return Err(Miss::Negative {
+                    gone: n.gone,
+                    remembered: n.remembered(),
+                });
             }
             // 3. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, live, cached.clone());
@@ -978,9 +1003,14 @@ impl Pull {
                 self.count("hit");
                 Ok(Pulled::Found(Box::new(o)))
             }
-            Outcome::NotFound { gone } => {
+            Outcome::NotFound { gone, until } => {
                 self.count(if started { "miss" } else { "coalesced" });
-                Err(Miss::UpstreamNotFound { gone })
+                Err(Miss::UpstreamNotFound {
+                    gone,
+                    remembered: until.map_or(Duration::ZERO, |u| {
+                        u.saturating_duration_since(Instant::now())
+                    }),
+                })
             }
             Outcome::Failed { timeout } => {
                 if let Some(meta) = cached {
@@ -1234,8 +1264,14 @@ impl Pull {
                     }
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
+                    let mut until = None;
                     if !live && !self.queued(&up.name) {
-                        self.negative.insert(key.clone(), gone);
+                        let n = Negative {
+                            gone,
+                            until: Instant::now() + self.negative_ttl,
+                        };
+                        self.negative.insert(key.clone(), n);
+                        until = Some(n.until);
                     }
                     // The upstream no longer has it: a copy kept here must not come back
                     // (as a stale answer during a later upstream failure).
@@ -1246,7 +1282,8 @@ impl Pull {
                             local.forget_in(vol, rel.as_str());
                         }
                     }
-                    fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
+                    fill.outcome
+                        .send_replace(Some(Outcome::NotFound { gone, until }));
                     return;
                 }
                 // A bucket says why in its error body (wrong secret, clock skew, access
