@@ -3634,3 +3634,47 @@ async fn edge_upstream_404_may_be_kept_by_a_cdn_no_longer_than_the_edge_remember
         assert_eq!(r.header("cache-control"), Some("no-store"), "h2={h2}");
     }
 }
+
+/// An HTML page answering 200 for a live playlist's LL-HLS request passed through (a CMS's
+/// catch-all page, a "soft 404") is not the playlist, as for a fill: never passed on, the next
+/// upstream is asked, else 502, and it is counted as `status_class="soft_404"`.
+#[tokio::test]
+async fn edge_llhls_passthrough_html_answer_is_a_soft_404() {
+    const PL: &str = "/live/s/index.m3u8";
+    let cms = Nginx::start_with(
+        r#"location /live/ { types { } default_type "text/html"; return 200 "<html><body>Sorry, no such page</body></html>"; }"#,
+    );
+    let good = Nginx::start();
+    let body = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg0.ts\n";
+    publish(&good.root(), PL, body);
+    let live =
+        |name: &str, base: &str| http_upstream(name, base, "").replace("\"/vod/\"", "\"/live/\"");
+    let ll = format!("{PL}?_HLS_msn=1");
+
+    let alone = Edge::start(&keys(&[]), &[live("cms", &cms.base())]);
+    for h2 in [false, true] {
+        let r = must("GET", &alone.url(&ll), &[], h2).await;
+        assert_eq!(r.status, 502, "h2={h2}: {r:?}");
+        assert!(!String::from_utf8_lossy(r.bytes()).contains("Sorry"));
+    }
+    let m = alone.metrics().await;
+    assert_eq!(
+        metric_with(
+            &m,
+            "segd_upstream_requests_total",
+            &[("upstream", "cms"), ("status_class", "soft_404")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    alone
+        .srv
+        .log_with(&["HTML page", "upstream=cms", PL, "text/html"]);
+
+    let both = Edge::start(
+        &keys(&[]),
+        &[live("cms", &cms.base()), live("origin", &good.base())],
+    );
+    let r = must("GET", &both.url(&ll), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == body.as_slice(), "{r:?}");
+}

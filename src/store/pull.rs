@@ -1208,24 +1208,13 @@ impl Pull {
                 }
             };
             let status = resp.status();
-            let html = soft_404(&resp, conf.served_type(rel)).map(str::to_owned);
-            let class_label = match html {
-                // Counted as what it is, not as the 2xx it claims to be.
-                Some(_) => "soft_404".to_owned(),
-                None => format!("{}xx", status.as_u16() / 100),
-            };
-            self.m
-                .upstream_requests
-                .with_label_values(&[&up.name, &class_label])
-                .inc();
+            let html = self.counted(&conf, up, rel, &resp);
             match status {
                 StatusCode::OK if ambiguous_framing(resp.headers()) => {
                     tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
                 }
-                StatusCode::OK if html.is_some() => {
-                    let content_type = html.as_deref().unwrap_or_default();
-                    tracing::warn!(upstream = %up.name, path = %canonical, content_type, "upstream answered a media path with an HTML page (soft 404); not stored");
-                }
+                // A soft 404 (counted and logged): the next upstream.
+                StatusCode::OK if html.is_some() => {}
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
                     let bucket = matches!(fetcher, Fetcher::S3(_));
@@ -1382,10 +1371,10 @@ impl Pull {
                 }
             };
             let status = resp.status();
-            self.m
-                .upstream_requests
-                .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
-                .inc();
+            // An HTML page for the playlist is no answer to pass on, as for a fill.
+            if self.counted(&conf, up, rel, &resp).is_some() {
+                continue;
+            }
             // As for a fill: a redirect (which is not followed, and whose Location is not passed
             // on) or another unexpected status is this upstream's failure. A client error (a
             // 404, an origin's 400 for a directive out of range) and a 503 are answers.
@@ -1454,6 +1443,33 @@ impl Pull {
         } else {
             Miss::UpstreamFailed
         })
+    }
+
+    /// Counts an upstream's answer by status class, and returns the type of a 200 that is an
+    /// HTML page for a path segd serves as media, playlist or key ([`soft_404`]): counted as
+    /// `soft_404`, not as the 2xx it claims to be, and logged; the caller takes it as that
+    /// upstream's failure (never stored nor passed on). Fills and LL-HLS requests passed
+    /// through alike.
+    fn counted<B>(
+        &self,
+        conf: &Conf,
+        up: &UpstreamConfig,
+        rel: &RelPath,
+        resp: &http::Response<B>,
+    ) -> Option<String> {
+        let html = soft_404(resp, conf.served_type(rel)).map(str::to_owned);
+        let class_label = match &html {
+            Some(_) => "soft_404".to_owned(),
+            None => format!("{}xx", resp.status().as_u16() / 100),
+        };
+        self.m
+            .upstream_requests
+            .with_label_values(&[&up.name, &class_label])
+            .inc();
+        if let Some(content_type) = &html {
+            tracing::warn!(upstream = %up.name, path = %format!("/{rel}"), content_type, "upstream answered a media path with an HTML page (soft 404); not served");
+        }
+        html
     }
 
     /// Sends the request (with `query`, for HTTP upstreams) to one upstream, waiting up to
