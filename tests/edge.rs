@@ -2,7 +2,8 @@
 //! - another segd (the demo corpus, its JSON access log counting upstream requests): a miss is
 //!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
-//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` (objects
+//!   `negative_ttl`, and a CDN is told to keep it no longer (`max-age=` what is left; live
+//!   paths `no-store`); stale-if-error for an expired playlist; eviction under `max_bytes` (objects
 //!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
 //!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
 //!   upstream segd that protects its paths with tokens
@@ -13,7 +14,9 @@
 //!   stale and replaced when changed, one without or `immutable` never; a playlist without a
 //!   lifetime is held as long as the CDN is told (segd's own `[cache_control] playlists`); an
 //!   HTML page answering 200 for a media path (a CMS's soft 404) is never stored nor served:
-//!   the next upstream, else 502
+//!   the next upstream, else 502, for LL-HLS requests passed through as well; a playlist
+//!   rewritten for tokens is private for the lifetime its copy has (and no longer than its
+//!   token); an LL-HLS answer passed through is told the lifetime a stored copy would have
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
 //!   a restart after a crash mid-fill clears what the fill left;
@@ -3677,4 +3680,125 @@ async fn edge_llhls_passthrough_html_answer_is_a_soft_404() {
     );
     let r = must("GET", &both.url(&ll), &[], false).await;
     assert!(r.status == 200 && r.bytes() == body.as_slice(), "{r:?}");
+}
+
+/// `Cache-Control: private, max-age=N` → N.
+fn private_max_age(g: &Got) -> Option<u64> {
+    g.header("cache-control")?
+        .strip_prefix("private, max-age=")?
+        .parse()
+        .ok()
+}
+
+/// An LL-HLS request passed through to the upstream unstored is told the lifetime a stored copy
+/// of the same answer would have, computed the same way: an `Expires` (no Cache-Control) is the
+/// `max-age` it amounts to (here 0: in the past), no lifetime at all is segd's own `[cache_control]
+/// live`, and an upstream `max-age` goes out as it came. The plain GET of the same playlist (a
+/// fill) says the same.
+#[tokio::test]
+async fn edge_llhls_passthrough_is_told_the_lifetime_a_stored_copy_would_have() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "").replace("\"/vod/\"", "\"/live/\"")],
+        "[cache_control]\nlive = \"public, max-age=2\"\n",
+    );
+    for (path, want) in [
+        ("/live/expires/a.m3u8", "max-age=0"),
+        ("/live/vary/b.m3u8", "public, max-age=2"),
+        ("/live/plain/c.m3u8", "max-age=30"),
+    ] {
+        for h2 in [false, true] {
+            let ll = must("GET", &edge.url(&format!("{path}?_HLS_msn=2")), &[], h2).await;
+            assert_eq!(ll.status, 200, "{path}: {ll:?}");
+            assert_eq!(
+                ll.header("cache-control"),
+                Some(want),
+                "{path} h2={h2}: passed through"
+            );
+        }
+        let plain = must("GET", &edge.url(path), &[], false).await;
+        assert_eq!(plain.status, 200, "{path}: {plain:?}");
+        assert_eq!(plain.header("cache-control"), Some(want), "{path}: a fill");
+    }
+}
+
+/// A playlist rewritten for a viewer's token is `private` (no CDN keeps one viewer's tokens)
+/// for the lifetime its stored copy is served with, not a fixed 10 s (1 s under live
+/// prefixes): not longer than the upstream allows (5 s), nor shorter (30 s), what is left of it
+/// once the copy has aged, and never past the expiry of the token its URIs carry.
+/// An upstream's `no-store` stays. LL-HLS requests passed through are rewritten the same way.
+#[tokio::test]
+async fn edge_playlist_rewritten_for_tokens_is_private_for_the_upstreams_lifetime() {
+    let nginx = Nginx::start_with(
+        r#"location /vod/cc5/ { add_header Cache-Control "public, max-age=5"; }
+           location /vod/cc30/ { add_header Cache-Control "public, max-age=30"; }
+           location /vod/cc600/ { add_header Cache-Control "public, max-age=600"; }
+           location /vod/nostore/ { add_header Cache-Control "no-store"; }
+           location /live/ll/ { add_header Cache-Control "public, max-age=30"; }"#,
+    );
+    let body = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg0.ts\n#EXT-X-ENDLIST\n";
+    for p in ["cc5", "cc30", "cc600", "nostore"] {
+        publish(&nginx.root(), &format!("/vod/{p}/p.m3u8"), body);
+    }
+    publish(&nginx.root(), "/live/ll/p.m3u8", body);
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("nginx", &nginx.base(), "")
+            .replace("[\"/vod/\"]", "[\"/vod/\", \"/live/\"]")],
+        &format!(
+            "[token]\nprotect = [\"/vod/\", \"/live/\"]\nplaylist_tokens = \"forward\"\n[[token.keys]]\nid = \"edge\"\nsecret = \"{EDGE_KEY}\"\n"
+        ),
+    );
+    let token = token_with_key(EDGE_KEY, "/*");
+    let rewritten = |r: &Got| String::from_utf8_lossy(r.bytes()).contains("seg0.ts?__token__=");
+    for (p, want) in [
+        ("/vod/cc5/p.m3u8", "private, max-age=5"),
+        ("/vod/cc30/p.m3u8", "private, max-age=30"),
+        ("/vod/nostore/p.m3u8", "private, no-store"),
+        ("/live/ll/p.m3u8", "private, max-age=30"),
+    ] {
+        let r = must("GET", &edge.url(&q(p, &token)), &[], false).await;
+        assert!(r.status == 200 && rewritten(&r), "{p}: {r:?}");
+        assert_eq!(r.header("cache-control"), Some(want), "{p}");
+    }
+    // LL-HLS, passed through.
+    let ll = format!("{}&_HLS_msn=1", q("/live/ll/p.m3u8", &token));
+    let r = must("GET", &edge.url(&ll), &[], true).await;
+    assert!(r.status == 200 && rewritten(&r), "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("private, max-age=30"));
+    // The stored copy ages: the private lifetime is what is left of it.
+    edge.wait_stored(3 * body.len()).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(&q("/vod/cc30/p.m3u8", &token)), &[], true).await;
+    assert!(r.status == 200 && rewritten(&r));
+    assert!(
+        private_max_age(&r).is_some_and(|n| (20..=28).contains(&n)),
+        "{:?}",
+        r.headers
+    );
+    // A token that expires in 40 s: a playlist whose URIs carry it is not kept past that.
+    let short = sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(EDGE_KEY).expect("hex"),
+        &SignSpec {
+            acl: Some("/*"),
+            exp: now() + 40,
+            ..Default::default()
+        },
+    );
+    let r = must(
+        "GET",
+        &edge.url(&q("/vod/cc600/p.m3u8", &short)),
+        &[],
+        false,
+    )
+    .await;
+    assert!(r.status == 200 && rewritten(&r));
+    assert!(
+        private_max_age(&r).is_some_and(|n| (35..=40).contains(&n)),
+        "{:?}",
+        r.headers
+    );
 }

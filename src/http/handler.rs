@@ -342,15 +342,6 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         object
     };
-    if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
-        // A playlist too large to rewrite is served as it is, below.
-        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
-            return rewritten(cx, &canonical, &object, out, live);
-        }
-    }
-
-    let mut headers = HeaderMap::with_capacity(12);
-    headers::cors(cx.policy, req, &mut headers);
     // A pulled object keeps its upstream's Cache-Control and Content-Type.
     let cache_control = if let Some(cc) = &object.cache_control {
         cc.clone()
@@ -360,6 +351,22 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         headers::cache_control(cfg, class, live)
     };
+    if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
+        // A playlist too large to rewrite is served as it is, below.
+        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
+            let age = object
+                .extra
+                .as_ref()
+                .and_then(|h| h.get(http::header::AGE))
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            let cc = param.cache_control(&cache_control, age, now);
+            return rewritten(cx, &canonical, &object, out, cc);
+        }
+    }
+
+    let mut headers = HeaderMap::with_capacity(12);
+    headers::cors(cx.policy, req, &mut headers);
     let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
@@ -633,25 +640,19 @@ fn pull_miss(cx: &Cx<'_>, m: Miss, path: Option<&str>) -> Stop {
     Stop::Answered(Box::new(reply))
 }
 
-/// A playlist with the token appended to every relative URI: private (never shared by a CDN),
-/// a weak ETag that depends on the token, no ranges.
+/// A playlist with the token appended to every relative URI: `cache_control` private (never
+/// shared by a CDN; [`rewrite::Param::cache_control`]), a weak ETag that depends on the token,
+/// no ranges.
 fn rewritten(
     cx: &Cx<'_>,
     canonical: &str,
     object: &Object,
     out: rewrite::Rewritten,
-    live: bool,
+    cache_control: HeaderValue,
 ) -> Result<Reply, Stop> {
     let mut headers = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, cx.req, &mut headers);
-    headers.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static(if live {
-            "private, max-age=1"
-        } else {
-            "private, max-age=10"
-        }),
-    );
+    headers.insert(CACHE_CONTROL, cache_control);
     if let Ok(v) = HeaderValue::from_str(&out.etag) {
         headers.insert(ETAG, v);
     }

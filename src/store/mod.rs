@@ -48,7 +48,7 @@ use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
 pub use body::{Body, ByteStream, FileRange, Stream};
 pub use growing::Progress;
 use local::{Disk, Local};
-pub use pull::Passed;
+pub use pull::{private_cache_control, Passed};
 pub use upload::{Committed, Mode, Upload, WriteError};
 
 /// What kind of object a path names (from its extension): decides caching headers, whether a

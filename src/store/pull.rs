@@ -275,6 +275,28 @@ fn lifetime(cc: &str) -> Option<u64> {
     directive_secs(cc, "s-maxage").or_else(|| directive_secs(cc, "max-age"))
 }
 
+/// The `Cache-Control` of a private derivative of a response that goes out with `served` and
+/// `age` (its `Age`): a playlist rewritten for one viewer's token. `private`, so no CDN keeps
+/// it, for what is left of the lifetime `served` gives ([`lifetime`], as for the stored copy:
+/// `s-maxage`, else `max-age`, else [`HEURISTIC_LIFETIME`]; `no-cache` 0), and at most `cap`
+/// seconds (the token's own validity): never longer than the response itself may be kept, nor
+/// shorter. No lifetime left is `no-cache`; `no-store` stays `no-store`.
+pub fn private_cache_control(served: &HeaderValue, age: u64, cap: u64) -> HeaderValue {
+    let cc = served.to_str().unwrap_or("no-store");
+    if has_directive(cc, "no-store") {
+        return HeaderValue::from_static("private, no-store");
+    }
+    let left = lifetime(cc)
+        .unwrap_or(HEURISTIC_LIFETIME)
+        .saturating_sub(age)
+        .min(cap);
+    if left == 0 {
+        return HeaderValue::from_static("private, no-cache");
+    }
+    HeaderValue::from_str(&format!("private, max-age={left}"))
+        .unwrap_or(HeaderValue::from_static("private, no-cache"))
+}
+
 /// The value of Cache-Control directive `name` in seconds (names are case-insensitive and a
 /// quoted value is accepted, RFC 9111 §5.2).
 fn directive_secs(cc: &str, name: &str) -> Option<u64> {
@@ -497,7 +519,9 @@ pub struct Pull {
 #[derive(Debug)]
 pub struct Passed {
     pub status: StatusCode,
-    /// The upstream's `Content-Type`, `Cache-Control`, `ETag`, `Last-Modified`.
+    /// The upstream's `Content-Type`, `ETag`, `Last-Modified`, `Age`, `Retry-After`, and the
+    /// `Cache-Control` a stored copy of the answer would be served with (none: segd's own
+    /// value for live playlists applies, as for a stored copy).
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -1405,8 +1429,16 @@ impl Pull {
             if let Some(e) = entity_tag(resp.headers().get(ETAG).cloned()) {
                 headers.insert(ETAG, e);
             }
-            // Every line of it: a `private` on a line of its own must reach the viewer.
-            if let Some(cc) = cache_control(resp.headers()) {
+            // What a stored copy would be served with ([`Meta::served_cache_control`]): the
+            // upstream's Cache-Control, every line of it (a `private` on a line of its own must
+            // reach the viewer), its `Expires` as a `max-age`, and a lifetime the upstream left
+            // unstated added. `None`: the handler sends segd's own value, as for a stored copy.
+            let answer = Meta {
+                cache_control: kept_cache_control(resp.headers(), SystemTime::now()),
+                ..Meta::default()
+            };
+            let unstated = conf.unstated_lifetime(ObjectClass::Playlist, true);
+            if let Some(cc) = answer.served_cache_control(unstated) {
                 headers.insert(CACHE_CONTROL, cc);
             }
             let body = http_body_util::Limited::new(resp.into_body(), PASS_MAX);
