@@ -3,7 +3,9 @@
 //!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
 //!   `negative_ttl`, and a CDN is told to keep it no longer (`max-age=` what is left; live
-//!   paths `no-store`); stale-if-error for an expired playlist; eviction under `max_bytes` (objects
+//!   paths `no-store`); an object over `max_bytes` is never stored: each request fetches its
+//!   own bytes, Range forwarded (segd, SeaweedFS), streamed without touching the cache disk;
+//!   stale-if-error for an expired playlist; eviction under `max_bytes` (objects
 //!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
 //!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
 //!   upstream segd that protects its paths with tokens
@@ -3801,4 +3803,160 @@ async fn edge_playlist_rewritten_for_tokens_is_private_for_the_upstreams_lifetim
         "{:?}",
         r.headers
     );
+}
+
+/// A number field of a JSON access-log line (`"status":206` → 206).
+fn json_number(line: &str, name: &str) -> Option<u64> {
+    let key = format!("\"{name}\":");
+    let rest = &line[line.find(&key)? + key.len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
+}
+
+/// An object larger than `max_bytes`, which the cache would evict the moment it stored it, is
+/// not fetched whole for every request (a Range of 100 bytes of a 4 MiB object took 4 MiB
+/// from the upstream each time): its fill learns its size from the head and stops there, and
+/// each request then fetches its own bytes with its Range forwarded (the upstream answers
+/// 206), streamed through with the fill's validators and Cache-Control. Nothing is stored; a
+/// whole-object GET streams the whole object. Conditional requests are answered without the
+/// upstream.
+#[tokio::test]
+async fn edge_object_over_max_bytes_is_streamed_with_its_range_forwarded() {
+    let origin = Origin::start("");
+    let want = origin.file(BIG);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let fetched =
+        async || metric(&edge.metrics().await, "segd_pull_fill_bytes_total").unwrap_or(0.0);
+    let ranges = [
+        (100usize, 199usize),
+        (BIG_LEN - 10, BIG_LEN - 1),
+        (2 << 20, (2 << 20) + 999),
+    ];
+    for round in 0..2 {
+        for (i, (first, last)) in ranges.iter().enumerate() {
+            let h2 = i % 2 == 1;
+            let r = must(
+                "GET",
+                &edge.url(BIG),
+                &[("range", &format!("bytes={first}-{last}"))],
+                h2,
+            )
+            .await;
+            assert_eq!(r.status, 206, "round {round} {first}-{last}: {r:?}");
+            assert!(
+                r.bytes() == &want[*first..=*last],
+                "round {round} {first}-{last}"
+            );
+            assert_eq!(
+                r.header("content-range"),
+                Some(format!("bytes {first}-{last}/{BIG_LEN}").as_str())
+            );
+            assert_eq!(r.header("content-type"), Some("video/iso.segment"));
+        }
+    }
+    // The upstream sent the ranges, not the object: a fraction of one copy in all.
+    let after_ranges = fetched().await;
+    assert!(
+        after_ranges < (BIG_LEN / 2) as f64,
+        "{after_ranges} bytes fetched for 6 ranges of a {BIG_LEN}-byte object"
+    );
+    origin.settle().await;
+    let lines = segd_log_lines(&origin.log, Some("GET"), BIG);
+    let partial = lines
+        .iter()
+        .filter(|l| json_number(l, "status") == Some(206))
+        .count();
+    assert_eq!(partial, 6, "each range forwarded:\n{}", lines.join("\n"));
+
+    // The whole object, streamed; validators as the upstream's; a 304 without the upstream.
+    let direct = must("HEAD", &format!("{}{BIG}", origin.base()), &[], false).await;
+    let r = must("GET", &edge.url(BIG), &[], false).await;
+    assert!(
+        r.complete_200() && r.bytes() == want.as_slice(),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("etag"), direct.header("etag"));
+    let etag = r.header("etag").expect("etag").to_owned();
+    let r = must("GET", &edge.url(BIG), &[("if-none-match", &etag)], true).await;
+    assert_eq!(r.status, 304);
+    assert!(fetched().await >= after_ranges + BIG_LEN as f64);
+    origin.settle().await;
+    assert_eq!(
+        segd_log_lines(&origin.log, Some("GET"), BIG).len(),
+        lines.len() + 1,
+        "one upstream request for the whole GET, none for the 304"
+    );
+    assert_eq!(dir_bytes(&edge.cache_path()), 0, "nothing stored");
+    assert_eq!(edge.nth_cache_status(BIG, 2).await, "pass");
+}
+
+/// The same from a bucket (SeaweedFS): the Range goes to S3 with the signed GET.
+#[tokio::test]
+async fn edge_s3_object_over_max_bytes_has_its_range_forwarded() {
+    let weed = Weed::start();
+    let src = tempfile::tempdir().expect("tempdir");
+    let bytes = pattern(BIG_LEN, 11);
+    publish(src.path(), BIG, &bytes);
+    weed.upload(src.path(), S3_PREFIX);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\"")]),
+        &[s3_upstream(&weed, &weed.secret_file())],
+    );
+    for (first, last) in [(5usize, 104usize), (3 << 20, (3 << 20) + 4999)] {
+        for h2 in [false, true] {
+            let r = must(
+                "GET",
+                &edge.url(BIG),
+                &[("range", &format!("bytes={first}-{last}"))],
+                h2,
+            )
+            .await;
+            assert_eq!(r.status, 206, "{first}-{last}: {r:?}");
+            assert!(r.bytes() == &bytes[first..=last], "{first}-{last}");
+        }
+    }
+    let fetched = metric(&edge.metrics().await, "segd_pull_fill_bytes_total").unwrap_or(0.0);
+    assert!(
+        fetched < (BIG_LEN / 2) as f64,
+        "{fetched} bytes fetched for 4 ranges of a {BIG_LEN}-byte object"
+    );
+    let r = must("GET", &edge.url(BIG), &[], false).await;
+    assert!(r.complete_200() && r.bytes() == bytes.as_slice());
+    assert_eq!(dir_bytes(&edge.cache_path()), 0, "nothing stored");
+}
+
+/// A whole-object GET of an object over `max_bytes` streams through: while its upstream
+/// stalls halfway, the client has the first half and nothing of it lies in the cache
+/// directory (no temporary file: the cache disk is not asked to hold what it cannot keep).
+#[tokio::test]
+async fn edge_object_over_max_bytes_is_not_buffered() {
+    const OBJ: &str = "/vod/huge/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let bytes = pattern(3 << 20, 21);
+    publish(root.path(), OBJ, &bytes);
+    let up = BadUpstream::start("stall-body", root.path());
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\""), ("idle_timeout", "\"20s\"")]),
+        &[http_upstream("stall", &up.base(), "")],
+    );
+    let addr = edge.srv.addr;
+    let client = std::thread::spawn(move || raw_fetch(addr, OBJ, Duration::from_secs(4)));
+    // The upstream has sent half and stalls (for 30 s): the client is being served.
+    up.wait_count(OBJ, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = dir_bytes(&edge.cache_path());
+    let got = client.join().expect("client");
+    assert_eq!(got.status, 200, "{}", got.head);
+    assert!(
+        got.body.len() >= bytes.len() / 4 && bytes.starts_with(&got.body),
+        "the client has the bytes so far: {}",
+        got.body.len()
+    );
+    assert!(!got.complete);
+    assert_eq!(held, 0, "nothing of it on the cache disk while it streams");
 }

@@ -89,7 +89,7 @@ pub struct LogInfo {
     pub path: Option<String>,
     /// The id of the key that verified the request's token.
     pub key_id: Option<String>,
-    /// The cache status a tier decided (`hit`, `miss`, `stale`, `coalesced`, `negative`);
+    /// The cache status a tier decided (`hit`, `miss`, `stale`, `coalesced`, `negative`, `pass`);
     /// otherwise the writer's own.
     pub cache: Option<&'static str>,
 }

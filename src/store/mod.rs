@@ -162,6 +162,9 @@ enum Source {
     Stream(std::sync::Mutex<ByteStream>),
     /// An upload in progress: streamed as it grows.
     Growing(Arc<growing::Growing>),
+    /// An object over `[pull] max_bytes`: fetched from its upstream for each body, with the
+    /// body's range.
+    Upstream(pull::Through),
 }
 
 impl Object {
@@ -226,6 +229,10 @@ impl Object {
                     inner: g.stream(offset, limit),
                 })
             }
+            Source::Upstream(t) => Body::Stream(Stream {
+                len: Some(len),
+                inner: t.stream(offset, len),
+            }),
         }
     }
 
@@ -256,6 +263,17 @@ impl Object {
                     out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
                 }
                 out.truncate(limit);
+                Ok(out.freeze())
+            }
+            // A playlist over max_bytes (a small cache): its first bytes, fetched.
+            Source::Upstream(t) => {
+                use futures_util::StreamExt;
+                let n = (limit as u64).min(self.meta.len);
+                let mut s = t.clone().stream(0, n);
+                let mut out = bytes::BytesMut::new();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
+                }
                 Ok(out.freeze())
             }
             Source::Stream(_) => Err(Miss::Changed),

@@ -18,6 +18,8 @@
 //!   upstream's lifetime, else the one segd's own `[cache_control]` gives them (which the CDN
 //!   is told too); segments are immutable unless their upstream gave them a lifetime, which
 //!   they then follow. Stale copies are revalidated with `If-None-Match`/`If-Modified-Since`.
+//! - An object over `max_bytes` is never stored: each request fetches its own bytes, its Range
+//!   forwarded, streamed through ([`Through`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -454,6 +456,9 @@ enum Outcome {
     Body(Box<Meta>, Option<u64>, Arc<Growing>),
     /// 304 to our revalidation: the cached copy is fresh again.
     Revalidated,
+    /// An object over `max_bytes`, from upstream `String`: never stored, each request fetches
+    /// its own bytes ([`Through`]).
+    Oversize(Arc<Meta>, String),
     /// 404 (`gone`: 410), remembered until `until` (`None`: not remembered: a live path, the
     /// queued upstream).
     NotFound { gone: bool, until: Option<Instant> },
@@ -500,6 +505,12 @@ pub struct Pull {
     negative: moka::sync::Cache<String, Negative>,
     /// `negative_ttl` as started (a reload does not change it).
     negative_ttl: Duration,
+    /// `max_bytes` as started (a reload does not change it).
+    max_bytes: u64,
+    /// Objects over `max_bytes` (which the cache would evict the moment it stored them): what
+    /// their fill learnt of them, so that each request fetches its own bytes, its Range
+    /// forwarded ([`Through`]), instead of the whole object every time.
+    oversize: moka::sync::Cache<String, Arc<Oversize>>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// LL-HLS requests in flight to an upstream, by path and directives (single flight).
     passing: Mutex<HashMap<String, SharedPass>>,
@@ -513,6 +524,191 @@ pub struct Pull {
     /// The upstream that uploads reach only later: the write-through bucket with durability
     /// "local" ([`Pull::set_queued_upstream`]). Its 404s are not remembered.
     queued_upstream: Mutex<Option<String>>,
+}
+
+/// What one upstream request asks for.
+#[derive(Clone, Copy)]
+enum Ask<'a> {
+    /// The object; with a copy, a revalidation of it (a fill).
+    Object(Option<&'a Meta>),
+    /// A live playlist with these LL-HLS directives (HTTP upstreams only).
+    Pass(&'a str),
+    /// Bytes `first..=last` of an object over `max_bytes` (`None`: all of them), as long as it
+    /// is still the one the fill saw ([`Through`]).
+    Bytes(&'a Meta, Option<(u64, u64)>),
+}
+
+/// What a fill learnt of an object over `max_bytes`, and from which upstream.
+struct Oversize {
+    meta: Arc<Meta>,
+    upstream: String,
+}
+
+/// The body of an object over `max_bytes`, which the cache does not keep (it would evict it
+/// the moment it was stored, so every request used to fetch the whole object anew, a Range of
+/// a few bytes included). Each request fetches its own bytes from the upstream that answered
+/// the fill, with its Range forwarded (HTTP upstreams and buckets alike), and streams them to
+/// the client as they arrive: nothing is written to the cache disk nor gathered in memory.
+/// The request carries `If-Match` (or `If-Unmodified-Since`), so an object changed upstream
+/// since is not spliced in: the response is cut (reset) instead, and the next request starts a
+/// fill. An upstream that ignores Range (a 200 of the same length) is read from the start and
+/// the bytes before the range skipped.
+#[derive(Clone)]
+pub(super) struct Through {
+    pull: Arc<Pull>,
+    rel: RelPath,
+    meta: Arc<Meta>,
+    upstream: String,
+}
+
+impl Through {
+    /// `count` bytes from `offset`, fetched when the stream is first polled.
+    pub(super) fn stream(self, offset: u64, count: u64) -> super::ByteStream {
+        use futures_util::StreamExt;
+        let open = async move { self.open(offset, count).await };
+        Box::pin(futures_util::stream::once(open).flat_map(|r| match r {
+            Ok(s) => s,
+            Err(e) => Box::pin(futures_util::stream::once(async { Err(e) })) as super::ByteStream,
+        }))
+    }
+
+    async fn open(self, offset: u64, count: u64) -> io::Result<super::ByteStream> {
+        let pull = &self.pull;
+        let conf = pull.conf.load_full();
+        let found = conf
+            .cfg
+            .upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.name == self.upstream)
+            .and_then(|(i, u)| Some((u, conf.fetchers.get(i)?)));
+        let Some((up, fetcher)) = found else {
+            // Gone with a reload: the next request starts a fill.
+            pull.oversize.invalidate(self.rel.as_str());
+            return Err(io::Error::other("the upstream is no longer configured"));
+        };
+        let whole = offset == 0 && count == self.meta.len;
+        let range = (!whole).then(|| (offset, offset + count.max(1) - 1));
+        let ask = Ask::Bytes(&self.meta, range);
+        let t0 = Instant::now();
+        let resp = pull
+            .request(
+                &conf,
+                fetcher,
+                up,
+                &self.rel,
+                ask,
+                conf.cfg.first_byte_timeout,
+            )
+            .await;
+        pull.m
+            .upstream_seconds
+            .with_label_values(&[&up.name])
+            .observe(t0.elapsed().as_secs_f64());
+        let resp = resp.inspect_err(|e| {
+            pull.m
+                .upstream_requests
+                .with_label_values(&[&up.name, "error"])
+                .inc();
+            tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), error = %e, "upstream request failed");
+        })?;
+        let html = pull.counted(&conf, up, &self.rel, &resp);
+        let skip = match (html, self.skip(&resp, range)) {
+            (None, Some(skip)) => skip,
+            _ => {
+                tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), status = resp.status().as_u16(), "upstream answer is not the object the fill saw; the response is cut");
+                pull.oversize.invalidate(self.rel.as_str());
+                return Err(io::Error::other("upstream object changed"));
+            }
+        };
+        Ok(upstream_bytes(
+            resp.into_body(),
+            skip,
+            count,
+            conf.cfg.idle_timeout,
+            Arc::clone(&pull.m),
+        ))
+    }
+
+    /// How many bytes of `resp`'s body come before the ones asked for: 0 for the 206 of
+    /// exactly `range`, or `range`'s start for a 200 of the whole object (its length); `None`
+    /// for any other answer (412: it changed).
+    fn skip<B>(&self, resp: &http::Response<B>, range: Option<(u64, u64)>) -> Option<u64> {
+        let h = resp.headers();
+        let len = self.meta.len;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let (first, last) = range?;
+                let want = format!("bytes {first}-{last}/{len}");
+                let cr = h.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+                (cr.trim() == want && !ambiguous_framing(h)).then_some(0)
+            }
+            StatusCode::OK => {
+                let cl: Option<u64> = h
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let same = cl.is_none_or(|cl| cl == len) && !ambiguous_framing(h);
+                same.then_some(range.map_or(0, |(first, _)| first))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `count` bytes of an upstream body after its first `skip`, as a stream: each chunk as it
+/// arrives (within `idle` of the last), an error if the body ends short or fails.
+fn upstream_bytes(
+    body: hyper::body::Incoming,
+    skip: u64,
+    count: u64,
+    idle: Duration,
+    m: Arc<PullMetrics>,
+) -> super::ByteStream {
+    struct Left {
+        body: hyper::body::Incoming,
+        skip: u64,
+        left: u64,
+    }
+    let start = Left {
+        body,
+        skip,
+        left: count,
+    };
+    Box::pin(futures_util::stream::unfold(Some(start), move |st| {
+        let m = Arc::clone(&m);
+        async move {
+            let mut st = st?;
+            while st.left > 0 {
+                let frame = match tokio::time::timeout(idle, st.body.frame()).await {
+                    Ok(Some(Ok(f))) => f,
+                    Ok(Some(Err(e))) => return Some((Err(io::Error::other(e)), None)),
+                    Ok(None) => {
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "upstream body ended short",
+                        );
+                        return Some((Err(e), None));
+                    }
+                    Err(_) => return Some((Err(io::Error::from(io::ErrorKind::TimedOut)), None)),
+                };
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                m.fill_bytes.inc_by(data.len() as u64);
+                let skipped = st.skip.min(data.len() as u64);
+                st.skip -= skipped;
+                let data_left = data.split_off(skipped as usize);
+                data = data_left;
+                if data.is_empty() {
+                    continue;
+                }
+                data.truncate(st.left.min(data.len() as u64) as usize);
+                st.left -= data.len() as u64;
+                return Some((Ok(data), Some(st)));
+            }
+            None
+        }
+    }))
 }
 
 /// An upstream's answer to an LL-HLS request passed through (never stored).
@@ -755,6 +951,8 @@ impl Pull {
             index,
             negative,
             negative_ttl: cfg.negative_ttl,
+            max_bytes: cfg.max_bytes,
+            oversize: moka::sync::Cache::new(10_000),
             fills: Mutex::new(HashMap::new()),
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
@@ -900,6 +1098,7 @@ impl Pull {
             // Before the index entry goes: a fill that stores after this line sees it.
             f.void.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        self.oversize.invalidate(rel.as_str());
         let had = self.index.contains_key(rel.as_str());
         self.index.invalidate(rel.as_str());
         self.index.run_pending_tasks();
@@ -983,7 +1182,15 @@ impl Pull {
                     remembered: n.remembered(),
                 });
             }
-            // 3. Join the fill in flight, or start one (unless one just finished: look again).
+            // 3. An object too large to keep: its bytes come from the upstream for each request.
+            if let Some(o) = self.oversize.get(&key) {
+                if o.meta.fresh(unstated) {
+                    self.count("pass");
+                    return Ok(Pulled::Found(Box::new(self.through(rel, &o, unstated))));
+                }
+                self.oversize.invalidate(&key);
+            }
+            // 4. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, live, cached.clone());
             if fill.is_some() {
                 break;
@@ -1005,9 +1212,15 @@ impl Pull {
             Outcome::Body(meta, len, growing) => {
                 self.count(if started { "miss" } else { "coalesced" });
                 let status = if started { "miss" } else { "coalesced" };
-                Ok(Pulled::Found(Box::new(filling(
-                    *meta, unstated, len, growing, status,
+                let source = Source::Growing(growing);
+                Ok(Pulled::Found(Box::new(object(
+                    &meta, unstated, len, source, status,
                 ))))
+            }
+            Outcome::Oversize(meta, upstream) => {
+                self.count("pass");
+                let o = Oversize { meta, upstream };
+                Ok(Pulled::Found(Box::new(self.through(rel, &o, unstated))))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
@@ -1210,8 +1423,7 @@ impl Pull {
                     fetcher,
                     up,
                     rel,
-                    cached.as_deref(),
-                    None,
+                    Ask::Object(cached.as_deref()),
                     conf.cfg.first_byte_timeout,
                 )
                 .await;
@@ -1244,7 +1456,8 @@ impl Pull {
                     let bucket = matches!(fetcher, Fetcher::S3(_));
                     let unstated = conf.unstated_lifetime(class, live);
                     let revalidated = cached.is_some();
-                    self.store(local, rel, unstated, resp, fill, bucket, revalidated)
+                    let from = (up.name.as_str(), bucket);
+                    self.store(local, rel, unstated, resp, fill, from, revalidated)
                         .await;
                     return;
                 }
@@ -1376,7 +1589,7 @@ impl Pull {
             };
             let t0 = Instant::now();
             let resp = self
-                .request(&conf, fetcher, up, rel, None, Some(query), wait)
+                .request(&conf, fetcher, up, rel, Ask::Pass(query), wait)
                 .await;
             self.m
                 .upstream_seconds
@@ -1504,23 +1717,20 @@ impl Pull {
         html
     }
 
-    /// Sends the request (with `query`, for HTTP upstreams) to one upstream, waiting up to
-    /// `wait` for the response head.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends `ask` for `rel` to one upstream, waiting up to `wait` for the response head.
     async fn request(
         &self,
         conf: &Conf,
         fetcher: &Fetcher,
         up: &UpstreamConfig,
         rel: &RelPath,
-        cached: Option<&Meta>,
-        query: Option<&str>,
+        ask: Ask<'_>,
         wait: Duration,
     ) -> io::Result<http::Response<hyper::body::Incoming>> {
         let uri = match fetcher {
-            Fetcher::Http(base) => match query {
-                Some(q) => format!("{base}{}?{q}", rel.encoded()),
-                None => format!("{base}{}", rel.encoded()),
+            Fetcher::Http(base) => match ask {
+                Ask::Pass(q) => format!("{base}{}?{q}", rel.encoded()),
+                _ => format!("{base}{}", rel.encoded()),
             },
             Fetcher::S3(s3) => {
                 let (bucket, creds, prefix) = &**s3;
@@ -1539,13 +1749,32 @@ impl Pull {
         if let Some((h, v)) = &up.origin_auth {
             req = req.header(h.as_str(), v.0.as_str());
         }
-        if let Some(m) = cached {
-            if let Some(e) = &m.upstream_etag {
-                req = req.header(IF_NONE_MATCH, e.clone());
+        match ask {
+            Ask::Object(Some(m)) => {
+                if let Some(e) = &m.upstream_etag {
+                    req = req.header(IF_NONE_MATCH, e.clone());
+                }
+                if let Some(lm) = &m.upstream_last_modified {
+                    req = req.header(IF_MODIFIED_SINCE, lm.clone());
+                }
             }
-            if let Some(lm) = &m.upstream_last_modified {
-                req = req.header(IF_MODIFIED_SINCE, lm.clone());
+            Ask::Bytes(m, range) => {
+                if let Some((first, last)) = range {
+                    req = req.header(http::header::RANGE, format!("bytes={first}-{last}"));
+                }
+                // The object the fill saw, or 412: a strong ETag (If-Match compares strongly,
+                // RFC 9110 §13.1.1), else its date.
+                match (&m.upstream_etag, &m.upstream_last_modified) {
+                    (Some(e), _) if !e.as_bytes().starts_with(b"W/") => {
+                        req = req.header(http::header::IF_MATCH, e.clone());
+                    }
+                    (_, Some(lm)) => {
+                        req = req.header(http::header::IF_UNMODIFIED_SINCE, lm.clone());
+                    }
+                    _ => {}
+                }
             }
+            Ask::Object(None) | Ask::Pass(_) => {}
         }
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
         let deadline = tokio::time::Instant::now() + wait;
@@ -1580,8 +1809,9 @@ impl Pull {
 
     /// Streams a 200's body into the cache: announced to waiters at once, committed only when
     /// complete and of the announced length (and storable). `unstated`: the object's lifetime
-    /// when the upstream gives none ([`Conf::unstated_lifetime`]); `revalidated`: the answer to
-    /// a revalidation of a stale copy, which it replaces.
+    /// when the upstream gives none ([`Conf::unstated_lifetime`]); `from`: the upstream's name
+    /// and whether it is a bucket; `revalidated`: the answer to a revalidation of a stale copy,
+    /// which it replaces. An object over `max_bytes` is not stored: see [`Through`].
     #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
@@ -1590,7 +1820,7 @@ impl Pull {
         unstated: Option<u64>,
         resp: http::Response<hyper::body::Incoming>,
         fill: &Fill,
-        bucket: bool,
+        (upstream, bucket): (&str, bool),
         revalidated: bool,
     ) -> bool {
         let h = resp.headers();
@@ -1651,6 +1881,16 @@ impl Pull {
             cache_control: cc,
             fetched,
         };
+        // Too large to keep (the cache would evict it the moment it was stored): nothing is
+        // written, the waiters and later requests fetch their own bytes, Range forwarded
+        // ([`Through`]). This answer's body is dropped unread.
+        if len.is_some_and(|l| l > self.max_bytes) {
+            let meta = Arc::new(meta);
+            self.too_large(rel, &meta, upstream, storable, fill);
+            fill.outcome
+                .send_replace(Some(Outcome::Oversize(meta, upstream.to_owned())));
+            return true;
+        }
         let Some(vol) = local
             .volumes
             .cache_volume()
@@ -1794,6 +2034,13 @@ impl Pull {
             None => received,
         };
         meta.len = len;
+        // A chunked body that turned out too large to keep: passed through, and the next
+        // requests fetch their own bytes.
+        if len > self.max_bytes {
+            self.too_large(rel, &Arc::new(meta), upstream, storable, fill);
+            publisher.done(len);
+            return true;
+        }
         // Deleted through this node while the body came: passed through, not kept.
         let Some(temp) = temp.filter(|_| storable && !fill.void()) else {
             // Passed through, not kept: the readers finish from memory and the unlinked file.
@@ -1843,6 +2090,38 @@ impl Pull {
             }
             Err(_) => false,
         }
+    }
+
+    /// Remembers an object over `max_bytes` ([`Pull::oversize`]), unless nothing of the
+    /// response may be stored (`no-store`, `private`, `Vary: *`) or it was deleted meanwhile.
+    fn too_large(
+        &self,
+        rel: &RelPath,
+        meta: &Arc<Meta>,
+        upstream: &str,
+        storable: bool,
+        fill: &Fill,
+    ) {
+        tracing::debug!(path = %rel, len = meta.len, "over pull.max_bytes: not stored; requests fetch their own bytes");
+        if storable && !fill.void() {
+            let o = Oversize {
+                meta: Arc::clone(meta),
+                upstream: upstream.to_owned(),
+            };
+            self.oversize.insert(rel.as_str().to_owned(), Arc::new(o));
+        }
+    }
+
+    /// An object over `max_bytes` as the handler serves it: the fill's validators, type and
+    /// Cache-Control, its bytes fetched for each request ([`Through`]).
+    fn through(self: &Arc<Self>, rel: &RelPath, o: &Oversize, unstated: Option<u64>) -> Object {
+        let source = Source::Upstream(Through {
+            pull: Arc::clone(self),
+            rel: rel.clone(),
+            meta: Arc::clone(&o.meta),
+            upstream: o.upstream.clone(),
+        });
+        object(&o.meta, unstated, Some(o.meta.len), source, "pass")
     }
 
     /// A fill could not use the cache disk: said in the log (once a minute at most) and on the
@@ -2001,13 +2280,14 @@ fn made_etag(received: SystemTime) -> HeaderValue {
     HeaderValue::from_str(&format!("\"p{ns:x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-/// An object whose body is being fetched: streamed from the fill as it grows (`len`: `None`
-/// for a chunked upstream body, whose length is known at its end).
-fn filling(
-    meta: Meta,
+/// An object whose body comes from upstream: streamed from the fill as it grows
+/// (`Source::Growing`; `len`: `None` for a chunked upstream body, whose length is known at its
+/// end), or fetched for the request (`Source::Upstream`).
+fn object(
+    meta: &Meta,
     unstated: Option<u64>,
     len: Option<u64>,
-    growing: Arc<Growing>,
+    source: Source,
     status: &'static str,
 ) -> Object {
     let etag = meta
@@ -2037,7 +2317,7 @@ fn filling(
         cache_control: meta.served_cache_control(unstated),
         extra: Some(extra),
         cache_status: Some(status),
-        source: Source::Growing(growing),
+        source,
     }
 }
 
