@@ -2281,10 +2281,12 @@ async fn edge_keeps_what_the_upstream_said_about_its_bytes() {
     };
     assert!(again(EX).await, "an expired copy is fetched again");
 
-    // `Vary: *` never matches a later request: not stored.
+    // `Vary: *` never matches a later request: not stored, and passed on, so that a CDN in
+    // front does not reuse it either (it would, for a year: a segment's own Cache-Control).
     const VA: &str = "/vod/vary/v.ts";
     let r = must("GET", &edge.url(VA), &[], false).await;
     assert!(r.status == 200 && r.bytes() == mixed_pattern(VA).as_slice());
+    assert_eq!(r.header("vary"), Some("*"), "{:?}", r.headers);
     assert!(again(VA).await, "a Vary: * response is fetched again");
 
     // 410 stays 410, remembered like a 404; the access log calls the fill a miss.

@@ -131,6 +131,9 @@ struct Meta {
     /// Unix seconds of the fetch (or the last revalidation), less the `Age` the upstream gave:
     /// when the response was generated, as RFC 9111 §4.2.3 counts a response's age.
     fetched: u64,
+    /// The upstream said `Vary: *`: never stored, and passed on with its answers, so that no
+    /// cache in front reuses them either (RFC 9111 §4.1). Not in the sidecar (never stored).
+    vary_any: bool,
 }
 
 fn now() -> u64 {
@@ -258,6 +261,9 @@ impl Meta {
         h.insert(AGE, HeaderValue::from(self.age()));
         if let Some(ce) = &self.content_encoding {
             h.insert(CONTENT_ENCODING, ce.clone());
+        }
+        if self.vary_any {
+            h.insert(VARY, HeaderValue::from_static("*"));
         }
         h
     }
@@ -1846,16 +1852,17 @@ impl Pull {
         if close_delimited {
             tracing::debug!(path = %rel, "upstream body delimited by close; passed through, not stored");
         }
+        // `Vary: *` never matches a later request (RFC 9111 §4.1).
+        let vary_any = h.get_all(VARY).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+        });
         let storable = !close_delimited
             && !cc
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(forbids_storing)
-            // `Vary: *` never matches a later request (RFC 9111 §4.1).
-            && !h
-                .get_all(VARY)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|f| f.trim() == "*")))
+            && !vary_any
             // The sidecar's name must fit a directory entry too.
             && sidecar(rel.as_str()).1.len() <= NAME_MAX;
         // Validators the copy is served with from the first byte to its eviction: the
@@ -1880,6 +1887,7 @@ impl Pull {
             content_encoding,
             cache_control: cc,
             fetched,
+            vary_any,
         };
         // Too large to keep (the cache would evict it the moment it was stored): nothing is
         // written, the waiters and later requests fetch their own bytes, Range forwarded
