@@ -199,6 +199,23 @@ pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
 mod tests {
     use super::*;
 
+    /// A remembered 404 is kept by a CDN for the whole seconds left, never rounded up; under a
+    /// second, not at all.
+    #[test]
+    fn negative_answers_are_kept_no_longer_than_remembered() {
+        let cc = |ms| negative_cache_control(std::time::Duration::from_millis(ms));
+        assert_eq!(
+            cc(5_999),
+            Some(HeaderValue::from_static("public, max-age=5"))
+        );
+        assert_eq!(
+            cc(1_000),
+            Some(HeaderValue::from_static("public, max-age=1"))
+        );
+        assert_eq!(cc(999), None);
+        assert_eq!(cc(0), None);
+    }
+
     #[test]
     fn h2_authority_rules() {
         let a: http::uri::Authority = "media.example:8443".parse().expect("authority");

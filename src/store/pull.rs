@@ -2352,6 +2352,26 @@ mod tests {
         assert_eq!(S3Error::parse(&long).code.map(|c| c.len()), Some(200));
     }
 
+    /// A playlist rewritten for one viewer: private, for what is left of the lifetime the
+    /// shared answer gives, capped by the token; `no-store` and nothing left are said so.
+    #[test]
+    fn private_derivatives() {
+        let p = |cc: &str, age, cap| {
+            let v = private_cache_control(&HeaderValue::from_str(cc).expect("value"), age, cap);
+            v.to_str().expect("text").to_owned()
+        };
+        assert_eq!(p("public, max-age=30", 0, 3600), "private, max-age=30");
+        assert_eq!(p("public, max-age=30", 12, 3600), "private, max-age=18");
+        assert_eq!(p("public, max-age=600", 0, 40), "private, max-age=40");
+        assert_eq!(p("max-age=60, s-maxage=5", 0, 3600), "private, max-age=5");
+        assert_eq!(p("no-cache", 0, 3600), "private, no-cache");
+        assert_eq!(p("max-age=10", 11, 3600), "private, no-cache");
+        assert_eq!(p("max-age=10", 0, 0), "private, no-cache");
+        assert_eq!(p("max-age=60, No-Store", 0, 3600), "private, no-store");
+        // No lifetime named: the heuristic one.
+        assert_eq!(p("private", 0, 3600), "private, max-age=1");
+    }
+
     #[test]
     fn freshness_directives() {
         assert_eq!(directive_secs("public, max-age=30", "max-age"), Some(30));
