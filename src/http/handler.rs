@@ -354,13 +354,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
         // A playlist too large to rewrite is served as it is, below.
         if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
-            let age = object
-                .extra
-                .as_ref()
-                .and_then(|h| h.get(http::header::AGE))
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(0);
-            let cc = param.cache_control(&cache_control, age, now);
+            let cc = param.cache_control(&cache_control, object.age(), now);
             return rewritten(cx, &canonical, &object, out, cc);
         }
     }

@@ -195,6 +195,15 @@ impl Object {
         }
     }
 
+    /// The `Age` it goes out with (a pulled copy's, RFC 9111 §5.1), 0 without one.
+    pub fn age(&self) -> u64 {
+        self.extra
+            .as_ref()
+            .and_then(|h| h.get(http::header::AGE))
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`:
     /// the `Last-Modified` the object is sent with.
     pub fn modified(&self) -> SystemTime {
