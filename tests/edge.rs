@@ -2,7 +2,10 @@
 //! - another segd (the demo corpus, its JSON access log counting upstream requests): a miss is
 //!   fetched and keeps the upstream's validators and headers, the next request is a hit (h1 and
 //!   h2c); Range on a miss; 50 concurrent misses → one upstream request; a 404 is remembered for
-//!   `negative_ttl`; stale-if-error for an expired playlist; eviction under `max_bytes` (objects
+//!   `negative_ttl`, and a CDN is told to keep it no longer (`max-age=` what is left; live
+//!   paths `no-store`); an object over `max_bytes` is never stored: each request fetches its
+//!   own bytes, Range forwarded (segd, SeaweedFS), streamed without touching the cache disk;
+//!   stale-if-error for an expired playlist; eviction under `max_bytes` (objects
 //!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
 //!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
 //!   upstream segd that protects its paths with tokens
@@ -13,7 +16,9 @@
 //!   stale and replaced when changed, one without or `immutable` never; a playlist without a
 //!   lifetime is held as long as the CDN is told (segd's own `[cache_control] playlists`); an
 //!   HTML page answering 200 for a media path (a CMS's soft 404) is never stored nor served:
-//!   the next upstream, else 502
+//!   the next upstream, else 502, for LL-HLS requests passed through as well; a playlist
+//!   rewritten for tokens is private for the lifetime its copy has (and no longer than its
+//!   token); an LL-HLS answer passed through is told the lifetime a stored copy would have
 //! - a Python upstream (`tests/tools/bad_upstream.py`) that dies or stalls mid-body, or never
 //!   answers: the client's response is aborted or 504, nothing is cached, the next upstream serves;
 //!   a restart after a crash mid-fill clears what the fill left;
@@ -2284,10 +2289,12 @@ async fn edge_keeps_what_the_upstream_said_about_its_bytes() {
     };
     assert!(again(EX).await, "an expired copy is fetched again");
 
-    // `Vary: *` never matches a later request: not stored.
+    // `Vary: *` never matches a later request: not stored, and passed on, so that a CDN in
+    // front does not reuse it either (it would, for a year: a segment's own Cache-Control).
     const VA: &str = "/vod/vary/v.ts";
     let r = must("GET", &edge.url(VA), &[], false).await;
     assert!(r.status == 200 && r.bytes() == mixed_pattern(VA).as_slice());
+    assert_eq!(r.header("vary"), Some("*"), "{:?}", r.headers);
     assert!(again(VA).await, "a Vary: * response is fetched again");
 
     // 410 stays 410, remembered like a 404; the access log calls the fill a miss.
@@ -3782,4 +3789,400 @@ async fn write_through_local_queue_retries_s3_4xx_that_pass() {
     }
     a.srv
         .log_with(&["RequestTimeout", "AuthorizationQueryParametersError"]);
+}
+
+/// `Cache-Control: public, max-age=N` → N.
+fn public_max_age(g: &Got) -> Option<u64> {
+    g.header("cache-control")?
+        .strip_prefix("public, max-age=")?
+        .parse()
+        .ok()
+}
+
+/// An upstream's 404 (or 410), which the edge remembers for `negative_ttl`, may be kept by a
+/// CDN as long as the edge still remembers it and never longer: `public, max-age=` the whole
+/// seconds left, on the miss and on each remembered answer after it, so a stampede of requests
+/// for a missing object reaches neither the edge nor its upstream, and an object published
+/// meanwhile reaches the CDN no later than the edge. segd's own 404s (the origin's, here) and
+/// those under live prefixes, which the edge does not remember (a segment may be asked for just
+/// before it is published), stay `no-store`.
+#[tokio::test]
+async fn edge_upstream_404_may_be_kept_by_a_cdn_no_longer_than_the_edge_remembers_it() {
+    const MISSING: &str = "/vod/t1/hls/64k/seg_00888.ts";
+    const LIVE: &str = "/live/none/seg_00001.ts";
+    let origin = Origin::start("");
+    // (HEAD: not counted as a GET.)
+    let direct = must("HEAD", &format!("{}{MISSING}", origin.base()), &[], false).await;
+    assert_eq!(
+        (direct.status, direct.header("cache-control")),
+        (404, Some("no-store")),
+        "segd's own 404"
+    );
+    let upstream = http_upstream("origin", &origin.base(), "")
+        .replace("[\"/vod/\"]", "[\"/vod/\", \"/live/\"]");
+    let edge = Edge::start(&keys(&[("negative_ttl", "\"6s\"")]), &[upstream]);
+
+    let t0 = Instant::now();
+    let miss = must("GET", &edge.url(MISSING), &[], false).await;
+    let miss_at = t0.elapsed().as_secs_f64();
+    assert_eq!(miss.status, 404);
+    let first = public_max_age(&miss);
+    assert!(
+        first.is_some_and(|n| (3..=6).contains(&n)),
+        "the miss: {:?}",
+        miss.headers
+    );
+    // Two seconds on: remembered, and the CDN is told only what is left.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    for h2 in [false, true] {
+        let asked_at = t0.elapsed().as_secs_f64();
+        let again = must("GET", &edge.url(MISSING), &[], h2).await;
+        assert_eq!(again.status, 404);
+        let left = public_max_age(&again).unwrap_or_else(|| panic!("{:?}", again.headers));
+        assert!(
+            left >= 1 && asked_at + left as f64 <= 6.0 + miss_at,
+            "h2={h2}: max-age={left} {asked_at:.2} s after the miss: a CDN would hold it past \
+             the edge's negative_ttl"
+        );
+    }
+    origin.settle().await;
+    assert_eq!(origin.count(MISSING), 1, "remembered");
+    assert_eq!(edge.nth_cache_status(MISSING, 2).await, "negative");
+    // Past negative_ttl the edge asks again, and so may the CDN.
+    tokio::time::sleep(Duration::from_secs_f64(
+        (6.3 + miss_at - t0.elapsed().as_secs_f64()).max(0.0),
+    ))
+    .await;
+    let later = must("GET", &edge.url(MISSING), &[], false).await;
+    assert_eq!(later.status, 404);
+    assert!(public_max_age(&later).is_some_and(|n| (3..=6).contains(&n)));
+    origin.wait_count(MISSING, 2).await;
+
+    // Under a live prefix: not remembered, not kept by a CDN either.
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(LIVE), &[], h2).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "h2={h2}");
+    }
+}
+
+/// An HTML page answering 200 for a live playlist's LL-HLS request passed through (a CMS's
+/// catch-all page, a "soft 404") is not the playlist, as for a fill: never passed on, the next
+/// upstream is asked, else 502, and it is counted as `status_class="soft_404"`.
+#[tokio::test]
+async fn edge_llhls_passthrough_html_answer_is_a_soft_404() {
+    const PL: &str = "/live/s/index.m3u8";
+    let cms = Nginx::start_with(
+        r#"location /live/ { types { } default_type "text/html"; return 200 "<html><body>Sorry, no such page</body></html>"; }"#,
+    );
+    let good = Nginx::start();
+    let body = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg0.ts\n";
+    publish(&good.root(), PL, body);
+    let live =
+        |name: &str, base: &str| http_upstream(name, base, "").replace("\"/vod/\"", "\"/live/\"");
+    let ll = format!("{PL}?_HLS_msn=1");
+
+    let alone = Edge::start(&keys(&[]), &[live("cms", &cms.base())]);
+    for h2 in [false, true] {
+        let r = must("GET", &alone.url(&ll), &[], h2).await;
+        assert_eq!(r.status, 502, "h2={h2}: {r:?}");
+        assert!(!String::from_utf8_lossy(r.bytes()).contains("Sorry"));
+    }
+    let m = alone.metrics().await;
+    assert_eq!(
+        metric_with(
+            &m,
+            "segd_upstream_requests_total",
+            &[("upstream", "cms"), ("status_class", "soft_404")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    alone
+        .srv
+        .log_with(&["HTML page", "upstream=cms", PL, "text/html"]);
+
+    let both = Edge::start(
+        &keys(&[]),
+        &[live("cms", &cms.base()), live("origin", &good.base())],
+    );
+    let r = must("GET", &both.url(&ll), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == body.as_slice(), "{r:?}");
+}
+
+/// `Cache-Control: private, max-age=N` → N.
+fn private_max_age(g: &Got) -> Option<u64> {
+    g.header("cache-control")?
+        .strip_prefix("private, max-age=")?
+        .parse()
+        .ok()
+}
+
+/// An LL-HLS request passed through to the upstream unstored is told the lifetime a stored copy
+/// of the same answer would have, computed the same way: an `Expires` (no Cache-Control) is the
+/// `max-age` it amounts to (here 0: in the past), no lifetime at all is segd's own `[cache_control]
+/// live`, and an upstream `max-age` goes out as it came. The plain GET of the same playlist (a
+/// fill) says the same.
+#[tokio::test]
+async fn edge_llhls_passthrough_is_told_the_lifetime_a_stored_copy_would_have() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "").replace("\"/vod/\"", "\"/live/\"")],
+        "[cache_control]\nlive = \"public, max-age=2\"\n",
+    );
+    for (path, want) in [
+        ("/live/expires/a.m3u8", "max-age=0"),
+        ("/live/vary/b.m3u8", "public, max-age=2"),
+        ("/live/plain/c.m3u8", "max-age=30"),
+    ] {
+        for h2 in [false, true] {
+            let ll = must("GET", &edge.url(&format!("{path}?_HLS_msn=2")), &[], h2).await;
+            assert_eq!(ll.status, 200, "{path}: {ll:?}");
+            assert_eq!(
+                ll.header("cache-control"),
+                Some(want),
+                "{path} h2={h2}: passed through"
+            );
+        }
+        let plain = must("GET", &edge.url(path), &[], false).await;
+        assert_eq!(plain.status, 200, "{path}: {plain:?}");
+        assert_eq!(plain.header("cache-control"), Some(want), "{path}: a fill");
+    }
+}
+
+/// A playlist rewritten for a viewer's token is `private` (no CDN keeps one viewer's tokens)
+/// for the lifetime its stored copy is served with, not a fixed 10 s (1 s under live
+/// prefixes): not longer than the upstream allows (5 s), nor shorter (30 s), what is left of it
+/// once the copy has aged, and never past the expiry of the token its URIs carry.
+/// An upstream's `no-store` stays. LL-HLS requests passed through are rewritten the same way.
+#[tokio::test]
+async fn edge_playlist_rewritten_for_tokens_is_private_for_the_upstreams_lifetime() {
+    let nginx = Nginx::start_with(
+        r#"location /vod/cc5/ { add_header Cache-Control "public, max-age=5"; }
+           location /vod/cc30/ { add_header Cache-Control "public, max-age=30"; }
+           location /vod/cc600/ { add_header Cache-Control "public, max-age=600"; }
+           location /vod/nostore/ { add_header Cache-Control "no-store"; }
+           location /live/ll/ { add_header Cache-Control "public, max-age=30"; }"#,
+    );
+    let body = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg0.ts\n#EXT-X-ENDLIST\n";
+    for p in ["cc5", "cc30", "cc600", "nostore"] {
+        publish(&nginx.root(), &format!("/vod/{p}/p.m3u8"), body);
+    }
+    publish(&nginx.root(), "/live/ll/p.m3u8", body);
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[http_upstream("nginx", &nginx.base(), "")
+            .replace("[\"/vod/\"]", "[\"/vod/\", \"/live/\"]")],
+        &format!(
+            "[token]\nprotect = [\"/vod/\", \"/live/\"]\nplaylist_tokens = \"forward\"\n[[token.keys]]\nid = \"edge\"\nsecret = \"{EDGE_KEY}\"\n"
+        ),
+    );
+    let token = token_with_key(EDGE_KEY, "/*");
+    let rewritten = |r: &Got| String::from_utf8_lossy(r.bytes()).contains("seg0.ts?__token__=");
+    for (p, want) in [
+        ("/vod/cc5/p.m3u8", "private, max-age=5"),
+        ("/vod/cc30/p.m3u8", "private, max-age=30"),
+        ("/vod/nostore/p.m3u8", "private, no-store"),
+        ("/live/ll/p.m3u8", "private, max-age=30"),
+    ] {
+        let r = must("GET", &edge.url(&q(p, &token)), &[], false).await;
+        assert!(r.status == 200 && rewritten(&r), "{p}: {r:?}");
+        assert_eq!(r.header("cache-control"), Some(want), "{p}");
+    }
+    // LL-HLS, passed through.
+    let ll = format!("{}&_HLS_msn=1", q("/live/ll/p.m3u8", &token));
+    let r = must("GET", &edge.url(&ll), &[], true).await;
+    assert!(r.status == 200 && rewritten(&r), "{r:?}");
+    assert_eq!(r.header("cache-control"), Some("private, max-age=30"));
+    // The stored copy ages: the private lifetime is what is left of it.
+    edge.wait_stored(3 * body.len()).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(&q("/vod/cc30/p.m3u8", &token)), &[], true).await;
+    assert!(r.status == 200 && rewritten(&r));
+    assert!(
+        private_max_age(&r).is_some_and(|n| (20..=28).contains(&n)),
+        "{:?}",
+        r.headers
+    );
+    // A token that expires in 40 s: a playlist whose URIs carry it is not kept past that.
+    let short = sign(
+        TokenAlgorithm::Sha256,
+        &hex::decode(EDGE_KEY).expect("hex"),
+        &SignSpec {
+            acl: Some("/*"),
+            exp: now() + 40,
+            ..Default::default()
+        },
+    );
+    let r = must(
+        "GET",
+        &edge.url(&q("/vod/cc600/p.m3u8", &short)),
+        &[],
+        false,
+    )
+    .await;
+    assert!(r.status == 200 && rewritten(&r));
+    assert!(
+        private_max_age(&r).is_some_and(|n| (35..=40).contains(&n)),
+        "{:?}",
+        r.headers
+    );
+}
+
+/// A number field of a JSON access-log line (`"status":206` → 206).
+fn json_number(line: &str, name: &str) -> Option<u64> {
+    let key = format!("\"{name}\":");
+    let rest = &line[line.find(&key)? + key.len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit())?]
+        .parse()
+        .ok()
+}
+
+/// An object larger than `max_bytes`, which the cache would evict the moment it stored it, is
+/// not fetched whole for every request (a Range of 100 bytes of a 4 MiB object took 4 MiB
+/// from the upstream each time): its fill learns its size from the head and stops there, and
+/// each request then fetches its own bytes with its Range forwarded (the upstream answers
+/// 206), streamed through with the fill's validators and Cache-Control. Nothing is stored; a
+/// whole-object GET streams the whole object. Conditional requests are answered without the
+/// upstream.
+#[tokio::test]
+async fn edge_object_over_max_bytes_is_streamed_with_its_range_forwarded() {
+    let origin = Origin::start("");
+    let want = origin.file(BIG);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let fetched =
+        async || metric(&edge.metrics().await, "segd_pull_fill_bytes_total").unwrap_or(0.0);
+    let ranges = [
+        (100usize, 199usize),
+        (BIG_LEN - 10, BIG_LEN - 1),
+        (2 << 20, (2 << 20) + 999),
+    ];
+    for round in 0..2 {
+        for (i, (first, last)) in ranges.iter().enumerate() {
+            let h2 = i % 2 == 1;
+            let r = must(
+                "GET",
+                &edge.url(BIG),
+                &[("range", &format!("bytes={first}-{last}"))],
+                h2,
+            )
+            .await;
+            assert_eq!(r.status, 206, "round {round} {first}-{last}: {r:?}");
+            assert!(
+                r.bytes() == &want[*first..=*last],
+                "round {round} {first}-{last}"
+            );
+            assert_eq!(
+                r.header("content-range"),
+                Some(format!("bytes {first}-{last}/{BIG_LEN}").as_str())
+            );
+            assert_eq!(r.header("content-type"), Some("video/iso.segment"));
+        }
+    }
+    // The upstream sent the ranges, not the object: a fraction of one copy in all.
+    let after_ranges = fetched().await;
+    assert!(
+        after_ranges < (BIG_LEN / 2) as f64,
+        "{after_ranges} bytes fetched for 6 ranges of a {BIG_LEN}-byte object"
+    );
+    origin.settle().await;
+    let lines = segd_log_lines(&origin.log, Some("GET"), BIG);
+    let partial = lines
+        .iter()
+        .filter(|l| json_number(l, "status") == Some(206))
+        .count();
+    assert_eq!(partial, 6, "each range forwarded:\n{}", lines.join("\n"));
+
+    // The whole object, streamed; validators as the upstream's; a 304 without the upstream.
+    let direct = must("HEAD", &format!("{}{BIG}", origin.base()), &[], false).await;
+    let r = must("GET", &edge.url(BIG), &[], false).await;
+    assert!(
+        r.complete_200() && r.bytes() == want.as_slice(),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("etag"), direct.header("etag"));
+    let etag = r.header("etag").expect("etag").to_owned();
+    let r = must("GET", &edge.url(BIG), &[("if-none-match", &etag)], true).await;
+    assert_eq!(r.status, 304);
+    assert!(fetched().await >= after_ranges + BIG_LEN as f64);
+    origin.settle().await;
+    assert_eq!(
+        segd_log_lines(&origin.log, Some("GET"), BIG).len(),
+        lines.len() + 1,
+        "one upstream request for the whole GET, none for the 304"
+    );
+    assert_eq!(dir_bytes(&edge.cache_path()), 0, "nothing stored");
+    assert_eq!(edge.nth_cache_status(BIG, 2).await, "pass");
+}
+
+/// The same from a bucket (SeaweedFS): the Range goes to S3 with the signed GET.
+#[tokio::test]
+async fn edge_s3_object_over_max_bytes_has_its_range_forwarded() {
+    let weed = Weed::start();
+    let src = tempfile::tempdir().expect("tempdir");
+    let bytes = pattern(BIG_LEN, 11);
+    publish(src.path(), BIG, &bytes);
+    weed.upload(src.path(), S3_PREFIX);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\"")]),
+        &[s3_upstream(&weed, &weed.secret_file())],
+    );
+    for (first, last) in [(5usize, 104usize), (3 << 20, (3 << 20) + 4999)] {
+        for h2 in [false, true] {
+            let r = must(
+                "GET",
+                &edge.url(BIG),
+                &[("range", &format!("bytes={first}-{last}"))],
+                h2,
+            )
+            .await;
+            assert_eq!(r.status, 206, "{first}-{last}: {r:?}");
+            assert!(r.bytes() == &bytes[first..=last], "{first}-{last}");
+        }
+    }
+    let fetched = metric(&edge.metrics().await, "segd_pull_fill_bytes_total").unwrap_or(0.0);
+    assert!(
+        fetched < (BIG_LEN / 2) as f64,
+        "{fetched} bytes fetched for 4 ranges of a {BIG_LEN}-byte object"
+    );
+    let r = must("GET", &edge.url(BIG), &[], false).await;
+    assert!(r.complete_200() && r.bytes() == bytes.as_slice());
+    assert_eq!(dir_bytes(&edge.cache_path()), 0, "nothing stored");
+}
+
+/// A whole-object GET of an object over `max_bytes` streams through: while its upstream
+/// stalls halfway, the client has the first half and nothing of it lies in the cache
+/// directory (no temporary file: the cache disk is not asked to hold what it cannot keep).
+#[tokio::test]
+async fn edge_object_over_max_bytes_is_not_buffered() {
+    const OBJ: &str = "/vod/huge/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let bytes = pattern(3 << 20, 21);
+    publish(root.path(), OBJ, &bytes);
+    let up = BadUpstream::start("stall-body", root.path());
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\""), ("idle_timeout", "\"20s\"")]),
+        &[http_upstream("stall", &up.base(), "")],
+    );
+    let addr = edge.srv.addr;
+    let client = std::thread::spawn(move || raw_fetch(addr, OBJ, Duration::from_secs(4)));
+    // The upstream has sent half and stalls (for 30 s): the client is being served.
+    up.wait_count(OBJ, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = dir_bytes(&edge.cache_path());
+    let got = client.join().expect("client");
+    assert_eq!(got.status, 200, "{}", got.head);
+    assert!(
+        got.body.len() >= bytes.len() / 4 && bytes.starts_with(&got.body),
+        "the client has the bytes so far: {}",
+        got.body.len()
+    );
+    assert!(!got.complete);
+    assert_eq!(held, 0, "nothing of it on the cache disk while it streams");
 }

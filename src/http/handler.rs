@@ -89,7 +89,7 @@ pub struct LogInfo {
     pub path: Option<String>,
     /// The id of the key that verified the request's token.
     pub key_id: Option<String>,
-    /// The cache status a tier decided (`hit`, `miss`, `stale`, `coalesced`, `negative`);
+    /// The cache status a tier decided (`hit`, `miss`, `stale`, `coalesced`, `negative`, `pass`);
     /// otherwise the writer's own.
     pub cache: Option<&'static str>,
 }
@@ -325,12 +325,12 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         }
         Err(m @ Miss::Negative { .. }) => {
             log.cache = Some("negative");
-            return Err(Refusal::from(m).into());
+            return Err(pull_miss(cx, m, log.path.as_deref()));
         }
         // The pull tier asked an upstream for it: the access log says so, as metrics do.
         Err(m @ (Miss::UpstreamNotFound { .. } | Miss::UpstreamFailed | Miss::UpstreamTimeout)) => {
             log.cache = Some("miss");
-            return Err(Refusal::from(m).into());
+            return Err(pull_miss(cx, m, log.path.as_deref()));
         }
         r => r?,
     };
@@ -342,15 +342,6 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         object
     };
-    if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
-        // A playlist too large to rewrite is served as it is, below.
-        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
-            return rewritten(cx, &canonical, &object, out, live);
-        }
-    }
-
-    let mut headers = HeaderMap::with_capacity(12);
-    headers::cors(cx.policy, req, &mut headers);
     // A pulled object keeps its upstream's Cache-Control and Content-Type.
     let cache_control = if let Some(cc) = &object.cache_control {
         cc.clone()
@@ -360,6 +351,16 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         headers::cache_control(cfg, class, live)
     };
+    if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
+        // A playlist too large to rewrite is served as it is, below.
+        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
+            let cc = param.cache_control(&cache_control, object.age(), now);
+            return rewritten(cx, &canonical, &object, out, cc);
+        }
+    }
+
+    let mut headers = HeaderMap::with_capacity(12);
+    headers::cors(cx.policy, req, &mut headers);
     let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
@@ -620,25 +621,32 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     reply
 }
 
-/// A playlist with the token appended to every relative URI: private (never shared by a CDN),
-/// a weak ETag that depends on the token, no ranges.
+/// The refusal for a miss the pull tier decided. An upstream's 404 or 410 that segd remembers
+/// (`[pull] negative_ttl`) may be kept by a CDN for as long as segd still remembers it, never
+/// longer ([`headers::negative_cache_control`]); any other (not remembered: live paths) is
+/// refused as usual, `no-store`.
+fn pull_miss(cx: &Cx<'_>, m: Miss, path: Option<&str>) -> Stop {
+    let Some(cc) = headers::negative_cache_control(m.remembered()) else {
+        return Refusal::from(m).into();
+    };
+    let mut reply = refuse(cx, Refusal::from(m), path);
+    reply.headers.insert(CACHE_CONTROL, cc);
+    Stop::Answered(Box::new(reply))
+}
+
+/// A playlist with the token appended to every relative URI: `cache_control` private (never
+/// shared by a CDN; [`rewrite::Param::cache_control`]), a weak ETag that depends on the token,
+/// no ranges.
 fn rewritten(
     cx: &Cx<'_>,
     canonical: &str,
     object: &Object,
     out: rewrite::Rewritten,
-    live: bool,
+    cache_control: HeaderValue,
 ) -> Result<Reply, Stop> {
     let mut headers = HeaderMap::with_capacity(12);
     headers::cors(cx.policy, cx.req, &mut headers);
-    headers.insert(
-        CACHE_CONTROL,
-        HeaderValue::from_static(if live {
-            "private, max-age=1"
-        } else {
-            "private, max-age=10"
-        }),
-    );
+    headers.insert(CACHE_CONTROL, cache_control);
     if let Ok(v) = HeaderValue::from_str(&out.etag) {
         headers.insert(ETAG, v);
     }

@@ -102,6 +102,19 @@ pub fn cache_control(cfg: &Config, class: ObjectClass, live: bool) -> HeaderValu
     }
 }
 
+/// `Cache-Control` of an upstream's 404 or 410 that the pull tier remembers for `remembered`
+/// longer (`[pull] negative_ttl`): a CDN may keep it that long and never longer (whole seconds,
+/// rounded down), so a stampede of requests for a missing object reaches neither segd nor its
+/// upstream, and an object published meanwhile reaches viewers through the CDN no later than
+/// through segd. `None` when it is not remembered, or for less than a second (a live path,
+/// segd's own 404s): such an answer is `no-store`, as every other error.
+pub fn negative_cache_control(remembered: std::time::Duration) -> Option<HeaderValue> {
+    let secs = remembered.as_secs();
+    (secs > 0)
+        .then(|| HeaderValue::from_str(&format!("public, max-age={secs}")).ok())
+        .flatten()
+}
+
 /// `Access-Control-Allow-Origin` (+ `Vary: Origin` when it depends on the request),
 /// `Access-Control-Expose-Headers`, and `Timing-Allow-Origin` for the same origins (players'
 /// Resource Timing then sees protocol and timings of segment fetches). With
@@ -185,6 +198,23 @@ pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A remembered 404 is kept by a CDN for the whole seconds left, never rounded up; under a
+    /// second, not at all.
+    #[test]
+    fn negative_answers_are_kept_no_longer_than_remembered() {
+        let cc = |ms| negative_cache_control(std::time::Duration::from_millis(ms));
+        assert_eq!(
+            cc(5_999),
+            Some(HeaderValue::from_static("public, max-age=5"))
+        );
+        assert_eq!(
+            cc(1_000),
+            Some(HeaderValue::from_static("public, max-age=1"))
+        );
+        assert_eq!(cc(999), None);
+        assert_eq!(cc(0), None);
+    }
 
     #[test]
     fn h2_authority_rules() {

@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
-    ETAG, LAST_MODIFIED, RANGE,
+    ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE,
 };
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::handler::{preconditions, reply, Cx, Reply, Stop};
 use super::headers;
 use super::refusal::Refusal;
+use super::rewrite::Param;
 use crate::config::Config;
 use crate::live::{Directives, Snapshot, WaitError};
 use crate::playlist;
@@ -60,7 +61,7 @@ pub(super) async fn playlist(
     rel: &RelPath,
     canonical: &str,
     dirs: Directives,
-    rewrite_param: Option<String>,
+    rewrite_param: Option<Param>,
     content_type: HeaderValue,
 ) -> Result<Reply, Stop> {
     let cfg = &cx.policy.config;
@@ -76,7 +77,7 @@ pub(super) async fn playlist(
             .pull_live_playlist(rel, dirs.query(), wait)
             .await?
         {
-            return passed(cx, &p, rewrite_param.as_deref(), content_type);
+            return passed(cx, &p, rewrite_param.as_ref(), content_type);
         }
     }
     let mut snap = snapshot(cx, rel, canonical).await?;
@@ -100,7 +101,7 @@ pub(super) async fn playlist(
         None => (snap.text.clone(), Some(snap.etag.clone())),
     };
     if let Some(param) = &rewrite_param {
-        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
+        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, &param.query));
         etag = crate::live::playlist::variant_etag(&snap.etag, &body);
     }
     let mut h = HeaderMap::with_capacity(12);
@@ -111,6 +112,7 @@ pub(super) async fn playlist(
     let cc = if unsatisfied {
         headers::NO_STORE
     } else if rewrite_param.is_some() {
+        // This node's own stream: its answers change within a second.
         HeaderValue::from_static("private, max-age=1")
     } else if blocking.is_some() {
         // The answer for this query stays valid: a CDN keyed on the query can share it.
@@ -174,17 +176,25 @@ pub(super) fn playlist_date(
 
 /// An upstream's answer to LL-HLS directives, with this node's CORS headers (and its token
 /// rewriting of the playlist's URIs, when configured). Its status stands, errors included; a
-/// 200 is held to the client's preconditions. An error is `no-store`, as segd's own errors are,
-/// whatever the upstream said: a CDN must not keep it for the query.
+/// 200 is held to the client's preconditions and goes out with the Cache-Control a stored copy
+/// would have (the pull tier's, else segd's own for live playlists); rewritten, with the
+/// private form of it ([`Param::cache_control`]). An error is `no-store`, as segd's own errors
+/// are, whatever the upstream said: a CDN must not keep it for the query.
 fn passed(
     cx: &Cx<'_>,
     p: &crate::store::Passed,
-    rewrite_param: Option<&str>,
+    rewrite_param: Option<&Param>,
     content_type: HeaderValue,
 ) -> Result<Reply, Stop> {
     let mut h = HeaderMap::with_capacity(10);
     headers::cors(cx.policy, cx.req, &mut h);
     h.extend(p.headers.clone());
+    if !h.contains_key(CACHE_CONTROL) {
+        h.insert(
+            CACHE_CONTROL,
+            live_playlist_cache_control(&cx.policy.config, None),
+        );
+    }
     // Coded bytes (an upstream that gzips although asked for identity) are passed as they are.
     let rewrite_param = rewrite_param.filter(|_| !h.contains_key(CONTENT_ENCODING));
     let upstream_type = h.remove(CONTENT_TYPE);
@@ -198,10 +208,16 @@ fn passed(
     }
     let mut body = p.body.clone();
     if let (Some(param), true) = (rewrite_param, p.status == StatusCode::OK) {
-        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, param));
+        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, &param.query));
+        // The private lifetime is what is left of the shared one: the Age is counted in it.
+        let age = h
+            .remove(AGE)
+            .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+            .unwrap_or(0);
+        let shared = h.get(CACHE_CONTROL).cloned().unwrap_or(headers::NO_STORE);
         h.insert(
             CACHE_CONTROL,
-            HeaderValue::from_static("private, max-age=1"),
+            param.cache_control(&shared, age, super::handler::unix_now()),
         );
         h.remove(ETAG);
     }

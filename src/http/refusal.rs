@@ -425,9 +425,11 @@ impl From<Miss> for Refusal {
     fn from(m: Miss) -> Refusal {
         match m {
             Miss::NotFound
-            | Miss::Negative { gone: false }
-            | Miss::UpstreamNotFound { gone: false } => Refusal::NotFound,
-            Miss::Negative { gone: true } | Miss::UpstreamNotFound { gone: true } => Refusal::Gone,
+            | Miss::Negative { gone: false, .. }
+            | Miss::UpstreamNotFound { gone: false, .. } => Refusal::NotFound,
+            Miss::Negative { gone: true, .. } | Miss::UpstreamNotFound { gone: true, .. } => {
+                Refusal::Gone
+            }
             Miss::VolumeUnavailable => Refusal::VolumeUnavailable,
             Miss::Overloaded => Refusal::Overloaded,
             Miss::Changed => Refusal::Changed,

@@ -18,6 +18,26 @@ use crate::volumes::{self, RelPath};
 /// Largest playlist segd rewrites (bigger ones are served as they are, whole, with a warning).
 const MAX_REWRITE_BYTES: u64 = 4 << 20;
 
+/// What a playlist's relative URIs get: a query parameter carrying a token.
+pub struct Param {
+    /// `name=token`, appended to each URI.
+    pub query: String,
+    /// Unix seconds when the token in it expires.
+    pub expires: u64,
+}
+
+impl Param {
+    /// The `Cache-Control` of a playlist rewritten with this parameter, given the one it goes
+    /// out with unrewritten (`shared`: its upstream's, or segd's own for the class) and its
+    /// `Age`: `private` (one viewer's token: no CDN keeps it), for what is left of the
+    /// lifetime `shared` gives (the edge's stored copy's, so never longer than the upstream
+    /// allows), and never past the token's expiry, when its URIs stop working
+    /// ([`crate::store::private_cache_control`]).
+    pub fn cache_control(&self, shared: &HeaderValue, age: u64, now: u64) -> HeaderValue {
+        crate::store::private_cache_control(shared, age, self.expires.saturating_sub(now))
+    }
+}
+
 /// The query parameter to append to a playlist's URIs, if any.
 pub fn param(
     policy: &Policy,
@@ -25,7 +45,7 @@ pub fn param(
     canonical: &str,
     grant: &auth::Grant,
     now: u64,
-) -> Option<String> {
+) -> Option<Param> {
     let cfg = &policy.config.token;
     let name = policy.auth.name();
     match cfg.playlist_tokens {
@@ -35,29 +55,37 @@ pub fn param(
             let safe = raw
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && !b"\"'<>&#\\".contains(&b));
-            if safe {
-                Some(format!("{name}={raw}"))
+            let query = if safe {
+                format!("{name}={raw}")
             } else {
                 let decoded = volumes::path::percent_decode(raw.as_bytes())?;
-                Some(format!(
+                format!(
                     "{name}={}",
                     auth::encode_token(&String::from_utf8_lossy(&decoded))
-                ))
-            }
+                )
+            };
+            Some(Param {
+                query,
+                expires: grant.exp,
+            })
         }
         PlaylistTokens::Forward | PlaylistTokens::Mint => {
             let dir = &canonical[..canonical.rfind('/').unwrap_or(0)];
             let acl = format!("{dir}/*");
             // Whole minutes, so consecutive requests get the same playlist (and ETag).
             let start = now - now % 60;
+            let expires = start + cfg.mint_ttl.as_secs();
             let spec = auth::edgeauth::SignSpec {
                 acl: Some(&acl),
                 start: Some(start),
-                exp: start + cfg.mint_ttl.as_secs(),
+                exp: expires,
                 ..Default::default()
             };
             let (_, token) = policy.auth.sign(&spec, Some(&grant.key_id), now)?;
-            Some(format!("{name}={}", auth::encode_token(&token)))
+            Some(Param {
+                query: format!("{name}={}", auth::encode_token(&token)),
+                expires,
+            })
         }
     }
 }
@@ -76,7 +104,7 @@ pub async fn playlist(
     policy: &Policy,
     rel: &RelPath,
     object: &Object,
-    param: &str,
+    param: &Param,
 ) -> Result<Option<Rewritten>, Refusal> {
     let ext = rel.extension().map(str::to_ascii_lowercase);
     let kind = ext
@@ -101,12 +129,12 @@ pub async fn playlist(
         );
         return Ok(None);
     };
-    let body = Bytes::from(playlist::rewrite(kind, &original, param));
+    let body = Bytes::from(playlist::rewrite(kind, &original, &param.query));
     let strong = object.etag.to_str().unwrap_or_default();
     let etag = format!(
         "W/\"{}-{:08x}\"",
         strong.trim_matches('"'),
-        volumes::fnv1a64(param.as_bytes()) as u32
+        volumes::fnv1a64(param.query.as_bytes()) as u32
     );
     let content_type = ext
         .as_deref()

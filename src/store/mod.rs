@@ -33,7 +33,7 @@ pub mod write_through;
 mod writers;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -48,7 +48,7 @@ use crate::volumes::{self, LookupError, ObjectMeta, RelPath, Volumes};
 pub use body::{Body, ByteStream, FileRange, Stream};
 pub use growing::Progress;
 use local::{Disk, Local};
-pub use pull::Passed;
+pub use pull::{private_cache_control, Passed};
 pub use upload::{Committed, Mode, Upload, WriteError};
 
 /// What kind of object a path names (from its extension): decides caching headers, whether a
@@ -82,10 +82,11 @@ pub enum Miss {
     /// The object changed while it was being read; the client may retry.
     Changed,
     /// Not found, as an upstream said a moment ago (remembered for `pull.negative_ttl`);
-    /// `gone`: it said 410.
-    Negative { gone: bool },
-    /// An upstream answered this request's fill with 404 (`gone`: 410).
-    UpstreamNotFound { gone: bool },
+    /// `gone`: it said 410; `remembered`: how much longer segd remembers it.
+    Negative { gone: bool, remembered: Duration },
+    /// An upstream answered this request's fill with 404 (`gone`: 410); `remembered`: how long
+    /// segd remembers it (zero: not at all, as under live prefixes).
+    UpstreamNotFound { gone: bool, remembered: Duration },
     /// Every upstream for the path failed (and no stale copy could stand in).
     UpstreamFailed,
     /// The last upstream tried timed out.
@@ -96,6 +97,17 @@ impl Miss {
     /// Whether the upstreams failed (error or timeout) rather than answered.
     pub fn is_upstream_failure(&self) -> bool {
         matches!(self, Miss::UpstreamFailed | Miss::UpstreamTimeout)
+    }
+
+    /// How much longer segd remembers an upstream's 404 or 410 (zero for any other miss): the
+    /// longest a CDN in front may keep the answer (`headers::negative_cache_control`).
+    pub fn remembered(&self) -> Duration {
+        match self {
+            Miss::Negative { remembered, .. } | Miss::UpstreamNotFound { remembered, .. } => {
+                *remembered
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// Whether no tier has the object (any kind of not-found).
@@ -150,6 +162,9 @@ enum Source {
     Stream(std::sync::Mutex<ByteStream>),
     /// An upload in progress: streamed as it grows.
     Growing(Arc<growing::Growing>),
+    /// An object over `[pull] max_bytes`: fetched from its upstream for each body, with the
+    /// body's range.
+    Upstream(pull::Through),
 }
 
 impl Object {
@@ -178,6 +193,15 @@ impl Object {
                 key: key.clone(),
             },
         }
+    }
+
+    /// The `Age` it goes out with (a pulled copy's, RFC 9111 §5.1), 0 without one.
+    pub fn age(&self) -> u64 {
+        self.extra
+            .as_ref()
+            .and_then(|h| h.get(http::header::AGE))
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`:
@@ -214,6 +238,10 @@ impl Object {
                     inner: g.stream(offset, limit),
                 })
             }
+            Source::Upstream(t) => Body::Stream(Stream {
+                len: Some(len),
+                inner: t.stream(offset, len),
+            }),
         }
     }
 
@@ -244,6 +272,17 @@ impl Object {
                     out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
                 }
                 out.truncate(limit);
+                Ok(out.freeze())
+            }
+            // A playlist over max_bytes (a small cache): its first bytes, fetched.
+            Source::Upstream(t) => {
+                use futures_util::StreamExt;
+                let n = (limit as u64).min(self.meta.len);
+                let mut s = t.clone().stream(0, n);
+                let mut out = bytes::BytesMut::new();
+                while let Some(chunk) = s.next().await {
+                    out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
+                }
                 Ok(out.freeze())
             }
             Source::Stream(_) => Err(Miss::Changed),

@@ -18,6 +18,8 @@
 //!   upstream's lifetime, else the one segd's own `[cache_control]` gives them (which the CDN
 //!   is told too); segments are immutable unless their upstream gave them a lifetime, which
 //!   they then follow. Stale copies are revalidated with `If-None-Match`/`If-Modified-Since`.
+//! - An object over `max_bytes` is never stored: each request fetches its own bytes, its Range
+//!   forwarded, streamed through ([`Through`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -129,6 +131,9 @@ struct Meta {
     /// Unix seconds of the fetch (or the last revalidation), less the `Age` the upstream gave:
     /// when the response was generated, as RFC 9111 §4.2.3 counts a response's age.
     fetched: u64,
+    /// The upstream said `Vary: *`: never stored, and passed on with its answers, so that no
+    /// cache in front reuses them either (RFC 9111 §4.1). Not in the sidecar (never stored).
+    vary_any: bool,
 }
 
 fn now() -> u64 {
@@ -257,6 +262,9 @@ impl Meta {
         if let Some(ce) = &self.content_encoding {
             h.insert(CONTENT_ENCODING, ce.clone());
         }
+        if self.vary_any {
+            h.insert(VARY, HeaderValue::from_static("*"));
+        }
         h
     }
 }
@@ -273,6 +281,28 @@ fn lifetime(cc: &str) -> Option<u64> {
         return Some(0);
     }
     directive_secs(cc, "s-maxage").or_else(|| directive_secs(cc, "max-age"))
+}
+
+/// The `Cache-Control` of a private derivative of a response that goes out with `served` and
+/// `age` (its `Age`): a playlist rewritten for one viewer's token. `private`, so no CDN keeps
+/// it, for what is left of the lifetime `served` gives ([`lifetime`], as for the stored copy:
+/// `s-maxage`, else `max-age`, else [`HEURISTIC_LIFETIME`]; `no-cache` 0), and at most `cap`
+/// seconds (the token's own validity): never longer than the response itself may be kept, nor
+/// shorter. No lifetime left is `no-cache`; `no-store` stays `no-store`.
+pub fn private_cache_control(served: &HeaderValue, age: u64, cap: u64) -> HeaderValue {
+    let cc = served.to_str().unwrap_or("no-store");
+    if has_directive(cc, "no-store") {
+        return HeaderValue::from_static("private, no-store");
+    }
+    let left = lifetime(cc)
+        .unwrap_or(HEURISTIC_LIFETIME)
+        .saturating_sub(age)
+        .min(cap);
+    if left == 0 {
+        return HeaderValue::from_static("private, no-cache");
+    }
+    HeaderValue::from_str(&format!("private, max-age={left}"))
+        .unwrap_or(HeaderValue::from_static("private, no-cache"))
 }
 
 /// The value of Cache-Control directive `name` in seconds (names are case-insensitive and a
@@ -407,6 +437,24 @@ fn sidecar(rel: &str) -> (String, String) {
     (dir.to_owned(), format!(".{name}.segd-meta"))
 }
 
+/// An upstream's 404 or 410, remembered for `negative_ttl`.
+#[derive(Debug, Clone, Copy)]
+struct Negative {
+    /// 410 rather than 404.
+    gone: bool,
+    /// When segd forgets it (moka's own expiry, which it does not tell).
+    until: Instant,
+}
+
+impl Negative {
+    /// How much longer segd remembers it: what a CDN in front may keep the answer for
+    /// ([`Miss::Negative`]), so that a 404 stampede reaches neither segd's upstream nor segd,
+    /// and an object published meanwhile is seen by the CDN no later than by segd.
+    fn remembered(&self) -> Duration {
+        self.until.saturating_duration_since(Instant::now())
+    }
+}
+
 /// What a fill tells its waiters once the upstream answered.
 #[derive(Clone)]
 enum Outcome {
@@ -414,8 +462,12 @@ enum Outcome {
     Body(Box<Meta>, Option<u64>, Arc<Growing>),
     /// 304 to our revalidation: the cached copy is fresh again.
     Revalidated,
-    /// 404 (`gone`: 410).
-    NotFound { gone: bool },
+    /// An object over `max_bytes`, from upstream `String`: never stored, each request fetches
+    /// its own bytes ([`Through`]).
+    Oversize(Arc<Meta>, String),
+    /// 404 (`gone`: 410), remembered until `until` (`None`: not remembered: a live path, the
+    /// queued upstream).
+    NotFound { gone: bool, until: Option<Instant> },
     /// Every upstream failed (`timeout`: the last failure was a timeout).
     Failed { timeout: bool },
 }
@@ -455,8 +507,16 @@ pub struct Pull {
     root: std::path::PathBuf,
     conf: arc_swap::ArcSwap<Conf>,
     index: moka::sync::Cache<String, Arc<Meta>>,
-    /// Paths an upstream answered 404 (false) or 410 (true), for `negative_ttl`.
-    negative: moka::sync::Cache<String, bool>,
+    /// Paths an upstream answered 404 or 410, for `negative_ttl`.
+    negative: moka::sync::Cache<String, Negative>,
+    /// `negative_ttl` as started (a reload does not change it).
+    negative_ttl: Duration,
+    /// `max_bytes` as started (a reload does not change it).
+    max_bytes: u64,
+    /// Objects over `max_bytes` (which the cache would evict the moment it stored them): what
+    /// their fill learnt of them, so that each request fetches its own bytes, its Range
+    /// forwarded ([`Through`]), instead of the whole object every time.
+    oversize: moka::sync::Cache<String, Arc<Oversize>>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// LL-HLS requests in flight to an upstream, by path and directives (single flight).
     passing: Mutex<HashMap<String, SharedPass>>,
@@ -472,11 +532,198 @@ pub struct Pull {
     queued_upstream: Mutex<Option<String>>,
 }
 
+/// What one upstream request asks for.
+#[derive(Clone, Copy)]
+enum Ask<'a> {
+    /// The object; with a copy, a revalidation of it (a fill).
+    Object(Option<&'a Meta>),
+    /// A live playlist with these LL-HLS directives (HTTP upstreams only).
+    Pass(&'a str),
+    /// Bytes `first..=last` of an object over `max_bytes` (`None`: all of them), as long as it
+    /// is still the one the fill saw ([`Through`]).
+    Bytes(&'a Meta, Option<(u64, u64)>),
+}
+
+/// What a fill learnt of an object over `max_bytes`, and from which upstream.
+struct Oversize {
+    meta: Arc<Meta>,
+    upstream: String,
+}
+
+/// The body of an object over `max_bytes`, which the cache does not keep (it would evict it
+/// the moment it was stored, so every request used to fetch the whole object anew, a Range of
+/// a few bytes included). Each request fetches its own bytes from the upstream that answered
+/// the fill, with its Range forwarded (HTTP upstreams and buckets alike), and streams them to
+/// the client as they arrive: nothing is written to the cache disk nor gathered in memory.
+/// The request carries `If-Match` (or `If-Unmodified-Since`), so an object changed upstream
+/// since is not spliced in: the response is cut (reset) instead, and the next request starts a
+/// fill. An upstream that ignores Range (a 200 of the same length) is read from the start and
+/// the bytes before the range skipped.
+#[derive(Clone)]
+pub(super) struct Through {
+    pull: Arc<Pull>,
+    rel: RelPath,
+    meta: Arc<Meta>,
+    upstream: String,
+}
+
+impl Through {
+    /// `count` bytes from `offset`, fetched when the stream is first polled.
+    pub(super) fn stream(self, offset: u64, count: u64) -> super::ByteStream {
+        use futures_util::StreamExt;
+        let open = async move { self.open(offset, count).await };
+        Box::pin(futures_util::stream::once(open).flat_map(|r| match r {
+            Ok(s) => s,
+            Err(e) => Box::pin(futures_util::stream::once(async { Err(e) })) as super::ByteStream,
+        }))
+    }
+
+    async fn open(self, offset: u64, count: u64) -> io::Result<super::ByteStream> {
+        let pull = &self.pull;
+        let conf = pull.conf.load_full();
+        let found = conf
+            .cfg
+            .upstreams
+            .iter()
+            .enumerate()
+            .find(|(_, u)| u.name == self.upstream)
+            .and_then(|(i, u)| Some((u, conf.fetchers.get(i)?)));
+        let Some((up, fetcher)) = found else {
+            // Gone with a reload: the next request starts a fill.
+            pull.oversize.invalidate(self.rel.as_str());
+            return Err(io::Error::other("the upstream is no longer configured"));
+        };
+        let whole = offset == 0 && count == self.meta.len;
+        let range = (!whole).then(|| (offset, offset + count.max(1) - 1));
+        let ask = Ask::Bytes(&self.meta, range);
+        let t0 = Instant::now();
+        let resp = pull
+            .request(
+                &conf,
+                fetcher,
+                up,
+                &self.rel,
+                ask,
+                conf.cfg.first_byte_timeout,
+            )
+            .await;
+        pull.m
+            .upstream_seconds
+            .with_label_values(&[&up.name])
+            .observe(t0.elapsed().as_secs_f64());
+        let resp = resp.inspect_err(|e| {
+            pull.m
+                .upstream_requests
+                .with_label_values(&[&up.name, "error"])
+                .inc();
+            tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), error = %e, "upstream request failed");
+        })?;
+        let html = pull.counted(&conf, up, &self.rel, &resp);
+        let skip = match (html, self.skip(&resp, range)) {
+            (None, Some(skip)) => skip,
+            _ => {
+                tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), status = resp.status().as_u16(), "upstream answer is not the object the fill saw; the response is cut");
+                pull.oversize.invalidate(self.rel.as_str());
+                return Err(io::Error::other("upstream object changed"));
+            }
+        };
+        Ok(upstream_bytes(
+            resp.into_body(),
+            skip,
+            count,
+            conf.cfg.idle_timeout,
+            Arc::clone(&pull.m),
+        ))
+    }
+
+    /// How many bytes of `resp`'s body come before the ones asked for: 0 for the 206 of
+    /// exactly `range`, or `range`'s start for a 200 of the whole object (its length); `None`
+    /// for any other answer (412: it changed).
+    fn skip<B>(&self, resp: &http::Response<B>, range: Option<(u64, u64)>) -> Option<u64> {
+        let h = resp.headers();
+        let len = self.meta.len;
+        match resp.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let (first, last) = range?;
+                let want = format!("bytes {first}-{last}/{len}");
+                let cr = h.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+                (cr.trim() == want && !ambiguous_framing(h)).then_some(0)
+            }
+            StatusCode::OK => {
+                let cl: Option<u64> = h
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                let same = cl.is_none_or(|cl| cl == len) && !ambiguous_framing(h);
+                same.then_some(range.map_or(0, |(first, _)| first))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `count` bytes of an upstream body after its first `skip`, as a stream: each chunk as it
+/// arrives (within `idle` of the last), an error if the body ends short or fails.
+fn upstream_bytes(
+    body: hyper::body::Incoming,
+    skip: u64,
+    count: u64,
+    idle: Duration,
+    m: Arc<PullMetrics>,
+) -> super::ByteStream {
+    struct Left {
+        body: hyper::body::Incoming,
+        skip: u64,
+        left: u64,
+    }
+    let start = Left {
+        body,
+        skip,
+        left: count,
+    };
+    Box::pin(futures_util::stream::unfold(Some(start), move |st| {
+        let m = Arc::clone(&m);
+        async move {
+            let mut st = st?;
+            while st.left > 0 {
+                let frame = match tokio::time::timeout(idle, st.body.frame()).await {
+                    Ok(Some(Ok(f))) => f,
+                    Ok(Some(Err(e))) => return Some((Err(io::Error::other(e)), None)),
+                    Ok(None) => {
+                        let e = io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "upstream body ended short",
+                        );
+                        return Some((Err(e), None));
+                    }
+                    Err(_) => return Some((Err(io::Error::from(io::ErrorKind::TimedOut)), None)),
+                };
+                let Ok(mut data) = frame.into_data() else {
+                    continue;
+                };
+                m.fill_bytes.inc_by(data.len() as u64);
+                let skipped = st.skip.min(data.len() as u64);
+                st.skip -= skipped;
+                let data_left = data.split_off(skipped as usize);
+                data = data_left;
+                if data.is_empty() {
+                    continue;
+                }
+                data.truncate(st.left.min(data.len() as u64) as usize);
+                st.left -= data.len() as u64;
+                return Some((Ok(data), Some(st)));
+            }
+            None
+        }
+    }))
+}
+
 /// An upstream's answer to an LL-HLS request passed through (never stored).
 #[derive(Debug)]
 pub struct Passed {
     pub status: StatusCode,
-    /// The upstream's `Content-Type`, `Cache-Control`, `ETag`, `Last-Modified`.
+    /// The upstream's `Content-Type`, `ETag`, `Last-Modified`, `Age`, `Retry-After`, and the
+    /// `Cache-Control` a stored copy of the answer would be served with (none: segd's own
+    /// value for live playlists applies, as for a stored copy).
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -709,6 +956,9 @@ impl Pull {
             conf: arc_swap::ArcSwap::from_pointee(conf),
             index,
             negative,
+            negative_ttl: cfg.negative_ttl,
+            max_bytes: cfg.max_bytes,
+            oversize: moka::sync::Cache::new(10_000),
             fills: Mutex::new(HashMap::new()),
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
@@ -854,6 +1104,7 @@ impl Pull {
             // Before the index entry goes: a fill that stores after this line sees it.
             f.void.store(true, std::sync::atomic::Ordering::SeqCst);
         }
+        self.oversize.invalidate(rel.as_str());
         let had = self.index.contains_key(rel.as_str());
         self.index.invalidate(rel.as_str());
         self.index.run_pending_tasks();
@@ -930,11 +1181,22 @@ impl Pull {
                 }
             }
             // 2. A remembered 404 (or 410).
-            if let Some(gone) = self.negative.get(&key) {
+            if let Some(n) = self.negative.get(&key) {
                 self.count("negative");
-                return Err(Miss::Negative { gone });
+                return Err(Miss::Negative {
+                    gone: n.gone,
+                    remembered: n.remembered(),
+                });
             }
-            // 3. Join the fill in flight, or start one (unless one just finished: look again).
+            // 3. An object too large to keep: its bytes come from the upstream for each request.
+            if let Some(o) = self.oversize.get(&key) {
+                if o.meta.fresh(unstated) {
+                    self.count("pass");
+                    return Ok(Pulled::Found(Box::new(self.through(rel, &o, unstated))));
+                }
+                self.oversize.invalidate(&key);
+            }
+            // 4. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, live, cached.clone());
             if fill.is_some() {
                 break;
@@ -956,9 +1218,15 @@ impl Pull {
             Outcome::Body(meta, len, growing) => {
                 self.count(if started { "miss" } else { "coalesced" });
                 let status = if started { "miss" } else { "coalesced" };
-                Ok(Pulled::Found(Box::new(filling(
-                    *meta, unstated, len, growing, status,
+                let source = Source::Growing(growing);
+                Ok(Pulled::Found(Box::new(object(
+                    &meta, unstated, len, source, status,
                 ))))
+            }
+            Outcome::Oversize(meta, upstream) => {
+                self.count("pass");
+                let o = Oversize { meta, upstream };
+                Ok(Pulled::Found(Box::new(self.through(rel, &o, unstated))))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
@@ -978,9 +1246,14 @@ impl Pull {
                 self.count("hit");
                 Ok(Pulled::Found(Box::new(o)))
             }
-            Outcome::NotFound { gone } => {
+            Outcome::NotFound { gone, until } => {
                 self.count(if started { "miss" } else { "coalesced" });
-                Err(Miss::UpstreamNotFound { gone })
+                Err(Miss::UpstreamNotFound {
+                    gone,
+                    remembered: until.map_or(Duration::ZERO, |u| {
+                        u.saturating_duration_since(Instant::now())
+                    }),
+                })
             }
             Outcome::Failed { timeout } => {
                 if let Some(meta) = cached {
@@ -1156,8 +1429,7 @@ impl Pull {
                     fetcher,
                     up,
                     rel,
-                    cached.as_deref(),
-                    None,
+                    Ask::Object(cached.as_deref()),
                     conf.cfg.first_byte_timeout,
                 )
                 .await;
@@ -1178,30 +1450,20 @@ impl Pull {
                 }
             };
             let status = resp.status();
-            let html = soft_404(&resp, conf.served_type(rel)).map(str::to_owned);
-            let class_label = match html {
-                // Counted as what it is, not as the 2xx it claims to be.
-                Some(_) => "soft_404".to_owned(),
-                None => format!("{}xx", status.as_u16() / 100),
-            };
-            self.m
-                .upstream_requests
-                .with_label_values(&[&up.name, &class_label])
-                .inc();
+            let html = self.counted(&conf, up, rel, &resp);
             match status {
                 StatusCode::OK if ambiguous_framing(resp.headers()) => {
                     tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
                 }
-                StatusCode::OK if html.is_some() => {
-                    let content_type = html.as_deref().unwrap_or_default();
-                    tracing::warn!(upstream = %up.name, path = %canonical, content_type, "upstream answered a media path with an HTML page (soft 404); not stored");
-                }
+                // A soft 404 (counted and logged): the next upstream.
+                StatusCode::OK if html.is_some() => {}
                 StatusCode::OK => {
                     // Waiters learn of a body that fails after the head through their streams.
                     let bucket = matches!(fetcher, Fetcher::S3(_));
                     let unstated = conf.unstated_lifetime(class, live);
                     let revalidated = cached.is_some();
-                    self.store(local, rel, unstated, resp, fill, bucket, revalidated)
+                    let from = (up.name.as_str(), bucket);
+                    self.store(local, rel, unstated, resp, fill, from, revalidated)
                         .await;
                     return;
                 }
@@ -1234,8 +1496,14 @@ impl Pull {
                     }
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
+                    let mut until = None;
                     if !live && !self.queued(&up.name) {
-                        self.negative.insert(key.clone(), gone);
+                        let n = Negative {
+                            gone,
+                            until: Instant::now() + self.negative_ttl,
+                        };
+                        self.negative.insert(key.clone(), n);
+                        until = Some(n.until);
                     }
                     // The upstream no longer has it: a copy kept here must not come back
                     // (as a stale answer during a later upstream failure).
@@ -1246,7 +1514,8 @@ impl Pull {
                             local.forget_in(vol, rel.as_str());
                         }
                     }
-                    fill.outcome.send_replace(Some(Outcome::NotFound { gone }));
+                    fill.outcome
+                        .send_replace(Some(Outcome::NotFound { gone, until }));
                     return;
                 }
                 // A bucket says why in its error body (wrong secret, clock skew, access
@@ -1326,7 +1595,7 @@ impl Pull {
             };
             let t0 = Instant::now();
             let resp = self
-                .request(&conf, fetcher, up, rel, None, Some(query), wait)
+                .request(&conf, fetcher, up, rel, Ask::Pass(query), wait)
                 .await;
             self.m
                 .upstream_seconds
@@ -1345,10 +1614,10 @@ impl Pull {
                 }
             };
             let status = resp.status();
-            self.m
-                .upstream_requests
-                .with_label_values(&[&up.name, &format!("{}xx", status.as_u16() / 100)])
-                .inc();
+            // An HTML page for the playlist is no answer to pass on, as for a fill.
+            if self.counted(&conf, up, rel, &resp).is_some() {
+                continue;
+            }
             // As for a fill: a redirect (which is not followed, and whose Location is not passed
             // on) or another unexpected status is this upstream's failure. A client error (a
             // 404, an origin's 400 for a directive out of range) and a 503 are answers.
@@ -1379,8 +1648,16 @@ impl Pull {
             if let Some(e) = entity_tag(resp.headers().get(ETAG).cloned()) {
                 headers.insert(ETAG, e);
             }
-            // Every line of it: a `private` on a line of its own must reach the viewer.
-            if let Some(cc) = cache_control(resp.headers()) {
+            // What a stored copy would be served with ([`Meta::served_cache_control`]): the
+            // upstream's Cache-Control, every line of it (a `private` on a line of its own must
+            // reach the viewer), its `Expires` as a `max-age`, and a lifetime the upstream left
+            // unstated added. `None`: the handler sends segd's own value, as for a stored copy.
+            let answer = Meta {
+                cache_control: kept_cache_control(resp.headers(), SystemTime::now()),
+                ..Meta::default()
+            };
+            let unstated = conf.unstated_lifetime(ObjectClass::Playlist, true);
+            if let Some(cc) = answer.served_cache_control(unstated) {
                 headers.insert(CACHE_CONTROL, cc);
             }
             let body = http_body_util::Limited::new(resp.into_body(), PASS_MAX);
@@ -1419,23 +1696,47 @@ impl Pull {
         })
     }
 
-    /// Sends the request (with `query`, for HTTP upstreams) to one upstream, waiting up to
-    /// `wait` for the response head.
-    #[allow(clippy::too_many_arguments)]
+    /// Counts an upstream's answer by status class, and returns the type of a 200 that is an
+    /// HTML page for a path segd serves as media, playlist or key ([`soft_404`]): counted as
+    /// `soft_404`, not as the 2xx it claims to be, and logged; the caller takes it as that
+    /// upstream's failure (never stored nor passed on). Fills and LL-HLS requests passed
+    /// through alike.
+    fn counted<B>(
+        &self,
+        conf: &Conf,
+        up: &UpstreamConfig,
+        rel: &RelPath,
+        resp: &http::Response<B>,
+    ) -> Option<String> {
+        let html = soft_404(resp, conf.served_type(rel)).map(str::to_owned);
+        let class_label = match &html {
+            Some(_) => "soft_404".to_owned(),
+            None => format!("{}xx", resp.status().as_u16() / 100),
+        };
+        self.m
+            .upstream_requests
+            .with_label_values(&[&up.name, &class_label])
+            .inc();
+        if let Some(content_type) = &html {
+            tracing::warn!(upstream = %up.name, path = %format!("/{rel}"), content_type, "upstream answered a media path with an HTML page (soft 404); not served");
+        }
+        html
+    }
+
+    /// Sends `ask` for `rel` to one upstream, waiting up to `wait` for the response head.
     async fn request(
         &self,
         conf: &Conf,
         fetcher: &Fetcher,
         up: &UpstreamConfig,
         rel: &RelPath,
-        cached: Option<&Meta>,
-        query: Option<&str>,
+        ask: Ask<'_>,
         wait: Duration,
     ) -> io::Result<http::Response<hyper::body::Incoming>> {
         let uri = match fetcher {
-            Fetcher::Http(base) => match query {
-                Some(q) => format!("{base}{}?{q}", rel.encoded()),
-                None => format!("{base}{}", rel.encoded()),
+            Fetcher::Http(base) => match ask {
+                Ask::Pass(q) => format!("{base}{}?{q}", rel.encoded()),
+                _ => format!("{base}{}", rel.encoded()),
             },
             Fetcher::S3(s3) => {
                 let (bucket, creds, prefix) = &**s3;
@@ -1454,13 +1755,32 @@ impl Pull {
         if let Some((h, v)) = &up.origin_auth {
             req = req.header(h.as_str(), v.0.as_str());
         }
-        if let Some(m) = cached {
-            if let Some(e) = &m.upstream_etag {
-                req = req.header(IF_NONE_MATCH, e.clone());
+        match ask {
+            Ask::Object(Some(m)) => {
+                if let Some(e) = &m.upstream_etag {
+                    req = req.header(IF_NONE_MATCH, e.clone());
+                }
+                if let Some(lm) = &m.upstream_last_modified {
+                    req = req.header(IF_MODIFIED_SINCE, lm.clone());
+                }
             }
-            if let Some(lm) = &m.upstream_last_modified {
-                req = req.header(IF_MODIFIED_SINCE, lm.clone());
+            Ask::Bytes(m, range) => {
+                if let Some((first, last)) = range {
+                    req = req.header(http::header::RANGE, format!("bytes={first}-{last}"));
+                }
+                // The object the fill saw, or 412: a strong ETag (If-Match compares strongly,
+                // RFC 9110 §13.1.1), else its date.
+                match (&m.upstream_etag, &m.upstream_last_modified) {
+                    (Some(e), _) if !e.as_bytes().starts_with(b"W/") => {
+                        req = req.header(http::header::IF_MATCH, e.clone());
+                    }
+                    (_, Some(lm)) => {
+                        req = req.header(http::header::IF_UNMODIFIED_SINCE, lm.clone());
+                    }
+                    _ => {}
+                }
             }
+            Ask::Object(None) | Ask::Pass(_) => {}
         }
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
         let deadline = tokio::time::Instant::now() + wait;
@@ -1495,8 +1815,9 @@ impl Pull {
 
     /// Streams a 200's body into the cache: announced to waiters at once, committed only when
     /// complete and of the announced length (and storable). `unstated`: the object's lifetime
-    /// when the upstream gives none ([`Conf::unstated_lifetime`]); `revalidated`: the answer to
-    /// a revalidation of a stale copy, which it replaces.
+    /// when the upstream gives none ([`Conf::unstated_lifetime`]); `from`: the upstream's name
+    /// and whether it is a bucket; `revalidated`: the answer to a revalidation of a stale copy,
+    /// which it replaces. An object over `max_bytes` is not stored: see [`Through`].
     #[allow(clippy::too_many_arguments)]
     async fn store(
         &self,
@@ -1505,7 +1826,7 @@ impl Pull {
         unstated: Option<u64>,
         resp: http::Response<hyper::body::Incoming>,
         fill: &Fill,
-        bucket: bool,
+        (upstream, bucket): (&str, bool),
         revalidated: bool,
     ) -> bool {
         let h = resp.headers();
@@ -1531,16 +1852,17 @@ impl Pull {
         if close_delimited {
             tracing::debug!(path = %rel, "upstream body delimited by close; passed through, not stored");
         }
+        // `Vary: *` never matches a later request (RFC 9111 §4.1).
+        let vary_any = h.get_all(VARY).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+        });
         let storable = !close_delimited
             && !cc
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .is_some_and(forbids_storing)
-            // `Vary: *` never matches a later request (RFC 9111 §4.1).
-            && !h
-                .get_all(VARY)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|f| f.trim() == "*")))
+            && !vary_any
             // The sidecar's name must fit a directory entry too.
             && sidecar(rel.as_str()).1.len() <= NAME_MAX;
         // Validators the copy is served with from the first byte to its eviction: the
@@ -1565,7 +1887,18 @@ impl Pull {
             content_encoding,
             cache_control: cc,
             fetched,
+            vary_any,
         };
+        // Too large to keep (the cache would evict it the moment it was stored): nothing is
+        // written, the waiters and later requests fetch their own bytes, Range forwarded
+        // ([`Through`]). This answer's body is dropped unread.
+        if len.is_some_and(|l| l > self.max_bytes) {
+            let meta = Arc::new(meta);
+            self.too_large(rel, &meta, upstream, storable, fill);
+            fill.outcome
+                .send_replace(Some(Outcome::Oversize(meta, upstream.to_owned())));
+            return true;
+        }
         let Some(vol) = local
             .volumes
             .cache_volume()
@@ -1709,6 +2042,13 @@ impl Pull {
             None => received,
         };
         meta.len = len;
+        // A chunked body that turned out too large to keep: passed through, and the next
+        // requests fetch their own bytes.
+        if len > self.max_bytes {
+            self.too_large(rel, &Arc::new(meta), upstream, storable, fill);
+            publisher.done(len);
+            return true;
+        }
         // Deleted through this node while the body came: passed through, not kept.
         let Some(temp) = temp.filter(|_| storable && !fill.void()) else {
             // Passed through, not kept: the readers finish from memory and the unlinked file.
@@ -1758,6 +2098,38 @@ impl Pull {
             }
             Err(_) => false,
         }
+    }
+
+    /// Remembers an object over `max_bytes` ([`Pull::oversize`]), unless nothing of the
+    /// response may be stored (`no-store`, `private`, `Vary: *`) or it was deleted meanwhile.
+    fn too_large(
+        &self,
+        rel: &RelPath,
+        meta: &Arc<Meta>,
+        upstream: &str,
+        storable: bool,
+        fill: &Fill,
+    ) {
+        tracing::debug!(path = %rel, len = meta.len, "over pull.max_bytes: not stored; requests fetch their own bytes");
+        if storable && !fill.void() {
+            let o = Oversize {
+                meta: Arc::clone(meta),
+                upstream: upstream.to_owned(),
+            };
+            self.oversize.insert(rel.as_str().to_owned(), Arc::new(o));
+        }
+    }
+
+    /// An object over `max_bytes` as the handler serves it: the fill's validators, type and
+    /// Cache-Control, its bytes fetched for each request ([`Through`]).
+    fn through(self: &Arc<Self>, rel: &RelPath, o: &Oversize, unstated: Option<u64>) -> Object {
+        let source = Source::Upstream(Through {
+            pull: Arc::clone(self),
+            rel: rel.clone(),
+            meta: Arc::clone(&o.meta),
+            upstream: o.upstream.clone(),
+        });
+        object(&o.meta, unstated, Some(o.meta.len), source, "pass")
     }
 
     /// A fill could not use the cache disk: said in the log (once a minute at most) and on the
@@ -1916,13 +2288,14 @@ fn made_etag(received: SystemTime) -> HeaderValue {
     HeaderValue::from_str(&format!("\"p{ns:x}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-/// An object whose body is being fetched: streamed from the fill as it grows (`len`: `None`
-/// for a chunked upstream body, whose length is known at its end).
-fn filling(
-    meta: Meta,
+/// An object whose body comes from upstream: streamed from the fill as it grows
+/// (`Source::Growing`; `len`: `None` for a chunked upstream body, whose length is known at its
+/// end), or fetched for the request (`Source::Upstream`).
+fn object(
+    meta: &Meta,
     unstated: Option<u64>,
     len: Option<u64>,
-    growing: Arc<Growing>,
+    source: Source,
     status: &'static str,
 ) -> Object {
     let etag = meta
@@ -1952,7 +2325,7 @@ fn filling(
         cache_control: meta.served_cache_control(unstated),
         extra: Some(extra),
         cache_status: Some(status),
-        source: Source::Growing(growing),
+        source,
     }
 }
 
@@ -1977,6 +2350,26 @@ mod tests {
         );
         let long = format!("<Error><Code>{}</Code></Error>", "x".repeat(1000));
         assert_eq!(S3Error::parse(&long).code.map(|c| c.len()), Some(200));
+    }
+
+    /// A playlist rewritten for one viewer: private, for what is left of the lifetime the
+    /// shared answer gives, capped by the token; `no-store` and nothing left are said so.
+    #[test]
+    fn private_derivatives() {
+        let p = |cc: &str, age, cap| {
+            let v = private_cache_control(&HeaderValue::from_str(cc).expect("value"), age, cap);
+            v.to_str().expect("text").to_owned()
+        };
+        assert_eq!(p("public, max-age=30", 0, 3600), "private, max-age=30");
+        assert_eq!(p("public, max-age=30", 12, 3600), "private, max-age=18");
+        assert_eq!(p("public, max-age=600", 0, 40), "private, max-age=40");
+        assert_eq!(p("max-age=60, s-maxage=5", 0, 3600), "private, max-age=5");
+        assert_eq!(p("no-cache", 0, 3600), "private, no-cache");
+        assert_eq!(p("max-age=10", 11, 3600), "private, no-cache");
+        assert_eq!(p("max-age=10", 0, 0), "private, no-cache");
+        assert_eq!(p("max-age=60, No-Store", 0, 3600), "private, no-store");
+        // No lifetime named: the heuristic one.
+        assert_eq!(p("private", 0, 3600), "private, max-age=1");
     }
 
     #[test]
