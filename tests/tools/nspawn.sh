@@ -34,7 +34,11 @@ up)
   echo $! >"$dir/nspawn.pid"
   for _ in $(seq 1 300); do
     leader=$(pgrep -P "$(cat "$dir/nspawn.pid")" 2>/dev/null | head -1 || true)
-    if [ -n "$leader" ] && [ "$(nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null)" = running ]; then
+    state=""
+    [ -n "$leader" ] && state=$(timeout 60 nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null || true)
+    if [ "$state" = running ] || [ "$state" = degraded ]; then
+      # degraded: one of the host's own units failed in here; segd's are what is tested.
+      [ "$state" = degraded ] && nsenter -t "$leader" -a systemctl --failed --no-legend >&2
       echo "$leader" >"$dir/leader.pid"
       echo "$leader"
       exit 0
