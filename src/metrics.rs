@@ -336,19 +336,29 @@ fn unix_now() -> f64 {
 
 const CPU_NAME: &str = "process_cpu_seconds_total";
 const CPU_HELP: &str = "Total user and system CPU time spent in seconds.";
+const START_NAME: &str = "process_start_time_seconds";
+const START_HELP: &str = "Start time of the process since unix epoch in seconds.";
 
-/// The prometheus crate's process collector (memory, descriptors, threads, start time), with
-/// its `process_cpu_seconds_total` replaced: prometheus 0.13.4 keeps that counter in whole
-/// seconds (an integer division of the clock ticks), so a `rate()` over a few minutes of a
-/// lightly loaded process shows steps of 0 and 1 s. Here it is `utime + stime` from
-/// `/proc/self/stat` divided by the tick rate: fractional, and as monotonic as the kernel's
-/// figures. Name, type and help stay the conventional ones (client_golang's).
+/// The prometheus crate's process collector (memory, descriptors, threads), with
+/// `process_cpu_seconds_total` and `process_start_time_seconds` replaced:
+/// - prometheus 0.13.4 keeps the CPU counter in whole seconds (an integer division of the clock
+///   ticks), so a `rate()` over a few minutes of a lightly loaded process shows steps of 0 and
+///   1 s. Here it is `utime + stime` from `/proc/self/stat` divided by the tick rate: fractional,
+///   and as monotonic as the kernel's figures.
+/// - the crate adds the start time (ticks after boot) to `btime` from `/proc/stat`, which the
+///   shipped systemd unit hides (`ProcSubset=pid`): it said 0 (1970) there. Here the boot time is
+///   the realtime clock minus `CLOCK_BOOTTIME`, what the kernel's `btime` is made of.
+///
+/// Names, types and help stay the conventional ones (client_golang's).
 struct ProcessMetrics {
     inner: prometheus::process_collector::ProcessCollector,
     cpu_desc: prometheus::core::Desc,
+    start_desc: prometheus::core::Desc,
     descs: Vec<prometheus::core::Desc>,
     /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
     ticks_per_second: f64,
+    /// Seconds since the epoch when this process started (fixed; `None` if unreadable).
+    start_time: Option<f64>,
 }
 
 impl ProcessMetrics {
@@ -361,21 +371,51 @@ impl ProcessMetrics {
             Vec::new(),
             std::collections::HashMap::new(),
         )?;
+        let start_desc = prometheus::core::Desc::new(
+            START_NAME.into(),
+            START_HELP.into(),
+            Vec::new(),
+            std::collections::HashMap::new(),
+        )?;
         let descs = inner
             .desc()
             .into_iter()
-            .filter(|d| d.fq_name != CPU_NAME)
+            .filter(|d| d.fq_name != CPU_NAME && d.fq_name != START_NAME)
             .cloned()
-            .chain([cpu_desc.clone()])
+            .chain([cpu_desc.clone(), start_desc.clone()])
             .collect();
         let ticks = rustix::param::clock_ticks_per_second();
+        let ticks_per_second = if ticks > 0 { ticks as f64 } else { 100.0 };
+        let start_time = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| start_ticks(&s))
+            .map(|t| boot_time() + t as f64 / ticks_per_second);
         Ok(ProcessMetrics {
             inner,
             cpu_desc,
+            start_desc,
             descs,
-            ticks_per_second: if ticks > 0 { ticks as f64 } else { 100.0 },
+            ticks_per_second,
+            start_time,
         })
     }
+}
+
+/// When the machine booted, in seconds since the epoch: now on the realtime clock minus the time
+/// since boot (`CLOCK_BOOTTIME`, which counts suspend as the process start times do), without
+/// `/proc/stat`.
+fn boot_time() -> f64 {
+    use rustix::time::{clock_gettime, ClockId};
+    let secs = |t: rustix::time::Timespec| t.tv_sec as f64 + t.tv_nsec as f64 / 1e9;
+    secs(clock_gettime(ClockId::Realtime)) - secs(clock_gettime(ClockId::Boottime))
+}
+
+/// The process's start time in clock ticks after boot from the text of `/proc/<pid>/stat`
+/// (field 22; counted after the last `)` as in [`cpu_ticks`]).
+fn start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the `)`: field 3 (state) is the first; starttime is field 22.
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
 }
 
 /// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat` (fields 14 and 15; the
@@ -397,7 +437,19 @@ impl prometheus::core::Collector for ProcessMetrics {
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         let mut families = self.inner.collect();
-        families.retain(|f| f.get_name() != CPU_NAME);
+        families.retain(|f| f.get_name() != CPU_NAME && f.get_name() != START_NAME);
+        if let Some(start) = self.start_time {
+            let mut gauge = prometheus::proto::Gauge::default();
+            gauge.set_value(start);
+            let mut metric = prometheus::proto::Metric::default();
+            metric.set_gauge(gauge);
+            let mut family = prometheus::proto::MetricFamily::default();
+            family.set_name(self.start_desc.fq_name.clone());
+            family.set_help(self.start_desc.help.clone());
+            family.set_field_type(prometheus::proto::MetricType::GAUGE);
+            family.set_metric(vec![metric]);
+            families.push(family);
+        }
         let ticks = std::fs::read_to_string("/proc/self/stat")
             .ok()
             .and_then(|s| cpu_ticks(&s));
@@ -429,5 +481,32 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(1290));
         assert_eq!(cpu_ticks("garbage"), None);
         assert_eq!(cpu_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn start_ticks_from_stat() {
+        // starttime (field 22) is 100 here.
+        let stat =
+            "4242 (segd (w) x) S 1 4242 4242 0 -1 4194560 1000 0 0 0 1234 56 0 0 20 0 9 0 100 0 0";
+        assert_eq!(start_ticks(stat), Some(100));
+        assert_eq!(start_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn boot_time_is_in_the_past_and_agrees_with_proc_stat() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let boot = boot_time();
+        assert!(boot > 1.0e9 && boot < now, "{boot} vs now {now}");
+        // The kernel's btime (whole seconds) where /proc/stat is readable.
+        let btime = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        });
+        if let Some(btime) = btime {
+            assert!((boot - btime).abs() < 2.0, "{boot} vs btime {btime}");
+        }
     }
 }

@@ -5,6 +5,8 @@
 //!   refused; exit status 0
 //! - the sd_notify sequence: READY=1, RELOADING=1 + MONOTONIC_USEC / READY=1, STOPPING=1
 //! - socket activation: a listening socket passed as fd 3 with LISTEN_FDS/LISTEN_PID is served
+//! - an IPv6 listen address is IPv6-only: `[::]:P` starts while another process (systemd's
+//!   `segd.socket`, another user) holds `0.0.0.0:P` without `SO_REUSEPORT`
 //! - the access log line has every field, and never the token
 //! - metrics after a scripted burst show exact counts
 //! - SIGTERM with `unready_delay`: /readyz 503 and `segd_draining` 1 at once, new connections
@@ -253,6 +255,32 @@ async fn socket_activation() {
     // The log line reaches the test's stderr reader on its own schedule: wait for it.
     srv.log_with(&["using the socket passed by systemd"]);
     drop(listener);
+}
+
+/// `listen = ["[::]:P"]` binds IPv6 only (IPV6_V6ONLY), as segd's UDP sockets and nginx do: it
+/// starts while `0.0.0.0:P` belongs to someone else (as `segd.socket`'s 0.0.0.0:80 belongs to
+/// systemd, another uid, when segd binds `[::]:80` itself; a dual-stack socket collided with it
+/// and segd exited "Address already in use"), and an IPv4 client reaches the other holder.
+#[tokio::test]
+async fn ipv6_listen_address_is_ipv6_only() {
+    // No SO_REUSEPORT here: like a socket of another uid, segd cannot share this port.
+    let v4 = std::net::TcpListener::bind("0.0.0.0:0").expect("bind 0.0.0.0");
+    let port = v4.local_addr().expect("addr").port();
+    let vols = demo_volumes();
+    let cfg = config_for(&[&vols.path().join("disk1")], "").replacen(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!("listen = [\"[::]:{port}\"]"),
+        1,
+    );
+    let srv = Server::start(&cfg);
+    assert_eq!(srv.addr.port(), port, "{}", srv.stderr());
+    let r = get(&format!("http://[::1]:{port}{SEG}"), &[]).await;
+    assert_eq!(r.status, 200, "over IPv6");
+    // IPv4 connections go to the IPv4 socket's owner, not to segd.
+    v4.set_nonblocking(false).expect("blocking");
+    let _c = TcpStream::connect(("127.0.0.1", port)).expect("connect over IPv4");
+    let (_, peer) = v4.accept().expect("the IPv4 listener gets it");
+    assert!(peer.is_ipv4());
 }
 
 #[tokio::test]

@@ -19,11 +19,17 @@ use tokio::net::{TcpListener, TcpSocket};
 /// `config/sysctl.d/90-segd.conf`) at that number.
 pub const BACKLOG: u32 = i32::MAX as u32;
 
+/// A listening TCP socket for `addr`. An IPv6 address is IPv6-only (`IPV6_V6ONLY`), as segd's
+/// UDP sockets and nginx's `listen [::]:80` are: `[::]:80` and `0.0.0.0:80` are two listeners,
+/// and a dual-stack `[::]:80` would collide with a `0.0.0.0:80` another user holds (systemd's
+/// `segd.socket`: `SO_REUSEPORT` shares a port only within one uid), so segd could not start.
 pub fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
-        TcpSocket::new_v6()?
+        let sock = TcpSocket::new_v6()?;
+        socket2::SockRef::from(&sock).set_only_v6(true)?;
+        sock
     };
     sock.set_reuseaddr(true)?;
     sock.set_reuseport(true)?;

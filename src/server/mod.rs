@@ -498,6 +498,9 @@ fn tls_sockets(
         if let Some((u, source)) = inherited.take_udp(bound) {
             u.set_nonblocking(true)
                 .with_context(|| format!("inherited UDP socket for {key} = {bound}"))?;
+            if source == listener::Source::Systemd {
+                quic::size_buffers(&u);
+            }
             tracing::info!(addr = %bound, key, "using the UDP socket passed by {}", source.as_str());
             return Ok((l, Some(u)));
         }

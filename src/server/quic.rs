@@ -39,11 +39,18 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
     }
-    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    size_buffers(&sock);
     sock.bind(&addr.into())?;
     sock.set_nonblocking(true)?;
     Ok(sock.into())
+}
+
+/// Asks for [`SOCKET_BUFFER`] of send and receive buffer (best effort), on a socket bound here
+/// or passed by systemd (`segd.socket`'s `ListenDatagram=` comes with the kernel's default).
+pub fn size_buffers(sock: impl std::os::fd::AsFd) {
+    let sock = socket2::SockRef::from(&sock);
+    let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
 }
 
 /// A quinn endpoint on `socket` serving the policy's QUIC config. Its connection IDs carry

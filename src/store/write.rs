@@ -3,7 +3,8 @@
 //! copies will too — they differ only in where the bytes come from.
 //!
 //! Containment: directories are walked and created one component at a time from the volume's
-//! root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` and `mkdirat`, so
+//! root descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (or its user-space
+//! equivalent, `volumes::beneath`) and `mkdirat`, so
 //! neither `..` nor a symlink (planted before or during the write) can lead a write outside the
 //! volume. The temporary file is a dot-file (`.segd-tmp-<run>-<random>`), which the read side never
 //! serves; the rename is atomic for readers (a reader that opened the old file keeps the old
@@ -13,7 +14,9 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::volumes::beneath::Symlinks;
 
 /// Name prefix of temporary files (removed at start-up if a crash left any).
 pub const TEMP_PREFIX: &str = ".segd-tmp-";
@@ -39,15 +42,15 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
-/// Opens the directory `path` beneath `at`: the kernel walks it and refuses `..` out of `at` and
-/// a symlink anywhere on the way.
+/// Opens the directory `path` beneath `at`, refusing `..` out of `at` and a symlink anywhere on
+/// the way (openat2 where it is allowed, else the same walk in user space: under the shipped
+/// systemd unit openat2 is always refused, see [`crate::volumes::beneath`]).
 fn open_beneath(at: impl AsFd, path: &str) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat2(
+    crate::volumes::beneath::open(
         at,
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        Symlinks::Refuse,
     )
 }
 

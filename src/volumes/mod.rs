@@ -19,6 +19,7 @@
 //! ENODEV, ESTALE, ...). The transition is logged once. [`Volumes::check_health`] re-probes and
 //! reopens a root that came back. No disk error ever panics or stops the process.
 
+pub mod beneath;
 mod object;
 pub mod path;
 mod volume;

@@ -1,9 +1,9 @@
 //! One volume: a root directory on a local disk, its health, and opening objects beneath it.
 //!
 //! Containment is `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` from the root's descriptor,
-//! so neither `..` nor a symlink can lead outside (a canonicalise-and-check fallback covers
-//! kernels without openat2). Health flips on device faults and on probes of the root (gone,
-//! replaced by another mount, marker missing); every probe is counted.
+//! so neither `..` nor a symlink can lead outside (the same walk done one component at a time
+//! where openat2 is refused: [`super::beneath`]). Health flips on device faults and on probes of
+//! the root (gone, replaced by another mount, marker missing); every probe is counted.
 
 use std::fs::File;
 use std::io;
@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
+use super::beneath::{self, Symlinks};
 use super::object::ObjectMeta;
 use super::path::RelPath;
 use crate::config::VolumeConfig;
@@ -75,9 +76,6 @@ fn injected(root: &Root, trigger: &str) -> Option<io::Error> {
 fn injected(_root: &Root, _trigger: &str) -> Option<io::Error> {
     None
 }
-
-/// Whether `openat2` exists on this kernel; if not, containment falls back to canonicalising.
-static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 
 fn classify(e: &io::Error) -> OpenError {
     match e.raw_os_error() {
@@ -249,25 +247,8 @@ impl Volume {
             return Err(OpenError::Fault(e));
         }
         let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
-        let fd: OwnedFd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
-            self.open_fallback(rel, flags)?
-        } else {
-            match rustix::fs::openat2(
-                root.fd.as_fd(),
-                rel.as_str(),
-                flags,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            ) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOSYS) => {
-                    tracing::warn!("openat2 is not available; containment falls back to canonicalize + prefix check");
-                    OPENAT2_MISSING.store(true, Ordering::Relaxed);
-                    self.open_fallback(rel, flags)?
-                }
-                Err(e) => return Err(classify(&e.into())),
-            }
-        };
+        let fd: OwnedFd = beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow)
+            .map_err(|e| classify(&e.into()))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| classify(&e.into()))?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
@@ -277,17 +258,6 @@ impl Volume {
             file: File::from(fd),
             volume: usize::MAX,
         })
-    }
-
-    /// Containment without openat2: resolve symlinks, then require the result under the root.
-    /// (There is a window between the check and the open that openat2 does not have.)
-    fn open_fallback(&self, rel: &RelPath, flags: OFlags) -> Result<OwnedFd, OpenError> {
-        let root = std::fs::canonicalize(&self.path).map_err(OpenError::Fault)?;
-        let full = std::fs::canonicalize(root.join(rel.as_str())).map_err(|e| classify(&e))?;
-        if !full.starts_with(&root) {
-            return Err(OpenError::NotFound);
-        }
-        rustix::fs::open(&full, flags, Mode::empty()).map_err(|e| classify(&e.into()))
     }
 
     /// Current metadata of `rel` (one `statat`, following symlinks): only compared with the
@@ -306,18 +276,7 @@ impl Volume {
     pub fn stat_contained(&self, rel: &RelPath) -> Option<ObjectMeta> {
         let root = self.root.load_full()?;
         let flags = OFlags::PATH | OFlags::CLOEXEC;
-        let fd = if OPENAT2_MISSING.load(Ordering::Relaxed) {
-            self.open_fallback(rel, flags).ok()?
-        } else {
-            rustix::fs::openat2(
-                root.fd.as_fd(),
-                rel.as_str(),
-                flags,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
-            )
-            .ok()?
-        };
+        let fd = beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow).ok()?;
         let st = rustix::fs::fstat(&fd).ok()?;
         Some(ObjectMeta::from_stat(&st))
     }
