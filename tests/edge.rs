@@ -3864,6 +3864,20 @@ async fn edge_upstream_404_may_be_kept_by_a_cdn_no_longer_than_the_edge_remember
         assert_eq!(r.status, 404);
         assert_eq!(r.header("cache-control"), Some("no-store"), "h2={h2}");
     }
+
+    // An edge that takes uploads for the path: an object published there is served at once,
+    // so a CDN must not keep answering 404 for it (remembered here all the same).
+    let ingest = format!(
+        "[ingest]\nprefixes = [\"/vod/\"]\nreserve = \"0B\"\n\n[[ingest.keys]]\nid = \"up1\"\nsecret = \"{WT_UP_KEY}\"\n\n"
+    );
+    let upstream = http_upstream("origin", &origin.base(), "");
+    let writer = Edge::start_with(&keys(&[("negative_ttl", "\"6s\"")]), &[upstream], &ingest);
+    for h2 in [false, true] {
+        let r = must("GET", &writer.url(MISSING), &[], h2).await;
+        assert_eq!(r.status, 404);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "h2={h2}");
+    }
+    assert_eq!(writer.nth_cache_status(MISSING, 2).await, "negative");
 }
 
 /// An HTML page answering 200 for a live playlist's LL-HLS request passed through (a CMS's

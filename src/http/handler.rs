@@ -624,9 +624,11 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
 /// The refusal for a miss the pull tier decided. An upstream's 404 or 410 that segd remembers
 /// (`[pull] negative_ttl`) may be kept by a CDN for as long as segd still remembers it, never
 /// longer ([`headers::negative_cache_control`]); any other (not remembered: live paths) is
-/// refused as usual, `no-store`.
+/// refused as usual, `no-store`. So is one for a path this node takes uploads for: an
+/// object published here is served at once, and a CDN must not go on answering 404 for it.
 fn pull_miss(cx: &Cx<'_>, m: Miss, path: Option<&str>) -> Stop {
-    let Some(cc) = headers::negative_cache_control(m.remembered()) else {
+    let cc = headers::negative_cache_control(m.remembered()).filter(|_| !writable(cx));
+    let Some(cc) = cc else {
         return Refusal::from(m).into();
     };
     let mut reply = refuse(cx, Refusal::from(m), path);
