@@ -4054,6 +4054,46 @@ fn json_number(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// An object over `max_bytes` whose upstream went away is not asked of that upstream for good:
+/// the request that finds it gone is cut (its head is out), and the next one starts a fill,
+/// which tries the next upstream.
+#[tokio::test]
+async fn edge_object_over_max_bytes_fails_over_when_its_upstream_is_gone() {
+    let a = Origin::start("");
+    let b = Origin::start("");
+    let want = b.file(BIG);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\""), ("connect_timeout", "\"1s\"")]),
+        &[
+            http_upstream("a", &a.base(), ""),
+            http_upstream("b", &b.base(), ""),
+        ],
+    );
+    let range = [("range", "bytes=1000-1999")];
+    let r = must("GET", &edge.url(BIG), &range, false).await;
+    assert!(r.status == 206 && r.bytes() == &want[1000..2000], "{r:?}");
+    drop(a);
+    // The first request after may be cut; within three, one is served whole by b.
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let r = fetch("GET", &edge.url(BIG), &range, false).await;
+        let got = r.map(|g| (g.status, g.body.map(|b| b.to_vec())));
+        let ok = matches!(&got, Ok((206, Ok(b))) if b.as_slice() == &want[1000..2000]);
+        served.push(format!("{got:?}").chars().take(120).collect::<String>());
+        if ok {
+            served.push("ok".into());
+            break;
+        }
+    }
+    assert!(
+        served.last().is_some_and(|s| s == "ok"),
+        "never served by the next upstream: {served:?}\n{}",
+        edge.srv.stderr()
+    );
+    b.settle().await;
+    assert!(b.count(BIG) >= 1, "b was asked");
+}
+
 /// An object larger than `max_bytes`, which the cache would evict the moment it stored it, is
 /// not fetched whole for every request (a Range of 100 bytes of a 4 MiB object took 4 MiB
 /// from the upstream each time): its fill learns its size from the head and stops there, and

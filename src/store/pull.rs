@@ -294,7 +294,17 @@ pub fn private_cache_control(served: &HeaderValue, age: u64, cap: u64) -> Header
     if has_directive(cc, "no-store") {
         return HeaderValue::from_static("private, no-store");
     }
-    let left = lifetime(cc)
+    // `s-maxage` is for shared caches only: a browser keeps what `max-age` allows, and no
+    // longer than the shared copy this one is made from lives.
+    let own = match (
+        directive_secs(cc, "max-age"),
+        directive_secs(cc, "s-maxage"),
+    ) {
+        _ if has_directive(cc, "no-cache") => Some(0),
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let left = own
         .unwrap_or(HEURISTIC_LIFETIME)
         .saturating_sub(age)
         .min(cap);
@@ -612,6 +622,9 @@ impl Through {
             .with_label_values(&[&up.name])
             .observe(t0.elapsed().as_secs_f64());
         let resp = resp.inspect_err(|e| {
+            // The next request starts a fill, which tries every upstream again (and
+            // stale_if_error), instead of asking this one for good.
+            pull.oversize.invalidate(self.rel.as_str());
             pull.m
                 .upstream_requests
                 .with_label_values(&[&up.name, "error"])
@@ -642,6 +655,15 @@ impl Through {
     fn skip<B>(&self, resp: &http::Response<B>, range: Option<(u64, u64)>) -> Option<u64> {
         let h = resp.headers();
         let len = self.meta.len;
+        // An upstream that ignores If-Match, or an object replaced by one of the same length:
+        // validators that differ from the fill's say another object, whose bytes must not be
+        // served under this one's ETag.
+        let differs = |name, seen: &Option<HeaderValue>| matches!((seen, h.get(name)), (Some(a), Some(b)) if a != b);
+        if differs(ETAG, &self.meta.upstream_etag)
+            || differs(LAST_MODIFIED, &self.meta.upstream_last_modified)
+        {
+            return None;
+        }
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 let (first, last) = range?;
@@ -2364,6 +2386,12 @@ mod tests {
         assert_eq!(p("public, max-age=30", 12, 3600), "private, max-age=18");
         assert_eq!(p("public, max-age=600", 0, 40), "private, max-age=40");
         assert_eq!(p("max-age=60, s-maxage=5", 0, 3600), "private, max-age=5");
+        // s-maxage is not a browser's: the smaller of the two.
+        assert_eq!(
+            p("public, s-maxage=60, max-age=5", 0, 3600),
+            "private, max-age=5"
+        );
+        assert_eq!(p("public, s-maxage=60", 0, 3600), "private, max-age=60");
         assert_eq!(p("no-cache", 0, 3600), "private, no-cache");
         assert_eq!(p("max-age=10", 11, 3600), "private, no-cache");
         assert_eq!(p("max-age=10", 0, 0), "private, no-cache");
