@@ -32,10 +32,13 @@ up)
     --register=no --keep-unit --link-journal=no -M "segd-$(basename "$dir")" \
     --console=passive -b >"$dir/console.log" 2>&1 </dev/null &
   echo $! >"$dir/nspawn.pid"
-  for _ in $(seq 1 300); do
+  # One deadline for the whole boot, however the waits below go.
+  end=$((SECONDS + 60))
+  while [ $SECONDS -lt $end ]; do
     leader=$(pgrep -P "$(cat "$dir/nspawn.pid")" 2>/dev/null | head -1 || true)
     state=""
-    [ -n "$leader" ] && state=$(timeout 60 nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null || true)
+    left=$((end - SECONDS))
+    [ -n "$leader" ] && [ $left -gt 0 ] && state=$(timeout "$left" nsenter -t "$leader" -a systemctl is-system-running --wait 2>/dev/null || true)
     if [ "$state" = running ] || [ "$state" = degraded ]; then
       # degraded: one of the host's own units failed in here; segd's are what is tested.
       [ "$state" = degraded ] && nsenter -t "$leader" -a systemctl --failed --no-legend >&2
@@ -52,7 +55,8 @@ up)
   ;;
 down)
   pid=$(cat "$dir/nspawn.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  # Only the nspawn this script started: a pid that was reused since is someone else's.
+  if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = systemd-nspawn ]; then
     kill -TERM "$pid" # nspawn asks the container's systemd to power off
     for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
