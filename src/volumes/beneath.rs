@@ -54,13 +54,22 @@ pub fn open(
             Symlinks::Follow => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
             Symlinks::Refuse => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
         };
-        match rustix::fs::openat2(at, path, flags, Mode::empty(), resolve) {
-            Err(Errno::NOSYS) => {
-                if !OPENAT2_MISSING.swap(true, Ordering::Relaxed) {
-                    tracing::info!("openat2 is refused (systemd's RestrictSUIDSGID=, implied by DynamicUser=, or an old kernel); paths in volumes are resolved one component at a time");
+        // EAGAIN: a `..` on the way raced a rename or mount elsewhere (the kernel's
+        // RESOLVE_BENEATH check); asked again, then walked.
+        for _ in 0..3 {
+            match rustix::fs::openat2(at, path, flags, Mode::empty(), resolve) {
+                // ENOSYS as above; EPERM is what a seccomp filter that does not know openat2
+                // answers (systemd before 246 with the unit's `SystemCallErrorNumber=EPERM`):
+                // no permission problem gives it for these flags (that is EACCES).
+                Err(e @ (Errno::NOSYS | Errno::PERM)) => {
+                    if !OPENAT2_MISSING.swap(true, Ordering::Relaxed) {
+                        tracing::info!(error = %e, "openat2 is refused (systemd's RestrictSUIDSGID=, implied by DynamicUser=, an older seccomp filter, or an old kernel); paths in volumes are resolved one component at a time");
+                    }
+                    break;
                 }
+                Err(Errno::AGAIN) => continue,
+                r => return r,
             }
-            r => return r,
         }
     }
     walk(at, path.as_bytes(), flags, symlinks)
