@@ -281,6 +281,8 @@ async fn ipv6_listen_address_is_ipv6_only() {
     let _c = TcpStream::connect(("127.0.0.1", port)).expect("connect over IPv4");
     let (_, peer) = v4.accept().expect("the IPv4 listener gets it");
     assert!(peer.is_ipv4());
+    // The operator is told that this port takes no IPv4 client (it was dual-stack before).
+    srv.log_with(&["IPv6 only: no IPv4 client reaches this port"]);
 }
 
 #[tokio::test]

@@ -196,6 +196,25 @@ fn sched_batch() {
     }
 }
 
+/// Warns of a `[::]:PORT` in `listen` without `0.0.0.0:PORT`: IPv6 listeners are IPv6-only
+/// (`listener::bind_tcp`), so such a port takes no IPv4 client, where before 2026-11-30 it was
+/// dual-stack.
+fn ipv4_left_out(key: &str, listen: &[SocketAddr]) {
+    for a in listen {
+        let v4_too = listen
+            .iter()
+            .any(|b| b.is_ipv4() && b.port() == a.port() && b.ip().is_unspecified());
+        if a.is_ipv6() && a.ip().is_unspecified() && !v4_too {
+            tracing::warn!(
+                key,
+                addr = %a,
+                "IPv6 only: no IPv4 client reaches this port; add \"0.0.0.0:{}\" to {key} for them",
+                a.port()
+            );
+        }
+    }
+}
+
 /// A listener for `addr`: the socket passed for it (systemd, or the process this one upgrades),
 /// else a fresh bind.
 fn listener_for(
@@ -269,6 +288,10 @@ async fn serve(
         Arc::clone(&shared.runtime.live),
     );
 
+    ipv4_left_out("server.listen", &config.server.listen);
+    if let Some(t) = &config.tls {
+        ipv4_left_out("tls.listen", &t.listen);
+    }
     let mut plain: Vec<(SocketAddr, TcpListener)> = Vec::new();
     for (i, addr) in config.server.listen.iter().enumerate() {
         let key = format!("server.listen[{i}]");
