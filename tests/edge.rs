@@ -4054,6 +4054,47 @@ fn json_number(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+/// A kept copy whose revalidation finds the object grown over `max_bytes` is another object
+/// now: it goes, and is never served again, not even stale when the upstream then fails.
+#[tokio::test]
+async fn edge_copy_that_grew_over_max_bytes_is_dropped() {
+    const PL: &str = "/vod/grow/index.m3u8";
+    let origin = Origin::start("[cache_control]\nplaylists = \"public, max-age=1\"\n");
+    let small = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg0.ts\n#EXT-X-ENDLIST\n".to_vec();
+    publish(&origin.root(), PL, &small);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1MiB\""), ("stale_if_error", "\"1h\"")]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    let r = must("GET", &edge.url(PL), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == small.as_slice());
+    let mut big = b"#EXTM3U\n".to_vec();
+    while big.len() < (2 << 20) {
+        big.extend_from_slice(b"#EXTINF:4,\nseg0.ts\n");
+    }
+    publish(&origin.root(), PL, &big);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(PL), &[], false).await;
+    assert!(
+        r.status == 200 && r.bytes() == big.as_slice(),
+        "{:?}",
+        r.headers
+    );
+    // The upstream goes away: the old, small copy must not stand in for the object.
+    drop(origin);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = fetch("GET", &edge.url(PL), &[], false).await;
+    if let Ok(g) = &r {
+        assert!(
+            g.body
+                .as_ref()
+                .map_or(true, |b| b.as_ref() != small.as_slice()),
+            "the old copy was served: {:?}",
+            g.headers
+        );
+    }
+}
+
 /// An object over `max_bytes` whose upstream went away is not asked of that upstream for good:
 /// the request that finds it gone is cut (its head is out), and the next one starts a fill,
 /// which tries the next upstream.

@@ -2133,6 +2133,9 @@ impl Pull {
         fill: &Fill,
     ) {
         tracing::debug!(path = %rel, len = meta.len, "over pull.max_bytes: not stored; requests fetch their own bytes");
+        // A smaller copy kept from before (this was its revalidation) is another object now:
+        // never served again, not even stale (its file goes with the index entry).
+        self.index.invalidate(rel.as_str());
         if storable && !fill.void() {
             let o = Oversize {
                 meta: Arc::clone(meta),
