@@ -3936,9 +3936,11 @@ fn private_max_age(g: &Got) -> Option<u64> {
 /// of the same answer would have, computed the same way: an `Expires` (no Cache-Control) is the
 /// `max-age` it amounts to (here 0: in the past), no lifetime at all is segd's own `[cache_control]
 /// live`, and an upstream `max-age` goes out as it came. The plain GET of the same playlist (a
-/// fill) says the same.
+/// fill) says the same. An upstream's `Vary: *` is passed on, as a fill's is, so that a CDN in
+/// front does not reuse the answer either.
 #[tokio::test]
 async fn edge_llhls_passthrough_is_told_the_lifetime_a_stored_copy_would_have() {
+    let vary = |path: &str| path.contains("/vary/").then_some("*");
     let root = tempfile::tempdir().expect("tempdir");
     let up = BadUpstream::start("mixed", root.path());
     let edge = Edge::start_with(
@@ -3959,10 +3961,16 @@ async fn edge_llhls_passthrough_is_told_the_lifetime_a_stored_copy_would_have() 
                 Some(want),
                 "{path} h2={h2}: passed through"
             );
+            assert_eq!(
+                ll.header("vary"),
+                vary(path),
+                "{path} h2={h2}: passed through"
+            );
         }
         let plain = must("GET", &edge.url(path), &[], false).await;
         assert_eq!(plain.status, 200, "{path}: {plain:?}");
         assert_eq!(plain.header("cache-control"), Some(want), "{path}: a fill");
+        assert_eq!(plain.header("vary"), vary(path), "{path}: a fill");
     }
 }
 

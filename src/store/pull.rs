@@ -352,6 +352,16 @@ fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
 /// may take differently (the stuff of response smuggling), which RFC 9112 §6.3 lets a client
 /// handle only as an error. Such an answer is the upstream's failure: tried on the next one,
 /// else 502, never stored, and no head of it reaches a viewer.
+/// The response says `Vary: *` (on any of its `Vary` lines): it never matches a later request
+/// (RFC 9111 §4.1), so it is not stored, and it is passed on with its `Vary: *` so that no
+/// cache in front reuses it either. Fills and LL-HLS answers passed through alike.
+fn varies_on_all(h: &HeaderMap) -> bool {
+    h.get_all(VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+    })
+}
+
 fn ambiguous_framing(h: &HeaderMap) -> bool {
     h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING)
 }
@@ -743,9 +753,9 @@ fn upstream_bytes(
 #[derive(Debug)]
 pub struct Passed {
     pub status: StatusCode,
-    /// The upstream's `Content-Type`, `ETag`, `Last-Modified`, `Age`, `Retry-After`, and the
-    /// `Cache-Control` a stored copy of the answer would be served with (none: segd's own
-    /// value for live playlists applies, as for a stored copy).
+    /// The upstream's `Content-Type`, `ETag`, `Last-Modified`, `Age`, `Retry-After`, its
+    /// `Vary: *` ([`varies_on_all`]), and the `Cache-Control` a stored copy of the answer would
+    /// be served with (none: segd's own value for live playlists applies, as for a stored copy).
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -1670,6 +1680,11 @@ impl Pull {
             if let Some(e) = entity_tag(resp.headers().get(ETAG).cloned()) {
                 headers.insert(ETAG, e);
             }
+            // As a fill's answer is served ([`Meta::served_headers`]): a CDN in front must not
+            // reuse it either.
+            if varies_on_all(resp.headers()) {
+                headers.insert(VARY, HeaderValue::from_static("*"));
+            }
             // What a stored copy would be served with ([`Meta::served_cache_control`]): the
             // upstream's Cache-Control, every line of it (a `private` on a line of its own must
             // reach the viewer), its `Expires` as a `max-age`, and a lifetime the upstream left
@@ -1874,11 +1889,7 @@ impl Pull {
         if close_delimited {
             tracing::debug!(path = %rel, "upstream body delimited by close; passed through, not stored");
         }
-        // `Vary: *` never matches a later request (RFC 9111 §4.1).
-        let vary_any = h.get_all(VARY).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
-        });
+        let vary_any = varies_on_all(h);
         let storable = !close_delimited
             && !cc
             .as_ref()
