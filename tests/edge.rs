@@ -5,6 +5,7 @@
 //!   `negative_ttl`, and a CDN is told to keep it no longer (`max-age=` what is left; live
 //!   paths `no-store`); an object over `max_bytes` is never stored: each request fetches its
 //!   own bytes, Range forwarded (segd, SeaweedFS), streamed without touching the cache disk;
+//!   so is one the full cache refused to admit, until its ranges have cost one copy;
 //!   stale-if-error for an expired playlist; eviction under `max_bytes` (objects
 //!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
 //!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
@@ -3936,9 +3937,11 @@ fn private_max_age(g: &Got) -> Option<u64> {
 /// of the same answer would have, computed the same way: an `Expires` (no Cache-Control) is the
 /// `max-age` it amounts to (here 0: in the past), no lifetime at all is segd's own `[cache_control]
 /// live`, and an upstream `max-age` goes out as it came. The plain GET of the same playlist (a
-/// fill) says the same.
+/// fill) says the same. An upstream's `Vary: *` is passed on, as a fill's is, so that a CDN in
+/// front does not reuse the answer either.
 #[tokio::test]
 async fn edge_llhls_passthrough_is_told_the_lifetime_a_stored_copy_would_have() {
+    let vary = |path: &str| path.contains("/vary/").then_some("*");
     let root = tempfile::tempdir().expect("tempdir");
     let up = BadUpstream::start("mixed", root.path());
     let edge = Edge::start_with(
@@ -3959,10 +3962,16 @@ async fn edge_llhls_passthrough_is_told_the_lifetime_a_stored_copy_would_have() 
                 Some(want),
                 "{path} h2={h2}: passed through"
             );
+            assert_eq!(
+                ll.header("vary"),
+                vary(path),
+                "{path} h2={h2}: passed through"
+            );
         }
         let plain = must("GET", &edge.url(path), &[], false).await;
         assert_eq!(plain.status, 200, "{path}: {plain:?}");
         assert_eq!(plain.header("cache-control"), Some(want), "{path}: a fill");
+        assert_eq!(plain.header("vary"), vary(path), "{path}: a fill");
     }
 }
 
@@ -4280,4 +4289,128 @@ async fn edge_object_over_max_bytes_is_not_buffered() {
     );
     assert!(!got.complete);
     assert_eq!(held, 0, "nothing of it on the cache disk while it streams");
+}
+
+/// An object under `max_bytes` that the cache refuses to admit (TinyLFU: the cache is full of
+/// objects asked for more often) is not fetched whole for each request: once refused, its
+/// Range requests are forwarded ([`edge_object_over_max_bytes_is_streamed_with_its_range_forwarded`]),
+/// until they have cost one whole copy; then a fill tries the cache again. An audio player
+/// seeking through a long progressive file asks for many ranges of it.
+#[tokio::test]
+async fn edge_object_refused_admission_has_its_ranges_forwarded() {
+    const HOT: usize = 5;
+    const HOT_SIZE: usize = 1280 << 10;
+    const RANGES: usize = 8;
+    let max_bytes = 8u64 << 20;
+    let origin = Origin::start("");
+    let hot: Vec<String> = (0..HOT)
+        .map(|i| {
+            let p = format!("/vod/popular/h{i}.m4s");
+            publish(&origin.root(), &p, &pattern(HOT_SIZE, 900 + i as u32));
+            p
+        })
+        .collect();
+    let want = origin.file(BIG);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", &format!("\"{max_bytes}\""))]),
+        &[http_upstream("origin", &origin.base(), "")],
+    );
+    // The cache is 6.25 of 8 MiB full of objects asked for 12 times each: the 4 MiB object
+    // would have to evict some of them, and loses to them.
+    for _ in 0..12 {
+        for p in &hot {
+            let r = must("GET", &edge.url(p), &[], false).await;
+            assert!(
+                r.status == 200 && r.bytes() == origin.file(p).as_slice(),
+                "{p}"
+            );
+        }
+    }
+    let fetched =
+        async || metric(&edge.metrics().await, "segd_pull_fill_bytes_total").unwrap_or(0.0);
+    let before = fetched().await;
+    for i in 0..RANGES {
+        let first = i * (BIG_LEN / RANGES) + 17;
+        let last = first + 999;
+        let r = must(
+            "GET",
+            &edge.url(BIG),
+            &[("range", &format!("bytes={first}-{last}"))],
+            i % 2 == 1,
+        )
+        .await;
+        assert_eq!(r.status, 206, "{first}-{last}: {r:?}");
+        assert!(r.bytes() == &want[first..=last], "{first}-{last}");
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {first}-{last}/{BIG_LEN}").as_str())
+        );
+    }
+    let spent = fetched().await - before;
+    assert!(
+        spent < (2 * BIG_LEN) as f64,
+        "{spent} bytes fetched for {RANGES} ranges of a {BIG_LEN}-byte object the cache refused"
+    );
+    origin.settle().await;
+    let lines = segd_log_lines(&origin.log, Some("GET"), BIG);
+    let whole = lines
+        .iter()
+        .filter(|l| json_number(l, "status") == Some(200))
+        .count();
+    let partial = lines
+        .iter()
+        .filter(|l| json_number(l, "status") == Some(206))
+        .count();
+    // One fill (a request sent while it still runs joins it), then each range forwarded.
+    assert_eq!(whole, 1, "one whole fetch:\n{}", lines.join("\n"));
+    assert_eq!(partial, lines.len() - 1, "{}", lines.join("\n"));
+    assert!(partial >= RANGES / 2, "{}", lines.join("\n"));
+    assert_eq!(edge.nth_cache_status(BIG, RANGES).await, "pass");
+
+    // A whole GET passes through too, and uses up what passing it through may cost: the next
+    // request is a fill again, which offers it to the cache once more (refused again here).
+    let r = must("GET", &edge.url(BIG), &[], false).await;
+    assert!(r.complete_200() && r.bytes() == want.as_slice());
+    assert_eq!(edge.nth_cache_status(BIG, RANGES + 1).await, "pass");
+    let range = [("range", "bytes=5-9")];
+    let r = must("GET", &edge.url(BIG), &range, false).await;
+    assert!(r.status == 206 && r.bytes() == &want[5..=9], "{r:?}");
+    assert_eq!(edge.nth_cache_status(BIG, RANGES + 2).await, "miss");
+    // Requests sent while that fill still runs join it; the first one after is passed through.
+    let mut n = RANGES + 2;
+    let passed = loop {
+        let r = must("GET", &edge.url(BIG), &range, n % 2 == 0).await;
+        assert!(r.status == 206 && r.bytes() == &want[5..=9], "{r:?}");
+        n += 1;
+        let status = edge.nth_cache_status(BIG, n).await;
+        if status == "pass" || n > RANGES + 20 {
+            break status == "pass";
+        }
+    };
+    assert!(passed, "{:?}", edge.cache_statuses(BIG));
+    origin.settle().await;
+    let lines = segd_log_lines(&origin.log, Some("GET"), BIG);
+    let whole = lines
+        .iter()
+        .filter(|l| json_number(l, "status") == Some(200))
+        .count();
+    assert_eq!(
+        whole,
+        3,
+        "two fills and the whole GET:\n{}",
+        lines.join("\n")
+    );
+    // The popular objects stayed.
+    for p in &hot {
+        let r = must("GET", &edge.url(p), &[], false).await;
+        assert!(
+            r.status == 200 && r.bytes() == origin.file(p).as_slice(),
+            "{p}"
+        );
+    }
+    origin.settle().await;
+    for p in &hot {
+        assert_eq!(origin.count(p), 1, "{p} fetched once");
+    }
+    assert!(dir_bytes(&edge.cache_path()) <= max_bytes);
 }

@@ -19,7 +19,9 @@
 //!   is told too); segments are immutable unless their upstream gave them a lifetime, which
 //!   they then follow. Stale copies are revalidated with `If-None-Match`/`If-Modified-Since`.
 //! - An object over `max_bytes` is never stored: each request fetches its own bytes, its Range
-//!   forwarded, streamed through ([`Through`]).
+//!   forwarded, streamed through ([`Through`]). So is, for a while, an object the index
+//!   refused to admit (TinyLFU: the objects it would evict are asked for more often), until
+//!   its requests have cost the upstream one whole copy: then a fill tries the cache again.
 
 use std::collections::HashMap;
 use std::io;
@@ -352,6 +354,16 @@ fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
 /// may take differently (the stuff of response smuggling), which RFC 9112 §6.3 lets a client
 /// handle only as an error. Such an answer is the upstream's failure: tried on the next one,
 /// else 502, never stored, and no head of it reaches a viewer.
+/// The response says `Vary: *` (on any of its `Vary` lines): it never matches a later request
+/// (RFC 9111 §4.1), so it is not stored, and it is passed on with its `Vary: *` so that no
+/// cache in front reuses it either. Fills and LL-HLS answers passed through alike.
+fn varies_on_all(h: &HeaderMap) -> bool {
+    h.get_all(VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
+    })
+}
+
 fn ambiguous_framing(h: &HeaderMap) -> bool {
     h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING)
 }
@@ -523,10 +535,11 @@ pub struct Pull {
     negative_ttl: Duration,
     /// `max_bytes` as started (a reload does not change it).
     max_bytes: u64,
-    /// Objects over `max_bytes` (which the cache would evict the moment it stored them): what
-    /// their fill learnt of them, so that each request fetches its own bytes, its Range
-    /// forwarded ([`Through`]), instead of the whole object every time.
-    oversize: moka::sync::Cache<String, Arc<Oversize>>,
+    /// Objects not kept: over `max_bytes` (which the cache would evict the moment it stored
+    /// them), or refused admission by the index: what their fill learnt of them, so that each
+    /// request fetches its own bytes, its Range forwarded ([`Through`]), instead of the whole
+    /// object every time.
+    unkept: moka::sync::Cache<String, Arc<Unkept>>,
     fills: Mutex<HashMap<String, Arc<Fill>>>,
     /// LL-HLS requests in flight to an upstream, by path and directives (single flight).
     passing: Mutex<HashMap<String, SharedPass>>,
@@ -554,10 +567,36 @@ enum Ask<'a> {
     Bytes(&'a Meta, Option<(u64, u64)>),
 }
 
-/// What a fill learnt of an object over `max_bytes`, and from which upstream.
-struct Oversize {
+/// What a fill learnt of an object the cache does not keep, and from which upstream.
+struct Unkept {
     meta: Arc<Meta>,
     upstream: String,
+    /// `None`: over `max_bytes`, never kept. `Some`: under it, but the index refused to admit
+    /// it (TinyLFU: the objects it would have evicted are asked for more often); the bytes
+    /// its requests may still fetch through before the next request is a fill again, which
+    /// offers it to the index once more (its frequency counted meanwhile: every request
+    /// looks it up). Set to the object's length: passing ranges through costs the upstream
+    /// at most about one more copy before the cache is tried again, where a fill per request
+    /// cost one copy per Range (ski rental: rent until the rent paid equals the price).
+    refused: Option<std::sync::atomic::AtomicU64>,
+}
+
+impl Unkept {
+    /// Counts `count` bytes against a refused object's allowance; true when it is used up
+    /// (the next request should offer the object to the cache again).
+    fn spend(&self, count: u64) -> bool {
+        let Some(left) = &self.refused else {
+            return false;
+        };
+        let before = left
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |l| Some(l.saturating_sub(count)),
+            )
+            .unwrap_or(0);
+        before <= count
+    }
 }
 
 /// The body of an object over `max_bytes`, which the cache does not keep (it would evict it
@@ -569,12 +608,13 @@ struct Oversize {
 /// since is not spliced in: the response is cut (reset) instead, and the next request starts a
 /// fill. An upstream that ignores Range (a 200 of the same length) is read from the start and
 /// the bytes before the range skipped.
+///
+/// The same path serves an object the index refused to admit, for a while ([`Unkept`]).
 #[derive(Clone)]
 pub(super) struct Through {
     pull: Arc<Pull>,
     rel: RelPath,
-    meta: Arc<Meta>,
-    upstream: String,
+    unkept: Arc<Unkept>,
 }
 
 impl Through {
@@ -591,21 +631,25 @@ impl Through {
     async fn open(self, offset: u64, count: u64) -> io::Result<super::ByteStream> {
         let pull = &self.pull;
         let conf = pull.conf.load_full();
+        let meta = &self.unkept.meta;
         let found = conf
             .cfg
             .upstreams
             .iter()
             .enumerate()
-            .find(|(_, u)| u.name == self.upstream)
+            .find(|(_, u)| u.name == self.unkept.upstream)
             .and_then(|(i, u)| Some((u, conf.fetchers.get(i)?)));
         let Some((up, fetcher)) = found else {
             // Gone with a reload: the next request starts a fill.
-            pull.oversize.invalidate(self.rel.as_str());
+            pull.forget_unkept(&self.rel, &self.unkept);
             return Err(io::Error::other("the upstream is no longer configured"));
         };
-        let whole = offset == 0 && count == self.meta.len;
+        if self.unkept.spend(count) {
+            pull.forget_unkept(&self.rel, &self.unkept);
+        }
+        let whole = offset == 0 && count == meta.len;
         let range = (!whole).then(|| (offset, offset + count.max(1) - 1));
-        let ask = Ask::Bytes(&self.meta, range);
+        let ask = Ask::Bytes(meta, range);
         let t0 = Instant::now();
         let resp = pull
             .request(
@@ -624,7 +668,7 @@ impl Through {
         let resp = resp.inspect_err(|e| {
             // The next request starts a fill, which tries every upstream again (and
             // stale_if_error), instead of asking this one for good.
-            pull.oversize.invalidate(self.rel.as_str());
+            pull.forget_unkept(&self.rel, &self.unkept);
             pull.m
                 .upstream_requests
                 .with_label_values(&[&up.name, "error"])
@@ -636,7 +680,7 @@ impl Through {
             (None, Some(skip)) => skip,
             _ => {
                 tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), status = resp.status().as_u16(), "upstream answer is not the object the fill saw; the response is cut");
-                pull.oversize.invalidate(self.rel.as_str());
+                pull.forget_unkept(&self.rel, &self.unkept);
                 return Err(io::Error::other("upstream object changed"));
             }
         };
@@ -654,13 +698,14 @@ impl Through {
     /// for any other answer (412: it changed).
     fn skip<B>(&self, resp: &http::Response<B>, range: Option<(u64, u64)>) -> Option<u64> {
         let h = resp.headers();
-        let len = self.meta.len;
+        let meta = &self.unkept.meta;
+        let len = meta.len;
         // An upstream that ignores If-Match, or an object replaced by one of the same length:
         // validators that differ from the fill's say another object, whose bytes must not be
         // served under this one's ETag.
         let differs = |name, seen: &Option<HeaderValue>| matches!((seen, h.get(name)), (Some(a), Some(b)) if a != b);
-        if differs(ETAG, &self.meta.upstream_etag)
-            || differs(LAST_MODIFIED, &self.meta.upstream_last_modified)
+        if differs(ETAG, &meta.upstream_etag)
+            || differs(LAST_MODIFIED, &meta.upstream_last_modified)
         {
             return None;
         }
@@ -743,9 +788,9 @@ fn upstream_bytes(
 #[derive(Debug)]
 pub struct Passed {
     pub status: StatusCode,
-    /// The upstream's `Content-Type`, `ETag`, `Last-Modified`, `Age`, `Retry-After`, and the
-    /// `Cache-Control` a stored copy of the answer would be served with (none: segd's own
-    /// value for live playlists applies, as for a stored copy).
+    /// The upstream's `Content-Type`, `ETag`, `Last-Modified`, `Age`, `Retry-After`, its
+    /// `Vary: *` ([`varies_on_all`]), and the `Cache-Control` a stored copy of the answer would
+    /// be served with (none: segd's own value for live playlists applies, as for a stored copy).
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -980,7 +1025,7 @@ impl Pull {
             negative,
             negative_ttl: cfg.negative_ttl,
             max_bytes: cfg.max_bytes,
-            oversize: moka::sync::Cache::new(10_000),
+            unkept: moka::sync::Cache::new(10_000),
             fills: Mutex::new(HashMap::new()),
             passing: Mutex::new(HashMap::new()),
             growing: Arc::default(),
@@ -1126,7 +1171,7 @@ impl Pull {
             // Before the index entry goes: a fill that stores after this line sees it.
             f.void.store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        self.oversize.invalidate(rel.as_str());
+        self.unkept.invalidate(rel.as_str());
         let had = self.index.contains_key(rel.as_str());
         self.index.invalidate(rel.as_str());
         self.index.run_pending_tasks();
@@ -1210,13 +1255,14 @@ impl Pull {
                     remembered: n.remembered(),
                 });
             }
-            // 3. An object too large to keep: its bytes come from the upstream for each request.
-            if let Some(o) = self.oversize.get(&key) {
+            // 3. An object the cache does not keep (too large, or just refused admission): its
+            //    bytes come from the upstream for each request.
+            if let Some(o) = self.unkept.get(&key) {
                 if o.meta.fresh(unstated) {
                     self.count("pass");
-                    return Ok(Pulled::Found(Box::new(self.through(rel, &o, unstated))));
+                    return Ok(Pulled::Found(Box::new(self.through(rel, o, unstated))));
                 }
-                self.oversize.invalidate(&key);
+                self.unkept.invalidate(&key);
             }
             // 4. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, live, cached.clone());
@@ -1247,8 +1293,12 @@ impl Pull {
             }
             Outcome::Oversize(meta, upstream) => {
                 self.count("pass");
-                let o = Oversize { meta, upstream };
-                Ok(Pulled::Found(Box::new(self.through(rel, &o, unstated))))
+                let o = Arc::new(Unkept {
+                    meta,
+                    upstream,
+                    refused: None,
+                });
+                Ok(Pulled::Found(Box::new(self.through(rel, o, unstated))))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
@@ -1670,6 +1720,11 @@ impl Pull {
             if let Some(e) = entity_tag(resp.headers().get(ETAG).cloned()) {
                 headers.insert(ETAG, e);
             }
+            // As a fill's answer is served ([`Meta::served_headers`]): a CDN in front must not
+            // reuse it either.
+            if varies_on_all(resp.headers()) {
+                headers.insert(VARY, HeaderValue::from_static("*"));
+            }
             // What a stored copy would be served with ([`Meta::served_cache_control`]): the
             // upstream's Cache-Control, every line of it (a `private` on a line of its own must
             // reach the viewer), its `Expires` as a `max-age`, and a lifetime the upstream left
@@ -1874,11 +1929,7 @@ impl Pull {
         if close_delimited {
             tracing::debug!(path = %rel, "upstream body delimited by close; passed through, not stored");
         }
-        // `Vary: *` never matches a later request (RFC 9111 §4.1).
-        let vary_any = h.get_all(VARY).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|f| f.trim() == "*"))
-        });
+        let vary_any = varies_on_all(h);
         let storable = !close_delimited
             && !cc
             .as_ref()
@@ -2100,13 +2151,25 @@ impl Pull {
                     local.volumes.cache_volume().unwrap_or(usize::MAX),
                     rel.as_str(),
                 );
-                self.remember(key.clone(), Arc::new(meta));
+                let meta = Arc::new(meta);
+                self.remember(key.clone(), Arc::clone(&meta));
                 // Deleted through this node between the check above and now: the copy goes
                 // again (drop_copy marks the fill before it clears the index, so one of the
                 // two sees the other).
                 if fill.void() {
                     self.index.invalidate(&key);
                     self.index.run_pending_tasks();
+                } else if !self.index.contains_key(&key) {
+                    // Refused admission (its file is already unlinked): the next requests
+                    // fetch their own bytes, Range forwarded, rather than the whole object
+                    // each, until a fill is worth trying again ([`Unkept::refused`]).
+                    tracing::debug!(path = %key, len, "refused by the pull cache's admission; its requests pass through for a while");
+                    let o = Unkept {
+                        meta,
+                        upstream: upstream.to_owned(),
+                        refused: Some(std::sync::atomic::AtomicU64::new(len)),
+                    };
+                    self.unkept.insert(key.clone(), Arc::new(o));
                 }
                 publisher.done(len);
                 true
@@ -2122,7 +2185,7 @@ impl Pull {
         }
     }
 
-    /// Remembers an object over `max_bytes` ([`Pull::oversize`]), unless nothing of the
+    /// Remembers an object over `max_bytes` ([`Pull::unkept`]), unless nothing of the
     /// response may be stored (`no-store`, `private`, `Vary: *`) or it was deleted meanwhile.
     fn too_large(
         &self,
@@ -2137,24 +2200,36 @@ impl Pull {
         // never served again, not even stale (its file goes with the index entry).
         self.index.invalidate(rel.as_str());
         if storable && !fill.void() {
-            let o = Oversize {
+            let o = Unkept {
                 meta: Arc::clone(meta),
                 upstream: upstream.to_owned(),
+                refused: None,
             };
-            self.oversize.insert(rel.as_str().to_owned(), Arc::new(o));
+            self.unkept.insert(rel.as_str().to_owned(), Arc::new(o));
         }
+    }
+
+    /// Forgets what was learnt of an object not kept, if it is still `unkept` (a fill may have
+    /// put a newer answer there meanwhile): the next request for it starts a fill.
+    fn forget_unkept(&self, rel: &RelPath, unkept: &Arc<Unkept>) {
+        self.unkept
+            .entry_by_ref(rel.as_str())
+            .and_compute_with(|e| match e {
+                Some(e) if Arc::ptr_eq(e.value(), unkept) => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
     }
 
     /// An object over `max_bytes` as the handler serves it: the fill's validators, type and
     /// Cache-Control, its bytes fetched for each request ([`Through`]).
-    fn through(self: &Arc<Self>, rel: &RelPath, o: &Oversize, unstated: Option<u64>) -> Object {
+    fn through(self: &Arc<Self>, rel: &RelPath, o: Arc<Unkept>, unstated: Option<u64>) -> Object {
+        let meta = Arc::clone(&o.meta);
         let source = Source::Upstream(Through {
             pull: Arc::clone(self),
             rel: rel.clone(),
-            meta: Arc::clone(&o.meta),
-            upstream: o.upstream.clone(),
+            unkept: o,
         });
-        object(&o.meta, unstated, Some(o.meta.len), source, "pass")
+        object(&meta, unstated, Some(meta.len), source, "pass")
     }
 
     /// A fill could not use the cache disk: said in the log (once a minute at most) and on the
