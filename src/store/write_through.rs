@@ -118,7 +118,8 @@ struct WtMetrics {
 
 pub struct WriteThrough {
     bucket: rusty_s3::Bucket,
-    creds: rusty_s3::Credentials,
+    /// Replaced by a reload: temporary credentials (a session token) rotate, hourly on AWS.
+    creds: std::sync::RwLock<rusty_s3::Credentials>,
     key_prefix: String,
     client: Client<super::pull::Connector, BoxBody<Bytes, io::Error>>,
     /// Added to every bucket request's time limit (plus 1 s per 4 MiB of body).
@@ -168,6 +169,7 @@ impl WriteThrough {
             key_prefix,
             access_key_id,
             secret_access_key,
+            session_token,
         } = &up.kind
         else {
             return Ok(None);
@@ -223,7 +225,11 @@ impl WriteThrough {
         );
         Ok(Some(WriteThrough {
             bucket,
-            creds: rusty_s3::Credentials::new(access_key_id.clone(), secret_access_key.0.clone()),
+            creds: std::sync::RwLock::new(super::pull::s3_credentials(
+                access_key_id,
+                secret_access_key,
+                session_token,
+            )),
             key_prefix: key_prefix.clone(),
             client,
             timeout: cfg.pull.first_byte_timeout,
@@ -244,25 +250,64 @@ impl WriteThrough {
         }))
     }
 
-    /// Everything a write-through is built from: its keys, its bucket (credentials included)
+    /// Everything a write-through is built from, but its credentials: its keys, its bucket
     /// and the bucket timeout.
     fn settings(cfg: &Config) -> Settings {
         let wt = cfg.ingest.write_through.clone();
-        let bucket = wt.as_ref().and_then(|wt| {
-            cfg.pull
-                .upstreams
-                .iter()
-                .find(|u| u.name == wt.upstream)
-                .map(|u| u.kind.clone())
+        let bucket = WriteThrough::bucket_kind(cfg).map(|mut k| {
+            if let UpstreamKind::S3 {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                ..
+            } = &mut k
+            {
+                access_key_id.clear();
+                secret_access_key.0.clear();
+                *session_token = None;
+            }
+            k
         });
         (wt, bucket, cfg.pull.first_byte_timeout)
     }
 
-    /// Says so in the log when a reloaded config changes what uploads are written through to:
+    /// The `[[pull.upstreams]]` entry `ingest.write_through` names.
+    fn bucket_kind(cfg: &Config) -> Option<UpstreamKind> {
+        let wt = cfg.ingest.write_through.as_ref()?;
+        cfg.pull
+            .upstreams
+            .iter()
+            .find(|u| u.name == wt.upstream)
+            .map(|u| u.kind.clone())
+    }
+
+    /// The credentials requests are signed with now.
+    fn creds(&self) -> rusty_s3::Credentials {
+        self.creds.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a reloaded config's credentials for the bucket (a rotated secret or session
+    /// token), and says so in the log when it changes what uploads are written through to:
     /// that takes a restart, and until then uploads keep the bucket they started with.
     pub fn reloaded(&self, cfg: &Config) {
         if WriteThrough::settings(cfg) != self.settings {
             tracing::warn!("ingest.write_through or its bucket's settings changed: uploads keep writing through as started until segd is restarted (reads follow the new [pull] at once)");
+            return;
+        }
+        if let Some(UpstreamKind::S3 {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            ..
+        }) = WriteThrough::bucket_kind(cfg)
+        {
+            let next =
+                super::pull::s3_credentials(&access_key_id, &secret_access_key, &session_token);
+            let mut c = self.creds.write().unwrap_or_else(|p| p.into_inner());
+            if (c.key(), c.secret(), c.token()) != (next.key(), next.secret(), next.token()) {
+                tracing::info!("write-through: the bucket's credentials are reloaded");
+                *c = next;
+            }
         }
     }
 
@@ -356,7 +401,7 @@ impl WriteThrough {
     async fn head(&self, rel: &RelPath) -> Result<Option<Stored>, BucketError> {
         let url = self
             .bucket
-            .head_object(Some(&self.creds), &self.key(rel))
+            .head_object(Some(&self.creds()), &self.key(rel))
             .sign(Duration::from_secs(3600))
             .to_string();
         let resp = self
@@ -392,7 +437,8 @@ impl WriteThrough {
                 .map(|(_, t)| t.clone())
         });
         let key = self.key(rel);
-        let mut action = self.bucket.put_object(Some(&self.creds), &key);
+        let creds = self.creds();
+        let mut action = self.bucket.put_object(Some(&creds), &key);
         action.headers_mut().insert(META_ETAG, etag.clone());
         action
             .headers_mut()
@@ -441,7 +487,7 @@ impl WriteThrough {
         let key = self.key(rel);
         let url = self
             .bucket
-            .delete_object(Some(&self.creds), &key)
+            .delete_object(Some(&self.creds()), &key)
             .sign(Duration::from_secs(3600))
             .to_string();
         let r = self
