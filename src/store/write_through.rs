@@ -50,6 +50,8 @@ const PARALLEL: usize = 8;
 const BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest a bucket's `Retry-After` holds the queue (a longer one counts as this).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 
 /// See [`WriteThrough::settings`].
 type Settings = (
@@ -139,6 +141,9 @@ pub struct WriteThrough {
     /// the pull cache keeps it (pulled segments are never revalidated).
     deleting: std::sync::Mutex<HashMap<String, u128>>,
     seq: AtomicU64,
+    /// Until when the bucket asked to be left alone: the latest `Retry-After` of a 503
+    /// (`SlowDown`) or 429 ([`retry_after`]). The queue's next round waits for it.
+    hold_off: std::sync::Mutex<Option<tokio::time::Instant>>,
     m: WtMetrics,
     /// The settings it was built with ([`WriteThrough::settings`]), to tell a reload that
     /// changes them.
@@ -241,6 +246,7 @@ impl WriteThrough {
             stopping: std::sync::atomic::AtomicBool::new(false),
             deleting: std::sync::Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            hold_off: std::sync::Mutex::new(None),
             settings: WriteThrough::settings(cfg),
             m: WtMetrics {
                 backlog,
@@ -418,7 +424,10 @@ impl WriteThrough {
                 }))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            s => Err(BucketError::Failed(format!("HEAD: {s}"))),
+            s => {
+                self.note_retry_after(s, resp.headers());
+                Err(BucketError::Failed(format!("HEAD: {s}")))
+            }
         }
     }
 
@@ -547,6 +556,7 @@ impl WriteThrough {
     ) -> Result<(), BucketError> {
         let resp = self.request(make, limit).await?;
         let status = resp.status();
+        self.note_retry_after(status, resp.headers());
         // Read the answer to its end so the connection can be reused (bounded in time).
         let body = tokio::time::timeout(limit, resp.into_body().collect())
             .await
@@ -579,6 +589,38 @@ impl WriteThrough {
             Err(BucketError::Refused(text))
         } else {
             Err(BucketError::Failed(text))
+        }
+    }
+
+    /// A bucket that is throttling (503 `SlowDown`, 429) may say for how long: the queue
+    /// waits that long ([`retry_after`]) before its next round, instead of its own backoff.
+    fn note_retry_after(&self, status: StatusCode, h: &http::HeaderMap) {
+        if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+            return;
+        }
+        let Some(wait) = retry_after(h, SystemTime::now()) else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + wait;
+        let mut hold = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.is_none_or(|t| t < until) {
+            *hold = Some(until);
+        }
+    }
+
+    /// How long the queue waits after a round with failures: what the bucket asked for with
+    /// `Retry-After` (at least 1 s), else `backoff`.
+    fn retry_wait(&self, backoff: Duration) -> Duration {
+        let hold = self
+            .hold_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match hold {
+            Some(t) => t
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(BACKOFF_MIN),
+            None => backoff,
         }
     }
 
@@ -691,8 +733,9 @@ impl WriteThrough {
                 .count()
                 .await;
             if failed > 0 {
-                tracing::warn!(paths = failed, retry_in = ?backoff, "write-through to the bucket failed; retrying");
-                tokio::time::sleep(backoff).await;
+                let wait = self.retry_wait(backoff);
+                tracing::warn!(paths = failed, retry_in = ?wait, "write-through to the bucket failed; retrying");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             } else {
                 backoff = BACKOFF_MIN;
@@ -881,6 +924,19 @@ fn worth_retrying(code: &str) -> bool {
     )
 }
 
+/// A `Retry-After` (RFC 9110 §10.2.3: seconds, or an HTTP date), at most [`RETRY_AFTER_MAX`].
+fn retry_after(h: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(RETRY_AFTER_MAX))
+}
+
 /// Unix seconds of `t` (the bucket's `Last-Modified` metadata has whole seconds).
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -999,4 +1055,32 @@ fn list(dir: &std::path::Path) -> io::Result<(Vec<Entry>, usize)> {
         }
     }
     Ok((out, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Retry-After` in seconds or as a date, bounded; anything else is no answer.
+    #[test]
+    fn retry_after_is_read_and_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_str(v).expect("value"),
+            );
+            retry_after(&m, now)
+        };
+        assert_eq!(h("5"), Some(Duration::from_secs(5)));
+        assert_eq!(h("3600"), Some(RETRY_AFTER_MAX));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(h(&later), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(h(&past), Some(Duration::ZERO));
+        assert_eq!(h("soon"), None);
+        assert_eq!(h("-1"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new(), now), None);
+    }
 }
