@@ -578,3 +578,41 @@ fn repeated_listen_address_names_both_keys() {
         "{line}"
     );
 }
+
+/// `session_token_file` (temporary credentials) is read like `secret_access_key_file`: one that
+/// cannot be read, or holds nothing, is an error naming the key; a readable one is taken.
+#[test]
+fn s3_session_token_file_problems_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s\n").expect("write");
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").expect("write");
+    let good = dir.path().join("token");
+    std::fs::write(&good, "FwoGZXIvYXdzE\n").expect("write");
+    let conf = |token: &std::path::Path| {
+        format!(
+            "[[volumes]]\npath = \"vol\"\n[pull]\ncache_path = \"/tmp\"\n[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"{}\"\nsession_token_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
+            secret.display(),
+            token.display()
+        )
+    };
+    let (code, err, path) = check(&conf(&dir.path().join("missing")));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:11: pull.upstreams[0].session_token_file: cannot read "
+        )) && err.contains("(allowed: a readable file holding the session token"),
+        "{err}"
+    );
+    let (code, err, path) = check(&conf(&empty));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{path}:11: pull.upstreams[0].session_token_file: "
+        )) && err.contains("is empty (allowed: "),
+        "{err}"
+    );
+    let (code, err, _) = check(&conf(&good));
+    assert_eq!(code, 0, "{err}");
+}

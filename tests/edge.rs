@@ -4414,3 +4414,188 @@ async fn edge_object_refused_admission_has_its_ranges_forwarded() {
     }
     assert!(dir_bytes(&edge.cache_path()) <= max_bytes);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 17. Temporary credentials and a throttling bucket
+
+/// Temporary credentials (STS `AssumeRole`, an IAM role): the session token of
+/// `session_token_file` is signed into every request to the bucket (`X-Amz-Security-Token`),
+/// pulls and write-through alike, and a SIGHUP takes a rotated token for both. Write-through
+/// used to keep the credentials it started with until a restart, so an hourly token expired
+/// under it. (moto checks no presigned signature: `s3_fault_proxy.py`'s log shows what reached
+/// the bucket.)
+#[tokio::test]
+async fn s3_session_token_is_signed_and_reloaded() {
+    let moto = Moto::start();
+    let proxy = LosingProxy::start(&moto.endpoint());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("s3-token");
+    std::fs::write(&token, "FwoGZXIvYXdzEFirstToken\n").expect("write");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("vod/tok")).expect("mkdir");
+    std::fs::write(src.join("vod/tok/a.ts"), pattern(10_000, 1)).expect("write");
+    std::fs::write(src.join("vod/tok/b.ts"), pattern(10_000, 2)).expect("write");
+    moto.upload(&src, S3_PREFIX);
+    let upstream = format!(
+        "{}session_token_file = \"{}\"\n",
+        s3_upstream_at(&format!("http://{}", proxy.addr), &moto.secret_file()),
+        token.display()
+    );
+    let edge = Edge::start_with(
+        &keys(&[]),
+        &[upstream],
+        &write_through_ingest("durability = \"upstream\""),
+    );
+    // Each request to the bucket for `path`, by method, carries `token`.
+    let carried = |method: &str, path: &str, token: &str| {
+        let lines = proxy.said(&format!("request {method} /{S3_BUCKET}/{S3_PREFIX}{path}?"));
+        !lines.is_empty()
+            && lines
+                .iter()
+                .all(|l| l.contains(&format!("X-Amz-Security-Token={token}")))
+    };
+
+    let r = must("GET", &edge.url("/vod/tok/a.ts"), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.bytes() == pattern(10_000, 1).as_slice());
+    assert!(
+        carried("GET", "vod/tok/a.ts", "FwoGZXIvYXdzEFirstToken"),
+        "{:?}",
+        proxy.said("request")
+    );
+    let r = send(
+        "PUT",
+        &upload_url(&edge, "/vod/tok/up1.ts"),
+        &[],
+        b"one",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        carried("PUT", "vod/tok/up1.ts", "FwoGZXIvYXdzEFirstToken"),
+        "{:?}",
+        proxy.said("request")
+    );
+
+    // The token rotates: the file is rewritten and segd reloaded.
+    std::fs::write(&token, "FwoGZXIvYXdzERotatedToken\n").expect("write");
+    edge.srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            edge.srv.stderr().contains("configuration reloaded")
+        })
+        .await,
+        "reloaded: {}",
+        edge.srv.stderr()
+    );
+    let r = must("GET", &edge.url("/vod/tok/b.ts"), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        carried("GET", "vod/tok/b.ts", "FwoGZXIvYXdzERotatedToken"),
+        "{:?}",
+        proxy.said("request")
+    );
+    let r = send(
+        "PUT",
+        &upload_url(&edge, "/vod/tok/up2.ts"),
+        &[],
+        b"two",
+        false,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        carried("PUT", "vod/tok/up2.ts", "FwoGZXIvYXdzERotatedToken"),
+        "the write-through signs with the rotated token: {:?}",
+        proxy.said("request")
+    );
+    assert!(
+        !edge.srv.stderr().contains("Rotated"),
+        "the token is never logged"
+    );
+}
+
+/// A bucket throttling its clients (`503 SlowDown`, `Retry-After: 4`): the write-through queue
+/// waits the 4 s it was asked for before sending the upload again, and the bucket then gets it.
+/// It used to retry after its own backoff (1 s, 2 s…) whatever the bucket said.
+#[tokio::test]
+async fn write_through_queue_honours_retry_after() {
+    let moto = Moto::start();
+    let proxy = LosingProxy::start(&moto.endpoint());
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let a = Edge::start_with(
+        &keys(&[]),
+        &[s3_upstream_at(
+            &format!("http://{}", proxy.addr),
+            &moto.secret_file(),
+        )],
+        &write_through_ingest(&format!(
+            "durability = \"local\"\nqueue_path = \"{}\"",
+            qdir.path().display()
+        )),
+    );
+    let path = "/vod/wt30/slow-down.ts";
+    let body = pattern(20_000, 3);
+    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let puts = || {
+        proxy
+            .said(&format!("request PUT /{S3_BUCKET}/{S3_PREFIX}vod/wt30/"))
+            .len()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || puts() >= 1).await,
+        "the queue sends the upload"
+    );
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    assert_eq!(
+        puts(),
+        1,
+        "nothing more within the 4 s the bucket asked for: {:?}",
+        proxy.said("request")
+    );
+    let key = format!("{S3_PREFIX}{}", &path[1..]);
+    assert!(
+        eventually(Duration::from_secs(10), async || moto
+            .object("HEAD", &key)
+            .await
+            .status
+            == 200)
+        .await,
+        "then sent again, and stored: {}",
+        a.srv.stderr()
+    );
+    assert!(first.elapsed() >= Duration::from_millis(3500));
+    assert_eq!(puts(), 2, "{:?}", proxy.said("request"));
+    let o = moto.object("GET", &key).await;
+    assert!(o.body.as_ref() == body.as_slice());
+    a.srv.log_with(&["SlowDown"]);
+}
+
+/// A pull from a throttling bucket (`503 SlowDown` on every GET, answered after 1 s):
+/// concurrent viewers of the object cost the bucket one request (single flight; a 503 is not
+/// retried), and get a 502.
+#[tokio::test]
+async fn pull_from_a_throttling_bucket_asks_once() {
+    let moto = Moto::start();
+    let proxy = LosingProxy::start(&moto.endpoint());
+    let edge = Edge::start(
+        &keys(&[]),
+        &[s3_upstream_at(
+            &format!("http://{}", proxy.addr),
+            &moto.secret_file(),
+        )],
+    );
+    let path = "/vod/sd/slow-down.ts";
+    let url = edge.url(path);
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| must("GET", &url, &[], false))).await;
+    for r in &answers {
+        assert_eq!(r.status, 502);
+    }
+    let gets = proxy.said(&format!("request GET /{S3_BUCKET}/{S3_PREFIX}vod/sd/"));
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    edge.srv.log_with(&["SlowDown"]);
+}

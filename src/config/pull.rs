@@ -54,6 +54,9 @@ pub enum UpstreamKind {
         key_prefix: String,
         access_key_id: String,
         secret_access_key: Secret,
+        /// The session token of temporary credentials (STS, an IAM role), signed into every
+        /// request as `X-Amz-Security-Token`.
+        session_token: Option<Secret>,
     },
 }
 
@@ -93,6 +96,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "key_prefix",
     "access_key_id",
     "secret_access_key_file",
+    "session_token_file",
 ];
 
 pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
@@ -246,7 +250,9 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
             let key_id = u
                 .string("access_key_id", "an access key id")
                 .or_else(|| std::env::var("AWS_ACCESS_KEY_ID").ok());
-            let secret = match u.string("secret_access_key_file", "a file holding the secret key") {
+            let secret_file = u.string("secret_access_key_file", "a file holding the secret key");
+            let from_env = secret_file.is_none();
+            let secret = match secret_file {
                 Some(f) => match std::fs::read_to_string(base.join(&f)) {
                     Ok(s) => Some(s.trim().to_owned()),
                     Err(e) => {
@@ -259,6 +265,31 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
                     }
                 },
                 None => std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            };
+            // Temporary credentials come as a set: a token from the environment goes with a
+            // secret from the environment only (never with a secret_access_key_file).
+            let token_allowed = "a readable file holding the session token (temporary credentials)";
+            let session_token = match u.string("session_token_file", token_allowed) {
+                Some(f) => match std::fs::read_to_string(base.join(&f)) {
+                    Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim().to_owned())),
+                    Ok(_) => {
+                        u.error("session_token_file", format!("{f} is empty"), token_allowed);
+                        None
+                    }
+                    Err(e) => {
+                        u.error(
+                            "session_token_file",
+                            format!("cannot read {f}: {e}"),
+                            token_allowed,
+                        );
+                        None
+                    }
+                },
+                None if from_env => std::env::var("AWS_SESSION_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| Secret(t.trim().to_owned())),
+                None => None,
             };
             if key_id.is_none() || secret.is_none() {
                 u.error(
@@ -276,6 +307,7 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
                 key_prefix: u.string("key_prefix", "a key prefix").unwrap_or_default(),
                 access_key_id: key_id?,
                 secret_access_key: Secret(secret?),
+                session_token,
             }
         }
         _ => {

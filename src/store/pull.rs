@@ -45,7 +45,7 @@ use super::growing::{Growing, GrowingSet};
 use super::local::Local;
 use super::write::TempFile;
 use super::{Miss, Object, ObjectClass, Source};
-use crate::config::{Config, PullConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{Config, PullConfig, Secret, UpstreamConfig, UpstreamKind};
 use crate::metrics::Metrics;
 use crate::volumes::{ObjectMeta, RelPath};
 
@@ -834,6 +834,7 @@ impl Conf {
                         key_prefix,
                         access_key_id,
                         secret_access_key,
+                        session_token,
                     } => {
                         let Ok(url) = url::Url::parse(endpoint) else {
                             tracing::warn!(upstream = %u.name, "s3_endpoint is not a URL; upstream unused");
@@ -847,10 +848,7 @@ impl Conf {
                         ) {
                             Ok(b) => Fetcher::S3(Box::new((
                                 b,
-                                rusty_s3::Credentials::new(
-                                    access_key_id.clone(),
-                                    secret_access_key.0.clone(),
-                                ),
+                                s3_credentials(access_key_id, secret_access_key, session_token),
                                 key_prefix.clone(),
                             ))),
                             Err(e) => {
@@ -2266,6 +2264,19 @@ fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
         .and_then(|()| std::fs::rename(&tmp, root.join(&dir).join(&side)));
     if let Err(e) = r {
         tracing::warn!(error = %e, "cannot write a pull cache sidecar");
+    }
+}
+
+/// The credentials requests to a bucket are signed with: a key and its secret, and the
+/// session token of temporary credentials (sent as `X-Amz-Security-Token`).
+pub(crate) fn s3_credentials(
+    key: &str,
+    secret: &Secret,
+    token: &Option<Secret>,
+) -> rusty_s3::Credentials {
+    match token {
+        Some(t) => rusty_s3::Credentials::new_with_token(key, &secret.0, &t.0),
+        None => rusty_s3::Credentials::new(key, &secret.0),
     }
 }
 

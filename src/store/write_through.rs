@@ -50,6 +50,8 @@ const PARALLEL: usize = 8;
 const BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest a bucket's `Retry-After` holds the queue (a longer one counts as this).
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
 
 /// See [`WriteThrough::settings`].
 type Settings = (
@@ -118,7 +120,8 @@ struct WtMetrics {
 
 pub struct WriteThrough {
     bucket: rusty_s3::Bucket,
-    creds: rusty_s3::Credentials,
+    /// Replaced by a reload: temporary credentials (a session token) rotate, hourly on AWS.
+    creds: std::sync::RwLock<rusty_s3::Credentials>,
     key_prefix: String,
     client: Client<super::pull::Connector, BoxBody<Bytes, io::Error>>,
     /// Added to every bucket request's time limit (plus 1 s per 4 MiB of body).
@@ -138,6 +141,9 @@ pub struct WriteThrough {
     /// the pull cache keeps it (pulled segments are never revalidated).
     deleting: std::sync::Mutex<HashMap<String, u128>>,
     seq: AtomicU64,
+    /// Until when the bucket asked to be left alone: the latest `Retry-After` of a 503
+    /// (`SlowDown`) or 429 ([`retry_after`]). The queue's next round waits for it.
+    hold_off: std::sync::Mutex<Option<tokio::time::Instant>>,
     m: WtMetrics,
     /// The settings it was built with ([`WriteThrough::settings`]), to tell a reload that
     /// changes them.
@@ -168,6 +174,7 @@ impl WriteThrough {
             key_prefix,
             access_key_id,
             secret_access_key,
+            session_token,
         } = &up.kind
         else {
             return Ok(None);
@@ -223,7 +230,11 @@ impl WriteThrough {
         );
         Ok(Some(WriteThrough {
             bucket,
-            creds: rusty_s3::Credentials::new(access_key_id.clone(), secret_access_key.0.clone()),
+            creds: std::sync::RwLock::new(super::pull::s3_credentials(
+                access_key_id,
+                secret_access_key,
+                session_token,
+            )),
             key_prefix: key_prefix.clone(),
             client,
             timeout: cfg.pull.first_byte_timeout,
@@ -235,6 +246,7 @@ impl WriteThrough {
             stopping: std::sync::atomic::AtomicBool::new(false),
             deleting: std::sync::Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            hold_off: std::sync::Mutex::new(None),
             settings: WriteThrough::settings(cfg),
             m: WtMetrics {
                 backlog,
@@ -244,25 +256,64 @@ impl WriteThrough {
         }))
     }
 
-    /// Everything a write-through is built from: its keys, its bucket (credentials included)
+    /// Everything a write-through is built from, but its credentials: its keys, its bucket
     /// and the bucket timeout.
     fn settings(cfg: &Config) -> Settings {
         let wt = cfg.ingest.write_through.clone();
-        let bucket = wt.as_ref().and_then(|wt| {
-            cfg.pull
-                .upstreams
-                .iter()
-                .find(|u| u.name == wt.upstream)
-                .map(|u| u.kind.clone())
+        let bucket = WriteThrough::bucket_kind(cfg).map(|mut k| {
+            if let UpstreamKind::S3 {
+                access_key_id,
+                secret_access_key,
+                session_token,
+                ..
+            } = &mut k
+            {
+                access_key_id.clear();
+                secret_access_key.0.clear();
+                *session_token = None;
+            }
+            k
         });
         (wt, bucket, cfg.pull.first_byte_timeout)
     }
 
-    /// Says so in the log when a reloaded config changes what uploads are written through to:
+    /// The `[[pull.upstreams]]` entry `ingest.write_through` names.
+    fn bucket_kind(cfg: &Config) -> Option<UpstreamKind> {
+        let wt = cfg.ingest.write_through.as_ref()?;
+        cfg.pull
+            .upstreams
+            .iter()
+            .find(|u| u.name == wt.upstream)
+            .map(|u| u.kind.clone())
+    }
+
+    /// The credentials requests are signed with now.
+    fn creds(&self) -> rusty_s3::Credentials {
+        self.creds.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a reloaded config's credentials for the bucket (a rotated secret or session
+    /// token), and says so in the log when it changes what uploads are written through to:
     /// that takes a restart, and until then uploads keep the bucket they started with.
     pub fn reloaded(&self, cfg: &Config) {
         if WriteThrough::settings(cfg) != self.settings {
             tracing::warn!("ingest.write_through or its bucket's settings changed: uploads keep writing through as started until segd is restarted (reads follow the new [pull] at once)");
+            return;
+        }
+        if let Some(UpstreamKind::S3 {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            ..
+        }) = WriteThrough::bucket_kind(cfg)
+        {
+            let next =
+                super::pull::s3_credentials(&access_key_id, &secret_access_key, &session_token);
+            let mut c = self.creds.write().unwrap_or_else(|p| p.into_inner());
+            if (c.key(), c.secret(), c.token()) != (next.key(), next.secret(), next.token()) {
+                tracing::info!("write-through: the bucket's credentials are reloaded");
+                *c = next;
+            }
         }
     }
 
@@ -356,7 +407,7 @@ impl WriteThrough {
     async fn head(&self, rel: &RelPath) -> Result<Option<Stored>, BucketError> {
         let url = self
             .bucket
-            .head_object(Some(&self.creds), &self.key(rel))
+            .head_object(Some(&self.creds()), &self.key(rel))
             .sign(Duration::from_secs(3600))
             .to_string();
         let resp = self
@@ -373,7 +424,10 @@ impl WriteThrough {
                 }))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            s => Err(BucketError::Failed(format!("HEAD: {s}"))),
+            s => {
+                self.note_retry_after(s, resp.headers());
+                Err(BucketError::Failed(format!("HEAD: {s}")))
+            }
         }
     }
 
@@ -392,7 +446,8 @@ impl WriteThrough {
                 .map(|(_, t)| t.clone())
         });
         let key = self.key(rel);
-        let mut action = self.bucket.put_object(Some(&self.creds), &key);
+        let creds = self.creds();
+        let mut action = self.bucket.put_object(Some(&creds), &key);
         action.headers_mut().insert(META_ETAG, etag.clone());
         action
             .headers_mut()
@@ -441,7 +496,7 @@ impl WriteThrough {
         let key = self.key(rel);
         let url = self
             .bucket
-            .delete_object(Some(&self.creds), &key)
+            .delete_object(Some(&self.creds()), &key)
             .sign(Duration::from_secs(3600))
             .to_string();
         let r = self
@@ -501,6 +556,7 @@ impl WriteThrough {
     ) -> Result<(), BucketError> {
         let resp = self.request(make, limit).await?;
         let status = resp.status();
+        self.note_retry_after(status, resp.headers());
         // Read the answer to its end so the connection can be reused (bounded in time).
         let body = tokio::time::timeout(limit, resp.into_body().collect())
             .await
@@ -533,6 +589,38 @@ impl WriteThrough {
             Err(BucketError::Refused(text))
         } else {
             Err(BucketError::Failed(text))
+        }
+    }
+
+    /// A bucket that is throttling (503 `SlowDown`, 429) may say for how long: the queue
+    /// waits that long ([`retry_after`]) before its next round, instead of its own backoff.
+    fn note_retry_after(&self, status: StatusCode, h: &http::HeaderMap) {
+        if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+            return;
+        }
+        let Some(wait) = retry_after(h, SystemTime::now()) else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + wait;
+        let mut hold = self.hold_off.lock().unwrap_or_else(|p| p.into_inner());
+        if hold.is_none_or(|t| t < until) {
+            *hold = Some(until);
+        }
+    }
+
+    /// How long the queue waits after a round with failures: what the bucket asked for with
+    /// `Retry-After` (at least 1 s), else `backoff`.
+    fn retry_wait(&self, backoff: Duration) -> Duration {
+        let hold = self
+            .hold_off
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match hold {
+            Some(t) => t
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(BACKOFF_MIN),
+            None => backoff,
         }
     }
 
@@ -645,8 +733,9 @@ impl WriteThrough {
                 .count()
                 .await;
             if failed > 0 {
-                tracing::warn!(paths = failed, retry_in = ?backoff, "write-through to the bucket failed; retrying");
-                tokio::time::sleep(backoff).await;
+                let wait = self.retry_wait(backoff);
+                tracing::warn!(paths = failed, retry_in = ?wait, "write-through to the bucket failed; retrying");
+                tokio::time::sleep(wait).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             } else {
                 backoff = BACKOFF_MIN;
@@ -835,6 +924,19 @@ fn worth_retrying(code: &str) -> bool {
     )
 }
 
+/// A `Retry-After` (RFC 9110 §10.2.3: seconds, or an HTTP date), at most [`RETRY_AFTER_MAX`].
+fn retry_after(h: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(RETRY_AFTER_MAX))
+}
+
 /// Unix seconds of `t` (the bucket's `Last-Modified` metadata has whole seconds).
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -953,4 +1055,32 @@ fn list(dir: &std::path::Path) -> io::Result<(Vec<Entry>, usize)> {
         }
     }
     Ok((out, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Retry-After` in seconds or as a date, bounded; anything else is no answer.
+    #[test]
+    fn retry_after_is_read_and_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_str(v).expect("value"),
+            );
+            retry_after(&m, now)
+        };
+        assert_eq!(h("5"), Some(Duration::from_secs(5)));
+        assert_eq!(h("3600"), Some(RETRY_AFTER_MAX));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        assert_eq!(h(&later), Some(Duration::from_secs(7)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        assert_eq!(h(&past), Some(Duration::ZERO));
+        assert_eq!(h("soon"), None);
+        assert_eq!(h("-1"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new(), now), None);
+    }
 }

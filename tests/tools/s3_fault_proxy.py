@@ -15,7 +15,9 @@ that is slow to send a large object). The first PUT of a path containing a name 
 is answered with that AWS error (status and XML body) and does not reach the upstream; later
 ones pass: `request-timeout` (`400 RequestTimeout`: the upload's body did not arrive in time),
 `wrong-region` (`400 AuthorizationQueryParametersError`: a signature for another region than
-the bucket's, until the setting is fixed). The answer to a request whose target contains
+the bucket's, until the setting is fixed), `slow-down` (`503 SlowDown` with `Retry-After: 4`: a
+bucket throttling its clients). Every GET of a path containing `slow-down` is answered the same
+503 SlowDown, after 1 s, and does not reach the upstream. The answer to a request whose target contains
 `stale-keepalive` keeps the client's connection open, and the next request on it is read and
 dropped with the connection, unanswered and never passed on (a bucket closing an idle kept-alive
 connection just as a new request went out on it).
@@ -42,8 +44,16 @@ def aws_error(code, message, extra=b""):
     )
 
 
-# A target containing the name → the status line and body of the first PUT's answer.
+SLOW_DOWN = (
+    b"503 Slow Down",
+    aws_error(b"SlowDown", b"Please reduce your request rate."),
+    b"Retry-After: 4\r\n",
+)
+
+# A target containing the name → the status line, body and extra header lines of the first
+# PUT's answer.
 FIRST_PUT_ERRORS = {
+    "slow-down": SLOW_DOWN,
     "request-timeout": (
         b"400 Bad Request",
         aws_error(
@@ -51,6 +61,7 @@ FIRST_PUT_ERRORS = {
             b"Your socket connection to the server was not read from or written to within "
             b"the timeout period. Idle connections will be closed.",
         ),
+        b"",
     ),
     "wrong-region": (
         b"400 Bad Request",
@@ -60,6 +71,7 @@ FIRST_PUT_ERRORS = {
             b"expecting 'eu-west-1'",
             b"<Region>eu-west-1</Region>",
         ),
+        b"",
     ),
 }
 
@@ -113,18 +125,21 @@ class Handler(socketserver.BaseRequestHandler):
             say(f"request {method} {target}")
             path = target.split("?")[0]
             injected = [e for name, e in FIRST_PUT_ERRORS.items() if name in path]
+            first = False
             if method == "PUT" and injected:
                 with LOCK:
                     first = path not in ANSWERED
                     ANSWERED.add(path)
-                if first:
-                    status, body = injected[0]
-                    client.sendall(
-                        b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-                        + body
-                    )
-                    return
+            if first or (method == "GET" and "slow-down" in path):
+                status, body, extra = injected[0] if first else SLOW_DOWN
+                if not first:
+                    time.sleep(1)
+                client.sendall(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/xml\r\n" + extra
+                    + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                    + body
+                )
+                return
             # One request per upstream connection, read to its end: whatever its framing.
             lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")]
             head = b"\r\n".join(lines + [b"Connection: close"])
