@@ -17,9 +17,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{AccessLog as Target, LogConfig, LogFormat};
+
+/// The longest a line waits in the writer's buffer before it reaches the file.
+const FLUSH: Duration = Duration::from_millis(200);
 
 /// Everything one line says.
 pub struct Entry<'a> {
@@ -210,6 +213,9 @@ impl AccessLog {
             .name("segd-access-log".into())
             .spawn(move || {
                 let mut w = std::io::BufWriter::with_capacity(64 * 1024, sink);
+                // When the oldest line not yet flushed was written: no line waits in the
+                // buffer longer than FLUSH, however steadily lines come.
+                let mut oldest: Option<Instant> = None;
                 loop {
                     if asked.swap(false, Ordering::Relaxed) {
                         // Lines queued before the signal go to the old file (logrotate has
@@ -229,13 +235,20 @@ impl AccessLog {
                             }
                         }
                     }
-                    match rx.recv_timeout(Duration::from_millis(200)) {
+                    let wait = oldest.map_or(FLUSH, |t| FLUSH.saturating_sub(t.elapsed()));
+                    match rx.recv_timeout(wait) {
                         Ok(line) => {
                             let _ = w.write_all(line.as_bytes());
                             let _ = w.write_all(b"\n");
+                            let first = *oldest.get_or_insert_with(Instant::now);
+                            if first.elapsed() >= FLUSH {
+                                let _ = w.flush();
+                                oldest = None;
+                            }
                         }
                         Err(RecvTimeoutError::Timeout) => {
                             let _ = w.flush();
+                            oldest = None;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
                     }

@@ -285,6 +285,37 @@ async fn ipv6_listen_address_is_ipv6_only() {
     srv.log_with(&["IPv6 only: no IPv4 client reaches this port"]);
 }
 
+/// A line reaches the access log within about 200 ms however steadily requests keep coming
+/// (the writer used to flush only after 200 ms without a new line, or a full 64 KiB buffer:
+/// at a request every 50 ms, lines waited until the buffer filled).
+#[tokio::test]
+async fn access_log_lines_are_flushed_under_steady_traffic() {
+    let dir = demo_volumes();
+    let log = dir.path().join("access.log");
+    let cfg = config_for(
+        &[&dir.path().join("disk1")],
+        &format!("[log]\naccess = \"{}\"\nformat = \"json\"\n", log.display()),
+    );
+    let srv = Server::start(&cfg);
+    let lines = || std::fs::read_to_string(&log).map_or(0, |s| s.lines().count());
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut seen_while_busy = 0;
+    // A request every 50 ms for 1.5 s: never 200 ms without a line.
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(get(&srv.url(SEG), &[]).await.status, 200);
+        sent += 1;
+        if start.elapsed() > Duration::from_millis(800) {
+            seen_while_busy = seen_while_busy.max(lines());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        seen_while_busy >= 3,
+        "{seen_while_busy} of {sent} lines in the file while requests kept coming"
+    );
+}
+
 #[tokio::test]
 async fn access_log_lines() {
     let dir = demo_volumes();
