@@ -35,6 +35,9 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/expires/…  no Cache-Control, `Expires` in the past
               /vod/vary/…     `Vary: *`
               /vod/gone/…     410 Gone
+              /vod/fickle/…   a new version of the object for every request: ETag "fN" and
+                              the body `pattern(path + N)` (N = 1, 2, … per path), always a 200
+                              of the whole body, whatever Range or If-Match asked
               /vod/race/…     keep-alive, then the next request on that connection is read and
                               the connection closed with no answer (a keep-alive timeout firing
                               as the request arrives)
@@ -62,6 +65,8 @@ TYPES = {
 }
 
 LOCK = threading.Lock()
+# /vod/fickle/ paths → the version last served.
+FICKLE = {}
 
 
 def pattern(path):
@@ -101,6 +106,11 @@ def mixed(sock, method, target, lines, state):
         state["served"] = True
         return True
     body = pattern(path)
+    version = None
+    if kind == "fickle":
+        with LOCK:
+            version = FICKLE[path] = FICKLE.get(path, 0) + 1
+        body = pattern(path + str(version))
     ext = os.path.splitext(path)[1]
     ctype = "binary/octet-stream" if kind == "octet" else TYPES.get(ext, "application/octet-stream")
     head = ["HTTP/1.1 200 OK", f"Content-Type: {ctype}"]
@@ -111,6 +121,8 @@ def mixed(sock, method, target, lines, state):
         head.append("Expires: Thu, 01 Jan 1970 00:00:00 GMT")
     elif kind == "vary":
         head.append("Vary: *")
+    elif kind == "fickle":
+        head.append(f'ETag: "f{version}"')
     elif kind == "badetag":
         head.append("ETag: no-quotes")
     elif kind == "cc":
