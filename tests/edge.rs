@@ -3729,15 +3729,9 @@ async fn write_through_no_such_bucket_refuses_deletes_too() {
         .log_with(&["the bucket refuses this object", "NoSuchBucket"]);
 }
 
-/// S3 errors with a 4xx status that do not mean "every time": AWS answers `400 RequestTimeout`
-/// when an upload's body did not arrive in time (`409 OperationAborted` while a conflicting
-/// operation is under way), and `400 AuthorizationQueryParametersError` to a signature for
-/// another region than the bucket's, a setting the operator fixes as a refused key (403). The
-/// queue retries such entries, and the bucket gets the objects; they used to be set aside for
-/// good (`.refused`), so an upload the node had answered 201 never reached the bucket.
-/// (`s3_fault_proxy.py` answers the first PUT of each path so; moto behind it stores the next.)
-#[tokio::test]
-async fn write_through_local_queue_retries_s3_4xx_that_pass() {
+/// A node with durability "local" whose bucket is moto behind `s3_fault_proxy.py` (which
+/// answers some requests with AWS errors), and its queue directory.
+fn local_queue_behind_a_fault_proxy() -> (Moto, LosingProxy, tempfile::TempDir, Edge) {
     let moto = Moto::start();
     let proxy = LosingProxy::start(&moto.endpoint());
     let qdir = tempfile::tempdir().expect("tempdir");
@@ -3752,6 +3746,19 @@ async fn write_through_local_queue_retries_s3_4xx_that_pass() {
             qdir.path().display()
         )),
     );
+    (moto, proxy, qdir, a)
+}
+
+/// S3 errors with a 4xx status that do not mean "every time": AWS answers `400 RequestTimeout`
+/// when an upload's body did not arrive in time (`409 OperationAborted` while a conflicting
+/// operation is under way), and `400 AuthorizationQueryParametersError` to a signature for
+/// another region than the bucket's, a setting the operator fixes as a refused key (403). The
+/// queue retries such entries, and the bucket gets the objects; they used to be set aside for
+/// good (`.refused`), so an upload the node had answered 201 never reached the bucket.
+/// (`s3_fault_proxy.py` answers the first PUT of each path so; moto behind it stores the next.)
+#[tokio::test]
+async fn write_through_local_queue_retries_s3_4xx_that_pass() {
+    let (moto, _proxy, qdir, a) = local_queue_behind_a_fault_proxy();
     let paths = ["/vod/wt21/request-timeout.ts", "/vod/wt21/wrong-region.ts"];
     for (i, path) in paths.iter().enumerate() {
         let r = send(
@@ -4550,20 +4557,7 @@ async fn s3_session_token_is_signed_and_reloaded() {
 /// It used to retry after its own backoff (1 s, 2 s…) whatever the bucket said.
 #[tokio::test]
 async fn write_through_queue_honours_retry_after() {
-    let moto = Moto::start();
-    let proxy = LosingProxy::start(&moto.endpoint());
-    let qdir = tempfile::tempdir().expect("tempdir");
-    let a = Edge::start_with(
-        &keys(&[]),
-        &[s3_upstream_at(
-            &format!("http://{}", proxy.addr),
-            &moto.secret_file(),
-        )],
-        &write_through_ingest(&format!(
-            "durability = \"local\"\nqueue_path = \"{}\"",
-            qdir.path().display()
-        )),
-    );
+    let (moto, proxy, _qdir, a) = local_queue_behind_a_fault_proxy();
     let path = "/vod/wt30/slow-down.ts";
     let body = pattern(20_000, 3);
     let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
