@@ -650,9 +650,8 @@ impl Through {
         let whole = offset == 0 && count == meta.len;
         let range = (!whole).then(|| (offset, offset + count.max(1) - 1));
         let ask = Ask::Bytes(meta, range);
-        let t0 = Instant::now();
         let resp = pull
-            .request(
+            .timed_request(
                 &conf,
                 fetcher,
                 up,
@@ -661,10 +660,6 @@ impl Through {
                 conf.cfg.first_byte_timeout,
             )
             .await;
-        pull.m
-            .upstream_seconds
-            .with_label_values(&[&up.name])
-            .observe(t0.elapsed().as_secs_f64());
         let resp = resp.inspect_err(|e| {
             // The next request starts a fill, which tries every upstream again (and
             // stale_if_error), instead of asking this one for good.
@@ -1492,9 +1487,8 @@ impl Pull {
             let Some(fetcher) = conf.fetchers.get(i) else {
                 continue;
             };
-            let t0 = Instant::now();
             let resp = self
-                .request(
+                .timed_request(
                     &conf,
                     fetcher,
                     up,
@@ -1503,10 +1497,6 @@ impl Pull {
                     conf.cfg.first_byte_timeout,
                 )
                 .await;
-            self.m
-                .upstream_seconds
-                .with_label_values(&[&up.name])
-                .observe(t0.elapsed().as_secs_f64());
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
@@ -1663,14 +1653,9 @@ impl Pull {
                 Some(f @ Fetcher::Http(_)) => f,
                 _ => continue, // a bucket has no live playlists
             };
-            let t0 = Instant::now();
             let resp = self
-                .request(&conf, fetcher, up, rel, Ask::Pass(query), wait)
+                .timed_request(&conf, fetcher, up, rel, Ask::Pass(query), wait)
                 .await;
-            self.m
-                .upstream_seconds
-                .with_label_values(&[&up.name])
-                .observe(t0.elapsed().as_secs_f64());
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
@@ -1796,6 +1781,27 @@ impl Pull {
             tracing::warn!(upstream = %up.name, path = %format!("/{rel}"), content_type, "upstream answered a media path with an HTML page (soft 404); not served");
         }
         html
+    }
+
+    /// [`Pull::request`], timed into `segd_upstream_seconds{upstream}`: from sending to the
+    /// response head, failures included. Every upstream request goes through here (a fill, an
+    /// LL-HLS request passed through, the bytes of an object the cache does not keep).
+    async fn timed_request(
+        &self,
+        conf: &Conf,
+        fetcher: &Fetcher,
+        up: &UpstreamConfig,
+        rel: &RelPath,
+        ask: Ask<'_>,
+        wait: Duration,
+    ) -> io::Result<http::Response<hyper::body::Incoming>> {
+        let t0 = Instant::now();
+        let resp = self.request(conf, fetcher, up, rel, ask, wait).await;
+        self.m
+            .upstream_seconds
+            .with_label_values(&[&up.name])
+            .observe(t0.elapsed().as_secs_f64());
+        resp
     }
 
     /// Sends `ask` for `rel` to one upstream, waiting up to `wait` for the response head.
