@@ -495,6 +495,21 @@ pub const ALL: &[Refusal] = &[
 mod tests {
     use super::*;
 
+    /// A resting upstream's time left goes out as whole seconds, rounded up, at least one.
+    #[test]
+    fn upstream_unavailable_retry_after_is_whole_seconds_rounded_up() {
+        let r = |ms| {
+            Refusal::from(Miss::UpstreamUnavailable {
+                retry_after: std::time::Duration::from_millis(ms),
+            })
+        };
+        assert_eq!(r(0), Refusal::UpstreamUnavailable(1));
+        assert_eq!(r(1), Refusal::UpstreamUnavailable(1));
+        assert_eq!(r(2000), Refusal::UpstreamUnavailable(2));
+        assert_eq!(r(2001), Refusal::UpstreamUnavailable(3));
+        assert_eq!(r(60_000).row().status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+
     #[test]
     fn every_refusal_is_an_error_status_with_a_fixed_body() {
         for r in ALL {

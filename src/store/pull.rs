@@ -750,9 +750,20 @@ impl Through {
             }
         };
         let html = pull.counted(&conf, up, &self.rel, &resp);
-        if let Some(retry_after) = pull.note_rest(up, resp.status(), resp.headers(), None) {
+        let status = resp.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            // Asked to be left alone? (A bucket's `SlowDown` says so in its body.)
+            let h = resp.headers().clone();
+            let code = match fetcher {
+                Fetcher::S3(_) => s3_error(resp, &conf).await.code,
+                Fetcher::Http(_) => None,
+            };
+            tracing::warn!(upstream = %up.name, path, status = status.as_u16(), s3_code = code.as_deref().unwrap_or("-"), "upstream answered a range with an error");
             pull.forget_unkept(&self.rel, &self.unkept);
-            return Err(Miss::UpstreamUnavailable { retry_after });
+            return Err(match pull.note_rest(up, status, &h, code.as_deref()) {
+                Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
+                None => Miss::UpstreamFailed,
+            });
         }
         let skip = match (html, self.skip(&resp, range)) {
             (None, Some(skip)) => skip,
