@@ -5,7 +5,11 @@
 //!   `negative_ttl`, and a CDN is told to keep it no longer (`max-age=` what is left; live
 //!   paths `no-store`); an object over `max_bytes` is never stored: each request fetches its
 //!   own bytes, Range forwarded (segd, SeaweedFS), streamed without touching the cache disk;
-//!   so is one the full cache refused to admit, until its ranges have cost one copy;
+//!   so is one the full cache refused to admit, until its ranges have cost one copy; its
+//!   upstream failing before the head (gone, a 412 for a replaced object at nginx, a 503 with
+//!   `Retry-After`) is the next upstream, the new version, or a whole 502/503, never a reset;
+//!   an upstream's `Retry-After` rests it (the next upstream meanwhile, else 503 with
+//!   `Retry-After`; a throttling bucket's too);
 //!   stale-if-error for an expired playlist; eviction under `max_bytes` (objects
 //!   past 4 GiB counted whole) with the hot set kept and emptied directories pruned; a warm
 //!   cache survives a restart; an unhealthy volume's paths are pulled; origin auth towards an
@@ -4082,7 +4086,8 @@ fn json_number(line: &str, name: &str) -> Option<u64> {
 
 /// An object over `max_bytes` is served from the upstream for each request, under the
 /// validators its fill saw: an upstream answer that is another version (another ETag), from an
-/// upstream that ignores `If-Match` and `Range`, is cut, never served as that object's bytes.
+/// upstream that ignores `If-Match` and `Range`, is never served as that object's bytes (a
+/// fill asks again, and gets yet another version: the viewer is told 502).
 #[tokio::test]
 async fn edge_object_over_max_bytes_is_never_served_from_another_version() {
     const FICKLE: &str = "/vod/fickle/a.m4s";
@@ -4097,10 +4102,10 @@ async fn edge_object_over_max_bytes_is_never_served_from_another_version() {
         // Each version's bytes differ: a whole 206 could only be another version's.
         if let Ok(g) = &r {
             assert!(
-                g.body.is_err(),
-                "h2={h2}: a complete {} of {} bytes under {:?}: another version's bytes",
+                g.body.is_err() || g.status == 502,
+                "h2={h2}: a complete {} of {:?} bytes under {:?}: another version's bytes",
                 g.status,
-                g.bytes().len(),
+                g.body.as_ref().map(|b| b.len()),
                 g.header("etag")
             );
         }
@@ -4151,8 +4156,9 @@ async fn edge_copy_that_grew_over_max_bytes_is_dropped() {
 }
 
 /// An object over `max_bytes` whose upstream went away is not asked of that upstream for good:
-/// the request that finds it gone is cut (its head is out), and the next one starts a fill,
-/// which tries the next upstream.
+/// the request that finds it gone is not cut (its upstream is asked before the head goes
+/// out) but taken over by a fill, which tries the next upstream: that very request is served
+/// by it. (It used to be cut, and only a later request reached the next upstream.)
 #[tokio::test]
 async fn edge_object_over_max_bytes_fails_over_when_its_upstream_is_gone() {
     let a = Origin::start("");
@@ -4169,25 +4175,190 @@ async fn edge_object_over_max_bytes_fails_over_when_its_upstream_is_gone() {
     let r = must("GET", &edge.url(BIG), &range, false).await;
     assert!(r.status == 206 && r.bytes() == &want[1000..2000], "{r:?}");
     drop(a);
-    // The first request after may be cut; within three, one is served whole by b.
-    let mut served = Vec::new();
-    for _ in 0..3 {
-        let r = fetch("GET", &edge.url(BIG), &range, false).await;
+    // The first request after is served whole by b, on either protocol.
+    for h2 in [false, true] {
+        let r = fetch("GET", &edge.url(BIG), &range, h2).await;
         let got = r.map(|g| (g.status, g.body.map(|b| b.to_vec())));
-        let ok = matches!(&got, Ok((206, Ok(b))) if b.as_slice() == &want[1000..2000]);
-        served.push(format!("{got:?}").chars().take(120).collect::<String>());
-        if ok {
-            served.push("ok".into());
-            break;
-        }
+        assert!(
+            matches!(&got, Ok((206, Ok(b))) if b.as_slice() == &want[1000..2000]),
+            "h2={h2}: not served by the next upstream: {}\n{}",
+            format!("{got:?}").chars().take(200).collect::<String>(),
+            edge.srv.stderr()
+        );
     }
-    assert!(
-        served.last().is_some_and(|s| s == "ok"),
-        "never served by the next upstream: {served:?}\n{}",
-        edge.srv.stderr()
-    );
     b.settle().await;
     assert!(b.count(BIG) >= 1, "b was asked");
+}
+
+/// An object over `max_bytes` whose upstream fails after answering its fill, before any byte
+/// of a request's answer went out, gets what a failed fill gets, never a response cut after
+/// its head (the upstream is asked for the request's bytes before the head is decided): the
+/// object replaced at nginx by another version (segd's `If-Match` is a 412) is fetched anew
+/// and served as that version, with its validators; nginx gone is a whole 502. It used to
+/// be a 206 head and then a reset, on HTTP/1.1 and h2 alike.
+#[tokio::test]
+async fn edge_object_over_max_bytes_upstream_failure_is_an_answer_not_a_reset() {
+    let nginx = Nginx::start();
+    let old = nginx.file(SEG);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"4KiB\"")]),
+        &[http_upstream("nginx", &nginx.base(), "")],
+    );
+    assert!(old.len() > 8 << 10, "{} bytes", old.len());
+    let range = [("range", "bytes=1000-1999")];
+    let r = must("GET", &edge.url(SEG), &range, false).await;
+    assert!(r.status == 206 && r.bytes() == &old[1000..2000], "{r:?}");
+    let old_etag = r.header("etag").map(str::to_owned);
+
+    // Another version of the same length, with another mtime (nginx's ETag is mtime-length).
+    let new = pattern(old.len(), 77);
+    publish(&nginx.root(), SEG, &new);
+    std::fs::File::options()
+        .write(true)
+        .open(nginx.root().join(SEG.trim_start_matches('/')))
+        .and_then(|f| {
+            f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        })
+        .expect("set mtime");
+    for h2 in [false, true] {
+        let r = fetch("GET", &edge.url(SEG), &range, h2).await;
+        let r = r.unwrap_or_else(|e| panic!("h2={h2}: {e}"));
+        assert!(
+            r.status == 206
+                && r.body
+                    .as_ref()
+                    .is_ok_and(|b| b.as_ref() == &new[1000..2000]),
+            "h2={h2}: {} {:?} body {:?}",
+            r.status,
+            r.headers,
+            r.body.as_ref().map(|b| b.len())
+        );
+        assert!(r.header("etag").is_some() && r.header("etag").map(str::to_owned) != old_etag);
+    }
+    edge.srv
+        .log_with(&["upstream answer is not the object the fill saw"]);
+
+    drop(nginx);
+    for h2 in [false, true] {
+        let r = fetch("GET", &edge.url(SEG), &range, h2).await;
+        let r = r.unwrap_or_else(|e| panic!("h2={h2}: {e}"));
+        assert_eq!(r.status, 502, "h2={h2}: {:?}", r.headers);
+        assert!(
+            r.body
+                .as_ref()
+                .is_ok_and(|b| b.as_ref() == b"upstream failed\n"),
+            "h2={h2}: {:?}",
+            r.body
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+}
+
+/// An object over `max_bytes` whose upstream answered its fill, then answers the range with
+/// `503` and `Retry-After: 3` (an origin shedding load): the viewer is told 503 with a
+/// `Retry-After` of at most those 3 s, as a whole answer, not a 206 head and a reset; and
+/// the upstream is left alone meanwhile (the next request asks it nothing).
+#[tokio::test]
+async fn edge_object_over_max_bytes_whose_upstream_says_retry_after_is_a_503() {
+    const OBJ: &str = "/vod/busy/503-3/a.ts";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1KiB\"")]),
+        &[http_upstream("busy", &up.base(), "")],
+    );
+    for (i, h2) in [false, true].into_iter().enumerate() {
+        let r = fetch("GET", &edge.url(OBJ), &[("range", "bytes=0-99")], h2).await;
+        let r = r.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 503, "request {i}: {:?} {:?}", r.headers, r.body);
+        assert!(r.body.is_ok(), "request {i}: {:?}", r.body);
+        let after: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("request {i}: {:?}", r.headers));
+        assert!((1..=3).contains(&after), "request {i}: Retry-After {after}");
+    }
+    // The fill and the range of the first request; nothing for the second.
+    let marker = next_marker();
+    let _ = fetch("GET", &format!("{}{marker}", up.base()), &[], false).await;
+    up.wait_count(&marker, 1).await;
+    assert_eq!(up.count(OBJ), 2);
+}
+
+/// An upstream that answers `503` (or `429`) with `Retry-After` is left alone for that long
+/// (within 1–60 s): the next upstream answers meanwhile, without the resting one being asked;
+/// after the rest it is asked again. With no other upstream, the viewer is told 503 with the
+/// `Retry-After` that is left (`no-store`), counted as
+/// `segd_refusals_total{reason="upstream_unavailable"}`. The pull tier used to ask it again
+/// at every miss and tell the viewer 502.
+#[tokio::test]
+async fn edge_upstream_retry_after_rests_it_and_the_next_one_answers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = BadUpstream::start("mixed", root.path());
+    let nginx = Nginx::start();
+    let paths: Vec<String> = (0..3)
+        .map(|i| format!("/vod/retry/503-3/s{i}.ts"))
+        .collect();
+    for (i, p) in paths.iter().enumerate() {
+        publish(&nginx.root(), p, &pattern(5000, 300 + i as u32));
+    }
+    let edge = Edge::start(
+        &keys(&[]),
+        &[
+            http_upstream("a", &a.base(), ""),
+            http_upstream("b", &nginx.base(), ""),
+        ],
+    );
+    // Everything `a` received so far is counted.
+    let settle = async || {
+        let marker = next_marker();
+        let _ = fetch("GET", &format!("{}{marker}", a.base()), &[], false).await;
+        a.wait_count(&marker, 1).await;
+    };
+    let get = async |p: &str| {
+        let r = must("GET", &edge.url(p), &[], false).await;
+        assert!(
+            r.status == 200 && r.bytes() == nginx.file(p).as_slice(),
+            "{p}: {r:?}"
+        );
+    };
+    get(&paths[0]).await;
+    let rested = Instant::now();
+    get(&paths[1]).await;
+    settle().await;
+    assert_eq!(a.count(&paths[0]), 1);
+    assert_eq!(a.count(&paths[1]), 0, "a rests: not asked");
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(rested.elapsed())).await;
+    get(&paths[2]).await;
+    settle().await;
+    assert_eq!(a.count(&paths[2]), 1, "asked again after its rest");
+
+    // Alone: the viewer is told to come back.
+    let solo = Edge::start(&keys(&[]), &[http_upstream("a", &a.base(), "")]);
+    let p = "/vod/retry/429-2/solo.ts";
+    for h2 in [false, true] {
+        let r = must("GET", &solo.url(p), &[], h2).await;
+        assert_eq!(r.status, 503, "h2={h2}: {r:?}");
+        let after: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("h2={h2}: {:?}", r.headers));
+        assert!((1..=2).contains(&after), "Retry-After {after}");
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    settle().await;
+    assert_eq!(a.count(p), 1, "asked once, then left alone");
+    let m = solo.metrics().await;
+    assert_eq!(
+        metric_with(
+            &m,
+            "segd_refusals_total",
+            &[("reason", "upstream_unavailable")]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    solo.srv.log_with(&["upstream asked to be left alone"]);
 }
 
 /// An object larger than `max_bytes`, which the cache would evict the moment it stored it, is
@@ -4597,9 +4768,10 @@ async fn write_through_queue_honours_retry_after() {
     a.srv.log_with(&["SlowDown"]);
 }
 
-/// A pull from a throttling bucket (`503 SlowDown` on every GET, answered after 1 s):
-/// concurrent viewers of the object cost the bucket one request (single flight; a 503 is not
-/// retried), and get a 502.
+/// A pull from a throttling bucket (`503 SlowDown` with `Retry-After: 4` on every GET,
+/// answered after 1 s): concurrent viewers of the object cost the bucket one request (single
+/// flight; a 503 is not retried), and are told 503 with what is left of the 4 s; the bucket
+/// is left alone meanwhile: another object's request does not reach it.
 #[tokio::test]
 async fn pull_from_a_throttling_bucket_asks_once() {
     let moto = Moto::start();
@@ -4616,8 +4788,16 @@ async fn pull_from_a_throttling_bucket_asks_once() {
     let answers =
         futures_util::future::join_all((0..8).map(|_| must("GET", &url, &[], false))).await;
     for r in &answers {
-        assert_eq!(r.status, 502);
+        assert_eq!(r.status, 503, "{r:?}");
+        let after: u64 = r
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{:?}", r.headers));
+        assert!((1..=4).contains(&after), "Retry-After {after}");
     }
+    let r = must("GET", &edge.url("/vod/sd/other.ts"), &[], true).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.header("retry-after").is_some());
     let gets = proxy.said(&format!("request GET /{S3_BUCKET}/{S3_PREFIX}vod/sd/"));
     assert_eq!(gets.len(), 1, "{gets:?}");
     edge.srv.log_with(&["SlowDown"]);

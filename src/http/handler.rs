@@ -312,7 +312,11 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
                 .await;
         }
     }
-    let object = match cx.rt.store.lookup(&rel, class, live).await {
+    // What the request will read of the object, decided as steps 7–9 decide it: an object the
+    // pull cache does not keep has those bytes fetched by the lookup, so that an upstream that
+    // fails is a clean 502/504/503 rather than a response cut after its head.
+    let reads = |o: &Object| body_span(cx, &canonical, live && hls, o);
+    let object = match cx.rt.store.lookup(&rel, class, live, Some(&reads)).await {
         // Not here, nor (when an upstream covers live paths) there: it may be a preload hint,
         // which this node's own live stream announced (its upstream cannot have it yet).
         Err(m)
@@ -328,7 +332,12 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
             return Err(pull_miss(cx, m, log.path.as_deref()));
         }
         // The pull tier asked an upstream for it: the access log says so, as metrics do.
-        Err(m @ (Miss::UpstreamNotFound { .. } | Miss::UpstreamFailed | Miss::UpstreamTimeout)) => {
+        Err(
+            m @ (Miss::UpstreamNotFound { .. }
+            | Miss::UpstreamFailed
+            | Miss::UpstreamTimeout
+            | Miss::UpstreamUnavailable { .. }),
+        ) => {
             log.cache = Some("miss");
             return Err(pull_miss(cx, m, log.path.as_deref()));
         }
@@ -375,11 +384,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     // 7. Preconditions.
     let etag = object.etag.to_str().unwrap_or_default().to_owned();
     let modified = object.modified();
-    let date = if live && hls {
-        super::live::playlist_date(cx, &canonical, &object.etag, modified)
-    } else {
-        Some(modified)
-    };
+    let date = validator_date(cx, &canonical, live && hls, &object, modified);
     let mut headers = preconditions(cx, &etag, date, headers)?;
 
     // 8. Range (defined for GET only, RFC 9110 §14.2; a stream of unknown length is sent whole).
@@ -393,11 +398,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         return Ok(reply(StatusCode::OK, headers, body));
     };
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let decision = if cx.is_head || !conditional::if_range_allows(req.headers, &etag, modified) {
-        RangeDecision::Full
-    } else {
-        range::resolve_fields(req.headers.get_all(RANGE), len)
-    };
+    let decision = range_decision(cx, &etag, modified, len);
 
     // 9. Headers and body.
     let (status, offset, count) = match decision {
@@ -429,6 +430,61 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         object.into_body(offset, count, class == ObjectClass::Playlist)
     };
     Ok(reply(status, headers, body))
+}
+
+/// The date preconditions compare (step 7): the object's `Last-Modified`, or for a live HLS
+/// playlist the one its live registry vouches for (`None`: a date that cannot tell versions
+/// apart).
+fn validator_date(
+    cx: &Cx<'_>,
+    canonical: &str,
+    live_hls: bool,
+    object: &Object,
+    modified: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    if live_hls {
+        super::live::playlist_date(cx, canonical, &object.etag, modified)
+    } else {
+        Some(modified)
+    }
+}
+
+/// Step 8's decision for an object of `len` bytes (HEAD and a failed `If-Range`: the whole).
+fn range_decision(
+    cx: &Cx<'_>,
+    etag: &str,
+    modified: std::time::SystemTime,
+    len: u64,
+) -> RangeDecision {
+    let h = cx.req.headers;
+    if cx.is_head || !conditional::if_range_allows(h, etag, modified) {
+        RangeDecision::Full
+    } else {
+        range::resolve_fields(h.get_all(RANGE), len)
+    }
+}
+
+/// The bytes of `object` a request is sent (`offset`, `count`), as steps 7–9 decide them from
+/// its validators and length; `None` when it is sent none (HEAD, 304, 412, 416, nothing in
+/// range, a length not known yet). The store asks it of an object whose bytes must come from
+/// an upstream before the answer is decided (see [`crate::store::Reads`]).
+fn body_span(cx: &Cx<'_>, canonical: &str, live_hls: bool, object: &Object) -> Option<(u64, u64)> {
+    let len = object.len?;
+    if cx.is_head {
+        return None;
+    }
+    let etag = object.etag.to_str().unwrap_or_default();
+    let modified = object.modified();
+    let date = validator_date(cx, canonical, live_hls, object, modified);
+    if conditional::evaluate(cx.req.headers, etag, date) != Outcome::Proceed {
+        return None;
+    }
+    let span = match range_decision(cx, etag, modified, len) {
+        RangeDecision::Full => (0, len),
+        RangeDecision::Partial { start, end } => (start, end - start + 1),
+        RangeDecision::Unsatisfiable => return None,
+    };
+    (span.1 > 0).then_some(span)
 }
 
 /// Whether the request's path accepts writes (for `Allow` and CORS preflight answers).
@@ -602,6 +658,9 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     }
     if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let Refusal::UpstreamUnavailable(secs) = r {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if let (Refusal::StreamElsewhere, Some(after)) =
         (r, cx.policy.config.live.unknown_stream_retry_after)

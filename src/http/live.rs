@@ -45,7 +45,11 @@ async fn snapshot(
     if let Some(s) = cx.rt.live.current(canonical) {
         return Ok(s);
     }
-    let object = cx.rt.store.lookup(rel, ObjectClass::Playlist, true).await?;
+    let object = cx
+        .rt
+        .store
+        .lookup(rel, ObjectClass::Playlist, true, None)
+        .await?;
     let len = object.len.ok_or(Refusal::Changed)?;
     let text = object.read_prefix(len.min(4 << 20) as usize).await?;
     let snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
@@ -275,7 +279,7 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
         if store.is_growing(rel) {
             break;
         }
-        match store.lookup(rel, ObjectClass::Segment, true).await {
+        match store.lookup(rel, ObjectClass::Segment, true, None).await {
             Ok(o) => {
                 wait.woken();
                 return Ok(o);
@@ -292,7 +296,7 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
     }
     wait.woken();
     drop(wait);
-    match store.lookup(rel, ObjectClass::Segment, true).await {
+    match store.lookup(rel, ObjectClass::Segment, true, None).await {
         Ok(o) => Ok(o),
         Err(m) if m.is_not_found() => Err(Refusal::NotFound.into()),
         Err(e) => Err(e.into()),
@@ -379,7 +383,12 @@ pub(super) async fn growing(
             break;
         }
         // Ended: from here it is an object like any other (or gone).
-        object = match cx.rt.store.lookup(rel, ObjectClass::Segment, true).await {
+        object = match cx
+            .rt
+            .store
+            .lookup(rel, ObjectClass::Segment, true, None)
+            .await
+        {
             Ok(o) if o.growing => o,
             Ok(o) => return Ok(Grown::Complete(o)),
             Err(m) => return Err(Refusal::from(m).into()),

@@ -99,6 +99,10 @@ pub enum Refusal {
     BadGateway,
     #[error("upstream timed out")]
     GatewayTimeout,
+    /// No upstream could answer, and one asked to be left alone for a while (its 503 or 429
+    /// `Retry-After`): 503 with `Retry-After` (the seconds it still rests).
+    #[error("upstream unavailable")]
+    UpstreamUnavailable(u64),
     #[error("too many parked requests")]
     LiveBusy,
     #[error("playlist not updated in time")]
@@ -327,6 +331,13 @@ impl Refusal {
                 "gateway_timeout",
                 Upstream,
             ),
+            Refusal::UpstreamUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream unavailable\n",
+                Warn,
+                "upstream_unavailable",
+                Upstream,
+            ),
             Refusal::BadDirective => (
                 StatusCode::BAD_REQUEST,
                 "bad LL-HLS directive\n",
@@ -435,6 +446,10 @@ impl From<Miss> for Refusal {
             Miss::Changed => Refusal::Changed,
             Miss::UpstreamFailed => Refusal::BadGateway,
             Miss::UpstreamTimeout => Refusal::GatewayTimeout,
+            // Whole seconds, rounded up (RFC 9110 §10.2.3), at least one.
+            Miss::UpstreamUnavailable { retry_after } => Refusal::UpstreamUnavailable(
+                (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1),
+            ),
         }
     }
 }
@@ -469,6 +484,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::BadDirective,
     Refusal::BadGateway,
     Refusal::GatewayTimeout,
+    Refusal::UpstreamUnavailable(1),
     Refusal::LiveBusy,
     Refusal::BlockTimeout,
     Refusal::StreamElsewhere,
@@ -478,6 +494,21 @@ pub const ALL: &[Refusal] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resting upstream's time left goes out as whole seconds, rounded up, at least one.
+    #[test]
+    fn upstream_unavailable_retry_after_is_whole_seconds_rounded_up() {
+        let r = |ms| {
+            Refusal::from(Miss::UpstreamUnavailable {
+                retry_after: std::time::Duration::from_millis(ms),
+            })
+        };
+        assert_eq!(r(0), Refusal::UpstreamUnavailable(1));
+        assert_eq!(r(1), Refusal::UpstreamUnavailable(1));
+        assert_eq!(r(2000), Refusal::UpstreamUnavailable(2));
+        assert_eq!(r(2001), Refusal::UpstreamUnavailable(3));
+        assert_eq!(r(60_000).row().status, StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[test]
     fn every_refusal_is_an_error_status_with_a_fixed_body() {

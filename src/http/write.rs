@@ -117,7 +117,7 @@ async fn current(
     class: ObjectClass,
     live: bool,
 ) -> Result<Current, Refusal> {
-    match cx.rt.store.lookup(rel, class, live).await {
+    match cx.rt.store.lookup(rel, class, live, None).await {
         Ok(o) if o.growing => Ok(Current::Uploading),
         Ok(o) => Ok(Current::Version(
             o.etag.to_str().unwrap_or_default().to_owned(),

@@ -91,12 +91,18 @@ pub enum Miss {
     UpstreamFailed,
     /// The last upstream tried timed out.
     UpstreamTimeout,
+    /// No upstream could answer, and one rests for `retry_after` more (it asked to be left
+    /// alone: a 503 or 429 with `Retry-After`, a bucket's `SlowDown`).
+    UpstreamUnavailable { retry_after: Duration },
 }
 
 impl Miss {
     /// Whether the upstreams failed (error or timeout) rather than answered.
     pub fn is_upstream_failure(&self) -> bool {
-        matches!(self, Miss::UpstreamFailed | Miss::UpstreamTimeout)
+        matches!(
+            self,
+            Miss::UpstreamFailed | Miss::UpstreamTimeout | Miss::UpstreamUnavailable { .. }
+        )
     }
 
     /// How much longer segd remembers an upstream's 404 or 410 (zero for any other miss): the
@@ -128,6 +134,14 @@ impl From<LookupError> for Miss {
         }
     }
 }
+
+/// What a request reads of the object it looks up, decided from the object's validators and
+/// length as the handler decides its answer (preconditions, Range): `(offset, count)`, or
+/// `None` when it is sent no body (HEAD, 304, 412, 416). Given to [`Store::lookup`], it lets a
+/// tier whose bytes must be fetched per request (an object the pull cache does not keep) ask
+/// its upstream for them before the object is returned: an upstream that fails is then a miss
+/// (the next upstream, else 502/504/503), never a response cut after its head.
+pub type Reads<'a> = &'a (dyn Fn(&Object) -> Option<(u64, u64)> + Sync);
 
 /// A found object: its validators, its length when known, and where its bytes come from.
 pub struct Object {
@@ -162,8 +176,9 @@ enum Source {
     Stream(std::sync::Mutex<ByteStream>),
     /// An upload in progress: streamed as it grows.
     Growing(Arc<growing::Growing>),
-    /// An object over `[pull] max_bytes`: fetched from its upstream for each body, with the
-    /// body's range.
+    /// An object the pull cache does not keep (over `[pull] max_bytes`, or refused admission):
+    /// fetched from its upstream for each body, with the body's range; the lookup has already
+    /// asked for the bytes its request reads ([`Reads`]).
     Upstream(pull::Through),
 }
 
@@ -274,15 +289,18 @@ impl Object {
                 out.truncate(limit);
                 Ok(out.freeze())
             }
-            // A playlist over max_bytes (a small cache): its first bytes, fetched.
+            // A playlist over max_bytes (a small cache): its first bytes, from the upstream's
+            // answer the lookup holds, else fetched.
             Source::Upstream(t) => {
                 use futures_util::StreamExt;
                 let n = (limit as u64).min(self.meta.len);
-                let mut s = t.clone().stream(0, n);
+                let mut s = t.stream(0, n);
                 let mut out = bytes::BytesMut::new();
-                while let Some(chunk) = s.next().await {
+                while (out.len() as u64) < n {
+                    let Some(chunk) = s.next().await else { break };
                     out.extend_from_slice(&chunk.map_err(|_| Miss::UpstreamFailed)?);
                 }
+                out.truncate(n as usize);
                 Ok(out.freeze())
             }
             Source::Stream(_) => Err(Miss::Changed),
@@ -408,12 +426,15 @@ impl Store {
         Ok(())
     }
 
-    /// Step 6: the object at `rel`, from the first tier that has it.
+    /// Step 6: the object at `rel`, from the first tier that has it. `reads`: what the request
+    /// will read of it (`None`: it reads no body through this object, or only lazily), see
+    /// [`Reads`].
     pub async fn lookup(
         &self,
         rel: &RelPath,
         class: ObjectClass,
         live: bool,
+        reads: Option<Reads<'_>>,
     ) -> Result<Object, Miss> {
         let local = self.inner.local.load_full();
         // Segments and keys are immutable by contract (except live ones, rewritten in place by
@@ -429,7 +450,7 @@ impl Store {
                     // edge pulls it like any object.
                     return match local.find(rel, immutable).await {
                         Ok((open, disk)) => Ok(Object::from_file(open, disk, rel)),
-                        Err(e) => self.pulled(&local, rel, class, live, e).await,
+                        Err(e) => self.pulled(&local, rel, class, live, e, reads).await,
                     };
                 };
                 return Ok(Object {
@@ -453,7 +474,7 @@ impl Store {
             }
             // Tier 3 and 4: the pull cache, then the upstreams for the path — also when the
             // volume that may hold it is down.
-            Err(e) => return self.pulled(&local, rel, class, live, e).await,
+            Err(e) => return self.pulled(&local, rel, class, live, e, reads).await,
         };
         let object = Object::from_file(open, disk, rel);
         if class == ObjectClass::Segment {
@@ -473,6 +494,7 @@ impl Store {
         class: ObjectClass,
         live: bool,
         e: LookupError,
+        reads: Option<Reads<'_>>,
     ) -> Result<Object, Miss> {
         // A deletion this node acknowledged but has not yet applied to the bucket
         // (durability "local"): the bucket's copy is not to be fetched back.
@@ -487,7 +509,7 @@ impl Store {
         if let (Some(pull), LookupError::NotFound | LookupError::VolumeUnavailable { .. }) =
             (&self.inner.pull, &e)
         {
-            if let pull::Pulled::Found(o) = pull.lookup(local, rel, class, live).await? {
+            if let pull::Pulled::Found(o) = pull.lookup(local, rel, class, live, reads).await? {
                 return Ok(*o);
             }
         }

@@ -13,13 +13,16 @@
 //!   own range. The fill goes on if the client that started it leaves. Only a complete body
 //!   whose length matches is renamed into place; a failed fill fails every waiter's stream.
 //! - 404s are remembered for `negative_ttl`; connect errors, timeouts, 5xx and HTML pages for
-//!   media paths (soft 404s) try the next upstream; when all fail, a stale copy within
-//!   `stale_if_error` is served with `Warning` and `Age`, else 502/504. Playlists follow the
+//!   media paths (soft 404s) try the next upstream; an upstream whose 503 or 429 says
+//!   `Retry-After` rests that long (1–60 s: [`Pull::note_rest`]), skipped meanwhile; when all
+//!   fail, a stale copy within `stale_if_error` is served with `Warning` and `Age`, else
+//!   502/504, or 503 with `Retry-After` while one rests. Playlists follow the
 //!   upstream's lifetime, else the one segd's own `[cache_control]` gives them (which the CDN
 //!   is told too); segments are immutable unless their upstream gave them a lifetime, which
 //!   they then follow. Stale copies are revalidated with `If-None-Match`/`If-Modified-Since`.
 //! - An object over `max_bytes` is never stored: each request fetches its own bytes, its Range
-//!   forwarded, streamed through ([`Through`]). So is, for a while, an object the index
+//!   forwarded, streamed through ([`Through`]); the lookup has the upstream's answer before
+//!   it returns, so an upstream failing then is a miss a fill takes over, never a reset. So is, for a while, an object the index
 //!   refused to admit (TinyLFU: the objects it would evict are asked for more often), until
 //!   its requests have cost the upstream one whole copy: then a fill tries the cache again.
 
@@ -490,8 +493,12 @@ enum Outcome {
     /// 404 (`gone`: 410), remembered until `until` (`None`: not remembered: a live path, the
     /// queued upstream).
     NotFound { gone: bool, until: Option<Instant> },
-    /// Every upstream failed (`timeout`: the last failure was a timeout).
-    Failed { timeout: bool },
+    /// Every upstream failed (`timeout`: the last failure was a timeout), or rested: `rest`,
+    /// the shortest time left of a rest an upstream asked for ([`Pull::note_rest`]).
+    Failed {
+        timeout: bool,
+        rest: Option<Duration>,
+    },
 }
 
 struct Fill {
@@ -553,6 +560,21 @@ pub struct Pull {
     /// The upstream that uploads reach only later: the write-through bucket with durability
     /// "local" ([`Pull::set_queued_upstream`]). Its 404s are not remembered.
     queued_upstream: Mutex<Option<String>>,
+    /// Upstreams that asked to be left alone (`Retry-After` on a 503 or 429, a bucket's
+    /// `SlowDown`), by name, until when ([`Pull::note_rest`]): no request goes to them
+    /// meanwhile; the next upstream is asked, else the viewer is told 503 with `Retry-After`.
+    resting: Mutex<HashMap<String, Instant>>,
+}
+
+/// The shortest and longest rest an upstream's `Retry-After` buys it (a `Retry-After: 0` or a
+/// date past is still a second; an hour is a minute, so a wrong value cannot take an upstream
+/// out for long).
+const REST_MIN: Duration = Duration::from_secs(1);
+const REST_MAX: Duration = Duration::from_secs(60);
+
+/// The shorter of a rest seen so far and `d`.
+fn shorter(rest: Option<Duration>, d: Duration) -> Option<Duration> {
+    Some(rest.map_or(d, |r| r.min(d)))
 }
 
 /// What one upstream request asks for.
@@ -605,9 +627,14 @@ impl Unkept {
 /// the fill, with its Range forwarded (HTTP upstreams and buckets alike), and streams them to
 /// the client as they arrive: nothing is written to the cache disk nor gathered in memory.
 /// The request carries `If-Match` (or `If-Unmodified-Since`), so an object changed upstream
-/// since is not spliced in: the response is cut (reset) instead, and the next request starts a
-/// fill. An upstream that ignores Range (a 200 of the same length) is read from the start and
-/// the bytes before the range skipped.
+/// since is not spliced in. An upstream that ignores Range (a 200 of the same length) is read
+/// from the start and the bytes before the range skipped.
+///
+/// The lookup asks the upstream for the bytes its request reads ([`super::Reads`]) before it
+/// returns the object, and holds the answer here: a failure then (down, 5xx, a `Retry-After`,
+/// another version) is a miss, which a fill takes over (the next upstream, else what a failed
+/// fill gives: 502, 504, 503), never a response cut after its head. Only a failure after the
+/// head (the body stalls or ends short) cuts the response.
 ///
 /// The same path serves an object the index refused to admit, for a while ([`Unkept`]).
 #[derive(Clone)]
@@ -615,23 +642,65 @@ pub(super) struct Through {
     pull: Arc<Pull>,
     rel: RelPath,
     unkept: Arc<Unkept>,
+    /// The upstream's answer for the bytes the request reads, asked for by the lookup.
+    held: Arc<Mutex<Option<Held>>>,
+}
+
+/// An upstream's answer for `count` bytes from `offset`, its body not read yet.
+struct Held {
+    offset: u64,
+    count: u64,
+    body: super::ByteStream,
 }
 
 impl Through {
-    /// `count` bytes from `offset`, fetched when the stream is first polled.
-    pub(super) fn stream(self, offset: u64, count: u64) -> super::ByteStream {
+    /// `count` bytes from `offset`: the answer the lookup holds when it starts there and is as
+    /// long (a prefix of it for a shorter `count`: the reader stops), else fetched when the
+    /// stream is first polled (a request whose span the lookup did not know: its failure
+    /// cuts the response).
+    pub(super) fn stream(&self, offset: u64, count: u64) -> super::ByteStream {
         use futures_util::StreamExt;
-        let open = async move { self.open(offset, count).await };
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .filter(|h| h.offset == offset && h.count >= count);
+        if let Some(h) = held {
+            return h.body;
+        }
+        let this = self.clone();
+        let open = async move {
+            this.open(offset, count)
+                .await
+                .map_err(|m| io::Error::other(format!("upstream failed: {m:?}")))
+        };
         Box::pin(futures_util::stream::once(open).flat_map(|r| match r {
             Ok(s) => s,
             Err(e) => Box::pin(futures_util::stream::once(async { Err(e) })) as super::ByteStream,
         }))
     }
 
-    async fn open(self, offset: u64, count: u64) -> io::Result<super::ByteStream> {
+    /// Asks the upstream for `count` bytes from `offset` now and holds its answer for
+    /// [`Through::stream`]; a failure is the miss the request gets.
+    async fn hold(&self, offset: u64, count: u64) -> Result<(), Miss> {
+        let body = self.open(offset, count).await?;
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Held {
+            offset,
+            count,
+            body,
+        });
+        Ok(())
+    }
+
+    /// Sends the request for `count` bytes from `offset` and checks its answer is those bytes
+    /// of the object the fill saw; the body is streamed from there. Any failure forgets what
+    /// the fill learnt, so that a fill takes over (every upstream again, with their rests).
+    async fn open(&self, offset: u64, count: u64) -> Result<super::ByteStream, Miss> {
         let pull = &self.pull;
         let conf = pull.conf.load_full();
         let meta = &self.unkept.meta;
+        let path = format!("/{}", self.rel);
         let found = conf
             .cfg
             .upstreams
@@ -640,19 +709,22 @@ impl Through {
             .find(|(_, u)| u.name == self.unkept.upstream)
             .and_then(|(i, u)| Some((u, conf.fetchers.get(i)?)));
         let Some((up, fetcher)) = found else {
-            // Gone with a reload: the next request starts a fill.
+            // Gone with a reload: a fill asks the upstreams configured now.
             pull.forget_unkept(&self.rel, &self.unkept);
-            return Err(io::Error::other("the upstream is no longer configured"));
+            return Err(Miss::UpstreamFailed);
         };
+        if let Some(retry_after) = pull.resting(&up.name) {
+            pull.forget_unkept(&self.rel, &self.unkept);
+            return Err(Miss::UpstreamUnavailable { retry_after });
+        }
         if self.unkept.spend(count) {
             pull.forget_unkept(&self.rel, &self.unkept);
         }
         let whole = offset == 0 && count == meta.len;
         let range = (!whole).then(|| (offset, offset + count.max(1) - 1));
         let ask = Ask::Bytes(meta, range);
-        let t0 = Instant::now();
         let resp = pull
-            .request(
+            .timed_request(
                 &conf,
                 fetcher,
                 up,
@@ -661,27 +733,44 @@ impl Through {
                 conf.cfg.first_byte_timeout,
             )
             .await;
-        pull.m
-            .upstream_seconds
-            .with_label_values(&[&up.name])
-            .observe(t0.elapsed().as_secs_f64());
-        let resp = resp.inspect_err(|e| {
-            // The next request starts a fill, which tries every upstream again (and
-            // stale_if_error), instead of asking this one for good.
-            pull.forget_unkept(&self.rel, &self.unkept);
-            pull.m
-                .upstream_requests
-                .with_label_values(&[&up.name, "error"])
-                .inc();
-            tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), error = %e, "upstream request failed");
-        })?;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                pull.forget_unkept(&self.rel, &self.unkept);
+                pull.m
+                    .upstream_requests
+                    .with_label_values(&[&up.name, "error"])
+                    .inc();
+                tracing::warn!(upstream = %up.name, path, error = %e, "upstream request failed");
+                return Err(if e.kind() == io::ErrorKind::TimedOut {
+                    Miss::UpstreamTimeout
+                } else {
+                    Miss::UpstreamFailed
+                });
+            }
+        };
         let html = pull.counted(&conf, up, &self.rel, &resp);
+        let status = resp.status();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            // Asked to be left alone? (A bucket's `SlowDown` says so in its body.)
+            let h = resp.headers().clone();
+            let code = match fetcher {
+                Fetcher::S3(_) => s3_error(resp, &conf).await.code,
+                Fetcher::Http(_) => None,
+            };
+            tracing::warn!(upstream = %up.name, path, status = status.as_u16(), s3_code = code.as_deref().unwrap_or("-"), "upstream answered a range with an error");
+            pull.forget_unkept(&self.rel, &self.unkept);
+            return Err(match pull.note_rest(up, status, &h, code.as_deref()) {
+                Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
+                None => Miss::UpstreamFailed,
+            });
+        }
         let skip = match (html, self.skip(&resp, range)) {
             (None, Some(skip)) => skip,
             _ => {
-                tracing::warn!(upstream = %up.name, path = %format!("/{}", self.rel), status = resp.status().as_u16(), "upstream answer is not the object the fill saw; the response is cut");
+                tracing::warn!(upstream = %up.name, path, status = resp.status().as_u16(), "upstream answer is not the object the fill saw; asking the upstreams anew");
                 pull.forget_unkept(&self.rel, &self.unkept);
-                return Err(io::Error::other("upstream object changed"));
+                return Err(Miss::UpstreamFailed);
             }
         };
         Ok(upstream_bytes(
@@ -1031,6 +1120,7 @@ impl Pull {
             local,
             warned: std::sync::atomic::AtomicU64::new(0),
             queued_upstream: Mutex::new(None),
+            resting: Mutex::new(HashMap::new()),
         };
         Ok(Some(pull))
     }
@@ -1210,6 +1300,7 @@ impl Pull {
         rel: &RelPath,
         class: ObjectClass,
         live: bool,
+        reads: Option<super::Reads<'_>>,
     ) -> Result<Pulled, Miss> {
         let canonical = format!("/{rel}");
         if !self.covered(&canonical) {
@@ -1255,12 +1346,18 @@ impl Pull {
             }
             // 3. An object the cache does not keep (too large, or just refused admission): its
             //    bytes come from the upstream for each request.
+            //    When that upstream fails before answering (down, an error, a `Retry-After`,
+            //    another version), what was learnt is forgotten and a fill takes over below:
+            //    the next upstream, else what a failed fill gives.
             if let Some(o) = self.unkept.get(&key) {
                 if o.meta.fresh(unstated) {
-                    self.count("pass");
-                    return Ok(Pulled::Found(Box::new(self.through(rel, o, unstated))));
+                    if let Ok(o) = self.through(rel, o, unstated, reads).await {
+                        self.count("pass");
+                        return Ok(Pulled::Found(Box::new(o)));
+                    }
+                } else {
+                    self.unkept.invalidate(&key);
                 }
-                self.unkept.invalidate(&key);
             }
             // 4. Join the fill in flight, or start one (unless one just finished: look again).
             fill = self.fill_for(local, rel, class, live, cached.clone());
@@ -1277,7 +1374,10 @@ impl Pull {
                 break o;
             }
             if rx.changed().await.is_err() {
-                break Outcome::Failed { timeout: false };
+                break Outcome::Failed {
+                    timeout: false,
+                    rest: None,
+                };
             }
         };
         match outcome {
@@ -1290,13 +1390,19 @@ impl Pull {
                 ))))
             }
             Outcome::Oversize(meta, upstream) => {
-                self.count("pass");
                 let o = Arc::new(Unkept {
                     meta,
                     upstream,
                     refused: None,
                 });
-                Ok(Pulled::Found(Box::new(self.through(rel, o, unstated))))
+                // Its upstream fails now, after answering the fill: as a failed fill (the
+                // next request starts one, which tries every upstream again).
+                let o = self
+                    .through(rel, o, unstated, reads)
+                    .await
+                    .inspect_err(|_| self.count("miss"))?;
+                self.count("pass");
+                Ok(Pulled::Found(Box::new(o)))
             }
             Outcome::Revalidated => {
                 let meta = self.cached(&key).await.ok_or(Miss::Changed)?;
@@ -1325,7 +1431,7 @@ impl Pull {
                     }),
                 })
             }
-            Outcome::Failed { timeout } => {
+            Outcome::Failed { timeout, rest } => {
                 if let Some(meta) = cached {
                     // The upstream said the copy must not be served stale: the error RFC 9111
                     // §5.2.2.2 asks for instead (504), even with stale_if_error.
@@ -1349,10 +1455,10 @@ impl Pull {
                         }
                     }
                 }
-                Err(if timeout {
-                    Miss::UpstreamTimeout
-                } else {
-                    Miss::UpstreamFailed
+                Err(match rest {
+                    Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
+                    None if timeout => Miss::UpstreamTimeout,
+                    None => Miss::UpstreamFailed,
                 })
             }
         }
@@ -1480,6 +1586,7 @@ impl Pull {
     ) {
         let canonical = format!("/{rel}");
         let mut timeout = false;
+        let mut rest = None;
         let conf = self.conf.load_full();
         let ups: Vec<(usize, &UpstreamConfig)> = conf
             .cfg
@@ -1492,9 +1599,13 @@ impl Pull {
             let Some(fetcher) = conf.fetchers.get(i) else {
                 continue;
             };
-            let t0 = Instant::now();
+            // It asked to be left alone for a while (`Retry-After`): the next one meanwhile.
+            if let Some(left) = self.resting(&up.name) {
+                rest = shorter(rest, left);
+                continue;
+            }
             let resp = self
-                .request(
+                .timed_request(
                     &conf,
                     fetcher,
                     up,
@@ -1503,10 +1614,6 @@ impl Pull {
                     conf.cfg.first_byte_timeout,
                 )
                 .await;
-            self.m
-                .upstream_seconds
-                .with_label_values(&[&up.name])
-                .observe(t0.elapsed().as_secs_f64());
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
@@ -1591,15 +1698,23 @@ impl Pull {
                 // A bucket says why in its error body (wrong secret, clock skew, access
                 // policy, throttling): the log names it, so the operator need not guess.
                 s if matches!(fetcher, Fetcher::S3(_)) => {
+                    let h = resp.headers().clone();
                     let e = s3_error(resp, &conf).await;
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), s3_code = %e, "the bucket answered with an error");
+                    if let Some(r) = self.note_rest(up, s, &h, e.code.as_deref()) {
+                        rest = shorter(rest, r);
+                    }
                 }
                 s => {
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), "upstream answered with an error");
+                    if let Some(r) = self.note_rest(up, s, resp.headers(), None) {
+                        rest = shorter(rest, r);
+                    }
                 }
             }
         }
-        fill.outcome.send_replace(Some(Outcome::Failed { timeout }));
+        fill.outcome
+            .send_replace(Some(Outcome::Failed { timeout, rest }));
     }
 
     /// Whether an upstream serves `canonical` (a path no local tier holds is pulled).
@@ -1650,6 +1765,7 @@ impl Pull {
         let canonical = format!("/{rel}");
         let mut timeout = false;
         let mut unavailable = None;
+        let mut rest = None;
         let conf = self.conf.load_full();
         for (i, up) in conf.cfg.upstreams.iter().enumerate() {
             if !up
@@ -1663,14 +1779,13 @@ impl Pull {
                 Some(f @ Fetcher::Http(_)) => f,
                 _ => continue, // a bucket has no live playlists
             };
-            let t0 = Instant::now();
+            if let Some(left) = self.resting(&up.name) {
+                rest = shorter(rest, left);
+                continue;
+            }
             let resp = self
-                .request(&conf, fetcher, up, rel, Ask::Pass(query), wait)
+                .timed_request(&conf, fetcher, up, rel, Ask::Pass(query), wait)
                 .await;
-            self.m
-                .upstream_seconds
-                .with_label_values(&[&up.name])
-                .observe(t0.elapsed().as_secs_f64());
             let resp = match resp {
                 Ok(r) => r,
                 Err(e) => {
@@ -1688,6 +1803,9 @@ impl Pull {
             if self.counted(&conf, up, rel, &resp).is_some() {
                 continue;
             }
+            // A 503 or 429 with `Retry-After` rests the upstream (fills skip it too); the
+            // answer is still passed on if no later upstream gives one.
+            let rested = self.note_rest(up, status, resp.headers(), None).is_some();
             // As for a fill: a redirect (which is not followed, and whose Location is not passed
             // on) or another unexpected status is this upstream's failure. A client error (a
             // 404, an origin's 400 for a directive out of range) and a 503 are answers.
@@ -1753,9 +1871,10 @@ impl Pull {
                 headers,
                 body,
             });
-            // A 503 (an origin's "the playlist did not move in time", docs/live.md) is passed
-            // on as it came, unless a later upstream answers.
-            if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A 503 (an origin's "the playlist did not move in time", docs/live.md), or an
+            // upstream that asked to be left alone, is passed on as it came, unless a later
+            // upstream answers.
+            if status == StatusCode::SERVICE_UNAVAILABLE || rested {
                 unavailable = Some(passed);
                 continue;
             }
@@ -1764,11 +1883,51 @@ impl Pull {
         if let Some(p) = unavailable {
             return Ok(p);
         }
-        Err(if timeout {
-            Miss::UpstreamTimeout
-        } else {
-            Miss::UpstreamFailed
+        Err(match rest {
+            Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
+            None if timeout => Miss::UpstreamTimeout,
+            None => Miss::UpstreamFailed,
         })
+    }
+
+    /// How much longer upstream `name` rests ([`Pull::note_rest`]); `None`: it may be asked.
+    fn resting(&self, name: &str) -> Option<Duration> {
+        let mut map = self.resting.lock().unwrap_or_else(|p| p.into_inner());
+        let left = map.get(name)?.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            map.remove(name);
+            return None;
+        }
+        Some(left)
+    }
+
+    /// An upstream's answer that asks to be left alone rests it: a 503 or 429 with
+    /// `Retry-After` (seconds or a date, RFC 9110 §10.2.3), or a bucket's `503 SlowDown`
+    /// (`s3_code`) without one, for that long within [`REST_MIN`]..=[`REST_MAX`]. Returns the
+    /// rest. Nothing is asked of it meanwhile: fills and ranges go to the next upstream, and a
+    /// request no upstream answers is told 503 with `Retry-After` (RFC 9110 §15.6.4).
+    fn note_rest(
+        &self,
+        up: &UpstreamConfig,
+        status: StatusCode,
+        h: &HeaderMap,
+        s3_code: Option<&str>,
+    ) -> Option<Duration> {
+        if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+            return None;
+        }
+        let asked = super::write_through::retry_after(h, SystemTime::now())
+            .or_else(|| (s3_code == Some("SlowDown")).then_some(REST_MIN))?;
+        let rest = asked.clamp(REST_MIN, REST_MAX);
+        let until = Instant::now() + rest;
+        let mut map = self.resting.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(up.name.clone()).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
+        drop(map);
+        tracing::warn!(upstream = %up.name, status = status.as_u16(), seconds = rest.as_secs(), "upstream asked to be left alone (Retry-After); not asked meanwhile");
+        Some(rest)
     }
 
     /// Counts an upstream's answer by status class, and returns the type of a 200 that is an
@@ -1796,6 +1955,27 @@ impl Pull {
             tracing::warn!(upstream = %up.name, path = %format!("/{rel}"), content_type, "upstream answered a media path with an HTML page (soft 404); not served");
         }
         html
+    }
+
+    /// [`Pull::request`], timed into `segd_upstream_seconds{upstream}`: from sending to the
+    /// response head, failures included. Every upstream request goes through here (a fill, an
+    /// LL-HLS request passed through, the bytes of an object the cache does not keep).
+    async fn timed_request(
+        &self,
+        conf: &Conf,
+        fetcher: &Fetcher,
+        up: &UpstreamConfig,
+        rel: &RelPath,
+        ask: Ask<'_>,
+        wait: Duration,
+    ) -> io::Result<http::Response<hyper::body::Incoming>> {
+        let t0 = Instant::now();
+        let resp = self.request(conf, fetcher, up, rel, ask, wait).await;
+        self.m
+            .upstream_seconds
+            .with_label_values(&[&up.name])
+            .observe(t0.elapsed().as_secs_f64());
+        resp
     }
 
     /// Sends `ask` for `rel` to one upstream, waiting up to `wait` for the response head.
@@ -1975,8 +2155,10 @@ impl Pull {
             .cache_volume()
             .and_then(|i| local.volumes.get(i))
         else {
-            fill.outcome
-                .send_replace(Some(Outcome::Failed { timeout: false }));
+            fill.outcome.send_replace(Some(Outcome::Failed {
+                timeout: false,
+                rest: None,
+            }));
             return false;
         };
         // A path whose directory is a cached file (`/v/movie.mp4` and `/v/movie.mp4/index.m3u8`,
@@ -2005,8 +2187,10 @@ impl Pull {
             }
         };
         if temp.is_none() && len.is_some_and(|l| l > PASS_MEMORY) {
-            fill.outcome
-                .send_replace(Some(Outcome::Failed { timeout: false }));
+            fill.outcome.send_replace(Some(Outcome::Failed {
+                timeout: false,
+                rest: None,
+            }));
             return false;
         }
         let key = rel.as_str().to_owned();
@@ -2219,15 +2403,28 @@ impl Pull {
     }
 
     /// An object over `max_bytes` as the handler serves it: the fill's validators, type and
-    /// Cache-Control, its bytes fetched for each request ([`Through`]).
-    fn through(self: &Arc<Self>, rel: &RelPath, o: Arc<Unkept>, unstated: Option<u64>) -> Object {
+    /// Cache-Control, its bytes fetched for each request ([`Through`]): the bytes `reads`
+    /// says the request reads are asked for now, and a failure is the request's miss.
+    async fn through(
+        self: &Arc<Self>,
+        rel: &RelPath,
+        o: Arc<Unkept>,
+        unstated: Option<u64>,
+        reads: Option<super::Reads<'_>>,
+    ) -> Result<Object, Miss> {
         let meta = Arc::clone(&o.meta);
-        let source = Source::Upstream(Through {
+        let through = Through {
             pull: Arc::clone(self),
             rel: rel.clone(),
             unkept: o,
-        });
-        object(&meta, unstated, Some(meta.len), source, "pass")
+            held: Arc::default(),
+        };
+        let source = Source::Upstream(through.clone());
+        let object = object(&meta, unstated, Some(meta.len), source, "pass");
+        if let Some((offset, count)) = reads.and_then(|f| f(&object)) {
+            through.hold(offset, count).await?;
+        }
+        Ok(object)
     }
 
     /// A fill could not use the cache disk: said in the log (once a minute at most) and on the

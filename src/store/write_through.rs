@@ -925,7 +925,7 @@ fn worth_retrying(code: &str) -> bool {
 }
 
 /// A `Retry-After` (RFC 9110 §10.2.3: seconds, or an HTTP date), at most [`RETRY_AFTER_MAX`].
-fn retry_after(h: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
+pub(super) fn retry_after(h: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
     let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match v.parse::<u64>() {
         Ok(s) => Duration::from_secs(s),

@@ -38,6 +38,10 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/fickle/…   a new version of the object for every request: ETag "fN" and
                               the body `pattern(path + N)` (N = 1, 2, … per path), always a 200
                               of the whole body, whatever Range or If-Match asked
+              /vod/retry/C-N/… status C (503 or 429) with `Retry-After: N` for every GET (an
+                              origin that is overloaded or rate-limits, and says for how long)
+              /vod/busy/C-N/… the first GET of a path is a 200 (as "anything else" below, with
+                              `ETag: "b1"`); every later one status C with `Retry-After: N`
               /vod/race/…     keep-alive, then the next request on that connection is read and
                               the connection closed with no answer (a keep-alive timeout firing
                               as the request arrives)
@@ -67,6 +71,8 @@ TYPES = {
 LOCK = threading.Lock()
 # /vod/fickle/ paths → the version last served.
 FICKLE = {}
+# /vod/busy/ paths already answered once.
+BUSY = set()
 
 
 def pattern(path):
@@ -101,6 +107,17 @@ def mixed(sock, method, target, lines, state):
             sock.sendall(f'HTTP/1.1 304 Not Modified\r\nETag: "cc1"\r\nCache-Control: {cc}\r\n\r\n'.encode())
             state["served"] = True
             return True
+    if kind in ("retry", "busy"):
+        code, secs = path.split("/")[3].split("-", 1)
+        with LOCK:
+            first = kind == "busy" and path not in BUSY
+            BUSY.add(path)
+        if not first:
+            reason = "Too Many Requests" if code == "429" else "Service Unavailable"
+            sock.sendall(f"HTTP/1.1 {code} {reason}\r\nRetry-After: {secs}\r\nContent-Type: text/plain\r\n"
+                         "Content-Length: 5\r\n\r\nbusy\n".encode())
+            state["served"] = True
+            return True
     if kind == "gone":
         sock.sendall(b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\ngone\n")
         state["served"] = True
@@ -123,6 +140,8 @@ def mixed(sock, method, target, lines, state):
         head.append("Vary: *")
     elif kind == "fickle":
         head.append(f'ETag: "f{version}"')
+    elif kind == "busy":
+        head.append('ETag: "b1"')
     elif kind == "badetag":
         head.append("ETag: no-quotes")
     elif kind == "cc":
