@@ -4291,12 +4291,16 @@ async fn edge_object_over_max_bytes_whose_upstream_says_retry_after_is_a_503() {
 /// `Retry-After` that is left (`no-store`), counted as
 /// `segd_refusals_total{reason="upstream_unavailable"}`. The pull tier used to ask it again
 /// at every miss and tell the viewer 502.
+///
+/// An HTTP upstream's 503 rests it for that path only (a segd upstream says so of one live
+/// stream it does not have yet: every other path must still be asked of it); a 429 (this
+/// client asks too much) rests it for every path.
 #[tokio::test]
 async fn edge_upstream_retry_after_rests_it_and_the_next_one_answers() {
     let root = tempfile::tempdir().expect("tempdir");
     let a = BadUpstream::start("mixed", root.path());
     let nginx = Nginx::start();
-    let paths: Vec<String> = (0..3)
+    let paths: Vec<String> = (0..2)
         .map(|i| format!("/vod/retry/503-3/s{i}.ts"))
         .collect();
     for (i, p) in paths.iter().enumerate() {
@@ -4322,20 +4326,22 @@ async fn edge_upstream_retry_after_rests_it_and_the_next_one_answers() {
             "{p}: {r:?}"
         );
     };
+    // Each path's 503 rests `a` for that path only: the next path is asked of it too.
     get(&paths[0]).await;
-    let rested = Instant::now();
     get(&paths[1]).await;
     settle().await;
     assert_eq!(a.count(&paths[0]), 1);
-    assert_eq!(a.count(&paths[1]), 0, "a rests: not asked");
-    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(rested.elapsed())).await;
-    get(&paths[2]).await;
-    settle().await;
-    assert_eq!(a.count(&paths[2]), 1, "asked again after its rest");
+    assert_eq!(
+        a.count(&paths[1]),
+        1,
+        "a 503 rests one path, not the upstream"
+    );
 
-    // Alone: the viewer is told to come back.
+    // Alone: the viewer is told to come back, and the path is not asked again meanwhile.
     let solo = Edge::start(&keys(&[]), &[http_upstream("a", &a.base(), "")]);
-    let p = "/vod/retry/429-2/solo.ts";
+    let p = "/vod/retry/503-3/solo.ts";
+    let other = "/vod/retry/503-3/other.ts";
+    let rested = Instant::now();
     for h2 in [false, true] {
         let r = must("GET", &solo.url(p), &[], h2).await;
         assert_eq!(r.status, 503, "h2={h2}: {r:?}");
@@ -4343,11 +4349,32 @@ async fn edge_upstream_retry_after_rests_it_and_the_next_one_answers() {
             .header("retry-after")
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("h2={h2}: {:?}", r.headers));
-        assert!((1..=2).contains(&after), "Retry-After {after}");
+        assert!((1..=3).contains(&after), "Retry-After {after}");
         assert_eq!(r.header("cache-control"), Some("no-store"));
     }
+    assert_eq!(must("GET", &solo.url(other), &[], false).await.status, 503);
     settle().await;
     assert_eq!(a.count(p), 1, "asked once, then left alone");
+    assert_eq!(a.count(other), 1, "another path is still asked");
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(rested.elapsed())).await;
+    assert_eq!(must("GET", &solo.url(p), &[], false).await.status, 503);
+    settle().await;
+    assert_eq!(a.count(p), 2, "asked again after its rest");
+
+    // A 429 rests the upstream for every path.
+    let q = "/vod/retry/429-2/q.ts";
+    let q2 = "/vod/retry/429-2/q2.ts";
+    assert_eq!(must("GET", &solo.url(q), &[], false).await.status, 503);
+    let r = must("GET", &solo.url(q2), &[], false).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    // A 503 path whose own rest is over is not asked while the upstream rests either.
+    let fresh = "/vod/retry/503-3/fresh.ts";
+    assert_eq!(must("GET", &solo.url(fresh), &[], false).await.status, 503);
+    settle().await;
+    assert_eq!(a.count(q), 1);
+    assert_eq!(a.count(q2), 0, "a 429 rests every path");
+    assert_eq!(a.count(fresh), 0, "a 429 rests every path");
     let m = solo.metrics().await;
     assert_eq!(
         metric_with(
@@ -4355,7 +4382,7 @@ async fn edge_upstream_retry_after_rests_it_and_the_next_one_answers() {
             "segd_refusals_total",
             &[("reason", "upstream_unavailable")]
         ),
-        Some(2.0),
+        Some(7.0),
         "{m}"
     );
     solo.srv.log_with(&["upstream asked to be left alone"]);

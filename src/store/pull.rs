@@ -14,7 +14,8 @@
 //!   whose length matches is renamed into place; a failed fill fails every waiter's stream.
 //! - 404s are remembered for `negative_ttl`; connect errors, timeouts, 5xx and HTML pages for
 //!   media paths (soft 404s) try the next upstream; an upstream whose 503 or 429 says
-//!   `Retry-After` rests that long (1–60 s: [`Pull::note_rest`]), skipped meanwhile; when all
+//!   `Retry-After` rests that long (1–60 s; a 503 for its path only: [`Pull::note_rest`]),
+//!   skipped meanwhile; when all
 //!   fail, a stale copy within `stale_if_error` is served with `Warning` and `Age`, else
 //!   502/504, or 503 with `Retry-After` while one rests. Playlists follow the
 //!   upstream's lifetime, else the one segd's own `[cache_control]` gives them (which the CDN
@@ -561,9 +562,10 @@ pub struct Pull {
     /// "local" ([`Pull::set_queued_upstream`]). Its 404s are not remembered.
     queued_upstream: Mutex<Option<String>>,
     /// Upstreams that asked to be left alone (`Retry-After` on a 503 or 429, a bucket's
-    /// `SlowDown`), by name, until when ([`Pull::note_rest`]): no request goes to them
-    /// meanwhile; the next upstream is asked, else the viewer is told 503 with `Retry-After`.
-    resting: Mutex<HashMap<String, Instant>>,
+    /// `SlowDown`), by name and, for an HTTP upstream's 503, path, until when
+    /// ([`Pull::note_rest`]): no request for it goes to them meanwhile; the next upstream is
+    /// asked, else the viewer is told 503 with `Retry-After`.
+    resting: Mutex<HashMap<Rest, Instant>>,
 }
 
 /// The shortest and longest rest an upstream's `Retry-After` buys it (a `Retry-After: 0` or a
@@ -571,6 +573,14 @@ pub struct Pull {
 /// out for long).
 const REST_MIN: Duration = Duration::from_secs(1);
 const REST_MAX: Duration = Duration::from_secs(60);
+
+/// What a rest covers: upstream `.0`, for every path (`None`) or for one (`Some`: its canonical
+/// path).
+type Rest = (String, Option<String>);
+
+/// Rests held for single paths at most: past it, expired ones are dropped first, then a new
+/// path's rest is not remembered (its request still gets its 503).
+const PATH_RESTS_MAX: usize = 4096;
 
 /// The shorter of a rest seen so far and `d`.
 fn shorter(rest: Option<Duration>, d: Duration) -> Option<Duration> {
@@ -713,7 +723,7 @@ impl Through {
             pull.forget_unkept(&self.rel, &self.unkept);
             return Err(Miss::UpstreamFailed);
         };
-        if let Some(retry_after) = pull.resting(&up.name) {
+        if let Some(retry_after) = pull.resting(&up.name, &path) {
             pull.forget_unkept(&self.rel, &self.unkept);
             return Err(Miss::UpstreamUnavailable { retry_after });
         }
@@ -760,10 +770,12 @@ impl Through {
             };
             tracing::warn!(upstream = %up.name, path, status = status.as_u16(), s3_code = code.as_deref().unwrap_or("-"), "upstream answered a range with an error");
             pull.forget_unkept(&self.rel, &self.unkept);
-            return Err(match pull.note_rest(up, status, &h, code.as_deref()) {
-                Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
-                None => Miss::UpstreamFailed,
-            });
+            return Err(
+                match pull.note_rest(up, &path, status, &h, code.as_deref()) {
+                    Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
+                    None => Miss::UpstreamFailed,
+                },
+            );
         }
         let skip = match (html, self.skip(&resp, range)) {
             (None, Some(skip)) => skip,
@@ -1600,7 +1612,7 @@ impl Pull {
                 continue;
             };
             // It asked to be left alone for a while (`Retry-After`): the next one meanwhile.
-            if let Some(left) = self.resting(&up.name) {
+            if let Some(left) = self.resting(&up.name, &canonical) {
                 rest = shorter(rest, left);
                 continue;
             }
@@ -1701,13 +1713,13 @@ impl Pull {
                     let h = resp.headers().clone();
                     let e = s3_error(resp, &conf).await;
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), s3_code = %e, "the bucket answered with an error");
-                    if let Some(r) = self.note_rest(up, s, &h, e.code.as_deref()) {
+                    if let Some(r) = self.note_rest(up, &canonical, s, &h, e.code.as_deref()) {
                         rest = shorter(rest, r);
                     }
                 }
                 s => {
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), "upstream answered with an error");
-                    if let Some(r) = self.note_rest(up, s, resp.headers(), None) {
+                    if let Some(r) = self.note_rest(up, &canonical, s, resp.headers(), None) {
                         rest = shorter(rest, r);
                     }
                 }
@@ -1779,7 +1791,7 @@ impl Pull {
                 Some(f @ Fetcher::Http(_)) => f,
                 _ => continue, // a bucket has no live playlists
             };
-            if let Some(left) = self.resting(&up.name) {
+            if let Some(left) = self.resting(&up.name, &canonical) {
                 rest = shorter(rest, left);
                 continue;
             }
@@ -1805,7 +1817,9 @@ impl Pull {
             }
             // A 503 or 429 with `Retry-After` rests the upstream (fills skip it too); the
             // answer is still passed on if no later upstream gives one.
-            let rested = self.note_rest(up, status, resp.headers(), None).is_some();
+            let rested = self
+                .note_rest(up, &canonical, status, resp.headers(), None)
+                .is_some();
             // As for a fill: a redirect (which is not followed, and whose Location is not passed
             // on) or another unexpected status is this upstream's failure. A client error (a
             // 404, an origin's 400 for a directive out of range) and a 503 are answers.
@@ -1890,15 +1904,25 @@ impl Pull {
         })
     }
 
-    /// How much longer upstream `name` rests ([`Pull::note_rest`]); `None`: it may be asked.
-    fn resting(&self, name: &str) -> Option<Duration> {
+    /// How much longer upstream `name` rests for `canonical` ([`Pull::note_rest`]): the longer
+    /// of its rest for every path and for this one; `None`: it may be asked.
+    fn resting(&self, name: &str, canonical: &str) -> Option<Duration> {
+        let now = Instant::now();
         let mut map = self.resting.lock().unwrap_or_else(|p| p.into_inner());
-        let left = map.get(name)?.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            map.remove(name);
-            return None;
+        let mut left = None;
+        for key in [
+            (name.to_owned(), None),
+            (name.to_owned(), Some(canonical.to_owned())),
+        ] {
+            let Some(until) = map.get(&key) else { continue };
+            let l = until.saturating_duration_since(now);
+            if l.is_zero() {
+                map.remove(&key);
+            } else {
+                left = Some(left.map_or(l, |m: Duration| m.max(l)));
+            }
         }
-        Some(left)
+        left
     }
 
     /// An upstream's answer that asks to be left alone rests it: a 503 or 429 with
@@ -1906,9 +1930,15 @@ impl Pull {
     /// (`s3_code`) without one, for that long within [`REST_MIN`]..=[`REST_MAX`]. Returns the
     /// rest. Nothing is asked of it meanwhile: fills and ranges go to the next upstream, and a
     /// request no upstream answers is told 503 with `Retry-After` (RFC 9110 §15.6.4).
+    ///
+    /// A 429 (this client asks too much) and a bucket's 503 rest the upstream for every path.
+    /// An HTTP upstream's 503 rests it for `canonical` only: a segd upstream answers so for one
+    /// live stream it does not have yet (`[live] unknown_stream_retry_after`), and an origin
+    /// that is down for every path says so on each of them at the cost of one request a path.
     fn note_rest(
         &self,
         up: &UpstreamConfig,
+        canonical: &str,
         status: StatusCode,
         h: &HeaderMap,
         s3_code: Option<&str>,
@@ -1919,14 +1949,24 @@ impl Pull {
         let asked = super::write_through::retry_after(h, SystemTime::now())
             .or_else(|| (s3_code == Some("SlowDown")).then_some(REST_MIN))?;
         let rest = asked.clamp(REST_MIN, REST_MAX);
-        let until = Instant::now() + rest;
+        let now = Instant::now();
+        let until = now + rest;
+        let bucket = matches!(up.kind, UpstreamKind::S3 { .. });
+        let one_path = status == StatusCode::SERVICE_UNAVAILABLE && !bucket;
+        let key = (up.name.clone(), one_path.then(|| canonical.to_owned()));
         let mut map = self.resting.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(up.name.clone()).or_insert(until);
-        if *entry < until {
-            *entry = until;
+        if one_path && map.len() >= PATH_RESTS_MAX && !map.contains_key(&key) {
+            map.retain(|_, u| *u > now);
+        }
+        if !one_path || map.len() < PATH_RESTS_MAX || map.contains_key(&key) {
+            let entry = map.entry(key).or_insert(until);
+            if *entry < until {
+                *entry = until;
+            }
         }
         drop(map);
-        tracing::warn!(upstream = %up.name, status = status.as_u16(), seconds = rest.as_secs(), "upstream asked to be left alone (Retry-After); not asked meanwhile");
+        let scope = if one_path { canonical } else { "*" };
+        tracing::warn!(upstream = %up.name, path = scope, status = status.as_u16(), seconds = rest.as_secs(), "upstream asked to be left alone (Retry-After); not asked meanwhile");
         Some(rest)
     }
 
