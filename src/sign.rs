@@ -144,8 +144,9 @@ fn upload_text(
     let (_, _, put_url) = ready_urls(&base_url(cfg), cfg.token.name.as_str(), token, &file);
     format!(
         "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n\
-# live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4)\n\
-ffmpeg -re -i INPUT -c:a aac -b:a 128k -f hls -hls_time 4 -hls_list_size 6 \\\n  -hls_flags delete_segments -method PUT -http_persistent 1 '{dir}index.m3u8'\n\n\
+# live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4). Straight to one node you may\n\
+# add -http_persistent 1; not through a load balancer (README: Pointing a packager at a cluster)\n\
+ffmpeg -re -i INPUT -c:a aac -b:a 128k -f hls -hls_time 4 -hls_list_size 6 \\\n  -hls_flags delete_segments -method PUT '{dir}index.m3u8'\n\n\
 # live DASH (low latency, 0.2 s chunks: add -streaming 1 -ldash 1 -frag_type duration -frag_duration 0.2)\n\
 ffmpeg -re -i INPUT -c:a aac -b:a 128k -f dash -seg_duration 4 -window_size 6 \\\n  -method PUT '{dir}manifest.mpd'\n\n\
 # one file\n\

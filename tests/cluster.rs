@@ -1224,6 +1224,81 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
     }
 }
 
+/// ffmpeg pushing live HLS through HAProxy, as the README's "Pointing a packager at a cluster"
+/// and `segd sign --upload` tell (no `-http_persistent 1`: ffmpeg pipelines its last uploads
+/// on a kept-alive connection and resets it at exit, and HAProxy, which forwards one request
+/// at a time, drops those still queued). Three streams at once, as fast as ffmpeg makes them
+/// (no `-re`), so playlist versions follow each other on new connections without waiting:
+/// through the balancer an older version can arrive after a newer one, and each stream must
+/// still end with its final playlist (`#EXT-X-ENDLIST`, every segment listed and served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ffmpeg_live_hls_through_haproxy_ends_with_its_final_playlist() {
+    let c = Cluster::start(Opts::default()).await;
+    let streams: Vec<String> = (0..3).map(|i| format!("/live/ff{i}/")).collect();
+    let pushes: Vec<_> = streams
+        .iter()
+        .map(|dir| {
+            let out = c.lb.url(&p(&format!("{dir}index.m3u8"), &upload_token()));
+            let mut cmd = Command::new("ffmpeg");
+            cmd.args([
+                "-hide_banner",
+                "-nostdin",
+                "-loglevel",
+                "error",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=frequency=440:sample_rate=48000",
+                "-t",
+                "8",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                "-f",
+                "hls",
+                "-hls_time",
+                "1",
+                "-hls_list_size",
+                "0",
+                "-method",
+                "PUT",
+                &out,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+            tokio::task::spawn_blocking(move || cmd.output().expect("run ffmpeg"))
+        })
+        .collect();
+    for (dir, push) in streams.iter().zip(pushes) {
+        let out = push.await.expect("join");
+        assert!(
+            out.status.success(),
+            "ffmpeg {dir}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for dir in &streams {
+        let (_, status, _, body) = c.get(&format!("{dir}index.m3u8"), 0).await;
+        assert_eq!(status, 200, "{dir}index.m3u8");
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert!(
+            text.trim_end().ends_with("#EXT-X-ENDLIST"),
+            "{dir}: the stream never ended for its players:\n{text}"
+        );
+        let segments: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(segments.len() >= 7, "{dir}: {segments:?}");
+        for (i, seg) in segments.iter().enumerate() {
+            assert_eq!(*seg, format!("index{i}.ts"), "{dir}: {segments:?}");
+            let (_, status, _, _) = c.get(&format!("{dir}{seg}"), 0).await;
+            assert_eq!(status, 200, "{dir}{seg}");
+        }
+    }
+}
+
 /// With another `[token] name` on the nodes and the same in HAProxy's `SEGD_TOKEN_NAME`, a
 /// path-embedded token segment still stays out of the asset key: every viewer's requests for an
 /// asset land on one node.

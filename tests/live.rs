@@ -963,6 +963,90 @@ async fn playlist_renamed_into_place_wakes_waiters() {
     assert!(r.at >= sent);
 }
 
+/// Two versions of a live playlist that a packager sends back to back on two connections
+/// (ffmpeg without `-http_persistent 1`, at exit: the last segment's playlist, then the final
+/// one with `#EXT-X-ENDLIST`) have no order in HTTP, and through a balancer the older one can
+/// arrive last: the stream then never ended for its players. Within a target duration (2 s at
+/// most) of a version, an older one is refused with 409 and nothing is written; a version as
+/// far as the stored one is taken. Later, a version behind the stored one (a packager that
+/// restarted its stream from segment 0) is taken.
+#[tokio::test]
+async fn an_older_playlist_version_that_arrives_late_is_refused() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/race/index.m3u8";
+    let file = rig.vol().join("live/race/index.m3u8");
+    let mut last = Ll::new(0, 3, 0);
+    last.control = String::new();
+    let mut end = last.advance(PARTS);
+    end.endlist = true;
+    let late = async |pl: &Ll, h2: bool| {
+        send(
+            "PUT",
+            &rig.url(&q(path, &rig.tok)),
+            &[],
+            pl.render().as_bytes(),
+            h2,
+        )
+        .await
+    };
+    rig.put(path, last.render().as_bytes()).await;
+    rig.put(path, end.render().as_bytes()).await;
+    for h2 in [false, true] {
+        let r = late(&last, h2).await;
+        assert_eq!(r.status, 409, "h2={h2}: {}", r.text());
+        assert!(r.text().contains("newer version"), "{}", r.text());
+    }
+    // The same list without its end is behind it too.
+    let mut open_end = end.clone();
+    open_end.endlist = false;
+    assert_eq!(late(&open_end, false).await.status, 409);
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), end.render());
+    let got = get(&rig.url(path), &[]).await;
+    assert_eq!(got.text(), end.render(), "served: the final version");
+    // The stored version again is no step back.
+    assert_eq!(late(&end, false).await.status, 204);
+    let leftovers: Vec<_> = std::fs::read_dir(rig.vol().join("live/race"))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n != "index.m3u8")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // LL-HLS: fewer parts of the segment in progress is behind too.
+    let ll = "/live/race/ll.m3u8";
+    let a = Ll::new(10, 3, 2);
+    let put_ll = async |pl: &Ll| {
+        send(
+            "PUT",
+            &rig.url(&q(ll, &rig.tok)),
+            &[],
+            pl.render().as_bytes(),
+            false,
+        )
+        .await
+    };
+    assert_eq!(put_ll(&a).await.status, 201);
+    assert_eq!(put_ll(&a.advance(1)).await.status, 204);
+    assert_eq!(put_ll(&a).await.status, 409);
+
+    let m = rig.metrics().await;
+    assert_eq!(
+        metric_with(&m, "segd_refusals_total", &[("reason", "stale_playlist")]),
+        Some(4.0),
+        "{m}"
+    );
+
+    // A restarted stream, a target duration (2 s) after the last version: taken.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let restart = Ll::new(0, 1, 0);
+    assert_eq!(late(&restart, false).await.status, 204);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        restart.render()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Delta updates
 

@@ -85,6 +85,10 @@ pub enum Refusal {
     PreconditionFailed,
     #[error("path is a directory")]
     IsDirectory,
+    /// A live playlist's version older than the one stored moments before: it lost a race
+    /// with it on another connection (see `live::playlist::Snapshot::behind`).
+    #[error("a newer version of the playlist was stored")]
+    StalePlaylist,
     #[error("delete not allowed this close to the root")]
     DeleteTooShallow,
     #[error("too many uploads in progress")]
@@ -289,6 +293,13 @@ impl Refusal {
                 "is_directory",
                 Client,
             ),
+            Refusal::StalePlaylist => (
+                StatusCode::CONFLICT,
+                "a newer version of this live playlist was stored moments ago\n",
+                Info,
+                "stale_playlist",
+                Client,
+            ),
             Refusal::DeleteTooShallow => (
                 StatusCode::FORBIDDEN,
                 "delete not allowed at this depth\n",
@@ -477,6 +488,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::UnsupportedContentCoding,
     Refusal::PreconditionFailed,
     Refusal::IsDirectory,
+    Refusal::StalePlaylist,
     Refusal::DeleteTooShallow,
     Refusal::UploadsBusy,
     Refusal::InsufficientStorage,

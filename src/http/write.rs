@@ -31,8 +31,9 @@
 //! directory, else 404.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, ETAG, LOCATION};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -238,10 +239,16 @@ async fn put(
     Ok(reply(status, h, Body::Empty))
 }
 
+/// How long after a live playlist's version is stored an older version is refused as one
+/// that lost a race with it ([`Snapshot::behind`]); shorter for a target duration shorter
+/// than this. Versions a packager sends back to back arrive milliseconds apart; a packager
+/// that restarts its stream takes at least a segment before its first playlist.
+const RACE_WINDOW: Duration = Duration::from_secs(2);
+
 /// Reads an upload's body into it and commits it.
 struct Receive {
     limit: u64,
-    timeout: std::time::Duration,
+    timeout: Duration,
     metrics: Arc<Metrics>,
     registry: Arc<crate::live::Registry>,
     key: String,
@@ -275,14 +282,31 @@ impl Receive {
         if let Some(g) = gate {
             g.pass().await?;
         }
+        // A live playlist, parsed once per write. A version older than the one stored moments
+        // ago (it raced it on another connection, and lost) is refused: the stream keeps its
+        // newest version ([`Snapshot::behind`]).
+        let snap = upload.kept().map(|text| {
+            let unknown = HeaderValue::from_static("");
+            Snapshot::parse(Bytes::copy_from_slice(text), unknown.clone(), unknown)
+        });
+        if let (Some(new), Some(stored)) = (&snap, self.registry.current(&self.key)) {
+            let target = Duration::try_from_secs_f64(stored.target).unwrap_or(RACE_WINDOW);
+            if new.behind(&stored, RACE_WINDOW.min(target)) {
+                return Err(Refusal::StalePlaylist);
+            }
+        }
         let mut done = upload.commit().await?;
         self.metrics.ingest_bytes.inc_by(body.received());
         self.metrics.ingest_spliced_bytes.inc_by(spliced);
-        // Parsed once per write: every request parked on this playlist re-checks now.
-        if let Some(text) = done.body.take() {
-            let snap = Snapshot::parse(text, done.etag.clone(), done.last_modified.clone());
+        // Every request parked on this playlist re-checks now. Published before the path's
+        // lock goes, so the next upload of the playlist is compared with this version.
+        if let Some(mut snap) = snap {
+            snap.etag = done.etag.clone();
+            snap.last_modified = done.last_modified.clone();
             self.registry.publish(&self.key, snap);
         }
+        done.body = None;
+        done.unlock();
         Ok(done)
     }
 }

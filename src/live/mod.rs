@@ -179,8 +179,9 @@ impl Registry {
             self.m.playlists.inc();
             watch::Sender::new(None)
         });
+        snap.published = std::time::Instant::now();
         if let Some(previous) = slot.borrow().as_ref() {
-            snap.follow(previous, std::time::Instant::now());
+            snap.follow(previous, snap.published);
         }
         slot.send_replace(Some(Arc::new(snap)));
     }

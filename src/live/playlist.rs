@@ -35,6 +35,8 @@ pub struct Snapshot {
     /// update that skips date ranges lists those gone within CAN-SKIP-UNTIL (set by the
     /// registry, which knows the versions before).
     pub removed_dateranges: Vec<(String, std::time::Instant)>,
+    /// When this version was parsed, and again when the registry published it.
+    pub published: std::time::Instant,
     /// The version before this one has the same `Last-Modified` (both written in one second):
     /// that date cannot tell them apart, so date preconditions are not evaluated against it.
     pub date_shared: bool,
@@ -201,6 +203,7 @@ impl Snapshot {
             dateranges: Vec::new(),
             removed_dateranges: Vec::new(),
             date_shared: false,
+            published: std::time::Instant::now(),
             deltas: Default::default(),
         };
         let mut msn = None::<u64>;
@@ -267,6 +270,24 @@ impl Snapshot {
         self.segments
             .last()
             .map_or(u128::from(self.first_msn), |s| u128::from(s.msn) + 1)
+    }
+
+    /// How far the stream this version describes has come: the segment after the last complete
+    /// one, the parts listed of it, and whether the list has ended. A later version of a
+    /// running stream never comes before an earlier one.
+    fn progress(&self) -> (u128, u64, bool) {
+        (self.next_msn(), self.next_parts, self.endlist)
+    }
+
+    /// Whether this version is behind `stored`, the version just before it, by less than
+    /// `window` since `stored` was published: an older version of the playlist that arrived
+    /// late. A packager that sends two versions back to back on two connections (ffmpeg
+    /// without `-http_persistent`, at exit: the last segment's playlist and the final one with
+    /// `#EXT-X-ENDLIST`) has no order between them in HTTP, and through a balancer the older
+    /// one can be written last, so the stream would never end. Past `window` a version behind
+    /// is taken as it is: a packager that restarted its stream from the first segment.
+    pub fn behind(&self, stored: &Snapshot, window: std::time::Duration) -> bool {
+        self.progress() < stored.progress() && stored.published.elapsed() < window
     }
 
     /// Whether the directives block at all on this playlist (RFC 8216bis: only with

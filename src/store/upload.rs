@@ -188,7 +188,8 @@ pub struct Upload {
     pool: Pool,
     /// A volume was down when the upload began (see [`outage`]).
     outage: bool,
-    _lock: PathLock,
+    /// The path's lock, held until the commit's answer is given out ([`Committed::unlock`]).
+    lock: Option<PathLock>,
 }
 
 /// Where an upload's bytes go.
@@ -334,9 +335,24 @@ pub struct Committed {
     pub last_modified: HeaderValue,
     /// The body, when the upload kept it.
     pub body: Option<Bytes>,
+    /// The path's lock, still held: what the commit changes beyond the file (the live
+    /// registry) is done before the next upload of the path may begin.
+    lock: Option<PathLock>,
+}
+
+impl Committed {
+    /// Lets the next upload of the path begin (also when this is dropped).
+    pub fn unlock(&mut self) {
+        self.lock = None;
+    }
 }
 
 impl Upload {
+    /// The body so far, when the upload keeps it in memory ([`Mode::keep`]).
+    pub fn kept(&self) -> Option<&[u8]> {
+        self.kept.as_deref()
+    }
+
     /// A pipe for the body's bytes (see `io::pipe`), when the upload takes them that way: not when
     /// it must have them in memory (a kept or growing upload), nor when no pipe can be had. Bytes moved into it are announced with [`Upload::piped`].
     pub fn pipe(&mut self) -> Option<&mut Pipe> {
@@ -558,6 +574,7 @@ impl Upload {
             last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(meta.modified()))
                 .map_err(bad)?,
             body: self.kept.take().map(BytesMut::freeze),
+            lock: self.lock.take(),
         })
     }
 }
@@ -767,7 +784,7 @@ pub async fn begin(
         through,
         pool,
         outage,
-        _lock: lock,
+        lock: Some(lock),
     })
 }
 
