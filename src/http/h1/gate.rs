@@ -61,8 +61,10 @@ pub struct HeadGate<S> {
     buf: BytesMut,
     state: State,
     limits: Limits,
-    /// While a head is awaited: when it must be complete.
+    /// When the head awaited must be complete (`armed`); the timer is kept and reset for the
+    /// next head rather than made anew per request.
     deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
     refusals: Option<IntCounterVec>,
     /// The answer to a refused head, and how much of it is written.
     answer: Option<(Answer, Vec<u8>, usize)>,
@@ -100,6 +102,7 @@ impl<S> HeadGate<S> {
             state: State::Head { h2_preface },
             limits: Limits::from(server),
             deadline: None,
+            armed: false,
             refusals: Some(refusals),
             answer: None,
             linger: None,
@@ -119,6 +122,7 @@ impl<S> HeadGate<S> {
                 max_header_bytes: 0,
             },
             deadline: None,
+            armed: false,
             refusals: None,
             answer: None,
             linger: None,
@@ -138,7 +142,7 @@ impl<S> HeadGate<S> {
 
     fn end(&mut self) {
         self.state = State::Ended;
-        self.deadline = None;
+        self.armed = false;
         self.buf = BytesMut::new();
     }
 
@@ -182,13 +186,13 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
                     self.state = State::Head { h2_preface };
                 } else if n == H2_PREFACE.len() {
                     self.state = State::Through;
-                    self.deadline = None;
+                    self.armed = false;
                     return Poll::Ready(Ok(()));
                 }
             }
             if !h2_preface {
                 if let Some(parsed) = self.parse() {
-                    self.deadline = None;
+                    self.armed = false;
                     match parsed {
                         Ok(state) => self.state = state,
                         Err(Some(a)) => self.refuse(a),
@@ -197,10 +201,16 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            let timeout = self.limits.header_read_timeout;
-            let deadline = self
-                .deadline
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+            let at = Instant::now() + self.limits.header_read_timeout;
+            let deadline = match (&mut self.deadline, self.armed) {
+                (Some(d), true) => d,
+                (Some(d), false) => {
+                    d.as_mut().reset(at);
+                    d
+                }
+                (d @ None, _) => d.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            self.armed = true;
             if deadline.as_mut().poll(cx).is_ready() {
                 // No byte of a head (blank lines at most), or of an HTTP/2 preface: the
                 // connection just ends. Part of a head: 408.
