@@ -616,3 +616,56 @@ fn s3_session_token_file_problems_name_the_key() {
     let (code, err, _) = check(&conf(&good));
     assert_eq!(code, 0, "{err}");
 }
+
+/// IPv6 listeners are IPv6-only, so an IPv4-mapped address (`[::ffff:127.0.0.1]:PORT`) can
+/// never be listened on (Linux refuses the bind): `check-config` and `serve` refuse it at the
+/// key, with its value and the IPv4 address to write instead, in every section that listens.
+#[test]
+fn ipv4_mapped_listen_addresses_are_refused() {
+    let text = "[server]\nlisten = [\"127.0.0.1:0\", \"[::ffff:127.0.0.1]:8080\"]\n\n\
+         [admin]\nlisten = \"[::FFFF:7f00:1]:9090\"\n\n[[volumes]]\npath = \"vol\"\n\n\
+         [tls]\nlisten = [\"[::ffff:0.0.0.0]:8443\"]\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    let (code, err, path) = check(text);
+    assert_eq!(code, 64, "{err}");
+    for (at, key, value, v4) in [
+        (
+            2,
+            "server.listen[1]",
+            "[::ffff:127.0.0.1]:8080",
+            "127.0.0.1:8080",
+        ),
+        (5, "admin.listen", "[::FFFF:7f00:1]:9090", "127.0.0.1:9090"),
+        (11, "tls.listen[0]", "[::ffff:0.0.0.0]:8443", "0.0.0.0:8443"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .unwrap_or_else(|| panic!("no error for {key} in:\n{err}"));
+        assert!(
+            line.starts_with(&format!(
+                "{path}:{at}: {key}: \"{value}\" is an IPv4-mapped IPv6 address"
+            )),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("write the IPv4 address \"{v4}\" instead")),
+            "{line}"
+        );
+    }
+    // `serve` reads the same file the same way.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("vol")).expect("mkdir");
+    let cfg = dir.path().join("segd.toml");
+    std::fs::write(&cfg, text).expect("write");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("server.listen[1]: \"[::ffff:127.0.0.1]:8080\" is an IPv4-mapped"),
+        "{err}"
+    );
+}

@@ -89,18 +89,33 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "pid_file",
 ];
 
+/// A listen address. An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]:8080`) is refused here:
+/// IPv6 listeners are IPv6-only (`IPV6_V6ONLY`, `server::listener::bind_tcp`), on which Linux
+/// refuses to bind one (EINVAL, which would only say "Invalid argument" at start-up, after
+/// `check-config` passed), and no client could reach it there anyway: the IPv4 address is
+/// what reaches those clients.
 pub(super) fn parse_addr(s: &Section, key: &str, v: &str) -> Option<SocketAddr> {
-    match v.parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
+    let allowed = "IP:PORT such as \"127.0.0.1:8080\" or \"[::]:80\"";
+    let Ok(addr) = v.parse::<SocketAddr>() else {
+        s.error(key, format!("{v:?} is not a socket address"), allowed);
+        return None;
+    };
+    if let SocketAddr::V6(a) = addr {
+        if let Some(ip) = a.ip().to_ipv4_mapped() {
+            let v4 = SocketAddr::from((ip, a.port()));
             s.error(
                 key,
-                format!("{v:?} is not a socket address"),
-                "IP:PORT such as \"127.0.0.1:8080\" or \"[::]:80\"",
+                format!(
+                    "{v:?} is an IPv4-mapped IPv6 address, which an IPv6 listener cannot \
+                     take: they are IPv6-only (IPV6_V6ONLY); write the IPv4 address \"{v4}\" \
+                     instead"
+                ),
+                allowed,
             );
-            None
+            return None;
         }
     }
+    Some(addr)
 }
 
 pub(super) fn parse_server(s: &Section) -> ServerConfig {

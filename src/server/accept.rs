@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
+use crate::http::h1::HeadGate;
 use crate::state::Shared;
 
 /// Accepts until the drain starts: backs off on accept errors (EMFILE and friends) instead of
@@ -156,7 +157,8 @@ pub(super) async fn accept_plain(
 }
 
 /// TLS listeners: handshake (within `header_read_timeout`) with the TLS config of the state
-/// current at accept, then hyper serves HTTP/1.1 or HTTP/2 as ALPN chose. Bodies are copied
+/// current at accept, then hyper serves HTTP/1.1 or HTTP/2 as ALPN chose, each HTTP/1.1 head
+/// read and checked by segd's parser first (`h1::HeadGate`). Bodies are copied
 /// (encrypted in user space: this kernel has no kTLS), from the hot-body cache when they fit.
 pub(super) async fn accept_tls(
     listener: TcpListener,
@@ -167,12 +169,22 @@ pub(super) async fn accept_tls(
     alt_svc: Option<http::HeaderValue>,
 ) {
     let sh = Arc::clone(&shared);
+    // HTTP/1.1 heads are checked by segd's parser before hyper reads them (`h1::HeadGate`),
+    // which answers a head not complete within `header_read_timeout` itself: hyper's own timer
+    // runs a little longer, so the gate answers first.
+    let gated = {
+        let mut b = (*builder).clone();
+        let timeout = shared.load().config.server.header_read_timeout;
+        b.http1()
+            .header_read_timeout(timeout + crate::http::h1::HYPER_BACKSTOP);
+        b
+    };
     // The protocol ALPN chose is the one spoken (RFC 9113 §3.3): HTTP/2 only after `h2`,
     // HTTP/1.1 only after `http/1.1`; a client that offered neither gets either, by preface.
     let by_alpn = Arc::new(ByAlpn {
-        h1: Arc::new((*builder).clone().http1_only()),
+        h1: Arc::new(gated.clone().http1_only()),
         h2: Arc::new((*builder).clone().http2_only()),
-        either: builder,
+        either: Arc::new(gated),
     });
     accept_loop(
         listener,
@@ -206,14 +218,25 @@ pub(super) async fn accept_tls(
                         let m = &shared.runtime.metrics;
                         m.tls_handshakes.with_label_values(&[version]).inc();
                         let alpn = tls.get_ref().1.alpn_protocol();
-                        let (proto, builder, orphans) = match alpn {
-                            Some(b"h2") => ("h2", Arc::clone(&by_alpn.h2), false),
-                            Some(_) => ("h1", Arc::clone(&by_alpn.h1), true),
+                        // `gate`: HTTP/1.1 heads go through `HeadGate` (`Some(true)`: or an
+                        // HTTP/2 preface may come first).
+                        let (proto, builder, orphans, gate) = match alpn {
+                            Some(b"h2") => ("h2", Arc::clone(&by_alpn.h2), false, None),
+                            Some(_) => ("h1", Arc::clone(&by_alpn.h1), true, Some(false)),
                             // No ALPN (ffmpeg offers none): HTTP/1.1 unless the client sends the
                             // HTTP/2 preface, which no client without ALPN does in practice.
-                            None => ("h1", Arc::clone(&by_alpn.either), true),
+                            None => ("h1", Arc::clone(&by_alpn.either), true, Some(true)),
                         };
                         tls.get_mut().0.set_orphans(orphans);
+                        let io = match gate {
+                            None => HeadGate::through(tls),
+                            Some(h2_preface) => HeadGate::new(
+                                tls,
+                                &shared.load().config.server,
+                                shared.runtime.metrics.refusals.clone(),
+                                h2_preface,
+                            ),
+                        };
                         let conn = crate::http::service::Conn {
                             peer,
                             proto,
@@ -222,7 +245,7 @@ pub(super) async fn accept_tls(
                             peer_gone: orphans.then_some(peer_gone),
                             socket: Some(socket),
                         };
-                        crate::http::service::serve_io(tls, conn, shared, builder, drain).await
+                        crate::http::service::serve_io(io, conn, shared, builder, drain).await
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -14,7 +14,18 @@
 //!   [`Symlinks::Follow`]; more than 40 is ELOOP, an absolute target is EXDEV), or refused with
 //!   ELOOP (with [`Symlinks::Refuse`], as `RESOLVE_NO_SYMLINKS`);
 //! - the last component is opened with the caller's flags and `O_NOFOLLOW`, so a symlink put
-//!   there after it was looked at is ELOOP, never followed.
+//!   there after it was looked at is ELOOP, never followed;
+//! - a caller's `O_NOFOLLOW` holds for a symlink in the last component, whatever the policy:
+//!   it is opened as open(2) would (ELOOP; ENOTDIR with `O_DIRECTORY`; the link itself with
+//!   `O_PATH`), as openat2 answers;
+//! - a trailing `/` (or a last `.`) asks for a directory: the component before it is followed
+//!   if it is a symlink (even with `O_NOFOLLOW`, as the kernel does), and a file there is
+//!   ENOTDIR (`file/` never opens `file`).
+//!
+//! `O_CREAT` is refused with EINVAL, by both ways (no caller creates through here: the write
+//! path opens directories and creates with `openat` relative to them, `store::write`). The
+//! walk could not create the last component as the kernel does (its mode, its `O_EXCL` check
+//! against a symlink put there), and one call must not mean two things by kernel.
 //!
 //! No magic links: they live in procfs, which no walk from a volume reaches without an absolute
 //! symlink (refused).
@@ -41,13 +52,17 @@ static OPENAT2_MISSING: AtomicBool = AtomicBool::new(false);
 /// The most symlinks one walk follows (the kernel's limit too).
 const MAX_LINKS: usize = 40;
 
-/// Opens `path` (relative; `..` allowed as long as it stays beneath) beneath `at` with `flags`.
+/// Opens `path` (relative; `..` allowed as long as it stays beneath) beneath `at` with `flags`
+/// (`O_CREAT` is EINVAL: see the module doc).
 pub fn open(
     at: impl AsFd,
     path: &str,
     flags: OFlags,
     symlinks: Symlinks,
 ) -> rustix::io::Result<OwnedFd> {
+    if flags.contains(OFlags::CREATE) {
+        return Err(Errno::INVAL);
+    }
     let at = at.as_fd();
     if !OPENAT2_MISSING.load(Ordering::Relaxed) {
         let resolve = match symlinks {
@@ -75,11 +90,18 @@ pub fn open(
     walk(at, path.as_bytes(), flags, symlinks)
 }
 
-/// The components of a path, without empty ones and `.`.
-fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = Vec<u8>> + '_ {
-    path.split(|&b| b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
+/// The components of a path, without empty ones, and ending with `.` where the path ends with
+/// `/` or `.`: a `.` the walk meets needs a directory before it, so `file/` is ENOTDIR.
+fn components(path: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
         .map(<[u8]>::to_vec)
+        .collect();
+    if path.last() == Some(&b'/') && !out.is_empty() {
+        out.push(b".".to_vec());
+    }
+    out
 }
 
 /// [`open`] without openat2 (see the module doc).
@@ -94,10 +116,13 @@ pub(crate) fn walk(
         Some(b'/') => return Err(Errno::XDEV),
         Some(_) => {}
     }
+    if flags.contains(OFlags::CREATE) {
+        return Err(Errno::INVAL);
+    }
     let flags = flags | OFlags::CLOEXEC;
     // Directories passed, innermost last; empty: at `at` itself.
     let mut dirs: Vec<OwnedFd> = Vec::new();
-    let mut todo: VecDeque<Vec<u8>> = components(path).collect();
+    let mut todo: VecDeque<Vec<u8>> = components(path).into();
     let mut links = 0;
     loop {
         let dir = dirs.last().map_or(at, |d| d.as_fd());
@@ -109,6 +134,10 @@ pub(crate) fn walk(
             dirs.pop().ok_or(Errno::XDEV)?;
             continue;
         }
+        if name == b"." {
+            // Where the walk stands is a directory already (a file before `.` was ENOTDIR).
+            continue;
+        }
         let node = rustix::fs::openat(
             dir,
             name.as_slice(),
@@ -116,7 +145,10 @@ pub(crate) fn walk(
             Mode::empty(),
         )?;
         let kind = FileType::from_raw_mode(rustix::fs::fstat(&node)?.st_mode);
-        if kind == FileType::Symlink {
+        // A symlink last, with the caller's O_NOFOLLOW, is not followed: it is opened as
+        // open(2) takes it (below: ELOOP, ENOTDIR with O_DIRECTORY, the link with O_PATH).
+        let nofollow = todo.is_empty() && flags.contains(OFlags::NOFOLLOW);
+        if kind == FileType::Symlink && !nofollow {
             links += 1;
             if symlinks == Symlinks::Refuse || links > MAX_LINKS {
                 return Err(Errno::LOOP);
@@ -126,7 +158,7 @@ pub(crate) fn walk(
             if target.first() == Some(&b'/') {
                 return Err(Errno::XDEV);
             }
-            for c in components(target).rev() {
+            for c in components(target).into_iter().rev() {
                 todo.push_front(c);
             }
             continue;
@@ -170,6 +202,8 @@ mod tests {
         symlink("loop2", root.join("loop1")).expect("symlink");
         symlink("loop1", root.join("loop2")).expect("symlink");
         symlink("a/dirlink/../../a/b/f.ts", root.join("winding")).expect("symlink");
+        symlink("top.ts/", root.join("slash")).expect("symlink");
+        symlink("a/b/", root.join("dirslash")).expect("symlink");
         let fd = rustix::fs::open(
             &root,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -203,7 +237,44 @@ mod tests {
         "missing",
         "top.ts/x",
         "a/b/f.ts/..",
+        // A trailing `/` or `.` asks for a directory: ENOTDIR for a file, a symlink before
+        // it followed (even with O_NOFOLLOW), ELOOP with NO_SYMLINKS.
+        "top.ts/",
+        "top.ts//",
+        "top.ts/.",
+        "a/b/f.ts/",
+        "a/",
+        "a/.",
+        "./",
+        "a/b/../",
+        "a/rel/",
+        "a/dirlink/",
+        "a/dirlink/.",
+        "a/up/",
+        "slash",
+        "dirslash",
+        "dirslash/",
+        "dirslash/f.ts",
+        "escape/",
     ];
+
+    /// Every flag set a caller could pass that changes how the last component is taken.
+    fn flag_sets() -> [OFlags; 5] {
+        let c = OFlags::CLOEXEC;
+        [
+            OFlags::RDONLY | c,
+            OFlags::RDONLY | OFlags::NOFOLLOW | c,
+            OFlags::PATH | OFlags::NOFOLLOW | c,
+            OFlags::PATH | c,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | c,
+        ]
+    }
+
+    /// What an open gave: the inode opened (a symlink itself, with O_PATH | O_NOFOLLOW).
+    fn ident(fd: OwnedFd) -> (u64, u64) {
+        let st = rustix::fs::fstat(&fd).expect("fstat");
+        (st.st_dev as u64, st.st_ino as u64)
+    }
 
     fn read(fd: OwnedFd) -> String {
         let mut f = std::fs::File::from(fd);
@@ -212,31 +283,56 @@ mod tests {
         f.read_to_string(&mut s).map(|_| s).unwrap_or_default()
     }
 
-    /// The walk answers exactly as openat2 does (same file, or the same errno), for every path
-    /// of the fixture and both symlink policies.
+    /// The walk answers exactly as openat2 does (the same inode, or the same errno), for every
+    /// path of the fixture, both symlink policies, and every flag set that changes how the last
+    /// component is taken (the caller's O_NOFOLLOW, O_PATH, O_DIRECTORY).
     #[test]
     fn walk_answers_as_openat2_does() {
-        let (_top, root) = fixture();
+        let (top, root) = fixture();
+        let secret = ident(
+            rustix::fs::open(
+                top.path().join("secret"),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .expect("open secret"),
+        );
         for symlinks in [Symlinks::Follow, Symlinks::Refuse] {
             let resolve = match symlinks {
                 Symlinks::Follow => ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
                 Symlinks::Refuse => ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
             };
-            for path in PATHS {
-                let flags = OFlags::RDONLY | OFlags::CLOEXEC;
-                let kernel = match rustix::fs::openat2(&root, *path, flags, Mode::empty(), resolve)
-                {
-                    Err(Errno::NOSYS) => return, // nothing to compare with here
-                    r => r.map(read),
-                };
-                let ours = walk(root.as_fd(), path.as_bytes(), flags, symlinks).map(read);
-                assert_eq!(ours, kernel, "{path:?} with {symlinks:?}");
-                assert!(
-                    !ours.as_deref().is_ok_and(|s| s == "outside"),
-                    "{path:?} escaped"
-                );
+            for flags in flag_sets() {
+                for path in PATHS {
+                    let kernel =
+                        match rustix::fs::openat2(&root, *path, flags, Mode::empty(), resolve) {
+                            Err(Errno::NOSYS) => return, // nothing to compare with here
+                            r => r.map(ident),
+                        };
+                    let ours = walk(root.as_fd(), path.as_bytes(), flags, symlinks).map(ident);
+                    assert_eq!(ours, kernel, "{path:?} with {symlinks:?} and {flags:?}");
+                    assert_ne!(ours, Ok(secret), "{path:?} escaped");
+                }
             }
         }
+    }
+
+    /// O_CREAT is refused by both ways of opening, before anything is looked up or made.
+    #[test]
+    fn create_is_refused() {
+        let (top, root) = fixture();
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC;
+        for symlinks in [Symlinks::Follow, Symlinks::Refuse] {
+            assert_eq!(
+                open(&root, "new.ts", flags, symlinks).err(),
+                Some(Errno::INVAL)
+            );
+            assert_eq!(
+                walk(root.as_fd(), b"new.ts", flags, symlinks).err(),
+                Some(Errno::INVAL)
+            );
+        }
+        assert!(!top.path().join("vol/new.ts").exists());
     }
 
     #[test]

@@ -30,8 +30,14 @@
 //! A body that cannot be completed (file changed, stream failed) ends the connection with a
 //! reset: the client sees a short body against its `Content-Length`, or a chunked body without
 //! its last chunk, never padding or bytes from another version.
+//!
+//! The refusals before the handler are one table (`answer`), which also answers the HTTP/1.1
+//! heads hyper serves over TLS: `gate` reads and checks each of them with this module's parser
+//! before hyper does.
 
+mod answer;
 mod body;
+mod gate;
 mod parse;
 mod socket;
 mod trim;
@@ -43,7 +49,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
-use http::{Method, StatusCode};
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -53,11 +59,10 @@ use super::Record;
 use crate::drain::Drain;
 use crate::state::Shared;
 use crate::store::Body;
+use answer::{screen, Answer};
 use body::LengthBody;
-use parse::{
-    body_framing, connection_close, expects_continue, read_head, split_target, Framing, HeadError,
-    Limits,
-};
+pub use gate::{HeadGate, HYPER_BACKSTOP};
+use parse::{connection_close, expects_continue, read_head, split_target, Framing, Limits};
 pub use socket::Prefixed;
 use socket::{linger_close, reset};
 use write::{head_bytes, write_simple, Delimit};
@@ -208,45 +213,21 @@ async fn exchange(
     let metrics = &shared.runtime.metrics;
     let (head, consumed) = match read_head(stream, buf, cfg).await {
         Ok(h) => h,
-        Err(HeadError::Closed) => return Next::Close,
-        Err(HeadError::TimedOut) => {
-            let _ = write_simple(stream, StatusCode::REQUEST_TIMEOUT, "request timeout\n").await;
-            return Next::Close;
-        }
-        Err(HeadError::TooLarge) => {
-            let _ = write_simple(
-                stream,
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request header too large\n",
-            )
-            .await;
-            return Next::Linger;
-        }
-        Err(HeadError::UriTooLong) => {
-            let _ = write_simple(stream, StatusCode::URI_TOO_LONG, "URI too long\n").await;
-            return Next::Linger;
-        }
-        Err(HeadError::Version) => {
-            return refuse(
-                stream,
-                metrics,
-                super::refusal::Refusal::VersionNotSupported,
-            )
-            .await
-        }
-        Err(HeadError::Bad) => {
-            let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;
-            return Next::Linger;
+        Err(e) => {
+            return match Answer::to_head_error(&e) {
+                Some(a) => answer(stream, metrics, a).await,
+                None => Next::Close,
+            }
         }
     };
-    let Ok(framing) = body_framing(&head) else {
-        let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;
-        return Next::Linger;
-    };
-    let mut declared = match framing {
-        Framing::NoBody => 0,
-        Framing::Length(n) => n,
-        Framing::Chunked => return chunked(stream, metrics, &head).await,
+    // Framing, transfer codings, target: refused here, before the handler (`answer::screen`).
+    let mut declared = match screen(&head) {
+        Ok(Framing::NoBody) => 0,
+        Ok(Framing::Length(n)) => n,
+        // hyper decodes `chunked` (and answers `Expect: 100-continue`) and takes the
+        // connection from this request on, with the bytes read so far.
+        Ok(Framing::Chunked) => return Next::Hyper("h1"),
+        Err(a) => return answer(stream, metrics, a).await,
     };
     buf.advance(consumed);
     if buf.is_empty() {
@@ -258,8 +239,8 @@ async fn exchange(
 
     let start = Instant::now();
     let Some((path, query)) = split_target(&head) else {
-        let _ = write_simple(stream, StatusCode::BAD_REQUEST, "bad request\n").await;
-        return Next::Linger;
+        // (`screen` refused it already.)
+        return answer(stream, metrics, Answer::BAD_REQUEST).await;
     };
     let req = handler::Request {
         method: &head.method,
@@ -377,43 +358,22 @@ async fn drop_body(
     }
     match dropped {
         Ok(()) => Ok(()),
-        Err(r) => Err(refuse(stream, metrics, r).await),
+        Err(r) => Err(answer(stream, metrics, Answer::Refused(r)).await),
     }
 }
 
-/// A `Transfer-Encoding` body: hyper decodes `chunked` (and answers `Expect: 100-continue`)
-/// and takes the connection from this request on, with the bytes read so far; any other
-/// coding is refused.
-async fn chunked(
-    stream: &mut TcpStream,
-    metrics: &crate::metrics::Metrics,
-    head: &parse::Head,
-) -> Next {
-    // HTTP/1.0 has no transfer codings: its framing is faulty (RFC 9112 §6.1).
-    if head.http10 {
-        return refuse(stream, metrics, super::refusal::Refusal::Malformed).await;
+/// Answers a head refused before the handler saw it (a refusal counted like the handler's),
+/// then closes: lingering, so the answer is not lost to a reset, unless the client was too slow
+/// to wait for.
+async fn answer(stream: &mut TcpStream, metrics: &crate::metrics::Metrics, a: Answer) -> Next {
+    a.count(&metrics.refusals);
+    let (status, body) = a.status_body();
+    let _ = write_simple(stream, status, body).await;
+    if a.lingers() {
+        Next::Linger
+    } else {
+        Next::Close
     }
-    // Transfer codings first: segd decodes `chunked` and nothing else.
-    if let Err(r) = handler::check_transfer_codings(&head.headers) {
-        return refuse(stream, metrics, r).await;
-    }
-    Next::Hyper("h1")
-}
-
-/// Answers a request refused before the handler saw it (counted like the handler's refusals),
-/// then closes.
-async fn refuse(
-    stream: &mut TcpStream,
-    metrics: &crate::metrics::Metrics,
-    r: super::refusal::Refusal,
-) -> Next {
-    let row = r.row();
-    metrics
-        .refusals
-        .with_label_values(&[row.label, row.fault.as_str()])
-        .inc();
-    let _ = write_simple(stream, row.status, row.body).await;
-    Next::Linger
 }
 
 /// Hands the connection to hyper with the bytes read so far (`label`: the

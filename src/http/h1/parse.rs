@@ -60,7 +60,10 @@ impl From<&crate::config::ServerConfig> for Limits {
 /// (`HTTP/1.2`) is rewritten in `buf` to `HTTP/1.1` and parsed again: a server treats it as the
 /// highest minor version it implements (RFC 9110 §2.5), and so does hyper when a chunked body
 /// hands it the connection with these bytes.
-fn try_parse(buf: &mut [u8], max_header_bytes: usize) -> Result<Option<(Head, usize)>, HeadError> {
+pub(super) fn try_parse(
+    buf: &mut [u8],
+    max_header_bytes: usize,
+) -> Result<Option<(Head, usize)>, HeadError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {

@@ -62,6 +62,14 @@ async fn write_simple_inner(
     status: StatusCode,
     msg: &str,
 ) -> io::Result<()> {
+    let out = simple_bytes(status, msg);
+    tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// A minimal answer's bytes: `text/plain` `msg`, `no-store`, `Connection: close`.
+pub(super) fn simple_bytes(status: StatusCode, msg: &str) -> Vec<u8> {
     let mut h = HeaderMap::new();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -74,9 +82,7 @@ async fn write_simple_inner(
     );
     let mut out = head_bytes(status, &h, true, false, false);
     out.extend_from_slice(msg.as_bytes());
-    tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out))
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    out
 }
 
 pub(super) async fn write_all_timeout(

@@ -1,0 +1,92 @@
+//! segd's own answers to HTTP/1.1 request heads it refuses before any handler sees them, and
+//! the checks that decide them: one table for the plaintext fast path and for the heads hyper
+//! serves over TLS (`gate`), so a malformed or ambiguous request gets the same status and
+//! reason on either listener.
+
+use http::StatusCode;
+use prometheus::IntCounterVec;
+
+use super::parse::{body_framing, split_target, Framing, Head, HeadError};
+use crate::http::handler;
+use crate::http::refusal::Refusal;
+
+/// An answer segd writes itself (a short `text/plain` reason, `Connection: close`), then
+/// closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Answer {
+    /// To a head that never became a request (unreadable, too large, too slow): not counted.
+    Plain(StatusCode, &'static str),
+    /// A row of the refusal table, counted in `segd_refusals_total`.
+    Refused(Refusal),
+}
+
+impl Answer {
+    pub(super) const BAD_REQUEST: Answer = Answer::Plain(StatusCode::BAD_REQUEST, "bad request\n");
+
+    /// The answer to a head that could not be read; `None`: the client left, nobody to answer.
+    pub(super) fn to_head_error(e: &HeadError) -> Option<Answer> {
+        Some(match e {
+            HeadError::Closed => return None,
+            HeadError::TimedOut => Answer::Plain(StatusCode::REQUEST_TIMEOUT, "request timeout\n"),
+            HeadError::TooLarge => Answer::Plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header too large\n",
+            ),
+            HeadError::UriTooLong => Answer::Plain(StatusCode::URI_TOO_LONG, "URI too long\n"),
+            HeadError::Version => Answer::Refused(Refusal::VersionNotSupported),
+            HeadError::Bad => Answer::BAD_REQUEST,
+        })
+    }
+
+    pub(super) fn status_body(self) -> (StatusCode, &'static str) {
+        match self {
+            Answer::Plain(status, body) => (status, body),
+            Answer::Refused(r) => {
+                let row = r.row();
+                (row.status, row.body)
+            }
+        }
+    }
+
+    /// Counts a refusal (a `Plain` answer is none).
+    pub(super) fn count(self, refusals: &IntCounterVec) {
+        if let Answer::Refused(r) = self {
+            let row = r.row();
+            refusals
+                .with_label_values(&[row.label, row.fault.as_str()])
+                .inc();
+        }
+    }
+
+    /// The answer on the wire: head and body.
+    pub(super) fn bytes(self) -> Vec<u8> {
+        let (status, body) = self.status_body();
+        super::write::simple_bytes(status, body)
+    }
+
+    /// Whether the request bytes still unread are drained before the close (so the answer is
+    /// not lost to a reset): for every answer but a timeout, whose client is too slow to wait
+    /// for.
+    pub(super) fn lingers(self) -> bool {
+        !matches!(self, Answer::Plain(StatusCode::REQUEST_TIMEOUT, _))
+    }
+}
+
+/// What segd checks in a parsed head before the handler, in order: message framing (RFC 9112
+/// §6.3: one valid `Content-Length` at most, never with `Transfer-Encoding`), transfer codings
+/// (`chunked` only, and none in HTTP/1.0: §6.1), and the request target.
+pub(super) fn screen(head: &Head) -> Result<Framing, Answer> {
+    let framing = body_framing(head).map_err(|()| Answer::BAD_REQUEST)?;
+    if framing == Framing::Chunked {
+        // HTTP/1.0 has no transfer codings: its framing is faulty.
+        if head.http10 {
+            return Err(Answer::Refused(Refusal::Malformed));
+        }
+        // segd decodes `chunked` and nothing else.
+        handler::check_transfer_codings(&head.headers).map_err(Answer::Refused)?;
+    }
+    if split_target(head).is_none() {
+        return Err(Answer::BAD_REQUEST);
+    }
+    Ok(framing)
+}

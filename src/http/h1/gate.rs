@@ -1,0 +1,452 @@
+//! segd's HTTP/1.1 head parser in front of hyper, for the HTTP/1.1 connections hyper serves
+//! over TLS. Each request head is read and checked here (`parse`, then `answer::screen`, as the
+//! plaintext fast path does) before hyper sees a byte of it, so a malformed, ambiguous or
+//! oversized head gets the fast path's precise answer (its status, a `text/plain` reason,
+//! `Connection: close`) instead of hyper's 400 with an empty body, and a head hyper would take
+//! but segd refuses (two `Content-Length`s, `Content-Length` with `Transfer-Encoding`, userinfo
+//! in the target) never reaches it. A higher HTTP/1 minor version is rewritten to 1.1 in the
+//! bytes hyper is given (hyper's parser knows 1.0 and 1.1 only), as on the fast path.
+//!
+//! hyper does everything else: it parses the head it is then handed (the same bytes), reads
+//! the body, writes the answers. The gate only knows where each message ends: it hands hyper one
+//! checked head and its `Content-Length` body, never a byte further, and reads the next head
+//! after that. A `chunked` body it could not delimit without decoding it (segd never decodes
+//! chunked itself), so after one the rest of the connection is hyper's, exactly as on the fast
+//! path after its hand-over. On a connection without ALPN an HTTP/2 preface first also leaves
+//! the connection to hyper (which serves either protocol there).
+//!
+//! A refused head: hyper reads the end of the stream (it holds nothing of the next message, so
+//! it ends the connection cleanly once the answers before are written), and the answer is
+//! written when hyper shuts the connection down, after everything hyper wrote; then the request
+//! bytes still unread are drained briefly so the answer is not lost to a reset
+//! (`socket::linger_close`, which the fast path uses).
+//!
+//! `header_read_timeout` is the gate's: a head not complete within it is 408 (no byte of one:
+//! the connection just ends, as hyper ended it). The time counts from when hyper starts waiting
+//! for the head, as hyper's own timer did; hyper's timer on these connections is
+//! [`HYPER_BACKSTOP`] longer, so the gate always answers first, and still bounds heads after a
+//! chunked body.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use prometheus::IntCounterVec;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::answer::{screen, Answer};
+use super::parse::{try_parse, Framing, HeadError, Limits};
+use super::H2_PREFACE;
+
+/// How much longer than `header_read_timeout` hyper's own head timer runs on gated
+/// connections (see the module doc).
+pub const HYPER_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// How long, and how many bytes, unread request bytes are drained after an answer.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Bytes read from the connection at a time while a head is incomplete.
+const READ_CHUNK: usize = 4096;
+
+/// An HTTP/1.1 connection (the decrypted stream) whose request heads segd checks before hyper
+/// reads them; see the module doc.
+pub struct HeadGate<S> {
+    inner: S,
+    /// Read from `inner`, not handed to hyper yet.
+    buf: BytesMut,
+    state: State,
+    limits: Limits,
+    /// When the head awaited must be complete (`armed`); the timer is kept and reset for the
+    /// next head rather than made anew per request.
+    deadline: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    refusals: Option<IntCounterVec>,
+    /// The answer to a refused head, and how much of it is written.
+    answer: Option<(Answer, Vec<u8>, usize)>,
+    /// After the answer: drain what the client still sends, until this deadline.
+    linger: Option<(Pin<Box<Sleep>>, usize)>,
+    shut: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The next bytes are a request head; `h2_preface`: an HTTP/2 preface may come instead
+    /// (the first bytes of a connection without ALPN).
+    Head { h2_preface: bool },
+    /// Handing hyper a checked message: this many more bytes of it (its head, then its body).
+    Message(u64),
+    /// hyper reads everything from here on.
+    Through,
+    /// A head was refused, or the client left or stalled within one: hyper reads the end.
+    Ended,
+}
+
+impl<S> HeadGate<S> {
+    /// A gate on an HTTP/1.1 connection; `h2_preface`: the connection has no ALPN, so it may
+    /// start with an HTTP/2 preface, which hyper then serves. `refusals` counts refused heads
+    /// (`segd_refusals_total`), as on the fast path.
+    pub fn new(
+        inner: S,
+        server: &crate::config::ServerConfig,
+        refusals: IntCounterVec,
+        h2_preface: bool,
+    ) -> HeadGate<S> {
+        HeadGate {
+            inner,
+            buf: BytesMut::new(),
+            state: State::Head { h2_preface },
+            limits: Limits::from(server),
+            deadline: None,
+            armed: false,
+            refusals: Some(refusals),
+            answer: None,
+            linger: None,
+            shut: false,
+        }
+    }
+
+    /// No gate: every byte goes to hyper as it comes (HTTP/2, chosen by ALPN).
+    pub fn through(inner: S) -> HeadGate<S> {
+        HeadGate {
+            inner,
+            buf: BytesMut::new(),
+            state: State::Through,
+            limits: Limits {
+                keepalive_timeout: Duration::ZERO,
+                header_read_timeout: Duration::ZERO,
+                max_header_bytes: 0,
+            },
+            deadline: None,
+            armed: false,
+            refusals: None,
+            answer: None,
+            linger: None,
+            shut: false,
+        }
+    }
+
+    /// Refuses the head being read: hyper reads the end of the stream, the answer waits for
+    /// hyper's shutdown.
+    fn refuse(&mut self, a: Answer) {
+        if let Some(r) = &self.refusals {
+            a.count(r);
+        }
+        self.answer = Some((a, a.bytes(), 0));
+        self.end();
+    }
+
+    fn end(&mut self) {
+        self.state = State::Ended;
+        self.armed = false;
+        self.buf = BytesMut::new();
+    }
+
+    /// Moves up to `n` buffered bytes into `out`; how many moved.
+    fn give(&mut self, out: &mut ReadBuf<'_>, n: u64) -> usize {
+        let k = (self.buf.len() as u64).min(n).min(out.remaining() as u64) as usize;
+        out.put_slice(&self.buf[..k]);
+        self.buf.advance(k);
+        if self.buf.is_empty() {
+            // Released while the connection idles.
+            self.buf = BytesMut::new();
+        }
+        k
+    }
+}
+
+impl<S: AsyncRead + Unpin> HeadGate<S> {
+    /// Reads more of a head into `buf`: `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let len = self.buf.len();
+        self.buf.resize(len + READ_CHUNK, 0);
+        let mut rb = ReadBuf::new(&mut self.buf[len..]);
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        let n = rb.filled().len();
+        self.buf.truncate(len + n);
+        match r {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Waits for a complete head and decides it: the state after it (`Message`, `Through`,
+    /// `Ended`).
+    fn poll_head(&mut self, cx: &mut Context<'_>, mut h2_preface: bool) -> Poll<io::Result<()>> {
+        loop {
+            if h2_preface && !self.buf.is_empty() {
+                let n = self.buf.len().min(H2_PREFACE.len());
+                if self.buf[..n] != H2_PREFACE[..n] {
+                    h2_preface = false;
+                    self.state = State::Head { h2_preface };
+                } else if n == H2_PREFACE.len() {
+                    self.state = State::Through;
+                    self.armed = false;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if !h2_preface {
+                if let Some(parsed) = self.parse() {
+                    self.armed = false;
+                    match parsed {
+                        Ok(state) => self.state = state,
+                        Err(Some(a)) => self.refuse(a),
+                        Err(None) => self.end(),
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let at = Instant::now() + self.limits.header_read_timeout;
+            let deadline = match (&mut self.deadline, self.armed) {
+                (Some(d), true) => d,
+                (Some(d), false) => {
+                    d.as_mut().reset(at);
+                    d
+                }
+                (d @ None, _) => d.insert(Box::pin(tokio::time::sleep_until(at))),
+            };
+            self.armed = true;
+            if deadline.as_mut().poll(cx).is_ready() {
+                // No byte of a head (blank lines at most), or of an HTTP/2 preface: the
+                // connection just ends. Part of a head: 408.
+                let blank = self.buf.iter().all(|&b| b == b'\r' || b == b'\n');
+                match Answer::to_head_error(&HeadError::TimedOut) {
+                    Some(a) if !blank && !h2_preface => self.refuse(a),
+                    _ => self.end(),
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    // The client left within a head: no answer, as on the fast path.
+                    self.end();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The buffered head, if complete, decided as the fast path decides it: the state to hand
+    /// it to hyper in, or the answer refusing it (`None`: the client left, no answer). `None`
+    /// while the head is incomplete.
+    fn parse(&mut self) -> Option<Result<State, Option<Answer>>> {
+        let (head, len) = match try_parse(&mut self.buf, self.limits.max_header_bytes) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(Answer::to_head_error(&e))),
+        };
+        let len = len as u64;
+        Some(match screen(&head) {
+            // A target `http::Uri` cannot parse, hyper would refuse with its own empty 400
+            // (the fast path reads targets itself).
+            Ok(_) if head.target.parse::<http::Uri>().is_err() => Err(Some(Answer::BAD_REQUEST)),
+            Ok(Framing::NoBody) => Ok(State::Message(len)),
+            Ok(Framing::Length(n)) => Ok(State::Message(len.saturating_add(n))),
+            Ok(Framing::Chunked) => Ok(State::Through),
+            Err(a) => Err(Some(a)),
+        })
+    }
+
+    /// After the answer: reads and drops what the client still sends, for a while.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some((deadline, drained)) = &mut self.linger else {
+            return Poll::Ready(());
+        };
+        let mut sink = [0u8; 4096];
+        loop {
+            if *drained >= LINGER_BYTES || deadline.as_mut().poll(cx).is_ready() {
+                break;
+            }
+            let mut rb = ReadBuf::new(&mut sink);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => *drained += rb.filled().len(),
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.linger = None;
+        Poll::Ready(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadGate<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            match this.state {
+                State::Ended => return Poll::Ready(Ok(())),
+                State::Through => {
+                    if !this.buf.is_empty() {
+                        this.give(out, u64::MAX);
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Pin::new(&mut this.inner).poll_read(cx, out);
+                }
+                State::Message(0) => this.state = State::Head { h2_preface: false },
+                State::Message(n) => {
+                    if !this.buf.is_empty() {
+                        let k = this.give(out, n);
+                        this.state = State::Message(n - k as u64);
+                        return Poll::Ready(Ok(()));
+                    }
+                    // The body straight into hyper's buffer, never past the message's end.
+                    let max = usize::try_from(n)
+                        .unwrap_or(usize::MAX)
+                        .min(out.remaining());
+                    let mut rb = ReadBuf::new(out.initialize_unfilled_to(max));
+                    let r = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
+                    let k = rb.filled().len();
+                    out.advance(k);
+                    if let Poll::Ready(Ok(())) = r {
+                        this.state = State::Message(n - k as u64);
+                    }
+                    return r;
+                }
+                State::Head { h2_preface } => match this.poll_head(cx, h2_preface) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return other,
+                },
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + AsyncRead + Unpin> AsyncWrite for HeadGate<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Writes a refused head's answer after everything hyper wrote, shuts down, and lingers.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some((a, bytes, written)) = &mut this.answer {
+            while *written < bytes.len() {
+                match Pin::new(&mut this.inner).poll_write(cx, &bytes[*written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => *written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if a.lingers() {
+                this.linger = Some((
+                    Box::pin(tokio::time::sleep_until(Instant::now() + LINGER)),
+                    0,
+                ));
+            }
+            this.answer = None;
+        }
+        if !this.shut {
+            match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => this.shut = true,
+                other => return other,
+            }
+        }
+        match this.poll_linger(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn gate(io: tokio::io::DuplexStream) -> (HeadGate<tokio::io::DuplexStream>, IntCounterVec) {
+        let cfg = crate::config::Config::parse(
+            "[[volumes]]\npath = \"/\"\n",
+            std::path::Path::new("/x.toml"),
+        )
+        .expect("cfg");
+        let refusals =
+            IntCounterVec::new(prometheus::Opts::new("r", "r"), &["reason", "fault"]).expect("r");
+        (
+            HeadGate::new(io, &cfg.server, refusals.clone(), false),
+            refusals,
+        )
+    }
+
+    /// hyper is handed one message at a time, never a byte past it: a request with its body,
+    /// then the end of the stream where the next head is refused; the answer follows what
+    /// hyper wrote, once it shuts down.
+    #[tokio::test]
+    async fn hands_over_whole_messages_and_answers_after_hyper() {
+        let first = "PUT /a.ts HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello";
+        for (next, answer, counted) in [
+            (
+                "GET /b.ts HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "\r\n\r\nbad request\n",
+                0,
+            ),
+            (
+                "GET /b.ts HTTP/3.0\r\nHost: t\r\n\r\n",
+                "\r\n\r\nhttp version not supported\n",
+                1,
+            ),
+        ] {
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let (mut gate, refusals) = gate(server);
+            client
+                .write_all(format!("{first}{next}").as_bytes())
+                .await
+                .expect("write");
+            client.shutdown().await.expect("shutdown");
+            let mut got = Vec::new();
+            gate.read_to_end(&mut got).await.expect("read");
+            assert_eq!(String::from_utf8_lossy(&got), first);
+            gate.write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("hyper's answer");
+            gate.shutdown().await.expect("gate shutdown");
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.expect("read answers");
+            let out = String::from_utf8_lossy(&out);
+            assert!(
+                out.starts_with("HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\nHTTP/1.1 "),
+                "{out}"
+            );
+            assert!(out.ends_with(answer), "{out}");
+            use prometheus::core::Collector;
+            let total: u64 = Collector::collect(&refusals)
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| m.get_counter().get_value() as u64)
+                .sum();
+            assert_eq!(total, counted, "refusals counted for {next:?}");
+        }
+    }
+}
