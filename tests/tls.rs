@@ -1008,3 +1008,78 @@ async fn malformed_heads_get_the_fast_paths_answers_over_tls() {
         t0.elapsed()
     );
 }
+
+/// An idle HTTP/1.1 connection over TLS is kept for `keepalive_timeout`, as on the plaintext
+/// listener, not `header_read_timeout`: hyper's head timer counts idle time, and closed a CDN's
+/// kept-alive TLS connections to the origin after 10 s of the default 60. A head that starts
+/// within it still has `header_read_timeout` from its first byte; past `keepalive_timeout` the
+/// idle connection just ends (no answer). With and without ALPN.
+#[tokio::test]
+async fn idle_tls_connection_is_kept_for_keepalive_timeout() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        "",
+        "header_read_timeout = \"1s\"\nkeepalive_timeout = \"4s\"",
+    );
+    let get = format!("GET {SEG} HTTP/1.1\r\nHost: t\r\n\r\n");
+    const H1: &[&[u8]] = &[b"http/1.1"];
+    const NO_ALPN: &[&[u8]] = &[];
+    for (alpn, offer) in [("http/1.1", H1), ("no ALPN", NO_ALPN)] {
+        let c = pki.client(&[&rustls::version::TLS13], offer);
+        let mut tls = connect(&srv, &c).await;
+        // One answer: the head, then Content-Length bytes.
+        let answer = async |tls: &mut _| -> Vec<u8> {
+            let tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream> = tls;
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 65536];
+            loop {
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        return got;
+                    }
+                }
+                let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut chunk))
+                    .await
+                    .expect("an answer within 5 s")
+                    .expect("read");
+                assert!(n > 0, "{alpn}: closed; so far {:.200}", text);
+                got.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tls.write_all(get.as_bytes()).await.expect("write");
+        assert_eq!(raw_status(&answer(&mut tls).await), 200);
+        // Idle for 2.5 × header_read_timeout, within keepalive_timeout: still open.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        tls.write_all(get.as_bytes())
+            .await
+            .expect("write after idling");
+        assert_eq!(raw_status(&answer(&mut tls).await), 200, "{alpn}");
+        // Then idle past keepalive_timeout: the connection ends, with no answer.
+        let t0 = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
+        let idle = t0.elapsed();
+        assert!(
+            rest.is_empty(),
+            "{alpn}: {:.200}",
+            String::from_utf8_lossy(&rest)
+        );
+        assert!(
+            idle >= Duration::from_millis(3500) && idle < Duration::from_secs(7),
+            "{alpn}: closed after {idle:?} idle (keepalive_timeout 4 s)"
+        );
+    }
+}

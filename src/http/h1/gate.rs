@@ -21,11 +21,12 @@
 //! bytes still unread are drained briefly so the answer is not lost to a reset
 //! (`socket::linger_close`, which the fast path uses).
 //!
-//! `header_read_timeout` is the gate's: a head not complete within it is 408 (no byte of one:
-//! the connection just ends, as hyper ended it). The time counts from when hyper starts waiting
-//! for the head, as hyper's own timer did; hyper's timer on these connections is
-//! [`HYPER_BACKSTOP`] longer, so the gate always answers first, and still bounds heads after a
-//! chunked body.
+//! The timeouts are the gate's, as on the fast path: a connection with no byte of a next head
+//! for `keepalive_timeout` just ends (idle), and a head not complete within
+//! `header_read_timeout` of its first byte is 408. hyper's own head timer, which counts from
+//! when it starts waiting, idle time included (it closed idle TLS connections after
+//! `header_read_timeout`, not `keepalive_timeout`), runs [`HYPER_BACKSTOP`] past both on these
+//! connections, so the gate always decides first; it still bounds heads after a chunked body.
 
 use std::future::Future;
 use std::io;
@@ -61,10 +62,12 @@ pub struct HeadGate<S> {
     buf: BytesMut,
     state: State,
     limits: Limits,
-    /// When the head awaited must be complete (`armed`); the timer is kept and reset for the
-    /// next head rather than made anew per request.
+    /// When the head awaited must have started (`keepalive_timeout`) or be complete
+    /// (`header_read_timeout` from its first byte: `started`), once `armed`; the timer is kept
+    /// and reset for the next head rather than made anew per request.
     deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    started: bool,
     refusals: Option<IntCounterVec>,
     /// The answer to a refused head, and how much of it is written.
     answer: Option<(Answer, Vec<u8>, usize)>,
@@ -103,6 +106,7 @@ impl<S> HeadGate<S> {
             limits: Limits::from(server),
             deadline: None,
             armed: false,
+            started: false,
             refusals: Some(refusals),
             answer: None,
             linger: None,
@@ -123,6 +127,7 @@ impl<S> HeadGate<S> {
             },
             deadline: None,
             armed: false,
+            started: false,
             refusals: None,
             answer: None,
             linger: None,
@@ -201,22 +206,30 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            let at = Instant::now() + self.limits.header_read_timeout;
-            let deadline = match (&mut self.deadline, self.armed) {
-                (Some(d), true) => d,
-                (Some(d), false) => {
+            // Idle until a head's first byte (blank lines between requests are not one).
+            let begun = self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
+            let rearm = !self.armed || (begun && !self.started);
+            let limit = if begun {
+                self.limits.header_read_timeout
+            } else {
+                self.limits.keepalive_timeout
+            };
+            let at = Instant::now() + limit;
+            let deadline = match (&mut self.deadline, rearm) {
+                (Some(d), false) => d,
+                (Some(d), true) => {
                     d.as_mut().reset(at);
                     d
                 }
                 (d @ None, _) => d.insert(Box::pin(tokio::time::sleep_until(at))),
             };
             self.armed = true;
+            self.started = begun;
             if deadline.as_mut().poll(cx).is_ready() {
-                // No byte of a head (blank lines at most), or of an HTTP/2 preface: the
-                // connection just ends. Part of a head: 408.
-                let blank = self.buf.iter().all(|&b| b == b'\r' || b == b'\n');
+                // No byte of a head within keepalive_timeout (blank lines at most), or of an
+                // HTTP/2 preface: the connection just ends. Part of a head: 408.
                 match Answer::to_head_error(&HeadError::TimedOut) {
-                    Some(a) if !blank && !h2_preface => self.refuse(a),
+                    Some(a) if begun && !h2_preface => self.refuse(a),
                     _ => self.end(),
                 }
                 return Poll::Ready(Ok(()));
