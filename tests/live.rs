@@ -963,6 +963,89 @@ async fn playlist_renamed_into_place_wakes_waiters() {
     assert!(r.at >= sent);
 }
 
+/// Numbers a playlist states that no duration can hold (`CAN-SKIP-UNTIL=1e300`,
+/// `EXT-X-TARGETDURATION` of 2^64 − 1 s, `inf`, `NaN`) are taken as absent. They used to panic
+/// where segd made a `Duration` of them: the upload lost its answer, a blocking reload on the
+/// playlist dropped its connection, and the inotify watcher thread, which parses what a local
+/// packager renames into place, died for good (every later blocking reload on a renamed
+/// playlist timed out).
+#[tokio::test]
+async fn absurd_playlist_numbers_are_ignored_not_a_panic() {
+    let rig = Rig::start_with(1, 100, "", |vol| {
+        std::fs::create_dir_all(vol.join("live/fs2")).expect("mkdir");
+    });
+    let body = |control: &str, target: &str, segs: u32| {
+        let mut t = format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES{control}\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        );
+        for i in 0..segs {
+            t.push_str(&format!("#EXTINF:2.0,\ns{i}.ts\n"));
+        }
+        t
+    };
+    let cases = [
+        (",CAN-SKIP-UNTIL=1e300", "2"),
+        (",CAN-SKIP-UNTIL=inf", "2"),
+        ("", "18446744073709551615"),
+        ("", "inf"),
+        ("", "NaN"),
+        ("", "1e300"),
+    ];
+    for (i, (control, target)) in cases.iter().enumerate() {
+        let path = format!("/live/absurd/p{i}.m3u8");
+        // Created, then replaced (the registry compares it with the version before).
+        for segs in [1, 2] {
+            let r = send(
+                "PUT",
+                &rig.url(&q(&path, &rig.tok)),
+                &[],
+                body(control, target, segs).as_bytes(),
+                false,
+            )
+            .await;
+            assert!(
+                r.status == 201 || r.status == 204,
+                "{path} {control}{target}: {r:?}"
+            );
+        }
+        let r = get(&rig.url(&format!("{path}?_HLS_skip=YES")), &[]).await;
+        assert_eq!(r.status, 200, "{control}{target}: {r:?}");
+        // A blocking reload is answered by the write that satisfies it.
+        let waiter = fetch(rig.url(&format!("{path}?_HLS_msn=2")), false);
+        rig.wait_parked(1, "parked on the absurd playlist").await;
+        rig.put(&path, body(control, target, 3).as_bytes()).await;
+        let a = answer(waiter, "after the write").await;
+        assert_eq!(a.resp.status, 200, "{control}{target}");
+    }
+    // A local packager's renamed playlist with such a number, then a blocking reload on
+    // another renamed playlist: the watcher still parses what is renamed into place.
+    let dir = rig.vol().join("live/fs2");
+    let rename = |name: &str, text: &str| {
+        std::fs::write(dir.join(format!("{name}.tmp")), text).expect("write");
+        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name)).expect("rename");
+    };
+    rename("bad.m3u8", &body(",CAN-SKIP-UNTIL=1e300", "2", 1));
+    rename("bad.m3u8", &body(",CAN-SKIP-UNTIL=1e300", "2", 2));
+    rename("ok.m3u8", &body("", "2", 1));
+    let url = rig.url("/live/fs2/ok.m3u8?_HLS_msn=1");
+    let parsed = eventually(Duration::from_secs(10), async || {
+        get(&rig.url("/live/fs2/ok.m3u8?_HLS_msn=0"), &[])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(parsed, "ok.m3u8 never parsed");
+    let waiter = fetch(url, false);
+    rig.wait_parked(1, "parked on the renamed playlist").await;
+    rename("ok.m3u8", &body("", "2", 2));
+    let a = answer(waiter, "after the rename").await;
+    assert_eq!(
+        a.resp.status, 200,
+        "the watcher no longer parses renamed playlists"
+    );
+}
+
 /// Two versions of a live playlist that a packager sends back to back on two connections
 /// (ffmpeg without `-http_persistent 1`, at exit: the last segment's playlist, then the final
 /// one with `#EXT-X-ENDLIST`) have no order in HTTP, and through a balancer the older one can

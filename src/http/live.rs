@@ -33,7 +33,7 @@ impl From<WaitError> for Refusal {
 /// How long a parked request may wait on a playlist with target duration `target` seconds.
 fn block_timeout(cfg: &Config, target: f64) -> Duration {
     let t = if target > 0.0 { target } else { 6.0 };
-    Duration::from_secs_f64(t * f64::from(cfg.live.block_timeout_factor))
+    crate::live::playlist::duration(t * f64::from(cfg.live.block_timeout_factor))
 }
 
 /// The playlist's current version: from the registry, or read from the store once and published.

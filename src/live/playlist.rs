@@ -145,6 +145,23 @@ impl Directives {
     }
 }
 
+/// `secs` as a `Duration`, within 0..=[`SECONDS_MAX`] (never a panic, whatever the float).
+pub fn duration(secs: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(secs.clamp(0.0, SECONDS_MAX)).unwrap_or_default()
+}
+
+/// The longest time a playlist may state (a target or part duration, `CAN-SKIP-UNTIL`, a
+/// segment's `EXTINF`): a day. Every wait and window segd derives from them is bounded by it.
+const SECONDS_MAX: f64 = 86_400.0;
+
+/// A playlist's decimal-floating-point seconds: `None` for anything but a number from 0 to
+/// [`SECONDS_MAX`] (`NaN`, `inf`, `1e300`, negative), which is then taken as absent: such a
+/// value would overflow the `Duration`s made of it, or park a request for ever.
+fn seconds(v: &str) -> Option<f64> {
+    let x: f64 = v.trim().parse().ok()?;
+    (x.is_finite() && (0.0..=SECONDS_MAX).contains(&x)).then_some(x)
+}
+
 fn attr<'a>(list: &'a str, name: &str) -> Option<&'a str> {
     // Attribute lists: NAME=value pairs separated by commas; quoted strings may hold commas.
     let mut rest = list;
@@ -216,14 +233,14 @@ impl Snapshot {
                 continue;
             }
             if let Some(v) = line.strip_prefix("#EXT-X-TARGETDURATION:") {
-                snap.target = v.trim().parse().unwrap_or(0.0);
+                snap.target = seconds(v).unwrap_or(0.0);
             } else if let Some(v) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
                 snap.first_msn = v.trim().parse().unwrap_or(0);
             } else if let Some(v) = line.strip_prefix("#EXT-X-PART-INF:") {
-                snap.part_target = attr(v, "PART-TARGET").and_then(|x| x.parse().ok());
+                snap.part_target = attr(v, "PART-TARGET").and_then(seconds);
             } else if let Some(v) = line.strip_prefix("#EXT-X-SERVER-CONTROL:") {
                 snap.can_block = attr(v, "CAN-BLOCK-RELOAD") == Some("YES");
-                snap.can_skip_until = attr(v, "CAN-SKIP-UNTIL").and_then(|x| x.parse().ok());
+                snap.can_skip_until = attr(v, "CAN-SKIP-UNTIL").and_then(seconds);
                 snap.can_skip_dateranges = attr(v, "CAN-SKIP-DATERANGES") == Some("YES");
             } else if line == "#EXT-X-ENDLIST" {
                 snap.endlist = true;
@@ -238,7 +255,7 @@ impl Snapshot {
             } else if let Some(v) = line.strip_prefix("#EXTINF:") {
                 header_done = true;
                 first_line.get_or_insert(i);
-                duration = v.split(',').next().and_then(|d| d.trim().parse().ok());
+                duration = v.split(',').next().and_then(seconds);
             } else if is_segment_tag(line) {
                 let daterange = line.strip_prefix("#EXT-X-DATERANGE:");
                 if let Some(id) = daterange.and_then(|v| attr(v, "ID")) {
@@ -483,7 +500,7 @@ impl Snapshot {
         } else {
             previous.last_modified == self.last_modified
         };
-        let keep = std::time::Duration::from_secs_f64(self.can_skip_until.unwrap_or(0.0).max(0.0));
+        let keep = duration(self.can_skip_until.unwrap_or(0.0));
         let mut removed: Vec<(String, std::time::Instant)> = previous
             .removed_dateranges
             .iter()
@@ -500,7 +517,7 @@ impl Snapshot {
 
     /// The IDs of the date ranges removed within the last `until` seconds.
     fn recently_removed_dateranges(&self, until: f64) -> Vec<&str> {
-        let keep = std::time::Duration::from_secs_f64(until.max(0.0));
+        let keep = duration(until);
         self.removed_dateranges
             .iter()
             .filter(|(_, at)| at.elapsed() <= keep)

@@ -124,7 +124,18 @@ impl Watcher {
         }
     }
 
+    /// Parses and publishes a playlist renamed into place. A panic in doing so (a playlist
+    /// segd failed to foresee) loses that version only: the thread watches on.
     fn publish(&self, file: &Path, url: &str, name: &str) {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.publish_file(file, url, name)
+        }));
+        if done.is_err() {
+            tracing::error!(file = %file.display(), "a live playlist could not be parsed; this version is not tracked");
+        }
+    }
+
+    fn publish_file(&self, file: &Path, url: &str, name: &str) {
         if !name.ends_with(".m3u8") || name.starts_with('.') || name.ends_with(".tmp") {
             return;
         }
