@@ -1224,21 +1224,28 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
     }
 }
 
-/// ffmpeg pushing live HLS through HAProxy, as the README's "Pointing a packager at a cluster"
-/// and `segd sign --upload` tell (no `-http_persistent 1`: ffmpeg pipelines its last uploads
+/// ffmpeg pushing live HLS (and DASH) through HAProxy, as the README's "Pointing a packager at
+/// a cluster" and `segd sign --upload` tell (no `-http_persistent 1`: ffmpeg pipelines its last uploads
 /// on a kept-alive connection and resets it at exit, and HAProxy, which forwards one request
 /// at a time, drops those still queued). Three streams at once, as fast as ffmpeg makes them
 /// (no `-re`), so playlist versions follow each other on new connections without waiting:
 /// through the balancer an older version can arrive after a newer one, and each stream must
-/// still end with its final playlist (`#EXT-X-ENDLIST`, every segment listed and served).
+/// still end with its final playlist (`#EXT-X-ENDLIST`, every segment listed and served), and
+/// the DASH one with its final `type="static"` manifest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_ffmpeg_live_hls_through_haproxy_ends_with_its_final_playlist() {
     let c = Cluster::start(Opts::default()).await;
-    let streams: Vec<String> = (0..3).map(|i| format!("/live/ff{i}/")).collect();
+    // Three HLS streams and a DASH one (whose final manifest is `type="static"`).
+    let streams: Vec<(String, &str)> = (0..4)
+        .map(|i| {
+            let out = if i < 3 { "index.m3u8" } else { "manifest.mpd" };
+            (format!("/live/ff{i}/"), out)
+        })
+        .collect();
     let pushes: Vec<_> = streams
         .iter()
-        .map(|dir| {
-            let out = c.lb.url(&p(&format!("{dir}index.m3u8"), &upload_token()));
+        .map(|(dir, out)| {
+            let url = c.lb.url(&p(&format!("{dir}{out}"), &upload_token()));
             let mut cmd = Command::new("ffmpeg");
             cmd.args([
                 "-hide_banner",
@@ -1255,22 +1262,19 @@ async fn cluster_ffmpeg_live_hls_through_haproxy_ends_with_its_final_playlist() 
                 "aac",
                 "-b:a",
                 "64k",
-                "-f",
-                "hls",
-                "-hls_time",
-                "1",
-                "-hls_list_size",
-                "0",
-                "-method",
-                "PUT",
-                &out,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            ]);
+            if out.ends_with(".m3u8") {
+                cmd.args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "0"]);
+            } else {
+                cmd.args(["-f", "dash", "-seg_duration", "1", "-window_size", "3"]);
+            }
+            cmd.args(["-method", "PUT", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
             tokio::task::spawn_blocking(move || cmd.output().expect("run ffmpeg"))
         })
         .collect();
-    for (dir, push) in streams.iter().zip(pushes) {
+    for ((dir, _), push) in streams.iter().zip(pushes) {
         let out = push.await.expect("join");
         assert!(
             out.status.success(),
@@ -1278,10 +1282,17 @@ async fn cluster_ffmpeg_live_hls_through_haproxy_ends_with_its_final_playlist() 
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    for dir in &streams {
-        let (_, status, _, body) = c.get(&format!("{dir}index.m3u8"), 0).await;
-        assert_eq!(status, 200, "{dir}index.m3u8");
+    for (dir, out) in &streams {
+        let (_, status, _, body) = c.get(&format!("{dir}{out}"), 0).await;
+        assert_eq!(status, 200, "{dir}{out}");
         let text = String::from_utf8_lossy(&body).into_owned();
+        if out.ends_with(".mpd") {
+            assert!(
+                text.contains("type=\"static\""),
+                "{dir}: the presentation never ended for its players:\n{text}"
+            );
+            continue;
+        }
         assert!(
             text.trim_end().ends_with("#EXT-X-ENDLIST"),
             "{dir}: the stream never ended for its players:\n{text}"

@@ -963,6 +963,61 @@ async fn playlist_renamed_into_place_wakes_waiters() {
     assert!(r.at >= sent);
 }
 
+/// The same race for a live DASH manifest: ffmpeg's last dynamic MPD and its final static one
+/// (the presentation's end), sent back to back on two connections. Within 2 s of a static
+/// version a dynamic one is refused (409, nothing written); later it is taken (a restarted
+/// stream).
+#[tokio::test]
+async fn a_dynamic_manifest_that_arrives_after_the_final_static_one_is_refused() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/dashrace/manifest.mpd";
+    let file = rig.vol().join("live/dashrace/manifest.mpd");
+    let mpd = |kind: &str, n: u32| {
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\"\n\tprofiles=\"urn:mpeg:dash:profile:isoff-live:2011\"\n\ttype=\"{kind}\"\n\tminBufferTime=\"PT2.0S\">\n<!-- {n} -->\n</MPD>\n"
+        )
+    };
+    let put = async |body: String| {
+        send(
+            "PUT",
+            &rig.url(&q(path, &rig.tok)),
+            &[],
+            body.as_bytes(),
+            false,
+        )
+        .await
+    };
+    assert_eq!(put(mpd("dynamic", 1)).await.status, 201);
+    assert_eq!(
+        put(mpd("dynamic", 2)).await.status,
+        204,
+        "dynamic after dynamic"
+    );
+    assert_eq!(put(mpd("static", 3)).await.status, 204);
+    let r = put(mpd("dynamic", 2)).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        mpd("static", 3)
+    );
+    assert_eq!(get(&rig.url(path), &[]).await.text(), mpd("static", 3));
+    assert_eq!(
+        put(mpd("static", 3)).await.status,
+        204,
+        "the same end again"
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        put(mpd("dynamic", 1)).await.status,
+        204,
+        "a restarted stream"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        mpd("dynamic", 1)
+    );
+}
+
 /// Numbers a playlist states that no duration can hold (`CAN-SKIP-UNTIL=1e300`,
 /// `EXT-X-TARGETDURATION` of 2^64 − 1 s, `inf`, `NaN`) are taken as absent. They used to panic
 /// where segd made a `Duration` of them: the upload lost its answer, a blocking reload on the

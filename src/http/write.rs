@@ -157,12 +157,11 @@ async fn put(
     // 3. The upload (path locked, volume picked, temporary file created). A live playlist is
     // kept in memory for the live registry; a live media segment can be read while it grows.
     let canonical = format!("/{rel}");
-    let hls_playlist = live
-        && rel
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("m3u8"));
+    let ext = |x: &str| rel.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
+    let hls_playlist = live && ext("m3u8");
+    let manifest = live && ext("mpd");
     let mode = Mode {
-        keep: hls_playlist,
+        keep: hls_playlist || manifest,
         growing: live && class == ObjectClass::Segment,
         live,
         // The 100 (Continue) goes out only for a write that will be accepted.
@@ -245,6 +244,13 @@ async fn put(
 /// that restarts its stream takes at least a segment before its first playlist.
 const RACE_WINDOW: Duration = Duration::from_secs(2);
 
+/// What a live upload kept in memory is: an HLS playlist (parsed), or a DASH manifest
+/// (whether it is `type="static"`; `None`: no `<MPD` in it).
+enum Kept {
+    Hls(Box<Snapshot>),
+    Mpd(Option<bool>),
+}
+
 /// Reads an upload's body into it and commits it.
 struct Receive {
     limit: u64,
@@ -282,28 +288,51 @@ impl Receive {
         if let Some(g) = gate {
             g.pass().await?;
         }
-        // A live playlist, parsed once per write. A version older than the one stored moments
-        // ago (it raced it on another connection, and lost) is refused: the stream keeps its
-        // newest version ([`Snapshot::behind`]).
-        let snap = upload.kept().map(|text| {
-            let unknown = HeaderValue::from_static("");
-            Snapshot::parse(Bytes::copy_from_slice(text), unknown.clone(), unknown)
-        });
-        if let (Some(new), Some(stored)) = (&snap, self.registry.current(&self.key)) {
-            let target = Duration::try_from_secs_f64(stored.target).unwrap_or(RACE_WINDOW);
-            if new.behind(&stored, RACE_WINDOW.min(target)) {
-                return Err(Refusal::StalePlaylist);
+        // A live playlist, parsed once per write, or a live DASH manifest. A version older
+        // than the one stored moments ago (it raced it on another connection, and lost) is
+        // refused: the stream keeps its newest version ([`Snapshot::behind`],
+        // [`crate::live::Registry::mpd_behind`]).
+        let version = upload.kept().map(|text| {
+            if self.key.to_ascii_lowercase().ends_with(".mpd") {
+                Kept::Mpd(crate::live::mpd_is_static(text))
+            } else {
+                let unknown = HeaderValue::from_static("");
+                Kept::Hls(Box::new(Snapshot::parse(
+                    Bytes::copy_from_slice(text),
+                    unknown.clone(),
+                    unknown,
+                )))
             }
+        });
+        let behind = match &version {
+            Some(Kept::Hls(new)) => self.registry.current(&self.key).is_some_and(|stored| {
+                let target = Duration::try_from_secs_f64(stored.target).unwrap_or(RACE_WINDOW);
+                new.behind(&stored, RACE_WINDOW.min(target))
+            }),
+            Some(Kept::Mpd(Some(is_static))) => {
+                self.registry.mpd_behind(&self.key, *is_static, RACE_WINDOW)
+            }
+            Some(Kept::Mpd(None)) | None => false,
+        };
+        if behind {
+            return Err(Refusal::StalePlaylist);
         }
         let mut done = upload.commit().await?;
         self.metrics.ingest_bytes.inc_by(body.received());
         self.metrics.ingest_spliced_bytes.inc_by(spliced);
-        // Every request parked on this playlist re-checks now. Published before the path's
-        // lock goes, so the next upload of the playlist is compared with this version.
-        if let Some(mut snap) = snap {
-            snap.etag = done.etag.clone();
-            snap.last_modified = done.last_modified.clone();
-            self.registry.publish(&self.key, snap);
+        // Every request parked on this playlist re-checks now. Recorded before the path's lock
+        // goes, so the next upload of the path is compared with this version.
+        match version {
+            Some(Kept::Hls(mut snap)) => {
+                snap.etag = done.etag.clone();
+                snap.last_modified = done.last_modified.clone();
+                self.registry.publish(&self.key, *snap);
+            }
+            Some(Kept::Mpd(is_static)) => {
+                self.registry
+                    .mpd_stored(&self.key, is_static == Some(true), RACE_WINDOW)
+            }
+            None => {}
         }
         done.body = None;
         done.unlock();

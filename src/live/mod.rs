@@ -38,7 +38,20 @@ pub struct Registry {
     hints: Mutex<HashMap<String, String>>,
     blocked: AtomicUsize,
     stopping: watch::Sender<bool>,
+    /// Live DASH manifests stored as `type="static"` (a stream's end), and when: a dynamic
+    /// version arriving just after it lost a race with it ([`Registry::mpd_behind`]).
+    ended_mpds: Mutex<HashMap<String, std::time::Instant>>,
     m: LiveMetrics,
+}
+
+/// Whether an MPD is `type="static"` (a presentation that has ended, or VOD), from its root
+/// element's start tag; `None` when `text` has no `<MPD` start tag.
+pub fn mpd_is_static(text: &[u8]) -> Option<bool> {
+    let text = std::str::from_utf8(text).ok()?;
+    let start = text.find("<MPD")?;
+    let tag = &text[start..];
+    let tag = &tag[..tag.find('>')?];
+    Some(tag.contains("type=\"static\"") || tag.contains("type='static'"))
 }
 
 struct LiveMetrics {
@@ -122,6 +135,7 @@ impl Registry {
             hints: Mutex::new(HashMap::new()),
             blocked: AtomicUsize::new(0),
             stopping: watch::Sender::new(false),
+            ended_mpds: Mutex::new(HashMap::new()),
             m: LiveMetrics {
                 blocked: g(
                     "segd_live_blocked_requests",
@@ -186,8 +200,35 @@ impl Registry {
         slot.send_replace(Some(Arc::new(snap)));
     }
 
+    /// Whether a live DASH manifest at `path` that is (`is_static`) or is not static comes
+    /// behind the version stored there: a dynamic one within `window` of a static one, the
+    /// stream's end, which it lost a race with on another connection (ffmpeg's last dynamic
+    /// manifest and its final static one, sent back to back). Call under the path's lock.
+    pub fn mpd_behind(&self, path: &str, is_static: bool, window: std::time::Duration) -> bool {
+        let ended = self.ended_mpds.lock().unwrap_or_else(|p| p.into_inner());
+        !is_static && ended.get(path).is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// A live DASH manifest stored at `path` (under the path's lock): a static one is the
+    /// stream's end ([`Registry::mpd_behind`]).
+    pub fn mpd_stored(&self, path: &str, is_static: bool, window: std::time::Duration) {
+        let mut ended = self.ended_mpds.lock().unwrap_or_else(|p| p.into_inner());
+        if is_static {
+            if ended.len() >= 64 {
+                ended.retain(|_, at| at.elapsed() < window);
+            }
+            ended.insert(path.to_owned(), std::time::Instant::now());
+        } else {
+            ended.remove(path);
+        }
+    }
+
     /// Forgets a deleted playlist (parked requests on it keep waiting for a new version).
     pub fn forget(&self, path: &str) {
+        self.ended_mpds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
         let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(slot) = map.get(path) {
             if slot.receiver_count() == 0 {
