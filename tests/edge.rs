@@ -4388,6 +4388,58 @@ async fn edge_upstream_retry_after_rests_it_and_the_next_one_answers() {
     solo.srv.log_with(&["upstream asked to be left alone"]);
 }
 
+/// On a live path an upstream's 503 is about that one request: a segd origin answers a
+/// blocking LL-HLS request beyond its `max_blocked_requests` so, with `Retry-After: 1`. It is
+/// passed on to that viewer, and rests nothing: the next LL-HLS request and the next plain
+/// reload of the playlist (which the origin would serve) still go to the upstream. Resting the
+/// path refused every viewer of the stream for the rest.
+#[tokio::test]
+async fn edge_live_503_is_passed_on_and_rests_nothing() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(&[]),
+        &[http_upstream("mixed", &up.base(), "").replace("\"/vod/\"", "\"/live/\"")],
+    );
+    let path = "/live/retry/503-3/p.m3u8";
+    let ll_target = format!("{path}?_HLS_msn=2");
+    // Requests the upstream had for the playlist: LL-HLS, plain.
+    let asked = async || {
+        let marker = next_marker();
+        let _ = fetch("GET", &format!("{}{marker}", up.base()), &[], false).await;
+        up.wait_count(&marker, 1).await;
+        (up.count(&ll_target), up.count(path))
+    };
+    for h2 in [false, true] {
+        let ll = must("GET", &edge.url(&ll_target), &[], h2).await;
+        assert_eq!(ll.status, 503, "{ll:?}");
+        assert_eq!(
+            ll.header("retry-after"),
+            Some("3"),
+            "the upstream's own answer"
+        );
+    }
+    assert_eq!(
+        asked().await,
+        (2, 0),
+        "each LL-HLS request reached the upstream"
+    );
+    let plain = must("GET", &edge.url(path), &[], false).await;
+    assert_eq!(plain.status, 503, "{plain:?}");
+    assert_eq!(
+        asked().await,
+        (2, 1),
+        "the plain reload reached the upstream"
+    );
+    let again = must("GET", &edge.url(path), &[], false).await;
+    assert_eq!(again.status, 503, "{again:?}");
+    assert_eq!(
+        asked().await,
+        (2, 2),
+        "a live fill's 503 rests nothing either"
+    );
+}
+
 /// An object larger than `max_bytes`, which the cache would evict the moment it stored it, is
 /// not fetched whole for every request (a Range of 100 bytes of a 4 MiB object took 4 MiB
 /// from the upstream each time): its fill learns its size from the head and stops there, and

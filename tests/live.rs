@@ -1175,9 +1175,22 @@ async fn an_older_playlist_version_that_arrives_late_is_refused() {
         "{m}"
     );
 
-    // A restarted stream, a target duration (2 s) after the last version: taken.
+    // A restarted stream whose segments differ from the stored ones: taken at once.
+    let mut restart = Ll::new(0, 1, 0);
+    restart.control = String::new();
+    restart.durations = vec![1.5];
+    assert_eq!(late(&restart, false).await.status, 204);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        restart.render()
+    );
+    // One whose segments are the stored ones (the same input again), a target duration (2 s)
+    // after the last version: taken.
+    let mut more = restart.clone();
+    more.durations.push(1.5);
+    assert_eq!(late(&more, false).await.status, 204);
+    assert_eq!(late(&restart, false).await.status, 409, "within the window");
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let restart = Ll::new(0, 1, 0);
     assert_eq!(late(&restart, false).await.status, 204);
     assert_eq!(
         std::fs::read_to_string(&file).expect("read"),

@@ -45,13 +45,32 @@ pub struct Registry {
 }
 
 /// Whether an MPD is `type="static"` (a presentation that has ended, or VOD), from its root
-/// element's start tag; `None` when `text` has no `<MPD` start tag.
+/// element's start tag; `static` when it has no `type` (ISO/IEC 23009-1's default); `None`
+/// when `text` has no `<MPD` start tag.
 pub fn mpd_is_static(text: &[u8]) -> Option<bool> {
     let text = std::str::from_utf8(text).ok()?;
-    let start = text.find("<MPD")?;
+    let start = text.find("<MPD")? + "<MPD".len();
     let tag = &text[start..];
     let tag = &tag[..tag.find('>')?];
-    Some(tag.contains("type=\"static\"") || tag.contains("type='static'"))
+    // Attributes `name = "value"` (either quote, spaces around `=` allowed, as XML has them).
+    let mut rest = tag;
+    loop {
+        rest = rest.trim_start();
+        let Some(eq) = rest.find('=') else {
+            return Some(true);
+        };
+        let name = rest[..eq].trim();
+        let after = rest[eq + 1..].trim_start();
+        let quote = after.chars().next()?;
+        if quote != '"' && quote != '\'' {
+            return None;
+        }
+        let value_end = after[1..].find(quote)? + 1;
+        if name == "type" {
+            return Some(after[1..value_end].trim() == "static");
+        }
+        rest = &after[value_end + 1..];
+    }
 }
 
 struct LiveMetrics {
@@ -399,7 +418,34 @@ impl Drop for ObjectWait<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve;
+    use super::{mpd_is_static, resolve};
+
+    /// `MPD@type` as a packager may write it: quoted either way, spaces around `=`, other
+    /// attributes holding the word (`contentType` is on other elements), and absent (static,
+    /// the standard's default).
+    #[test]
+    fn mpd_type_is_read_from_the_root_start_tag() {
+        for (mpd, want) in [
+            (
+                "<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" type=\"dynamic\">",
+                Some(false),
+            ),
+            (
+                "<?xml version=\"1.0\"?>\n<MPD\n\ttype=\"static\"\n>",
+                Some(true),
+            ),
+            ("<MPD type = 'dynamic' profiles=\"x\">", Some(false)),
+            (
+                "<MPD profiles=\"urn:mpeg:dash:profile:isoff-live:2011\">",
+                Some(true),
+            ),
+            ("<MPD mediaType=\"dynamic\" type=\"static\">", Some(true)),
+            ("<MPD xmlns=\"a>b\" type=\"dynamic\">", None),
+            ("not a manifest", None),
+        ] {
+            assert_eq!(mpd_is_static(mpd.as_bytes()), want, "{mpd}");
+        }
+    }
 
     #[test]
     fn hint_uris_resolve_like_a_player_resolves_them() {

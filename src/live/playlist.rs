@@ -301,10 +301,44 @@ impl Snapshot {
     /// late. A packager that sends two versions back to back on two connections (ffmpeg
     /// without `-http_persistent`, at exit: the last segment's playlist and the final one with
     /// `#EXT-X-ENDLIST`) has no order between them in HTTP, and through a balancer the older
-    /// one can be written last, so the stream would never end. Past `window` a version behind
-    /// is taken as it is: a packager that restarted its stream from the first segment.
+    /// one can be written last, so the stream would never end.
+    ///
+    /// Only an earlier version of the same stream is behind: the segments both list (by media
+    /// sequence number) are the same in both, URI and duration, and there is at least one. A
+    /// packager that restarted its stream is taken at once as soon as its segments differ from
+    /// the stored ones, and past `window` whatever they are.
     pub fn behind(&self, stored: &Snapshot, window: std::time::Duration) -> bool {
-        self.progress() < stored.progress() && stored.published.elapsed() < window
+        self.progress() < stored.progress()
+            && stored.published.elapsed() < window
+            && self.same_segments_as(stored)
+    }
+
+    /// Whether every segment this version and `other` both list is the same in both (URI line
+    /// and duration), and they share at least one.
+    fn same_segments_as(&self, other: &Snapshot) -> bool {
+        let mine = String::from_utf8_lossy(&self.text);
+        let theirs = String::from_utf8_lossy(&other.text);
+        let (mine, theirs): (Vec<&str>, Vec<&str>) =
+            (mine.lines().collect(), theirs.lines().collect());
+        let mut shared = 0;
+        for seg in &self.segments {
+            let Some(o) = seg
+                .msn
+                .checked_sub(other.first_msn)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| other.segments.get(i))
+            else {
+                continue;
+            };
+            let uri = |lines: &[&str], i: usize| lines.get(i).map(|l| l.trim().to_owned());
+            if (seg.duration - o.duration).abs() > 0.0005
+                || uri(&mine, seg.uri_line) != uri(&theirs, o.uri_line)
+            {
+                return false;
+            }
+            shared += 1;
+        }
+        shared > 0
     }
 
     /// Whether the directives block at all on this playlist (RFC 8216bis: only with

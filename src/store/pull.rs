@@ -677,7 +677,25 @@ impl Through {
             .take()
             .filter(|h| h.offset == offset && h.count >= count);
         if let Some(h) = held {
-            return h.body;
+            if h.count == count {
+                return h.body;
+            }
+            // Never more than asked: a body longer than its Content-Length would desync a
+            // kept-alive connection.
+            return Box::pin(h.body.scan(count, |left, item| {
+                let out = match item {
+                    Ok(_) if *left == 0 => None,
+                    Ok(mut b) => {
+                        if b.len() as u64 > *left {
+                            b.truncate(*left as usize);
+                        }
+                        *left -= b.len() as u64;
+                        Some(Ok(b))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+                futures_util::future::ready(out)
+            }));
         }
         let this = self.clone();
         let open = async move {
@@ -771,7 +789,7 @@ impl Through {
             tracing::warn!(upstream = %up.name, path, status = status.as_u16(), s3_code = code.as_deref().unwrap_or("-"), "upstream answered a range with an error");
             pull.forget_unkept(&self.rel, &self.unkept);
             return Err(
-                match pull.note_rest(up, &path, status, &h, code.as_deref()) {
+                match pull.note_rest(up, &path, false, status, &h, code.as_deref()) {
                     Some(retry_after) => Miss::UpstreamUnavailable { retry_after },
                     None => Miss::UpstreamFailed,
                 },
@@ -1713,13 +1731,14 @@ impl Pull {
                     let h = resp.headers().clone();
                     let e = s3_error(resp, &conf).await;
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), s3_code = %e, "the bucket answered with an error");
-                    if let Some(r) = self.note_rest(up, &canonical, s, &h, e.code.as_deref()) {
+                    if let Some(r) = self.note_rest(up, &canonical, live, s, &h, e.code.as_deref())
+                    {
                         rest = shorter(rest, r);
                     }
                 }
                 s => {
                     tracing::warn!(upstream = %up.name, path = %canonical, status = s.as_u16(), "upstream answered with an error");
-                    if let Some(r) = self.note_rest(up, &canonical, s, resp.headers(), None) {
+                    if let Some(r) = self.note_rest(up, &canonical, live, s, resp.headers(), None) {
                         rest = shorter(rest, r);
                     }
                 }
@@ -1815,10 +1834,11 @@ impl Pull {
             if self.counted(&conf, up, rel, &resp).is_some() {
                 continue;
             }
-            // A 503 or 429 with `Retry-After` rests the upstream (fills skip it too); the
-            // answer is still passed on if no later upstream gives one.
+            // A 429 with `Retry-After` rests the upstream (fills skip it too); a 503 is about
+            // this request only (an origin's parked-request limit). Either answer is passed
+            // on if no later upstream gives one.
             let rested = self
-                .note_rest(up, &canonical, status, resp.headers(), None)
+                .note_rest(up, &canonical, true, status, resp.headers(), None)
                 .is_some();
             // As for a fill: a redirect (which is not followed, and whose Location is not passed
             // on) or another unexpected status is this upstream's failure. A client error (a
@@ -1935,10 +1955,15 @@ impl Pull {
     /// An HTTP upstream's 503 rests it for `canonical` only: a segd upstream answers so for one
     /// live stream it does not have yet (`[live] unknown_stream_retry_after`), and an origin
     /// that is down for every path says so on each of them at the cost of one request a path.
+    /// On a `live` path an HTTP upstream's 503 rests nothing: it is about that one request (a
+    /// segd origin sheds parked LL-HLS requests beyond `max_blocked_requests` so), and resting
+    /// the path would refuse every viewer of the stream; the rest is still returned, for this
+    /// request's answer.
     fn note_rest(
         &self,
         up: &UpstreamConfig,
         canonical: &str,
+        live: bool,
         status: StatusCode,
         h: &HeaderMap,
         s3_code: Option<&str>,
@@ -1954,6 +1979,9 @@ impl Pull {
         let bucket = matches!(up.kind, UpstreamKind::S3 { .. });
         let one_path = status == StatusCode::SERVICE_UNAVAILABLE && !bucket;
         let key = (up.name.clone(), one_path.then(|| canonical.to_owned()));
+        if one_path && live {
+            return Some(rest);
+        }
         let mut map = self.resting.lock().unwrap_or_else(|p| p.into_inner());
         if one_path && map.len() >= PATH_RESTS_MAX && !map.contains_key(&key) {
             map.retain(|_, u| *u > now);
