@@ -2,7 +2,8 @@
 //! - accepted in each location: query, cookie, path-embedded (any character encoded), header
 //! - a CORS preflight allows the token's header location (the configured name)
 //! - `segd sign` mints the reference generator's tokens byte for byte (recorded vectors), with
-//!   `escape_early = true` its early-escaped ones too
+//!   `escape_early = true` its early-escaped ones too; its cookie command works as printed, also
+//!   for a token holding `;`, `'`, `"`
 //! - `escape_early = true`: the generator's early-escaped tokens (and the legacy form with an
 //!   escaped ACL) in all four places, raw, fully encoded and encoded only in part
 //! - every rejection reason answers a generic 403 and is counted under its metric label
@@ -651,6 +652,59 @@ async fn sign_command_prints_working_urls() {
     let out = segd_sign(&srv.config, &["--acl", "/x/*", "--key-id", "nope"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
+}
+
+/// The cookie command `segd sign` prints works as printed (run by a shell, with curl) when the
+/// token holds what a cookie value cannot (`;` ends it, `"`, `,`, space, `\\`) or the shell
+/// quoting cannot (`'`), from `--data` or `--id`: the cookie is then percent-encoded, which segd
+/// decodes once. (A raw `;` cut the token short: 403, acceptance F1.)
+#[tokio::test]
+async fn sign_cookie_command_works_as_printed() {
+    let (_d, srv) = start("forward");
+    let Some(curl) = find_program("curl", &[]) else {
+        panic!("curl is needed");
+    };
+    for extra in [
+        &["--data", "x=1;y=2"][..],
+        &["--id", "a;b"],
+        &["--data", "it's \"q\", a\\b"],
+        &["--data", "plain"],
+    ] {
+        let out = segd_sign(
+            &srv.config,
+            &[
+                &["--acl", "/vod/t1/*", "--path", "/vod/t1/hls/master.m3u8"],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cookie:"))
+            .map(|l| {
+                l.trim()
+                    .replace("http://127.0.0.1:0", &format!("http://{}", srv.addr))
+            })
+            .unwrap_or_else(|| panic!("no cookie: in\n{text}"));
+        let line = line.replacen("curl ", &format!("{} ", curl.display()), 1);
+        let run = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{line} -s -o /dev/null -w '%{{http_code}}'"))
+            .output()
+            .expect("sh");
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            "200",
+            "{extra:?}: {line}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
 }
 
 /// `segd sign` prints URLs that work as printed for a path that needs escaping in a URL (a
