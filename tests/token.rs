@@ -12,7 +12,8 @@
 //!   (`client_ip_proxies` entries skipped), never an entry the viewer wrote
 //! - a player loading a path-form playlist URL resolves relative URIs that carry the token
 //! - forward and mint rewriting of the demo HLS-TS, HLS-fMP4 and DASH manifests: every URI in
-//!   the rewritten playlists is served 200 with no further token in hand
+//!   the rewritten playlists is served 200 with no further token in hand; a URI's own (stale)
+//!   token is replaced, not followed by a second one; a non-UTF-8 playlist is served as it is
 
 use segd::auth::edgeauth::{sign, SignSpec};
 use segd::auth::encode_token;
@@ -547,6 +548,45 @@ async fn forward_rewriting() {
         walk_dash(&srv.url(&format!("/vod/t2/dash/manifest.mpd{q}"))).await,
         10
     );
+}
+
+/// A playlist whose URI carries a token of its own (a packager's, stale) gets the forwarded
+/// one in its place, and the segment is then served: appended after it, the old one was read
+/// first (403, acceptance F9). A playlist that is not UTF-8 is served as it is (no panic).
+#[tokio::test]
+async fn forward_rewriting_replaces_a_uris_own_token() {
+    let (d, srv) = start("forward");
+    let dir = d.path().join("disk1/vod/fz");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("seg8.ts"), b"eight").expect("write");
+    std::fs::write(
+        dir.join("misc.m3u8"),
+        "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg8.ts?__token__=old\n#EXTINF:4,\nseg8.ts?a=1&__token__=old&__token__=older\n#EXT-X-ENDLIST\n",
+    )
+    .expect("write");
+    let bad: &[u8] =
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg8.ts\n#EXT-X-PART:DURATION=1,URI=\"\xff\xfe.ts\"\n#EXT-X-ENDLIST\n";
+    std::fs::write(dir.join("badutf.m3u8"), bad).expect("write");
+    let t = acl("/vod/*");
+    let q = format!("__token__={}", encode_token(&t));
+    let url = srv.url(&format!("/vod/fz/misc.m3u8?{q}"));
+    let r = get(&url, &[]).await;
+    assert_eq!(r.status, 200);
+    let uris = hls_uris(&r.text());
+    assert_eq!(
+        uris,
+        vec![format!("seg8.ts?{q}"), format!("seg8.ts?a=1&{q}")],
+        "{}",
+        r.text()
+    );
+    for u in &uris {
+        let r = get(&resolve(&url, u), &[]).await;
+        assert_eq!(r.status, 200, "{u}");
+        assert_eq!(r.text(), "eight");
+    }
+    let r = get(&srv.url(&format!("/vod/fz/badutf.m3u8?{q}")), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], bad);
 }
 
 #[tokio::test]
