@@ -9,8 +9,11 @@
 //!
 //! Fields: time, client address (the trusted client-IP header when the request passed origin
 //! auth), peer, method, path (never the token: the path-embedded token segment and the query are
-//! left out), status, body bytes, duration, protocol, cache status (`hit`, `miss`, `bypass` for
-//! sendfile bodies, `none` when no body), token key id, request id.
+//! left out, and a `<name>=` segment anywhere else is cut to [`REDACTED`] by [`redact_path`]),
+//! status, body bytes, duration, protocol, cache status (`hit`, `miss`, `bypass` for sendfile
+//! bodies, `none` when no body), token key id, request id; the combined format adds the
+//! `Referer` (its token segments and query parameters cut the same way, [`redact_url`]) and the
+//! `User-Agent`.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +23,93 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{AccessLog as Target, LogConfig, LogFormat};
+
+/// What a token's value becomes in a logged path or Referer: `__token__=<redacted>`.
+pub const REDACTED: &str = "<redacted>";
+
+/// Percent-decodes leniently (a malformed escape stays as it is): only to recognise a token.
+fn lenient_decode(raw: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' {
+            if let (Some(h), Some(l)) = (
+                raw.get(i + 1).and_then(|&b| hex(b)),
+                raw.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
+}
+
+/// What the log may show of `piece` (a path segment or a query parameter, raw), looked at
+/// decoded however often it was percent-encoded (up to three times), in any letter case:
+/// `<name>=…` is a client's token, shown as `<name>=<redacted>`; a piece holding `hmac=` is
+/// the end of one whose other fields a `/` or `&` inside it split off (`acl=/vod/*` raw),
+/// shown as `<redacted>`; anything else as it is.
+fn redacted(name: &str, piece: &str) -> Option<String> {
+    let mut bytes = piece.as_bytes().to_vec();
+    for _ in 0..4 {
+        if bytes.len() > name.len()
+            && bytes[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && bytes[name.len()] == b'='
+        {
+            return Some(format!("{name}={REDACTED}"));
+        }
+        if bytes.windows(5).any(|w| w.eq_ignore_ascii_case(b"hmac=")) {
+            return Some(REDACTED.to_string());
+        }
+        if !bytes.contains(&b'%') {
+            return None;
+        }
+        bytes = lenient_decode(&bytes);
+    }
+    None
+}
+
+/// `s` split at each of `seps`, every piece that holds a token (or its `hmac=`) redacted.
+fn redact_pieces(name: &str, s: &str, seps: &[char]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    loop {
+        let (piece, tail) = match rest.find(seps) {
+            Some(i) => (&rest[..i], Some(&rest[i..])),
+            None => (rest, None),
+        };
+        match redacted(name, piece) {
+            Some(r) => out.push_str(&r),
+            None => out.push_str(piece),
+        }
+        match tail {
+            Some(t) => {
+                let sep = t.chars().next().map_or(1, char::len_utf8);
+                out.push_str(&t[..sep]);
+                rest = &t[sep..];
+            }
+            None => return out,
+        }
+    }
+}
+
+/// A path for the log: a token segment (`<name>=…`, any segment, any encoding) redacted. The
+/// handler already splits off a leading one; this catches the others (a 400 for a token
+/// segment after the first, a file named so).
+pub fn redact_path(name: &str, path: &str) -> String {
+    redact_pieces(name, path, &['/'])
+}
+
+/// A URL for the log (the `Referer`): its token path segments and query or fragment
+/// parameters redacted.
+pub fn redact_url(name: &str, url: &str) -> String {
+    redact_pieces(name, url, &['/', '?', '&', '#'])
+}
 
 /// The longest a line waits in the writer's buffer before it reaches the file.
 const FLUSH: Duration = Duration::from_millis(200);
@@ -352,6 +442,55 @@ mod tests {
         assert!(c.starts_with("203.0.113.9 - - [14/Nov/2023:22:13:20 +0000] \"GET /vod/t1/a _b_.ts HTTP/1.1\" 206 1234 \"-\" \"ffplay_\""), "{c}");
         assert_eq!(civil(0), (1970, 1, 1, 0, 0, 0));
         assert_eq!(civil(951_782_400), (2000, 2, 29, 0, 0, 0));
+    }
+
+    #[test]
+    fn tokens_are_redacted() {
+        let n = "__token__";
+        let r = "__token__=<redacted>";
+        assert_eq!(
+            redact_path(
+                n,
+                "/vod/__token__=exp%3D1~acl%3D%2Fvod%2F%2A~hmac%3Dab12/t1/a.m3u8"
+            ),
+            format!("/vod/{r}/t1/a.m3u8")
+        );
+        assert_eq!(
+            redact_path(n, "/vod/t1/__TOKEN__%3Dx"),
+            format!("/vod/t1/{r}")
+        );
+        assert_eq!(
+            redact_path(n, "/vod/%255F_token__%253Dx/a"),
+            format!("/vod/{r}/a")
+        );
+        assert_eq!(
+            redact_path(n, "/vod/__token__=x%zz/a"),
+            format!("/vod/{r}/a")
+        );
+        assert_eq!(redact_path("tk", "/a/tk=1/b"), "/a/tk=<redacted>/b");
+        // A raw `/` inside the token's acl splits it: its hmac goes too.
+        assert_eq!(
+            redact_path(n, "/vod/*~hmac=ab12/t1/a.ts"),
+            "/vod/<redacted>/t1/a.ts"
+        );
+        // Everything else stays.
+        for p in [
+            "/vod/t1/a.ts",
+            "/vod/__token__/a.ts",
+            "/vod/token=1/a",
+            "/",
+            "",
+        ] {
+            assert_eq!(redact_path(n, p), p);
+        }
+        assert_eq!(
+            redact_url(n, "https://h.example/__token__=exp%3D1~hmac%3Dab/vod/m.m3u8?x=1&__token__=exp=1~acl=/vod/*~hmac=cd&y=2#f"),
+            format!("https://h.example/{r}/vod/m.m3u8?x=1&{r}/vod/<redacted>&y=2#f")
+        );
+        assert_eq!(
+            redact_url(n, "https://h.example/vod/é?x=1"),
+            "https://h.example/vod/é?x=1"
+        );
     }
 
     #[test]

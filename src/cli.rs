@@ -42,7 +42,8 @@ pub enum Command {
     /// (`--upload`: an upload token for PUT/POST/DELETE, with ffmpeg and curl commands).
     ///
     /// Uses [token] algorithm, salt and keys from the config. Prints the token, then the same
-    /// request in each location segd accepts: query parameter, cookie, and path-embedded
+    /// request in each location segd accepts: query parameter, cookie (percent-encoded when
+    /// the token holds what a cookie value cannot, such as `;`), and path-embedded
     /// (`/__token__=<token>/path`, which survives relative-URL resolution in players).
     Sign {
         /// Config file (TOML).

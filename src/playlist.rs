@@ -1,5 +1,6 @@
 //! Token propagation into playlists: append a query parameter (`__token__=…`) to every relative
-//! URI of an HLS playlist or a DASH MPD, in one pass over the text. Pure code, no I/O.
+//! URI of an HLS playlist or a DASH MPD (replacing one of that name the URI has already), in
+//! one pass over the text. Pure code, no I/O.
 //!
 //! Players resolve segment URIs against the playlist URL and drop its query string, so a query
 //! token reaches segments only if the playlist carries it.
@@ -54,8 +55,11 @@ pub fn is_foreign(uri: &str) -> bool {
         && !scheme.contains('/')
 }
 
-/// Appends `param` (`name=value`, already encoded) to `uri` before any `#fragment`.
-/// `amp` is the separator to use when a query exists (`&` or `&amp;` inside XML).
+/// Adds `param` (`name=value`, already encoded) to the query of `uri`, before any
+/// `#fragment`: in place of the first parameter of that name the URI already has (a packager's
+/// own, stale token: segd and CDNs read the first one, so one appended after it would never
+/// count), the others of that name dropped; else at the end. `amp` is the query's separator
+/// (`&`, or `&amp;` inside XML).
 fn append(uri: &str, param: &str, amp: &str, out: &mut String) {
     if uri.is_empty() || is_foreign(uri) {
         out.push_str(uri);
@@ -65,9 +69,35 @@ fn append(uri: &str, param: &str, amp: &str, out: &mut String) {
         Some(i) => (&uri[..i], &uri[i..]),
         None => (uri, ""),
     };
-    out.push_str(base);
-    out.push_str(if base.contains('?') { amp } else { "?" });
-    out.push_str(param);
+    let name = param.split_once('=').map_or(param, |(n, _)| n);
+    match base.split_once('?') {
+        None => {
+            out.push_str(base);
+            out.push('?');
+            out.push_str(param);
+        }
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let mut placed = false;
+            for (i, pair) in query.split(amp).enumerate() {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let same = key == name;
+                if same && placed {
+                    continue;
+                }
+                if i > 0 {
+                    out.push_str(amp);
+                }
+                out.push_str(if same { param } else { pair });
+                placed |= same;
+            }
+            if !placed {
+                out.push_str(amp);
+                out.push_str(param);
+            }
+        }
+    }
     out.push_str(frag);
 }
 
@@ -295,6 +325,41 @@ mod tests {
             String::from_utf8(out).expect("utf8"),
             format!("\x03?{P}\t\n seg.ts?{P} \r\n")
         );
+    }
+
+    /// A URI that has the parameter already gets it replaced, not a second one after it that
+    /// nobody reads (acceptance F9); other parameters stay where they were.
+    #[test]
+    fn an_existing_token_parameter_is_replaced() {
+        for (uri, want) in [
+            ("seg8.ts?__token__=old", format!("seg8.ts?{P}")),
+            (
+                "seg8.ts?a=1&__token__=old&b=2",
+                format!("seg8.ts?a=1&{P}&b=2"),
+            ),
+            (
+                "seg8.ts?__token__=old&__token__=x#f",
+                format!("seg8.ts?{P}#f"),
+            ),
+            ("seg8.ts?__token__", format!("seg8.ts?{P}")),
+            ("seg8.ts?__token__x=1", format!("seg8.ts?__token__x=1&{P}")),
+            ("seg8.ts?", format!("seg8.ts?&{P}")),
+        ] {
+            let out = rewrite(Kind::Hls, format!("{uri}\n").as_bytes(), P);
+            assert_eq!(String::from_utf8(out).expect("utf8"), format!("{want}\n"));
+        }
+        let out = rewrite(
+            Kind::Dash,
+            b"<SegmentURL media=\"s.m4s?v=1&amp;__token__=old&amp;w=2\"/>",
+            P,
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            format!("<SegmentURL media=\"s.m4s?v=1&amp;{P}&amp;w=2\"/>")
+        );
+        // Not UTF-8 (RFC 8216 requires it): served as it is, never a panic.
+        let bad = b"#EXTM3U\nseg1.ts\n#EXT-X-PART:URI=\"\xff\xfe.ts\"\n";
+        assert_eq!(rewrite(Kind::Hls, bad, P), bad.to_vec());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!   or repeated Host → 400 and close
 //! - a request with a body → answered (405), then the connection is closed
 //! - HTTP/1.0 closes unless keep-alive is asked for; `Connection: close` is honoured
-//! - a client trickling its head (slowloris) gets 408 within header_read_timeout
+//! - a client trickling its head (slowloris) gets 408 within header_read_timeout, and so does
+//!   one trickling a GET's (discarded) body
 //! - a client that stops reading is disconnected after send_timeout
 //! - a file truncated while being sent never completes: the connection is reset mid-body
 //! - absolute-form targets: `OPTIONS http://host` is `OPTIONS *`, an empty path is `/`, the
@@ -381,6 +382,54 @@ fn trickled_h2_preface_is_cut_at_header_read_timeout() {
     }
     let cut = cut.expect("the connection outlived a 17 s preface");
     assert!(cut < Duration::from_secs(5), "cut after {cut:?}");
+}
+
+/// A body where one means nothing (a GET's), trickled a byte at a time, is read within one
+/// `header_read_timeout` in all, then 408 and close: it was timed per read, so a byte every
+/// few seconds held the connection unanswered for as long as 64 KiB took (acceptance F8).
+/// Sent at once, it is dropped and the GET answered.
+#[test]
+fn trickled_discarded_body_gets_408() {
+    let (_d, srv) = start("header_read_timeout = \"2s\"");
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let t0 = Instant::now();
+    s.write_all(
+        format!("GET {SEG} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n").as_bytes(),
+    )
+    .expect("head");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let cut = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no answer after {:?}",
+            t0.elapsed()
+        );
+        let _ = s.write_all(b"a");
+        match s.read(&mut buf) {
+            Ok(0) => break t0.elapsed(),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break t0.elapsed(),
+        }
+    };
+    assert_eq!(raw_status(&out), 408, "{}", String::from_utf8_lossy(&out));
+    assert!(cut < Duration::from_secs(5), "closed after {cut:?}");
+
+    let mut req = format!(
+        "GET {SEG} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    req.extend_from_slice(&[b'a'; 1000]);
+    let out = raw(srv.addr, &req, Duration::from_secs(5));
+    assert_eq!(
+        raw_status(&out),
+        200,
+        "{}",
+        String::from_utf8_lossy(&out[..out.len().min(200)])
+    );
 }
 
 /// A request line longer than the whole head may be is a target too long (414, RFC 9112

@@ -7,7 +7,8 @@
 //!   an HTTP/2 DELETE reset mid-body (removes nothing)
 //! - refusals that write nothing: tokens, method, path, type, preconditions, sizes, timeouts,
 //!   disconnects, malformed chunks, free space, upload slots, HTTP/2 trailers with pseudo-header
-//!   fields, a PUT onto a directory (409)
+//!   fields, a PUT onto a directory (409); failed uploads leave no directory made for them,
+//!   also when two shared a new one and the one that made it ended first
 //! - temp files from a crash removed at start-up; placement next to the asset's other objects
 //! - ffmpeg pushing live HLS (MPEG-TS and fMP4, with and without a persistent connection) and
 //!   DASH (POST, PUT, low-latency chunked), read back with ffprobe
@@ -2405,6 +2406,60 @@ async fn failed_uploads_leave_no_new_directories() {
     assert_eq!(r.status(), 201, "{r:?}");
     assert_eq!(read(&vol.join("live/n6/a/x.ts")), big);
 }
+/// Two uploads cut short in one new directory (both clients close mid-body): whichever ends
+/// first, the last to go takes the directory along. (When the one that made it ended first,
+/// the directory stayed, empty, and counted as a trace of the stream: acceptance F7.) A third
+/// that completes keeps it.
+#[tokio::test]
+async fn uploads_cut_short_in_one_new_directory_leave_it_not() {
+    let rig = Rig::start(&["disk1"], &[], "", |_| {});
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    std::fs::create_dir_all(vol.join("live")).expect("mkdir");
+    let before = tree(&vol);
+    let open = |path: &str| {
+        let mut s = connect(rig.srv.addr);
+        // Longer than one write buffer: placed (its directory made) before the body is read.
+        let head = format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 300000\r\n\r\n",
+            q(path, &tok)
+        );
+        s.write_all(head.as_bytes()).expect("head");
+        s.write_all(&[b'x'; 10]).expect("body");
+        s
+    };
+    for (case, maker_first) in [("ed1", true), ("ed2", false)] {
+        let a = open(&format!("/live/{case}/a.ts"));
+        let placed = eventually(Duration::from_secs(10), async || tmp_files(&vol).len() == 1).await;
+        assert!(placed, "{case}: the first upload made its directory");
+        let b = open(&format!("/live/{case}/b.ts"));
+        let placed = eventually(Duration::from_secs(10), async || tmp_files(&vol).len() == 2).await;
+        assert!(placed, "{case}: both uploads placed");
+        let (first, second) = if maker_first { (a, b) } else { (b, a) };
+        drop(first);
+        let one = eventually(Duration::from_secs(10), async || {
+            metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+        })
+        .await;
+        assert!(one, "{case}: the first ended");
+        assert!(vol.join("live").join(case).is_dir(), "{case}: still in use");
+        drop(second);
+        uploads_ended(&rig, case).await;
+        no_tmp_eventually(&vol, case).await;
+        assert_eq!(tree(&vol), before, "{case}: no directory left");
+    }
+    // One of them completing keeps it.
+    let a = open("/live/ed3/a.ts");
+    let placed = eventually(Duration::from_secs(10), async || tmp_files(&vol).len() == 1).await;
+    assert!(placed, "ed3: placed");
+    let r = curl_put(&rig.url(&q("/live/ed3/b.ts", &tok)), b"done", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    drop(a);
+    uploads_ended(&rig, "ed3").await;
+    no_tmp_eventually(&vol, "ed3").await;
+    assert_eq!(read(&vol.join("live/ed3/b.ts")), b"done");
+}
+
 #[tokio::test]
 async fn malformed_chunked_body_is_400() {
     let rig = Rig::start(&["disk1"], &[], "", |d| {

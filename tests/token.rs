@@ -2,7 +2,8 @@
 //! - accepted in each location: query, cookie, path-embedded (any character encoded), header
 //! - a CORS preflight allows the token's header location (the configured name)
 //! - `segd sign` mints the reference generator's tokens byte for byte (recorded vectors), with
-//!   `escape_early = true` its early-escaped ones too
+//!   `escape_early = true` its early-escaped ones too; its cookie command works as printed, also
+//!   for a token holding `;`, `'`, `"`
 //! - `escape_early = true`: the generator's early-escaped tokens (and the legacy form with an
 //!   escaped ACL) in all four places, raw, fully encoded and encoded only in part
 //! - every rejection reason answers a generic 403 and is counted under its metric label
@@ -11,7 +12,8 @@
 //!   (`client_ip_proxies` entries skipped), never an entry the viewer wrote
 //! - a player loading a path-form playlist URL resolves relative URIs that carry the token
 //! - forward and mint rewriting of the demo HLS-TS, HLS-fMP4 and DASH manifests: every URI in
-//!   the rewritten playlists is served 200 with no further token in hand
+//!   the rewritten playlists is served 200 with no further token in hand; a URI's own (stale)
+//!   token is replaced, not followed by a second one; a non-UTF-8 playlist is served as it is
 
 use segd::auth::edgeauth::{sign, SignSpec};
 use segd::auth::encode_token;
@@ -548,6 +550,45 @@ async fn forward_rewriting() {
     );
 }
 
+/// A playlist whose URI carries a token of its own (a packager's, stale) gets the forwarded
+/// one in its place, and the segment is then served: appended after it, the old one was read
+/// first (403, acceptance F9). A playlist that is not UTF-8 is served as it is (no panic).
+#[tokio::test]
+async fn forward_rewriting_replaces_a_uris_own_token() {
+    let (d, srv) = start("forward");
+    let dir = d.path().join("disk1/vod/fz");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("seg8.ts"), b"eight").expect("write");
+    std::fs::write(
+        dir.join("misc.m3u8"),
+        "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg8.ts?__token__=old\n#EXTINF:4,\nseg8.ts?a=1&__token__=old&__token__=older\n#EXT-X-ENDLIST\n",
+    )
+    .expect("write");
+    let bad: &[u8] =
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg8.ts\n#EXT-X-PART:DURATION=1,URI=\"\xff\xfe.ts\"\n#EXT-X-ENDLIST\n";
+    std::fs::write(dir.join("badutf.m3u8"), bad).expect("write");
+    let t = acl("/vod/*");
+    let q = format!("__token__={}", encode_token(&t));
+    let url = srv.url(&format!("/vod/fz/misc.m3u8?{q}"));
+    let r = get(&url, &[]).await;
+    assert_eq!(r.status, 200);
+    let uris = hls_uris(&r.text());
+    assert_eq!(
+        uris,
+        vec![format!("seg8.ts?{q}"), format!("seg8.ts?a=1&{q}")],
+        "{}",
+        r.text()
+    );
+    for u in &uris {
+        let r = get(&resolve(&url, u), &[]).await;
+        assert_eq!(r.status, 200, "{u}");
+        assert_eq!(r.text(), "eight");
+    }
+    let r = get(&srv.url(&format!("/vod/fz/badutf.m3u8?{q}")), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], bad);
+}
+
 #[tokio::test]
 async fn mint_rewriting() {
     let (_d, srv) = start("mint");
@@ -651,6 +692,59 @@ async fn sign_command_prints_working_urls() {
     let out = segd_sign(&srv.config, &["--acl", "/x/*", "--key-id", "nope"]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no active key with id \"nope\""));
+}
+
+/// The cookie command `segd sign` prints works as printed (run by a shell, with curl) when the
+/// token holds what a cookie value cannot (`;` ends it, `"`, `,`, space, `\\`) or the shell
+/// quoting cannot (`'`), from `--data` or `--id`: the cookie is then percent-encoded, which segd
+/// decodes once. (A raw `;` cut the token short: 403, acceptance F1.)
+#[tokio::test]
+async fn sign_cookie_command_works_as_printed() {
+    let (_d, srv) = start("forward");
+    let Some(curl) = find_program("curl", &[]) else {
+        panic!("curl is needed");
+    };
+    for extra in [
+        &["--data", "x=1;y=2"][..],
+        &["--id", "a;b"],
+        &["--data", "it's \"q\", a\\b"],
+        &["--data", "plain"],
+    ] {
+        let out = segd_sign(
+            &srv.config,
+            &[
+                &["--acl", "/vod/t1/*", "--path", "/vod/t1/hls/master.m3u8"],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cookie:"))
+            .map(|l| {
+                l.trim()
+                    .replace("http://127.0.0.1:0", &format!("http://{}", srv.addr))
+            })
+            .unwrap_or_else(|| panic!("no cookie: in\n{text}"));
+        let line = line.replacen("curl ", &format!("{} ", curl.display()), 1);
+        let run = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{line} -s -o /dev/null -w '%{{http_code}}'"))
+            .output()
+            .expect("sh");
+        assert_eq!(
+            String::from_utf8_lossy(&run.stdout),
+            "200",
+            "{extra:?}: {line}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
 }
 
 /// `segd sign` prints URLs that work as printed for a path that needs escaping in a URL (a

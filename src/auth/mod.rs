@@ -310,14 +310,24 @@ impl Auth {
 /// The request for `path` with `token` in each location segd accepts:
 /// (query URL, cookie header value, path-embedded URL). `base` is `http://host:port`; `path`
 /// is a URL path as an operator types it (`/vod/my mix/a.ts`, perhaps with a `?query`), its
-/// path part escaped here where a URL needs it (see [`encode_path`]).
+/// path part escaped here where a URL needs it (see [`encode_path`]). The cookie holds the
+/// token as it is when a cookie value can (RFC 6265 `cookie-octet`s; no `'`, which would end
+/// the shell quoting `segd sign` prints it in), else percent-encoded, which segd decodes once
+/// (a `;` from `data=` or `id=` would end the cookie: the token would be cut short).
 pub fn ready_urls(base: &str, name: &str, token: &str, path: &str) -> (String, String, String) {
     let enc = encode_token(token);
     let path = encode_target(path);
     let sep = if path.contains('?') { '&' } else { '?' };
+    let cookie_safe = token.bytes().all(
+        |b| matches!(b, 0x21 | 0x23..=0x26 | 0x28..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E),
+    );
     (
         format!("{base}{path}{sep}{name}={enc}"),
-        format!("{name}={token}"),
+        if cookie_safe {
+            format!("{name}={token}")
+        } else {
+            format!("{name}={enc}")
+        },
         format!("{base}/{name}={enc}{path}"),
     )
 }
@@ -417,6 +427,10 @@ mod tests {
         assert_eq!(q, "http://h/a%20b/x.ts?__token__=exp%3D1~hmac%3Dff");
         assert_eq!(c, "__token__=exp=1~hmac=ff");
         assert_eq!(p, "http://h/__token__=exp%3D1~hmac%3Dff/a%20b/x.ts");
+        let (_, c, _) = ready_urls("http://h", "t", "exp=1~data=x=1;y=2~hmac=ff", "/a");
+        assert_eq!(c, "t=exp%3D1~data%3Dx%3D1%3By%3D2~hmac%3Dff");
+        let (_, c, _) = ready_urls("http://h", "t", "exp=1~data=it's~hmac=ff", "/a");
+        assert_eq!(c, "t=exp%3D1~data%3Dit%27s~hmac%3Dff");
         let (q, _, _) = ready_urls("http://h", "t", "x", "/a b.m3u8?_HLS_msn=3");
         assert_eq!(q, "http://h/a%20b.m3u8?_HLS_msn=3&t=x");
     }

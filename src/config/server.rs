@@ -23,7 +23,8 @@ pub struct ServerConfig {
     pub blocking_threads: usize,
     /// How long SIGTERM waits for in-flight responses.
     pub drain_timeout: Duration,
-    /// A client must send a complete request head within this time.
+    /// A client must send a complete request head within this time (and a body where one
+    /// means nothing, a GET's, read and discarded, within this time again).
     pub header_read_timeout: Duration,
     /// An idle keep-alive connection is closed after this time.
     pub keepalive_timeout: Duration,

@@ -90,11 +90,18 @@ impl Record {
             Proto::H3 => 2,
         };
         let line = policy.access.enabled().then(|| {
-            // Never the token: the path-embedded segment is split off and the query not logged.
+            // Never the token: the path-embedded segment is split off, the query not logged,
+            // and a token segment anywhere else (a 400) redacted, as in the Referer.
+            let name = policy.auth.name();
             let path = log.path.unwrap_or_else(|| {
-                let raw = crate::auth::split_path_token(policy.auth.name(), req.path).path;
-                raw[..raw.len().min(1024)].to_string()
+                let raw = crate::auth::split_path_token(name, req.path).path;
+                let mut end = raw.len().min(1024);
+                while !raw.is_char_boundary(end) {
+                    end -= 1;
+                }
+                raw[..end].to_string()
             });
+            let path = crate::access::redact_path(name, &path);
             let header = |n: http::header::HeaderName| {
                 req.headers
                     .get(n)
@@ -112,7 +119,7 @@ impl Record {
                 key_id: log.key_id,
                 request_id: crate::access::request_id(req.headers),
                 user_agent: header(http::header::USER_AGENT),
-                referer: header(http::header::REFERER),
+                referer: header(http::header::REFERER).map(|r| crate::access::redact_url(name, &r)),
             })
         });
         Record {

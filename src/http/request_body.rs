@@ -255,9 +255,16 @@ impl<'a> RequestBody<'a> {
     }
 
     /// Reads the whole body and throws it away (a GET, HEAD or OPTIONS that carries one: legal,
-    /// meaningless, and it must be consumed for the next request on the connection).
+    /// meaningless, and it must be consumed for the next request on the connection), within
+    /// `timeout` in all: timed per read, a body trickled a byte at a time would hold the
+    /// connection, unanswered, for `limit` times `timeout` (a slowloris past the head's bound).
     pub async fn discard(&mut self, limit: u64, timeout: Duration) -> Result<(), Refusal> {
-        while self.next(limit, timeout).await?.is_some() {}
-        Ok(())
+        let all = async {
+            while self.next(limit, timeout).await?.is_some() {}
+            Ok(())
+        };
+        tokio::time::timeout(timeout, all)
+            .await
+            .unwrap_or(Err(Refusal::BodyTimeout))
     }
 }

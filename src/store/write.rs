@@ -10,6 +10,7 @@
 //! serves; the rename is atomic for readers (a reader that opened the old file keeps the old
 //! inode). Durable commit order, when asked: write → fsync(file) → rename → fsync(directory).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -213,17 +214,150 @@ pub struct TempFile {
     /// Its mtime was set by [`stamp`] (sealed): the commit keeps it, since the sealed
     /// metadata (and ETag) already went out, to a write-through bucket.
     stamped: bool,
-    /// The directories made for it, removed again if it is dropped uncommitted.
-    made: Option<Made>,
+    /// The made directories it uses (see [`Claim`]), released when it is committed or dropped.
+    claim: Option<Claim>,
 }
 
-/// Directories a [`TempFile`] needed made: `rel_dir`'s components from `first` on. If the file
-/// is never committed, those still empty are removed (deepest first), so a failed upload
-/// leaves no trace; a directory another upload has put a file in meanwhile stays.
-struct Made {
+/// Directories made for temporary files that are neither committed nor dropped yet, by volume
+/// root (its device and inode) and path beneath it, each with how many such files use it
+/// (live in it or below it). The last file of a made directory to go uncommitted removes it
+/// when it is empty, whichever file made it: two uploads cut short in a new directory, the one
+/// that made it ending first, leave nothing behind (the first found the second's file there).
+/// A directory that was there before no upload ever enters the map, and so is never removed
+/// by one (a DELETE prunes what it empties, a separate rule).
+///
+/// The map's lock is held while a walk makes directories and enters them, while a walk that
+/// found its directory existing claims the entries on its path (before its file is created),
+/// and while a release removes directories: a release that finds a directory unclaimed and
+/// empty removes it before any other walk can claim it, and a walk that found it just before
+/// then cannot create its file in it (`ENOENT`: it walks again, making it anew). Nothing is
+/// ever removed that holds a file, and the beneath rules of [`Dir`] apply to every step.
+static MADE: std::sync::LazyLock<std::sync::Mutex<HashMap<MadeKey, usize>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A volume root (device, inode) and a directory's path beneath it.
+type MadeKey = (u64, u64, String);
+
+fn made_map() -> std::sync::MutexGuard<'static, HashMap<MadeKey, usize>> {
+    MADE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The made directories (entries of [`MADE`]) one temporary file uses: the components of
+/// `rel_dir` at the indices `comps`, in path order.
+struct Claim {
     root: OwnedFd,
+    dev: u64,
+    ino: u64,
     rel_dir: String,
-    first: usize,
+    comps: Vec<usize>,
+}
+
+impl Claim {
+    /// Walks to `rel_dir` beneath `root`, making missing components, and claims every made
+    /// directory on the way: those this walk made (entered in [`MADE`]) and those other
+    /// files' walks made that are still in use. `None` when there is none to claim.
+    fn walk(root: BorrowedFd<'_>, rel_dir: &str) -> io::Result<(Dir, Option<Claim>)> {
+        let whole = if rel_dir.is_empty() { "." } else { rel_dir };
+        // The usual case: the directory exists and no made directory is in use anywhere.
+        let found = match open_beneath(root, whole) {
+            Ok(fd) => Some(Dir { fd }),
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let mut map = made_map();
+        let (dir, made) = match found {
+            Some(d) if map.is_empty() => return Ok((d, None)),
+            Some(d) => (d, None),
+            // Made (and entered) under the lock: a walk that finds one of them finds its entry.
+            None => Dir::walk(root, rel_dir, true)?,
+        };
+        let st = rustix::fs::fstat(root)?;
+        let (dev, ino) = (st.st_dev, st.st_ino);
+        let comps_all: Vec<&str> = rel_dir.split('/').filter(|c| !c.is_empty()).collect();
+        let mut comps = Vec::new();
+        for i in 0..comps_all.len() {
+            let key = (dev, ino, comps_all[..=i].join("/"));
+            let made_here = made.is_some_and(|first| i >= first);
+            match map.get_mut(&key) {
+                Some(n) => *n += 1,
+                None if made_here => {
+                    map.insert(key, 1);
+                }
+                None => continue,
+            }
+            comps.push(i);
+        }
+        drop(map);
+        if comps.is_empty() {
+            return Ok((dir, None));
+        }
+        let root = match root.try_clone_to_owned() {
+            Ok(r) => r,
+            Err(e) => {
+                // Without a descriptor of the root nothing can be removed later: give the
+                // claims back now (the directories then stay, empty, if the file fails).
+                Claim::release_entries(dev, ino, &comps_all, &comps);
+                return Err(e);
+            }
+        };
+        Ok((
+            dir,
+            Some(Claim {
+                root,
+                dev,
+                ino,
+                rel_dir: rel_dir.to_owned(),
+                comps,
+            }),
+        ))
+    }
+
+    /// Gives the claims back; the directories no other file uses any more are removed when
+    /// `remove` (the file was not committed) and they are empty, deepest first.
+    fn release(self, remove: bool) {
+        let comps_all: Vec<&str> = self.rel_dir.split('/').filter(|c| !c.is_empty()).collect();
+        let mut map = made_map();
+        let free = Claim::release_entries_in(&mut map, self.dev, self.ino, &comps_all, &self.comps);
+        if remove {
+            for depth in free.into_iter().rev() {
+                let Ok(parent) = Dir::open(&self.root, &comps_all[..depth].join("/"), false) else {
+                    break;
+                };
+                if parent.rmdir(comps_all[depth]).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(map);
+    }
+
+    fn release_entries(dev: u64, ino: u64, comps_all: &[&str], comps: &[usize]) {
+        Claim::release_entries_in(&mut made_map(), dev, ino, comps_all, comps);
+    }
+
+    /// Decrements the entries of `comps`; returns those no file uses any more (removed from
+    /// the map), in path order.
+    fn release_entries_in(
+        map: &mut HashMap<MadeKey, usize>,
+        dev: u64,
+        ino: u64,
+        comps_all: &[&str],
+        comps: &[usize],
+    ) -> Vec<usize> {
+        let mut free = Vec::new();
+        for &i in comps {
+            let key = (dev, ino, comps_all[..=i].join("/"));
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                    free.push(i);
+                }
+            }
+        }
+        free
+    }
 }
 
 /// How many times [`TempFile::create`] walks to its directory again after finding it removed.
@@ -238,54 +372,44 @@ impl TempFile {
             file: Some(file),
             written: 0,
             stamped: false,
-            made: None,
+            claim: None,
         })
     }
 
     /// A new temporary file in the directory `rel_dir` beneath `root`, making missing
     /// directories; `check` looks at the directory first and may refuse it. A DELETE removes
-    /// the directories it leaves empty, and may remove this one between the walk and the
-    /// file's creation: nothing can be created in a removed directory (`ENOENT`, from `mkdirat`
-    /// or `openat`), so the walk is made again (making the directory anew), a few times.
+    /// the directories it leaves empty (and the last file of a made directory to fail, see
+    /// [`MADE`]), and may remove this one between the walk and the file's creation: nothing
+    /// can be created in a removed directory (`ENOENT`, from `mkdirat` or `openat`), so the
+    /// walk is made again (making the directory anew), a few times.
     pub fn create(
         root: impl AsFd,
         rel_dir: &str,
         check: impl Fn(&Dir) -> io::Result<()>,
     ) -> io::Result<TempFile> {
         let mut retries = 0;
-        // The first component any walk made (one made and pruned by a DELETE, then made
-        // again, counts).
-        let mut first_made: Option<usize> = None;
         loop {
-            let temp = Dir::walk(root.as_fd(), rel_dir, true).and_then(|(d, made)| {
-                if let Some(i) = made {
-                    first_made = Some(first_made.map_or(i, |f| f.min(i)));
-                }
+            let mut claim = None;
+            let temp = Claim::walk(root.as_fd(), rel_dir).and_then(|(d, c)| {
+                claim = c;
                 check(&d)?;
                 TempFile::new(d)
             });
             match temp {
-                Err(e)
-                    if e.raw_os_error() == Some(libc::ENOENT) && retries < REMOVED_DIR_RETRIES =>
-                {
-                    retries += 1;
+                Ok(mut t) => {
+                    t.claim = claim;
+                    return Ok(t);
                 }
                 Err(e) => {
-                    if let Some(first) = first_made {
-                        remove_empty(root.as_fd(), rel_dir, first);
+                    // What this walk made goes again, unless another file uses it.
+                    if let Some(c) = claim {
+                        c.release(true);
+                    }
+                    if e.raw_os_error() == Some(libc::ENOENT) && retries < REMOVED_DIR_RETRIES {
+                        retries += 1;
+                        continue;
                     }
                     return Err(e);
-                }
-                Ok(mut t) => {
-                    if let Some(first) = first_made {
-                        // Without a descriptor of the root, the directories stay (empty).
-                        t.made = root.as_fd().try_clone_to_owned().ok().map(|root| Made {
-                            root,
-                            rel_dir: rel_dir.to_owned(),
-                            first,
-                        });
-                    }
-                    return Ok(t);
                 }
             }
         }
@@ -434,14 +558,17 @@ fn stamp(f: &File) -> io::Result<()> {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.name.is_empty() {
+        let uncommitted = !self.name.is_empty();
+        if uncommitted {
             self.file = None;
             if let Err(e) = self.dir.unlink(&self.name) {
                 tracing::warn!(error = %e, file = %self.name, "cannot remove a temporary file");
             }
-            if let Some(m) = &self.made {
-                remove_empty(m.root.as_fd(), &m.rel_dir, m.first);
-            }
+        }
+        // The made directories it used: removed when it was the last to use them and was not
+        // committed, if empty.
+        if let Some(c) = self.claim.take() {
+            c.release(uncommitted);
         }
     }
 }
@@ -629,6 +756,44 @@ mod tests {
         assert_eq!(pruned.get(), 2);
         t.commit("x.ts", false).expect("commit");
         assert!(root.path().join("live/show/a/x.ts").is_file());
+    }
+
+    /// Two files in a new directory, the one that made it dropped first: the last to go
+    /// removes it (it used to stay, empty: acceptance F7). A directory that was there before
+    /// stays; one that holds a committed file stays.
+    #[test]
+    fn the_last_file_of_a_made_directory_removes_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = open_root(root.path());
+        std::fs::create_dir_all(root.path().join("live/old")).expect("mkdir");
+        for (first, second) in [("live/new/a", "live/new/a"), ("live/new/a", "live/new/b/c")] {
+            let a = TempFile::create(&rootfd, first, |_| Ok(())).expect("temp a");
+            let b = TempFile::create(&rootfd, second, |_| Ok(())).expect("temp b");
+            drop(a);
+            assert!(root.path().join(second).is_dir(), "b still uses it");
+            drop(b);
+            assert!(!root.path().join("live/new").exists(), "{first} {second}");
+            assert!(root.path().join("live/old").is_dir());
+        }
+        // The other order, and a file committed by one of them.
+        let a = TempFile::create(&rootfd, "live/new/a", |_| Ok(())).expect("temp a");
+        let b = TempFile::create(&rootfd, "live/new/a", |_| Ok(())).expect("temp b");
+        drop(b);
+        drop(a);
+        assert!(!root.path().join("live/new").exists());
+        let a = TempFile::create(&rootfd, "live/new/a", |_| Ok(())).expect("temp a");
+        let b = TempFile::create(&rootfd, "live/new/a", |_| Ok(())).expect("temp b");
+        b.commit("x.ts", false).expect("commit");
+        drop(a);
+        assert!(root.path().join("live/new/a/x.ts").is_file());
+        // Files in a directory that was there before never remove it.
+        let a = TempFile::create(&rootfd, "live/old", |_| Ok(())).expect("temp a");
+        drop(a);
+        assert!(root.path().join("live/old").is_dir());
+        assert!(made_map()
+            .keys()
+            .all(|k| k.0 != rustix::fs::fstat(&rootfd).expect("stat").st_dev
+                || k.1 != rustix::fs::fstat(&rootfd).expect("stat").st_ino));
     }
 
     /// A temporary file dropped uncommitted takes the directories made for it along, when
