@@ -226,12 +226,15 @@ pub struct TempFile {
 /// A directory that was there before no upload ever enters the map, and so is never removed
 /// by one (a DELETE prunes what it empties, a separate rule).
 ///
-/// The map's lock is held while a walk makes directories and enters them, while a walk that
-/// found its directory existing claims the entries on its path (before its file is created),
-/// and while a release removes directories: a release that finds a directory unclaimed and
-/// empty removes it before any other walk can claim it, and a walk that found it just before
-/// then cannot create its file in it (`ENOENT`: it walks again, making it anew). Nothing is
-/// ever removed that holds a file, and the beneath rules of [`Dir`] apply to every step.
+/// No system call runs under the map's lock (a disk that hangs in `mkdirat` or `rmdir` must
+/// stall only the uploads to its own volume): a walk makes what is missing, then enters what
+/// it made and claims the entries on its path, before its file is created; a release gives its
+/// claims back under the lock and then removes, deepest first, the empty directories nobody
+/// uses any more. A walk that found such a directory just before it went cannot create its
+/// file in it (`ENOENT`: it walks again, making it anew); one that found a directory made by a
+/// walk not yet entered takes it as one that was there before (if both uploads then fail, it
+/// stays: the narrow case left). Nothing is ever removed that holds a file (`rmdir` of a
+/// non-empty directory fails), and the beneath rules of [`Dir`] apply to every step.
 static MADE: std::sync::LazyLock<std::sync::Mutex<HashMap<MadeKey, usize>>> =
     std::sync::LazyLock::new(Default::default);
 
@@ -265,16 +268,22 @@ impl Claim {
             Err(rustix::io::Errno::NOENT) => None,
             Err(e) => return Err(e.into()),
         };
-        let mut map = made_map();
+        let found = match found {
+            Some(d) if made_map().is_empty() => return Ok((d, None)),
+            other => other,
+        };
+        // No system call runs under the map's lock: a volume whose disk hangs in `mkdirat` or
+        // `rmdir` must not stall the uploads to the others. Directories this walk makes are
+        // entered just after; a release that removes one of them meanwhile (empty, unclaimed)
+        // makes this file's creation fail with `ENOENT`, and the walk is made again.
         let (dir, made) = match found {
-            Some(d) if map.is_empty() => return Ok((d, None)),
             Some(d) => (d, None),
-            // Made (and entered) under the lock: a walk that finds one of them finds its entry.
             None => Dir::walk(root, rel_dir, true)?,
         };
         let st = rustix::fs::fstat(root)?;
         let (dev, ino) = (st.st_dev, st.st_ino);
         let comps_all: Vec<&str> = rel_dir.split('/').filter(|c| !c.is_empty()).collect();
+        let mut map = made_map();
         let mut comps = Vec::new();
         for i in 0..comps_all.len() {
             let key = (dev, ino, comps_all[..=i].join("/"));
@@ -317,8 +326,10 @@ impl Claim {
     /// `remove` (the file was not committed) and they are empty, deepest first.
     fn release(self, remove: bool) {
         let comps_all: Vec<&str> = self.rel_dir.split('/').filter(|c| !c.is_empty()).collect();
-        let mut map = made_map();
-        let free = Claim::release_entries_in(&mut map, self.dev, self.ino, &comps_all, &self.comps);
+        let free = Claim::release_entries(self.dev, self.ino, &comps_all, &self.comps);
+        // Outside the map's lock (see `walk`): a walk that finds one of these directories
+        // before it goes takes it as one that was there before, and one whose file creation
+        // comes after it goes walks again.
         if remove {
             for depth in free.into_iter().rev() {
                 let Ok(parent) = Dir::open(&self.root, &comps_all[..depth].join("/"), false) else {
@@ -329,11 +340,10 @@ impl Claim {
                 }
             }
         }
-        drop(map);
     }
 
-    fn release_entries(dev: u64, ino: u64, comps_all: &[&str], comps: &[usize]) {
-        Claim::release_entries_in(&mut made_map(), dev, ino, comps_all, comps);
+    fn release_entries(dev: u64, ino: u64, comps_all: &[&str], comps: &[usize]) -> Vec<usize> {
+        Claim::release_entries_in(&mut made_map(), dev, ino, comps_all, comps)
     }
 
     /// Decrements the entries of `comps`; returns those no file uses any more (removed from
