@@ -26,7 +26,9 @@
 //! `header_read_timeout` of its first byte is 408. hyper's own head timer, which counts from
 //! when it starts waiting, idle time included (it closed idle TLS connections after
 //! `header_read_timeout`, not `keepalive_timeout`), runs [`HYPER_BACKSTOP`] past both on these
-//! connections, so the gate always decides first; it still bounds heads after a chunked body.
+//! connections, so the gate always decides first. After a chunked body the connection is
+//! hyper's: a head trickled there is cut by the connection's idle watch at `keepalive_timeout`
+//! after the last answer (`conn_watch`), not at `header_read_timeout`.
 
 use std::future::Future;
 use std::io;
