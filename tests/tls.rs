@@ -1082,4 +1082,42 @@ async fn idle_tls_connection_is_kept_for_keepalive_timeout() {
             "{alpn}: closed after {idle:?} idle (keepalive_timeout 4 s)"
         );
     }
+    // A reload that raises keepalive_timeout holds for connections accepted after it (hyper's
+    // own timer was set from the start-up values: 4 + 1 + 1 s).
+    let cfg = std::fs::read_to_string(&srv.config).expect("config");
+    std::fs::write(
+        &srv.config,
+        cfg.replace("keepalive_timeout = \"4s\"", "keepalive_timeout = \"9s\""),
+    )
+    .expect("write config");
+    srv.signal(libc::SIGHUP);
+    srv.log_with(&["configuration reloaded"]);
+    let c = pki.client(&[&rustls::version::TLS13], H1);
+    let mut tls = connect(&srv, &c).await;
+    tls.write_all(get.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 1 << 20];
+    let n = tls.read(&mut buf).await.expect("read");
+    assert_eq!(raw_status(&buf[..n]), 200);
+    // Drain the rest of the answer, then idle past the old limits.
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if tls.read(&mut buf).await.map_or(true, |n| n == 0) {
+                break;
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    tls.write_all(get.as_bytes())
+        .await
+        .expect("write after 6.5 s idle");
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    assert!(
+        n > 0,
+        "closed after 6.5 s idle, keepalive_timeout reloaded to 9 s"
+    );
+    assert_eq!(raw_status(&buf[..n]), 200);
 }

@@ -46,7 +46,9 @@ pub use ingest::{Durability, IngestConfig, WriteThrough};
 pub use live::LiveConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
 pub use pull::{PullConfig, Secret, UpstreamConfig, UpstreamKind};
-pub use server::{ServerConfig, DEFAULT_MAX_CONNECTIONS};
+pub use server::{
+    ServerConfig, DEFAULT_MAX_CONNECTIONS, HEADER_READ_TIMEOUT_MAX, KEEPALIVE_TIMEOUT_MAX,
+};
 pub use tls::{QuicRetry, SniCert, TlsConfig};
 pub use token::{PlaylistTokens, TokenAlgorithm, TokenConfig, TokenKey};
 pub use types::BUILTIN_TYPES;

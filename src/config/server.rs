@@ -12,6 +12,12 @@ use super::fields::Section;
 /// start: only an explicit value that does not fit is worth a warning).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 
+/// The largest `header_read_timeout` and `keepalive_timeout` a config may set (what a reload
+/// can raise them to: hyper's own head timer on TLS connections runs past both, see
+/// `http::h1::HYPER_BACKSTOP`).
+pub const HEADER_READ_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+pub const KEEPALIVE_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Plaintext listeners: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
@@ -150,8 +156,18 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
         workers,
         blocking_threads,
         drain_timeout: s.duration("drain_timeout", secs(30), secs(0), secs(3600)),
-        header_read_timeout: s.duration("header_read_timeout", secs(10), ms(100), secs(600)),
-        keepalive_timeout: s.duration("keepalive_timeout", secs(60), ms(100), secs(3600)),
+        header_read_timeout: s.duration(
+            "header_read_timeout",
+            secs(10),
+            ms(100),
+            HEADER_READ_TIMEOUT_MAX,
+        ),
+        keepalive_timeout: s.duration(
+            "keepalive_timeout",
+            secs(60),
+            ms(100),
+            KEEPALIVE_TIMEOUT_MAX,
+        ),
         send_timeout: s.duration("send_timeout", secs(30), secs(1), secs(3600)),
         max_connections: s.int(
             "max_connections",

@@ -172,13 +172,11 @@ pub(super) async fn accept_tls(
     // HTTP/1.1 heads are checked by segd's parser before hyper reads them (`h1::HeadGate`),
     // which keeps an idle connection for `keepalive_timeout` and answers a head not complete
     // within `header_read_timeout` of its first byte itself. hyper's own timer counts idle time
-    // too: it runs past both, so the gate decides first.
+    // too: it runs past the largest both may be reloaded to, so the gate decides first.
     let gated = {
         let mut b = (*builder).clone();
-        let server = &shared.load().config.server;
-        b.http1().header_read_timeout(
-            server.keepalive_timeout + server.header_read_timeout + crate::http::h1::HYPER_BACKSTOP,
-        );
+        b.http1()
+            .header_read_timeout(crate::http::h1::HYPER_BACKSTOP);
         b
     };
     // The protocol ALPN chose is the one spoken (RFC 9113 §3.3): HTTP/2 only after `h2`,

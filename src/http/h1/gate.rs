@@ -25,8 +25,9 @@
 //! for `keepalive_timeout` just ends (idle), and a head not complete within
 //! `header_read_timeout` of its first byte is 408. hyper's own head timer, which counts from
 //! when it starts waiting, idle time included (it closed idle TLS connections after
-//! `header_read_timeout`, not `keepalive_timeout`), runs [`HYPER_BACKSTOP`] past both on these
-//! connections, so the gate always decides first. After a chunked body the connection is
+//! `header_read_timeout`, not `keepalive_timeout`), is [`HYPER_BACKSTOP`] on these
+//! connections, past the largest both may be set to, so the gate always decides first, also
+//! after a reload that raised them (the gate takes the values current when it accepts). After a chunked body the connection is
 //! hyper's: a head trickled there is cut by the connection's idle watch at `keepalive_timeout`
 //! after the last answer (`conn_watch`), not at `header_read_timeout`.
 
@@ -45,9 +46,13 @@ use super::answer::{screen, Answer};
 use super::parse::{try_parse, Framing, HeadError, Limits};
 use super::H2_PREFACE;
 
-/// How much longer than `header_read_timeout` hyper's own head timer runs on gated
-/// connections (see the module doc).
-pub const HYPER_BACKSTOP: Duration = Duration::from_secs(1);
+/// hyper's own head timer on gated connections (see the module doc): past the largest
+/// `keepalive_timeout` and `header_read_timeout` together.
+pub const HYPER_BACKSTOP: Duration = Duration::from_secs(
+    crate::config::KEEPALIVE_TIMEOUT_MAX.as_secs()
+        + crate::config::HEADER_READ_TIMEOUT_MAX.as_secs()
+        + 1,
+);
 
 /// How long, and how many bytes, unread request bytes are drained after an answer.
 const LINGER: Duration = Duration::from_secs(2);
