@@ -197,6 +197,7 @@ async fn put(
         metrics: Arc::clone(&cx.rt.metrics),
         registry: Arc::clone(&cx.rt.live),
         key: canonical,
+        manifest,
     };
     let done = match body.detach() {
         Ok(body) => {
@@ -258,6 +259,8 @@ struct Receive {
     metrics: Arc<Metrics>,
     registry: Arc<crate::live::Registry>,
     key: String,
+    /// The upload is a live DASH manifest (what it keeps in memory is one, see [`Kept`]).
+    manifest: bool,
 }
 
 impl Receive {
@@ -293,7 +296,7 @@ impl Receive {
         // refused: the stream keeps its newest version ([`Snapshot::behind`],
         // [`crate::live::Registry::mpd_behind`]).
         let version = upload.kept().map(|text| {
-            if self.key.to_ascii_lowercase().ends_with(".mpd") {
+            if self.manifest {
                 Kept::Mpd(crate::live::mpd_is_static(text))
             } else {
                 let unknown = HeaderValue::from_static("");
