@@ -1605,6 +1605,23 @@ impl Pull {
         Some((fill, true))
     }
 
+    /// Tells a fill's waiters how it ended, and takes it out of the fills in flight in the
+    /// same step: a request that comes later joins no fill that has ended. (It used to, until
+    /// the fill's task got round to leaving: on a busy machine a request after the object was
+    /// replaced upstream was given the ended fill's validators, so its bytes were refused as
+    /// another object's, a 502.) A fill that has a body ([`Outcome::Body`]) is still joined
+    /// while it runs: its waiters read what it writes.
+    fn conclude(&self, rel: &RelPath, fill: &Fill, outcome: Outcome) {
+        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if fills
+            .get(rel.as_str())
+            .is_some_and(|f| std::ptr::eq(Arc::as_ptr(f), fill))
+        {
+            fills.remove(rel.as_str());
+        }
+        fill.outcome.send_replace(Some(outcome));
+    }
+
     async fn run_fill(
         &self,
         local: &Arc<Local>,
@@ -1687,7 +1704,7 @@ impl Pull {
                             self.remember(rel.as_str().to_owned(), Arc::new(m));
                         }
                     }
-                    fill.outcome.send_replace(Some(Outcome::Revalidated));
+                    self.conclude(rel, fill, Outcome::Revalidated);
                     return;
                 }
                 StatusCode::NOT_FOUND | StatusCode::GONE => {
@@ -1721,8 +1738,7 @@ impl Pull {
                             local.forget_in(vol, rel.as_str());
                         }
                     }
-                    fill.outcome
-                        .send_replace(Some(Outcome::NotFound { gone, until }));
+                    self.conclude(rel, fill, Outcome::NotFound { gone, until });
                     return;
                 }
                 // A bucket says why in its error body (wrong secret, clock skew, access
@@ -1744,8 +1760,7 @@ impl Pull {
                 }
             }
         }
-        fill.outcome
-            .send_replace(Some(Outcome::Failed { timeout, rest }));
+        self.conclude(rel, fill, Outcome::Failed { timeout, rest });
     }
 
     /// Whether an upstream serves `canonical` (a path no local tier holds is pulled).
@@ -2123,13 +2138,14 @@ impl Pull {
             Ok(Err(e)) => {
                 let timed_out = std::error::Error::source(&e)
                     .is_some_and(|s| s.to_string().contains("timed out"));
+                // The log says why, not just "client error (SendRequest)".
                 Err(io::Error::new(
                     if timed_out {
                         io::ErrorKind::TimedOut
                     } else {
                         io::ErrorKind::ConnectionRefused
                     },
-                    e,
+                    with_causes(&e),
                 ))
             }
             Err(_) => Err(io::Error::from(io::ErrorKind::TimedOut)),
@@ -2214,8 +2230,7 @@ impl Pull {
         if len.is_some_and(|l| l > self.max_bytes) {
             let meta = Arc::new(meta);
             self.too_large(rel, &meta, upstream, storable, fill);
-            fill.outcome
-                .send_replace(Some(Outcome::Oversize(meta, upstream.to_owned())));
+            self.conclude(rel, fill, Outcome::Oversize(meta, upstream.to_owned()));
             return true;
         }
         let Some(vol) = local
@@ -2223,10 +2238,11 @@ impl Pull {
             .cache_volume()
             .and_then(|i| local.volumes.get(i))
         else {
-            fill.outcome.send_replace(Some(Outcome::Failed {
+            let failed = Outcome::Failed {
                 timeout: false,
                 rest: None,
-            }));
+            };
+            self.conclude(rel, fill, failed);
             return false;
         };
         // A path whose directory is a cached file (`/v/movie.mp4` and `/v/movie.mp4/index.m3u8`,
@@ -2255,10 +2271,11 @@ impl Pull {
             }
         };
         if temp.is_none() && len.is_some_and(|l| l > PASS_MEMORY) {
-            fill.outcome.send_replace(Some(Outcome::Failed {
+            let failed = Outcome::Failed {
                 timeout: false,
                 rest: None,
-            }));
+            };
+            self.conclude(rel, fill, failed);
             return false;
         }
         let key = rel.as_str().to_owned();
@@ -2598,11 +2615,44 @@ async fn s3_error(resp: http::Response<hyper::body::Incoming>, conf: &Conf) -> S
 
 /// Whether a request failed because its connection closed before any of the response came
 /// (hyper: an incomplete message on a connection it had reused, or one it canceled).
+/// An error and what caused it, on one line: `client error (SendRequest): connection closed
+/// before message completed`.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Whether a request failed because its connection was closed before any byte of an answer
+/// came: closed (EOF), or reset (the request reached a socket the peer had closed: RST, nginx's
+/// way after a 412), or cancelled before it went out. Such a request may be sent again when
+/// it is idempotent. A connection that could not be made at all is not this.
 pub(crate) fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled();
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            );
         }
         source = s.source();
     }
@@ -2708,6 +2758,53 @@ fn object(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fill that has ended is out of the fills in flight the moment its waiters are told:
+    /// the request after it starts its own fill rather than being handed the ended one's
+    /// answer (an object replaced since, under the old validators).
+    #[test]
+    fn an_ended_fill_is_not_joined() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[[volumes]]\npath = \"{v}\"\n[pull]\ncache_path = \"{c}\"\n[[pull.upstreams]]\nname = \"o\"\nurl = \"http://127.0.0.1:9\"\nprefixes = [\"/vod/\"]\n",
+            v = dir.path().display(),
+            c = dir.path().join("cache").display(),
+        );
+        let config =
+            Config::parse(&text, std::path::Path::new("/etc/segd/t.toml")).expect("config");
+        let metrics = Metrics::new().expect("metrics");
+        let pull = Pull::new(&config, &metrics)
+            .expect("pull")
+            .expect("configured");
+        let rel = crate::volumes::path::sanitize("/vod/a/b.ts").expect("path");
+        let outcomes = [
+            Outcome::Oversize(Arc::new(Meta::default()), "o".to_owned()),
+            Outcome::Failed {
+                timeout: false,
+                rest: None,
+            },
+            Outcome::Revalidated,
+            Outcome::NotFound {
+                gone: false,
+                until: None,
+            },
+        ];
+        for outcome in outcomes {
+            let fill = Arc::new(Fill {
+                outcome: watch::Sender::new(None),
+                void: std::sync::atomic::AtomicBool::new(false),
+            });
+            let lock = || pull.fills.lock().unwrap_or_else(|p| p.into_inner());
+            lock().insert(rel.as_str().to_owned(), Arc::clone(&fill));
+            let rx = fill.outcome.subscribe();
+            pull.conclude(&rel, &fill, outcome);
+            assert!(rx.borrow().is_some(), "the waiters are told");
+            assert!(
+                lock().get(rel.as_str()).is_none(),
+                "no later request joins it"
+            );
+        }
+    }
 
     /// A bucket's error body gives the log its code and message, on one bounded line.
     #[test]

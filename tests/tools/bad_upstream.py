@@ -45,6 +45,8 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/race/…     keep-alive, then the next request on that connection is read and
                               the connection closed with no answer (a keep-alive timeout firing
                               as the request arrives)
+              /vod/reset/…    the same, but the connection is reset (RST, not FIN): an
+                              origin that closed its end while the request was on its way
               anything else   200 with Content-Length, no validators; playlists
                               `Cache-Control: max-age=30`
               In this mode each request also logs `accept-encoding TARGET VALUE` (`-`: none).
@@ -56,6 +58,7 @@ import argparse
 import os
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -100,6 +103,12 @@ def mixed(sock, method, target, lines, state):
     kind = path.split("/")[2] if path.count("/") >= 3 else ""
     if kind == "race" and state.get("served"):
         return False  # the request was read: close without a byte of answer
+    if kind == "reset" and state.get("served"):
+        # Reset, not closed: SO_LINGER 0 makes close() send RST (the server's shutdown of the
+        # closed socket after this fails quietly).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        return False
     if kind == "cc":
         cc = path.split("/")[3].replace("~", ",").replace("_", " ")
         inm = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("if-none-match:")), None)
