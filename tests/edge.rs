@@ -2722,6 +2722,91 @@ async fn edge_full_cache_disk_passes_fills_through() {
     assert!(edge.cache_path().join(&SEG[1..]).is_file());
 }
 
+/// A cache disk that fills up in the middle of the fill of an object too large to pass
+/// through in memory (over 64 MiB): its viewers are not cut when the fill runs out of memory
+/// but finish from the upstream (the rest of the object, `If-Match` the fill's ETag), and the
+/// viewers after them pass through, Range forwarded, rather than start fills the disk cannot
+/// take. Every viewer of such an object used to be cut after about 64 MiB, on every retry.
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn edge_cache_disk_full_in_a_large_fill_costs_no_viewer() {
+    const HUGE: &str = "/vod/huge/mix.ts";
+    // 32 MB/s: the fill takes about three seconds, the disk fills up half a second in.
+    let nginx = Nginx::start_with("location /vod/huge/ { limit_rate 32m; }");
+    let want: Vec<u8> = (0..100).flat_map(|k| pattern(1 << 20, 500 + k)).collect();
+    publish(&nginx.root(), HUGE, &want);
+    let edge = Edge::start(
+        &keys(&[("max_bytes", "\"1GiB\"")]),
+        &[http_upstream("nginx", &nginx.base(), "")],
+    );
+    let viewers: Vec<_> = [false, true]
+        .into_iter()
+        .map(|h2| {
+            let url = edge.url(HUGE);
+            tokio::spawn(async move { (h2, fetch("GET", &url, &[], h2).await) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let trigger = edge.cache_path().join(".segd-fault-enospc");
+    std::fs::write(&trigger, b"").expect("trigger");
+    for v in viewers {
+        let (h2, r) = v.await.expect("viewer");
+        let r = r.unwrap_or_else(|e| panic!("h2={h2}: {e}\n{}", edge.srv.stderr()));
+        assert!(
+            r.status == 200
+                && r.body
+                    .as_ref()
+                    .is_ok_and(|b| b.len() == want.len() && b.as_ref() == want.as_slice()),
+            "h2={h2}: {} {:?} body {:?}\n{}",
+            r.status,
+            r.headers,
+            r.body.as_ref().map(|b| b.len()),
+            edge.srv.stderr()
+        );
+    }
+    assert!(
+        edge.srv
+            .stderr()
+            .contains("the pull cache cannot take new objects"),
+        "the disk was full during the fill"
+    );
+    // The viewers after: passed through, whole and by range, while the disk is still full.
+    let r = must("GET", &edge.url(HUGE), &[], false).await;
+    assert!(
+        r.status == 200 && r.bytes() == want.as_slice(),
+        "{:?}",
+        r.headers
+    );
+    let range = [("range", "bytes=90000000-90000999")];
+    let r = must("GET", &edge.url(HUGE), &range, true).await;
+    assert!(
+        r.status == 206 && r.bytes() == &want[90_000_000..90_001_000],
+        "{:?}",
+        r.headers
+    );
+    assert!(
+        !edge.cache_path().join(&HUGE[1..]).exists(),
+        "nothing of it kept while the disk is full"
+    );
+    // An object that large whose fill starts while the disk is full: passed through from the
+    // start (it used to be a 502).
+    const HUGE2: &str = "/vod/huge/mix2.ts";
+    let want2: Vec<u8> = (0..70).flat_map(|k| pattern(1 << 20, 700 + k)).collect();
+    publish(&nginx.root(), HUGE2, &want2);
+    for h2 in [false, true] {
+        let r = must("GET", &edge.url(HUGE2), &[], h2).await;
+        assert!(
+            r.status == 200 && r.bytes() == want2.as_slice(),
+            "h2={h2}: {} {:?}",
+            r.status,
+            r.headers
+        );
+    }
+}
+
 /// A cached file changed behind segd's back (truncated) is dropped and fetched whole once,
 /// then served from the cache again, not fetched on every request.
 #[tokio::test]

@@ -174,8 +174,10 @@ enum Source {
     /// Behind a lock only so `&Object` can be shared across awaits (the stream is `Send`, not
     /// `Sync`); it is taken once, by `into_body`.
     Stream(std::sync::Mutex<ByteStream>),
-    /// An upload in progress: streamed as it grows.
-    Growing(Arc<growing::Growing>),
+    /// An upload or a pull fill in progress: streamed as it grows. A fill's readers carry how
+    /// to fetch the rest from its upstream ([`pull::Through`]) should the fill fail under them
+    /// (its cache disk full and its body too large for memory): they finish from there.
+    Growing(Arc<growing::Growing>, Option<pull::Through>),
     /// An object the pull cache does not keep (over `[pull] max_bytes`, or refused admission):
     /// fetched from its upstream for each body, with the body's range; the lookup has already
     /// asked for the bytes its request reads ([`Reads`]).
@@ -245,13 +247,14 @@ impl Object {
                 len: self.len,
                 inner: inner.into_inner().unwrap_or_else(|p| p.into_inner()),
             }),
-            Source::Growing(g) => {
+            Source::Growing(g, rest) => {
                 // `len` 0 with an unknown total means "to the end".
                 let limit = (len > 0).then_some(len);
-                Body::Stream(Stream {
-                    len: limit,
-                    inner: g.stream(offset, limit),
-                })
+                let inner = match (rest, limit) {
+                    (Some(rest), Some(len)) => rest.resume(g.stream(offset, limit), offset, len),
+                    _ => g.stream(offset, limit),
+                };
+                Body::Stream(Stream { len: limit, inner })
             }
             Source::Upstream(t) => Body::Stream(Stream {
                 len: Some(len),
@@ -278,7 +281,7 @@ impl Object {
             // `limit` bytes, or its whole body if shorter, once the fill has them (a chunked
             // fill's length is known only at its end). A fill that fails is its upstream's
             // failure.
-            Source::Growing(g) => {
+            Source::Growing(g, _) => {
                 use futures_util::StreamExt;
                 let mut s = g.stream(0, None);
                 let mut out = bytes::BytesMut::new();
@@ -311,7 +314,7 @@ impl Object {
     /// or it ends, and says how far it is. `None` for any other object.
     pub async fn grown_to(&self, pos: Option<u64>) -> Option<Progress> {
         match &self.source {
-            Source::Growing(g) => Some(g.reach(pos).await),
+            Source::Growing(g, _) => Some(g.reach(pos).await),
             _ => None,
         }
     }
@@ -469,7 +472,7 @@ impl Store {
                     cache_control: None,
                     extra: None,
                     cache_status: None,
-                    source: Source::Growing(g),
+                    source: Source::Growing(g, None),
                 });
             }
             // Tier 3 and 4: the pull cache, then the upstreams for the path — also when the

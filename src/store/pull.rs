@@ -485,7 +485,7 @@ impl Negative {
 #[derive(Clone)]
 enum Outcome {
     /// The body is coming: stream it from here.
-    Body(Box<Meta>, Option<u64>, Arc<Growing>),
+    Body(Box<Meta>, Option<u64>, Arc<Growing>, String),
     /// 304 to our revalidation: the cached copy is fresh again.
     Revalidated,
     /// An object over `max_bytes`, from upstream `String`: never stored, each request fetches
@@ -664,6 +664,53 @@ struct Held {
 }
 
 impl Through {
+    /// `first`, a fill's `len` bytes from `offset` as they come, and should it fail before
+    /// their end (its cache disk full and its body too large for memory, or its upstream
+    /// connection lost), the rest of them fetched from the upstream that answered the fill,
+    /// as long as it is still the object the fill saw: the reader finishes where the fill
+    /// could not. A failure of that request too is the reader's.
+    pub(super) fn resume(
+        self,
+        first: super::ByteStream,
+        offset: u64,
+        len: u64,
+    ) -> super::ByteStream {
+        use futures_util::StreamExt;
+        enum Part {
+            Fill(super::ByteStream, u64),
+            Rest(super::ByteStream),
+        }
+        let end = offset + len;
+        Box::pin(futures_util::stream::unfold(
+            Some(Part::Fill(first, offset)),
+            move |part| {
+                let this = self.clone();
+                async move {
+                    match part? {
+                        Part::Rest(mut s) => {
+                            let item = s.next().await?;
+                            Some((item, Some(Part::Rest(s))))
+                        }
+                        Part::Fill(mut s, pos) => match s.next().await {
+                            Some(Ok(b)) => {
+                                let next = pos + b.len() as u64;
+                                Some((Ok(b), Some(Part::Fill(s, next))))
+                            }
+                            Some(Err(e)) if pos < end => {
+                                tracing::debug!(path = %this.rel, at = pos, error = %e, "the fill failed under its reader: the rest from its upstream");
+                                let mut rest = this.stream(pos, end - pos);
+                                let item = rest.next().await?;
+                                Some((item, Some(Part::Rest(rest))))
+                            }
+                            Some(Err(e)) => Some((Err(e), None)),
+                            None => None,
+                        },
+                    }
+                }
+            },
+        ))
+    }
+
     /// `count` bytes from `offset`: the answer the lookup holds when it starts there and is as
     /// long (a prefix of it for a shorter `count`: the reader stops), else fetched when the
     /// stream is first polled (a request whose span the lookup did not know: its failure
@@ -1411,10 +1458,30 @@ impl Pull {
             }
         };
         match outcome {
-            Outcome::Body(meta, len, growing) => {
+            Outcome::Body(meta, len, growing, upstream) => {
                 self.count(if started { "miss" } else { "coalesced" });
                 let status = if started { "miss" } else { "coalesced" };
-                let source = Source::Growing(growing);
+                let meta: Arc<Meta> = Arc::from(meta);
+                // Should the fill fail under its readers, they finish from its upstream, as
+                // long as the object is still the one it saw (a length, and a validator the
+                // upstream can be asked `If-Match` / `If-Unmodified-Since` with).
+                let resumable = len.is_some()
+                    && (meta
+                        .upstream_etag
+                        .as_ref()
+                        .is_some_and(|e| !e.as_bytes().starts_with(b"W/"))
+                        || meta.upstream_last_modified.is_some());
+                let rest = resumable.then(|| Through {
+                    pull: Arc::clone(self),
+                    rel: rel.clone(),
+                    unkept: Arc::new(Unkept {
+                        meta: Arc::clone(&meta),
+                        upstream,
+                        refused: None,
+                    }),
+                    held: Arc::default(),
+                });
+                let source = Source::Growing(growing, rest);
                 Ok(Pulled::Found(Box::new(object(
                     &meta, unstated, len, source, status,
                 ))))
@@ -1612,6 +1679,18 @@ impl Pull {
     /// another object's, a 502.) A fill that has a body ([`Outcome::Body`]) is still joined
     /// while it runs: its waiters read what it writes.
     fn conclude(&self, rel: &RelPath, fill: &Fill, outcome: Outcome) {
+        let fills = self.leave(rel, fill);
+        fill.outcome.send_replace(Some(outcome));
+        drop(fills);
+    }
+
+    /// Takes `fill` out of the fills in flight (no later request joins it); the lock is
+    /// returned held, for [`Pull::conclude`] to tell the waiters under it.
+    fn leave(
+        &self,
+        rel: &RelPath,
+        fill: &Fill,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Fill>>> {
         let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
         if fills
             .get(rel.as_str())
@@ -1619,7 +1698,32 @@ impl Pull {
         {
             fills.remove(rel.as_str());
         }
-        fill.outcome.send_replace(Some(outcome));
+        fills
+    }
+
+    /// An object the cache disk cannot take now (full, failing) and too large to pass through
+    /// in memory: its requests fetch their own bytes ([`Through`]) until they have fetched
+    /// about `len` bytes, then a fill tries the disk again. Not remembered when nothing of the
+    /// response may be stored, or it was deleted meanwhile.
+    fn pass_for_now(
+        &self,
+        rel: &RelPath,
+        meta: &Arc<Meta>,
+        upstream: &str,
+        storable: bool,
+        fill: &Fill,
+        len: u64,
+    ) {
+        tracing::debug!(path = %rel, len, "the pull cache cannot take it and it is too large for memory: its requests pass through for a while");
+        self.index.invalidate(rel.as_str());
+        if storable && !fill.void() {
+            let o = Unkept {
+                meta: Arc::clone(meta),
+                upstream: upstream.to_owned(),
+                refused: Some(std::sync::atomic::AtomicU64::new(len)),
+            };
+            self.unkept.insert(rel.as_str().to_owned(), Arc::new(o));
+        }
     }
 
     async fn run_fill(
@@ -2248,6 +2352,7 @@ impl Pull {
         // A path whose directory is a cached file (`/v/movie.mp4` and `/v/movie.mp4/index.m3u8`,
         // nginx-vod-module's layout) cannot be stored beside it: it is passed through, its
         // temporary file in the cache root.
+        let cacheable = storable;
         let mut storable = storable;
         // A fill that fails takes the directories made for it along (`TempFile::create`).
         let temp = vol.injected_write_fault().map(Err).or_else(|| vol.with_root(|root| {
@@ -2270,13 +2375,14 @@ impl Pull {
                 None
             }
         };
-        if temp.is_none() && len.is_some_and(|l| l > PASS_MEMORY) {
-            let failed = Outcome::Failed {
-                timeout: false,
-                rest: None,
-            };
-            self.conclude(rel, fill, failed);
-            return false;
+        // Too large for memory: passed through as an object over `max_bytes` is, each request
+        // fetching its own bytes, until they have fetched about one copy; then a fill tries
+        // the disk again ([`Unkept::refused`]).
+        if let Some(l) = len.filter(|&l| temp.is_none() && l > PASS_MEMORY) {
+            let meta = Arc::new(meta);
+            self.pass_for_now(rel, &meta, upstream, cacheable, fill, l);
+            self.conclude(rel, fill, Outcome::Oversize(meta, upstream.to_owned()));
+            return true;
         }
         let key = rel.as_str().to_owned();
         let publisher = match temp.as_ref().map(TempFile::reader) {
@@ -2290,8 +2396,8 @@ impl Pull {
         let Some(growing) = self.growing.get(&key) else {
             return false;
         };
-        fill.outcome
-            .send_replace(Some(Outcome::Body(Box::new(meta.clone()), len, growing)));
+        let body = Outcome::Body(Box::new(meta.clone()), len, growing, upstream.to_owned());
+        fill.outcome.send_replace(Some(body));
         let idle_timeout = self.conf.load().cfg.idle_timeout;
         let mut body = resp.into_body();
         // Chunks are gathered while more are already here (one disk write, one blocking-pool
@@ -2362,6 +2468,14 @@ impl Pull {
                         disk_failed = true;
                         storable = false;
                         temp = Some(t);
+                        // Too large for memory: the requests that come next pass through, and
+                        // join this fill no more; its readers finish from the upstream should
+                        // it run out of memory (`Through::resume`).
+                        if let Some(l) = len.filter(|&l| l > PASS_MEMORY) {
+                            let m = Arc::new(meta.clone());
+                            self.pass_for_now(rel, &m, upstream, cacheable, fill, l);
+                            drop(self.leave(rel, fill));
+                        }
                     }
                     Err(_) => return false,
                 }
