@@ -708,6 +708,87 @@ async fn stalled_tls_reader_is_dropped() {
     );
 }
 
+/// A reader that keeps reading, slowly, is not a stalled one, nor is its connection idle: an
+/// object from the hot-body cache (one piece of several MB) downloaded over several
+/// `send_timeout`s, or over more than `keepalive_timeout`, arrives whole. The first was cut: the
+/// piece was handed to hyper whole, so the stall watch timed the client's reading of all of it
+/// (and the access log called the cut response complete).
+#[tokio::test]
+async fn slow_tls_reader_of_a_cached_object_is_not_cut() {
+    let len = 7 << 20;
+    let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    for server in [
+        "send_timeout = \"2s\"",
+        "keepalive_timeout = \"2s\"\nsend_timeout = \"10s\"",
+    ] {
+        let (got, took, log) = slow_tls_download(&body, server).await;
+        assert!(
+            got == body,
+            "{server}: {} of {len} bytes in {took:?}\n{log}",
+            got.len()
+        );
+    }
+}
+
+/// Downloads `body` (put in the hot-body cache first) over HTTPS/1.1 at about 800 KB/s with a
+/// small receive window, from a server with `server` settings: the body received, how long it
+/// took, the server's log.
+async fn slow_tls_download(body: &[u8], server: &str) -> (Vec<u8>, std::time::Duration, String) {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let dir = vols.path().join("disk1/vod/slow");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("seg.m4s"), body).expect("write");
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", server);
+    let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    for _ in 0..2 {
+        let r = send(
+            connect(&srv, &client).await,
+            "GET",
+            "/vod/slow/seg.m4s",
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    // A small receive window, so the bytes wait on segd's side, not in the kernel's buffers.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(32 << 10).expect("SO_RCVBUF");
+    let tcp = sock
+        .connect(srv.tls_addr.expect("tls listener"))
+        .await
+        .expect("tcp");
+    let mut tls = client
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("handshake");
+    tls.write_all(
+        b"GET /vod/slow/seg.m4s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("request");
+    // About 800 KB/s: the whole answer takes several seconds, and hyper's write buffer (about
+    // 400 KiB, flushed whole before it asks for more) well under one.
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |p| p + 4);
+    (out.split_off(head_end), started.elapsed(), srv.stderr())
+}
+
 /// TLS connections are served by hyper from the first request: the `Host` rules of RFC 9112
 /// §3.2 hold there too.
 #[tokio::test]

@@ -19,8 +19,16 @@ use super::conn_watch::InFlight;
 use super::Record;
 use crate::store::{Body, ByteStream};
 
+/// Largest frame handed to hyper at once. A body from the hot-body cache is one piece of up to
+/// `cache.max_item_bytes`; handed whole, the `send_timeout` watch (`conn_watch`) timed how long
+/// the client took to read all of it, so a slow reader that never stopped was cut as stalled
+/// (and logged as complete: every byte had been handed over). In pieces, it times each piece.
+const MAX_FRAME: usize = 128 << 10;
+
 pub struct HyperBody {
     stream: Option<ByteStream>,
+    /// What is left of the last chunk the stream gave, handed over [`MAX_FRAME`] at a time.
+    rest: Bytes,
     /// The exact length, when known.
     len: Option<u64>,
     sent: u64,
@@ -42,6 +50,7 @@ impl HyperBody {
         HyperBody {
             done: stream.is_none(),
             stream,
+            rest: Bytes::new(),
             len,
             sent: 0,
             record: Some(record),
@@ -54,6 +63,7 @@ impl HyperBody {
     pub fn unrecorded() -> HyperBody {
         HyperBody {
             stream: None,
+            rest: Bytes::new(),
             len: Some(0),
             sent: 0,
             done: true,
@@ -86,34 +96,20 @@ impl http_body::Body for HyperBody {
         if let Some(f) = &this.in_flight {
             f.polled();
         }
-        match stream.as_mut().poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(b))) => {
-                this.sent += b.len() as u64;
-                if let Some(f) = &this.in_flight {
-                    f.handed();
-                }
-                Poll::Ready(Some(Ok(Frame::data(b))))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.stream = None;
-                this.finish();
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                this.stream = None;
-                if this.len.is_some_and(|l| l != this.sent) {
-                    this.finish();
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "body ended short of its length",
-                    ))));
-                }
-                this.done = true;
-                this.finish();
-                Poll::Ready(None)
+        if this.rest.is_empty() {
+            match stream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(b))) => this.rest = b,
+                Poll::Ready(Some(Err(e))) => return this.failed(e),
+                Poll::Ready(None) => return this.at_end(),
             }
         }
+        let piece = this.rest.split_to(this.rest.len().min(MAX_FRAME));
+        this.sent += piece.len() as u64;
+        if let Some(f) = &this.in_flight {
+            f.handed();
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -125,6 +121,30 @@ impl http_body::Body for HyperBody {
             Some(l) => SizeHint::with_exact(l.saturating_sub(self.sent)),
             None => SizeHint::default(),
         }
+    }
+}
+
+impl HyperBody {
+    /// The stream failed: so does the body (hyper resets the stream or closes the connection).
+    fn failed(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.stream = None;
+        self.finish();
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// The stream ended: the body too, unless short of the length promised (a failure then).
+    fn at_end(&mut self) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.stream = None;
+        if self.len.is_some_and(|l| l != self.sent) {
+            self.finish();
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "body ended short of its length",
+            ))));
+        }
+        self.done = true;
+        self.finish();
+        Poll::Ready(None)
     }
 }
 

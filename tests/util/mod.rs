@@ -129,7 +129,10 @@ impl Server {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SEGD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         adjust(&mut cmd);
