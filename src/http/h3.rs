@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use h3::error::{Code, StreamError};
 
 use super::h3_transport::{
@@ -496,9 +496,13 @@ async fn progressing<T>(
     write: impl std::future::Future<Output = T>,
     watch: &Watch<'_>,
 ) -> Result<T, Ended> {
+    tokio::pin!(write);
+    // Most writes fit at once: no timer for them.
+    if let Some(done) = write.as_mut().now_or_never() {
+        return Ok(done);
+    }
     let since = tokio::time::Instant::now();
     let step = watch.send_timeout / 4;
-    tokio::pin!(write);
     loop {
         tokio::select! {
             done = &mut write => return Ok(done),
