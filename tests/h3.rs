@@ -4,7 +4,11 @@
 //! - TCP responses on the TLS listener advertise HTTP/3 with `Alt-Svc`; plaintext ones do not
 //! - protocol `h3` and TLS 1.3 in metrics and the access log
 //! - a large body flows with back-pressure (a stalled client holds the server to its windows) and
-//!   a client that stops reading for `send_timeout` gets its stream reset
+//!   a client that stops reading for `send_timeout` has its connection closed
+//! - clients reading slowly (far below a body per `send_timeout`), many streams on one
+//!   connection, get every body whole: `send_timeout` counts a lack of progress
+//! - a client that goes silent (no packet in either direction) is closed at `send_timeout`, not
+//!   held until the idle timeout
 //! - stream limits, and a client cancelling requests in bulk is closed with H3_EXCESSIVE_LOAD
 //! - SIGHUP swaps the certificate for new QUIC connections while an old download completes
 //! - a Retry's token is accepted after a reload (the token key outlives it)
@@ -31,7 +35,10 @@ pub(crate) struct H3 {
 }
 
 pub(crate) async fn h3_connect(addr: SocketAddr, pki: &Pki) -> H3 {
-    let endpoint = quic_endpoint(pki);
+    h3_connect_from(addr, quic_endpoint(pki)).await
+}
+
+async fn h3_connect_from(addr: SocketAddr, endpoint: quinn::Endpoint) -> H3 {
     let conn = endpoint
         .connect(addr, "localhost")
         .expect("connect")
@@ -456,10 +463,10 @@ async fn large_bodies_flow_with_back_pressure() {
     }
     assert!(got == data, "body intact ({} of {len} bytes)", got.len());
 
-    // A client that stops reading for longer than send_timeout is reset.
+    // A client that stops reading for longer than send_timeout: its connection is closed.
     let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
     assert_eq!(s.recv_response().await.expect("head").status(), 200);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let mut n = 0usize;
     let ended = loop {
         match s.recv_data().await {
@@ -473,11 +480,174 @@ async fn large_bodies_flow_with_back_pressure() {
         "stalled stream must be reset, got all {n} bytes"
     );
     assert!(n < len);
-    // The connection and the server keep serving.
+    // The server keeps serving.
+    let mut c = h3_connect(addr, pki).await;
     let r = c
         .request("GET", "/vod/m/big.mp4", &[("range", "bytes=0-9")])
         .await;
     assert_eq!(r.body.as_ref(), &data[..10]);
+}
+
+/// A client endpoint with small receive windows (64 KiB per stream, 512 KiB per connection), so
+/// what the server sends is paced by how fast the client's application reads.
+fn small_window_endpoint(pki: &Pki) -> quinn::Endpoint {
+    let mut cfg = pki.quic_client();
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(64 << 10))
+        .receive_window(quinn::VarInt::from_u32(512 << 10));
+    cfg.transport_config(std::sync::Arc::new(t));
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(cfg);
+    endpoint
+}
+
+/// Acceptance round B, F1: `send_timeout` fired on clients that read continuously — a body from
+/// the hot cache went to quinn as one write, timed as a whole, and a stream waiting for the
+/// connection's window counted as stalled. Here 20 streams on one connection each read a 1 MB
+/// body at 150 kB/s (about 7 s each, over three `send_timeout`s of 2 s), plus one 3 MiB body
+/// read from disk at the same pace: every body arrives whole.
+#[tokio::test]
+async fn slow_readers_get_whole_bodies() {
+    let small: Vec<u8> = (0..1_000_000usize).map(|i| (i * 7 % 253) as u8).collect();
+    let big: Vec<u8> = (0..3usize << 20).map(|i| (i * 13 % 241) as u8).collect();
+    let t = streaming_server(
+        &[("vod/m/small.mp4", &small), ("vod/m/big.mp4", &big)],
+        "send_timeout = \"2s\"",
+    );
+    let mut c = h3_connect_from(t.addr, small_window_endpoint(&t.pki)).await;
+    // Warm the hot cache: then each small body is one chunk of the cache's memory.
+    let r = c.request("GET", "/vod/m/small.mp4", &[]).await;
+    assert_eq!(r.body.len(), small.len());
+
+    const RATE: f64 = 150_000.0;
+    let mut tasks = Vec::new();
+    for i in 0..21 {
+        let (path, want) = if i == 20 {
+            ("/vod/m/big.mp4", big.clone())
+        } else {
+            ("/vod/m/small.mp4", small.clone())
+        };
+        let mut s = c.open("GET", path, &[]).await;
+        tasks.push(tokio::spawn(async move {
+            let head = s.recv_response().await.map_err(|e| format!("head: {e}"))?;
+            assert_eq!(head.status(), 200);
+            let mut got = Vec::with_capacity(want.len());
+            loop {
+                match s.recv_data().await {
+                    Ok(Some(chunk)) => {
+                        let n = chunk.remaining();
+                        got.extend_from_slice(chunk.chunk());
+                        tokio::time::sleep(Duration::from_secs_f64(n as f64 / RATE)).await;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("{path}: reset after {} bytes: {e}", got.len())),
+                }
+            }
+            if got != want {
+                return Err(format!(
+                    "{path}: {} of {} bytes, or wrong",
+                    got.len(),
+                    want.len()
+                ));
+            }
+            Ok(())
+        }));
+    }
+    let mut failed = Vec::new();
+    for task in tasks {
+        if let Err(e) = task.await.expect("reader task") {
+            failed.push(e);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} streams failed: {failed:?}",
+        failed.len()
+    );
+}
+
+/// A UDP relay between one QUIC client and `server` that drops every datagram, both ways, once
+/// `silent` is set: a client that went away without a word (or stopped reading its socket).
+async fn silencing_relay(
+    server: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::net::UdpSocket;
+    let front = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
+    let back = UdpSocket::bind("127.0.0.1:0").await.expect("bind relay");
+    back.connect(server).await.expect("connect relay");
+    let addr = front.local_addr().expect("relay addr");
+    let silent = std::sync::Arc::new(AtomicBool::new(false));
+    let quiet = std::sync::Arc::clone(&silent);
+    tokio::spawn(async move {
+        let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+        let mut client = None;
+        loop {
+            tokio::select! {
+                r = front.recv_from(&mut a) => {
+                    let Ok((n, from)) = r else { return };
+                    client = Some(from);
+                    if !quiet.load(Ordering::Relaxed) {
+                        let _ = back.send(&a[..n]).await;
+                    }
+                }
+                r = back.recv(&mut b) => {
+                    let Ok(n) = r else { return };
+                    if let (Some(c), false) = (client, quiet.load(Ordering::Relaxed)) {
+                        let _ = front.send_to(&b[..n], c).await;
+                    }
+                }
+            }
+        }
+    });
+    (addr, silent)
+}
+
+/// Acceptance round B, F2: a client that went silent with large downloads in flight kept its
+/// connection — and quinn's send window plus a chunk per stream, about 6 MB — until the idle
+/// timeout, its streams reset one after another a `send_timeout` apart as each reset freed the
+/// window for the next. Now the connection is closed once nothing of it moved for
+/// `send_timeout` (2 s here; the idle timeout is 60 s), which frees all of it.
+#[tokio::test]
+async fn silent_client_is_closed_at_send_timeout() {
+    let len: usize = 8 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let t = streaming_server(
+        &[("vod/m/big.mp4", &data)],
+        "send_timeout = \"2s\"\nkeepalive_timeout = \"60s\"",
+    );
+    let open_h3 = async || {
+        let m = get(&t.srv.admin_url("/metrics"), &[]).await.text();
+        metric_with(&m, "segd_connections_open", &[("proto", "h3")]).unwrap_or(0.0)
+    };
+    let (relay, silent) = silencing_relay(t.addr).await;
+    let mut c = h3_connect(relay, &t.pki).await;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
+        assert_eq!(s.recv_response().await.expect("head").status(), 200);
+        streams.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(open_h3().await, 1.0, "the client's connection is open");
+    let start = std::time::Instant::now();
+    while open_h3().await > 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a silent client's connection still open {:?} after it went silent (send_timeout 2 s)",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The server serves others meanwhile.
+    let mut other = h3_connect(t.addr, &t.pki).await;
+    let r = other
+        .request("GET", "/vod/m/big.mp4", &[("range", "bytes=0-9")])
+        .await;
+    assert_eq!(r.body.as_ref(), &data[..10]);
+    drop(streams);
 }
 
 /// The stream limit holds, and opening-and-cancelling requests in bulk (rapid reset's HTTP/3

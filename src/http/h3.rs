@@ -3,11 +3,21 @@
 //! h3) as a [`RequestBody`]. Response bodies are store bodies as chunks, like the hyper paths'
 //! (whole objects from the hot-body cache, larger ones read in chunks, streams as they come).
 //!
-//! Back-pressure: each chunk is handed to quinn only when the previous one fit into the stream's
-//! flow-control credit and the connection's send window, so a slow client holds at most the send
-//! window, never a whole file. A client that accepts nothing for `send_timeout` has its stream
-//! reset. A body that cannot be completed (file truncated, device error) resets the stream
-//! instead of finishing it, so no client mistakes a short body for a whole one.
+//! Back-pressure: a body goes to quinn in pieces of at most [`PIECE`] bytes (slices of its
+//! chunks, no copy), each handed over only when the previous one fit into the stream's
+//! flow-control credit and the connection's send window. So what a connection holds is quinn's
+//! send window plus, per stream, the chunk it is sending (at most `io::CHUNK` read from disk; a
+//! hot-cache object is the cache's own memory), never a whole file read ahead.
+//!
+//! `send_timeout` measures a lack of progress, not how long a body takes: a write fails only
+//! when, for `send_timeout`, quinn took no byte of this stream nor of any other of the
+//! connection and the client acknowledged no packet (a stream waiting its turn behind others
+//! that flow is not stalled; see [`transport::Progress`]). Then the client accepts nothing at
+//! all, and the connection is closed, as HTTP/1.1 and HTTP/2 close theirs: its streams' buffers
+//! go at once (resetting the streams one at a time would free the window for the next one to
+//! fill, holding the memory for a `send_timeout` per stream). A body that cannot be completed
+//! (file truncated, device error) resets the stream instead of finishing it, so no client
+//! mistakes a short body for a whole one.
 //!
 //! Limits: request heads within `header_read_timeout` and `max_header_bytes` (h3 answers 431),
 //! concurrent requests by QUIC stream credit (`h3_max_concurrent_streams`), and a connection that
@@ -19,10 +29,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use h3::error::{Code, StreamError};
 
-use super::h3_transport::{self as transport, Accepted, BodyChunk, Stopped, StreamExtras};
+use super::h3_transport::{
+    self as transport, Accepted, BodyChunk, Progress, Stopped, StreamExtras,
+};
 use super::handler::{self, Proto};
 use super::request_body::{declared_length, expects_continue, RequestBody};
 use super::Record;
@@ -36,6 +48,11 @@ type RecvHalf = h3::server::RequestStream<transport::RecvStream, Bytes>;
 
 /// Cancelled requests allowed per connection in one window before it counts as an attack.
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
+
+/// The most of a body handed to quinn at once (one DATA frame). quinn takes a write as far as
+/// the windows allow, so one large write lets a stream take the whole send window while the
+/// others wait; pieces interleave streams and let a stream's progress be seen per piece.
+const PIECE: usize = 64 << 10;
 
 /// Counts requests the client cancelled (reset or stopped before the response completed), per
 /// window of `CANCEL_WINDOW`. Touched only when a request is cancelled.
@@ -87,9 +104,14 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
     ));
     drop(policy);
     let accepted = Accepted::default();
+    let progress = Progress::new();
     let built = h3::server::builder()
         .max_field_section_size(max_head)
-        .build::<_, Bytes>(transport::Connection::new(conn.clone(), accepted.clone()))
+        .build::<_, Bytes>(transport::Connection::new(
+            conn.clone(),
+            accepted.clone(),
+            progress.clone(),
+        ))
         .await;
     let mut h3: H3Conn = match built {
         Ok(c) => c,
@@ -110,10 +132,20 @@ pub async fn serve(conn: quinn::Connection, shared: Arc<Shared>, drain: Drain) {
                     // The stop signal and body slot of exactly this stream (see `h3_transport`).
                     let extras = accepted.take();
                     let Some(tx) = alive.clone() else { continue };
-                    let (shared, conn, cancels) =
-                        (Arc::clone(&shared), conn.clone(), Arc::clone(&cancels));
+                    let (shared, conn, cancels, progress) = (
+                        Arc::clone(&shared),
+                        conn.clone(),
+                        Arc::clone(&cancels),
+                        progress.clone(),
+                    );
                     tokio::spawn(async move {
-                        request(resolver, extras, &shared, peer, &conn, &cancels).await;
+                        let on = Conn {
+                            peer,
+                            conn: &conn,
+                            cancels: &cancels,
+                            progress: &progress,
+                        };
+                        request(resolver, extras, &shared, on).await;
                         drop(tx);
                     });
                 }
@@ -175,16 +207,28 @@ async fn quiet(conn: &quinn::Connection) {
     }
 }
 
+/// What a request task knows of its connection.
+struct Conn<'a> {
+    peer: SocketAddr,
+    conn: &'a quinn::Connection,
+    cancels: &'a Cancels,
+    progress: &'a Progress,
+}
+
 /// One request stream: head (within the timeout), the handler (with the request body), then
 /// the response body.
 async fn request(
     resolver: h3::server::RequestResolver<transport::Connection, Bytes>,
     extras: Option<StreamExtras>,
     shared: &Shared,
-    peer: SocketAddr,
-    conn: &quinn::Connection,
-    cancels: &Cancels,
+    on: Conn<'_>,
 ) {
+    let Conn {
+        peer,
+        conn,
+        cancels,
+        progress,
+    } = on;
     let policy = shared.load();
     let runtime = &shared.runtime;
     let head_timeout = policy.config.server.header_read_timeout;
@@ -285,20 +329,19 @@ async fn request(
     resp.headers_mut()
         .insert(http::header::DATE, super::headers::date());
     let mut sent = 0u64;
-    let outcome = match tokio::time::timeout(send_timeout, stream.send_response(resp)).await {
+    let watch = Watch {
+        conn,
+        progress,
+        send_timeout,
+    };
+    let outcome = match progressing(stream.send_response(resp), &watch).await {
         Ok(Ok(())) => {
             record.head_sent();
-            send_body(
-                &mut stream,
-                offer.as_ref(),
-                reply.body,
-                send_timeout,
-                &mut sent,
-            )
-            .await
+            let offer = offer.as_ref();
+            send_body(&mut stream, offer, &watch, reply.body, &mut sent).await
         }
         Ok(Err(e)) => Err(Ended::Stream(e)),
-        Err(_) => Err(Ended::Stalled),
+        Err(stalled) => Err(stalled),
     };
     let complete = outcome.is_ok();
     match outcome {
@@ -310,8 +353,13 @@ async fn request(
             tracing::debug!(%peer, error = %e, "HTTP/3 response not completed");
         }
         Err(Ended::Stalled) => {
+            // No stream of the connection moved for send_timeout: the client accepts nothing.
             stream.stop_stream(Code::H3_REQUEST_CANCELLED);
-            tracing::debug!(%peer, "HTTP/3 client accepted nothing for send_timeout; stream reset");
+            conn.close(
+                quinn::VarInt::from_u32(Code::H3_NO_ERROR.value() as u32),
+                b"no response bytes accepted for send_timeout",
+            );
+            tracing::debug!(%peer, "HTTP/3 client accepted nothing for send_timeout; connection closed");
         }
         Err(Ended::Body(e)) => {
             // Never finish a stream whose body came up short: reset it.
@@ -399,27 +447,30 @@ enum Ended {
     Body(std::io::Error),
 }
 
-/// Sends `body` chunk by chunk; each chunk is first offered to the transport, which then gives it
-/// to quinn without a copy.
+/// Sends `body` in pieces of at most [`PIECE`] bytes (slices of its chunks); each piece is first
+/// offered to the transport, which then gives it to quinn without a copy.
 async fn send_body(
     stream: &mut SendHalf,
     offer: Option<&BodyChunk>,
+    watch: &Watch<'_>,
     body: Body,
-    send_timeout: Duration,
     sent: &mut u64,
 ) -> Result<(), Ended> {
     let expected = body.known_len();
     if let Some(mut chunks) = body.into_stream(false) {
         while let Some(chunk) = chunks.next().await {
-            let data = chunk.map_err(Ended::Body)?;
-            let n = data.len() as u64;
-            if let Some(o) = offer {
-                o.offer(&data);
-            }
-            match tokio::time::timeout(send_timeout, stream.send_data(data)).await {
-                Ok(Ok(())) => *sent += n,
-                Ok(Err(e)) => return Err(Ended::Stream(e)),
-                Err(_) => return Err(Ended::Stalled),
+            let mut rest = chunk.map_err(Ended::Body)?;
+            while !rest.is_empty() {
+                let piece = rest.split_to(rest.len().min(PIECE));
+                let n = piece.len() as u64;
+                if let Some(o) = offer {
+                    o.offer(&piece);
+                }
+                match progressing(stream.send_data(piece), watch).await {
+                    Ok(Ok(())) => *sent += n,
+                    Ok(Err(e)) => return Err(Ended::Stream(e)),
+                    Err(stalled) => return Err(stalled),
+                }
             }
         }
     }
@@ -429,11 +480,48 @@ async fn send_body(
             "body ended short of its length",
         )));
     }
-    match tokio::time::timeout(send_timeout, stream.finish()).await {
+    match progressing(stream.finish(), watch).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Ended::Stream(e)),
-        Err(_) => Err(Ended::Stalled),
+        Err(stalled) => Err(stalled),
     }
+}
+
+/// Runs `write` (a write that waits for the client's credit) to its end, unless the connection
+/// makes no progress ([`Progress`]: quinn takes no byte of this stream or another, no ACK
+/// arrives) for `send_timeout` from the write's start or the connection's last progress,
+/// whichever is later: then `Ended::Stalled`. ACKs are looked at every quarter `send_timeout`,
+/// so a stall is seen within 1.25 × `send_timeout`.
+async fn progressing<T>(
+    write: impl std::future::Future<Output = T>,
+    watch: &Watch<'_>,
+) -> Result<T, Ended> {
+    tokio::pin!(write);
+    // Most writes fit at once: no timer for them.
+    if let Some(done) = write.as_mut().now_or_never() {
+        return Ok(done);
+    }
+    let since = tokio::time::Instant::now();
+    let step = watch.send_timeout / 4;
+    loop {
+        tokio::select! {
+            done = &mut write => return Ok(done),
+            _ = tokio::time::sleep(step) => {
+                watch.progress.check(watch.conn);
+                let deadline = watch.progress.last().max(since) + watch.send_timeout;
+                if deadline <= tokio::time::Instant::now() {
+                    return Err(Ended::Stalled);
+                }
+            }
+        }
+    }
+}
+
+/// What a response's writes are watched with.
+struct Watch<'a> {
+    conn: &'a quinn::Connection,
+    progress: &'a Progress,
+    send_timeout: Duration,
 }
 
 /// Records the 431 h3 sent for a head over `max_header_bytes` (method and path unknown: the

@@ -14,13 +14,19 @@
 //!   its payload privately; only its bytes are visible, so the match is by address and length,
 //!   which can only be the same bytes). Anything else is written by copy, as h3-quinn does.
 //!
+//! It also keeps the connection's [`Progress`]: when quinn last took response bytes on any of
+//! its streams (or the client last acknowledged packets), which `h3.rs` measures `send_timeout`
+//! against.
+//!
 //! Reads and writes poll quinn's cancel-safe futures in place, so no stream holds a boxed
 //! future; the two accept loops and openers are boxed once per connection.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -77,6 +83,59 @@ impl BodyChunk {
     }
 }
 
+/// When the client last showed it accepts data (tokio's clock): quinn took bytes written on
+/// one of the connection's streams, or an ACK frame arrived. quinn takes bytes only within the
+/// stream's and the connection's flow-control credit and its send window, which frees as the
+/// client acknowledges what it got; a client on a slow link acknowledges packets between its
+/// credit updates. A stream waiting its turn behind others sees this move; a client that takes
+/// nothing (silent, or granting no credit with everything sent acknowledged) does not move it.
+#[derive(Clone)]
+pub struct Progress(Arc<ProgressClock>);
+
+struct ProgressClock {
+    epoch: tokio::time::Instant,
+    /// Milliseconds from `epoch` to the last progress.
+    last: AtomicU64,
+    /// ACK frames received when last looked at (`check`).
+    acks: AtomicU64,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress(Arc::new(ProgressClock {
+            epoch: tokio::time::Instant::now(),
+            last: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+        }))
+    }
+
+    /// The last progress seen on the connection (its creation before the first).
+    pub fn last(&self) -> tokio::time::Instant {
+        self.0.epoch + Duration::from_millis(self.0.last.load(Ordering::Relaxed))
+    }
+
+    /// Notes progress now if ACK frames arrived on `conn` since the last look (one stats
+    /// snapshot under quinn's connection lock: called by waiting writes a few times per
+    /// `send_timeout`, not per packet).
+    pub fn check(&self, conn: &quinn::Connection) {
+        let acks = conn.stats().frame_rx.acks;
+        if self.0.acks.fetch_max(acks, Ordering::Relaxed) < acks {
+            self.note();
+        }
+    }
+
+    fn note(&self) {
+        let ms = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.last.fetch_max(ms, Ordering::Relaxed);
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
+}
+
 type Accepting<T> = Pin<Box<dyn Stream<Item = Result<T, quinn::ConnectionError>> + Send + Sync>>;
 
 /// A QUIC connection as h3 sees it.
@@ -86,11 +145,13 @@ pub struct Connection {
     incoming_uni: Accepting<quinn::RecvStream>,
     opener: OpenStreams,
     accepted: Accepted,
+    progress: Progress,
 }
 
 impl Connection {
-    /// Wraps `conn`; each accepted request stream's extras go to `accepted`.
-    pub fn new(conn: quinn::Connection, accepted: Accepted) -> Connection {
+    /// Wraps `conn`; each accepted request stream's extras go to `accepted`, and each write quinn
+    /// takes on a request stream is noted in `progress`.
+    pub fn new(conn: quinn::Connection, accepted: Accepted, progress: Progress) -> Connection {
         let bi = conn.clone();
         let uni = conn.clone();
         Connection {
@@ -103,6 +164,7 @@ impl Connection {
             opener: OpenStreams::new(conn.clone()),
             conn,
             accepted,
+            progress,
         }
     }
 }
@@ -142,6 +204,7 @@ impl<B: Buf> quic::Connection<B> for Connection {
                 });
                 let mut send = SendStream::new(send);
                 send.offered = Some(body);
+                send.progress = Some(self.progress.clone());
                 Poll::Ready(Ok(BidiStream {
                     send,
                     recv: RecvStream::new(recv),
@@ -326,6 +389,8 @@ pub struct SendStream<B: Buf> {
     writing: Option<WriteBuf<B>>,
     /// Request streams: where the request task offers the next body chunk.
     offered: Option<BodyChunk>,
+    /// Request streams: the connection's progress clock, moved by every write quinn takes.
+    progress: Option<Progress>,
 }
 
 impl<B: Buf> SendStream<B> {
@@ -335,6 +400,7 @@ impl<B: Buf> SendStream<B> {
             owned: [Bytes::new(), Bytes::new()],
             writing: None,
             offered: None,
+            progress: None,
         }
     }
 
@@ -367,7 +433,7 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
         while let Some(first) = self.owned.iter().position(|b| !b.is_empty()) {
             // `write_chunks` is cancel-safe, and empties (or splits) what quinn took.
             match pin!(self.stream.write_chunks(&mut self.owned[first..])).poll(cx) {
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(w)) => took(&self.progress, w.bytes),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(write_error(e))),
                 Poll::Pending => return Poll::Pending,
             }
@@ -381,6 +447,7 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
                     Poll::Pending => return Poll::Pending,
                 };
                 data.advance(written);
+                took(&self.progress, written);
             }
         }
         self.writing = None;
@@ -419,6 +486,15 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 
     fn send_id(&self) -> StreamId {
         stream_id(self.stream.id())
+    }
+}
+
+/// quinn took `n` bytes of a stream: the connection progresses.
+fn took(progress: &Option<Progress>, n: usize) {
+    if n > 0 {
+        if let Some(p) = progress {
+            p.note();
+        }
     }
 }
 
