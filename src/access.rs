@@ -3,7 +3,10 @@
 //! Requests format their line and hand it to a bounded channel; one writer thread owns the file
 //! (or stdout), buffers, and flushes at least every 200 ms. When the channel is full the line is
 //! dropped and counted (`segd_access_log_dropped_total`): a slow log disk must never slow a
-//! response. A reload opens a new writer, which also reopens the file (log rotation); so does
+//! response. A write that fails (a full log disk, a device error) drops the lines it could not
+//! write whole, counts them the same way and warns (at most once a minute, naming the file and
+//! the error); the bytes of a line written only in part are cut off the file again, so the file
+//! only ever holds whole lines. A reload opens a new writer, which also reopens the file (log rotation); so does
 //! [`AccessLog::reopen`] (SIGUSR1, as nginx: the same writer, the file opened anew by its path,
 //! nothing else re-read).
 //!
@@ -17,6 +20,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -113,6 +117,112 @@ pub fn redact_url(name: &str, url: &str) -> String {
 
 /// The longest a line waits in the writer's buffer before it reaches the file.
 const FLUSH: Duration = Duration::from_millis(200);
+
+/// How much the writer batches before it writes (as the `BufWriter` it replaced).
+const BATCH: usize = 64 * 1024;
+
+/// The least time between two warnings about failed writes.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Where the writer thread puts lines.
+enum Sink {
+    Stdout,
+    File { file: std::fs::File, path: PathBuf },
+}
+
+/// The writer thread's batch: whole lines, written together at most every [`FLUSH`] or
+/// [`BATCH`] bytes. A write that fails part-way keeps the lines that reached the file whole,
+/// truncates a torn one off (when the file is still as this writer left it: no other writer
+/// appended meanwhile), and counts the rest as dropped.
+struct Batch {
+    sink: Sink,
+    buf: Vec<u8>,
+    dropped: prometheus::IntCounter,
+    /// Lines lost to failed writes since the last warning, and when that was.
+    lost: u64,
+    warned: Option<Instant>,
+    failing: bool,
+}
+
+impl Batch {
+    fn push(&mut self, line: &str) {
+        self.buf.extend_from_slice(line.as_bytes());
+        self.buf.push(b'\n');
+    }
+
+    fn name(&self) -> String {
+        match &self.sink {
+            Sink::Stdout => "stdout".into(),
+            Sink::File { path, .. } => path.display().to_string(),
+        }
+    }
+
+    /// Writes the batch out; on an error, see the type's doc.
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let start = match &self.sink {
+            Sink::File { file, .. } => file.metadata().ok().map(|m| m.len()),
+            Sink::Stdout => None,
+        };
+        let mut done = 0;
+        let failed = loop {
+            if done == self.buf.len() {
+                break None;
+            }
+            let wrote = match &mut self.sink {
+                Sink::File { file, .. } => file.write(&self.buf[done..]),
+                Sink::Stdout => std::io::stdout().lock().write(&self.buf[done..]),
+            };
+            match wrote {
+                Ok(0) => break Some(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        match failed {
+            None => {
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(file = %self.name(), "access log writes succeed again");
+                }
+            }
+            Some(e) => self.failed(start, done, &e),
+        }
+        self.buf.clear();
+    }
+
+    fn failed(&mut self, start: Option<u64>, done: usize, e: &std::io::Error) {
+        // The whole lines among the bytes that reached the file stay.
+        let keep = self.buf[..done]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        if let (Sink::File { file, .. }, Some(start)) = (&self.sink, start) {
+            let end = file.metadata().map(|m| m.len()).ok();
+            if done > keep && end == Some(start + done as u64) {
+                if let Err(t) = file.set_len(start + keep as u64) {
+                    tracing::error!(file = %self.name(), error = %t, "cannot cut a torn access-log line off");
+                }
+            }
+        }
+        let lost = self.buf[keep..].iter().filter(|&&b| b == b'\n').count() as u64;
+        self.dropped.inc_by(lost);
+        self.lost += lost;
+        self.failing = true;
+        if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            tracing::warn!(
+                file = %self.name(),
+                error = %e,
+                lines_dropped = self.lost,
+                "access log write failed; lines dropped (counted in segd_access_log_dropped_total; warned at most once a minute)"
+            );
+            self.warned = Some(Instant::now());
+            self.lost = 0;
+        }
+    }
+}
 
 /// Everything one line says.
 pub struct Entry<'a> {
@@ -281,7 +391,7 @@ impl AccessLog {
     /// Opens the target and starts its writer thread (no thread when the log is off).
     pub fn open(cfg: &LogConfig, dropped: prometheus::IntCounter) -> std::io::Result<AccessLog> {
         let reopen = Arc::new(AtomicBool::new(false));
-        let sink: Box<dyn Write + Send> = match &cfg.access {
+        let sink = match &cfg.access {
             Target::Off => {
                 return Ok(AccessLog {
                     tx: None,
@@ -290,35 +400,41 @@ impl AccessLog {
                     dropped,
                 })
             }
-            Target::Stdout => Box::new(std::io::stdout()),
-            Target::File(p) => Box::new(append(p)?),
+            Target::Stdout => Sink::Stdout,
+            Target::File(p) => Sink::File {
+                file: append(p)?,
+                path: p.clone(),
+            },
         };
         let (tx, rx) = sync_channel::<String>(16_384);
-        let path = match &cfg.access {
-            Target::File(p) => Some(p.clone()),
-            _ => None,
-        };
         let asked = Arc::clone(&reopen);
+        let mut batch = Batch {
+            sink,
+            buf: Vec::with_capacity(BATCH),
+            dropped: dropped.clone(),
+            lost: 0,
+            warned: None,
+            failing: false,
+        };
         std::thread::Builder::new()
             .name("segd-access-log".into())
             .spawn(move || {
-                let mut w = std::io::BufWriter::with_capacity(64 * 1024, sink);
-                // When the oldest line not yet flushed was written: no line waits in the
-                // buffer longer than FLUSH, however steadily lines come.
+                // When the oldest line not yet written was queued: no line waits in the batch
+                // longer than FLUSH, however steadily lines come.
                 let mut oldest: Option<Instant> = None;
                 loop {
                     if asked.swap(false, Ordering::Relaxed) {
                         // Lines queued before the signal go to the old file (logrotate has
                         // renamed it); the next ones to a new file at the configured path.
-                        let _ = w.flush();
-                        if let Some(p) = &path {
-                            match append(p) {
+                        batch.flush();
+                        if let Sink::File { file, path } = &mut batch.sink {
+                            match append(path) {
                                 Ok(f) => {
-                                    w = std::io::BufWriter::with_capacity(64 * 1024, Box::new(f));
-                                    tracing::info!(path = %p.display(), "access log reopened");
+                                    *file = f;
+                                    tracing::info!(path = %path.display(), "access log reopened");
                                 }
                                 Err(e) => tracing::error!(
-                                    path = %p.display(),
+                                    path = %path.display(),
                                     error = %e,
                                     "cannot reopen the access log; still writing to the old file"
                                 ),
@@ -328,22 +444,21 @@ impl AccessLog {
                     let wait = oldest.map_or(FLUSH, |t| FLUSH.saturating_sub(t.elapsed()));
                     match rx.recv_timeout(wait) {
                         Ok(line) => {
-                            let _ = w.write_all(line.as_bytes());
-                            let _ = w.write_all(b"\n");
+                            batch.push(&line);
                             let first = *oldest.get_or_insert_with(Instant::now);
-                            if first.elapsed() >= FLUSH {
-                                let _ = w.flush();
+                            if first.elapsed() >= FLUSH || batch.buf.len() >= BATCH {
+                                batch.flush();
                                 oldest = None;
                             }
                         }
                         Err(RecvTimeoutError::Timeout) => {
-                            let _ = w.flush();
+                            batch.flush();
                             oldest = None;
                         }
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                let _ = w.flush();
+                batch.flush();
             })?;
         Ok(AccessLog {
             tx: Some(tx),

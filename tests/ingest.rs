@@ -3685,36 +3685,6 @@ async fn h3_early_answer_stops_the_body_with_h3_no_error() {
     }
 }
 
-/// A tmpfs mounted over a directory for one test, unmounted when dropped (also on a panic).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` when this process may not mount (not root): the caller skips, saying so.
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
-    }
-
-    fn remount(&self, opts: &str) {
-        let st = Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.0)
-            .status()
-            .expect("run mount");
-        assert!(st.success(), "mount -o remount,{opts} {:?}", self.0);
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 /// A volume whose filesystem went read-only (ext4 `errors=remount-ro` after a device error,
 /// here a tmpfs remounted `ro`) degrades that volume for writes only: new objects go to the
 /// other volume (they were placed on the read-only one and failed with 500 "write failed"), a
@@ -3728,7 +3698,7 @@ async fn read_only_volume_is_skipped_for_new_objects() {
     }
     let mut mounted = None;
     let rig = Rig::start(&["ro", "rw"], &[("reserve", "\"0\"")], "", |d| {
-        let m = Tmpfs::mount(&d.join("ro"), "4m").expect("mount a tmpfs (root)");
+        let m = Mount::tmpfs(&d.join("ro"), "4m").expect("mount a tmpfs (root)");
         std::fs::create_dir_all(d.join("ro/live/old")).expect("mkdir");
         std::fs::write(d.join("ro/live/old/a.ts"), b"old").expect("write");
         m.remount("ro");

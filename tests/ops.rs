@@ -18,6 +18,8 @@
 //!   skipped with a note elsewhere, a failure under `CI`): start, every protocol through the
 //!   hardening, reload, rejected reload, restart under load, stop, uploads with the unit's writer
 //!   change, a rejected config at start (docs/systemd-verified.md)
+//! - the access log on a full disk: lines that do not fit are counted and warned about, and the
+//!   file keeps whole lines only (a tmpfs; root needed, skipped with a note elsewhere)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -954,6 +956,78 @@ async fn ops_sigusr1_reopens_the_access_log() {
     assert!(
         old.contains("ops-rotate-before") && !old.contains("ops-rotate-after"),
         "{old}"
+    );
+}
+
+/// The access log on a full filesystem (a small tmpfs filled but for one page; root needed,
+/// skipped with a note elsewhere): the lines that do not fit are counted in
+/// `segd_access_log_dropped_total` (lines in the file + dropped = requests), a warning names
+/// the file and the error, and the file holds whole JSON lines only. (The writer ignored its
+/// write errors: nothing counted, nothing said, and a half-written line left at the end.)
+#[tokio::test]
+async fn ops_access_log_on_a_full_disk_counts_what_it_drops() {
+    use std::io::Write;
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let vols = demo_volumes();
+    let dir = vols.path().join("logs");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let _m = Mount::tmpfs(&dir, "64k").expect("mount a tmpfs (root)");
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).expect("filler");
+    while f.write_all(&[0u8; 4096]).is_ok() {}
+    let full = f.metadata().expect("stat").len() / 4096 * 4096;
+    f.set_len(full - 4096).expect("free one page");
+    drop(f);
+    let log = dir.join("access.log");
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &format!("[log]\naccess = \"{}\"\nformat = \"json\"\n", log.display()),
+    ));
+    let n = 60;
+    for i in 0..n {
+        let r = get(
+            &srv.url("/vod/t1/hls/64k/seg_00001.ts"),
+            &[("x-request-id", &format!("ops-full-{i}"))],
+        )
+        .await;
+        assert_eq!(r.status, 200, "serving is unaffected");
+    }
+    let lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count() as f64
+    };
+    let dropped = async || {
+        let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+        metric(&m, "segd_access_log_dropped_total").unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), async || lines() + dropped().await
+            == f64::from(n))
+        .await,
+        "{} lines in the file, {} counted as dropped, of {n}:\n{}",
+        lines(),
+        dropped().await,
+        srv.stderr()
+    );
+    assert!(dropped().await > 0.0, "the disk was full");
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(lines() >= 1.0, "the lines that fit were written");
+    assert!(text.ends_with('\n'), "no torn line at the end: {text:?}");
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("a whole JSON line ({e}): {line:?}"));
+    }
+    let err = srv.log_with(&["access log write failed", "No space left on device"]);
+    assert!(err.contains(&log.display().to_string()), "{err}");
+    assert_eq!(
+        err.matches("access log write failed").count(),
+        1,
+        "warned once a minute at most:\n{err}"
     );
 }
 

@@ -6,7 +6,8 @@
 //! - check-config names the file and the problem for a missing, garbage or mismatched cert/key
 //! - `OPTIONS http://host` is `OPTIONS *` over TLS as on plaintext (curl `--request-target`)
 //! - a malformed, ambiguous or oversized HTTP/1.1 head gets the same answer over TLS as on the
-//!   plaintext fast path (segd's parser reads heads before hyper does: `h1::HeadGate`)
+//!   plaintext fast path (segd's parser reads heads before hyper does: `h1::HeadGate`), and is
+//!   counted the same way in `segd_refusals_total` on both
 
 use std::sync::Arc;
 
@@ -954,6 +955,112 @@ fn options_absolute_form_is_asterisk_over_tls() {
     };
     let want: Vec<&str> = cases.iter().map(|c| c.2).collect();
     assert_eq!(paths, want, "access log paths for {cases:?}");
+}
+
+/// Every head refused before it became a request — unreadable (a control character in a field,
+/// two `Host`s, not HTTP), too slow (408), too long (414, 431), another HTTP version (505) — is
+/// counted once in `segd_refusals_total` under its own reason, `fault="client"`, on the
+/// plaintext listener and over TLS alike. (The 400s, 408s, 414s and 431s were counted nowhere:
+/// a scanner or a broken CDN config showed in no metric and no log.) Still no access-log line:
+/// there is no request to log.
+#[tokio::test]
+async fn refused_heads_are_counted_on_both_listeners() {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let log = vols.path().join("access.log");
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        &format!("\n[log]\naccess = \"{}\"\n", log.display()),
+        "header_read_timeout = \"1s\"",
+    );
+    let c = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let refusals = async || -> BTreeMap<String, f64> {
+        let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+        m.lines()
+            .filter(|l| l.starts_with("segd_refusals_total{"))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    };
+    let long = format!("/vod/{}.ts", "a".repeat(20_000));
+    let big = "b".repeat(20_000);
+    let cases: Vec<(String, u16, &str)> = vec![
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nUser-Agent: a\x01b\r\n\r\n"),
+            400,
+            "bad_head",
+        ),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400,
+            "bad_head",
+        ),
+        ("GARBAGE\r\n\r\n".to_string(), 400, "bad_head"),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 1,1\r\n\r\n"),
+            400,
+            "bad_head",
+        ),
+        (
+            format!("GET {SEG} HTTP/2.0\r\nHost: a\r\n\r\n"),
+            505,
+            "version",
+        ),
+        (
+            format!("GET {long} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n"),
+            431,
+            "head_too_large",
+        ),
+        (format!("GET {SEG} HTTP/1.1\r\nHo"), 408, "head_timeout"),
+    ];
+    for (req, want, reason) in &cases {
+        let shown = &req[..req.len().min(60)];
+        let series = format!("segd_refusals_total{{fault=\"client\",reason=\"{reason}\"}}");
+        for tls in [false, true] {
+            let before = refusals().await;
+            let out = if tls {
+                let mut s = connect(&srv, &c).await;
+                let _ = s.write_all(req.as_bytes()).await;
+                let mut out = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+                out
+            } else {
+                raw(srv.addr, req.as_bytes(), Duration::from_secs(5))
+            };
+            assert_eq!(raw_status(&out), *want, "tls {tls}, {shown:?}");
+            let after = refusals().await;
+            let grown: Vec<(&String, f64)> = after
+                .iter()
+                .map(|(k, v)| (k, v - before.get(k).copied().unwrap_or(0.0)))
+                .filter(|(_, d)| *d != 0.0)
+                .collect();
+            assert_eq!(
+                grown,
+                vec![(&series, 1.0)],
+                "tls {tls}, {shown:?}: counted once, as {reason}"
+            );
+        }
+    }
+    // Nothing in the access log: none of them became a request.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        "",
+        "no access-log line for a refused head"
+    );
 }
 
 /// Whatever a hostile or broken client sends as an HTTP/1.1 head, the TLS listener answers

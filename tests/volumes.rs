@@ -5,6 +5,9 @@
 //! - several volumes: objects found on each; `segd place` agrees with the placement rule
 //! - a volume removed while running: 503 for its objects, others 200, /readyz and metrics show it,
 //!   and it serves again when it comes back
+//! - a volume whose filesystem is lazily unmounted (no marker): 503, unhealthy, logged once (not
+//!   404s from the empty mount point); healthy again when a filesystem is mounted there again,
+//!   a new one or the same one (a bind mount, which keeps the device)
 
 use std::time::Duration;
 
@@ -189,6 +192,119 @@ async fn volume_removed_while_running() {
     assert_eq!(r.text(), "ready\n");
     // The process never exited over it.
     assert!(get(&srv.admin_url("/healthz"), &[]).await.status == 200);
+}
+
+/// `umount -l` of a volume's filesystem under the running server, no marker configured: the old
+/// filesystem stays readable through segd's root handle and the mount point is an empty
+/// directory, so only comparing the path with the handle tells. Its objects are 503 (the one in
+/// the open-file cache too), the volume unhealthy in metrics and /readyz, logged once; a
+/// filesystem mounted there again with the objects serves again.
+#[tokio::test]
+async fn lazily_unmounted_volume_is_503_until_mounted_again() {
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    let corpus = dir.path().join("disk2.corpus");
+    std::fs::rename(&d2, &corpus).expect("move corpus");
+    std::fs::create_dir(&d2).expect("mount point");
+    let m = Mount::tmpfs(&d2, "16m").expect("mount a tmpfs (root)");
+    copy_tree(&corpus, &d2);
+    let srv = Server::start(&config_for(&[&d1, &d2], ""));
+    let seen = srv.url("/vod/t2/hls/64k/seg_00000.ts");
+    let unseen = srv.url("/vod/t2/hls/128k/seg_00003.ts");
+    assert_eq!(get(&seen, &[]).await.status, 200);
+
+    m.unmount_lazily();
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&seen, &[])
+            .await
+            .status
+            == 503)
+        .await,
+        "an object of the unmounted volume (in the open-file cache)"
+    );
+    let r = get(&unseen, &[]).await;
+    assert_eq!(r.status, 503, "never opened before: {}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/64k/seg_00000.ts"), &[])
+            .await
+            .status,
+        200,
+        "the other volume keeps serving"
+    );
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"disk2\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    let r = get(&srv.admin_url("/readyz"), &[]).await;
+    assert!(r.text().contains("volume disk2 unhealthy"), "{}", r.text());
+    // Several checks later (200 ms apart), still one line about it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(get(&unseen, &[]).await.status, 503);
+    let log = srv.log_with(&["volume marked unhealthy", "filesystem unmounted"]);
+    assert_eq!(
+        log.matches("volume marked unhealthy").count(),
+        1,
+        "logged once:\n{log}"
+    );
+
+    // A filesystem mounted there again, holding the objects: healthy and serving.
+    let _m = Mount::tmpfs(&d2, "16m").expect("mount a tmpfs again");
+    copy_tree(&corpus, &d2);
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&unseen, &[])
+            .await
+            .status
+            == 200)
+        .await
+    );
+    assert_eq!(get(&seen, &[]).await.status, 200);
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"disk2\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// A bind mount as the volume (same device as the directory beneath it, so the device alone
+/// does not tell): lazily unmounted, it is 503; mounted back, the path leads to the very root
+/// segd holds (same device and inode) and it serves again.
+#[tokio::test]
+async fn unmounted_bind_mount_recovers_when_mounted_back() {
+    if !may_mount() {
+        eprintln!("skipped: a bind mount needs root");
+        return;
+    }
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let src = dir.path().join("disk2");
+    let at = dir.path().join("bound");
+    std::fs::create_dir(&at).expect("mount point");
+    let m = Mount::bind(&src, &at).expect("bind mount (root)");
+    let srv = Server::start(&config_for(&[&d1, &at], ""));
+    let url = srv.url("/vod/t2/hls/128k/seg_00002.ts");
+    assert_eq!(get(&url, &[]).await.status, 200);
+    m.unmount_lazily();
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 503)
+        .await
+    );
+    let _m = Mount::bind(&src, &at).expect("bind mount again");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 200)
+        .await
+    );
+    srv.log_with(&["filesystem unmounted", "volume healthy again"]);
 }
 
 #[tokio::test]

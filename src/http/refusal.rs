@@ -38,6 +38,18 @@ impl Fault {
 pub enum Refusal {
     #[error("malformed request")]
     Malformed,
+    /// An HTTP/1 request head that could not be parsed (not HTTP, a bad header line, a control
+    /// character in a field, two `Host`s, two `Content-Length`s, a target that is no URI…):
+    /// refused before it became a request, so no access-log line (there is none to log).
+    #[error("unreadable request head")]
+    BadHead,
+    /// An HTTP/1 request head begun but not complete within `header_read_timeout` (a slow or
+    /// stalled client, slowloris).
+    #[error("request head timed out")]
+    HeadTimeout,
+    /// An HTTP/1 request head larger than the head buffer (`max_header_bytes`).
+    #[error("request head too large")]
+    HeadTooLarge,
     #[error("request target too long")]
     UriTooLong,
     /// A method segd implements that the target does not allow (a write outside `[ingest]
@@ -151,9 +163,30 @@ impl Refusal {
                 "malformed",
                 Client,
             ),
+            Refusal::BadHead => (
+                StatusCode::BAD_REQUEST,
+                "bad request\n",
+                Debug,
+                "bad_head",
+                Client,
+            ),
+            Refusal::HeadTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request timeout\n",
+                Debug,
+                "head_timeout",
+                Client,
+            ),
+            Refusal::HeadTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header too large\n",
+                Debug,
+                "head_too_large",
+                Client,
+            ),
             Refusal::UriTooLong => (
                 StatusCode::URI_TOO_LONG,
-                "uri too long\n",
+                "URI too long\n",
                 Debug,
                 "uri_too_long",
                 Client,
@@ -400,6 +433,9 @@ impl Refusal {
         matches!(
             self,
             Refusal::Malformed
+                | Refusal::BadHead
+                | Refusal::HeadTimeout
+                | Refusal::HeadTooLarge
                 | Refusal::TooLarge
                 | Refusal::BodyTimeout
                 | Refusal::BodyIncomplete
@@ -468,6 +504,9 @@ impl From<Miss> for Refusal {
 /// Every refusal, for pre-registering metric labels and for tests.
 pub const ALL: &[Refusal] = &[
     Refusal::Malformed,
+    Refusal::BadHead,
+    Refusal::HeadTimeout,
+    Refusal::HeadTooLarge,
     Refusal::UriTooLong,
     Refusal::MethodNotAllowed,
     Refusal::MethodNotImplemented,

@@ -14,10 +14,10 @@
 //! on the disk that is down, and a CDN must not cache a 404 for it).
 //!
 //! ## Health
-//! A volume is unhealthy when its root is gone, replaced (unmounted: different device or
-//! inode), its marker file is missing, or a read failed with a device error (EIO, ENXIO,
-//! ENODEV, ESTALE, ...). The transition is logged once. [`Volumes::check_health`] re-probes and
-//! reopens a root that came back. No disk error ever panics or stops the process.
+//! A volume is unhealthy when its root is gone, unmounted (the path now leads to another
+//! directory, on no mount of its own: `volume` module doc), its marker file is missing, or a
+//! read failed with a device error (EIO, ENXIO, ENODEV, ESTALE, ...). The transition is logged
+//! once. [`Volumes::check_health`] re-probes and reopens a root that came back. No disk error ever panics or stops the process.
 
 pub mod beneath;
 mod object;

@@ -4,11 +4,26 @@
 //! so neither `..` nor a symlink can lead outside (the same walk done one component at a time
 //! where openat2 is refused: [`super::beneath`]). Health flips on device faults and on probes of
 //! the root (gone, replaced by another mount, marker missing); every probe is counted.
+//!
+//! ## An unmounted root
+//! A filesystem unmounted under a running segd (`umount -l`, or a forced unmount) stays readable
+//! through the open root handle, while the configured path now leads to the empty mount point on
+//! the filesystem beneath. A probe that finds another directory at the path therefore decides
+//! whether the root was *unmounted* (unhealthy: its objects are 503, never 404s from the empty
+//! mount point) or *replaced* (reopened and served):
+//! - unmounted: nothing is mounted at the path now, and either a filesystem was mounted there
+//!   when the root was opened, or the path now lies on another device (a volume that is a
+//!   directory inside the filesystem that went away);
+//! - replaced: a filesystem is mounted at the path (the disk mounted again, a new disk, or the
+//!   mount that segd started before), or the directory was recreated on the same filesystem.
+//!
+//! An unmounted root keeps its handle, so mounting the same filesystem back matches it again
+//! (same device and inode) and the volume is healthy again.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,6 +70,49 @@ struct Root {
     fd: OwnedFd,
     dev: u64,
     ino: u64,
+    /// A filesystem (or a bind mount) was mounted at the root when it was opened.
+    mount_root: bool,
+}
+
+/// Whether `fd` is the root of a mount: a filesystem or a bind mount is mounted at it.
+fn is_mount_root(fd: BorrowedFd<'_>) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    if let Ok(x) = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS) {
+        if x.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) {
+            return x.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
+        }
+    }
+    // Kernels before 5.8 do not say; a mounted filesystem is on another device than its parent
+    // directory (a bind mount within one filesystem is not seen this way).
+    match (
+        rustix::fs::fstat(fd),
+        rustix::fs::statat(fd, "..", rustix::fs::AtFlags::empty()),
+    ) {
+        (Ok(here), Ok(up)) => here.st_dev != up.st_dev,
+        _ => false,
+    }
+}
+
+/// Why the directory now at `path` (device `dev`) means `root`'s filesystem was unmounted, or
+/// `None` when it is a replacement to reopen (see the module doc, "An unmounted root").
+fn unmounted(root: &Root, path: &Path, dev: u64) -> Option<String> {
+    let mounted_now = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .is_ok_and(|fd| is_mount_root(fd.as_fd()));
+    (!mounted_now && (root.mount_root || dev != root.dev)).then(|| {
+        format!(
+            "filesystem unmounted: {} is now a directory of another filesystem \
+             (device {}:{}, the volume's was {}:{})",
+            path.display(),
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev),
+            rustix::fs::major(root.dev),
+            rustix::fs::minor(root.dev),
+        )
+    })
 }
 
 /// Test-only fault injection, compiled into debug builds only (what `cargo test` runs; release
@@ -153,6 +211,7 @@ impl Volume {
             )?;
         }
         Ok(Root {
+            mount_root: is_mount_root(fd.as_fd()),
             fd,
             dev: st.st_dev,
             ino: st.st_ino,
@@ -181,7 +240,8 @@ impl Volume {
     }
 
     /// Re-checks the root: still there, same device and inode, marker present. Reopens a root
-    /// that came back (remount, directory restored). Returns the health after the check.
+    /// that came back (remount, directory restored); keeps the handle of one whose filesystem
+    /// was unmounted (see the module doc). Returns the health after the check.
     pub fn probe(&self) -> bool {
         self.probes.fetch_add(1, Ordering::Relaxed);
         self.last_probe_ms.store(
@@ -201,6 +261,14 @@ impl Volume {
                 let same = current
                     .as_ref()
                     .is_some_and(|r| r.dev == st.st_dev && r.ino == st.st_ino);
+                if let Some(why) = current
+                    .as_deref()
+                    .filter(|_| !same)
+                    .and_then(|r| unmounted(r, &self.path, st.st_dev))
+                {
+                    self.set_health(false, &why);
+                    return false;
+                }
                 let marker_ok = match (&self.marker, &current) {
                     (Some(m), Some(r)) if same => {
                         rustix::fs::statat(&r.fd, m.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)

@@ -44,6 +44,61 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// A filesystem (a tmpfs, or a bind mount) mounted over a directory for one test, unmounted
+/// (lazily) when dropped, also on a panic. Mounting needs root: callers check
+/// [`may_mount`] first and skip, saying so.
+pub struct Mount(PathBuf);
+
+/// Whether this process may mount filesystems (runs as root).
+pub fn may_mount() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+impl Mount {
+    fn run(args: &[&str], at: &Path) -> Option<Mount> {
+        let ok = Command::new("mount")
+            .args(args)
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+
+    /// A tmpfs of `size` (`mount -o size=`) at `at`; `None` if mounting failed.
+    pub fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        Mount::run(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], at)
+    }
+
+    /// Directory `from` bind-mounted at `at`; `None` if mounting failed.
+    pub fn bind(from: &Path, at: &Path) -> Option<Mount> {
+        let from = from.to_str().expect("utf-8 path");
+        Mount::run(&["--bind", from], at)
+    }
+
+    pub fn remount(&self, opts: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,{opts}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount -o remount,{opts} {:?}", self.0);
+    }
+
+    /// `umount -l` now (what an operator, or a failing disk's udev rule, does under a running
+    /// server): the filesystem stays reachable through descriptors already open on it.
+    pub fn unmount_lazily(self) {
+        let st = Command::new("umount").arg("-l").arg(&self.0).status();
+        assert!(st.is_ok_and(|s| s.success()), "umount -l {:?}", self.0);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// A temp dir with two volumes holding a copy of the demo corpus (t1 on disk1, t2 on disk2).
 pub fn demo_volumes() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");

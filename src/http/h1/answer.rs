@@ -3,7 +3,6 @@
 //! serves over TLS (`gate`), so a malformed or ambiguous request gets the same status and
 //! reason on either listener.
 
-use http::StatusCode;
 use prometheus::IntCounterVec;
 
 use super::parse::{body_framing, split_target, Framing, Head, HeadError};
@@ -11,51 +10,38 @@ use crate::http::handler;
 use crate::http::refusal::Refusal;
 
 /// An answer segd writes itself (a short `text/plain` reason, `Connection: close`), then
-/// closes the connection.
+/// closes the connection: a row of the refusal table, counted in `segd_refusals_total` like
+/// every other refusal, so heads that never became a request (unreadable, too large, too slow)
+/// are seen too. They have no access-log line: there is no request to log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Answer {
-    /// To a head that never became a request (unreadable, too large, too slow): not counted.
-    Plain(StatusCode, &'static str),
-    /// A row of the refusal table, counted in `segd_refusals_total`.
-    Refused(Refusal),
-}
+pub(super) struct Answer(pub(super) Refusal);
 
 impl Answer {
-    pub(super) const BAD_REQUEST: Answer = Answer::Plain(StatusCode::BAD_REQUEST, "bad request\n");
+    pub(super) const BAD_REQUEST: Answer = Answer(Refusal::BadHead);
 
     /// The answer to a head that could not be read; `None`: the client left, nobody to answer.
     pub(super) fn to_head_error(e: &HeadError) -> Option<Answer> {
-        Some(match e {
+        Some(Answer(match e {
             HeadError::Closed => return None,
-            HeadError::TimedOut => Answer::Plain(StatusCode::REQUEST_TIMEOUT, "request timeout\n"),
-            HeadError::TooLarge => Answer::Plain(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "request header too large\n",
-            ),
-            HeadError::UriTooLong => Answer::Plain(StatusCode::URI_TOO_LONG, "URI too long\n"),
-            HeadError::Version => Answer::Refused(Refusal::VersionNotSupported),
-            HeadError::Bad => Answer::BAD_REQUEST,
-        })
+            HeadError::TimedOut => Refusal::HeadTimeout,
+            HeadError::TooLarge => Refusal::HeadTooLarge,
+            HeadError::UriTooLong => Refusal::UriTooLong,
+            HeadError::Version => Refusal::VersionNotSupported,
+            HeadError::Bad => Refusal::BadHead,
+        }))
     }
 
-    pub(super) fn status_body(self) -> (StatusCode, &'static str) {
-        match self {
-            Answer::Plain(status, body) => (status, body),
-            Answer::Refused(r) => {
-                let row = r.row();
-                (row.status, row.body)
-            }
-        }
+    pub(super) fn status_body(self) -> (http::StatusCode, &'static str) {
+        let row = self.0.row();
+        (row.status, row.body)
     }
 
-    /// Counts a refusal (a `Plain` answer is none).
+    /// Counts the refusal in `segd_refusals_total{reason,fault}`.
     pub(super) fn count(self, refusals: &IntCounterVec) {
-        if let Answer::Refused(r) = self {
-            let row = r.row();
-            refusals
-                .with_label_values(&[row.label, row.fault.as_str()])
-                .inc();
-        }
+        let row = self.0.row();
+        refusals
+            .with_label_values(&[row.label, row.fault.as_str()])
+            .inc();
     }
 
     /// The answer on the wire: head and body.
@@ -68,7 +54,7 @@ impl Answer {
     /// not lost to a reset): for every answer but a timeout, whose client is too slow to wait
     /// for.
     pub(super) fn lingers(self) -> bool {
-        !matches!(self, Answer::Plain(StatusCode::REQUEST_TIMEOUT, _))
+        self.0 != Refusal::HeadTimeout
     }
 }
 
@@ -80,10 +66,10 @@ pub(super) fn screen(head: &Head) -> Result<Framing, Answer> {
     if framing == Framing::Chunked {
         // HTTP/1.0 has no transfer codings: its framing is faulty.
         if head.http10 {
-            return Err(Answer::Refused(Refusal::Malformed));
+            return Err(Answer(Refusal::Malformed));
         }
         // segd decodes `chunked` and nothing else.
-        handler::check_transfer_codings(&head.headers).map_err(Answer::Refused)?;
+        handler::check_transfer_codings(&head.headers).map_err(Answer)?;
     }
     if split_target(head).is_none() {
         return Err(Answer::BAD_REQUEST);

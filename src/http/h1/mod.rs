@@ -358,7 +358,7 @@ async fn drop_body(
     }
     match dropped {
         Ok(()) => Ok(()),
-        Err(r) => Err(answer(stream, metrics, Answer::Refused(r)).await),
+        Err(r) => Err(answer(stream, metrics, Answer(r)).await),
     }
 }
 
