@@ -112,9 +112,11 @@ impl FileRange {
             .await
     }
 
-    /// Whether the file still shows the object this range was taken from (one `fstat`).
-    pub fn still_current(&self) -> bool {
-        crate::volumes::still_current(&self.file, &self.meta)
+    /// Whether the held file still has the bytes of the object this range was taken from: the
+    /// same size and mtime (one `fstat`). An unlink or a rename over the file leaves them (see
+    /// [`crate::volumes::unchanged`]); an in-place rewrite or a truncation does not.
+    pub fn unchanged(&self) -> bool {
+        crate::volumes::unchanged(&self.file, &self.meta)
     }
 
     /// Counts `e` against the volume when it is a device fault.
