@@ -15,6 +15,7 @@ mod ingest;
 mod lifecycle;
 mod limits;
 mod live;
+mod midbody;
 mod ops;
 mod regression;
 mod tls;

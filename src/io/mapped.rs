@@ -6,7 +6,8 @@
 //! playlists) are encrypted straight from a read-only shared mapping of the file, so no copy is
 //! made into a read buffer first. Before a chunk is handed out its pages are made resident through
 //! the volume's I/O backend (no disk wait on a request thread) and the file is checked to still
-//! cover it.
+//! hold the object (size and mtime, `store::body::Chunks`), so it covers the chunk and was not
+//! rewritten in place.
 //!
 //! ## Contract
 //! Segment files are immutable while served: replace them by writing a new file and renaming it

@@ -112,9 +112,11 @@ impl FileRange {
             .await
     }
 
-    /// Whether the file still shows the object this range was taken from (one `fstat`).
-    pub fn still_current(&self) -> bool {
-        crate::volumes::still_current(&self.file, &self.meta)
+    /// Whether the held file still has the bytes of the object this range was taken from: the
+    /// same size and mtime (one `fstat`). An unlink or a rename over the file leaves them (see
+    /// [`crate::volumes::unchanged`]); an in-place rewrite or a truncation does not.
+    pub fn unchanged(&self) -> bool {
+        crate::volumes::unchanged(&self.file, &self.meta)
     }
 
     /// Counts `e` against the volume when it is a device fault.
@@ -134,7 +136,7 @@ impl FileRange {
 
     /// The range as chunks for a copying writer: the whole object from the hot-body cache when
     /// it fits, slices of a memory map for large segments on connections that allow it, else
-    /// reads of up to `io::CHUNK` bytes.
+    /// reads of up to `io::CHUNK` bytes. See [`Chunks`] for when the file is checked.
     pub fn chunks(self, mapped_ok: bool) -> Chunks {
         let map = (mapped_ok && !self.small && self.disk.maps_ok(self.meta.len))
             .then(|| self.disk.map(&self.file, &self.meta))
@@ -143,6 +145,7 @@ impl FileRange {
             pos: self.offset,
             remaining: self.len,
             first: true,
+            check_at: self.offset + CHECK_SPAN,
             pending: None,
             map,
             range: Arc::new(self),
@@ -150,18 +153,46 @@ impl FileRange {
     }
 }
 
-/// A [`FileRange`] read chunk by chunk (see [`FileRange::chunks`]).
+/// The error that fails a body whose file changed under it.
+fn changed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "file changed while being sent")
+}
+
+/// A [`FileRange`] read chunk by chunk (see [`FileRange::chunks`]), for every writer that copies
+/// bytes (hyper's HTTP/1.1 and HTTP/2, with or without TLS, and HTTP/3).
+///
+/// A file rewritten in place or truncated while it is sent must fail the body, never complete
+/// it with bytes of two versions, as the sendfile path does (`http::h1::zerocopy`). So the held
+/// descriptor is checked with [`FileRange::unchanged`] (one `fstat`: size and mtime; an unlink or
+/// a rename over the file is no change) at the same distances:
+/// - reads: after the read that reaches each 1 MiB span's end and after the last read, before
+///   their bytes are handed out: bytes read after a change may leave within that span, but the
+///   body fails before it completes;
+/// - memory-mapped chunks: before each chunk is handed out (the `fstat` that makes sure the file
+///   still covers the chunk's pages, so no extra call): a mapped page is read when the writer
+///   encrypts it, so a change is seen at the next chunk;
+/// - the whole object from the hot-body cache: once, when the cache is filled
+///   (`Disk::whole`); cached bytes are a copy and cannot change.
+///
+/// As with sendfile, a change after the last check, while the last bytes are still on their way
+/// (queued in the writer or the socket), is not seen.
 pub struct Chunks {
     range: Arc<FileRange>,
     pos: u64,
     remaining: u64,
     first: bool,
+    /// The position a read has to reach before the file is checked again.
+    check_at: u64,
     pending: Option<BoxFuture<'static, io::Result<Bytes>>>,
     map: Option<Arc<Mapping>>,
 }
 
 /// Bytes handed out per mapped chunk (no buffer behind it, so larger than a read chunk).
 const MAP_CHUNK: u64 = 2 * crate::io::CHUNK as u64;
+
+/// Bytes read between two checks of the file: the sendfile path's span, so every writer notices
+/// a change within the same distance at the same cost (one `fstat` per MiB).
+const CHECK_SPAN: u64 = 1 << 20;
 
 impl Chunks {
     fn next_read(&mut self) -> BoxFuture<'static, io::Result<Bytes>> {
@@ -177,20 +208,24 @@ impl Chunks {
                     return Err(io::Error::other("mapped file was truncated while served"));
                 }
                 r.ensure_resident(pos, want).await?;
-                // The file must still cover the chunk: never touch pages past its end.
-                if r.file.metadata()?.len() < pos + want || (pos + want) as usize > map.len() {
+                // The file must still hold the object's bytes: never touch pages past its end,
+                // never hand out pages rewritten in place.
+                if (pos + want) as usize > map.len() {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "file shrank while being sent",
                     ));
+                }
+                if !r.unchanged() {
+                    return Err(changed());
                 }
                 r.disk.sent_mapped(want);
                 Ok(map.slice(pos as usize, want as usize))
             }
             .boxed();
         }
-        async move {
-            if whole {
+        if whole {
+            return async move {
                 let all = r.disk.whole(&r.file, &r.meta).await?;
                 let end = (pos + remaining) as usize;
                 if end > all.len() {
@@ -199,10 +234,21 @@ impl Chunks {
                         "cached body shorter than the range",
                     ));
                 }
-                return Ok(all.slice(pos as usize..end));
+                Ok(all.slice(pos as usize..end))
             }
-            let want = remaining.min(crate::io::CHUNK as u64) as usize;
-            r.read(pos, want).await
+            .boxed();
+        }
+        let want = remaining.min(crate::io::CHUNK as u64);
+        let check = pos + want >= self.check_at || want == remaining;
+        if check {
+            self.check_at = pos + want + CHECK_SPAN;
+        }
+        async move {
+            let bytes = r.read(pos, want as usize).await?;
+            if check && !r.unchanged() {
+                return Err(changed());
+            }
+            Ok(bytes)
         }
         .boxed()
     }

@@ -321,9 +321,19 @@ impl Disk {
 
     /// The whole object from the hot-body cache, filled once however many callers miss together.
     /// A fill's error reaches every waiter with its OS error code intact; the fault is counted
-    /// once, by the fill.
+    /// once, by the fill. A fill is checked after its read ([`volumes::unchanged`]): bytes of a
+    /// file rewritten in place are never cached, nor sent, under the identity it had before.
     pub async fn whole(&self, file: &Arc<File>, meta: &ObjectMeta) -> io::Result<Bytes> {
-        let fill = self.read(Arc::clone(file), 0, meta.len as usize);
+        let fill = async {
+            let bytes = self.read(Arc::clone(file), 0, meta.len as usize).await?;
+            if !volumes::unchanged(file, meta) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "file changed while being read",
+                ));
+            }
+            Ok(bytes)
+        };
         self.local
             .bodies
             .get_or_fill(meta, fill)

@@ -28,7 +28,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-pub use object::{clone_error, is_device_fault, still_current, ObjectMeta};
+pub use object::{clone_error, is_device_fault, still_current, unchanged, ObjectMeta};
 pub use path::{sanitize, PathError, RelPath};
 use volume::OpenError;
 pub use volume::{Opened, Volume};

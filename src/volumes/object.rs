@@ -6,7 +6,7 @@
 //! on two disks or two nodes (copied with its mtime, as `cp -p`, `rsync -t` and segd's own
 //! ingest and pull tiers keep it) has the same validators there, so a CDN revalidating against
 //! another node gets a 304. Device and inode never enter a validator; they stay in the identity
-//! used to detect change under an open descriptor ([`still_current`]) and to key the hot-body
+//! used to detect change under an open descriptor ([`unchanged`], [`still_current`]) and to key the hot-body
 //! cache, where "same bytes" must mean "same file".
 
 use std::fs::File;
@@ -55,16 +55,30 @@ impl ObjectMeta {
     }
 }
 
-/// Whether an open descriptor still shows the object described by `meta`: same size and mtime,
-/// and not unlinked. One `fstat` on a held descriptor: no path walk, no disk I/O.
+/// Whether the bytes behind an open descriptor are still those of the object `meta` describes:
+/// the same size and mtime (to the nanosecond, as in the ETag). What a body checks while it is
+/// sent, per span: an in-place rewrite or a truncation fails it. An unlink or a rename over the
+/// file does not: the held inode keeps its bytes, and a reader that started before a replace or
+/// a DELETE finishes with them. ctime is not compared: it also moves on every rename, unlink
+/// and chmod, which leave the bytes alone. One `fstat` on a held descriptor: no path walk, no
+/// disk I/O.
+pub fn unchanged(file: &File, meta: &ObjectMeta) -> bool {
+    linked_and_unchanged(file, meta).is_some()
+}
+
+/// Whether an open descriptor still shows the object `meta` describes *at its path's name*:
+/// [`unchanged`], and not unlinked. What a new request may be served from (an open-file cache
+/// hit): an unlinked file is gone for whoever asks next, even while earlier readers finish it.
 pub fn still_current(file: &File, meta: &ObjectMeta) -> bool {
-    match rustix::fs::fstat(file) {
-        Ok(st) => {
-            let now = ObjectMeta::from_stat(&st);
-            st.st_nlink > 0 && now.len == meta.len && now.mtime_ns == meta.mtime_ns
-        }
-        Err(_) => false,
-    }
+    linked_and_unchanged(file, meta).is_some_and(|linked| linked)
+}
+
+/// `None` when the descriptor no longer shows `meta`'s bytes (or cannot be checked), else
+/// whether the file is still linked.
+fn linked_and_unchanged(file: &File, meta: &ObjectMeta) -> Option<bool> {
+    let st = rustix::fs::fstat(file).ok()?;
+    let now = ObjectMeta::from_stat(&st);
+    (now.len == meta.len && now.mtime_ns == meta.mtime_ns).then_some(st.st_nlink > 0)
 }
 
 /// Whether an error from reading or sending a file is a device fault of its disk. Only these
@@ -124,6 +138,60 @@ mod tests {
         assert!(is_device_fault(&clone_error(&e)));
         let other = clone_error(&io::Error::new(io::ErrorKind::UnexpectedEof, "short"));
         assert_eq!(other.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A replace by rename and an unlink leave the held inode's bytes alone: a body being sent
+    /// goes on (`unchanged`), a new request is not served from it (`still_current`). An in-place
+    /// rewrite of the same size, or a truncation, changes both answers.
+    #[test]
+    fn unlinked_is_unchanged_but_not_current() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (p, q) = (dir.path().join("x.ts"), dir.path().join("new.ts"));
+        let meta_of = |f: &File| ObjectMeta::from_stat(&rustix::fs::fstat(f).expect("fstat"));
+        std::fs::write(&p, [1u8; 4096]).expect("write");
+        let held = File::open(&p).expect("open");
+        let meta = meta_of(&held);
+        assert!(unchanged(&held, &meta) && still_current(&held, &meta));
+        std::fs::write(&q, [2u8; 4096]).expect("write");
+        std::fs::rename(&q, &p).expect("rename over");
+        assert!(
+            unchanged(&held, &meta),
+            "renamed over: its bytes are intact"
+        );
+        assert!(
+            !still_current(&held, &meta),
+            "renamed over: not for new requests"
+        );
+
+        let held = File::open(&p).expect("open");
+        let meta = meta_of(&held);
+        std::fs::remove_file(&p).expect("unlink");
+        assert!(
+            unchanged(&held, &meta) && !still_current(&held, &meta),
+            "unlinked"
+        );
+
+        std::fs::write(&p, [3u8; 4096]).expect("write");
+        let held = File::open(&p).expect("open");
+        let meta = meta_of(&held);
+        // Past the coarse timestamp granularity, so the write moves the mtime.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let w = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open rw");
+        w.write_all_at(&[4u8; 100], 1000).expect("write in place");
+        assert!(
+            !unchanged(&held, &meta) && !still_current(&held, &meta),
+            "rewritten"
+        );
+        let meta = meta_of(&held);
+        w.set_len(10).expect("truncate");
+        assert!(
+            !unchanged(&held, &meta) && !still_current(&held, &meta),
+            "truncated"
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! recall them, so it guarantees the next best thing: such a response never completes. The file
 //! is checked against the object's identity (one `fstat`) after every span, the last `TAIL`
 //! bytes are sent only after a check, and after them a last check; a change fails the send, which
-//! the caller turns into a TCP reset.
+//! the caller turns into a TCP reset. "Change" means what can make sent bytes wrong, a new size
+//! or mtime (`FileRange::unchanged`): an unlink or a rename over the file leaves the held inode's
+//! bytes intact, so a download that started before a replace or a DELETE finishes with them.
 //!
 //! What that costs per response, in system calls: a body of up to `SENDFILE_CHUNK` bytes goes
 //! out in two sendfile calls (all but the tail, then the tail), after one residency check (two
@@ -151,7 +153,7 @@ pub(super) async fn send_file(
             ));
         }
         *sent += n as u64;
-        if cur.advance(n as u64) && !range.still_current() {
+        if cur.advance(n as u64) && !range.unchanged() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "file changed while being sent",
