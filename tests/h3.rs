@@ -89,6 +89,24 @@ impl H3 {
         stream
     }
 
+    /// A GET of `uri` as it is (its scheme and authority in the request's pseudo-headers).
+    pub(crate) async fn get_uri(&mut self, uri: &str) -> Resp {
+        let req = http::Request::builder().uri(uri).body(()).expect("request");
+        let mut stream = self.send.send_request(req).await.expect("send request");
+        stream.finish().await.expect("finish request");
+        let resp = stream.recv_response().await.expect("response head");
+        let mut body = Vec::new();
+        while let Some(chunk) = stream.recv_data().await.expect("body") {
+            body.extend_from_slice(chunk.chunk());
+        }
+        Resp {
+            status: resp.status().as_u16(),
+            version: resp.version(),
+            headers: resp.headers().clone(),
+            body: Bytes::from(body),
+        }
+    }
+
     /// A request whose head is sent and whose body is still to come.
     pub(crate) async fn start(
         &mut self,
@@ -1337,4 +1355,14 @@ async fn malformed_http3_requests_are_refused() {
     }
     let r = c.request("GET", "/vod/m/a.ts", &[("x-a", "a b")]).await;
     assert_eq!(r.status, 200, "inner whitespace is fine");
+    // RFC 9114 §4.3.1: no userinfo in `:authority`; `:scheme` https (or http) for what segd
+    // serves. Both were served.
+    for (uri, want) in [
+        ("https://user@localhost/vod/m/a.ts", 400),
+        ("ftp://localhost/vod/m/a.ts", 400),
+        ("https://localhost/vod/m/a.ts", 200),
+    ] {
+        let r = c.get_uri(uri).await;
+        assert_eq!(r.status, want, "{uri}");
+    }
 }

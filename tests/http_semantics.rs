@@ -515,8 +515,9 @@ async fn h2c_prior_knowledge() {
 
 /// RFC 9113 §8.3.1: over HTTP/2 a `Host` field that names another authority than `:authority`
 /// makes the request malformed (HTTP/3 refuses the same request, RFC 9114 §4.3.1); one that
-/// agrees (in any case) or none at all is fine. RFC 9113 §8.2.1: so does a field value that
-/// starts or ends with whitespace.
+/// agrees (in any case) or none at all is fine. So does userinfo in `:authority` or a scheme
+/// other than http(s). RFC 9113 §8.2.1: so does a field value that starts or ends with
+/// whitespace.
 #[tokio::test]
 async fn h2_host_must_agree_with_authority() {
     let (_d, srv) = one_volume("");
@@ -538,6 +539,22 @@ async fn h2_host_must_agree_with_authority() {
         let (resp, _) = client.send_request(req, true).expect("send");
         let resp = resp.await.expect("response");
         assert_eq!(resp.status().as_u16(), want, "Host {host:?}");
+    }
+    // RFC 9113 §8.3.1: no userinfo in `:authority`; `:scheme` http or https (HTTP/1.1 refuses
+    // userinfo in `Host` and in an absolute target alike). Both were served.
+    for (uri, want) in [
+        (format!("http://user@{authority}{SEG}"), 400),
+        (format!("http://user:pw@{authority}{SEG}"), 400),
+        (format!("ftp://{authority}{SEG}"), 400),
+        (format!("https://{authority}{SEG}"), 200),
+    ] {
+        let req = http::Request::builder()
+            .uri(&uri)
+            .body(())
+            .expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response");
+        assert_eq!(resp.status().as_u16(), want, "{uri}");
     }
     // RFC 9113 §8.2.1: a field value may not start or end with whitespace.
     for (value, want) in [(" a", 400), ("a ", 400), ("\ta", 400), ("a b", 200)] {

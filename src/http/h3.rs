@@ -292,7 +292,7 @@ async fn request(
             .any(|p| hreq.path.contains(p.as_str()));
     let send_timeout = policy.config.server.send_timeout;
     let handled = async {
-        if super::headers::values_trimmed(&parts.headers) {
+        if super::headers::values_trimmed(&parts.headers) && super::headers::target_ok(&parts.uri) {
             handler::handle(runtime, &policy, &hreq, body).await
         } else {
             handler::refused(runtime, &policy, &hreq, super::refusal::Refusal::Malformed)

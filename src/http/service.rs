@@ -288,6 +288,7 @@ async fn respond(
     let host_ok = match parts.version {
         http::Version::HTTP_2 => {
             headers::h2_authority_ok(parts.uri.authority(), &parts.headers)
+                && headers::target_ok(&parts.uri)
                 && headers::values_trimmed(&parts.headers)
         }
         v => headers::host_ok(&parts.headers, v == http::Version::HTTP_11),
