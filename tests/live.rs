@@ -2616,6 +2616,46 @@ async fn cache_control_of_live_objects() {
             assert!(n <= limit, "{path} h2={h2}: {cc} (at most {limit})");
         }
     }
+    // Live DASH manifests: ≤ half their minimumUpdatePeriod (how often players fetch them
+    // again) and ≤ cache_control.live; a static one (the stream's end) or one without a period:
+    // cache_control.live. (They all got cache_control.live.)
+    let mpd = |attrs: &str| {
+        format!("<?xml version=\"1.0\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" {attrs} minBufferTime=\"PT2S\">\n</MPD>\n")
+    };
+    for (path, attrs, want) in [
+        (
+            "/live/cc/d1/manifest.mpd",
+            "type=\"dynamic\" minimumUpdatePeriod=\"PT2S\"",
+            "public, max-age=1",
+        ),
+        (
+            "/live/cc/d2/manifest.mpd",
+            "type=\"dynamic\" minimumUpdatePeriod=\"PT0H0M6.5S\"",
+            "public, max-age=3",
+        ),
+        (
+            "/live/cc/d3/manifest.mpd",
+            "type=\"dynamic\" minimumUpdatePeriod=\"PT1M\"",
+            "public, max-age=5",
+        ),
+        (
+            "/live/cc/d4/manifest.mpd",
+            "type=\"dynamic\"",
+            "public, max-age=5",
+        ),
+        (
+            "/live/cc/d5/manifest.mpd",
+            "type=\"static\" minimumUpdatePeriod=\"PT2S\"",
+            "public, max-age=5",
+        ),
+    ] {
+        rig.put(path, mpd(attrs).as_bytes()).await;
+        for h2 in [false, true] {
+            let r = request("GET", &rig.url(path), &[], h2).await;
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(r.header("cache-control"), Some(want), "{path} h2={h2}");
+        }
+    }
     // A blocking answer: 6 × target duration.
     for h2 in [false, true] {
         let r = request("GET", &rig.url("/live/cc/a/index.m3u8?_HLS_msn=4"), &[], h2).await;

@@ -357,6 +357,11 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else if live && hls {
         let target = cx.rt.live.current(&canonical).map(|s| s.target);
         super::live::live_playlist_cache_control(cfg, target)
+    } else if live && ext.as_deref() == Some("mpd") {
+        // A dynamic manifest is fetched again every `minimumUpdatePeriod`: no cache may keep
+        // it longer than half of that, as a playlist's target duration bounds it.
+        let period = cx.rt.live.mpd_update_period(&canonical);
+        super::live::live_playlist_cache_control(cfg, period)
     } else {
         headers::cache_control(cfg, class, live)
     };

@@ -249,7 +249,8 @@ const RACE_WINDOW: Duration = Duration::from_secs(2);
 /// (whether it is `type="static"`; `None`: no `<MPD` in it).
 enum Kept {
     Hls(Box<Snapshot>),
-    Mpd(Option<bool>),
+    /// Whether it is static (`None`: unreadable), and its `minimumUpdatePeriod` in seconds.
+    Mpd(Option<bool>, Option<f64>),
 }
 
 /// Reads an upload's body into it and commits it.
@@ -297,7 +298,10 @@ impl Receive {
         // [`crate::live::Registry::mpd_behind`]).
         let version = upload.kept().map(|text| {
             if self.manifest {
-                Kept::Mpd(crate::live::mpd_is_static(text))
+                Kept::Mpd(
+                    crate::live::mpd_is_static(text),
+                    crate::live::mpd_update_period(text),
+                )
             } else {
                 let unknown = HeaderValue::from_static("");
                 Kept::Hls(Box::new(Snapshot::parse(
@@ -312,10 +316,10 @@ impl Receive {
                 let target = Duration::try_from_secs_f64(stored.target).unwrap_or(RACE_WINDOW);
                 new.behind(&stored, RACE_WINDOW.min(target))
             }),
-            Some(Kept::Mpd(Some(is_static))) => {
+            Some(Kept::Mpd(Some(is_static), _)) => {
                 self.registry.mpd_behind(&self.key, *is_static, RACE_WINDOW)
             }
-            Some(Kept::Mpd(None)) | None => false,
+            Some(Kept::Mpd(None, _)) | None => false,
         };
         if behind {
             return Err(Refusal::StalePlaylist);
@@ -331,9 +335,9 @@ impl Receive {
                 snap.last_modified = done.last_modified.clone();
                 self.registry.publish(&self.key, *snap);
             }
-            Some(Kept::Mpd(is_static)) => {
+            Some(Kept::Mpd(is_static, period)) => {
                 self.registry
-                    .mpd_stored(&self.key, is_static == Some(true), RACE_WINDOW)
+                    .mpd_stored(&self.key, is_static == Some(true), period, RACE_WINDOW)
             }
             None => {}
         }

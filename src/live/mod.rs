@@ -41,36 +41,94 @@ pub struct Registry {
     /// Live DASH manifests stored as `type="static"` (a stream's end), and when: a dynamic
     /// version arriving just after it lost a race with it ([`Registry::mpd_behind`]).
     ended_mpds: Mutex<HashMap<String, std::time::Instant>>,
+    /// Live DASH manifests stored as `type="dynamic"` with a `minimumUpdatePeriod`: its
+    /// seconds, which bound their `Cache-Control` as a target duration bounds a playlist's.
+    mpd_periods: Mutex<HashMap<String, f64>>,
     m: LiveMetrics,
 }
 
 /// Whether an MPD is `type="static"` (a presentation that has ended, or VOD), from its root
 /// element's start tag; `static` when it has no `type` (ISO/IEC 23009-1's default); `None`
 /// when `text` has no `<MPD` start tag.
+/// Live DASH manifests whose update period is remembered at most (the map is cleared when a new
+/// one would go past it: a manifest then gets the configured `cache_control.live` until its
+/// next version).
+const MPD_PERIODS: usize = 4096;
+
 pub fn mpd_is_static(text: &[u8]) -> Option<bool> {
-    let text = std::str::from_utf8(text).ok()?;
-    let start = text.find("<MPD")? + "<MPD".len();
+    match mpd_attribute(text, "type") {
+        Ok(Some(t)) => Some(t.trim() == "static"),
+        Ok(None) => Some(true),
+        Err(()) => None,
+    }
+}
+
+/// A live DASH manifest's `minimumUpdatePeriod` in seconds (how often players fetch it again),
+/// when it has one that can be read (an `xs:duration` of days, hours, minutes and seconds).
+pub fn mpd_update_period(text: &[u8]) -> Option<f64> {
+    xs_duration(mpd_attribute(text, "minimumUpdatePeriod").ok()??)
+}
+
+/// The value of attribute `name` of an MPD's root start tag: `Ok(None)` when the tag has no
+/// such attribute, `Err` when `text` has no readable `<MPD` start tag.
+fn mpd_attribute<'a>(text: &'a [u8], name: &str) -> Result<Option<&'a str>, ()> {
+    let text = std::str::from_utf8(text).map_err(|_| ())?;
+    let start = text.find("<MPD").ok_or(())? + "<MPD".len();
     let tag = &text[start..];
-    let tag = &tag[..tag.find('>')?];
+    let tag = &tag[..tag.find('>').ok_or(())?];
     // Attributes `name = "value"` (either quote, spaces around `=` allowed, as XML has them).
     let mut rest = tag;
     loop {
         rest = rest.trim_start();
         let Some(eq) = rest.find('=') else {
-            return Some(true);
+            return Ok(None);
         };
-        let name = rest[..eq].trim();
+        let attr = rest[..eq].trim();
         let after = rest[eq + 1..].trim_start();
-        let quote = after.chars().next()?;
+        let quote = after.chars().next().ok_or(())?;
         if quote != '"' && quote != '\'' {
-            return None;
+            return Err(());
         }
-        let value_end = after[1..].find(quote)? + 1;
-        if name == "type" {
-            return Some(after[1..value_end].trim() == "static");
+        let value_end = after[1..].find(quote).ok_or(())? + 1;
+        if attr == name {
+            return Ok(Some(&after[1..value_end]));
         }
         rest = &after[value_end + 1..];
     }
+}
+
+/// An `xs:duration` of the form DASH uses (`PT2S`, `PT0.5S`, `PT1M30S`, `P1DT2H`) in seconds:
+/// years and months (of no fixed length) and negative durations are `None`.
+fn xs_duration(v: &str) -> Option<f64> {
+    let v = v.trim().strip_prefix('P')?;
+    let (date, time) = match v.split_once('T') {
+        Some((d, t)) if !t.is_empty() => (d, t),
+        Some(_) => return None,
+        None => (v, ""),
+    };
+    let mut total = 0.0;
+    let mut parts = 0;
+    for (text, units) in [
+        (date, &[('D', 86_400.0)][..]),
+        (time, &[('H', 3600.0), ('M', 60.0), ('S', 1.0)][..]),
+    ] {
+        let mut rest = text;
+        for &(unit, secs) in units {
+            if let Some(i) = rest.find(unit) {
+                let n: f64 = rest[..i].parse().ok()?;
+                if !n.is_finite() || n < 0.0 {
+                    return None;
+                }
+                total += n * secs;
+                parts += 1;
+                rest = &rest[i + 1..];
+            }
+        }
+        if !rest.is_empty() {
+            return None;
+        }
+    }
+    (parts > 0 && total.is_finite()).then_some(total)
 }
 
 struct LiveMetrics {
@@ -155,6 +213,7 @@ impl Registry {
             blocked: AtomicUsize::new(0),
             stopping: watch::Sender::new(false),
             ended_mpds: Mutex::new(HashMap::new()),
+            mpd_periods: Mutex::new(HashMap::new()),
             m: LiveMetrics {
                 blocked: g(
                     "segd_live_blocked_requests",
@@ -228,9 +287,40 @@ impl Registry {
         !is_static && ended.get(path).is_some_and(|at| at.elapsed() < window)
     }
 
+    /// The `minimumUpdatePeriod` of the dynamic live DASH manifest last stored at `path`
+    /// through segd, in seconds.
+    pub fn mpd_update_period(&self, path: &str) -> Option<f64> {
+        self.mpd_periods
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+            .copied()
+    }
+
     /// A live DASH manifest stored at `path` (under the path's lock): a static one is the
-    /// stream's end ([`Registry::mpd_behind`]).
-    pub fn mpd_stored(&self, path: &str, is_static: bool, window: std::time::Duration) {
+    /// stream's end ([`Registry::mpd_behind`]); a dynamic one's `period` (its
+    /// `minimumUpdatePeriod`) bounds its `Cache-Control` ([`Registry::mpd_update_period`]).
+    pub fn mpd_stored(
+        &self,
+        path: &str,
+        is_static: bool,
+        period: Option<f64>,
+        window: std::time::Duration,
+    ) {
+        {
+            let mut periods = self.mpd_periods.lock().unwrap_or_else(|p| p.into_inner());
+            match period.filter(|_| !is_static) {
+                Some(p) => {
+                    if periods.len() >= MPD_PERIODS && !periods.contains_key(path) {
+                        periods.clear();
+                    }
+                    periods.insert(path.to_owned(), p);
+                }
+                None => {
+                    periods.remove(path);
+                }
+            }
+        }
         let mut ended = self.ended_mpds.lock().unwrap_or_else(|p| p.into_inner());
         if is_static {
             if ended.len() >= 64 {
@@ -245,6 +335,10 @@ impl Registry {
     /// Forgets a deleted playlist (parked requests on it keep waiting for a new version).
     pub fn forget(&self, path: &str) {
         self.ended_mpds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(path);
+        self.mpd_periods
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(path);
@@ -418,11 +512,34 @@ impl Drop for ObjectWait<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{mpd_is_static, resolve};
+    use super::{mpd_is_static, mpd_update_period, resolve};
 
     /// `MPD@type` as a packager may write it: quoted either way, spaces around `=`, other
     /// attributes holding the word (`contentType` is on other elements), and absent (static,
     /// the standard's default).
+    #[test]
+    fn mpd_update_periods_are_xs_durations() {
+        let mpd = |a: &str| format!("<MPD type=\"dynamic\" minimumUpdatePeriod=\"{a}\">");
+        for (v, want) in [
+            ("PT2S", Some(2.0)),
+            ("PT0.5S", Some(0.5)),
+            ("PT1M30S", Some(90.0)),
+            ("PT1H", Some(3600.0)),
+            ("P1DT1S", Some(86_401.0)),
+            ("P1D", Some(86_400.0)),
+            ("PT", None),
+            ("P1M", None),
+            ("PT-1S", None),
+            ("2S", None),
+            ("PT2", None),
+            ("PTinfS", None),
+        ] {
+            assert_eq!(mpd_update_period(mpd(v).as_bytes()), want, "{v}");
+        }
+        assert_eq!(mpd_update_period(b"<MPD type=\"dynamic\">"), None);
+        assert_eq!(mpd_update_period(b"no manifest"), None);
+    }
+
     #[test]
     fn mpd_type_is_read_from_the_root_start_tag() {
         for (mpd, want) in [
