@@ -57,6 +57,23 @@ async fn h3_connect_from(addr: SocketAddr, endpoint: quinn::Endpoint) -> H3 {
     }
 }
 
+/// The response on `stream`, its body read to the end.
+async fn read_response(
+    mut stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) -> Resp {
+    let resp = stream.recv_response().await.expect("response head");
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.recv_data().await.expect("body") {
+        body.extend_from_slice(chunk.chunk());
+    }
+    Resp {
+        status: resp.status().as_u16(),
+        version: resp.version(),
+        headers: resp.headers().clone(),
+        body: Bytes::from(body),
+    }
+}
+
 impl H3 {
     pub(crate) async fn request(
         &mut self,
@@ -64,18 +81,8 @@ impl H3 {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Resp {
-        let mut stream = self.open(method, path, headers).await;
-        let resp = stream.recv_response().await.expect("response head");
-        let mut body = Vec::new();
-        while let Some(chunk) = stream.recv_data().await.expect("body") {
-            body.extend_from_slice(chunk.chunk());
-        }
-        Resp {
-            status: resp.status().as_u16(),
-            version: resp.version(),
-            headers: resp.headers().clone(),
-            body: Bytes::from(body),
-        }
+        let stream = self.open(method, path, headers).await;
+        read_response(stream).await
     }
 
     pub(crate) async fn open(
@@ -94,17 +101,7 @@ impl H3 {
         let req = http::Request::builder().uri(uri).body(()).expect("request");
         let mut stream = self.send.send_request(req).await.expect("send request");
         stream.finish().await.expect("finish request");
-        let resp = stream.recv_response().await.expect("response head");
-        let mut body = Vec::new();
-        while let Some(chunk) = stream.recv_data().await.expect("body") {
-            body.extend_from_slice(chunk.chunk());
-        }
-        Resp {
-            status: resp.status().as_u16(),
-            version: resp.version(),
-            headers: resp.headers().clone(),
-            body: Bytes::from(body),
-        }
+        read_response(stream).await
     }
 
     /// A request whose head is sent and whose body is still to come.

@@ -1715,12 +1715,28 @@ impl Pull {
         len: u64,
     ) {
         tracing::debug!(path = %rel, len, "the pull cache cannot take it and it is too large for memory: its requests pass through for a while");
+        let allowance = Some(std::sync::atomic::AtomicU64::new(len));
+        self.unkeep(rel, meta, upstream, storable && !fill.void(), allowance);
+    }
+
+    /// What [`Pull::too_large`] and [`Pull::pass_for_now`] share: a copy kept from before (this
+    /// was its revalidation) is another object now, never served again, not even stale (its
+    /// file goes with the index entry); the fill's answer is remembered for the requests to
+    /// pass through with when `remember` (`refused`: their allowance, [`Unkept::refused`]).
+    fn unkeep(
+        &self,
+        rel: &RelPath,
+        meta: &Arc<Meta>,
+        upstream: &str,
+        remember: bool,
+        refused: Option<std::sync::atomic::AtomicU64>,
+    ) {
         self.index.invalidate(rel.as_str());
-        if storable && !fill.void() {
+        if remember {
             let o = Unkept {
                 meta: Arc::clone(meta),
                 upstream: upstream.to_owned(),
-                refused: Some(std::sync::atomic::AtomicU64::new(len)),
+                refused,
             };
             self.unkept.insert(rel.as_str().to_owned(), Arc::new(o));
         }
@@ -2577,17 +2593,7 @@ impl Pull {
         fill: &Fill,
     ) {
         tracing::debug!(path = %rel, len = meta.len, "over pull.max_bytes: not stored; requests fetch their own bytes");
-        // A smaller copy kept from before (this was its revalidation) is another object now:
-        // never served again, not even stale (its file goes with the index entry).
-        self.index.invalidate(rel.as_str());
-        if storable && !fill.void() {
-            let o = Unkept {
-                meta: Arc::clone(meta),
-                upstream: upstream.to_owned(),
-                refused: None,
-            };
-            self.unkept.insert(rel.as_str().to_owned(), Arc::new(o));
-        }
+        self.unkeep(rel, meta, upstream, storable && !fill.void(), None);
     }
 
     /// Forgets what was learnt of an object not kept, if it is still `unkept` (a fill may have
