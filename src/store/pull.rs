@@ -677,35 +677,33 @@ impl Through {
     ) -> super::ByteStream {
         use futures_util::StreamExt;
         enum Part {
-            Fill(super::ByteStream, u64),
+            /// The fill's bytes, the position reached, and what fetches the rest should it fail.
+            Fill(super::ByteStream, u64, Through),
             Rest(super::ByteStream),
         }
         let end = offset + len;
         Box::pin(futures_util::stream::unfold(
-            Some(Part::Fill(first, offset)),
-            move |part| {
-                let this = self.clone();
-                async move {
-                    match part? {
-                        Part::Rest(mut s) => {
-                            let item = s.next().await?;
-                            Some((item, Some(Part::Rest(s))))
-                        }
-                        Part::Fill(mut s, pos) => match s.next().await {
-                            Some(Ok(b)) => {
-                                let next = pos + b.len() as u64;
-                                Some((Ok(b), Some(Part::Fill(s, next))))
-                            }
-                            Some(Err(e)) if pos < end => {
-                                tracing::debug!(path = %this.rel, at = pos, error = %e, "the fill failed under its reader: the rest from its upstream");
-                                let mut rest = this.stream(pos, end - pos);
-                                let item = rest.next().await?;
-                                Some((item, Some(Part::Rest(rest))))
-                            }
-                            Some(Err(e)) => Some((Err(e), None)),
-                            None => None,
-                        },
+            Some(Part::Fill(first, offset, self)),
+            move |part| async move {
+                match part? {
+                    Part::Rest(mut s) => {
+                        let item = s.next().await?;
+                        Some((item, Some(Part::Rest(s))))
                     }
+                    Part::Fill(mut s, pos, this) => match s.next().await {
+                        Some(Ok(b)) => {
+                            let next = pos + b.len() as u64;
+                            Some((Ok(b), Some(Part::Fill(s, next, this))))
+                        }
+                        Some(Err(e)) if pos < end => {
+                            tracing::debug!(path = %this.rel, at = pos, error = %e, "the fill failed under its reader: the rest from its upstream");
+                            let mut rest = this.stream(pos, end - pos);
+                            let item = rest.next().await?;
+                            Some((item, Some(Part::Rest(rest))))
+                        }
+                        Some(Err(e)) => Some((Err(e), None)),
+                        None => None,
+                    },
                 }
             },
         ))
