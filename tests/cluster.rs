@@ -32,7 +32,8 @@
 //!   `Retry-After`, not 404 (`[live] unknown_stream_retry_after`)
 //! - write-through, durability "upstream": the node holding a fresh upload is SIGKILLed right
 //!   after its 201 and the object is still read through HAProxy (another node pulls it); a
-//!   DELETE while the node's pull of the object is still under way leaves no copy
+//!   DELETE while the node's pull of the object is still under way leaves no copy; a read on
+//!   another node before the upload (404) is not remembered after the 201
 //! - write-through, durability "local": a read on another node before the queue drained (404)
 //!   is not remembered: once the bucket has the object, that node serves it
 //! - write-through, durability "local": the queue drains (`segd_write_through_backlog` back to 0)
@@ -2176,6 +2177,51 @@ async fn cluster_write_through_local_404_before_the_queue_drains_is_not_remember
         other.name
     );
     assert!(got == body, "bytes");
+}
+
+/// Durability "upstream": a node asked for a path before its upload (a read spilled or moved
+/// there) got the bucket's 404 and remembered it for `negative_ttl`, so it answered 404 long
+/// after the upload's 201, although the bucket had the object before that 201 was sent. The
+/// write-through bucket's 404s are not remembered under either durability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_write_through_upstream_404_before_the_upload_is_not_remembered() {
+    let c = Cluster::start(Opts {
+        ingest: "write_through = \"bucket\"\ndurability = \"upstream\"\n",
+        negative_ttl: Some("60s"),
+        ..Opts::default()
+    })
+    .await;
+    let path = "/vod/nu01/hls/seg_00001.ts";
+    let body = pattern(8111);
+    let owner = c.owner_of("/vod/nu01/probe.ts").await;
+    let token = play_token(0);
+    let kc = client(false);
+    // Every other node is asked first: not in the bucket yet.
+    let others: Vec<&Node> = c.nodes.iter().filter(|n| n.name != owner).collect();
+    for n in &others {
+        let (status, _, _) = try_get(&kc, &n.url(&q(path, &token)), &[])
+            .await
+            .unwrap_or_else(|e| panic!("GET from {}: {e}", n.name));
+        assert_eq!(status, 404, "{path} on {} before its upload", n.name);
+    }
+    let (id, r) = c.put(path, &body).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        c.who_served(std::slice::from_ref(&id)).get(&id),
+        Some(&owner)
+    );
+    // The bucket had it before the 201: every node serves it now, well within negative_ttl.
+    for n in &others {
+        let (status, _, got) = try_get(&kc, &n.url(&q(path, &token)), &[])
+            .await
+            .unwrap_or_else(|e| panic!("GET from {}: {e}", n.name));
+        assert_eq!(
+            status, 200,
+            "{path} on {} right after its upload's 201 (a remembered 404?)",
+            n.name
+        );
+        assert!(got == body, "bytes from {}", n.name);
+    }
 }
 
 /// Durability "upstream": a DELETE through a node while that node's pull of the object is

@@ -320,13 +320,13 @@ impl Object {
     }
 }
 
-/// The upstream that uploads reach through the durable queue (`write_through` with durability
-/// "local"): the pull tier does not remember its 404s (see [`pull::Pull::set_queued_upstream`]).
-fn queued_upstream(cfg: &Config) -> Option<String> {
+/// The upstream that this cluster's uploads are written through to (`[ingest] write_through`,
+/// either durability): the pull tier does not remember its 404s (see
+/// [`pull::Pull::set_written_upstream`]).
+fn written_upstream(cfg: &Config) -> Option<String> {
     cfg.ingest
         .write_through
         .as_ref()
-        .filter(|w| w.durability == crate::config::Durability::Local)
         .map(|w| w.upstream.clone())
 }
 
@@ -368,7 +368,7 @@ impl Store {
         if let Some(pull) = &pull {
             pull.attach(&local);
             // As write-through itself, fixed until a restart.
-            pull.set_queued_upstream(queued_upstream(cfg));
+            pull.set_written_upstream(written_upstream(cfg));
         }
         let write_through = write_through::WriteThrough::new(cfg, &metrics)?.map(Arc::new);
         let store = Store {

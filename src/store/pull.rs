@@ -558,9 +558,9 @@ pub struct Pull {
     local: Arc<Mutex<std::sync::Weak<Local>>>,
     /// Unix seconds of the last warning that the cache disk took no file.
     warned: std::sync::atomic::AtomicU64,
-    /// The upstream that uploads reach only later: the write-through bucket with durability
-    /// "local" ([`Pull::set_queued_upstream`]). Its 404s are not remembered.
-    queued_upstream: Mutex<Option<String>>,
+    /// The write-through bucket this cluster's uploads reach ([`Pull::set_written_upstream`]).
+    /// Its 404s are not remembered.
+    written_upstream: Mutex<Option<String>>,
     /// Upstreams that asked to be left alone (`Retry-After` on a 503 or 429, a bucket's
     /// `SlowDown`), by name and, for an HTTP upstream's 503, path, until when
     /// ([`Pull::note_rest`]): no request for it goes to them meanwhile; the next upstream is
@@ -1194,27 +1194,28 @@ impl Pull {
             m,
             local,
             warned: std::sync::atomic::AtomicU64::new(0),
-            queued_upstream: Mutex::new(None),
+            written_upstream: Mutex::new(None),
             resting: Mutex::new(HashMap::new()),
         };
         Ok(Some(pull))
     }
 
-    /// Names the upstream that this cluster's uploads reach through a queue (`[ingest]
-    /// write_through` with `durability = "local"`), or none. Its 404 means "not there yet" as
-    /// often as "not there": an upload taken by another node may still be in that node's queue,
-    /// and a 404 remembered for `negative_ttl` would outlive the upload's arrival (a read
-    /// spilled or moved to this node before the bucket had it). So its 404s are not
+    /// Names the upstream that this cluster's uploads are written through to (`[ingest]
+    /// write_through`, either durability), or none. Its 404 means "not there yet" as often as
+    /// "not there": an upload taken by another node may be in that node's queue (`durability =
+    /// "local"`), or may reach the bucket a moment later (`"upstream"`: the 201 comes after
+    /// the bucket has it). A 404 remembered for `negative_ttl` would outlive the upload's
+    /// arrival for a read spilled or moved to this node before it. So its 404s are not
     /// remembered; concurrent misses still share one request (single flight).
-    pub fn set_queued_upstream(&self, name: Option<String>) {
+    pub fn set_written_upstream(&self, name: Option<String>) {
         *self
-            .queued_upstream
+            .written_upstream
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = name;
     }
 
-    fn queued(&self, upstream: &str) -> bool {
-        self.queued_upstream
+    fn written_through(&self, upstream: &str) -> bool {
+        self.written_upstream
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_deref()
@@ -1839,7 +1840,7 @@ impl Pull {
                     let key = rel.as_str().to_owned();
                     let gone = status == StatusCode::GONE;
                     let mut until = None;
-                    if !live && !self.queued(&up.name) {
+                    if !live && !self.written_through(&up.name) {
                         let n = Negative {
                             gone,
                             until: Instant::now() + self.negative_ttl,
