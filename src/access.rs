@@ -312,6 +312,19 @@ fn json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// A header's value as text for the log: UTF-8 as it is (a `User-Agent` with `é` in it), any
+/// byte that is not UTF-8 as `\xHH` (as nginx logs it), so no client's field is lost.
+pub fn header_text(v: &[u8]) -> String {
+    let mut out = String::with_capacity(v.len());
+    for chunk in v.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Quotes for the combined format: no raw quotes or control characters can break the line.
 fn clf_str(s: &str) -> String {
     s.chars()
@@ -525,6 +538,38 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_text_keeps_utf8_and_escapes_other_bytes() {
+        assert_eq!(
+            header_text("Mozilla/5.0 \"q\" é".as_bytes()),
+            "Mozilla/5.0 \"q\" é"
+        );
+        assert_eq!(header_text(b"caf\xe9 \xff"), "caf\\xE9 \\xFF");
+        let ua = header_text(b"a\xe9");
+        let e = Entry {
+            time: SystemTime::UNIX_EPOCH,
+            client: "203.0.113.9".parse().expect("ip"),
+            peer: "127.0.0.1:5000".parse().expect("addr"),
+            method: "GET",
+            path: "/vod/t1/a.ts",
+            status: 200,
+            bytes: 1,
+            duration: Duration::from_micros(1),
+            proto: "h1",
+            tls: None,
+            cache: "hit",
+            key_id: None,
+            request_id: "abc",
+            user_agent: Some(&ua),
+            referer: None,
+            complete: true,
+        };
+        assert!(e
+            .format(LogFormat::Json)
+            .contains("\"user_agent\":\"a\\\\xE9\""));
+        assert!(e.format(LogFormat::Combined).contains("\"a\\xE9\""));
+    }
 
     #[test]
     fn formats() {

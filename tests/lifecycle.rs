@@ -340,12 +340,15 @@ async fn access_log_lines() {
         .status,
         200
     );
-    assert_eq!(
-        get(&srv.url(&format!("{SEG}?__token__={t}")), &[])
-            .await
-            .status,
-        200
+    // A User-Agent with UTF-8 and a byte that is not (obs-text, RFC 9110 §5.5): logged, the
+    // byte escaped, not dropped.
+    let ua_req = format!(
+        "GET {SEG}?__token__={t} HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Request-Id: ua-1\r\nUser-Agent: Mozilla/5.0 \"q\" \u{e9} "
     );
+    let mut ua_req = ua_req.into_bytes();
+    ua_req.extend_from_slice(b"\xff\r\n\r\n");
+    let resp = raw(srv.addr, &ua_req, Duration::from_secs(5));
+    assert_eq!(raw_status(&resp), 200);
     assert_eq!(
         request("GET", &srv.url(SEG), &[("x-origin-auth", "nope")], true)
             .await
@@ -384,6 +387,14 @@ async fn access_log_lines() {
     ] {
         assert!(first.contains(field), "missing {field} in {first}");
     }
+    let ua = lines
+        .iter()
+        .find(|l| l.contains("ua-1"))
+        .unwrap_or_else(|| panic!("the second request's line:\n{text}"));
+    assert!(
+        ua.contains("\"user_agent\":\"Mozilla/5.0 \\\"q\\\" \u{e9} \\\\xFF\""),
+        "{ua}"
+    );
     let refused = lines
         .iter()
         .find(|l| l.contains("\"status\":403"))

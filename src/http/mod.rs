@@ -105,8 +105,7 @@ impl Record {
             let header = |n: http::header::HeaderName| {
                 req.headers
                     .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
+                    .map(|v| crate::access::header_text(v.as_bytes()))
             };
             Box::new(Line {
                 client: policy.auth.client_ip(req.headers, req.peer.ip()),
