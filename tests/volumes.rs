@@ -8,6 +8,7 @@
 //! - a volume whose filesystem is lazily unmounted (no marker): 503, unhealthy, logged once (not
 //!   404s from the empty mount point); healthy again when a filesystem is mounted there again,
 //!   a new one or the same one (a bind mount, which keeps the device)
+//! - a reload that removes or renames a volume takes its read-time series along
 
 use std::time::Duration;
 
@@ -428,4 +429,48 @@ async fn eio_volume_degrades_alone_and_recovers() {
         .await
     );
     assert!(get(&srv.admin_url("/readyz"), &[]).await.text() == "ready\n");
+}
+
+/// A reload that removes a volume takes its `segd_volume_read_seconds` series with it (as
+/// `segd_volume_healthy`), and a renamed volume's reads are timed under its new name: the
+/// read timings were kept for any volume list of the same length.
+#[tokio::test]
+async fn reloaded_volumes_take_their_read_time_series_along() {
+    let dir = demo_volumes();
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    let srv = Server::start(&config_for(&[&d1, &d2], ""));
+    let series = |m: &str, name: &str| {
+        m.contains(&format!(
+            "segd_volume_read_seconds_count{{volume=\"{name}\"}}"
+        ))
+    };
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert!(series(&m, "disk1") && series(&m, "disk2"), "{m}");
+    // Applies `text` and waits (up to 10 s) for the metrics to say `done`.
+    let reload = async |text: String, done: &dyn Fn(&str) -> bool| {
+        std::fs::write(&srv.config, text).expect("config");
+        srv.signal(libc::SIGHUP);
+        let mut m = String::new();
+        eventually(Duration::from_secs(10), async || {
+            m = get(&srv.admin_url("/metrics"), &[]).await.text();
+            done(&m)
+        })
+        .await;
+        m
+    };
+    let gone = |m: &str| !m.contains("segd_volume_healthy{volume=\"disk2\"}");
+    let m = reload(config_for(&[&d1], ""), &gone).await;
+    assert!(gone(&m), "the reload never applied: {m}");
+    assert!(series(&m, "disk1"), "{m}");
+    assert!(
+        !series(&m, "disk2"),
+        "disk2's series after its removal: {m}"
+    );
+    // The same number of volumes under another name.
+    let renamed = dir.path().join("disk3");
+    std::fs::rename(&d2, &renamed).expect("rename");
+    let applied = |m: &str| m.contains("segd_volume_healthy{volume=\"disk3\"}");
+    let m = reload(config_for(&[&renamed], ""), &applied).await;
+    assert!(applied(&m), "the reload never applied: {m}");
+    assert!(series(&m, "disk3") && !series(&m, "disk1"), "{m}");
 }

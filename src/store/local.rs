@@ -115,11 +115,20 @@ impl Local {
                 Arc::clone(cache_stats),
             )),
         };
+        // The I/O workers time reads per volume, by name: kept only for the same names.
+        let names = |s: &Settings| s.volumes.iter().map(|v| v.1.clone()).collect::<Vec<_>>();
         let io = match old {
-            Some(o) if o.settings.io == new.io && o.settings.volumes.len() == new.volumes.len() => {
+            Some(o) if o.settings.io == new.io && names(&o.settings) == names(&new) => {
                 Arc::clone(&o.io)
             }
             _ => {
+                // A volume gone from the config takes its read-time series with it.
+                if let Some(o) = old {
+                    let now = names(&new);
+                    for gone in names(&o.settings).iter().filter(|n| !now.contains(n)) {
+                        let _ = metrics.volume_read_seconds.remove_label_values(&[gone]);
+                    }
+                }
                 let all: Vec<VolumeConfig> = cfg
                     .volumes
                     .iter()
