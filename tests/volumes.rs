@@ -8,6 +8,8 @@
 //! - a volume whose filesystem is lazily unmounted (no marker): 503, unhealthy, logged once (not
 //!   404s from the empty mount point); healthy again when a filesystem is mounted there again,
 //!   a new one or the same one (a bind mount, which keeps the device)
+//! - a volume inside a mounted filesystem: 503 when its disk is unmounted, served from a new
+//!   disk mounted at the same place
 //! - a reload that removes or renames a volume takes its read-time series along
 
 use std::time::Duration;
@@ -270,6 +272,52 @@ async fn lazily_unmounted_volume_is_503_until_mounted_again() {
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
         metric(&m, "segd_volume_healthy{volume=\"disk2\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// A volume that is a directory inside a mounted filesystem (`/mnt/disk2/media`): its disk
+/// unmounted, it is 503; a new disk mounted at the same mount point with the directory on it
+/// serves (the replacement disk of an operator). It stayed 503 until a restart: the path was
+/// on another device and was not itself a mount's root, which read as "unmounted" forever.
+#[tokio::test]
+async fn volume_inside_a_replaced_disk_serves_from_the_new_disk() {
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let corpus = dir.path().join("disk2");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let media = mnt.join("media");
+    let m = Mount::tmpfs(&mnt, "16m").expect("mount a tmpfs (root)");
+    copy_tree(&corpus, &media);
+    let srv = Server::start(&config_for(&[&d1, &media], ""));
+    let url = srv.url("/vod/t2/hls/64k/seg_00000.ts");
+    assert_eq!(get(&url, &[]).await.status, 200);
+
+    m.unmount_lazily();
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 503)
+        .await,
+        "an object of the volume whose disk is gone"
+    );
+    // The replacement disk: a new filesystem at the same mount point, the corpus restored.
+    let _m = Mount::tmpfs(&mnt, "16m").expect("mount a new tmpfs");
+    copy_tree(&corpus, &media);
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 200)
+        .await,
+        "the volume on its new disk"
+    );
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"media\"}"),
         Some(1.0),
         "{m}"
     );

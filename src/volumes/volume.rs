@@ -11,11 +11,11 @@
 //! the filesystem beneath. A probe that finds another directory at the path therefore decides
 //! whether the root was *unmounted* (unhealthy: its objects are 503, never 404s from the empty
 //! mount point) or *replaced* (reopened and served):
-//! - unmounted: nothing is mounted at the path now, and either a filesystem was mounted there
-//!   when the root was opened, or the path now lies on another device (a volume that is a
-//!   directory inside the filesystem that went away);
-//! - replaced: a filesystem is mounted at the path (the disk mounted again, a new disk, or the
-//!   mount that segd started before), or the directory was recreated on the same filesystem.
+//! - unmounted: the path now lies on a mount higher up than when the root was opened (the mount
+//!   at the path, or at a directory above it for a volume inside a filesystem, went away);
+//! - replaced: the path lies on a mount at the same place or further down (the disk mounted
+//!   again, a new disk mounted where the old one was, a filesystem mounted at the path after
+//!   segd started), or the directory was recreated on the same filesystem.
 //!
 //! An unmounted root keeps its handle, so mounting the same filesystem back matches it again
 //! (same device and inode) and the volume is healthy again.
@@ -70,8 +70,9 @@ struct Root {
     fd: OwnedFd,
     dev: u64,
     ino: u64,
-    /// A filesystem (or a bind mount) was mounted at the root when it was opened.
-    mount_root: bool,
+    /// How deep the mount holding the root was when it was opened: the number of path
+    /// components of the nearest directory at or above the root that is a mount's root.
+    mount_depth: Option<usize>,
 }
 
 /// Whether `fd` is the root of a mount: a filesystem or a bind mount is mounted at it.
@@ -93,16 +94,33 @@ fn is_mount_root(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+/// The number of components of the nearest directory at or above `path` that is a mount's
+/// root (`/` is one), or `None` when none of them can be opened.
+fn mount_depth(path: &Path) -> Option<usize> {
+    let path = std::path::absolute(path).ok()?;
+    path.ancestors()
+        .find(|dir| {
+            rustix::fs::open(
+                *dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .is_ok_and(|fd| is_mount_root(fd.as_fd()))
+        })
+        .map(|dir| dir.components().count())
+}
+
 /// Why the directory now at `path` (device `dev`) means `root`'s filesystem was unmounted, or
-/// `None` when it is a replacement to reopen (see the module doc, "An unmounted root").
+/// `None` when it is a replacement to reopen (see the module doc, "An unmounted root"): the
+/// path now lies on a mount higher up than the one it lay on (the mount that held it is gone),
+/// not on the same mount point (a disk mounted again, a new disk) or one further down.
 fn unmounted(root: &Root, path: &Path, dev: u64) -> Option<String> {
-    let mounted_now = rustix::fs::open(
-        path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .is_ok_and(|fd| is_mount_root(fd.as_fd()));
-    (!mounted_now && (root.mount_root || dev != root.dev)).then(|| {
+    let gone = match (root.mount_depth, mount_depth(path)) {
+        (Some(then), Some(now)) => now < then,
+        // Unknown (a directory above cannot be opened now): another device is another mount.
+        _ => dev != root.dev,
+    };
+    gone.then(|| {
         format!(
             "filesystem unmounted: {} is now a directory of another filesystem \
              (device {}:{}, the volume's was {}:{})",
@@ -211,7 +229,7 @@ impl Volume {
             )?;
         }
         Ok(Root {
-            mount_root: is_mount_root(fd.as_fd()),
+            mount_depth: mount_depth(&self.path),
             fd,
             dev: st.st_dev,
             ino: st.st_ino,
