@@ -1,6 +1,7 @@
 //! Lifecycle and operations against the running server:
 //! - SIGHUP with a new key makes it valid; a broken config is rejected with check-config's
 //!   messages and the old config keeps serving
+//! - SIGTERM during slow HTTP/2 downloads (h2c and over TLS) lets them finish (not reset)
 //! - SIGTERM during a large download lets it finish; /readyz says draining; new connections are
 //!   refused; exit status 0
 //! - the sd_notify sequence: READY=1, RELOADING=1 + MONOTONIC_USEC / READY=1, STOPPING=1
@@ -1696,5 +1697,65 @@ async fn blocking_reloads_parked_through_an_upgrade_get_what_they_asked_for() {
     assert!(
         gone(first, Duration::from_secs(30)).await,
         "the old process exits"
+    );
+}
+
+/// SIGTERM while HTTP/2 clients read large responses slowly, over h2c and over TLS. hyper's
+/// connection ends once the last bytes are in the socket; the socket was then closed with the
+/// client's WINDOW_UPDATEs unread, so the kernel reset it and dropped the megabytes still
+/// queued: every such download was cut on a drain or an upgrade (HTTP/1.1 ones finished).
+#[tokio::test]
+async fn sigterm_lets_slow_http2_downloads_finish() {
+    let pki = crate::tls::Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    let len = 20usize << 20;
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Z'; len]).expect("write");
+    let mut srv = Server::start(&config_for(
+        &[&vol],
+        &crate::tls::tls_config(dir.path(), &cert, &key),
+    ));
+    let tls = srv.tls_addr.expect("TLS listener");
+    let downloads: Vec<(String, std::process::Child)> = [
+        (
+            "h2c",
+            format!("http://{}/vod/m/big.mp4", srv.addr),
+            "--http2-prior-knowledge",
+        ),
+        ("h2", format!("https://{tls}/vod/m/big.mp4"), "--http2"),
+    ]
+    .into_iter()
+    .flat_map(|(proto, url, flag)| (0..5).map(move |i| (proto, url.clone(), flag, i)))
+    .map(|(proto, url, flag, i)| {
+        let out = dir.path().join(format!("{proto}-{i}.out"));
+        let child = std::process::Command::new("curl")
+            .args(["-sS", "-k", flag, "--limit-rate", "4M", "-o"])
+            .arg(&out)
+            .args(["-w", "%{http_code} %{size_download} %{http_version}", &url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run curl");
+        (format!("{proto} #{i}"), child)
+    })
+    .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    srv.signal(libc::SIGTERM);
+    for (name, child) in downloads {
+        let out = child.wait_with_output().expect("curl");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said == format!("200 {len} 2"),
+            "{name}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        srv.stderr()
     );
 }

@@ -155,21 +155,29 @@ pub async fn serve_io<I>(
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut stop = drain.signal();
-    tokio::select! {
+    // Whether hyper finished the connection (rather than it being given up on).
+    let finished = tokio::select! {
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            true
         }
         verdict = watch.verdict(send_timeout, idle_timeout) => match verdict {
             // Closed at once, as the HTTP/1.1 fast path closes a stalled reader.
             Verdict::Stalled => {
                 tracing::debug!(%peer, "client took no response bytes within send_timeout: closed");
+                false
             }
             Verdict::Idle => {
                 conn.as_mut().graceful_shutdown();
-                if let Ok(Err(e)) = tokio::time::timeout(grace, conn.as_mut()).await {
-                    tracing::debug!(%peer, error = %e, "idle connection ended with an error");
+                match tokio::time::timeout(grace, conn.as_mut()).await {
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "idle connection ended with an error");
+                        true
+                    }
+                    Ok(Ok(())) => true,
+                    Err(_) => false,
                 }
             }
         },
@@ -177,22 +185,103 @@ pub async fn serve_io<I>(
             // HTTP/1.1: hyper's graceful shutdown closes an idle connection at once, racing a
             // client reusing it; first give it `drain::IDLE_GRACE` in which responses carry
             // `Connection: close`. HTTP/2's GOAWAY has no such race.
-            if proto != "h2" {
-                if let Ok(res) = tokio::time::timeout(grace, conn.as_mut()).await {
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error during drain");
-                    }
-                    gauge.dec();
-                    return;
+            let ended = if proto != "h2" {
+                tokio::time::timeout(grace, conn.as_mut()).await.ok()
+            } else {
+                None
+            };
+            let res = match ended {
+                Some(res) => res,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
                 }
-            }
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
+            };
+            if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "connection ended with an error during drain");
             }
+            true
         }
+    };
+    if let (true, Some(fd)) = (finished, socket) {
+        // hyper is done with the socket, which closes when `conn` is dropped.
+        linger(fd, send_timeout).await;
     }
     gauge.dec();
+}
+
+/// Before a finished connection's socket is closed: its sending side is shut, and what the
+/// client still sends is read and dropped until it closes its side too, it stops taking the
+/// bytes queued for it for `send_timeout`, or it has had them all for [`LINGER_AFTER_SENT`].
+/// Closed with unread bytes waiting (an HTTP/2 client's WINDOW_UPDATEs as it reads the end of
+/// a large response; anything a client sends after a GOAWAY), the kernel sends a reset instead
+/// of a FIN and drops the bytes still queued: the ends of responses hyper had finished writing,
+/// cut on every drain and upgrade.
+async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
+    use std::time::Duration;
+    // SAFETY: `fd` is the socket of the connection whose future (which owns it) is still alive
+    // in the caller and no longer polled; it is only duplicated here.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Write);
+    let Some(watched) = socket.try_clone_to_owned().ok().and_then(|dup| {
+        // SAFETY: the `OwnedFd` is open and stays the same descriptor while `AsyncFd` owns it.
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, Interest::READABLE) }.ok()
+    }) else {
+        return;
+    };
+    let mut sink = vec![0u8; 4096];
+    let mut queued = unsent(socket);
+    let mut progress = tokio::time::Instant::now();
+    let mut all_sent: Option<tokio::time::Instant> = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        let q = unsent(socket);
+        if q < queued {
+            progress = now;
+        }
+        queued = q;
+        if queued == 0 {
+            let since = *all_sent.get_or_insert(now);
+            if now >= since + LINGER_AFTER_SENT {
+                return;
+            }
+        }
+        if now >= progress + send_timeout {
+            return;
+        }
+        let tick = tokio::time::timeout(Duration::from_millis(100), watched.readable()).await;
+        let Ok(ready) = tick else { continue };
+        let Ok(mut ready) = ready else { return };
+        match rustix::io::read(watched.get_ref(), &mut sink) {
+            Ok(0) => return,
+            Ok(_) => progress = tokio::time::Instant::now(),
+            Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+            Err(_) => return,
+        }
+    }
+}
+
+/// How long a finished connection stays open once the client has every byte (acknowledged), in
+/// case it has more to send before it closes (see [`linger`]).
+const LINGER_AFTER_SENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bytes written to the socket that the client has not acknowledged yet (`SIOCOUTQ`); 0 when
+/// it cannot be told.
+fn unsent(socket: std::os::fd::BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::TIOCOUTQ,
+            &mut n,
+        )
+    };
+    if r == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// Resolves when the peer of the HTTP/1.1 connection on socket `fd` has closed it (or it
