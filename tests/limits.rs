@@ -7,6 +7,8 @@
 //!   limit, so connections beyond it are refused and counted, and requests on connections already
 //!   open still get their files (not 503 `overloaded` from an EMFILE on open)
 //! - absurd Range headers (thousands of ranges, overlapping, negative, huge) never cost a 5xx
+//! - HTTP/2 clients that grant no window for large objects read from disk pin little memory
+//!   per stream (the first read of a body is small)
 //! - connections served by hyper (HTTP/2, HTTP/1.1 over TLS): a client that takes no response
 //!   bytes is disconnected after send_timeout, an HTTP/2 connection with no request gets GOAWAY
 //!   after keepalive_timeout, though it answers every ping
@@ -453,4 +455,79 @@ async fn failed_accepts_are_counted_and_said_once() {
         (1.0..100.0).contains(&failed),
         "counted, with a back-off (not one every 10 ms): {failed}\n{m}"
     );
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// HTTP/2 clients that grant no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE` 0) and ask
+/// for large objects read from disk (over `cache.max_item_bytes`, h2c: no memory map). Each
+/// stream read a whole 256 KiB chunk as hyper first asked for its body, held until
+/// `send_timeout`: 128 streams pinned 32 MiB per connection, a few hundred such connections
+/// gigabytes. The first read of a body is small and reads grow as the client takes them, as
+/// nginx's output buffers are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_window_http2_clients_pin_little_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Z'; 8 << 20]).expect("write");
+    let srv = Server::start(&config_for(&[&vol], "[cache]\nmax_item_bytes = \"1MiB\"\n"));
+    let pid = srv.child.id();
+    let (conns, streams) = (8, 100);
+    let before = rss(pid);
+    let mut heads = Vec::new();
+    let mut drivers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..conns {
+        let tcp = tokio::net::TcpStream::connect(srv.addr)
+            .await
+            .expect("connect");
+        let (client, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        drivers.push(tokio::spawn(conn));
+        let mut client = client.ready().await.expect("ready");
+        for _ in 0..streams {
+            let req = http::Request::get(format!("http://{}/vod/m/big.mp4", srv.addr))
+                .body(())
+                .expect("request");
+            let (resp, _) = client.send_request(req, true).expect("send");
+            heads.push(resp);
+            client = client.ready().await.expect("ready");
+        }
+        clients.push(client);
+    }
+    // Every head arrives (a head needs no window); the bodies wait for window.
+    let mut bodies = Vec::new();
+    for h in heads {
+        let resp = h.await.expect("response head");
+        assert_eq!(resp.status(), 200);
+        bodies.push(resp.into_body());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = rss(pid).saturating_sub(before);
+    let per_stream = grown / (conns * streams);
+    assert!(
+        per_stream < 96 << 10,
+        "{} MiB more resident for {} streams that took nothing ({} KiB each)",
+        grown >> 20,
+        conns * streams,
+        per_stream >> 10
+    );
+    drop(bodies);
+    drop(clients);
+    for d in drivers {
+        d.abort();
+    }
 }

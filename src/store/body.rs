@@ -148,6 +148,7 @@ impl FileRange {
             check_at: self.offset + CHECK_SPAN,
             pending: None,
             map,
+            read: FIRST_READ,
             range: Arc::new(self),
         }
     }
@@ -185,7 +186,17 @@ pub struct Chunks {
     check_at: u64,
     pending: Option<BoxFuture<'static, io::Result<Bytes>>>,
     map: Option<Arc<Mapping>>,
+    /// Bytes the next read asks for: [`FIRST_READ`], doubled by each read up to `io::CHUNK`.
+    read: u64,
 }
+
+/// The first read of a body read through the I/O backend. A writer asks for the body's first
+/// bytes before its client has taken any (an HTTP/2 or HTTP/3 stream asks as soon as the
+/// client grants a window, or even none), and holds what it got until the client takes it: a
+/// whole `io::CHUNK` there pinned 256 KiB per stream, 32 MiB per connection of 128 streams for
+/// clients that never read. One HTTP/2 frame's worth, doubled by each read as the client takes
+/// them (nginx's output buffers hold 2 × 32 KiB per request).
+const FIRST_READ: u64 = 16 << 10;
 
 /// Bytes handed out per mapped chunk (no buffer behind it, so larger than a read chunk).
 const MAP_CHUNK: u64 = 2 * crate::io::CHUNK as u64;
@@ -238,7 +249,8 @@ impl Chunks {
             }
             .boxed();
         }
-        let want = remaining.min(crate::io::CHUNK as u64);
+        let want = remaining.min(self.read);
+        self.read = (self.read * 2).min(crate::io::CHUNK as u64);
         let check = pos + want >= self.check_at || want == remaining;
         if check {
             self.check_at = pos + want + CHECK_SPAN;
