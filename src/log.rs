@@ -15,3 +15,67 @@ pub fn init(cfg: &LogConfig) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
+
+/// Lines of one kind written at most once a second, for lines a flood of requests would
+/// otherwise repeat (a refusal per request while a volume is down, a token rejected per
+/// request): the first of a second is written, with how many were left out since the last.
+pub struct Throttle {
+    last: std::sync::Mutex<
+        std::collections::HashMap<(&'static str, &'static str), (std::time::Instant, u64)>,
+    >,
+}
+
+impl Throttle {
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new() -> Throttle {
+        Throttle {
+            last: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether a line of `kind` (a message, and what it is about) may be written now; if so,
+    /// `Some` of the lines of that kind left out since the last one written.
+    pub fn allow(&self, kind: (&'static str, &'static str)) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(&kind) {
+            Some((at, left_out)) if now.duration_since(*at) < Self::EVERY => {
+                *left_out += 1;
+                None
+            }
+            Some((at, left_out)) => {
+                *at = now;
+                Some(std::mem::take(left_out))
+            }
+            None => {
+                last.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_a_second_per_kind_with_the_count_left_out() {
+        let t = Throttle::new();
+        let (a, b) = (("refused", "a"), ("refused", "b"));
+        assert_eq!(t.allow(a), Some(0));
+        assert_eq!(t.allow(a), None);
+        assert_eq!(t.allow(a), None);
+        assert_eq!(t.allow(b), Some(0), "kinds are apart");
+        std::thread::sleep(Throttle::EVERY);
+        assert_eq!(t.allow(a), Some(2));
+        assert_eq!(t.allow(a), None);
+    }
+}

@@ -16,6 +16,8 @@ pub struct Runtime {
     pub live: Arc<live::Registry>,
     /// QUIC address-validation tokens stay valid across reloads (and upgrades: passed on).
     pub quic_token_key: QuicTokenKey,
+    /// Log lines a flood of requests would repeat, at most once a second each.
+    pub log_throttle: crate::log::Throttle,
 }
 
 impl Runtime {
@@ -37,6 +39,7 @@ impl Runtime {
             store,
             live,
             quic_token_key,
+            log_throttle: crate::log::Throttle::new(),
         })
     }
 }

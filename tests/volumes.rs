@@ -378,6 +378,47 @@ async fn deleted_volume_is_503_at_once() {
             .status,
         200
     );
+    // Every refusal is counted; the log says it at most once a second, with how many it left
+    // out (a line per request flooded the log at the request rate while a disk was down).
+    for _ in 0..200 {
+        assert_eq!(get(&t2, &[]).await.status, 503);
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&t2, &[]).await.status, 503);
+    // The last request's line is written (more than a second after the one before).
+    let mut log = String::new();
+    let mut said = 0;
+    for _ in 0..50 {
+        log = srv.stderr();
+        let refused: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("request refused") && l.contains("volume unavailable"))
+            .map(|l| {
+                l.split("left_out=")
+                    .nth(1)
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no left_out in {l}"))
+            })
+            .collect();
+        said = refused.len() as u64 + refused.iter().sum::<u64>();
+        if said == 202 {
+            assert!(refused.len() <= 10, "{} lines:\n{log}", refused.len());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(said, 202, "refusals logged or left out:\n{log}");
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric_with(
+            &m,
+            "segd_refusals_total",
+            &[("reason", "volume_unavailable")]
+        ),
+        Some(202.0),
+        "{m}"
+    );
 }
 
 #[tokio::test]

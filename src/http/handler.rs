@@ -639,18 +639,27 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
         .inc();
     let peer = cx.req.peer.ip();
     let path = path.unwrap_or("-");
+    // Counted every time; logged at most once a second per kind (with how many were left
+    // out), or a flood of requests (a volume down under load, a token sprayer) floods the log.
+    let throttle = &cx.rt.log_throttle;
     match (r, row.level) {
         (Refusal::Forbidden(reason), _) => {
             m.token_rejections
                 .with_label_values(&[reason.as_str()])
                 .inc();
-            tracing::info!(reason = %reason.as_str(), path, %peer, "token rejected");
+            if let Some(left_out) = throttle.allow(("token rejected", reason.as_str())) {
+                tracing::info!(reason = %reason.as_str(), path, %peer, left_out, "token rejected");
+            }
         }
         (_, Level::Warn) => {
-            tracing::warn!(refusal = %r, fault = row.fault.as_str(), path, "request refused")
+            if let Some(left_out) = throttle.allow(("request refused", row.label)) {
+                tracing::warn!(refusal = %r, fault = row.fault.as_str(), path, left_out, "request refused")
+            }
         }
         (_, Level::Info) => {
-            tracing::info!(refusal = %r, fault = row.fault.as_str(), path, %peer, "request refused")
+            if let Some(left_out) = throttle.allow(("request refused", row.label)) {
+                tracing::info!(refusal = %r, fault = row.fault.as_str(), path, %peer, left_out, "request refused")
+            }
         }
         (_, Level::Debug) => tracing::debug!(refusal = %r, path, %peer, "request refused"),
     }
