@@ -1201,7 +1201,8 @@ async fn malformed_heads_get_the_fast_paths_answers_over_tls() {
 /// listener, not `header_read_timeout`: hyper's head timer counts idle time, and closed a CDN's
 /// kept-alive TLS connections to the origin after 10 s of the default 60. A head that starts
 /// within it still has `header_read_timeout` from its first byte; past `keepalive_timeout` the
-/// idle connection just ends (no answer). With and without ALPN.
+/// idle connection just ends (no answer). A connection that never sends a request gets
+/// `header_read_timeout`, as on plaintext (it got `keepalive_timeout`). With and without ALPN.
 #[tokio::test]
 async fn idle_tls_connection_is_kept_for_keepalive_timeout() {
     use std::time::{Duration, Instant};
@@ -1221,6 +1222,17 @@ async fn idle_tls_connection_is_kept_for_keepalive_timeout() {
     const NO_ALPN: &[&[u8]] = &[];
     for (alpn, offer) in [("http/1.1", H1), ("no ALPN", NO_ALPN)] {
         let c = pki.client(&[&rustls::version::TLS13], offer);
+        // A connection that never sends a request is kept as long as a head may take
+        // (`header_read_timeout`), as on plaintext, not `keepalive_timeout`.
+        let mut silent = connect(&srv, &c).await;
+        let t0 = Instant::now();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest)).await;
+        let waited = t0.elapsed();
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_millis(3000),
+            "{alpn}: a silent connection closed after {waited:?} (header_read_timeout 1 s)"
+        );
         let mut tls = connect(&srv, &c).await;
         // One answer: the head, then Content-Length bytes.
         let answer = async |tls: &mut _| -> Vec<u8> {
