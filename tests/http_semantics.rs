@@ -583,6 +583,7 @@ async fn h2_frame_errors_carry_the_right_codes() {
     const FLOW_CONTROL_ERROR: u32 = 3;
     const STREAM_CLOSED: u32 = 5;
     const FRAME_SIZE_ERROR: u32 = 6;
+    const COMPRESSION_ERROR: u32 = 9;
     let (_d, srv) = one_volume("");
     let get = hpack_literals(&[
         (":method", "GET"),
@@ -660,6 +661,13 @@ async fn h2_frame_errors_carry_the_right_codes() {
             vec![(H2_DATA, 0, 0, b"x")],
             H2_GOAWAY,
             PROTOCOL_ERROR,
+        ),
+        (
+            // :method GET, :path /, :scheme http, then index 254 (no such entry).
+            "HPACK index out of range",
+            vec![(H2_HEADERS, end_both, 1, &[0x82, 0x84, 0x86, 0xff, 0x7f])],
+            H2_GOAWAY,
+            COMPRESSION_ERROR,
         ),
     ];
     for (what, frames, kind, code) in cases {

@@ -221,7 +221,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 },
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    return Err(Error::library_go_away(hpack_error_reason(&e)));
                 }
             }
 
@@ -411,7 +411,7 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 }
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    return Err(Error::library_go_away(hpack_error_reason(&e)));
                 }
             }
 
@@ -510,5 +510,24 @@ impl<T> From<Continuable> for Frame<T> {
                 push.into()
             }
         }
+    }
+}
+
+/// The connection error for a header block that failed to decode (segd patch,
+/// `SEGD-PATCH.md`): a decoding error in a field block is a COMPRESSION_ERROR (RFC 9113 §4.3);
+/// a block that decodes into a malformed field section stays a PROTOCOL_ERROR.
+fn hpack_error_reason(e: &frame::Error) -> Reason {
+    use hpack::DecoderError::*;
+    match e {
+        frame::Error::Hpack(
+            InvalidRepresentation
+            | InvalidIntegerPrefix
+            | InvalidTableIndex
+            | InvalidHuffmanCode
+            | InvalidMaxDynamicSize
+            | IntegerOverflow
+            | NeedMore(_),
+        ) => Reason::COMPRESSION_ERROR,
+        _ => Reason::PROTOCOL_ERROR,
     }
 }
