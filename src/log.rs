@@ -20,10 +20,11 @@ pub fn init(cfg: &LogConfig) {
 /// otherwise repeat (a refusal per request while a volume is down, a token rejected per
 /// request): the first of a second is written, with how many were left out since the last.
 pub struct Throttle {
-    last: std::sync::Mutex<
-        std::collections::HashMap<(&'static str, &'static str), (std::time::Instant, u64)>,
-    >,
+    last: std::sync::Mutex<std::collections::HashMap<Kind, (std::time::Instant, u64)>>,
 }
+
+/// A kind of line for [`Throttle`]: its message, and what it is about.
+pub type Kind = (&'static str, &'static str);
 
 impl Throttle {
     pub const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -36,7 +37,7 @@ impl Throttle {
 
     /// Whether a line of `kind` (a message, and what it is about) may be written now; if so,
     /// `Some` of the lines of that kind left out since the last one written.
-    pub fn allow(&self, kind: (&'static str, &'static str)) -> Option<u64> {
+    pub fn allow(&self, kind: Kind) -> Option<u64> {
         let now = std::time::Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         match last.get_mut(&kind) {
