@@ -95,6 +95,7 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         // Both filled in by `Auth::sign` from `[token]`.
         salt: None,
         escape_early: false,
+        as_sent: false,
     };
     let auth = if a.upload {
         Auth::for_uploads(&cfg.token, &cfg.ingest.keys)

@@ -627,6 +627,94 @@ async fn mint_rewriting() {
     }
 }
 
+/// A token minted for a playlist's URIs grants no more than the one presented, beyond reaching
+/// the playlist's directory: it kept neither its expiry (6 h of `mint_ttl` for a 60 s token),
+/// nor its client address, session id or payload, so a viewer's short-lived link bound to its
+/// address came back as a token anyone could use for hours (acceptance, Akamai's generator).
+/// Both modes mint for a URL token; `mint` for an ACL token too.
+#[tokio::test]
+async fn minted_tokens_keep_the_presented_tokens_limits() {
+    let master = "/vod/t1/hls/master.m3u8";
+    for mode in ["forward", "mint"] {
+        let (_d, srv) = start(mode);
+        let exp = now() + 60;
+        let url_token = tok(
+            K1,
+            SignSpec {
+                url: Some(master),
+                ip: Some("127.0.0.1"),
+                id: Some("viewer42"),
+                data: Some("geo=de"),
+                exp,
+                ..Default::default()
+            },
+        );
+        let acl_token = tok(
+            K1,
+            SignSpec {
+                acl: Some("/vod/t1/*"),
+                ip: Some("127.0.0.1"),
+                id: Some("viewer42"),
+                data: Some("geo=de"),
+                exp,
+                ..Default::default()
+            },
+        );
+        let presented: &[&str] = if mode == "mint" {
+            &[&url_token, &acl_token]
+        } else {
+            &[&url_token]
+        };
+        for t in presented {
+            let url = srv.url(&format!("{master}?__token__={}", encode_token(t)));
+            let r = get(&url, &[]).await;
+            assert_eq!(r.status, 200, "{mode}");
+            let uri = hls_uris(&r.text()).into_iter().next().expect("a URI");
+            let minted = uri.split("__token__=").nth(1).expect("a token in the URI");
+            let minted = String::from_utf8(
+                segd::volumes::path::percent_decode(minted.as_bytes()).expect("escapes"),
+            )
+            .expect("utf-8");
+            assert_ne!(&minted, t, "{mode}: minted, not forwarded");
+            let field = |name: &str| {
+                minted
+                    .split('~')
+                    .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                    .map(str::to_owned)
+            };
+            assert_eq!(field("acl").as_deref(), Some("/vod/t1/hls/*"), "{minted}");
+            let minted_exp: u64 = field("exp").and_then(|e| e.parse().ok()).expect("exp");
+            assert!(minted_exp <= exp, "{mode}: {minted} outlives {exp}");
+            assert_eq!(field("ip").as_deref(), Some("127.0.0.1"), "{minted}");
+            assert_eq!(field("id").as_deref(), Some("viewer42"), "{minted}");
+            assert_eq!(field("data").as_deref(), Some("geo=de"), "{minted}");
+            // It works for the viewer it was made for, and only for that address.
+            assert!(walk_hls(&url).await >= 12, "{mode}");
+            let seg = resolve(&url, &uri);
+            let target = &seg[seg.find("/vod/").expect("path")..];
+            let from = |ip: &str| {
+                let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+                sock.bind(format!("{ip}:0").parse().expect("addr"))
+                    .expect("bind");
+                sock
+            };
+            for (ip, want) in [("127.0.0.1", 200), ("127.0.0.9", 403)] {
+                let mut c = from(ip).connect(srv.addr).await.expect("connect");
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                c.write_all(
+                    format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await
+                .expect("write");
+                let mut resp = Vec::new();
+                let _ = c.read_to_end(&mut resp).await;
+                assert_eq!(raw_status(&resp), want, "{mode}: {target} from {ip}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn sign_command_prints_working_urls() {
     let (_d, srv) = start("forward");

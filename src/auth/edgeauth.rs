@@ -261,6 +261,12 @@ pub struct Grant {
     pub key_id: String,
     pub is_url_token: bool,
     pub exp: u64,
+    /// The token's start, and its `ip`, `id` and `data` as they were in it (escaped as sent):
+    /// what a token derived from this one keeps ([`SignSpec::as_sent`]).
+    pub st: Option<u64>,
+    pub ip: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
 }
 
 fn ip_equal(token_ip: &str, client: IpAddr) -> bool {
@@ -436,6 +442,10 @@ impl Verifier {
             key_id,
             is_url_token: is_url,
             exp: t.exp,
+            st: t.st,
+            ip: t.ip.map(str::to_owned),
+            id: t.id.map(str::to_owned),
+            data: t.data.map(str::to_owned),
         })
     }
 }
@@ -455,6 +465,9 @@ pub struct SignSpec<'a> {
     /// Escape `ip`, `id`, `data` and the signed `url` as the reference generator's
     /// `escape_early=True` does ([`escape_early`]); the ACL is kept as it is, as there.
     pub escape_early: bool,
+    /// `ip`, `id` and `data` are as they were in a token already (taken from a [`Grant`]):
+    /// never escaped again.
+    pub as_sent: bool,
 }
 
 /// Mints a token in the reference generator's field order (ip, st, exp, acl, id, data, hmac).
@@ -466,9 +479,10 @@ pub fn sign(alg: TokenAlgorithm, key: &[u8], spec: &SignSpec<'_>) -> String {
             v.to_string()
         }
     };
+    let field = |v: &str| if spec.as_sent { v.to_string() } else { esc(v) };
     let mut fields: Vec<String> = Vec::new();
     if let Some(ip) = spec.ip {
-        fields.push(format!("ip={}", esc(ip)));
+        fields.push(format!("ip={}", field(ip)));
     }
     if let Some(st) = spec.start {
         fields.push(format!("st={st}"));
@@ -478,10 +492,10 @@ pub fn sign(alg: TokenAlgorithm, key: &[u8], spec: &SignSpec<'_>) -> String {
         fields.push(format!("acl={acl}"));
     }
     if let Some(id) = spec.id {
-        fields.push(format!("id={}", esc(id)));
+        fields.push(format!("id={}", field(id)));
     }
     if let Some(d) = spec.data {
-        fields.push(format!("data={}", esc(d)));
+        fields.push(format!("data={}", field(d)));
     }
     let token = fields.join("~");
     let mut parts: Vec<&str> = vec![&token];

@@ -1,7 +1,7 @@
 //! Playlists rewritten for tokens: the query parameter appended to every relative URI, per
 //! `[token] playlist_tokens` — `forward` repeats the request's token (URL-bound tokens cannot be
 //! forwarded, so they are minted instead); `mint` signs a fresh ACL token for the playlist's
-//! directory.
+//! directory, which keeps the presented token's limits (start, expiry, `ip`, `id`, `data`).
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -72,13 +72,21 @@ pub fn param(
         PlaylistTokens::Forward | PlaylistTokens::Mint => {
             let dir = &canonical[..canonical.rfind('/').unwrap_or(0)];
             let acl = format!("{dir}/*");
-            // Whole minutes, so consecutive requests get the same playlist (and ETag).
-            let start = now - now % 60;
-            let expires = start + cfg.mint_ttl.as_secs();
+            // Whole minutes, so consecutive requests get the same playlist (and ETag). The new
+            // token grants no more than the one presented, beyond reaching the directory: not
+            // before its start, not after its expiry, bound to its client address, with its
+            // session id and payload (a token for one playlist, bound to a viewer's address
+            // for a minute, must not come back as a token anyone may use for hours).
+            let start = (now - now % 60).max(grant.st.unwrap_or(0));
+            let expires = (start + cfg.mint_ttl.as_secs()).min(grant.exp);
             let spec = auth::edgeauth::SignSpec {
                 acl: Some(&acl),
                 start: Some(start),
                 exp: expires,
+                ip: grant.ip.as_deref(),
+                id: grant.id.as_deref(),
+                data: grant.data.as_deref(),
+                as_sent: true,
                 ..Default::default()
             };
             let (_, token) = policy.auth.sign(&spec, Some(&grant.key_id), now)?;
