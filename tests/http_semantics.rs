@@ -94,9 +94,18 @@ async fn cache_control_per_class() {
         ("/vod/t/m.mpd", "public, max-age=30"),
         ("/vod/t/s.ts", "public, max-age=31536000, immutable"),
         ("/vod/t/k.key", "private, no-store"),
-        ("/live/r/index.m3u8", "public, max-age=1"),
-        ("/live/r/s.ts", "public, max-age=1"),
-        ("/radio/r/index.m3u8", "public, max-age=1"),
+        (
+            "/live/r/index.m3u8",
+            "public, max-age=1, stale-while-revalidate=0",
+        ),
+        (
+            "/live/r/s.ts",
+            "public, max-age=1, stale-while-revalidate=0",
+        ),
+        (
+            "/radio/r/index.m3u8",
+            "public, max-age=1, stale-while-revalidate=0",
+        ),
     ] {
         let r = get(&srv.url(path), &[]).await;
         assert_eq!(r.status, 200, "{path}");

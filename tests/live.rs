@@ -2598,7 +2598,7 @@ async fn cache_control_of_live_objects() {
     let rig = Rig::start(
         3,
         100,
-        "[cache_control]\nlive = \"public, max-age=5\"\nlive_segments = \"public, max-age=30\"\n",
+        "[cache_control]\nlive = \"public, max-age=5, s-maxage=60, stale-while-revalidate=0\"\nlive_segments = \"public, max-age=30\"\n",
     );
     let ll = rules_state(); // target 2
     rig.put("/live/cc/a/index.m3u8", ll.render().as_bytes())
@@ -2606,7 +2606,10 @@ async fn cache_control_of_live_objects() {
     let long = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:20\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:20.0,\nx0.ts\n#EXTINF:20.0,\nx1.ts\n";
     rig.put("/live/cc/b/index.m3u8", long.as_bytes()).await;
     // Playlists: public, max-age ≤ half the target duration and ≤ cache_control.live.
-    for (path, limit) in [("/live/cc/a/index.m3u8", 1), ("/live/cc/b/index.m3u8", 5)] {
+    for (path, limit, half) in [
+        ("/live/cc/a/index.m3u8", 1, 1),
+        ("/live/cc/b/index.m3u8", 5, 10),
+    ] {
         for h2 in [false, true] {
             let r = request("GET", &rig.url(path), &[], h2).await;
             let cc = r.header("cache-control").unwrap_or("").to_string();
@@ -2614,6 +2617,15 @@ async fn cache_control_of_live_objects() {
             assert!(!cc.contains("immutable"), "{path}: {cc}");
             let n = max_age(&cc).unwrap_or_else(|| panic!("{path}: no max-age in {cc:?}"));
             assert!(n <= limit, "{path} h2={h2}: {cc} (at most {limit})");
+            // What a CDN goes by first (it kept playlists for the configured 60 s), and
+            // the other directives kept as configured.
+            let shared = cc
+                .split(',')
+                .map(str::trim)
+                .find_map(|d| d.strip_prefix("s-maxage="))
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(shared.is_some_and(|n| n <= half), "{path} h2={h2}: {cc}");
+            assert!(cc.contains("stale-while-revalidate=0"), "{path}: {cc}");
         }
     }
     // Live DASH manifests: ≤ half their minimumUpdatePeriod (how often players fetch them
@@ -2626,27 +2638,27 @@ async fn cache_control_of_live_objects() {
         (
             "/live/cc/d1/manifest.mpd",
             "type=\"dynamic\" minimumUpdatePeriod=\"PT2S\"",
-            "public, max-age=1",
+            "public, max-age=1, s-maxage=1, stale-while-revalidate=0",
         ),
         (
             "/live/cc/d2/manifest.mpd",
             "type=\"dynamic\" minimumUpdatePeriod=\"PT0H0M6.5S\"",
-            "public, max-age=3",
+            "public, max-age=3, s-maxage=3, stale-while-revalidate=0",
         ),
         (
             "/live/cc/d3/manifest.mpd",
             "type=\"dynamic\" minimumUpdatePeriod=\"PT1M\"",
-            "public, max-age=5",
+            "public, max-age=5, s-maxage=30, stale-while-revalidate=0",
         ),
         (
             "/live/cc/d4/manifest.mpd",
             "type=\"dynamic\"",
-            "public, max-age=5",
+            "public, max-age=5, s-maxage=60, stale-while-revalidate=0",
         ),
         (
             "/live/cc/d5/manifest.mpd",
             "type=\"static\" minimumUpdatePeriod=\"PT2S\"",
-            "public, max-age=5",
+            "public, max-age=5, s-maxage=60, stale-while-revalidate=0",
         ),
     ] {
         rig.put(path, mpd(attrs).as_bytes()).await;

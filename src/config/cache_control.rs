@@ -123,7 +123,13 @@ fn directives(v: &str) -> Result<(), String> {
 }
 
 pub(super) fn parse_cache_control(s: &Section) -> CacheControlConfig {
-    let live = header_value(s, "live", HeaderValue::from_static("public, max-age=1"));
+    // `stale-while-revalidate=0`: a CDN whose default is to serve what expired while it
+    // refreshes (Varnish's grace, 10 s) would hand players a playlist a whole poll behind.
+    let live = header_value(
+        s,
+        "live",
+        HeaderValue::from_static("public, max-age=1, stale-while-revalidate=0"),
+    );
     let prefix_allowed = "URL path prefixes starting with \"/\", e.g. \"/live/\"";
     let live_prefixes = s
         .string_list("live_prefixes", prefix_allowed)

@@ -241,24 +241,43 @@ fn max_age(secs: f64) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("public, max-age=1"))
 }
 
-/// Cache-Control of a live playlist: the configured `cache_control.live`, but never longer than
-/// half the target duration when it is known.
+/// Cache-Control of a live playlist: the configured `cache_control.live`, but never fresh for
+/// longer than half the target duration when it is known ([`cap_freshness`]).
 pub(super) fn live_playlist_cache_control(cfg: &Config, target: Option<f64>) -> HeaderValue {
     let configured = cfg.cache_control.live.clone();
     let Some(target) = target.filter(|t| *t > 0.0) else {
         return configured;
     };
     let cap = (target / 2.0).floor().max(1.0) as u64;
-    let current = configured.to_str().ok().and_then(|v| {
-        v.split(',')
-            .map(str::trim)
-            .find_map(|d| d.strip_prefix("max-age="))
-            .and_then(|n| n.parse::<u64>().ok())
-    });
-    match current {
-        Some(n) if n <= cap => configured,
-        _ => max_age(cap as f64),
+    cap_freshness(&configured, cap)
+}
+
+/// `value` with its `max-age` and `s-maxage` at most `cap` seconds (a shared cache goes by
+/// `s-maxage` first, RFC 9111 §5.2.2.10: capping `max-age` alone let a CDN keep a live playlist
+/// for a configured `s-maxage=60`), `max-age=<cap>` added when it has neither, and every other
+/// directive kept as it is (`stale-while-revalidate=0`, `must-revalidate`: they were dropped
+/// whenever the cap applied).
+pub(super) fn cap_freshness(value: &HeaderValue, cap: u64) -> HeaderValue {
+    let Ok(text) = value.to_str() else {
+        return max_age(cap as f64);
+    };
+    let mut out: Vec<String> = Vec::new();
+    let mut bounded = false;
+    for d in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (name, arg) = d.split_once('=').unwrap_or((d, ""));
+        let name_lc = name.trim().to_ascii_lowercase();
+        if name_lc == "max-age" || name_lc == "s-maxage" {
+            bounded = true;
+            let secs = arg.trim().trim_matches('"').parse::<u64>().unwrap_or(0);
+            out.push(format!("{name_lc}={}", secs.min(cap)));
+        } else {
+            out.push(d.to_string());
+        }
     }
+    if !bounded {
+        out.push(format!("max-age={cap}"));
+    }
+    HeaderValue::from_str(&out.join(", ")).unwrap_or_else(|_| max_age(cap as f64))
 }
 
 /// A live media segment that does not exist: if a live playlist announces it as a preload hint,
@@ -436,4 +455,34 @@ pub(super) async fn growing(
         }
         GrowingRange::Whole => reply(StatusCode::OK, h, object.into_body(0, 0, false)),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_freshness_is_capped_in_every_directive_a_cache_reads() {
+        let cap = |v: &'static str, n| {
+            cap_freshness(&HeaderValue::from_static(v), n)
+                .to_str()
+                .map(str::to_owned)
+                .unwrap_or_default()
+        };
+        assert_eq!(cap("public, max-age=1", 2), "public, max-age=1");
+        assert_eq!(cap("public, max-age=30", 2), "public, max-age=2");
+        assert_eq!(
+            cap("public, max-age=1, s-maxage=60", 2),
+            "public, max-age=1, s-maxage=2"
+        );
+        assert_eq!(
+            cap(
+                "public, max-age=30, must-revalidate, stale-while-revalidate=0",
+                3
+            ),
+            "public, max-age=3, must-revalidate, stale-while-revalidate=0"
+        );
+        assert_eq!(cap("public", 2), "public, max-age=2");
+        assert_eq!(cap("public, S-MaxAge=9", 4), "public, s-maxage=4");
+    }
 }
