@@ -256,7 +256,7 @@ impl Auth {
                 Err(Reason::BadHmac | Reason::Malformed)
                     if decode_once(raw).as_deref() != Some(raw) =>
                 {
-                    verify(raw).or(first)
+                    closer(first, verify(raw))
                 }
                 other => other,
             };
@@ -265,10 +265,10 @@ impl Auth {
         if let Some(raw) = cookie(f.headers, &self.name) {
             let first = verify(raw);
             let r = match first {
-                Err(Reason::BadHmac | Reason::Malformed) if raw.contains('%') => decode_once(raw)
-                    .map(|d| verify(&d))
-                    .unwrap_or(first.clone())
-                    .or(first),
+                Err(Reason::BadHmac | Reason::Malformed) if raw.contains('%') => {
+                    let decoded = decode_once(raw).map_or(Err(Reason::Malformed), |d| verify(&d));
+                    closer(first, decoded)
+                }
                 other => other,
             };
             return to_decision(r, Source::Cookie);
@@ -304,6 +304,28 @@ impl Auth {
             key.id.clone(),
             edgeauth::sign(self.verifier.algorithm, &key.secret, &spec),
         ))
+    }
+}
+
+/// Of two readings of one token (as sent and percent-decoded once), the one closer to a valid
+/// token: a grant, else a refusal its signature got past (expired, not yet valid, another path
+/// or address: the token is genuine, and that is why it is refused), else a bad signature,
+/// else unreadable. The reason counted and logged is then the real one, whichever form the
+/// client used (a percent-encoded cookie of an expired token counted as `malformed`).
+fn closer(
+    a: Result<edgeauth::Grant, Reason>,
+    b: Result<edgeauth::Grant, Reason>,
+) -> Result<edgeauth::Grant, Reason> {
+    let rank = |r: &Result<edgeauth::Grant, Reason>| match r {
+        Ok(_) => 3,
+        Err(Reason::Malformed | Reason::Missing) => 0,
+        Err(Reason::BadHmac) => 1,
+        Err(_) => 2,
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
     }
 }
 
