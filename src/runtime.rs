@@ -18,6 +18,8 @@ pub struct Runtime {
     pub quic_token_key: QuicTokenKey,
     /// Log lines a flood of requests would repeat, at most once a second each.
     pub log_throttle: crate::log::Throttle,
+    /// Playlists rewritten for tokens, shared by the requests that want the same bytes.
+    pub rewrites: crate::http::rewrite::Rewrites,
 }
 
 impl Runtime {
@@ -40,6 +42,7 @@ impl Runtime {
             live,
             quic_token_key,
             log_throttle: crate::log::Throttle::new(),
+            rewrites: crate::http::rewrite::Rewrites::new(),
         })
     }
 }

@@ -457,17 +457,6 @@ async fn failed_accepts_are_counted_and_said_once() {
     );
 }
 
-/// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
-}
-
 /// HTTP/2 clients that grant no flow-control window (`SETTINGS_INITIAL_WINDOW_SIZE` 0) and ask
 /// for large objects read from disk (over `cache.max_item_bytes`, h2c: no memory map). Each
 /// stream read a whole 256 KiB chunk as hyper first asked for its body, held until
@@ -484,36 +473,9 @@ async fn zero_window_http2_clients_pin_little_memory() {
     let pid = srv.child.id();
     let (conns, streams) = (8, 100);
     let before = rss(pid);
-    let mut heads = Vec::new();
-    let mut drivers = Vec::new();
-    let mut clients = Vec::new();
+    let mut held = Vec::new();
     for _ in 0..conns {
-        let tcp = tokio::net::TcpStream::connect(srv.addr)
-            .await
-            .expect("connect");
-        let (client, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, bytes::Bytes>(tcp)
-            .await
-            .expect("h2 handshake");
-        drivers.push(tokio::spawn(conn));
-        let mut client = client.ready().await.expect("ready");
-        for _ in 0..streams {
-            let req = http::Request::get(format!("http://{}/vod/m/big.mp4", srv.addr))
-                .body(())
-                .expect("request");
-            let (resp, _) = client.send_request(req, true).expect("send");
-            heads.push(resp);
-            client = client.ready().await.expect("ready");
-        }
-        clients.push(client);
-    }
-    // Every head arrives (a head needs no window); the bodies wait for window.
-    let mut bodies = Vec::new();
-    for h in heads {
-        let resp = h.await.expect("response head");
-        assert_eq!(resp.status(), 200);
-        bodies.push(resp.into_body());
+        held.push(h2c_zero_window_gets(srv.addr, "/vod/m/big.mp4", streams as usize).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let grown = rss(pid).saturating_sub(before);
@@ -525,9 +487,7 @@ async fn zero_window_http2_clients_pin_little_memory() {
         conns * streams,
         per_stream >> 10
     );
-    drop(bodies);
-    drop(clients);
-    for d in drivers {
-        d.abort();
+    for (_, _, driver) in held {
+        driver.abort();
     }
 }

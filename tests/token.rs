@@ -722,6 +722,42 @@ async fn minted_tokens_keep_the_presented_tokens_limits() {
     }
 }
 
+/// A large playlist rewritten for tokens, asked for on many HTTP/2 streams by a client that
+/// reads none of them: each request made and held its own rewritten copy (1.5 GB for 128
+/// streams of a 3.5 MB playlist, acceptance). One version with one token is made once and
+/// shared by every request for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_playlist_is_made_once_for_every_stream_that_wants_it() {
+    let (d, srv) = start("forward");
+    let dir = d.path().join("disk1/vod/long");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n");
+    for i in 0..10_000 {
+        text.push_str(&format!("#EXTINF:2.0,\nseg_{i:05}.ts\n"));
+    }
+    text.push_str("#EXT-X-ENDLIST\n");
+    std::fs::write(dir.join("index.m3u8"), &text).expect("write");
+    let t = acl("/vod/*");
+    let path = format!("/vod/long/index.m3u8?__token__={}", encode_token(&t));
+    let whole = get(&srv.url(&path), &[]).await;
+    assert_eq!(whole.status, 200);
+    let size = whole.body.len() as u64;
+    assert!(size > 1 << 20, "{size} bytes rewritten");
+    let pid = srv.child.id();
+    let before = rss(pid);
+    let streams = 64;
+    let held = h2c_zero_window_gets(srv.addr, &path, streams).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let grown = rss(pid).saturating_sub(before);
+    assert!(
+        grown < 8 * size,
+        "{} MiB more resident for {streams} streams of a {} KiB playlist",
+        grown >> 20,
+        size >> 10
+    );
+    held.2.abort();
+}
+
 #[tokio::test]
 async fn sign_command_prints_working_urls() {
     let (_d, srv) = start("forward");

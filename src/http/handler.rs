@@ -367,7 +367,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     };
     if let Some(param) = rewrite_param.filter(|_| !object.encoded()) {
         // A playlist too large to rewrite is served as it is, below.
-        if let Some(out) = rewrite::playlist(cx.policy, &rel, &object, &param).await? {
+        if let Some(out) =
+            rewrite::playlist(cx.policy, &cx.rt.rewrites, &rel, &object, &param).await?
+        {
             let cc = param.cache_control(&cache_control, object.age(), now);
             return rewritten(cx, &canonical, &object, out, cc);
         }

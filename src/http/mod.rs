@@ -19,7 +19,7 @@ mod live;
 pub mod range;
 pub mod refusal;
 pub mod request_body;
-mod rewrite;
+pub(crate) mod rewrite;
 pub mod service;
 mod write;
 

@@ -613,3 +613,52 @@ pub async fn h2c(
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     (client, tokio::spawn(conn))
 }
+
+/// Resident memory of process `pid`, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// `streams` requests for `path` on one h2c connection that grants no flow-control window
+/// (`SETTINGS_INITIAL_WINDOW_SIZE` 0): their heads, with the bodies left untaken (held until
+/// the returned values are dropped).
+pub async fn h2c_zero_window_gets(
+    addr: SocketAddr,
+    path: &str,
+    streams: usize,
+) -> (
+    Vec<h2::RecvStream>,
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let mut heads = Vec::new();
+    for _ in 0..streams {
+        let req = http::Request::get(format!("http://{addr}{path}"))
+            .body(())
+            .expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        heads.push(resp);
+        client = client.ready().await.expect("ready");
+    }
+    let mut bodies = Vec::new();
+    for h in heads {
+        let resp = h.await.expect("response head");
+        assert_eq!(resp.status(), 200, "{path}");
+        bodies.push(resp.into_body());
+    }
+    (bodies, client, driver)
+}
