@@ -2496,6 +2496,49 @@ async fn malformed_chunked_body_is_400() {
     );
 }
 
+/// A new object of unknown length (chunked) placed before its body arrives (`Expect:
+/// 100-continue`, what curl sends with `-T` and chunked) goes to a volume with room above the
+/// reserve. It said 0 bytes, so the placement volume with no room left passed the check and the
+/// first byte written was a 507, while another volume had gigabytes (acceptance D-F9).
+#[tokio::test]
+async fn a_chunked_upload_of_unknown_length_skips_a_volume_at_its_reserve() {
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&small).expect("mkdir");
+    let _m = Mount::tmpfs(&small, "16m").expect("mount a tmpfs (root)");
+    let rig = Rig::start_in(
+        dir,
+        &["big", "small"],
+        &[("reserve", "\"64MiB\"")],
+        "",
+        |_| {},
+    );
+    let tok = upload_token("/live/*");
+    for i in 0..16 {
+        let path = format!("/live/new{i:02}/a.ts");
+        let r = curl(
+            &[
+                "-T",
+                "-",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "-H",
+                "Expect: 100-continue",
+                &rig.url(&q(&path, &tok)),
+            ],
+            Some(b"a new stream's first segment"),
+        );
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+        let on_big = rig.vol("big").join(path.trim_start_matches('/'));
+        assert!(on_big.is_file(), "{path} is not on the volume with room");
+    }
+    assert_no_tmp(&rig.vol("small"), "nothing on the full volume");
+}
+
 #[tokio::test]
 async fn reserve_beyond_free_space_is_507() {
     // 1000 TiB: more than any test disk has free.

@@ -642,6 +642,10 @@ impl Local {
         reserve: u64,
     ) -> Result<(usize, u64), WriteError> {
         let vols = &self.volumes;
+        // A body of unknown length (chunked, placed before it arrives: `Expect: 100-continue`)
+        // says 0: a volume with no room left above its reserve must not take it either (it
+        // was picked, and the first byte written was a 507, while other volumes had room).
+        let len = len.max(1);
         // The room above the reserve on volume `i`: `NoSpace` when `len` does not fit, `ReadOnly`
         // when its filesystem is mounted read-only (a new object goes to another volume then).
         let room = |i: usize| -> Result<(usize, u64), WriteError> {
