@@ -8,9 +8,6 @@
 //! - **an HTTP/2 connection with no request** for `keepalive_timeout`: hyper's keep-alive pings
 //!   only tell whether the peer lives, and a peer that answers them would hold its connection
 //!   (and a `max_connections` slot) forever. It gets GOAWAY.
-//! - **a connection that never sends a request**: as long as a request head may take
-//!   (`header_read_timeout`, HTTP/1.1 over TLS, as on plaintext) or `keepalive_timeout`
-//!   (HTTP/2), whichever the caller says.
 //!
 //! A body is "stalled" only while the client is the one that waits: from the moment a frame is
 //! handed to hyper until hyper asks for the next. A body waiting for its own bytes (a blocking
@@ -89,22 +86,11 @@ impl ConnWatch {
     /// `keepalive_timeout`, or, while requests are in flight with nothing handed, half a
     /// `send_timeout` (so a stall is seen within 1.5 × `send_timeout`; an idle connection
     /// costs one wake-up per `keepalive_timeout`, not one a second).
-    pub async fn verdict(
-        &self,
-        send_timeout: Duration,
-        idle_timeout: Duration,
-        first_timeout: Duration,
-    ) -> Verdict {
+    pub async fn verdict(&self, send_timeout: Duration, idle_timeout: Duration) -> Verdict {
         loop {
             let now = self.epoch.elapsed();
             let next = {
                 let mut s = self.lock();
-                // Before its first request a connection is waited for as a head is.
-                let idle_timeout = if s.next_id == 0 {
-                    first_timeout
-                } else {
-                    idle_timeout
-                };
                 let oldest = s.handed.values().min().copied();
                 if oldest.is_some_and(|since| now.saturating_sub(since) >= send_timeout) {
                     return Verdict::Stalled;
@@ -169,37 +155,20 @@ mod tests {
         let idle = Duration::from_millis(400);
         let req = w.start();
         // Waiting for our own bytes (nothing handed): neither stalled nor idle.
-        let r = tokio::time::timeout(Duration::from_secs(1), w.verdict(send, idle, idle)).await;
+        let r = tokio::time::timeout(Duration::from_secs(1), w.verdict(send, idle)).await;
         assert!(r.is_err(), "{r:?}");
         // Timed from just after each event: a deadline counts from the event itself.
         req.handed();
         let started = Instant::now();
-        assert_eq!(w.verdict(send, idle, idle).await, Verdict::Stalled);
+        assert_eq!(w.verdict(send, idle).await, Verdict::Stalled);
         let took = started.elapsed();
         assert!(took + Duration::from_millis(5) >= send, "{took:?}");
         // Taken: no longer stalled; the request ends, and the connection idles after `idle`.
         req.polled();
         drop(req);
         let started = Instant::now();
-        assert_eq!(w.verdict(send, idle, idle).await, Verdict::Idle);
+        assert_eq!(w.verdict(send, idle).await, Verdict::Idle);
         let took = started.elapsed();
         assert!(took + Duration::from_millis(5) >= idle, "{took:?}");
-    }
-
-    #[tokio::test]
-    async fn a_connection_without_a_request_idles_after_the_first_timeout() {
-        let w = ConnWatch::new();
-        let (send, idle, first) = (
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            Duration::from_millis(100),
-        );
-        let r = tokio::time::timeout(Duration::from_secs(1), w.verdict(send, idle, first)).await;
-        assert_eq!(r.ok(), Some(Verdict::Idle));
-        // After a request, the keep-alive time.
-        drop(w.start());
-        let r =
-            tokio::time::timeout(Duration::from_millis(500), w.verdict(send, idle, first)).await;
-        assert!(r.is_err(), "{r:?}");
     }
 }

@@ -103,19 +103,12 @@ pub async fn serve_io<I>(
         .connections_open
         .with_label_values(&[proto]);
     gauge.inc();
-    let (grace, send_timeout, idle_timeout, first_timeout) = {
+    let (grace, send_timeout, idle_timeout) = {
         let s = &shared.load().config.server;
         (
             crate::drain::IDLE_GRACE.min(s.keepalive_timeout),
             s.send_timeout,
             s.keepalive_timeout,
-            // An HTTP/1.1 connection that sends nothing gets as long as a head may take, as on
-            // the plaintext fast path; an HTTP/2 one the keep-alive time.
-            if proto == "h2" {
-                s.keepalive_timeout
-            } else {
-                s.header_read_timeout.min(s.keepalive_timeout)
-            },
         )
     };
     let draining = drain.signal();
@@ -170,7 +163,7 @@ pub async fn serve_io<I>(
             }
             true
         }
-        verdict = watch.verdict(send_timeout, idle_timeout, first_timeout) => match verdict {
+        verdict = watch.verdict(send_timeout, idle_timeout) => match verdict {
             // Closed at once, as the HTTP/1.1 fast path closes a stalled reader.
             Verdict::Stalled => {
                 tracing::debug!(%peer, "client took no response bytes within send_timeout: closed");

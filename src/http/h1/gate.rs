@@ -22,8 +22,8 @@
 //! (`socket::linger_close`, which the fast path uses).
 //!
 //! The timeouts are the gate's, as on the fast path: a connection with no byte of a next head
-//! for `keepalive_timeout` just ends (idle), and a head not complete within
-//! `header_read_timeout` of its first byte is 408. hyper's own head timer, which counts from
+//! for `keepalive_timeout` (of its first head: `header_read_timeout`) just ends (idle), and a
+//! head not complete within `header_read_timeout` of its first byte is 408. hyper's own head timer, which counts from
 //! when it starts waiting, idle time included (it closed idle TLS connections after
 //! `header_read_timeout`, not `keepalive_timeout`), is [`HYPER_BACKSTOP`] on these
 //! connections, past the largest both may be set to, so the gate always decides first, also
@@ -75,6 +75,10 @@ pub struct HeadGate<S> {
     deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
     started: bool,
+    /// No head has come yet: the wait for its first byte is `header_read_timeout`, not
+    /// `keepalive_timeout` (a connection that never sends a request is closed as soon as on
+    /// the plaintext fast path; it was kept six times as long over TLS).
+    first: bool,
     refusals: Option<IntCounterVec>,
     /// The answer to a refused head, and how much of it is written.
     answer: Option<(Answer, Vec<u8>, usize)>,
@@ -114,6 +118,7 @@ impl<S> HeadGate<S> {
             deadline: None,
             armed: false,
             started: false,
+            first: true,
             refusals: Some(refusals),
             answer: None,
             linger: None,
@@ -135,6 +140,7 @@ impl<S> HeadGate<S> {
             deadline: None,
             armed: false,
             started: false,
+            first: false,
             refusals: None,
             answer: None,
             linger: None,
@@ -205,6 +211,7 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
             if !h2_preface {
                 if let Some(parsed) = self.parse() {
                     self.armed = false;
+                    self.first = false;
                     match parsed {
                         Ok(state) => self.state = state,
                         Err(Some(a)) => self.refuse(a),
@@ -216,7 +223,7 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
             // Idle until a head's first byte (blank lines between requests are not one).
             let begun = self.buf.iter().any(|&b| b != b'\r' && b != b'\n');
             let rearm = !self.armed || (begun && !self.started);
-            let limit = if begun {
+            let limit = if begun || self.first {
                 self.limits.header_read_timeout
             } else {
                 self.limits.keepalive_timeout
