@@ -1113,6 +1113,8 @@ async fn malformed_heads_get_the_fast_paths_answers_over_tls() {
         (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: \r\n\r\n"), 400),
         (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: ,\r\n\r\n"), 400),
         (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n"), 501),
+        // chunked not the final coding: 400 (RFC 9112 §6.3), not 501.
+        (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n"), 400),
         (format!("GET http://user:pw@t{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         (format!("GET http://{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         (format!("G@T {SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),

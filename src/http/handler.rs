@@ -509,25 +509,22 @@ fn writable(cx: &Cx<'_>) -> bool {
 /// final coding is 400 (§6.3). The HTTP/1.1 fast path applies the same rule before it hands a
 /// body to hyper.
 fn transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
-    let mut codings = 0;
-    let mut chunked_last = false;
+    let mut codings: Vec<&str> = Vec::new();
     for v in headers.get_all(TRANSFER_ENCODING) {
         let s = v.to_str().map_err(|_| Refusal::Malformed)?;
-        for coding in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-            codings += 1;
-            chunked_last = coding.eq_ignore_ascii_case("chunked");
-            if !chunked_last {
-                return Err(Refusal::UnsupportedCoding);
-            }
-        }
+        codings.extend(s.split(',').map(str::trim).filter(|c| !c.is_empty()));
     }
-    // More than one coding, or a field that names none (`Transfer-Encoding: ,`): no framing
-    // segd reads.
-    if codings > 1 || (codings == 1 && !chunked_last) {
+    let chunked = |c: &&str| c.eq_ignore_ascii_case("chunked");
+    // A field that names no coding (`Transfer-Encoding: ,`), or `chunked` anywhere but once and
+    // last (`chunked, identity`): the body's length cannot be told, 400 before any 501.
+    if headers.contains_key(TRANSFER_ENCODING) && codings.is_empty() {
         return Err(Refusal::Malformed);
     }
-    if codings == 0 && headers.contains_key(TRANSFER_ENCODING) {
+    if codings.iter().rev().skip(1).any(chunked) {
         return Err(Refusal::Malformed);
+    }
+    if codings.iter().any(|c| !chunked(c)) {
+        return Err(Refusal::UnsupportedCoding);
     }
     Ok(())
 }
@@ -769,5 +766,9 @@ mod tests {
         assert_eq!(te(&["gzip", "chunked"]), Err(Refusal::UnsupportedCoding));
         assert_eq!(te(&["chunked, chunked"]), Err(Refusal::Malformed));
         assert_eq!(te(&["chunked", "chunked"]), Err(Refusal::Malformed));
+        // chunked not last: 400 (RFC 9112 §6.3), though the other coding is unknown too.
+        assert_eq!(te(&["chunked, identity"]), Err(Refusal::Malformed));
+        assert_eq!(te(&["chunked", "gzip"]), Err(Refusal::Malformed));
+        assert_eq!(te(&[","]), Err(Refusal::Malformed));
     }
 }
