@@ -402,6 +402,35 @@ async fn every_reason_is_counted() {
     assert!(!log.contains(mac), "the log must not contain a token");
 }
 
+/// A token whose `id` holds a space (no early escaping), put in the query by a form encoder:
+/// `+` for the space (`URLSearchParams`, `urlencode`). It was refused (`bad_hmac`) while the
+/// same token with `%20` passed (acceptance C-F7).
+#[tokio::test]
+async fn a_form_encoded_query_token_is_read_with_its_spaces() {
+    let (_d, srv) = start("off");
+    let t = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/*"),
+            id: Some("a b"),
+            data: Some("x+y z"),
+            exp: now() + 300,
+            ..Default::default()
+        },
+    );
+    let pct = encode_token(&t);
+    assert!(pct.contains("%20") && pct.contains("%2B"), "{pct}");
+    let form = pct.replace("%20", "+");
+    for q in [&pct, &form] {
+        let r = get(&srv.url(&format!("{SEG}?__token__={q}")), &[]).await;
+        assert_eq!(r.status, 200, "{q}");
+    }
+    // A forged one is still refused.
+    let forged = form.replace("a+b", "a+c");
+    let r = get(&srv.url(&format!("{SEG}?__token__={forged}")), &[]).await;
+    assert_eq!(r.status, 403);
+}
+
 #[tokio::test]
 async fn rotation_and_origin_auth() {
     let (_d, srv) = start("forward");

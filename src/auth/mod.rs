@@ -260,6 +260,16 @@ impl Auth {
                 }
                 other => other,
             };
+            // A form encoder (`URLSearchParams`, `urlencode`) writes a space as `+`: a token
+            // whose `id` or `data` holds a space (`escape_early = false`) signed it as a space.
+            let r = match r {
+                Err(Reason::BadHmac) if raw.contains('+') => {
+                    let spaced = decode_once(&raw.replace('+', "%20"))
+                        .map_or(Err(Reason::Malformed), |d| verify(&d));
+                    closer(r, spaced)
+                }
+                other => other,
+            };
             return to_decision(r, Source::Query);
         }
         if let Some(raw) = cookie(f.headers, &self.name) {
