@@ -4,10 +4,30 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
 
+/// A directive added to the filter unless it names rustls itself: rustls warns once per
+/// handshake of a client that puts an IP address in SNI (wrk, some libraries), a line any
+/// client can have written at will, so only its errors are logged.
+const QUIET: &str = "rustls=error";
+
+/// `spec` with [`QUIET`] added, unless it says something of rustls itself.
+fn quieted(spec: &str) -> String {
+    if spec.contains("rustls") {
+        spec.to_string()
+    } else if spec.trim().is_empty() {
+        QUIET.to_string()
+    } else {
+        format!("{spec},{QUIET}")
+    }
+}
+
 pub fn init(cfg: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cfg.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| EnvFilter::try_new(quieted(&s)).ok());
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(quieted(&cfg.level)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quieted("info")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

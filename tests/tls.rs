@@ -1323,3 +1323,35 @@ async fn idle_tls_connection_is_kept_for_keepalive_timeout() {
     );
     assert_eq!(raw_status(&buf[..n]), 200);
 }
+
+/// A client that sends an IP address as SNI (wrk, some libraries) is served, and rustls's
+/// warning about it is not logged: it was one WARN line per handshake, a log any client could
+/// fill at will (27,000 lines in one load test).
+#[tokio::test]
+async fn an_ip_address_as_sni_is_not_a_log_line_per_handshake() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "");
+    let addr = srv.tls_addr.expect("tls");
+    for _ in 0..3 {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "127.0.0.1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("BEGIN CERTIFICATE"), "no handshake: {text}");
+    }
+    // Something logged after the handshakes, so the log has caught up with them.
+    assert_eq!(get(&srv.url(SEG), &[]).await.status, 200);
+    srv.signal(libc::SIGHUP);
+    let log = srv.log_with(&["configuration reloaded"]);
+    assert!(!log.contains("SNI"), "{log}");
+}
