@@ -64,14 +64,34 @@ def cpu_times():
     return busy0, steal
 
 
+RUN_DIR = None
+
+
 def die(msg):
     print(f"compare: FAIL: {msg}", file=sys.stderr)
+    if RUN_DIR:
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
     sys.exit(1)
 
 
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+IDLE_CONNECTIONS = 10000
+
+
+def segd_open_files():
+    """segd's `cache.open_files` (10000, as nginx's open_file_cache), lowered where the descriptor
+    limit could not also hold the idle scenario's connections: segd fits `max_connections` to
+    the limit left after the cache and a headroom of limit/8 (at most 1024, docs/tuning.md) and
+    resets connections beyond it, so with a hard limit of 20000 idle10k could never pass."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return 10000
+    headroom = min(1024, max(16, hard // 8))
+    return max(1000, min(10000, hard - IDLE_CONNECTIONS - headroom - 100))
 
 
 def proc_cpu(pids):
@@ -147,7 +167,7 @@ listen = "127.0.0.1:{SEGD_ADMIN}"
 path = "{self.root}"
 [cache]
 max_bytes = "1GiB"
-open_files = 10000
+open_files = {segd_open_files()}
 {self.extra_cache}
 [tls]
 listen = ["127.0.0.1:{SEGD_TLS}"]
@@ -292,7 +312,7 @@ def run_h2load(port, uris_file, conns, streams, duration, pinned):
                 p99_ms=ms(tr.group(2)) if tr else float("nan"), errors=int(rq.group(6)), raw=out)
 
 
-def idle_connections(port, path, n):
+def idle_connections(server, port, path, n):
     """Opens n keep-alive connections, makes one request on each, and leaves them idle."""
     raise_nofile()
     socks = []
@@ -306,6 +326,7 @@ def idle_connections(port, path, n):
     for s in socks:
         sel.register(s, selectors.EVENT_WRITE)
     pending = {s: b"" for s in socks}
+    reset = 0
     deadline = time.time() + 60
     while pending and time.time() < deadline:
         for key, ev in sel.select(timeout=1):
@@ -314,6 +335,11 @@ def idle_connections(port, path, n):
                 try:
                     s.send(req)
                 except OSError:
+                    # Refused or reset before the request went out: counted, not retried (it
+                    # was retried at once, forever, until the deadline).
+                    reset += 1
+                    sel.unregister(s)
+                    del pending[s]
                     continue
                 sel.modify(s, selectors.EVENT_READ)
             elif ev & selectors.EVENT_READ:
@@ -323,12 +349,20 @@ def idle_connections(port, path, n):
                     data = b""
                 pending[s] += data
                 if b"\r\n\r\n" in pending[s] or not data:
+                    if not data and not pending[s]:
+                        reset += 1
+                        sel.unregister(s)
+                        del pending[s]
+                        continue
                     if not pending[s].startswith(b"HTTP/1.1 200"):
-                        die(f"idle scenario: bad response from port {port} ({len(socks) - len(pending)} of {n} answered): {pending[s][:100]!r}")
+                        die(f"idle scenario: bad response from {server} on port {port} ({len(socks) - len(pending)} of {n} answered): {pending[s][:100]!r}")
                     sel.unregister(s)
                     del pending[s]
-    if pending:
-        die(f"idle scenario: {len(pending)} connections got no answer")
+    if reset or pending:
+        die(f"idle scenario: {server} on port {port}: {reset} of {n} connections closed or reset "
+            f"before an answer, {len(pending)} unanswered in 60 s (a server refuses connections "
+            f"beyond its connection limit: see its log and metrics; ulimit -Hn is "
+            f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]})")
     return socks
 
 
@@ -398,7 +432,8 @@ def main():
     raise_nofile()
     root = os.path.abspath(args.corpus)
     os.makedirs(args.out, exist_ok=True)
-    run = tempfile.mkdtemp(prefix="segd-bench-")
+    global RUN_DIR
+    run = RUN_DIR = tempfile.mkdtemp(prefix="segd-bench-")
     lua = os.path.join(run, "random.lua")
     with open(lua, "w") as f:
         f.write(WRK_LUA)
@@ -484,7 +519,7 @@ def main():
                 try:
                     if sc["kind"] == "idle":
                         base_rss = proc_rss_mb(srv.pids())
-                        socks = idle_connections(srv.port, playlists[0], 10000)
+                        socks = idle_connections(srv.name, srv.port, playlists[0], IDLE_CONNECTIONS)
                         time.sleep(1)
                         rss = proc_rss_mb(srv.pids())
                         for s in socks:
