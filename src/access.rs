@@ -547,33 +547,16 @@ mod tests {
         );
         assert_eq!(header_text(b"caf\xe9 \xff"), "caf\\xE9 \\xFF");
         let ua = header_text(b"a\xe9");
-        let e = Entry {
-            time: SystemTime::UNIX_EPOCH,
-            client: "203.0.113.9".parse().expect("ip"),
-            peer: "127.0.0.1:5000".parse().expect("addr"),
-            method: "GET",
-            path: "/vod/t1/a.ts",
-            status: 200,
-            bytes: 1,
-            duration: Duration::from_micros(1),
-            proto: "h1",
-            tls: None,
-            cache: "hit",
-            key_id: None,
-            request_id: "abc",
-            user_agent: Some(&ua),
-            referer: None,
-            complete: true,
-        };
+        let e = sample(Some(&ua));
         assert!(e
             .format(LogFormat::Json)
             .contains("\"user_agent\":\"a\\\\xE9\""));
         assert!(e.format(LogFormat::Combined).contains("\"a\\xE9\""));
     }
 
-    #[test]
-    fn formats() {
-        let e = Entry {
+    /// A line's facts, with `user_agent`.
+    fn sample(user_agent: Option<&str>) -> Entry<'_> {
+        Entry {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             client: "203.0.113.9".parse().expect("ip"),
             peer: "127.0.0.1:5000".parse().expect("addr"),
@@ -587,10 +570,15 @@ mod tests {
             cache: "bypass",
             key_id: Some("k1"),
             request_id: "abc",
-            user_agent: Some("ffplay\n"),
+            user_agent,
             referer: None,
             complete: true,
-        };
+        }
+    }
+
+    #[test]
+    fn formats() {
+        let e = sample(Some("ffplay\n"));
         let j = e.format(LogFormat::Json);
         assert!(
             j.starts_with("{\"time\":\"2023-11-14T22:13:20.123Z\",\"client\":\"203.0.113.9\""),
