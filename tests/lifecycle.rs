@@ -1,7 +1,8 @@
 //! Lifecycle and operations against the running server:
 //! - SIGHUP with a new key makes it valid; a broken config is rejected with check-config's
 //!   messages and the old config keeps serving
-//! - SIGTERM during slow HTTP/2 downloads (h2c and over TLS) lets them finish (not reset)
+//! - SIGTERM during slow HTTP/2 downloads (h2c and over TLS) lets them finish (not reset), and
+//!   does not wait for HTTP/2 clients that keep idle connections open without answering
 //! - SIGTERM during a large download lets it finish; /readyz says draining; new connections are
 //!   refused; exit status 0
 //! - the sd_notify sequence: READY=1, RELOADING=1 + MONOTONIC_USEC / READY=1, STOPPING=1
@@ -1758,4 +1759,43 @@ async fn sigterm_lets_slow_http2_downloads_finish() {
         "{}",
         srv.stderr()
     );
+}
+
+/// SIGTERM with HTTP/2 clients that keep their connections open after the GOAWAY and read
+/// nothing (not even the PING that ends hyper's graceful shutdown): the drain does not wait
+/// for them until `drain_timeout` (it did, on every stop and every upgrade).
+#[tokio::test]
+async fn sigterm_does_not_wait_for_silent_http2_clients() {
+    use crate::util::h2raw::*;
+    let vols = demo_volumes();
+    let cfg = config_for(&[&vols.path().join("disk1")], "")
+        .replace("drain_timeout = \"10s\"", "drain_timeout = \"30s\"");
+    let mut srv = Server::start(&cfg);
+    let get = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", SEG),
+    ]);
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        let mut c = RawH2::connect(srv.addr);
+        c.send(H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, 1, &get);
+        silent.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    srv.signal(libc::SIGTERM);
+    assert_eq!(
+        srv.wait_exit(Duration::from_secs(35)),
+        Some(0),
+        "{}",
+        srv.stderr()
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the drain took {took:?} (drain_timeout 30 s)"
+    );
+    drop(silent);
 }

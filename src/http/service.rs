@@ -194,7 +194,22 @@ pub async fn serve_io<I>(
                 Some(res) => res,
                 None => {
                     conn.as_mut().graceful_shutdown();
-                    conn.as_mut().await
+                    // hyper's HTTP/2 shutdown waits for the client to answer a PING after the
+                    // first GOAWAY; a client that keeps the connection open reading nothing
+                    // held every drain and upgrade to `drain_timeout`. Once nothing has been
+                    // in flight on it for `grace` (counted from the GOAWAY at the earliest),
+                    // it is closed.
+                    let idle = async {
+                        tokio::time::sleep(grace).await;
+                        watch.verdict(send_timeout, grace).await
+                    };
+                    tokio::select! {
+                        res = conn.as_mut() => res,
+                        verdict = idle => {
+                            tracing::debug!(%peer, ?verdict, "connection closed during drain without finishing its shutdown");
+                            Ok(())
+                        }
+                    }
                 }
             };
             if let Err(e) = res {
