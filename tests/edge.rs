@@ -3036,6 +3036,40 @@ async fn edge_stale_copy_is_not_served_when_the_upstream_forbids_it() {
     }
 }
 
+/// A 304 that names another version than the cached copy (its ETag is not the copy's) must
+/// not refresh the copy (RFC 9111 §4.3.4): it did, and the old bytes were served as fresh
+/// under the old ETag for as long as the upstream kept answering 304s. The object is fetched
+/// whole instead.
+#[tokio::test]
+async fn edge_a_304_for_another_version_does_not_refresh_the_copy() {
+    const PATH: &str = "/vod/moved/a.m4s";
+    let root = tempfile::tempdir().expect("tempdir");
+    let up = BadUpstream::start("mixed", root.path());
+    let edge = Edge::start(
+        &keys(FAST_TIMEOUTS),
+        &[http_upstream("mixed", &up.base(), "")],
+    );
+    let r = must("GET", &edge.url(PATH), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("etag"), Some("\"m1\""));
+    assert!(r.bytes() == mixed_pattern(&format!("{PATH}1")).as_slice());
+    edge.wait_stored(r.bytes().len()).await;
+    // Expired (max-age=1): revalidated, 304 "m2", then fetched whole: version 3.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = must("GET", &edge.url(PATH), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("etag"), Some("\"m3\""), "{:?}", r.headers);
+    assert!(
+        r.bytes() == mixed_pattern(&format!("{PATH}3")).as_slice(),
+        "the new version's bytes"
+    );
+    assert_eq!(
+        up.count(PATH),
+        3,
+        "the fill, the revalidation, the fetch whole"
+    );
+}
+
 /// Files the pull cache evicts are closed as well as unlinked: a descriptor left in the
 /// open-file cache keeps the file's blocks on disk (until its idle timeout), so the disk held
 /// more than `max_bytes`.

@@ -117,6 +117,23 @@ fn weight(len: u64) -> u32 {
 /// live playlist may change at every segment).
 const HEURISTIC_LIFETIME: u64 = 1;
 
+/// Whether a 304 names another version than the cached copy `old` (RFC 9111 §4.3.4): it
+/// carries an entity-tag that is not the one the upstream gave the copy (compared weakly; a
+/// copy without one matches none). A 304 without an `ETag` refreshes the copy.
+fn another_version(old: &Meta, h: &http::HeaderMap) -> bool {
+    let opaque = |v: &HeaderValue| {
+        let b = v.as_bytes().trim_ascii();
+        b.strip_prefix(b"W/").unwrap_or(b).to_vec()
+    };
+    match h.get(ETAG) {
+        None => false,
+        Some(new) => old
+            .upstream_etag
+            .as_ref()
+            .is_none_or(|kept| opaque(kept) != opaque(new)),
+    }
+}
+
 /// What is kept with a cached object (its sidecar).
 #[derive(Debug, Clone, Default)]
 struct Meta {
@@ -1809,6 +1826,47 @@ impl Pull {
                     self.store(local, rel, unstated, resp, fill, from, revalidated)
                         .await;
                     return;
+                }
+                StatusCode::NOT_MODIFIED
+                    if cached
+                        .as_deref()
+                        .is_some_and(|old| another_version(old, resp.headers())) =>
+                {
+                    // RFC 9111 §4.3.4: a 304 whose validator names none of the stored
+                    // responses must not update them (the upstream has another version now).
+                    // It used to refresh the old copy, served as fresh from then on. The
+                    // object is asked for whole instead.
+                    tracing::warn!(upstream = %up.name, path = %canonical, etag = ?resp.headers().get(ETAG), "upstream answered 304 naming another version than the cached copy; fetching it whole");
+                    let again = self
+                        .timed_request(
+                            &conf,
+                            fetcher,
+                            up,
+                            rel,
+                            Ask::Object(None),
+                            conf.cfg.first_byte_timeout,
+                        )
+                        .await;
+                    match again {
+                        Ok(r)
+                            if r.status() == StatusCode::OK
+                                && !ambiguous_framing(r.headers())
+                                && self.counted(&conf, up, rel, &r).is_none() =>
+                        {
+                            let bucket = matches!(fetcher, Fetcher::S3(_));
+                            let unstated = conf.unstated_lifetime(class, live);
+                            let from = (up.name.as_str(), bucket);
+                            self.store(local, rel, unstated, r, fill, from, true).await;
+                            return;
+                        }
+                        Ok(r) => {
+                            tracing::warn!(upstream = %up.name, path = %canonical, status = r.status().as_u16(), "upstream did not send the object after its 304 named another version");
+                        }
+                        Err(e) => {
+                            timeout = e.kind() == io::ErrorKind::TimedOut;
+                            tracing::warn!(upstream = %up.name, path = %canonical, error = %e, "upstream request failed");
+                        }
+                    }
                 }
                 StatusCode::NOT_MODIFIED if cached.is_some() => {
                     if let Some(old) = &cached {

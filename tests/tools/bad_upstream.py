@@ -38,6 +38,11 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/fickle/…   a new version of the object for every request: ETag "fN" and
                               the body `pattern(path + N)` (N = 1, 2, … per path), always a 200
                               of the whole body, whatever Range or If-Match asked
+              /vod/moved/…    a new version for every request, `Cache-Control: max-age=1`: a
+                              conditional GET (`If-None-Match`) gets a 304 whose ETag names
+                              the new version ("mN"), an unconditional one a 200 with ETag
+                              "mN" and the body `pattern(path + N)` (an origin that answers
+                              304 for another version than the one asked about)
               /vod/retry/C-N/… status C (503 or 429) with `Retry-After: N` for every GET (an
                               origin that is overloaded or rate-limits, and says for how long)
               /vod/busy/C-N/… the first GET of a path is a 200 (as "anything else" below, with
@@ -76,6 +81,8 @@ LOCK = threading.Lock()
 FICKLE = {}
 # /vod/busy/ paths already answered once.
 BUSY = set()
+# Per path of /vod/moved/: the last version answered.
+MOVED = {}
 
 
 def pattern(path):
@@ -116,6 +123,20 @@ def mixed(sock, method, target, lines, state):
             sock.sendall(f'HTTP/1.1 304 Not Modified\r\nETag: "cc1"\r\nCache-Control: {cc}\r\n\r\n'.encode())
             state["served"] = True
             return True
+    if kind == "moved":
+        inm = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("if-none-match:")), None)
+        with LOCK:
+            version = MOVED[path] = MOVED.get(path, 0) + 1
+        if inm is not None:
+            sock.sendall(f'HTTP/1.1 304 Not Modified\r\nETag: "m{version}"\r\nCache-Control: max-age=1\r\n\r\n'.encode())
+            state["served"] = True
+            return True
+        body = pattern(path + str(version))
+        head = ["HTTP/1.1 200 OK", "Content-Type: video/iso.segment", f'ETag: "m{version}"',
+                "Cache-Control: max-age=1", f"Content-Length: {len(body)}"]
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + (body if method != "HEAD" else b""))
+        state["served"] = True
+        return True
     if kind in ("retry", "busy"):
         code, secs = path.split("/")[3].split("-", 1)
         with LOCK:
