@@ -1223,6 +1223,18 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
             Some(&new_owner)
         );
     }
+    // HAProxy's log has a line per request and no token: the uploads' path tokens are
+    // redacted, the reads' query tokens left out (its log had every token whole).
+    let log = std::fs::read_to_string(&c.lb.log).unwrap_or_default();
+    assert!(
+        log.contains("\"PUT /__token__=<redacted>/vod/new01/hls/"),
+        "no upload line:\n{log}"
+    );
+    assert!(
+        log.contains("\"GET /vod/new01/hls/"),
+        "no read line:\n{log}"
+    );
+    assert!(!log.contains("hmac"), "a token in HAProxy's log:\n{log}");
 }
 
 /// ffmpeg pushing live HLS (and DASH) through HAProxy, as the README's "Pointing a packager at
