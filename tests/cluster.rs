@@ -30,6 +30,8 @@
 //!   `first_byte_timeout`, before HAProxy's read timeout, and is not retried on other nodes
 //! - live requests moved off a killed node to one that never saw the stream: 503 with
 //!   `Retry-After`, not 404 (`[live] unknown_stream_retry_after`)
+//! - writes to a node killed a moment ago land on the node that owns the asset once it is out
+//!   (the pinned backend redispatches on its last retry only), never split over two nodes
 //! - write-through, durability "upstream": the node holding a fresh upload is SIGKILLed right
 //!   after its 201 and the object is still read through HAProxy (another node pulls it); a
 //!   DELETE while the node's pull of the object is still under way leaves no copy; a read on
@@ -1235,6 +1237,62 @@ async fn cluster_uploads_through_haproxy_land_on_the_assets_node_even_under_load
         "no read line:\n{log}"
     );
     assert!(!log.contains("hmac"), "a token in HAProxy's log:\n{log}");
+}
+
+/// Writes to a node killed a moment ago, before HAProxy has marked it down, land on the node
+/// that owns the asset once it is down: the next node of the ring, where the asset's later
+/// uploads (and a live stream's) go. HAProxy's redispatch on the first retry picked the next
+/// server with the dead one avoided, which for some assets is another node than the ring
+/// gives once the dead one is out: a live stream's uploads were split over two nodes, and one
+/// kept a stale copy (acceptance F-R3). The pinned backend now retries the same node (1 s
+/// apart) and redispatches only on its last retry, by when the node is marked down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_writes_during_a_node_loss_land_where_the_asset_moves() {
+    let mut c = Cluster::start(Opts::default()).await;
+    let owners = c.learn_owners().await;
+    let shares = shares(&owners);
+    let victim = *shares
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(name, _)| name)
+        .expect("nodes");
+    let assets: Vec<usize> = (0..ASSETS).filter(|a| owners[*a] == victim).collect();
+    c.node_mut(victim).kill9();
+    // A new file for each of its assets at once, before HAProxy knows the node is gone.
+    let early: Vec<String> = assets
+        .iter()
+        .map(|a| format!("/vod/c{a:02}/new/early.ts"))
+        .collect();
+    let body = pattern(9300);
+    let answers = futures_util::future::join_all(early.iter().map(|p| c.put(p, &body))).await;
+    for (p, (_, r)) in early.iter().zip(&answers) {
+        assert_eq!(r.status, 201, "{p}: {}", r.text());
+    }
+    assert!(
+        c.lb.wait_status(victim, "DOWN", Duration::from_secs(5))
+            .await,
+        "HAProxy still has {victim} up"
+    );
+    let mut split = Vec::new();
+    for (a, (early_id, _)) in assets.iter().zip(&answers) {
+        let (late_id, r) = c
+            .put(&format!("/vod/c{a:02}/new/late.ts"), &pattern(9301))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        let who = c.who_served(&[early_id.clone(), late_id.clone()]);
+        if who.get(early_id) != who.get(&late_id) {
+            split.push(format!(
+                "asset {a}: {:?} then {:?}",
+                who.get(early_id),
+                who.get(&late_id)
+            ));
+        }
+    }
+    assert!(
+        split.is_empty(),
+        "uploads of one asset went to two nodes while {victim} was lost:\n{}",
+        split.join("\n")
+    );
 }
 
 /// ffmpeg pushing live HLS (and DASH) through HAProxy, as the README's "Pointing a packager at
