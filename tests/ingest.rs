@@ -2539,6 +2539,57 @@ async fn a_chunked_upload_of_unknown_length_skips_a_volume_at_its_reserve() {
     assert_no_tmp(&rig.vol("small"), "nothing on the full volume");
 }
 
+/// Uploads of one path are taken one at a time. A stalled one (its client's connection lost
+/// mid-body) held every newer upload of the path for its `body_timeout`, a live playlist's
+/// newer versions included (the stream froze for 30 s by default), and the n-th waiter n
+/// times as long. Once it has had no byte for 2 s while a newer upload waits, it gives up
+/// (409) and the newer one goes on.
+#[tokio::test]
+async fn a_stalled_upload_yields_to_a_newer_one_of_the_same_path() {
+    let rig = Rig::simple(&[("body_timeout", "\"20s\"")]);
+    let tok = upload_token("/live/*");
+    let path = "/live/yield/index.m3u8";
+    let vol = rig.vol("disk1");
+    // A: a playlist upload that stops after its first bytes (Content-Length says 1000).
+    let mut a = TcpStream::connect(rig.srv.addr).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    a.write_all(
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n#EXTM3U\n",
+            q(path, &tok)
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    // B: a whole newer version.
+    let newer = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\ns0.ts\n";
+    let t0 = Instant::now();
+    let r = curl_put(&rig.url(&q(path, &tok)), newer, &[]);
+    let took = t0.elapsed();
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "the newer upload waited {took:?} for the stalled one (body_timeout 20 s)"
+    );
+    let mut answer = Vec::new();
+    let _ = a.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        409,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        std::fs::read(vol.join(path.trim_start_matches('/')))
+            .ok()
+            .as_deref(),
+        Some(&newer[..])
+    );
+    assert_no_tmp(&vol, "superseded upload");
+}
+
 #[tokio::test]
 async fn reserve_beyond_free_space_is_507() {
     // 1000 TiB: more than any test disk has free.

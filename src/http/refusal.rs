@@ -105,6 +105,10 @@ pub enum Refusal {
     DeleteTooShallow,
     #[error("too many uploads in progress")]
     UploadsBusy,
+    /// The body stalled while a newer upload of the path waited for it (see
+    /// `request_body::YIELD_AFTER`).
+    #[error("a newer upload of the path superseded this stalled one")]
+    Superseded,
     #[error("insufficient storage")]
     InsufficientStorage,
     #[error("write failed")]
@@ -347,6 +351,13 @@ impl Refusal {
                 "uploads_busy",
                 Server,
             ),
+            Refusal::Superseded => (
+                StatusCode::CONFLICT,
+                "superseded by a newer upload of this path\n",
+                Info,
+                "superseded",
+                Client,
+            ),
             Refusal::InsufficientStorage => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "insufficient storage\n",
@@ -530,6 +541,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::StalePlaylist,
     Refusal::DeleteTooShallow,
     Refusal::UploadsBusy,
+    Refusal::Superseded,
     Refusal::InsufficientStorage,
     Refusal::WriteFailed,
     Refusal::BadDirective,

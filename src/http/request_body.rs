@@ -23,6 +23,12 @@ use super::refusal::Refusal;
 use crate::io::pipe::Pipe;
 use crate::store::ByteStream;
 
+/// How long a body may go without a byte while a newer upload of the same path waits for it
+/// before it gives up to that one (409): uploads of one path are taken one at a time, and a
+/// stalled one (a packager's lost connection, a half-open one after a reconnect) held every
+/// newer version of the path, a live playlist's included, for its `body_timeout` each.
+pub const YIELD_AFTER: Duration = Duration::from_secs(2);
+
 /// The `Content-Length` a request declares: none, or exactly one number of digits alone, up to
 /// 2^64 − 1. Anything else (a sign, spaces, a list, two fields, a larger number) is `Err`: a
 /// recipient must treat an invalid length as unrecoverable (RFC 9110 §8.6), never guess.
@@ -191,7 +197,7 @@ impl<'a> RequestBody<'a> {
 
     /// The next chunk (`None` at the end), within `timeout`, keeping the total within `limit`.
     pub async fn next(&mut self, limit: u64, timeout: Duration) -> Result<Option<Bytes>, Refusal> {
-        match self.next_piece(limit, timeout, None).await? {
+        match self.next_piece(limit, timeout, None, &|| false).await? {
             None => Ok(None),
             Some(Piece::Bytes(b)) => Ok(Some(b)),
             Some(Piece::Piped(_)) => Err(Refusal::Internal),
@@ -202,24 +208,46 @@ impl<'a> RequestBody<'a> {
     /// Given `pipe`, a body that [can splice](RequestBody::can_splice) moves what its socket
     /// holds into it (a piece of zero bytes when the pipe is full); what was buffered already
     /// comes as bytes first.
+    /// `contended`: whether another upload of the same path waits for this one; once no byte
+    /// came for [`YIELD_AFTER`] and one does, this body gives up (`Superseded`).
     pub async fn next_piece(
         &mut self,
         limit: u64,
         timeout: Duration,
         pipe: Option<&mut Pipe>,
+        contended: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Option<Piece>, Refusal> {
         if self.declared.is_some_and(|d| d > limit) {
             return Err(Refusal::TooLarge);
         }
+        let give_up = async {
+            let start = tokio::time::Instant::now();
+            let deadline = start + timeout;
+            tokio::time::sleep_until((start + YIELD_AFTER).min(deadline)).await;
+            loop {
+                if tokio::time::Instant::now() >= deadline {
+                    return Refusal::BodyTimeout;
+                }
+                if contended() {
+                    return Refusal::Superseded;
+                }
+                let next = tokio::time::Instant::now() + Duration::from_millis(250);
+                tokio::time::sleep_until(next.min(deadline)).await;
+            }
+        };
         let next = match self.stream.as_mut() {
             None => return Ok(None),
-            Some(Chunks::Owned(s)) => tokio::time::timeout(timeout, s.next())
-                .await
-                .map(|c| c.map(|r| r.map(Piece::Bytes))),
-            Some(Chunks::Borrowed(b)) => tokio::time::timeout(timeout, b.next_piece(pipe)).await,
+            Some(Chunks::Owned(s)) => tokio::select! {
+                c = s.next() => Ok(c.map(|r| r.map(Piece::Bytes))),
+                r = give_up => Err(r),
+            },
+            Some(Chunks::Borrowed(b)) => tokio::select! {
+                c = b.next_piece(pipe) => Ok(c),
+                r = give_up => Err(r),
+            },
         };
         match next {
-            Err(_) => Err(Refusal::BodyTimeout),
+            Err(r) => Err(r),
             Ok(None) => {
                 self.stream = None;
                 // Fewer bytes than declared. hyper and the HTTP/1.1 fast path refuse that

@@ -274,13 +274,18 @@ impl Receive {
         // What a body read from its own socket still has there goes through the upload's pipe,
         // if it has one.
         let mut spliced = 0;
+        let contention = upload.contention();
+        let contended = move || contention.waiting();
         loop {
             let pipe = if body.can_splice() {
                 upload.pipe()
             } else {
                 None
             };
-            match body.next_piece(self.limit, self.timeout, pipe).await? {
+            match body
+                .next_piece(self.limit, self.timeout, pipe, &contended)
+                .await?
+            {
                 None => break,
                 Some(Piece::Bytes(chunk)) => upload.write(chunk).await?,
                 Some(Piece::Piped(p)) => {

@@ -353,6 +353,13 @@ impl Upload {
         self.kept.as_deref()
     }
 
+    /// Whether another upload of this path waits for this one (see [`PathLock::contention`]).
+    pub fn contention(&self) -> Contention {
+        self.lock
+            .as_ref()
+            .map_or(Contention(None), PathLock::contention)
+    }
+
     /// A pipe for the body's bytes (see `io::pipe`), when the upload takes them that way: not when
     /// it must have them in memory (a kept or growing upload), nor when no pipe can be had. Bytes moved into it are announced with [`Upload::piped`].
     pub fn pipe(&mut self) -> Option<&mut Pipe> {
@@ -913,6 +920,29 @@ impl PathLocks {
             guard: Some(guard),
             held: Arc::clone(&self.held),
         }
+    }
+}
+
+impl PathLock {
+    /// Whether another writer of the path waits for this lock, as a handle that can be asked
+    /// while the upload is borrowed.
+    pub fn contention(&self) -> Contention {
+        Contention(
+            self.guard
+                .as_ref()
+                .map(|g| Arc::clone(tokio::sync::OwnedMutexGuard::mutex(g))),
+        )
+    }
+}
+
+/// See [`PathLock::contention`].
+pub struct Contention(Option<Arc<tokio::sync::Mutex<()>>>);
+
+impl Contention {
+    /// Whether another writer waits for the path. The path's mutex is held by the lock map, by
+    /// the holder's guard and by this handle; each writer waiting for it holds one more.
+    pub fn waiting(&self) -> bool {
+        self.0.as_ref().is_some_and(|m| Arc::strong_count(m) > 3)
     }
 }
 
