@@ -1363,3 +1363,47 @@ async fn malformed_http3_requests_are_refused() {
         assert_eq!(r.status, want, "{uri}");
     }
 }
+
+/// An HTTP/3 download still going when `drain_timeout` ends: the client is told the connection
+/// is closed (CONNECTION_CLOSE) as the process exits. It was not, and found out only at its
+/// own idle timeout (41 s in an acceptance run).
+#[tokio::test]
+async fn an_http3_connection_cut_at_drain_timeout_is_told() {
+    let len = 16 << 20;
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/m")).expect("mkdir");
+    std::fs::write(vol.join("vod/m/big.mp4"), vec![b'Z'; len]).expect("write");
+    let mut srv = Server::start(
+        &config_for(
+            &[&vol],
+            &(tls_config(dir.path(), &cert, &key) + "http3 = true\n"),
+        )
+        .replace("drain_timeout = \"10s\"", "drain_timeout = \"1s\""),
+    );
+    let addr = srv.tls_addr.expect("tls");
+    let mut c = h3_connect(addr, &pki).await;
+    let mut s = c.open("GET", "/vod/m/big.mp4", &[]).await;
+    assert_eq!(s.recv_response().await.expect("head").status(), 200);
+    // The client reads nothing more; the server drains and gives up after 1 s.
+    srv.signal(libc::SIGTERM);
+    assert_eq!(
+        tokio::task::spawn_blocking(move || srv.wait_exit(Duration::from_secs(10)))
+            .await
+            .expect("join"),
+        Some(0)
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(3), c.conn.closed()).await;
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(
+                close.error_code,
+                quinn::VarInt::from_u32(0x100),
+                "H3_NO_ERROR"
+            );
+        }
+        other => panic!("the client was not told: {other:?}"),
+    }
+}

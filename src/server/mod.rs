@@ -394,6 +394,8 @@ async fn serve(
             alt_svc,
         ));
     }
+    // Kept to close the connections still open when the drain times out.
+    let quic_endpoints: Vec<quinn::Endpoint> = endpoints.iter().map(|(e, _)| e.clone()).collect();
     for (endpoint, share) in endpoints {
         tokio::spawn(quic::accept(
             endpoint,
@@ -487,6 +489,15 @@ async fn serve(
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!("drain timeout reached; exiting with connections still open");
+        // HTTP/3 clients are told (CONNECTION_CLOSE, H3_NO_ERROR), or they would wait for their
+        // own idle timeout to notice the process is gone; TCP ones learn it from the kernel.
+        for e in &quic_endpoints {
+            e.close(quinn::VarInt::from_u32(0x100), b"server stopping");
+        }
+        for e in &quic_endpoints {
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(200), e.wait_idle()).await;
+        }
     }
     // The file this process wrote (a reload does not move it: server.pid_file is restart-only).
     if let Some(path) = &config.server.pid_file {
