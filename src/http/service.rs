@@ -227,7 +227,9 @@ pub async fn serve_io<I>(
 
 /// Before a finished connection's socket is closed: its sending side is shut, and what the
 /// client still sends is read and dropped until it closes its side too, it stops taking the
-/// bytes queued for it for `send_timeout`, or it has had them all for [`LINGER_AFTER_SENT`].
+/// bytes queued for it for `send_timeout` (what it sends is no progress: a client that sends
+/// and never reads is not kept), it has had them all for [`LINGER_AFTER_SENT`], or it sent
+/// [`LINGER_MAX_READ`].
 /// Closed with unread bytes waiting (an HTTP/2 client's WINDOW_UPDATEs as it reads the end of
 /// a large response; anything a client sends after a GOAWAY), the kernel sends a reset instead
 /// of a FIN and drops the bytes still queued: the ends of responses hyper had finished writing,
@@ -245,6 +247,7 @@ async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
         return;
     };
     let mut sink = vec![0u8; 4096];
+    let mut drained = 0usize;
     let mut queued = unsent(socket);
     let mut progress = tokio::time::Instant::now();
     let mut all_sent: Option<tokio::time::Instant> = None;
@@ -269,7 +272,12 @@ async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
         let Ok(mut ready) = ready else { return };
         match rustix::io::read(watched.get_ref(), &mut sink) {
             Ok(0) => return,
-            Ok(_) => progress = tokio::time::Instant::now(),
+            Ok(n) => {
+                drained += n;
+                if drained >= LINGER_MAX_READ {
+                    return;
+                }
+            }
             Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
             Err(_) => return,
         }
@@ -279,6 +287,9 @@ async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
 /// How long a finished connection stays open once the client has every byte (acknowledged), in
 /// case it has more to send before it closes (see [`linger`]).
 const LINGER_AFTER_SENT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The most a finished connection's client may still send before it is closed (see [`linger`]).
+const LINGER_MAX_READ: usize = 4 << 20;
 
 /// Bytes written to the socket that the client has not acknowledged yet (`SIOCOUTQ`); 0 when
 /// it cannot be told.
