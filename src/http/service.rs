@@ -240,10 +240,7 @@ async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
     // in the caller and no longer polled; it is only duplicated here.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
     let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Write);
-    let Some(watched) = socket.try_clone_to_owned().ok().and_then(|dup| {
-        // SAFETY: the `OwnedFd` is open and stays the same descriptor while `AsyncFd` owns it.
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, Interest::READABLE) }.ok()
-    }) else {
+    let Some(watched) = watch_readable(socket) else {
         return;
     };
     let mut sink = vec![0u8; 4096];
@@ -319,12 +316,7 @@ async fn peer_closed(fd: RawFd) {
     // future is polled by its connection's own future, which owns the socket, so the
     // descriptor is open while this runs; it is only duplicated here.
     let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let watched = socket.try_clone_to_owned().ok().and_then(|dup| {
-        // SAFETY: the `OwnedFd` is open and stays the same descriptor for as long as the
-        // `AsyncFd` owns it.
-        unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, Interest::READABLE) }.ok()
-    });
-    let Some(watched) = watched else {
+    let Some(watched) = watch_readable(socket) else {
         // No descriptor to spare: the request is noticed when its answer is written.
         return std::future::pending().await;
     };
@@ -338,6 +330,16 @@ async fn peer_closed(fd: RawFd) {
         }
         ready.clear_ready();
     }
+}
+
+/// A duplicate of `socket` registered for readability on its own, so hyper's reads and writes
+/// on the socket are untouched; `None` when no descriptor can be had.
+fn watch_readable(
+    socket: std::os::fd::BorrowedFd<'_>,
+) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let dup = socket.try_clone_to_owned().ok()?;
+    // SAFETY: the `OwnedFd` is open and stays the same descriptor while `AsyncFd` owns it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(dup, Interest::READABLE) }.ok()
 }
 
 /// Where a request came in.
