@@ -283,6 +283,47 @@ async fn validators_and_conditionals() {
     assert_ne!(r.header("etag"), Some(etag.as_str()));
 }
 
+/// A file whose modification time is ahead of the clock (touched into the future, copied
+/// from a machine whose clock ran ahead) is sent with `Last-Modified` no later than `Date`
+/// (RFC 9110 §8.8.2.1: the origin replaces such a time with the message's date), on every
+/// protocol's writer, and `If-Modified-Since` is judged against what was sent.
+#[tokio::test]
+async fn a_modification_time_in_the_future_is_sent_as_the_date() {
+    let (dir, srv) = one_volume("");
+    let path = dir.path().join("disk1").join(SEG.trim_start_matches('/'));
+    let file = std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let tomorrow = std::time::SystemTime::now() + Duration::from_secs(86_400);
+    file.set_modified(tomorrow).expect("set mtime");
+    drop(file);
+    let url = srv.url(SEG);
+    for h2 in [false, true] {
+        let r = request("GET", &url, &[], h2).await;
+        assert_eq!(r.status, 200, "h2: {h2}");
+        let date = r.header("date").expect("date");
+        let lm = r.header("last-modified").expect("last-modified");
+        let date = httpdate::parse_http_date(date).expect("date is an HTTP date");
+        let lm_time = httpdate::parse_http_date(lm).expect("last-modified is an HTTP date");
+        assert!(
+            lm_time <= date,
+            "Last-Modified {lm} is after Date (h2: {h2})"
+        );
+        let r = request("GET", &url, &[("if-modified-since", lm)], h2).await;
+        assert_eq!(
+            r.status, 304,
+            "If-Modified-Since the Last-Modified sent (h2: {h2})"
+        );
+        let earlier = httpdate::fmt_http_date(lm_time - Duration::from_secs(1));
+        let r = request("GET", &url, &[("if-modified-since", &earlier)], h2).await;
+        assert_eq!(
+            r.status, 200,
+            "If-Modified-Since a second before (h2: {h2})"
+        );
+    }
+}
+
 #[tokio::test]
 async fn methods_and_preflight() {
     let (_d, srv) = one_volume("");

@@ -380,7 +380,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
-    headers.insert(LAST_MODIFIED, object.last_modified.clone());
+    headers.insert(LAST_MODIFIED, object.last_modified());
     if let Some(extra) = &object.extra {
         for (k, v) in extra {
             headers.insert(k, v.clone());
@@ -724,7 +724,7 @@ fn rewritten(
     if let Ok(v) = HeaderValue::from_str(&out.etag) {
         headers.insert(ETAG, v);
     }
-    headers.insert(LAST_MODIFIED, object.last_modified.clone());
+    headers.insert(LAST_MODIFIED, object.last_modified());
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
     let date = super::live::playlist_date(cx, canonical, &object.etag, object.modified());
     let mut headers = preconditions(cx, &out.etag, date, headers)?;

@@ -184,6 +184,14 @@ enum Source {
     Upstream(pull::Through),
 }
 
+/// `t` without its fraction of a second: what an HTTP date says of it.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
 impl Object {
     /// Whether the bytes carry a content coding (an upstream's gzipped object): they are
     /// served as they are, never rewritten.
@@ -222,13 +230,32 @@ impl Object {
     }
 
     /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`:
-    /// the `Last-Modified` the object is sent with.
+    /// the `Last-Modified` the object is sent with ([`Object::last_modified`]), so never
+    /// later than now.
     pub fn modified(&self) -> SystemTime {
-        self.last_modified
+        let stored = self
+            .last_modified
             .to_str()
             .ok()
             .and_then(|v| httpdate::parse_http_date(v).ok())
-            .unwrap_or_else(|| self.meta.modified())
+            .unwrap_or_else(|| self.meta.modified());
+        stored.min(whole_seconds(SystemTime::now()))
+    }
+
+    /// The `Last-Modified` it is sent with. A modification time later than now (a file
+    /// touched into the future, a clock set back) is replaced with the response's `Date`:
+    /// RFC 9110 §8.8.2.1 (a cache would otherwise take it as modified at a time still to
+    /// come, and heuristics and `If-Modified-Since` built on it go wrong).
+    pub fn last_modified(&self) -> HeaderValue {
+        let stored = self
+            .last_modified
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok());
+        match stored {
+            Some(t) if t > SystemTime::now() => crate::http::headers::date(),
+            _ => self.last_modified.clone(),
+        }
     }
 
     /// The body for `len` bytes from `offset` (a stream is always sent whole). `small`: the
