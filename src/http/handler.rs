@@ -371,7 +371,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
             rewrite::playlist(cx.policy, &cx.rt.rewrites, &rel, &object, &param).await?
         {
             let cc = param.cache_control(&cache_control, object.age(), now);
-            return rewritten(cx, &canonical, &object, out, cc);
+            return rewritten(cx, &canonical, live, &object, out, cc);
         }
     }
 
@@ -380,7 +380,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
-    headers.insert(LAST_MODIFIED, object.last_modified());
+    if let Some(lm) = object.last_modified(class == ObjectClass::Playlist && !live) {
+        headers.insert(LAST_MODIFIED, lm);
+    }
     if let Some(extra) = &object.extra {
         for (k, v) in extra {
             headers.insert(k, v.clone());
@@ -714,6 +716,7 @@ fn pull_miss(cx: &Cx<'_>, m: Miss, path: Option<&str>) -> Stop {
 fn rewritten(
     cx: &Cx<'_>,
     canonical: &str,
+    live: bool,
     object: &Object,
     out: rewrite::Rewritten,
     cache_control: HeaderValue,
@@ -724,7 +727,9 @@ fn rewritten(
     if let Ok(v) = HeaderValue::from_str(&out.etag) {
         headers.insert(ETAG, v);
     }
-    headers.insert(LAST_MODIFIED, object.last_modified());
+    if let Some(lm) = object.last_modified(!live) {
+        headers.insert(LAST_MODIFIED, lm);
+    }
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
     let date = super::live::playlist_date(cx, canonical, &object.etag, object.modified());
     let mut headers = preconditions(cx, &out.etag, date, headers)?;

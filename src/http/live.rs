@@ -52,7 +52,7 @@ async fn snapshot(
         .await?;
     let len = object.len.ok_or(Refusal::Changed)?;
     let text = object.read_prefix(len.min(4 << 20) as usize).await?;
-    let snap = Snapshot::parse(text, object.etag.clone(), object.last_modified());
+    let snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
     if cx.rt.live.current(canonical).is_none() {
         cx.rt.live.publish(canonical, snap);
     }

@@ -14,7 +14,7 @@ pub mod h1;
 pub mod h3;
 mod h3_transport;
 pub mod handler;
-pub(crate) mod headers;
+mod headers;
 mod live;
 pub mod range;
 pub mod refusal;

@@ -184,14 +184,6 @@ enum Source {
     Upstream(pull::Through),
 }
 
-/// `t` without its fraction of a second: what an HTTP date says of it.
-fn whole_seconds(t: SystemTime) -> SystemTime {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-}
-
 impl Object {
     /// Whether the bytes carry a content coding (an upstream's gzipped object): they are
     /// served as they are, never rewritten.
@@ -230,32 +222,38 @@ impl Object {
     }
 
     /// Modification time (whole seconds) for `If-Modified-Since` and `If-Unmodified-Since`:
-    /// the `Last-Modified` the object is sent with ([`Object::last_modified`]), so never
-    /// later than now.
+    /// the date of its `Last-Modified`, sent or not ([`Object::last_modified`]).
     pub fn modified(&self) -> SystemTime {
-        let stored = self
-            .last_modified
+        self.last_modified
             .to_str()
             .ok()
             .and_then(|v| httpdate::parse_http_date(v).ok())
-            .unwrap_or_else(|| self.meta.modified());
-        stored.min(whole_seconds(SystemTime::now()))
+            .unwrap_or_else(|| self.meta.modified())
     }
 
-    /// The `Last-Modified` it is sent with. A modification time later than now (a file
-    /// touched into the future, a clock set back) is replaced with the response's `Date`:
-    /// RFC 9110 §8.8.2.1 (a cache would otherwise take it as modified at a time still to
-    /// come, and heuristics and `If-Modified-Since` built on it go wrong).
-    pub fn last_modified(&self) -> HeaderValue {
-        let stored = self
-            .last_modified
-            .to_str()
-            .ok()
-            .and_then(|v| httpdate::parse_http_date(v).ok());
-        match stored {
-            Some(t) if t > SystemTime::now() => crate::http::headers::date(),
-            _ => self.last_modified.clone(),
-        }
+    /// The `Last-Modified` it is sent with (`None`: none).
+    /// - A time in a second later than the clock's (a file touched into the future, copied
+    ///   from a machine whose clock ran ahead) is not sent (RFC 9110 §8.8.2.1: never later
+    ///   than `Date`); it is a validator again once the clock has reached it.
+    /// - `replaceable` (a playlist that is not live): not sent either while the clock is still
+    ///   in the second it names. Another version written later in that second would have the
+    ///   same date, and a cache that revalidates with `If-Modified-Since` alone would be told
+    ///   304 for the old bytes (RFC 9110 §8.8.2.2: such a date is only a weak validator).
+    ///   Sent once its second is over, a date tells the versions apart; until then the `ETag`
+    ///   does. (Live playlists, replaced every part, keep their date: the live state knows
+    ///   when two versions share one and does not compare it.)
+    pub fn last_modified(&self, replaceable: bool) -> Option<HeaderValue> {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let this_second = SystemTime::UNIX_EPOCH + Duration::from_secs(now);
+        let modified = self.modified();
+        let sent = if replaceable {
+            modified < this_second
+        } else {
+            modified <= this_second
+        };
+        sent.then(|| self.last_modified.clone())
     }
 
     /// The body for `len` bytes from `offset` (a stream is always sent whole). `small`: the
