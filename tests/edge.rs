@@ -3351,8 +3351,9 @@ async fn edge_llhls_passthrough_errors_are_not_cacheable() {
 }
 
 /// An upstream that says nothing of the media type (`binary/octet-stream`, what S3 stores for an
-/// object uploaded without one) does not override segd's table: the segment and the playlist go
-/// out with their own types, on the miss and from the copy. A specific upstream type is kept.
+/// object uploaded without one; `application/x-gzip`, what SeaweedFS stores for a gzipped one,
+/// from its bytes) does not override segd's table: the segment and the playlist go out with
+/// their own types, on the miss and from the copy. A specific upstream type is kept.
 #[tokio::test]
 async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -3368,6 +3369,7 @@ async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
     for (path, want) in [
         ("/vod/octet/a.ts", "video/mp2t"),
         ("/vod/octet/b.m3u8", "application/vnd.apple.mpegurl"),
+        ("/vod/sniffed/d.m3u8", "application/vnd.apple.mpegurl"),
         ("/vod/plain/c.m4s", "video/iso.segment"),
     ] {
         let miss = must("GET", &edge.url(path), &[], false).await;

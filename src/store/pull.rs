@@ -426,16 +426,23 @@ fn forbids_storing(cc: &str) -> bool {
         .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private"))
 }
 
-/// The upstream's `Content-Type`, unless it says nothing about the media: no type, or the generic
-/// `application/octet-stream` / `binary/octet-stream` that S3 clients store when nobody set one.
-/// Then the object is served with the type segd's own table gives its extension.
+/// The upstream's `Content-Type`, unless it says nothing about the media: no type, the generic
+/// `application/octet-stream` / `binary/octet-stream` that S3 clients store when nobody set one,
+/// or a compression format's type (`application/gzip`, `application/x-gzip`: what SeaweedFS
+/// stores for a gzipped object uploaded without a type, from its bytes; segd serves only media
+/// types, and the coding is in `Content-Encoding`). Then the object is served with the type
+/// segd's own table gives its extension.
 fn specific_type(v: Option<HeaderValue>) -> Option<HeaderValue> {
+    const GENERIC: [&str; 4] = [
+        "application/octet-stream",
+        "binary/octet-stream",
+        "application/gzip",
+        "application/x-gzip",
+    ];
     v.filter(|v| {
         let Ok(t) = v.to_str() else { return false };
         let essence = t.split(';').next().unwrap_or("").trim();
-        !essence.is_empty()
-            && !essence.eq_ignore_ascii_case("application/octet-stream")
-            && !essence.eq_ignore_ascii_case("binary/octet-stream")
+        !essence.is_empty() && !GENERIC.iter().any(|g| essence.eq_ignore_ascii_case(g))
     })
 }
 

@@ -29,6 +29,9 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/badetag/…  `ETag: no-quotes` (not an entity-tag)
               /vod/octet/…    `Content-Type: binary/octet-stream` (what S3 stores when the
                               uploader set no type)
+              /vod/sniffed/…  the body gzipped, `Content-Encoding: gzip` and
+                              `Content-Type: application/x-gzip` (what SeaweedFS stores for
+                              a gzipped object uploaded without a type: it sniffs the bytes)
               /vod/cc/CC/…    `Cache-Control: CC` (`~` in the path for `,`, `_` for a space)
                               and `ETag: "cc1"`; a request with `If-None-Match: "cc1"` gets a
                               304 with the same two fields
@@ -160,8 +163,10 @@ def mixed(sock, method, target, lines, state):
         body = pattern(path + str(version))
     ext = os.path.splitext(path)[1]
     ctype = "binary/octet-stream" if kind == "octet" else TYPES.get(ext, "application/octet-stream")
+    if kind == "sniffed":
+        ctype = "application/x-gzip"
     head = ["HTTP/1.1 200 OK", f"Content-Type: {ctype}"]
-    if kind == "gzip":
+    if kind in ("gzip", "sniffed"):
         body = gzip.compress(body, mtime=0)
         head.append("Content-Encoding: gzip")
     elif kind == "expires":
