@@ -453,6 +453,93 @@ async fn directive_answers_honour_preconditions() {
     }
 }
 
+/// A live playlist as it was when this node went down (a crash, a restart): in a cluster its
+/// packager's uploads went to another node meanwhile, and players were given newer versions
+/// there. Back, and with `[live] unknown_stream_retry_after` set, the node answers such a
+/// version (not ended, written before it started and more than 3 target durations ago) 503
+/// with `Retry-After` for its first 3 target durations, plain and blocking, so the media
+/// sequence players saw does not go back (RFC 8216 §6.2.1); the packager's next upload is
+/// served at once, and after the window the old version is served as it is.
+#[tokio::test]
+async fn a_live_playlist_from_before_a_restart_is_held_back_in_a_cluster() {
+    fn playlist(first: u64, end: bool) -> String {
+        let mut p = format!(
+            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+        );
+        for n in first..first + 3 {
+            p.push_str(&format!("#EXTINF:2.0,\ns{n}.ts\n"));
+        }
+        if end {
+            p.push_str("#EXT-X-ENDLIST\n");
+        }
+        p
+    }
+    let minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    let prepare = |vol: &Path| {
+        for (stream, body, mtime) in [
+            ("crashed", playlist(62, false), Some(minute_ago)),
+            ("idle", playlist(62, false), Some(minute_ago)),
+            ("ended", playlist(62, true), Some(minute_ago)),
+            ("fresh", playlist(62, false), None),
+        ] {
+            let dir = vol.join("live").join(stream);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let file = dir.join("index.m3u8");
+            std::fs::write(&file, body).expect("write");
+            if let Some(t) = mtime {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(&file)
+                    .expect("open");
+                f.set_modified(t).expect("set mtime");
+            }
+        }
+    };
+    let started = Instant::now();
+    let rig = Rig::start_with(3, 100, "unknown_stream_retry_after = \"2s\"\n", prepare);
+    let pl = |stream: &str| format!("/live/{stream}/index.m3u8");
+    for query in ["", "?_HLS_msn=63"] {
+        let r = get(&rig.url(&format!("{}{query}", pl("crashed"))), &[]).await;
+        assert_eq!(r.status, 503, "{query:?}: {}", r.text());
+        assert_eq!(r.header("retry-after"), Some("2"), "{query:?}");
+    }
+    let r = get(&rig.url(&pl("ended")), &[]).await;
+    assert_eq!(r.status, 200, "an ended stream is what it is");
+    let r = get(&rig.url(&pl("fresh")), &[]).await;
+    assert_eq!(
+        r.status, 200,
+        "written a moment before the start: not behind"
+    );
+    // The packager's next upload reaches this node.
+    rig.put(&pl("crashed"), playlist(71, false).as_bytes())
+        .await;
+    let r = get(&rig.url(&pl("crashed")), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().contains("#EXT-X-MEDIA-SEQUENCE:71"),
+        "{}",
+        r.text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the checks above ran within the window (3 target durations); took {:?}",
+        started.elapsed()
+    );
+    let r = get(&rig.url(&pl("idle")), &[]).await;
+    assert_eq!(r.status, 503, "no upload yet");
+    // A stream whose packager did not come back is served as it was, after the window.
+    // (The window runs from the server's start, a moment after `started`.)
+    tokio::time::sleep(Duration::from_millis(7500).saturating_sub(started.elapsed())).await;
+    let r = get(&rig.url(&pl("idle")), &[]).await;
+    assert_eq!(r.status, 200, "after the window");
+    assert!(r.text().contains("#EXT-X-MEDIA-SEQUENCE:62"));
+
+    // Without the cluster setting, a single node serves what its disk holds at once.
+    let single = Rig::start_with(3, 100, "", prepare);
+    let r = get(&single.url(&pl("crashed")), &[]).await;
+    assert_eq!(r.status, 200, "single node");
+}
+
 /// Two versions of a live playlist written in the same second have the same `Last-Modified`:
 /// a client holding the first, revalidating by date alone, gets the second (200), never a 304
 /// that would keep it (and a CDN) on the old version. Once a version has a second of its own,

@@ -351,6 +351,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         object
     };
+    if live && hls {
+        super::live::not_held_back(cx, &canonical)?;
+    }
     // A pulled object keeps its upstream's Cache-Control and Content-Type.
     let cache_control = if let Some(cc) = &object.cache_control {
         cc.clone()

@@ -36,6 +36,22 @@ fn block_timeout(cfg: &Config, target: f64) -> Duration {
     crate::live::playlist::duration(t * f64::from(cfg.live.block_timeout_factor))
 }
 
+/// Refuses a live media playlist this node found on its volume at start while its packager
+/// may have been uploading newer versions to another node ([`crate::live::Registry::held_back`]):
+/// 503 with `Retry-After`, as for a stream this node has no trace of, and only where that is
+/// configured (`[live] unknown_stream_retry_after`, the cluster setting). The registry knows
+/// such versions from the watcher's walk of the live directories at start; one it does not
+/// know (an edge's pulled playlist, whose blocking reloads go to its upstream) is not held.
+pub(super) fn not_held_back(cx: &Cx<'_>, canonical: &str) -> Result<(), Stop> {
+    if cx.policy.config.live.unknown_stream_retry_after.is_none() {
+        return Ok(());
+    }
+    match cx.rt.live.current(canonical) {
+        Some(snap) if cx.rt.live.held_back(&snap) => Err(Refusal::StreamElsewhere.into()),
+        _ => Ok(()),
+    }
+}
+
 /// The playlist's current version: from the registry, or read from the store once and published.
 async fn snapshot(
     cx: &Cx<'_>,
@@ -52,7 +68,9 @@ async fn snapshot(
         .await?;
     let len = object.len.ok_or(Refusal::Changed)?;
     let text = object.read_prefix(len.min(4 << 20) as usize).await?;
-    let snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
+    let mut snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
+    // A pulled copy is its upstream's version, not what this node's disk held.
+    snap.restored = object.cache_status.is_none();
     if cx.rt.live.current(canonical).is_none() {
         cx.rt.live.publish(canonical, snap);
     }
@@ -85,6 +103,9 @@ pub(super) async fn playlist(
         }
     }
     let mut snap = snapshot(cx, rel, canonical).await?;
+    if cfg.live.unknown_stream_retry_after.is_some() && cx.rt.live.held_back(&snap) {
+        return Err(Refusal::StreamElsewhere.into());
+    }
     // Blocking reload: only where the playlist allows it, and never after its end.
     let blocking = dirs.want.filter(|_| snap.blocks());
     if let Some(want) = blocking {

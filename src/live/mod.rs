@@ -44,6 +44,9 @@ pub struct Registry {
     /// Live DASH manifests stored as `type="dynamic"` with a `minimumUpdatePeriod`: its
     /// seconds, which bound their `Cache-Control` as a target duration bounds a playlist's.
     mpd_periods: Mutex<HashMap<String, f64>>,
+    /// When this process started (its registry is made once): see [`Registry::held_back`].
+    started: std::time::SystemTime,
+    started_at: std::time::Instant,
     m: LiveMetrics,
 }
 
@@ -214,6 +217,8 @@ impl Registry {
             stopping: watch::Sender::new(false),
             ended_mpds: Mutex::new(HashMap::new()),
             mpd_periods: Mutex::new(HashMap::new()),
+            started: std::time::SystemTime::now(),
+            started_at: std::time::Instant::now(),
             m: LiveMetrics {
                 blocked: g(
                     "segd_live_blocked_requests",
@@ -354,6 +359,33 @@ impl Registry {
     }
 
     /// The current version of the playlist at `path`, if the registry has one.
+    /// Whether a version of a live media playlist is held back: one this process found on its
+    /// volume (`restored`), not ended, written before the process started and more than 3
+    /// target durations ago, during the first 3 target durations of the process. A node back
+    /// from a crash or a restart holds its streams as they were when it went; in a cluster
+    /// their packagers' uploads went to another node meanwhile, whose newer versions players
+    /// were given, and the old version would take their media sequence back (RFC 8216 §6.2.1
+    /// forbids that). The packager's next upload, due within a target duration, replaces it;
+    /// a stream whose packager has not come back is served as it is after the window.
+    pub fn held_back(&self, snap: &Snapshot) -> bool {
+        if !snap.restored || snap.endlist || snap.target <= 0.0 {
+            return false;
+        }
+        let window = playlist::duration(3.0 * snap.target);
+        let Some(written) = snap
+            .last_modified
+            .to_str()
+            .ok()
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+        else {
+            return false;
+        };
+        let age = std::time::SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default();
+        self.started_at.elapsed() < window && written < self.started && age > window
+    }
+
     pub fn current(&self, path: &str) -> Option<Arc<Snapshot>> {
         let map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
         map.get(path).and_then(|s| s.borrow().clone())

@@ -40,6 +40,9 @@ pub struct Snapshot {
     /// The version before this one has the same `Last-Modified` (both written in one second):
     /// that date cannot tell them apart, so date preconditions are not evaluated against it.
     pub date_shared: bool,
+    /// Found on a volume (by the watcher's walk at start, or read because a request asked
+    /// for it), not published by an upload or a change on disk this process saw.
+    pub restored: bool,
     /// Delta updates (`_HLS_skip=YES`, `v2`) with their ETags, built by the first request that
     /// asks for each: every player parked on this version gets the same one.
     deltas: [std::sync::OnceLock<Option<Delta>>; 2],
@@ -220,6 +223,7 @@ impl Snapshot {
             dateranges: Vec::new(),
             removed_dateranges: Vec::new(),
             date_shared: false,
+            restored: false,
             published: std::time::Instant::now(),
             deltas: Default::default(),
         };

@@ -118,24 +118,26 @@ impl Watcher {
             }
             match e.file_type() {
                 Ok(t) if t.is_dir() => self.add_tree(&e.path(), &format!("{url}{name}/")),
-                Ok(t) if t.is_file() && self.live(url) => self.publish(&e.path(), url, &name),
+                // Found by walking the tree (at start, or after an overflow), not written now.
+                Ok(t) if t.is_file() && self.live(url) => self.publish(&e.path(), url, &name, true),
                 _ => {}
             }
         }
     }
 
-    /// Parses and publishes a playlist renamed into place. A panic in doing so (a playlist
-    /// segd failed to foresee) loses that version only: the thread watches on.
-    fn publish(&self, file: &Path, url: &str, name: &str) {
+    /// Parses and publishes a playlist renamed into place, or found on disk (`restored`, see
+    /// [`Snapshot::restored`]). A panic in doing so (a playlist segd failed to foresee) loses
+    /// that version only: the thread watches on.
+    fn publish(&self, file: &Path, url: &str, name: &str, restored: bool) {
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.publish_file(file, url, name)
+            self.publish_file(file, url, name, restored)
         }));
         if done.is_err() {
             tracing::error!(file = %file.display(), "a live playlist could not be parsed; this version is not tracked");
         }
     }
 
-    fn publish_file(&self, file: &Path, url: &str, name: &str) {
+    fn publish_file(&self, file: &Path, url: &str, name: &str, restored: bool) {
         if !name.ends_with(".m3u8") || name.starts_with('.') || name.ends_with(".tmp") {
             return;
         }
@@ -167,8 +169,9 @@ impl Watcher {
         {
             return;
         }
-        self.registry
-            .publish(&path, Snapshot::parse(Bytes::from(text), etag, lm));
+        let mut snap = Snapshot::parse(Bytes::from(text), etag, lm);
+        snap.restored = restored;
+        self.registry.publish(&path, snap);
     }
 
     fn rescan(&mut self) {
@@ -231,7 +234,7 @@ impl Watcher {
                 } else if flags.intersects(ReadFlags::MOVED_TO | ReadFlags::CLOSE_WRITE)
                     && self.live(&url)
                 {
-                    self.publish(&dir, &url, &name);
+                    self.publish(&dir, &url, &name, false);
                 }
             }
             std::thread::sleep(COALESCE);
