@@ -1445,6 +1445,57 @@ fn version_of(text: &str) -> u32 {
         .unwrap_or(1)
 }
 
+/// `_HLS_skip=v2` skips the date ranges added more than CAN-SKIP-UNTIL seconds before, and
+/// only those, wherever they are (RFC 8216bis §6.2.5.1): a radio packager that puts each new
+/// "now playing" entry at the top of its playlist has it reach hls.js (which asks for `v2`
+/// whenever the playlist says `CAN-SKIP-DATERANGES=YES`), and the old ones are not resent.
+#[tokio::test]
+async fn delta_updates_v2_skip_date_ranges_by_age() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/np/index.m3u8";
+    let playlist = |songs: &[&str], segments: u64| {
+        let mut p = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n\
+             #EXT-X-SERVER-CONTROL:CAN-SKIP-UNTIL=2,CAN-SKIP-DATERANGES=YES\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PROGRAM-DATE-TIME:2026-12-01T00:00:00.000Z\n",
+        );
+        for song in songs {
+            p.push_str(&format!(
+                "#EXT-X-DATERANGE:ID=\"{song}\",START-DATE=\"2026-12-01T00:00:00.000Z\"\n"
+            ));
+        }
+        for n in 0..segments {
+            p.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+        }
+        p
+    };
+    rig.put(path, playlist(&["song1"], 6).as_bytes()).await;
+    let r = get(&rig.url(&format!("{path}?_HLS_skip=v2")), &[]).await;
+    assert!(
+        r.text().contains("ID=\"song1\""),
+        "added just now:\n{}",
+        r.text()
+    );
+    // More than CAN-SKIP-UNTIL (2 s) later, a new song at the top.
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    rig.put(path, playlist(&["song2", "song1"], 7).as_bytes())
+        .await;
+    let r = get(&rig.url(&format!("{path}?_HLS_skip=v2")), &[]).await;
+    assert_eq!(r.status, 200);
+    let delta = r.text();
+    assert!(delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS="), "{delta}");
+    assert!(
+        delta.contains("ID=\"song2\""),
+        "the new one is sent:\n{delta}"
+    );
+    assert!(
+        !delta.contains("ID=\"song1\""),
+        "the old one is skipped:\n{delta}"
+    );
+    let r = get(&rig.url(&format!("{path}?_HLS_skip=YES")), &[]).await;
+    assert!(r.text().contains("ID=\"song1\"") && r.text().contains("ID=\"song2\""));
+}
+
 #[tokio::test]
 async fn delta_updates_skip_exactly_the_segments_before_the_skip_boundary() {
     let rig = Rig::start(3, 100, "");
@@ -1488,7 +1539,9 @@ async fn delta_updates_skip_exactly_the_segments_before_the_skip_boundary() {
     let r = get_at_once(&rig.url("/live/skip/index.m3u8"), false, "full").await;
     assert_eq!(r.text(), pl.render());
 
-    // v2 with CAN-SKIP-DATERANGES=YES: the DATERANGE among the skipped segments goes.
+    // v2 with CAN-SKIP-DATERANGES=YES: a DATERANGE goes only once it was added more than
+    // CAN-SKIP-UNTIL seconds before (`delta_updates_v2_skip_date_ranges_by_age`); these
+    // were added just now, and the one among the skipped segments is kept after the SKIP.
     let pl2 = skip_playlist(&format!("{CONTROL},CAN-SKIP-DATERANGES=YES"));
     rig.put("/live/skip2/index.m3u8", pl2.render().as_bytes())
         .await;
@@ -1499,8 +1552,8 @@ async fn delta_updates_skip_exactly_the_segments_before_the_skip_boundary() {
         let delta = r.text();
         let head = check_delta(&pl2, &delta, &what);
         assert!(
-            !delta.contains(early),
-            "{what}: skipped DATERANGE dropped:\n{delta}"
+            delta.contains(early),
+            "{what}: a new DATERANGE among the skipped segments is kept:\n{delta}"
         );
         assert!(delta.contains(late), "{what}: the remaining one kept");
         let skip = head

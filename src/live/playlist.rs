@@ -31,6 +31,11 @@ pub struct Snapshot {
     pub hints: Vec<String>,
     /// IDs of the `EXT-X-DATERANGE` tags.
     pub dateranges: Vec<String>,
+    /// Each `EXT-X-DATERANGE` tag (its line, trimmed) and when it was added to the playlist:
+    /// when the first version that had it was published (the registry carries it from version
+    /// to version; tags of the first version it sees count as added then). A date range's
+    /// closing tag (the same ID with an `END-DATE`) is a tag of its own.
+    pub daterange_tags: Vec<(String, std::time::Instant)>,
     /// Date ranges earlier versions had and this one does not, with when they went: a delta
     /// update that skips date ranges lists those gone within CAN-SKIP-UNTIL (set by the
     /// registry, which knows the versions before).
@@ -221,6 +226,7 @@ impl Snapshot {
             next_parts: 0,
             hints: Vec::new(),
             dateranges: Vec::new(),
+            daterange_tags: Vec::new(),
             removed_dateranges: Vec::new(),
             date_shared: false,
             restored: false,
@@ -264,6 +270,9 @@ impl Snapshot {
                 let daterange = line.strip_prefix("#EXT-X-DATERANGE:");
                 if let Some(id) = daterange.and_then(|v| attr(v, "ID")) {
                     snap.dateranges.push(id.to_string());
+                }
+                if daterange.is_some() {
+                    snap.daterange_tags.push((line.to_string(), snap.published));
                 }
                 header_done = true;
                 first_line.get_or_insert(i);
@@ -467,6 +476,16 @@ impl Snapshot {
         let skip_to = self.segments[n - 1].uri_line; // inclusive
         let drop_dateranges = v2 && self.can_skip_dateranges;
         let need = if drop_dateranges { 10 } else { 9 };
+        // `v2` skips the date ranges added more than CAN-SKIP-UNTIL seconds before this
+        // version, wherever they are in the playlist, and only those (RFC 8216bis §6.2.5.1):
+        // a date range is playlist metadata, not a tag of the segment it comes before, and a
+        // packager may keep its newest "now playing" entry at the top.
+        let old_daterange = |t: &str| {
+            drop_dateranges
+                && self.daterange_tags.iter().any(|(tag, added)| {
+                    tag == t && self.published.saturating_duration_since(*added) > duration(until)
+                })
+        };
         let mut out = String::with_capacity(text.len() / 2);
         let mut carried: Vec<&str> = Vec::new();
         let versioned = lines
@@ -486,7 +505,7 @@ impl Snapshot {
                     carried.retain(|c| !c.starts_with(tag));
                     carried.push(line);
                 } else if t.starts_with("#EXT-X-DATERANGE:") {
-                    if !drop_dateranges {
+                    if !old_daterange(t) {
                         carried.push(line);
                     }
                 } else if t.starts_with("#EXT") && !skippable(t) {
@@ -516,6 +535,9 @@ impl Snapshot {
             if let Some(v) = t.strip_prefix("#EXT-X-VERSION:") {
                 let v: u32 = v.trim().parse().unwrap_or(0);
                 out.push_str(&format!("#EXT-X-VERSION:{}\n", v.max(need)));
+                continue;
+            }
+            if t.starts_with("#EXT-X-DATERANGE:") && old_daterange(t) {
                 continue;
             }
             out.push_str(line);
@@ -551,6 +573,13 @@ impl Snapshot {
             }
         }
         self.removed_dateranges = removed;
+        for (tag, added) in &mut self.daterange_tags {
+            *added = previous
+                .daterange_tags
+                .iter()
+                .find(|(t, _)| t == tag)
+                .map_or(now, |(_, at)| *at);
+        }
     }
 
     /// The IDs of the date ranges removed within the last `until` seconds.
@@ -817,6 +846,69 @@ seg13.m4s
         // Without v2 nothing is listed and the date ranges stay.
         let d = String::from_utf8(v3.skipped(false).expect("skip").to_vec()).expect("utf8");
         assert!(!d.contains("RECENTLY-REMOVED"), "{d}");
+    }
+
+    /// `v2` skips a date range by when it was added, not by where it is: one added more than
+    /// CAN-SKIP-UNTIL seconds before the version goes wherever it is; a newer one stays
+    /// wherever it is, among the skipped segments' lines too (a radio packager keeping its
+    /// "now playing" entries at the top); a date range's closing tag (same ID, `END-DATE`) is
+    /// new of its own. `YES` keeps them all.
+    #[test]
+    fn delta_update_skips_date_ranges_by_age() {
+        let with = |tags: &[&str]| {
+            let mut text = LL.replace(
+                ",CAN-SKIP-UNTIL=4",
+                ",CAN-SKIP-UNTIL=4,CAN-SKIP-DATERANGES=YES",
+            );
+            let lines: String = tags.iter().map(|t| format!("{t}\n")).collect();
+            text = text.replace(
+                "#EXT-X-MAP:URI=\"init.mp4\"\n",
+                &format!("#EXT-X-MAP:URI=\"init.mp4\"\n{lines}"),
+            );
+            snap(&text)
+        };
+        let old = "#EXT-X-DATERANGE:ID=\"song1\",START-DATE=\"2026-11-30T00:00:00Z\"";
+        let ad = "#EXT-X-DATERANGE:ID=\"ad\",START-DATE=\"2026-11-30T00:00:01Z\"";
+        let ad_end = "#EXT-X-DATERANGE:ID=\"ad\",END-DATE=\"2026-11-30T00:00:31Z\"";
+        let new = "#EXT-X-DATERANGE:ID=\"song2\",START-DATE=\"2026-11-30T00:00:10Z\"";
+        let t0 = std::time::Instant::now();
+        let mut v1 = with(&[old, ad]);
+        v1.published = t0;
+        for t in &mut v1.daterange_tags {
+            t.1 = t0;
+        }
+        // Ten seconds later (CAN-SKIP-UNTIL is 4): the ad's end and a new song at the top.
+        let mut v2 = with(&[new, old, ad, ad_end]);
+        v2.published = t0 + std::time::Duration::from_secs(10);
+        v2.follow(&v1, v2.published);
+        let d = String::from_utf8(v2.skipped(true).expect("skip").to_vec()).expect("utf8");
+        assert!(d.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS="), "{d}");
+        assert!(d.contains(new), "the new date range stays: {d}");
+        assert!(d.contains(ad_end), "the ad's end is new: {d}");
+        assert!(
+            !d.contains(old) && !d.contains(&format!("{ad}\n")),
+            "old ones go: {d}"
+        );
+        // The same old date range after the skip boundary goes too.
+        let mut late = with(&[]);
+        late.text = Bytes::from(String::from_utf8_lossy(&late.text).replace(
+            "#EXTINF:2.0,\nseg13.m4s",
+            &format!("{old}\n#EXTINF:2.0,\nseg13.m4s"),
+        ));
+        let mut late = Snapshot::parse(
+            late.text.clone(),
+            late.etag.clone(),
+            late.last_modified.clone(),
+        );
+        late.published = t0 + std::time::Duration::from_secs(10);
+        late.follow(&v1, late.published);
+        let d = String::from_utf8(late.skipped(true).expect("skip").to_vec()).expect("utf8");
+        assert!(!d.contains(old), "{d}");
+        // `YES` skips no date range.
+        let d = String::from_utf8(v2.skipped(false).expect("skip").to_vec()).expect("utf8");
+        for tag in [old, ad, ad_end, new] {
+            assert!(d.contains(tag), "{tag}: {d}");
+        }
     }
 
     /// A date range or a MAP may come before the header's last tag: the header tags after it
