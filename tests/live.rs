@@ -2766,10 +2766,14 @@ async fn cache_control_of_live_objects() {
         .await;
     let long = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:20\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:20.0,\nx0.ts\n#EXTINF:20.0,\nx1.ts\n";
     rig.put("/live/cc/b/index.m3u8", long.as_bytes()).await;
+    // A one-second target duration: half of it is less than the whole second caches count.
+    let short = "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\ny0.ts\n";
+    rig.put("/live/cc/c/index.m3u8", short.as_bytes()).await;
     // Playlists: public, max-age ≤ half the target duration and ≤ cache_control.live.
     for (path, limit, half) in [
         ("/live/cc/a/index.m3u8", 1, 1),
         ("/live/cc/b/index.m3u8", 5, 10),
+        ("/live/cc/c/index.m3u8", 0, 0),
     ] {
         for h2 in [false, true] {
             let r = request("GET", &rig.url(path), &[], h2).await;

@@ -263,13 +263,15 @@ fn max_age(secs: f64) -> HeaderValue {
 }
 
 /// Cache-Control of a live playlist: the configured `cache_control.live`, but never fresh for
-/// longer than half the target duration when it is known ([`cap_freshness`]).
+/// longer than half the target duration when it is known ([`cap_freshness`]), in the whole
+/// seconds caches count: `max-age=0` below a target duration of 2 s (a cache revalidates
+/// each time, a 304 while the version is the same, and collapses concurrent requests).
 pub(super) fn live_playlist_cache_control(cfg: &Config, target: Option<f64>) -> HeaderValue {
     let configured = cfg.cache_control.live.clone();
     let Some(target) = target.filter(|t| *t > 0.0) else {
         return configured;
     };
-    let cap = (target / 2.0).floor().max(1.0) as u64;
+    let cap = (target / 2.0).floor() as u64;
     cap_freshness(&configured, cap)
 }
 
