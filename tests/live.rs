@@ -1813,6 +1813,106 @@ async fn a_withdrawn_hint_is_404_at_once() {
     }
 }
 
+/// What is not a withdrawal of a hint keeps the requests parked on it waiting for the upload
+/// the hint announces (RFC 8216bis §6.2.6: 404 only for a name no active playlist hints):
+/// - a file of that name left by an earlier session of the stream (an encoder restarted on
+///   the same path reuses its names) is not that upload: it is never sent;
+/// - an upload attempt of the part that fails: the packager's next attempt is sent;
+/// - a version of the playlist that lists the part (and hints the next one) published a
+///   moment before the part, by a packager that uploads in parallel.
+///
+/// A DELETE of the playlist (the stream taken down) answers the requests parked on it and on
+/// its hint 404 at once, as it answers a request after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hint_is_waited_for_until_it_is_withdrawn() {
+    let rig = Rig::start(3, 100, "");
+    let version = |parts: &[&str], hint: &str| {
+        let mut p = String::from(
+            "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\
+             #EXT-X-PART-INF:PART-TARGET=0.5\n\
+             #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.5\n\
+             #EXT-X-MEDIA-SEQUENCE:0\n",
+        );
+        for part in parts {
+            p.push_str(&format!("#EXT-X-PART:DURATION=0.5,URI=\"{part}\"\n"));
+        }
+        p.push_str(&format!("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"{hint}\"\n"));
+        p
+    };
+    let held = |h: &JoinHandle<Answer>, what: &str| assert!(!h.is_finished(), "{what}: answered");
+
+    // An earlier session's file.
+    let playlist = "/live/hw/index.m3u8";
+    rig.put("/live/hw/s0.p0.m4s", b"the earlier session").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    rig.put(playlist, version(&[], "s0.p0.m4s").as_bytes())
+        .await;
+    let parked = fetch(rig.url("/live/hw/s0.p0.m4s"), false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held(&parked, "an earlier session's file");
+    rig.put("/live/hw/s0.p0.m4s", b"this session's part 0")
+        .await;
+    let r = answer(parked, "earlier session").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.body.as_ref(), b"this session's part 0");
+
+    // A failed upload attempt, then the packager's retry.
+    rig.put(playlist, version(&["s0.p0.m4s"], "s0.p1.m4s").as_bytes())
+        .await;
+    let parked = fetch(rig.url("/live/hw/s0.p1.m4s"), false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut attempt = SlowPut::start(rig.srv.addr, &q("/live/hw/s0.p1.m4s", &rig.tok));
+    attempt.chunk(b"12345");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(attempt);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    held(&parked, "a failed upload attempt");
+    rig.put("/live/hw/s0.p1.m4s", b"part 1, second attempt")
+        .await;
+    let r = answer(parked, "retry").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.body.as_ref(), b"part 1, second attempt");
+
+    // The version that lists the part, a moment before the part.
+    rig.put(
+        playlist,
+        version(&["s0.p0.m4s", "s0.p1.m4s"], "s0.p2.m4s").as_bytes(),
+    )
+    .await;
+    let parked = fetch(rig.url("/live/hw/s0.p2.m4s"), true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rig.put(
+        playlist,
+        version(&["s0.p0.m4s", "s0.p1.m4s", "s0.p2.m4s"], "s0.p3.m4s").as_bytes(),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held(&parked, "listed before it was uploaded");
+    rig.put("/live/hw/s0.p2.m4s", b"part 2").await;
+    let r = answer(parked, "listed").await;
+    assert_eq!(r.resp.status, 200);
+    assert_eq!(r.resp.body.as_ref(), b"part 2");
+
+    // The stream taken down.
+    let on_hint = fetch(rig.url("/live/hw/s0.p3.m4s"), false);
+    let on_playlist = fetch(rig.url(&format!("{playlist}?_HLS_msn=1")), true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held(&on_hint, "before the DELETE");
+    held(&on_playlist, "before the DELETE");
+    let r = send("DELETE", &rig.url(&q(playlist, &rig.tok)), &[], b"", false).await;
+    assert_eq!(r.status, 204);
+    let deleted = mono();
+    for (what, h) in [("hint", on_hint), ("blocking reload", on_playlist)] {
+        let r = answer(h, what).await;
+        assert_eq!(r.resp.status, 404, "{what} after the DELETE");
+        assert!(
+            r.at - deleted < 2.0,
+            "{what}: {:.1} s after",
+            r.at - deleted
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. The LL-HLS packager
 

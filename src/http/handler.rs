@@ -343,6 +343,16 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         }
         r => r?,
     };
+    // A file the current preload hint names, left by an earlier session of the stream: the
+    // hint announces the upload still to come.
+    let object = if live
+        && class == ObjectClass::Segment
+        && super::live::older_than_its_hint(cx, &canonical, &object)
+    {
+        super::live::hinted(cx, &rel, &canonical).await?
+    } else {
+        object
+    };
     let object = if object.growing {
         match super::live::growing(cx, &rel, &canonical, object, &content_type).await? {
             super::live::Grown::Streamed(reply) => return Ok(reply),

@@ -26,6 +26,7 @@ impl From<WaitError> for Refusal {
         match e {
             WaitError::TooMany => Refusal::LiveBusy,
             WaitError::TimedOut => Refusal::BlockTimeout,
+            WaitError::Gone => Refusal::NotFound,
         }
     }
 }
@@ -303,11 +304,47 @@ pub(super) fn cap_freshness(value: &HeaderValue, cap: u64) -> HeaderValue {
     HeaderValue::from_str(&out.join(", ")).unwrap_or_else(|_| max_age(cap as f64))
 }
 
-/// A live media segment that does not exist: if a live playlist announces it as a preload hint,
-/// waits for its upload to start and returns it; else 404 at once.
+/// Whether `object`, found at `canonical`, is a file older than the version of the live
+/// playlist that announces that name as its preload hint: a part left by an earlier session
+/// of the stream (an encoder restarted on the same path reuses its names), not the one the
+/// hint announces, which is still to be uploaded (a packager uploads a part before the
+/// version that hints the next one). It is waited for as if absent ([`hinted`]).
+pub(super) fn older_than_its_hint(cx: &Cx<'_>, canonical: &str, object: &Object) -> bool {
+    if object.growing {
+        return false;
+    }
+    let Some(snap) = cx
+        .rt
+        .live
+        .hinted(canonical)
+        .and_then(|playlist| cx.rt.live.current(&playlist))
+    else {
+        return false;
+    };
+    let hinted_at = snap
+        .last_modified
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    hinted_at.is_some_and(|t| object.meta.modified() < t)
+}
+
+/// A live media segment that does not exist (or only as an earlier session's file,
+/// [`older_than_its_hint`]): if a live playlist announces it as a preload hint, waits for its
+/// upload to start and returns it; else 404 at once. A hint that a newer version of the
+/// playlist lists as a part or segment instead is still waited for (a packager that uploads
+/// in parallel may publish that version a moment before the part); one it withdraws is 404.
 pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Result<Object, Stop> {
     let Some(playlist) = cx.rt.live.hinted(canonical) else {
         return Err(Refusal::NotFound.into());
+    };
+    let still_expected = || {
+        cx.rt.live.hinted(canonical).is_some()
+            || cx
+                .rt
+                .live
+                .current(&playlist)
+                .is_some_and(|s| !s.endlist && s.lists(&playlist, canonical))
     };
     let cfg = &cx.policy.config;
     let target = cx.rt.live.current(&playlist).map_or(6.0, |s| s.target);
@@ -318,30 +355,25 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
         .live
         .watch_object(canonical, cfg.live.max_blocked_requests)?;
     loop {
-        if store.is_growing(rel) {
-            break;
-        }
-        match store.lookup(rel, ObjectClass::Segment, true, None).await {
-            Ok(o) => {
-                wait.woken();
-                return Ok(o);
-            }
-            Err(m) if m.is_not_found() || m.is_upstream_failure() => {}
+        // The object, or the upload of it in progress (a lookup gives that when no complete
+        // version exists; while an earlier session's file is still in place, it is asked for).
+        let found = match store.lookup(rel, ObjectClass::Segment, true, None).await {
+            Ok(o) if !older_than_its_hint(cx, canonical, &o) => Some(o),
+            Ok(_) => store.upload_in_progress(rel),
+            Err(m) if m.is_not_found() || m.is_upstream_failure() => None,
             Err(e) => return Err(e.into()),
+        };
+        if let Some(o) = found {
+            wait.woken();
+            return Ok(o);
         }
-        // Not there, and no longer announced (a new version of the playlist dropped the hint,
-        // or ended the stream): the packager will not publish it (RFC 8216bis §6.2.6: 404).
-        if cx.rt.live.hinted(canonical).is_none() {
+        // Not there, and no longer expected (a new version of the playlist dropped the hint,
+        // the stream ended or was deleted): the packager will not publish it (RFC 8216bis
+        // §6.2.6: 404).
+        if !still_expected() {
             return Err(Refusal::NotFound.into());
         }
         wait.changed(deadline).await?;
-    }
-    wait.woken();
-    drop(wait);
-    match store.lookup(rel, ObjectClass::Segment, true, None).await {
-        Ok(o) => Ok(o),
-        Err(m) if m.is_not_found() => Err(Refusal::NotFound.into()),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -433,6 +465,15 @@ pub(super) async fn growing(
         {
             Ok(o) if o.growing => o,
             Ok(o) => return Ok(Grown::Complete(o)),
+            // A failed upload attempt of a part the playlist still announces: the packager's
+            // next attempt is waited for (RFC 8216bis §6.2.6 allows a 404 only for a name no
+            // active playlist hints), within the blocking limits.
+            Err(m) if whole_part && m.is_not_found() && cx.rt.live.hinted(canonical).is_some() => {
+                match hinted(cx, rel, canonical).await? {
+                    o if o.growing => o,
+                    o => return Ok(Grown::Complete(o)),
+                }
+            }
             Err(m) => return Err(Refusal::from(m).into()),
         };
     }

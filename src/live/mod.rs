@@ -28,6 +28,8 @@ pub enum WaitError {
     /// `max_blocked_requests` are parked already.
     TooMany,
     TimedOut,
+    /// The playlist was deleted while the request waited: the stream was taken down.
+    Gone,
 }
 
 pub struct Registry {
@@ -245,6 +247,23 @@ impl Registry {
     /// every request parked on it re-checks at once.
     pub fn publish(&self, path: &str, mut snap: Snapshot) {
         let hints: Vec<String> = snap.hints.iter().filter_map(|u| resolve(path, u)).collect();
+        self.withdraw_hints(path, &hints);
+        let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = map.entry(path.to_owned()).or_insert_with(|| {
+            self.m.playlists.inc();
+            watch::Sender::new(None)
+        });
+        snap.published = std::time::Instant::now();
+        if let Some(previous) = slot.borrow().as_ref() {
+            snap.follow(previous, snap.published);
+        }
+        slot.send_replace(Some(Arc::new(snap)));
+    }
+
+    /// Makes `hints` the preload hints of the playlist at `path`. Requests parked on a hint it
+    /// no longer makes look again: a name the packager decided not to publish is 404 now, not
+    /// a 503 at the end of the wait.
+    fn withdraw_hints(&self, path: &str, hints: &[String]) {
         let mut withdrawn = Vec::new();
         {
             let mut h = self.hints.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,11 +277,9 @@ impl Registry {
                 false
             });
             for x in hints {
-                h.insert(x, path.to_owned());
+                h.insert(x.clone(), path.to_owned());
             }
         }
-        // Requests parked on a hint this version no longer makes look again: a name the
-        // packager decided not to publish is 404 now, not a 503 at the end of the wait.
         if !withdrawn.is_empty() {
             let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
             for x in &withdrawn {
@@ -271,16 +288,6 @@ impl Registry {
                 }
             }
         }
-        let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = map.entry(path.to_owned()).or_insert_with(|| {
-            self.m.playlists.inc();
-            watch::Sender::new(None)
-        });
-        snap.published = std::time::Instant::now();
-        if let Some(previous) = slot.borrow().as_ref() {
-            snap.follow(previous, snap.published);
-        }
-        slot.send_replace(Some(Arc::new(snap)));
     }
 
     /// Whether a live DASH manifest at `path` that is (`is_static`) or is not static comes
@@ -337,8 +344,11 @@ impl Registry {
         }
     }
 
-    /// Forgets a deleted playlist (parked requests on it keep waiting for a new version).
+    /// Forgets a deleted playlist: requests parked on it are told it is gone (as a request
+    /// after the DELETE is told 404), and so are those parked on its preload hints, which no
+    /// playlist announces any more (RFC 8216bis §6.2.6).
     pub fn forget(&self, path: &str) {
+        self.withdraw_hints(path, &[]);
         self.ended_mpds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -424,13 +434,15 @@ impl Registry {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let current = rx.borrow_and_update().clone();
-            if let Some(s) = &current {
-                if !s.blocks() || s.satisfies(want) || *stop.borrow() {
-                    if s.satisfies(want) {
-                        self.m.wakeups.inc();
-                    }
-                    return Ok(Arc::clone(s));
+            // The request found a version before it parked: none now is a DELETE.
+            let Some(s) = &current else {
+                return Err(WaitError::Gone);
+            };
+            if !s.blocks() || s.satisfies(want) || *stop.borrow() {
+                if s.satisfies(want) {
+                    self.m.wakeups.inc();
                 }
+                return Ok(Arc::clone(s));
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Err(WaitError::TimedOut) },

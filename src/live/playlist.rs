@@ -548,6 +548,21 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// Whether this version, of the playlist at `path`, lists `object` (a decoded path) as a
+    /// part or a segment.
+    pub fn lists(&self, path: &str, object: &str) -> bool {
+        String::from_utf8_lossy(&self.text).lines().any(|l| {
+            let l = l.trim();
+            let uri = match l.strip_prefix("#EXT-X-PART:") {
+                Some(a) => attr(a, "URI"),
+                None if !l.is_empty() && !l.starts_with('#') => Some(l),
+                None => None,
+            };
+            uri.and_then(|u| super::resolve(path, u))
+                .is_some_and(|p| p == object)
+        })
+    }
+
     /// Records what changed since `previous`: whether both have the same date, the date ranges
     /// this version lacks (gone now), and those that went before and are still recent enough
     /// to matter (CAN-SKIP-UNTIL).

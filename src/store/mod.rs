@@ -193,6 +193,28 @@ impl Object {
             .is_some_and(|h| h.contains_key(http::header::CONTENT_ENCODING))
     }
 
+    /// An upload in progress, streamed as it grows: no validators, no length yet.
+    fn growing(g: Arc<growing::Growing>) -> Object {
+        Object {
+            len: None,
+            meta: ObjectMeta {
+                len: 0,
+                dev: 0,
+                ino: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+            },
+            etag: HeaderValue::from_static("\"growing\""),
+            last_modified: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+            growing: true,
+            content_type: None,
+            cache_control: None,
+            extra: None,
+            cache_status: None,
+            source: Source::Growing(g, None),
+        }
+    }
+
     fn from_file(open: Arc<OpenFile>, disk: Disk, key: &RelPath) -> Object {
         Object {
             len: Some(open.meta.len),
@@ -481,24 +503,7 @@ impl Store {
                         Err(e) => self.pulled(&local, rel, class, live, e, reads).await,
                     };
                 };
-                return Ok(Object {
-                    len: None,
-                    meta: ObjectMeta {
-                        len: 0,
-                        dev: 0,
-                        ino: 0,
-                        mtime_ns: 0,
-                        ctime_ns: 0,
-                    },
-                    etag: HeaderValue::from_static("\"growing\""),
-                    last_modified: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
-                    growing: true,
-                    content_type: None,
-                    cache_control: None,
-                    extra: None,
-                    cache_status: None,
-                    source: Source::Growing(g, None),
-                });
+                return Ok(Object::growing(g));
             }
             // Tier 3 and 4: the pull cache, then the upstreams for the path — also when the
             // volume that may hold it is down.
@@ -585,6 +590,13 @@ impl Store {
     /// Whether an upload of `rel` is in progress (read-while-write can serve it).
     pub fn is_growing(&self, rel: &RelPath) -> bool {
         self.inner.growing.get(rel.as_str()).is_some()
+    }
+
+    /// The upload of `rel` in progress, whatever version of it is complete on its volume (a
+    /// lookup gives that one): for a request that knows the complete version is not the one
+    /// it wants (an earlier session's part, where a preload hint announces the next).
+    pub fn upload_in_progress(&self, rel: &RelPath) -> Option<Object> {
+        self.inner.growing.get(rel.as_str()).map(Object::growing)
     }
 
     /// Deletes `rel` (in the write-through bucket too), then the directories that left empty
