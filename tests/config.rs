@@ -269,6 +269,119 @@ fn one_directory_is_one_volume() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// The directories segd writes on its own are apart from each other: a `pull.cache_path` (or an
+/// `ingest.queue_path`) that is a volume, contains one or lies inside one is refused by
+/// `check-config` and `serve`, with the key and both paths. (The pull cache's start removes
+/// every file in its tree it did not write: it deleted the volume's media, or the queue's
+/// acknowledged uploads; a cache inside a volume served pulled objects past their tokens.)
+#[test]
+fn the_directories_segd_writes_are_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("srv/vol")).expect("mkdir");
+    std::fs::write(dir.path().join("srv/vol/keep.ts"), b"media").expect("write");
+    std::fs::write(dir.path().join("secret"), "0123456789abcdef0123").expect("write");
+    let path = dir.path().join("segd.toml");
+    let run = |cmd: &str| {
+        let out = Command::new(BIN)
+            .args([cmd, "--config", "segd.toml"])
+            .current_dir(dir.path())
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let upstream = "[[pull.upstreams]]\nname = \"bucket\"\ns3_endpoint = \"http://127.0.0.1:9\"\n\
+                    bucket = \"b\"\nregion = \"us-east-1\"\naccess_key_id = \"k\"\n\
+                    secret_access_key_file = \"secret\"\nprefixes = [\"/vod/\"]\n";
+    let write_through = |queue: &str| {
+        format!(
+            "[ingest]\nprefixes = [\"/vod/\"]\nwrite_through = \"bucket\"\ndurability = \"local\"\n\
+             queue_path = \"{queue}\"\n[[ingest.keys]]\nid = \"up1\"\n\
+             secret = \"0123456789abcdef0123456789abcdef\"\n"
+        )
+    };
+    for (cache, ingest, key, how) in [
+        (
+            "srv/vol",
+            String::new(),
+            "pull.cache_path",
+            "is the same directory as volumes[0].path",
+        ),
+        (
+            "./srv/vol/",
+            String::new(),
+            "pull.cache_path",
+            "is the same directory as volumes[0].path",
+        ),
+        (
+            "srv",
+            String::new(),
+            "pull.cache_path",
+            "contains volumes[0].path",
+        ),
+        (
+            "srv/vol/pc",
+            String::new(),
+            "pull.cache_path",
+            "lies inside volumes[0].path",
+        ),
+        (
+            "cache",
+            write_through("cache"),
+            "ingest.queue_path",
+            "is the same directory as pull.cache_path",
+        ),
+        (
+            "cache",
+            write_through("srv/vol/q"),
+            "ingest.queue_path",
+            "lies inside volumes[0].path",
+        ),
+    ] {
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [[volumes]]\nname = \"a\"\npath = \"srv/vol\"\n\
+                 [pull]\ncache_path = \"{cache}\"\n{upstream}{ingest}"
+            ),
+        )
+        .expect("write");
+        for cmd in ["check-config", "serve"] {
+            let (code, err) = run(cmd);
+            assert_eq!(code, 64, "{cmd} with cache {cache}: {err}");
+            let line = err
+                .lines()
+                .find(|l| l.contains(&format!(": {key}: ")))
+                .unwrap_or_else(|| panic!("{cmd} with {cache}: no {key} error:\n{err}"));
+            assert!(line.contains(how), "{line}");
+            assert!(
+                line.contains("allowed: a directory apart from every volume"),
+                "{line}"
+            );
+        }
+        assert!(
+            dir.path().join("srv/vol/keep.ts").is_file(),
+            "the volume's media is still there"
+        );
+    }
+    // Apart, or in a dot-directory of a volume (never served; the queue's default): fine.
+    for (cache, queue) in [("cache", "queue"), ("srv/vol/.pull", "srv/vol/.segd-queue")] {
+        std::fs::write(
+            &path,
+            format!(
+                "[[volumes]]\npath = \"srv/vol\"\n[pull]\ncache_path = \"{cache}\"\n{upstream}{}",
+                write_through(queue)
+            ),
+        )
+        .expect("write");
+        let (code, err) = run("check-config");
+        assert_eq!(code, 0, "{cache}, {queue}: {err}");
+    }
+}
+
 /// A key secret's error states the limit that is checked: 16 hex digits (8 bytes). It said
 /// "at least 16 bytes' worth" while accepting 8 bytes (and the demo's 14-byte key).
 #[test]
@@ -592,7 +705,7 @@ fn s3_session_token_file_problems_name_the_key() {
     std::fs::write(&good, "FwoGZXIvYXdzE\n").expect("write");
     let conf = |token: &std::path::Path| {
         format!(
-            "[[volumes]]\npath = \"vol\"\n[pull]\ncache_path = \"/tmp\"\n[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"{}\"\nsession_token_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
+            "[[volumes]]\npath = \"vol\"\n[pull]\ncache_path = \"pull-cache\"\n[[pull.upstreams]]\nname = \"archive\"\ns3_endpoint = \"http://127.0.0.1:9\"\nbucket = \"b\"\naccess_key_id = \"k\"\nsecret_access_key_file = \"{}\"\nsession_token_file = \"{}\"\nprefixes = [\"/vod/\"]\n",
             secret.display(),
             token.display()
         )

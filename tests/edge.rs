@@ -2116,7 +2116,7 @@ fn write_through_config_errors() {
         e.contains("ingest.write_through") && e.contains("\"nope\""),
         "{e}"
     );
-    let http = "[pull]\ncache_path = \"/tmp\"\n[[pull.upstreams]]\nname = \"archive\"\nurl = \"http://127.0.0.1:9\"\nprefixes = [\"/vod/\"]\n";
+    let http = "[pull]\ncache_path = \"pull-cache\"\n[[pull.upstreams]]\nname = \"archive\"\nurl = \"http://127.0.0.1:9\"\nprefixes = [\"/vod/\"]\n";
     let e = check(&format!("{}\n{http}", write_through_ingest("")));
     assert!(
         e.contains("ingest.write_through") && e.contains("not a bucket"),

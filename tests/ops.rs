@@ -641,6 +641,80 @@ async fn process_start_time_without_proc_stat() {
     );
 }
 
+/// A disk that is down (its marker gone) does not stop reloads: `serve` starts with such a
+/// volume unhealthy, and a reload of the same file is applied the same way (it was rejected
+/// while the disk was down). The pid file's directory is made when missing (`/run/segd` exists
+/// only while the unit runs), and `check-config` does not call it an error.
+#[tokio::test]
+async fn ops_reload_goes_on_while_a_disk_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    for d in [&d1, &d2] {
+        std::fs::create_dir_all(d.join("vod")).expect("mkdir");
+        std::fs::write(d.join(".segd-volume"), b"").expect("marker");
+    }
+    let pid_file = dir.path().join("run/segd/segd.pid");
+    let volumes: String = [&d1, &d2]
+        .iter()
+        .map(|d| {
+            format!(
+                "[[volumes]]\nname = \"{}\"\npath = \"{}\"\nmarker = \".segd-volume\"\n",
+                d.file_name().and_then(|n| n.to_str()).unwrap_or("v"),
+                d.display()
+            )
+        })
+        .collect();
+    let config = config_for(&[], &volumes).replace(
+        "[admin]",
+        &format!("pid_file = \"{}\"\n\n[admin]", pid_file.display()),
+    );
+    let file = dir.path().join("segd.toml");
+    std::fs::write(&file, &config).expect("write");
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let srv = Server::start(&config);
+    let pid =
+        std::fs::read_to_string(&pid_file).expect("the pid file, in the directory made for it");
+    assert_eq!(pid.trim(), srv.child.id().to_string());
+    std::fs::remove_file(d2.join(".segd-volume")).expect("the disk goes down");
+    let scrape = async || get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            metric_with(
+                &scrape().await,
+                "segd_volume_healthy",
+                &[("volume", "disk2")],
+            ) == Some(0.0)
+        })
+        .await,
+        "disk2 marked down"
+    );
+    srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), async || srv
+            .stderr()
+            .contains("configuration reloaded"))
+        .await,
+        "{}",
+        srv.stderr()
+    );
+    let text = scrape().await;
+    assert_eq!(
+        metric(&text, "segd_config_last_reload_successful"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 /// A reload's outcome is in the metrics, named as Prometheus names its own
 /// (`segd_config_last_reload_successful`, `..._success_timestamp_seconds`), and a reload that
 /// changes keys only a restart applies says which in the log and sets

@@ -246,9 +246,10 @@ impl Config {
         })
     }
 
-    /// Filesystem checks `check-config` adds: volume roots exist, are directories, are readable.
+    /// Filesystem checks `check-config` adds: volume roots exist, are directories, are readable;
+    /// and those a reload makes ([`Config::reload_checks`]).
     pub fn check_paths(&self) -> ConfigErrors {
-        let mut errs = self.distinct_volumes();
+        let mut errs = self.reload_checks();
         for (i, v) in self.volumes.iter().enumerate() {
             let key = format!("volumes[{i}].path");
             match std::fs::read_dir(&v.path) {
@@ -272,6 +273,15 @@ impl Config {
                 ),
             }
         }
+        errs
+    }
+
+    /// The filesystem checks a reload makes: those `serve` makes ([`Config::distinct_volumes`])
+    /// and the access log's and pid file's directories. A volume root that is missing or
+    /// unreadable is not one of them: `serve` starts with such a volume unhealthy, and a disk
+    /// that is down must not stop every reload.
+    pub fn reload_checks(&self) -> ConfigErrors {
+        let mut errs = self.distinct_volumes();
         if let AccessLog::File(p) = &self.log.access {
             let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
             if let Some(d) = dir {
@@ -285,14 +295,19 @@ impl Config {
                 }
             }
         }
+        // segd makes the pid file's directory when it is missing (`/run/segd` exists only
+        // while the unit runs: its RuntimeDirectory): what must hold is that it can.
         if let Some(p) = &self.server.pid_file {
-            let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-            if dir.is_some_and(|d| !d.is_dir()) {
+            let existing = p
+                .ancestors()
+                .skip(1)
+                .find(|d| d.as_os_str().is_empty() || d.exists());
+            if let Some(d) = existing.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
                 errs.push(
                     &self.file,
                     "server.pid_file",
-                    format!("directory of {} does not exist", p.display()),
-                    "a file path in an existing directory",
+                    format!("{} is not a directory", d.display()),
+                    "a file path whose directory exists or can be made",
                 );
             }
         }
@@ -303,8 +318,83 @@ impl Config {
     /// a symlink, a bind mount), found by device and inode: the parser's check compares the
     /// paths as written. Two such volumes would count, survey and place the same files twice.
     /// A root that cannot be read is skipped here (`check_paths` reports it; `serve` starts
-    /// with it unhealthy).
+    /// with it unhealthy). And the trees segd writes on its own: see [`Config::apart`].
     pub fn distinct_volumes(&self) -> ConfigErrors {
+        let mut errs = self.apart();
+        errs.0.extend(self.distinct_roots().0);
+        errs
+    }
+
+    /// The directories segd owns, each apart from the others: every volume, `pull.cache_path`
+    /// and `ingest.queue_path` neither is, contains nor lies inside another (spelt as written
+    /// or through symlinks), except in a dot-directory of a volume, which is never served. The pull cache's start removes every file in its tree it did not
+    /// write (a volume's media, the queue's acknowledged uploads); a cache inside a volume
+    /// would serve what it pulled under its own path, past the tokens protecting the original
+    /// path; a volume inside another would be counted and served twice.
+    fn apart(&self) -> ConfigErrors {
+        let mut errs = ConfigErrors::default();
+        let mut trees: Vec<(String, PathBuf)> = self
+            .volumes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("volumes[{i}].path"), v.path.clone()))
+            .collect();
+        if let Some(p) = &self.pull.cache_path {
+            trees.push(("pull.cache_path".into(), p.clone()));
+        }
+        // (Its default, `.segd-queue` in the first volume, is a directory the read side never
+        // serves, and the pull cache's tree is checked against that volume.)
+        if let Some(p) = self
+            .ingest
+            .write_through
+            .as_ref()
+            .and_then(|w| w.queue_path.as_ref())
+        {
+            trees.push(("ingest.queue_path".into(), p.clone()));
+        }
+        let resolved: Vec<PathBuf> = trees.iter().map(|(_, p)| resolve_existing(p)).collect();
+        for (j, (key, path)) in trees.iter().enumerate() {
+            for (i, (other, other_path)) in trees.iter().enumerate().take(j) {
+                let (a, b) = (&resolved[j], &resolved[i]);
+                let how = if a == b {
+                    // Equal volumes are the parser's (as written) and `distinct_roots`' (by
+                    // device and inode) to report.
+                    if i < self.volumes.len() && j < self.volumes.len() {
+                        continue;
+                    }
+                    "is the same directory as"
+                } else if a.starts_with(b) {
+                    // In a dot-directory of a volume (the queue's default, `.segd-queue`), a
+                    // tree is never served, and holds none of the volume's media.
+                    let hidden = a.strip_prefix(b).is_ok_and(|rest| {
+                        rest.components()
+                            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+                    });
+                    if i < self.volumes.len() && j >= self.volumes.len() && hidden {
+                        continue;
+                    }
+                    "lies inside"
+                } else if b.starts_with(a) {
+                    "contains"
+                } else {
+                    continue;
+                };
+                errs.push(
+                    &self.file,
+                    key.clone(),
+                    format!(
+                        "{} {how} {other} ({})",
+                        path.display(),
+                        other_path.display()
+                    ),
+                    "a directory apart from every volume, pull.cache_path and ingest.queue_path",
+                );
+            }
+        }
+        errs
+    }
+
+    fn distinct_roots(&self) -> ConfigErrors {
         use std::os::unix::fs::MetadataExt;
         let mut errs = ConfigErrors::default();
         let mut seen: Vec<((u64, u64), usize)> = Vec::new();
@@ -331,7 +421,28 @@ impl Config {
         }
         errs
     }
+}
 
+/// `p` with its symlinks resolved as far as it exists (the rest, still to be made, appended as
+/// written): how two spellings of a path, or a path and one inside it, are compared.
+fn resolve_existing(p: &std::path::Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = p;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |acc, c| acc.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                at = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
+impl Config {
     /// The keys whose value differs between this running config and `next` (a reloaded file)
     /// but that only a restart applies, because what they shape is made once at start: the
     /// sockets, the thread pools, the logger, the pid file, the pull cache and the write-through

@@ -6,7 +6,12 @@
 use std::io;
 use std::path::Path;
 
+/// Writes this process's pid to `path`, making its directory when missing (`/run/segd` is made
+/// by systemd only for the unit's run; a `segd serve` by hand finds none).
 pub fn write(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let pid = std::process::id();
     let name = path
         .file_name()

@@ -12,8 +12,9 @@ use super::{fit_fd_limit, systemd};
 use crate::config::Config;
 use crate::state::Shared;
 
-/// SIGHUP: re-read the config file. A config that `check-config` would reject is rejected with
-/// the same messages and the running one stays; a good one is swapped in whole, except the keys
+/// SIGHUP: re-read the config file. A config that `serve` would refuse is rejected with the
+/// same messages and the running one stays (a volume whose disk is down is not a reason: it
+/// stays unhealthy, as at start); a good one is swapped in whole, except the keys
 /// only a restart applies ([`Config::restart_only_changes`] against `started`, the config this
 /// process started with), which are named in the log. The outcome is in the metrics too:
 /// `segd_config_last_reload_successful`, `segd_config_last_reload_success_timestamp_seconds`
@@ -24,7 +25,7 @@ fn reload(shared: &Shared, started: &Config) {
     let path = old.config.file.clone();
     let metrics = &shared.runtime.metrics;
     let loaded = Config::load(&path).and_then(|c| {
-        let mut errs = c.check_paths();
+        let mut errs = c.reload_checks();
         errs.0.extend(crate::tls::validate(&c).0);
         if errs.is_empty() {
             Ok(c)
