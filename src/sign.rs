@@ -51,7 +51,15 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
                 .map_err(|_| format!("--start {s:?} is not `now` or Unix seconds"))?,
         ),
     };
-    let exp = start.unwrap_or(now) + ttl.as_secs();
+    // An HTTP date, and so the printed expiry, ends with the year 9999.
+    let exp = start
+        .unwrap_or(now)
+        .checked_add(ttl.as_secs())
+        .filter(|e| *e <= crate::http::LAST_HTTP_DATE)
+        .ok_or_else(|| {
+            "--start and --ttl put the expiry past the year 9999 (allowed: an expiry before it)"
+                .to_string()
+        })?;
     let (keys, table) = if a.upload {
         (&cfg.ingest.keys, "ingest.keys")
     } else {
@@ -122,7 +130,7 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
     Ok(format!(
         "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{}'\npath:   {embedded}\n",
         cfg.token.algorithm.as_str(),
-        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
+        crate::http::http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
         base_url(cfg),
         encode_target(&path),
     ))
@@ -153,6 +161,6 @@ ffmpeg -re -i INPUT -c:a aac -b:a 128k -f dash -seg_duration 4 -window_size 6 \\
 # one file\n\
 curl -T FILE '{put_url}'\n",
         cfg.token.algorithm.as_str(),
-        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
+        crate::http::http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
     )
 }

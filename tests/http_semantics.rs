@@ -311,6 +311,41 @@ async fn a_modification_time_in_the_future_is_not_sent() {
     }
 }
 
+/// A modification time past the year 9999 (a broken clock, restored metadata; tmpfs keeps
+/// it, ext4 clamps at 2446), which no HTTP date can name: served, without `Last-Modified`, on
+/// every protocol (each request panicked a worker task: an empty reply, a backtrace).
+#[tokio::test]
+async fn a_modification_time_past_the_year_9999_is_served() {
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(&vol).expect("mkdir");
+    let _m = Mount::tmpfs(&vol, "4m").expect("mount a tmpfs (root)");
+    std::fs::create_dir_all(vol.join("vod/t")).expect("mkdir");
+    let file = vol.join("vod/t/far.ts");
+    std::fs::write(&file, b"from the far future").expect("write");
+    let year_11000 = std::time::UNIX_EPOCH + Duration::from_secs(285_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .expect("open")
+        .set_modified(year_11000)
+        .expect("set mtime");
+    let srv = Server::start(&config_for(&[&vol], ""));
+    for h2 in [false, true] {
+        for _ in 0..2 {
+            let r = request("GET", &srv.url("/vod/t/far.ts"), &[], h2).await;
+            assert_eq!(r.status, 200, "h2: {h2}");
+            assert_eq!(r.body.as_ref(), b"from the far future");
+            assert_eq!(r.header("last-modified"), None);
+        }
+    }
+    assert!(!srv.stderr().contains("panicked"), "{}", srv.stderr());
+}
+
 /// A playlist outside the live prefixes replaced twice within one second (a catalogue
 /// tool's fix-up, an EVENT playlist): the first version's `Last-Modified` would name the
 /// second version's second too, and a cache that revalidates with `If-Modified-Since` alone

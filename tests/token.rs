@@ -1237,6 +1237,16 @@ fn sign_escape_early_matches_the_reference_generator() {
         ),
     ];
     sign_cases(&config, &["--start", "1900000000", "--ttl", "60s"], &cases);
+    // An expiry no HTTP date can name (past the year 9999) is a usage error, not a panic.
+    for args in [
+        &["--acl", "/vod/*", "--ttl", "99999999999999h"][..],
+        &["--acl", "/vod/*", "--start", "300000000000"][..],
+    ] {
+        let out = segd_sign(&config, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains("past the year 9999"), "{args:?}: {err}");
+    }
 }
 
 /// `client_ip_header = "X-Forwarded-For"`: a viewer can send an `X-Forwarded-For` of its own

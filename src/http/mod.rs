@@ -8,6 +8,16 @@
 //! [`Record::finish`]ed by the writer.
 
 pub mod body;
+
+/// The last second an HTTP date can name (9999-12-31T23:59:59Z, Unix seconds).
+pub const LAST_HTTP_DATE: u64 = 253_402_300_799;
+
+/// `t` as an HTTP date (RFC 9110 §5.6.7), a time past the year 9999 (a file's mtime from a
+/// broken clock, restored metadata) as the last date one can name: `httpdate` panics on it.
+pub fn http_date(t: std::time::SystemTime) -> String {
+    let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(LAST_HTTP_DATE);
+    httpdate::fmt_http_date(t.min(last))
+}
 pub mod conditional;
 mod conn_watch;
 pub mod h1;

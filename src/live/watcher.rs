@@ -156,7 +156,7 @@ impl Watcher {
         let m = ObjectMeta::from_stat(&st);
         let (Ok(etag), Ok(lm)) = (
             http::HeaderValue::from_str(&m.etag()),
-            http::HeaderValue::from_str(&httpdate::fmt_http_date(m.modified())),
+            http::HeaderValue::from_str(&crate::http::http_date(m.modified())),
         ) else {
             return;
         };

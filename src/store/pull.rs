@@ -2402,7 +2402,7 @@ impl Pull {
         let last_modified = keepable(
             segd(crate::store::write_through::META_LAST_MODIFIED).or_else(|| get(LAST_MODIFIED)),
         )
-        .or_else(|| HeaderValue::from_str(&httpdate::fmt_http_date(received)).ok());
+        .or_else(|| HeaderValue::from_str(&crate::http::http_date(received)).ok());
         let content_encoding = get(CONTENT_ENCODING).filter(|v| {
             !v.to_str()
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))

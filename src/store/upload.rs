@@ -578,7 +578,7 @@ impl Upload {
         Ok(Committed {
             created: !existed,
             etag: HeaderValue::from_str(&meta.etag()).map_err(bad)?,
-            last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(meta.modified()))
+            last_modified: HeaderValue::from_str(&crate::http::http_date(meta.modified()))
                 .map_err(bad)?,
             body: self.kept.take().map(BytesMut::freeze),
             lock: self.lock.take(),

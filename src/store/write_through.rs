@@ -438,7 +438,7 @@ impl WriteThrough {
         meta: &ObjectMeta,
     ) -> Result<(), BucketError> {
         let etag = meta.etag();
-        let last_modified = httpdate::fmt_http_date(meta.modified());
+        let last_modified = crate::http::http_date(meta.modified());
         let ctype = rel.extension().map(str::to_ascii_lowercase).and_then(|e| {
             self.types
                 .iter()
@@ -1075,9 +1075,9 @@ mod tests {
         };
         assert_eq!(h("5"), Some(Duration::from_secs(5)));
         assert_eq!(h("3600"), Some(RETRY_AFTER_MAX));
-        let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
+        let later = crate::http::http_date(now + Duration::from_secs(7));
         assert_eq!(h(&later), Some(Duration::from_secs(7)));
-        let past = httpdate::fmt_http_date(now - Duration::from_secs(7));
+        let past = crate::http::http_date(now - Duration::from_secs(7));
         assert_eq!(h(&past), Some(Duration::ZERO));
         assert_eq!(h("soon"), None);
         assert_eq!(h("-1"), None);
