@@ -2539,6 +2539,97 @@ async fn a_chunked_upload_of_unknown_length_skips_a_volume_at_its_reserve() {
     assert_no_tmp(&rig.vol("small"), "nothing on the full volume");
 }
 
+/// Uploads side by side keep the reserve together: each is promised its room on the volume
+/// (its length, or steps of a body of unknown length) from the free space above the reserve
+/// beside what the others were promised. 12 concurrent 1 MiB uploads onto an 8 MiB volume with
+/// a 2 MiB reserve each saw the same free space and together left 0–1 MiB (acceptance H-F1).
+/// With `Content-Length` and chunked bodies; the refused ones leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_keep_the_reserve_together() {
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("small");
+    std::fs::create_dir_all(&vol).expect("mkdir");
+    let _m = Mount::tmpfs(&vol, "8m").expect("mount a tmpfs (root)");
+    let rig = Rig::start_in(dir, &["small"], &[("reserve", "\"2MiB\"")], "", |_| {});
+    let tok = upload_token("/vod/*");
+    let free = || {
+        let st = rustix::fs::statvfs(&vol).expect("statvfs");
+        st.f_bavail * st.f_frsize
+    };
+    for chunked in [false, true] {
+        let body = vec![b'x'; MIB];
+        let mut conns: Vec<TcpStream> = (0..12)
+            .map(|i| {
+                let mut c = TcpStream::connect(rig.srv.addr).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                let target = q(&format!("/vod/r{chunked}/s{i}.ts"), &tok);
+                let framing = if chunked {
+                    "Transfer-Encoding: chunked".to_string()
+                } else {
+                    format!("Content-Length: {MIB}")
+                };
+                c.write_all(
+                    format!("PUT {target} HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").as_bytes(),
+                )
+                .expect("head");
+                c
+            })
+            .collect();
+        // Every upload under way (half its body each), then the rest.
+        for half in [&body[..MIB / 2], &body[MIB / 2..]] {
+            for c in &mut conns {
+                let out = if chunked {
+                    let mut o = format!("{:x}\r\n", half.len()).into_bytes();
+                    o.extend_from_slice(half);
+                    o.extend_from_slice(b"\r\n");
+                    o
+                } else {
+                    half.to_vec()
+                };
+                // A refused upload may be answered (and closed) before all of it is sent.
+                let _ = c.write_all(&out);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let mut statuses = Vec::new();
+        for c in &mut conns {
+            if chunked {
+                let _ = c.write_all(b"0\r\n\r\n");
+            }
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match c.read(&mut b) {
+                    Ok(1) => head.push(b[0]),
+                    _ => break,
+                }
+            }
+            let text = String::from_utf8_lossy(&head).into_owned();
+            statuses.push(text.split(' ').nth(1).unwrap_or("none").to_string());
+        }
+        let taken = statuses.iter().filter(|s| *s == "201").count();
+        assert!(
+            statuses.iter().all(|s| s == "201" || s == "507"),
+            "chunked {chunked}: {statuses:?}"
+        );
+        assert!(taken >= 1, "chunked {chunked}: some fit: {statuses:?}");
+        assert!(
+            free() >= 2 * MIB as u64,
+            "chunked {chunked}: {} bytes left free, under the 2 MiB reserve ({statuses:?})",
+            free()
+        );
+        assert_no_tmp(&vol, "refused uploads leave nothing");
+        // Room for the next round.
+        std::fs::remove_dir_all(vol.join(format!("vod/r{chunked}"))).expect("clean");
+    }
+}
+
 /// Uploads of one path are taken one at a time. A stalled one (its client's connection lost
 /// mid-body) held every newer upload of the path for its `body_timeout`, a live playlist's
 /// newer versions included (the stream froze for 30 s by default), and the n-th waiter n

@@ -201,8 +201,8 @@ enum File {
     Open {
         temp: TempFile,
         volume: usize,
-        /// Bytes this upload may write before the volume would cross its reserve.
-        room: u64,
+        /// The bytes this upload may write before the volume would cross its reserve.
+        room: Claim,
     },
     /// A write failed (its temporary file is gone): nothing more is written.
     Failed,
@@ -243,8 +243,65 @@ fn open_for(local: &Local, key: &RelPath, file: File, need: u64) -> Result<Opene
 struct Opened {
     temp: TempFile,
     volume: usize,
-    room: u64,
+    room: Claim,
     new: bool,
+}
+
+/// How much a body of unknown length claims at a time once its first claim is written.
+const CLAIM_STEP: u64 = 1 << 20;
+
+/// The room an upload in progress has on its volume, promised there ([`volumes::Volume::promise`])
+/// so that uploads side by side together keep the reserve: each new upload, and each step of a
+/// body of unknown length, must fit in the free space above the reserve beside what the
+/// others were promised and have not written yet (acceptance H-F1: 12 concurrent uploads each
+/// saw the same free space and together left 0 of a 2 MiB reserve). Written bytes are given
+/// back as the free space shows them; the rest when the upload ends.
+struct Claim {
+    volumes: Arc<volumes::Volumes>,
+    volume: usize,
+    reserve: u64,
+    granted: u64,
+    /// Of `granted`, the bytes counted as written (the free space has them).
+    settled: u64,
+}
+
+impl Claim {
+    /// Whether `total` bytes (written, `written` of them, and about to be) fit: gives back what
+    /// was written since, and claims more when the body outgrows what it has.
+    fn fits(&mut self, written: u64, total: u64) -> bool {
+        let Some(v) = self.volumes.get(self.volume) else {
+            return false;
+        };
+        let done = written.min(self.granted);
+        if done > self.settled {
+            v.unpromise(done - self.settled);
+            self.settled = done;
+        }
+        if total <= self.granted {
+            return true;
+        }
+        let more = (total - self.granted).max(CLAIM_STEP);
+        let room = match v.free_bytes() {
+            Ok(Some(free)) => free.saturating_sub(self.reserve),
+            _ => return false,
+        };
+        // Every promise not written yet, this upload's too, is still in the free space: all
+        // of them and `more` must fit above the reserve.
+        if v.promise(more, room) {
+            self.granted += more;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(v) = self.volumes.get(self.volume) {
+            v.unpromise(self.granted - self.settled);
+        }
+    }
 }
 
 /// Picks the volume for `len` bytes of `key`, creates missing directories and the temporary
@@ -258,7 +315,7 @@ fn create(
     len: u64,
     reserve: u64,
     early: bool,
-) -> Result<(usize, u64, TempFile), WriteError> {
+) -> Result<(usize, Claim, TempFile), WriteError> {
     let (volume, room) = local.place_write(key, len, reserve)?;
     let (dir, name) = split(key);
     let v = local
@@ -385,9 +442,10 @@ impl Upload {
     }
 
     /// Refuses `more` bytes that would take the volume below its reserve.
-    fn check_room(&self, more: usize) -> Result<(), WriteError> {
-        if let File::Open { room, .. } = &self.file {
-            if self.file.written() + (self.buf.len + more) as u64 > *room {
+    fn check_room(&mut self, more: usize) -> Result<(), WriteError> {
+        let written = self.file.written();
+        if let File::Open { room, .. } = &mut self.file {
+            if !room.fits(written, written + (self.buf.len + more) as u64) {
                 self.no_space.inc();
                 return Err(WriteError::NoSpace);
             }
@@ -647,7 +705,7 @@ impl Local {
         rel: &RelPath,
         len: u64,
         reserve: u64,
-    ) -> Result<(usize, u64), WriteError> {
+    ) -> Result<(usize, Claim), WriteError> {
         let vols = &self.volumes;
         // A body of unknown length (chunked, placed before it arrives: `Expect: 100-continue`)
         // says 0: a volume with no room left above its reserve must not take it either (it
@@ -655,15 +713,21 @@ impl Local {
         let len = len.max(1);
         // The room above the reserve on volume `i`: `NoSpace` when `len` does not fit, `ReadOnly`
         // when its filesystem is mounted read-only (a new object goes to another volume then).
-        let room = |i: usize| -> Result<(usize, u64), WriteError> {
-            let free = vols
-                .get(i)
-                .and_then(|v| v.free_bytes().ok())
-                .ok_or(WriteError::NoSpace)?
+        let room = |i: usize| -> Result<(usize, Claim), WriteError> {
+            let v = vols.get(i).ok_or(WriteError::NoSpace)?;
+            let free = v
+                .free_bytes()
+                .map_err(|_| WriteError::NoSpace)?
                 .ok_or(WriteError::ReadOnly)?;
-            let room = free.saturating_sub(reserve);
-            if room >= len {
-                Ok((i, room))
+            if v.promise(len, free.saturating_sub(reserve)) {
+                let claim = Claim {
+                    volumes: Arc::clone(vols),
+                    volume: i,
+                    reserve,
+                    granted: len,
+                    settled: 0,
+                };
+                Ok((i, claim))
             } else {
                 Err(WriteError::NoSpace)
             }

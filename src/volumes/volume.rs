@@ -64,6 +64,9 @@ pub struct Volume {
     epoch: Instant,
     /// Times it became healthy again after being down.
     recoveries: AtomicU64,
+    /// Bytes uploads in progress may still write here: their room, taken from the free space
+    /// before they write it, so that uploads side by side keep the reserve together.
+    promised: AtomicU64,
 }
 
 struct Root {
@@ -179,6 +182,7 @@ impl Volume {
             last_probe_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             recoveries: AtomicU64::new(0),
+            promised: AtomicU64::new(0),
         };
         match v.open_root() {
             Ok(root) => {
@@ -376,6 +380,25 @@ impl Volume {
     /// Bytes available to unprivileged writers on this volume's filesystem; `None` when it is
     /// mounted read-only (as ext4 with `errors=remount-ro` does itself after a device error),
     /// where nothing can be written whatever `f_bavail` says.
+    /// Promises `bytes` to an upload if they fit in `room` (the free space above the reserve)
+    /// beside what is promised already; at once, whatever other uploads promise meanwhile.
+    pub fn promise(&self, bytes: u64, room: u64) -> bool {
+        self.promised
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                p.checked_add(bytes).filter(|total| *total <= room)
+            })
+            .is_ok()
+    }
+
+    /// Gives back bytes promised and written (the free space has them now) or not needed.
+    pub fn unpromise(&self, bytes: u64) {
+        let _ = self
+            .promised
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_sub(bytes))
+            });
+    }
+
     pub fn free_bytes(&self) -> io::Result<Option<u64>> {
         let root = self
             .root
