@@ -3870,6 +3870,107 @@ async fn h3_early_answer_stops_the_body_with_h3_no_error() {
     }
 }
 
+/// A volume with no free inode has no room for a new object, whatever its free bytes: new
+/// objects go to the other volume (they were placed there and got 507: acceptance H-F11).
+#[tokio::test]
+async fn a_volume_without_free_inodes_is_skipped_for_new_objects() {
+    if !may_mount() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let mut mounted = None;
+    let rig = Rig::start(&["few", "many"], &[("reserve", "\"0\"")], "", |d| {
+        let few = d.join("few");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,nr_inodes=64", "tmpfs"])
+            .arg(&few)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount a tmpfs with 64 inodes");
+        mounted = Some(few);
+    });
+    let few = mounted.expect("mounted");
+    let _unmount = Unmount(few.clone());
+    // Use up the inodes.
+    std::fs::create_dir_all(few.join("filler")).expect("mkdir");
+    for i in 0.. {
+        if std::fs::write(few.join(format!("filler/{i}")), b"").is_err() {
+            break;
+        }
+    }
+    let tok = upload_token("/live/*");
+    for i in 0..12 {
+        let path = format!("/live/ino{i}/seg.ts");
+        let r = curl_put(&rig.url(&q(&path, &tok)), b"new", &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+        assert!(rig.vol("many").join(&path[1..]).is_file(), "{path}");
+    }
+}
+
+/// `umount -l` of a path when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// ext4's `errors=remount-ro` on Linux 6.9 and later: after an error the filesystem refuses
+/// writes ("emergency_ro") but `statvfs` does not say read-only. The first write refused there
+/// makes the volume read-only for placement, and that upload goes to the other volume, as
+/// every new object after it (each was `503 volume is read-only` while the other volume had
+/// room: acceptance H-F2).
+#[tokio::test]
+async fn a_volume_that_refuses_writes_as_read_only_is_skipped_for_new_objects() {
+    if !may_mount() {
+        eprintln!("skipped: loop-mounting an ext4 image needs root");
+        return;
+    }
+    let mut mounted = None;
+    let rig = Rig::start(&["bad", "good"], &[("reserve", "\"0\"")], "", |d| {
+        mounted = Mount::ext4_image(
+            &d.join("bad.img"),
+            "16M",
+            &d.join("bad"),
+            "errors=remount-ro",
+        );
+    });
+    let Some(_bad) = mounted else {
+        eprintln!("skipped: no loop device or mkfs.ext4 here");
+        return;
+    };
+    let dev = std::fs::read_to_string("/proc/mounts")
+        .expect("mounts")
+        .lines()
+        .find(|l| l.split(' ').nth(1) == rig.vol("bad").to_str())
+        .and_then(|l| l.split(' ').next().map(str::to_owned))
+        .expect("the image's loop device");
+    let name = dev.trim_start_matches("/dev/");
+    let trigger = format!("/sys/fs/ext4/{name}/trigger_fs_error");
+    if std::fs::write(&trigger, "segd test").is_err() {
+        eprintln!("skipped: {trigger} cannot be written");
+        return;
+    }
+    assert!(
+        std::fs::write(rig.vol("bad").join("probe"), b"x").is_err(),
+        "the filesystem refuses writes now"
+    );
+    let tok = upload_token("/live/*");
+    for i in 0..12 {
+        let path = format!("/live/show{i}/seg.ts");
+        let r = curl_put(&rig.url(&q(&path, &tok)), b"new", &[]);
+        assert_eq!(r.status(), 201, "{path}: {r:?}");
+        assert_eq!(
+            std::fs::read(rig.vol("good").join(&path[1..])).expect("on the writable volume"),
+            b"new"
+        );
+    }
+}
+
 /// A volume whose filesystem went read-only (ext4 `errors=remount-ro` after a device error,
 /// here a tmpfs remounted `ro`) degrades that volume for writes only: new objects go to the
 /// other volume (they were placed on the read-only one and failed with 500 "write failed"), a

@@ -316,6 +316,24 @@ fn create(
     reserve: u64,
     early: bool,
 ) -> Result<(usize, Claim, TempFile), WriteError> {
+    match create_once(local, key, len, reserve, early) {
+        // The volume refused the file as read-only without saying so in its mount flags
+        // (ext4's emergency read-only): it is known now (`note_error`), and a new object goes
+        // to another volume; an existing one is refused as before.
+        Err(WriteError::Io(e)) if e.raw_os_error() == Some(libc::EROFS) => {
+            create_once(local, key, len, reserve, early)
+        }
+        r => r,
+    }
+}
+
+fn create_once(
+    local: &Local,
+    key: &RelPath,
+    len: u64,
+    reserve: u64,
+    early: bool,
+) -> Result<(usize, Claim, TempFile), WriteError> {
     let (volume, room) = local.place_write(key, len, reserve)?;
     let (dir, name) = split(key);
     let v = local

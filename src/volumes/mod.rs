@@ -249,6 +249,11 @@ impl Volumes {
                 v.record_fault(e);
             }
         }
+        if e.raw_os_error() == Some(libc::EROFS) {
+            if let Some(v) = self.vols.get(i) {
+                v.note_read_only();
+            }
+        }
     }
 
     /// Current metadata of `rel` on volume `i` (following symlinks: only compared, never served).

@@ -67,7 +67,14 @@ pub struct Volume {
     /// Bytes uploads in progress may still write here: their room, taken from the free space
     /// before they write it, so that uploads side by side keep the reserve together.
     promised: AtomicU64,
+    /// Milliseconds since `epoch` (plus one) of the last write refused with EROFS: see
+    /// [`Volume::note_read_only`]. 0: none.
+    refused_writes_ms: AtomicU64,
 }
+
+/// How long a volume that refused a write as read-only is taken for read-only without the
+/// mount flag saying so.
+const READ_ONLY_MEMORY: std::time::Duration = std::time::Duration::from_secs(30);
 
 struct Root {
     fd: OwnedFd,
@@ -183,6 +190,7 @@ impl Volume {
             epoch: Instant::now(),
             recoveries: AtomicU64::new(0),
             promised: AtomicU64::new(0),
+            refused_writes_ms: AtomicU64::new(0),
         };
         match v.open_root() {
             Ok(root) => {
@@ -399,14 +407,42 @@ impl Volume {
             });
     }
 
+    /// A write here was refused with EROFS. ext4's `errors=remount-ro` on Linux 6.9 and later
+    /// makes a filesystem that hit an error refuse writes ("emergency_ro") without setting
+    /// the read-only mount flag that `statvfs` shows: the volume is taken for read-only for
+    /// [`READ_ONLY_MEMORY`] (new objects go elsewhere), then tried again.
+    pub fn note_read_only(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.refused_writes_ms
+            .store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Whether a write was refused as read-only within [`READ_ONLY_MEMORY`].
+    fn refused_writes_lately(&self) -> bool {
+        let at = self.refused_writes_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            return false;
+        }
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(at - 1) < READ_ONLY_MEMORY.as_millis() as u64
+    }
+
+    /// The bytes free for writes, `None` when the volume is read-only (its mount flag, or a
+    /// write refused lately: [`Volume::note_read_only`]).
     pub fn free_bytes(&self) -> io::Result<Option<u64>> {
         let root = self
             .root
             .load_full()
             .ok_or_else(|| io::Error::other("volume root not open"))?;
         let st = rustix::fs::fstatvfs(&root.fd)?;
-        if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
+        if st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) || self.refused_writes_lately()
+        {
             return Ok(None);
+        }
+        // No inode left: no new file fits, whatever the bytes say (a filesystem that counts
+        // inodes: `f_files` 0 means it does not).
+        if st.f_files > 0 && st.f_favail == 0 {
+            return Ok(Some(0));
         }
         Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
     }

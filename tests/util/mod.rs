@@ -69,6 +69,23 @@ impl Mount {
         Mount::run(&["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"], at)
     }
 
+    /// A fresh ext4 filesystem in the image file `img` (`size`, e.g. "16M"), loop-mounted at
+    /// `at` with `options`; `None` if any step failed (no loop devices, no mkfs.ext4).
+    pub fn ext4_image(img: &Path, size: &str, at: &Path, options: &str) -> Option<Mount> {
+        let made = Command::new("truncate")
+            .args(["-s", size])
+            .arg(img)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(img)
+                .status()
+                .is_ok_and(|s| s.success());
+        let img = img.to_str()?;
+        made.then(|| Mount::run(&["-o", &format!("loop,{options}"), img], at))?
+    }
+
     /// Directory `from` bind-mounted at `at`; `None` if mounting failed.
     pub fn bind(from: &Path, at: &Path) -> Option<Mount> {
         let from = from.to_str().expect("utf-8 path");
