@@ -715,6 +715,45 @@ async fn ops_reload_goes_on_while_a_disk_is_down() {
     );
 }
 
+/// Keys a reload does not apply are named, never dropped in silence: the HTTP/2 settings (built
+/// into the connection builder at start), the health checks' interval and `mmap` (acceptance
+/// I-F1: a reload of them said "configuration reloaded" and nothing else).
+#[tokio::test]
+async fn ops_reload_names_the_http2_settings_it_does_not_apply() {
+    let dir = demo_volumes();
+    let good = config_for(&[&dir.path().join("disk1")], "");
+    let srv = Server::start(&good);
+    let changed = good.replace(
+        "volume_check_interval = \"200ms\"",
+        "volume_check_interval = \"1s\"\nh2_max_concurrent_streams = 7\nmmap = false",
+    );
+    assert_ne!(changed, good);
+    std::fs::write(&srv.config, &changed).expect("write");
+    srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), async || srv
+            .stderr()
+            .contains("configuration reloaded"))
+        .await,
+        "{}",
+        srv.stderr()
+    );
+    let log = srv.stderr();
+    let warned = log
+        .lines()
+        .find(|l| l.contains("change only on restart"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    for key in [
+        "server.h2_max_concurrent_streams",
+        "server.volume_check_interval",
+        "server.mmap",
+    ] {
+        assert!(warned.contains(key), "{key}: {warned}");
+    }
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(metric(&m, "segd_config_restart_pending"), Some(1.0), "{m}");
+}
+
 /// A reload's outcome is in the metrics, named as Prometheus names its own
 /// (`segd_config_last_reload_successful`, `..._success_timestamp_seconds`), and a reload that
 /// changes keys only a restart applies says which in the log and sets

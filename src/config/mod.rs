@@ -463,6 +463,30 @@ impl Config {
                 a.server.sched_batch != b.server.sched_batch,
             ),
             ("server.pid_file", a.server.pid_file != b.server.pid_file),
+            // The HTTP/2 settings and hyper's connection limits are built once, at start
+            // (`http::service::builder`); the HTTP/1.1 fast path reads the running config.
+            (
+                "server.h2_max_concurrent_streams",
+                a.server.h2_max_concurrent_streams != b.server.h2_max_concurrent_streams,
+            ),
+            (
+                "server.max_header_bytes",
+                a.server.max_header_bytes != b.server.max_header_bytes,
+            ),
+            (
+                "server.header_read_timeout",
+                a.server.header_read_timeout != b.server.header_read_timeout,
+            ),
+            (
+                "server.keepalive_timeout",
+                a.server.keepalive_timeout != b.server.keepalive_timeout,
+            ),
+            // The health checks' timer and the SIGBUS handler of mapped bodies: set at start.
+            (
+                "server.volume_check_interval",
+                a.server.volume_check_interval != b.server.volume_check_interval,
+            ),
+            ("server.mmap", a.server.mmap != b.server.mmap),
             ("admin.listen", a.admin.listen != b.admin.listen),
             ("tls.listen", tls_listen(a) != tls_listen(b)),
             ("tls.http3", http3(a) != http3(b)),
