@@ -1001,6 +1001,69 @@ async fn two_hundred_parked_clients_answered_by_one_write() {
     assert!(wake - wake0 >= 200.0, "wakeups {wake0} → {wake}");
 }
 
+/// A volume added by a reload is watched for playlists a local packager renames into place,
+/// as the volumes at start are: a blocking reload there is woken by the rename (it timed out
+/// with 503: acceptance I-F12).
+#[tokio::test]
+async fn a_volume_added_by_a_reload_is_watched_for_renamed_playlists() {
+    let rig = Rig::start(3, 100, "");
+    let added = rig.dir.path().join("disk2");
+    std::fs::create_dir_all(added.join("live/added")).expect("mkdir");
+    let text = std::fs::read_to_string(&rig.srv.config).expect("config");
+    let with_two = text.replacen(
+        "[[volumes]]",
+        &format!(
+            "[[volumes]]\nname = \"disk2\"\npath = \"{}\"\n\n[[volumes]]",
+            added.display()
+        ),
+        1,
+    );
+    std::fs::write(&rig.srv.config, with_two).expect("write");
+    rig.srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(5), async || rig
+            .srv
+            .stderr()
+            .contains("configuration reloaded"))
+        .await,
+        "{}",
+        rig.srv.stderr()
+    );
+    let dir = added.join("live/added");
+    let publish = |pl: &Ll| {
+        std::fs::write(dir.join("index.m3u8.tmp"), pl.render()).expect("write tmp");
+        std::fs::rename(dir.join("index.m3u8.tmp"), dir.join("index.m3u8")).expect("rename");
+    };
+    let v1 = rules_state();
+    publish(&v1);
+    let url = rig.url("/live/added/index.m3u8?_HLS_msn=5&_HLS_part=2");
+    let mut waiter = None;
+    let parked = eventually(Duration::from_secs(10), async || {
+        let h = fetch(url.clone(), false);
+        if eventually(Duration::from_secs(1), async || {
+            rig.parked().await == Some(1.0)
+        })
+        .await
+        {
+            waiter = Some(h);
+            return true;
+        }
+        h.abort();
+        false
+    })
+    .await;
+    assert!(
+        parked,
+        "a blocking request never parked on the renamed playlist"
+    );
+    let waiter = waiter.expect("parked request");
+    let v2 = v1.advance(1);
+    publish(&v2);
+    let r = answer(waiter, "after the rename").await;
+    assert_eq!(r.resp.status, 200, "{}", r.resp.text());
+    assert_eq!(r.resp.text(), v2.render());
+}
+
 /// A local packager renames the playlist into place (inotify); `*.tmp` files are ignored.
 #[tokio::test]
 async fn playlist_renamed_into_place_wakes_waiters() {

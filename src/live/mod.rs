@@ -46,6 +46,8 @@ pub struct Registry {
     /// Live DASH manifests stored as `type="dynamic"` with a `minimumUpdatePeriod`: its
     /// seconds, which bound their `Cache-Control` as a target duration bounds a playlist's.
     mpd_periods: Mutex<HashMap<String, f64>>,
+    /// Live playlist watchers started ([`watcher::spawn`]): the newest one runs.
+    pub(crate) watchers: std::sync::atomic::AtomicU64,
     /// When this process started (its registry is made once): see [`Registry::held_back`].
     started: std::time::SystemTime,
     started_at: std::time::Instant,
@@ -219,6 +221,7 @@ impl Registry {
             stopping: watch::Sender::new(false),
             ended_mpds: Mutex::new(HashMap::new()),
             mpd_periods: Mutex::new(HashMap::new()),
+            watchers: std::sync::atomic::AtomicU64::new(0),
             started: std::time::SystemTime::now(),
             started_at: std::time::Instant::now(),
             m: LiveMetrics {

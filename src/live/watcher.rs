@@ -37,10 +37,20 @@ struct Watcher {
     prefixes: Vec<String>,
     watches: HashMap<i32, Watch>,
     registry: Arc<Registry>,
+    /// Which watcher this is ([`Registry::watchers`]): one started after it (a reload changed
+    /// the volumes or the live prefixes) replaces it, and it stops at its next event.
+    generation: u64,
 }
 
-/// Starts watching `roots` (volume directories) for live playlists under `prefixes`.
+/// Starts watching `roots` (volume directories) for live playlists under `prefixes`, in place
+/// of the watcher started before, if any (a reload that changes the volumes or the live
+/// prefixes starts a new one: the old one watched neither the new volumes nor the new
+/// prefixes' directories).
 pub fn spawn(roots: Vec<PathBuf>, prefixes: Vec<String>, registry: Arc<Registry>) {
+    let generation = registry
+        .watchers
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+        + 1;
     if prefixes.is_empty() {
         return;
     }
@@ -56,6 +66,7 @@ pub fn spawn(roots: Vec<PathBuf>, prefixes: Vec<String>, registry: Arc<Registry>
         prefixes,
         watches: HashMap::new(),
         registry,
+        generation,
     };
     let spawned = std::thread::Builder::new()
         .name("segd-live-watch".into())
@@ -209,6 +220,15 @@ impl Watcher {
                         break;
                     }
                 }
+            }
+            if self
+                .registry
+                .watchers
+                .load(std::sync::atomic::Ordering::Acquire)
+                != self.generation
+            {
+                // Replaced: the newer watcher has these directories too.
+                return;
             }
             for (wd, flags, name) in events {
                 if flags.contains(ReadFlags::QUEUE_OVERFLOW) {

@@ -274,19 +274,7 @@ async fn serve(
             });
         }
     }
-    crate::live::watcher::spawn(
-        shared
-            .runtime
-            .store
-            .volumes()
-            .served()
-            // Not the pull cache: its copies of an upstream's live playlists are the upstream's
-            // to announce (LL-HLS requests pass through to it), not this node's.
-            .map(|(_, v)| v.path.clone())
-            .collect(),
-        config.live.prefixes.clone(),
-        Arc::clone(&shared.runtime.live),
-    );
+    watch_live_playlists(&shared);
 
     ipv4_left_out("server.listen", &config.server.listen);
     if let Some(t) = &config.tls {
@@ -552,6 +540,45 @@ fn tls_sockets(
             }
         }
     }
+}
+
+/// Watches the volumes' live directories for playlists written by local packagers
+/// ([`crate::live::watcher`]), again after a reload that changes the volumes or the live
+/// prefixes.
+fn watch_live_playlists(shared: &Arc<Shared>) {
+    let watched = |sh: &Shared| -> (Vec<std::path::PathBuf>, Vec<String>) {
+        let roots = sh
+            .runtime
+            .store
+            .volumes()
+            .served()
+            // Not the pull cache: its copies of an upstream's live playlists are the upstream's
+            // to announce (LL-HLS requests pass through to it), not this node's.
+            .map(|(_, v)| v.path.clone())
+            .collect();
+        (roots, sh.load().config.live.prefixes.clone())
+    };
+    let mut now = watched(shared);
+    crate::live::watcher::spawn(
+        now.0.clone(),
+        now.1.clone(),
+        Arc::clone(&shared.runtime.live),
+    );
+    let sh = Arc::clone(shared);
+    let mut swaps = shared.swaps();
+    tokio::spawn(async move {
+        while swaps.changed().await.is_ok() {
+            let next = watched(&sh);
+            if next != now {
+                now = next;
+                crate::live::watcher::spawn(
+                    now.0.clone(),
+                    now.1.clone(),
+                    Arc::clone(&sh.runtime.live),
+                );
+            }
+        }
+    });
 }
 
 fn spawn_health_checks(shared: &Arc<Shared>) {
