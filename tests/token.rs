@@ -268,6 +268,42 @@ async fn preflight_allows_the_token_header() {
     assert_eq!(r.status, 200);
 }
 
+/// A token rejection's log line names the path asked for (without a token segment), also
+/// with the access log off, the default (it said `path="-"`: acceptance I-F3).
+#[tokio::test]
+async fn a_rejection_is_logged_with_its_path() {
+    let (_d, srv) = start("forward");
+    let r = get(&srv.url("/vod/t1/hls/64k/seg_00001.ts"), &[]).await;
+    assert_eq!(r.status, 403);
+    let r = get(
+        &srv.url("/__token__=exp=1~hmac=00/vod/t1/hls/64k/seg_00002.ts"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    let log = srv.log_with(&["token rejected"]);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("token rejected"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("path=\"/vod/t1/hls/64k/seg_00001.ts\"")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("path=\"/vod/t1/hls/64k/seg_00002.ts\"")),
+        "the path without its token segment: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("hmac=00")),
+        "no token in the log: {lines:?}"
+    );
+}
+
 #[tokio::test]
 async fn every_reason_is_counted() {
     let (_d, srv) = start("forward");

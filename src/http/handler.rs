@@ -652,7 +652,16 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
         .with_label_values(&[row.label, row.fault.as_str()])
         .inc();
     let peer = cx.req.peer.ip();
-    let path = path.unwrap_or("-");
+    // The decoded path when the access log made it; else the request's, without a token
+    // segment (a refusal's line names its path whether or not the access log is on).
+    let path = path.unwrap_or_else(|| {
+        let p = auth::split_path_token(cx.policy.auth.name(), cx.req.path).path;
+        if p.is_empty() {
+            "-"
+        } else {
+            p
+        }
+    });
     // Counted every time; logged at most once a second per kind (with how many were left
     // out), or a flood of requests (a volume down under load, a token sprayer) floods the log.
     let throttle = &cx.rt.log_throttle;
