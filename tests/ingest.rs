@@ -1345,6 +1345,23 @@ async fn method_path_and_type_refusals() {
         &["-H", "Content-Encoding: identity, br"],
     );
     assert_eq!(r.status(), 415, "{r:?}");
+    // A form upload (`curl -F`): the file inside MIME parts would be served with them. 415,
+    // nothing written; `--data-binary` (form-urlencoded by name, the raw bytes) is taken.
+    let seg = rig.dir.path().join("form-seg.ts");
+    std::fs::write(&seg, b"segment bytes").expect("write");
+    let field = format!("file=@{}", seg.display());
+    let r = curl(
+        &[
+            "-X",
+            "PUT",
+            "-F",
+            &field,
+            &rig.url(&q("/live/m/form.ts", &tok)),
+        ],
+        None,
+    );
+    assert_eq!(r.status(), 415, "{r:?}");
+    std::fs::remove_file(&seg).expect("rm");
     // Transfer-Encoding other than chunked: 501.
     let req = format!(
         "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

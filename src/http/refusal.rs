@@ -93,6 +93,8 @@ pub enum Refusal {
     PartialWrite,
     #[error("content coding in a write")]
     UnsupportedContentCoding,
+    #[error("a form upload (multipart/form-data) in a write")]
+    FormUpload,
     #[error("precondition failed")]
     PreconditionFailed,
     #[error("path is a directory")]
@@ -316,6 +318,16 @@ impl Refusal {
                 "content_coding",
                 Client,
             ),
+            // `curl -F` and HTML forms wrap the file in MIME parts (boundaries, part headers):
+            // stored as it is, the object would be served to players with them inside. A PUT
+            // or POST of the bytes themselves (`curl -T`, `--data-binary`) is what is taken.
+            Refusal::FormUpload => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a form upload is not an object: send the file's bytes as the body (curl -T)\n",
+                Info,
+                "form_upload",
+                Client,
+            ),
             Refusal::PreconditionFailed => (
                 StatusCode::PRECONDITION_FAILED,
                 "precondition failed\n",
@@ -536,6 +548,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::UnsupportedMediaType,
     Refusal::PartialWrite,
     Refusal::UnsupportedContentCoding,
+    Refusal::FormUpload,
     Refusal::PreconditionFailed,
     Refusal::IsDirectory,
     Refusal::StalePlaylist,

@@ -146,6 +146,9 @@ async fn put(
     if content_coded(cx.req.headers) {
         return Err(Refusal::UnsupportedContentCoding.into());
     }
+    if form_upload(cx.req.headers) {
+        return Err(Refusal::FormUpload.into());
+    }
     // 1. A slot.
     let slot = Arc::clone(&cx.policy.upload_slots)
         .try_acquire_owned()
@@ -506,6 +509,15 @@ fn content_coded(h: &HeaderMap) -> bool {
                 .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
         })
     })
+}
+
+/// Whether a request's body is a multipart form (`curl -F`, an HTML form): the file inside
+/// MIME parts, not the file.
+fn form_upload(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("multipart/form-data"))
 }
 
 fn has_preconditions(h: &HeaderMap) -> bool {
