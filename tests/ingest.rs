@@ -3887,6 +3887,93 @@ async fn h3_early_answer_stops_the_body_with_h3_no_error() {
     }
 }
 
+/// An upload cut by its volume going read-only mid-body (ext4's emergency read-only after an
+/// error): 503, the old version intact, and its temporary file, which cannot be removed on a
+/// read-only filesystem, is not counted as removed (`segd_ingest_temp_removed_total` said it
+/// was: acceptance H-F3); the next start removes it.
+#[tokio::test]
+async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
+    if !may_mount() {
+        eprintln!("skipped: loop-mounting an ext4 image needs root");
+        return;
+    }
+    let mut mounted = None;
+    let rig = Rig::start(&["bad"], &[("reserve", "\"0\"")], "", |d| {
+        mounted = Mount::ext4_image(
+            &d.join("bad.img"),
+            "16M",
+            &d.join("bad"),
+            "errors=remount-ro",
+        );
+        if mounted.is_some() {
+            std::fs::create_dir_all(d.join("bad/live/a")).expect("mkdir");
+            std::fs::write(d.join("bad/live/a/ro.ts"), b"old").expect("write");
+        }
+    });
+    let Some(_bad) = mounted else {
+        eprintln!("skipped: no loop device or mkfs.ext4 here");
+        return;
+    };
+    let dev = std::fs::read_to_string("/proc/mounts")
+        .expect("mounts")
+        .lines()
+        .find(|l| l.split(' ').nth(1) == rig.vol("bad").to_str())
+        .and_then(|l| l.split(' ').next().map(str::to_owned))
+        .expect("the image's loop device");
+    let trigger = format!(
+        "/sys/fs/ext4/{}/trigger_fs_error",
+        dev.trim_start_matches("/dev/")
+    );
+    let tok = upload_token("/live/*");
+    let len = 3 << 20;
+    let mut c = TcpStream::connect(rig.srv.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    c.write_all(
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n",
+            q("/live/a/ro.ts", &tok)
+        )
+        .as_bytes(),
+    )
+    .expect("head");
+    c.write_all(&vec![b'n'; 1 << 20]).expect("first MiB");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if std::fs::write(&trigger, "segd test").is_err() {
+        eprintln!("skipped: {trigger} cannot be written");
+        return;
+    }
+    let _ = c.write_all(&vec![b'n'; len - (1 << 20)]);
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_eq!(
+        std::fs::read(rig.vol("bad").join("live/a/ro.ts")).expect("old"),
+        b"old"
+    );
+    let left: Vec<_> = std::fs::read_dir(rig.vol("bad").join("live/a"))
+        .expect("dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".segd-tmp"))
+        .collect();
+    let m = rig.metrics().await;
+    let counted = metric(&m, "segd_ingest_temp_removed_total").unwrap_or(0.0);
+    assert_eq!(
+        counted,
+        0.0,
+        "{} temporary file(s) left, {counted} counted as removed",
+        left.len()
+    );
+    assert_eq!(left.len(), 1, "the one it could not remove");
+}
+
 /// A volume with no free inode has no room for a new object, whatever its free bytes: new
 /// objects go to the other volume (they were placed there and got 507: acceptance H-F11).
 #[tokio::test]

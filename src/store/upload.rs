@@ -532,8 +532,10 @@ impl Upload {
     /// volume.
     fn keep(&mut self, o: Opened) -> usize {
         let volume = o.volume;
+        let mut temp = o.temp;
+        temp.count_removal(self.temp_removed.clone());
         self.file = File::Open {
-            temp: o.temp,
+            temp,
             volume,
             room: o.room,
         };
@@ -584,11 +586,13 @@ impl Upload {
         // Placed and created now if need be, the last write and the rename: one trip to the
         // blocking pool.
         let (name, outage) = (self.name.clone(), self.outage);
+        let removed = self.temp_removed.clone();
         let r = self
             .pool
             .run(move || {
                 let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
                 let (mut temp, volume) = (o.temp, o.volume);
+                temp.count_removal(removed);
                 let written = batch.write_to(&mut temp);
                 if let Some(p) = batch.pipe {
                     p.recycle();
@@ -605,13 +609,8 @@ impl Upload {
                     .map_err(|e| (true, write_failed(&local, volume, e)))
             })
             .await?;
-        let (existed, st, volume) = r.map_err(|(removed, e)| {
-            if removed {
-                // The temporary file went with the failed call (its drop removed it).
-                self.temp_removed.inc();
-            }
-            self.refused(e)
-        })?;
+        // A temporary file that went with the failed call was counted by its drop.
+        let (existed, st, volume) = r.map_err(|(_, e)| self.refused(e))?;
         self.committed(existed, &st, volume)
     }
 
@@ -659,15 +658,6 @@ impl Upload {
             body: self.kept.take().map(BytesMut::freeze),
             lock: self.lock.take(),
         })
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if matches!(self.file, File::Open { .. }) {
-            // TempFile's own drop unlinks it.
-            self.temp_removed.inc();
-        }
     }
 }
 
@@ -858,6 +848,8 @@ pub async fn begin(
         if let Some(p) = &publisher {
             p.attach(temp.reader().map_err(WriteError::Io)?);
         }
+        let mut temp = temp;
+        temp.count_removal(temp_removed.clone());
         file = File::Open { temp, volume, room };
     }
     let outage = outage::needed(&local.volumes);

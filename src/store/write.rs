@@ -216,6 +216,9 @@ pub struct TempFile {
     stamped: bool,
     /// The made directories it uses (see [`Claim`]), released when it is committed or dropped.
     claim: Option<Claim>,
+    /// Counts its removal when it is dropped uncommitted (an upload's: the metric
+    /// `segd_ingest_temp_removed_total`), once the file is really gone.
+    removed: Option<prometheus::IntCounter>,
 }
 
 /// Directories made for temporary files that are neither committed nor dropped yet, by volume
@@ -383,7 +386,13 @@ impl TempFile {
             written: 0,
             stamped: false,
             claim: None,
+            removed: None,
         })
+    }
+
+    /// Counts this file's removal in `c` should it be dropped uncommitted.
+    pub fn count_removal(&mut self, c: prometheus::IntCounter) {
+        self.removed = Some(c);
     }
 
     /// A new temporary file in the directory `rel_dir` beneath `root`, making missing
@@ -571,8 +580,15 @@ impl Drop for TempFile {
         let uncommitted = !self.name.is_empty();
         if uncommitted {
             self.file = None;
-            if let Err(e) = self.dir.unlink(&self.name) {
-                tracing::warn!(error = %e, file = %self.name, "cannot remove a temporary file");
+            match self.dir.unlink(&self.name) {
+                Ok(()) => {
+                    if let Some(c) = &self.removed {
+                        c.inc();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %self.name, "cannot remove a temporary file")
+                }
             }
         }
         // The made directories it used: removed when it was the last to use them and was not
