@@ -21,9 +21,22 @@ fn quieted(spec: &str) -> String {
 }
 
 pub fn init(cfg: &LogConfig) {
+    // `RUST_LOG` is held to the rules of `[log] level`: a bare word that is not a level
+    // (`verbose`) would be a target name and silence every line. Such a value is named on
+    // stderr and `[log] level` is used instead.
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|s| !s.trim().is_empty())
+        .filter(|s| match crate::config::log::filter_problem(s) {
+            Some(problem) => {
+                eprintln!(
+                    "segd: RUST_LOG ignored: {problem}; using [log] level {:?}",
+                    cfg.level
+                );
+                false
+            }
+            None => true,
+        })
         .and_then(|s| EnvFilter::try_new(quieted(&s)).ok());
     let filter = from_env
         .or_else(|| EnvFilter::try_new(quieted(&cfg.level)).ok())

@@ -209,6 +209,23 @@ fn misspelt_log_level_is_an_error() {
     }
 }
 
+/// `RUST_LOG` is held to the same rule: a bare word that is not a level (`verbose`) would be a
+/// target name and silence every log line, errors included (acceptance I-F8). It is named and
+/// `[log] level` is used instead.
+#[test]
+fn a_misspelt_rust_log_is_named_not_silence() {
+    let dir = demo_volumes();
+    let srv = Server::start_with(&config_for(&[&dir.path().join("disk1")], ""), |c| {
+        c.env("RUST_LOG", "verbose")
+    });
+    let log = srv.log_with(&["RUST_LOG ignored", "volume surveyed"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains("RUST_LOG ignored"))
+        .unwrap_or_default();
+    assert!(line.contains("\"verbose\" is not a level"), "{line}");
+}
+
 /// Two volumes on one directory, spelt differently (`./vol/`, an absolute path, a symlink):
 /// check-config and serve refuse them as they refuse the same path written twice.
 #[test]

@@ -67,7 +67,7 @@ pub(super) fn parse_log(s: &Section, base: &Path) -> LogConfig {
 /// that is not a level as a target name (`warning` means "everything from target `warning`"),
 /// which silences every other log line without a word: so each bare directive must be a level,
 /// and targets are named with `TARGET=LEVEL`.
-fn filter_problem(level: &str) -> Option<String> {
+pub fn filter_problem(level: &str) -> Option<String> {
     if tracing_subscriber::EnvFilter::try_new(level).is_err() {
         return Some(format!("{level:?} is not a log filter"));
     }

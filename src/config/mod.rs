@@ -23,7 +23,7 @@ mod error;
 mod fields;
 mod ingest;
 mod live;
-mod log;
+pub(crate) mod log;
 mod pull;
 mod server;
 mod tls;
