@@ -41,12 +41,63 @@ pub fn init(cfg: &LogConfig) {
     let filter = from_env
         .or_else(|| EnvFilter::try_new(quieted(&cfg.level)).ok())
         .unwrap_or_else(|| EnvFilter::new(quieted("info")));
+    if to_journald() {
+        let format = tracing_subscriber::fmt::format()
+            .with_target(false)
+            .with_ansi(false);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .event_format(Prioritised(format))
+            .try_init();
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM` to its device and
+/// inode (`DEV:INO`) for a service whose output goes to the journal (systemd.exec(5)).
+fn to_journald() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
+/// A line format that starts each line with its syslog priority (`<3>` error, `<4>` warning,
+/// `<6>` info, `<7>` debug), which journald takes from a service's stderr (sd-daemon(3)), so
+/// `journalctl -p warning` shows segd's warnings and errors (every line was info).
+struct Prioritised<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Prioritised<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 /// Lines of one kind written at most once a second, for lines a flood of requests would

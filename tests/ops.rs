@@ -754,6 +754,65 @@ async fn ops_reload_names_the_http2_settings_it_does_not_apply() {
     assert_eq!(metric(&m, "segd_config_restart_pending"), Some(1.0), "{m}");
 }
 
+/// Under systemd, stderr is the journal's stream (`JOURNAL_STREAM` names its device and
+/// inode): each line starts with its syslog priority, which journald takes, so `journalctl -p
+/// warning` shows segd's warnings (every line reached the journal as info: acceptance I-F13).
+/// Elsewhere lines have no prefix.
+#[test]
+fn log_lines_carry_their_priority_to_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("disk1")).expect("mkdir");
+    let config = dir.path().join("segd.toml");
+    // disk2 does not exist: a warning at start.
+    std::fs::write(
+        &config,
+        config_for(&[&dir.path().join("disk1"), &dir.path().join("disk2")], ""),
+    )
+    .expect("write");
+    for journal in [true, false] {
+        let err_path = dir.path().join(format!("stderr-{journal}"));
+        let err = std::fs::File::create(&err_path).expect("create");
+        let meta = err.metadata().expect("stat");
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(err);
+        if journal {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        } else {
+            cmd.env_remove("JOURNAL_STREAM");
+        }
+        let mut child = cmd.spawn().expect("spawn");
+        let read = || std::fs::read_to_string(&err_path).unwrap_or_default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(read().contains("unavailable at start") && read().contains("volume surveyed"))
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = read();
+        let warn = log
+            .lines()
+            .find(|l| l.contains("unavailable at start"))
+            .unwrap_or_else(|| panic!("no warning: {log}"));
+        let info = log
+            .lines()
+            .find(|l| l.contains("volume surveyed"))
+            .unwrap_or_else(|| panic!("no info line: {log}"));
+        if journal {
+            assert!(warn.starts_with("<4>"), "{warn}");
+            assert!(info.starts_with("<6>"), "{info}");
+        } else {
+            assert!(!warn.starts_with('<') && !info.starts_with('<'), "{log}");
+        }
+    }
+}
+
 /// A reload's outcome is in the metrics, named as Prometheus names its own
 /// (`segd_config_last_reload_successful`, `..._success_timestamp_seconds`), and a reload that
 /// changes keys only a restart applies says which in the log and sets
