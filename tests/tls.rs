@@ -364,6 +364,24 @@ async fn sighup_swaps_the_certificate() {
             .as_ref(),
         b"QQQQ"
     );
+
+    // A file without [tls]: the TLS listeners bound at start stay until a restart and need
+    // their certificate, so the reload is rejected (it left them accepting connections and
+    // failing every handshake: acceptance I-F4).
+    std::fs::write(dir.path().join("cert.pem"), &cert_b).expect("cert");
+    let without_tls = config_for(&[&vol], "[cache]\nmax_item_bytes = \"1MiB\"\n");
+    std::fs::write(&srv.config, &without_tls).expect("write");
+    srv.signal(libc::SIGHUP);
+    let log = srv.log_with(&["tls.listen: the running TLS listeners need [tls]"]);
+    assert_eq!(log.matches("reload rejected").count(), 2, "{log}");
+    let still = connect(&srv, &client).await;
+    assert_eq!(
+        send(still, "GET", "/vod/m/big.mp4", &[("range", "bytes=0-3")])
+            .await
+            .body
+            .as_ref(),
+        b"QQQQ"
+    );
 }
 
 #[test]

@@ -27,6 +27,17 @@ fn reload(shared: &Shared, started: &Config) {
     let loaded = Config::load(&path).and_then(|c| {
         let mut errs = c.reload_checks();
         errs.0.extend(crate::tls::validate(&c).0);
+        // The TLS listeners bound at start stay until a restart, and need a certificate: a
+        // file without one would leave them accepting connections and failing every handshake.
+        let listening = |c: &Config| c.tls.as_ref().is_some_and(|t| !t.listen.is_empty());
+        if listening(started) && !listening(&c) {
+            errs.push(
+                &c.file,
+                "tls.listen",
+                "the running TLS listeners need [tls] and its certificate until a restart closes them",
+                "keep [tls] with its listen addresses, and restart (or upgrade with SIGUSR2) to remove them",
+            );
+        }
         if errs.is_empty() {
             Ok(c)
         } else {
