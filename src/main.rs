@@ -93,7 +93,17 @@ fn main() -> ExitCode {
             };
             let mut status = ExitCode::SUCCESS;
             for p in paths {
-                match segd::volumes::sanitize(&p) {
+                // A URL as a player, the banner or a CDN log has it: its path, without the
+                // query and without a path-embedded token (the server strips it so too).
+                let path = p
+                    .strip_prefix("http://")
+                    .or_else(|| p.strip_prefix("https://"))
+                    .map_or(p.as_str(), |rest| {
+                        rest.find('/').map_or("/", |i| &rest[i..])
+                    });
+                let path = path.split(['?', '#']).next().unwrap_or(path);
+                let path = segd::auth::split_path_token(&cfg.token.name, path).path;
+                match segd::volumes::sanitize(path) {
                     Ok(rel) => {
                         let i = segd::volumes::placement(&rel, cfg.volumes.len());
                         let v = &cfg.volumes[i];

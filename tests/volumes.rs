@@ -124,6 +124,33 @@ async fn several_volumes_and_placement() {
         assert!(cols[1] == "disk1" || cols[1] == "disk2");
         assert!(cols[2].ends_with(cols[0].trim_start_matches('/')));
     }
+    // A URL as the banner, a player or a CDN log has it (a path-embedded token, encoded or
+    // not, a host, a query) is placed as its path: the server strips them so too (it was
+    // refused, or placed with the token segment as a directory: acceptance I-F5).
+    let place = |p: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["place", "--config"])
+            .arg(&srv.config)
+            .arg(p)
+            .output()
+            .expect("place");
+        assert!(
+            out.status.success(),
+            "{p}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let cols: Vec<String> = text.trim_end().split('\t').map(str::to_owned).collect();
+        (cols[1].clone(), cols[2].clone())
+    };
+    let plain = place("/vod/t1/a.ts");
+    for p in [
+        "/__token__=exp%3D1%7Eacl%3D%2Fvod%2F*%7Ehmac%3D00/vod/t1/a.ts",
+        "/__token__=exp=1~hmac=00/vod/t1/a.ts",
+        "http://127.0.0.1:8080/vod/t1/a.ts?__token__=exp%3D1",
+    ] {
+        assert_eq!(place(p), plain, "{p}");
+    }
 }
 
 #[tokio::test]
