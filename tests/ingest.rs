@@ -3657,6 +3657,37 @@ async fn uploads_over_http2_and_http3() {
 /// stream is reset with PROTOCOL_ERROR and nothing is written, the old object intact. Regular
 /// trailer fields are allowed, and such an upload is committed. No client library sends such
 /// trailers (a `HeaderMap` cannot hold a pseudo-header name), so the frames are made by hand.
+/// Two `content-length` fields, even equal ones, are no valid length on HTTP/2 either: 400,
+/// nothing written, as on HTTP/1.1 and HTTP/3 (h2 let equal ones through, and the upload was
+/// stored: acceptance H-F5).
+#[tokio::test]
+async fn h2_two_content_length_fields_are_refused() {
+    let rig = Rig::start(&["disk1"], &[], "", |_| {});
+    let target = q("/live/cl/two.ts", &upload_token("/live/*"));
+    let mut c = RawH2::connect(rig.srv.addr);
+    let head = [
+        (":method", "PUT"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", target.as_str()),
+        ("content-length", "5"),
+        ("content-length", "5"),
+    ];
+    c.send(H2_HEADERS, H2_END_HEADERS, 1, &hpack_literals(&head));
+    c.send(H2_DATA, H2_END_STREAM, 1, b"hello");
+    let frames = c.stream_frames(1);
+    let headers = frames
+        .iter()
+        .find(|(kind, _, _)| *kind == H2_HEADERS)
+        .unwrap_or_else(|| panic!("no answer: {frames:?}"));
+    // `:status: 400` is entry 12 of HPACK's static table: an indexed field, 0x80 | 12.
+    assert_eq!(headers.2.first(), Some(&0x8c), "not a 400: {frames:?}");
+    assert!(
+        !rig.vol("disk1").join("live/cl/two.ts").exists(),
+        "nothing written"
+    );
+}
+
 #[tokio::test]
 async fn h2_trailers_with_pseudo_headers_write_nothing() {
     let old = b"ORIGINAL".to_vec();

@@ -403,10 +403,13 @@ async fn respond(
     // The fast path checks `Host` as it parses; hyper does not (RFC 9112 §3.2). HTTP/2 carries
     // `:authority`, or `Host`, and the two agree (RFC 9113 §8.3.1).
     let host_ok = match parts.version {
+        // A `Content-Length` that is not one number (two fields, even equal ones) is refused
+        // as HTTP/1.1 and HTTP/3 refuse it (h2 lets equal ones through).
         http::Version::HTTP_2 => {
             headers::h2_authority_ok(parts.uri.authority(), &parts.headers)
                 && headers::target_ok(&parts.uri)
                 && headers::values_trimmed(&parts.headers)
+                && super::request_body::declared_length(&parts.headers).is_ok()
         }
         v => headers::host_ok(&parts.headers, v == http::Version::HTTP_11),
     };
