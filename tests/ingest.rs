@@ -2698,6 +2698,63 @@ async fn a_stalled_upload_yields_to_a_newer_one_of_the_same_path() {
     assert_no_tmp(&vol, "superseded upload");
 }
 
+/// A trickling upload (a byte every half second: lossy, not silent) yields too, once a newer
+/// upload of its path has waited 2 s for it: it held the newer one for as long as it
+/// trickled (acceptance H-F4).
+#[tokio::test]
+async fn a_trickling_upload_yields_to_a_newer_one_of_the_same_path() {
+    let rig = Rig::simple(&[("body_timeout", "\"20s\"")]);
+    let tok = upload_token("/live/*");
+    let path = "/live/drip/index.m3u8";
+    let vol = rig.vol("disk1");
+    let mut a = TcpStream::connect(rig.srv.addr).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    a.write_all(
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n#EXTM3U\n",
+            q(path, &tok)
+        )
+        .as_bytes(),
+    )
+    .expect("write");
+    let mut dripper = a.try_clone().expect("clone");
+    let drip = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(500));
+            if dripper.write_all(b"#").is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let newer = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\ns0.ts\n";
+    let t0 = Instant::now();
+    let r = curl_put(&rig.url(&q(path, &tok)), newer, &[]);
+    let took = t0.elapsed();
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the newer upload waited {took:?} for the trickling one"
+    );
+    let mut answer = Vec::new();
+    let _ = a.read_to_end(&mut answer);
+    assert_eq!(
+        raw_status(&answer),
+        409,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let _ = drip.join();
+    assert_eq!(
+        std::fs::read(vol.join(path.trim_start_matches('/')))
+            .ok()
+            .as_deref(),
+        Some(&newer[..])
+    );
+    assert_no_tmp(&vol, "superseded upload");
+}
+
 #[tokio::test]
 async fn reserve_beyond_free_space_is_507() {
     // 1000 TiB: more than any test disk has free.

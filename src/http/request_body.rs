@@ -208,8 +208,9 @@ impl<'a> RequestBody<'a> {
     /// Given `pipe`, a body that [can splice](RequestBody::can_splice) moves what its socket
     /// holds into it (a piece of zero bytes when the pipe is full); what was buffered already
     /// comes as bytes first.
-    /// `contended`: whether another upload of the same path waits for this one; once no byte
-    /// came for [`YIELD_AFTER`] and one does, this body gives up (`Superseded`).
+    /// `contended`: whether another upload of the same path has waited for this one long
+    /// enough ([`YIELD_AFTER`]); then this body gives up (`Superseded`), whether bytes still
+    /// come or not.
     pub async fn next_piece(
         &mut self,
         limit: u64,
@@ -220,19 +221,21 @@ impl<'a> RequestBody<'a> {
         if self.declared.is_some_and(|d| d > limit) {
             return Err(Refusal::TooLarge);
         }
+        if contended() {
+            return Err(Refusal::Superseded);
+        }
         let give_up = async {
             let start = tokio::time::Instant::now();
             let deadline = start + timeout;
-            tokio::time::sleep_until((start + YIELD_AFTER).min(deadline)).await;
             loop {
+                let next = tokio::time::Instant::now() + Duration::from_millis(250);
+                tokio::time::sleep_until(next.min(deadline)).await;
                 if tokio::time::Instant::now() >= deadline {
                     return Refusal::BodyTimeout;
                 }
                 if contended() {
                     return Refusal::Superseded;
                 }
-                let next = tokio::time::Instant::now() + Duration::from_millis(250);
-                tokio::time::sleep_until(next.min(deadline)).await;
             }
         };
         let next = match self.stream.as_mut() {

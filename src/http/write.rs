@@ -277,8 +277,19 @@ impl Receive {
         // What a body read from its own socket still has there goes through the upload's pipe,
         // if it has one.
         let mut spliced = 0;
+        // Another upload (or a DELETE) of the path has waited for this one for
+        // `YIELD_AFTER`: this one gives up, slow or silent (one byte a second held a live
+        // playlist's newer versions for as long as it trickled: acceptance H-F4).
         let contention = upload.contention();
-        let contended = move || contention.waiting();
+        let waited_since = std::sync::Mutex::new(None::<Instant>);
+        let contended = move || {
+            let mut since = waited_since.lock().unwrap_or_else(|p| p.into_inner());
+            if !contention.waiting() {
+                *since = None;
+                return false;
+            }
+            since.get_or_insert_with(Instant::now).elapsed() >= super::request_body::YIELD_AFTER
+        };
         loop {
             let pipe = if body.can_splice() {
                 upload.pipe()
