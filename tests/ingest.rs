@@ -2647,6 +2647,20 @@ async fn concurrent_uploads_keep_the_reserve_together() {
     }
 }
 
+/// A playlist upload of `target` that has sent its head (`Content-Length: 1000`) and its
+/// first bytes, and no more.
+fn playlist_upload_begun(rig: &Rig, target: &str) -> TcpStream {
+    let mut a = TcpStream::connect(rig.srv.addr).expect("connect");
+    a.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    a.write_all(
+        format!("PUT {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n#EXTM3U\n")
+            .as_bytes(),
+    )
+    .expect("write");
+    a
+}
+
 /// Uploads of one path are taken one at a time. A stalled one (its client's connection lost
 /// mid-body) held every newer upload of the path for its `body_timeout`, a live playlist's
 /// newer versions included (the stream froze for 30 s by default), and the n-th waiter n
@@ -2659,17 +2673,7 @@ async fn a_stalled_upload_yields_to_a_newer_one_of_the_same_path() {
     let path = "/live/yield/index.m3u8";
     let vol = rig.vol("disk1");
     // A: a playlist upload that stops after its first bytes (Content-Length says 1000).
-    let mut a = TcpStream::connect(rig.srv.addr).expect("connect");
-    a.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    a.write_all(
-        format!(
-            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n#EXTM3U\n",
-            q(path, &tok)
-        )
-        .as_bytes(),
-    )
-    .expect("write");
+    let mut a = playlist_upload_begun(&rig, &q(path, &tok));
     std::thread::sleep(Duration::from_millis(300));
     // B: a whole newer version.
     let newer = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\ns0.ts\n";
@@ -2707,17 +2711,7 @@ async fn a_trickling_upload_yields_to_a_newer_one_of_the_same_path() {
     let tok = upload_token("/live/*");
     let path = "/live/drip/index.m3u8";
     let vol = rig.vol("disk1");
-    let mut a = TcpStream::connect(rig.srv.addr).expect("connect");
-    a.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    a.write_all(
-        format!(
-            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n#EXTM3U\n",
-            q(path, &tok)
-        )
-        .as_bytes(),
-    )
-    .expect("write");
+    let mut a = playlist_upload_begun(&rig, &q(path, &tok));
     let mut dripper = a.try_clone().expect("clone");
     let drip = std::thread::spawn(move || {
         for _ in 0..40 {
@@ -4002,16 +3996,7 @@ async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
         eprintln!("skipped: no loop device or mkfs.ext4 here");
         return;
     };
-    let dev = std::fs::read_to_string("/proc/mounts")
-        .expect("mounts")
-        .lines()
-        .find(|l| l.split(' ').nth(1) == rig.vol("bad").to_str())
-        .and_then(|l| l.split(' ').next().map(str::to_owned))
-        .expect("the image's loop device");
-    let trigger = format!(
-        "/sys/fs/ext4/{}/trigger_fs_error",
-        dev.trim_start_matches("/dev/")
-    );
+    let trigger = ext4_error_trigger(&rig.vol("bad"));
     let tok = upload_token("/live/*");
     let len = 3 << 20;
     let mut c = TcpStream::connect(rig.srv.addr).expect("connect");
@@ -4060,6 +4045,21 @@ async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
         left.len()
     );
     assert_eq!(left.len(), 1, "the one it could not remove");
+}
+
+/// The file that makes the ext4 filesystem mounted at `mount` hit an error (what a failing
+/// device does): `/sys/fs/ext4/<its loop device>/trigger_fs_error`.
+fn ext4_error_trigger(mount: &Path) -> String {
+    let dev = std::fs::read_to_string("/proc/mounts")
+        .expect("mounts")
+        .lines()
+        .find(|l| l.split(' ').nth(1) == mount.to_str())
+        .and_then(|l| l.split(' ').next().map(str::to_owned))
+        .expect("the image's loop device");
+    format!(
+        "/sys/fs/ext4/{}/trigger_fs_error",
+        dev.trim_start_matches("/dev/")
+    )
 }
 
 /// A volume with no free inode has no room for a new object, whatever its free bytes: new
@@ -4135,14 +4135,7 @@ async fn a_volume_that_refuses_writes_as_read_only_is_skipped_for_new_objects() 
         eprintln!("skipped: no loop device or mkfs.ext4 here");
         return;
     };
-    let dev = std::fs::read_to_string("/proc/mounts")
-        .expect("mounts")
-        .lines()
-        .find(|l| l.split(' ').nth(1) == rig.vol("bad").to_str())
-        .and_then(|l| l.split(' ').next().map(str::to_owned))
-        .expect("the image's loop device");
-    let name = dev.trim_start_matches("/dev/");
-    let trigger = format!("/sys/fs/ext4/{name}/trigger_fs_error");
+    let trigger = ext4_error_trigger(&rig.vol("bad"));
     if std::fs::write(&trigger, "segd test").is_err() {
         eprintln!("skipped: {trigger} cannot be written");
         return;
