@@ -2664,89 +2664,61 @@ fn playlist_upload_begun(rig: &Rig, target: &str) -> TcpStream {
 /// Uploads of one path are taken one at a time. A stalled one (its client's connection lost
 /// mid-body) held every newer upload of the path for its `body_timeout`, a live playlist's
 /// newer versions included (the stream froze for 30 s by default), and the n-th waiter n
-/// times as long. Once it has had no byte for 2 s while a newer upload waits, it gives up
-/// (409) and the newer one goes on.
+/// times as long. Once a newer upload has waited 2 s for it, it gives up (409) and the newer
+/// one goes on.
 #[tokio::test]
 async fn a_stalled_upload_yields_to_a_newer_one_of_the_same_path() {
     let rig = Rig::simple(&[("body_timeout", "\"20s\"")]);
     let tok = upload_token("/live/*");
-    let path = "/live/yield/index.m3u8";
     let vol = rig.vol("disk1");
-    // A: a playlist upload that stops after its first bytes (Content-Length says 1000).
-    let mut a = playlist_upload_begun(&rig, &q(path, &tok));
-    std::thread::sleep(Duration::from_millis(300));
-    // B: a whole newer version.
-    let newer = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\ns0.ts\n";
-    let t0 = Instant::now();
-    let r = curl_put(&rig.url(&q(path, &tok)), newer, &[]);
-    let took = t0.elapsed();
-    assert_eq!(r.status(), 201, "{r:?}");
-    assert!(
-        took < Duration::from_secs(6),
-        "the newer upload waited {took:?} for the stalled one (body_timeout 20 s)"
-    );
-    let mut answer = Vec::new();
-    let _ = a.read_to_end(&mut answer);
-    assert_eq!(
-        raw_status(&answer),
-        409,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    assert_eq!(
-        std::fs::read(vol.join(path.trim_start_matches('/')))
-            .ok()
-            .as_deref(),
-        Some(&newer[..])
-    );
-    assert_no_tmp(&vol, "superseded upload");
-}
-
-/// A trickling upload (a byte every half second: lossy, not silent) yields too, once a newer
-/// upload of its path has waited 2 s for it: it held the newer one for as long as it
-/// trickled (acceptance H-F4).
-#[tokio::test]
-async fn a_trickling_upload_yields_to_a_newer_one_of_the_same_path() {
-    let rig = Rig::simple(&[("body_timeout", "\"20s\"")]);
-    let tok = upload_token("/live/*");
-    let path = "/live/drip/index.m3u8";
-    let vol = rig.vol("disk1");
-    let mut a = playlist_upload_begun(&rig, &q(path, &tok));
-    let mut dripper = a.try_clone().expect("clone");
-    let drip = std::thread::spawn(move || {
-        for _ in 0..40 {
-            std::thread::sleep(Duration::from_millis(500));
-            if dripper.write_all(b"#").is_err() {
-                break;
-            }
+    // A trickling upload (a byte every half second: lossy, not silent) yields too: it held the
+    // newer one for as long as it trickled (acceptance H-F4).
+    for trickle in [false, true] {
+        let path = format!("/live/yield{trickle}/index.m3u8");
+        // A: a playlist upload that stops after its first bytes, or trickles on.
+        let mut a = playlist_upload_begun(&rig, &q(&path, &tok));
+        let drip = trickle.then(|| {
+            let mut dripper = a.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if dripper.write_all(b"#").is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // B: a whole newer version.
+        let newer =
+            b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\ns0.ts\n";
+        let t0 = Instant::now();
+        let r = curl_put(&rig.url(&q(&path, &tok)), newer, &[]);
+        let took = t0.elapsed();
+        assert_eq!(r.status(), 201, "trickle {trickle}: {r:?}");
+        assert!(
+            took < Duration::from_secs(8),
+            "trickle {trickle}: the newer upload waited {took:?} for the older one (body_timeout 20 s)"
+        );
+        let mut answer = Vec::new();
+        let _ = a.read_to_end(&mut answer);
+        assert_eq!(
+            raw_status(&answer),
+            409,
+            "trickle {trickle}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        if let Some(d) = drip {
+            let _ = d.join();
         }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let newer = b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:4.0,\ns0.ts\n";
-    let t0 = Instant::now();
-    let r = curl_put(&rig.url(&q(path, &tok)), newer, &[]);
-    let took = t0.elapsed();
-    assert_eq!(r.status(), 201, "{r:?}");
-    assert!(
-        took < Duration::from_secs(8),
-        "the newer upload waited {took:?} for the trickling one"
-    );
-    let mut answer = Vec::new();
-    let _ = a.read_to_end(&mut answer);
-    assert_eq!(
-        raw_status(&answer),
-        409,
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    let _ = drip.join();
-    assert_eq!(
-        std::fs::read(vol.join(path.trim_start_matches('/')))
-            .ok()
-            .as_deref(),
-        Some(&newer[..])
-    );
-    assert_no_tmp(&vol, "superseded upload");
+        assert_eq!(
+            std::fs::read(vol.join(path.trim_start_matches('/')))
+                .ok()
+                .as_deref(),
+            Some(&newer[..])
+        );
+    }
+    assert_no_tmp(&vol, "superseded uploads");
 }
 
 #[tokio::test]
