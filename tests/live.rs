@@ -1001,6 +1001,38 @@ async fn two_hundred_parked_clients_answered_by_one_write() {
     assert!(wake - wake0 >= 200.0, "wakeups {wake0} → {wake}");
 }
 
+/// A local packager's write of `pl` into `dir`: a temporary file renamed into place.
+fn rename_into_place(dir: &Path, pl: &Ll) {
+    std::fs::write(dir.join("index.m3u8.tmp"), pl.render()).expect("write tmp");
+    std::fs::rename(dir.join("index.m3u8.tmp"), dir.join("index.m3u8")).expect("rename");
+}
+
+/// A blocking request for `target` parked on a playlist renamed into place: once the registry
+/// has parsed it the request parks (before that it may be served plainly, and is asked again).
+async fn parked_on_renamed(rig: &Rig, target: &str) -> JoinHandle<Answer> {
+    let url = rig.url(target);
+    let mut waiter = None;
+    let parked = eventually(Duration::from_secs(15), async || {
+        let h = fetch(url.clone(), false);
+        if eventually(Duration::from_secs(1), async || {
+            rig.parked().await == Some(1.0)
+        })
+        .await
+        {
+            waiter = Some(h);
+            return true;
+        }
+        h.abort();
+        false
+    })
+    .await;
+    assert!(
+        parked,
+        "a blocking request never parked on the renamed playlist"
+    );
+    waiter.expect("parked request")
+}
+
 /// A volume added by a reload is watched for playlists a local packager renames into place,
 /// as the volumes at start are: a blocking reload there is woken by the rename (it timed out
 /// with 503: acceptance I-F12).
@@ -1030,35 +1062,11 @@ async fn a_volume_added_by_a_reload_is_watched_for_renamed_playlists() {
         rig.srv.stderr()
     );
     let dir = added.join("live/added");
-    let publish = |pl: &Ll| {
-        std::fs::write(dir.join("index.m3u8.tmp"), pl.render()).expect("write tmp");
-        std::fs::rename(dir.join("index.m3u8.tmp"), dir.join("index.m3u8")).expect("rename");
-    };
     let v1 = rules_state();
-    publish(&v1);
-    let url = rig.url("/live/added/index.m3u8?_HLS_msn=5&_HLS_part=2");
-    let mut waiter = None;
-    let parked = eventually(Duration::from_secs(10), async || {
-        let h = fetch(url.clone(), false);
-        if eventually(Duration::from_secs(1), async || {
-            rig.parked().await == Some(1.0)
-        })
-        .await
-        {
-            waiter = Some(h);
-            return true;
-        }
-        h.abort();
-        false
-    })
-    .await;
-    assert!(
-        parked,
-        "a blocking request never parked on the renamed playlist"
-    );
-    let waiter = waiter.expect("parked request");
+    rename_into_place(&dir, &v1);
+    let waiter = parked_on_renamed(&rig, "/live/added/index.m3u8?_HLS_msn=5&_HLS_part=2").await;
     let v2 = v1.advance(1);
-    publish(&v2);
+    rename_into_place(&dir, &v2);
     let r = answer(waiter, "after the rename").await;
     assert_eq!(r.resp.status, 200, "{}", r.resp.text());
     assert_eq!(r.resp.text(), v2.render());
@@ -1072,33 +1080,8 @@ async fn playlist_renamed_into_place_wakes_waiters() {
     });
     let dir = rig.vol().join("live/fs");
     let v1 = rules_state();
-    let publish = |pl: &Ll| {
-        std::fs::write(dir.join("index.m3u8.tmp"), pl.render()).expect("write tmp");
-        std::fs::rename(dir.join("index.m3u8.tmp"), dir.join("index.m3u8")).expect("rename");
-    };
-    publish(&v1);
-    let url = rig.url("/live/fs/index.m3u8?_HLS_msn=5&_HLS_part=2");
-    // Once the registry has parsed v1 the request parks (before that it may be served plainly).
-    let mut waiter = None;
-    let parsed = eventually(Duration::from_secs(15), async || {
-        let h = fetch(url.clone(), false);
-        if eventually(Duration::from_secs(1), async || {
-            rig.parked().await == Some(1.0)
-        })
-        .await
-        {
-            waiter = Some(h);
-            return true;
-        }
-        h.abort();
-        false
-    })
-    .await;
-    assert!(
-        parsed,
-        "a blocking request never parked on the renamed playlist"
-    );
-    let waiter = waiter.expect("parked request");
+    rename_into_place(&dir, &v1);
+    let waiter = parked_on_renamed(&rig, "/live/fs/index.m3u8?_HLS_msn=5&_HLS_part=2").await;
     // A temp file is not a write of the playlist.
     let v2 = v1.advance(1);
     std::fs::write(dir.join("index.m3u8.tmp"), v2.render()).expect("write tmp");
