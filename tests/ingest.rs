@@ -2619,15 +2619,7 @@ async fn concurrent_uploads_keep_the_reserve_together() {
             if chunked {
                 let _ = c.write_all(b"0\r\n\r\n");
             }
-            let mut head = Vec::new();
-            let mut b = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                match c.read(&mut b) {
-                    Ok(1) => head.push(b[0]),
-                    _ => break,
-                }
-            }
-            let text = String::from_utf8_lossy(&head).into_owned();
+            let text = read_head(c);
             statuses.push(text.split(' ').nth(1).unwrap_or("none").to_string());
         }
         let taken = statuses.iter().filter(|s| *s == "201").count();
@@ -3989,15 +3981,7 @@ async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
         return;
     }
     let _ = c.write_all(&vec![b'n'; len - (1 << 20)]);
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match c.read(&mut b) {
-            Ok(1) => head.push(b[0]),
-            _ => break,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
+    let head = read_head(&mut c);
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert_eq!(
         std::fs::read(rig.vol("bad").join("live/a/ro.ts")).expect("old"),
