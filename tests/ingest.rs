@@ -886,6 +886,70 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
     );
 }
 
+/// The same when the old copy's modification time is ahead of the clock (written while the
+/// clock ran ahead, stepped back since): it is no newer for that. It took the place of the
+/// acknowledged upload, which was removed, and brought a deleted object back (acceptance
+/// H-F8).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn an_old_copy_dated_ahead_of_the_clock_does_not_come_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    std::fs::create_dir_all(d1.join("live/ck")).expect("mkdir");
+    std::fs::create_dir_all(&d2).expect("mkdir");
+    let ahead = std::time::SystemTime::now() + Duration::from_secs(600);
+    for name in ["a.ts", "b.ts"] {
+        let path = d1.join("live/ck").join(name);
+        std::fs::write(&path, b"OLD").expect("write");
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_modified(ahead)
+            .expect("set mtime");
+    }
+    let srv = Server::start(&config_for(&[&d1, &d2], &ingest_section(&[])));
+    let tok = upload_token("/live/*");
+    let fault = d1.join(".segd-fault-eio");
+    std::fs::write(&fault, b"").expect("inject");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(
+            &srv.url("/live/ck/a.ts"),
+            &[]
+        )
+        .await
+        .status
+            == 503)
+        .await,
+        "disk1 is down"
+    );
+    let r = curl_put(
+        &srv.url(&q("/live/ck/a.ts", &tok)),
+        b"NEW, acknowledged",
+        &[],
+    );
+    assert_eq!(r.status(), 201, "{r:?}");
+    let r = curl_put(&srv.url(&q("/live/ck/b.ts", &tok)), b"NEW b", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    let r = curl_delete(&srv.url(&q("/live/ck/b.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    std::fs::remove_file(&fault).expect("heal");
+    assert!(
+        eventually(Duration::from_secs(5), async || !d1
+            .join("live/ck/a.ts")
+            .exists()
+            && !d1.join("live/ck/b.ts").exists())
+        .await,
+        "the old copies are removed when disk1 is back"
+    );
+    let r = get(&srv.url("/live/ck/a.ts"), &[]).await;
+    assert_eq!((r.status, r.text()), (200, "NEW, acknowledged".to_string()));
+    assert_eq!(get(&srv.url("/live/ck/b.ts"), &[]).await.status, 404);
+}
+
 /// A durable upload that creates its object while a volume is down has its journal line on disk
 /// before the rename makes the object visible: a crash after the rename (and before the 201)
 /// cannot leave the old copy on the volume that is down without a line. Seen from outside with

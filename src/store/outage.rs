@@ -336,7 +336,8 @@ fn split(rel: &RelPath) -> (&str, &str) {
 }
 
 /// Of the regular-file copies of the line's path on healthy volumes, keeps the newest (after a
-/// `delete`, only one made after it) and unlinks the others, under the path's lock; returns how
+/// `delete`, only one made after it; a copy dated ahead of the clock is the oldest) and unlinks
+/// the others, under the path's lock; returns how
 /// many it unlinked.
 fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> u64 {
     let Ok(rel) = volumes::sanitize(&line.path) else {
@@ -349,13 +350,20 @@ fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> u64 {
     };
     let vols = &local.volumes;
     let (dir, name) = split(&rel);
+    // A modification time ahead of the clock (written while the clock ran ahead, and stepped
+    // back since; copied with preserved times from such a host) says nothing of which copy is
+    // newer: such a copy counts as the oldest (it took the place of an acknowledged upload, and
+    // brought a deleted object back: acceptance H-F8).
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
     let copies: Vec<(usize, i128)> = vols
         .served()
         .filter(|(_, v)| v.is_healthy())
         .filter_map(|(i, v)| {
             v.with_root(|root| Dir::open(root, dir, false).ok()?.file_mtime(name))
                 .flatten()
-                .map(|t| (i, t))
+                .map(|t| (i, if t > now { i128::MIN } else { t }))
         })
         .collect();
     // The newest; of equal times the first in volume order (the one lookups try first).
