@@ -641,10 +641,15 @@ fn unready_delay_and_pid_file_are_checked() {
         err.contains("server.pid_file: \"\" is not a file path"),
         "{err}"
     );
+    // A missing directory is made at start (`/run/segd` exists only while the unit runs); a
+    // file on the way is an error.
     let (code, err) = check("pid_file = \"no/such/dir/segd.pid\"");
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(dir.path().join("afile"), b"").expect("write");
+    let (code, err) = check("pid_file = \"afile/run/segd.pid\"");
     assert_eq!(code, Some(64), "{err}");
     assert!(
-        err.contains("server.pid_file: directory of") && err.contains("does not exist"),
+        err.contains("server.pid_file: ") && err.contains("afile is not a directory"),
         "{err}"
     );
     let (code, err) = check("unready_delay = \"5m\"\npid_file = \"segd.pid\"");
