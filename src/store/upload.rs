@@ -590,7 +590,7 @@ impl Upload {
         let r = self
             .pool
             .run(move || {
-                let o = open_for(&local, &key, file, need).map_err(|e| (false, e))?;
+                let o = open_for(&local, &key, file, need)?;
                 let (mut temp, volume) = (o.temp, o.volume);
                 temp.count_removal(removed);
                 let written = batch.write_to(&mut temp);
@@ -606,11 +606,11 @@ impl Upload {
                     done
                 });
                 done.map(|(existed, st)| (existed, st, volume))
-                    .map_err(|e| (true, write_failed(&local, volume, e)))
+                    .map_err(|e| write_failed(&local, volume, e))
             })
             .await?;
         // A temporary file that went with the failed call was counted by its drop.
-        let (existed, st, volume) = r.map_err(|(_, e)| self.refused(e))?;
+        let (existed, st, volume) = r.map_err(|e| self.refused(e))?;
         self.committed(existed, &st, volume)
     }
 
