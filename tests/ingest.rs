@@ -1077,6 +1077,88 @@ async fn symlinks_out_of_a_volume_tell_nothing_to_uploads() {
         answers[0], answers[1],
         "the same answers whether the files outside exist or not"
     );
+    assert!(
+        answers[0].iter().all(|&s| s == 201),
+        "a link is no object: each upload created one: {answers:?}"
+    );
+}
+
+/// A symlink planted in a volume (dangling, or out of it) is absent for every method, as it is
+/// for GET: an upload over it creates the object (201, also with `If-None-Match: *`) and
+/// replaces the link itself, and a DELETE of it is 404 with the link left (acceptance H-F7:
+/// 204 and 204).
+#[tokio::test]
+async fn a_planted_symlink_is_absent_for_writes_too() {
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        let asset = d.join("disk1/live/sl");
+        std::fs::create_dir_all(&asset).expect("mkdir");
+        std::fs::create_dir_all(d.join("outside")).expect("mkdir");
+        std::fs::write(d.join("outside/secret.ts"), b"secret").expect("write");
+        std::fs::write(asset.join("seed.ts"), b"seed").expect("write");
+        std::os::unix::fs::symlink("/nonexistent/zz.ts", asset.join("dangling.ts"))
+            .expect("symlink");
+        std::os::unix::fs::symlink(d.join("outside/secret.ts"), asset.join("out.ts"))
+            .expect("symlink");
+    });
+    let tok = upload_token("/live/*");
+    let asset = rig.vol("disk1").join("live/sl");
+    for name in ["dangling.ts", "out.ts"] {
+        let path = format!("/live/sl/{name}");
+        assert_eq!(get(&rig.url(&path), &[]).await.status, 404, "{path}");
+    }
+    let r = curl_put(
+        &rig.url(&q("/live/sl/dangling.ts", &tok)),
+        b"new",
+        &["-H", "If-None-Match: *"],
+    );
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert_file(
+        &asset.join("dangling.ts"),
+        b"new",
+        "the link replaced by the object",
+    );
+    let r = curl_delete(&rig.url(&q("/live/sl/out.ts", &tok)));
+    assert_eq!(r.status(), 404, "{r:?}");
+    assert!(
+        std::fs::symlink_metadata(asset.join("out.ts")).is_ok_and(|m| m.file_type().is_symlink()),
+        "the link is left"
+    );
+    assert_eq!(read(&rig.dir.path().join("outside/secret.ts")), b"secret");
+}
+
+/// After an outage a name can be a file on one volume and a directory on another (the file's
+/// volume was down when an upload made `z.ts/i.ts` elsewhere). A DELETE of the name removes the
+/// file copies and says so (204); the directory is another object's path and stays. Once only
+/// the directory is left, a DELETE is 409 with nothing removed (acceptance H-F6: 409 after it
+/// had removed the file).
+#[tokio::test]
+async fn delete_of_a_name_that_is_a_file_and_a_directory_removes_the_file() {
+    let rig = Rig::start(&["disk1", "disk2"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/live/m3")).expect("mkdir");
+        std::fs::write(d.join("disk1/live/m3/z.ts"), b"file").expect("write");
+        std::fs::create_dir_all(d.join("disk2/live/m3/z.ts")).expect("mkdir");
+        std::fs::write(d.join("disk2/live/m3/z.ts/i.ts"), b"inner").expect("write");
+    });
+    let tok = upload_token("/live/*");
+    assert_eq!(get(&rig.url("/live/m3/z.ts"), &[]).await.status, 200);
+    let r = curl_delete(&rig.url(&q("/live/m3/z.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert!(
+        !rig.vol("disk1").join("live/m3/z.ts").exists(),
+        "file copy left"
+    );
+    assert_eq!(get(&rig.url("/live/m3/z.ts"), &[]).await.status, 404);
+    assert_eq!(
+        get(&rig.url("/live/m3/z.ts/i.ts"), &[]).await.text(),
+        "inner"
+    );
+    let r = curl_delete(&rig.url(&q("/live/m3/z.ts", &tok)));
+    assert_eq!(r.status(), 409, "{r:?}");
+    assert_file(
+        &rig.vol("disk2").join("live/m3/z.ts/i.ts"),
+        b"inner",
+        "the directory's object",
+    );
 }
 
 #[tokio::test]

@@ -905,7 +905,13 @@ pub async fn delete(
             // Every healthy volume is asked, not only the first that has it: a copy left on
             // another volume (an upload that replaced the object elsewhere while its volume
             // was down) would otherwise be served after this 204.
+            // Only regular files are objects, as for reads: a symlink something else planted
+            // is left alone (404 when nothing else is there), and a directory is 409 only when
+            // no volume holds a file of the name (after an outage a name can be a file on one
+            // volume and a directory on another: the file copies go, the directory is another
+            // object's path).
             let mut unavailable = false;
+            let mut directory = false;
             let mut removed = false;
             for (i, v) in l.volumes.served() {
                 if !v.is_healthy() {
@@ -917,11 +923,27 @@ pub async fn delete(
                         Ok(d) => d,
                         Err(_) => return Ok(false),
                     };
+                    let gone = |e: &io::Error| {
+                        matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+                    };
+                    match d.entry_type(name) {
+                        Ok(t) if t.is_file() => {}
+                        Ok(t) => {
+                            directory |= t.is_dir();
+                            return Ok(false);
+                        }
+                        Err(e) if gone(&e) => return Ok(false),
+                        Err(e) => {
+                            l.volumes.note_error(i, &e);
+                            return Err(WriteError::Io(e));
+                        }
+                    }
                     match d.unlink(name) {
                         Ok(()) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+                        Err(e) if gone(&e) => return Ok(false),
                         Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
-                            return Err(WriteError::IsDirectory)
+                            directory = true;
+                            return Ok(false);
                         }
                         Err(e) => {
                             l.volumes.note_error(i, &e);
@@ -941,6 +963,8 @@ pub async fn delete(
                 // A copy on a volume that is down must not come back with it.
                 outage::note(&l.volumes, None, &key, outage::Change::Delete, false);
                 Ok(())
+            } else if directory {
+                Err(WriteError::IsDirectory)
             } else if unavailable {
                 Err(WriteError::VolumeUnavailable)
             } else {

@@ -147,6 +147,12 @@ impl Dir {
             .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
     }
 
+    /// The type of the entry `name` in this directory, not followed if a symlink.
+    pub fn entry_type(&self, name: &str) -> io::Result<rustix::fs::FileType> {
+        let st = rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        Ok(rustix::fs::FileType::from_raw_mode(st.st_mode))
+    }
+
     /// Whether `name` in this directory is a directory (not followed if a symlink).
     pub fn is_dir(&self, name: &str) -> bool {
         rustix::fs::statat(&self.fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
@@ -174,16 +180,17 @@ impl Dir {
         )
     }
 
-    /// Renames `from` to `to`, replacing it; says whether `to` existed. A new name is learned
-    /// from the rename itself (`RENAME_NOREPLACE`), so it costs no lookup; a filesystem without
-    /// that flag gets a lookup before a plain rename.
+    /// Renames `from` to `to`, replacing it; says whether `to` was an object (a regular file:
+    /// a symlink or other entry something else planted there is no object, as for reads, and
+    /// the rename replaces the link itself). A new name is learned from the rename itself
+    /// (`RENAME_NOREPLACE`), so it costs no lookup; a name that exists gets one, and so does
+    /// every rename on a filesystem without that flag.
     pub fn rename_reporting(&self, from: &str, to: &str) -> io::Result<bool> {
         match self.rename_new(from, to) {
             Ok(()) => Ok(false),
-            Err(rustix::io::Errno::EXIST) => self.rename(from, to).map(|()| true),
-            Err(rustix::io::Errno::INVAL) => {
-                // No RENAME_NOREPLACE here (some network and FUSE filesystems).
-                let existed = self.stat(to).is_ok();
+            Err(rustix::io::Errno::EXIST | rustix::io::Errno::INVAL) => {
+                // EINVAL: no RENAME_NOREPLACE here (some network and FUSE filesystems).
+                let existed = self.is_file(to);
                 self.rename(from, to).map(|()| existed)
             }
             Err(e) => Err(e.into()),
