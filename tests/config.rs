@@ -799,3 +799,90 @@ fn ipv4_mapped_listen_addresses_are_refused() {
         "{err}"
     );
 }
+
+/// A secret is written inline or kept in a file (`secret_file`, `origin_auth_secret_file`),
+/// never both; an unreadable or empty file is named. `check-config` warns (exit 0) about a
+/// secret every user can read: inline in a world-readable config, or in a world-readable file.
+#[test]
+fn secrets_inline_or_in_files_and_who_can_read_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("vol")).expect("mkdir");
+    let chmod = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let key = dir.path().join("k1.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("write");
+    chmod(&key, 0o600);
+    let path = dir.path().join("segd.toml");
+    let run = |text: &str, mode: u32| {
+        std::fs::write(&path, text).expect("write");
+        chmod(&path, mode);
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code().unwrap_or(-1), err)
+    };
+    let vol = "[[volumes]]\npath = \"vol\"\n";
+    let in_file = format!("{vol}[[token.keys]]\nid = \"k1\"\nsecret_file = \"k1.key\"\n");
+    let (code, err) = run(&in_file, 0o644);
+    assert_eq!(
+        (code, err.as_str()),
+        (0, ""),
+        "a 0600 secret file: no warning"
+    );
+    chmod(&key, 0o644);
+    let (code, err) = run(&in_file, 0o644);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: ")
+            && err.contains("token.keys[0].secret_file")
+            && err.contains("k1.key is readable by every user (mode 0644)"),
+        "{err}"
+    );
+    let inline = format!(
+        "{vol}[[token.keys]]\nid = \"k1\"\nsecret = \"0123456789abcdef\"\n\
+         [token]\norigin_auth_header = \"X-A\"\norigin_auth_secret = \"0123456789abcdefgh\"\n"
+    );
+    let (code, err) = run(&inline, 0o600);
+    assert_eq!((code, err.as_str()), (0, ""), "a 0600 config: no warning");
+    let (code, err) = run(&inline, 0o644);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("token.keys[0].secret, token.origin_auth_secret")
+            && err.contains("every user can read (mode 0644)"),
+        "{err}"
+    );
+    let both = format!(
+        "{vol}[[token.keys]]\nid = \"k1\"\nsecret = \"0123456789abcdef\"\nsecret_file = \"k1.key\"\n"
+    );
+    let (code, err) = run(&both, 0o600);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(": token.keys[0].secret_file: set together with secret"),
+        "{err}"
+    );
+    let missing = format!("{vol}[ingest]\nprefixes = [\"/up/\"]\n[[ingest.keys]]\nid = \"u\"\nsecret_file = \"nope\"\n");
+    let (code, err) = run(&missing, 0o600);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(": ingest.keys[0].secret_file: cannot read nope: "),
+        "{err}"
+    );
+    std::fs::write(&key, "\n").expect("write");
+    let (code, err) = run(&in_file, 0o600);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("k1.key is empty"), "{err}");
+    let origin =
+        format!("{vol}[token]\norigin_auth_header = \"X-A\"\norigin_auth_secret_file = \"nope\"\n");
+    let (code, err) = run(&origin, 0o600);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(": token.origin_auth_secret_file: cannot read nope")
+            && !err.contains("missing while"),
+        "one problem, named once: {err}"
+    );
+}

@@ -1348,3 +1348,78 @@ async fn forwarded_for_is_read_from_the_right() {
         "too short a list: the peer (loopback) is the client"
     );
 }
+
+/// Secrets in files of their own (`secret_file`, `origin_auth_secret_file`), for configs
+/// everyone may read: tokens signed with the file's key are accepted (playback and upload),
+/// origin auth takes the file's secret, and a reload reads the files again (a rotated key
+/// takes over; the old one's tokens are refused). The log warns about a secret file every user
+/// can read (acceptance I-F15: the shipped unit needed the whole config readable by its user,
+/// inline secrets and all).
+#[tokio::test]
+async fn secrets_in_files_of_their_own_are_read_at_start_and_on_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = demo_volumes();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, text: &str, mode: u32| {
+        let p = secrets.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        p.display().to_string()
+    };
+    let (k, up, origin) = (
+        file("k1", &format!("{K1}\n"), 0o600),
+        file("up1", &format!("{K2}\n"), 0o644),
+        file("origin", ORIGIN_SECRET, 0o600),
+    );
+    let srv = Server::start(&config_for(
+        &[&dir.path().join("disk1")],
+        &format!(
+            "[token]\nprotect = [\"/vod/\"]\norigin_auth_header = \"X-Origin-Auth\"\n\
+             origin_auth_secret_file = \"{origin}\"\n\
+             [[token.keys]]\nid = \"k1\"\nsecret_file = \"{k}\"\n\
+             [ingest]\nprefixes = [\"/vod/up/\"]\n[[ingest.keys]]\nid = \"u1\"\nsecret_file = \"{up}\"\n"
+        ),
+    ));
+    let log = srv.log_with(&["is readable by every user"]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ingest.keys[0].secret_file") && l.contains(&up)),
+        "{log}"
+    );
+    assert!(
+        !log.contains("token.keys[0]"),
+        "a 0600 file is not named: {log}"
+    );
+    assert_eq!(get(&srv.url(SEG), &[]).await.status, 403);
+    assert_eq!(
+        get(&srv.url(&q(SEG, &acl("/vod/*"))), &[]).await.status,
+        200
+    );
+    assert_eq!(
+        get(&srv.url(SEG), &[("x-origin-auth", ORIGIN_SECRET)])
+            .await
+            .status,
+        200
+    );
+    let put = async |key: &str| {
+        let target = q("/vod/up/a/b.ts", &token_with_key(key, "/vod/up/*"));
+        request("PUT", &srv.url(&target), &[], false).await
+    };
+    assert_eq!(put(K2).await.status, 201);
+
+    // Rotation: new texts in the files, then a reload.
+    file("up1", K_OLD, 0o600);
+    file("k1", K_OLD, 0o600);
+    srv.signal(libc::SIGHUP);
+    assert!(
+        eventually(std::time::Duration::from_secs(5), async || {
+            get(&srv.url(&q(SEG, &acl("/vod/*"))), &[]).await.status == 403
+        })
+        .await,
+        "the old playback key still works after the reload"
+    );
+    let new = token_with_key(K_OLD, "/vod/*");
+    assert_eq!(get(&srv.url(&q(SEG, &new)), &[]).await.status, 200);
+    assert_eq!(put(K2).await.status, 403, "the old upload key");
+    assert_eq!(put(K_OLD).await.status, 204, "the new upload key");
+}

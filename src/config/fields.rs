@@ -15,6 +15,17 @@ use super::error::ConfigErrors;
 pub(crate) struct Ctx {
     pub file: PathBuf,
     pub errors: RefCell<ConfigErrors>,
+    /// Every secret read: its key, and the file it came from (`None`: inline in the config).
+    pub secrets: RefCell<Vec<SecretSource>>,
+}
+
+/// Where one secret of the config came from (see [`super::Config::exposed_secrets`]).
+#[derive(Clone, Debug)]
+pub struct SecretSource {
+    /// Its dotted key (`token.keys[0].secret`, `ingest.keys[1].secret_file`).
+    pub key: String,
+    /// The file named by a `…_file` key; `None` when written inline in the config.
+    pub file: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -22,6 +33,7 @@ impl Ctx {
         Ctx {
             file: file.to_path_buf(),
             errors: RefCell::new(ConfigErrors::default()),
+            secrets: RefCell::new(Vec::new()),
         }
     }
 
@@ -111,6 +123,63 @@ impl<'a> Section<'a> {
                 None
             }
         }
+    }
+
+    /// A secret written inline (`key`) or kept in a file of its own (`file_key`, relative to
+    /// the config's directory; its text without surrounding white space), never both. The file
+    /// is read at every load, so a reload takes a rotated secret. Where it came from is noted
+    /// (see [`super::Config::exposed_secrets`]).
+    pub fn secret(&self, key: &str, file_key: &str, base: &Path, allowed: &str) -> Option<String> {
+        let inline = self.string(key, allowed);
+        let file_allowed = format!("a file holding {allowed}, readable by segd's user");
+        let file = self.string(file_key, &file_allowed);
+        let (text, file) = match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    file_key,
+                    format!("set together with {key}"),
+                    format!("either {key} or {file_key}"),
+                );
+                return None;
+            }
+            (None, None) => return None,
+            (Some(s), None) => (s, None),
+            (None, Some(f)) => {
+                let path = base.join(&f);
+                match std::fs::read_to_string(&path) {
+                    Ok(s) if !s.trim().is_empty() => (s.trim().to_owned(), Some(path)),
+                    Ok(_) => {
+                        self.error(file_key, format!("{f} is empty"), file_allowed);
+                        return None;
+                    }
+                    Err(e) => {
+                        self.error(file_key, format!("cannot read {f}: {e}"), file_allowed);
+                        return None;
+                    }
+                }
+            }
+        };
+        let key = self.key(if file.is_some() { file_key } else { key });
+        self.ctx
+            .secrets
+            .borrow_mut()
+            .push(SecretSource { key, file });
+        Some(text)
+    }
+
+    /// Notes a secret read from `file` by the section's own code (see [`Section::secret`]).
+    pub fn note_secret_file(&self, file_key: &str, file: PathBuf) {
+        let key = self.key(file_key);
+        let file = Some(file);
+        self.ctx
+            .secrets
+            .borrow_mut()
+            .push(SecretSource { key, file });
+    }
+
+    /// Whether the secret `key` or its `file_key` is given at all (even if unusable).
+    pub fn has_secret(&self, key: &str, file_key: &str) -> bool {
+        self.raw(key).is_some() || self.raw(file_key).is_some()
     }
 
     pub fn bool(&self, key: &str, default: bool) -> bool {

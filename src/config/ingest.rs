@@ -113,7 +113,7 @@ pub(super) fn parse_ingest(s: &Section, base: &Path) -> IngestConfig {
         "uploads in progress at once, 1 to 100000",
     ) as usize;
     let fsync = s.bool("fsync", true);
-    let keys = parse_keys(s);
+    let keys = parse_keys(s, base);
     if !prefixes.is_empty() && keys.is_empty() && s.raw("keys").is_none() {
         s.error(
             "keys",

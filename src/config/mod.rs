@@ -41,7 +41,7 @@ pub use cache::{CacheConfig, DEFAULT_OPEN_FILES};
 pub use cache_control::CacheControlConfig;
 pub use cors::CorsConfig;
 pub use error::{ConfigError, ConfigErrors};
-pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size};
+pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size, SecretSource};
 pub use ingest::{Durability, IngestConfig, WriteThrough};
 pub use live::LiveConfig;
 pub use log::{AccessLog, LogConfig, LogFormat};
@@ -93,6 +93,8 @@ pub struct Config {
     pub live: LiveConfig,
     /// The edge tier (`[pull]`).
     pub pull: PullConfig,
+    /// Where each secret came from: inline, or a `…_file` (see [`Config::exposed_secrets`]).
+    pub secrets: Vec<SecretSource>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -143,7 +145,7 @@ impl Config {
         let admin = parse_admin(&top.table("admin", ADMIN_KEYS));
         let volumes = parse_volumes(&top, &base);
         let cache = parse_cache(&top.table("cache", CACHE_KEYS));
-        let token = parse_token(&top.table("token", TOKEN_KEYS));
+        let token = parse_token(&top.table("token", TOKEN_KEYS), &base);
         let cors = parse_cors(&top.table("cors", CORS_KEYS), &token.name);
         let cache_control = parse_cache_control(&top.table("cache_control", CACHE_CONTROL_KEYS));
         let types = parse_types(&top);
@@ -228,6 +230,7 @@ impl Config {
             errors.locate_in(path, text);
             return Err(errors);
         }
+        let secrets = ctx.secrets.into_inner();
         Ok(Config {
             file: path.to_path_buf(),
             server,
@@ -243,7 +246,49 @@ impl Config {
             ingest,
             live,
             pull,
+            secrets,
         })
+    }
+
+    /// Secrets any user of the machine can read: written inline in a config file every user
+    /// can read, or kept in such a `…_file`. Whoever reads a key can mint tokens for it (an
+    /// upload key: write and delete media). One line each, for `check-config` and the log.
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let world_readable = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o777)
+                .filter(|mode| mode & 0o004 != 0)
+        };
+        let mut out = Vec::new();
+        let inline: Vec<&str> = (self.secrets.iter())
+            .filter(|s| s.file.is_none())
+            .map(|s| s.key.as_str())
+            .collect();
+        if let (false, Some(mode)) = (inline.is_empty(), world_readable(&self.file)) {
+            out.push(format!(
+                "{}: secrets written inline ({}) in a file every user can read (mode \
+                 {mode:04o}); make the file readable by segd's user only, or move each secret \
+                 to its _file key (a file of its own)",
+                self.file.display(),
+                inline.join(", "),
+            ));
+        }
+        for s in &self.secrets {
+            if let Some(f) = &s.file {
+                if let Some(mode) = world_readable(f) {
+                    out.push(format!(
+                        "{}: {}: {} is readable by every user (mode {mode:04o}); make it \
+                         readable by segd's user only",
+                        self.file.display(),
+                        s.key,
+                        f.display(),
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// Filesystem checks `check-config` adds: volume roots exist, are directories, are readable;

@@ -90,6 +90,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "prefixes",
     "origin_auth_header",
     "origin_auth_secret",
+    "origin_auth_secret_file",
     "s3_endpoint",
     "bucket",
     "region",
@@ -213,14 +214,19 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
     }
     let origin_auth = match (
         u.string("origin_auth_header", "a header name"),
-        u.string("origin_auth_secret", "a shared secret"),
+        u.secret(
+            "origin_auth_secret",
+            "origin_auth_secret_file",
+            base,
+            "a shared secret",
+        ),
     ) {
         (Some(h), Some(v)) => Some((h.to_ascii_lowercase(), Secret(v))),
         (None, None) => None,
         _ => {
             u.error(
                 "origin_auth_header",
-                "origin_auth_header and origin_auth_secret go together",
+                "origin_auth_header and origin_auth_secret (or origin_auth_secret_file) go together",
                 "both, or neither",
             );
             None
@@ -254,7 +260,10 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
             let from_env = secret_file.is_none();
             let secret = match secret_file {
                 Some(f) => match std::fs::read_to_string(base.join(&f)) {
-                    Ok(s) => Some(s.trim().to_owned()),
+                    Ok(s) => {
+                        u.note_secret_file("secret_access_key_file", base.join(&f));
+                        Some(s.trim().to_owned())
+                    }
                     Err(e) => {
                         u.error(
                             "secret_access_key_file",
@@ -271,7 +280,10 @@ fn parse_upstream(u: &Section, base: &Path) -> Option<UpstreamConfig> {
             let token_allowed = "a readable file holding the session token (temporary credentials)";
             let session_token = match u.string("session_token_file", token_allowed) {
                 Some(f) => match std::fs::read_to_string(base.join(&f)) {
-                    Ok(s) if !s.trim().is_empty() => Some(Secret(s.trim().to_owned())),
+                    Ok(s) if !s.trim().is_empty() => {
+                        u.note_secret_file("session_token_file", base.join(&f));
+                        Some(Secret(s.trim().to_owned()))
+                    }
                     Ok(_) => {
                         u.error("session_token_file", format!("{f} is empty"), token_allowed);
                         None

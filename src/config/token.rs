@@ -3,6 +3,7 @@
 //!
 //! Also the readers for header names and key timestamps (Unix seconds or RFC 3339 UTC).
 
+use std::path::Path;
 use std::time::Duration;
 
 use super::fields::Section;
@@ -82,6 +83,7 @@ pub(super) const TOKEN_KEYS: &[&str] = &[
     "escape_early",
     "origin_auth_header",
     "origin_auth_secret",
+    "origin_auth_secret_file",
     "origin_auth_skips_tokens",
     "client_ip_header",
     "client_ip_proxies",
@@ -89,7 +91,7 @@ pub(super) const TOKEN_KEYS: &[&str] = &[
     "mint_ttl",
 ];
 
-const KEY_KEYS: &[&str] = &["id", "secret", "not_before", "not_after"];
+const KEY_KEYS: &[&str] = &["id", "secret", "secret_file", "not_before", "not_after"];
 
 /// Header names are checked here so a typo cannot silently disable origin auth.
 fn header_name(s: &Section, key: &str) -> Option<String> {
@@ -143,7 +145,7 @@ fn unix_from_civil(y: i64, m: u32, d: u32) -> i64 {
     (era * 146_097 + doe - 719_468) * 86400
 }
 
-pub(super) fn parse_token(s: &Section) -> TokenConfig {
+pub(super) fn parse_token(s: &Section, base: &Path) -> TokenConfig {
     let name = s
         .string("name", "a query/cookie name such as \"__token__\"")
         .unwrap_or_else(|| "__token__".into());
@@ -189,7 +191,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         Duration::ZERO,
         Duration::from_secs(3600),
     );
-    let keys = parse_keys(s);
+    let keys = parse_keys(s, base);
     if !protect.is_empty() && keys.is_empty() && s.raw("keys").is_none() {
         s.error(
             "keys",
@@ -200,7 +202,12 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
     let salt = s.string("salt", "a string appended to the signed data as ~salt=…");
     let escape_early = s.bool("escape_early", false);
     let origin_header = header_name(s, "origin_auth_header");
-    let origin_secret = s.string("origin_auth_secret", "a shared secret string");
+    let origin_secret = s.secret(
+        "origin_auth_secret",
+        "origin_auth_secret_file",
+        base,
+        "a shared secret string",
+    );
     // A short secret is reported whatever the header (every problem at once).
     let origin_secret = origin_secret.filter(|v| {
         if v.len() < 16 {
@@ -214,7 +221,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
     });
     let origin_auth = match (origin_header, origin_secret) {
         (Some(h), Some(v)) => Some((h, v)),
-        (Some(_), None) if s.raw("origin_auth_secret").is_some() => None,
+        (Some(_), None) if s.has_secret("origin_auth_secret", "origin_auth_secret_file") => None,
         (Some(_), None) => {
             s.error(
                 "origin_auth_secret",
@@ -225,7 +232,8 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
         }
         // (A secret that is there but unusable was reported above; the header's absence too.)
         (None, _)
-            if s.raw("origin_auth_header").is_none() && s.raw("origin_auth_secret").is_some() =>
+            if s.raw("origin_auth_header").is_none()
+                && s.has_secret("origin_auth_secret", "origin_auth_secret_file") =>
         {
             s.error(
                 "origin_auth_header",
@@ -284,7 +292,7 @@ pub(super) fn parse_token(s: &Section) -> TokenConfig {
 }
 
 /// A `keys` array of tables (`[[token.keys]]`, `[[ingest.keys]]`): id, hex secret, validity.
-pub(super) fn parse_keys(s: &Section) -> Vec<TokenKey> {
+pub(super) fn parse_keys(s: &Section, base: &Path) -> Vec<TokenKey> {
     let mut keys: Vec<TokenKey> = Vec::new();
     for k in s.tables("keys", KEY_KEYS) {
         let id = k.string("id", "a short key identifier");
@@ -293,7 +301,7 @@ pub(super) fn parse_keys(s: &Section) -> Vec<TokenKey> {
         }
         // The limit is 8 bytes (16 digits); the text must say what is checked.
         let secret_allowed = "an even number of hex digits, at least 16 (8 bytes); 32 or more is recommended (CDNs issue 28+)";
-        let secret = match k.string("secret", secret_allowed) {
+        let secret = match k.secret("secret", "secret_file", base, secret_allowed) {
             Some(hexs) => match hex::decode(hexs.trim()) {
                 Ok(b) if b.len() >= 8 => Some(b),
                 Ok(_) => {
@@ -306,8 +314,12 @@ pub(super) fn parse_keys(s: &Section) -> Vec<TokenKey> {
                 }
             },
             None => {
-                if k.raw("secret").is_none() {
-                    k.error("secret", "missing", secret_allowed);
+                if !k.has_secret("secret", "secret_file") {
+                    k.error(
+                        "secret",
+                        "missing",
+                        format!("{secret_allowed}; or secret_file"),
+                    );
                 }
                 None
             }
