@@ -58,9 +58,6 @@ fn reload(shared: &Shared, started: &Config) {
         }
         Ok(mut cfg) => {
             fit_fd_limit(&mut cfg);
-            for w in cfg.exposed_secrets() {
-                tracing::warn!("{w}");
-            }
             let pending = started.restart_only_changes(&cfg);
             match shared.reload(Arc::new(cfg)) {
                 Ok(()) => {
