@@ -2721,11 +2721,16 @@ async fn growing_segment_ranges_end_where_the_upload_ends() {
     let ahead2 = get(format!("bytes=6000-{VLV}"), true);
     let past_end = get("bytes=7000-12999".into(), false);
     let beyond = get("bytes=20000-29999".into(), true);
+    // At the end of u64 (its last byte + 1 wrapped to 0: 206 with a length and no body).
+    let edge = get(format!("bytes={}-{}", u64::MAX - 5, u64::MAX), false);
+    let edge2 = get(format!("bytes={}-{}", u64::MAX, u64::MAX), true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     for (what, h) in [
         ("from 6000", &ahead),
         ("7000-12999", &past_end),
         ("20000-", &beyond),
+        ("u64 edge", &edge),
+        ("u64 last byte", &edge2),
     ] {
         assert!(!h.is_finished(), "{what}: answered before its bytes exist");
     }
@@ -2752,9 +2757,11 @@ async fn growing_segment_ranges_end_where_the_upload_ends() {
     assert_eq!(r.status, 206);
     assert_eq!(r.header("content-range"), Some("bytes 7000-9999/10000"));
     assert!(r.body.as_ref() == &data[7_000..]);
-    let r = beyond.await.expect("task");
-    assert_eq!(r.status, 416);
-    assert_eq!(r.header("content-range"), Some("bytes */10000"));
+    for h in [beyond, edge, edge2] {
+        let r = h.await.expect("task");
+        assert_eq!(r.status, 416);
+        assert_eq!(r.header("content-range"), Some("bytes */10000"));
+    }
 }
 
 /// A hinted part is a Partial Segment: no byte of it goes out before all of it can go at full

@@ -410,7 +410,8 @@ impl GrowingRange {
         else {
             return GrowingRange::Whole;
         };
-        if b - a >= max_object {
+        // (A last byte of u64::MAX is open too: `b + 1` below would wrap.)
+        if b - a >= max_object || b == u64::MAX {
             GrowingRange::Open(a, b)
         } else {
             GrowingRange::Closed(a, b)
@@ -451,7 +452,7 @@ pub(super) async fn growing(
             GrowingRange::Whole if whole_part => None,
             GrowingRange::Whole => break,
             GrowingRange::Closed(_, b) => Some(b + 1),
-            GrowingRange::Open(a, _) => Some(a + 1),
+            GrowingRange::Open(a, _) => Some(a.saturating_add(1)),
         };
         if let Some(Progress::Writing(_)) = object.grown_to(want).await {
             break;

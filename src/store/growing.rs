@@ -102,7 +102,7 @@ impl Growing {
 
     /// The bytes from `offset` as they arrive, `len` of them at most (all when `None`).
     pub fn stream(self: &Arc<Self>, offset: u64, len: Option<u64>) -> ByteStream {
-        let end = len.map(|l| offset + l);
+        let end = len.and_then(|l| offset.checked_add(l));
         let rx = self.progress.subscribe();
         let me = Arc::clone(self);
         Box::pin(futures_util::stream::unfold(
