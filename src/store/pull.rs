@@ -2393,7 +2393,7 @@ impl Pull {
             .and_then(|v| v.to_str().ok())
             .is_some_and(forbids_storing)
             && !vary_any
-            // The sidecar's name must fit a directory entry too.
+            // The sidecar's name must fit a directory entry too (its temporary name is short).
             && sidecar(rel.as_str()).1.len() <= NAME_MAX;
         // Validators the copy is served with from the first byte to its eviction: the
         // upstream's, else made here once and kept in the sidecar.
@@ -2737,13 +2737,18 @@ impl Pull {
 }
 
 /// Writes the sidecar of `rel` under the cache root (temporary name, then rename).
+/// Writes the sidecar by way of a temporary file of its own: a temporary name of this run
+/// (never longer than a name's limit, which the sidecar's own name just fits for the longest
+/// object names; one a crash left is removed by the next start's reindex).
 fn write_sidecar(root: &std::path::Path, rel: &RelPath, text: &str) {
     let (dir, side) = sidecar(rel.as_str());
-    let tmp = root.join(&dir).join(format!("{side}.tmp"));
+    let tmp = root
+        .join(&dir)
+        .join(super::write::temp_name(crate::io::random_bits()));
     let r = std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, root.join(&dir).join(&side)));
     if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot write a pull cache sidecar");
+        tracing::warn!(path = %rel, error = %e, "cannot write a pull cache sidecar");
     }
 }
 

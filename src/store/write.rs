@@ -622,7 +622,7 @@ pub fn remove_empty(root: BorrowedFd<'_>, rel_dir: &str, first: usize) {
 
 /// `TEMP_PREFIX`, this run's id and 16 hex digits of `bits`, in a string allocated once at its
 /// final size.
-fn temp_name(bits: u64) -> String {
+pub(crate) fn temp_name(bits: u64) -> String {
     use std::fmt::Write as _;
     let mut name = String::with_capacity(TEMP_PREFIX.len() + 33);
     name.push_str(TEMP_PREFIX);
