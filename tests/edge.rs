@@ -3954,6 +3954,35 @@ fn local_queue_behind_a_fault_proxy() -> (Moto, LosingProxy, tempfile::TempDir, 
     (moto, proxy, qdir, a)
 }
 
+/// The write-through queue applying an object's entry takes the path's lock once the bucket
+/// answered its HEAD: it is no newer upload, and an upload of the path that sends steadily
+/// meanwhile is not given up as superseded (review L4: 409 after 2 s, nothing written, logged
+/// and counted as a newer upload's doing). Both versions reach the bucket, the last one last.
+#[tokio::test]
+async fn write_through_local_queue_does_not_supersede_an_upload() {
+    let (moto, _proxy, _qdir, a) = local_queue_behind_a_fault_proxy();
+    let path = "/vod/wt30/slow-head.ts";
+    let r = send("PUT", &upload_url(&a, path), &[], b"version 1", false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    // The next version at once, over 4 s: the queue's HEAD of the first (1 s) ends meanwhile.
+    let target = q(path, &token_with_key(WT_UP_KEY, path));
+    let mut up = ChunkedPut::start(a.srv.addr, &target);
+    for _ in 0..16 {
+        up.chunk(b"version 2 ");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(up.finish(), 204, "{}", a.srv.stderr());
+    assert!(!a.srv.stderr().contains("superseded"), "{}", a.srv.stderr());
+    let key = format!("{S3_PREFIX}{}", &path[1..]);
+    let want = "version 2 ".repeat(16);
+    let in_bucket = eventually(Duration::from_secs(15), async || {
+        let r = moto.object("GET", &key).await;
+        r.status == 200 && r.body.as_ref() == want.as_bytes()
+    })
+    .await;
+    assert!(in_bucket, "the last version in the bucket");
+}
+
 /// S3 errors with a 4xx status that do not mean "every time": AWS answers `400 RequestTimeout`
 /// when an upload's body did not arrive in time (`409 OperationAborted` while a conflicting
 /// operation is under way), and `400 AuthorizationQueryParametersError` to a signature for

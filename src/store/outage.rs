@@ -345,7 +345,7 @@ fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> u64 {
         return 0;
     };
     let _lock = match tokio::runtime::Handle::try_current() {
-        Ok(h) => h.block_on(locks.lock(&rel)),
+        Ok(h) => h.block_on(locks.lock_quietly(&rel)),
         Err(_) => return 0,
     };
     let vols = &local.volumes;

@@ -990,7 +990,16 @@ pub fn is_directory(local: &Local, rel: &RelPath) -> bool {
 
 // === per-path serialisation ===
 
-type LockMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+type LockMap = Mutex<HashMap<String, Arc<PathEntry>>>;
+
+/// One path's lock, and how many uploads and DELETEs of it wait for it.
+#[derive(Default)]
+struct PathEntry {
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    /// Clients' writes waiting (not segd's own: the write-through queue, the outage
+    /// settlement), which a stalled upload gives way to ([`Contention::waiting`]).
+    clients_waiting: std::sync::atomic::AtomicUsize,
+}
 
 /// Concurrent writes to one path wait for each other, so a conditional write (`If-Match`,
 /// `If-None-Match: *`) and the rename it leads to see the same object.
@@ -1002,19 +1011,48 @@ pub struct PathLocks {
 /// Held while a path is being written; the map entry goes with the last holder.
 pub struct PathLock {
     key: String,
+    entry: Option<Arc<PathEntry>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     held: Arc<LockMap>,
 }
 
+/// Counts a client's write as waiting while it does (also when its request is dropped).
+struct Waiting<'a>(&'a PathEntry);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        (self.0.clients_waiting).fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl PathLocks {
+    /// The lock of `rel` for a client's upload or DELETE: a stalled upload that holds it gives
+    /// way to this one.
     pub async fn lock(&self, rel: &RelPath) -> PathLock {
-        let m = {
+        self.lock_as(rel, true).await
+    }
+
+    /// The lock of `rel` for segd's own work on it (the write-through queue, the outage
+    /// settlement), which no upload gives way to.
+    pub async fn lock_quietly(&self, rel: &RelPath) -> PathLock {
+        self.lock_as(rel, false).await
+    }
+
+    async fn lock_as(&self, rel: &RelPath, client: bool) -> PathLock {
+        let entry = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(held.entry(rel.as_str().to_owned()).or_default())
         };
-        let guard = m.lock_owned().await;
+        let guard = if client {
+            (entry.clients_waiting).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _waiting = Waiting(&entry);
+            Arc::clone(&entry.mutex).lock_owned().await
+        } else {
+            Arc::clone(&entry.mutex).lock_owned().await
+        };
         PathLock {
             key: rel.as_str().to_owned(),
+            entry: Some(entry),
             guard: Some(guard),
             held: Arc::clone(&self.held),
         }
@@ -1022,36 +1060,34 @@ impl PathLocks {
 }
 
 impl PathLock {
-    /// Whether another writer of the path waits for this lock, as a handle that can be asked
-    /// while the upload is borrowed.
+    /// Whether a client's upload or DELETE of the path waits for this lock, as a handle that
+    /// can be asked while the upload is borrowed.
     pub fn contention(&self) -> Contention {
-        Contention(
-            self.guard
-                .as_ref()
-                .map(|g| Arc::clone(tokio::sync::OwnedMutexGuard::mutex(g))),
-        )
+        Contention(self.entry.clone())
     }
 }
 
 /// See [`PathLock::contention`].
-pub struct Contention(Option<Arc<tokio::sync::Mutex<()>>>);
+pub struct Contention(Option<Arc<PathEntry>>);
 
 impl Contention {
-    /// Whether another writer waits for the path. The path's mutex is held by the lock map, by
-    /// the holder's guard and by this handle; each writer waiting for it holds one more.
+    /// Whether a client's upload or DELETE waits for the path.
     pub fn waiting(&self) -> bool {
-        self.0.as_ref().is_some_and(|m| Arc::strong_count(m) > 3)
+        (self.0.as_ref())
+            .is_some_and(|e| e.clients_waiting.load(std::sync::atomic::Ordering::Relaxed) > 0)
     }
 }
 
 impl Drop for PathLock {
     fn drop(&mut self) {
         self.guard = None;
+        self.entry = None;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map holds it now: nobody is writing or waiting.
+        // Only the map holds it now: nobody is writing or waiting (a contention handle still
+        // alive counts as a holder, and the entry then goes with a later lock's drop).
         if held
             .get(&self.key)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
+            .is_some_and(|e| Arc::strong_count(e) == 1)
         {
             held.remove(&self.key);
         }

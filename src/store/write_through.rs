@@ -780,7 +780,7 @@ impl WriteThrough {
         // An entry is written before its upload's rename: the upload holds the path until the
         // rename is done (or failed), so the state read under the lock is the one to send.
         let current = {
-            let _lock = store.inner.locks.lock(&path).await;
+            let _lock = store.inner.locks.lock_quietly(&path).await;
             let l = store.local();
             let p = path.clone();
             tokio::task::spawn_blocking(move || current_file(&l, &p)).await
@@ -790,7 +790,7 @@ impl WriteThrough {
             Ok(Ok(Some((_, meta)))) if newer_than(meta.modified()) => {
                 tracing::warn!(path = rel, "the bucket holds a newer version written through another node; this node's copy is dropped, not sent");
                 let (l, p) = (store.local(), path.clone());
-                let _lock = store.inner.locks.lock(&path).await;
+                let _lock = store.inner.locks.lock_quietly(&path).await;
                 let _ = tokio::task::spawn_blocking(move || drop_if_same(&l, &p, &meta)).await;
                 Applied::Done
             }

@@ -20,7 +20,8 @@ bucket throttling its clients). Every GET of a path containing `slow-down` is an
 503 SlowDown, after 1 s, and does not reach the upstream. The answer to a request whose target contains
 `stale-keepalive` keeps the client's connection open, and the next request on it is read and
 dropped with the connection, unanswered and never passed on (a bucket closing an idle kept-alive
-connection just as a new request went out on it).
+connection just as a new request went out on it). A HEAD of a path containing `slow-head` is
+passed on after 1 s (a bucket slow to answer).
 
 It exits when its stdin closes or it is killed.
 """
@@ -140,6 +141,8 @@ class Handler(socketserver.BaseRequestHandler):
                     + body
                 )
                 return
+            if method == "HEAD" and "slow-head" in path:
+                time.sleep(1)
             # One request per upstream connection, read to its end: whatever its framing.
             lines = [l for l in head.split(b"\r\n") if not l.lower().startswith(b"connection:")]
             head = b"\r\n".join(lines + [b"Connection: close"])
