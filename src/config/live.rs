@@ -20,7 +20,14 @@ pub struct LiveConfig {
     /// a start ([`crate::live::Registry::held_back`]). `None` ("0s", the default): 404, and
     /// nothing held back.
     pub unknown_stream_retry_after: Option<std::time::Duration>,
+    /// The largest live playlist (HLS) or manifest (DASH) followed: a larger upload is 413; a
+    /// larger one a local packager writes is served as it is, without LL-HLS.
+    pub max_playlist_bytes: u64,
 }
+
+/// The default of `[live] max_playlist_bytes`: a day of 2 s segments with dates and titles is
+/// about 5 MB.
+pub const DEFAULT_MAX_PLAYLIST_BYTES: u64 = 16 << 20;
 
 impl LiveConfig {
     /// Whether `canonical` (a decoded path with a leading `/`) is under a live prefix.
@@ -51,6 +58,7 @@ pub(super) const LIVE_KEYS: &[&str] = &[
     "max_blocked_requests",
     "block_timeout_factor",
     "unknown_stream_retry_after",
+    "max_playlist_bytes",
 ];
 
 /// Parses `[live]`; `fallback` is `cache_control.live_prefixes` (used when `prefixes` is absent).
@@ -98,12 +106,19 @@ pub(super) fn parse_live(s: &Section, fallback: &[String], fallback_set: bool) -
         std::time::Duration::ZERO,
         std::time::Duration::from_secs(60),
     );
+    let max_playlist_bytes = s.size(
+        "max_playlist_bytes",
+        DEFAULT_MAX_PLAYLIST_BYTES,
+        64 << 10,
+        1 << 30,
+    );
     s.finish();
     LiveConfig {
         prefixes,
         max_blocked_requests,
         block_timeout_factor,
         unknown_stream_retry_after: (!retry.is_zero()).then_some(retry),
+        max_playlist_bytes,
     }
 }
 
@@ -118,6 +133,7 @@ mod tests {
             max_blocked_requests: 1,
             block_timeout_factor: 1,
             unknown_stream_retry_after: None,
+            max_playlist_bytes: super::DEFAULT_MAX_PLAYLIST_BYTES,
         };
         assert_eq!(live.stream_of("/live/s1/hls/index.m3u8"), Some("/live/s1"));
         assert_eq!(live.stream_of("/live/s1/seg0.ts"), Some("/live/s1"));

@@ -43,7 +43,7 @@ pub use cors::CorsConfig;
 pub use error::{ConfigError, ConfigErrors};
 pub use fields::{fmt_duration, fmt_size, parse_duration, parse_size, SecretSource};
 pub use ingest::{Durability, IngestConfig, WriteThrough};
-pub use live::LiveConfig;
+pub use live::{LiveConfig, DEFAULT_MAX_PLAYLIST_BYTES};
 pub use log::{AccessLog, LogConfig, LogFormat};
 pub use pull::{PullConfig, Secret, UpstreamConfig, UpstreamKind};
 pub use server::{

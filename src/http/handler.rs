@@ -308,8 +308,19 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     if live && hls {
         let dirs = crate::live::Directives::parse(req.query).map_err(|_| Refusal::BadDirective)?;
         if dirs.any() {
-            return super::live::playlist(cx, &rel, &canonical, dirs, rewrite_param, content_type)
-                .await;
+            let answer = super::live::playlist(
+                cx,
+                &rel,
+                &canonical,
+                dirs,
+                rewrite_param.as_ref(),
+                content_type.clone(),
+            )
+            .await?;
+            // (None: a playlist too large to follow is served as it is, below.)
+            if let Some(answer) = answer {
+                return Ok(answer);
+            }
         }
     }
     // What the request will read of the object, decided as steps 7–9 decide it: an object the

@@ -53,14 +53,16 @@ pub(super) fn not_held_back(cx: &Cx<'_>, canonical: &str) -> Result<(), Stop> {
     }
 }
 
-/// The playlist's current version: from the registry, or read from the store once and published.
+/// The playlist's current version: from the registry, or read from the store once and
+/// published; `None` for one over `[live] max_playlist_bytes`, which is not followed (served as
+/// it is, as without directives).
 async fn snapshot(
     cx: &Cx<'_>,
     rel: &RelPath,
     canonical: &str,
-) -> Result<std::sync::Arc<Snapshot>, Stop> {
+) -> Result<Option<std::sync::Arc<Snapshot>>, Stop> {
     if let Some(s) = cx.rt.live.current(canonical) {
-        return Ok(s);
+        return Ok(Some(s));
     }
     let object = cx
         .rt
@@ -68,14 +70,23 @@ async fn snapshot(
         .lookup(rel, ObjectClass::Playlist, true, None)
         .await?;
     let len = object.len.ok_or(Refusal::Changed)?;
-    let text = object.read_prefix(len.min(4 << 20) as usize).await?;
+    if len > cx.policy.config.live.max_playlist_bytes {
+        return Ok(None);
+    }
+    let text = object.read_prefix(len as usize).await?;
+    if text.len() as u64 != len {
+        // Replaced or cut while read: never a version under another's validators.
+        return Err(Refusal::Changed.into());
+    }
     let mut snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
     // A pulled copy is its upstream's version, not what this node's disk held.
     snap.restored = object.cache_status.is_none();
-    if cx.rt.live.current(canonical).is_none() {
-        cx.rt.live.publish(canonical, snap);
-    }
-    cx.rt.live.current(canonical).ok_or(Refusal::Changed.into())
+    cx.rt.live.publish_read(canonical, snap, None);
+    cx.rt
+        .live
+        .current(canonical)
+        .ok_or(Refusal::Changed.into())
+        .map(Some)
 }
 
 /// A live HLS playlist requested with LL-HLS directives.
@@ -84,9 +95,9 @@ pub(super) async fn playlist(
     rel: &RelPath,
     canonical: &str,
     dirs: Directives,
-    rewrite_param: Option<Param>,
+    rewrite_param: Option<&Param>,
     content_type: HeaderValue,
-) -> Result<Reply, Stop> {
+) -> Result<Option<Reply>, Stop> {
     let cfg = &cx.policy.config;
     // An edge node without the playlist: its upstream answers the directives (blocking there).
     if cx.rt.live.current(canonical).is_none() {
@@ -100,10 +111,12 @@ pub(super) async fn playlist(
             .pull_live_playlist(rel, dirs.query(), wait)
             .await?
         {
-            return passed(cx, &p, rewrite_param.as_ref(), content_type);
+            return passed(cx, &p, rewrite_param, content_type).map(Some);
         }
     }
-    let mut snap = snapshot(cx, rel, canonical).await?;
+    let Some(mut snap) = snapshot(cx, rel, canonical).await? else {
+        return Ok(None);
+    };
     if cfg.live.unknown_stream_retry_after.is_some() && cx.rt.live.held_back(&snap) {
         return Err(Refusal::StreamElsewhere.into());
     }
@@ -126,7 +139,7 @@ pub(super) async fn playlist(
         Some(d) => (d.body.clone(), d.etag.clone()),
         None => (snap.text.clone(), Some(snap.etag.clone())),
     };
-    if let Some(param) = &rewrite_param {
+    if let Some(param) = rewrite_param {
         body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, &param.query));
         etag = crate::live::playlist::variant_etag(&snap.etag, &body);
     }
@@ -161,7 +174,7 @@ pub(super) async fn playlist(
     } else {
         Body::Bytes(body)
     };
-    Ok(reply(StatusCode::OK, h, body))
+    Ok(Some(reply(StatusCode::OK, h, body)))
 }
 
 /// Preconditions (RFC 9110 §13.2.2) against the `ETag` and `Last-Modified` in `h`; without

@@ -81,6 +81,8 @@ pub enum Refusal {
     Changed,
     #[error("request body too large")]
     TooLarge,
+    #[error("live playlist larger than live.max_playlist_bytes")]
+    PlaylistTooLarge,
     #[error("request body timed out")]
     BodyTimeout,
     #[error("request body incomplete or malformed")]
@@ -267,6 +269,13 @@ impl Refusal {
             Refusal::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body too large\n",
+                Info,
+                "too_large",
+                Client,
+            ),
+            Refusal::PlaylistTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "live playlist larger than live.max_playlist_bytes\n",
                 Info,
                 "too_large",
                 Client,
@@ -460,6 +469,7 @@ impl Refusal {
                 | Refusal::HeadTimeout
                 | Refusal::HeadTooLarge
                 | Refusal::TooLarge
+                | Refusal::PlaylistTooLarge
                 | Refusal::BodyTimeout
                 | Refusal::BodyIncomplete
                 | Refusal::UnsupportedCoding
@@ -542,6 +552,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::Overloaded,
     Refusal::Changed,
     Refusal::TooLarge,
+    Refusal::PlaylistTooLarge,
     Refusal::BodyTimeout,
     Refusal::BodyIncomplete,
     Refusal::UnsupportedCoding,

@@ -153,16 +153,23 @@ async fn put(
     let slot = Arc::clone(&cx.policy.upload_slots)
         .try_acquire_owned()
         .map_err(|_| Refusal::UploadsBusy)?;
-    // 2. A declared length that can never fit.
-    if body.declared.is_some_and(|d| d > ingest.max_body_bytes) {
-        return Err(Refusal::TooLarge.into());
-    }
-    // 3. The upload (path locked, volume picked, temporary file created). A live playlist is
-    // kept in memory for the live registry; a live media segment can be read while it grows.
+    // 2. A declared length that can never fit: `max_body_bytes`, and for a live playlist
+    // (kept in memory and followed) `[live] max_playlist_bytes`.
     let canonical = format!("/{rel}");
     let ext = |x: &str| rel.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
     let hls_playlist = live && ext("m3u8");
     let manifest = live && ext("mpd");
+    let (limit, too_large) = match cx.policy.config.live.max_playlist_bytes {
+        max if (hls_playlist || manifest) && max < ingest.max_body_bytes => {
+            (max, Refusal::PlaylistTooLarge)
+        }
+        _ => (ingest.max_body_bytes, Refusal::TooLarge),
+    };
+    if body.declared.is_some_and(|d| d > limit) {
+        return Err(too_large.into());
+    }
+    // 3. The upload (path locked, volume picked, temporary file created). A live playlist is
+    // kept in memory for the live registry; a live media segment can be read while it grows.
     let mode = Mode {
         keep: hls_playlist || manifest,
         growing: live && class == ObjectClass::Segment,
@@ -195,7 +202,8 @@ async fn put(
     // the commit waits for this future to confirm the stream was not reset (`ResetGate`).
     let held = (slot, in_progress);
     let receive = Receive {
-        limit: ingest.max_body_bytes,
+        limit,
+        too_large,
         timeout: ingest.body_timeout,
         metrics: Arc::clone(&cx.rt.metrics),
         registry: Arc::clone(&cx.rt.live),
@@ -259,6 +267,8 @@ enum Kept {
 /// Reads an upload's body into it and commits it.
 struct Receive {
     limit: u64,
+    /// The refusal for a body over `limit`.
+    too_large: Refusal,
     timeout: Duration,
     metrics: Arc<Metrics>,
     registry: Arc<crate::live::Registry>,
@@ -296,10 +306,11 @@ impl Receive {
             } else {
                 None
             };
-            match body
-                .next_piece(self.limit, self.timeout, pipe, &contended)
-                .await?
-            {
+            let piece = body.next_piece(self.limit, self.timeout, pipe, &contended);
+            match piece.await.map_err(|e| match e {
+                Refusal::TooLarge => self.too_large,
+                e => e,
+            })? {
                 None => break,
                 Some(Piece::Bytes(chunk)) => upload.write(chunk).await?,
                 Some(Piece::Piped(p)) => {

@@ -48,6 +48,8 @@ pub struct Registry {
     mpd_periods: Mutex<HashMap<String, f64>>,
     /// Live playlist watchers started ([`watcher::spawn`]): the newest one runs.
     pub(crate) watchers: std::sync::atomic::AtomicU64,
+    /// `[live] max_playlist_bytes` as the running config has it (for the watcher).
+    pub(crate) max_playlist_bytes: std::sync::atomic::AtomicU64,
     /// When this process started (its registry is made once): see [`Registry::held_back`].
     started: std::time::SystemTime,
     started_at: std::time::Instant,
@@ -222,6 +224,9 @@ impl Registry {
             ended_mpds: Mutex::new(HashMap::new()),
             mpd_periods: Mutex::new(HashMap::new()),
             watchers: std::sync::atomic::AtomicU64::new(0),
+            max_playlist_bytes: std::sync::atomic::AtomicU64::new(
+                crate::config::DEFAULT_MAX_PLAYLIST_BYTES,
+            ),
             started: std::time::SystemTime::now(),
             started_at: std::time::Instant::now(),
             m: LiveMetrics {
@@ -248,19 +253,60 @@ impl Registry {
 
     /// Publishes a new version of the playlist at `path` (a decoded path with a leading `/`):
     /// every request parked on it re-checks at once.
-    pub fn publish(&self, path: &str, mut snap: Snapshot) {
+    pub fn publish(&self, path: &str, snap: Snapshot) {
+        self.publish_over(path, snap, None);
+    }
+
+    /// [`Registry::publish`] of a version read from disk, only while `seen` (what the registry
+    /// had before the file was read) is still the current version: one published meanwhile
+    /// (an ingest commit's) is at least as new as what was read, and must not be replaced by
+    /// it.
+    pub fn publish_read(&self, path: &str, snap: Snapshot, seen: Option<Arc<Snapshot>>) {
+        self.publish_over(path, snap, Some(seen));
+    }
+
+    fn publish_over(&self, path: &str, mut snap: Snapshot, seen: Option<Option<Arc<Snapshot>>>) {
+        let same = |a: &Option<Arc<Snapshot>>, b: &Option<Arc<Snapshot>>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if seen.as_ref().is_some_and(|s| !same(&self.current(path), s)) {
+            return;
+        }
         let hints: Vec<String> = snap.hints.iter().filter_map(|u| resolve(path, u)).collect();
         self.withdraw_hints(path, &hints);
-        let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = map.entry(path.to_owned()).or_insert_with(|| {
-            self.m.playlists.inc();
-            watch::Sender::new(None)
-        });
         snap.published = std::time::Instant::now();
-        if let Some(previous) = slot.borrow().as_ref() {
-            snap.follow(previous, snap.published);
+        // What this version follows is worked out without the registry's lock (one for every
+        // stream); if another version of the path came meanwhile, it is worked out again (or,
+        // for a version read from disk, this one is dropped, as above).
+        let mut followed: Option<Option<Arc<Snapshot>>> = None;
+        loop {
+            let previous = {
+                let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+                let previous = map.get(path).and_then(|slot| slot.borrow().clone());
+                if seen.as_ref().is_some_and(|s| !same(&previous, s)) {
+                    return;
+                }
+                let ready = match &followed {
+                    Some(f) => same(f, &previous),
+                    None => previous.is_none(),
+                };
+                if ready {
+                    let slot = map.entry(path.to_owned()).or_insert_with(|| {
+                        self.m.playlists.inc();
+                        watch::Sender::new(None)
+                    });
+                    slot.send_replace(Some(Arc::new(snap)));
+                    return;
+                }
+                previous
+            };
+            if let Some(p) = &previous {
+                snap.follow(p, snap.published);
+            }
+            followed = Some(previous);
         }
-        slot.send_replace(Some(Arc::new(snap)));
     }
 
     /// Makes `hints` the preload hints of the playlist at `path`. Requests parked on a hint it
@@ -268,13 +314,14 @@ impl Registry {
     /// a 503 at the end of the wait.
     fn withdraw_hints(&self, path: &str, hints: &[String]) {
         let mut withdrawn = Vec::new();
+        let kept: std::collections::HashSet<&str> = hints.iter().map(String::as_str).collect();
         {
             let mut h = self.hints.lock().unwrap_or_else(|p| p.into_inner());
             h.retain(|x, pl| {
                 if pl != path {
                     return true;
                 }
-                if !hints.contains(x) {
+                if !kept.contains(x.as_str()) {
                     withdrawn.push(x.clone());
                 }
                 false
@@ -361,13 +408,10 @@ impl Registry {
             .unwrap_or_else(|p| p.into_inner())
             .remove(path);
         let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = map.get(path) {
-            if slot.receiver_count() == 0 {
-                map.remove(path);
-                self.m.playlists.dec();
-            } else {
-                slot.send_replace(None);
-            }
+        if let Some(slot) = map.remove(path) {
+            self.m.playlists.dec();
+            // Requests parked on it see the version go (404), then the channel close.
+            slot.send_replace(None);
         }
     }
 
@@ -424,14 +468,14 @@ impl Registry {
         max: usize,
     ) -> Result<Arc<Snapshot>, WaitError> {
         let _parked = self.park(max)?;
+        // The request found a version before it parked: no entry now is a deletion (and
+        // none is made: nothing would ever remove it).
         let mut rx = {
-            let mut map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(path.to_owned())
-                .or_insert_with(|| {
-                    self.m.playlists.inc();
-                    watch::Sender::new(None)
-                })
-                .subscribe()
+            let map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(path) {
+                Some(slot) => slot.subscribe(),
+                None => return Err(WaitError::Gone),
+            }
         };
         let mut stop = self.stopping.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;

@@ -480,12 +480,18 @@ impl Snapshot {
         // version, wherever they are in the playlist, and only those (RFC 8216bis §6.2.5.1):
         // a date range is playlist metadata, not a tag of the segment it comes before, and a
         // packager may keep its newest "now playing" entry at the top.
-        let old_daterange = |t: &str| {
-            drop_dateranges
-                && self.daterange_tags.iter().any(|(tag, added)| {
-                    tag == t && self.published.saturating_duration_since(*added) > duration(until)
+        // (A set, not a search per line: a long DVR window holds tens of thousands.)
+        let old: std::collections::HashSet<&str> = if drop_dateranges {
+            (self.daterange_tags.iter())
+                .filter(|(_, added)| {
+                    self.published.saturating_duration_since(*added) > duration(until)
                 })
+                .map(|(tag, _)| tag.as_str())
+                .collect()
+        } else {
+            Default::default()
         };
+        let old_daterange = |t: &str| old.contains(t);
         let mut out = String::with_capacity(text.len() / 2);
         let mut carried: Vec<&str> = Vec::new();
         let versioned = lines
@@ -575,25 +581,30 @@ impl Snapshot {
         } else {
             previous.last_modified == self.last_modified
         };
+        // Sets and maps, not searches per entry: the registry runs this for every version of
+        // every live playlist, and a long DVR window holds tens of thousands of date ranges.
+        use std::collections::{HashMap, HashSet};
         let keep = duration(self.can_skip_until.unwrap_or(0.0));
+        let current: HashSet<&str> = self.dateranges.iter().map(String::as_str).collect();
         let mut removed: Vec<(String, std::time::Instant)> = previous
             .removed_dateranges
             .iter()
-            .filter(|(id, at)| now.duration_since(*at) <= keep && !self.dateranges.contains(id))
+            .filter(|(id, at)| now.duration_since(*at) <= keep && !current.contains(id.as_str()))
             .cloned()
             .collect();
+        let mut listed: HashSet<String> = removed.iter().map(|(r, _)| r.clone()).collect();
         for id in &previous.dateranges {
-            if !self.dateranges.contains(id) && !removed.iter().any(|(r, _)| r == id) {
+            if !current.contains(id.as_str()) && listed.insert(id.clone()) {
                 removed.push((id.clone(), now));
             }
         }
         self.removed_dateranges = removed;
-        for (tag, added) in &mut self.daterange_tags {
-            *added = previous
-                .daterange_tags
-                .iter()
-                .find(|(t, _)| t == tag)
-                .map_or(now, |(_, at)| *at);
+        let added: HashMap<&str, std::time::Instant> = (previous.daterange_tags.iter())
+            .map(|(t, at)| (t.as_str(), *at))
+            .rev() // the first of equal tags wins, as a search from the start found it
+            .collect();
+        for (tag, at) in &mut self.daterange_tags {
+            *at = added.get(tag.as_str()).copied().unwrap_or(now);
         }
     }
 

@@ -34,6 +34,10 @@ struct Watch {
 
 struct Watcher {
     fd: OwnedFd,
+    /// The volume directories: a playlist deleted from one is gone when none has it.
+    roots: Vec<PathBuf>,
+    /// Playlists over `max_playlist_bytes` a warning was logged for.
+    oversize: std::sync::Mutex<std::collections::HashSet<String>>,
     prefixes: Vec<String>,
     watches: HashMap<i32, Watch>,
     registry: Arc<Registry>,
@@ -63,6 +67,8 @@ pub fn spawn(roots: Vec<PathBuf>, prefixes: Vec<String>, registry: Arc<Registry>
     };
     let mut w = Watcher {
         fd,
+        roots: roots.clone(),
+        oversize: Default::default(),
         prefixes,
         watches: HashMap::new(),
         registry,
@@ -102,6 +108,8 @@ impl Watcher {
         let flags = WatchFlags::CREATE
             | WatchFlags::MOVED_TO
             | WatchFlags::CLOSE_WRITE
+            | WatchFlags::DELETE
+            | WatchFlags::MOVED_FROM
             | WatchFlags::ONLYDIR
             | WatchFlags::DONT_FOLLOW;
         match inotify::add_watch(&self.fd, dir, flags) {
@@ -155,9 +163,30 @@ impl Watcher {
         let Ok(meta) = std::fs::metadata(file) else {
             return;
         };
-        if meta.len() > 4 << 20 {
+        let path = format!("{url}{name}");
+        let max = (self.registry.max_playlist_bytes).load(std::sync::atomic::Ordering::Relaxed);
+        if meta.len() > max {
+            // Not followed: LL-HLS requests get the file as it is (an older version the
+            // registry had would answer them wrongly). Said once a path (a packager rewrites
+            // it every few seconds).
+            let mut said = self.oversize.lock().unwrap_or_else(|p| p.into_inner());
+            if said.len() >= 1024 {
+                said.clear();
+            }
+            if said.insert(path.clone()) {
+                tracing::warn!(
+                    path,
+                    bytes = meta.len(),
+                    max_playlist_bytes = max,
+                    "a live playlist over live.max_playlist_bytes is served without LL-HLS"
+                );
+            }
+            self.registry.forget(&path);
             return;
         }
+        // What the registry has before the file is read: a version published after it (an
+        // ingest commit's) is not replaced by what was read.
+        let seen = self.registry.current(&path);
         let Ok(text) = std::fs::read(file) else {
             return;
         };
@@ -171,7 +200,6 @@ impl Watcher {
         ) else {
             return;
         };
-        let path = format!("{url}{name}");
         // Our own ingest commit published this version already.
         if self
             .registry
@@ -182,7 +210,20 @@ impl Watcher {
         }
         let mut snap = Snapshot::parse(Bytes::from(text), etag, lm);
         snap.restored = restored;
-        self.registry.publish(&path, snap);
+        self.registry.publish_read(&path, snap, seen);
+    }
+
+    /// A playlist deleted or moved away by something else than an HTTP DELETE (which forgets
+    /// it itself): once no volume has it, its versions go from the registry (LL-HLS requests
+    /// would be answered from memory, and the memory never freed).
+    fn gone(&self, url: &str, name: &str) {
+        let rel = format!("{}{name}", url.trim_start_matches('/'));
+        let somewhere = self.roots.iter().any(|r| {
+            std::fs::symlink_metadata(r.join(&rel)).is_ok_and(|m| m.file_type().is_file())
+        });
+        if !somewhere {
+            self.registry.forget(&format!("{url}{name}"));
+        }
     }
 
     fn rescan(&mut self) {
@@ -255,6 +296,11 @@ impl Watcher {
                     && self.live(&url)
                 {
                     self.publish(&dir, &url, &name, false);
+                } else if flags.intersects(ReadFlags::DELETE | ReadFlags::MOVED_FROM)
+                    && self.live(&url)
+                    && name.ends_with(".m3u8")
+                {
+                    self.gone(&url, &name);
                 }
             }
             std::thread::sleep(COALESCE);

@@ -558,6 +558,11 @@ fn watch_live_playlists(shared: &Arc<Shared>) {
             .collect();
         (roots, sh.load().config.live.prefixes.clone())
     };
+    let limit = |sh: &Shared| {
+        let max = sh.load().config.live.max_playlist_bytes;
+        (sh.runtime.live.max_playlist_bytes).store(max, std::sync::atomic::Ordering::Relaxed);
+    };
+    limit(shared);
     let mut now = watched(shared);
     crate::live::watcher::spawn(
         now.0.clone(),
@@ -568,6 +573,7 @@ fn watch_live_playlists(shared: &Arc<Shared>) {
     let mut swaps = shared.swaps();
     tokio::spawn(async move {
         while swaps.changed().await.is_ok() {
+            limit(&sh);
             let next = watched(&sh);
             if next != now {
                 now = next;

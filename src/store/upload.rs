@@ -73,9 +73,6 @@ impl Pool {
 /// Writes buffered before they go to disk (fewer, larger writes; one blocking hop per buffer).
 const WRITE_BUFFER: usize = 256 * 1024;
 
-/// Largest body kept in memory for [`Mode::keep`] (playlists).
-const KEEP_MAX: usize = 4 << 20;
-
 /// What was received and not yet written: chunks in memory, then what is in the upload's pipe.
 struct Pending {
     chunks: Vec<Bytes>,
@@ -151,7 +148,7 @@ impl Batch {
 /// What else an upload does besides writing its file.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mode {
-    /// Keep the body in memory (up to 4 MiB) and hand it back with the commit (live playlists,
+    /// Keep the body in memory (up to `[live] max_playlist_bytes`) and hand it back with the commit (live playlists,
     /// parsed once per write).
     pub keep: bool,
     /// Readers may stream it while it is written (live media segments): every chunk is
@@ -480,12 +477,9 @@ impl Upload {
         self.check_room(data.len())?;
         let on_disk = self.file.written();
         let total = on_disk + (self.buf.len + data.len()) as u64;
+        // (Bounded by the body's limit: `[live] max_playlist_bytes` for what is kept.)
         if let Some(k) = &mut self.kept {
-            if k.len() + data.len() <= KEEP_MAX {
-                k.extend_from_slice(&data);
-            } else {
-                self.kept = None;
-            }
+            k.extend_from_slice(&data);
         }
         if let Some(p) = &self.publisher {
             // Readers of a growing upload have each chunk at once, from memory; the file gets
