@@ -205,6 +205,8 @@ where
 #[derive(Default)]
 pub struct FrameDecoder {
     expected: Option<usize>,
+    /// segd: bytes of an ignored frame still to skip as they come.
+    skip: u64,
 }
 
 impl FrameDecoder {
@@ -217,6 +219,13 @@ impl FrameDecoder {
         loop {
             if !src.has_remaining() {
                 return Ok(None);
+            }
+
+            if self.skip > 0 {
+                let n = self.skip.min(src.remaining() as u64);
+                src.advance(n as usize);
+                self.skip -= n;
+                continue;
             }
 
             if let Some(min) = self.expected {
@@ -241,6 +250,14 @@ impl FrameDecoder {
 
                     src.advance(pos);
                     self.expected = None;
+                    continue;
+                }
+                Err(frame::FrameError::SkipFrame { ty: _ty, len }) => {
+                    #[cfg(feature = "tracing")]
+                    trace!("ignore unknown frame type {:#x} of {} bytes", _ty, len);
+                    src.advance(pos);
+                    self.expected = None;
+                    self.skip = len;
                     continue;
                 }
                 Err(frame::FrameError::Incomplete(min)) => {
