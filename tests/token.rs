@@ -1413,3 +1413,69 @@ async fn secrets_in_files_of_their_own_are_read_at_start_and_on_reload() {
     assert_eq!(put(K2).await.status, 403, "the old upload key");
     assert_eq!(put(K_OLD).await.status, 204, "the new upload key");
 }
+
+/// An answer a viewer's own token opened is that viewer's: `private`, for no longer than the
+/// token has left, in every location and on a 304 too. A shared cache that does not check
+/// tokens served protected segments to anyone (a cookie or header token is not in the URL it
+/// keys on) for a year, also after the token expired (acceptance K1). A CDN that proves itself
+/// with origin auth (README "CDN-side setup": it checks tokens itself) keeps shared copies, and
+/// so does a public path.
+#[tokio::test]
+async fn answers_a_viewers_token_opened_are_private_to_that_viewer() {
+    let (_d, srv) = start("forward");
+    let t = acl("/vod/t1/*"); // valid for 300 s
+    let enc = encode_token(&t);
+    let cookie = format!("__token__={t}");
+    let private_max_age = |r: &Resp, what: &str| {
+        let cc = r.header("cache-control").unwrap_or_default().to_owned();
+        let age = cc
+            .strip_prefix("private, max-age=")
+            .and_then(|a| a.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{what}: {cc}"));
+        assert!((1..=300).contains(&age), "{what}: {cc}");
+    };
+    for h2 in [false, true] {
+        let query = request("GET", &srv.url(&format!("{SEG}?__token__={enc}")), &[], h2).await;
+        assert_eq!(query.status, 200);
+        private_max_age(&query, "query");
+        let r = request("GET", &srv.url(SEG), &[("cookie", &cookie)], h2).await;
+        assert_eq!(r.status, 200);
+        private_max_age(&r, "cookie");
+        let r = request("GET", &srv.url(SEG), &[("__token__", &t)], h2).await;
+        private_max_age(&r, "header");
+        let r = request("GET", &srv.url(&format!("/__token__={enc}{SEG}")), &[], h2).await;
+        private_max_age(&r, "path");
+        let etag = query.header("etag").unwrap_or_default().to_owned();
+        let r = request(
+            "GET",
+            &srv.url(SEG),
+            &[("cookie", &cookie), ("if-none-match", &etag)],
+            h2,
+        )
+        .await;
+        assert_eq!(r.status, 304);
+        private_max_age(&r, "304");
+        // A CDN with origin auth, and a public path: shared.
+        let r = request(
+            "GET",
+            &srv.url(SEG),
+            &[("x-origin-auth", ORIGIN_SECRET)],
+            h2,
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert!(
+            r.header("cache-control")
+                .is_some_and(|c| c.starts_with("public")),
+            "{:?}",
+            r.header("cache-control")
+        );
+        let r = request("GET", &srv.url("/pub/free.ts"), &[], h2).await;
+        assert!(
+            r.header("cache-control")
+                .is_some_and(|c| c.starts_with("public")),
+            "{:?}",
+            r.header("cache-control")
+        );
+    }
+}

@@ -92,6 +92,9 @@ pub struct LogInfo {
     /// The cache status a tier decided (`hit`, `miss`, `stale`, `coalesced`, `negative`, `pass`);
     /// otherwise the writer's own.
     pub cache: Option<&'static str>,
+    /// A read a viewer's own token opened (not a CDN's origin auth): when the token expires.
+    /// The answer is that viewer's ([`viewer_only`]).
+    pub private_until: Option<u64>,
 }
 
 /// A body on GET/HEAD/OPTIONS is read and discarded up to this size; more is 413.
@@ -140,6 +143,9 @@ pub async fn handle(
         }
         Err(Stop::Refused(r)) => refuse(&cx, r, log.path.as_deref()),
     };
+    if let Some(exp) = log.private_until {
+        viewer_only(&mut reply.headers, exp);
+    }
     reply.log = log;
     if let Some(v) = req.alt_svc {
         reply.headers.insert(http::header::ALT_SVC, v.clone());
@@ -148,6 +154,22 @@ pub async fn handle(
         reply.headers.insert(X_SERVED_BY, node.clone());
     }
     reply
+}
+
+/// Makes an answer a viewer's token opened that viewer's alone: `private`, for no longer than
+/// its lifetime and what is left of the token (`exp`, Unix seconds). A shared cache that does
+/// not check tokens would otherwise hand it to anyone who asks for the URL (a cookie or header
+/// token is not in it), and after the token expired. A CDN that checks tokens itself proves it
+/// with origin auth, and its copies stay shared (README "CDN-side setup").
+fn viewer_only(headers: &mut HeaderMap, exp: u64) {
+    let Some(cc) = headers.get(CACHE_CONTROL) else {
+        return;
+    };
+    let age = (headers.get(http::header::AGE))
+        .and_then(|a| a.to_str().ok()?.trim().parse().ok())
+        .unwrap_or(0);
+    let private = crate::store::private_cache_control(cc, age, exp.saturating_sub(unix_now()));
+    headers.insert(CACHE_CONTROL, private);
 }
 
 /// Whether a read refused 404 asks for a live stream this node has no trace of (no directory
@@ -277,6 +299,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
             tracing::debug!(key_id = %grant.key_id, "token accepted");
             if cx.policy.access.enabled() {
                 log.key_id = Some(grant.key_id.clone());
+            }
+            if !writing && !auth.origin_authenticated(req.headers) {
+                log.private_until = Some(grant.exp);
             }
         }
         Decision::Public | Decision::OriginAuth => {}
