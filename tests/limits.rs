@@ -491,3 +491,63 @@ async fn zero_window_http2_clients_pin_little_memory() {
         driver.abort();
     }
 }
+
+/// A PING with the ACK flag that segd never asked for is ignored (RFC 9113 §6.7), without a
+/// log line: a warning per frame let a client write 100,000 lines in 2 s (acceptance J1). The
+/// connection goes on, and a request on it is served.
+#[tokio::test]
+async fn unsolicited_ping_acks_write_no_log_lines() {
+    let (srv, _) = demo_server("");
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    for i in 0..2_000u64 {
+        out.extend_from_slice(&[0, 0, 8, 0x06, 0x01, 0, 0, 0, 0]); // PING, ACK
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+    s.write_all(&out).expect("frames");
+    // A GET on stream 1: HEADERS (END_STREAM | END_HEADERS), HPACK literals without indexing.
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    block.push(0x04); // :path, literal
+    let path = b"/vod/t1/hls/64k/seg_00001.ts";
+    block.push(path.len() as u8);
+    block.extend_from_slice(path);
+    block.extend_from_slice(&[0x01, 0x01, b'x']); // :authority x
+    let mut head = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    head.extend_from_slice(&block);
+    s.write_all(&head).expect("request");
+    // Read frames until a HEADERS frame on stream 1 (the answer).
+    let mut answered = false;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while !answered {
+        let n = s.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = (usize::from(buf[at]) << 16)
+                | (usize::from(buf[at + 1]) << 8)
+                | usize::from(buf[at + 2]);
+            let (ty, stream) = (
+                buf[at + 3],
+                u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]),
+            );
+            if ty == 0x01 && stream == 1 {
+                answered = true;
+            }
+            at += 9 + len;
+        }
+    }
+    assert!(answered, "the request after the PINGs is answered");
+    let log = srv.stderr();
+    assert!(
+        !log.contains("PING"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+}
