@@ -75,12 +75,19 @@ pub enum BucketError {
     /// The path's key is longer than a bucket takes ([`MAX_KEY`]).
     #[error("the path's key is longer than {MAX_KEY} bytes")]
     KeyTooLong,
+    /// `404 NoSuchBucket`: nothing was applied, and the request is tried again later (the
+    /// bucket may be made, or `bucket` corrected).
+    #[error("the bucket does not exist: {0}")]
+    NoBucket(String),
 }
 
 impl BucketError {
     /// Whether the write may have been applied although no success came back.
     fn ambiguous(&self) -> bool {
-        !matches!(self, BucketError::Refused(_) | BucketError::KeyTooLong)
+        !matches!(
+            self,
+            BucketError::Refused(_) | BucketError::KeyTooLong | BucketError::NoBucket(_)
+        )
     }
 }
 
@@ -579,6 +586,12 @@ impl WriteThrough {
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             ),
         };
+        // The bucket is not there (yet, or `bucket` is misspelt): the operator makes it or
+        // fixes the setting, and the queue retries meanwhile (it set the entries aside for
+        // good: making the bucket then uploaded nothing).
+        if code == Some("NoSuchBucket") {
+            return Err(BucketError::NoBucket(text));
+        }
         if status.is_client_error()
             && status != StatusCode::REQUEST_TIMEOUT
             && status != StatusCode::TOO_MANY_REQUESTS
@@ -914,6 +927,8 @@ fn file_body(file: Arc<File>, len: u64) -> BoxBody<Bytes, io::Error> {
 /// - `AuthorizationQueryParametersError`, `AuthorizationHeaderMalformed` (400): AWS's answer
 ///   to a signature for another region than the bucket's (`region`), a setting the operator
 ///   fixes, as a refused key or a skewed clock (403). (SeaweedFS takes any region.)
+///
+/// (`NoSuchBucket` is [`BucketError::NoBucket`], retried too.)
 fn worth_retrying(code: &str) -> bool {
     matches!(
         code,
