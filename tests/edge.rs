@@ -2014,6 +2014,40 @@ async fn write_through_upstream_durability_same_validators_everywhere() {
     );
 }
 
+/// A node switched from durability "local" to "upstream" with entries still queued delivers
+/// them: nothing new is queued, but what was is not dropped (it was, with a backlog of 0, so
+/// no alert could tell: acceptance M4).
+#[tokio::test]
+async fn write_through_queue_left_by_local_is_drained_under_upstream() {
+    let weed = Weed::start();
+    let (mut a, qdir) = node_with_unreachable_bucket(&weed);
+    let path = "/vod/wt31/seg_00001.ts";
+    let body = pattern(10_000, 31);
+    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(std::fs::read_dir(qdir.path()).expect("queue").count(), 1);
+    a.srv.signal(libc::SIGKILL);
+    let _ = a.srv.wait_exit(Duration::from_secs(5));
+    let upstream = (a.config.replace(UNREACHABLE_BUCKET, &weed.endpoint()))
+        .replace("durability = \"local\"", "durability = \"upstream\"");
+    let b = Server::start(&upstream);
+    let admin = b.admin_url("/metrics");
+    let drained = eventually(Duration::from_secs(20), async || {
+        let m = get(&admin, &[]).await.text();
+        metric(&m, "segd_write_through_backlog") == Some(0.0)
+            && metric_with(
+                &m,
+                "segd_write_through_total",
+                &[("op", "put"), ("result", "ok")],
+            ) == Some(1.0)
+    })
+    .await;
+    assert!(drained, "{}", b.stderr());
+    let key = format!("{S3_PREFIX}{}", &path[1..]);
+    let got = weed.object("GET", &key).await;
+    assert!(got.status == 200 && got.body.as_ref() == body.as_slice());
+}
+
 /// Durability "local": the 201 comes from the local disk, the durable queue delivers the object
 /// once the bucket is reachable — also after the node was killed with the entry queued.
 #[tokio::test]

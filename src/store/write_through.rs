@@ -136,7 +136,7 @@ pub struct WriteThrough {
     pub durability: Durability,
     live: bool,
     types: Vec<(String, HeaderValue)>,
-    /// The durable queue (`durability = "local"`).
+    /// The durable queue: filled with durability "local", drained with either.
     queue: Option<PathBuf>,
     wake: tokio::sync::Notify,
     /// Set when a drain begins: the worker takes no more entries.
@@ -216,14 +216,14 @@ impl WriteThrough {
             &["op", "result"],
         )?;
         metrics.register(Box::new(total.clone()))?;
-        let queue = (wt.durability == Durability::Local).then(|| {
-            wt.queue_path.clone().unwrap_or_else(|| {
-                cfg.volumes
-                    .first()
-                    .map(|v| v.path.join(".segd-queue"))
-                    .unwrap_or_else(|| PathBuf::from(".segd-queue"))
-            })
-        });
+        // With durability "upstream" too: nothing is queued then, but what a run with "local"
+        // left queued is still delivered (a node switched to "upstream" dropped it silently).
+        let queue = Some(wt.queue_path.clone().unwrap_or_else(|| {
+            cfg.volumes
+                .first()
+                .map(|v| v.path.join(".segd-queue"))
+                .unwrap_or_else(|| PathBuf::from(".segd-queue"))
+        }));
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(PARALLEL * 2)
