@@ -3408,8 +3408,10 @@ async fn edge_llhls_passthrough_errors_are_not_cacheable() {
 
 /// An upstream that says nothing of the media type (`binary/octet-stream`, what S3 stores for an
 /// object uploaded without one; `application/x-gzip`, what SeaweedFS stores for a gzipped one,
-/// from its bytes) does not override segd's table: the segment and the playlist go out with
-/// their own types, on the miss and from the copy. A specific upstream type is kept.
+/// from its bytes; `text/vnd.trolltech.linguist`, what `aws s3 cp` on Debian stores for a `.ts`:
+/// acceptance M6) does not override segd's table: the segment and the playlist go out with
+/// their own types, on the miss and from the copy. A specific upstream type is kept. A
+/// `Last-Modified` that is not a date is not passed on (acceptance M8): the fill's own is.
 #[tokio::test]
 async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -3427,10 +3429,18 @@ async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
         ("/vod/octet/b.m3u8", "application/vnd.apple.mpegurl"),
         ("/vod/sniffed/d.m3u8", "application/vnd.apple.mpegurl"),
         ("/vod/plain/c.m4s", "video/iso.segment"),
+        ("/vod/linguist/e.ts", "video/mp2t"),
     ] {
         let miss = must("GET", &edge.url(path), &[], false).await;
         assert_eq!(miss.status, 200, "{path}");
         assert_eq!(miss.header("content-type"), Some(want), "{path}: the miss");
+        // (A playlist goes without one during the second it was made: the fill's.)
+        let lm = miss.header("last-modified");
+        assert!(
+            lm.is_some_and(|d| httpdate::parse_http_date(d).is_ok())
+                || (lm.is_none() && path.ends_with(".m3u8")),
+            "{path}: {lm:?}"
+        );
         stored += miss.bytes().len();
         edge.wait_stored(stored).await;
         let hit = must("GET", &edge.url(path), &[], true).await;

@@ -430,14 +430,17 @@ fn forbids_storing(cc: &str) -> bool {
 /// `application/octet-stream` / `binary/octet-stream` that S3 clients store when nobody set one,
 /// or a compression format's type (`application/gzip`, `application/x-gzip`: what SeaweedFS
 /// stores for a gzipped object uploaded without a type, from its bytes; segd serves only media
-/// types, and the coding is in `Content-Encoding`). Then the object is served with the type
+/// types, and the coding is in `Content-Encoding`), or what a system's `mime.types` gives the
+/// extension for another kind of file (`text/vnd.trolltech.linguist`, Qt Linguist's `.ts`: what
+/// `aws s3 cp` on Debian stores for an MPEG-TS segment). Then the object is served with the type
 /// segd's own table gives its extension.
 fn specific_type(v: Option<HeaderValue>) -> Option<HeaderValue> {
-    const GENERIC: [&str; 4] = [
+    const GENERIC: [&str; 5] = [
         "application/octet-stream",
         "binary/octet-stream",
         "application/gzip",
         "application/x-gzip",
+        "text/vnd.trolltech.linguist",
     ];
     v.filter(|v| {
         let Ok(t) = v.to_str() else { return false };
@@ -465,10 +468,14 @@ fn soft_404<'a, B>(resp: &'a http::Response<B>, served: Option<&HeaderValue>) ->
         .then(|| t.to_str().unwrap_or("text/html"))
 }
 
-/// A `Last-Modified` segd can keep and send back as it came: visible ASCII only (obs-text would
-/// not survive the sidecar); without one the fill makes its own. (`ETag`s: [`entity_tag`].)
+/// A `Last-Modified` segd can keep and send back as it came: an HTTP date (RFC 9110 §5.6.7; one
+/// that is not, "yesterday", was served as it came), in visible ASCII (obs-text would not
+/// survive the sidecar); without one the fill makes its own. (`ETag`s: [`entity_tag`].)
 fn keepable(v: Option<HeaderValue>) -> Option<HeaderValue> {
-    v.filter(|v| v.to_str().is_ok() && !v.is_empty())
+    v.filter(|v| {
+        v.to_str()
+            .is_ok_and(|t| httpdate::parse_http_date(t.trim()).is_ok())
+    })
 }
 
 /// An `ETag` segd can keep, serve and send back: a valid entity-tag (RFC 9110 §8.8.3: `W/` or
@@ -2397,12 +2404,13 @@ impl Pull {
             && sidecar(rel.as_str()).1.len() <= NAME_MAX;
         // Validators the copy is served with from the first byte to its eviction: the
         // upstream's, else made here once and kept in the sidecar.
-        let etag = entity_tag(segd(crate::store::write_through::META_ETAG).or_else(|| get(ETAG)))
+        // (Each checked on its own: a bad metadata value gives way to the upstream's own.)
+        let etag = entity_tag(segd(crate::store::write_through::META_ETAG))
+            .or_else(|| entity_tag(get(ETAG)))
             .unwrap_or_else(|| made_etag(received));
-        let last_modified = keepable(
-            segd(crate::store::write_through::META_LAST_MODIFIED).or_else(|| get(LAST_MODIFIED)),
-        )
-        .or_else(|| HeaderValue::from_str(&crate::http::http_date(received)).ok());
+        let last_modified = keepable(segd(crate::store::write_through::META_LAST_MODIFIED))
+            .or_else(|| keepable(get(LAST_MODIFIED)))
+            .or_else(|| HeaderValue::from_str(&crate::http::http_date(received)).ok());
         let content_encoding = get(CONTENT_ENCODING).filter(|v| {
             !v.to_str()
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))

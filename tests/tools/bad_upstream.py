@@ -29,6 +29,9 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
               /vod/badetag/…  `ETag: no-quotes` (not an entity-tag)
               /vod/octet/…    `Content-Type: binary/octet-stream` (what S3 stores when the
                               uploader set no type)
+              /vod/linguist/… `Content-Type: text/vnd.trolltech.linguist` (what `aws s3 cp`
+                              on Debian stores for a `.ts`, from /etc/mime.types) and
+                              `Last-Modified: yesterday` (not a date)
               /vod/sniffed/…  the body gzipped, `Content-Encoding: gzip` and
                               `Content-Type: application/x-gzip` (what SeaweedFS stores for
                               a gzipped object uploaded without a type: it sniffs the bytes)
@@ -165,6 +168,8 @@ def mixed(sock, method, target, lines, state):
     ctype = "binary/octet-stream" if kind == "octet" else TYPES.get(ext, "application/octet-stream")
     if kind == "sniffed":
         ctype = "application/x-gzip"
+    if kind == "linguist":
+        ctype = "text/vnd.trolltech.linguist"
     head = ["HTTP/1.1 200 OK", f"Content-Type: {ctype}"]
     if kind in ("gzip", "sniffed"):
         body = gzip.compress(body, mtime=0)
@@ -179,6 +184,8 @@ def mixed(sock, method, target, lines, state):
         head.append('ETag: "b1"')
     elif kind == "badetag":
         head.append("ETag: no-quotes")
+    elif kind == "linguist":
+        head.append("Last-Modified: yesterday")
     elif kind == "cc":
         head.append(f"Cache-Control: {cc}")
         head.append('ETag: "cc1"')
