@@ -4021,6 +4021,45 @@ fn local_queue_behind_a_fault_proxy() -> (Moto, LosingProxy, tempfile::TempDir, 
     (moto, proxy, qdir, a)
 }
 
+/// A write-through PUT over a slow link (1 MiB/s) is not cut while the bucket keeps taking its
+/// bytes: the time limit (`first_byte_timeout`) runs from the last bytes taken. It was a fixed
+/// allowance, `first_byte_timeout` + 1 s + 1 s per 4 MiB, so every upload of this size timed
+/// out and was sent again for ever (acceptance M1).
+#[tokio::test]
+async fn write_through_over_a_slow_link_is_not_cut() {
+    let moto = Moto::start();
+    let proxy = LosingProxy::start(&moto.endpoint());
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let a = Edge::start_with(
+        &keys(&[("first_byte_timeout", "\"6s\"")]),
+        &[s3_upstream_at(
+            &format!("http://{}", proxy.addr),
+            &moto.secret_file(),
+        )],
+        &write_through_ingest(&format!(
+            "durability = \"local\"\nqueue_path = \"{}\"\nmax_body_bytes = \"64MiB\"",
+            qdir.path().display()
+        )),
+    );
+    let path = "/vod/wt32/slow-put.ts";
+    let body = pattern(12 << 20, 32);
+    let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let delivered = eventually(Duration::from_secs(40), async || {
+        metric(&a.metrics().await, "segd_write_through_backlog") == Some(0.0)
+    })
+    .await;
+    assert!(delivered, "{}", a.srv.stderr());
+    assert!(
+        !a.srv.stderr().contains("write-through PUT failed"),
+        "{}",
+        a.srv.stderr()
+    );
+    let key = format!("{S3_PREFIX}{}", &path[1..]);
+    let got = moto.object("GET", &key).await;
+    assert!(got.status == 200 && got.body.as_ref() == body.as_slice());
+}
+
 /// The write-through queue applying an object's entry takes the path's lock once the bucket
 /// answered its HEAD: it is no newer upload, and an upload of the path that sends steadily
 /// meanwhile is not given up as superseded (review L4: 409 after 2 s, nothing written, logged

@@ -418,7 +418,11 @@ impl WriteThrough {
             .sign(Duration::from_secs(3600))
             .to_string();
         let resp = self
-            .request(|| empty_request(http::Method::HEAD, &url), self.timeout)
+            .request(
+                || empty_request(http::Method::HEAD, &url),
+                self.timeout,
+                None,
+            )
             .await?;
         match resp.status() {
             StatusCode::OK => {
@@ -468,8 +472,11 @@ impl WriteThrough {
         }
         let url = action.sign(Duration::from_secs(3600)).to_string();
         let len = meta.len;
-        let limit = self.timeout + Duration::from_secs(1 + len / (4 << 20));
-        self.send(
+        // The time limit counts from the last body bytes the bucket took, however slow its
+        // link: a fixed allowance per size (1 s per 4 MiB) failed every large upload over a
+        // link slower than 4 MiB/s, for ever (acceptance M1).
+        let progress = Arc::new(Progress::new());
+        self.send_with(
             || {
                 let mut req = http::Request::put(&url)
                     .header(http::header::CONTENT_LENGTH, len)
@@ -478,11 +485,16 @@ impl WriteThrough {
                 if let Some(c) = &ctype_str {
                     req = req.header(http::header::CONTENT_TYPE, c.as_str());
                 }
-                req.body(file_body(Arc::clone(&file), len))
-                    .map_err(|e| BucketError::Failed(e.to_string()))
+                req.body(file_body(
+                    Arc::clone(&file),
+                    len,
+                    Some(Arc::clone(&progress)),
+                ))
+                .map_err(|e| BucketError::Failed(e.to_string()))
             },
-            limit,
+            self.timeout + Duration::from_secs(1),
             &[StatusCode::OK, StatusCode::CREATED, StatusCode::NO_CONTENT],
+            Some(&progress),
         )
         .await
     }
@@ -533,24 +545,39 @@ impl WriteThrough {
     /// as the request went out (its keep-alive timeout) ends with no byte of an answer: the
     /// request, idempotent (HEAD, PUT, DELETE: RFC 9110 §9.2.2), is built and sent once more,
     /// on a new connection (RFC 9112 §9.3.1), as the pull tier does.
+    ///
+    /// With `progress` (a body being sent), `limit` runs from the last body bytes taken: a
+    /// slow link that keeps taking them is never cut, one that stalls is.
     async fn request(
         &self,
         make: impl Fn() -> Result<http::Request<BoxBody<Bytes, io::Error>>, BucketError>,
         limit: Duration,
+        progress: Option<&Progress>,
     ) -> Result<http::Response<hyper::body::Incoming>, BucketError> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut sent = tokio::time::timeout_at(deadline, self.client.request(make()?)).await;
-        if let Ok(Err(e)) = &sent {
-            if super::pull::closed_before_answer(e) {
-                tracing::debug!(error = %e, "the bucket closed a kept-alive connection; sending again");
-                sent = tokio::time::timeout_at(deadline, self.client.request(make()?)).await;
+        let run = async {
+            let first = self.client.request(make()?).await;
+            match first {
+                Err(e) if super::pull::closed_before_answer(&e) => {
+                    tracing::debug!(error = %e, "the bucket closed a kept-alive connection; sending again");
+                    Ok(self.client.request(make()?).await)
+                }
+                r => Ok(r),
             }
-        }
-        match sent {
-            Err(_) => Err(BucketError::Timeout),
-            Ok(Err(e)) => Err(BucketError::Failed(format!("{e:?}"))),
-            Ok(Ok(r)) => Ok(r),
-        }
+        };
+        tokio::pin!(run);
+        let start = tokio::time::Instant::now();
+        let sent = loop {
+            let last = progress.map_or(start, |p| p.last().max(start));
+            tokio::select! {
+                r = &mut run => break r?,
+                () = tokio::time::sleep_until(last + limit) => {
+                    if progress.is_none_or(|p| p.last() <= last) {
+                        return Err(BucketError::Timeout);
+                    }
+                }
+            }
+        };
+        sent.map_err(|e| BucketError::Failed(format!("{e:?}")))
     }
 
     /// Sends the request `make` builds ([`WriteThrough::request`]) and reads its answer: `Ok`
@@ -561,7 +588,18 @@ impl WriteThrough {
         limit: Duration,
         ok: &[StatusCode],
     ) -> Result<(), BucketError> {
-        let resp = self.request(make, limit).await?;
+        self.send_with(make, limit, ok, None).await
+    }
+
+    /// [`WriteThrough::send`], with the body's `progress` ([`WriteThrough::request`]).
+    async fn send_with(
+        &self,
+        make: impl Fn() -> Result<http::Request<BoxBody<Bytes, io::Error>>, BucketError>,
+        limit: Duration,
+        ok: &[StatusCode],
+        progress: Option<&Progress>,
+    ) -> Result<(), BucketError> {
+        let resp = self.request(make, limit, progress).await?;
         let status = resp.status();
         self.note_retry_after(status, resp.headers());
         // Read the answer to its end so the connection can be reused (bounded in time).
@@ -887,11 +925,44 @@ fn empty_request(
         .map_err(|e| BucketError::Failed(e.to_string()))
 }
 
+/// When a request body last had bytes taken (see [`WriteThrough::request`]).
+pub(super) struct Progress {
+    start: tokio::time::Instant,
+    /// Nanoseconds after `start`.
+    at: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            start: tokio::time::Instant::now(),
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self) {
+        let ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.at.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_nanos(self.at.load(Ordering::Relaxed))
+    }
+}
+
 /// The `len` bytes of `file` as a request body, read by position in [`CHUNK`]s on the blocking
-/// pool (so each attempt at a request reads them anew).
-fn file_body(file: Arc<File>, len: u64) -> BoxBody<Bytes, io::Error> {
+/// pool (so each attempt at a request reads them anew); each chunk asked for is noted in
+/// `progress` (the client asks for the next once the connection took the one before).
+fn file_body(
+    file: Arc<File>,
+    len: u64,
+    progress: Option<Arc<Progress>>,
+) -> BoxBody<Bytes, io::Error> {
     let chunks = futures_util::stream::unfold(0u64, move |off| {
         let file = Arc::clone(&file);
+        if let Some(p) = &progress {
+            p.note();
+        }
         async move {
             if off >= len {
                 return None;

@@ -21,7 +21,8 @@ bucket throttling its clients). Every GET of a path containing `slow-down` is an
 `stale-keepalive` keeps the client's connection open, and the next request on it is read and
 dropped with the connection, unanswered and never passed on (a bucket closing an idle kept-alive
 connection just as a new request went out on it). A HEAD of a path containing `slow-head` is
-passed on after 1 s (a bucket slow to answer).
+passed on after 1 s (a bucket slow to answer). The body of a PUT of a path containing
+`slow-put` is read at 1 MiB/s (a bucket behind a slow link).
 
 It exits when its stdin closes or it is killed.
 """
@@ -99,11 +100,18 @@ def read_message(sock, buf, head_only_body=False):
             length = int(value.strip())
     if head_only_body:
         length = 0
+    # A PUT of a path containing `slow-put`: its body is taken at 1 MiB/s, through a small
+    # receive buffer (a bucket behind a slow link).
+    slow = head.startswith(b"PUT ") and b"slow-put" in head.split(b"\r\n")[0]
+    if slow:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     while len(rest) < length:
         chunk = sock.recv(65536)
         if not chunk:
             return None, None, buf
         rest += chunk
+        if slow:
+            time.sleep(len(chunk) / (1 << 20))
     return head, rest[:length], rest[length:]
 
 
