@@ -3724,3 +3724,42 @@ async fn thousands_of_date_ranges_are_followed_from_version_to_version() {
     let kept = text.matches("#EXT-X-DATERANGE:").count();
     assert_eq!(kept, 30_001, "every recent date range");
 }
+
+/// A live segment uploaded in 200,000 one-byte chunks (HTTP/1.1 chunked) is kept for its
+/// readers chunk by chunk at a cost that does not grow with the chunks already held: each
+/// chunk summed and searched every chunk held, quadratic in all (review L2: 12.6 s of CPU for
+/// 200,000 such chunks in a release build). Not a speed figure: the bound is far above the
+/// linear cost and far below the quadratic one in this debug build.
+#[tokio::test]
+async fn a_segment_uploaded_in_one_byte_chunks_costs_what_its_chunks_do() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/tiny/seg1.m4s";
+    let mut body = Vec::with_capacity(200_000 * 6);
+    for i in 0..200_000u32 {
+        body.extend_from_slice(b"1\r\n");
+        body.push(b'a' + (i % 26) as u8);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        q(path, &rig.tok)
+    );
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(rig.srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    use std::io::{Read, Write};
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&body).expect("body");
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).expect("answer");
+    assert!(answer.starts_with(b"HTTP/1.1 201"), "{answer:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "200,000 chunks took {:?}",
+        t.elapsed()
+    );
+    let got = get(&rig.url(path), &[]).await;
+    assert_eq!(got.body.len(), 200_000);
+}

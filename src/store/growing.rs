@@ -41,21 +41,30 @@ pub struct Growing {
 }
 
 /// See [`Growing::recent`].
+/// (Its sums and searches take time independent of how many chunks it holds: a client sending
+/// one-byte chunks made each of them cost a walk over every chunk held, quadratic in all.)
 #[derive(Default)]
 struct Recent {
+    /// In offset order, contiguous.
     chunks: std::collections::VecDeque<(u64, Bytes)>,
+    /// The bytes of `chunks`.
+    held: usize,
     /// Bytes in the file: chunks ending at or before this may be dropped.
     on_disk: u64,
 }
 
 impl Recent {
+    fn push(&mut self, off: u64, b: Bytes) {
+        self.held += b.len();
+        self.chunks.push_back((off, b));
+    }
+
     /// Drops the oldest chunks beyond [`RETAIN`] bytes, never one that is not in the file yet.
     fn trim(&mut self) {
-        let mut held: usize = self.chunks.iter().map(|(_, b)| b.len()).sum();
-        while held > RETAIN && self.chunks.len() > 1 {
+        while self.held > RETAIN && self.chunks.len() > 1 {
             match self.chunks.front() {
                 Some((off, b)) if off + b.len() as u64 <= self.on_disk => {
-                    held -= b.len();
+                    self.held -= b.len();
                     self.chunks.pop_front();
                 }
                 _ => break,
@@ -71,10 +80,12 @@ impl Growing {
     /// Up to `max` bytes at `pos` from the retained chunks, if they hold `pos`.
     fn recent_at(&self, pos: u64, max: u64) -> Option<Bytes> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        let (off, b) = recent
-            .chunks
-            .iter()
-            .find(|(off, b)| *off <= pos && pos < off + b.len() as u64)?;
+        // The last chunk starting at or before `pos` (they are in offset order).
+        let i = recent.chunks.partition_point(|(off, _)| *off <= pos);
+        let (off, b) = recent.chunks.get(i.checked_sub(1)?)?;
+        if pos >= off + b.len() as u64 {
+            return None;
+        }
         let start = (pos - off) as usize;
         let end = b
             .len()
@@ -205,7 +216,7 @@ impl Publisher {
             let mut off = visible - total.min(visible);
             for c in chunks {
                 if !c.is_empty() {
-                    recent.chunks.push_back((off, c.clone()));
+                    recent.push(off, c.clone());
                     off += c.len() as u64;
                 }
             }
