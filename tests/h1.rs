@@ -36,6 +36,11 @@ fn framing_and_host_rules() {
         format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 1,1\r\n\r\n"),
         format!("GET {SEG} HTTP/1.1\r\n\r\n"),
         format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        // A Host that is no `uri-host [":" port]` (acceptance J7: served).
+        format!("GET {SEG} HTTP/1.1\r\nHost: x:-1\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: x:80:80\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: [::1\r\n\r\n"),
+        format!("GET {SEG} HTTP/1.1\r\nHost: ::1\r\n\r\n"),
         format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Bad: a\rb\r\n\r\n"),
         format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"),
         // HTTP/1.0 has no transfer codings: faulty framing (RFC 9112 §6.1).

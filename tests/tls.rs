@@ -1124,6 +1124,8 @@ async fn malformed_heads_get_the_fast_paths_answers_over_tls() {
         (format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nContent-Length: 1,1\r\n\r\n"), 400),
         (format!("GET {SEG} HTTP/1.1\r\n\r\n"), 400),
         (format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400),
+        (format!("GET {SEG} HTTP/1.1\r\nHost: x:8o\r\n\r\n"), 400),
+        (format!("GET {SEG} HTTP/1.1\r\nHost: [::1\r\n\r\n"), 400),
         (format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Bad: a\rb\r\n\r\n"), 400),
         (format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Bad: a\0b\r\n\r\n"), 400),
         (format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"), 400),

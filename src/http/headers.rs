@@ -56,11 +56,40 @@ pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
     match (hosts.next(), hosts.next()) {
         (None, _) => !http11,
         (Some(_), Some(_)) => false,
-        (Some(v), None) => v
-            .as_bytes()
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)),
+        (Some(v), None) => host_value_ok(v.as_bytes()),
     }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3), or empty: an IP literal in brackets (hex
+/// digits, `:` and `.`), or a name of unreserved, percent-encoded and sub-delim characters (an
+/// IPv4 address is one); the port all digits. `x:-1`, `x:80:80`, `[::1` and `::1` were taken.
+fn host_value_ok(v: &[u8]) -> bool {
+    let (host, port) = match v.first() {
+        None => return true,
+        Some(b'[') => {
+            let Some(end) = v.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let literal = &v[1..end];
+            if literal.is_empty()
+                || !(literal.iter()).all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
+                return false;
+            }
+            match &v[end + 1..] {
+                [] => (&v[..0], None),
+                [b':', port @ ..] => (&v[..0], Some(port)),
+                _ => return false,
+            }
+        }
+        Some(_) => match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        },
+    };
+    let name_ok =
+        (host.iter()).all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    name_ok && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
 }
 
 /// RFC 9113 §8.3.1 (HTTP/2): a request names its authority in `:authority` or in `Host` (an
@@ -210,6 +239,43 @@ pub fn options(policy: &Policy, req: &Request<'_>, writable: bool) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9112 §3.2 / RFC 3986 §3.2.2-3: what a `Host` may be (acceptance J7: the bad ones
+    /// were served on HTTP/1.1).
+    #[test]
+    fn host_values() {
+        for good in [
+            "",
+            "x",
+            "x:80",
+            "x:",
+            "a.example:8080",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a%20b",
+        ] {
+            assert!(host_value_ok(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "x:-1",
+            "x:8o",
+            "x:80:80",
+            "[::1",
+            "::1",
+            "[]",
+            "[::1]x",
+            "[::1]:x",
+            "a b",
+            "a@b",
+            "a/b",
+            "[fe80::1%eth0]",
+        ] {
+            assert!(!host_value_ok(bad.as_bytes()), "{bad:?}");
+        }
+    }
 
     /// A remembered 404 is kept by a CDN for the whole seconds left, never rounded up; under a
     /// second, not at all.
