@@ -2014,6 +2014,40 @@ async fn write_through_upstream_durability_same_validators_everywhere() {
     );
 }
 
+/// While the bucket is unreachable every queue round fails every queued path: a round says
+/// the first few at `warn`, the rest at `debug`, and its count in one line (it was a warning
+/// per path per round, with the error's `Debug` dump: acceptance M5).
+#[tokio::test]
+async fn write_through_failures_of_a_round_are_said_in_a_few_lines() {
+    let weed = Weed::start();
+    let (a, _qdir) = node_with_unreachable_bucket(&weed);
+    for i in 0..12 {
+        let path = format!("/vod/wt33/seg_{i}.ts");
+        let r = send("PUT", &upload_url(&a, &path), &[], b"x", false).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let two_rounds = eventually(Duration::from_secs(20), async || {
+        a.srv
+            .stderr()
+            .matches("write-through to the bucket failed; retrying")
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(two_rounds, "{}", a.srv.stderr());
+    let log = a.srv.stderr();
+    let rounds = log
+        .matches("write-through to the bucket failed; retrying")
+        .count();
+    let lines = log.matches("write-through PUT failed").count();
+    assert!(
+        lines <= 3 * (rounds + 1),
+        "{lines} lines in {rounds} rounds:\n{log}"
+    );
+    assert!(log.contains("paths=12"), "{log}");
+    assert!(!log.contains("ConnectError("), "no Debug dumps: {log}");
+}
+
 /// A node switched from durability "local" to "upstream" with entries still queued delivers
 /// them: nothing new is queued, but what was is not dropped (it was, with a backlog of 0, so
 /// no alert could tell: acceptance M4).

@@ -91,6 +91,22 @@ impl BucketError {
     }
 }
 
+/// An error and its sources, `: `-joined (`client error (Connect): tcp connect error:
+/// Connection refused (os error 111)`), for the log: not the `Debug` dump of nested structs.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        next = s.source();
+    }
+    out
+}
+
+/// Failures a queue round says at `warn`, one line each (see [`WriteThrough::warn_once_more`]).
+const WARNED_A_ROUND: u64 = 3;
+
 /// The longest key S3 takes (bytes of its UTF-8).
 pub const MAX_KEY: usize = 1024;
 
@@ -148,6 +164,9 @@ pub struct WriteThrough {
     /// the pull cache keeps it (pulled segments are never revalidated).
     deleting: std::sync::Mutex<HashMap<String, u128>>,
     seq: AtomicU64,
+    /// Failures of the queue's current round said at `warn` (the first [`WARNED_A_ROUND`]; the
+    /// rest at `debug`, and the round's count in one line).
+    warned: AtomicU64,
     /// Until when the bucket asked to be left alone: the latest `Retry-After` of a 503
     /// (`SlowDown`) or 429 ([`retry_after`]). The queue's next round waits for it.
     hold_off: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -253,6 +272,7 @@ impl WriteThrough {
             stopping: std::sync::atomic::AtomicBool::new(false),
             deleting: std::sync::Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            warned: AtomicU64::new(0),
             hold_off: std::sync::Mutex::new(None),
             settings: WriteThrough::settings(cfg),
             m: WtMetrics {
@@ -399,8 +419,14 @@ impl WriteThrough {
                     tracing::info!(path = %rel, error = %e, "the bucket had stored the upload although its answer failed");
                     Ok(())
                 }
-                other => {
+                Ok(other) => {
                     tracing::info!(path = %rel, error = %e, bucket = ?other, "the bucket does not hold the upload whose answer failed");
+                    Err(e)
+                }
+                Err(asked) => {
+                    // (Not "does not hold": nobody knows. The queue, or the uploader, tries
+                    // again.)
+                    tracing::info!(path = %rel, error = %e, head = %asked, "whether the bucket holds the upload whose answer failed is unknown: its HEAD failed too");
                     Err(e)
                 }
             },
@@ -577,7 +603,7 @@ impl WriteThrough {
                 }
             }
         };
-        sent.map_err(|e| BucketError::Failed(format!("{e:?}")))
+        sent.map_err(|e| BucketError::Failed(causes(&e)))
     }
 
     /// Sends the request `make` builds ([`WriteThrough::request`]) and reads its answer: `Ok`
@@ -743,6 +769,7 @@ impl WriteThrough {
                 }
                 by_path.entry(e.rel.clone()).or_default().push(e);
             }
+            self.warned.store(0, Ordering::Relaxed);
             let failed = futures_util::stream::iter(by_path)
                 .map(|(rel, entries)| {
                     let this = Arc::clone(&self);
@@ -794,6 +821,12 @@ impl WriteThrough {
         }
     }
 
+    /// Whether a failure of this round is said at `warn` (while the bucket is down, every round
+    /// fails every queued path: a line each flooded the log, acceptance M5).
+    fn warn_once_more(&self) -> bool {
+        self.warned.fetch_add(1, Ordering::Relaxed) < WARNED_A_ROUND
+    }
+
     /// Makes the bucket hold the node's current state of `rel`, unless the bucket holds a
     /// newer version that another node wrote meanwhile (then this node's copy is the stale one
     /// and goes, so that it is not served in place of the newer one).
@@ -816,7 +849,11 @@ impl WriteThrough {
         let stored = match self.head(&path).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(path = rel, error = %e, "write-through HEAD failed");
+                if self.warn_once_more() {
+                    tracing::warn!(path = rel, error = %e, "write-through HEAD failed");
+                } else {
+                    tracing::debug!(path = rel, error = %e, "write-through HEAD failed");
+                }
                 let put = entries.iter().any(|e| e.op == Op::Put);
                 self.count(if put { Op::Put } else { Op::Delete }, false);
                 return Applied::Retry;
@@ -859,7 +896,11 @@ impl WriteThrough {
                     Applied::Refused
                 }
                 Err(e) => {
-                    tracing::warn!(path = rel, error = %e, "write-through PUT failed");
+                    if self.warn_once_more() {
+                        tracing::warn!(path = rel, error = %e, "write-through PUT failed");
+                    } else {
+                        tracing::debug!(path = rel, error = %e, "write-through PUT failed");
+                    }
                     Applied::Retry
                 }
             },
@@ -883,7 +924,11 @@ impl WriteThrough {
                         Applied::Refused
                     }
                     Err(e) => {
-                        tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
+                        if self.warn_once_more() {
+                            tracing::warn!(path = rel, error = %e, "write-through DELETE failed");
+                        } else {
+                            tracing::debug!(path = rel, error = %e, "write-through DELETE failed");
+                        }
                         Applied::Retry
                     }
                 }
@@ -892,7 +937,11 @@ impl WriteThrough {
             // or never renamed into place (the upload failed after queuing): nothing to send.
             Ok(Ok(None)) => Applied::Done,
             Ok(Err(e)) => {
-                tracing::warn!(path = rel, error = %e, "write-through cannot read the local object");
+                if self.warn_once_more() {
+                    tracing::warn!(path = rel, error = %e, "write-through cannot read the local object");
+                } else {
+                    tracing::debug!(path = rel, error = %e, "write-through cannot read the local object");
+                }
                 Applied::Retry
             }
             Err(_) => Applied::Retry,
