@@ -4040,17 +4040,25 @@ async fn write_through_no_such_bucket_refuses_deletes_too() {
 /// A node with durability "local" whose bucket is moto behind `s3_fault_proxy.py` (which
 /// answers some requests with AWS errors), and its queue directory.
 fn local_queue_behind_a_fault_proxy() -> (Moto, LosingProxy, tempfile::TempDir, Edge) {
+    local_queue_behind_a_fault_proxy_with(&keys(&[]), "")
+}
+
+/// [`local_queue_behind_a_fault_proxy`] with these `[pull]` keys and more `[ingest]` keys.
+fn local_queue_behind_a_fault_proxy_with(
+    pull_keys: &str,
+    ingest: &str,
+) -> (Moto, LosingProxy, tempfile::TempDir, Edge) {
     let moto = Moto::start();
     let proxy = LosingProxy::start(&moto.endpoint());
     let qdir = tempfile::tempdir().expect("tempdir");
     let a = Edge::start_with(
-        &keys(&[]),
+        pull_keys,
         &[s3_upstream_at(
             &format!("http://{}", proxy.addr),
             &moto.secret_file(),
         )],
         &write_through_ingest(&format!(
-            "durability = \"local\"\nqueue_path = \"{}\"",
+            "durability = \"local\"\nqueue_path = \"{}\"\n{ingest}",
             qdir.path().display()
         )),
     );
@@ -4063,19 +4071,9 @@ fn local_queue_behind_a_fault_proxy() -> (Moto, LosingProxy, tempfile::TempDir, 
 /// out and was sent again for ever (acceptance M1).
 #[tokio::test]
 async fn write_through_over_a_slow_link_is_not_cut() {
-    let moto = Moto::start();
-    let proxy = LosingProxy::start(&moto.endpoint());
-    let qdir = tempfile::tempdir().expect("tempdir");
-    let a = Edge::start_with(
+    let (moto, _proxy, _qdir, a) = local_queue_behind_a_fault_proxy_with(
         &keys(&[("first_byte_timeout", "\"6s\"")]),
-        &[s3_upstream_at(
-            &format!("http://{}", proxy.addr),
-            &moto.secret_file(),
-        )],
-        &write_through_ingest(&format!(
-            "durability = \"local\"\nqueue_path = \"{}\"\nmax_body_bytes = \"64MiB\"",
-            qdir.path().display()
-        )),
+        "max_body_bytes = \"64MiB\"",
     );
     let path = "/vod/wt32/slow-put.ts";
     let body = pattern(12 << 20, 32);
