@@ -165,10 +165,15 @@ fn viewer_only(headers: &mut HeaderMap, exp: u64) {
     let Some(cc) = headers.get(CACHE_CONTROL) else {
         return;
     };
-    let age = (headers.get(http::header::AGE))
+    // The `Age` that goes out with it (a pulled copy's) is counted by the client against
+    // `max-age` itself: the token's seconds are capped with it added, and the lifetime is not
+    // shortened by it here too. (A playlist rewritten for this token is already `private`,
+    // sent without an `Age`: it is only capped.)
+    let age: u64 = (headers.get(http::header::AGE))
         .and_then(|a| a.to_str().ok()?.trim().parse().ok())
         .unwrap_or(0);
-    let private = crate::store::private_cache_control(cc, age, exp.saturating_sub(unix_now()));
+    let left = exp.saturating_sub(unix_now()).saturating_add(age);
+    let private = crate::store::private_cache_control(cc, 0, left);
     headers.insert(CACHE_CONTROL, private);
 }
 
