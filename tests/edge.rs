@@ -1895,9 +1895,34 @@ const UNREACHABLE_BUCKET: &str = "http://127.0.0.1:9";
 /// Kills `node` (not drained: its queue stays as it was) and starts it again on the same
 /// config, volume and queue with the bucket's right address.
 fn restart_reaching_the_bucket(node: &mut Edge, weed: &Weed) -> Server {
+    restart_reaching_the_bucket_with(node, weed, |c| c)
+}
+
+/// [`restart_reaching_the_bucket`], its config changed by `edit` too.
+fn restart_reaching_the_bucket_with(
+    node: &mut Edge,
+    weed: &Weed,
+    edit: impl FnOnce(String) -> String,
+) -> Server {
     node.srv.signal(libc::SIGKILL);
     let _ = node.srv.wait_exit(Duration::from_secs(5));
-    Server::start(&node.config.replace(UNREACHABLE_BUCKET, &weed.endpoint()))
+    Server::start(&edit(
+        node.config.replace(UNREACHABLE_BUCKET, &weed.endpoint()),
+    ))
+}
+
+/// Whether the metrics at `admin` say the queue is empty and `puts` PUTs reached the bucket.
+async fn queue_delivered(admin: &str, puts: f64) -> bool {
+    let m = fetch("GET", admin, &[], false)
+        .await
+        .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+        .unwrap_or_default();
+    metric(&m, "segd_write_through_backlog") == Some(0.0)
+        && metric_with(
+            &m,
+            "segd_write_through_total",
+            &[("op", "put"), ("result", "ok")],
+        ) == Some(puts)
 }
 
 /// `path` with an upload token for it in the query.
@@ -2062,20 +2087,12 @@ async fn write_through_queue_left_by_local_is_drained_under_upstream() {
     let r = send("PUT", &upload_url(&a, path), &[], &body, false).await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(std::fs::read_dir(qdir.path()).expect("queue").count(), 1);
-    a.srv.signal(libc::SIGKILL);
-    let _ = a.srv.wait_exit(Duration::from_secs(5));
-    let upstream = (a.config.replace(UNREACHABLE_BUCKET, &weed.endpoint()))
-        .replace("durability = \"local\"", "durability = \"upstream\"");
-    let b = Server::start(&upstream);
+    let b = restart_reaching_the_bucket_with(&mut a, &weed, |c| {
+        c.replace("durability = \"local\"", "durability = \"upstream\"")
+    });
     let admin = b.admin_url("/metrics");
     let drained = eventually(Duration::from_secs(20), async || {
-        let m = get(&admin, &[]).await.text();
-        metric(&m, "segd_write_through_backlog") == Some(0.0)
-            && metric_with(
-                &m,
-                "segd_write_through_total",
-                &[("op", "put"), ("result", "ok")],
-            ) == Some(1.0)
+        queue_delivered(&admin, 1.0).await
     })
     .await;
     assert!(drained, "{}", b.stderr());
@@ -2121,16 +2138,7 @@ async fn write_through_local_queue_survives_a_crash() {
     let admin = a2.admin_url("/metrics");
     assert!(
         eventually(Duration::from_secs(20), async || {
-            let m = fetch("GET", &admin, &[], false)
-                .await
-                .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
-                .unwrap_or_default();
-            metric(&m, "segd_write_through_backlog") == Some(0.0)
-                && metric_with(
-                    &m,
-                    "segd_write_through_total",
-                    &[("op", "put"), ("result", "ok")],
-                ) == Some(1.0)
+            queue_delivered(&admin, 1.0).await
         })
         .await,
         "the queue drains after the restart"

@@ -1069,12 +1069,18 @@ async fn a_huge_unknown_frame_is_skipped_not_buffered() {
     let addr = srv.tls_addr.expect("tls");
     let pid = srv.child.id();
     let endpoint = quic_endpoint(&pki);
-    let conn = endpoint
-        .connect(addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("QUIC handshake");
-    let mut control = conn.open_uni().await.expect("control stream");
+    // A QUIC connection without an HTTP/3 client, and a stream the test writes as its control
+    // stream.
+    let control_stream = async || {
+        let conn = endpoint
+            .connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("QUIC handshake");
+        let control = conn.open_uni().await.expect("control stream");
+        (conn, control)
+    };
+    let (conn, mut control) = control_stream().await;
     // Stream type 0 (control), an empty SETTINGS, then a reserved frame type (0x21) whose
     // length is 2^40 (an 8-byte varint).
     control
@@ -1094,12 +1100,7 @@ async fn a_huge_unknown_frame_is_skipped_not_buffered() {
     conn.close(0u32.into(), b"");
 
     // GOAWAY (0x07) declaring 1 MiB on a fresh connection's control stream: closed.
-    let conn = endpoint
-        .connect(addr, "localhost")
-        .expect("connect")
-        .await
-        .expect("QUIC handshake");
-    let mut control = conn.open_uni().await.expect("control stream");
+    let (conn, mut control) = control_stream().await;
     control
         .write_all(&[0x00, 0x04, 0x00, 0x07, 0x80, 0x10, 0x00, 0x00])
         .await
