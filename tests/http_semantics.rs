@@ -725,6 +725,9 @@ async fn h2_frame_errors_carry_the_right_codes() {
     let setting = |id: u16, v: u32| [&id.to_be_bytes()[..], &v.to_be_bytes()[..]].concat();
     let end_both = H2_END_HEADERS | H2_END_STREAM;
     let (big_window, push_2) = (setting(4, 1 << 31), setting(2, 2));
+    let (no_window, get_5) = (setting(4, 0), get.clone());
+    let empty_name = [get.clone(), hpack_literals(&[("", "x")])].concat();
+    let connect = hpack_literals(&[(":method", "CONNECT")]);
     type Frame<'a> = (u8, u8, u32, &'a [u8]);
     let cases: Vec<(&str, Vec<Frame>, u8, u32)> = vec![
         (
@@ -788,6 +791,37 @@ async fn h2_frame_errors_carry_the_right_codes() {
             STREAM_CLOSED,
         ),
         (
+            // The response cannot end (no window), so the stream is half-closed (remote):
+            // a stream error (h2spec http2/5.1/6).
+            "HEADERS after END_STREAM",
+            vec![
+                (H2_SETTINGS, 0, 0, &no_window),
+                (H2_HEADERS, end_both, 1, &get),
+                (H2_HEADERS, end_both, 1, &get),
+            ],
+            H2_RST_STREAM,
+            STREAM_CLOSED,
+        ),
+        (
+            // Stream 3 was never opened: 5 closed it while idle (RFC 9113 §5.1.1).
+            "HEADERS on a stream skipped",
+            vec![(H2_HEADERS, end_both, 5, &get_5), (H2_HEADERS, end_both, 3, &get)],
+            H2_GOAWAY,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "an empty field name",
+            vec![(H2_HEADERS, end_both, 1, &empty_name)],
+            H2_GOAWAY,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "CONNECT without :authority",
+            vec![(H2_HEADERS, end_both, 1, &connect)],
+            H2_RST_STREAM,
+            PROTOCOL_ERROR,
+        ),
+        (
             "DATA on stream 0",
             vec![(H2_DATA, 0, 0, b"x")],
             H2_GOAWAY,
@@ -813,6 +847,23 @@ async fn h2_frame_errors_carry_the_right_codes() {
             _ => None,
         });
         assert_eq!(error, Some((kind, code)), "{what}: {got:?}");
+    }
+    // A stream both sides ended (the answer came whole) is closed: HEADERS on it is a
+    // connection error STREAM_CLOSED (RFC 9113 §5.1; h2spec http2/5.1/12), whether the server
+    // still holds the stream or has forgotten it.
+    for pause in [Duration::ZERO, Duration::from_millis(300)] {
+        let mut c = RawH2::connect(srv.addr);
+        c.send(H2_HEADERS, end_both, 1, &get);
+        let answer = c.stream_frames(1);
+        assert!(answer.iter().any(|f| f.0 == H2_DATA), "{answer:?}");
+        std::thread::sleep(pause);
+        c.send(H2_HEADERS, end_both, 1, &get);
+        let got = c.frames(Duration::from_secs(2));
+        let goaway = got.iter().find(|f| f.0 == H2_GOAWAY).map(|f| {
+            let p = &f.3;
+            u32::from_be_bytes([p[4], p[5], p[6], p[7]])
+        });
+        assert_eq!(goaway, Some(STREAM_CLOSED), "after {pause:?}: {got:?}");
     }
     let r = request("GET", &srv.url(SEG), &[], true).await;
     assert_eq!(r.status, 200, "still serving");

@@ -1753,6 +1753,12 @@ impl proto::Peer for Peer {
             malformed!("malformed headers: missing path in extended CONNECT");
         }
 
+        // segd patch (vendor/h2/SEGD-PATCH.md): a CONNECT names where to connect in
+        // :authority (RFC 9113 §8.5); without it the request is malformed.
+        if is_connect && !has_protocol && parts.authority.is_none() {
+            malformed!("malformed headers: missing :authority in CONNECT");
+        }
+
         b = b.uri(parts);
 
         let mut request = match b.body(()) {

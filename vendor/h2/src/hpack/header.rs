@@ -1,4 +1,4 @@
-use super::{DecoderError, NeedMore};
+use super::DecoderError;
 use crate::ext::Protocol;
 
 use bytes::Bytes;
@@ -63,7 +63,10 @@ impl Header<Option<HeaderName>> {
 impl Header {
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
-            return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
+            // segd patch (vendor/h2/SEGD-PATCH.md): an empty name is a well-encoded field that
+            // is no valid field name (RFC 9113 §8.2.1: PROTOCOL_ERROR), not a block cut short
+            // (which `hpack_error_reason` makes COMPRESSION_ERROR).
+            return Err(DecoderError::InvalidUtf8);
         }
         if name[0] == b':' {
             match &name[1..] {

@@ -5,6 +5,7 @@ use crate::proto;
 
 use http::{HeaderMap, Request, Response};
 
+use std::collections::VecDeque;
 use std::cmp::Ordering;
 use std::io;
 use std::task::{Context, Poll, Waker};
@@ -26,6 +27,13 @@ pub(super) struct Recv {
 
     /// The stream ID of the last processed stream
     last_processed_id: StreamId,
+
+    /// segd patch (vendor/h2/SEGD-PATCH.md): the latest ranges `[from, to)` of stream IDs the
+    /// peer skipped (never opened; idle until a higher ID closed them, RFC 9113 §5.1.1), and
+    /// the end of the ranges no longer kept. Below `next_stream_id`, a HEADERS frame on a
+    /// skipped ID is PROTOCOL_ERROR (§5.1.1), on one the peer used it is STREAM_CLOSED (§5.1).
+    skipped: VecDeque<(StreamId, StreamId)>,
+    skipped_forgotten_below: StreamId,
 
     /// Any streams with a higher ID are ignored.
     ///
@@ -103,6 +111,8 @@ impl Recv {
             next_stream_id: Ok(next_stream_id.into()),
             pending_window_updates: store::Queue::new(),
             last_processed_id: StreamId::ZERO,
+            skipped: VecDeque::new(),
+            skipped_forgotten_below: StreamId::ZERO,
             max_stream_id: StreamId::MAX,
             pending_accept: store::Queue::new(),
             pending_reset_expired: store::Queue::new(),
@@ -136,10 +146,15 @@ impl Recv {
 
         let next_id = self.next_stream_id()?;
         if id < next_id {
+            if self.was_opened(id) {
+                proto_err!(conn: "id ({:?}) was opened and closed", id);
+                return Err(Error::library_go_away(Reason::STREAM_CLOSED));
+            }
             proto_err!(conn: "id ({:?}) < next_id ({:?})", id, next_id);
             return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
         }
 
+        self.note_skipped(next_id, id);
         self.next_stream_id = id.next_id();
 
         if !counts.can_inc_num_recv_streams() {
@@ -1010,11 +1025,32 @@ impl Recv {
         }
     }
 
+    /// segd patch: whether the peer opened `id`, an ID below `next_stream_id`, as far as the
+    /// skipped ranges kept can tell (an ID in a forgotten range counts as never opened).
+    fn was_opened(&self, id: StreamId) -> bool {
+        id >= self.skipped_forgotten_below
+            && !self.skipped.iter().any(|&(from, to)| from <= id && id < to)
+    }
+
+    /// segd patch: opening `id` skipped the IDs from `next_id` up to it.
+    fn note_skipped(&mut self, next_id: StreamId, id: StreamId) {
+        const KEPT: usize = 16;
+        if id > next_id {
+            if self.skipped.len() == KEPT {
+                if let Some((_, to)) = self.skipped.pop_front() {
+                    self.skipped_forgotten_below = to;
+                }
+            }
+            self.skipped.push_back((next_id, id));
+        }
+    }
+
     pub(super) fn maybe_reset_next_stream_id(&mut self, id: StreamId) {
         if let Ok(next_id) = self.next_stream_id {
             // !Peer::is_local_init should have been called beforehand
             debug_assert_eq!(id.is_server_initiated(), next_id.is_server_initiated());
             if id >= next_id {
+                self.note_skipped(next_id, id);
                 self.next_stream_id = id.next_id();
             }
         }

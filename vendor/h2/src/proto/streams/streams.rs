@@ -583,6 +583,19 @@ impl Inner {
                     Err(RecvHeaderBlockError::State(err)) => Err(err),
                 }
             } else {
+                // segd patch (vendor/h2/SEGD-PATCH.md): a HEADERS frame after the peer ended
+                // the stream is no trailer section. RFC 9113 §5.1 names STREAM_CLOSED for it: a
+                // stream error in "half-closed (remote)" and after the peer's RST_STREAM, a
+                // connection error once both sides ended the stream. h2 read it as trailers and
+                // answered PROTOCOL_ERROR.
+                if stream.state.is_recv_end_stream() || stream.state.is_remote_reset() {
+                    if stream.state.is_closed() && !stream.state.is_remote_reset() {
+                        proto_err!(conn: "recv_headers: HEADERS on a closed stream; stream={:?}", stream.id);
+                        return Err(Error::library_go_away(Reason::STREAM_CLOSED));
+                    }
+                    proto_err!(stream: "recv_headers: HEADERS after END_STREAM; stream={:?}", stream.id);
+                    return Err(Error::library_reset(stream.id, Reason::STREAM_CLOSED));
+                }
                 if !frame.is_end_stream() {
                     // Receiving trailers that don't set EOS is a "malformed"
                     // message. Malformed messages are a stream error.
