@@ -1111,6 +1111,35 @@ async fn a_huge_unknown_frame_is_skipped_not_buffered() {
     assert_eq!(h.request("GET", SEG, &[]).await.status, 200);
 }
 
+/// Only servers push: a push stream a client opens is a connection error
+/// H3_STREAM_CREATION_ERROR (RFC 9114 §6.2.2). It was ignored, and the push ID sent with the
+/// stream type was left unread until more bytes came (vendored h3).
+#[tokio::test]
+async fn a_push_stream_from_the_client_closes_the_connection() {
+    let t = streaming_server(&[("vod/m/a.ts", b"0123456789")], "");
+    let (pki, addr) = (&t.pki, t.addr);
+    let c = h3_connect(addr, pki).await;
+    assert_eq!(
+        c.conn.close_reason(),
+        None,
+        "an HTTP/3 connection, its control and QPACK streams open"
+    );
+    let mut push = c.conn.open_uni().await.expect("uni stream");
+    // Stream type 0x01 (push), push ID 0; nothing more.
+    push.write_all(&[0x01, 0x00]).await.expect("push stream head");
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.conn.closed())
+        .await
+        .expect("the connection is closed within 5 s");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(a.error_code, quinn::VarInt::from_u32(0x103), "{a:?}")
+        }
+        other => panic!("closed otherwise: {other:?}"),
+    }
+    let mut c = h3_connect(addr, pki).await;
+    assert_eq!(c.request("GET", "/vod/m/a.ts", &[]).await.status, 200);
+}
+
 /// A file truncated while it is sent over HTTP/3: the stream is reset before the body completes,
 /// every byte that arrived is right, and the next request sees the new size.
 #[tokio::test]
@@ -1355,7 +1384,7 @@ async fn malformed_http3_requests_are_refused() {
     let ok = send(&get).await.expect("a well-formed request is answered");
     assert!(!ok.is_empty());
     let message_error = quinn::VarInt::from_u32(0x10e);
-    let cases: [(&str, Vec<(&str, &str)>); 4] = [
+    let cases: [(&str, Vec<(&str, &str)>); 5] = [
         (
             "two :path",
             [&get[..], &[(":path", "/vod/m/b.ts")]].concat(),
@@ -1374,6 +1403,11 @@ async fn malformed_http3_requests_are_refused() {
         (
             ":status in a request",
             [&get[..], &[(":status", "200")]].concat(),
+        ),
+        (
+            // Only an extended CONNECT (`:protocol`) has them (RFC 9114 §4.4); answered 501.
+            "CONNECT with :scheme and :path",
+            [&[(":method", "CONNECT")], &get[1..]].concat(),
         ),
     ];
     for (what, fields) in cases {

@@ -434,7 +434,17 @@ where
                 Poll::Pending => continue,
             };
 
+            let opened_by = resolved.id().initiator();
             match resolved.into_stream() {
+                // segd patch (vendor/h3/SEGD-PATCH.md): "Only servers can push; if a server
+                // receives a client-initiated push stream, this MUST be treated as a connection
+                // error of type H3_STREAM_CREATION_ERROR" (RFC 9114 §6.2.2). h3 ignored it.
+                AcceptedRecvStream::Push(_) if opened_by == crate::proto::stream::Side::Client => {
+                    return Err(self.handle_connection_error(InternalConnectionError::new(
+                        Code::H3_STREAM_CREATION_ERROR,
+                        "a client opened a push stream".to_string(),
+                    )));
+                }
                 //= https://www.rfc-editor.org/rfc/rfc9114#section-6.2.1
                 //# Only one control stream per peer is permitted;
                 //# receipt of a second stream claiming to be a control stream MUST be

@@ -285,6 +285,11 @@ where
         }
     }
 
+    /// segd patch (vendor/h3/SEGD-PATCH.md): the QUIC stream's ID, which tells who opened it.
+    pub fn id(&self) -> quic::StreamId {
+        self.stream.recv_id()
+    }
+
     pub fn into_stream(self) -> AcceptedRecvStream<S, B> {
         match self.ty.expect("Stream type not resolved yet") {
             StreamType::CONTROL => AcceptedRecvStream::Control(FrameStream::new(self.stream)),
@@ -307,7 +312,29 @@ where
         // Flag if the stream was reset or finished by the peer
         let mut stream_stopped = None;
 
+        // segd patch (vendor/h3/SEGD-PATCH.md): bytes already buffered are decoded before the
+        // stream is read again, and the size expected is reset after each varint. h3 read the
+        // stream first, so a push stream's ID that came with its type waited for more bytes
+        // that never came, and a second varint was read with the first one's size.
         loop {
+            let mut buf = self.stream.buf_mut();
+            if self.expected.is_none() && buf.remaining() >= 1 {
+                self.expected = Some(VarInt::encoded_size(buf.chunk()[0]));
+            }
+
+            if let Some(expected) = self.expected {
+                if buf.remaining() >= expected {
+                    let result = VarInt::decode(&mut buf).map_err(|_| {
+                        PollTypeError::InternalError(InternalConnectionError::new(
+                            Code::H3_INTERNAL_ERROR,
+                            "Unexpected end parsing varint".to_string(),
+                        ))
+                    })?;
+                    self.expected = None;
+                    return Poll::Ready(Ok((result, stream_stopped)));
+                }
+            }
+
             if stream_stopped.is_some() {
                 return Poll::Ready(Err(PollTypeError::EndOfStream));
             }
@@ -331,28 +358,6 @@ where
                     Some(StreamEnd::Other)
                 }
             };
-
-            let mut buf = self.stream.buf_mut();
-            if self.expected.is_none() && buf.remaining() >= 1 {
-                self.expected = Some(VarInt::encoded_size(buf.chunk()[0]));
-            }
-
-            if let Some(expected) = self.expected {
-                if buf.remaining() < expected {
-                    continue;
-                }
-            } else {
-                continue;
-            }
-
-            let reult = VarInt::decode(&mut buf).map_err(|_| {
-                PollTypeError::InternalError(InternalConnectionError::new(
-                    Code::H3_INTERNAL_ERROR,
-                    "Unexpected end parsing varint".to_string(),
-                ))
-            })?;
-
-            return Poll::Ready(Ok((reult, stream_stopped)));
         }
     }
 

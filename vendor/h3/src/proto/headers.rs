@@ -64,6 +64,17 @@ impl Header {
         if self.pseudo.status.is_some() {
             return Err(HeaderError::invalid_name(":status"));
         }
+        // segd patch: a CONNECT request that is not an extended CONNECT (no `:protocol`) has
+        // `:method` and `:authority` only; with `:scheme` or `:path` it is malformed (RFC 9114
+        // §4.4), a stream error H3_MESSAGE_ERROR (§4.1.2), as HTTP/2 has it (RFC 9113 §8.5).
+        if self.pseudo.method == Some(Method::CONNECT) && self.pseudo.protocol.is_none() {
+            if self.pseudo.scheme.is_some() {
+                return Err(HeaderError::invalid_name(":scheme"));
+            }
+            if self.pseudo.path.is_some() {
+                return Err(HeaderError::invalid_name(":path"));
+            }
+        }
         let mut uri = Uri::builder();
 
         if let Some(path) = self.pseudo.path {
