@@ -1126,7 +1126,9 @@ async fn a_push_stream_from_the_client_closes_the_connection() {
     );
     let mut push = c.conn.open_uni().await.expect("uni stream");
     // Stream type 0x01 (push), push ID 0; nothing more.
-    push.write_all(&[0x01, 0x00]).await.expect("push stream head");
+    push.write_all(&[0x01, 0x00])
+        .await
+        .expect("push stream head");
     let closed = tokio::time::timeout(Duration::from_secs(5), c.conn.closed())
         .await
         .expect("the connection is closed within 5 s");

@@ -805,7 +805,10 @@ async fn h2_frame_errors_carry_the_right_codes() {
         (
             // Stream 3 was never opened: 5 closed it while idle (RFC 9113 §5.1.1).
             "HEADERS on a stream skipped",
-            vec![(H2_HEADERS, end_both, 5, &get_5), (H2_HEADERS, end_both, 3, &get)],
+            vec![
+                (H2_HEADERS, end_both, 5, &get_5),
+                (H2_HEADERS, end_both, 3, &get),
+            ],
             H2_GOAWAY,
             PROTOCOL_ERROR,
         ),

@@ -1010,6 +1010,7 @@ async fn refused_heads_are_counted_on_both_listeners() {
     };
     let long = format!("/vod/{}.ts", "a".repeat(20_000));
     let big = "b".repeat(20_000);
+    let many: String = (1..=100).map(|i| format!("X-{i}: 1\r\n")).collect();
     let cases: Vec<(String, u16, &str)> = vec![
         (
             format!("GET {SEG} HTTP/1.1\r\nHost: a\r\nUser-Agent: a\x01b\r\n\r\n"),
@@ -1041,6 +1042,11 @@ async fn refused_heads_are_counted_on_both_listeners() {
             format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n"),
             431,
             "head_too_large",
+        ),
+        (
+            format!("GET {SEG} HTTP/1.1\r\nHost: t\r\n{many}\r\n"),
+            431,
+            "too_many_fields",
         ),
         (format!("GET {SEG} HTTP/1.1\r\nHo"), 408, "head_timeout"),
     ];
@@ -1079,6 +1085,76 @@ async fn refused_heads_are_counted_on_both_listeners() {
         "",
         "no access-log line for a refused head"
     );
+}
+
+/// `[server] max_header_fields` is one limit on every protocol (HTTP/1.1 refused more than 100
+/// field lines as "request header too large", whatever the limit in bytes, while HTTP/2 and
+/// HTTP/3 took any number: acceptance J6): up to it a request is served, beyond it the answer is
+/// 431 "too many header fields"; over TLS HTTP/1.1 (hyper reads those heads) too.
+#[tokio::test]
+async fn header_field_count_is_one_limit_on_every_protocol() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(
+        vols.path(),
+        &cert,
+        &key,
+        "http3 = true\n",
+        "max_header_fields = 150",
+    );
+    // Plain HTTP/1.1, to the line: `Host` and 149 more is 150.
+    let head = |lines: usize| {
+        let fields: String = (1..lines).map(|i| format!("X-{i}: 1\r\n")).collect();
+        format!("GET {SEG} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{fields}\r\n")
+    };
+    let out = raw(
+        srv.addr,
+        head(149).as_bytes(),
+        std::time::Duration::from_secs(5),
+    );
+    assert_eq!(raw_status(&out), 200, "150 lines");
+    let out = raw(
+        srv.addr,
+        head(150).as_bytes(),
+        std::time::Duration::from_secs(5),
+    );
+    assert_eq!(raw_status(&out), 431, "151 lines");
+    assert!(
+        String::from_utf8_lossy(&out).ends_with("too many header fields\n"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    // Every protocol: 140 fields are served, 160 are not.
+    let names: Vec<String> = (0..160).map(|i| format!("x-{i}")).collect();
+    let fields =
+        |n: usize| -> Vec<(&str, &str)> { names[..n].iter().map(|k| (k.as_str(), "1")).collect() };
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let c = pki.client(&[&rustls::version::TLS13], &[alpn]);
+        for (n, want) in [(140, 200), (160, 431)] {
+            let r = send(connect(&srv, &c).await, "GET", SEG, &fields(n)).await;
+            assert_eq!(
+                r.status,
+                want,
+                "{} with {n} fields",
+                String::from_utf8_lossy(alpn)
+            );
+        }
+    }
+    let r = crate::util::send("GET", &srv.url(SEG), &fields(160), b"", true).await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (431, &b"too many header fields\n"[..]),
+        "h2c"
+    );
+    let mut h3 = crate::h3::h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    for (n, want) in [(140, 200), (160, 431)] {
+        assert_eq!(
+            h3.request("GET", SEG, &fields(n)).await.status,
+            want,
+            "h3 with {n} fields"
+        );
+    }
 }
 
 /// Whatever a hostile or broken client sends as an HTTP/1.1 head, the TLS listener answers

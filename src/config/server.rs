@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub send_timeout: Duration,
     /// Request heads larger than this get 431.
     pub max_header_bytes: usize,
+    /// Requests with more header field lines than this get 431 (every protocol).
+    pub max_header_fields: usize,
     /// Request targets longer than this get 414.
     pub max_uri_bytes: usize,
     /// How often volume health is re-checked.
@@ -80,6 +82,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "header_read_timeout",
     "keepalive_timeout",
     "max_header_bytes",
+    "max_header_fields",
     "max_uri_bytes",
     "send_timeout",
     "max_connections",
@@ -214,6 +217,8 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
             }
         },
         max_header_bytes: s.size("max_header_bytes", 16 << 10, 1 << 10, 1 << 20) as usize,
+        max_header_fields: s.int("max_header_fields", 100, 8, 10_000, "8..=10000 field lines")
+            as usize,
         max_uri_bytes: s.size("max_uri_bytes", 4096, 256, 64 << 10) as usize,
         volume_check_interval: s.duration("volume_check_interval", secs(2), ms(100), secs(3600)),
         print_urls: {

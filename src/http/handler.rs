@@ -221,6 +221,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     transfer_codings(req.headers)?;
     if req.proto == Proto::H1 {
         h1_head_size(req, cfg.server.max_header_bytes)?;
+    } else if field_lines(req.headers) > cfg.server.max_header_fields {
+        // HTTP/1.1 heads were counted as they were parsed.
+        return Err(Refusal::TooManyFields.into());
     }
     let writing = match *req.method {
         Method::GET | Method::HEAD => false,
@@ -603,6 +606,13 @@ fn h1_head_size(req: &Request<'_>, max_head: usize) -> Result<(), Refusal> {
         return Err(Refusal::HeadTooLarge);
     }
     Ok(())
+}
+
+/// The field lines of an HTTP/2 or HTTP/3 request, as `max_header_fields` counts them: a
+/// `Cookie` split into crumbs for compression (RFC 9113 §8.2.3, RFC 9114 §4.2.1) is one line.
+fn field_lines(headers: &HeaderMap) -> usize {
+    let crumbs = headers.get_all(http::header::COOKIE).iter().count();
+    headers.len() - crumbs.saturating_sub(1)
 }
 
 /// Whether an HTTP/3 request carries a connection-specific field, which makes it malformed

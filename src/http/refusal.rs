@@ -50,6 +50,9 @@ pub enum Refusal {
     /// An HTTP/1 request head larger than the head buffer (`max_header_bytes`).
     #[error("request head too large")]
     HeadTooLarge,
+    /// A request with more header field lines than `max_header_fields` (every protocol).
+    #[error("too many header fields")]
+    TooManyFields,
     #[error("request target too long")]
     UriTooLong,
     /// A method segd implements that the target does not allow (a write outside `[ingest]
@@ -190,6 +193,13 @@ impl Refusal {
                 "request header too large\n",
                 Debug,
                 "head_too_large",
+                Client,
+            ),
+            Refusal::TooManyFields => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too many header fields\n",
+                Debug,
+                "too_many_fields",
                 Client,
             ),
             Refusal::UriTooLong => (
@@ -468,6 +478,7 @@ impl Refusal {
                 | Refusal::BadHead
                 | Refusal::HeadTimeout
                 | Refusal::HeadTooLarge
+                | Refusal::TooManyFields
                 | Refusal::TooLarge
                 | Refusal::PlaylistTooLarge
                 | Refusal::BodyTimeout
@@ -540,6 +551,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::BadHead,
     Refusal::HeadTimeout,
     Refusal::HeadTooLarge,
+    Refusal::TooManyFields,
     Refusal::UriTooLong,
     Refusal::MethodNotAllowed,
     Refusal::MethodNotImplemented,

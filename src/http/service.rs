@@ -47,6 +47,10 @@ pub fn builder(config: &crate::config::Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(s.header_read_timeout)
         // hyper refuses a buffer below 8 KiB; heads over the limit get 431.
         .max_buf_size(s.max_header_bytes.max(8192));
+    // hyper's own count is 100, on the stack; another costs a heap array per request.
+    if s.max_header_fields != 100 {
+        b.http1().max_headers(s.max_header_fields);
+    }
     // Rapid reset (CVE-2023-44487): a client that opens and cancels streams faster than they
     // are served is sent GOAWAY once 20 resets are pending; locally refused streams are capped too.
     b.http2()

@@ -25,6 +25,7 @@ impl Answer {
             HeadError::Closed => return None,
             HeadError::TimedOut => Refusal::HeadTimeout,
             HeadError::TooLarge => Refusal::HeadTooLarge,
+            HeadError::TooManyFields => Refusal::TooManyFields,
             HeadError::UriTooLong => Refusal::UriTooLong,
             HeadError::Version => Refusal::VersionNotSupported,
             HeadError::Bad => Refusal::BadHead,

@@ -136,6 +136,7 @@ impl<S> HeadGate<S> {
                 keepalive_timeout: Duration::ZERO,
                 header_read_timeout: Duration::ZERO,
                 max_header_bytes: 0,
+                max_header_fields: 0,
             },
             deadline: None,
             armed: false,
@@ -265,7 +266,7 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
     /// it to hyper in, or the answer refusing it (`None`: the client left, no answer). `None`
     /// while the head is incomplete.
     fn parse(&mut self) -> Option<Result<State, Option<Answer>>> {
-        let (head, len) = match try_parse(&mut self.buf, self.limits.max_header_bytes) {
+        let (head, len) = match try_parse(&mut self.buf, &self.limits) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return None,
             Err(e) => return Some(Err(Answer::to_head_error(&e))),

@@ -13,13 +13,17 @@ use tokio::net::TcpStream;
 
 use crate::http::request_body::{self, declared_length};
 
-const MAX_HEADERS: usize = 100;
+/// Field lines parsed into an array on the stack; a head with more (up to
+/// `max_header_fields`) is parsed again into one on the heap.
+const STACK_FIELDS: usize = 100;
 
 /// Why a connection ends early; decides the final answer, if any.
 pub(super) enum HeadError {
     Closed,
     TimedOut,
     TooLarge,
+    /// More field lines than `max_header_fields` (431, saying so).
+    TooManyFields,
     /// The request line alone fills the head limit: its target is too long (414, not 431).
     UriTooLong,
     /// The request line names another major version of HTTP (505).
@@ -41,6 +45,7 @@ pub(super) struct Limits {
     pub keepalive_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_header_fields: usize,
 }
 
 impl From<&crate::config::ServerConfig> for Limits {
@@ -49,12 +54,14 @@ impl From<&crate::config::ServerConfig> for Limits {
             keepalive_timeout: c.keepalive_timeout,
             header_read_timeout: c.header_read_timeout,
             max_header_bytes: c.max_header_bytes,
+            max_header_fields: c.max_header_fields,
         }
     }
 }
 
 /// Parses a complete head from `buf` if there is one. Synchronous on purpose: httparse's
-/// header array lives on this stack frame, never in the connection's future.
+/// header array lives on this stack frame, never in the connection's future (a head with more
+/// field lines than it holds is parsed again into one on the heap, up to `max_header_fields`).
 ///
 /// httparse knows HTTP/1.0 and HTTP/1.1 only. A request line with a higher minor version
 /// (`HTTP/1.2`) is rewritten in `buf` to `HTTP/1.1` and parsed again: a server treats it as the
@@ -62,28 +69,64 @@ impl From<&crate::config::ServerConfig> for Limits {
 /// hands it the connection with these bytes.
 pub(super) fn try_parse(
     buf: &mut [u8],
-    max_header_bytes: usize,
+    limits: &Limits,
 ) -> Result<Option<(Head, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+    let parsed = {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_FIELDS];
+        match parse_into(buf, limits, &mut headers) {
+            Err(HeadError::TooManyFields) if limits.max_header_fields > STACK_FIELDS => {
+                let mut headers = vec![httparse::EMPTY_HEADER; limits.max_header_fields];
+                parse_into(buf, limits, &mut headers)
+            }
+            other => other,
+        }
+    }?;
+    match parsed {
+        Parsed::Head(head, n) => Ok(Some((head, n))),
+        Parsed::Partial => partial(buf, limits.max_header_bytes),
+        Parsed::HigherMinor(at) => {
+            buf[at] = b'1';
+            try_parse(buf, limits)
+        }
+    }
+}
+
+/// What one parse of the bytes so far found.
+enum Parsed {
+    Head(Head, usize),
+    Partial,
+    /// `HTTP/1.n` with n ≥ 2: the minor digit is at this offset in the buffer.
+    HigherMinor(usize),
+}
+
+fn parse_into<'b>(
+    buf: &'b [u8],
+    limits: &Limits,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Parsed, HeadError> {
+    let mut req = httparse::Request::new(headers);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => {
-            if n > max_header_bytes {
+            if n > limits.max_header_bytes {
                 return Err(HeadError::TooLarge);
             }
-            own_head(&req).map(|h| Some((h, n)))
-        }
-        Ok(httparse::Status::Partial) => partial(buf, max_header_bytes),
-        Err(httparse::Error::Version) => match line_version(buf) {
-            LineVersion::Incomplete => partial(buf, max_header_bytes),
-            LineVersion::HigherMinor(at) => {
-                buf[at] = b'1';
-                try_parse(buf, max_header_bytes)
+            if req.headers.len() > limits.max_header_fields {
+                return Err(HeadError::TooManyFields);
             }
+            own_head(&req).map(|h| Parsed::Head(h, n))
+        }
+        Ok(httparse::Status::Partial) => Ok(Parsed::Partial),
+        Err(httparse::Error::Version) => match line_version(buf) {
+            LineVersion::Incomplete => Ok(Parsed::Partial),
+            LineVersion::HigherMinor(at) => Ok(Parsed::HigherMinor(at)),
             LineVersion::OtherMajor => Err(HeadError::Version),
             LineVersion::Malformed => Err(HeadError::Bad),
         },
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        // The head may still be over `max_header_bytes`: that is the answer then.
+        Err(httparse::Error::TooManyHeaders) if buf.len() > limits.max_header_bytes => {
+            Err(HeadError::TooLarge)
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyFields),
         Err(_) => Err(HeadError::Bad),
     }
 }
@@ -156,7 +199,7 @@ pub(super) async fn read_head(
 ) -> Result<(Head, usize), HeadError> {
     let deadline = tokio::time::Instant::now() + cfg.header_read_timeout;
     loop {
-        if let Some(done) = try_parse(buf, cfg.max_header_bytes)? {
+        if let Some(done) = try_parse(buf, cfg)? {
             return Ok(done);
         }
         if buf.capacity() - buf.len() < 1024 {
@@ -392,9 +435,58 @@ mod tests {
         assert_eq!(split_target(&head("CONNECT", "", &[])), None);
     }
 
+    const LIMITS: Limits = Limits {
+        keepalive_timeout: Duration::ZERO,
+        header_read_timeout: Duration::ZERO,
+        max_header_bytes: 8192,
+        max_header_fields: 100,
+    };
+
+    #[test]
+    fn header_field_counts() {
+        let head = |fields: usize| {
+            let mut h = String::from("GET /a.ts HTTP/1.1\r\nHost: t\r\n");
+            for i in 1..fields {
+                h.push_str(&format!("x-{i}: 1\r\n"));
+            }
+            h.push_str("\r\n");
+            h.into_bytes()
+        };
+        let count = |fields: usize, max_header_fields: usize| {
+            let limits = Limits {
+                max_header_fields,
+                ..LIMITS
+            };
+            match try_parse(&mut head(fields), &limits) {
+                Ok(Some((h, _))) => Ok(h.headers.len()),
+                Ok(None) => Err("partial"),
+                Err(HeadError::TooManyFields) => Err("too many"),
+                Err(HeadError::TooLarge) => Err("too large"),
+                Err(HeadError::Bad) => Err("bad"),
+                Err(_) => Err("other"),
+            }
+        };
+        assert_eq!(count(100, 100), Ok(100));
+        assert_eq!(count(101, 100), Err("too many"));
+        // Above the stack array's 100: parsed again on the heap.
+        assert_eq!(count(101, 300), Ok(101));
+        assert_eq!(count(300, 300), Ok(300));
+        assert_eq!(count(301, 300), Err("too many"));
+        assert_eq!(count(20, 10), Err("too many"));
+        // The byte limit still holds first (8192 bytes is about 900 of these lines).
+        assert_eq!(count(1200, 2000), Err("too large"));
+        // An incomplete head with more lines than allowed need not wait for its end.
+        let mut cut = head(101);
+        cut.truncate(cut.len() - 2);
+        assert!(matches!(
+            try_parse(&mut cut, &LIMITS),
+            Err(HeadError::TooManyFields)
+        ));
+    }
+
     fn parse(line: &str) -> Result<Option<String>, &'static str> {
         let mut buf = format!("{line}\r\nHost: t\r\n\r\n").into_bytes();
-        match try_parse(&mut buf, 8192) {
+        match try_parse(&mut buf, &LIMITS) {
             Ok(Some((h, n))) => {
                 assert_eq!(n, buf.len());
                 assert!(!h.http10);
@@ -440,9 +532,9 @@ mod tests {
         assert_eq!(parse("GET /a b HTTP/1.2"), Err("400"));
         // The line has not ended: wait for it.
         let mut buf = b"GET /a.ts HTTP/2".to_vec();
-        assert!(matches!(try_parse(&mut buf, 8192), Ok(None)));
+        assert!(matches!(try_parse(&mut buf, &LIMITS), Ok(None)));
         let mut buf = b"GET /a.ts HTTP/1.2\r\nHost: t\r\n".to_vec();
-        assert!(matches!(try_parse(&mut buf, 8192), Ok(None)));
+        assert!(matches!(try_parse(&mut buf, &LIMITS), Ok(None)));
         assert!(buf.starts_with(b"GET /a.ts HTTP/1.1\r\n"));
     }
 
