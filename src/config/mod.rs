@@ -519,6 +519,10 @@ impl Config {
                 a.server.max_header_bytes != b.server.max_header_bytes,
             ),
             (
+                "server.max_header_fields",
+                a.server.max_header_fields != b.server.max_header_fields,
+            ),
+            (
                 "server.header_read_timeout",
                 a.server.header_read_timeout != b.server.header_read_timeout,
             ),
