@@ -1082,7 +1082,7 @@ async fn unknown_methods_are_501_on_every_protocol() {
 /// tunnel, so CONNECT is 501 like any method it does not implement — on plaintext HTTP/1.1
 /// (authority-form target, RFC 9112 §3.2.3), over TLS, and as a well-formed HTTP/2 CONNECT
 /// (`:method` and `:authority` only, RFC 9113 §8.5) or HTTP/3 one (RFC 9114 §4.4): an answer,
-/// not a stream error.
+/// not a stream error. An HTTP/3 CONNECT with `:scheme` and `:path` is malformed.
 #[tokio::test]
 async fn connect_is_501_on_every_protocol() {
     let e = every_protocol();
@@ -1165,9 +1165,28 @@ async fn connect_is_501_on_every_protocol() {
             .any(|w| w == b"method not implemented\n"),
         "{answer:?}"
     );
-    // And h3's own client's CONNECT (with `:scheme` and `:path`): the same status.
-    let mut c = crate::h3::h3_connect(addr, &e.pki).await;
-    assert_eq!(c.request("CONNECT", "/", &[]).await.status, 501);
+    // A CONNECT with `:scheme` and `:path` (as h3's own client sends it) is malformed (RFC 9114
+    // §4.4), a stream error H3_MESSAGE_ERROR as over HTTP/2 (RFC 9113 §8.5), not a 501.
+    let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+    let fields = [
+        (":method", "CONNECT"),
+        (":scheme", "https"),
+        (":authority", authority),
+        (":path", "/"),
+    ];
+    tx.write_all(&crate::h3::raw_headers_frame(&fields))
+        .await
+        .expect("write");
+    let _ = tx.finish();
+    let answer = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+        .await
+        .expect("an answer within 5 s");
+    match answer {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code, quinn::VarInt::from_u32(0x10e), "H3_MESSAGE_ERROR")
+        }
+        other => panic!("not refused as malformed: {other:?}"),
+    }
 }
 
 /// HTTP/1 versions in a request line (RFC 9112 §2.3, RFC 9110 §2.5 and §15.6.6): a higher minor
