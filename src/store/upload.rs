@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 
-use super::growing::{GrowingSet, Publisher};
+use super::growing::{Gather, GrowingSet, Publisher};
 use super::local::Local;
 use super::outage;
 use super::write::{remove_empty, Dir, TempFile};
@@ -76,6 +76,8 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// What was received and not yet written: chunks in memory, then what is in the upload's pipe.
 struct Pending {
     chunks: Vec<Bytes>,
+    /// Small pieces after `chunks`, gathered (see [`Gather`]).
+    small: Gather,
     /// The upload's pipe (see [`Upload::pipe`]), unless a write to disk has it.
     pipe: Option<Pipe>,
     /// Bytes waiting, in `chunks` and in the pipe.
@@ -95,6 +97,7 @@ impl Pending {
     fn new(pipe: bool) -> Pending {
         Pending {
             chunks: Vec::new(),
+            small: Gather::default(),
             pipe: None,
             len: 0,
             no_pipe: !pipe,
@@ -102,10 +105,10 @@ impl Pending {
     }
 
     fn push(&mut self, b: Bytes) {
-        if !b.is_empty() {
-            self.len += b.len();
-            self.chunks.push(b);
-        }
+        self.len += b.len();
+        let (gathered, large) = self.small.push(b);
+        self.chunks.extend(gathered);
+        self.chunks.extend(large);
     }
 
     fn piped(&self) -> usize {
@@ -114,6 +117,7 @@ impl Pending {
 
     fn take(&mut self) -> Batch {
         self.len = 0;
+        self.chunks.extend(self.small.take());
         Batch {
             chunks: std::mem::take(&mut self.chunks),
             pipe: self.pipe.take(),
