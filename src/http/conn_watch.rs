@@ -3,8 +3,11 @@
 //!
 //! - **a client that takes no response bytes** for `send_timeout`. On HTTP/1.1 its socket stops
 //!   taking writes; on HTTP/2 it grants no flow-control window, and each stalled stream pins its
-//!   buffered chunk (hundreds of KiB) for as long as the client likes. The connection is
-//!   closed, as the fast path does.
+//!   buffered chunk for as long as the client likes. The connection is closed, as the fast path
+//!   does. On HTTP/2 that is a connection on which no stream had a piece taken for
+//!   `send_timeout`: a client that withholds credit from one stream while it reads others keeps
+//!   that stream (and its piece) until it reads, cancels or closes, as on HTTP/3 (one stalled
+//!   stream closed the connection under every other stream: acceptance N5).
 //! - **an HTTP/2 connection with no request** for `keepalive_timeout`: hyper's keep-alive pings
 //!   only tell whether the peer lives, and a peer that answers them would hold its connection
 //!   (and a `max_connections` slot) forever. It gets GOAWAY.
@@ -43,6 +46,8 @@ struct State {
     active: usize,
     /// When a request last started or ended (since `epoch`).
     last_activity: Duration,
+    /// When a body piece handed to hyper was last taken, or a request started (since `epoch`).
+    last_taken: Duration,
     next_id: u64,
     /// Bodies that handed hyper a frame it has not asked past yet: since when.
     handed: HashMap<u64, Duration>,
@@ -69,6 +74,7 @@ impl ConnWatch {
         let mut s = self.lock();
         s.active += 1;
         s.last_activity = self.epoch.elapsed();
+        s.last_taken = s.last_activity;
         s.next_id += 1;
         // The watcher sleeps until the idle deadline only while nothing is in flight; any
         // other sleep of its is short enough to see a stall in time.
@@ -82,24 +88,28 @@ impl ConnWatch {
     }
 
     /// Resolves when the connection should end. It sleeps until the next moment something can
-    /// be due: the oldest handed frame's `send_timeout`, the idle connection's
-    /// `keepalive_timeout`, or, while requests are in flight with nothing handed, half a
-    /// `send_timeout` (so a stall is seen within 1.5 × `send_timeout`; an idle connection
-    /// costs one wake-up per `keepalive_timeout`, not one a second).
+    /// be due: the oldest handed frame's `send_timeout` (and that of the last piece taken), the
+    /// idle connection's `keepalive_timeout`, or, while requests are in flight with nothing
+    /// handed, half a `send_timeout` (so a stall is seen within 1.5 × `send_timeout`; an idle
+    /// connection costs one wake-up per `keepalive_timeout`, not one a second). The last request
+    /// ending wakes it to time the idle connection from then.
     pub async fn verdict(&self, send_timeout: Duration, idle_timeout: Duration) -> Verdict {
         loop {
             let now = self.epoch.elapsed();
             let next = {
                 let mut s = self.lock();
-                let oldest = s.handed.values().min().copied();
-                if oldest.is_some_and(|since| now.saturating_sub(since) >= send_timeout) {
+                // Stalled: a piece handed `send_timeout` ago is still there, and no piece of any
+                // stream was taken since `send_timeout` either.
+                let due = (s.handed.values().min().copied())
+                    .map(|oldest| oldest.max(s.last_taken) + send_timeout);
+                if due.is_some_and(|due| now >= due) {
                     return Verdict::Stalled;
                 }
                 if s.active == 0 && now.saturating_sub(s.last_activity) >= idle_timeout {
                     return Verdict::Idle;
                 }
-                match oldest {
-                    Some(since) => (since + send_timeout).saturating_sub(now),
+                match due {
+                    Some(due) => due.saturating_sub(now),
                     None if s.active == 0 => {
                         s.idle_sleep = true;
                         (s.last_activity + idle_timeout).saturating_sub(now)
@@ -130,7 +140,10 @@ impl InFlight {
 
     /// hyper asks for more: what was handed has been taken (or buffered within the window).
     pub fn polled(&self) {
-        self.watch.lock().handed.remove(&self.id);
+        let mut s = self.watch.lock();
+        if s.handed.remove(&self.id).is_some() {
+            s.last_taken = self.watch.epoch.elapsed();
+        }
     }
 }
 
@@ -141,6 +154,13 @@ impl Drop for InFlight {
         s.active = s.active.saturating_sub(1);
         s.last_activity = now;
         s.handed.remove(&self.id);
+        if s.active == 0 {
+            // The watcher may be in a stall-watch sleep (half a `send_timeout`): the idle
+            // connection is timed from now (acceptance N4: closed at `send_timeout` / 2, not
+            // `keepalive_timeout`, when that was shorter).
+            drop(s);
+            self.watch.changed.notify_one();
+        }
     }
 }
 
@@ -170,5 +190,49 @@ mod tests {
         assert_eq!(w.verdict(send, idle).await, Verdict::Idle);
         let took = started.elapsed();
         assert!(took + Duration::from_millis(5) >= idle, "{took:?}");
+    }
+
+    /// One stream that is not read while another is: the connection is kept. Once nothing is
+    /// taken for `send_timeout`, it is stalled.
+    #[tokio::test]
+    async fn one_stream_held_while_others_are_read_is_no_stall() {
+        let w = ConnWatch::new();
+        let send = Duration::from_millis(200);
+        let idle = Duration::from_secs(60);
+        let (held, read) = (w.start(), w.start());
+        held.handed();
+        let reading = async {
+            for _ in 0..10 {
+                read.handed();
+                tokio::time::sleep(send / 4).await;
+                read.polled();
+            }
+        };
+        tokio::select! {
+            v = w.verdict(send, idle) => panic!("{v:?} while a stream was read"),
+            () = reading => {}
+        }
+        let started = Instant::now();
+        read.handed();
+        assert_eq!(w.verdict(send, idle).await, Verdict::Stalled);
+        assert!(started.elapsed() + Duration::from_millis(5) >= send);
+    }
+
+    /// The idle time runs from the last request's end, also when the watcher was sleeping its
+    /// stall-watch sleep (half a `send_timeout`) then.
+    #[tokio::test]
+    async fn idle_is_timed_from_the_last_request_end() {
+        let w = ConnWatch::new();
+        let (send, idle) = (Duration::from_secs(10), Duration::from_millis(200));
+        let req = w.start();
+        let ended = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(req);
+            Instant::now()
+        };
+        let (verdict, ended) = tokio::join!(w.verdict(send, idle), ended);
+        assert_eq!(verdict, Verdict::Idle);
+        let took = ended.elapsed();
+        assert!(took < Duration::from_secs(2), "idle after {took:?}");
     }
 }
