@@ -1282,3 +1282,39 @@ async fn http1_versions_in_the_request_line() {
     );
     assert!(last.ends_with("\r\n\r\n"), "hyper's empty body: {text}");
 }
+
+/// A volume on tmpfs (a RAM disk for a live window, `/dev/shm`) or overlayfs (a container's
+/// writable layer): those refuse `preadv2(RWF_NOWAIT)`, which reads small bodies (playlists)
+/// from the page cache, with EOPNOTSUPP. Every plaintext HTTP/1.1 GET of a playlist was 503
+/// "object changed while read", logged as a 200 (acceptance P1); they are read the usual way
+/// then, and served.
+#[tokio::test]
+async fn playlists_on_tmpfs_are_served() {
+    let shm = Path::new("/dev/shm");
+    assert!(shm.is_dir(), "/dev/shm (tmpfs) is needed for this test");
+    let dir = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+    let vol = dir.path().join("disk1");
+    let playlist = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\nseg_00001.ts\n#EXT-X-ENDLIST\n";
+    std::fs::create_dir_all(vol.join("vod/shm")).expect("mkdir");
+    std::fs::write(vol.join("vod/shm/index.m3u8"), playlist).expect("playlist");
+    std::fs::write(vol.join("vod/shm/seg_00001.ts"), vec![0x47u8; 188 * 100]).expect("segment");
+    let log = dir.path().join("access.log");
+    let srv = Server::start(&config_for(
+        &[vol.as_path()],
+        &format!("[log]\naccess = \"{}\"\n", log.display()),
+    ));
+    for _ in 0..3 {
+        let out = raw(
+            srv.addr,
+            b"GET /vod/shm/index.m3u8 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert_eq!(raw_status(&out), 200, "{}", String::from_utf8_lossy(&out));
+        assert!(out.ends_with(playlist.as_bytes()));
+    }
+    let r = get(&srv.url("/vod/shm/seg_00001.ts"), &[]).await;
+    assert_eq!((r.status, r.body.len()), (200, 188 * 100));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = std::fs::read_to_string(&log).expect("access log");
+    assert_eq!(lines.matches("\"status\":200").count(), 4, "{lines}");
+}

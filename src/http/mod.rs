@@ -87,13 +87,7 @@ impl Record {
             http::Method::DELETE => 5,
             _ => 6,
         };
-        let ci = match status.as_u16() {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
+        let ci = class_index(status);
         let pi = match req.proto {
             Proto::H1 => 0,
             Proto::H2 => 1,
@@ -141,6 +135,16 @@ impl Record {
         }
     }
 
+    /// The answer that went out was not the one prepared: nothing of it was sent, and this
+    /// status was (a small body that could not be read: 503).
+    pub fn answered_instead(&mut self, status: http::StatusCode) {
+        let (mi, pi) = (self.handle / 15, self.handle % 3);
+        self.handle = (mi * 5 + class_index(status)) * 3 + pi;
+        if let Some(l) = &mut self.line {
+            l.status = status.as_u16();
+        }
+    }
+
     /// The response head is on its way: the time-to-first-byte phase.
     pub fn head_sent(&self) {
         self.runtime
@@ -185,5 +189,16 @@ impl Record {
                 complete,
             });
         }
+    }
+}
+
+/// A status's class, as the request counters are indexed.
+fn class_index(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

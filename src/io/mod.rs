@@ -110,8 +110,16 @@ pub fn resident(file: &File, off: u64) -> bool {
     )
 }
 
+/// Whether an error of [`pread_cached`] says only that the bytes cannot be read without waiting:
+/// some would need the disk (`WouldBlock`), or the filesystem takes no `RWF_NOWAIT` reads at all
+/// (tmpfs and overlayfs answer EOPNOTSUPP on Linux 6.18). Read them the usual way then.
+pub fn not_cached(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error())
+}
+
 /// Reads into `buf` at `off` only from the page cache (`preadv2(RWF_NOWAIT)`): `WouldBlock` when
-/// any of it would need the disk.
+/// any of it would need the disk (see [`not_cached`]).
 pub fn pread_cached(file: &File, off: u64, buf: &mut [u8]) -> io::Result<usize> {
     rustix::io::preadv2(
         file,

@@ -319,8 +319,16 @@ async fn exchange(
     let stall = policy.config.server.send_timeout;
     let mut sent = 0;
     let written = write_body(stream, head_out, body, delimit, stall, &record, &mut sent).await;
+    let mut record = record;
+    let instead = (written.as_ref().err())
+        .and_then(|e| e.get_ref())
+        .and_then(|e| e.downcast_ref::<zerocopy::AnsweredInstead>())
+        .map(|a| a.0);
+    if let Some(status) = instead {
+        record.answered_instead(status);
+    }
     // An aborted body logs and counts the bytes that did go out.
-    record.finish(sent, written.is_ok());
+    record.finish(sent, written.is_ok() || instead.is_some());
     match (written, close, must_close) {
         // The client left without this answer; what it pipelined after is still carried out.
         (Err(e), false, _) if socket::peer_gone(&e) => Next::Orphaned,

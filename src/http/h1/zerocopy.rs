@@ -177,15 +177,14 @@ pub(super) async fn write_small(
     head.resize(at + len, 0);
     let n = match crate::io::pread_cached(&range.file, range.offset, &mut head[at..]) {
         Ok(n) => Ok(n),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            match range.read(range.offset, len).await {
-                Ok(b) => {
-                    head[at..at + b.len()].copy_from_slice(&b);
-                    Ok(b.len())
-                }
-                Err(e) => Err(e),
+        // On tmpfs and overlayfs every playlist was 503 "changed" (acceptance P1).
+        Err(e) if crate::io::not_cached(&e) => match range.read(range.offset, len).await {
+            Ok(b) => {
+                head[at..at + b.len()].copy_from_slice(&b);
+                Ok(b.len())
             }
-        }
+            Err(e) => Err(e),
+        },
         Err(e) => {
             range.note_error(&e);
             Err(e)
@@ -206,16 +205,32 @@ pub(super) async fn write_small(
     Ok(n as u64)
 }
 
-/// Nothing is on the wire yet: answer 503 precisely, then fail (the caller closes).
+/// Nothing is on the wire yet: answer 503 precisely, then fail (the caller closes, and
+/// records the 503: [`AnsweredInstead`]).
 async fn fail_small(stream: &mut TcpStream, e: io::Error) -> io::Result<u64> {
+    tracing::warn!(error = %e, "a small body could not be read; answered 503");
     let _ = write_simple(
         stream,
         StatusCode::SERVICE_UNAVAILABLE,
         "object changed while read\n",
     )
     .await;
-    Err(e)
+    Err(io::Error::other(AnsweredInstead(
+        StatusCode::SERVICE_UNAVAILABLE,
+    )))
 }
+
+/// The error of a body that was never sent because another answer went out instead.
+#[derive(Debug)]
+pub(super) struct AnsweredInstead(pub StatusCode);
+
+impl std::fmt::Display for AnsweredInstead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "answered {} instead", self.0)
+    }
+}
+
+impl std::error::Error for AnsweredInstead {}
 
 /// Sends the head with `MSG_MORE`, so the kernel coalesces it with the first body bytes.
 async fn send_more(stream: &TcpStream, bytes: &[u8], stall: Duration) -> io::Result<()> {
