@@ -118,13 +118,17 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
             })?;
     let path = a.path.clone().or_else(|| a.url.clone()).unwrap_or_else(|| {
         let first = a.acl.first().map(String::as_str).unwrap_or("/");
+        if a.upload {
+            return inside_acl(first);
+        }
         let fixed = first.find(['*', '?']).map_or(first, |i| &first[..i]);
         fixed.to_string()
     });
     let (query, cookie, embedded) = ready_urls(&base_url(cfg), auth.name(), &token, &path);
     if a.upload {
+        let one_path = a.acl.first().is_some_and(|acl| !acl.contains('*'));
         return Ok(upload_text(
-            cfg, &token, &key_id, exp, &path, &embedded, &query,
+            cfg, &token, &key_id, exp, &path, &embedded, &query, one_path,
         ));
     }
     Ok(format!(
@@ -134,6 +138,20 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
         base_url(cfg),
         encode_target(&path),
     ))
+}
+
+/// A path the upload commands can write under that `acl` covers: each `?` made an `x`, cut at
+/// the first `*` (which matches the rest, `/` included), a `/` added if the cut left none.
+/// `/live/show1*` is `/live/show1/`, `/live/show?/*` is `/live/showx/`. (The commands write
+/// beside this path's last `/`: cut at the ACL's last `/`, they wrote outside `/live/show1*`,
+/// and every upload was 403: acceptance P3.) An ACL without `*` covers its one path only.
+fn inside_acl(acl: &str) -> String {
+    let fixed: String = acl.replace('?', "x");
+    match fixed.find('*') {
+        Some(i) if fixed[..i].ends_with('/') => fixed[..i].to_string(),
+        Some(i) => format!("{}/", &fixed[..i]),
+        None => fixed,
+    }
 }
 
 /// An upload token with the commands that use it: ffmpeg pushing live HLS and DASH (the token as
@@ -147,16 +165,25 @@ fn upload_text(
     path: &str,
     embedded: &str,
     query: &str,
+    one_path: bool,
 ) -> String {
     let dir = embedded.trim_end_matches(|c| c != '/');
     let file = format!("{}example.ts", path.trim_end_matches(|c| c != '/'));
+    let note = if one_path {
+        "# note: this ACL has no '*': it covers one path, and the commands below write others\n\n"
+    } else {
+        ""
+    };
     let (_, _, put_url) = ready_urls(&base_url(cfg), cfg.token.name.as_str(), token, &file);
     format!(
-        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n\
+        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n{note}\
 # live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4). Straight to one node you may\n\
-# add -http_persistent 1; not through a load balancer (README: Pointing a packager at a cluster)\n\
+# add -http_persistent 1; not through a load balancer (README: Pointing a packager at a cluster).\n\
+# The token must outlive the stream (--ttl): once it expires every upload is 403 and ffmpeg stops\n\
+# publishing without a word\n\
 ffmpeg -re -i INPUT -c:a aac -b:a 128k -f hls -hls_time 4 -hls_list_size 6 \\\n  -hls_flags delete_segments -method PUT '{dir}index.m3u8'\n\n\
-# live DASH (low latency, 0.2 s chunks: add -streaming 1 -ldash 1 -frag_type duration -frag_duration 0.2)\n\
+# live DASH (low latency, 0.2 s chunks: add -streaming 1 -ldash 1 -frag_type duration -frag_duration 0.2);\n\
+# no -http_persistent 1 for DASH: its muxer does not reconnect, and exits at segd's next upgrade\n\
 ffmpeg -re -i INPUT -c:a aac -b:a 128k -f dash -seg_duration 4 -window_size 6 \\\n  -method PUT '{dir}manifest.mpd'\n\n\
 # one file\n\
 curl -T FILE '{put_url}'\n",

@@ -401,6 +401,49 @@ fn read_head(s: &mut TcpStream) -> String {
 // ---------------------------------------------------------------------------------------------
 // 1. Uploads with curl
 
+/// `segd sign --upload` prints commands its own token authorises, whatever the ACL's wildcards:
+/// cut at the ACL's last `/`, `/live/show1*` and `/live/show?/*` printed URLs under `/live/`,
+/// outside the ACL, and every upload of the printed commands was 403 (acceptance P3). An ACL
+/// with no `*` covers one path: the output says so.
+#[tokio::test]
+async fn printed_upload_commands_write_inside_their_acl() {
+    let rig = Rig::simple(&[]);
+    for (acl, writes) in [
+        ("/live/show1*", true),
+        ("/live/show?/*", true),
+        ("/live/show2/*", true),
+        ("/live/show3/", false),
+    ] {
+        let out = Command::new(BIN)
+            .args(["sign", "--config"])
+            .arg(&rig.srv.config)
+            .args(["--upload", "--acl", acl])
+            .output()
+            .expect("segd sign");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let url = (text.lines())
+            .find_map(|l| l.strip_prefix("curl -T FILE '"))
+            .and_then(|u| u.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("{acl}: no curl command: {text}"));
+        // The printed URL names the configured listener; this segd listens on another port.
+        let target = &url[url
+            .find("/__token__=")
+            .expect("the token as a path segment")..];
+        let r = curl_put(&rig.url(target), b"x", &[]);
+        let note = text.contains("# note: this ACL has no '*'");
+        if writes {
+            assert_eq!(r.status(), 201, "{acl}: {url}");
+            assert!(!note, "{acl}: {text}");
+        } else {
+            assert_eq!(r.status(), 403, "{acl}: {url}");
+            assert!(
+                note,
+                "{acl}: the output says the ACL covers one path: {text}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn curl_uploads_create_replace_and_read_back() {
     let rig = Rig::simple(&[]);
