@@ -126,10 +126,13 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
     });
     let (query, cookie, embedded) = ready_urls(&base_url(cfg), auth.name(), &token, &path);
     if a.upload {
-        let one_path = a.acl.first().is_some_and(|acl| !acl.contains('*'));
-        return Ok(upload_text(
-            cfg, &token, &key_id, exp, &path, &embedded, &query, one_path,
-        ));
+        let mut text = upload_text(cfg, &token, &key_id, exp, &path, &embedded, &query);
+        if a.acl.first().is_some_and(|acl| !acl.contains('*')) {
+            text.push_str(
+                "\n# note: this ACL has no '*': it covers one path, and the commands above write others\n",
+            );
+        }
+        return Ok(text);
     }
     Ok(format!(
         "token:  {token}\nkey:    {key_id} ({}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' '{}{}'\npath:   {embedded}\n",
@@ -165,18 +168,13 @@ fn upload_text(
     path: &str,
     embedded: &str,
     query: &str,
-    one_path: bool,
 ) -> String {
     let dir = embedded.trim_end_matches(|c| c != '/');
     let file = format!("{}example.ts", path.trim_end_matches(|c| c != '/'));
-    let note = if one_path {
-        "# note: this ACL has no '*': it covers one path, and the commands below write others\n\n"
-    } else {
-        ""
-    };
+
     let (_, _, put_url) = ready_urls(&base_url(cfg), cfg.token.name.as_str(), token, &file);
     format!(
-        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n{note}\
+        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n\
 # live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4). Straight to one node you may\n\
 # add -http_persistent 1; not through a load balancer (README: Pointing a packager at a cluster).\n\
 # The token must outlive the stream (--ttl): once it expires every upload is 403 and ffmpeg stops\n\
