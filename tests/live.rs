@@ -540,6 +540,60 @@ async fn a_live_playlist_from_before_a_restart_is_held_back_in_a_cluster() {
     assert_eq!(r.status, 200, "single node");
 }
 
+/// A node that hung and resumed (SIGSTOP, then SIGCONT) did not restart, but its playlists are
+/// as old as after one: in a cluster the packager's uploads went to another node meanwhile,
+/// and the old version would take the players' media sequence back (acceptance P6). It is held
+/// back (503, `Retry-After`) as after a restart, until the packager's next upload.
+#[tokio::test]
+async fn a_node_that_hung_holds_back_its_playlists_as_after_a_restart() {
+    let playlist = |first: u64| {
+        let mut p = format!(
+            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+        );
+        for n in first..first + 3 {
+            p.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+        }
+        p
+    };
+    let rig = Rig::start_with(3, 100, "unknown_stream_retry_after = \"2s\"\n", |_| {});
+    let path = "/live/hung/index.m3u8";
+    rig.put(path, playlist(10).as_bytes()).await;
+    assert_eq!(get(&rig.url(path), &[]).await.status, 200);
+    let pid = rig.srv.child.id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(6));
+    signal("-CONT");
+    let resumed = Instant::now();
+    // Within the window (3 target durations from the resume): held back, once the process
+    // has seen its gap (its next tick).
+    let mut last = None;
+    while resumed.elapsed() < Duration::from_secs(2) {
+        let r = get(&rig.url(path), &[]).await;
+        if r.status == 503 {
+            last = r.header("retry-after").map(str::to_string);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last.as_deref(), Some("2"), "held back after the resume");
+    rig.put(path, playlist(17).as_bytes()).await;
+    let r = get(&rig.url(path), &[]).await;
+    assert_eq!(r.status, 200, "the packager's next upload");
+    assert!(
+        r.text().contains("#EXT-X-MEDIA-SEQUENCE:17"),
+        "{}",
+        r.text()
+    );
+}
+
 /// Two versions of a live playlist written in the same second have the same `Last-Modified`:
 /// a client holding the first, revalidating by date alone, gets the second (200), never a 304
 /// that would keep it (and a CDN) on the old version. Once a version has a second of its own,

@@ -80,7 +80,7 @@ async fn snapshot(
     }
     let mut snap = Snapshot::parse(text, object.etag.clone(), object.last_modified.clone());
     // A pulled copy is its upstream's version, not what this node's disk held.
-    snap.restored = object.cache_status.is_none();
+    snap.pulled = object.cache_status.is_some();
     cx.rt.live.publish_read(canonical, snap, None);
     cx.rt
         .live

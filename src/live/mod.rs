@@ -50,9 +50,9 @@ pub struct Registry {
     pub(crate) watchers: std::sync::atomic::AtomicU64,
     /// `[live] max_playlist_bytes` as the running config has it (for the watcher).
     pub(crate) max_playlist_bytes: std::sync::atomic::AtomicU64,
-    /// When this process started (its registry is made once): see [`Registry::held_back`].
-    started: std::time::SystemTime,
-    started_at: std::time::Instant,
+    /// When this process started (its registry is made once), or last resumed after it did not
+    /// run for a while ([`Registry::resumed`]): see [`Registry::held_back`].
+    started: Mutex<(std::time::SystemTime, std::time::Instant)>,
     m: LiveMetrics,
 }
 
@@ -227,8 +227,7 @@ impl Registry {
             max_playlist_bytes: std::sync::atomic::AtomicU64::new(
                 crate::config::DEFAULT_MAX_PLAYLIST_BYTES,
             ),
-            started: std::time::SystemTime::now(),
-            started_at: std::time::Instant::now(),
+            started: Mutex::new((std::time::SystemTime::now(), std::time::Instant::now())),
             m: LiveMetrics {
                 blocked: g(
                     "segd_live_blocked_requests",
@@ -415,17 +414,16 @@ impl Registry {
         }
     }
 
-    /// The current version of the playlist at `path`, if the registry has one.
-    /// Whether a version of a live media playlist is held back: one this process found on its
-    /// volume (`restored`), not ended, written before the process started and more than 3
-    /// target durations ago, during the first 3 target durations of the process. A node back
-    /// from a crash or a restart holds its streams as they were when it went; in a cluster
-    /// their packagers' uploads went to another node meanwhile, whose newer versions players
-    /// were given, and the old version would take their media sequence back (RFC 8216 §6.2.1
+    /// Whether a version of a live media playlist is held back: one not ended, written before
+    /// the process started (or resumed) and more than 3 target durations ago, during the first
+    /// 3 target durations of the process (or since it resumed). A node back from a crash, a
+    /// restart or a hang holds its streams as they were when it went; in a cluster their
+    /// packagers' uploads went to another node meanwhile, whose newer versions players were
+    /// given, and the old version would take their media sequence back (RFC 8216 §6.2.1
     /// forbids that). The packager's next upload, due within a target duration, replaces it;
     /// a stream whose packager has not come back is served as it is after the window.
     pub fn held_back(&self, snap: &Snapshot) -> bool {
-        if !snap.restored || snap.endlist || snap.target <= 0.0 {
+        if snap.pulled || snap.endlist || snap.target <= 0.0 {
             return false;
         }
         let window = playlist::duration(3.0 * snap.target);
@@ -440,8 +438,21 @@ impl Registry {
         let age = std::time::SystemTime::now()
             .duration_since(written)
             .unwrap_or_default();
-        self.started_at.elapsed() < window && written < self.started && age > window
+        let (started, started_at) = *self.started.lock().unwrap_or_else(|p| p.into_inner());
+        started_at.elapsed() < window && written < started && age > window
     }
+
+    /// The process did not run for `gap` (stopped, a hypervisor stall, a machine too loaded to
+    /// schedule it): its playlists are as old as after a restart, and are held back as then
+    /// (acceptance P6: a node resumed after a hang served its pre-hang playlists, the media
+    /// sequence going back, until the packager's next upload).
+    pub fn resumed(&self, gap: std::time::Duration) {
+        tracing::warn!(gap = ?gap, "this process did not run for a while: live playlists from before are held back as after a restart");
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) =
+            (std::time::SystemTime::now(), std::time::Instant::now());
+    }
+
+    /// The current version of the playlist at `path`, if the registry has one.
 
     pub fn current(&self, path: &str) -> Option<Arc<Snapshot>> {
         let map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());

@@ -45,9 +45,9 @@ pub struct Snapshot {
     /// The version before this one has the same `Last-Modified` (both written in one second):
     /// that date cannot tell them apart, so date preconditions are not evaluated against it.
     pub date_shared: bool,
-    /// Found on a volume (by the watcher's walk at start, or read because a request asked
-    /// for it), not published by an upload or a change on disk this process saw.
-    pub restored: bool,
+    /// A pulled copy: its upstream's version, never held back as this node's own
+    /// ([`super::Registry::held_back`]).
+    pub pulled: bool,
     /// Delta updates (`_HLS_skip=YES`, `v2`) with their ETags, built by the first request that
     /// asks for each: every player parked on this version gets the same one.
     deltas: [std::sync::OnceLock<Option<Delta>>; 2],
@@ -229,7 +229,7 @@ impl Snapshot {
             daterange_tags: Vec::new(),
             removed_dateranges: Vec::new(),
             date_shared: false,
-            restored: false,
+            pulled: false,
             published: std::time::Instant::now(),
             deltas: Default::default(),
         };

@@ -138,25 +138,24 @@ impl Watcher {
             match e.file_type() {
                 Ok(t) if t.is_dir() => self.add_tree(&e.path(), &format!("{url}{name}/")),
                 // Found by walking the tree (at start, or after an overflow), not written now.
-                Ok(t) if t.is_file() && self.live(url) => self.publish(&e.path(), url, &name, true),
+                Ok(t) if t.is_file() && self.live(url) => self.publish(&e.path(), url, &name),
                 _ => {}
             }
         }
     }
 
-    /// Parses and publishes a playlist renamed into place, or found on disk (`restored`, see
-    /// [`Snapshot::restored`]). A panic in doing so (a playlist segd failed to foresee) loses
-    /// that version only: the thread watches on.
-    fn publish(&self, file: &Path, url: &str, name: &str, restored: bool) {
+    /// Parses and publishes a playlist renamed into place, or found on disk. A panic in doing
+    /// so (a playlist segd failed to foresee) loses that version only: the thread watches on.
+    fn publish(&self, file: &Path, url: &str, name: &str) {
         let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.publish_file(file, url, name, restored)
+            self.publish_file(file, url, name)
         }));
         if done.is_err() {
             tracing::error!(file = %file.display(), "a live playlist could not be parsed; this version is not tracked");
         }
     }
 
-    fn publish_file(&self, file: &Path, url: &str, name: &str, restored: bool) {
+    fn publish_file(&self, file: &Path, url: &str, name: &str) {
         if !name.ends_with(".m3u8") || name.starts_with('.') || name.ends_with(".tmp") {
             return;
         }
@@ -208,8 +207,7 @@ impl Watcher {
         {
             return;
         }
-        let mut snap = Snapshot::parse(Bytes::from(text), etag, lm);
-        snap.restored = restored;
+        let snap = Snapshot::parse(Bytes::from(text), etag, lm);
         self.registry.publish_read(&path, snap, seen);
     }
 
@@ -295,7 +293,7 @@ impl Watcher {
                 } else if flags.intersects(ReadFlags::MOVED_TO | ReadFlags::CLOSE_WRITE)
                     && self.live(&url)
                 {
-                    self.publish(&dir, &url, &name, false);
+                    self.publish(&dir, &url, &name);
                 } else if flags.intersects(ReadFlags::DELETE | ReadFlags::MOVED_FROM)
                     && self.live(&url)
                     && name.ends_with(".m3u8")

@@ -588,6 +588,21 @@ fn watch_live_playlists(shared: &Arc<Shared>) {
 }
 
 fn spawn_health_checks(shared: &Arc<Shared>) {
+    // A tick a second: one that comes late by more than `RESUME_GAP` says the process did not
+    // run meanwhile (see `live::Registry::resumed`).
+    const RESUME_GAP: std::time::Duration = std::time::Duration::from_secs(4);
+    let sh = Arc::clone(shared);
+    tokio::spawn(async move {
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let gap = last.elapsed();
+            last = tokio::time::Instant::now();
+            if gap > RESUME_GAP {
+                sh.runtime.live.resumed(gap);
+            }
+        }
+    });
     let sh = Arc::clone(shared);
     let every = shared.load().config.server.volume_check_interval;
     tokio::spawn(async move {
