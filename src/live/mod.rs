@@ -453,7 +453,6 @@ impl Registry {
     }
 
     /// The current version of the playlist at `path`, if the registry has one.
-
     pub fn current(&self, path: &str) -> Option<Arc<Snapshot>> {
         let map = self.playlists.lock().unwrap_or_else(|p| p.into_inner());
         map.get(path).and_then(|s| s.borrow().clone())
