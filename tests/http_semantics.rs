@@ -1149,15 +1149,18 @@ async fn connect_is_501_on_every_protocol() {
     // `:scheme` and `:path`). The answer's body is segd's 501 text, in a DATA frame as it is.
     let addr = e.srv.tls_addr.expect("tls");
     let c = crate::h3::h3_connect(addr, &e.pki).await;
-    let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
-    let fields = [(":method", "CONNECT"), (":authority", authority)];
-    tx.write_all(&crate::h3::raw_headers_frame(&fields))
+    let ask = async |fields: &[(&str, &str)]| {
+        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
+        tx.write_all(&crate::h3::raw_headers_frame(fields))
+            .await
+            .expect("write");
+        let _ = tx.finish();
+        tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+            .await
+            .expect("an answer within 5 s")
+    };
+    let answer = ask(&[(":method", "CONNECT"), (":authority", authority)])
         .await
-        .expect("write");
-    let _ = tx.finish();
-    let answer = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
-        .await
-        .expect("an answer within 5 s")
         .expect("an answer, not a stream error");
     assert!(
         answer
@@ -1167,20 +1170,13 @@ async fn connect_is_501_on_every_protocol() {
     );
     // A CONNECT with `:scheme` and `:path` (as h3's own client sends it) is malformed (RFC 9114
     // §4.4), a stream error H3_MESSAGE_ERROR as over HTTP/2 (RFC 9113 §8.5), not a 501.
-    let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
-    let fields = [
+    let answer = ask(&[
         (":method", "CONNECT"),
         (":scheme", "https"),
         (":authority", authority),
         (":path", "/"),
-    ];
-    tx.write_all(&crate::h3::raw_headers_frame(&fields))
-        .await
-        .expect("write");
-    let _ = tx.finish();
-    let answer = tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
-        .await
-        .expect("an answer within 5 s");
+    ])
+    .await;
     match answer {
         Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
             assert_eq!(code, quinn::VarInt::from_u32(0x10e), "H3_MESSAGE_ERROR")

@@ -144,6 +144,16 @@ pub async fn send(tls: Tls, method: &str, path: &str, headers: &[(&str, &str)]) 
 
 /// The demo corpus's `disk1` (under `vols`) served over TLS with `cert` and `key`; `tls_extra`
 /// lines go into `[tls]`, `server_extra` lines into `[server]`.
+/// A CA, the demo volumes and a segd serving them over TLS with a certificate for `localhost`
+/// (see [`demo_tls_server`]).
+pub fn demo_tls(tls_extra: &str, server_extra: &str) -> (Pki, tempfile::TempDir, Server) {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(vols.path(), &cert, &key, tls_extra, server_extra);
+    (pki, vols, srv)
+}
+
 pub fn demo_tls_server(
     vols: &std::path::Path,
     cert: &str,
@@ -1093,16 +1103,7 @@ async fn refused_heads_are_counted_on_both_listeners() {
 /// 431 "too many header fields"; over TLS HTTP/1.1 (hyper reads those heads) too.
 #[tokio::test]
 async fn header_field_count_is_one_limit_on_every_protocol() {
-    let pki = Pki::new();
-    let (cert, key, _) = pki.leaf("segd");
-    let vols = demo_volumes();
-    let srv = demo_tls_server(
-        vols.path(),
-        &cert,
-        &key,
-        "http3 = true\n",
-        "max_header_fields = 150",
-    );
+    let (pki, _vols, srv) = demo_tls("http3 = true\n", "max_header_fields = 150");
     // Plain HTTP/1.1, to the line: `Host` and 149 more is 150.
     let head = |lines: usize| {
         let fields: String = (1..lines).map(|i| format!("X-{i}: 1\r\n")).collect();

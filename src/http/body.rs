@@ -24,12 +24,6 @@ use crate::store::{Body, ByteStream};
 /// the client took to read all of it, so a slow reader that never stopped was cut as stalled
 /// (and logged as complete: every byte had been handed over). In pieces, it times each piece.
 const MAX_FRAME: usize = 128 << 10;
-/// The first frame, and the smallest: each next one is what the client took in about a
-/// second ([`PIECE_TIME`]), within these bounds, so a client that keeps reading is never cut by
-/// `send_timeout` if it takes 16 KiB in that time (128 KiB pieces cut a 32 kbit/s track read at
-/// its own pace: acceptance N6).
-const MIN_FRAME: usize = 16 << 10;
-const PIECE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct HyperBody {
     stream: Option<ByteStream>,
@@ -37,14 +31,7 @@ pub struct HyperBody {
     rest: Bytes,
     /// The exact length, when known.
     len: Option<u64>,
-    /// Bytes hyper took: it asked for more after them (what it was handed last is `pending`
-    /// until then). On HTTP/2 hyper asks once the stream has sent what it had, so a client that
-    /// resets a stream is not counted bytes it never got (acceptance N2: 100 times as many).
     sent: u64,
-    pending: u64,
-    /// When `pending` was handed, and the size of the next piece.
-    handed_at: Option<std::time::Instant>,
-    piece: usize,
     /// Set once the body reached its end (or had none).
     done: bool,
     record: Option<Record>,
@@ -66,9 +53,6 @@ impl HyperBody {
             rest: Bytes::new(),
             len,
             sent: 0,
-            pending: 0,
-            handed_at: None,
-            piece: MIN_FRAME,
             record: Some(record),
             in_flight: Some(in_flight),
         }
@@ -82,30 +66,10 @@ impl HyperBody {
             rest: Bytes::new(),
             len: Some(0),
             sent: 0,
-            pending: 0,
-            handed_at: None,
-            piece: MIN_FRAME,
             done: true,
             record: None,
             in_flight: None,
         }
-    }
-
-    /// hyper asked for more: it took the piece it was handed last. The next piece is what the
-    /// client took in about [`PIECE_TIME`].
-    fn taken(&mut self) {
-        if self.pending == 0 {
-            return;
-        }
-        self.sent += self.pending;
-        if let Some(at) = self.handed_at.take() {
-            let took = at.elapsed().as_micros().max(1);
-            let per_time = u128::from(self.pending) * PIECE_TIME.as_micros() / took;
-            self.piece = usize::try_from(per_time)
-                .unwrap_or(MAX_FRAME)
-                .clamp(MIN_FRAME, MAX_FRAME);
-        }
-        self.pending = 0;
     }
 
     fn finish(&mut self) {
@@ -125,7 +89,6 @@ impl http_body::Body for HyperBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        this.taken();
         let Some(stream) = this.stream.as_mut() else {
             this.finish();
             return Poll::Ready(None);
@@ -141,9 +104,8 @@ impl http_body::Body for HyperBody {
                 Poll::Ready(None) => return this.at_end(),
             }
         }
-        let piece = this.rest.split_to(this.rest.len().min(this.piece));
-        this.pending = piece.len() as u64;
-        this.handed_at = Some(std::time::Instant::now());
+        let piece = this.rest.split_to(this.rest.len().min(MAX_FRAME));
+        this.sent += piece.len() as u64;
         if let Some(f) = &this.in_flight {
             f.handed();
         }
@@ -156,7 +118,7 @@ impl http_body::Body for HyperBody {
 
     fn size_hint(&self) -> SizeHint {
         match self.len {
-            Some(l) => SizeHint::with_exact(l.saturating_sub(self.sent + self.pending)),
+            Some(l) => SizeHint::with_exact(l.saturating_sub(self.sent)),
             None => SizeHint::default(),
         }
     }
@@ -192,8 +154,7 @@ impl Drop for HyperBody {
         // bytes (its `Content-Length` is met), so the end is never polled: handed over whole is
         // complete. Otherwise not polled to the end: the client went away or the connection
         // failed.
-        if self.stream.is_some() && self.len == Some(self.sent + self.pending) {
-            self.sent += self.pending;
+        if self.stream.is_some() && self.len == Some(self.sent) {
             self.done = true;
         }
         self.finish();
