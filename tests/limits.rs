@@ -262,6 +262,61 @@ async fn h2_client_that_grants_no_window_is_disconnected() {
     );
 }
 
+/// One HTTP/2 stream the client grants no window while it reads the others on the same
+/// connection: the connection is kept, and every other stream is served whole. It was closed
+/// at `send_timeout` under every stream on it (acceptance N5: a browser pausing one track, a
+/// proxy holding back one slow viewer, cut all the others mid-body).
+#[tokio::test]
+async fn one_stalled_http2_stream_does_not_close_the_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let srv = watched_server(dir.path());
+    std::fs::write(dir.path().join("v/vod/big/small.mp4"), vec![3u8; 40_000]).expect("write");
+    let tcp = tokio::net::TcpStream::connect(srv.addr)
+        .await
+        .expect("connect");
+    // Stream windows of 64 KiB, a connection window far larger: what stream A holds does not
+    // take the others' room.
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(64 << 10)
+        .initial_connection_window_size(64 << 20)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    // Stream A: its head taken, its body never read (its window is never given back).
+    let req = http::Request::get(srv.url("/vod/big/huge.mp4"))
+        .body(())
+        .expect("request");
+    let (held, _) = client.send_request(req, true).expect("send");
+    let held = held.await.expect("response");
+    assert_eq!(held.status(), 200);
+    // The others, one after another, for 3 × `send_timeout` (1 s).
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(3) {
+        client = client.ready().await.expect("the connection is still there");
+        let req = http::Request::get(srv.url("/vod/big/small.mp4"))
+            .body(())
+            .expect("request");
+        let (resp, _) = client.send_request(req, true).expect("send");
+        let mut body = resp.await.expect("response").into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap_or_else(|e| {
+                panic!("cut after {served} streams, {:?}: {e}", started.elapsed())
+            });
+            got += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        assert_eq!(got, 40_000);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!driver.is_finished(), "the connection was closed");
+    drop(held);
+}
+
 const SEG_OF_WATCHED: &str = "/vod/big/huge.mp4";
 
 /// hyper's keep-alive pings only tell whether the peer lives: an HTTP/2 connection that asks
