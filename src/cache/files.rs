@@ -99,6 +99,14 @@ impl FileCache {
         self.cache.invalidate(key);
     }
 
+    /// Removes `key` and closes its descriptor now (unless a response still holds it): moka
+    /// keeps what it invalidates until its next maintenance, which only cache traffic brings,
+    /// and a deleted file's blocks stay on disk while a descriptor is open.
+    pub fn remove_now(&self, key: &str) {
+        self.cache.invalidate(key);
+        self.cache.run_pending_tasks();
+    }
+
     /// Entries held (runs moka's pending maintenance first, so the count is current).
     pub fn len(&self) -> u64 {
         self.cache.run_pending_tasks();
