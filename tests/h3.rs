@@ -1336,6 +1336,22 @@ fn qpack_int(first: u8, prefix: u32, v: usize, out: &mut Vec<u8>) {
 
 /// A HEADERS frame whose field section lists `fields` as given, in order, each a literal with a
 /// literal name (RFC 9204 §4.5.6), so nothing a client library checks stands in the way.
+/// A request stream carrying one HEADERS frame of `fields` (then finished), read to its end
+/// within 5 s: the answer's bytes, or how the stream failed (a reset's code).
+pub(crate) async fn raw_request(
+    conn: &quinn::Connection,
+    fields: &[(&str, &str)],
+) -> Result<Vec<u8>, quinn::ReadToEndError> {
+    let (mut tx, mut rx) = conn.open_bi().await.expect("stream");
+    tx.write_all(&raw_headers_frame(fields))
+        .await
+        .expect("write");
+    let _ = tx.finish();
+    tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
+        .await
+        .expect("an answer or a reset within 5 s")
+}
+
 pub(crate) fn raw_headers_frame(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut block = vec![0, 0];
     for (name, value) in fields {
@@ -1372,16 +1388,7 @@ async fn malformed_http3_requests_are_refused() {
         (":authority", "localhost"),
         (":path", "/vod/m/a.ts"),
     ];
-    let send = async |fields: &[(&str, &str)]| {
-        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
-        tx.write_all(&raw_headers_frame(fields))
-            .await
-            .expect("write");
-        let _ = tx.finish();
-        tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
-            .await
-            .expect("an answer or a reset within 5 s")
-    };
+    let send = async |fields: &[(&str, &str)]| raw_request(&c.conn, fields).await;
     // The encoding itself is sound: the well-formed request is answered.
     let ok = send(&get).await.expect("a well-formed request is answered");
     assert!(!ok.is_empty());

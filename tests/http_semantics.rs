@@ -1149,16 +1149,7 @@ async fn connect_is_501_on_every_protocol() {
     // `:scheme` and `:path`). The answer's body is segd's 501 text, in a DATA frame as it is.
     let addr = e.srv.tls_addr.expect("tls");
     let c = crate::h3::h3_connect(addr, &e.pki).await;
-    let ask = async |fields: &[(&str, &str)]| {
-        let (mut tx, mut rx) = c.conn.open_bi().await.expect("stream");
-        tx.write_all(&crate::h3::raw_headers_frame(fields))
-            .await
-            .expect("write");
-        let _ = tx.finish();
-        tokio::time::timeout(Duration::from_secs(5), rx.read_to_end(1 << 20))
-            .await
-            .expect("an answer within 5 s")
-    };
+    let ask = async |fields: &[(&str, &str)]| crate::h3::raw_request(&c.conn, fields).await;
     let answer = ask(&[(":method", "CONNECT"), (":authority", authority)])
         .await
         .expect("an answer, not a stream error");
