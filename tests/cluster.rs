@@ -2066,8 +2066,9 @@ async fn cluster_write_through_local_queue_drains_and_survives_kill9() {
     // The bucket unreachable (the node's bucket upstream points at a closed port): the entry
     // stays queued; kill -9 before it drains.
     let live = c.weed.endpoint();
+    let closed = ClosedPort::new();
     c.node_mut(owner).kill9();
-    c.node_mut(owner).bucket = format!("http://127.0.0.1:{}", free_port());
+    c.node_mut(owner).bucket = closed.url();
     c.node_mut(owner).start();
     assert!(c.lb.wait_status(owner, "UP", Duration::from_secs(10)).await);
     let second = "/vod/wq01/b.ts";
@@ -2130,12 +2131,13 @@ async fn cluster_write_through_local_queue_drains_and_survives_kill9() {
 async fn cluster_write_through_local_queued_delete_is_not_pulled_back() {
     let secret = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret.path(), S3_SECRET).expect("write the secret");
+    let closed = ClosedPort::new();
     let c = Cluster::start(Opts {
         ingest: "write_through = \"unreachable\"\ndurability = \"local\"\n",
         upstreams: Box::leak(
             format!(
-                "\n[[pull.upstreams]]\nname = \"unreachable\"\ns3_endpoint = \"http://127.0.0.1:{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"{S3_REGION}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/nowhere/\"]\n",
-                free_port(),
+                "\n[[pull.upstreams]]\nname = \"unreachable\"\ns3_endpoint = \"{}\"\nbucket = \"{S3_BUCKET}\"\nregion = \"{S3_REGION}\"\naccess_key_id = \"{S3_ACCESS_KEY}\"\nsecret_access_key_file = \"{}\"\nprefixes = [\"/nowhere/\"]\n",
+                closed.url(),
                 secret.path().display()
             )
             .into_boxed_str(),
@@ -2196,8 +2198,9 @@ async fn cluster_write_through_local_404_before_the_queue_drains_is_not_remember
     let owner = c.owner_of("/vod/nq01/probe.ts").await;
     // The owner's queue cannot reach the bucket for now.
     let live = c.weed.endpoint();
+    let closed = ClosedPort::new();
     c.node_mut(owner).kill9();
-    c.node_mut(owner).bucket = format!("http://127.0.0.1:{}", free_port());
+    c.node_mut(owner).bucket = closed.url();
     c.node_mut(owner).start();
     assert!(c.lb.wait_status(owner, "UP", Duration::from_secs(10)).await);
     let (id, r) = c.put(path, &body).await;

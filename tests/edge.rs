@@ -1184,7 +1184,8 @@ async fn edge_failed_upstream_falls_through_to_the_next() {
     copy_tree(&demo_dir().join("disk1"), root.path());
     let stalls = BadUpstream::start("stall-head", root.path());
     let origin = Origin::start("");
-    let refused = format!("http://127.0.0.1:{}", free_port());
+    let closed = ClosedPort::new();
+    let refused = closed.url();
     // Refused connection, then a stall, then a healthy upstream: 200 from the last one.
     let edge = Edge::start(
         &keys(FAST_TIMEOUTS),
@@ -2286,7 +2287,8 @@ async fn edge_https_upstream_with_a_private_ca() {
 #[tokio::test]
 async fn edge_reload_changes_the_upstreams() {
     let origin = Origin::start("");
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let closed = ClosedPort::new();
+    let dead = closed.url();
     let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &dead, "")]);
     assert_eq!(must("GET", &edge.url(SEG), &[], false).await.status, 502);
     let fixed = edge.config.replace(&dead, &origin.base());

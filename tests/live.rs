@@ -3523,7 +3523,8 @@ async fn edge_passes_blocking_reloads_through_to_the_origin_once_per_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preload_hints_wait_on_a_node_that_also_pulls_live_paths() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dead = free_port();
+    let closed = ClosedPort::new();
+    let dead = closed.port;
     let rig = Rig::start(
         3,
         100,

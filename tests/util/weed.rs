@@ -33,6 +33,37 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port nothing answers on for as long as this lives: bound (without
+/// `SO_REUSEADDR`) and never listening, so connections to it are refused and no other server
+/// can take it meanwhile. An "unreachable" upstream on a [`free_port`] could be taken by the
+/// next server another test starts, which then answers (a 404 from it once made a queued
+/// deletion look applied: `cluster_write_through_local_queued_delete_is_not_pulled_back`).
+pub struct ClosedPort {
+    _held: socket2::Socket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        let port = s
+            .local_addr()
+            .expect("addr")
+            .as_socket()
+            .expect("an inet address")
+            .port();
+        ClosedPort { _held: s, port }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// `n` distinct free ports (held together while chosen, so they differ).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let held: Vec<TcpListener> = (0..n)
