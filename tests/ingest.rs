@@ -2273,6 +2273,127 @@ async fn nagle_clients_are_not_held_up_by_delayed_acks() {
     }
 }
 
+/// A Nagle client (ffmpeg) that sends its last upload on a kept-alive connection and leaves at
+/// once, its earlier answers unread, has it stored even when segd is too busy to read it in
+/// time (here: stopped with SIGSTOP). Its kernel holds the body until the head is
+/// acknowledged, and the reset its exit makes drops what it holds; so the head must be
+/// acknowledged by segd's kernel on arrival, not once segd reads it. After an answer the kernel
+/// delays its ACKs (to send them with the next answer), and again after it resends an answer
+/// the client was slow to acknowledge (seen here over TLS); segd tells it not to after each
+/// answer and once more a little later. The CI once lost ffmpeg's final playlist over TLS this
+/// way (`ffmpeg_hls_ts_push_persistent_connection_over_tls`). Fast path (`Content-Length`),
+/// hyper (chunked) and TLS. Without the fix the fast path's upload is lost every time, the
+/// TLS one most times.
+#[tokio::test]
+async fn a_nagle_clients_last_upload_is_acknowledged_while_segd_is_busy() {
+    use tokio::io::AsyncWriteExt;
+    let pki = crate::tls::Pki::new();
+    let rig = Rig::tls(&pki, |_| {});
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/live/*");
+    // ffmpeg's last uploads come a segment (at least a second) after the ones before. A gap
+    // longer than the retransmission timeout is also what lets the kernel acknowledge the next
+    // data at once rather than delay it; segd's part is that nothing delays it otherwise.
+    const GAP: Duration = Duration::from_secs(1);
+    let target = |name: &str| q(&format!("/live/na/{name}"), &tok);
+    // Head and body in separate writes, as ffmpeg sends them.
+    let parts = |name: &str, body: &[u8], chunked: bool| -> (Vec<u8>, Vec<u8>) {
+        let t = target(name);
+        if chunked {
+            let head = format!("PUT {t} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
+            let mut b = format!("{:x}\r\n", body.len()).into_bytes();
+            b.extend_from_slice(body);
+            b.extend_from_slice(b"\r\n0\r\n\r\n");
+            (head.into_bytes(), b)
+        } else {
+            let head = format!(
+                "PUT {t} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            (head.into_bytes(), body.to_vec())
+        }
+    };
+    /// segd stopped (SIGSTOP) until this goes, however the test ends.
+    struct Stopped<'a>(&'a Server);
+    impl Stopped<'_> {
+        fn new(srv: &Server) -> Stopped<'_> {
+            srv.signal(libc::SIGSTOP);
+            Stopped(srv)
+        }
+    }
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            self.0.signal(libc::SIGCONT);
+        }
+    }
+    for (i, (chunked, tls)) in [(false, false), (true, false), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let what = format!("chunked {chunked}, tls {tls}");
+        let first = payload(5000, i as u32);
+        let last = payload(7000, 10 + i as u32);
+        let (a, b) = (format!("{i}-first.ts"), format!("{i}-last.ts"));
+        if tls {
+            let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+            let mut s = crate::tls::connect(&rig.srv, &client).await;
+            let (h, body) = parts(&a, &first, chunked);
+            s.write_all(&h).await.expect("head");
+            s.write_all(&body).await.expect("body");
+            s.flush().await.expect("flush");
+            let mut peek = [0u8; 1];
+            assert_eq!(s.get_ref().0.peek(&mut peek).await.expect("answer"), 1);
+            tokio::time::sleep(GAP).await;
+            let port = format!(":{:04X} ", rig.srv.tls_addr.expect("tls").port());
+            let show = |w: &str| {
+                for l in std::fs::read_to_string("/proc/net/tcp")
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    if f.len() > 16 && f[1].ends_with(port.trim()) && f[3] == "01" {
+                        eprintln!("PROC {w} rto {} ato {} quick/pp {}", f[12], f[13], f[14]);
+                    }
+                }
+            };
+            show("before");
+            let _stopped = Stopped::new(&rig.srv);
+            let (h, body) = parts(&b, &last, chunked);
+            s.write_all(&h).await.expect("head");
+            s.flush().await.expect("flush");
+            show("after");
+            s.write_all(&body).await.expect("body");
+            s.flush().await.expect("flush");
+            // Gone without reading: the kernel resets the connection.
+            drop(s);
+        } else {
+            let mut s = connect(rig.srv.addr);
+            let (h, body) = parts(&a, &first, chunked);
+            s.write_all(&h).expect("head");
+            s.write_all(&body).expect("body");
+            let mut peek = [0u8; 1];
+            assert_eq!(s.peek(&mut peek).expect("answer"), 1);
+            tokio::time::sleep(GAP).await;
+            let _stopped = Stopped::new(&rig.srv);
+            let (h, body) = parts(&b, &last, chunked);
+            s.write_all(&h).expect("head");
+            s.write_all(&body).expect("body");
+            drop(s);
+        }
+        let dir = vol.join("live/na");
+        let stored = eventually(Duration::from_secs(5), async || {
+            std::fs::read(dir.join(&b)).is_ok_and(|got| got == last)
+        })
+        .await;
+        assert!(
+            stored,
+            "{what}: the last upload is stored: {:?}",
+            names(&dir)
+        );
+        assert_file(&dir.join(&a), &first, &what);
+    }
+}
+
 /// A read pipelined between the uploads of a client that left is not carried out: nobody takes
 /// its answer, so no file is read for it and the access log has no line saying it was sent.
 #[tokio::test]
@@ -3141,7 +3262,7 @@ async fn placement_keeps_an_asset_on_one_volume() {
 
 /// ffmpeg's input: 9 s of a 440 Hz tone, AAC 64k (`re`: at real-time pace).
 fn ffmpeg_input(re: bool) -> Vec<String> {
-    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "warning", "-y"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -3165,8 +3286,10 @@ fn ffmpeg_input(re: bool) -> Vec<String> {
     a
 }
 
-/// Runs ffmpeg to the end; while it runs, `poll` is called every 200 ms.
-async fn run_ffmpeg(args: &[String], mut poll: impl AsyncFnMut()) {
+/// Runs ffmpeg to the end; while it runs, `poll` is called every 200 ms. Returns what it
+/// logged (for a failure's message: ffmpeg does not wait for answers, so an upload it could
+/// not make shows only there).
+async fn run_ffmpeg(args: &[String], mut poll: impl AsyncFnMut()) -> String {
     let log = tempfile::NamedTempFile::new().expect("log file");
     let mut child = Command::new("ffmpeg")
         .args(args)
@@ -3193,6 +3316,7 @@ async fn run_ffmpeg(args: &[String], mut poll: impl AsyncFnMut()) {
         "ffmpeg {args:?} failed: {}",
         read_log(log.path())
     );
+    read_log(log.path())
 }
 
 fn read_log(p: &Path) -> String {
@@ -3265,10 +3389,15 @@ enum Hls {
 /// the playlist, its segments (plus at most the one `hls_delete_threshold` keeps), the init
 /// segment for fMP4, and nothing else; ffprobe reads the stream back from segd.
 async fn hls_push(kind: Hls) {
+    // The access log, for a failure's message.
+    let log = "[log]\naccess = \"stdout\"\n";
     let rig = if matches!(kind, Hls::TsPersistentTls) {
-        Rig::tls(&crate::tls::Pki::new(), |_| {})
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key, _) = crate::tls::Pki::new().leaf("segd-up");
+        let tls = crate::tls::tls_config(dir.path(), &cert, &key);
+        Rig::start_in(dir, &["disk1"], &[], &(tls + log), |_| {})
     } else {
-        Rig::simple(&[])
+        Rig::start(&["disk1"], &[], log, |_| {})
     };
     let vol = rig.vol("disk1");
     let dir = vol.join("live/s1");
@@ -3307,7 +3436,7 @@ async fn hls_push(kind: Hls) {
 
     let playlist_url = rig.url("/live/s1/index.m3u8");
     let mut live_versions = BTreeSet::new();
-    run_ffmpeg(&args, async || {
+    let ffmpeg_log = run_ffmpeg(&args, async || {
         let r = get_on(&playlist_url, false).await;
         if r.status == 200 && !parse_playlist(&r.text()).ended {
             live_versions.insert(r.text());
@@ -3356,7 +3485,20 @@ async fn hls_push(kind: Hls) {
         }
     })
     .await;
-    assert!(settled, "{last}");
+    assert!(
+        settled,
+        "{last}\nffmpeg logged:\n{ffmpeg_log}\nsegd logged:\n{}\nsegd's access log (writes):\n{}",
+        rig.srv.stderr(),
+        rig.srv
+            .stdout
+            .lock()
+            .map(|s| s
+                .lines()
+                .filter(|l| !l.contains("\"method\":\"GET\""))
+                .collect::<Vec<_>>()
+                .join("\n"))
+            .unwrap_or_default()
+    );
     let pl = final_pl.expect("final playlist");
     assert!(
         pl.sequence >= 2,

@@ -73,6 +73,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 enum Next {
     /// Keep the connection: wait for the next request, or answer one already buffered.
     Again,
+    /// [`Next::Again`] after an upload's answer (`socket::ack_now` again after
+    /// `socket::REACK_AFTER` if the connection is still idle then).
+    AgainAfterUpload,
     /// Close gracefully (shut down the write side).
     Close,
     /// Close after draining unread request bytes briefly, so the answer just written is not
@@ -118,6 +121,9 @@ pub async fn serve(
     let stopped = stop.wait();
     tokio::pin!(stopped);
     let mut first = true;
+    // An upload was just answered: `socket::ack_now` again when this fires (boxed: the idle
+    // connection's future stays small).
+    let mut reack: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let next = loop {
         if buf.is_empty() {
             if buf.capacity() > 0 {
@@ -126,12 +132,22 @@ pub async fn serve(
             // Draining: a request the client is already sending is still answered (with
             // `Connection: close`); see `drain::IDLE_GRACE` for why idle is not closed at once.
             let grace = crate::drain::IDLE_GRACE.min(cfg.keepalive_timeout);
-            let ready = if drain.is_stopping() {
-                tokio::time::timeout(grace, stream.readable()).await
-            } else {
+            let idle_until = tokio::time::Instant::now() + cfg.keepalive_timeout;
+            let ready = loop {
+                if drain.is_stopping() {
+                    break tokio::time::timeout(grace, stream.readable()).await;
+                }
                 tokio::select! {
-                    r = tokio::time::timeout(cfg.keepalive_timeout, stream.readable()) => r,
-                    _ = &mut stopped => tokio::time::timeout(grace, stream.readable()).await,
+                    r = tokio::time::timeout_at(idle_until, stream.readable()) => break r,
+                    _ = &mut stopped => break tokio::time::timeout(grace, stream.readable()).await,
+                    () = async {
+                        if let Some(t) = reack.as_mut() {
+                            t.as_mut().await;
+                        }
+                    }, if reack.is_some() => {
+                        reack = None;
+                        socket::ack_now(&stream);
+                    }
                 }
             };
             if !matches!(ready, Ok(Ok(()))) {
@@ -150,13 +166,15 @@ pub async fn serve(
         .await;
         first = false;
         trim::request_done();
-        if !matches!(next, Next::Again) {
+        reack = matches!(next, Next::AgainAfterUpload)
+            .then(|| Box::pin(tokio::time::sleep(socket::REACK_AFTER)));
+        if !matches!(next, Next::Again | Next::AgainAfterUpload) {
             break next;
         }
     };
     gauge.dec();
     match next {
-        Next::Again | Next::Close => {
+        Next::Again | Next::AgainAfterUpload | Next::Close => {
             let _ = stream.shutdown().await;
         }
         Next::Linger => Box::pin(linger_close(stream)).await,
@@ -230,6 +248,8 @@ async fn exchange(
         Err(a) => return answer(stream, metrics, a).await,
     };
     buf.advance(consumed);
+    let uploads =
+        declared > 0 && !matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS);
     if buf.is_empty() {
         // The head is owned now: give the buffer back before the handler may wait (an open
         // on the blocking pool), so a burst of requests does not hold a buffer each.
@@ -329,12 +349,18 @@ async fn exchange(
     }
     // An aborted body logs and counts the bytes that did go out.
     record.finish(sent, written.is_ok() || instead.is_some());
+    if uploads && written.is_ok() {
+        // The next upload's head is acknowledged on arrival, not when it is read (`ack_now`,
+        // now and after `REACK_AFTER`).
+        socket::ack_now(&*stream);
+    }
     match (written, close, must_close) {
         // The client left without this answer; what it pipelined after is still carried out.
         (Err(e), false, _) if socket::peer_gone(&e) => Next::Orphaned,
         (Err(_), _, _) => Next::Reset,
         (Ok(_), true, true) => Next::Linger,
         (Ok(_), true, false) => Next::Close,
+        (Ok(_), false, _) if uploads => Next::AgainAfterUpload,
         (Ok(_), false, _) => Next::Again,
     }
 }

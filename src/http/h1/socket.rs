@@ -1,6 +1,7 @@
 //! Socket helpers for the HTTP/1.1 fast path: abortive close, lingering close, and the stream
 //! that replays bytes already read when a connection is handed to hyper.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
@@ -69,9 +70,25 @@ pub(super) async fn linger_close(mut stream: TcpStream) {
 /// for the timer, and one that left right after its last upload lost what it held (its kernel
 /// drops unsent bytes when it resets the connection). After a read that leaves bytes in the
 /// socket the kernel sends no ACK yet, so the wait that follows sends it.
+///
+/// Also after an answer on a connection that carries uploads, at once and again
+/// [`REACK_AFTER`] later: sending an answer right after a request puts the kernel back into
+/// delaying ACKs (to send them with the next answer), and so does its retransmission of an
+/// answer the client is slow to acknowledge (ffmpeg never reads them; its kernel delays its
+/// ACKs, the tail-loss probe resends). The next request's head would then be acknowledged only
+/// once segd reads it, and a client that sends its last upload and exits at once (ffmpeg)
+/// loses the body it held back whenever segd is slower to read than it is to exit (a busy
+/// machine). Acknowledged by the kernel on arrival, the body follows at once
+/// (`ingest::a_nagle_clients_last_upload_is_acknowledged_while_segd_is_busy`).
 pub(super) fn ack_now(socket: impl AsFd) {
     let _ = rustix::net::sockopt::set_tcp_quickack(socket, true);
 }
+
+/// When [`ack_now`] is said again after an answer on a connection that carries uploads: once
+/// the answer is acknowledged or resent (the client's delayed ACK is at most 200 ms on Linux,
+/// the first retransmission comes before it), and before the client's next upload (ffmpeg's
+/// come a segment apart).
+pub(super) const REACK_AFTER: Duration = Duration::from_millis(300);
 
 /// Whether a failed write says the peer is gone (it reset the connection or closed it), as
 /// opposed to a stall or a local failure.
@@ -103,6 +120,11 @@ pub struct Prefixed<S = TcpStream> {
     /// The peer is gone; writes are discarded (only with `orphans`). Shared with the
     /// connection's requests ([`Prefixed::gone_flag`]), which then carry out only writes.
     gone: Arc<AtomicBool>,
+    /// Bytes were written since the last flush ([`ack_now`] after the flush, on HTTP/1.1).
+    wrote: bool,
+    /// Set after an answer on HTTP/1.1: [`ack_now`] again when it fires ([`REACK_AFTER`]),
+    /// unless a request comes first.
+    reack: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Prefixed<S> {
@@ -112,6 +134,8 @@ impl<S> Prefixed<S> {
             inner,
             orphans,
             gone: Arc::new(AtomicBool::new(false)),
+            wrote: false,
+            reack: None,
         }
     }
 
@@ -161,8 +185,25 @@ impl<S> Prefixed<S> {
         self.is_gone()
     }
 
+    /// Says [`ack_now`] again once the timer set after an answer fires (polled from reads
+    /// and flushes, so the connection's task wakes for it).
+    fn poll_reack(&mut self, cx: &mut Context<'_>)
+    where
+        S: AsFd,
+    {
+        if let Some(t) = &mut self.reack {
+            if t.as_mut().poll(cx).is_ready() {
+                self.reack = None;
+                ack_now(&self.inner);
+            }
+        }
+    }
+
     /// A write's result, with the answer discarded once the peer is gone.
     fn written(&mut self, r: Poll<io::Result<usize>>, len: usize) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote = true;
+        }
         match r {
             Poll::Ready(Err(e)) if self.goes_on_without(&e) => Poll::Ready(Ok(len)),
             r => r,
@@ -200,10 +241,12 @@ impl<S: AsyncRead + AsFd + Unpin> AsyncRead for Prefixed<S> {
             // Acknowledged at once ([`ack_now`]).
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 ack_now(&self.inner);
+                self.reack = None;
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
                 ack_now(&self.inner);
+                self.poll_reack(cx);
                 Poll::Pending
             }
             r => r,
@@ -211,7 +254,7 @@ impl<S: AsyncRead + AsFd + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncWrite + AsFd + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -228,6 +271,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
             return Poll::Ready(Ok(()));
         }
         let r = Pin::new(&mut self.inner).poll_flush(cx);
+        // An answer went out on HTTP/1.1 (uploads come that way): the next request's head is
+        // acknowledged on arrival ([`ack_now`], now and after [`REACK_AFTER`]). Once per
+        // flush, not per write.
+        if self.orphans && self.wrote && matches!(r, Poll::Ready(Ok(()))) {
+            self.wrote = false;
+            ack_now(&self.inner);
+            match &mut self.reack {
+                Some(t) => t.as_mut().reset(tokio::time::Instant::now() + REACK_AFTER),
+                None => self.reack = Some(Box::pin(tokio::time::sleep(REACK_AFTER))),
+            }
+            self.poll_reack(cx);
+        }
         self.done(r)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
