@@ -2316,8 +2316,21 @@ async fn a_nagle_clients_last_upload_is_acknowledged_while_segd_is_busy() {
     /// segd stopped (SIGSTOP) until this goes, however the test ends.
     struct Stopped<'a>(&'a Server);
     impl Stopped<'_> {
+        /// Returns once the process is stopped (SIGSTOP takes effect asynchronously).
         fn new(srv: &Server) -> Stopped<'_> {
             srv.signal(libc::SIGSTOP);
+            let stat = format!("/proc/{}/stat", srv.child.id());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let text = std::fs::read_to_string(&stat).unwrap_or_default();
+                // The state follows the command's closing parenthesis.
+                let state = text.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+                if state == Some(Some('T')) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "segd did not stop: {text}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             Stopped(srv)
         }
     }
@@ -2344,24 +2357,10 @@ async fn a_nagle_clients_last_upload_is_acknowledged_while_segd_is_busy() {
             let mut peek = [0u8; 1];
             assert_eq!(s.get_ref().0.peek(&mut peek).await.expect("answer"), 1);
             tokio::time::sleep(GAP).await;
-            let port = format!(":{:04X} ", rig.srv.tls_addr.expect("tls").port());
-            let show = |w: &str| {
-                for l in std::fs::read_to_string("/proc/net/tcp")
-                    .unwrap_or_default()
-                    .lines()
-                {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    if f.len() > 16 && f[1].ends_with(port.trim()) && f[3] == "01" {
-                        eprintln!("PROC {w} rto {} ato {} quick/pp {}", f[12], f[13], f[14]);
-                    }
-                }
-            };
-            show("before");
             let _stopped = Stopped::new(&rig.srv);
             let (h, body) = parts(&b, &last, chunked);
             s.write_all(&h).await.expect("head");
             s.flush().await.expect("flush");
-            show("after");
             s.write_all(&body).await.expect("body");
             s.flush().await.expect("flush");
             // Gone without reading: the kernel resets the connection.

@@ -76,6 +76,10 @@ pub struct Conn {
     /// Set once the client is gone (plaintext HTTP/1.1, `h1::Prefixed`): the requests it sent
     /// in full are still read, but only writes are carried out; nobody takes the answers.
     pub peer_gone: Option<Arc<AtomicBool>>,
+    /// Set when a request on the connection is a write (HTTP/1.1 beneath `h1::Prefixed`):
+    /// the kernel is then told to acknowledge the next request's head at once after each
+    /// answer (`h1::socket::ack_now`).
+    pub writes: Option<Arc<AtomicBool>>,
     /// The connection's socket, watched while an HTTP/1.1 request parks ([`peer_closed`]).
     /// hyper does not read an HTTP/1.1 connection while it serves a request (half-close is on),
     /// so it would not notice a client that left.
@@ -99,6 +103,7 @@ pub async fn serve_io<I>(
         tls,
         alt_svc,
         peer_gone,
+        writes,
         socket,
     } = conn;
     let gauge = shared
@@ -125,10 +130,14 @@ pub async fn serve_io<I>(
         let gone = peer_gone
             .as_ref()
             .is_some_and(|g| g.load(Ordering::Relaxed));
+        let write = matches!(req.method(), &Method::PUT | &Method::POST | &Method::DELETE);
+        if let (true, Some(w)) = (write, &writes) {
+            w.store(true, Ordering::Relaxed);
+        }
         // In flight from here: a handler that is still working is not an idle connection.
         let in_flight = requests.start();
         async move {
-            if gone && !matches!(req.method(), &Method::PUT | &Method::POST | &Method::DELETE) {
+            if gone && !write {
                 return Ok::<_, Infallible>(hyper::Response::new(HyperBody::unrecorded()));
             }
             let at = At {

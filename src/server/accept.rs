@@ -207,6 +207,7 @@ pub(super) async fn accept_tls(
                 // with `-http_persistent 1`) still has them carried out (`h1::Prefixed`).
                 let stream = crate::http::h1::Prefixed::new(bytes::Bytes::new(), stream, false);
                 let peer_gone = stream.gone_flag();
+                let writes = stream.writes_flag();
                 let socket = stream.raw_fd();
                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(mut tls)) => {
@@ -243,6 +244,7 @@ pub(super) async fn accept_tls(
                             tls: Some(version),
                             alt_svc,
                             peer_gone: orphans.then_some(peer_gone),
+                            writes: orphans.then_some(writes),
                             socket: Some(socket),
                         };
                         crate::http::service::serve_io(io, conn, shared, builder, drain).await

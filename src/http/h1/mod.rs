@@ -73,7 +73,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 enum Next {
     /// Keep the connection: wait for the next request, or answer one already buffered.
     Again,
-    /// [`Next::Again`] after an upload's answer (`socket::ack_now` again after
+    /// [`Next::Again`] after a write's answer (`socket::ack_now` again after
     /// `socket::REACK_AFTER` if the connection is still idle then).
     AgainAfterUpload,
     /// Close gracefully (shut down the write side).
@@ -121,7 +121,7 @@ pub async fn serve(
     let stopped = stop.wait();
     tokio::pin!(stopped);
     let mut first = true;
-    // An upload was just answered: `socket::ack_now` again when this fires (boxed: the idle
+    // A write was just answered: `socket::ack_now` again when this fires (boxed: the idle
     // connection's future stays small).
     let mut reack: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     let next = loop {
@@ -248,8 +248,7 @@ async fn exchange(
         Err(a) => return answer(stream, metrics, a).await,
     };
     buf.advance(consumed);
-    let uploads =
-        declared > 0 && !matches!(head.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let uploads = matches!(head.method, Method::PUT | Method::POST | Method::DELETE);
     if buf.is_empty() {
         // The head is owned now: give the buffer back before the handler may wait (an open
         // on the blocking pool), so a burst of requests does not hold a buffer each.
@@ -350,7 +349,7 @@ async fn exchange(
     // An aborted body logs and counts the bytes that did go out.
     record.finish(sent, written.is_ok() || instead.is_some());
     if uploads && written.is_ok() {
-        // The next upload's head is acknowledged on arrival, not when it is read (`ack_now`,
+        // The next request's head is acknowledged on arrival, not when it is read (`ack_now`,
         // now and after `REACK_AFTER`).
         socket::ack_now(&*stream);
     }
@@ -426,6 +425,7 @@ async fn to_hyper(
         tls: None,
         alt_svc: None,
         peer_gone: Some(io.gone_flag()),
+        writes: (label == "h1").then(|| io.writes_flag()),
         socket: Some(io.raw_fd()),
     };
     super::service::serve_io(io, conn, shared, hyper, drain).await;

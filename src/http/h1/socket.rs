@@ -71,23 +71,26 @@ pub(super) async fn linger_close(mut stream: TcpStream) {
 /// drops unsent bytes when it resets the connection). After a read that leaves bytes in the
 /// socket the kernel sends no ACK yet, so the wait that follows sends it.
 ///
-/// Also after an answer on a connection that carries uploads, at once and again
-/// [`REACK_AFTER`] later: sending an answer right after a request puts the kernel back into
-/// delaying ACKs (to send them with the next answer), and so does its retransmission of an
-/// answer the client is slow to acknowledge (ffmpeg never reads them; its kernel delays its
-/// ACKs, the tail-loss probe resends). The next request's head would then be acknowledged only
-/// once segd reads it, and a client that sends its last upload and exits at once (ffmpeg)
-/// loses the body it held back whenever segd is slower to read than it is to exit (a busy
-/// machine). Acknowledged by the kernel on arrival, the body follows at once
+/// Also after an answer to a write (PUT, POST, DELETE), at once and again [`REACK_AFTER`]
+/// later: sending an answer right after a request puts the kernel back into delaying ACKs (to
+/// send them with the next answer), and so does its resending of an answer the client is slow
+/// to acknowledge (ffmpeg never reads them; its kernel delays its ACKs). The next request's
+/// head would then be acknowledged only once segd reads it, and a client that sends its last
+/// upload and exits at once (ffmpeg) loses the body it held back whenever segd is slower to
+/// read than it is to exit (a busy machine). Out of that mode, the kernel acknowledges the head
+/// as it arrives when it has quick ACKs left, which it has again after a pause longer than
+/// the retransmission timeout (about 200 ms; a packager pauses a segment between uploads); the
+/// body then follows at once
 /// (`ingest::a_nagle_clients_last_upload_is_acknowledged_while_segd_is_busy`).
 pub(super) fn ack_now(socket: impl AsFd) {
     let _ = rustix::net::sockopt::set_tcp_quickack(socket, true);
 }
 
-/// When [`ack_now`] is said again after an answer on a connection that carries uploads: once
-/// the answer is acknowledged or resent (the client's delayed ACK is at most 200 ms on Linux,
-/// the first retransmission comes before it), and before the client's next upload (ffmpeg's
-/// come a segment apart).
+/// When [`ack_now`] is said again after an answer to a write: once the answer is acknowledged
+/// or resent on loopback and LAN paths (a client's delayed ACK is at most 200 ms on Linux; an
+/// answer not acknowledged by then is resent after about 200 ms plus two round trips, so on a
+/// slow WAN path a resend can still come later), and before the client's next upload (a
+/// packager's come a segment apart).
 pub(super) const REACK_AFTER: Duration = Duration::from_millis(300);
 
 /// Whether a failed write says the peer is gone (it reset the connection or closed it), as
@@ -120,10 +123,13 @@ pub struct Prefixed<S = TcpStream> {
     /// The peer is gone; writes are discarded (only with `orphans`). Shared with the
     /// connection's requests ([`Prefixed::gone_flag`]), which then carry out only writes.
     gone: Arc<AtomicBool>,
-    /// Bytes were written since the last flush ([`ack_now`] after the flush, on HTTP/1.1).
+    /// Bytes were written since the last flush ([`ack_now`] after the flush).
     wrote: bool,
-    /// Set after an answer on HTTP/1.1: [`ack_now`] again when it fires ([`REACK_AFTER`]),
-    /// unless a request comes first.
+    /// Set by the connection's requests when one is a write ([`Prefixed::writes_flag`]): from
+    /// then on each answer is followed by [`ack_now`], now and after [`REACK_AFTER`].
+    writes: Arc<AtomicBool>,
+    /// Set after an answer on a connection that carries writes: [`ack_now`] again when it
+    /// fires, unless a request comes first.
     reack: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -135,8 +141,15 @@ impl<S> Prefixed<S> {
             orphans,
             gone: Arc::new(AtomicBool::new(false)),
             wrote: false,
+            writes: Arc::new(AtomicBool::new(false)),
             reack: None,
         }
+    }
+
+    /// Set once a request on the connection is a write (uploads and DELETEs): its answers
+    /// are then followed by [`ack_now`].
+    pub fn writes_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.writes)
     }
 
     /// Set once the peer is gone: requests read after that are not answered, so only writes
@@ -271,10 +284,10 @@ impl<S: AsyncWrite + AsFd + Unpin> AsyncWrite for Prefixed<S> {
             return Poll::Ready(Ok(()));
         }
         let r = Pin::new(&mut self.inner).poll_flush(cx);
-        // An answer went out on HTTP/1.1 (uploads come that way): the next request's head is
+        // An answer went out on a connection that carries writes: the next request's head is
         // acknowledged on arrival ([`ack_now`], now and after [`REACK_AFTER`]). Once per
         // flush, not per write.
-        if self.orphans && self.wrote && matches!(r, Poll::Ready(Ok(()))) {
+        if self.wrote && matches!(r, Poll::Ready(Ok(()))) && self.writes.load(Ordering::Relaxed) {
             self.wrote = false;
             ack_now(&self.inner);
             match &mut self.reack {
