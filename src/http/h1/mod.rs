@@ -75,7 +75,7 @@ enum Next {
     Again,
     /// [`Next::Again`] after a write's answer (`socket::ack_now` again after
     /// `socket::REACK_AFTER` if the connection is still idle then).
-    AgainAfterUpload,
+    AgainAfterWrite,
     /// Close gracefully (shut down the write side).
     Close,
     /// Close after draining unread request bytes briefly, so the answer just written is not
@@ -121,9 +121,8 @@ pub async fn serve(
     let stopped = stop.wait();
     tokio::pin!(stopped);
     let mut first = true;
-    // A write was just answered: `socket::ack_now` again when this fires (boxed: the idle
-    // connection's future stays small).
-    let mut reack: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    // Armed after a write's answer.
+    let mut reack = socket::Reack::default();
     let next = loop {
         if buf.is_empty() {
             if buf.capacity() > 0 {
@@ -140,12 +139,7 @@ pub async fn serve(
                 tokio::select! {
                     r = tokio::time::timeout_at(idle_until, stream.readable()) => break r,
                     _ = &mut stopped => break tokio::time::timeout(grace, stream.readable()).await,
-                    () = async {
-                        if let Some(t) = reack.as_mut() {
-                            t.as_mut().await;
-                        }
-                    }, if reack.is_some() => {
-                        reack = None;
+                    () = std::future::poll_fn(|cx| reack.poll_due(cx)), if reack.is_armed() => {
                         socket::ack_now(&stream);
                     }
                 }
@@ -166,15 +160,18 @@ pub async fn serve(
         .await;
         first = false;
         trim::request_done();
-        reack = matches!(next, Next::AgainAfterUpload)
-            .then(|| Box::pin(tokio::time::sleep(socket::REACK_AFTER)));
-        if !matches!(next, Next::Again | Next::AgainAfterUpload) {
+        // The next request's head is acknowledged on arrival, not when it is read.
+        match next {
+            Next::AgainAfterWrite => reack.arm(&stream),
+            _ => reack.disarm(),
+        }
+        if !matches!(next, Next::Again | Next::AgainAfterWrite) {
             break next;
         }
     };
     gauge.dec();
     match next {
-        Next::Again | Next::AgainAfterUpload | Next::Close => {
+        Next::Again | Next::AgainAfterWrite | Next::Close => {
             let _ = stream.shutdown().await;
         }
         Next::Linger => Box::pin(linger_close(stream)).await,
@@ -248,7 +245,7 @@ async fn exchange(
         Err(a) => return answer(stream, metrics, a).await,
     };
     buf.advance(consumed);
-    let uploads = matches!(head.method, Method::PUT | Method::POST | Method::DELETE);
+    let write = matches!(head.method, Method::PUT | Method::POST | Method::DELETE);
     if buf.is_empty() {
         // The head is owned now: give the buffer back before the handler may wait (an open
         // on the blocking pool), so a burst of requests does not hold a buffer each.
@@ -348,18 +345,13 @@ async fn exchange(
     }
     // An aborted body logs and counts the bytes that did go out.
     record.finish(sent, written.is_ok() || instead.is_some());
-    if uploads && written.is_ok() {
-        // The next request's head is acknowledged on arrival, not when it is read (`ack_now`,
-        // now and after `REACK_AFTER`).
-        socket::ack_now(&*stream);
-    }
     match (written, close, must_close) {
         // The client left without this answer; what it pipelined after is still carried out.
         (Err(e), false, _) if socket::peer_gone(&e) => Next::Orphaned,
         (Err(_), _, _) => Next::Reset,
         (Ok(_), true, true) => Next::Linger,
         (Ok(_), true, false) => Next::Close,
-        (Ok(_), false, _) if uploads => Next::AgainAfterUpload,
+        (Ok(_), false, _) if write => Next::AgainAfterWrite,
         (Ok(_), false, _) => Next::Again,
     }
 }

@@ -93,6 +93,42 @@ pub(super) fn ack_now(socket: impl AsFd) {
 /// packager's come a segment apart).
 pub(super) const REACK_AFTER: Duration = Duration::from_millis(300);
 
+/// The second [`ack_now`] after an answer to a write, [`REACK_AFTER`] later unless a request
+/// comes first; boxed, so an idle connection stays small while it is not armed.
+#[derive(Default)]
+pub(super) struct Reack(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Reack {
+    /// [`ack_now`] at once, and again after [`REACK_AFTER`] ([`Reack::poll_due`]).
+    pub(super) fn arm(&mut self, socket: impl AsFd) {
+        ack_now(socket);
+        let at = tokio::time::Instant::now() + REACK_AFTER;
+        match &mut self.0 {
+            Some(t) => t.as_mut().reset(at),
+            None => self.0 = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+    }
+
+    /// A request came: no second ACK is needed.
+    pub(super) fn disarm(&mut self) {
+        self.0 = None;
+    }
+
+    pub(super) fn is_armed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Ready once the timer fires (then disarmed): the caller says [`ack_now`].
+    pub(super) fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(t) = &mut self.0 else {
+            return Poll::Pending;
+        };
+        std::task::ready!(t.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(())
+    }
+}
+
 /// Whether a failed write says the peer is gone (it reset the connection or closed it), as
 /// opposed to a stall or a local failure.
 pub(super) fn peer_gone(e: &io::Error) -> bool {
@@ -128,9 +164,8 @@ pub struct Prefixed<S = TcpStream> {
     /// Set by the connection's requests when one is a write ([`Prefixed::writes_flag`]): from
     /// then on each answer is followed by [`ack_now`], now and after [`REACK_AFTER`].
     writes: Arc<AtomicBool>,
-    /// Set after an answer on a connection that carries writes: [`ack_now`] again when it
-    /// fires, unless a request comes first.
-    reack: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Armed after an answer on a connection that carries writes.
+    reack: Reack,
 }
 
 impl<S> Prefixed<S> {
@@ -142,7 +177,7 @@ impl<S> Prefixed<S> {
             gone: Arc::new(AtomicBool::new(false)),
             wrote: false,
             writes: Arc::new(AtomicBool::new(false)),
-            reack: None,
+            reack: Reack::default(),
         }
     }
 
@@ -204,11 +239,8 @@ impl<S> Prefixed<S> {
     where
         S: AsFd,
     {
-        if let Some(t) = &mut self.reack {
-            if t.as_mut().poll(cx).is_ready() {
-                self.reack = None;
-                ack_now(&self.inner);
-            }
+        if self.reack.poll_due(cx).is_ready() {
+            ack_now(&self.inner);
         }
     }
 
@@ -254,7 +286,7 @@ impl<S: AsyncRead + AsFd + Unpin> AsyncRead for Prefixed<S> {
             // Acknowledged at once ([`ack_now`]).
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 ack_now(&self.inner);
-                self.reack = None;
+                self.reack.disarm();
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
@@ -289,11 +321,8 @@ impl<S: AsyncWrite + AsFd + Unpin> AsyncWrite for Prefixed<S> {
         // flush, not per write.
         if self.wrote && matches!(r, Poll::Ready(Ok(()))) && self.writes.load(Ordering::Relaxed) {
             self.wrote = false;
-            ack_now(&self.inner);
-            match &mut self.reack {
-                Some(t) => t.as_mut().reset(tokio::time::Instant::now() + REACK_AFTER),
-                None => self.reack = Some(Box::pin(tokio::time::sleep(REACK_AFTER))),
-            }
+            let this = &mut *self;
+            this.reack.arm(&this.inner);
             self.poll_reack(cx);
         }
         self.done(r)
