@@ -69,6 +69,21 @@ NODE_PORT, NODE_ADMIN = 21480, 21490
 WEED = dict(master=21401, master_grpc=21402, volume=21403, volume_grpc=21404, filer=21405,
             filer_grpc=21406, s3=21407, s3_grpc=21408, metrics=21409, admin=21410,
             admin_grpc=31410)
+def set_ports(base):
+    """Moves every port (--port-base), for machines where others run servers: HAProxy on the
+    base, weed mini's on the next ten (its admin gRPC port is its admin port + 10000), the
+    nodes' on base + 80 and + 90."""
+    global FRONT, NODE_PORT, NODE_ADMIN, WEED
+    if not 1024 < base <= 32767 - 10010:
+        sys.exit(f"cluster-bench: --port-base {base}: give a port between 1025 and {32767 - 10010} "
+                 "(every port stays below 32768)")
+    FRONT = ("127.0.0.1", base)
+    NODE_PORT, NODE_ADMIN = base + 80, base + 90
+    names = ["master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "metrics", "admin"]
+    WEED = {name: base + 1 + i for i, name in enumerate(names)}
+    WEED["admin_grpc"] = WEED["admin"] + 10000
+
+
 S3_KEY, S3_SECRET, BUCKET = "segd-bench", "cluster-bench-secret-0123456789ab", "media"
 MIN_SIZE, MAX_SIZE = 32 * 1024, 64 * 1024
 
@@ -683,7 +698,10 @@ def main():
     ap.add_argument("--variants", default="hash,roundrobin")
     ap.add_argument("--workdir", default="/var/tmp/segd-cluster-bench")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--port-base", type=int, default=FRONT[1],
+                    help="HAProxy's port; weed mini takes the next ten, the nodes base + 80 and + 90 (default %(default)s)")
     args = ap.parse_args()
+    set_ports(args.port_base)
     binary = os.path.abspath(args.segd)
     if not os.access(binary, os.X_OK):
         die(f"no segd binary at {binary} (cargo build --release, or --segd)")

@@ -62,6 +62,15 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLK = os.sysconf("SC_CLK_TCK")
 UP_PORT, SEGD_PORT, NGINX_PORT, SEGD_ADMIN = 21070, 21080, 21081, 21090
+
+
+def set_ports(base):
+    """Moves every port (--port-base): the paced upstream on base, segd on base + 10, nginx on
+    + 11, segd's admin on + 20; for machines where others run servers."""
+    global UP_PORT, SEGD_PORT, NGINX_PORT, SEGD_ADMIN
+    if not 1024 < base <= 32767 - 20:
+        sys.exit(f"edge-bench: --port-base {base}: give a port between 1025 and {32767 - 20}")
+    UP_PORT, SEGD_PORT, NGINX_PORT, SEGD_ADMIN = base, base + 10, base + 11, base + 20
 SIZE = 200 * 1024
 SERVER_CPU, CLIENT_CPU = "0", "1"
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -279,7 +288,9 @@ class Server:
 
 class Segd(Server):
     name = "segd"
-    port = SEGD_PORT
+    @property
+    def port(self):
+        return SEGD_PORT  # read when used: --port-base moves it after the class is made
 
     def __init__(self, binary, run, cache_dir, access_log):
         self.binary, self.run, self.cache_dir, self.access_log = binary, run, cache_dir, access_log
@@ -394,7 +405,9 @@ http {
 
 class Nginx(Server):
     name = "nginx"
-    port = NGINX_PORT
+    @property
+    def port(self):
+        return NGINX_PORT  # read when used: --port-base moves it after the class is made
 
     def __init__(self, run, cache_dir, access_log):
         self.run, self.cache_dir, self.access_log = run, cache_dir, access_log
@@ -584,7 +597,10 @@ def main():
     ap.add_argument("--miss-conns", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=50)
     ap.add_argument("--rate-mbps", type=float, default=125)
+    ap.add_argument("--port-base", type=int, default=UP_PORT,
+                    help="the upstream's port; segd takes base + 10, nginx + 11, segd's admin + 20 (default %(default)s)")
     args = ap.parse_args()
+    set_ports(args.port_base)
     raise_nofile()
     t_start = time.time()
     os.sched_setaffinity(0, {int(CLIENT_CPU)})

@@ -36,11 +36,22 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "vs_nginx"))
-from run import (Segd, Server, SEGD_TLS, cpu_times, die, ensure_free, proc_cpu, proc_rss_mb,  # noqa: E402
+import run  # noqa: E402
+from run import (Segd, Server, cpu_times, die, ensure_free, proc_cpu, proc_rss_mb,  # noqa: E402
                  raise_nofile, run_h2load, wait_port)
 
 # Below 32768, next to run.py's ports (18443 segd TLS, 18444 nginx TLS).
 CADDY_TLS, CADDY_HTTP = 18445, 18446
+
+
+def set_ports(base):
+    """Moves every port as `vs_nginx/run.py --port-base` does (segd TLS on base + 363), Caddy's
+    next to it (base + 365, + 366), for machines where others run servers."""
+    global CADDY_TLS, CADDY_HTTP
+    if not 1024 < base <= 32767 - 366:
+        die(f"--port-base {base}: give a port between 1025 and {32767 - 366}")
+    run.set_ports(base)
+    CADDY_TLS, CADDY_HTTP = base + 365, base + 366
 
 
 def udp_free(port):
@@ -163,6 +174,8 @@ def main():
     ap.add_argument("--segd-server", default="", help="extra [server] lines for segd (not the baseline)")
     ap.add_argument("--segd-env", default="", help="environment K=V pairs (space-separated) for segd (not the baseline)")
     ap.add_argument("--tag", default="", help="suffix of the results directory")
+    ap.add_argument("--port-base", type=int, default=18080,
+                    help="move every port as vs_nginx/run.py does: segd TLS on base + 363, Caddy on + 365 and + 366 (default %(default)s)")
     ap.add_argument("--client-max-udp-payload", type=int, default=None,
                     help="h3load's max_udp_payload_size transport parameter (default quinn's 1472; "
                          "larger lets a server send bigger packets on loopback, which no internet path carries)")
@@ -170,6 +183,7 @@ def main():
                     help="h3load keeps the kernel's default UDP receive buffer (it overflows: ~5 %% loss on loopback)")
     ap.add_argument("--summarize", metavar="DIR", help="only rewrite DIR/summary.md from its raw.csv and meta.json")
     args = ap.parse_args()
+    set_ports(args.port_base)
     if args.summarize:
         summarize(args.summarize)
         return
@@ -202,7 +216,7 @@ def main():
     with open(paths_file, "w") as f:
         f.write("".join(f"{p}\t{sizes[p]}\n" for p in hot))
     uris = {}
-    for name, port in (("segd", SEGD_TLS), ("caddy", CADDY_TLS)):
+    for name, port in (("segd", run.SEGD_TLS), ("caddy", CADDY_TLS)):
         uris[name] = os.path.join(run, f"uris-{name}.txt")
         with open(uris[name], "w") as f:
             f.write("".join(f"https://127.0.0.1:{port}{p}\n" for p in hot))
@@ -216,7 +230,7 @@ def main():
         srv.extra_tls = "http3 = true"
         if who == "segd":
             srv.extra_server = args.segd_server
-        return srv, SEGD_TLS
+        return srv, run.SEGD_TLS
 
     rows = []
     for r in range(args.rounds):

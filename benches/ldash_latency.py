@@ -56,6 +56,14 @@ sys.path.insert(0, HERE)
 import live_wakeup as lw  # noqa: E402  (segd config, token, results helpers)
 
 PORT, ADMIN, PROXY = 18380, 18390, 18381
+
+
+def set_ports(base):
+    """Moves every port (--port-base), for machines where others run servers."""
+    global PORT, ADMIN, PROXY
+    if not 1024 < base < 32768 - 10:
+        die(f"--port-base {base}: give a port between 1025 and 32757")
+    PORT, ADMIN, PROXY = base, base + 10, base + 1
 SO_TIMESTAMPNS = lw.SO_TIMESTAMPNS
 CMSG_TS = lw.CMSG_TS
 now = lw.now
@@ -510,9 +518,12 @@ def main():
     ap.add_argument("--segd", default=os.path.join(target, "release", "segd"))
     ap.add_argument("--duration", type=int, default=60, help="seconds of stream per run")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--port-base", type=int, default=PORT,
+                    help="segd's port; the pacing proxy takes the next one, segd's admin port is 10 above (default %(default)s; below 32768)")
     ap.add_argument("--out")
     args = ap.parse_args()
     sys.setswitchinterval(0.0005)
+    set_ports(args.port_base)
     lw.PORT, lw.ADMIN = PORT, ADMIN  # lw.Segd's config and start() use the module's ports
     if not os.access(args.segd, os.X_OK):
         die(f"no segd binary at {args.segd}")

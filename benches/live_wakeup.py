@@ -51,6 +51,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 CLK = os.sysconf("SC_CLK_TCK")
 PORT, ADMIN = 18280, 18290
+
+
+def set_ports(base):
+    """Moves segd's ports (--port-base), for machines where others run servers."""
+    global PORT, ADMIN
+    if not 1024 < base < 32768 - 10:
+        die(f"--port-base {base}: give a port between 1025 and 32757")
+    PORT, ADMIN = base, base + 10
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 CMSG_TS = socket.CMSG_SPACE(16)
 SECRET = "0123456789abcdef0123456789abcdef"
@@ -608,8 +616,11 @@ def main():
     ap.add_argument("--client", choices=["epoll", "deferred"], default="epoll",
                     help="epoll: read each response as it arrives; deferred: sleep through the wake-up and read "
                          "afterwards (the client takes no CPU from segd meanwhile, as remote clients would not)")
+    ap.add_argument("--port-base", type=int, default=PORT,
+                    help="segd's port; its admin port is 10 above (default %(default)s; below 32768)")
     ap.add_argument("--out")
     args = ap.parse_args()
+    set_ports(args.port_base)
     raise_nofile()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ns = [int(x) for x in args.ns.split(",")]

@@ -20,6 +20,14 @@ import time
 PORT, ADMIN = 18180, 18190
 
 
+def set_ports(base):
+    """Moves segd's ports (--port-base), for machines where others run servers."""
+    global PORT, ADMIN
+    if not 1024 < base < 32768 - 10:
+        sys.exit(f"soak: --port-base {base}: give a port between 1025 and 32757")
+    PORT, ADMIN = base, base + 10
+
+
 def raise_nofile():
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -94,7 +102,17 @@ def main():
     ap.add_argument("--minutes", type=float, default=10)
     ap.add_argument("--window", type=int, default=30)
     ap.add_argument("--conns", type=int, default=2000)
+    ap.add_argument("--port-base", type=int, default=PORT,
+                    help="segd's port; its admin port is 10 above (default %(default)s; below 32768)")
     args = ap.parse_args()
+    set_ports(args.port_base)
+    for port in (PORT, ADMIN):
+        # segd binds with SO_REUSEPORT: a server already there would silently take part of the load.
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            continue
+        sys.exit(f"soak: port {port} is already served by another process (ss -ltnp); pass --port-base")
     run = tempfile.mkdtemp(prefix="segd-soak-")
     cfg = os.path.join(run, "segd.toml")
     with open(cfg, "w") as f:
