@@ -1758,6 +1758,60 @@ async fn preconditions() {
     assert_no_tmp(&vol, "end");
 }
 
+/// A conditional DELETE that arrives while the path is being replaced waits for the replace
+/// and evaluates its preconditions against the version it would remove (RFC 9110 §13.2.2): a
+/// DELETE with the old version's ETag (or a date before the new version) keeps the new one.
+/// It used to check them before it waited, and removed the new version.
+#[tokio::test]
+async fn a_conditional_delete_behind_a_replace_sees_the_new_version() {
+    // Version one is from 2020, so a replace is later by its date too.
+    let version_one = |p: &Path| {
+        std::fs::write(p, b"version one").expect("write");
+        let f = std::fs::File::options().write(true).open(p).expect("open");
+        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000))
+            .expect("mtime");
+    };
+    let rig = Rig::start(&["disk1"], &[], "", |d| {
+        std::fs::create_dir_all(d.join("disk1/vod/race")).expect("mkdir");
+        version_one(&d.join("disk1/vod/race/a.ts"));
+    });
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/vod/race/*");
+    let url = rig.url(&q("/vod/race/a.ts", &tok));
+    let old = get(&rig.url("/vod/race/a.ts"), &[]).await;
+    let etag1 = old.header("etag").expect("etag").to_string();
+    let modified1 = old.header("last-modified").expect("last-modified").to_string();
+    let v2 = b"version two, longer";
+    for condition in [
+        format!("If-Match: {etag1}"),
+        format!("If-Unmodified-Since: {modified1}"),
+    ] {
+        // The replace: its head and half its body, then a pause while the DELETE comes.
+        let mut put = connect(rig.srv.addr);
+        let head = format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            q("/vod/race/a.ts", &tok),
+            v2.len()
+        );
+        put.write_all(head.as_bytes()).expect("head");
+        put.write_all(&v2[..8]).expect("first half");
+        std::thread::sleep(Duration::from_millis(300));
+        let (del_url, cond) = (url.clone(), condition.clone());
+        let del = std::thread::spawn(move || curl(&["-X", "DELETE", "-H", &cond, &del_url], None));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!del.is_finished(), "{condition}: the DELETE waits for the replace");
+        put.write_all(&v2[8..]).expect("second half");
+        let answer = read_head(&mut put);
+        assert!(answer.starts_with("HTTP/1.1 204"), "replace: {answer:?}");
+        let r = del.join().expect("delete thread");
+        assert_eq!(r.status(), 412, "{condition} names the replaced version: {r:?}");
+        assert_eq!(read(&vol.join("vod/race/a.ts")), v2, "{condition}: the new version stays");
+        // Version one again for the next round.
+        version_one(&vol.join("vod/race/a.ts"));
+    }
+    assert_no_tmp(&vol, "end");
+}
+
 #[tokio::test]
 async fn body_over_max_body_bytes() {
     let rig = Rig::start(&["disk1"], &[("max_body_bytes", "\"1KiB\"")], "", |d| {

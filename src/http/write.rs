@@ -476,6 +476,9 @@ async fn delete(
         }
         .into());
     };
+    // Preconditions against the version this removes: an upload of the path in progress
+    // commits first (RFC 9110 §13.2.2: evaluated when about to perform the method).
+    let lock = cx.rt.store.lock_for_delete(rel).await;
     preconditions(cx, rel, class, live).await?;
     // Directories of the ingest prefix itself are never removed.
     let canonical = format!("/{rel}");
@@ -486,7 +489,7 @@ async fn delete(
         .map(|p| p.split('/').filter(|c| !c.is_empty()).count())
         .max()
         .unwrap_or(1);
-    cx.rt.store.delete(rel, keep, live).await?;
+    cx.rt.store.delete(rel, keep, live, lock).await?;
     cx.rt.live.forget(&canonical);
     Ok(reply(
         StatusCode::NO_CONTENT,

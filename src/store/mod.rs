@@ -49,7 +49,7 @@ pub use body::{Body, ByteStream, FileRange, Stream};
 pub use growing::Progress;
 use local::{Disk, Local};
 pub use pull::{private_cache_control, Passed};
-pub use upload::{Committed, Mode, Upload, WriteError};
+pub use upload::{Committed, Mode, PathLock, Upload, WriteError};
 
 /// What kind of object a path names (from its extension): decides caching headers, whether a
 /// cached descriptor may be trusted without a re-check, and which bodies may be sent mapped.
@@ -599,17 +599,23 @@ impl Store {
         self.inner.growing.get(rel.as_str()).map(Object::growing)
     }
 
+    /// The lock a client's DELETE of `rel` holds from its preconditions to its removal, so
+    /// they are evaluated against the version it removes: an upload of the path in progress
+    /// commits (or fails) first.
+    pub async fn lock_for_delete(&self, rel: &RelPath) -> PathLock {
+        self.inner.locks.lock(rel).await
+    }
+
     /// Deletes `rel` (in the write-through bucket too), then the directories that left empty
-    /// below the first `keep` segments.
-    pub async fn delete(&self, rel: &RelPath, keep: usize, live: bool) -> Result<(), WriteError> {
-        let r = upload::delete(
-            self.local(),
-            &self.inner.locks,
-            rel,
-            keep,
-            self.through(live),
-        )
-        .await;
+    /// below the first `keep` segments. `lock` is the path's, from [`Store::lock_for_delete`].
+    pub async fn delete(
+        &self,
+        rel: &RelPath,
+        keep: usize,
+        live: bool,
+        lock: PathLock,
+    ) -> Result<(), WriteError> {
+        let r = upload::delete(self.local(), lock, rel, keep, self.through(live)).await;
         // A copy this node pulled earlier must not outlive the deletion here.
         if let Some(pull) = &self.inner.pull {
             if pull.drop_copy(rel) && matches!(r, Err(WriteError::NotFound)) {

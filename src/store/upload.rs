@@ -875,12 +875,11 @@ pub async fn begin(
 /// empty, deepest first, never at or above `keep` path segments (the ingest prefix).
 pub async fn delete(
     local: Arc<Local>,
-    locks: &PathLocks,
+    _lock: PathLock,
     rel: &RelPath,
     keep: usize,
     through: Option<Arc<WriteThrough>>,
 ) -> Result<(), WriteError> {
-    let _lock = locks.lock(rel).await;
     let mut in_bucket = false;
     if let Some(wt) = through {
         // The bucket first: with durability "upstream" a failure there leaves both copies; with
