@@ -3388,7 +3388,8 @@ async fn edge_close_delimited_body_is_passed_through_not_stored() {
 }
 
 /// An upstream 200 with both Content-Length and Transfer-Encoding (RFC 9112 §6.3: to be
-/// handled as an error) is a bad upstream response: 502 before any head, nothing stored.
+/// handled as an error), or with a transfer coding other than chunked, is a bad upstream
+/// response: 502 before any head, nothing stored.
 #[tokio::test]
 async fn edge_upstream_with_content_length_and_chunked_is_a_502() {
     const CLTE: &str = "/vod/clte/a.ts";
@@ -3410,6 +3411,26 @@ async fn edge_upstream_with_content_length_and_chunked_is_a_502() {
         .expect("an answer over h2c");
     assert_eq!(r.status, 502, "{:?}", r.headers);
     up.wait_count(CLTE, 3).await;
+    // A transfer coding other than chunked, which segd's requests (no `TE`) did not allow
+    // (RFC 9112 §7.4): the body would still be gzipped. It was stored and served as the
+    // object, `immutable` (acceptance).
+    const GZIPTE: &str = "/vod/gzipte/a.ts";
+    let direct = raw_fetch(up.addr, GZIPTE, Duration::from_secs(2));
+    assert!(
+        direct
+            .head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: gzip, chunked"),
+        "the harness: {}",
+        direct.head
+    );
+    for h2 in [false, true] {
+        let r = fetch("GET", &edge.url(GZIPTE), &[], h2)
+            .await
+            .expect("an answer");
+        assert_eq!(r.status, 502, "h2={h2}: {:?}", r.headers);
+    }
+    up.wait_count(GZIPTE, 3).await;
     assert!(
         wait_for(Duration::from_secs(5), || files_under(&edge.cache_path())
             .is_empty())

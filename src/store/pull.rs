@@ -379,10 +379,6 @@ fn cache_control(h: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&out).ok()
 }
 
-/// Whether a response has both `Content-Length` and `Transfer-Encoding`: framing two readers
-/// may take differently (the stuff of response smuggling), which RFC 9112 §6.3 lets a client
-/// handle only as an error. Such an answer is the upstream's failure: tried on the next one,
-/// else 502, never stored, and no head of it reaches a viewer.
 /// The response says `Vary: *` (on any of its `Vary` lines): it never matches a later request
 /// (RFC 9111 §4.1), so it is not stored, and it is passed on with its `Vary: *` so that no
 /// cache in front reuses it either. Fills and LL-HLS answers passed through alike.
@@ -393,8 +389,28 @@ fn varies_on_all(h: &HeaderMap) -> bool {
     })
 }
 
-fn ambiguous_framing(h: &HeaderMap) -> bool {
-    h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING)
+/// What makes a response's framing unusable, if anything:
+/// - both `Content-Length` and `Transfer-Encoding`: framing two readers may take differently
+///   (the stuff of response smuggling), which RFC 9112 §6.3 lets a client handle only as an
+///   error;
+/// - a transfer coding other than `chunked` (`gzip, chunked`): segd's requests carry no `TE`,
+///   so none may be applied (RFC 9112 §7.4), and the body the client hands on is still in it:
+///   stored, it would be served as the object's bytes.
+///
+/// Such an answer is the upstream's failure: tried on the next one, else 502, never stored,
+/// and no head of it reaches a viewer.
+fn unusable_framing(h: &HeaderMap) -> Option<&'static str> {
+    if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    let other_coding = h.get_all(TRANSFER_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
+        })
+    });
+    other_coding.then_some("a transfer coding other than chunked")
 }
 
 /// Whether the response's body is chunked: `chunked` is its last transfer coding (RFC 9112
@@ -917,13 +933,13 @@ impl Through {
                 let (first, last) = range?;
                 let want = format!("bytes {first}-{last}/{len}");
                 let cr = h.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
-                (cr.trim() == want && !ambiguous_framing(h)).then_some(0)
+                (cr.trim() == want && unusable_framing(h).is_none()).then_some(0)
             }
             StatusCode::OK => {
                 let cl: Option<u64> = h
                     .get(CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                let same = cl.is_none_or(|cl| cl == len) && !ambiguous_framing(h);
+                let same = cl.is_none_or(|cl| cl == len) && unusable_framing(h).is_none();
                 same.then_some(range.map_or(0, |(first, _)| first))
             }
             _ => None,
@@ -1837,8 +1853,9 @@ impl Pull {
             let status = resp.status();
             let html = self.counted(&conf, up, rel, &resp);
             match status {
-                StatusCode::OK if ambiguous_framing(resp.headers()) => {
-                    tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
+                StatusCode::OK if unusable_framing(resp.headers()).is_some() => {
+                    let framing = unusable_framing(resp.headers()).unwrap_or_default();
+                    tracing::warn!(upstream = %up.name, path = %canonical, framing, "upstream response's framing is unusable");
                 }
                 // A soft 404 (counted and logged): the next upstream.
                 StatusCode::OK if html.is_some() => {}
@@ -1875,7 +1892,7 @@ impl Pull {
                     match again {
                         Ok(r)
                             if r.status() == StatusCode::OK
-                                && !ambiguous_framing(r.headers())
+                                && unusable_framing(r.headers()).is_none()
                                 && self.counted(&conf, up, rel, &r).is_none() =>
                         {
                             let bucket = matches!(fetcher, Fetcher::S3(_));
@@ -2067,8 +2084,8 @@ impl Pull {
                 tracing::warn!(upstream = %up.name, path = %canonical, status = status.as_u16(), "upstream answered an LL-HLS request with an error");
                 continue;
             }
-            if ambiguous_framing(resp.headers()) {
-                tracing::warn!(upstream = %up.name, path = %canonical, "upstream response has both Content-Length and Transfer-Encoding");
+            if let Some(framing) = unusable_framing(resp.headers()) {
+                tracing::warn!(upstream = %up.name, path = %canonical, framing, "upstream response's framing is unusable");
                 continue;
             }
             let mut headers = HeaderMap::new();
@@ -3239,6 +3256,26 @@ mod tests {
         assert!(te(&["gzip", "chunked"]));
         assert!(!te(&["chunked, gzip"]));
         assert!(!te(&["gzip"]));
+    }
+
+    #[test]
+    fn framing_with_other_transfer_codings_is_unusable() {
+        let framing = |lines: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in lines {
+                h.append(*n, HeaderValue::from_static(v));
+            }
+            unusable_framing(&h)
+        };
+        assert_eq!(framing(&[]), None);
+        assert_eq!(framing(&[("content-length", "5")]), None);
+        assert_eq!(framing(&[("transfer-encoding", "chunked")]), None);
+        assert_eq!(framing(&[("transfer-encoding", "Chunked")]), None);
+        assert!(framing(&[("content-length", "5"), ("transfer-encoding", "chunked")]).is_some());
+        for te in ["gzip, chunked", "gzip", "chunked, gzip", "identity"] {
+            assert!(framing(&[("transfer-encoding", te)]).is_some(), "{te}");
+        }
+        assert!(framing(&[("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")]).is_some());
     }
 
     #[test]

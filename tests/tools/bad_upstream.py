@@ -23,6 +23,8 @@ missing file is a normal 404 in every mode. For a file that exists, MODE decides
                               connection (`Connection: close`), whole
               /vod/clte/…     both `Content-Length: 50` and `Transfer-Encoding: chunked`, with
                               one chunk of the first 100 bytes of the body
+              /vod/gzipte/…   `Transfer-Encoding: gzip, chunked` (a transfer coding the request's
+                              missing `TE` did not allow): the body gzipped, then chunked
               /X/status/N/…   status N with `playlist()` for a body, `Cache-Control:
                               max-age=600` and, for a 3xx, a `Location` (any first segment:
                               /live/… for LL-HLS requests passed through)
@@ -207,6 +209,13 @@ def mixed(sock, method, target, lines, state):
     if kind == "clte":
         head += ["Content-Length: 50", "Transfer-Encoding: chunked"]
         sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + b"64\r\n" + body[:100] + b"\r\n0\r\n\r\n")
+        state["served"] = True
+        return True
+    if kind == "gzipte":
+        head.append("Transfer-Encoding: gzip, chunked")
+        coded = gzip.compress(body) if method != "HEAD" else b""
+        tail = f"{len(coded):x}\r\n".encode() + coded + b"\r\n0\r\n\r\n" if coded else b"0\r\n\r\n"
+        sock.sendall("\r\n".join(head).encode() + b"\r\n\r\n" + tail)
         state["served"] = True
         return True
     if kind == "eof":
