@@ -3275,7 +3275,11 @@ mod tests {
         for te in ["gzip, chunked", "gzip", "chunked, gzip", "identity"] {
             assert!(framing(&[("transfer-encoding", te)]).is_some(), "{te}");
         }
-        assert!(framing(&[("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")]).is_some());
+        assert!(framing(&[
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked")
+        ])
+        .is_some());
     }
 
     #[test]
