@@ -1812,6 +1812,53 @@ async fn a_conditional_delete_behind_a_replace_sees_the_new_version() {
     assert_no_tmp(&vol, "end");
 }
 
+/// A segment replaced twice within one second: the first version's `Last-Modified` would
+/// name the second's second too, and a cache revalidating with `If-Modified-Since` alone was
+/// told 304 for the old bytes (acceptance). As for playlists
+/// (`http_semantics::a_date_is_sent_as_a_validator_only_once_its_second_is_over`), the date is
+/// sent only once its second is over; until then the ETag tells the versions apart.
+#[tokio::test]
+async fn a_segment_replaced_within_one_second_is_never_not_modified() {
+    let rig = Rig::simple(&[]);
+    let tok = upload_token("/*");
+    for rel in ["/vod/sec/a.ts", "/live/sec/a.m4s"] {
+        let url = rig.url(&q(rel, &tok));
+        let mut dated = 0;
+        for round in 0..3 {
+            // Both versions early in one second.
+            let into_second = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .subsec_millis();
+            std::thread::sleep(Duration::from_millis(u64::from(
+                1050 - into_second.min(1000),
+            )));
+            let r = curl_put(&url, format!("first {round}").as_bytes(), &[]);
+            assert!(matches!(r.status(), 201 | 204), "{rel}: {r:?}");
+            let first = get(&rig.url(rel), &[]).await;
+            assert_eq!(first.body.as_ref(), format!("first {round}").as_bytes());
+            let r = curl_put(&url, format!("second {round}!").as_bytes(), &[]);
+            assert_eq!(r.status(), 204, "{rel}: {r:?}");
+            if let Some(lm) = first.header("last-modified") {
+                dated += 1;
+                let r = get(&rig.url(rel), &[("if-modified-since", lm)]).await;
+                assert_eq!(r.status, 200, "{rel} round {round}: the second version is new");
+            }
+            let etag = first.header("etag").expect("etag");
+            let r = get(&rig.url(rel), &[("if-none-match", etag)]).await;
+            assert_eq!(r.status, 200, "{rel} round {round}: the ETag tells them apart");
+            assert_eq!(r.body.as_ref(), format!("second {round}!").as_bytes());
+        }
+        assert!(dated < 3, "{rel}: the first version was always asked for in its own second");
+        // Once its second is over, the date is sent, and a revalidation with it alone is a 304.
+        std::thread::sleep(Duration::from_millis(1100));
+        let r = get(&rig.url(rel), &[]).await;
+        let lm = r.header("last-modified").expect("the date, once its second is over");
+        let r = get(&rig.url(rel), &[("if-modified-since", lm)]).await;
+        assert_eq!(r.status, 304, "{rel}");
+    }
+}
+
 #[tokio::test]
 async fn body_over_max_body_bytes() {
     let rig = Rig::start(&["disk1"], &[("max_body_bytes", "\"1KiB\"")], "", |d| {

@@ -440,7 +440,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
-    if let Some(lm) = object.last_modified(class == ObjectClass::Playlist && !live) {
+    if let Some(lm) = object.last_modified(!(class == ObjectClass::Playlist && live)) {
         headers.insert(LAST_MODIFIED, lm);
     }
     if let Some(extra) = &object.extra {
