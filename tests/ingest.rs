@@ -1780,7 +1780,10 @@ async fn a_conditional_delete_behind_a_replace_sees_the_new_version() {
     let url = rig.url(&q("/vod/race/a.ts", &tok));
     let old = get(&rig.url("/vod/race/a.ts"), &[]).await;
     let etag1 = old.header("etag").expect("etag").to_string();
-    let modified1 = old.header("last-modified").expect("last-modified").to_string();
+    let modified1 = old
+        .header("last-modified")
+        .expect("last-modified")
+        .to_string();
     let v2 = b"version two, longer";
     for condition in [
         format!("If-Match: {etag1}"),
@@ -1799,13 +1802,24 @@ async fn a_conditional_delete_behind_a_replace_sees_the_new_version() {
         let (del_url, cond) = (url.clone(), condition.clone());
         let del = std::thread::spawn(move || curl(&["-X", "DELETE", "-H", &cond, &del_url], None));
         std::thread::sleep(Duration::from_millis(500));
-        assert!(!del.is_finished(), "{condition}: the DELETE waits for the replace");
+        assert!(
+            !del.is_finished(),
+            "{condition}: the DELETE waits for the replace"
+        );
         put.write_all(&v2[8..]).expect("second half");
         let answer = read_head(&mut put);
         assert!(answer.starts_with("HTTP/1.1 204"), "replace: {answer:?}");
         let r = del.join().expect("delete thread");
-        assert_eq!(r.status(), 412, "{condition} names the replaced version: {r:?}");
-        assert_eq!(read(&vol.join("vod/race/a.ts")), v2, "{condition}: the new version stays");
+        assert_eq!(
+            r.status(),
+            412,
+            "{condition} names the replaced version: {r:?}"
+        );
+        assert_eq!(
+            read(&vol.join("vod/race/a.ts")),
+            v2,
+            "{condition}: the new version stays"
+        );
         // Version one again for the next round.
         version_one(&vol.join("vod/race/a.ts"));
     }
@@ -1842,18 +1856,29 @@ async fn a_segment_replaced_within_one_second_is_never_not_modified() {
             if let Some(lm) = first.header("last-modified") {
                 dated += 1;
                 let r = get(&rig.url(rel), &[("if-modified-since", lm)]).await;
-                assert_eq!(r.status, 200, "{rel} round {round}: the second version is new");
+                assert_eq!(
+                    r.status, 200,
+                    "{rel} round {round}: the second version is new"
+                );
             }
             let etag = first.header("etag").expect("etag");
             let r = get(&rig.url(rel), &[("if-none-match", etag)]).await;
-            assert_eq!(r.status, 200, "{rel} round {round}: the ETag tells them apart");
+            assert_eq!(
+                r.status, 200,
+                "{rel} round {round}: the ETag tells them apart"
+            );
             assert_eq!(r.body.as_ref(), format!("second {round}!").as_bytes());
         }
-        assert!(dated < 3, "{rel}: the first version was always asked for in its own second");
+        assert!(
+            dated < 3,
+            "{rel}: the first version was always asked for in its own second"
+        );
         // Once its second is over, the date is sent, and a revalidation with it alone is a 304.
         std::thread::sleep(Duration::from_millis(1100));
         let r = get(&rig.url(rel), &[]).await;
-        let lm = r.header("last-modified").expect("the date, once its second is over");
+        let lm = r
+            .header("last-modified")
+            .expect("the date, once its second is over");
         let r = get(&rig.url(rel), &[("if-modified-since", lm)]).await;
         assert_eq!(r.status, 304, "{rel}");
     }
