@@ -440,7 +440,15 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     let content_type = object.content_type.clone().unwrap_or(content_type);
     headers.insert(CACHE_CONTROL, cache_control);
     headers.insert(ETAG, object.etag.clone());
-    if let Some(lm) = object.last_modified(!(class == ObjectClass::Playlist && live)) {
+    // A date names one version only once its second is over where versions follow each other
+    // within a second: playlists outside the live prefixes, and whatever uploads replace (the
+    // ingest prefixes). Live playlists: the live state tells their versions apart.
+    let replaceable = if class == ObjectClass::Playlist {
+        !live
+    } else {
+        cfg.ingest.covers(&canonical)
+    };
+    if let Some(lm) = object.last_modified(replaceable) {
         headers.insert(LAST_MODIFIED, lm);
     }
     if let Some(extra) = &object.extra {

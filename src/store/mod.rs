@@ -257,8 +257,9 @@ impl Object {
     /// - A time in a second later than the clock's (a file touched into the future, copied
     ///   from a machine whose clock ran ahead) is not sent (RFC 9110 §8.8.2.1: never later
     ///   than `Date`); it is a validator again once the clock has reached it.
-    /// - `replaceable` (anything but a live playlist: uploads replace segments too): not sent
-    ///   either while the clock is still in the second it names. Another version written later in that second would have the
+    /// - `replaceable` (a playlist that is not live, or an object under the ingest prefixes,
+    ///   which uploads replace): not sent either while the clock is still in the second it
+    ///   names. Another version written later in that second would have the
     ///   same date, and a cache that revalidates with `If-Modified-Since` alone would be told
     ///   304 for the old bytes (RFC 9110 §8.8.2.2: such a date is only a weak validator).
     ///   Sent once its second is over, a date tells the versions apart; until then the `ETag`
