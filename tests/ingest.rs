@@ -1441,6 +1441,32 @@ async fn method_path_and_type_refusals() {
         );
         assert_eq!(r.status(), 405, "{method} outside: {r:?}");
         assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "{r:?}");
+        // The root and a directory's name outside them too (they were 404 without `Allow`
+        // for PUT and POST: acceptance L2); inside them a directory's name is a 409 for PUT
+        // and POST, as for a DELETE of one that exists (the prefix's own directory is never
+        // removed: 405).
+        let delete = method == "DELETE";
+        for (target, status) in [
+            ("/", 405),
+            ("/other/", 405),
+            ("/live/", if delete { 405 } else { 409 }),
+            ("/live/m/", 409),
+        ] {
+            let r = curl(
+                &[
+                    "-X",
+                    method,
+                    "--data-binary",
+                    "x",
+                    &rig.url(&q(target, &tok)),
+                ],
+                None,
+            );
+            assert_eq!(r.status(), status, "{method} {target}: {r:?}");
+            if status == 405 {
+                assert_eq!(r.header("allow"), Some("GET, HEAD, OPTIONS"), "{r:?}");
+            }
+        }
     }
     // An extension not in the type table: 415.
     let r = curl_put(&rig.url(&q("/live/m/evil.exe", &tok)), b"MZ", &[]);

@@ -259,6 +259,17 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         split.path
     };
+    // Any other write to the root or to a directory's name (`PUT /other/`) names no object:
+    // outside the ingest prefixes it is the 405 every write there gets; inside them, a 409, as
+    // a DELETE of a directory is.
+    if writing && path.ends_with('/') {
+        return Err(if cfg.ingest.covers(path) {
+            Refusal::IsDirectory
+        } else {
+            Refusal::MethodNotAllowed
+        }
+        .into());
+    }
     let rel = volumes::sanitize(path).map_err(|e| match e {
         PathError::Malformed(_) => Refusal::Malformed,
         PathError::NotServed(_) => Refusal::NotFound,
