@@ -126,7 +126,12 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
     });
     let (query, cookie, embedded) = ready_urls(&base_url(cfg), auth.name(), &token, &path);
     if a.upload {
-        let mut text = upload_text(cfg, &token, &key_id, exp, &path, &embedded, &query);
+        let urls = Urls {
+            query: &query,
+            cookie: &cookie,
+            embedded: &embedded,
+        };
+        let mut text = upload_text(cfg, &token, &key_id, exp, &path, &urls);
         if a.acl.first().is_some_and(|acl| !acl.contains('*')) {
             text.push_str(
                 "\n# note: this ACL has no '*': it covers one path, and the commands above write others\n",
@@ -160,21 +165,33 @@ fn inside_acl(acl: &str) -> String {
 /// An upload token with the commands that use it: ffmpeg pushing live HLS and DASH (the token as
 /// the first path segment, which every URI ffmpeg derives from the output URL inherits), and
 /// curl for one file.
+/// The token in each place segd looks for it, for `path`.
+struct Urls<'a> {
+    query: &'a str,
+    /// The `Cookie` value (`name=token`).
+    cookie: &'a str,
+    embedded: &'a str,
+}
+
 fn upload_text(
     cfg: &Config,
     token: &str,
     key_id: &str,
     exp: u64,
     path: &str,
-    embedded: &str,
-    query: &str,
+    urls: &Urls<'_>,
 ) -> String {
+    let Urls {
+        query,
+        cookie,
+        embedded,
+    } = urls;
     let dir = embedded.trim_end_matches(|c| c != '/');
     let file = format!("{}example.ts", path.trim_end_matches(|c| c != '/'));
 
     let (_, _, put_url) = ready_urls(&base_url(cfg), cfg.token.name.as_str(), token, &file);
     format!(
-        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\npath:   {embedded}\n\n\
+        "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' -T FILE '{}{}'\npath:   {embedded}\n\n\
 # live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4). Straight to one node you may\n\
 # add -http_persistent 1; not through a load balancer (README: Pointing a packager at a cluster).\n\
 # The token must outlive the stream (--ttl): once it expires every upload is 403 and ffmpeg stops\n\
@@ -187,5 +204,7 @@ ffmpeg -re -i INPUT -c:a aac -b:a 128k -f dash -seg_duration 4 -window_size 6 \\
 curl -T FILE '{put_url}'\n",
         cfg.token.algorithm.as_str(),
         crate::http::http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp)),
+        base_url(cfg),
+        encode_target(&file),
     )
 }

@@ -458,7 +458,16 @@ async fn methods_and_preflight() {
         .header("access-control-expose-headers")
         .expect("expose")
         .to_ascii_lowercase();
-    for h in ["content-length", "content-range", "etag", "age", "date"] {
+    // Location and Retry-After for browser uploaders (a 201's, a 503's: acceptance L3).
+    for h in [
+        "content-length",
+        "content-range",
+        "etag",
+        "age",
+        "date",
+        "location",
+        "retry-after",
+    ] {
         assert!(
             exposed.split(", ").any(|x| x == h),
             "{h} exposed: {exposed}"

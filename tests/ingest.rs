@@ -430,9 +430,18 @@ async fn printed_upload_commands_write_inside_their_acl() {
             .find("/__token__=")
             .expect("the token as a path segment")..];
         let r = curl_put(&rig.url(target), b"x", &[]);
+        // The cookie form, as `sign --help` promises (acceptance L4): a replace, 204.
+        let (cookie, cookie_url) = (text.lines())
+            .find_map(|l| l.strip_prefix("cookie: curl -b '"))
+            .and_then(|l| l.split_once("' -T FILE '"))
+            .unwrap_or_else(|| panic!("{acl}: no cookie command: {text}"));
+        let cookie_url = cookie_url.strip_suffix('\'').expect("quoted URL");
+        let path = &cookie_url[cookie_url.find("/live/").expect("a path")..];
+        let c = curl_put(&rig.url(path), b"y", &["-b", cookie]);
         let note = text.contains("# note: this ACL has no '*'");
         if writes {
             assert_eq!(r.status(), 201, "{acl}: {url}");
+            assert_eq!(c.status(), 204, "{acl}: cookie {cookie} to {path}");
             assert!(!note, "{acl}: {text}");
         } else {
             assert_eq!(r.status(), 403, "{acl}: {url}");

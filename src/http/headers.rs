@@ -20,9 +20,11 @@ const ALLOWED_METHODS: HeaderValue = HeaderValue::from_static("GET, HEAD, OPTION
 const WRITABLE_METHODS: HeaderValue =
     HeaderValue::from_static("GET, HEAD, OPTIONS, PUT, POST, DELETE");
 /// `Age` and `Date` let a player tell how old a CDN's copy of a live playlist is (RFC 8216bis
-/// Appendix C; hls.js reads `Age`); browsers hide them from scripts unless exposed.
-const EXPOSE: HeaderValue =
-    HeaderValue::from_static("Content-Length, Content-Range, ETag, Age, Date");
+/// Appendix C; hls.js reads `Age`); `Location` (a 201's) and `Retry-After` (a 503's) serve a
+/// browser uploader. Browsers hide them from scripts unless exposed.
+const EXPOSE: HeaderValue = HeaderValue::from_static(
+    "Content-Length, Content-Range, ETag, Age, Date, Location, Retry-After",
+);
 const TIMING_ALLOW_ORIGIN: http::HeaderName = http::HeaderName::from_static("timing-allow-origin");
 
 thread_local! {
