@@ -3896,3 +3896,53 @@ async fn a_segment_uploaded_in_one_byte_chunks_costs_what_its_chunks_do() {
     let got = get(&rig.url(path), &[]).await;
     assert_eq!(got.body.len(), 200_000);
 }
+
+/// A multi-DRM byte-range playlist (FairPlay and Widevine KEYs, fMP4 segments as sub-ranges of
+/// one resource): its delta update carries the KEY in effect for each KEYFORMAT, in their
+/// order, after a rotation of one of them among the skipped segments (RFC 8216bis §4.4.4.4),
+/// and states the offset of the first segment kept, which continued a skipped segment's range
+/// (§4.4.4.2: 4 × 1000 bytes after the 800 of the MAP).
+#[tokio::test]
+async fn delta_updates_keep_each_keyformat_and_state_byte_offsets() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/drm/index.m3u8";
+    let key = |format: &str, uri: &str| {
+        format!("#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"{uri}\",KEYFORMAT=\"{format}\",KEYFORMATVERSIONS=\"1\"")
+    };
+    let fp1 = key("com.apple.streamingkeydelivery", "skd://fp-1");
+    let fp2 = key("com.apple.streamingkeydelivery", "skd://fp-2");
+    let wv = key("urn:uuid:edef8ba9-79d6-4ace-a3c8-27dcd51d21ed", "data:wv-1");
+    let mut full = format!(
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:1\n\
+         #EXT-X-SERVER-CONTROL:CAN-SKIP-UNTIL=2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+         #EXT-X-MAP:URI=\"main.mp4\",BYTERANGE=\"800@0\"\n{fp1}\n{wv}\n"
+    );
+    for n in 0..8 {
+        if n == 2 {
+            full.push_str(&format!("{fp2}\n"));
+        }
+        let range = if n == 0 {
+            "1000@800".into()
+        } else {
+            "1000".to_string()
+        };
+        full.push_str(&format!(
+            "#EXTINF:1.0,\n#EXT-X-BYTERANGE:{range}\nmain.mp4\n"
+        ));
+    }
+    rig.put(path, full.as_bytes()).await;
+    let r = get(&rig.url(&format!("{path}?_HLS_skip=YES")), &[]).await;
+    assert_eq!(r.status, 200);
+    let delta = r.text();
+    // 8 s of segments, CAN-SKIP-UNTIL=2: segments 0 to 5 start more than 2 s before the end.
+    let carried = format!(
+        "#EXT-X-SKIP:SKIPPED-SEGMENTS=6\n#EXT-X-MAP:URI=\"main.mp4\",BYTERANGE=\"800@0\"\n\
+         {wv}\n{fp2}\n#EXTINF:1.0,\n#EXT-X-BYTERANGE:1000@6800\nmain.mp4\n\
+         #EXTINF:1.0,\n#EXT-X-BYTERANGE:1000\nmain.mp4\n"
+    );
+    assert!(delta.ends_with(&carried), "{delta}\n--- full:\n{full}");
+    assert!(
+        !delta.contains("skd://fp-1"),
+        "the rotated key goes:\n{delta}"
+    );
+}

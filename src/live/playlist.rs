@@ -492,6 +492,11 @@ impl Snapshot {
             Default::default()
         };
         let old_daterange = |t: &str| old.contains(t);
+        // The first segment kept continues the range of a skipped one when its BYTERANGE has
+        // no offset: the delta states it. (A part's BYTERANGE without offset continues the
+        // part before it in the same Parent Segment, RFC 8216bis §4.4.4.9, and a skip drops
+        // whole segments with all their parts: a kept part's previous one is always kept.)
+        let stated = self.implied_byterange(&lines, n);
         let mut out = String::with_capacity(text.len() / 2);
         let mut carried: Vec<&str> = Vec::new();
         let versioned = lines
@@ -505,10 +510,9 @@ impl Snapshot {
                 continue;
             }
             if (skip_from..=skip_to).contains(&i) {
-                // Keep what the remaining segments still depend on: the last MAP and KEY.
+                // Keep what the remaining segments still depend on: the last MAP and the KEYs
+                // still in effect ([`still_applying`] picks them once all are seen).
                 if t.starts_with("#EXT-X-MAP:") || t.starts_with("#EXT-X-KEY:") {
-                    let tag = &t[..t.find(':').unwrap_or(0)];
-                    carried.retain(|c| !c.starts_with(tag));
                     carried.push(line);
                 } else if t.starts_with("#EXT-X-DATERANGE:") {
                     if !old_daterange(t) {
@@ -531,12 +535,19 @@ impl Snapshot {
                     } else {
                         out.push_str(&format!("#EXT-X-SKIP:SKIPPED-SEGMENTS={n}\n"));
                     }
-                    for c in &carried {
+                    for c in still_applying(&carried) {
                         out.push_str(c);
                         out.push('\n');
                     }
                 }
                 continue;
+            }
+            if let Some((at, range)) = &stated {
+                if i == *at {
+                    out.push_str(range);
+                    out.push('\n');
+                    continue;
+                }
             }
             if let Some(v) = t.strip_prefix("#EXT-X-VERSION:") {
                 let v: u32 = v.trim().parse().unwrap_or(0);
@@ -554,6 +565,52 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// When the BYTERANGE of segment `n` (the first one a delta update keeps) has no offset
+    /// (RFC 8216bis §4.4.4.2: its sub-range begins at the next byte after the previous
+    /// segment's, which the delta skips): its line index and the tag with the offset stated,
+    /// found as a player does, following the ranges of each resource from the first segment
+    /// (one whose offset cannot be known from the playlist starts at 0). `None` when it has an
+    /// offset, or none can be computed.
+    fn implied_byterange(&self, lines: &[&str], n: usize) -> Option<(usize, String)> {
+        let range_of = |s: &Segment| {
+            let at = (s.first_line..s.uri_line).rev().find(|&i| {
+                lines
+                    .get(i)
+                    .is_some_and(|l| l.trim().starts_with("#EXT-X-BYTERANGE:"))
+            })?;
+            let v = lines
+                .get(at)?
+                .trim()
+                .strip_prefix("#EXT-X-BYTERANGE:")?
+                .trim();
+            let (len, offset) = match v.split_once('@') {
+                Some((len, o)) => (len, Some(o.trim().parse::<u64>().ok()?)),
+                None => (v, None),
+            };
+            Some((at, len.trim().parse::<u64>().ok()?, offset))
+        };
+        let first_kept = self.segments.get(n)?;
+        let (at, len, None) = range_of(first_kept)? else {
+            return None;
+        };
+        let uri = |s: &Segment| lines.get(s.uri_line).map_or("", |l| l.trim());
+        // Where the next sub-range of each resource begins.
+        let mut next: std::collections::HashMap<&str, u64> = Default::default();
+        for s in self.segments.get(..n)? {
+            match range_of(s) {
+                Some((_, len, offset)) => {
+                    let start = offset.or_else(|| next.get(uri(s)).copied()).unwrap_or(0);
+                    next.insert(uri(s), start.checked_add(len)?);
+                }
+                None => {
+                    next.remove(uri(s));
+                }
+            }
+        }
+        let start = next.get(uri(first_kept)).copied().unwrap_or(0);
+        Some((at, format!("#EXT-X-BYTERANGE:{len}@{start}")))
+    }
+
     /// Whether this version, of the playlist at `path`, lists `object` (a decoded path) as a
     /// part or a segment.
     pub fn lists(&self, path: &str, object: &str) -> bool {
@@ -617,6 +674,47 @@ impl Snapshot {
             .map(|(id, _)| id.as_str())
             .collect()
     }
+}
+
+/// Of the MAP, KEY and date range lines among the skipped segments' (in order), those a delta
+/// update carries: every date range (the caller has left out those it skips), the last MAP, and
+/// the KEYs in effect for the first segment kept, one for each KEYFORMAT, in their order (RFC
+/// 8216bis §4.4.4.4: a KEY applies until the next KEY with the same KEYFORMAT, "identity" when
+/// absent, or with a METHOD of NONE, which ends them all), and those in effect at that MAP (they
+/// apply to its Media Initialization Section too): a player sees the same keys for every kept
+/// segment and the MAP as in the full playlist.
+fn still_applying<'a>(lines: &[&'a str]) -> Vec<&'a str> {
+    let mut keep = vec![true; lines.len()];
+    // The KEYs in effect: their indexes and KEYFORMATs.
+    let mut keys: Vec<(usize, &str)> = Vec::new();
+    let mut map = None;
+    let mut at_map: Vec<(usize, &str)> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim();
+        if let Some(v) = t.strip_prefix("#EXT-X-KEY:") {
+            keep[i] = false;
+            let format = attr(v, "KEYFORMAT").unwrap_or("identity");
+            if attr(v, "METHOD") == Some("NONE") {
+                keys.clear();
+            } else {
+                keys.retain(|(_, f)| *f != format);
+            }
+            keys.push((i, format));
+        } else if t.starts_with("#EXT-X-MAP:") {
+            keep[i] = false;
+            map = Some(i);
+            at_map.clone_from(&keys);
+        }
+    }
+    let applying = keys.into_iter().chain(at_map).map(|(i, _)| i);
+    for i in applying.chain(map) {
+        if let Some(k) = keep.get_mut(i) {
+            *k = true;
+        }
+    }
+    (lines.iter().zip(keep))
+        .filter_map(|(l, k)| k.then_some(*l))
+        .collect()
 }
 
 /// Lines of a skipped segment that a delta update leaves out: its media segment tags
@@ -970,5 +1068,226 @@ seg13.m4s
         let d = String::from_utf8(snap(&unversioned).skipped(false).expect("skip").to_vec())
             .expect("utf8");
         assert!(d.starts_with("#EXTM3U\n#EXT-X-VERSION:9\n"), "{d}");
+    }
+
+    const FAIRPLAY: &str = "com.apple.streamingkeydelivery";
+    const WIDEVINE: &str = "urn:uuid:edef8ba9-79d6-4ace-a3c8-27dcd51d21ed";
+
+    fn key(format: &str, uri: &str) -> String {
+        format!("#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"{uri}\",KEYFORMAT=\"{format}\",KEYFORMATVERSIONS=\"1\"")
+    }
+
+    /// [`LL`] with `first` before segment 10 (after its MAP) and `second` before segment 11:
+    /// both skipped by a delta update (CAN-SKIP-UNTIL=4 skips 10 and 11).
+    fn keyed(first: &[String], second: &[String]) -> String {
+        let lines = |tags: &[String]| tags.iter().map(|t| format!("{t}\n")).collect::<String>();
+        LL.replace(
+            "#EXT-X-MAP:URI=\"init.mp4\"\n",
+            &format!("#EXT-X-MAP:URI=\"init.mp4\"\n{}", lines(first)),
+        )
+        .replace(
+            "#EXTINF:2.0,\nseg11.m4s",
+            &format!("{}#EXTINF:2.0,\nseg11.m4s", lines(second)),
+        )
+    }
+
+    /// What a player reads for each segment URI of `text`: the KEY tags in effect, in the order
+    /// they appear (RFC 8216bis §4.4.4.4: a KEY applies until the next KEY with the same
+    /// KEYFORMAT, absent meaning "identity", or a METHOD of NONE, which ends them all).
+    fn keys_in_effect(text: &str) -> Vec<(String, Vec<String>)> {
+        let mut keys: Vec<(String, String)> = Vec::new();
+        let mut out = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(v) = line.strip_prefix("#EXT-X-KEY:") {
+                let format = attr(v, "KEYFORMAT").unwrap_or("identity").to_string();
+                if attr(v, "METHOD") == Some("NONE") {
+                    keys.clear();
+                } else {
+                    keys.retain(|(f, _)| *f != format);
+                    keys.push((format, line.to_string()));
+                }
+            } else if !line.is_empty() && !line.starts_with('#') {
+                let lines = keys.iter().map(|(_, l)| l.clone()).collect();
+                out.push((line.to_string(), lines));
+            }
+        }
+        out
+    }
+
+    /// The delta of `text` gives every remaining segment the keys the full playlist does.
+    fn delta_keys(text: &str) -> (String, Vec<(String, Vec<String>)>) {
+        let d = String::from_utf8(snap(text).skipped(false).expect("skip").to_vec()).expect("utf8");
+        assert!(d.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n"), "{d}");
+        let full = keys_in_effect(text);
+        let delta = keys_in_effect(&d);
+        assert_eq!(
+            delta[..],
+            full[full.len() - delta.len()..],
+            "keys of the remaining segments:\n{d}\n--- full:\n{text}"
+        );
+        (d, delta)
+    }
+
+    /// Multi-DRM: a FairPlay and a Widevine KEY before the first (skipped) segment both stay,
+    /// in their order; one format changing among the skipped segments leaves the other's KEY.
+    #[test]
+    fn delta_update_keeps_the_key_of_each_keyformat() {
+        let fp1 = key(FAIRPLAY, "skd://fp-1");
+        let wv1 = key(WIDEVINE, "data:wv-1");
+        let (d, kept) = delta_keys(&keyed(&[fp1.clone(), wv1.clone()], &[]));
+        assert_eq!(kept[0].1, vec![fp1.clone(), wv1.clone()], "{d}");
+        assert_eq!(d.matches("#EXT-X-KEY:").count(), 2, "{d}");
+
+        // FairPlay rotates at segment 11 (skipped): Widevine's first KEY still applies.
+        let fp2 = key(FAIRPLAY, "skd://fp-2");
+        let (d, kept) = delta_keys(&keyed(
+            &[fp1.clone(), wv1.clone()],
+            std::slice::from_ref(&fp2),
+        ));
+        assert_eq!(kept[0].1, vec![wv1.clone(), fp2.clone()], "{d}");
+        assert!(!d.contains("skd://fp-1"), "the rotated key goes: {d}");
+        let skip = d.find("#EXT-X-SKIP").expect("skip");
+        let first_kept = d.find("seg12.m4s").expect("seg12");
+        for k in [&wv1, &fp2] {
+            let at = d.find(k.as_str()).expect("key");
+            assert!(skip < at && at < first_kept, "{k} before seg12:\n{d}");
+        }
+
+        // A KEY without KEYFORMAT ("identity") is a format of its own.
+        let aes = "#EXT-X-KEY:METHOD=AES-128,URI=\"k1.bin\"".to_string();
+        let (d, kept) = delta_keys(&keyed(
+            &[aes.clone(), wv1.clone()],
+            std::slice::from_ref(&fp2),
+        ));
+        assert_eq!(kept[0].1, vec![aes, wv1.clone(), fp2.clone()], "{d}");
+    }
+
+    /// A KEY also applies to the Media Initialization Section of a MAP after it: rotated among
+    /// the skipped segments, the one before the MAP stays before it, the new one after it.
+    #[test]
+    fn delta_update_keeps_the_key_of_the_map() {
+        let aes = |uri: &str| format!("#EXT-X-KEY:METHOD=AES-128,URI=\"{uri}\",IV=0x1");
+        let text = keyed(&[], &[aes("k2.bin")]).replace(
+            "#EXT-X-MAP:URI=\"init.mp4\"\n",
+            &format!("{}\n#EXT-X-MAP:URI=\"init.mp4\"\n", aes("k1.bin")),
+        );
+        let (d, kept) = delta_keys(&text);
+        assert_eq!(kept[0].1, vec![aes("k2.bin")], "{d}");
+        let skip = d.find("#EXT-X-SKIP").expect("skip");
+        let order: Vec<usize> = [aes("k1.bin"), "#EXT-X-MAP:".into(), aes("k2.bin")]
+            .iter()
+            .map(|t| d.find(t.as_str()).expect("carried"))
+            .collect();
+        assert!(
+            skip < order[0] && order[0] < order[1] && order[1] < order[2],
+            "{d}"
+        );
+    }
+
+    /// METHOD=NONE ends the KEYs of every format (RFC 8216bis §4.4.4.4): none of those before
+    /// it is carried, the ones after it are.
+    #[test]
+    fn delta_update_ends_every_key_at_method_none() {
+        let fp1 = key(FAIRPLAY, "skd://fp-1");
+        let wv1 = key(WIDEVINE, "data:wv-1");
+        let none = "#EXT-X-KEY:METHOD=NONE".to_string();
+        let (d, kept) = delta_keys(&keyed(
+            &[fp1.clone(), wv1.clone()],
+            std::slice::from_ref(&none),
+        ));
+        assert!(kept[0].1.is_empty(), "{d}");
+        assert!(!d.contains("fp-1") && !d.contains("wv-1"), "{d}");
+
+        let fp2 = key(FAIRPLAY, "skd://fp-2");
+        let wv2 = key(WIDEVINE, "data:wv-2");
+        let (d, kept) = delta_keys(&keyed(
+            &[fp1.clone(), wv1.clone()],
+            &[none.clone(), fp2.clone(), wv2.clone()],
+        ));
+        assert_eq!(kept[0].1, vec![fp2, wv2], "{d}");
+        assert!(!d.contains("fp-1") && !d.contains("wv-1"), "{d}");
+    }
+
+    /// A byte-range playlist: CAN-SKIP-UNTIL=4 skips segments 10 and 11; `seg11` is segment
+    /// 11's BYTERANGE and URI lines, `seg12` segment 12's BYTERANGE line (in main.mp4, the first
+    /// segment kept); segment 13 follows 12 and the segment in progress has parts.
+    fn ranged(seg11: &str, seg12: &str) -> String {
+        format!(
+            "#EXTM3U
+#EXT-X-VERSION:7
+#EXT-X-TARGETDURATION:2
+#EXT-X-PART-INF:PART-TARGET=1.0
+#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=3,CAN-SKIP-UNTIL=4
+#EXT-X-MEDIA-SEQUENCE:10
+#EXT-X-MAP:URI=\"main.mp4\",BYTERANGE=\"800@0\"
+#EXTINF:2.0,
+#EXT-X-BYTERANGE:1000@800
+main.mp4
+#EXTINF:2.0,
+{seg11}
+#EXTINF:2.0,
+{seg12}
+main.mp4
+#EXTINF:2.0,
+#EXT-X-BYTERANGE:1300
+main.mp4
+#EXT-X-PART:DURATION=1.0,URI=\"next.mp4\",BYTERANGE=\"600@0\",INDEPENDENT=YES
+#EXT-X-PART:DURATION=1.0,URI=\"next.mp4\",BYTERANGE=\"700\"
+#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"next.mp4\",BYTERANGE-START=1300
+"
+        )
+    }
+
+    /// The SKIP of a [`ranged`] playlist, and the MAP it carries.
+    const SKIP_AND_MAP: &str =
+        "#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n#EXT-X-MAP:URI=\"main.mp4\",BYTERANGE=\"800@0\"\n";
+
+    fn delta_of(text: &str) -> String {
+        let d = String::from_utf8(snap(text).skipped(false).expect("skip").to_vec()).expect("utf8");
+        assert!(d.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=2\n"), "{d}");
+        d
+    }
+
+    /// A kept segment whose BYTERANGE has no offset continues the previous segment's range
+    /// (RFC 8216bis §4.4.4.2): when that segment is skipped the delta states the offset, found
+    /// as a player does by following each resource's ranges.
+    #[test]
+    fn delta_update_states_the_byte_offset_the_skipped_segment_implied() {
+        let text = ranged("#EXT-X-BYTERANGE:1100\nmain.mp4", "#EXT-X-BYTERANGE:1200");
+        let d = delta_of(&text);
+        // 800 (MAP) + 1000 (segment 10) + 1100 (segment 11): segment 12 starts at 2900.
+        assert!(
+            d.contains(&format!(
+                "{SKIP_AND_MAP}#EXTINF:2.0,\n#EXT-X-BYTERANGE:1200@2900\nmain.mp4\n"
+            )),
+            "{d}"
+        );
+        // Segment 13 follows segment 12, which is listed, and the parts follow each other in
+        // their segment: as written.
+        let tail = &text[text.find("#EXT-X-BYTERANGE:1300").expect("seg13")..];
+        assert!(d.ends_with(tail), "{d}");
+
+        // Each resource's ranges are followed on their own: a segment of another one between
+        // them does not move main.mp4's.
+        let d = delta_of(&ranged(
+            "#EXT-X-BYTERANGE:500@0\nother.mp4",
+            "#EXT-X-BYTERANGE:1200",
+        ));
+        assert!(d.contains("#EXT-X-BYTERANGE:1200@1800\nmain.mp4\n"), "{d}");
+    }
+
+    /// A kept segment with an explicit offset is left as written.
+    #[test]
+    fn delta_update_keeps_an_explicit_byte_offset_as_written() {
+        let text = ranged(
+            "#EXT-X-BYTERANGE:1100\nmain.mp4",
+            "#EXT-X-BYTERANGE:1200@7000",
+        );
+        let d = delta_of(&text);
+        let tail = &text[text.find("#EXT-X-BYTERANGE:1200@7000").expect("seg12")..];
+        assert!(
+            d.ends_with(&format!("{SKIP_AND_MAP}#EXTINF:2.0,\n{tail}")),
+            "{d}"
+        );
     }
 }
