@@ -2857,6 +2857,108 @@ async fn a_hinted_part_is_sent_whole_once_uploaded() {
     }
 }
 
+/// A request for a hinted part waits for its whole upload within the blocking limits
+/// (`block_timeout_factor` × target duration), as its start is waited for: a packager that
+/// stalls mid-part (or trickles a byte now and then) gets the viewer a 503 then, not after the
+/// upload's `body_timeout`, nor never (acceptance). A HEAD of it waits as the GET does and gets
+/// the complete object's fields (RFC 9110 §9.3.2); it was answered at the upload's start with
+/// none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hinted_part_that_stalls_mid_upload_is_503_within_the_blocking_limit() {
+    // block_timeout_factor 1 × TARGETDURATION 2 = 2 s.
+    let rig = Rig::start(1, 100, "");
+    let playlist = "/live/hs/index.m3u8";
+    let v1 = rules_state();
+    rig.put(playlist, v1.render().as_bytes()).await;
+    let part = format!("/live/hs/{}", v1.hint().expect("a hint"));
+    let data = vec![0x42u8; 6_000];
+    let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
+    up.chunk(&data[..2_000]);
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "the upload is in progress");
+    let asked = mono();
+    let h1 = fetch(rig.url(&part), false);
+    let h2 = fetch(rig.url(&part), true);
+    let url = rig.url(&part);
+    let head = tokio::spawn(async move {
+        let resp = request("HEAD", &url, &[], false).await;
+        Answer { resp, at: mono() }
+    });
+    // A byte a second keeps the upload alive (body_timeout is 30 s) but never ends it.
+    for i in 0..4 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        up.chunk(&data[2_000 + i..2_001 + i]);
+    }
+    for (what, h) in [("h1", h1), ("h2", h2), ("HEAD", head)] {
+        let r = answer(h, what).await;
+        assert_eq!(r.resp.status, 503, "{what}: {:?}", r.resp.headers);
+        assert_eq!(r.resp.header("cache-control"), Some("no-store"), "{what}");
+        let waited = r.at - asked;
+        assert!(
+            (1.8..3.5).contains(&waited),
+            "{what}: answered after {waited:.1} s, the limit is 2 s"
+        );
+    }
+    // The upload still completes, and a HEAD then has the object's fields.
+    up.chunk(&data[2_004..]);
+    assert_eq!(up.finish(), 201);
+    let r = request("HEAD", &rig.url(&part), &[], false).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("6000"));
+    assert!(r.header("etag").is_some());
+}
+
+/// A HEAD of a hinted part whose upload is under way is answered when the GET would be, with
+/// the same fields: the complete object's length and validators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_of_a_hinted_part_waits_like_its_get() {
+    let rig = Rig::start(3, 100, "");
+    let playlist = "/live/hh/index.m3u8";
+    let v1 = rules_state();
+    rig.put(playlist, v1.render().as_bytes()).await;
+    let part = format!("/live/hh/{}", v1.hint().expect("a hint"));
+    let data = vec![0x42u8; 6_000];
+    let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
+    up.chunk(&data[..2_000]);
+    let busy = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
+    })
+    .await;
+    assert!(busy, "the upload is in progress");
+    let mut asks = Vec::new();
+    for h2 in [false, true] {
+        for method in ["HEAD", "GET"] {
+            let url = rig.url(&part);
+            asks.push((
+                format!("{method} h2={h2}"),
+                tokio::spawn(async move {
+                    let resp = request(method, &url, &[], h2).await;
+                    Answer { resp, at: mono() }
+                }),
+            ));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        asks.iter().all(|(_, h)| !h.is_finished()),
+        "answered while the part is still being uploaded"
+    );
+    let sent = mono();
+    up.chunk(&data[2_000..]);
+    assert_eq!(up.finish(), 201);
+    for (what, h) in asks {
+        let r = answer(h, &what).await;
+        assert_eq!(r.resp.status, 200, "{what}");
+        assert_eq!(r.resp.header("content-length"), Some("6000"), "{what}");
+        assert!(r.resp.header("etag").is_some(), "{what}: validators");
+        assert!(r.resp.header("last-modified").is_some() || r.resp.header("etag").is_some());
+        assert!(r.at >= sent, "{what}: answered before the upload ended");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborted_upload_aborts_the_growing_responses() {
     let rig = Rig::start(3, 100, "");
@@ -3031,6 +3133,13 @@ async fn cache_control_of_live_objects() {
             "/live/cc/d5/manifest.mpd",
             "type=\"static\" minimumUpdatePeriod=\"PT2S\"",
             "public, max-age=5, s-maxage=60, stale-while-revalidate=0",
+        ),
+        // A period of 0 (fetched again each time) is a period: max-age=0 (it was taken as
+        // none: acceptance).
+        (
+            "/live/cc/d6/manifest.mpd",
+            "type=\"dynamic\" minimumUpdatePeriod=\"PT0S\"",
+            "public, max-age=0, s-maxage=0, stale-while-revalidate=0",
         ),
     ] {
         rig.put(path, mpd(attrs).as_bytes()).await;

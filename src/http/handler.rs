@@ -426,7 +426,8 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     let cache_control = if let Some(cc) = &object.cache_control {
         cc.clone()
     } else if live && hls {
-        let target = cx.rt.live.current(&canonical).map(|s| s.target);
+        // (A playlist without EXT-X-TARGETDURATION has none: 0.)
+        let target = (cx.rt.live.current(&canonical).map(|s| s.target)).filter(|t| *t > 0.0);
         super::live::live_playlist_cache_control(cfg, target)
     } else if live && ext.as_deref() == Some("mpd") {
         // A dynamic manifest is fetched again every `minimumUpdatePeriod`: no cache may keep

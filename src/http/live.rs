@@ -157,7 +157,7 @@ pub(super) async fn playlist(
         // The answer for this query stays valid: a CDN keyed on the query can share it.
         max_age(6.0 * snap.target)
     } else {
-        live_playlist_cache_control(cfg, Some(snap.target))
+        live_playlist_cache_control(cfg, Some(snap.target).filter(|t| *t > 0.0))
     };
     h.insert(CACHE_CONTROL, cc);
     if let Some(e) = etag {
@@ -282,7 +282,8 @@ fn max_age(secs: f64) -> HeaderValue {
 /// each time, a 304 while the version is the same, and collapses concurrent requests).
 pub(super) fn live_playlist_cache_control(cfg: &Config, target: Option<f64>) -> HeaderValue {
     let configured = cfg.cache_control.live.clone();
-    let Some(target) = target.filter(|t| *t > 0.0) else {
+    // 0 is a period too (a DASH `minimumUpdatePeriod="PT0S"`: fetched again each time).
+    let Some(target) = target.filter(|t| *t >= 0.0) else {
         return configured;
     };
     let cap = (target / 2.0).floor() as u64;
@@ -454,11 +455,21 @@ pub(super) async fn growing(
 ) -> Result<Grown, Stop> {
     let max_object = cx.policy.config.ingest.max_body_bytes.max(1);
     let range = GrowingRange::parse(cx.req.headers.get(RANGE), max_object);
-    let whole_part = range == GrowingRange::Whole && cx.rt.live.hinted(canonical).is_some();
+    let hinted_by = cx.rt.live.hinted(canonical);
+    let whole_part = range == GrowingRange::Whole && hinted_by.is_some();
+    // A part's whole upload is waited for within the blocking limits, as its start was
+    // ([`hinted`]): a packager that stalls or trickles mid-part gets the viewer a 503 after
+    // `block_timeout_factor` target durations, not after the upload's `body_timeout`, nor never.
+    let target = (hinted_by.as_deref())
+        .and_then(|p| cx.rt.live.current(p))
+        .map_or(6.0, |s| s.target);
+    let deadline = tokio::time::Instant::now() + block_timeout(&cx.policy.config, target);
     // An upload that ended is looked up again; one replaced at once by another upload of the
     // same name is waited for again, a few times, then streamed.
     for _ in 0..3 {
-        if cx.is_head {
+        // A HEAD of a hinted part waits as its GET does, to be answered with the same fields
+        // (RFC 9110 §9.3.2): the complete object's length and validators.
+        if cx.is_head && !whole_part {
             break;
         }
         let want = match range {
@@ -467,7 +478,14 @@ pub(super) async fn growing(
             GrowingRange::Closed(_, b) => Some(b + 1),
             GrowingRange::Open(a, _) => Some(a.saturating_add(1)),
         };
-        if let Some(Progress::Writing(_)) = object.grown_to(want).await {
+        let reached = if whole_part {
+            tokio::time::timeout_at(deadline, object.grown_to(want))
+                .await
+                .map_err(|_| Refusal::BlockTimeout)?
+        } else {
+            object.grown_to(want).await
+        };
+        if let Some(Progress::Writing(_)) = reached {
             break;
         }
         // Ended: from here it is an object like any other (or gone).
