@@ -1852,6 +1852,9 @@ async fn preload_hints_resolve_absolute_and_dotted_uris() {
         (2, "./s2.p0.m4s"),
         (3, "../hr/s3.p0.m4s"),
         (4, "s4.p0.m4s?v=1"),
+        // A URL: its path, whatever the host (a CDN's name; it was 404 at once: acceptance).
+        (5, "https://cdn.example/live/hr/s5.p0.m4s"),
+        (6, "//cdn.example/live/hr/s6.p0.m4s"),
     ] {
         let text = format!(
             "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n\

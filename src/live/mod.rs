@@ -160,11 +160,19 @@ impl Drop for Parked<'_> {
 
 /// The path (decoded, with a leading `/`, as requests name objects) that a URI in the playlist
 /// at `playlist` (such a path too) names: a relative or an absolute-path reference, dot
-/// segments removed (RFC 3986 §5.2), query and fragment dropped. `None` for a URI on another
-/// host (a scheme, or `//`), one that climbs above the root, and names no request can have.
+/// segments removed (RFC 3986 §5.2), query and fragment dropped. An `http`/`https` URL (or a
+/// network-path reference, `//host/path`) names its path: the host cannot be checked (viewers
+/// reach this origin through CDNs under other names, and a packager writes one of those), and
+/// its path is what a request for it here would ask for. `None` for another scheme, a URI that
+/// climbs above the root, and names no request can have.
 pub fn resolve(playlist: &str, uri: &str) -> Option<String> {
     let uri = uri.split(['?', '#']).next().unwrap_or_default();
-    if uri.is_empty() || crate::playlist::is_foreign(uri) {
+    let uri = match url_path(uri) {
+        Some(path) => path,
+        None if crate::playlist::is_foreign(uri) => return None,
+        None => uri,
+    };
+    if uri.is_empty() {
         return None;
     }
     let (mut names, rest): (Vec<String>, &str) = match uri.strip_prefix('/') {
@@ -201,6 +209,19 @@ pub fn resolve(playlist: &str, uri: &str) -> Option<String> {
         }
     }
     Some(format!("/{}", names.join("/")))
+}
+
+/// The path of an `http`/`https` URL or a network-path reference (`//host/path`), query and
+/// fragment already gone: `""` when it has none.
+fn url_path(uri: &str) -> Option<&str> {
+    let scheme_len = uri.find("://").filter(|&i| {
+        uri[..i].eq_ignore_ascii_case("http") || uri[..i].eq_ignore_ascii_case("https")
+    });
+    let after_authority = match scheme_len {
+        Some(i) => &uri[i + 3..],
+        None => uri.strip_prefix("//")?,
+    };
+    Some(after_authority.find('/').map_or("", |i| &after_authority[i..]))
 }
 
 impl Registry {
@@ -678,8 +699,15 @@ mod tests {
             ("a%20b/seg.m4s", Some("/live/g/a b/seg.m4s")),
             ("128k/./seg.m4s", Some("/live/g/128k/seg.m4s")),
             ("../../../../etc/x.m4s", None),
-            ("https://cdn.example/live/g/seg.m4s", None),
-            ("//cdn.example/live/g/seg.m4s", None),
+            // The host cannot be checked (a CDN's name): the path is what reaches here.
+            ("https://cdn.example/live/g/seg.m4s", Some("/live/g/seg.m4s")),
+            ("HTTP://127.0.0.1:8080/live/g/a%20b.m4s?t=1", Some("/live/g/a b.m4s")),
+            ("//cdn.example/live/g/seg.m4s", Some("/live/g/seg.m4s")),
+            ("https://cdn.example", None),
+            ("https://cdn.example/", None),
+            ("https://cdn.example/../x.m4s", None),
+            ("skd://key-1", None),
+            ("data:text/plain,x", None),
             ("a//b.m4s", None),
             ("a%2fb.m4s", None),
             ("..", None),
