@@ -221,7 +221,11 @@ fn url_path(uri: &str) -> Option<&str> {
         Some(i) => &uri[i + 3..],
         None => uri.strip_prefix("//")?,
     };
-    Some(after_authority.find('/').map_or("", |i| &after_authority[i..]))
+    Some(
+        after_authority
+            .find('/')
+            .map_or("", |i| &after_authority[i..]),
+    )
 }
 
 impl Registry {
@@ -700,8 +704,14 @@ mod tests {
             ("128k/./seg.m4s", Some("/live/g/128k/seg.m4s")),
             ("../../../../etc/x.m4s", None),
             // The host cannot be checked (a CDN's name): the path is what reaches here.
-            ("https://cdn.example/live/g/seg.m4s", Some("/live/g/seg.m4s")),
-            ("HTTP://127.0.0.1:8080/live/g/a%20b.m4s?t=1", Some("/live/g/a b.m4s")),
+            (
+                "https://cdn.example/live/g/seg.m4s",
+                Some("/live/g/seg.m4s"),
+            ),
+            (
+                "HTTP://127.0.0.1:8080/live/g/a%20b.m4s?t=1",
+                Some("/live/g/a b.m4s"),
+            ),
             ("//cdn.example/live/g/seg.m4s", Some("/live/g/seg.m4s")),
             ("https://cdn.example", None),
             ("https://cdn.example/", None),
