@@ -366,13 +366,7 @@ async fn a_date_is_sent_as_a_validator_only_once_its_second_is_over() {
     let mut dated = 0;
     for round in 0..3 {
         // Both versions early in one second, as two renames of one tool would be.
-        let into_second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .subsec_millis();
-        std::thread::sleep(Duration::from_millis(u64::from(
-            1050 - into_second.min(1000),
-        )));
+        early_in_a_second();
         put(&format!("#EXTM3U\n# first {round}\n"));
         let first = get(&url, &[]).await;
         assert_eq!(first.status, 200);

@@ -1875,13 +1875,7 @@ async fn a_segment_replaced_within_one_second_is_never_not_modified() {
         let mut dated = 0;
         for round in 0..3 {
             // Both versions early in one second.
-            let into_second = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .subsec_millis();
-            std::thread::sleep(Duration::from_millis(u64::from(
-                1050 - into_second.min(1000),
-            )));
+            early_in_a_second();
             let r = curl_put(&url, format!("first {round}").as_bytes(), &[]);
             assert!(matches!(r.status(), 201 | 204), "{rel}: {r:?}");
             let first = get(&rig.url(rel), &[]).await;

@@ -170,10 +170,7 @@ struct Answer {
 
 /// GET `url` in a task (a blocking request that may be parked).
 fn fetch(url: String, h2: bool) -> JoinHandle<Answer> {
-    tokio::spawn(async move {
-        let resp = request("GET", &url, &[], h2).await;
-        Answer { resp, at: mono() }
-    })
+    ask("GET", url, h2)
 }
 
 /// The answer of a `fetch`, within 20 s.
@@ -2821,16 +2818,14 @@ async fn growing_segment_ranges_end_where_the_upload_ends() {
     }
 }
 
-/// A hinted part is a Partial Segment: no byte of it goes out before all of it can go at full
-/// speed (RFC 8216bis §6.2.6), so a request for it waits for the whole upload and gets the
-/// complete object, with its length and validators.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hinted_part_is_sent_whole_once_uploaded() {
-    let rig = Rig::start(3, 100, "");
-    let playlist = "/live/hw/index.m3u8";
+/// Publishes [`rules_state`] at `dir` + `index.m3u8` and starts uploading the part it hints
+/// (6,000 bytes of 0x42, the first 2,000 sent): its path, bytes and upload, once segd counts
+/// the upload in progress.
+async fn hinted_upload_begun(rig: &Rig, dir: &str) -> (String, Vec<u8>, SlowPut) {
     let v1 = rules_state();
-    rig.put(playlist, v1.render().as_bytes()).await;
-    let part = format!("/live/hw/{}", v1.hint().expect("a hint"));
+    rig.put(&format!("{dir}index.m3u8"), v1.render().as_bytes())
+        .await;
+    let part = format!("{dir}{}", v1.hint().expect("a hint"));
     let data = vec![0x42u8; 6_000];
     let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
     up.chunk(&data[..2_000]);
@@ -2839,6 +2834,24 @@ async fn a_hinted_part_is_sent_whole_once_uploaded() {
     })
     .await;
     assert!(busy, "the upload is in progress");
+    (part, data, up)
+}
+
+/// `method` `url`, answered in a task of its own.
+fn ask(method: &'static str, url: String, h2: bool) -> JoinHandle<Answer> {
+    tokio::spawn(async move {
+        let resp = request(method, &url, &[], h2).await;
+        Answer { resp, at: mono() }
+    })
+}
+
+/// A hinted part is a Partial Segment: no byte of it goes out before all of it can go at full
+/// speed (RFC 8216bis §6.2.6), so a request for it waits for the whole upload and gets the
+/// complete object, with its length and validators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hinted_part_is_sent_whole_once_uploaded() {
+    let rig = Rig::start(3, 100, "");
+    let (part, data, mut up) = hinted_upload_begun(&rig, "/live/hw/").await;
     let h1 = fetch(rig.url(&part), false);
     let h2 = fetch(rig.url(&part), true);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -2870,26 +2883,11 @@ async fn a_hinted_part_is_sent_whole_once_uploaded() {
 async fn a_hinted_part_that_stalls_mid_upload_is_503_within_the_blocking_limit() {
     // block_timeout_factor 1 × TARGETDURATION 2 = 2 s.
     let rig = Rig::start(1, 100, "");
-    let playlist = "/live/hs/index.m3u8";
-    let v1 = rules_state();
-    rig.put(playlist, v1.render().as_bytes()).await;
-    let part = format!("/live/hs/{}", v1.hint().expect("a hint"));
-    let data = vec![0x42u8; 6_000];
-    let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
-    up.chunk(&data[..2_000]);
-    let busy = eventually(Duration::from_secs(10), async || {
-        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
-    })
-    .await;
-    assert!(busy, "the upload is in progress");
+    let (part, data, mut up) = hinted_upload_begun(&rig, "/live/hs/").await;
     let asked = mono();
     let h1 = fetch(rig.url(&part), false);
     let h2 = fetch(rig.url(&part), true);
-    let url = rig.url(&part);
-    let head = tokio::spawn(async move {
-        let resp = request("HEAD", &url, &[], false).await;
-        Answer { resp, at: mono() }
-    });
+    let head = ask("HEAD", rig.url(&part), false);
     // A byte a second keeps the upload alive (body_timeout is 30 s) but never ends it.
     for i in 0..4 {
         tokio::time::sleep(Duration::from_millis(900)).await;
@@ -2919,29 +2917,11 @@ async fn a_hinted_part_that_stalls_mid_upload_is_503_within_the_blocking_limit()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_of_a_hinted_part_waits_like_its_get() {
     let rig = Rig::start(3, 100, "");
-    let playlist = "/live/hh/index.m3u8";
-    let v1 = rules_state();
-    rig.put(playlist, v1.render().as_bytes()).await;
-    let part = format!("/live/hh/{}", v1.hint().expect("a hint"));
-    let data = vec![0x42u8; 6_000];
-    let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
-    up.chunk(&data[..2_000]);
-    let busy = eventually(Duration::from_secs(10), async || {
-        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(1.0)
-    })
-    .await;
-    assert!(busy, "the upload is in progress");
+    let (part, data, mut up) = hinted_upload_begun(&rig, "/live/hh/").await;
     let mut asks = Vec::new();
     for h2 in [false, true] {
         for method in ["HEAD", "GET"] {
-            let url = rig.url(&part);
-            asks.push((
-                format!("{method} h2={h2}"),
-                tokio::spawn(async move {
-                    let resp = request(method, &url, &[], h2).await;
-                    Answer { resp, at: mono() }
-                }),
-            ));
+            asks.push((format!("{method} h2={h2}"), ask(method, rig.url(&part), h2)));
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

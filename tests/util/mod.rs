@@ -570,6 +570,18 @@ pub fn token_with_key(key: &str, acl: &str) -> String {
 }
 
 /// `path` with the token in the query.
+/// Sleeps until about 50 ms into the next second of the clock, so that what follows (two
+/// writes, a read between them) happens within one second, as `Last-Modified` counts them.
+pub fn early_in_a_second() {
+    let into_second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_millis();
+    std::thread::sleep(Duration::from_millis(u64::from(
+        1050 - into_second.min(1000),
+    )));
+}
+
 pub fn q(path: &str, token: &str) -> String {
     format!("{path}?__token__={}", segd::auth::encode_token(token))
 }
