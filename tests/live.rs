@@ -2910,6 +2910,26 @@ async fn a_hinted_part_that_stalls_mid_upload_is_503_within_the_blocking_limit()
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some("6000"));
     assert!(r.header("etag").is_some());
+
+    // The limit counts from the request, not from the upload's start: asked 1 s before the
+    // upload begins, which then stalls, the viewer has its 503 at 2 s, not at 3 s.
+    let v1 = rules_state();
+    rig.put("/live/hs2/index.m3u8", v1.render().as_bytes())
+        .await;
+    let part = format!("/live/hs2/{}", v1.hint().expect("a hint"));
+    let asked = mono();
+    let h = fetch(rig.url(&part), false);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut up = SlowPut::start(rig.srv.addr, &q(&part, &rig.tok));
+    up.chunk(&data[..2_000]);
+    let r = answer(h, "asked before the upload").await;
+    assert_eq!(r.resp.status, 503);
+    let waited = r.at - asked;
+    assert!(
+        (1.8..2.7).contains(&waited),
+        "answered after {waited:.1} s, the limit is 2 s from the request"
+    );
+    drop(up);
 }
 
 /// A HEAD of a hinted part whose upload is under way is answered when the GET would be, with

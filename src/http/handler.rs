@@ -119,6 +119,8 @@ pub(super) struct Cx<'a> {
     pub policy: &'a Policy,
     pub req: &'a Request<'a>,
     pub is_head: bool,
+    /// When the handler took the request: waits on live objects are bounded from here.
+    pub started: tokio::time::Instant,
 }
 
 /// Handles one request. See the module doc for the steps.
@@ -134,6 +136,7 @@ pub async fn handle(
         policy,
         req,
         is_head: *req.method == Method::HEAD,
+        started: tokio::time::Instant::now(),
     };
     let mut reply = match decide(&cx, body, &mut log).await {
         Ok(r) => r,
@@ -259,16 +262,11 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
     } else {
         split.path
     };
-    // Any other write to the root or to a directory's name (`PUT /other/`) names no object:
-    // outside the ingest prefixes it is the 405 every write there gets; inside them, a 409, as
-    // a DELETE of a directory is.
+    // Any other write to the root or to a directory's name (`PUT /live/show1/`) names no
+    // object: such a path allows what OPTIONS says, GET, HEAD and OPTIONS, under the ingest
+    // prefixes too.
     if writing && path.ends_with('/') {
-        return Err(if cfg.ingest.covers(path) {
-            Refusal::IsDirectory
-        } else {
-            Refusal::MethodNotAllowed
-        }
-        .into());
+        return Err(Refusal::MethodNotAllowed.into());
     }
     let rel = volumes::sanitize(path).map_err(|e| match e {
         PathError::Malformed(_) => Refusal::Malformed,
@@ -730,6 +728,7 @@ pub fn refused(rt: &Runtime, policy: &Policy, req: &Request<'_>, why: Refusal) -
         policy,
         req,
         is_head: *req.method == Method::HEAD,
+        started: tokio::time::Instant::now(),
     };
     let mut reply = refuse(&cx, why, None);
     reply.close = true;

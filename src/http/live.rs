@@ -363,7 +363,7 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
     let cfg = &cx.policy.config;
     let target = cx.rt.live.current(&playlist).map_or(6.0, |s| s.target);
     let store = &cx.rt.store;
-    let deadline = tokio::time::Instant::now() + block_timeout(cfg, target);
+    let deadline = cx.started + block_timeout(cfg, target);
     let mut wait = cx
         .rt
         .live
@@ -457,13 +457,14 @@ pub(super) async fn growing(
     let range = GrowingRange::parse(cx.req.headers.get(RANGE), max_object);
     let hinted_by = cx.rt.live.hinted(canonical);
     let whole_part = range == GrowingRange::Whole && hinted_by.is_some();
-    // A part's whole upload is waited for within the blocking limits, as its start was
-    // ([`hinted`]): a packager that stalls or trickles mid-part gets the viewer a 503 after
-    // `block_timeout_factor` target durations, not after the upload's `body_timeout`, nor never.
+    // A part's whole upload is waited for within the blocking limits, counted from the request
+    // as the wait for its start is ([`hinted`]): a packager that stalls or trickles mid-part
+    // gets the viewer a 503 after `block_timeout_factor` target durations, not after the
+    // upload's `body_timeout`, nor never.
     let target = (hinted_by.as_deref())
         .and_then(|p| cx.rt.live.current(p))
         .map_or(6.0, |s| s.target);
-    let deadline = tokio::time::Instant::now() + block_timeout(&cx.policy.config, target);
+    let deadline = cx.started + block_timeout(&cx.policy.config, target);
     // An upload that ended is looked up again; one replaced at once by another upload of the
     // same name is waited for again, a few times, then streamed.
     for _ in 0..3 {

@@ -395,7 +395,7 @@ fn varies_on_all(h: &HeaderMap) -> bool {
 ///   error;
 /// - a transfer coding other than `chunked` (`gzip, chunked`): segd's requests carry no `TE`,
 ///   so none may be applied (RFC 9112 §7.4), and the body the client hands on is still in it:
-///   stored, it would be served as the object's bytes.
+///   stored, it would be served as the object's bytes; so with `chunked` twice.
 ///
 /// Such an answer is the upstream's failure: tried on the next one, else 502, never stored,
 /// and no head of it reaches a viewer.
@@ -403,14 +403,20 @@ fn unusable_framing(h: &HeaderMap) -> Option<&'static str> {
     if h.contains_key(CONTENT_LENGTH) && h.contains_key(TRANSFER_ENCODING) {
         return Some("both Content-Length and Transfer-Encoding");
     }
-    let other_coding = h.get_all(TRANSFER_ENCODING).iter().any(|v| {
-        v.to_str().map_or(true, |v| {
-            v.split(',')
-                .map(str::trim)
-                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("chunked"))
-        })
-    });
-    other_coding.then_some("a transfer coding other than chunked")
+    let mut chunked = 0;
+    for v in h.get_all(TRANSFER_ENCODING) {
+        let Ok(v) = v.to_str() else {
+            return Some("an unreadable Transfer-Encoding");
+        };
+        for c in v.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !c.eq_ignore_ascii_case("chunked") {
+                return Some("a transfer coding other than chunked");
+            }
+            chunked += 1;
+        }
+    }
+    // Chunked is applied once (RFC 9112 §7): twice, the body handed on would still be chunked.
+    (chunked > 1).then_some("chunked more than once")
 }
 
 /// Whether the response's body is chunked: `chunked` is its last transfer coding (RFC 9112
@@ -3280,6 +3286,12 @@ mod tests {
             ("transfer-encoding", "chunked")
         ])
         .is_some());
+        assert!(framing(&[("transfer-encoding", "chunked, chunked")]).is_some());
+        let twice = [
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ];
+        assert!(framing(&twice).is_some());
     }
 
     #[test]
