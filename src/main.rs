@@ -131,6 +131,9 @@ fn main() -> ExitCode {
                 return report(&errs, &config);
             }
             segd::log::init(&cfg.log);
+            for w in cfg.exposed_secrets() {
+                tracing::warn!("{w}");
+            }
             match segd::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

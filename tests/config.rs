@@ -812,7 +812,7 @@ fn secrets_inline_or_in_files_and_who_can_read_them() {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     };
     let key = dir.path().join("k1.key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").expect("write");
+    std::fs::write(&key, "9f3c1e7a5b2d4f6e8a0c1b3d5f7e9a2c\n").expect("write");
     chmod(&key, 0o600);
     let path = dir.path().join("segd.toml");
     let run = |text: &str, mode: u32| {
@@ -863,6 +863,20 @@ fn secrets_inline_or_in_files_and_who_can_read_them() {
     assert_eq!(code, 64, "{err}");
     assert!(
         err.contains(": token.keys[0].secret_file: set together with secret"),
+        "{err}"
+    );
+    // A secret segd's own example configs publish: a warning in a 0600 file too (acceptance
+    // H1: the production template's upload key let anyone write).
+    let published = format!(
+        "{vol}[ingest]\nprefixes = [\"/up/\"]\n[[ingest.keys]]\nid = \"u\"\n\
+         secret = \"0123456789abcdef0123456789abcdef\"\n"
+    );
+    let (code, err) = run(&published, 0o600);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: ")
+            && err.contains("ingest.keys[0].secret is a secret published in segd's repository")
+            && err.contains("upload or delete media"),
         "{err}"
     );
     let missing = format!("{vol}[ingest]\nprefixes = [\"/up/\"]\n[[ingest.keys]]\nid = \"u\"\nsecret_file = \"nope\"\n");

@@ -26,7 +26,17 @@ pub struct SecretSource {
     pub key: String,
     /// The file named by a `…_file` key; `None` when written inline in the config.
     pub file: Option<PathBuf>,
+    /// It is one of the secrets segd's repository publishes ([`PUBLISHED_SECRETS`]).
+    pub published: bool,
 }
+
+/// The secrets written in the configs segd ships (`config/segd.toml`'s demo keys,
+/// `config/segd.production.toml`'s examples): anyone can mint tokens with them.
+pub const PUBLISHED_SECRETS: &[&str] = &[
+    "52a152a152a152a152a152a152a1",
+    "7e57a9e57a9e57a9e57a9e57a9e57a9e",
+    "0123456789abcdef0123456789abcdef",
+];
 
 impl Ctx {
     pub fn new(file: &Path) -> Self {
@@ -160,10 +170,12 @@ impl<'a> Section<'a> {
             }
         };
         let key = self.key(if file.is_some() { file_key } else { key });
-        self.ctx
-            .secrets
-            .borrow_mut()
-            .push(SecretSource { key, file });
+        let published = PUBLISHED_SECRETS.contains(&text.as_str());
+        self.ctx.secrets.borrow_mut().push(SecretSource {
+            key,
+            file,
+            published,
+        });
         Some(text)
     }
 
@@ -171,10 +183,11 @@ impl<'a> Section<'a> {
     pub fn note_secret_file(&self, file_key: &str, file: PathBuf) {
         let key = self.key(file_key);
         let file = Some(file);
-        self.ctx
-            .secrets
-            .borrow_mut()
-            .push(SecretSource { key, file });
+        self.ctx.secrets.borrow_mut().push(SecretSource {
+            key,
+            file,
+            published: false,
+        });
     }
 
     /// Whether the secret `key` or its `file_key` is given at all (even if unusable).

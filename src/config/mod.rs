@@ -251,8 +251,9 @@ impl Config {
     }
 
     /// Secrets any user of the machine can read: written inline in a config file every user
-    /// can read, or kept in such a `…_file`. Whoever reads a key can mint tokens for it (an
-    /// upload key: write and delete media). One line each, for `check-config` and the log.
+    /// can read, or kept in such a `…_file`, and those segd's repository publishes (the demo
+    /// and example keys). Whoever reads a key can mint tokens for it (an upload key: write
+    /// and delete media). One line each, for `check-config` and the log at start.
     pub fn exposed_secrets(&self) -> Vec<String> {
         use std::os::unix::fs::PermissionsExt;
         let world_readable = |p: &Path| {
@@ -273,6 +274,19 @@ impl Config {
                  to its _file key (a file of its own)",
                 self.file.display(),
                 inline.join(", "),
+            ));
+        }
+        for s in self.secrets.iter().filter(|s| s.published) {
+            out.push(format!(
+                "{}: {} is a secret published in segd's repository (its example configs): \
+                 anyone can mint tokens with it{}; make your own (openssl rand -hex 32)",
+                self.file.display(),
+                s.key,
+                if s.key.starts_with("ingest.") {
+                    ", and upload or delete media"
+                } else {
+                    ""
+                },
             ));
         }
         for s in &self.secrets {
