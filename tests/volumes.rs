@@ -448,6 +448,69 @@ async fn deleted_volume_is_503_at_once() {
     );
 }
 
+/// A volume root segd's user may no longer read (a `chmod`, an ownership change) turns every
+/// lookup into EACCES: the volume is unhealthy, its objects are 503 and the log says why. They
+/// were silent 404s with the volume "healthy" (acceptance M1). segd runs as `nobody` here (a
+/// root process reads anything): the test needs root to start it so, and is skipped without.
+#[tokio::test]
+async fn a_volume_segd_may_not_read_is_503_not_404() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test needs it"
+        );
+        eprintln!("not root: a_volume_segd_may_not_read_is_503_not_404 skipped");
+        return;
+    }
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let dir = demo_volumes();
+    chmod(dir.path(), 0o755);
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    let cfg = config_for(&[&d1, &d2], "");
+    let srv = Server::start_with(&cfg, |c| {
+        // Its config (in a directory of its own, mode 0700) must be readable by nobody.
+        let config = c
+            .get_args()
+            .map(Path::new)
+            .find(|a| a.ends_with("segd.toml"))
+            .map(Path::to_path_buf)
+            .expect("--config");
+        chmod(config.parent().expect("its directory"), 0o755);
+        chmod(&config, 0o644);
+        c.uid(65534).gid(65534)
+    });
+    let t2 = srv.url("/vod/t2/hls/64k/seg_00001.ts");
+    assert_eq!(get(&t2, &[]).await.status, 200, "{}", srv.stderr());
+    chmod(&d2, 0o000);
+    // (An object served before is held open, and still served.)
+    let other = srv.url("/vod/t2/hls/64k/seg_00002.ts");
+    let r = get(&other, &[]).await;
+    assert_eq!(r.status, 503, "never a 404 for an object segd may not read");
+    assert_eq!(
+        get(&srv.url("/vod/t1/hls/64k/seg_00001.ts"), &[])
+            .await
+            .status,
+        200,
+        "the other volume serves"
+    );
+    srv.log_with(&["volume marked unhealthy"]);
+    chmod(&d2, 0o755);
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&other, &[])
+            .await
+            .status
+            == 200)
+        .await,
+        "readable again: served again"
+    );
+}
+
 #[tokio::test]
 async fn marker_file_detects_an_unmounted_disk() {
     let dir = demo_volumes();

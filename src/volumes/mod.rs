@@ -164,6 +164,13 @@ impl Volumes {
                     return Ok(o);
                 }
                 Err(OpenError::NotFound) => {}
+                // The root made unreadable turns every lookup into EACCES: the probe sees it
+                // at once (503, logged). A file of its own that segd may not read is a 404.
+                Err(OpenError::Denied) => {
+                    if !vol.probe() {
+                        unavailable.get_or_insert(i);
+                    }
+                }
                 Err(OpenError::Overloaded) => return Err(LookupError::Overloaded),
                 Err(OpenError::Fault(e)) => {
                     vol.record_fault(&e);
@@ -189,6 +196,10 @@ impl Volumes {
                 Ok(o)
             }
             Err(OpenError::NotFound) => Err(LookupError::NotFound),
+            Err(OpenError::Denied) if !vol.probe() => {
+                Err(LookupError::VolumeUnavailable { volume: i })
+            }
+            Err(OpenError::Denied) => Err(LookupError::NotFound),
             Err(OpenError::Overloaded) => Err(LookupError::Overloaded),
             Err(OpenError::Fault(e)) => {
                 vol.record_fault(&e);

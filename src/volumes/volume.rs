@@ -46,6 +46,8 @@ pub struct Opened {
 
 pub(super) enum OpenError {
     NotFound,
+    /// EACCES: segd's user may not open it (the object, or the volume's root: a probe tells).
+    Denied,
     Fault(io::Error),
     Overloaded,
 }
@@ -165,10 +167,11 @@ fn injected(_root: &Root, _trigger: &str) -> Option<io::Error> {
 
 fn classify(e: &io::Error) -> OpenError {
     match e.raw_os_error() {
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV | libc::EACCES)
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
         | Some(libc::EPERM | libc::ENAMETOOLONG | libc::EISDIR | libc::EINVAL) => {
             OpenError::NotFound
         }
+        Some(libc::EACCES) => OpenError::Denied,
         Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => OpenError::Overloaded,
         _ => OpenError::Fault(super::clone_error(e)),
     }
@@ -306,10 +309,19 @@ impl Volume {
                     }
                     _ => true,
                 };
-                // Also make sure the root itself still answers (EIO on the directory).
-                let root_ok = current
-                    .as_ref()
-                    .is_some_and(|r| rustix::fs::fstat(&r.fd).is_ok());
+                // Also make sure the root itself still answers (EIO on the directory), and that
+                // segd's user may still list and search it: a root made unreadable (`chmod`,
+                // an ownership change) turns every lookup into EACCES, which is no 404.
+                let root_ok = current.as_ref().is_some_and(|r| {
+                    rustix::fs::fstat(&r.fd).is_ok()
+                        && rustix::fs::accessat(
+                            &r.fd,
+                            ".",
+                            rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+                            rustix::fs::AtFlags::EACCESS,
+                        )
+                        .is_ok()
+                });
                 if same && marker_ok && root_ok {
                     if !self.is_healthy() {
                         // Only a fault marked it unhealthy; the disk answers again.
