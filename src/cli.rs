@@ -37,6 +37,11 @@ pub enum Command {
         /// Config file (TOML).
         #[arg(long, short, default_value = "config/segd.toml")]
         config: PathBuf,
+        /// Check what a reload (SIGHUP) checks: a volume root that is missing or unreadable
+        /// (a disk that is down) is a warning, not an error, since segd takes it as an
+        /// unhealthy volume. The systemd unit's ExecReload= runs this.
+        #[arg(long)]
+        reload: bool,
     },
     /// Mint an EdgeAuth v2 token with a configured key and print it with ready URLs
     /// (`--upload`: an upload token for PUT/POST/DELETE, with ffmpeg and curl commands).

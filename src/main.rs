@@ -33,15 +33,25 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => {
+        Command::CheckConfig { config, reload } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let mut errs = cfg.check_paths();
+            let (mut errs, mut down) = if reload {
+                (cfg.reload_checks(), cfg.volume_checks())
+            } else {
+                (cfg.check_paths(), Default::default())
+            };
             errs.0.extend(segd::tls::validate(&cfg).0);
             if !errs.is_empty() {
                 return report(&errs, &config);
+            }
+            down.locate();
+            for e in &down.0 {
+                eprintln!(
+                    "warning: {e} (segd takes this volume as unhealthy: 503 for its objects)"
+                );
             }
             for w in cfg.exposed_secrets() {
                 eprintln!("warning: {w}");
@@ -131,8 +141,11 @@ fn main() -> ExitCode {
                 return report(&errs, &config);
             }
             segd::log::init(&cfg.log);
-            for w in cfg.exposed_secrets() {
-                tracing::warn!("{w}");
+            // The example keys on a listener others can reach (the demo's are loopback only).
+            if !cfg.loopback_only() {
+                for w in cfg.published_secrets() {
+                    tracing::warn!("{w}");
+                }
             }
             match segd::server::run(cfg) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -174,6 +174,23 @@ fn invalid_toml_and_missing_volume_dir() {
         err.contains("volumes[0].path") && err.contains("existing, readable directory"),
         "{err}"
     );
+    // What a reload checks (the unit's ExecReload=): a volume whose disk is down is a
+    // warning, as segd takes it as unhealthy; `systemctl reload` failed during a disk outage
+    // (acceptance M2).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("segd.toml");
+    std::fs::write(&cfg, "[[volumes]]\npath = \"does-not-exist\"\n").expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--reload", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("volumes[0].path") && err.contains("unhealthy"),
+        "{err}"
+    );
     let (code, err, _) = check("[server]\nlisten = [\"127.0.0.1:0\"]\n");
     assert_eq!(code, 64);
     assert!(err.contains("volumes: no volume configured"), "{err}");

@@ -250,10 +250,43 @@ impl Config {
         })
     }
 
+    /// The secrets segd's repository publishes (its example configs' keys) that this config
+    /// uses: anyone can mint tokens with them. One line each.
+    pub fn published_secrets(&self) -> Vec<String> {
+        let what = |key: &str| {
+            if key.starts_with("ingest.") {
+                ", and upload or delete media"
+            } else {
+                ""
+            }
+        };
+        (self.secrets.iter().filter(|s| s.published))
+            .map(|s| {
+                format!(
+                    "{}: {} is a secret published in segd's repository (its example configs): \
+                     anyone can mint tokens with it{}; make your own (openssl rand -hex 32)",
+                    self.file.display(),
+                    s.key,
+                    what(&s.key),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether every listener is on a loopback address (the demo's): nobody else can reach it.
+    pub fn loopback_only(&self) -> bool {
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| t.listen.as_slice())
+            .unwrap_or(&[]);
+        (self.server.listen.iter().chain(tls)).all(|a| a.ip().is_loopback())
+    }
+
     /// Secrets any user of the machine can read: written inline in a config file every user
-    /// can read, or kept in such a `…_file`, and those segd's repository publishes (the demo
-    /// and example keys). Whoever reads a key can mint tokens for it (an upload key: write
-    /// and delete media). One line each, for `check-config` and the log at start.
+    /// can read, or kept in such a `…_file`, and those segd's repository publishes
+    /// ([`Config::published_secrets`]). Whoever reads a key can mint tokens for it (an upload
+    /// key: write and delete media). One line each, for `check-config`.
     pub fn exposed_secrets(&self) -> Vec<String> {
         use std::os::unix::fs::PermissionsExt;
         let world_readable = |p: &Path| {
@@ -262,7 +295,7 @@ impl Config {
                 .map(|m| m.permissions().mode() & 0o777)
                 .filter(|mode| mode & 0o004 != 0)
         };
-        let mut out = Vec::new();
+        let mut out = self.published_secrets();
         let inline: Vec<&str> = (self.secrets.iter())
             .filter(|s| s.file.is_none())
             .map(|s| s.key.as_str())
@@ -274,19 +307,6 @@ impl Config {
                  to its _file key (a file of its own)",
                 self.file.display(),
                 inline.join(", "),
-            ));
-        }
-        for s in self.secrets.iter().filter(|s| s.published) {
-            out.push(format!(
-                "{}: {} is a secret published in segd's repository (its example configs): \
-                 anyone can mint tokens with it{}; make your own (openssl rand -hex 32)",
-                self.file.display(),
-                s.key,
-                if s.key.starts_with("ingest.") {
-                    ", and upload or delete media"
-                } else {
-                    ""
-                },
             ));
         }
         for s in &self.secrets {
@@ -309,6 +329,15 @@ impl Config {
     /// and those a reload makes ([`Config::reload_checks`]).
     pub fn check_paths(&self) -> ConfigErrors {
         let mut errs = self.reload_checks();
+        errs.0.extend(self.volume_checks().0);
+        errs
+    }
+
+    /// Volume roots exist, are readable directories, hold their marker: what `check-config`
+    /// checks besides [`Config::reload_checks`]. (`serve` and a reload take a volume that
+    /// fails them as unhealthy.)
+    pub fn volume_checks(&self) -> ConfigErrors {
+        let mut errs = ConfigErrors::default();
         for (i, v) in self.volumes.iter().enumerate() {
             let key = format!("volumes[{i}].path");
             match std::fs::read_dir(&v.path) {
