@@ -86,6 +86,14 @@ pub fn run(cfg: &Config, a: &Args) -> Result<String, String> {
             ));
         }
     }
+    // `ip=` is compared with the viewer's address: a value that is none never verifies.
+    if let Some(ip) = a.ip.as_deref() {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "--ip {ip:?} is not an IP address (allowed: an IPv4 or IPv6 address, the viewer's)"
+            ));
+        }
+    }
     let acl = (!a.acl.is_empty()).then(|| a.acl.join("!"));
     if let Some(u) = &a.url {
         if !u.starts_with('/') {

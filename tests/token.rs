@@ -1045,6 +1045,15 @@ async fn sign_refuses_a_tilde_in_a_field() {
         assert!(err.contains(flag) && err.contains("'~'"), "{flag}: {err}");
         assert!(out.stdout.is_empty(), "{flag}: no token printed");
     }
+    // `ip=` is compared with the viewer's address: a value that is none is refused too
+    // (acceptance L5: it printed a token that was always 403).
+    let out = segd_sign(&srv.config, &["--ip", "not-an-ip", "--acl", "/vod/t1/*"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("--ip") && err.contains("not an IP address"),
+        "{err}"
+    );
     // Anything else in those fields makes a token that verifies.
     let out = segd_sign(
         &srv.config,

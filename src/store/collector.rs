@@ -51,7 +51,7 @@ impl StoreCollector {
             )?,
             volume_probes: counter_vec(
                 "segd_volume_probes_total",
-                "Health probes of the volume root (periodic, and before a 404 at most once a second)",
+                "Health probes of the volume root (periodic; before a 404 at most once per 250 ms; at once after an open refused with EACCES)",
                 "volume",
             )?,
             io_backend: gauge_vec(
