@@ -133,6 +133,42 @@ fn stalled_reader_is_dropped() {
     );
 }
 
+/// A client that keeps reading, slower than the socket drains a third of its send buffer per
+/// `send_timeout` (the kernel reports a socket writable only then: megabytes, with autotuning),
+/// is not a stalled one: it acknowledges bytes, and it keeps its connection. It was reset after
+/// one or two `send_timeout`s on the sendfile path (acceptance).
+#[test]
+fn a_slow_steady_reader_keeps_its_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vol = dir.path().join("v");
+    std::fs::create_dir_all(vol.join("vod/big")).expect("mkdir");
+    std::fs::write(vol.join("vod/big/huge.mp4"), vec![7u8; 32 << 20]).expect("write");
+    let cfg = config_for(&[&vol], "").replace("[admin]", "send_timeout = \"1s\"\n[admin]");
+    let srv = Server::start(&cfg);
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"GET /vod/big/huge.mp4 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("write");
+    // 64 KiB every 200 ms (about 320 KB/s) for 5 s: five send_timeouts.
+    let start = std::time::Instant::now();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    while start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut got = 0;
+        while got < buf.len() {
+            match s.read(&mut buf[got..]) {
+                Ok(0) => panic!("closed after {total} bytes, {:?}", start.elapsed()),
+                Ok(n) => got += n,
+                Err(e) => panic!("{e} after {total} bytes, {:?}", start.elapsed()),
+            }
+        }
+        total += got;
+    }
+    assert!(total >= 20 * (64 << 10), "read {total} bytes");
+}
+
 #[test]
 fn truncated_file_ends_the_connection() {
     let dir = tempfile::tempdir().expect("tempdir");

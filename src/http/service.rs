@@ -258,12 +258,12 @@ async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
     };
     let mut sink = vec![0u8; 4096];
     let mut drained = 0usize;
-    let mut queued = unsent(socket);
+    let mut queued = super::h1::socket::unacked(socket);
     let mut progress = tokio::time::Instant::now();
     let mut all_sent: Option<tokio::time::Instant> = None;
     loop {
         let now = tokio::time::Instant::now();
-        let q = unsent(socket);
+        let q = super::h1::socket::unacked(socket);
         if q < queued {
             progress = now;
         }
@@ -301,24 +301,6 @@ const LINGER_AFTER_SENT: std::time::Duration = std::time::Duration::from_secs(1)
 /// The most a finished connection's client may still send before it is closed (see [`linger`]).
 const LINGER_MAX_READ: usize = 4 << 20;
 
-/// Bytes written to the socket that the client has not acknowledged yet (`SIOCOUTQ`); 0 when
-/// it cannot be told.
-fn unsent(socket: std::os::fd::BorrowedFd<'_>) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::TIOCOUTQ,
-            &mut n,
-        )
-    };
-    if r == 0 {
-        usize::try_from(n).unwrap_or(0)
-    } else {
-        0
-    }
-}
 
 /// Resolves when the peer of the HTTP/1.1 connection on socket `fd` has closed it (or it
 /// failed); never for bytes that arrive (a pipelined request: the client is still there).

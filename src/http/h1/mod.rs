@@ -39,7 +39,7 @@ mod answer;
 mod body;
 mod gate;
 mod parse;
-mod socket;
+pub(crate) mod socket;
 mod trim;
 mod write;
 mod zerocopy;

@@ -14,6 +14,46 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+/// Bytes written to the socket that the client has not acknowledged yet (`SIOCOUTQ`); 0 when
+/// it cannot be told.
+pub(crate) fn unacked(socket: std::os::fd::BorrowedFd<'_>) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::TIOCOUTQ,
+            &mut n,
+        )
+    };
+    if r == 0 {
+        usize::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// Whether a client whose socket stayed unwritable for `send_timeout` is still reading: a
+/// socket is reported writable only once about a third of its send buffer has drained
+/// (megabytes, with autotuning), so a client that reads slowly but steadily looked like one
+/// that stopped, and was cut (acceptance). It made progress when it acknowledged bytes: fewer
+/// wait unacknowledged than at the last look.
+pub(super) struct Acked(usize);
+
+impl Acked {
+    pub(super) fn now(socket: std::os::fd::BorrowedFd<'_>) -> Acked {
+        Acked(unacked(socket))
+    }
+
+    /// Whether the client acknowledged bytes since the last look (then it is the last look).
+    pub(super) fn moved(&mut self, socket: std::os::fd::BorrowedFd<'_>) -> bool {
+        let now = unacked(socket);
+        let moved = now != 0 && now < self.0;
+        self.0 = now;
+        moved
+    }
+}
+
 /// Makes the coming close an abortive one (RST): SO_LINGER with a zero timeout, which never
 /// blocks; unsent bytes are dropped.
 pub(super) fn reset(stream: &TcpStream) {

@@ -3,6 +3,7 @@
 //! (chunked when their length is unknown; close-delimited for HTTP/1.0 clients).
 
 use std::io;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -90,9 +91,24 @@ pub(super) async fn write_all_timeout(
     bytes: &[u8],
     stall: Duration,
 ) -> io::Result<()> {
-    tokio::time::timeout(stall, stream.write_all(bytes))
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    // One write at a time, so a client that keeps reading, however slowly, is not cut.
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let mut acked = super::socket::Acked::now(stream.as_fd());
+        let n = loop {
+            match tokio::time::timeout(stall, stream.write(rest)).await {
+                Ok(r) => break r?,
+                // Still reading, slowly: wait on.
+                Err(_) if acked.moved(stream.as_fd()) => {}
+                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[n..];
+    }
+    Ok(())
 }
 
 /// How a body of unknown length is delimited on this connection.

@@ -24,6 +24,7 @@
 //! sendfile calls themselves are over 90 % (perf, `benches/results/2026-11-28-*-h1-perf/`).
 
 use std::io;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -256,10 +257,16 @@ async fn write_ready(
     stall: Duration,
     mut op: impl FnMut() -> rustix::io::Result<usize>,
 ) -> io::Result<usize> {
-    let fut = stream.async_io(Interest::WRITABLE, || op().map_err(io::Error::from));
-    tokio::time::timeout(stall, fut)
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    let mut acked = super::socket::Acked::now(stream.as_fd());
+    loop {
+        let fut = stream.async_io(Interest::WRITABLE, || op().map_err(io::Error::from));
+        match tokio::time::timeout(stall, fut).await {
+            Ok(r) => return r,
+            // Still reading, slowly: wait on.
+            Err(_) if acked.moved(stream.as_fd()) => {}
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
 }
 
 #[cfg(test)]
