@@ -1457,10 +1457,25 @@ async fn malformed_http3_requests_are_refused() {
         ("https://user@localhost/vod/m/a.ts", 400),
         ("ftp://localhost/vod/m/a.ts", 400),
         ("https://localhost/vod/m/a.ts", 200),
+        // A port that is no number, as in `Host` (acceptance): 400.
+        ("https://localhost:8a0/vod/m/a.ts", 400),
+        ("https://localhost:abc/vod/m/a.ts", 400),
     ] {
         let r = c.get_uri(uri).await;
         assert_eq!(r.status, want, "{uri}");
     }
+    // Two `Host` lines, the first agreeing with `:authority`, the second not: h3 compares the
+    // first only, and it was served (RFC 9114 §4.3.1: the same value). 400, as on HTTP/2.
+    let req = http::Request::builder()
+        .uri("https://localhost/vod/m/a.ts")
+        .header("host", "localhost")
+        .header("host", "other.example")
+        .body(())
+        .expect("request");
+    let mut stream = c.send.send_request(req).await.expect("send request");
+    stream.finish().await.expect("finish request");
+    let r = read_response(stream).await;
+    assert_eq!(r.status, 400, "a second Host that disagrees");
 }
 
 /// An HTTP/3 download still going when `drain_timeout` ends: the client is told the connection

@@ -681,6 +681,8 @@ async fn h2_host_must_agree_with_authority() {
         (format!("http://user:pw@{authority}{SEG}"), 400),
         (format!("ftp://{authority}{SEG}"), 400),
         (format!("https://{authority}{SEG}"), 200),
+        // A port that is no number, as in `Host` (acceptance): 400.
+        (format!("http://localhost:8a0{SEG}"), 400),
     ] {
         let req = http::Request::builder()
             .uri(&uri)

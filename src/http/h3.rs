@@ -292,7 +292,12 @@ async fn request(
             .any(|p| hreq.path.contains(p.as_str()));
     let send_timeout = policy.config.server.send_timeout;
     let handled = async {
-        if super::headers::values_trimmed(&parts.headers) && super::headers::target_ok(&parts.uri) {
+        // h3 compares only the first `Host` with `:authority`: a second one that disagrees
+        // passed (RFC 9114 §4.3.1: the same value). The HTTP/2 rule covers both.
+        if super::headers::values_trimmed(&parts.headers)
+            && super::headers::target_ok(&parts.uri)
+            && super::headers::h2_authority_ok(parts.uri.authority(), &parts.headers)
+        {
             handler::handle(runtime, &policy, &hreq, body).await
         } else {
             handler::refused(runtime, &policy, &hreq, super::refusal::Refusal::Malformed)

@@ -113,13 +113,16 @@ pub fn h2_authority_ok(authority: Option<&http::uri::Authority>, headers: &Heade
 
 /// RFC 9113 §8.3.1 (HTTP/2) and RFC 9114 §4.3.1 (HTTP/3): `:scheme` is `http` or `https` for
 /// the requests segd serves, and `:authority` has no userinfo (`user@host`, which the HTTP/1.1
-/// parsers refuse in `Host` and in an absolute target too: RFC 9110 §4.2.4). Either makes the
-/// request malformed.
+/// parsers refuse in `Host` and in an absolute target too: RFC 9110 §4.2.4) and is a
+/// `uri-host [ ":" port ]` as `Host` must be. Any of them makes the request malformed.
 pub fn target_ok(uri: &http::Uri) -> bool {
     let scheme_ok = uri
         .scheme_str()
         .is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
-    let authority_ok = uri.authority().is_none_or(|a| !a.as_str().contains('@'));
+    // As a `Host` value is checked: `x:abc` and `x:8a0` were served.
+    let authority_ok = uri
+        .authority()
+        .is_none_or(|a| !a.as_str().contains('@') && host_value_ok(a.as_str().as_bytes()));
     scheme_ok && authority_ok
 }
 
