@@ -301,7 +301,6 @@ const LINGER_AFTER_SENT: std::time::Duration = std::time::Duration::from_secs(1)
 /// The most a finished connection's client may still send before it is closed (see [`linger`]).
 const LINGER_MAX_READ: usize = 4 << 20;
 
-
 /// Resolves when the peer of the HTTP/1.1 connection on socket `fd` has closed it (or it
 /// failed); never for bytes that arrive (a pipelined request: the client is still there).
 /// Watches a duplicate of the descriptor, registered on its own, so hyper's reads and writes
