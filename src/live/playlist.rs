@@ -689,6 +689,9 @@ fn still_applying<'a>(lines: &[&'a str]) -> Vec<&'a str> {
     let mut keys: Vec<(usize, &str)> = Vec::new();
     let mut map = None;
     let mut at_map: Vec<(usize, &str)> = Vec::new();
+    // The last METHOD=NONE after that MAP: it ends the KEYs carried for the MAP, so it is
+    // carried too when there are any (a later KEY of its format replaces it in `keys`).
+    let mut none_after_map = None;
     for (i, line) in lines.iter().enumerate() {
         let t = line.trim();
         if let Some(v) = t.strip_prefix("#EXT-X-KEY:") {
@@ -696,6 +699,9 @@ fn still_applying<'a>(lines: &[&'a str]) -> Vec<&'a str> {
             let format = attr(v, "KEYFORMAT").unwrap_or("identity");
             if attr(v, "METHOD") == Some("NONE") {
                 keys.clear();
+                if map.is_some() {
+                    none_after_map = Some(i);
+                }
             } else {
                 keys.retain(|(_, f)| *f != format);
             }
@@ -704,10 +710,12 @@ fn still_applying<'a>(lines: &[&'a str]) -> Vec<&'a str> {
             keep[i] = false;
             map = Some(i);
             at_map.clone_from(&keys);
+            none_after_map = None;
         }
     }
+    let none = none_after_map.filter(|_| !at_map.is_empty());
     let applying = keys.into_iter().chain(at_map).map(|(i, _)| i);
-    for i in applying.chain(map) {
+    for i in applying.chain(map).chain(none) {
         if let Some(k) = keep.get_mut(i) {
             *k = true;
         }
@@ -1182,6 +1190,22 @@ seg13.m4s
             skip < order[0] && order[0] < order[1] && order[1] < order[2],
             "{d}"
         );
+    }
+
+    /// A KEY carried for the MAP (in effect at it) that a METHOD=NONE after the MAP ended: the
+    /// NONE is carried too, or a player would apply that KEY to the kept segments beside the
+    /// later one (review: FairPlay + AES where the full playlist gives AES alone).
+    #[test]
+    fn delta_update_carries_the_none_that_ends_the_keys_of_the_map() {
+        let fp1 = key(FAIRPLAY, "skd://fp-1");
+        let aes = "#EXT-X-KEY:METHOD=AES-128,URI=\"k2.bin\"".to_string();
+        let none = "#EXT-X-KEY:METHOD=NONE".to_string();
+        let text = keyed(&[], &[none, aes.clone()]).replace(
+            "#EXT-X-MAP:URI=\"init.mp4\"\n",
+            &format!("{fp1}\n#EXT-X-MAP:URI=\"init.mp4\"\n"),
+        );
+        let (d, kept) = delta_keys(&text);
+        assert_eq!(kept[0].1, vec![aes], "{d}");
     }
 
     /// METHOD=NONE ends the KEYs of every format (RFC 8216bis §4.4.4.4): none of those before

@@ -164,10 +164,11 @@ impl Volumes {
                     return Ok(o);
                 }
                 Err(OpenError::NotFound) => {}
-                // The root made unreadable turns every lookup into EACCES: the probe sees it
-                // at once (503, logged). A file of its own that segd may not read is a 404.
+                // The root made unreadable turns every lookup into EACCES: a probe (at most one
+                // per `MISS_PROBE_FRESH`, as before a 404) sees it (503, logged). A file of its
+                // own that segd may not read is a 404.
                 Err(OpenError::Denied) => {
-                    if !vol.probe() {
+                    if !vol.probe_unless_recent(MISS_PROBE_FRESH) {
                         unavailable.get_or_insert(i);
                     }
                 }
@@ -196,7 +197,7 @@ impl Volumes {
                 Ok(o)
             }
             Err(OpenError::NotFound) => Err(LookupError::NotFound),
-            Err(OpenError::Denied) if !vol.probe() => {
+            Err(OpenError::Denied) if !vol.probe_unless_recent(MISS_PROBE_FRESH) => {
                 Err(LookupError::VolumeUnavailable { volume: i })
             }
             Err(OpenError::Denied) => Err(LookupError::NotFound),

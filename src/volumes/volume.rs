@@ -165,6 +165,18 @@ fn injected(_root: &Root, _trigger: &str) -> Option<io::Error> {
     None
 }
 
+/// Whether segd's user may list and search the directory `fd` (its r and x bits, as they
+/// apply to segd's effective IDs): EACCES otherwise.
+fn searchable(fd: &rustix::fd::OwnedFd) -> io::Result<()> {
+    rustix::fs::accessat(
+        fd,
+        ".",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(io::Error::from)
+}
+
 fn classify(e: &io::Error) -> OpenError {
     match e.raw_os_error() {
         Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
@@ -232,6 +244,8 @@ impl Volume {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        // Opening a directory needs only its r bit; serving from it needs x too.
+        searchable(&fd)?;
         let st = rustix::fs::fstat(&fd)?;
         if let Some(m) = &self.marker {
             rustix::fs::statat(&fd, m.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(
@@ -312,16 +326,9 @@ impl Volume {
                 // Also make sure the root itself still answers (EIO on the directory), and that
                 // segd's user may still list and search it: a root made unreadable (`chmod`,
                 // an ownership change) turns every lookup into EACCES, which is no 404.
-                let root_ok = current.as_ref().is_some_and(|r| {
-                    rustix::fs::fstat(&r.fd).is_ok()
-                        && rustix::fs::accessat(
-                            &r.fd,
-                            ".",
-                            rustix::fs::Access::READ_OK | rustix::fs::Access::EXEC_OK,
-                            rustix::fs::AtFlags::EACCESS,
-                        )
-                        .is_ok()
-                });
+                let root_ok = current
+                    .as_ref()
+                    .is_some_and(|r| rustix::fs::fstat(&r.fd).is_ok() && searchable(&r.fd).is_ok());
                 if same && marker_ok && root_ok {
                     if !self.is_healthy() {
                         // Only a fault marked it unhealthy; the disk answers again.
