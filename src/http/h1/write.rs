@@ -91,22 +91,26 @@ pub(super) async fn write_all_timeout(
     bytes: &[u8],
     stall: Duration,
 ) -> io::Result<()> {
-    // One write at a time, so a client that keeps reading, however slowly, is not cut.
+    // A write at a time, so a client that keeps reading, however slowly, is not cut. What it
+    // had not acknowledged is taken when the socket fills, not on every write.
     let mut rest = bytes;
     while !rest.is_empty() {
-        let mut acked = super::socket::Acked::now(stream.as_fd());
-        let n = loop {
-            match tokio::time::timeout(stall, stream.write(rest)).await {
-                Ok(r) => break r?,
-                // Still reading, slowly: wait on.
-                Err(_) if acked.moved(stream.as_fd()) => {}
-                Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        match stream.try_write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut acked = super::socket::Acked::now(stream.as_fd());
+                loop {
+                    match tokio::time::timeout(stall, stream.writable()).await {
+                        Ok(r) => break r?,
+                        // Still reading, slowly: wait on.
+                        Err(_) if acked.moved(stream.as_fd()) => {}
+                        Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                    }
+                }
             }
-        };
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            Err(e) => return Err(e),
         }
-        rest = &rest[n..];
     }
     Ok(())
 }

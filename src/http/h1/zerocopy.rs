@@ -257,13 +257,22 @@ async fn write_ready(
     stall: Duration,
     mut op: impl FnMut() -> rustix::io::Result<usize>,
 ) -> io::Result<usize> {
-    let mut acked = super::socket::Acked::now(stream.as_fd());
+    // What the client had not acknowledged when the socket first filled: taken then, not on
+    // every write (a write that does not block costs no extra call).
+    let mut acked: Option<super::socket::Acked> = None;
     loop {
-        let fut = stream.async_io(Interest::WRITABLE, || op().map_err(io::Error::from));
-        match tokio::time::timeout(stall, fut).await {
+        let fut = stream.async_io(Interest::WRITABLE, || {
+            let r = op();
+            if r == Err(rustix::io::Errno::AGAIN) && acked.is_none() {
+                acked = Some(super::socket::Acked::now(stream.as_fd()));
+            }
+            r.map_err(io::Error::from)
+        });
+        let r = tokio::time::timeout(stall, fut).await;
+        match r {
             Ok(r) => return r,
             // Still reading, slowly: wait on.
-            Err(_) if acked.moved(stream.as_fd()) => {}
+            Err(_) if acked.as_mut().is_some_and(|a| a.moved(stream.as_fd())) => {}
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         }
     }
