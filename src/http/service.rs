@@ -405,7 +405,15 @@ async fn respond(
                 && headers::values_trimmed(&parts.headers)
                 && super::request_body::declared_length(&parts.headers).is_ok()
         }
-        v => headers::host_ok(&parts.headers, v == http::Version::HTTP_11),
+        // After a chunked body hyper parses the connection's heads, and takes userinfo in an
+        // absolute target, which the fast path refuses (RFC 9110 §4.2.4).
+        v => {
+            headers::host_ok(&parts.headers, v == http::Version::HTTP_11)
+                && parts
+                    .uri
+                    .authority()
+                    .is_none_or(|a| !a.as_str().contains('@'))
+        }
     };
     let reply = if host_ok {
         handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await
