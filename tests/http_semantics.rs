@@ -856,22 +856,34 @@ async fn h2_frame_errors_carry_the_right_codes() {
         });
         assert_eq!(error, Some((kind, code)), "{what}: {got:?}");
     }
-    // A stream both sides ended (the answer came whole) is closed: HEADERS on it is a
-    // connection error STREAM_CLOSED (RFC 9113 §5.1; h2spec http2/5.1/12), whether the server
-    // still holds the stream or has forgotten it.
-    for pause in [Duration::ZERO, Duration::from_millis(300)] {
-        let mut c = RawH2::connect(srv.addr);
-        c.send(H2_HEADERS, end_both, 1, &get);
-        let answer = c.stream_frames(1);
-        assert!(answer.iter().any(|f| f.0 == H2_DATA), "{answer:?}");
-        std::thread::sleep(pause);
-        c.send(H2_HEADERS, end_both, 1, &get);
-        let got = c.frames(Duration::from_secs(2));
-        let goaway = got.iter().find(|f| f.0 == H2_GOAWAY).map(|f| {
-            let p = &f.3;
-            u32::from_be_bytes([p[4], p[5], p[6], p[7]])
-        });
-        assert_eq!(goaway, Some(STREAM_CLOSED), "after {pause:?}: {got:?}");
+    // A stream both sides ended (the answer came whole) is closed: HEADERS or DATA on it is a
+    // connection error STREAM_CLOSED (RFC 9113 §5.1; h2spec http2/5.1/12 and 5.1/11), whether
+    // the server still holds the stream or has forgotten it. (DATA was a stream error once
+    // the stream was forgotten: h2spec waits for a GOAWAY.)
+    for (kind, payload) in [(H2_HEADERS, &get[..]), (H2_DATA, &b"test"[..])] {
+        for pause in [Duration::ZERO, Duration::from_millis(300)] {
+            let mut c = RawH2::connect(srv.addr);
+            c.send(H2_HEADERS, end_both, 1, &get);
+            let answer = c.stream_frames(1);
+            assert!(answer.iter().any(|f| f.0 == H2_DATA), "{answer:?}");
+            std::thread::sleep(pause);
+            let flags = if kind == H2_DATA {
+                H2_END_STREAM
+            } else {
+                end_both
+            };
+            c.send(kind, flags, 1, payload);
+            let got = c.frames(Duration::from_secs(2));
+            let goaway = got.iter().find(|f| f.0 == H2_GOAWAY).map(|f| {
+                let p = &f.3;
+                u32::from_be_bytes([p[4], p[5], p[6], p[7]])
+            });
+            assert_eq!(
+                goaway,
+                Some(STREAM_CLOSED),
+                "frame {kind} after {pause:?}: {got:?}"
+            );
+        }
     }
     let r = request("GET", &srv.url(SEG), &[], true).await;
     assert_eq!(r.status, 200, "still serving");

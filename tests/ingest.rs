@@ -4244,6 +4244,51 @@ async fn h2_trailers_with_pseudo_headers_write_nothing() {
     );
 }
 
+/// An empty DATA frame that does not end its stream is legal (RFC 9113 §6.1). h2 counts them
+/// against a flood (CVE-2019-9518), and counted them over the connection's whole life: a client
+/// sending one per upload lost its kept connection at the 101st upload. They are counted since
+/// the last body the client ended; a flood on one stream still closes the connection.
+#[tokio::test]
+async fn h2_empty_data_frames_are_counted_per_body_not_per_connection() {
+    let rig = Rig::simple(&[]);
+    let target = q("/live/empty/obj.ts", &upload_token("/live/*"));
+    let head = hpack_literals(&[
+        (":method", "PUT"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", target.as_str()),
+    ]);
+    let mut c = RawH2::connect(rig.srv.addr);
+    for i in 0..120u32 {
+        let id = 1 + 2 * i;
+        c.send(H2_HEADERS, H2_END_HEADERS, id, &head);
+        c.send(H2_DATA, 0, id, b"");
+        c.send(H2_DATA, H2_END_STREAM, id, format!("{i:03}").as_bytes());
+        let frames = c.stream_frames(id);
+        assert!(
+            matches!(frames.first(), Some((H2_HEADERS, _, _))),
+            "upload {i} answered: {frames:?}"
+        );
+    }
+    assert_file(
+        &rig.vol("disk1").join("live/empty/obj.ts"),
+        b"119",
+        "the last upload",
+    );
+    // A flood of them in one body still ends the connection (ENHANCE_YOUR_CALM).
+    let mut c = RawH2::connect(rig.srv.addr);
+    c.send(H2_HEADERS, H2_END_HEADERS, 1, &head);
+    for _ in 0..101 {
+        c.send(H2_DATA, 0, 1, b"");
+    }
+    let got = c.frames(Duration::from_secs(2));
+    let goaway = got.iter().find(|f| f.0 == H2_GOAWAY).map(|f| {
+        let p = &f.3;
+        u32::from_be_bytes([p[4], p[5], p[6], p[7]])
+    });
+    assert_eq!(goaway, Some(0xb), "a flood: {got:?}");
+}
+
 /// HTTP/3 as HTTP/2: trailers with pseudo-header fields make an upload malformed (RFC 9114
 /// §4.1.2), so nothing is written and the old object stays; ordinary trailers still commit.
 #[tokio::test]

@@ -83,10 +83,18 @@ pub(super) struct Counts {
     /// Whether the DATA frame budget follows the target connection window.
     data_frame_budget_is_auto: bool,
 
-    /// Number of empty, non-final DATA frames received over the lifetime of
-    /// the connection.
+    /// Number of empty, non-final DATA frames received since a body last ended (segd
+    /// patch; upstream: over the lifetime of the connection).
     num_recv_empty_data_frames: usize,
+
+    /// segd patch: the last streams forgotten after the peer had ended them (END_STREAM
+    /// received): a DATA frame on one is the peer's error, never a frame in flight when the
+    /// stream was reset (RFC 9113 §5.1 "closed").
+    ended_by_peer: std::collections::VecDeque<StreamId>,
 }
+
+/// segd patch: how many forgotten streams the peer ended are remembered.
+const ENDED_BY_PEER_KEPT: usize = 64;
 
 impl Counts {
     /// Create a new `Counts` using the provided configuration values.
@@ -106,7 +114,13 @@ impl Counts {
             data_frame_budget: Budget::new(config.data_frame_budget.resolve(None)),
             data_frame_budget_is_auto: config.data_frame_budget.is_auto(),
             num_recv_empty_data_frames: 0,
+            ended_by_peer: std::collections::VecDeque::new(),
         }
+    }
+
+    /// segd patch: whether `id` is one of the last streams forgotten after the peer ended it.
+    pub(crate) fn was_ended_by_peer(&self, id: StreamId) -> bool {
+        self.ended_by_peer.contains(&id)
     }
 
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) {
@@ -135,6 +149,11 @@ impl Counts {
                 .replenish(payload_len - DEFAULT_DATA_FRAME_OVERHEAD_THRESHOLD);
             Ok(())
         }
+    }
+
+    /// segd patch: a body ended; the empty DATA frames counted so far are forgiven.
+    pub fn forgive_empty_data_frames(&mut self) {
+        self.num_recv_empty_data_frames = 0;
     }
 
     /// Releases the framing overhead of a DATA frame that is no longer
@@ -325,6 +344,12 @@ impl Counts {
 
         // Release the stream if it requires releasing
         if stream.is_released() {
+            if stream.state.was_ended_by_peer() {
+                if self.ended_by_peer.len() == ENDED_BY_PEER_KEPT {
+                    self.ended_by_peer.pop_front();
+                }
+                self.ended_by_peer.push_back(stream.id);
+            }
             stream.remove();
         }
     }

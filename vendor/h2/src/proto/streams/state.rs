@@ -381,6 +381,15 @@ impl State {
     }
 
     /// Returns true if the stream is already reset.
+    /// segd patch: whether the stream is closed and the peer had ended it (END_STREAM
+    /// received), whatever ended the local side.
+    pub fn was_ended_by_peer(&self) -> bool {
+        matches!(
+            self.inner,
+            Closed(Cause::EndStream) | Closed(Cause::ErrorAfterEndStream(_))
+        )
+    }
+
     pub fn is_reset(&self) -> bool {
         match self.inner {
             Closed(Cause::EndStream) => false,

@@ -660,6 +660,14 @@ impl Inner {
                     let sz = sz as WindowSize;
                     self.actions.recv.ignore_data(sz)?;
 
+                    // segd patch: DATA after the peer's own END_STREAM on a stream both
+                    // sides ended is a connection error (RFC 9113 §5.1, h2spec
+                    // http2/5.1/11), as HEADERS there is; on a stream reset before the
+                    // peer ended it, DATA may have been in flight: a stream error.
+                    if self.counts.was_ended_by_peer(id) {
+                        proto_err!(conn: "recv_data: stream {:?} was ended by the peer", id);
+                        return Err(Error::library_go_away(Reason::STREAM_CLOSED));
+                    }
                     return Err(Error::library_reset(id, Reason::STREAM_CLOSED));
                 }
 
@@ -682,6 +690,12 @@ impl Inner {
                     tracing::debug!("too many small DATA frames");
                     Error::library_go_away_data(Reason::ENHANCE_YOUR_CALM, "too_many_data_frames")
                 });
+            }
+            // segd patch: empty DATA frames are counted since the last body the peer ended
+            // (they were counted over the connection's life: every 101st upload on a kept
+            // connection of a client that sends one was cut).
+            if res.is_ok() && is_end_stream {
+                counts.forgive_empty_data_frames();
             }
 
             // Any stream error after receiving a DATA frame means
