@@ -732,6 +732,15 @@ async fn h2_frame_errors_carry_the_right_codes() {
     let (big_window, push_2) = (setting(4, 1 << 31), setting(2, 2));
     let (no_window, get_5) = (setting(4, 0), get.clone());
     let empty_name = [get.clone(), hpack_literals(&[("", "x")])].concat();
+    let upper_name = [get.clone(), hpack_literals(&[("X-Upper", "1")])].concat();
+    let lf_value = [get.clone(), hpack_literals(&[("x-a", "a\nb")])].concat();
+    let unknown_pseudo = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":test", "x"),
+        (":authority", "localhost"),
+        (":path", SEG),
+    ]);
     let connect = hpack_literals(&[(":method", "CONNECT")]);
     type Frame<'a> = (u8, u8, u32, &'a [u8]);
     let cases: Vec<(&str, Vec<Frame>, u8, u32)> = vec![
@@ -817,10 +826,40 @@ async fn h2_frame_errors_carry_the_right_codes() {
             H2_GOAWAY,
             PROTOCOL_ERROR,
         ),
+        // A field that is no valid field makes its request malformed: a stream error (RFC 9113
+        // §8.1.1, §8.2.1); they closed the connection, and every stream on it.
         (
             "an empty field name",
             vec![(H2_HEADERS, end_both, 1, &empty_name)],
-            H2_GOAWAY,
+            H2_RST_STREAM,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "an upper-case field name",
+            vec![(H2_HEADERS, end_both, 1, &upper_name)],
+            H2_RST_STREAM,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "LF in a field value",
+            vec![(H2_HEADERS, end_both, 1, &lf_value)],
+            H2_RST_STREAM,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "an unknown pseudo-header",
+            vec![(H2_HEADERS, end_both, 1, &unknown_pseudo)],
+            H2_RST_STREAM,
+            PROTOCOL_ERROR,
+        ),
+        (
+            "WINDOW_UPDATE of 0 on a stream",
+            vec![
+                (H2_SETTINGS, 0, 0, &no_window),
+                (H2_HEADERS, end_both, 1, &get),
+                (WINDOW_UPDATE, 0, 1, &[0; 4]),
+            ],
+            H2_RST_STREAM,
             PROTOCOL_ERROR,
         ),
         (
@@ -887,6 +926,64 @@ async fn h2_frame_errors_carry_the_right_codes() {
     }
     let r = request("GET", &srv.url(SEG), &[], true).await;
     assert_eq!(r.status, 200, "still serving");
+}
+
+/// A request with a field that is no valid field (RFC 9113 §8.2.1) is reset alone: a download
+/// in flight on the same connection completes (the connection was closed, cutting it at 0
+/// bytes), and such a field kept in the HPACK dynamic table stays there as the client's
+/// encoder has it: a later request naming it by index is malformed too, one naming other
+/// entries is served.
+#[tokio::test]
+async fn h2_a_malformed_field_resets_its_stream_only() {
+    use crate::util::h2raw::*;
+    const WINDOW_UPDATE: u8 = 8;
+    let (_d, srv) = one_volume("");
+    let full = demo_file(SEG);
+    let get = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", SEG),
+    ]);
+    let setting = |id: u16, v: u32| [&id.to_be_bytes()[..], &v.to_be_bytes()[..]].concat();
+    let end_both = H2_END_HEADERS | H2_END_STREAM;
+    let mut c = RawH2::connect(srv.addr);
+    // Stream 1's answer waits for window.
+    c.send(H2_SETTINGS, 0, 0, &setting(4, 0));
+    c.send(H2_HEADERS, end_both, 1, &get);
+    // Stream 3: `X-Up: 1` as a literal with incremental indexing (RFC 7541 §6.2.1): dynamic
+    // entry 62.
+    let indexed_upper = [&get[..], &[0x40, 4], b"X-Up", &[1], b"1"].concat();
+    c.send(H2_HEADERS, end_both, 3, &indexed_upper);
+    // Stream 5 names entry 62; stream 7 is a plain GET.
+    c.send(H2_HEADERS, end_both, 5, &[&get[..], &[0x80 | 62]].concat());
+    c.send(H2_HEADERS, end_both, 7, &get);
+    c.send(H2_SETTINGS, 0, 0, &setting(4, 1 << 20));
+    c.send(WINDOW_UPDATE, 0, 0, &(1u32 << 24).to_be_bytes());
+    let mut body: std::collections::HashMap<u32, usize> = Default::default();
+    let mut resets = Vec::new();
+    let mut ended = std::collections::HashSet::new();
+    let frames = c.frames(Duration::from_secs(2));
+    for (kind, flags, id, payload) in &frames {
+        match *kind {
+            H2_DATA => *body.entry(*id).or_default() += payload.len(),
+            H2_RST_STREAM => resets.push((*id, payload.clone())),
+            H2_GOAWAY => panic!("the connection was closed: {frames:?}"),
+            _ => {}
+        }
+        if matches!(*kind, H2_DATA | H2_HEADERS) && flags & H2_END_STREAM != 0 {
+            ended.insert(*id);
+        }
+    }
+    assert_eq!(
+        resets,
+        vec![(3, vec![0, 0, 0, 1]), (5, vec![0, 0, 0, 1])],
+        "{frames:?}"
+    );
+    for id in [1, 7] {
+        assert!(ended.contains(&id), "stream {id} ended: {frames:?}");
+        assert_eq!(body.get(&id), Some(&full.len()), "stream {id}'s body");
+    }
 }
 
 /// Two field lines of a singleton field are one list (RFC 9110 §5.3): two `If-Modified-Since`

@@ -264,6 +264,13 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::WindowUpdate::load(head, &bytes[frame::HEADER_LEN..]);
 
             res.map_err(|e| {
+                // segd patch: an increment of 0 is a stream error on a stream, a connection
+                // error only on stream 0 (RFC 9113 §6.9).
+                if matches!(e, frame::Error::InvalidWindowUpdateValue) && head.stream_id() != 0 {
+                    let id = head.stream_id();
+                    proto_err!(stream: "WINDOW_UPDATE of 0 on stream={:?}", id);
+                    return Error::library_reset(id, Reason::PROTOCOL_ERROR);
+                }
                 proto_err!(conn: "failed to load WINDOW_UPDATE frame; err={:?}", e);
                 Error::library_go_away(load_error_reason(&e))
             })?

@@ -963,6 +963,11 @@ impl HeaderBlock {
                 Path(v) => set_pseudo!(path, v),
                 Protocol(v) => set_pseudo!(protocol, v),
                 Status(v) => set_pseudo!(status, v),
+                // segd patch: no valid field (RFC 9113 §8.2.1): a malformed message.
+                Invalid { .. } => {
+                    tracing::trace!("load_hpack; header malformed -- invalid field");
+                    malformed = true;
+                }
             }
 
             ControlFlow::Continue(())

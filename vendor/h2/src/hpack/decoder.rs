@@ -301,12 +301,21 @@ impl Decoder {
             // Read the name as a literal
             let name = name_marker.consume(buf);
             let value = value_marker.consume(buf);
-            Header::new(name, value)
+            // segd patch: a field that is no valid field is kept as such (a stream error
+            // above), not a decoding error (a connection error).
+            Ok(Header::new(name.clone(), value.clone())
+                .unwrap_or(Header::Invalid { name, value }))
         } else {
             let e = self.table.get(table_idx)?;
             let value = self.decode_string(buf)?;
 
-            e.name().into_entry(value)
+            Ok(match e.name().into_entry(value.clone()) {
+                Ok(header) => header,
+                Err(_) => Header::Invalid {
+                    name: Bytes::copy_from_slice(e.name().as_slice()),
+                    value,
+                },
+            })
         }
     }
 

@@ -17,6 +17,12 @@ pub enum Header<T = HeaderName> {
     Path(BytesStr),
     Protocol(Protocol),
     Status(StatusCode),
+    /// segd patch: a field that decoded well but is no valid field (RFC 9113 §8.2.1: a name
+    /// with upper case or a character outside a token, a value with NUL, CR or LF, an unknown
+    /// pseudo-header, an unparsable pseudo-header value). It makes its message malformed, a
+    /// stream error; kept with its bytes so the dynamic table stays as the peer's encoder
+    /// has it (upstream h2 failed the decoding: a connection error).
+    Invalid { name: Bytes, value: Bytes },
 }
 
 /// The header field name
@@ -29,6 +35,8 @@ pub enum Name<'a> {
     Path,
     Protocol,
     Status,
+    /// segd patch: the name of a [`Header::Invalid`].
+    Invalid(&'a Bytes),
 }
 
 #[doc(hidden)]
@@ -56,6 +64,7 @@ impl Header<Option<HeaderName>> {
             Path(v) => Path(v),
             Protocol(v) => Protocol(v),
             Status(v) => Status(v),
+            Invalid { name, value } => Invalid { name, value },
         })
     }
 }
@@ -117,6 +126,10 @@ impl Header {
             Header::Path(ref v) => 32 + 5 + v.len(),
             Header::Protocol(ref v) => 32 + 9 + v.as_str().len(),
             Header::Status(_) => 32 + 7 + 3,
+            Header::Invalid {
+                ref name,
+                ref value,
+            } => 32 + name.len() + value.len(),
         }
     }
 
@@ -130,6 +143,7 @@ impl Header {
             Header::Path(..) => Name::Path,
             Header::Protocol(..) => Name::Protocol,
             Header::Status(..) => Name::Status,
+            Header::Invalid { ref name, .. } => Name::Invalid(name),
         }
     }
 
@@ -142,6 +156,7 @@ impl Header {
             Header::Path(ref v) => v.as_ref(),
             Header::Protocol(ref v) => v.as_ref(),
             Header::Status(ref v) => v.as_str().as_ref(),
+            Header::Invalid { ref value, .. } => value.as_ref(),
         }
     }
 
@@ -176,6 +191,10 @@ impl Header {
             },
             Header::Status(ref a) => match *other {
                 Header::Status(ref b) => a == b,
+                _ => false,
+            },
+            Header::Invalid { value: ref a, .. } => match *other {
+                Header::Invalid { value: ref b, .. } => a == b,
                 _ => false,
             },
         }
@@ -225,6 +244,7 @@ impl From<Header> for Header<Option<HeaderName>> {
             Header::Path(v) => Header::Path(v),
             Header::Protocol(v) => Header::Protocol(v),
             Header::Status(v) => Header::Status(v),
+            Header::Invalid { name, value } => Header::Invalid { name, value },
         }
     }
 }
@@ -248,6 +268,10 @@ impl<'a> Name<'a> {
                     Err(_) => Err(DecoderError::InvalidStatusCode),
                 }
             }
+            Name::Invalid(name) => Ok(Header::Invalid {
+                name: name.clone(),
+                value,
+            }),
         }
     }
 
@@ -260,6 +284,7 @@ impl<'a> Name<'a> {
             Name::Path => b":path",
             Name::Protocol => b":protocol",
             Name::Status => b":status",
+            Name::Invalid(name) => name.as_ref(),
         }
     }
 }
