@@ -393,6 +393,43 @@ fn host_rules_hold_after_the_hand_over() {
     );
 }
 
+/// A bare LF after a chunked body's last chunk, or ending a trailer line, is no line end for
+/// segd but is one for a peer that takes a bare LF for one (RFC 9112 §2.2 allows it; nginx
+/// and HAProxy do): hyper read on, took the next request's head for trailers and served the
+/// request hidden in its body. Now the body is an error: the connection closes, nothing after
+/// it is served (acceptance finding, session 32).
+#[test]
+fn a_bare_lf_in_the_chunked_trailer_section_smuggles_nothing() {
+    let (_d, srv) = start("");
+    let hidden = "GET /vod/t1/hls/master.m3u8 HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cover = format!(
+        "POST /vod/t1/hls/64k/seg_00002.ts HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    );
+    for end in ["0\r\n\n", "0\r\nX: 1\n\n", "0\r\nX: 1\r\nY: 2\n\n"] {
+        let req = format!(
+            "GET {SEG} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{end}{cover}"
+        );
+        let out = raw(srv.addr, req.as_bytes(), Duration::from_secs(3));
+        let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        assert!(
+            !text.contains("mpegurl"),
+            "{end:?}: the hidden request was served: {text:.600}"
+        );
+        assert!(
+            text.matches("http/1.1 ").count() <= 1,
+            "{end:?}: one answer at most: {text:.600}"
+        );
+    }
+    // A well-formed trailer section still ends the body, and the next request is served.
+    let req = format!(
+        "GET {SEG} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\r\n\r\n{hidden}"
+    );
+    let out = raw(srv.addr, req.as_bytes(), Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert_eq!(text.matches("http/1.1 200").count(), 2, "{text:.600}");
+}
+
 /// The HTTP/2 preface has one `header_read_timeout` in all, as a request head does: a byte
 /// every second does not keep the connection.
 #[test]
