@@ -1213,6 +1213,17 @@ async fn malformed_heads_get_the_fast_paths_answers_over_tls() {
         // chunked not the final coding: 400 (RFC 9112 §6.3), not 501.
         (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, identity\r\n\r\n"), 400),
         (format!("GET http://user:pw@t{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+        // The authority of an absolute target is checked as a `Host` (plaintext served these).
+        (format!("GET http://t:80:80{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+        (format!("GET http://t:xx{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+        (format!("GET http://[::1{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+        // Characters no URI has (plaintext served them, TLS refused them).
+        (format!("GET {SEG}?q=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+        ("GET /vod/x<.ts HTTP/1.1\r\nHost: t\r\n\r\n".to_string(), 400),
+        // `chunked,` (hyper answered its own empty 400 on both) and a CONNECT with content.
+        (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked,\r\n\r\n0\r\n\r\n"), 400),
+        (format!("POST {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: \r\n\r\n0\r\n\r\n"), 400),
+        ("CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\nContent-Length: 5\r\n\r\nhello".to_string(), 400),
         (format!("GET http://{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         (format!("G@T {SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         (format!("GET {SEG} HTTP/2.0\r\nHost: t\r\n\r\n"), 505),

@@ -65,7 +65,8 @@ pub fn host_ok(headers: &HeaderMap, http11: bool) -> bool {
 /// `uri-host [ ":" port ]` (RFC 3986 §3.2.2, §3.2.3), or empty: an IP literal in brackets (hex
 /// digits, `:` and `.`), or a name of unreserved, percent-encoded and sub-delim characters (an
 /// IPv4 address is one); the port all digits. `x:-1`, `x:80:80`, `[::1` and `::1` were taken.
-fn host_value_ok(v: &[u8]) -> bool {
+/// Also the authority of an HTTP/1.1 absolute-form target, which stands for `Host` there.
+pub(super) fn host_value_ok(v: &[u8]) -> bool {
     let (host, port) = match v.first() {
         None => return true,
         Some(b'[') => {

@@ -59,6 +59,16 @@ impl Answer {
     }
 }
 
+/// Whether the last `Transfer-Encoding` line ends with `chunked` (its last list element, blank
+/// ones included, as hyper reads it).
+fn last_coding_is_chunked(head: &Head) -> bool {
+    (head.headers.get_all(http::header::TRANSFER_ENCODING).iter())
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+}
+
 /// What segd checks in a parsed head before the handler, in order: message framing (RFC 9112
 /// §6.3: one valid `Content-Length` at most, never with `Transfer-Encoding`), transfer codings
 /// (`chunked` only, and none in HTTP/1.0: §6.1), and the request target.
@@ -71,6 +81,16 @@ pub(super) fn screen(head: &Head) -> Result<Framing, Answer> {
         }
         // segd decodes `chunked` and nothing else.
         handler::check_transfer_codings(&head.headers).map_err(Answer)?;
+        // hyper, which decodes it, looks at the last element of the last line only: after
+        // `chunked,` or an empty last line it answered its own empty 400.
+        if !last_coding_is_chunked(head) {
+            return Err(Answer(Refusal::Malformed));
+        }
+    }
+    // A CONNECT request has no content (RFC 9110 §9.3.6): framing one is ambiguous (hyper
+    // read it as content over TLS, the fast path left it unread).
+    if head.method == http::Method::CONNECT && framing != Framing::NoBody {
+        return Err(Answer(Refusal::Malformed));
     }
     if split_target(head).is_none() {
         return Err(Answer::BAD_REQUEST);

@@ -314,8 +314,13 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
         let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, path_query) = rest.split_at(end);
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        // No host, or userinfo (RFC 9110 §4.2.4: a recipient treats it as an error).
-        if host.is_empty() || authority.contains('@') {
+        // No host, userinfo (RFC 9110 §4.2.4: a recipient treats it as an error), or an
+        // authority that is no `uri-host [":" port]`, as a `Host` must be: it stands for
+        // `Host` here (RFC 9112 §3.2.2). `http://a:80:80/` and `http://a:xx/` were served.
+        if host.is_empty()
+            || authority.contains('@')
+            || !crate::http::headers::host_value_ok(authority.as_bytes())
+        {
             return None;
         }
         if path_query.is_empty() || path_query.starts_with('#') {
@@ -331,6 +336,14 @@ pub(super) fn split_target(head: &Head) -> Option<(&str, Option<&str>)> {
         path_query
     };
     let path_query = path_query.split('#').next().unwrap_or("");
+    // Characters no URI has (RFC 3986 §2) that hyper's parser refuses on the TLS listener:
+    // the same 400 here. (It takes a backtick in the query.)
+    let (path, query) = path_query.split_once('?').unwrap_or((path_query, ""));
+    if path.bytes().any(|b| matches!(b, b'"' | b'<' | b'>' | b'`'))
+        || query.bytes().any(|b| matches!(b, b'"' | b'<' | b'>'))
+    {
+        return None;
+    }
     Some(match path_query.split_once('?') {
         // `http://host?q`: the path is empty, so it is `/`.
         Some(("", q)) => ("/", Some(q)),
@@ -433,6 +446,29 @@ mod tests {
         );
         assert_eq!(split_target(&head("CONNECT", "host:443/x", &[])), None);
         assert_eq!(split_target(&head("CONNECT", "", &[])), None);
+        // An absolute-form authority is a `Host`: checked as one.
+        for bad in [
+            "http://a:80:80/a.ts",
+            "http://[::1/a.ts",
+            "http://a:xx/a.ts",
+        ] {
+            assert_eq!(split_target(&head("GET", bad, &[])), None, "{bad}");
+        }
+        let h = head("GET", "http://[::1]:8080/a.ts", &[]);
+        assert_eq!(split_target(&h), Some(("/a.ts", None)));
+        // Characters hyper's URI parser refuses (over TLS): refused here too.
+        for bad in [
+            "/a\"b.ts",
+            "/a<.ts",
+            "/a>.ts",
+            "/a`.ts",
+            "/a.ts?q=\"x\"",
+            "/a.ts?<",
+        ] {
+            assert_eq!(split_target(&head("GET", bad, &[])), None, "{bad}");
+        }
+        let h = head("GET", "/a{b}|^.ts?q=`", &[]);
+        assert_eq!(split_target(&h), Some(("/a{b}|^.ts", Some("q=`"))));
     }
 
     const LIMITS: Limits = Limits {
