@@ -73,7 +73,9 @@ pub fn server_configs(t: &TlsConfig) -> Result<TlsConfigs, TlsError> {
         .map_err(|e| ("tls".to_string(), e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&resolver));
-    tcp.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `http/1.0` too: a client offering only it (`curl --http1.0`) was refused the handshake
+    // (no_application_protocol); it is served as HTTP/1.1's listener serves HTTP/1.0.
+    tcp.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     tcp.ticketer = Arc::clone(&ticketer);
 
     let mut quic = rustls::ServerConfig::builder_with_provider(provider)

@@ -380,6 +380,24 @@ fn host_rules_hold_after_the_hand_over() {
         assert_eq!(statuses(format!("{first}{bad}")), vec![200, 400], "{bad:?}");
         assert_eq!(statuses(bad.clone()), vec![400], "fast path: {bad:?}");
     }
+    // An HTTP/1.0 keep-alive request segd answers with `close` is told `close` alone (hyper
+    // appended `keep-alive`: `Connection: close, keep-alive`, and `ab -k` counted a failure),
+    // and the connection closes.
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let refused = format!("GET http://u@t{SEG} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    s.write_all(format!("{first}{refused}").as_bytes())
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    let second = text.rfind("http/1.").map_or("", |i| &text[i..]);
+    assert!(second.starts_with("http/1.0 400"), "{text:.900}");
+    let connection: Vec<&str> = (second.lines())
+        .filter_map(|l| l.strip_prefix("connection: "))
+        .collect();
+    assert_eq!(connection, vec!["close"], "{second}");
     // HTTP/1.0 needs none; IPv6 literals and ports are hosts.
     assert_eq!(
         statuses(format!("{first}GET {SEG} HTTP/1.0\r\n\r\n")),

@@ -215,6 +215,32 @@ async fn handshakes_alpn_and_the_same_semantics() {
         Some("public, max-age=31536000, immutable")
     );
 
+    // A client offering only `http/1.0` (`curl --http1.0 https://…`) was refused the
+    // handshake (no_application_protocol).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = connect(
+            &srv,
+            &pki.client(&[&rustls::version::TLS13], &[b"http/1.0"]),
+        )
+        .await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.0"[..]));
+        tls.write_all(format!("GET {SEG} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut out = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), tls.read_to_end(&mut out));
+        let _ = read.await;
+        assert_eq!(
+            raw_status(&out),
+            200,
+            "{:.300}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(out.ends_with(&full), "the object, then close");
+    }
+
     // TLS 1.2 only.
     let tls = connect(
         &srv,

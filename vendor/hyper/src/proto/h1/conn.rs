@@ -671,6 +671,14 @@ where
     // Fix keep-alive when Connection: keep-alive header is not present
     fn fix_keep_alive(&mut self, head: &mut MessageHead<T::Outgoing>) {
         let connection_entry = head.headers.entry(CONNECTION);
+        // segd patch (vendor/hyper/SEGD-PATCH.md): a response that says `close` closes the
+        // connection; `keep-alive` was appended to it (`Connection: close, keep-alive`).
+        if let Entry::Occupied(entry) = &connection_entry {
+            if entry.iter().any(headers::connection_close) {
+                self.state.disable_keep_alive();
+                return;
+            }
+        }
         let outgoing_is_keep_alive = match &connection_entry {
             Entry::Occupied(entry) => entry.iter().any(headers::connection_keep_alive),
             Entry::Vacant(_) => false,
