@@ -934,6 +934,78 @@ async fn edge_miss_is_fetched_then_hit_with_upstream_headers() {
 // ---------------------------------------------------------------------------------------------
 // 2. Single flight
 
+/// A date the edge cannot vouch for is never a validator (acceptance findings, session 32):
+/// - a copy whose upstream withheld `Last-Modified` (segd does, for a replaceable playlist in
+///   the second it was written) is sent without one; the edge made one of its fetch time,
+///   which shared its second with the next version's real date, and a date-only revalidation
+///   got 304 for changed bytes, from the edge and from the origin;
+/// - a pulled live playlist: its versions share seconds (a new one each part) and the edge has
+///   no live state to tell them apart, so `If-Modified-Since` alone is never a 304 there (the
+///   ETag still is).
+#[tokio::test]
+async fn edge_dates_never_revalidate_what_they_cannot_tell_apart() {
+    let origin = Origin::start("");
+    let vod = "/vod/lm/index.m3u8";
+    let live = "/live/lm/index.m3u8";
+    publish(
+        &origin.root(),
+        live,
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\na.ts\n",
+    );
+    let edge = Edge::start(
+        &keys(&[]),
+        &[
+            http_upstream("origin", &origin.base(), ""),
+            http_upstream("live", &origin.base(), "").replace("\"/vod/\"", "\"/live/\""),
+        ],
+    );
+    early_in_a_second();
+    publish(&origin.root(), vod, b"#EXTM3U\n#EXT-X-ENDLIST\n");
+    let first = must("GET", &edge.url(vod), &[], false).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        first.header("last-modified"),
+        None,
+        "the origin withheld it"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = must("GET", &edge.url(vod), &[], false).await;
+    assert_eq!(
+        later.header("last-modified"),
+        None,
+        "none made up: {:?}",
+        later.headers
+    );
+    let etag = later.header("etag").expect("etag").to_string();
+    for h2 in [false, true] {
+        let now = segd::http::http_date(std::time::SystemTime::now());
+        let r = must("GET", &edge.url(vod), &[("if-modified-since", &now)], h2).await;
+        assert_eq!(r.status, 200, "a date matches no undated copy (h2={h2})");
+        let r = must("GET", &edge.url(vod), &[("if-none-match", &etag)], h2).await;
+        assert_eq!(r.status, 304, "its ETag does (h2={h2})");
+        let r = must(
+            "GET",
+            &edge.url(vod),
+            &[("range", "bytes=0-3"), ("if-range", &now)],
+            h2,
+        )
+        .await;
+        assert_eq!(r.status, 200, "nor does a date If-Range (h2={h2})");
+    }
+    // A pulled live playlist keeps the upstream's date, but is not revalidated by it.
+    let r = must("GET", &edge.url(live), &[], false).await;
+    assert_eq!(r.status, 200);
+    let lm = r
+        .header("last-modified")
+        .expect("the upstream's date")
+        .to_string();
+    let etag = r.header("etag").expect("etag").to_string();
+    let r = must("GET", &edge.url(live), &[("if-modified-since", &lm)], false).await;
+    assert_eq!(r.status, 200, "a pulled live playlist by date");
+    let r = must("GET", &edge.url(live), &[("if-none-match", &etag)], false).await;
+    assert_eq!(r.status, 304, "by ETag");
+}
+
 #[tokio::test]
 async fn edge_concurrent_misses_make_one_upstream_request() {
     let origin = Origin::start("");

@@ -149,7 +149,7 @@ pub fn write_allowed(h: &HeaderMap, current: Option<(&str, SystemTime)>) -> bool
 /// Whether a `Range` should be honoured given `If-Range` (absent → yes). An entity-tag must
 /// match strongly; a date must equal `Last-Modified` exactly.
 /// Two field lines make no one validator: the condition is false (the whole object is sent).
-pub fn if_range_allows(h: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+pub fn if_range_allows(h: &HeaderMap, etag: &str, modified: Option<SystemTime>) -> bool {
     let mut fields = h.get_all(IF_RANGE).iter();
     let v = match (fields.next(), fields.next()) {
         (None, _) => return true,
@@ -166,7 +166,7 @@ pub fn if_range_allows(h: &HeaderMap, etag: &str, modified: SystemTime) -> bool 
     if v.starts_with("W/") {
         return false;
     }
-    httpdate::parse_http_date(v).is_ok_and(|d| secs(d) == secs(modified))
+    httpdate::parse_http_date(v).is_ok_and(|d| modified.is_some_and(|m| secs(d) == secs(m)))
 }
 
 #[cfg(test)]
@@ -323,19 +323,26 @@ mod tests {
         assert!(!if_range_allows(
             &hm(&[(IF_RANGE, "W/\"abc\"")]),
             "W/\"abc\"",
-            t
+            Some(t)
         ));
-        assert!(if_range_allows(&hm(&[]), TAG, t));
-        assert!(if_range_allows(&hm(&[(IF_RANGE, TAG)]), TAG, t));
-        assert!(!if_range_allows(&hm(&[(IF_RANGE, "\"x\"")]), TAG, t));
-        assert!(!if_range_allows(&hm(&[(IF_RANGE, "W/\"abc\"")]), TAG, t));
-        assert!(if_range_allows(&hm(&[(IF_RANGE, &date)]), TAG, t));
+        assert!(if_range_allows(&hm(&[]), TAG, Some(t)));
+        assert!(if_range_allows(&hm(&[(IF_RANGE, TAG)]), TAG, Some(t)));
+        assert!(!if_range_allows(&hm(&[(IF_RANGE, "\"x\"")]), TAG, Some(t)));
+        assert!(!if_range_allows(
+            &hm(&[(IF_RANGE, "W/\"abc\"")]),
+            TAG,
+            Some(t)
+        ));
+        assert!(if_range_allows(&hm(&[(IF_RANGE, &date)]), TAG, Some(t)));
         assert!(!if_range_allows(
             &hm(&[(IF_RANGE, TAG), (IF_RANGE, TAG)]),
             TAG,
-            t
+            Some(t)
         ));
-        assert!(!if_range_allows(&hm(&[(IF_RANGE, &earlier)]), TAG, t));
+        assert!(!if_range_allows(&hm(&[(IF_RANGE, &earlier)]), TAG, Some(t)));
+        // An object without a date matches no date.
+        assert!(!if_range_allows(&hm(&[(IF_RANGE, &date)]), TAG, None));
+        assert!(if_range_allows(&hm(&[(IF_RANGE, TAG)]), TAG, None));
     }
 
     #[test]

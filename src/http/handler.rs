@@ -470,8 +470,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
 
     // 7. Preconditions.
     let etag = object.etag.to_str().unwrap_or_default().to_owned();
-    let modified = object.modified();
-    let date = validator_date(cx, &canonical, live && hls, &object, modified);
+    let date = validator_date(cx, &canonical, live && hls, &object);
     let mut headers = preconditions(cx, &etag, date, headers)?;
 
     // 8. Range (defined for GET only, RFC 9110 §14.2; a stream of unknown length is sent whole).
@@ -485,7 +484,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         return Ok(reply(StatusCode::OK, headers, body));
     };
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    let decision = range_decision(cx, &etag, modified, len);
+    let decision = range_decision(cx, &etag, date, len);
 
     // 9. Headers and body.
     let (status, offset, count) = match decision {
@@ -527,9 +526,11 @@ fn validator_date(
     canonical: &str,
     live_hls: bool,
     object: &Object,
-    modified: std::time::SystemTime,
 ) -> Option<std::time::SystemTime> {
-    if live_hls {
+    let modified = object.modified();
+    if object.undated {
+        None
+    } else if live_hls {
         super::live::playlist_date(cx, canonical, &object.etag, modified)
     } else {
         Some(modified)
@@ -540,7 +541,7 @@ fn validator_date(
 fn range_decision(
     cx: &Cx<'_>,
     etag: &str,
-    modified: std::time::SystemTime,
+    modified: Option<std::time::SystemTime>,
     len: u64,
 ) -> RangeDecision {
     let h = cx.req.headers;
@@ -561,12 +562,11 @@ fn body_span(cx: &Cx<'_>, canonical: &str, live_hls: bool, object: &Object) -> O
         return None;
     }
     let etag = object.etag.to_str().unwrap_or_default();
-    let modified = object.modified();
-    let date = validator_date(cx, canonical, live_hls, object, modified);
+    let date = validator_date(cx, canonical, live_hls, object);
     if conditional::evaluate(cx.req.headers, etag, date) != Outcome::Proceed {
         return None;
     }
-    let span = match range_decision(cx, etag, modified, len) {
+    let span = match range_decision(cx, etag, date, len) {
         RangeDecision::Full => (0, len),
         RangeDecision::Partial { start, end } => (start, end - start + 1),
         RangeDecision::Unsatisfiable => return None,
@@ -843,7 +843,8 @@ fn rewritten(
         headers.insert(LAST_MODIFIED, lm);
     }
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
-    let date = super::live::playlist_date(cx, canonical, &object.etag, object.modified());
+    let date = super::live::playlist_date(cx, canonical, &object.etag, object.modified())
+        .filter(|_| !object.undated);
     let mut headers = preconditions(cx, &out.etag, date, headers)?;
     headers.insert(CONTENT_TYPE, out.content_type);
     headers.insert(CONTENT_LENGTH, HeaderValue::from(out.body.len()));

@@ -198,7 +198,8 @@ fn answer_preconditions(cx: &Cx<'_>, h: HeaderMap, date_shared: bool) -> Result<
 
 /// The date a live playlist's preconditions may compare: `None` when the registry's current
 /// version shares its second with the version before it, or is not this object (a version
-/// between two publications: the registry cannot vouch for its date).
+/// between two publications), or the registry has none (a pulled copy it never read, whose
+/// versions may share a second as the origin's do): the registry cannot vouch for its date.
 pub(super) fn playlist_date(
     cx: &Cx<'_>,
     canonical: &str,
@@ -209,7 +210,7 @@ pub(super) fn playlist_date(
         .rt
         .live
         .current(canonical)
-        .is_some_and(|s| s.date_shared || s.etag != *etag);
+        .is_none_or(|s| s.date_shared || s.etag != *etag);
     (!unsure).then_some(modified)
 }
 

@@ -152,6 +152,11 @@ pub struct Object {
     /// Strong validator (see `volumes::object` for the rule).
     pub etag: HeaderValue,
     pub last_modified: HeaderValue,
+    /// No date is known for this version: a pulled copy whose upstream sent no
+    /// `Last-Modified` (only an `ETag`, or no validator). None is sent, and a date condition
+    /// finds no date to compare (a date made up here, the fetch time, shared its second with
+    /// the next version's real date: a date-only revalidation got 304 for changed bytes).
+    pub undated: bool,
     /// Still being written (read-while-write): no validators yet, never cacheable.
     pub growing: bool,
     /// An upstream's `Content-Type` and `Cache-Control` (pulled objects), sent as they are.
@@ -206,6 +211,7 @@ impl Object {
             },
             etag: HeaderValue::from_static("\"growing\""),
             last_modified: HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+            undated: false,
             growing: true,
             content_type: None,
             cache_control: None,
@@ -221,6 +227,7 @@ impl Object {
             meta: open.meta,
             etag: open.etag.clone(),
             last_modified: open.last_modified.clone(),
+            undated: false,
             growing: false,
             content_type: None,
             cache_control: None,
@@ -254,6 +261,7 @@ impl Object {
     }
 
     /// The `Last-Modified` it is sent with (`None`: none).
+    /// - An undated object (see [`Object::undated`]) has none.
     /// - A time in a second later than the clock's (a file touched into the future, copied
     ///   from a machine whose clock ran ahead) is not sent (RFC 9110 §8.8.2.1: never later
     ///   than `Date`); it is a validator again once the clock has reached it.
@@ -266,6 +274,9 @@ impl Object {
     ///   does. (Live playlists, replaced every part, keep their date: the live state knows
     ///   when two versions share one and does not compare it.)
     pub fn last_modified(&self, replaceable: bool) -> Option<HeaderValue> {
+        if self.undated {
+            return None;
+        }
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -1680,8 +1680,9 @@ impl Pull {
         if let Some(e) = &meta.etag {
             o.etag = e.clone();
         }
-        if let Some(lm) = &meta.last_modified {
-            o.last_modified = lm.clone();
+        match &meta.last_modified {
+            Some(lm) => o.last_modified = lm.clone(),
+            None => o.undated = true,
         }
         o.content_type = meta.content_type.clone();
         o.extra = Some(meta.served_headers());
@@ -2431,9 +2432,11 @@ impl Pull {
         let etag = entity_tag(segd(crate::store::write_through::META_ETAG))
             .or_else(|| entity_tag(get(ETAG)))
             .unwrap_or_else(|| made_etag(received));
+        // No date is made up: the fetch time shared its second with the next version's real
+        // date, and a date-only revalidation got 304 for changed bytes. The ETag (the
+        // upstream's, else made) tells versions apart.
         let last_modified = keepable(segd(crate::store::write_through::META_LAST_MODIFIED))
-            .or_else(|| keepable(get(LAST_MODIFIED)))
-            .or_else(|| HeaderValue::from_str(&crate::http::http_date(received)).ok());
+            .or_else(|| keepable(get(LAST_MODIFIED)));
         let content_encoding = get(CONTENT_ENCODING).filter(|v| {
             !v.to_str()
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"))
@@ -2980,6 +2983,7 @@ fn object(
             .last_modified
             .clone()
             .unwrap_or(HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")),
+        undated: meta.last_modified.is_none(),
         growing: false,
         content_type: meta.content_type.clone(),
         cache_control: meta.served_cache_control(unstated),

@@ -55,6 +55,7 @@ pub(super) fn wrap(object: &Object) -> Option<Object> {
         meta: object.meta,
         etag: object.etag.clone(),
         last_modified: object.last_modified.clone(),
+        undated: object.undated,
         growing: false,
         content_type: None,
         cache_control: None,
