@@ -1288,8 +1288,21 @@ async fn edge_stale_if_error_serves_an_expired_playlist() {
     let want = origin.file(PLAYLIST);
     let direct = must("HEAD", &format!("{}{PLAYLIST}", origin.base()), &[], false).await;
     assert_eq!(direct.header("cache-control"), Some("public, max-age=1"));
-    let up = [http_upstream("origin", &origin.base(), "")];
-    let stale = Edge::start(&keys(FAST_TIMEOUTS), &up);
+    // A live playlist, whose stale copy stands in for a short blip only.
+    let live = "/live/s1/index.m3u8";
+    publish(
+        &origin.root(),
+        live,
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\na.ts\n",
+    );
+    let up = [
+        http_upstream("origin", &origin.base(), ""),
+        http_upstream("live", &origin.base(), "").replace("\"/vod/\"", "\"/live/\""),
+    ];
+    let mut stale_keys = FAST_TIMEOUTS.to_vec();
+    stale_keys.push(("live_stale_if_error", "\"2s\""));
+    let stale = Edge::start(&keys(&stale_keys), &up);
+    assert_eq!(must("GET", &stale.url(live), &[], false).await.status, 200);
     let strict = Edge::start(
         &keys(&[
             ("stale_if_error", "\"0s\""),
@@ -1347,6 +1360,19 @@ async fn edge_stale_if_error_serves_an_expired_playlist() {
     let n = stale.cache_statuses(PLAYLIST).len() + 1;
     let _ = must("GET", &stale.url(PLAYLIST), &[], true).await;
     assert_eq!(stale.nth_cache_status(PLAYLIST, n).await, "stale");
+
+    // The live playlist: 502 once `live_stale_if_error` past its lifetime (a copy minutes old
+    // hid the outage from players for the hour of `stale_if_error`), while the VOD playlist
+    // is still served stale.
+    let mut status = 0;
+    eventually(Duration::from_secs(10), async || {
+        status = must("GET", &stale.url(live), &[], false).await.status;
+        status != 200
+    })
+    .await;
+    assert_eq!(status, 502, "a live playlist is not served stale for long");
+    let r = must("GET", &stale.url(PLAYLIST), &[], false).await;
+    assert!(r.status == 200 && r.header("warning").is_some(), "{r:?}");
 
     // With stale_if_error = 0s: 502 once the copy has expired.
     let mut status = 0;
@@ -3552,7 +3578,7 @@ async fn edge_llhls_passthrough_errors_are_not_cacheable() {
 /// from its bytes; `text/vnd.trolltech.linguist`, what `aws s3 cp` on Debian stores for a `.ts`:
 /// acceptance M6) does not override segd's table: the segment and the playlist go out with
 /// their own types, on the miss and from the copy. A specific upstream type is kept. A
-/// `Last-Modified` that is not a date is not passed on (acceptance M8): the fill's own is.
+/// `Last-Modified` that is not a date is not passed on (acceptance M8), and no date is made.
 #[tokio::test]
 async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
     let root = tempfile::tempdir().expect("tempdir");
@@ -3575,11 +3601,10 @@ async fn edge_generic_upstream_type_gives_way_to_the_extension_table() {
         let miss = must("GET", &edge.url(path), &[], false).await;
         assert_eq!(miss.status, 200, "{path}");
         assert_eq!(miss.header("content-type"), Some(want), "{path}: the miss");
-        // (A playlist goes without one during the second it was made: the fill's.)
+        // A date that is no date is not passed on, and none is made up in its place.
         let lm = miss.header("last-modified");
         assert!(
-            lm.is_some_and(|d| httpdate::parse_http_date(d).is_ok())
-                || (lm.is_none() && path.ends_with(".m3u8")),
+            lm.is_none_or(|d| httpdate::parse_http_date(d).is_ok()),
             "{path}: {lm:?}"
         );
         stored += miss.bytes().len();

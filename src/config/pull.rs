@@ -15,6 +15,10 @@ pub struct PullConfig {
     pub max_bytes: u64,
     pub negative_ttl: Duration,
     pub stale_if_error: Duration,
+    /// `stale_if_error` for playlists and manifests under the live prefixes: a live playlist
+    /// minutes old hides an outage from players (they wait for segments instead of failing
+    /// over), so it stands in for a short blip only.
+    pub live_stale_if_error: Duration,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
@@ -77,6 +81,7 @@ pub(super) const PULL_KEYS: &[&str] = &[
     "max_bytes",
     "negative_ttl",
     "stale_if_error",
+    "live_stale_if_error",
     "connect_timeout",
     "first_byte_timeout",
     "idle_timeout",
@@ -113,6 +118,8 @@ pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
         Duration::ZERO,
         secs(30 * 86_400),
     );
+    let live_stale_if_error =
+        s.duration("live_stale_if_error", secs(6), Duration::ZERO, secs(3600));
     let connect_timeout = s.duration(
         "connect_timeout",
         secs(2),
@@ -160,6 +167,7 @@ pub(super) fn parse_pull(s: &Section, base: &Path) -> PullConfig {
         max_bytes,
         negative_ttl,
         stale_if_error,
+        live_stale_if_error,
         connect_timeout,
         first_byte_timeout,
         idle_timeout,

@@ -1595,10 +1595,13 @@ impl Pull {
                     if !meta.may_serve_stale() {
                         return Err(Miss::UpstreamTimeout);
                     }
-                    if meta.age()
-                        <= self.conf.load().cfg.stale_if_error.as_secs()
-                            + meta.max_age(unstated).unwrap_or(0)
-                    {
+                    let cfg = &self.conf.load().cfg;
+                    let window = if live && class == ObjectClass::Playlist {
+                        cfg.live_stale_if_error
+                    } else {
+                        cfg.stale_if_error
+                    };
+                    if meta.age() <= window.as_secs() + meta.max_age(unstated).unwrap_or(0) {
                         if let Ok(mut o) = self
                             .hit(local, cache_vol, rel, unstated, &meta, "stale")
                             .await
