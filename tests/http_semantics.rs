@@ -984,6 +984,21 @@ async fn h2_a_malformed_field_resets_its_stream_only() {
         assert!(ended.contains(&id), "stream {id} ended: {frames:?}");
         assert_eq!(body.get(&id), Some(&full.len()), "stream {id}'s body");
     }
+    // A `:path` that is no absolute path (RFC 9113 §8.3.1) is 400, as its HTTP/1.1 target is
+    // (it was looked up as `/`). 0x8c: `:status 400`, static table entry 12 (RFC 7541).
+    let mut c = RawH2::connect(srv.addr);
+    let no_slash = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", "?x"),
+    ]);
+    c.send(H2_HEADERS, end_both, 1, &no_slash);
+    let answer = c.stream_frames(1);
+    assert!(
+        matches!(answer.first(), Some((H2_HEADERS, _, p)) if p.first() == Some(&0x8c)),
+        "{answer:?}"
+    );
 }
 
 /// Two field lines of a singleton field are one list (RFC 9110 §5.3): two `If-Modified-Since`

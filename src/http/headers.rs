@@ -115,7 +115,8 @@ pub fn h2_authority_ok(authority: Option<&http::uri::Authority>, headers: &Heade
 /// RFC 9113 §8.3.1 (HTTP/2) and RFC 9114 §4.3.1 (HTTP/3): `:scheme` is `http` or `https` for
 /// the requests segd serves, and `:authority` has no userinfo (`user@host`, which the HTTP/1.1
 /// parsers refuse in `Host` and in an absolute target too: RFC 9110 §4.2.4) and is a
-/// `uri-host [ ":" port ]` as `Host` must be. Any of them makes the request malformed.
+/// `uri-host [ ":" port ]` as `Host` must be; `:path` is an absolute path (§8.3.1), or `*`.
+/// Any of them makes the request malformed.
 pub fn target_ok(uri: &http::Uri) -> bool {
     let scheme_ok = uri
         .scheme_str()
@@ -124,7 +125,11 @@ pub fn target_ok(uri: &http::Uri) -> bool {
     let authority_ok = uri
         .authority()
         .is_none_or(|a| !a.as_str().contains('@') && host_value_ok(a.as_str().as_bytes()));
-    scheme_ok && authority_ok
+    // `:path` is an absolute path (or `*`): `?x` was looked up as `/` (HTTP/1.1: 400).
+    let path_ok = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().starts_with('/') || p.as_str() == "*");
+    scheme_ok && authority_ok && path_ok
 }
 
 /// RFC 9113 §8.2.1 (HTTP/2), and the field-value grammar of RFC 9110 §5.5 that HTTP/3 carries
