@@ -606,3 +606,57 @@ async fn unsolicited_ping_acks_write_no_log_lines() {
         &log[log.len().saturating_sub(2000)..]
     );
 }
+
+/// A client that resets more requests than h2 lets wait (rapid reset, CVE-2023-44487) has its
+/// connection closed with ENHANCE_YOUR_CALM, and no log line: h2 wrote a warning each time, a
+/// line any client could have written at will, once per connection (acceptance load F5).
+#[tokio::test]
+async fn rapid_resets_close_the_connection_without_a_log_line() {
+    use crate::util::h2raw::hpack_literals;
+    let (srv, _) = demo_server("");
+    let block = hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "x"),
+        (":path", "/vod/t1/hls/master.m3u8"),
+    ]);
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = u32::try_from(payload.len()).expect("len").to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    };
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x04, 0, 0, &[]));
+    for i in 0..100u32 {
+        out.extend(frame(0x01, 0x05, 2 * i + 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+        out.extend(frame(0x03, 0, 2 * i + 1, &8u32.to_be_bytes())); // RST_STREAM, CANCEL
+    }
+    let mut s = TcpStream::connect(srv.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(&out).expect("frames");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let mut at = 0;
+    let mut goaway = None;
+    while buf.len() >= at + 9 {
+        let len = (usize::from(buf[at]) << 16)
+            | (usize::from(buf[at + 1]) << 8)
+            | usize::from(buf[at + 2]);
+        if buf[at + 3] == 0x07 && buf.len() >= at + 17 {
+            let p = &buf[at + 9..];
+            goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(11), "closed with ENHANCE_YOUR_CALM");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = srv.stderr();
+    assert!(
+        !log.contains("reached limit"),
+        "{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+}

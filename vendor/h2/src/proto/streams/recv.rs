@@ -929,7 +929,9 @@ impl Recv {
             if counts.can_inc_num_remote_reset_streams() {
                 counts.inc_num_remote_reset_streams();
             } else {
-                tracing::warn!(
+                // segd patch (SEGD-PATCH.md, seventh change): a line any client can have
+                // written at will, once per connection: debug, not warn.
+                tracing::debug!(
                     "recv_reset; remotely-reset pending-accept streams reached limit ({:?})",
                     counts.max_remote_reset_streams(),
                 );

@@ -1784,7 +1784,9 @@ impl Actions {
                 if counts.can_inc_num_local_error_resets() {
                     counts.inc_num_local_error_resets();
                 } else {
-                    tracing::warn!(
+                    // segd patch (SEGD-PATCH.md, seventh change): a line any client can have
+                    // written at will, once per connection: debug, not warn.
+                    tracing::debug!(
                         "locally-reset streams reached limit ({:?})",
                         counts.max_local_error_resets().unwrap(),
                     );
@@ -1847,7 +1849,9 @@ impl Actions {
                 stream.notify_recv();
                 Ok(())
             } else {
-                tracing::warn!(
+                // segd patch (SEGD-PATCH.md, seventh change): a line any client can have
+                // written at will, once per connection: debug, not warn.
+                tracing::debug!(
                     "reset_on_recv_stream_err; locally-reset streams reached limit ({:?})",
                     counts.max_local_error_resets().unwrap(),
                 );
