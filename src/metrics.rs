@@ -94,6 +94,11 @@ impl Metrics {
             Opts::new("segd_connections_open", "Open client connections"),
             &["proto"],
         )?;
+        // Each protocol's series from the start (a dashboard showed "no data" for h3 until
+        // the first QUIC connection).
+        for p in ["h1", "h2", "h3"] {
+            connections_open.with_label_values(&[p]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("segd_build_info", "Build information (always 1)"),
             &["version"],

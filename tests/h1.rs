@@ -264,6 +264,16 @@ async fn broken_clients_leak_no_descriptors() {
             &[("proto", "h1")],
         )
     };
+    // Each protocol's series is there from the start, at 0 (h3's was missing until the first
+    // QUIC connection: a dashboard showed "no data").
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    for proto in ["h1", "h2", "h3"] {
+        assert_eq!(
+            metric_with(&m, "segd_connections_open", &[("proto", proto)]),
+            Some(0.0),
+            "{proto}"
+        );
+    }
     // Warm: the descriptor cache holds the file from now on.
     assert_eq!(
         get(&srv.url("/vod/big/b.mp4"), &[("range", "bytes=0-0")])

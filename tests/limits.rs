@@ -432,9 +432,20 @@ async fn descriptor_limit_caps_connections_not_requests() {
     // The default adapts to the machine (said, not warned: the demo starts under small limits
     // too); a value set in the file that cannot be had is a warning.
     assert!(
-        err.contains("server.max_connections fitted to the descriptor limit")
-            && !err.contains("WARN"),
+        err.contains("server.max_connections fitted to the descriptor limit"),
         "the cap is said at start:\n{err}"
+    );
+    // Refused connections are said too, at most once every 10 s (they reached no log).
+    let refused = err
+        .lines()
+        .filter(|l| l.contains("server.max_connections reached"))
+        .count();
+    assert_eq!(refused, 1, "one line for the flood:\n{err}");
+    assert!(
+        err.lines()
+            .filter(|l| l.contains("WARN"))
+            .all(|l| l.contains("server.max_connections reached")),
+        "the default's cap is no warning:\n{err}"
     );
     let explicit = cfg.replacen("[server]\n", "[server]\nmax_connections = 60000\n", 1);
     let srv = Server::start_with(&explicit, nofile_400);

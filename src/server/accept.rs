@@ -29,6 +29,7 @@ async fn accept_loop<F, Fut>(
     use std::sync::atomic::Ordering;
     let mut stop = drain.signal();
     let mut errors = AcceptErrors::new("accept failed");
+    let mut at_capacity = AtCapacity::default();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -44,10 +45,12 @@ async fn accept_loop<F, Fut>(
             _ = stop.wait() => break,
         };
         errors.accepted();
-        if active.load(Ordering::Relaxed) >= shared.load().config.server.max_connections {
+        let max = shared.load().config.server.max_connections;
+        if active.load(Ordering::Relaxed) >= max {
             // A reset: the cheapest answer for a connection we will not serve.
             let _ = stream.set_zero_linger();
             shared.runtime.metrics.connections_rejected.inc();
+            at_capacity.refused(max);
             continue;
         }
         active.fetch_add(1, Ordering::Relaxed);
@@ -57,6 +60,36 @@ async fn accept_loop<F, Fut>(
             conn.await;
             drop(guard);
         });
+    }
+}
+
+/// Connections refused at `max_connections`: counted by the caller
+/// (`segd_connections_rejected_total`), said in the log at the first and then at most once per
+/// [`AcceptErrors::SAY_EVERY`] with how many were left out (they reached no log before; nginx
+/// says `worker_connections are not enough`).
+#[derive(Default)]
+pub(crate) struct AtCapacity {
+    said: Option<Instant>,
+    unsaid: u64,
+}
+
+impl AtCapacity {
+    pub(crate) fn refused(&mut self, max_connections: usize) {
+        let now = Instant::now();
+        if self
+            .said
+            .is_none_or(|t| now.duration_since(t) >= AcceptErrors::SAY_EVERY)
+        {
+            tracing::warn!(
+                max_connections,
+                left_out = self.unsaid,
+                "connection refused: server.max_connections reached (said at most every 10 s, left_out since the last line; counted in segd_connections_rejected_total)"
+            );
+            self.said = Some(now);
+            self.unsaid = 0;
+        } else {
+            self.unsaid += 1;
+        }
     }
 }
 

@@ -82,6 +82,7 @@ pub async fn accept(
 ) {
     let mut stop = drain.signal();
     let mut swaps = shared.swaps();
+    let mut at_capacity = super::accept::AtCapacity::default();
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -105,6 +106,7 @@ pub async fn accept(
         if open >= max {
             // Counted first: the refusal reaches the client at once.
             shared.runtime.metrics.connections_rejected.inc();
+            at_capacity.refused(max);
             incoming.refuse();
             continue;
         }
