@@ -914,6 +914,87 @@ async fn h2_frame_errors_carry_the_right_codes() {
     assert_eq!(r.status, 200, "still serving");
 }
 
+/// A write segd refuses at once (405: `POST /`, h2spec's default target) has its body read
+/// first on HTTP/2, so a broken body is the stream error RFC 9113 §8.1 names, every time: a
+/// trailer section without END_STREAM, pseudo-header fields in trailers, DATA beyond
+/// `content-length`. The early 405 and its RST_STREAM(NO_ERROR) raced these frames, and h2spec
+/// (http2/8.1/1, 8.1.2.1/3, 8.1.2.6/2) failed about half its runs.
+#[tokio::test]
+async fn h2_a_refused_writes_broken_body_is_a_stream_error_every_time() {
+    use crate::util::h2raw::*;
+    let (_d, srv) = one_volume("");
+    let post = |extra: &[(&str, &str)]| {
+        let mut f = vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "localhost"),
+            (":path", "/"),
+        ];
+        f.extend_from_slice(extra);
+        hpack_literals(&f)
+    };
+    let plain = post(&[]);
+    let with_length = post(&[("content-length", "1")]);
+    let trailer = hpack_literals(&[("x-trailer", "1")]);
+    let pseudo_trailer = hpack_literals(&[(":path", "/")]);
+    type Frame<'a> = (u8, u8, &'a [u8]);
+    let cases: [(&str, Vec<Frame>); 3] = [
+        (
+            "trailers without END_STREAM",
+            vec![
+                (H2_HEADERS, H2_END_HEADERS, &plain),
+                (H2_DATA, 0, b"test"),
+                (H2_HEADERS, H2_END_HEADERS, &trailer),
+            ],
+        ),
+        (
+            "a pseudo-header field in trailers",
+            vec![
+                (H2_HEADERS, H2_END_HEADERS, &plain),
+                (H2_DATA, 0, b"test"),
+                (H2_HEADERS, H2_END_HEADERS | H2_END_STREAM, &pseudo_trailer),
+            ],
+        ),
+        (
+            "DATA beyond content-length",
+            vec![
+                (H2_HEADERS, H2_END_HEADERS, &with_length),
+                (H2_DATA, 0, b"test"),
+                (H2_DATA, H2_END_STREAM, b"test"),
+            ],
+        ),
+    ];
+    for (what, frames) in &cases {
+        for run in 0..8 {
+            let mut c = RawH2::connect(srv.addr);
+            // Apart, as h2spec writes them: the answer could go out between them.
+            for (kind, flags, payload) in frames {
+                c.send(*kind, *flags, 1, payload);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let got = c.stream_frames(1);
+            let reset = got
+                .iter()
+                .find(|f| f.0 == H2_RST_STREAM)
+                .map(|f| f.2.clone());
+            assert_eq!(
+                reset,
+                Some(vec![0, 0, 0, 1]),
+                "{what}, run {run}: RST_STREAM(PROTOCOL_ERROR): {got:?}"
+            );
+        }
+    }
+    // A well-formed body is read and told 405.
+    let mut c = RawH2::connect(srv.addr);
+    c.send(H2_HEADERS, H2_END_HEADERS, 1, &plain);
+    c.send(H2_DATA, H2_END_STREAM, 1, b"test");
+    let got = c.stream_frames(1);
+    assert!(
+        matches!(got.first(), Some((H2_HEADERS, _, _))) && got.iter().all(|f| f.0 != H2_RST_STREAM),
+        "{got:?}"
+    );
+}
+
 /// A request with a field that is no valid field (RFC 9113 §8.2.1) is reset alone: a download
 /// in flight on the same connection completes (the connection was closed, cutting it at 0
 /// bytes), and such a field kept in the HPACK dynamic table stays there as the client's
