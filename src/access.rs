@@ -235,6 +235,9 @@ pub struct Entry<'a> {
     pub bytes: u64,
     pub duration: Duration,
     pub proto: &'a str,
+    /// An HTTP/1.0 request: the combined format's request line says `HTTP/1.0` (`proto` is
+    /// `h1` for both versions).
+    pub http10: bool,
     /// TLS version, when the connection was TLS.
     pub tls: Option<&'a str>,
     pub cache: &'a str,
@@ -383,6 +386,7 @@ impl Entry<'_> {
                 match self.proto {
                     "h2" => "HTTP/2.0",
                     "h3" => "HTTP/3.0",
+                    _ if self.http10 => "HTTP/1.0",
                     _ => "HTTP/1.1",
                 },
                 self.status,
@@ -566,6 +570,7 @@ mod tests {
             bytes: 1234,
             duration: Duration::from_micros(1500),
             proto: "h1",
+            http10: false,
             tls: None,
             cache: "bypass",
             key_id: Some("k1"),

@@ -263,6 +263,7 @@ async fn request(
         headers: &parts.headers,
         peer,
         proto: Proto::H3,
+        http10: false,
         tls: Some("1.3"),
         alt_svc: None,
     };
@@ -541,6 +542,7 @@ fn head_too_big(shared: &Shared, peer: SocketAddr) {
         headers: &headers,
         peer,
         proto: Proto::H3,
+        http10: false,
         tls: Some("1.3"),
         alt_svc: None,
     };

@@ -65,6 +65,8 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     pub peer: SocketAddr,
     pub proto: Proto,
+    /// An HTTP/1.0 request (the access log's request line says so).
+    pub http10: bool,
     /// The TLS version (`"1.3"`, `"1.2"`) when the connection is TLS.
     pub tls: Option<&'static str>,
     /// `Alt-Svc` for every response on this connection (TLS over TCP with HTTP/3 on).

@@ -391,6 +391,7 @@ async fn respond(
         headers: &parts.headers,
         peer,
         proto,
+        http10: parts.version == http::Version::HTTP_10,
         tls,
         alt_svc,
     };

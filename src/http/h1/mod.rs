@@ -265,6 +265,7 @@ async fn exchange(
         headers: &head.headers,
         peer,
         proto: Proto::H1,
+        http10: head.http10,
         tls: None,
         alt_svc: None,
     };
