@@ -4705,7 +4705,8 @@ async fn read_only_volume_is_skipped_for_new_objects() {
 /// `Content-Length` with `Transfer-Encoding` is read by its `Transfer-Encoding` and the
 /// connection closed after the answer (§6.1), two equal `Content-Length`s are one (RFC 9110
 /// §8.6); hyper merges or drops them before segd sees the request. Userinfo in an absolute
-/// target, which hyper takes, is 400 as on the fast path.
+/// target, or an authority there that is no host (`x:xx`), which hyper takes, is 400 as on the
+/// fast path.
 #[tokio::test]
 async fn heads_after_a_chunked_upload_get_the_same_refusals() {
     let rig = Rig::simple(&[]);
@@ -4718,7 +4719,7 @@ async fn heads_after_a_chunked_upload_get_the_same_refusals() {
         )
     };
     let big = "y".repeat(20 << 10);
-    let cases: [(&str, String, &str); 2] = [
+    let cases: [(&str, String, &str); 3] = [
         (
             "a head over max_header_bytes",
             format!(
@@ -4732,6 +4733,14 @@ async fn heads_after_a_chunked_upload_get_the_same_refusals() {
             "userinfo in an absolute target",
             format!(
                 "PUT http://user:pw@x{} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz",
+                q("/live/j2/b.ts", &tok)
+            ),
+            "HTTP/1.1 400",
+        ),
+        (
+            "an absolute target whose authority is no host",
+            format!(
+                "PUT http://x:xx{} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz",
                 q("/live/j2/b.ts", &tok)
             ),
             "HTTP/1.1 400",

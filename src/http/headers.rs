@@ -121,15 +121,18 @@ pub fn target_ok(uri: &http::Uri) -> bool {
     let scheme_ok = uri
         .scheme_str()
         .is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
-    // As a `Host` value is checked: `x:abc` and `x:8a0` were served.
-    let authority_ok = uri
-        .authority()
-        .is_none_or(|a| !a.as_str().contains('@') && host_value_ok(a.as_str().as_bytes()));
     // `:path` is an absolute path (or `*`): `?x` was looked up as `/` (HTTP/1.1: 400).
     let path_ok = uri
         .path_and_query()
         .is_none_or(|p| p.as_str().starts_with('/') || p.as_str() == "*");
-    scheme_ok && authority_ok && path_ok
+    scheme_ok && authority_ok(uri) && path_ok
+}
+
+/// The authority of a request's URI, if it has one, has no userinfo and is checked as a `Host`
+/// value is (`x:abc` and `x:8a0` were served): `:authority`, or an HTTP/1.1 absolute target's.
+pub fn authority_ok(uri: &http::Uri) -> bool {
+    uri.authority()
+        .is_none_or(|a| !a.as_str().contains('@') && host_value_ok(a.as_str().as_bytes()))
 }
 
 /// RFC 9113 §8.2.1 (HTTP/2), and the field-value grammar of RFC 9110 §5.5 that HTTP/3 carries

@@ -406,14 +406,12 @@ async fn respond(
                 && headers::values_trimmed(&parts.headers)
                 && super::request_body::declared_length(&parts.headers).is_ok()
         }
-        // After a chunked body hyper parses the connection's heads, and takes userinfo in an
-        // absolute target, which the fast path refuses (RFC 9110 §4.2.4).
+        // After a chunked body hyper parses the connection's heads, and takes in an absolute
+        // target what the fast path refuses: userinfo (RFC 9110 §4.2.4), an authority that is
+        // no `Host` (`http://a:xx/`).
         v => {
             headers::host_ok(&parts.headers, v == http::Version::HTTP_11)
-                && parts
-                    .uri
-                    .authority()
-                    .is_none_or(|a| !a.as_str().contains('@'))
+                && headers::authority_ok(&parts.uri)
         }
     };
     let reply = if host_ok {
