@@ -721,13 +721,8 @@ async fn h2_frame_errors_carry_the_right_codes() {
     const FRAME_SIZE_ERROR: u32 = 6;
     const COMPRESSION_ERROR: u32 = 9;
     let (_d, srv) = one_volume("");
-    let get = hpack_literals(&[
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":authority", "localhost"),
-        (":path", SEG),
-    ]);
-    let setting = |id: u16, v: u32| [&id.to_be_bytes()[..], &v.to_be_bytes()[..]].concat();
+    let get = hpack_get(SEG);
+    let setting = h2_setting;
     let end_both = H2_END_HEADERS | H2_END_STREAM;
     let (big_window, push_2) = (setting(4, 1 << 31), setting(2, 2));
     let (no_window, get_5) = (setting(4, 0), get.clone());
@@ -1006,13 +1001,8 @@ async fn h2_a_malformed_field_resets_its_stream_only() {
     const WINDOW_UPDATE: u8 = 8;
     let (_d, srv) = one_volume("");
     let full = demo_file(SEG);
-    let get = hpack_literals(&[
-        (":method", "GET"),
-        (":scheme", "http"),
-        (":authority", "localhost"),
-        (":path", SEG),
-    ]);
-    let setting = |id: u16, v: u32| [&id.to_be_bytes()[..], &v.to_be_bytes()[..]].concat();
+    let get = hpack_get(SEG);
+    let setting = h2_setting;
     let end_both = H2_END_HEADERS | H2_END_STREAM;
     let mut c = RawH2::connect(srv.addr);
     // Stream 1's answer waits for window.

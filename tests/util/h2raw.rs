@@ -117,3 +117,18 @@ pub fn hpack_literals(fields: &[(&str, &str)]) -> Vec<u8> {
     }
     out
 }
+
+/// A GET of `path` on `localhost`, as an HPACK field block of literals.
+pub fn hpack_get(path: &str) -> Vec<u8> {
+    hpack_literals(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+        (":path", path),
+    ])
+}
+
+/// One SETTINGS parameter (RFC 9113 §6.5.1): identifier and value.
+pub fn h2_setting(id: u16, v: u32) -> Vec<u8> {
+    [&id.to_be_bytes()[..], &v.to_be_bytes()[..]].concat()
+}
