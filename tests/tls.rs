@@ -1242,6 +1242,7 @@ async fn malformed_heads_get_the_fast_paths_answers_over_tls() {
         // The authority of an absolute target is checked as a `Host` (plaintext served these).
         (format!("GET http://t:80:80{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         (format!("GET http://t:xx{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
+        (format!("GET http://t%00{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         (format!("GET http://[::1{SEG} HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
         // Characters no URI has (plaintext served them, TLS refused them).
         (format!("GET {SEG}?q=\"x\" HTTP/1.1\r\nHost: t\r\n\r\n"), 400),
