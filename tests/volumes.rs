@@ -175,6 +175,8 @@ async fn volume_removed_while_running() {
     let r = get(&t2, &[]).await;
     assert_eq!(r.status, 503, "object of a vanished volume: {}", r.text());
     assert_eq!(r.header("cache-control"), Some("no-store"));
+    // The next probe is at most 200 ms away: a retry a second later (whole seconds).
+    assert_eq!(r.header("retry-after"), Some("1"), "{:?}", r.headers);
     assert_eq!(
         get(&t1, &[]).await.status,
         200,

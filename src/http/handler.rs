@@ -802,6 +802,12 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     if matches!(r, Refusal::UploadsBusy | Refusal::LiveBusy) {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    if r == Refusal::VolumeUnavailable {
+        // The volume is probed again within `volume_check_interval`: whole seconds, rounded up.
+        let every = cx.policy.config.server.volume_check_interval;
+        let secs = (every.as_secs() + u64::from(every.subsec_nanos() > 0)).max(1);
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Refusal::UpstreamUnavailable(secs) = r {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
