@@ -15,7 +15,17 @@ pub const BUILTIN_TYPES: &[(&str, &str)] = &[
     ("m4a", "audio/mp4"),
     ("aac", "audio/aac"),
     ("mp3", "audio/mpeg"),
+    // Packed audio of HLS (RFC 8216 §3.4) besides AAC and MP3: AC-3 (RFC 4184), E-AC-3 (RFC 4598).
+    ("ac3", "audio/ac3"),
+    ("ec3", "audio/eac3"),
+    // CMAF tracks as CTA-5001 names them (audio, video, text), as some packagers write them.
+    ("cmfa", "audio/mp4"),
+    ("cmfv", "video/mp4"),
+    ("cmft", "application/mp4"),
+    ("m4v", "video/mp4"),
     ("vtt", "text/vtt"),
+    ("webvtt", "text/vtt"),
+    ("ttml", "application/ttml+xml"),
     ("key", "application/octet-stream"),
 ];
 
