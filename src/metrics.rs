@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Failed `accept` calls by `reason` (`descriptors`, `memory`, `other`).
     pub accept_errors: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
+    /// Handshakes that failed, by `listener` and `reason` ([`crate::tls::handshake_failure`]).
+    pub tls_handshake_failures: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
     pub quic_retries: prometheus::IntCounter,
     /// Datagrams passed between the old and the new process during an upgrade, by `way`.
@@ -155,6 +157,19 @@ impl Metrics {
             &["version"],
         )?;
         registry.register(Box::new(tls_handshakes.clone()))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "segd_tls_handshake_failures_total",
+                "TLS handshakes that did not complete, by listener (tls, quic) and reason (closed: the client left first; alert: the client refused, most often segd's certificate; incompatible: no version, cipher, group or ALPN in common; malformed: not TLS; timeout; other)",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
+        for listener in ["tls", "quic"] {
+            for reason in crate::tls::HANDSHAKE_FAILURES {
+                tls_handshake_failures.with_label_values(&[listener, reason]);
+            }
+        }
         let h3_rapid_reset_closes = counter(
             "segd_h3_rapid_reset_closes_total",
             "HTTP/3 connections closed with H3_EXCESSIVE_LOAD for cancelling requests in bulk",
@@ -279,6 +294,7 @@ impl Metrics {
             connections_rejected,
             accept_errors,
             tls_handshakes,
+            tls_handshake_failures,
             h3_rapid_reset_closes,
             quic_retries,
             quic_handover_datagrams,

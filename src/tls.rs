@@ -287,3 +287,65 @@ pub fn quic_server_config(
     sc.transport_config(Arc::new(t));
     Ok(sc)
 }
+
+/// Why a TLS handshake failed, as `segd_tls_handshake_failures_total` counts it:
+///
+/// - `closed`: the client closed or reset the connection first (a TCP health check, a scanner);
+/// - `alert`: the client ended it with an alert, most often because it does not accept segd's
+///   certificate (expired, another name, an unknown issuer);
+/// - `incompatible`: no protocol version, cipher suite, group, signature scheme or ALPN protocol
+///   in common (an old client, or a config that allows too little);
+/// - `malformed`: what came was not TLS, or broke its rules;
+/// - `timeout` (counted by the caller): no handshake within `header_read_timeout`;
+/// - `other`.
+pub fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return match tls {
+            rustls::Error::AlertReceived(_) => "alert",
+            rustls::Error::PeerIncompatible(_) | rustls::Error::NoApplicationProtocol => {
+                "incompatible"
+            }
+            rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+            | rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerMisbehaved(_)
+            | rustls::Error::PeerSentOversizedRecord
+            | rustls::Error::DecryptError => "malformed",
+            _ => "other",
+        };
+    }
+    match e.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => "closed",
+        _ => "other",
+    }
+}
+
+/// The same for a QUIC connection that failed before its handshake completed (`timeout` for
+/// quinn's idle timeout as for the caller's).
+pub fn quic_handshake_failure(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError::*;
+    // RFC 9001 §4.8: a TLS alert travels as the CRYPTO_ERROR 0x100 + its code.
+    let alert = |code: u64| code.checked_sub(0x100).filter(|a| *a < 0x100);
+    match e {
+        TimedOut => "timeout",
+        ConnectionClosed(c) if alert(c.error_code.into()).is_some() => "alert",
+        TransportError(t) => match alert(t.code.into()) {
+            // protocol_version, handshake_failure, insufficient_security, no_application_protocol
+            Some(70 | 40 | 71 | 120) => "incompatible",
+            _ => "malformed",
+        },
+        ConnectionClosed(_) | ApplicationClosed(_) | Reset => "closed",
+        _ => "other",
+    }
+}
+
+/// Every reason [`handshake_failure`] and [`quic_handshake_failure`] give.
+pub const HANDSHAKE_FAILURES: &[&str] = &[
+    "closed",
+    "alert",
+    "incompatible",
+    "malformed",
+    "timeout",
+    "other",
+];

@@ -1521,3 +1521,37 @@ async fn an_http3_connection_cut_at_drain_timeout_is_told() {
         other => panic!("the client was not told: {other:?}"),
     }
 }
+
+/// A QUIC handshake a client aborts because it does not trust segd's certificate is counted as
+/// such (`segd_tls_handshake_failures_total{listener="quic",reason="alert"}`), as on TCP.
+#[tokio::test]
+async fn a_refused_quic_handshake_is_counted() {
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-h3");
+    let vols = demo_volumes();
+    let srv = Server::start(&config_for(
+        &[&vols.path().join("disk1")],
+        &(tls_config(vols.path(), &cert, &key) + "http3 = true\n"),
+    ));
+    let addr = srv.tls_addr.expect("tls listener");
+    let labels = [("listener", "quic"), ("reason", "alert")];
+    let alerts = async || {
+        let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+        metric_with(&m, "segd_tls_handshake_failures_total", &labels)
+    };
+    assert_eq!(alerts().await, Some(0.0));
+    let stranger = quic_endpoint(&Pki::new());
+    let refused = stranger.connect(addr, "localhost").expect("connect").await;
+    assert!(
+        refused.is_err(),
+        "a stranger's CA trusts no segd certificate"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || alerts().await == Some(1.0)).await,
+        "{:?}",
+        alerts().await
+    );
+    // A trusted client still gets through.
+    let mut h3 = h3_connect(addr, &pki).await;
+    assert_eq!(h3.get_uri(&srv.url(SEG)).await.status, 200);
+}

@@ -1490,3 +1490,79 @@ async fn an_ip_address_as_sni_is_not_a_log_line_per_handshake() {
     let log = srv.log_with(&["configuration reloaded"]);
     assert!(!log.contains("SNI"), "{log}");
 }
+
+/// Handshakes that fail are counted by why, so an operator can tell an expired or mismatched
+/// certificate (clients abort with an alert) from scanners and health checks (they close), from
+/// clients with nothing in common (an ALPN list without `h2`/`http/1.1`), from what is not TLS at
+/// all, and from clients that never finish. Every series is there from the start.
+#[tokio::test]
+async fn failed_handshakes_are_counted_by_reason() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd-a");
+    let vols = demo_volumes();
+    let srv = demo_tls_server(vols.path(), &cert, &key, "", "header_read_timeout = \"1s\"");
+    let addr = srv.tls_addr.expect("tls");
+    let failures = async |reason: &str| {
+        let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+        let labels = [("listener", "tls"), ("reason", reason)];
+        metric_with(&m, "segd_tls_handshake_failures_total", &labels)
+    };
+    for reason in [
+        "closed",
+        "alert",
+        "incompatible",
+        "malformed",
+        "timeout",
+        "other",
+    ] {
+        assert_eq!(failures(reason).await, Some(0.0), "{reason}");
+    }
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    let quic = [("listener", "quic"), ("reason", "alert")];
+    assert_eq!(
+        metric_with(&m, "segd_tls_handshake_failures_total", &quic),
+        Some(0.0)
+    );
+
+    // A client that does not trust the certificate (another CA) aborts with an alert.
+    let stranger = Pki::new().client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = ServerName::try_from("localhost").expect("name");
+    assert!(stranger.connect(name, tcp).await.is_err());
+    // No application protocol in common.
+    let odd = pki.client(&[&rustls::version::TLS13], &[b"spdy/3"]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = ServerName::try_from("localhost").expect("name");
+    assert!(odd.connect(name, tcp).await.is_err());
+    // Plain HTTP on the TLS port.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf).await;
+    // Connect and leave (a TCP health check).
+    drop(tokio::net::TcpStream::connect(addr).await.expect("tcp"));
+    // Connect and say nothing past `header_read_timeout`.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut buf = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut buf)).await;
+    assert!(waited.is_ok(), "an idle handshake is given up");
+
+    for reason in ["alert", "incompatible", "malformed", "closed", "timeout"] {
+        assert!(
+            eventually(Duration::from_secs(5), async || failures(reason).await
+                == Some(1.0))
+            .await,
+            "{reason}: {:?}",
+            failures(reason).await
+        );
+    }
+    assert_eq!(failures("other").await, Some(0.0));
+    // A good handshake still counts as one.
+    let good = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    let r = send(connect(&srv, &good).await, "GET", SEG, &[]).await;
+    assert_eq!(r.status, 200);
+}

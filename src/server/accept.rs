@@ -282,8 +282,17 @@ pub(super) async fn accept_tls(
                         };
                         crate::http::service::serve_io(io, conn, shared, builder, drain).await
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    Ok(Err(e)) => {
+                        let reason = crate::tls::handshake_failure(&e);
+                        let m = &shared.runtime.metrics.tls_handshake_failures;
+                        m.with_label_values(&["tls", reason]).inc();
+                        tracing::debug!(%peer, error = %e, reason, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        let m = &shared.runtime.metrics.tls_handshake_failures;
+                        m.with_label_values(&["tls", "timeout"]).inc();
+                        tracing::debug!(%peer, "TLS handshake timed out")
+                    }
                 }
             }
         },

@@ -146,8 +146,17 @@ pub async fn accept(
                     m.tls_handshakes.with_label_values(&["1.3"]).inc();
                     crate::http::h3::serve(conn, shared, drain).await;
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
-                Err(_) => tracing::debug!(%peer, "QUIC handshake timed out"),
+                Ok(Err(e)) => {
+                    let reason = crate::tls::quic_handshake_failure(&e);
+                    let m = &shared.runtime.metrics.tls_handshake_failures;
+                    m.with_label_values(&["quic", reason]).inc();
+                    tracing::debug!(%peer, error = %e, reason, "QUIC handshake failed")
+                }
+                Err(_) => {
+                    let m = &shared.runtime.metrics.tls_handshake_failures;
+                    m.with_label_values(&["quic", "timeout"]).inc();
+                    tracing::debug!(%peer, "QUIC handshake timed out")
+                }
             }
             drop(guard);
         });
