@@ -305,6 +305,29 @@ async fn a_rejection_is_logged_with_its_path() {
     );
 }
 
+/// A path token sent unencoded, as the generators' READMEs build URLs, is split by its ACL's
+/// `/`: the first segment is `__token__=exp=…~acl=`, and the rest of the token (`…~hmac=…`)
+/// stays in the path. The rejection's log line redacts it as the access log does (it wrote
+/// the MAC, the session id and the payload: with the address and time beside them, enough to
+/// rebuild the token).
+#[tokio::test]
+async fn a_rejection_line_never_shows_a_token_split_by_its_acl() {
+    let (_d, srv) = start("forward");
+    let mac = "6309bd0bb0c91ccdd80e3f25f1cef3dd48d777848032202939b531872d75b857";
+    let url = srv.url(&format!(
+        "/__token__=exp=1~acl=/vod/t1/*~id=abc~hmac={mac}/vod/t1/hls/64k/seg_00003.ts"
+    ));
+    assert_eq!(get(&url, &[]).await.status, 403);
+    let log = srv.log_with(&["token rejected"]);
+    let line = log
+        .lines()
+        .find(|l| l.contains("token rejected"))
+        .unwrap_or_default();
+    assert!(line.contains("<redacted>"), "{line}");
+    assert!(line.contains("seg_00003.ts"), "{line}");
+    assert!(!log.contains(mac) && !log.contains("id=abc"), "{log}");
+}
+
 #[tokio::test]
 async fn every_reason_is_counted() {
     let (_d, srv) = start("forward");

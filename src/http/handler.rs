@@ -768,6 +768,9 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
             p
         }
     });
+    // Never a token in the log: a token segment sent unencoded is split by its ACL's `/`,
+    // and what follows the first segment (`…~hmac=…/`) is left in the path.
+    let path = || crate::access::redact_path(cx.policy.auth.name(), path);
     // Counted every time; logged at most once a second per kind (with how many were left
     // out), or a flood of requests (a volume down under load, a token sprayer) floods the log.
     let throttle = &cx.rt.log_throttle;
@@ -777,20 +780,22 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
                 .with_label_values(&[reason.as_str()])
                 .inc();
             if let Some(left_out) = throttle.allow(("token rejected", reason.as_str())) {
-                tracing::info!(reason = %reason.as_str(), path, %peer, left_out, "token rejected");
+                tracing::info!(reason = %reason.as_str(), path = path().as_str(), %peer, left_out, "token rejected");
             }
         }
         (_, Level::Warn) => {
             if let Some(left_out) = throttle.allow(("request refused", row.label)) {
-                tracing::warn!(refusal = %r, fault = row.fault.as_str(), path, left_out, "request refused")
+                tracing::warn!(refusal = %r, fault = row.fault.as_str(), path = path().as_str(), left_out, "request refused")
             }
         }
         (_, Level::Info) => {
             if let Some(left_out) = throttle.allow(("request refused", row.label)) {
-                tracing::info!(refusal = %r, fault = row.fault.as_str(), path, %peer, left_out, "request refused")
+                tracing::info!(refusal = %r, fault = row.fault.as_str(), path = path().as_str(), %peer, left_out, "request refused")
             }
         }
-        (_, Level::Debug) => tracing::debug!(refusal = %r, path, %peer, "request refused"),
+        (_, Level::Debug) => {
+            tracing::debug!(refusal = %r, path = path().as_str(), %peer, "request refused")
+        }
     }
     let mut headers = HeaderMap::with_capacity(6);
     headers::cors(cx.policy, cx.req, &mut headers);
