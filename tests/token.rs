@@ -1228,6 +1228,17 @@ async fn escape_early_tokens_in_every_location() {
                 vec![("cookie", format!("__token__={}", encode_token(t)))],
             ),
             ("header", SEG.into(), vec![("__token__", t.to_string())]),
+            // Decoded once when it does not verify as sent, as the cookie is (was bad_hmac).
+            (
+                "header /-encoded",
+                SEG.into(),
+                vec![("__token__", slash(t))],
+            ),
+            (
+                "header encoded",
+                SEG.into(),
+                vec![("__token__", encode_token(t))],
+            ),
         ];
         for (name, target, headers) in forms {
             let headers: Vec<(&str, &str)> =
@@ -1276,6 +1287,45 @@ async fn escape_early_tokens_in_every_location() {
     assert_eq!(
         r.status, 200,
         "escape_early off: the exact token still verifies"
+    );
+}
+
+/// A token whose payload is UTF-8 (`data=é`, as both Akamai generators mint it with
+/// `escape_early` off) is read from a header or a cookie as sent; it was taken for no token
+/// at all (`missing`) there. A header that is no UTF-8 is a `malformed` token, not a missing one.
+#[tokio::test]
+async fn utf8_tokens_in_headers_and_cookies() {
+    let (_d, srv) = start_escape_early(false);
+    let t = tok(
+        K1,
+        SignSpec {
+            acl: Some("/vod/t1/*"),
+            exp: now() + 300,
+            data: Some("é"),
+            ..Default::default()
+        },
+    );
+    assert!(t.contains("data=é"), "{t}");
+    let r = get(&srv.url(SEG), &[("__token__", &t)]).await;
+    assert_eq!(r.status, 200, "header");
+    let r = get(&srv.url(SEG), &[("cookie", &format!("__token__={t}"))]).await;
+    assert_eq!(r.status, 200, "cookie");
+    let r = get(&srv.url(SEG), &[("__token__", "exp=1~hmac=\u{ff}")]).await;
+    assert_eq!(r.status, 403);
+    let latin1 = "exp=1~data=\u{e9}~hmac=00";
+    let head = format!(
+        "GET {SEG} HTTP/1.1\r\nHost: t\r\n__token__: {latin1}\r\nConnection: close\r\n\r\n"
+    );
+    // The header's bytes as Latin-1 (one byte 0xE9), which is no UTF-8.
+    let bytes: Vec<u8> = head.chars().map(|c| c as u32 as u8).collect();
+    let reply = raw(srv.addr, &bytes, std::time::Duration::from_secs(5));
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_token_rejections_total{reason=\"missing\"}"),
+        Some(0.0),
+        "{m}"
     );
 }
 

@@ -92,7 +92,8 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        // UTF-8, not only ASCII: a token minted with `data=é` is sent so.
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| {
             let (k, v) = c.trim().split_once('=')?;
@@ -272,23 +273,26 @@ impl Auth {
             };
             return to_decision(r, Source::Query);
         }
-        if let Some(raw) = cookie(f.headers, &self.name) {
+        // A cookie or header token as sent, else decoded once (percent-encoded, wholly or in
+        // part, as a browser's `document.cookie` or a player's header hook may send it).
+        let sent_or_decoded = |raw: &str| {
             let first = verify(raw);
-            let r = match first {
+            match first {
                 Err(Reason::BadHmac | Reason::Malformed) if raw.contains('%') => {
                     let decoded = decode_once(raw).map_or(Err(Reason::Malformed), |d| verify(&d));
                     closer(first, decoded)
                 }
                 other => other,
-            };
-            return to_decision(r, Source::Cookie);
+            }
+        };
+        if let Some(raw) = cookie(f.headers, &self.name) {
+            return to_decision(sent_or_decoded(raw), Source::Cookie);
         }
-        if let Some(v) = f
-            .headers
-            .get(self.name.as_str())
-            .and_then(|v| v.to_str().ok())
-        {
-            return to_decision(verify(v), Source::Header);
+        if let Some(v) = f.headers.get(self.name.as_str()) {
+            // UTF-8, not only ASCII (`data=é`); other bytes are a token that cannot be one.
+            let r = std::str::from_utf8(v.as_bytes())
+                .map_or(Err(Reason::Malformed), |raw| sent_or_decoded(raw));
+            return to_decision(r, Source::Header);
         }
         Decision::Denied(Reason::Missing)
     }
