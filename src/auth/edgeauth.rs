@@ -232,6 +232,22 @@ pub fn escape_early(s: &str) -> String {
     out
 }
 
+/// The Node generator's `escapeEarly` (npm `akamai-edgeauth`): `encodeURIComponent`, then
+/// `~`, `'` and `*` escaped too, escapes lower-cased. It differs from [`escape_early`] for a
+/// space (`%20`, not `+`), `~` (escaped) and `!`, `(`, `)` (kept).
+pub fn escape_early_node(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for &b in s.as_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'!' | b'(' | b')' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02x}")),
+        }
+    }
+    out
+}
+
 /// A signing key as the verifier sees it.
 #[derive(Debug, Clone)]
 pub struct Key {
@@ -314,7 +330,7 @@ fn escaped_field(name: &str, acl: bool) -> bool {
 /// escaped again from their decoded text; every other byte is kept. A decoded `+` was a space
 /// (`quote_plus` wrote one for it) or a plus (a `%2b` the decoding undid): bit *i* of `spaces`
 /// reads the `+` of the *i*-th such field that holds one as a space.
-fn reescape(signed: &str, spaces: u32, acl: bool) -> String {
+fn reescape(signed: &str, spaces: u32, acl: bool, esc: fn(&str) -> String) -> String {
     let mut out = String::with_capacity(signed.len() * 2);
     let mut with_plus = 0;
     for (i, field) in signed.split('~').enumerate() {
@@ -329,11 +345,11 @@ fn reescape(signed: &str, spaces: u32, acl: bool) -> String {
                     let space = spaces & (1 << with_plus) != 0;
                     with_plus += 1;
                     if space {
-                        out.push_str(&escape_early(&value.replace('+', " ")));
+                        out.push_str(&esc(&value.replace('+', " ")));
                         continue;
                     }
                 }
-                out.push_str(&escape_early(value));
+                out.push_str(&esc(value));
             }
             _ => out.push_str(field),
         }
@@ -342,7 +358,8 @@ fn reescape(signed: &str, spaces: u32, acl: bool) -> String {
 }
 
 /// The re-escaped forms of `signed` worth a MAC (see [`Verifier::escape_early`]): for the
-/// fields without and with `acl`, each reading of their `+`s (at most 16 forms).
+/// fields without and with `acl`, each reading of their `+`s, and each as the Node generator
+/// escapes (at most 18 forms).
 fn reescaped_forms(signed: &str) -> Vec<String> {
     let mut forms: Vec<String> = Vec::new();
     for acl in [false, true] {
@@ -353,18 +370,26 @@ fn reescaped_forms(signed: &str) -> Vec<String> {
             .count()
             .min(3);
         for spaces in 0..(1u32 << pluses) {
-            let form = reescape(signed, spaces, acl);
+            let form = reescape(signed, spaces, acl, escape_early);
             if form != signed && !forms.contains(&form) {
                 forms.push(form);
             }
+        }
+        // The Node generator's escaping: a space was `%20`, so a decoded `+` was a plus.
+        let form = reescape(signed, 0, acl, escape_early_node);
+        if form != signed && !forms.contains(&form) {
+            forms.push(form);
         }
     }
     forms
 }
 
-/// An early-escaped ACL read back (`+` a space, `%XX` a byte), if it holds an escape at all.
+/// An early-escaped ACL read back (`+` a space, `%XX` a byte), if it is one: it holds an
+/// escape, and no `/`, `*`, `?` or `!` of its own (a generator that escapes the ACL escapes
+/// those too). An ACL with a raw `/` is a path as written, whose `%2a` or `%3f` names a
+/// character of a file: read back, it was a wildcard granting more than its signer meant.
 fn unescaped_acl(acl: &str) -> Option<String> {
-    if !acl.contains('%') {
+    if !acl.contains('%') || acl.contains(['/', '*', '?', '!']) {
         return None;
     }
     let bytes = crate::volumes::path::percent_decode(acl.replace('+', " ").as_bytes())?;
@@ -380,7 +405,7 @@ impl Verifier {
         let mut url_forms: Vec<String> = Vec::new();
         if is_url {
             for p in claim.paths {
-                for form in [p.to_string(), escape_early(p)] {
+                for form in [p.to_string(), escape_early(p), escape_early_node(p)] {
                     if !url_forms.contains(&form) {
                         url_forms.push(form);
                     }
@@ -622,6 +647,75 @@ mod tests {
         let t = parse("exp=5~data=a=b~acl=/*~hmac=00").expect("ok");
         assert_eq!(t.data, Some("a=b"));
         assert_eq!(t.signed, "exp=5~data=a=b~acl=/*");
+    }
+
+    /// Tokens minted by the Node generator (npm `akamai-edgeauth` 0.2.0, key `KEY`,
+    /// `startTime` 1900000000, `endTime` 1900000060, `escapeEarly: true`), whose escaping
+    /// differs from the Python generator's for a space, `~`, `!`, `(`, `)` and `'`: a URL token
+    /// for `/vod/t1/my mix/a (1)!~'.ts`, and an ACL token with `sessionId: "x!y(z)"` and
+    /// `payload: "a b/c"`, also as a location's one decoding leaves it when the token was
+    /// percent-encoded only in part (the payload's `%20` and `%2f` decoded).
+    #[test]
+    fn node_generator_escape_early_tokens() {
+        let mut v = verifier(TokenAlgorithm::Sha256, KEY, None);
+        v.escape_early = true;
+        let now = 1_900_000_010;
+        let url = "st=1900000000~exp=1900000060~hmac=4cad8db8e200cfd499f03cc869476f1a5d4b9e689eed274c79013fd0e64aee3f";
+        assert!(check(&v, url, "/vod/t1/my mix/a (1)!~'.ts", "127.0.0.1", now).is_ok());
+        assert_eq!(
+            check(&v, url, "/vod/t1/my mix/a (2)!~'.ts", "127.0.0.1", now),
+            Err(Reason::BadHmac)
+        );
+        let mac = "82621757df8553e0faad0f6cb4597b15c80573f13b544fbebef5651b69666b81";
+        let sent = format!(
+            "st=1900000000~exp=1900000060~acl=/vod/t1/*~id=x!y(z)~data=a%20b%2fc~hmac={mac}"
+        );
+        let decoded = sent.replace("a%20b%2fc", "a b/c");
+        for t in [&sent, &decoded] {
+            assert!(
+                check(&v, t, "/vod/t1/a.ts", "127.0.0.1", now).is_ok(),
+                "{t}"
+            );
+        }
+        let changed = decoded.replace("a b/c", "a b/d");
+        assert_eq!(
+            check(&v, &changed, "/vod/t1/a.ts", "127.0.0.1", now),
+            Err(Reason::BadHmac)
+        );
+        assert_eq!(
+            escape_early_node("a b~'*!()é/"),
+            "a%20b%7e%27%2a!()%c3%a9%2f"
+        );
+    }
+
+    /// An ACL is read back from early escaping only when it is escaped whole (the legacy
+    /// generators'): in a path written out, `%2a` and `%3f` are characters of a file name, not
+    /// wildcards.
+    #[test]
+    fn only_a_wholly_escaped_acl_is_read_back() {
+        assert_eq!(
+            unescaped_acl("%2fvod%2ft1%2f%2a").as_deref(),
+            Some("/vod/t1/*")
+        );
+        assert_eq!(unescaped_acl("/vod/t1/*"), None);
+        assert_eq!(unescaped_acl("/vod/odd/p%3fain.ts"), None);
+        assert_eq!(unescaped_acl("/vod/odd/star%2a.ts"), None);
+        assert_eq!(unescaped_acl("%2fa%2f%2a!%2fb%2f%2a"), None);
+        let mut v = verifier(TokenAlgorithm::Sha256, KEY, None);
+        v.escape_early = true;
+        let spec = |acl| SignSpec {
+            acl: Some(acl),
+            exp: 1_900_000_060,
+            ..Default::default()
+        };
+        let key = hex::decode(KEY).expect("hex");
+        let literal = sign(TokenAlgorithm::Sha256, &key, &spec("/vod/odd/p%3fain.ts"));
+        let now = 1_900_000_000;
+        let ok = |t: &str, p: &str| check(&v, t, p, "127.0.0.1", now);
+        assert!(ok(&literal, "/vod/odd/p%3fain.ts").is_ok());
+        assert_eq!(ok(&literal, "/vod/odd/plain.ts"), Err(Reason::AclMismatch));
+        let legacy = sign(TokenAlgorithm::Sha256, &key, &spec("%2fvod%2fodd%2f%2a"));
+        assert!(ok(&legacy, "/vod/odd/plain.ts").is_ok());
     }
 
     #[test]

@@ -290,8 +290,8 @@ impl Auth {
         }
         if let Some(v) = f.headers.get(self.name.as_str()) {
             // UTF-8, not only ASCII (`data=é`); other bytes are a token that cannot be one.
-            let r = std::str::from_utf8(v.as_bytes())
-                .map_or(Err(Reason::Malformed), |raw| sent_or_decoded(raw));
+            let r =
+                std::str::from_utf8(v.as_bytes()).map_or(Err(Reason::Malformed), sent_or_decoded);
             return to_decision(r, Source::Header);
         }
         Decision::Denied(Reason::Missing)
