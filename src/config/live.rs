@@ -16,8 +16,8 @@ pub struct LiveConfig {
     pub block_timeout_factor: u32,
     /// A read for a live stream this node has no trace of is answered 503 with this
     /// `Retry-After` (whole seconds) instead of 404: in a cluster, the balancer moved the
-    /// request here from the stream's node (docs/cluster.md). So is a playlist held back after
-    /// a start ([`crate::live::Registry::held_back`]). `None` ("0s", the default): 404, and
+    /// request here from the stream's node (docs/cluster.md). So is a live playlist nobody
+    /// wrote for 3 target durations ([`crate::live::Registry::held_back`]). `None` ("0s", the default): 404, and
     /// nothing held back.
     pub unknown_stream_retry_after: Option<std::time::Duration>,
     /// The largest live playlist (HLS) or manifest (DASH) followed: a larger upload is 413; a

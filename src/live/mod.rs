@@ -50,9 +50,6 @@ pub struct Registry {
     pub(crate) watchers: std::sync::atomic::AtomicU64,
     /// `[live] max_playlist_bytes` as the running config has it (for the watcher).
     pub(crate) max_playlist_bytes: std::sync::atomic::AtomicU64,
-    /// When this process started (its registry is made once), or last resumed after it did not
-    /// run for a while ([`Registry::resumed`]): see [`Registry::held_back`].
-    started: Mutex<(std::time::SystemTime, std::time::Instant)>,
     m: LiveMetrics,
 }
 
@@ -252,7 +249,6 @@ impl Registry {
             max_playlist_bytes: std::sync::atomic::AtomicU64::new(
                 crate::config::DEFAULT_MAX_PLAYLIST_BYTES,
             ),
-            started: Mutex::new((std::time::SystemTime::now(), std::time::Instant::now())),
             m: LiveMetrics {
                 blocked: g(
                     "segd_live_blocked_requests",
@@ -439,14 +435,15 @@ impl Registry {
         }
     }
 
-    /// Whether a version of a live media playlist is held back: one not ended, written before
-    /// the process started (or resumed) and more than 3 target durations ago, during the first
-    /// 3 target durations of the process (or since it resumed). A node back from a crash, a
-    /// restart or a hang holds its streams as they were when it went; in a cluster their
-    /// packagers' uploads went to another node meanwhile, whose newer versions players were
-    /// given, and the old version would take their media sequence back (RFC 8216 §6.2.1
-    /// forbids that). The packager's next upload, due within a target duration, replaces it;
-    /// a stream whose packager has not come back is served as it is after the window.
+    /// Whether a version of a live media playlist is held back: one not ended and written more
+    /// than 3 target durations ago, so that its packager's uploads no longer come here. In a
+    /// cluster they went to another node, whose newer versions players were given, and this
+    /// one would take their media sequence back (RFC 8216 §6.2.1 forbids that): a node back
+    /// from a crash, a restart or a hang holds its streams as they were when it went, and a
+    /// neighbour that carried a stream while its node was out keeps the last version it got
+    /// after the stream moved back (acceptance P2: served at the stream's next move, 11
+    /// minutes and 332 segments behind). The packager's next upload, due within a target
+    /// duration, replaces it.
     pub fn held_back(&self, snap: &Snapshot) -> bool {
         if snap.pulled || snap.endlist || snap.target <= 0.0 {
             return false;
@@ -460,21 +457,21 @@ impl Registry {
         else {
             return false;
         };
+        // `Last-Modified` is whole seconds: a version written within the window's last second
+        // is never taken for an older one.
         let age = std::time::SystemTime::now()
             .duration_since(written)
             .unwrap_or_default();
-        let (started, started_at) = *self.started.lock().unwrap_or_else(|p| p.into_inner());
-        started_at.elapsed() < window && written < started && age > window
+        age > window + Duration::from_secs(1)
     }
 
     /// The process did not run for `gap` (stopped, a hypervisor stall, a machine too loaded to
-    /// schedule it): its playlists are as old as after a restart, and are held back as then
-    /// (acceptance P6: a node resumed after a hang served its pre-hang playlists, the media
-    /// sequence going back, until the packager's next upload).
+    /// schedule it): said in the log. Its playlists are as old as after a restart, and are held
+    /// back as any not written for 3 target durations ([`Registry::held_back`]; acceptance P6:
+    /// a node resumed after a hang served its pre-hang playlists, the media sequence going
+    /// back, until the packager's next upload).
     pub fn resumed(&self, gap: std::time::Duration) {
-        tracing::warn!(gap = ?gap, "this process did not run for a while: live playlists from before are held back as after a restart");
-        *self.started.lock().unwrap_or_else(|p| p.into_inner()) =
-            (std::time::SystemTime::now(), std::time::Instant::now());
+        tracing::warn!(gap = ?gap, "this process did not run for a while: live playlists not written meanwhile are held back");
     }
 
     /// The current version of the playlist at `path`, if the registry has one.
