@@ -10,7 +10,8 @@
 //! the wire, the close crosses it, and the client sees a failure it cannot safely retry); a
 //! client that is actively using the connection sends its next request well within the grace and
 //! learns to move on from the answer. A connection still idle after the grace is closed, as an
-//! idle timeout would, and clients detect that before reusing it.
+//! idle timeout would, and clients detect that before reusing it. A connection that carried an
+//! upload gets [`UPLOAD_IDLE_GRACE`]: a packager's next upload comes a segment later.
 //!
 //! [`Flag`] is the same idea without the waiting: a one-way switch many tasks can watch (the
 //! readiness `/readyz` reports, "the sockets now belong to a new process").
@@ -22,6 +23,14 @@ use tokio::sync::{mpsc, watch};
 /// How long a keep-alive connection idle when the drain starts may still send one request
 /// (capped at `server.keepalive_timeout`).
 pub const IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// The same for a connection that carried an upload (capped at `server.keepalive_timeout`): a
+/// packager's next upload comes a segment or a part later, and a client does not resend an
+/// upload it wrote into a connection that closed under it. ffmpeg's HLS muxer with
+/// `-http_persistent 1` lost the segment it wrote 1 s or more after a `SIGUSR2` upgrade (the
+/// playlist it retries on a new connection then listed a segment never stored: one 404 per
+/// rendition and upgrade). Answered with `Connection: close`, it reconnects for the next one.
+pub const UPLOAD_IDLE_GRACE: Duration = Duration::from_secs(12);
 
 pub struct Controller {
     stop: watch::Sender<bool>,

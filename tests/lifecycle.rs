@@ -1645,6 +1645,108 @@ async fn uploads_in_flight_through_an_upgrade_complete() {
     assert_eq!(temps(), 0);
 }
 
+/// One answer read from a kept-alive connection: its head, lower-cased, and its body (by
+/// `Content-Length`); `None` when the connection closed without one.
+fn read_answer(s: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some(head)
+}
+
+/// A packager that keeps its connection alive (ffmpeg's HLS muxer with `-http_persistent 1`)
+/// writes its next segment into it a segment after a `SIGUSR2` upgrade started, and does not
+/// resend it if the connection closed under it: the playlist it retries on a new connection
+/// then listed a segment never stored (a 404 per rendition and upgrade). A connection that
+/// carried an upload takes one more request for `drain::UPLOAD_IDLE_GRACE` (12 s), answered with
+/// `Connection: close`; it was closed after 1 s. Chunked (ffmpeg's, served by hyper after the
+/// first body) and with `Content-Length` (the fast path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_uploader_gets_its_next_upload_stored_through_an_upgrade() {
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let u = upgradable_with("", |cfg| {
+        cfg + &format!(
+            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
+             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n"
+        )
+    });
+    let tok = token_with_key(KEY, "/live/*");
+    let chunked = |name: &str, body: &[u8]| {
+        let mut out = format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            q(&format!("/live/s1/{name}"), &tok),
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out.extend_from_slice(b"\r\n0\r\n\r\n");
+        out
+    };
+    let sized = |name: &str, body: &[u8]| {
+        let mut out = format!(
+            "PUT {} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            q(&format!("/live/s1/{name}"), &tok),
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    };
+    type Put<'a> = &'a dyn Fn(&str, &[u8]) -> Vec<u8>;
+    let forms: [(&str, Put<'_>); 2] = [("chunked", &chunked), ("sized", &sized)];
+    let mut conns = Vec::new();
+    for (form, put) in forms {
+        let mut s = TcpStream::connect(u.srv.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(&put(&format!("{form}-1.ts"), b"first"))
+            .expect("put");
+        let head = read_answer(&mut s).expect("first answer");
+        assert!(head.starts_with("http/1.1 201"), "{form}: {head}");
+        conns.push((form, put, s));
+    }
+    let first = read_pid(&u.pid_file).expect("pid file");
+    let mut procs = Procs::new(&u.srv.config, first);
+    kill(first, libc::SIGUSR2);
+    let second = new_pid(&u.pid_file, first, &u.srv).await;
+    procs.pids.push(second);
+    u.srv.log_with(&["sockets handed over"]);
+    // The next segment, 2.5 s later (past the 1-s grace of other idle connections).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (form, put, s) in &mut conns {
+        s.write_all(&put(&format!("{form}-2.ts"), b"second"))
+            .expect("put");
+        let head = read_answer(s);
+        let head = head.unwrap_or_else(|| panic!("{form}: the connection closed unanswered"));
+        assert!(head.starts_with("http/1.1 201"), "{form}: {head}");
+        assert!(head.contains("connection: close"), "{form}: {head}");
+    }
+    let dir = u.vols.path().join("disk1/live/s1");
+    for (form, _, _) in &conns {
+        let stored = std::fs::read(dir.join(format!("{form}-2.ts")));
+        assert_eq!(stored.ok().as_deref(), Some(&b"second"[..]), "{form}");
+    }
+    drop(conns);
+    assert!(
+        gone(first, Duration::from_secs(30)).await,
+        "the old process did not exit; log:\n{}",
+        u.srv.stderr()
+    );
+}
+
 /// An LL-HLS blocking reload parked on the old process when an upgrade starts is answered with
 /// what it asked for, once the packager writes it through the new process (RFC 8216bis
 /// §6.2.5.2: the server defers its answer until the playlist has it, or answers an error). It

@@ -112,14 +112,18 @@ pub async fn serve_io<I>(
         .connections_open
         .with_label_values(&[proto]);
     gauge.inc();
-    let (grace, send_timeout, idle_timeout) = {
+    let (grace, upload_grace, send_timeout, idle_timeout) = {
         let s = &shared.load().config.server;
         (
             crate::drain::IDLE_GRACE.min(s.keepalive_timeout),
+            crate::drain::UPLOAD_IDLE_GRACE.min(s.keepalive_timeout),
             s.send_timeout,
             s.keepalive_timeout,
         )
     };
+    // Whether the connection carried an upload: a drain waits longer for its next request.
+    let uploaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let uploading = Arc::clone(&uploaded);
     let draining = drain.signal();
     let watch = ConnWatch::new();
     let requests = Arc::clone(&watch);
@@ -133,6 +137,9 @@ pub async fn serve_io<I>(
         let write = matches!(req.method(), &Method::PUT | &Method::POST | &Method::DELETE);
         if let (true, Some(w)) = (write, &writes) {
             w.store(true, Ordering::Relaxed);
+        }
+        if write {
+            uploading.store(true, Ordering::Relaxed);
         }
         // In flight from here: a handler that is still working is not an idle connection.
         let in_flight = requests.start();
@@ -196,10 +203,16 @@ pub async fn serve_io<I>(
         },
         _ = stop.wait() => {
             // HTTP/1.1: hyper's graceful shutdown closes an idle connection at once, racing a
-            // client reusing it; first give it `drain::IDLE_GRACE` in which responses carry
-            // `Connection: close`. HTTP/2's GOAWAY has no such race.
+            // client reusing it; first give it `drain::IDLE_GRACE` (`UPLOAD_IDLE_GRACE` after
+            // an upload) in which responses carry `Connection: close`. HTTP/2's GOAWAY has no
+            // such race.
             let ended = if proto != "h2" {
-                tokio::time::timeout(grace, conn.as_mut()).await.ok()
+                let wait = if uploaded.load(Ordering::Relaxed) {
+                    upload_grace
+                } else {
+                    grace
+                };
+                tokio::time::timeout(wait, conn.as_mut()).await.ok()
             } else {
                 None
             };

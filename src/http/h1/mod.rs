@@ -123,6 +123,8 @@ pub async fn serve(
     let mut first = true;
     // Armed after a write's answer.
     let mut reack = socket::Reack::default();
+    // Whether the connection carried an upload: a drain waits longer for its next request.
+    let mut uploaded = false;
     let next = loop {
         if buf.is_empty() {
             if buf.capacity() > 0 {
@@ -130,7 +132,12 @@ pub async fn serve(
             }
             // Draining: a request the client is already sending is still answered (with
             // `Connection: close`); see `drain::IDLE_GRACE` for why idle is not closed at once.
-            let grace = crate::drain::IDLE_GRACE.min(cfg.keepalive_timeout);
+            let grace = if uploaded {
+                crate::drain::UPLOAD_IDLE_GRACE
+            } else {
+                crate::drain::IDLE_GRACE
+            }
+            .min(cfg.keepalive_timeout);
             let idle_until = tokio::time::Instant::now() + cfg.keepalive_timeout;
             let ready = loop {
                 if drain.is_stopping() {
@@ -162,7 +169,10 @@ pub async fn serve(
         trim::request_done();
         // The next request's head is acknowledged on arrival, not when it is read.
         match next {
-            Next::AgainAfterWrite => reack.arm(&stream),
+            Next::AgainAfterWrite => {
+                uploaded = true;
+                reack.arm(&stream);
+            }
             _ => reack.disarm(),
         }
         if !matches!(next, Next::Again | Next::AgainAfterWrite) {
