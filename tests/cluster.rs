@@ -238,6 +238,9 @@ struct Opts {
     token_name: Option<&'static str>,
     /// `[pull] negative_ttl` (default "1s").
     negative_ttl: Option<&'static str>,
+    /// HAProxy in master-worker mode (`-W`), as Debian's unit runs it: reloadable by SIGUSR2
+    /// to the master.
+    lb_master_worker: bool,
 }
 
 struct Node {
@@ -443,7 +446,7 @@ fn shipped_haproxy_cfg() -> PathBuf {
 impl Haproxy {
     /// `haproxy -db -f config/haproxy/segd.cfg` with the nodes' addresses in its environment,
     /// logging to a file; returns once it serves its stats page.
-    fn start(port: u16, admin_port: u16, token_name: Option<&str>) -> Haproxy {
+    fn start(port: u16, admin_port: u16, token_name: Option<&str>, master_worker: bool) -> Haproxy {
         let bin = find_program("haproxy", &[PathBuf::from("/usr/sbin/haproxy")])
             .expect("haproxy is not installed (Debian haproxy; .ci/run installs it)");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -455,6 +458,9 @@ impl Haproxy {
         let mut cmd = Command::new(bin);
         if let Some(name) = token_name {
             cmd.env("SEGD_TOKEN_NAME", name);
+        }
+        if master_worker {
+            cmd.arg("-W");
         }
         let mut child = cmd
             .arg("-db")
@@ -764,7 +770,7 @@ impl Cluster {
                 n
             })
             .collect();
-        let lb = Haproxy::start(port, admin_port, opts.token_name);
+        let lb = Haproxy::start(port, admin_port, opts.token_name, opts.lb_master_worker);
         let c = Cluster {
             nodes,
             lb,
@@ -2524,6 +2530,105 @@ async fn cluster_rolling_upgrade_under_load_fails_no_request() {
             c.lb.statuses().await
         );
     }
+}
+
+/// `systemctl reload haproxy` (SIGUSR2 to the master), which docs/cluster.md prescribes when a
+/// node is added or removed, costs clients that keep their connections alive nothing: the old
+/// worker answers the next request on each idle connection with `Connection: close` (`option
+/// idle-close-on-response`) instead of closing it under a request on its way (6 of 6 such
+/// clients lost a request per reload, with no line in HAProxy's log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_haproxy_reload_costs_kept_alive_clients_nothing() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(Opts {
+        lb_master_worker: true,
+        ..Opts::default()
+    })
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lb = c.lb.addr;
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let path = q(&asset_path(i % ASSETS, 1), &play_token(i));
+                let req = format!("GET {path} HTTP/1.1\r\nHost: origin\r\n\r\n");
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let connect = || {
+                    let s = TcpStream::connect(lb).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(10)))
+                        .expect("timeout");
+                    s
+                };
+                let mut s = connect();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut answer = Vec::new();
+                    let sent = s.write_all(req.as_bytes()).is_ok();
+                    let mut buf = [0u8; 65536];
+                    // One answer: its head, then Content-Length bytes of body.
+                    let complete = sent
+                        && loop {
+                            let n = match s.read(&mut buf) {
+                                Ok(0) | Err(_) => break false,
+                                Ok(n) => n,
+                            };
+                            answer.extend_from_slice(&buf[..n]);
+                            let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+                            let Some(end) = text.find("\r\n\r\n") else {
+                                continue;
+                            };
+                            let len: usize = text[..end]
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if answer.len() >= end + 4 + len {
+                                break true;
+                            }
+                        };
+                    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+                    if complete && head.starts_with("http/1.1 200") {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{path}: {:?}", head.lines().next()));
+                    }
+                    if !complete || head.contains("connection: close") {
+                        s = connect();
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let master = c.lb.child.id() as i32;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // SAFETY: signals HAProxy's master, our child.
+        unsafe { libc::kill(master, libc::SIGUSR2) };
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut failed = Vec::new();
+    for t in clients {
+        let (ok, f) = t.join().expect("client");
+        total += ok;
+        failed.extend(f);
+    }
+    assert!(
+        total > 100,
+        "{total} requests answered: {:?}",
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests lost to HAProxy reloads ({} of {}):\n{}\n{}",
+        failed.len(),
+        total as usize + failed.len(),
+        failed.join("\n"),
+        std::fs::read_to_string(&c.lb.log).unwrap_or_default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
