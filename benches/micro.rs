@@ -118,7 +118,7 @@ fn playlist_rewrite(c: &mut Criterion) {
         "/config/demo/disk1/vod/t1/dash/manifest.mpd"
     ))
     .expect("demo mpd");
-    let param = "__token__=st%3D1700000000~exp%3D1800000000~acl%3D%2Fvod%2Fmix123%2F*~hmac%3D921c18dc1f2e11882730b6112972cf65eef407695ed7f92dd13df8751b356a58";
+    let param = segd::playlist::Add::Query("__token__=st%3D1700000000~exp%3D1800000000~acl%3D%2Fvod%2Fmix123%2F*~hmac%3D921c18dc1f2e11882730b6112972cf65eef407695ed7f92dd13df8751b356a58");
     let mut g = c.benchmark_group("playlist_rewrite");
     g.bench_function("hls_720_segments", |b| {
         b.iter(|| {

@@ -1,6 +1,7 @@
 //! Token propagation into playlists: append a query parameter (`__token__=…`) to every relative
-//! URI of an HLS playlist or a DASH MPD (replacing one of that name the URI has already), in
-//! one pass over the text. Pure code, no I/O.
+//! URI of an HLS playlist or a DASH MPD (replacing one of that name the URI has already), or put
+//! a token's path segment before every root-relative one, in one pass over the text. Pure
+//! code, no I/O.
 //!
 //! Players resolve segment URIs against the playlist URL and drop its query string, so a query
 //! token reaches segments only if the playlist carries it.
@@ -40,6 +41,25 @@ impl Kind {
     }
 }
 
+/// What a rewrite adds to a playlist's URIs.
+#[derive(Debug, Clone, Copy)]
+pub enum Add<'a> {
+    /// `name=value` (already encoded) to the query of every relative URI.
+    Query(&'a str),
+    /// `/name=value` (the path segment the request's token came in, as received) before every
+    /// root-relative URI (`/…`): a path-relative one keeps the segment by itself when a player
+    /// resolves it against the playlist's URL, a root-relative one loses it.
+    PathSegment(&'a str),
+}
+
+impl Add<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Add::Query(p) | Add::PathSegment(p) => p.len(),
+        }
+    }
+}
+
 /// Whether `uri` points elsewhere (has a scheme or is network-path `//host/...`).
 pub fn is_foreign(uri: &str) -> bool {
     if uri.starts_with("//") {
@@ -60,11 +80,34 @@ pub fn is_foreign(uri: &str) -> bool {
 /// own, stale token: segd and CDNs read the first one, so one appended after it would never
 /// count), the others of that name dropped; else at the end. `amp` is the query's separator
 /// (`&`, or `&amp;` inside XML).
-fn append(uri: &str, param: &str, amp: &str, out: &mut String) {
+fn append(uri: &str, add: Add<'_>, amp: &str, out: &mut String) {
     if uri.is_empty() || is_foreign(uri) {
         out.push_str(uri);
         return;
     }
+    let param = match add {
+        Add::Query(param) => param,
+        Add::PathSegment(segment) => {
+            let Some(rest) = uri.strip_prefix('/') else {
+                out.push_str(uri);
+                return;
+            };
+            out.push('/');
+            out.push_str(segment);
+            // A token segment the URI has already (a packager's own) is replaced.
+            let name = segment.split_once('=').map_or(segment, |(n, _)| n);
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let first = &rest[..end];
+            let is_token = first.strip_prefix(name).is_some_and(|r| r.starts_with('='));
+            if is_token {
+                out.push_str(&rest[end..]);
+            } else {
+                out.push('/');
+                out.push_str(rest);
+            }
+            return;
+        }
+    };
     let (base, frag) = match uri.find('#') {
         Some(i) => (&uri[..i], &uri[i..]),
         None => (uri, ""),
@@ -102,17 +145,17 @@ fn append(uri: &str, param: &str, amp: &str, out: &mut String) {
 }
 
 /// Rewrites a playlist. Non-UTF-8 input is returned unchanged.
-pub fn rewrite(kind: Kind, body: &[u8], param: &str) -> Vec<u8> {
+pub fn rewrite(kind: Kind, body: &[u8], add: Add<'_>) -> Vec<u8> {
     let Ok(text) = std::str::from_utf8(body) else {
         return body.to_vec();
     };
     match kind {
-        Kind::Hls => rewrite_hls(text, param).into_bytes(),
-        Kind::Dash => rewrite_dash(text, param).into_bytes(),
+        Kind::Hls => rewrite_hls(text, add).into_bytes(),
+        Kind::Dash => rewrite_dash(text, add).into_bytes(),
     }
 }
 
-fn rewrite_hls(text: &str, param: &str) -> String {
+fn rewrite_hls(text: &str, param: Add<'_>) -> String {
     let mut out = String::with_capacity(text.len() + 64 * param.len().min(256));
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
@@ -139,7 +182,7 @@ fn rewrite_hls(text: &str, param: &str) -> String {
 }
 
 /// Rewrites every `URI="…"` attribute (at an attribute boundary) of one tag line.
-fn rewrite_uri_attrs(line: &str, param: &str, out: &mut String) {
+fn rewrite_uri_attrs(line: &str, param: Add<'_>, out: &mut String) {
     let mut rest = line;
     while let Some(i) = rest.find("URI=\"") {
         let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b':' | b',' | b' ');
@@ -187,7 +230,7 @@ fn tag_end(s: &str) -> Option<usize> {
 }
 
 /// Rewrites the named attributes of one start tag.
-fn rewrite_xml_attrs(tag: &str, names: &[&str], param: &str, out: &mut String) {
+fn rewrite_xml_attrs(tag: &str, names: &[&str], param: Add<'_>, out: &mut String) {
     let bytes = tag.as_bytes();
     let mut i = 0;
     let mut copied = 0;
@@ -218,7 +261,7 @@ fn rewrite_xml_attrs(tag: &str, names: &[&str], param: &str, out: &mut String) {
     out.push_str(&tag[copied..]);
 }
 
-fn rewrite_dash(text: &str, param: &str) -> String {
+fn rewrite_dash(text: &str, param: Add<'_>) -> String {
     let mut out = String::with_capacity(text.len() + 16 * param.len().min(256));
     let mut rest = text;
     while let Some(lt) = rest.find('<') {
@@ -267,7 +310,8 @@ mod tests {
     #[test]
     fn hls_every_uri_place() {
         let src = "#EXTM3U\r\n#EXT-X-VERSION:7\r\n#EXT-X-MAP:URI=\"init.mp4\",BYTERANGE=\"10@0\"\r\n#EXT-X-KEY:METHOD=AES-128,URI=\"key.key\",IV=0x1\r\n#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"skd://keyserver/1\"\r\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"a\",NAME=\"en\",URI=\"en/index.m3u8\"\r\n#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,URI=\"iframe.m3u8?x=1\"\r\n#EXT-X-PART:DURATION=1,URI=\"p1.m4s\"\r\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p2.m4s\"\r\n#EXT-X-RENDITION-REPORT:URI=\"../hi/index.m3u8\",LAST-MSN=1\r\n#EXT-X-SESSION-KEY:METHOD=AES-128,URI=\"/keys/k.key\"\r\n#EXTINF:4,\r\nseg_1.ts\r\n#EXTINF:4,\r\nhttps://cdn.example/seg_2.ts\r\n  seg_3.ts#frag\r\n#EXT-X-ENDLIST\r\n";
-        let out = String::from_utf8(rewrite(Kind::Hls, src.as_bytes(), P)).expect("utf8");
+        let out =
+            String::from_utf8(rewrite(Kind::Hls, src.as_bytes(), Add::Query(P))).expect("utf8");
         for want in [
             "URI=\"init.mp4?__token__=exp%3D9~hmac%3Dab\",BYTERANGE=\"10@0\"",
             "URI=\"key.key?__token__=",
@@ -289,6 +333,28 @@ mod tests {
         assert_eq!(out.matches("__token__").count(), 10);
     }
 
+    /// A path segment goes before root-relative URIs only (replacing a token segment one has
+    /// already), in HLS lines, `URI="…"` attributes and DASH attributes and `BaseURL`.
+    #[test]
+    fn a_path_segment_goes_before_root_relative_uris_only() {
+        let seg = Add::PathSegment("__token__=exp%3D9~hmac%3Dab");
+        let hls = "#EXTM3U\n#EXT-X-MAP:URI=\"/v/init.mp4\"\n#EXTINF:4,\n/v/a.ts?x=1\n#EXTINF:4,\nb.ts\n#EXTINF:4,\n//cdn.example/c.ts\n#EXTINF:4,\n/__token__=old/v/d.ts\n";
+        let out = String::from_utf8(rewrite(Kind::Hls, hls.as_bytes(), seg)).expect("utf8");
+        assert_eq!(
+            out,
+            "#EXTM3U\n#EXT-X-MAP:URI=\"/__token__=exp%3D9~hmac%3Dab/v/init.mp4\"\n#EXTINF:4,\n/__token__=exp%3D9~hmac%3Dab/v/a.ts?x=1\n#EXTINF:4,\nb.ts\n#EXTINF:4,\n//cdn.example/c.ts\n#EXTINF:4,\n/__token__=exp%3D9~hmac%3Dab/v/d.ts\n"
+        );
+        let mpd = r#"<MPD><BaseURL>/v/</BaseURL><SegmentTemplate media="/v/$Number$.m4s" initialization="init.m4s"/></MPD>"#;
+        let out = String::from_utf8(rewrite(Kind::Dash, mpd.as_bytes(), seg)).expect("utf8");
+        assert_eq!(
+            out,
+            r#"<MPD><BaseURL>/__token__=exp%3D9~hmac%3Dab/v/</BaseURL><SegmentTemplate media="/__token__=exp%3D9~hmac%3Dab/v/$Number$.m4s" initialization="init.m4s"/></MPD>"#
+        );
+        // Nothing root-relative: nothing changes.
+        let plain = "#EXTM3U\n#EXTINF:4,\na.ts\n";
+        assert_eq!(rewrite(Kind::Hls, plain.as_bytes(), seg), plain.as_bytes());
+    }
+
     #[test]
     fn dash_every_uri_place() {
         let src = r#"<?xml version="1.0"?>
@@ -299,7 +365,8 @@ mod tests {
    <Representation id="0"><SegmentList><Initialization sourceURL="init.mp4"/><SegmentURL media="s1.m4s"/><SegmentURL media="http://x/s2.m4s"/></SegmentList>
    <SegmentBase><RepresentationIndex sourceURL="idx.sidx"/></SegmentBase></Representation>
  </AdaptationSet></Period></MPD>"#;
-        let out = String::from_utf8(rewrite(Kind::Dash, src.as_bytes(), P)).expect("utf8");
+        let out =
+            String::from_utf8(rewrite(Kind::Dash, src.as_bytes(), Add::Query(P))).expect("utf8");
         for want in [
             "<BaseURL> media/?__token__=exp%3D9~hmac%3Dab </BaseURL>",
             "<BaseURL>https://other.example/p/</BaseURL>",
@@ -320,7 +387,7 @@ mod tests {
     /// Found by the `playlist` fuzz target (issue 7): trailing blanks after a URI were dropped.
     #[test]
     fn regression_issue7_uri_line_keeps_trailing_whitespace() {
-        let out = rewrite(Kind::Hls, b"\x03\t\n seg.ts \r\n", P);
+        let out = rewrite(Kind::Hls, b"\x03\t\n seg.ts \r\n", Add::Query(P));
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             format!("\x03?{P}\t\n seg.ts?{P} \r\n")
@@ -345,13 +412,13 @@ mod tests {
             ("seg8.ts?__token__x=1", format!("seg8.ts?__token__x=1&{P}")),
             ("seg8.ts?", format!("seg8.ts?&{P}")),
         ] {
-            let out = rewrite(Kind::Hls, format!("{uri}\n").as_bytes(), P);
+            let out = rewrite(Kind::Hls, format!("{uri}\n").as_bytes(), Add::Query(P));
             assert_eq!(String::from_utf8(out).expect("utf8"), format!("{want}\n"));
         }
         let out = rewrite(
             Kind::Dash,
             b"<SegmentURL media=\"s.m4s?v=1&amp;__token__=old&amp;w=2\"/>",
-            P,
+            Add::Query(P),
         );
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
@@ -359,7 +426,7 @@ mod tests {
         );
         // Not UTF-8 (RFC 8216 requires it): served as it is, never a panic.
         let bad = b"#EXTM3U\nseg1.ts\n#EXT-X-PART:URI=\"\xff\xfe.ts\"\n";
-        assert_eq!(rewrite(Kind::Hls, bad, P), bad.to_vec());
+        assert_eq!(rewrite(Kind::Hls, bad, Add::Query(P)), bad.to_vec());
     }
 
     #[test]
@@ -385,8 +452,8 @@ mod tests {
             "\u{0}<x>",
             "<SegmentURL media=x>",
         ] {
-            let _ = rewrite(Kind::Dash, s.as_bytes(), P);
-            let _ = rewrite(Kind::Hls, s.as_bytes(), P);
+            let _ = rewrite(Kind::Dash, s.as_bytes(), Add::Query(P));
+            let _ = rewrite(Kind::Hls, s.as_bytes(), Add::Query(P));
         }
     }
 }

@@ -620,6 +620,74 @@ async fn path_form_playlist_resolution() {
     );
 }
 
+/// A token in a path segment survives the resolution of path-relative URIs, not of
+/// root-relative ones (`/vod/…`, which packagers and CDNs write): those get the segment put
+/// before them, so a player that opened the master this way reaches every rendition and
+/// segment (acceptance, tokens F1: 403 `missing`). Path-relative and absolute URIs are left as
+/// they are, and a playlist with nothing to change is served as stored, under its own ETag.
+#[tokio::test]
+async fn a_path_token_reaches_root_relative_uris() {
+    for mode in ["forward", "mint"] {
+        let (d, srv) = start(mode);
+        let dir = d.path().join("disk1/vod/abs");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("master.m3u8"),
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=128000\n/vod/t1/hls/128k/index.m3u8\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=64000\n../t1/hls/64k/index.m3u8\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=32000\nhttps://other.example/x.m3u8\n",
+        )
+        .expect("write");
+        let t = acl("/vod/*");
+        let segment = format!("__token__={}", encode_token(&t));
+        let base = srv.url("");
+        let master = format!("{base}/{segment}/vod/abs/master.m3u8");
+        let r = get(&master, &[]).await;
+        assert_eq!(r.status, 200, "{mode}");
+        let text = r.text();
+        assert!(
+            text.contains(&format!("\n/{segment}/vod/t1/hls/128k/index.m3u8\n")),
+            "{mode}: {text}"
+        );
+        assert!(
+            text.contains("\n../t1/hls/64k/index.m3u8\n"),
+            "{mode}: {text}"
+        );
+        assert!(
+            text.contains("\nhttps://other.example/x.m3u8\n"),
+            "{mode}: {text}"
+        );
+        assert!(
+            r.header("cache-control")
+                .is_some_and(|c| c.starts_with("private")),
+            "{mode}: a viewer's token is in it: {:?}",
+            r.header("cache-control")
+        );
+        // Resolved as a player resolves them, both renditions and their segments play.
+        let root = format!("{base}/{segment}/vod/t1/hls/128k/index.m3u8");
+        // (`../` removed as RFC 3986 §5.2.4 does.)
+        let relative = format!("{base}/{segment}/vod/t1/hls/64k/index.m3u8");
+        for media in [root, relative] {
+            let m = get(&media, &[]).await;
+            assert_eq!(m.status, 200, "{mode}: {media}");
+            let first = hls_uris(&m.text()).into_iter().next().expect("a segment");
+            let seg = get(&resolve(&media, &first), &[]).await;
+            assert_eq!(seg.status, 200, "{mode}: {first}");
+        }
+        // Nothing root-relative: served as stored.
+        let plain = get(&format!("{base}/{segment}/vod/t1/hls/64k/index.m3u8"), &[]).await;
+        assert_eq!(plain.status, 200);
+        let stored = std::fs::read_to_string(d.path().join("disk1/vod/t1/hls/64k/index.m3u8"))
+            .expect("read");
+        assert_eq!(plain.text(), stored, "{mode}");
+        let etag = plain.header("etag").expect("etag");
+        assert!(
+            !etag.starts_with("W/"),
+            "{mode}: the stored version's: {etag}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn forward_rewriting() {
     let (_d, srv) = start("forward");

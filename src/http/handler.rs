@@ -356,9 +356,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
             ObjectClass::Playlist,
             Decision::Granted {
                 grant,
-                source: auth::Source::Query,
+                source: source @ (auth::Source::Query | auth::Source::Path),
             },
-        ) => rewrite::param(cx.policy, req, &canonical, grant, now),
+        ) => rewrite::param(cx.policy, req, &canonical, grant, *source, now),
         _ => None,
     };
 

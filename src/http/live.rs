@@ -139,8 +139,11 @@ pub(super) async fn playlist(
         Some(d) => (d.body.clone(), d.etag.clone()),
         None => (snap.text.clone(), Some(snap.etag.clone())),
     };
-    if let Some(param) = rewrite_param {
-        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, &param.query));
+    // A rewrite that changes nothing (a path segment's token, no root-relative URI) is none.
+    let rewritten = rewrite_param.and_then(|p| p.rewrite(playlist::Kind::Hls, &body));
+    let rewrite_param = rewrite_param.filter(|_| rewritten.is_some());
+    if let Some(out) = rewritten {
+        body = Bytes::from(out);
         etag = crate::live::playlist::variant_etag(&snap.etag, &body);
     }
     let mut h = HeaderMap::with_capacity(12);
@@ -235,8 +238,12 @@ fn passed(
             live_playlist_cache_control(&cx.policy.config, None),
         );
     }
-    // Coded bytes (an upstream that gzips although asked for identity) are passed as they are.
-    let rewrite_param = rewrite_param.filter(|_| !h.contains_key(CONTENT_ENCODING));
+    // Coded bytes (an upstream that gzips although asked for identity) are passed as they are;
+    // a rewrite that changes nothing (a path segment's token, no root-relative URI) is none.
+    let rewritten = rewrite_param
+        .filter(|_| !h.contains_key(CONTENT_ENCODING) && p.status == StatusCode::OK)
+        .and_then(|param| Some((param, param.rewrite(playlist::Kind::Hls, &p.body)?)));
+    let rewrite_param = rewritten.as_ref().map(|(param, _)| *param);
     let upstream_type = h.remove(CONTENT_TYPE);
     if p.status == StatusCode::OK && rewrite_param.is_none() {
         // The upstream was not asked with the client's preconditions: they are checked here.
@@ -247,8 +254,8 @@ fn passed(
         h.insert(CACHE_CONTROL, headers::NO_STORE);
     }
     let mut body = p.body.clone();
-    if let (Some(param), true) = (rewrite_param, p.status == StatusCode::OK) {
-        body = Bytes::from(playlist::rewrite(playlist::Kind::Hls, &body, &param.query));
+    if let Some((param, out)) = rewritten {
+        body = Bytes::from(out);
         // The private lifetime is what is left of the shared one: the Age is counted in it.
         let age = h
             .remove(AGE)

@@ -18,15 +18,35 @@ use crate::volumes::{self, RelPath};
 /// Largest playlist segd rewrites (bigger ones are served as they are, whole, with a warning).
 const MAX_REWRITE_BYTES: u64 = 4 << 20;
 
-/// What a playlist's relative URIs get: a query parameter carrying a token.
+/// What a playlist's relative URIs get: a query parameter carrying a token, or (a token that
+/// came in a path segment) that segment before each root-relative URI.
 pub struct Param {
-    /// `name=token`, appended to each URI.
+    /// `name=token`, appended to each URI (or put before each root-relative one as a path
+    /// segment, `in_path`).
     pub query: String,
     /// Unix seconds when the token in it expires.
     pub expires: u64,
+    /// The token came in a path segment: only root-relative URIs need it.
+    pub in_path: bool,
 }
 
 impl Param {
+    /// What [`playlist::rewrite`] adds.
+    pub fn add(&self) -> playlist::Add<'_> {
+        if self.in_path {
+            playlist::Add::PathSegment(&self.query)
+        } else {
+            playlist::Add::Query(&self.query)
+        }
+    }
+
+    /// `body` rewritten, or `None` when that changes nothing (a path segment's playlist with
+    /// no root-relative URI: served as it is, shared as any other).
+    pub fn rewrite(&self, kind: playlist::Kind, body: &[u8]) -> Option<Vec<u8>> {
+        let out = playlist::rewrite(kind, body, self.add());
+        (!self.in_path || out != body).then_some(out)
+    }
+
     /// The `Cache-Control` of a playlist rewritten with this parameter, given the one it goes
     /// out with unrewritten (`shared`: its upstream's, or segd's own for the class) and its
     /// `Age`: `private` (one viewer's token: no CDN keeps it), for what is left of the
@@ -44,12 +64,37 @@ pub fn param(
     req: &Request<'_>,
     canonical: &str,
     grant: &auth::Grant,
+    source: auth::Source,
     now: u64,
 ) -> Option<Param> {
     let cfg = &policy.config.token;
     let name = policy.auth.name();
     match cfg.playlist_tokens {
         PlaylistTokens::Off => None,
+        // The token segment, forwarded whatever the mode: the playlist's path-relative URIs
+        // carry it already (a URL token, bound to the playlist's URL, opens nothing else).
+        _ if source == auth::Source::Path => {
+            if grant.is_url_token {
+                return None;
+            }
+            let segment = req.path.strip_prefix('/')?.split('/').next()?;
+            let safe = segment
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"\"'<>&#\\?".contains(&b));
+            let query = if safe {
+                segment.to_owned()
+            } else {
+                let decoded = volumes::path::percent_decode(segment.as_bytes())?;
+                let decoded = String::from_utf8_lossy(&decoded);
+                let token = decoded.strip_prefix(name)?.strip_prefix('=')?;
+                format!("{name}={}", auth::encode_token(token))
+            };
+            Some(Param {
+                query,
+                expires: grant.exp,
+                in_path: true,
+            })
+        }
         PlaylistTokens::Forward if !grant.is_url_token => {
             let raw = req.query.and_then(|q| auth::query_param(q, name))?;
             let safe = raw
@@ -67,6 +112,7 @@ pub fn param(
             Some(Param {
                 query,
                 expires: grant.exp,
+                in_path: false,
             })
         }
         PlaylistTokens::Forward | PlaylistTokens::Mint => {
@@ -93,6 +139,7 @@ pub fn param(
             Some(Param {
                 query: format!("{name}={}", auth::encode_token(&token)),
                 expires,
+                in_path: false,
             })
         }
     }
@@ -112,7 +159,8 @@ pub struct Rewritten {
 /// of a 3.5 MB playlist); concurrent requests now wait for the one copy being made. Kept up to
 /// [`REWRITES_MAX_BYTES`], a minute unused at most.
 pub struct Rewrites {
-    cache: moka::future::Cache<String, Bytes>,
+    /// `None`: the rewrite changes nothing (served as it is).
+    cache: moka::future::Cache<String, Option<Bytes>>,
 }
 
 /// What the shared rewritten playlists may hold.
@@ -123,7 +171,10 @@ impl Rewrites {
         Rewrites {
             cache: moka::future::Cache::builder()
                 .max_capacity(REWRITES_MAX_BYTES)
-                .weigher(|_, body: &Bytes| u32::try_from(body.len()).unwrap_or(u32::MAX))
+                .weigher(|key: &String, body: &Option<Bytes>| {
+                    let len = key.len() + body.as_ref().map_or(0, Bytes::len);
+                    u32::try_from(len).unwrap_or(u32::MAX)
+                })
                 .time_to_idle(std::time::Duration::from_secs(60))
                 .build(),
         }
@@ -144,7 +195,8 @@ enum NotMade {
 }
 
 /// Reads the playlist and appends `param` to its relative URIs (or takes the copy `rewrites`
-/// holds); `None` when it is too large to rewrite (the caller serves it as it is).
+/// holds); `None` when it is too large to rewrite, or the rewrite would change nothing (the
+/// caller serves it as it is).
 pub async fn playlist(
     policy: &Policy,
     rewrites: &Rewrites,
@@ -184,15 +236,13 @@ pub async fn playlist(
             if original.len() as u64 > MAX_REWRITE_BYTES {
                 return Err(NotMade::TooLarge);
             }
-            Ok(Bytes::from(playlist::rewrite(
-                kind,
-                &original,
-                &param.query,
-            )))
+            Ok(param.rewrite(kind, &original).map(Bytes::from))
         })
         .await;
     let body = match made {
-        Ok(body) => body,
+        Ok(Some(body)) => body,
+        // Nothing to add (a path segment's playlist without root-relative URIs).
+        Ok(None) => return Ok(None),
         Err(e) => match &*e {
             NotMade::TooLarge => {
                 tracing::warn!(
