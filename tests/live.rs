@@ -563,7 +563,17 @@ async fn a_neighbours_leftover_live_playlist_is_held_back_at_the_next_move() {
         assert_eq!(r.status, 503, "{query:?}");
         assert_eq!(r.header("retry-after"), Some("1"), "{query:?}");
         assert_eq!(r.header("cache-control"), Some("no-store"), "{query:?}");
+        assert_eq!(r.text(), "live playlist not written here lately\n");
     }
+    // Counted apart from streams this node has no trace of.
+    let m = get(&rig.srv.admin_url("/metrics"), &[]).await.text();
+    let held = [("reason", "held_back"), ("fault", "server")];
+    // The poll that saw the first 503, and the two above.
+    assert_eq!(
+        metric_with(&m, "segd_refusals_total", &held),
+        Some(3.0),
+        "{m}"
+    );
     // The stream moves here again: the packager's next upload is served at once.
     rig.put(pl, playlist(397).as_bytes()).await;
     let r = get(&rig.url(pl), &[]).await;

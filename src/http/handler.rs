@@ -816,7 +816,7 @@ fn refuse(cx: &Cx<'_>, r: Refusal, path: Option<&str>) -> Reply {
     if let Refusal::UpstreamUnavailable(secs) = r {
         headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
-    if let (Refusal::StreamElsewhere, Some(after)) =
+    if let (Refusal::StreamElsewhere | Refusal::HeldBack, Some(after)) =
         (r, cx.policy.config.live.unknown_stream_retry_after)
     {
         // Whole seconds, rounded up (RFC 9110 §10.2.3).

@@ -48,7 +48,7 @@ pub(super) fn not_held_back(cx: &Cx<'_>, canonical: &str) -> Result<(), Stop> {
         return Ok(());
     }
     match cx.rt.live.current(canonical) {
-        Some(snap) if cx.rt.live.held_back(&snap) => Err(Refusal::StreamElsewhere.into()),
+        Some(snap) if cx.rt.live.held_back(&snap) => Err(Refusal::HeldBack.into()),
         _ => Ok(()),
     }
 }
@@ -118,7 +118,7 @@ pub(super) async fn playlist(
         return Ok(None);
     };
     if cfg.live.unknown_stream_retry_after.is_some() && cx.rt.live.held_back(&snap) {
-        return Err(Refusal::StreamElsewhere.into());
+        return Err(Refusal::HeldBack.into());
     }
     // Blocking reload: only where the playlist allows it, and never after its end.
     let blocking = dirs.want.filter(|_| snap.blocks());

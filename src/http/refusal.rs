@@ -139,6 +139,12 @@ pub enum Refusal {
     /// node, which is down; the stream appears here once its packager's uploads do.
     #[error("live stream not on this node")]
     StreamElsewhere,
+    /// A live playlist this node holds but nobody wrote for 3 target durations, with `[live]
+    /// unknown_stream_retry_after` set: its packager's uploads go to another node (after a
+    /// restart here, or after the stream moved back from here), and this version would take
+    /// the players' media sequence back ([`crate::live::Registry::held_back`]).
+    #[error("live playlist not written here lately")]
+    HeldBack,
     #[error("internal error")]
     Internal,
 }
@@ -452,6 +458,13 @@ impl Refusal {
                 "stream_elsewhere",
                 Server,
             ),
+            Refusal::HeldBack => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "live playlist not written here lately\n",
+                Info,
+                "held_back",
+                Server,
+            ),
             Refusal::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal error\n",
@@ -587,6 +600,7 @@ pub const ALL: &[Refusal] = &[
     Refusal::LiveBusy,
     Refusal::BlockTimeout,
     Refusal::StreamElsewhere,
+    Refusal::HeldBack,
     Refusal::Internal,
 ];
 
