@@ -1991,6 +1991,55 @@ fn node_with_unreachable_bucket(weed: &Weed) -> (Edge, tempfile::TempDir) {
 /// listens there on a test machine).
 const UNREACHABLE_BUCKET: &str = "http://127.0.0.1:9";
 
+/// `segd_write_through_oldest_seconds` keeps counting while the queue's worker waits on a hung
+/// bucket: set only when the queue was listed, it stood at its value from the start of a round
+/// of bucket requests (each waiting `first_byte_timeout`) or a backoff, minutes behind during
+/// an outage, when `SegdWriteThroughBacklog` needs it (acceptance, cluster F4: 5 s while the
+/// entry was 47 s old).
+#[tokio::test]
+async fn write_through_oldest_entry_age_counts_while_the_bucket_hangs() {
+    // A bucket that takes connections and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", hung.local_addr().expect("addr"));
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in hung.incoming().take(16).flatten() {
+            conns.push(c);
+        }
+    });
+    let secret = tempfile::NamedTempFile::new().expect("secret");
+    std::fs::write(secret.path(), "secret\n").expect("write");
+    let qdir = tempfile::tempdir().expect("tempdir");
+    let local = write_through_ingest(&format!(
+        "durability = \"local\"\nqueue_path = \"{}\"",
+        qdir.path().display()
+    ));
+    let node = Edge::start_with(
+        &keys(&[("first_byte_timeout", "\"30s\"")]),
+        &[s3_upstream_at(&endpoint, secret.path())],
+        &local,
+    );
+    let path = "/vod/wtage/hls/seg_00001.ts";
+    let r = send("PUT", &upload_url(&node, path), &[], b"queued", false).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let admin = node.srv.admin_url("/metrics");
+    let oldest = async || {
+        let m = fetch("GET", &admin, &[], false)
+            .await
+            .map(|g| String::from_utf8_lossy(g.bytes()).into_owned())
+            .unwrap_or_default();
+        metric(&m, "segd_write_through_oldest_seconds").unwrap_or(-1.0)
+    };
+    // The worker lists the entry and waits on the bucket (up to 30 s); the age goes on.
+    assert!(
+        eventually(Duration::from_secs(10), async || oldest().await >= 4.0).await,
+        "segd_write_through_oldest_seconds stood still at {}",
+        oldest().await
+    );
+    drop(node);
+    drop(held);
+}
+
 /// Kills `node` (not drained: its queue stays as it was) and starts it again on the same
 /// config, volume and queue with the bucket's right address.
 fn restart_reaching_the_bucket(node: &mut Edge, weed: &Weed) -> Server {

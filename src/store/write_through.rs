@@ -138,6 +138,11 @@ impl Op {
 struct WtMetrics {
     backlog: prometheus::IntGauge,
     oldest: prometheus::IntGauge,
+    /// When the oldest entry the queue's last listing found was queued (Unix ns; 0: none):
+    /// `oldest` is its age, brought up to date every second, also while a round of bucket
+    /// requests or a backoff runs (set only at each listing, it stood still for minutes during a
+    /// bucket outage, when the backlog alerts need it).
+    oldest_ns: AtomicU64,
     total: prometheus::IntCounterVec,
 }
 
@@ -278,6 +283,7 @@ impl WriteThrough {
             m: WtMetrics {
                 backlog,
                 oldest,
+                oldest_ns: AtomicU64::new(0),
                 total,
             },
         }))
@@ -733,6 +739,20 @@ impl WriteThrough {
         Ok(())
     }
 
+    /// `segd_write_through_oldest_seconds` from the last listing's oldest entry and the clock.
+    fn update_oldest(&self) {
+        let ns = self.m.oldest_ns.load(Ordering::Relaxed);
+        let age = if ns == 0 {
+            0
+        } else {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            now.saturating_sub(u128::from(ns)) / 1_000_000_000
+        };
+        self.m.oldest.set(i64::try_from(age).unwrap_or(i64::MAX));
+    }
+
     /// Applies queued entries until the process ends. `store` gives the node's current files
     /// and the path locks uploads hold until their rename.
     pub(super) async fn run_queue(self: Arc<Self>, store: super::Store) {
@@ -740,6 +760,13 @@ impl WriteThrough {
             return;
         };
         let mut backoff = BACKOFF_MIN;
+        let ages = Arc::clone(&self);
+        tokio::spawn(async move {
+            while !ages.stopping.load(Ordering::Relaxed) {
+                ages.update_oldest();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
         while !self.stopping.load(Ordering::Relaxed) {
             let d = dir.clone();
             let listed = tokio::task::spawn_blocking(move || list(&d)).await;
@@ -752,9 +779,11 @@ impl WriteThrough {
                 Err(_) => (Vec::new(), 0),
             };
             self.m.backlog.set(total as i64);
+            let oldest = entries.first().map_or(0, |e| e.ns.max(1));
             self.m
-                .oldest
-                .set(entries.first().map_or(0, |e| e.age_secs()) as i64);
+                .oldest_ns
+                .store(u64::try_from(oldest).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.update_oldest();
             if entries.is_empty() {
                 let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
                 continue;
@@ -1143,15 +1172,6 @@ struct Entry {
     rel: String,
     /// Unix nanoseconds of the enqueue (from the name).
     ns: u128,
-}
-
-impl Entry {
-    fn age_secs(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        u64::try_from(now.saturating_sub(self.ns) / 1_000_000_000).unwrap_or(u64::MAX)
-    }
 }
 
 /// The oldest [`BATCH`] entries of the queue, and how many there are in all. An entry that
