@@ -202,6 +202,8 @@ fn upload_text(
         "token:  {token}\nkey:    {key_id} (upload, {}), expires {exp} ({})\nquery:  {query}\ncookie: curl -b '{cookie}' -T FILE '{}{}'\npath:   {embedded}\n\n\
 # live HLS (MPEG-TS segments; add -hls_segment_type fmp4 for fMP4). Straight to one node you may\n\
 # add -http_persistent 1; not through a load balancer (README: Pointing a packager at a cluster).\n\
+# Give ffmpeg the path form above, not the query form: it drops the query from the URLs it builds\n\
+# itself (an fMP4 init segment, a master playlist), which are then refused\n\
 # The token must outlive the stream (--ttl): once it expires every upload is 403 and ffmpeg stops\n\
 # publishing without a word\n\
 ffmpeg -re -i INPUT -c:a aac -b:a 128k -f hls -hls_time 4 -hls_list_size 6 \\\n  -hls_flags delete_segments -method PUT '{dir}index.m3u8'\n\n\
