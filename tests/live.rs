@@ -1250,6 +1250,48 @@ async fn a_dynamic_manifest_that_arrives_after_the_final_static_one_is_refused()
     );
 }
 
+/// A DASH packager restarted under the same name at once (ffmpeg run again): its first
+/// dynamic manifests, of a new run (another `availabilityStartTime`), are taken within 2 s of
+/// the previous run's final static one; they were refused (409) for up to 2 s, while the new
+/// run overwrote the old run's segment names under a manifest saying the stream had ended
+/// (acceptance, ABR F2). The old run's own late dynamic version is still refused.
+#[tokio::test]
+async fn a_restarted_dash_stream_is_taken_at_once() {
+    let rig = Rig::start(3, 100, "");
+    let path = "/live/dashagain/manifest.mpd";
+    let mpd = |kind: &str, start: Option<&str>| {
+        let ast = start.map_or(String::new(), |s| {
+            format!("\n\tavailabilityStartTime=\"{s}\"")
+        });
+        format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\"\n\tprofiles=\"urn:mpeg:dash:profile:isoff-live:2011\"\n\ttype=\"{kind}\"{ast}\n\tminBufferTime=\"PT2.0S\">\n</MPD>\n"
+        )
+    };
+    let put = async |body: String| {
+        send(
+            "PUT",
+            &rig.url(&q(path, &rig.tok)),
+            &[],
+            body.as_bytes(),
+            false,
+        )
+        .await
+    };
+    let first = Some("2026-12-02T08:17:26.738Z");
+    assert_eq!(put(mpd("dynamic", first)).await.status, 201);
+    // ffmpeg's final manifest has no availabilityStartTime.
+    assert_eq!(put(mpd("static", None)).await.status, 204);
+    let r = put(mpd("dynamic", first)).await;
+    assert_eq!(r.status, 409, "the first run's late version: {}", r.text());
+    let second = Some("2026-12-02T08:17:40.112Z");
+    let r = put(mpd("dynamic", second)).await;
+    assert_eq!(r.status, 204, "a new run: {}", r.text());
+    assert_eq!(
+        get(&rig.url(path), &[]).await.text(),
+        mpd("dynamic", second)
+    );
+}
+
 /// Numbers a playlist states that no duration can hold (`CAN-SKIP-UNTIL=1e300`,
 /// `EXT-X-TARGETDURATION` of 2^64 − 1 s, `inf`, `NaN`) are taken as absent. They used to panic
 /// where segd made a `Duration` of them: the upload lost its answer, a blocking reload on the

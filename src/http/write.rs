@@ -260,8 +260,9 @@ const RACE_WINDOW: Duration = Duration::from_secs(2);
 /// (whether it is `type="static"`; `None`: no `<MPD` in it).
 enum Kept {
     Hls(Box<Snapshot>),
-    /// Whether it is static (`None`: unreadable), and its `minimumUpdatePeriod` in seconds.
-    Mpd(Option<bool>, Option<f64>),
+    /// Whether it is static (`None`: unreadable), its `minimumUpdatePeriod` in seconds and its
+    /// `availabilityStartTime`.
+    Mpd(Option<bool>, Option<f64>, Option<String>),
 }
 
 /// Reads an upload's body into it and commits it.
@@ -331,6 +332,7 @@ impl Receive {
                 Kept::Mpd(
                     crate::live::mpd_is_static(text),
                     crate::live::mpd_update_period(text),
+                    crate::live::mpd_availability_start(text),
                 )
             } else {
                 let unknown = HeaderValue::from_static("");
@@ -346,10 +348,11 @@ impl Receive {
                 let target = Duration::try_from_secs_f64(stored.target).unwrap_or(RACE_WINDOW);
                 new.behind(&stored, RACE_WINDOW.min(target))
             }),
-            Some(Kept::Mpd(Some(is_static), _)) => {
-                self.registry.mpd_behind(&self.key, *is_static, RACE_WINDOW)
+            Some(Kept::Mpd(Some(is_static), _, start)) => {
+                self.registry
+                    .mpd_behind(&self.key, *is_static, start.as_deref(), RACE_WINDOW)
             }
-            Some(Kept::Mpd(None, _)) | None => false,
+            Some(Kept::Mpd(None, _, _)) | None => false,
         };
         if behind {
             return Err(Refusal::StalePlaylist);
@@ -365,10 +368,13 @@ impl Receive {
                 snap.last_modified = done.last_modified.clone();
                 self.registry.publish(&self.key, *snap);
             }
-            Some(Kept::Mpd(is_static, period)) => {
-                self.registry
-                    .mpd_stored(&self.key, is_static == Some(true), period, RACE_WINDOW)
-            }
+            Some(Kept::Mpd(is_static, period, start)) => self.registry.mpd_stored(
+                &self.key,
+                is_static == Some(true),
+                period,
+                start,
+                RACE_WINDOW,
+            ),
             None => {}
         }
         done.body = None;

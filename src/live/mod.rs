@@ -40,9 +40,14 @@ pub struct Registry {
     hints: Mutex<HashMap<String, String>>,
     blocked: AtomicUsize,
     stopping: watch::Sender<bool>,
-    /// Live DASH manifests stored as `type="static"` (a stream's end), and when: a dynamic
-    /// version arriving just after it lost a race with it ([`Registry::mpd_behind`]).
-    ended_mpds: Mutex<HashMap<String, std::time::Instant>>,
+    /// Live DASH manifests stored as `type="static"` (a stream's end), when, and the
+    /// `availabilityStartTime` of the stream that ended (its last dynamic version's): a dynamic
+    /// version of that stream arriving just after it lost a race with it
+    /// ([`Registry::mpd_behind`]).
+    ended_mpds: Mutex<HashMap<String, (std::time::Instant, Option<String>)>>,
+    /// The `availabilityStartTime` of the last dynamic version of each live DASH manifest
+    /// (a packager's run: a restarted one has another).
+    mpd_starts: Mutex<HashMap<String, String>>,
     /// Live DASH manifests stored as `type="dynamic"` with a `minimumUpdatePeriod`: its
     /// seconds, which bound their `Cache-Control` as a target duration bounds a playlist's.
     mpd_periods: Mutex<HashMap<String, f64>>,
@@ -67,6 +72,17 @@ pub fn mpd_is_static(text: &[u8]) -> Option<bool> {
         Ok(None) => Some(true),
         Err(()) => None,
     }
+}
+
+/// A live DASH manifest's `availabilityStartTime` (one per run of its packager; ffmpeg's final
+/// static manifest has none).
+pub fn mpd_availability_start(text: &[u8]) -> Option<String> {
+    Some(
+        mpd_attribute(text, "availabilityStartTime")
+            .ok()??
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// A live DASH manifest's `minimumUpdatePeriod` in seconds (how often players fetch it again),
@@ -244,6 +260,7 @@ impl Registry {
             blocked: AtomicUsize::new(0),
             stopping: watch::Sender::new(false),
             ended_mpds: Mutex::new(HashMap::new()),
+            mpd_starts: Mutex::new(HashMap::new()),
             mpd_periods: Mutex::new(HashMap::new()),
             watchers: std::sync::atomic::AtomicU64::new(0),
             max_playlist_bytes: std::sync::atomic::AtomicU64::new(
@@ -360,13 +377,25 @@ impl Registry {
         }
     }
 
-    /// Whether a live DASH manifest at `path` that is (`is_static`) or is not static comes
-    /// behind the version stored there: a dynamic one within `window` of a static one, the
-    /// stream's end, which it lost a race with on another connection (ffmpeg's last dynamic
-    /// manifest and its final static one, sent back to back). Call under the path's lock.
-    pub fn mpd_behind(&self, path: &str, is_static: bool, window: std::time::Duration) -> bool {
+    /// Whether a live DASH manifest at `path` that is (`is_static`) or is not static, of the
+    /// run that started at `start` (its `availabilityStartTime`), comes behind the version
+    /// stored there: a dynamic one within `window` of a static one, the stream's end, which it
+    /// lost a race with on another connection (ffmpeg's last dynamic manifest and its final
+    /// static one, sent back to back). One of another run (a packager restarted under the same
+    /// name at once) is no older version: taken. Call under the path's lock.
+    pub fn mpd_behind(
+        &self,
+        path: &str,
+        is_static: bool,
+        start: Option<&str>,
+        window: std::time::Duration,
+    ) -> bool {
         let ended = self.ended_mpds.lock().unwrap_or_else(|p| p.into_inner());
-        !is_static && ended.get(path).is_some_and(|at| at.elapsed() < window)
+        !is_static
+            && ended.get(path).is_some_and(|(at, ended_start)| {
+                let restarted = matches!((start, ended_start), (Some(a), Some(b)) if a != b);
+                at.elapsed() < window && !restarted
+            })
     }
 
     /// The `minimumUpdatePeriod` of the dynamic live DASH manifest last stored at `path`
@@ -387,8 +416,22 @@ impl Registry {
         path: &str,
         is_static: bool,
         period: Option<f64>,
+        start: Option<String>,
         window: std::time::Duration,
     ) {
+        let run = {
+            let mut starts = self.mpd_starts.lock().unwrap_or_else(|p| p.into_inner());
+            match start.filter(|_| !is_static) {
+                Some(s) => {
+                    if starts.len() >= MPD_PERIODS && !starts.contains_key(path) {
+                        starts.clear();
+                    }
+                    starts.insert(path.to_owned(), s.clone());
+                    Some(s)
+                }
+                None => starts.get(path).cloned(),
+            }
+        };
         {
             let mut periods = self.mpd_periods.lock().unwrap_or_else(|p| p.into_inner());
             match period.filter(|_| !is_static) {
@@ -406,9 +449,9 @@ impl Registry {
         let mut ended = self.ended_mpds.lock().unwrap_or_else(|p| p.into_inner());
         if is_static {
             if ended.len() >= 64 {
-                ended.retain(|_, at| at.elapsed() < window);
+                ended.retain(|_, (at, _)| at.elapsed() < window);
             }
-            ended.insert(path.to_owned(), std::time::Instant::now());
+            ended.insert(path.to_owned(), (std::time::Instant::now(), run));
         } else {
             ended.remove(path);
         }
