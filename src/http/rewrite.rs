@@ -209,14 +209,16 @@ pub async fn playlist(
         .as_deref()
         .and_then(playlist::Kind::of)
         .ok_or(Refusal::Internal)?;
-    // One version of the object (its validators and length) with one parameter.
+    // One version of the object (its validators and length) with one parameter, in one place
+    // (the same token text goes in a query or in a path segment: different rewrites).
     let key = format!(
-        "{}\0{}\0{}\0{:?}\0{}",
+        "{}\0{}\0{}\0{:?}\0{}\0{}",
         rel.as_str(),
         String::from_utf8_lossy(object.etag.as_bytes()),
         String::from_utf8_lossy(object.last_modified.as_bytes()),
         object.len,
-        param.query
+        param.query,
+        if param.in_path { "path" } else { "query" },
     );
     let made = rewrites
         .cache
@@ -258,7 +260,7 @@ pub async fn playlist(
     let etag = format!(
         "W/\"{}-{:08x}\"",
         strong.trim_matches('"'),
-        volumes::fnv1a64(param.query.as_bytes()) as u32
+        volumes::fnv1a64(format!("{}{}", param.in_path, param.query).as_bytes()) as u32
     );
     let content_type = ext
         .as_deref()
