@@ -1398,6 +1398,14 @@ async fn utf8_tokens_in_headers_and_cookies() {
     let reply = raw(srv.addr, &bytes, std::time::Duration::from_secs(5));
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    // The same as a cookie.
+    let head = format!(
+        "GET {SEG} HTTP/1.1\r\nHost: t\r\nCookie: a=b; __token__={latin1}\r\nConnection: close\r\n\r\n"
+    );
+    let bytes: Vec<u8> = head.chars().map(|c| c as u32 as u8).collect();
+    let reply = raw(srv.addr, &bytes, std::time::Duration::from_secs(5));
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
         metric(&m, "segd_token_rejections_total{reason=\"missing\"}"),

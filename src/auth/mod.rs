@@ -88,16 +88,27 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The cookie `name`'s value; `Some(Err(()))` for one in a `Cookie` line that is no UTF-8 (a
+/// token that cannot be one: `malformed`, not `missing`). UTF-8, not only ASCII: a token minted
+/// with `data=é` is sent so.
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<Result<&'h str, ()>> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        // UTF-8, not only ASCII: a token minted with `data=é` is sent so.
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            let (k, v) = c.trim().split_once('=')?;
-            (k == name).then(|| v.trim_matches('"'))
+        .flat_map(|v| match std::str::from_utf8(v.as_bytes()) {
+            Ok(text) => text.split(';').map(Ok).collect::<Vec<_>>(),
+            Err(_) => v.as_bytes().split(|&b| b == b';').map(Err).collect(),
+        })
+        .find_map(|c| match c {
+            Ok(c) => {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == name).then(|| Ok(v.trim_matches('"')))
+            }
+            Err(raw) => {
+                let raw = raw.trim_ascii_start();
+                let named = raw.strip_prefix(name.as_bytes())?.starts_with(b"=");
+                named.then_some(Err(()))
+            }
         })
 }
 
@@ -286,7 +297,8 @@ impl Auth {
             }
         };
         if let Some(raw) = cookie(f.headers, &self.name) {
-            return to_decision(sent_or_decoded(raw), Source::Cookie);
+            let r = raw.map_or(Err(Reason::Malformed), sent_or_decoded);
+            return to_decision(r, Source::Cookie);
         }
         if let Some(v) = f.headers.get(self.name.as_str()) {
             // UTF-8, not only ASCII (`data=é`); other bytes are a token that cannot be one.

@@ -386,6 +386,24 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
     request("GET", url, headers, false).await
 }
 
+/// Sends a request whose body the server may refuse before reading it (413 and close): the
+/// bytes are written from another thread, a write that fails once the server has closed is
+/// not an error, and what the server answered is read until it closes (or 10 s pass).
+pub fn raw_refused(addr: SocketAddr, bytes: Vec<u8>) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&bytes);
+    });
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Sends raw bytes and reads until the server closes or `timeout` passes.
 pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).expect("connect");
