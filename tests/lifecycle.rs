@@ -1569,6 +1569,18 @@ impl ChunkedPut {
     }
 }
 
+/// [`upgradable`] taking uploads under `/live/` (no fsync), and an upload token for them.
+fn upgradable_ingest() -> (Upgradable, String) {
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let u = upgradable_with("", |cfg| {
+        cfg + &format!(
+            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
+             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n"
+        )
+    });
+    (u, token_with_key(KEY, "/live/*"))
+}
+
 /// Uploads in flight through a SIGUSR2 upgrade complete: one on the old process (its temporary
 /// file survives the new process's start), and one the new process takes while the old one
 /// still drains, which is still in flight when the new process removes the temporary files an
@@ -1577,14 +1589,7 @@ impl ChunkedPut {
 /// during an upgrade, found playing a stream through one with hls.js).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_in_flight_through_an_upgrade_complete() {
-    const KEY: &str = "0123456789abcdef0123456789abcdef";
-    let u = upgradable_with("", |cfg| {
-        cfg + &format!(
-            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
-             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n"
-        )
-    });
-    let tok = token_with_key(KEY, "/live/*");
+    let (u, tok) = upgradable_ingest();
     let dir = u.vols.path().join("disk1/live/s1");
     // Longer than one write buffer: each upload is on disk, as a temporary file, from its
     // first chunk on.
@@ -1676,14 +1681,7 @@ fn read_answer(s: &mut TcpStream) -> Option<String> {
 /// first body) and with `Content-Length` (the fast path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_alive_uploader_gets_its_next_upload_stored_through_an_upgrade() {
-    const KEY: &str = "0123456789abcdef0123456789abcdef";
-    let u = upgradable_with("", |cfg| {
-        cfg + &format!(
-            "\n[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n\
-             [[ingest.keys]]\nid = \"up1\"\nsecret = \"{KEY}\"\n"
-        )
-    });
-    let tok = token_with_key(KEY, "/live/*");
+    let (u, tok) = upgradable_ingest();
     let chunked = |name: &str, body: &[u8]| {
         let mut out = format!(
             "PUT {} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",

@@ -526,6 +526,17 @@ async fn a_live_playlist_from_before_a_restart_is_held_back_in_a_cluster() {
     assert_eq!(r.status, 200, "single node");
 }
 
+/// A live playlist of three 1-s segments from media sequence `first` (not ended).
+fn three_one_second_segments(first: u64) -> String {
+    let mut p = format!(
+        "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
+    );
+    for n in first..first + 3 {
+        p.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+    }
+    p
+}
+
 /// A neighbour that carried a live stream while the stream's node was out keeps the last
 /// version it was sent once the uploads moved back. At the stream's next move players are
 /// sent to it, and that version (minutes and hundreds of segments behind) took their media
@@ -534,15 +545,7 @@ async fn a_live_playlist_from_before_a_restart_is_held_back_in_a_cluster() {
 /// for, not only after a restart; the packager's next upload is served at once.
 #[tokio::test]
 async fn a_neighbours_leftover_live_playlist_is_held_back_at_the_next_move() {
-    let playlist = |first: u64| {
-        let mut p = format!(
-            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
-        );
-        for n in first..first + 3 {
-            p.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
-        }
-        p
-    };
+    let playlist = three_one_second_segments;
     let rig = Rig::start_with(3, 100, "unknown_stream_retry_after = \"1s\"\n", |_| {});
     let pl = "/live/moved/index.m3u8";
     // Long after this node started (the hold-back after a restart is over).
@@ -591,15 +594,7 @@ async fn a_neighbours_leftover_live_playlist_is_held_back_at_the_next_move() {
 /// back (503, `Retry-After`) as after a restart, until the packager's next upload.
 #[tokio::test]
 async fn a_node_that_hung_holds_back_its_playlists_as_after_a_restart() {
-    let playlist = |first: u64| {
-        let mut p = format!(
-            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
-        );
-        for n in first..first + 3 {
-            p.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
-        }
-        p
-    };
+    let playlist = three_one_second_segments;
     let rig = Rig::start_with(3, 100, "unknown_stream_retry_after = \"2s\"\n", |_| {});
     let path = "/live/hung/index.m3u8";
     rig.put(path, playlist(10).as_bytes()).await;
