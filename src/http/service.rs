@@ -78,7 +78,8 @@ pub struct Conn {
     pub peer_gone: Option<Arc<AtomicBool>>,
     /// Set when a request on the connection is a write (HTTP/1.1 beneath `h1::Prefixed`):
     /// the kernel is then told to acknowledge the next request's head at once after each
-    /// answer (`h1::socket::ack_now`).
+    /// answer (`h1::socket::ack_now`), and a drain waits longer for its next request
+    /// (`drain::UPLOAD_IDLE_GRACE`).
     pub writes: Option<Arc<AtomicBool>>,
     /// The connection's socket, watched while an HTTP/1.1 request parks ([`peer_closed`]).
     /// hyper does not read an HTTP/1.1 connection while it serves a request (half-close is on),
@@ -122,8 +123,7 @@ pub async fn serve_io<I>(
         )
     };
     // Whether the connection carried an upload: a drain waits longer for its next request.
-    let uploaded = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let uploading = Arc::clone(&uploaded);
+    let uploaded = writes.clone();
     let draining = drain.signal();
     let watch = ConnWatch::new();
     let requests = Arc::clone(&watch);
@@ -137,9 +137,6 @@ pub async fn serve_io<I>(
         let write = matches!(req.method(), &Method::PUT | &Method::POST | &Method::DELETE);
         if let (true, Some(w)) = (write, &writes) {
             w.store(true, Ordering::Relaxed);
-        }
-        if write {
-            uploading.store(true, Ordering::Relaxed);
         }
         // In flight from here: a handler that is still working is not an idle connection.
         let in_flight = requests.start();
@@ -207,7 +204,7 @@ pub async fn serve_io<I>(
             // an upload) in which responses carry `Connection: close`. HTTP/2's GOAWAY has no
             // such race.
             let ended = if proto != "h2" {
-                let wait = if uploaded.load(Ordering::Relaxed) {
+                let wait = if uploaded.as_ref().is_some_and(|w| w.load(Ordering::Relaxed)) {
                     upload_grace
                 } else {
                     grace
