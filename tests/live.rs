@@ -143,9 +143,14 @@ impl Rig {
         );
     }
 
+    /// PUT `body` at `path` with the upload token (HTTP/1.1); the answer, whatever it is.
+    async fn put_answer(&self, path: &str, body: &[u8]) -> Resp {
+        send("PUT", &self.url(&q(path, &self.tok)), &[], body, false).await
+    }
+
     /// PUT `body` at `path` with the upload token (HTTP/1.1); 201 or 204.
     async fn put(&self, path: &str, body: &[u8]) {
-        let r = send("PUT", &self.url(&q(path, &self.tok)), &[], body, false).await;
+        let r = self.put_answer(path, body).await;
         assert!(
             r.status == 201 || r.status == 204,
             "PUT {path}: {} {}",
@@ -1204,16 +1209,7 @@ async fn a_dynamic_manifest_that_arrives_after_the_final_static_one_is_refused()
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\"\n\tprofiles=\"urn:mpeg:dash:profile:isoff-live:2011\"\n\ttype=\"{kind}\"\n\tminBufferTime=\"PT2.0S\">\n<!-- {n} -->\n</MPD>\n"
         )
     };
-    let put = async |body: String| {
-        send(
-            "PUT",
-            &rig.url(&q(path, &rig.tok)),
-            &[],
-            body.as_bytes(),
-            false,
-        )
-        .await
-    };
+    let put = async |body: String| rig.put_answer(path, body.as_bytes()).await;
     assert_eq!(put(mpd("dynamic", 1)).await.status, 201);
     assert_eq!(
         put(mpd("dynamic", 2)).await.status,
@@ -1262,16 +1258,7 @@ async fn a_restarted_dash_stream_is_taken_at_once() {
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\"\n\tprofiles=\"urn:mpeg:dash:profile:isoff-live:2011\"\n\ttype=\"{kind}\"{ast}\n\tminBufferTime=\"PT2.0S\">\n</MPD>\n"
         )
     };
-    let put = async |body: String| {
-        send(
-            "PUT",
-            &rig.url(&q(path, &rig.tok)),
-            &[],
-            body.as_bytes(),
-            false,
-        )
-        .await
-    };
+    let put = async |body: String| rig.put_answer(path, body.as_bytes()).await;
     let first = Some("2026-12-02T08:17:26.738Z");
     assert_eq!(put(mpd("dynamic", first)).await.status, 201);
     // ffmpeg's final manifest has no availabilityStartTime.
