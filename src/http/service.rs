@@ -224,7 +224,15 @@ pub async fn serve_io<I>(
                     // it is closed.
                     let idle = async {
                         tokio::time::sleep(grace).await;
-                        watch.verdict(send_timeout, grace).await
+                        let verdict = watch.verdict(send_timeout, grace).await;
+                        // Nothing in flight: what HTTP/2 (or TLS) still holds of the last
+                        // responses is covered by the client's window and waits only for room
+                        // in the socket. While the socket's queue is not empty, the client is
+                        // still taking bytes; `conn` goes on writing them meanwhile.
+                        if let Some(fd) = socket {
+                            sent_out(fd, send_timeout).await;
+                        }
+                        verdict
                     };
                     tokio::select! {
                         res = conn.as_mut() => res,
@@ -301,6 +309,32 @@ async fn linger(fd: RawFd, send_timeout: std::time::Duration) {
             Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
             Err(_) => return,
         }
+    }
+}
+
+/// Resolves once the client has acknowledged every byte written to socket `fd`, or took none
+/// for `send_timeout`. A slow HTTP/2 reader's last pieces wait in hyper's send buffer until the
+/// socket has room, which it has only as the client reads: closed as soon as nothing was in
+/// flight, the last few hundred KB of a download at 1 MB/s were cut at drain in about half of
+/// the runs (`lifecycle::sigterm_lets_very_slow_http2_downloads_finish`).
+async fn sent_out(fd: RawFd, send_timeout: std::time::Duration) {
+    // SAFETY: `fd` is the socket of the connection whose future (which owns it) is alive in
+    // the caller for as long as this runs; it is only queried here.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut queued = super::h1::socket::unacked(socket);
+    let mut progress = tokio::time::Instant::now();
+    while queued > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = tokio::time::Instant::now();
+        let q = super::h1::socket::unacked(socket);
+        // Acknowledged bytes shrink the queue, and the room they make lets `conn` add to it:
+        // either way it moved. A client that takes nothing leaves it as it was.
+        if q != queued {
+            progress = now;
+        } else if now >= progress + send_timeout {
+            return;
+        }
+        queued = q;
     }
 }
 
