@@ -90,8 +90,21 @@ pub(super) fn fit_fd_limit(config: &mut Config) {
              left (raise LimitNOFILE / ulimit -n to allow more)",
         );
         config.server.max_connections = usize::try_from(conns).unwrap_or(usize::MAX);
+        if default && conns < FEW_CONNECTIONS {
+            // Fitting the default is no news; fitting it to a handful of connections is: a
+            // service run with a small `ulimit -n` serves a few clients and turns the rest away.
+            tracing::warn!(
+                limit,
+                used = conns,
+                "server.max_connections: only {conns} connections fit the descriptor limit \
+                 ({limit}); raise LimitNOFILE / ulimit -n (65536 or more) to serve more"
+            );
+        }
     }
 }
+
+/// Fewer connections than this fitted to the descriptor limit are worth a warning.
+const FEW_CONNECTIONS: u64 = 256;
 
 /// Says that `key` was lowered from `configured` to `used` to fit the descriptor `limit`: an
 /// info line for its default (meant to adapt to the machine: nothing was asked that cannot be
