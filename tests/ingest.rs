@@ -2281,6 +2281,90 @@ async fn pipelined_uploads_of_a_client_that_left_over_tls_are_carried_out() {
     all_stored(&vol, &dir, &files, &bodies, "tls").await;
 }
 
+/// A refusal over TLS (HTTP/1.1) that leaves the body unread says `Connection: close`, as the
+/// plaintext fast path's do: hyper closes the connection after it (it reads no further), and a
+/// client that reused it would lose its next request. It said nothing. An upload read whole
+/// keeps the connection, for chunked and `Content-Length` bodies alike.
+#[tokio::test]
+async fn tls_refusals_that_leave_the_body_unread_say_connection_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = crate::tls::Pki::new();
+    let rig = Rig::tls(&pki, |_| {});
+    let tok = upload_token("/live/*");
+    let client = pki.client(&[&rustls::version::TLS13], &[b"http/1.1"]);
+    // The answer's head, and whether the connection then ends (or takes another request).
+    let ask = |request: Vec<u8>| {
+        let client = client.clone();
+        let srv = &rig.srv;
+        async move {
+            let mut s = crate::tls::connect(srv, &client).await;
+            s.write_all(&request).await.expect("request");
+            s.flush().await.expect("flush");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                    .await
+                    .expect("an answer in time")
+                    .expect("read");
+                assert!(
+                    n > 0,
+                    "closed before an answer: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                got.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&got).to_lowercase();
+            let head = head.split("\r\n\r\n").next().unwrap_or("").to_string();
+            let next = b"GET /vod/none.ts HTTP/1.1\r\nHost: t\r\n\r\n";
+            let _ = s.write_all(next).await;
+            let _ = s.flush().await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+            let served_next = String::from_utf8_lossy(&rest).contains("HTTP/1.1 404");
+            (head, served_next)
+        }
+    };
+    // No token: 403 before the body, 100 KB of it declared and 1 KB sent.
+    let mut unread =
+        b"PUT /live/cc/a.ts HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    unread.extend(payload(1000, 1));
+    let (head, served_next) = ask(unread).await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(
+        head.contains("\r\nconnection: close"),
+        "unread body, no close: {head}"
+    );
+    assert!(!served_next, "the connection went on after an unread body");
+    // The same refused in chunked coding, its body unread.
+    let chunked =
+        b"PUT /live/cc/b.ts HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n"
+            .to_vec();
+    let (head, _) = ask(chunked).await;
+    assert!(
+        head.starts_with("http/1.1 403") && head.contains("\r\nconnection: close"),
+        "{head}"
+    );
+    // Uploads read whole keep the connection.
+    for chunked in [false, true] {
+        let (head, served_next) = ask(put_request(
+            &q("/live/cc/c.ts", &tok),
+            &payload(50_000, 2),
+            chunked,
+        ))
+        .await;
+        assert!(head.starts_with("http/1.1 20"), "chunked {chunked}: {head}");
+        assert!(
+            !head.contains("connection: close"),
+            "chunked {chunked}: {head}"
+        );
+        assert!(
+            served_next,
+            "chunked {chunked}: the connection ended after an upload"
+        );
+    }
+}
+
 /// A write over TLS whose client ends its side right after it (`close_notify` and FIN, as
 /// ffmpeg's DELETE connections do) is still carried out: a DELETE and a chunked upload under a
 /// live prefix.

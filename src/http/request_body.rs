@@ -165,8 +165,22 @@ impl<'a> RequestBody<'a> {
     /// malformed; h2 drops those fields before hyper sees the trailers, so h2 itself resets the
     /// stream for them (patched: `vendor/h2/SEGD-PATCH.md`) and the body fails.
     pub fn from_hyper(body: hyper::body::Incoming) -> RequestBody<'static> {
+        Self::from_hyper_telling(body, None)
+    }
+
+    /// As [`RequestBody::from_hyper`]; `read_whole` is set once the body has been read to its
+    /// end (its declared length, or the end of its frames). An HTTP/1.1 body left short of it
+    /// keeps hyper from reusing the connection: the answer must say `Connection: close`.
+    pub fn from_hyper_telling(
+        body: hyper::body::Incoming,
+        read_whole: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> RequestBody<'static> {
         use http_body::Body as _;
+        use std::sync::atomic::Ordering;
         if body.is_end_stream() {
+            if let Some(f) = &read_whole {
+                f.store(true, Ordering::Relaxed);
+            }
             return RequestBody::none();
         }
         let declared = body.size_hint().exact();
@@ -176,6 +190,24 @@ impl<'a> RequestBody<'a> {
                 Err(e) => Some(Err(io::Error::other(e))),
             }
         });
+        let Some(flag) = read_whole else {
+            return RequestBody::new(declared, Box::pin(frames));
+        };
+        let at_end = std::sync::Arc::clone(&flag);
+        let mut got = 0u64;
+        let frames = frames
+            .inspect(move |piece| {
+                if let Ok(b) = piece {
+                    got += b.len() as u64;
+                    if Some(got) == declared {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+            })
+            .chain(futures_util::stream::poll_fn(move |_| {
+                at_end.store(true, Ordering::Relaxed);
+                std::task::Poll::Ready(None)
+            }));
         RequestBody::new(declared, Box::pin(frames))
     }
 

@@ -458,8 +458,12 @@ async fn respond(
                 && headers::authority_ok(&parts.uri)
         }
     };
+    // An HTTP/1.1 body the handler leaves unread (a refusal) ends the connection: hyper does
+    // not read past it, and the answer says so (as the fast path's do).
+    let read_whole = (proto == Proto::H1).then(|| Arc::new(AtomicBool::new(false)));
     let reply = if host_ok {
-        handler::handle(runtime, &policy, &hreq, RequestBody::from_hyper(incoming)).await
+        let body = RequestBody::from_hyper_telling(incoming, read_whole.clone());
+        handler::handle(runtime, &policy, &hreq, body).await
     } else {
         handler::refused(runtime, &policy, &hreq, Refusal::Malformed)
     };
@@ -480,9 +484,11 @@ async fn respond(
         hyper::Response::new(HyperBody::new(reply.body, tls.is_some(), record, in_flight));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;
-    if (reply.close || draining.is_set()) && proto == Proto::H1 {
+    let unread = read_whole.is_some_and(|f| !f.load(Ordering::Relaxed));
+    if (reply.close || draining.is_set() || unread) && proto == Proto::H1 {
         // The request's body could not be trusted: nothing after it on this connection can.
-        // Or a drain: the client should take its next request elsewhere.
+        // Or a drain: the client should take its next request elsewhere. Or a body left
+        // unread: hyper closes the connection after this answer.
         resp.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
