@@ -284,7 +284,7 @@ async fn request(
     // A request that may park (LL-HLS directives, a live path) is dropped when its client goes
     // away — the connection closes, or the client cancels just this request (STOP_SENDING on
     // the response direction, RFC 9114 §4.1.1) — so a parked request frees its slot at once.
-    let may_park = hreq.query.is_some_and(|q| q.contains("_HLS_"))
+    let may_park = hreq.query.is_some_and(|q| q.contains("HLS_"))
         || policy
             .config
             .live

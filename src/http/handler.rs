@@ -669,11 +669,11 @@ fn connection_specific(headers: &HeaderMap) -> bool {
 }
 
 /// Whether a request head's transfer codings are acceptable (for the HTTP/1.1 fast path).
-/// Whether a request may park (LL-HLS directives, or a path under a live prefix: preload
+/// Whether a request may park (LL-HLS directives, `_` escaped or not, or a path under a live prefix: preload
 /// hints). Its connection is then watched while it waits: a client that goes away frees its
 /// slot at once.
 pub fn may_park(policy: &Policy, path: &str, query: Option<&str>) -> bool {
-    query.is_some_and(|q| q.contains("_HLS_"))
+    query.is_some_and(|q| q.contains("HLS_"))
         || policy
             .config
             .live

@@ -86,6 +86,16 @@ pub enum BadDirective {
     TooFarAhead,
 }
 
+/// `s` with its percent-escapes decoded, when it has any and they decode to UTF-8.
+fn unescaped(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    crate::volumes::path::percent_decode(s.as_bytes())
+        .and_then(|b| String::from_utf8(b).ok())
+        .map_or(std::borrow::Cow::Borrowed(s), std::borrow::Cow::Owned)
+}
+
 /// The LL-HLS directives of a query (`_HLS_msn`, `_HLS_part`, `_HLS_skip`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Directives {
@@ -101,6 +111,10 @@ impl Directives {
         let mut skip = None;
         for kv in query.unwrap_or("").split('&') {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            // `%33` is `3` (RFC 3986 §2.3: percent-encoded unreserved characters are the same
+            // as the characters); a bad escape stays as it is, and is no directive.
+            let (k, v) = (unescaped(k), unescaped(v));
+            let (k, v) = (k.as_ref(), v.as_ref());
             let num = || {
                 // Up to 2^64 − 1 (20 digits), an HLS decimal-integer's range.
                 if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -891,6 +905,25 @@ seg13.m4s
         );
         assert_eq!(d.skip, Some(1));
         assert!(!Directives::parse(None).expect("ok").any());
+        // Percent-encoded characters are the characters (RFC 3986 §2.3); a bad escape is none.
+        let d =
+            Directives::parse(Some("%5FHLS_msn=%3373&_HLS_part=%32&_HLS_skip=v%32")).expect("ok");
+        assert_eq!(
+            d.want,
+            Some(Want {
+                msn: 373,
+                part: Some(2)
+            })
+        );
+        assert_eq!(d.skip, Some(2));
+        assert_eq!(
+            Directives::parse(Some("_HLS_msn=%3")),
+            Err(BadDirective::NotANumber)
+        );
+        assert_eq!(
+            Directives::parse(Some("_HLS_msn=%2D1")),
+            Err(BadDirective::NotANumber)
+        );
     }
 
     #[test]
