@@ -1030,6 +1030,18 @@ const PASS_MAX: usize = 4 << 20;
 /// Largest object a fill passes through in memory when the cache disk takes no file.
 const PASS_MEMORY: u64 = 64 << 20;
 
+/// How long a fill waits for the cache disk to create, write or commit its file before it
+/// gives the copy up and goes on in memory (a disk that stopped answering).
+const DISK_STALL: Duration = Duration::from_secs(2);
+
+/// The error for a cache-disk operation given up on after [`DISK_STALL`].
+fn stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the pull cache's disk did not answer within 2 s",
+    )
+}
+
 /// What a reload may change: the upstreams, their timeouts and credentials, and the client
 /// (its connect timeout and CA roots). The cache directory and its size stay as started.
 struct Conf {
@@ -2484,13 +2496,46 @@ impl Pull {
         let cacheable = storable;
         let mut storable = storable;
         // A fill that fails takes the directories made for it along (`TempFile::create`).
-        let temp = vol.injected_write_fault().map(Err).or_else(|| vol.with_root(|root| {
-            TempFile::create(root, dir, |_| Ok(())).or_else(|e| {
-                tracing::debug!(path = %rel, error = %e, "not storable in the pull cache; passed through");
-                storable = false;
-                TempFile::create(root, "", |_| Ok(()))
-            })
-        }));
+        // Created on the blocking pool, within DISK_STALL: a cache disk that stopped answering
+        // held the worker thread in `openat`, and with it every listener, the admin one too
+        // (acceptance F1); now it costs this object its copy.
+        // A cache disk marked down (a device error, or a stall: see `cache_fault`) is not
+        // tried until its next good probe.
+        let root = vol.with_root(|root| root.try_clone_to_owned());
+        let down = (!vol.is_healthy()).then(|| io::Error::other("the pull cache's volume is down"));
+        let temp = match (vol.injected_write_fault().or(down), root) {
+            (Some(e), _) => Some(Err(e)),
+            (None, None) => None,
+            (None, Some(Err(e))) => Some(Err(e)),
+            (None, Some(Ok(root))) => {
+                let (dir, cache) = (dir.to_owned(), Arc::clone(local));
+                let create = tokio::task::spawn_blocking(move || {
+                    if let Some(v) = cache
+                        .volumes
+                        .cache_volume()
+                        .and_then(|i| cache.volumes.get(i))
+                    {
+                        v.injected_hang();
+                    }
+                    match TempFile::create(&root, &dir, |_| Ok(())) {
+                        Ok(t) => Ok((t, true)),
+                        Err(e) => {
+                            tracing::debug!(dir = %dir, error = %e, "not storable in the pull cache; passed through");
+                            TempFile::create(&root, "", |_| Ok(())).map(|t| (t, false))
+                        }
+                    }
+                });
+                Some(match tokio::time::timeout(DISK_STALL, create).await {
+                    Ok(Ok(Ok((t, placed)))) => {
+                        storable &= placed;
+                        Ok(t)
+                    }
+                    Ok(Ok(Err(e))) => Err(e),
+                    Ok(Err(e)) => Err(io::Error::other(e)),
+                    Err(_) => Err(stalled()),
+                })
+            }
+        };
         // A cache disk that takes no file (full, read-only, failing) costs this object its
         // copy, not its viewers: the fill goes on in memory (up to PASS_MEMORY bytes).
         let mut temp = match temp {
@@ -2581,22 +2626,37 @@ impl Pull {
             if let Some(mut t) = temp.take().filter(|_| !disk_failed) {
                 let kept = batch.clone();
                 let fault = vol.injected_write_fault();
-                match tokio::task::spawn_blocking(move || {
+                let cache = Arc::clone(local);
+                let write = tokio::task::spawn_blocking(move || {
+                    if let Some(v) = cache
+                        .volumes
+                        .cache_volume()
+                        .and_then(|i| cache.volumes.get(i))
+                    {
+                        v.injected_hang();
+                    }
                     let r = fault.map_or_else(|| t.write_all(&kept), Err);
                     (t, r)
-                })
-                .await
-                {
-                    Ok((t, Ok(()))) => {
+                });
+                // A write that does not finish within DISK_STALL is given up on as a failed
+                // one: the file stays with its thread (removed when that returns), and the
+                // viewers go on from memory instead of waiting for the disk.
+                let written = match tokio::time::timeout(DISK_STALL, write).await {
+                    Ok(r) => r.map(|(t, r)| (Some(t), r)),
+                    Err(_) => Ok((None, Err(stalled()))),
+                };
+                match written {
+                    Ok((Some(t), Ok(()))) => {
                         on_disk = t.written();
                         temp = Some(t);
                     }
+                    Ok((None, Ok(()))) => return false,
                     // From here on in memory; what the file has stays readable there.
                     Ok((t, Err(e))) => {
                         self.cache_fault(local, &e);
                         disk_failed = true;
                         storable = false;
-                        temp = Some(t);
+                        temp = t;
                         // Too large for memory: the requests that come next pass through, and
                         // join this fill no more; its readers finish from the upstream should
                         // it run out of memory (`Through::resume`).
@@ -2643,17 +2703,33 @@ impl Pull {
         // (playlists, segments the upstream gave a lifetime) is replaced, as is the stale copy
         // this answer revalidated (whatever the new answer says).
         let replace = revalidated || meta.max_age(unstated).is_some();
-        let committed = tokio::task::spawn_blocking({
+        let commit = tokio::task::spawn_blocking({
             let name = name.to_owned();
+            let cache = Arc::clone(local);
             move || {
+                if let Some(v) = cache
+                    .volumes
+                    .cache_volume()
+                    .and_then(|i| cache.volumes.get(i))
+                {
+                    v.injected_hang();
+                }
                 if replace {
                     temp.commit(&name, false).map(|(_, st)| Some(st))
                 } else {
                     temp.commit_new(&name)
                 }
             }
-        })
-        .await;
+        });
+        // A commit the disk does not finish within DISK_STALL: the readers finish from memory
+        // and the file, as for an object not kept; the disk gets the copy if it ever answers.
+        let committed = match tokio::time::timeout(DISK_STALL, commit).await {
+            Ok(c) => c,
+            Err(_) => {
+                self.cache_fault(local, &stalled());
+                Ok(Err(stalled()))
+            }
+        };
         match committed {
             Ok(Ok(st)) => {
                 meta.file_mtime_ns =
@@ -2752,6 +2828,13 @@ impl Pull {
     fn cache_fault(&self, local: &Arc<Local>, e: &io::Error) {
         if let Some(i) = local.volumes.cache_volume() {
             local.volumes.note_error(i, e);
+            // A disk that stopped answering is down until a probe says otherwise: the fills
+            // meanwhile pass through at once rather than after DISK_STALL each.
+            if e.kind() == io::ErrorKind::TimedOut {
+                if let Some(v) = local.volumes.get(i) {
+                    v.record_fault(e);
+                }
+            }
         }
         let now = now();
         let last = self.warned.swap(now, std::sync::atomic::Ordering::Relaxed);
@@ -2764,7 +2847,9 @@ impl Pull {
     async fn save_meta_async(&self, rel: &RelPath, meta: &Meta) {
         let root = self.root.clone();
         let (rel, text) = (rel.clone(), meta.to_text());
-        let _ = tokio::task::spawn_blocking(move || write_sidecar(&root, &rel, &text)).await;
+        let save = tokio::task::spawn_blocking(move || write_sidecar(&root, &rel, &text));
+        // Not waited for past DISK_STALL: the object's readers wait for this fill.
+        let _ = tokio::time::timeout(DISK_STALL, save).await;
     }
 
     fn save_meta(&self, _local: &Arc<Local>, rel: &RelPath, meta: &Meta) {

@@ -152,7 +152,9 @@ fn unmounted(root: &Root, path: &Path, dev: u64) -> Option<String> {
 /// - `.segd-fault-eio-read`: every read and prefetch of an object's bytes fails with EIO (opens
 ///   still succeed), as a disk with bad sectors would;
 /// - `.segd-fault-enospc`: the pull cache's new files and writes fail with ENOSPC, as a full
-///   disk's would (reads go on).
+///   disk's would (reads go on);
+/// - `.segd-fault-hang`: the pull cache's file creates, writes and commits block while it
+///   exists, as on a disk that stopped answering.
 #[cfg(debug_assertions)]
 fn injected(root: &Root, trigger: &str) -> Option<io::Error> {
     rustix::fs::statat(&root.fd, trigger, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
@@ -485,6 +487,20 @@ impl Volume {
                 .map(|_| io::Error::from_raw_os_error(libc::ENOSPC))
         } else {
             None
+        }
+    }
+
+    /// The debug-build hung disk (see [`injected`]): blocks while `.segd-fault-hang` exists
+    /// (up to a minute), as an operation on a disk that stopped answering does.
+    pub fn injected_hang(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < until
+            && (self.root.load_full()).is_some_and(|r| injected(&r, ".segd-fault-hang").is_some())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
