@@ -531,12 +531,46 @@ async fn device_error_in_a_prefetch_is_counted() {
         "the prefetch before sendfile failed: {:?}",
         r.headers
     );
+    // The answer of an unavailable volume (it had no Retry-After), counted as one, and
+    // recorded as the 503 it was (the access log and the status metrics said 200).
+    let header = |n: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("retry-after").as_deref(),
+        Some("1"),
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(header("cache-control").as_deref(), Some("no-store"));
     assert!(
         eventually(Duration::from_secs(5), async || io_errors(&srv, "disk1")
             .await
             >= 1.0)
         .await,
         "the failed prefetch is counted in segd_volume_io_errors_total{{volume=\"disk1\"}}"
+    );
+    let m = metrics(&srv).await;
+    assert!(
+        metric_with(
+            &m,
+            "segd_refusals_total",
+            &[("reason", "volume_unavailable")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(
+        metric_with(
+            &m,
+            "segd_http_requests_total",
+            &[("method", "GET"), ("status_class", "5xx")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "recorded as a 5xx:\n{m}"
     );
 }
 

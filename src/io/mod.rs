@@ -364,7 +364,9 @@ impl Io {
             .prefetched
             .try_get_with(key, fut)
             .await
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+            // With its OS error code: an EIO here is a device fault, counted against the
+            // volume (it was an error of no code, and a failing disk's reads went unseen).
+            .map_err(|e| crate::volumes::clone_error(&e));
         self.observe(volume, t0);
         r
     }

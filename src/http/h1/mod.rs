@@ -345,15 +345,33 @@ async fn exchange(
     let head_out = head_bytes(status, &headers, close, head.http10, chunked);
     let stall = policy.config.server.send_timeout;
     let mut sent = 0;
-    let written = write_body(stream, head_out, body, delimit, stall, &record, &mut sent).await;
+    // An object whose bytes cannot be read is answered as an unavailable volume: probed again
+    // within `volume_check_interval` (whole seconds, rounded up).
+    let every = policy.config.server.volume_check_interval;
+    let retry_after = (every.as_secs() + u64::from(every.subsec_nanos() > 0)).max(1);
+    let written = write_body(
+        stream,
+        head_out,
+        body,
+        delimit,
+        stall,
+        &record,
+        &mut sent,
+        retry_after,
+    )
+    .await;
     let mut record = record;
     let instead = (written.as_ref().err())
         .and_then(|e| e.get_ref())
         .and_then(|e| e.downcast_ref::<zerocopy::AnsweredInstead>())
-        .map(|a| a.0);
-    if let Some(status) = instead {
+        .map(|a| (a.0, a.1));
+    if let Some((status, refusal)) = instead {
         record.answered_instead(status);
+        if let Some(r) = refusal {
+            Answer(r).count(&shared.runtime.metrics.refusals);
+        }
     }
+    let instead = instead.map(|(status, _)| status);
     // An aborted body logs and counts the bytes that did go out.
     record.finish(sent, written.is_ok() || instead.is_some());
     match (written, close, must_close) {
@@ -443,6 +461,7 @@ async fn write_body(
     stall: std::time::Duration,
     record: &Record,
     sent: &mut u64,
+    retry_after: u64,
 ) -> std::io::Result<()> {
     let first_byte = || record.head_sent();
     match body {
@@ -462,7 +481,7 @@ async fn write_body(
             *sent = n;
         }
         Body::File(range) => {
-            zerocopy::send_file(stream, &head, &range, stall, first_byte, sent).await?
+            zerocopy::send_file(stream, &head, &range, stall, first_byte, sent, retry_after).await?
         }
         Body::Stream(s) => {
             write::write_stream(stream, &head, s.inner, delimit, stall, first_byte, sent).await?

@@ -71,7 +71,11 @@ async fn write_simple_inner(
 
 /// A minimal answer's bytes: `text/plain` `msg`, `no-store`, `Connection: close`.
 pub(super) fn simple_bytes(status: StatusCode, msg: &str) -> Vec<u8> {
-    let mut h = HeaderMap::new();
+    simple_bytes_with(status, msg, HeaderMap::new())
+}
+
+/// [`simple_bytes`] with `h` besides.
+pub(super) fn simple_bytes_with(status: StatusCode, msg: &str, mut h: HeaderMap) -> Vec<u8> {
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -113,18 +113,29 @@ pub(super) async fn send_file(
     stall: Duration,
     first_byte: impl FnOnce(),
     sent: &mut u64,
+    retry_after: u64,
 ) -> io::Result<()> {
     let mut cur = Cursor::new(range.offset, range.len);
     if let Some((off, len)) = cur.next_span() {
         if let Err(e) = range.ensure_resident(off, len).await {
-            // Nothing is on the wire yet: the client gets a precise answer, not a reset.
-            let _ = write_simple(
-                stream,
+            // Nothing is on the wire yet: the client gets the answer of an unavailable volume
+            // (503, `Retry-After`), and the log and metrics say 503, not an unfinished 200.
+            tracing::warn!(error = %e, "an object's bytes could not be read; answered 503");
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(retry_after),
+            );
+            let out = super::write::simple_bytes_with(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "volume unavailable\n",
-            )
-            .await;
-            return Err(e);
+                h,
+            );
+            let _ = write_all_timeout(stream, &out, stall).await;
+            return Err(io::Error::other(AnsweredInstead(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(crate::http::refusal::Refusal::VolumeUnavailable),
+            )));
         }
     }
     send_more(stream, head, stall).await?;
@@ -218,12 +229,14 @@ async fn fail_small(stream: &mut TcpStream, e: io::Error) -> io::Result<u64> {
     .await;
     Err(io::Error::other(AnsweredInstead(
         StatusCode::SERVICE_UNAVAILABLE,
+        None,
     )))
 }
 
-/// The error of a body that was never sent because another answer went out instead.
+/// The error of a body that was never sent because another answer went out instead (a
+/// refusal, to be counted as one, when it was one).
 #[derive(Debug)]
-pub(super) struct AnsweredInstead(pub StatusCode);
+pub(super) struct AnsweredInstead(pub StatusCode, pub Option<crate::http::refusal::Refusal>);
 
 impl std::fmt::Display for AnsweredInstead {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
