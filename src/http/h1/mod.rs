@@ -349,17 +349,8 @@ async fn exchange(
     // within `volume_check_interval` (whole seconds, rounded up).
     let every = policy.config.server.volume_check_interval;
     let retry_after = (every.as_secs() + u64::from(every.subsec_nanos() > 0)).max(1);
-    let written = write_body(
-        stream,
-        head_out,
-        body,
-        delimit,
-        stall,
-        &record,
-        &mut sent,
-        retry_after,
-    )
-    .await;
+    let how = Writing { stall, retry_after };
+    let written = write_body(stream, head_out, body, delimit, how, &record, &mut sent).await;
     let mut record = record;
     let instead = (written.as_ref().err())
         .and_then(|e| e.get_ref())
@@ -452,17 +443,25 @@ async fn to_hyper(
     super::service::serve_io(io, conn, shared, hyper, drain).await;
 }
 
+/// How a response is written: `send_timeout`, and the `Retry-After` of the answer that goes
+/// out instead when the body's bytes cannot be read.
+#[derive(Clone, Copy)]
+struct Writing {
+    stall: std::time::Duration,
+    retry_after: u64,
+}
+
 /// Writes head and body; returns the body bytes sent.
 async fn write_body(
     stream: &mut TcpStream,
     mut head: Vec<u8>,
     body: Body,
     delimit: Delimit,
-    stall: std::time::Duration,
+    how: Writing,
     record: &Record,
     sent: &mut u64,
-    retry_after: u64,
 ) -> std::io::Result<()> {
+    let Writing { stall, retry_after } = how;
     let first_byte = || record.head_sent();
     match body {
         Body::Empty => {
