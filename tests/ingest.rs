@@ -827,6 +827,95 @@ async fn delete_removes_every_copy() {
     assert_eq!(r.status(), 404, "{r:?}");
 }
 
+/// An old copy that cannot be removed when its volume is back (immutable here, `chattr +i`;
+/// in the field, a disk that fails again, its removal never reaching it) keeps its journal
+/// line, and is removed once it can be. The line was dropped at the first try whatever the
+/// removal did: the stale copy stayed with no record of it, and came back at the next start
+/// (acceptance F3).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn an_old_copy_that_cannot_be_removed_yet_keeps_its_journal_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    std::fs::create_dir_all(d1.join("live/im")).expect("mkdir");
+    std::fs::create_dir_all(&d2).expect("mkdir");
+    let old = d1.join("live/im/a.ts");
+    std::fs::write(&old, b"old a").expect("write");
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&old)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !chattr("+i") {
+        eprintln!(
+            "skipped: chattr +i does not work here (not root, or no ext4 under the temp dir)"
+        );
+        return;
+    }
+    assert!(chattr("-i"));
+    // Whatever happens below, the file is left removable (or the temp dir stays behind).
+    struct Removable<'a>(&'a Path);
+    impl Drop for Removable<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(self.0)
+                .status();
+        }
+    }
+    let _removable = Removable(&old);
+    let cfg = config_for(&[&d1, &d2], &ingest_section(&[]));
+    let tok = upload_token("/live/*");
+    let srv = Server::start(&cfg);
+    let url = srv.url("/live/im/a.ts");
+    assert_eq!(get(&url, &[]).await.text(), "old a");
+    let fault = d1.join(".segd-fault-eio");
+    std::fs::write(&fault, b"").expect("inject");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&url, &[]).await.status
+            == 503)
+        .await,
+        "disk1 is down"
+    );
+    let r = curl_put(&srv.url(&q("/live/im/a.ts", &tok)), b"new a", &[]);
+    assert_eq!(r.status(), 201, "lands on disk2: {r:?}");
+    let journal = d2.join(".segd-outage");
+    assert!(journal.exists(), "the replace is journaled");
+    // disk1 is back, but its old copy cannot be removed yet.
+    assert!(chattr("+i"));
+    std::fs::remove_file(&fault).expect("heal");
+    assert!(
+        eventually(Duration::from_secs(5), async || srv.stderr().contains(
+            "cannot remove a copy replaced or deleted while its volume was down"
+        ))
+        .await,
+        "the removal is tried: {}",
+        srv.stderr()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let kept = std::fs::read_to_string(&journal).unwrap_or_default();
+    assert!(
+        kept.contains("live/im/a.ts"),
+        "the line stays while its copy does: {kept:?}"
+    );
+    // Removable again: the next try (within 2 s here) removes it and settles the line.
+    assert!(chattr("-i"));
+    assert!(
+        eventually(Duration::from_secs(8), async || !old.exists()
+            && !journal.exists())
+        .await,
+        "the old copy goes and its line with it: copy {}, journal {:?}",
+        old.exists(),
+        std::fs::read_to_string(&journal)
+    );
+    assert_eq!(get(&url, &[]).await.text(), "new a");
+}
+
 /// An object replaced or deleted while the volume holding it is down: the upload lands on
 /// another volume (or the DELETE removes what is there), and the old copy waits on the volume
 /// that was down. When that volume is back (a health check finds it, or a restart), the old copy

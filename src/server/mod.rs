@@ -275,7 +275,7 @@ async fn serve(
     // journaled then) must not be served now that the volume is here.
     let store = shared.runtime.store.clone();
     let settled = tokio::task::spawn_blocking(move || store.settle_outage_writes()).await;
-    if let Ok(n @ 1..) = settled {
+    if let Ok((n @ 1.., _)) = settled {
         tracing::info!(
             removed = n,
             "removed copies replaced or deleted while their volume was down"
@@ -629,6 +629,14 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let recoveries = |v: &volumes::Volumes| v.iter().map(volumes::Volume::recoveries).sum();
         let mut settled: u64 = recoveries(&sh.runtime.store.volumes());
+        // Whether a settlement left copies it could not remove, and when it ran.
+        let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tried = std::time::Instant::now();
+        // Copies that could not be removed are tried again this often, until they are.
+        let retry = (every * 10).clamp(
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(60),
+        );
         loop {
             tick.tick().await;
             let v = sh.runtime.store.volumes();
@@ -637,11 +645,18 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
             // A volume came back (this check or a request's probe found it): copies on it that
             // were replaced or deleted meanwhile go.
             let now = recoveries(&sh.runtime.store.volumes());
-            if now != settled {
+            let again = left.load(std::sync::atomic::Ordering::Relaxed) && tried.elapsed() >= retry;
+            if now != settled || again {
                 settled = now;
+                tried = std::time::Instant::now();
+                left.store(false, std::sync::atomic::Ordering::Relaxed);
                 // Not awaited: the health checks go on while it works.
                 let store = sh.runtime.store.clone();
-                tokio::task::spawn_blocking(move || store.settle_outage_writes());
+                let left = Arc::clone(&left);
+                tokio::task::spawn_blocking(move || {
+                    let (_, rest) = store.settle_outage_writes();
+                    left.fetch_or(rest, std::sync::atomic::Ordering::Relaxed);
+                });
             }
         }
     });

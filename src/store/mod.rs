@@ -698,8 +698,9 @@ impl Store {
     }
 
     /// Settles writes journaled while a volume was down, for the volumes healthy now (blocking:
-    /// at start-up and after a volume comes back); returns how many old copies it removed.
-    pub fn settle_outage_writes(&self) -> u64 {
+    /// at start-up and after a volume comes back); returns how many old copies it removed, and
+    /// whether some could not be (their lines stay, for a later try).
+    pub fn settle_outage_writes(&self) -> (u64, bool) {
         outage::settle(&self.local(), &self.inner.locks)
     }
 

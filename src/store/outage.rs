@@ -234,9 +234,11 @@ fn read_all(fd: &OwnedFd) -> io::Result<Vec<u8>> {
 /// Settles every journal line whose volume is healthy now (blocking; call it on the blocking
 /// pool, where a runtime handle is current, to take the paths' locks); returns how many copies
 /// it removed.
-pub fn settle(local: &Local, locks: &PathLocks) -> u64 {
+pub fn settle(local: &Local, locks: &PathLocks) -> (u64, bool) {
     let vols = &local.volumes;
     let mut removed = 0;
+    // Lines of a volume that is back, left for a later try (a removal that failed).
+    let mut left = false;
     for (_, w) in vols.served() {
         if !w.is_healthy() {
             continue;
@@ -270,8 +272,14 @@ pub fn settle(local: &Local, locks: &PathLocks) -> u64 {
                 .served()
                 .any(|(_, d)| d.name == line.volume && d.is_healthy());
             if back {
-                removed += settle_line(local, locks, &line);
-                settled.push(raw);
+                // A line stays until the removals it calls for are on disk.
+                match settle_line(local, locks, &line) {
+                    Some(n) => {
+                        removed += n;
+                        settled.push(raw);
+                    }
+                    None => left = true,
+                }
             }
         }
         if settled.is_empty() {
@@ -282,7 +290,7 @@ pub fn settle(local: &Local, locks: &PathLocks) -> u64 {
             tracing::warn!(volume = %w.name, error = %e, "cannot rewrite the outage journal; its lines are settled again later");
         }
     }
-    removed
+    (removed, left)
 }
 
 /// Rewrites the journal without `settled` (each removed once), under its lock.
@@ -339,14 +347,14 @@ fn split(rel: &RelPath) -> (&str, &str) {
 /// `delete`, only one made after it; a copy dated ahead of the clock is the oldest) and unlinks
 /// the others, under the path's lock; returns how
 /// many it unlinked.
-fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> u64 {
+fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> Option<u64> {
     let Ok(rel) = volumes::sanitize(&line.path) else {
         tracing::warn!(path = %line.path, "outage journal line names no valid path; dropped");
-        return 0;
+        return Some(0);
     };
     let _lock = match tokio::runtime::Handle::try_current() {
         Ok(h) => h.block_on(locks.lock_quietly(&rel)),
-        Err(_) => return 0,
+        Err(_) => return None,
     };
     let vols = &local.volumes;
     let (dir, name) = split(&rel);
@@ -377,26 +385,42 @@ fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> u64 {
         (Change::Put, n) => n.map(|(i, _)| i),
     };
     let mut removed = 0;
+    let mut done = true;
     for (i, _) in copies {
         if Some(i) == keep {
             continue;
         }
         let Some(v) = vols.get(i) else { continue };
-        match v.with_root(|root| Dir::open(root, dir, false).and_then(|d| d.unlink(name))) {
+        // Unlinked and the directory synced: the line that called for it may go. A removal
+        // that only reached the page cache of a disk that failed again (EIO, a journal
+        // aborted) came back at the next mount, serving the old copy of an acknowledged
+        // replace with no record left (acceptance F3).
+        let unlinked = v.with_root(|root| {
+            let d = Dir::open(root, dir, false)?;
+            match d.unlink(name) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            d.sync()
+        });
+        match unlinked {
             Some(Ok(())) => {
                 removed += 1;
                 tracing::info!(path = %rel, volume = %v.name, "removed a copy replaced or deleted while its volume was down");
             }
             Some(Err(e)) => {
-                tracing::warn!(path = %rel, volume = %v.name, error = %e, "cannot remove a copy replaced or deleted while its volume was down")
+                local.volumes.note_error(i, &e);
+                done = false;
+                tracing::warn!(path = %rel, volume = %v.name, error = %e, "cannot remove a copy replaced or deleted while its volume was down; tried again later")
             }
-            None => {}
+            None => done = false,
         }
     }
     if removed > 0 {
         local.forget(&rel);
     }
-    removed
+    done.then_some(removed)
 }
 
 #[cfg(test)]
