@@ -1034,6 +1034,18 @@ const PASS_MEMORY: u64 = 64 << 20;
 /// gives the copy up and goes on in memory (a disk that stopped answering).
 const DISK_STALL: Duration = Duration::from_secs(2);
 
+/// The debug builds' hung cache disk (see `Volume::injected_hang`), where a fill's disk
+/// operations run.
+fn injected_cache_hang(local: &Local) {
+    if let Some(v) = local
+        .volumes
+        .cache_volume()
+        .and_then(|i| local.volumes.get(i))
+    {
+        v.injected_hang();
+    }
+}
+
 /// The error for a cache-disk operation given up on after [`DISK_STALL`].
 fn stalled() -> io::Error {
     io::Error::new(
@@ -2510,13 +2522,7 @@ impl Pull {
             (None, Some(Ok(root))) => {
                 let (dir, cache) = (dir.to_owned(), Arc::clone(local));
                 let create = tokio::task::spawn_blocking(move || {
-                    if let Some(v) = cache
-                        .volumes
-                        .cache_volume()
-                        .and_then(|i| cache.volumes.get(i))
-                    {
-                        v.injected_hang();
-                    }
+                    injected_cache_hang(&cache);
                     match TempFile::create(&root, &dir, |_| Ok(())) {
                         Ok(t) => Ok((t, true)),
                         Err(e) => {
@@ -2628,13 +2634,7 @@ impl Pull {
                 let fault = vol.injected_write_fault();
                 let cache = Arc::clone(local);
                 let write = tokio::task::spawn_blocking(move || {
-                    if let Some(v) = cache
-                        .volumes
-                        .cache_volume()
-                        .and_then(|i| cache.volumes.get(i))
-                    {
-                        v.injected_hang();
-                    }
+                    injected_cache_hang(&cache);
                     let r = fault.map_or_else(|| t.write_all(&kept), Err);
                     (t, r)
                 });
@@ -2707,13 +2707,7 @@ impl Pull {
             let name = name.to_owned();
             let cache = Arc::clone(local);
             move || {
-                if let Some(v) = cache
-                    .volumes
-                    .cache_volume()
-                    .and_then(|i| cache.volumes.get(i))
-                {
-                    v.injected_hang();
-                }
+                injected_cache_hang(&cache);
                 if replace {
                     temp.commit(&name, false).map(|(_, st)| Some(st))
                 } else {
