@@ -12,7 +12,7 @@
 //!   disk mounted at the same place
 //! - a reload that removes or renames a volume takes its read-time series along
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
@@ -625,6 +625,65 @@ async fn eio_volume_degrades_alone_and_recovers() {
         .await
     );
     assert!(get(&srv.admin_url("/readyz"), &[]).await.text() == "ready\n");
+}
+
+/// A volume whose disk stops answering (the debug builds' `.segd-fault-hang`: the probe's read
+/// from the device blocks while it exists) is marked down once its probe has not returned for
+/// 5 × `volume_check_interval` (3 s at least): its objects answer 503 with `Retry-After` at
+/// once instead of waiting on the disk, `/readyz` and the metrics say so, the other volume is
+/// unaffected, and it serves again when the disk answers. It stayed "healthy" for the whole
+/// hang, its readers waiting as long as the disk did (acceptance F2).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn a_volume_whose_disk_stops_answering_is_marked_down() {
+    let dir = demo_volumes();
+    let d1 = dir.path().join("disk1");
+    let d2 = dir.path().join("disk2");
+    let srv = Server::start(&config_for(&[&d1, &d2], ""));
+    let t1 = srv.url("/vod/t1/hls/64k/seg_00002.ts");
+    let t2 = srv.url("/vod/t2/hls/64k/seg_00002.ts");
+    // An object of disk2 opened: the probe reads it from the device from now on.
+    assert_eq!(get(&t2, &[]).await.status, 200);
+    let hang = d2.join(".segd-fault-hang");
+    std::fs::write(&hang, b"").expect("inject");
+    let t0 = Instant::now();
+    let down = eventually(Duration::from_secs(10), async || {
+        metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            "segd_volume_healthy{volume=\"disk2\"}",
+        ) == Some(0.0)
+    })
+    .await;
+    assert!(down, "disk2 is marked down: {}", srv.stderr());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "marked down after the stall time, not at once ({:?})",
+        t0.elapsed()
+    );
+    let r = tokio::time::timeout(Duration::from_secs(2), async { get(&t2, &[]).await })
+        .await
+        .expect("an answer at once, not a wait on the disk");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(
+        get(&t1, &[]).await.status,
+        200,
+        "the other volume is unaffected"
+    );
+    assert_ne!(get(&srv.admin_url("/readyz"), &[]).await.text(), "ready\n");
+    let log = srv.log_with(&["its disk has not answered a probe"]);
+    assert!(log.contains("volume marked unhealthy"), "{log}");
+    std::fs::remove_file(&hang).expect("heal");
+    assert!(
+        eventually(Duration::from_secs(5), async || get(&t2, &[]).await.status
+            == 200)
+        .await,
+        "disk2 serves again once its disk answers"
+    );
+    assert_eq!(get(&srv.admin_url("/readyz"), &[]).await.text(), "ready\n");
 }
 
 /// A reload that removes a volume takes its `segd_volume_read_seconds` series with it (as

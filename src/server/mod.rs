@@ -632,6 +632,11 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
         // Whether a settlement left copies it could not remove, and when it ran.
         let left = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tried = std::time::Instant::now();
+        // A probe that has not returned for this long marks its volume down.
+        let stall = (every * 5).clamp(
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(60),
+        );
         // Copies that could not be removed are tried again this often, until they are.
         let retry = (every * 10).clamp(
             std::time::Duration::from_secs(2),
@@ -639,9 +644,21 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
         );
         loop {
             tick.tick().await;
-            let v = sh.runtime.store.volumes();
-            // Probing stats the disks: keep it off the event loop.
-            let _ = tokio::task::spawn_blocking(move || v.check_health()).await;
+            let vols = sh.runtime.store.volumes();
+            // Probing asks the disks: off the event loop, a volume each, so that a disk that
+            // does not answer holds its own probe only (one at a time: `Volume::probe`).
+            let probes: Vec<_> = (0..vols.len())
+                .filter(|&i| vols.get(i).is_some_and(|v| !v.probing()))
+                .map(|i| {
+                    let v = Arc::clone(&vols);
+                    tokio::task::spawn_blocking(move || v.get(i).map(volumes::Volume::probe))
+                })
+                .collect();
+            let _ = tokio::time::timeout(stall, futures_util::future::join_all(probes)).await;
+            // A probe that has not returned for `stall`: its disk is taken for down.
+            for v in vols.iter() {
+                v.check_stalled(stall);
+            }
             // A volume came back (this check or a request's probe found it): copies on it that
             // were replaced or deleted meanwhile go.
             let now = recoveries(&sh.runtime.store.volumes());

@@ -17,7 +17,10 @@
 //! A volume is unhealthy when its root is gone, unmounted (the path now leads to another
 //! directory, on no mount of its own: `volume` module doc), its marker file is missing, or a
 //! read failed with a device error (EIO, ENXIO, ENODEV, ESTALE, ...). The transition is logged
-//! once. [`Volumes::check_health`] re-probes and reopens a root that came back. No disk error ever panics or stops the process.
+//! once. The periodic check ([`Volume::probe`], each volume on a thread of its own) re-probes,
+//! reads a block of a lately opened object from the device, reopens a root that came back, and
+//! marks down a volume whose probe does not return ([`Volume::check_stalled`]). No disk error
+//! ever panics or stops the process.
 
 pub mod beneath;
 mod object;
@@ -271,13 +274,6 @@ impl Volumes {
     /// Current metadata of `rel` on volume `i` (following symlinks: only compared, never served).
     pub fn stat(&self, i: usize, rel: &RelPath) -> Option<ObjectMeta> {
         self.vols.get(i)?.stat(rel)
-    }
-
-    /// Re-probes every volume (called periodically, off the request path).
-    pub fn check_health(&self) {
-        for v in &self.vols {
-            v.probe();
-        }
     }
 }
 

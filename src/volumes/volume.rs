@@ -32,7 +32,7 @@ use arc_swap::ArcSwapOption;
 use rustix::fs::{Mode, OFlags};
 
 use super::beneath::{self, Symlinks};
-use super::object::ObjectMeta;
+use super::object::{is_device_fault, ObjectMeta};
 use super::path::RelPath;
 use crate::config::VolumeConfig;
 
@@ -72,7 +72,19 @@ pub struct Volume {
     /// Milliseconds since `epoch` (plus one) of the last write refused with EROFS: see
     /// [`Volume::note_read_only`]. 0: none.
     refused_writes_ms: AtomicU64,
+    /// An object opened here lately: the probe reads its first block from the device (see
+    /// [`Volume::device_answers`]).
+    sample: std::sync::Mutex<Option<RelPath>>,
+    /// Whether `sample` is empty (so that opens take the lock only then).
+    sample_wanted: AtomicBool,
+    /// Milliseconds since `epoch` (plus one) at which the probe running now began; 0: none.
+    probing_since_ms: AtomicU64,
+    /// Marked down because a probe has not returned (see [`Volume::check_stalled`]).
+    stalled: AtomicBool,
 }
+
+/// The block read from the device by a probe ([`Volume::device_answers`]).
+const DIRECT_BLOCK: usize = 4096;
 
 /// How long a volume that refused a write as read-only is taken for read-only without the
 /// mount flag saying so.
@@ -153,8 +165,8 @@ fn unmounted(root: &Root, path: &Path, dev: u64) -> Option<String> {
 ///   still succeed), as a disk with bad sectors would;
 /// - `.segd-fault-enospc`: the pull cache's new files and writes fail with ENOSPC, as a full
 ///   disk's would (reads go on);
-/// - `.segd-fault-hang`: the pull cache's file creates, writes and commits block while it
-///   exists, as on a disk that stopped answering.
+/// - `.segd-fault-hang`: the pull cache's file creates, writes and commits, and the probe's
+///   read from the device, block while it exists, as on a disk that stopped answering.
 #[cfg(debug_assertions)]
 fn injected(root: &Root, trigger: &str) -> Option<io::Error> {
     rustix::fs::statat(&root.fd, trigger, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
@@ -208,6 +220,10 @@ impl Volume {
             recoveries: AtomicU64::new(0),
             promised: AtomicU64::new(0),
             refused_writes_ms: AtomicU64::new(0),
+            sample: std::sync::Mutex::new(None),
+            sample_wanted: AtomicBool::new(true),
+            probing_since_ms: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         };
         match v.open_root() {
             Ok(root) => {
@@ -292,11 +308,24 @@ impl Volume {
     /// that came back (remount, directory restored); keeps the handle of one whose filesystem
     /// was unmounted (see the module doc). Returns the health after the check.
     pub fn probe(&self) -> bool {
+        let now_ms = (self.epoch.elapsed().as_millis() as u64).max(1);
+        // One probe at a time: a disk that does not answer holds one thread, not one per
+        // probe (see `check_stalled`).
+        if (self.probing_since_ms)
+            .compare_exchange(0, now_ms, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return self.is_healthy();
+        }
+        struct Probing<'a>(&'a AtomicU64);
+        impl Drop for Probing<'_> {
+            fn drop(&mut self) {
+                self.0.store(0, Ordering::Release);
+            }
+        }
+        let _probing = Probing(&self.probing_since_ms);
         self.probes.fetch_add(1, Ordering::Relaxed);
-        self.last_probe_ms.store(
-            (self.epoch.elapsed().as_millis() as u64).max(1),
-            Ordering::Relaxed,
-        );
+        self.last_probe_ms.store(now_ms, Ordering::Relaxed);
         let current = self.root.load_full();
         if let Some(e) = current
             .as_deref()
@@ -332,6 +361,14 @@ impl Volume {
                     .as_ref()
                     .is_some_and(|r| rustix::fs::fstat(&r.fd).is_ok() && searchable(&r.fd).is_ok());
                 if same && marker_ok && root_ok {
+                    // The checks above may all be answered from memory: the device is asked
+                    // too, or a disk that fails (or hangs) looked healthy within a second of
+                    // being marked down (acceptance F4).
+                    if let Some(Err(e)) = current.as_deref().map(|r| self.device_answers(r)) {
+                        self.record_fault(&e);
+                        return false;
+                    }
+                    self.stalled.store(false, Ordering::Release);
                     if !self.is_healthy() {
                         // Only a fault marked it unhealthy; the disk answers again.
                         self.set_health(true, &"probe succeeded");
@@ -371,6 +408,9 @@ impl Volume {
         let st = rustix::fs::fstat(&fd).map_err(|e| classify(&e.into()))?;
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
+        }
+        if st.st_size > 0 && self.sample_wanted.swap(false, Ordering::AcqRel) {
+            *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(rel.clone());
         }
         Ok(Opened {
             meta: ObjectMeta::from_stat(&st),
@@ -488,6 +528,65 @@ impl Volume {
         } else {
             None
         }
+    }
+
+    /// Reads the first block of an object opened here lately with `O_DIRECT`, from the device
+    /// rather than the page cache: an error is the disk's (EIO), and a disk that stopped
+    /// answering holds the probe here (see [`Volume::check_stalled`]). Nothing to read (no
+    /// object opened yet, or it is gone) or no `O_DIRECT` on this filesystem: nothing asked.
+    fn device_answers(&self, root: &Root) -> io::Result<()> {
+        self.injected_hang();
+        let Some(rel) = self
+            .sample
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Ok(());
+        };
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECT | OFlags::NOCTTY;
+        let fd = match beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow) {
+            Ok(fd) => fd,
+            Err(e) if is_device_fault(&e.into()) => return Err(e.into()),
+            Err(_) => {
+                // Gone, or no O_DIRECT here: the next object opened is asked instead.
+                *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.sample_wanted.store(true, Ordering::Release);
+                return Ok(());
+            }
+        };
+        // O_DIRECT wants a buffer aligned to the logical block size (4 KiB covers it).
+        let mut buf = vec![0u8; 2 * DIRECT_BLOCK];
+        let at = buf.as_ptr().align_offset(DIRECT_BLOCK).min(DIRECT_BLOCK);
+        match rustix::io::pread(&fd, &mut buf[at..at + DIRECT_BLOCK], 0) {
+            Ok(_) => Ok(()),
+            Err(e) if is_device_fault(&e.into()) => Err(e.into()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Marks the volume down when the probe running now began `after` ago or more: its disk
+    /// does not answer (a read of it would wait as long). Its objects answer 503 and new
+    /// uploads go elsewhere meanwhile; the probe, when it returns, says what the disk is.
+    pub fn check_stalled(&self, after: std::time::Duration) {
+        let since = self.probing_since_ms.load(Ordering::Acquire);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if since == 0 || now.saturating_sub(since) < after.as_millis() as u64 {
+            return;
+        }
+        if !self.stalled.swap(true, Ordering::AcqRel) {
+            let secs = now.saturating_sub(since) / 1000;
+            self.io_errors.fetch_add(1, Ordering::Relaxed);
+            self.set_health(
+                false,
+                &format!("its disk has not answered a probe for {secs} s"),
+            );
+        }
+    }
+
+    /// Whether a probe is running now.
+    pub fn probing(&self) -> bool {
+        self.probing_since_ms.load(Ordering::Acquire) != 0
     }
 
     /// The debug-build hung disk (see [`injected`]): blocks while `.segd-fault-hang` exists
