@@ -546,6 +546,12 @@ async fn device_error_in_a_prefetch_is_counted() {
         r.headers
     );
     assert_eq!(header("cache-control").as_deref(), Some("no-store"));
+    // Then closed gracefully: a reset could drop the answer before the client read it.
+    assert_eq!(
+        c.finish().await,
+        End::Eof,
+        "the connection ends with a FIN, not a reset"
+    );
     assert!(
         eventually(Duration::from_secs(5), async || io_errors(&srv, "disk1")
             .await

@@ -366,6 +366,9 @@ async fn exchange(
     // An aborted body logs and counts the bytes that did go out.
     record.finish(sent, written.is_ok() || instead.is_some());
     match (written, close, must_close) {
+        // Another answer went out whole instead (a 503 saying `Connection: close`): closed
+        // gracefully, so that the client reads it (a reset could drop it unread).
+        (Err(_), _, _) if instead.is_some() => Next::Linger,
         // The client left without this answer; what it pipelined after is still carried out.
         (Err(e), false, _) if socket::peer_gone(&e) => Next::Orphaned,
         (Err(_), _, _) => Next::Reset,
