@@ -32,6 +32,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
@@ -271,14 +272,17 @@ pub fn settle(local: &Local, locks: &PathLocks) -> (u64, bool) {
             let back = vols
                 .served()
                 .any(|(_, d)| d.name == line.volume && d.is_healthy());
-            if back {
+            if back && !deferred().contains(&raw) {
                 // A line stays until the removals it calls for are on disk.
                 match settle_line(local, locks, &line) {
-                    Some(n) => {
+                    Settle::Done(n) => {
                         removed += n;
                         settled.push(raw);
                     }
-                    None => left = true,
+                    Settle::Retry => left = true,
+                    Settle::AtNextStart => {
+                        deferred().insert(raw);
+                    }
                 }
             }
         }
@@ -347,14 +351,36 @@ fn split(rel: &RelPath) -> (&str, &str) {
 /// `delete`, only one made after it; a copy dated ahead of the clock is the oldest) and unlinks
 /// the others, under the path's lock; returns how
 /// many it unlinked.
-fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> Option<u64> {
+/// What became of a journal line.
+enum Settle {
+    /// Its removals are on disk (this many): it leaves the journal.
+    Done(u64),
+    /// A removal failed (an immutable file, a permission): tried again later.
+    Retry,
+    /// A removal met a device error: what this process sees of that disk may be what its
+    /// memory kept (an unlink that reached the page cache only looks done), so the line stays
+    /// for the next start, which looks at the disk as it is then.
+    AtNextStart,
+}
+
+/// Journal lines this process leaves to the next start ([`Settle::AtNextStart`]).
+fn deferred() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static DEFERRED: std::sync::OnceLock<Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    DEFERRED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> Settle {
     let Ok(rel) = volumes::sanitize(&line.path) else {
         tracing::warn!(path = %line.path, "outage journal line names no valid path; dropped");
-        return Some(0);
+        return Settle::Done(0);
     };
     let _lock = match tokio::runtime::Handle::try_current() {
         Ok(h) => h.block_on(locks.lock_quietly(&rel)),
-        Err(_) => return None,
+        Err(_) => return Settle::Retry,
     };
     let vols = &local.volumes;
     let (dir, name) = split(&rel);
@@ -385,7 +411,7 @@ fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> Option<u64> {
         (Change::Put, n) => n.map(|(i, _)| i),
     };
     let mut removed = 0;
-    let mut done = true;
+    let mut outcome = Settle::Done(0);
     for (i, _) in copies {
         if Some(i) == keep {
             continue;
@@ -409,18 +435,31 @@ fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> Option<u64> {
                 removed += 1;
                 tracing::info!(path = %rel, volume = %v.name, "removed a copy replaced or deleted while its volume was down");
             }
-            Some(Err(e)) => {
+            Some(Err(e)) if volumes::is_device_fault(&e) => {
                 local.volumes.note_error(i, &e);
-                done = false;
+                outcome = Settle::AtNextStart;
+                tracing::warn!(path = %rel, volume = %v.name, error = %e, "cannot remove a copy replaced or deleted while its volume was down; its journal line waits for the next start")
+            }
+            Some(Err(e)) => {
+                if !matches!(outcome, Settle::AtNextStart) {
+                    outcome = Settle::Retry;
+                }
                 tracing::warn!(path = %rel, volume = %v.name, error = %e, "cannot remove a copy replaced or deleted while its volume was down; tried again later")
             }
-            None => done = false,
+            None => {
+                if !matches!(outcome, Settle::AtNextStart) {
+                    outcome = Settle::Retry;
+                }
+            }
         }
     }
     if removed > 0 {
         local.forget(&rel);
     }
-    done.then_some(removed)
+    match outcome {
+        Settle::Done(_) => Settle::Done(removed),
+        other => other,
+    }
 }
 
 #[cfg(test)]
