@@ -317,13 +317,15 @@ impl Volume {
         {
             return self.is_healthy();
         }
-        struct Probing<'a>(&'a AtomicU64);
+        // However the probe ends, it returned: the disk answered (a stall is over).
+        struct Probing<'a>(&'a Volume);
         impl Drop for Probing<'_> {
             fn drop(&mut self) {
-                self.0.store(0, Ordering::Release);
+                self.0.stalled.store(false, Ordering::Release);
+                self.0.probing_since_ms.store(0, Ordering::Release);
             }
         }
-        let _probing = Probing(&self.probing_since_ms);
+        let _probing = Probing(self);
         self.probes.fetch_add(1, Ordering::Relaxed);
         self.last_probe_ms.store(now_ms, Ordering::Relaxed);
         let current = self.root.load_full();
@@ -368,7 +370,6 @@ impl Volume {
                         self.record_fault(&e);
                         return false;
                     }
-                    self.stalled.store(false, Ordering::Release);
                     if !self.is_healthy() {
                         // Only a fault marked it unhealthy; the disk answers again.
                         self.set_health(true, &"probe succeeded");
