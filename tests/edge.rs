@@ -2996,6 +2996,10 @@ async fn edge_hung_cache_disk_costs_copies_not_the_process() {
     let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
     std::fs::create_dir_all(edge.volume().join("local")).expect("mkdir");
     std::fs::write(edge.volume().join("local/a.ts"), b"local bytes").expect("write");
+    // One object stored before the hang: the cache volume's probe reads it from the device.
+    let r = must("GET", &edge.url(SEG2), &[], false).await;
+    assert_eq!(r.status, 200);
+    edge.wait_stored(r.bytes().len()).await;
     let trigger = edge.cache_path().join(".segd-fault-hang");
     std::fs::write(&trigger, b"").expect("trigger");
     let viewer = {
@@ -3034,7 +3038,11 @@ async fn edge_hung_cache_disk_costs_copies_not_the_process() {
         r.headers
     );
     assert!(took < Duration::from_secs(6), "the viewer waited {took:?}");
-    // The next cold object while the disk still hangs: passed through too, whole.
+    // The next cold object while the disk still hangs: passed through too, whole, and at once:
+    // the volume stays down while its probe's device read hangs (it was taken back by the next
+    // metadata-only probe, and every cold object waited 2 s for its own stall).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let t0 = Instant::now();
     let r = tokio::time::timeout(
         Duration::from_secs(6),
         must("GET", &edge.url(FMP4), &[], true),
@@ -3042,6 +3050,11 @@ async fn edge_hung_cache_disk_costs_copies_not_the_process() {
     .await
     .expect("a second cold object while the disk hangs");
     assert!(r.status == 200 && r.bytes() == origin.file(FMP4).as_slice());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "the second cold object waited {:?} on the hung disk",
+        t0.elapsed()
+    );
     let m = edge.metrics().await;
     assert!(
         metric(&m, "segd_volume_io_errors_total{volume=\"pull-cache\"}").is_some_and(|n| n >= 1.0),

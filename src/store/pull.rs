@@ -2733,6 +2733,11 @@ impl Pull {
             Ok(Ok(st)) => {
                 meta.file_mtime_ns =
                     st.map(|st| crate::volumes::ObjectMeta::from_stat(&st).mtime_ns);
+                // The cache volume's probe reads a stored object from the device (a disk that
+                // hangs or fails is then seen by the probe, not only by the next fill).
+                if len > 0 {
+                    vol.sample_object(rel);
+                }
                 self.save_meta_async(rel, &meta).await;
                 local.forget_in(
                     local.volumes.cache_volume().unwrap_or(usize::MAX),

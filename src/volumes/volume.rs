@@ -410,8 +410,8 @@ impl Volume {
         if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(OpenError::NotFound);
         }
-        if st.st_size > 0 && self.sample_wanted.swap(false, Ordering::AcqRel) {
-            *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(rel.clone());
+        if st.st_size > 0 {
+            self.sample_object(rel);
         }
         Ok(Opened {
             meta: ObjectMeta::from_stat(&st),
@@ -531,12 +531,19 @@ impl Volume {
         }
     }
 
+    /// Takes `rel`, an object with bytes on this volume, for the probe's device read when it
+    /// has none ([`Volume::device_answers`]).
+    pub fn sample_object(&self, rel: &RelPath) {
+        if self.sample_wanted.swap(false, Ordering::AcqRel) {
+            *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(rel.clone());
+        }
+    }
+
     /// Reads the first block of an object opened here lately with `O_DIRECT`, from the device
     /// rather than the page cache: an error is the disk's (EIO), and a disk that stopped
     /// answering holds the probe here (see [`Volume::check_stalled`]). Nothing to read (no
     /// object opened yet, or it is gone) or no `O_DIRECT` on this filesystem: nothing asked.
     fn device_answers(&self, root: &Root) -> io::Result<()> {
-        self.injected_hang();
         let Some(rel) = self
             .sample
             .lock()
@@ -545,6 +552,7 @@ impl Volume {
         else {
             return Ok(());
         };
+        self.injected_hang();
         let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECT | OFlags::NOCTTY;
         let fd = match beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow) {
             Ok(fd) => fd,
