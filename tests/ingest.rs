@@ -827,6 +827,49 @@ async fn delete_removes_every_copy() {
     assert_eq!(r.status(), 404, "{r:?}");
 }
 
+/// A volume that has only been written to since the start, whose disk then stops answering
+/// (the debug builds' `.segd-fault-hang`), is marked down by its probe like one that was read
+/// from: an upload's object is what the probe reads from the device. Probed from cached
+/// metadata alone, it stayed healthy for the whole hang (acceptance F2).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn a_volume_only_written_to_is_marked_down_when_its_disk_hangs() {
+    let rig = Rig::start(&["disk1", "disk2"], &[("fsync", "false")], "", |_| {});
+    let tok = upload_token("/vod/*");
+    let r = curl_put(
+        &rig.url(&q("/vod/hw/a.ts", &tok)),
+        b"written, never read",
+        &[],
+    );
+    assert_eq!(r.status(), 201, "{r:?}");
+    let on = ["disk1", "disk2"]
+        .into_iter()
+        .find(|v| rig.vol(v).join("vod/hw/a.ts").is_file())
+        .expect("the upload is on a volume");
+    std::fs::write(rig.vol(on).join(".segd-fault-hang"), b"").expect("inject");
+    let healthy = format!("segd_volume_healthy{{volume=\"{on}\"}}");
+    let down = eventually(Duration::from_secs(10), async || {
+        metric(
+            &get(&rig.srv.admin_url("/metrics"), &[]).await.text(),
+            &healthy,
+        ) == Some(0.0)
+    })
+    .await;
+    assert!(down, "{on} is marked down: {}", rig.srv.stderr());
+    std::fs::remove_file(rig.vol(on).join(".segd-fault-hang")).expect("heal");
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &get(&rig.srv.admin_url("/metrics"), &[]).await.text(),
+            &healthy
+        ) == Some(1.0))
+        .await,
+        "{on} is back once its disk answers"
+    );
+}
+
 /// An old copy that cannot be removed when its volume is back (immutable here, `chattr +i`;
 /// in the field, a disk that fails again, its removal never reaching it) keeps its journal
 /// line, and is removed once it can be. The line was dropped at the first try whatever the

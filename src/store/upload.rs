@@ -644,6 +644,13 @@ impl Upload {
         self.local.forget(&self.key);
         self.local.volumes.remember(&self.key, volume);
         let meta = ObjectMeta::from_stat(st);
+        if meta.len > 0 {
+            // The volume's probe may read it from the device (a volume only written to had
+            // nothing to read, and was probed from cached metadata alone).
+            if let Some(v) = self.local.volumes.get(volume) {
+                v.sample_object(&self.key);
+            }
+        }
         if let Some(p) = self.publisher.take() {
             p.done(meta.len);
         }
