@@ -2980,6 +2980,67 @@ async fn edge_full_cache_disk_passes_fills_through() {
     assert!(edge.cache_path().join(&SEG[1..]).is_file());
 }
 
+/// A cached copy whose cache disk fails its reads (the debug builds' `.segd-fault-eio-read`:
+/// opens succeed, reads and the probe's device read fail with EIO): the request that meets the
+/// error gets 503 (its head was not sent), the cache volume is marked down, and the requests
+/// after it are fetched from the upstream and passed through, whole, while the disk fails.
+/// They were 503 for as long as it did, with the upstream there (acceptance F5).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn edge_failing_cache_disk_reads_fall_back_to_the_upstream() {
+    let origin = Origin::start("");
+    let edge = Edge::start(&keys(&[]), &[http_upstream("origin", &origin.base(), "")]);
+    let r = must("GET", &edge.url(SEG3), &[], false).await;
+    assert_eq!(r.status, 200);
+    edge.wait_stored(r.bytes().len()).await;
+    let trigger = edge.cache_path().join(".segd-fault-eio-read");
+    std::fs::write(&trigger, b"").expect("trigger");
+    let first = must("GET", &edge.url(SEG3), &[], false).await;
+    assert!(
+        first.status == 200 || first.status == 503,
+        "{} {:?}",
+        first.status,
+        first.headers
+    );
+    let m = edge.metrics().await;
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"pull-cache\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    // A probe or two later: still down (its device read fails), and the copy is not offered.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let m = edge.metrics().await;
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"pull-cache\"}"),
+        Some(0.0),
+        "still down: {}",
+        edge.srv.stderr()
+    );
+    for h2 in [false, true, false] {
+        let r = must("GET", &edge.url(SEG3), &[], h2).await;
+        assert!(
+            r.status == 200 && r.bytes() == origin.file(SEG3).as_slice(),
+            "h2={h2}: {} {:?} {:?}",
+            r.status,
+            r.headers,
+            edge.cache_statuses(SEG3)
+        );
+    }
+    std::fs::remove_file(&trigger).expect("rm trigger");
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &edge.metrics().await,
+            "segd_volume_healthy{volume=\"pull-cache\"}"
+        ) == Some(1.0))
+        .await,
+        "the cache volume is back once its reads work"
+    );
+}
+
 /// A cache disk that stops answering (the debug builds' `.segd-fault-hang` trigger: its file
 /// creates, writes and commits block) costs objects their copies, not the process: a fill's
 /// temporary file was created on a worker thread, and one cold pull froze every listener, the

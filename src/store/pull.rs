@@ -1474,6 +1474,7 @@ impl Pull {
         let unstated = self.conf.load().unstated_lifetime(class, live);
         let mut cached = None;
         let mut fill = None;
+        let mut cache_down = false;
         for _ in 0..3 {
             // 1. A cached copy: fresh → hit.
             cached = self.cached(&key).await;
@@ -1491,6 +1492,12 @@ impl Pull {
                     // would take that entry for a fresher copy and never start.
                     Err(Miss::NotFound) => {
                         self.drop_entry(&key, &meta);
+                        cached = None;
+                    }
+                    // The cache disk is down: fetched whole and passed through (the copy
+                    // in the index is no reason not to fill).
+                    Err(Miss::VolumeUnavailable) => {
+                        cache_down = true;
                         cached = None;
                     }
                     // The file is not what the index says (it was dropped): fetched whole.
@@ -1521,7 +1528,7 @@ impl Pull {
                 }
             }
             // 4. Join the fill in flight, or start one (unless one just finished: look again).
-            fill = self.fill_for(local, rel, class, live, cached.clone());
+            fill = self.fill_for(local, rel, class, live, cached.clone(), cache_down);
             if fill.is_some() {
                 break;
             }
@@ -1694,6 +1701,11 @@ impl Pull {
         meta: &Meta,
         status: &'static str,
     ) -> Result<Object, Miss> {
+        // A cache disk marked down (its reads fail, or it hangs) offers no copy: the object is
+        // fetched and passed through, rather than answered 503 while the upstream is there.
+        if !local.volumes.get(vol).is_some_and(|v| v.is_healthy()) {
+            return Err(Miss::VolumeUnavailable);
+        }
         let (open, disk) = local.find_in(vol, rel).await?;
         let rewritten = meta
             .file_mtime_ns
@@ -1723,7 +1735,8 @@ impl Pull {
     }
 
     /// The fill in flight for `rel`, or a new one (true); `None` when a fill finished since the
-    /// caller looked at the cache (a fill stores its result before it leaves the map).
+    /// caller looked at the cache (a fill stores its result before it leaves the map), unless
+    /// `cache_down` (the cache's copy cannot be read: whatever the index says, a fill is due).
     fn fill_for(
         self: &Arc<Self>,
         local: &Arc<Local>,
@@ -1731,6 +1744,7 @@ impl Pull {
         class: ObjectClass,
         live: bool,
         cached: Option<Arc<Meta>>,
+        cache_down: bool,
     ) -> Option<(Arc<Fill>, bool)> {
         let key = rel.as_str().to_owned();
         let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
@@ -1742,7 +1756,7 @@ impl Pull {
                 .as_ref()
                 .is_none_or(|c| m.fetched > c.fetched || !Arc::ptr_eq(&m, c))
         }) || (cached.is_none() && self.negative.contains_key(&key));
-        if fresher {
+        if fresher && !cache_down {
             return None;
         }
         let fill = Arc::new(Fill {

@@ -161,8 +161,8 @@ fn unmounted(root: &Root, path: &Path, dev: u64) -> Option<String> {
 /// builds never contain it). Dot-files are never served, so the triggers are invisible to
 /// clients:
 /// - `.segd-fault-eio` at a volume's root: every open and probe on the volume fails with EIO;
-/// - `.segd-fault-eio-read`: every read and prefetch of an object's bytes fails with EIO (opens
-///   still succeed), as a disk with bad sectors would;
+/// - `.segd-fault-eio-read`: every read and prefetch of an object's bytes, and the probe's read
+///   from the device, fails with EIO (opens still succeed), as a disk with bad sectors would;
 /// - `.segd-fault-enospc`: the pull cache's new files and writes fail with ENOSPC, as a full
 ///   disk's would (reads go on);
 /// - `.segd-fault-hang`: the pull cache's file creates, writes and commits, and the probe's
@@ -553,6 +553,9 @@ impl Volume {
             return Ok(());
         };
         self.injected_hang();
+        if let Some(e) = injected(root, ".segd-fault-eio-read") {
+            return Err(e);
+        }
         let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECT | OFlags::NOCTTY;
         let fd = match beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow) {
             Ok(fd) => fd,
