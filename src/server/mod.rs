@@ -646,12 +646,22 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
             tick.tick().await;
             let vols = sh.runtime.store.volumes();
             // Probing asks the disks: off the event loop, a volume each, so that a disk that
-            // does not answer holds its own probe only (one at a time: `Volume::probe`).
+            // does not answer holds its own probe only (one at a time: `Volume::probe`). On
+            // threads of their own, not the blocking pool: uploads stuck on a hung disk can
+            // take every thread of the pool, and the probe that would see it waited behind
+            // them (acceptance F2, under load).
             let probes: Vec<_> = (0..vols.len())
                 .filter(|&i| vols.get(i).is_some_and(|v| !v.probing()))
-                .map(|i| {
+                .filter_map(|i| {
                     let v = Arc::clone(&vols);
-                    tokio::task::spawn_blocking(move || v.get(i).map(volumes::Volume::probe))
+                    let (done, probed) = tokio::sync::oneshot::channel();
+                    std::thread::Builder::new()
+                        .name("segd-probe".into())
+                        .spawn(move || {
+                            let _ = done.send(v.get(i).map(volumes::Volume::probe));
+                        })
+                        .ok()
+                        .map(|_| probed)
                 })
                 .collect();
             let _ = tokio::time::timeout(stall, futures_util::future::join_all(probes)).await;
