@@ -563,6 +563,18 @@ async fn marker_file_detects_an_unmounted_disk() {
     );
 }
 
+/// The demo's two volumes served, and a segment of each (`t1` on disk1, `t2` on disk2), `t2`
+/// read once (so disk2's probe reads it from the device from then on).
+async fn two_volumes_one_read() -> (tempfile::TempDir, Server, String, String) {
+    let dir = demo_volumes();
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    let srv = Server::start(&config_for(&[&d1, &d2], ""));
+    let t1 = srv.url("/vod/t1/hls/64k/seg_00002.ts");
+    let t2 = srv.url("/vod/t2/hls/64k/seg_00002.ts");
+    assert_eq!(get(&t2, &[]).await.status, 200);
+    (dir, srv, t1, t2)
+}
+
 /// A volume whose reads fail with EIO (the debug-build fault hook: `.segd-fault-eio` at its
 /// root): 503 for its objects, the other volume unaffected, metric and log show it, and it
 /// serves again once the fault clears.
@@ -572,13 +584,8 @@ async fn marker_file_detects_an_unmounted_disk() {
     ignore = "needs the test hooks of a debug build"
 )]
 async fn eio_volume_degrades_alone_and_recovers() {
-    let dir = demo_volumes();
-    let d1 = dir.path().join("disk1");
+    let (dir, srv, t1, t2) = two_volumes_one_read().await;
     let d2 = dir.path().join("disk2");
-    let srv = Server::start(&config_for(&[&d1, &d2], ""));
-    let t1 = srv.url("/vod/t1/hls/64k/seg_00002.ts");
-    let t2 = srv.url("/vod/t2/hls/64k/seg_00002.ts");
-    assert_eq!(get(&t2, &[]).await.status, 200);
     let fault = d2.join(".segd-fault-eio");
     std::fs::write(&fault, b"").expect("inject");
     assert!(
@@ -639,14 +646,8 @@ async fn eio_volume_degrades_alone_and_recovers() {
     ignore = "needs the test hooks of a debug build"
 )]
 async fn a_volume_whose_disk_stops_answering_is_marked_down() {
-    let dir = demo_volumes();
-    let d1 = dir.path().join("disk1");
+    let (dir, srv, t1, t2) = two_volumes_one_read().await;
     let d2 = dir.path().join("disk2");
-    let srv = Server::start(&config_for(&[&d1, &d2], ""));
-    let t1 = srv.url("/vod/t1/hls/64k/seg_00002.ts");
-    let t2 = srv.url("/vod/t2/hls/64k/seg_00002.ts");
-    // An object of disk2 opened: the probe reads it from the device from now on.
-    assert_eq!(get(&t2, &[]).await.status, 200);
     let hang = d2.join(".segd-fault-hang");
     std::fs::write(&hang, b"").expect("inject");
     let t0 = Instant::now();
