@@ -460,7 +460,9 @@ async fn respond(
     };
     // An HTTP/1.1 body the handler leaves unread (a refusal) ends the connection: hyper does
     // not read past it, and the answer says so (as the fast path's do).
-    let read_whole = (proto == Proto::H1).then(|| Arc::new(AtomicBool::new(false)));
+    // Only a request with a body gets the flag (no allocation for a GET).
+    let read_whole = (proto == Proto::H1 && !http_body::Body::is_end_stream(&incoming))
+        .then(|| Arc::new(AtomicBool::new(false)));
     let reply = if host_ok {
         let body = RequestBody::from_hyper_telling(incoming, read_whole.clone());
         handler::handle(runtime, &policy, &hreq, body).await

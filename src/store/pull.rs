@@ -1050,7 +1050,10 @@ fn injected_cache_hang(local: &Local) {
 fn stalled() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
-        "the pull cache's disk did not answer within 2 s",
+        format!(
+            "the pull cache's disk did not answer within {} s",
+            DISK_STALL.as_secs()
+        ),
     )
 }
 
