@@ -314,7 +314,15 @@ fn curl(args: &[&str], stdin: Option<&[u8]>) -> Curl {
     let mut child = cmd.spawn().expect("run curl (Debian package curl)");
     if let Some(data) = stdin {
         let mut pipe = child.stdin.take().expect("curl stdin");
-        pipe.write_all(data).expect("write to curl");
+        // A refusal before the body (413, 507, ...) can end curl before it took all of it: its
+        // answer says what happened, the pipe's error does not.
+        if let Err(e) = pipe.write_all(data) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe,
+                "write to curl: {e}"
+            );
+        }
     }
     let out = child.wait_with_output().expect("curl output");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
