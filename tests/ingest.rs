@@ -878,6 +878,96 @@ async fn a_volume_only_written_to_is_marked_down_when_its_disk_hangs() {
     );
 }
 
+/// A disk that stops answering under a burst of uploads (the debug builds'
+/// `.segd-fault-hang-calls`: every open, look-up and upload write on the volume blocks while it
+/// exists; its probe does not, so it is never marked down here) holds a quarter of the blocking
+/// pool, not all of it: a cold read on the other volume is answered at once, a new upload is
+/// refused at once (503: the hung volume cannot say whether it holds the path) rather than
+/// waiting, and everything works again when the disk answers, with no temporary file left. 20
+/// uploads stuck on the hung disk took every thread of the pool (16 here), and the other
+/// volume's reads and uploads waited as long as the disk did (acceptance F2, under load).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn a_hung_disk_under_upload_load_holds_a_bounded_part_of_the_blocking_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    std::fs::create_dir_all(d1.join("vod/fine")).expect("mkdir");
+    std::fs::create_dir_all(d2.join("vod/hung")).expect("mkdir");
+    std::fs::write(d1.join("vod/fine/cold.ts"), b"never read yet").expect("write");
+    let cfg = config_for(&[&d1, &d2], &ingest_section(&[]))
+        .replace("workers = 2\n", "workers = 2\nblocking_threads = 16\n");
+    let srv = Server::start(&cfg);
+    let tok = upload_token("/vod/*");
+    let hang = d2.join(".segd-fault-hang-calls");
+    std::fs::write(&hang, b"").expect("inject");
+    let uploads: Vec<_> = (0..20)
+        .map(|i| {
+            let url = srv.url(&q(&format!("/vod/hung/s{i}.ts"), &tok));
+            std::thread::spawn(move || curl_put(&url, b"a segment", &["--max-time", "60"]).status())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cold = tokio::time::timeout(
+        Duration::from_secs(3),
+        get(&srv.url("/vod/fine/cold.ts"), &[]),
+    )
+    .await
+    .expect("a read on the other volume is answered at once, not after the hang");
+    assert_eq!(cold.status, 200);
+    assert_eq!(&cold.body[..], b"never read yet");
+    let url = srv.url(&q("/vod/fine/new.ts", &tok));
+    let t0 = Instant::now();
+    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"new", &["--max-time", "20"]))
+        .await
+        .expect("curl");
+    assert_eq!(r.status(), 503, "{r:?}");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "refused at once, not after the hang: {:?}",
+        t0.elapsed()
+    );
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_disk_calls{volume=\"disk2\"}"),
+        Some(4.0),
+        "a quarter of 16 threads held by the hung disk"
+    );
+    assert!(
+        metric(&m, "segd_volume_disk_calls_refused_total{volume=\"disk2\"}")
+            .is_some_and(|n| n >= 16.0),
+        "{m}"
+    );
+    std::fs::remove_file(&hang).expect("heal");
+    let statuses: Vec<u16> = uploads
+        .into_iter()
+        .map(|t| t.join().expect("upload thread"))
+        .collect();
+    assert!(
+        statuses.iter().all(|s| [201, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        4,
+        "the calls in progress finish once the disk answers: {statuses:?}"
+    );
+    let url = srv.url(&q("/vod/fine/new.ts", &tok));
+    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"new", &[]))
+        .await
+        .expect("curl");
+    assert_eq!(r.status(), 201, "{r:?}");
+    for d in [&d1, &d2] {
+        no_tmp_eventually(d, "after the hang").await;
+    }
+    assert!(srv
+        .stderr()
+        .contains("new calls on it are refused (503) until one returns"));
+}
+
 /// An old copy that cannot be removed when its volume is back (immutable here, `chattr +i`;
 /// in the field, a disk that fails again, its removal never reaching it) keeps its journal
 /// line, and is removed once it can be. The line was dropped at the first try whatever the
@@ -1027,10 +1117,12 @@ async fn copies_replaced_or_deleted_while_their_volume_was_down_do_not_come_back
 
     // disk1 is back: its old a and b go, c (not written meanwhile) stays.
     std::fs::remove_file(&fault).expect("heal");
+    // (The settlement removes them one by one: waited for together.)
+    let gone = ["live/out/b.ts", "live/out/a.ts", "live/out/x%41.ts"];
     assert!(
-        eventually(Duration::from_secs(5), async || !d1
-            .join("live/out/b.ts")
-            .exists())
+        eventually(Duration::from_secs(5), async || gone
+            .iter()
+            .all(|p| !d1.join(p).exists()))
         .await,
         "the deleted object's old copy is removed when disk1 is back"
     );

@@ -194,6 +194,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     warm_blocking_pool(&rt, config.server.blocking_threads);
+    volumes::set_busy_limit(config.server.blocking_threads);
     rt.block_on(serve(
         config,
         Inherited::new(passed),
@@ -658,7 +659,17 @@ fn spawn_health_checks(shared: &Arc<Shared>) {
                     std::thread::Builder::new()
                         .name("segd-probe".into())
                         .spawn(move || {
-                            let _ = done.send(v.get(i).map(volumes::Volume::probe));
+                            let healthy = v.get(i).map(|v| {
+                                let healthy = v.probe();
+                                // Its disk answers: the temporary files given up while it did
+                                // not go now (on this thread: a disk that stops again holds
+                                // its probe, and the stall is seen).
+                                if healthy && !v.is_stuck() {
+                                    v.remove_abandoned();
+                                }
+                                healthy
+                            });
+                            let _ = done.send(healthy);
                         })
                         .ok()
                         .map(|_| probed)

@@ -1,6 +1,7 @@
 //! The store's figures as Prometheus metrics, read at scrape time from the current tiers (so a
 //! reload that rebuilds a tier is followed without anyone copying values around):
 //! `segd_volume_healthy`, `segd_volume_io_errors_total`, `segd_volume_probes_total`,
+//! `segd_volume_disk_calls`, `segd_volume_disk_calls_refused_total`,
 //! `segd_io_backend`, `segd_cache_{hits,misses,evictions,fills}_total`, `segd_cache_bytes`,
 //! `segd_open_files_cached`, `segd_mmap_faults_total`.
 
@@ -19,6 +20,8 @@ pub struct StoreCollector {
     volume_healthy: IntGaugeVec,
     volume_io_errors: IntCounterVec,
     volume_probes: IntCounterVec,
+    volume_calls: IntGaugeVec,
+    volume_calls_refused: IntCounterVec,
     io_backend: IntGaugeVec,
     cache_hits: IntCounter,
     cache_misses: IntCounter,
@@ -52,6 +55,16 @@ impl StoreCollector {
             volume_probes: counter_vec(
                 "segd_volume_probes_total",
                 "Health probes of the volume root (periodic; before a 404 at most once per 250 ms; at once after an open refused with EACCES)",
+                "volume",
+            )?,
+            volume_calls: gauge_vec(
+                "segd_volume_disk_calls",
+                "Blocking calls on the volume's disk in progress (opens, look-ups, uploads' writes)",
+                "volume",
+            )?,
+            volume_calls_refused: counter_vec(
+                "segd_volume_disk_calls_refused_total",
+                "Calls refused (503) because the volume's disk had not finished any of the calls in progress for 2 s",
                 "volume",
             )?,
             io_backend: gauge_vec(
@@ -90,11 +103,13 @@ fn set_counter(c: &IntCounter, v: u64) {
 
 impl StoreCollector {
     /// Every series this collector exports, in one list for `desc` and `collect`.
-    fn parts(&self) -> [&dyn Collector; 11] {
+    fn parts(&self) -> [&dyn Collector; 13] {
         [
             &self.volume_healthy,
             &self.volume_io_errors,
             &self.volume_probes,
+            &self.volume_calls,
+            &self.volume_calls_refused,
             &self.io_backend,
             &self.cache_hits,
             &self.cache_misses,
@@ -119,6 +134,8 @@ impl Collector for StoreCollector {
         self.volume_healthy.reset();
         self.volume_io_errors.reset();
         self.volume_probes.reset();
+        self.volume_calls.reset();
+        self.volume_calls_refused.reset();
         for v in local.volumes.iter() {
             let name = [v.name.as_str()];
             self.volume_healthy
@@ -130,6 +147,12 @@ impl Collector for StoreCollector {
             self.volume_probes
                 .with_label_values(&name)
                 .inc_by(v.probes());
+            self.volume_calls
+                .with_label_values(&name)
+                .set(i64::try_from(v.busy_calls()).unwrap_or(i64::MAX));
+            self.volume_calls_refused
+                .with_label_values(&name)
+                .inc_by(v.busy_refusals());
         }
         // Only the backend in use (a reload that switches backends switches the series).
         self.io_backend.reset();

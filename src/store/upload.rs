@@ -248,6 +248,24 @@ struct Opened {
     new: bool,
 }
 
+/// Holds the volume of `o` busy for the disk calls that follow ([`volumes::Volume::enter`]).
+/// Refused (its disk has not answered the calls in progress), the upload fails as on a volume
+/// that is down (503), and its temporary file is left for the volume to remove once its disk
+/// answers: removing it now could wait as long, on one more thread.
+fn enter(local: &Local, o: Opened) -> Result<(volumes::Busy<'_>, Opened), WriteError> {
+    let v = local
+        .volumes
+        .get(o.volume)
+        .ok_or(WriteError::VolumeUnavailable)?;
+    match v.enter() {
+        Some(busy) => Ok((busy, o)),
+        None => {
+            o.temp.abandon(v);
+            Err(WriteError::VolumeUnavailable)
+        }
+    }
+}
+
 /// How much a body of unknown length claims at a time once its first claim is written.
 const CLAIM_STEP: u64 = 1 << 20;
 
@@ -423,6 +441,21 @@ impl Committed {
     }
 }
 
+impl Drop for Upload {
+    /// An upload that failed or was cut short removes its temporary file (its drop), except
+    /// on a volume whose disk has stopped answering the calls in progress: there the unlink
+    /// would hold this thread (a worker, often) as long as the disk does not answer, and the
+    /// file is left for the volume to remove once it does ([`TempFile::abandon`]).
+    fn drop(&mut self) {
+        if let File::Open { temp, volume, .. } = std::mem::replace(&mut self.file, File::Failed) {
+            match self.local.volumes.get(volume) {
+                Some(v) if v.is_stuck() => temp.abandon(v),
+                _ => drop(temp),
+            }
+        }
+    }
+}
+
 impl Upload {
     /// The body so far, when the upload keeps it in memory ([`Mode::keep`]).
     pub fn kept(&self) -> Option<&[u8]> {
@@ -506,8 +539,10 @@ impl Upload {
         let r = self
             .pool
             .run(move || -> Result<_, WriteError> {
-                let mut o = open_for(&local, &key, file, need)?;
+                let o = open_for(&local, &key, file, need)?;
+                let (busy, mut o) = enter(&local, o)?;
                 let w = batch.write_to(&mut o.temp);
+                drop(busy);
                 Ok((o, w, batch.pipe))
             })
             .await?;
@@ -561,13 +596,15 @@ impl Upload {
             let w = Arc::clone(&wt);
             let r = Pool::General
                 .run(move || -> Result<_, WriteError> {
-                    let mut o = open_for(&local, &key, file, need)?;
+                    let o = open_for(&local, &key, file, need)?;
+                    let (busy, mut o) = enter(&local, o)?;
                     let sealed = batch
                         .write_to(&mut o.temp)
                         .and_then(|()| match w.durability {
                             Durability::Upstream => o.temp.seal(durable).map(Some),
                             Durability::Local => w.enqueue(Op::Put, &key).map(|()| None),
                         });
+                    drop(busy);
                     Ok((o, sealed, batch.pipe))
                 })
                 .await?;
@@ -589,6 +626,7 @@ impl Upload {
             .pool
             .run(move || {
                 let o = open_for(&local, &key, file, need)?;
+                let (_busy, o) = enter(&local, o)?;
                 let (mut temp, volume) = (o.temp, o.volume);
                 temp.count_removal(removed);
                 let written = batch.write_to(&mut temp);
@@ -622,15 +660,23 @@ impl Upload {
         let (local, key, outage) = (Arc::clone(&self.local), self.key.clone(), self.outage);
         let r = Pool::General
             .run(move || {
+                let v = local
+                    .volumes
+                    .get(volume)
+                    .ok_or(WriteError::VolumeUnavailable)?;
+                let Some(_busy) = v.enter() else {
+                    temp.abandon(v);
+                    return Err(WriteError::VolumeUnavailable);
+                };
                 let journaled = before_commit(&local, volume, &key, &temp, outage, durable);
                 let done = temp.commit(&name, durable);
                 if let Ok((false, _)) = done {
                     after_create(&local, volume, &key, journaled);
                 }
-                done
+                done.map_err(|e| write_failed(&local, volume, e))
             })
             .await?;
-        let (existed, st) = r.map_err(|e| self.refused(write_failed(&self.local, volume, e)))?;
+        let (existed, st) = r.map_err(|e| self.refused(e))?;
         self.committed(existed, &st, volume)
     }
 
@@ -761,8 +807,13 @@ impl Local {
                 saw_unhealthy = true;
                 continue;
             }
-            if v.stat_contained(rel).is_some() {
-                return room(i);
+            match v.try_stat_contained(rel) {
+                Ok(Some(_)) => return room(i),
+                Ok(None) => {}
+                // Its disk does not answer: whether it holds the object nobody can tell, and a
+                // copy written elsewhere could leave the old one to be served when it answers
+                // again. 503 until its probe marks it down (then the outage journal applies).
+                Err(volumes::Stuck) => return Err(WriteError::VolumeUnavailable),
             }
         }
         // 2. A new object: where its asset is, else the placement rule's order.

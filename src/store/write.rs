@@ -582,6 +582,24 @@ fn stamp(f: &File) -> io::Result<()> {
     Ok(())
 }
 
+impl TempFile {
+    /// Gives the file up without removing it now: the disk of `volume` does not answer, and an
+    /// unlink would wait as long (see [`crate::volumes::Volume::enter`]). The volume removes
+    /// it once its disk answers again; it has a temporary name meanwhile, never served, and a
+    /// restart removes it too.
+    pub fn abandon(mut self, volume: &crate::volumes::Volume) {
+        let name = std::mem::take(&mut self.name);
+        self.file = None;
+        match self.dir.fd.try_clone() {
+            Ok(dir) => volume.abandon(dir, name),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %name, "cannot keep a temporary file to remove later; a restart removes it")
+            }
+        }
+        // The drop sees a file that is not to be removed (empty name): made directories stay.
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         let uncommitted = !self.name.is_empty();

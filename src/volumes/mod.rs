@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use object::{clone_error, is_device_fault, still_current, unchanged, ObjectMeta};
 pub use path::{sanitize, PathError, RelPath};
 use volume::OpenError;
-pub use volume::{Opened, Volume};
+pub use volume::{set_busy_limit, Busy, Opened, Stuck, Volume, BUSY_STALL};
 
 use crate::config::VolumeConfig;
 
@@ -176,6 +176,11 @@ impl Volumes {
                     }
                 }
                 Err(OpenError::Overloaded) => return Err(LookupError::Overloaded),
+                // Its disk does not answer the calls in progress: another volume may have the
+                // object, else 503 (the probe decides whether the volume is down).
+                Err(OpenError::Busy) => {
+                    unavailable.get_or_insert(i);
+                }
                 Err(OpenError::Fault(e)) => {
                     vol.record_fault(&e);
                     unavailable.get_or_insert(i);
@@ -205,6 +210,7 @@ impl Volumes {
             }
             Err(OpenError::Denied) => Err(LookupError::NotFound),
             Err(OpenError::Overloaded) => Err(LookupError::Overloaded),
+            Err(OpenError::Busy) => Err(LookupError::VolumeUnavailable { volume: i }),
             Err(OpenError::Fault(e)) => {
                 vol.record_fault(&e);
                 Err(LookupError::VolumeUnavailable { volume: i })

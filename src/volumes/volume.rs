@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,7 +50,14 @@ pub(super) enum OpenError {
     Denied,
     Fault(io::Error),
     Overloaded,
+    /// The disk has not answered the calls in progress on it (see [`Volume::enter`]).
+    Busy,
 }
+
+/// Calls on a volume are refused: its disk has not answered the ones in progress (see
+/// [`Volume::enter`]).
+#[derive(Debug)]
+pub struct Stuck;
 
 /// One root directory.
 pub struct Volume {
@@ -81,6 +88,47 @@ pub struct Volume {
     probing_since_ms: AtomicU64,
     /// Marked down because a probe has not returned (see [`Volume::check_stalled`]).
     stalled: AtomicBool,
+    /// Blocking calls on this volume's disk in progress now (see [`Volume::enter`]).
+    busy: AtomicUsize,
+    /// Milliseconds since `epoch` (plus one) at which a blocking call here last returned, or
+    /// the first of a busy spell began.
+    busy_progress_ms: AtomicU64,
+    /// Calls refused since the last one returned were said in the log.
+    busy_warned: AtomicBool,
+    /// Calls refused because the disk's calls in progress have not returned.
+    busy_refusals: AtomicU64,
+    /// Temporary files given up while the disk did not answer, to remove when it does (see
+    /// [`Volume::abandon`]): each a directory and a name in it.
+    abandoned: std::sync::Mutex<Vec<(OwnedFd, String)>>,
+}
+
+/// Blocking calls one volume may have in progress at once: set from `[server]
+/// blocking_threads` at start ([`set_busy_limit`]). A disk that stops answering holds this many
+/// threads of the blocking pool, not all of them (acceptance F2: 80 uploads stuck on a hung
+/// disk took the 64 threads, and cold reads and uploads on the healthy volumes waited).
+static BUSY_LIMIT: AtomicUsize = AtomicUsize::new(16);
+
+/// How long the calls in progress on a volume may go without one of them returning before
+/// calls beyond [`BUSY_LIMIT`] are refused.
+pub const BUSY_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sets how many blocking calls a volume may have in progress: a quarter of the blocking pool,
+/// at least 2.
+pub fn set_busy_limit(blocking_threads: usize) {
+    BUSY_LIMIT.store((blocking_threads / 4).max(2), Ordering::Relaxed);
+}
+
+/// A blocking call in progress on a volume's disk (see [`Volume::enter`]); its drop says it
+/// returned.
+pub struct Busy<'a>(&'a Volume);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let v = self.0;
+        v.busy_progress_ms.store(v.now_ms(), Ordering::Release);
+        v.busy_warned.store(false, Ordering::Relaxed);
+        v.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The block read from the device by a probe ([`Volume::device_answers`]).
@@ -224,6 +272,11 @@ impl Volume {
             sample_wanted: AtomicBool::new(true),
             probing_since_ms: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            busy_progress_ms: AtomicU64::new(0),
+            busy_warned: AtomicBool::new(false),
+            busy_refusals: AtomicU64::new(0),
+            abandoned: std::sync::Mutex::new(Vec::new()),
         };
         match v.open_root() {
             Ok(root) => {
@@ -400,6 +453,9 @@ impl Volume {
         let Some(root) = self.root.load_full() else {
             return Err(OpenError::Fault(io::Error::other("volume root not open")));
         };
+        let Some(_busy) = self.enter() else {
+            return Err(OpenError::Busy);
+        };
         if let Some(e) = injected(&root, ".segd-fault-eio") {
             return Err(OpenError::Fault(e));
         }
@@ -434,16 +490,30 @@ impl Volume {
     /// followed only while it stays beneath the root, so whether a file outside the volume
     /// exists never shows (an upload's placement asks this, and 201 or 204 would tell).
     pub fn stat_contained(&self, rel: &RelPath) -> Option<ObjectMeta> {
-        let root = self.root.load_full()?;
-        let flags = OFlags::PATH | OFlags::CLOEXEC;
-        let fd = beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow).ok()?;
-        let st = rustix::fs::fstat(&fd).ok()?;
-        Some(ObjectMeta::from_stat(&st))
+        self.try_stat_contained(rel).ok().flatten()
     }
 
-    /// Runs `f` with the root directory's descriptor (for writes beneath it), if it is open.
+    /// [`Volume::stat_contained`], which says whether it could ask: `Err` when calls on the
+    /// volume are refused (see [`Volume::enter`]), so nobody can tell whether it holds `rel`.
+    pub fn try_stat_contained(&self, rel: &RelPath) -> Result<Option<ObjectMeta>, Stuck> {
+        let Some(root) = self.root.load_full() else {
+            return Ok(None);
+        };
+        let _busy = self.enter().ok_or(Stuck)?;
+        let flags = OFlags::PATH | OFlags::CLOEXEC;
+        let Ok(fd) = beneath::open(&root.fd, rel.as_str(), flags, Symlinks::Follow) else {
+            return Ok(None);
+        };
+        Ok(rustix::fs::fstat(&fd)
+            .ok()
+            .map(|st| ObjectMeta::from_stat(&st)))
+    }
+
+    /// Runs `f` with the root directory's descriptor (for writes beneath it), if it is open
+    /// and calls on the volume are not refused (see [`Volume::enter`]).
     pub fn with_root<T>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T) -> Option<T> {
         let root = self.root.load_full()?;
+        let _busy = self.enter()?;
         Some(f(root.fd.as_fd()))
     }
 
@@ -593,6 +663,118 @@ impl Volume {
                 false,
                 &format!("its disk has not answered a probe for {secs} s"),
             );
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        (self.epoch.elapsed().as_millis() as u64).saturating_add(1)
+    }
+
+    /// Starts a blocking call on this volume's disk (an open, a look-up, an upload's create,
+    /// writes and rename), or refuses it. At most [`BUSY_LIMIT`] calls are in progress on a
+    /// volume: one beyond waits for one of them to return, and is refused when none has
+    /// returned for [`BUSY_STALL`]: the disk is not answering, and the call would only hold one
+    /// more thread of the blocking pool for as long as it does not. The caller answers as for
+    /// a volume that is down (503 with `Retry-After`); the volume's probe decides whether it is
+    /// down (see [`Volume::check_stalled`]).
+    pub fn enter(&self) -> Option<Busy<'_>> {
+        let limit = BUSY_LIMIT.load(Ordering::Relaxed);
+        loop {
+            let n = self.busy.load(Ordering::Acquire);
+            if n < limit {
+                if self
+                    .busy
+                    .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    continue;
+                }
+                if n == 0 {
+                    self.busy_progress_ms
+                        .store(self.now_ms(), Ordering::Release);
+                }
+                let busy = Busy(self);
+                self.injected_call_hang();
+                return Some(busy);
+            }
+            if self.no_progress() {
+                self.busy_refusals.fetch_add(1, Ordering::Relaxed);
+                if !self.busy_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        volume = %self.name,
+                        in_progress = n,
+                        "the volume's disk has not finished a call for {} s: new calls on it are refused (503) until one returns",
+                        BUSY_STALL.as_secs()
+                    );
+                }
+                return None;
+            }
+            // Rare (a disk this busy is slow or stuck): polled, so that a call returning
+            // costs no wake-up.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Whether calls on this volume are refused now (see [`Volume::enter`]).
+    pub fn is_stuck(&self) -> bool {
+        self.busy.load(Ordering::Acquire) >= BUSY_LIMIT.load(Ordering::Relaxed)
+            && self.no_progress()
+    }
+
+    fn no_progress(&self) -> bool {
+        let last = self.busy_progress_ms.load(Ordering::Acquire);
+        self.now_ms().saturating_sub(last) >= BUSY_STALL.as_millis() as u64
+    }
+
+    /// Blocking calls on this volume's disk in progress now.
+    pub fn busy_calls(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// Calls refused because the disk had not answered the ones in progress.
+    pub fn busy_refusals(&self) -> u64 {
+        self.busy_refusals.load(Ordering::Relaxed)
+    }
+
+    /// Keeps a temporary file (its directory and name) that could not be removed now because
+    /// the disk does not answer: the probe removes it once the disk answers again
+    /// ([`Volume::remove_abandoned`]). Readers never see it (a temporary name).
+    pub fn abandon(&self, dir: OwnedFd, name: String) {
+        self.abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((dir, name));
+    }
+
+    /// Removes the temporary files given up while the disk did not answer (blocking: the
+    /// probe's thread, after the disk answered it). Returns how many went.
+    pub fn remove_abandoned(&self) -> usize {
+        let files = std::mem::take(&mut *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut removed = 0;
+        for (dir, name) in files {
+            match rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty()) {
+                Ok(()) => removed += 1,
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => {
+                    tracing::warn!(volume = %self.name, file = %name, error = %e, "cannot remove a temporary file left while the disk did not answer");
+                }
+            }
+        }
+        removed
+    }
+
+    /// The debug-build hung disk for every call that [`Volume::enter`] starts: blocks while
+    /// `.segd-fault-hang-calls` exists at the root (up to a minute).
+    fn injected_call_hang(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < until
+            && (self.root.load_full())
+                .is_some_and(|r| injected(&r, ".segd-fault-hang-calls").is_some())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
