@@ -106,16 +106,17 @@ pub struct Volume {
 /// blocking_threads` at start ([`set_busy_limit`]). A disk that stops answering holds this many
 /// threads of the blocking pool, not all of them (acceptance F2: 80 uploads stuck on a hung
 /// disk took the 64 threads, and cold reads and uploads on the healthy volumes waited).
-static BUSY_LIMIT: AtomicUsize = AtomicUsize::new(16);
+static BUSY_LIMIT: AtomicUsize = AtomicUsize::new(32);
 
 /// How long the calls in progress on a volume may go without one of them returning before
 /// calls beyond [`BUSY_LIMIT`] are refused.
 pub const BUSY_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Sets how many blocking calls a volume may have in progress: a quarter of the blocking pool,
-/// at least 2.
+/// Sets how many blocking calls a volume may have in progress: half the blocking pool, at
+/// least 2 (enough for a busy disk's uploads and cold reads side by side; a hung one leaves
+/// the other half to the other volumes).
 pub fn set_busy_limit(blocking_threads: usize) {
-    BUSY_LIMIT.store((blocking_threads / 4).max(2), Ordering::Relaxed);
+    BUSY_LIMIT.store((blocking_threads / 2).max(2), Ordering::Relaxed);
 }
 
 /// A blocking call in progress on a volume's disk (see [`Volume::enter`]); its drop says it
