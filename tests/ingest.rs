@@ -883,7 +883,8 @@ async fn a_volume_only_written_to_is_marked_down_when_its_disk_hangs() {
 /// exists; its probe does not, so it is never marked down here) holds half of the blocking
 /// pool, not all of it: a cold read on the other volume is answered at once, a new upload is
 /// refused at once (503: the hung volume cannot say whether it holds the path) rather than
-/// waiting, and everything works again when the disk answers, with no temporary file left. 20
+/// waiting, so is a DELETE (nothing removed: a copy on the hung disk would come back), and
+/// everything works again when the disk answers, with no temporary file left. 20
 /// uploads stuck on the hung disk took every thread of the pool (16 here), and the other
 /// volume's reads and uploads waited as long as the disk did (acceptance F2, under load).
 #[tokio::test]
@@ -930,6 +931,14 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
         "refused at once, not after the hang: {:?}",
         t0.elapsed()
     );
+    // A DELETE cannot say whether the hung disk holds a copy either: nothing is removed (a
+    // copy left there would be served again once it answers).
+    let url = srv.url(&q("/vod/fine/cold.ts", &tok));
+    let r = tokio::task::spawn_blocking(move || curl_delete(&url))
+        .await
+        .expect("curl");
+    assert_eq!(r.status(), 503, "{r:?}");
+    assert!(d1.join("vod/fine/cold.ts").is_file(), "nothing removed");
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
         metric(&m, "segd_volume_disk_calls{volume=\"disk2\"}"),

@@ -391,15 +391,18 @@ fn settle_line(local: &Local, locks: &PathLocks, line: &Line) -> Settle {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
-    let copies: Vec<(usize, i128)> = vols
-        .served()
-        .filter(|(_, v)| v.is_healthy())
-        .filter_map(|(i, v)| {
-            v.with_root(|root| Dir::open(root, dir, false).ok()?.file_mtime(name))
-                .flatten()
-                .map(|t| (i, if t > now { i128::MIN } else { t }))
-        })
-        .collect();
+    let mut copies: Vec<(usize, i128)> = Vec::new();
+    for (i, v) in vols.served().filter(|(_, v)| v.is_healthy()) {
+        // A volume whose disk does not answer the calls in progress (see `Volume::enter`)
+        // cannot say which copy it holds: the line waits for it.
+        let Some(mtime) = v.with_root(|root| Dir::open(root, dir, false).ok()?.file_mtime(name))
+        else {
+            return Settle::Retry;
+        };
+        if let Some(t) = mtime {
+            copies.push((i, if t > now { i128::MIN } else { t }));
+        }
+    }
     // The newest; of equal times the first in volume order (the one lookups try first).
     let newest = copies
         .iter()

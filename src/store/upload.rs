@@ -965,6 +965,15 @@ pub async fn delete(
             // no volume holds a file of the name (after an outage a name can be a file on one
             // volume and a directory on another: the file copies go, the directory is another
             // object's path).
+            // A volume whose disk does not answer the calls in progress (see
+            // `Volume::enter`) cannot say whether it holds a copy, nor remove it: nothing is
+            // removed anywhere (a copy left there would be served again once it answers).
+            if l.volumes
+                .served()
+                .any(|(_, v)| v.is_healthy() && v.is_stuck())
+            {
+                return Err(WriteError::VolumeUnavailable);
+            }
             let mut unavailable = false;
             let mut directory = false;
             let mut removed = false;
@@ -1009,8 +1018,10 @@ pub async fn delete(
                     remove_empty(root, dir, keep);
                     Ok(true)
                 });
-                if done.transpose()?.unwrap_or(false) {
-                    removed = true;
+                match done {
+                    Some(r) => removed |= r?,
+                    // Refused: it got stuck meanwhile.
+                    None => unavailable = true,
                 }
             }
             if removed {
