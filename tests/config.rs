@@ -704,6 +704,27 @@ fn production_config_documents_every_key() {
     );
 }
 
+/// A `[tls]` with a certificate and no `listen` key is an error naming `tls.listen` (it started
+/// with no TLS listener and said nothing); `listen = []` keeps TLS off, as documented.
+#[test]
+fn tls_certificate_without_listener_is_an_error() {
+    let (code, err, path) = check(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\n\n[[volumes]]\npath = \"vol\"\n\n\
+         [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!("{path}")) && err.contains("tls.listen: missing"),
+        "{err}"
+    );
+    assert!(err.contains("listen = [] keeps TLS off"), "{err}");
+    let (code, err, _) = check(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\n\n[[volumes]]\npath = \"vol\"\n\n\
+         [tls]\nlisten = []\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+    );
+    assert_eq!(code, 0, "an empty list turns TLS off: {err}");
+}
+
 /// A listen address repeated across sections is reported at the key that repeats it, with its
 /// line, naming the first use (it was always `server.listen`, even for a `[tls] listen` entry,
 /// and pointed at the wrong line).

@@ -85,6 +85,15 @@ pub(super) fn parse_tls(s: &Section, base: &Path) -> Option<TlsConfig> {
         .collect();
     s.finish();
     if listen.is_empty() {
+        // A `[tls]` with a certificate and no `listen` key is a TLS listener forgotten, not one
+        // turned off (an empty list says that): it started without one, and said nothing.
+        if s.raw("listen").is_none() && (s.raw("cert").is_some() || s.raw("key").is_some()) {
+            s.error(
+                "listen",
+                "missing: [tls] has a certificate but no listener, so no TLS would be served",
+                "a list of IP:PORT strings, e.g. [\"0.0.0.0:443\"] (listen = [] keeps TLS off)",
+            );
+        }
         return None;
     }
     match (cert, key) {
