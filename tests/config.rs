@@ -714,7 +714,7 @@ fn tls_certificate_without_listener_is_an_error() {
     );
     assert_eq!(code, 64, "{err}");
     assert!(
-        err.contains(&format!("{path}")) && err.contains("tls.listen: missing"),
+        err.contains(&path) && err.contains("tls.listen: missing"),
         "{err}"
     );
     assert!(err.contains("listen = [] keeps TLS off"), "{err}");
