@@ -2535,7 +2535,7 @@ impl Pull {
         // (acceptance F1); now it costs this object its copy.
         // A cache disk marked down (a device error, or a stall: see `cache_fault`) is not
         // tried until its next good probe.
-        let root = vol.with_root(|root| root.try_clone_to_owned());
+        let root = vol.root_fd();
         let down = (!vol.is_healthy()).then(|| io::Error::other("the pull cache's volume is down"));
         let temp = match (vol.injected_write_fault().or(down), root) {
             (Some(e), _) => Some(Err(e)),

@@ -510,8 +510,15 @@ impl Volume {
             .map(|st| ObjectMeta::from_stat(&st)))
     }
 
+    /// A descriptor of the root directory (a `dup`: asks no disk, never waits), if it is open.
+    pub fn root_fd(&self) -> Option<io::Result<OwnedFd>> {
+        let root = self.root.load_full()?;
+        Some(root.fd.try_clone())
+    }
+
     /// Runs `f` with the root directory's descriptor (for writes beneath it), if it is open
-    /// and calls on the volume are not refused (see [`Volume::enter`]).
+    /// and calls on the volume are not refused (see [`Volume::enter`]: blocking, it may wait
+    /// up to [`BUSY_STALL`]; never on a worker thread).
     pub fn with_root<T>(&self, f: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> T) -> Option<T> {
         let root = self.root.load_full()?;
         let _busy = self.enter()?;
