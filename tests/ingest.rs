@@ -910,7 +910,16 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
             std::thread::spawn(move || curl_put(&url, b"a segment", &["--max-time", "60"]).status())
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let calls = "segd_volume_disk_calls{volume=\"disk2\"}";
+    assert!(
+        eventually(Duration::from_secs(10), async || metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            calls
+        ) == Some(8.0))
+        .await,
+        "the hung disk's calls are taken"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let cold = tokio::time::timeout(
         Duration::from_secs(3),
         get(&srv.url("/vod/fine/cold.ts"), &[]),
@@ -941,7 +950,7 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
     assert!(d1.join("vod/fine/cold.ts").is_file(), "nothing removed");
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
-        metric(&m, "segd_volume_disk_calls{volume=\"disk2\"}"),
+        metric(&m, calls),
         Some(8.0),
         "half of the 16 threads held by the hung disk"
     );
@@ -975,6 +984,82 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
     assert!(srv
         .stderr()
         .contains("new calls on it are refused (503) until one returns"));
+}
+
+/// An upload under way on a disk that stops answering (the debug builds'
+/// `.segd-fault-hang-calls`) is refused (503) at its next write once the calls in progress
+/// there have not returned for 2 s, and its temporary file, which cannot be removed while the
+/// disk does not answer (the unlink would hold one more thread as long), is left to the volume,
+/// which removes it once its disk answers: nothing is left, and nothing is put in place.
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn an_upload_cut_off_by_a_hung_disk_leaves_its_file_to_the_volume() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d1 = dir.path().join("disk1");
+    std::fs::create_dir_all(d1.join("vod/cut")).expect("mkdir");
+    let cfg = config_for(&[&d1], &ingest_section(&[("fsync", "false")]))
+        .replace("workers = 2\n", "workers = 2\nblocking_threads = 4\n");
+    let srv = Server::start(&cfg);
+    let tok = upload_token("/vod/*");
+    let total = 600 * 1024;
+    let body = payload(total, 7);
+    let mut s = connect(srv.addr);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: segd\r\nContent-Length: {total}\r\n\r\n",
+        q("/vod/cut/a.ts", &tok)
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&body[..300 * 1024]).expect("first half");
+    assert!(
+        eventually(Duration::from_secs(5), async || !tmp_files(&d1).is_empty()).await,
+        "the first half is written to a temporary file"
+    );
+    let hang = d1.join(".segd-fault-hang-calls");
+    std::fs::write(&hang, b"").expect("inject");
+    // Two uploads whose file creation hangs take the volume's two calls (half of 4 threads).
+    let hung: Vec<_> = (0..2)
+        .map(|i| {
+            let url = srv.url(&q(&format!("/vod/cut/h{i}.ts"), &tok));
+            std::thread::spawn(move || curl_put(&url, b"h", &["--max-time", "60"]).status())
+        })
+        .collect();
+    let calls = "segd_volume_disk_calls{volume=\"disk1\"}";
+    assert!(
+        eventually(Duration::from_secs(10), async || metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            calls
+        ) == Some(2.0))
+        .await,
+        "both uploads are in their calls"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The rest: its write is refused (the answer may come before all of it is taken).
+    let _ = s.write_all(&body[300 * 1024..]);
+    let answer = read_head(&mut s);
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "{answer}: {}",
+        srv.stderr()
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer}"
+    );
+    assert!(
+        !tmp_files(&d1).is_empty(),
+        "the temporary file waits for the disk to answer"
+    );
+    std::fs::remove_file(&hang).expect("heal");
+    let statuses: Vec<u16> = hung
+        .into_iter()
+        .map(|t| t.join().expect("upload thread"))
+        .collect();
+    assert_eq!(statuses, [201, 201], "the calls in progress finish");
+    no_tmp_eventually(&d1, "once the disk answers").await;
+    assert!(!d1.join("vod/cut/a.ts").exists(), "nothing put in place");
 }
 
 /// An old copy that cannot be removed when its volume is back (immutable here, `chattr +i`;
