@@ -508,6 +508,71 @@ async fn device_error_in_a_cache_fill_is_counted() {
 /// With `.segd-fault-eio-read` at the root (residency probes say "not resident", prefetches fail
 /// with EIO), a plaintext HTTP/1.1 GET of a segment prefetches before sendfile, fails: 503, and
 /// the error is counted against the volume.
+/// Over HTTP/2 and HTTP/3 (writers that send the head before the body), an object whose first
+/// bytes cannot be read (the debug builds' `.segd-fault-eio-read`: reads fail, opens succeed)
+/// is answered 503 with `Retry-After`, as on the HTTP/1.1 fast path, and counted as a refusal
+/// and against its volume. It was a 200 head, then a reset stream (acceptance F6). The hot-body
+/// cache's fill and a range past it (a read per chunk) are both asked.
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn device_error_before_the_first_bytes_is_a_503_over_http2_and_http3() {
+    let vols = demo_volumes();
+    let vol = vols.path().join("disk1");
+    let pki = Pki::new();
+    let (cert, key, _) = pki.leaf("segd");
+    let tls = tls_config(vols.path(), &cert, &key) + "http3 = true\n";
+    let srv = Server::start(&config_for(&[&vol], &tls));
+    std::fs::write(vol.join(".segd-fault-eio-read"), b"").expect("inject read faults");
+    // HTTP/3 (segd's own writer, also head first).
+    let mut c = h3_connect(srv.tls_addr.expect("tls"), &pki).await;
+    let mut st = c.open("GET", SEG_A, &[]).await;
+    let head = st
+        .recv_response()
+        .await
+        .expect("a response head, not a reset");
+    assert_eq!(head.status().as_u16(), 503, "h3: {:?}", head.headers());
+    assert!(head.headers().contains_key("retry-after"), "h3");
+    for range in [None, Some("bytes=1000-")] {
+        let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", *r)).collect();
+        let r = request("GET", &srv.url(SEG_A), &headers, true).await;
+        assert_eq!(r.status, 503, "range {range:?}: {:?}", r.headers);
+        assert_eq!(
+            r.header("retry-after"),
+            Some("1"),
+            "range {range:?}: {:?}",
+            r.headers
+        );
+    }
+    let m = metrics(&srv).await;
+    assert!(
+        metric_with(
+            &m,
+            "segd_refusals_total",
+            &[("reason", "volume_unavailable")]
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{m}"
+    );
+    assert!(io_errors(&srv, "disk1").await >= 1.0, "{m}");
+    std::fs::remove_file(vol.join(".segd-fault-eio-read")).expect("heal");
+    assert!(
+        eventually(Duration::from_secs(5), async || request(
+            "GET",
+            &srv.url(SEG_A),
+            &[],
+            true
+        )
+        .await
+        .status
+            == 200)
+        .await,
+        "served again once the disk reads"
+    );
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(debug_assertions),

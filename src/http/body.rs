@@ -25,6 +25,31 @@ use crate::store::{Body, ByteStream};
 /// (and logged as complete: every byte had been handed over). In pieces, it times each piece.
 const MAX_FRAME: usize = 128 << 10;
 
+/// Reads the first piece of a body that comes from a disk before its answer's head is sent
+/// (hyper and HTTP/3 send the head first): a device error there can still be answered 503,
+/// as the HTTP/1.1 fast path answers it. It was a 200 head, then a reset stream (HTTP/2) or a
+/// cut connection (acceptance F6). The piece read is sent first; other bodies pass as they are.
+/// `Err`: the first piece met a device fault (counted against its volume by the read).
+pub async fn first_piece_read(body: Body, mapped_ok: bool) -> Result<Body, io::Error> {
+    use futures_util::StreamExt;
+    let Body::File(f) = body else {
+        return Ok(body);
+    };
+    let len = f.len;
+    if len == 0 {
+        return Ok(Body::File(f));
+    }
+    let mut chunks = Box::pin(f.chunks(mapped_ok));
+    let first = match chunks.next().await {
+        Some(Err(e)) if crate::volumes::is_device_fault(&e) => return Err(e),
+        first => first,
+    };
+    Ok(Body::Stream(crate::store::Stream {
+        len: Some(len),
+        inner: Box::pin(futures_util::stream::iter(first).chain(chunks)),
+    }))
+}
+
 pub struct HyperBody {
     stream: Option<ByteStream>,
     /// What is left of the last chunk the stream gave, handed over [`MAX_FRAME`] at a time.

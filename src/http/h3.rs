@@ -319,13 +319,29 @@ async fn request(
     } else {
         handled.await
     };
+    let mut reply = reply;
+    let mut cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+    let body = std::mem::replace(&mut reply.body, crate::store::Body::Empty);
+    match super::body::first_piece_read(body, false).await {
+        Ok(body) => reply.body = body,
+        Err(e) => {
+            tracing::warn!(error = %e, "an object's bytes could not be read; answered 503");
+            reply = handler::refused(
+                runtime,
+                &policy,
+                &hreq,
+                super::refusal::Refusal::VolumeUnavailable,
+            );
+            cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+        }
+    }
     let record = Record::new(
         runtime,
         &policy,
         &hreq,
         reply.status,
         start,
-        reply.log.cache.unwrap_or_else(|| reply.body.cache_status()),
+        cache,
         reply.log,
     );
     let mut resp = http::Response::new(());

@@ -463,13 +463,24 @@ async fn respond(
     // Only a request with a body gets the flag (no allocation for a GET).
     let read_whole = (proto == Proto::H1 && !http_body::Body::is_end_stream(&incoming))
         .then(|| Arc::new(AtomicBool::new(false)));
-    let reply = if host_ok {
+    let mut reply = if host_ok {
         let body = RequestBody::from_hyper_telling(incoming, read_whole.clone());
         handler::handle(runtime, &policy, &hreq, body).await
     } else {
         handler::refused(runtime, &policy, &hreq, Refusal::Malformed)
     };
-    let cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+    let mut cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+    // Only TLS connections have the socket guard that makes mapped bodies safe.
+    let mapped_ok = tls.is_some();
+    let body = std::mem::replace(&mut reply.body, crate::store::Body::Empty);
+    match super::body::first_piece_read(body, mapped_ok).await {
+        Ok(body) => reply.body = body,
+        Err(e) => {
+            tracing::warn!(error = %e, "an object's bytes could not be read; answered 503");
+            reply = handler::refused(runtime, &policy, &hreq, Refusal::VolumeUnavailable);
+            cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+        }
+    }
     let record = Record::new(
         runtime,
         &policy,
@@ -481,9 +492,7 @@ async fn respond(
     );
     // hyper writes the head as soon as this returns.
     record.head_sent();
-    // Only TLS connections have the socket guard that makes mapped bodies safe.
-    let mut resp =
-        hyper::Response::new(HyperBody::new(reply.body, tls.is_some(), record, in_flight));
+    let mut resp = hyper::Response::new(HyperBody::new(reply.body, mapped_ok, record, in_flight));
     *resp.status_mut() = reply.status;
     *resp.headers_mut() = reply.headers;
     let unread = read_whole.is_some_and(|f| !f.load(Ordering::Relaxed));
