@@ -986,6 +986,51 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
         .contains("new calls on it are refused (503) until one returns"));
 }
 
+/// A new upload is placed without asking a volume marked down whether it holds the asset: the
+/// question could wait as long as its disk (the debug builds' `.segd-fault-hang-calls`), and
+/// such a volume cannot take the object anyway. Every new upload hung behind the hung disk
+/// until 32 of them were stuck on it (acceptance F2, recheck 3).
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn uploads_never_ask_a_volume_marked_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    std::fs::create_dir_all(&d1).expect("mkdir");
+    std::fs::create_dir_all(d2.join("vod/old")).expect("mkdir");
+    std::fs::write(d2.join("vod/old/a.ts"), b"on disk2").expect("write");
+    let srv = Server::start(&config_for(&[&d1, &d2], &ingest_section(&[])));
+    // Read once: the probe then reads it from the device, and so sees the hang.
+    assert_eq!(get(&srv.url("/vod/old/a.ts"), &[]).await.status, 200);
+    for t in [".segd-fault-hang", ".segd-fault-hang-calls"] {
+        std::fs::write(d2.join(t), b"").expect("inject");
+    }
+    let healthy = "segd_volume_healthy{volume=\"disk2\"}";
+    assert!(
+        eventually(Duration::from_secs(10), async || metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            healthy
+        ) == Some(0.0))
+        .await,
+        "disk2 is marked down: {}",
+        srv.stderr()
+    );
+    let tok = upload_token("/vod/*");
+    let url = srv.url(&q("/vod/new/a.ts", &tok));
+    let t0 = Instant::now();
+    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"new", &["--max-time", "10"]))
+        .await
+        .expect("curl");
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert!(d1.join("vod/new/a.ts").is_file(), "placed on disk1");
+    for t in [".segd-fault-hang", ".segd-fault-hang-calls"] {
+        std::fs::remove_file(d2.join(t)).expect("heal");
+    }
+}
+
 /// An upload under way on a disk that stops answering (the debug builds'
 /// `.segd-fault-hang-calls`) is refused (503) at its next write once the calls in progress
 /// there have not returned for 2 s, and its temporary file, which cannot be removed while the

@@ -819,10 +819,17 @@ impl Local {
         // 2. A new object: where its asset is, else the placement rule's order.
         let asset = rel.asset_key();
         let asset_rel = volumes::sanitize(&format!("/{asset}")).ok();
+        // Only volumes that answer are asked: a volume marked down (or whose disk does not
+        // answer its calls) cannot take the object anyway, and asking it could wait as long as
+        // its disk (acceptance F2: new uploads for healthy volumes hung behind a hung one).
         let holds_asset = |i: usize| {
             asset_rel
                 .as_ref()
-                .and_then(|a| vols.get(i).and_then(|v| v.stat_contained(a)))
+                .and_then(|a| {
+                    vols.get(i)
+                        .filter(|v| v.is_healthy() && !v.is_stuck())
+                        .and_then(|v| v.stat_contained(a))
+                })
                 .is_some()
         };
         let n = vols.served().count();

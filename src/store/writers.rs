@@ -84,14 +84,27 @@ impl Writers {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> impl std::future::Future<Output = io::Result<T>> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         let queued = self.submit(Box::new(move || {
             let _ = tx.send(f());
         }));
+        let inner = Arc::clone(&self.inner);
         async move {
             queued?;
-            rx.await
-                .map_err(|_| io::Error::other("an upload's write failed on its thread"))
+            // Waited for longer than a stall: the threads may all be stuck on a disk while
+            // jobs for other disks wait behind theirs, and no new upload comes to start a
+            // thread (the uploads waiting hold every upload slot: acceptance F2 with
+            // `fsync = false`). The waiting job starts one.
+            loop {
+                match tokio::time::timeout(STALL, &mut rx).await {
+                    Ok(r) => {
+                        return r.map_err(|_| {
+                            io::Error::other("an upload's write failed on its thread")
+                        })
+                    }
+                    Err(_) => inner.kick(),
+                }
+            }
         }
     }
 
@@ -110,13 +123,7 @@ impl Writers {
         }
         let stuck = st.progress.elapsed() >= STALL;
         if st.threads < inner.usual || (stuck && st.threads < inner.max) {
-            st.threads += 1;
-            let me = Arc::clone(inner);
-            let spawned = std::thread::Builder::new()
-                .name("segd-writer".into())
-                .spawn(move || me.work());
-            if let Err(e) = spawned {
-                st.threads -= 1;
+            if let Err(e) = inner.start(&mut st) {
                 if st.threads == 0 {
                     // Nobody would ever take it.
                     st.queue.pop_back();
@@ -126,6 +133,40 @@ impl Writers {
             }
         }
         Ok(())
+    }
+}
+
+impl Inner {
+    /// Starts one more thread (the state's lock held).
+    fn start(self: &Arc<Self>, st: &mut State) -> io::Result<()> {
+        st.threads += 1;
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("segd-writer".into())
+            .spawn(move || me.work());
+        if spawned.is_err() {
+            st.threads -= 1;
+        }
+        spawned.map(|_| ())
+    }
+
+    /// A job has waited for [`STALL`]: when jobs are queued, none is idle to take them, and no
+    /// job started or finished for as long, one more thread starts (up to `max`).
+    fn kick(self: &Arc<Self>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !st.queue.is_empty()
+            && st.idle == 0
+            && !st.closed
+            && st.threads < self.max
+            && st.progress.elapsed() >= STALL
+        {
+            if let Err(e) = self.start(&mut st) {
+                tracing::warn!(error = %e, "cannot start a writer thread; uploads wait for the others");
+            }
+            // The clock for the next stall starts now: one thread per stall, not one per
+            // waiting job.
+            st.progress = Instant::now();
+        }
     }
 }
 
@@ -200,6 +241,37 @@ mod tests {
         rt().block_on(async {
             assert!(w.run(|| panic!("boom")).await.is_err());
             assert_eq!(w.run(|| 7).await.expect("the thread still works"), 7);
+        });
+    }
+
+    /// A job queued behind a stuck thread, with no upload coming after it to start another,
+    /// starts one itself once it has waited for a stall. It waited for the disk (acceptance
+    /// F2 with `fsync = false`: jobs for healthy disks queued behind a hung one's).
+    #[test]
+    fn a_job_behind_a_stuck_thread_starts_one_itself() {
+        let w = Writers::new(1, 2);
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = Arc::clone(&started);
+        let blocked = w.run(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            let _ = stuck.recv();
+        });
+        let rt = rt();
+        rt.block_on(async {
+            let blocked = tokio::spawn(blocked);
+            while started.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Submitted while the stuck job has just started: no stall yet, no new thread.
+            let behind = tokio::time::timeout(Duration::from_secs(2), w.run(|| 42)).await;
+            assert_eq!(
+                behind.ok().and_then(Result::ok),
+                Some(42),
+                "ran on a thread it started"
+            );
+            let _ = release.send(());
+            assert!(blocked.await.is_ok());
         });
     }
 
