@@ -878,6 +878,41 @@ async fn a_volume_only_written_to_is_marked_down_when_its_disk_hangs() {
     );
 }
 
+/// Hangs every disk call on volume `vol` (the debug builds' `.segd-fault-hang-calls`), starts
+/// `n` uploads of `dir/h<i>.ts` (curl, on threads; their statuses come back when joined), waits
+/// until `calls` of them are in the volume's calls (`segd_volume_disk_calls`), then for the
+/// 2 s stall after which more are refused. Returns the trigger (remove it to heal) and the
+/// uploads.
+async fn hang_with_uploads(
+    srv: &Server,
+    vol: (&str, &Path),
+    dir: &str,
+    n: usize,
+    calls: f64,
+) -> (PathBuf, Vec<std::thread::JoinHandle<u16>>) {
+    let tok = upload_token("/vod/*");
+    let hang = vol.1.join(".segd-fault-hang-calls");
+    std::fs::write(&hang, b"").expect("inject");
+    let uploads = (0..n)
+        .map(|i| {
+            let url = srv.url(&q(&format!("{dir}/h{i}.ts"), &tok));
+            std::thread::spawn(move || curl_put(&url, b"h", &["--max-time", "60"]).status())
+        })
+        .collect();
+    let series = format!("segd_volume_disk_calls{{volume=\"{}\"}}", vol.0);
+    assert!(
+        eventually(Duration::from_secs(10), async || metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            &series
+        ) == Some(calls))
+        .await,
+        "{calls} calls taken on {}",
+        vol.0
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    (hang, uploads)
+}
+
 /// A disk that stops answering under a burst of uploads (the debug builds'
 /// `.segd-fault-hang-calls`: every open, look-up and upload write on the volume blocks while it
 /// exists; its probe does not, so it is never marked down here) holds half of the blocking
@@ -902,24 +937,7 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
         .replace("workers = 2\n", "workers = 2\nblocking_threads = 16\n");
     let srv = Server::start(&cfg);
     let tok = upload_token("/vod/*");
-    let hang = d2.join(".segd-fault-hang-calls");
-    std::fs::write(&hang, b"").expect("inject");
-    let uploads: Vec<_> = (0..20)
-        .map(|i| {
-            let url = srv.url(&q(&format!("/vod/hung/s{i}.ts"), &tok));
-            std::thread::spawn(move || curl_put(&url, b"a segment", &["--max-time", "60"]).status())
-        })
-        .collect();
-    let calls = "segd_volume_disk_calls{volume=\"disk2\"}";
-    assert!(
-        eventually(Duration::from_secs(10), async || metric(
-            &get(&srv.admin_url("/metrics"), &[]).await.text(),
-            calls
-        ) == Some(8.0))
-        .await,
-        "the hung disk's calls are taken"
-    );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (hang, uploads) = hang_with_uploads(&srv, ("disk2", &d2), "/vod/hung", 20, 8.0).await;
     let cold = tokio::time::timeout(
         Duration::from_secs(3),
         get(&srv.url("/vod/fine/cold.ts"), &[]),
@@ -950,7 +968,7 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
     assert!(d1.join("vod/fine/cold.ts").is_file(), "nothing removed");
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
     assert_eq!(
-        metric(&m, calls),
+        metric(&m, "segd_volume_disk_calls{volume=\"disk2\"}"),
         Some(8.0),
         "half of the 16 threads held by the hung disk"
     );
@@ -1062,25 +1080,8 @@ async fn an_upload_cut_off_by_a_hung_disk_leaves_its_file_to_the_volume() {
         eventually(Duration::from_secs(5), async || !tmp_files(&d1).is_empty()).await,
         "the first half is written to a temporary file"
     );
-    let hang = d1.join(".segd-fault-hang-calls");
-    std::fs::write(&hang, b"").expect("inject");
     // Two uploads whose file creation hangs take the volume's two calls (half of 4 threads).
-    let hung: Vec<_> = (0..2)
-        .map(|i| {
-            let url = srv.url(&q(&format!("/vod/cut/h{i}.ts"), &tok));
-            std::thread::spawn(move || curl_put(&url, b"h", &["--max-time", "60"]).status())
-        })
-        .collect();
-    let calls = "segd_volume_disk_calls{volume=\"disk1\"}";
-    assert!(
-        eventually(Duration::from_secs(10), async || metric(
-            &get(&srv.admin_url("/metrics"), &[]).await.text(),
-            calls
-        ) == Some(2.0))
-        .await,
-        "both uploads are in their calls"
-    );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (hang, hung) = hang_with_uploads(&srv, ("disk1", &d1), "/vod/cut", 2, 2.0).await;
     // The rest: its write is refused (the answer may come before all of it is taken).
     let _ = s.write_all(&body[300 * 1024..]);
     let answer = read_head(&mut s);

@@ -508,6 +508,16 @@ async fn device_error_in_a_cache_fill_is_counted() {
 /// With `.segd-fault-eio-read` at the root (residency probes say "not resident", prefetches fail
 /// with EIO), a plaintext HTTP/1.1 GET of a segment prefetches before sendfile, fails: 503, and
 /// the error is counted against the volume.
+/// `segd_refusals_total{reason="volume_unavailable"}` in `metrics` (0 when absent).
+fn unavailable_refusals(metrics: &str) -> f64 {
+    metric_with(
+        metrics,
+        "segd_refusals_total",
+        &[("reason", "volume_unavailable")],
+    )
+    .unwrap_or(0.0)
+}
+
 /// Over HTTP/2 and HTTP/3 (writers that send the head before the body), an object whose first
 /// bytes cannot be read (the debug builds' `.segd-fault-eio-read`: reads fail, opens succeed)
 /// is answered 503 with `Retry-After`, as on the HTTP/1.1 fast path, and counted as a refusal
@@ -547,15 +557,7 @@ async fn device_error_before_the_first_bytes_is_a_503_over_http2_and_http3() {
         );
     }
     let m = metrics(&srv).await;
-    assert!(
-        metric_with(
-            &m,
-            "segd_refusals_total",
-            &[("reason", "volume_unavailable")]
-        )
-        .is_some_and(|n| n >= 3.0),
-        "{m}"
-    );
+    assert!(unavailable_refusals(&m) >= 3.0, "{m}");
     assert!(io_errors(&srv, "disk1").await >= 1.0, "{m}");
     std::fs::remove_file(vol.join(".segd-fault-eio-read")).expect("heal");
     assert!(
@@ -625,15 +627,7 @@ async fn device_error_in_a_prefetch_is_counted() {
         "the failed prefetch is counted in segd_volume_io_errors_total{{volume=\"disk1\"}}"
     );
     let m = metrics(&srv).await;
-    assert!(
-        metric_with(
-            &m,
-            "segd_refusals_total",
-            &[("reason", "volume_unavailable")]
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{m}"
-    );
+    assert!(unavailable_refusals(&m) >= 1.0, "{m}");
     assert!(
         metric_with(
             &m,

@@ -222,6 +222,25 @@ mod tests {
             .expect("runtime")
     }
 
+    /// A job that blocks, as on a disk that stopped answering, until the sender is used or
+    /// dropped; the counter says when it started.
+    fn stuck_job(
+        w: &Writers,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        Arc<AtomicUsize>,
+        impl std::future::Future<Output = io::Result<()>>,
+    ) {
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let started = Arc::new(AtomicUsize::new(0));
+        let s = Arc::clone(&started);
+        let blocked = w.run(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+            let _ = stuck.recv();
+        });
+        (release, started, blocked)
+    }
+
     #[test]
     fn runs_jobs_and_returns_their_results() {
         let w = Writers::new(2, 4);
@@ -250,13 +269,7 @@ mod tests {
     #[test]
     fn a_job_behind_a_stuck_thread_starts_one_itself() {
         let w = Writers::new(1, 2);
-        let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let started = Arc::new(AtomicUsize::new(0));
-        let s = Arc::clone(&started);
-        let blocked = w.run(move || {
-            s.fetch_add(1, Ordering::SeqCst);
-            let _ = stuck.recv();
-        });
+        let (release, started, blocked) = stuck_job(&w);
         let rt = rt();
         rt.block_on(async {
             let blocked = tokio::spawn(blocked);
@@ -279,13 +292,7 @@ mod tests {
     fn a_stuck_thread_gets_help_only_after_a_stall() {
         // One usual thread, blocked as on a disk that stopped answering.
         let w = Writers::new(1, 2);
-        let (release, stuck) = std::sync::mpsc::channel::<()>();
-        let started = Arc::new(AtomicUsize::new(0));
-        let s = Arc::clone(&started);
-        let blocked = w.run(move || {
-            s.fetch_add(1, Ordering::SeqCst);
-            let _ = stuck.recv();
-        });
+        let (release, started, blocked) = stuck_job(&w);
         while started.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
