@@ -915,13 +915,13 @@ async fn hang_with_uploads(
 
 /// A disk that stops answering under a burst of uploads (the debug builds'
 /// `.segd-fault-hang-calls`: every open, look-up and upload write on the volume blocks while it
-/// exists; its probe does not, so it is never marked down here) holds half of the blocking
-/// pool, not all of it: a cold read on the other volume is answered at once, a new upload is
-/// refused at once (503: the hung volume cannot say whether it holds the path) rather than
-/// waiting, so is a DELETE (nothing removed: a copy on the hung disk would come back), and
-/// everything works again when the disk answers, with no temporary file left. 20
-/// uploads stuck on the hung disk took every thread of the pool (16 here), and the other
-/// volume's reads and uploads waited as long as the disk did (acceptance F2, under load).
+/// exists; its probe does not see it) holds half of the blocking pool, not all of it, and is
+/// marked down at the first call it refuses: a cold read on the other volume is answered at
+/// once, a new upload goes to the other volume at once (journaled) rather than waiting, a
+/// DELETE removes the other volume's copy, and everything works again when the disk answers
+/// (the volume is taken back only then), with no temporary file left. 20 uploads stuck on the
+/// hung disk took every thread of the pool (16 here), and the other volume's reads and
+/// uploads waited as long as the disk did (acceptance F2, under load).
 #[tokio::test]
 #[cfg_attr(
     not(debug_assertions),
@@ -946,27 +946,12 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
     .expect("a read on the other volume is answered at once, not after the hang");
     assert_eq!(cold.status, 200);
     assert_eq!(&cold.body[..], b"never read yet");
-    let url = srv.url(&q("/vod/fine/new.ts", &tok));
-    let t0 = Instant::now();
-    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"new", &["--max-time", "20"]))
-        .await
-        .expect("curl");
-    assert_eq!(r.status(), 503, "{r:?}");
-    assert!(r.header("retry-after").is_some(), "{r:?}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "refused at once, not after the hang: {:?}",
-        t0.elapsed()
-    );
-    // A DELETE cannot say whether the hung disk holds a copy either: nothing is removed (a
-    // copy left there would be served again once it answers).
-    let url = srv.url(&q("/vod/fine/cold.ts", &tok));
-    let r = tokio::task::spawn_blocking(move || curl_delete(&url))
-        .await
-        .expect("curl");
-    assert_eq!(r.status(), 503, "{r:?}");
-    assert!(d1.join("vod/fine/cold.ts").is_file(), "nothing removed");
     let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    assert_eq!(
+        metric(&m, "segd_volume_healthy{volume=\"disk2\"}"),
+        Some(0.0),
+        "marked down at the first refused call: {m}"
+    );
     assert_eq!(
         metric(&m, "segd_volume_disk_calls{volume=\"disk2\"}"),
         Some(8.0),
@@ -974,9 +959,27 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
     );
     assert!(
         metric(&m, "segd_volume_disk_calls_refused_total{volume=\"disk2\"}")
-            .is_some_and(|n| n >= 12.0),
+            .is_some_and(|n| n >= 1.0),
         "{m}"
     );
+    let url = srv.url(&q("/vod/fine/new.ts", &tok));
+    let t0 = Instant::now();
+    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"new", &["--max-time", "20"]))
+        .await
+        .expect("curl");
+    assert_eq!(r.status(), 201, "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "placed at once, not after the hang: {:?}",
+        t0.elapsed()
+    );
+    assert!(d1.join("vod/fine/new.ts").is_file(), "on the other volume");
+    let url = srv.url(&q("/vod/fine/cold.ts", &tok));
+    let r = tokio::task::spawn_blocking(move || curl_delete(&url))
+        .await
+        .expect("curl");
+    assert_eq!(r.status(), 204, "{r:?}");
+    assert!(!d1.join("vod/fine/cold.ts").exists());
     std::fs::remove_file(&hang).expect("heal");
     let statuses: Vec<u16> = uploads
         .into_iter()
@@ -986,22 +989,34 @@ async fn a_hung_disk_under_upload_load_holds_half_the_blocking_pool() {
         statuses.iter().all(|s| [201, 503].contains(s)),
         "{statuses:?}"
     );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 201).count(),
-        8,
-        "the calls in progress finish once the disk answers: {statuses:?}"
+    // The 8 in their calls finish once the disk answers (201); those refused got 503; those
+    // placed after disk2 was marked down went to disk1 (201).
+    assert!(
+        statuses.iter().filter(|s| **s == 201).count() >= 8 && statuses.contains(&503),
+        "{statuses:?}"
     );
-    let url = srv.url(&q("/vod/fine/new.ts", &tok));
-    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"new", &[]))
+    assert!(
+        eventually(Duration::from_secs(5), async || metric(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            "segd_volume_healthy{volume=\"disk2\"}"
+        ) == Some(1.0))
+        .await,
+        "disk2 is back once its calls return"
+    );
+    let url = srv.url(&q("/vod/hung/after.ts", &tok));
+    let r = tokio::task::spawn_blocking(move || curl_put(&url, b"after", &[]))
         .await
         .expect("curl");
     assert_eq!(r.status(), 201, "{r:?}");
     for d in [&d1, &d2] {
         no_tmp_eventually(d, "after the hang").await;
     }
-    assert!(srv
-        .stderr()
-        .contains("new calls on it are refused (503) until one returns"));
+    let log = srv.stderr();
+    assert!(
+        log.contains("new calls on it are refused (503) until one returns")
+            && log.contains("8 calls on its disk have not returned for 2 s"),
+        "{log}"
+    );
 }
 
 /// A new upload is placed without asking a volume marked down whether it holds the asset: the

@@ -424,6 +424,11 @@ impl Volume {
                         self.record_fault(&e);
                         return false;
                     }
+                    if self.is_stuck() {
+                        // Its calls in progress have not returned (see `enter`): the disk
+                        // answers this read, not them.
+                        return false;
+                    }
                     if !self.is_healthy() {
                         // Only a fault marked it unhealthy; the disk answers again.
                         self.set_health(true, &"probe succeeded");
@@ -683,8 +688,8 @@ impl Volume {
     /// volume: one beyond waits for one of them to return, and is refused when none has
     /// returned for [`BUSY_STALL`]: the disk is not answering, and the call would only hold one
     /// more thread of the blocking pool for as long as it does not. The caller answers as for
-    /// a volume that is down (503 with `Retry-After`); the volume's probe decides whether it is
-    /// down (see [`Volume::check_stalled`]).
+    /// a volume that is down (503 with `Retry-After`), and the volume is marked down at the
+    /// first refusal, until its calls return and a probe succeeds.
     pub fn enter(&self) -> Option<Busy<'_>> {
         let limit = BUSY_LIMIT.load(Ordering::Relaxed);
         loop {
@@ -713,6 +718,16 @@ impl Volume {
                         in_progress = n,
                         "the volume's disk has not finished a call for {} s: new calls on it are refused (503) until one returns",
                         BUSY_STALL.as_secs()
+                    );
+                    // Its disk does not answer: down at once (new objects go elsewhere,
+                    // journaled), not after its probe's longer stall; a probe takes it back
+                    // only once its calls return (see `probe`).
+                    self.set_health(
+                        false,
+                        &format!(
+                            "{n} calls on its disk have not returned for {} s",
+                            BUSY_STALL.as_secs()
+                        ),
                     );
                 }
                 return None;
