@@ -812,7 +812,8 @@ impl Local {
                 Ok(None) => {}
                 // Its disk does not answer: whether it holds the object nobody can tell, and a
                 // copy written elsewhere could leave the old one to be served when it answers
-                // again. 503 until its probe marks it down (then the outage journal applies).
+                // again. 503 for this upload; the refusal marked the volume down, so the next
+                // ones go elsewhere, journaled (the outage journal applies).
                 Err(volumes::Stuck) => return Err(WriteError::VolumeUnavailable),
             }
         }
