@@ -319,22 +319,16 @@ async fn request(
     } else {
         handled.await
     };
-    let mut reply = reply;
-    let mut cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
-    let body = std::mem::replace(&mut reply.body, crate::store::Body::Empty);
-    match super::body::first_piece_read(body, false).await {
-        Ok(body) => reply.body = body,
-        Err(e) => {
-            tracing::warn!(error = %e, "an object's bytes could not be read; answered 503");
-            reply = handler::refused(
-                runtime,
-                &policy,
-                &hreq,
-                super::refusal::Refusal::VolumeUnavailable,
-            );
-            cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
-        }
-    }
+    // The cache status of the body as the handler gave it (the first piece's read makes it a
+    // stream), or of the refusal that replaced it.
+    let cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+    let status = reply.status;
+    let reply = handler::with_first_piece(runtime, &policy, &hreq, reply, false).await;
+    let cache = if reply.status == status {
+        cache
+    } else {
+        reply.log.cache.unwrap_or_else(|| reply.body.cache_status())
+    };
     let record = Record::new(
         runtime,
         &policy,

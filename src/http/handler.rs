@@ -738,6 +738,29 @@ fn text(status: StatusCode, mut headers: HeaderMap, is_head: bool, msg: &'static
 /// The answer for a refusal, from the one table; counted and logged here.
 /// A request refused before its steps, by a protocol check of its own (hyper's HTTP/1.1 heads
 /// with a missing, repeated or invalid `Host`); the connection closes after the answer.
+/// Reads the first piece of `reply`'s body from disk before a writer that sends the head first
+/// (hyper, HTTP/3) sends it ([`crate::http::body::first_piece_read`]): a device error there
+/// becomes the answer of an unavailable volume (503). Returns the reply to send.
+pub async fn with_first_piece(
+    rt: &Runtime,
+    policy: &Policy,
+    req: &Request<'_>,
+    mut reply: Reply,
+    mapped_ok: bool,
+) -> Reply {
+    let body = std::mem::replace(&mut reply.body, crate::store::Body::Empty);
+    match super::body::first_piece_read(body, mapped_ok).await {
+        Ok(body) => {
+            reply.body = body;
+            reply
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "an object's bytes could not be read; answered 503");
+            refused(rt, policy, req, Refusal::VolumeUnavailable)
+        }
+    }
+}
+
 pub fn refused(rt: &Runtime, policy: &Policy, req: &Request<'_>, why: Refusal) -> Reply {
     let cx = Cx {
         rt,

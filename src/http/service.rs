@@ -469,18 +469,18 @@ async fn respond(
     } else {
         handler::refused(runtime, &policy, &hreq, Refusal::Malformed)
     };
-    let mut cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
     // Only TLS connections have the socket guard that makes mapped bodies safe.
     let mapped_ok = tls.is_some();
-    let body = std::mem::replace(&mut reply.body, crate::store::Body::Empty);
-    match super::body::first_piece_read(body, mapped_ok).await {
-        Ok(body) => reply.body = body,
-        Err(e) => {
-            tracing::warn!(error = %e, "an object's bytes could not be read; answered 503");
-            reply = handler::refused(runtime, &policy, &hreq, Refusal::VolumeUnavailable);
-            cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
-        }
-    }
+    // The cache status of the body as the handler gave it (the first piece's read makes it a
+    // stream), or of the refusal that replaced it.
+    let cache = reply.log.cache.unwrap_or_else(|| reply.body.cache_status());
+    let status = reply.status;
+    reply = handler::with_first_piece(runtime, &policy, &hreq, reply, mapped_ok).await;
+    let cache = if reply.status == status {
+        cache
+    } else {
+        reply.log.cache.unwrap_or_else(|| reply.body.cache_status())
+    };
     let record = Record::new(
         runtime,
         &policy,
