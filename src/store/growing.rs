@@ -120,7 +120,15 @@ impl Gather {
             (None, None)
         } else if b.len() < SMALL_PIECE {
             if self.buf.capacity() - self.buf.len() < b.len() {
-                self.buf.reserve(GATHERED);
+                // Doubled as pieces come, from [`SMALL_PIECE`] up to [`GATHERED`]: the few
+                // bytes of a body that arrived with its head, often its only small piece, cost
+                // a small buffer, not a 64 KiB one (a large allocation, and its release, on
+                // every upload).
+                let want = (self.buf.len() + b.len())
+                    .max(2 * self.buf.capacity())
+                    .clamp(SMALL_PIECE, GATHERED);
+                self.buf
+                    .reserve(want.saturating_sub(self.buf.len()).max(b.len()));
             }
             self.buf.extend_from_slice(&b);
             let full = self.buf.len() >= GATHERED;
@@ -377,6 +385,33 @@ mod tests {
             r.chunks.iter().map(|(_, b)| b.len()).sum::<usize>() + gathered,
             r.on_disk,
         )
+    }
+
+    /// Small pieces come out gathered, in order, in chunks of [`GATHERED`]; a lone small piece
+    /// (the body bytes that came with a request's head) takes a small buffer.
+    #[test]
+    fn small_pieces_are_gathered_in_order_and_a_lone_one_stays_small() {
+        let mut g = Gather::default();
+        assert_eq!(g.push(Bytes::from(vec![1u8; 3000])), (None, None));
+        assert!(
+            g.buf.capacity() <= SMALL_PIECE,
+            "{} bytes held for one piece of 3000",
+            g.buf.capacity()
+        );
+        let mut g = Gather::default();
+        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        for i in 0..2000usize {
+            let piece: Vec<u8> = (0..(i * 37) % SMALL_PIECE).map(|j| (i + j) as u8).collect();
+            sent.extend_from_slice(&piece);
+            let (gathered, large) = g.push(Bytes::from(piece));
+            assert!(large.is_none());
+            if let Some(b) = gathered {
+                assert!(b.len() >= GATHERED, "a gathered chunk of {}", b.len());
+                got.extend_from_slice(&b);
+            }
+        }
+        got.extend_from_slice(&g.take().unwrap_or_default());
+        assert_eq!(got, sent);
     }
 
     /// Bytes announced but not yet in the file stay in memory whatever their amount, and a
