@@ -36,6 +36,9 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// Handshakes that failed, by `listener` and `reason` ([`crate::tls::handshake_failure`]).
     pub tls_handshake_failures: IntCounterVec,
+    /// Connections from a `[server] proxy_protocol` network closed without a usable PROXY
+    /// header, by `reason` ([`crate::server::proxy_protocol::Refused`]).
+    pub proxy_protocol_refused: IntCounterVec,
     pub h3_rapid_reset_closes: prometheus::IntCounter,
     pub quic_retries: prometheus::IntCounter,
     /// Datagrams passed between the old and the new process during an upgrade, by `way`.
@@ -170,6 +173,17 @@ impl Metrics {
                 tls_handshake_failures.with_label_values(&[listener, reason]);
             }
         }
+        let proxy_protocol_refused = IntCounterVec::new(
+            Opts::new(
+                "segd_proxy_protocol_refused_total",
+                "Connections from a [server] proxy_protocol network closed before any request: no usable PROXY protocol header (malformed: not one, such as a client speaking HTTP or TLS at once; too_long; timeout: not complete within header_read_timeout; closed)",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(proxy_protocol_refused.clone()))?;
+        for reason in crate::server::proxy_protocol::Refused::ALL {
+            proxy_protocol_refused.with_label_values(&[reason.as_str()]);
+        }
         let h3_rapid_reset_closes = counter(
             "segd_h3_rapid_reset_closes_total",
             "HTTP/3 connections closed with H3_EXCESSIVE_LOAD for cancelling requests in bulk",
@@ -295,6 +309,7 @@ impl Metrics {
             accept_errors,
             tls_handshakes,
             tls_handshake_failures,
+            proxy_protocol_refused,
             h3_rapid_reset_closes,
             quic_retries,
             quic_handover_datagrams,

@@ -938,3 +938,32 @@ fn secrets_inline_or_in_files_and_who_can_read_them() {
         "one problem, named once: {err}"
     );
 }
+
+/// `[server] proxy_protocol`: each entry a network (CIDR) or an address; the others named by
+/// index with what is allowed, and a list of good ones passes.
+#[test]
+fn proxy_protocol_networks_are_checked() {
+    let (code, err, path) = check(
+        "[server]\nproxy_protocol = [\"10.0.0.0/8\", \"10.0.0.0/33\", \"balancer.example\", \"::1\"]\n[[volumes]]\npath = \"vol\"\n",
+    );
+    assert_eq!(code, 64, "{err}");
+    for key in ["server.proxy_protocol[1]", "server.proxy_protocol[2]"] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {key}: ")))
+            .unwrap_or_else(|| panic!("no error for {key} in:\n{err}"));
+        assert!(line.starts_with(&format!("{path}:2: {key}: ")), "{line}");
+        assert!(
+            line.contains("is not a network or an address") && line.contains("10.0.0.0/8"),
+            "{line}"
+        );
+    }
+    assert!(
+        !err.contains("proxy_protocol[0]") && !err.contains("proxy_protocol[3]"),
+        "{err}"
+    );
+    let (code, err, _) = check(
+        "[server]\nproxy_protocol = [\"10.0.0.0/8\", \"127.0.0.1\", \"fd00::/8\"]\n[[volumes]]\npath = \"vol\"\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}

@@ -17,6 +17,7 @@ mod limits;
 mod live;
 mod midbody;
 mod ops;
+mod proxy_protocol;
 mod regression;
 mod tls;
 mod token;

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// upgrade, and removed at a clean exit if it still holds this process's pid. Relative to the
     /// config file's directory.
     pub pid_file: Option<PathBuf>,
+    /// Connections from these networks begin with a PROXY protocol header (v1 or v2), whose
+    /// source address is the client's (`server::proxy_protocol`); none from anywhere else.
+    pub proxy_protocol: Vec<ipnet::IpNet>,
 }
 
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -97,6 +100,7 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "served_by",
     "unready_delay",
     "pid_file",
+    "proxy_protocol",
 ];
 
 /// A listen address. An IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]:8080`) is refused here:
@@ -239,7 +243,32 @@ pub(super) fn parse_server(s: &Section) -> ServerConfig {
         served_by,
         unready_delay: s.duration("unready_delay", secs(0), secs(0), secs(300)),
         pid_file: parse_pid_file(s),
+        proxy_protocol: parse_proxy_protocol(s),
     }
+}
+
+/// `proxy_protocol`: the balancers' networks (CIDR) or addresses.
+fn parse_proxy_protocol(s: &Section) -> Vec<ipnet::IpNet> {
+    let allowed = "a list of networks or addresses of the balancers that send the PROXY \
+                   protocol header, e.g. [\"10.0.0.0/8\", \"127.0.0.1\", \"fd00::/8\"]";
+    let list = s.string_list("proxy_protocol", allowed).unwrap_or_default();
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let net = v
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| v.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+            if net.is_none() {
+                s.error(
+                    &format!("proxy_protocol[{i}]"),
+                    format!("{v:?} is not a network or an address"),
+                    allowed,
+                );
+            }
+            net.map(|n| n.trunc())
+        })
+        .collect()
 }
 
 /// `served_by`: a node name for `X-Served-By`; it must be a visible-ASCII header value.

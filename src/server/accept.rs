@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
+use super::proxy_protocol;
 use crate::drain::Drain;
 use crate::http::h1::HeadGate;
 use crate::state::Shared;
@@ -23,10 +24,11 @@ async fn accept_loop<F, Fut>(
     active: Arc<std::sync::atomic::AtomicUsize>,
     serve: F,
 ) where
-    F: Fn(tokio::net::TcpStream, SocketAddr, Drain) -> Fut,
+    F: Fn(tokio::net::TcpStream, SocketAddr, Drain) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use std::sync::atomic::Ordering;
+    let serve = Arc::new(serve);
     let mut stop = drain.signal();
     let mut errors = AcceptErrors::new("accept failed");
     let mut at_capacity = AtCapacity::default();
@@ -45,7 +47,8 @@ async fn accept_loop<F, Fut>(
             _ = stop.wait() => break,
         };
         errors.accepted();
-        let max = shared.load().config.server.max_connections;
+        let policy = shared.load();
+        let max = policy.config.server.max_connections;
         if active.load(Ordering::Relaxed) >= max {
             // A reset: the cheapest answer for a connection we will not serve.
             let _ = stream.set_zero_linger();
@@ -55,6 +58,26 @@ async fn accept_loop<F, Fut>(
         }
         active.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(Arc::clone(&active));
+        let server = &policy.config.server;
+        if proxy_protocol::expected_from(&server.proxy_protocol, peer.ip()) {
+            // A balancer's connection: the client's address comes first (read in the
+            // connection's own task, never holding up the accepts).
+            let (serve, drain, shared) = (Arc::clone(&serve), drain.clone(), Arc::clone(&shared));
+            let timeout = server.header_read_timeout;
+            tokio::spawn(async move {
+                let mut stream = stream;
+                match proxy_protocol::read_header(&mut stream, timeout).await {
+                    Ok(client) => serve(stream, client.unwrap_or(peer), drain).await,
+                    Err(reason) => {
+                        let refused = &shared.runtime.metrics.proxy_protocol_refused;
+                        refused.with_label_values(&[reason.as_str()]).inc();
+                        tracing::debug!(%peer, reason = reason.as_str(), "no usable PROXY protocol header: connection closed");
+                    }
+                }
+                drop(guard);
+            });
+            continue;
+        }
         let conn = serve(stream, peer, drain.clone());
         tokio::spawn(async move {
             conn.await;

@@ -15,6 +15,7 @@ pub(crate) use accept::AcceptErrors;
 mod banner;
 pub mod listener;
 mod pidfile;
+pub mod proxy_protocol;
 pub mod quic;
 mod quic_share;
 mod reload;
