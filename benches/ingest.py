@@ -836,6 +836,8 @@ def main():
                            uploads_per_s=res["uploads"] / res["secs"], mb_per_s=res["uploads"] * mb_per_upload / res["secs"],
                            cpu_s=cpu, cpu_user_s=cpu_user, cpu_sys_s=cpu_sys, client_cpu_s=res["client_cpu_s"], kernel_cpu_s=kernel, other_cpu_s=other, cpu_ms_per_mb=cpu / mb * 1e3 if mb else float("nan"),
                            cpu_us_per_upload=cpu / landed * 1e6 if landed else float("nan"),
+                           user_us_per_upload=cpu_user / landed * 1e6 if landed else float("nan"),
+                           sys_us_per_upload=cpu_sys / landed * 1e6 if landed else float("nan"),
                            switches_per_upload=(x1[0] - x0[0] + x1[1] - x0[1]) / landed if landed else float("nan"),
                            involuntary_per_upload=(x1[1] - x0[1]) / landed if landed else float("nan"),
                            faults_per_upload=(c1[2] - c0[2]) / landed if landed else float("nan"),
@@ -862,7 +864,7 @@ def main():
 
     os.makedirs(out, exist_ok=True)
     keys = ["round", "server", "fsync", "loadavg_before", "uploads", "landed", "secs", "uploads_per_s", "mb_per_s", "cpu_s", "cpu_user_s", "cpu_sys_s", "client_cpu_s", "kernel_cpu_s", "other_cpu_s",
-            "cpu_ms_per_mb", "cpu_us_per_upload", "switches_per_upload", "involuntary_per_upload", "faults_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
+            "cpu_ms_per_mb", "cpu_us_per_upload", "user_us_per_upload", "sys_us_per_upload", "switches_per_upload", "involuntary_per_upload", "faults_per_upload", "p50_ms", "p99_ms", "rss_mb", "leftover_temps", "unpinned_threads"]
     with open(os.path.join(out, "raw.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
@@ -886,12 +888,12 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
             "segd-fsync": "segd, `fsync = true` (file + directory fsync before the answer: more durable than nginx)",
             "nginx": "nginx WebDAV PUT (no fsync)",
             "segd-b": f"segd build B (`{args.segd_b}`{', ' + args.segd_b_server if args.segd_b_server else ''}), `fsync = false`"}
-    lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | context switches per upload | minor faults per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | of which user / system µs | context switches per upload | minor faults per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in servers:
         if vals(s, "uploads"):
             lines.append(f"| {what[s]} | {rng(s, 'uploads_per_s', '.0f')} | {rng(s, 'mb_per_s', '.1f')} | **{rng(s, 'cpu_ms_per_mb', '.3f')}** | "
-                         f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'switches_per_upload'):.2f} | {med(s, 'faults_per_upload'):.1f} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
+                         f"{rng(s, 'cpu_us_per_upload', '.0f')} | {med(s, 'user_us_per_upload'):.0f} / {med(s, 'sys_us_per_upload'):.0f} | {med(s, 'switches_per_upload'):.2f} | {med(s, 'faults_per_upload'):.1f} | {med(s, 'p50_ms'):.2f} | {med(s, 'p99_ms'):.2f} | {med(s, 'rss_mb'):.1f} | "
                          f"{med(s, 'secs'):.0f} | {rng(s, 'kernel_cpu_s', '.1f')} | {rng(s, 'other_cpu_s', '.1f')} |")
     ratios = []
 
