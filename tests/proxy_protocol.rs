@@ -264,6 +264,21 @@ async fn proxy_protocol_from_haproxy_names_the_client_and_nobody_else_can() {
         !hlog.contains("is DOWN"),
         "HAProxy's health checks failed against segd:\n{hlog}"
     );
+
+    // A balancer's connection still waiting for its header holds no drain up: SIGTERM ends the
+    // process well before header_read_timeout (10 s) would have closed it.
+    drop(lb);
+    let _silent = connect_from("127.0.0.1", srv.addr);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut srv = srv;
+    let started = Instant::now();
+    srv.signal(libc::SIGTERM);
+    assert_eq!(srv.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain waited {:?} for a connection with no header",
+        started.elapsed()
+    );
 }
 
 /// A balancer that opens a connection and sends its header slowly (in pieces), or not at all,

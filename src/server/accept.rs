@@ -66,7 +66,13 @@ async fn accept_loop<F, Fut>(
             let timeout = server.header_read_timeout;
             tokio::spawn(async move {
                 let mut stream = stream;
-                match proxy_protocol::read_header(&mut stream, timeout).await {
+                let mut stop = drain.signal();
+                // A drain does not wait for a header that has not come.
+                let header = tokio::select! {
+                    h = proxy_protocol::read_header(&mut stream, timeout) => h,
+                    _ = stop.wait() => return,
+                };
+                match header {
                     Ok(client) => serve(stream, client.unwrap_or(peer), drain).await,
                     Err(reason) => {
                         let refused = &shared.runtime.metrics.proxy_protocol_refused;
