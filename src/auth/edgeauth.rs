@@ -13,7 +13,9 @@
 //! (`acl_mismatch`) → `ip` (`ip_mismatch`). MACs are compared in constant time (`hmac`'s
 //! `verify_slice`).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::{Mutex, OnceLock};
 
 use hmac::{Hmac, Mac};
 
@@ -66,7 +68,8 @@ pub struct Token<'a> {
     pub acl: Option<&'a str>,
     pub id: Option<&'a str>,
     pub data: Option<&'a str>,
-    pub hmac: Vec<u8>,
+    /// The MAC as sent (hex digits, checked), decoded only where it is computed.
+    pub hmac: &'a str,
 }
 
 fn unix(s: &str) -> Option<u64> {
@@ -86,7 +89,9 @@ pub fn parse(text: &str) -> Result<Token<'_>, Reason> {
     if mac.contains('~') || mac.is_empty() || mac.len() > 128 {
         return Err(Reason::Malformed);
     }
-    let hmac = hex::decode(mac).map_err(|_| Reason::Malformed)?;
+    if mac.len() % 2 != 0 || !mac.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Reason::Malformed);
+    }
     let mut t = Token {
         signed,
         ip: None,
@@ -95,7 +100,7 @@ pub fn parse(text: &str) -> Result<Token<'_>, Reason> {
         acl: None,
         id: None,
         data: None,
-        hmac,
+        hmac: mac,
     };
     let mut exp = None;
     for field in signed.split('~') {
@@ -166,20 +171,40 @@ fn mac_bytes(alg: TokenAlgorithm, key: &[u8], parts: &[&str]) -> Vec<u8> {
     }
 }
 
-fn mac_verify(alg: TokenAlgorithm, key: &[u8], parts: &[&str], expected: &[u8]) -> bool {
-    fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&str], expected: &[u8]) -> bool {
-        let Ok(mut m) = <M as hmac::digest::KeyInit>::new_from_slice(key) else {
-            return false;
-        };
-        for p in parts {
-            m.update(p.as_bytes());
-        }
-        m.verify_slice(expected).is_ok()
+/// A key's HMAC state after the key is absorbed (its inner and outer pads hashed): cloned for
+/// each verification instead of hashing the pads again, two of the four or five compressions a
+/// short token's MAC takes.
+#[derive(Clone)]
+enum Keyed {
+    Sha256(Hmac<sha2::Sha256>),
+    Sha1(Hmac<sha1::Sha1>),
+    Md5(Hmac<md5::Md5>),
+}
+
+impl Keyed {
+    fn new(alg: TokenAlgorithm, key: &[u8]) -> Option<Keyed> {
+        // HMAC takes keys of any length; an error here is impossible, but never panic on it.
+        Some(match alg {
+            TokenAlgorithm::Sha256 => Keyed::Sha256(<Hmac<_> as Mac>::new_from_slice(key).ok()?),
+            TokenAlgorithm::Sha1 => Keyed::Sha1(<Hmac<_> as Mac>::new_from_slice(key).ok()?),
+            TokenAlgorithm::Md5 => Keyed::Md5(<Hmac<_> as Mac>::new_from_slice(key).ok()?),
+        })
     }
-    match alg {
-        TokenAlgorithm::Sha256 => run::<Hmac<sha2::Sha256>>(key, parts, expected),
-        TokenAlgorithm::Sha1 => run::<Hmac<sha1::Sha1>>(key, parts, expected),
-        TokenAlgorithm::Md5 => run::<Hmac<md5::Md5>>(key, parts, expected),
+
+    /// Whether `parts`, concatenated, have the MAC `expected` (compared in constant time).
+    fn verify(&self, parts: &[&str], expected: &[u8]) -> bool {
+        fn run<M: Mac + Clone>(keyed: &M, parts: &[&str], expected: &[u8]) -> bool {
+            let mut m = keyed.clone();
+            for p in parts {
+                m.update(p.as_bytes());
+            }
+            m.verify_slice(expected).is_ok()
+        }
+        match self {
+            Keyed::Sha256(m) => run(m, parts, expected),
+            Keyed::Sha1(m) => run(m, parts, expected),
+            Keyed::Md5(m) => run(m, parts, expected),
+        }
     }
 }
 
@@ -249,17 +274,99 @@ pub fn escape_early_node(s: &str) -> String {
 }
 
 /// A signing key as the verifier sees it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Key {
     pub id: String,
     pub secret: Vec<u8>,
     pub not_before: Option<u64>,
     pub not_after: Option<u64>,
+    /// The HMAC state with the secret absorbed, made at the first verification (the algorithm
+    /// is the verifier's).
+    keyed: OnceLock<Option<Keyed>>,
+}
+
+impl std::fmt::Debug for Key {
+    // Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Key {
+    pub fn new(id: &str, secret: &[u8], not_before: Option<u64>, not_after: Option<u64>) -> Key {
+        Key {
+            id: id.to_owned(),
+            secret: secret.to_vec(),
+            not_before,
+            not_after,
+            keyed: OnceLock::new(),
+        }
+    }
+
     pub fn active(&self, now: u64) -> bool {
         self.not_before.is_none_or(|nb| now >= nb) && self.not_after.is_none_or(|na| now <= na)
+    }
+
+    fn mac_verify(&self, alg: TokenAlgorithm, parts: &[&str], expected: &[u8]) -> bool {
+        self.keyed
+            .get_or_init(|| Keyed::new(alg, &self.secret))
+            .as_ref()
+            .is_some_and(|k| k.verify(parts, expected))
+    }
+}
+
+/// ACL tokens whose MAC verified, with the key that verified it: a packager or a player sends
+/// the same token with every request, and its MAC (over the token's own bytes, and the salt)
+/// gives the same answer every time, so it is computed once. Only MACs that verified are kept,
+/// so tokens nobody signed cannot fill it; the rest of the checks (times, ACL, address, the
+/// key's window) run on every request. Bounded: emptied when full. A new configuration starts
+/// a new verifier, and so an empty set.
+#[derive(Default)]
+pub struct Verified(Mutex<HashMap<Box<str>, usize>>);
+
+/// Tokens [`Verified`] holds at most.
+const VERIFIED_MAX: usize = 4096;
+
+impl Verified {
+    fn get(&self, text: &str) -> Option<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(text)
+            .copied()
+    }
+
+    fn insert(&self, text: &str, key: usize) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= VERIFIED_MAX {
+            m.clear();
+        }
+        m.insert(text.into(), key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Clone for Verified {
+    /// A copy starts empty (it is a cache).
+    fn clone(&self) -> Verified {
+        Verified::default()
+    }
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verified({} tokens)", self.len())
     }
 }
 
@@ -319,6 +426,8 @@ pub struct Verifier {
     /// An ACL holding a `%` is matched percent-decoded as well (a legacy `acl=%2fvod%2f%2a` is
     /// `/vod/*`).
     pub escape_early: bool,
+    /// ACL tokens whose MAC verified.
+    pub verified: Verified,
 }
 
 /// Whether `name` is a field the generators escape early (`acl` only in the legacy form).
@@ -421,7 +530,28 @@ impl Verifier {
         }
         let salt = self.salt.as_deref();
         let mut key_id = None;
-        'keys: for key in self.keys.iter().filter(|k| k.active(claim.now)) {
+        // An ACL token's MAC is over its own bytes (and the salt) only: verified once, known.
+        let known = if is_url {
+            None
+        } else {
+            self.verified.get(text)
+        };
+        if let Some(key) = known.and_then(|i| self.keys.get(i)) {
+            if key.active(claim.now) {
+                key_id = Some(key.id.clone());
+            }
+        }
+        let expected = if key_id.is_none() {
+            hex::decode(t.hmac).map_err(|_| Reason::Malformed)?
+        } else {
+            Vec::new()
+        };
+        'keys: for (i, key) in self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| key_id.is_none() && k.active(claim.now))
+        {
             for (signed, url) in signed_forms
                 .iter()
                 .flat_map(|s| url_forms.iter().map(move |u| (s, u)))
@@ -435,8 +565,11 @@ impl Verifier {
                     parts.push("~salt=");
                     parts.push(s);
                 }
-                if mac_verify(self.algorithm, &key.secret, &parts, &t.hmac) {
+                if key.mac_verify(self.algorithm, &parts, &expected) {
                     key_id = Some(key.id.clone());
+                    if !is_url {
+                        self.verified.insert(text, i);
+                    }
                     break 'keys;
                 }
             }
@@ -549,15 +682,11 @@ mod tests {
     fn verifier(alg: TokenAlgorithm, key: &str, salt: Option<&str>) -> Verifier {
         Verifier {
             algorithm: alg,
-            keys: vec![Key {
-                id: "k1".into(),
-                secret: hex::decode(key).expect("hex"),
-                not_before: None,
-                not_after: None,
-            }],
+            keys: vec![Key::new("k1", &hex::decode(key).expect("hex"), None, None)],
             salt: salt.map(str::to_string),
             leeway: 10,
             escape_early: false,
+            verified: Verified::default(),
         }
     }
 
@@ -591,6 +720,97 @@ mod tests {
         .expect("valid");
         assert_eq!(g.key_id, "k1");
         assert!(!g.is_url_token);
+    }
+
+    /// A verified ACL token's MAC is remembered; everything else is still checked on every
+    /// request, and nothing unsigned is remembered.
+    #[test]
+    fn a_verified_acl_token_is_remembered_and_still_checked() {
+        let v = verifier(TokenAlgorithm::Sha256, KEY, None);
+        let seg = "/audio/mix123/128k/seg_1.m4s";
+        // Forged: a MAC of the right length that is not the token's; never remembered.
+        let forged = format!("{}{}", &WORKED[..WORKED.len() - 4], "0000");
+        for _ in 0..2 {
+            assert_eq!(
+                check(&v, &forged, seg, "127.0.0.1", 1_700_000_100),
+                Err(Reason::BadHmac)
+            );
+        }
+        assert!(v.verified.is_empty(), "a forged token was remembered");
+        check(&v, WORKED, seg, "127.0.0.1", 1_700_000_100).expect("valid");
+        assert_eq!(v.verified.len(), 1);
+        // Remembered now: the same answers as a fresh verifier gives, for every other check.
+        let fresh = verifier(TokenAlgorithm::Sha256, KEY, None);
+        for (path, now) in [
+            (seg, 1_700_000_100),
+            ("/audio/other/seg_1.m4s", 1_700_000_100),
+            (seg, 1_700_000_311),
+            (seg, 1_699_999_000),
+        ] {
+            let got = check(&v, WORKED, path, "127.0.0.1", now);
+            assert_eq!(
+                got,
+                check(&fresh, WORKED, path, "127.0.0.1", now),
+                "{path} {now}"
+            );
+        }
+        assert_eq!(
+            check(
+                &v,
+                WORKED,
+                "/audio/other/seg_1.m4s",
+                "127.0.0.1",
+                1_700_000_100
+            ),
+            Err(Reason::AclMismatch)
+        );
+        assert_eq!(
+            check(&v, WORKED, seg, "127.0.0.1", 1_700_000_311),
+            Err(Reason::Expired)
+        );
+        // A URL token's MAC covers the path: not remembered.
+        let url = sign(
+            TokenAlgorithm::Sha256,
+            &hex::decode(KEY).expect("hex"),
+            &SignSpec {
+                url: Some(seg),
+                exp: 1_700_000_300,
+                ..Default::default()
+            },
+        );
+        check(&v, &url, seg, "127.0.0.1", 1_700_000_100).expect("url token");
+        assert_eq!(
+            check(
+                &v,
+                &url,
+                "/audio/mix123/128k/seg_2.m4s",
+                "127.0.0.1",
+                1_700_000_100
+            ),
+            Err(Reason::BadHmac)
+        );
+        assert_eq!(v.verified.len(), 1, "a URL token was remembered");
+    }
+
+    /// The remembered tokens are bounded however many valid ones arrive.
+    #[test]
+    fn remembered_tokens_are_bounded() {
+        let v = verifier(TokenAlgorithm::Sha256, KEY, None);
+        let key = hex::decode(KEY).expect("hex");
+        for exp in 0..(VERIFIED_MAX as u64 + 10) {
+            let t = sign(
+                TokenAlgorithm::Sha256,
+                &key,
+                &SignSpec {
+                    acl: Some("/*"),
+                    exp: 2_000_000_000 + exp,
+                    ..Default::default()
+                },
+            );
+            check(&v, &t, "/a.ts", "127.0.0.1", 1_700_000_000).expect("valid");
+            assert!(v.verified.len() <= VERIFIED_MAX);
+        }
+        assert!(!v.verified.is_empty());
     }
 
     /// Vectors minted by Akamai's reference generator (tests/fixtures/edgeauth/make_vectors.py).
@@ -739,12 +959,7 @@ mod tests {
     fn key_windows_and_rotation() {
         let mut v = verifier(TokenAlgorithm::Sha256, KEY, None);
         let new_key = hex::decode("00112233445566778899aabbccddeeff").expect("hex");
-        v.keys.push(Key {
-            id: "k2".into(),
-            secret: new_key.clone(),
-            not_before: Some(100),
-            not_after: None,
-        });
+        v.keys.push(Key::new("k2", &new_key, Some(100), None));
         v.keys[0].not_after = Some(200);
         let t2 = sign(
             TokenAlgorithm::Sha256,

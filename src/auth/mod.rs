@@ -150,16 +150,12 @@ impl Auth {
                 keys: cfg
                     .keys
                     .iter()
-                    .map(|k| Key {
-                        id: k.id.clone(),
-                        secret: k.secret.clone(),
-                        not_before: k.not_before,
-                        not_after: k.not_after,
-                    })
+                    .map(|k| Key::new(&k.id, &k.secret, k.not_before, k.not_after))
                     .collect(),
                 salt: cfg.salt.clone(),
                 leeway: cfg.leeway.as_secs(),
                 escape_early: cfg.escape_early,
+                verified: Default::default(),
             },
             origin_auth: cfg.origin_auth.as_ref().and_then(|(h, s)| {
                 http::HeaderName::from_bytes(h.as_bytes())
