@@ -1985,6 +1985,61 @@ async fn a_withdrawn_hint_is_404_at_once() {
     }
 }
 
+/// A DASH player computes segment names from the clock and may ask for the next segment a
+/// moment before a packager running late starts uploading it: that request waits for the
+/// upload and gets its bytes. Names further ahead, of another series, or after the series
+/// stopped are 404 at once; a next segment that does not begin within the wait is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_segment_of_a_live_series_is_waited_for() {
+    let rig = Rig::start(3, 100, "");
+    let seg = |n: u32| format!("/live/nx/chunk-stream0-{n:05}.m4s");
+    rig.put(&seg(1), b"segment one").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    rig.put(&seg(2), b"segment two").await;
+    let h1 = fetch(rig.url(&seg(3)), false);
+    let h2 = fetch(rig.url(&seg(3)), true);
+    rig.wait_parked_within(2, Duration::from_secs(2), "the next segment")
+        .await;
+    for name in [
+        seg(4),
+        seg(1).replace("00001", "00000"),
+        "/live/nx/chunk-stream1-00003.m4s".to_owned(),
+        "/live/nx/chunk-stream0-3.m4s".to_owned(),
+    ] {
+        for h2 in [false, true] {
+            let r = get_at_once(&rig.url(&name), h2, &name).await;
+            assert_eq!(r.status, 404, "{name} h2={h2}");
+        }
+    }
+    assert_eq!(rig.parked().await, Some(2.0), "only the next segment waits");
+    assert!(
+        !h1.is_finished() && !h2.is_finished(),
+        "answered before it was uploaded"
+    );
+    let bytes = b"the bytes of segment three".repeat(500);
+    let sent = rig.put_at(&seg(3), &bytes).await;
+    for (what, h) in [("h1", h1), ("h2", h2)] {
+        let r = answer(h, what).await;
+        assert_eq!(r.resp.status, 200, "{what}");
+        assert_eq!(r.resp.body.as_ref(), bytes.as_slice(), "{what}");
+        assert!(r.at >= sent, "{what}");
+    }
+    // The next one never comes: 404 once the wait (a few intervals) is over, not 503.
+    let asked = mono();
+    let r = answer(fetch(rig.url(&seg(4)), false), "never uploaded").await;
+    assert_eq!(r.resp.status, 404, "never uploaded");
+    assert!(
+        r.at - asked > 1.0,
+        "answered before its wait: {:.2} s",
+        r.at - asked
+    );
+    // Long after the last upload the series has stopped: 404 at once, nothing parked.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = get_at_once(&rig.url(&seg(4)), false, "stopped series").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(rig.parked().await, Some(0.0));
+}
+
 /// What is not a withdrawal of a hint keeps the requests parked on it waiting for the upload
 /// the hint announces (RFC 8216bis §6.2.6: 404 only for a name no active playlist hints):
 /// - a file of that name left by an earlier session of the stream (an encoder restarted on

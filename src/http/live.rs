@@ -353,29 +353,39 @@ pub(super) fn older_than_its_hint(cx: &Cx<'_>, canonical: &str, object: &Object)
 
 /// A live media segment that does not exist (or only as an earlier session's file,
 /// [`older_than_its_hint`]): if a live playlist announces it as a preload hint, waits for its
-/// upload to start and returns it; else 404 at once. A hint that a newer version of the
-/// playlist lists as a part or segment instead is still waited for (a packager that uploads
-/// in parallel may publish that version a moment before the part); one it withdraws is 404.
+/// upload to start and returns it; likewise if it is the next segment of a series whose
+/// uploads are under way ([`crate::live::Registry::next_in`]: a DASH player asks for the
+/// segment its clock says is available, which a late packager has not begun); else 404 at
+/// once. A hint that a newer version of the playlist lists as a part or segment instead is
+/// still waited for (a packager that uploads in parallel may publish that version a moment
+/// before the part); one it withdraws is 404. The next segment of a series is no longer
+/// waited for once the series has gone past it or stopped.
 pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Result<Object, Stop> {
-    let Some(playlist) = cx.rt.live.hinted(canonical) else {
-        return Err(Refusal::NotFound.into());
+    let live = &cx.rt.live;
+    let (playlist, target) = match live.hinted(canonical) {
+        Some(playlist) => {
+            let target = live.current(&playlist).map_or(6.0, |s| s.target);
+            (Some(playlist), target)
+        }
+        None => match live.next_in(canonical) {
+            // At least a second: a packager catching up uploads segments back to back.
+            Some(interval) => (None, interval.as_secs_f64().max(1.0)),
+            None => return Err(Refusal::NotFound.into()),
+        },
     };
-    let still_expected = || {
-        cx.rt.live.hinted(canonical).is_some()
-            || cx
-                .rt
-                .live
-                .current(&playlist)
-                .is_some_and(|s| !s.endlist && s.lists(&playlist, canonical))
+    let still_expected = || match &playlist {
+        Some(playlist) => {
+            live.hinted(canonical).is_some()
+                || live
+                    .current(playlist)
+                    .is_some_and(|s| !s.endlist && s.lists(playlist, canonical))
+        }
+        None => live.next_in(canonical).is_some(),
     };
     let cfg = &cx.policy.config;
-    let target = cx.rt.live.current(&playlist).map_or(6.0, |s| s.target);
     let store = &cx.rt.store;
     let deadline = cx.started + block_timeout(cfg, target);
-    let mut wait = cx
-        .rt
-        .live
-        .watch_object(canonical, cfg.live.max_blocked_requests)?;
+    let mut wait = live.watch_object(canonical, cfg.live.max_blocked_requests)?;
     loop {
         // The object, or the upload of it in progress (a lookup gives that when no complete
         // version exists; while an earlier session's file is still in place, it is asked for).
@@ -395,7 +405,13 @@ pub(super) async fn hinted(cx: &Cx<'_>, rel: &RelPath, canonical: &str) -> Resul
         if !still_expected() {
             return Err(Refusal::NotFound.into());
         }
-        wait.changed(deadline).await?;
+        match wait.changed(deadline).await {
+            Ok(()) => {}
+            // Nothing announced the next segment of a series: not begun in time, it is
+            // not there (a hint's wait that times out is a 503, as a blocking reload's).
+            Err(WaitError::TimedOut) if playlist.is_none() => return Err(Refusal::NotFound.into()),
+            Err(e) => return Err(Refusal::from(e).into()),
+        }
     }
 }
 

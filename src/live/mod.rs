@@ -38,6 +38,8 @@ pub struct Registry {
     objects: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Current preload hints: object path → the playlist that announced it.
     hints: Mutex<HashMap<String, String>>,
+    /// Numbered live segments whose uploads started: series → the newest ([`Registry::next_in`]).
+    series: Mutex<HashMap<String, Series>>,
     blocked: AtomicUsize,
     stopping: watch::Sender<bool>,
     /// Live DASH manifests stored as `type="static"` (a stream's end), when, and the
@@ -65,6 +67,48 @@ pub struct Registry {
 /// one would go past it: a manifest then gets the configured `cache_control.live` until its
 /// next version).
 const MPD_PERIODS: usize = 4096;
+
+/// The newest upload of a numbered series of live segments, and the time between it and the
+/// one before (`None` until two consecutive numbers were seen).
+struct Series {
+    number: u64,
+    at: std::time::Instant,
+    interval: Option<Duration>,
+}
+
+/// Series remembered at most (the map is cleared when a new one would go past it).
+const SERIES_MAX: usize = 4096;
+
+/// The series a segment path belongs to and its number: the last run of digits in its file
+/// name before the extension is the number; the rest of the path, and the run's width when it
+/// is zero-padded, name the series (`a/chunk-stream0-00012.m4s` is 12 of
+/// `a/chunk-stream0-{:05}.m4s`).
+fn series_of(path: &str) -> Option<(String, u64)> {
+    let name_at = path.rfind('/').map_or(0, |i| i + 1);
+    let name = &path[name_at..];
+    let stem = name.rfind('.').map_or(name, |dot| &name[..dot]);
+    let end = stem.rfind(|c: char| c.is_ascii_digit())? + 1;
+    let start = name[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    let digits = &name[start..end];
+    if digits.len() > 18 {
+        return None;
+    }
+    let number = digits.parse().ok()?;
+    let width = if digits.len() > 1 && digits.starts_with('0') {
+        digits.len()
+    } else {
+        0
+    };
+    let key = format!(
+        "{}{}{{:0{width}}}{}",
+        &path[..name_at],
+        &name[..start],
+        &name[end..]
+    );
+    Some((key, number))
+}
 
 pub fn mpd_is_static(text: &[u8]) -> Option<bool> {
     match mpd_attribute(text, "type") {
@@ -257,6 +301,7 @@ impl Registry {
             playlists: Mutex::new(HashMap::new()),
             objects: Mutex::new(HashMap::new()),
             hints: Mutex::new(HashMap::new()),
+            series: Mutex::new(HashMap::new()),
             blocked: AtomicUsize::new(0),
             stopping: watch::Sender::new(false),
             ended_mpds: Mutex::new(HashMap::new()),
@@ -587,13 +632,49 @@ impl Registry {
         h.get(path).cloned()
     }
 
-    /// An upload of `path` started: wakes requests waiting for it (preload hints). They are also
-    /// woken when the hint that made them wait is withdrawn.
+    /// An upload of `path` started: wakes requests waiting for it (preload hints, the next
+    /// segment of a series). They are also woken when the hint that made them wait is withdrawn.
     pub fn object_started(&self, path: &str) {
+        if let Some((key, number)) = series_of(path) {
+            let now = std::time::Instant::now();
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            if series.len() >= SERIES_MAX && !series.contains_key(&key) {
+                series.clear();
+            }
+            let s = series.entry(key).or_insert(Series {
+                number,
+                at: now,
+                interval: None,
+            });
+            if number == s.number + 1 {
+                s.interval = Some(now.saturating_duration_since(s.at));
+            } else if number != s.number {
+                // A restart, a jump or a replacement: a new run of the series.
+                s.interval = None;
+            }
+            s.number = number;
+            s.at = now;
+        }
         let objects = self.objects.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = objects.get(path) {
             tx.send_modify(|n| *n += 1);
         }
+    }
+
+    /// Whether `path` is the next segment of a live series still being uploaded: the series'
+    /// last two uploads started one number apart, `path` has the number after them, and its
+    /// time is not long past (twice the interval between them, and a second). Gives that
+    /// interval, what the packager takes per segment. A DASH player computes segment names from
+    /// the clock (`SegmentTemplate`, `availabilityTimeOffset` in low-latency streams), so it
+    /// may ask for the next one a moment before a packager that runs late starts uploading it.
+    pub fn next_in(&self, path: &str) -> Option<Duration> {
+        let (key, number) = series_of(path)?;
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = series.get(&key)?;
+        let interval = s.interval?;
+        (number == s.number.checked_add(1)?
+            && s.at.elapsed() <= interval.saturating_mul(2) + Duration::from_secs(1))
+        .then_some(interval)
     }
 
     /// Parks a request waiting for an upload of `path` to start: check the condition, then
@@ -678,7 +759,72 @@ impl Drop for ObjectWait<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{mpd_is_static, mpd_update_period, resolve};
+    use super::{mpd_is_static, mpd_update_period, resolve, series_of, Registry};
+
+    #[test]
+    fn series_are_named_by_the_last_number_in_the_file_name() {
+        let key = |p: &str| series_of(p).map(|(k, _)| k);
+        assert_eq!(
+            series_of("/live/a/chunk-stream0-00012.m4s").map(|s| s.1),
+            Some(12)
+        );
+        assert_eq!(
+            key("/live/a/chunk-stream0-00012.m4s"),
+            key("/live/a/chunk-stream0-00013.m4s")
+        );
+        assert_eq!(key("/live/a/seg9.ts"), key("/live/a/seg10.ts"));
+        assert_eq!(series_of("/live/a/s5.p2.m4s").map(|s| s.1), Some(2));
+        for (a, b) in [
+            (
+                "/live/a/chunk-stream0-00012.m4s",
+                "/live/a/chunk-stream1-00012.m4s",
+            ),
+            (
+                "/live/a/chunk-stream0-00012.m4s",
+                "/live/b/chunk-stream0-00012.m4s",
+            ),
+            (
+                "/live/a/chunk-stream0-00012.m4s",
+                "/live/a/chunk-stream0-12.m4s",
+            ),
+            ("/live/a/seg1.ts", "/live/a/seg1.m4s"),
+        ] {
+            assert_ne!(key(a), key(b), "{a} {b}");
+        }
+        for p in [
+            "/live/7/seg.ts",
+            "/live/a/",
+            "/live/a/s1234567890123456789.ts",
+            "/live/a/seg.mp4",
+        ] {
+            assert_eq!(series_of(p), None, "{p}");
+        }
+    }
+
+    /// Only the number after two consecutive ones is expected, and only while the series is
+    /// recent.
+    #[test]
+    fn the_next_number_is_expected_after_two_consecutive_ones() {
+        let r = Registry::new(&crate::metrics::Metrics::new().expect("metrics")).expect("registry");
+        let seg = |n: u32| format!("/live/a/chunk-stream0-{n:05}.m4s");
+        r.object_started(&seg(1));
+        assert_eq!(r.next_in(&seg(2)), None, "one upload is no series yet");
+        r.object_started(&seg(2));
+        assert!(r.next_in(&seg(3)).is_some());
+        for other in [
+            seg(2),
+            seg(4),
+            seg(1),
+            "/live/a/chunk-stream1-00003.m4s".into(),
+        ] {
+            assert_eq!(r.next_in(&other), None, "{other}");
+        }
+        // A jump starts a new run: no interval until the next consecutive number.
+        r.object_started(&seg(7));
+        assert_eq!(r.next_in(&seg(8)), None);
+        r.object_started(&seg(8));
+        assert!(r.next_in(&seg(9)).is_some());
+    }
 
     /// `MPD@type` as a packager may write it: quoted either way, spaces around `=`, other
     /// attributes holding the word (`contentType` is on other elements), and absent (static,
