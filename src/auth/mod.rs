@@ -67,11 +67,17 @@ pub fn split_path_token<'a>(name: &str, raw: &'a str) -> SplitPath<'a> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    let Some(decoded) = percent_decode(seg.as_bytes()).and_then(|d| String::from_utf8(d).ok())
-    else {
-        return none;
+    let decoded;
+    let seg = if seg.contains('%') {
+        match decode_once(seg) {
+            Some(d) => decoded = d,
+            None => return none,
+        }
+        decoded.as_str()
+    } else {
+        seg
     };
-    match decoded.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+    match seg.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
         Some(tok) => SplitPath {
             path: if tail.is_empty() { "/" } else { tail },
             token: Some(tok.to_string()),

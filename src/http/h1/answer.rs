@@ -69,10 +69,17 @@ fn last_coding_is_chunked(head: &Head) -> bool {
         .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
 }
 
+/// A head [`screen`] let through: its framing, and its target's path and query.
+pub(super) struct Screened<'h> {
+    pub(super) framing: Framing,
+    pub(super) path: &'h str,
+    pub(super) query: Option<&'h str>,
+}
+
 /// What segd checks in a parsed head before the handler, in order: message framing (RFC 9112
 /// §6.3: one valid `Content-Length` at most, never with `Transfer-Encoding`), transfer codings
 /// (`chunked` only, and none in HTTP/1.0: §6.1), and the request target.
-pub(super) fn screen(head: &Head) -> Result<Framing, Answer> {
+pub(super) fn screen(head: &Head) -> Result<Screened<'_>, Answer> {
     let framing = body_framing(head).map_err(|()| Answer::BAD_REQUEST)?;
     if framing == Framing::Chunked {
         // HTTP/1.0 has no transfer codings: its framing is faulty.
@@ -92,8 +99,10 @@ pub(super) fn screen(head: &Head) -> Result<Framing, Answer> {
     if head.method == http::Method::CONNECT && framing != Framing::NoBody {
         return Err(Answer(Refusal::Malformed));
     }
-    if split_target(head).is_none() {
-        return Err(Answer::BAD_REQUEST);
-    }
-    Ok(framing)
+    let (path, query) = split_target(head).ok_or(Answer::BAD_REQUEST)?;
+    Ok(Screened {
+        framing,
+        path,
+        query,
+    })
 }

@@ -272,7 +272,7 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
             Err(e) => return Some(Err(Answer::to_head_error(&e))),
         };
         let len = len as u64;
-        Some(match screen(&head) {
+        Some(match screen(&head).map(|s| s.framing) {
             // A target `http::Uri` cannot parse, hyper would refuse with its own empty 400
             // (the fast path reads targets itself).
             Ok(_) if head.target.parse::<http::Uri>().is_err() => Err(Some(Answer::BAD_REQUEST)),

@@ -62,7 +62,7 @@ use crate::store::Body;
 use answer::{screen, Answer};
 use body::LengthBody;
 pub use gate::{HeadGate, HYPER_BACKSTOP};
-use parse::{connection_close, expects_continue, read_head, split_target, Framing, Limits};
+use parse::{connection_close, expects_continue, read_head, Framing, Limits};
 pub use socket::Prefixed;
 use socket::{linger_close, reset};
 use write::{head_bytes, write_simple, Delimit};
@@ -155,16 +155,9 @@ pub async fn serve(
                 break Next::Close;
             }
         }
-        let next = Box::pin(exchange(
-            &mut stream,
-            &mut buf,
-            first,
-            peer,
-            &shared,
-            &cfg,
-            &drain,
-        ))
-        .await;
+        let next =
+            boxed_in_place(|| exchange(&mut stream, &mut buf, first, peer, &shared, &cfg, &drain))
+                .await;
         first = false;
         trim::request_done();
         // The next request's head is acknowledged on arrival, not when it is read.
@@ -198,6 +191,16 @@ pub async fn serve(
             Box::pin(to_hyper(io, "h1", peer, shared, hyper, drain)).await;
         }
     }
+}
+
+/// The future `make` returns, on the heap, built there rather than on the stack and copied:
+/// `Box::pin` of an exchange copies its 8 KB (its state when suspended) on every request,
+/// whatever the few bytes of its arguments.
+fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: the slot was written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// One exchange: reads a request head (the first bytes when `buf` is empty), answers it with
@@ -246,13 +249,16 @@ async fn exchange(
         }
     };
     // Framing, transfer codings, target: refused here, before the handler (`answer::screen`).
-    let mut declared = match screen(&head) {
-        Ok(Framing::NoBody) => 0,
-        Ok(Framing::Length(n)) => n,
+    let screened = match screen(&head) {
+        Ok(s) => s,
+        Err(a) => return answer(stream, metrics, a).await,
+    };
+    let mut declared = match screened.framing {
+        Framing::NoBody => 0,
+        Framing::Length(n) => n,
         // hyper decodes `chunked` (and answers `Expect: 100-continue`) and takes the
         // connection from this request on, with the bytes read so far.
-        Ok(Framing::Chunked) => return Next::Hyper("h1"),
-        Err(a) => return answer(stream, metrics, a).await,
+        Framing::Chunked => return Next::Hyper("h1"),
     };
     buf.advance(consumed);
     let write = matches!(head.method, Method::PUT | Method::POST | Method::DELETE);
@@ -264,10 +270,7 @@ async fn exchange(
     let mut close = connection_close(&head) || drain.is_stopping();
 
     let start = Instant::now();
-    let Some((path, query)) = split_target(&head) else {
-        // (`screen` refused it already.)
-        return answer(stream, metrics, Answer::BAD_REQUEST).await;
-    };
+    let (path, query) = (screened.path, screened.query);
     let req = handler::Request {
         method: &head.method,
         path,
