@@ -21,6 +21,7 @@ mod quic_share;
 mod reload;
 pub mod systemd;
 pub mod upgrade;
+mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -263,6 +264,7 @@ async fn serve(
     // Handlers first: once the banner or READY=1 is out, a SIGHUP must reload, never kill (and
     // SIGUSR2's default action would kill too).
     let mut signals = Signals::install().context("cannot install signal handlers")?;
+    watchdog::start();
     let config = Arc::new(config);
     // QUIC tokens the old process issued stay valid here.
     let runtime = match handover.as_mut().and_then(Handover::take_quic_token_key) {
