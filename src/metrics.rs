@@ -57,6 +57,9 @@ pub struct Metrics {
     pub ingest_in_progress: prometheus::IntGauge,
     pub ingest_temp_removed: prometheus::IntCounter,
     pub ingest_no_space: prometheus::IntCounter,
+    /// Uploads' page-cache work (`fsync = false`: create, writes, rename) by the thread it ran
+    /// on: `worker` (`ingest.inline_writes`) or `writer_threads`.
+    pub ingest_disk_jobs: IntCounterVec,
     /// 1 from the moment a drain starts (SIGTERM/SIGINT, or handing over to a new process).
     pub draining: prometheus::IntGauge,
     /// The last SIGHUP reload: 1 applied (and at start), 0 rejected (the running config stays).
@@ -243,6 +246,14 @@ impl Metrics {
             "segd_ingest_insufficient_storage_total",
             "Uploads refused with 507: no volume had room above its reserve",
         )?;
+        let ingest_disk_jobs = IntCounterVec::new(
+            Opts::new(
+                "segd_ingest_disk_jobs_total",
+                "Uploads' page-cache work without fsync (file create, writes, rename), by the thread it ran on: worker (ingest.inline_writes) or writer_threads",
+            ),
+            &["on"],
+        )?;
+        registry.register(Box::new(ingest_disk_jobs.clone()))?;
         let draining = prometheus::IntGauge::new(
             "segd_draining",
             "1 from the moment a drain starts (SIGTERM/SIGINT, or an upgrade handing over)",
@@ -322,6 +333,7 @@ impl Metrics {
             ingest_in_progress,
             ingest_temp_removed,
             ingest_no_space,
+            ingest_disk_jobs,
             draining,
             config_reload_ok,
             config_loaded_at,

@@ -967,3 +967,23 @@ fn proxy_protocol_networks_are_checked() {
     );
     assert_eq!(code, 0, "{err}");
 }
+
+/// `ingest.inline_writes` needs `fsync = false` (a durable upload waits on its disk, never on a
+/// worker): refused with the key, the reason and what is allowed; accepted with `fsync = false`.
+#[test]
+fn inline_writes_need_fsync_off() {
+    let base = "[[volumes]]\npath = \"vol\"\n[ingest]\nprefixes = [\"/live/\"]\n[[ingest.keys]]\nid = \"k\"\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+    let (code, err, file) = check(&base.replace("[ingest]\n", "[ingest]\ninline_writes = true\n"));
+    assert_eq!(code, 64, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains(": ingest.inline_writes: "))
+        .unwrap_or_else(|| panic!("no inline_writes error:\n{err}"));
+    assert!(line.contains(&file), "{line}");
+    assert!(line.contains("fsync = false"), "{line}");
+    let (code, err, _) = check(&base.replace(
+        "[ingest]\n",
+        "[ingest]\nfsync = false\ninline_writes = true\n",
+    ));
+    assert_eq!(code, 0, "{err}");
+}

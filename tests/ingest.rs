@@ -5236,3 +5236,98 @@ async fn heads_after_a_chunked_upload_get_the_same_refusals() {
         }
     }
 }
+
+/// `inline_writes`: an upload is written by the worker that received it (counted
+/// `on="worker"`) and read back at once. While a disk does not answer (the debug builds'
+/// `.segd-fault-hang-calls`), the upload caught in it holds its worker, the next one goes to
+/// the writer threads (`on="writer_threads"`), and the other worker serves reads and metrics
+/// (the runtime's watchdog: before it, the whole process stopped). When the disk answers, both
+/// uploads complete and no temporary file is left.
+#[tokio::test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "needs the test hooks of a debug build"
+)]
+async fn inline_writes_leave_the_workers_while_a_disk_lags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (d1, d2) = (dir.path().join("disk1"), dir.path().join("disk2"));
+    std::fs::create_dir_all(d1.join("vod/fine")).expect("mkdir");
+    std::fs::create_dir_all(d2.join("vod/hung")).expect("mkdir");
+    std::fs::write(d1.join("vod/fine/cold.ts"), b"never read yet").expect("write");
+    let ingest = ingest_section(&[("fsync", "false")])
+        .replace("fsync = false\n", "fsync = false\ninline_writes = true\n");
+    let srv = Server::start(&config_for(&[&d1, &d2], &ingest));
+    let tok = upload_token("/vod/*");
+    let jobs = |m: &str, on: &str| {
+        metric(m, &format!("segd_ingest_disk_jobs_total{{on=\"{on}\"}}")).unwrap_or(-1.0)
+    };
+
+    for i in 0..3 {
+        let body = format!("inline {i}").into_bytes();
+        let url = srv.url(&q(&format!("/vod/fine/i{i}.ts"), &tok));
+        let sent = body.clone();
+        let r = tokio::task::spawn_blocking(move || curl_put(&url, &sent, &[]))
+            .await
+            .expect("curl");
+        assert_eq!(r.status(), 201, "{r:?}");
+        let back = get(&srv.url(&format!("/vod/fine/i{i}.ts")), &[]).await;
+        assert_eq!((back.status, &back.body[..]), (200, &body[..]));
+    }
+    let m = get(&srv.admin_url("/metrics"), &[]).await.text();
+    // Each upload's disk work is one job or more (the create may go first).
+    assert!(
+        jobs(&m, "worker") >= 3.0 && jobs(&m, "writer_threads") == 0.0,
+        "{m}"
+    );
+
+    let hang = d2.join(".segd-fault-hang-calls");
+    std::fs::write(&hang, b"").expect("inject");
+    let url = srv.url(&q("/vod/hung/h0.ts", &tok));
+    let caught = std::thread::spawn(move || curl_put(&url, b"caught", &["--max-time", "60"]));
+    let calls = async || {
+        let m = tokio::time::timeout(Duration::from_secs(2), get(&srv.admin_url("/metrics"), &[]))
+            .await
+            .expect("metrics are answered while a worker is held")
+            .text();
+        metric(&m, "segd_volume_disk_calls{volume=\"disk2\"}")
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || calls().await == Some(1.0)).await,
+        "the upload is in disk2's calls"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cold = tokio::time::timeout(
+        Duration::from_secs(2),
+        get(&srv.url("/vod/fine/cold.ts"), &[]),
+    )
+    .await
+    .expect("a read is answered by the other worker meanwhile");
+    assert_eq!((cold.status, &cold.body[..]), (200, &b"never read yet"[..]));
+    let url = srv.url(&q("/vod/fine/during.ts", &tok));
+    let during = std::thread::spawn(move || curl_put(&url, b"during", &["--max-time", "60"]));
+    assert!(
+        eventually(Duration::from_secs(5), async || jobs(
+            &get(&srv.admin_url("/metrics"), &[]).await.text(),
+            "writer_threads"
+        ) >= 1.0)
+        .await,
+        "the upload after the lag went to the writer threads: {}",
+        get(&srv.admin_url("/metrics"), &[]).await.text()
+    );
+
+    std::fs::remove_file(&hang).expect("heal");
+    for (t, name, body) in [
+        (caught, "vod/hung/h0.ts", &b"caught"[..]),
+        (during, "vod/fine/during.ts", &b"during"[..]),
+    ] {
+        let r = t.join().expect("curl thread");
+        assert_eq!(r.status(), 201, "{name}: {r:?}");
+        let on_disk = [&d1, &d2]
+            .iter()
+            .find_map(|d| std::fs::read(d.join(name)).ok());
+        assert_eq!(on_disk.as_deref(), Some(body), "{name}");
+    }
+    for d in [&d1, &d2] {
+        no_tmp_eventually(d, "after the hang").await;
+    }
+}

@@ -24,6 +24,9 @@ pub struct IngestConfig {
     pub max_uploads: usize,
     /// fsync the file and its directory before answering 201/204.
     pub fsync: bool,
+    /// With `fsync = false`: an upload's file is written by the worker that received it, not
+    /// handed to a writer thread (see `store::writers` and docs/tuning.md).
+    pub inline_writes: bool,
     /// Upload token keys.
     pub keys: Vec<TokenKey>,
     /// Where ingested objects are also written (see `docs/cluster.md`).
@@ -68,6 +71,7 @@ pub(super) const INGEST_KEYS: &[&str] = &[
     "min_delete_depth",
     "max_uploads",
     "fsync",
+    "inline_writes",
     "keys",
     "write_through",
     "write_through_live",
@@ -113,6 +117,14 @@ pub(super) fn parse_ingest(s: &Section, base: &Path) -> IngestConfig {
         "uploads in progress at once, 1 to 100000",
     ) as usize;
     let fsync = s.bool("fsync", true);
+    let inline_writes = s.bool("inline_writes", false);
+    if inline_writes && fsync {
+        s.error(
+            "inline_writes",
+            "needs fsync = false: a durable upload waits on its disk, never on a worker",
+            "false, or true with fsync = false",
+        );
+    }
     let keys = parse_keys(s, base);
     if !prefixes.is_empty() && keys.is_empty() && s.raw("keys").is_none() {
         s.error(
@@ -131,6 +143,7 @@ pub(super) fn parse_ingest(s: &Section, base: &Path) -> IngestConfig {
         min_delete_depth,
         max_uploads,
         fsync,
+        inline_writes,
         keys,
         write_through,
     }

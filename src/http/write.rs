@@ -185,6 +185,7 @@ async fn put(
             body.declared.unwrap_or(0),
             ingest.reserve,
             ingest.fsync,
+            ingest.inline_writes,
             mode,
         )
         .await?;

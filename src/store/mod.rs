@@ -442,6 +442,7 @@ impl Store {
                 writers: Arc::new(writers::Writers::new(
                     cfg.server.workers,
                     cfg.server.blocking_threads,
+                    &metrics.ingest_disk_jobs,
                 )),
             }),
         };
@@ -562,7 +563,8 @@ impl Store {
     }
 
     /// Starts an upload of `rel` (about `len_hint` bytes, 0 when unknown) into the local tier,
-    /// keeping `reserve` bytes free on the volume; `durable`: fsync before the commit returns.
+    /// keeping `reserve` bytes free on the volume; `durable`: fsync before the commit returns;
+    /// `inline` (not durable): the file is written on the calling worker (`ingest.inline_writes`).
     /// Writes to one path are serialised: the upload holds the path until it is committed or
     /// dropped.
     pub async fn begin_upload(
@@ -571,6 +573,7 @@ impl Store {
         len_hint: u64,
         reserve: u64,
         durable: bool,
+        inline: bool,
         mode: Mode,
     ) -> Result<Upload, WriteError> {
         let m = &self.inner.metrics;
@@ -587,6 +590,7 @@ impl Store {
             len_hint,
             reserve,
             durable,
+            inline,
             mode,
             self.through(mode.live),
             Arc::clone(&self.inner.writers),

@@ -49,11 +49,13 @@ pub enum WriteError {
 
 /// Where an upload's blocking work runs. A durable upload waits on its disk (fsync): the
 /// general blocking pool, whose threads are there to wait. Otherwise the work is CPU (copying
-/// into the page cache): the writer threads, about one per worker (see `writers`).
+/// into the page cache): the writer threads, about one per worker (see `writers`), or with
+/// `ingest.inline_writes` the worker itself while every disk answers.
 #[derive(Clone)]
 enum Pool {
     General,
     Writers(Arc<Writers>),
+    Inline(Arc<Writers>, Arc<volumes::Volumes>),
 }
 
 impl Pool {
@@ -66,6 +68,7 @@ impl Pool {
                 .await
                 .map_err(|e| WriteError::Io(io::Error::other(e))),
             Pool::Writers(w) => w.run(f).await.map_err(WriteError::Io),
+            Pool::Inline(w, volumes) => w.run_inline(volumes, f).await.map_err(WriteError::Io),
         }
     }
 }
@@ -888,16 +891,17 @@ pub async fn begin(
     len_hint: u64,
     reserve: u64,
     durable: bool,
+    inline: bool,
     mode: Mode,
     through: Option<Arc<WriteThrough>>,
     writers: Arc<Writers>,
     counters: (prometheus::IntCounter, prometheus::IntCounter),
 ) -> Result<Upload, WriteError> {
     let (temp_removed, no_space) = counters;
-    let pool = if durable {
-        Pool::General
-    } else {
-        Pool::Writers(writers)
+    let pool = match (durable, inline) {
+        (true, _) => Pool::General,
+        (false, false) => Pool::Writers(writers),
+        (false, true) => Pool::Inline(writers, Arc::clone(&local.volumes)),
     };
     let lock = locks.lock(rel).await;
     // A growing upload is announced before its file exists: a reader that asks at once waits,

@@ -20,6 +20,13 @@
 //!
 //! Durable uploads (`fsync = true`) wait on the disk by design and stay on the general blocking
 //! pool, whose threads are there to wait.
+//!
+//! `ingest.inline_writes` runs the jobs on the worker that received the upload instead, as nginx
+//! writes on its event loop: no hand-off, about 10 % less CPU per upload
+//! (`benches/results/2026-12-04-0520-ingest-inline-writes-ab/`). A disk that stops answering
+//! then holds that worker; jobs go to these threads again while any volume is down or has a
+//! call that has not returned for [`INLINE_LAG`], and the runtime's watchdog
+//! (`server::watchdog`) lets the other workers carry on.
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,6 +44,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// See the module doc.
 pub struct Writers {
     inner: Arc<Inner>,
+    /// Jobs run on these threads, and jobs run on a worker instead (`ingest.inline_writes`).
+    on_threads: prometheus::IntCounter,
+    on_workers: prometheus::IntCounter,
 }
 
 struct Inner {
@@ -59,10 +69,13 @@ struct State {
 }
 
 impl Writers {
-    /// `usual` threads for the CPU work (segd's worker count), up to `max` when they are stuck.
-    pub fn new(usual: usize, max: usize) -> Writers {
+    /// `usual` threads for the CPU work (segd's worker count), up to `max` when they are stuck;
+    /// jobs are counted in `jobs` (`segd_ingest_disk_jobs_total{on}`).
+    pub fn new(usual: usize, max: usize, jobs: &prometheus::IntCounterVec) -> Writers {
         let usual = usual.max(1);
         Writers {
+            on_threads: jobs.with_label_values(&["writer_threads"]),
+            on_workers: jobs.with_label_values(&["worker"]),
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
@@ -84,6 +97,7 @@ impl Writers {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> impl std::future::Future<Output = io::Result<T>> {
+        self.on_threads.inc();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let queued = self.submit(Box::new(move || {
             let _ = tx.send(f());
@@ -106,6 +120,20 @@ impl Writers {
                 }
             }
         }
+    }
+
+    /// Runs `f` on the calling thread, a worker (`ingest.inline_writes`), while every volume's
+    /// disk answers (see [`lagging`]); else queues it as [`Writers::run`] does.
+    pub async fn run_inline<T: Send + 'static>(
+        &self,
+        volumes: &crate::volumes::Volumes,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        if lagging(volumes) {
+            return self.run(f).await;
+        }
+        self.on_workers.inc();
+        Ok(f())
     }
 
     fn submit(&self, job: Job) -> io::Result<()> {
@@ -134,6 +162,20 @@ impl Writers {
         }
         Ok(())
     }
+}
+
+/// A disk call on a volume has been in progress for this long without one returning: writes
+/// leave the workers for the writer threads until the disk answers again.
+const INLINE_LAG: Duration = Duration::from_millis(100);
+
+/// Whether a worker must not write now: a volume is down, has calls in progress none of which
+/// returned for [`INLINE_LAG`] (its disk may have stopped answering: a write there would hold
+/// the worker), or is near its limit of calls in progress (a new one could wait for a slot, see
+/// [`crate::volumes::Volume::enter`]). The placement may ask any volume, so all are looked at.
+fn lagging(volumes: &crate::volumes::Volumes) -> bool {
+    volumes
+        .iter()
+        .any(|v| !v.is_healthy() || v.lagging(INLINE_LAG))
 }
 
 impl Inner {
@@ -241,9 +283,14 @@ mod tests {
         (release, started, blocked)
     }
 
+    fn jobs() -> prometheus::IntCounterVec {
+        prometheus::IntCounterVec::new(prometheus::Opts::new("jobs", "jobs"), &["on"])
+            .expect("counter")
+    }
+
     #[test]
     fn runs_jobs_and_returns_their_results() {
-        let w = Writers::new(2, 4);
+        let w = Writers::new(2, 4, &jobs());
         let got = rt().block_on(async {
             let mut v = Vec::new();
             for i in 0..50u32 {
@@ -256,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_fails_alone() {
-        let w = Writers::new(1, 1);
+        let w = Writers::new(1, 1, &jobs());
         rt().block_on(async {
             assert!(w.run(|| panic!("boom")).await.is_err());
             assert_eq!(w.run(|| 7).await.expect("the thread still works"), 7);
@@ -268,7 +315,7 @@ mod tests {
     /// F2 with `fsync = false`: jobs for healthy disks queued behind a hung one's).
     #[test]
     fn a_job_behind_a_stuck_thread_starts_one_itself() {
-        let w = Writers::new(1, 2);
+        let w = Writers::new(1, 2, &jobs());
         let (release, started, blocked) = stuck_job(&w);
         let rt = rt();
         rt.block_on(async {
@@ -291,7 +338,7 @@ mod tests {
     #[test]
     fn a_stuck_thread_gets_help_only_after_a_stall() {
         // One usual thread, blocked as on a disk that stopped answering.
-        let w = Writers::new(1, 2);
+        let w = Writers::new(1, 2, &jobs());
         let (release, started, blocked) = stuck_job(&w);
         while started.load(Ordering::SeqCst) == 0 {
             std::thread::sleep(Duration::from_millis(1));

@@ -744,6 +744,18 @@ impl Volume {
             && self.no_progress()
     }
 
+    /// Whether calls are in progress on this volume and none has returned for `after`, or so
+    /// many are in progress that a new one may have to wait for a slot ([`Volume::enter`]).
+    pub fn lagging(&self, after: std::time::Duration) -> bool {
+        let n = self.busy.load(Ordering::Acquire);
+        if n == 0 {
+            return false;
+        }
+        let last = self.busy_progress_ms.load(Ordering::Acquire);
+        n >= BUSY_LIMIT.load(Ordering::Relaxed) / 2
+            || self.now_ms().saturating_sub(last) >= after.as_millis() as u64
+    }
+
     fn no_progress(&self) -> bool {
         let last = self.busy_progress_ms.load(Ordering::Acquire);
         self.now_ms().saturating_sub(last) >= BUSY_STALL.as_millis() as u64
