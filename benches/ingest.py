@@ -294,9 +294,10 @@ class Segd(Server):
     def port(self):
         return SEGD_PORT
 
-    def __init__(self, binary, root, run, fsync, cpu, secret, ingest_section=True, server_extra=""):
+    def __init__(self, binary, root, run, fsync, cpu, secret, ingest_section=True, server_extra="", ingest_extra=""):
         self.binary, self.root, self.run, self.fsync, self.cpu = binary, root, run, fsync, cpu
         self.secret, self.ingest_section, self.server_extra = secret, ingest_section, server_extra
+        self.ingest_extra = ingest_extra
         self.name = "segd-fsync" if fsync else "segd-nofsync"
         self.cfg = os.path.join(run, f"{self.name}.toml")
         self.log = os.path.join(run, f"{self.name}.log")
@@ -306,7 +307,7 @@ class Segd(Server):
 prefixes = ["{PREFIX}"]
 max_body_bytes = "512MiB"
 fsync = {"true" if self.fsync else "false"}
-[[ingest.keys]]
+{self.ingest_extra}[[ingest.keys]]
 id = "bench"
 secret = "{self.secret}"
 """ if self.ingest_section else ""
@@ -630,6 +631,8 @@ def main():
     ap.add_argument("--segd", default=os.path.join(REPO, "target/release/segd"), help="release binary (default target/release/segd)")
     ap.add_argument("--segd-b-server", default="", metavar="TOML",
                     help="extra [server] lines for segd-b, e.g. 'sched_policy = \"batch\"' (with --segd-b the same binary as --segd: an A/B of a setting)")
+    ap.add_argument("--segd-b-ingest", default="", metavar="TOML",
+                    help="extra [ingest] lines for segd-b, e.g. 'inline_writes = true' (an A/B of a setting, as --segd-b-server)")
     ap.add_argument("--segd-b", help="a second segd build, run as server `segd-b` (`fsync = false`) in the same rounds: "
                                      "an A/B of two builds, each also against nginx")
     ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS), help=f"subset of {','.join(ALL_SERVERS)}")
@@ -759,7 +762,8 @@ def main():
             srv = Segd(os.path.abspath(args.segd_b) if name == "segd-b" else segd_bin, segd_root, run,
                        name == "segd-fsync", args.server_cpu, secret,
                        ingest_section=not args.segd_without_ingest_section,
-                       server_extra=(args.segd_b_server + "\n") if name == "segd-b" and args.segd_b_server else "")
+                       server_extra=(args.segd_b_server + "\n") if name == "segd-b" and args.segd_b_server else "",
+                       ingest_extra=(args.segd_b_ingest + "\n") if name == "segd-b" and args.segd_b_ingest else "")
             srv.name = name
             srv.cfg, srv.log = os.path.join(run, f"{name}.toml"), os.path.join(run, f"{name}.log")
             return srv
@@ -887,7 +891,7 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
     what = {"segd-nofsync": "segd, `fsync = false` (same durability as nginx)",
             "segd-fsync": "segd, `fsync = true` (file + directory fsync before the answer: more durable than nginx)",
             "nginx": "nginx WebDAV PUT (no fsync)",
-            "segd-b": f"segd build B (`{args.segd_b}`{', ' + args.segd_b_server if args.segd_b_server else ''}), `fsync = false`"}
+            "segd-b": f"segd build B (`{args.segd_b}`{', ' + args.segd_b_server if args.segd_b_server else ''}{', ' + args.segd_b_ingest if args.segd_b_ingest else ''}), `fsync = false`"}
     lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | of which user / system µs | context switches per upload | minor faults per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in servers:
