@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Upload benchmark: segd's ingest (docs/ingest.md) against nginx's WebDAV PUT, in one run.
 
-    python3 benches/ingest.py [--segd target/release/segd] [--servers segd-nofsync,nginx,segd-fsync]
+    python3 benches/ingest.py [--segd target/release/segd] [--servers segd-nofsync,segd-inline,nginx,segd-fsync]
                               [--rounds 3] [--uploads 5000 | --duration S] [--conns 16] [--fs fresh|host]
 
-Three servers, each started fresh for every round, their order rotated from round to round:
+Four servers, each started fresh for every round, their order rotated from round to round:
   segd-nofsync  segd with `[ingest] fsync = false`: the same durability as nginx (no fsync);
                 the equal-footing comparison.
+  segd-inline   the same with `inline_writes = true`: each upload's writes made on the worker that
+                receives it, no hand-off to a writer thread (docs/tuning.md says when to choose it).
   segd-fsync    segd with `[ingest] fsync = true` (segd's default): fsync of the file and of its
                 directory before the 201; more work than nginx does, reported separately.
   nginx         nginx (nginx-light, ngx_http_dav_module) with `dav_methods PUT DELETE`; writes the
@@ -54,7 +56,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 SEGD_PORT, SEGD_ADMIN, NGINX_PORT = 18180, 18190, 18181
 # madvise(2): fault every page in, writable (Linux 5.14; not in Python's mmap module before 3.13).
 MADV_POPULATE_WRITE = 23
-DEFAULT_SERVERS = ["segd-nofsync", "nginx", "segd-fsync"]
+DEFAULT_SERVERS = ["segd-nofsync", "segd-inline", "nginx", "segd-fsync"]
 ALL_SERVERS = DEFAULT_SERVERS + ["segd-b"]
 # The URL prefix uploads go to (--prefix). /live/ is also a live prefix for segd by default
 # (`cache_control.live_prefixes`): a media segment uploaded there can be read while it is written
@@ -631,6 +633,8 @@ def main():
     ap.add_argument("--segd", default=os.path.join(REPO, "target/release/segd"), help="release binary (default target/release/segd)")
     ap.add_argument("--segd-b-server", default="", metavar="TOML",
                     help="extra [server] lines for segd-b, e.g. 'sched_policy = \"batch\"' (with --segd-b the same binary as --segd: an A/B of a setting)")
+    ap.add_argument("--segd-ingest", default="", metavar="TOML",
+                    help="extra [ingest] lines for segd-nofsync, e.g. 'inline_writes = true' (with --segd-b-ingest: an A/B of two builds with the same setting)")
     ap.add_argument("--segd-b-ingest", default="", metavar="TOML",
                     help="extra [ingest] lines for segd-b, e.g. 'inline_writes = true' (an A/B of a setting, as --segd-b-server)")
     ap.add_argument("--segd-b", help="a second segd build, run as server `segd-b` (`fsync = false`) in the same rounds: "
@@ -763,7 +767,9 @@ def main():
                        name == "segd-fsync", args.server_cpu, secret,
                        ingest_section=not args.segd_without_ingest_section,
                        server_extra=(args.segd_b_server + "\n") if name == "segd-b" and args.segd_b_server else "",
-                       ingest_extra=(args.segd_b_ingest + "\n") if name == "segd-b" and args.segd_b_ingest else "")
+                       ingest_extra=(args.segd_b_ingest + "\n") if name == "segd-b" and args.segd_b_ingest
+                       else (args.segd_ingest + "\n") if name == "segd-nofsync" and args.segd_ingest
+                       else "inline_writes = true\n" if name == "segd-inline" else "")
             srv.name = name
             srv.cfg, srv.log = os.path.join(run, f"{name}.toml"), os.path.join(run, f"{name}.log")
             return srv
@@ -888,8 +894,9 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
         v = vals(server, key)
         return f"{format(statistics.median(v), fmt)} ({format(min(v), fmt)}–{format(max(v), fmt)})" if v else "—"
 
-    what = {"segd-nofsync": "segd, `fsync = false` (same durability as nginx)",
+    what = {"segd-nofsync": f"segd{' (' + args.segd_ingest + ')' if args.segd_ingest else ''}, `fsync = false` (same durability as nginx)",
             "segd-fsync": "segd, `fsync = true` (file + directory fsync before the answer: more durable than nginx)",
+            "segd-inline": "segd, `fsync = false`, `inline_writes = true` (writes made on the worker)",
             "nginx": "nginx WebDAV PUT (no fsync)",
             "segd-b": f"segd build B (`{args.segd_b}`{', ' + args.segd_b_server if args.segd_b_server else ''}{', ' + args.segd_b_ingest if args.segd_b_ingest else ''}), `fsync = false`"}
     lines = ["| server | uploads/s | MB/s | **server CPU ms per MB** | CPU µs per upload | of which user / system µs | context switches per upload | minor faults per upload | p50 ms | p99 ms | RSS MB | run s | kernel threads+irq CPU s | other jobs CPU s |",
@@ -915,6 +922,7 @@ def write_summary(out, rows, servers, args, fstype, segd_bin, commit):
                       f"{med(s, 'uploads_per_s') / med(base, 'uploads_per_s'):.2f} |")
 
     ratio_row("segd-nofsync", "nginx", "segd `fsync = false` / nginx — **equal durability, the comparison**")
+    ratio_row("segd-inline", "nginx", "segd `fsync = false`, `inline_writes = true` / nginx — equal durability")
     ratio_row("segd-fsync", "nginx", "segd `fsync = true` / nginx — segd does more (fsync), not like for like")
     ratio_row("segd-b", "nginx", "segd build B / nginx (`fsync = false`)")
     ratio_row("segd-b", "segd-nofsync", "segd build B / segd (both `fsync = false`): the A/B")

@@ -76,7 +76,7 @@ def callgrind(out_prefix, cmd):
             f"--callgrind-out-file={out_prefix}.%p", "--quiet"] + cmd
 
 
-def run_segd(binary, work, tag, n, bodies, server_extra):
+def run_segd(binary, work, tag, n, bodies, server_extra, ingest_extra=""):
     root = os.path.join(work, f"root-{tag}")
     os.makedirs(root)
     cfg = os.path.join(work, f"{tag}.toml")
@@ -96,6 +96,7 @@ level = "warn"
 prefixes = ["{PREFIX}"]
 max_body_bytes = "512MiB"
 fsync = false
+{ingest_extra}
 [[ingest.keys]]
 id = "bench"
 secret = "{SECRET}"
@@ -166,16 +167,23 @@ def totals(work, files):
 
 
 def main():
+    global PREFIX
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--segd", required=True, help="segd binary (A)")
     ap.add_argument("--segd-b", help="a second segd binary (B), measured the same way")
     ap.add_argument("--segd-server", default="", help="extra [server] lines for segd (both builds)")
+    ap.add_argument("--segd-ingest", default="", help="extra [ingest] lines for segd (both builds), e.g. 'inline_writes = true'")
+    ap.add_argument("--prefix", default=PREFIX, help=f"URL prefix uploads go to (default {PREFIX}; /live/ is also a live "
+                    "prefix for segd: read-while-write registry and directory watches)")
     ap.add_argument("--small", type=int, default=200)
     ap.add_argument("--large", type=int, default=1200)
     ap.add_argument("--top", type=int, default=40, help="functions listed per segd build")
     ap.add_argument("--no-nginx", action="store_true")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if not (args.prefix.startswith("/") and args.prefix.endswith("/")):
+        die(f"--prefix {args.prefix!r}: must start and end with /")
+    PREFIX = args.prefix
     if args.large <= args.small:
         die("--large must be above --small")
     for tool in ("valgrind", "callgrind_annotate") + (() if args.no_nginx else ("nginx",)):
@@ -184,9 +192,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="ingest-instr-", dir="/var/tmp")
     bodies = [os.urandom(BODY) for _ in range(4)]
-    servers = [("segd", lambda t, n: run_segd(args.segd, work, t, n, bodies, args.segd_server))]
+    servers = [("segd", lambda t, n: run_segd(args.segd, work, t, n, bodies, args.segd_server, args.segd_ingest))]
     if args.segd_b:
-        servers.append(("segd-b", lambda t, n: run_segd(args.segd_b, work, t, n, bodies, args.segd_server)))
+        servers.append(("segd-b", lambda t, n: run_segd(args.segd_b, work, t, n, bodies, args.segd_server, args.segd_ingest)))
     if not args.no_nginx:
         servers.append(("nginx", lambda t, n: run_nginx(work, t, n, bodies)))
     results = {}
@@ -206,8 +214,9 @@ def main():
     shutil.rmtree(work)
     lines = [f"# User-space instructions per upload (callgrind), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
              "", f"`benches/ingest_instructions.py`, {args.small} and {args.large} uploads of {BODY:,} bytes per server, "
-             "one keep-alive connection; per upload = difference of the two runs' totals ÷ "
-             f"{args.large - args.small}.", "", "| server | instructions per upload | ÷ nginx |", "|---|---|---|"]
+             f"one keep-alive connection, under {PREFIX}"
+             + (f", segd's [ingest] adds `{args.segd_ingest}`" if args.segd_ingest else "")
+             + f"; per upload = difference of the two runs' totals ÷ {args.large - args.small}.", "", "| server | instructions per upload | ÷ nginx |", "|---|---|---|"]
     base = results.get("nginx", (None,))[0]
     for name, (ir, _) in results.items():
         lines.append(f"| {name} | {ir:,.0f} | {ir / base:.2f} |" if base else f"| {name} | {ir:,.0f} | |")

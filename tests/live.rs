@@ -73,8 +73,13 @@ fn upload_token(acl: &str) -> String {
 
 /// `[ingest]` for /live/ (no fsync: these tests are about reads) and `[live]`.
 fn live_config(factor: u32, max_blocked: u32) -> String {
+    live_config_ingest(factor, max_blocked, "")
+}
+
+/// [`live_config`] with more `[ingest]` lines.
+fn live_config_ingest(factor: u32, max_blocked: u32, ingest: &str) -> String {
     format!(
-        "[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n\n[[ingest.keys]]\nid = \"up1\"\nsecret = \"{UP_KEY}\"\n\n\
+        "[ingest]\nprefixes = [\"/live/\"]\nfsync = false\n{ingest}\n[[ingest.keys]]\nid = \"up1\"\nsecret = \"{UP_KEY}\"\n\n\
          [live]\nprefixes = [\"/live/\"]\nmax_blocked_requests = {max_blocked}\nblock_timeout_factor = {factor}\n\n"
     )
 }
@@ -94,14 +99,21 @@ impl Rig {
     }
 
     fn start_with(factor: u32, max_blocked: u32, extra: &str, prepare: impl FnOnce(&Path)) -> Rig {
+        Rig::build(&live_config(factor, max_blocked), extra, prepare)
+    }
+
+    /// With `[ingest] inline_writes = true` (an upload's writes made on its worker).
+    fn start_inline_writes(factor: u32, max_blocked: u32, extra: &str) -> Rig {
+        let live = live_config_ingest(factor, max_blocked, "inline_writes = true\n");
+        Rig::build(&live, extra, |_| {})
+    }
+
+    fn build(live: &str, extra: &str, prepare: impl FnOnce(&Path)) -> Rig {
         let dir = tempfile::tempdir().expect("tempdir");
         let vol = dir.path().join("disk1");
         std::fs::create_dir_all(vol.join("live")).expect("mkdir volume");
         prepare(&vol);
-        let cfg = config_for(
-            &[vol.as_path()],
-            &format!("{}{extra}", live_config(factor, max_blocked)),
-        );
+        let cfg = config_for(&[vol.as_path()], &format!("{live}{extra}"));
         let srv = Server::start(&cfg);
         Rig {
             dir,
@@ -2755,6 +2767,35 @@ async fn growing_segment_is_streamed_to_readers_until_the_upload_commits() {
         metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 4.0),
         "{m}"
     );
+}
+
+/// The same with `inline_writes` (each write made on the worker that reads the body, the
+/// growing segment's batches included), and an uploader that goes away mid-body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_segment_is_streamed_with_inline_writes() {
+    let rig = Rig::start_inline_writes(
+        3,
+        100,
+        "[cache_control]\nlive_segments = \"public, max-age=30\"\n",
+    );
+    for (path, length) in [("/live/rw/seg7.m4s", false), ("/live/rw/seg8.m4s", true)] {
+        growing_segment_streamed(&rig, path, length).await;
+    }
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 4.0),
+        "{m}"
+    );
+    let on_worker = metric_with(&m, "segd_ingest_disk_jobs_total", &[("on", "worker")]);
+    assert!(on_worker.is_some_and(|v| v >= 2.0), "{m}");
+    // An uploader that goes away mid-body: the readers fail, nothing is committed, and its
+    // temporary file is removed.
+    aborted_upload_aborts(&rig, "/live/abort/seg2.m4s", true).await;
+    let dir = rig.vol().join("live/abort");
+    let left = std::fs::read_dir(&dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
 }
 
 async fn growing_segment_streamed(rig: &Rig, path: &str, length: bool) {

@@ -101,12 +101,18 @@ fn series_of(path: &str) -> Option<(String, u64)> {
     } else {
         0
     };
-    let key = format!(
-        "{}{}{{:0{width}}}{}",
-        &path[..name_at],
-        &name[..start],
-        &name[end..]
-    );
+    // `{dir}{before}{:0width}{after}`, put together by hand: once per upload of a live
+    // segment, where the formatting machinery cost more than the rest of this function.
+    let mut key = String::with_capacity(path.len() + 6);
+    key.push_str(&path[..name_at]);
+    key.push_str(&name[..start]);
+    key.push_str("{:0");
+    if width >= 10 {
+        key.push(char::from(b'0' + (width / 10) as u8));
+    }
+    key.push(char::from(b'0' + (width % 10) as u8));
+    key.push('}');
+    key.push_str(&name[end..]);
     Some((key, number))
 }
 
@@ -773,6 +779,19 @@ mod tests {
             key("/live/a/chunk-stream0-00013.m4s")
         );
         assert_eq!(key("/live/a/seg9.ts"), key("/live/a/seg10.ts"));
+        // The names, exactly (the zero-padded width is part of them, up to 18 digits).
+        for (p, k) in [
+            (
+                "/live/a/chunk-stream0-00012.m4s",
+                "/live/a/chunk-stream0-{:05}.m4s",
+            ),
+            ("/live/a/seg9.ts", "/live/a/seg{:00}.ts"),
+            ("/live/a/seg0000000000012.ts", "/live/a/seg{:013}.ts"),
+            ("/live/a/s5.p02.m4s", "/live/a/s5.p{:02}.m4s"),
+            ("/live/seg3", "/live/seg{:00}"),
+        ] {
+            assert_eq!(key(p).as_deref(), Some(k), "{p}");
+        }
         assert_eq!(series_of("/live/a/s5.p2.m4s").map(|s| s.1), Some(2));
         for (a, b) in [
             (

@@ -87,6 +87,17 @@ pub fn spawn(roots: Vec<PathBuf>, prefixes: Vec<String>, registry: Arc<Registry>
     }
 }
 
+/// Whether an event can matter, from its flags and name alone: a directory's, the queue's, a
+/// watch's end, or a playlist's. Every upload into a watched directory makes three events
+/// (its temporary file created and closed, then renamed to a media segment's name, usually):
+/// they are passed over here without a string made for them.
+fn wanted(flags: ReadFlags, name: Option<&[u8]>) -> bool {
+    if flags.intersects(ReadFlags::QUEUE_OVERFLOW | ReadFlags::IGNORED | ReadFlags::ISDIR) {
+        return true;
+    }
+    name.is_some_and(|n| !n.starts_with(b".") && n.ends_with(b".m3u8"))
+}
+
 impl Watcher {
     /// Whether a directory at URL path `url` (trailing `/`) leads to or lies under a prefix.
     fn interesting(&self, url: &str) -> bool {
@@ -243,11 +254,14 @@ impl Watcher {
                 let mut reader = inotify::Reader::new(&self.fd, &mut buf);
                 loop {
                     match reader.next() {
-                        Ok(ev) => events.push((
-                            ev.wd(),
-                            ev.events(),
-                            ev.file_name().map(|n| n.to_string_lossy().into_owned()),
-                        )),
+                        Ok(ev) if wanted(ev.events(), ev.file_name().map(|n| n.to_bytes())) => {
+                            events.push((
+                                ev.wd(),
+                                ev.events(),
+                                ev.file_name().map(|n| n.to_string_lossy().into_owned()),
+                            ))
+                        }
+                        Ok(_) => {}
                         Err(rustix::io::Errno::INTR) => continue,
                         Err(rustix::io::Errno::AGAIN) => break,
                         Err(e) => {
@@ -303,5 +317,37 @@ impl Watcher {
             }
             std::thread::sleep(COALESCE);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The events an upload makes are passed over unless they are a playlist's; directories,
+    /// overflows and ended watches are always looked at.
+    #[test]
+    fn only_playlists_directories_and_the_queue_are_wanted() {
+        let file = ReadFlags::CREATE;
+        let closed = ReadFlags::CLOSE_WRITE;
+        let renamed = ReadFlags::MOVED_TO;
+        let temp = b".segd-tmp-0000000000000001-00000000000000ff".as_slice();
+        assert!(!wanted(file, Some(temp)));
+        assert!(!wanted(closed, Some(temp)));
+        assert!(!wanted(renamed, Some(b"seg_0000001.ts")));
+        assert!(!wanted(renamed, Some(b"chunk-1.m4s")));
+        assert!(!wanted(renamed, Some(b".index.m3u8")));
+        assert!(wanted(renamed, Some(b"index.m3u8")));
+        assert!(wanted(closed, Some(b"index.m3u8")));
+        assert!(wanted(ReadFlags::DELETE, Some(b"index.m3u8")));
+        assert!(wanted(ReadFlags::MOVED_FROM, Some(b"a.m3u8")));
+        assert!(wanted(ReadFlags::CREATE | ReadFlags::ISDIR, Some(b"show2")));
+        assert!(wanted(
+            ReadFlags::MOVED_TO | ReadFlags::ISDIR,
+            Some(b"x.ts")
+        ));
+        assert!(wanted(ReadFlags::QUEUE_OVERFLOW, None));
+        assert!(wanted(ReadFlags::IGNORED, None));
+        assert!(!wanted(file, None));
     }
 }

@@ -6,8 +6,8 @@
 //! it (writes go to disk in larger batches). A reader streams from the kept chunks, or from the
 //! file for older bytes: what is there, then each new chunk as the progress moves, until the
 //! upload commits (the stream ends at the final length) or fails (the stream fails, so the
-//! writer resets the response). The registration goes with the upload: after the commit, new lookups find the
-//! complete file on its volume.
+//! writer resets the response). The registration goes with the upload: after the commit, new
+//! lookups find the complete file on its volume.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -277,7 +277,23 @@ impl Publisher {
     }
 
     pub fn advance(&self, written: u64) {
-        self.entry.progress.send_replace(Progress::Writing(written));
+        self.set(|_| Some(Progress::Writing(written)));
+    }
+
+    /// Moves the progress to what `next` makes of it (`None`: as it is). Readers are woken only
+    /// when there are any: the wake is a pass over every shard of the channel's notifier, and
+    /// most uploads have nobody reading them while they are written. A reader that subscribes
+    /// meanwhile reads the value after this (its count is taken before it reads, the value is
+    /// set under the channel's lock), so it is never left waiting for what it missed.
+    fn set(&self, next: impl FnOnce(Progress) -> Option<Progress>) {
+        let tx = &self.entry.progress;
+        tx.send_if_modified(|p| match next(*p) {
+            Some(n) if n != *p => {
+                *p = n;
+                tx.receiver_count() > 0
+            }
+            _ => false,
+        });
     }
 
     /// Announces the object up to `visible`, keeping `chunks` (the bytes that end at `visible`)
@@ -308,7 +324,7 @@ impl Publisher {
     }
 
     pub fn done(mut self, len: u64) {
-        self.entry.progress.send_replace(Progress::Done(len));
+        self.set(|_| Some(Progress::Done(len)));
         self.finished = true;
     }
 
@@ -321,7 +337,7 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         if !self.finished {
-            self.entry.progress.send_replace(Progress::Failed);
+            self.set(|_| Some(Progress::Failed));
             self.forget_recent();
         }
         let mut map = self.set.map.lock().unwrap_or_else(|p| p.into_inner());
