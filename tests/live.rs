@@ -2752,40 +2752,14 @@ impl Streamed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_segment_is_streamed_to_readers_until_the_upload_commits() {
-    let rig = Rig::start(
-        3,
-        100,
-        "[cache_control]\nlive_segments = \"public, max-age=30\"\n",
-    );
-    // Chunked (how ffmpeg uploads, decoded by hyper), and with a Content-Length (read on the
-    // fast path, where other uploads take their body through a pipe).
-    for (path, length) in [("/live/rw/seg7.m4s", false), ("/live/rw/seg8.m4s", true)] {
-        growing_segment_streamed(&rig, path, length).await;
-    }
-    let m = rig.metrics().await;
-    assert!(
-        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 4.0),
-        "{m}"
-    );
+    growing_segments_streamed(false).await;
 }
 
 /// The same with `inline_writes` (each write made on the worker that reads the body, the
 /// growing segment's batches included), and an uploader that goes away mid-body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_segment_is_streamed_with_inline_writes() {
-    let rig = Rig::start_inline_writes(
-        3,
-        100,
-        "[cache_control]\nlive_segments = \"public, max-age=30\"\n",
-    );
-    for (path, length) in [("/live/rw/seg7.m4s", false), ("/live/rw/seg8.m4s", true)] {
-        growing_segment_streamed(&rig, path, length).await;
-    }
-    let m = rig.metrics().await;
-    assert!(
-        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 4.0),
-        "{m}"
-    );
+    let (rig, m) = growing_segments_streamed(true).await;
     let on_worker = metric_with(&m, "segd_ingest_disk_jobs_total", &[("on", "worker")]);
     assert!(on_worker.is_some_and(|v| v >= 2.0), "{m}");
     // An uploader that goes away mid-body: the readers fail, nothing is committed, and its
@@ -2796,6 +2770,25 @@ async fn growing_segment_is_streamed_with_inline_writes() {
         .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+}
+
+/// A chunked upload and one with a Content-Length (read on the fast path), each streamed to
+/// readers as it grows; the rig (`inline_writes` or not) and its metrics after.
+async fn growing_segments_streamed(inline_writes: bool) -> (Rig, String) {
+    let cache = "[cache_control]\nlive_segments = \"public, max-age=30\"\n";
+    let rig = match inline_writes {
+        true => Rig::start_inline_writes(3, 100, cache),
+        false => Rig::start(3, 100, cache),
+    };
+    for (path, length) in [("/live/rw/seg7.m4s", false), ("/live/rw/seg8.m4s", true)] {
+        growing_segment_streamed(&rig, path, length).await;
+    }
+    let m = rig.metrics().await;
+    assert!(
+        metric(&m, "segd_live_growing_reads_total").is_some_and(|v| v >= 4.0),
+        "{m}"
+    );
+    (rig, m)
 }
 
 async fn growing_segment_streamed(rig: &Rig, path: &str, length: bool) {
