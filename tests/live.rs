@@ -2755,21 +2755,55 @@ async fn growing_segment_is_streamed_to_readers_until_the_upload_commits() {
     growing_segments_streamed(false).await;
 }
 
-/// The same with `inline_writes` (each write made on the worker that reads the body, the
-/// growing segment's batches included), and an uploader that goes away mid-body.
+/// The same with `inline_writes` (each write made on the worker that reads the body), and an
+/// upload larger than one write batch whose uploader goes away mid-body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn growing_segment_is_streamed_with_inline_writes() {
     let (rig, m) = growing_segments_streamed(true).await;
     let on_worker = metric_with(&m, "segd_ingest_disk_jobs_total", &[("on", "worker")]);
     assert!(on_worker.is_some_and(|v| v >= 2.0), "{m}");
-    // An uploader that goes away mid-body: the readers fail, nothing is committed, and its
-    // temporary file is removed.
-    aborted_upload_aborts(&rig, "/live/abort/seg2.m4s", true).await;
+
+    // 300,000 of 600,000 bytes: the temporary file exists (created at once for a body over one
+    // write batch, and a batch written to it) and a reader has the bytes so far. The uploader
+    // goes away: the reader fails, nothing is committed, the temporary file and the directory
+    // made for it are removed.
+    let path = "/live/abort/seg9.m4s";
+    let data = (0..600_000u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>();
+    let mut up = SlowPut::with_length(rig.srv.addr, &q(path, &rig.tok), data.len());
+    up.chunk(&data[..300_000]);
     let dir = rig.vol().join("live/abort");
-    let left = std::fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+    let temps = || {
+        std::fs::read_dir(&dir).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".segd-tmp-"))
+                .count()
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || temps() == 1).await,
+        "no temporary file while the upload is in progress"
+    );
+    let mut h1 = H1Reader::get(rig.srv.addr, path, "");
+    assert_eq!(h1.status(), 200, "{}", h1.head);
+    h1.read_to(300_000).expect("the bytes so far");
+    assert!(h1.body == data[..300_000], "the bytes so far, exactly");
+    drop(up);
+    match h1.read_end() {
+        Ok(()) => panic!("a failed upload ended like a complete body"),
+        Err((true, e)) => panic!("neither ended nor aborted: {e}"),
+        Err((false, _)) => {}
+    }
+    let idle = eventually(Duration::from_secs(10), async || {
+        metric(&rig.metrics().await, "segd_ingest_uploads_in_progress") == Some(0.0)
+    })
+    .await;
+    assert!(idle, "the upload ended");
+    // The directory the upload made goes with its temporary file (nothing left behind).
+    assert_eq!(temps(), 0, "a temporary file is left in {}", dir.display());
+    assert!(!dir.exists(), "{} is left", dir.display());
+    assert_eq!(request("GET", &rig.url(path), &[], false).await.status, 404);
 }
 
 /// A chunked upload and one with a Content-Length (read on the fast path), each streamed to
