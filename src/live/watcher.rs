@@ -12,9 +12,9 @@
 //! context switches per upload. After [`IDLE_AFTER`] batches in a row with nothing in them for
 //! the watcher (segd's own uploads of media segments), it waits [`COALESCE_IDLE`]: under a
 //! stream of uploads, the wakes cost more than the events read (the thread's CPU at about 2,900
-//! uploads a second, in two sets of runs: 5.4–13.0 µs per upload with 2 ms, 2.2–4.5 with this). Not after one
-//! such batch: a local packager renames a segment, then its playlist, and the playlist would
-//! wait the longer pause behind the segment. A lone write is still seen at once; events of a
+//! uploads a second, in two sets of runs: 5.4–13.0 µs per upload with 2 ms, 2.2–4.5 with this).
+//! Not after one such batch: a local packager renames a segment, then its playlist, and the
+//! playlist would wait the longer pause behind the segment. A lone write is still seen at once; events of a
 //! burst wait at most `COALESCE`, or `COALESCE_IDLE` amid a stream of uploads and nothing else.
 
 use std::collections::HashMap;
