@@ -763,13 +763,14 @@ def main():
         def make(name):
             if name == "nginx":
                 return Nginx(nginx_root, nginx_tmp, run, args.server_cpu, args.nginx_body_buffer)
+            # Extra [ingest] lines for each segd server.
+            ingest_extra = {"segd-nofsync": args.segd_ingest, "segd-inline": "inline_writes = true",
+                            "segd-b": args.segd_b_ingest}.get(name, "")
             srv = Segd(os.path.abspath(args.segd_b) if name == "segd-b" else segd_bin, segd_root, run,
                        name == "segd-fsync", args.server_cpu, secret,
                        ingest_section=not args.segd_without_ingest_section,
                        server_extra=(args.segd_b_server + "\n") if name == "segd-b" and args.segd_b_server else "",
-                       ingest_extra=(args.segd_b_ingest + "\n") if name == "segd-b" and args.segd_b_ingest
-                       else (args.segd_ingest + "\n") if name == "segd-nofsync" and args.segd_ingest
-                       else "inline_writes = true\n" if name == "segd-inline" else "")
+                       ingest_extra=ingest_extra + "\n" if ingest_extra else "")
             srv.name = name
             srv.cfg, srv.log = os.path.join(run, f"{name}.toml"), os.path.join(run, f"{name}.log")
             return srv

@@ -43,7 +43,6 @@ use crate::util::*;
 const UP_KEY: &str = "0123456789abcdef0123456789abcdef";
 /// A `[[token.keys]]` (playback) secret: never authorises a write.
 const PLAY_KEY: &str = "52a152a152a152a152a152a152a1";
-const TMP_PREFIX: &str = ".segd-tmp-";
 
 /// An upload token: `[token]`'s defaults (name `__token__`, sha256), an `[[ingest.keys]]` secret.
 fn upload_token(acl: &str) -> String {
@@ -163,26 +162,6 @@ fn payload(n: usize, seed: u32) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------------
 // Disk helpers
-
-/// Every `.segd-tmp-*` file under `root`.
-fn tmp_files(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let path = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(path);
-            } else if e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
 
 fn assert_no_tmp(root: &Path, what: &str) {
     let left = tmp_files(root);

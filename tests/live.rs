@@ -2774,13 +2774,7 @@ async fn growing_segment_is_streamed_with_inline_writes() {
     let mut up = SlowPut::with_length(rig.srv.addr, &q(path, &rig.tok), data.len());
     up.chunk(&data[..300_000]);
     let dir = rig.vol().join("live/abort");
-    let temps = || {
-        std::fs::read_dir(&dir).map_or(0, |d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".segd-tmp-"))
-                .count()
-        })
-    };
+    let temps = || tmp_files(&dir).len();
     assert!(
         eventually(Duration::from_secs(10), async || temps() == 1).await,
         "no temporary file while the upload is in progress"

@@ -14,8 +14,9 @@
 //! stream of uploads, the wakes cost more than the events read (the thread's CPU at about 2,900
 //! uploads a second, in two sets of runs: 5.4–13.0 µs per upload with 2 ms, 2.2–4.5 with this).
 //! Not after one such batch: a local packager renames a segment, then its playlist, and the
-//! playlist would wait the longer pause behind the segment. A lone write is still seen at once; events of a
-//! burst wait at most `COALESCE`, or `COALESCE_IDLE` amid a stream of uploads and nothing else.
+//! playlist would wait the longer pause behind the segment. A lone write is still seen at once;
+//! events of a burst wait at most `COALESCE`, or `COALESCE_IDLE` amid a stream of uploads and
+//! nothing else.
 
 use std::collections::HashMap;
 use std::mem::MaybeUninit;
@@ -33,6 +34,7 @@ use crate::volumes::ObjectMeta;
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long after [`IDLE_AFTER`] batches in a row none of whose events mattered.
 const COALESCE_IDLE: std::time::Duration = std::time::Duration::from_millis(10);
+/// Batches in a row with nothing wanted before the watcher pauses [`COALESCE_IDLE`].
 const IDLE_AFTER: u32 = 4;
 
 struct Watch {
@@ -97,9 +99,9 @@ pub fn spawn(roots: Vec<PathBuf>, prefixes: Vec<String>, registry: Arc<Registry>
 }
 
 /// Whether an event can matter, from its flags and name alone: a directory's, the queue's, a
-/// watch's end, or a playlist's. Every upload into a watched directory makes three events
-/// (its temporary file created and closed, then renamed to a media segment's name, usually):
-/// they are passed over here without a string made for them.
+/// watch's end, or a playlist's. Every upload into a watched directory makes four events (its
+/// temporary file created and closed, then renamed from that name to a media segment's,
+/// usually): they are passed over here without a string made for them.
 fn wanted(flags: ReadFlags, name: Option<&[u8]>) -> bool {
     if flags.intersects(ReadFlags::QUEUE_OVERFLOW | ReadFlags::IGNORED | ReadFlags::ISDIR) {
         return true;
@@ -261,12 +263,12 @@ impl Watcher {
         let mut idle = 0u32;
         loop {
             let mut events: Vec<(i32, ReadFlags, Option<String>)> = Vec::new();
-            let mut read = 0usize;
+            let mut any = false;
             {
                 let mut reader = inotify::Reader::new(&self.fd, &mut buf);
                 loop {
                     let next = reader.next();
-                    read += usize::from(next.is_ok());
+                    any |= next.is_ok();
                     match next {
                         Ok(ev) if wanted(ev.events(), ev.file_name().map(|n| n.to_bytes())) => {
                             events.push((
@@ -297,9 +299,9 @@ impl Watcher {
                 // Replaced: the newer watcher has these directories too.
                 return;
             }
-            idle = match (read, events.is_empty()) {
-                (0, _) | (_, false) => 0,
-                (_, true) => idle.saturating_add(1),
+            idle = match any && events.is_empty() {
+                true => idle.saturating_add(1),
+                false => 0,
             };
             let pause = match idle >= IDLE_AFTER {
                 true => COALESCE_IDLE,

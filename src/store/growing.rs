@@ -277,22 +277,20 @@ impl Publisher {
     }
 
     pub fn advance(&self, written: u64) {
-        self.set(|_| Some(Progress::Writing(written)));
+        self.set(Progress::Writing(written));
     }
 
-    /// Moves the progress to what `next` makes of it (`None`: as it is). Readers are woken only
-    /// when there are any: the wake is a pass over every shard of the channel's notifier, and
-    /// most uploads have nobody reading them while they are written. A reader that subscribes
-    /// meanwhile reads the value after this (its count is taken before it reads, the value is
-    /// set under the channel's lock), so it is never left waiting for what it missed.
-    fn set(&self, next: impl FnOnce(Progress) -> Option<Progress>) {
+    /// Moves the progress to `next`. Readers are woken only when there are any: the wake is a
+    /// pass over every shard of the channel's notifier, and most uploads have nobody reading
+    /// them while they are written. A reader that subscribes meanwhile reads the value after
+    /// this (its count is taken before it reads, the value is set under the channel's lock), so
+    /// it is never left waiting for what it missed.
+    fn set(&self, next: Progress) {
         let tx = &self.entry.progress;
-        tx.send_if_modified(|p| match next(*p) {
-            Some(n) if n != *p => {
-                *p = n;
-                tx.receiver_count() > 0
-            }
-            _ => false,
+        tx.send_if_modified(|p| {
+            let changed = *p != next;
+            *p = next;
+            changed && tx.receiver_count() > 0
         });
     }
 
@@ -324,7 +322,7 @@ impl Publisher {
     }
 
     pub fn done(mut self, len: u64) {
-        self.set(|_| Some(Progress::Done(len)));
+        self.set(Progress::Done(len));
         self.finished = true;
     }
 
@@ -337,7 +335,7 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         if !self.finished {
-            self.set(|_| Some(Progress::Failed));
+            self.set(Progress::Failed);
             self.forget_recent();
         }
         let mut map = self.set.map.lock().unwrap_or_else(|p| p.into_inner());

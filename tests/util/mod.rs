@@ -709,3 +709,27 @@ pub async fn h2c_zero_window_gets(
     }
     (bodies, client, driver)
 }
+
+/// Every `.segd-tmp-*` file under `root`.
+pub fn tmp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(segd::store::write::TEMP_PREFIX)
+            {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
