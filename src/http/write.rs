@@ -304,7 +304,7 @@ impl Receive {
         };
         loop {
             let pipe = if body.can_splice() {
-                upload.pipe()
+                upload.pipe()?
             } else {
                 None
             };

@@ -148,6 +148,31 @@ impl Pipe {
         }
     }
 
+    /// Copies `chunks` into the pipe (without waiting), ahead of what is spliced in after them.
+    /// All of them go in, or the pipe is spoiled: an error, and the pipe keeps count of what
+    /// did go in (so it is closed, not kept for another upload). Meant for an empty pipe and a
+    /// few KiB, which a pipe of [`CAPACITY`] always has room for.
+    pub fn push(&mut self, chunks: &[bytes::Bytes]) -> io::Result<()> {
+        let total: usize = chunks.iter().map(bytes::Bytes::len).sum();
+        if total > self.room() || chunks.len() > 256 {
+            return Err(io::Error::other("more bytes than the pipe has room for"));
+        }
+        let slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+        let n = loop {
+            match rustix::io::writev(&self.write, &slices) {
+                Err(rustix::io::Errno::INTR) => {}
+                r => break r?,
+            }
+        };
+        self.len += n;
+        match n == total {
+            true => Ok(()),
+            false => Err(io::Error::other(format!(
+                "the pipe took {n} of {total} bytes"
+            ))),
+        }
+    }
+
     /// Moves everything in the pipe to the end of `file` (blocking: call it off the request
     /// threads). A filesystem that cannot take spliced pages gets them copied.
     pub fn drain_into(&mut self, file: &mut File) -> io::Result<()> {
@@ -255,6 +280,36 @@ mod tests {
             }
         }
         assert_eq!(closed, Some(Filled::Moved(0)));
+    }
+
+    #[test]
+    fn pushed_bytes_come_before_the_spliced_ones_in_one_write() {
+        let (mut c, s) = connected();
+        let mut p = Pipe::new().expect("pipe");
+        let head = [
+            bytes::Bytes::from_static(b"first "),
+            bytes::Bytes::from(vec![b'x'; 3000]),
+        ];
+        p.push(&head).expect("push");
+        assert_eq!(p.len(), 3006);
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+        c.write_all(&body).expect("send");
+        fill(&mut p, &s, 3006 + body.len());
+        let mut f = tempfile::tempfile().expect("file");
+        p.drain_into(&mut f).expect("drain");
+        f.rewind().expect("rewind");
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).expect("read");
+        assert_eq!(&got[..6], b"first ");
+        assert!(got[6..3006].iter().all(|&b| b == b'x'));
+        assert!(got[3006..] == body[..], "bytes differ");
+        // More than the pipe has room for: refused, nothing counted in.
+        let cap = p.room();
+        let e = p
+            .push(&[bytes::Bytes::from(vec![0; cap + 1])])
+            .expect_err("too much");
+        assert!(e.to_string().contains("room"), "{e}");
+        assert!(p.is_empty());
     }
 
     #[test]
