@@ -1394,7 +1394,7 @@ async fn an_upload_journals_before_its_rename() {
             "-f",
             "-y",
             "-e",
-            "trace=renameat2,renameat,rename,fdatasync,fsync",
+            "trace=renameat2,renameat,rename,linkat,fdatasync,fsync",
         ])
         .arg("-o")
         .arg(&log)
@@ -1423,9 +1423,12 @@ async fn an_upload_journals_before_its_rename() {
     let journal_synced = trace
         .lines()
         .position(|l| l.contains("fdatasync(") && l.contains(".segd-outage>") && l.contains("= 0"));
-    let renamed = trace
-        .lines()
-        .position(|l| l.contains("renameat2(") && l.contains("\"a.ts\"") && l.contains("= 0"));
+    // Put in place by a rename, or by a link (an unnamed temporary file: O_TMPFILE).
+    let renamed = trace.lines().position(|l| {
+        (l.contains("renameat2(") || l.contains("linkat("))
+            && l.contains("\"a.ts\"")
+            && l.contains("= 0")
+    });
     let (Some(synced), Some(renamed)) = (journal_synced, renamed) else {
         panic!("the journal sync and the rename are both in the trace:\n{trace}");
     };
@@ -4915,9 +4918,21 @@ async fn h3_early_answer_stops_the_body_with_h3_no_error() {
 /// An upload cut by its volume going read-only mid-body (ext4's emergency read-only after an
 /// error): 503, the old version intact, and its temporary file, which cannot be removed on a
 /// read-only filesystem, is not counted as removed (`segd_ingest_temp_removed_total` said it
-/// was: acceptance H-F3); the next start removes it.
+/// was: acceptance H-F3); the next start removes it. A named temporary file (the test trigger
+/// `.segd-test-named-temps`: filesystems without O_TMPFILE).
 #[tokio::test]
 async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
+    volume_read_only_mid_upload(true).await;
+}
+
+/// The same with the unnamed temporary file uploads get on ext4: nothing to unlink, nothing
+/// left once its descriptor is closed, counted as removed.
+#[tokio::test]
+async fn an_unnamed_temporary_file_goes_with_its_descriptor_on_a_read_only_volume() {
+    volume_read_only_mid_upload(false).await;
+}
+
+async fn volume_read_only_mid_upload(named: bool) {
     if !may_mount() {
         eprintln!("skipped: loop-mounting an ext4 image needs root");
         return;
@@ -4933,6 +4948,9 @@ async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
         if mounted.is_some() {
             std::fs::create_dir_all(d.join("bad/live/a")).expect("mkdir");
             std::fs::write(d.join("bad/live/a/ro.ts"), b"old").expect("write");
+            if named {
+                std::fs::write(d.join("bad/.segd-test-named-temps"), b"").expect("trigger");
+            }
         }
     });
     let Some(_bad) = mounted else {
@@ -4966,20 +4984,27 @@ async fn a_temporary_file_that_cannot_be_removed_is_not_counted_as_removed() {
         std::fs::read(rig.vol("bad").join("live/a/ro.ts")).expect("old"),
         b"old"
     );
-    let left: Vec<_> = std::fs::read_dir(rig.vol("bad").join("live/a"))
-        .expect("dir")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".segd-tmp"))
-        .collect();
     let m = rig.metrics().await;
     let counted = metric(&m, "segd_ingest_temp_removed_total").unwrap_or(0.0);
-    assert_eq!(
-        counted,
-        0.0,
-        "{} temporary file(s) left, {counted} counted as removed",
-        left.len()
-    );
-    assert_eq!(left.len(), 1, "the one it could not remove");
+    if named {
+        let left = named_tmp_files(&rig.vol("bad"));
+        assert_eq!(
+            counted,
+            0.0,
+            "{} temporary file(s) left, {counted} counted as removed",
+            left.len()
+        );
+        assert_eq!(left.len(), 1, "the one it could not remove");
+        assert!(unnamed_tmp_files(&rig.vol("bad")).is_empty());
+    } else {
+        // Nothing to unlink on the read-only filesystem: gone with its descriptor.
+        assert_eq!(counted, 1.0, "the unnamed file counted as removed");
+        assert!(
+            tmp_files(&rig.vol("bad")).is_empty(),
+            "left: {:?}",
+            tmp_files(&rig.vol("bad"))
+        );
+    }
 }
 
 /// The file that makes the ext4 filesystem mounted at `mount` hit an error (what a failing

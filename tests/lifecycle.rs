@@ -1594,13 +1594,7 @@ async fn uploads_in_flight_through_an_upgrade_complete() {
     // Longer than one write buffer: each upload is on disk, as a temporary file, from its
     // first chunk on.
     let big = |c: u8| vec![c; 300 << 10];
-    let temps = || {
-        std::fs::read_dir(&dir).map_or(0, |d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".segd-tmp-"))
-                .count()
-        })
-    };
+    let temps = || tmp_files(&dir).len();
     let first = read_pid(&u.pid_file).expect("pid file");
     let mut procs = Procs::new(&u.srv.config, first);
     // On the old process, in flight through the whole upgrade.

@@ -84,9 +84,9 @@ pub fn parse(text: &str) -> Result<Token<'_>, Reason> {
     if text.len() > 8192 {
         return Err(Reason::Malformed);
     }
-    let pos = text.rfind("~hmac=").ok_or(Reason::Malformed)?;
+    let pos = memchr::memmem::rfind(text.as_bytes(), b"~hmac=").ok_or(Reason::Malformed)?;
     let (signed, mac) = (&text[..pos], &text[pos + 6..]);
-    if mac.contains('~') || mac.is_empty() || mac.len() > 128 {
+    if mac.is_empty() || mac.len() > 128 || memchr::memchr(b'~', mac.as_bytes()).is_some() {
         return Err(Reason::Malformed);
     }
     if mac.len() % 2 != 0 || !mac.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -104,7 +104,8 @@ pub fn parse(text: &str) -> Result<Token<'_>, Reason> {
     };
     let mut exp = None;
     for field in signed.split('~') {
-        let (name, value) = field.split_once('=').ok_or(Reason::Malformed)?;
+        let eq = memchr::memchr(b'=', field.as_bytes()).ok_or(Reason::Malformed)?;
+        let (name, value) = (&field[..eq], &field[eq + 1..]);
         let slot_str = |slot: &mut Option<&'_ str>| {
             if slot.is_some() {
                 return Err(Reason::Malformed);

@@ -88,10 +88,23 @@ pub fn split_path_token<'a>(name: &str, raw: &'a str) -> SplitPath<'a> {
 
 /// The raw value of query parameter `name` (first occurrence).
 pub fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
+    let bytes = query.as_bytes();
+    let mut start = 0;
+    loop {
+        let end = memchr::memchr(b'&', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+        let pair = &query[start..end];
+        let (k, v) = match memchr::memchr(b'=', pair.as_bytes()) {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, ""),
+        };
+        if k == name {
+            return Some(v);
+        }
+        if end == bytes.len() {
+            return None;
+        }
+        start = end + 1;
+    }
 }
 
 /// The cookie `name`'s value; `Some(Err(()))` for one in a `Cookie` line that is no UTF-8 (a

@@ -77,12 +77,8 @@ impl FileCache {
     }
 
     pub fn insert(&self, key: &str, file: File, meta: ObjectMeta, volume: usize) -> Arc<OpenFile> {
-        let etag = http::HeaderValue::from_str(&meta.etag())
-            .unwrap_or(http::HeaderValue::from_static("\"0\""));
-        let last_modified = http::HeaderValue::from_str(&crate::http::http_date(meta.modified()))
-            .unwrap_or(http::HeaderValue::from_static(
-                "Thu, 01 Jan 1970 00:00:00 GMT",
-            ));
+        let etag = meta.etag_value();
+        let last_modified = crate::http::http_date_value(meta.modified());
         let e = Arc::new(OpenFile {
             file: Arc::new(file),
             meta,

@@ -197,7 +197,7 @@ async fn stream_elsewhere(cx: &Cx<'_>) -> bool {
     let Ok(rel) = volumes::sanitize(split.path) else {
         return false;
     };
-    let canonical = format!("/{rel}");
+    let canonical = rel.canonical();
     let Some(stream) = cfg.live.stream_of(&canonical) else {
         return false;
     };
@@ -288,7 +288,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         PathError::Malformed(_) => Refusal::Malformed,
         PathError::NotServed(_) => Refusal::NotFound,
     })?;
-    let canonical = format!("/{rel}");
+    let canonical = rel.canonical();
     if cx.policy.access.enabled() {
         log.path = Some(canonical.clone());
     }
@@ -597,7 +597,7 @@ fn writable(cx: &Cx<'_>) -> bool {
         return false;
     }
     let split = auth::split_path_token(cx.policy.auth.name(), cx.req.path);
-    volumes::sanitize(split.path).is_ok_and(|rel| ingest.covers(&format!("/{rel}")))
+    volumes::sanitize(split.path).is_ok_and(|rel| ingest.covers(&rel.canonical()))
 }
 
 /// Transfer codings (HTTP/1.1 only; h2 and h3 have none): segd decodes `chunked` and nothing

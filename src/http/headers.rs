@@ -36,18 +36,24 @@ thread_local! {
 /// on every 2xx, 3xx and 4xx answer), formatted once per second per thread. hyper adds its own
 /// on the connections it writes; the HTTP/1.1 fast path and HTTP/3 take this one.
 pub fn date() -> HeaderValue {
-    let now = std::time::SystemTime::now();
-    let secs = now
+    date_value(std::time::SystemTime::now())
+}
+
+/// `t` as an HTTP date header value ([`super::http_date`]): formatted once per second per
+/// thread, shared with [`date`] (a file just written has a `Last-Modified` of this second).
+pub fn date_value(t: std::time::SystemTime) -> HeaderValue {
+    let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     DATE.with(|d| {
         let mut d = d.borrow_mut();
-        if d.0 != secs {
-            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
-                *d = (secs, v);
-            }
+        if d.0 == secs {
+            return d.1.clone();
         }
-        d.1.clone()
+        let v = HeaderValue::from_str(&super::http_date(t))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        *d = (secs, v.clone());
+        v
     })
 }
 

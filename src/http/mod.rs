@@ -18,6 +18,12 @@ pub fn http_date(t: std::time::SystemTime) -> String {
     let last = std::time::UNIX_EPOCH + std::time::Duration::from_secs(LAST_HTTP_DATE);
     httpdate::fmt_http_date(t.min(last))
 }
+
+/// [`http_date`] as a header value, formatted once per second per thread (`Last-Modified` of
+/// a file written this second, as `Date` is).
+pub fn http_date_value(t: std::time::SystemTime) -> http::HeaderValue {
+    headers::date_value(t)
+}
 pub mod conditional;
 mod conn_watch;
 pub mod h1;

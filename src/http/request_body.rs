@@ -270,13 +270,18 @@ impl<'a> RequestBody<'a> {
                 }
             }
         };
+        // The body first (`biased`): a piece that is there already is taken without the timer
+        // ever being armed (a timer armed and dropped per piece was two trips to the timer
+        // wheel; most pieces are ready when asked for).
         let next = match self.stream.as_mut() {
             None => return Ok(None),
             Some(Chunks::Owned(s)) => tokio::select! {
+                biased;
                 c = s.next() => Ok(c.map(|r| r.map(Piece::Bytes))),
                 r = give_up => Err(r),
             },
             Some(Chunks::Borrowed(b)) => tokio::select! {
+                biased;
                 c = b.next_piece(pipe) => Ok(c),
                 r = give_up => Err(r),
             },

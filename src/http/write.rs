@@ -155,7 +155,7 @@ async fn put(
         .map_err(|_| Refusal::UploadsBusy)?;
     // 2. A declared length that can never fit: `max_body_bytes`, and for a live playlist
     // (kept in memory and followed) `[live] max_playlist_bytes`.
-    let canonical = format!("/{rel}");
+    let canonical = rel.canonical();
     let ext = |x: &str| rel.extension().is_some_and(|e| e.eq_ignore_ascii_case(x));
     let hls_playlist = live && ext("m3u8");
     let manifest = live && ext("mpd");
@@ -488,7 +488,7 @@ async fn delete(
     let lock = cx.rt.store.lock_for_delete(rel).await;
     preconditions(cx, rel, class, live).await?;
     // Directories of the ingest prefix itself are never removed.
-    let canonical = format!("/{rel}");
+    let canonical = rel.canonical();
     let keep = ingest
         .prefixes
         .iter()

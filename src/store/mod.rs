@@ -670,7 +670,7 @@ impl Store {
         let Some(pull) = &self.inner.pull else {
             return Ok(None);
         };
-        if !pull.covers(&format!("/{rel}")) {
+        if !pull.covers(&rel.canonical()) {
             return Ok(None);
         }
         match self.local().find(rel, false).await {

@@ -1466,7 +1466,7 @@ impl Pull {
         live: bool,
         reads: Option<super::Reads<'_>>,
     ) -> Result<Pulled, Miss> {
-        let canonical = format!("/{rel}");
+        let canonical = rel.canonical();
         if !self.covered(&canonical) {
             return Ok(Pulled::NotCovered);
         }
@@ -1864,7 +1864,7 @@ impl Pull {
         cached: Option<Arc<Meta>>,
         fill: &Fill,
     ) {
-        let canonical = format!("/{rel}");
+        let canonical = rel.canonical();
         let mut timeout = false;
         let mut rest = None;
         let conf = self.conf.load_full();
@@ -2083,7 +2083,7 @@ impl Pull {
     }
 
     async fn pass(&self, rel: &RelPath, query: &str, wait: Duration) -> Result<Arc<Passed>, Miss> {
-        let canonical = format!("/{rel}");
+        let canonical = rel.canonical();
         let mut timeout = false;
         let mut unavailable = None;
         let mut rest = None;
@@ -2545,11 +2545,11 @@ impl Pull {
                 let (dir, cache) = (dir.to_owned(), Arc::clone(local));
                 let create = tokio::task::spawn_blocking(move || {
                     injected_cache_hang(&cache);
-                    match TempFile::create(&root, &dir, |_| Ok(())) {
+                    match TempFile::create(&root, &dir, false, |_| Ok(())) {
                         Ok(t) => Ok((t, true)),
                         Err(e) => {
                             tracing::debug!(dir = %dir, error = %e, "not storable in the pull cache; passed through");
-                            TempFile::create(&root, "", |_| Ok(())).map(|t| (t, false))
+                            TempFile::create(&root, "", false, |_| Ok(())).map(|t| (t, false))
                         }
                     }
                 });

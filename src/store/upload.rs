@@ -381,9 +381,12 @@ fn create_once(
         .volumes
         .get(volume)
         .ok_or(WriteError::VolumeUnavailable)?;
+    // Unnamed (O_TMPFILE) where there can be one; debug builds take named ones on a volume
+    // whose root holds the test trigger `.segd-test-named-temps` (tests of that path).
+    let unnamed = v.test_trigger(".segd-test-named-temps").is_none();
     let temp = v
         .with_root(|root| {
-            TempFile::create(root, dir, |d| {
+            TempFile::create(root, dir, unnamed, |d| {
                 // A directory at the name: the commit's rename could never replace it, so
                 // the upload is refused before its body is written.
                 if early && d.is_dir(name) {
@@ -729,12 +732,10 @@ impl Upload {
         if let Some(p) = self.publisher.take() {
             p.done(meta.len);
         }
-        let bad = |e: http::header::InvalidHeaderValue| WriteError::Io(io::Error::other(e));
         Ok(Committed {
             created: !existed,
-            etag: HeaderValue::from_str(&meta.etag()).map_err(bad)?,
-            last_modified: HeaderValue::from_str(&crate::http::http_date(meta.modified()))
-                .map_err(bad)?,
+            etag: meta.etag_value(),
+            last_modified: crate::http::http_date_value(meta.modified()),
             body: self.kept.take().map(BytesMut::freeze),
             lock: self.lock.take(),
         })

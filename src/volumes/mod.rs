@@ -34,7 +34,7 @@ use std::time::Duration;
 pub use object::{clone_error, is_device_fault, still_current, unchanged, ObjectMeta};
 pub use path::{sanitize, PathError, RelPath};
 use volume::OpenError;
-pub use volume::{set_busy_limit, Busy, Opened, Stuck, Volume, BUSY_STALL};
+pub use volume::{set_busy_limit, Abandoned, Busy, Opened, Stuck, Volume, BUSY_STALL};
 
 use crate::config::VolumeConfig;
 

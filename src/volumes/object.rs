@@ -51,7 +51,44 @@ impl ObjectMeta {
     /// Strong validator from size and modification time to the nanosecond: any rewrite of the
     /// file changes it; a copy that keeps the mtime keeps it (see the module doc).
     pub fn etag(&self) -> String {
-        format!("\"{:x}-{:x}\"", self.len, self.mtime_ns)
+        let mut buf = [0u8; ETAG_MAX];
+        let n = self.write_etag(&mut buf);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// [`ObjectMeta::etag`] as a header value, without a `String` on the way.
+    pub fn etag_value(&self) -> http::HeaderValue {
+        let mut buf = [0u8; ETAG_MAX];
+        let n = self.write_etag(&mut buf);
+        http::HeaderValue::from_bytes(&buf[..n])
+            .unwrap_or_else(|_| http::HeaderValue::from_static("\"\""))
+    }
+
+    /// Writes `"<len hex>-<mtime ns hex>"` (lower case, no leading zeros; a negative mtime as
+    /// its 128-bit two's complement, as `{:x}` prints it) to `out`; returns its length.
+    fn write_etag(&self, out: &mut [u8; ETAG_MAX]) -> usize {
+        fn hex(mut v: u128, out: &mut [u8], at: usize) -> usize {
+            let mut digits = [0u8; 32];
+            let mut n = 0;
+            loop {
+                digits[n] = b"0123456789abcdef"[(v & 0xf) as usize];
+                n += 1;
+                v >>= 4;
+                if v == 0 {
+                    break;
+                }
+            }
+            for (i, d) in digits[..n].iter().rev().enumerate() {
+                out[at + i] = *d;
+            }
+            at + n
+        }
+        out[0] = b'"';
+        let at = hex(u128::from(self.len), out, 1);
+        out[at] = b'-';
+        let at = hex(self.mtime_ns as u128, out, at + 1);
+        out[at] = b'"';
+        at + 1
     }
 }
 
@@ -72,6 +109,9 @@ pub fn unchanged(file: &File, meta: &ObjectMeta) -> bool {
 pub fn still_current(file: &File, meta: &ObjectMeta) -> bool {
     linked_and_unchanged(file, meta).is_some_and(|linked| linked)
 }
+
+/// The longest ETag: two quotes, a `-`, 16 and 32 hex digits.
+const ETAG_MAX: usize = 2 + 1 + 16 + 32;
 
 /// `None` when the descriptor no longer shows `meta`'s bytes (or cannot be checked), else
 /// whether the file is still linked.
@@ -192,6 +232,30 @@ mod tests {
             !unchanged(&held, &meta) && !still_current(&held, &meta),
             "truncated"
         );
+    }
+
+    #[test]
+    fn etag_is_len_and_mtime_in_hex_as_format_prints_them() {
+        for (len, mtime_ns) in [
+            (0, 0),
+            (1, 1),
+            (200_000, 1_796_396_866_465_925_617),
+            (u64::MAX, i128::MAX),
+            (15, -1),
+            (16, i128::MIN),
+            (0xabc, -1_000_000_000),
+        ] {
+            let m = ObjectMeta {
+                len,
+                dev: 0,
+                ino: 0,
+                mtime_ns,
+                ctime_ns: 0,
+            };
+            let want = format!("\"{len:x}-{mtime_ns:x}\"");
+            assert_eq!(m.etag(), want);
+            assert_eq!(m.etag_value().as_bytes(), want.as_bytes());
+        }
     }
 
     #[test]

@@ -43,6 +43,14 @@ impl RelPath {
         &self.0
     }
 
+    /// The canonical URL path: `/` and this path, as is (what prefixes are matched against).
+    pub fn canonical(&self) -> String {
+        let mut s = String::with_capacity(self.0.len() + 1);
+        s.push('/');
+        s.push_str(&self.0);
+        s
+    }
+
     /// The lower-case file extension, if the last segment has one.
     pub fn extension(&self) -> Option<&str> {
         let name = self.0.rsplit('/').next()?;
@@ -122,7 +130,7 @@ fn hex(b: u8) -> Option<u8> {
 pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(raw.len());
     let mut rest = raw;
-    while let Some(i) = rest.iter().position(|&b| b == b'%') {
+    while let Some(i) = memchr::memchr(b'%', rest) {
         out.extend_from_slice(&rest[..i]);
         let hi = hex(*rest.get(i + 1)?)?;
         let lo = hex(*rest.get(i + 2)?)?;

@@ -98,8 +98,17 @@ pub struct Volume {
     /// Calls refused because the disk's calls in progress have not returned.
     busy_refusals: AtomicU64,
     /// Temporary files given up while the disk did not answer, to remove when it does (see
-    /// [`Volume::abandon`]): each a directory and a name in it.
-    abandoned: std::sync::Mutex<Vec<(OwnedFd, String)>>,
+    /// [`Volume::abandon`]).
+    abandoned: std::sync::Mutex<Vec<Abandoned>>,
+}
+
+/// A temporary file given up while its disk did not answer (see [`Volume::abandon`]).
+pub enum Abandoned {
+    /// A directory and the file's name in it: unlinked once the disk answers.
+    Named(OwnedFd, String),
+    /// An unnamed file (`O_TMPFILE`), held open: its last close frees it, once the disk
+    /// answers.
+    Unnamed(std::fs::File),
 }
 
 /// Blocking calls one volume may have in progress at once: set from `[server]
@@ -771,14 +780,14 @@ impl Volume {
         self.busy_refusals.load(Ordering::Relaxed)
     }
 
-    /// Keeps a temporary file (its directory and name) that could not be removed now because
-    /// the disk does not answer: the probe removes it once the disk answers again
-    /// ([`Volume::remove_abandoned`]). Readers never see it (a temporary name).
-    pub fn abandon(&self, dir: OwnedFd, name: String) {
+    /// Keeps a temporary file that could not be removed now because the disk does not
+    /// answer: the probe removes it once the disk answers again
+    /// ([`Volume::remove_abandoned`]). Readers never see it (a temporary name, or none).
+    pub fn abandon(&self, file: Abandoned) {
         self.abandoned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((dir, name));
+            .push(file);
     }
 
     /// Removes the temporary files given up while the disk did not answer (blocking: the
@@ -786,7 +795,15 @@ impl Volume {
     pub fn remove_abandoned(&self) -> usize {
         let files = std::mem::take(&mut *self.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
         let mut removed = 0;
-        for (dir, name) in files {
+        for file in files {
+            let (dir, name) = match file {
+                Abandoned::Named(dir, name) => (dir, name),
+                Abandoned::Unnamed(f) => {
+                    drop(f);
+                    removed += 1;
+                    continue;
+                }
+            };
             match rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty()) {
                 Ok(()) => removed += 1,
                 Err(rustix::io::Errno::NOENT) => {}

@@ -710,8 +710,46 @@ pub async fn h2c_zero_window_gets(
     (bodies, client, driver)
 }
 
-/// Every `.segd-tmp-*` file under `root`.
+/// Every temporary file under `root`: the `.segd-tmp-*` files, and the unnamed ones
+/// (`O_TMPFILE`, what uploads use) that a process holds open, as `/proc/PID/fd` shows them
+/// (`<dir>/#<inode> (deleted)`). An unnamed file lives as long as a descriptor of it: one a
+/// process still holds after its upload ended is a leak, and counts.
 pub fn tmp_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = unnamed_tmp_files(root);
+    out.extend(named_tmp_files(root));
+    out
+}
+
+/// The unnamed temporary files under `root` some process holds open (see [`tmp_files`]).
+pub fn unnamed_tmp_files(root: &Path) -> Vec<PathBuf> {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let t = target.to_string_lossy();
+            let unnamed = t.strip_suffix(" (deleted)").is_some_and(|t| {
+                t.rsplit_once("/#")
+                    .is_some_and(|(_, ino)| ino.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if unnamed && target.starts_with(&root) && !out.contains(&target) {
+                out.push(target);
+            }
+        }
+    }
+    out
+}
+
+/// Every `.segd-tmp-*` file under `root`.
+pub fn named_tmp_files(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
