@@ -684,6 +684,46 @@ async fn read_your_writes_after_replace() {
 // ---------------------------------------------------------------------------------------------
 // 3. DELETE
 
+/// An upload in progress into a directory whose only other file a DELETE removes: the
+/// DELETE prunes the directory it emptied (an upload's unnamed temporary file does not keep
+/// it from being removed, as a named one did), and the upload, at its commit, finds the
+/// directory gone and makes it again: 201, and the object is there.
+#[tokio::test]
+async fn an_upload_whose_directory_a_delete_prunes_meanwhile_lands() {
+    let rig = Rig::start(&["disk1"], &[], "", |_| {});
+    let vol = rig.vol("disk1");
+    let tok = upload_token("/*");
+    let r = curl_put(&rig.url(&q("/vod/solo/a/old.ts", &tok)), b"old", &[]);
+    assert_eq!(r.status(), 201, "{r:?}");
+    // Longer than one write buffer: its file exists from the first bytes on.
+    let total = 600 * 1024;
+    let body = payload(total, 3);
+    let mut s = connect(rig.srv.addr);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: segd\r\nContent-Length: {total}\r\n\r\n",
+        q("/vod/solo/a/new.ts", &tok)
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&body[..400 * 1024]).expect("first part");
+    assert!(
+        eventually(Duration::from_secs(5), async || tmp_files(&vol).len() == 1).await,
+        "the upload has its temporary file: {:?}",
+        tmp_files(&vol)
+    );
+    let r = curl_delete(&rig.url(&q("/vod/solo/a/old.ts", &tok)));
+    assert_eq!(r.status(), 204, "{r:?}");
+    let pruned = !vol.join("vod/solo").exists();
+    s.write_all(&body[400 * 1024..]).expect("the rest");
+    let answer = read_head(&mut s);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(
+        std::fs::read(vol.join("vod/solo/a/new.ts")).expect("new") == body,
+        "the upload's bytes (its directory was pruned meanwhile: {pruned})"
+    );
+    assert!(!vol.join("vod/solo/a/old.ts").exists());
+    no_tmp_eventually(&vol, "after the commit").await;
+}
+
 #[tokio::test]
 async fn delete_objects_and_empty_directories() {
     let rig = Rig::start(&["disk1"], &[], "", |d| {
@@ -1070,9 +1110,14 @@ async fn an_upload_cut_off_by_a_hung_disk_leaves_its_file_to_the_volume() {
     );
     s.write_all(head.as_bytes()).expect("head");
     s.write_all(&body[..300 * 1024]).expect("first half");
+    // One write buffer of it (256 KiB) is on disk: no call of this upload is in progress when
+    // the disk stops answering.
     assert!(
-        eventually(Duration::from_secs(5), async || !tmp_files(&d1).is_empty()).await,
-        "the first half is written to a temporary file"
+        eventually(Duration::from_secs(5), async || tmp_bytes(&d1)
+            >= 256 * 1024)
+        .await,
+        "the first half is written to a temporary file: {:?}",
+        tmp_files(&d1)
     );
     // Two uploads whose file creation hangs take the volume's two calls (half of 4 threads).
     let (hang, hung) = hang_with_uploads(&srv, ("disk1", &d1), "/vod/cut", 2, 2.0).await;

@@ -667,7 +667,8 @@ impl Upload {
                 }
                 let done = written.and_then(|()| {
                     let journaled = before_commit(&local, volume, &key, &temp, outage, durable);
-                    let done = temp.commit(&name, durable);
+                    let done =
+                        temp.commit_or_remake(&name, durable, || remake(&local, volume, &key));
                     if let Ok((false, _)) = done {
                         after_create(&local, volume, &key, journaled);
                     }
@@ -701,7 +702,7 @@ impl Upload {
                     return Err(WriteError::VolumeUnavailable);
                 };
                 let journaled = before_commit(&local, volume, &key, &temp, outage, durable);
-                let done = temp.commit(&name, durable);
+                let done = temp.commit_or_remake(&name, durable, || remake(&local, volume, &key));
                 if let Ok((false, _)) = done {
                     after_create(&local, volume, &key, journaled);
                 }
@@ -778,6 +779,15 @@ fn after_create(local: &Local, volume: usize, key: &RelPath, journaled: bool) {
 }
 
 // === placement and the public calls (on `Local`) ===
+
+/// The directory of `key` on `volume`, walked to and made again for a commit that found it
+/// removed (see [`TempFile::commit_or_remake`]).
+fn remake(local: &Local, volume: usize, key: &RelPath) -> io::Result<Dir> {
+    let (dir, _) = split(key);
+    (local.volumes.get(volume))
+        .and_then(|v| v.with_root(|root| Dir::open(root, dir, true)))
+        .unwrap_or_else(|| Err(io::Error::other("the volume's root is not open")))
+}
 
 /// The directory part and the file name of a sanitised path.
 fn split(rel: &RelPath) -> (&str, &str) {

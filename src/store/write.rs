@@ -137,7 +137,12 @@ fn probe_link(dir: &Dir, mode: LinkMode) -> Result<(), Probe> {
             Ok(())
         }
         // ENOENT: `AT_EMPTY_PATH` ignored without the capability (before Linux 6.10), or no
-        // `/proc` (the file itself was just opened, in a directory that exists).
+        // `/proc`; unless the directory itself was removed meanwhile.
+        Err(rustix::io::Errno::NOENT)
+            if rustix::fs::fstat(&dir.fd).is_ok_and(|st| st.st_nlink == 0) =>
+        {
+            Err(Probe::Failed(rustix::io::Errno::NOENT))
+        }
         Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
             Err(Probe::Refused)
         }
@@ -423,7 +428,9 @@ pub struct TempFile {
 /// file in it (`ENOENT`: it walks again, making it anew); one that found a directory made by a
 /// walk not yet entered takes it as one that was there before (if both uploads then fail, it
 /// stays: the narrow case left). Nothing is ever removed that holds a file (`rmdir` of a
-/// non-empty directory fails), and the beneath rules of [`Dir`] apply to every step.
+/// non-empty directory fails), and the beneath rules of [`Dir`] apply to every step. An
+/// unnamed temporary file is in no directory: the one it is to be linked into may go while it
+/// is written, and its commit makes it again ([`TempFile::commit_or_remake`]).
 static MADE: std::sync::LazyLock<std::sync::Mutex<HashMap<MadeKey, usize>>> =
     std::sync::LazyLock::new(Default::default);
 
@@ -750,7 +757,21 @@ impl TempFile {
     /// Renames the file to `target` in its directory (after an fsync of the file, and followed by
     /// one of the directory, when `durable`). Returns whether `target` existed (and was
     /// replaced), and the new file's metadata.
-    pub fn commit(mut self, target: &str, durable: bool) -> io::Result<(bool, rustix::fs::Stat)> {
+    pub fn commit(self, target: &str, durable: bool) -> io::Result<(bool, rustix::fs::Stat)> {
+        self.commit_or_remake(target, durable, || Err(io::ErrorKind::NotFound.into()))
+    }
+
+    /// [`TempFile::commit`]; an unnamed file whose directory is gone (`ENOENT`) is linked into
+    /// the directory `remake` walks to and makes again. Nothing held the directory while the
+    /// file was written (a named file kept it from being removed: `rmdir` of a directory that
+    /// holds one fails), so a DELETE that emptied it, or another upload that made it and
+    /// failed, may have removed it meanwhile.
+    pub fn commit_or_remake(
+        mut self,
+        target: &str,
+        durable: bool,
+        remake: impl FnOnce() -> io::Result<Dir>,
+    ) -> io::Result<(bool, rustix::fs::Stat)> {
         let file = self.file.take().ok_or_else(closed)?;
         if !self.stamped {
             stamp(&file)?;
@@ -760,20 +781,27 @@ impl TempFile {
         }
         let st = rustix::fs::fstat(&file)?;
         let existed = match &self.entry {
-            Entry::Unnamed => match self.dir.link(&file, target) {
-                Ok(()) => false,
-                Err(rustix::io::Errno::EXIST) => {
-                    // A replace: linked under a temporary name, which is renamed over the old
-                    // object (removed by the drop should the rename fail).
-                    let name = self.dir.link_temp(&file)?;
-                    drop(file);
-                    self.entry = Entry::Named(name.clone());
-                    let existed = self.dir.is_file(target);
-                    self.dir.rename(&name, target)?;
-                    existed
+            Entry::Unnamed => {
+                let mut linked = self.dir.link(&file, target);
+                if linked == Err(rustix::io::Errno::NOENT) {
+                    self.dir = remake()?;
+                    linked = self.dir.link(&file, target);
                 }
-                Err(e) => return Err(e.into()),
-            },
+                match linked {
+                    Ok(()) => false,
+                    Err(rustix::io::Errno::EXIST) => {
+                        // A replace: linked under a temporary name, which is renamed over the old
+                        // object (removed by the drop should the rename fail).
+                        let name = self.dir.link_temp(&file)?;
+                        drop(file);
+                        self.entry = Entry::Named(name.clone());
+                        let existed = self.dir.is_file(target);
+                        self.dir.rename(&name, target)?;
+                        existed
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             Entry::Named(name) => {
                 drop(file);
                 self.dir.rename_reporting(name, target)?
@@ -1053,6 +1081,36 @@ mod tests {
         drop(t);
         assert_eq!(c.get(), 1);
         assert_eq!(names(&d), ["x.ts", "y.ts", "z.ts"]);
+    }
+
+    #[test]
+    fn an_unnamed_file_whose_directory_went_is_linked_into_it_made_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let rootfd = open_root(root.path());
+        let open = || Dir::open(&rootfd, "a/b", true);
+        let mut t = TempFile::new_unnamed(open().expect("mkdir -p")).expect("temp");
+        if !t.is_unnamed() {
+            eprintln!("skipped: no O_TMPFILE for {}", root.path().display());
+            return;
+        }
+        t.write_all(b"kept").expect("write");
+        // Nothing holds the directory: a DELETE's pruning removes it.
+        std::fs::remove_dir(root.path().join("a/b")).expect("rmdir");
+        std::fs::remove_dir(root.path().join("a")).expect("rmdir");
+        let (existed, _) = t.commit_or_remake("x.ts", true, open).expect("commit");
+        assert!(!existed);
+        assert_eq!(
+            std::fs::read(root.path().join("a/b/x.ts")).expect("read"),
+            b"kept"
+        );
+        // Without a way to make it again: the commit fails, nothing is left.
+        let mut t = TempFile::new_unnamed(open().expect("mkdir -p")).expect("temp");
+        t.write_all(b"lost").expect("write");
+        std::fs::remove_file(root.path().join("a/b/x.ts")).expect("rm");
+        std::fs::remove_dir(root.path().join("a/b")).expect("rmdir");
+        let e = t.commit("x.ts", false).expect_err("no directory");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(!root.path().join("a/b").exists());
     }
 
     #[test]

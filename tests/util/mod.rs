@@ -720,8 +720,27 @@ pub fn tmp_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The bytes written so far to the temporary files under `root` (see [`tmp_files`]).
+pub fn tmp_bytes(root: &Path) -> u64 {
+    let named: u64 = named_tmp_files(root)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    named
+        + unnamed_tmp_fds(root)
+            .iter()
+            .map(|(_, len)| len)
+            .sum::<u64>()
+}
+
 /// The unnamed temporary files under `root` some process holds open (see [`tmp_files`]).
 pub fn unnamed_tmp_files(root: &Path) -> Vec<PathBuf> {
+    unnamed_tmp_fds(root).into_iter().map(|(p, _)| p).collect()
+}
+
+/// [`unnamed_tmp_files`], each with its size.
+fn unnamed_tmp_fds(root: &Path) -> Vec<(PathBuf, u64)> {
     let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir("/proc") else {
@@ -740,8 +759,18 @@ pub fn unnamed_tmp_files(root: &Path) -> Vec<PathBuf> {
                 t.rsplit_once("/#")
                     .is_some_and(|(_, ino)| ino.bytes().all(|b| b.is_ascii_digit()))
             });
-            if unnamed && target.starts_with(&root) && !out.contains(&target) {
-                out.push(target);
+            // A committed one keeps that name in `/proc` while a descriptor of it is open
+            // (a reader's): it has a link now.
+            let Ok(meta) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            let linked = std::os::unix::fs::MetadataExt::nlink(&meta) > 0;
+            if unnamed
+                && !linked
+                && target.starts_with(&root)
+                && !out.iter().any(|(p, _)| *p == target)
+            {
+                out.push((target, meta.len()));
             }
         }
     }
