@@ -372,6 +372,19 @@ fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// A PUT of `body` (with its `Content-Length`) to `target`, of which the first `sent` bytes
+/// are sent; the rest is the caller's to send.
+fn start_put(addr: SocketAddr, target: &str, body: &[u8], sent: usize) -> TcpStream {
+    let mut s = connect(addr);
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nHost: segd\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("head");
+    s.write_all(&body[..sent]).expect("first part");
+    s
+}
+
 /// Reads one response head (through the blank line); empty when the connection ends first.
 fn read_head(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -698,13 +711,12 @@ async fn an_upload_whose_directory_a_delete_prunes_meanwhile_lands() {
     // Longer than one write buffer: its file exists from the first bytes on.
     let total = 600 * 1024;
     let body = payload(total, 3);
-    let mut s = connect(rig.srv.addr);
-    let head = format!(
-        "PUT {} HTTP/1.1\r\nHost: segd\r\nContent-Length: {total}\r\n\r\n",
-        q("/vod/solo/a/new.ts", &tok)
+    let mut s = start_put(
+        rig.srv.addr,
+        &q("/vod/solo/a/new.ts", &tok),
+        &body,
+        400 * 1024,
     );
-    s.write_all(head.as_bytes()).expect("head");
-    s.write_all(&body[..400 * 1024]).expect("first part");
     assert!(
         eventually(Duration::from_secs(5), async || tmp_files(&vol).len() == 1).await,
         "the upload has its temporary file: {:?}",
@@ -1103,13 +1115,7 @@ async fn an_upload_cut_off_by_a_hung_disk_leaves_its_file_to_the_volume() {
     let tok = upload_token("/vod/*");
     let total = 600 * 1024;
     let body = payload(total, 7);
-    let mut s = connect(srv.addr);
-    let head = format!(
-        "PUT {} HTTP/1.1\r\nHost: segd\r\nContent-Length: {total}\r\n\r\n",
-        q("/vod/cut/a.ts", &tok)
-    );
-    s.write_all(head.as_bytes()).expect("head");
-    s.write_all(&body[..300 * 1024]).expect("first half");
+    let mut s = start_put(srv.addr, &q("/vod/cut/a.ts", &tok), &body, 300 * 1024);
     // One write buffer of it (256 KiB) is on disk: no call of this upload is in progress when
     // the disk stops answering.
     assert!(

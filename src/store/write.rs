@@ -114,22 +114,7 @@ enum Probe {
 fn probe_link(dir: &Dir, mode: LinkMode) -> Result<(), Probe> {
     let probe = dir.open_unnamed().map_err(Probe::Failed)?;
     let name = temp_name(crate::io::random_bits());
-    let linked = match mode {
-        LinkMode::EmptyPath => {
-            rustix::fs::linkat(&probe, "", &dir.fd, name.as_str(), AtFlags::EMPTY_PATH)
-        }
-        LinkMode::ProcFd => {
-            let path = format!("/proc/self/fd/{}", probe.as_fd().as_raw_fd());
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                path.as_str(),
-                &dir.fd,
-                name.as_str(),
-                AtFlags::SYMLINK_FOLLOW,
-            )
-        }
-    };
-    match linked {
+    match dir.link_as(mode, &probe, &name) {
         Ok(()) => {
             if let Err(e) = rustix::fs::unlinkat(&dir.fd, name.as_str(), AtFlags::empty()) {
                 tracing::warn!(error = %e, file = %name, "cannot remove a temporary file");
@@ -237,10 +222,16 @@ impl Dir {
     /// Gives the unnamed file `file` the name `to` in this directory (`EEXIST` when it exists).
     fn link(&self, file: &File, to: &str) -> rustix::io::Result<()> {
         match link_mode(self) {
-            Some(LinkMode::EmptyPath) => {
-                rustix::fs::linkat(file, "", &self.fd, to, AtFlags::EMPTY_PATH)
-            }
-            Some(LinkMode::ProcFd) => {
+            Some(mode) => self.link_as(mode, file, to),
+            None => Err(rustix::io::Errno::NOTSUP),
+        }
+    }
+
+    /// [`Dir::link`] the way `mode` says.
+    fn link_as(&self, mode: LinkMode, file: &File, to: &str) -> rustix::io::Result<()> {
+        match mode {
+            LinkMode::EmptyPath => rustix::fs::linkat(file, "", &self.fd, to, AtFlags::EMPTY_PATH),
+            LinkMode::ProcFd => {
                 let path = format!("/proc/self/fd/{}", file.as_fd().as_raw_fd());
                 rustix::fs::linkat(
                     rustix::fs::CWD,
@@ -250,7 +241,6 @@ impl Dir {
                     AtFlags::SYMLINK_FOLLOW,
                 )
             }
-            None => Err(rustix::io::Errno::NOTSUP),
         }
     }
 
