@@ -155,23 +155,40 @@ struct Meta {
     /// The upstream's content coding (an S3 object stored gzipped): forwarded, never undone.
     content_encoding: Option<HeaderValue>,
     cache_control: Option<HeaderValue>,
-    /// Unix seconds of the fetch (or the last revalidation), less the `Age` the upstream gave:
-    /// when the response was generated, as RFC 9111 §4.2.3 counts a response's age.
-    fetched: u64,
+    /// Unix milliseconds of the fetch (or the last revalidation), less the `Age` the upstream
+    /// gave: when the response was generated, as RFC 9111 §4.2.3 counts a response's age. In
+    /// milliseconds so that a copy fetched just before a second's turn is not 1 s old just after.
+    fetched_ms: u64,
     /// The upstream said `Vary: *`: never stored, and passed on with its answers, so that no
     /// cache in front reuses them either (RFC 9111 §4.1). Not in the sidecar (never stored).
     vary_any: bool,
 }
 
 fn now() -> u64 {
+    now_ms() / 1000
+}
+
+fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// When a response the upstream says is `age` seconds old was generated, in Unix milliseconds.
+fn generated_ms(age: u64) -> u64 {
+    now_ms().saturating_sub(age.saturating_mul(1000))
 }
 
 impl Meta {
     fn to_text(&self) -> String {
-        let mut s = format!("len: {}\nfetched: {}\n", self.len, self.fetched);
+        // `fetched` (seconds) is kept for a downgraded segd, which would otherwise find every
+        // copy stale; `fetched-ms` wins where both are read.
+        let mut s = format!(
+            "len: {}\nfetched: {}\nfetched-ms: {}\n",
+            self.len,
+            self.fetched_ms / 1000,
+            self.fetched_ms
+        );
         if let Some(ns) = self.file_mtime_ns {
             s.push_str(&format!("file-mtime-ns: {ns}\n"));
         }
@@ -193,6 +210,7 @@ impl Meta {
     fn from_text(t: &str) -> Option<Meta> {
         let mut m = Meta::default();
         let mut has_len = false;
+        let mut fetched_ms = None;
         for line in t.lines() {
             let (k, v) = line.split_once(": ")?;
             let hv = || HeaderValue::from_str(v).ok();
@@ -201,7 +219,15 @@ impl Meta {
                     m.len = v.parse().ok()?;
                     has_len = true;
                 }
-                "fetched" => m.fetched = v.parse().ok()?,
+                "fetched" if fetched_ms.is_none() => {
+                    m.fetched_ms = v.parse::<u64>().ok()?.saturating_mul(1000)
+                }
+                "fetched" => {}
+                "fetched-ms" => {
+                    let ms = v.parse().ok()?;
+                    fetched_ms = Some(ms);
+                    m.fetched_ms = ms;
+                }
                 "file-mtime-ns" => m.file_mtime_ns = v.parse().ok(),
                 "etag" => m.etag = hv(),
                 "last-modified" => m.last_modified = hv(),
@@ -277,11 +303,11 @@ impl Meta {
 
     fn fresh(&self, unstated: Option<u64>) -> bool {
         self.max_age(unstated)
-            .is_none_or(|a| now() < self.fetched.saturating_add(a))
+            .is_none_or(|a| now_ms() < self.fetched_ms.saturating_add(a.saturating_mul(1000)))
     }
 
     fn age(&self) -> u64 {
-        now().saturating_sub(self.fetched)
+        now_ms().saturating_sub(self.fetched_ms) / 1000
     }
 
     /// Headers a copy is served with besides validators, type and Cache-Control: its `Age`
@@ -1757,7 +1783,7 @@ impl Pull {
         let fresher = self.index.get(&key).is_some_and(|m| {
             cached
                 .as_ref()
-                .is_none_or(|c| m.fetched > c.fetched || !Arc::ptr_eq(&m, c))
+                .is_none_or(|c| m.fetched_ms > c.fetched_ms || !Arc::ptr_eq(&m, c))
         }) || (cached.is_none() && self.negative.contains_key(&key));
         if fresher && !cache_down {
             return None;
@@ -1970,7 +1996,7 @@ impl Pull {
                     if let Some(old) = &cached {
                         let h = resp.headers();
                         let mut m = Meta::clone(old);
-                        m.fetched = now().saturating_sub(upstream_age(h));
+                        m.fetched_ms = generated_ms(upstream_age(h));
                         if let Some(cc) = kept_cache_control(h, SystemTime::now()) {
                             m.cache_control = Some(cc);
                         }
@@ -2456,7 +2482,7 @@ impl Pull {
             .and_then(|v| v.parse().ok());
         let received = SystemTime::now();
         // RFC 9111 §4.2.3: the age the upstream gave counts (a CDN or another cache before it).
-        let fetched = now().saturating_sub(upstream_age(h));
+        let fetched_ms = generated_ms(upstream_age(h));
         let cc = kept_cache_control(h, received);
         let (dir, name) = rel.as_str().rsplit_once('/').unwrap_or(("", rel.as_str()));
         // A body delimited by the connection's close (neither Content-Length nor chunked) ends
@@ -2500,7 +2526,7 @@ impl Pull {
             content_type: specific_type(get(CONTENT_TYPE)),
             content_encoding,
             cache_control: cc,
-            fetched,
+            fetched_ms,
             vary_any,
         };
         // Too large to keep (the cache would evict it the moment it was stored): nothing is
@@ -3336,6 +3362,35 @@ mod tests {
         assert_eq!(back.last_modified, m.last_modified);
         assert_eq!(back.upstream_etag, None);
         assert_eq!(back.upstream_last_modified, m.upstream_last_modified);
+    }
+
+    #[test]
+    fn a_copys_fetch_time_is_kept_in_milliseconds_and_read_from_older_sidecars() {
+        let m = Meta {
+            len: 1,
+            fetched_ms: 1_700_000_000_999,
+            ..Meta::default()
+        };
+        let text = m.to_text();
+        assert!(text.contains("fetched: 1700000000\n"), "{text}");
+        let back = Meta::from_text(&text).expect("parses");
+        assert_eq!(back.fetched_ms, 1_700_000_000_999);
+        // `fetched-ms` wins wherever it comes; a sidecar of an older segd has seconds only.
+        let first = Meta::from_text("fetched-ms: 5999\nlen: 1\nfetched: 5\n").expect("parses");
+        assert_eq!(first.fetched_ms, 5999);
+        let old = Meta::from_text("len: 1\nfetched: 5\n").expect("parses");
+        assert_eq!(old.fetched_ms, 5000);
+        // Just fetched is 0 s old, whatever second it is (not 1 s after a second's turn).
+        let fresh = Meta {
+            fetched_ms: now_ms(),
+            ..Meta::default()
+        };
+        assert_eq!(fresh.age(), 0);
+        let aged = Meta {
+            fetched_ms: now_ms() - 2_500,
+            ..Meta::default()
+        };
+        assert_eq!(aged.age(), 2);
     }
 
     #[test]
