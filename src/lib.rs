@@ -35,5 +35,6 @@ pub mod server;
 pub mod sign;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod tls;
 pub mod volumes;

@@ -103,7 +103,7 @@ pub fn parse(text: &str) -> Result<Token<'_>, Reason> {
         hmac: mac,
     };
     let mut exp = None;
-    for field in signed.split('~') {
+    for field in crate::text::split(signed, b'~') {
         let eq = memchr::memchr(b'=', field.as_bytes()).ok_or(Reason::Malformed)?;
         let (name, value) = (&field[..eq], &field[eq + 1..]);
         let slot_str = |slot: &mut Option<&'_ str>| {
@@ -238,8 +238,7 @@ pub fn wildcard(pattern: &str, text: &str) -> bool {
 
 /// Does any `!`-separated ACL pattern match one of `paths`?
 pub fn acl_matches(acl: &str, paths: &[&str]) -> bool {
-    acl.split('!')
-        .any(|pat| paths.iter().any(|p| wildcard(pat, p)))
+    crate::text::split(acl, b'!').any(|pat| paths.iter().any(|p| wildcard(pat, p)))
 }
 
 /// Python's `quote_plus` with lower-cased escapes: what the reference generator's `escape_early`
@@ -327,7 +326,7 @@ impl Key {
 /// key's window) run on every request. Bounded: emptied when full. A new configuration starts
 /// a new verifier, and so an empty set.
 #[derive(Default)]
-pub struct Verified(Mutex<HashMap<Box<str>, usize>>);
+pub struct Verified(Mutex<HashMap<Box<str>, usize, foldhash::fast::RandomState>>);
 
 /// Tokens [`Verified`] holds at most.
 const VERIFIED_MAX: usize = 4096;

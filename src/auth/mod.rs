@@ -63,12 +63,12 @@ pub fn split_path_token<'a>(name: &str, raw: &'a str) -> SplitPath<'a> {
     let Some(rest) = raw.strip_prefix('/') else {
         return none;
     };
-    let (seg, tail) = match rest.find('/') {
+    let (seg, tail) = match crate::text::find(rest, b'/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
     let decoded;
-    let seg = if seg.contains('%') {
+    let seg = if crate::text::find(seg, b'%').is_some() {
         match decode_once(seg) {
             Some(d) => decoded = d,
             None => return none,

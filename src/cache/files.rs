@@ -34,7 +34,7 @@ pub enum Lookup {
 }
 
 pub struct FileCache {
-    cache: moka::sync::Cache<Box<str>, Arc<OpenFile>>,
+    cache: moka::sync::Cache<Box<str>, Arc<OpenFile>, foldhash::fast::RandomState>,
     epoch: Instant,
 }
 
@@ -45,7 +45,7 @@ impl FileCache {
                 .max_capacity(max_entries)
                 // An unused descriptor is released after a while even without pressure.
                 .time_to_idle(Duration::from_secs(300))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             epoch: Instant::now(),
         }
     }

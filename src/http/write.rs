@@ -67,7 +67,7 @@ pub(super) async fn handle(
         return Err(Refusal::UnsupportedMediaType.into());
     };
     // A name no filesystem here can hold: refused before anything is read or created.
-    if rel.as_str().split('/').any(|s| s.len() > NAME_MAX) {
+    if crate::text::split(rel.as_str(), b'/').any(|s| s.len() > NAME_MAX) {
         return Err(Refusal::UriTooLong.into());
     }
     put(cx, rel, class, live, body).await
@@ -461,7 +461,7 @@ async fn delete(
     mut body: RequestBody<'_>,
 ) -> Result<Reply, Stop> {
     let ingest = &cx.policy.config.ingest;
-    let depth = rel.as_str().split('/').count();
+    let depth = crate::text::split(rel.as_str(), b'/').count();
     if depth < ingest.min_delete_depth {
         return Err(Refusal::DeleteTooShallow.into());
     }
@@ -493,7 +493,11 @@ async fn delete(
         .prefixes
         .iter()
         .filter(|p| canonical.starts_with(p.as_str()))
-        .map(|p| p.split('/').filter(|c| !c.is_empty()).count())
+        .map(|p| {
+            crate::text::split(p, b'/')
+                .filter(|c| !c.is_empty())
+                .count()
+        })
         .max()
         .unwrap_or(1);
     cx.rt.store.delete(rel, keep, live, lock).await?;
@@ -548,7 +552,7 @@ fn content_coded(h: &HeaderMap) -> bool {
 fn form_upload(h: &HeaderMap) -> bool {
     h.get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
+        .and_then(|v| crate::text::split(v, b';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("multipart/form-data"))
 }
 

@@ -250,7 +250,7 @@ pub fn resolve(playlist: &str, uri: &str) -> Option<String> {
             (names, uri)
         }
     };
-    let mut segments = rest.split('/').peekable();
+    let mut segments = crate::text::split(rest, b'/').peekable();
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
         match seg {

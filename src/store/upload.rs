@@ -421,7 +421,7 @@ fn create_once(
 /// directory without following it fails as `ENOTDIR`, like a file would. Only asked then.
 fn symlink_on_the_way(root: std::os::fd::BorrowedFd<'_>, dir: &str) -> bool {
     let mut end = 0;
-    for comp in dir.split('/').filter(|c| !c.is_empty()) {
+    for comp in crate::text::split(dir, b'/').filter(|c| !c.is_empty()) {
         end += comp.len() + usize::from(end > 0);
         let kind = rustix::fs::statat(root, &dir[..end], rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
@@ -791,9 +791,10 @@ fn remake(local: &Local, volume: usize, key: &RelPath) -> io::Result<Dir> {
 
 /// The directory part and the file name of a sanitised path.
 fn split(rel: &RelPath) -> (&str, &str) {
-    match rel.as_str().rsplit_once('/') {
-        Some((d, n)) => (d, n),
-        None => ("", rel.as_str()),
+    let s = rel.as_str();
+    match crate::text::rfind(s, b'/') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => ("", s),
     }
 }
 
@@ -1105,7 +1106,7 @@ pub fn is_directory(local: &Local, rel: &RelPath) -> bool {
 
 // === per-path serialisation ===
 
-type LockMap = Mutex<HashMap<String, Arc<PathEntry>>>;
+type LockMap = Mutex<HashMap<String, Arc<PathEntry>, foldhash::fast::RandomState>>;
 
 /// One path's lock, and how many uploads and DELETEs of it wait for it.
 #[derive(Default)]

@@ -53,8 +53,8 @@ impl RelPath {
 
     /// The lower-case file extension, if the last segment has one.
     pub fn extension(&self) -> Option<&str> {
-        let name = self.0.rsplit('/').next()?;
-        let dot = name.rfind('.')?;
+        let name = crate::text::rfind(&self.0, b'/').map_or(&*self.0, |i| &self.0[i + 1..]);
+        let dot = crate::text::rfind(name, b'.')?;
         if dot == 0 {
             return None;
         }
@@ -150,7 +150,7 @@ pub fn sanitize(raw: &str) -> Result<RelPath, PathError> {
         return Err(PathError::NotServed("directory"));
     }
     let mut out = String::with_capacity(rest.len());
-    let mut segments = rest.split('/').peekable();
+    let mut segments = crate::text::split(rest, b'/').peekable();
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
         if seg.is_empty() {
@@ -310,7 +310,7 @@ mod tests {
                 let s = p.as_str();
                 prop_assert!(!s.starts_with('/'));
                 prop_assert!(!s.contains('\\') && !s.contains('\0'));
-                for seg in s.split('/') {
+                for seg in crate::text::split(s, b'/') {
                     prop_assert!(!seg.is_empty() && seg != "." && seg != ".." && !seg.starts_with('.'));
                 }
                 let root = std::path::Path::new("/srv/vol");
