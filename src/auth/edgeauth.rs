@@ -84,9 +84,14 @@ pub fn parse(text: &str) -> Result<Token<'_>, Reason> {
     if text.len() > 8192 {
         return Err(Reason::Malformed);
     }
-    let pos = memchr::memmem::rfind(text.as_bytes(), b"~hmac=").ok_or(Reason::Malformed)?;
+    // `hmac` is the last field: the last `~` starts it (a `~` after `~hmac=` is malformed
+    // either way). One byte search, not a substring search built for each token.
+    let pos = crate::text::rfind(text, b'~').ok_or(Reason::Malformed)?;
+    if !text[pos..].starts_with("~hmac=") {
+        return Err(Reason::Malformed);
+    }
     let (signed, mac) = (&text[..pos], &text[pos + 6..]);
-    if mac.is_empty() || mac.len() > 128 || memchr::memchr(b'~', mac.as_bytes()).is_some() {
+    if mac.is_empty() || mac.len() > 128 {
         return Err(Reason::Malformed);
     }
     if mac.len() % 2 != 0 || !mac.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -857,6 +862,10 @@ mod tests {
             "exp=1~noequals~hmac=00",
             "exp=1~acl=~hmac=00",
             "exp=1~acl=/*~hmac=00~x=1",
+            "exp=1~acl=/*~hmac=00~hmac=00",
+            "exp=1~acl=/*~hmac=",
+            "exp=1~acl=/*~hmacx=00",
+            "~hmac=00",
             "exp=1~acl=/*~url=/x~hmac=00",
             "exp=-5~acl=/*~hmac=00",
             "exp=99999999999999999999999~acl=/*~hmac=00",
