@@ -210,7 +210,7 @@ impl Meta {
     fn from_text(t: &str) -> Option<Meta> {
         let mut m = Meta::default();
         let mut has_len = false;
-        let mut fetched_ms = None;
+        let (mut fetched_secs, mut fetched_ms) = (None, None);
         for line in t.lines() {
             let (k, v) = line.split_once(": ")?;
             let hv = || HeaderValue::from_str(v).ok();
@@ -219,15 +219,8 @@ impl Meta {
                     m.len = v.parse().ok()?;
                     has_len = true;
                 }
-                "fetched" if fetched_ms.is_none() => {
-                    m.fetched_ms = v.parse::<u64>().ok()?.saturating_mul(1000)
-                }
-                "fetched" => {}
-                "fetched-ms" => {
-                    let ms = v.parse().ok()?;
-                    fetched_ms = Some(ms);
-                    m.fetched_ms = ms;
-                }
+                "fetched" => fetched_secs = Some(v.parse::<u64>().ok()?),
+                "fetched-ms" => fetched_ms = Some(v.parse().ok()?),
                 "file-mtime-ns" => m.file_mtime_ns = v.parse().ok(),
                 "etag" => m.etag = hv(),
                 "last-modified" => m.last_modified = hv(),
@@ -239,6 +232,10 @@ impl Meta {
                 _ => {}
             }
         }
+        // `fetched-ms` wherever it comes; a sidecar of an older segd has seconds only.
+        m.fetched_ms = fetched_ms
+            .or(fetched_secs.map(|s: u64| s.saturating_mul(1000)))
+            .unwrap_or(0);
         has_len.then_some(m)
     }
 
