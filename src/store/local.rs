@@ -240,6 +240,15 @@ impl Local {
             .await
             .unwrap_or(Err(LookupError::Overloaded))?;
         let e = self.files.insert(&key, o.file, o.meta, volume);
+        // The pull cache evicts a file by unlinking it, then forgetting its descriptor here
+        // ([`Local::forget_in`]); an eviction between the open above and this insert found
+        // nothing to forget, and the entry would hold the file's blocks until its idle timeout
+        // (`edge::edge_evicted_files_are_closed` failed so once in CI). Checked after the
+        // insert, one side sees the other whichever came first. This request still serves it,
+        // as a reader in flight does.
+        if !volumes::still_current(&e.file, &e.meta) {
+            self.files.remove_now(&key);
+        }
         Ok((
             e,
             Disk {
