@@ -9,6 +9,11 @@ pub fn split(s: &str, sep: u8) -> Split<'_> {
     Split { rest: Some(s), sep }
 }
 
+/// The non-empty pieces of a `/`-separated path (`a//b/` → `a`, `b`): its components.
+pub fn components(s: &str) -> impl Iterator<Item = &str> {
+    split(s, b'/').filter(|c| !c.is_empty())
+}
+
 /// See [`split`].
 pub struct Split<'a> {
     rest: Option<&'a str>,
@@ -70,6 +75,9 @@ mod tests {
                 assert_eq!(find(s, sep), s.find(sep as char), "{s:?}");
                 assert_eq!(rfind(s, sep), s.rfind(sep as char), "{s:?}");
             }
+            let ours: Vec<&str> = components(s).collect();
+            let std: Vec<&str> = s.split('/').filter(|c| !c.is_empty()).collect();
+            assert_eq!(ours, std, "{s:?}");
         }
     }
 }

@@ -493,11 +493,7 @@ async fn delete(
         .prefixes
         .iter()
         .filter(|p| canonical.starts_with(p.as_str()))
-        .map(|p| {
-            crate::text::split(p, b'/')
-                .filter(|c| !c.is_empty())
-                .count()
-        })
+        .map(|p| crate::text::components(p).count())
         .max()
         .unwrap_or(1);
     cx.rt.store.delete(rel, keep, live, lock).await?;

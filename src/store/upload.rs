@@ -421,7 +421,7 @@ fn create_once(
 /// directory without following it fails as `ENOTDIR`, like a file would. Only asked then.
 fn symlink_on_the_way(root: std::os::fd::BorrowedFd<'_>, dir: &str) -> bool {
     let mut end = 0;
-    for comp in crate::text::split(dir, b'/').filter(|c| !c.is_empty()) {
+    for comp in crate::text::components(dir) {
         end += comp.len() + usize::from(end > 0);
         let kind = rustix::fs::statat(root, &dir[..end], rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
             .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));

@@ -172,10 +172,7 @@ impl Dir {
         // Missing components are made one at a time.
         let mut made = None;
         let mut fd = open_beneath(root, ".")?;
-        for (i, comp) in crate::text::split(rel_dir, b'/')
-            .filter(|c| !c.is_empty())
-            .enumerate()
-        {
+        for (i, comp) in crate::text::components(rel_dir).enumerate() {
             fd = match open_beneath(&fd, comp) {
                 Ok(next) => next,
                 Err(rustix::io::Errno::NOENT) => {
@@ -471,9 +468,7 @@ impl Claim {
         };
         let st = rustix::fs::fstat(root)?;
         let (dev, ino) = (st.st_dev, st.st_ino);
-        let comps_all: Vec<&str> = crate::text::split(rel_dir, b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
+        let comps_all: Vec<&str> = crate::text::components(rel_dir).collect();
         let mut map = made_map();
         let mut comps = Vec::new();
         for i in 0..comps_all.len() {
@@ -516,9 +511,7 @@ impl Claim {
     /// Gives the claims back; the directories no other file uses any more are removed when
     /// `remove` (the file was not committed) and they are empty, deepest first.
     fn release(self, remove: bool) {
-        let comps_all: Vec<&str> = crate::text::split(&self.rel_dir, b'/')
-            .filter(|c| !c.is_empty())
-            .collect();
+        let comps_all: Vec<&str> = crate::text::components(&self.rel_dir).collect();
         let free = Claim::release_entries(self.dev, self.ino, &comps_all, &self.comps);
         // Outside the map's lock (see `walk`): a walk that finds one of these directories
         // before it goes takes it as one that was there before, and one whose file creation
@@ -895,9 +888,7 @@ impl Drop for TempFile {
 /// Removes the components of `rel_dir` beneath `root` from the deepest up to the one at index
 /// `first`, each only if empty; stops at the first that stays (not empty, or gone).
 pub fn remove_empty(root: BorrowedFd<'_>, rel_dir: &str, first: usize) {
-    let comps: Vec<&str> = crate::text::split(rel_dir, b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
+    let comps: Vec<&str> = crate::text::components(rel_dir).collect();
     for depth in (first..comps.len()).rev() {
         let Ok(parent) = Dir::open(root, &comps[..depth].join("/"), false) else {
             return;
