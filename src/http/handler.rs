@@ -434,7 +434,7 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         object
     };
     if live && hls {
-        super::live::not_held_back(cx, &canonical)?;
+        super::live::not_held_back(cx, &canonical, &object).await?;
     }
     // A pulled object keeps its upstream's Cache-Control and Content-Type.
     let cache_control = if let Some(cc) = &object.cache_control {

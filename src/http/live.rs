@@ -40,14 +40,23 @@ fn block_timeout(cfg: &Config, target: f64) -> Duration {
 /// Refuses a live media playlist this node found on its volume at start while its packager
 /// may have been uploading newer versions to another node ([`crate::live::Registry::held_back`]):
 /// 503 with `Retry-After`, as for a stream this node has no trace of, and only where that is
-/// configured (`[live] unknown_stream_retry_after`, the cluster setting). The registry knows
-/// such versions from the watcher's walk of the live directories at start; one it does not
-/// know (an edge's pulled playlist, whose blocking reloads go to its upstream) is not held.
-pub(super) fn not_held_back(cx: &Cx<'_>, canonical: &str) -> Result<(), Stop> {
-    if cx.policy.config.live.unknown_stream_retry_after.is_none() {
+/// configured (`[live] unknown_stream_retry_after`, the cluster setting). A version the
+/// registry does not know yet (the watcher's walk of the live directories at start still under
+/// way when the first players come) is read from `object` and published, as a blocking reload
+/// reads it; a pulled copy (an edge's, whose upstream is its stream's node) is not held.
+pub(super) async fn not_held_back(
+    cx: &Cx<'_>,
+    canonical: &str,
+    object: &Object,
+) -> Result<(), Stop> {
+    if cx.policy.config.live.unknown_stream_retry_after.is_none() || object.cache_status.is_some() {
         return Ok(());
     }
-    match cx.rt.live.current(canonical) {
+    let snap = match cx.rt.live.current(canonical) {
+        Some(snap) => Some(snap),
+        None => snapshot_of(cx, canonical, object).await?,
+    };
+    match snap {
         Some(snap) if cx.rt.live.held_back(&snap) => Err(Refusal::HeldBack.into()),
         _ => Ok(()),
     }
@@ -69,6 +78,16 @@ async fn snapshot(
         .store
         .lookup(rel, ObjectClass::Playlist, true, None)
         .await?;
+    snapshot_of(cx, canonical, &object).await
+}
+
+/// The version `object` holds, read and published (unless another was published meanwhile,
+/// which is then the current one); `None` for one over `[live] max_playlist_bytes`.
+async fn snapshot_of(
+    cx: &Cx<'_>,
+    canonical: &str,
+    object: &Object,
+) -> Result<Option<std::sync::Arc<Snapshot>>, Stop> {
     let len = object.len.ok_or(Refusal::Changed)?;
     if len > cx.policy.config.live.max_playlist_bytes {
         return Ok(None);
