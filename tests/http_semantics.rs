@@ -1451,17 +1451,25 @@ async fn http1_versions_in_the_request_line() {
         assert!(text.ends_with(ends), "TLS {v}: {text}");
         assert!(text.contains("connection: close"), "TLS {v}: {text}");
     }
-    // After a chunked body hyper reads the heads: its 400, with no body, for HTTP/2.0.
+    // After a chunked body the heads are still read here first (hyper answered its own 400,
+    // with no body, for HTTP/2.0 there): 505, as for a first head.
     let text = tls(format!(
         "GET {SEG} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET {SEG} HTTP/2.0\r\nHost: t\r\n\r\n"
     ))
     .await;
-    let last = text.rfind("HTTP/1.1 ").map_or("", |i| &text[i..]);
     assert!(
-        last.starts_with("HTTP/1.1 400 "),
+        text.starts_with("HTTP/1.1 200 "),
         "TLS after chunked: {text}"
     );
-    assert!(last.ends_with("\r\n\r\n"), "hyper's empty body: {text}");
+    let last = text.rfind("HTTP/1.1 ").map_or("", |i| &text[i..]);
+    assert!(
+        last.starts_with("HTTP/1.1 505 "),
+        "TLS after chunked: {text}"
+    );
+    assert!(
+        last.ends_with("\r\n\r\nhttp version not supported\n"),
+        "TLS after chunked: {text}"
+    );
 }
 
 /// A volume on tmpfs (a RAM disk for a live window, `/dev/shm`) or overlayfs (a container's

@@ -238,10 +238,9 @@ async fn decide(cx: &Cx<'_>, mut body: RequestBody<'_>, log: &mut LogInfo) -> Re
         return Err(Refusal::Malformed.into());
     }
     transfer_codings(req.headers)?;
-    if req.proto == Proto::H1 {
-        h1_head_size(req, cfg.server.max_header_bytes)?;
-    } else if field_lines(req.headers) > cfg.server.max_header_fields {
-        // HTTP/1.1 heads were counted as they were parsed.
+    // HTTP/1.1 heads were measured and counted as segd's parser read them: on the fast path,
+    // or in the gate before hyper (`h1::HeadGate`: over TLS, and after a chunked body).
+    if req.proto != Proto::H1 && field_lines(req.headers) > cfg.server.max_header_fields {
         return Err(Refusal::TooManyFields.into());
     }
     let writing = match *req.method {
@@ -621,23 +620,6 @@ fn transfer_codings(headers: &HeaderMap) -> Result<(), Refusal> {
     }
     if codings.iter().any(|c| !chunked(c)) {
         return Err(Refusal::UnsupportedCoding);
-    }
-    Ok(())
-}
-
-/// `max_header_bytes` for heads hyper parsed: those after a chunked body on a connection
-/// (segd does not delimit chunked bodies itself, so the rest of such a connection is hyper's,
-/// whose limit is its buffer's). The fast path's heads are within it by construction; this
-/// sum is at most their size. (hyper merges equal `Content-Length`s and drops one beside
-/// `Transfer-Encoding` before a request gets here, as RFC 9110 §8.6 and RFC 9112 §6.1 allow.)
-fn h1_head_size(req: &Request<'_>, max_head: usize) -> Result<(), Refusal> {
-    let head = req.path.len()
-        + req.query.map_or(0, |q| q.len() + 1)
-        + (req.headers.iter())
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-    if head > max_head {
-        return Err(Refusal::HeadTooLarge);
     }
     Ok(())
 }

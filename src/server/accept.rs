@@ -197,6 +197,17 @@ fn accept_error_reason(e: &std::io::Error) -> &'static str {
 pub(super) type HyperBuilder =
     hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>;
 
+/// `builder` for HTTP/1.1 connections whose heads `h1::HeadGate` reads first: the gate keeps an
+/// idle connection for `keepalive_timeout` and answers a head not complete within
+/// `header_read_timeout` of its first byte itself. hyper's own timer counts idle time too: it
+/// runs past the largest both may be reloaded to, so the gate decides first.
+fn gated(builder: &HyperBuilder) -> HyperBuilder {
+    let mut b = builder.clone();
+    b.http1()
+        .header_read_timeout(crate::http::h1::HYPER_BACKSTOP);
+    b
+}
+
 /// Plaintext listeners: the HTTP/1.1 fast path (which hands h2c connections to hyper).
 pub(super) async fn accept_plain(
     listener: TcpListener,
@@ -206,6 +217,9 @@ pub(super) async fn accept_plain(
     active: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let sh = Arc::clone(&shared);
+    // HTTP/1.1 connections hyper serves after a chunked body are gated as over TLS: hyper's
+    // head timer is the backstop (`accept_tls`). h2c uses the same builder's HTTP/2 settings.
+    let builder = Arc::new(gated(&builder));
     accept_loop(
         listener,
         shared,
@@ -231,16 +245,8 @@ pub(super) async fn accept_tls(
     alt_svc: Option<http::HeaderValue>,
 ) {
     let sh = Arc::clone(&shared);
-    // HTTP/1.1 heads are checked by segd's parser before hyper reads them (`h1::HeadGate`),
-    // which keeps an idle connection for `keepalive_timeout` and answers a head not complete
-    // within `header_read_timeout` of its first byte itself. hyper's own timer counts idle time
-    // too: it runs past the largest both may be reloaded to, so the gate decides first.
-    let gated = {
-        let mut b = (*builder).clone();
-        b.http1()
-            .header_read_timeout(crate::http::h1::HYPER_BACKSTOP);
-        b
-    };
+    // HTTP/1.1 heads are checked by segd's parser before hyper reads them (`h1::HeadGate`).
+    let gated = gated(&builder);
     // The protocol ALPN chose is the one spoken (RFC 9113 §3.3): HTTP/2 only after `h2`,
     // HTTP/1.1 only after `http/1.1`; a client that offered neither gets either, by preface.
     let by_alpn = Arc::new(ByAlpn {

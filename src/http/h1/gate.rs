@@ -9,11 +9,14 @@
 //!
 //! hyper does everything else: it parses the head it is then handed (the same bytes), reads
 //! the body, writes the answers. The gate only knows where each message ends: it hands hyper one
-//! checked head and its `Content-Length` body, never a byte further, and reads the next head
-//! after that. A `chunked` body it could not delimit without decoding it (segd never decodes
-//! chunked itself), so after one the rest of the connection is hyper's, exactly as on the fast
-//! path after its hand-over. On a connection without ALPN an HTTP/2 preface first also leaves
-//! the connection to hyper (which serves either protocol there).
+//! checked head and its body, never a byte further, and reads the next head after that. A
+//! `Content-Length` body ends by its length; a `chunked` body where hyper's decoder finds its
+//! end: the gate follows its framing byte for byte as that decoder does ([`Chunk`]), decoding
+//! nothing (hyper does). At a byte the decoder refuses, the rest of the connection is hyper's,
+//! which fails the body there and closes the connection. The plaintext fast path hands a
+//! connection with a chunked body to hyper behind this gate too, so every HTTP/1.1 head segd
+//! serves is read by its own parser first. On a connection without ALPN an HTTP/2 preface first
+//! also leaves the connection to hyper (which serves either protocol there).
 //!
 //! A refused head: hyper reads the end of the stream (it holds nothing of the next message, so
 //! it ends the connection cleanly once the answers before are written), and the answer is
@@ -27,9 +30,7 @@
 //! when it starts waiting, idle time included (it closed idle TLS connections after
 //! `header_read_timeout`, not `keepalive_timeout`), is [`HYPER_BACKSTOP`] on these
 //! connections, past the largest both may be set to, so the gate always decides first, also
-//! after a reload that raised them (the gate takes the values current when it accepts). After a chunked body the connection is
-//! hyper's: a head trickled there is cut by the connection's idle watch at `keepalive_timeout`
-//! after the last answer (`conn_watch`), not at `header_read_timeout`.
+//! after a reload that raised them (the gate takes the values current when it accepts).
 
 use std::future::Future;
 use std::io;
@@ -67,6 +68,9 @@ pub struct HeadGate<S> {
     inner: S,
     /// Read from `inner`, not handed to hyper yet.
     buf: BytesMut,
+    /// In a chunked body: how many bytes at the front of `buf` were scanned (`State::Chunked`
+    /// is the state after them), to be handed to hyper.
+    scanned: usize,
     state: State,
     limits: Limits,
     /// When the head awaited must have started (`keepalive_timeout`) or be complete
@@ -92,12 +96,76 @@ enum State {
     /// The next bytes are a request head; `h2_preface`: an HTTP/2 preface may come instead
     /// (the first bytes of a connection without ALPN).
     Head { h2_preface: bool },
-    /// Handing hyper a checked message: this many more bytes of it (its head, then its body).
-    Message(u64),
+    /// Handing hyper a checked message: this many more bytes of it (its head, then its body);
+    /// `chunked`: then its body, in `chunked` coding.
+    Message { left: u64, chunked: bool },
+    /// Handing hyper a `chunked` body, where its framing is at the first byte not yet scanned.
+    Chunked(Chunk),
     /// hyper reads everything from here on.
     Through,
     /// A head was refused, or the client left or stalled within one: hyper reads the end.
     Ended,
+}
+
+/// Where a `chunked` body's framing is (RFC 9112 §7.1), read as hyper's decoder reads it
+/// (`vendor/hyper/src/proto/h1/decode.rs`, `ChunkedState`), step for step, so that both see the
+/// body end at the same byte. The gate decodes nothing: it passes the bytes on as they are and
+/// only finds where the message ends, to check the head after it. A byte hyper's decoder
+/// refuses is refused here too ([`Chunk::step`] → `None`): the gate then leaves the rest of the
+/// connection to hyper, which fails the body at that byte and closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line's first byte (a hex digit).
+    Start,
+    /// The size's digits so far.
+    Size(u64),
+    /// Blanks after the size.
+    SizeLws(u64),
+    /// A chunk extension, ignored up to its CR.
+    Extension(u64),
+    /// The size line's LF.
+    SizeLf(u64),
+    /// This many bytes of chunk data (never 0), passed on without a look.
+    Data(u64),
+    BodyCr,
+    BodyLf,
+    /// After the last chunk's line: a CR (the end), or a trailer field line.
+    EndCr,
+    EndLf,
+    Trailer,
+    TrailerLf,
+    /// The message has ended: the next byte is the next head's.
+    End,
+}
+
+impl Chunk {
+    /// The state after `b` (not in `Data`), or `None` where hyper's decoder fails the body.
+    fn step(self, b: u8) -> Option<Chunk> {
+        let digit = |size: u64| {
+            let d = char::from(b).to_digit(16)?;
+            size.checked_mul(16)?.checked_add(u64::from(d))
+        };
+        Some(match (self, b) {
+            (Chunk::Start, _) => Chunk::Size(digit(0)?),
+            (Chunk::Size(n), b'\t' | b' ') | (Chunk::SizeLws(n), b'\t' | b' ') => Chunk::SizeLws(n),
+            (Chunk::Size(n) | Chunk::SizeLws(n), b';') => Chunk::Extension(n),
+            (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n), b'\r') => Chunk::SizeLf(n),
+            (Chunk::Size(n), _) => Chunk::Size(digit(n)?),
+            (Chunk::Extension(_), b'\n') => return None,
+            (Chunk::Extension(n), _) => Chunk::Extension(n),
+            (Chunk::SizeLf(0), b'\n') => Chunk::EndCr,
+            (Chunk::SizeLf(n), b'\n') => Chunk::Data(n),
+            (Chunk::BodyCr, b'\r') => Chunk::BodyLf,
+            (Chunk::BodyLf, b'\n') => Chunk::Start,
+            (Chunk::EndCr, b'\r') => Chunk::EndLf,
+            (Chunk::EndCr | Chunk::Trailer, b'\n') => return None,
+            (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+            (Chunk::EndCr | Chunk::Trailer, _) => Chunk::Trailer,
+            (Chunk::TrailerLf, b'\n') => Chunk::EndCr,
+            (Chunk::EndLf, b'\n') => Chunk::End,
+            _ => return None,
+        })
+    }
 }
 
 impl<S> HeadGate<S> {
@@ -113,6 +181,7 @@ impl<S> HeadGate<S> {
         HeadGate {
             inner,
             buf: BytesMut::new(),
+            scanned: 0,
             state: State::Head { h2_preface },
             limits: Limits::from(server),
             deadline: None,
@@ -131,6 +200,7 @@ impl<S> HeadGate<S> {
         HeadGate {
             inner,
             buf: BytesMut::new(),
+            scanned: 0,
             state: State::Through,
             limits: Limits {
                 keepalive_timeout: Duration::ZERO,
@@ -192,6 +262,23 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Reads at most `max` bytes from `inner` straight into `out`: how many.
+    fn read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+        max: u64,
+    ) -> Poll<io::Result<usize>> {
+        let max = usize::try_from(max)
+            .unwrap_or(usize::MAX)
+            .min(out.remaining());
+        let mut rb = ReadBuf::new(out.initialize_unfilled_to(max));
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut rb);
+        let k = rb.filled().len();
+        out.advance(k);
+        r.map_ok(|()| k)
     }
 
     /// Waits for a complete head and decides it: the state after it (`Message`, `Through`,
@@ -276,11 +363,47 @@ impl<S: AsyncRead + Unpin> HeadGate<S> {
             // A target `http::Uri` cannot parse, hyper would refuse with its own empty 400
             // (the fast path reads targets itself).
             Ok(_) if head.target.parse::<http::Uri>().is_err() => Err(Some(Answer::BAD_REQUEST)),
-            Ok(Framing::NoBody) => Ok(State::Message(len)),
-            Ok(Framing::Length(n)) => Ok(State::Message(len.saturating_add(n))),
-            Ok(Framing::Chunked) => Ok(State::Through),
+            Ok(Framing::NoBody) => Ok(State::Message {
+                left: len,
+                chunked: false,
+            }),
+            Ok(Framing::Length(n)) => Ok(State::Message {
+                left: len.saturating_add(n),
+                chunked: false,
+            }),
+            Ok(Framing::Chunked) => Ok(State::Message {
+                left: len,
+                chunked: true,
+            }),
             Err(a) => Err(Some(a)),
         })
+    }
+
+    /// Scans the buffered bytes of a chunked body not scanned yet, up to the message's end:
+    /// the state after them (`Through` at a byte hyper's decoder refuses).
+    fn scan(&mut self, mut at: Chunk) -> State {
+        while self.scanned < self.buf.len() {
+            at = match at {
+                Chunk::End => break,
+                Chunk::Data(n) => {
+                    let k = ((self.buf.len() - self.scanned) as u64).min(n);
+                    self.scanned += k as usize;
+                    if k == n {
+                        Chunk::BodyCr
+                    } else {
+                        Chunk::Data(n - k)
+                    }
+                }
+                at => match at.step(self.buf[self.scanned]) {
+                    Some(next) => {
+                        self.scanned += 1;
+                        next
+                    }
+                    None => return State::Through,
+                },
+            };
+        }
+        State::Chunked(at)
     }
 
     /// After the answer: reads and drops what the client still sends, for a while.
@@ -322,25 +445,75 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadGate<S> {
                     }
                     return Pin::new(&mut this.inner).poll_read(cx, out);
                 }
-                State::Message(0) => this.state = State::Head { h2_preface: false },
-                State::Message(n) => {
+                State::Message { left: 0, chunked } => {
+                    this.state = if chunked {
+                        State::Chunked(Chunk::Start)
+                    } else {
+                        State::Head { h2_preface: false }
+                    };
+                }
+                State::Message { left, chunked } => {
                     if !this.buf.is_empty() {
-                        let k = this.give(out, n);
-                        this.state = State::Message(n - k as u64);
+                        let k = this.give(out, left);
+                        this.state = State::Message {
+                            left: left - k as u64,
+                            chunked,
+                        };
                         return Poll::Ready(Ok(()));
                     }
                     // The body straight into hyper's buffer, never past the message's end.
-                    let max = usize::try_from(n)
-                        .unwrap_or(usize::MAX)
-                        .min(out.remaining());
-                    let mut rb = ReadBuf::new(out.initialize_unfilled_to(max));
-                    let r = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
-                    let k = rb.filled().len();
-                    out.advance(k);
-                    if let Poll::Ready(Ok(())) = r {
-                        this.state = State::Message(n - k as u64);
+                    let r = this.read_into(cx, out, left);
+                    if let Poll::Ready(Ok(k)) = r {
+                        this.state = State::Message {
+                            left: left - k as u64,
+                            chunked,
+                        };
                     }
-                    return r;
+                    return r.map_ok(|_| ());
+                }
+                State::Chunked(at) => {
+                    this.state = this.scan(at);
+                    if this.state == State::Through {
+                        // Everything buffered, scanned or not, goes to hyper as it is.
+                        this.scanned = 0;
+                        continue;
+                    }
+                    if this.scanned > 0 {
+                        let k = this.give(out, this.scanned as u64);
+                        this.scanned -= k;
+                        return Poll::Ready(Ok(()));
+                    }
+                    match this.state {
+                        State::Chunked(Chunk::End) => {
+                            this.state = State::Head { h2_preface: false }
+                        }
+                        // Chunk data straight into hyper's buffer (nothing is buffered here).
+                        State::Chunked(Chunk::Data(n)) => {
+                            let room = out.remaining() > 0;
+                            let r = this.read_into(cx, out, n);
+                            if let Poll::Ready(Ok(k)) = r {
+                                let k = k as u64;
+                                this.state = if k == 0 && room {
+                                    // The end of the stream within the body: hyper's to see.
+                                    State::Through
+                                } else if k == n {
+                                    State::Chunked(Chunk::BodyCr)
+                                } else {
+                                    State::Chunked(Chunk::Data(n - k))
+                                };
+                            }
+                            return r.map_ok(|_| ());
+                        }
+                        State::Chunked(_) => match this.poll_fill(cx) {
+                            // The end of the stream within the body: hyper's to see.
+                            Poll::Ready(Ok(0)) => this.state = State::Through,
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        },
+                        // A byte hyper's decoder refuses is buffered: the rest is hyper's.
+                        _ => {}
+                    }
                 }
                 State::Head { h2_preface } => match this.poll_head(cx, h2_preface) {
                     Poll::Ready(Ok(())) => {}
@@ -476,5 +649,106 @@ mod tests {
                 .sum();
             assert_eq!(total, counted, "refusals counted for {next:?}");
         }
+    }
+
+    /// Writes `data` to the gate's peer `step` bytes at a time (every way a body's framing can
+    /// be cut between reads), then closes; returns what the gate hands hyper.
+    async fn through_gate(data: &[u8], step: usize) -> (String, u64) {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (mut gate, refusals) = gate(server);
+        let data = data.to_vec();
+        let writer = tokio::spawn(async move {
+            for piece in data.chunks(step) {
+                client.write_all(piece).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client.shutdown().await.expect("shutdown");
+            client
+        });
+        let mut got = Vec::new();
+        gate.read_to_end(&mut got).await.expect("read");
+        drop(writer.await.expect("writer"));
+        use prometheus::core::Collector;
+        let refused: u64 = Collector::collect(&refusals)
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum();
+        (String::from_utf8_lossy(&got).into_owned(), refused)
+    }
+
+    /// A chunked body is passed on whole, up to its last byte as hyper's decoder reads it
+    /// (extensions, blanks after the size, upper-case digits, a trailer section), and the head
+    /// after it is checked here: refused, never handed to hyper.
+    #[tokio::test]
+    async fn a_chunked_body_is_delimited_and_the_next_head_checked() {
+        let head = "PUT /a.ts HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let next = "PUT /b.ts HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        for body in [
+            "0\r\n\r\n",
+            "5\r\nhello\r\n0\r\n\r\n",
+            "5;name=\"v; x\"\r\nhello\r\n0;last\r\n\r\n",
+            "A \t\r\n0123456789\r\n00002\r\n\r\n\r\n0\r\n\r\n",
+            "3\r\nabc\r\n0\r\nX-Sum: 1\r\nContent-Length: 9\r\n\r\n",
+        ] {
+            let first = format!("{head}{body}");
+            for step in [1, 2, 3, 7, 4096] {
+                let (got, refused) = through_gate(format!("{first}{next}").as_bytes(), step).await;
+                assert_eq!(got, first, "{body:?} in pieces of {step}");
+                assert_eq!(refused, 1, "{body:?} in pieces of {step}");
+            }
+        }
+        // Two messages with chunked bodies, then a good head: all three handed on.
+        let good = "GET /c.ts HTTP/1.1\r\nHost: t\r\n\r\n";
+        let all = format!("{head}3\r\nabc\r\n0\r\n\r\n{head}0\r\n\r\n{good}");
+        for step in [1, 5, 4096] {
+            assert_eq!(through_gate(all.as_bytes(), step).await, (all.clone(), 0));
+        }
+    }
+
+    /// A chunked body hyper's decoder fails: from the byte it fails at, every byte goes to
+    /// hyper as it is (which fails the body there and closes the connection); nothing after it
+    /// is taken for a head, and nothing is refused here.
+    #[tokio::test]
+    async fn a_chunked_body_hyper_fails_is_left_to_hyper() {
+        let head = "PUT /a.ts HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let next = "GET /b.ts HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n";
+        for body in [
+            "x\r\n",
+            ";x\r\n",
+            "5\nhello\r\n0\r\n\r\n",
+            "5 5\r\nhello\r\n0\r\n\r\n",
+            "5;a\nb\r\nhello\r\n0\r\n\r\n",
+            "5\r\nhello\n0\r\n\r\n",
+            "5\r\nhelloX\r\n0\r\n\r\n",
+            "0\r\n\n",
+            "0\r\nX: 1\n\r\n",
+            "0\r\nX: 1\r\r\n",
+            "0\r\n\rX",
+            "1ffffffffffffffff\r\n",
+        ] {
+            let all = format!("{head}{body}{next}");
+            for step in [1, 4096] {
+                assert_eq!(
+                    through_gate(all.as_bytes(), step).await,
+                    (all.clone(), 0),
+                    "{body:?} in pieces of {step}"
+                );
+            }
+        }
+    }
+
+    /// The largest size hyper takes (16 hex digits) is read as hyper reads it.
+    #[test]
+    fn chunk_sizes_are_read_as_hyper_reads_them() {
+        let size = |line: &str| {
+            line.bytes()
+                .try_fold(Chunk::Start, |at, b| at.step(b))
+                .and_then(|at| at.step(b'\n'))
+        };
+        assert_eq!(size("ffffffffffffffff\r"), Some(Chunk::Data(u64::MAX)));
+        assert_eq!(size("0000000000000000001a\r"), Some(Chunk::Data(26)));
+        assert_eq!(size("0\r"), Some(Chunk::EndCr));
+        assert_eq!(size("10000000000000000\r"), None, "overflow");
     }
 }

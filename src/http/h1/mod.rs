@@ -16,7 +16,8 @@
 //!   closes the connection after the answer;
 //! - a `Transfer-Encoding: chunked` body → the connection, this request's bytes included, goes
 //!   to hyper, which decodes the body and answers `Expect: 100-continue` when the handler
-//!   reads it;
+//!   reads it, behind `gate`, which finds where each body ends and checks every later head
+//!   with this module's parser before hyper reads it;
 //! - a request line with another major version of HTTP → 505 and close (a higher HTTP/1 minor
 //!   version is served as HTTP/1.1: `parse`);
 //! - a transfer coding other than `chunked` → 501 and close; duplicate or conflicting
@@ -24,16 +25,16 @@
 //!   header bytes → 400 and close (no request smuggling);
 //! - a stalled reader: no send progress within `send_timeout` → close;
 //! - a client gone (reset, closed) before it took an answer → the connection goes to hyper
-//!   with the bytes buffered so far, answers discarded, so the requests it pipelined in full
-//!   are still carried out (`socket::Prefixed::orphaned`).
+//!   (behind `gate`) with the bytes buffered so far, answers discarded, so the requests it
+//!   pipelined in full are still carried out (`socket::Prefixed::orphaned`).
 //!
 //! A body that cannot be completed (file changed, stream failed) ends the connection with a
 //! reset: the client sees a short body against its `Content-Length`, or a chunked body without
 //! its last chunk, never padding or bytes from another version.
 //!
 //! The refusals before the handler are one table (`answer`), which also answers the HTTP/1.1
-//! heads hyper serves over TLS: `gate` reads and checks each of them with this module's parser
-//! before hyper does.
+//! heads hyper serves (over TLS, and after a hand-over here): `gate` reads and checks each of
+//! them with this module's parser before hyper does.
 
 mod answer;
 mod body;
@@ -184,11 +185,12 @@ pub async fn serve(
         Next::Gone => {}
         Next::Hyper(label) => {
             let io = Prefixed::new(buf.freeze(), stream, label == "h1");
-            Box::pin(to_hyper(io, label, peer, shared, hyper, drain)).await;
+            let gated = label == "h1";
+            Box::pin(to_hyper(io, label, peer, shared, hyper, drain, gated)).await;
         }
         Next::Orphaned => {
             let io = Prefixed::orphaned(buf.freeze(), stream);
-            Box::pin(to_hyper(io, "h1", peer, shared, hyper, drain)).await;
+            Box::pin(to_hyper(io, "h1", peer, shared, hyper, drain, true)).await;
         }
     }
 }
@@ -428,7 +430,7 @@ async fn answer(stream: &mut TcpStream, metrics: &crate::metrics::Metrics, a: An
 }
 
 /// Hands the connection to hyper with the bytes read so far (`label`: the
-/// `segd_connections_open` protocol).
+/// `segd_connections_open` protocol); `gated`: behind a [`HeadGate`].
 async fn to_hyper(
     io: Prefixed,
     label: &'static str,
@@ -436,6 +438,7 @@ async fn to_hyper(
     shared: Arc<Shared>,
     hyper: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     drain: Drain,
+    gated: bool,
 ) {
     let conn = super::service::Conn {
         peer,
@@ -446,7 +449,19 @@ async fn to_hyper(
         writes: (label == "h1").then(|| io.writes_flag()),
         socket: Some(io.raw_fd()),
     };
-    super::service::serve_io(io, conn, shared, hyper, drain).await;
+    if gated {
+        // HTTP/1.1 (a chunked body, or a client gone): every head from this one on is read and
+        // checked by this module's parser before hyper reads it, as over TLS (`gate`).
+        let io = HeadGate::new(
+            io,
+            &shared.load().config.server,
+            shared.runtime.metrics.refusals.clone(),
+            false,
+        );
+        super::service::serve_io(io, conn, shared, hyper, drain).await;
+    } else {
+        super::service::serve_io(io, conn, shared, hyper, drain).await;
+    }
 }
 
 /// How a response is written: `send_timeout`, and the `Retry-After` of the answer that goes
