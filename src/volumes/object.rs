@@ -67,21 +67,25 @@ impl ObjectMeta {
     /// Writes `"<len hex>-<mtime ns hex>"` (lower case, no leading zeros; a negative mtime as
     /// its 128-bit two's complement, as `{:x}` prints it) to `out`; returns its length.
     fn write_etag(&self, out: &mut [u8; ETAG_MAX]) -> usize {
-        fn hex(mut v: u128, out: &mut [u8], at: usize) -> usize {
-            let mut digits = [0u8; 32];
-            let mut n = 0;
-            loop {
-                digits[n] = b"0123456789abcdef"[(v & 0xf) as usize];
-                n += 1;
-                v >>= 4;
-                if v == 0 {
-                    break;
+        fn hex(v: u128, out: &mut [u8], at: usize) -> usize {
+            // Digits from the highest non-zero one (one at least), each written in place; in
+            // 64-bit halves (u128 shifts take two registers each).
+            let (hi, lo) = ((v >> 64) as u64, v as u64);
+            let digits = |x: u64| (16 - x.leading_zeros() as usize / 4).max(1);
+            let mut at = at;
+            let mut put = |x: u64, n: usize| {
+                for i in 0..n {
+                    out[at + i] = b"0123456789abcdef"[((x >> (4 * (n - 1 - i))) & 0xf) as usize];
                 }
+                at += n;
+            };
+            if hi != 0 {
+                put(hi, digits(hi));
+                put(lo, 16);
+            } else {
+                put(lo, digits(lo));
             }
-            for (i, d) in digits[..n].iter().rev().enumerate() {
-                out[at + i] = *d;
-            }
-            at + n
+            at
         }
         out[0] = b'"';
         let at = hex(u128::from(self.len), out, 1);
@@ -244,6 +248,8 @@ mod tests {
             (15, -1),
             (16, i128::MIN),
             (0xabc, -1_000_000_000),
+            (7, 1 << 64),
+            (0x10, (1 << 64) + 5),
         ] {
             let m = ObjectMeta {
                 len,

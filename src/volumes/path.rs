@@ -81,6 +81,11 @@ impl RelPath {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         let mut out = String::with_capacity(self.0.len() + 1);
         out.push('/');
+        // Most paths need no escape: one copy (every upload's `Location`).
+        if self.0.bytes().all(|b| PCHAR[usize::from(b)]) {
+            out.push_str(&self.0);
+            return out;
+        }
         for b in self.0.bytes() {
             if PCHAR[usize::from(b)] {
                 out.push(char::from(b));
