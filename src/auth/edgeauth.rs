@@ -515,71 +515,17 @@ impl Verifier {
     pub fn verify(&self, text: &str, claim: &Claim<'_>) -> Result<Grant, Reason> {
         let t = parse(text)?;
         let is_url = t.acl.is_none();
-        // The signed message: token bytes, then ~url= (URL tokens), then ~salt=.
-        let mut url_forms: Vec<String> = Vec::new();
-        if is_url {
-            for p in claim.paths {
-                for form in [p.to_string(), escape_early(p), escape_early_node(p)] {
-                    if !url_forms.contains(&form) {
-                        url_forms.push(form);
-                    }
-                }
-            }
-        } else {
-            url_forms.push(String::new());
-        }
-        // The bytes received, then (escape_early) the re-escaped forms that differ from them.
-        let mut signed_forms: Vec<std::borrow::Cow<'_, str>> = vec![t.signed.into()];
-        if self.escape_early {
-            signed_forms.extend(reescaped_forms(t.signed).into_iter().map(Into::into));
-        }
-        let salt = self.salt.as_deref();
-        let mut key_id = None;
-        // An ACL token's MAC is over its own bytes (and the salt) only: verified once, known.
+        // An ACL token's MAC is over its own bytes (and the salt) only: verified once, known
+        // (while its key is active), and not computed again.
         let known = if is_url {
             None
         } else {
             self.verified.get(text)
         };
-        if let Some(key) = known.and_then(|i| self.keys.get(i)) {
-            if key.active(claim.now) {
-                key_id = Some(key.id.clone());
-            }
-        }
-        let expected = if key_id.is_none() {
-            hex::decode(t.hmac).map_err(|_| Reason::Malformed)?
-        } else {
-            Vec::new()
+        let key_id = match known.and_then(|i| self.keys.get(i)) {
+            Some(key) if key.active(claim.now) => key.id.clone(),
+            _ => self.mac_key(text, &t, claim)?,
         };
-        'keys: for (i, key) in self
-            .keys
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| key_id.is_none() && k.active(claim.now))
-        {
-            for (signed, url) in signed_forms
-                .iter()
-                .flat_map(|s| url_forms.iter().map(move |u| (s, u)))
-            {
-                let mut parts: Vec<&str> = vec![signed];
-                if is_url {
-                    parts.push("~url=");
-                    parts.push(url);
-                }
-                if let Some(s) = salt {
-                    parts.push("~salt=");
-                    parts.push(s);
-                }
-                if key.mac_verify(self.algorithm, &parts, &expected) {
-                    key_id = Some(key.id.clone());
-                    if !is_url {
-                        self.verified.insert(text, i);
-                    }
-                    break 'keys;
-                }
-            }
-        }
-        let key_id = key_id.ok_or(Reason::BadHmac)?;
         if let Some(st) = t.st {
             if st > claim.now.saturating_add(self.leeway) {
                 return Err(Reason::NotYetValid);
@@ -610,6 +556,55 @@ impl Verifier {
             id: t.id.map(str::to_owned),
             data: t.data.map(str::to_owned),
         })
+    }
+
+    /// The id of the active key whose MAC over `t` (in each form it may have been signed in)
+    /// is the one it carries: remembered for an ACL token.
+    fn mac_key(&self, text: &str, t: &Token<'_>, claim: &Claim<'_>) -> Result<String, Reason> {
+        let is_url = t.acl.is_none();
+        // The signed message: token bytes, then ~url= (URL tokens), then ~salt=.
+        let mut url_forms: Vec<String> = Vec::new();
+        if is_url {
+            for p in claim.paths {
+                for form in [p.to_string(), escape_early(p), escape_early_node(p)] {
+                    if !url_forms.contains(&form) {
+                        url_forms.push(form);
+                    }
+                }
+            }
+        } else {
+            url_forms.push(String::new());
+        }
+        // The bytes received, then (escape_early) the re-escaped forms that differ from them.
+        let mut signed_forms: Vec<std::borrow::Cow<'_, str>> = vec![t.signed.into()];
+        if self.escape_early {
+            signed_forms.extend(reescaped_forms(t.signed).into_iter().map(Into::into));
+        }
+        let salt = self.salt.as_deref();
+        let expected = hex::decode(t.hmac).map_err(|_| Reason::Malformed)?;
+        for (i, key) in (self.keys.iter().enumerate()).filter(|(_, k)| k.active(claim.now)) {
+            for (signed, url) in signed_forms
+                .iter()
+                .flat_map(|s| url_forms.iter().map(move |u| (s, u)))
+            {
+                let mut parts: Vec<&str> = vec![signed];
+                if is_url {
+                    parts.push("~url=");
+                    parts.push(url);
+                }
+                if let Some(s) = salt {
+                    parts.push("~salt=");
+                    parts.push(s);
+                }
+                if key.mac_verify(self.algorithm, &parts, &expected) {
+                    if !is_url {
+                        self.verified.insert(text, i);
+                    }
+                    return Ok(key.id.clone());
+                }
+            }
+        }
+        Err(Reason::BadHmac)
     }
 }
 
