@@ -601,6 +601,16 @@ mod tests {
         )
     }
 
+    /// Refused heads counted, whatever the reason.
+    fn refused(refusals: &IntCounterVec) -> u64 {
+        use prometheus::core::Collector;
+        Collector::collect(refusals)
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
     /// hyper is handed one message at a time, never a byte past it: a request with its body,
     /// then the end of the stream where the next head is refused (and counted, as every refused
     /// head is); the answer follows what hyper wrote, once it shuts down.
@@ -641,13 +651,7 @@ mod tests {
                 "{out}"
             );
             assert!(out.ends_with(answer), "{out}");
-            use prometheus::core::Collector;
-            let total: u64 = Collector::collect(&refusals)
-                .iter()
-                .flat_map(|f| f.get_metric())
-                .map(|m| m.get_counter().get_value() as u64)
-                .sum();
-            assert_eq!(total, counted, "refusals counted for {next:?}");
+            assert_eq!(refused(&refusals), counted, "refusals counted for {next:?}");
         }
     }
 
@@ -668,13 +672,10 @@ mod tests {
         let mut got = Vec::new();
         gate.read_to_end(&mut got).await.expect("read");
         drop(writer.await.expect("writer"));
-        use prometheus::core::Collector;
-        let refused: u64 = Collector::collect(&refusals)
-            .iter()
-            .flat_map(|f| f.get_metric())
-            .map(|m| m.get_counter().get_value() as u64)
-            .sum();
-        (String::from_utf8_lossy(&got).into_owned(), refused)
+        (
+            String::from_utf8_lossy(&got).into_owned(),
+            refused(&refusals),
+        )
     }
 
     /// A chunked body is passed on whole, up to its last byte as hyper's decoder reads it
