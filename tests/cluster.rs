@@ -735,7 +735,6 @@ impl Cluster {
     /// node UP.
     async fn start(opts: Opts) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
-        let weed = Weed::start();
         let cat = dir.path().join("catalogue");
         for a in 0..ASSETS {
             for f in 0..FILES.len() {
@@ -744,7 +743,7 @@ impl Cluster {
                 std::fs::write(&p, content(a, f)).expect("write");
             }
         }
-        weed.upload(&cat, "");
+        let weed = Weed::start_filled(&cat, "");
         let served_by = true;
         let (port, admin_port) = cluster_ports();
         let nodes = NODES

@@ -163,6 +163,31 @@ impl Weed {
         );
     }
 
+    /// [`Weed::start`], then `src` uploaded (keys `prefix` + its relative paths). An S3 port
+    /// that stops answering during the upload (weed mini's S3 gateway went down after it came
+    /// up, once in a CI run: connection refused through all of boto's retries) costs a new
+    /// weed, up to three times, not the test.
+    pub fn start_filled(src: &Path, prefix: &str) -> Weed {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let weed = Weed::start();
+            match weed.try_upload_with(src, prefix, &[]) {
+                Ok(()) => return weed,
+                Err(e) => {
+                    let log = std::fs::read_to_string(weed.dir.path().join("weed.log"))
+                        .unwrap_or_default();
+                    let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+                    eprintln!("uploading to weed mini failed, starting another: {e}\nweed.log, last lines first:\n{tail}");
+                    failures.push(e);
+                }
+            }
+        }
+        panic!(
+            "uploading to weed mini failed in three tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
     /// One start: ready when its S3 port answers and the bucket is created (the bucket needs
     /// the master, the volume server and the filer). Dropped (stopped, removed) on failure.
     fn try_start() -> Result<Weed, String> {
