@@ -147,7 +147,7 @@ impl Chunk {
         };
         Some(match (self, b) {
             (Chunk::Start, _) => Chunk::Size(digit(0)?),
-            (Chunk::Size(n), b'\t' | b' ') | (Chunk::SizeLws(n), b'\t' | b' ') => Chunk::SizeLws(n),
+            (Chunk::Size(n) | Chunk::SizeLws(n), b'\t' | b' ') => Chunk::SizeLws(n),
             (Chunk::Size(n) | Chunk::SizeLws(n), b';') => Chunk::Extension(n),
             (Chunk::Size(n) | Chunk::SizeLws(n) | Chunk::Extension(n), b'\r') => Chunk::SizeLf(n),
             (Chunk::Size(n), _) => Chunk::Size(digit(n)?),

@@ -185,8 +185,8 @@ pub async fn serve(
         Next::Gone => {}
         Next::Hyper(label) => {
             let io = Prefixed::new(buf.freeze(), stream, label == "h1");
-            let gated = label == "h1";
-            Box::pin(to_hyper(io, label, peer, shared, hyper, drain, gated)).await;
+            let h1 = label == "h1";
+            Box::pin(to_hyper(io, label, peer, shared, hyper, drain, h1)).await;
         }
         Next::Orphaned => {
             let io = Prefixed::orphaned(buf.freeze(), stream);
